@@ -1,0 +1,36 @@
+# The two commands the README starts with: `make run` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-deps lint check venv clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Reinstall only when the project's metadata changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Runs the router on its built-in default config: AE DICOM-ROUTER, port 11112,
+# everything stored under ./received, metrics on 127.0.0.1:9100.
+run: $(STAMP)
+	$(VENV)/bin/dicom-router run
+
+# System packages the tests talk to (DCMTK), installed when missing.
+test-deps:
+	bash scripts/install-test-deps.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check router workers tests
+	$(VENV)/bin/mypy
+
+test: test-deps $(STAMP) lint
+	bash scripts/run-tests.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

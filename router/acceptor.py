@@ -1,0 +1,116 @@
+"""The acceptor process: terminates DICOM associations and hands each instance to the broker."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from typing import Any
+
+import zmq
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router import metrics
+from router.broker_client import BrokerClient
+from router.config import RouterConfig
+from router.dicom_net import (
+    TRANSFER_SYNTAXES,
+    configure_pynetdicom,
+    prefer_requestor_transfer_syntax,
+    set_nodelay,
+)
+from router.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.runtime import Runtime
+from router.spool import Spool
+from router.store_handler import StoreHandler
+from workers.rules import RuleSet
+
+log = logging.getLogger(__name__)
+
+
+def build_ae(config: RouterConfig) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_pdu_size = config.listen.max_pdu
+    ae.maximum_associations = config.listen.max_associations
+    ae.acse_timeout = config.listen.acse_timeout
+    ae.dimse_timeout = config.listen.dimse_timeout
+    ae.network_timeout = config.listen.network_timeout
+    ae.require_called_aet = config.listen.require_called_ae
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    return ae
+
+
+def _on_echo(event: Any) -> int:
+    metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000").inc()
+    return 0x0000
+
+
+def _on_accepted(event: Any) -> None:
+    event.assoc.router_counted = True  # per-association state lives on the association
+    metrics.ASSOCIATIONS.labels("accepted").inc()
+    metrics.ACTIVE_ASSOCIATIONS.inc()
+
+
+def _on_rejected(event: Any) -> None:
+    metrics.ASSOCIATIONS.labels("rejected").inc()
+
+
+def _on_closed(event: Any) -> None:
+    if getattr(event.assoc, "router_counted", False):
+        event.assoc.router_counted = False
+        metrics.ACTIVE_ASSOCIATIONS.dec()
+
+
+def handlers(store: StoreHandler) -> list[Any]:
+    return [
+        (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_C_ECHO, _on_echo),
+        (evt.EVT_C_STORE, store),
+        (evt.EVT_ACCEPTED, _on_accepted),
+        (evt.EVT_REJECTED, _on_rejected),
+        (evt.EVT_CONN_CLOSE, _on_closed),
+    ]
+
+
+def _drain(ae: AE, grace: float) -> None:
+    """Let associations in progress finish, up to `grace` seconds; then abort the rest."""
+    deadline = time.monotonic() + grace
+    while ae.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for assoc in ae.active_associations:
+        log.warning("aborting association from %s after the drain grace period",
+                    assoc.requestor.ae_title)
+        assoc.abort()
+
+
+def main(config: RouterConfig, runtime: Runtime) -> None:
+    """Entry point of the spawned acceptor process."""
+    setup_logging(config.log_level)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    configure_pynetdicom(chunked_receive=True)
+    prefer_requestor_transfer_syntax()
+    spool = Spool(config.spool.path).create()
+    # Chunked receive writes under tempfile's folder: on the spool, taking ownership is a rename.
+    tempfile.tempdir = str(spool.incoming)
+
+    context = zmq.Context()
+    broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
+    store = StoreHandler(spool, RuleSet(config.rules), broker)
+    ae = build_ae(config)
+    address = (config.listen.host, config.listen.port)
+    server = ae.start_server(address, block=False, evt_handlers=handlers(store))
+    assert server is not None  # block=False returns the server
+    log.info("accepting DICOM associations as %s on %s:%d", config.ae_title, *address)
+    stop.wait()
+    log.info("stopping: no new associations; letting those in progress finish")
+    server.shutdown()  # closes the listening socket: new connections are refused
+    _drain(ae, grace=config.listen.dimse_timeout)
+    broker.close()
+    context.term()

@@ -1,0 +1,228 @@
+"""The broker process: owns the queue. Acceptors submit jobs; workers take deliveries.
+
+Both sides are ROUTER sockets with ROUTER_MANDATORY set, so a message to a peer that is gone
+raises instead of vanishing silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import zmq
+
+from router import metrics
+from router.config import RouterConfig
+from router.dispatch import (
+    DeadLetter,
+    DestinationPolicy,
+    Dispatcher,
+    Outcome,
+    Retry,
+    Settled,
+)
+from router.errors import ProtocolError
+from router.messages import (
+    Accepted,
+    Deliver,
+    Goodbye,
+    Heartbeat,
+    Message,
+    Ready,
+    Refused,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
+from router.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.runtime import Runtime
+from router.spool import Spool
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+
+
+class Broker:
+    def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
+        self.spool = spool
+        policies = {
+            name: DestinationPolicy(dest.max_parallel, dest.retry)
+            for name, dest in config.destinations.items()
+        }
+        self.dispatcher = Dispatcher(policies, config.queue.max_jobs, config.queue.max_bytes)
+        self.context = zmq.Context()
+        self.frontend = self._bind(runtime.frontend)
+        self.backend = self._bind(runtime.backend)
+        self.next_heartbeat = 0.0
+
+    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        return sock
+
+    def recover(self) -> None:
+        """Queue every job left on the spool by an earlier run (or an earlier broker)."""
+        count = 0
+        for job in self.spool.recover():
+            self._apply(self.dispatcher.add_job(job.header, job.delivered))
+            count += 1
+        if count:
+            metrics.RECOVERED_JOBS.inc(count)
+            log.info("recovered %d jobs from the spool", count)
+
+    # --- message handling -------------------------------------------------------------------
+
+    def on_frontend(self, identity: bytes, message: Message) -> None:
+        if not isinstance(message, Submit):
+            raise ProtocolError(f"acceptor sent an unexpected {message.kind}")
+        job = message.job
+        reason = None if job.job_id in self.dispatcher.jobs else self.dispatcher.refusal(job)
+        if reason is not None:
+            metrics.REFUSALS.labels("queue_full").inc()
+            reply: Message = Refused(job.job_id, reason)
+        else:
+            self._apply(self.dispatcher.add_job(job))
+            reply = Accepted(job.job_id)
+        self._send(self.frontend, identity, reply)
+
+    def on_backend(self, identity: bytes, message: Message, now: float) -> None:
+        if isinstance(message, Ready):
+            self.dispatcher.worker_ready(identity, message.credits, now)
+            log.info("worker %s ready with %d credits", identity.decode(errors="replace"),
+                     message.credits)
+        elif isinstance(message, Result):
+            self._apply(self.dispatcher.result(identity, message, now))
+            label = "delivered" if message.delivered else "failed"
+            metrics.FORWARDED.labels(message.destination, label).inc()
+        elif isinstance(message, Heartbeat):
+            if not self.dispatcher.worker_seen(identity, now):
+                # A worker we forgot (we restarted, or its lease expired): it must say Ready.
+                self._send(self.backend, identity, Goodbye())
+        elif isinstance(message, Goodbye):
+            self._worker_gone(identity, "said goodbye")
+        else:
+            raise ProtocolError(f"worker sent an unexpected {message.kind}")
+
+    def _worker_gone(self, identity: bytes, why: str) -> None:
+        requeued = self.dispatcher.worker_gone(identity)
+        log.info("worker %s %s; %d deliveries requeued", identity.decode(errors="replace"),
+                 why, requeued)
+
+    def _apply(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            if isinstance(outcome, Settled):
+                self.spool.remove(outcome.job)
+            elif isinstance(outcome, Retry):
+                d = outcome.delivery
+                metrics.RETRIES.labels(d.destination, outcome.reason).inc()
+                log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
+                            d.job.job_id, d.destination, outcome.reason, d.attempt, outcome.delay)
+            elif isinstance(outcome, DeadLetter):
+                self._dead_letter(outcome)
+
+    def _dead_letter(self, outcome: DeadLetter) -> None:
+        d = outcome.delivery
+        record = {"reason": outcome.reason, "detail": outcome.detail, "attempts": d.attempt,
+                  "failed_at": time.time()}
+        try:
+            path = self.spool.dead_letter(d.job, d.destination, record)
+        except OSError as exc:
+            log.error("cannot write dead letter for job %s (%s); it stays queued on the spool",
+                      d.job.job_id, exc)
+            return
+        metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
+        log.error("gave up delivering job %s to %s: %s (%s); dead letter %s",
+                  d.job.job_id, d.destination, outcome.reason, outcome.detail, path)
+
+    # --- I/O --------------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.Socket[bytes], identity: bytes, message: Message) -> bool:
+        try:
+            sock.send_multipart([identity, encode(message)])
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+
+    def _dispatch(self, now: float) -> None:
+        for identity, delivery in self.dispatcher.dispatch(now):
+            message = Deliver(delivery.job, delivery.destination, delivery.attempt)
+            if not self._send(self.backend, identity, message):
+                self._worker_gone(identity, "is unreachable")
+
+    def _housekeeping(self, now: float) -> None:
+        for identity in self.dispatcher.expired_workers(now):
+            self._worker_gone(identity, "missed its heartbeats; lease expired")
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + HEARTBEAT_SECONDS
+            for identity in list(self.dispatcher.workers):
+                if not self._send(self.backend, identity, Heartbeat()):
+                    self._worker_gone(identity, "is unreachable")
+            for name in self.dispatcher.queues:
+                metrics.QUEUE_DEPTH.labels(name).set(self.dispatcher.depth(name))
+                metrics.IN_FLIGHT.labels(name).set(self.dispatcher.in_flight[name])
+            metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
+
+    def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
+        # Drain what is waiting, bounded so one side cannot starve the other.
+        for _ in range(256):
+            try:
+                identity, frame = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                log.error("dropped a malformed multipart message from a router process")
+                continue
+            try:
+                message = decode(frame)
+                if sock is self.frontend:
+                    self.on_frontend(identity, message)
+                else:
+                    self.on_backend(identity, message, now)
+            except ProtocolError as exc:
+                log.error("ignored a bad message from %r: %s", identity, exc)
+
+    def run(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        while not stop.is_set():
+            now = time.monotonic()
+            due = self.dispatcher.next_due()
+            timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            now = time.monotonic()
+            if self.backend in ready:
+                self._receive(self.backend, now)
+            if self.frontend in ready:
+                self._receive(self.frontend, now)
+            self._dispatch(now)
+            self._housekeeping(now)
+
+    def close(self) -> None:
+        self.frontend.close()
+        self.backend.close()
+        self.context.term()
+
+
+def main(config: RouterConfig, runtime: Runtime) -> None:
+    """Entry point of the spawned broker process."""
+    setup_logging(config.log_level)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    spool = Spool(config.spool.path).create()
+    broker = Broker(config, runtime, spool)
+    broker.recover()
+    log.info("broker ready: %d destinations, %d jobs recovered",
+             len(config.destinations), len(broker.dispatcher.jobs))
+    try:
+        broker.run(stop)
+    finally:
+        broker.close()

@@ -1,0 +1,70 @@
+"""The acceptor's side of the broker: submit a job, wait for its acceptance, with a deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+
+from router.errors import OutOfResources, ProtocolError
+from router.messages import Accepted, JobHeader, Refused, Submit, decode, encode
+
+
+class BrokerClient:
+    """Thread-safe: each submit checks a DEALER socket out of a pool (a socket serves one
+    thread at a time; the lock hand-over is the memory barrier ZeroMQ asks for)."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str, timeout: float):
+        self.context = context
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._idle: list[zmq.Socket[bytes]] = []
+        self._lock = threading.Lock()
+
+    def _checkout(self) -> zmq.Socket[bytes]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _checkin(self, sock: zmq.Socket[bytes]) -> None:
+        with self._lock:
+            self._idle.append(sock)
+
+    def submit(self, job: JobHeader) -> None:
+        """Return once the broker queued `job`; raise OutOfResources if it refused or is silent."""
+        sock = self._checkout()
+        healthy = False
+        try:
+            sock.send(encode(Submit(job)))
+            deadline = time.monotonic() + self.timeout
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not sock.poll(int(remaining * 1000) + 1):
+                    break
+                try:
+                    reply = decode(sock.recv())
+                except ProtocolError:
+                    continue
+                if isinstance(reply, Accepted) and reply.job_id == job.job_id:
+                    healthy = True
+                    return
+                if isinstance(reply, Refused) and reply.job_id == job.job_id:
+                    healthy = True
+                    raise OutOfResources(f"router busy: {reply.reason}; retry later")
+                # Anything else is a late reply to an earlier, timed-out submit: skip it.
+            raise OutOfResources("router queue did not answer in time; retry later")
+        finally:
+            if healthy:
+                self._checkin(sock)
+            else:
+                sock.close()  # a socket with a reply still due would confuse the next submit
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._idle:
+                sock.close()
+            self._idle.clear()

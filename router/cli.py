@@ -1,0 +1,78 @@
+"""The `dicom-router` command: run the router, or check a config."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from router.config import RouterConfig, default_config, load_config, summary
+from router.errors import ConfigError
+from router.process_util import setup_logging
+
+
+def _load(path: Path | None) -> RouterConfig:
+    return default_config() if path is None else load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(summary(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    setup_logging(config.log_level)
+    log = logging.getLogger("router")
+    origin = str(args.config) if args.config else "built-in default config"
+    log.info("%s: %s", origin, summary(config))
+    # Short path: ZeroMQ ipc endpoints must fit in a Unix socket name (~100 bytes).
+    runtime_dir = Path(tempfile.mkdtemp(prefix="dicom-router-"))
+    metrics_dir = runtime_dir / "metrics"
+    metrics_dir.mkdir()
+    # Before prometheus_client is first imported, here and in every spawned child.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from router.runtime import Runtime
+    from router.supervisor import Supervisor
+
+    try:
+        return Supervisor(config, Runtime(runtime_dir)).run()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-router", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the router (built-in default config without --config)")
+    run.add_argument("--config", type=Path, help="YAML config file")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file and print every error")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

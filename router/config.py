@@ -1,0 +1,249 @@
+"""The router's one validated config model. Unknown keys are errors that name the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydicom.datadict import tag_for_keyword
+
+from router.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5: AE is at most 16 characters, no backslash or control characters, not all spaces.
+    if not value.strip() or len(value) > 16 or "\\" in value or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 characters, no backslash)")
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
+    # Reject associations whose called AE is not the router's own AE title.
+    require_called_ae: bool = False
+    max_associations: int = Field(64, ge=1)
+    # How long the acceptor waits for the broker to take a job before answering 0xA700.
+    submit_timeout: float = Field(10.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+
+
+class SpoolConfig(Strict):
+    path: Path = Path("spool")
+
+
+class QueueConfig(Strict):
+    """Bounds of the broker's queue: past either, senders get 0xA700 and retry later."""
+
+    max_jobs: int = Field(100_000, ge=1)
+    max_bytes: int = Field(50 * 1024**3, ge=1)
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9100, ge=0, le=65535)
+
+
+class RetryConfig(Strict):
+    max_attempts: int = Field(10, ge=1)
+    initial_delay: float = Field(1.0, gt=0)
+    max_delay: float = Field(300.0, gt=0)
+
+
+class DestinationBase(Strict):
+    retry: RetryConfig = RetryConfig()
+    # How many deliveries to this destination may run at once across all workers.
+    max_parallel: int = Field(4, ge=1)
+
+
+class DicomDestination(DestinationBase):
+    type: Literal["dicom"]
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    # The calling AE the router presents; defaults to the router's own ae_title.
+    calling_ae: str | None = None
+    max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
+    connect_timeout: float = Field(10.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    # A pooled association unused for this long is released.
+    idle_timeout: float = Field(30.0, gt=0)
+
+    _ae = field_validator("ae_title", "calling_ae")(
+        lambda v: None if v is None else _check_ae_title(v)
+    )
+
+
+class FolderDestination(DestinationBase):
+    type: Literal["folder"]
+    path: Path
+    # fsync every file and directory entry: Success then means "on disk".
+    fsync: bool = True
+
+
+Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="type")]
+StrOrList = str | list[str]
+
+
+class RuleMatch(Strict):
+    calling_ae: StrOrList | None = None
+    called_ae: StrOrList | None = None
+    source: IPNetwork | list[IPNetwork] | None = None
+    # keyword -> exact value, list of values (any of), or "re:<regex>" (searched).
+    tags: dict[str, StrOrList] = {}
+
+    @field_validator("tags")
+    @classmethod
+    def _known_keywords(cls, tags: dict[str, StrOrList]) -> dict[str, StrOrList]:
+        for keyword, expected in tags.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. Modality)")
+            for value in [expected] if isinstance(expected, str) else expected:
+                if value.startswith("re:"):
+                    try:
+                        re.compile(value[3:])
+                    except re.error as exc:
+                        raise ValueError(f"tag {keyword}: bad regular expression: {exc}") from exc
+        return tags
+
+
+class Rule(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    match: RuleMatch = RuleMatch()
+    forward: list[str] = Field(min_length=1)
+    # Keep evaluating later rules after this one matched (fan-out across rules).
+    continue_: bool = Field(False, alias="continue")
+
+
+class RouterConfig(Strict):
+    ae_title: str = "DICOM-ROUTER"
+    listen: ListenConfig = ListenConfig()
+    spool: SpoolConfig = SpoolConfig()
+    queue: QueueConfig = QueueConfig()
+    workers: int = Field(2, ge=1, le=64)
+    # Delivery threads per worker process: how many destinations one worker serves at once.
+    worker_threads: int = Field(4, ge=1, le=64)
+    metrics: MetricsConfig = MetricsConfig()
+    destinations: dict[str, Destination] = {}
+    rules: list[Rule] = []
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("destinations")
+    @classmethod
+    def _safe_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Destination names become metric labels and spool file names.
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"destination name {name!r}: use letters, digits, - and _")
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RouterConfig:
+        problems = []
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                problems.append(f"rules[{i}].name: duplicate rule name {rule.name!r}")
+            seen.add(rule.name)
+            for name in rule.forward:
+                if name not in self.destinations:
+                    known = ", ".join(sorted(self.destinations)) or "none defined"
+                    problems.append(
+                        f"rules[{i}].forward: unknown destination {name!r} (known: {known})"
+                    )
+        if not self.rules:
+            problems.append("rules: at least one rule is needed, or nothing is ever routed")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def default_config() -> RouterConfig:
+    """The built-in config of `make run`: receive on 11112, store everything under ./received."""
+    return RouterConfig.model_validate(
+        {
+            "destinations": {"received": {"type": "folder", "path": "received"}},
+            "rules": [{"name": "store-everything", "forward": ["received"]}],
+        }
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("dicom", "folder") or part.startswith(("function-after", "lambda")):
+            continue  # pydantic's union/validator branch names mean nothing to an operator
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        where = _location(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        if where == "(top level)" and "; " in message:
+            problems.extend(message.split("; "))  # our own cross-reference checks, one per line
+        else:
+            problems.append(f"{where}: {message}")
+    return problems
+
+
+def parse_config(data: Any, source: str = "config") -> RouterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+
+
+def load_config(path: Path) -> RouterConfig:
+    """Read and validate a YAML config file; every problem is reported with its key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, str(path))
+
+
+def summary(config: RouterConfig) -> str:
+    return (
+        f"ok: AE {config.ae_title} on {config.listen.host}:{config.listen.port}, "
+        f"{config.workers} workers, {len(config.destinations)} destinations, "
+        f"{len(config.rules)} rules, spool {config.spool.path}"
+    )

@@ -1,0 +1,253 @@
+"""The broker's state machine, without I/O: jobs, per-destination queues, credits, leases.
+
+Rules it keeps:
+- A job is queued once per destination; it is settled when every destination either has it
+  or was given up (dead letter). Only then may its spool files go.
+- A delivery is sent only to a worker with credit, and to a destination below its
+  `max_parallel`, so a slow destination never takes every worker from the others.
+- A delivery a worker holds is leased to it: when the worker says goodbye or stops
+  heartbeating, its deliveries go back to the front of their queues (same attempt number).
+- A failed delivery is retried after exponential backoff with jitter while the failure is
+  transient and attempts remain; otherwise it becomes a dead letter with the reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from router.config import RetryConfig
+from router.messages import JobHeader, Result
+
+WORKER_LEASE_SECONDS = 6.0
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    max_parallel: int
+    retry: RetryConfig
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job: JobHeader
+    destination: str
+    attempt: int = 1
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job.job_id, self.destination)
+
+
+@dataclass
+class JobState:
+    header: JobHeader
+    pending: set[str]
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    credits: int
+    last_seen: float
+    leases: dict[tuple[str, str], Delivery] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Every destination of this job is done with: remove it from the spool."""
+
+    job: JobHeader
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery: Delivery
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    delivery: Delivery
+    delay: float
+    reason: str
+
+
+Outcome = Settled | DeadLetter | Retry
+
+
+def backoff(retry: RetryConfig, attempt: int, rand: Callable[[], float]) -> float:
+    """Exponential from initial_delay, capped at max_delay, with jitter in [50%, 100%]."""
+    base = min(retry.max_delay, retry.initial_delay * 2.0 ** (attempt - 1))
+    return float(base * (0.5 + rand() / 2))
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policies: Mapping[str, DestinationPolicy],
+        max_jobs: int,
+        max_bytes: int,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policies = dict(policies)
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.rand = rand
+        self.jobs: dict[str, JobState] = {}
+        self.queued_bytes = 0
+        self.queues: dict[str, deque[Delivery]] = {name: deque() for name in self.policies}
+        self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.delayed: list[tuple[float, int, Delivery]] = []
+        self._sequence = itertools.count()
+        self.workers: dict[bytes, WorkerState] = {}
+        self._rotation = 0
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def refusal(self, job: JobHeader) -> str | None:
+        """Why a new job cannot be taken now, or None."""
+        if len(self.jobs) >= self.max_jobs:
+            return f"queue full ({len(self.jobs)} jobs)"
+        if self.queued_bytes + job.size > self.max_bytes:
+            return f"queue full ({self.queued_bytes} bytes)"
+        return None
+
+    def add_job(self, job: JobHeader, delivered: Iterable[str] = ()) -> list[Outcome]:
+        """Queue a job for each destination it has not reached yet. Idempotent by job id."""
+        if job.job_id in self.jobs:
+            return []
+        pending = set(job.destinations) - set(delivered)
+        self.jobs[job.job_id] = JobState(job, set(pending))
+        self.queued_bytes += job.size
+        outcomes: list[Outcome] = []
+        for destination in job.destinations:
+            if destination not in pending:
+                continue
+            delivery = Delivery(job, destination)
+            if destination not in self.policies:
+                outcomes += self._give_up(delivery, "unknown_destination",
+                                          f"destination {destination!r} is not configured")
+            else:
+                self.queues[destination].append(delivery)
+        if not pending:
+            outcomes += self._settle(job.job_id)
+        return outcomes
+
+    def _settle(self, job_id: str) -> list[Outcome]:
+        state = self.jobs.pop(job_id)
+        self.queued_bytes -= state.header.size
+        return [Settled(state.header)]
+
+    def _finish(self, delivery: Delivery) -> list[Outcome]:
+        state = self.jobs.get(delivery.job.job_id)
+        if state is None:
+            return []
+        state.pending.discard(delivery.destination)
+        return [] if state.pending else self._settle(delivery.job.job_id)
+
+    def _give_up(self, delivery: Delivery, reason: str, detail: str) -> list[Outcome]:
+        return [DeadLetter(delivery, reason, detail), *self._finish(delivery)]
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def worker_ready(self, identity: bytes, credits: int, now: float) -> None:
+        worker = self.workers.get(identity)
+        if worker is None:
+            self.workers[identity] = WorkerState(identity, credits, now)
+        else:
+            worker.credits = credits
+            worker.last_seen = now
+
+    def worker_seen(self, identity: bytes, now: float) -> bool:
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_seen = now
+        return worker is not None
+
+    def worker_gone(self, identity: bytes) -> int:
+        """Return a departed worker's leased deliveries to the front of their queues."""
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return 0
+        for delivery in worker.leases.values():
+            self.in_flight[delivery.destination] -= 1
+            if delivery.job.job_id in self.jobs:
+                self.queues[delivery.destination].appendleft(delivery)
+        return len(worker.leases)
+
+    def expired_workers(self, now: float) -> list[bytes]:
+        return [w.identity for w in self.workers.values()
+                if now - w.last_seen > WORKER_LEASE_SECONDS]
+
+    def result(self, identity: bytes, result: Result, now: float) -> list[Outcome]:
+        worker = self.workers.get(identity)
+        if worker is None:
+            return []  # a lease already given to another worker; that one will answer
+        delivery = worker.leases.pop((result.job_id, result.destination), None)
+        worker.credits += 1
+        worker.last_seen = now
+        if delivery is None:
+            return []
+        self.in_flight[delivery.destination] -= 1
+        if result.delivered:
+            return self._finish(delivery)
+        if result.reason == "withdrawn":
+            return self._finish(delivery)  # the sender was told to retry; nothing to deliver
+        policy = self.policies[delivery.destination]
+        if result.transient and delivery.attempt < policy.retry.max_attempts:
+            delay = backoff(policy.retry, delivery.attempt, self.rand)
+            retry = Delivery(delivery.job, delivery.destination, delivery.attempt + 1)
+            heapq.heappush(self.delayed, (now + delay, next(self._sequence), retry))
+            return [Retry(retry, delay, result.reason)]
+        reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
+        return self._give_up(delivery, reason, result.detail)
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def _release_due(self, now: float) -> None:
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, delivery = heapq.heappop(self.delayed)
+            if delivery.job.job_id in self.jobs:
+                self.queues[delivery.destination].append(delivery)
+
+    def _pick_worker(self) -> WorkerState | None:
+        best = max(self.workers.values(), key=lambda w: w.credits, default=None)
+        return best if best is not None and best.credits > 0 else None
+
+    def dispatch(self, now: float) -> list[tuple[bytes, Delivery]]:
+        """Deliveries to send now, round-robin across destinations, within credits and limits."""
+        self._release_due(now)
+        sends: list[tuple[bytes, Delivery]] = []
+        names = list(self.queues)
+        progress = True
+        while progress:
+            progress = False
+            for offset in range(len(names)):
+                name = names[(self._rotation + offset) % len(names)]
+                queue = self.queues[name]
+                if not queue or self.in_flight[name] >= self.policies[name].max_parallel:
+                    continue
+                worker = self._pick_worker()
+                if worker is None:
+                    return sends
+                delivery = queue.popleft()
+                worker.credits -= 1
+                worker.leases[delivery.key] = delivery
+                self.in_flight[name] += 1
+                sends.append((worker.identity, delivery))
+                progress = True
+            self._rotation += 1
+        return sends
+
+    def next_due(self) -> float | None:
+        return self.delayed[0][0] if self.delayed else None
+
+    def depth(self, destination: str) -> int:
+        waiting = sum(1 for _, _, d in self.delayed if d.destination == destination)
+        return len(self.queues[destination]) + waiting

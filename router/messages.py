@@ -1,0 +1,184 @@
+"""Messages between router processes: frozen dataclasses, encoded as versioned msgpack maps.
+
+Dataset bytes never travel in a message: a job names its spool file by job id. Nothing is
+pickled, so a malformed or foreign frame is a ProtocolError, never code execution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+from router.errors import ProtocolError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class JobHeader:
+    """One received instance: the association and command facts, and where it must go."""
+
+    job_id: str
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    peer_port: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int
+    received_at: float
+    rules: tuple[str, ...]
+    destinations: tuple[str, ...]
+    tls_subject: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["rules"] = list(self.rules)
+        out["destinations"] = list(self.destinations)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobHeader:
+        if not isinstance(data, dict):
+            raise ProtocolError("job header is not a map")
+        try:
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+            values["rules"] = tuple(values.get("rules", ()))
+            values["destinations"] = tuple(values["destinations"])
+            return cls(**values)
+        except (KeyError, TypeError) as exc:
+            raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None
+
+
+class Message:
+    """Base of every message; `kind` is the type tag on the wire."""
+
+    kind: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class Submit(Message):
+    """Acceptor -> broker: a job committed to the spool, to be queued."""
+
+    kind: ClassVar[str] = "submit"
+    job: JobHeader
+
+
+@dataclass(frozen=True)
+class Accepted(Message):
+    """Broker -> acceptor: the job is queued; the sender may be told Success."""
+
+    kind: ClassVar[str] = "accepted"
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Refused(Message):
+    """Broker -> acceptor: the job is not taken (queue full, ...); the sender gets 0xA700."""
+
+    kind: ClassVar[str] = "refused"
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ready(Message):
+    """Worker -> broker: I can take `credits` more deliveries."""
+
+    kind: ClassVar[str] = "ready"
+    credits: int
+
+
+@dataclass(frozen=True)
+class Deliver(Message):
+    """Broker -> worker: send this job's spool file to one destination."""
+
+    kind: ClassVar[str] = "deliver"
+    job: JobHeader
+    destination: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Result(Message):
+    """Worker -> broker: the outcome of one Deliver; it also returns that delivery's credit."""
+
+    kind: ClassVar[str] = "result"
+    job_id: str
+    destination: str
+    delivered: bool
+    reason: str = ""  # bounded label when not delivered
+    transient: bool = False
+    detail: str = ""  # operator-facing message
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    kind: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True)
+class Goodbye(Message):
+    """Worker -> broker: I am stopping; requeue whatever I still hold."""
+
+    kind: ClassVar[str] = "goodbye"
+
+
+_TYPES: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, Heartbeat, Goodbye)
+}
+
+
+def encode(message: Message) -> bytes:
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, "type": message.kind}
+    for f in dataclasses.fields(message):  # type: ignore[arg-type]
+        value = getattr(message, f.name)
+        body[f.name] = value.to_dict() if isinstance(value, JobHeader) else value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"frame is not msgpack: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("frame is not a msgpack map")
+    if body.get("v") != SCHEMA_VERSION:
+        raise ProtocolError(f"unsupported schema version {body.get('v')!r}")
+    cls = _TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ProtocolError(f"unknown message type {body.get('type')!r}")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in body:
+            if f.default is dataclasses.MISSING:
+                raise ProtocolError(f"{cls.kind} message lacks field {f.name!r}")
+            continue
+        value = body[f.name]
+        values[f.name] = JobHeader.from_dict(value) if f.name == "job" else value
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ProtocolError(f"bad {cls.kind} message: {exc}") from None
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Accepted",
+    "Deliver",
+    "Goodbye",
+    "Heartbeat",
+    "JobHeader",
+    "Message",
+    "Ready",
+    "Refused",
+    "Result",
+    "Submit",
+    "decode",
+    "encode",
+]

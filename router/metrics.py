@@ -1,0 +1,64 @@
+"""Every Prometheus metric of the router, defined once. Labels are bounded sets, never UIDs.
+
+Import this module only after PROMETHEUS_MULTIPROC_DIR is set (router.cli does it): the client
+picks its multiprocess value store at import time, and spawned children inherit the variable.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+PREFIX = "dicom_router"
+
+ASSOCIATIONS = Counter(
+    f"{PREFIX}_associations_total", "Associations requested, by result.", ["result"]
+)
+ACTIVE_ASSOCIATIONS = Gauge(
+    f"{PREFIX}_associations_active", "Associations open now.", multiprocess_mode="livesum"
+)
+DIMSE_REQUESTS = Counter(
+    f"{PREFIX}_dimse_requests_total", "DIMSE requests answered, by command and status.",
+    ["command", "status"],
+)
+RECEIVED_BYTES = Counter(f"{PREFIX}_received_bytes_total", "Dataset bytes received.")
+INSTANCES_RECEIVED = Counter(
+    f"{PREFIX}_instances_received_total", "C-STORE instances by outcome.", ["result"]
+)
+FORWARDED = Counter(
+    f"{PREFIX}_instances_forwarded_total", "Deliveries by destination and result.",
+    ["destination", "result"],
+)
+FORWARDED_BYTES = Counter(
+    f"{PREFIX}_forwarded_bytes_total", "Bytes delivered, by destination.", ["destination"]
+)
+FORWARD_SECONDS = Histogram(
+    f"{PREFIX}_forward_seconds", "Time of one delivery attempt, by destination.",
+    ["destination"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+QUEUE_DEPTH = Gauge(
+    f"{PREFIX}_queue_depth", "Deliveries waiting, by destination (retries included).",
+    ["destination"], multiprocess_mode="livesum",
+)
+IN_FLIGHT = Gauge(
+    f"{PREFIX}_deliveries_in_flight", "Deliveries handed to workers, by destination.",
+    ["destination"], multiprocess_mode="livesum",
+)
+JOBS_QUEUED = Gauge(
+    f"{PREFIX}_jobs_queued", "Jobs on the spool not yet settled.", multiprocess_mode="livesum"
+)
+RETRIES = Counter(
+    f"{PREFIX}_retries_total", "Delivery attempts scheduled again, by reason.",
+    ["destination", "reason"],
+)
+DEAD_LETTERS = Counter(
+    f"{PREFIX}_dead_letters_total", "Deliveries given up and kept as dead letters.",
+    ["destination", "reason"],
+)
+REFUSALS = Counter(
+    f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
+)
+RESTARTS = Counter(
+    f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
+)
+RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
+BUILD_INFO = Info(f"{PREFIX}_build", "Router version.")

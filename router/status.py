@@ -1,0 +1,36 @@
+"""DIMSE status codes the router answers with, in one place (PS3.4 Annex B, PS3.7 Annex C)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    SUCCESS = 0x0000
+    # Refused: Out of Resources. The sender may retry later: nothing was kept.
+    OUT_OF_RESOURCES = 0xA700
+    # Error: Cannot understand (0xC000-0xCFFF). The router uses sub-codes so that an operator
+    # can tell the reasons apart in a sender's log; the ErrorComment says the same in words.
+    CANNOT_UNDERSTAND = 0xC000
+    INVALID_UID = 0xC001
+    NO_ROUTE = 0xC002
+    # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
+    PROCESSING_FAILURE = 0x0110
+
+
+def is_success(status: int) -> bool:
+    return status == Status.SUCCESS
+
+
+def is_warning(status: int) -> bool:
+    # Storage warnings (coercion, elements discarded, data set mismatch) mean the peer kept it.
+    return status in (0x0001, 0xB000, 0xB006, 0xB007) or 0xB000 <= status <= 0xBFFF
+
+
+def is_delivered(status: int) -> bool:
+    return is_success(status) or is_warning(status)
+
+
+def is_transient_failure(status: int) -> bool:
+    # Out of resources (0xA7xx) and "busy"-like statuses can succeed later; others are permanent.
+    return 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0212, 0xFE00)

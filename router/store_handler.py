@@ -1,0 +1,111 @@
+"""C-STORE as the acceptor handles it: validate, route, take ownership, hand over, answer.
+
+Errors become DIMSE statuses here and only here; nothing escapes into pynetdicom.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from router import metrics
+from router.broker_client import BrokerClient
+from router.errors import DimseRefusal, NoRoute
+from router.header_tags import read_tags
+from router.messages import JobHeader
+from router.spool import Spool, new_job_id
+from router.status import Status
+from router.uids import require_uid
+from workers.rules import AssociationFacts, RuleSet
+
+log = logging.getLogger(__name__)
+
+_RESULT_LABELS = {
+    Status.SUCCESS: "accepted",
+    Status.NO_ROUTE: "no_route",
+    Status.INVALID_UID: "invalid_uid",
+    Status.OUT_OF_RESOURCES: "out_of_resources",
+}
+
+
+def status_dataset(status: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds
+
+
+def association_facts(assoc: Any) -> AssociationFacts:
+    return AssociationFacts(
+        calling_ae=assoc.requestor.ae_title,
+        called_ae=assoc.requestor.primitive.called_ae_title,
+        source=assoc.requestor.address,
+    )
+
+
+class StoreHandler:
+    def __init__(self, spool: Spool, rules: RuleSet, broker: BrokerClient) -> None:
+        self.spool = spool
+        self.rules = rules
+        self.broker = broker
+
+    def __call__(self, event: Any) -> Dataset:
+        try:
+            status = self._store(event)
+            comment = ""
+        except DimseRefusal as exc:
+            status, comment = exc.status, str(exc)
+            log.warning("C-STORE refused with 0x%04X: %s", status, exc)
+        except Exception:  # the handler boundary: an unexpected error is a failure status
+            log.exception("C-STORE failed unexpectedly")
+            status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"
+        metrics.INSTANCES_RECEIVED.labels(_RESULT_LABELS.get(status, "error")).inc()
+        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
+        return status_dataset(status, comment)
+
+    def _store(self, event: Any) -> Status:
+        request = event.request
+        sop_class = require_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
+        sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
+        received: Path = event.dataset_path
+        size = received.stat().st_size
+        metrics.RECEIVED_BYTES.inc(size)
+        facts = association_facts(event.assoc)
+        decision = self.rules.route(facts, lambda: self._tags(received))
+        if not decision.matched:
+            raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
+        job = JobHeader(
+            job_id=new_job_id(),
+            calling_ae=facts.calling_ae,
+            called_ae=facts.called_ae,
+            peer_address=facts.source,
+            peer_port=int(event.assoc.requestor.port),
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            size=size,
+            received_at=time.time(),
+            rules=decision.rules,
+            destinations=decision.destinations,
+        )
+        self.spool.commit(job, received)
+        try:
+            self.broker.submit(job)
+        except BaseException:
+            self.spool.discard(job)  # the sender is told to retry: keep nothing half-owned
+            raise
+        return Status.SUCCESS
+
+    def _tags(self, path: Path) -> dict[str, str]:
+        try:
+            return read_tags(path, self.rules.tag_keywords)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise DimseRefusal(
+                f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND
+            ) from exc

@@ -1,0 +1,145 @@
+"""The supervisor: spawns the broker, the workers and the acceptor, restarts whichever dies,
+serves /metrics, /healthz and /readyz, and stops them all in order on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from router import acceptor, broker, metrics
+from router.config import RouterConfig
+from router.http_endpoint import HttpEndpoint
+from router.runtime import Runtime
+from router.spool import Spool
+from workers import worker
+
+log = logging.getLogger(__name__)
+
+# A process that dies faster than this after its start is crash-looping: back off.
+MIN_UPTIME_SECONDS = 5.0
+MAX_RESTART_DELAY = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    restart_delay: float = 0.0
+    not_before: float = 0.0
+    restarts: int = field(default=0)
+
+
+class Supervisor:
+    def __init__(self, config: RouterConfig, runtime: Runtime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
+        self.stopping = threading.Event()
+        # Order matters: the broker first (others connect to it), the acceptor last.
+        self.children = [
+            Child("broker", broker.main, (config, runtime)),
+            *[Child(f"worker-{i}", worker.main, (config, runtime, i))
+              for i in range(config.workers)],
+            Child("acceptor", acceptor.main, (config, runtime)),
+        ]
+        self.http: HttpEndpoint | None = None
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "draining: not accepting work"
+        down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
+        return (False, f"not running: {', '.join(down)}") if down else (True, "ready")
+
+    def _start(self, child: Child) -> None:
+        process = self.mp.Process(target=child.target, args=child.args, name=child.name)
+        process.start()
+        child.process, child.started_at = process, time.monotonic()
+
+    def _reap(self, child: Child, now: float) -> None:
+        process = child.process
+        if process is None or process.is_alive():
+            if child.process is None and now >= child.not_before:
+                self._start(child)
+            return
+        code = process.exitcode
+        multiprocess.mark_process_dead(process.pid)
+        child.process = None
+        quick = now - child.started_at < MIN_UPTIME_SECONDS
+        child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
+            else 0.0
+        child.not_before = now + child.restart_delay
+        child.restarts += 1
+        metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
+        log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
+                  child.name, process.pid, code, child.restart_delay)
+
+    def run(self) -> int:
+        spool = Spool(self.config.spool.path).create()
+        leftovers = spool.clear_incoming() + spool.remove_orphans()
+        if leftovers:
+            log.warning("removed %d half-received files from an earlier run", leftovers)
+        metrics.BUILD_INFO.info({"version": _version()})
+        if self.config.metrics.enabled:
+            m = self.config.metrics
+            self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready)
+            self.http.start()
+        for child in self.children:
+            self._start(child)
+        self._install_signals()
+        while not self.stopping.wait(0.5):
+            now = time.monotonic()
+            for child in self.children:
+                self._reap(child, now)
+        self._stop_children()
+        if self.http:
+            self.http.stop()
+        log.info("router stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _stop_children(self) -> None:
+        """Acceptor first (no new work), then workers (finish what they hold), broker last."""
+        grace = self.config.listen.dimse_timeout + 5
+        for group in (["acceptor"], [c.name for c in self.children if c.name.startswith("w")],
+                      ["broker"]):
+            members = [c for c in self.children if c.name in group and c.process is not None]
+            for child in members:
+                assert child.process is not None
+                if child.process.is_alive():
+                    child.process.terminate()  # SIGTERM: each process stops in its own way
+            for child in members:
+                assert child.process is not None
+                child.process.join(grace)
+                if child.process.is_alive():
+                    log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+                    child.process.kill()
+                    child.process.join(5)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dicom-router")
+    except PackageNotFoundError:
+        return "unknown"

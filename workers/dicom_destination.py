@@ -1,0 +1,123 @@
+"""DICOM destination: C-STORE the spooled file as is, over an association kept open and reused.
+
+The association proposes one context per (SOP class, exact transfer syntax) it has seen, so a
+file is never converted: either the peer accepts its syntax or the delivery fails with
+`no_context`, which is permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import build_context
+
+from router.config import DicomDestination as DicomConfig
+from router.dicom_net import set_nodelay
+from router.errors import DeliveryError
+from router.messages import JobHeader
+from router.status import is_delivered, is_transient_failure
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+
+def _failure_from_association(assoc: Association, destination: str) -> DeliveryError:
+    if assoc.is_rejected:
+        result = getattr(assoc.acceptor.primitive, "result", None)
+        reason_code = getattr(assoc.acceptor.primitive, "diagnostic", None)
+        # result 2 = rejected-transient (e.g. congestion); 1 = permanent (e.g. unknown AE title)
+        return DeliveryError("rejected", f"{destination} rejected the association "
+                             f"(result {result}, reason {reason_code})", transient=result == 2)
+    if assoc.is_aborted:
+        return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
+    return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
+
+
+class DicomDestination:
+    """One per delivery thread: an association is never shared between threads."""
+
+    def __init__(self, name: str, config: DicomConfig, router_ae: str) -> None:
+        self.name = name
+        self.config = config
+        self.ae = AE(ae_title=config.calling_ae or router_ae)
+        self.ae.maximum_pdu_size = config.max_pdu
+        self.ae.connection_timeout = config.connect_timeout
+        self.ae.acse_timeout = config.acse_timeout
+        self.ae.dimse_timeout = config.dimse_timeout
+        self.ae.network_timeout = config.dimse_timeout
+        self.contexts: dict[tuple[str, str], None] = {}  # ordered set of (SOP class, syntax)
+        self.assoc: Association | None = None
+        self.last_used = 0.0
+
+    def _accepts(self, assoc: Association, sop_class: str, syntax: str) -> bool:
+        return any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
+                   for cx in assoc.accepted_contexts)
+
+    def _association(self, sop_class: str, syntax: str) -> Association:
+        if self.assoc is not None and self.assoc.is_established:
+            if self._accepts(self.assoc, sop_class, syntax):
+                return self.assoc
+            self.release()  # re-negotiate with this syntax added to what we have seen
+        self.contexts[(sop_class, syntax)] = None
+        wanted = list(self.contexts)[-MAX_CONTEXTS:]
+        contexts = [build_context(sop, ts) for sop, ts in wanted]
+        assoc = self.ae.associate(
+            self.config.host, self.config.port, contexts=contexts,
+            ae_title=self.config.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+        )
+        if not assoc.is_established:
+            raise _failure_from_association(assoc, self.name)
+        self.assoc = assoc
+        if not self._accepts(assoc, sop_class, syntax):
+            raise DeliveryError(
+                "no_context",
+                f"{self.name} does not accept SOP class {sop_class} in transfer syntax {syntax}",
+                transient=False,
+            )
+        return assoc
+
+    def deliver(self, job: JobHeader, source: Path) -> None:
+        assoc = self._association(job.sop_class_uid, job.transfer_syntax_uid)
+        self.last_used = time.monotonic()
+        try:
+            response: Any = assoc.send_c_store(source)
+        except (OSError, RuntimeError) as exc:
+            self.abort()
+            raise DeliveryError("connection", f"sending to {self.name} failed: {exc}",
+                                transient=True) from exc
+        status = getattr(response, "Status", None)
+        if status is None:
+            # No response within dimse_timeout, or the peer aborted: the association is done.
+            self.abort()
+            raise DeliveryError("dimse_timeout", f"{self.name} sent no C-STORE response",
+                                transient=True)
+        if not is_delivered(int(status)):
+            comment = getattr(response, "ErrorComment", "")
+            raise DeliveryError(
+                "status", f"{self.name} answered 0x{int(status):04X} {comment}".strip(),
+                transient=is_transient_failure(int(status)),
+            )
+
+    def release_if_idle(self, now: float) -> None:
+        if self.assoc is not None and now - self.last_used > self.config.idle_timeout:
+            self.release()
+
+    def release(self) -> None:
+        if self.assoc is not None:
+            if self.assoc.is_established:
+                self.assoc.release()
+            self.assoc = None
+
+    def abort(self) -> None:
+        if self.assoc is not None:
+            self.assoc.abort()
+            self.assoc = None
+
+    def close(self) -> None:
+        self.release()

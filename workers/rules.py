@@ -1,0 +1,107 @@
+"""Routing rules as pure functions: association facts and header tags in, destinations out."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+from router.config import Rule, RuleMatch, StrOrList
+
+
+@dataclass(frozen=True)
+class AssociationFacts:
+    """What the router knows about the sender before it reads any dataset."""
+
+    calling_ae: str
+    called_ae: str
+    source: str  # peer IP address
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    rules: tuple[str, ...]
+    destinations: tuple[str, ...]
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.destinations)
+
+
+TagReader = Callable[[], Mapping[str, str]]
+
+
+def _values(expected: StrOrList) -> list[str]:
+    return [expected] if isinstance(expected, str) else expected
+
+
+class ValueMatcher:
+    """Matches one value against "exact", ["any", "of"] or "re:<regex>" (searched, not anchored)."""
+
+    def __init__(self, expected: StrOrList) -> None:
+        self.exact = {v for v in _values(expected) if not v.startswith("re:")}
+        self.patterns = [re.compile(v[3:]) for v in _values(expected) if v.startswith("re:")]
+
+    def __call__(self, value: str) -> bool:
+        return value in self.exact or any(p.search(value) for p in self.patterns)
+
+
+class CompiledRule:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        m: RuleMatch = rule.match
+        self.calling = ValueMatcher(m.calling_ae) if m.calling_ae is not None else None
+        self.called = ValueMatcher(m.called_ae) if m.called_ae is not None else None
+        if m.source is None:
+            self.networks = None
+        else:
+            self.networks = m.source if isinstance(m.source, list) else [m.source]
+        self.tags = {k: ValueMatcher(v) for k, v in m.tags.items()}
+
+    def matches_association(self, facts: AssociationFacts) -> bool:
+        if self.calling and not self.calling(facts.calling_ae):
+            return False
+        if self.called and not self.called(facts.called_ae):
+            return False
+        if self.networks is not None:
+            try:
+                address = ipaddress.ip_address(facts.source)
+            except ValueError:
+                return False
+            return any(address in net for net in self.networks)
+        return True
+
+    def matches_tags(self, tags: Mapping[str, str]) -> bool:
+        # A missing tag never matches: "Modality: CT" means the instance says CT.
+        return all(k in tags and m(tags[k]) for k, m in self.tags.items())
+
+
+class RuleSet:
+    """Rules in config order; the first match wins unless that rule says `continue: true`."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = [CompiledRule(r) for r in rules]
+
+    @cached_property
+    def tag_keywords(self) -> tuple[str, ...]:
+        """The header keywords any rule needs: the only ones read from a dataset."""
+        return tuple(sorted({k for r in self.rules for k in r.tags}))
+
+    def route(self, facts: AssociationFacts, read_tags: TagReader) -> RouteDecision:
+        tags: Mapping[str, str] | None = None
+        names: list[str] = []
+        destinations: dict[str, None] = {}  # ordered, without duplicates
+        for rule in self.rules:
+            if not rule.matches_association(facts):
+                continue
+            if rule.tags:
+                tags = read_tags() if tags is None else tags  # read the file at most once
+                if not rule.matches_tags(tags):
+                    continue
+            names.append(rule.rule.name)
+            destinations.update(dict.fromkeys(rule.rule.forward))
+            if not rule.rule.continue_:
+                break
+        return RouteDecision(tuple(names), tuple(destinations))

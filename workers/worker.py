@@ -1,0 +1,140 @@
+"""The worker process: takes deliveries from the broker against credits and reports results.
+
+The main thread owns the broker socket; delivery threads report through their own PUSH
+sockets to an inproc PULL here. If the broker goes quiet, the worker reconnects with a new
+identity and announces itself again (the "paranoid pirate" pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import zmq
+
+from router.config import RouterConfig
+from router.dicom_net import configure_pynetdicom
+from router.errors import ProtocolError
+from router.messages import Deliver, Goodbye, Heartbeat, Ready, decode, encode
+from router.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.runtime import Runtime
+from router.spool import Spool
+from workers.delivery import DeliveryThread
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+BROKER_SILENCE_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, config: RouterConfig, runtime: Runtime, index: int) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.index = index
+        self.context = zmq.Context()
+        self.tasks: queue.Queue[Deliver | None] = queue.Queue()
+        self.busy = 0
+        self.generation = 0
+        self.results = self.context.socket(zmq.PULL)
+        self.results.bind(f"inproc://results-{index}")
+        spool = Spool(config.spool.path)
+        self.threads = [
+            DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}", i)
+            for i in range(config.worker_threads)
+        ]
+        self.broker = self._connect()
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        self.generation += 1
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"w{self.index}-{os.getpid()}-{self.generation}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.runtime.backend)
+        sock.send(encode(Ready(credits=len(self.threads) - self.busy)))
+        self.last_heard = time.monotonic()
+        return sock
+
+    def _reconnect(self, why: str) -> None:
+        log.warning("%s; reconnecting to the broker", why)
+        self.broker.close()
+        self.broker = self._connect()
+
+    def _on_broker(self) -> None:
+        while True:
+            try:
+                frame = self.broker.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                log.error("ignored a bad message from the broker: %s", exc)
+                continue
+            if isinstance(message, Deliver):
+                self.busy += 1
+                self.tasks.put(message)
+            elif isinstance(message, Goodbye):
+                self._reconnect("the broker does not know this worker")
+                return
+            elif not isinstance(message, Heartbeat):
+                log.error("ignored an unexpected %s from the broker", message.kind)
+
+    def _on_results(self) -> None:
+        while True:
+            try:
+                frame = self.results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.busy -= 1
+            self.broker.send(frame)
+
+    def run(self, stop: threading.Event) -> None:
+        for thread in self.threads:
+            thread.start()
+        poller = zmq.Poller()
+        poller.register(self.results, zmq.POLLIN)
+        next_heartbeat = 0.0
+        while not stop.is_set():
+            poller.register(self.broker, zmq.POLLIN)
+            ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
+            if self.results in ready:
+                self._on_results()
+            if self.broker in ready:
+                self._on_broker()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + HEARTBEAT_SECONDS
+                self.broker.send(encode(Heartbeat()))
+            if now - self.last_heard > BROKER_SILENCE_SECONDS:
+                poller.unregister(self.broker)
+                self._reconnect("no word from the broker")
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Finish deliveries in progress, report them, and hand back the rest."""
+        for _ in self.threads:
+            self.tasks.put(None)
+        for thread in self.threads:
+            thread.join(timeout=self.config.listen.dimse_timeout)
+        self._on_results()
+        self.broker.send(encode(Goodbye()))
+        self.broker.close()
+        self.results.close()
+        self.context.term()
+
+
+def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
+    """Entry point of a spawned worker process."""
+    setup_logging(config.log_level)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    configure_pynetdicom(chunked_send=True)
+    worker = Worker(config, runtime, index)
+    log.info("worker %d ready with %d delivery threads", index, len(worker.threads))
+    worker.run(stop)
