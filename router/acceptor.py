@@ -6,7 +6,7 @@ import logging
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -28,6 +28,11 @@ from router.store_handler import StoreHandler
 from workers.rules import RuleSet
 
 log = logging.getLogger(__name__)
+
+
+class EventLike(Protocol):
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
 
 
 def build_ae(config: RouterConfig) -> AE:
@@ -88,7 +93,7 @@ def _drain(ae: AE, grace: float) -> None:
         assoc.abort()
 
 
-def main(config: RouterConfig, runtime: Runtime) -> None:
+def main(config: RouterConfig, runtime: Runtime, listening: EventLike) -> None:
     """Entry point of the spawned acceptor process."""
     setup_logging(config.log_level)
     stop = threading.Event()
@@ -108,7 +113,9 @@ def main(config: RouterConfig, runtime: Runtime) -> None:
     server = ae.start_server(address, block=False, evt_handlers=handlers(store))
     assert server is not None  # block=False returns the server
     log.info("accepting DICOM associations as %s on %s:%d", config.ae_title, *address)
+    listening.set()  # the supervisor's /readyz reports ready from here on
     stop.wait()
+    listening.clear()
     log.info("stopping: no new associations; letting those in progress finish")
     server.shutdown()  # closes the listening socket: new connections are refused
     _drain(ae, grace=config.listen.dimse_timeout)

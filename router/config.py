@@ -13,7 +13,6 @@ from pydicom.datadict import tag_for_keyword
 
 from router.errors import ConfigError
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
 
 
@@ -107,9 +106,23 @@ StrOrList = str | list[str]
 class RuleMatch(Strict):
     calling_ae: StrOrList | None = None
     called_ae: StrOrList | None = None
-    source: IPNetwork | list[IPNetwork] | None = None
+    # CIDR networks, kept as text (validated here, parsed once when rules are compiled).
+    source: list[str] | None = None
     # keyword -> exact value, list of values (any of), or "re:<regex>" (searched).
     tags: dict[str, StrOrList] = {}
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            try:
+                ipaddress.ip_network(str(item), strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR network ({exc})") from None
+        return [str(item) for item in items]
 
     @field_validator("tags")
     @classmethod
@@ -162,23 +175,42 @@ class RouterConfig(Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RouterConfig:
-        problems = []
-        seen: set[str] = set()
-        for i, rule in enumerate(self.rules):
-            if rule.name in seen:
-                problems.append(f"rules[{i}].name: duplicate rule name {rule.name!r}")
-            seen.add(rule.name)
-            for name in rule.forward:
-                if name not in self.destinations:
-                    known = ", ".join(sorted(self.destinations)) or "none defined"
-                    problems.append(
-                        f"rules[{i}].forward: unknown destination {name!r} (known: {known})"
-                    )
-        if not self.rules:
-            problems.append("rules: at least one rule is needed, or nothing is ever routed")
+        rules = [(r.name, r.forward) for r in self.rules]
+        problems = reference_problems(rules, self.destinations)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(_JOINER.join(problems))
         return self
+
+
+_JOINER = "\n"
+
+
+def reference_problems(rules: list[tuple[Any, Any]], destinations: Any) -> list[str]:
+    """Rule names are unique and every `forward` names a destination. Works on raw data too,
+    so these problems are listed even when other keys are invalid."""
+    names = set(destinations) if isinstance(destinations, dict) else set()
+    problems = []
+    seen: set[Any] = set()
+    for i, (name, forward) in enumerate(rules):
+        if isinstance(name, str) and name in seen:
+            problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
+        seen.add(name)
+        for target in forward if isinstance(forward, list) else []:
+            if isinstance(target, str) and target not in names:
+                known = ", ".join(sorted(names)) or "none defined"
+                problems.append(f"rules[{i}].forward: unknown destination {target!r} "
+                                f"(known: {known})")
+    if not rules:
+        problems.append("rules: at least one rule is needed, or nothing is ever routed")
+    return problems
+
+
+def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return [] if "rules" in data else reference_problems([], {})
+    pairs = [(r.get("name"), r.get("forward")) for r in rules if isinstance(r, dict)]
+    return reference_problems(pairs, data.get("destinations"))
 
 
 def default_config() -> RouterConfig:
@@ -192,29 +224,32 @@ def default_config() -> RouterConfig:
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "destinations" and parts[2] in ("dicom", "folder"):
+        del parts[2]  # pydantic's discriminator branch: the destination's type, not a key
     out = ""
-    for part in loc:
+    for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("dicom", "folder") or part.startswith(("function-after", "lambda")):
+        elif any(c in part for c in "[(") or part.startswith(("function-", "lambda")):
             continue  # pydantic's union/validator branch names mean nothing to an operator
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
-def _problems(exc: ValidationError) -> list[str]:
-    problems = []
+def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
     for err in exc.errors():
         where = _location(tuple(err["loc"]))
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
-        if where == "(top level)" and "; " in message:
-            problems.extend(message.split("; "))  # our own cross-reference checks, one per line
-        else:
+        if where == "(top level)" and err["type"] == "value_error":
+            continue  # our cross-reference checks: listed below from the raw data
+        if f"{where}: {message}" not in problems:  # unions repeat one error per branch
             problems.append(f"{where}: {message}")
-    return problems
+    return problems + _raw_reference_problems(data)
 
 
 def parse_config(data: Any, source: str = "config") -> RouterConfig:
@@ -225,7 +260,7 @@ def parse_config(data: Any, source: str = "config") -> RouterConfig:
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, _problems(exc)) from None
+        raise ConfigError(source, _problems(exc, data)) from None
 
 
 def load_config(path: Path) -> RouterConfig:
@@ -234,6 +269,9 @@ def load_config(path: Path) -> RouterConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]) \
+            from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,6 +9,7 @@ import logging
 import socket
 from typing import Any
 
+import pydicom.config
 import pynetdicom.acse
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
@@ -31,6 +32,9 @@ def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = 
     _config.STORE_RECV_CHUNKED_DATASET = chunked_receive
     _config.STORE_SEND_CHUNKED_DATASET = chunked_send
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # Hostile values would otherwise be logged by pydicom once per access; the router states
+    # its own refusal once, with the reason.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def set_nodelay(event: evt.Event) -> None:

@@ -175,7 +175,7 @@ class Dispatcher:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return 0
-        for delivery in worker.leases.values():
+        for delivery in reversed(list(worker.leases.values())):  # keep their original order
             self.in_flight[delivery.destination] -= 1
             if delivery.job.job_id in self.jobs:
                 self.queues[delivery.destination].appendleft(delivery)
@@ -225,25 +225,26 @@ class Dispatcher:
         self._release_due(now)
         sends: list[tuple[bytes, Delivery]] = []
         names = list(self.queues)
-        progress = True
-        while progress:
-            progress = False
-            for offset in range(len(names)):
-                name = names[(self._rotation + offset) % len(names)]
-                queue = self.queues[name]
-                if not queue or self.in_flight[name] >= self.policies[name].max_parallel:
-                    continue
-                worker = self._pick_worker()
-                if worker is None:
-                    return sends
-                delivery = queue.popleft()
-                worker.credits -= 1
-                worker.leases[delivery.key] = delivery
-                self.in_flight[name] += 1
-                sends.append((worker.identity, delivery))
-                progress = True
-            self._rotation += 1
+        while (worker := self._pick_worker()) is not None:
+            name = self._next_sendable(names)
+            if name is None:
+                break
+            delivery = self.queues[name].popleft()
+            worker.credits -= 1
+            worker.leases[delivery.key] = delivery
+            self.in_flight[name] += 1
+            sends.append((worker.identity, delivery))
         return sends
+
+    def _next_sendable(self, names: list[str]) -> str | None:
+        """The next destination after the last one served that has work and room."""
+        for offset in range(len(names)):
+            index = (self._rotation + offset) % len(names)
+            name = names[index]
+            if self.queues[name] and self.in_flight[name] < self.policies[name].max_parallel:
+                self._rotation = index + 1  # the next call starts after this one: no starvation
+                return name
+        return None
 
     def next_due(self) -> float | None:
         return self.delayed[0][0] if self.delayed else None

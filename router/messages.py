@@ -45,6 +45,10 @@ class JobHeader:
     def from_dict(cls, data: Any) -> JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
+        for name in ("rules", "destinations"):
+            items = data.get(name, [])
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ProtocolError(f"job header field {name!r} is not a list of strings")
         try:
             values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
             values["rules"] = tuple(values.get("rules", ()))
@@ -150,7 +154,8 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError("frame is not a msgpack map")
     if body.get("v") != SCHEMA_VERSION:
         raise ProtocolError(f"unsupported schema version {body.get('v')!r}")
-    cls = _TYPES.get(body.get("type"))  # type: ignore[arg-type]
+    kind = body.get("type")
+    cls = _TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {body.get('type')!r}")
     values: dict[str, Any] = {}

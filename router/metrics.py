@@ -6,7 +6,7 @@ picks its multiprocess value store at import time, and spawned children inherit 
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "dicom_router"
 
@@ -61,4 +61,6 @@ RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
-BUILD_INFO = Info(f"{PREFIX}_build", "Router version.")
+# Info metrics do not work in multiprocess mode: the usual gauge set to 1 stands in.
+BUILD_INFO = Gauge(f"{PREFIX}_build_info", "Router version (always 1).", ["version"],
+                   multiprocess_mode="max")

@@ -120,6 +120,9 @@ class Spool:
             count += 1
         for tmp in self.jobs.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
+        for marker in self.jobs.glob("*.done"):
+            if marker.name.split(".", 1)[0] not in instances:
+                marker.unlink(missing_ok=True)  # a crash inside remove()
         return count
 
     def clear_incoming(self) -> int:

@@ -48,12 +48,13 @@ class Supervisor:
         self.runtime = runtime
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
+        self.listening = self.mp.Event()  # set by the acceptor while it accepts associations
         # Order matters: the broker first (others connect to it), the acceptor last.
         self.children = [
             Child("broker", broker.main, (config, runtime)),
             *[Child(f"worker-{i}", worker.main, (config, runtime, i))
               for i in range(config.workers)],
-            Child("acceptor", acceptor.main, (config, runtime)),
+            Child("acceptor", acceptor.main, (config, runtime, self.listening)),
         ]
         self.http: HttpEndpoint | None = None
 
@@ -61,7 +62,11 @@ class Supervisor:
         if self.stopping.is_set():
             return False, "draining: not accepting work"
         down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
-        return (False, f"not running: {', '.join(down)}") if down else (True, "ready")
+        if down:
+            return False, f"not running: {', '.join(down)}"
+        if not self.listening.is_set():
+            return False, "acceptor not listening yet"
+        return True, "ready"
 
     def _start(self, child: Child) -> None:
         process = self.mp.Process(target=child.target, args=child.args, name=child.name)
@@ -76,6 +81,8 @@ class Supervisor:
             return
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
+        if child.name == "acceptor":
+            self.listening.clear()  # it died without clearing: not accepting any more
         child.process = None
         quick = now - child.started_at < MIN_UPTIME_SECONDS
         child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
@@ -91,7 +98,7 @@ class Supervisor:
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
-        metrics.BUILD_INFO.info({"version": _version()})
+        metrics.BUILD_INFO.labels(_version()).set(1)
         if self.config.metrics.enabled:
             m = self.config.metrics
             self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready)

@@ -57,7 +57,7 @@ class CompiledRule:
         if m.source is None:
             self.networks = None
         else:
-            self.networks = m.source if isinstance(m.source, list) else [m.source]
+            self.networks = [ipaddress.ip_network(n) for n in m.source]
         self.tags = {k: ValueMatcher(v) for k, v in m.tags.items()}
 
     def matches_association(self, facts: AssociationFacts) -> bool:
@@ -70,6 +70,8 @@ class CompiledRule:
                 address = ipaddress.ip_address(facts.source)
             except ValueError:
                 return False
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped  # a dual-stack listener sees ::ffff:a.b.c.d
             return any(address in net for net in self.networks)
         return True
 

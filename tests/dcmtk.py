@@ -1,0 +1,311 @@
+"""Drive real DCMTK processes (storescp, storescu, echoscu) on 127.0.0.1 in tests.
+
+Every wait is bounded and every process started here is ended by its own handle.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from pydicom.filereader import read_file_meta_info
+
+LOCALHOST = "127.0.0.1"
+# A DICOM association carries at most 128 presentation contexts (odd IDs 1..255).
+MAX_PRESENTATION_CONTEXTS = 128
+
+
+def dcmtk_env() -> dict[str, str]:
+    """os.environ plus TCP_NODELAY=1: without it DCMTK is ~100x slower on loopback."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def require_dcmtk(*tools: str) -> None:
+    """Raise RuntimeError naming any DCMTK tool missing from PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"DCMTK tools not on PATH: {', '.join(missing)}")
+
+
+def _port_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """Terminate, then kill after grace seconds; always reap."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=grace)
+
+
+class StoreSCP:
+    """A storescp accepting every transfer syntax and storing bit-preserved files.
+
+    ``with StoreSCP(tmp_path / "in", "PEER") as scp: ...`` starts it on a free port
+    (or ``port``) and waits until the port accepts connections.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        ae_title: str = "STORESCP",
+        *,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        self.output_dir = output_dir
+        self.ae_title = ae_title
+        self.port = port if port is not None else 0
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self._fixed_port = port is not None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        # +B: store the received bytes as they came (no re-encoding by storescp).
+        # +xa: accept every transfer syntax DCMTK knows. -dhl: no reverse DNS lookups.
+        return [
+            "storescp",
+            "+B",
+            "+xa",
+            "-dhl",
+            "-od",
+            str(self.output_dir),
+            "-aet",
+            self.ae_title,
+            *self.extra_args,
+            str(self.port),
+        ]
+
+    def start(self) -> None:
+        require_dcmtk("storescp")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Closed in __exit__: the log lives as long as the process, not one block.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+        # A free_port() may be taken by someone else before storescp binds: retry.
+        attempts = 1 if self._fixed_port else 3
+        for _ in range(attempts):
+            if not self._fixed_port:
+                self.port = free_port()
+            self._proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_env(),
+            )
+            if self._wait_ready():
+                return
+            _stop_process(self._proc, self.stop_timeout)
+        raise RuntimeError(f"storescp did not start on port {self.port}:\n{self.log()}")
+
+    def _wait_ready(self) -> bool:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                return False
+            if _port_accepts(LOCALHOST, self.port):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            _stop_process(self._proc, self.stop_timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        """Everything storescp printed so far (useful in assertion messages)."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace")
+        self._log.seek(0, os.SEEK_END)
+        return text
+
+    def received_files(self) -> list[Path]:
+        """Files storescp wrote, sorted by path."""
+        return sorted(p for p in self.output_dir.rglob("*") if p.is_file())
+
+    def __enter__(self) -> StoreSCP:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def _presentation_contexts(files: Iterable[Path]) -> list[tuple[str, str]]:
+    """Distinct (SOP class, transfer syntax) pairs of the files, from their file meta."""
+    pairs: set[tuple[str, str]] = set()
+    for path in files:
+        meta = read_file_meta_info(path)
+        pairs.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    return sorted(pairs)
+
+
+def _association_config(pairs: Sequence[tuple[str, str]]) -> str:
+    """A storescu -xf config proposing one context per pair, each with exactly one syntax.
+
+    With a single syntax per context the SCP cannot pick another one, and storescu
+    finds the context matching the file's own syntax, so nothing is converted.
+    """
+    syntaxes = sorted({ts for _, ts in pairs})
+    ts_names = {ts: f"TS{i}" for i, ts in enumerate(syntaxes, 1)}
+    lines = ["[[TransferSyntaxes]]"]
+    for ts in syntaxes:
+        lines += [f"[{ts_names[ts]}]", f"TransferSyntax1 = {ts}"]
+    lines += ["[[PresentationContexts]]", "[Contexts]"]
+    lines += [
+        f"PresentationContext{i} = {sop}\\{ts_names[ts]}" for i, (sop, ts) in enumerate(pairs, 1)
+    ]
+    lines += ["[[Profiles]]", "[AsIs]", "PresentationContexts = Contexts", ""]
+    return "\n".join(lines)
+
+
+def run_storescu(
+    files: Iterable[Path],
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "STORESCU",
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send files (or directories, recursively) in one association, each in its own syntax.
+
+    Raises ValueError when the files need more than 128 presentation contexts, and
+    subprocess.TimeoutExpired (after killing storescu) when it runs over timeout.
+    Check ``returncode``: storescu stops at the first failed store unless ``-nh``.
+    """
+    require_dcmtk("storescu")
+    inputs = list(files)
+    pairs = _presentation_contexts(_expand(inputs))
+    if not pairs:
+        raise ValueError("no files to send")
+    if len(pairs) > MAX_PRESENTATION_CONTEXTS:
+        raise ValueError(f"{len(pairs)} SOP class/syntax pairs exceed one association")
+    with tempfile.TemporaryDirectory(prefix="storescu-") as tmp:
+        config = Path(tmp) / "storescu.cfg"
+        config.write_text(_association_config(pairs))
+        seconds = str(max(1, int(timeout)))
+        command = [
+            "storescu",
+            "-xf",
+            str(config),
+            "AsIs",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            "-to",
+            seconds,
+            "-ta",
+            seconds,
+            *extra_args,
+        ]
+        if any(path.is_dir() for path in inputs):
+            command += ["+sd", "+r"]  # scan directories given as inputs
+        command += [host, str(port), *(str(path) for path in inputs)]
+        return subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=dcmtk_env(),
+            timeout=timeout,
+            check=False,
+        )
+
+
+def run_echoscu(
+    host: str,
+    port: int,
+    *,
+    called_ae: str,
+    calling_ae: str = "ECHOSCU",
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """One C-ECHO; returncode 0 means the peer answered with success."""
+    require_dcmtk("echoscu")
+    seconds = str(max(1, int(timeout)))
+    command = [
+        "echoscu",
+        "-aet",
+        calling_ae,
+        "-aec",
+        called_ae,
+        "-to",
+        seconds,
+        "-ta",
+        seconds,
+        host,
+        str(port),
+    ]
+    return subprocess.run(
+        command,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=timeout,
+        check=False,
+    )

@@ -1,0 +1,52 @@
+"""Fixtures for integration tests: the real router, real DCMTK peers, on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dcmtk import StoreSCP
+from tests.integration.router_process import RouterProcess
+
+RouterFactory = Callable[[dict[str, Any]], RouterProcess]
+
+
+@pytest.fixture
+def start_router(tmp_path: Path) -> Iterator[RouterFactory]:
+    """Start `dicom-router run` with a config (spool, ports and metrics filled in)."""
+    started: list[RouterProcess] = []
+
+    def start(config: dict[str, Any]) -> RouterProcess:
+        workdir = tmp_path / f"router{len(started)}"
+        workdir.mkdir()
+        router = RouterProcess(workdir, config)
+        started.append(router)
+        return router.start()
+
+    yield start
+    for router in started:
+        router.stop()
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[Callable[[str], StoreSCP]]:
+    """Start DCMTK storescp peers by AE title; each stores under tmp_path/<AE>."""
+    peers: list[StoreSCP] = []
+
+    def start(ae_title: str) -> StoreSCP:
+        # --fork: one process per association, like a PACS; the router opens several.
+        scp = StoreSCP(tmp_path / ae_title, ae_title, extra_args=["--fork"])
+        scp.__enter__()
+        peers.append(scp)
+        return scp
+
+    yield start
+    for scp in peers:
+        scp.stop()
+
+
+def dicom_destination(scp: StoreSCP) -> dict[str, Any]:
+    return {"type": "dicom", "ae_title": scp.ae_title, "host": "127.0.0.1", "port": scp.port}

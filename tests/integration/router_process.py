@@ -1,0 +1,125 @@
+"""Run the real `dicom-router run` as a subprocess on free ports, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROUTER = [sys.executable, "-m", "router.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as rsp:
+            return rsp.status, rsp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+class RouterProcess:
+    """A router with its own spool, ports and log file; stopped (SIGTERM, then kill) on exit."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.metrics_port = free_port()
+        config = {
+            "spool": {"path": str(workdir / "spool")},
+            **config,
+            "listen": {"host": "127.0.0.1", "port": self.port, **config.get("listen", {})},
+            "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
+        }
+        self.config_path = workdir / "router.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / "router.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> RouterProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [*ROUTER, "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if http_get(self.metrics_port, "/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"router not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def metrics(self) -> str:
+        return http_get(self.metrics_port, "/metrics")[1]
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample, 0 if absent."""
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        prefix = f"{name}{{{want}}}" if labels else name
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            if _normalise(sample) == prefix:
+                return float(value)
+        return 0.0
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def __enter__(self) -> RouterProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _normalise(sample: str) -> str:
+    """Sort a sample's labels so that lookups do not depend on the exporter's order."""
+    if "{" not in sample:
+        return sample
+    name, _, rest = sample.partition("{")
+    labels = sorted(rest.rstrip("}").split(","))
+    return f"{name}{{{','.join(labels)}}}"
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1) -> bool:
+    """Poll `predicate` until it is true or `timeout` passes (tests never assert on time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

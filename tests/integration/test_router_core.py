@@ -1,0 +1,215 @@
+"""The router core end to end: real `dicom-router run` processes between real DCMTK peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, MRImageStorage
+
+from tests.dcmtk import LOCALHOST, StoreSCP, run_echoscu, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
+from tests.integration.conftest import RouterFactory, dicom_destination
+from tests.integration.router_process import RouterProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+StoreSCPFactory = Callable[[str], StoreSCP]
+
+
+def _digests(paths: list[Path]) -> dict[str, Path]:
+    return {dataset_digest(p): p for p in paths}
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.dcm") if p.is_file()) if folder.exists() else []
+
+
+def _delivered(router: RouterProcess, destination: str) -> float:
+    return router.metric("dicom_router_instances_forwarded_total", destination=destination,
+                         result="delivered")
+
+
+def _send(router_port: int, files: list[Path], calling_ae: str = "STORESCU") -> str:
+    result = run_storescu(files, LOCALHOST, router_port, called_ae="DICOM-ROUTER",
+                          calling_ae=calling_ae, extra_args=["-nh"])
+    return result.stdout + result.stderr
+
+
+def _with_sop_instance_uid(path: Path, uid: str) -> Path:
+    """Rewrite a sample with a hostile SOP Instance UID (also in its file meta)."""
+    ds = dcmread(path)
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    hostile = path.with_name("hostile.dcm")
+    ds.save_as(hostile)
+    return hostile
+
+
+def test_echo_is_answered(start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router({
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    })
+    result = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+    assert result.returncode == 0, result.stderr
+    assert router.metric("dicom_router_dimse_requests_total",
+                         command="C-ECHO", status="0x0000") == 1
+
+
+def test_mixed_instances_arrive_byte_identical(
+    start_router: RouterFactory, storescp: StoreSCPFactory, tmp_path: Path
+) -> None:
+    """A few hundred instances of mixed SOP classes and syntaxes, and a large multi-frame."""
+    sources = generate_mixed_set(tmp_path / "src", 300)
+    sources.append(write_instance(tmp_path / "big", sop_class=EnhancedCTImageStorage,
+                                  transfer_syntax=EXPLICIT_VR_LE, size_bytes=30_000_000,
+                                  frames=50))
+    pacs = storescp("PACS")
+    router = start_router({"destinations": {"pacs": dicom_destination(pacs)},
+                           "rules": [{"name": "all", "forward": ["pacs"]}]})
+
+    output = _send(router.port, sources)
+    assert router.metric("dicom_router_instances_received_total", result="accepted") == len(
+        sources), output
+
+    # storescp answers a C-STORE only once its file is written: wait for every answer.
+    assert wait_for(lambda: router.metric("dicom_router_instances_forwarded_total",
+                                          destination="pacs", result="delivered") == len(sources),
+                    timeout=120), (
+        f"{len(pacs.received_files())} of {len(sources)} arrived\n{router.log()[-3000:]}")
+    received = _digests(pacs.received_files())
+    missing = [p.name for p in sources if dataset_digest(p) not in received]
+    assert missing == [], f"changed or lost in transit: {missing[:5]}"
+    # Every job is settled and removed from the spool once delivered.
+    jobs = router.workdir / "spool" / "jobs"
+    assert wait_for(lambda: not any(jobs.iterdir()), timeout=30), sorted(jobs.iterdir())[:5]
+    assert router.metric("dicom_router_instances_forwarded_total",
+                         destination="pacs", result="delivered") == len(sources)
+
+
+def test_fan_out_to_dicom_and_folder(
+    start_router: RouterFactory, storescp: StoreSCPFactory, tmp_path: Path
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 12)
+    pacs = storescp("PACS")
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"pacs": dicom_destination(pacs),
+                         "archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "both", "forward": ["pacs", "archive"]}],
+    })
+    _send(router.port, sources)
+
+    assert wait_for(lambda: _delivered(router, "pacs") == len(sources)
+                    and _delivered(router, "archive") == len(sources)), router.log()[-3000:]
+    assert set(_digests(pacs.received_files())) == {dataset_digest(p) for p in sources}
+    assert set(_digests(_files(archive))) == {dataset_digest(p) for p in sources}
+
+
+def test_folder_layout_is_study_series_instance_with_file_meta(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE, study_uid="1.2.3.4",
+                            series_uid="1.2.3.4.5", sop_instance_uid="1.2.3.4.5.6")
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    _send(router.port, [source])
+
+    target = archive / "1.2.3.4" / "1.2.3.4.5" / "1.2.3.4.5.6.dcm"
+    assert wait_for(target.exists), router.log()[-2000:]
+    stored = dcmread(target)
+    assert stored.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4.5.6"
+    assert stored.file_meta.TransferSyntaxUID == EXPLICIT_VR_LE
+    assert dataset_digest(target) == dataset_digest(source)
+
+
+def test_rules_select_by_calling_ae_and_by_tag(
+    start_router: RouterFactory, storescp: StoreSCPFactory, tmp_path: Path
+) -> None:
+    ct_pacs, mr_pacs = storescp("CTPACS"), storescp("MRPACS")
+    rest = tmp_path / "rest"
+    router = start_router({
+        "destinations": {"ct": dicom_destination(ct_pacs), "mr": dicom_destination(mr_pacs),
+                         "rest": {"type": "folder", "path": str(rest)}},
+        "rules": [
+            {"name": "from-ct1", "match": {"calling_ae": ["CT1", "CT2"]}, "forward": ["ct"]},
+            {"name": "mr-chest", "match": {"tags": {"Modality": "MR",
+                                                    "StudyDescription": "re:^CHEST"}},
+             "forward": ["mr"]},
+            {"name": "rest", "forward": ["rest"]},
+        ],
+    })
+    from_ct1 = write_instance(tmp_path / "a", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE)
+    mr_chest = write_instance(tmp_path / "b", sop_class=MRImageStorage, modality="MR",
+                              transfer_syntax=EXPLICIT_VR_LE,
+                              tags={"StudyDescription": "CHEST PA"})
+    mr_head = write_instance(tmp_path / "c", sop_class=MRImageStorage, modality="MR",
+                             transfer_syntax=EXPLICIT_VR_LE, tags={"StudyDescription": "HEAD"})
+    _send(router.port, [from_ct1], calling_ae="CT1")
+    _send(router.port, [mr_chest, mr_head], calling_ae="MRSCANNER")
+
+    assert wait_for(lambda: _delivered(router, "ct") == 1 and _delivered(router, "mr") == 1
+                    and _delivered(router, "rest") == 1), router.log()[-3000:]
+    assert set(_digests(ct_pacs.received_files())) == {dataset_digest(from_ct1)}
+    assert set(_digests(mr_pacs.received_files())) == {dataset_digest(mr_chest)}
+    assert set(_digests(_files(rest))) == {dataset_digest(mr_head)}
+
+
+def test_instance_matching_no_rule_is_refused_and_counted(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "only-ct1", "match": {"calling_ae": "CT1"}, "forward": ["archive"]}],
+    })
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    result = run_storescu([source], LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                          calling_ae="STRANGER", extra_args=["-d"])
+
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "0xc002" in output.lower(), output  # the status, as the sender's log shows it
+    assert "no routing rule matches" in output  # and the ErrorComment says why
+    assert router.metric("dicom_router_instances_received_total", result="no_route") == 1
+    assert _files(archive) == []
+    assert list((router.workdir / "spool" / "jobs").iterdir()) == []
+
+
+def test_hostile_uids_never_escape_the_folder(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    archive = tmp_path / "deep" / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    hostile_instance = _with_sop_instance_uid(
+        write_instance(tmp_path / "a", sop_class=CTImageStorage, transfer_syntax=EXPLICIT_VR_LE),
+        "../../etc/x")
+    hostile_study = write_instance(tmp_path / "b", sop_class=CTImageStorage,
+                                   transfer_syntax=EXPLICIT_VR_LE, study_uid="../../../../x")
+
+    refused = run_storescu([hostile_instance], LOCALHOST, router.port,
+                           called_ae="DICOM-ROUTER", extra_args=["-v"])
+    assert refused.returncode != 0
+    assert router.metric("dicom_router_instances_received_total", result="invalid_uid") == 1
+
+    # A hostile Study UID passes the acceptor (rules need no tags) but the folder destination
+    # refuses to name a file with it: a dead letter an operator can see, nothing outside.
+    _send(router.port, [hostile_study])
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total",
+                                          destination="archive", reason="invalid_uid") == 1)
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and p.name in ("x", "x.dcm")]
+    assert outside == []
+    assert _files(archive) == []
+    assert len(list((router.workdir / "spool" / "dead-letters").glob("*.json"))) == 1

@@ -1,0 +1,460 @@
+"""router/config.py: parse_config, load_config, default_config and summary."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.config import (
+    DicomDestination,
+    FolderDestination,
+    RouterConfig,
+    default_config,
+    load_config,
+    parse_config,
+    summary,
+)
+from router.errors import ConfigError
+
+EXAMPLE_YAML = """\
+ae_title: DICOM-ROUTER
+listen: {host: 0.0.0.0, port: 11112}
+spool: {path: /var/lib/dicom-router/spool}
+workers: 2
+metrics: {host: 127.0.0.1, port: 9100}
+destinations:
+  pacs:    {type: dicom, ae_title: PACS, host: 127.0.0.1, port: 11113}
+  archive: {type: folder, path: /var/lib/dicom-router/received}
+rules:
+  - name: ct-from-scanner
+    match:
+      calling_ae: [CT1, CT2]
+      called_ae: DICOM-ROUTER
+      source: 10.0.0.0/8
+      tags: {Modality: CT, StudyDescription: "re:^CHEST"}
+    forward: [pacs, archive]
+  - name: everything-else
+    forward: [archive]
+"""
+
+
+def example() -> dict[str, Any]:
+    return copy.deepcopy(yaml.safe_load(EXAMPLE_YAML))
+
+
+def problems_of(data: Any) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert info.value.problems, "a ConfigError must list at least one problem"
+    return info.value.problems
+
+
+def paths_of(problems: list[str]) -> list[str]:
+    return [p.split(": ", 1)[0] for p in problems]
+
+
+# --- the issue's example -----------------------------------------------------------------------
+
+
+def test_example_config_parses_as_written() -> None:
+    config = parse_config(example())
+
+    assert config.ae_title == "DICOM-ROUTER"
+    assert (config.listen.host, config.listen.port) == ("0.0.0.0", 11112)
+    assert config.spool.path == Path("/var/lib/dicom-router/spool")
+    assert config.workers == 2
+    assert (config.metrics.host, config.metrics.port) == ("127.0.0.1", 9100)
+
+    pacs = config.destinations["pacs"]
+    assert isinstance(pacs, DicomDestination)
+    assert (pacs.ae_title, pacs.host, pacs.port) == ("PACS", "127.0.0.1", 11113)
+    archive = config.destinations["archive"]
+    assert isinstance(archive, FolderDestination)
+    assert archive.path == Path("/var/lib/dicom-router/received")
+
+    first, second = config.rules
+    assert first.name == "ct-from-scanner"
+    assert first.match.calling_ae == ["CT1", "CT2"]
+    assert first.match.called_ae == "DICOM-ROUTER"
+    assert first.match.source == ["10.0.0.0/8"]  # one network is normalised to a list
+    assert first.match.tags == {"Modality": "CT", "StudyDescription": "re:^CHEST"}
+    assert first.forward == ["pacs", "archive"]
+    assert first.continue_ is False
+    assert second.name == "everything-else"
+    assert second.forward == ["archive"]
+    assert second.match.tags == {}
+    assert second.match.calling_ae is None
+
+
+def test_example_config_loads_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(EXAMPLE_YAML, encoding="utf-8")
+
+    assert load_config(path) == parse_config(example())
+
+
+def test_summary_names_the_essentials() -> None:
+    text = summary(parse_config(example()))
+
+    assert text == (
+        "ok: AE DICOM-ROUTER on 0.0.0.0:11112, 2 workers, 2 destinations, 2 rules, "
+        "spool /var/lib/dicom-router/spool"
+    )
+
+
+def test_default_config_stores_everything_in_received() -> None:
+    config = default_config()
+
+    assert isinstance(config, RouterConfig)
+    assert config.ae_title == "DICOM-ROUTER"
+    assert config.listen.port == 11112
+    assert list(config.destinations) == ["received"]
+    received = config.destinations["received"]
+    assert isinstance(received, FolderDestination)
+    assert received.path == Path("received")
+    assert [r.name for r in config.rules] == ["store-everything"]
+    assert config.rules[0].forward == ["received"]
+    assert config.rules[0].match.tags == {}
+    assert summary(config).startswith("ok: AE DICOM-ROUTER on 0.0.0.0:11112, 2 workers, ")
+
+
+def test_continue_alias_sets_continue_() -> None:
+    data = example()
+    data["rules"][0]["continue"] = True
+
+    config = parse_config(data)
+
+    assert config.rules[0].continue_ is True
+    assert config.rules[1].continue_ is False
+
+
+def test_destination_ae_titles_are_stripped_of_padding() -> None:
+    data = example()
+    data["destinations"]["pacs"]["ae_title"] = " PACS "
+
+    assert parse_config(data).destinations["pacs"].ae_title == "PACS"  # type: ignore[union-attr]
+
+
+def test_ipv6_source_network_is_accepted() -> None:
+    data = example()
+    data["rules"][0]["match"]["source"] = ["10.0.0.0/8", "fd00::/8"]
+
+    source = parse_config(data).rules[0].match.source
+
+    assert source == ["10.0.0.0/8", "fd00::/8"]
+
+
+# --- unknown keys, with their dotted path ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.update(ae_titl="X"), "ae_titl: unknown key"),
+        (lambda d: d["listen"].update(prot=1), "listen.prot: unknown key"),
+        (lambda d: d["spool"].update(pth="x"), "spool.pth: unknown key"),
+        (lambda d: d["metrics"].update(hots="x"), "metrics.hots: unknown key"),
+        (
+            lambda d: d["destinations"]["pacs"].update(ae_titl="X"),
+            "destinations.pacs.ae_titl: unknown key",
+        ),
+        (
+            lambda d: d["destinations"]["archive"].update(fsyn=True),
+            "destinations.archive.fsyn: unknown key",
+        ),
+        (
+            lambda d: d["destinations"]["pacs"].update(retry={"max_attempt": 3}),
+            "destinations.pacs.retry.max_attempt: unknown key",
+        ),
+        (lambda d: d["rules"][1].update(forwrd=["archive"]), "rules[1].forwrd: unknown key"),
+        (
+            lambda d: d["rules"][0]["match"].update(calling="CT1"),
+            "rules[0].match.calling: unknown key",
+        ),
+    ],
+    ids=["top", "listen", "spool", "metrics", "dicom-dest", "folder-dest", "retry", "rule",
+         "match"],
+)
+def test_unknown_keys_are_reported_with_their_dotted_path(mutate: Any, expected: str) -> None:
+    data = example()
+    mutate(data)
+
+    assert problems_of(data) == [expected]
+
+
+def test_unknown_key_in_destination_named_like_a_type_keeps_its_name() -> None:
+    data = example()
+    data["destinations"]["folder"] = {"type": "folder", "path": "/x", "bogus": 1}
+
+    assert problems_of(data) == ["destinations.folder.bogus: unknown key"]
+
+
+def test_unknown_destination_type_is_reported() -> None:
+    data = example()
+    data["destinations"]["ftp"] = {"type": "ftp", "path": "/x"}
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith("destinations.ftp: ")
+    assert "'dicom', 'folder'" in problems[0]
+
+
+# --- cross references --------------------------------------------------------------------------
+
+
+def test_unknown_forward_destinations_are_reported_one_per_line_with_rule_index() -> None:
+    data = example()
+    data["rules"][0]["forward"] = ["pacs", "pacz"]
+    data["rules"][1]["forward"] = ["archiv"]
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+
+    assert info.value.problems == [
+        "rules[0].forward: unknown destination 'pacz' (known: archive, pacs)",
+        "rules[1].forward: unknown destination 'archiv' (known: archive, pacs)",
+    ]
+    # The message lists each problem on its own line.
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid config config:"
+    assert lines[1:] == [f"  - {p}" for p in info.value.problems]
+
+
+def test_forward_without_any_destination_defined_says_none_defined() -> None:
+    data = example()
+    data["destinations"] = {}
+    data["rules"] = [{"name": "all", "forward": ["archive"]}]
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert "rules[0].forward: unknown destination 'archive' (known: none defined)" in problems[0]
+
+
+def test_single_unknown_forward_destination_is_reported_without_top_level_prefix() -> None:
+    data = example()
+    data["rules"][1]["forward"] = ["nope"]
+
+    assert problems_of(data) == [
+        "rules[1].forward: unknown destination 'nope' (known: archive, pacs)"
+    ]
+
+
+def test_duplicate_rule_names_are_reported() -> None:
+    data = example()
+    data["rules"][1]["name"] = "ct-from-scanner"
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert "rules[1].name: duplicate rule name 'ct-from-scanner'" in problems[0]
+
+
+def test_empty_rules_are_an_error() -> None:
+    data = example()
+    data["rules"] = []
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert "rules: at least one rule is needed" in problems[0]
+
+
+# --- value checks ------------------------------------------------------------------------------
+
+
+def test_unknown_dicom_keyword_in_match_tags() -> None:
+    data = example()
+    data["rules"][0]["match"]["tags"]["Modalty"] = "CT"
+
+    assert problems_of(data) == [
+        "rules[0].match.tags: 'Modalty' is not a DICOM keyword (e.g. Modality)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["re:(", ["MR", "re:[a-"]])
+def test_bad_regular_expression_in_match_tags(value: Any) -> None:
+    data = example()
+    data["rules"][0]["match"]["tags"]["Modality"] = value
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith("rules[0].match.tags: tag Modality: bad regular expression")
+
+
+@pytest.mark.parametrize("title", ["A" * 17, "A\\B", "   ", "", "AE\x01"])
+def test_invalid_router_ae_title(title: str) -> None:
+    data = example()
+    data["ae_title"] = title
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith("ae_title: ")
+    assert "is not a valid AE title" in problems[0]
+
+
+def test_sixteen_character_ae_title_is_valid() -> None:
+    data = example()
+    data["ae_title"] = "A" * 16
+
+    assert parse_config(data).ae_title == "A" * 16
+
+
+@pytest.mark.parametrize(("field", "title"), [("ae_title", "P" * 17), ("calling_ae", "CT\\1")])
+def test_invalid_destination_ae_titles(field: str, title: str) -> None:
+    data = example()
+    data["destinations"]["pacs"][field] = title
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith(f"destinations.pacs.{field}: ")
+    assert "is not a valid AE title" in problems[0]
+
+
+@pytest.mark.parametrize("source", ["10.0.0.0/33", "not-a-network", ["10.0.0.0/8", "10.0.0/"]])
+def test_bad_cidr_in_source_is_reported_under_match_source(source: Any) -> None:
+    data = example()
+    data["rules"][0]["match"]["source"] = source
+
+    problems = problems_of(data)
+
+    assert all(p.startswith("rules[0].match.source") for p in problems)
+
+
+def test_bad_cidr_in_source_is_one_problem_with_a_clean_key_path() -> None:
+    data = example()
+    data["rules"][0]["match"]["source"] = "10.0.0.0/33"
+
+    problems = problems_of(data)
+
+    assert paths_of(problems) == ["rules[0].match.source"]
+
+
+@pytest.mark.parametrize("name", ["a/b", "../etc", "has space", "x" * 65, ""])
+def test_unsafe_destination_names_are_rejected(name: str) -> None:
+    data = example()
+    data["destinations"][name] = {"type": "folder", "path": "/x"}
+
+    problems = problems_of(data)
+
+    assert problems == [f"destinations: destination name {name!r}: use letters, digits, - and _"]
+
+
+def test_out_of_range_numbers_name_their_key() -> None:
+    data = example()
+    data["listen"]["port"] = 70000
+    data["workers"] = 0
+
+    assert sorted(paths_of(problems_of(data))) == ["listen.port", "workers"]
+
+
+# --- several problems at once ------------------------------------------------------------------
+
+
+def test_all_field_problems_are_listed_at_once() -> None:
+    data = example()
+    data["ae_titl"] = "X"
+    data["ae_title"] = "A" * 17
+    data["listen"]["prot"] = 1
+    data["destinations"]["pacs"]["port"] = 0
+    data["rules"][0]["match"]["tags"]["Modalty"] = "CT"
+    data["rules"][1]["continu"] = True
+
+    problems = problems_of(data)
+
+    assert sorted(paths_of(problems)) == sorted(
+        [
+            "ae_titl",
+            "ae_title",
+            "listen.prot",
+            "destinations.pacs.port",
+            "rules[0].match.tags",
+            "rules[1].continu",
+        ]
+    )
+
+
+def test_field_problems_and_unknown_forward_destinations_are_listed_together() -> None:
+    data = example()
+    data["listen"]["prot"] = 1
+    data["rules"][0]["forward"] = ["pacs", "pacz"]
+
+    problems = problems_of(data)
+
+    assert "listen.prot: unknown key" in problems
+    assert any(p.startswith("rules[0].forward: unknown destination 'pacz'") for p in problems)
+
+
+# --- parse_config input shapes and load_config -------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [[1, 2], "text", 3])
+def test_parse_config_rejects_a_non_mapping(data: Any) -> None:
+    assert problems_of(data) == ["(top level): must be a mapping of keys to values"]
+
+
+def test_parse_config_source_names_the_file_in_the_message() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"ae_titl": "x"}, "site.yaml")
+
+    assert info.value.source == "site.yaml"
+    assert str(info.value).startswith("invalid config site.yaml:\n")
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert info.value.source == str(path)
+    assert info.value.problems == ["cannot read the file: No such file or directory"]
+
+
+def test_load_config_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("rules: [\n  - name: x\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert info.value.source == str(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("not valid YAML: ")
+
+
+def test_load_config_empty_file_reports_missing_rules(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert any("at least one rule is needed" in p for p in info.value.problems)
+
+
+def test_load_config_reports_problems_with_the_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(EXAMPLE_YAML + "bogus: 1\n", encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+
+    assert info.value.problems == ["bogus: unknown key"]
+    assert str(info.value) == f"invalid config {path}:\n  - bogus: unknown key"
+
+
+def test_load_config_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("ae_title: RÖNTGEN\n".encode("latin-1"))
+
+    with pytest.raises(ConfigError):
+        load_config(path)

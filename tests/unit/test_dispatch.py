@@ -1,0 +1,558 @@
+"""router/dispatch.py: the broker's I/O-free state machine (see its module docstring)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from router.config import RetryConfig
+from router.dispatch import (
+    WORKER_LEASE_SECONDS,
+    DeadLetter,
+    Delivery,
+    DestinationPolicy,
+    Dispatcher,
+    Retry,
+    Settled,
+    backoff,
+)
+from router.messages import JobHeader, Result
+
+from .helpers import make_header
+
+W1 = b"worker-1"
+W2 = b"worker-2"
+RETRY = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=8.0)
+
+
+def make_dispatcher(
+    parallel: dict[str, int] | None = None,
+    *,
+    retry: RetryConfig = RETRY,
+    max_jobs: int = 1000,
+    max_bytes: int = 10**9,
+    rand: Callable[[], float] = lambda: 0.0,
+) -> Dispatcher:
+    parallel = {"pacs": 4, "archive": 4} if parallel is None else parallel
+    policies = {name: DestinationPolicy(n, retry) for name, n in parallel.items()}
+    return Dispatcher(policies, max_jobs=max_jobs, max_bytes=max_bytes, rand=rand)
+
+
+def ok(job: JobHeader, destination: str) -> Result:
+    return Result(job.job_id, destination, True)
+
+
+def failed(job: JobHeader, destination: str, reason: str = "connection", *,
+           transient: bool = True, detail: str = "refused") -> Result:
+    return Result(job.job_id, destination, False, reason, transient, detail)
+
+
+def sent(sends: list[tuple[bytes, Delivery]]) -> list[tuple[str, str]]:
+    return [(d.job.job_id, d.destination) for _, d in sends]
+
+
+# --- jobs and settling -------------------------------------------------------------------------
+
+
+def test_add_job_queues_once_per_destination() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs", "archive"), size=300)
+
+    assert d.add_job(job) == []
+
+    assert [x.job for x in d.queues["pacs"]] == [job]
+    assert [x.job for x in d.queues["archive"]] == [job]
+    assert all(x.attempt == 1 for q in d.queues.values() for x in q)
+    assert d.jobs["j1"].pending == {"pacs", "archive"}
+    assert d.queued_bytes == 300
+    assert d.depth("pacs") == d.depth("archive") == 1
+
+
+def test_job_settles_only_when_every_destination_delivered() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs", "archive"), size=300)
+    d.add_job(job)
+    d.worker_ready(W1, 4, now=0.0)
+    assert sorted(sent(d.dispatch(0.0))) == [("j1", "archive"), ("j1", "pacs")]
+
+    assert d.result(W1, ok(job, "pacs"), now=1.0) == []
+    assert "j1" in d.jobs
+    assert d.result(W1, ok(job, "archive"), now=1.0) == [Settled(job)]
+
+    assert d.jobs == {}
+    assert d.queued_bytes == 0
+    assert d.in_flight == {"pacs": 0, "archive": 0}
+
+
+def test_add_job_is_idempotent_by_job_id() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs",), size=300)
+    d.add_job(job)
+
+    assert d.add_job(job) == []
+    assert d.add_job(make_header("j1", ("archive",), size=999)) == []
+
+    assert len(d.queues["pacs"]) == 1
+    assert len(d.queues["archive"]) == 0
+    assert d.queued_bytes == 300
+    assert len(d.jobs) == 1
+
+
+def test_recovered_delivered_destinations_are_not_queued() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs", "archive"))
+
+    assert d.add_job(job, delivered={"pacs"}) == []
+
+    assert len(d.queues["pacs"]) == 0
+    assert [x.destination for x in d.queues["archive"]] == ["archive"]
+    d.worker_ready(W1, 1, now=0.0)
+    assert sent(d.dispatch(0.0)) == [("j1", "archive")]
+    assert d.result(W1, ok(job, "archive"), now=0.0) == [Settled(job)]
+
+
+def test_recovered_job_delivered_everywhere_settles_at_once() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs", "archive"), size=50)
+
+    assert d.add_job(job, delivered=["pacs", "archive"]) == [Settled(job)]
+
+    assert d.jobs == {}
+    assert d.queued_bytes == 0
+    assert not d.queues["pacs"] and not d.queues["archive"]
+
+
+def test_unknown_destination_is_a_dead_letter() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("ghost", "pacs"))
+
+    outcomes = d.add_job(job)
+
+    assert len(outcomes) == 1
+    dead = outcomes[0]
+    assert isinstance(dead, DeadLetter)
+    assert dead.reason == "unknown_destination"
+    assert dead.delivery == Delivery(job, "ghost", 1)
+    assert "ghost" in dead.detail
+    assert d.jobs["j1"].pending == {"pacs"}  # still waits for pacs
+    assert [x.destination for x in d.queues["pacs"]] == ["pacs"]
+
+
+def test_only_unknown_destinations_dead_letter_then_settle() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("ghost",), size=10)
+
+    outcomes = d.add_job(job)
+
+    assert [type(o) for o in outcomes] == [DeadLetter, Settled]
+    assert outcomes[1] == Settled(job)
+    assert d.jobs == {}
+    assert d.queued_bytes == 0
+
+
+# --- refusal -----------------------------------------------------------------------------------
+
+
+def test_refusal_when_max_jobs_reached() -> None:
+    d = make_dispatcher(max_jobs=2)
+    d.add_job(make_header("j1"))
+    assert d.refusal(make_header("j2")) is None
+    d.add_job(make_header("j2"))
+
+    reason = d.refusal(make_header("j3"))
+
+    assert reason is not None and reason.startswith("queue full")
+
+
+def test_refusal_when_max_bytes_would_be_exceeded() -> None:
+    d = make_dispatcher(max_bytes=1000)
+    d.add_job(make_header("j1", size=600))
+
+    assert d.refusal(make_header("j2", size=400)) is None  # exactly at the bound
+    reason = d.refusal(make_header("j2", size=401))
+    assert reason is not None and reason.startswith("queue full")
+
+
+def test_a_settled_job_frees_its_share_of_the_bounds() -> None:
+    d = make_dispatcher(max_jobs=1, max_bytes=1000)
+    job = make_header("j1", size=1000)
+    d.add_job(job)
+    assert d.refusal(make_header("j2", size=1)) is not None
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+
+    d.result(W1, ok(job, "pacs"), now=0.0)
+
+    assert d.refusal(make_header("j2", size=1000)) is None
+
+
+# --- credits, max_parallel, round robin --------------------------------------------------------
+
+
+def test_nothing_is_dispatched_without_a_worker() -> None:
+    d = make_dispatcher()
+    d.add_job(make_header("j1"))
+
+    assert d.dispatch(0.0) == []
+    assert len(d.queues["pacs"]) == 1
+
+
+def test_credits_limit_dispatch() -> None:
+    d = make_dispatcher({"pacs": 10})
+    jobs = [make_header(f"j{i}") for i in range(5)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 2, now=0.0)
+
+    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+    assert d.dispatch(0.0) == []
+    assert d.workers[W1].credits == 0
+
+    d.result(W1, ok(jobs[0], "pacs"), now=0.0)  # a Result returns one credit
+    assert d.workers[W1].credits == 1
+    assert sent(d.dispatch(0.0)) == [("j2", "pacs")]
+
+
+def test_deliveries_are_spread_over_workers_with_credit() -> None:
+    d = make_dispatcher({"pacs": 10})
+    for i in range(3):
+        d.add_job(make_header(f"j{i}"))
+    d.worker_ready(W1, 1, now=0.0)
+    d.worker_ready(W2, 1, now=0.0)
+
+    sends = d.dispatch(0.0)
+
+    assert sorted(identity for identity, _ in sends) == [W1, W2]
+    assert len(d.queues["pacs"]) == 1
+    assert set(d.workers[W1].leases) | set(d.workers[W2].leases) == {
+        ("j0", "pacs"), ("j1", "pacs")
+    }
+
+
+def test_max_parallel_per_destination_is_respected() -> None:
+    d = make_dispatcher({"pacs": 2})
+    jobs = [make_header(f"j{i}") for i in range(4)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 10, now=0.0)
+
+    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+    assert d.in_flight["pacs"] == 2
+    assert d.dispatch(0.0) == []
+    assert d.workers[W1].credits == 8
+
+    d.result(W1, ok(jobs[0], "pacs"), now=0.0)
+    assert sent(d.dispatch(0.0)) == [("j2", "pacs")]
+    assert d.in_flight["pacs"] == 2
+
+
+def test_a_busy_destination_does_not_block_another() -> None:
+    d = make_dispatcher({"pacs": 1, "archive": 4})
+    for i in range(3):
+        d.add_job(make_header(f"p{i}", ("pacs",)))
+        d.add_job(make_header(f"a{i}", ("archive",)))
+    d.worker_ready(W1, 10, now=0.0)
+
+    sends = sent(d.dispatch(0.0))
+
+    assert sends == [("p0", "pacs"), ("a0", "archive"), ("a1", "archive"), ("a2", "archive")]
+    assert d.in_flight == {"pacs": 1, "archive": 3}
+    assert len(d.queues["pacs"]) == 2
+
+
+def test_dispatch_alternates_between_destinations() -> None:
+    d = make_dispatcher({"pacs": 10, "archive": 10})
+    for i in range(3):
+        d.add_job(make_header(f"p{i}", ("pacs",)))
+        d.add_job(make_header(f"a{i}", ("archive",)))
+    d.worker_ready(W1, 4, now=0.0)
+
+    destinations = [dest for _, dest in sent(d.dispatch(0.0))]
+
+    assert sorted(destinations) == ["archive", "archive", "pacs", "pacs"]
+    assert destinations[0] != destinations[1]
+    assert destinations[2] != destinations[3]
+
+
+def test_round_robin_holds_when_credits_come_back_one_at_a_time() -> None:
+    d = make_dispatcher({"pacs": 4, "archive": 4})
+    for i in range(4):
+        d.add_job(make_header(f"p{i}", ("pacs",)))
+        d.add_job(make_header(f"a{i}", ("archive",)))
+    d.worker_ready(W1, 1, now=0.0)
+
+    served = []
+    for _ in range(4):
+        ((_, delivery),) = d.dispatch(0.0)
+        served.append(delivery.destination)
+        d.result(W1, ok(delivery.job, delivery.destination), now=0.0)
+
+    assert sorted(served) == ["archive", "archive", "pacs", "pacs"]
+
+
+# --- retries and dead letters ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base"), [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0), (30, 8.0)]
+)
+@pytest.mark.parametrize("r", [0.0, 0.25, 0.999])
+def test_backoff_is_capped_exponential_with_jitter(attempt: int, base: float, r: float) -> None:
+    delay = backoff(RETRY, attempt, lambda: r)
+
+    assert delay == pytest.approx(base * (0.5 + r / 2))
+    assert 0.5 * base <= delay <= base
+
+
+def test_transient_failure_is_retried_after_backoff() -> None:
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 0.5)
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=100.0)
+    d.dispatch(100.0)
+
+    outcomes = d.result(W1, failed(job, "pacs", "connection"), now=100.0)
+
+    assert len(outcomes) == 1
+    retry = outcomes[0]
+    assert isinstance(retry, Retry)
+    assert retry.delivery == Delivery(job, "pacs", 2)
+    assert retry.reason == "connection"
+    assert retry.delay == pytest.approx(0.75)  # initial 1.0, jitter 75%
+    assert 0.5 <= retry.delay <= 1.0
+    assert d.in_flight["pacs"] == 0
+    assert d.depth("pacs") == 1
+    assert d.next_due() == pytest.approx(100.75)
+    assert "j1" in d.jobs
+
+    assert d.dispatch(100.74) == []  # not before the delay elapsed
+    ((identity, delivery),) = d.dispatch(100.75)
+    assert identity == W1
+    assert delivery == Delivery(job, "pacs", 2)
+    assert d.next_due() is None
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 4])
+def test_retry_delay_grows_with_the_failed_attempt(attempt: int) -> None:
+    retry = RetryConfig(max_attempts=10, initial_delay=2.0, max_delay=10.0)
+    d = make_dispatcher({"pacs": 4}, retry=retry, rand=lambda: 1.0)
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    now = 0.0
+    d.dispatch(now)
+    for _ in range(attempt - 1):
+        (r,) = d.result(W1, failed(job, "pacs"), now=now)
+        assert isinstance(r, Retry)
+        now += r.delay
+        d.dispatch(now)
+
+    (outcome,) = d.result(W1, failed(job, "pacs"), now=now)
+
+    assert isinstance(outcome, Retry)
+    assert outcome.delivery.attempt == attempt + 1
+    assert outcome.delay == pytest.approx(min(10.0, 2.0 * 2 ** (attempt - 1)))
+
+
+def test_permanent_failure_is_a_dead_letter_then_settles() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs",), size=10)
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+
+    outcomes = d.result(W1, failed(job, "pacs", "rejected", transient=False, detail="A900"),
+                        now=0.0)
+
+    assert outcomes == [DeadLetter(Delivery(job, "pacs", 1), "rejected", "A900"), Settled(job)]
+    assert d.jobs == {}
+    assert d.queued_bytes == 0
+    assert d.depth("pacs") == 0
+
+
+def test_dead_letter_settles_only_with_the_last_destination() -> None:
+    d = make_dispatcher()
+    job = make_header("j1", ("pacs", "archive"))
+    d.add_job(job)
+    d.worker_ready(W1, 2, now=0.0)
+    d.dispatch(0.0)
+
+    first = d.result(W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
+    assert [type(o) for o in first] == [DeadLetter]
+
+    assert d.result(W1, ok(job, "archive"), now=0.0) == [Settled(job)]
+
+
+def test_exhausted_attempts_are_a_dead_letter_with_suffix() -> None:
+    retry = RetryConfig(max_attempts=2, initial_delay=1.0, max_delay=8.0)
+    d = make_dispatcher({"pacs": 4}, retry=retry)
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    (retry_outcome,) = d.result(W1, failed(job, "pacs", "connection"), now=0.0)
+    assert isinstance(retry_outcome, Retry)
+    ((_, second),) = d.dispatch(retry_outcome.delay)
+    assert second.attempt == 2
+
+    outcomes = d.result(W1, failed(job, "pacs", "connection", detail="timed out"), now=5.0)
+
+    assert outcomes == [
+        DeadLetter(Delivery(job, "pacs", 2), "connection_retries_exhausted", "timed out"),
+        Settled(job),
+    ]
+    assert d.next_due() is None
+
+
+def test_single_attempt_policy_gives_up_on_the_first_transient_failure() -> None:
+    retry = RetryConfig(max_attempts=1, initial_delay=1.0, max_delay=8.0)
+    d = make_dispatcher({"pacs": 4}, retry=retry)
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+
+    outcomes = d.result(W1, failed(job, "pacs", "status"), now=0.0)
+
+    assert [type(o) for o in outcomes] == [DeadLetter, Settled]
+    assert isinstance(outcomes[0], DeadLetter)
+    assert outcomes[0].reason == "status_retries_exhausted"
+
+
+def test_withdrawn_settles_without_a_dead_letter() -> None:
+    d = make_dispatcher()
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+
+    outcomes = d.result(W1, failed(job, "pacs", "withdrawn", transient=False), now=0.0)
+
+    assert outcomes == [Settled(job)]
+    assert d.in_flight["pacs"] == 0
+
+
+def test_result_from_an_unknown_worker_is_ignored() -> None:
+    d = make_dispatcher()
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+
+    assert d.result(b"stranger", ok(job, "pacs"), now=0.0) == []
+
+    assert "j1" in d.jobs
+    assert d.in_flight["pacs"] == 1
+    assert b"stranger" not in d.workers
+    assert ("j1", "pacs") in d.workers[W1].leases
+
+
+def test_result_for_a_delivery_the_worker_does_not_hold_is_ignored() -> None:
+    d = make_dispatcher()
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.worker_ready(W2, 0, now=0.0)
+    d.dispatch(0.0)  # leased to W1
+
+    assert d.result(W2, ok(job, "pacs"), now=0.0) == []
+
+    assert "j1" in d.jobs
+    assert d.in_flight["pacs"] == 1
+
+
+# --- worker leases -----------------------------------------------------------------------------
+
+
+def test_worker_gone_requeues_its_leases_at_the_front_with_the_same_attempt() -> None:
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    (retry_outcome,) = d.result(W1, failed(job, "pacs"), now=0.0)
+    assert isinstance(retry_outcome, Retry)
+    ((_, leased),) = d.dispatch(10.0)
+    assert leased.attempt == 2
+    later = make_header("j2")
+    d.add_job(later)
+
+    assert d.worker_gone(W1) == 1
+
+    assert W1 not in d.workers
+    assert d.in_flight["pacs"] == 0
+    assert list(d.queues["pacs"]) == [Delivery(job, "pacs", 2), Delivery(later, "pacs", 1)]
+    d.worker_ready(W2, 1, now=11.0)
+    ((identity, again),) = d.dispatch(11.0)
+    assert identity == W2
+    assert again == Delivery(job, "pacs", 2)
+
+
+def test_worker_gone_for_an_unknown_worker_is_harmless() -> None:
+    d = make_dispatcher()
+
+    assert d.worker_gone(b"nobody") == 0
+
+
+def test_result_after_worker_gone_is_ignored() -> None:
+    d = make_dispatcher()
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    d.worker_gone(W1)
+
+    assert d.result(W1, ok(job, "pacs"), now=1.0) == []
+    assert "j1" in d.jobs
+    assert len(d.queues["pacs"]) == 1
+
+
+def test_worker_gone_keeps_the_order_of_requeued_deliveries() -> None:
+    d = make_dispatcher({"pacs": 2})
+    jobs = [make_header(f"j{i}") for i in range(3)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 2, now=0.0)
+    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+
+    d.worker_gone(W1)
+
+    assert [x.job.job_id for x in d.queues["pacs"]] == ["j0", "j1", "j2"]
+
+
+def test_expired_workers_after_the_lease() -> None:
+    d = make_dispatcher()
+    d.worker_ready(W1, 1, now=0.0)
+    d.worker_ready(W2, 1, now=3.0)
+
+    assert d.expired_workers(WORKER_LEASE_SECONDS) == []
+    assert d.expired_workers(WORKER_LEASE_SECONDS + 0.01) == [W1]
+    assert sorted(d.expired_workers(3.0 + WORKER_LEASE_SECONDS + 0.01)) == [W1, W2]
+
+
+def test_heartbeat_and_results_extend_the_lease() -> None:
+    d = make_dispatcher()
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.worker_ready(W2, 1, now=0.0)
+    d.dispatch(0.0)
+    holder = next(w for w in (W1, W2) if d.workers[w].leases)
+    other = W2 if holder == W1 else W1
+
+    assert d.worker_seen(other, now=5.0) is True
+    d.result(holder, ok(job, "pacs"), now=5.0)
+
+    assert d.expired_workers(5.0 + WORKER_LEASE_SECONDS) == []
+    assert d.worker_seen(b"stranger", now=5.0) is False
+    assert b"stranger" not in d.workers
+
+
+def test_worker_ready_again_updates_credits() -> None:
+    d = make_dispatcher()
+    d.worker_ready(W1, 1, now=0.0)
+    d.worker_ready(W1, 3, now=2.0)
+
+    assert d.workers[W1].credits == 3
+    assert d.workers[W1].last_seen == 2.0
