@@ -13,6 +13,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router import metrics
+from router.admission import AcceptorState, Admission
 from router.broker_client import BrokerClient
 from router.config import RouterConfig
 from router.dicom_net import (
@@ -30,9 +31,28 @@ from workers.rules import RuleSet
 log = logging.getLogger(__name__)
 
 
-class EventLike(Protocol):
-    def set(self) -> None: ...
-    def clear(self) -> None: ...
+class SharedInt(Protocol):
+    value: int
+
+
+def _on_requested(event: Any, admission: Admission) -> None:
+    """Turn an association away with "temporary congestion" while new work is refused."""
+    refusal = admission.refusal()
+    if refusal is None:
+        return
+    reason, message = refusal
+    metrics.REFUSALS.labels(reason).inc()
+    metrics.ASSOCIATIONS.labels("rejected").inc()
+    log.warning("rejecting association from %s: %s", event.assoc.requestor.ae_title, message)
+    # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), temporary congestion
+    event.assoc.acse.send_reject(0x02, 0x03, 0x01)
+
+
+def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
+    """Keep the supervisor's view (for /readyz) of whether we accept work up to date."""
+    while not stop.wait(0.25):
+        refusal = admission.refusal()
+        state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
 
 
 def build_ae(config: RouterConfig) -> AE:
@@ -71,9 +91,10 @@ def _on_closed(event: Any) -> None:
         metrics.ACTIVE_ASSOCIATIONS.dec()
 
 
-def handlers(store: StoreHandler) -> list[Any]:
+def handlers(store: StoreHandler, admission: Admission) -> list[Any]:
     return [
         (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_REQUESTED, _on_requested, [admission]),
         (evt.EVT_C_ECHO, _on_echo),
         (evt.EVT_C_STORE, store),
         (evt.EVT_ACCEPTED, _on_accepted),
@@ -93,7 +114,7 @@ def _drain(ae: AE, grace: float) -> None:
         assoc.abort()
 
 
-def main(config: RouterConfig, runtime: Runtime, listening: EventLike) -> None:
+def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     """Entry point of the spawned acceptor process."""
     setup_logging(config.log_level)
     stop = threading.Event()
@@ -107,17 +128,21 @@ def main(config: RouterConfig, runtime: Runtime, listening: EventLike) -> None:
 
     context = zmq.Context()
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
-    store = StoreHandler(spool, RuleSet(config.rules), broker)
+    admission = Admission(config.spool)
+    store = StoreHandler(spool, RuleSet(config.rules), broker, admission)
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
-    server = ae.start_server(address, block=False, evt_handlers=handlers(store))
+    server = ae.start_server(address, block=False, evt_handlers=handlers(store, admission))
     assert server is not None  # block=False returns the server
     log.info("accepting DICOM associations as %s on %s:%d", config.ae_title, *address)
-    listening.set()  # the supervisor's /readyz reports ready from here on
+    publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
+                                 name="state", daemon=True)
+    publisher.start()
     stop.wait()
-    listening.clear()
+    admission.draining = True
+    state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")
     server.shutdown()  # closes the listening socket: new connections are refused
-    _drain(ae, grace=config.listen.dimse_timeout)
+    _drain(ae, grace=config.drain_grace)
     broker.close()
     context.term()

@@ -65,8 +65,15 @@ class Broker:
         sock.bind(endpoint)
         return sock
 
+    def take_replays(self) -> None:
+        """Queue the dead letters an operator replayed (`dicom-router dead-letters replay`)."""
+        for header in self.spool.take_replays():
+            self._apply(self.dispatcher.add_job(header))
+            log.info("replaying job %s to %s", header.job_id, ", ".join(header.destinations))
+
     def recover(self) -> None:
         """Queue every job left on the spool by an earlier run (or an earlier broker)."""
+        self.take_replays()
         count = 0
         for job in self.spool.recover():
             self._apply(self.dispatcher.add_job(job.header, job.delivered))
@@ -114,30 +121,35 @@ class Broker:
                  why, requeued)
 
     def _apply(self, outcomes: list[Outcome]) -> None:
+        keep: set[str] = set()  # jobs whose dead letter could not be written stay on the spool
         for outcome in outcomes:
             if isinstance(outcome, Settled):
+                if outcome.job.job_id in keep:
+                    continue
                 self.spool.remove(outcome.job)
             elif isinstance(outcome, Retry):
                 d = outcome.delivery
                 metrics.RETRIES.labels(d.destination, outcome.reason).inc()
                 log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
                             d.job.job_id, d.destination, outcome.reason, d.attempt, outcome.delay)
-            elif isinstance(outcome, DeadLetter):
-                self._dead_letter(outcome)
+            elif isinstance(outcome, DeadLetter) and not self._dead_letter(outcome):
+                keep.add(outcome.delivery.job.job_id)
 
-    def _dead_letter(self, outcome: DeadLetter) -> None:
+    def _dead_letter(self, outcome: DeadLetter) -> bool:
         d = outcome.delivery
         record = {"reason": outcome.reason, "detail": outcome.detail, "attempts": d.attempt,
                   "failed_at": time.time()}
         try:
             path = self.spool.dead_letter(d.job, d.destination, record)
         except OSError as exc:
-            log.error("cannot write dead letter for job %s (%s); it stays queued on the spool",
-                      d.job.job_id, exc)
-            return
+            log.error("cannot write the dead letter of job %s for %s (%s); the job stays on "
+                      "the spool and is retried at the next start", d.job.job_id, d.destination,
+                      exc)
+            return False
         metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
         log.error("gave up delivering job %s to %s: %s (%s); dead letter %s",
                   d.job.job_id, d.destination, outcome.reason, outcome.detail, path)
+        return True
 
     # --- I/O --------------------------------------------------------------------------------
 
@@ -158,9 +170,12 @@ class Broker:
 
     def _housekeeping(self, now: float) -> None:
         for identity in self.dispatcher.expired_workers(now):
+            held = len(self.dispatcher.workers[identity].leases)
+            metrics.LEASES_EXPIRED.inc(held)
             self._worker_gone(identity, "missed its heartbeats; lease expired")
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
+            self.take_replays()
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")

@@ -7,7 +7,7 @@ import time
 
 import zmq
 
-from router.errors import OutOfResources, ProtocolError
+from router.errors import OutOfResources, ProtocolError, QueueFull
 from router.messages import Accepted, JobHeader, Refused, Submit, decode, encode
 
 
@@ -54,7 +54,7 @@ class BrokerClient:
                     return
                 if isinstance(reply, Refused) and reply.job_id == job.job_id:
                     healthy = True
-                    raise OutOfResources(f"router busy: {reply.reason}; retry later")
+                    raise QueueFull(f"router busy: {reply.reason}; retry later")
                 # Anything else is a late reply to an earlier, timed-out submit: skip it.
             raise OutOfResources("router queue did not answer in time; retry later")
         finally:

@@ -10,8 +10,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from router import cli_dead_letters
 from router.config import RouterConfig, default_config, load_config, summary
-from router.errors import ConfigError
+from router.errors import ConfigError, RouterError
 from router.process_util import setup_logging
 
 
@@ -66,12 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print every error")
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
+    cli_dead_letters.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except RouterError as exc:  # ConfigError included: an operator-facing message, no trace
+        print(f"dicom-router: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

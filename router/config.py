@@ -46,6 +46,13 @@ class ListenConfig(Strict):
 
 class SpoolConfig(Strict):
     path: Path = Path("spool")
+    # Disk watermark: below either, C-STOREs get 0xA700 and associations are rejected
+    # ("temporary congestion") until deliveries free space again.
+    min_free_bytes: int = Field(1024**3, ge=0)
+    min_free_percent: float = Field(5.0, ge=0, le=100)
+    # How long the duplicate ledger remembers a delivery (destination, SOP Instance UID,
+    # digest): the same bytes again within this window are not sent twice.
+    duplicate_window: float = Field(24 * 3600.0, ge=0)
 
 
 class QueueConfig(Strict):
@@ -161,6 +168,8 @@ class RouterConfig(Strict):
     destinations: dict[str, Destination] = {}
     rules: list[Rule] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM: how long associations in progress may take to finish before being aborted.
+    drain_grace: float = Field(30.0, ge=0)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

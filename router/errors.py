@@ -46,6 +46,10 @@ class OutOfResources(DimseRefusal):
     status = Status.OUT_OF_RESOURCES
 
 
+class QueueFull(OutOfResources):
+    """The broker refused the job: its queue is at its bound."""
+
+
 class DeliveryError(RouterError):
     """Forwarding to one destination failed. `transient` says whether a retry may succeed."""
 

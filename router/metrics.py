@@ -57,6 +57,13 @@ DEAD_LETTERS = Counter(
 REFUSALS = Counter(
     f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
 )
+DUPLICATES_SUPPRESSED = Counter(
+    f"{PREFIX}_duplicates_suppressed_total",
+    "Deliveries not sent because the destination already had the same bytes.", ["destination"],
+)
+LEASES_EXPIRED = Counter(
+    f"{PREFIX}_leases_expired_total", "Deliveries taken back from a worker that went silent."
+)
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )

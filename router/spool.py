@@ -64,9 +64,11 @@ class Spool:
         self.incoming = self.root / "incoming"
         self.jobs = self.root / "jobs"
         self.dead_letters = self.root / "dead-letters"
+        self.replay = self.root / "replay"
+        self.ledger_path = self.root / "ledger.sqlite"
 
     def create(self) -> Spool:
-        for folder in (self.incoming, self.jobs, self.dead_letters):
+        for folder in (self.incoming, self.jobs, self.dead_letters, self.replay):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -152,6 +154,32 @@ class Spool:
                 d for d in header.destinations if self._marker_path(job_id, d).exists()
             )
             yield RecoveredJob(header, done)
+
+    def stage_replay(self, header: JobHeader, instance: Path) -> None:
+        """Put a job in the replay inbox; the broker moves it into jobs/ and queues it."""
+        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
+        write_atomically(self.replay / f"{header.job_id}.json", payload)
+        os.link(instance, self.replay / f"{header.job_id}.dcm")  # the instance last, as in commit
+        fsync_path(self.replay, directory=True)
+
+    def take_replays(self) -> list[JobHeader]:
+        """Move staged replays into jobs/ (header first, instance last) and return them."""
+        taken = []
+        for instance in sorted(self.replay.glob("*.dcm")):
+            job_id = instance.stem
+            header_path = self.replay / f"{job_id}.json"
+            try:
+                header = JobHeader.from_dict(json.loads(header_path.read_bytes()))
+            except (OSError, ValueError, ProtocolError) as exc:
+                log.error("replay %s has no usable header (%s); left in %s", job_id, exc,
+                          self.replay)
+                continue
+            os.replace(header_path, self._header_path(job_id))
+            os.replace(instance, self.instance_path(job_id))
+            taken.append(header)
+        if taken:
+            fsync_path(self.jobs, directory=True)
+        return taken
 
     def dead_letter(self, header: JobHeader, destination: str, record: dict[str, Any]) -> Path:
         """Keep the instance and why it could not be delivered, for an operator to replay."""

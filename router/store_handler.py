@@ -14,8 +14,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
+from router.admission import Admission
 from router.broker_client import BrokerClient
-from router.errors import DimseRefusal, NoRoute
+from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
 from router.header_tags import read_tags
 from router.messages import JobHeader
 from router.spool import Spool, new_job_id
@@ -50,10 +51,13 @@ def association_facts(assoc: Any) -> AssociationFacts:
 
 
 class StoreHandler:
-    def __init__(self, spool: Spool, rules: RuleSet, broker: BrokerClient) -> None:
+    def __init__(
+        self, spool: Spool, rules: RuleSet, broker: BrokerClient, admission: Admission
+    ) -> None:
         self.spool = spool
         self.rules = rules
         self.broker = broker
+        self.admission = admission
 
     def __call__(self, event: Any) -> Dataset:
         try:
@@ -76,6 +80,10 @@ class StoreHandler:
         received: Path = event.dataset_path
         size = received.stat().st_size
         metrics.RECEIVED_BYTES.inc(size)
+        refusal = self.admission.refusal()
+        if refusal is not None:
+            metrics.REFUSALS.labels(refusal[0]).inc()
+            raise OutOfResources(f"{refusal[1]}; retry later")
         facts = association_facts(event.assoc)
         decision = self.rules.route(facts, lambda: self._tags(received))
         if not decision.matched:
@@ -97,6 +105,10 @@ class StoreHandler:
         self.spool.commit(job, received)
         try:
             self.broker.submit(job)
+        except QueueFull:
+            self.spool.discard(job)
+            self.admission.mark_congested()  # new associations are turned away for a moment
+            raise
         except BaseException:
             self.spool.discard(job)  # the sender is told to retry: keep nothing half-owned
             raise

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import multiprocess
 
 from router import acceptor, broker, metrics
+from router.admission import AcceptorState
 from router.config import RouterConfig
 from router.http_endpoint import HttpEndpoint
 from router.runtime import Runtime
@@ -48,13 +49,14 @@ class Supervisor:
         self.runtime = runtime
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
-        self.listening = self.mp.Event()  # set by the acceptor while it accepts associations
+        # Written by the acceptor (AcceptorState codes): whether it takes work, and why not.
+        self.acceptor_state = self.mp.Value("i", AcceptorState.STARTING, lock=False)
         # Order matters: the broker first (others connect to it), the acceptor last.
         self.children = [
             Child("broker", broker.main, (config, runtime)),
             *[Child(f"worker-{i}", worker.main, (config, runtime, i))
               for i in range(config.workers)],
-            Child("acceptor", acceptor.main, (config, runtime, self.listening)),
+            Child("acceptor", acceptor.main, (config, runtime, self.acceptor_state)),
         ]
         self.http: HttpEndpoint | None = None
 
@@ -64,14 +66,14 @@ class Supervisor:
         down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
         if down:
             return False, f"not running: {', '.join(down)}"
-        if not self.listening.is_set():
-            return False, "acceptor not listening yet"
-        return True, "ready"
+        state = int(self.acceptor_state.value)
+        return state == AcceptorState.ACCEPTING, AcceptorState.MESSAGES[state]
 
     def _start(self, child: Child) -> None:
         process = self.mp.Process(target=child.target, args=child.args, name=child.name)
         process.start()
         child.process, child.started_at = process, time.monotonic()
+        log.info("started %s (pid %s)", child.name, process.pid)
 
     def _reap(self, child: Child, now: float) -> None:
         process = child.process
@@ -82,7 +84,7 @@ class Supervisor:
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
         if child.name == "acceptor":
-            self.listening.clear()  # it died without clearing: not accepting any more
+            self.acceptor_state.value = AcceptorState.STARTING  # died: not accepting any more
         child.process = None
         quick = now - child.started_at < MIN_UPTIME_SECONDS
         child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
@@ -126,7 +128,7 @@ class Supervisor:
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""
-        grace = self.config.listen.dimse_timeout + 5
+        grace = self.config.drain_grace + self.config.listen.dimse_timeout + 5
         for group in (["acceptor"], [c.name for c in self.children if c.name.startswith("w")],
                       ["broker"]):
             members = [c for c in self.children if c.name in group and c.process is not None]

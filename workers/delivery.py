@@ -12,10 +12,11 @@ import zmq
 from router import metrics
 from router.config import RouterConfig
 from router.errors import DeliveryError
-from router.messages import Deliver, Result, encode
+from router.messages import Deliver, JobHeader, Result, encode
 from router.spool import Spool
 from workers.destinations import Destination, build_destination
 from workers.dicom_destination import DicomDestination
+from workers.ledger import DeliveryLedger, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,11 @@ class DeliveryThread(threading.Thread):
         self.results.setsockopt(zmq.LINGER, 1000)
         self.results.connect(results_endpoint)
         self.destinations: dict[str, Destination] = {}
+        self.ledger: DeliveryLedger | None = None  # opened in run(): sqlite is per thread
 
     def run(self) -> None:
+        if self.config.spool.duplicate_window > 0:
+            self.ledger = DeliveryLedger(self.spool.ledger_path, self.config.spool.duplicate_window)
         try:
             while True:
                 try:
@@ -53,9 +57,13 @@ class DeliveryThread(threading.Thread):
         finally:
             for destination in self.destinations.values():
                 destination.close()
+            if self.ledger is not None:
+                self.ledger.close()
             self.results.close()
 
     def _release_idle(self) -> None:
+        if self.ledger is not None:
+            self.ledger.prune()
         now = time.monotonic()
         for destination in self.destinations.values():
             if isinstance(destination, DicomDestination):
@@ -74,6 +82,11 @@ class DeliveryThread(threading.Thread):
                         job.job_id)
             return Result(job.job_id, name, False, "withdrawn", False, "not on the spool")
         started = time.monotonic()
+        digest = file_digest(source) if self.ledger is not None else ""
+        if self.ledger is not None and self.ledger.has(name, job.sop_instance_uid, digest):
+            metrics.DUPLICATES_SUPPRESSED.labels(name).inc()
+            log.info("job %s: %s already has these bytes; not sent again", job.job_id, name)
+            return self._delivered(job, name, "duplicate")
         try:
             self._destination(name).deliver(job, source)
         except DeliveryError as exc:
@@ -85,6 +98,11 @@ class DeliveryThread(threading.Thread):
         finally:
             metrics.FORWARD_SECONDS.labels(name).observe(time.monotonic() - started)
         metrics.FORWARDED_BYTES.labels(name).inc(job.size)
+        if self.ledger is not None:
+            self.ledger.record(name, job.sop_instance_uid, digest, job.job_id)
+        return self._delivered(job, name)
+
+    def _delivered(self, job: JobHeader, name: str, reason: str = "") -> Result:
         if len(job.destinations) > 1:
             self.spool.mark_delivered(job.job_id, name)  # so recovery skips this destination
-        return Result(job.job_id, name, True)
+        return Result(job.job_id, name, True, reason)
