@@ -46,6 +46,7 @@ def _on_requested(event: Any, admission: Admission) -> None:
     log.warning("rejecting association from %s: %s", event.assoc.requestor.ae_title, message)
     # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), temporary congestion
     event.assoc.acse.send_reject(0x02, 0x03, 0x01)
+    event.assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:

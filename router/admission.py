@@ -27,7 +27,9 @@ class Admission:
         self.clock = clock
         self._lock = threading.Lock()
         self._disk_checked = -DISK_CHECK_SECONDS
-        self._disk_refusal: str | None = None
+        self._free = 0  # bytes free at the last check
+        self._total = 1
+        self._received_since = 0  # bytes taken in since then: a fast sender outruns the cache
         self._congested_until = 0.0
         self.draining = False
 
@@ -35,23 +37,29 @@ class Admission:
         with self._lock:
             self._congested_until = self.clock() + CONGESTION_SECONDS
 
+    def note_received(self, size: int) -> None:
+        with self._lock:
+            self._received_since += size
+
     def _disk(self) -> str | None:
         now = self.clock()
         with self._lock:
-            if now - self._disk_checked < DISK_CHECK_SECONDS:
-                return self._disk_refusal
-            self._disk_checked = now
-        stats = os.statvfs(self.path)
-        free = stats.f_bavail * stats.f_frsize
-        percent = 100.0 * stats.f_bavail / stats.f_blocks if stats.f_blocks else 0.0
-        refusal = None
-        if free < self.min_free_bytes or percent < self.min_free_percent:
-            refusal = (f"spool disk below its watermark ({free // 1024**2} MiB, {percent:.1f}% "
-                       f"free; needs {self.min_free_bytes // 1024**2} MiB and "
-                       f"{self.min_free_percent}%)")
+            fresh = now - self._disk_checked < DISK_CHECK_SECONDS
+        if not fresh:
+            stats = os.statvfs(self.path)
+            with self._lock:
+                self._disk_checked = now
+                self._free = stats.f_bavail * stats.f_frsize
+                self._total = max(1, stats.f_blocks * stats.f_frsize)
+                self._received_since = 0
         with self._lock:
-            self._disk_refusal = refusal
-        return refusal
+            free = self._free - self._received_since
+            percent = 100.0 * free / self._total
+        if free < self.min_free_bytes or percent < self.min_free_percent:
+            return (f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
+                    f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
+                    f"and {self.min_free_percent}%)")
+        return None
 
     def refusal(self) -> tuple[str, str] | None:
         """(reason label, operator message) when new work must be refused, else None."""

@@ -15,6 +15,7 @@ import zmq
 from router import metrics
 from router.config import RouterConfig
 from router.dispatch import (
+    DESTINATION_FAILURES,
     DeadLetter,
     DestinationPolicy,
     Dispatcher,
@@ -130,8 +131,13 @@ class Broker:
             elif isinstance(outcome, Retry):
                 d = outcome.delivery
                 metrics.RETRIES.labels(d.destination, outcome.reason).inc()
-                log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
-                            d.job.job_id, d.destination, outcome.reason, d.attempt, outcome.delay)
+                if outcome.reason in DESTINATION_FAILURES:
+                    log.warning("destination %s unavailable (%s); its queue waits %.1fs",
+                                d.destination, outcome.reason, outcome.delay)
+                else:
+                    log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
+                                d.job.job_id, d.destination, outcome.reason, d.attempt,
+                                outcome.delay)
             elif isinstance(outcome, DeadLetter) and not self._dead_letter(outcome):
                 keep.add(outcome.delivery.job.job_id)
 
@@ -181,6 +187,8 @@ class Broker:
                     self._worker_gone(identity, "is unreachable")
             for name in self.dispatcher.queues:
                 metrics.QUEUE_DEPTH.labels(name).set(self.dispatcher.depth(name))
+                metrics.DESTINATION_UP.labels(name).set(0 if self.dispatcher.is_paused(name, now)
+                                                        else 1)
                 metrics.IN_FLIGHT.labels(name).set(self.dispatcher.in_flight[name])
             metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
 
@@ -209,7 +217,7 @@ class Broker:
         poller.register(self.backend, zmq.POLLIN)
         while not stop.is_set():
             now = time.monotonic()
-            due = self.dispatcher.next_due()
+            due = self.dispatcher.next_due(now)
             timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             now = time.monotonic()

@@ -32,6 +32,8 @@ def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = 
     _config.STORE_RECV_CHUNKED_DATASET = chunked_receive
     _config.STORE_SEND_CHUNKED_DATASET = chunked_send
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # It logs two errors for every refused connection; the broker logs each pause once.
+    logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
     # Hostile values would otherwise be logged by pydicom once per access; the router states
     # its own refusal once, with the reason.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

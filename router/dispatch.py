@@ -7,8 +7,13 @@ Rules it keeps:
   `max_parallel`, so a slow destination never takes every worker from the others.
 - A delivery a worker holds is leased to it: when the worker says goodbye or stops
   heartbeating, its deliveries go back to the front of their queues (same attempt number).
-- A failed delivery is retried after exponential backoff with jitter while the failure is
-  transient and attempts remain; otherwise it becomes a dead letter with the reason.
+- A failure of the destination itself (cannot connect, association aborted or rejected
+  transiently) pauses that destination with exponential backoff and jitter; the delivery
+  goes back to the front of its queue without spending an attempt, so a PACS that is down
+  for a weekend holds its queue instead of turning it into dead letters.
+- A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
+  backoff with jitter while it is transient and attempts remain; otherwise it becomes a
+  dead letter with the reason.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from router.config import RetryConfig
 from router.messages import JobHeader, Result
 
 WORKER_LEASE_SECONDS = 6.0
+# Transient reasons that say the destination, not the instance, is in trouble.
+DESTINATION_FAILURES = frozenset({"connection", "aborted", "rejected", "tls"})
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,8 @@ class Dispatcher:
         self._sequence = itertools.count()
         self.workers: dict[bytes, WorkerState] = {}
         self._rotation = 0
+        self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -196,9 +205,13 @@ class Dispatcher:
             return []
         self.in_flight[delivery.destination] -= 1
         if result.delivered:
+            self.failures_in_a_row[delivery.destination] = 0
+            self.paused_until[delivery.destination] = 0.0
             return self._finish(delivery)
         if result.reason == "withdrawn":
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
+        if result.transient and result.reason in DESTINATION_FAILURES:
+            return [self._pause(delivery, result.reason, now)]
         policy = self.policies[delivery.destination]
         if result.transient and delivery.attempt < policy.retry.max_attempts:
             delay = backoff(policy.retry, delivery.attempt, self.rand)
@@ -207,6 +220,21 @@ class Dispatcher:
             return [Retry(retry, delay, result.reason)]
         reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
         return self._give_up(delivery, reason, result.detail)
+
+    def _pause(self, delivery: Delivery, reason: str, now: float) -> Retry:
+        """Hold the destination's whole queue; this delivery waits at its front."""
+        name = delivery.destination
+        if now >= self.paused_until[name]:  # deliveries already out fail too: count once
+            self.failures_in_a_row[name] += 1
+            policy = self.policies[name]
+            delay = backoff(policy.retry, self.failures_in_a_row[name], self.rand)
+            self.paused_until[name] = now + delay
+        if delivery.job.job_id in self.jobs:
+            self.queues[name].appendleft(delivery)
+        return Retry(delivery, self.paused_until[name] - now, reason)
+
+    def is_paused(self, destination: str, now: float) -> bool:
+        return self.paused_until[destination] > now
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -226,7 +254,7 @@ class Dispatcher:
         sends: list[tuple[bytes, Delivery]] = []
         names = list(self.queues)
         while (worker := self._pick_worker()) is not None:
-            name = self._next_sendable(names)
+            name = self._next_sendable(names, now)
             if name is None:
                 break
             delivery = self.queues[name].popleft()
@@ -236,18 +264,22 @@ class Dispatcher:
             sends.append((worker.identity, delivery))
         return sends
 
-    def _next_sendable(self, names: list[str]) -> str | None:
+    def _next_sendable(self, names: list[str], now: float) -> str | None:
         """The next destination after the last one served that has work and room."""
         for offset in range(len(names)):
             index = (self._rotation + offset) % len(names)
             name = names[index]
-            if self.queues[name] and self.in_flight[name] < self.policies[name].max_parallel:
+            if (self.queues[name] and self.in_flight[name] < self.policies[name].max_parallel
+                    and self.paused_until[name] <= now):
                 self._rotation = index + 1  # the next call starts after this one: no starvation
                 return name
         return None
 
-    def next_due(self) -> float | None:
-        return self.delayed[0][0] if self.delayed else None
+    def next_due(self, now: float) -> float | None:
+        """When dispatch() may next have something new to send: a retry or a pause ending."""
+        due = [self.delayed[0][0]] if self.delayed else []
+        due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
+        return min(due, default=None)
 
     def depth(self, destination: str) -> int:
         waiting = sum(1 for _, _, d in self.delayed if d.destination == destination)

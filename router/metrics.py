@@ -43,6 +43,11 @@ IN_FLIGHT = Gauge(
     f"{PREFIX}_deliveries_in_flight", "Deliveries handed to workers, by destination.",
     ["destination"], multiprocess_mode="livesum",
 )
+DESTINATION_UP = Gauge(
+    f"{PREFIX}_destination_up",
+    "0 while a destination is paused after failing to connect or associate, else 1.",
+    ["destination"], multiprocess_mode="max",
+)
 JOBS_QUEUED = Gauge(
     f"{PREFIX}_jobs_queued", "Jobs on the spool not yet settled.", multiprocess_mode="livesum"
 )

@@ -103,6 +103,7 @@ class StoreHandler:
             destinations=decision.destinations,
         )
         self.spool.commit(job, received)
+        self.admission.note_received(size)
         try:
             self.broker.submit(job)
         except QueueFull:

@@ -27,7 +27,23 @@ log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
-def _failure_from_association(assoc: Association, destination: str) -> DeliveryError:
+def _on_connected(event: Any) -> None:
+    set_nodelay(event)
+    event.assoc.router_connected = True  # tells a refused connection from a later abort
+
+
+def _failure_from_association(
+    assoc: Association, destination: str, sop_class: str, syntax: str
+) -> DeliveryError:
+    if not getattr(assoc, "router_connected", False):
+        return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
+    answer = getattr(assoc.acceptor, "primitive", None)
+    if assoc.is_aborted and answer is not None and getattr(answer, "result", None) == 0:
+        # Accepted, but not one proposed context: pynetdicom aborts such an association.
+        return DeliveryError(
+            "no_context",
+            f"{destination} accepts none of the proposed contexts (SOP class {sop_class} in "
+            f"transfer syntax {syntax})", transient=False)
     if assoc.is_rejected:
         result = getattr(assoc.acceptor.primitive, "result", None)
         reason_code = getattr(assoc.acceptor.primitive, "diagnostic", None)
@@ -36,7 +52,8 @@ def _failure_from_association(assoc: Association, destination: str) -> DeliveryE
                              f"(result {result}, reason {reason_code})", transient=result == 2)
     if assoc.is_aborted:
         return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
-    return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
+    return DeliveryError("aborted", f"{destination} closed the connection during negotiation",
+                         transient=True)
 
 
 class DicomDestination:
@@ -69,10 +86,12 @@ class DicomDestination:
         contexts = [build_context(sop, ts) for sop, ts in wanted]
         assoc = self.ae.associate(
             self.config.host, self.config.port, contexts=contexts,
-            ae_title=self.config.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+            ae_title=self.config.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)],
         )
         if not assoc.is_established:
-            raise _failure_from_association(assoc, self.name)
+            failure = _failure_from_association(assoc, self.name, sop_class, syntax)
+            failure.args = (f"{failure} ({self.config.host}:{self.config.port})",)
+            raise failure
         self.assoc = assoc
         if not self._accepts(assoc, sop_class, syntax):
             raise DeliveryError(

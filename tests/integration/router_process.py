@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ class RouterProcess:
 
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.metrics_port = free_port()
         config = {
@@ -45,6 +48,7 @@ class RouterProcess:
             "listen": {"host": "127.0.0.1", "port": self.port, **config.get("listen", {})},
             "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
         }
+        self.spool = Path(config["spool"]["path"])
         self.config_path = workdir / "router.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = workdir / "router.log"
@@ -88,6 +92,22 @@ class RouterProcess:
             if _normalise(sample) == prefix:
                 return float(value)
         return 0.0
+
+    def child_pid(self, name: str) -> int:
+        """The pid of the newest `name` process (broker, worker-0, acceptor) from the log."""
+        found = re.findall(rf"started {re.escape(name)} \(pid (\d+)\)", self.log())
+        if not found:
+            raise LookupError(f"no {name} started:\n{self.log()[-2000:]}")
+        return int(found[-1])
+
+    def kill_all(self) -> None:
+        """kill -9 the supervisor and every child at once: a crash, not a stop."""
+        assert self.process is not None
+        pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", self.log())]
+        for pid in [self.process.pid, *pids]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process is None or self.process.poll() is not None:

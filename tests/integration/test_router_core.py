@@ -84,7 +84,7 @@ def test_mixed_instances_arrive_byte_identical(
     missing = [p.name for p in sources if dataset_digest(p) not in received]
     assert missing == [], f"changed or lost in transit: {missing[:5]}"
     # Every job is settled and removed from the spool once delivered.
-    jobs = router.workdir / "spool" / "jobs"
+    jobs = router.spool / "jobs"
     assert wait_for(lambda: not any(jobs.iterdir()), timeout=30), sorted(jobs.iterdir())[:5]
     assert router.metric("dicom_router_instances_forwarded_total",
                          destination="pacs", result="delivered") == len(sources)
@@ -182,7 +182,7 @@ def test_instance_matching_no_rule_is_refused_and_counted(
     assert "no routing rule matches" in output  # and the ErrorComment says why
     assert router.metric("dicom_router_instances_received_total", result="no_route") == 1
     assert _files(archive) == []
-    assert list((router.workdir / "spool" / "jobs").iterdir()) == []
+    assert list((router.spool / "jobs").iterdir()) == []
 
 
 def test_hostile_uids_never_escape_the_folder(
@@ -212,4 +212,4 @@ def test_hostile_uids_never_escape_the_folder(
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and p.name in ("x", "x.dcm")]
     assert outside == []
     assert _files(archive) == []
-    assert len(list((router.workdir / "spool" / "dead-letters").glob("*.json"))) == 1
+    assert len(list((router.spool / "dead-letters").glob("*.json"))) == 1

@@ -43,7 +43,7 @@ def ok(job: JobHeader, destination: str) -> Result:
     return Result(job.job_id, destination, True)
 
 
-def failed(job: JobHeader, destination: str, reason: str = "connection", *,
+def failed(job: JobHeader, destination: str, reason: str = "dimse_timeout", *,
            transient: bool = True, detail: str = "refused") -> Result:
     return Result(job.job_id, destination, False, reason, transient, detail)
 
@@ -312,25 +312,25 @@ def test_transient_failure_is_retried_after_backoff() -> None:
     d.worker_ready(W1, 1, now=100.0)
     d.dispatch(100.0)
 
-    outcomes = d.result(W1, failed(job, "pacs", "connection"), now=100.0)
+    outcomes = d.result(W1, failed(job, "pacs", "dimse_timeout"), now=100.0)
 
     assert len(outcomes) == 1
     retry = outcomes[0]
     assert isinstance(retry, Retry)
     assert retry.delivery == Delivery(job, "pacs", 2)
-    assert retry.reason == "connection"
+    assert retry.reason == "dimse_timeout"
     assert retry.delay == pytest.approx(0.75)  # initial 1.0, jitter 75%
     assert 0.5 <= retry.delay <= 1.0
     assert d.in_flight["pacs"] == 0
     assert d.depth("pacs") == 1
-    assert d.next_due() == pytest.approx(100.75)
+    assert d.next_due(now=0.0) == pytest.approx(100.75)
     assert "j1" in d.jobs
 
     assert d.dispatch(100.74) == []  # not before the delay elapsed
     ((identity, delivery),) = d.dispatch(100.75)
     assert identity == W1
     assert delivery == Delivery(job, "pacs", 2)
-    assert d.next_due() is None
+    assert d.next_due(now=0.0) is None
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 4])
@@ -391,18 +391,18 @@ def test_exhausted_attempts_are_a_dead_letter_with_suffix() -> None:
     d.add_job(job)
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
-    (retry_outcome,) = d.result(W1, failed(job, "pacs", "connection"), now=0.0)
+    (retry_outcome,) = d.result(W1, failed(job, "pacs", "dimse_timeout"), now=0.0)
     assert isinstance(retry_outcome, Retry)
     ((_, second),) = d.dispatch(retry_outcome.delay)
     assert second.attempt == 2
 
-    outcomes = d.result(W1, failed(job, "pacs", "connection", detail="timed out"), now=5.0)
+    outcomes = d.result(W1, failed(job, "pacs", "dimse_timeout", detail="timed out"), now=5.0)
 
     assert outcomes == [
-        DeadLetter(Delivery(job, "pacs", 2), "connection_retries_exhausted", "timed out"),
+        DeadLetter(Delivery(job, "pacs", 2), "dimse_timeout_retries_exhausted", "timed out"),
         Settled(job),
     ]
-    assert d.next_due() is None
+    assert d.next_due(now=0.0) is None
 
 
 def test_single_attempt_policy_gives_up_on_the_first_transient_failure() -> None:
@@ -556,3 +556,61 @@ def test_worker_ready_again_updates_credits() -> None:
 
     assert d.workers[W1].credits == 3
     assert d.workers[W1].last_seen == 2.0
+
+
+# --- a destination that is down ----------------------------------------------------------------
+
+
+def test_destination_failure_pauses_the_queue_without_spending_attempts() -> None:
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}", ("pacs",)) for i in range(3)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    ((_, first),) = d.dispatch(now=0.0)
+
+    (retry,) = d.result(W1, failed(first.job, "pacs", "connection"), now=0.0)
+
+    assert isinstance(retry, Retry) and retry.delivery.attempt == 1  # no attempt spent
+    assert d.is_paused("pacs", now=0.5)
+    assert d.dispatch(now=0.5) == []  # the whole queue waits, not just this delivery
+    assert d.next_due(now=0.5) == pytest.approx(1.0)
+    assert sent(d.dispatch(now=1.0)) == [("j0", "pacs")]  # it stays at the front
+
+
+def test_pause_grows_while_the_destination_stays_down_and_resets_on_success() -> None:
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 1.0)
+    job = make_header("j0", ("pacs",))
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    now, pauses = 0.0, []
+    for _ in range(4):
+        d.dispatch(now=now)
+        (retry,) = d.result(W1, failed(job, "pacs", "connection"), now=now)
+        pauses.append(retry.delay)
+        now += retry.delay
+    assert pauses == [1.0, 2.0, 4.0, 8.0]
+    d.dispatch(now=now)
+    assert d.result(W1, ok(job, "pacs"), now=now) == [Settled(job)]
+    assert not d.is_paused("pacs", now=now)
+
+
+def test_a_paused_destination_does_not_hold_up_another() -> None:
+    d = make_dispatcher({"pacs": 4, "archive": 4})
+    a, b = make_header("a", ("pacs",)), make_header("b", ("archive",))
+    d.add_job(a)
+    d.worker_ready(W1, 2, now=0.0)
+    d.dispatch(now=0.0)
+    d.result(W1, failed(a, "pacs", "rejected"), now=0.0)
+    d.add_job(b)
+    assert sent(d.dispatch(now=0.1)) == [("b", "archive")]
+
+
+def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j0", ("pacs",))
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(now=0.0)
+    outcomes = d.result(W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
+    assert [type(o) for o in outcomes] == [DeadLetter, Settled]

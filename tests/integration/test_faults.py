@@ -1,0 +1,294 @@
+"""Fault tests: whatever breaks, every instance a sender was told Success for arrives
+byte-identical at its destination, exactly once or as a suppressed duplicate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage
+
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
+from tests.dicom_samples import (
+    EXPLICIT_VR_LE,
+    JPEG_BASELINE,
+    dataset_digest,
+    generate_mixed_set,
+    write_instance,
+)
+from tests.integration.conftest import RouterFactory, dicom_destination
+from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
+from tests.integration.senders import BackgroundSend
+
+pytestmark = pytest.mark.integration
+
+FAST_RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
+
+
+def _report(case: str, **counts: float) -> None:
+    """One line per fault test with what it observed (shown with pytest -s)."""
+    print(f"\nFAULT {case}: " + ", ".join(f"{k}={v:g}" for k, v in counts.items()))
+
+
+def _delivered(router: RouterProcess, destination: str) -> float:
+    return router.metric("dicom_router_instances_forwarded_total", destination=destination,
+                         result="delivered")
+
+
+def _digests(paths: list[Path]) -> set[str]:
+    return {dataset_digest(p) for p in paths}
+
+
+def _pacs_config(scp: StoreSCP, **extra: Any) -> dict[str, Any]:
+    return {"destinations": {"pacs": {**dicom_destination(scp), "retry": FAST_RETRY}},
+            "rules": [{"name": "all", "forward": ["pacs"]}], **extra}
+
+
+def _assert_all_arrived(router: RouterProcess, scp: StoreSCP, sent: list[Path]) -> None:
+    jobs = router.spool / "jobs"
+    assert wait_for(lambda: not any(jobs.glob("*.dcm")), timeout=120), (
+        f"{len(list(jobs.glob('*.dcm')))} jobs still queued\n{router.log()[-3000:]}")
+    missing = _digests(sent) - _digests(scp.received_files())
+    assert not missing, f"{len(missing)} acknowledged instances never arrived"
+
+
+def _fork_scp(tmp_path: Path, ae: str, port: int | None = None) -> StoreSCP:
+    return StoreSCP(tmp_path / ae, ae, port=port, extra_args=["--fork"])
+
+
+def test_worker_killed_mid_send_loses_nothing(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 1000, size_bytes=4_000)
+    with _fork_scp(tmp_path, "PACS") as pacs:
+        router = start_router(_pacs_config(pacs, workers=2))
+        send = BackgroundSend(sources, router.port)
+        send.start()
+        assert wait_for(lambda: _delivered(router, "pacs") >= 100, timeout=60)
+        victim = router.child_pid("worker-0")
+        os.kill(victim, signal.SIGKILL)
+        send.join(240)
+
+        acknowledged = send.acknowledged()
+        assert len(acknowledged) == len(sources), send.output[-2000:]
+        _assert_all_arrived(router, pacs, acknowledged)
+        assert wait_for(lambda: router.child_pid("worker-0") != victim), "worker not restarted"
+        assert router.metric("dicom_router_process_restarts_total", process="worker") == 1
+        # Sends beyond one per instance are the duplicates the router could not suppress:
+        # at most the deliveries the dead worker held (its delivery threads).
+        sends = _delivered(router, "pacs") - router.metric(
+            "dicom_router_duplicates_suppressed_total", destination="pacs")
+        assert len(sources) <= sends <= len(sources) + 4
+        _report("worker kill -9", acknowledged=len(acknowledged), sends=sends,
+                suppressed=router.metric("dicom_router_duplicates_suppressed_total",
+                                         destination="pacs"),
+                leases_expired=router.metric("dicom_router_leases_expired_total"))
+
+
+def test_router_killed_mid_send_recovers_every_acknowledged_instance(
+    tmp_path: Path,
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 300, size_bytes=4_000)
+    port = free_port()
+    router = RouterProcess(tmp_path / "r", {"destinations": {"pacs": {
+        "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": port,
+        "retry": FAST_RETRY}}, "rules": [{"name": "all", "forward": ["pacs"]}]}).start()
+    try:
+        send = BackgroundSend(sources, router.port)
+        send.start()  # the destination is down: everything acknowledged waits on the spool
+        assert wait_for(lambda: router.metric("dicom_router_instances_received_total",
+                                              result="accepted") >= 100, timeout=60)
+        router.kill_all()
+        send.join(120)
+        acknowledged = send.acknowledged()
+        assert 100 <= len(acknowledged) < len(sources)
+
+        with _fork_scp(tmp_path, "PACS", port) as pacs:
+            router.start()  # same spool, same ports
+            _assert_all_arrived(router, pacs, acknowledged)
+            assert router.metric("dicom_router_recovered_jobs_total") >= len(acknowledged)
+            _report("router kill -9 + restart", sent=len(sources),
+                    acknowledged=len(acknowledged),
+                    recovered=router.metric("dicom_router_recovered_jobs_total"),
+                    arrived=len(_digests(pacs.received_files())))
+            assert "half-received" in router.log() or not any(
+                (router.spool / "incoming").iterdir())
+    finally:
+        router.stop()
+
+
+def test_destination_down_for_a_while_then_back(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 40)
+    port = free_port()
+    router = start_router({"destinations": {"pacs": {
+        "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": port,
+        "retry": FAST_RETRY}}, "rules": [{"name": "all", "forward": ["pacs"]}]})
+    sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                          reason="connection") >= 10)
+    with _fork_scp(tmp_path, "PACS", port) as pacs:
+        _assert_all_arrived(router, pacs, sources)
+        _report("destination down, then back", acknowledged=len(sources),
+                retries=router.metric("dicom_router_retries_total", destination="pacs",
+                                      reason="connection"),
+                arrived=len(_digests(pacs.received_files())))
+
+
+def test_refusing_destination_does_not_hold_up_the_other(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 30)
+    with _fork_scp(tmp_path, "GOOD") as good, \
+            StoreSCP(tmp_path / "BAD", "BAD", extra_args=["--refuse"]) as bad:
+        router = start_router({
+            "destinations": {
+                "good": dicom_destination(good),
+                "bad": {**dicom_destination(bad),
+                        "retry": {"max_attempts": 2, "initial_delay": 0.1, "max_delay": 0.2}},
+            },
+            "rules": [{"name": "both", "forward": ["good", "bad"]}],
+        })
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: _delivered(router, "good") == len(sources))
+        assert _digests(good.received_files()) == _digests(sources)
+        assert wait_for(lambda: len(_dead_letter_ids(router, "bad")) == len(sources))
+        _assert_all_arrived(router, good, sources)  # settled: nothing left on the spool
+        assert bad.received_files() == []
+        _report("one destination refusing", acknowledged=len(sources),
+                good_arrived=len(good.received_files()),
+                bad_dead_letters=len(_dead_letter_ids(router, "bad")))
+
+
+def _cli(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROUTER, "dead-letters", "--config", str(router.config_path), *args],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=router.workdir)
+
+
+def _dead_letter_ids(router: RouterProcess, destination: str) -> list[str]:
+    listed = _cli(router, "list", "--destination", destination, "--json")
+    return [line for line in listed.stdout.splitlines() if line.startswith("{")]
+
+
+def test_rejected_transfer_syntax_is_dead_lettered_then_replayed_elsewhere(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    jpeg = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                          transfer_syntax=JPEG_BASELINE)
+    plain = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                           transfer_syntax=EXPLICIT_VR_LE)
+    # "+x=" after "+xa": this storescp accepts uncompressed syntaxes only.
+    with StoreSCP(tmp_path / "STRICT", "STRICT", extra_args=["--fork", "+x="]) as strict, \
+            _fork_scp(tmp_path, "LENIENT") as lenient:
+        router = start_router({
+            "destinations": {"strict": dicom_destination(strict),
+                             "lenient": dicom_destination(lenient)},
+            "rules": [{"name": "all", "forward": ["strict"]}],
+        })
+        sent = run_storescu([jpeg, plain], LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: len(_dead_letter_ids(router, "strict")) == 1)
+        assert wait_for(lambda: _delivered(router, "strict") == 1)
+        listed = _cli(router, "list")
+        assert "no_context" in listed.stdout and "1 dead letters" in listed.stdout, listed.stdout
+        assert router.metric("dicom_router_dead_letters_total", destination="strict",
+                             reason="no_context") == 1
+
+        replayed = _cli(router, "replay", "--reason", "no_context", "--to", "lenient")
+        assert replayed.returncode == 0, replayed.stderr
+        assert wait_for(lambda: _delivered(router, "lenient") == 1), router.log()[-2000:]
+        assert _digests(lenient.received_files()) == {dataset_digest(jpeg)}
+        assert _digests(strict.received_files()) == {dataset_digest(plain)}
+        assert "no dead letters" in _cli(router, "list").stdout
+        _report("transfer syntax rejected, replayed", dead_letters=1, replayed=1,
+                arrived_lenient=len(lenient.received_files()))
+
+
+@pytest.fixture
+def small_spool(tmp_path: Path) -> Iterator[Path]:
+    """A 40 MiB tmpfs for the spool, so that its watermark is reached for real."""
+    mount = tmp_path / "small-spool"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"cannot mount a tmpfs (run the suite as root): {done.stderr}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_spool_watermark_refuses_with_a700_then_recovers(
+    small_spool: Path, tmp_path: Path, start_router: RouterFactory
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 40, size_bytes=500_000)  # ~20 MB
+    port = free_port()
+    router = start_router({
+        "spool": {"path": str(small_spool), "min_free_bytes": 30 * 1024**2,
+                  "min_free_percent": 0},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": FAST_RETRY}},
+        "rules": [{"name": "all", "forward": ["pacs"]}],
+    })
+    first = BackgroundSend(sources, router.port)
+    first.start()
+    first.join(120)
+    accepted = first.acknowledged()
+    assert 0 < len(accepted) < len(sources), first.output[-2000:]
+    assert "Refused: OutOfResources" in first.output
+    assert router.metric("dicom_router_refusals_total", reason="disk_watermark") >= 1
+    assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 503)
+    assert "watermark" in http_get(router.metrics_port, "/readyz")[1]
+    # A new association is turned away with "temporary congestion" while full.
+    refused = run_storescu(sources[-1:], LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+    assert refused.returncode != 0
+    assert "Association Rejected" in refused.stdout + refused.stderr
+
+    with _fork_scp(tmp_path, "PACS", port) as pacs:
+        _assert_all_arrived(router, pacs, accepted)  # draining frees the spool
+        assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 200)
+        rest = [p for p in sources if p not in accepted]
+        second = run_storescu(rest, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert second.returncode == 0, second.stdout[-2000:]
+        _assert_all_arrived(router, pacs, sources)
+        _report("spool watermark", first_pass_acknowledged=len(accepted),
+                refused_a700=first.output.count("Refused: OutOfResources"),
+                second_pass=len(rest), arrived=len(_digests(pacs.received_files())))
+
+
+def test_sigterm_during_send_keeps_acknowledged_jobs_for_the_restart(tmp_path: Path) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 300, size_bytes=4_000)
+    port = free_port()
+    router = RouterProcess(tmp_path / "r", {
+        "drain_grace": 5,
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": FAST_RETRY}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]}).start()
+    try:
+        send = BackgroundSend(sources, router.port)
+        send.start()
+        assert wait_for(lambda: router.metric("dicom_router_instances_received_total",
+                                              result="accepted") >= 50, timeout=60)
+        assert router.stop() == 0, router.log()[-2000:]
+        send.join(120)
+        acknowledged = send.acknowledged()
+        assert len(acknowledged) >= 50
+        queued = list((router.spool / "jobs").glob("*.dcm"))
+        assert len(queued) == len(acknowledged)  # all kept, nothing half-kept
+
+        with _fork_scp(tmp_path, "PACS", port) as pacs:
+            router.start()
+            _assert_all_arrived(router, pacs, acknowledged)
+            _report("SIGTERM during send", sent=len(sources), acknowledged=len(acknowledged),
+                    kept_on_spool=len(queued), arrived=len(_digests(pacs.received_files())))
+    finally:
+        router.stop()
+
+
