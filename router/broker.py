@@ -118,6 +118,7 @@ class Broker:
 
     def _worker_gone(self, identity: bytes, why: str) -> None:
         requeued = self.dispatcher.worker_gone(identity)
+        metrics.LEASES_EXPIRED.inc(requeued)
         log.info("worker %s %s; %d deliveries requeued", identity.decode(errors="replace"),
                  why, requeued)
 
@@ -176,8 +177,6 @@ class Broker:
 
     def _housekeeping(self, now: float) -> None:
         for identity in self.dispatcher.expired_workers(now):
-            held = len(self.dispatcher.workers[identity].leases)
-            metrics.LEASES_EXPIRED.inc(held)
             self._worker_gone(identity, "missed its heartbeats; lease expired")
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS

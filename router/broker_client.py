@@ -1,7 +1,13 @@
-"""The acceptor's side of the broker: submit a job, wait for its acceptance, with a deadline."""
+"""The acceptor's side of the broker: submit a job, wait for its acceptance, with a deadline.
+
+A submit is re-sent every RESEND_SECONDS until answered: the broker queues a job once per job
+id, so a re-send is harmless, and it carries a job over a broker restart (a message in flight
+to a broker that died is lost with it) instead of failing the sender after the deadline.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -9,6 +15,8 @@ import zmq
 
 from router.errors import OutOfResources, ProtocolError, QueueFull
 from router.messages import Accepted, JobHeader, Refused, Submit, decode, encode
+
+RESEND_SECONDS = 1.0
 
 
 class BrokerClient:
@@ -40,11 +48,18 @@ class BrokerClient:
         sock = self._checkout()
         healthy = False
         try:
-            sock.send(encode(Submit(job)))
+            frame = encode(Submit(job))
+            sock.send(frame)
             deadline = time.monotonic() + self.timeout
+            resend_at = time.monotonic() + RESEND_SECONDS
             while (remaining := deadline - time.monotonic()) > 0:
-                if not sock.poll(int(remaining * 1000) + 1):
-                    break
+                wait = min(remaining, max(0.0, resend_at - time.monotonic()))
+                if not sock.poll(int(wait * 1000) + 1):
+                    if time.monotonic() >= resend_at:
+                        with contextlib.suppress(zmq.Again):  # no broker connected right now
+                            sock.send(frame, zmq.NOBLOCK)
+                        resend_at = time.monotonic() + RESEND_SECONDS
+                    continue
                 try:
                     reply = decode(sock.recv())
                 except ProtocolError:

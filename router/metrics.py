@@ -67,7 +67,8 @@ DUPLICATES_SUPPRESSED = Counter(
     "Deliveries not sent because the destination already had the same bytes.", ["destination"],
 )
 LEASES_EXPIRED = Counter(
-    f"{PREFIX}_leases_expired_total", "Deliveries taken back from a worker that went silent."
+    f"{PREFIX}_leases_expired_total",
+    "Deliveries taken back from a worker that died, went silent or stopped before answering.",
 )
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]

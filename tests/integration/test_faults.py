@@ -90,6 +90,30 @@ def test_worker_killed_mid_send_loses_nothing(
                 leases_expired=router.metric("dicom_router_leases_expired_total"))
 
 
+def test_broker_killed_mid_send_loses_nothing(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    sources = generate_mixed_set(tmp_path / "src", 400, size_bytes=4_000)
+    with _fork_scp(tmp_path, "PACS") as pacs:
+        router = start_router(_pacs_config(pacs))
+        send = BackgroundSend(sources, router.port)
+        send.start()
+        assert wait_for(lambda: _delivered(router, "pacs") >= 50, timeout=60)
+        victim = router.child_pid("broker")
+        os.kill(victim, signal.SIGKILL)
+        send.join(240)
+
+        acknowledged = send.acknowledged()
+        _assert_all_arrived(router, pacs, acknowledged)
+        assert router.child_pid("broker") != victim
+        assert router.metric("dicom_router_process_restarts_total", process="broker") == 1
+        # Submits in flight are re-sent to the restarted broker: no sender is turned away.
+        assert len(acknowledged) == len(sources), send.output[-2000:]
+        _report("broker kill -9", acknowledged=len(acknowledged),
+                recovered=router.metric("dicom_router_recovered_jobs_total"),
+                arrived=len(_digests(pacs.received_files())))
+
+
 def test_router_killed_mid_send_recovers_every_acknowledged_instance(
     tmp_path: Path,
 ) -> None:
