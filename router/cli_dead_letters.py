@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         if unfiltered and not args.all:
             raise RouterError("purge without a filter deletes every dead letter: add --all")
         for letter in letters:
-            dead_letters.purge(letter)
+            dead_letters.purge(spool, letter)
         print(f"{len(letters)} dead letters purged")
     return 0
 

@@ -94,6 +94,7 @@ def get(spool: Spool, letter_id: str) -> DeadLetter:
 
 
 def _forget(letter: DeadLetter) -> None:
+    """Remove the record, and the instance once no record refers to it (under the lock)."""
     letter.record_path.unlink(missing_ok=True)
     others = list(letter.record_path.parent.glob(f"{letter.job.job_id}.*.json"))
     if not others:
@@ -104,10 +105,15 @@ def replay(spool: Spool, letter: DeadLetter, to: str | None = None) -> JobHeader
     """Send a dead letter again, to its destination or to `to`; the record is removed."""
     job = dataclasses.replace(letter.job, job_id=new_job_id(),
                               destinations=(to or letter.destination,))
-    spool.stage_replay(job, letter.instance_path)
-    _forget(letter)
+    with spool.dead_letter_lock():
+        if not letter.instance_path.exists():
+            raise RouterError(f"dead letter {letter.id} has lost its instance "
+                              f"{letter.instance_path}; purge it")
+        spool.stage_replay(job, letter.instance_path)
+        _forget(letter)
     return job
 
 
-def purge(letter: DeadLetter) -> None:
-    _forget(letter)
+def purge(spool: Spool, letter: DeadLetter) -> None:
+    with spool.dead_letter_lock():
+        _forget(letter)

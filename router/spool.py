@@ -12,6 +12,8 @@ Layout under the spool root:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -181,13 +183,25 @@ class Spool:
             fsync_path(self.jobs, directory=True)
         return taken
 
+    @contextlib.contextmanager
+    def dead_letter_lock(self) -> Iterator[None]:
+        """Serialises the broker's dead-lettering and an operator's purge/replay: otherwise a
+        purge could delete an instance that a new record is about to refer to."""
+        with open(self.root / "dead-letters.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def dead_letter(self, header: JobHeader, destination: str, record: dict[str, Any]) -> Path:
         """Keep the instance and why it could not be delivered, for an operator to replay."""
         instance = self.dead_letters / f"{header.job_id}.dcm"
-        if not instance.exists():
-            os.link(self.instance_path(header.job_id), instance)
         body = {"job": header.to_dict(), "destination": destination, **record}
         target = self.dead_letters / f"{header.job_id}.{destination}.json"
-        write_atomically(target, json.dumps(body, indent=2).encode())
-        fsync_path(self.dead_letters, directory=True)
+        with self.dead_letter_lock():
+            if not instance.exists():
+                os.link(self.instance_path(header.job_id), instance)
+            write_atomically(target, json.dumps(body, indent=2).encode())
+            fsync_path(self.dead_letters, directory=True)
         return target

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import zmq
 
@@ -75,32 +77,54 @@ class DeliveryThread(threading.Thread):
         return self.destinations[name]
 
     def handle(self, task: Deliver) -> Result:
+        """Deliver one job to one destination. Always returns a Result: never loses one."""
         job, name = task.job, task.destination
         source = self.spool.instance_path(job.job_id)
+        try:
+            return self._handle(task, source)
+        except DeliveryError as exc:
+            if not source.exists():
+                return self._withdrawn(job, name)
+            log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
+            return Result(job.job_id, name, False, exc.reason, exc.transient, str(exc))
+        except FileNotFoundError:
+            return self._withdrawn(job, name)  # the acceptor discarded it meanwhile
+        except Exception as exc:  # an unexpected error (a locked ledger, ...) is retried
+            log.exception("job %s to %s failed unexpectedly", job.job_id, name)
+            return Result(job.job_id, name, False, "internal", True, repr(exc)[:200])
+
+    def _handle(self, task: Deliver, source: Path) -> Result:
+        job, name = task.job, task.destination
         if not source.exists():
-            log.warning("job %s is no longer on the spool (its sender was told to retry)",
-                        job.job_id)
-            return Result(job.job_id, name, False, "withdrawn", False, "not on the spool")
-        started = time.monotonic()
+            return self._withdrawn(job, name)
         digest = file_digest(source) if self.ledger is not None else ""
         if self.ledger is not None and self.ledger.has(name, job.sop_instance_uid, digest):
             metrics.DUPLICATES_SUPPRESSED.labels(name).inc()
             log.info("job %s: %s already has these bytes; not sent again", job.job_id, name)
             return self._delivered(job, name, "duplicate")
+        started = time.monotonic()
         try:
             self._destination(name).deliver(job, source)
-        except DeliveryError as exc:
-            log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
-            return Result(job.job_id, name, False, exc.reason, exc.transient, str(exc))
-        except Exception as exc:  # never lose the Result: an unexpected error is retried
-            log.exception("job %s to %s failed unexpectedly", job.job_id, name)
-            return Result(job.job_id, name, False, "internal", True, repr(exc)[:200])
         finally:
             metrics.FORWARD_SECONDS.labels(name).observe(time.monotonic() - started)
         metrics.FORWARDED_BYTES.labels(name).inc(job.size)
-        if self.ledger is not None:
-            self.ledger.record(name, job.sop_instance_uid, digest, job.job_id)
+        self._record(job, name, digest)
         return self._delivered(job, name)
+
+    def _record(self, job: JobHeader, name: str, digest: str) -> None:
+        """Remember a success in the ledger; failing to is no reason to resend it."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.record(name, job.sop_instance_uid, digest, job.job_id)
+        except sqlite3.Error as exc:
+            log.warning("job %s delivered to %s, but the duplicate ledger could not record it "
+                        "(%s): a redelivery would not be suppressed", job.job_id, name, exc)
+
+    def _withdrawn(self, job: JobHeader, name: str) -> Result:
+        log.warning("job %s is no longer on the spool (its sender was told to retry)",
+                    job.job_id)
+        return Result(job.job_id, name, False, "withdrawn", False, "not on the spool")
 
     def _delivered(self, job: JobHeader, name: str, reason: str = "") -> Result:
         if len(job.destinations) > 1:

@@ -1,0 +1,287 @@
+"""router/dead_letters.py: ages, filters, get, replay and purge over a tmp_path spool."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from router import spool as spool_module
+from router.dead_letters import DeadLetter, Filter, find, get, parse_age, purge, replay
+from router.errors import RouterError
+from router.messages import JobHeader
+from router.spool import Spool
+
+from .helpers import make_header
+
+HOUR = 3600.0
+JOB_A = "0000000000000001aaaaaaaa"
+JOB_B = "0000000000000002bbbbbbbb"
+JOB_C = "0000000000000003cccccccc"
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool").create()
+
+
+def dead_letter(
+    spool: Spool,
+    job_id: str,
+    destination: str,
+    *,
+    age: float,
+    reason: str = "rejected",
+    destinations: tuple[str, ...] | None = None,
+    data: bytes | None = None,
+) -> JobHeader:
+    """Put an instance on the spool (if not there yet) and dead-letter it for `destination`."""
+    header = make_header(job_id, destinations or (destination,), sop_instance_uid=f"1.2.{age:.0f}")
+    instance = spool.instance_path(job_id)
+    if not instance.exists():
+        instance.write_bytes(data or f"instance {job_id}".encode())
+    spool.dead_letter(header, destination, {
+        "reason": reason, "detail": f"{destination} said no", "attempts": 3,
+        "failed_at": time.time() - age,
+    })
+    return header
+
+
+# --- parse_age ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90.0), ("10m", 600.0), ("2h", 7200.0), ("7d", 604800.0), ("1.5h", 5400.0),
+    ("0s", 0.0), (" 3m ", 180.0),
+])
+def test_parse_age(text: str, seconds: float) -> None:
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "h", "2w", "-1h", "2 h", "2hh", "1e3s", "1.5.2h",
+                                  "abc"])
+def test_parse_age_rejects_garbage(text: str) -> None:
+    with pytest.raises(RouterError, match="not an age"):
+        parse_age(text)
+
+
+# --- find / get --------------------------------------------------------------------------------
+
+
+def test_find_lists_all_oldest_first(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=1 * HOUR)
+    dead_letter(spool, JOB_B, "pacs", age=5 * HOUR)
+    dead_letter(spool, JOB_C, "archive", age=3 * HOUR)
+    letters = find(spool)
+    assert [letter.id for letter in letters] == [
+        f"{JOB_B}.pacs", f"{JOB_C}.archive", f"{JOB_A}.pacs",
+    ]
+    first = letters[0]
+    assert first.destination == "pacs"
+    assert first.reason == "rejected"
+    assert first.detail == "pacs said no"
+    assert first.attempts == 3
+    assert first.job.job_id == JOB_B
+    assert first.instance_path == spool.dead_letters / f"{JOB_B}.dcm"
+    assert first.as_dict()["id"] == f"{JOB_B}.pacs"
+
+
+def test_find_on_an_empty_spool(spool: Spool) -> None:
+    assert find(spool) == []
+
+
+def test_find_ignores_temp_files(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    (spool.dead_letters / f".{JOB_B}.pacs.json").write_text("{half a record")
+    assert [letter.id for letter in find(spool)] == [f"{JOB_A}.pacs"]
+
+
+def test_filters_select_the_right_letters(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=10 * 60, reason="rejected")
+    dead_letter(spool, JOB_B, "pacs", age=3 * HOUR, reason="dimse_timeout")
+    dead_letter(spool, JOB_C, "archive", age=2 * 86400, reason="rejected")
+
+    def ids(selection: Filter) -> list[str]:
+        return [letter.id for letter in find(spool, selection)]
+
+    assert ids(Filter(destination="pacs")) == [f"{JOB_B}.pacs", f"{JOB_A}.pacs"]
+    assert ids(Filter(destination="nowhere")) == []
+    assert ids(Filter(reason="rejected")) == [f"{JOB_C}.archive", f"{JOB_A}.pacs"]
+    assert ids(Filter(older_than=parse_age("1h"))) == [f"{JOB_C}.archive", f"{JOB_B}.pacs"]
+    assert ids(Filter(newer_than=parse_age("1h"))) == [f"{JOB_A}.pacs"]
+    assert ids(Filter(older_than=HOUR, newer_than=86400)) == [f"{JOB_B}.pacs"]
+    assert ids(Filter(destination="pacs", reason="rejected")) == [f"{JOB_A}.pacs"]
+
+
+def test_get_returns_the_letter(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    letter = get(spool, f"{JOB_A}.pacs")
+    assert isinstance(letter, DeadLetter)
+    assert letter.job.job_id == JOB_A
+    assert letter.destination == "pacs"
+
+
+@pytest.mark.parametrize("letter_id", [
+    f"{JOB_B}.pacs", f"{JOB_A}.archive", JOB_A, "", "..",
+    f"../dead-letters/{JOB_A}.pacs", f"x/../{JOB_A}.pacs", f"/{JOB_A}.pacs",
+])
+def test_get_rejects_unknown_or_path_ids(spool: Spool, letter_id: str) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    with pytest.raises(RouterError, match="no dead letter"):
+        get(spool, letter_id)
+
+
+def test_get_rejects_a_path_to_a_record_outside_dead_letters(spool: Spool) -> None:
+    # A real .json elsewhere in the spool must not be reachable through an id with '/'.
+    header = make_header(JOB_A, ("pacs",))
+    (spool.root / "evil.json").write_text(json.dumps(
+        {"job": header.to_dict(), "destination": "pacs", "reason": "x"}))
+    with pytest.raises(RouterError):
+        get(spool, "../evil")
+
+
+# --- replay / purge ----------------------------------------------------------------------------
+
+
+def test_replay_stages_a_new_job_and_removes_the_record(spool: Spool) -> None:
+    original = dead_letter(spool, JOB_A, "pacs", age=60)
+    letter = get(spool, f"{JOB_A}.pacs")
+    inode = letter.instance_path.stat().st_ino
+
+    job = replay(spool, letter)
+
+    assert job.job_id != JOB_A
+    assert job.destinations == ("pacs",)
+    assert job.sop_instance_uid == original.sop_instance_uid
+    staged_header = spool.replay / f"{job.job_id}.json"
+    staged_instance = spool.replay / f"{job.job_id}.dcm"
+    assert JobHeader.from_dict(json.loads(staged_header.read_bytes())) == job
+    assert staged_instance.stat().st_ino == inode  # a hard link, not a copy
+    assert staged_instance.read_bytes() == f"instance {JOB_A}".encode()
+    assert not letter.record_path.exists()
+    assert not letter.instance_path.exists()  # no other record of the job
+    assert find(spool) == []
+
+
+def test_replay_to_another_destination(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    job = replay(spool, get(spool, f"{JOB_A}.pacs"), to="archive")
+    assert job.destinations == ("archive",)
+    staged = JobHeader.from_dict(json.loads((spool.replay / f"{job.job_id}.json").read_bytes()))
+    assert staged.destinations == ("archive",)
+
+
+def test_replays_get_distinct_job_ids(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60, destinations=("pacs", "archive"))
+    dead_letter(spool, JOB_A, "archive", age=30, destinations=("pacs", "archive"))
+    first = replay(spool, get(spool, f"{JOB_A}.pacs"))
+    second = replay(spool, get(spool, f"{JOB_A}.archive"))
+    assert first.job_id != second.job_id
+    assert len(list(spool.replay.glob("*.dcm"))) == 2
+
+
+def test_instance_stays_while_another_record_of_the_job_remains(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60, destinations=("pacs", "archive"))
+    dead_letter(spool, JOB_A, "archive", age=30, destinations=("pacs", "archive"))
+    instance = spool.dead_letters / f"{JOB_A}.dcm"
+    # An unrelated job's letter must not keep JOB_A's instance alive (or vice versa).
+    dead_letter(spool, JOB_B, "pacs", age=10)
+
+    replay(spool, get(spool, f"{JOB_A}.pacs"))
+    assert instance.exists()
+    assert [letter.id for letter in find(spool)] == [f"{JOB_A}.archive", f"{JOB_B}.pacs"]
+
+    purge(spool, get(spool, f"{JOB_A}.archive"))
+    assert not instance.exists()
+    assert (spool.dead_letters / f"{JOB_B}.dcm").exists()
+    assert [letter.id for letter in find(spool)] == [f"{JOB_B}.pacs"]
+
+
+def test_purge_removes_record_and_instance(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    purge(spool, get(spool, f"{JOB_A}.pacs"))
+    assert list(spool.dead_letters.iterdir()) == []
+
+
+def test_replayed_instance_survives_purge_of_the_rest(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60, destinations=("pacs", "archive"))
+    dead_letter(spool, JOB_A, "archive", age=30, destinations=("pacs", "archive"))
+    job = replay(spool, get(spool, f"{JOB_A}.pacs"))
+    purge(spool, get(spool, f"{JOB_A}.archive"))
+    assert (spool.replay / f"{job.job_id}.dcm").read_bytes() == f"instance {JOB_A}".encode()
+
+
+def test_dead_lettering_during_a_purge_keeps_the_instance(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator purges a job's other letter while the broker dead-letters this one: the
+    purge waits for the broker's lock, sees the new record and keeps the instance."""
+    both = ("pacs", "archive")
+    header = dead_letter(spool, JOB_A, "pacs", age=60, destinations=both)
+    letter = get(spool, f"{JOB_A}.pacs")
+    real_write = spool_module.write_atomically
+    operator = threading.Thread(target=purge, args=(spool, letter))
+
+    def purge_meanwhile(path: Path, data: bytes, *, fsync: bool = True) -> None:
+        if path.parent == spool.dead_letters and not operator.is_alive():
+            operator.start()  # between the broker's exists() check and its record
+            operator.join(0.2)  # it must be waiting for the lock, not done
+            assert operator.is_alive()
+        real_write(path, data, fsync=fsync)
+
+    monkeypatch.setattr(spool_module, "write_atomically", purge_meanwhile)
+    spool.dead_letter(header, "archive", {"reason": "rejected", "failed_at": time.time()})
+    operator.join(5)
+
+    assert not operator.is_alive()
+    assert not letter.record_path.exists()  # the purge did happen, after the broker
+    remaining = get(spool, f"{JOB_A}.archive")
+    assert remaining.instance_path.exists(), "the record outlived its instance"
+    assert remaining.instance_path.read_bytes() == f"instance {JOB_A}".encode()
+
+
+# --- Spool.take_replays ------------------------------------------------------------------------
+
+
+def test_take_replays_moves_staged_jobs_into_jobs(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    dead_letter(spool, JOB_B, "archive", age=30)
+    first = replay(spool, get(spool, f"{JOB_A}.pacs"))
+    second = replay(spool, get(spool, f"{JOB_B}.archive"))
+
+    taken = spool.take_replays()
+
+    assert sorted(taken, key=lambda h: h.job_id) == sorted([first, second],
+                                                           key=lambda h: h.job_id)
+    assert list(spool.replay.iterdir()) == []
+    for job in (first, second):
+        assert spool.instance_path(job.job_id).is_file()
+        assert (spool.jobs / f"{job.job_id}.json").is_file()
+    recovered = {r.header.job_id: r for r in spool.recover()}
+    assert set(recovered) >= {first.job_id, second.job_id}
+    assert recovered[first.job_id].header == first
+    assert spool.take_replays() == []
+
+
+def test_take_replays_skips_an_instance_without_header(spool: Spool) -> None:
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    good = replay(spool, get(spool, f"{JOB_A}.pacs"))
+    orphan = spool.replay / f"{JOB_C}.dcm"
+    orphan.write_bytes(b"instance without a header")
+
+    taken = spool.take_replays()
+
+    assert [h.job_id for h in taken] == [good.job_id]
+    assert orphan.read_bytes() == b"instance without a header"  # left for an operator
+    assert not spool.instance_path(JOB_C).exists()
+    assert spool.instance_path(good.job_id).is_file()
+
+
+def test_take_replays_skips_an_unreadable_header(spool: Spool) -> None:
+    (spool.replay / f"{JOB_C}.json").write_text("{not json")
+    (spool.replay / f"{JOB_C}.dcm").write_bytes(b"x")
+    assert spool.take_replays() == []
+    assert {p.name for p in spool.replay.iterdir()} == {f"{JOB_C}.json", f"{JOB_C}.dcm"}

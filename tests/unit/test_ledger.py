@@ -1,0 +1,159 @@
+"""workers/ledger.py: the duplicate ledger shared by delivery threads (sqlite in tmp_path)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers import ledger as ledger_module
+from workers.ledger import PRUNE_EVERY_SECONDS, DeliveryLedger, file_digest
+
+WINDOW = 3600.0
+DIGEST = "a" * 40
+OTHER_DIGEST = "b" * 40
+
+
+class Clocks:
+    """Settable stand-ins for time.time (wall) and time.monotonic, as the ledger sees them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.wall = 1_700_000_000.0
+        self.mono = 10_000.0
+        monkeypatch.setattr(ledger_module.time, "time", lambda: self.wall)
+        monkeypatch.setattr(ledger_module.time, "monotonic", lambda: self.mono)
+
+
+@pytest.fixture
+def clocks(monkeypatch: pytest.MonkeyPatch) -> Clocks:
+    return Clocks(monkeypatch)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[DeliveryLedger]:
+    db = DeliveryLedger(tmp_path / "ledger.sqlite", WINDOW)
+    yield db
+    db.close()
+
+
+def row_count(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM delivered").fetchone()[0])
+
+
+def test_recorded_delivery_is_a_duplicate(ledger: DeliveryLedger) -> None:
+    assert not ledger.has("pacs", "1.2.3", DIGEST)
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    assert ledger.has("pacs", "1.2.3", DIGEST)
+
+
+def test_other_digest_for_same_instance_is_not_a_duplicate(ledger: DeliveryLedger) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    assert not ledger.has("pacs", "1.2.3", OTHER_DIGEST)
+
+
+def test_other_destination_is_not_a_duplicate(ledger: DeliveryLedger) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    assert not ledger.has("archive", "1.2.3", DIGEST)
+
+
+def test_other_instance_is_not_a_duplicate(ledger: DeliveryLedger) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    assert not ledger.has("pacs", "1.2.4", DIGEST)
+
+
+def test_entry_expires_after_the_window(ledger: DeliveryLedger, clocks: Clocks) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    clocks.wall += WINDOW - 1
+    assert ledger.has("pacs", "1.2.3", DIGEST)
+    clocks.wall += 2  # now WINDOW + 1 seconds after the delivery
+    assert not ledger.has("pacs", "1.2.3", DIGEST)
+
+
+def test_recording_again_renews_the_entry(ledger: DeliveryLedger, clocks: Clocks) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    clocks.wall += WINDOW - 10
+    ledger.record("pacs", "1.2.3", DIGEST, "job-2")
+    clocks.wall += 20  # past the first delivery's window, inside the second's
+    assert ledger.has("pacs", "1.2.3", DIGEST)
+
+
+def test_prune_deletes_only_rows_older_than_the_window(
+    tmp_path: Path, ledger: DeliveryLedger, clocks: Clocks
+) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "old")
+    clocks.wall += WINDOW + 5
+    ledger.record("pacs", "1.2.4", DIGEST, "recent")
+    assert row_count(tmp_path / "ledger.sqlite") == 2
+    ledger.prune()
+    assert row_count(tmp_path / "ledger.sqlite") == 1
+    assert ledger.has("pacs", "1.2.4", DIGEST)
+
+
+def test_prune_runs_at_most_once_per_interval(
+    tmp_path: Path, ledger: DeliveryLedger, clocks: Clocks
+) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger.prune()  # first call prunes (nothing to delete) and starts the interval
+
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    clocks.wall += WINDOW + 5  # the row is now stale
+    clocks.mono += PRUNE_EVERY_SECONDS - 1
+    ledger.prune()
+    assert row_count(path) == 1, "pruned again before PRUNE_EVERY_SECONDS had passed"
+
+    clocks.mono += 2
+    ledger.prune()
+    assert row_count(path) == 0
+
+
+def test_two_ledgers_on_one_file_share_records(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    first = DeliveryLedger(path, WINDOW)
+    second = DeliveryLedger(path, WINDOW)
+    try:
+        first.record("pacs", "1.2.3", DIGEST, "job-1")
+        assert second.has("pacs", "1.2.3", DIGEST)
+        second.record("archive", "1.2.3", DIGEST, "job-1")
+        assert first.has("archive", "1.2.3", DIGEST)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_ledger_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    first = DeliveryLedger(path, WINDOW)
+    first.record("pacs", "1.2.3", DIGEST, "job-1")
+    first.close()
+    again = DeliveryLedger(path, WINDOW)
+    try:
+        assert again.has("pacs", "1.2.3", DIGEST)
+    finally:
+        again.close()
+
+
+def test_file_digest_is_stable_and_sees_one_byte(tmp_path: Path) -> None:
+    data = bytearray(range(256)) * 9000  # > 1 MiB: more than one read chunk
+    path = tmp_path / "a.dcm"
+    path.write_bytes(bytes(data))
+    first = file_digest(path)
+    assert first == file_digest(path)
+    assert len(first) == 40  # 20-byte blake2b, hex
+
+    data[-1] ^= 0x01  # the change is in the second chunk
+    path.write_bytes(bytes(data))
+    assert file_digest(path) != first
+
+    data[-1] ^= 0x01
+    data[0] ^= 0x80
+    path.write_bytes(bytes(data))
+    assert file_digest(path) != first
+
+
+def test_file_digest_of_copies_is_equal(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"DICM" * 100)
+    (tmp_path / "b").write_bytes(b"DICM" * 100)
+    assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b")
