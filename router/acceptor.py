@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 import threading
 import time
-from typing import Any, Protocol
+from types import FrameType
+from typing import Protocol
 
 import zmq
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import metrics
+from router.access import AccessPolicy
 from router.admission import AcceptorState, Admission
+from router.association_events import AssociationEvents
 from router.broker_client import BrokerClient
 from router.config import RouterConfig
 from router.dicom_net import (
     TRANSFER_SYNTAXES,
     configure_pynetdicom,
     prefer_requestor_transfer_syntax,
-    set_nodelay,
 )
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
 from router.store_handler import StoreHandler
+from router.tls_listener import TLSListener, start_server
 from workers.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -33,27 +36,6 @@ log = logging.getLogger(__name__)
 
 class SharedInt(Protocol):
     value: int
-
-
-def _on_requested(event: Any, admission: Admission) -> None:
-    """Turn an association away with "temporary congestion" while new work is refused."""
-    refusal = admission.refusal()
-    if refusal is None:
-        return
-    reason, message = refusal
-    metrics.REFUSALS.labels(reason).inc()
-    metrics.ASSOCIATIONS.labels("rejected").inc()
-    log.warning("rejecting association from %s: %s", event.assoc.requestor.ae_title, message)
-    # A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), temporary congestion
-    event.assoc.acse.send_reject(0x02, 0x03, 0x01)
-    event.assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
-
-
-def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
-    """Keep the supervisor's view (for /readyz) of whether we accept work up to date."""
-    while not stop.wait(0.25):
-        refusal = admission.refusal()
-        state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
 
 
 def build_ae(config: RouterConfig) -> AE:
@@ -71,37 +53,11 @@ def build_ae(config: RouterConfig) -> AE:
     return ae
 
 
-def _on_echo(event: Any) -> int:
-    metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000").inc()
-    return 0x0000
-
-
-def _on_accepted(event: Any) -> None:
-    event.assoc.router_counted = True  # per-association state lives on the association
-    metrics.ASSOCIATIONS.labels("accepted").inc()
-    metrics.ACTIVE_ASSOCIATIONS.inc()
-
-
-def _on_rejected(event: Any) -> None:
-    metrics.ASSOCIATIONS.labels("rejected").inc()
-
-
-def _on_closed(event: Any) -> None:
-    if getattr(event.assoc, "router_counted", False):
-        event.assoc.router_counted = False
-        metrics.ACTIVE_ASSOCIATIONS.dec()
-
-
-def handlers(store: StoreHandler, admission: Admission) -> list[Any]:
-    return [
-        (evt.EVT_CONN_OPEN, set_nodelay),
-        (evt.EVT_REQUESTED, _on_requested, [admission]),
-        (evt.EVT_C_ECHO, _on_echo),
-        (evt.EVT_C_STORE, store),
-        (evt.EVT_ACCEPTED, _on_accepted),
-        (evt.EVT_REJECTED, _on_rejected),
-        (evt.EVT_CONN_CLOSE, _on_closed),
-    ]
+def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
+    """Keep the supervisor's view (for /readyz) of whether we accept work up to date."""
+    while not stop.wait(0.25):
+        refusal = admission.refusal()
+        state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
 
 
 def _drain(ae: AE, grace: float) -> None:
@@ -113,6 +69,14 @@ def _drain(ae: AE, grace: float) -> None:
         log.warning("aborting association from %s after the drain grace period",
                     assoc.requestor.ae_title)
         assoc.abort()
+
+
+def _reload_on_sighup(tls: TLSListener | None) -> None:
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        if tls is not None:
+            threading.Thread(target=tls.reload, name="tls-reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
@@ -130,12 +94,16 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     context = zmq.Context()
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
     admission = Admission(config.spool)
-    store = StoreHandler(spool, RuleSet(config.rules), broker, admission)
+    store = StoreHandler(spool, RuleSet(config.rules), broker, admission,
+                         config.listen.max_dataset_bytes)
+    events = AssociationEvents(AccessPolicy(config.listen), admission)
+    tls = TLSListener(config.listen.tls) if config.listen.tls.mode != "off" else None
+    _reload_on_sighup(tls)
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
-    server = ae.start_server(address, block=False, evt_handlers=handlers(store, admission))
-    assert server is not None  # block=False returns the server
-    log.info("accepting DICOM associations as %s on %s:%d", config.ae_title, *address)
+    server = start_server(ae, address, events.handlers(store), tls)
+    log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
+             *address, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import shutil
@@ -51,11 +52,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return Supervisor(config, Runtime(runtime_dir)).run()
-    except OSError as exc:
+    except (OSError, RouterError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     finally:
         shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def cmd_hash_passcode(args: argparse.Namespace) -> int:
+    from router.access import hash_passcode
+
+    passcode = getpass.getpass("passcode: ") if sys.stdin.isatty() else sys.stdin.readline()
+    passcode = passcode.rstrip("\r\n")
+    if not passcode:
+        raise RouterError("empty passcode")
+    print(hash_passcode(passcode))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
+    hashing = sub.add_parser("hash-passcode",
+                             help="hash a passcode for listen.users (reads it from stdin)")
+    hashing.set_defaults(func=cmd_hash_passcode)
     return parser
 
 

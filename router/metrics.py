@@ -70,6 +70,13 @@ LEASES_EXPIRED = Counter(
     f"{PREFIX}_leases_expired_total",
     "Deliveries taken back from a worker that died, went silent or stopped before answering.",
 )
+TLS_FAILURES = Counter(
+    f"{PREFIX}_tls_handshake_failures_total", "TLS handshakes that failed, by reason.", ["reason"]
+)
+ASSOCIATION_REJECTIONS = Counter(
+    f"{PREFIX}_association_rejections_total",
+    "Associations rejected by the router's access rules or limits, by reason.", ["reason"],
+)
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )

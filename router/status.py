@@ -14,6 +14,7 @@ class Status(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
     INVALID_UID = 0xC001
     NO_ROUTE = 0xC002
+    DATASET_TOO_LARGE = 0xC003
     # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
     PROCESSING_FAILURE = 0x0110
 

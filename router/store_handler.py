@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from router import metrics
+from router.access import peer_certificate
 from router.admission import Admission
 from router.broker_client import BrokerClient
 from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
@@ -21,6 +22,7 @@ from router.header_tags import read_tags
 from router.messages import JobHeader
 from router.spool import Spool, new_job_id
 from router.status import Status
+from router.tls import subject_text
 from router.uids import require_uid
 from workers.rules import AssociationFacts, RuleSet
 
@@ -31,6 +33,7 @@ _RESULT_LABELS = {
     Status.NO_ROUTE: "no_route",
     Status.INVALID_UID: "invalid_uid",
     Status.OUT_OF_RESOURCES: "out_of_resources",
+    Status.DATASET_TOO_LARGE: "too_large",
 }
 
 
@@ -52,12 +55,18 @@ def association_facts(assoc: Any) -> AssociationFacts:
 
 class StoreHandler:
     def __init__(
-        self, spool: Spool, rules: RuleSet, broker: BrokerClient, admission: Admission
+        self,
+        spool: Spool,
+        rules: RuleSet,
+        broker: BrokerClient,
+        admission: Admission,
+        max_dataset_bytes: int | None = None,
     ) -> None:
         self.spool = spool
         self.rules = rules
         self.broker = broker
         self.admission = admission
+        self.max_dataset_bytes = max_dataset_bytes
 
     def __call__(self, event: Any) -> Dataset:
         try:
@@ -80,6 +89,9 @@ class StoreHandler:
         received: Path = event.dataset_path
         size = received.stat().st_size
         metrics.RECEIVED_BYTES.inc(size)
+        if self.max_dataset_bytes is not None and size > self.max_dataset_bytes:
+            raise DimseRefusal(f"dataset of {size} bytes exceeds the router's limit",
+                               Status.DATASET_TOO_LARGE)
         refusal = self.admission.refusal()
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
@@ -101,6 +113,7 @@ class StoreHandler:
             received_at=time.time(),
             rules=decision.rules,
             destinations=decision.destinations,
+            tls_subject=subject_text(peer_certificate(event.assoc)),
         )
         self.spool.commit(job, received)
         self.admission.note_received(size)

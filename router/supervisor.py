@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from router.config import RouterConfig
 from router.http_endpoint import HttpEndpoint
 from router.runtime import Runtime
 from router.spool import Spool
+from router.tls import client_context, server_context
 from workers import worker
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,18 @@ class Supervisor:
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
                   child.name, process.pid, code, child.restart_delay)
 
+    def check_tls(self) -> None:
+        """Load every TLS context once before starting: a wrong password or a missing file is
+        a clear startup error, not a crash loop of a child process."""
+        if self.config.listen.tls.mode != "off":
+            server_context(self.config.listen.tls)
+        for name, dest in self.config.destinations.items():
+            tls = getattr(dest, "tls", None)
+            if tls is not None and tls.mode != "off":
+                client_context(tls, f"destinations.{name}.tls")
+
     def run(self) -> int:
+        self.check_tls()
         spool = Spool(self.config.spool.path).create()
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
@@ -123,8 +136,15 @@ class Supervisor:
             log.info("received %s: stopping", signal.Signals(signum).name)
             self.stopping.set()
 
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            log.info("received SIGHUP: reloading TLS certificates and keys")
+            for child in self.children:
+                if child.process is not None and child.process.pid and child.name != "broker":
+                    os.kill(child.process.pid, signal.SIGHUP)
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hup)
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""

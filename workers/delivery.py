@@ -23,6 +23,12 @@ from workers.ledger import DeliveryLedger, file_digest
 log = logging.getLogger(__name__)
 
 
+class Reloads:
+    """Bumped on SIGHUP: delivery threads then rebuild their destinations (new TLS files)."""
+
+    generation = 0
+
+
 class DeliveryThread(threading.Thread):
     def __init__(
         self,
@@ -41,6 +47,7 @@ class DeliveryThread(threading.Thread):
         self.results.setsockopt(zmq.LINGER, 1000)
         self.results.connect(results_endpoint)
         self.destinations: dict[str, Destination] = {}
+        self.generation = Reloads.generation
         self.ledger: DeliveryLedger | None = None  # opened in run(): sqlite is per thread
 
     def run(self) -> None:
@@ -72,6 +79,11 @@ class DeliveryThread(threading.Thread):
                 destination.release_if_idle(now)
 
     def _destination(self, name: str) -> Destination:
+        if self.generation != Reloads.generation:
+            self.generation = Reloads.generation
+            for destination in self.destinations.values():
+                destination.close()  # finish with the old certificates, reconnect with new
+            self.destinations.clear()
         if name not in self.destinations:
             self.destinations[name] = build_destination(name, self.config)
         return self.destinations[name]

@@ -8,6 +8,8 @@ file is never converted: either the peer accepts its syntax or the delivery fail
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from router.dicom_net import set_nodelay
 from router.errors import DeliveryError
 from router.messages import JobHeader
 from router.status import is_delivered, is_transient_failure
+from router.tls import client_context, failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,8 @@ class DicomDestination:
         self.ae.acse_timeout = config.acse_timeout
         self.ae.dimse_timeout = config.dimse_timeout
         self.ae.network_timeout = config.dimse_timeout
+        self.tls_context = (client_context(config.tls, f"destinations.{name}.tls")
+                            if config.tls.mode != "off" else None)
         self.contexts: dict[tuple[str, str], None] = {}  # ordered set of (SOP class, syntax)
         self.assoc: Association | None = None
         self.last_used = 0.0
@@ -84,12 +89,17 @@ class DicomDestination:
         self.contexts[(sop_class, syntax)] = None
         wanted = list(self.contexts)[-MAX_CONTEXTS:]
         contexts = [build_context(sop, ts) for sop, ts in wanted]
+        tls_args = None
+        if self.tls_context is not None:
+            tls_args = (self.tls_context, self.config.tls.server_name or self.config.host)
         assoc = self.ae.associate(
-            self.config.host, self.config.port, contexts=contexts,
+            self.config.host, self.config.port, contexts=contexts, tls_args=tls_args,
             ae_title=self.config.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)],
         )
         if not assoc.is_established:
             failure = _failure_from_association(assoc, self.name, sop_class, syntax)
+            if failure.reason == "connection" and tls_args is not None:
+                failure = self._tls_diagnosis() or failure
             failure.args = (f"{failure} ({self.config.host}:{self.config.port})",)
             raise failure
         self.assoc = assoc
@@ -100,6 +110,21 @@ class DicomDestination:
                 transient=False,
             )
         return assoc
+
+    def _tls_diagnosis(self) -> DeliveryError | None:
+        """pynetdicom hides why a TLS connection failed; a short probe tells TLS apart."""
+        assert self.tls_context is not None
+        address = (self.config.host, self.config.port)
+        name = self.config.tls.server_name or self.config.host
+        try:
+            raw = socket.create_connection(address, timeout=self.config.connect_timeout)
+            with raw, self.tls_context.wrap_socket(raw, server_hostname=name):
+                return None  # TLS works now: the failure was something else
+        except ssl.SSLError as exc:
+            return DeliveryError("tls", f"TLS with {self.name} failed: {failure_reason(exc)} "
+                                 f"({exc.reason})", transient=True)
+        except OSError:
+            return None
 
     def deliver(self, job: JobHeader, source: Path) -> None:
         assoc = self._association(job.sop_class_uid, job.transfer_syntax_uid)

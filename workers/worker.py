@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import threading
 import time
+from types import FrameType
 
 import zmq
 
@@ -22,7 +24,7 @@ from router.messages import Deliver, Goodbye, Heartbeat, Ready, decode, encode
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
-from workers.delivery import DeliveryThread
+from workers.delivery import DeliveryThread, Reloads
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,11 @@ class Worker:
         self.context.term()
 
 
+def _reload(signum: int, frame: FrameType | None) -> None:
+    Reloads.generation += 1
+    log.info("SIGHUP: destinations reconnect with reloaded TLS certificates")
+
+
 def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     """Entry point of a spawned worker process."""
     setup_logging(config.log_level)
@@ -135,6 +142,7 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     install_stop_handlers(stop)
     watch_parent(stop)
     configure_pynetdicom(chunked_send=True)
+    signal.signal(signal.SIGHUP, _reload)
     worker = Worker(config, runtime, index)
     log.info("worker %d ready with %d delivery threads", index, len(worker.threads))
     worker.run(stop)

@@ -1,0 +1,91 @@
+"""The acceptor's association-level handlers: who is let in, and the counts of who is in.
+
+Per-association state lives on the association object (handlers may run on other threads).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pynetdicom import evt
+
+from router import metrics
+from router.access import AccessPolicy, Rejection
+from router.admission import Admission
+from router.dicom_net import set_nodelay
+from router.store_handler import StoreHandler
+
+log = logging.getLogger(__name__)
+
+
+class AssociationEvents:
+    def __init__(self, access: AccessPolicy, admission: Admission) -> None:
+        self.access = access
+        self.admission = admission
+
+    def on_requested(self, event: Any) -> None:
+        """Reject by access rule first (permanent reasons), then by load (transient)."""
+        assoc = event.assoc
+        rejection = self.access.check(assoc)
+        if rejection is None:
+            refusal = self.admission.refusal()
+            if refusal is None:
+                return
+            metrics.REFUSALS.labels(refusal[0]).inc()
+            # rejected-transient, service-provider (presentation), temporary congestion
+            rejection = Rejection(2, 3, 1, refusal[0], refusal[1])
+        self._reject(assoc, rejection)
+
+    def _reject(self, assoc: Any, rejection: Rejection) -> None:
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+        metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
+        log.warning("rejecting association from %s (%s): %s",
+                    assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
+                    rejection.message)
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
+
+    def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
+        verified = self.access.verify_user(event.user_id_type, event.primary_field,
+                                           event.secondary_field)
+        if not verified:
+            metrics.ASSOCIATION_REJECTIONS.labels("user_identity").inc()
+            log.warning("user identity refused for %s (%s)", event.assoc.requestor.ae_title,
+                        event.assoc.requestor.address)
+        return verified, None
+
+    def on_accepted(self, event: Any) -> None:
+        event.assoc.router_counted = True
+        self.access.opened(event.assoc.requestor.ae_title)
+        metrics.ASSOCIATIONS.labels("accepted").inc()
+        metrics.ACTIVE_ASSOCIATIONS.inc()
+
+    def on_rejected(self, event: Any) -> None:
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+
+    def on_closed(self, event: Any) -> None:
+        if getattr(event.assoc, "router_counted", False):
+            event.assoc.router_counted = False
+            self.access.closed(event.assoc.requestor.ae_title)
+            metrics.ACTIVE_ASSOCIATIONS.dec()
+
+    def handlers(self, store: StoreHandler) -> list[Any]:
+        bound = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, _on_echo),
+            (evt.EVT_C_STORE, store),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+        ]
+        if self.access.users:
+            # Without a handler pynetdicom accepts every identity: bind only with users.
+            bound.append((evt.EVT_USER_ID, self.on_user_id))
+        return bound
+
+
+def _on_echo(event: Any) -> int:
+    metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000").inc()
+    return 0x0000

@@ -1,0 +1,103 @@
+"""Who may talk to the router: allowlists, user identity and limits, each rejected with the
+A-ASSOCIATE-RJ reason PS3.8 defines, as DCMTK reports it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE
+
+from router.access import hash_passcode
+from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration.conftest import RouterFactory
+from tests.integration.router_process import RouterProcess
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp_path: Path, **listen: Any) -> dict[str, Any]:
+    return {"listen": listen,
+            "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+            "rules": [{"name": "all", "forward": ["keep"]}]}
+
+
+def _rejections(router: RouterProcess, reason: str) -> float:
+    return router.metric("dicom_router_association_rejections_total", reason=reason)
+
+
+def test_calling_and_called_ae_allowlists(start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router(_config(tmp_path, allowed_calling_ae=["CT1"],
+                                  allowed_called_ae=["DICOM-ROUTER", "ROUTER2"]))
+    assert run_echoscu(LOCALHOST, router.port, called_ae="ROUTER2",
+                       calling_ae="CT1").returncode == 0
+
+    stranger = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER", calling_ae="CT9")
+    assert "Calling AE Title Not Recognized" in stranger.stderr
+    assert "Rejected Permanent, Source: Service User" in stranger.stderr
+    elsewhere = run_echoscu(LOCALHOST, router.port, called_ae="OTHER", calling_ae="CT1")
+    assert "Called AE Title Not Recognized" in elsewhere.stderr
+    assert _rejections(router, "calling_ae") == 1 and _rejections(router, "called_ae") == 1
+
+
+def test_source_network_allowlist(start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router(_config(tmp_path, allowed_sources=["10.0.0.0/8"]))
+    refused = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+    assert refused.returncode != 0
+    assert "Rejected Permanent" in refused.stderr and "Reason: No Reason" in refused.stderr
+    assert _rejections(router, "source") == 1
+
+
+def test_user_identity_with_hashed_passcodes(start_router: RouterFactory, tmp_path: Path) -> None:
+    users = [{"username": "modality", "passcode_hash": hash_passcode("right-passcode")}]
+    router = start_router(_config(tmp_path, users=users, require_user_identity=True))
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+
+    def send(*identity: str) -> int:
+        return run_storescu([source], LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                            extra_args=list(identity)).returncode
+
+    assert send("-usr", "modality", "-pwd", "right-passcode") == 0
+    assert send("-usr", "modality", "-pwd", "wrong") != 0
+    assert send("-usr", "nobody", "-pwd", "right-passcode") != 0
+    assert send() != 0  # no identity at all, but the listener requires one
+    assert _rejections(router, "user_identity") == 3
+
+
+def test_associations_per_calling_ae_are_limited(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    router = start_router(_config(tmp_path, max_associations_per_calling_ae=2))
+    ae = AE(ae_title="BUSY")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        third = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER", calling_ae="BUSY")
+        assert "Rejected Transient" in third.stderr and "Local Limit Exceeded" in third.stderr
+        assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           calling_ae="OTHER").returncode == 0
+    finally:
+        for assoc in held:
+            assoc.release()
+    assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                       calling_ae="BUSY").returncode == 0
+
+
+def test_dataset_larger_than_the_limit_is_refused(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    router = start_router(_config(tmp_path, max_dataset_bytes=50_000))
+    small = write_instance(tmp_path / "a", sop_class=CTImageStorage,
+                           transfer_syntax=EXPLICIT_VR_LE, size_bytes=10_000)
+    large = write_instance(tmp_path / "b", sop_class=CTImageStorage,
+                           transfer_syntax=EXPLICIT_VR_LE, size_bytes=200_000)
+    assert run_storescu([small], LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
+    refused = run_storescu([large], LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           extra_args=["-d"])
+    assert "0xc003" in (refused.stdout + refused.stderr).lower()
+    assert router.metric("dicom_router_instances_received_total", result="too_large") == 1

@@ -1,0 +1,240 @@
+"""TLS on the listener and towards destinations, against DCMTK's +tls tools and a throwaway PKI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import CTImageStorage
+
+from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
+from tests.integration.conftest import RouterFactory, dicom_destination
+from tests.integration.router_process import ROUTER, RouterProcess, wait_for
+from tests.pki import CertificateAuthority, Issued
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = CertificateAuthority(folder / "ca", "hospital-ca")
+    rogue = CertificateAuthority(folder / "rogue", "rogue-ca")
+    return {
+        "ca": ca,
+        "server": ca.issue("router.example", dns=("localhost",), ip="127.0.0.1", server=True),
+        "pacs": ca.issue("pacs.example", dns=("localhost",), ip="127.0.0.1", server=True),
+        "modality": ca.issue("modality1"),
+        "router_client": ca.issue("router-client"),
+        "expired": ca.issue("modality-old", expired=True),
+        "rogue": rogue.issue("modality1", file_stem="rogue-modality"),
+        "encrypted": ca.issue("router-enc", dns=("localhost",), ip="127.0.0.1", server=True,
+                              password=b"s3cret-pass"),
+    }
+
+
+def _listener(pki: dict[str, Any], mode: str, tmp_path: Path, **tls: Any) -> dict[str, Any]:
+    server: Issued = pki["server"]
+    return {
+        "listen": {"tls": {"mode": mode, "cert": str(server.cert), "key": str(server.key),
+                           "ca": str(pki["ca"].cert_path), "handshake_timeout": 2, **tls}},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+
+
+def _echo(port: int, pki: dict[str, Any], client: Issued | None, *, tls: bool = True,
+          calling_ae: str = "ECHOSCU") -> subprocess.CompletedProcess[str]:
+    args = ["echoscu", "-to", "10", "-ta", "10", "-aet", calling_ae, "-aec", "DICOM-ROUTER"]
+    if tls:
+        args += (["+tls", str(client.key), str(client.cert), "-pw"] if client else ["+tla"])
+        args += ["+cf", str(pki["ca"].cert_path)]
+    args += [LOCALHOST, str(port)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env=dcmtk_env(),
+                          check=False)
+
+
+def _failures(router: RouterProcess, reason: str) -> float:
+    return router.metric("dicom_router_tls_handshake_failures_total", reason=reason)
+
+
+def test_tls_mode_serves_a_verified_server_certificate(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    router = start_router(_listener(pki, "tls", tmp_path))
+    result = _echo(router.port, pki, None)
+    assert result.returncode == 0, result.stderr
+    sources = generate_mixed_set(tmp_path / "src", 5)
+    sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                        extra_args=["+tla", "+cf", str(pki["ca"].cert_path)])
+    assert sent.returncode == 0, sent.stderr
+    keep = tmp_path / "keep"
+    assert wait_for(lambda: len(list(keep.rglob("*.dcm"))) == 5)
+    assert {dataset_digest(p) for p in keep.rglob("*.dcm")} == {dataset_digest(p)
+                                                                for p in sources}
+
+
+def test_plaintext_client_is_refused_by_a_tls_listener(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    router = start_router(_listener(pki, "tls", tmp_path))
+    assert _echo(router.port, pki, None, tls=False).returncode != 0
+    assert wait_for(lambda: _failures(router, "not_tls") == 1)
+
+
+def test_mtls_accepts_a_good_certificate_and_refuses_bad_ones(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    router = start_router(_listener(pki, "mtls", tmp_path))
+    good = _echo(router.port, pki, pki["modality"])
+    assert good.returncode == 0, good.stderr
+
+    assert _echo(router.port, pki, pki["rogue"]).returncode != 0
+    assert _echo(router.port, pki, pki["expired"]).returncode != 0
+    assert _echo(router.port, pki, None).returncode != 0  # anonymous: no client certificate
+    assert wait_for(lambda: _failures(router, "unknown_ca") == 1), router.metrics()
+    assert _failures(router, "certificate_expired") == 1
+    assert _failures(router, "no_client_certificate") == 1
+    assert "TLS handshake from 127.0.0.1 failed: unknown_ca" in router.log()
+
+
+def test_certificate_bound_to_its_ae_titles(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    router = start_router(_listener(pki, "mtls", tmp_path, ae_titles={"modality1": ["CT1"]}))
+    assert _echo(router.port, pki, pki["modality"], calling_ae="CT1").returncode == 0
+    wrong = _echo(router.port, pki, pki["modality"], calling_ae="CT2")
+    assert wrong.returncode != 0
+    assert "Calling AE Title Not Recognized" in wrong.stderr + wrong.stdout
+    assert router.metric("dicom_router_association_rejections_total",
+                         reason="tls_identity") == 1
+
+
+def _encrypted_listener(pki: dict[str, Any], tmp_path: Path, **source: Any) -> dict[str, Any]:
+    enc: Issued = pki["encrypted"]
+    config = _listener(pki, "tls", tmp_path)
+    config["listen"]["tls"].update({"cert": str(enc.cert), "key": str(enc.key), **source})
+    return config
+
+
+@pytest.mark.parametrize("source", ["file", "env", "command"])
+def test_encrypted_key_with_each_password_source(
+    source: str, pki: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "key.pass"
+    secret.write_text("s3cret-pass\n")
+    options = {"file": {"key_password_file": str(secret)},
+               "env": {"key_password_env": "ROUTER_KEY_PASSWORD"},
+               "command": {"key_password_command": ["cat", str(secret)]}}[source]
+    monkeypatch.setenv("ROUTER_KEY_PASSWORD", "s3cret-pass")
+    with RouterProcess(tmp_path / "r", _encrypted_listener(pki, tmp_path, **options)) as router:
+        assert _echo(router.port, pki, None).returncode == 0
+
+
+def test_wrong_key_password_is_a_clear_startup_error(pki: dict[str, Any], tmp_path: Path) -> None:
+    secret = tmp_path / "key.pass"
+    secret.write_text("wrong\n")
+    router = RouterProcess(tmp_path / "r", _encrypted_listener(
+        pki, tmp_path, key_password_file=str(secret)))
+    done = subprocess.run([*ROUTER, "run", "--config", str(router.config_path)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          check=False)
+    assert done.returncode == 1
+    assert "listen.tls: cannot load key" in done.stderr and "wrong password" in done.stderr
+
+
+def test_a_stalled_handshake_does_not_delay_anyone_else(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: pynetdicom's own server handshakes in its accept loop, without a deadline."""
+    router = start_router(_listener(pki, "tls", tmp_path))
+    staller = socket.create_connection((LOCALHOST, router.port))
+    try:
+        result = _echo(router.port, pki, None)  # while the staller holds its connection
+        assert result.returncode == 0, result.stderr
+        staller.settimeout(10)
+        assert staller.recv(1) == b""  # closed by the router after handshake_timeout (2 s)
+        assert wait_for(lambda: _failures(router, "handshake_timeout") == 1)
+    finally:
+        staller.close()
+
+
+def test_sighup_reloads_the_certificate_for_new_connections(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    cert = tmp_path / "live.crt"
+    key = tmp_path / "live.key"
+    first: Issued = pki["server"]
+    cert.write_bytes(first.cert.read_bytes())
+    key.write_bytes(first.key.read_bytes())
+    config = _listener(pki, "tls", tmp_path)
+    config["listen"]["tls"].update({"cert": str(cert), "key": str(key)})
+    router = start_router(config)
+    assert _served_common_name(router.port, pki) == "router.example"
+
+    renewed = pki["ca"].issue("router-renewed.example", dns=("localhost",), ip="127.0.0.1",
+                              server=True)
+    cert.write_bytes(renewed.cert.read_bytes())
+    key.write_bytes(renewed.key.read_bytes())
+    assert router.process is not None
+    os.kill(router.process.pid, signal.SIGHUP)
+    assert wait_for(lambda: _served_common_name(router.port, pki) == "router-renewed.example")
+    assert _echo(router.port, pki, None).returncode == 0
+
+
+def _served_common_name(port: int, pki: dict[str, Any]) -> str:
+    context = ssl.create_default_context(cafile=str(pki["ca"].cert_path))
+    with socket.create_connection((LOCALHOST, port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        cert = tls.getpeercert()
+    return str(dict(rdn[0] for rdn in cert["subject"])["commonName"])
+
+
+def test_outbound_mtls_to_a_dcmtk_peer(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    pacs_cert: Issued = pki["pacs"]
+    client: Issued = pki["router_client"]
+    tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "+cf", str(pki["ca"].cert_path),
+                "-pw", "-rc"]
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=["--fork", *tls_args]) as pacs:
+        destination = {**dicom_destination(pacs), "tls": {
+            "mode": "mtls", "ca": str(pki["ca"].cert_path), "cert": str(client.cert),
+            "key": str(client.key), "server_name": "localhost"}}
+        router = start_router({"destinations": {"pacs": destination},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        assert run_storescu([source], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: router.metric("dicom_router_instances_forwarded_total",
+                                              destination="pacs", result="delivered") == 1)
+        assert {dataset_digest(p) for p in pacs.received_files()} == {dataset_digest(source)}
+
+
+def test_outbound_tls_failure_is_classified_and_retried(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    rogue_ca = CertificateAuthority(tmp_path / "other-ca", "other-ca")
+    pacs_cert: Issued = pki["pacs"]
+    tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "-pw", "-ic"]
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=["--fork", *tls_args]) as pacs:
+        destination = {**dicom_destination(pacs), "tls": {
+            "mode": "tls", "ca": str(rogue_ca.cert_path), "server_name": "localhost"},
+            "retry": {"initial_delay": 0.2, "max_delay": 0.5}}
+        router = start_router({"destinations": {"pacs": destination},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        assert run_storescu([source], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                              reason="tls") >= 2), router.log()[-2000:]
+        assert pacs.received_files() == []
