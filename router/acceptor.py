@@ -7,6 +7,7 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Protocol
 
@@ -17,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from router.access import AccessPolicy
 from router.admission import AcceptorState, Admission
 from router.association_events import AssociationEvents
+from router.audit import AuditTrail
 from router.broker_client import BrokerClient
 from router.config import RouterConfig
 from router.dicom_net import (
@@ -71,6 +73,17 @@ def _drain(ae: AE, grace: float) -> None:
         assoc.abort()
 
 
+def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
+    if audit is None:
+        return None
+    trail = audit
+
+    def alert(reason: str, peer: str) -> None:
+        trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}", peer)
+
+    return alert
+
+
 def _reload_on_sighup(tls: TLSListener | None) -> None:
     def on_hup(signum: int, frame: FrameType | None) -> None:
         if tls is not None:
@@ -94,10 +107,13 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     context = zmq.Context()
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
     admission = Admission(config.spool)
+    audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
     store = StoreHandler(spool, RuleSet(config.rules), broker, admission,
-                         config.listen.max_dataset_bytes)
-    events = AssociationEvents(AccessPolicy(config.listen), admission)
-    tls = TLSListener(config.listen.tls) if config.listen.tls.mode != "off" else None
+                         config.listen.max_dataset_bytes, audit)
+    events = AssociationEvents(AccessPolicy(config.listen), admission, audit)
+    tls = None
+    if config.listen.tls.mode != "off":
+        tls = TLSListener(config.listen.tls, _tls_alert(audit))
     _reload_on_sighup(tls)
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
@@ -113,5 +129,7 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     log.info("stopping: no new associations; letting those in progress finish")
     server.shutdown()  # closes the listening socket: new connections are refused
     _drain(ae, grace=config.drain_grace)
+    if audit is not None:
+        audit.close()
     broker.close()
     context.term()

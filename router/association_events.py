@@ -11,18 +11,23 @@ from typing import Any
 from pynetdicom import evt
 
 from router import metrics
-from router.access import AccessPolicy, Rejection
+from router.access import AccessPolicy, Rejection, peer_certificate
 from router.admission import Admission
+from router.audit import AuditTrail, TransferTally
 from router.dicom_net import set_nodelay
 from router.store_handler import StoreHandler
+from router.tls import subject_text
 
 log = logging.getLogger(__name__)
 
 
 class AssociationEvents:
-    def __init__(self, access: AccessPolicy, admission: Admission) -> None:
+    def __init__(
+        self, access: AccessPolicy, admission: Admission, audit: AuditTrail | None = None
+    ) -> None:
         self.access = access
         self.admission = admission
+        self.audit = audit
 
     def on_requested(self, event: Any) -> None:
         """Reject by access rule first (permanent reasons), then by load (transient)."""
@@ -40,6 +45,12 @@ class AssociationEvents:
     def _reject(self, assoc: Any, rejection: Rejection) -> None:
         metrics.ASSOCIATIONS.labels("rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
+        if self.audit is not None:
+            rq = assoc.requestor.primitive
+            # Load refusals are no security event; access-rule refusals are.
+            self.audit.association_rejected(
+                rq.calling_ae_title, rq.called_ae_title, assoc.requestor.address,
+                rejection.message, security=rejection.result == 1)
         log.warning("rejecting association from %s (%s): %s",
                     assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
                     rejection.message)
@@ -56,15 +67,32 @@ class AssociationEvents:
         return verified, None
 
     def on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        if self.audit is not None:
+            assoc.router_tally = TransferTally()
+            self.audit.association_accepted(
+                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                assoc.requestor.address, subject_text(peer_certificate(assoc)))
         event.assoc.router_counted = True
         self.access.opened(event.assoc.requestor.ae_title)
         metrics.ASSOCIATIONS.labels("accepted").inc()
         metrics.ACTIVE_ASSOCIATIONS.inc()
 
     def on_rejected(self, event: Any) -> None:
+        """pynetdicom's own rejections (unknown called AE, association limit)."""
         metrics.ASSOCIATIONS.labels("rejected").inc()
+        if self.audit is not None:
+            rq = event.assoc.requestor.primitive
+            self.audit.association_rejected(rq.calling_ae_title, rq.called_ae_title,
+                                            event.assoc.requestor.address, "rejected")
 
     def on_closed(self, event: Any) -> None:
+        tally = getattr(event.assoc, "router_tally", None)
+        if tally is not None and self.audit is not None:
+            event.assoc.router_tally = None
+            assoc = event.assoc
+            tally.flush(self.audit, assoc.requestor.ae_title,
+                        assoc.requestor.primitive.called_ae_title, assoc.requestor.address)
         if getattr(event.assoc, "router_counted", False):
             event.assoc.router_counted = False
             self.access.closed(event.assoc.requestor.ae_title)

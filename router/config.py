@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
 
+from router.audit import AuditConfig
 from router.errors import ConfigError
 
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
@@ -259,6 +260,7 @@ class RouterConfig(Strict):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # On SIGTERM: how long associations in progress may take to finish before being aborted.
     drain_grace: float = Field(30.0, ge=0)
+    audit: AuditConfig = AuditConfig()
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

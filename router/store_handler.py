@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 from router import metrics
 from router.access import peer_certificate
 from router.admission import Admission
+from router.audit import AuditTrail
 from router.broker_client import BrokerClient
 from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
 from router.header_tags import read_tags
@@ -61,16 +62,22 @@ class StoreHandler:
         broker: BrokerClient,
         admission: Admission,
         max_dataset_bytes: int | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.spool = spool
         self.rules = rules
         self.broker = broker
         self.admission = admission
         self.max_dataset_bytes = max_dataset_bytes
+        self.audit = audit
+        # One header read serves both the rules and the audit trail (per-study records).
+        audit_keywords = ("StudyInstanceUID", "PatientID") if audit is not None else ()
+        self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords}))
 
     def __call__(self, event: Any) -> Dataset:
+        tags: dict[str, str] = {}
         try:
-            status = self._store(event)
+            status = self._store(event, tags)
             comment = ""
         except DimseRefusal as exc:
             status, comment = exc.status, str(exc)
@@ -80,9 +87,18 @@ class StoreHandler:
             status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"
         metrics.INSTANCES_RECEIVED.labels(_RESULT_LABELS.get(status, "error")).inc()
         metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
+        if self.audit is not None:
+            self._tally(event, tags, status == Status.SUCCESS)
         return status_dataset(status, comment)
 
-    def _store(self, event: Any) -> Status:
+    def _tally(self, event: Any, tags: dict[str, str], ok: bool) -> None:
+        tally = getattr(event.assoc, "router_tally", None)
+        if tally is not None:
+            sop_class = str(event.request.AffectedSOPClassUID)
+            tally.add(tags.get("StudyInstanceUID", "unknown"), sop_class, ok,
+                      tags.get("PatientID"))
+
+    def _store(self, event: Any, tags: dict[str, str]) -> Status:
         request = event.request
         sop_class = require_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
         sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
@@ -97,7 +113,14 @@ class StoreHandler:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
         facts = association_facts(event.assoc)
-        decision = self.rules.route(facts, lambda: self._tags(received))
+        def header() -> dict[str, str]:
+            if not tags:
+                tags.update(self._tags(received))
+            return tags
+
+        if self.audit is not None:
+            header()
+        decision = self.rules.route(facts, header)
         if not decision.matched:
             raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
         job = JobHeader(
@@ -130,7 +153,7 @@ class StoreHandler:
 
     def _tags(self, path: Path) -> dict[str, str]:
         try:
-            return read_tags(path, self.rules.tag_keywords)
+            return read_tags(path, self.keywords)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             raise DimseRefusal(
                 f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND

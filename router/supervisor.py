@@ -19,6 +19,7 @@ from prometheus_client import multiprocess
 
 from router import acceptor, broker, metrics
 from router.admission import AcceptorState
+from router.audit import AuditTrail
 from router.config import RouterConfig
 from router.http_endpoint import HttpEndpoint
 from router.runtime import Runtime
@@ -118,14 +119,21 @@ class Supervisor:
             m = self.config.metrics
             self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready)
             self.http.start()
+        audit = AuditTrail(self.config.audit, self.config.ae_title) \
+            if self.config.audit.enabled else None
         for child in self.children:
             self._start(child)
         self._install_signals()
+        if audit is not None:
+            audit.application_started()
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             for child in self.children:
                 self._reap(child, now)
         self._stop_children()
+        if audit is not None:
+            audit.application_stopped()
+            audit.close()
         if self.http:
             self.http.stop()
         log.info("router stopped")

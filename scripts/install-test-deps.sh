@@ -3,6 +3,10 @@
 set -euo pipefail
 needed=()
 command -v storescp >/dev/null 2>&1 || needed+=(dcmtk)
+# A real syslog peer for the audit trail tests, with TLS support.
+[ -x /usr/sbin/rsyslogd ] || needed+=(rsyslog)
+compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || needed+=(rsyslog-gnutls)
+command -v openssl >/dev/null 2>&1 || needed+=(openssl)
 if [ ${#needed[@]} -eq 0 ]; then
     exit 0
 fi

@@ -1,0 +1,65 @@
+"""The audit trail as the running router writes it: DICOM audit messages, schema-valid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydicom.uid import CTImageStorage
+
+import router.audit
+from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration.router_process import RouterProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = Path(router.audit.__file__).parent / "schemas" / "audit-message.schema.json"
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _event_id(message: dict[str, Any]) -> str:
+    return str(message["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"])
+
+
+def test_router_writes_schema_valid_audit_messages(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    config = {
+        "audit": {"enabled": True, "path": str(trail)},
+        "listen": {"allowed_calling_ae": ["CT1"]},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+    studies = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, study_uid=f"1.2.3.{n}",
+                              tags={"PatientID": f"P{n}"}) for n in (1, 1, 2)]
+    with RouterProcess(tmp_path / "r", config) as router:
+        assert run_storescu(studies, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                            calling_ae="CT1").returncode == 0
+        assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           calling_ae="INTRUDER").returncode != 0
+        # One "instances transferred" per study, when the association ends.
+        assert wait_for(lambda: [_event_id(m) for m in _events(trail)].count("110104") == 2)
+    messages = _events(trail)
+    ids = [_event_id(m) for m in messages]
+    assert ids.count("110100") == 2  # application start and stop
+    assert "110114" in ids  # the accepted association (user authentication / login)
+    assert "110113" in ids  # security alert: the intruder's calling AE
+
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for message in messages:
+        validator.validate(message)
+    transferred = [m for m in messages if _event_id(m) == "110104"]
+    text = json.dumps(transferred)
+    assert "1.2.3.1" in text and "1.2.3.2" in text
+    assert "INTRUDER" in json.dumps([m for m in messages if _event_id(m) == "110113"])
+    assert "P1" not in router.log()  # patient IDs go to the audit trail, never the log

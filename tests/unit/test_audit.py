@@ -1,0 +1,455 @@
+"""The audit trail: messages valid against the DICOM audit schema, JSON lines, no raising."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from router import audit
+from router.audit import AuditConfig, AuditTrail, LocalApplication, TransferTally
+from router.syslog_sender import (
+    SyslogConfig,
+    SyslogSender,
+    format_rfc5424,
+    octet_counted,
+)
+
+SCHEMA_PATH = Path(audit.__file__).parent / "schemas" / "audit-message.schema.json"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+STUDY = "1.2.826.0.1.3680043.8.498.12345"
+
+
+@pytest.fixture(scope="module")
+def validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def assert_valid(validator: Any, message: dict[str, Any]) -> None:
+    errors = sorted(validator.iter_errors(message), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+APP = LocalApplication(ae_title="ROUTER", source_id="ROUTER", site_id="Radiology  Dept")
+
+BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
+    "application_started": lambda: audit.application_activity(APP, started=True),
+    "application_stopped": lambda: audit.application_activity(APP, started=False),
+    "association_accepted": lambda: audit.user_authentication(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10"),
+    "association_accepted_tls": lambda: audit.user_authentication(
+        APP, calling_ae="MODALITY", called_ae="OTHER AE", peer_address="2001:db8::7",
+        tls_subject="CN=modality.example,O=Hospital"),
+    "association_refused_congestion": lambda: audit.user_authentication(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
+        outcome="4", description="association rejected: temporary congestion"),
+    "security_alert_no_peer": lambda: audit.security_alert(
+        APP, alert_type=audit.SOFTWARE_CONFIGURATION, detail="config reloaded",
+        peer_address=None),
+    "instances_transferred": lambda: audit.instances_transferred(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
+        study_uid=STUDY, sop_classes={CT: 120, MR: 3}, outcome_ok=True),
+    "instances_transferred_failed_with_patient": lambda: audit.instances_transferred(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="pacs.example",
+        study_uid=STUDY, sop_classes={CT: 2}, outcome_ok=False, patient_id="PID 0001"),
+    "hostile_text": lambda: audit.instances_transferred(
+        APP, calling_ae="EVIL\n AE\t", called_ae="ROUTER  X", peer_address=" 10.0.0.1 ",
+        study_uid="1.2\n.3  4", sop_classes={"1.2 3": 1}, outcome_ok=False,
+        description="bad\x00 \u00e9\u2028</x>" * 500),
+}
+
+
+def _alert(code: audit.Code) -> Callable[[], dict[str, Any]]:
+    return lambda: audit.security_alert(
+        APP, alert_type=code, detail="peer certificate expired", peer_address="10.1.2.3",
+        calling_ae="MODALITY")
+
+
+BUILDERS.update({f"security_alert_{kind}": _alert(c) for kind, c in audit.ALERT_TYPES.items()})
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_every_builder_validates_against_the_schema(validator: Any, name: str) -> None:
+    message = BUILDERS[name]()
+    assert_valid(validator, message)
+    assert_valid(validator, json.loads(audit.to_json_line(message)))
+
+
+def test_schema_rejects_what_the_dicom_schema_rejects(validator: Any) -> None:
+    good = BUILDERS["instances_transferred"]()
+    assert validator.is_valid(good)
+    broken: list[Callable[[dict[str, Any]], None]] = [
+        lambda m: m["AuditMessage"]["EventIdentification"].pop("EventID"),
+        lambda m: m["AuditMessage"]["EventIdentification"].update(EventOutcomeIndicator="1"),
+        lambda m: m["AuditMessage"]["EventIdentification"].update(EventActionCode="X"),
+        lambda m: m["AuditMessage"]["EventIdentification"].update(
+            EventDateTime="2024-01-01T00:00:00"),  # A.5.2.5: the time zone is required
+        lambda m: m["AuditMessage"].update(ActiveParticipant=[]),
+        lambda m: m["AuditMessage"]["ActiveParticipant"][0].pop("UserIsRequestor"),
+        lambda m: m["AuditMessage"]["ActiveParticipant"][0].update(UserIsRequestor="true"),
+        lambda m: m["AuditMessage"]["AuditSourceIdentification"].pop("AuditSourceID"),
+        lambda m: m["AuditMessage"]["ParticipantObjectIdentification"][0].update(
+            ParticipantObjectID="two  spaces"),  # not an xsd:token
+        lambda m: m["AuditMessage"]["ParticipantObjectIdentification"][0].update(
+            ParticipantObjectName="n", ParticipantObjectQuery="cQ=="),
+        lambda m: m["AuditMessage"]["ParticipantObjectIdentification"][0].update(
+            ParticipantObjectTypeCodeRole="27"),
+        lambda m: m["AuditMessage"].update(Extra=1),
+    ]
+    for index, breaking in enumerate(broken):
+        message = json.loads(json.dumps(good))
+        breaking(message)
+        assert not validator.is_valid(message), f"broken message {index} passed"
+
+
+def test_instances_transferred_follows_a_5_3_7() -> None:
+    message = BUILDERS["instances_transferred_failed_with_patient"]()["AuditMessage"]
+    event = message["EventIdentification"]
+    assert event["EventID"]["csd-code"] == "110104"
+    assert (event["EventActionCode"], event["EventOutcomeIndicator"]) == ("C", "4")
+    source, destination = message["ActiveParticipant"]
+    assert source["RoleIDCode"][0]["csd-code"] == "110153"
+    assert source["UserIsRequestor"] is True and source["AlternativeUserID"] == "AETITLES=MODALITY"
+    assert destination["RoleIDCode"][0]["csd-code"] == "110152"
+    study, patient = message["ParticipantObjectIdentification"]
+    assert study["ParticipantObjectIDTypeCode"]["csd-code"] == "110180"
+    assert (study["ParticipantObjectTypeCode"], study["ParticipantObjectTypeCodeRole"]) == (
+        "2", "3")
+    assert study["ParticipantObjectDescription"][0]["SOPClass"] == [
+        {"UID": CT, "NumberOfInstances": 2}]
+    assert patient["ParticipantObjectID"] == "PID 0001"
+    assert "ParticipantObjectName" not in patient  # never the patient's name
+
+
+def test_codes_of_each_event() -> None:
+    def codes(name: str) -> tuple[str, list[str]]:
+        event = BUILDERS[name]()["AuditMessage"]["EventIdentification"]
+        return event["EventID"]["csd-code"], [c["csd-code"] for c in event.get(
+            "EventTypeCode", [])]
+
+    assert codes("application_started") == ("110100", ["110120"])
+    assert codes("application_stopped") == ("110100", ["110121"])
+    assert codes("association_accepted") == ("110114", ["110122"])
+    assert codes("association_refused_congestion") == ("110114", ["110122"])
+    assert codes("security_alert_bad_certificate") == ("110113", ["110126"])
+    assert codes("security_alert_denied_ae") == ("110113", ["110126"])
+    assert codes("security_alert_restricted_function") == ("110113", ["110132"])
+
+
+def test_security_alert_carries_the_alert_description() -> None:
+    message = BUILDERS["security_alert_bad_certificate"]()["AuditMessage"]
+    subject = message["ParticipantObjectIdentification"][0]
+    assert subject["ParticipantObjectIDTypeCode"]["csd-code"] == "110182"
+    assert subject["ParticipantObjectID"] == "10.1.2.3"
+    (detail,) = subject["ParticipantObjectDetail"]
+    assert detail["type"] == "Alert Description"
+    assert base64.b64decode(detail["value"]).decode() == "peer certificate expired"
+    assert all(p["UserIsRequestor"] is False for p in message["ActiveParticipant"])
+
+
+def test_xml_form_keeps_everything() -> None:
+    message = BUILDERS["instances_transferred_failed_with_patient"]()
+    root = ET.fromstring(audit.to_xml(message))
+    assert root.tag == "AuditMessage"
+    assert [c.tag for c in root] == [
+        "EventIdentification", "ActiveParticipant", "ActiveParticipant",
+        "AuditSourceIdentification", "ParticipantObjectIdentification",
+        "ParticipantObjectIdentification"]
+    event = root.find("EventIdentification")
+    assert event is not None and event.get("EventOutcomeIndicator") == "4"
+    assert [c.tag for c in event] == ["EventID", "EventOutcomeDescription"]
+    sop = root.find("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
+    assert sop is not None and sop.attrib == {"UID": CT, "NumberOfInstances": "2"}
+    assert root.find("ActiveParticipant").get("UserIsRequestor") == "true"  # type: ignore[union-attr]
+    # The hostile message is still well-formed XML.
+    ET.fromstring(audit.to_xml(BUILDERS["hostile_text"]()))
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_defaults_and_embedding() -> None:
+    class Top(BaseModel):
+        audit: AuditConfig = AuditConfig()
+
+    assert Top().audit.enabled is False
+    top = Top.model_validate({"audit": {
+        "enabled": True, "path": "/var/log/x/audit.jsonl",
+        "syslog": {"host": "arr.example", "transport": "tls"}}})
+    assert top.audit.syslog is not None
+    assert top.audit.syslog.resolved_port == 6514
+    assert top.audit.syslog.facility == 10
+    assert top.audit.syslog.app_name == "dicom-router"
+    assert SyslogConfig(host="h", transport="udp").resolved_port == 514
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"enabeld": True}, "enabeld"),
+    ({"path": "."}, "is a directory"),
+    ({"source_id": "  "}, "without control characters"),
+    ({"syslog": {"host": "h", "transport": "udp", "ca": "/etc/hostname"}},
+     "apply only to transport: tls"),
+    ({"syslog": {"host": "h", "transport": "tls", "key": "/etc/hostname"}}, "key needs cert"),
+    ({"syslog": {"host": "h", "transport": "tls", "ca": "/nonexistent/ca.pem"}},
+     "is not a file"),
+    ({"syslog": {"host": "h", "transport": "smtp"}}, "'udp', 'tcp' or 'tls'"),
+    ({"syslog": {"host": "h", "transport": "udp", "app_name": "my app"}}, "RFC 5424"),
+    ({"syslog": {"host": "h", "transport": "udp", "facility": 24}}, "less than or equal"),
+    ({"syslog": {"host": "h", "transport": "udp", "queue_size": 0}}, "greater than"),
+])
+def test_config_errors_name_the_problem(data: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        AuditConfig.model_validate(data)
+    assert expected in str(info.value)
+
+
+# ---------------------------------------------------------------- the trail
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_trail_writes_one_valid_json_line_per_event(tmp_path: Path, validator: Any) -> None:
+    path = tmp_path / "logs" / "audit.jsonl"  # the folder is created
+    with AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER") as trail:
+        trail.application_started()
+        trail.association_accepted("MOD", "ROUTER", "127.0.0.1", tls_subject="CN=mod")
+        trail.association_rejected("BAD", "ROUTER", "127.0.0.2", "calling AE not recognised")
+        trail.association_rejected("MOD", "ROUTER", "127.0.0.1", "temporary congestion",
+                                   security=False)
+        trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 5}, True)
+        trail.security_alert("bad_certificate", "handshake failed", "127.0.0.3")
+        trail.application_stopped()
+    lines = read_lines(path)
+    assert [m["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"] for m in lines] == [
+        "110100", "110114", "110113", "110114", "110104", "110113", "110100"]
+    outcomes = [m["AuditMessage"]["EventIdentification"]["EventOutcomeIndicator"] for m in lines]
+    assert outcomes == ["0", "0", "4", "4", "0", "4", "0"]
+    for message in lines:
+        assert_valid(validator, message)
+    assert path.stat().st_mode & 0o777 == 0o640
+    trail.application_started()  # after close: ignored, no error
+    assert len(read_lines(path)) == 7
+
+
+def test_source_id_defaults_to_the_ae_title(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER_AE").application_started()
+    AuditTrail(AuditConfig(enabled=True, path=path, source_id="site-router-1"),
+               "ROUTER_AE").application_started()
+    sources = [m["AuditMessage"]["AuditSourceIdentification"]["AuditSourceID"]
+               for m in read_lines(path)]
+    assert sources == ["ROUTER_AE", "site-router-1"]
+
+
+def test_disabled_trail_writes_nothing(tmp_path: Path) -> None:
+    trail = AuditTrail(AuditConfig(enabled=False, path=tmp_path / "a.jsonl"), "ROUTER")
+    trail.application_started()
+    trail.instances_transferred("A", "B", "127.0.0.1", STUDY, {CT: 1}, True)
+    trail.close()
+    assert not (tmp_path / "a.jsonl").exists()
+    assert trail.enabled is False
+
+
+def test_broken_path_warns_once_and_never_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    path = blocker / "audit.jsonl"  # its parent is a file: every append fails
+    trail = AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER")
+    with caplog.at_level(logging.INFO, logger="router.audit"):
+        for _ in range(5):
+            trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 1}, True,
+                                        patient_id="SECRET-PID")
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert str(path) in warnings[0].getMessage()
+        blocker.unlink()  # the disk comes back
+        trail.application_stopped()
+    assert len(read_lines(path)) == 1
+    assert any("written again" in r.getMessage() for r in caplog.records)
+    assert "SECRET-PID" not in caplog.text and STUDY not in caplog.text
+    trail.close()
+
+
+def test_log_rotation_starts_a_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(AuditConfig(enabled=True, path=path, fsync=True), "ROUTER")
+    trail.application_started()
+    path.rename(tmp_path / "audit.jsonl.1")
+    trail.application_stopped()
+    trail.close()
+    assert len(read_lines(tmp_path / "audit.jsonl.1")) == 1
+    assert len(read_lines(path)) == 1
+
+
+def test_concurrent_callers_never_interleave_lines(tmp_path: Path, validator: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER")
+    many = {f"1.2.840.10008.5.1.4.1.1.{i}": i for i in range(1, 60)}  # long lines
+
+    def work() -> None:
+        for _ in range(50):
+            trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, many, True)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    trail.close()
+    lines = read_lines(path)
+    assert len(lines) == 400
+    assert_valid(validator, lines[-1])
+
+
+def test_a_failing_builder_is_contained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise RuntimeError("patient SECRET")
+
+    monkeypatch.setattr(audit, "user_authentication", boom)
+    trail = AuditTrail(AuditConfig(enabled=True, path=tmp_path / "a.jsonl"), "ROUTER")
+    trail.association_accepted("MOD", "ROUTER", "127.0.0.1")
+    assert "RuntimeError" in caplog.text and "SECRET" not in caplog.text
+
+
+# ---------------------------------------------------------------- per-study tally
+
+
+def test_tally_gives_one_message_per_study_and_outcome(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER")
+    tally = TransferTally()
+    for _ in range(10):
+        tally.add("1.2.3", CT, True, patient_id="P1")
+    tally.add("1.2.3", MR, True)
+    tally.add("1.2.3", CT, False)
+    tally.add("1.2.4", MR, True)
+    assert len(tally) == 3
+    tally.flush(trail, "MOD", "ROUTER", "127.0.0.1")
+    assert len(tally) == 0
+    tally.flush(trail, "MOD", "ROUTER", "127.0.0.1")  # nothing more
+    summary = []
+    for line in read_lines(path):
+        message = line["AuditMessage"]
+        study = message["ParticipantObjectIdentification"][0]
+        counts = {c["UID"]: c["NumberOfInstances"]
+                  for c in study["ParticipantObjectDescription"][0]["SOPClass"]}
+        patients = [o["ParticipantObjectID"] for o in message["ParticipantObjectIdentification"]
+                    if o["ParticipantObjectTypeCode"] == "1"]
+        summary.append((study["ParticipantObjectID"],
+                        message["EventIdentification"]["EventOutcomeIndicator"], counts,
+                        patients))
+    assert summary == [
+        ("1.2.3", "0", {CT: 10, MR: 1}, ["P1"]),
+        ("1.2.3", "4", {CT: 1}, ["P1"]),
+        ("1.2.4", "0", {MR: 1}, []),
+    ]
+
+
+# ---------------------------------------------------------------- syslog
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_rfc5424_format_and_framing() -> None:
+    from datetime import UTC, datetime
+
+    when = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    message = format_rfc5424('{"a":1}', facility=10, severity=5, app_name="dicom-router",
+                             msgid="DICOM+AUDIT+JSON", hostname="host one", procid="42",
+                             timestamp=when)
+    assert message == (b'<85>1 2024-05-06T07:08:09.123456Z hostone dicom-router 42 '
+                       b'DICOM+AUDIT+JSON - {"a":1}')
+    utf8 = format_rfc5424("\u00e9", facility=10, severity=4, app_name="a", msgid="m",
+                          hostname="", procid=None, timestamp=when)
+    assert utf8.endswith(b"Z - a - m - \xef\xbb\xbf\xc3\xa9")  # empty: "-"; UTF-8: BOM
+    assert octet_counted(b"abc") == b"3 abc"
+
+
+def test_unreachable_syslog_never_blocks_or_raises(
+    tmp_path: Path, refused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = AuditConfig(enabled=True, path=tmp_path / "a.jsonl", syslog=SyslogConfig(
+        host="127.0.0.1", port=refused_port, transport="tcp", timeout=1.0))
+    trail = AuditTrail(config, "ROUTER")
+    started = time.monotonic()
+    for _ in range(200):
+        trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 1}, True,
+                                    patient_id="SECRET-PID")
+    assert time.monotonic() - started < 1.0
+    deadline = time.monotonic() + 5
+    while "failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    trail.close(timeout=0.5)
+    assert time.monotonic() - started < 3.0
+    assert trail.syslog_dropped == 200
+    assert len(read_lines(tmp_path / "a.jsonl")) == 200  # the file has everything
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "SECRET-PID" not in caplog.text and STUDY not in caplog.text
+
+
+def test_unresolvable_syslog_host_does_not_raise(tmp_path: Path) -> None:
+    config = AuditConfig(enabled=True, path=tmp_path / "a.jsonl", syslog=SyslogConfig(
+        host="no-such-host.invalid", transport="udp", timeout=0.5))
+    trail = AuditTrail(config, "ROUTER")
+    trail.application_started()
+    trail.close(timeout=0.2)
+    assert len(read_lines(tmp_path / "a.jsonl")) == 1
+
+
+def test_queue_is_bounded_and_drops_the_oldest(refused_port: int) -> None:
+    sender = SyslogSender(SyslogConfig(host="127.0.0.1", port=refused_port, transport="tcp",
+                                       queue_size=5, timeout=0.5))
+    try:
+        for index in range(100):
+            sender.submit(b"message %d" % index)
+        assert sender.pending() <= 5
+        assert sender.dropped >= 95
+        assert sender.sent == 0
+        with sender._cond:  # the newest are kept
+            assert list(sender._queue)[-1] == b"message 99"
+    finally:
+        sender.close(timeout=0.1)
+    assert sender.pending() == 0
+    assert sender.dropped == 100
+
+
+def test_oversized_udp_message_is_dropped_not_retried() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        sender = SyslogSender(SyslogConfig(host="127.0.0.1", port=receiver.getsockname()[1],
+                                           transport="udp"))
+        sender.submit(b"x" * 70_000)
+        sender.submit(b"<85>1 - - - - - - small")
+        assert receiver.recv(2048) == b"<85>1 - - - - - - small"
+        sender.close()
+    assert (sender.sent, sender.dropped) == (1, 1)
