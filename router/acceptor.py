@@ -26,6 +26,7 @@ from router.dicom_net import (
     configure_pynetdicom,
     prefer_requestor_transfer_syntax,
 )
+from router.guarded_transport import ReadLimits
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
@@ -63,9 +64,18 @@ def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event
 
 
 def _drain(ae: AE, grace: float) -> None:
-    """Let associations in progress finish, up to `grace` seconds; then abort the rest."""
+    """Let established associations finish, up to `grace` seconds; then abort the rest.
+
+    A connection still negotiating (or one that never sends an A-ASSOCIATE-RQ) has no work
+    in progress: it is aborted at once instead of holding the stop for its acse_timeout.
+    """
     deadline = time.monotonic() + grace
-    while ae.active_associations and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        for assoc in ae.active_associations:
+            if not assoc.is_established:
+                assoc.abort()
+        if not ae.active_associations:
+            return
         time.sleep(0.1)
     for assoc in ae.active_associations:
         log.warning("aborting association from %s after the drain grace period",
@@ -117,7 +127,13 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     _reload_on_sighup(tls)
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
-    server = start_server(ae, address, events.handlers(store), tls)
+    limits = ReadLimits(
+        acse_timeout=config.listen.acse_timeout,
+        network_timeout=config.listen.network_timeout,
+        max_pdu=config.listen.max_pdu,
+        max_message_bytes=config.listen.max_message_bytes,
+    )
+    server = start_server(ae, address, events.handlers(store), tls, limits, events.finished)
     log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
              *address, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),

@@ -6,6 +6,7 @@ Per-association state lives on the association object (handlers may run on other
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from pynetdicom import evt
@@ -28,6 +29,7 @@ class AssociationEvents:
         self.access = access
         self.admission = admission
         self.audit = audit
+        self._lock = threading.Lock()  # close events and the connection thread may race
 
     def on_requested(self, event: Any) -> None:
         """Reject by access rule first (permanent reasons), then by load (transient)."""
@@ -87,15 +89,24 @@ class AssociationEvents:
                                             event.assoc.requestor.address, "rejected")
 
     def on_closed(self, event: Any) -> None:
-        tally = getattr(event.assoc, "router_tally", None)
+        self.finished(event.assoc)
+
+    def finished(self, assoc: Any) -> None:
+        """Settle an association's counts and audit once, however it ended.
+
+        EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
+        a PDU, so the connection's thread calls this too when the association is over.
+        """
+        with self._lock:
+            tally = getattr(assoc, "router_tally", None)
+            assoc.router_tally = None
+            counted = getattr(assoc, "router_counted", False)
+            assoc.router_counted = False
         if tally is not None and self.audit is not None:
-            event.assoc.router_tally = None
-            assoc = event.assoc
             tally.flush(self.audit, assoc.requestor.ae_title,
                         assoc.requestor.primitive.called_ae_title, assoc.requestor.address)
-        if getattr(event.assoc, "router_counted", False):
-            event.assoc.router_counted = False
-            self.access.closed(event.assoc.requestor.ae_title)
+        if counted:
+            self.access.closed(assoc.requestor.ae_title)
             metrics.ACTIVE_ASSOCIATIONS.dec()
 
     def handlers(self, store: StoreHandler) -> list[Any]:

@@ -121,6 +121,9 @@ class ListenConfig(Strict):
     max_associations_per_calling_ae: int | None = Field(None, ge=1)
     # A C-STORE dataset larger than this is refused (0xC003); the disk watermark still applies.
     max_dataset_bytes: int | None = Field(None, ge=1)
+    # The largest dataset of any other request (C-FIND identifier, N-service dataset), which
+    # is held in memory until complete: past it the association is aborted.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=65536)
     # Allowlists; unset means anyone. Rejections use the reason PS3.8 defines for each.
     allowed_calling_ae: list[str] | None = None
     allowed_called_ae: list[str] | None = None

@@ -73,6 +73,11 @@ LEASES_EXPIRED = Counter(
 TLS_FAILURES = Counter(
     f"{PREFIX}_tls_handshake_failures_total", "TLS handshakes that failed, by reason.", ["reason"]
 )
+CONNECTIONS_DROPPED = Counter(
+    f"{PREFIX}_connections_dropped_total",
+    "Inbound connections the acceptor closed or aborted for breaking its bounds, by reason.",
+    ["reason"],
+)
 ASSOCIATION_REJECTIONS = Counter(
     f"{PREFIX}_association_rejections_total",
     "Associations rejected by the router's access rules or limits, by reason.", ["reason"],

@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router import metrics
 from router.config import ListenerTLS
+from router.guarded_transport import Finished, GuardedRequestHandler, ReadLimits
 from router.tls import TLSConfigError, failure_reason, server_context
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,14 @@ class TLSListener:
         return tls
 
 
-
 class RouterAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server; with `tls` set, each connection thread does its own
-    handshake before the association starts."""
+    """pynetdicom's threaded server with the acceptor's guards (router.guarded_transport);
+    with `tls` set, each connection thread does its own handshake before the association
+    starts."""
 
     tls: TLSListener | None = None
+    limits: ReadLimits
+    on_finished: Finished | None = None
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.tls is not None:
@@ -83,12 +86,21 @@ class RouterAssociationServer(ThreadedAssociationServer):
 
 
 def start_server(
-    ae: AE, address: tuple[str, int], handlers: list[Any], tls: TLSListener | None
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    tls: TLSListener | None,
+    limits: ReadLimits,
+    on_finished: Finished | None = None,
 ) -> RouterAssociationServer:
-    """Like AE.start_server(block=False), with the TLS hook in place before the first accept."""
-    server = ae.make_server(address, evt_handlers=handlers, server_class=RouterAssociationServer)
+    """Like AE.start_server(block=False), with the TLS hook and the guards in place before
+    the first accept."""
+    server = ae.make_server(address, evt_handlers=handlers, server_class=RouterAssociationServer,
+                            request_handler=GuardedRequestHandler)
     assert isinstance(server, RouterAssociationServer)
     server.tls = tls
+    server.limits = limits
+    server.on_finished = on_finished
     ae._servers.append(server)  # so that server.shutdown() finds itself, as pynetdicom expects
     thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True)
     thread.start()

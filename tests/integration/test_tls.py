@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import CTImageStorage
+from pynetdicom import AE
 
 from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
@@ -178,6 +179,12 @@ def test_sighup_reloads_the_certificate_for_new_connections(
     config["listen"]["tls"].update({"cert": str(cert), "key": str(key)})
     router = start_router(config)
     assert _served_common_name(router.port, pki) == "router.example"
+    ae = AE(ae_title="LIVE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    client = ssl.create_default_context(cafile=str(pki["ca"].cert_path))
+    live = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER",
+                        tls_args=(client, "localhost"))
+    assert live.is_established
 
     renewed = pki["ca"].issue("router-renewed.example", dns=("localhost",), ip="127.0.0.1",
                               server=True)
@@ -187,6 +194,9 @@ def test_sighup_reloads_the_certificate_for_new_connections(
     os.kill(router.process.pid, signal.SIGHUP)
     assert wait_for(lambda: _served_common_name(router.port, pki) == "router-renewed.example")
     assert _echo(router.port, pki, None).returncode == 0
+    # The association opened before the reload carries on with its session.
+    assert live.is_established and live.send_c_echo().Status == 0x0000
+    live.release()
 
 
 def _served_common_name(port: int, pki: dict[str, Any]) -> str:
