@@ -6,6 +6,7 @@ pynetdicom's `_config` is global per process, so spawned children must set it th
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any
 
@@ -14,6 +15,8 @@ import pynetdicom.acse
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import _config, evt
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from router import reactors
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,10 @@ TRANSFER_SYNTAXES: list[str] = [
 
 
 def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = False) -> None:
+    # Event-driven association loops (router/reactors.py); DICOM_ROUTER_POLLING_LOOPS=1 keeps
+    # pynetdicom's own, to measure the difference or to rule the replacement out.
+    if os.environ.get("DICOM_ROUTER_POLLING_LOOPS", "") not in ("1", "true", "yes"):
+        reactors.install()
     # Keep patient data out of logs.
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False

@@ -50,6 +50,7 @@ class ReadLimits:
     max_pdu: int  # the Maximum Length the router advertised for P-DATA-TF
     max_other_pdu: int = 256 * 1024  # A-ASSOCIATE-RQ (user identity included) and the rest
     max_message_bytes: int = 8 * 1024 * 1024  # a dataset held in memory (not a C-STORE's)
+    max_dataset_bytes: int | None = None  # a C-STORE dataset on disk; past it, not written
 
     def pdu_limit(self, pdu_type: int) -> int:
         # Tolerant of peers that count the PDV headers in, still bounded.
@@ -179,9 +180,11 @@ def _label(exc: ConnectionRefused) -> str:
 class MessageGuard:
     """Bounds each DIMSE message pynetdicom assembles in memory; wraps dimse.receive_primitive.
 
-    A C-STORE's dataset goes to a file (chunked receive) and is not counted here; every other
-    dataset (C-FIND identifiers, N-service datasets, a C-ECHO that claims one) is held in
-    memory by pynetdicom until its last fragment, as is every command set.
+    A C-STORE's dataset goes to a file (chunked receive): past `max_dataset_bytes` the rest is
+    not written, and the association is marked (`router_dataset_truncated`) so that the store
+    handler answers 0xC003 instead of keeping a cut file. Every other dataset (C-FIND
+    identifiers, N-service datasets, a C-ECHO that claims one) is held in memory by pynetdicom
+    until its last fragment, as is every command set: those are bounded here.
     """
 
     def __init__(self, assoc: Association, limits: ReadLimits) -> None:
@@ -191,6 +194,7 @@ class MessageGuard:
         self.limits = limits
         self.command_bytes = 0
         self.dataset_bytes = 0
+        self.file_bytes = 0
         self.refused = False
 
     def __call__(self, primitive: Any) -> None:
@@ -201,15 +205,28 @@ class MessageGuard:
         for _, data in primitive.presentation_data_value_list:
             if data and data[0] & 1:
                 self.command_bytes += len(data) - 1
-            elif not to_file:
+            elif to_file:
+                self.file_bytes += len(data) - 1
+            else:
                 self.dataset_bytes += len(data) - 1
         problem = self._problem()
         if problem is not None:
             self._refuse(problem)
             return
+        limit = self.limits.max_dataset_bytes
+        if to_file and limit is not None and self.file_bytes > limit:
+            self._truncate(primitive)
         self.receive(primitive)
         if self.dimse.message is None:  # complete: the next message starts from zero
-            self.command_bytes = self.dataset_bytes = 0
+            self.command_bytes = self.dataset_bytes = self.file_bytes = 0
+
+    def _truncate(self, primitive: Any) -> None:
+        """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
+        self.assoc.router_dataset_truncated = True  # type: ignore[attr-defined]
+        primitive.presentation_data_value_list = [  # its setter wants [id, bytes] lists
+            [context, data if data[0] & 1 else data[:1]]
+            for context, data in primitive.presentation_data_value_list
+        ]
 
     def _problem(self) -> str | None:
         if self.command_bytes > MAX_COMMAND_SET_BYTES:

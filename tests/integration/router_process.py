@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,9 @@ from typing import Any
 
 import yaml
 
+from tests.dcmtk import free_ports
+
 ROUTER = [sys.executable, "-m", "router.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -40,8 +35,7 @@ class RouterProcess:
     def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.port, self.metrics_port = free_ports(2)
         config = {
             "spool": {"path": str(workdir / "spool")},
             **config,

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pynetdicom.pdu_primitives import P_DATA
 
 from router.guarded_transport import (
     MAX_COMMAND_SET_BYTES,
@@ -105,8 +106,10 @@ def test_silence_mid_pdu_after_association_ends_the_read(
     assert not woken(assoc)  # associated: the acceptor's own abort path applies
 
 
-def p_data(*pdvs: tuple[int, bytes]) -> Any:
-    return SimpleNamespace(presentation_data_value_list=[(1, bytes([h]) + d) for h, d in pdvs])
+def p_data(*pdvs: tuple[int, bytes]) -> P_DATA:
+    primitive = P_DATA()  # pynetdicom's own: its setter checks what the guard writes back
+    primitive.presentation_data_value_list = [[1, bytes([h]) + d] for h, d in pdvs]
+    return primitive
 
 
 class Recorder:
@@ -179,3 +182,22 @@ def test_the_partial_file_of_an_unfinished_store_is_removed(tmp_path: Path) -> N
     discard_partial_message(assoc)
     assert handle.closed and not partial.exists()
     discard_partial_message(assoc)  # twice is harmless
+
+
+def test_a_store_dataset_past_max_dataset_bytes_is_not_written() -> None:
+    assoc = fake_assoc()
+    received: list[bytes] = []
+    assoc.dimse.message = SimpleNamespace(_data_set_file=object())
+
+    def receive(primitive: Any) -> None:
+        received.extend(data for _, data in primitive.presentation_data_value_list)
+
+    assoc.dimse.receive_primitive = receive
+    guard = MessageGuard(assoc, ReadLimits(acse_timeout=1, network_timeout=1, max_pdu=16384,
+                                           max_dataset_bytes=15_000))
+    guard(p_data((0x00, b"a" * 10_000)))
+    guard(p_data((0x00, b"b" * 10_000)))
+    guard(p_data((0x02, b"c" * 10_000)))
+    assert received == [b"\x00" + b"a" * 10_000, b"\x00", b"\x02"]  # flags kept, payload not
+    assert assoc.router_dataset_truncated is True
+    assert assoc.dul.event_queue.empty()  # the sender still gets its answer (0xC003)

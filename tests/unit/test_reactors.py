@@ -1,0 +1,85 @@
+"""The event-driven association loops: their wake-ups, and a real association through them."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router import reactors
+from router.reactors import Waker, WakingQueue
+
+
+def test_a_put_wakes_both_threads() -> None:
+    waker = Waker()
+    queue = WakingQueue(waker)
+    queue.put("primitive")
+    assert waker.event.is_set()
+    started = time.monotonic()
+    waker.wait_for_socket(None, timeout=5)  # returns at once: the pipe holds a wake
+    assert time.monotonic() - started < 1
+    waker.close()
+    waker.wake()  # after close: harmless
+
+
+def test_data_on_the_socket_ends_the_wait() -> None:
+    waker = Waker()
+    ours, peer = socket.socketpair()
+    peer.sendall(b"x")
+    started = time.monotonic()
+    waker.wait_for_socket(ours, timeout=5)
+    assert time.monotonic() - started < 1
+    for sock in (ours, peer):
+        sock.close()
+    waker.close()
+
+
+def test_a_quiet_wait_lasts_its_timeout() -> None:
+    waker = Waker()
+    started = time.monotonic()
+    waker.wait_for_socket(None, timeout=0.2)
+    assert time.monotonic() - started >= 0.15
+    waker.close()
+
+
+@pytest.fixture
+def echo_scp() -> Iterator[int]:
+    assert reactors.install()
+    ae = AE(ae_title="ECHO-SCP")
+    ae.add_supported_context(Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_C_ECHO, lambda event: 0x0000)])
+    assert server is not None
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_associations_run_on_the_event_driven_loops(echo_scp: int) -> None:
+    """Echo, release and abort between two pynetdicom ends, both on the replaced loops."""
+    ae = AE(ae_title="ECHO-SCU")
+    ae.add_requested_context(Verification)
+    for _ in range(30):
+        assoc = ae.associate("127.0.0.1", echo_scp)
+        assert assoc.is_established
+        assert hasattr(assoc, "_router_waker")
+        assert all(assoc.send_c_echo().Status == 0x0000 for _ in range(20))
+        assoc.release()
+        assert assoc.is_released
+    aborted = ae.associate("127.0.0.1", echo_scp)
+    aborted.abort()
+    assert aborted.is_aborted
+    deadline = time.monotonic() + 5
+    while _association_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _association_threads(), "association threads did not end"
+
+
+def _association_threads() -> list[threading.Thread]:
+    from pynetdicom.association import Association
+
+    return [t for t in threading.enumerate() if isinstance(t, Association)]
