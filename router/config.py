@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydicom.datadict import tag_for_keyword
 
 from router.audit import AuditConfig
 from router.errors import ConfigError
@@ -227,6 +226,10 @@ class RuleMatch(Strict):
     @field_validator("tags")
     @classmethod
     def _known_keywords(cls, tags: dict[str, StrOrList]) -> dict[str, StrOrList]:
+        if tags:
+            # Here, not at the top: pydicom's dictionaries cost ~35 MB in every process that
+            # imports this module, and the supervisor and broker need pydicom for nothing else.
+            from pydicom.datadict import tag_for_keyword
         for keyword, expected in tags.items():
             if tag_for_keyword(keyword) is None:
                 raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. Modality)")

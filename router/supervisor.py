@@ -3,13 +3,13 @@ serves /metrics, /healthz and /readyz, and stops them all in order on SIGTERM or
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -17,7 +17,7 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from router import acceptor, broker, metrics
+from router import metrics
 from router.admission import AcceptorState
 from router.audit import AuditTrail
 from router.config import RouterConfig
@@ -25,7 +25,6 @@ from router.http_endpoint import HttpEndpoint
 from router.runtime import Runtime
 from router.spool import Spool
 from router.tls import client_context, server_context
-from workers import worker
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,20 @@ MIN_UPTIME_SECONDS = 5.0
 MAX_RESTART_DELAY = 30.0
 
 
+def run_child(entry: str, *args: Any) -> None:
+    """Every spawned process starts here and imports its own module ("module:function").
+
+    The supervisor itself then never imports pynetdicom or pydicom (tens of MB per process);
+    the broker does not either.
+    """
+    module, function = entry.split(":")
+    getattr(importlib.import_module(module), function)(*args)
+
+
 @dataclass
 class Child:
     name: str
-    target: Callable[..., None]
+    entry: str  # "module:function", run in the child by run_child
     args: tuple[Any, ...]
     process: BaseProcess | None = None
     started_at: float = 0.0
@@ -56,10 +65,10 @@ class Supervisor:
         self.acceptor_state = self.mp.Value("i", AcceptorState.STARTING, lock=False)
         # Order matters: the broker first (others connect to it), the acceptor last.
         self.children = [
-            Child("broker", broker.main, (config, runtime)),
-            *[Child(f"worker-{i}", worker.main, (config, runtime, i))
+            Child("broker", "router.broker:main", (config, runtime)),
+            *[Child(f"worker-{i}", "workers.worker:main", (config, runtime, i))
               for i in range(config.workers)],
-            Child("acceptor", acceptor.main, (config, runtime, self.acceptor_state)),
+            Child("acceptor", "router.acceptor:main", (config, runtime, self.acceptor_state)),
         ]
         self.http: HttpEndpoint | None = None
 
@@ -73,7 +82,8 @@ class Supervisor:
         return state == AcceptorState.ACCEPTING, AcceptorState.MESSAGES[state]
 
     def _start(self, child: Child) -> None:
-        process = self.mp.Process(target=child.target, args=child.args, name=child.name)
+        process = self.mp.Process(target=run_child, args=(child.entry, *child.args),
+                                  name=child.name)
         process.start()
         child.process, child.started_at = process, time.monotonic()
         log.info("started %s (pid %s)", child.name, process.pid)
