@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-deps lint check venv clean
+.PHONY: run test test-deps lint check venv clean bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -26,11 +26,18 @@ test-deps:
 	bash scripts/install-test-deps.sh
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check router workers tests
+	$(VENV)/bin/ruff check router workers tests loadtest
 	$(VENV)/bin/mypy
 
 test: test-deps $(STAMP) lint
 	bash scripts/run-tests.sh
+
+# The benchmark (loadtest/README.md): every case interleaved; table, JSON and chart in
+# loadtest/results/. `make bench BENCH_ARGS=--quick` for a smoke run.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	bash scripts/install-bench-deps.sh
+	TCP_NODELAY=1 $(PY) -m loadtest.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

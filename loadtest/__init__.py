@@ -1,0 +1,1 @@
+"""The router's benchmark: `python -m loadtest.bench --help`. See loadtest/README.md."""

@@ -1,0 +1,285 @@
+"""Results of a benchmark run: JSON, a markdown table with the machine, a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+CASE_ORDER = ["direct", "naive", "orthanc", "router", "router-tuned"]
+
+# (size, senders or None for "every count measured", minimum ratio to direct)
+RATIO_TARGETS = [("0.5m", 4, 0.5), ("50m", None, 0.6), ("10k", None, 0.25)]
+NAIVE_FACTOR = 3.0
+PEAK_RSS_LIMIT_MB = 400
+
+
+def _first_line(command: list[str]) -> str:
+    if shutil.which(command[0]) is None:
+        return "not installed"
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in (out.stdout + out.stderr).splitlines():
+        if line.strip():
+            return line.strip().lstrip("$").strip()
+    return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ram_gib": round(_ram_gib(), 1),
+        "kernel": platform.release(),
+        "os": _os_name(),
+        "python": sys.version.split()[0],
+        "dcmtk": _first_line(["storescu", "--version"]),
+        "orthanc": _first_line(["Orthanc", "--version"]),
+        "dicom_router": _version("dicom-router"),
+        "pynetdicom": _version("pynetdicom"),
+    }
+
+
+def _os_name() -> str:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return platform.system()
+    match = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M)
+    return match.group(1) if match else platform.system()
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _sort_key(r: dict[str, Any], sizes: list[str]) -> tuple[Any, ...]:
+    case = CASE_ORDER.index(r["case"]) if r["case"] in CASE_ORDER else 99
+    return (sizes.index(r["size"]) if r["size"] in sizes else 99, r["transport"],
+            r["senders"], case)
+
+
+def table(results: list[dict[str, Any]], sizes: list[str]) -> str:
+    head = ("| size | senders | transport | case | n | inst/s | MB/s | x direct | p50 ms "
+            "| p99 ms | e2e s | CPU s/GB | peak RSS MB | peak PSS MB | note |")
+    lines = [head, "|" + "---|" * 15]
+    for r in sorted(results, key=lambda r: _sort_key(r, sizes)):
+        note = "" if r["status"] == "ok" else f"{r['status']}: {r.get('note', '')}"
+        if r["status"] == "ok" and r.get("note"):
+            note = r["note"]
+        ratio = r.get("ratio_direct")
+        lines.append(
+            f"| {r['size_label']} | {r['senders']} | {r['transport']} | {r['case']} "
+            f"| {r['count']} | {_fmt(r.get('inst_per_s'))} | {_fmt(r.get('mb_per_s'))} "
+            f"| {'-' if ratio is None else f'{ratio:.2f}'} "
+            f"| {_fmt(r.get('lat_p50_ms'), 2)} | {_fmt(r.get('lat_p99_ms'), 2)} "
+            f"| {_fmt(r.get('e2e_s'), 2)} | {_fmt(r.get('cpu_s_per_gb'))} "
+            f"| {_fmt(r.get('peak_rss_mb'))} | {_fmt(r.get('peak_pss_mb'))} "
+            f"| {note.replace('|', '/')[:120]} |"
+        )
+    return "\n".join(lines)
+
+
+def _lookup(results: list[dict[str, Any]], **key: Any) -> list[dict[str, Any]]:
+    return [r for r in results if r["status"] == "ok"
+            and all(r.get(k) == v for k, v in key.items())]
+
+
+def targets(results: list[dict[str, Any]], case: str = "router") -> list[dict[str, Any]]:
+    """The issue's targets, checked on one router case against the same run's baselines."""
+    checks: list[dict[str, Any]] = []
+    for size, senders, minimum in RATIO_TARGETS:
+        rows = _lookup(results, case=case, size=size, transport="plain")
+        if senders is not None:
+            rows = [r for r in rows if r["senders"] == senders]
+        for r in rows:
+            ratio = r.get("ratio_direct")
+            checks.append({
+                "target": f"{r['size_label']}, {r['senders']} senders: >= {minimum} x direct",
+                "value": None if ratio is None else round(ratio, 2),
+                "ok": None if ratio is None else ratio >= minimum,
+            })
+    for r in _lookup(results, case=case, transport="plain"):
+        for other, factor in (("naive", NAIVE_FACTOR), ("orthanc", 1.0)):
+            peer = _lookup(results, case=other, size=r["size"], senders=r["senders"],
+                           transport="plain")
+            if not peer or not peer[0].get("inst_per_s"):
+                continue
+            ratio = r["inst_per_s"] / peer[0]["inst_per_s"]
+            checks.append({
+                "target": f"{r['size_label']}, {r['senders']} senders: >= {factor:g} x {other}",
+                "value": round(ratio, 2),
+                "ok": ratio >= factor,
+            })
+    for r in _lookup(results, case=case, size="50m", senders=16):
+        checks.append({
+            "target": f"peak RSS, 16 senders of 50 MB ({r['transport']}): < "
+                      f"{PEAK_RSS_LIMIT_MB} MB",
+            "value": r.get("peak_rss_mb"),
+            "ok": r.get("peak_rss_mb") is not None and r["peak_rss_mb"] < PEAK_RSS_LIMIT_MB,
+        })
+    return checks
+
+
+def _targets_md(checks: list[dict[str, Any]], case: str) -> str:
+    if not checks:
+        return f"No targets could be checked for `{case}` (missing cases or sizes)."
+    lines = [f"Targets for `{case}` (plain; ratios against the same run):", "",
+             "| target | measured | met |", "|---|---|---|"]
+    for c in checks:
+        met = "n/a" if c["ok"] is None else ("yes" if c["ok"] else "**no**")
+        lines.append(f"| {c['target']} | {_fmt(c['value'], 2)} | {met} |")
+    return "\n".join(lines)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    sizes = doc["settings"]["sizes"]
+    parts = [
+        f"# dicom-router benchmark, {doc['started']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, "
+        f"kernel {m['kernel']}; Python {m['python']}, pynetdicom {m['pynetdicom']}, "
+        f"dicom-router {m['dicom_router']}; {m['dcmtk']}; {m['orthanc']}.",
+        "",
+        f"Command: `{doc['settings']['command']}`  ",
+        "Instances per size (direct/relayed cases): "
+        + ", ".join(f"{k}: {v}" for k, v in doc["settings"]["counts"].items())
+        + f"; transfer syntaxes: {'mixed' if doc['settings']['mixed'] else 'Explicit VR LE'}"
+        + f"; repeats: {doc['settings']['repeat']} (median shown).",
+        "",
+        "inst/s and MB/s: instances delivered to the destination per second, first C-STORE "
+        "request to the last file complete at the destination. x direct: that rate over "
+        "direct DCMTK's in the same size/senders/transport. p50/p99: sender-side C-STORE "
+        "latency (storescu request to response). CPU s/GB and peak RSS: the router's "
+        "processes (all of them), CPU over the measured span; RSS is summed over the "
+        "processes (shared pages count once per process), PSS shares them out.",
+        "",
+        table(doc["results"], sizes),
+        "",
+    ]
+    for case in ("router", "router-tuned"):
+        if any(r["case"] == case for r in doc["results"]):
+            parts += [_targets_md(doc["targets"].get(case, []), case), ""]
+    parts += ["Cases: " + "; ".join(f"`{k}`: {v}" for k, v in doc["cases"].items()), ""]
+    return "\n".join(parts)
+
+
+def chart(doc: dict[str, Any], path: Path) -> bool:
+    """Ratio to direct per size (columns) and transport (rows), bars per case."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart (scripts/install-bench-deps.sh)", file=sys.stderr)
+        return False
+    results = [r for r in doc["results"] if r["status"] == "ok"]
+    sizes = [s for s in doc["settings"]["sizes"] if any(r["size"] == s for r in results)]
+    transports = [t for t in ("plain", "tls") if any(r["transport"] == t for r in results)]
+    if not sizes or not transports:
+        return False
+    cases = [c for c in CASE_ORDER if any(r["case"] == c for r in results)]
+    colours = {"direct": "#888888", "naive": "#d62728", "orthanc": "#ff7f0e",
+               "router": "#1f77b4", "router-tuned": "#2ca02c"}
+    fig, axes = plt.subplots(len(transports), len(sizes), squeeze=False,
+                             figsize=(4.8 * len(sizes), 3.8 * len(transports)))
+    targets = {"10k": 0.25, "0.5m": 0.5, "50m": 0.6}
+    for row, transport in enumerate(transports):
+        for col, size in enumerate(sizes):
+            ax = axes[row][col]
+            rows = [r for r in results if r["size"] == size and r["transport"] == transport]
+            senders = sorted({r["senders"] for r in rows})
+            width = 0.8 / max(1, len(cases))
+            for i, case in enumerate(cases):
+                xs, ys = [], []
+                for j, n in enumerate(senders):
+                    match = [r for r in rows if r["case"] == case and r["senders"] == n]
+                    if match and match[0].get("ratio_direct") is not None:
+                        xs.append(j + (i - (len(cases) - 1) / 2) * width)
+                        ys.append(match[0]["ratio_direct"])
+                bars = ax.bar(xs, ys, width, label=case, color=colours.get(case))
+                ax.bar_label(bars, [_ratio_label(y) for y in ys],
+                             fontsize=6, padding=1)
+            labels = []
+            for n in senders:
+                d = [r for r in rows if r["case"] == "direct" and r["senders"] == n]
+                rate = f"\ndirect {d[0]['inst_per_s']:,.0f}/s" if d else ""
+                labels.append(f"{n} sender{'s' if n > 1 else ''}{rate}")
+            ax.set_xticks(range(len(senders)), labels, fontsize=8)
+            if size in targets:
+                ax.axhline(targets[size], color="black", linestyle="--", linewidth=0.8)
+            # Log scale: relays run at 1-20% of direct, which a linear axis flattens.
+            ax.set_yscale("log")
+            ax.set_ylim(0.002, 2)
+            label = rows[0]["size_label"] if rows else size
+            ax.set_title(f"{label}, {transport}", fontsize=10)
+            ax.set_ylabel("delivered rate / direct DCMTK")
+            ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper right", ncols=2)
+    fig.suptitle(f"dicom-router benchmark ({doc['machine']['cores']} cores), "
+                 "bars: delivered rate / direct (log scale), dashed: target", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(doc: dict[str, Any], out: Path) -> Path:
+    """results.json, results.md, chart.png in out/<timestamp>/, and out/latest.md."""
+    folder = out / doc["started"].replace(":", "").replace(" ", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(doc, indent=1))
+    text = markdown(doc)
+    if chart(doc, folder / "chart.png"):
+        text += "\n![chart](chart.png)\n"
+    (folder / "results.md").write_text(text)
+    (out / "latest.md").write_text(text.replace("](chart.png)",
+                                                f"]({folder.name}/chart.png)"))
+    return folder
+
+
+def _ratio_label(y: float) -> str:
+    if y >= 0.995:
+        return f"{y:.0f}" if y < 1.5 else f"{y:.1f}"
+    return f"{y:.3f}" if y < 0.01 else f"{y:.2f}"
