@@ -132,6 +132,7 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
         network_timeout=config.listen.network_timeout,
         max_pdu=config.listen.max_pdu,
         max_message_bytes=config.listen.max_message_bytes,
+        max_dataset_bytes=config.listen.max_dataset_bytes,
     )
     server = start_server(ae, address, events.handlers(store), tls, limits, events.finished)
     log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,

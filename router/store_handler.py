@@ -105,8 +105,12 @@ class StoreHandler:
         received: Path = event.dataset_path
         size = received.stat().st_size
         metrics.RECEIVED_BYTES.inc(size)
-        if self.max_dataset_bytes is not None and size > self.max_dataset_bytes:
-            raise DimseRefusal(f"dataset of {size} bytes exceeds the router's limit",
+        # The read guard stops writing a dataset past the limit and says so on the association.
+        truncated = getattr(event.assoc, "router_dataset_truncated", False)
+        event.assoc.router_dataset_truncated = False
+        if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
+            limit = self.max_dataset_bytes
+            raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
                                Status.DATASET_TOO_LARGE)
         refusal = self.admission.refusal()
         if refusal is not None:
