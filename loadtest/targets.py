@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loadtest.peers import DEST_AE, TlsFiles, destination
-from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, free_port
+from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, free_port, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -258,7 +258,7 @@ def _router(tuned: bool) -> Case:
     @contextmanager
     def case(env: CaseEnv) -> Iterator[Endpoint]:
         with _plain_destination(env) as scp:
-            port, metrics_port = free_port(), free_port()
+            port, metrics_port = free_ports(2)
             config = env.workdir / "router.yaml"
             config.write_text(router_config(env, port, metrics_port, scp.port, tuned))
             problem = check_router_config(config)

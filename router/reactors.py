@@ -37,11 +37,13 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = ("3.0.",)
 POLL_SECONDS = 0.05  # timers (ARTIM, network idle) are checked at least this often
+PDATA_IN_FLIGHT = 4  # P-DATA primitives queued for sending per association, at most
 _installed = False
 
 
@@ -81,15 +83,33 @@ class Waker:
 
 
 class WakingQueue(queue.Queue[Any]):
-    """A queue that wakes its association's threads on every put."""
+    """A queue that wakes its association's threads on every put.
 
-    def __init__(self, waker: Waker) -> None:
+    With `pdata_limit`, a P-DATA put waits while that many items are queued and the DUL
+    still runs: pynetdicom encodes a whole message into the queue faster than the DUL sends
+    it, so a chunked send of a 50 MB file otherwise sits in memory whole, once per
+    association. Other primitives (an A-ABORT) never wait.
+    """
+
+    def __init__(self, waker: Waker, pdata_limit: int = 0,
+                 consumer_alive: Callable[[], bool] | None = None) -> None:
         super().__init__()
         self.waker = waker
+        self.pdata_limit = pdata_limit
+        self.consumer_alive = consumer_alive
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self.pdata_limit and isinstance(item, P_DATA):
+            self._wait_for_room()
         super().put(item, block, timeout)
         self.waker.wake()
+
+    def _wait_for_room(self) -> None:
+        with self.not_full:  # Queue.get() notifies it after every item taken
+            while self._qsize() >= self.pdata_limit and (
+                self.consumer_alive is None or self.consumer_alive()
+            ):
+                self.not_full.wait(0.1)
 
 
 def _waker(assoc: Association) -> Waker:
@@ -103,7 +123,10 @@ def _association_init(original: Callable[..., None]) -> Callable[..., None]:
         waker = Waker()
         self._router_waker = waker  # type: ignore[attr-defined]
         # Empty at this point: swapping them loses nothing.
-        self.dul.to_provider_queue = WakingQueue(waker)
+        dul = self.dul
+        self.dul.to_provider_queue = WakingQueue(
+            waker, pdata_limit=PDATA_IN_FLIGHT,
+            consumer_alive=lambda: dul.is_alive() and not dul._kill_thread)
         self.dul.to_user_queue = WakingQueue(waker)
         self.dul.event_queue = WakingQueue(waker)
         self.dimse.msg_queue = WakingQueue(waker)

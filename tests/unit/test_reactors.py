@@ -83,3 +83,33 @@ def _association_threads() -> list[threading.Thread]:
     from pynetdicom.association import Association
 
     return [t for t in threading.enumerate() if isinstance(t, Association)]
+
+
+def test_p_data_waits_for_room_while_the_dul_runs() -> None:
+    from pynetdicom.pdu_primitives import A_ABORT, P_DATA
+
+    waker = Waker()
+    queue = WakingQueue(waker, pdata_limit=2, consumer_alive=lambda: True)
+    queue.put(P_DATA())
+    queue.put(P_DATA())
+    queue.put(A_ABORT())  # never waits: an abort must always get through
+    third = threading.Thread(target=queue.put, args=(P_DATA(),), daemon=True)
+    third.start()
+    third.join(0.3)
+    assert third.is_alive()  # held back: the queue is full of P-DATA
+    queue.get()
+    queue.get()
+    third.join(2)
+    assert not third.is_alive() and queue.qsize() == 2
+    waker.close()
+
+
+def test_p_data_does_not_wait_for_a_dul_that_is_gone() -> None:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    waker = Waker()
+    queue = WakingQueue(waker, pdata_limit=1, consumer_alive=lambda: False)
+    for _ in range(3):
+        queue.put(P_DATA())  # nobody will take them: waiting would hang the sender
+    assert queue.qsize() == 3
+    waker.close()
