@@ -51,9 +51,8 @@ class DeliveryThread(threading.Thread):
         self.ledger: DeliveryLedger | None = None  # opened in run(): sqlite is per thread
 
     def run(self) -> None:
-        if self.config.spool.duplicate_window > 0:
-            self.ledger = DeliveryLedger(self.spool.ledger_path, self.config.spool.duplicate_window)
         try:
+            self._open_ledger()
             while True:
                 try:
                     task = self.tasks.get(timeout=1.0)
@@ -69,6 +68,17 @@ class DeliveryThread(threading.Thread):
             if self.ledger is not None:
                 self.ledger.close()
             self.results.close()
+
+    def _open_ledger(self) -> None:
+        if self.config.spool.duplicate_window <= 0:
+            return
+        try:
+            self.ledger = DeliveryLedger(self.spool.ledger_path, self.config.spool.duplicate_window)
+        except sqlite3.Error as exc:
+            # Delivering matters more than suppressing the rare duplicate: go on without it.
+            log.error("delivery thread %s cannot open the duplicate ledger %s (%s): it "
+                      "delivers without duplicate suppression until the worker restarts",
+                      self.name, self.spool.ledger_path, exc)
 
     def _release_idle(self) -> None:
         if self.ledger is not None:

@@ -28,19 +28,13 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+OPEN_ATTEMPTS = 40  # ~10 s in all
+
+
 class DeliveryLedger:
     def __init__(self, path: Path, window: float) -> None:
         self.window = window
-        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a power cut may forget the last entries (a duplicate at worst), never corrupt.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS delivered ("
-            " destination TEXT NOT NULL, sop_instance_uid TEXT NOT NULL, digest TEXT NOT NULL,"
-            " job_id TEXT NOT NULL, delivered_at REAL NOT NULL,"
-            " PRIMARY KEY (destination, sop_instance_uid, digest))"
-        )
+        self.db = _open(path)
         self._pruned = 0.0
 
     def has(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
@@ -67,3 +61,33 @@ class DeliveryLedger:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """Open the ledger, switching a new one to WAL; retried while another opener holds it.
+
+    Every delivery thread of every worker opens it at once on start. sqlite answers a
+    journal-mode change or a schema write that meets another connection's lock with
+    "database is locked" at once, without its busy timeout, so the opening is retried.
+    """
+    for attempt in range(OPEN_ATTEMPTS):
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a power cut may forget the last entries (a duplicate at worst), never
+            # corrupt.
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS delivered ("
+                " destination TEXT NOT NULL, sop_instance_uid TEXT NOT NULL,"
+                " digest TEXT NOT NULL, job_id TEXT NOT NULL, delivered_at REAL NOT NULL,"
+                " PRIMARY KEY (destination, sop_instance_uid, digest))"
+            )
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 + 0.01 * attempt)
+    raise AssertionError("unreachable")

@@ -127,7 +127,8 @@ class Worker:
         self.broker.send(encode(Goodbye()))
         self.broker.close()
         self.results.close()
-        self.context.term()
+        # destroy, not term: a socket some thread failed to close must not hang the stop.
+        self.context.destroy(linger=0)
 
 
 def _reload(signum: int, frame: FrameType | None) -> None:

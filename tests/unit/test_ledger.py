@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,3 +158,47 @@ def test_file_digest_of_copies_is_equal(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"DICM" * 100)
     (tmp_path / "b").write_bytes(b"DICM" * 100)
     assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b")
+
+
+
+def _open_at_once(path: str, barrier: Any, names: list[str], errors: Any) -> None:
+    """One worker process: its delivery threads open the ledger at the same moment."""
+    import threading
+
+    def open_and_record(name: str) -> None:
+        barrier.wait()
+        try:
+            opened = DeliveryLedger(Path(path), window=3600)
+            opened.record("pacs", name, "digest", name)
+            opened.close()
+        except Exception as exc:
+            errors.put(repr(exc))
+
+    threads = [threading.Thread(target=open_and_record, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
+def test_workers_opening_a_new_ledger_at_once(tmp_path: Path) -> None:
+    """Two worker processes of four delivery threads each open a new ledger together, as at
+    every start. sqlite answered the losers' WAL switch with "database is locked" at once
+    (it failed about one start in five before the open was retried)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(5):
+        path = str(tmp_path / f"ledger-{attempt}.sqlite")
+        barrier, errors = context.Barrier(8), context.Queue()
+        names = [[f"{attempt}-{w}-{t}" for t in range(4)] for w in range(2)]
+        workers = [context.Process(target=_open_at_once, args=(path, barrier, n, errors))
+                   for n in names]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert errors.empty(), errors.get()
+        check = DeliveryLedger(Path(path), window=3600)
+        assert all(check.has("pacs", name, "digest") for group in names for name in group)
+        check.close()
