@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_VERSIONS = ("3.0.",)
 POLL_SECONDS = 0.05  # timers (ARTIM, network idle) are checked at least this often
-PDATA_IN_FLIGHT = 4  # P-DATA primitives queued for sending per association, at most
+PDATA_QUEUED_BYTES = 2 * 1024 * 1024  # P-DATA queued for sending per association, at most
 _installed = False
 
 
@@ -85,7 +85,7 @@ class Waker:
 class WakingQueue(queue.Queue[Any]):
     """A queue that wakes its association's threads on every put.
 
-    With `pdata_limit`, a P-DATA put waits while that many items are queued and the DUL
+    With `pdata_limit` (bytes), a P-DATA put waits while that much is queued and the DUL
     still runs: pynetdicom encodes a whole message into the queue faster than the DUL sends
     it, so a chunked send of a 50 MB file otherwise sits in memory whole, once per
     association. Other primitives (an A-ABORT) never wait.
@@ -97,6 +97,7 @@ class WakingQueue(queue.Queue[Any]):
         self.waker = waker
         self.pdata_limit = pdata_limit
         self.consumer_alive = consumer_alive
+        self.pdata_bytes = 0  # guarded by the queue's own mutex (_put/_get run under it)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if self.pdata_limit and isinstance(item, P_DATA):
@@ -106,10 +107,25 @@ class WakingQueue(queue.Queue[Any]):
 
     def _wait_for_room(self) -> None:
         with self.not_full:  # Queue.get() notifies it after every item taken
-            while self._qsize() >= self.pdata_limit and (
+            while self.pdata_bytes >= self.pdata_limit and (
                 self.consumer_alive is None or self.consumer_alive()
             ):
                 self.not_full.wait(0.1)
+
+    def _put(self, item: Any) -> None:
+        self.pdata_bytes += _pdata_size(item)
+        super()._put(item)
+
+    def _get(self) -> Any:
+        item = super()._get()
+        self.pdata_bytes -= _pdata_size(item)
+        return item
+
+
+def _pdata_size(item: Any) -> int:
+    if not isinstance(item, P_DATA):
+        return 0
+    return sum(len(data) for _, data in item.presentation_data_value_list)
 
 
 def _waker(assoc: Association) -> Waker:
@@ -125,7 +141,7 @@ def _association_init(original: Callable[..., None]) -> Callable[..., None]:
         # Empty at this point: swapping them loses nothing.
         dul = self.dul
         self.dul.to_provider_queue = WakingQueue(
-            waker, pdata_limit=PDATA_IN_FLIGHT,
+            waker, pdata_limit=PDATA_QUEUED_BYTES,
             consumer_alive=lambda: dul.is_alive() and not dul._kill_thread)
         self.dul.to_user_queue = WakingQueue(waker)
         self.dul.event_queue = WakingQueue(waker)

@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pynetdicom import AE, evt
@@ -85,31 +86,37 @@ def _association_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if isinstance(t, Association)]
 
 
+def _p_data(size: int) -> Any:
+    from pynetdicom.pdu_primitives import P_DATA
+
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = [[1, b"\x00" * size]]
+    return primitive
+
+
 def test_p_data_waits_for_room_while_the_dul_runs() -> None:
-    from pynetdicom.pdu_primitives import A_ABORT, P_DATA
+    from pynetdicom.pdu_primitives import A_ABORT
 
     waker = Waker()
-    queue = WakingQueue(waker, pdata_limit=2, consumer_alive=lambda: True)
-    queue.put(P_DATA())
-    queue.put(P_DATA())
+    queue = WakingQueue(waker, pdata_limit=1000, consumer_alive=lambda: True)
+    queue.put(_p_data(600))
+    queue.put(_p_data(600))  # room was left before it: it goes in
     queue.put(A_ABORT())  # never waits: an abort must always get through
-    third = threading.Thread(target=queue.put, args=(P_DATA(),), daemon=True)
+    third = threading.Thread(target=queue.put, args=(_p_data(600),), daemon=True)
     third.start()
     third.join(0.3)
-    assert third.is_alive()  # held back: the queue is full of P-DATA
+    assert third.is_alive()  # held back: 1200 bytes queued, the limit is 1000
     queue.get()
     queue.get()
     third.join(2)
-    assert not third.is_alive() and queue.qsize() == 2
+    assert not third.is_alive() and queue.qsize() == 2 and queue.pdata_bytes == 600
     waker.close()
 
 
 def test_p_data_does_not_wait_for_a_dul_that_is_gone() -> None:
-    from pynetdicom.pdu_primitives import P_DATA
-
     waker = Waker()
-    queue = WakingQueue(waker, pdata_limit=1, consumer_alive=lambda: False)
+    queue = WakingQueue(waker, pdata_limit=100, consumer_alive=lambda: False)
     for _ in range(3):
-        queue.put(P_DATA())  # nobody will take them: waiting would hang the sender
+        queue.put(_p_data(600))  # nobody will take them: waiting would hang the sender
     assert queue.qsize() == 3
     waker.close()
