@@ -58,7 +58,12 @@ class ReadLimits:
 
 
 class ConnectionRefused(Exception):
-    """The acceptor gives up on a connection; the message says why, for the operator."""
+    """The acceptor gives up on a connection; the message says why, for the operator, and
+    `reason` is the metric label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class GuardedSocket(AssociationSocket):
@@ -85,7 +90,7 @@ class GuardedSocket(AssociationSocket):
             return self._recv_body(nr_bytes)
         except ConnectionRefused as exc:
             log.warning("closing connection from %s: %s", self._peer(), exc)
-            metrics.CONNECTIONS_DROPPED.labels(_label(exc)).inc()
+            metrics.CONNECTIONS_DROPPED.labels(exc.reason).inc()
         except OSError:
             pass  # reset or closed by the peer: the DUL sees a short read
         self._wake_acceptor()
@@ -103,7 +108,7 @@ class GuardedSocket(AssociationSocket):
             if length > limit:
                 raise ConnectionRefused(
                     f"PDU type 0x{pdu_type:02X} declares {length} bytes, more than the "
-                    f"{limit} the router accepts"
+                    f"{limit} the router accepts", "pdu_too_large"
                 )
             self._pdu_type, self._expect_header = pdu_type, False
         elif not self._associated:
@@ -131,7 +136,7 @@ class GuardedSocket(AssociationSocket):
                 try:
                     count = self.socket.recv_into(view[got:], nr_bytes - got)
                 except TimeoutError:
-                    raise ConnectionRefused(self._stall_reason(got, nr_bytes)) from None
+                    raise self._stalled(got, nr_bytes) from None
                 if count == 0:
                     break
                 got += count
@@ -143,17 +148,16 @@ class GuardedSocket(AssociationSocket):
             return self.limits.network_timeout
         left = self._connected_at + self.limits.acse_timeout - time.monotonic()
         if left <= 0:
-            raise ConnectionRefused(
-                f"no complete A-ASSOCIATE-RQ within acse_timeout ({self.limits.acse_timeout:g}s)"
-            )
+            raise self._stalled(0, 0)
         return left
 
-    def _stall_reason(self, got: int, wanted: int) -> str:
+    def _stalled(self, got: int, wanted: int) -> ConnectionRefused:
         if not self._associated:
-            return (f"no complete A-ASSOCIATE-RQ within acse_timeout "
-                    f"({self.limits.acse_timeout:g}s)")
-        return (f"silent for network_timeout ({self.limits.network_timeout:g}s) in the middle "
-                f"of a PDU ({got} of {wanted} bytes)")
+            return ConnectionRefused(f"no complete A-ASSOCIATE-RQ within acse_timeout "
+                                     f"({self.limits.acse_timeout:g}s)", "acse_timeout")
+        return ConnectionRefused(
+            f"silent for network_timeout ({self.limits.network_timeout:g}s) in the middle of a "
+            f"PDU ({got} of {wanted} bytes)", "network_timeout")
 
     def _wake_acceptor(self) -> None:
         """A connection that ends before its A-ASSOCIATE-RQ is complete frees its slot now.
@@ -168,13 +172,6 @@ class GuardedSocket(AssociationSocket):
 
     def _peer(self) -> str:
         return str(self.assoc.requestor.address or "?")
-
-
-def _label(exc: ConnectionRefused) -> str:
-    text = str(exc)
-    if "declares" in text:
-        return "pdu_too_large"
-    return "acse_timeout" if "A-ASSOCIATE-RQ" in text else "network_timeout"
 
 
 class MessageGuard:
@@ -224,7 +221,7 @@ class MessageGuard:
         """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
         self.assoc.router_dataset_truncated = True  # type: ignore[attr-defined]
         primitive.presentation_data_value_list = [  # its setter wants [id, bytes] lists
-            [context, data if data[0] & 1 else data[:1]]
+            [context, data if not data or data[0] & 1 else data[:1]]
             for context, data in primitive.presentation_data_value_list
         ]
 

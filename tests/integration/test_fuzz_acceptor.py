@@ -651,6 +651,9 @@ def test_stalled_pdus_are_dropped_after_the_timeouts(target: Target) -> None:
             f"echoscu rc {echo.returncode} {echo.stderr.strip()!r}; still open: "
             f"{len(open_before)} of {len(stalled)} stalled before associating, "
             f"{int(open_after)} of 1 stalled after")
+        dropped = "dicom_router_connections_dropped_total"
+        assert target.router.metric(dropped, reason="acse_timeout") >= 1
+        assert target.router.metric(dropped, reason="network_timeout") >= 1
     finally:
         for sock in stalled:
             sock.close()
