@@ -140,7 +140,11 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()
-    stop.wait()
+    # Wait with a timeout: a signal the kernel hands to another thread (every association
+    # has two) reaches its Python handler only when this thread runs again, so an untimed
+    # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
+    while not stop.wait(0.5):
+        pass
     admission.draining = True
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")
