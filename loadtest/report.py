@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -267,15 +268,21 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
 
 def write(doc: dict[str, Any], out: Path) -> Path:
     """results.json, results.md, chart.png in out/<timestamp>/, and out/latest.md."""
-    folder = out / doc["started"].replace(":", "").replace(" ", "_")
+    return write_run(doc, out, "", "results", markdown(doc), lambda path: chart(doc, path),
+                     "latest.md", image="chart")
+
+
+def write_run(doc: dict[str, Any], out: Path, prefix: str, stem: str, text: str,
+              draw: Callable[[Path], bool], latest: str, image: str) -> Path:
+    """One run's folder out/<prefix><timestamp>/ with <stem>.json, <stem>.md and <image>.png
+    (when it could be drawn), and out/<latest> pointing at that folder's picture."""
+    folder = out / (prefix + doc["started"].replace(":", "").replace(" ", "_"))
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(doc, indent=1))
-    text = markdown(doc)
-    if chart(doc, folder / "chart.png"):
-        text += "\n![chart](chart.png)\n"
-    (folder / "results.md").write_text(text)
-    (out / "latest.md").write_text(text.replace("](chart.png)",
-                                                f"]({folder.name}/chart.png)"))
+    (folder / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    if draw(folder / f"{image}.png"):
+        text += f"\n![{image}]({image}.png)\n"
+    (folder / f"{stem}.md").write_text(text)
+    (out / latest).write_text(text.replace(f"]({image}.png)", f"]({folder.name}/{image}.png)"))
     return folder
 
 

@@ -12,7 +12,6 @@ Writes soak.json, soak.md and soak.png into <out>/soak-<timestamp>/ and <out>/la
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import time
@@ -149,16 +148,9 @@ def soak(args: argparse.Namespace) -> int:
             time.sleep(1)
         watch.stop()
     doc = _summary(started, args, size.label, rate, timeline, batches)
-    folder = args.out / f"soak-{started.replace(':', '').replace(' ', '_')}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "soak.json").write_text(json.dumps(doc, indent=1))
-    text = _markdown(doc)
-    if _chart(doc, folder / "soak.png"):
-        text += "\n![soak](soak.png)\n"
-    (folder / "soak.md").write_text(text)
-    (args.out / "latest-soak.md").write_text(text.replace("](soak.png)",
-                                                          f"]({folder.name}/soak.png)"))
-    print(text)
+    folder = report.write_run(doc, args.out, "soak-", "soak", _markdown(doc),
+                              lambda path: _chart(doc, path), "latest-soak.md", image="soak")
+    print((folder / "soak.md").read_text())
     shutil.rmtree(work, ignore_errors=True)
     return 0 if not batches.senders.errors else 1
 
