@@ -168,7 +168,7 @@ class GuardedSocket(AssociationSocket):
         """
         if not self._associated and not self._woken:
             self._woken = True
-            self.assoc.dul.to_user_queue.put(None)
+            self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _peer(self) -> str:
         return str(self.assoc.requestor.address or "?")
