@@ -7,6 +7,12 @@ command -v storescp >/dev/null 2>&1 || needed+=(dcmtk)
 [ -x /usr/sbin/rsyslogd ] || needed+=(rsyslog)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || needed+=(rsyslog-gnutls)
 command -v openssl >/dev/null 2>&1 || needed+=(openssl)
+# A real Prometheus scraping the router, and promtool for the alert rules.
+command -v prometheus >/dev/null 2>&1 || needed+=(prometheus)
+# The load balancer in front of two router cells (scale-out test).
+command -v haproxy >/dev/null 2>&1 || needed+=(haproxy)
+# `kubectl kustomize` renders ops/kubernetes; Debian's kubernetes-client has it.
+command -v kubectl >/dev/null 2>&1 || needed+=(kubernetes-client)
 if [ ${#needed[@]} -eq 0 ]; then
     exit 0
 fi
@@ -15,5 +21,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# The tests start their own Prometheus and HAProxy on free loopback ports: the packages'
+# services must not start on install (they would hold 9090 and run until reboot).
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+fi
+trap 'if [ "$own_policy" -eq 1 ]; then rm -f "$policy"; fi' EXIT
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${needed[@]}"
