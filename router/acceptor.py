@@ -15,6 +15,7 @@ import zmq
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from router import reload as reload_config
 from router.access import AccessPolicy
 from router.admission import AcceptorState, Admission
 from router.association_events import AssociationEvents
@@ -26,12 +27,14 @@ from router.dicom_net import (
     configure_pynetdicom,
     prefer_requestor_transfer_syntax,
 )
+from router.errors import RouterError
 from router.guarded_transport import ReadLimits
+from router.live_status import LiveAssociations, publish_forever
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
 from router.store_handler import StoreHandler
-from router.tls_listener import TLSListener, start_server
+from router.tls_listener import RouterAssociationServer, TLSListener, start_server
 from workers.rules import RuleSet
 
 log = logging.getLogger(__name__)
@@ -44,16 +47,31 @@ class SharedInt(Protocol):
 def build_ae(config: RouterConfig) -> AE:
     ae = AE(ae_title=config.ae_title)
     ae.maximum_pdu_size = config.listen.max_pdu
-    ae.maximum_associations = config.listen.max_associations
-    ae.acse_timeout = config.listen.acse_timeout
-    ae.dimse_timeout = config.listen.dimse_timeout
-    ae.network_timeout = config.listen.network_timeout
-    ae.require_called_aet = config.listen.require_called_ae
+    configure_ae(ae, config)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
         ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
     return ae
+
+
+def configure_ae(ae: AE, config: RouterConfig) -> None:
+    """The AE settings a reload may change (the PDU size and AE title need a restart)."""
+    ae.maximum_associations = config.listen.max_associations
+    ae.acse_timeout = config.listen.acse_timeout
+    ae.dimse_timeout = config.listen.dimse_timeout
+    ae.network_timeout = config.listen.network_timeout
+    ae.require_called_aet = config.listen.require_called_ae
+
+
+def read_limits(config: RouterConfig) -> ReadLimits:
+    return ReadLimits(
+        acse_timeout=config.listen.acse_timeout,
+        network_timeout=config.listen.network_timeout,
+        max_pdu=config.listen.max_pdu,
+        max_message_bytes=config.listen.max_message_bytes,
+        max_dataset_bytes=config.listen.max_dataset_bytes,
+    )
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
@@ -94,17 +112,49 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
     return alert
 
 
-def _reload_on_sighup(tls: TLSListener | None) -> None:
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        if tls is not None:
-            threading.Thread(target=tls.reload, name="tls-reload", daemon=True).start()
+class LiveConfig:
+    """Applies a reloaded config to the running acceptor: new associations see it at once,
+    associations in progress keep what they negotiated."""
 
-    signal.signal(signal.SIGHUP, on_hup)
+    def __init__(self, config: RouterConfig, runtime: Runtime, ae: AE, store: StoreHandler,
+                 events: AssociationEvents, server: RouterAssociationServer,
+                 tls: TLSListener | None) -> None:
+        self.config, self.runtime, self.ae, self.store = config, runtime, ae, store
+        self.events, self.server, self.tls = events, server, tls
+
+    def on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def reload(self) -> None:
+        if self.tls is not None:
+            self.tls.reload()  # rotated certificates and keys, whatever the config says
+        try:
+            loaded = reload_config.load(self.runtime.directory)
+        except (OSError, RouterError, KeyError, ValueError) as exc:
+            log.error("cannot read the reloaded config; keeping the current one: %s", exc)
+            return
+        if loaded is None or loaded[1] == self.config:
+            return
+        new = loaded[1]
+        self.apply(new)
+        log.info("applied the reloaded config: %d rules", len(new.rules))
+
+    def apply(self, new: RouterConfig) -> None:
+        setup_logging(new.log_level, new.log_format)
+        self.store.set_rules(RuleSet(new.rules), new.listen.max_dataset_bytes)
+        self.events.access.reconfigure(new.listen)
+        configure_ae(self.ae, new)
+        self.server.limits = read_limits(new)
+        self.config = new
+
+    @property
+    def drain_grace(self) -> float:
+        return self.config.drain_grace
 
 
 def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     """Entry point of the spawned acceptor process."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
@@ -120,26 +170,26 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
     store = StoreHandler(spool, RuleSet(config.rules), broker, admission,
                          config.listen.max_dataset_bytes, audit)
-    events = AssociationEvents(AccessPolicy(config.listen), admission, audit)
+    live = LiveAssociations()
+    events = AssociationEvents(AccessPolicy(config.listen), admission, audit, live,
+                               tls=config.listen.tls.mode != "off")
     tls = None
     if config.listen.tls.mode != "off":
         tls = TLSListener(config.listen.tls, _tls_alert(audit))
-    _reload_on_sighup(tls)
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
-    limits = ReadLimits(
-        acse_timeout=config.listen.acse_timeout,
-        network_timeout=config.listen.network_timeout,
-        max_pdu=config.listen.max_pdu,
-        max_message_bytes=config.listen.max_message_bytes,
-        max_dataset_bytes=config.listen.max_dataset_bytes,
-    )
-    server = start_server(ae, address, events.handlers(store), tls, limits, events.finished)
+    server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
+                          events.finished)
+    live_config = LiveConfig(config, runtime, ae, store, events, server, tls)
+    signal.signal(signal.SIGHUP, live_config.on_sighup)
     log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
              *address, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()
+    threading.Thread(target=publish_forever, name="live-status", daemon=True,
+                     args=(runtime.status_dir, "acceptor",
+                           lambda: {"associations": live.snapshot()}, stop)).start()
     # Wait with a timeout: a signal the kernel hands to another thread (every association
     # has two) reaches its Python handler only when this thread runs again, so an untimed
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
@@ -149,7 +199,7 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")
     server.shutdown()  # closes the listening socket: new connections are refused
-    _drain(ae, grace=config.drain_grace)
+    _drain(ae, grace=live_config.drain_grace)
     if audit is not None:
         audit.close()
     broker.close()

@@ -55,11 +55,15 @@ def peer_certificate(assoc: Any) -> dict[str, Any] | None:
 
 class AccessPolicy:
     def __init__(self, config: ListenConfig) -> None:
-        self.config = config
-        self.networks = [ipaddress.ip_network(n) for n in config.allowed_sources or []]
-        self.users: dict[str, UserConfig] = {u.username: u for u in config.users}
         self._active: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: ListenConfig) -> None:
+        """New rules for new associations; the per-AE counts of open ones are kept."""
+        self.networks = [ipaddress.ip_network(n) for n in config.allowed_sources or []]
+        self.users: dict[str, UserConfig] = {u.username: u for u in config.users}
+        self.config = config
 
     # --- association requests --------------------------------------------------------------
 

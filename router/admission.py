@@ -61,9 +61,13 @@ class Admission:
                     f"and {self.min_free_percent}%)")
         return None
 
-    def refusal(self) -> tuple[str, str] | None:
-        """(reason label, operator message) when new work must be refused, else None."""
-        if self.draining:
+    def refusal(self, *, new_association: bool = True) -> tuple[str, str] | None:
+        """(reason label, operator message) when new work must be refused, else None.
+
+        Draining turns away new associations only: one in progress may go on storing until
+        drain_grace ends (a study is not cut in the middle when it need not be).
+        """
+        if self.draining and new_association:
             return "draining", "router is shutting down"
         disk = self._disk()
         if disk is not None:

@@ -16,6 +16,7 @@ from router.access import AccessPolicy, Rejection, peer_certificate
 from router.admission import Admission
 from router.audit import AuditTrail, TransferTally
 from router.dicom_net import set_nodelay
+from router.live_status import LiveAssociations
 from router.store_handler import StoreHandler
 from router.tls import subject_text
 
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 
 class AssociationEvents:
     def __init__(
-        self, access: AccessPolicy, admission: Admission, audit: AuditTrail | None = None
+        self, access: AccessPolicy, admission: Admission, audit: AuditTrail | None = None,
+        live: LiveAssociations | None = None, tls: bool = False,
     ) -> None:
         self.access = access
         self.admission = admission
         self.audit = audit
+        self.live = live
+        self.tls = tls
         self._lock = threading.Lock()  # close events and the connection thread may race
 
     def on_requested(self, event: Any) -> None:
@@ -45,7 +49,8 @@ class AssociationEvents:
         self._reject(assoc, rejection)
 
     def _reject(self, assoc: Any, rejection: Rejection) -> None:
-        metrics.ASSOCIATIONS.labels("rejected").inc()
+        calling = metrics.CALLING_AE(assoc.requestor.primitive.calling_ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
         if self.audit is not None:
             rq = assoc.requestor.primitive
@@ -60,6 +65,8 @@ class AssociationEvents:
         assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
 
     def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
+        if not self.access.users:
+            return True, None  # no users configured: identities are not checked (as unbound)
         verified = self.access.verify_user(event.user_id_type, event.primary_field,
                                            event.secondary_field)
         if not verified:
@@ -75,14 +82,20 @@ class AssociationEvents:
             self.audit.association_accepted(
                 assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
                 assoc.requestor.address, subject_text(peer_certificate(assoc)))
+        if self.live is not None:
+            assoc.router_progress = self.live.opened(
+                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                f"{assoc.requestor.address}:{assoc.requestor.port}", self.tls)
         event.assoc.router_counted = True
         self.access.opened(event.assoc.requestor.ae_title)
-        metrics.ASSOCIATIONS.labels("accepted").inc()
-        metrics.ACTIVE_ASSOCIATIONS.inc()
+        calling = metrics.CALLING_AE(assoc.requestor.ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "accepted").inc()
+        metrics.ACTIVE_ASSOCIATIONS.labels(calling).inc()
 
     def on_rejected(self, event: Any) -> None:
         """pynetdicom's own rejections (unknown called AE, association limit)."""
-        metrics.ASSOCIATIONS.labels("rejected").inc()
+        calling = metrics.CALLING_AE(event.assoc.requestor.primitive.calling_ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
         if self.audit is not None:
             rq = event.assoc.requestor.primitive
             self.audit.association_rejected(rq.calling_ae_title, rq.called_ae_title,
@@ -102,12 +115,16 @@ class AssociationEvents:
             assoc.router_tally = None
             counted = getattr(assoc, "router_counted", False)
             assoc.router_counted = False
+            progress = getattr(assoc, "router_progress", None)
+            assoc.router_progress = None
+        if progress is not None and self.live is not None:
+            self.live.closed(progress)
         if tally is not None and self.audit is not None:
             tally.flush(self.audit, assoc.requestor.ae_title,
                         assoc.requestor.primitive.called_ae_title, assoc.requestor.address)
         if counted:
             self.access.closed(assoc.requestor.ae_title)
-            metrics.ACTIVE_ASSOCIATIONS.dec()
+            metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(assoc.requestor.ae_title)).dec()
 
     def handlers(self, store: StoreHandler) -> list[Any]:
         bound = [
@@ -119,9 +136,8 @@ class AssociationEvents:
             (evt.EVT_REJECTED, self.on_rejected),
             (evt.EVT_CONN_CLOSE, self.on_closed),
         ]
-        if self.access.users:
-            # Without a handler pynetdicom accepts every identity: bind only with users.
-            bound.append((evt.EVT_USER_ID, self.on_user_id))
+        # Bound even without users: a reload may add some, and they must then be checked.
+        bound.append((evt.EVT_USER_ID, self.on_user_id))
         return bound
 
 

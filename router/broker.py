@@ -7,12 +7,17 @@ raises instead of vanishing silently.
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import threading
 import time
+from pathlib import Path
+from types import FrameType
 
 import zmq
 
 from router import metrics
+from router import reload as reload_config
 from router.config import RouterConfig
 from router.dispatch import (
     DESTINATION_FAILURES,
@@ -23,7 +28,8 @@ from router.dispatch import (
     Retry,
     Settled,
 )
-from router.errors import ProtocolError
+from router.errors import ProtocolError, RouterError
+from router.live_status import write_snapshot
 from router.messages import (
     Accepted,
     Deliver,
@@ -49,15 +55,16 @@ HEARTBEAT_SECONDS = 1.0
 class Broker:
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
-        policies = {
-            name: DestinationPolicy(dest.max_parallel, dest.retry)
-            for name, dest in config.destinations.items()
-        }
-        self.dispatcher = Dispatcher(policies, config.queue.max_jobs, config.queue.max_bytes)
+        self.runtime = runtime
+        self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
+                                     config.queue.max_bytes)
+        self.reload_requested = False  # set by SIGHUP, applied by the loop
+        self.config_generation = 0
         self.context = zmq.Context()
         self.frontend = self._bind(runtime.frontend)
         self.backend = self._bind(runtime.backend)
         self.next_heartbeat = 0.0
+        self.status_dir: Path | None = runtime.status_dir if runtime.status_dir.is_dir() else None
 
     def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
         sock = self.context.socket(zmq.ROUTER)
@@ -175,7 +182,24 @@ class Broker:
             if not self._send(self.backend, identity, message):
                 self._worker_gone(identity, "is unreachable")
 
+    def reload(self) -> None:
+        """Apply the config the supervisor validated (router/reload.py)."""
+        self.reload_requested = False
+        try:
+            config = reload_config.load(self.runtime.directory)
+        except (OSError, RouterError, KeyError, ValueError) as exc:
+            log.error("cannot read the reloaded config; keeping the current one: %s", exc)
+            return
+        if config is not None and config[0] != self.config_generation:
+            self.config_generation, new = config
+            setup_logging(new.log_level, new.log_format)
+            self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes)
+            log.info("applied the reloaded config: %d destinations", len(new.destinations))
+        self._publish(time.monotonic())  # the supervisor waits for this generation
+
     def _housekeeping(self, now: float) -> None:
+        if self.reload_requested:
+            self.reload()
         for identity in self.dispatcher.expired_workers(now):
             self._worker_gone(identity, "missed its heartbeats; lease expired")
         if now >= self.next_heartbeat:
@@ -184,12 +208,50 @@ class Broker:
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")
-            for name in self.dispatcher.queues:
-                metrics.QUEUE_DEPTH.labels(name).set(self.dispatcher.depth(name))
-                metrics.DESTINATION_UP.labels(name).set(0 if self.dispatcher.is_paused(name, now)
-                                                        else 1)
-                metrics.IN_FLIGHT.labels(name).set(self.dispatcher.in_flight[name])
-            metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
+            self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
+        destinations = self.destination_summary(now)
+        for name, row in destinations.items():
+            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
+            metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
+            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
+            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+        metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
+        metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
+        spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
+        try:
+            usage = shutil.disk_usage(self.spool.root)
+            metrics.SPOOL_FREE.set(usage.free)
+            metrics.SPOOL_SIZE.set(usage.total)
+            spool.update(free_bytes=usage.free, size_bytes=usage.total)
+        except OSError as exc:
+            log.warning("cannot read the spool's disk usage: %s", exc)
+        if self.status_dir is not None:
+            try:
+                write_snapshot(self.status_dir, "broker", {
+                    "config_generation": self.config_generation,
+                    "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
+                    "workers": len(self.dispatcher.workers), "destinations": destinations})
+            except OSError as exc:
+                log.debug("cannot write the live status: %s", exc)
+
+    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
+        wall = time.time()
+        out: dict[str, dict[str, float | int | bool]] = {}
+        for name in self.dispatcher.queues:
+            oldest = self.dispatcher.oldest_received(name)
+            paused_until = self.dispatcher.paused_until[name]
+            out[name] = {
+                "depth": self.dispatcher.depth(name),
+                "in_flight": self.dispatcher.in_flight[name],
+                "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
+                "up": not self.dispatcher.is_paused(name, now),
+                "paused_for": max(0.0, paused_until - now),
+                "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+            }
+        return out
 
     def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
         # Drain what is waiting, bounded so one side cannot starve the other.
@@ -233,14 +295,24 @@ class Broker:
         self.context.term()
 
 
+def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
+    return {name: DestinationPolicy(dest.max_parallel, dest.retry)
+            for name, dest in config.destinations.items()}
+
+
 def main(config: RouterConfig, runtime: Runtime) -> None:
     """Entry point of the spawned broker process."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
     spool = Spool(config.spool.path).create()
     broker = Broker(config, runtime, spool)
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        broker.reload_requested = True
+
+    signal.signal(signal.SIGHUP, on_hup)
     broker.recover()
     log.info("broker ready: %d destinations, %d jobs recovered",
              len(config.destinations), len(broker.dispatcher.jobs))

@@ -264,6 +264,8 @@ class RouterConfig(Strict):
     destinations: dict[str, Destination] = {}
     rules: list[Rule] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one object a line with association and job ids, for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
     # On SIGTERM: how long associations in progress may take to finish before being aborted.
     drain_grace: float = Field(30.0, ge=0)
     audit: AuditConfig = AuditConfig()

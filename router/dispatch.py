@@ -117,6 +117,23 @@ class Dispatcher:
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
 
+    def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
+                    max_bytes: int) -> None:
+        """A config reload: new destinations get queues, changed ones their new policy.
+
+        A destination no longer configured keeps its queue and policy: what is queued for it
+        still goes to the workers, which give it up as `unknown_destination`, a dead letter an
+        operator can replay elsewhere, rather than vanishing here.
+        """
+        for name, policy in policies.items():
+            self.policies[name] = policy
+            self.queues.setdefault(name, deque())
+            self.in_flight.setdefault(name, 0)
+            self.paused_until.setdefault(name, 0.0)
+            self.failures_in_a_row.setdefault(name, 0)
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+
     # --- jobs -------------------------------------------------------------------------------
 
     def refusal(self, job: JobHeader) -> str | None:
@@ -280,6 +297,16 @@ class Dispatcher:
         due = [self.delayed[0][0]] if self.delayed else []
         due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
         return min(due, default=None)
+
+    def oldest_received(self, destination: str) -> float | None:
+        """When the oldest job still pending for `destination` was received (None: none).
+
+        Jobs are kept in arrival order, so the scan stops at the first one still pending.
+        """
+        for state in self.jobs.values():
+            if destination in state.pending:
+                return state.header.received_at
+        return None
 
     def depth(self, destination: str) -> int:
         waiting = sum(1 for _, _, d in self.delayed if d.destination == destination)

@@ -199,13 +199,19 @@ class MessageGuard:
             return  # the association is being aborted; nothing more is assembled
         message = self.dimse.message
         to_file = getattr(message, "_data_set_file", None) is not None
+        arrived = 0
         for _, data in primitive.presentation_data_value_list:
             if data and data[0] & 1:
                 self.command_bytes += len(data) - 1
             elif to_file:
                 self.file_bytes += len(data) - 1
+                arrived += len(data) - 1
             else:
                 self.dataset_bytes += len(data) - 1
+                arrived += len(data) - 1
+        progress = getattr(self.assoc, "router_progress", None)
+        if progress is not None and arrived > 0:
+            progress.add(arrived)
         problem = self._problem()
         if problem is not None:
             self._refuse(problem)
@@ -216,6 +222,8 @@ class MessageGuard:
         self.receive(primitive)
         if self.dimse.message is None:  # complete: the next message starts from zero
             self.command_bytes = self.dataset_bytes = self.file_bytes = 0
+            if progress is not None:
+                progress.message_done()
 
     def _truncate(self, primitive: Any) -> None:
         """Keep the fragment flags, drop the payload: the disk holds at most the limit."""

@@ -1,11 +1,15 @@
-"""One small HTTP port: /metrics (all processes), /healthz (alive), /readyz (accepting work)."""
+"""One small HTTP port: /metrics (all processes), /healthz (alive), /readyz (accepting work),
+/status (JSON: associations in progress and queues, for `dicom-router status`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -13,9 +17,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+StatusView = Callable[[], dict[str, Any]]
 
 
-def _handler(registry: CollectorRegistry, ready: ReadyCheck) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None
+             ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -26,8 +32,10 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck) -> type[BaseHTTPReq
             elif path == "/readyz":
                 ok, why = ready()
                 self._reply(200 if ok else 503, f"{why}\n".encode())
+            elif path == "/status" and status is not None:
+                self._reply(200, json.dumps(status()).encode(), "application/json")
             else:
-                self._reply(404, b"not found: try /metrics, /healthz or /readyz\n")
+                self._reply(404, b"not found: try /metrics, /healthz, /readyz or /status\n")
 
         def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)
@@ -42,12 +50,22 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck) -> type[BaseHTTPReq
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Load-balancer health checks (HAProxy) often close with a reset: not worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class HttpEndpoint:
-    def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck) -> None:
+    def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck,
+                 status: StatusView | None = None) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
-        self.server = ThreadingHTTPServer((host, port), _handler(registry, ready))
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), _handler(registry, ready, status))
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

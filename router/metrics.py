@@ -6,21 +6,37 @@ picks its multiprocess value store at import time, and spawned children inherit 
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PREFIX = "dicom_router"
 
 ASSOCIATIONS = Counter(
-    f"{PREFIX}_associations_total", "Associations requested, by result.", ["result"]
+    f"{PREFIX}_associations_total", "Associations requested, by calling AE and result.",
+    ["calling_ae", "result"],
 )
 ACTIVE_ASSOCIATIONS = Gauge(
-    f"{PREFIX}_associations_active", "Associations open now.", multiprocess_mode="livesum"
+    f"{PREFIX}_associations_active", "Associations open now, by calling AE.", ["calling_ae"],
+    multiprocess_mode="livesum",
 )
 DIMSE_REQUESTS = Counter(
     f"{PREFIX}_dimse_requests_total", "DIMSE requests answered, by command and status.",
     ["command", "status"],
 )
-RECEIVED_BYTES = Counter(f"{PREFIX}_received_bytes_total", "Dataset bytes received.")
+RECEIVED_BYTES = Counter(
+    f"{PREFIX}_received_bytes_total", "Dataset bytes received, counted as they arrive."
+)
+RECEIVING_BYTES = Gauge(
+    f"{PREFIX}_receive_bytes_in_flight",
+    "Bytes of datasets being received now (not yet complete): progress of long transfers.",
+    multiprocess_mode="livesum",
+)
+DIMSE_RESPONSES = Counter(
+    f"{PREFIX}_dimse_responses_total",
+    "DIMSE responses received from destinations, by command and status.",
+    ["destination", "command", "status"],
+)
 INSTANCES_RECEIVED = Counter(
     f"{PREFIX}_instances_received_total", "C-STORE instances by outcome.", ["result"]
 )
@@ -47,6 +63,34 @@ DESTINATION_UP = Gauge(
     f"{PREFIX}_destination_up",
     "0 while a destination is paused after failing to connect or associate, else 1.",
     ["destination"], multiprocess_mode="max",
+)
+QUEUE_OLDEST = Gauge(
+    f"{PREFIX}_queue_oldest_seconds",
+    "Age of the oldest delivery not yet done, by destination (0 when none).",
+    ["destination"], multiprocess_mode="max",
+)
+SPOOL_FREE = Gauge(
+    f"{PREFIX}_spool_free_bytes", "Free bytes on the spool's filesystem.",
+    multiprocess_mode="max",
+)
+SPOOL_SIZE = Gauge(
+    f"{PREFIX}_spool_size_bytes", "Size of the spool's filesystem.", multiprocess_mode="max"
+)
+SPOOL_QUEUED = Gauge(
+    f"{PREFIX}_spool_queued_bytes", "Bytes of instances on the spool not yet settled.",
+    multiprocess_mode="livesum",
+)
+READY = Gauge(
+    f"{PREFIX}_ready", "1 while the router accepts work (as /readyz), else 0.",
+    multiprocess_mode="max",
+)
+CONFIG_RELOADS = Counter(
+    f"{PREFIX}_config_reloads_total", "Config reloads on SIGHUP, by result.", ["result"]
+)
+CONFIG_RELOADED_AT = Gauge(
+    f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+    "When the config in force was loaded (start or last successful reload).",
+    multiprocess_mode="max",
 )
 JOBS_QUEUED = Gauge(
     f"{PREFIX}_jobs_queued", "Jobs on the spool not yet settled.", multiprocess_mode="livesum"
@@ -89,3 +133,33 @@ RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from 
 # Info metrics do not work in multiprocess mode: the usual gauge set to 1 stands in.
 BUILD_INFO = Gauge(f"{PREFIX}_build_info", "Router version (always 1).", ["version"],
                    multiprocess_mode="max")
+
+
+class BoundedLabel:
+    """Keeps a label drawn from peer input (a calling AE title) to a bounded set of values.
+
+    The first `limit` distinct values keep their name, later ones are counted as "other":
+    a scanner that cycles AE titles cannot grow the metric set without bound.
+    """
+
+    OTHER = "other"
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | bytes | None) -> str:
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        text = (value or "").strip() or "unknown"
+        with self._lock:
+            if text in self._known:
+                return text
+            if len(self._known) < self.limit:
+                self._known.add(text)
+                return text
+        return self.OTHER
+
+
+CALLING_AE = BoundedLabel()

@@ -13,8 +13,17 @@ from types import FrameType
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Text for a terminal, or one JSON object a line for a log pipeline (`log_format`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from router.log_context import ContextFilter, json_formatter
+
+        handler.setFormatter(json_formatter())
+        handler.addFilter(ContextFilter())
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

@@ -23,3 +23,8 @@ class Runtime:
     @property
     def metrics_dir(self) -> Path:
         return self.directory / "metrics"
+
+    @property
+    def status_dir(self) -> Path:
+        """Live snapshots of the acceptor and broker (router/live_status.py)."""
+        return self.directory / "status"

@@ -20,6 +20,7 @@ from router.audit import AuditTrail
 from router.broker_client import BrokerClient
 from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
 from router.header_tags import read_tags
+from router.log_context import JOB, working_on
 from router.messages import JobHeader
 from router.spool import Spool, new_job_id
 from router.status import Status
@@ -65,16 +66,25 @@ class StoreHandler:
         audit: AuditTrail | None = None,
     ) -> None:
         self.spool = spool
-        self.rules = rules
         self.broker = broker
         self.admission = admission
-        self.max_dataset_bytes = max_dataset_bytes
         self.audit = audit
+        self.set_rules(rules, max_dataset_bytes)
+
+    def set_rules(self, rules: RuleSet, max_dataset_bytes: int | None) -> None:
+        """At start and on a config reload; a C-STORE in progress keeps the rules it read."""
         # One header read serves both the rules and the audit trail (per-study records).
-        audit_keywords = ("StudyInstanceUID", "PatientID") if audit is not None else ()
+        audit_keywords = ("StudyInstanceUID", "PatientID") if self.audit is not None else ()
         self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords}))
+        self.rules = rules
+        self.max_dataset_bytes = max_dataset_bytes
 
     def __call__(self, event: Any) -> Dataset:
+        progress = getattr(event.assoc, "router_progress", None)
+        with working_on(association=progress.key if progress is not None else None):
+            return self._answer(event)
+
+    def _answer(self, event: Any) -> Dataset:
         tags: dict[str, str] = {}
         try:
             status = self._store(event, tags)
@@ -103,8 +113,7 @@ class StoreHandler:
         sop_class = require_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
         sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
         received: Path = event.dataset_path
-        size = received.stat().st_size
-        metrics.RECEIVED_BYTES.inc(size)
+        size = received.stat().st_size  # its bytes were counted as they arrived (live_status)
         # The read guard stops writing a dataset past the limit and says so on the association.
         truncated = getattr(event.assoc, "router_dataset_truncated", False)
         event.assoc.router_dataset_truncated = False
@@ -112,7 +121,7 @@ class StoreHandler:
             limit = self.max_dataset_bytes
             raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
                                Status.DATASET_TOO_LARGE)
-        refusal = self.admission.refusal()
+        refusal = self.admission.refusal(new_association=False)
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
@@ -142,6 +151,7 @@ class StoreHandler:
             destinations=decision.destinations,
             tls_subject=subject_text(peer_certificate(event.assoc)),
         )
+        JOB.set(job.job_id)  # for structured logs; undone by working_on
         self.spool.commit(job, received)
         self.admission.note_received(size)
         try:
@@ -153,6 +163,8 @@ class StoreHandler:
         except BaseException:
             self.spool.discard(job)  # the sender is told to retry: keep nothing half-owned
             raise
+        log.debug("C-STORE accepted as job %s: %d bytes for %s", job.job_id, size,
+                  ", ".join(job.destinations))
         return Status.SUCCESS
 
     def _tags(self, path: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -20,8 +21,12 @@ from prometheus_client import multiprocess
 from router import metrics
 from router.admission import AcceptorState
 from router.audit import AuditTrail
-from router.config import RouterConfig
+from router.config import RouterConfig, load_config
+from router.errors import RouterError
 from router.http_endpoint import HttpEndpoint
+from router.live_status import read_snapshots
+from router.reload import plan as reload_plan
+from router.reload import save as save_for_children
 from router.runtime import Runtime
 from router.spool import Spool
 from router.tls import client_context, server_context
@@ -39,6 +44,8 @@ def run_child(entry: str, *args: Any) -> None:
     The supervisor itself then never imports pynetdicom or pydicom (tens of MB per process);
     the broker does not either.
     """
+    # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     module, function = entry.split(":")
     getattr(importlib.import_module(module), function)(*args)
 
@@ -56,9 +63,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: RouterConfig, runtime: Runtime) -> None:
+    def __init__(self, config: RouterConfig, runtime: Runtime,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # None: the built-in default, nothing to reload
         self.runtime = runtime
+        self.started_at = time.time()
+        self.reload_requested = threading.Event()
+        self.generation = 0  # of the config handed to the children (router/reload.py)
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
         # Written by the acceptor (AcceptorState codes): whether it takes work, and why not.
@@ -80,6 +92,25 @@ class Supervisor:
             return False, f"not running: {', '.join(down)}"
         state = int(self.acceptor_state.value)
         return state == AcceptorState.ACCEPTING, AcceptorState.MESSAGES[state]
+
+    def status(self) -> dict[str, Any]:
+        """GET /status: the processes, readiness and the children's live snapshots."""
+        ok, why = self.ready()
+        return {
+            "version": _version(),
+            "ae_title": self.config.ae_title,
+            "listen": f"{self.config.listen.host}:{self.config.listen.port}",
+            "started_at": self.started_at,
+            "ready": ok,
+            "ready_reason": why,
+            "config": {"path": str(self.config_path) if self.config_path else None},
+            "processes": [
+                {"name": c.name, "pid": c.process.pid if c.process else None,
+                 "alive": bool(c.process and c.process.is_alive()), "restarts": c.restarts}
+                for c in self.children
+            ],
+            **read_snapshots(self.runtime.status_dir),
+        }
 
     def _start(self, child: Child) -> None:
         process = self.mp.Process(target=run_child, args=(child.entry, *child.args),
@@ -111,9 +142,13 @@ class Supervisor:
     def check_tls(self) -> None:
         """Load every TLS context once before starting: a wrong password or a missing file is
         a clear startup error, not a crash loop of a child process."""
-        if self.config.listen.tls.mode != "off":
-            server_context(self.config.listen.tls)
-        for name, dest in self.config.destinations.items():
+        self._check_tls(self.config)
+
+    @staticmethod
+    def _check_tls(config: RouterConfig) -> None:
+        if config.listen.tls.mode != "off":
+            server_context(config.listen.tls)
+        for name, dest in config.destinations.items():
             tls = getattr(dest, "tls", None)
             if tls is not None and tls.mode != "off":
                 client_context(tls, f"destinations.{name}.tls")
@@ -127,7 +162,8 @@ class Supervisor:
         metrics.BUILD_INFO.labels(_version()).set(1)
         if self.config.metrics.enabled:
             m = self.config.metrics
-            self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready)
+            self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready,
+                                     self.status)
             self.http.start()
         audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
@@ -136,10 +172,15 @@ class Supervisor:
         self._install_signals()
         if audit is not None:
             audit.application_started()
+        metrics.CONFIG_RELOADED_AT.set(time.time())
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             for child in self.children:
                 self._reap(child, now)
+            metrics.READY.set(1 if self.ready()[0] else 0)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
         self._stop_children()
         if audit is not None:
             audit.application_stopped()
@@ -155,14 +196,90 @@ class Supervisor:
             self.stopping.set()
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
-            log.info("received SIGHUP: reloading TLS certificates and keys")
-            for child in self.children:
-                if child.process is not None and child.process.pid and child.name != "broker":
-                    os.kill(child.process.pid, signal.SIGHUP)
+            self.reload_requested.set()  # the main loop reloads: never block in a handler
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, on_hup)
+
+    # --- config reload (SIGHUP) -------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Validate the config file again and hand it to the children; refuse a bad one whole.
+
+        Every SIGHUP also reloads TLS certificates and keys, whatever happens to the config.
+        """
+        if self.config_path is None:
+            log.info("SIGHUP: reloading TLS material (the built-in default config has no file)")
+            self._hup_children()
+            return
+        try:
+            new = load_config(self.config_path)
+            self._check_tls(new)
+            steps = reload_plan(self.config, new)
+        except RouterError as exc:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            log.error("config reload refused; the running config stays in force: %s", exc)
+            self._hup_children()
+            return
+        if not steps.changed:
+            metrics.CONFIG_RELOADS.labels("unchanged").inc()
+            log.info("SIGHUP: %s is unchanged; reloading TLS material", self.config_path)
+            self._hup_children()
+            return
+        self.generation += 1
+        save_for_children(new, self.runtime.directory, self.generation)
+        self.config = new
+        for child in self.children:
+            child.args = (new, *child.args[1:])  # a later restart starts with the new config
+        # Broker, then workers, then acceptor: no job is routed to a destination the broker
+        # and the workers do not know yet.
+        self._hup_children("broker")
+        self._await_broker_generation()
+        if steps.pipeline:
+            self._restart_workers()  # they start with the new config and fresh TLS material
+            self._hup_children("acceptor")
+        else:
+            self._hup_children("worker-", "acceptor")
+        metrics.CONFIG_RELOADS.labels("applied").inc()
+        metrics.CONFIG_RELOADED_AT.set(time.time())
+        log.info("config reloaded from %s; changed: %s", self.config_path,
+                 ", ".join(steps.changed))
+
+    def _hup_children(self, *names: str) -> None:
+        """SIGHUP the children whose names start with one of `names` (all without)."""
+        for child in self.children:
+            if names and not child.name.startswith(names):
+                continue
+            if child.process is not None and child.process.pid and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGHUP)
+
+    def _await_broker_generation(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+            if broker.get("config_generation") == self.generation:
+                return
+            time.sleep(0.1)
+        log.warning("the broker did not confirm the reloaded config within %.0fs; applying it "
+                    "to the other processes anyway (a job for a new destination may become a "
+                    "dead letter you can replay)", timeout)
+
+    def _restart_workers(self) -> None:
+        """One at a time, so deliveries go on: each finishes what it holds, then restarts."""
+        grace = self.config.listen.dimse_timeout + 5
+        for child in [c for c in self.children if c.name.startswith("worker-")]:
+            process = child.process
+            if process is None:
+                continue
+            process.terminate()
+            process.join(grace)
+            if process.is_alive():
+                log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+                process.kill()
+                process.join(5)
+            multiprocess.mark_process_dead(process.pid)
+            self._start(child)
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""

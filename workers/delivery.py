@@ -14,6 +14,7 @@ import zmq
 from router import metrics
 from router.config import RouterConfig
 from router.errors import DeliveryError
+from router.log_context import working_on
 from router.messages import Deliver, JobHeader, Result, encode
 from router.spool import Spool
 from workers.destinations import Destination, build_destination
@@ -100,6 +101,10 @@ class DeliveryThread(threading.Thread):
 
     def handle(self, task: Deliver) -> Result:
         """Deliver one job to one destination. Always returns a Result: never loses one."""
+        with working_on(job=task.job.job_id):
+            return self._handle_logged(task)
+
+    def _handle_logged(self, task: Deliver) -> Result:
         job, name = task.job, task.destination
         source = self.spool.instance_path(job.job_id)
         try:

@@ -18,6 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 
+from router import metrics
 from router.config import DicomDestination as DicomConfig
 from router.dicom_net import set_nodelay
 from router.errors import DeliveryError
@@ -141,6 +142,7 @@ class DicomDestination:
             self.abort()
             raise DeliveryError("dimse_timeout", f"{self.name} sent no C-STORE response",
                                 transient=True)
+        metrics.DIMSE_RESPONSES.labels(self.name, "C-STORE", f"0x{int(status):04X}").inc()
         if not is_delivered(int(status)):
             comment = getattr(response, "ErrorComment", "")
             raise DeliveryError(

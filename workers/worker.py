@@ -138,7 +138,7 @@ def _reload(signum: int, frame: FrameType | None) -> None:
 
 def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     """Entry point of a spawned worker process."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)

@@ -87,6 +87,19 @@ class RouterProcess:
                 return float(value)
         return 0.0
 
+    def metric_sum(self, name: str, **labels: str) -> float:
+        """The sum of every sample of `name` whose labels include `labels` (0 if none)."""
+        want = {f'{k}="{v}"' for k, v in labels.items()}
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            sample_name, _, rest = sample.partition("{")
+            if sample_name == name and want <= set(filter(None, rest.rstrip("}").split(","))):
+                total += float(value)
+        return total
+
     def child_pid(self, name: str) -> int:
         """The pid of the newest `name` process (broker, worker-0, acceptor) from the log."""
         found = re.findall(rf"started {re.escape(name)} \(pid (\d+)\)", self.log())

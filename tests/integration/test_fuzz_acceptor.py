@@ -798,7 +798,7 @@ def test_associations_ended_by_a_decode_error_are_uncounted(default_router: Rout
             conn.associate(calling_ae="MODALITY1")
             conn.send(undecodable)
             assert pdus.drain(conn.sock, 3)[1], "the router did not close the connection"
-    active = default_router.metric("dicom_router_associations_active")
+    active = default_router.metric_sum("dicom_router_associations_active")
     echo = run_echoscu(LOCALHOST, default_router.port, called_ae=AE, calling_ae="MODALITY1")
     assert echo.returncode == 0 and active == 0, (
         f"associations_active {active} with no association open; echoscu as MODALITY1: "

@@ -197,6 +197,15 @@ def test_draining_comes_first(
     assert disk.calls == []  # no disk check needed to refuse while draining
 
 
+def test_draining_lets_associations_in_progress_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    adm, _ = make(tmp_path, monkeypatch, clock, free=1000 * MIB)
+    adm.draining = True
+    assert adm.refusal(new_association=False) is None
+    assert adm.refusal() == ("draining", "router is shutting down")
+
+
 def test_disk_watermark_comes_before_congestion(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
 ) -> None:

@@ -1,0 +1,230 @@
+"""Operations against the real router: live progress and status, config reload, JSON logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.dcmtk import run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, generate_mixed_set
+from tests.integration import pdus
+from tests.integration.conftest import RouterFactory
+from tests.integration.router_process import RouterProcess, http_get, wait_for
+
+pytestmark = pytest.mark.integration
+
+AE = "DICOM-ROUTER"
+STORAGE_CONTEXT = 3  # CT Image Storage in pdus.DEFAULT_CONTEXTS
+
+
+def folder_config(tmp_path: Path, *names: str, forward: str | None = None) -> dict[str, Any]:
+    return {
+        "destinations": {n: {"type": "folder", "path": str(tmp_path / n)} for n in names},
+        "rules": [{"name": "all", "forward": [forward or names[0]]}],
+    }
+
+
+def status(router: RouterProcess) -> dict[str, Any]:
+    code, body = http_get(router.metrics_port, "/status")
+    assert code == 200, body
+    return dict(json.loads(body))
+
+
+def status_text(router: RouterProcess) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "status", "--url",
+         f"127.0.0.1:{router.metrics_port}", "--once", "--interval", "0.3"],
+        capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+# --- progress and the live view --------------------------------------------------------------
+
+def test_a_transfer_in_progress_shows_in_status_and_metrics(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Half a C-STORE dataset is sent and held: /status, `status` and the in-flight gauge
+    show that association and its bytes; when it ends, they come back to zero."""
+    router = start_router(folder_config(tmp_path, "archive"))
+    held = 300_000
+    conn = pdus.RawAssociation("127.0.0.1", router.port, timeout=10)
+    try:
+        conn.associate(called_ae=AE, calling_ae="SLOW_MODALITY", max_pdu=65536)
+        conn.accepted_context(STORAGE_CONTEXT)
+        conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, pdus.c_store_rq("1.2.3.4.5"),
+                                           command=True)]))
+        chunk = b"\x00" * 15_000
+        for _ in range(held // len(chunk)):
+            conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, chunk, command=False,
+                                               last=False)]))
+
+        def holding() -> bool:
+            rows = status(router).get("acceptor", {}).get("associations", [])
+            return any(r["current_bytes"] == held for r in rows)
+
+        assert wait_for(holding, timeout=15), status(router)
+        row = next(r for r in status(router)["acceptor"]["associations"])
+        assert row["calling_ae"] == "SLOW_MODALITY" and row["called_ae"] == AE
+        assert row["peer"].startswith("127.0.0.1:") and row["tls"] is False
+        assert router.metric("dicom_router_receive_bytes_in_flight") == held
+        assert router.metric_sum("dicom_router_associations_active",
+                                 calling_ae="SLOW_MODALITY") == 1
+        text = status_text(router)
+        assert "SLOW_MODALITY" in text
+        assert "Associations (1 open)" in text and "293.0 KB" in text, text
+    finally:
+        conn.send(pdus.a_abort())
+        conn.close()
+    assert wait_for(lambda: not status(router)["acceptor"]["associations"], timeout=15)
+    assert wait_for(lambda: router.metric("dicom_router_receive_bytes_in_flight") == 0)
+    assert router.metric_sum("dicom_router_associations_active") == 0
+    assert router.metric("dicom_router_received_bytes_total") == held
+
+
+def test_status_shows_destinations_throughput_and_errors(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router({**folder_config(tmp_path, "archive"),
+                           "listen": {"allowed_calling_ae": ["MODALITY"]}})
+    sources = generate_mixed_set(tmp_path / "src", 8, syntaxes=(EXPLICIT_VR_LE,))
+    sent = run_storescu(sources, "127.0.0.1", router.port, called_ae=AE, calling_ae="MODALITY")
+    assert sent.returncode == 0, sent.stderr
+    refused = run_storescu(sources[:1], "127.0.0.1", router.port, called_ae=AE,
+                           calling_ae="INTRUDER")
+    assert refused.returncode != 0
+    assert wait_for(lambda: len(files_under(tmp_path / "archive")) == 8)
+    assert wait_for(lambda: status(router)["broker"]["destinations"]["archive"]["depth"] == 0)
+
+    body = status(router)
+    assert body["ready"] is True and body["ae_title"] == AE
+    assert {p["name"] for p in body["processes"]} >= {"broker", "acceptor", "worker-0"}
+    assert all(p["alive"] for p in body["processes"])
+    assert body["broker"]["spool"]["size_bytes"] > 0
+    text = status_text(router)
+    assert "READY" in text and "archive" in text
+    archive_row = next(line for line in text.splitlines() if "│ archive" in line)
+    cells = [c.strip() for c in archive_row.split("│") if c.strip()]
+    assert cells[:3] == ["archive", "up", "0"], archive_row
+    assert cells[6] == "8", archive_row  # delivered
+    assert "associations rejected: calling_ae 1" in text, text
+    assert router.metric("dicom_router_associations_total", calling_ae="MODALITY",
+                         result="accepted") == 1
+    assert router.metric("dicom_router_associations_total", calling_ae="INTRUDER",
+                         result="rejected") == 1
+
+
+def test_status_names_the_problem_when_no_router_answers(tmp_path: Path) -> None:
+    from tests.dcmtk import free_port
+
+    done = subprocess.run(
+        [sys.executable, "-m", "router.cli", "status", "--url", f"127.0.0.1:{free_port()}",
+         "--once"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "no router answers at http://127.0.0.1:" in done.stderr, done.stderr
+
+
+# --- config reload on SIGHUP -----------------------------------------------------------------
+
+def rewrite(router: RouterProcess, change: dict[str, Any]) -> None:
+    config = yaml.safe_load(router.config_path.read_text())
+    config.update(change)
+    router.config_path.write_text(yaml.safe_dump(config))
+
+
+def reload(router: RouterProcess, result: str) -> None:
+    before = router.metric("dicom_router_config_reloads_total", result=result)
+    assert router.process is not None
+    router.process.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: router.metric("dicom_router_config_reloads_total", result=result)
+                    == before + 1, timeout=60), router.log()[-3000:]
+
+
+def test_reload_applies_a_valid_config_without_dropping_work(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router(folder_config(tmp_path, "first"))
+    sources = generate_mixed_set(tmp_path / "src", 6, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(files_under(tmp_path / "first")) == 6)
+
+    rewrite(router, {**folder_config(tmp_path, "first", "second", forward="second"),
+                     "listen": {"host": "127.0.0.1", "port": router.port,
+                                "allowed_calling_ae": ["MODALITY"]}})
+    reload(router, "applied")
+    assert "config reloaded from" in router.log() and "destinations.second" in router.log()
+
+    # The new rule and the new destination are in force, and so is the new access rule.
+    sent = run_storescu(sources, "127.0.0.1", router.port, called_ae=AE, calling_ae="MODALITY")
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: len(files_under(tmp_path / "second")) == 6)
+    assert len(files_under(tmp_path / "first")) == 6
+    refused = run_storescu(sources[:1], "127.0.0.1", router.port, called_ae=AE,
+                           calling_ae="STORESCU")
+    assert refused.returncode != 0
+    assert router.metric("dicom_router_dead_letters_total", destination="second",
+                         reason="unknown_destination") == 0
+    assert router.metric("dicom_router_process_restarts_total", process="worker") == 0
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("rules: [{name: all, forward: [nowhere]}]\n", "forward"),
+    ("listen: {port: [\n", "not valid YAML"),
+    ("spool: {path: /elsewhere}\n", "cannot change while the router runs: spool.path"),
+    ("no_such_key: 1\n", "no_such_key"),
+])
+def test_reload_refuses_a_bad_config_and_keeps_the_old_one(
+        start_router: RouterFactory, tmp_path: Path, change: str, reason: str) -> None:
+    router = start_router(folder_config(tmp_path, "archive"))
+    original = router.config_path.read_text()
+    # Appended keys override earlier ones in YAML; a bad line breaks the file.
+    router.config_path.write_text(original + change)
+    reload(router, "rejected")
+    assert "config reload refused; the running config stays in force" in router.log()
+    assert reason in router.log(), router.log()[-2000:]
+    sources = generate_mixed_set(tmp_path / "src", 3, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(files_under(tmp_path / "archive")) == 3)
+    assert router.metric("dicom_router_config_reloads_total", result="applied") == 0
+
+
+# --- structured logs ---------------------------------------------------------------------------
+
+def test_json_logs_carry_association_and_job_ids(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    config = {**folder_config(tmp_path, "archive"), "log_format": "json", "log_level": "DEBUG"}
+    config["destinations"]["gone"] = {"type": "dicom", "ae_title": "GONE", "host": "127.0.0.1",
+                                      "port": 9, "retry": {"max_attempts": 1}}
+    config["rules"] = [{"name": "all", "forward": ["archive", "gone"]}]
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 2, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+
+    def records() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in router.log().splitlines() if line.startswith("{")]
+
+    def worker_record() -> dict[str, Any] | None:
+        return next((r for r in records() if r.get("job") and r["process"].startswith("worker")
+                     and "gone" in r["message"].lower()), None)
+
+    assert wait_for(lambda: worker_record() is not None, timeout=30), router.log()[-3000:]
+    every = records()
+    assert every and all({"time", "level", "process", "logger", "message"} <= set(r)
+                         for r in every)
+    assert not [line for line in router.log().splitlines()
+                if line.strip() and not line.startswith("{")], "a log line is not JSON"
+    record = worker_record()
+    assert record is not None and record["job"] in record["message"]
+    stored = [r for r in every if r["process"] == "acceptor" and r.get("association")
+              and r.get("job") and "accepted as job" in r["message"]]
+    assert len(stored) == 2, "every C-STORE logs its association and job"
+    assert stored[0]["association"] == stored[1]["association"]  # one storescu association
+    assert stored[0]["job"] != stored[1]["job"]

@@ -1,0 +1,138 @@
+"""Pure logic behind operations: reload plans, bounded labels, queue age, the status screen."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from router.config import default_config, parse_config
+from router.dispatch import DestinationPolicy
+from router.metrics import BoundedLabel
+from router.reload import ReloadRefused, load, plan, save
+from router.status_view import Reading, duration, parse_metrics, render, size, total
+
+from .helpers import make_header
+from .test_dispatch import RETRY, make_dispatcher
+
+# --- reload plans --------------------------------------------------------------------------------
+
+def test_a_rule_change_is_for_the_acceptor_only() -> None:
+    old = default_config()
+    new = parse_config({**old.model_dump(mode="json", by_alias=True),
+                        "rules": [{"name": "x", "forward": ["received"]}]})
+    steps = plan(old, new)
+    assert steps.changed == ("rules",) and steps.acceptor and not steps.pipeline
+
+
+def test_a_destination_change_restarts_the_pipeline() -> None:
+    old = default_config()
+    data = old.model_dump(mode="json", by_alias=True)
+    data["destinations"]["received"]["max_parallel"] = 9
+    steps = plan(old, parse_config(data))
+    assert steps.changed == ("destinations.received.max_parallel",)
+    assert steps.pipeline and not steps.acceptor
+
+
+@pytest.mark.parametrize("key", ["listen.port", "spool.path", "workers", "ae_title",
+                                 "metrics.port", "listen.tls.mode"])
+def test_keys_that_need_a_restart_refuse_the_whole_file(key: str) -> None:
+    old = default_config()
+    data = old.model_dump(mode="json", by_alias=True)
+    values = {"listen.port": 104, "spool.path": "/other", "workers": 7, "ae_title": "OTHER",
+              "metrics.port": 9999, "listen.tls.mode": "tls"}
+    section, _, leaf = key.rpartition(".")
+    target = data
+    for part in filter(None, section.split(".")):
+        target = target[part]
+    target[leaf] = values[key]
+    if key == "listen.tls.mode":
+        data["listen"]["tls"].update(cert="c.pem", key="k.pem")
+    with pytest.raises(ReloadRefused, match=key.replace(".", r"\.")):
+        plan(old, parse_config(data))
+
+
+def test_the_saved_config_round_trips_with_its_generation(tmp_path: Path) -> None:
+    assert load(tmp_path) is None
+    config = default_config()
+    save(config, tmp_path, 3)
+    assert load(tmp_path) == (3, config)
+    assert (tmp_path / "config.json").stat().st_mode & 0o077 == 0  # private: may hold hashes
+
+
+# --- bounded labels ------------------------------------------------------------------------------
+
+def test_calling_ae_labels_are_bounded() -> None:
+    label = BoundedLabel(limit=2)
+    assert [label("A"), label(b"B "), label("C"), label("A"), label("")] == \
+        ["A", "B", "other", "A", "other"]
+
+
+# --- queue age and reconfiguration ---------------------------------------------------------------
+
+def test_oldest_received_is_the_oldest_job_still_pending_there() -> None:
+    dispatcher = make_dispatcher()
+    first = make_header("job-1", ("pacs", "archive"), received_at=100.0)
+    second = make_header("job-2", ("pacs",), received_at=200.0)
+    dispatcher.add_job(first)
+    dispatcher.add_job(second)
+    assert dispatcher.oldest_received("pacs") == first.received_at
+    dispatcher.jobs[first.job_id].pending.discard("pacs")
+    assert dispatcher.oldest_received("pacs") == second.received_at
+    assert dispatcher.oldest_received("archive") == first.received_at
+
+
+def test_reconfigure_adds_destinations_and_keeps_queued_work() -> None:
+    dispatcher = make_dispatcher({"pacs": 1})
+    dispatcher.add_job(make_header(destinations=("pacs",)))
+    dispatcher.reconfigure({"archive": DestinationPolicy(2, RETRY)}, max_jobs=5, max_bytes=10)
+    assert set(dispatcher.queues) == {"pacs", "archive"}
+    assert len(dispatcher.queues["pacs"]) == 1  # no longer configured: still queued
+    assert dispatcher.policies["archive"].max_parallel == 2 and dispatcher.max_jobs == 5
+
+
+# --- the status screen ---------------------------------------------------------------------------
+
+def test_sizes_and_durations_read_well() -> None:
+    assert [size(0), size(2048), size(3 * 1024**3)] == ["0 B", "2.0 KB", "3.0 GB"]
+    assert [duration(5), duration(125), duration(7300), duration(3 * 86400)] == \
+        ["5s", "2m05s", "2h01m", "3d00h"]
+
+
+METRICS = """\
+# TYPE dicom_router_instances_forwarded_total counter
+dicom_router_instances_forwarded_total{destination="pacs",result="delivered"} %d
+dicom_router_instances_forwarded_total{destination="pacs",result="failed"} 2
+# TYPE dicom_router_refusals_total counter
+dicom_router_refusals_total{reason="queue_full"} 4
+"""
+
+
+def test_render_computes_rates_and_lists_errors() -> None:
+    wall = time.time()
+    status = {
+        "ae_title": "ROUTER", "listen": "0.0.0.0:11112", "ready": False,
+        "ready_reason": "draining", "started_at": wall - 60, "version": "1",
+        "processes": [{"name": "broker", "pid": 1, "alive": False, "restarts": 3}],
+        "acceptor": {"associations": [{
+            "calling_ae": "CT1", "called_ae": "ROUTER", "peer": "10.0.0.1:5000", "tls": True,
+            "started_at": wall - 30, "instances": 4, "bytes_received": 5 * 1024**2,
+            "current_bytes": 1024**2, "last_activity": wall}]},
+        "broker": {"destinations": {"pacs": {
+            "depth": 7, "in_flight": 1, "oldest_seconds": 90, "up": False, "paused_for": 20,
+            "failures_in_a_row": 3}}},
+    }
+    before = Reading(status, parse_metrics(METRICS % 10), 0.0)
+    now = Reading(status, parse_metrics(METRICS % 30), 2.0)
+    assert total(now.samples, "dicom_router_instances_forwarded_total", destination="pacs") == 32
+    console = Console(width=200, no_color=True, force_terminal=False, record=True)
+    console.print(render(before, now))
+    text = console.export_text()
+    assert "NOT READY: draining" in text and "broker (DOWN) restarted 3x" in text
+    assert "CT1" in text and "1.0 MB" in text and "5.0 MB" in text
+    pacs = next(line for line in text.splitlines() if "│ pacs" in line)
+    assert [c.strip() for c in pacs.split("│") if c.strip()] == \
+        ["pacs", "paused 20s", "7", "1", "1m30s", "10.0", "30", "2", "0", "0"]
+    assert "refused (0xA700 / busy): queue_full 4" in text
