@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from router import cli_dead_letters
+from router import cli_dead_letters, cli_send, cli_status
 from router.config import RouterConfig, default_config, load_config, summary
 from router.errors import ConfigError, RouterError
 from router.process_util import setup_logging
@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("router")
     origin = str(args.config) if args.config else "built-in default config"
     log.info("%s: %s", origin, summary(config))
@@ -45,13 +45,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     runtime_dir = Path(tempfile.mkdtemp(prefix="dicom-router-"))
     metrics_dir = runtime_dir / "metrics"
     metrics_dir.mkdir()
+    (runtime_dir / "status").mkdir()
     # Before prometheus_client is first imported, here and in every spawned child.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from router.runtime import Runtime
     from router.supervisor import Supervisor
 
     try:
-        return Supervisor(config, Runtime(runtime_dir)).run()
+        return Supervisor(config, Runtime(runtime_dir), args.config).run()
     except (OSError, RouterError) as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
+    cli_send.add_parser(sub)
+    cli_status.add_parser(sub)
     hashing = sub.add_parser("hash-passcode",
                              help="hash a passcode for listen.users (reads it from stdin)")
     hashing.set_defaults(func=cmd_hash_passcode)
