@@ -11,6 +11,8 @@ command -v openssl >/dev/null 2>&1 || needed+=(openssl)
 command -v prometheus >/dev/null 2>&1 || needed+=(prometheus)
 # The load balancer in front of two router cells (scale-out test).
 command -v haproxy >/dev/null 2>&1 || needed+=(haproxy)
+# A real archive (C-FIND/C-GET/C-MOVE and storage commitment SCP) for the proxy tests.
+[ -x /usr/sbin/Orthanc ] || needed+=(orthanc)
 # `kubectl kustomize` renders ops/kubernetes; Debian's kubernetes-client has it.
 command -v kubectl >/dev/null 2>&1 || needed+=(kubernetes-client)
 if [ ${#needed[@]} -eq 0 ]; then
