@@ -12,7 +12,24 @@ from types import FrameType
 from typing import Protocol
 
 import zmq
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.presentation import (
+    BasicWorklistManagementPresentationContexts,
+    ColorPalettePresentationContexts,
+    DefinedProcedureProtocolPresentationContexts,
+    DisplaySystemPresentationContexts,
+    HangingProtocolPresentationContexts,
+    ImplantTemplatePresentationContexts,
+    InstanceAvailabilityPresentationContexts,
+    ModalityPerformedPresentationContexts,
+    ProcedureStepPresentationContexts,
+    ProtocolApprovalPresentationContexts,
+    QueryRetrievePresentationContexts,
+    RelevantPatientInformationPresentationContexts,
+    StorageCommitmentPresentationContexts,
+    UnifiedProcedurePresentationContexts,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router import reload as reload_config
@@ -31,6 +48,7 @@ from router.errors import RouterError
 from router.guarded_transport import ReadLimits
 from router.live_status import LiveAssociations, publish_forever
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.relay_server import RelayServer
 from router.runtime import Runtime
 from router.spool import Spool
 from router.store_handler import StoreHandler
@@ -51,7 +69,14 @@ def build_ae(config: RouterConfig) -> AE:
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        # Both roles: a C-GET requester takes its instances back as the SCP of storage.
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
+    for context in RELAYED_CONTEXTS:
+        assert context.abstract_syntax is not None
+        # Storage commitment results may come back as N-EVENT-REPORTs in either role.
+        ae.add_supported_context(context.abstract_syntax, RELAY_TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
     return ae
 
 
@@ -112,15 +137,29 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
     return alert
 
 
+# Queries, retrieves and N-services the router relays (router/relay_server.py); their
+# identifiers and datasets are small and travel in either little endian syntax.
+RELAYED_CONTEXTS = [
+    *QueryRetrievePresentationContexts, *BasicWorklistManagementPresentationContexts,
+    *ModalityPerformedPresentationContexts, *StorageCommitmentPresentationContexts,
+    *ProcedureStepPresentationContexts, *UnifiedProcedurePresentationContexts,
+    *InstanceAvailabilityPresentationContexts, *RelevantPatientInformationPresentationContexts,
+    *HangingProtocolPresentationContexts, *ColorPalettePresentationContexts,
+    *DefinedProcedureProtocolPresentationContexts, *ImplantTemplatePresentationContexts,
+    *ProtocolApprovalPresentationContexts, *DisplaySystemPresentationContexts,
+]
+RELAY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
 class LiveConfig:
     """Applies a reloaded config to the running acceptor: new associations see it at once,
     associations in progress keep what they negotiated."""
 
     def __init__(self, config: RouterConfig, runtime: Runtime, ae: AE, store: StoreHandler,
                  events: AssociationEvents, server: RouterAssociationServer,
-                 tls: TLSListener | None) -> None:
+                 tls: TLSListener | None, relay: RelayServer) -> None:
         self.config, self.runtime, self.ae, self.store = config, runtime, ae, store
-        self.events, self.server, self.tls = events, server, tls
+        self.events, self.server, self.tls, self.relay = events, server, tls, relay
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
@@ -141,7 +180,9 @@ class LiveConfig:
 
     def apply(self, new: RouterConfig) -> None:
         setup_logging(new.log_level, new.log_format)
-        self.store.set_rules(RuleSet(new.rules), new.listen.max_dataset_bytes)
+        rules = RuleSet(new.rules)
+        self.store.set_rules(rules, new.listen.max_dataset_bytes)
+        self.relay.reconfigure(new, rules)
         self.events.access.reconfigure(new.listen)
         configure_ae(self.ae, new)
         self.server.limits = read_limits(new)
@@ -158,7 +199,8 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
-    configure_pynetdicom(chunked_receive=True)
+    # Chunked send too: C-GET sub-operations go to the requester from files, as they are.
+    configure_pynetdicom(chunked_receive=True, chunked_send=True)
     prefer_requestor_transfer_syntax()
     spool = Spool(config.spool.path).create()
     # Chunked receive writes under tempfile's folder: on the spool, taking ownership is a rename.
@@ -168,8 +210,10 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
     admission = Admission(config.spool)
     audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
-    store = StoreHandler(spool, RuleSet(config.rules), broker, admission,
-                         config.listen.max_dataset_bytes, audit)
+    rules = RuleSet(config.rules)
+    relay = RelayServer(config, context, runtime.frontend, rules, spool)
+    store = StoreHandler(spool, rules, broker, admission, config.listen.max_dataset_bytes, audit,
+                         relay)
     live = LiveAssociations()
     events = AssociationEvents(AccessPolicy(config.listen), admission, audit, live,
                                tls=config.listen.tls.mode != "off")
@@ -180,7 +224,8 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     address = (config.listen.host, config.listen.port)
     server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
                           events.finished)
-    live_config = LiveConfig(config, runtime, ae, store, events, server, tls)
+    server.relay = relay
+    live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
     signal.signal(signal.SIGHUP, live_config.on_sighup)
     log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
              *address, config.listen.tls.mode)

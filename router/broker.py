@@ -31,6 +31,7 @@ from router.dispatch import (
 from router.errors import ProtocolError, RouterError
 from router.live_status import write_snapshot
 from router.messages import (
+    RELAY_TYPES,
     Accepted,
     Deliver,
     Goodbye,
@@ -38,14 +39,21 @@ from router.messages import (
     Message,
     Ready,
     Refused,
+    RelayAck,
+    RelayCancel,
+    RelayRequest,
+    RelayResponse,
+    RelayStore,
     Result,
     Submit,
     decode,
     encode,
 )
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.relay_routes import RelayRoutes
 from router.runtime import Runtime
 from router.spool import Spool
+from router.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,7 @@ class Broker:
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
                                      config.queue.max_bytes)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
+        self.relays = RelayRoutes()
         self.config_generation = 0
         self.context = zmq.Context()
         self.frontend = self._bind(runtime.frontend)
@@ -105,6 +114,29 @@ class Broker:
             reply = Accepted(job.job_id)
         self._send(self.frontend, identity, reply)
 
+    def on_relay(self, sock: zmq.Socket[bytes], identity: bytes, message: Message,
+                 payload: list[bytes]) -> None:
+        """Pass a relayed request's messages along its route (router/relay_routes.py)."""
+        if isinstance(message, RelayRequest):
+            worker = self.relays.pick_worker(list(self.dispatcher.workers))
+            if worker is None or not self._send(self.backend, worker, message, payload):
+                self._send(self.frontend, identity, RelayResponse(
+                    message.request_id, Status.OUT_OF_RESOURCES, final=True,
+                    error_comment="no router worker available; retry"))
+                return
+            self.relays.open(message.request_id, identity, worker)
+            return
+        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel)
+        route = self.relays.get(message.request_id)
+        if route is None:
+            return  # the request ended already (a late ack or cancel): nothing to do
+        if sock is self.frontend:
+            self._send(self.backend, route.worker, message, payload)
+        else:
+            self._send(self.frontend, route.acceptor, message, payload)
+            if isinstance(message, RelayResponse) and message.final:
+                self.relays.close(message.request_id)
+
     def on_backend(self, identity: bytes, message: Message, now: float) -> None:
         if isinstance(message, Ready):
             self.dispatcher.worker_ready(identity, message.credits, now)
@@ -124,6 +156,8 @@ class Broker:
             raise ProtocolError(f"worker sent an unexpected {message.kind}")
 
     def _worker_gone(self, identity: bytes, why: str) -> None:
+        for acceptor, answer in self.relays.worker_gone(identity):
+            self._send(self.frontend, acceptor, answer)
         requeued = self.dispatcher.worker_gone(identity)
         metrics.LEASES_EXPIRED.inc(requeued)
         log.info("worker %s %s; %d deliveries requeued", identity.decode(errors="replace"),
@@ -167,9 +201,10 @@ class Broker:
 
     # --- I/O --------------------------------------------------------------------------------
 
-    def _send(self, sock: zmq.Socket[bytes], identity: bytes, message: Message) -> bool:
+    def _send(self, sock: zmq.Socket[bytes], identity: bytes, message: Message,
+              payload: list[bytes] | None = None) -> bool:
         try:
-            sock.send_multipart([identity, encode(message)])
+            sock.send_multipart([identity, encode(message), *(payload or [])])
             return True
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
@@ -257,7 +292,7 @@ class Broker:
         # Drain what is waiting, bounded so one side cannot starve the other.
         for _ in range(256):
             try:
-                identity, frame = sock.recv_multipart(zmq.NOBLOCK)
+                identity, frame, *payload = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             except ValueError:
@@ -265,7 +300,9 @@ class Broker:
                 continue
             try:
                 message = decode(frame)
-                if sock is self.frontend:
+                if isinstance(message, RELAY_TYPES):
+                    self.on_relay(sock, identity, message, payload)
+                elif sock is self.frontend:
                     self.on_frontend(identity, message)
                 else:
                     self.on_backend(identity, message, now)

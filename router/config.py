@@ -196,6 +196,10 @@ class DicomDestination(DestinationBase):
     # A pooled association unused for this long is released.
     idle_timeout: float = Field(30.0, gt=0)
     tls: ClientTLS = ClientTLS()
+    # C-MOVE through the router (README "Query and retrieve"): pass_through asks this
+    # upstream to send to the requested destination itself (it must know that AE); relay asks
+    # it to send to the router, which delivers to the destination from its own AE table.
+    move_mode: Literal["pass_through", "relay"] = "pass_through"
 
     _ae = field_validator("ae_title", "calling_ae")(
         lambda v: None if v is None else _check_ae_title(v)
@@ -218,10 +222,19 @@ class RuleMatch(Strict):
     called_ae: StrOrList | None = None
     # CIDR networks, kept as text (validated here, parsed once when rules are compiled).
     source: list[str] | None = None
+    # SOP Class UIDs or their pydicom keywords (e.g. StudyRootQueryRetrieveInformationModelFind).
+    sop_class: StrOrList | None = None
     # keyword -> exact value, list of values (any of), or "re:<regex>" (searched).
     tags: dict[str, StrOrList] = {}
 
     _networks = field_validator("source", mode="before")(_check_networks)
+
+    @field_validator("sop_class")
+    @classmethod
+    def _sop_class_uids(cls, value: StrOrList | None) -> StrOrList | None:
+        if value is None:
+            return None
+        return [_sop_class_uid(v) for v in ([value] if isinstance(value, str) else value)]
 
     @field_validator("tags")
     @classmethod
@@ -247,9 +260,26 @@ class Rule(Strict):
 
     name: str = Field(min_length=1)
     match: RuleMatch = RuleMatch()
-    forward: list[str] = Field(min_length=1)
+    # Where received instances (C-STORE) go: every destination listed.
+    forward: list[str] = []
+    # Where queries, retrieves and N-services (C-FIND, C-GET, C-MOVE, N-*) go: the first
+    # upstream that answers, in this order.
+    query: list[str] = []
     # Keep evaluating later rules after this one matched (fan-out across rules).
     continue_: bool = Field(False, alias="continue")
+
+    @model_validator(mode="after")
+    def _routes_somewhere(self) -> Rule:
+        if not self.forward and not self.query:
+            raise ValueError(f"rule {self.name!r} needs `forward` (instances), `query` "
+                             "(queries, retrieves, N-services) or both")
+        return self
+
+
+class KnownAE(Strict):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: ClientTLS = ClientTLS()
 
 
 class RouterConfig(Strict):
@@ -269,8 +299,22 @@ class RouterConfig(Strict):
     # On SIGTERM: how long associations in progress may take to finish before being aborted.
     drain_grace: float = Field(30.0, ge=0)
     audit: AuditConfig = AuditConfig()
+    # AE titles the router may send to on a requester's behalf: C-MOVE destinations in relay
+    # mode and requesters that get storage commitment results on a new association. The AE
+    # titles of DICOM destinations are known too.
+    known_aes: dict[str, KnownAE] = {}
+    # How long the acceptor waits for a worker's next answer to a relayed request (queries,
+    # retrieves, N-services) before it answers the requester with a failure.
+    request_timeout: float = Field(120.0, gt=0)
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("known_aes")
+    @classmethod
+    def _known_ae_titles(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for title in value:
+            _check_ae_title(title)
+        return value
 
     @field_validator("destinations")
     @classmethod
@@ -283,7 +327,7 @@ class RouterConfig(Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RouterConfig:
-        rules = [(r.name, r.forward) for r in self.rules]
+        rules = [(r.name, r.forward, r.query) for r in self.rules]
         problems = reference_problems(rules, self.destinations)
         if problems:
             raise ValueError(_JOINER.join(problems))
@@ -293,13 +337,33 @@ class RouterConfig(Strict):
 _JOINER = "\n"
 
 
-def reference_problems(rules: list[tuple[Any, Any]], destinations: Any) -> list[str]:
-    """Rule names are unique and every `forward` names a destination. Works on raw data too,
-    so these problems are listed even when other keys are invalid."""
+def _destination_type(destination: Any) -> Any:
+    return destination.get("type") if isinstance(destination, dict) else \
+        getattr(destination, "type", None)
+
+
+def _sop_class_uid(value: str) -> str:
+    """A UID as is; a keyword (StudyRootQueryRetrieveInformationModelFind) to its UID."""
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)+", value) or value.startswith("re:"):
+        return value
+    from pydicom._uid_dict import UID_dictionary  # lazily: see RuleMatch._known_keywords
+
+    for uid, entry in UID_dictionary.items():
+        if entry[4] == value:
+            return str(uid)
+    raise ValueError(f"{value!r} is neither a UID nor a SOP class keyword "
+                     "(e.g. StudyRootQueryRetrieveInformationModelFind)")
+
+
+def reference_problems(rules: list[tuple[Any, Any, Any]], destinations: Any) -> list[str]:
+    """Rule names are unique, every `forward` names a destination and every `query` a DICOM
+    destination. Works on raw data too, so these problems are listed even when other keys
+    are invalid."""
     names = set(destinations) if isinstance(destinations, dict) else set()
+    dicom = {n for n in names if _destination_type(destinations[n]) == "dicom"}
     problems = []
     seen: set[Any] = set()
-    for i, (name, forward) in enumerate(rules):
+    for i, (name, forward, query) in enumerate(rules):
         if isinstance(name, str) and name in seen:
             problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
         seen.add(name)
@@ -307,6 +371,11 @@ def reference_problems(rules: list[tuple[Any, Any]], destinations: Any) -> list[
             if isinstance(target, str) and target not in names:
                 known = ", ".join(sorted(names)) or "none defined"
                 problems.append(f"rules[{i}].forward: unknown destination {target!r} "
+                                f"(known: {known})")
+        for target in query if isinstance(query, list) else []:
+            if isinstance(target, str) and target not in dicom:
+                known = ", ".join(sorted(dicom)) or "none defined"
+                problems.append(f"rules[{i}].query: {target!r} is not a DICOM destination "
                                 f"(known: {known})")
     if not rules:
         problems.append("rules: at least one rule is needed, or nothing is ever routed")
@@ -317,7 +386,8 @@ def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
     rules = data.get("rules")
     if not isinstance(rules, list):
         return [] if "rules" in data else reference_problems([], {})
-    pairs = [(r.get("name"), r.get("forward")) for r in rules if isinstance(r, dict)]
+    pairs = [(r.get("name"), r.get("forward"), r.get("query")) for r in rules
+             if isinstance(r, dict)]
     return reference_problems(pairs, data.get("destinations"))
 
 

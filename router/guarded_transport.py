@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from router import metrics
+from router.relay_association import RouterAssociation
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ class GuardedRequestHandler(RequestHandler):
     def _create_association(self) -> Association:
         """As pynetdicom's, with a GuardedSocket and a MessageGuard."""
         limits: ReadLimits = self.server.limits  # type: ignore[attr-defined]
-        assoc = Association(self.ae, "acceptor")
+        assoc = RouterAssociation(self.ae, "acceptor")
+        assoc.router_relay = getattr(self.server, "relay", None)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         assoc.set_socket(GuardedSocket(assoc, self.request, limits))

@@ -132,8 +132,91 @@ class Goodbye(Message):
     kind: ClassVar[str] = "goodbye"
 
 
+# --- relayed requests: queries, retrieves, N-services (router/relay_*.py, workers/relay.py) ---
+# A dataset travels as a frame of its own after the header frame, encoded in the transfer
+# syntax named in the header; the header says whether one follows (`has_dataset`).
+
+
+@dataclass(frozen=True)
+class RelayRequest(Message):
+    """Acceptor -> broker -> worker: send this request to the first upstream that answers."""
+
+    kind: ClassVar[str] = "request"
+    request_id: str
+    command: str  # "C-FIND", "C-GET", "C-MOVE", "N-GET", "N-SET", "N-ACTION", ...
+    upstreams: list[str]  # destination names (or known AE titles, `to_known_ae`) in order
+    calling_ae: str
+    called_ae: str
+    peer_address: str
+    sop_class_uid: str
+    transfer_syntax_uid: str  # of the dataset frame, and of the answers' datasets
+    sop_instance_uid: str = ""  # affected or requested SOP instance (N-services)
+    priority: int = 0
+    move_destination: str = ""  # C-MOVE: the AE title the upstream sends to
+    move_message_id: int = 0  # C-MOVE relay: the message ID the upstream's C-STOREs carry
+    action_type_id: int = 0  # N-ACTION
+    event_type_id: int = 0  # N-EVENT-REPORT
+    attribute_ids: list[int] = dataclasses.field(default_factory=list)  # N-GET tags
+    # C-GET: the storage contexts the requester accepted as SCP, [[sop class, [syntaxes]]]:
+    # the worker proposes the same to the upstream.
+    storage_contexts: list[list[Any]] = dataclasses.field(default_factory=list)
+    to_known_ae: bool = False  # upstreams are known AE titles (storage commitment results)
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class RelayResponse(Message):
+    """Worker -> broker -> acceptor: one answer of the upstream (pending or final)."""
+
+    kind: ClassVar[str] = "response"
+    request_id: str
+    status: int
+    final: bool
+    upstream: str = ""
+    error_comment: str = ""
+    remaining: int = -1  # C-GET/C-MOVE sub-operation counts; -1: not in the answer
+    completed: int = -1
+    failed: int = -1
+    warning: int = -1
+    sop_class_uid: str = ""  # N-CREATE / N-EVENT-REPORT answers
+    sop_instance_uid: str = ""
+    has_dataset: bool = False
+
+
+@dataclass(frozen=True)
+class RelayStore(Message):
+    """Worker -> acceptor: a C-GET sub-operation's instance, a file in the spool's relay
+    folder (the bytes never travel), to be sent to the requester as is."""
+
+    kind: ClassVar[str] = "relay_store"
+    request_id: str
+    file_name: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class RelayAck(Message):
+    """Acceptor -> worker: one RelayStore was sent on; the worker may send another."""
+
+    kind: ClassVar[str] = "relay_ack"
+    request_id: str
+
+
+@dataclass(frozen=True)
+class RelayCancel(Message):
+    """Acceptor -> worker: the requester sent C-CANCEL (or went away): stop the upstream."""
+
+    kind: ClassVar[str] = "relay_cancel"
+    request_id: str
+
+
+RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel)
+
 _TYPES: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, Heartbeat, Goodbye)
+    cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, Heartbeat,
+                              Goodbye, *RELAY_TYPES)
 }
 
 
@@ -182,6 +265,11 @@ __all__ = [
     "Message",
     "Ready",
     "Refused",
+    "RelayAck",
+    "RelayCancel",
+    "RelayRequest",
+    "RelayResponse",
+    "RelayStore",
     "Result",
     "Submit",
     "decode",

@@ -8,6 +8,8 @@ Layout under the spool root:
                          presence is what makes a job real, so it is renamed in last
   jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
+  relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
+                         way to the requester; never acknowledged as stored, wiped at start
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ class Spool:
         self.jobs = self.root / "jobs"
         self.dead_letters = self.root / "dead-letters"
         self.replay = self.root / "replay"
+        self.relay = self.root / "relay"
         self.ledger_path = self.root / "ledger.sqlite"
 
     def create(self) -> Spool:
-        for folder in (self.incoming, self.jobs, self.dead_letters, self.replay):
+        for folder in (self.incoming, self.jobs, self.dead_letters, self.replay, self.relay):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -130,9 +133,10 @@ class Spool:
         return count
 
     def clear_incoming(self) -> int:
-        """Delete half-received files left by a crash; their senders never got Success."""
+        """Delete half-received files left by a crash; their senders never got Success (and
+        retrieves in progress, which their requesters will repeat)."""
         count = 0
-        for path in self.incoming.iterdir():
+        for path in [*self.incoming.iterdir(), *self.relay.iterdir()]:
             if path.is_file():
                 path.unlink(missing_ok=True)
                 count += 1

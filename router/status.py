@@ -35,3 +35,19 @@ def is_delivered(status: int) -> bool:
 def is_transient_failure(status: int) -> bool:
     # Out of resources (0xA7xx) and "busy"-like statuses can succeed later; others are permanent.
     return 0xA700 <= status <= 0xA7FF or status in (0x0110, 0x0212, 0xFE00)
+
+
+# A relayed request that found no upstream, timed out or broke: the failure each command may
+# answer with (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: "Refused: Out of resources"; N-services:
+# "Processing failure").
+_RELAY_FAILURE = {"C-FIND": 0xA700, "C-GET": 0xA701, "C-MOVE": 0xA701}
+# No rule routes this request: C-services "Unable to process", N-services "No such SOP class".
+_RELAY_NO_ROUTE = {"C-FIND": 0xC002, "C-GET": 0xC002, "C-MOVE": 0xC002}
+
+
+def relay_failure_status(command: str) -> int:
+    return _RELAY_FAILURE.get(command, 0x0110)
+
+
+def relay_no_route_status(command: str) -> int:
+    return _RELAY_NO_ROUTE.get(command, 0x0118)

@@ -22,6 +22,7 @@ from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
 from router.header_tags import read_tags
 from router.log_context import JOB, working_on
 from router.messages import JobHeader
+from router.relay_server import RelayServer
 from router.spool import Spool, new_job_id
 from router.status import Status
 from router.tls import subject_text
@@ -64,7 +65,9 @@ class StoreHandler:
         admission: Admission,
         max_dataset_bytes: int | None = None,
         audit: AuditTrail | None = None,
+        relay: RelayServer | None = None,
     ) -> None:
+        self.relay = relay
         self.spool = spool
         self.broker = broker
         self.admission = admission
@@ -121,6 +124,8 @@ class StoreHandler:
             limit = self.max_dataset_bytes
             raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
                                Status.DATASET_TOO_LARGE)
+        if self.relay is not None and self.relay.take_move_instance(event, received):
+            return Status.SUCCESS  # a relayed C-MOVE's instance, delivered by its move
         refusal = self.admission.refusal(new_association=False)
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
@@ -133,7 +138,7 @@ class StoreHandler:
 
         if self.audit is not None:
             header()
-        decision = self.rules.route(facts, header)
+        decision = self.rules.route(facts, header, sop_class)
         if not decision.matched:
             raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
         job = JobHeader(

@@ -76,6 +76,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
     tls: TLSListener | None = None
     limits: ReadLimits
     on_finished: Finished | None = None
+    relay: Any = None  # router.relay_server.RelayServer, set by the acceptor
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         if self.tls is not None:

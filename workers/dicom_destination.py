@@ -36,7 +36,7 @@ def _on_connected(event: Any) -> None:
     event.assoc.router_connected = True  # tells a refused connection from a later abort
 
 
-def _failure_from_association(
+def failure_from_association(
     assoc: Association, destination: str, sop_class: str, syntax: str
 ) -> DeliveryError:
     if not getattr(assoc, "router_connected", False):
@@ -98,7 +98,7 @@ class DicomDestination:
             ae_title=self.config.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)],
         )
         if not assoc.is_established:
-            failure = _failure_from_association(assoc, self.name, sop_class, syntax)
+            failure = failure_from_association(assoc, self.name, sop_class, syntax)
             if failure.reason == "connection" and tls_args is not None:
                 failure = self._tls_diagnosis() or failure
             failure.args = (f"{failure} ({self.config.host}:{self.config.port})",)

@@ -59,6 +59,10 @@ class CompiledRule:
         else:
             self.networks = [ipaddress.ip_network(n) for n in m.source]
         self.tags = {k: ValueMatcher(v) for k, v in m.tags.items()}
+        self.sop_class = ValueMatcher(m.sop_class) if m.sop_class is not None else None
+
+    def matches_sop_class(self, sop_class: str | None) -> bool:
+        return self.sop_class is None or (sop_class is not None and self.sop_class(sop_class))
 
     def matches_association(self, facts: AssociationFacts) -> bool:
         if self.calling and not self.calling(facts.calling_ae):
@@ -91,11 +95,15 @@ class RuleSet:
         """The header keywords any rule needs: the only ones read from a dataset."""
         return tuple(sorted({k for r in self.rules for k in r.tags}))
 
-    def route(self, facts: AssociationFacts, read_tags: TagReader) -> RouteDecision:
+    def route(self, facts: AssociationFacts, read_tags: TagReader,
+              sop_class: str | None = None) -> RouteDecision:
+        """Where a received instance goes: rules with `forward` only."""
         tags: Mapping[str, str] | None = None
         names: list[str] = []
         destinations: dict[str, None] = {}  # ordered, without duplicates
         for rule in self.rules:
+            if not rule.rule.forward or not rule.matches_sop_class(sop_class):
+                continue
             if not rule.matches_association(facts):
                 continue
             if rule.tags:
@@ -107,3 +115,13 @@ class RuleSet:
             if not rule.rule.continue_:
                 break
         return RouteDecision(tuple(names), tuple(destinations))
+
+    def upstreams(self, facts: AssociationFacts, sop_class: str) -> RouteDecision:
+        """Where a query, retrieve or N-request goes: the `query` list of the first rule with
+        one that matches (tags are never read: a request has no instance to read them from),
+        in the order to try."""
+        for rule in self.rules:
+            if (rule.rule.query and not rule.tags and rule.matches_sop_class(sop_class)
+                    and rule.matches_association(facts)):
+                return RouteDecision((rule.rule.name,), tuple(rule.rule.query))
+        return RouteDecision((), ())

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import signal
+import tempfile
 import threading
 import time
 from types import FrameType
@@ -20,11 +21,22 @@ import zmq
 from router.config import RouterConfig
 from router.dicom_net import configure_pynetdicom
 from router.errors import ProtocolError
-from router.messages import Deliver, Goodbye, Heartbeat, Ready, decode, encode
+from router.messages import (
+    Deliver,
+    Goodbye,
+    Heartbeat,
+    Ready,
+    RelayAck,
+    RelayCancel,
+    RelayRequest,
+    decode,
+    encode,
+)
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
 from workers.delivery import DeliveryThread, Reloads
+from workers.relay import ActiveRelays, RelayTask, RelayThread
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +60,17 @@ class Worker:
             DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}", i)
             for i in range(config.worker_threads)
         ]
+        # Relayed requests (queries, retrieves, N-services) on threads of their own, so that a
+        # long C-MOVE never holds up deliveries; their answers come back on relay_out.
+        self.relay_tasks: queue.Queue[RelayTask | None] = queue.Queue()
+        self.relays = ActiveRelays()
+        self.relay_out = self.context.socket(zmq.PULL)
+        self.relay_out.bind(f"inproc://relay-out-{index}")
+        self.relay_threads = [
+            RelayThread(config, spool, self.relay_tasks, self.context,
+                        f"inproc://relay-out-{index}", self.relays, i)
+            for i in range(config.worker_threads)
+        ]
         self.broker = self._connect()
 
     def _connect(self) -> zmq.Socket[bytes]:
@@ -68,7 +91,7 @@ class Worker:
     def _on_broker(self) -> None:
         while True:
             try:
-                frame = self.broker.recv(zmq.NOBLOCK)
+                frame, *payload = self.broker.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.last_heard = time.monotonic()
@@ -77,7 +100,15 @@ class Worker:
             except ProtocolError as exc:
                 log.error("ignored a bad message from the broker: %s", exc)
                 continue
-            if isinstance(message, Deliver):
+            if isinstance(message, RelayRequest):
+                self.relay_tasks.put(RelayTask(message, payload[0] if payload else None))
+            elif isinstance(message, RelayCancel | RelayAck):
+                task = self.relays.get(message.request_id)
+                if task is not None and isinstance(message, RelayCancel):
+                    task.cancel()
+                elif task is not None:
+                    task.window.release()
+            elif isinstance(message, Deliver):
                 self.busy += 1
                 self.tasks.put(message)
             elif isinstance(message, Goodbye):
@@ -95,17 +126,30 @@ class Worker:
             self.busy -= 1
             self.broker.send(frame)
 
+    def _on_relay_out(self) -> None:
+        while True:
+            try:
+                frames = self.relay_out.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.broker.send_multipart(frames)
+
     def run(self, stop: threading.Event) -> None:
         for thread in self.threads:
             thread.start()
+        for relay in self.relay_threads:
+            relay.start()
         poller = zmq.Poller()
         poller.register(self.results, zmq.POLLIN)
+        poller.register(self.relay_out, zmq.POLLIN)
         next_heartbeat = 0.0
         while not stop.is_set():
             poller.register(self.broker, zmq.POLLIN)
             ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
             if self.results in ready:
                 self._on_results()
+            if self.relay_out in ready:
+                self._on_relay_out()
             if self.broker in ready:
                 self._on_broker()
             now = time.monotonic()
@@ -121,12 +165,18 @@ class Worker:
         """Finish deliveries in progress, report them, and hand back the rest."""
         for _ in self.threads:
             self.tasks.put(None)
+        for _ in self.relay_threads:
+            self.relay_tasks.put(None)
         for thread in self.threads:
             thread.join(timeout=self.config.listen.dimse_timeout)
+        for relay in self.relay_threads:
+            relay.join(timeout=1.0)  # a relay in progress is the requester's to repeat
         self._on_results()
+        self._on_relay_out()
         self.broker.send(encode(Goodbye()))
         self.broker.close()
         self.results.close()
+        self.relay_out.close()
         # destroy, not term: a socket some thread failed to close must not hang the stop.
         self.context.destroy(linger=0)
 
@@ -142,7 +192,9 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
-    configure_pynetdicom(chunked_send=True)
+    # Chunked receive: C-GET sub-operations from an upstream land as files on the spool.
+    configure_pynetdicom(chunked_send=True, chunked_receive=True)
+    tempfile.tempdir = str(Spool(config.spool.path).create().incoming)
     signal.signal(signal.SIGHUP, _reload)
     worker = Worker(config, runtime, index)
     log.info("worker %d ready with %d delivery threads", index, len(worker.threads))

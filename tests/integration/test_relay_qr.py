@@ -1,0 +1,317 @@
+"""Query and retrieve through the router against a real archive (DCMTK dcmqrscp).
+
+Every answer through the router is compared with the same request sent straight to the
+archive: C-FIND results, C-GET instances, C-MOVE deliveries (pass-through and relay), the
+sub-operation counts, C-CANCEL mid-query, and failures when the upstream is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from tests.archives import (
+    Dcmqrscp,
+    StudySet,
+    instance_mismatches,
+    make_study_set,
+    run_findscu,
+    run_getscu,
+    run_movescu,
+)
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port
+from tests.dicom_samples import EXPLICIT_VR_LE
+from tests.integration.router_process import RouterProcess
+
+pytestmark = pytest.mark.integration
+
+ROUTER_AE = "DICOM-ROUTER"
+STUDY_KEYS = {"StudyInstanceUID": "", "PatientID": "", "AccessionNumber": "", "StudyDate": ""}
+
+
+@pytest.fixture(scope="module")
+def study_set(tmp_path_factory: pytest.TempPathFactory) -> StudySet:
+    return make_study_set(tmp_path_factory.mktemp("studies"))
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    """The C-MOVE destination: a DCMTK storescp as a viewer workstation."""
+    with StoreSCP(tmp_path_factory.mktemp("viewer"), "VIEWER", extra_args=["--fork"]) as scp:
+        yield scp
+
+
+@pytest.fixture(scope="module")
+def router_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, study_set: StudySet, viewer: StoreSCP,
+            router_port: int) -> Iterator[Dcmqrscp]:
+    # The archive knows the viewer (pass-through moves) and the router (relayed moves).
+    moves = [("VIEWER", LOCALHOST, viewer.port), (ROUTER_AE, LOCALHOST, router_port)]
+    with Dcmqrscp(tmp_path_factory.mktemp("archive"), study_set, "ARCHIVE",
+                  move_destinations=moves) as qr:
+        yield qr
+
+
+def router_config(archive: Dcmqrscp, viewer: StoreSCP, move_mode: str,
+                  **known: StoreSCP) -> dict[str, Any]:
+    known_aes = {"VIEWER": {"host": LOCALHOST, "port": viewer.port},
+                 **{title: {"host": LOCALHOST, "port": scp.port} for title, scp in known.items()}}
+    return {
+        "destinations": {"archive": {"type": "dicom", "ae_title": "ARCHIVE", "host": LOCALHOST,
+                                     "port": archive.port, "move_mode": move_mode,
+                                     "dimse_timeout": 15}},
+        "known_aes": known_aes,
+        "rules": [{"name": "qr", "query": ["archive"]}],
+        "request_timeout": 30,
+    }
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory, archive: Dcmqrscp, viewer: StoreSCP,
+           router_port: int) -> Iterator[RouterProcess]:
+    process = RouterProcess(tmp_path_factory.mktemp("router"),
+                            router_config(archive, viewer, "pass_through"))
+    with started(process, router_port):
+        yield process
+
+
+@contextlib.contextmanager
+def started(process: RouterProcess, port: int) -> Iterator[RouterProcess]:
+    """Start `process` listening on `port` (the one the archive knows as DICOM-ROUTER)."""
+    config = yaml.safe_load(process.config_path.read_text())
+    config["listen"]["port"] = port
+    process.config_path.write_text(yaml.safe_dump(config))
+    process.port = port
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def explicit_study(study_set: StudySet) -> Any:
+    return next(s for s in study_set.studies if s.transfer_syntaxes == {EXPLICIT_VR_LE})
+
+
+def uids(results: list[Dataset], keyword: str) -> list[str]:
+    return sorted(str(getattr(r, keyword)) for r in results)
+
+
+def clear(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_file():
+            path.unlink()
+        else:
+            shutil.rmtree(path)
+
+
+# --- C-FIND ---------------------------------------------------------------------------------
+
+def test_c_find_through_the_router_matches_the_archive(router: RouterProcess,
+                                                       archive: Dcmqrscp,
+                                                       study_set: StudySet) -> None:
+    direct = run_findscu(LOCALHOST, archive.port, "ARCHIVE", "STUDY", STUDY_KEYS)
+    via = run_findscu(LOCALHOST, router.port, ROUTER_AE, "STUDY", STUDY_KEYS)
+    assert len(direct) == len(study_set.studies)
+    assert uids(via, "StudyInstanceUID") == uids(direct, "StudyInstanceUID")
+    by_uid = {str(d.StudyInstanceUID): d for d in direct}
+    for result in via:
+        assert result == by_uid[str(result.StudyInstanceUID)]  # every key, every value
+
+    patient = study_set.patients[0]
+    keys = {"PatientID": patient.patient_id, "PatientName": "", "StudyInstanceUID": ""}
+    direct = run_findscu(LOCALHOST, archive.port, "ARCHIVE", "STUDY", keys)
+    via = run_findscu(LOCALHOST, router.port, ROUTER_AE, "STUDY", keys)
+    assert uids(via, "StudyInstanceUID") == uids(direct, "StudyInstanceUID")
+    assert len(via) == len(patient.studies)
+    assert router.metric("dicom_router_dimse_requests_total", command="C-FIND",
+                         status="0x0000") == 2
+
+
+class SlowArchive:
+    """A pynetdicom C-FIND SCP that answers one match every 0.1 s and records whether it saw
+    the C-CANCEL: dcmqrscp answers a whole study in milliseconds, too fast to cancel."""
+
+    MATCHES = 100
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.sent = 0
+        self.ae = AE(ae_title="SLOWQR")
+        self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self.port = free_port()
+        self.server = self.ae.start_server((LOCALHOST, self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_FIND, self.on_find)])
+
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for i in range(self.MATCHES):
+            if event.is_cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            match = Dataset()
+            match.QueryRetrieveLevel = "STUDY"
+            match.StudyInstanceUID = f"1.2.3.{i + 1}"
+            self.sent += 1
+            yield 0xFF00, match
+            time.sleep(0.1)
+        yield 0x0000, None
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
+    slow = SlowArchive()
+    router = RouterProcess(tmp_path / "r", {
+        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWQR", "host": LOCALHOST,
+                                  "port": slow.port}},
+        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    try:
+        ae = AE(ae_title="CANCELLER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        statuses: list[int] = []
+        for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind,
+                                           msg_id=7):
+            statuses.append(int(status.Status) if status else -1)
+            if len(statuses) == 3:
+                assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelFind)
+        assoc.release()
+        assert statuses[-1] == 0xFE00, statuses
+        assert slow.cancelled.wait(10), "the upstream never saw the C-CANCEL"
+        assert statuses.count(0xFF00) < SlowArchive.MATCHES and slow.sent < SlowArchive.MATCHES
+    finally:
+        router.stop()
+        slow.close()
+
+
+def test_c_find_fails_clearly_when_the_upstream_is_down(tmp_path: Path) -> None:
+    config = {
+        "destinations": {"gone": {"type": "dicom", "ae_title": "GONE", "host": LOCALHOST,
+                                  "port": free_port(), "connect_timeout": 2}},
+        "rules": [{"name": "qr", "query": ["gone"]}],
+    }
+    router = RouterProcess(tmp_path / "r", config).start()
+    try:
+        result = run_findscu(LOCALHOST, router.port, ROUTER_AE, "STUDY", STUDY_KEYS,
+                             check=False)
+        assert result == []
+        text = router.log()
+        assert "no upstream answered: gone: cannot connect to gone" in text, text[-2000:]
+        assert router.metric("dicom_router_dimse_requests_total", command="C-FIND",
+                             status="0xA700") == 1
+    finally:
+        router.stop()
+
+
+# --- C-GET ----------------------------------------------------------------------------------
+
+def test_c_get_through_the_router_returns_the_same_instances(
+        router: RouterProcess, archive: Dcmqrscp, study_set: StudySet, tmp_path: Path) -> None:
+    study = explicit_study(study_set)
+    keys = {"StudyInstanceUID": study.study_instance_uid}
+    direct = run_getscu(LOCALHOST, archive.port, "ARCHIVE", "STUDY", keys, tmp_path / "direct")
+    via = run_getscu(LOCALHOST, router.port, ROUTER_AE, "STUDY", keys, tmp_path / "via")
+    assert len(direct) == len(study.instances)
+    assert instance_mismatches(study.instances, via) == []
+    assert not list((router.spool / "relay").iterdir()), "relay files left behind"
+
+
+# --- C-MOVE ---------------------------------------------------------------------------------
+
+def test_c_move_pass_through_delivers_to_the_requested_destination(
+        router: RouterProcess, viewer: StoreSCP, study_set: StudySet) -> None:
+    study = explicit_study(study_set)
+    clear(viewer.output_dir)
+    result = run_movescu(LOCALHOST, router.port, ROUTER_AE, "STUDY",
+                         {"StudyInstanceUID": study.study_instance_uid}, "VIEWER")
+    assert result.ok, result.output
+    assert instance_mismatches(study.instances, viewer.received_files()) == []
+    clear(viewer.output_dir)
+    final = move_with_counts(router.port, study.study_instance_uid, "VIEWER")
+    assert final == (0x0000, len(study.instances), 0, 0)  # the archive's counts, relayed
+
+
+def move_with_counts(port: int, study_uid: str, destination: str
+                     ) -> tuple[int, int, int, int]:
+    """C-MOVE from pynetdicom: the final (status, completed, failed, warning)."""
+    ae = AE(ae_title="COUNTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate(LOCALHOST, port, ae_title=ROUTER_AE)
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    last: Any = None
+    for status, _ in assoc.send_c_move(query, destination,
+                                       StudyRootQueryRetrieveInformationModelMove):
+        last = status
+    assoc.release()
+    return (int(last.Status), int(last.get("NumberOfCompletedSuboperations", -1)),
+            int(last.get("NumberOfFailedSuboperations", -1)),
+            int(last.get("NumberOfWarningSuboperations", -1)))
+
+
+def test_c_move_relay_and_concurrent_moves_never_mix(
+        tmp_path_factory: pytest.TempPathFactory, archive: Dcmqrscp, viewer: StoreSCP,
+        study_set: StudySet, router: RouterProcess) -> None:
+    router.stop()  # the relay router takes the port the archive knows as DICOM-ROUTER
+    second = StoreSCP(tmp_path_factory.mktemp("viewer2"), "VIEWER2", extra_args=["--fork"])
+    with second:
+        # VIEWER2 is known to the router only: the archive cannot reach it but by the relay.
+        relay = RouterProcess(tmp_path_factory.mktemp("relay-router"),
+                              router_config(archive, viewer, "relay", VIEWER2=second))
+        with started(relay, router.port):
+            studies = list(study_set.studies)[:2]
+            clear(viewer.output_dir)
+            results: dict[str, Any] = {}
+
+            def move(study: Any, target: str) -> None:
+                results[target] = run_movescu(
+                    LOCALHOST, relay.port, ROUTER_AE, "STUDY",
+                    {"StudyInstanceUID": study.study_instance_uid}, target,
+                    calling_ae=f"MOVER-{target}"[:16])
+
+            threads = [threading.Thread(target=move, args=(studies[0], "VIEWER")),
+                       threading.Thread(target=move, args=(studies[1], "VIEWER2"))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert all(r.ok for r in results.values()), {k: r.output[-800:]
+                                                         for k, r in results.items()}
+            assert instance_mismatches(studies[0].instances, viewer.received_files()) == []
+            assert instance_mismatches(studies[1].instances, second.received_files()) == []
+            unknown = run_movescu(LOCALHOST, relay.port, ROUTER_AE, "STUDY",
+                                  {"StudyInstanceUID": studies[0].study_instance_uid},
+                                  "NOBODY", check=False)
+            assert not unknown.ok and "MoveDestinationUnknown" in unknown.output
+            assert not list((relay.spool / "relay").iterdir()), "relay files left behind"
+            assert relay.metric("dicom_router_dimse_requests_total", command="C-MOVE",
+                                status="0xA801") == 1
+            clear(second.output_dir)
+            final = move_with_counts(relay.port, studies[1].study_instance_uid, "VIEWER2")
+            assert final == (0x0000, len(studies[1].instances), 0, 0)

@@ -1,0 +1,335 @@
+"""Relayed requests in a worker: one query, retrieve or N-request sent to its upstream, every
+answer streamed back to the acceptor as it arrives (README "Query, retrieve and N-services").
+
+Each request runs on a relay thread of its own association to the upstream; answers go out
+through the thread's own socket to the worker's main thread, which passes them to the
+broker. A C-CANCEL from the requester reaches the running task (`RelayTask.cancel`) and is
+sent upstream at once. C-GET sub-operations arrive as files (chunked receive, on the spool
+filesystem), move into the spool's relay folder and travel as file names, at most
+RELAY_WINDOW ahead of what the acceptor has passed on: a slow requester slows the upstream
+instead of filling a disk or a socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import zmq
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.presentation import build_context
+
+from router import metrics
+from router.config import DicomDestination, KnownAE, RouterConfig
+from router.dicom_net import set_nodelay
+from router.log_context import working_on
+from router.messages import RelayRequest, RelayResponse, RelayStore
+from router.messages import encode as encode_message
+from router.spool import Spool
+from router.status import relay_failure_status
+from router.tls import client_context
+from workers.dicom_destination import failure_from_association
+
+log = logging.getLogger(__name__)
+
+RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
+PENDING = (0xFF00, 0xFF01)
+
+
+class UpstreamUnavailable(Exception):
+    """This upstream could not be associated with; the next one in the list is tried."""
+
+
+@dataclass
+class RelayTask:
+    request: RelayRequest
+    dataset: bytes | None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    window: threading.Semaphore = field(
+        default_factory=lambda: threading.Semaphore(RELAY_WINDOW))
+    assoc: Association | None = None
+    stores: int = 0
+
+    def cancel(self) -> None:
+        """From the worker's main thread: C-CANCEL travels upstream while the relay waits."""
+        self.cancelled.set()
+        assoc = self.assoc
+        if assoc is not None and self.request.command in ("C-FIND", "C-GET", "C-MOVE"):
+            try:
+                assoc.send_c_cancel(self._message_id, query_model=self.request.sop_class_uid)
+            except Exception as exc:  # the association may have ended just now
+                log.debug("C-CANCEL not sent upstream: %s", exc)
+        self.window.release()  # a relay thread waiting for the acceptor's ack stops waiting
+
+    @property
+    def _message_id(self) -> int:
+        return self.request.move_message_id or 1
+
+
+class ActiveRelays:
+    """Request id -> task, for cancels and acks from the main thread."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, RelayTask] = {}
+        self._lock = threading.Lock()
+
+    def add(self, task: RelayTask) -> None:
+        with self._lock:
+            self._tasks[task.request.request_id] = task
+
+    def remove(self, task: RelayTask) -> None:
+        with self._lock:
+            self._tasks.pop(task.request.request_id, None)
+
+    def get(self, request_id: str) -> RelayTask | None:
+        with self._lock:
+            return self._tasks.get(request_id)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str
+    config: DicomDestination | KnownAE
+
+
+def resolve_upstream(config: RouterConfig, name: str, known_ae: bool) -> Upstream:
+    if known_ae:
+        peer = config.known_aes[name]
+        return Upstream(name, name, peer.host, peer.port, config.ae_title, peer)
+    dest = config.destinations[name]
+    assert isinstance(dest, DicomDestination), "config validation allows only DICOM upstreams"
+    return Upstream(name, dest.ae_title, dest.host, dest.port,
+                    dest.calling_ae or config.ae_title, dest)
+
+
+class RelayThread(threading.Thread):
+    def __init__(self, config: RouterConfig, spool: Spool, tasks: queue.Queue[RelayTask | None],
+                 context: zmq.Context[zmq.Socket[bytes]], endpoint: str, active: ActiveRelays,
+                 index: int) -> None:
+        super().__init__(name=f"relay-{index}", daemon=True)
+        self.config = config
+        self.spool = spool
+        self.tasks = tasks
+        self.active = active
+        self.out = context.socket(zmq.PUSH)  # this thread's own socket
+        self.out.setsockopt(zmq.LINGER, 1000)
+        self.out.connect(endpoint)
+
+    def run(self) -> None:
+        try:
+            while (task := self.tasks.get()) is not None:
+                with working_on(job=task.request.request_id):
+                    self.active.add(task)
+                    try:
+                        self.handle(task)
+                    except Exception as exc:  # never leave a requester waiting
+                        log.exception("relayed %s failed unexpectedly", task.request.command)
+                        self._final(task, relay_failure_status(task.request.command),
+                                    f"router error: {exc}"[:64])
+                    finally:
+                        self.active.remove(task)
+        finally:
+            self.out.close()
+
+    # --- sending answers --------------------------------------------------------------------
+
+    def _send(self, message: RelayResponse | RelayStore, payload: bytes | None = None) -> None:
+        self.out.send_multipart([encode_message(message), *([payload] if payload else [])])
+
+    def _final(self, task: RelayTask, status: int, comment: str, upstream: str = "") -> None:
+        self._send(RelayResponse(task.request.request_id, status, final=True, upstream=upstream,
+                                 error_comment=comment))
+
+    def _answer(self, task: RelayTask, upstream: str, status_ds: Dataset | None,
+                dataset: Dataset | None, final: bool | None = None) -> bool:
+        """Relay one answer; True when it was the last. No status: the upstream went silent."""
+        request = task.request
+        if status_ds is None or "Status" not in status_ds:
+            self._final(task, relay_failure_status(request.command),
+                        f"{upstream} did not answer in time", upstream)
+            return True
+        status = int(status_ds.Status)
+        last = status not in PENDING if final is None else final
+        payload = self._encode(request, dataset)
+        counts = {name: int(status_ds.get(keyword, -1)) for name, keyword in (
+            ("remaining", "NumberOfRemainingSuboperations"),
+            ("completed", "NumberOfCompletedSuboperations"),
+            ("failed", "NumberOfFailedSuboperations"),
+            ("warning", "NumberOfWarningSuboperations"))}
+        self._send(RelayResponse(
+            request.request_id, status, final=last, upstream=upstream,
+            error_comment=str(status_ds.get("ErrorComment", ""))[:64],
+            sop_class_uid=str(status_ds.get("AffectedSOPClassUID", "")),
+            sop_instance_uid=str(status_ds.get("AffectedSOPInstanceUID", "")),
+            has_dataset=payload is not None, **counts), payload)
+        if last:
+            metrics.DIMSE_RESPONSES.labels(upstream, request.command, f"0x{status:04X}").inc()
+        return last
+
+    @staticmethod
+    def _encode(request: RelayRequest, dataset: Dataset | None) -> bytes | None:
+        if dataset is None or not isinstance(dataset, Dataset) or len(dataset) == 0:
+            return None
+        implicit = request.transfer_syntax_uid == ImplicitVRLittleEndian
+        return bytes(encode(dataset, implicit, True) or b"")
+
+    # --- one request ------------------------------------------------------------------------
+
+    def handle(self, task: RelayTask) -> None:
+        request = task.request
+        problems = []
+        for name in request.upstreams:
+            try:
+                upstream = resolve_upstream(self.config, name, request.to_known_ae)
+                assoc = self._associate(upstream, task)
+            except (UpstreamUnavailable, KeyError) as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            try:
+                task.assoc = assoc
+                if task.cancelled.is_set():
+                    self._final(task, 0xFE00, "cancelled", name)
+                    return
+                self._run(task, assoc, name)
+            finally:
+                task.assoc = None
+                if assoc.is_established:
+                    assoc.release()
+            return
+        detail = "; ".join(problems)
+        log.warning("relayed %s: no upstream answered: %s", request.command, detail)
+        self._final(task, relay_failure_status(request.command),
+                    f"no upstream available: {detail}"[:64])
+
+    def _associate(self, upstream: Upstream, task: RelayTask) -> Association:
+        request = task.request
+        ae = AE(ae_title=upstream.calling_ae)
+        cfg = upstream.config
+        timeouts = cfg if isinstance(cfg, DicomDestination) else None
+        ae.connection_timeout = timeouts.connect_timeout if timeouts else 10
+        ae.acse_timeout = timeouts.acse_timeout if timeouts else 30
+        ae.dimse_timeout = timeouts.dimse_timeout if timeouts else 60
+        ae.network_timeout = ae.dimse_timeout
+        ae.maximum_pdu_size = timeouts.max_pdu if timeouts else 262_144
+        syntaxes = [request.transfer_syntax_uid] + [
+            ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+            if ts != request.transfer_syntax_uid]
+        contexts = [build_context(request.sop_class_uid, syntaxes)]
+        roles: list[Any] = []
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
+        if request.command == "C-GET":
+            for sop_class, transfer_syntaxes in request.storage_contexts[:127]:
+                contexts.append(build_context(sop_class, transfer_syntaxes))
+                roles.append(build_role(sop_class, scp_role=True))
+            handlers.append((evt.EVT_C_STORE, self._on_sub_store, [task]))
+        if request.command == "N-EVENT-REPORT":
+            roles.append(build_role(request.sop_class_uid, scp_role=True))
+        tls_args = None
+        if cfg.tls.mode != "off":
+            server_name = getattr(cfg.tls, "server_name", None) or upstream.host
+            tls_args = (client_context(cfg.tls, f"{upstream.name}.tls"), server_name)
+        handlers.append((evt.EVT_CONN_OPEN, _mark_connected))
+        assoc = ae.associate(upstream.host, upstream.port, contexts=contexts,
+                             ae_title=upstream.ae_title, ext_neg=roles or None,
+                             evt_handlers=handlers, tls_args=tls_args)
+        if not assoc.is_established:
+            failure = failure_from_association(assoc, upstream.name, request.sop_class_uid, "")
+            raise UpstreamUnavailable(f"{failure} ({upstream.host}:{upstream.port})")
+        if not any(cx.abstract_syntax == request.sop_class_uid
+                   for cx in assoc.accepted_contexts):
+            assoc.release()
+            raise UpstreamUnavailable(f"does not support SOP class {request.sop_class_uid}")
+        return assoc
+
+    def _run(self, task: RelayTask, assoc: Association, upstream: str) -> None:
+        request = task.request
+        dataset = self._request_dataset(task)
+        command = request.command
+        msg_id = request.move_message_id or 1
+        if command in ("C-FIND", "C-GET", "C-MOVE"):
+            assert dataset is not None
+            for answer, identifier in self._query(assoc, request, dataset, msg_id):
+                if self._answer(task, upstream, answer, identifier):
+                    return
+            self._final(task, relay_failure_status(command), f"{upstream} ended the association",
+                        upstream)
+            return
+        sop_class, instance = UID(request.sop_class_uid), UID(request.sop_instance_uid)
+        status: Any
+        reply: Any
+        if command == "N-GET":
+            tags = [Tag(t) for t in request.attribute_ids]
+            status, reply = assoc.send_n_get(tags, sop_class, instance)
+        elif command == "N-SET":
+            status, reply = assoc.send_n_set(dataset or Dataset(), sop_class, instance)
+        elif command == "N-ACTION":
+            status, reply = assoc.send_n_action(dataset, request.action_type_id, sop_class,
+                                                instance)
+        elif command == "N-CREATE":
+            status, reply = assoc.send_n_create(dataset, sop_class, instance or None)
+        elif command == "N-DELETE":
+            status, reply = assoc.send_n_delete(sop_class, instance)
+        elif command == "N-EVENT-REPORT":
+            status, reply = assoc.send_n_event_report(dataset, request.event_type_id, sop_class,
+                                                      instance)
+        else:
+            self._final(task, 0x0110, f"cannot relay {command}")
+            return
+        self._answer(task, upstream, status, reply, final=True)
+
+    @staticmethod
+    def _query(assoc: Association, request: RelayRequest, dataset: Dataset, msg_id: int
+               ) -> Iterator[tuple[Any, Any]]:
+        model = UID(request.sop_class_uid)
+        if request.command == "C-FIND":
+            return assoc.send_c_find(dataset, model, msg_id=msg_id, priority=request.priority)
+        if request.command == "C-GET":
+            return assoc.send_c_get(dataset, model, msg_id=msg_id, priority=request.priority)
+        return assoc.send_c_move(dataset, request.move_destination, model, msg_id=msg_id,
+                                 priority=request.priority)
+
+    def _request_dataset(self, task: RelayTask) -> Dataset | None:
+        if task.dataset is None:
+            return None
+        implicit = task.request.transfer_syntax_uid == ImplicitVRLittleEndian
+        return decode(BytesIO(task.dataset), implicit, True)
+
+    # --- C-GET sub-operations ---------------------------------------------------------------
+
+    def _on_sub_store(self, event: Any, task: RelayTask) -> int:
+        """An instance the upstream sends for a C-GET: hand it on once the acceptor has room."""
+        while not task.window.acquire(timeout=1.0):
+            if task.cancelled.is_set():
+                break
+        if task.cancelled.is_set():
+            return 0xA700  # the requester cancelled: do not take more
+        task.stores += 1
+        name = f"{task.request.request_id}-{task.stores}.dcm"
+        target = self.spool.relay / name
+        source = Path(event.dataset_path)
+        os.replace(source, target)  # the same filesystem (TMPDIR is on the spool)
+        request = event.request
+        self._send(RelayStore(task.request.request_id, name, str(request.AffectedSOPClassUID),
+                              str(request.AffectedSOPInstanceUID),
+                              str(event.context.transfer_syntax)))
+        return 0x0000
+
+
+def _mark_connected(event: Any) -> None:
+    event.assoc.router_connected = True
