@@ -18,7 +18,8 @@ import zmq
 
 from router import metrics
 from router import reload as reload_config
-from router.config import RouterConfig
+from router.completion import CompletionPolicy, GroupHolds
+from router.config import RouterConfig, WindowConfig
 from router.dispatch import (
     DESTINATION_FAILURES,
     DeadLetter,
@@ -33,6 +34,7 @@ from router.live_status import write_snapshot
 from router.messages import (
     RELAY_TYPES,
     Accepted,
+    BatchResult,
     Deliver,
     Goodbye,
     Heartbeat,
@@ -54,6 +56,7 @@ from router.relay_routes import RelayRoutes
 from router.runtime import Runtime
 from router.spool import Spool
 from router.status import Status
+from router.time_window import TimeWindow, parse_clock
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class Broker:
         self.spool = spool
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
-                                     config.queue.max_bytes)
+                                     config.queue.max_bytes, holds=_holds(config))
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.relays = RelayRoutes()
         self.config_generation = 0
@@ -146,6 +149,12 @@ class Broker:
             self._apply(self.dispatcher.result(identity, message, now))
             label = "delivered" if message.delivered else "failed"
             metrics.FORWARDED.labels(message.destination, label).inc()
+        elif isinstance(message, BatchResult):
+            self._apply(self.dispatcher.batch_result(identity, message.destination,
+                                                     message.results, now))
+            for result in message.results:
+                label = "delivered" if result.delivered else "failed"
+                metrics.FORWARDED.labels(message.destination, label).inc()
         elif isinstance(message, Heartbeat):
             if not self.dispatcher.worker_seen(identity, now):
                 # A worker we forgot (we restarted, or its lease expired): it must say Ready.
@@ -213,7 +222,8 @@ class Broker:
 
     def _dispatch(self, now: float) -> None:
         for identity, delivery in self.dispatcher.dispatch(now):
-            message = Deliver(delivery.job, delivery.destination, delivery.attempt)
+            message = Deliver(delivery.job, delivery.destination, delivery.attempt,
+                              list(delivery.batch))
             if not self._send(self.backend, identity, message):
                 self._worker_gone(identity, "is unreachable")
 
@@ -228,7 +238,8 @@ class Broker:
         if config is not None and config[0] != self.config_generation:
             self.config_generation, new = config
             setup_logging(new.log_level, new.log_format)
-            self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes)
+            self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
+                                        _holds(new))
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
 
@@ -333,8 +344,21 @@ class Broker:
 
 
 def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
-    return {name: DestinationPolicy(dest.max_parallel, dest.retry)
+    return {name: DestinationPolicy(dest.max_parallel, dest.retry, _window(dest.window))
             for name, dest in config.destinations.items()}
+
+
+def _window(window: WindowConfig | None) -> TimeWindow | None:
+    if window is None:
+        return None
+    return TimeWindow(parse_clock(window.start), parse_clock(window.end))
+
+
+def _holds(config: RouterConfig) -> GroupHolds:
+    return GroupHolds({
+        rule.name: CompletionPolicy(rule.complete.stable_for, rule.complete.deadline,
+                                    frozenset(rule.forward))
+        for rule in config.rules if rule.complete is not None})
 
 
 def main(config: RouterConfig, runtime: Runtime) -> None:

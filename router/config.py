@@ -176,10 +176,28 @@ class RetryConfig(Strict):
     max_delay: float = Field(300.0, gt=0)
 
 
+class WindowConfig(Strict):
+    """A daily time window (local time) when a destination may receive; across midnight when
+    `end` is before `start` (off-peak 20:00-06:00)."""
+
+    start: str
+    end: str
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        from router.time_window import parse_clock
+
+        parse_clock(value)
+        return value
+
+
 class DestinationBase(Strict):
     retry: RetryConfig = RetryConfig()
     # How many deliveries to this destination may run at once across all workers.
     max_parallel: int = Field(4, ge=1)
+    # Outside this window the destination's queue is held (nothing sent, nothing lost).
+    window: WindowConfig | None = None
 
 
 class DicomDestination(DestinationBase):
@@ -255,6 +273,14 @@ class RuleMatch(Strict):
         return tags
 
 
+class CompleteConfig(Strict):
+    """Wait until a study or series is stable, then forward it as one batch in order."""
+
+    level: Literal["study", "series"] = "study"
+    stable_for: float = Field(60.0, gt=0)  # seconds without a new instance of the group
+    deadline: float = Field(3600.0, gt=0)  # seconds after its first instance, at the latest
+
+
 class Rule(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -267,12 +293,23 @@ class Rule(Strict):
     query: list[str] = []
     # Keep evaluating later rules after this one matched (fan-out across rules).
     continue_: bool = Field(False, alias="continue")
+    # forward: route as above; drop: answer Success, keep nothing (counted); reject: answer
+    # a failure (0xC004) naming the rule. drop and reject end the evaluation.
+    action: Literal["forward", "drop", "reject"] = "forward"
+    # urgent work jumps its destinations' queues; "request" takes the C-STORE's own priority.
+    priority: Literal["urgent", "high", "normal", "low", "request"] = "request"
+    complete: CompleteConfig | None = None
 
     @model_validator(mode="after")
     def _routes_somewhere(self) -> Rule:
-        if not self.forward and not self.query:
+        if self.action == "forward" and not self.forward and not self.query:
             raise ValueError(f"rule {self.name!r} needs `forward` (instances), `query` "
                              "(queries, retrieves, N-services) or both")
+        if self.action != "forward" and (self.forward or self.complete):
+            raise ValueError(f"rule {self.name!r}: action {self.action} takes no `forward` "
+                             "or `complete`")
+        if self.complete is not None and not self.forward:
+            raise ValueError(f"rule {self.name!r}: `complete` needs `forward`")
         return self
 
 

@@ -21,12 +21,16 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-from collections import deque
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from router.completion import MAX_BATCH, GroupHolds
 from router.config import RetryConfig
+from router.delivery_queue import DeliveryQueue
 from router.messages import JobHeader, Result
+from router.time_window import TimeWindow
 
 WORKER_LEASE_SECONDS = 6.0
 # Transient reasons that say the destination, not the instance, is in trouble.
@@ -37,6 +41,7 @@ DESTINATION_FAILURES = frozenset({"connection", "aborted", "rejected", "tls"})
 class DestinationPolicy:
     max_parallel: int
     retry: RetryConfig
+    window: TimeWindow | None = None  # outside it, the destination's queue is held
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,24 @@ class Delivery:
     job: JobHeader
     destination: str
     attempt: int = 1
+    # A completed study or series: these jobs in order over one association (job = the first).
+    batch: tuple[JobHeader, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.job.job_id, self.destination)
+
+    @property
+    def jobs(self) -> tuple[JobHeader, ...]:
+        return self.batch or (self.job,)
+
+    @property
+    def priority(self) -> int:
+        return self.job.priority
+
+    @property
+    def size(self) -> int:
+        return len(self.jobs)
 
 
 @dataclass
@@ -101,14 +120,20 @@ class Dispatcher:
         max_jobs: int,
         max_bytes: int,
         rand: Callable[[], float] = random.random,
+        holds: GroupHolds | None = None,
+        wall: Callable[[], float] = time.time,
+        local: Callable[[], datetime] = datetime.now,
     ) -> None:
         self.policies = dict(policies)
+        self.holds = holds or GroupHolds({})
+        self.wall, self.local = wall, local
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
         self.rand = rand
         self.jobs: dict[str, JobState] = {}
         self.queued_bytes = 0
-        self.queues: dict[str, deque[Delivery]] = {name: deque() for name in self.policies}
+        self.queues: dict[str, DeliveryQueue[Delivery]] = {
+            name: DeliveryQueue() for name in self.policies}
         self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
         self.delayed: list[tuple[float, int, Delivery]] = []
         self._sequence = itertools.count()
@@ -118,7 +143,7 @@ class Dispatcher:
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
 
     def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
-                    max_bytes: int) -> None:
+                    max_bytes: int, holds: GroupHolds | None = None) -> None:
         """A config reload: new destinations get queues, changed ones their new policy.
 
         A destination no longer configured keeps its queue and policy: what is queued for it
@@ -127,12 +152,15 @@ class Dispatcher:
         """
         for name, policy in policies.items():
             self.policies[name] = policy
-            self.queues.setdefault(name, deque())
+            self.queues.setdefault(name, DeliveryQueue())
             self.in_flight.setdefault(name, 0)
             self.paused_until.setdefault(name, 0.0)
             self.failures_in_a_row.setdefault(name, 0)
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
+        if holds is not None:
+            holds.groups = self.holds.groups  # groups already held keep waiting
+            self.holds = holds
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -159,7 +187,7 @@ class Dispatcher:
             if destination not in self.policies:
                 outcomes += self._give_up(delivery, "unknown_destination",
                                           f"destination {destination!r} is not configured")
-            else:
+            elif not self.holds.hold(delivery):
                 self.queues[destination].append(delivery)
         if not pending:
             outcomes += self._settle(job.job_id)
@@ -203,24 +231,78 @@ class Dispatcher:
             return 0
         for delivery in reversed(list(worker.leases.values())):  # keep their original order
             self.in_flight[delivery.destination] -= 1
-            if delivery.job.job_id in self.jobs:
-                self.queues[delivery.destination].appendleft(delivery)
-        return len(worker.leases)
+            self._requeue_front(delivery)
+        return sum(d.size for d in worker.leases.values())
+
+    def _still_pending(self, delivery: Delivery) -> Delivery | None:
+        """The delivery with only the jobs still pending for its destination (None: none)."""
+        jobs = tuple(j for j in delivery.jobs if j.job_id in self.jobs
+                     and delivery.destination in self.jobs[j.job_id].pending)
+        if not jobs:
+            return None
+        if not delivery.batch:
+            return delivery
+        return Delivery(jobs[0], delivery.destination, delivery.attempt, jobs)
+
+    def _requeue_front(self, delivery: Delivery) -> None:
+        remaining = self._still_pending(delivery)
+        if remaining is not None:
+            self.queues[delivery.destination].appendleft(remaining)
 
     def expired_workers(self, now: float) -> list[bytes]:
         return [w.identity for w in self.workers.values()
                 if now - w.last_seen > WORKER_LEASE_SECONDS]
 
-    def result(self, identity: bytes, result: Result, now: float) -> list[Outcome]:
+    def _lease_back(self, identity: bytes, key: tuple[str, str], now: float
+                    ) -> Delivery | None:
         worker = self.workers.get(identity)
         if worker is None:
-            return []  # a lease already given to another worker; that one will answer
-        delivery = worker.leases.pop((result.job_id, result.destination), None)
+            return None  # a lease already given to another worker; that one will answer
+        delivery = worker.leases.pop(key, None)
         worker.credits += 1
         worker.last_seen = now
+        if delivery is not None:
+            self.in_flight[delivery.destination] -= 1
+        return delivery
+
+    def result(self, identity: bytes, result: Result, now: float) -> list[Outcome]:
+        delivery = self._lease_back(identity, (result.job_id, result.destination), now)
         if delivery is None:
             return []
-        self.in_flight[delivery.destination] -= 1
+        return self._outcome(delivery, result, now)
+
+    def batch_result(self, identity: bytes, destination: str, results: list[Result],
+                     now: float) -> list[Outcome]:
+        """A batch's results: each job on its own, except that a failure of the destination
+        itself puts what was not delivered back as one batch at the front of the queue."""
+        if not results:
+            return []
+        batch = self._lease_back(identity, (results[0].job_id, destination), now)
+        if batch is None:
+            return []
+        by_id = {job.job_id: job for job in batch.jobs}
+        outcomes: list[Outcome] = []
+        held_back: list[JobHeader] = []
+        failure: Result | None = None
+        for result in results:
+            job = by_id.get(result.job_id)
+            if job is None:
+                continue
+            if (not result.delivered and result.transient
+                    and result.reason in DESTINATION_FAILURES):
+                held_back.append(job)
+                failure = result
+                continue
+            outcomes += self._outcome(Delivery(job, destination, batch.attempt), result, now)
+        reported = {r.job_id for r in results}
+        held_back += [j for j in batch.jobs if j.job_id not in reported]  # never tried
+        if held_back:
+            rest = Delivery(held_back[0], destination, batch.attempt, tuple(held_back))
+            reason = failure.reason if failure is not None else "aborted"
+            outcomes.append(self._pause(rest, reason, now))
+        return outcomes
+
+    def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
         if result.delivered:
             self.failures_in_a_row[delivery.destination] = 0
             self.paused_until[delivery.destination] = 0.0
@@ -246,8 +328,7 @@ class Dispatcher:
             policy = self.policies[name]
             delay = backoff(policy.retry, self.failures_in_a_row[name], self.rand)
             self.paused_until[name] = now + delay
-        if delivery.job.job_id in self.jobs:
-            self.queues[name].appendleft(delivery)
+        self._requeue_front(delivery)
         return Retry(delivery, self.paused_until[name] - now, reason)
 
     def is_paused(self, destination: str, now: float) -> bool:
@@ -260,6 +341,11 @@ class Dispatcher:
             _, _, delivery = heapq.heappop(self.delayed)
             if delivery.job.job_id in self.jobs:
                 self.queues[delivery.destination].append(delivery)
+        for destination, deliveries in self.holds.due(self.wall()):
+            pending = [d.job for d in deliveries if d.job.job_id in self.jobs]
+            for start in range(0, len(pending), MAX_BATCH):
+                jobs = tuple(pending[start:start + MAX_BATCH])
+                self.queues[destination].append(Delivery(jobs[0], destination, 1, jobs))
 
     def _pick_worker(self) -> WorkerState | None:
         best = max(self.workers.values(), key=lambda w: w.credits, default=None)
@@ -287,16 +373,32 @@ class Dispatcher:
             index = (self._rotation + offset) % len(names)
             name = names[index]
             if (self.queues[name] and self.in_flight[name] < self.policies[name].max_parallel
-                    and self.paused_until[name] <= now):
+                    and self.paused_until[name] <= now and self.in_window(name)):
                 self._rotation = index + 1  # the next call starts after this one: no starvation
                 return name
         return None
 
+    def in_window(self, destination: str) -> bool:
+        window = self.policies[destination].window
+        return window is None or window.is_open(self.local())
+
     def next_due(self, now: float) -> float | None:
-        """When dispatch() may next have something new to send: a retry or a pause ending."""
+        """When dispatch() may next have something new to send: a retry or a pause ending,
+        a held group becoming due, a destination's time window opening."""
         due = [self.delayed[0][0]] if self.delayed else []
         due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
+        group_due = self.holds.next_due()
+        if group_due is not None:
+            due.append(now + max(0.0, group_due - self.wall()))
+        for name, policy in self.policies.items():
+            if policy.window is not None and self.queues[name]:
+                due.append(now + policy.window.opens_in(self.local()))
         return min(due, default=None)
+
+    def depth(self, destination: str) -> int:
+        waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
+        queued = sum(d.size for d in self.queues[destination])
+        return queued + waiting + self.holds.depth(destination)
 
     def oldest_received(self, destination: str) -> float | None:
         """When the oldest job still pending for `destination` was received (None: none).
@@ -307,7 +409,3 @@ class Dispatcher:
             if destination in state.pending:
                 return state.header.received_at
         return None
-
-    def depth(self, destination: str) -> int:
-        waiting = sum(1 for _, _, d in self.delayed if d.destination == destination)
-        return len(self.queues[destination]) + waiting

@@ -34,6 +34,12 @@ class JobHeader:
     rules: tuple[str, ...]
     destinations: tuple[str, ...]
     tls_subject: str | None = None
+    # 0 urgent, 1 high, 2 normal, 3 low: urgent work jumps its destinations' queues.
+    priority: int = 2
+    # Study/series completion (a rule's `complete`): "<rule>|<study or series UID>", with the
+    # instance's number for the batch order; empty when no completion rule routed it.
+    group: str = ""
+    instance_number: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -99,12 +105,14 @@ class Ready(Message):
 
 @dataclass(frozen=True)
 class Deliver(Message):
-    """Broker -> worker: send this job's spool file to one destination."""
+    """Broker -> worker: send this job's spool file to one destination; with `batch`, send
+    every job of it in order over one association (a completed study or series)."""
 
     kind: ClassVar[str] = "deliver"
     job: JobHeader
     destination: str
     attempt: int
+    batch: list[JobHeader] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,15 @@ class Result(Message):
     reason: str = ""  # bounded label when not delivered
     transient: bool = False
     detail: str = ""  # operator-facing message
+
+
+@dataclass(frozen=True)
+class BatchResult(Message):
+    """Worker -> broker: the outcome of a batch Deliver, one Result per job, one credit."""
+
+    kind: ClassVar[str] = "batch_result"
+    destination: str
+    results: list[Result]
 
 
 @dataclass(frozen=True)
@@ -181,6 +198,9 @@ class RelayResponse(Message):
     sop_class_uid: str = ""  # N-CREATE / N-EVENT-REPORT answers
     sop_instance_uid: str = ""
     has_dataset: bool = False
+    # The other status elements of the answer, by keyword (ErrorID: int; OffendingElement,
+    # AttributeIdentifierList: tags as ints), relayed as the upstream sent them.
+    status_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,17 +235,49 @@ class RelayCancel(Message):
 RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel)
 
 _TYPES: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, Heartbeat,
-                              Goodbye, *RELAY_TYPES)
+    cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, BatchResult,
+                              Heartbeat, Goodbye, *RELAY_TYPES)
 }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, JobHeader):
+        return value.to_dict()
+    if isinstance(value, Result):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def encode(message: Message) -> bytes:
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "type": message.kind}
     for f in dataclasses.fields(message):  # type: ignore[arg-type]
-        value = getattr(message, f.name)
-        body[f.name] = value.to_dict() if isinstance(value, JobHeader) else value
+        body[f.name] = _plain(getattr(message, f.name))
     return msgpack.packb(body, use_bin_type=True)
+
+
+def _result(value: Any) -> Result:
+    if not isinstance(value, dict):
+        raise ProtocolError("a batch result entry is not a map")
+    try:
+        return Result(**value)
+    except TypeError as exc:
+        raise ProtocolError(f"bad batch result entry: {exc}") from None
+
+
+def _field_value(name: str, value: Any) -> Any:
+    if name == "job":
+        return JobHeader.from_dict(value)
+    if name == "batch":
+        if not isinstance(value, list):
+            raise ProtocolError("deliver batch is not a list")
+        return [JobHeader.from_dict(v) for v in value]
+    if name == "results":
+        if not isinstance(value, list):
+            raise ProtocolError("batch results are not a list")
+        return [_result(v) for v in value]
+    return value
 
 
 def decode(frame: bytes) -> Message:
@@ -247,8 +299,7 @@ def decode(frame: bytes) -> Message:
             if f.default is dataclasses.MISSING:
                 raise ProtocolError(f"{cls.kind} message lacks field {f.name!r}")
             continue
-        value = body[f.name]
-        values[f.name] = JobHeader.from_dict(value) if f.name == "job" else value
+        values[f.name] = _field_value(f.name, body[f.name])
     try:
         return cls(**values)
     except TypeError as exc:
@@ -258,6 +309,7 @@ def decode(frame: bytes) -> Message:
 __all__ = [
     "SCHEMA_VERSION",
     "Accepted",
+    "BatchResult",
     "Deliver",
     "Goodbye",
     "Heartbeat",

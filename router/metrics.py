@@ -37,6 +37,11 @@ DIMSE_RESPONSES = Counter(
     "DIMSE responses received from destinations, by command and status.",
     ["destination", "command", "status"],
 )
+INSTANCES_DROPPED = Counter(
+    f"{PREFIX}_instances_dropped_total",
+    "C-STOREs answered Success and not kept, by the rule (action: drop) that said so.",
+    ["rule"],
+)
 INSTANCES_RECEIVED = Counter(
     f"{PREFIX}_instances_received_total", "C-STORE instances by outcome.", ["result"]
 )

@@ -15,6 +15,7 @@ class Status(IntEnum):
     INVALID_UID = 0xC001
     NO_ROUTE = 0xC002
     DATASET_TOO_LARGE = 0xC003
+    REJECTED_BY_RULE = 0xC004  # a rule with `action: reject` matched
     # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
     PROCESSING_FAILURE = 0x0110
 

@@ -18,6 +18,8 @@ from router.access import peer_certificate
 from router.admission import Admission
 from router.audit import AuditTrail
 from router.broker_client import BrokerClient
+from router.config import Rule
+from router.delivery_queue import FROM_DIMSE, NORMAL, PRIORITIES
 from router.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
 from router.header_tags import read_tags
 from router.log_context import JOB, working_on
@@ -37,7 +39,10 @@ _RESULT_LABELS = {
     Status.INVALID_UID: "invalid_uid",
     Status.OUT_OF_RESOURCES: "out_of_resources",
     Status.DATASET_TOO_LARGE: "too_large",
+    Status.REJECTED_BY_RULE: "rejected",
 }
+# Read when any rule waits for study/series completion: the group and the batch order.
+COMPLETION_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber")
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:
@@ -78,7 +83,8 @@ class StoreHandler:
         """At start and on a config reload; a C-STORE in progress keeps the rules it read."""
         # One header read serves both the rules and the audit trail (per-study records).
         audit_keywords = ("StudyInstanceUID", "PatientID") if self.audit is not None else ()
-        self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords}))
+        completion = COMPLETION_KEYWORDS if rules.completes else ()
+        self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords, *completion}))
         self.rules = rules
         self.max_dataset_bytes = max_dataset_bytes
 
@@ -89,8 +95,9 @@ class StoreHandler:
 
     def _answer(self, event: Any) -> Dataset:
         tags: dict[str, str] = {}
+        label = ""
         try:
-            status = self._store(event, tags)
+            status, label = self._store(event, tags)
             comment = ""
         except DimseRefusal as exc:
             status, comment = exc.status, str(exc)
@@ -98,7 +105,7 @@ class StoreHandler:
         except Exception:  # the handler boundary: an unexpected error is a failure status
             log.exception("C-STORE failed unexpectedly")
             status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"
-        metrics.INSTANCES_RECEIVED.labels(_RESULT_LABELS.get(status, "error")).inc()
+        metrics.INSTANCES_RECEIVED.labels(label or _RESULT_LABELS.get(status, "error")).inc()
         metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
         if self.audit is not None:
             self._tally(event, tags, status == Status.SUCCESS)
@@ -111,7 +118,7 @@ class StoreHandler:
             tally.add(tags.get("StudyInstanceUID", "unknown"), sop_class, ok,
                       tags.get("PatientID"))
 
-    def _store(self, event: Any, tags: dict[str, str]) -> Status:
+    def _store(self, event: Any, tags: dict[str, str]) -> tuple[Status, str]:
         request = event.request
         sop_class = require_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
         sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
@@ -125,7 +132,7 @@ class StoreHandler:
             raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
                                Status.DATASET_TOO_LARGE)
         if self.relay is not None and self.relay.take_move_instance(event, received):
-            return Status.SUCCESS  # a relayed C-MOVE's instance, delivered by its move
+            return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
         refusal = self.admission.refusal(new_association=False)
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
@@ -139,8 +146,19 @@ class StoreHandler:
         if self.audit is not None:
             header()
         decision = self.rules.route(facts, header, sop_class)
+        if decision.action == "drop":
+            metrics.INSTANCES_DROPPED.labels(decision.rules[-1]).inc()
+            log.info("C-STORE dropped by rule %s (answered Success, nothing kept)",
+                     decision.rules[-1])
+            return Status.SUCCESS, "dropped"
+        if decision.action == "reject":
+            raise DimseRefusal(f"refused by the router's rule {decision.rules[-1]}",
+                               Status.REJECTED_BY_RULE)
         if not decision.matched:
             raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
+        group, instance_number = "", 0
+        if decision.complete is not None and decision.complete.complete is not None:
+            group, instance_number = self._group(decision.complete, header())
         job = JobHeader(
             job_id=new_job_id(),
             calling_ae=facts.calling_ae,
@@ -155,6 +173,9 @@ class StoreHandler:
             rules=decision.rules,
             destinations=decision.destinations,
             tls_subject=subject_text(peer_certificate(event.assoc)),
+            priority=_priority(decision.priority, event.request),
+            group=group,
+            instance_number=instance_number,
         )
         JOB.set(job.job_id)  # for structured logs; undone by working_on
         self.spool.commit(job, received)
@@ -170,7 +191,19 @@ class StoreHandler:
             raise
         log.debug("C-STORE accepted as job %s: %d bytes for %s", job.job_id, size,
                   ", ".join(job.destinations))
-        return Status.SUCCESS
+        return Status.SUCCESS, "accepted"
+
+    @staticmethod
+    def _group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
+        assert rule.complete is not None
+        keyword = "StudyInstanceUID" if rule.complete.level == "study" else "SeriesInstanceUID"
+        uid = tags.get(keyword, "")
+        try:
+            number = int(float(tags.get("InstanceNumber", "0") or 0))
+        except ValueError:
+            number = 0
+        # Without the UID the instance cannot join a group: it goes on its own, at once.
+        return (f"{rule.name}|{uid}", number) if uid else ("", 0)
 
     def _tags(self, path: Path) -> dict[str, str]:
         try:
@@ -179,3 +212,9 @@ class StoreHandler:
             raise DimseRefusal(
                 f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND
             ) from exc
+
+
+def _priority(rule_priority: str, request: Any) -> int:
+    if rule_priority != "request":
+        return PRIORITIES[rule_priority]
+    return FROM_DIMSE.get(int(getattr(request, "Priority", 0) or 0), NORMAL)

@@ -13,9 +13,10 @@ import zmq
 
 from router import metrics
 from router.config import RouterConfig
+from router.dispatch import DESTINATION_FAILURES
 from router.errors import DeliveryError
 from router.log_context import working_on
-from router.messages import Deliver, JobHeader, Result, encode
+from router.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.spool import Spool
 from workers.destinations import Destination, build_destination
 from workers.dicom_destination import DicomDestination
@@ -62,7 +63,8 @@ class DeliveryThread(threading.Thread):
                     continue
                 if task is None:
                     return
-                self.results.send(encode(self.handle(task)))
+                answer = self.handle_batch(task) if task.batch else self.handle(task)
+                self.results.send(encode(answer))
         finally:
             for destination in self.destinations.values():
                 destination.close()
@@ -98,6 +100,21 @@ class DeliveryThread(threading.Thread):
         if name not in self.destinations:
             self.destinations[name] = build_destination(name, self.config)
         return self.destinations[name]
+
+    def handle_batch(self, task: Deliver) -> BatchResult:
+        """A completed study or series: every job in order, over one association. Stops at a
+        failure of the destination itself; what was not tried goes back as a batch."""
+        destination = self._destination(task.destination)
+        if isinstance(destination, DicomDestination):
+            destination.prepare([(j.sop_class_uid, j.transfer_syntax_uid) for j in task.batch])
+        results: list[Result] = []
+        for job in task.batch:
+            result = self.handle(Deliver(job, task.destination, task.attempt))
+            results.append(result)
+            if (not result.delivered and result.transient
+                    and result.reason in DESTINATION_FAILURES):
+                break
+        return BatchResult(task.destination, results)
 
     def handle(self, task: Deliver) -> Result:
         """Deliver one job to one destination. Always returns a Result: never loses one."""

@@ -20,6 +20,7 @@ from pynetdicom.presentation import build_context
 
 from router import metrics
 from router.config import DicomDestination as DicomConfig
+from router.delivery_queue import TO_DIMSE
 from router.dicom_net import set_nodelay
 from router.errors import DeliveryError
 from router.messages import JobHeader
@@ -82,6 +83,14 @@ class DicomDestination:
         return any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == syntax
                    for cx in assoc.accepted_contexts)
 
+    def prepare(self, pairs: list[tuple[str, str]]) -> None:
+        """Propose every (SOP class, syntax) of a batch at once, so that it needs one
+        association (up to 128 pairs)."""
+        for pair in pairs:
+            self.contexts[pair] = None
+        if self.assoc is not None and not all(self._accepts(self.assoc, *p) for p in pairs):
+            self.release()
+
     def _association(self, sop_class: str, syntax: str) -> Association:
         if self.assoc is not None and self.assoc.is_established:
             if self._accepts(self.assoc, sop_class, syntax):
@@ -131,7 +140,7 @@ class DicomDestination:
         assoc = self._association(job.sop_class_uid, job.transfer_syntax_uid)
         self.last_used = time.monotonic()
         try:
-            response: Any = assoc.send_c_store(source)
+            response: Any = assoc.send_c_store(source, priority=TO_DIMSE.get(job.priority, 0))
         except (OSError, RuntimeError) as exc:
             self.abort()
             raise DeliveryError("connection", f"sending to {self.name} failed: {exc}",

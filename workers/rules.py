@@ -24,10 +24,21 @@ class AssociationFacts:
 class RouteDecision:
     rules: tuple[str, ...]
     destinations: tuple[str, ...]
+    action: str = "forward"  # or "drop"/"reject": then rules[-1] is the rule that said so
+    priority: str = "request"  # of the first matching rule that sets one
+    complete: Rule | None = None  # the first matching rule that waits for completion
 
     @property
     def matched(self) -> bool:
         return bool(self.destinations)
+
+    def rule_for(self, destination: str, rules: Mapping[str, Rule]) -> Rule | None:
+        """The rule that sent this instance to `destination` (its morphing applies)."""
+        for name in self.rules:
+            rule = rules.get(name)
+            if rule is not None and destination in rule.forward:
+                return rule
+        return None
 
 
 TagReader = Callable[[], Mapping[str, str]]
@@ -95,14 +106,25 @@ class RuleSet:
         """The header keywords any rule needs: the only ones read from a dataset."""
         return tuple(sorted({k for r in self.rules for k in r.tags}))
 
+    @cached_property
+    def by_name(self) -> dict[str, Rule]:
+        return {r.rule.name: r.rule for r in self.rules}
+
+    @cached_property
+    def completes(self) -> bool:
+        return any(r.rule.complete is not None for r in self.rules)
+
     def route(self, facts: AssociationFacts, read_tags: TagReader,
               sop_class: str | None = None) -> RouteDecision:
-        """Where a received instance goes: rules with `forward` only."""
+        """Where a received instance goes: rules with `forward` (or drop/reject) only."""
         tags: Mapping[str, str] | None = None
         names: list[str] = []
         destinations: dict[str, None] = {}  # ordered, without duplicates
+        priority = "request"
+        complete: Rule | None = None
         for rule in self.rules:
-            if not rule.rule.forward or not rule.matches_sop_class(sop_class):
+            filters = rule.rule.action != "forward"
+            if not (rule.rule.forward or filters) or not rule.matches_sop_class(sop_class):
                 continue
             if not rule.matches_association(facts):
                 continue
@@ -111,10 +133,16 @@ class RuleSet:
                 if not rule.matches_tags(tags):
                     continue
             names.append(rule.rule.name)
+            if filters:
+                return RouteDecision(tuple(names), (), rule.rule.action)
             destinations.update(dict.fromkeys(rule.rule.forward))
+            if priority == "request":
+                priority = rule.rule.priority
+            if complete is None and rule.rule.complete is not None:
+                complete = rule.rule
             if not rule.rule.continue_:
                 break
-        return RouteDecision(tuple(names), tuple(destinations))
+        return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete)
 
     def upstreams(self, facts: AssociationFacts, sop_class: str) -> RouteDecision:
         """Where a query, retrieve or N-request goes: the `query` list of the first rule with

@@ -1,0 +1,53 @@
+"""The deliveries waiting for one destination: urgent first, and in arrival order within a
+priority (router/dispatch.py keeps one per destination)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import Generic, Protocol, TypeVar
+
+URGENT, HIGH, NORMAL, LOW = 0, 1, 2, 3
+PRIORITIES = {"urgent": URGENT, "high": HIGH, "normal": NORMAL, "low": LOW}
+# DIMSE Priority (PS3.7 9.3.1.1): 0 medium, 1 high, 2 low.
+FROM_DIMSE = {0: NORMAL, 1: HIGH, 2: LOW}
+TO_DIMSE = {URGENT: 1, HIGH: 1, NORMAL: 0, LOW: 2}
+
+
+class Prioritised(Protocol):
+    @property
+    def priority(self) -> int: ...
+
+
+T = TypeVar("T", bound=Prioritised)
+
+
+class DeliveryQueue(Generic[T]):
+    def __init__(self) -> None:
+        self._levels: list[deque[T]] = [deque() for _ in PRIORITIES]
+
+    def _level(self, item: T) -> deque[T]:
+        return self._levels[min(max(item.priority, URGENT), LOW)]
+
+    def append(self, item: T) -> None:
+        self._level(item).append(item)
+
+    def appendleft(self, item: T) -> None:
+        """Back to the front of its priority: a delivery taken back keeps its turn."""
+        self._level(item).appendleft(item)
+
+    def popleft(self) -> T:
+        for level in self._levels:
+            if level:
+                return level.popleft()
+        raise IndexError("pop from an empty delivery queue")
+
+    def __len__(self) -> int:
+        return sum(len(level) for level in self._levels)
+
+    def __bool__(self) -> bool:
+        return any(self._levels)
+
+    def __iter__(self) -> Iterator[T]:
+        for level in self._levels:
+            yield from level

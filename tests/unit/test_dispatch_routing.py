@@ -1,0 +1,134 @@
+"""router/dispatch.py with priorities, time windows and study/series completion batches."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+
+from router.completion import CompletionPolicy, GroupHolds
+from router.dispatch import DeadLetter, DestinationPolicy, Dispatcher, Retry, Settled
+from router.messages import Result
+from router.time_window import TimeWindow
+
+from .helpers import make_header
+from .test_dispatch import RETRY, W1, ok, sent
+
+NOON = datetime(2026, 12, 1, 12, 0)
+
+
+class Clock:
+    def __init__(self, wall: float = 1_700_000_000.0, local: datetime = NOON) -> None:
+        self.wall_now, self.local_now = wall, local
+
+    def wall(self) -> float:
+        return self.wall_now
+
+    def local(self) -> datetime:
+        return self.local_now
+
+
+def dispatcher(clock: Clock, *, window: TimeWindow | None = None,
+               holds: GroupHolds | None = None, parallel: int = 4) -> Dispatcher:
+    policies = {"pacs": DestinationPolicy(parallel, RETRY, window)}
+    return Dispatcher(policies, max_jobs=100, max_bytes=10**9, rand=lambda: 0.0, holds=holds,
+                      wall=clock.wall, local=clock.local)
+
+
+def test_urgent_jobs_jump_the_queue_and_each_priority_keeps_its_order() -> None:
+    d = dispatcher(Clock(), parallel=1)
+    for job_id, priority in [("n1", 2), ("low", 3), ("n2", 2), ("urgent", 0), ("high", 1)]:
+        d.add_job(make_header(job_id, priority=priority))
+    d.worker_ready(W1, 10, 0.0)
+    order = []
+    for _ in range(5):
+        (_, delivery), = d.dispatch(0.0)
+        order.append(delivery.job.job_id)
+        d.result(W1, ok(delivery.job, "pacs"), 0.0)
+    assert order == ["urgent", "high", "n1", "n2", "low"]
+
+
+def test_a_closed_window_holds_the_queue_until_it_opens() -> None:
+    clock = Clock(local=datetime(2026, 12, 1, 12, 0))
+    d = dispatcher(clock, window=TimeWindow(time(20, 0), time(6, 0)))
+    d.add_job(make_header("j1"))
+    d.worker_ready(W1, 4, 0.0)
+    assert d.dispatch(0.0) == []
+    assert d.next_due(0.0) == 8 * 3600  # seconds until 20:00
+    clock.local_now = datetime(2026, 12, 1, 23, 30)  # open across midnight
+    assert sent(d.dispatch(1.0)) == [("j1", "pacs")]
+    clock.local_now = datetime(2026, 12, 2, 6, 0)
+    d.add_job(make_header("j2"))
+    assert d.dispatch(2.0) == []  # 06:00 is the end: closed again
+
+
+def completion(clock: Clock, stable: float = 30, deadline: float = 300) -> Dispatcher:
+    holds = GroupHolds({"series": CompletionPolicy(stable, deadline, frozenset({"pacs"}))})
+    return dispatcher(clock, holds=holds)
+
+
+def test_a_group_waits_until_stable_then_goes_as_one_batch_in_instance_order() -> None:
+    clock = Clock()
+    d = completion(clock)
+    t0 = clock.wall_now
+    for job_id, number, at in [("a", 3, t0), ("b", 1, t0 + 5), ("c", 2, t0 + 10)]:
+        d.add_job(make_header(job_id, group="series|1.2.3", instance_number=number,
+                              received_at=at))
+    d.add_job(make_header("other"))  # no group: goes at once
+    d.worker_ready(W1, 4, 0.0)
+    assert sent(d.dispatch(0.0)) == [("other", "pacs")]
+    assert d.depth("pacs") == 3
+    clock.wall_now = t0 + 39
+    assert d.dispatch(1.0) == []
+    assert d.next_due(1.0) == 2.0  # t0 + 10 + 30 is one second away
+    clock.wall_now = t0 + 40
+    (_, batch), = d.dispatch(2.0)
+    assert [j.job_id for j in batch.jobs] == ["b", "c", "a"]
+    outcomes = d.batch_result(W1, "pacs", [ok(j, "pacs") for j in batch.jobs], 3.0)
+    assert {o.job.job_id for o in outcomes if isinstance(o, Settled)} == {"b", "c", "a"}
+
+
+def test_the_deadline_releases_a_group_that_never_settles() -> None:
+    clock = Clock()
+    d = completion(clock, stable=30, deadline=100)
+    t0 = clock.wall_now
+    for i in range(12):  # a new instance every 10 s: never stable
+        d.add_job(make_header(f"j{i}", group="series|9", instance_number=i,
+                              received_at=t0 + 10 * i))
+    clock.wall_now = t0 + 100
+    d.worker_ready(W1, 4, 0.0)
+    (_, batch), = d.dispatch(0.0)
+    assert batch.size == 12
+
+
+def test_a_batch_failing_at_the_destination_goes_back_whole_and_failures_retry_alone() -> None:
+    clock = Clock()
+    d = completion(clock, stable=1)
+    t0 = clock.wall_now
+    jobs = [make_header(f"j{i}", group="series|7", instance_number=i, received_at=t0)
+            for i in range(4)]
+    for job in jobs:
+        d.add_job(job)
+    clock.wall_now = t0 + 2
+    d.worker_ready(W1, 4, 0.0)
+    d.dispatch(0.0)
+    results = [ok(jobs[0], "pacs"),
+               Result("j1", "pacs", False, "status", False, "0xA900 refused"),
+               Result("j2", "pacs", False, "connection", True, "down")]
+    outcomes = d.batch_result(W1, "pacs", results, 1.0)
+    assert any(isinstance(o, DeadLetter) and o.delivery.job.job_id == "j1" for o in outcomes)
+    pause = next(o for o in outcomes if isinstance(o, Retry))
+    assert [j.job_id for j in pause.delivery.jobs] == ["j2", "j3"]  # j3 was never tried
+    assert [[j.job_id for j in q.jobs] for q in d.queues["pacs"]] == [["j2", "j3"]]
+    assert d.in_flight["pacs"] == 0
+
+
+def test_a_worker_lost_mid_batch_gives_the_batch_back() -> None:
+    clock = Clock()
+    d = completion(clock, stable=1)
+    for i in range(3):
+        d.add_job(make_header(f"j{i}", group="series|7", instance_number=i,
+                              received_at=clock.wall_now))
+    clock.wall_now += 5
+    d.worker_ready(W1, 4, 0.0)
+    d.dispatch(0.0)
+    assert d.worker_gone(W1) == 3
+    assert [j.job_id for j in d.queues["pacs"].popleft().jobs] == ["j0", "j1", "j2"]
