@@ -13,6 +13,8 @@ command -v prometheus >/dev/null 2>&1 || needed+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || needed+=(haproxy)
 # A real archive (C-FIND/C-GET/C-MOVE and storage commitment SCP) for the proxy tests.
 [ -x /usr/sbin/Orthanc ] || needed+=(orthanc)
+# Its DICOMweb plugin, for the STOW-RS destination tests.
+compgen -G "/usr/share/orthanc/plugins/libOrthancDicomWeb*" >/dev/null || needed+=(orthanc-dicomweb)
 # `kubectl kustomize` renders ops/kubernetes; Debian's kubernetes-client has it.
 command -v kubectl >/dev/null 2>&1 || needed+=(kubernetes-client)
 if [ ${#needed[@]} -eq 0 ]; then

@@ -1,0 +1,576 @@
+"""The DICOMweb (STOW-RS) destination against a real Orthanc with its DICOMweb plugin.
+
+No router process: the tests drive workers.dicomweb_destination.DicomWebDestination as a
+delivery thread would, and ask Orthanc's REST API what it stored. Answers Orthanc never gives
+(409, 503, a FailedSOPSequence in a 200, a 202 with a WarningReason) come from a small STOW-RS
+stub on loopback, which also shows what goes on the wire: the spooled file's bytes, unchanged.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.server
+import json
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
+
+from router.dicomweb_spec import DicomWebFields
+from router.errors import DeliveryError
+from router.messages import JobHeader
+from tests.archives import Orthanc
+from tests.dcmtk import LOCALHOST, free_ports
+from tests.dicom_samples import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    JPEG_BASELINE,
+    RLE_LOSSLESS,
+    dataset_digest,
+    write_instance,
+)
+from tests.pki import CertificateAuthority
+from workers.dicomweb_destination import DicomWebDestination
+
+pytestmark = pytest.mark.integration
+
+PLUGIN_GLOB = "/usr/share/orthanc/plugins/libOrthancDicomWeb*"
+PASSWORD_ENV = "DICOMWEB_TEST_PASSWORD"
+USERS = {"router": "correct horse battery staple"}
+
+
+def dicomweb_plugin() -> str:
+    found = sorted(glob.glob(PLUGIN_GLOB))
+    if not found:
+        raise RuntimeError("Orthanc's DICOMweb plugin is not installed "
+                           "(scripts/install-test-deps.sh installs orthanc-dicomweb)")
+    return found[0]
+
+
+class WebOrthanc(Orthanc):
+    """Orthanc with the DICOMweb plugin at /dicom-web/, optionally with users.
+
+    Its own REST calls authenticate (the base class's do not). Orthanc's built-in HTTPS is
+    not used: Debian's Orthanc 1.10.1 resets every request after the TLS handshake here, so
+    the https tests use the STOW-RS stub below.
+    """
+
+    def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None) -> None:
+        config: dict[str, Any] = {
+            "Plugins": [dicomweb_plugin()],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        if users:
+            config |= {"AuthenticationEnabled": True, "RegisteredUsers": dict(users)}
+        super().__init__(workdir, config=config)
+        self.auth = next(iter(users.items())) if users else None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://{LOCALHOST}:{self.http_port}/dicom-web"
+
+    def rest(self, path: str, method: str = "GET",
+             body: bytes | Mapping[str, Any] | Sequence[Any] | None = None, *,
+             timeout: float = 30.0) -> Any:
+        data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+        response = requests.request(method, f"http://{LOCALHOST}:{self.http_port}{path}",
+                                    data=data, auth=self.auth, timeout=timeout)
+        response.raise_for_status()  # an HTTPError is an OSError: _ready() waits on it
+        if response.headers.get("Content-Type", "").startswith("application/json"):
+            return response.json()
+        return response.content
+
+    def stored_file(self, sop_instance_uid: str) -> bytes:
+        found = self.rest("/tools/find", "POST",
+                          {"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}})
+        assert len(found) == 1, f"{sop_instance_uid}: Orthanc holds {found}"
+        content: bytes = self.rest(f"/instances/{found[0]}/file")
+        return content
+
+    def instance_count(self) -> int:
+        return len(self.rest("/instances"))
+
+
+def web_config(url: str, **settings: Any) -> DicomWebFields:
+    return DicomWebFields.model_validate({"type": "dicomweb", "url": url, **settings})
+
+
+def job_for(path: Path, sop_instance_uid: str | None = None) -> JobHeader:
+    """The job header the acceptor would have written for this file."""
+    try:
+        meta = read_file_meta_info(path)
+        facts = (str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+                 str(meta.TransferSyntaxUID))
+    except Exception:  # not DICOM: a header as if the acceptor had been fooled
+        facts = (CTImageStorage, "1.2.3.4", EXPLICIT_VR_LE)
+    return JobHeader(
+        job_id=uuid.uuid4().hex, calling_ae="MODALITY", called_ae="ROUTER",
+        peer_address=LOCALHOST, peer_port=40000, sop_class_uid=facts[0],
+        sop_instance_uid=sop_instance_uid or facts[1], transfer_syntax_uid=facts[2],
+        size=path.stat().st_size, received_at=time.time(), rules=("all",),
+        destinations=("web",))
+
+
+def delivery_error(destination: DicomWebDestination, path: Path,
+                   sop_instance_uid: str | None = None) -> DeliveryError:
+    with pytest.raises(DeliveryError) as caught:
+        destination.deliver(job_for(path, sop_instance_uid), path)
+    return caught.value
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebOrthanc]:
+    with WebOrthanc(tmp_path_factory.mktemp("orthanc-web")) as archive:
+        yield archive
+
+
+@pytest.fixture(scope="module")
+def secured_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebOrthanc]:
+    with WebOrthanc(tmp_path_factory.mktemp("orthanc-auth"), users=USERS) as archive:
+        yield archive
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Path:
+    return write_instance(tmp_path / "one", sop_class=CTImageStorage,
+                          transfer_syntax=EXPLICIT_VR_LE)
+
+
+# --- delivery to Orthanc ------------------------------------------------------------------------
+
+SAMPLES = (  # (SOP class, transfer syntax, size): native, deflated and encapsulated
+    (CTImageStorage, EXPLICIT_VR_LE, 10_000),
+    (MRImageStorage, IMPLICIT_VR_LE, 10_000),
+    (CTImageStorage, DEFLATED_EXPLICIT_VR_LE, 20_000),
+    (SecondaryCaptureImageStorage, JPEG_BASELINE, 10_000),
+    (SecondaryCaptureImageStorage, RLE_LOSSLESS, 10_000),
+    (CTImageStorage, EXPLICIT_VR_LE, 3_500_000),  # larger than one read block: streamed
+)
+
+
+def test_delivers_instances_unchanged(orthanc: WebOrthanc, tmp_path: Path) -> None:
+    paths = [write_instance(tmp_path / "src", sop_class=sop, transfer_syntax=ts,
+                            size_bytes=size) for sop, ts, size in SAMPLES]
+    destination = DicomWebDestination("web", web_config(orthanc.dicomweb_url))
+    try:
+        for path in paths:
+            destination.deliver(job_for(path), path)
+        destination.deliver(job_for(paths[0]), paths[0])  # again: at least once is harmless
+    finally:
+        destination.close()
+    for path in paths:
+        uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+        stored = tmp_path / "stored" / f"{uid}.dcm"
+        stored.parent.mkdir(exist_ok=True)
+        stored.write_bytes(orthanc.stored_file(uid))
+        assert read_file_meta_info(stored).TransferSyntaxUID == \
+            read_file_meta_info(path).TransferSyntaxUID
+        assert dataset_digest(stored) == dataset_digest(path), uid
+
+
+def test_not_dicom_is_a_permanent_failure(orthanc: WebOrthanc, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"this is not a DICOM file\n" * 100)
+    destination = DicomWebDestination("web", web_config(orthanc.dicomweb_url))
+    error = delivery_error(destination, garbage)
+    destination.close()
+    assert (error.reason, error.transient) == ("status", False)
+    assert "HTTP 400" in str(error)
+
+
+def test_truncated_instance_is_a_permanent_failure(
+    orthanc: WebOrthanc, instance: Path, tmp_path: Path
+) -> None:
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(instance.read_bytes()[:300])
+    destination = DicomWebDestination("web", web_config(orthanc.dicomweb_url))
+    error = delivery_error(destination, truncated, job_for(instance).sop_instance_uid)
+    destination.close()
+    assert (error.reason, error.transient) == ("status", False)
+
+
+def test_stopped_orthanc_is_a_transient_connection_failure(
+    tmp_path: Path, instance: Path
+) -> None:
+    archive = WebOrthanc(tmp_path / "orthanc")
+    archive.start()
+    destination = DicomWebDestination("web", web_config(archive.dicomweb_url, timeout=5))
+    try:
+        destination.deliver(job_for(instance), instance)  # a pooled connection now exists
+        archive.stop()
+        error = delivery_error(destination, instance)
+    finally:
+        destination.close()
+        archive.stop()
+    assert (error.reason, error.transient) == ("connection", True)
+    assert "/dicom-web/studies" in str(error)
+
+
+def test_missing_file_is_left_to_the_caller(orthanc: WebOrthanc, tmp_path: Path) -> None:
+    """The delivery thread turns FileNotFoundError into "withdrawn": it must come through."""
+    destination = DicomWebDestination("web", web_config(orthanc.dicomweb_url))
+    missing = tmp_path / "gone.dcm"
+    job = job_for(write_instance(tmp_path, sop_class=CTImageStorage,
+                                 transfer_syntax=EXPLICIT_VR_LE))
+    with pytest.raises(FileNotFoundError):
+        destination.deliver(job, missing)
+    destination.close()
+
+
+# --- basic authentication ---------------------------------------------------------------------
+
+
+def test_basic_auth_delivers(secured_orthanc: WebOrthanc, instance: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, USERS["router"])
+    config = web_config(secured_orthanc.dicomweb_url, auth="basic", username="router",
+                        password_env=PASSWORD_ENV)
+    destination = DicomWebDestination("web", config)
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+    uid = job_for(instance).sop_instance_uid
+    assert secured_orthanc.stored_file(uid) == instance.read_bytes()
+
+
+def test_basic_auth_from_a_file(secured_orthanc: WebOrthanc, instance: Path,
+                                tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(USERS["router"] + "\n")  # as `echo ... > file` writes it
+    config = web_config(secured_orthanc.dicomweb_url, auth="basic", username="router",
+                        password_file=str(secret))
+    destination = DicomWebDestination("web", config)
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+
+
+def test_wrong_password_is_a_permanent_rejection(
+    secured_orthanc: WebOrthanc, instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "wrong")
+    config = web_config(secured_orthanc.dicomweb_url, auth="basic", username="router",
+                        password_env=PASSWORD_ENV)
+    before = secured_orthanc.instance_count()
+    error = delivery_error(DicomWebDestination("web", config), instance)
+    assert (error.reason, error.transient) == ("rejected", False)
+    assert "HTTP 401" in str(error)
+    assert "authentication failed: check username/password_env" in str(error)
+    assert secured_orthanc.instance_count() == before
+
+
+def test_no_credentials_for_a_secured_service(secured_orthanc: WebOrthanc,
+                                              instance: Path) -> None:
+    error = delivery_error(DicomWebDestination("web", web_config(secured_orthanc.dicomweb_url)),
+                           instance)
+    assert (error.reason, error.transient) == ("rejected", False)
+    assert "set auth" in str(error)
+
+
+def test_unset_password_variable_pauses_the_destination(
+    secured_orthanc: WebOrthanc, instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's mistake to fix, not the instance's fault: transient, nothing dead."""
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    config = web_config(secured_orthanc.dicomweb_url, auth="basic", username="router",
+                        password_env=PASSWORD_ENV)
+    error = delivery_error(DicomWebDestination("web", config), instance)
+    assert (error.reason, error.transient) == ("rejected", True)
+    assert PASSWORD_ENV in str(error)
+
+
+# --- answers Orthanc does not give: a STOW-RS stub ----------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """What the stub received, and what it answers with next."""
+
+    status: int = 200
+    delay: float = 0.0  # seconds before answering
+    body: Any = None  # JSON-encoded when not bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+
+
+class StowStub(http.server.ThreadingHTTPServer):
+    """Answers every POST with ``exchange``; over TLS when given a server context."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__((LOCALHOST, 0), _StubHandler)
+        self.exchange = Exchange()
+        self.tls = tls
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        sock.settimeout(10)  # the handshake runs in the handler's thread, with a deadline
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), \
+            address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that refuses the certificate is what some tests want
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{LOCALHOST}:{self.server_address[1]}/dicom-web"
+
+
+def serve(server: StowStub) -> Iterator[StowStub]:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    server: StowStub
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        exchange = self.server.exchange
+        length = int(self.headers.get("Content-Length", "0"))
+        exchange.requests.append((self.path, dict(self.headers), self.rfile.read(length)))
+        time.sleep(exchange.delay)
+        body = exchange.body
+        payload = body if isinstance(body, bytes) else b"" if body is None else \
+            json.dumps(body).encode()
+        self.send_response(exchange.status)
+        if body is not None and not isinstance(body, bytes):
+            self.send_header("Content-Type", "application/dicom+json")
+        for name, value in exchange.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[StowStub]:
+    yield from serve(StowStub())
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("pki"), "Test Web CA")
+
+
+@pytest.fixture
+def https_stub(authority: CertificateAuthority) -> Iterator[StowStub]:
+    issued = authority.issue("stow", dns=("localhost",), ip=LOCALHOST, server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.cert, issued.key)
+    yield from serve(StowStub(context))
+
+
+def stow_answer(*, referenced: Sequence[tuple[str, int | None]] = (),
+                failed: Sequence[tuple[str, int]] = ()) -> dict[str, Any]:
+    """An application/dicom+json STOW-RS response (PS3.18 Table 10.5.3-1)."""
+    def item(uid: str, reason_tag: str, code: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "00081150": {"vr": "UI", "Value": [CTImageStorage]},
+            "00081155": {"vr": "UI", "Value": [uid]},
+        }
+        if code is not None:
+            out[reason_tag] = {"vr": "US", "Value": [code]}
+        return out
+
+    return {
+        "00081198": {"vr": "SQ", "Value": [item(u, "00081197", c) for u, c in failed]},
+        "00081199": {"vr": "SQ", "Value": [item(u, "00081196", c) for u, c in referenced]},
+    }
+
+
+def test_request_carries_the_file_as_is(stub: StowStub, instance: Path) -> None:
+    uid = job_for(instance).sop_instance_uid
+    stub.exchange.body = stow_answer(referenced=[(uid, None)])
+    destination = DicomWebDestination("web", web_config(stub.url + "/"))
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+    path, headers, body = stub.exchange.requests[0]
+    assert path == "/dicom-web/studies"
+    media_type, *parameters = (p.strip() for p in headers["Content-Type"].split(";"))
+    assert media_type == "multipart/related"
+    params = dict(p.split("=", 1) for p in parameters)
+    assert params["type"] == '"application/dicom"'
+    boundary = params["boundary"].strip('"')
+    assert headers["Accept"] == "application/dicom+json"
+    assert "Transfer-Encoding" not in headers
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    assert body == head + instance.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "expected"),
+    [
+        (200, "ours", None),
+        (200, None, None),  # no body: nothing to contradict the status
+        (202, "ours-warning", None),
+        (200, "ours-failed-A700", ("status", True, "FailureReason 0xA700")),
+        (200, "ours-failed-C000", ("status", False, "FailureReason 0xC000")),
+        (202, "ours-failed-C000", ("status", False, "HTTP 202")),
+        (200, "other", ("status", False, "does not list")),
+        (409, "ours-failed-A900", ("status", False, "HTTP 409 FailureReason 0xA900")),
+        (400, None, ("status", False, "HTTP 400")),
+        (415, {"Message": "Unsupported media type"}, ("status", False, "Unsupported media")),
+        (429, None, ("status", True, "HTTP 429")),
+        (503, None, ("status", True, "HTTP 503")),
+        (500, b"<html>oops</html>", ("status", True, "HTTP 500")),
+        (301, None, ("status", False, "HTTP 301")),
+        (404, None, ("status", False, "is url the DICOMweb service root")),
+        (403, None, ("rejected", False, "authentication failed")),
+    ],
+)
+def test_answers_become_results(
+    stub: StowStub, instance: Path, status: int, answer: Any,
+    expected: tuple[str, bool, str] | None,
+) -> None:
+    uid = job_for(instance).sop_instance_uid
+    canned = {
+        "ours": stow_answer(referenced=[(uid, None)]),
+        "ours-warning": stow_answer(referenced=[(uid, 0xB000)]),
+        "ours-failed-A700": stow_answer(failed=[(uid, 0xA700)]),
+        "ours-failed-C000": stow_answer(failed=[(uid, 0xC000)]),
+        "ours-failed-A900": stow_answer(failed=[(uid, 0xA900)]),
+        "other": stow_answer(referenced=[("1.2.3.4.5", None)]),
+    }
+    stub.exchange.status = status
+    stub.exchange.body = canned.get(answer, answer) if isinstance(answer, str) else answer
+    if status == 301:
+        stub.exchange.headers = {"Location": "http://elsewhere/dicom-web/studies"}
+    destination = DicomWebDestination("web", web_config(stub.url))
+    try:
+        if expected is None:
+            destination.deliver(job_for(instance), instance)
+            return
+        error = delivery_error(destination, instance)
+    finally:
+        destination.close()
+    reason, transient, text = expected
+    assert (error.reason, error.transient) == (reason, transient)
+    assert text in str(error)
+
+
+def test_no_answer_in_time_is_a_transient_connection_failure(stub: StowStub,
+                                                             instance: Path) -> None:
+    stub.exchange.delay = 2.0
+    destination = DicomWebDestination("web", web_config(stub.url, timeout=0.5))
+    error = delivery_error(destination, instance)
+    destination.close()
+    assert (error.reason, error.transient) == ("connection", True)
+    assert "Read timed out" in str(error)
+
+
+def test_refused_connection_reads_well(instance: Path) -> None:
+    port = free_ports(1)[0]
+    destination = DicomWebDestination("web", web_config(f"http://{LOCALHOST}:{port}/dicom-web"))
+    error = delivery_error(destination, instance)
+    assert (error.reason, error.transient) == ("connection", True)
+    assert str(error).endswith("Failed to establish a new connection: "
+                               "[Errno 111] Connection refused"), str(error)
+
+
+def test_bearer_token_is_read_at_each_request(stub: StowStub, instance: Path,
+                                              tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    config = web_config(stub.url, auth="bearer", token_file=str(token))
+    destination = DicomWebDestination("web", config)
+    destination.deliver(job_for(instance), instance)
+    token.write_text("rotated-token")
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+    sent = [headers["Authorization"] for _, headers, _ in stub.exchange.requests]
+    assert sent == ["Bearer first-token", "Bearer rotated-token"]
+
+
+def test_unreadable_token_file_pauses_the_destination(stub: StowStub, instance: Path,
+                                                      tmp_path: Path) -> None:
+    config = web_config(stub.url, auth="bearer", token_file=str(tmp_path / "absent"))
+    error = delivery_error(DicomWebDestination("web", config), instance)
+    assert (error.reason, error.transient) == ("rejected", True)
+    assert "absent" in str(error)
+    assert stub.exchange.requests == []
+
+
+# --- https ------------------------------------------------------------------------------------
+
+
+def test_https_verified_against_ca(https_stub: StowStub, authority: CertificateAuthority,
+                                   instance: Path) -> None:
+    destination = DicomWebDestination("web", web_config(https_stub.url,
+                                                         ca=str(authority.cert_path)))
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+    assert len(https_stub.exchange.requests) == 1
+
+
+def test_https_with_an_untrusted_certificate_fails_tls(
+    https_stub: StowStub, instance: Path, tmp_path: Path
+) -> None:
+    other = CertificateAuthority(tmp_path / "pki", "Another CA")
+    config = web_config(https_stub.url, ca=str(other.cert_path))
+    error = delivery_error(DicomWebDestination("web", config), instance)
+    assert (error.reason, error.transient) == ("tls", True)
+    assert "failed: unknown_ca" in str(error)
+    assert "certificate verify failed" in str(error)
+    assert https_stub.exchange.requests == []
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_https_without_verification(https_stub: StowStub, instance: Path) -> None:
+    destination = DicomWebDestination("web", web_config(https_stub.url, verify_tls=False))
+    destination.deliver(job_for(instance), instance)
+    destination.close()
+    assert len(https_stub.exchange.requests) == 1
+
+
+# --- through the router -------------------------------------------------------------------------
+
+def test_the_router_delivers_to_a_dicomweb_destination(
+        secured_orthanc: WebOrthanc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real router process with a dicomweb destination (basic auth, password from the
+    environment): every instance storescu sends arrives in Orthanc, byte-identical."""
+    from pydicom import dcmread
+
+    from tests.dcmtk import run_storescu
+    from tests.dicom_samples import dataset_digest, generate_mixed_set
+    from tests.integration.router_process import RouterProcess, wait_for
+
+    monkeypatch.setenv(PASSWORD_ENV, USERS["router"])  # inherited by the router process
+    before = secured_orthanc.instance_count()
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"web": {"type": "dicomweb", "url": secured_orthanc.dicomweb_url,
+                                 "auth": "basic", "username": "router",
+                                 "password_env": PASSWORD_ENV}},
+        "rules": [{"name": "all", "forward": ["web"]}]}).start()
+    try:
+        sources = generate_mixed_set(tmp_path / "src", 6, syntaxes=(EXPLICIT_VR_LE,))
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: secured_orthanc.instance_count() == before + 6, timeout=60), \
+            router.log()[-2000:]
+        for path in sources:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            stored = tmp_path / f"{uid}.stored.dcm"
+            stored.write_bytes(secured_orthanc.stored_file(uid))
+            assert dataset_digest(stored) == dataset_digest(path)
+        assert router.metric("dicom_router_instances_forwarded_total", destination="web",
+                             result="delivered") == 6
+    finally:
+        router.stop()

@@ -1,0 +1,341 @@
+"""Transcoding: rewrite an instance in a transfer syntax a destination accepts.
+
+The router forwards instances as received. It transcodes only when a destination accepts
+none of the syntaxes an instance could be sent in as-is, so the cost below is paid only when
+a destination forces it:
+
+* Memory: the whole dataset is read, and compressed pixel data is decoded in full, before
+  anything is written: a multi-frame's decoded frames, a joined copy of them and the
+  re-encoded frames are all in RAM at once. Measured peak: about three times the decoded
+  size (a 50 MB decoded multi-frame took ~150 MB above the worker's baseline), so a 1 GB
+  cine needs about 3 GB.
+* Fidelity: lossless targets reproduce the decoded pixels exactly. Lossy targets are never
+  chosen automatically (see ``choose_target``); ``transcode_file`` produces one only when the
+  caller passes ``allow_lossy=True``, and then records it in Lossy Image Compression.
+
+Everything else in the dataset is kept: SOP Instance UID and every non-pixel element, except
+what decoding must change (a YBR JPEG becomes RGB, with its Planar Configuration), group
+length elements (retired; pydicom never writes them, and their values would be wrong in the
+new encoding anyway) and, for lossy targets, the Lossy Image Compression elements. The file
+meta follows the new syntax.
+
+Codecs come from pydicom's pixel plugins (pydicom.pixels): which syntaxes can be decoded and
+encoded depends on the packages installed; ``can_decode`` and ``can_encode`` ask pydicom.
+"""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.encoders.base import get_encoder
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+NATIVE_SYNTAXES = frozenset(
+    {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
+     DeflatedExplicitVRLittleEndian}
+)
+# Syntaxes that cannot lose information. Anything else (including syntaxes this module does
+# not know) counts as lossy: JPEG 2000 (.91) and HTJ2K (.203) allow lossy coding.
+LOSSLESS_SYNTAXES = NATIVE_SYNTAXES | frozenset(
+    {JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, JPEG2000MCLossless,
+     HTJ2KLossless, HTJ2KLosslessRPCL, RLELossless}
+)
+
+# What an operator can install to gain a codec, named in TranscodeError messages.
+_JPEG_DECODERS = "python-gdcm or pylibjpeg-libjpeg"
+_DECODER_PACKAGES: dict[str, str] = {
+    JPEGBaseline8Bit: _JPEG_DECODERS,
+    JPEGExtended12Bit: "pylibjpeg-libjpeg (GDCM and Pillow decode 8-bit samples only)",
+    JPEGLossless: _JPEG_DECODERS,
+    JPEGLosslessSV1: _JPEG_DECODERS,
+    JPEGLSLossless: "python-gdcm or pyjpegls",
+    JPEGLSNearLossless: "python-gdcm or pyjpegls",
+    JPEG2000Lossless: "python-gdcm or pylibjpeg-openjpeg",
+    JPEG2000: "python-gdcm or pylibjpeg-openjpeg",
+    HTJ2KLossless: "pylibjpeg-openjpeg",
+    HTJ2KLosslessRPCL: "pylibjpeg-openjpeg",
+    HTJ2K: "pylibjpeg-openjpeg",
+    RLELossless: "numpy",
+}
+_ENCODER_PACKAGES: dict[str, str] = {
+    RLELossless: "numpy",
+    JPEGLSLossless: "pyjpegls",
+    JPEGLSNearLossless: "pyjpegls",
+    JPEG2000Lossless: "pylibjpeg-openjpeg",
+    JPEG2000: "pylibjpeg-openjpeg",
+}
+
+# Encoder settings for lossy targets (used only with allow_lossy=True), and the value of
+# Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1) each one records.
+_LOSSY_OPTIONS: dict[str, dict[str, Any]] = {
+    JPEG2000: {"j2k_cr": [10.0]},  # 10:1
+    JPEGLSNearLossless: {"jls_error": 2},  # as DCMTK's dcmcjpls +en
+}
+_LOSSY_METHODS: dict[str, str] = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1"}
+
+# VRs whose values pydicom keeps as raw bytes, by the width of the words to byte-swap.
+_SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+_FLOAT_PIXEL_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData")
+_EXTENDED_OFFSET_KEYWORDS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")
+
+
+class TranscodeError(ValueError):
+    """The instance cannot be written in the requested syntax; the message says what to do."""
+
+
+def describe(ts: str) -> str:
+    """'JPEG Baseline (Process 1) 1.2.840.10008.1.2.4.50', or 'transfer syntax <uid>'."""
+    name = UID(ts).name
+    return f"transfer syntax {ts}" if name == ts else f"{name} {ts}"
+
+
+def is_lossless(ts: str) -> bool:
+    return ts in LOSSLESS_SYNTAXES
+
+
+def can_decode(ts: str) -> bool:
+    """True if pixel data in syntax ``ts`` can be read with the installed plugins."""
+    if ts in NATIVE_SYNTAXES:
+        return True
+    try:
+        return get_decoder(ts).is_available
+    except NotImplementedError:  # pydicom has no decoder for this syntax at all
+        return False
+
+
+def can_encode(ts: str) -> bool:
+    """True if pixel data can be written in syntax ``ts`` with the installed plugins."""
+    if ts in NATIVE_SYNTAXES:
+        return True
+    try:
+        return get_encoder(ts).is_available
+    except NotImplementedError:
+        return False
+
+
+def can_transcode(source_ts: str, target_ts: str) -> bool:
+    """True if an instance in source_ts can be rewritten in target_ts (lossy or not)."""
+    return source_ts == target_ts or (can_decode(source_ts) and can_encode(target_ts))
+
+
+def choose_target(source_ts: str, accepted: Sequence[str]) -> str | None:
+    """The syntax to send an instance in, given a destination's syntaxes in order of preference.
+
+    source_ts itself if accepted (nothing to do); otherwise the first accepted lossless syntax
+    we can produce from source_ts; None if there is none. A lossy syntax is never chosen
+    unless it is source_ts, so the router never degrades an image on its own initiative.
+    """
+    if source_ts in accepted:
+        return source_ts
+    for ts in accepted:
+        if is_lossless(ts) and can_transcode(source_ts, ts):
+            return ts
+    return None
+
+
+def transcode_file(
+    source: Path, target: Path, target_ts: str, *, allow_lossy: bool = False
+) -> None:
+    """Write the instance in ``source`` to ``target`` in ``target_ts``; never touch source.
+
+    Holds the whole instance, with its pixel data decoded, in memory (see the module
+    docstring): call it only when a destination accepts none of the instance's syntaxes.
+    Raises TranscodeError (unreadable instance, no codec, lossy target without allow_lossy, a
+    codec that fails on this image); OSError for I/O failures. No partial target is left.
+    """
+    if target.resolve() == source.resolve():
+        raise TranscodeError(f"refusing to transcode {source} onto itself")
+    source_ts = _source_syntax(source)
+    if source_ts == target_ts:
+        shutil.copyfile(source, target)
+        return
+    _check_target(target_ts, allow_lossy)
+    ds = _read(source)
+    _check_float_pixels(ds, target_ts)
+    has_pixels = "PixelData" in ds
+    if has_pixels and source_ts not in NATIVE_SYNTAXES:
+        _decode(ds, source_ts)
+    _set_byte_order(ds, little_endian=target_ts != ExplicitVRBigEndian)
+    if has_pixels and target_ts not in NATIVE_SYNTAXES:
+        _encode(ds, target_ts)
+    ds.file_meta.TransferSyntaxUID = UID(target_ts)
+    _write(ds, target)
+
+
+_READ_ERRORS = (InvalidDicomError, EOFError, ValueError, KeyError)
+
+
+def _source_syntax(source: Path) -> str:
+    try:
+        ts = read_file_meta_info(source).get("TransferSyntaxUID")
+    except _READ_ERRORS as exc:
+        raise TranscodeError(f"cannot read {source} as DICOM: {exc}") from exc
+    if not ts:
+        raise TranscodeError(f"{source} has no Transfer Syntax UID in its file meta")
+    return str(ts)
+
+
+def _read(source: Path) -> FileDataset:
+    try:
+        return dcmread(source)
+    except _READ_ERRORS as exc:
+        raise TranscodeError(f"cannot read {source} as DICOM: {exc}") from exc
+
+
+def _check_float_pixels(ds: Dataset, target_ts: str) -> None:
+    """Only Pixel Data is ever encapsulated (PS3.5 A.4); float pixel data stays native."""
+    if target_ts not in NATIVE_SYNTAXES and any(k in ds for k in _FLOAT_PIXEL_KEYWORDS):
+        raise TranscodeError(f"cannot encode {describe(target_ts)}: float pixel data is "
+                             "carried by native syntaxes only")
+
+
+def _check_target(target_ts: str, allow_lossy: bool) -> None:
+    if not can_encode(target_ts):
+        raise TranscodeError(f"cannot encode {describe(target_ts)}: "
+                             f"{_remedy(target_ts, _ENCODER_PACKAGES, 'encoder')}")
+    if not is_lossless(target_ts) and not allow_lossy:
+        raise TranscodeError(f"{describe(target_ts)} is lossy: the router produces it only "
+                             "when lossy transcoding is explicitly allowed")
+
+
+def _remedy(ts: str, packages: dict[str, str], kind: str) -> str:
+    if ts in packages:
+        return f"install {packages[ts]}"
+    return (f"pydicom has no {kind} for it; configure the destination to accept another "
+            "syntax, or route these instances elsewhere")
+
+
+def _decode(ds: Dataset, source_ts: str) -> None:
+    """Decompress in place to Explicit VR Little Endian, keeping the SOP Instance UID.
+
+    Plugins are tried one at a time rather than by pydicom's own fallback, which gives up
+    when a plugin decodes but pydicom's post-processing of its output fails (pydicom 3.0.2
+    with GDCM on signed JPEG-LS: "output array is read-only").
+    """
+    if not can_decode(source_ts):
+        raise TranscodeError(f"cannot decode {describe(source_ts)}: "
+                             f"{_remedy(source_ts, _DECODER_PACKAGES, 'decoder')}")
+    failures = []
+    for plugin in get_decoder(source_ts).available_plugins:
+        try:
+            ds.decompress(decoding_plugin=plugin, generate_instance_uid=False)
+            break
+        except Exception as exc:  # plugins raise anything from ValueError to RuntimeError
+            failures.append(_last_line(plugin, exc))
+    else:
+        hint = _DECODER_PACKAGES.get(source_ts)
+        tail = f"; {hint} may decode it" if hint else ""
+        raise TranscodeError(f"cannot decode {describe(source_ts)}: every installed decoder "
+                             f"failed ({'; '.join(failures)}){tail}")
+    # Native pixel data has no extended offset table (PS3.3 C.7.6.3.1.8).
+    for keyword in _EXTENDED_OFFSET_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _last_line(plugin: str, exc: Exception) -> str:
+    """pydicom wraps a plugin's error in a multi-line summary; its last line is the cause."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    cause = lines[-1] if lines else type(exc).__name__
+    return cause if cause.startswith(f"{plugin}:") else f"{plugin}: {cause}"
+
+
+def _encode(ds: Dataset, target_ts: str) -> None:
+    """Compress native little endian pixel data in place, keeping the SOP Instance UID."""
+    native_size = len(ds.PixelData)
+    options = _LOSSY_OPTIONS.get(target_ts, {})
+    try:
+        ds.compress(target_ts, generate_instance_uid=False, **options)
+    except Exception as exc:  # e.g. a bit depth or colour space the codec cannot represent
+        raise TranscodeError(f"cannot encode this image as {describe(target_ts)}: {exc}; "
+                             "configure the destination to accept another syntax") from exc
+    if target_ts in _LOSSY_METHODS:
+        _mark_lossy(ds, native_size / max(1, len(ds.PixelData)), _LOSSY_METHODS[target_ts])
+
+
+def _mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
+    """Record a lossy step, after any earlier ones (PS3.3 C.7.6.1.1.5)."""
+    ds.LossyImageCompression = "01"
+    ds.LossyImageCompressionRatio = [*_values(ds, "LossyImageCompressionRatio"),
+                                     f"{ratio:.2f}"]
+    ds.LossyImageCompressionMethod = [*_values(ds, "LossyImageCompressionMethod"), method]
+
+
+def _values(ds: Dataset, keyword: str) -> list[Any]:
+    if keyword not in ds or ds[keyword].VM == 0:
+        return []
+    value = ds[keyword].value
+    return list(value) if ds[keyword].VM > 1 else [value]
+
+
+def _set_byte_order(ds: FileDataset, *, little_endian: bool) -> None:
+    """Byte-swap OW/OL/OF/OD/OV values if the byte order changes (pydicom does not).
+
+    UN values cannot be swapped without knowing their structure and are left as they are.
+    """
+    current = ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian
+    if current == little_endian:
+        return
+    correct_ambiguous_vr(ds, current)  # resolve 'OB or OW' etc. while values are still right
+    _swap_words(ds)
+    # Native now, in the new byte order: encoders read the syntax to interpret the pixels.
+    ds.file_meta.TransferSyntaxUID = (
+        ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+    )
+
+
+def _swap_words(ds: Dataset) -> None:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _swap_words(item)
+        elif elem.VR in _SWAP_WIDTHS and elem.value:
+            width = _SWAP_WIDTHS[elem.VR]
+            if len(elem.value) % width:
+                raise TranscodeError(f"cannot change byte order: {elem.tag} ({elem.VR}) has "
+                                     f"{len(elem.value)} bytes, not a multiple of {width}")
+            words = np.frombuffer(elem.value, dtype=f"u{width}")
+            elem.value = words.byteswap().tobytes()
+
+
+def _write(ds: FileDataset, target: Path) -> None:
+    try:
+        # dcmwrite, not save_as: save_as refuses a byte-order change, done by _set_byte_order.
+        dcmwrite(target, ds, enforce_file_format=True)
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        target.unlink(missing_ok=True)
+        raise TranscodeError(f"cannot write the instance in "
+                             f"{describe(ds.file_meta.TransferSyntaxUID)}: {exc}") from exc
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
