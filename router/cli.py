@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from router import cli_dead_letters, cli_send, cli_status
+from router import cli_dead_letters, cli_route_test, cli_send, cli_status
 from router.config import RouterConfig, default_config, load_config, summary
 from router.errors import ConfigError, RouterError
 from router.process_util import setup_logging
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_dead_letters.add_parser(sub)
     cli_send.add_parser(sub)
     cli_status.add_parser(sub)
+    cli_route_test.add_parser(sub)
     hashing = sub.add_parser("hash-passcode",
                              help="hash a passcode for listen.users (reads it from stdin)")
     hashing.set_defaults(func=cmd_hash_passcode)

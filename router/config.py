@@ -11,7 +11,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.audit import AuditConfig
+from router.deid_spec import DeidentifyConfig
+from router.dicomweb_spec import DicomWebFields
 from router.errors import ConfigError
+from router.morph_spec import MorphAction
 
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
 
@@ -198,6 +201,9 @@ class DestinationBase(Strict):
     max_parallel: int = Field(4, ge=1)
     # Outside this window the destination's queue is held (nothing sent, nothing lost).
     window: WindowConfig | None = None
+    # Applied to what this destination gets, after the routing rule's (README "Routing rules").
+    morph: list[MorphAction] = []
+    deidentify: DeidentifyConfig | None = None
 
 
 class DicomDestination(DestinationBase):
@@ -218,6 +224,15 @@ class DicomDestination(DestinationBase):
     # upstream to send to the requested destination itself (it must know that AE); relay asks
     # it to send to the router, which delivers to the destination from its own AE table.
     move_mode: Literal["pass_through", "relay"] = "pass_through"
+    # The syntaxes this destination takes, in order of preference (UIDs or pydicom keywords):
+    # an instance in another one is transcoded to the first the router can produce. Empty:
+    # send as received, and transcode to Explicit/Implicit VR LE only if it refuses that.
+    transfer_syntaxes: list[str] = []
+
+    @field_validator("transfer_syntaxes")
+    @classmethod
+    def _syntax_uids(cls, value: list[str]) -> list[str]:
+        return [_transfer_syntax_uid(v) for v in value]
 
     _ae = field_validator("ae_title", "calling_ae")(
         lambda v: None if v is None else _check_ae_title(v)
@@ -231,7 +246,12 @@ class FolderDestination(DestinationBase):
     fsync: bool = True
 
 
-Destination = Annotated[DicomDestination | FolderDestination, Field(discriminator="type")]
+class DicomWebDestination(DestinationBase, DicomWebFields):
+    """STOW-RS to a DICOMweb service (workers/dicomweb_destination.py)."""
+
+
+Destination = Annotated[DicomDestination | FolderDestination | DicomWebDestination,
+                        Field(discriminator="type")]
 StrOrList = str | list[str]
 
 
@@ -296,6 +316,9 @@ class Rule(Strict):
     # forward: route as above; drop: answer Success, keep nothing (counted); reject: answer
     # a failure (0xC004) naming the rule. drop and reject end the evaluation.
     action: Literal["forward", "drop", "reject"] = "forward"
+    # Applied to what this rule forwards, before the destination's own.
+    morph: list[MorphAction] = []
+    deidentify: DeidentifyConfig | None = None
     # urgent work jumps its destinations' queues; "request" takes the C-STORE's own priority.
     priority: Literal["urgent", "high", "normal", "low", "request"] = "request"
     complete: CompleteConfig | None = None
@@ -377,6 +400,17 @@ _JOINER = "\n"
 def _destination_type(destination: Any) -> Any:
     return destination.get("type") if isinstance(destination, dict) else \
         getattr(destination, "type", None)
+
+
+def _transfer_syntax_uid(value: str) -> str:
+    """A transfer syntax UID as is, or a keyword (ExplicitVRLittleEndian) to its UID."""
+    from pydicom._uid_dict import UID_dictionary
+
+    for uid, entry in UID_dictionary.items():
+        if (uid == value or entry[4] == value) and entry[1] == "Transfer Syntax":
+            return str(uid)
+    raise ValueError(f"{value!r} is not a transfer syntax UID or keyword "
+                     "(e.g. ExplicitVRLittleEndian, JPEG2000Lossless)")
 
 
 def _sop_class_uid(value: str) -> str:

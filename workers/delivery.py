@@ -21,6 +21,7 @@ from router.spool import Spool
 from workers.destinations import Destination, build_destination
 from workers.dicom_destination import DicomDestination
 from workers.ledger import DeliveryLedger, file_digest
+from workers.prepare import FALLBACK_SYNTAXES, Preparer, open_uid_map
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class DeliveryThread(threading.Thread):
         self.destinations: dict[str, Destination] = {}
         self.generation = Reloads.generation
         self.ledger: DeliveryLedger | None = None  # opened in run(): sqlite is per thread
+        self.preparer = Preparer(config, spool, lambda: open_uid_map(spool))
 
     def run(self) -> None:
         try:
@@ -148,12 +150,37 @@ class DeliveryThread(threading.Thread):
             return self._delivered(job, name, "duplicate")
         started = time.monotonic()
         try:
-            self._destination(name).deliver(job, source)
+            self._send(job, name, source)
         finally:
             metrics.FORWARD_SECONDS.labels(name).observe(time.monotonic() - started)
         metrics.FORWARDED_BYTES.labels(name).inc(job.size)
         self._record(job, name, digest)
         return self._delivered(job, name)
+
+    def _send(self, job: JobHeader, name: str, source: Path) -> None:
+        """Send what this destination should get (workers/prepare.py); a destination that
+        refuses the instance's syntax gets it once more, transcoded, when that is possible."""
+        prepared = self.preparer.prepare(job, name, source)
+        try:
+            try:
+                self._destination(name).deliver(prepared.job, prepared.path)
+                return
+            except DeliveryError as exc:
+                if exc.reason != "no_context" or self._syntaxes_configured(name):
+                    raise
+                log.info("job %s: %s refuses %s; transcoding", job.job_id, name,
+                         prepared.job.transfer_syntax_uid)
+            retry = self.preparer.prepare(job, name, source, FALLBACK_SYNTAXES)
+            try:
+                self._destination(name).deliver(retry.job, retry.path)
+            finally:
+                retry.cleanup()
+        finally:
+            prepared.cleanup()
+
+    def _syntaxes_configured(self, name: str) -> bool:
+        dest = self.config.destinations.get(name)
+        return bool(getattr(dest, "transfer_syntaxes", None))
 
     def _record(self, job: JobHeader, name: str, digest: str) -> None:
         """Remember a success in the ledger; failing to is no reason to resend it."""

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Protocol
 
 from router.config import DicomDestination as DicomConfig
+from router.config import DicomWebDestination as DicomWebConfig
 from router.config import FolderDestination as FolderConfig
 from router.config import RouterConfig
 from router.messages import JobHeader
 from workers.dicom_destination import DicomDestination
+from workers.dicomweb_destination import DicomWebDestination
 from workers.folder_destination import FolderDestination
 
 
@@ -28,4 +30,6 @@ def build_destination(name: str, config: RouterConfig) -> Destination:
         return DicomDestination(name, spec, config.ae_title)
     if isinstance(spec, FolderConfig):
         return FolderDestination(name, spec)
+    if isinstance(spec, DicomWebConfig):
+        return DicomWebDestination(name, spec)
     raise TypeError(f"unsupported destination type for {name!r}")  # pragma: no cover

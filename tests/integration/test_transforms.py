@@ -1,0 +1,169 @@
+"""Morphing, de-identification, transcoding and DICOMweb through the real router, read back
+from what the destinations received (DCMTK storescp, Orthanc's DICOMweb plugin)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
+
+from tests.compressed_samples import write_compressed
+from tests.dcmtk import LOCALHOST, StoreSCP, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, write_instance
+from tests.integration.conftest import RouterFactory, dicom_destination
+from tests.integration.router_process import wait_for
+
+pytestmark = pytest.mark.integration
+
+AE = "DICOM-ROUTER"
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    with StoreSCP(tmp_path / "pacs", "PACS", extra_args=["--fork"]) as scp:
+        yield scp
+
+
+def by_uid(files: list[Path]) -> dict[str, Any]:
+    return {str(ds.SOPInstanceUID): ds for ds in (dcmread(f) for f in files)}
+
+
+def instances(folder: Path, count: int, sop_class: str = CT, **tags: object) -> list[Path]:
+    study, series = generate_uid(), generate_uid()
+    return [write_instance(folder, sop_class=sop_class, transfer_syntax=EXPLICIT_VR_LE,
+                           size_bytes=4000, study_uid=study, series_uid=series,
+                           tags={"InstanceNumber": i + 1, **tags})
+            for i in range(count)]
+
+
+# --- morphing ---------------------------------------------------------------------------------
+
+def test_morphing_applies_and_untouched_instances_stay_byte_exact(
+        start_router: RouterFactory, pacs: StoreSCP, tmp_path: Path) -> None:
+    router = start_router({
+        "destinations": {"pacs": {**dicom_destination(pacs), "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "Router General"}]}},
+        "rules": [
+            {"name": "mr-accessions", "match": {"sop_class": MR}, "forward": ["pacs"],
+             "morph": [
+                 {"action": "prefix", "tag": "AccessionNumber", "value": "RAD-"},
+                 {"action": "map", "tag": "StationName", "table": {"MR01": "MRI-EAST"}},
+                 {"action": "delete", "tag": "OperatorsName"},
+                 {"action": "set", "tag": "RequestAttributesSequence[0].RequestedProcedureID",
+                  "value": "RP-9"}]},
+            {"name": "rest", "forward": ["pacs"]}]})
+    mr = instances(tmp_path / "mr", 3, MR, AccessionNumber="A100", StationName="MR01",
+                   OperatorsName="Tech^One")
+    assert run_storescu(mr, LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 3)
+    for ds in by_uid(pacs.received_files()).values():
+        assert ds.AccessionNumber == "RAD-A100"
+        assert ds.StationName == "MRI-EAST"
+        assert "OperatorsName" not in ds
+        assert ds.RequestAttributesSequence[0].RequestedProcedureID == "RP-9"
+        assert ds.InstitutionName == "Router General"  # the destination's own morph, after
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert not list((router.spool / "relay").iterdir()), "morphed copies left behind"
+
+
+def test_no_morphing_means_byte_exact(start_router: RouterFactory, pacs: StoreSCP,
+                                     tmp_path: Path) -> None:
+    router = start_router({"destinations": {"pacs": dicom_destination(pacs)},
+                           "rules": [{"name": "all", "forward": ["pacs"]}]})
+    sources = instances(tmp_path / "ct", 3)
+    assert run_storescu(sources, LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 3)
+    assert sorted(dataset_digest(p) for p in pacs.received_files()) == \
+        sorted(dataset_digest(p) for p in sources)
+
+
+# --- de-identification ----------------------------------------------------------------------
+
+def test_deidentified_study_keeps_consistent_uids(start_router: RouterFactory,
+                                                  pacs: StoreSCP, tmp_path: Path) -> None:
+    router = start_router({
+        "destinations": {"research": dicom_destination(pacs)},
+        "rules": [{"name": "research", "forward": ["research"], "deidentify": {}}]})
+    study = generate_uid()
+    series = [generate_uid(), generate_uid()]
+    frame = generate_uid()
+    sources = [write_instance(tmp_path / "s", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                              size_bytes=3000, study_uid=study, series_uid=series[i % 2],
+                              tags={"PatientName": "Doe^Jane", "PatientID": "MRN123",
+                                    "PatientBirthDate": "19700101", "AccessionNumber": "A9",
+                                    "InstitutionName": "St Elsewhere",
+                                    "FrameOfReferenceUID": frame, "InstanceNumber": i + 1})
+               for i in range(6)]
+    assert run_storescu(sources, LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 6)
+    received = [dcmread(p) for p in pacs.received_files()]
+    originals = {str(dcmread(p).SOPInstanceUID) for p in sources}
+    for ds in received:
+        assert ds.PatientIdentityRemoved == "YES"
+        assert str(ds.PatientName) != "Doe^Jane" and ds.PatientID != "MRN123"
+        assert not ds.get("PatientBirthDate") and not ds.get("AccessionNumber")
+        assert ds.get("InstitutionName") != "St Elsewhere"  # X/Z/D: removed, emptied or dummy
+        assert str(ds.SOPInstanceUID) not in originals
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert len({str(ds.StudyInstanceUID) for ds in received}) == 1  # one study still
+    assert str(received[0].StudyInstanceUID) != study
+    assert len({str(ds.SeriesInstanceUID) for ds in received}) == 2  # two series still
+    assert len({str(ds.FrameOfReferenceUID) for ds in received}) == 1
+    assert len({ds.PatientID for ds in received}) == 1  # one pseudonymous patient
+
+
+# --- transcoding ------------------------------------------------------------------------------
+
+@pytest.fixture
+def explicit_only(tmp_path: Path) -> Iterator[StoreSCP]:
+    """A PACS that accepts Explicit VR Little Endian only (storescp +xe... -xs? see below)."""
+    with StoreSCP(tmp_path / "old-pacs", "OLDPACS", extra_args=["--fork", "+xe"]) as scp:
+        yield scp
+
+
+@pytest.mark.parametrize("syntax", [JPEGBaseline8Bit, JPEG2000Lossless, RLELossless])
+def test_transcoding_for_a_destination_that_takes_only_explicit_le(
+        start_router: RouterFactory, explicit_only: StoreSCP, tmp_path: Path,
+        syntax: str) -> None:
+    router = start_router({
+        "destinations": {"old": {**dicom_destination(explicit_only),
+                                 "transfer_syntaxes": ["ExplicitVRLittleEndian"]}},
+        "rules": [{"name": "all", "forward": ["old"]}]})
+    source = write_compressed(tmp_path / "src", syntax)
+    sent = run_storescu([source], LOCALHOST, router.port, called_ae=AE)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: len(explicit_only.received_files()) == 1), router.log()[-2000:]
+    got = dcmread(explicit_only.received_files()[0])
+    original = dcmread(source)
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert got.SOPInstanceUID == original.SOPInstanceUID
+    decoded = original.pixel_array
+    if syntax == JPEGBaseline8Bit:
+        assert abs(got.pixel_array.astype(int) - decoded.astype(int)).mean() < 3
+    else:
+        assert (got.pixel_array == decoded).all()
+
+
+def test_transcoding_on_refusal_without_a_configured_list(
+        start_router: RouterFactory, explicit_only: StoreSCP, tmp_path: Path) -> None:
+    """No transfer_syntaxes: sent as is first; the refusal (no context) makes it transcode."""
+    router = start_router({"destinations": {"old": dicom_destination(explicit_only)},
+                           "rules": [{"name": "all", "forward": ["old"]}]})
+    source = write_compressed(tmp_path / "src", RLELossless)
+    assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(explicit_only.received_files()) == 1), router.log()[-2000:]
+    got = dcmread(explicit_only.received_files()[0])
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert (got.pixel_array == dcmread(source).pixel_array).all()

@@ -1,0 +1,175 @@
+"""What a delivery sends: the spooled file as is, or a copy morphed, de-identified and/or
+transcoded for this destination.
+
+Most deliveries need none of it and send the spooled file itself, byte for byte. Otherwise
+the steps run in this order, each on a copy in the spool's relay folder (never on the
+spooled instance, which other destinations and a retry still need):
+
+1. morphing: the routing rule's `morph` actions, then the destination's;
+2. de-identification: the rule's `deidentify`, else the destination's;
+3. transcoding: when the destination lists its `transfer_syntaxes` and the instance's is not
+   among them, or when it refused the instance's syntax at negotiation (`no_context`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from router.config import DicomDestination as DicomConfig
+from router.config import RouterConfig
+from router.deid_spec import DeidentifyConfig
+from router.errors import DeliveryError, RouterError
+from router.messages import JobHeader
+from router.morph_spec import MorphAction
+from router.spool import Spool
+
+log = logging.getLogger(__name__)
+
+# Syntaxes tried, in order, for a destination that refused the instance's own and lists none.
+FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
+
+
+@dataclass
+class Prepared:
+    """The file to send and the job as the destination will see it."""
+
+    job: JobHeader
+    path: Path
+    copies: list[Path] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for path in self.copies:
+            path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Steps:
+    morph: tuple[MorphAction, ...]
+    deidentify: DeidentifyConfig | None
+    transfer_syntaxes: tuple[str, ...]  # the destination's list; empty: any
+
+    @property
+    def rewrites(self) -> bool:
+        return bool(self.morph) or self.deidentify is not None
+
+
+def steps_for(config: RouterConfig, job: JobHeader, destination: str) -> Steps:
+    rules = {rule.name: rule for rule in config.rules}
+    rule = next((rules[name] for name in job.rules
+                 if name in rules and destination in rules[name].forward), None)
+    dest = config.destinations.get(destination)
+    morph = [*(rule.morph if rule else ()), *(dest.morph if dest else ())]
+    deid = (rule.deidentify if rule else None) or (dest.deidentify if dest else None)
+    syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
+    return Steps(tuple(morph), deid, syntaxes)
+
+
+class Preparer:
+    """One per delivery thread; `uid_map` opens the de-identification UID map on first use."""
+
+    def __init__(self, config: RouterConfig, spool: Spool,
+                 uid_map: Callable[[], object]) -> None:
+        self.config = config
+        self.spool = spool
+        self._uid_map = uid_map
+        self._uids: object | None = None
+
+    def prepare(self, job: JobHeader, destination: str, source: Path,
+                force_syntaxes: Sequence[str] = ()) -> Prepared:
+        """Raises DeliveryError (permanent) when a step cannot be done for this instance."""
+        steps = steps_for(self.config, job, destination)
+        prepared = Prepared(job, source)
+        try:
+            if steps.morph:
+                self._morph(prepared, steps.morph)
+            if steps.deidentify is not None:
+                self._deidentify(prepared, steps.deidentify)
+            accepted = tuple(force_syntaxes) or steps.transfer_syntaxes
+            if accepted and prepared.job.transfer_syntax_uid not in accepted:
+                self._transcode(prepared, accepted, destination)
+        except BaseException:
+            prepared.cleanup()
+            raise
+        return prepared
+
+    def _copy_path(self, prepared: Prepared) -> Path:
+        path = self.spool.relay / f"{prepared.job.job_id}.{uuid.uuid4().hex[:8]}.dcm"
+        prepared.copies.append(path)
+        return path
+
+    def _morph(self, prepared: Prepared, actions: Sequence[MorphAction]) -> None:
+        from workers.morph import MorphError, morph_file
+
+        target = self._copy_path(prepared)
+        try:
+            prepared.changes += morph_file(prepared.path, target, actions)
+        except (MorphError, ValueError) as exc:
+            raise DeliveryError("morph", f"morphing failed: {exc}", transient=False) from exc
+        self._advance(prepared, target)
+
+    def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig) -> None:
+        from workers.deidentify import deidentify_file
+
+        target = self._copy_path(prepared)
+        try:
+            if self._uids is None:
+                self._uids = self._uid_map()
+            prepared.changes += deidentify_file(prepared.path, target, deid,
+                                                self._uids)  # type: ignore[arg-type]
+        except ValueError as exc:  # this instance cannot be de-identified
+            raise DeliveryError("deidentify", f"de-identification failed: {exc}",
+                                transient=False) from exc
+        except RouterError as exc:  # the UID map's key or table: fixable, so retried
+            raise DeliveryError("deidentify", f"de-identification unavailable: {exc}",
+                                transient=True) from exc
+        self._advance(prepared, target)
+
+    def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:
+        from workers.transcode import TranscodeError, choose_target, describe, transcode_file
+
+        source_ts = prepared.job.transfer_syntax_uid
+        target_ts = choose_target(source_ts, list(accepted))
+        if target_ts is None:
+            raise DeliveryError(
+                "transcode", f"{destination} accepts none of {', '.join(accepted)} and "
+                f"{describe(source_ts)} cannot be converted to one of them", transient=False)
+        target = self._copy_path(prepared)
+        try:
+            transcode_file(prepared.path, target, target_ts)
+        except TranscodeError as exc:
+            raise DeliveryError("transcode", str(exc), transient=False) from exc
+        prepared.changes.append(f"transcoded {describe(source_ts)} -> {describe(target_ts)}")
+        self._advance(prepared, target)
+
+    @staticmethod
+    def _advance(prepared: Prepared, target: Path) -> None:
+        """The copy is what the next step reads and the destination gets."""
+        from pydicom.filereader import read_file_meta_info
+
+        meta = read_file_meta_info(target)
+        prepared.job = dataclasses.replace(
+            prepared.job, transfer_syntax_uid=str(meta.TransferSyntaxUID),
+            sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+            size=target.stat().st_size)
+        prepared.path = target
+
+
+def cleanup_quietly(prepared: Prepared | None) -> None:
+    if prepared is not None:
+        with contextlib.suppress(OSError):
+            prepared.cleanup()
+
+
+def open_uid_map(spool: Spool) -> object:
+    """The de-identification UID map shared by every worker: its key and table on the spool
+    volume, so that a UID maps the same way across workers and restarts."""
+    from workers.deidentify import UidMap
+
+    return UidMap(spool.root / "deid-secret.key", spool.root / "deid-uids.sqlite")
