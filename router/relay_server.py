@@ -118,6 +118,9 @@ class Exchange:
         rsp.Status = status
         if comment and status not in (0x0000, 0xFF00, 0xFF01):
             rsp.ErrorComment = comment[:64]
+        for keyword, value in (answer.status_fields.items() if answer else ()):
+            if keyword in type(rsp).STATUS_OPTIONAL_KEYWORDS:  # ErrorID, OffendingElement...
+                setattr(rsp, keyword, value)
         if counts is not None and self.command in ("C-GET", "C-MOVE"):
             if status in (0xFF00, 0xFF01):
                 rsp.NumberOfRemainingSuboperations = counts.remaining
@@ -177,8 +180,13 @@ class RelayServer:
     def _serve(self, exchange: Exchange) -> None:
         msg, command = exchange.msg, exchange.command
         sop_class = str(getattr(msg, "AffectedSOPClassUID", None) or msg.RequestedSOPClassUID)
-        if (command == "N-EVENT-REPORT" and sop_class == STORAGE_COMMITMENT
-                and self._commitment_result(exchange)):
+        if command == "N-EVENT-REPORT" and sop_class == STORAGE_COMMITMENT:
+            if not self._commitment_result(exchange):
+                # A result for no commitment this router relayed (or one already delivered):
+                # routing it by the rules could send it back where it came from.
+                log.warning("storage commitment result for an unknown transaction from %s: "
+                            "refused", exchange.assoc.requestor.ae_title)
+                self._final(exchange, 0x0110, "no storage commitment with that transaction")
             return
         facts = _facts(exchange.assoc)
         decision = self.rules.upstreams(facts, sop_class)
@@ -189,6 +197,11 @@ class RelayServer:
                         f"no routing rule for {command} of this SOP class")
             return
         if command == "N-ACTION" and sop_class == STORAGE_COMMITMENT:
+            if facts.calling_ae not in self.config.known_aes:
+                log.error("storage commitment from %s refused: add it to known_aes (host and "
+                          "port where it takes the result)", facts.calling_ae)
+                self._final(exchange, 0x0110, "requester not in the router's known_aes")
+                return
             self._remember_commitment(exchange, facts.calling_ae)
         request = self._request(exchange, sop_class, list(decision.destinations), facts)
         if command == "C-MOVE" and self._relays_moves(decision.destinations[0]):

@@ -61,6 +61,7 @@ class RelayTask:
         default_factory=lambda: threading.Semaphore(RELAY_WINDOW))
     assoc: Association | None = None
     stores: int = 0
+    response: Dataset | None = None  # N-services: the command set of the upstream's response
 
     def cancel(self) -> None:
         """From the worker's main thread: C-CANCEL travels upstream while the relay waits."""
@@ -162,7 +163,7 @@ class RelayThread(threading.Thread):
         request = task.request
         if status_ds is None or "Status" not in status_ds:
             self._final(task, relay_failure_status(request.command),
-                        f"{upstream} did not answer in time", upstream)
+                        _no_answer(task.assoc, upstream), upstream)
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final
@@ -172,12 +173,16 @@ class RelayThread(threading.Thread):
             ("completed", "NumberOfCompletedSuboperations"),
             ("failed", "NumberOfFailedSuboperations"),
             ("warning", "NumberOfWarningSuboperations"))}
+        # pynetdicom's status dataset lacks the N-CREATE response's Affected SOP Instance UID
+        # (the one the upstream assigned when the request had none): the command set has it.
+        affected = task.response if task.response is not None else status_ds
         self._send(RelayResponse(
             request.request_id, status, final=last, upstream=upstream,
             error_comment=str(status_ds.get("ErrorComment", ""))[:64],
-            sop_class_uid=str(status_ds.get("AffectedSOPClassUID", "")),
-            sop_instance_uid=str(status_ds.get("AffectedSOPInstanceUID", "")),
-            has_dataset=payload is not None, **counts), payload)
+            sop_class_uid=str(affected.get("AffectedSOPClassUID", "")),
+            sop_instance_uid=str(affected.get("AffectedSOPInstanceUID", "")),
+            has_dataset=payload is not None, status_fields=_status_fields(status_ds),
+            **counts), payload)
         if last:
             metrics.DIMSE_RESPONSES.labels(upstream, request.command, f"0x{status:04X}").inc()
         return last
@@ -240,6 +245,8 @@ class RelayThread(threading.Thread):
             handlers.append((evt.EVT_C_STORE, self._on_sub_store, [task]))
         if request.command == "N-EVENT-REPORT":
             roles.append(build_role(request.sop_class_uid, scp_role=True))
+        if request.command.startswith("N-"):
+            handlers.append((evt.EVT_DIMSE_RECV, _keep_response, [task]))
         tls_args = None
         if cfg.tls.mode != "off":
             server_name = getattr(cfg.tls, "server_name", None) or upstream.host
@@ -284,7 +291,7 @@ class RelayThread(threading.Thread):
         elif command == "N-CREATE":
             status, reply = assoc.send_n_create(dataset, sop_class, instance or None)
         elif command == "N-DELETE":
-            status, reply = assoc.send_n_delete(sop_class, instance)
+            status, reply = assoc.send_n_delete(sop_class, instance), None  # no dataset
         elif command == "N-EVENT-REPORT":
             status, reply = assoc.send_n_event_report(dataset, request.event_type_id, sop_class,
                                                       instance)
@@ -333,3 +340,37 @@ class RelayThread(threading.Thread):
 
 def _mark_connected(event: Any) -> None:
     event.assoc.router_connected = True
+
+
+def _keep_response(event: Any, task: RelayTask) -> None:
+    """EVT_DIMSE_RECV on an N-service relay: the response's command set, for the fields that
+    pynetdicom leaves out of the status dataset it returns."""
+    if type(event.message).__name__.endswith("_RSP"):  # not a request the upstream sends
+        task.response = event.message.command_set
+
+
+RELAYED_STATUS_FIELDS = ("ErrorID", "OffendingElement", "AttributeIdentifierList")
+
+
+def _status_fields(status_ds: Dataset) -> dict[str, Any]:
+    """The status elements besides Status and ErrorComment, as plain ints (tags included)."""
+    fields: dict[str, Any] = {}
+    for keyword in RELAYED_STATUS_FIELDS:
+        value = status_ds.get(keyword)
+        if value is None:
+            continue
+        if keyword == "ErrorID":
+            fields[keyword] = int(value)
+        else:
+            # AT: a tag (an int) when VM 1, else a MultiValue of tags
+            fields[keyword] = [int(Tag(t)) for t in ([value] if isinstance(value, int)
+                                                    else value)]
+    return fields
+
+
+def _no_answer(assoc: Association | None, upstream: str) -> str:
+    """Why a request got no response: the router gave up waiting (pynetdicom then aborts
+    itself), or the upstream aborted or closed the association first."""
+    if assoc is not None and not getattr(assoc, "_sent_abort", True):
+        return f"{upstream} aborted the association without answering"
+    return f"{upstream} did not answer in time"
