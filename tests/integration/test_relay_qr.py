@@ -34,7 +34,7 @@ from tests.archives import (
     run_movescu,
 )
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
-from tests.dicom_samples import EXPLICIT_VR_LE
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess
 
 pytestmark = pytest.mark.integration
@@ -315,3 +315,89 @@ def test_c_move_relay_and_concurrent_moves_never_mix(
             clear(second.output_dir)
             final = move_with_counts(relay.port, studies[1].study_instance_uid, "VIEWER2")
             assert final == (0x0000, len(studies[1].instances), 0, 0)
+
+
+class SlowGetArchive:
+    """A pynetdicom C-GET SCP sending one instance every 0.15 s; records the C-CANCEL."""
+
+    INSTANCES = 40
+
+    def __init__(self, folder: Path) -> None:
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            CTImageStorage,
+            StudyRootQueryRetrieveInformationModelGet,
+        )
+
+        self.cancelled = threading.Event()
+        self.sent = 0
+        self.files = [write_instance(folder, sop_class=str(CTImageStorage),
+                                     transfer_syntax=EXPLICIT_VR_LE, size_bytes=2000)
+                      for _ in range(self.INSTANCES)]
+        self.ae = AE(ae_title="SLOWGET")
+        self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+        self.ae.add_supported_context(CTImageStorage, EXPLICIT_VR_LE, scp_role=True,
+                                      scu_role=True)
+        self.port = free_port()
+        self.server = self.ae.start_server((LOCALHOST, self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_GET, self.on_get)])
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        from pydicom import dcmread
+
+        yield len(self.files)
+        for path in self.files:
+            if event.is_cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            self.sent += 1
+            yield 0xFF00, dcmread(path)
+            time.sleep(0.15)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    slow = SlowGetArchive(tmp_path / "archive")
+    router = RouterProcess(tmp_path / "r", {
+        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWGET", "host": LOCALHOST,
+                                  "port": slow.port}},
+        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    try:
+        ae = AE(ae_title="GETTER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE,
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        statuses: list[int] = []
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet,
+                                          msg_id=9):
+            statuses.append(int(status.Status) if status else -1)
+            if len(received) >= 3 and not slow.cancelled.is_set() and len(statuses) == 3:
+                assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+        assoc.release()
+        assert statuses[-1] == 0xFE00, statuses
+        assert slow.cancelled.wait(10), "the upstream never saw the C-CANCEL"
+        assert 3 <= len(received) < SlowGetArchive.INSTANCES
+        assert not list((router.spool / "relay").iterdir()), "relay files left behind"
+    finally:
+        router.stop()
+        slow.close()
