@@ -152,7 +152,7 @@ class RelayServer:
         self.rules = rules
         self.spool = spool
         self.moves = MoveRelays()
-        self.commitments = Commitments()
+        self.commitments = Commitments(spool.root / "commitments")
 
     def reconfigure(self, config: RouterConfig, rules: RuleSet) -> None:
         """A config reload: requests from now on use the new rules and tables."""
@@ -243,7 +243,8 @@ class RelayServer:
 
     # --- C-FIND, pass-through C-MOVE, N-services: answers as they come ----------------------
 
-    def _pass_through(self, exchange: Exchange, request: RelayRequest) -> None:
+    def _pass_through(self, exchange: Exchange, request: RelayRequest) -> int:
+        """Relay every answer as it comes; the final status answered (or a failure)."""
         call = self._call(request, exchange)
         try:
             while True:
@@ -257,9 +258,11 @@ class RelayServer:
                 exchange.respond(answer.status, dataset=payload, comment=answer.error_comment,
                                  counts=counts, answer=answer)
                 if answer.final:
-                    return
+                    return answer.status
         except RelayTimeout as exc:
-            self._final(exchange, relay_failure_status(exchange.command), str(exc))
+            status = relay_failure_status(exchange.command)
+            self._final(exchange, status, str(exc))
+            return status
         finally:
             call.close()
 
@@ -426,11 +429,14 @@ class RelayServer:
         if requester not in self.config.known_aes:
             log.error("storage commitment result for %s cannot be delivered: add it to "
                       "known_aes (host and port where it takes N-EVENT-REPORT)", requester)
+            self.commitments.restore(transaction, commitment)  # a reload may add it
             self._final(exchange, 0x0110, f"requester {requester} not in known_aes")
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 _facts(exchange.assoc), to_known_ae=True)
-        self._pass_through(exchange, request)
+        if self._pass_through(exchange, request) != 0x0000:
+            # Not delivered: the upstream got the failure and may send the result again.
+            self.commitments.restore(transaction, commitment)
         return True
 
 

@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,21 +64,63 @@ class MoveRelays:
 @dataclass(frozen=True)
 class Commitment:
     requester_ae: str
-    at: float
+    at: float  # wall-clock time it was relayed
 
 
 class Commitments:
-    def __init__(self) -> None:
+    """Pending storage commitments by Transaction UID, kept on the spool volume
+    (`<spool>/commitments/<uid>.json`) so that a result arriving after a restart of the
+    acceptor still finds its requester. Without a folder they live in memory only."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
         self._pending: dict[str, Commitment] = {}
         self._lock = threading.Lock()
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._load(folder)
+
+    def _load(self, folder: Path) -> None:
+        for path in folder.glob("*.json"):
+            try:
+                body = json.loads(path.read_text())
+                self._pending[path.stem] = Commitment(str(body["requester_ae"]),
+                                                      float(body["at"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)  # unreadable: it can never be matched anyway
+
+    def _path(self, transaction_uid: str) -> Path | None:
+        if self.folder is None or not re.fullmatch(r"[0-9.]{1,64}", transaction_uid):
+            return None  # a hostile "UID" never becomes a file name
+        return self.folder / f"{transaction_uid}.json"
 
     def remember(self, transaction_uid: str, requester_ae: str) -> None:
-        now = time.monotonic()
+        now = time.time()
+        commitment = Commitment(requester_ae, now)
         with self._lock:
-            self._pending = {uid: c for uid, c in self._pending.items()
-                             if now - c.at < COMMITMENT_MEMORY_SECONDS}
-            self._pending[transaction_uid] = Commitment(requester_ae, now)
+            for uid in [u for u, c in self._pending.items()
+                        if now - c.at >= COMMITMENT_MEMORY_SECONDS]:
+                self._forget(uid)
+            self._pending[transaction_uid] = commitment
+        path = self._path(transaction_uid)
+        if path is not None:
+            temp = path.with_suffix(".tmp")
+            temp.write_text(json.dumps({"requester_ae": requester_ae, "at": now}))
+            os.replace(temp, path)
+
+    def _forget(self, transaction_uid: str) -> None:
+        self._pending.pop(transaction_uid, None)
+        path = self._path(transaction_uid)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def take(self, transaction_uid: str) -> Commitment | None:
         with self._lock:
-            return self._pending.pop(transaction_uid, None)
+            commitment = self._pending.get(transaction_uid)
+            if commitment is not None:
+                self._forget(transaction_uid)
+            return commitment
+
+    def restore(self, transaction_uid: str, commitment: Commitment) -> None:
+        """A result that could not be delivered: wait for the upstream's retry."""
+        self.remember(transaction_uid, commitment.requester_ae)
