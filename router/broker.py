@@ -294,6 +294,7 @@ class Broker:
                 "in_flight": self.dispatcher.in_flight[name],
                 "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
                 "up": not self.dispatcher.is_paused(name, now),
+                "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
             }

@@ -175,8 +175,12 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     samples = now.samples
     for name, d in sorted(rows.items()):
-        state = Text("up", style="green") if d["up"] else \
-            Text(f"paused {duration(d['paused_for'])}", style="red")
+        if not d["up"]:
+            state = Text(f"paused {duration(d['paused_for'])}", style="red")
+        elif not d.get("in_window", True):
+            state = Text("held (window)", style="yellow")
+        else:
+            state = Text("up", style="green")
         table.add_row(
             name, state, str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",

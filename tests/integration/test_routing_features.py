@@ -7,6 +7,7 @@ instance, the association it came on and the order, which DCMTK's storescp does 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from tests.dcmtk import LOCALHOST, free_port, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.conftest import RouterFactory
-from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.router_process import RouterProcess, http_get, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -145,6 +146,8 @@ def test_an_off_peak_destination_is_held_then_released_urgent_first(
                         calling_ae="ER_CT").returncode == 0
     assert router.metric("dicom_router_queue_depth", destination="pacs") in (0, 7)
     assert recorder.uids() == [], "delivered before the window opened"
+    status = json.loads(http_get(router.metrics_port, "/status")[1])
+    assert status["broker"]["destinations"]["pacs"]["in_window"] is False
     assert wait_for(lambda: router.metric("dicom_router_queue_depth", destination="pacs") == 7)
     assert wait_for(lambda: len(recorder.uids()) == 7, timeout=60)
     assert datetime.now() >= opens
