@@ -47,9 +47,14 @@ ACSE_TIMEOUT = 2.0  # listen.acse_timeout of the router under test (default 30)
 NETWORK_TIMEOUT = 2.0  # listen.network_timeout: idle established associations (default 60)
 MAX_ASSOCIATIONS = 64  # listen.max_associations, the default
 LISTEN_WINDOW = 0.15  # how long a "linger" attack listens for the router's answer
-CLOSE_WINDOW = 6.0  # how long the router may take to close after the peer's FIN (the
-# acse_timeout closes a silent connection at 2 s; the margin is for a loaded 2-core machine:
-# once in ~5 full suite runs a close took over 3 s)
+# How long the router may take to close after the peer's FIN. A close normally takes well
+# under 0.5 s (400 random connections: at most 0.32 s), and acse_timeout closes any silent
+# connection at 2 s; yet in 2 of 5 full-suite runs on a fresh clone the first attack of this
+# module saw no close within 3 s, then 6 s, never reproduced alone, under CPU load or in a
+# loop. The bug this guards is a connection kept for ever: 15 s still catches it, and a
+# close slower than 2 s is printed (pytest -s) to chase the cause (see the closing note).
+CLOSE_WINDOW = 15.0
+SLOW_CLOSE = 2.0
 RSS_GROWTH_LIMIT_KB = 50 * 1024
 SCALE = float(os.environ.get("DICOM_ROUTER_FUZZ_SCALE", "1"))
 
@@ -203,7 +208,11 @@ def _finish(sock: socket.socket, ending: str) -> Answer:
     if ending == "half_close":
         with contextlib.suppress(OSError):  # the router may already have reset it
             sock.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
         data, closed = pdus.drain(sock, CLOSE_WINDOW)
+        took = time.monotonic() - started
+        if took > SLOW_CLOSE:
+            print(f"SLOW CLOSE: the router took {took:.1f}s to close after the peer's FIN")
         assert closed, f"the router kept a connection open {CLOSE_WINDOW}s after the peer's FIN"
     else:
         data, closed = pdus.drain(sock, LISTEN_WINDOW)
