@@ -18,6 +18,9 @@ class Prioritised(Protocol):
     @property
     def priority(self) -> int: ...
 
+    @property
+    def size(self) -> int: ...  # jobs it carries (a batch carries several)
+
 
 T = TypeVar("T", bound=Prioritised)
 
@@ -25,21 +28,26 @@ T = TypeVar("T", bound=Prioritised)
 class DeliveryQueue(Generic[T]):
     def __init__(self) -> None:
         self._levels: list[deque[T]] = [deque() for _ in PRIORITIES]
+        self.jobs = 0  # sum of the items' sizes, kept as they come and go: depth() reads it
 
     def _level(self, item: T) -> deque[T]:
         return self._levels[min(max(item.priority, URGENT), LOW)]
 
     def append(self, item: T) -> None:
         self._level(item).append(item)
+        self.jobs += item.size
 
     def appendleft(self, item: T) -> None:
         """Back to the front of its priority: a delivery taken back keeps its turn."""
         self._level(item).appendleft(item)
+        self.jobs += item.size
 
     def popleft(self) -> T:
         for level in self._levels:
             if level:
-                return level.popleft()
+                item = level.popleft()
+                self.jobs -= item.size
+                return item
         raise IndexError("pop from an empty delivery queue")
 
     def __len__(self) -> int:

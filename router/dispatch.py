@@ -397,8 +397,7 @@ class Dispatcher:
 
     def depth(self, destination: str) -> int:
         waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
-        queued = sum(d.size for d in self.queues[destination])
-        return queued + waiting + self.holds.depth(destination)
+        return self.queues[destination].jobs + waiting + self.holds.depth(destination)
 
     def oldest_received(self, destination: str) -> float | None:
         """When the oldest job still pending for `destination` was received (None: none).

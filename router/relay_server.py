@@ -12,8 +12,8 @@ response carrying a proper status.
 from __future__ import annotations
 
 import logging
+import queue
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -188,7 +188,7 @@ class RelayServer:
                             "refused", exchange.assoc.requestor.ae_title)
                 self._final(exchange, 0x0110, "no storage commitment with that transaction")
             return
-        facts = _facts(exchange.assoc)
+        facts = AssociationFacts.of(exchange.assoc)
         decision = self.rules.upstreams(facts, sop_class)
         if not decision.matched:
             log.warning("%s for SOP class %s from %s: no rule routes it", command, sop_class,
@@ -374,7 +374,7 @@ class RelayServer:
         while True:
             try:
                 path, sop_class, sop_instance, syntax = move.arrived.get_nowait()
-            except Exception:
+            except queue.Empty:
                 return
             job = JobHeader(job_id=path.stem, calling_ae="", called_ae="", peer_address="",
                             peer_port=0, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
@@ -433,17 +433,11 @@ class RelayServer:
             self._final(exchange, 0x0110, f"requester {requester} not in known_aes")
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
-                                _facts(exchange.assoc), to_known_ae=True)
+                                AssociationFacts.of(exchange.assoc), to_known_ae=True)
         if self._pass_through(exchange, request) != 0x0000:
             # Not delivered: the upstream got the failure and may send the result again.
             self.commitments.restore(transaction, commitment)
         return True
-
-
-def _facts(assoc: Any) -> AssociationFacts:
-    return AssociationFacts(calling_ae=assoc.requestor.ae_title,
-                            called_ae=assoc.requestor.primitive.called_ae_title,
-                            source=assoc.requestor.address)
 
 
 def _counts(answer: RelayResponse) -> Counts | None:
@@ -483,9 +477,7 @@ def _discard(move: MoveRelay) -> None:
     while True:
         try:
             path = move.arrived.get_nowait()[0]
-        except Exception:
+        except queue.Empty:
             return
         path.unlink(missing_ok=True)
 
-
-Cancelled = Callable[[], bool]

@@ -53,14 +53,6 @@ def status_dataset(status: int, comment: str = "") -> Dataset:
     return ds
 
 
-def association_facts(assoc: Any) -> AssociationFacts:
-    return AssociationFacts(
-        calling_ae=assoc.requestor.ae_title,
-        called_ae=assoc.requestor.primitive.called_ae_title,
-        source=assoc.requestor.address,
-    )
-
-
 class StoreHandler:
     def __init__(
         self,
@@ -137,7 +129,7 @@ class StoreHandler:
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
-        facts = association_facts(event.assoc)
+        facts = AssociationFacts.of(event.assoc)
         def header() -> dict[str, str]:
             if not tags:
                 tags.update(self._tags(received))

@@ -17,12 +17,12 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from router.config import DicomDestination as DicomConfig
-from router.config import RouterConfig
+from router.config import RouterConfig, Rule
 from router.deid_spec import DeidentifyConfig
 from router.errors import DeliveryError, RouterError
 from router.messages import JobHeader
@@ -60,8 +60,10 @@ class Steps:
         return bool(self.morph) or self.deidentify is not None
 
 
-def steps_for(config: RouterConfig, job: JobHeader, destination: str) -> Steps:
-    rules = {rule.name: rule for rule in config.rules}
+def steps_for(config: RouterConfig, job: JobHeader, destination: str,
+              rules: Mapping[str, Rule] | None = None) -> Steps:
+    """What `destination` gets done to `job` (`rules`: config.rules by name, if at hand)."""
+    rules = rules if rules is not None else {rule.name: rule for rule in config.rules}
     rule = next((rules[name] for name in job.rules
                  if name in rules and destination in rules[name].forward), None)
     dest = config.destinations.get(destination)
@@ -77,6 +79,7 @@ class Preparer:
     def __init__(self, config: RouterConfig, spool: Spool,
                  uid_map: Callable[[], object]) -> None:
         self.config = config
+        self.rules = {rule.name: rule for rule in config.rules}  # once, not per delivery
         self.spool = spool
         self._uid_map = uid_map
         self._uids: object | None = None
@@ -84,7 +87,7 @@ class Preparer:
     def prepare(self, job: JobHeader, destination: str, source: Path,
                 force_syntaxes: Sequence[str] = ()) -> Prepared:
         """Raises DeliveryError (permanent) when a step cannot be done for this instance."""
-        steps = steps_for(self.config, job, destination)
+        steps = steps_for(self.config, job, destination, self.rules)
         prepared = Prepared(job, source)
         try:
             if steps.morph:
