@@ -19,7 +19,7 @@ import zmq
 from router import metrics
 from router import reload as reload_config
 from router.completion import CompletionPolicy, GroupHolds
-from router.config import RouterConfig, WindowConfig
+from router.config import Destination, DicomDestination, RouterConfig, WindowConfig
 from router.dispatch import (
     DESTINATION_FAILURES,
     DeadLetter,
@@ -182,7 +182,10 @@ class Broker:
             elif isinstance(outcome, Retry):
                 d = outcome.delivery
                 metrics.RETRIES.labels(d.destination, outcome.reason).inc()
-                if outcome.reason in DESTINATION_FAILURES:
+                if outcome.reason == "busy":
+                    log.info("destination %s is busy; %d job(s) wait for an association",
+                             d.destination, d.size)
+                elif outcome.reason in DESTINATION_FAILURES:
                     log.warning("destination %s unavailable (%s); its queue waits %.1fs",
                                 d.destination, outcome.reason, outcome.delay)
                 else:
@@ -223,9 +226,21 @@ class Broker:
     def _dispatch(self, now: float) -> None:
         for identity, delivery in self.dispatcher.dispatch(now):
             message = Deliver(delivery.job, delivery.destination, delivery.attempt,
-                              list(delivery.batch))
+                              list(delivery.batch), delivery.others_open)
             if not self._send(self.backend, identity, message):
                 self._worker_gone(identity, "is unreachable")
+        self._log_limit_changes()
+
+    def _log_limit_changes(self) -> None:
+        for name, old, new, why in self.dispatcher.limit_changes:
+            metrics.DESTINATION_CONCURRENCY.labels(name).set(new)
+            if why == "busy":
+                log.warning("destination %s is busy (refused one more association): it now "
+                            "gets %d association(s) at a time (was %d)", name, new, old)
+            else:
+                log.info("destination %s: trying %d associations at a time (was %d)",
+                         name, new, old)
+        self.dispatcher.limit_changes.clear()
 
     def reload(self) -> None:
         """Apply the config the supervisor validated (router/reload.py)."""
@@ -264,6 +279,7 @@ class Broker:
             metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
             metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
             metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+            metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -297,6 +313,9 @@ class Broker:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+                # The live association limit (learned or pinned) and what is open now.
+                "concurrency": self.dispatcher.concurrency[name].limit,
+                "associations": self.dispatcher.concurrency[name].total_open,
             }
         return out
 
@@ -345,8 +364,17 @@ class Broker:
 
 
 def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
-    return {name: DestinationPolicy(dest.max_parallel, dest.retry, _window(dest.window))
-            for name, dest in config.destinations.items()}
+    return {name: _policy(dest) for name, dest in config.destinations.items()}
+
+
+def _policy(dest: Destination) -> DestinationPolicy:
+    window = _window(dest.window)
+    if not isinstance(dest, DicomDestination):
+        # A folder or DICOMweb destination has no associations to learn: max_parallel is it.
+        return DestinationPolicy(dest.max_parallel, dest.retry, window,
+                                 max_associations=dest.max_parallel)
+    return DestinationPolicy(dest.max_parallel, dest.retry, window, dest.max_associations,
+                             dest.probe_interval, dest.idle_timeout)
 
 
 def _window(window: WindowConfig | None) -> TimeWindow | None:

@@ -197,8 +197,12 @@ class WindowConfig(Strict):
 
 class DestinationBase(Strict):
     retry: RetryConfig = RetryConfig()
-    # How many deliveries to this destination may run at once across all workers.
+    # How many deliveries to this destination may run at once across all workers (the upper
+    # bound of the association limit a DICOM destination learns: router/concurrency.py).
     max_parallel: int = Field(4, ge=1)
+    # A new reception of bytes this destination already got within spool.duplicate_window:
+    # send (default: a re-send is new work) or skip (suppressed and counted).
+    on_duplicate: Literal["send", "skip"] = "send"
     # Outside this window the destination's queue is held (nothing sent, nothing lost).
     window: WindowConfig | None = None
     # Applied to what this destination gets, after the routing rule's (README "Routing rules").
@@ -217,8 +221,17 @@ class DicomDestination(DestinationBase):
     connect_timeout: float = Field(10.0, gt=0)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
-    # A pooled association unused for this long is released.
-    idle_timeout: float = Field(30.0, gt=0)
+    # A pooled association unused for this long is released, so that a destination that
+    # serves one association at a time is free for the next one (and for other senders).
+    idle_timeout: float = Field(2.0, gt=0)
+    # Pins how many associations the router opens to it; unset, the router learns it (from 1
+    # up to max_parallel): a refused or unanswered association while one is open means busy.
+    max_associations: int | None = Field(None, ge=1)
+    # How long to wait for an A-ASSOCIATE-AC while the router holds another association to
+    # this destination; no answer within it means busy, not down.
+    busy_timeout: float = Field(3.0, gt=0)
+    # After a busy answer, how long before the router tries one association more.
+    probe_interval: float = Field(60.0, gt=0)
     tls: ClientTLS = ClientTLS()
     # C-MOVE through the router (README "Query and retrieve"): pass_through asks this
     # upstream to send to the requested destination itself (it must know that AE); relay asks

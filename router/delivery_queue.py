@@ -50,6 +50,13 @@ class DeliveryQueue(Generic[T]):
                 return item
         raise IndexError("pop from an empty delivery queue")
 
+    def peek(self) -> T | None:
+        """What popleft() would return, or None."""
+        for level in self._levels:
+            if level:
+                return level[0]
+        return None
+
     def __len__(self) -> int:
         return sum(len(level) for level in self._levels)
 

@@ -3,8 +3,15 @@
 Rules it keeps:
 - A job is queued once per destination; it is settled when every destination either has it
   or was given up (dead letter). Only then may its spool files go.
-- A delivery is sent only to a worker with credit, and to a destination below its
-  `max_parallel`, so a slow destination never takes every worker from the others.
+- A delivery is sent only to a worker with credit, and to a destination below its live
+  association limit (router/concurrency.py: learned, at most `max_parallel`), so a slow
+  destination never takes every worker from the others, and a destination that serves one
+  association at a time gets one. A worker that holds an idle association to the
+  destination is preferred to opening a new one.
+- A destination that is busy (refused one more association) is not down: the limit drops,
+  the delivery goes back to the front of its queue without spending an attempt.
+- A queue longer than the limit goes out in runs (one Deliver carrying several jobs), so the
+  per-instance cost of a round trip through the broker is shared.
 - A delivery a worker holds is leased to it: when the worker says goodbye or stops
   heartbeating, its deliveries go back to the front of their queues (same attempt number).
 - A failure of the destination itself (cannot connect, association aborted or rejected
@@ -23,10 +30,11 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from router.completion import MAX_BATCH, GroupHolds
+from router.concurrency import ASSOCIATION_LOST, Choice, Concurrency
 from router.config import RetryConfig
 from router.delivery_queue import DeliveryQueue
 from router.messages import JobHeader, Result
@@ -35,6 +43,13 @@ from router.time_window import TimeWindow
 WORKER_LEASE_SECONDS = 6.0
 # Transient reasons that say the destination, not the instance, is in trouble.
 DESTINATION_FAILURES = frozenset({"connection", "aborted", "rejected", "tls"})
+# A batch stops at these: the destination is down, or busy (router/concurrency.py).
+HOLD_BACK_FAILURES = DESTINATION_FAILURES | {"busy"}
+
+
+BUSY_HOLD_SECONDS = 1.0  # a busy destination with nothing of ours open: wait, then try again
+RUN_MAX_JOBS = 32  # jobs per run of a long queue (one Deliver)
+RUN_MAX_BYTES = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,14 @@ class DestinationPolicy:
     max_parallel: int
     retry: RetryConfig
     window: TimeWindow | None = None  # outside it, the destination's queue is held
+    max_associations: int | None = None  # pins the association limit (no learning)
+    probe_interval: float = 60.0
+    idle_timeout: float = 2.0
+
+    def concurrency(self) -> Concurrency:
+        pinned = self.max_associations is not None
+        ceiling = min(self.max_parallel, self.max_associations or self.max_parallel)
+        return Concurrency(ceiling, pinned, self.probe_interval, self.idle_timeout)
 
 
 @dataclass(frozen=True)
@@ -49,8 +72,11 @@ class Delivery:
     job: JobHeader
     destination: str
     attempt: int = 1
-    # A completed study or series: these jobs in order over one association (job = the first).
+    # A completed study or series, or a run of a long queue: these jobs in order over one
+    # association (job = the first).
     batch: tuple[JobHeader, ...] = ()
+    others_open: int = 0  # associations to the destination the router holds besides this
+    opens_association: bool = False  # no idle one was there: the worker opens a new one
 
     @property
     def key(self) -> tuple[str, str]:
@@ -141,6 +167,10 @@ class Dispatcher:
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
+        self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        # Limit changes since the caller last looked: (destination, old, new, why).
+        self.limit_changes: list[tuple[str, int, int, str]] = []
 
     def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
                     max_bytes: int, holds: GroupHolds | None = None) -> None:
@@ -156,6 +186,14 @@ class Dispatcher:
             self.in_flight.setdefault(name, 0)
             self.paused_until.setdefault(name, 0.0)
             self.failures_in_a_row.setdefault(name, 0)
+            self.busy_until.setdefault(name, 0.0)
+            pinned = policy.max_associations is not None
+            if name in self.concurrency:
+                ceiling = policy.concurrency().ceiling
+                self.concurrency[name].reconfigure(ceiling, pinned, policy.probe_interval,
+                                                   policy.idle_timeout)
+            else:
+                self.concurrency[name] = policy.concurrency()
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
         if holds is not None:
@@ -229,6 +267,8 @@ class Dispatcher:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return 0
+        for concurrency in self.concurrency.values():
+            concurrency.worker_gone(identity)  # its associations died with it
         for delivery in reversed(list(worker.leases.values())):  # keep their original order
             self.in_flight[delivery.destination] -= 1
             self._requeue_front(delivery)
@@ -269,7 +309,28 @@ class Dispatcher:
         delivery = self._lease_back(identity, (result.job_id, result.destination), now)
         if delivery is None:
             return []
+        self._association_ended(identity, delivery, [result], now)
         return self._outcome(delivery, result, now)
+
+    def _association_ended(self, identity: bytes, delivery: Delivery, results: list[Result],
+                           now: float) -> None:
+        """Tell the destination's Concurrency how the association fared (busy, lost, fine)."""
+        name = delivery.destination
+        concurrency = self.concurrency.get(name)
+        if concurrency is None:
+            return
+        failed = [r for r in results if not r.delivered]
+        reason = failed[0].reason if failed else ""
+        before = concurrency.limit
+        if reason == "busy":
+            if concurrency.busy(identity, now):
+                self.limit_changes.append((name, before, concurrency.limit, "busy"))
+            return
+        lost = next((r.reason for r in failed if r.reason in ASSOCIATION_LOST), reason)
+        concurrency.finished(identity, lost, now, delivery.opens_association)
+        if any(r.delivered for r in results) and concurrency.delivered(
+                self.queues[name].jobs, now):
+            self.limit_changes.append((name, before, concurrency.limit, "probe"))
 
     def batch_result(self, identity: bytes, destination: str, results: list[Result],
                      now: float) -> list[Outcome]:
@@ -280,6 +341,7 @@ class Dispatcher:
         batch = self._lease_back(identity, (results[0].job_id, destination), now)
         if batch is None:
             return []
+        self._association_ended(identity, batch, results, now)
         by_id = {job.job_id: job for job in batch.jobs}
         outcomes: list[Outcome] = []
         held_back: list[JobHeader] = []
@@ -289,7 +351,7 @@ class Dispatcher:
             if job is None:
                 continue
             if (not result.delivered and result.transient
-                    and result.reason in DESTINATION_FAILURES):
+                    and result.reason in HOLD_BACK_FAILURES):
                 held_back.append(job)
                 failure = result
                 continue
@@ -299,7 +361,8 @@ class Dispatcher:
         if held_back:
             rest = Delivery(held_back[0], destination, batch.attempt, tuple(held_back))
             reason = failure.reason if failure is not None else "aborted"
-            outcomes.append(self._pause(rest, reason, now))
+            outcomes.append(self._busy(rest, now) if reason == "busy"
+                            else self._pause(rest, reason, now))
         return outcomes
 
     def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
@@ -309,6 +372,8 @@ class Dispatcher:
             return self._finish(delivery)
         if result.reason == "withdrawn":
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
+        if result.reason == "busy":
+            return [self._busy(delivery, now)]
         if result.transient and result.reason in DESTINATION_FAILURES:
             return [self._pause(delivery, result.reason, now)]
         policy = self.policies[delivery.destination]
@@ -330,6 +395,15 @@ class Dispatcher:
             self.paused_until[name] = now + delay
         self._requeue_front(delivery)
         return Retry(delivery, self.paused_until[name] - now, reason)
+
+    def _busy(self, delivery: Delivery, now: float) -> Retry:
+        """The destination is busy, not down: no attempt spent, no failure counted. With none
+        of our associations open to it (another sender holds it), wait a moment first."""
+        name = delivery.destination
+        self._requeue_front(delivery)
+        if self.concurrency[name].total_in_use == 0:
+            self.busy_until[name] = now + BUSY_HOLD_SECONDS
+        return Retry(delivery, max(0.0, self.busy_until[name] - now), "busy")
 
     def is_paused(self, destination: str, now: float) -> bool:
         return self.paused_until[destination] > now
@@ -356,26 +430,58 @@ class Dispatcher:
         self._release_due(now)
         sends: list[tuple[bytes, Delivery]] = []
         names = list(self.queues)
-        while (worker := self._pick_worker()) is not None:
-            name = self._next_sendable(names, now)
-            if name is None:
+        while any(w.credits > 0 for w in self.workers.values()):
+            picked = self._next_sendable(names, now)
+            if picked is None:
                 break
-            delivery = self.queues[name].popleft()
+            name, choice = picked
+            delivery = replace(self._take_run(name), others_open=choice.others_open,
+                               opens_association=choice.new_association)
+            worker = self.workers[choice.worker]
             worker.credits -= 1
             worker.leases[delivery.key] = delivery
             self.in_flight[name] += 1
             sends.append((worker.identity, delivery))
         return sends
 
-    def _next_sendable(self, names: list[str], now: float) -> str | None:
-        """The next destination after the last one served that has work and room."""
+    def _take_run(self, name: str) -> Delivery:
+        """The next delivery; with a queue longer than the destination's limit, a run of the
+        plain deliveries that follow it (same priority and attempt), up to RUN_MAX_JOBS and
+        RUN_MAX_BYTES, so that the limit's associations share the queue evenly."""
+        queue, concurrency = self.queues[name], self.concurrency[name]
+        # Associations free for this queue, counting the one this delivery takes.
+        free = max(1, concurrency.limit - concurrency.total_in_use + 1)
+        length = min(RUN_MAX_JOBS, -(-len(queue) // free))
+        first = queue.popleft()
+        if first.batch:
+            return first
+        jobs, size = [first.job], first.job.size
+        while len(jobs) < length:
+            item = queue.peek()
+            if (item is None or item.batch or item.attempt != first.attempt
+                    or item.priority != first.priority or size + item.job.size > RUN_MAX_BYTES):
+                break
+            queue.popleft()
+            jobs.append(item.job)
+            size += item.job.size
+        if len(jobs) == 1:
+            return first
+        return Delivery(first.job, name, first.attempt, tuple(jobs))
+
+    def _next_sendable(self, names: list[str], now: float) -> tuple[str, Choice] | None:
+        """The next destination after the last one served that has work and room, with the
+        worker to send it to."""
+        credits = {w.identity: w.credits for w in self.workers.values()}
         for offset in range(len(names)):
             index = (self._rotation + offset) % len(names)
             name = names[index]
-            if (self.queues[name] and self.in_flight[name] < self.policies[name].max_parallel
-                    and self.paused_until[name] <= now and self.in_window(name)):
+            if (not self.queues[name] or self.paused_until[name] > now
+                    or self.busy_until[name] > now or not self.in_window(name)):
+                continue
+            choice = self.concurrency[name].choose(credits, now)
+            if choice is not None:
                 self._rotation = index + 1  # the next call starts after this one: no starvation
-                return name
+                return name, choice
         return None
 
     def in_window(self, destination: str) -> bool:
@@ -387,6 +493,7 @@ class Dispatcher:
         a held group becoming due, a destination's time window opening."""
         due = [self.delayed[0][0]] if self.delayed else []
         due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
+        due += [t for name, t in self.busy_until.items() if t > now and self.queues[name]]
         group_due = self.holds.next_due()
         if group_due is not None:
             due.append(now + max(0.0, group_due - self.wall()))

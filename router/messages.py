@@ -113,6 +113,9 @@ class Deliver(Message):
     destination: str
     attempt: int
     batch: list[JobHeader] = dataclasses.field(default_factory=list)
+    # Associations the router holds to the destination besides the one this may open: when
+    # > 0, a new association left unanswered for busy_timeout means busy, not down.
+    others_open: int = 0
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,15 @@ REFUSALS = Counter(
 )
 DUPLICATES_SUPPRESSED = Counter(
     f"{PREFIX}_duplicates_suppressed_total",
-    "Deliveries not sent because the destination already had the same bytes.", ["destination"],
+    "Deliveries not sent: a redelivery of a job the destination already has (policy "
+    "redelivery), or bytes it already got from an earlier reception (policy skip).",
+    ["destination", "policy"],
+)
+DESTINATION_CONCURRENCY = Gauge(
+    f"{PREFIX}_destination_concurrency",
+    "Associations the router opens to a destination at once: learned (a busy destination "
+    "lowers it, deliveries with a backlog raise it up to max_parallel) or max_associations.",
+    ["destination"], multiprocess_mode="livemax",
 )
 LEASES_EXPIRED = Counter(
     f"{PREFIX}_leases_expired_total",

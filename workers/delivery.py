@@ -13,11 +13,12 @@ import zmq
 
 from router import metrics
 from router.config import RouterConfig
-from router.dispatch import DESTINATION_FAILURES
+from router.dispatch import HOLD_BACK_FAILURES
 from router.errors import DeliveryError
 from router.log_context import working_on
 from router.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.spool import Spool
+from workers.association_pool import AssociationPool, release_all
 from workers.destinations import Destination, build_destination
 from workers.dicom_destination import DicomDestination
 from workers.ledger import DeliveryLedger, file_digest
@@ -41,9 +42,12 @@ class DeliveryThread(threading.Thread):
         context: zmq.Context[zmq.Socket[bytes]],
         results_endpoint: str,
         index: int,
+        pool: AssociationPool | None = None,
     ) -> None:
         super().__init__(name=f"delivery-{index}", daemon=True)
         self.config = config
+        self.pool = pool or AssociationPool()  # shared by the worker's threads
+        self.others_open = 0  # of the task in hand: see Deliver.others_open
         self.spool = spool
         self.tasks = tasks
         self.results = context.socket(zmq.PUSH)  # this thread's own socket
@@ -66,10 +70,13 @@ class DeliveryThread(threading.Thread):
                 if task is None:
                     return
                 answer = self.handle_batch(task) if task.batch else self.handle(task)
+                self._park(task.destination)
                 self.results.send(encode(answer))
+                self._release_idle()
         finally:
             for destination in self.destinations.values():
                 destination.close()
+            release_all(self.pool.take_all_idle())
             if self.ledger is not None:
                 self.ledger.close()
             self.results.close()
@@ -88,10 +95,14 @@ class DeliveryThread(threading.Thread):
     def _release_idle(self) -> None:
         if self.ledger is not None:
             self.ledger.prune()
-        now = time.monotonic()
-        for destination in self.destinations.values():
-            if isinstance(destination, DicomDestination):
-                destination.release_if_idle(now)
+        release_all(self.pool.take_expired(time.monotonic()))
+
+    def _park(self, name: str) -> None:
+        """Give the association back to the worker's pool: the next delivery to this
+        destination, on whichever thread, uses it instead of opening another."""
+        destination = self.destinations.get(name)
+        if isinstance(destination, DicomDestination):
+            destination.park()
 
     def _destination(self, name: str) -> Destination:
         if self.generation != Reloads.generation:
@@ -99,8 +110,9 @@ class DeliveryThread(threading.Thread):
             for destination in self.destinations.values():
                 destination.close()  # finish with the old certificates, reconnect with new
             self.destinations.clear()
+            release_all(self.pool.take_all_idle())
         if name not in self.destinations:
-            self.destinations[name] = build_destination(name, self.config)
+            self.destinations[name] = build_destination(name, self.config, self.pool)
         return self.destinations[name]
 
     def handle_batch(self, task: Deliver) -> BatchResult:
@@ -111,10 +123,11 @@ class DeliveryThread(threading.Thread):
             destination.prepare([(j.sop_class_uid, j.transfer_syntax_uid) for j in task.batch])
         results: list[Result] = []
         for job in task.batch:
-            result = self.handle(Deliver(job, task.destination, task.attempt))
+            result = self.handle(Deliver(job, task.destination, task.attempt,
+                                         others_open=task.others_open))
             results.append(result)
             if (not result.delivered and result.transient
-                    and result.reason in DESTINATION_FAILURES):
+                    and result.reason in HOLD_BACK_FAILURES):
                 break
         return BatchResult(task.destination, results)
 
@@ -143,11 +156,10 @@ class DeliveryThread(threading.Thread):
         job, name = task.job, task.destination
         if not source.exists():
             return self._withdrawn(job, name)
-        digest = file_digest(source) if self.ledger is not None else ""
-        if self.ledger is not None and self.ledger.has(name, job.sop_instance_uid, digest):
-            metrics.DUPLICATES_SUPPRESSED.labels(name).inc()
-            log.info("job %s: %s already has these bytes; not sent again", job.job_id, name)
-            return self._delivered(job, name, "duplicate")
+        suppressed, digest = self._already_there(job, name, source)
+        if suppressed:
+            return self._delivered(job, name, suppressed)
+        self.others_open = task.others_open
         started = time.monotonic()
         try:
             self._send(job, name, source)
@@ -157,13 +169,36 @@ class DeliveryThread(threading.Thread):
         self._record(job, name, digest)
         return self._delivered(job, name)
 
+    def _already_there(self, job: JobHeader, name: str, source: Path) -> tuple[str, str]:
+        """("redelivery" | "duplicate" | "", digest): whether the ledger says not to send,
+        and the file's digest when this destination's policy compares bytes."""
+        if self.ledger is None:
+            return "", ""
+        if self.ledger.has_job(name, job.job_id):
+            metrics.DUPLICATES_SUPPRESSED.labels(name, "redelivery").inc()
+            log.info("job %s: %s already has this job; not sent again", job.job_id, name)
+            return "redelivery", ""
+        dest = self.config.destinations.get(name)
+        if dest is None or dest.on_duplicate != "skip":
+            return "", ""
+        digest = file_digest(source)
+        if self.ledger.has(name, job.sop_instance_uid, digest):
+            metrics.DUPLICATES_SUPPRESSED.labels(name, "skip").inc()
+            log.info("job %s: %s already got these bytes from an earlier reception; skipped "
+                     "(on_duplicate: skip)", job.job_id, name)
+            return "duplicate", digest
+        return "", digest
+
     def _send(self, job: JobHeader, name: str, source: Path) -> None:
         """Send what this destination should get (workers/prepare.py); a destination that
         refuses the instance's syntax gets it once more, transcoded, when that is possible."""
         prepared = self.preparer.prepare(job, name, source)
+        destination = self._destination(name)
+        if isinstance(destination, DicomDestination):
+            destination.others_open = self.others_open
         try:
             try:
-                self._destination(name).deliver(prepared.job, prepared.path)
+                destination.deliver(prepared.job, prepared.path)
                 return
             except DeliveryError as exc:
                 if exc.reason != "no_context" or self._syntaxes_configured(name):

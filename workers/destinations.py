@@ -10,6 +10,7 @@ from router.config import DicomWebDestination as DicomWebConfig
 from router.config import FolderDestination as FolderConfig
 from router.config import RouterConfig
 from router.messages import JobHeader
+from workers.association_pool import AssociationPool
 from workers.dicom_destination import DicomDestination
 from workers.dicomweb_destination import DicomWebDestination
 from workers.folder_destination import FolderDestination
@@ -24,10 +25,11 @@ class Destination(Protocol):
     def close(self) -> None: ...
 
 
-def build_destination(name: str, config: RouterConfig) -> Destination:
+def build_destination(name: str, config: RouterConfig,
+                      pool: AssociationPool | None = None) -> Destination:
     spec = config.destinations[name]
     if isinstance(spec, DicomConfig):
-        return DicomDestination(name, spec, config.ae_title)
+        return DicomDestination(name, spec, config.ae_title, pool)
     if isinstance(spec, FolderConfig):
         return FolderDestination(name, spec)
     if isinstance(spec, DicomWebConfig):

@@ -1,10 +1,16 @@
-"""The duplicate ledger: which bytes each destination already has.
+"""The duplicate ledger: which jobs, and which bytes, each destination already has.
 
-At-least-once delivery means a delivery can be repeated: a worker dies after the destination
-stored the instance but before the broker heard so, and the lease goes to another worker. The
-ledger records (destination, SOP Instance UID, digest) after every success and is checked
-before every send, so such a repeat is suppressed; an instance whose bytes changed (a
-different digest) is still delivered. Entries expire after `duplicate_window` seconds.
+At-least-once delivery means a delivery can be repeated by the router itself: a worker dies
+after the destination stored the instance but before the broker heard so, and the lease goes
+to another worker (or the router restarts and recovers the job). The ledger records every
+success by (destination, job id) and is checked before every send, so such a redelivery of
+the same job is suppressed. A new reception is a new job: a modality or PACS that sends the
+same study again means it (a PACS lost it, a corrected instance), so it is delivered again.
+
+Per destination, `on_duplicate: skip` also suppresses a new job whose bytes (SOP Instance
+UID and digest) the destination already got within `duplicate_window`: for sites where a
+sender repeats itself and the destination must not see it twice. Entries expire after
+`duplicate_window` seconds.
 
 One sqlite database in the spool, shared by all workers (WAL mode lets them read while one
 writes); one connection per delivery thread.
@@ -37,18 +43,28 @@ class DeliveryLedger:
         self.db = _open(path)
         self._pruned = 0.0
 
-    def has(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
+    def has_job(self, destination: str, job_id: str) -> bool:
+        """This very job was delivered there: a redelivery the router would cause."""
         row = self.db.execute(
-            "SELECT delivered_at FROM delivered"
-            " WHERE destination = ? AND sop_instance_uid = ? AND digest = ?",
-            (destination, sop_instance_uid, digest),
+            "SELECT delivered_at FROM deliveries WHERE destination = ? AND job_id = ?",
+            (destination, job_id),
         ).fetchone()
         return row is not None and time.time() - float(row[0]) <= self.window
 
+    def has(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
+        """These bytes reached it within the window, from any job (on_duplicate: skip)."""
+        row = self.db.execute(
+            "SELECT MAX(delivered_at) FROM deliveries"
+            " WHERE destination = ? AND sop_instance_uid = ? AND digest = ?",
+            (destination, sop_instance_uid, digest),
+        ).fetchone()
+        return row[0] is not None and time.time() - float(row[0]) <= self.window
+
     def record(self, destination: str, sop_instance_uid: str, digest: str, job_id: str) -> None:
+        """Remember a success; `digest` is empty when nobody will compare bytes."""
         self.db.execute(
-            "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?, ?)",
-            (destination, sop_instance_uid, digest, job_id, time.time()),
+            "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?)",
+            (destination, job_id, sop_instance_uid, digest, time.time()),
         )
 
     def prune(self) -> None:
@@ -57,7 +73,7 @@ class DeliveryLedger:
             return
         self._pruned = now
         cutoff = time.time() - self.window
-        self.db.execute("DELETE FROM delivered WHERE delivered_at < ?", (cutoff,))
+        self.db.execute("DELETE FROM deliveries WHERE delivered_at < ?", (cutoff,))
 
     def close(self) -> None:
         self.db.close()
@@ -78,12 +94,16 @@ def _open(path: Path) -> sqlite3.Connection:
             # NORMAL: a power cut may forget the last entries (a duplicate at worst), never
             # corrupt.
             db.execute("PRAGMA synchronous=NORMAL")
+            # Keyed by job: the table of earlier versions keyed by bytes (`delivered`) is
+            # no proof of a job and is left unused.
             db.execute(
-                "CREATE TABLE IF NOT EXISTS delivered ("
-                " destination TEXT NOT NULL, sop_instance_uid TEXT NOT NULL,"
-                " digest TEXT NOT NULL, job_id TEXT NOT NULL, delivered_at REAL NOT NULL,"
-                " PRIMARY KEY (destination, sop_instance_uid, digest))"
+                "CREATE TABLE IF NOT EXISTS deliveries ("
+                " destination TEXT NOT NULL, job_id TEXT NOT NULL,"
+                " sop_instance_uid TEXT NOT NULL, digest TEXT NOT NULL,"
+                " delivered_at REAL NOT NULL, PRIMARY KEY (destination, job_id))"
             )
+            db.execute("CREATE INDEX IF NOT EXISTS deliveries_by_bytes"
+                       " ON deliveries (destination, sop_instance_uid, digest)")
             return db
         except sqlite3.OperationalError as exc:
             db.close()

@@ -35,6 +35,7 @@ from router.messages import (
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.runtime import Runtime
 from router.spool import Spool
+from workers.association_pool import AssociationPool
 from workers.delivery import DeliveryThread, Reloads
 from workers.relay import ActiveRelays, RelayTask, RelayThread
 
@@ -56,8 +57,10 @@ class Worker:
         self.results = self.context.socket(zmq.PULL)
         self.results.bind(f"inproc://results-{index}")
         spool = Spool(config.spool.path)
+        pool = AssociationPool()  # the threads share associations: reuse before opening
         self.threads = [
-            DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}", i)
+            DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
+                           i, pool)
             for i in range(config.worker_threads)
         ]
         # Relayed requests (queries, retrieves, N-services) on threads of their own, so that a

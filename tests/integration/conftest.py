@@ -32,13 +32,17 @@ def start_router(tmp_path: Path) -> Iterator[RouterFactory]:
 
 
 @pytest.fixture
-def storescp(tmp_path: Path) -> Iterator[Callable[[str], StoreSCP]]:
-    """Start DCMTK storescp peers by AE title; each stores under tmp_path/<AE>."""
+def storescp(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
+    """Start DCMTK storescp peers by AE title; each stores under tmp_path/<AE>.
+
+    Without --fork by default: storescp then serves one association at a time, as many PACS,
+    workstations and gateways do, which is what routing and delivery must work with.
+    `fork=True` (one process per association) is for tests of parallel throughput.
+    """
     peers: list[StoreSCP] = []
 
-    def start(ae_title: str) -> StoreSCP:
-        # --fork: one process per association, like a PACS; the router opens several.
-        scp = StoreSCP(tmp_path / ae_title, ae_title, extra_args=["--fork"])
+    def start(ae_title: str, fork: bool = False) -> StoreSCP:
+        scp = StoreSCP(tmp_path / ae_title, ae_title, extra_args=["--fork"] if fork else [])
         scp.__enter__()
         peers.append(scp)
         return scp

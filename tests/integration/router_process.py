@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -99,6 +100,12 @@ class RouterProcess:
             if sample_name == name and want <= set(filter(None, rest.rstrip("}").split(","))):
                 total += float(value)
         return total
+
+    def status(self) -> dict[str, Any]:
+        """The router's /status (JSON): associations, destinations, spool."""
+        code, body = http_get(self.metrics_port, "/status")
+        assert code == 200, body
+        return dict(json.loads(body))
 
     def child_pid(self, name: str) -> int:
         """The pid of the newest `name` process (broker, worker-0, acceptor) from the log."""

@@ -58,15 +58,16 @@ def _assert_all_arrived(router: RouterProcess, scp: StoreSCP, sent: list[Path]) 
     assert not missing, f"{len(missing)} acknowledged instances never arrived"
 
 
-def _fork_scp(tmp_path: Path, ae: str, port: int | None = None) -> StoreSCP:
-    return StoreSCP(tmp_path / ae, ae, port=port, extra_args=["--fork"])
+def _single_scp(tmp_path: Path, ae: str, port: int | None = None) -> StoreSCP:
+    """A storescp without --fork: one association at a time, like many real PACS."""
+    return StoreSCP(tmp_path / ae, ae, port=port)
 
 
 def test_worker_killed_mid_send_loses_nothing(
     start_router: RouterFactory, tmp_path: Path
 ) -> None:
     sources = generate_mixed_set(tmp_path / "src", 1000, size_bytes=4_000)
-    with _fork_scp(tmp_path, "PACS") as pacs:
+    with _single_scp(tmp_path, "PACS") as pacs:
         router = start_router(_pacs_config(pacs, workers=2))
         send = BackgroundSend(sources, router.port)
         send.start()
@@ -84,11 +85,11 @@ def test_worker_killed_mid_send_loses_nothing(
         # at most the deliveries the dead worker held (its delivery threads). (No lower
         # bound: the worker may die after its ledger record and before its counter, and
         # the redelivery then counts as suppressed; _assert_all_arrived checked delivery.)
-        sends = _delivered(router, "pacs") - router.metric(
+        sends = _delivered(router, "pacs") - router.metric_sum(
             "dicom_router_duplicates_suppressed_total", destination="pacs")
         assert sends <= len(sources) + 4
         _report("worker kill -9", acknowledged=len(acknowledged), sends=sends,
-                suppressed=router.metric("dicom_router_duplicates_suppressed_total",
+                suppressed=router.metric_sum("dicom_router_duplicates_suppressed_total",
                                          destination="pacs"),
                 leases_expired=router.metric("dicom_router_leases_expired_total"))
 
@@ -97,7 +98,7 @@ def test_broker_killed_mid_send_loses_nothing(
     start_router: RouterFactory, tmp_path: Path
 ) -> None:
     sources = generate_mixed_set(tmp_path / "src", 400, size_bytes=4_000)
-    with _fork_scp(tmp_path, "PACS") as pacs:
+    with _single_scp(tmp_path, "PACS") as pacs:
         router = start_router(_pacs_config(pacs))
         send = BackgroundSend(sources, router.port)
         send.start()
@@ -135,7 +136,7 @@ def test_router_killed_mid_send_recovers_every_acknowledged_instance(
         acknowledged = send.acknowledged()
         assert 100 <= len(acknowledged) < len(sources)
 
-        with _fork_scp(tmp_path, "PACS", port) as pacs:
+        with _single_scp(tmp_path, "PACS", port) as pacs:
             router.start()  # same spool, same ports
             _assert_all_arrived(router, pacs, acknowledged)
             assert router.metric("dicom_router_recovered_jobs_total") >= len(acknowledged)
@@ -161,7 +162,7 @@ def test_destination_down_for_a_while_then_back(
     assert sent.returncode == 0, sent.stderr
     assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                           reason="connection") >= 10)
-    with _fork_scp(tmp_path, "PACS", port) as pacs:
+    with _single_scp(tmp_path, "PACS", port) as pacs:
         _assert_all_arrived(router, pacs, sources)
         _report("destination down, then back", acknowledged=len(sources),
                 retries=router.metric("dicom_router_retries_total", destination="pacs",
@@ -173,7 +174,7 @@ def test_refusing_destination_does_not_hold_up_the_other(
     start_router: RouterFactory, tmp_path: Path
 ) -> None:
     sources = generate_mixed_set(tmp_path / "src", 30)
-    with _fork_scp(tmp_path, "GOOD") as good, \
+    with _single_scp(tmp_path, "GOOD") as good, \
             StoreSCP(tmp_path / "BAD", "BAD", extra_args=["--refuse"]) as bad:
         router = start_router({
             "destinations": {
@@ -214,8 +215,8 @@ def test_rejected_transfer_syntax_is_dead_lettered_then_replayed_elsewhere(
     plain = write_instance(tmp_path / "src", sop_class=CTImageStorage,
                            transfer_syntax=EXPLICIT_VR_LE)
     # "+x=" after "+xa": this storescp accepts uncompressed syntaxes only.
-    with StoreSCP(tmp_path / "STRICT", "STRICT", extra_args=["--fork", "+x="]) as strict, \
-            _fork_scp(tmp_path, "LENIENT") as lenient:
+    with StoreSCP(tmp_path / "STRICT", "STRICT", extra_args=["+x="]) as strict, \
+            _single_scp(tmp_path, "LENIENT") as lenient:
         router = start_router({
             "destinations": {"strict": dicom_destination(strict),
                              "lenient": dicom_destination(lenient)},
@@ -281,7 +282,7 @@ def test_spool_watermark_refuses_with_a700_then_recovers(
     assert refused.returncode != 0
     assert "Association Rejected" in refused.stdout + refused.stderr
 
-    with _fork_scp(tmp_path, "PACS", port) as pacs:
+    with _single_scp(tmp_path, "PACS", port) as pacs:
         _assert_all_arrived(router, pacs, accepted)  # draining frees the spool
         assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 200)
         rest = [p for p in sources if p not in accepted]
@@ -327,7 +328,7 @@ def test_sigterm_during_send_keeps_acknowledged_jobs_for_the_restart(tmp_path: P
         queued = list((router.spool / "jobs").glob("*.dcm"))
         assert len(queued) == len(acknowledged)  # all kept, nothing half-kept
 
-        with _fork_scp(tmp_path, "PACS", port) as pacs:
+        with _single_scp(tmp_path, "PACS", port) as pacs:
             router.start()
             _assert_all_arrived(router, pacs, acknowledged)
             _report("SIGTERM during send", sent=len(sources), acknowledged=len(acknowledged),

@@ -65,6 +65,12 @@ class Rig:
     def deliver(self, job: JobHeader, destination: str = "archive", attempt: int = 1) -> Result:
         return self.thread.handle(Deliver(job, destination, attempt))
 
+    def skip_duplicates(self, name: str = "archive") -> None:
+        """on_duplicate: skip for this destination (the default sends a re-send again)."""
+        dest = self.config.destinations[name].model_copy(update={"on_duplicate": "skip"})
+        self.thread.config = self.config.model_copy(
+            update={"destinations": {**self.config.destinations, name: dest}})
+
     def stored(self, study: str = STUDY, series: str = SERIES, sop: str = SOP) -> Path:
         return self.archive / study / series / f"{sop}.dcm"
 
@@ -116,24 +122,46 @@ def test_first_delivery_writes_the_archive_file(rig: Rig) -> None:
     assert not list(rig.spool.jobs.glob("*.done"))
 
 
-def test_same_job_again_is_a_suppressed_duplicate(rig: Rig) -> None:
+def test_same_job_again_is_a_suppressed_redelivery(rig: Rig) -> None:
     job = rig.spool_job(JOB_1, rig.sample("a"))
     assert rig.deliver(job).delivered
     rig.stored().write_bytes(b"marker: the archive copy must not be rewritten")
 
     result = rig.deliver(job, attempt=2)
 
-    assert result == Result(JOB_1, "archive", True, "duplicate")
+    assert result == Result(JOB_1, "archive", True, "redelivery")
     assert rig.stored().read_bytes() == b"marker: the archive copy must not be rewritten"
 
 
-def test_same_bytes_under_a_new_job_id_are_a_duplicate(rig: Rig) -> None:
+def test_same_bytes_under_a_new_job_id_are_sent_again(rig: Rig) -> None:
+    """A re-send from the modality is new work: the destination may have lost the first."""
+    source = rig.sample("a")
+    assert rig.deliver(rig.spool_job(JOB_1, source)).delivered
+    rig.stored().unlink()  # the PACS lost it
+    result = rig.deliver(rig.spool_job(JOB_2, source))
+    assert result == Result(JOB_2, "archive", True, "")
+    assert rig.stored().read_bytes() == source.read_bytes()
+
+
+def test_on_duplicate_skip_suppresses_the_same_bytes_from_a_new_job(rig: Rig) -> None:
+    rig.skip_duplicates()
     source = rig.sample("a")
     assert rig.deliver(rig.spool_job(JOB_1, source)).delivered
     rig.stored().write_bytes(b"marker")
     result = rig.deliver(rig.spool_job(JOB_2, source))
     assert (result.delivered, result.reason) == (True, "duplicate")
     assert rig.stored().read_bytes() == b"marker"
+    changed = rig.sample("b", tags={"StudyDescription": "X"})  # other bytes: sent
+    assert rig.deliver(rig.spool_job(JOB_3, changed)) == Result(JOB_3, "archive", True, "")
+
+
+def test_an_older_version_sent_again_replaces_the_newer_one(rig: Rig) -> None:
+    """Explicit, then Implicit, then Explicit again: the destination ends with the third."""
+    first = rig.sample("a")
+    second = rig.sample("b", tags={"StudyDescription": "X"})
+    for job_id, source in [(JOB_1, first), (JOB_2, second), (JOB_3, first)]:
+        assert rig.deliver(rig.spool_job(job_id, source)) == Result(job_id, "archive", True, "")
+    assert rig.stored().read_bytes() == first.read_bytes()
 
 
 def test_changed_bytes_for_same_sop_uid_are_sent_again(rig: Rig) -> None:
@@ -254,6 +282,7 @@ def test_two_destination_job_writes_the_spool_marker(rig: Rig) -> None:
 
 
 def test_duplicate_of_a_two_destination_job_also_writes_the_marker(rig: Rig) -> None:
+    rig.skip_duplicates()
     source = rig.sample("a")
     assert rig.deliver(rig.spool_job(JOB_1, source)).delivered
     job = rig.spool_job(JOB_2, source, ("archive", "backup"))
@@ -296,6 +325,7 @@ def test_spool_file_is_left_in_place(rig: Rig) -> None:
 
 def test_duplicate_check_uses_a_mtime_independent_digest(rig: Rig) -> None:
     # Same bytes, fresh file (new inode and mtime): still the same digest, still suppressed.
+    rig.skip_duplicates()
     source = rig.sample("a")
     assert rig.deliver(rig.spool_job(JOB_1, source)).delivered
     copy = rig.tmp / "copy.dcm"
@@ -310,6 +340,7 @@ def test_duplicate_check_uses_a_mtime_independent_digest(rig: Rig) -> None:
 def test_spool_file_vanishing_after_the_exists_check_is_withdrawn(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    rig.skip_duplicates()  # only then is the file read for its digest before the send
     job = rig.spool_job(JOB_1, rig.sample("a"))
 
     def racing_digest(path: Path) -> str:
@@ -324,6 +355,7 @@ def test_spool_file_vanishing_after_the_exists_check_is_withdrawn(
 def test_spool_file_vanishing_before_the_send_is_withdrawn(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    rig.skip_duplicates()
     job = rig.spool_job(JOB_1, rig.sample("a"))
 
     def digest_then_vanish(path: Path) -> str:
@@ -360,7 +392,7 @@ def test_ledger_read_failure_still_yields_a_result(
     def locked(*args: object) -> bool:
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(rig.thread.ledger, "has", locked)
+    monkeypatch.setattr(rig.thread.ledger, "has_job", locked)
     result = rig.deliver(job)
     assert isinstance(result, Result)
     assert result.delivered or result.transient

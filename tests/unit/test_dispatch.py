@@ -35,7 +35,9 @@ def make_dispatcher(
     rand: Callable[[], float] = lambda: 0.0,
 ) -> Dispatcher:
     parallel = {"pacs": 4, "archive": 4} if parallel is None else parallel
-    policies = {name: DestinationPolicy(n, retry) for name, n in parallel.items()}
+    # Pinned limits: these tests are about queues, credits and retries, not learning.
+    policies = {name: DestinationPolicy(n, retry, max_associations=n)
+                for name, n in parallel.items()}
     return Dispatcher(policies, max_jobs=max_jobs, max_bytes=max_bytes, rand=rand)
 
 
@@ -232,16 +234,29 @@ def test_deliveries_are_spread_over_workers_with_credit() -> None:
 
 def test_max_parallel_per_destination_is_respected() -> None:
     d = make_dispatcher({"pacs": 2})
-    jobs = [make_header(f"j{i}") for i in range(4)]
+    jobs = [make_header(f"j{i}") for i in range(6)]
     for job in jobs:
         d.add_job(job)
     d.worker_ready(W1, 10, now=0.0)
 
-    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+    # Six jobs for two associations: two runs of three, one per association.
+    (_, first), (_, second) = d.dispatch(0.0)
+    assert [j.job_id for j in first.jobs] == ["j0", "j1", "j2"]
+    assert [j.job_id for j in second.jobs] == ["j3", "j4", "j5"]
     assert d.in_flight["pacs"] == 2
     assert d.dispatch(0.0) == []
     assert d.workers[W1].credits == 8
 
+
+def test_a_short_queue_goes_one_delivery_per_association() -> None:
+    d = make_dispatcher({"pacs": 2})
+    jobs = [make_header(f"j{i}") for i in range(3)]
+    for job in jobs[:2]:
+        d.add_job(job)
+    d.worker_ready(W1, 10, now=0.0)
+    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+    d.add_job(jobs[2])
+    assert d.dispatch(0.0) == []  # both associations busy
     d.result(W1, ok(jobs[0], "pacs"), now=0.0)
     assert sent(d.dispatch(0.0)) == [("j2", "pacs")]
     assert d.in_flight["pacs"] == 2
@@ -254,11 +269,12 @@ def test_a_busy_destination_does_not_block_another() -> None:
         d.add_job(make_header(f"a{i}", ("archive",)))
     d.worker_ready(W1, 10, now=0.0)
 
-    sends = sent(d.dispatch(0.0))
+    sends = d.dispatch(0.0)
 
-    assert sends == [("p0", "pacs"), ("a0", "archive"), ("a1", "archive"), ("a2", "archive")]
+    # pacs takes one association: its three jobs go as one run over it.
+    assert [[j.job_id for j in dl.jobs] for _, dl in sends] == [
+        ["p0", "p1", "p2"], ["a0"], ["a1"], ["a2"]]
     assert d.in_flight == {"pacs": 1, "archive": 3}
-    assert len(d.queues["pacs"]) == 2
 
 
 def test_dispatch_alternates_between_destinations() -> None:
@@ -514,11 +530,11 @@ def test_worker_gone_keeps_the_order_of_requeued_deliveries() -> None:
     for job in jobs:
         d.add_job(job)
     d.worker_ready(W1, 2, now=0.0)
-    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
+    assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j2", "pacs")]  # a run j0+j1, then j2
 
     d.worker_gone(W1)
 
-    assert [x.job.job_id for x in d.queues["pacs"]] == ["j0", "j1", "j2"]
+    assert [j.job_id for x in d.queues["pacs"] for j in x.jobs] == ["j0", "j1", "j2"]
 
 
 def test_expired_workers_after_the_lease() -> None:

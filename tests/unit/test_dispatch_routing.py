@@ -28,7 +28,7 @@ class Clock:
 
 def dispatcher(clock: Clock, *, window: TimeWindow | None = None,
                holds: GroupHolds | None = None, parallel: int = 4) -> Dispatcher:
-    policies = {"pacs": DestinationPolicy(parallel, RETRY, window)}
+    policies = {"pacs": DestinationPolicy(parallel, RETRY, window, max_associations=parallel)}
     return Dispatcher(policies, max_jobs=100, max_bytes=10**9, rand=lambda: 0.0, holds=holds,
                       wall=clock.wall, local=clock.local)
 
@@ -39,11 +39,12 @@ def test_urgent_jobs_jump_the_queue_and_each_priority_keeps_its_order() -> None:
         d.add_job(make_header(job_id, priority=priority))
     d.worker_ready(W1, 10, 0.0)
     order = []
-    for _ in range(5):
-        (_, delivery), = d.dispatch(0.0)
-        order.append(delivery.job.job_id)
-        d.result(W1, ok(delivery.job, "pacs"), 0.0)
-    assert order == ["urgent", "high", "n1", "n2", "low"]
+    while sends := d.dispatch(0.0):
+        (_, delivery), = sends
+        order.append([job.job_id for job in delivery.jobs])
+        d.batch_result(W1, "pacs", [ok(job, "pacs") for job in delivery.jobs], 0.0)
+    # Jobs of one priority next to each other go as one run over one association.
+    assert order == [["urgent"], ["high"], ["n1", "n2"], ["low"]]
 
 
 def test_a_closed_window_holds_the_queue_until_it_opens() -> None:

@@ -41,7 +41,7 @@ def ledger(tmp_path: Path) -> Iterator[DeliveryLedger]:
 
 def row_count(path: Path) -> int:
     with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT COUNT(*) FROM delivered").fetchone()[0])
+        return int(db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
 
 
 def test_recorded_delivery_is_a_duplicate(ledger: DeliveryLedger) -> None:
@@ -202,3 +202,17 @@ def test_workers_opening_a_new_ledger_at_once(tmp_path: Path) -> None:
         check = DeliveryLedger(Path(path), window=3600)
         assert all(check.has("pacs", name, "digest") for group in names for name in group)
         check.close()
+
+
+def test_a_job_is_known_by_its_id_not_by_its_bytes(ledger: DeliveryLedger) -> None:
+    ledger.record("pacs", "1.2.3", "", "job-1")  # on_duplicate: send records no digest
+    assert ledger.has_job("pacs", "job-1")
+    assert not ledger.has_job("pacs", "job-2")  # a new reception of the same instance
+    assert not ledger.has_job("archive", "job-1")
+
+
+def test_two_receptions_of_the_same_bytes_are_two_entries(ledger: DeliveryLedger) -> None:
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    ledger.record("pacs", "1.2.3", DIGEST, "job-2")
+    assert ledger.has_job("pacs", "job-1") and ledger.has_job("pacs", "job-2")
+    assert ledger.has("pacs", "1.2.3", DIGEST)
