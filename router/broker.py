@@ -147,14 +147,12 @@ class Broker:
                      message.credits)
         elif isinstance(message, Result):
             self._apply(self.dispatcher.result(identity, message, now))
-            label = "delivered" if message.delivered else "failed"
-            metrics.FORWARDED.labels(message.destination, label).inc()
+            metrics.FORWARDED.labels(message.destination, _outcome_label(message)).inc()
         elif isinstance(message, BatchResult):
             self._apply(self.dispatcher.batch_result(identity, message.destination,
                                                      message.results, now))
             for result in message.results:
-                label = "delivered" if result.delivered else "failed"
-                metrics.FORWARDED.labels(message.destination, label).inc()
+                metrics.FORWARDED.labels(message.destination, _outcome_label(result)).inc()
         elif isinstance(message, Heartbeat):
             if not self.dispatcher.worker_seen(identity, now):
                 # A worker we forgot (we restarted, or its lease expired): it must say Ready.
@@ -361,6 +359,13 @@ class Broker:
         self.frontend.close()
         self.backend.close()
         self.context.term()
+
+
+def _outcome_label(result: Result) -> str:
+    """delivered, suppressed (the ledger said the destination has it: not sent), failed."""
+    if not result.delivered:
+        return "failed"
+    return "suppressed" if result.reason in ("redelivery", "duplicate") else "delivered"
 
 
 def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:

@@ -170,8 +170,8 @@ def _associations(now: Reading) -> Table:
 def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
     rows = now.status.get("broker", {}).get("destinations", {})
     table = Table(title="Destinations", title_justify="left")
-    for column in ("name", "state", "queued", "in flight", "oldest", "delivered/s",
-                   "delivered", "failed", "retries", "dead letters"):
+    for column in ("name", "state", "assoc", "queued", "in flight", "oldest", "delivered/s",
+                   "delivered", "suppressed", "failed", "retries", "dead letters"):
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     samples = now.samples
     for name, d in sorted(rows.items()):
@@ -182,15 +182,23 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         else:
             state = Text("up", style="green")
         table.add_row(
-            name, state, str(d["depth"]), str(d["in_flight"]),
+            name, state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",
             f"{_rate(before, now, elapsed, 'dicom_router_instances_forwarded_total', destination=name, result='delivered'):.1f}",  # noqa: E501
             f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='delivered'):.0f}",  # noqa: E501
+            f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='suppressed'):.0f}",  # noqa: E501
             f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='failed'):.0f}",  # noqa: E501
             f"{total(samples, 'dicom_router_retries_total', destination=name):.0f}",
             f"{total(samples, 'dicom_router_dead_letters_total', destination=name):.0f}",
         )
     return table
+
+
+def _associations_cell(row: dict[str, Any]) -> str:
+    """Open associations / the live limit (learned, or max_associations)."""
+    if "concurrency" not in row:
+        return "-"
+    return f"{row.get('associations', 0)}/{row['concurrency']}"
 
 
 PROBLEMS = (
