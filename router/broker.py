@@ -69,6 +69,7 @@ class Broker:
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
                                      config.queue.max_bytes, holds=_holds(config))
+        self.associating = _dicom_names(config)  # destinations with associations to show
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.relays = RelayRoutes()
         self.config_generation = 0
@@ -231,6 +232,8 @@ class Broker:
 
     def _log_limit_changes(self) -> None:
         for name, old, new, why in self.dispatcher.limit_changes:
+            if name not in self.associating:
+                continue
             metrics.DESTINATION_CONCURRENCY.labels(name).set(new)
             if why == "busy":
                 log.warning("destination %s is busy (refused one more association): it now "
@@ -253,6 +256,7 @@ class Broker:
             setup_logging(new.log_level, new.log_format)
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         _holds(new))
+            self.associating = _dicom_names(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
 
@@ -277,7 +281,8 @@ class Broker:
             metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
             metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
             metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
-            metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
+            if "concurrency" in row:
+                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -311,10 +316,11 @@ class Broker:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
-                # The live association limit (learned or pinned) and what is open now.
-                "concurrency": self.dispatcher.concurrency[name].limit,
-                "associations": self.dispatcher.concurrency[name].total_open,
             }
+            if name in self.associating:
+                # The live association limit (learned or pinned) and what is open now.
+                out[name]["concurrency"] = self.dispatcher.concurrency[name].limit
+                out[name]["associations"] = self.dispatcher.concurrency[name].total_open
         return out
 
     def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
@@ -359,6 +365,11 @@ class Broker:
         self.frontend.close()
         self.backend.close()
         self.context.term()
+
+
+def _dicom_names(config: RouterConfig) -> set[str]:
+    return {name for name, dest in config.destinations.items()
+            if isinstance(dest, DicomDestination)}
 
 
 def _outcome_label(result: Result) -> str:

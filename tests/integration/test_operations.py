@@ -114,8 +114,9 @@ def test_status_shows_destinations_throughput_and_errors(
     assert "READY" in text and "archive" in text
     archive_row = next(line for line in text.splitlines() if "│ archive" in line)
     cells = [c.strip() for c in archive_row.split("│") if c.strip()]
-    assert cells[:3] == ["archive", "up", "0"], archive_row
-    assert cells[6] == "8", archive_row  # delivered
+    # A folder destination has no associations: "-" in the assoc column.
+    assert cells[:4] == ["archive", "up", "-", "0"], archive_row
+    assert cells[7] == "8", archive_row  # delivered
     assert "associations rejected: calling_ae 1" in text, text
     assert router.metric("dicom_router_associations_total", calling_ae="MODALITY",
                          result="accepted") == 1

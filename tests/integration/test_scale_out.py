@@ -150,7 +150,7 @@ class Cluster:
     """Two cells, each forwarding to its own storescp, behind one HAProxy."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.pacs = {name: StoreSCP(tmp_path / f"pacs-{name}", "PACS", extra_args=["--fork"])
+        self.pacs = {name: StoreSCP(tmp_path / f"pacs-{name}", "PACS")
                      for name in CELLS}
         self.cells: dict[str, RouterProcess] = {}
         self.proxy: HAProxy | None = None

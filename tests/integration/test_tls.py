@@ -216,7 +216,7 @@ def test_outbound_mtls_to_a_dcmtk_peer(
                 "-pw", "-rc"]
     source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
                             transfer_syntax=EXPLICIT_VR_LE)
-    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=["--fork", *tls_args]) as pacs:
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=[*tls_args]) as pacs:
         destination = {**dicom_destination(pacs), "tls": {
             "mode": "mtls", "ca": str(pki["ca"].cert_path), "cert": str(client.cert),
             "key": str(client.key), "server_name": "localhost"}}
@@ -237,7 +237,7 @@ def test_outbound_tls_failure_is_classified_and_retried(
     tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "-pw", "-ic"]
     source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
                             transfer_syntax=EXPLICIT_VR_LE)
-    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=["--fork", *tls_args]) as pacs:
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=[*tls_args]) as pacs:
         destination = {**dicom_destination(pacs), "tls": {
             "mode": "tls", "ca": str(rogue_ca.cert_path), "server_name": "localhost"},
             "retry": {"initial_delay": 0.2, "max_delay": 0.5}}

@@ -32,7 +32,7 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
-    with StoreSCP(tmp_path / "pacs", "PACS", extra_args=["--fork"]) as scp:
+    with StoreSCP(tmp_path / "pacs", "PACS") as scp:  # one association at a time
         yield scp
 
 
@@ -129,7 +129,7 @@ def test_deidentified_study_keeps_consistent_uids(start_router: RouterFactory,
 @pytest.fixture
 def explicit_only(tmp_path: Path) -> Iterator[StoreSCP]:
     """A PACS that accepts Explicit VR Little Endian only (storescp +xe... -xs? see below)."""
-    with StoreSCP(tmp_path / "old-pacs", "OLDPACS", extra_args=["--fork", "+xe"]) as scp:
+    with StoreSCP(tmp_path / "old-pacs", "OLDPACS", extra_args=["+xe"]) as scp:
         yield scp
 
 
