@@ -50,6 +50,15 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, metavar="FILE",
+                        help="use TLS, verifying the peer against this CA bundle")
+    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
+                        help="client certificate for mutual TLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, metavar="FILE",
+                        help="its private key (unencrypted)")
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "send", help="send DICOM files and folders to a peer, as they are (C-STORE)",
@@ -63,12 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="our (calling) AE title (default DICOM-SEND)")
     parser.add_argument("--called-ae", type=_ae_title, default="ANY-SCP", metavar="CALLED",
                         help="the peer's (called) AE title (default ANY-SCP)")
-    parser.add_argument("--tls-ca", type=Path, metavar="FILE",
-                        help="use TLS, verifying the peer against this CA bundle")
-    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
-                        help="client certificate for mutual TLS (with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, metavar="FILE",
-                        help="its private key (unencrypted)")
+    add_tls_arguments(parser)
     parser.add_argument("--max-pdu", type=_bounded(4096, 4_194_304), default=DEFAULT_MAX_PDU,
                         metavar="N", help=f"maximum PDU size we receive (default "
                                           f"{DEFAULT_MAX_PDU})")
@@ -82,7 +86,7 @@ def _error(message: object) -> None:
     print(f"dicom-router send: {message}", file=sys.stderr)
 
 
-def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls_ca is None:
         if args.tls_cert or args.tls_key:
             raise RouterError("--tls-cert and --tls-key need --tls-ca (the peer's CA)")
@@ -97,7 +101,7 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def _peer(args: argparse.Namespace) -> Peer:
     host, port = args.to
     return Peer(host, port, called_ae=args.called_ae, calling_ae=args.ae,
-                max_pdu=args.max_pdu, tls=_tls(args))
+                max_pdu=args.max_pdu, tls=tls_context(args))
 
 
 def _warn_skipped(found: Scan) -> None:

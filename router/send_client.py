@@ -41,6 +41,9 @@ _FILE_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "Transfer
 NO_CONTEXT = "no accepted presentation context"
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
 
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
 Pair = tuple[str, str]  # (SOP class UID, transfer syntax UID)
 
 
@@ -307,6 +310,21 @@ def associate(ae: AE, peer: Peer, pairs: Iterable[Pair]) -> Association:
 def _accepted(assoc: Association) -> set[Pair]:
     return {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
             for cx in assoc.accepted_contexts}
+
+
+def echo(peer: Peer) -> int:
+    """C-ECHO the peer; its status (0x0000 is Success). AssociationError when there is no
+    association, RouterError when no answer comes."""
+    ae = _application_entity(peer)
+    assoc = associate(ae, peer, [(VERIFICATION, IMPLICIT_VR_LE)])
+    try:
+        response: Any = assoc.send_c_echo()
+    finally:
+        _close(assoc)
+    status = getattr(response, "Status", None)
+    if status is None:
+        raise RouterError(f"{peer} did not answer the C-ECHO (timeout or association lost)")
+    return int(status)
 
 
 # --- sending -----------------------------------------------------------------------------------

@@ -66,4 +66,6 @@ def test_route_test_explains_each_decision_and_sends_nothing(tmp_path: Path) -> 
     junk = tmp_path / "junk.txt"
     junk.write_text("not dicom")
     bad = route_test(config, junk)
-    assert bad.returncode == 1 and "cannot be read as DICOM" in bad.stdout
+    assert bad.returncode == 1, bad.stderr
+    assert f"{junk}: not DICOM" in bad.stdout, bad.stdout
+    assert "force=True" not in bad.stdout + bad.stderr
