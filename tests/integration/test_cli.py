@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,53 @@ def test_echo_answers_success_from_the_router(tmp_path: Path) -> None:
         strict = _script("echo", "127.0.0.1", str(router.port), "--called-ae", "SOMEONE-ELSE")
         assert "Traceback" not in strict.stderr
         assert strict.returncode in (0, 2), strict.stderr  # 2 when the AE title is required
+
+
+# --- ports that cannot be bound (issue 15) ---------------------------------------------------
+
+def _listening(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize("taken", ["dicom", "metrics"])
+def test_a_taken_port_stops_the_router_at_start_naming_it(tmp_path: Path, taken: str) -> None:
+    router = RouterProcess(tmp_path, {
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    port = router.port if taken == "dicom" else router.metrics_port
+    with _listening(port):
+        done = _script("run", "--config", str(router.config_path), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot listen for {'DICOM' if taken == 'dicom' else 'metrics'}" in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "Address already in use" in done.stderr
+    assert "started " not in done.stderr, "a child was spawned before the ports were checked"
+
+
+def test_an_acceptor_that_cannot_bind_later_stops_the_router(tmp_path: Path) -> None:
+    """The port is taken while the acceptor is down: no restart loop, a message, exit 1."""
+    router = RouterProcess(tmp_path, {
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    }).start()
+    assert router.process is not None
+    acceptor = router.child_pid("acceptor")
+    os.kill(router.process.pid, signal.SIGSTOP)  # so that the port is ours before a restart
+    try:
+        os.kill(acceptor, signal.SIGKILL)
+        assert wait_for(lambda: not _alive(acceptor), timeout=10)
+        with _listening(router.port):
+            os.kill(router.process.pid, signal.SIGCONT)
+            code = router.process.wait(60)
+    finally:
+        if router.process.poll() is None:
+            os.kill(router.process.pid, signal.SIGCONT)
+        router.stop()
+    log = router.log()
+    assert code == 1, log[-3000:]
+    assert f"acceptor cannot listen on 127.0.0.1:{router.port}" in log, log[-3000:]
+    assert len(re.findall(r"started acceptor", log)) == 2, log[-3000:]
