@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from router.cli_common import config_parent
+from router.config import FolderDestination as FolderConfig
 from router.config import RouterConfig, default_config, load_config
 
 
@@ -113,8 +114,8 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     lines = [f"  -> {destination} ({dest.type})"]
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")
+    ds = dcmread(path, stop_before_pixels=True)
     if steps.morph or steps.deidentify is not None:
-        ds = dcmread(path, stop_before_pixels=True)
         if steps.morph:
             from workers.morph import apply_morph
 
@@ -132,9 +133,28 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
             lines.append(f"     transcoded {describe(syntax)} -> {describe(target)}" if target
                          else f"     DEAD LETTER: none of {', '.join(steps.transfer_syntaxes)}"
                               f" can be made from {describe(syntax)}")
+    if isinstance(dest, FolderConfig):
+        lines += _folder_lines(dest, ds)
     if dest.window is not None:
         lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
     return lines
+
+
+def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
+    """Where the folder destination would store it: the delivery's own check (`placement`),
+    on the header as morphed and de-identified above."""
+    from router.errors import DeliveryError
+    from workers.folder_destination import UID_KEYWORDS, placement
+
+    tags = {k: str(ds.get(k) or "") for k in UID_KEYWORDS}
+    # The sender's C-STORE names the instance as its file meta does.
+    sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", ""))
+    try:
+        where = placement(tags, sop)
+    except DeliveryError as exc:
+        return [f"     DEAD LETTER ({exc.reason}): {exc}"]
+    return [f"     stored as {dest.path / where.relative}",
+            *(f"     {note}" for note in where.notes)]
 
 
 def _deid_lines(ds: Any, deid: Any) -> list[str]:
