@@ -112,6 +112,8 @@ def test_default_config_receives_on_11112_into_received(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stderr
         target = tmp_path / "received" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
         assert wait_for(target.exists, timeout=30)
+        assert (tmp_path / "spool" / "jobs").is_dir()  # the README says ./spool
+        _readme_try_it_works(tmp_path)
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
@@ -119,6 +121,50 @@ def test_default_config_receives_on_11112_into_received(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+
+
+def _readme_blocks(after: str, count: int) -> list[list[str]]:
+    """The command lines of the first `count` ```sh blocks after the line `after`."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rest = text[text.index(after):]
+    blocks = re.findall(r"```sh\n(.*?)```", rest, re.S)[:count]
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+            for block in blocks]
+
+
+def _readme_try_it_works(tmp_path: Path) -> None:
+    """The README's 'try it' commands, exactly as written, against the default router, with
+    `some/folder` holding an uncompressed and a JPEG-LS instance (the syntax storescu -R
+    alone cannot propose: only `dicom-router send` is run on it)."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "some" / "folder"
+    plain = write_instance(folder, sop_class="1.2.840.10008.5.1.4.1.1.2",
+                           transfer_syntax=EXPLICIT_VR_LE)
+    ours, dcmtk = _readme_blocks("Try it from another terminal", 2)
+    assert any(line.startswith(".venv/bin/dicom-router send") for line in ours), ours
+    # As in a fresh shell: not the venv's bin, where pynetdicom's own storescu would win.
+    venv_bin = str(Path(CONSOLE_SCRIPT).parent)
+    path = [d for d in os.environ["PATH"].split(":") if d != venv_bin]
+    env = {**os.environ, "PATH": ":".join(path)}
+    for line in dcmtk:  # DCMTK: the uncompressed instance only
+        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+    jls = Path(str(get_testdata_file("JPEGLSNearLossless_16.dcm")))
+    (folder / jls.name).write_bytes(jls.read_bytes())
+    for line in ours:
+        command = line.replace(".venv/bin/dicom-router", CONSOLE_SCRIPT)
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+    jls_uid = "1.2.826.0.1.3680043.8.498.83170309094709282338053441269889264103"
+
+    def received() -> set[str]:
+        return {p.name for p in (tmp_path / "received").rglob("*.dcm")}
+
+    assert wait_for(lambda: received() >= {plain.name, f"{jls_uid}.dcm"}, timeout=30), received()
 
 
 def _ready(port: int) -> bool:
