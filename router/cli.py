@@ -11,7 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from router import cli_dead_letters, cli_route_test, cli_send, cli_status
+from router import cli_dead_letters, cli_echo, cli_route_test, cli_send, cli_status
+from router.cli_common import USAGE_ERROR, config_parent, version
 from router.config import RouterConfig, default_config, load_config, summary
 from router.errors import ConfigError, RouterError
 from router.process_util import setup_logging
@@ -72,16 +73,24 @@ def cmd_hash_passcode(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dicom-router", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="dicom-router", description=__doc__,
+        epilog="--config may come before or after a command and its action. Bad input is "
+               "reported in one line with exit code 2.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="the router's YAML config file (run, status, route-test, "
+                             "dead-letters)")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the router (built-in default config without --config)")
-    run.add_argument("--config", type=Path, help="YAML config file")
+    run = sub.add_parser("run", parents=[config_parent("YAML config file")],
+                         help="run the router (built-in default config without --config)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a config file and print every error")
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
     cli_send.add_parser(sub)
+    cli_echo.add_parser(sub)
     cli_status.add_parser(sub)
     cli_route_test.add_parser(sub)
     hashing = sub.add_parser("hash-passcode",
@@ -94,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except RouterError as exc:  # ConfigError included: an operator-facing message, no trace
-        print(f"dicom-router: {exc}", file=sys.stderr)
-        return 1
+    except (RouterError, ValueError) as exc:
+        # Bad input (ConfigError included): an operator-facing message, never a traceback.
+        print(f"dicom-router: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("dicom-router: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

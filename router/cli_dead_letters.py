@@ -5,28 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from router import dead_letters
+from router.cli_common import argument, config_parent
 from router.config import RouterConfig, default_config, load_config
 from router.errors import RouterError
 from router.spool import Spool
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("dead-letters", help="list, show, replay or purge dead letters")
-    parser.add_argument("--config", type=Path, help="the router's config (for its spool)")
+    config = config_parent("the router's config (for its spool)")
+    parser = sub.add_parser("dead-letters", parents=[config],
+                            help="list, show, replay or purge dead letters")
     actions = parser.add_subparsers(dest="action", required=True)
     for name, text in (("list", "list dead letters"), ("replay", "send them again"),
                        ("purge", "delete them")):
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(name, help=text, parents=[config])
         action.add_argument("--destination", help="only those for this destination")
         action.add_argument("--reason", help="only those with this reason (e.g. no_context)")
-        action.add_argument("--older-than", type=dead_letters.parse_age, metavar="AGE",
+        action.add_argument("--older-than", type=argument(dead_letters.parse_age),
+                            metavar="AGE",
                             help="only those that failed at least AGE ago (30s, 10m, 2h, 7d)")
-        action.add_argument("--newer-than", type=dead_letters.parse_age, metavar="AGE",
-                            help="only those that failed at most AGE ago")
-        action.add_argument("ids", nargs="*", help="only these ids (from `list`)")
+        action.add_argument("--newer-than", type=argument(dead_letters.parse_age),
+                            metavar="AGE", help="only those that failed at most AGE ago")
+        action.add_argument("ids", nargs="*", help="only these ids (from `list`), or job ids "
+                                                  "as the log prints them")
         if name == "list":
             action.add_argument("--json", action="store_true", help="one JSON object a line")
         if name == "replay":
@@ -34,14 +37,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if name == "purge":
             action.add_argument("--all", action="store_true",
                                 help="needed to purge without any filter")
-    show = actions.add_parser("show", help="everything known about one dead letter")
-    show.add_argument("id")
+    show = actions.add_parser("show", parents=[config],
+                              help="everything known about one dead letter")
+    show.add_argument("id", help="its id (from `list`), the job id the log printed (every "
+                                 "destination's dead letter of that job), or its file")
     parser.set_defaults(func=run)
 
 
 def _selected(spool: Spool, args: argparse.Namespace) -> list[dead_letters.DeadLetter]:
     if args.ids:
-        return [dead_letters.get(spool, i) for i in args.ids]
+        return [letter for i in args.ids for letter in dead_letters.lookup(spool, i)]
     selection = dead_letters.Filter(args.destination, args.reason, args.older_than,
                                     args.newer_than)
     return dead_letters.find(spool, selection)
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not spool.dead_letters.is_dir():
         raise RouterError(f"no spool at {spool.root}: pass the router's --config")
     if args.action == "show":
-        print(json.dumps(dead_letters.get(spool, args.id).as_dict(), indent=2))
+        for letter in dead_letters.lookup(spool, args.id):
+            print(json.dumps(letter.as_dict(), indent=2))
         return 0
     letters = _selected(spool, args)
     if args.action == "list":

@@ -3,6 +3,9 @@
 For each file, as if it came from the given calling AE, called AE and source address: which
 rules match, the decision (forward, drop, reject, no route), and per destination what would
 be morphed, de-identified or transcoded, and the priority and completion group.
+
+Exit codes: 0 every file explained; 1 a file is not DICOM or cannot be read (the others are
+still explained); 2 bad arguments, a bad config, or no files.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from router.cli_common import config_parent
+from router.config import FolderDestination as FolderConfig
 from router.config import RouterConfig, default_config, load_config
-from router.errors import ConfigError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    test = sub.add_parser("route-test", help="show how files would be routed; sends nothing")
+    test = sub.add_parser("route-test", help="show how files would be routed; sends nothing",
+                          parents=[config_parent("router config (default: the built-in one)")])
     test.add_argument("files", nargs="+", type=Path, help="DICOM files or folders")
-    test.add_argument("--config", type=Path, help="router config (default: the built-in one)")
     test.add_argument("--calling-ae", default="STORESCU", help="the sender's AE title")
     test.add_argument("--called-ae", help="the AE title called (default: the router's)")
     test.add_argument("--source", default="127.0.0.1", help="the sender's IP address")
@@ -27,11 +31,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_route_test(args: argparse.Namespace) -> int:
-    try:
-        config = default_config() if args.config is None else load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    from pydicom.errors import InvalidDicomError
+
+    # A bad config is a ConfigError: `dicom-router: error: ...`, exit 2 (router.cli.main).
+    config = default_config() if args.config is None else load_config(args.config)
     files = [p for path in args.files for p in _expand(path)]
     if not files:
         print("route-test: no files found", file=sys.stderr)
@@ -41,6 +44,10 @@ def cmd_route_test(args: argparse.Namespace) -> int:
         try:
             print("\n".join(explain(config, path, args.calling_ae,
                                     args.called_ae or config.ae_title, args.source)))
+        except InvalidDicomError:
+            unreadable += 1
+            print(f"{path}: not DICOM: no DICOM Part 10 header (the 'DICM' prefix); "
+                  "a sender could not send it")
         except Exception as exc:  # one unreadable file must not hide the others
             unreadable += 1
             print(f"{path}: cannot be read as DICOM: {exc}")
@@ -107,8 +114,8 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     lines = [f"  -> {destination} ({dest.type})"]
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")
+    ds = dcmread(path, stop_before_pixels=True)
     if steps.morph or steps.deidentify is not None:
-        ds = dcmread(path, stop_before_pixels=True)
         if steps.morph:
             from workers.morph import apply_morph
 
@@ -126,9 +133,28 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
             lines.append(f"     transcoded {describe(syntax)} -> {describe(target)}" if target
                          else f"     DEAD LETTER: none of {', '.join(steps.transfer_syntaxes)}"
                               f" can be made from {describe(syntax)}")
+    if isinstance(dest, FolderConfig):
+        lines += _folder_lines(dest, ds)
     if dest.window is not None:
         lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
     return lines
+
+
+def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
+    """Where the folder destination would store it: the delivery's own check (`placement`),
+    on the header as morphed and de-identified above."""
+    from router.errors import DeliveryError
+    from workers.folder_destination import UID_KEYWORDS, placement
+
+    tags = {k: str(ds.get(k) or "") for k in UID_KEYWORDS}
+    # The sender's C-STORE names the instance as its file meta does.
+    sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", ""))
+    try:
+        where = placement(tags, sop)
+    except DeliveryError as exc:
+        return [f"     DEAD LETTER ({exc.reason}): {exc}"]
+    return [f"     stored as {dest.path / where.relative}",
+            *(f"     {note}" for note in where.notes)]
 
 
 def _deid_lines(ds: Any, deid: Any) -> list[str]:

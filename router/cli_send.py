@@ -1,7 +1,13 @@
 """`dicom-router send PATH... --to HOST:PORT`: send files as they are, to test a route or load it.
 
-Exit codes: 0 every file stored (success or warning), 1 a file was not stored, 2 a usage
-problem (bad arguments, no files, or no association: refused, rejected, TLS failure).
+Exit codes: 0 every file stored (success or warning), 1 a file was not stored or its outcome
+is unknown, 2 a usage problem (bad arguments, no files, or no association: refused, rejected,
+TLS failure).
+
+Ctrl-C: the first starts no new file and waits for the answers to the files in progress (so
+the summary says what the peer did with them); a second aborts their associations (A-ABORT):
+a file cut short is not kept by the peer, but one whose last byte went out may have been
+stored, so each such file is reported as unknown, by name.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import ssl
 import sys
 import threading
@@ -21,7 +28,7 @@ from router import send_client
 from router.config import DEFAULT_MAX_PDU, ClientTLS, _check_ae_title
 from router.dicom_net import configure_pynetdicom
 from router.errors import RouterError
-from router.send_client import Outcome, Peer, Scan, SendResult, Summary
+from router.send_client import Control, Outcome, Peer, Scan, SendResult, Summary
 from router.tls import client_context
 
 USAGE_ERROR = 2
@@ -50,6 +57,15 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-ca", type=Path, metavar="FILE",
+                        help="use TLS, verifying the peer against this CA bundle")
+    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
+                        help="client certificate for mutual TLS (with --tls-key)")
+    parser.add_argument("--tls-key", type=Path, metavar="FILE",
+                        help="its private key (unencrypted)")
+
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "send", help="send DICOM files and folders to a peer, as they are (C-STORE)",
@@ -63,12 +79,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="our (calling) AE title (default DICOM-SEND)")
     parser.add_argument("--called-ae", type=_ae_title, default="ANY-SCP", metavar="CALLED",
                         help="the peer's (called) AE title (default ANY-SCP)")
-    parser.add_argument("--tls-ca", type=Path, metavar="FILE",
-                        help="use TLS, verifying the peer against this CA bundle")
-    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
-                        help="client certificate for mutual TLS (with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, metavar="FILE",
-                        help="its private key (unencrypted)")
+    add_tls_arguments(parser)
     parser.add_argument("--max-pdu", type=_bounded(4096, 4_194_304), default=DEFAULT_MAX_PDU,
                         metavar="N", help=f"maximum PDU size we receive (default "
                                           f"{DEFAULT_MAX_PDU})")
@@ -82,7 +93,7 @@ def _error(message: object) -> None:
     print(f"dicom-router send: {message}", file=sys.stderr)
 
 
-def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls_ca is None:
         if args.tls_cert or args.tls_key:
             raise RouterError("--tls-cert and --tls-key need --tls-ca (the peer's CA)")
@@ -97,7 +108,7 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
 def _peer(args: argparse.Namespace) -> Peer:
     host, port = args.to
     return Peer(host, port, called_ae=args.called_ae, calling_ae=args.ae,
-                max_pdu=args.max_pdu, tls=_tls(args))
+                max_pdu=args.max_pdu, tls=tls_context(args))
 
 
 def _warn_skipped(found: Scan) -> None:
@@ -179,6 +190,13 @@ def format_summary(summary: Summary, peer: Peer, associations: int) -> list[str]
     for label, count in summary.failed.items():
         comment = summary.comments.get(label)
         lines.append(f"  {label}  {count}" + (f"  ({comment})" if comment else ""))
+    if summary.unknown:
+        lines.append(f"unknown:    {sum(summary.unknown.values())} (sent without an answer: "
+                     "the peer may or may not have kept them)")
+        lines += [f"  {label}  {count}" for label, count in summary.unknown.items()]
+        lines += [f"  {path}" for path in summary.unknown_files[:_SHOWN_SKIPPED]]
+        if len(summary.unknown_files) > _SHOWN_SKIPPED:
+            lines.append(f"  ... and {len(summary.unknown_files) - _SHOWN_SKIPPED} more")
     if summary.not_sent:
         lines.append(f"not sent:   {summary.not_sent}")
     lines += [
@@ -222,6 +240,21 @@ def run(args: argparse.Namespace) -> int:
         _error(f"no DICOM files to send in {', '.join(str(p) for p in args.paths)}")
         return USAGE_ERROR
     started = time.monotonic()
-    with _progress(found, not args.quiet and sys.stderr.isatty()) as on_outcome:
-        result = send_client.send_all(found.instances, peer, args.associations, on_outcome)
+    control = Control()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: _interrupt(control))
+    try:
+        with _progress(found, not args.quiet and sys.stderr.isatty()) as on_outcome:
+            result = send_client.send_all(found.instances, peer, args.associations,
+                                          on_outcome, control)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return _report(found, result, peer, args.associations, time.monotonic() - started)
+
+
+def _interrupt(control: Control) -> None:
+    """SIGINT while sending: never an exception (it would cut a thread's answer short)."""
+    if control.interrupt() == 1:
+        _error("interrupted: sending no new file; waiting for the answers to the files in "
+               "progress (Ctrl-C again to abort them: their outcome is then unknown)")
+    else:
+        _error("aborting the associations in progress")

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     where = status.add_mutually_exclusive_group()
     where.add_argument("--url", help="the router's metrics address "
                        "(default: from --config, else http://127.0.0.1:9100)")
-    where.add_argument("--config", type=Path, help="read metrics.host/port from this config")
+    where.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                       help="read metrics.host/port from this config")
     status.add_argument("--interval", type=float, default=1.0,
                         help="seconds between refreshes (and between the two reads of --once)")
     status.add_argument("--once", action="store_true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import re
 from pathlib import Path
@@ -534,8 +535,10 @@ def load_config(path: Path) -> RouterConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]) \
             from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # PyYAML names the file in its errors
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(stream)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     return parse_config(data, str(path))

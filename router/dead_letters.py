@@ -20,6 +20,7 @@ from router.messages import JobHeader
 from router.spool import Spool, new_job_id
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_JOB_ID = re.compile(r"[0-9a-f]{8,64}")  # router.spool.new_job_id: hex digits
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -91,6 +92,28 @@ def get(spool: Spool, letter_id: str) -> DeadLetter:
         raise RouterError(f"no dead letter {letter_id!r}; `dicom-router dead-letters list` "
                           "shows their ids")
     return _load(path)
+
+
+def lookup(spool: Spool, text: str) -> list[DeadLetter]:
+    """Dead letters as an operator names them: an id from `list` (`<job>.<destination>`), a
+    job id as the log prints it (every destination's dead letter of that job), or the record's
+    file name or path as the log prints it (only inside the spool's dead-letters folder)."""
+    name = text.strip()
+    if "/" in name:
+        path = Path(name).resolve()
+        if path.parent != spool.dead_letters.resolve():
+            raise RouterError(f"{text!r} is not in {spool.dead_letters}; "
+                              "`dicom-router dead-letters list` shows the ids")
+        name = path.name
+    name = name.removesuffix(".json")
+    if (spool.dead_letters / f"{name}.json").is_file() and not name.startswith("."):
+        return [get(spool, name)]
+    if _JOB_ID.fullmatch(name):
+        letters = [_load(p) for p in sorted(spool.dead_letters.glob(f"{name}.*.json"))]
+        if letters:
+            return letters
+    raise RouterError(f"no dead letter {text!r}; `dicom-router dead-letters list` shows their "
+                      "ids")
 
 
 def _forget(letter: DeadLetter) -> None:

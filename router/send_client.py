@@ -10,6 +10,7 @@ progress and the summary, from the `Outcome`s this module reports.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import socket
 import ssl
@@ -39,7 +40,11 @@ MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # a DICOMDIR: an index, not an instance
 _FILE_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
 NO_CONTEXT = "no accepted presentation context"
+ABORTED = "aborted by Ctrl-C while in progress"
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
+
+VERIFICATION = "1.2.840.10008.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 Pair = tuple[str, str]  # (SOP class UID, transfer syntax UID)
 
@@ -96,6 +101,11 @@ class Outcome:
         return self.problem != NO_CONTEXT
 
     @property
+    def unknown(self) -> bool:
+        """Sent (perhaps partly) with no answer: the peer may or may not have kept it."""
+        return self.requested and self.status is None
+
+    @property
     def stored(self) -> bool:
         return self.status is not None and (is_success(self.status) or is_warning(self.status))
 
@@ -130,13 +140,62 @@ class SendResult:
     interrupted: bool = False
 
 
+class Control:
+    """How the main thread steers the sending threads: `stop` (start no new file) and `abort`
+    (A-ABORT every association in progress, from the main thread)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.aborted = threading.Event()
+        self.interrupts = 0
+        self._active: set[Association] = set()
+        self._lock = threading.Lock()
+
+    def opened(self, assoc: Association) -> None:
+        with self._lock:
+            self._active.add(assoc)
+        if self.aborted.is_set():
+            self._abort(assoc)
+
+    def closed(self, assoc: Association) -> None:
+        with self._lock:
+            self._active.discard(assoc)
+
+    def interrupt(self) -> int:
+        """Ctrl-C: the first stops (the files in progress get their answer), the second
+        aborts them. Returns how many there were."""
+        self.interrupts += 1
+        if self.interrupts == 1:
+            self.stop.set()
+        else:
+            self.abort()
+        return self.interrupts
+
+    def abort(self) -> None:
+        self.stop.set()
+        self.aborted.set()
+        with self._lock:
+            active = list(self._active)
+        for assoc in active:
+            self._abort(assoc)
+
+    @staticmethod
+    def _abort(assoc: Association) -> None:
+        with contextlib.suppress(Exception):  # already gone: nothing left to abort
+            assoc.abort()
+        # Wake a C-STORE waiting for its response now, not after its DIMSE timeout.
+        assoc.dimse.msg_queue.put((None, None))
+
+
 @dataclass(frozen=True)
 class Summary:
     files: int  # DICOM files found
     requested: int  # C-STORE requests sent
     succeeded: int
     warnings: dict[str, int]
-    failed: dict[str, int]  # by status in hex, or by problem
+    failed: dict[str, int]  # refused: by status in hex, or by problem (no context)
+    unknown: dict[str, int]  # sent without an answer, by problem: the peer may have kept them
+    unknown_files: list[Path]
     comments: dict[str, str]  # an example ErrorComment per failure label
     not_sent: int
     skipped: int
@@ -309,6 +368,21 @@ def _accepted(assoc: Association) -> set[Pair]:
             for cx in assoc.accepted_contexts}
 
 
+def echo(peer: Peer) -> int:
+    """C-ECHO the peer; its status (0x0000 is Success). AssociationError when there is no
+    association, RouterError when no answer comes."""
+    ae = _application_entity(peer)
+    assoc = associate(ae, peer, [(VERIFICATION, IMPLICIT_VR_LE)])
+    try:
+        response: Any = assoc.send_c_echo()
+    finally:
+        _close(assoc)
+    status = getattr(response, "Status", None)
+    if status is None:
+        raise RouterError(f"{peer} did not answer the C-ECHO (timeout or association lost)")
+    return int(status)
+
+
 # --- sending -----------------------------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -348,12 +422,14 @@ def store(assoc: Association, instance: Instance, accepted: set[Pair]) -> Outcom
 Report = Callable[[Outcome], None]
 
 
-def _send_on(assoc: Association, pending: deque[Instance], stop: threading.Event,
+def _send_on(assoc: Association, pending: deque[Instance], control: Control,
              report: Report) -> int:
     accepted = _accepted(assoc)
     tried = 0
-    while pending and assoc.is_established and not stop.is_set():
+    while pending and assoc.is_established and not control.stop.is_set():
         outcome = store(assoc, pending.popleft(), accepted)
+        if outcome.unknown and control.aborted.is_set():
+            outcome = dataclasses.replace(outcome, problem=ABORTED)
         report(outcome)
         tried += 1
         if outcome.status is None and outcome.requested:
@@ -371,42 +447,44 @@ def _close(assoc: Association) -> None:
         assoc.abort()
 
 
-def send_batch(ae: AE, peer: Peer, batch: list[Instance], stop: threading.Event,
+def send_batch(ae: AE, peer: Peer, batch: list[Instance], control: Control,
                report: Report) -> None:
     """Send one batch, on a new association whenever the peer drops the current one."""
     pending = deque(batch)
     pairs = sorted({instance.pair for instance in batch})
-    while pending and not stop.is_set():
+    while pending and not control.stop.is_set():
         try:
             assoc = associate(ae, peer, pairs)
         except NoContextAccepted:
             while pending:
                 report(Outcome(pending.popleft(), None, problem=NO_CONTEXT))
             return
+        control.opened(assoc)
         try:
-            tried = _send_on(assoc, pending, stop, report)
+            tried = _send_on(assoc, pending, control, report)
         finally:
+            control.closed(assoc)
             _close(assoc)
-        if not tried and pending and not stop.is_set():
+        if not tried and pending and not control.stop.is_set():
             raise AssociationError(f"{peer} dropped the association before any file was sent")
 
 
-def send_share(peer: Peer, share: list[Instance], stop: threading.Event,
+def send_share(peer: Peer, share: list[Instance], control: Control,
                report: Report) -> None:
     """One thread's work: its batches, one association at a time."""
     ae = _application_entity(peer)
     for batch in batches(share):
-        send_batch(ae, peer, batch, stop, report)
+        send_batch(ae, peer, batch, control, report)
 
 
 class _Sender:
     """Runs the shares in threads and collects what they report."""
 
-    def __init__(self, peer: Peer, on_outcome: Report | None) -> None:
+    def __init__(self, peer: Peer, on_outcome: Report | None, control: Control) -> None:
         self.peer = peer
         self.on_outcome = on_outcome
         self.result = SendResult()
-        self.stop = threading.Event()
+        self.control = control
         self._lock = threading.Lock()
 
     def report(self, outcome: Outcome) -> None:
@@ -417,7 +495,7 @@ class _Sender:
 
     def run(self, share: list[Instance]) -> None:
         try:
-            send_share(self.peer, share, self.stop, self.report)
+            send_share(self.peer, share, self.control, self.report)
         except AssociationError as exc:
             self._fail(self.result.association_errors, str(exc))
         except Exception as exc:  # a bug: say so in the summary instead of a lost thread
@@ -427,36 +505,55 @@ class _Sender:
         with self._lock:
             if message not in where:
                 where.append(message)
-        self.stop.set()  # the other threads would meet the same refusal
+        self.control.stop.set()  # the other threads would meet the same refusal
 
     def join(self, threads: list[threading.Thread]) -> None:
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
-        except KeyboardInterrupt:
-            self.result.interrupted = True
-            self.stop.set()  # each thread finishes its current file and releases
-            for thread in threads:
-                thread.join()
+        """Wait for every thread. Never let KeyboardInterrupt interrupt Thread.join: Python
+        3.11 then marks a running thread as finished, and the summary would miss the answer
+        to its file; the caller turns Ctrl-C into `control.stop` / `control.abort` instead."""
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+        self.result.interrupted = self.control.interrupts > 0
 
 
 def send_all(instances: list[Instance], peer: Peer, associations: int = 1,
-             on_outcome: Report | None = None) -> SendResult:
+             on_outcome: Report | None = None, control: Control | None = None) -> SendResult:
     """Send every file over up to `associations` parallel associations, one thread each.
 
-    `on_outcome` is called from those threads, once per file that was tried.
+    `on_outcome` is called from those threads, once per file that was tried. `control`
+    lets another thread (a SIGINT handler) stop or abort the sending.
     """
     if not _config.STORE_SEND_CHUNKED_DATASET:
         raise RuntimeError("configure_pynetdicom(chunked_send=True) first: files are sent as "
                            "they are, never decoded")
-    sender = _Sender(peer, on_outcome)
+    control = control or Control()
+    sender = _Sender(peer, on_outcome, control)
     threads = [threading.Thread(target=sender.run, args=(share,), name=f"send-{n}", daemon=True)
                for n, share in enumerate(split(instances, associations))]
-    for thread in threads:
-        thread.start()
-    sender.join(threads)
+    with _quiet_after_abort(control):
+        for thread in threads:
+            thread.start()
+        sender.join(threads)
     return sender.result
+
+
+@contextlib.contextmanager
+def _quiet_after_abort(control: Control) -> Iterator[None]:
+    """After an abort, a sending thread may still hand pynetdicom a data PDU; its state
+    machine then raises InvalidEventError in its own thread, which we expect: no traceback."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if control.aborted.is_set() and args.exc_type.__name__ == "InvalidEventError":
+            return
+        default(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = default
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -464,10 +561,13 @@ def send_all(instances: list[Instance], peer: Peer, associations: int = 1,
 def summarize(found: Scan, result: SendResult, elapsed: float) -> Summary:
     warnings: Counter[str] = Counter()
     failed: Counter[str] = Counter()
+    unknown: Counter[str] = Counter()
     comments: dict[str, str] = {}
     for outcome in result.outcomes:
         if outcome.stored and outcome.status is not None and not is_success(outcome.status):
             warnings[outcome.label] += 1
+        elif outcome.unknown:
+            unknown[outcome.label] += 1
         elif not outcome.stored:
             failed[outcome.label] += 1
             if outcome.comment:
@@ -478,6 +578,8 @@ def summarize(found: Scan, result: SendResult, elapsed: float) -> Summary:
         succeeded=sum(1 for o in result.outcomes if o.status is not None
                       and is_success(o.status)),
         warnings=dict(sorted(warnings.items())), failed=dict(sorted(failed.items())),
+        unknown=dict(sorted(unknown.items())),
+        unknown_files=[o.instance.path for o in result.outcomes if o.unknown],
         comments=comments, not_sent=len(found.instances) - len(result.outcomes),
         skipped=len(found.skipped), bytes_sent=sum(o.instance.size for o in requested),
         elapsed=elapsed,
@@ -488,6 +590,6 @@ def exit_code(summary: Summary, result: SendResult) -> int:
     """2: no association (a usage problem); 1: a file not stored; 0: all stored."""
     if result.association_errors:
         return 2
-    if summary.failed or summary.not_sent or result.errors:
+    if summary.failed or summary.unknown or summary.not_sent or result.errors:
         return 1
     return 0

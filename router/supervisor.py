@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from router.config import RouterConfig, load_config
 from router.errors import RouterError
 from router.http_endpoint import HttpEndpoint
 from router.live_status import read_snapshots
+from router.ports import EXIT_CANNOT_BIND, check_bindable, describe, is_bind_failure
 from router.reload import plan as reload_plan
 from router.reload import save as save_for_children
 from router.runtime import Runtime
@@ -47,7 +49,14 @@ def run_child(entry: str, *args: Any) -> None:
     # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     module, function = entry.split(":")
-    getattr(importlib.import_module(module), function)(*args)
+    try:
+        getattr(importlib.import_module(module), function)(*args)
+    except OSError as exc:
+        if not is_bind_failure(exc):
+            raise
+        # Restarting would fail the same way: the supervisor stops the router (EXIT_CANNOT_BIND).
+        logging.getLogger(module).error("cannot bind a listening socket: %s", exc)
+        sys.exit(EXIT_CANNOT_BIND)
 
 
 @dataclass
@@ -83,6 +92,7 @@ class Supervisor:
             Child("acceptor", "router.acceptor:main", (config, runtime, self.acceptor_state)),
         ]
         self.http: HttpEndpoint | None = None
+        self.fatal: str | None = None  # why the router stops by itself (exit 1)
 
     def ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -127,6 +137,9 @@ class Supervisor:
             return
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
+        if code == EXIT_CANNOT_BIND:
+            self._cannot_bind(child)  # no restart: it would fail the same way
+            return
         if child.name == "acceptor":
             self.acceptor_state.value = AcceptorState.STARTING  # died: not accepting any more
         child.process = None
@@ -138,6 +151,22 @@ class Supervisor:
         metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
                   child.name, process.pid, code, child.restart_delay)
+
+    def _cannot_bind(self, child: Child) -> None:
+        listen = self.config.listen
+        address = describe(listen.host, listen.port) if child.name == "acceptor" else "its address"
+        self.fatal = f"{child.name} cannot listen on {address}"
+        log.error("%s cannot listen on %s (see its message above): a port that cannot be bound "
+                  "is a configuration error; stopping the router", child.name, address)
+        self.stopping.set()
+
+    def check_ports(self) -> None:
+        """Bind the DICOM and the HTTP ports once before spawning anything."""
+        listen, http = self.config.listen, self.config.metrics
+        check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
+        if http.enabled and http.port:
+            check_bindable(http.host, http.port, "metrics and health (HTTP)",
+                           "metrics.host/metrics.port")
 
     def check_tls(self) -> None:
         """Load every TLS context once before starting: a wrong password or a missing file is
@@ -155,6 +184,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.check_tls()
+        self.check_ports()
         spool = Spool(self.config.spool.path).create()
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
@@ -162,8 +192,13 @@ class Supervisor:
         metrics.BUILD_INFO.labels(_version()).set(1)
         if self.config.metrics.enabled:
             m = self.config.metrics
-            self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready,
-                                     self.status)
+            try:
+                self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
+                                         self.ready, self.status)
+            except OSError as exc:  # taken since check_ports
+                raise RouterError(f"cannot listen for metrics and health (HTTP) on "
+                                  f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
+                                  f"{exc.strerror}") from None
             self.http.start()
         audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
@@ -187,6 +222,9 @@ class Supervisor:
             audit.close()
         if self.http:
             self.http.stop()
+        if self.fatal is not None:
+            log.error("router stopped: %s", self.fatal)
+            return 1
         log.info("router stopped")
         return 0
 

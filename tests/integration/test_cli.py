@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
+from tests.dcmtk import LOCALHOST, free_port, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
 
@@ -108,6 +112,8 @@ def test_default_config_receives_on_11112_into_received(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stderr
         target = tmp_path / "received" / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
         assert wait_for(target.exists, timeout=30)
+        assert (tmp_path / "spool" / "jobs").is_dir()  # the README says ./spool
+        _readme_try_it_works(tmp_path)
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
@@ -115,6 +121,50 @@ def test_default_config_receives_on_11112_into_received(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+
+
+def _readme_blocks(after: str, count: int) -> list[list[str]]:
+    """The command lines of the first `count` ```sh blocks after the line `after`."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rest = text[text.index(after):]
+    blocks = re.findall(r"```sh\n(.*?)```", rest, re.S)[:count]
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+            for block in blocks]
+
+
+def _readme_try_it_works(tmp_path: Path) -> None:
+    """The README's 'try it' commands, exactly as written, against the default router, with
+    `some/folder` holding an uncompressed and a JPEG-LS instance (the syntax storescu -R
+    alone cannot propose: only `dicom-router send` is run on it)."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "some" / "folder"
+    plain = write_instance(folder, sop_class="1.2.840.10008.5.1.4.1.1.2",
+                           transfer_syntax=EXPLICIT_VR_LE)
+    ours, dcmtk = _readme_blocks("Try it from another terminal", 2)
+    assert any(line.startswith(".venv/bin/dicom-router send") for line in ours), ours
+    # As in a fresh shell: not the venv's bin, where pynetdicom's own storescu would win.
+    venv_bin = str(Path(CONSOLE_SCRIPT).parent)
+    path = [d for d in os.environ["PATH"].split(":") if d != venv_bin]
+    env = {**os.environ, "PATH": ":".join(path)}
+    for line in dcmtk:  # DCMTK: the uncompressed instance only
+        done = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+    jls = Path(str(get_testdata_file("JPEGLSNearLossless_16.dcm")))
+    (folder / jls.name).write_bytes(jls.read_bytes())
+    for line in ours:
+        command = line.replace(".venv/bin/dicom-router", CONSOLE_SCRIPT)
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, (line, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr
+    jls_uid = "1.2.826.0.1.3680043.8.498.83170309094709282338053441269889264103"
+
+    def received() -> set[str]:
+        return {p.name for p in (tmp_path / "received").rglob("*.dcm")}
+
+    assert wait_for(lambda: received() >= {plain.name, f"{jls_uid}.dcm"}, timeout=30), received()
 
 
 def _ready(port: int) -> bool:
@@ -135,3 +185,182 @@ def test_health_endpoints(tmp_path: Path) -> None:
         assert "dicom_router_build_info" in router.metrics()
 
 
+
+
+# --- a newcomer's first hour (issue 15): one convention for every command -------------------
+
+CONSOLE_SCRIPT = str(Path(sys.executable).with_name("dicom-router"))
+
+
+def _script(*args: str, cwd: Path | None = None, stdin: str = ""
+            ) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([CONSOLE_SCRIPT, *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, input=stdin, check=False)
+
+
+def _spool_config(tmp_path: Path) -> Path:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({
+        "spool": {"path": str(tmp_path / "spool")},
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}]}))
+    return config
+
+
+def _one_dead_letter(tmp_path: Path, job_id: str) -> None:
+    from router.spool import Spool
+    from tests.unit.helpers import make_header
+
+    spool = Spool(tmp_path / "spool").create()
+    spool.instance_path(job_id).write_bytes(b"instance")
+    spool.dead_letter(make_header(job_id, ("archive",)), "archive",
+                      {"reason": "rejected", "detail": "said no", "attempts": 3,
+                       "failed_at": 1.0})
+
+
+def test_bad_input_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> None:
+    config = _spool_config(tmp_path)
+    _one_dead_letter(tmp_path, "0000000000000001aaaaaaaa")
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax=EXPLICIT_VR_LE)
+    bad = {
+        "age": ["dead-letters", "list", "--older-than", "2x", "--config", str(config)],
+        "negative age": ["dead-letters", "purge", "--newer-than", "-1h"],
+        "missing config": ["dead-letters", "list", "--config", str(tmp_path / "nope.yaml")],
+        "unknown letter": ["dead-letters", "show", "ffff0000ffff0000", "--config", str(config)],
+        "path letter": ["dead-letters", "show", "/etc/passwd", "--config", str(config)],
+        "replay target": ["dead-letters", "replay", "--to", "nowhere", "--config", str(config)],
+        "purge unfiltered": ["dead-letters", "purge", "--config", str(config)],
+        "send address": ["send", str(source), "--to", "localhost"],
+        "send nobody": ["send", str(source), "--to", f"127.0.0.1:{free_port()}", "--quiet"],
+        "send tls": ["send", str(source), "--to", "127.0.0.1:1", "--tls-cert", "x"],
+        "echo port": ["echo", "127.0.0.1", "99999"],
+        "echo nobody": ["echo", "127.0.0.1", str(free_port())],
+        "status interval": ["status", "--interval", "often"],
+        "route-test config": ["route-test", str(source), "--config", str(tmp_path / "x.yaml")],
+        "unknown command": ["frobnicate"],
+    }
+    for name, args in bad.items():
+        done = _script(*args, cwd=tmp_path)
+        assert "Traceback" not in done.stderr, (name, done.stderr)
+        assert done.returncode == 2, (name, done.returncode, done.stdout, done.stderr)
+        assert done.stderr.startswith(("dicom-router", "usage: dicom-router")), (name, done.stderr)
+    empty = _script("hash-passcode", stdin="\n")
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr, empty.stderr
+    assert "dicom-router: error: empty passcode" in empty.stderr
+
+
+def test_config_goes_before_or_after_the_action_and_ids_as_logged(tmp_path: Path) -> None:
+    config = _spool_config(tmp_path)
+    job = "0000000000000002bbbbbbbb"
+    _one_dead_letter(tmp_path, job)
+    for args in (["dead-letters", "list", "--config", str(config)],
+                 ["dead-letters", "--config", str(config), "list"],
+                 ["--config", str(config), "dead-letters", "list"]):
+        listed = _script(*args, cwd=tmp_path)
+        assert listed.returncode == 0, (args, listed.stderr)
+        assert f"{job}.archive" in listed.stdout and "1 dead letters" in listed.stdout
+    # The broker logs "gave up delivering job <job> to archive: ...; dead letter <path>".
+    record = tmp_path / "spool" / "dead-letters" / f"{job}.archive.json"
+    for given in (job, f"{job}.archive", str(record)):
+        shown = _script("dead-letters", "show", given, "--config", str(config), cwd=tmp_path)
+        assert shown.returncode == 0, (given, shown.stderr)
+        assert '"destination": "archive"' in shown.stdout
+    route = _script("route-test", "--config", str(config), str(record), cwd=tmp_path)
+    assert "Traceback" not in route.stderr and "--config" not in route.stderr
+
+
+def test_version() -> None:
+    done = _script("--version")
+    assert done.returncode == 0
+    assert re.fullmatch(r"dicom-router \d+\.\d+\.\d+\S*\n", done.stdout), done.stdout
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text("rules: [}\n")
+    for args in (["check-config", str(config)], ["run", "--config", str(config)],
+                 ["dead-letters", "list", "--config", str(config)]):
+        done = _script(*args, cwd=tmp_path)
+        assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+        assert f'in "{config}", line 1' in done.stderr, done.stderr
+        assert "<unicode string>" not in done.stderr
+
+
+def test_echo_answers_success_from_the_router(tmp_path: Path) -> None:
+    with RouterProcess(tmp_path, {
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    }) as router:
+        done = _script("echo", "127.0.0.1", str(router.port), "--calling-ae", "ECHO-TEST",
+                       "--called-ae", "DICOM-ROUTER")
+        assert done.returncode == 0, done.stderr
+        assert "Success" in done.stdout
+        strict = _script("echo", "127.0.0.1", str(router.port), "--called-ae", "SOMEONE-ELSE")
+        assert "Traceback" not in strict.stderr
+        assert strict.returncode in (0, 2), strict.stderr  # 2 when the AE title is required
+
+
+# --- ports that cannot be bound (issue 15) ---------------------------------------------------
+
+def _listening(port: int) -> socket.socket:
+    sock = socket.socket()
+    # As the router's listeners: a TIME_WAIT or an outgoing connection using this port
+    # number must not make the test fail; only a listening socket blocks the router.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen()
+    return sock
+
+
+def _grab(port: int, held: list[socket.socket]) -> bool:
+    try:
+        held.append(_listening(port))
+    except OSError:  # the killed acceptor's socket may take a moment to go
+        return False
+    return True
+
+
+@pytest.mark.parametrize("taken", ["dicom", "metrics"])
+def test_a_taken_port_stops_the_router_at_start_naming_it(tmp_path: Path, taken: str) -> None:
+    router = RouterProcess(tmp_path, {
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    port = router.port if taken == "dicom" else router.metrics_port
+    with _listening(port):
+        done = _script("run", "--config", str(router.config_path), cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"cannot listen for {'DICOM' if taken == 'dicom' else 'metrics'}" in done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "Address already in use" in done.stderr
+    assert "started " not in done.stderr, "a child was spawned before the ports were checked"
+
+
+def test_an_acceptor_that_cannot_bind_later_stops_the_router(tmp_path: Path) -> None:
+    """The port is taken while the acceptor is down: no restart loop, a message, exit 1."""
+    router = RouterProcess(tmp_path, {
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    }).start()
+    assert router.process is not None
+    acceptor = router.child_pid("acceptor")
+    os.kill(router.process.pid, signal.SIGSTOP)  # so that the port is ours before a restart
+    try:
+        os.kill(acceptor, signal.SIGKILL)
+        assert wait_for(lambda: not _alive(acceptor), timeout=10)
+        held: list[socket.socket] = []
+        assert wait_for(lambda: _grab(router.port, held), timeout=10), subprocess.run(
+            ["ss", "-tanp"], capture_output=True, text=True, check=False).stdout
+        with held[0]:
+            os.kill(router.process.pid, signal.SIGCONT)
+            code = router.process.wait(60)
+    finally:
+        if router.process.poll() is None:
+            os.kill(router.process.pid, signal.SIGCONT)
+        router.stop()
+    log = router.log()
+    assert code == 1, log[-3000:]
+    assert f"acceptor cannot listen on 127.0.0.1:{router.port}" in log, log[-3000:]
+    assert len(re.findall(r"started acceptor", log)) == 2, log[-3000:]

@@ -66,4 +66,53 @@ def test_route_test_explains_each_decision_and_sends_nothing(tmp_path: Path) -> 
     junk = tmp_path / "junk.txt"
     junk.write_text("not dicom")
     bad = route_test(config, junk)
-    assert bad.returncode == 1 and "cannot be read as DICOM" in bad.stdout
+    assert bad.returncode == 1, bad.stderr
+    assert f"{junk}: not DICOM" in bad.stdout, bad.stdout
+    assert "force=True" not in bad.stdout + bad.stderr
+
+
+def test_instance_without_study_uid_is_stored_where_route_test_says(tmp_path: Path) -> None:
+    """Issue 15: acknowledged with Success, then dead-lettered by the folder destination,
+    while route-test predicted 'sent byte-exact'. Now both use the folder's placement."""
+    from pydicom.data import get_testdata_file
+
+    from tests.dicom_samples import dataset_digest
+    from tests.integration.router_process import RouterProcess, wait_for
+
+    source = Path(str(get_testdata_file("JPEGLSNearLossless_16.dcm")))
+    sop = "1.2.826.0.1.3680043.8.498.83170309094709282338053441269889264103"
+    archive = tmp_path / "archive"
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "all", "forward": ["archive"]}]})
+    expected = archive / "_unknown-study" / "_unknown-series" / f"{sop}.dcm"
+
+    predicted = route_test(router.config_path, source)
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    assert f"stored as {expected}" in predicted.stdout, predicted.stdout
+    assert "no StudyInstanceUID: stored under _unknown-study/" in predicted.stdout
+    assert "DEAD LETTER" not in predicted.stdout
+
+    with router:
+        sent = subprocess.run(
+            [sys.executable, "-m", "router.cli", "send", str(source), "--quiet",
+             "--to", f"127.0.0.1:{router.port}", "--called-ae", "DICOM-ROUTER"],
+            capture_output=True, text=True, timeout=60)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert wait_for(expected.exists, timeout=30), router.log()[-3000:]
+        assert wait_for(lambda: not list((router.spool / "jobs").glob("*.dcm")), timeout=30)
+    assert dataset_digest(expected) == dataset_digest(source)
+    assert not list((router.spool / "dead-letters").glob("*.json"))
+
+
+def test_route_test_predicts_the_dead_letter_of_a_hostile_study_uid(tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "all", "forward": ["archive"]}]}))
+    hostile = write_instance(tmp_path / "src", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                             study_uid="../../../x")
+    done = route_test(config, hostile)
+    assert done.returncode == 0, done.stderr
+    assert "DEAD LETTER (invalid_uid): StudyInstanceUID '../../../x' is not a valid" \
+        in done.stdout, done.stdout

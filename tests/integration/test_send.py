@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -261,3 +264,79 @@ def test_planning_splits_files_and_caps_contexts_per_association() -> None:
     assert send_client.parse_address("[::1]:104") == ("::1", 104)
     with pytest.raises(ValueError, match="HOST:PORT"):
         send_client.parse_address("host:99999")
+
+
+# --- Ctrl-C tells the truth (issue 15) -------------------------------------------------------
+
+def _interrupted_send(start_router: RouterFactory, tmp_path: Path, interrupts: int
+                      ) -> tuple[subprocess.CompletedProcess[str], set[str], list[Path]]:
+    """Send 3 instances of 200 MB to a router, Ctrl-C once the first is on its way; the
+    result, the file names that arrived at the folder destination, and the sources."""
+    sources = [write_instance(tmp_path / "src", sop_class=MIXED_KINDS[0].sop_class,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=200_000_000)
+               for _ in range(3)]
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "all", "forward": ["archive"]}]})
+    incoming = router.spool / "incoming"
+    process = subprocess.Popen(
+        [*ROUTER, "send", str(tmp_path / "src"), "--to", f"127.0.0.1:{router.port}",
+         "--called-ae", "DICOM-ROUTER", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _receiving(incoming) > 20_000_000, timeout=60, interval=0.005)
+        for _ in range(interrupts):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    # Settled: every acknowledged job delivered and gone from the spool.
+    assert wait_for(lambda: not list((router.spool / "jobs").glob("*.dcm")), timeout=60)
+    return result, {p.name for p in _folder_files(archive)}, sources
+
+
+def _receiving(incoming: Path) -> int:
+    total = 0
+    for path in incoming.glob("*"):
+        with contextlib.suppress(OSError):  # renamed into the spool meanwhile
+            total += path.stat().st_size
+    return total
+
+
+def _check_the_truth(result: subprocess.CompletedProcess[str], arrived: set[str],
+                     sources: list[Path]) -> dict[str, int]:
+    counts = _counts(result.stdout)
+    assert "Traceback" not in result.stderr, _output(result)
+    assert result.returncode == 1, _output(result)
+    assert "interrupted: the files not yet tried were not sent" in result.stderr
+    unknown = {Path(line.strip()).name for line in result.stdout.splitlines()
+               if line.strip().endswith(".dcm")}
+    assert counts["succeeded"] + counts.get("unknown", 0) + counts.get("not sent", 0) \
+        == len(sources), _output(result)
+    # What was acknowledged arrived; whatever else arrived was reported as unknown.
+    assert len(arrived - unknown) == counts["succeeded"], (_output(result), arrived)
+    assert arrived <= {s.name for s in sources}
+    return counts
+
+
+def test_ctrl_c_waits_for_the_file_in_progress_and_says_so(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    result, arrived, sources = _interrupted_send(start_router, tmp_path, interrupts=1)
+    counts = _check_the_truth(result, arrived, sources)
+    assert "waiting for the answers to the files in progress" in result.stderr
+    assert counts["succeeded"] >= 1 and counts.get("unknown", 0) == 0, _output(result)
+
+
+def test_second_ctrl_c_aborts_and_reports_the_file_as_unknown(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    result, arrived, sources = _interrupted_send(start_router, tmp_path, interrupts=2)
+    counts = _check_the_truth(result, arrived, sources)
+    assert "aborting the associations in progress" in result.stderr, _output(result)
+    assert counts.get("unknown", 0) >= 1, _output(result)
+    assert "aborted by Ctrl-C while in progress" in result.stdout
