@@ -22,7 +22,7 @@ from loadtest import report
 from loadtest.data import SIZES, DataSet, dataset
 from loadtest.peers import SenderRun, TlsFiles, file_meta_length, make_tls, send, wait_delivered
 from loadtest.procwatch import ProcessWatch
-from loadtest.targets import CASES, CaseEnv, Unavailable, delivered, scrape
+from loadtest.targets import BASELINE, CASES, CaseEnv, Unavailable, delivered, scrape
 
 # Instances per size: (direct, every relayed case). Direct DCMTK is 10-20x faster than
 # any relay, so it sends more to run long enough to measure; the relays send a subset
@@ -135,10 +135,11 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _add_ratios(results: list[dict[str, Any]]) -> None:
-    direct = {(r["size"], r["senders"], r["transport"]): r["inst_per_s"]
-              for r in results if r["case"] == "direct" and r["status"] == "ok"}
+    rates = {(r["case"], r["size"], r["senders"], r["transport"]): r["inst_per_s"]
+             for r in results if r["status"] == "ok"}
     for r in results:
-        base = direct.get((r["size"], r["senders"], r["transport"]))
+        baseline = BASELINE.get(r["case"], "direct")
+        base = rates.get((baseline, r["size"], r["senders"], r["transport"]))
         if r["status"] == "ok" and base:
             r["ratio_direct"] = r["inst_per_s"] / base
 
@@ -167,7 +168,7 @@ def run_matrix(args: argparse.Namespace, counts: dict[str, int]) -> list[dict[st
                                   size_label=SIZES[size].label)
                 else:
                     data = datasets[size]
-                    if case != "direct":
+                    if not case.startswith("direct"):
                         data = data.subset(counts[size][1])
                     result = run_case(case, data, senders,
                                       tls if transport == "tls" else None,
@@ -199,7 +200,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="small counts, 4 senders only: a ~2 minute smoke run")
     parser.add_argument("--sizes", help=f"comma list of {', '.join(SIZES)} (default: all)")
     parser.add_argument("--senders", help="comma list of concurrent senders (default 1,4,16)")
-    parser.add_argument("--cases", help=f"comma list of {', '.join(CASES)} (default: all)")
+    parser.add_argument("--cases", help=f"comma list of {', '.join(CASES)} (default: all "
+                        "but the -1assoc pair; --single-association adds them)")
+    parser.add_argument("--single-association", action="store_true",
+                        help="also the cases in front of a storescp without --fork")
     parser.add_argument("--transports", default="plain,tls", help="plain,tls (default both)")
     parser.add_argument("--counts", help="instances per size for direct/relays, e.g. "
                         "10k=8000/2000,0.5m=4000/1500,50m=48 (default: see FULL_COUNTS)")
@@ -218,7 +222,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-case", default="router", choices=["router", "router-tuned"])
     args = parser.parse_args(argv)
     args.sizes = _list(args.sizes, list(SIZES), SIZES)
-    args.cases = _list(args.cases, list(CASES), CASES)
+    default_cases = [c for c in CASES if not c.endswith("-1assoc")]
+    if args.single_association:
+        default_cases = list(CASES)
+    args.cases = _list(args.cases, default_cases, CASES)
     args.transports = _list(args.transports, ["plain", "tls"], {"plain": 1, "tls": 1})
     default_senders = "4" if args.quick else "1,4,16"
     args.senders = [int(x) for x in (args.senders or default_senders).split(",")]
@@ -262,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "cases": {k: CASES[k][0] for k in args.cases},
         "results": results,
-        "targets": {c: report.targets(results, c) for c in ("router", "router-tuned")},
+        "targets": {**{c: report.targets(results, c) for c in ("router", "router-tuned")},
+                    "router-1assoc": report.single_association_targets(results)},
     }
     folder = report.write(doc, args.out)
     print(report.markdown(doc))

@@ -55,9 +55,10 @@ def make_tls(folder: Path) -> TlsFiles:
     return TlsFiles(cert, key)
 
 
-def destination(folder: Path, tls: TlsFiles | None = None) -> StoreSCP:
-    """A forking, bit-preserving storescp (the PACS every case delivers to)."""
-    extra = ["--fork", "-pdu", str(PDU)]
+def destination(folder: Path, tls: TlsFiles | None = None, fork: bool = True) -> StoreSCP:
+    """A bit-preserving storescp (the PACS every case delivers to): forking (an association
+    per process), or without --fork: one association at a time, like many real PACS."""
+    extra = (["--fork"] if fork else []) + ["-pdu", str(PDU)]
     if tls is not None:
         extra += ["+tls", str(tls.key), str(tls.cert), "-ic"]
     return StoreSCP(folder, DEST_AE, extra_args=extra)

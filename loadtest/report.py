@@ -14,7 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-CASE_ORDER = ["direct", "naive", "orthanc", "router", "router-tuned"]
+CASE_ORDER = ["direct", "naive", "orthanc", "router", "router-tuned", "direct-1assoc",
+              "router-1assoc"]
 
 # (size, senders or None for "every count measured", minimum ratio to direct)
 RATIO_TARGETS = [("0.5m", 4, 0.5), ("50m", None, 0.6), ("10k", None, 0.25)]
@@ -161,6 +162,26 @@ def targets(results: list[dict[str, Any]], case: str = "router") -> list[dict[st
     return checks
 
 
+SINGLE_ASSOCIATION_RATIO = 0.5
+
+
+def single_association_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The router in front of a destination that serves one association at a time, against
+    storescu sending straight to it, with 1 and 4 senders."""
+    checks: list[dict[str, Any]] = []
+    for r in _lookup(results, case="router-1assoc", transport="plain"):
+        if r["senders"] not in (1, 4):
+            continue
+        ratio = r.get("ratio_direct")
+        checks.append({
+            "target": f"{r['size_label']}, {r['senders']} senders, one-association "
+                      f"destination: >= {SINGLE_ASSOCIATION_RATIO} x direct-1assoc",
+            "value": None if ratio is None else round(ratio, 2),
+            "ok": None if ratio is None else ratio >= SINGLE_ASSOCIATION_RATIO,
+        })
+    return checks
+
+
 def _targets_md(checks: list[dict[str, Any]], case: str) -> str:
     if not checks:
         return f"No targets could be checked for `{case}` (missing cases or sizes)."
@@ -198,7 +219,7 @@ def markdown(doc: dict[str, Any]) -> str:
         table(doc["results"], sizes),
         "",
     ]
-    for case in ("router", "router-tuned"):
+    for case in ("router", "router-tuned", "router-1assoc"):
         if any(r["case"] == case for r in doc["results"]):
             parts += [_targets_md(doc["targets"].get(case, []), case), ""]
     parts += ["Cases: " + "; ".join(f"`{k}`: {v}" for k, v in doc["cases"].items()), ""]

@@ -30,6 +30,7 @@ class CaseEnv:
     workdir: Path
     dest_dir: Path
     tls: TlsFiles | None
+    fork: bool = True  # False: the destination serves one association at a time
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _process(command: list[str], log: Path, env: dict[str, str] | None = None,
 
 @contextmanager
 def _plain_destination(env: CaseEnv) -> Iterator[StoreSCP]:
-    with destination(env.dest_dir) as scp:
+    with destination(env.dest_dir, fork=env.fork) as scp:
         yield scp
 
 
@@ -103,8 +104,18 @@ def _plain_destination(env: CaseEnv) -> Iterator[StoreSCP]:
 
 @contextmanager
 def direct(env: CaseEnv) -> Iterator[Endpoint]:
-    with destination(env.dest_dir, env.tls) as scp:
+    with destination(env.dest_dir, env.tls, fork=env.fork) as scp:
         yield Endpoint(scp.port, DEST_AE, None)
+
+
+def single_association(case: Case) -> Case:
+    """The same case in front of a storescp without --fork (one association at a time)."""
+    @contextmanager
+    def wrapped(env: CaseEnv) -> Iterator[Endpoint]:
+        env.fork = False
+        with case(env) as endpoint:
+            yield endpoint
+    return wrapped
 
 
 # --- 2. the naive pynetdicom forwarder ----------------------------------------------
@@ -284,7 +295,15 @@ CASES: dict[str, tuple[str, Case]] = {
     "orthanc": ("Orthanc 1.x + Lua OnStoredInstance auto-routing", orthanc),
     "router": ("dicom-router, default config", router_default),
     "router-tuned": (f"dicom-router, tuned ({TUNED_SETTINGS})", router_tuned),
+    # A destination that serves one association at a time (storescp without --fork, like
+    # many PACS): the router must learn it; x direct is against direct-1assoc.
+    "direct-1assoc": ("DCMTK storescu -> storescp without --fork (one association at a "
+                      "time)", single_association(direct)),
+    "router-1assoc": ("dicom-router, default config, to storescp without --fork",
+                      single_association(router_default)),
 }
+# Each case's baseline for "x direct".
+BASELINE = {"direct-1assoc": "direct-1assoc", "router-1assoc": "direct-1assoc"}
 
 
 def scrape(url: str) -> dict[str, float]:
