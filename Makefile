@@ -35,6 +35,8 @@ test-deps:
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check router workers tests loadtest
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/check_pynetdicom_internals.py
 
 test: test-deps $(STAMP_TEST) lint
 	bash scripts/run-tests.sh

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import zmq
 
-from router import metrics
-from router.config import RouterConfig
-from router.dispatch import HOLD_BACK_FAILURES
-from router.errors import DeliveryError
-from router.log_context import working_on
-from router.messages import BatchResult, Deliver, JobHeader, Result, encode
-from router.spool import Spool
-from workers.association_pool import AssociationPool, release_all
-from workers.destinations import Destination, build_destination
-from workers.dicom_destination import DicomDestination
+from router.core import metrics
+from router.core.config import RouterConfig
+from router.core.errors import DeliveryError
+from router.core.failures import HOLD_BACK_FAILURES
+from router.core.log_context import working_on
+from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
+from router.core.spool import Spool
+from router.dicom.association_pool import AssociationPool, release_all
+from router.dicom.store_sender import DicomDestination
+from workers.destinations.factory import Destination, build_destination
 from workers.ledger import DeliveryLedger, file_digest
 from workers.prepare import FALLBACK_SYNTAXES, Preparer, open_uid_map
 

@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router.config import DicomDestination as DicomConfig
-from router.config import RouterConfig, Rule
-from router.deid_spec import DeidentifyConfig
-from router.errors import DeliveryError, RouterError
-from router.messages import JobHeader
-from router.morph_spec import MorphAction
-from router.spool import Spool
+from router.core.config import DicomDestination as DicomConfig
+from router.core.config import RouterConfig, Rule
+from router.core.deid_spec import DeidentifyConfig
+from router.core.errors import DeliveryError, RouterError
+from router.core.messages import JobHeader
+from router.core.morph_spec import MorphAction
+from router.core.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Preparer:
         return path
 
     def _morph(self, prepared: Prepared, actions: Sequence[MorphAction]) -> None:
-        from workers.morph import MorphError, morph_file
+        from workers.transforms.morph import MorphError, morph_file
 
         target = self._copy_path(prepared)
         try:
@@ -118,7 +118,7 @@ class Preparer:
         self._advance(prepared, target)
 
     def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig) -> None:
-        from workers.deidentify import deidentify_file
+        from workers.transforms.deidentify import deidentify_file
 
         target = self._copy_path(prepared)
         try:
@@ -135,7 +135,12 @@ class Preparer:
         self._advance(prepared, target)
 
     def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:
-        from workers.transcode import TranscodeError, choose_target, describe, transcode_file
+        from workers.transforms.transcode import (
+            TranscodeError,
+            choose_target,
+            describe,
+            transcode_file,
+        )
 
         source_ts = prepared.job.transfer_syntax_uid
         target_ts = choose_target(source_ts, list(accepted))
@@ -173,6 +178,6 @@ def cleanup_quietly(prepared: Prepared | None) -> None:
 def open_uid_map(spool: Spool) -> object:
     """The de-identification UID map shared by every worker: its key and table on the spool
     volume, so that a UID maps the same way across workers and restarts."""
-    from workers.deidentify import UidMap
+    from workers.transforms.deidentify import UidMap
 
     return UidMap(spool.root / "deid-secret.key", spool.root / "deid-uids.sqlite")

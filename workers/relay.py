@@ -31,16 +31,16 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import build_context
 
-from router import metrics
-from router.config import DicomDestination, KnownAE, RouterConfig
-from router.dicom_net import set_nodelay
-from router.log_context import working_on
-from router.messages import RelayRequest, RelayResponse, RelayStore
-from router.messages import encode as encode_message
-from router.spool import Spool
-from router.status import relay_failure_status
-from router.tls import client_context
-from workers.dicom_destination import failure_from_association
+from router.core import metrics
+from router.core.config import DicomDestination, KnownAE, RouterConfig
+from router.core.dimse_status import relay_failure_status
+from router.core.log_context import working_on
+from router.core.messages import RelayRequest, RelayResponse, RelayStore
+from router.core.messages import encode as encode_message
+from router.core.spool import Spool
+from router.core.tls import client_context
+from router.dicom.net import set_nodelay
+from router.dicom.store_sender import failure_from_association
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 
-from router.access import hash_passcode
+from router.acceptor.access import hash_passcode
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.conftest import RouterFactory

@@ -25,9 +25,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from router import audit
-from router.audit import AuditConfig, AuditTrail
-from router.syslog_sender import SyslogConfig, Transport
+from router.audit import trail as audit
+from router.audit.trail import AuditTrail
+from router.core.audit_config import AuditConfig, SyslogConfig, Transport
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 from pydicom.uid import CTImageStorage
 
-import router.audit
+import router.audit.trail
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess, wait_for

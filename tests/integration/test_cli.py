@@ -209,7 +209,7 @@ def _spool_config(tmp_path: Path) -> Path:
 
 
 def _one_dead_letter(tmp_path: Path, job_id: str) -> None:
-    from router.spool import Spool
+    from router.core.spool import Spool
     from tests.unit.helpers import make_header
 
     spool = Spool(tmp_path / "spool").create()

@@ -25,9 +25,9 @@ import requests
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
-from router.dicomweb_spec import DicomWebFields
-from router.errors import DeliveryError
-from router.messages import JobHeader
+from router.core.dicomweb_spec import DicomWebFields
+from router.core.errors import DeliveryError
+from router.core.messages import JobHeader
 from tests.archives import Orthanc
 from tests.dcmtk import LOCALHOST, free_ports
 from tests.dicom_samples import (
@@ -40,7 +40,7 @@ from tests.dicom_samples import (
     write_instance,
 )
 from tests.pki import CertificateAuthority
-from workers.dicomweb_destination import DicomWebDestination
+from workers.destinations.dicomweb import DicomWebDestination
 
 pytestmark = pytest.mark.integration
 

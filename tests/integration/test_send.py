@@ -20,7 +20,7 @@ from pydicom.uid import (
     XRayAngiographicImageStorage,
 )
 
-from router import send_client
+from router.cli import send_client
 from tests.dcmtk import StoreSCP, free_port
 from tests.dicom_samples import (
     ALL_SYNTAXES,

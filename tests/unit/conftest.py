@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.messages import JobHeader
+from router.core.messages import JobHeader
 
 from .helpers import make_header
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.messages import JobHeader
+from router.core.messages import JobHeader
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

@@ -1,4 +1,5 @@
-"""router/admission.py: disk watermark, congestion and draining (fake statvfs and clock)."""
+"""router/acceptor/admission.py: disk watermark, congestion and draining (fake statvfs and
+clock)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ from typing import NamedTuple
 
 import pytest
 
-from router import admission as admission_module
-from router.admission import CONGESTION_SECONDS, DISK_CHECK_SECONDS, AcceptorState, Admission
-from router.config import SpoolConfig
+from router.acceptor import admission as admission_module
+from router.acceptor.admission import (
+    CONGESTION_SECONDS,
+    DISK_CHECK_SECONDS,
+    AcceptorState,
+    Admission,
+)
+from router.core.config import SpoolConfig
 
 MIB = 1024**2
 BLOCK = 4096

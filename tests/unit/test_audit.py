@@ -17,14 +17,15 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from router import audit
-from router.audit import AuditConfig, AuditTrail, LocalApplication, TransferTally
-from router.syslog_sender import (
+from router.audit import trail as audit
+from router.audit.syslog_sender import (
     SyslogConfig,
     SyslogSender,
     format_rfc5424,
     octet_counted,
 )
+from router.audit.trail import AuditTrail, LocalApplication, TransferTally
+from router.core.audit_config import AuditConfig
 
 SCHEMA_PATH = Path(audit.__file__).parent / "schemas" / "audit-message.schema.json"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -274,7 +275,7 @@ def test_broken_path_warns_once_and_never_raises(
     blocker.write_text("")
     path = blocker / "audit.jsonl"  # its parent is a file: every append fails
     trail = AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER")
-    with caplog.at_level(logging.INFO, logger="router.audit"):
+    with caplog.at_level(logging.INFO, logger="router.audit.trail"):
         for _ in range(5):
             trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 1}, True,
                                         patient_id="SECRET-PID")

@@ -1,13 +1,13 @@
-"""router/concurrency.py and its use in the dispatcher: a destination's association limit is
+"""router/broker/concurrency.py and its use in the dispatcher: a destination's association limit is
 learned (busy lowers it, a backlog raises it), a worker's idle association is reused before a
 new one is opened, and a busy answer spends no attempt."""
 
 from __future__ import annotations
 
-from router.concurrency import IDLE_MARGIN, Concurrency
-from router.config import RetryConfig
-from router.dispatch import BUSY_HOLD_SECONDS, DestinationPolicy, Dispatcher, Retry
-from router.messages import Result
+from router.broker.concurrency import IDLE_MARGIN, Concurrency
+from router.broker.dispatch import BUSY_HOLD_SECONDS, DestinationPolicy, Dispatcher, Retry
+from router.core.config import RetryConfig
+from router.core.messages import Result
 
 from .helpers import make_header
 
@@ -29,8 +29,8 @@ def test_starts_at_one_association_and_reuses_it() -> None:
 def test_a_backlog_raises_the_limit_up_to_the_ceiling() -> None:
     c = Concurrency(ceiling=2)
     choice = c.choose({W1: 4}, 0.0)
-    assert choice is not None
-    c.finished(W1, "", 0.1)
+    assert choice is not None and choice.new_association
+    c.finished(W1, "", 0.1, opened=True)  # the first association proved itself
     assert c.delivered(backlog=5, now=0.1) and c.limit == 2
     assert not c.delivered(backlog=5, now=0.2)  # the second association is not open yet
     assert c.choose({W1: 4}, 0.2) is not None and c.choose({W1: 3}, 0.2) is not None
@@ -44,9 +44,22 @@ def test_busy_drops_to_what_is_open_and_holds_probing() -> None:
     b = c.choose({W1: 3, W2: 4}, 0.0)
     assert a is not None and b is not None and b.others_open == 1
     assert c.busy(b.worker, 1.0) and c.limit == 1
-    c.finished(a.worker, "", 2.0)
+    c.finished(a.worker, "", 2.0, opened=True)
     assert not c.delivered(backlog=9, now=30.0)  # no probe within probe_interval
     assert c.delivered(backlog=9, now=61.5) and c.limit == 2
+
+
+def test_one_probe_at_a_time() -> None:
+    c = Concurrency(ceiling=4)
+    assert c.choose({W1: 4}, 0.0) is not None
+    c.finished(W1, "", 0.1, opened=True)
+    assert c.delivered(backlog=9, now=0.1) and c.limit == 2
+    old = c.choose({W1: 4}, 0.2)
+    probe = c.choose({W1: 3}, 0.2)
+    assert old is not None and not old.new_association
+    assert probe is not None and probe.new_association
+    c.finished(W1, "", 0.3)  # the old association delivered: the probe is still unproven
+    assert not c.delivered(backlog=9, now=0.3) and c.limit == 2
 
 
 def test_busy_never_goes_below_one_and_pinned_never_learns() -> None:

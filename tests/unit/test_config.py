@@ -1,4 +1,4 @@
-"""router/config.py: parse_config, load_config, default_config and summary."""
+"""router/core/config.py: parse_config, load_config, default_config and summary."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import (
+from router.core.config import (
     DicomDestination,
     FolderDestination,
     RouterConfig,
@@ -18,7 +18,7 @@ from router.config import (
     parse_config,
     summary,
 )
-from router.errors import ConfigError
+from router.core.errors import ConfigError
 
 EXAMPLE_YAML = """\
 ae_title: DICOM-ROUTER

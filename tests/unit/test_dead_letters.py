@@ -1,4 +1,4 @@
-"""router/dead_letters.py: ages, filters, get, replay and purge over a tmp_path spool."""
+"""router/service/dead_letters.py: ages, filters, get, replay and purge over a tmp_path spool."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from router import spool as spool_module
-from router.dead_letters import DeadLetter, Filter, find, get, parse_age, purge, replay
-from router.errors import RouterError
-from router.messages import JobHeader
-from router.spool import Spool
+from router.core import spool as spool_module
+from router.core.errors import RouterError
+from router.core.messages import JobHeader
+from router.core.spool import Spool
+from router.service.dead_letters import DeadLetter, Filter, find, get, parse_age, purge, replay
 
 from .helpers import make_header
 

@@ -23,9 +23,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import validate_value
 
-from router.deid_spec import DeidentifyConfig
-from workers.deid_table import TABLE_E1_1
-from workers.deidentify import (
+from router.core.deid_spec import DeidentifyConfig
+from workers.transforms.deid_table import TABLE_E1_1
+from workers.transforms.deidentify import (
     UidMap,
     deidentify,
     deidentify_file,
@@ -568,11 +568,11 @@ def test_config_is_frozen_and_reads_yaml_shapes() -> None:
 
 
 def test_the_config_module_does_not_import_pydicom_at_the_top() -> None:
-    source = Path(__file__).parents[2] / "router" / "deid_spec.py"
+    source = Path(__file__).parents[2] / "router" / "core" / "deid_spec.py"
     tree = ast.parse(source.read_text())
     names = [alias.name for node in tree.body if isinstance(node, ast.Import)
              for alias in node.names]
     names += [node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)]
     assert not any(name.startswith("pydicom") for name in names)
-    assert not any(name == "router.config" for name in names)
+    assert not any(name == "router.core.config" for name in names)
 

@@ -19,9 +19,9 @@ import pydicom
 import pytest
 import zmq
 
-from router.config import RouterConfig, parse_config
-from router.messages import Deliver, JobHeader, Result
-from router.spool import Spool
+from router.core.config import RouterConfig, parse_config
+from router.core.messages import Deliver, JobHeader, Result
+from router.core.spool import Spool
 from tests.dicom_samples import write_instance
 from workers import delivery as delivery_module
 from workers.delivery import DeliveryThread

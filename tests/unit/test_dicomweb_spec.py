@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from router.config import DestinationBase
-from router.dicomweb_spec import DicomWebFields
+from router.core.config import DestinationBase
+from router.core.dicomweb_spec import DicomWebFields
 
 URL = "https://pacs.example.org:8443/dicom-web"
 

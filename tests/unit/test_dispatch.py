@@ -1,4 +1,4 @@
-"""router/dispatch.py: the broker's I/O-free state machine (see its module docstring)."""
+"""router/broker/dispatch.py: the broker's I/O-free state machine (see its module docstring)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from router.config import RetryConfig
-from router.dispatch import (
+from router.broker.dispatch import (
     WORKER_LEASE_SECONDS,
     DeadLetter,
     Delivery,
@@ -17,7 +16,8 @@ from router.dispatch import (
     Settled,
     backoff,
 )
-from router.messages import JobHeader, Result
+from router.core.config import RetryConfig
+from router.core.messages import JobHeader, Result
 
 from .helpers import make_header
 

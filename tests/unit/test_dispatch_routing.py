@@ -1,13 +1,13 @@
-"""router/dispatch.py with priorities, time windows and study/series completion batches."""
+"""router/broker/dispatch.py with priorities, time windows and study/series completion batches."""
 
 from __future__ import annotations
 
 from datetime import datetime, time
 
-from router.completion import CompletionPolicy, GroupHolds
-from router.dispatch import DeadLetter, DestinationPolicy, Dispatcher, Retry, Settled
-from router.messages import Result
-from router.time_window import TimeWindow
+from router.broker.completion import CompletionPolicy, GroupHolds
+from router.broker.dispatch import DeadLetter, DestinationPolicy, Dispatcher, Retry, Settled
+from router.core.messages import Result
+from router.core.time_window import TimeWindow
 
 from .helpers import make_header
 from .test_dispatch import RETRY, W1, ok, sent

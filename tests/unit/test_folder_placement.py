@@ -6,8 +6,8 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from router.errors import DeliveryError
-from workers.folder_destination import placement
+from router.core.errors import DeliveryError
+from workers.destinations.folder import placement
 
 FULL = {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": "1.2.3.4"}
 

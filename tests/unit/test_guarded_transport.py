@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pynetdicom.pdu_primitives import P_DATA
 
-from router.guarded_transport import (
+from router.dicom.guarded_transport import (
     MAX_COMMAND_SET_BYTES,
     GuardedSocket,
     MessageGuard,

@@ -1,4 +1,4 @@
-"""router/messages.py: versioned msgpack frames; decoding only ever raises ProtocolError."""
+"""router/core/messages.py: versioned msgpack frames; decoding only ever raises ProtocolError."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from router.errors import ProtocolError
-from router.messages import (
+from router.core.errors import ProtocolError
+from router.core.messages import (
     SCHEMA_VERSION,
     Accepted,
     Deliver,
@@ -100,7 +100,7 @@ def test_job_header_is_a_plain_msgpack_map_never_pickled() -> None:
     assert isinstance(body["job"], dict)
     assert body["job"]["destinations"] == ["pacs", "archive"]
     assert b"JobHeader" not in frame
-    assert b"router.messages" not in frame
+    assert b"router.core.messages" not in frame
     assert not frame.startswith(b"\x80")  # the pickle protocol opcode
 
 

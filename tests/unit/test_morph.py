@@ -1,4 +1,5 @@
-"""router/morph_spec.py (the actions and their checks) and workers/morph.py (applying them)."""
+"""router/core/morph_spec.py (the actions and their checks) and workers/transforms/morph.py
+(applying them)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from router.morph_spec import CopyAction, MorphAction, parse_tag_path
-from workers.morph import MorphError, apply_morph, morph_file, needs_morph
+from router.core.morph_spec import CopyAction, MorphAction, parse_tag_path
+from workers.transforms.morph import MorphError, apply_morph, morph_file, needs_morph
 
 ACTIONS = TypeAdapter(list[MorphAction])
 

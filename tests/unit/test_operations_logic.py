@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from router.config import default_config, parse_config
-from router.dispatch import DestinationPolicy
-from router.metrics import BoundedLabel
-from router.reload import ReloadRefused, load, plan, save
-from router.status_view import Reading, duration, parse_metrics, render, size, total
+from router.broker.dispatch import DestinationPolicy
+from router.cli.status_screen import Reading, duration, parse_metrics, render, size, total
+from router.core.config import default_config, parse_config
+from router.core.metrics import BoundedLabel
+from router.core.reload import ReloadRefused, load, plan, save
 
 from .helpers import make_header
 from .test_dispatch import RETRY, make_dispatcher
@@ -122,7 +122,7 @@ def test_render_computes_rates_and_lists_errors() -> None:
             "current_bytes": 1024**2, "last_activity": wall}]},
         "broker": {"destinations": {"pacs": {
             "depth": 7, "in_flight": 1, "oldest_seconds": 90, "up": False, "paused_for": 20,
-            "failures_in_a_row": 3}}},
+            "failures_in_a_row": 3, "concurrency": 1, "associations": 1}}},
     }
     before = Reading(status, parse_metrics(METRICS % 10), 0.0)
     now = Reading(status, parse_metrics(METRICS % 30), 2.0)
@@ -134,5 +134,5 @@ def test_render_computes_rates_and_lists_errors() -> None:
     assert "CT1" in text and "1.0 MB" in text and "5.0 MB" in text
     pacs = next(line for line in text.splitlines() if "│ pacs" in line)
     assert [c.strip() for c in pacs.split("│") if c.strip()] == \
-        ["pacs", "paused 20s", "7", "1", "1m30s", "10.0", "30", "2", "0", "0"]
+        ["pacs", "paused 20s", "1/1", "7", "1", "1m30s", "10.0", "30", "0", "2", "0", "0"]
     assert "refused (0xA700 / busy): queue_full 4" in text

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import RouterConfig, load_config, parse_config
+from router.core.config import RouterConfig, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -108,7 +108,7 @@ def exported_metric_names(*, families: bool = False) -> set[str]:
     may name but a query cannot select."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    import router.metrics
+    import router.core.metrics
 
     # prometheus_client strips "_total" from a counter's name and adds it back to the sample.
     # No "_created": the multiprocess collector the router serves /metrics with has none.
@@ -118,13 +118,13 @@ def exported_metric_names(*, families: bool = False) -> set[str]:
         "enum": ("",), "unknown": ("",),
     }
     names: set[str] = set()
-    for value in vars(router.metrics).values():
+    for value in vars(router.core.metrics).values():
         if isinstance(value, MetricWrapperBase):
             for family in value.describe():
                 names.update(family.name + suffix for suffix in suffixes[family.type])
                 if families:
                     names.add(family.name)
-    assert names, "router.metrics defines no prometheus_client metric"
+    assert names, "router.core.metrics defines no prometheus_client metric"
     return names
 
 

@@ -12,8 +12,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from router import reactors
-from router.reactors import Waker, WakingQueue
+from router.dicom import reactors
+from router.dicom.reactors import Waker, WakingQueue
 
 
 def test_a_put_wakes_both_threads() -> None:

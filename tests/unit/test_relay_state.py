@@ -1,10 +1,10 @@
-"""router/relay_state.py: relayed C-MOVE registry and pending storage commitments."""
+"""router/relay/state.py: relayed C-MOVE registry and pending storage commitments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from router.relay_state import Commitments, MoveRelays
+from router.relay.state import Commitments, MoveRelays
 
 
 def test_pending_commitments_survive_a_restart_and_are_taken_once(tmp_path: Path) -> None:

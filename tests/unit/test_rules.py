@@ -1,4 +1,4 @@
-"""workers/rules.py: RuleSet.route over association facts and lazily read header tags."""
+"""router/core/rules.py: RuleSet.route over association facts and lazily read header tags."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from router.config import Rule
-from workers.rules import AssociationFacts, RouteDecision, RuleSet
+from router.core.config import Rule
+from router.core.rules import AssociationFacts, RouteDecision, RuleSet
 
 CT_FACTS = AssociationFacts(calling_ae="CT1", called_ae="DICOM-ROUTER", source="10.1.2.3")
 

@@ -1,4 +1,4 @@
-"""router/spool.py: durable job files, recovery, orphans and dead letters (tmp_path only)."""
+"""router/core/spool.py: durable job files, recovery, orphans and dead letters (tmp_path only)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from router.messages import JobHeader
-from router.spool import RecoveredJob, Spool, new_job_id, write_atomically
+from router.core.messages import JobHeader
+from router.core.spool import RecoveredJob, Spool, new_job_id, write_atomically
 
 from .helpers import make_header
 

@@ -1,4 +1,4 @@
-"""workers.transcode against real codecs: files compressed by DCMTK and by pydicom's
+"""workers.transforms.transcode against real codecs: files compressed by DCMTK and by pydicom's
 encoders, decoded with the installed plugins, and cross-checked with DCMTK's decoders."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from tests.compressed_samples import (
     write_compressed,
     write_native,
 )
-from workers.transcode import (
+from workers.transforms.transcode import (
     TranscodeError,
     can_decode,
     can_encode,

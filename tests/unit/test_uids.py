@@ -1,4 +1,4 @@
-"""router/uids.py: a UID names files on disk, so a hostile one must never pass."""
+"""router/core/uids.py: a UID names files on disk, so a hostile one must never pass."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from router.errors import DimseRefusal, InvalidUID
-from router.status import Status
-from router.uids import is_valid_uid, require_uid
+from router.core.dimse_status import Status
+from router.core.errors import DimseRefusal, InvalidUID
+from router.core.uids import is_valid_uid, require_uid
 
 UID_64 = "1.2.840.10008." + "1" * 50  # 64 characters
 assert len(UID_64) == 64

@@ -1,0 +1,134 @@
+"""Who may talk to the router: allowlists, certificate-to-AE binding, per-AE limits, users.
+
+Each rejection carries the A-ASSOCIATE-RJ (result, source, reason) PS3.8 Table 9-21 defines:
+  (1, 1, 3) calling AE title not recognised  - calling AE not allowed, or not the one the
+                                              client certificate may use
+  (1, 1, 7) called AE title not recognised   - called AE not allowed
+  (1, 1, 1) no reason given                  - source address not allowed, user identity
+                                              missing or wrong (the standard has no code)
+  (2, 3, 2) local limit exceeded             - too many associations from this calling AE
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from router.core.config import ListenConfig, UserConfig
+from router.core.tls import peer_identities
+
+PBKDF2_ITERATIONS = 200_000
+
+
+@dataclass(frozen=True)
+class Rejection:
+    result: int
+    source: int
+    reason: int
+    label: str  # bounded metric label
+    message: str
+
+
+def hash_passcode(passcode: str, iterations: int = PBKDF2_ITERATIONS) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", passcode.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
+def passcode_matches(passcode: bytes, stored: str) -> bool:
+    _, iterations, salt, expected = stored.split("$")
+    digest = hashlib.pbkdf2_hmac("sha256", passcode, bytes.fromhex(salt), int(iterations))
+    return hmac.compare_digest(digest.hex(), expected)
+
+
+def peer_certificate(assoc: Any) -> dict[str, Any] | None:
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert() if getpeercert else None
+
+
+class AccessPolicy:
+    def __init__(self, config: ListenConfig) -> None:
+        self._active: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.reconfigure(config)
+
+    def reconfigure(self, config: ListenConfig) -> None:
+        """New rules for new associations; the per-AE counts of open ones are kept."""
+        self.networks = [ipaddress.ip_network(n) for n in config.allowed_sources or []]
+        self.users: dict[str, UserConfig] = {u.username: u for u in config.users}
+        self.config = config
+
+    # --- association requests --------------------------------------------------------------
+
+    def check(self, assoc: Any) -> Rejection | None:
+        # From the A-ASSOCIATE-RQ itself: pynetdicom copies the calling AE title onto the
+        # association only after EVT_REQUESTED.
+        calling = assoc.requestor.primitive.calling_ae_title
+        called = assoc.requestor.primitive.called_ae_title
+        source = assoc.requestor.address
+        c = self.config
+        if self.networks and not self._source_allowed(source):
+            return Rejection(1, 1, 1, "source", f"source address {source} is not allowed")
+        if c.allowed_calling_ae is not None and calling not in c.allowed_calling_ae:
+            return Rejection(1, 1, 3, "calling_ae", f"calling AE {calling!r} is not allowed")
+        if c.allowed_called_ae is not None and called not in c.allowed_called_ae:
+            return Rejection(1, 1, 7, "called_ae", f"called AE {called!r} is not allowed")
+        if c.tls.ae_titles:
+            rejection = self._check_certificate_ae(assoc, calling)
+            if rejection is not None:
+                return rejection
+        if c.require_user_identity and assoc.requestor.user_identity is None:
+            return Rejection(1, 1, 1, "user_identity", "no user identity was negotiated")
+        limit = c.max_associations_per_calling_ae
+        if limit is not None:
+            with self._lock:
+                if self._active[calling] >= limit:
+                    return Rejection(2, 3, 2, "per_ae_limit",
+                                     f"{calling!r} already has {limit} associations")
+        return None
+
+    def _source_allowed(self, source: str) -> bool:
+        try:
+            address = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+    def _check_certificate_ae(self, assoc: Any, calling: str) -> Rejection | None:
+        identities = peer_identities(peer_certificate(assoc))
+        allowed = {ae for name in identities for ae in self.config.tls.ae_titles.get(name, [])}
+        if calling not in allowed:
+            who = ", ".join(identities) or "no certificate"
+            return Rejection(1, 1, 3, "tls_identity",
+                             f"certificate {who} may not use calling AE {calling!r}")
+        return None
+
+    # --- bookkeeping for the per-AE limit -----------------------------------------------------
+
+    def opened(self, calling: str) -> None:
+        with self._lock:
+            self._active[calling] += 1
+
+    def closed(self, calling: str) -> None:
+        with self._lock:
+            self._active[calling] -= 1
+            if self._active[calling] <= 0:
+                del self._active[calling]
+
+    # --- user identity (EVT_USER_ID) -------------------------------------------------------
+
+    def verify_user(self, kind: int, primary: bytes, secondary: bytes | None) -> bool:
+        """Username and passcode (kind 2) against the hashed list; other kinds are refused."""
+        user = self.users.get(primary.decode(errors="replace"))
+        if user is None or kind != 2 or secondary is None:
+            return False
+        return passcode_matches(secondary, user.passcode_hash)

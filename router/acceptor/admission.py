@@ -1,0 +1,102 @@
+"""Whether the acceptor takes new work: disk watermark, broker congestion, draining.
+
+Checked for every association request and every C-STORE, so the disk check is cached briefly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from router.core.config import SpoolConfig
+
+DISK_CHECK_SECONDS = 0.5
+# After the broker refused a job (queue full), refuse new work for this long before trying.
+CONGESTION_SECONDS = 1.0
+
+
+class Admission:
+    def __init__(self, spool: SpoolConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(spool.path)
+        self.min_free_bytes = spool.min_free_bytes
+        self.min_free_percent = spool.min_free_percent
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._disk_checked = -DISK_CHECK_SECONDS
+        self._free = 0  # bytes free at the last check
+        self._total = 1
+        self._received_since = 0  # bytes taken in since then: a fast sender outruns the cache
+        self._congested_until = 0.0
+        self.draining = False
+
+    def mark_congested(self) -> None:
+        with self._lock:
+            self._congested_until = self.clock() + CONGESTION_SECONDS
+
+    def note_received(self, size: int) -> None:
+        with self._lock:
+            self._received_since += size
+
+    def _disk(self) -> str | None:
+        now = self.clock()
+        with self._lock:
+            fresh = now - self._disk_checked < DISK_CHECK_SECONDS
+        if not fresh:
+            stats = os.statvfs(self.path)
+            with self._lock:
+                self._disk_checked = now
+                self._free = stats.f_bavail * stats.f_frsize
+                self._total = max(1, stats.f_blocks * stats.f_frsize)
+                self._received_since = 0
+        with self._lock:
+            free = self._free - self._received_since
+            percent = 100.0 * free / self._total
+        if free < self.min_free_bytes or percent < self.min_free_percent:
+            return (f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
+                    f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
+                    f"and {self.min_free_percent}%)")
+        return None
+
+    def refusal(self, *, new_association: bool = True) -> tuple[str, str] | None:
+        """(reason label, operator message) when new work must be refused, else None.
+
+        Draining turns away new associations only: one in progress may go on storing until
+        drain_grace ends (a study is not cut in the middle when it need not be).
+        """
+        if self.draining and new_association:
+            return "draining", "router is shutting down"
+        disk = self._disk()
+        if disk is not None:
+            return "disk_watermark", disk
+        if self.clock() < self._congested_until:
+            return "queue_full", "router queue is full"
+        return None
+
+
+class AcceptorState:
+    """The acceptor's state as one shared integer, read by the supervisor for /readyz."""
+
+    STARTING = 0
+    ACCEPTING = 1
+    DRAINING = 2
+    DISK_WATERMARK = 3
+    QUEUE_FULL = 4
+
+    _CODES: ClassVar[dict[str, int]] = {
+        "draining": DRAINING, "disk_watermark": DISK_WATERMARK, "queue_full": QUEUE_FULL,
+    }
+    MESSAGES: ClassVar[dict[int, str]] = {
+        STARTING: "acceptor not listening yet",
+        ACCEPTING: "ready",
+        DRAINING: "draining: not accepting work",
+        DISK_WATERMARK: "refusing work: spool disk below its watermark",
+        QUEUE_FULL: "refusing work: queue full",
+    }
+
+    @classmethod
+    def code(cls, reason: str) -> int:
+        return cls._CODES[reason]

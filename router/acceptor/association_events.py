@@ -1,0 +1,146 @@
+"""The acceptor's association-level handlers: who is let in, and the counts of who is in.
+
+Per-association state lives on the association object (handlers may run on other threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from pynetdicom import evt
+
+from router.acceptor.access import AccessPolicy, Rejection, peer_certificate
+from router.acceptor.admission import Admission
+from router.acceptor.store_handler import StoreHandler
+from router.audit.trail import AuditTrail, TransferTally
+from router.core import metrics
+from router.core.status_snapshots import LiveAssociations
+from router.core.tls import subject_text
+from router.dicom.net import set_nodelay
+
+log = logging.getLogger(__name__)
+
+
+class AssociationEvents:
+    def __init__(
+        self, access: AccessPolicy, admission: Admission, audit: AuditTrail | None = None,
+        live: LiveAssociations | None = None, tls: bool = False,
+    ) -> None:
+        self.access = access
+        self.admission = admission
+        self.audit = audit
+        self.live = live
+        self.tls = tls
+        self._lock = threading.Lock()  # close events and the connection thread may race
+
+    def on_requested(self, event: Any) -> None:
+        """Reject by access rule first (permanent reasons), then by load (transient)."""
+        assoc = event.assoc
+        rejection = self.access.check(assoc)
+        if rejection is None:
+            refusal = self.admission.refusal()
+            if refusal is None:
+                return
+            metrics.REFUSALS.labels(refusal[0]).inc()
+            # rejected-transient, service-provider (presentation), temporary congestion
+            rejection = Rejection(2, 3, 1, refusal[0], refusal[1])
+        self._reject(assoc, rejection)
+
+    def _reject(self, assoc: Any, rejection: Rejection) -> None:
+        calling = metrics.CALLING_AE(assoc.requestor.primitive.calling_ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
+        metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
+        if self.audit is not None:
+            rq = assoc.requestor.primitive
+            # Load refusals are no security event; access-rule refusals are.
+            self.audit.association_rejected(
+                rq.calling_ae_title, rq.called_ae_title, assoc.requestor.address,
+                rejection.message, security=rejection.result == 1)
+        log.warning("rejecting association from %s (%s): %s",
+                    assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
+                    rejection.message)
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
+
+    def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
+        if not self.access.users:
+            return True, None  # no users configured: identities are not checked (as unbound)
+        verified = self.access.verify_user(event.user_id_type, event.primary_field,
+                                           event.secondary_field)
+        if not verified:
+            metrics.ASSOCIATION_REJECTIONS.labels("user_identity").inc()
+            log.warning("user identity refused for %s (%s)", event.assoc.requestor.ae_title,
+                        event.assoc.requestor.address)
+        return verified, None
+
+    def on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        if self.audit is not None:
+            assoc.router_tally = TransferTally()
+            self.audit.association_accepted(
+                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                assoc.requestor.address, subject_text(peer_certificate(assoc)))
+        if self.live is not None:
+            assoc.router_progress = self.live.opened(
+                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                f"{assoc.requestor.address}:{assoc.requestor.port}", self.tls)
+        event.assoc.router_counted = True
+        self.access.opened(event.assoc.requestor.ae_title)
+        calling = metrics.CALLING_AE(assoc.requestor.ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "accepted").inc()
+        metrics.ACTIVE_ASSOCIATIONS.labels(calling).inc()
+
+    def on_rejected(self, event: Any) -> None:
+        """pynetdicom's own rejections (unknown called AE, association limit)."""
+        calling = metrics.CALLING_AE(event.assoc.requestor.primitive.calling_ae_title)
+        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
+        if self.audit is not None:
+            rq = event.assoc.requestor.primitive
+            self.audit.association_rejected(rq.calling_ae_title, rq.called_ae_title,
+                                            event.assoc.requestor.address, "rejected")
+
+    def on_closed(self, event: Any) -> None:
+        self.finished(event.assoc)
+
+    def finished(self, assoc: Any) -> None:
+        """Settle an association's counts and audit once, however it ended.
+
+        EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
+        a PDU, so the connection's thread calls this too when the association is over.
+        """
+        with self._lock:
+            tally = getattr(assoc, "router_tally", None)
+            assoc.router_tally = None
+            counted = getattr(assoc, "router_counted", False)
+            assoc.router_counted = False
+            progress = getattr(assoc, "router_progress", None)
+            assoc.router_progress = None
+        if progress is not None and self.live is not None:
+            self.live.closed(progress)
+        if tally is not None and self.audit is not None:
+            tally.flush(self.audit, assoc.requestor.ae_title,
+                        assoc.requestor.primitive.called_ae_title, assoc.requestor.address)
+        if counted:
+            self.access.closed(assoc.requestor.ae_title)
+            metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(assoc.requestor.ae_title)).dec()
+
+    def handlers(self, store: StoreHandler) -> list[Any]:
+        bound = [
+            (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, _on_echo),
+            (evt.EVT_C_STORE, store),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_CONN_CLOSE, self.on_closed),
+        ]
+        # Bound even without users: a reload may add some, and they must then be checked.
+        bound.append((evt.EVT_USER_ID, self.on_user_id))
+        return bound
+
+
+def _on_echo(event: Any) -> int:
+    metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000").inc()
+    return 0x0000

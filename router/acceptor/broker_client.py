@@ -1,0 +1,85 @@
+"""The acceptor's side of the broker: submit a job, wait for its acceptance, with a deadline.
+
+A submit is re-sent every RESEND_SECONDS until answered: the broker queues a job once per job
+id, so a re-send is harmless, and it carries a job over a broker restart (a message in flight
+to a broker that died is lost with it) instead of failing the sender after the deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import zmq
+
+from router.core.errors import OutOfResources, ProtocolError, QueueFull
+from router.core.messages import Accepted, JobHeader, Refused, Submit, decode, encode
+
+RESEND_SECONDS = 1.0
+
+
+class BrokerClient:
+    """Thread-safe: each submit checks a DEALER socket out of a pool (a socket serves one
+    thread at a time; the lock hand-over is the memory barrier ZeroMQ asks for)."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str, timeout: float):
+        self.context = context
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self._idle: list[zmq.Socket[bytes]] = []
+        self._lock = threading.Lock()
+
+    def _checkout(self) -> zmq.Socket[bytes]:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _checkin(self, sock: zmq.Socket[bytes]) -> None:
+        with self._lock:
+            self._idle.append(sock)
+
+    def submit(self, job: JobHeader) -> None:
+        """Return once the broker queued `job`; raise OutOfResources if it refused or is silent."""
+        sock = self._checkout()
+        healthy = False
+        try:
+            frame = encode(Submit(job))
+            sock.send(frame)
+            deadline = time.monotonic() + self.timeout
+            resend_at = time.monotonic() + RESEND_SECONDS
+            while (remaining := deadline - time.monotonic()) > 0:
+                wait = min(remaining, max(0.0, resend_at - time.monotonic()))
+                if not sock.poll(int(wait * 1000) + 1):
+                    if time.monotonic() >= resend_at:
+                        with contextlib.suppress(zmq.Again):  # no broker connected right now
+                            sock.send(frame, zmq.NOBLOCK)
+                        resend_at = time.monotonic() + RESEND_SECONDS
+                    continue
+                try:
+                    reply = decode(sock.recv())
+                except ProtocolError:
+                    continue
+                if isinstance(reply, Accepted) and reply.job_id == job.job_id:
+                    healthy = True
+                    return
+                if isinstance(reply, Refused) and reply.job_id == job.job_id:
+                    healthy = True
+                    raise QueueFull(f"router busy: {reply.reason}; retry later")
+                # Anything else is a late reply to an earlier, timed-out submit: skip it.
+            raise OutOfResources("router queue did not answer in time; retry later")
+        finally:
+            if healthy:
+                self._checkin(sock)
+            else:
+                sock.close()  # a socket with a reply still due would confuse the next submit
+
+    def close(self) -> None:
+        with self._lock:
+            for sock in self._idle:
+                sock.close()
+            self._idle.clear()

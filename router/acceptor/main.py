@@ -1,0 +1,251 @@
+"""The acceptor process: terminates DICOM associations and hands each instance to the broker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Protocol
+
+import zmq
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.presentation import (
+    BasicWorklistManagementPresentationContexts,
+    ColorPalettePresentationContexts,
+    DefinedProcedureProtocolPresentationContexts,
+    DisplaySystemPresentationContexts,
+    HangingProtocolPresentationContexts,
+    ImplantTemplatePresentationContexts,
+    InstanceAvailabilityPresentationContexts,
+    ModalityPerformedPresentationContexts,
+    ProcedureStepPresentationContexts,
+    ProtocolApprovalPresentationContexts,
+    QueryRetrievePresentationContexts,
+    RelevantPatientInformationPresentationContexts,
+    StorageCommitmentPresentationContexts,
+    UnifiedProcedurePresentationContexts,
+)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from router.acceptor.access import AccessPolicy
+from router.acceptor.admission import AcceptorState, Admission
+from router.acceptor.association_events import AssociationEvents
+from router.acceptor.broker_client import BrokerClient
+from router.acceptor.store_handler import StoreHandler
+from router.audit.trail import AuditTrail
+from router.core import reload as reload_config
+from router.core.config import RouterConfig
+from router.core.errors import RouterError
+from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.rules import RuleSet
+from router.core.runtime import Runtime
+from router.core.spool import Spool
+from router.core.status_snapshots import LiveAssociations, publish_forever
+from router.dicom.guarded_transport import ReadLimits
+from router.dicom.net import (
+    TRANSFER_SYNTAXES,
+    configure_pynetdicom,
+    prefer_requestor_transfer_syntax,
+)
+from router.dicom.tls_listener import RouterAssociationServer, TLSListener, start_server
+from router.relay.server import RelayServer
+
+log = logging.getLogger(__name__)
+
+
+class SharedInt(Protocol):
+    value: int
+
+
+def build_ae(config: RouterConfig) -> AE:
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_pdu_size = config.listen.max_pdu
+    configure_ae(ae, config)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None
+        # Both roles: a C-GET requester takes its instances back as the SCP of storage.
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
+    for context in RELAYED_CONTEXTS:
+        assert context.abstract_syntax is not None
+        # Storage commitment results may come back as N-EVENT-REPORTs in either role.
+        ae.add_supported_context(context.abstract_syntax, RELAY_TRANSFER_SYNTAXES,
+                                 scu_role=True, scp_role=True)
+    return ae
+
+
+def configure_ae(ae: AE, config: RouterConfig) -> None:
+    """The AE settings a reload may change (the PDU size and AE title need a restart)."""
+    ae.maximum_associations = config.listen.max_associations
+    ae.acse_timeout = config.listen.acse_timeout
+    ae.dimse_timeout = config.listen.dimse_timeout
+    ae.network_timeout = config.listen.network_timeout
+    ae.require_called_aet = config.listen.require_called_ae
+
+
+def read_limits(config: RouterConfig) -> ReadLimits:
+    return ReadLimits(
+        acse_timeout=config.listen.acse_timeout,
+        network_timeout=config.listen.network_timeout,
+        max_pdu=config.listen.max_pdu,
+        max_message_bytes=config.listen.max_message_bytes,
+        max_dataset_bytes=config.listen.max_dataset_bytes,
+    )
+
+
+def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
+    """Keep the supervisor's view (for /readyz) of whether we accept work up to date."""
+    while not stop.wait(0.25):
+        refusal = admission.refusal()
+        state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
+
+
+def _drain(ae: AE, grace: float) -> None:
+    """Let established associations finish, up to `grace` seconds; then abort the rest.
+
+    A connection still negotiating (or one that never sends an A-ASSOCIATE-RQ) has no work
+    in progress: it is aborted at once instead of holding the stop for its acse_timeout.
+    """
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for assoc in ae.active_associations:
+            if not assoc.is_established:
+                assoc.abort()
+        if not ae.active_associations:
+            return
+        time.sleep(0.1)
+    for assoc in ae.active_associations:
+        log.warning("aborting association from %s after the drain grace period",
+                    assoc.requestor.ae_title)
+        assoc.abort()
+
+
+def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
+    if audit is None:
+        return None
+    trail = audit
+
+    def alert(reason: str, peer: str) -> None:
+        trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}", peer)
+
+    return alert
+
+
+# Queries, retrieves and N-services the router relays (router/relay/server.py); their
+# identifiers and datasets are small and travel in either little endian syntax.
+RELAYED_CONTEXTS = [
+    *QueryRetrievePresentationContexts, *BasicWorklistManagementPresentationContexts,
+    *ModalityPerformedPresentationContexts, *StorageCommitmentPresentationContexts,
+    *ProcedureStepPresentationContexts, *UnifiedProcedurePresentationContexts,
+    *InstanceAvailabilityPresentationContexts, *RelevantPatientInformationPresentationContexts,
+    *HangingProtocolPresentationContexts, *ColorPalettePresentationContexts,
+    *DefinedProcedureProtocolPresentationContexts, *ImplantTemplatePresentationContexts,
+    *ProtocolApprovalPresentationContexts, *DisplaySystemPresentationContexts,
+]
+RELAY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+class LiveConfig:
+    """Applies a reloaded config to the running acceptor: new associations see it at once,
+    associations in progress keep what they negotiated."""
+
+    def __init__(self, config: RouterConfig, runtime: Runtime, ae: AE, store: StoreHandler,
+                 events: AssociationEvents, server: RouterAssociationServer,
+                 tls: TLSListener | None, relay: RelayServer) -> None:
+        self.config, self.runtime, self.ae, self.store = config, runtime, ae, store
+        self.events, self.server, self.tls, self.relay = events, server, tls, relay
+
+    def on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def reload(self) -> None:
+        if self.tls is not None:
+            self.tls.reload()  # rotated certificates and keys, whatever the config says
+        try:
+            loaded = reload_config.load(self.runtime.directory)
+        except (OSError, RouterError, KeyError, ValueError) as exc:
+            log.error("cannot read the reloaded config; keeping the current one: %s", exc)
+            return
+        if loaded is None or loaded[1] == self.config:
+            return
+        new = loaded[1]
+        self.apply(new)
+        log.info("applied the reloaded config: %d rules", len(new.rules))
+
+    def apply(self, new: RouterConfig) -> None:
+        setup_logging(new.log_level, new.log_format)
+        rules = RuleSet(new.rules)
+        self.store.set_rules(rules, new.listen.max_dataset_bytes)
+        self.relay.reconfigure(new, rules)
+        self.events.access.reconfigure(new.listen)
+        configure_ae(self.ae, new)
+        self.server.limits = read_limits(new)
+        self.config = new
+
+    @property
+    def drain_grace(self) -> float:
+        return self.config.drain_grace
+
+
+def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
+    """Entry point of the spawned acceptor process."""
+    setup_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    # Chunked send too: C-GET sub-operations go to the requester from files, as they are.
+    configure_pynetdicom(chunked_receive=True, chunked_send=True)
+    prefer_requestor_transfer_syntax()
+    spool = Spool(config.spool.path).create()
+    # Chunked receive writes under tempfile's folder: on the spool, taking ownership is a rename.
+    tempfile.tempdir = str(spool.incoming)
+
+    context = zmq.Context()
+    broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
+    admission = Admission(config.spool)
+    audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
+    rules = RuleSet(config.rules)
+    relay = RelayServer(config, context, runtime.frontend, rules, spool)
+    store = StoreHandler(spool, rules, broker, admission, config.listen.max_dataset_bytes, audit,
+                         relay)
+    live = LiveAssociations()
+    events = AssociationEvents(AccessPolicy(config.listen), admission, audit, live,
+                               tls=config.listen.tls.mode != "off")
+    tls = None
+    if config.listen.tls.mode != "off":
+        tls = TLSListener(config.listen.tls, _tls_alert(audit))
+    ae = build_ae(config)
+    address = (config.listen.host, config.listen.port)
+    server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
+                          events.finished)
+    server.relay = relay
+    live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
+    signal.signal(signal.SIGHUP, live_config.on_sighup)
+    log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
+             *address, config.listen.tls.mode)
+    publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
+                                 name="state", daemon=True)
+    publisher.start()
+    threading.Thread(target=publish_forever, name="live-status", daemon=True,
+                     args=(runtime.status_dir, "acceptor",
+                           lambda: {"associations": live.snapshot()}, stop)).start()
+    # Wait with a timeout: a signal the kernel hands to another thread (every association
+    # has two) reaches its Python handler only when this thread runs again, so an untimed
+    # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
+    while not stop.wait(0.5):
+        pass
+    admission.draining = True
+    state.value = AcceptorState.DRAINING
+    log.info("stopping: no new associations; letting those in progress finish")
+    server.shutdown()  # closes the listening socket: new connections are refused
+    _drain(ae, grace=live_config.drain_grace)
+    if audit is not None:
+        audit.close()
+    broker.close()
+    context.term()

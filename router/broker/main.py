@@ -1,0 +1,428 @@
+"""The broker process: owns the queue. Acceptors submit jobs; workers take deliveries.
+
+Both sides are ROUTER sockets with ROUTER_MANDATORY set, so a message to a peer that is gone
+raises instead of vanishing silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import zmq
+
+from router.broker.completion import CompletionPolicy, GroupHolds
+from router.broker.dispatch import (
+    DeadLetter,
+    DestinationPolicy,
+    Dispatcher,
+    Outcome,
+    Retry,
+    Settled,
+)
+from router.broker.relay_routes import RelayRoutes
+from router.core import metrics
+from router.core import reload as reload_config
+from router.core.config import Destination, DicomDestination, RouterConfig, WindowConfig
+from router.core.dimse_status import Status
+from router.core.errors import ProtocolError, RouterError
+from router.core.failures import DESTINATION_FAILURES
+from router.core.messages import (
+    RELAY_TYPES,
+    Accepted,
+    BatchResult,
+    Deliver,
+    Goodbye,
+    Heartbeat,
+    Message,
+    Ready,
+    Refused,
+    RelayAck,
+    RelayCancel,
+    RelayRequest,
+    RelayResponse,
+    RelayStore,
+    Result,
+    Submit,
+    decode,
+    encode,
+)
+from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.runtime import Runtime
+from router.core.spool import Spool
+from router.core.status_snapshots import write_snapshot
+from router.core.time_window import TimeWindow, parse_clock
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+
+
+class Broker:
+    def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
+        self.spool = spool
+        self.runtime = runtime
+        self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
+                                     config.queue.max_bytes, holds=_holds(config))
+        self.associating = _dicom_names(config)  # destinations with associations to show
+        self.reload_requested = False  # set by SIGHUP, applied by the loop
+        self.relays = RelayRoutes()
+        self.config_generation = 0
+        self.context = zmq.Context()
+        self.frontend = self._bind(runtime.frontend)
+        self.backend = self._bind(runtime.backend)
+        self.next_heartbeat = 0.0
+        self.status_dir: Path | None = runtime.status_dir if runtime.status_dir.is_dir() else None
+
+    def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        return sock
+
+    def take_replays(self) -> None:
+        """Queue the dead letters an operator replayed (`dicom-router dead-letters replay`)."""
+        for header in self.spool.take_replays():
+            self._apply(self.dispatcher.add_job(header))
+            log.info("replaying job %s to %s", header.job_id, ", ".join(header.destinations))
+
+    def recover(self) -> None:
+        """Queue every job left on the spool by an earlier run (or an earlier broker)."""
+        self.take_replays()
+        count = 0
+        for job in self.spool.recover():
+            self._apply(self.dispatcher.add_job(job.header, job.delivered))
+            count += 1
+        if count:
+            metrics.RECOVERED_JOBS.inc(count)
+            log.info("recovered %d jobs from the spool", count)
+
+    # --- message handling -------------------------------------------------------------------
+
+    def on_frontend(self, identity: bytes, message: Message) -> None:
+        if not isinstance(message, Submit):
+            raise ProtocolError(f"acceptor sent an unexpected {message.kind}")
+        job = message.job
+        reason = None if job.job_id in self.dispatcher.jobs else self.dispatcher.refusal(job)
+        if reason is not None:
+            metrics.REFUSALS.labels("queue_full").inc()
+            reply: Message = Refused(job.job_id, reason)
+        else:
+            self._apply(self.dispatcher.add_job(job))
+            reply = Accepted(job.job_id)
+        self._send(self.frontend, identity, reply)
+
+    def on_relay(self, sock: zmq.Socket[bytes], identity: bytes, message: Message,
+                 payload: list[bytes]) -> None:
+        """Pass a relayed request's messages along its route (router/broker/relay_routes.py)."""
+        if isinstance(message, RelayRequest):
+            worker = self.relays.pick_worker(list(self.dispatcher.workers))
+            if worker is None or not self._send(self.backend, worker, message, payload):
+                self._send(self.frontend, identity, RelayResponse(
+                    message.request_id, Status.OUT_OF_RESOURCES, final=True,
+                    error_comment="no router worker available; retry"))
+                return
+            self.relays.open(message.request_id, identity, worker)
+            return
+        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel)
+        route = self.relays.get(message.request_id)
+        if route is None:
+            return  # the request ended already (a late ack or cancel): nothing to do
+        if sock is self.frontend:
+            self._send(self.backend, route.worker, message, payload)
+        else:
+            self._send(self.frontend, route.acceptor, message, payload)
+            if isinstance(message, RelayResponse) and message.final:
+                self.relays.close(message.request_id)
+
+    def on_backend(self, identity: bytes, message: Message, now: float) -> None:
+        if isinstance(message, Ready):
+            self.dispatcher.worker_ready(identity, message.credits, now)
+            log.info("worker %s ready with %d credits", identity.decode(errors="replace"),
+                     message.credits)
+        elif isinstance(message, Result):
+            self._apply(self.dispatcher.result(identity, message, now))
+            metrics.FORWARDED.labels(message.destination, _outcome_label(message)).inc()
+        elif isinstance(message, BatchResult):
+            self._apply(self.dispatcher.batch_result(identity, message.destination,
+                                                     message.results, now))
+            for result in message.results:
+                metrics.FORWARDED.labels(message.destination, _outcome_label(result)).inc()
+        elif isinstance(message, Heartbeat):
+            if not self.dispatcher.worker_seen(identity, now):
+                # A worker we forgot (we restarted, or its lease expired): it must say Ready.
+                self._send(self.backend, identity, Goodbye())
+        elif isinstance(message, Goodbye):
+            self._worker_gone(identity, "said goodbye")
+        else:
+            raise ProtocolError(f"worker sent an unexpected {message.kind}")
+
+    def _worker_gone(self, identity: bytes, why: str) -> None:
+        for acceptor, answer in self.relays.worker_gone(identity):
+            self._send(self.frontend, acceptor, answer)
+        requeued = self.dispatcher.worker_gone(identity)
+        metrics.LEASES_EXPIRED.inc(requeued)
+        log.info("worker %s %s; %d deliveries requeued", identity.decode(errors="replace"),
+                 why, requeued)
+
+    def _apply(self, outcomes: list[Outcome]) -> None:
+        keep: set[str] = set()  # jobs whose dead letter could not be written stay on the spool
+        for outcome in outcomes:
+            if isinstance(outcome, Settled):
+                if outcome.job.job_id in keep:
+                    continue
+                self.spool.remove(outcome.job)
+            elif isinstance(outcome, Retry):
+                d = outcome.delivery
+                metrics.RETRIES.labels(d.destination, outcome.reason).inc()
+                if outcome.reason == "busy":
+                    log.info("destination %s is busy; %d job(s) wait for an association",
+                             d.destination, d.size)
+                elif outcome.reason in DESTINATION_FAILURES:
+                    log.warning("destination %s unavailable (%s); its queue waits %.1fs",
+                                d.destination, outcome.reason, outcome.delay)
+                else:
+                    log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
+                                d.job.job_id, d.destination, outcome.reason, d.attempt,
+                                outcome.delay)
+            elif isinstance(outcome, DeadLetter) and not self._dead_letter(outcome):
+                keep.add(outcome.delivery.job.job_id)
+
+    def _dead_letter(self, outcome: DeadLetter) -> bool:
+        d = outcome.delivery
+        record = {"reason": outcome.reason, "detail": outcome.detail, "attempts": d.attempt,
+                  "failed_at": time.time()}
+        try:
+            path = self.spool.dead_letter(d.job, d.destination, record)
+        except OSError as exc:
+            log.error("cannot write the dead letter of job %s for %s (%s); the job stays on "
+                      "the spool and is retried at the next start", d.job.job_id, d.destination,
+                      exc)
+            return False
+        metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
+        log.error("gave up delivering job %s to %s: %s (%s); dead letter %s",
+                  d.job.job_id, d.destination, outcome.reason, outcome.detail, path)
+        return True
+
+    # --- I/O --------------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.Socket[bytes], identity: bytes, message: Message,
+              payload: list[bytes] | None = None) -> bool:
+        try:
+            sock.send_multipart([identity, encode(message), *(payload or [])])
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+
+    def _dispatch(self, now: float) -> None:
+        for identity, delivery in self.dispatcher.dispatch(now):
+            message = Deliver(delivery.job, delivery.destination, delivery.attempt,
+                              list(delivery.batch), delivery.others_open)
+            if not self._send(self.backend, identity, message):
+                self._worker_gone(identity, "is unreachable")
+        self._log_limit_changes()
+
+    def _log_limit_changes(self) -> None:
+        for name, old, new, why in self.dispatcher.limit_changes:
+            if name not in self.associating:
+                continue
+            metrics.DESTINATION_CONCURRENCY.labels(name).set(new)
+            if why == "busy":
+                log.warning("destination %s is busy (refused one more association): it now "
+                            "gets %d association(s) at a time (was %d)", name, new, old)
+            else:
+                log.info("destination %s: trying %d associations at a time (was %d)",
+                         name, new, old)
+        self.dispatcher.limit_changes.clear()
+
+    def reload(self) -> None:
+        """Apply the config the supervisor validated (router/core/reload.py)."""
+        self.reload_requested = False
+        try:
+            config = reload_config.load(self.runtime.directory)
+        except (OSError, RouterError, KeyError, ValueError) as exc:
+            log.error("cannot read the reloaded config; keeping the current one: %s", exc)
+            return
+        if config is not None and config[0] != self.config_generation:
+            self.config_generation, new = config
+            setup_logging(new.log_level, new.log_format)
+            self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
+                                        _holds(new))
+            self.associating = _dicom_names(new)
+            log.info("applied the reloaded config: %d destinations", len(new.destinations))
+        self._publish(time.monotonic())  # the supervisor waits for this generation
+
+    def _housekeeping(self, now: float) -> None:
+        if self.reload_requested:
+            self.reload()
+        for identity in self.dispatcher.expired_workers(now):
+            self._worker_gone(identity, "missed its heartbeats; lease expired")
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + HEARTBEAT_SECONDS
+            self.take_replays()
+            for identity in list(self.dispatcher.workers):
+                if not self._send(self.backend, identity, Heartbeat()):
+                    self._worker_gone(identity, "is unreachable")
+            self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
+        destinations = self.destination_summary(now)
+        for name, row in destinations.items():
+            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
+            metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
+            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
+            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+            if "concurrency" in row:
+                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
+        metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
+        metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
+        spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
+        try:
+            usage = shutil.disk_usage(self.spool.root)
+            metrics.SPOOL_FREE.set(usage.free)
+            metrics.SPOOL_SIZE.set(usage.total)
+            spool.update(free_bytes=usage.free, size_bytes=usage.total)
+        except OSError as exc:
+            log.warning("cannot read the spool's disk usage: %s", exc)
+        if self.status_dir is not None:
+            try:
+                write_snapshot(self.status_dir, "broker", {
+                    "config_generation": self.config_generation,
+                    "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
+                    "workers": len(self.dispatcher.workers), "destinations": destinations})
+            except OSError as exc:
+                log.debug("cannot write the live status: %s", exc)
+
+    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
+        wall = time.time()
+        out: dict[str, dict[str, float | int | bool]] = {}
+        for name in self.dispatcher.queues:
+            oldest = self.dispatcher.oldest_received(name)
+            paused_until = self.dispatcher.paused_until[name]
+            out[name] = {
+                "depth": self.dispatcher.depth(name),
+                "in_flight": self.dispatcher.in_flight[name],
+                "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
+                "up": not self.dispatcher.is_paused(name, now),
+                "in_window": self.dispatcher.in_window(name),  # false: held until it opens
+                "paused_for": max(0.0, paused_until - now),
+                "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+            }
+            if name in self.associating:
+                # The live association limit (learned or pinned) and what is open now.
+                out[name]["concurrency"] = self.dispatcher.concurrency[name].limit
+                out[name]["associations"] = self.dispatcher.concurrency[name].total_open
+        return out
+
+    def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
+        # Drain what is waiting, bounded so one side cannot starve the other.
+        for _ in range(256):
+            try:
+                identity, frame, *payload = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                log.error("dropped a malformed multipart message from a router process")
+                continue
+            try:
+                message = decode(frame)
+                if isinstance(message, RELAY_TYPES):
+                    self.on_relay(sock, identity, message, payload)
+                elif sock is self.frontend:
+                    self.on_frontend(identity, message)
+                else:
+                    self.on_backend(identity, message, now)
+            except ProtocolError as exc:
+                log.error("ignored a bad message from %r: %s", identity, exc)
+
+    def run(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        while not stop.is_set():
+            now = time.monotonic()
+            due = self.dispatcher.next_due(now)
+            timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+            now = time.monotonic()
+            if self.backend in ready:
+                self._receive(self.backend, now)
+            if self.frontend in ready:
+                self._receive(self.frontend, now)
+            self._dispatch(now)
+            self._housekeeping(now)
+
+    def close(self) -> None:
+        self.frontend.close()
+        self.backend.close()
+        self.context.term()
+
+
+def _dicom_names(config: RouterConfig) -> set[str]:
+    return {name for name, dest in config.destinations.items()
+            if isinstance(dest, DicomDestination)}
+
+
+def _outcome_label(result: Result) -> str:
+    """delivered, suppressed (the ledger said the destination has it: not sent), failed."""
+    if not result.delivered:
+        return "failed"
+    return "suppressed" if result.reason in ("redelivery", "duplicate") else "delivered"
+
+
+def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
+    return {name: _policy(dest) for name, dest in config.destinations.items()}
+
+
+def _policy(dest: Destination) -> DestinationPolicy:
+    window = _window(dest.window)
+    if not isinstance(dest, DicomDestination):
+        # A folder or DICOMweb destination has no associations to learn: max_parallel is it.
+        return DestinationPolicy(dest.max_parallel, dest.retry, window,
+                                 max_associations=dest.max_parallel)
+    return DestinationPolicy(dest.max_parallel, dest.retry, window, dest.max_associations,
+                             dest.probe_interval, dest.idle_timeout)
+
+
+def _window(window: WindowConfig | None) -> TimeWindow | None:
+    if window is None:
+        return None
+    return TimeWindow(parse_clock(window.start), parse_clock(window.end))
+
+
+def _holds(config: RouterConfig) -> GroupHolds:
+    return GroupHolds({
+        rule.name: CompletionPolicy(rule.complete.stable_for, rule.complete.deadline,
+                                    frozenset(rule.forward))
+        for rule in config.rules if rule.complete is not None})
+
+
+def main(config: RouterConfig, runtime: Runtime) -> None:
+    """Entry point of the spawned broker process."""
+    setup_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    spool = Spool(config.spool.path).create()
+    broker = Broker(config, runtime, spool)
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        broker.reload_requested = True
+
+    signal.signal(signal.SIGHUP, on_hup)
+    broker.recover()
+    log.info("broker ready: %d destinations, %d jobs recovered",
+             len(config.destinations), len(broker.dispatcher.jobs))
+    try:
+        broker.run(stop)
+    finally:
+        broker.close()

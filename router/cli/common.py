@@ -1,0 +1,52 @@
+"""Conventions every `dicom-router` command shares: `--config` before or after the action,
+`--version`, and bad input reported as one line (exit 2), never as a traceback."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from router.core.errors import RouterError
+
+USAGE_ERROR = 2  # argparse's own exit code for bad arguments
+
+T = TypeVar("T")
+
+
+def config_parent(help_text: str = "the router's YAML config file") -> argparse.ArgumentParser:
+    """A parent parser with `--config`, for a command and each of its actions.
+
+    Its default is SUPPRESS: argparse copies a subparser's defaults over what the parent
+    parsed, so `dicom-router dead-letters --config X list` would lose X otherwise. The top
+    parser sets `config=None` once.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                        help=help_text)
+    return parent
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse `type=` from a parser that raises RouterError or ValueError: argparse then
+    prints usage and the message (exit 2) instead of a traceback."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except (RouterError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("dicom-router")
+    except PackageNotFoundError:
+        return "unknown"

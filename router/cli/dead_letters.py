@@ -1,0 +1,107 @@
+"""`dicom-router dead-letters list|show|replay|purge`: what an operator does with failures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from router.cli.common import argument, config_parent
+from router.core.config import RouterConfig, default_config, load_config
+from router.core.errors import RouterError
+from router.core.spool import Spool
+from router.service import dead_letters
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = config_parent("the router's config (for its spool)")
+    parser = sub.add_parser("dead-letters", parents=[config],
+                            help="list, show, replay or purge dead letters")
+    actions = parser.add_subparsers(dest="action", required=True)
+    for name, text in (("list", "list dead letters"), ("replay", "send them again"),
+                       ("purge", "delete them")):
+        action = actions.add_parser(name, help=text, parents=[config])
+        action.add_argument("--destination", help="only those for this destination")
+        action.add_argument("--reason", help="only those with this reason (e.g. no_context)")
+        action.add_argument("--older-than", type=argument(dead_letters.parse_age),
+                            metavar="AGE",
+                            help="only those that failed at least AGE ago (30s, 10m, 2h, 7d)")
+        action.add_argument("--newer-than", type=argument(dead_letters.parse_age),
+                            metavar="AGE", help="only those that failed at most AGE ago")
+        action.add_argument("ids", nargs="*", help="only these ids (from `list`), or job ids "
+                                                  "as the log prints them")
+        if name == "list":
+            action.add_argument("--json", action="store_true", help="one JSON object a line")
+        if name == "replay":
+            action.add_argument("--to", help="send to this destination instead")
+        if name == "purge":
+            action.add_argument("--all", action="store_true",
+                                help="needed to purge without any filter")
+    show = actions.add_parser("show", parents=[config],
+                              help="everything known about one dead letter")
+    show.add_argument("id", help="its id (from `list`), the job id the log printed (every "
+                                 "destination's dead letter of that job), or its file")
+    parser.set_defaults(func=run)
+
+
+def _selected(spool: Spool, args: argparse.Namespace) -> list[dead_letters.DeadLetter]:
+    if args.ids:
+        return [letter for i in args.ids for letter in dead_letters.lookup(spool, i)]
+    selection = dead_letters.Filter(args.destination, args.reason, args.older_than,
+                                    args.newer_than)
+    return dead_letters.find(spool, selection)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _list(letters: list[dead_letters.DeadLetter], as_json: bool) -> None:
+    if as_json:
+        for letter in letters:
+            print(json.dumps(letter.as_dict()))
+        return
+    if not letters:
+        print("no dead letters")
+        return
+    now = time.time()
+    print(f"{'ID':<42} {'DESTINATION':<16} {'REASON':<28} {'TRIES':>5} {'AGE':>5}  DETAIL")
+    for d in letters:
+        print(f"{d.id:<42} {d.destination:<16} {d.reason:<28} {d.attempts:>5} "
+              f"{_age(now - d.failed_at):>5}  {d.detail[:80]}")
+    print(f"{len(letters)} dead letters")
+
+
+def run(args: argparse.Namespace) -> int:
+    config: RouterConfig = load_config(args.config) if args.config else default_config()
+    spool = Spool(config.spool.path)
+    if not spool.dead_letters.is_dir():
+        raise RouterError(f"no spool at {spool.root}: pass the router's --config")
+    if args.action == "show":
+        for letter in dead_letters.lookup(spool, args.id):
+            print(json.dumps(letter.as_dict(), indent=2))
+        return 0
+    letters = _selected(spool, args)
+    if args.action == "list":
+        _list(letters, args.json)
+    elif args.action == "replay":
+        if args.to is not None and args.to not in config.destinations:
+            raise RouterError(f"--to {args.to!r} is not a destination in the config "
+                              f"(known: {', '.join(sorted(config.destinations))})")
+        for letter in letters:
+            job = dead_letters.replay(spool, letter, args.to)
+            print(f"{letter.id} -> job {job.job_id} for {job.destinations[0]}")
+        print(f"{len(letters)} dead letters replayed; the router queues them within a second")
+    elif args.action == "purge":
+        unfiltered = not (args.ids or args.destination or args.reason or args.older_than
+                          or args.newer_than)
+        if unfiltered and not args.all:
+            raise RouterError("purge without a filter deletes every dead letter: add --all")
+        for letter in letters:
+            dead_letters.purge(spool, letter)
+        print(f"{len(letters)} dead letters purged")
+    return 0
+

@@ -1,0 +1,120 @@
+"""The `dicom-router` command: run the router, or check a config."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from router.cli import dead_letters as cli_dead_letters
+from router.cli import echo as cli_echo
+from router.cli import route_test as cli_route_test
+from router.cli import send as cli_send
+from router.cli import status as cli_status
+from router.cli.common import USAGE_ERROR, config_parent, version
+from router.core.config import RouterConfig, default_config, load_config, summary
+from router.core.errors import ConfigError, RouterError
+from router.core.process_util import setup_logging
+
+
+def _load(path: Path | None) -> RouterConfig:
+    return default_config() if path is None else load_config(path)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(summary(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    setup_logging(config.log_level, config.log_format)
+    log = logging.getLogger("router")
+    origin = str(args.config) if args.config else "built-in default config"
+    log.info("%s: %s", origin, summary(config))
+    # Short path: ZeroMQ ipc endpoints must fit in a Unix socket name (~100 bytes).
+    runtime_dir = Path(tempfile.mkdtemp(prefix="dicom-router-"))
+    metrics_dir = runtime_dir / "metrics"
+    metrics_dir.mkdir()
+    (runtime_dir / "status").mkdir()
+    # Before prometheus_client is first imported, here and in every spawned child.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    from router.core.runtime import Runtime
+    from router.service.supervisor import Supervisor
+
+    try:
+        return Supervisor(config, Runtime(runtime_dir), args.config).run()
+    except (OSError, RouterError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+def cmd_hash_passcode(args: argparse.Namespace) -> int:
+    from router.acceptor.access import hash_passcode
+
+    passcode = getpass.getpass("passcode: ") if sys.stdin.isatty() else sys.stdin.readline()
+    passcode = passcode.rstrip("\r\n")
+    if not passcode:
+        raise RouterError("empty passcode")
+    print(hash_passcode(passcode))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-router", description=__doc__,
+        epilog="--config may come before or after a command and its action. Bad input is "
+               "reported in one line with exit code 2.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="the router's YAML config file (run, status, route-test, "
+                             "dead-letters)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[config_parent("YAML config file")],
+                         help="run the router (built-in default config without --config)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file and print every error")
+    check.add_argument("config", type=Path)
+    check.set_defaults(func=cmd_check_config)
+    cli_dead_letters.add_parser(sub)
+    cli_send.add_parser(sub)
+    cli_echo.add_parser(sub)
+    cli_status.add_parser(sub)
+    cli_route_test.add_parser(sub)
+    hashing = sub.add_parser("hash-passcode",
+                             help="hash a passcode for listen.users (reads it from stdin)")
+    hashing.set_defaults(func=cmd_hash_passcode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RouterError, ValueError) as exc:
+        # Bad input (ConfigError included): an operator-facing message, never a traceback.
+        print(f"dicom-router: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("dicom-router: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""`dicom-router status`: the live view, or one frame of it as text with --once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from router.core.config import load_config
+from router.core.errors import ConfigError, RouterError
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = sub.add_parser(
+        "status", help="live view of a running router: associations, queues, throughput, errors")
+    where = status.add_mutually_exclusive_group()
+    where.add_argument("--url", help="the router's metrics address "
+                       "(default: from --config, else http://127.0.0.1:9100)")
+    where.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+                       help="read metrics.host/port from this config")
+    status.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between refreshes (and between the two reads of --once)")
+    status.add_argument("--once", action="store_true",
+                        help="print one frame as plain text and exit (scripts, tests, SSH logs)")
+    status.set_defaults(func=cmd_status)
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url) if "://" in args.url else f"http://{args.url}"
+    if args.config is not None:
+        metrics = load_config(args.config).metrics
+        host = "127.0.0.1" if metrics.host in ("0.0.0.0", "::", "") else metrics.host
+        return f"http://{host}:{metrics.port}"
+    return "http://127.0.0.1:9100"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from router.cli.status_screen import read, render
+
+    interval = max(0.2, args.interval)
+    try:
+        url = _url(args)
+        before = read(url)
+        if args.once:
+            time.sleep(interval)
+            Console(width=160, no_color=True, force_terminal=False).print(
+                render(before, read(url)))
+            return 0
+        with Live(render(before, before), auto_refresh=False, screen=False) as live:
+            while True:
+                time.sleep(interval)
+                now = read(url)
+                live.update(render(before, now), refresh=True)
+                before = now
+    except (ConfigError, RouterError) as exc:
+        print(f"dicom-router status: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,59 @@
+"""Exceptions with messages an operator can act on; DIMSE-facing ones carry their status."""
+
+from __future__ import annotations
+
+from router.core.dimse_status import Status
+
+
+class RouterError(Exception):
+    """Base class of every error the router raises on purpose."""
+
+
+class ConfigError(RouterError):
+    """The configuration cannot be used; `problems` lists each one with the key that is wrong."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        joined = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid config {source}:\n{joined}")
+
+
+class ProtocolError(RouterError):
+    """A ZeroMQ message between router processes is malformed or of an unknown schema."""
+
+
+class DimseRefusal(RouterError):
+    """Refuse one DIMSE request with `status`; the message becomes the ErrorComment."""
+
+    status: Status = Status.PROCESSING_FAILURE
+
+    def __init__(self, message: str, status: Status | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class InvalidUID(DimseRefusal):
+    status = Status.INVALID_UID
+
+
+class NoRoute(DimseRefusal):
+    status = Status.NO_ROUTE
+
+
+class OutOfResources(DimseRefusal):
+    status = Status.OUT_OF_RESOURCES
+
+
+class QueueFull(OutOfResources):
+    """The broker refused the job: its queue is at its bound."""
+
+
+class DeliveryError(RouterError):
+    """Forwarding to one destination failed. `transient` says whether a retry may succeed."""
+
+    def __init__(self, reason: str, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.reason = reason  # a bounded label: connection, rejected, no_context, status, ...
+        self.transient = transient

@@ -1,0 +1,52 @@
+"""What every spawned router process does first: logging, signals, and a watch on its parent."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Text for a terminal, or one JSON object a line for a log pipeline (`log_format`)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from router.core.log_context import ContextFilter, json_formatter
+
+        handler.setFormatter(json_formatter())
+        handler.addFilter(ContextFilter())
+    else:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM stops this process; SIGINT is left to the supervisor, which stops us in order."""
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def watch_parent(stop: threading.Event, on_orphaned: Callable[[], None] | None = None) -> None:
+    """Stop when the supervisor dies (even by kill -9): an orphan must not keep the port."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                logging.getLogger(__name__).error("supervisor is gone; stopping")
+                stop.set()
+                if on_orphaned:
+                    on_orphaned()
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

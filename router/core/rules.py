@@ -1,0 +1,163 @@
+"""Routing rules as pure functions: association facts and header tags in, destinations out."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from router.core.config import Rule, RuleMatch, StrOrList
+
+
+@dataclass(frozen=True)
+class AssociationFacts:
+    """What the router knows about the sender before it reads any dataset."""
+
+    calling_ae: str
+    called_ae: str
+    source: str  # peer IP address
+
+    @classmethod
+    def of(cls, assoc: Any) -> AssociationFacts:
+        """From a pynetdicom association (the called AE as the requestor sent it)."""
+        return cls(calling_ae=assoc.requestor.ae_title,
+                   called_ae=assoc.requestor.primitive.called_ae_title,
+                   source=assoc.requestor.address)
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    rules: tuple[str, ...]
+    destinations: tuple[str, ...]
+    action: str = "forward"  # or "drop"/"reject": then rules[-1] is the rule that said so
+    priority: str = "request"  # of the first matching rule that sets one
+    complete: Rule | None = None  # the first matching rule that waits for completion
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.destinations)
+
+    def rule_for(self, destination: str, rules: Mapping[str, Rule]) -> Rule | None:
+        """The rule that sent this instance to `destination` (its morphing applies)."""
+        for name in self.rules:
+            rule = rules.get(name)
+            if rule is not None and destination in rule.forward:
+                return rule
+        return None
+
+
+TagReader = Callable[[], Mapping[str, str]]
+
+
+def _values(expected: StrOrList) -> list[str]:
+    return [expected] if isinstance(expected, str) else expected
+
+
+class ValueMatcher:
+    """Matches one value against "exact", ["any", "of"] or "re:<regex>" (searched, not anchored)."""
+
+    def __init__(self, expected: StrOrList) -> None:
+        self.exact = {v for v in _values(expected) if not v.startswith("re:")}
+        self.patterns = [re.compile(v[3:]) for v in _values(expected) if v.startswith("re:")]
+
+    def __call__(self, value: str) -> bool:
+        return value in self.exact or any(p.search(value) for p in self.patterns)
+
+
+class CompiledRule:
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        m: RuleMatch = rule.match
+        self.calling = ValueMatcher(m.calling_ae) if m.calling_ae is not None else None
+        self.called = ValueMatcher(m.called_ae) if m.called_ae is not None else None
+        if m.source is None:
+            self.networks = None
+        else:
+            self.networks = [ipaddress.ip_network(n) for n in m.source]
+        self.tags = {k: ValueMatcher(v) for k, v in m.tags.items()}
+        self.sop_class = ValueMatcher(m.sop_class) if m.sop_class is not None else None
+
+    def matches_sop_class(self, sop_class: str | None) -> bool:
+        return self.sop_class is None or (sop_class is not None and self.sop_class(sop_class))
+
+    def matches_association(self, facts: AssociationFacts) -> bool:
+        if self.calling and not self.calling(facts.calling_ae):
+            return False
+        if self.called and not self.called(facts.called_ae):
+            return False
+        if self.networks is not None:
+            try:
+                address = ipaddress.ip_address(facts.source)
+            except ValueError:
+                return False
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+                address = address.ipv4_mapped  # a dual-stack listener sees ::ffff:a.b.c.d
+            return any(address in net for net in self.networks)
+        return True
+
+    def matches_tags(self, tags: Mapping[str, str]) -> bool:
+        # A missing tag never matches: "Modality: CT" means the instance says CT.
+        return all(k in tags and m(tags[k]) for k, m in self.tags.items())
+
+
+class RuleSet:
+    """Rules in config order; the first match wins unless that rule says `continue: true`."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = [CompiledRule(r) for r in rules]
+
+    @cached_property
+    def tag_keywords(self) -> tuple[str, ...]:
+        """The header keywords any rule needs: the only ones read from a dataset."""
+        return tuple(sorted({k for r in self.rules for k in r.tags}))
+
+    @cached_property
+    def by_name(self) -> dict[str, Rule]:
+        return {r.rule.name: r.rule for r in self.rules}
+
+    @cached_property
+    def completes(self) -> bool:
+        return any(r.rule.complete is not None for r in self.rules)
+
+    def route(self, facts: AssociationFacts, read_tags: TagReader,
+              sop_class: str | None = None) -> RouteDecision:
+        """Where a received instance goes: rules with `forward` (or drop/reject) only."""
+        tags: Mapping[str, str] | None = None
+        names: list[str] = []
+        destinations: dict[str, None] = {}  # ordered, without duplicates
+        priority = "request"
+        complete: Rule | None = None
+        for rule in self.rules:
+            filters = rule.rule.action != "forward"
+            if not (rule.rule.forward or filters) or not rule.matches_sop_class(sop_class):
+                continue
+            if not rule.matches_association(facts):
+                continue
+            if rule.tags:
+                tags = read_tags() if tags is None else tags  # read the file at most once
+                if not rule.matches_tags(tags):
+                    continue
+            names.append(rule.rule.name)
+            if filters:
+                return RouteDecision(tuple(names), (), rule.rule.action)
+            destinations.update(dict.fromkeys(rule.rule.forward))
+            if priority == "request":
+                priority = rule.rule.priority
+            if complete is None and rule.rule.complete is not None:
+                complete = rule.rule
+            if not rule.rule.continue_:
+                break
+        return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete)
+
+    def upstreams(self, facts: AssociationFacts, sop_class: str) -> RouteDecision:
+        """Where a query, retrieve or N-request goes: the `query` list of the first rule with
+        one that matches (tags are never read: a request has no instance to read them from),
+        in the order to try."""
+        for rule in self.rules:
+            if (rule.rule.query and not rule.tags and rule.matches_sop_class(sop_class)
+                    and rule.matches_association(facts)):
+                return RouteDecision((rule.rule.name,), tuple(rule.rule.query))
+        return RouteDecision((), ())

@@ -1,0 +1,211 @@
+"""The spool: durable job files on one filesystem, the truth that recovery reads.
+
+Layout under the spool root:
+  incoming/              chunked-receive temp files (TMPDIR of the acceptor); wiped at start,
+                         because nothing in it was acknowledged to a sender
+  jobs/<id>.json         the job header, written (fsync'd) before the instance is moved in
+  jobs/<id>.dcm          the instance exactly as received (Part 10, file meta added); its
+                         presence is what makes a job real, so it is renamed in last
+  jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
+  dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
+  relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
+                         way to the requester; never acknowledged as stored, wiped at start
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.core.errors import ProtocolError
+from router.core.messages import JobHeader
+
+log = logging.getLogger(__name__)
+
+
+def fsync_path(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write to a temp name beside `path`, fsync, and rename over it: never a torn file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def new_job_id() -> str:
+    # Time-ordered, so that recovery replays jobs in the order they arrived.
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class RecoveredJob:
+    header: JobHeader
+    delivered: frozenset[str]
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.incoming = self.root / "incoming"
+        self.jobs = self.root / "jobs"
+        self.dead_letters = self.root / "dead-letters"
+        self.replay = self.root / "replay"
+        self.relay = self.root / "relay"
+        self.ledger_path = self.root / "ledger.sqlite"
+
+    def create(self) -> Spool:
+        for folder in (self.incoming, self.jobs, self.dead_letters, self.replay, self.relay):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def instance_path(self, job_id: str) -> Path:
+        return self.jobs / f"{job_id}.dcm"
+
+    def _header_path(self, job_id: str) -> Path:
+        return self.jobs / f"{job_id}.json"
+
+    def _marker_path(self, job_id: str, destination: str) -> Path:
+        return self.jobs / f"{job_id}.{destination}.done"
+
+    def commit(self, header: JobHeader, received: Path) -> Path:
+        """Take ownership of a fully received file: durable once this returns."""
+        fsync_path(received)
+        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
+        write_atomically(self._header_path(header.job_id), payload)
+        target = self.instance_path(header.job_id)
+        os.replace(received, target)  # same filesystem: incoming/ is in the spool
+        fsync_path(self.jobs, directory=True)
+        return target
+
+    def mark_delivered(self, job_id: str, destination: str) -> None:
+        marker = self._marker_path(job_id, destination)
+        marker.touch()
+        fsync_path(self.jobs, directory=True)
+
+    def remove(self, header: JobHeader) -> None:
+        """Forget a job whose every destination is settled (delivered or dead-lettered)."""
+        # The instance goes first: without it the job is no longer real for recovery.
+        self.instance_path(header.job_id).unlink(missing_ok=True)
+        self._header_path(header.job_id).unlink(missing_ok=True)
+        if len(header.destinations) > 1:
+            for destination in header.destinations:
+                self._marker_path(header.job_id, destination).unlink(missing_ok=True)
+
+    def discard(self, header: JobHeader) -> None:
+        """Undo a commit whose job the sender was not told Success for."""
+        self.remove(header)
+
+    def remove_orphans(self) -> int:
+        """Delete the leftovers of commits a crash interrupted. Only while no acceptor runs."""
+        count = 0
+        headers = {p.stem for p in self.jobs.glob("*.json")}
+        instances = {p.stem for p in self.jobs.glob("*.dcm")}
+        for job_id in headers - instances:
+            (self.jobs / f"{job_id}.json").unlink(missing_ok=True)
+            count += 1
+        for job_id in instances - headers:
+            (self.jobs / f"{job_id}.dcm").unlink(missing_ok=True)
+            count += 1
+        for tmp in self.jobs.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for marker in self.jobs.glob("*.done"):
+            if marker.name.split(".", 1)[0] not in instances:
+                marker.unlink(missing_ok=True)  # a crash inside remove()
+        return count
+
+    def clear_incoming(self) -> int:
+        """Delete half-received files left by a crash; their senders never got Success (and
+        retrieves in progress, which their requesters will repeat)."""
+        count = 0
+        for path in [*self.incoming.iterdir(), *self.relay.iterdir()]:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
+
+    def recover(self) -> Iterator[RecoveredJob]:
+        """Every committed job with the destinations it already reached, oldest first."""
+        instances = {p.stem for p in self.jobs.glob("*.dcm")}
+        for header_path in sorted(self.jobs.glob("*.json")):
+            job_id = header_path.stem
+            if job_id.startswith("."):
+                continue
+            if job_id not in instances:
+                continue  # a commit in progress (or interrupted: remove_orphans cleans it)
+            try:
+                header = JobHeader.from_dict(json.loads(header_path.read_bytes()))
+            except (ValueError, ProtocolError) as exc:
+                log.error("spool: job %s has an unreadable header (%s); left in place", job_id, exc)
+                continue
+            done = frozenset(
+                d for d in header.destinations if self._marker_path(job_id, d).exists()
+            )
+            yield RecoveredJob(header, done)
+
+    def stage_replay(self, header: JobHeader, instance: Path) -> None:
+        """Put a job in the replay inbox; the broker moves it into jobs/ and queues it."""
+        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
+        write_atomically(self.replay / f"{header.job_id}.json", payload)
+        os.link(instance, self.replay / f"{header.job_id}.dcm")  # the instance last, as in commit
+        fsync_path(self.replay, directory=True)
+
+    def take_replays(self) -> list[JobHeader]:
+        """Move staged replays into jobs/ (header first, instance last) and return them."""
+        taken = []
+        for instance in sorted(self.replay.glob("*.dcm")):
+            job_id = instance.stem
+            header_path = self.replay / f"{job_id}.json"
+            try:
+                header = JobHeader.from_dict(json.loads(header_path.read_bytes()))
+            except (OSError, ValueError, ProtocolError) as exc:
+                log.error("replay %s has no usable header (%s); left in %s", job_id, exc,
+                          self.replay)
+                continue
+            os.replace(header_path, self._header_path(job_id))
+            os.replace(instance, self.instance_path(job_id))
+            taken.append(header)
+        if taken:
+            fsync_path(self.jobs, directory=True)
+        return taken
+
+    @contextlib.contextmanager
+    def dead_letter_lock(self) -> Iterator[None]:
+        """Serialises the broker's dead-lettering and an operator's purge/replay: otherwise a
+        purge could delete an instance that a new record is about to refer to."""
+        with open(self.root / "dead-letters.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def dead_letter(self, header: JobHeader, destination: str, record: dict[str, Any]) -> Path:
+        """Keep the instance and why it could not be delivered, for an operator to replay."""
+        instance = self.dead_letters / f"{header.job_id}.dcm"
+        body = {"job": header.to_dict(), "destination": destination, **record}
+        target = self.dead_letters / f"{header.job_id}.{destination}.json"
+        with self.dead_letter_lock():
+            if not instance.exists():
+                os.link(self.instance_path(header.job_id), instance)
+            write_atomically(target, json.dumps(body, indent=2).encode())
+            fsync_path(self.dead_letters, directory=True)
+        return target

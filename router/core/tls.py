@@ -1,0 +1,161 @@
+"""TLS contexts for the listener and for destinations (DICOM secure transport, TLS 1.2/1.3).
+
+Encrypted keys get their password from a file, an environment variable or a command, and
+always through `load_cert_chain(password=callable)`: without it OpenSSL prompts on the
+terminal and a container hangs. Every loading problem is a TLSConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+from router.core.config import ClientTLS, ListenerTLS, TLSBase
+from router.core.errors import RouterError
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TLSConfigError(RouterError):
+    """TLS material cannot be used; the message names the config key and the file."""
+
+
+def key_password(config: TLSBase, where: str) -> Callable[[], bytes] | None:
+    """A callable for load_cert_chain, or None for an unencrypted key."""
+    if config.key_password_file is not None:
+        path = config.key_password_file
+
+        def from_file() -> bytes:
+            try:
+                return path.read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                raise TLSConfigError(f"{where}.key_password_file: cannot read {path}: "
+                                     f"{exc.strerror}") from None
+        return from_file
+    if config.key_password_env is not None:
+        name = config.key_password_env
+
+        def from_env() -> bytes:
+            if name not in os.environ:
+                raise TLSConfigError(f"{where}.key_password_env: ${name} is not set")
+            return os.environ[name].encode()
+        return from_env
+    if config.key_password_command is not None:
+        command = config.key_password_command
+
+        def from_command() -> bytes:
+            try:
+                done = subprocess.run(command, capture_output=True, timeout=30, check=False,
+                                      stdin=subprocess.DEVNULL)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise TLSConfigError(f"{where}.key_password_command failed: {exc}") from None
+            if done.returncode != 0:
+                raise TLSConfigError(f"{where}.key_password_command exited with "
+                                     f"{done.returncode}") from None
+            return done.stdout.rstrip(b"\r\n")
+        return from_command
+    return None
+
+
+def _load_identity(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
+    if config.cert is None or config.key is None:
+        return
+    password = key_password(config, where)
+    try:
+        # A password callable even for plain keys: OpenSSL must never fall back to a prompt.
+        context.load_cert_chain(config.cert, config.key, password=password or (lambda: b""))
+    except FileNotFoundError as exc:
+        raise TLSConfigError(f"{where}: cannot read {exc.filename}") from None
+    except ssl.SSLError as exc:
+        hint = "wrong password, or not a key" if password else "encrypted key without a " \
+            "key_password_* source, or not a key"
+        raise TLSConfigError(f"{where}: cannot load key {config.key} with certificate "
+                             f"{config.cert} ({hint}: {exc.reason})") from None
+
+
+def _load_ca(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
+    if config.ca is None:
+        return
+    try:
+        context.load_verify_locations(cafile=config.ca)
+    except (FileNotFoundError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"{where}.ca: cannot load CA bundle {config.ca}: {exc}") from None
+
+
+def _harden(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
+    context.minimum_version = _VERSIONS[config.min_version]
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        context.set_ciphers(config.ciphers)
+    except ssl.SSLError:
+        raise TLSConfigError(f"{where}.ciphers: no cipher matches {config.ciphers!r}") from None
+
+
+def server_context(config: ListenerTLS, where: str = "listen.tls") -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(context, config, where)
+    _load_identity(context, config, where)
+    _load_ca(context, config, where)
+    context.verify_mode = ssl.CERT_REQUIRED if config.mode == "mtls" else ssl.CERT_NONE
+    return context
+
+
+def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server: SERVER_AUTH
+    _harden(context, config, where)
+    _load_ca(context, config, where)
+    _load_identity(context, config, where)
+    context.check_hostname = config.verify_hostname
+    return context
+
+
+# Bounded metric labels for handshake failures, from OpenSSL's reason codes.
+_REASONS = {
+    "CERTIFICATE_VERIFY_FAILED": "bad_certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown_ca",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad_certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate_expired",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_client_certificate",
+    "WRONG_VERSION_NUMBER": "not_tls",
+    "HTTP_REQUEST": "not_tls",
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
+    "NO_SHARED_CIPHER": "no_shared_cipher",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "handshake_failure",
+}
+
+
+def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | ssl.SSLZeroReturnError) or "timed out" in str(exc):
+        return "handshake_timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        message = (exc.verify_message or "").lower()
+        if "expired" in message:
+            return "certificate_expired"
+        if "unable to get local issuer" in message or "self-signed" in message \
+                or "self signed" in message:
+            return "unknown_ca"
+        return "bad_certificate"
+    if isinstance(exc, ssl.SSLError):
+        return _REASONS.get(exc.reason or "", "handshake_failed")
+    return "connection_lost"
+
+
+def peer_identities(cert: dict[str, Any] | None) -> list[str]:
+    """Subject common names and DNS/URI subject alternative names of a verified peer."""
+    if not cert:
+        return []
+    names = [value for rdn in cert.get("subject", ()) for key, value in rdn
+             if key == "commonName"]
+    names += [value for kind, value in cert.get("subjectAltName", ()) if kind in ("DNS", "URI")]
+    return names
+
+
+def subject_text(cert: dict[str, Any] | None) -> str | None:
+    if not cert:
+        return None
+    return ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)

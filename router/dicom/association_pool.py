@@ -1,0 +1,103 @@
+"""The associations one worker process holds open, shared by its delivery threads.
+
+A delivery takes an idle association to its destination (one that accepts the instance's SOP
+class and transfer syntax) before a new one is opened, so a destination that serves one
+association at a time is not asked for a second while the first one idles. An association
+nobody used for the destination's `idle_timeout` is released, so that the destination is
+free for the next association (the router's or another sender's). The broker keeps the
+matching account (router/broker/concurrency.py) and sends a destination's deliveries to the worker
+that holds its idle associations.
+
+An association is used by one thread at a time: taken out of the pool, given back after.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pynetdicom.association import Association
+
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+
+@dataclass
+class _Idle:
+    assoc: Association
+    since: float
+    idle_timeout: float
+
+
+class AssociationPool:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[_Idle]] = {}
+        self._in_use: Counter[str] = Counter()
+        # Every (SOP class, syntax) seen per destination, in order: a new association proposes
+        # them all (the latest MAX_CONTEXTS), so it serves what the others served.
+        self._contexts: dict[str, dict[tuple[str, str], None]] = {}
+
+    def contexts(self, name: str, add: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        with self._lock:
+            seen = self._contexts.setdefault(name, {})
+            for pair in add:
+                seen.pop(pair, None)
+                seen[pair] = None  # most recent last: kept when trimming to MAX_CONTEXTS
+            return list(seen)[-MAX_CONTEXTS:]
+
+    def take(self, name: str, accepts: Callable[[Association], bool]
+             ) -> tuple[Association | None, list[Association]]:
+        """An idle association to `name` that `accepts`, or None (then the caller opens one);
+        and the idle ones that do not accept, which the caller releases so that the new one
+        does not count against the destination's limit on top of them."""
+        with self._lock:
+            idle = self._idle.get(name, [])
+            found = next((i for i in reversed(idle) if i.assoc.is_established
+                          and accepts(i.assoc)), None)
+            self._in_use[name] += 1
+            if found is not None:
+                idle.remove(found)
+                return found.assoc, []
+            self._idle[name] = []
+            return None, [i.assoc for i in idle]
+
+    def give_back(self, name: str, assoc: Association | None, idle_timeout: float) -> None:
+        """The caller is done with the association it took (None: it has none any more)."""
+        with self._lock:
+            if self._in_use[name] > 0:
+                self._in_use[name] -= 1
+            if assoc is not None and assoc.is_established:
+                self._idle.setdefault(name, []).append(
+                    _Idle(assoc, time.monotonic(), idle_timeout))
+
+    def open_count(self, name: str) -> int:
+        """Associations to `name` this worker holds: in use by other threads, or idle."""
+        with self._lock:
+            return self._in_use[name] + len(self._idle.get(name, []))
+
+    def take_expired(self, now: float) -> list[Association]:
+        """Idle associations past their timeout, for the caller to release."""
+        expired: list[Association] = []
+        with self._lock:
+            for name, idle in self._idle.items():
+                keep = [i for i in idle if now - i.since <= i.idle_timeout
+                        and i.assoc.is_established]
+                expired += [i.assoc for i in idle if i not in keep]
+                self._idle[name] = keep
+        return expired
+
+    def take_all_idle(self) -> list[Association]:
+        """Every idle association (a config reload or the worker stopping)."""
+        with self._lock:
+            out = [i.assoc for idle in self._idle.values() for i in idle]
+            self._idle.clear()
+        return out
+
+
+def release_all(associations: list[Association]) -> None:
+    for assoc in associations:
+        if assoc.is_established:
+            assoc.release()

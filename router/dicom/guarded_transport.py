@@ -1,0 +1,314 @@
+"""Bounds on what one inbound connection can make the acceptor wait for, buffer or leave behind.
+
+pynetdicom trusts its peer: its DUL reads a PDU with a blocking recv() of whatever length the
+peer declares, keeps unfinished command sets and non-C-STORE datasets in memory without a
+limit, waits acse_timeout for an A-ASSOCIATE-RQ even from a connection that is already gone,
+and leaves a half-received C-STORE file behind when an association ends mid-transfer. Each of
+these lets one hostile or broken peer stall, bloat or fill the router (see
+tests/integration/test_fuzz_acceptor.py). The pieces here close those gaps through
+pynetdicom's own extension point, the server's request handler:
+
+- `GuardedSocket` reads each PDU against a deadline (acse_timeout until the A-ASSOCIATE-RQ is
+  in, network_timeout of silence after) and refuses declared lengths past the limits;
+- `MessageGuard` bounds the command set and the in-memory dataset of each DIMSE message;
+- `GuardedRequestHandler` runs the association to its end in the connection's thread and then
+  settles what pynetdicom may not have: counters and partial files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from router.core import metrics
+from router.dicom.relay_association import RouterAssociation
+
+log = logging.getLogger(__name__)
+
+A_ASSOCIATE_RQ = 0x01
+P_DATA_TF = 0x04
+MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What one inbound connection may send before the acceptor gives up on it."""
+
+    acse_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
+    network_timeout: float  # longest silence in the middle of a PDU once associated
+    max_pdu: int  # the Maximum Length the router advertised for P-DATA-TF
+    max_other_pdu: int = 256 * 1024  # A-ASSOCIATE-RQ (user identity included) and the rest
+    max_message_bytes: int = 8 * 1024 * 1024  # a dataset held in memory (not a C-STORE's)
+    max_dataset_bytes: int | None = None  # a C-STORE dataset on disk; past it, not written
+
+    def pdu_limit(self, pdu_type: int) -> int:
+        # Tolerant of peers that count the PDV headers in, still bounded.
+        return 2 * self.max_pdu if pdu_type == P_DATA_TF else self.max_other_pdu
+
+
+class ConnectionRefused(Exception):
+    """The acceptor gives up on a connection; the message says why, for the operator, and
+    `reason` is the metric label."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class GuardedSocket(AssociationSocket):
+    """An accepted connection whose reads are bounded in length and in time.
+
+    pynetdicom's DUL reads a 6-byte PDU header, then the body of the length it declares.
+    A read that cannot complete returns short, which the DUL handles as a closed
+    connection (Evt17): no exception and no traceback for routine network trouble.
+    """
+
+    def __init__(self, assoc: Association, client_socket: Any, limits: ReadLimits) -> None:
+        super().__init__(assoc, client_socket=client_socket)
+        self.limits = limits
+        self._connected_at = time.monotonic()
+        self._associated = False  # a whole A-ASSOCIATE-RQ has been read
+        self._expect_header = True
+        self._pdu_type = 0
+        self._woken = False
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        try:
+            if self._expect_header:
+                return self._recv_header(nr_bytes)
+            return self._recv_body(nr_bytes)
+        except ConnectionRefused as exc:
+            log.warning("closing connection from %s: %s", self._peer(), exc)
+            metrics.CONNECTIONS_DROPPED.labels(exc.reason).inc()
+        except OSError:
+            pass  # reset or closed by the peer: the DUL sees a short read
+        self._wake_acceptor()
+        return bytearray()
+
+    def close(self) -> None:
+        super().close()
+        self._wake_acceptor()
+
+    def _recv_header(self, nr_bytes: int) -> bytearray:
+        data = self._read(nr_bytes)
+        if len(data) == 6:
+            pdu_type, _, length = struct.unpack(">BBL", data)
+            limit = self.limits.pdu_limit(pdu_type)
+            if length > limit:
+                raise ConnectionRefused(
+                    f"PDU type 0x{pdu_type:02X} declares {length} bytes, more than the "
+                    f"{limit} the router accepts", "pdu_too_large"
+                )
+            self._pdu_type, self._expect_header = pdu_type, False
+        elif not self._associated:
+            self._wake_acceptor()
+        return data
+
+    def _recv_body(self, nr_bytes: int) -> bytearray:
+        data = self._read(nr_bytes)
+        if len(data) == nr_bytes:
+            self._expect_header = True
+            if self._pdu_type == A_ASSOCIATE_RQ:
+                self._associated = True
+        else:
+            self._wake_acceptor()
+        return data
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """Read exactly nr_bytes unless the peer closes first; bounded by the deadlines."""
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        got = 0
+        with memoryview(buffer) as view:
+            while got < nr_bytes:
+                self.socket.settimeout(self._time_left())
+                try:
+                    count = self.socket.recv_into(view[got:], nr_bytes - got)
+                except TimeoutError:
+                    raise self._stalled(got, nr_bytes) from None
+                if count == 0:
+                    break
+                got += count
+        del buffer[got:]
+        return buffer
+
+    def _time_left(self) -> float:
+        if self._associated:
+            return self.limits.network_timeout
+        left = self._connected_at + self.limits.acse_timeout - time.monotonic()
+        if left <= 0:
+            raise self._stalled(0, 0)
+        return left
+
+    def _stalled(self, got: int, wanted: int) -> ConnectionRefused:
+        if not self._associated:
+            return ConnectionRefused(f"no complete A-ASSOCIATE-RQ within acse_timeout "
+                                     f"({self.limits.acse_timeout:g}s)", "acse_timeout")
+        return ConnectionRefused(
+            f"silent for network_timeout ({self.limits.network_timeout:g}s) in the middle of a "
+            f"PDU ({got} of {wanted} bytes)", "network_timeout")
+
+    def _wake_acceptor(self) -> None:
+        """A connection that ends before its A-ASSOCIATE-RQ is complete frees its slot now.
+
+        pynetdicom's acceptor thread otherwise waits acse_timeout for a request that cannot
+        come, counted in max_associations all the while. None in the queue is what its own
+        timeout returns: it closes the connection and ends.
+        """
+        if not self._associated and not self._woken:
+            self._woken = True
+            self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+
+    def _peer(self) -> str:
+        return str(self.assoc.requestor.address or "?")
+
+
+class MessageGuard:
+    """Bounds each DIMSE message pynetdicom assembles in memory; wraps dimse.receive_primitive.
+
+    A C-STORE's dataset goes to a file (chunked receive): past `max_dataset_bytes` the rest is
+    not written, and the association is marked (`router_dataset_truncated`) so that the store
+    handler answers 0xC003 instead of keeping a cut file. Every other dataset (C-FIND
+    identifiers, N-service datasets, a C-ECHO that claims one) is held in memory by pynetdicom
+    until its last fragment, as is every command set: those are bounded here.
+    """
+
+    def __init__(self, assoc: Association, limits: ReadLimits) -> None:
+        self.assoc = assoc
+        self.dimse = assoc.dimse
+        self.receive = assoc.dimse.receive_primitive
+        self.limits = limits
+        self.command_bytes = 0
+        self.dataset_bytes = 0
+        self.file_bytes = 0
+        self.refused = False
+
+    def __call__(self, primitive: Any) -> None:
+        if self.refused:
+            return  # the association is being aborted; nothing more is assembled
+        message = self.dimse.message
+        to_file = getattr(message, "_data_set_file", None) is not None
+        arrived = 0
+        for _, data in primitive.presentation_data_value_list:
+            if data and data[0] & 1:
+                self.command_bytes += len(data) - 1
+            elif to_file:
+                self.file_bytes += len(data) - 1
+                arrived += len(data) - 1
+            else:
+                self.dataset_bytes += len(data) - 1
+                arrived += len(data) - 1
+        progress = getattr(self.assoc, "router_progress", None)
+        if progress is not None and arrived > 0:
+            progress.add(arrived)
+        problem = self._problem()
+        if problem is not None:
+            self._refuse(problem)
+            return
+        limit = self.limits.max_dataset_bytes
+        if to_file and limit is not None and self.file_bytes > limit:
+            self._truncate(primitive)
+        self.receive(primitive)
+        if self.dimse.message is None:  # complete: the next message starts from zero
+            self.command_bytes = self.dataset_bytes = self.file_bytes = 0
+            if progress is not None:
+                progress.message_done()
+
+    def _truncate(self, primitive: Any) -> None:
+        """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
+        self.assoc.router_dataset_truncated = True  # type: ignore[attr-defined]
+        primitive.presentation_data_value_list = [  # its setter wants [id, bytes] lists
+            [context, data if not data or data[0] & 1 else data[:1]]
+            for context, data in primitive.presentation_data_value_list
+        ]
+
+    def _problem(self) -> str | None:
+        if self.command_bytes > MAX_COMMAND_SET_BYTES:
+            return f"a command set longer than {MAX_COMMAND_SET_BYTES} bytes"
+        if self.dataset_bytes > self.limits.max_message_bytes:
+            return (f"a dataset held in memory longer than listen.max_message_bytes "
+                    f"({self.limits.max_message_bytes})")
+        return None
+
+    def _refuse(self, problem: str) -> None:
+        self.refused = True
+        log.warning("aborting the association from %s (%s): it sent %s",
+                    self.assoc.requestor.ae_title, self.assoc.requestor.address, problem)
+        metrics.CONNECTIONS_DROPPED.labels("message_too_large").inc()
+        discard_partial_message(self.assoc)
+        # Evt19 (invalid PDU): the state machine sends an A-ABORT and closes (AA-8).
+        self.assoc.dul.event_queue.put("Evt19")
+
+
+def discard_partial_message(assoc: Association) -> None:
+    """Remove the temp file of a C-STORE whose association ended before it was complete."""
+    message = assoc.dimse.message
+    handle = getattr(message, "_data_set_file", None)
+    path: Path | None = getattr(message, "_data_set_path", None)
+    if handle is not None:
+        with contextlib.suppress(OSError):
+            handle.close()
+    if path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+Finished = Callable[[Association], None]
+
+
+class GuardedRequestHandler(RequestHandler):
+    """pynetdicom's request handler with the guards in place, running the association in the
+    connection's own thread (the server's) so that its end is seen whatever way it ends."""
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        try:
+            assoc.join()  # this connection thread waits for its association's end
+        finally:
+            discard_partial_message(assoc)
+            on_finished: Finished | None = getattr(self.server, "on_finished", None)
+            if on_finished is not None:
+                on_finished(assoc)
+
+    def _create_association(self) -> Association:
+        """As pynetdicom's, with a GuardedSocket and a MessageGuard."""
+        limits: ReadLimits = self.server.limits  # type: ignore[attr-defined]
+        assoc = RouterAssociation(self.ae, "acceptor")
+        assoc.router_relay = getattr(self.server, "relay", None)
+        assoc._server = self.server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        assoc.set_socket(GuardedSocket(assoc, self.request, limits))
+        assoc.dimse.receive_primitive = MessageGuard(assoc, limits)  # type: ignore[method-assign]
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = self.server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        assoc.requestor.address_info = self.remote
+        _bind_handlers(assoc, self.server._handlers)
+        return assoc
+
+
+def _bind_handlers(assoc: Association, handlers: dict[Any, Any]) -> None:
+    for event, bound in handlers.items():
+        if event.is_intervention and bound:
+            assoc.bind(event, *bound)
+        elif isinstance(event, evt.NotificationEvent):
+            for handler, args in bound:
+                assoc.bind(event, handler, args)
+

@@ -1,0 +1,108 @@
+"""TLS on the listener, with the handshake in each connection's own thread and a deadline.
+
+pynetdicom's server does the handshake inside its accept loop, with no timeout: one client
+that connects and never speaks TLS stalls every association behind it. Here the server
+accepts plain sockets and each connection thread wraps its own, bounded by
+`handshake_timeout`. The context sits in a holder so SIGHUP can swap in reloaded
+certificates without touching live associations.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import AE
+from pynetdicom.transport import ThreadedAssociationServer
+
+from router.core import metrics
+from router.core.config import ListenerTLS
+from router.core.tls import TLSConfigError, failure_reason, server_context
+from router.dicom.guarded_transport import Finished, GuardedRequestHandler, ReadLimits
+
+log = logging.getLogger(__name__)
+
+FailureHook = Callable[[str, str], None]  # (reason, peer address)
+
+
+class TLSListener:
+    def __init__(self, config: ListenerTLS, on_failure: FailureHook | None = None) -> None:
+        self.config = config
+        self.context = server_context(config)
+        self.on_failure = on_failure
+        self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        """Load the certificate, key and CA files again; keep the old context if they fail."""
+        try:
+            context = server_context(self.config)
+        except TLSConfigError as exc:
+            log.error("TLS reload refused, the previous certificates stay in use: %s", exc)
+            return False
+        with self._lock:
+            self.context = context
+        log.info("TLS certificates reloaded; live associations keep their sessions")
+        return True
+
+    def handshake(self, sock: socket.socket, address: Any) -> ssl.SSLSocket | None:
+        """Wrap one accepted connection; None (connection closed) if the handshake fails."""
+        with self._lock:
+            context = self.context
+        sock.settimeout(self.config.handshake_timeout)
+        try:
+            tls = context.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as exc:
+            reason = failure_reason(exc)
+            metrics.TLS_FAILURES.labels(reason).inc()
+            peer = address[0] if isinstance(address, tuple) else str(address)
+            log.warning("TLS handshake from %s failed: %s", peer, reason)
+            if self.on_failure is not None:
+                self.on_failure(reason, peer)
+            sock.close()
+            return None
+        tls.settimeout(None)  # from here on pynetdicom's own timeouts apply
+        return tls
+
+
+class RouterAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the acceptor's guards (router.guarded_transport);
+    with `tls` set, each connection thread does its own handshake before the association
+    starts."""
+
+    tls: TLSListener | None = None
+    limits: ReadLimits
+    on_finished: Finished | None = None
+    relay: Any = None  # router.relay_server.RelayServer, set by the acceptor
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is not None:
+            request = self.tls.handshake(request, client_address)
+            if request is None:
+                return
+        super().finish_request(request, client_address)
+
+
+def start_server(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    tls: TLSListener | None,
+    limits: ReadLimits,
+    on_finished: Finished | None = None,
+) -> RouterAssociationServer:
+    """Like AE.start_server(block=False), with the TLS hook and the guards in place before
+    the first accept."""
+    server = ae.make_server(address, evt_handlers=handlers, server_class=RouterAssociationServer,
+                            request_handler=GuardedRequestHandler)
+    assert isinstance(server, RouterAssociationServer)
+    server.tls = tls
+    server.limits = limits
+    server.on_finished = on_finished
+    ae._servers.append(server)  # so that server.shutdown() finds itself, as pynetdicom expects
+    thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True)
+    thread.start()
+    return server

@@ -1,0 +1,83 @@
+"""The acceptor's side of one relayed request: a socket of its own to the broker, the
+request out, answers in as they come, C-CANCEL and acknowledgements back, with a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import zmq
+
+from router.core.errors import ProtocolError, RouterError
+from router.core.messages import (
+    Message,
+    RelayAck,
+    RelayCancel,
+    RelayRequest,
+    RelayResponse,
+    RelayStore,
+    decode,
+    encode,
+)
+
+POLL_SECONDS = 0.1  # how often a waiting relay looks at C-CANCEL and the requester
+
+
+class RelayTimeout(RouterError):
+    """No answer from the worker within request_timeout: the requester gets a failure."""
+
+
+Answer = tuple[RelayResponse | RelayStore, bytes | None]
+
+
+class RelayCall:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                 request: RelayRequest, payload: bytes | None, timeout: float) -> None:
+        self.request = request
+        self.timeout = timeout
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self._send(request, payload)
+        self.cancelled = False
+        self.last_heard = time.monotonic()
+
+    def _send(self, message: Message, payload: bytes | None = None) -> None:
+        self.sock.send_multipart([encode(message), *([payload] if payload else [])])
+
+    def poll(self, cancelled: Callable[[], bool], wait: float = POLL_SECONDS) -> Answer | None:
+        """The next answer if one comes within `wait`; None otherwise. Sends C-CANCEL once
+        `cancelled()` turns true; raises RelayTimeout after `timeout` of silence."""
+        if not self.cancelled and cancelled():
+            self.cancel()
+        if self.sock.poll(int(wait * 1000)):
+            frames = self.sock.recv_multipart()
+            self.last_heard = time.monotonic()
+            try:
+                message = decode(frames[0])
+            except ProtocolError:
+                return None
+            if isinstance(message, RelayResponse | RelayStore) and \
+                    message.request_id == self.request.request_id:
+                return message, frames[1] if len(frames) > 1 else None
+            return None
+        if time.monotonic() - self.last_heard > self.timeout:
+            raise RelayTimeout(f"no answer from the router's worker within {self.timeout:.0f}s")
+        return None
+
+    def next(self, cancelled: Callable[[], bool]) -> Answer:
+        while True:
+            answer = self.poll(cancelled)
+            if answer is not None:
+                return answer
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._send(RelayCancel(self.request.request_id))
+
+    def ack(self) -> None:
+        self._send(RelayAck(self.request.request_id))
+
+    def close(self) -> None:
+        self.sock.close()

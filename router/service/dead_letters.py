@@ -1,0 +1,142 @@
+"""Dead letters as an operator sees them: list, show, replay and purge, with filters.
+
+A dead letter is `<spool>/dead-letters/<job>.<destination>.json` (why it failed) beside
+`<job>.dcm` (the instance, kept until no record refers to it). Replay stages a new job in
+the spool's replay inbox, which the running broker (or the next start) queues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.core.errors import RouterError
+from router.core.messages import JobHeader
+from router.core.spool import Spool, new_job_id
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_JOB_ID = re.compile(r"[0-9a-f]{8,64}")  # router.spool.new_job_id: hex digits
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """'90s', '10m', '2h', '7d' -> seconds."""
+    match = _AGE.fullmatch(text.strip())
+    if match is None:
+        raise RouterError(f"{text!r} is not an age: use a number and s, m, h or d (e.g. 2h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record_path: Path
+    job: JobHeader
+    destination: str
+    reason: str
+    detail: str
+    attempts: int
+    failed_at: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.job.job_id}.{self.destination}"
+
+    @property
+    def instance_path(self) -> Path:
+        return self.record_path.with_name(f"{self.job.job_id}.dcm")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "destination": self.destination, "reason": self.reason,
+                "detail": self.detail, "attempts": self.attempts, "failed_at": self.failed_at,
+                "instance": str(self.instance_path), "job": self.job.to_dict()}
+
+
+@dataclass(frozen=True)
+class Filter:
+    destination: str | None = None
+    reason: str | None = None
+    older_than: float | None = None  # seconds
+    newer_than: float | None = None
+
+    def matches(self, letter: DeadLetter, now: float) -> bool:
+        age = now - letter.failed_at
+        return ((self.destination is None or letter.destination == self.destination)
+                and (self.reason is None or letter.reason == self.reason)
+                and (self.older_than is None or age >= self.older_than)
+                and (self.newer_than is None or age <= self.newer_than))
+
+
+def _load(path: Path) -> DeadLetter:
+    body = json.loads(path.read_bytes())
+    return DeadLetter(path, JobHeader.from_dict(body["job"]), body["destination"],
+                      body["reason"], body.get("detail", ""), int(body.get("attempts", 0)),
+                      float(body.get("failed_at", path.stat().st_mtime)))
+
+
+def find(spool: Spool, selection: Filter = Filter()) -> list[DeadLetter]:
+    """Dead letters matching `selection`, oldest first."""
+    now = time.time()
+    letters = [_load(p) for p in sorted(spool.dead_letters.glob("*.json"))
+               if not p.name.startswith(".")]
+    return sorted((d for d in letters if selection.matches(d, now)), key=lambda d: d.failed_at)
+
+
+def get(spool: Spool, letter_id: str) -> DeadLetter:
+    path = spool.dead_letters / f"{letter_id}.json"
+    if "/" in letter_id or not path.is_file():
+        raise RouterError(f"no dead letter {letter_id!r}; `dicom-router dead-letters list` "
+                          "shows their ids")
+    return _load(path)
+
+
+def lookup(spool: Spool, text: str) -> list[DeadLetter]:
+    """Dead letters as an operator names them: an id from `list` (`<job>.<destination>`), a
+    job id as the log prints it (every destination's dead letter of that job), or the record's
+    file name or path as the log prints it (only inside the spool's dead-letters folder)."""
+    name = text.strip()
+    if "/" in name:
+        path = Path(name).resolve()
+        if path.parent != spool.dead_letters.resolve():
+            raise RouterError(f"{text!r} is not in {spool.dead_letters}; "
+                              "`dicom-router dead-letters list` shows the ids")
+        name = path.name
+    name = name.removesuffix(".json")
+    if (spool.dead_letters / f"{name}.json").is_file() and not name.startswith("."):
+        return [get(spool, name)]
+    if _JOB_ID.fullmatch(name):
+        letters = [_load(p) for p in sorted(spool.dead_letters.glob(f"{name}.*.json"))]
+        if letters:
+            return letters
+    raise RouterError(f"no dead letter {text!r}; `dicom-router dead-letters list` shows their "
+                      "ids")
+
+
+def _forget(letter: DeadLetter) -> None:
+    """Remove the record, and the instance once no record refers to it (under the lock)."""
+    letter.record_path.unlink(missing_ok=True)
+    others = list(letter.record_path.parent.glob(f"{letter.job.job_id}.*.json"))
+    if not others:
+        letter.instance_path.unlink(missing_ok=True)
+
+
+def replay(spool: Spool, letter: DeadLetter, to: str | None = None) -> JobHeader:
+    """Send a dead letter again, to its destination or to `to`; the record is removed."""
+    job = dataclasses.replace(letter.job, job_id=new_job_id(),
+                              destinations=(to or letter.destination,))
+    with spool.dead_letter_lock():
+        if not letter.instance_path.exists():
+            raise RouterError(f"dead letter {letter.id} has lost its instance "
+                              f"{letter.instance_path}; purge it")
+        spool.stage_replay(job, letter.instance_path)
+        _forget(letter)
+    return job
+
+
+def purge(spool: Spool, letter: DeadLetter) -> None:
+    with spool.dead_letter_lock():
+        _forget(letter)

@@ -1,0 +1,347 @@
+"""The supervisor: spawns the broker, the workers and the acceptor, restarts whichever dies,
+serves /metrics, /healthz and /readyz, and stops them all in order on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from prometheus_client import multiprocess
+
+from router.acceptor.admission import AcceptorState
+from router.audit.trail import AuditTrail
+from router.core import metrics
+from router.core.config import RouterConfig, load_config
+from router.core.errors import RouterError
+from router.core.reload import plan as reload_plan
+from router.core.reload import save as save_for_children
+from router.core.runtime import Runtime
+from router.core.spool import Spool
+from router.core.status_snapshots import read_snapshots
+from router.core.tls import client_context, server_context
+from router.service.http_endpoint import HttpEndpoint
+from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe, is_bind_failure
+
+log = logging.getLogger(__name__)
+
+# A process that dies faster than this after its start is crash-looping: back off.
+MIN_UPTIME_SECONDS = 5.0
+MAX_RESTART_DELAY = 30.0
+
+
+def run_child(entry: str, *args: Any) -> None:
+    """Every spawned process starts here and imports its own module ("module:function").
+
+    The supervisor itself then never imports pynetdicom or pydicom (tens of MB per process);
+    the broker does not either.
+    """
+    # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    module, function = entry.split(":")
+    try:
+        getattr(importlib.import_module(module), function)(*args)
+    except OSError as exc:
+        if not is_bind_failure(exc):
+            raise
+        # Restarting would fail the same way: the supervisor stops the router (EXIT_CANNOT_BIND).
+        logging.getLogger(module).error("cannot bind a listening socket: %s", exc)
+        sys.exit(EXIT_CANNOT_BIND)
+
+
+@dataclass
+class Child:
+    name: str
+    entry: str  # "module:function", run in the child by run_child
+    args: tuple[Any, ...]
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    restart_delay: float = 0.0
+    not_before: float = 0.0
+    restarts: int = field(default=0)
+
+
+class Supervisor:
+    def __init__(self, config: RouterConfig, runtime: Runtime,
+                 config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path  # None: the built-in default, nothing to reload
+        self.runtime = runtime
+        self.started_at = time.time()
+        self.reload_requested = threading.Event()
+        self.generation = 0  # of the config handed to the children (router/core/reload.py)
+        self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
+        self.stopping = threading.Event()
+        # Written by the acceptor (AcceptorState codes): whether it takes work, and why not.
+        self.acceptor_state = self.mp.Value("i", AcceptorState.STARTING, lock=False)
+        # Order matters: the broker first (others connect to it), the acceptor last.
+        self.children = [
+            Child("broker", "router.broker.main:main", (config, runtime)),
+            *[Child(f"worker-{i}", "workers.main:main", (config, runtime, i))
+              for i in range(config.workers)],
+            Child("acceptor", "router.acceptor.main:main", (config, runtime, self.acceptor_state)),
+        ]
+        self.http: HttpEndpoint | None = None
+        self.fatal: str | None = None  # why the router stops by itself (exit 1)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "draining: not accepting work"
+        down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
+        if down:
+            return False, f"not running: {', '.join(down)}"
+        state = int(self.acceptor_state.value)
+        return state == AcceptorState.ACCEPTING, AcceptorState.MESSAGES[state]
+
+    def status(self) -> dict[str, Any]:
+        """GET /status: the processes, readiness and the children's live snapshots."""
+        ok, why = self.ready()
+        return {
+            "version": _version(),
+            "ae_title": self.config.ae_title,
+            "listen": f"{self.config.listen.host}:{self.config.listen.port}",
+            "started_at": self.started_at,
+            "ready": ok,
+            "ready_reason": why,
+            "config": {"path": str(self.config_path) if self.config_path else None},
+            "processes": [
+                {"name": c.name, "pid": c.process.pid if c.process else None,
+                 "alive": bool(c.process and c.process.is_alive()), "restarts": c.restarts}
+                for c in self.children
+            ],
+            **read_snapshots(self.runtime.status_dir),
+        }
+
+    def _start(self, child: Child) -> None:
+        process = self.mp.Process(target=run_child, args=(child.entry, *child.args),
+                                  name=child.name)
+        process.start()
+        child.process, child.started_at = process, time.monotonic()
+        log.info("started %s (pid %s)", child.name, process.pid)
+
+    def _reap(self, child: Child, now: float) -> None:
+        process = child.process
+        if process is None or process.is_alive():
+            if child.process is None and now >= child.not_before:
+                self._start(child)
+            return
+        code = process.exitcode
+        multiprocess.mark_process_dead(process.pid)
+        if code == EXIT_CANNOT_BIND:
+            self._cannot_bind(child)  # no restart: it would fail the same way
+            return
+        if child.name == "acceptor":
+            self.acceptor_state.value = AcceptorState.STARTING  # died: not accepting any more
+        child.process = None
+        quick = now - child.started_at < MIN_UPTIME_SECONDS
+        child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
+            else 0.0
+        child.not_before = now + child.restart_delay
+        child.restarts += 1
+        metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
+        log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
+                  child.name, process.pid, code, child.restart_delay)
+
+    def _cannot_bind(self, child: Child) -> None:
+        listen = self.config.listen
+        address = describe(listen.host, listen.port) if child.name == "acceptor" else "its address"
+        self.fatal = f"{child.name} cannot listen on {address}"
+        log.error("%s cannot listen on %s (see its message above): a port that cannot be bound "
+                  "is a configuration error; stopping the router", child.name, address)
+        self.stopping.set()
+
+    def check_ports(self) -> None:
+        """Bind the DICOM and the HTTP ports once before spawning anything."""
+        listen, http = self.config.listen, self.config.metrics
+        check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
+        if http.enabled and http.port:
+            check_bindable(http.host, http.port, "metrics and health (HTTP)",
+                           "metrics.host/metrics.port")
+
+    def check_tls(self) -> None:
+        """Load every TLS context once before starting: a wrong password or a missing file is
+        a clear startup error, not a crash loop of a child process."""
+        self._check_tls(self.config)
+
+    @staticmethod
+    def _check_tls(config: RouterConfig) -> None:
+        if config.listen.tls.mode != "off":
+            server_context(config.listen.tls)
+        for name, dest in config.destinations.items():
+            tls = getattr(dest, "tls", None)
+            if tls is not None and tls.mode != "off":
+                client_context(tls, f"destinations.{name}.tls")
+
+    def run(self) -> int:
+        self.check_tls()
+        self.check_ports()
+        spool = Spool(self.config.spool.path).create()
+        leftovers = spool.clear_incoming() + spool.remove_orphans()
+        if leftovers:
+            log.warning("removed %d half-received files from an earlier run", leftovers)
+        metrics.BUILD_INFO.labels(_version()).set(1)
+        if self.config.metrics.enabled:
+            m = self.config.metrics
+            try:
+                self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
+                                         self.ready, self.status)
+            except OSError as exc:  # taken since check_ports
+                raise RouterError(f"cannot listen for metrics and health (HTTP) on "
+                                  f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
+                                  f"{exc.strerror}") from None
+            self.http.start()
+        audit = AuditTrail(self.config.audit, self.config.ae_title) \
+            if self.config.audit.enabled else None
+        for child in self.children:
+            self._start(child)
+        self._install_signals()
+        if audit is not None:
+            audit.application_started()
+        metrics.CONFIG_RELOADED_AT.set(time.time())
+        while not self.stopping.wait(0.5):
+            now = time.monotonic()
+            for child in self.children:
+                self._reap(child, now)
+            metrics.READY.set(1 if self.ready()[0] else 0)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+        self._stop_children()
+        if audit is not None:
+            audit.application_stopped()
+            audit.close()
+        if self.http:
+            self.http.stop()
+        if self.fatal is not None:
+            log.error("router stopped: %s", self.fatal)
+            return 1
+        log.info("router stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.reload_requested.set()  # the main loop reloads: never block in a handler
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    # --- config reload (SIGHUP) -------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Validate the config file again and hand it to the children; refuse a bad one whole.
+
+        Every SIGHUP also reloads TLS certificates and keys, whatever happens to the config.
+        """
+        if self.config_path is None:
+            log.info("SIGHUP: reloading TLS material (the built-in default config has no file)")
+            self._hup_children()
+            return
+        try:
+            new = load_config(self.config_path)
+            self._check_tls(new)
+            steps = reload_plan(self.config, new)
+        except RouterError as exc:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
+            log.error("config reload refused; the running config stays in force: %s", exc)
+            self._hup_children()
+            return
+        if not steps.changed:
+            metrics.CONFIG_RELOADS.labels("unchanged").inc()
+            log.info("SIGHUP: %s is unchanged; reloading TLS material", self.config_path)
+            self._hup_children()
+            return
+        self.generation += 1
+        save_for_children(new, self.runtime.directory, self.generation)
+        self.config = new
+        for child in self.children:
+            child.args = (new, *child.args[1:])  # a later restart starts with the new config
+        # Broker, then workers, then acceptor: no job is routed to a destination the broker
+        # and the workers do not know yet.
+        self._hup_children("broker")
+        self._await_broker_generation()
+        if steps.pipeline:
+            self._restart_workers()  # they start with the new config and fresh TLS material
+            self._hup_children("acceptor")
+        else:
+            self._hup_children("worker-", "acceptor")
+        metrics.CONFIG_RELOADS.labels("applied").inc()
+        metrics.CONFIG_RELOADED_AT.set(time.time())
+        log.info("config reloaded from %s; changed: %s", self.config_path,
+                 ", ".join(steps.changed))
+
+    def _hup_children(self, *names: str) -> None:
+        """SIGHUP the children whose names start with one of `names` (all without)."""
+        for child in self.children:
+            if names and not child.name.startswith(names):
+                continue
+            if child.process is not None and child.process.pid and child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGHUP)
+
+    def _await_broker_generation(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+            if broker.get("config_generation") == self.generation:
+                return
+            time.sleep(0.1)
+        log.warning("the broker did not confirm the reloaded config within %.0fs; applying it "
+                    "to the other processes anyway (a job for a new destination may become a "
+                    "dead letter you can replay)", timeout)
+
+    def _restart_workers(self) -> None:
+        """One at a time, so deliveries go on: each finishes what it holds, then restarts."""
+        grace = self.config.listen.dimse_timeout + 5
+        for child in [c for c in self.children if c.name.startswith("worker-")]:
+            process = child.process
+            if process is None:
+                continue
+            process.terminate()
+            process.join(grace)
+            if process.is_alive():
+                log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+                process.kill()
+                process.join(5)
+            multiprocess.mark_process_dead(process.pid)
+            self._start(child)
+
+    def _stop_children(self) -> None:
+        """Acceptor first (no new work), then workers (finish what they hold), broker last."""
+        grace = self.config.drain_grace + self.config.listen.dimse_timeout + 5
+        for group in (["acceptor"], [c.name for c in self.children if c.name.startswith("w")],
+                      ["broker"]):
+            members = [c for c in self.children if c.name in group and c.process is not None]
+            for child in members:
+                assert child.process is not None
+                if child.process.is_alive():
+                    child.process.terminate()  # SIGTERM: each process stops in its own way
+            for child in members:
+                assert child.process is not None
+                child.process.join(grace)
+                if child.process.is_alive():
+                    log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+                    child.process.kill()
+                    child.process.join(5)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dicom-router")
+    except PackageNotFoundError:
+        return "unknown"

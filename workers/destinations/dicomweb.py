@@ -1,0 +1,337 @@
+"""DICOMweb destination: STOW-RS the spooled Part 10 file as is, one instance per request.
+
+dicomweb-client's ``store_instances`` only takes pydicom Datasets, writes each again with
+``dcmwrite`` and holds the whole multipart message in memory. The router sends what it
+received, unchanged and never decoded (as the DICOM destination does), so this module builds
+the ``multipart/related; type="application/dicom"`` request itself and streams it from the
+spooled file with a Content-Length, over the requests Session it gave the DICOMwebClient.
+The client checks the URL and owns the session (with its retries off: the broker retries);
+nothing here parses the instance: the UIDs come from the job header.
+
+How answers become results (PS3.18 10.5.3):
+
+| answer | result |
+| --- | --- |
+| connection refused, reset, timed out | `connection`, transient (the destination pauses) |
+| TLS failure (certificate not trusted, handshake) | `tls`, transient (pauses) |
+| 401, 403 | `rejected`, permanent: "authentication failed: check ..." |
+| 408, 429, 5xx | `status`, transient |
+| 3xx, 409 and other 4xx | `status`, permanent, with the FailureReason when listed |
+| 2xx listing the instance in FailedSOPSequence | `status`, transient for 0xA7xx, 0x0110, ... |
+| 2xx listing it in ReferencedSOPSequence (with or without WarningReason), or no body | delivered |
+
+A password or token is read from its environment variable or file at each request (a rotated
+token is picked up); one that cannot be read is a transient `rejected`: the destination
+pauses until an operator fixes it, and nothing is turned into a dead letter meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import ssl
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Protocol
+
+import requests
+from dicomweb_client import DICOMwebClient
+from requests.auth import AuthBase, HTTPBasicAuth
+
+from router.core.dimse_status import is_transient_failure
+from router.core.errors import DeliveryError
+from router.core.messages import JobHeader
+from router.core.tls import failure_reason
+
+log = logging.getLogger(__name__)
+
+_FAILED_SOP_SEQUENCE = "00081198"
+_REFERENCED_SOP_SEQUENCE = "00081199"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_FAILURE_REASON = "00081197"
+_WARNING_REASON = "00081196"
+_READ_BLOCK = 1 << 20
+_POOL_PREFIX = re.compile(r"^HTTPS?Connection(Pool)?\([^)]*\): ")
+
+
+class DicomWebSettings(Protocol):
+    """What the destination reads from its config (router.dicomweb_spec.DicomWebFields)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def auth(self) -> Literal["none", "basic", "bearer"]: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def token_env(self) -> str | None: ...
+    @property
+    def token_file(self) -> Path | None: ...
+    @property
+    def ca(self) -> Path | None: ...
+    @property
+    def verify_tls(self) -> bool: ...
+    @property
+    def timeout(self) -> float: ...
+
+
+# --- the request body --------------------------------------------------------------------------
+
+
+class MultipartBody:
+    """One ``application/dicom`` part in a multipart/related body, read from an open file.
+
+    requests sends it with a Content-Length (``__len__``) and reads it in blocks (``read``):
+    the file is never held in memory whole.
+    """
+
+    def __init__(self, fp: BinaryIO, size: int, boundary: str) -> None:
+        self._head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+        self._tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+        self._length = len(self._head) + size + len(self._tail)
+        self._chunks = self._generate(fp)
+        self._pending = b""
+
+    def _generate(self, fp: BinaryIO) -> Iterator[bytes]:
+        yield self._head
+        while block := fp.read(_READ_BLOCK):
+            yield block
+        yield self._tail
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            out, self._pending = self._pending + b"".join(self._chunks), b""
+            return out
+        while len(self._pending) < size:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                break
+            self._pending += chunk
+        out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+
+def read_secret(env: str | None, file: Path | None, what: str) -> str:
+    """The secret from its environment variable or file; DeliveryError when there is none."""
+    if env is not None:
+        value = os.environ.get(env, "")
+        where = f"environment variable {env}"
+    else:
+        assert file is not None, "the config guarantees one source"
+        where = f"file {file}"
+        try:
+            value = file.read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeliveryError("rejected", f"cannot read the {what} from {where}: {exc}",
+                                transient=True) from exc
+    if not value:
+        raise DeliveryError("rejected", f"no {what}: {where} is unset or empty", transient=True)
+    return value
+
+
+class SecretAuth(AuthBase):
+    """Basic or bearer credentials, read from their source when each request is prepared."""
+
+    def __init__(self, config: DicomWebSettings) -> None:
+        self.config = config
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        c = self.config
+        if c.auth == "basic":
+            password = read_secret(c.password_env, c.password_file, "password")
+            return HTTPBasicAuth(c.username or "", password)(request)
+        token = read_secret(c.token_env, c.token_file, "bearer token")
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+
+def credential_hint(config: DicomWebSettings) -> str:
+    if config.auth == "basic":
+        source = "password_env" if config.password_env else "password_file"
+        return f"check username/{source}"
+    if config.auth == "bearer":
+        return f"check {'token_env' if config.token_env else 'token_file'}"
+    return "the service wants credentials: set auth (basic or bearer)"
+
+
+# --- the STOW-RS answer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StowAnswer:
+    """What a STOW-RS response body says: SOP Instance UID -> FailureReason / WarningReason."""
+
+    failed: dict[str, int | None]
+    referenced: dict[str, int | None]
+    message: str = ""  # a server's own error text (e.g. Orthanc's "Message")
+
+
+def _values(item: Any, tag: str) -> list[Any]:
+    element = item.get(tag) if isinstance(item, dict) else None
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values if isinstance(values, list) else []
+
+
+def _references(body: dict[str, Any], sequence: str, reason: str) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    for item in _values(body, sequence):
+        uids, codes = _values(item, _REFERENCED_SOP_INSTANCE_UID), _values(item, reason)
+        code = codes[0] if codes else None
+        out[str(uids[0]) if uids else ""] = code if isinstance(code, int) else None
+    return out
+
+
+def parse_answer(content: bytes) -> StowAnswer:
+    """Read an application/dicom+json STOW-RS response; an unreadable body says nothing."""
+    try:
+        body = json.loads(content) if content.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        return StowAnswer({}, {})
+    if isinstance(body, list) and body:  # the DICOM JSON model allows an array of one
+        body = body[0]
+    if not isinstance(body, dict):
+        return StowAnswer({}, {})
+    message = body.get("Message") or body.get("HttpError") or ""
+    return StowAnswer(
+        failed=_references(body, _FAILED_SOP_SEQUENCE, _FAILURE_REASON),
+        referenced=_references(body, _REFERENCED_SOP_SEQUENCE, _WARNING_REASON),
+        message=str(message)[:200],
+    )
+
+
+def classify(destination: str, status: int, answer: StowAnswer, sop_instance_uid: str,
+             hint: str) -> DeliveryError | None:
+    """None when the instance was stored; else the DeliveryError that says why not."""
+    said = f"{destination} answered HTTP {status}"
+    if status in (401, 403):
+        return DeliveryError("rejected", f"{said}: authentication failed: {hint}",
+                             transient=False)
+    if status == 408 or status == 429 or status >= 500:
+        return DeliveryError("status", _detail(said, answer, sop_instance_uid), transient=True)
+    if status in (404, 405):
+        return DeliveryError("status", f"{said}: is url the DICOMweb service root (STOW-RS is "
+                             "<url>/studies)?", transient=False)
+    if not 200 <= status < 300:
+        return DeliveryError("status", _detail(said, answer, sop_instance_uid), transient=False)
+    return _classify_stored(said, answer, sop_instance_uid)
+
+
+def _classify_stored(said: str, answer: StowAnswer, uid: str) -> DeliveryError | None:
+    if uid in answer.failed or (answer.failed and uid not in answer.referenced):
+        code = _failure_code(answer, uid)
+        return DeliveryError("status", _detail(said, answer, uid),
+                             transient=code is not None and is_transient_failure(code))
+    if answer.referenced and uid not in answer.referenced:
+        return DeliveryError("status", f"{said} but does not list {uid} as stored",
+                             transient=False)
+    return None
+
+
+def _failure_code(answer: StowAnswer, uid: str) -> int | None:
+    """The instance's FailureReason; else the first listed (an unreadable part has no UID)."""
+    if uid in answer.failed:
+        return answer.failed[uid]
+    return next(iter(answer.failed.values()), None)
+
+
+def _detail(said: str, answer: StowAnswer, uid: str) -> str:
+    code = _failure_code(answer, uid)
+    text = said if code is None else f"{said} FailureReason 0x{code:04X}"
+    return f"{text}: {answer.message}" if answer.message else text
+
+
+# --- the destination ---------------------------------------------------------------------------
+
+
+class DicomWebDestination:
+    """One per delivery thread: the Session (and its pooled connections) is not shared."""
+
+    def __init__(self, name: str, config: DicomWebSettings) -> None:
+        self.name = name
+        self.config = config
+        self.session = requests.Session()
+        if config.auth != "none":
+            self.session.auth = SecretAuth(config)
+        self.client = DICOMwebClient(config.url, session=self.session, timeout=config.timeout)
+        self.client.set_http_retry_params(retry=False)  # the broker retries, with backoff
+        self.stow_url = f"{config.url.rstrip('/')}/studies"
+        self.verify: bool | str = str(config.ca) if config.ca else config.verify_tls
+        self.hint = credential_hint(config)
+        if config.url.startswith("https:") and not config.verify_tls:
+            log.warning("%s: verify_tls is false: the server's certificate is not checked",
+                        name)
+
+    def deliver(self, job: JobHeader, source: Path) -> None:
+        with source.open("rb") as fp:  # FileNotFoundError: withdrawn, the caller knows
+            response = self._post(fp, os.fstat(fp.fileno()).st_size)
+        with response:
+            answer = parse_answer(response.content)
+        failure = classify(self.name, response.status_code, answer, job.sop_instance_uid,
+                           self.hint)
+        if failure is not None:
+            raise failure
+        warning = answer.referenced.get(job.sop_instance_uid)
+        if warning is not None or response.status_code == 202:
+            log.info("%s stored %s with WarningReason %s", self.name, job.sop_instance_uid,
+                     "none" if warning is None else f"0x{warning:04X}")
+
+    def _post(self, fp: BinaryIO, size: int) -> requests.Response:
+        boundary = uuid.uuid4().hex
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
+        try:
+            return self.session.post(
+                self.stow_url, data=MultipartBody(fp, size, boundary), headers=headers,
+                timeout=(self.config.timeout, self.config.timeout), verify=self.verify,
+                allow_redirects=False,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise DeliveryError("tls", f"TLS with {self.name} ({self.stow_url}) failed: "
+                                f"{_tls_reason(exc)} ({_cause(exc)})", transient=True) from exc
+        except requests.RequestException as exc:
+            raise DeliveryError("connection", f"cannot send to {self.name} ({self.stow_url}): "
+                                f"{_cause(exc)}", transient=True) from exc
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """router.core.tls's label for the ssl.SSLError inside requests' and urllib3's wrappers."""
+    pending: list[BaseException] = [exc]
+    for _ in range(16):  # a few wrappers deep; never loops on a cycle
+        if not pending:
+            break
+        error = pending.pop()
+        if isinstance(error, ssl.SSLError):
+            return failure_reason(error)
+        pending += [e for e in (*error.args, getattr(error, "reason", None), error.__cause__)
+                    if isinstance(e, BaseException) and e is not error]
+    return "handshake_failed"
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The useful end of a requests error ("Failed to establish a new connection: ...")."""
+    reason = exc.args[0] if exc.args else exc
+    reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError wraps it
+    text = _POOL_PREFIX.sub("", str(reason))
+    return text or type(exc).__name__

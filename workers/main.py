@@ -1,0 +1,204 @@
+"""The worker process: takes deliveries from the broker against credits and reports results.
+
+The main thread owns the broker socket; delivery threads report through their own PUSH
+sockets to an inproc PULL here. If the broker goes quiet, the worker reconnects with a new
+identity and announces itself again (the "paranoid pirate" pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import tempfile
+import threading
+import time
+from types import FrameType
+
+import zmq
+
+from router.core.config import RouterConfig
+from router.core.errors import ProtocolError
+from router.core.messages import (
+    Deliver,
+    Goodbye,
+    Heartbeat,
+    Ready,
+    RelayAck,
+    RelayCancel,
+    RelayRequest,
+    decode,
+    encode,
+)
+from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.runtime import Runtime
+from router.core.spool import Spool
+from router.dicom.association_pool import AssociationPool
+from router.dicom.net import configure_pynetdicom
+from workers.delivery import DeliveryThread, Reloads
+from workers.relay import ActiveRelays, RelayTask, RelayThread
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+BROKER_SILENCE_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, config: RouterConfig, runtime: Runtime, index: int) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.index = index
+        self.context = zmq.Context()
+        self.tasks: queue.Queue[Deliver | None] = queue.Queue()
+        self.busy = 0
+        self.generation = 0
+        self.results = self.context.socket(zmq.PULL)
+        self.results.bind(f"inproc://results-{index}")
+        spool = Spool(config.spool.path)
+        pool = AssociationPool()  # the threads share associations: reuse before opening
+        self.threads = [
+            DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
+                           i, pool)
+            for i in range(config.worker_threads)
+        ]
+        # Relayed requests (queries, retrieves, N-services) on threads of their own, so that a
+        # long C-MOVE never holds up deliveries; their answers come back on relay_out.
+        self.relay_tasks: queue.Queue[RelayTask | None] = queue.Queue()
+        self.relays = ActiveRelays()
+        self.relay_out = self.context.socket(zmq.PULL)
+        self.relay_out.bind(f"inproc://relay-out-{index}")
+        self.relay_threads = [
+            RelayThread(config, spool, self.relay_tasks, self.context,
+                        f"inproc://relay-out-{index}", self.relays, i)
+            for i in range(config.worker_threads)
+        ]
+        self.broker = self._connect()
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        self.generation += 1
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"w{self.index}-{os.getpid()}-{self.generation}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.runtime.backend)
+        sock.send(encode(Ready(credits=len(self.threads) - self.busy)))
+        self.last_heard = time.monotonic()
+        return sock
+
+    def _reconnect(self, why: str) -> None:
+        log.warning("%s; reconnecting to the broker", why)
+        self.broker.close()
+        self.broker = self._connect()
+
+    def _on_broker(self) -> None:
+        while True:
+            try:
+                frame, *payload = self.broker.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_heard = time.monotonic()
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                log.error("ignored a bad message from the broker: %s", exc)
+                continue
+            if isinstance(message, RelayRequest):
+                self.relay_tasks.put(RelayTask(message, payload[0] if payload else None))
+            elif isinstance(message, RelayCancel | RelayAck):
+                task = self.relays.get(message.request_id)
+                if task is not None and isinstance(message, RelayCancel):
+                    task.cancel()
+                elif task is not None:
+                    task.window.release()
+            elif isinstance(message, Deliver):
+                self.busy += 1
+                self.tasks.put(message)
+            elif isinstance(message, Goodbye):
+                self._reconnect("the broker does not know this worker")
+                return
+            elif not isinstance(message, Heartbeat):
+                log.error("ignored an unexpected %s from the broker", message.kind)
+
+    def _on_results(self) -> None:
+        while True:
+            try:
+                frame = self.results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.busy -= 1
+            self.broker.send(frame)
+
+    def _on_relay_out(self) -> None:
+        while True:
+            try:
+                frames = self.relay_out.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.broker.send_multipart(frames)
+
+    def run(self, stop: threading.Event) -> None:
+        for thread in self.threads:
+            thread.start()
+        for relay in self.relay_threads:
+            relay.start()
+        poller = zmq.Poller()
+        poller.register(self.results, zmq.POLLIN)
+        poller.register(self.relay_out, zmq.POLLIN)
+        next_heartbeat = 0.0
+        while not stop.is_set():
+            poller.register(self.broker, zmq.POLLIN)
+            ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
+            if self.results in ready:
+                self._on_results()
+            if self.relay_out in ready:
+                self._on_relay_out()
+            if self.broker in ready:
+                self._on_broker()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + HEARTBEAT_SECONDS
+                self.broker.send(encode(Heartbeat()))
+            if now - self.last_heard > BROKER_SILENCE_SECONDS:
+                poller.unregister(self.broker)
+                self._reconnect("no word from the broker")
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Finish deliveries in progress, report them, and hand back the rest."""
+        for _ in self.threads:
+            self.tasks.put(None)
+        for _ in self.relay_threads:
+            self.relay_tasks.put(None)
+        for thread in self.threads:
+            thread.join(timeout=self.config.listen.dimse_timeout)
+        for relay in self.relay_threads:
+            relay.join(timeout=1.0)  # a relay in progress is the requester's to repeat
+        self._on_results()
+        self._on_relay_out()
+        self.broker.send(encode(Goodbye()))
+        self.broker.close()
+        self.results.close()
+        self.relay_out.close()
+        # destroy, not term: a socket some thread failed to close must not hang the stop.
+        self.context.destroy(linger=0)
+
+
+def _reload(signum: int, frame: FrameType | None) -> None:
+    Reloads.generation += 1
+    log.info("SIGHUP: destinations reconnect with reloaded TLS certificates")
+
+
+def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
+    """Entry point of a spawned worker process."""
+    setup_logging(config.log_level, config.log_format)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    watch_parent(stop)
+    # Chunked receive: C-GET sub-operations from an upstream land as files on the spool.
+    configure_pynetdicom(chunked_send=True, chunked_receive=True)
+    tempfile.tempdir = str(Spool(config.spool.path).create().incoming)
+    signal.signal(signal.SIGHUP, _reload)
+    worker = Worker(config, runtime, index)
+    log.info("worker %d ready with %d delivery threads", index, len(worker.threads))
+    worker.run(stop)

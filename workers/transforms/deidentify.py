@@ -1,0 +1,450 @@
+"""De-identification: the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+Every attribute of Table E.1-1 (workers.deid_table, 2026c edition, 655 rows) gets its Basic
+Profile action unless an option the config switches on says K (keep) or C (clean); a keyword
+or tag in `keep` is always kept. The actions, in and at every depth of sequences:
+
+- X: removed. Z: zero length (a sequence: no items). U: a new UID from UidMap; UIDs of the
+  DICOM root (1.2.840.10008.) name standard things, not instances, and are kept.
+- D: a dummy value valid for the VR (see _DUMMY): PN "ANONYMOUS", DA "19000101", text
+  "ANONYMIZED", numbers 0; a UI gets a new UID; a sequence becomes one empty item. Patient
+  Name and Patient ID become the configured values, or else the patient's pseudonym.
+- Combined codes take the choice that keeps every IOD valid, the last one: Z/D, X/D and X/Z/D
+  are D, X/Z is Z (a sequence with X/Z/D is Z: an empty sequence). X/Z/U* keeps the sequence
+  and its items go through the table (their instance UIDs are U rows).
+- C: kept, with this patient's known identifiers (name parts, IDs, accession number, birth
+  date, taken before anything changed) cut out of text values; a sequence's items go through
+  the table. A description naming another person stays: switch the option on only for
+  sources whose descriptions are otherwise clean.
+- Attributes not in the table are kept. Private attributes (odd groups) are removed unless
+  private_tags is "keep". Group lengths (gggg,0000) are removed: they would be wrong.
+
+The file meta follows (Media Storage SOP Instance UID); its AE titles and source address name
+the sending device and go unless retain_device_identity. The result says so: Patient Identity
+Removed YES, De-identification Method and its code sequence (CID 7050), Longitudinal Temporal
+Information Modified.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from router.core.deid_spec import DeidentifyConfig, parse_tag
+from router.core.errors import RouterError
+from workers.transforms.deid_table import TABLE_E1_1, Row
+
+SECRET_BYTES = 32
+OPEN_ATTEMPTS = 40  # ~10 s in all, as workers.ledger
+DICOM_ROOT = "1.2.840.10008."
+PROFILE = ("113100", "Basic Application Confidentiality Profile")
+# CID 7050 codes of the options, by the config field that switches each on.
+OPTION_CODES = {
+    "retain_patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "retain_dates": ("113106", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_device_identity": ("113109", "Retain Device Identity Option"),
+    "retain_uids": ("113110", "Retain UIDs Option"),
+    "clean_descriptions": ("113105", "Clean Descriptors Option"),
+}
+# Table columns 3..7, in order.
+_OPTION_COLUMNS = ("retain_uids", "retain_device_identity", "retain_patient_characteristics",
+                   "retain_dates", "clean_descriptions")
+_EXACT: dict[int, Row] = {int(row[0], 16): row for row in TABLE_E1_1 if "X" not in row[0]}
+_CURVE = next(row for row in TABLE_E1_1 if row[0] == "50XXXXXX")
+_OVERLAY = {int(row[0][4:], 16): row for row in TABLE_E1_1 if row[0].startswith("60XX")}
+
+_TEXT_VRS = {"AE", "CS", "SH", "LO", "ST", "LT", "UT", "UC", "UR"}
+_NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "US or SS"}
+_BYTES_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW"}
+_DUMMY = {"PN": "ANONYMOUS", "DA": "19000101", "TM": "000000", "DT": "19000101000000",
+          "AS": "000Y", "DS": "0", "IS": "0"}
+_PATIENT_NAME, _PATIENT_ID = 0x00100010, 0x00100020
+# Whose values C cuts out of descriptions.
+_IDENTIFYING = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
+                "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate")
+_FILE_META_DEVICE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
+                     "ReceivingApplicationEntityTitle", "SourcePresentationAddress")
+
+
+class DeidentifyError(RouterError):
+    """The UID map's key or database cannot be used."""
+
+
+class UidMap:
+    """Consistent replacement UIDs and patient pseudonyms, shared by every worker process.
+
+    new = root "." decimal(HMAC-SHA256(key, original)): the same original gives the same new
+    UID in every process and after every restart, with nothing to coordinate. The key is 32
+    random bytes in `secret_path`, created once (mode 0600): whoever has it can recompute the
+    map, so it lives beside the spool and never in the config. Each pair is also recorded in
+    the sqlite database `db_path` (WAL, shared by all workers) so that an operator can turn a
+    new UID or pseudonym back into the original: lookup().
+    """
+
+    def __init__(self, secret_path: Path, db_path: Path) -> None:
+        self._key = load_or_create_secret(secret_path)
+        self._db = _open_db(db_path)
+        self._lock = threading.Lock()
+        self._stored: set[str] = set()
+
+    def new_uid(self, original: str, root: str = "2.25") -> str:
+        digest = self._mac(b"uid", original)
+        if root == "2.25":
+            # A UUID's integer, as 2.25 requires: RFC 9562 version 8 (custom), variant 10.
+            number = int.from_bytes(digest[:16], "big") & ~(0xF << 76) & ~(0x3 << 62)
+            new = f"2.25.{number | 0x8 << 76 | 0x2 << 62}"
+        else:
+            new = f"{root}.{str(int.from_bytes(digest, 'big'))[: 63 - len(root)]}"
+        self._store(new, original, "uid")
+        return new
+
+    def pseudonym(self, original: str) -> str:
+        """The patient's pseudonymous ID (and default name): "ANON-" and 16 letters/digits."""
+        new = "ANON-" + base64.b32encode(self._mac(b"patient", original)[:10]).decode()
+        self._store(new, original, "patient")
+        return new
+
+    def lookup(self, new: str) -> str | None:
+        """The original UID (or patient ID) that `new` replaced, if this map made it."""
+        with self._lock:
+            row = self._db.execute("SELECT original FROM mapping WHERE new = ?", (new,))
+            found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    def replacements(self, original: str) -> list[str]:
+        """The other way: every new UID (one per root) or pseudonym made from `original`."""
+        with self._lock:
+            rows = self._db.execute("SELECT new FROM mapping WHERE original = ?", (original,))
+            return sorted(str(r[0]) for r in rows.fetchall())
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> UidMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _mac(self, kind: bytes, original: str) -> bytes:
+        return hmac.new(self._key, kind + b"\0" + original.encode(), hashlib.sha256).digest()
+
+    def _store(self, new: str, original: str, kind: str) -> None:
+        if new in self._stored:
+            return
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO mapping (new, original, kind, created)"
+                             " VALUES (?, ?, ?, ?)", (new, original, kind, time.time()))
+            if len(self._stored) > 100_000:
+                self._stored.clear()
+            self._stored.add(new)
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """Read the key; if there is none, create it. Of processes starting together, one wins.
+
+    The key is written to a temporary file made with O_EXCL and 0600, fsync'd, then hard
+    linked to `path`: the link fails if the name exists, so the key appears whole or not at
+    all, and a loser reads the winner's key.
+    """
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(SECRET_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(temporary, path)
+                _fsync_dir(path.parent)
+            except FileExistsError:
+                pass
+        finally:
+            temporary.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) != SECRET_BYTES:
+        raise DeidentifyError(f"{path}: {len(key)} bytes, not a {SECRET_BYTES}-byte key")
+    return key
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_db(path: Path) -> sqlite3.Connection:
+    """Open the map, switching a new one to WAL; retried while another opener holds it
+    (a journal-mode change or schema write meets a lock at once, without the busy timeout)."""
+    for attempt in range(OPEN_ATTEMPTS):
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # the map can be recomputed from the key
+            db.execute("CREATE TABLE IF NOT EXISTS mapping (new TEXT PRIMARY KEY,"
+                       " original TEXT NOT NULL, kind TEXT NOT NULL, created REAL NOT NULL)")
+            db.execute("CREATE INDEX IF NOT EXISTS mapping_original ON mapping (original)")
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
+                raise DeidentifyError(f"{path}: {exc}") from exc
+            time.sleep(0.05 + 0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+# --- The table ----------------------------------------------------------------------------
+
+
+def _row_for(tag: int) -> Row | None:
+    row = _EXACT.get(tag)
+    if row is None and (tag >> 16) & 0xFF01 == 0x5000:
+        return _CURVE
+    if row is None and (tag >> 16) & 0xFF01 == 0x6000:
+        return _OVERLAY.get(tag & 0xFFFF)
+    return row
+
+
+def _table_code(row: Row, config: DeidentifyConfig) -> str:
+    """The row's code under the options switched on: K beats C beats the Basic Profile."""
+    codes = {code for name, code in zip(_OPTION_COLUMNS, row[3:], strict=True)
+             if code and getattr(config, name)}
+    return "K" if "K" in codes else "C" if "C" in codes else row[2]
+
+
+def _concrete(code: str, vr: str) -> str:
+    """One action of X, Z, D, U, C, K, or U* (keep the sequence, its items go through)."""
+    if code == "X/Z/U*":
+        return "U*"
+    choices = code.split("/")
+    return "Z" if vr == "SQ" and "Z" in choices else choices[-1]
+
+
+def _keep_tags(config: DeidentifyConfig) -> frozenset[int]:
+    tags = (parse_tag(entry) or tag_for_keyword(entry) for entry in config.keep)
+    return frozenset(tag for tag in tags if tag is not None)
+
+
+def removed_attributes(config: DeidentifyConfig) -> list[tuple[str, str]]:
+    """(keyword, action) of every attribute the config does not keep, in tag order: X
+    removed, Z emptied, D dummy, U new UID, C cleaned, U* sequence kept with new UIDs inside."""
+    keep = _keep_tags(config)
+    listed = []
+    for row in TABLE_E1_1:
+        if "X" not in row[0] and int(row[0], 16) in keep:
+            continue
+        action = _concrete(_table_code(row, config), _dictionary_vr(row[0]))
+        if action != "K":
+            listed.append((row[1], action))
+    if config.private_tags == "remove":
+        listed.append(("private attributes (odd groups)", "X"))
+    return listed
+
+
+def _dictionary_vr(tag: str) -> str:
+    try:
+        return dictionary_VR(int(tag, 16)) if "X" not in tag else ""
+    except KeyError:
+        return ""
+
+
+# --- Applying it --------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    config: DeidentifyConfig
+    uids: UidMap
+    keep: frozenset[int]
+    patient_id: str
+    patient_name: str
+    identifiers: re.Pattern[str] | None
+    changed: dict[str, None] = field(default_factory=dict)  # an ordered set
+
+
+def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap) -> list[str]:
+    """De-identify `ds` in place; return what was removed or replaced: keywords (a nested one
+    as Sequence>Keyword, an unnamed one as its tag), never values."""
+    # Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
+    source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
+                   if ds.get(k)), "")
+    pseudonym = "" if config.patient_id and config.patient_name else uids.pseudonym(source)
+    run = _Run(config, uids, _keep_tags(config), config.patient_id or pseudonym,
+               config.patient_name or pseudonym, _identifier_pattern(ds))
+    _walk(ds, run, "")
+    _mark(ds, config)
+    _follow_in_file_meta(ds, run)
+    return list(run.changed)
+
+
+def _walk(ds: Dataset, run: _Run, path: str) -> None:
+    for elem in list(ds):
+        tag = int(elem.tag)
+        keyword = elem.keyword or keyword_for_tag(tag)  # the latter knows 50xx, 60xx
+        name = path + (keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        private = elem.tag.is_private and tag not in run.keep
+        if elem.tag.element == 0 or (private and run.config.private_tags == "remove"):
+            del ds[elem.tag]
+            run.changed[name] = None
+            continue
+        row = None if tag in run.keep or elem.tag.is_private else _row_for(tag)
+        action = "K" if row is None else _concrete(_table_code(row, run.config), elem.VR)
+        _apply(ds, elem, action, run, name)
+
+
+def _walk_items(elem: DataElement, run: _Run, name: str) -> None:
+    if elem.VR == "SQ":
+        for item in elem.value:
+            _walk(item, run, name + ">")
+
+
+def _apply(ds: Dataset, elem: DataElement, action: str, run: _Run, name: str) -> None:
+    if action in ("K", "U*", "C"):
+        _walk_items(elem, run, name)
+        changed = action == "C" and _clean(elem, run.identifiers)
+    elif action == "X":
+        del ds[elem.tag]
+        changed = True
+    else:
+        before = elem.value
+        elem.value = _replacement(elem, action, run)
+        changed = elem.value != before
+    if changed:
+        run.changed[name] = None
+
+
+def _replacement(elem: DataElement, action: str, run: _Run) -> Any:
+    """The new value for Z, D or U."""
+    if elem.tag == _PATIENT_NAME:
+        return run.patient_name
+    if elem.tag == _PATIENT_ID:
+        return run.patient_id
+    if action == "Z" or elem.VM == 0:
+        return elem.empty_value
+    if elem.VR == "UI":  # U, or D of a UID
+        new = [v if v.startswith(DICOM_ROOT) else run.uids.new_uid(v, run.config.uid_root)
+               for v in _strings(elem.value)]
+        return new if len(new) > 1 else new[0]
+    if action == "U":  # read without its VR (UN): no UID to map
+        return elem.empty_value
+    return _dummy(elem.VR)
+
+
+def _dummy(vr: str) -> Any:
+    if vr == "SQ":
+        return Sequence([Dataset()])
+    if vr in _DUMMY:
+        return _DUMMY[vr]
+    if vr in _TEXT_VRS:
+        return "ANONYMIZED"
+    if vr in _NUMBER_VRS:
+        return 0
+    return bytes(8) if vr in _BYTES_VRS else None  # UN: zero length
+
+
+def _identifier_pattern(ds: Dataset) -> re.Pattern[str] | None:
+    values = [v for keyword in _IDENTIFYING for v in _strings(ds.get(keyword))]
+    words = {w for v in values for w in [v, *re.split(r"[\s^=,.\-/]+", v)] if len(w) >= 3}
+    if not words:
+        return None
+    alternatives = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def _clean(elem: DataElement, identifiers: re.Pattern[str] | None) -> bool:
+    """Cut the patient's identifiers out of a text value; whether anything changed."""
+    if identifiers is None or elem.VR not in _TEXT_VRS | {"PN"} or elem.VM == 0:
+        return False
+    values = _strings(elem.value)
+    cleaned = [identifiers.sub("***", v) for v in values]
+    if cleaned == values:
+        return False
+    elem.value = cleaned if len(cleaned) > 1 else cleaned[0]
+    return True
+
+
+def _mark(ds: Dataset, config: DeidentifyConfig) -> None:
+    """Say what was done (PS3.3 C.7.1.1, CID 7050), after what an earlier pass said."""
+    codes = [PROFILE] + [code for name, code in OPTION_CODES.items() if getattr(config, name)]
+    methods = _strings(ds.get("DeidentificationMethod")) + [meaning for _, meaning in codes]
+    if config.private_tags == "keep":
+        methods.append("Private attributes retained")
+    if config.keep:
+        methods.append("Some attributes retained by configuration")
+    sequence = list(ds.get("DeidentificationMethodCodeSequence") or [])
+    present = {str(item.get("CodeValue")) for item in sequence}
+    for value, meaning in codes:
+        if value not in present:
+            item = Dataset()
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+            sequence.append(item)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = methods
+    ds.DeidentificationMethodCodeSequence = sequence
+    ds.LongitudinalTemporalInformationModified = "UNMODIFIED" if config.retain_dates \
+        else "REMOVED"
+
+
+def _strings(value: Any) -> list[str]:
+    """An element's values as text: none, one or several (MultiValue)."""
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
+
+
+def _follow_in_file_meta(ds: Dataset, run: _Run) -> None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    if "SOPInstanceUID" in ds and meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
+        if meta.get("MediaStorageSOPInstanceUID"):
+            run.changed["MediaStorageSOPInstanceUID"] = None
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SOPClassUID" in ds and not meta.get("MediaStorageSOPClassUID"):
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if not run.config.retain_device_identity:
+        for keyword in _FILE_META_DEVICE:
+            if keyword in meta:
+                del meta[keyword]
+                run.changed[keyword] = None
+
+
+def deidentify_file(source: Path, target: Path, config: DeidentifyConfig,
+                    uids: UidMap) -> list[str]:
+    """Write a de-identified copy of `source` to `target` (same transfer syntax, a DICOM file
+    with its meta); `source` is only read. `target` appears whole or not at all."""
+    if target.resolve() == source.resolve():
+        raise ValueError(f"{target}: the target is the source, which is never written")
+    ds = dcmread(source)
+    changed = deidentify(ds, config, uids)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(temporary, "xb") as fh:
+            ds.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return changed

@@ -1,0 +1,244 @@
+"""Tag morphing: apply the actions of router/core/morph_spec.py to a dataset, or to a Part 10 file.
+
+Values are handled as text, one string per value: a value with VM > 1 is changed value by value,
+numbers (IS, DS, US, FD, ...) through their text, person names as written (Doe^John). Binary
+elements (OB, OW, UN, ...) and AT can only be deleted. A missing element or sequence item is
+left alone, except by set, set_if_empty and copy, which create the element, and a missing
+sequence with one item, on their way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, assert_never
+
+from pydicom import config, dcmread
+from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import validate_value
+
+from router.core.morph_spec import (
+    CopyAction,
+    DeleteAction,
+    MapAction,
+    MorphAction,
+    PrefixAction,
+    ReplaceAction,
+    SetAction,
+    SetIfEmptyAction,
+    SuffixAction,
+    TagPath,
+    creation_vr,
+    dictionary_vr,
+    parse_tag_path,
+    tag_name,
+    values_of,
+    vr_kind,
+)
+
+# A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
+# "RequestAttributesSequence[1]." -- concrete indexes, so [*] reports each item it changed.
+Place = tuple[Dataset, str]
+
+
+class MorphError(ValueError):
+    """An action cannot be applied to this dataset; the message names the element."""
+
+
+def needs_morph(actions: Sequence[MorphAction]) -> bool:
+    return bool(actions)
+
+
+def apply_morph(ds: Dataset, actions: Sequence[MorphAction]) -> list[str]:
+    """Apply `actions` in order to `ds`, in place. Returns one line per element changed,
+    e.g. "AccessionNumber: 'A1' -> 'RAD-A1'"; an action that changes nothing adds none."""
+    changes: list[str] = []
+    for action in actions:
+        changes += _apply(ds, action)
+    return changes
+
+
+def morph_file(source: Path, target: Path, actions: Sequence[MorphAction]) -> list[str]:
+    """Write `source` with `actions` applied to `target` in the same transfer syntax
+    (encapsulated pixel data is copied as is). `source` is only read."""
+    if target.resolve() == source.resolve():
+        raise ValueError(f"morph_file would overwrite its source {source}")
+    ds = dcmread(source)
+    changes = apply_morph(ds, actions)
+    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        if ds.get(keyword) and ds.file_meta.get(meta_keyword) != ds[keyword].value:
+            setattr(ds.file_meta, meta_keyword, ds[keyword].value)
+    try:
+        ds.save_as(target, enforce_file_format=True)
+    except BaseException:
+        target.unlink(missing_ok=True)  # no half-written file where a whole one is expected
+        raise
+    return changes
+
+
+def _apply(ds: Dataset, action: MorphAction) -> list[str]:
+    match action:
+        case SetAction() | SetIfEmptyAction():
+            values = values_of(action.value)
+            vr = creation_vr(action.tag, action.vr, values)
+            return _put(ds, action.tag, values, vr, isinstance(action, SetIfEmptyAction))
+        case DeleteAction():
+            return _delete(ds, parse_tag_path(action.tag))
+        case CopyAction():
+            return _copy(ds, action.from_, action.to)
+        case ReplaceAction():
+            pattern, replacement = re.compile(action.pattern), action.replacement
+            return _transform(ds, action.tag, lambda v: pattern.sub(replacement, v))
+        case PrefixAction():
+            prefix = action.value
+            return _transform(ds, action.tag, lambda v: prefix + v)
+        case SuffixAction():
+            suffix = action.value
+            return _transform(ds, action.tag, lambda v: v + suffix)
+        case MapAction():
+            table, default = action.table, action.default
+            return _transform(ds, action.tag,
+                              lambda v: table.get(v, v if default is None else default))
+        case _:
+            assert_never(action)
+
+
+def _places(ds: Dataset, path: TagPath, create: bool) -> list[Place]:
+    places: list[Place] = [(ds, "")]
+    for seq_tag, index in path.items:
+        found: list[Place] = []
+        for parent, label in places:
+            items = _items(parent, seq_tag, label, create and index in (None, 0))
+            chosen = range(len(items)) if index is None else range(index, index + 1)
+            found += [(items[i], f"{label}{tag_name(seq_tag)}[{i}].")
+                      for i in chosen if i < len(items)]
+        places = found
+    return places
+
+
+def _items(parent: Dataset, tag: int, label: str, create: bool) -> list[Dataset]:
+    """The items of a sequence; with `create`, a missing or empty one gets one empty item."""
+    if tag not in parent:
+        if not create:
+            return []
+        parent.add(DataElement(tag, "SQ", []))
+    elem = parent[tag]
+    if elem.VR != "SQ":
+        raise MorphError(f"{label}{tag_name(tag)} is not a sequence (VR {elem.VR})")
+    if create and not elem.value:
+        elem.value.append(Dataset())
+    return list(elem.value)
+
+
+def _strings(elem: DataElement, where: str) -> list[str]:
+    """The element's values as text; MorphError for sequences and binary values."""
+    if vr_kind(elem.VR) in ("sequence", "opaque"):
+        raise MorphError(f"{where} has VR {elem.VR}: it can only be deleted, not changed")
+    if elem.VM == 0:
+        return []
+    value = elem.value
+    return [str(v) for v in (value if isinstance(value, MultiValue | list) else [value])]
+
+
+def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str) -> str:
+    """Give the element `values`; returns "" or a note that they are not valid for the VR."""
+    kind = vr_kind(vr)
+    if kind in ("sequence", "opaque"):
+        raise MorphError(f"{where} has VR {vr}: it can only be deleted, not changed")
+    typed = [_typed(kind, v, vr, where) for v in values]
+    note = ""
+    for value in typed:
+        try:
+            validate_value(vr, value, config.RAISE)
+        except ValueError as exc:
+            note = f" (warning: {str(exc).rstrip('.')})"
+    value = typed[0] if len(typed) == 1 else typed or empty_value_for_VR(vr)
+    # Validated above, reported rather than warned about: the route tester shows the note.
+    parent[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    return note
+
+
+def _typed(kind: str, text: str, vr: str, where: str) -> Any:
+    try:
+        return int(text) if kind == "int" else float(text) if kind == "float" else text
+    except ValueError:
+        raise MorphError(f"{where} has VR {vr}: {text!r} is not a number") from None
+
+
+def _show(values: list[str]) -> str:
+    return repr(values[0]) if len(values) == 1 else repr(values) if values else "''"
+
+
+def _put(ds: Dataset, text: str, values: list[str], vr: str, only_if_empty: bool = False,
+         note: str = "") -> list[str]:
+    """set, set_if_empty and copy: `vr` is the VR of an element that has to be created."""
+    path = parse_tag_path(text)
+    changes = []
+    for parent, label in _places(ds, path, create=True):
+        where = label + tag_name(path.tag)
+        if path.tag not in parent:
+            problem = _write(parent, path.tag, vr, values, where)
+            changes.append(f"{where}: added {_show(values)}{note}{problem}")
+            continue
+        elem = parent[path.tag]
+        if only_if_empty and not elem.is_empty:
+            continue
+        old = _strings(elem, where)
+        if old != values:
+            problem = _write(parent, path.tag, elem.VR, values, where)
+            changes.append(f"{where}: {_show(old)} -> {_show(values)}{note}{problem}")
+    return changes
+
+
+def _transform(ds: Dataset, text: str, change: Callable[[str], str]) -> list[str]:
+    """replace, prefix, suffix and map: `change` each value of each element there is."""
+    path = parse_tag_path(text)
+    changes = []
+    for parent, label in _places(ds, path, create=False):
+        if path.tag not in parent:
+            continue
+        where, elem = label + tag_name(path.tag), parent[path.tag]
+        old = _strings(elem, where)
+        new = [change(v) for v in old]
+        if new != old:
+            problem = _write(parent, path.tag, elem.VR, new, where)
+            changes.append(f"{where}: {_show(old)} -> {_show(new)}{problem}")
+    return changes
+
+
+def _delete(ds: Dataset, path: TagPath) -> list[str]:
+    changes = []
+    for parent, label in _places(ds, path, create=False):
+        if path.tag in parent:
+            elem = parent[path.tag]
+            changes.append(f"{label}{tag_name(path.tag)}: deleted (was {_describe(elem)})")
+            del parent[path.tag]
+    return changes
+
+
+def _describe(elem: DataElement) -> str:
+    kind = vr_kind(elem.VR)
+    if kind == "sequence":
+        return f"a sequence of {len(elem.value)} items"
+    if kind == "opaque":
+        size = len(elem.value) if isinstance(elem.value, bytes) else elem.VM
+        return f"{size} {'bytes' if isinstance(elem.value, bytes) else 'values'} of VR {elem.VR}"
+    return _show(_strings(elem, ""))
+
+
+def _copy(ds: Dataset, source_text: str, target_text: str) -> list[str]:
+    """The first `source` element found gives its value to every `target`; none, no change."""
+    source = parse_tag_path(source_text)
+    for parent, label in _places(ds, source, create=False):
+        if source.tag in parent:
+            where, elem = label + tag_name(source.tag), parent[source.tag]
+            values = _strings(elem, where)
+            known = dictionary_vr(parse_tag_path(target_text).tag)
+            options = known.split(" or ") if known else [elem.VR]
+            vr = elem.VR if elem.VR in options else options[0]
+            return _put(ds, target_text, values, vr, note=f" (copied from {where})")
+    return []
