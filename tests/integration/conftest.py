@@ -10,6 +10,7 @@ import pytest
 
 from tests.dcmtk import StoreSCP
 from tests.integration.router_process import RouterProcess
+from tests.study_set import StudySet, make_study_set
 
 RouterFactory = Callable[[dict[str, Any]], RouterProcess]
 
@@ -50,6 +51,20 @@ def storescp(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
     yield start
     for scp in peers:
         scp.stop()
+
+
+@pytest.fixture(scope="module")
+def study_set(tmp_path_factory: pytest.TempPathFactory) -> StudySet:
+    """A small patient/study/series hierarchy (tests/study_set.py), one per test module."""
+    return make_study_set(tmp_path_factory.mktemp("studies"))
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
+    """The C-MOVE destination of the relay tests: a storescp as a viewer workstation, AE
+    VIEWER. --fork: an archive may open a second association while a move is finishing."""
+    with StoreSCP(tmp_path_factory.mktemp("viewer"), "VIEWER", extra_args=["--fork"]) as scp:
+        yield scp
 
 
 def dicom_destination(scp: StoreSCP) -> dict[str, Any]:

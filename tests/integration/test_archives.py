@@ -1,4 +1,5 @@
-"""The archive fixtures of tests/archives.py against the real tools, with no router involved.
+"""The archive fixtures (tests/archive_servers.py, tests/qr_tools.py) against the real tools,
+with no router involved.
 
 dcmqrscp and Orthanc each hold the same study set; DCMTK's findscu/getscu/movescu query and
 retrieve it, a DCMTK storescp is the C-MOVE destination, and pynetdicom asks Orthanc for
@@ -16,31 +17,17 @@ import pytest
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import CTImageStorage, generate_uid
 
-from tests.archives import (
-    CommitmentRequester,
-    Dcmqrscp,
-    Orthanc,
-    Study,
-    StudySet,
-    ToolError,
-    instance_mismatches,
-    make_study_set,
-    run_findscu,
-    run_getscu,
-    run_movescu,
-)
+from tests.archive_servers import Dcmqrscp, Orthanc
+from tests.commitment import CommitmentRequester
 from tests.dcmtk import LOCALHOST, StoreSCP
 from tests.dicom_samples import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from tests.qr_tools import ToolError, run_findscu, run_getscu, run_movescu
+from tests.study_set import Study, StudySet, instance_mismatches
 
 pytestmark = pytest.mark.integration
 
 STUDY_KEYS = {"StudyInstanceUID": "", "PatientID": "", "AccessionNumber": "", "StudyDate": ""}
 NO_SUCH_OBJECT_INSTANCE = 0x0112
-
-
-@pytest.fixture(scope="module")
-def study_set(tmp_path_factory: pytest.TempPathFactory) -> StudySet:
-    return make_study_set(tmp_path_factory.mktemp("studies"))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageSto
 from router.core.dicomweb_spec import DicomWebFields
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
-from tests.archives import Orthanc
+from tests.archive_servers import Orthanc
 from tests.dcmtk import LOCALHOST, free_ports
 from tests.dicom_samples import (
     DEFLATED_EXPLICIT_VR_LE,

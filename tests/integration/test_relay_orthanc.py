@@ -22,20 +22,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from tests.archives import (
-    CommitmentReport,
-    CommitmentRequester,
-    Orthanc,
-    Study,
-    StudySet,
-    instance_mismatches,
-    make_study_set,
-    run_findscu,
-    run_movescu,
-)
+from tests.archive_servers import Orthanc
+from tests.commitment import CommitmentReport, CommitmentRequester
 from tests.dcmtk import LOCALHOST, StoreSCP
 from tests.dicom_samples import IMPLICIT_VR_LE
 from tests.integration.router_process import RouterProcess, wait_for
+from tests.qr_tools import run_findscu, run_movescu
+from tests.study_set import Study, StudySet, instance_mismatches
 
 pytestmark = pytest.mark.integration
 bounded = pytest.mark.timeout(180)
@@ -47,18 +40,6 @@ STUDY_KEYS = {"StudyInstanceUID": "", "PatientID": "", "PatientName": "", "Acces
               "NumberOfStudyRelatedInstances": ""}
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 ALL_COMMITTED, FAILURES_EXIST = 1, 2
-
-
-@pytest.fixture(scope="module")
-def study_set(tmp_path_factory: pytest.TempPathFactory) -> StudySet:
-    return make_study_set(tmp_path_factory.mktemp("studies"))
-
-
-@pytest.fixture(scope="module")
-def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
-    """The C-MOVE destination: a DCMTK storescp that Orthanc knows as VIEWER."""
-    with StoreSCP(tmp_path_factory.mktemp("viewer"), "VIEWER", extra_args=["--fork"]) as scp:
-        yield scp
 
 
 @pytest.fixture(scope="module")

@@ -24,35 +24,17 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from tests.archives import (
-    Dcmqrscp,
-    StudySet,
-    instance_mismatches,
-    make_study_set,
-    run_findscu,
-    run_getscu,
-    run_movescu,
-)
+from tests.archive_servers import Dcmqrscp
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess
+from tests.qr_tools import run_findscu, run_getscu, run_movescu
+from tests.study_set import StudySet, instance_mismatches
 
 pytestmark = pytest.mark.integration
 
 ROUTER_AE = "DICOM-ROUTER"
 STUDY_KEYS = {"StudyInstanceUID": "", "PatientID": "", "AccessionNumber": "", "StudyDate": ""}
-
-
-@pytest.fixture(scope="module")
-def study_set(tmp_path_factory: pytest.TempPathFactory) -> StudySet:
-    return make_study_set(tmp_path_factory.mktemp("studies"))
-
-
-@pytest.fixture(scope="module")
-def viewer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreSCP]:
-    """The C-MOVE destination: a DCMTK storescp as a viewer workstation."""
-    with StoreSCP(tmp_path_factory.mktemp("viewer"), "VIEWER", extra_args=["--fork"]) as scp:
-        yield scp
 
 
 @pytest.fixture(scope="module")
