@@ -16,7 +16,7 @@ from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import _config, evt
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from router.dicom import reactors
+from router.dicom import compat, reactors
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ TRANSFER_SYNTAXES: list[str] = [
 
 
 def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = False) -> None:
+    compat.require_supported()
     # Event-driven association loops (router/dicom/reactors.py); DICOM_ROUTER_POLLING_LOOPS=1 keeps
     # pynetdicom's own, to measure the difference or to rule the replacement out.
     if os.environ.get("DICOM_ROUTER_POLLING_LOOPS", "") not in ("1", "true", "yes"):

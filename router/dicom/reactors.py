@@ -39,9 +39,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
+from router.dicom import compat
+
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("3.0.",)
 POLL_SECONDS = 0.05  # timers (ARTIM, network idle) are checked at least this often
 PDATA_QUEUED_BYTES = 2 * 1024 * 1024  # P-DATA queued for sending per association, at most
 _installed = False
@@ -297,9 +298,10 @@ def install() -> bool:
     global _installed
     if _installed:
         return True
-    if not pynetdicom.__version__.startswith(SUPPORTED_VERSIONS):
+    if not compat.is_supported():
         log.warning("pynetdicom %s: keeping its polling loops (the event-driven ones were "
-                    "written for %s)", pynetdicom.__version__, ", ".join(SUPPORTED_VERSIONS))
+                    "written for %s)", pynetdicom.__version__,
+                    ", ".join(compat.SUPPORTED_VERSIONS))
         return False
     Association.__init__ = _association_init(Association.__init__)  # type: ignore[method-assign]
     Association.kill = _association_kill(Association.kill)  # type: ignore[method-assign,assignment]
