@@ -33,7 +33,7 @@ from pynetdicom.presentation import build_context
 
 from router.core import metrics
 from router.core.config import DicomDestination, KnownAE, RouterConfig
-from router.core.dimse_status import relay_failure_status
+from router.core.dimse_status import PENDING_STATUSES, Status, relay_failure_status
 from router.core.log_context import working_on
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
@@ -45,7 +45,7 @@ from router.dicom.store_sender import failure_from_association
 log = logging.getLogger(__name__)
 
 RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
-PENDING = (0xFF00, 0xFF01)
+PENDING = PENDING_STATUSES
 
 
 class UpstreamUnavailable(Exception):
@@ -209,7 +209,7 @@ class RelayThread(threading.Thread):
             try:
                 task.assoc = assoc
                 if task.cancelled.is_set():
-                    self._final(task, 0xFE00, "cancelled", name)
+                    self._final(task, Status.CANCEL, "cancelled", name)
                     return
                 self._run(task, assoc, name)
             finally:
@@ -296,7 +296,7 @@ class RelayThread(threading.Thread):
             status, reply = assoc.send_n_event_report(dataset, request.event_type_id, sop_class,
                                                       instance)
         else:
-            self._final(task, 0x0110, f"cannot relay {command}")
+            self._final(task, Status.PROCESSING_FAILURE, f"cannot relay {command}")
             return
         self._answer(task, upstream, status, reply, final=True)
 
@@ -325,7 +325,7 @@ class RelayThread(threading.Thread):
             if task.cancelled.is_set():
                 break
         if task.cancelled.is_set():
-            return 0xA700  # the requester cancelled: do not take more
+            return Status.OUT_OF_RESOURCES  # the requester cancelled: do not take more
         task.stores += 1
         name = f"{task.request.request_id}-{task.stores}.dcm"
         target = self.spool.relay / name
@@ -335,7 +335,7 @@ class RelayThread(threading.Thread):
         self._send(RelayStore(task.request.request_id, name, str(request.AffectedSOPClassUID),
                               str(request.AffectedSOPInstanceUID),
                               str(event.context.transfer_syntax)))
-        return 0x0000
+        return Status.SUCCESS
 
 
 def _mark_connected(event: Any) -> None:

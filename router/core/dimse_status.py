@@ -1,8 +1,10 @@
-"""DIMSE status codes the router answers with, in one place (PS3.4 Annex B, PS3.7 Annex C)."""
+"""DIMSE status codes and A-ASSOCIATE-RJ reasons the router uses, in one place (PS3.4
+Annex B and C, PS3.7 Annex C, PS3.8 Table 9-21). No other module writes them as numbers."""
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
 
 class Status(IntEnum):
@@ -18,6 +20,32 @@ class Status(IntEnum):
     REJECTED_BY_RULE = 0xC004  # a rule with `action: reject` matched
     # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
     PROCESSING_FAILURE = 0x0110
+    NO_SUCH_SOP_CLASS = 0x0118
+    # C-FIND/C-GET/C-MOVE (PS3.4 C.4): more answers follow; cancelled; sub-operations.
+    PENDING = 0xFF00
+    PENDING_WARNING = 0xFF01  # pending, some optional keys not supported
+    CANCEL = 0xFE00
+    OUT_OF_RESOURCES_SUB_OPERATIONS = 0xA701
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    SUB_OPERATIONS_WITH_FAILURES = 0xB000
+
+
+PENDING_STATUSES = (Status.PENDING, Status.PENDING_WARNING)
+
+
+class Reject(NamedTuple):
+    """An A-ASSOCIATE-RJ's (result, source, reason), PS3.8 Table 9-21."""
+
+    result: int  # 1 rejected-permanent, 2 rejected-transient
+    source: int  # 1 service-user, 2 service-provider (ACSE), 3 service-provider (presentation)
+    reason: int
+
+
+NO_REASON_GIVEN = Reject(1, 1, 1)
+CALLING_AE_NOT_RECOGNISED = Reject(1, 1, 3)
+CALLED_AE_NOT_RECOGNISED = Reject(1, 1, 7)
+TEMPORARY_CONGESTION = Reject(2, 3, 1)
+LOCAL_LIMIT_EXCEEDED = Reject(2, 3, 2)
 
 
 def is_success(status: int) -> bool:
@@ -41,14 +69,16 @@ def is_transient_failure(status: int) -> bool:
 # A relayed request that found no upstream, timed out or broke: the failure each command may
 # answer with (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4: "Refused: Out of resources"; N-services:
 # "Processing failure").
-_RELAY_FAILURE = {"C-FIND": 0xA700, "C-GET": 0xA701, "C-MOVE": 0xA701}
+_RELAY_FAILURE = {"C-FIND": Status.OUT_OF_RESOURCES,
+                  "C-GET": Status.OUT_OF_RESOURCES_SUB_OPERATIONS,
+                  "C-MOVE": Status.OUT_OF_RESOURCES_SUB_OPERATIONS}
 # No rule routes this request: C-services "Unable to process", N-services "No such SOP class".
-_RELAY_NO_ROUTE = {"C-FIND": 0xC002, "C-GET": 0xC002, "C-MOVE": 0xC002}
+_RELAY_NO_ROUTE = {"C-FIND": Status.NO_ROUTE, "C-GET": Status.NO_ROUTE, "C-MOVE": Status.NO_ROUTE}
 
 
 def relay_failure_status(command: str) -> int:
-    return _RELAY_FAILURE.get(command, 0x0110)
+    return _RELAY_FAILURE.get(command, Status.PROCESSING_FAILURE)
 
 
 def relay_no_route_status(command: str) -> int:
-    return _RELAY_NO_ROUTE.get(command, 0x0118)
+    return _RELAY_NO_ROUTE.get(command, Status.NO_SUCH_SOP_CLASS)
