@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -50,3 +51,12 @@ def version() -> str:
         return package_version("dicom-router")
     except PackageNotFoundError:
         return "unknown"
+
+
+def lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """A command's function ("module:function"), imported only when the command runs, so
+    that `dicom-router` and the processes it spawns load what they use and no more."""
+    def run(args: argparse.Namespace) -> int:
+        module, _, name = target.partition(":")
+        return int(getattr(importlib.import_module(module), name)(args))
+    return run

@@ -11,27 +11,10 @@ import logging
 import sys
 
 from router.cli.common import USAGE_ERROR
-from router.cli.send import _ae_title, _bounded, add_tls_arguments, tls_context
+from router.cli.peer_commands import tls_context
 from router.cli.send_client import AssociationError, Peer, echo
 from router.core.errors import RouterError
 from router.dicom.net import configure_pynetdicom
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "echo", help="check that a DICOM peer answers (C-ECHO)",
-        description="Send a C-ECHO to a DICOM peer. Exit 0: it answered Success; 1: another "
-                    "status or no answer; 2: no association or bad arguments.")
-    parser.add_argument("host", help="the peer's host name or address")
-    parser.add_argument("port", type=_bounded(1, 65535), help="the peer's port")
-    parser.add_argument("--calling-ae", type=_ae_title, default="DICOM-ECHO", metavar="AE",
-                        help="our (calling) AE title (default DICOM-ECHO)")
-    parser.add_argument("--called-ae", type=_ae_title, default="ANY-SCP", metavar="AE",
-                        help="the peer's (called) AE title (default ANY-SCP)")
-    add_tls_arguments(parser)
-    parser.add_argument("--timeout", type=_bounded(1, 3600), default=10, metavar="SECONDS",
-                        help="for the connection and each answer (default 10)")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

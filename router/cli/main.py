@@ -12,9 +12,8 @@ import tempfile
 from pathlib import Path
 
 from router.cli import dead_letters as cli_dead_letters
-from router.cli import echo as cli_echo
+from router.cli import peer_commands
 from router.cli import route_test as cli_route_test
-from router.cli import send as cli_send
 from router.cli import status as cli_status
 from router.cli.common import USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
@@ -93,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
-    cli_send.add_parser(sub)
-    cli_echo.add_parser(sub)
+    peer_commands.add_send_parser(sub)
+    peer_commands.add_echo_parser(sub)
     cli_status.add_parser(sub)
     cli_route_test.add_parser(sub)
     hashing = sub.add_parser("hash-passcode",

@@ -16,93 +16,24 @@ import argparse
 import contextlib
 import logging
 import signal
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from router.cli import send_client
+from router.cli.peer_commands import tls_context
 from router.cli.send_client import Control, Outcome, Peer, Scan, SendResult, Summary
-from router.core.config import DEFAULT_MAX_PDU, ClientTLS, _check_ae_title
 from router.core.errors import RouterError
-from router.core.tls import client_context
 from router.dicom.net import configure_pynetdicom
 
 USAGE_ERROR = 2
 _SHOWN_SKIPPED = 5
 
 
-def _address(text: str) -> tuple[str, int]:
-    try:
-        return send_client.parse_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _ae_title(text: str) -> str:
-    try:
-        return _check_ae_title(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number from {low} to {high}")
-        return int(text)
-    return parse
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-ca", type=Path, metavar="FILE",
-                        help="use TLS, verifying the peer against this CA bundle")
-    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
-                        help="client certificate for mutual TLS (with --tls-key)")
-    parser.add_argument("--tls-key", type=Path, metavar="FILE",
-                        help="its private key (unencrypted)")
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "send", help="send DICOM files and folders to a peer, as they are (C-STORE)",
-        description="Send DICOM files (folders recursively) without decoding them, with "
-                    "progress and a summary. Exit 0: all stored; 1: some not stored; "
-                    "2: usage error or no association.")
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
-    parser.add_argument("--to", required=True, type=_address, metavar="HOST:PORT",
-                        help="the peer to send to")
-    parser.add_argument("--ae", type=_ae_title, default="DICOM-SEND", metavar="CALLING",
-                        help="our (calling) AE title (default DICOM-SEND)")
-    parser.add_argument("--called-ae", type=_ae_title, default="ANY-SCP", metavar="CALLED",
-                        help="the peer's (called) AE title (default ANY-SCP)")
-    add_tls_arguments(parser)
-    parser.add_argument("--max-pdu", type=_bounded(4096, 4_194_304), default=DEFAULT_MAX_PDU,
-                        metavar="N", help=f"maximum PDU size we receive (default "
-                                          f"{DEFAULT_MAX_PDU})")
-    parser.add_argument("--associations", type=_bounded(1, 64), default=1, metavar="N",
-                        help="parallel associations, files split between them (default 1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
-
-
 def _error(message: object) -> None:
     print(f"dicom-router send: {message}", file=sys.stderr)
-
-
-def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if args.tls_ca is None:
-        if args.tls_cert or args.tls_key:
-            raise RouterError("--tls-cert and --tls-key need --tls-ca (the peer's CA)")
-        return None
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise RouterError("--tls-cert and --tls-key go together")
-    mode = "mtls" if args.tls_cert else "tls"
-    config = ClientTLS(mode=mode, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    return client_context(config, "--tls")
 
 
 def _peer(args: argparse.Namespace) -> Peer:

@@ -40,14 +40,23 @@ MIN_UPTIME_SECONDS = 5.0
 MAX_RESTART_DELAY = 30.0
 
 
-def run_child(entry: str, *args: Any) -> None:
-    """Every spawned process starts here and imports its own module ("module:function").
+# pydicom imports its pixel-data handlers when it is imported, and they load numpy, GDCM and
+# Pillow (about 40 MB) if installed. The acceptor never touches pixel data: it runs with
+# them hidden (an import of one raises ImportError, which pydicom takes as "not installed").
+PIXEL_CODECS = ("numpy", "gdcm", "PIL")
+
+
+def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
+    """Every spawned process starts here and imports its own module ("module:function"),
+    with the modules named in `without` made unimportable.
 
     The supervisor itself then never imports pynetdicom or pydicom (tens of MB per process);
-    the broker does not either.
+    the broker does not either (tests/integration/test_process_imports.py checks both).
     """
     # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for name in without:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     module, function = entry.split(":")
     try:
         getattr(importlib.import_module(module), function)(*args)
@@ -64,6 +73,7 @@ class Child:
     name: str
     entry: str  # "module:function", run in the child by run_child
     args: tuple[Any, ...]
+    without: tuple[str, ...] = ()  # modules the child must not load (run_child)
     process: BaseProcess | None = None
     started_at: float = 0.0
     restart_delay: float = 0.0
@@ -89,7 +99,8 @@ class Supervisor:
             Child("broker", "router.broker.main:main", (config, runtime)),
             *[Child(f"worker-{i}", "workers.main:main", (config, runtime, i))
               for i in range(config.workers)],
-            Child("acceptor", "router.acceptor.main:main", (config, runtime, self.acceptor_state)),
+            Child("acceptor", "router.acceptor.main:main", (config, runtime, self.acceptor_state),
+                  without=PIXEL_CODECS),
         ]
         self.http: HttpEndpoint | None = None
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
@@ -123,7 +134,8 @@ class Supervisor:
         }
 
     def _start(self, child: Child) -> None:
-        process = self.mp.Process(target=run_child, args=(child.entry, *child.args),
+        process = self.mp.Process(target=run_child,
+                                  args=(child.entry, child.without, *child.args),
                                   name=child.name)
         process.start()
         child.process, child.started_at = process, time.monotonic()
