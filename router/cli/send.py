@@ -24,8 +24,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from router.cli import send_client
-from router.cli.send_client import Control, Outcome, Peer, Scan, SendResult, Summary
+from router.cli import send_client, send_files, send_summary
+from router.cli.send_association import Peer, parse_address
+from router.cli.send_client import Control, Outcome, SendResult
+from router.cli.send_files import Scan
+from router.cli.send_summary import Summary
 from router.core.config import DEFAULT_MAX_PDU, ClientTLS, _check_ae_title
 from router.core.errors import RouterError
 from router.core.tls import client_context
@@ -37,7 +40,7 @@ _SHOWN_SKIPPED = 5
 
 def _address(text: str) -> tuple[str, int]:
     try:
-        return send_client.parse_address(text)
+        return parse_address(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -213,9 +216,9 @@ def _report(found: Scan, result: SendResult, peer: Peer, associations: int,
         _error(message)
     if result.interrupted:
         _error("interrupted: the files not yet tried were not sent")
-    summary = send_client.summarize(found, result, elapsed)
+    summary = send_summary.summarize(found, result, elapsed)
     print("\n".join(format_summary(summary, peer, associations)), flush=True)
-    return send_client.exit_code(summary, result)
+    return send_summary.exit_code(summary, result)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         _error(exc)
         return USAGE_ERROR
     try:
-        found = send_client.scan(args.paths)
+        found = send_files.scan(args.paths)
     except KeyboardInterrupt:
         _error("interrupted while reading headers: nothing was sent")
         return 1
