@@ -17,17 +17,19 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from router.audit import trail as audit
+from router.audit import codes, encoding, messages
+from router.audit import trail as audit_trail
+from router.audit.messages import LocalApplication
 from router.audit.syslog_sender import (
     SyslogConfig,
     SyslogSender,
     format_rfc5424,
     octet_counted,
 )
-from router.audit.trail import AuditTrail, LocalApplication, TransferTally
+from router.audit.trail import AuditTrail, TransferTally
 from router.core.audit_config import AuditConfig
 
-SCHEMA_PATH = Path(audit.__file__).parent / "schemas" / "audit-message.schema.json"
+SCHEMA_PATH = Path(audit_trail.__file__).parent / "schemas" / "audit-message.schema.json"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 STUDY = "1.2.826.0.1.3680043.8.498.12345"
@@ -49,46 +51,46 @@ def assert_valid(validator: Any, message: dict[str, Any]) -> None:
 APP = LocalApplication(ae_title="ROUTER", source_id="ROUTER", site_id="Radiology  Dept")
 
 BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
-    "application_started": lambda: audit.application_activity(APP, started=True),
-    "application_stopped": lambda: audit.application_activity(APP, started=False),
-    "association_accepted": lambda: audit.user_authentication(
+    "application_started": lambda: messages.application_activity(APP, started=True),
+    "application_stopped": lambda: messages.application_activity(APP, started=False),
+    "association_accepted": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10"),
-    "association_accepted_tls": lambda: audit.user_authentication(
+    "association_accepted_tls": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="OTHER AE", peer_address="2001:db8::7",
         tls_subject="CN=modality.example,O=Hospital"),
-    "association_refused_congestion": lambda: audit.user_authentication(
+    "association_refused_congestion": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
         outcome="4", description="association rejected: temporary congestion"),
-    "security_alert_no_peer": lambda: audit.security_alert(
-        APP, alert_type=audit.SOFTWARE_CONFIGURATION, detail="config reloaded",
+    "security_alert_no_peer": lambda: messages.security_alert(
+        APP, alert_type=codes.SOFTWARE_CONFIGURATION, detail="config reloaded",
         peer_address=None),
-    "instances_transferred": lambda: audit.instances_transferred(
+    "instances_transferred": lambda: messages.instances_transferred(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
         study_uid=STUDY, sop_classes={CT: 120, MR: 3}, outcome_ok=True),
-    "instances_transferred_failed_with_patient": lambda: audit.instances_transferred(
+    "instances_transferred_failed_with_patient": lambda: messages.instances_transferred(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="pacs.example",
         study_uid=STUDY, sop_classes={CT: 2}, outcome_ok=False, patient_id="PID 0001"),
-    "hostile_text": lambda: audit.instances_transferred(
+    "hostile_text": lambda: messages.instances_transferred(
         APP, calling_ae="EVIL\n AE\t", called_ae="ROUTER  X", peer_address=" 10.0.0.1 ",
         study_uid="1.2\n.3  4", sop_classes={"1.2 3": 1}, outcome_ok=False,
         description="bad\x00 \u00e9\u2028</x>" * 500),
 }
 
 
-def _alert(code: audit.Code) -> Callable[[], dict[str, Any]]:
-    return lambda: audit.security_alert(
+def _alert(code: codes.Code) -> Callable[[], dict[str, Any]]:
+    return lambda: messages.security_alert(
         APP, alert_type=code, detail="peer certificate expired", peer_address="10.1.2.3",
         calling_ae="MODALITY")
 
 
-BUILDERS.update({f"security_alert_{kind}": _alert(c) for kind, c in audit.ALERT_TYPES.items()})
+BUILDERS.update({f"security_alert_{kind}": _alert(c) for kind, c in codes.ALERT_TYPES.items()})
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_every_builder_validates_against_the_schema(validator: Any, name: str) -> None:
     message = BUILDERS[name]()
     assert_valid(validator, message)
-    assert_valid(validator, json.loads(audit.to_json_line(message)))
+    assert_valid(validator, json.loads(encoding.to_json_line(message)))
 
 
 def test_schema_rejects_what_the_dicom_schema_rejects(validator: Any) -> None:
@@ -165,7 +167,7 @@ def test_security_alert_carries_the_alert_description() -> None:
 
 def test_xml_form_keeps_everything() -> None:
     message = BUILDERS["instances_transferred_failed_with_patient"]()
-    root = ET.fromstring(audit.to_xml(message))
+    root = ET.fromstring(encoding.to_xml(message))
     assert root.tag == "AuditMessage"
     assert [c.tag for c in root] == [
         "EventIdentification", "ActiveParticipant", "ActiveParticipant",
@@ -178,7 +180,7 @@ def test_xml_form_keeps_everything() -> None:
     assert sop is not None and sop.attrib == {"UID": CT, "NumberOfInstances": "2"}
     assert root.find("ActiveParticipant").get("UserIsRequestor") == "true"  # type: ignore[union-attr]
     # The hostile message is still well-formed XML.
-    ET.fromstring(audit.to_xml(BUILDERS["hostile_text"]()))
+    ET.fromstring(encoding.to_xml(BUILDERS["hostile_text"]()))
 
 
 # ---------------------------------------------------------------- configuration
@@ -327,7 +329,7 @@ def test_a_failing_builder_is_contained(
     def boom(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise RuntimeError("patient SECRET")
 
-    monkeypatch.setattr(audit, "user_authentication", boom)
+    monkeypatch.setattr(audit_trail, "user_authentication", boom)
     trail = AuditTrail(AuditConfig(enabled=True, path=tmp_path / "a.jsonl"), "ROUTER")
     trail.association_accepted("MOD", "ROUTER", "127.0.0.1")
     assert "RuntimeError" in caplog.text and "SECRET" not in caplog.text
