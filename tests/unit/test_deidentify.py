@@ -25,13 +25,8 @@ from pydicom.valuerep import validate_value
 
 from router.core.deid_spec import DeidentifyConfig
 from workers.transforms.deid_table import TABLE_E1_1
-from workers.transforms.deidentify import (
-    UidMap,
-    deidentify,
-    deidentify_file,
-    load_or_create_secret,
-    removed_attributes,
-)
+from workers.transforms.deidentify import deidentify, deidentify_file, removed_attributes
+from workers.transforms.uid_map import UidMap, load_or_create_secret
 
 UID_RE = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 STUDY, SERIES_A, SERIES_B = "1.2.826.0.1.3680043.9.1", "1.2.826.0.1.3680043.9.2", \
