@@ -17,14 +17,8 @@ from types import FrameType
 import zmq
 
 from router.broker.completion import CompletionPolicy, GroupHolds
-from router.broker.dispatch import (
-    DeadLetter,
-    DestinationPolicy,
-    Dispatcher,
-    Outcome,
-    Retry,
-    Settled,
-)
+from router.broker.deliveries import DeadLetter, DestinationPolicy, Outcome, Retry, Settled
+from router.broker.dispatch import Dispatcher
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
