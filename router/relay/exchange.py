@@ -14,7 +14,7 @@ from router.core import metrics
 from router.core.dimse_status import is_delivered, is_warning
 from router.core.messages import RelayResponse
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 # Where each request carries its dataset, and where its response carries one.
 REQUEST_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Identifier",

@@ -18,7 +18,7 @@ from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, final_status
 from router.relay.state import MoveRelay, MoveRelays
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 MOVE_DESTINATION_UNKNOWN = 0xA801
 
