@@ -178,6 +178,6 @@ def cleanup_quietly(prepared: Prepared | None) -> None:
 def open_uid_map(spool: Spool) -> object:
     """The de-identification UID map shared by every worker: its key and table on the spool
     volume, so that a UID maps the same way across workers and restarts."""
-    from workers.transforms.deidentify import UidMap
+    from workers.transforms.uid_map import UidMap
 
     return UidMap(spool.root / "deid-secret.key", spool.root / "deid-uids.sqlite")

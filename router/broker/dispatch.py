@@ -21,287 +21,29 @@ Rules it keeps:
 - A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
   backoff with jitter while it is transient and attempts remain; otherwise it becomes a
   dead letter with the reason.
+
+The state the rules act on is kept in dispatch_state.py, its data types in deliveries.py.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
-import random
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 
-from router.broker.completion import MAX_BATCH, GroupHolds
-from router.broker.concurrency import ASSOCIATION_LOST, Choice, Concurrency
-from router.broker.delivery_queue import DeliveryQueue
-from router.core.config import RetryConfig
+from router.broker.completion import MAX_BATCH
+from router.broker.concurrency import ASSOCIATION_LOST, Choice
+from router.broker.deliveries import Delivery, Outcome, Retry, WorkerState, backoff
+from router.broker.dispatch_state import DispatchState
 from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES
 from router.core.messages import JobHeader, Result
-from router.core.time_window import TimeWindow
-
-WORKER_LEASE_SECONDS = 6.0
-
 
 BUSY_HOLD_SECONDS = 1.0  # a busy destination with nothing of ours open: wait, then try again
 RUN_MAX_JOBS = 32  # jobs per run of a long queue (one Deliver)
 RUN_MAX_BYTES = 64 * 1024**2
 
 
-@dataclass(frozen=True)
-class DestinationPolicy:
-    max_parallel: int
-    retry: RetryConfig
-    window: TimeWindow | None = None  # outside it, the destination's queue is held
-    max_associations: int | None = None  # pins the association limit (no learning)
-    probe_interval: float = 60.0
-    idle_timeout: float = 2.0
-
-    def concurrency(self) -> Concurrency:
-        pinned = self.max_associations is not None
-        ceiling = min(self.max_parallel, self.max_associations or self.max_parallel)
-        return Concurrency(ceiling, pinned, self.probe_interval, self.idle_timeout)
-
-
-@dataclass(frozen=True)
-class Delivery:
-    job: JobHeader
-    destination: str
-    attempt: int = 1
-    # A completed study or series, or a run of a long queue: these jobs in order over one
-    # association (job = the first).
-    batch: tuple[JobHeader, ...] = ()
-    # How it was dispatched (not what it is: left out of ==).
-    others_open: int = field(default=0, compare=False)  # associations open besides this one
-    opens_association: bool = field(default=False, compare=False)  # no idle one was there
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.job.job_id, self.destination)
-
-    @property
-    def jobs(self) -> tuple[JobHeader, ...]:
-        return self.batch or (self.job,)
-
-    @property
-    def priority(self) -> int:
-        return self.job.priority
-
-    @property
-    def size(self) -> int:
-        return len(self.jobs)
-
-
-@dataclass
-class JobState:
-    header: JobHeader
-    pending: set[str]
-
-
-@dataclass
-class WorkerState:
-    identity: bytes
-    credits: int
-    last_seen: float
-    leases: dict[tuple[str, str], Delivery] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Settled:
-    """Every destination of this job is done with: remove it from the spool."""
-
-    job: JobHeader
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    delivery: Delivery
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Retry:
-    delivery: Delivery
-    delay: float
-    reason: str
-
-
-Outcome = Settled | DeadLetter | Retry
-
-
-def backoff(retry: RetryConfig, attempt: int, rand: Callable[[], float]) -> float:
-    """Exponential from initial_delay, capped at max_delay, with jitter in [50%, 100%]."""
-    base = min(retry.max_delay, retry.initial_delay * 2.0 ** (attempt - 1))
-    return float(base * (0.5 + rand() / 2))
-
-
-class Dispatcher:
-    def __init__(
-        self,
-        policies: Mapping[str, DestinationPolicy],
-        max_jobs: int,
-        max_bytes: int,
-        rand: Callable[[], float] = random.random,
-        holds: GroupHolds | None = None,
-        wall: Callable[[], float] = time.time,
-        local: Callable[[], datetime] = datetime.now,
-    ) -> None:
-        self.policies = dict(policies)
-        self.holds = holds or GroupHolds({})
-        self.wall, self.local = wall, local
-        self.max_jobs = max_jobs
-        self.max_bytes = max_bytes
-        self.rand = rand
-        self.jobs: dict[str, JobState] = {}
-        self.queued_bytes = 0
-        self.queues: dict[str, DeliveryQueue[Delivery]] = {
-            name: DeliveryQueue() for name in self.policies}
-        self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
-        self.delayed: list[tuple[float, int, Delivery]] = []
-        self._sequence = itertools.count()
-        self.workers: dict[bytes, WorkerState] = {}
-        self._rotation = 0
-        self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
-        self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
-        self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
-        self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
-        # Limit changes since the caller last looked: (destination, old, new, why).
-        self.limit_changes: list[tuple[str, int, int, str]] = []
-
-    def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
-                    max_bytes: int, holds: GroupHolds | None = None) -> None:
-        """A config reload: new destinations get queues, changed ones their new policy.
-
-        A destination no longer configured keeps its queue and policy: what is queued for it
-        still goes to the workers, which give it up as `unknown_destination`, a dead letter an
-        operator can replay elsewhere, rather than vanishing here.
-        """
-        for name, policy in policies.items():
-            self.policies[name] = policy
-            self.queues.setdefault(name, DeliveryQueue())
-            self.in_flight.setdefault(name, 0)
-            self.paused_until.setdefault(name, 0.0)
-            self.failures_in_a_row.setdefault(name, 0)
-            self.busy_until.setdefault(name, 0.0)
-            pinned = policy.max_associations is not None
-            if name in self.concurrency:
-                ceiling = policy.concurrency().ceiling
-                self.concurrency[name].reconfigure(ceiling, pinned, policy.probe_interval,
-                                                   policy.idle_timeout)
-            else:
-                self.concurrency[name] = policy.concurrency()
-        self.max_jobs = max_jobs
-        self.max_bytes = max_bytes
-        if holds is not None:
-            holds.groups = self.holds.groups  # groups already held keep waiting
-            self.holds = holds
-
-    # --- jobs -------------------------------------------------------------------------------
-
-    def refusal(self, job: JobHeader) -> str | None:
-        """Why a new job cannot be taken now, or None."""
-        if len(self.jobs) >= self.max_jobs:
-            return f"queue full ({len(self.jobs)} jobs)"
-        if self.queued_bytes + job.size > self.max_bytes:
-            return f"queue full ({self.queued_bytes} bytes)"
-        return None
-
-    def add_job(self, job: JobHeader, delivered: Iterable[str] = ()) -> list[Outcome]:
-        """Queue a job for each destination it has not reached yet. Idempotent by job id."""
-        if job.job_id in self.jobs:
-            return []
-        pending = set(job.destinations) - set(delivered)
-        self.jobs[job.job_id] = JobState(job, set(pending))
-        self.queued_bytes += job.size
-        outcomes: list[Outcome] = []
-        for destination in job.destinations:
-            if destination not in pending:
-                continue
-            delivery = Delivery(job, destination)
-            if destination not in self.policies:
-                outcomes += self._give_up(delivery, "unknown_destination",
-                                          f"destination {destination!r} is not configured")
-            elif not self.holds.hold(delivery):
-                self.queues[destination].append(delivery)
-        if not pending:
-            outcomes += self._settle(job.job_id)
-        return outcomes
-
-    def _settle(self, job_id: str) -> list[Outcome]:
-        state = self.jobs.pop(job_id)
-        self.queued_bytes -= state.header.size
-        return [Settled(state.header)]
-
-    def _finish(self, delivery: Delivery) -> list[Outcome]:
-        state = self.jobs.get(delivery.job.job_id)
-        if state is None:
-            return []
-        state.pending.discard(delivery.destination)
-        return [] if state.pending else self._settle(delivery.job.job_id)
-
-    def _give_up(self, delivery: Delivery, reason: str, detail: str) -> list[Outcome]:
-        return [DeadLetter(delivery, reason, detail), *self._finish(delivery)]
-
-    # --- workers ----------------------------------------------------------------------------
-
-    def worker_ready(self, identity: bytes, credits: int, now: float) -> None:
-        worker = self.workers.get(identity)
-        if worker is None:
-            self.workers[identity] = WorkerState(identity, credits, now)
-        else:
-            worker.credits = credits
-            worker.last_seen = now
-
-    def worker_seen(self, identity: bytes, now: float) -> bool:
-        worker = self.workers.get(identity)
-        if worker is not None:
-            worker.last_seen = now
-        return worker is not None
-
-    def worker_gone(self, identity: bytes) -> int:
-        """Return a departed worker's leased deliveries to the front of their queues."""
-        worker = self.workers.pop(identity, None)
-        if worker is None:
-            return 0
-        for concurrency in self.concurrency.values():
-            concurrency.worker_gone(identity)  # its associations died with it
-        for delivery in reversed(list(worker.leases.values())):  # keep their original order
-            self.in_flight[delivery.destination] -= 1
-            self._requeue_front(delivery)
-        return sum(d.size for d in worker.leases.values())
-
-    def _still_pending(self, delivery: Delivery) -> Delivery | None:
-        """The delivery with only the jobs still pending for its destination (None: none)."""
-        jobs = tuple(j for j in delivery.jobs if j.job_id in self.jobs
-                     and delivery.destination in self.jobs[j.job_id].pending)
-        if not jobs:
-            return None
-        if not delivery.batch:
-            return delivery
-        return Delivery(jobs[0], delivery.destination, delivery.attempt, jobs)
-
-    def _requeue_front(self, delivery: Delivery) -> None:
-        remaining = self._still_pending(delivery)
-        if remaining is not None:
-            self.queues[delivery.destination].appendleft(remaining)
-
-    def expired_workers(self, now: float) -> list[bytes]:
-        return [w.identity for w in self.workers.values()
-                if now - w.last_seen > WORKER_LEASE_SECONDS]
-
-    def _lease_back(self, identity: bytes, key: tuple[str, str], now: float
-                    ) -> Delivery | None:
-        worker = self.workers.get(identity)
-        if worker is None:
-            return None  # a lease already given to another worker; that one will answer
-        delivery = worker.leases.pop(key, None)
-        worker.credits += 1
-        worker.last_seen = now
-        if delivery is not None:
-            self.in_flight[delivery.destination] -= 1
-        return delivery
+class Dispatcher(DispatchState):
+    """The rules: what a worker's result does to the state, and what to send next."""
 
     def result(self, identity: bytes, result: Result, now: float) -> list[Outcome]:
         delivery = self._lease_back(identity, (result.job_id, result.destination), now)
@@ -403,9 +145,6 @@ class Dispatcher:
             self.busy_until[name] = now + BUSY_HOLD_SECONDS
         return Retry(delivery, max(0.0, self.busy_until[name] - now), "busy")
 
-    def is_paused(self, destination: str, now: float) -> bool:
-        return self.paused_until[destination] > now
-
     # --- dispatch ---------------------------------------------------------------------------
 
     def _release_due(self, now: float) -> None:
@@ -480,36 +219,4 @@ class Dispatcher:
             if choice is not None:
                 self._rotation = index + 1  # the next call starts after this one: no starvation
                 return name, choice
-        return None
-
-    def in_window(self, destination: str) -> bool:
-        window = self.policies[destination].window
-        return window is None or window.is_open(self.local())
-
-    def next_due(self, now: float) -> float | None:
-        """When dispatch() may next have something new to send: a retry or a pause ending,
-        a held group becoming due, a destination's time window opening."""
-        due = [self.delayed[0][0]] if self.delayed else []
-        due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
-        due += [t for name, t in self.busy_until.items() if t > now and self.queues[name]]
-        group_due = self.holds.next_due()
-        if group_due is not None:
-            due.append(now + max(0.0, group_due - self.wall()))
-        for name, policy in self.policies.items():
-            if policy.window is not None and self.queues[name]:
-                due.append(now + policy.window.opens_in(self.local()))
-        return min(due, default=None)
-
-    def depth(self, destination: str) -> int:
-        waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
-        return self.queues[destination].jobs + waiting + self.holds.depth(destination)
-
-    def oldest_received(self, destination: str) -> float | None:
-        """When the oldest job still pending for `destination` was received (None: none).
-
-        Jobs are kept in arrival order, so the scan stops at the first one still pending.
-        """
-        for state in self.jobs.values():
-            if destination in state.pending:
-                return state.header.received_at
         return None

@@ -7,7 +7,6 @@ raises instead of vanishing silently.
 from __future__ import annotations
 
 import logging
-import shutil
 import signal
 import threading
 import time
@@ -17,14 +16,9 @@ from types import FrameType
 import zmq
 
 from router.broker.completion import CompletionPolicy, GroupHolds
-from router.broker.dispatch import (
-    DeadLetter,
-    DestinationPolicy,
-    Dispatcher,
-    Outcome,
-    Retry,
-    Settled,
-)
+from router.broker.deliveries import DeadLetter, DestinationPolicy, Outcome, Retry, Settled
+from router.broker.dispatch import Dispatcher
+from router.broker.publish import Publishing
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
@@ -55,7 +49,6 @@ from router.core.messages import (
 from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.core.runtime import Runtime
 from router.core.spool import Spool
-from router.core.status_snapshots import write_snapshot
 from router.core.time_window import TimeWindow, parse_clock
 
 log = logging.getLogger(__name__)
@@ -63,7 +56,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 
 
-class Broker:
+class Broker(Publishing):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
         self.runtime = runtime
@@ -272,56 +265,6 @@ class Broker:
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")
             self._publish(now)
-
-    def _publish(self, now: float) -> None:
-        """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
-        destinations = self.destination_summary(now)
-        for name, row in destinations.items():
-            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
-            metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
-            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
-            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
-            if "concurrency" in row:
-                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
-        metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
-        metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
-        spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
-        try:
-            usage = shutil.disk_usage(self.spool.root)
-            metrics.SPOOL_FREE.set(usage.free)
-            metrics.SPOOL_SIZE.set(usage.total)
-            spool.update(free_bytes=usage.free, size_bytes=usage.total)
-        except OSError as exc:
-            log.warning("cannot read the spool's disk usage: %s", exc)
-        if self.status_dir is not None:
-            try:
-                write_snapshot(self.status_dir, "broker", {
-                    "config_generation": self.config_generation,
-                    "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
-                    "workers": len(self.dispatcher.workers), "destinations": destinations})
-            except OSError as exc:
-                log.debug("cannot write the live status: %s", exc)
-
-    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
-        wall = time.time()
-        out: dict[str, dict[str, float | int | bool]] = {}
-        for name in self.dispatcher.queues:
-            oldest = self.dispatcher.oldest_received(name)
-            paused_until = self.dispatcher.paused_until[name]
-            out[name] = {
-                "depth": self.dispatcher.depth(name),
-                "in_flight": self.dispatcher.in_flight[name],
-                "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
-                "up": not self.dispatcher.is_paused(name, now),
-                "in_window": self.dispatcher.in_window(name),  # false: held until it opens
-                "paused_for": max(0.0, paused_until - now),
-                "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
-            }
-            if name in self.associating:
-                # The live association limit (learned or pinned) and what is open now.
-                out[name]["concurrency"] = self.dispatcher.concurrency[name].limit
-                out[name]["associations"] = self.dispatcher.concurrency[name].total_open
-        return out
 
     def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
         # Drain what is waiting, bounded so one side cannot starve the other.

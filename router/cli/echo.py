@@ -12,7 +12,7 @@ import sys
 
 from router.cli.common import USAGE_ERROR
 from router.cli.peer_commands import tls_context
-from router.cli.send_client import AssociationError, Peer, echo
+from router.cli.send_association import AssociationError, Peer, echo
 from router.core.errors import RouterError
 from router.dicom.net import configure_pynetdicom
 

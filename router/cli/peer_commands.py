@@ -19,7 +19,7 @@ from router.core.tls import client_context
 
 
 def address(text: str) -> tuple[str, int]:
-    from router.cli.send_client import parse_address  # only when `send` parses its --to
+    from router.cli.send_association import parse_address  # only when `send` parses --to
 
     try:
         return parse_address(text)

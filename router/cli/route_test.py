@@ -160,7 +160,8 @@ def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
 def _deid_lines(ds: Any, deid: Any) -> list[str]:
     import tempfile
 
-    from workers.transforms.deidentify import UidMap, deidentify
+    from workers.transforms.deidentify import deidentify
+    from workers.transforms.uid_map import UidMap
 
     with tempfile.TemporaryDirectory() as tmp:  # a throwaway map: nothing is recorded
         uids = UidMap(Path(tmp) / "key", Path(tmp) / "uids.sqlite")

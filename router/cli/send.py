@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from router.cli import send_client
+from router.cli import send_client, send_files, send_summary
 from router.cli.peer_commands import tls_context
-from router.cli.send_client import Control, Outcome, Peer, Scan, SendResult, Summary
+from router.cli.send_association import Peer
+from router.cli.send_client import Control, Outcome, SendResult
+from router.cli.send_files import Scan
+from router.cli.send_summary import Summary
 from router.core.errors import RouterError
 from router.dicom.net import configure_pynetdicom
 
@@ -144,9 +147,9 @@ def _report(found: Scan, result: SendResult, peer: Peer, associations: int,
         _error(message)
     if result.interrupted:
         _error("interrupted: the files not yet tried were not sent")
-    summary = send_client.summarize(found, result, elapsed)
+    summary = send_summary.summarize(found, result, elapsed)
     print("\n".join(format_summary(summary, peer, associations)), flush=True)
-    return send_client.exit_code(summary, result)
+    return send_summary.exit_code(summary, result)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         _error(exc)
         return USAGE_ERROR
     try:
-        found = send_client.scan(args.paths)
+        found = send_files.scan(args.paths)
     except KeyboardInterrupt:
         _error("interrupted while reading headers: nothing was sent")
         return 1

@@ -20,7 +20,8 @@ from pydicom.uid import (
     XRayAngiographicImageStorage,
 )
 
-from router.cli import send_client
+from router.cli import send_files
+from router.cli.send_association import parse_address
 from tests.dcmtk import StoreSCP, free_port
 from tests.dicom_samples import (
     ALL_SYNTAXES,
@@ -93,7 +94,7 @@ def test_more_pairs_than_one_association_holds_are_sent_in_batches(
     sources = [write_instance(tmp_path / "src", sop_class=sop, transfer_syntax=ts,
                               size_bytes=2000)
                for sop in sop_classes for ts in ALL_SYNTAXES]
-    assert len(sources) > send_client.MAX_CONTEXTS
+    assert len(sources) > send_files.MAX_CONTEXTS
     pacs = storescp("PACS")
 
     result = _send(tmp_path / "src", "--to", f"127.0.0.1:{pacs.port}", "--called-ae", "PACS")
@@ -248,22 +249,22 @@ def test_no_dicom_files_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no DICOM files to send" in result.stderr
 
 
-def _instance(n: int, pair: tuple[str, str]) -> send_client.Instance:
-    return send_client.Instance(Path(f"{n}.dcm"), pair[0], f"1.2.{n}", pair[1], 100)
+def _instance(n: int, pair: tuple[str, str]) -> send_files.Instance:
+    return send_files.Instance(Path(f"{n}.dcm"), pair[0], f"1.2.{n}", pair[1], 100)
 
 
 def test_planning_splits_files_and_caps_contexts_per_association() -> None:
     instances = [_instance(n, (f"1.2.3.{n % 200}", EXPLICIT_VR_LE)) for n in range(400)]
-    shares = send_client.split(instances, 3)
+    shares = send_files.split(instances, 3)
     assert [len(s) for s in shares] == [134, 133, 133]
-    assert send_client.split(instances[:2], 3) == [[instances[0]], [instances[1]]]
-    groups = send_client.batches(instances)
+    assert send_files.split(instances[:2], 3) == [[instances[0]], [instances[1]]]
+    groups = send_files.batches(instances)
     assert [len({i.pair for i in g}) for g in groups] == [128, 72]
     assert sorted(i.path.name for g in groups for i in g) == sorted(i.path.name
                                                                      for i in instances)
-    assert send_client.parse_address("[::1]:104") == ("::1", 104)
+    assert parse_address("[::1]:104") == ("::1", 104)
     with pytest.raises(ValueError, match="HOST:PORT"):
-        send_client.parse_address("host:99999")
+        parse_address("host:99999")
 
 
 # --- Ctrl-C tells the truth (issue 15) -------------------------------------------------------

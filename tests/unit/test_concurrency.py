@@ -5,7 +5,8 @@ new one is opened, and a busy answer spends no attempt."""
 from __future__ import annotations
 
 from router.broker.concurrency import IDLE_MARGIN, Concurrency
-from router.broker.dispatch import BUSY_HOLD_SECONDS, DestinationPolicy, Dispatcher, Retry
+from router.broker.deliveries import DestinationPolicy, Retry
+from router.broker.dispatch import BUSY_HOLD_SECONDS, Dispatcher
 from router.core.config import RetryConfig
 from router.core.messages import Result
 

@@ -6,16 +6,16 @@ from collections.abc import Callable
 
 import pytest
 
-from router.broker.dispatch import (
-    WORKER_LEASE_SECONDS,
+from router.broker.deliveries import (
     DeadLetter,
     Delivery,
     DestinationPolicy,
-    Dispatcher,
     Retry,
     Settled,
     backoff,
 )
+from router.broker.dispatch import Dispatcher
+from router.broker.dispatch_state import WORKER_LEASE_SECONDS
 from router.core.config import RetryConfig
 from router.core.messages import JobHeader, Result
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime, time
 
 from router.broker.completion import CompletionPolicy, GroupHolds
-from router.broker.dispatch import DeadLetter, DestinationPolicy, Dispatcher, Retry, Settled
+from router.broker.deliveries import DeadLetter, DestinationPolicy, Retry, Settled
+from router.broker.dispatch import Dispatcher
 from router.core.messages import Result
 from router.core.time_window import TimeWindow
 

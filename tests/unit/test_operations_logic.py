@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from router.broker.dispatch import DestinationPolicy
+from router.broker.deliveries import DestinationPolicy
 from router.cli.status_screen import Reading, duration, parse_metrics, render, size, total
 from router.core.config import default_config, parse_config
 from router.core.metrics import BoundedLabel

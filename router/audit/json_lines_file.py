@@ -1,0 +1,52 @@
+"""The audit trail's JSON lines file: whole-line appends that survive log rotation."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from pathlib import Path
+
+
+class JsonLinesFile:
+    """Appends whole lines with one write each (O_APPEND), reopening after log rotation."""
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        self.path = path
+        self.fsync = fsync
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+
+    def append(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8")
+        with self._lock:
+            fd = self._current_fd()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+
+    def _current_fd(self) -> int:
+        if self._fd is not None:
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+            except OSError:
+                same = False  # moved away or deleted: start a new file
+            if same:
+                return self._fd
+            self._close_fd()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o640)
+        return self._fd
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()

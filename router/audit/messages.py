@@ -1,0 +1,275 @@
+"""Builders of the PS3.15 A.5 audit messages, as dicts in the JSON form: events, participants."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import ipaddress
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from router.audit.codes import (
+    APPLICATION_ACTIVITY,
+    APPLICATION_START,
+    APPLICATION_STOP,
+    AUDIT_SOURCE_APPLICATION_SERVER,
+    INSTANCES_TRANSFERRED,
+    LOGIN,
+    NODE_ID,
+    PATIENT_NUMBER,
+    ROLE_APPLICATION,
+    ROLE_APPLICATION_LAUNCHER,
+    ROLE_DESTINATION,
+    ROLE_SOURCE,
+    SECURITY_ALERT,
+    STUDY_INSTANCE_UID,
+    USER_AUTHENTICATION,
+    Code,
+)
+
+AuditMessage = dict[str, Any]
+Outcome = Literal["0", "4", "8", "12"]  # success, minor, serious, major failure
+MAX_TEXT = 1024  # free text (reasons, alert descriptions) is cut here
+
+
+@dataclass(frozen=True)
+class LocalApplication:
+    """This router process as an active participant and audit source."""
+
+    ae_title: str
+    source_id: str
+    site_id: str | None = None
+    name: str = "dicom-router"
+    # A.5.2.1: a process is identified as in the system's own logs: by its process ID.
+    process_id: str = field(default_factory=lambda: str(os.getpid()))
+    hostname: str = field(default_factory=socket.gethostname)
+
+
+def _token(value: object) -> str:
+    """xsd:token: whitespace collapsed to single spaces, none at either end."""
+    return " ".join(str(value).split())
+
+
+def _text(value: object) -> str:
+    """Free text without control characters (they are not allowed in XML), cut to MAX_TEXT."""
+    cleaned = "".join(c if c.isprintable() else " " for c in str(value))
+    return cleaned[:MAX_TEXT]
+
+
+def _ae_titles(*titles: str | None) -> str:
+    """A.5.2.2: AlternativeUserID of a DICOM application."""
+    unique = dict.fromkeys(_token(t) for t in titles if t and t.strip())
+    return "AETITLES=" + ";".join(unique)
+
+
+def _address_type(address: str) -> str:
+    """NetworkAccessPointTypeCode: 2 for an IP address, 1 for a machine name."""
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return "1"
+    return "2"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _event(
+    event_id: Code,
+    action: str,
+    outcome: Outcome,
+    types: list[Code] | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    event: dict[str, Any] = {"EventID": event_id.json()}
+    if types:
+        event["EventTypeCode"] = [t.json() for t in types]
+    event["EventActionCode"] = action
+    event["EventDateTime"] = _now()
+    event["EventOutcomeIndicator"] = outcome
+    if description:
+        event["EventOutcomeDescription"] = _text(description)
+    return event
+
+
+def _local(
+    app: LocalApplication, *, requestor: bool, role: Code | None, called_ae: str | None = None
+) -> dict[str, Any]:
+    participant: dict[str, Any] = {}
+    if role is not None:
+        participant["RoleIDCode"] = [role.json()]
+    participant.update({
+        "UserID": app.process_id,
+        "AlternativeUserID": _ae_titles(app.ae_title, called_ae),
+        "UserName": app.name,
+        "UserIsRequestor": requestor,
+        "NetworkAccessPointID": _token(app.hostname),
+        "NetworkAccessPointTypeCode": "1",
+    })
+    return participant
+
+
+def _peer(
+    calling_ae: str | None,
+    peer_address: str | None,
+    *,
+    requestor: bool,
+    role: Code | None = None,
+    user_name: str | None = None,
+) -> dict[str, Any]:
+    participant: dict[str, Any] = {}
+    if role is not None:
+        participant["RoleIDCode"] = [role.json()]
+    # A.5.2.1: the identifier our logs use for the peer: its AE title, else its address.
+    participant["UserID"] = _text(calling_ae or peer_address or "unknown")
+    if calling_ae:
+        participant["AlternativeUserID"] = _ae_titles(calling_ae)
+    if user_name:
+        participant["UserName"] = _text(user_name)
+    participant["UserIsRequestor"] = requestor
+    if peer_address:
+        participant["NetworkAccessPointID"] = _token(peer_address)
+        participant["NetworkAccessPointTypeCode"] = _address_type(peer_address)
+    return participant
+
+
+def _source(app: LocalApplication) -> dict[str, Any]:
+    source: dict[str, Any] = {}
+    if app.site_id:
+        source["AuditEnterpriseSiteID"] = _token(app.site_id)
+    source["AuditSourceID"] = _token(app.source_id)
+    source["AuditSourceTypeCode"] = [{"csd-code": AUDIT_SOURCE_APPLICATION_SERVER}]
+    return source
+
+
+def _message(
+    event: dict[str, Any],
+    participants: list[dict[str, Any]],
+    app: LocalApplication,
+    objects: list[dict[str, Any]] | None = None,
+) -> AuditMessage:
+    body: dict[str, Any] = {
+        "EventIdentification": event,
+        "ActiveParticipant": participants,
+        "AuditSourceIdentification": _source(app),
+    }
+    if objects:
+        body["ParticipantObjectIdentification"] = objects
+    return {"AuditMessage": body}
+
+
+def application_activity(app: LocalApplication, *, started: bool) -> AuditMessage:
+    """A.5.3.1 Application Activity: the router started or stopped."""
+    event = _event(APPLICATION_ACTIVITY, "E", "0",
+                   [APPLICATION_START if started else APPLICATION_STOP])
+    participants = [_local(app, requestor=False, role=ROLE_APPLICATION)]
+    launcher = _os_user() if started else None
+    if launcher:
+        participants.append({
+            "RoleIDCode": [ROLE_APPLICATION_LAUNCHER.json()],
+            "UserID": launcher,
+            "UserIsRequestor": True,
+        })
+    return _message(event, participants, app)
+
+
+def _os_user() -> str | None:
+    try:
+        return _text(getpass.getuser())
+    except (OSError, KeyError):  # no user name for this uid (e.g. in a container)
+        return None
+
+
+def user_authentication(
+    app: LocalApplication,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    peer_address: str,
+    tls_subject: str | None = None,
+    outcome: Outcome = "0",
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.12 User Authentication, Login: an association was accepted (outcome 0), or
+    turned away for a reason that is not about who the peer is (outcome 4: retry later)."""
+    event = _event(USER_AUTHENTICATION, "E", outcome, [LOGIN], description)
+    participants = [
+        _peer(calling_ae, peer_address, requestor=True, user_name=tls_subject),
+        _local(app, requestor=False, role=None, called_ae=called_ae),
+    ]
+    return _message(event, participants, app)
+
+
+def security_alert(
+    app: LocalApplication,
+    *,
+    alert_type: Code,
+    detail: str,
+    peer_address: str | None,
+    calling_ae: str | None = None,
+    outcome: Outcome = "4",
+) -> AuditMessage:
+    """A.5.3.11 Security Alert. Outcome 4: refused, i.e. mitigation worked (A.5.3.11)."""
+    event = _event(SECURITY_ALERT, "E", outcome, [alert_type], detail)
+    participants = [_local(app, requestor=False, role=None)]
+    if calling_ae or peer_address:
+        participants.append(_peer(calling_ae, peer_address, requestor=False))
+    subject = _token(peer_address) if peer_address else _token(app.hostname)
+    alert_object = {
+        "ParticipantObjectIDTypeCode": NODE_ID.json(),
+        "ParticipantObjectDetail": [{
+            "type": "Alert Description",
+            "value": base64.b64encode(_text(detail).encode("utf-8")).decode("ascii"),
+        }],
+        "ParticipantObjectID": subject,
+        "ParticipantObjectTypeCode": "2",
+    }
+    return _message(event, participants, app, [alert_object])
+
+
+def instances_transferred(
+    app: LocalApplication,
+    *,
+    calling_ae: str,
+    called_ae: str,
+    peer_address: str,
+    study_uid: str,
+    sop_classes: Mapping[str, int],
+    outcome_ok: bool,
+    patient_id: str | None = None,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.7 DICOM Instances Transferred, one study, as received (EventActionCode C)."""
+    if description is None and not outcome_ok:
+        description = "some instances were refused"
+    event = _event(INSTANCES_TRANSFERRED, "C", "0" if outcome_ok else "4", None, description)
+    participants = [
+        _peer(calling_ae, peer_address, requestor=True, role=ROLE_SOURCE),
+        _local(app, requestor=False, role=ROLE_DESTINATION, called_ae=called_ae),
+    ]
+    study = {
+        "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
+        "ParticipantObjectDescription": [{
+            "SOPClass": [
+                {"UID": _token(uid), "NumberOfInstances": int(count)}
+                for uid, count in sorted(sop_classes.items())
+            ],
+        }],
+        "ParticipantObjectID": _token(study_uid) or "unknown",
+        "ParticipantObjectTypeCode": "2",
+        "ParticipantObjectTypeCodeRole": "3",
+    }
+    objects = [study]
+    if patient_id:  # A.5.3.7 asks for the patient; its name is optional and never recorded
+        objects.append({
+            "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
+            "ParticipantObjectID": _token(patient_id),
+            "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "1",
+        })
+    return _message(event, participants, app, objects)

@@ -1,0 +1,99 @@
+"""The Dispatcher's data: destination policies, deliveries, job and worker state, outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from router.broker.concurrency import Concurrency
+from router.core.config import RetryConfig
+from router.core.messages import JobHeader
+from router.core.time_window import TimeWindow
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    max_parallel: int
+    retry: RetryConfig
+    window: TimeWindow | None = None  # outside it, the destination's queue is held
+    max_associations: int | None = None  # pins the association limit (no learning)
+    probe_interval: float = 60.0
+    idle_timeout: float = 2.0
+
+    def concurrency(self) -> Concurrency:
+        pinned = self.max_associations is not None
+        ceiling = min(self.max_parallel, self.max_associations or self.max_parallel)
+        return Concurrency(ceiling, pinned, self.probe_interval, self.idle_timeout)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job: JobHeader
+    destination: str
+    attempt: int = 1
+    # A completed study or series, or a run of a long queue: these jobs in order over one
+    # association (job = the first).
+    batch: tuple[JobHeader, ...] = ()
+    # How it was dispatched (not what it is: left out of ==).
+    others_open: int = field(default=0, compare=False)  # associations open besides this one
+    opens_association: bool = field(default=False, compare=False)  # no idle one was there
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.job.job_id, self.destination)
+
+    @property
+    def jobs(self) -> tuple[JobHeader, ...]:
+        return self.batch or (self.job,)
+
+    @property
+    def priority(self) -> int:
+        return self.job.priority
+
+    @property
+    def size(self) -> int:
+        return len(self.jobs)
+
+
+@dataclass
+class JobState:
+    header: JobHeader
+    pending: set[str]
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    credits: int
+    last_seen: float
+    leases: dict[tuple[str, str], Delivery] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Every destination of this job is done with: remove it from the spool."""
+
+    job: JobHeader
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    delivery: Delivery
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    delivery: Delivery
+    delay: float
+    reason: str
+
+
+Outcome = Settled | DeadLetter | Retry
+
+
+def backoff(retry: RetryConfig, attempt: int, rand: Callable[[], float]) -> float:
+    """Exponential from initial_delay, capped at max_delay, with jitter in [50%, 100%]."""
+    base = min(retry.max_delay, retry.initial_delay * 2.0 ** (attempt - 1))
+    return float(base * (0.5 + rand() / 2))

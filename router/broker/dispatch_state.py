@@ -1,0 +1,230 @@
+"""The Dispatcher's books: jobs, per-destination queues, workers and their leases, read-outs."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+
+from router.broker.completion import GroupHolds
+from router.broker.deliveries import (
+    DeadLetter,
+    Delivery,
+    DestinationPolicy,
+    JobState,
+    Outcome,
+    Settled,
+    WorkerState,
+)
+from router.broker.delivery_queue import DeliveryQueue
+from router.core.messages import JobHeader
+
+WORKER_LEASE_SECONDS = 6.0
+
+
+class DispatchState:
+    """What the Dispatcher knows, kept consistent: jobs and what each still waits for, the
+    queues, the workers with their credits and leases; and what that state says (depth,
+    oldest job, pauses, windows, when something is next due)."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, DestinationPolicy],
+        max_jobs: int,
+        max_bytes: int,
+        rand: Callable[[], float] = random.random,
+        holds: GroupHolds | None = None,
+        wall: Callable[[], float] = time.time,
+        local: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.policies = dict(policies)
+        self.holds = holds or GroupHolds({})
+        self.wall, self.local = wall, local
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        self.rand = rand
+        self.jobs: dict[str, JobState] = {}
+        self.queued_bytes = 0
+        self.queues: dict[str, DeliveryQueue[Delivery]] = {
+            name: DeliveryQueue() for name in self.policies}
+        self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.delayed: list[tuple[float, int, Delivery]] = []
+        self._sequence = itertools.count()
+        self.workers: dict[bytes, WorkerState] = {}
+        self._rotation = 0
+        self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
+        self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        # Limit changes since the caller last looked: (destination, old, new, why).
+        self.limit_changes: list[tuple[str, int, int, str]] = []
+
+    def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
+                    max_bytes: int, holds: GroupHolds | None = None) -> None:
+        """A config reload: new destinations get queues, changed ones their new policy.
+
+        A destination no longer configured keeps its queue and policy: what is queued for it
+        still goes to the workers, which give it up as `unknown_destination`, a dead letter an
+        operator can replay elsewhere, rather than vanishing here.
+        """
+        for name, policy in policies.items():
+            self.policies[name] = policy
+            self.queues.setdefault(name, DeliveryQueue())
+            self.in_flight.setdefault(name, 0)
+            self.paused_until.setdefault(name, 0.0)
+            self.failures_in_a_row.setdefault(name, 0)
+            self.busy_until.setdefault(name, 0.0)
+            pinned = policy.max_associations is not None
+            if name in self.concurrency:
+                ceiling = policy.concurrency().ceiling
+                self.concurrency[name].reconfigure(ceiling, pinned, policy.probe_interval,
+                                                   policy.idle_timeout)
+            else:
+                self.concurrency[name] = policy.concurrency()
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
+        if holds is not None:
+            holds.groups = self.holds.groups  # groups already held keep waiting
+            self.holds = holds
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def refusal(self, job: JobHeader) -> str | None:
+        """Why a new job cannot be taken now, or None."""
+        if len(self.jobs) >= self.max_jobs:
+            return f"queue full ({len(self.jobs)} jobs)"
+        if self.queued_bytes + job.size > self.max_bytes:
+            return f"queue full ({self.queued_bytes} bytes)"
+        return None
+
+    def add_job(self, job: JobHeader, delivered: Iterable[str] = ()) -> list[Outcome]:
+        """Queue a job for each destination it has not reached yet. Idempotent by job id."""
+        if job.job_id in self.jobs:
+            return []
+        pending = set(job.destinations) - set(delivered)
+        self.jobs[job.job_id] = JobState(job, set(pending))
+        self.queued_bytes += job.size
+        outcomes: list[Outcome] = []
+        for destination in job.destinations:
+            if destination not in pending:
+                continue
+            delivery = Delivery(job, destination)
+            if destination not in self.policies:
+                outcomes += self._give_up(delivery, "unknown_destination",
+                                          f"destination {destination!r} is not configured")
+            elif not self.holds.hold(delivery):
+                self.queues[destination].append(delivery)
+        if not pending:
+            outcomes += self._settle(job.job_id)
+        return outcomes
+
+    def _settle(self, job_id: str) -> list[Outcome]:
+        state = self.jobs.pop(job_id)
+        self.queued_bytes -= state.header.size
+        return [Settled(state.header)]
+
+    def _finish(self, delivery: Delivery) -> list[Outcome]:
+        state = self.jobs.get(delivery.job.job_id)
+        if state is None:
+            return []
+        state.pending.discard(delivery.destination)
+        return [] if state.pending else self._settle(delivery.job.job_id)
+
+    def _give_up(self, delivery: Delivery, reason: str, detail: str) -> list[Outcome]:
+        return [DeadLetter(delivery, reason, detail), *self._finish(delivery)]
+
+    # --- workers ----------------------------------------------------------------------------
+
+    def worker_ready(self, identity: bytes, credits: int, now: float) -> None:
+        worker = self.workers.get(identity)
+        if worker is None:
+            self.workers[identity] = WorkerState(identity, credits, now)
+        else:
+            worker.credits = credits
+            worker.last_seen = now
+
+    def worker_seen(self, identity: bytes, now: float) -> bool:
+        worker = self.workers.get(identity)
+        if worker is not None:
+            worker.last_seen = now
+        return worker is not None
+
+    def worker_gone(self, identity: bytes) -> int:
+        """Return a departed worker's leased deliveries to the front of their queues."""
+        worker = self.workers.pop(identity, None)
+        if worker is None:
+            return 0
+        for concurrency in self.concurrency.values():
+            concurrency.worker_gone(identity)  # its associations died with it
+        for delivery in reversed(list(worker.leases.values())):  # keep their original order
+            self.in_flight[delivery.destination] -= 1
+            self._requeue_front(delivery)
+        return sum(d.size for d in worker.leases.values())
+
+    def _still_pending(self, delivery: Delivery) -> Delivery | None:
+        """The delivery with only the jobs still pending for its destination (None: none)."""
+        jobs = tuple(j for j in delivery.jobs if j.job_id in self.jobs
+                     and delivery.destination in self.jobs[j.job_id].pending)
+        if not jobs:
+            return None
+        if not delivery.batch:
+            return delivery
+        return Delivery(jobs[0], delivery.destination, delivery.attempt, jobs)
+
+    def _requeue_front(self, delivery: Delivery) -> None:
+        remaining = self._still_pending(delivery)
+        if remaining is not None:
+            self.queues[delivery.destination].appendleft(remaining)
+
+    def expired_workers(self, now: float) -> list[bytes]:
+        return [w.identity for w in self.workers.values()
+                if now - w.last_seen > WORKER_LEASE_SECONDS]
+
+    def _lease_back(self, identity: bytes, key: tuple[str, str], now: float
+                    ) -> Delivery | None:
+        worker = self.workers.get(identity)
+        if worker is None:
+            return None  # a lease already given to another worker; that one will answer
+        delivery = worker.leases.pop(key, None)
+        worker.credits += 1
+        worker.last_seen = now
+        if delivery is not None:
+            self.in_flight[delivery.destination] -= 1
+        return delivery
+
+    def is_paused(self, destination: str, now: float) -> bool:
+        return self.paused_until[destination] > now
+
+    def in_window(self, destination: str) -> bool:
+        window = self.policies[destination].window
+        return window is None or window.is_open(self.local())
+
+    def next_due(self, now: float) -> float | None:
+        """When dispatch() may next have something new to send: a retry or a pause ending,
+        a held group becoming due, a destination's time window opening."""
+        due = [self.delayed[0][0]] if self.delayed else []
+        due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
+        due += [t for name, t in self.busy_until.items() if t > now and self.queues[name]]
+        group_due = self.holds.next_due()
+        if group_due is not None:
+            due.append(now + max(0.0, group_due - self.wall()))
+        for name, policy in self.policies.items():
+            if policy.window is not None and self.queues[name]:
+                due.append(now + policy.window.opens_in(self.local()))
+        return min(due, default=None)
+
+    def depth(self, destination: str) -> int:
+        waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
+        return self.queues[destination].jobs + waiting + self.holds.depth(destination)
+
+    def oldest_received(self, destination: str) -> float | None:
+        """When the oldest job still pending for `destination` was received (None: none).
+
+        Jobs are kept in arrival order, so the scan stops at the first one still pending.
+        """
+        for state in self.jobs.values():
+            if destination in state.pending:
+                return state.header.received_at
+        return None

@@ -1,0 +1,76 @@
+"""The broker's live status and queue metrics: what it publishes once a heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from router.broker.dispatch import Dispatcher
+from router.core import metrics
+from router.core.spool import Spool
+from router.core.status_snapshots import write_snapshot
+
+log = logging.getLogger("router.broker.main")  # the name these messages always had
+
+
+class Publishing:
+    """Part of the Broker: queue metrics, spool usage and the live snapshot, from the
+    Dispatcher's state."""
+
+    dispatcher: Dispatcher
+    associating: set[str]  # destinations with associations to show
+    spool: Spool
+    status_dir: Path | None
+    config_generation: int
+
+    def _publish(self, now: float) -> None:
+        """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
+        destinations = self.destination_summary(now)
+        for name, row in destinations.items():
+            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
+            metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
+            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
+            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+            if "concurrency" in row:
+                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
+        metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
+        metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
+        spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
+        try:
+            usage = shutil.disk_usage(self.spool.root)
+            metrics.SPOOL_FREE.set(usage.free)
+            metrics.SPOOL_SIZE.set(usage.total)
+            spool.update(free_bytes=usage.free, size_bytes=usage.total)
+        except OSError as exc:
+            log.warning("cannot read the spool's disk usage: %s", exc)
+        if self.status_dir is not None:
+            try:
+                write_snapshot(self.status_dir, "broker", {
+                    "config_generation": self.config_generation,
+                    "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
+                    "workers": len(self.dispatcher.workers), "destinations": destinations})
+            except OSError as exc:
+                log.debug("cannot write the live status: %s", exc)
+
+    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
+        wall = time.time()
+        out: dict[str, dict[str, float | int | bool]] = {}
+        for name in self.dispatcher.queues:
+            oldest = self.dispatcher.oldest_received(name)
+            paused_until = self.dispatcher.paused_until[name]
+            out[name] = {
+                "depth": self.dispatcher.depth(name),
+                "in_flight": self.dispatcher.in_flight[name],
+                "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
+                "up": not self.dispatcher.is_paused(name, now),
+                "in_window": self.dispatcher.in_window(name),  # false: held until it opens
+                "paused_for": max(0.0, paused_until - now),
+                "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+            }
+            if name in self.associating:
+                # The live association limit (learned or pinned) and what is open now.
+                out[name]["concurrency"] = self.dispatcher.concurrency[name].limit
+                out[name]["associations"] = self.dispatcher.concurrency[name].total_open
+        return out

@@ -1,0 +1,122 @@
+"""One relayed request on the requester's association: its DIMSE responses and counts."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.dsutils import decode
+
+from router.core import metrics
+from router.core.dimse_status import is_delivered, is_warning
+from router.core.messages import RelayResponse
+
+log = logging.getLogger("router.relay.server")  # the name these messages always had
+
+# Where each request carries its dataset, and where its response carries one.
+REQUEST_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Identifier",
+                   "N-SET": "ModificationList", "N-ACTION": "ActionInformation",
+                   "N-CREATE": "AttributeList", "N-EVENT-REPORT": "EventInformation"}
+RESPONSE_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Identifier",
+                    "N-GET": "AttributeList", "N-SET": "AttributeList",
+                    "N-ACTION": "ActionReply", "N-CREATE": "AttributeList",
+                    "N-EVENT-REPORT": "EventReply"}
+CANCELLED = 0xFE00
+SUB_OPERATIONS_FAILED = 0xB000
+
+
+@dataclass
+class Counts:
+    remaining: int = 0
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+    def record(self, status: int | None) -> None:
+        if status is not None and is_warning(status):
+            self.warning += 1
+        elif status is not None and is_delivered(status):
+            self.completed += 1
+        else:
+            self.failed += 1
+        self.remaining = max(0, self.remaining - 1)
+
+
+class Exchange:
+    """One request on one association: builds and sends its responses."""
+
+    def __init__(self, assoc: Any, msg: Any, context_id: int, command: str) -> None:
+        self.assoc, self.msg, self.context_id, self.command = assoc, msg, context_id, command
+        self.sub_operations = 0  # C-GET: message IDs of the C-STOREs sent back
+        self.transfer_syntax = str(assoc._accepted_cx[context_id].transfer_syntax[0])
+
+    def cancelled(self) -> bool:
+        """C-CANCEL arrived for this request, or the requester is gone."""
+        return self.msg.MessageID in self.assoc.dimse.cancel_req or \
+            not self.assoc.is_established
+
+    def respond(self, status: int, *, dataset: bytes | None = None, comment: str = "",
+                counts: Counts | None = None, answer: RelayResponse | None = None) -> None:
+        rsp = type(self.msg)()
+        rsp.MessageIDBeingRespondedTo = self.msg.MessageID
+        msg = self.msg
+        if self.command.startswith("C-"):
+            rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        elif self.command in ("N-CREATE", "N-EVENT-REPORT"):
+            rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            instance = answer.sop_instance_uid if answer and answer.sop_instance_uid else \
+                msg.AffectedSOPInstanceUID
+            if instance:
+                rsp.AffectedSOPInstanceUID = instance
+        else:
+            rsp.AffectedSOPClassUID = msg.RequestedSOPClassUID
+            rsp.AffectedSOPInstanceUID = msg.RequestedSOPInstanceUID
+        if self.command == "N-ACTION":
+            rsp.ActionTypeID = msg.ActionTypeID
+        if self.command == "N-EVENT-REPORT":
+            rsp.EventTypeID = msg.EventTypeID
+        rsp.Status = status
+        if comment and status not in (0x0000, 0xFF00, 0xFF01):
+            rsp.ErrorComment = comment[:64]
+        for keyword, value in (answer.status_fields.items() if answer else ()):
+            if keyword in type(rsp).STATUS_OPTIONAL_KEYWORDS:  # ErrorID, OffendingElement...
+                setattr(rsp, keyword, value)
+        if counts is not None and self.command in ("C-GET", "C-MOVE"):
+            if status in (0xFF00, 0xFF01):
+                rsp.NumberOfRemainingSuboperations = counts.remaining
+            rsp.NumberOfCompletedSuboperations = counts.completed
+            rsp.NumberOfFailedSuboperations = counts.failed
+            rsp.NumberOfWarningSuboperations = counts.warning
+        if dataset:
+            setattr(rsp, RESPONSE_DATASET[self.command], BytesIO(dataset))
+        self.assoc.dimse.send_msg(rsp, self.context_id)
+
+    def request_dataset(self) -> bytes | None:
+        attr = REQUEST_DATASET.get(self.command)
+        stream = getattr(self.msg, attr, None) if attr else None
+        return stream.getvalue() if stream is not None else None
+
+    def decoded_request_dataset(self) -> Any:
+        raw = self.request_dataset()
+        if raw is None:
+            return None
+        return decode(BytesIO(raw), self.transfer_syntax == ImplicitVRLittleEndian, True)
+
+    def final(self, status: int, comment: str, counts: Counts | None = None) -> None:
+        """The last response, counted in the metrics; not sent if the requester is gone."""
+        metrics.DIMSE_REQUESTS.labels(self.command, f"0x{status:04X}").inc()
+        try:
+            self.respond(status, comment=comment, counts=counts)
+        except Exception as exc:  # the requester may be gone already
+            log.debug("final %s response not sent: %s", self.command, exc)
+
+
+def final_status(upstream_status: int, counts: Counts, cancelled: bool) -> int:
+    if cancelled or upstream_status == CANCELLED:
+        return CANCELLED
+    if upstream_status in (0x0000, SUB_OPERATIONS_FAILED) and counts.failed + counts.warning:
+        return SUB_OPERATIONS_FAILED
+    return upstream_status

@@ -1,0 +1,143 @@
+"""C-MOVE in relay mode: the upstream sends to the router, the router delivers to the target."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from router.core.config import DicomDestination, KnownAE, RouterConfig
+from router.core.dimse_status import relay_failure_status
+from router.core.errors import DeliveryError
+from router.core.messages import JobHeader, RelayRequest, RelayResponse
+from router.core.spool import Spool
+from router.relay.call import RelayCall, RelayTimeout
+from router.relay.exchange import Counts, Exchange, final_status
+from router.relay.state import MoveRelay, MoveRelays
+
+log = logging.getLogger("router.relay.server")  # the name these messages always had
+
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+def relays_moves(config: RouterConfig, upstream: str) -> bool:
+    """Whether a C-MOVE to this upstream is relayed (move_mode relay) or passed through."""
+    dest = config.destinations.get(upstream)
+    return isinstance(dest, DicomDestination) and dest.move_mode == "relay"
+
+
+def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination] | None:
+    """The router's own table: known_aes, then DICOM destinations by AE title."""
+    known: KnownAE | None = config.known_aes.get(title)
+    if known is not None:
+        return title, DicomDestination(type="dicom", ae_title=title, host=known.host,
+                                       port=known.port, tls=known.tls)
+    for name, dest in config.destinations.items():
+        if isinstance(dest, DicomDestination) and dest.ae_title == title:
+            return name, dest
+    return None
+
+
+class RelayedMoves:
+    """The relayed C-MOVEs in progress: each one's upstream call and its deliveries."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.moves = MoveRelays()
+
+    def relay(self, exchange: Exchange, request: RelayRequest, config: RouterConfig,
+              call_upstream: Callable[[RelayRequest], RelayCall]) -> None:
+        target = move_target(config, request.move_destination)
+        if target is None:
+            log.warning("C-MOVE to %r refused: not among known_aes or destinations",
+                        request.move_destination)
+            exchange.final(MOVE_DESTINATION_UNKNOWN,
+                           f"move destination {request.move_destination} unknown")
+            return
+        upstream = config.destinations[request.upstreams[0]]
+        assert isinstance(upstream, DicomDestination)
+        move = self.moves.open(upstream.calling_ae or config.ae_title)
+        relayed = RelayRequest(**{**request.__dict__, "move_destination": config.ae_title,
+                                  "move_message_id": move.message_id,
+                                  "upstreams": request.upstreams[:1]})
+        from router.dicom.store_sender import DicomDestination as Sender
+
+        sender = Sender(target[0], target[1], config.ae_title)
+        call = call_upstream(relayed)
+        counts = Counts()
+        try:
+            _move_loop(exchange, call, move, sender, counts)
+        except RelayTimeout as exc:
+            exchange.final(relay_failure_status("C-MOVE"), str(exc), counts)
+        finally:
+            call.close()
+            self.moves.close(move)
+            sender.close()
+            _discard(move)
+
+    def take_instance(self, event: Any, source: Path) -> bool:
+        """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move."""
+        request = event.request
+        move = self.moves.find(getattr(request, "MoveOriginatorMessageID", None),
+                               getattr(request, "MoveOriginatorApplicationEntityTitle", None))
+        if move is None:
+            return False
+        target = self.spool.relay / f"move-{move.message_id}-{uuid.uuid4().hex}.dcm"
+        source.replace(target)
+        move.arrived.put((target, str(request.AffectedSOPClassUID),
+                          str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax)))
+        return True
+
+
+def _move_loop(exchange: Exchange, call: RelayCall, move: MoveRelay, sender: Any,
+               counts: Counts) -> None:
+    while True:
+        _deliver_arrived(exchange, move, sender, counts)
+        got = call.poll(exchange.cancelled, wait=0.05)
+        if got is None:
+            continue
+        answer = got[0]
+        if not isinstance(answer, RelayResponse):
+            continue
+        if not answer.final:
+            if answer.remaining >= 0:
+                counts.remaining = answer.remaining
+            continue
+        _deliver_arrived(exchange, move, sender, counts)  # sent before the final
+        exchange.final(final_status(answer.status, counts, call.cancelled),
+                       answer.error_comment, counts)
+        return
+
+
+def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: Counts) -> None:
+    while True:
+        try:
+            path, sop_class, sop_instance, syntax = move.arrived.get_nowait()
+        except queue.Empty:
+            return
+        job = JobHeader(job_id=path.stem, calling_ae="", called_ae="", peer_address="",
+                        peer_port=0, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                        transfer_syntax_uid=syntax, size=0, received_at=0.0, rules=(),
+                        destinations=())
+        try:
+            sender.deliver(job, path)
+            counts.record(0x0000)
+        except DeliveryError as exc:
+            log.warning("relayed C-MOVE: %s", exc)
+            counts.record(None)
+        finally:
+            path.unlink(missing_ok=True)
+        exchange.respond(0xFF00, counts=counts)
+
+
+def _discard(move: MoveRelay) -> None:
+    """Instances of a move that ended (cancel, failure) before they were delivered."""
+    while True:
+        try:
+            path = move.arrived.get_nowait()[0]
+        except queue.Empty:
+            return
+        path.unlink(missing_ok=True)
