@@ -47,6 +47,7 @@ from router.dicom_net import (
 from router.errors import RouterError
 from router.guarded_transport import ReadLimits
 from router.live_status import LiveAssociations, publish_forever
+from router.pending import PendingConnections
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.relay_server import RelayServer
 from router.runtime import Runtime
@@ -82,16 +83,20 @@ def build_ae(config: RouterConfig) -> AE:
 
 def configure_ae(ae: AE, config: RouterConfig) -> None:
     """The AE settings a reload may change (the PDU size and AE title need a restart)."""
-    ae.maximum_associations = config.listen.max_associations
-    ae.acse_timeout = config.listen.acse_timeout
-    ae.dimse_timeout = config.listen.dimse_timeout
-    ae.network_timeout = config.listen.network_timeout
-    ae.require_called_aet = config.listen.require_called_ae
+    listen = config.listen
+    # max_associations is enforced in AssociationEvents over requests actually received;
+    # pynetdicom's own count includes connections still sending theirs, bounded apart.
+    ae.maximum_associations = listen.max_associations + listen.max_pending
+    ae.acse_timeout = listen.acse_timeout
+    ae.dimse_timeout = listen.dimse_timeout
+    ae.network_timeout = listen.network_timeout
+    ae.require_called_aet = False  # checked (and counted) by AccessPolicy
 
 
 def read_limits(config: RouterConfig) -> ReadLimits:
     return ReadLimits(
-        acse_timeout=config.listen.acse_timeout,
+        request_timeout=min(config.listen.association_request_timeout,
+                            config.listen.acse_timeout),
         network_timeout=config.listen.network_timeout,
         max_pdu=config.listen.max_pdu,
         max_message_bytes=config.listen.max_message_bytes,
@@ -186,6 +191,9 @@ class LiveConfig:
         self.events.access.reconfigure(new.listen)
         configure_ae(self.ae, new)
         self.server.limits = read_limits(new)
+        if self.server.pending is not None:
+            self.server.pending.reconfigure(new.listen.max_pending_per_source,
+                                            new.listen.max_pending)
         self.config = new
 
     @property
@@ -222,8 +230,9 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
         tls = TLSListener(config.listen.tls, _tls_alert(audit))
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
+    pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending)
     server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
-                          events.finished)
+                          events.finished, pending, config.listen.backlog)
     server.relay = relay
     live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
     signal.signal(signal.SIGHUP, live_config.on_sighup)

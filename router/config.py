@@ -147,6 +147,14 @@ class ListenConfig(Strict):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
+    # The ARTIM timer's job: a connection must deliver its whole A-ASSOCIATE-RQ this soon
+    # after connecting (capped by acse_timeout), or it is closed.
+    association_request_timeout: float = Field(5.0, gt=0)
+    # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
+    # in all; more are closed at accept. They do not count in max_associations.
+    max_pending_per_source: int = Field(8, ge=1)
+    max_pending: int = Field(128, ge=1)
+    backlog: int = Field(128, ge=1)  # the listen() backlog: bursts of connects wait in it
 
 
 class SpoolConfig(Strict):

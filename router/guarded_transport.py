@@ -8,8 +8,12 @@ these lets one hostile or broken peer stall, bloat or fill the router (see
 tests/integration/test_fuzz_acceptor.py). The pieces here close those gaps through
 pynetdicom's own extension point, the server's request handler:
 
-- `GuardedSocket` reads each PDU against a deadline (acse_timeout until the A-ASSOCIATE-RQ is
-  in, network_timeout of silence after) and refuses declared lengths past the limits;
+- `GuardedSocket` reads each PDU against a deadline (request_timeout, the ARTIM timer's job,
+  until the A-ASSOCIATE-RQ is in, network_timeout of silence after), refuses declared
+  lengths past the limits and PDU types PS3.8 does not define, and checks that every read
+  is the header or the body it expects (pynetdicom skips the body of an unknown PDU: a
+  guard that only alternated header/body once took the next header for a body and the
+  3 GiB length after it for a header);
 - `MessageGuard` bounds the command set and the in-memory dataset of each DIMSE message;
 - `GuardedRequestHandler` runs the association to its end in the connection's thread and then
   settles what pynetdicom may not have: counters and partial files.
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04
+A_ABORT = 0x07
+KNOWN_PDU_TYPES = frozenset(range(A_ASSOCIATE_RQ, A_ABORT + 1))  # PS3.8 9.3.1
+HEADER_BYTES = 6
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 
 
@@ -46,7 +53,7 @@ MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 class ReadLimits:
     """What one inbound connection may send before the acceptor gives up on it."""
 
-    acse_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
+    request_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
     network_timeout: float  # longest silence in the middle of a PDU once associated
     max_pdu: int  # the Maximum Length the router advertised for P-DATA-TF
     max_other_pdu: int = 256 * 1024  # A-ASSOCIATE-RQ (user identity included) and the rest
@@ -56,6 +63,11 @@ class ReadLimits:
     def pdu_limit(self, pdu_type: int) -> int:
         # Tolerant of peers that count the PDV headers in, still bounded.
         return 2 * self.max_pdu if pdu_type == P_DATA_TF else self.max_other_pdu
+
+    @property
+    def largest_read(self) -> int:
+        """No read is ever larger than this, whatever the state: the last line of defence."""
+        return max(2 * self.max_pdu, self.max_other_pdu)
 
 
 class ConnectionRefused(Exception):
@@ -82,10 +94,18 @@ class GuardedSocket(AssociationSocket):
         self._associated = False  # a whole A-ASSOCIATE-RQ has been read
         self._expect_header = True
         self._pdu_type = 0
+        self._body_length = 0
+        self._closing = False  # an unknown PDU type was seen: nothing more is read
         self._woken = False
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._closing:
+            self._wake_acceptor()
+            return bytearray()  # the DUL sees the connection closed (Evt17) and ends it
         try:
+            if nr_bytes > self.limits.largest_read:
+                raise ConnectionRefused(f"a read of {nr_bytes} bytes, more than any PDU the "
+                                        f"router accepts", "pdu_too_large")
             if self._expect_header:
                 return self._recv_header(nr_bytes)
             return self._recv_body(nr_bytes)
@@ -102,21 +122,35 @@ class GuardedSocket(AssociationSocket):
         self._wake_acceptor()
 
     def _recv_header(self, nr_bytes: int) -> bytearray:
+        if nr_bytes != HEADER_BYTES:
+            raise ConnectionRefused(f"a read of {nr_bytes} bytes where a PDU header was due",
+                                    "out_of_step")
         data = self._read(nr_bytes)
-        if len(data) == 6:
+        if len(data) == HEADER_BYTES:
             pdu_type, _, length = struct.unpack(">BBL", data)
+            if pdu_type not in KNOWN_PDU_TYPES:
+                # pynetdicom answers Evt19 (A-ABORT, then close) without reading the body;
+                # every later read is refused, so nothing after this header is taken in.
+                log.warning("aborting the connection from %s: unrecognised PDU type 0x%02X",
+                            self._peer(), pdu_type)
+                metrics.CONNECTIONS_DROPPED.labels("unknown_pdu_type").inc()
+                self._closing = True
+                return data
             limit = self.limits.pdu_limit(pdu_type)
             if length > limit:
                 raise ConnectionRefused(
                     f"PDU type 0x{pdu_type:02X} declares {length} bytes, more than the "
                     f"{limit} the router accepts", "pdu_too_large"
                 )
-            self._pdu_type, self._expect_header = pdu_type, False
-        elif not self._associated:
+            self._pdu_type, self._body_length, self._expect_header = pdu_type, length, False
+        else:
             self._wake_acceptor()
         return data
 
     def _recv_body(self, nr_bytes: int) -> bytearray:
+        if nr_bytes != self._body_length:
+            raise ConnectionRefused(f"a read of {nr_bytes} bytes where a body of "
+                                    f"{self._body_length} was due", "out_of_step")
         data = self._read(nr_bytes)
         if len(data) == nr_bytes:
             self._expect_header = True
@@ -147,27 +181,31 @@ class GuardedSocket(AssociationSocket):
     def _time_left(self) -> float:
         if self._associated:
             return self.limits.network_timeout
-        left = self._connected_at + self.limits.acse_timeout - time.monotonic()
+        left = self._connected_at + self.limits.request_timeout - time.monotonic()
         if left <= 0:
             raise self._stalled(0, 0)
         return left
 
     def _stalled(self, got: int, wanted: int) -> ConnectionRefused:
         if not self._associated:
-            return ConnectionRefused(f"no complete A-ASSOCIATE-RQ within acse_timeout "
-                                     f"({self.limits.acse_timeout:g}s)", "acse_timeout")
+            return ConnectionRefused(
+                f"no complete A-ASSOCIATE-RQ within association_request_timeout "
+                f"({self.limits.request_timeout:g}s)", "request_timeout")
         return ConnectionRefused(
             f"silent for network_timeout ({self.limits.network_timeout:g}s) in the middle of a "
             f"PDU ({got} of {wanted} bytes)", "network_timeout")
 
     def _wake_acceptor(self) -> None:
-        """A connection that ends before its A-ASSOCIATE-RQ is complete frees its slot now.
+        """A connection that ends before its association thread got a request frees its
+        slot now: one whose A-ASSOCIATE-RQ was cut short, and one whose request was
+        complete but did not decode (pynetdicom then aborts in the DUL and never hands a
+        request to the association thread).
 
         pynetdicom's acceptor thread otherwise waits acse_timeout for a request that cannot
         come, counted in max_associations all the while. None in the queue is what its own
         timeout returns: it closes the connection and ends.
         """
-        if not self._associated and not self._woken:
+        if self.assoc.requestor.primitive is None and not self._woken:
             self._woken = True
             self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
@@ -301,6 +339,10 @@ class GuardedRequestHandler(RequestHandler):
         assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
         assoc.requestor.address_info = self.remote
         _bind_handlers(assoc, self.server._handlers)
+        ticket = getattr(self.server, "ticket", lambda request: None)(self.request)
+        if ticket is not None:
+            # A decoded request: the connection no longer counts as pending for its source.
+            assoc.bind(evt.EVT_REQUESTED, lambda event: ticket.release())
         return assoc
 
 

@@ -1,0 +1,160 @@
+"""Pre-authentication denial of service at the acceptor (issue 16): what a peer that never
+authenticates can make the acceptor allocate, hold or refuse to others.
+
+One router serves the module, with the production acse_timeout (30 s) so that anything
+still waiting for it shows; every wait here is bounded and generous (never a timing
+assertion). The attacks come from 127.0.0.2, the legitimate peer from 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dcmtk import LOCALHOST, run_echoscu
+from tests.integration import pdus
+from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.test_fuzz_acceptor import rss_kb, thread_count
+
+pytestmark = pytest.mark.integration
+
+AE = "DICOM-ROUTER"
+ATTACKER = "127.0.0.2"  # another loopback source: the per-source limits tell them apart
+RSS_LIMIT_KB = 64 * 1024  # growth allowed while one attack runs
+
+
+def _config(workdir: Path, **listen: Any) -> dict[str, Any]:
+    return {
+        "destinations": {"keep": {"type": "folder", "path": str(workdir / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+        "listen": {"acse_timeout": 30, "association_request_timeout": 3, **listen},
+        "drain_grace": 1,
+    }
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    workdir = tmp_path_factory.mktemp("dos-router")
+    with RouterProcess(workdir, _config(workdir)) as started:
+        yield started
+
+
+def _connect(port: int, source: str = ATTACKER) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.settimeout(10)
+    sock.connect((LOCALHOST, port))
+    return sock
+
+
+def _echo(port: int) -> tuple[int, str]:
+    done = run_echoscu(LOCALHOST, port, called_ae=AE, timeout=20)
+    return done.returncode, done.stderr.strip()
+
+
+# Regression: a PDU of an unknown type (pynetdicom reads its header and not its body) put
+# the read guard out of step: the next header was taken for a body and the declared length
+# after it (3 GiB) was allocated up front, 360 MB -> 3.5 GB for the acse_timeout.
+
+
+def test_unknown_pdu_type_then_huge_length_allocates_nothing(router: RouterProcess) -> None:
+    acceptor = router.child_pid("acceptor")
+    before = rss_kb(acceptor)
+    peak = before
+    with _connect(router.port) as sock:
+        sock.sendall(bytes.fromhex("000000000000" + "0700C0000000"))
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 10 and not closed:
+            peak = max(peak, rss_kb(acceptor))
+            closed = pdus.drain(sock, 0.2)[1]
+    peak = max(peak, rss_kb(acceptor))
+    print(f"\nDOS acceptor RSS {before} kB -> peak {peak} kB")
+    assert peak - before < RSS_LIMIT_KB, f"acceptor RSS grew from {before} to {peak} kB"
+    assert closed, "the router kept the connection open 10 s after an unknown PDU type"
+    assert router.child_pid("acceptor") == acceptor
+
+
+def test_unknown_pdu_type_is_aborted(router: RouterProcess) -> None:
+    """PS3.8 9.3.1: an unrecognised PDU is answered with an A-ABORT, then the close."""
+    with _connect(router.port) as sock:
+        sock.sendall(struct.pack(">BBI", 0x09, 0, 4) + b"\0\0\0\0")
+        data, closed = pdus.drain(sock, 10)
+    found, _ = pdus.split_pdus(data)
+    assert closed and [t for t, _ in found] in ([pdus.A_ABORT], []), found
+
+
+# Regression: a complete A-ASSOCIATE-RQ that does not decode set the guard's "request read"
+# flag, so a close no longer freed the slot: 70 such connections locked everyone out for
+# the acse_timeout ("Local Limit Exceeded").
+
+
+def test_undecodable_requests_that_close_free_their_slots(router: RouterProcess) -> None:
+    undecodable = bytes.fromhex("0100000000080200000001010500")
+    for _ in range(70):
+        with _connect(router.port) as sock:
+            sock.sendall(undecodable)
+    code, why = _echo(router.port)
+    assert code == 0, f"echoscu from 127.0.0.1 refused after 70 undecodable requests: {why}"
+
+
+class Flood(threading.Thread):
+    """From 127.0.0.2: connections that close at once and connections that send half an
+    A-ASSOCIATE-RQ and stall, over and over, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.opened = 0
+        self.held: list[socket.socket] = []
+
+    def run(self) -> None:
+        half = pdus.a_associate_rq()[:40]
+        while not self.stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = _connect(self.port)
+                self.opened += 1
+                if self.opened % 2:
+                    sock.sendall(half)
+                    self.held.append(sock)
+                else:
+                    sock.close()
+            if len(self.held) > 300:
+                self.held.pop(0).close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(10)
+        for sock in self.held:
+            sock.close()
+
+
+# Regression: 200 half-open connections held every slot (and 551 threads) for the
+# acse_timeout: no deadline for the request, no limit per source, a listen backlog of 5.
+
+
+def test_a_flood_from_one_source_does_not_lock_out_another(router: RouterProcess) -> None:
+    acceptor = router.child_pid("acceptor")
+    flood = Flood(router.port)
+    flood.start()
+    try:
+        assert wait_for(lambda: flood.opened >= 200, timeout=30), "the flood did not start"
+        threads = thread_count(acceptor)
+        echoes = [_echo(router.port) for _ in range(3)]
+        assert all(code == 0 for code, _ in echoes), (
+            f"echoscu from 127.0.0.1 during the flood: {echoes}")
+        print(f"\nDOS flood: {flood.opened} connections, acceptor threads {threads}")
+        assert threads < 200, f"the acceptor runs {threads} threads for one flooding source"
+    finally:
+        flood.close()
+    assert router.metric("dicom_router_connections_dropped_total",
+                         reason="pending_per_source") > 0
