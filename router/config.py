@@ -179,6 +179,9 @@ class MetricsConfig(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
+    # A request must arrive whole within this; connections served at once, at most.
+    request_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(32, ge=1)
 
 
 class RetryConfig(Strict):

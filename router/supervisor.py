@@ -163,7 +163,7 @@ class Supervisor:
         if self.config.metrics.enabled:
             m = self.config.metrics
             self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir), self.ready,
-                                     self.status)
+                                     self.status, m.request_timeout, m.max_connections)
             self.http.start()
         audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None

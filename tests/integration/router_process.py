@@ -40,7 +40,8 @@ class RouterProcess:
             "spool": {"path": str(workdir / "spool")},
             **config,
             "listen": {"host": "127.0.0.1", "port": self.port, **config.get("listen", {})},
-            "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
+            "metrics": {**config.get("metrics", {}), "host": "127.0.0.1",
+                        "port": self.metrics_port},
         }
         self.spool = Path(config["spool"]["path"])
         self.config_path = workdir / "router.yaml"

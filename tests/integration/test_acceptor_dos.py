@@ -13,7 +13,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from tests.dcmtk import LOCALHOST, run_echoscu
 from tests.integration import pdus
-from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.router_process import RouterProcess, http_get, wait_for
 from tests.integration.test_fuzz_acceptor import rss_kb, thread_count
 
 pytestmark = pytest.mark.integration
@@ -158,3 +158,47 @@ def test_a_flood_from_one_source_does_not_lock_out_another(router: RouterProcess
         flood.close()
     assert router.metric("dicom_router_connections_dropped_total",
                          reason="pending_per_source") > 0
+
+
+# Regression: the HTTP port (metrics, health) kept a thread for each half-sent request for
+# ever: 300 such requests held 303 threads for over a minute.
+
+
+def test_half_sent_http_requests_do_not_hold_threads(tmp_path: Path) -> None:
+    config = {**_config(tmp_path), "metrics": {"request_timeout": 1, "max_connections": 16}}
+    with RouterProcess(tmp_path / "http", config) as router:
+        assert router.process is not None
+        supervisor = router.process.pid
+        before = thread_count(supervisor)
+        held = []
+        for _ in range(100):
+            sock = socket.create_connection((LOCALHOST, router.metrics_port), timeout=10)
+            with contextlib.suppress(OSError):
+                sock.sendall(b"GET /metr")
+            held.append(sock)
+        try:
+            peak = max(_sample(lambda: thread_count(supervisor), seconds=2))
+            closed = wait_for(lambda: all(pdus.drain(s, 0.01)[1] for s in held), timeout=20)
+            healthy = wait_for(lambda: _healthz(router.metrics_port), timeout=10)
+        finally:
+            for sock in held:
+                sock.close()
+        print(f"\nDOS http: supervisor threads {before} -> {peak} with 100 half requests")
+        assert closed, "half-sent HTTP requests still open 20 s later"
+        assert peak - before <= 20, f"{peak - before} threads for 100 half-sent requests"
+        assert healthy, "/healthz did not answer once the half-sent requests were closed"
+
+
+def _sample(read: Callable[[], int], seconds: float) -> list[int]:
+    samples, end = [read()], time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.05)
+        samples.append(read())
+    return samples
+
+
+def _healthz(port: int) -> bool:
+    try:
+        return http_get(port, "/healthz")[0] == 200
+    except OSError:
+        return False
