@@ -47,6 +47,7 @@ from router.dicom_net import (
 from router.errors import RouterError
 from router.guarded_transport import ReadLimits
 from router.live_status import LiveAssociations, publish_forever
+from router.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.pending import PendingConnections
 from router.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.relay_server import RelayServer
@@ -135,9 +136,16 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
     if audit is None:
         return None
     trail = audit
+    # A peer that fails its handshake over and over (a scanner, a misconfigured modality)
+    # is audited a few times a minute, not once per attempt (~1.2 KB each).
+    limiter = RepeatLimiter(what="audit_tls_failure")
 
     def alert(reason: str, peer: str) -> None:
-        trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}", peer)
+        if limiter.allow((peer, reason), AUDIT_REPEAT_BUDGET):
+            dropped = limiter.suppressed((peer, reason))
+            note = f" ({dropped} earlier failures were not audited)" if dropped else ""
+            trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}{note}",
+                                 peer)
 
     return alert
 

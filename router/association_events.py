@@ -17,6 +17,7 @@ from router.admission import Admission
 from router.audit import AuditTrail, TransferTally
 from router.dicom_net import set_nodelay
 from router.live_status import LiveAssociations
+from router.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.store_handler import StoreHandler
 from router.tls import subject_text
 
@@ -37,6 +38,8 @@ class AssociationEvents:
         # Associations past their request (negotiating or established): max_associations
         # counts these, not connections still sending their request (router.pending).
         self._in_slots = 0
+        # The same rejection of the same peer is audited a few times a minute, no more.
+        self._audit_limiter = RepeatLimiter(what="audit_rejection")
 
     def on_requested(self, event: Any) -> None:
         """Reject a malformed request, then by access rule (permanent reasons), then by
@@ -66,12 +69,15 @@ class AssociationEvents:
         calling = metrics.CALLING_AE(assoc.requestor.primitive.calling_ae_title)
         metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
-        if self.audit is not None:
+        key = (assoc.requestor.address, rejection.label)
+        if self.audit is not None and self._audit_limiter.allow(key, AUDIT_REPEAT_BUDGET):
             rq = assoc.requestor.primitive
+            dropped = self._audit_limiter.suppressed(key)
+            note = f" ({dropped} earlier ones were not audited)" if dropped else ""
             # Load refusals are no security event; access-rule refusals are.
             self.audit.association_rejected(
                 rq.calling_ae_title, rq.called_ae_title, assoc.requestor.address,
-                rejection.message, security=rejection.result == 1)
+                rejection.message + note, security=rejection.result == 1)
         log.warning("rejecting association from %s (%s): %s",
                     assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
                     rejection.message)

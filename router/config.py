@@ -75,6 +75,10 @@ class ListenerTLS(TLSBase):
     """tls: the router presents `cert`; mtls: clients must present a certificate from `ca`."""
 
     handshake_timeout: float = Field(10.0, gt=0)
+    # PEM file of CRLs from `ca`: a client certificate listed there is refused (mtls).
+    # It must hold a current CRL for every CA that issues client certificates; reloaded on
+    # SIGHUP with the certificates.
+    crl: Path | None = None
     # Certificate identity (subject CN or a DNS/URI SAN) -> calling AE titles it may use.
     # When set, an mTLS client whose identity is not listed, or who calls with another AE
     # title, is rejected ("calling AE title not recognised").
@@ -86,6 +90,8 @@ class ListenerTLS(TLSBase):
             raise ValueError(f"mode {self.mode} needs cert and key")
         if self.mode == "mtls" and self.ca is None:
             raise ValueError("mode mtls needs ca: the CA bundle client certificates must chain to")
+        if self.crl is not None and self.mode != "mtls":
+            raise ValueError("crl revokes client certificates: needs mode mtls")
         if self.ae_titles and self.mode != "mtls":
             raise ValueError("ae_titles binds client certificates to AE titles: needs mode mtls")
         return self

@@ -33,6 +33,7 @@ WINDOW_SECONDS = 60.0
 SAME_MESSAGE_BUDGET = 5  # identical messages per window
 SAME_TEMPLATE_BUDGET = 50  # messages from one format string per window
 SAME_LOGGER_BUDGET = 300  # warnings and errors from one logger per window
+AUDIT_REPEAT_BUDGET = 5  # audit records of the same failure from one peer per window
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # pynetdicom quotes the offending value: "Invalid 'Calling AE Title' value '...'".
 _QUOTED_VALUE = re.compile(r"^((?:Non-conformant|Invalid) '[^']*' value) '.*?'( - |$)", re.S)
