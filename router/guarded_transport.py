@@ -22,6 +22,7 @@ pynetdicom's own extension point, the server's request handler:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import struct
 import time
@@ -47,6 +48,7 @@ A_ABORT = 0x07
 KNOWN_PDU_TYPES = frozenset(range(A_ASSOCIATE_RQ, A_ABORT + 1))  # PS3.8 9.3.1
 HEADER_BYTES = 6
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -258,11 +260,36 @@ class MessageGuard:
         limit = self.limits.max_dataset_bytes
         if to_file and limit is not None and self.file_bytes > limit:
             self._truncate(primitive)
-        self.receive(primitive)
+        try:
+            self.receive(primitive)
+        except OSError as exc:
+            message = self.dimse.message  # may have become a C-STORE in this very primitive
+            if exc.errno not in DISK_FULL or getattr(message, "_data_set_file", None) is None:
+                raise
+            self._disk_full(primitive, message)
         if self.dimse.message is None:  # complete: the next message starts from zero
             self.command_bytes = self.dataset_bytes = self.file_bytes = 0
             if progress is not None:
                 progress.message_done()
+
+    def _disk_full(self, primitive: Any, message: Any) -> None:
+        """The spool filled up while a C-STORE was being written: receive the rest into
+        nothing, so that the store handler can answer 0xA700 (Out of Resources) and the
+        sender retry, instead of pynetdicom aborting the association."""
+        log.warning("spool disk full while receiving a C-STORE from %s (%s); it will be "
+                    "answered 0xA700", self.assoc.requestor.ae_title, self.assoc.requestor.address)
+        self.assoc.router_disk_full = True  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError):
+            message._data_set_file.close()  # its buffer cannot be flushed: drop it
+        # pynetdicom unlinks the file by this name after the handler: the partial file.
+        message._data_set_file = _Sink(str(message._data_set_path))
+        # Replay the dataset fragments, without payload: the one that failed may have been
+        # the last, which completes the message. The command set was decoded before.
+        primitive.presentation_data_value_list = [
+            [context, data[:1]] for context, data in primitive.presentation_data_value_list
+            if data and not data[0] & 1
+        ]
+        self.receive(primitive)
 
     def _truncate(self, primitive: Any) -> None:
         """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
@@ -288,6 +315,28 @@ class MessageGuard:
         discard_partial_message(self.assoc)
         # Evt19 (invalid PDU): the state machine sends an A-ABORT and closes (AA-8).
         self.assoc.dul.event_queue.put("Evt19")
+
+
+class _Sink:
+    """Stands in for pynetdicom's NamedTemporaryFile once the disk is full: takes writes
+    (through `.file` too, as pynetdicom flushes) and keeps nothing. `name` is the partial
+    file's, which pynetdicom unlinks when the handler is done (never a device's name)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def file(self) -> _Sink:
+        return self
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def discard_partial_message(assoc: Association) -> None:
