@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import struct
 import time
@@ -37,7 +38,7 @@ from hypothesis import strategies as st
 
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration import pdus
+from tests.integration import pdus, session_corpus
 from tests.integration.router_process import RouterProcess, http_get, wait_for
 
 pytestmark = pytest.mark.integration
@@ -614,6 +615,40 @@ def test_idle_connections_do_not_block_others(target: Target) -> None:
             sock.close()
         for conn in quiet:
             conn.close()
+    assert_healthy(target)
+
+
+MUTATED_SESSIONS = 60  # x DICOM_ROUTER_FUZZ_SCALE; loadtest/fuzz.py runs thousands
+
+
+@pytest.fixture(scope="module")
+def corpus(target: Target, tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    return session_corpus.capture(target.port, tmp_path_factory.mktemp("corpus"))
+
+
+def test_mutated_captured_sessions(target: Target, corpus: list[bytes]) -> None:
+    """Real echoscu/storescu/pynetdicom sessions, mutated (bit flips, truncation, wrong
+    lengths, splices, unknown PDU types followed by huge lengths) and replayed."""
+    seed = int(os.environ.get("DICOM_ROUTER_FUZZ_SEED", "16"))
+    rng = random.Random(seed)
+    baseline = rss_kb(target.acceptor_pid)
+    peaks = [baseline]
+
+    def sample() -> None:
+        peaks.append(rss_kb(target.acceptor_pid))
+
+    for i in range(max(1, round(MUTATED_SESSIONS * SCALE))):
+        names, data = session_corpus.mutate(rng.choice(corpus), rng)
+        answer = session_corpus.replay(target.port, data, wait=LISTEN_WINDOW, while_open=sample)
+        assert set(answer.answer_types) <= ANSWER_TYPES, (
+            f"session {i} (seed {seed}, {names}): the router answered {answer.answer_types}")
+        target.answers[f"mutated {names.split('+')[0]}: {'closed' if answer.closed else 'open'}"
+                       ] += 1
+        assert_acceptor_alive(target)
+    peak = max(peaks)
+    # Before issue 16 an unknown PDU type then a huge length allocated that length.
+    assert peak - baseline < STREAM_LIMIT_KB, (
+        f"acceptor RSS {baseline} -> peak {peak} kB while replaying mutated sessions")
     assert_healthy(target)
 
 
