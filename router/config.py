@@ -158,8 +158,8 @@ class ListenConfig(Strict):
     association_request_timeout: float = Field(5.0, gt=0)
     # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
     # in all; more are closed at accept. They do not count in max_associations.
-    max_pending_per_source: int = Field(8, ge=1)
-    max_pending: int = Field(128, ge=1)
+    max_pending_per_source: int = Field(32, ge=1)
+    max_pending: int = Field(256, ge=1)
     backlog: int = Field(128, ge=1)  # the listen() backlog: bursts of connects wait in it
 
 
