@@ -90,7 +90,7 @@ def test_unknown_pdu_type_is_aborted(router: RouterProcess) -> None:
         sock.sendall(struct.pack(">BBI", 0x09, 0, 4) + b"\0\0\0\0")
         data, closed = pdus.drain(sock, 10)
     found, _ = pdus.split_pdus(data)
-    assert closed and [t for t, _ in found] in ([pdus.A_ABORT], []), found
+    assert closed and [t for t, _ in found] == [pdus.A_ABORT], found
 
 
 # Regression: a complete A-ASSOCIATE-RQ that does not decode set the guard's "request read"
@@ -105,6 +105,19 @@ def test_undecodable_requests_that_close_free_their_slots(router: RouterProcess)
             sock.sendall(undecodable)
     code, why = _echo(router.port)
     assert code == 0, f"echoscu from 127.0.0.1 refused after 70 undecodable requests: {why}"
+
+
+def test_a_half_sent_request_is_closed_long_before_the_acse_timeout(
+    router: RouterProcess
+) -> None:
+    """association_request_timeout (3 s here) bounds the wait for a request, not the
+    acse_timeout (30 s): a half-open connection held its slot and threads for 30 s."""
+    with _connect(router.port) as sock:
+        sock.sendall(pdus.a_associate_rq()[:40])
+        _, closed = pdus.drain(sock, 15)
+    assert closed, "a half-sent A-ASSOCIATE-RQ was still open 15 s later (acse_timeout 30 s)"
+    assert router.metric("dicom_router_connections_dropped_total",
+                         reason="request_timeout") >= 1
 
 
 class Flood(threading.Thread):
