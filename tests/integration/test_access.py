@@ -3,6 +3,7 @@ A-ASSOCIATE-RJ reason PS3.8 defines, as DCMTK reports it."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,27 @@ def test_a_request_without_presentation_contexts_is_rejected(
         pdu_type, _ = conn.read_pdu()
     assert pdu_type == pdus.A_ASSOCIATE_RJ
     assert _rejections(router, "no_presentation_context") == 1
+
+
+def test_max_associations_counts_requests_not_connections(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """max_associations is counted from received requests (issue 16): connections that
+    have not sent theirs do not take a slot, and a rejection is counted and logged."""
+    router = start_router(_config(tmp_path, max_associations=2))
+    idle = [socket.create_connection((LOCALHOST, router.port)) for _ in range(5)]
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held), "idle connections took the slots"
+        third = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert "Local Limit Exceeded" in third.stderr
+        assert _rejections(router, "max_associations") == 1
+        assert "listen.max_associations" in router.log()
+    finally:
+        for assoc in held:
+            assoc.release()
+        for sock in idle:
+            sock.close()
+    assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
