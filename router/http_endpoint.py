@@ -58,6 +58,7 @@ class _Server(ThreadingHTTPServer):
     is closed at accept, in the accept loop (scrapes and probes need a handful)."""
 
     daemon_threads = True
+    request_queue_size = 64  # listen() backlog: socketserver's 5 drops SYNs in a burst
     slots: threading.BoundedSemaphore
 
     def process_request(self, request: Any, client_address: Any) -> None:
