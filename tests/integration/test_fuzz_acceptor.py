@@ -14,8 +14,10 @@ At the end the acceptor's RSS must be within RSS_GROWTH_LIMIT of its value after
 The tests at the bottom are regressions for router bugs this module found (each comment says
 what used to happen); router/guarded_transport.py fixes them.
 
-`DICOM_ROUTER_FUZZ_SCALE=10 pytest ...` runs ten times the examples; `loadtest/fuzz.py` runs
-the same attacks for minutes and prints the acceptor's RSS over time.
+`test_mutated_captured_sessions` replays mutations of real echoscu/storescu sessions
+(tests/integration/session_corpus.py). `DICOM_ROUTER_FUZZ_SCALE=10 pytest ...` runs ten times
+the examples; `python -m loadtest.fuzz --sessions 2000` runs the mutation corpus for minutes
+and prints the acceptor's RSS over time.
 """
 
 from __future__ import annotations
