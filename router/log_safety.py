@@ -34,6 +34,7 @@ SAME_MESSAGE_BUDGET = 5  # identical messages per window
 SAME_TEMPLATE_BUDGET = 50  # messages from one format string per window
 SAME_LOGGER_BUDGET = 300  # warnings and errors from one logger per window
 AUDIT_REPEAT_BUDGET = 5  # audit records of the same failure from one peer per window
+MAX_KEYS = 10_000  # distinct messages remembered per window
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # pynetdicom quotes the offending value: "Invalid 'Calling AE Title' value '...'".
 _QUOTED_VALUE = re.compile(r"^((?:Non-conformant|Invalid) '[^']*' value) '.*?'( - |$)", re.S)
@@ -75,12 +76,15 @@ class RepeatLimiter:
             if self.clock() - self._started >= self.window:
                 self._seen.clear()  # bounded memory: every key is forgotten each window
                 self._started = self.clock()
-            seen = self._seen.get(key, 0) + 1
-            self._seen[key] = seen
-            if seen <= budget:
-                return True
+            if key in self._seen or len(self._seen) < MAX_KEYS:
+                seen = self._seen.get(key, 0) + 1
+                self._seen[key] = seen
+                if seen <= budget:
+                    return True
+            # Past its budget, or a new key once a flood of distinct messages filled the
+            # table: dropped (and not remembered, so memory stays bounded).
             self._dropped[key] = self._dropped.get(key, 0) + 1
-            if len(self._dropped) > 10_000:
+            if len(self._dropped) > MAX_KEYS:
                 self._dropped.clear()
         self.on_suppressed(self.what)
         return False

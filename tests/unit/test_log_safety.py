@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from router.log_safety import RepeatLimiter, SafeLogFilter, escape
+from router.log_safety import MAX_KEYS, RepeatLimiter, SafeLogFilter, escape
 
 
 def record(msg: str, *args: object, name: str = "router.x", level: int = logging.WARNING,
@@ -45,3 +45,9 @@ def test_repeats_are_suppressed_counted_and_reported() -> None:
     assert safe.filter(rec)
     assert rec.getMessage().endswith("[15 similar messages were suppressed]")
     assert safe.filter(record("info %s", "x", level=logging.INFO))  # only warnings count
+
+
+def test_distinct_messages_past_the_table_size_are_dropped_not_remembered() -> None:
+    limiter = RepeatLimiter(on_suppressed=lambda what: None)
+    allowed = [limiter.allow(("x", i), 5) for i in range(MAX_KEYS + 100)]
+    assert allowed.count(False) == 100 and len(limiter._seen) == MAX_KEYS
