@@ -71,3 +71,19 @@ class CertificateAuthority:
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                                serialization.PrivateFormat.PKCS8, encryption))
         return Issued(cert_path, key_path)
+
+    def revocation_list(self, path: Path, revoked: tuple[Issued, ...]) -> Path:
+        """Write a PEM CRL, signed by this CA, listing the `revoked` certificates."""
+        builder = (
+            x509.CertificateRevocationListBuilder().issuer_name(self.certificate.subject)
+            .last_update(NOW - datetime.timedelta(hours=1))
+            .next_update(NOW + datetime.timedelta(days=7))
+        )
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(NOW - datetime.timedelta(minutes=5)).build())
+        crl = builder.sign(self.key, hashes.SHA256())
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return path

@@ -80,6 +80,10 @@ class AccessPolicy:
             return Rejection(1, 1, 3, "calling_ae", f"calling AE {calling!r} is not allowed")
         if c.allowed_called_ae is not None and called not in c.allowed_called_ae:
             return Rejection(1, 1, 7, "called_ae", f"called AE {called!r} is not allowed")
+        # Here rather than pynetdicom's require_called_aet, whose rejections went uncounted.
+        own = str(assoc.acceptor.ae_title).strip()
+        if c.require_called_ae and str(called).strip() != own:
+            return Rejection(1, 1, 7, "called_ae", f"called AE {called!r} is not {own!r}")
         if c.tls.ae_titles:
             rejection = self._check_certificate_ae(assoc, calling)
             if rejection is not None:

@@ -16,6 +16,7 @@ from router.acceptor.admission import Admission
 from router.acceptor.store_handler import StoreHandler
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
+from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.status_snapshots import LiveAssociations
 from router.core.tls import subject_text
 from router.dicom.net import set_nodelay
@@ -34,11 +35,17 @@ class AssociationEvents:
         self.live = live
         self.tls = tls
         self._lock = threading.Lock()  # close events and the connection thread may race
+        # Associations past their request (negotiating or established): max_associations
+        # counts these, not connections still sending their request (router.pending).
+        self._in_slots = 0
+        # The same rejection of the same peer is audited a few times a minute, no more.
+        self._audit_limiter = RepeatLimiter(what="audit_rejection")
 
     def on_requested(self, event: Any) -> None:
-        """Reject by access rule first (permanent reasons), then by load (transient)."""
+        """Reject a malformed request, then by access rule (permanent reasons), then by
+        load (transient)."""
         assoc = event.assoc
-        rejection = self.access.check(assoc)
+        rejection = _malformed(assoc) or self.access.check(assoc) or self._take_slot(assoc)
         if rejection is None:
             refusal = self.admission.refusal()
             if refusal is None:
@@ -48,16 +55,29 @@ class AssociationEvents:
             rejection = Rejection(2, 3, 1, refusal[0], refusal[1])
         self._reject(assoc, rejection)
 
+    def _take_slot(self, assoc: Any) -> Rejection | None:
+        limit = self.access.config.max_associations
+        with self._lock:
+            if self._in_slots >= limit:
+                return Rejection(2, 3, 2, "max_associations",
+                                 f"already {limit} associations (listen.max_associations)")
+            self._in_slots += 1
+            assoc.router_slot = True
+        return None
+
     def _reject(self, assoc: Any, rejection: Rejection) -> None:
         calling = metrics.CALLING_AE(assoc.requestor.primitive.calling_ae_title)
         metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
-        if self.audit is not None:
+        key = (assoc.requestor.address, rejection.label)
+        if self.audit is not None and self._audit_limiter.allow(key, AUDIT_REPEAT_BUDGET):
             rq = assoc.requestor.primitive
+            dropped = self._audit_limiter.suppressed(key)
+            note = f" ({dropped} earlier ones were not audited)" if dropped else ""
             # Load refusals are no security event; access-rule refusals are.
             self.audit.association_rejected(
                 rq.calling_ae_title, rq.called_ae_title, assoc.requestor.address,
-                rejection.message, security=rejection.result == 1)
+                rejection.message + note, security=rejection.result == 1)
         log.warning("rejecting association from %s (%s): %s",
                     assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
                     rejection.message)
@@ -117,6 +137,9 @@ class AssociationEvents:
             assoc.router_counted = False
             progress = getattr(assoc, "router_progress", None)
             assoc.router_progress = None
+            if getattr(assoc, "router_slot", False):
+                assoc.router_slot = False
+                self._in_slots -= 1
         if progress is not None and self.live is not None:
             self.live.closed(progress)
         if tally is not None and self.audit is not None:
@@ -139,6 +162,14 @@ class AssociationEvents:
         # Bound even without users: a reload may add some, and they must then be checked.
         bound.append((evt.EVT_USER_ID, self.on_user_id))
         return bound
+
+
+def _malformed(assoc: Any) -> Rejection | None:
+    """PS3.8 9.3.2: a request proposes one or more presentation contexts."""
+    if not assoc.requestor.primitive.presentation_context_definition_list:
+        return Rejection(1, 1, 1, "no_presentation_context",
+                         "the request proposes no presentation context")
+    return None
 
 
 def _on_echo(event: Any) -> int:

@@ -41,6 +41,7 @@ from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
+from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
 from router.core.rules import RuleSet
 from router.core.runtime import Runtime
@@ -52,6 +53,7 @@ from router.dicom.net import (
     configure_pynetdicom,
     prefer_requestor_transfer_syntax,
 )
+from router.dicom.pending import PendingConnections
 from router.dicom.tls_listener import RouterAssociationServer, TLSListener, start_server
 from router.relay.server import RelayServer
 
@@ -82,16 +84,20 @@ def build_ae(config: RouterConfig) -> AE:
 
 def configure_ae(ae: AE, config: RouterConfig) -> None:
     """The AE settings a reload may change (the PDU size and AE title need a restart)."""
-    ae.maximum_associations = config.listen.max_associations
-    ae.acse_timeout = config.listen.acse_timeout
-    ae.dimse_timeout = config.listen.dimse_timeout
-    ae.network_timeout = config.listen.network_timeout
-    ae.require_called_aet = config.listen.require_called_ae
+    listen = config.listen
+    # max_associations is enforced in AssociationEvents over requests actually received;
+    # pynetdicom's own count includes connections still sending theirs, bounded apart.
+    ae.maximum_associations = listen.max_associations + listen.max_pending
+    ae.acse_timeout = listen.acse_timeout
+    ae.dimse_timeout = listen.dimse_timeout
+    ae.network_timeout = listen.network_timeout
+    ae.require_called_aet = False  # checked (and counted) by AccessPolicy
 
 
 def read_limits(config: RouterConfig) -> ReadLimits:
     return ReadLimits(
-        acse_timeout=config.listen.acse_timeout,
+        request_timeout=min(config.listen.association_request_timeout,
+                            config.listen.acse_timeout),
         network_timeout=config.listen.network_timeout,
         max_pdu=config.listen.max_pdu,
         max_message_bytes=config.listen.max_message_bytes,
@@ -130,9 +136,16 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
     if audit is None:
         return None
     trail = audit
+    # A peer that fails its handshake over and over (a scanner, a misconfigured modality)
+    # is audited a few times a minute, not once per attempt (~1.2 KB each).
+    limiter = RepeatLimiter(what="audit_tls_failure")
 
     def alert(reason: str, peer: str) -> None:
-        trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}", peer)
+        if limiter.allow((peer, reason), AUDIT_REPEAT_BUDGET):
+            dropped = limiter.suppressed((peer, reason))
+            note = f" ({dropped} earlier failures were not audited)" if dropped else ""
+            trail.security_alert("bad_certificate", f"TLS handshake failed: {reason}{note}",
+                                 peer)
 
     return alert
 
@@ -186,6 +199,9 @@ class LiveConfig:
         self.events.access.reconfigure(new.listen)
         configure_ae(self.ae, new)
         self.server.limits = read_limits(new)
+        if self.server.pending is not None:
+            self.server.pending.reconfigure(new.listen.max_pending_per_source,
+                                            new.listen.max_pending)
         self.config = new
 
     @property
@@ -222,8 +238,9 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
         tls = TLSListener(config.listen.tls, _tls_alert(audit))
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
+    pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending)
     server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
-                          events.finished)
+                          events.finished, pending, config.listen.backlog)
     server.relay = relay
     live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
     signal.signal(signal.SIGHUP, live_config.on_sighup)

@@ -5,6 +5,7 @@ Errors become DIMSE statuses here and only here; nothing escapes into pynetdicom
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
@@ -119,6 +120,9 @@ class StoreHandler:
         # The read guard stops writing a dataset past the limit and says so on the association.
         truncated = getattr(event.assoc, "router_dataset_truncated", False)
         event.assoc.router_dataset_truncated = False
+        if getattr(event.assoc, "router_disk_full", False):
+            event.assoc.router_disk_full = False
+            raise OutOfResources("spool disk full while receiving; retry later")
         if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
             limit = self.max_dataset_bytes
             raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
@@ -170,7 +174,13 @@ class StoreHandler:
             instance_number=instance_number,
         )
         JOB.set(job.job_id)  # for structured logs; undone by working_on
-        self.spool.commit(job, received)
+        try:
+            self.spool.commit(job, received)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.spool.discard(job)
+            raise OutOfResources("spool disk full; retry later") from exc
         self.admission.note_received(size)
         try:
             self.broker.submit(job)

@@ -76,6 +76,10 @@ class ListenerTLS(TLSBase):
     """tls: the router presents `cert`; mtls: clients must present a certificate from `ca`."""
 
     handshake_timeout: float = Field(10.0, gt=0)
+    # PEM file of CRLs from `ca`: a client certificate listed there is refused (mtls).
+    # It must hold a current CRL for every CA that issues client certificates; reloaded on
+    # SIGHUP with the certificates.
+    crl: Path | None = None
     # Certificate identity (subject CN or a DNS/URI SAN) -> calling AE titles it may use.
     # When set, an mTLS client whose identity is not listed, or who calls with another AE
     # title, is rejected ("calling AE title not recognised").
@@ -87,6 +91,8 @@ class ListenerTLS(TLSBase):
             raise ValueError(f"mode {self.mode} needs cert and key")
         if self.mode == "mtls" and self.ca is None:
             raise ValueError("mode mtls needs ca: the CA bundle client certificates must chain to")
+        if self.crl is not None and self.mode != "mtls":
+            raise ValueError("crl revokes client certificates: needs mode mtls")
         if self.ae_titles and self.mode != "mtls":
             raise ValueError("ae_titles binds client certificates to AE titles: needs mode mtls")
         return self
@@ -148,6 +154,14 @@ class ListenConfig(Strict):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
+    # The ARTIM timer's job: a connection must deliver its whole A-ASSOCIATE-RQ this soon
+    # after connecting (capped by acse_timeout), or it is closed.
+    association_request_timeout: float = Field(5.0, gt=0)
+    # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
+    # in all; more are closed at accept. They do not count in max_associations.
+    max_pending_per_source: int = Field(32, ge=1)
+    max_pending: int = Field(256, ge=1)
+    backlog: int = Field(128, ge=1)  # the listen() backlog: bursts of connects wait in it
 
 
 class SpoolConfig(Strict):
@@ -172,6 +186,9 @@ class MetricsConfig(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
+    # A request must arrive whole within this; connections served at once, at most.
+    request_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(32, ge=1)
 
 
 class RetryConfig(Strict):

@@ -139,6 +139,11 @@ ASSOCIATION_REJECTIONS = Counter(
     f"{PREFIX}_association_rejections_total",
     "Associations rejected by the router's access rules or limits, by reason.", ["reason"],
 )
+LOG_SUPPRESSED = Counter(
+    f"{PREFIX}_log_suppressed_total",
+    "Log lines and audit records not written because the same thing repeated too often "
+    "(by what: log, audit_tls_failure, audit_rejection).", ["what"],
+)
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )

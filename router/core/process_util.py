@@ -10,20 +10,31 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from router.core.log_safety import SafeFormatter, SafeLogFilter, install_thread_hook
+
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
 
 def setup_logging(level: str, log_format: str = "text") -> None:
-    """Text for a terminal, or one JSON object a line for a log pipeline (`log_format`)."""
+    """Text for a terminal, or one JSON object a line for a log pipeline (`log_format`).
+
+    Either way every record is escaped, bounded and rate-limited (router.log_safety): peers
+    control much of what gets logged.
+    """
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SAFE_FILTER)
     if log_format == "json":
         from router.core.log_context import ContextFilter, json_formatter
 
         handler.setFormatter(json_formatter())
         handler.addFilter(ContextFilter())
     else:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(SafeFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    install_thread_hook()
+
+
+_SAFE_FILTER = SafeLogFilter()  # one per process: a reload keeps its rate-limit counts
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

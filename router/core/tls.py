@@ -99,8 +99,20 @@ def server_context(config: ListenerTLS, where: str = "listen.tls") -> ssl.SSLCon
     _harden(context, config, where)
     _load_identity(context, config, where)
     _load_ca(context, config, where)
+    _load_crl(context, config, where)
     context.verify_mode = ssl.CERT_REQUIRED if config.mode == "mtls" else ssl.CERT_NONE
     return context
+
+
+def _load_crl(context: ssl.SSLContext, config: ListenerTLS, where: str) -> None:
+    """Client certificates listed in the CRL file are refused (checked for the leaf)."""
+    if config.crl is None:
+        return
+    try:
+        context.load_verify_locations(cafile=config.crl)
+    except (FileNotFoundError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"{where}.crl: cannot load CRL file {config.crl}: {exc}") from None
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
@@ -136,6 +148,10 @@ def failure_reason(exc: BaseException) -> str:
         message = (exc.verify_message or "").lower()
         if "expired" in message:
             return "certificate_expired"
+        if "revoked" in message:
+            return "certificate_revoked"
+        if "crl" in message:
+            return "crl_problem"  # no CRL for the issuer, or an expired one
         if "unable to get local issuer" in message or "self-signed" in message \
                 or "self signed" in message:
             return "unknown_ca"

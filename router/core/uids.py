@@ -15,8 +15,21 @@ def is_valid_uid(value: object) -> bool:
 
 
 def require_uid(value: object, name: str) -> str:
-    """Return `value` if it is a well-formed UID, else raise InvalidUID naming the attribute."""
+    """Return `value` if it is a well-formed UID, else raise InvalidUID naming the attribute.
+
+    The message describes the value without quoting it: it is logged, and a hostile UID
+    could carry newlines or control bytes (UIDs are never logged anyway).
+    """
     if not is_valid_uid(value):
-        shown = repr(value)[:80]
-        raise InvalidUID(f"{name} {shown} is not a valid DICOM UID")
+        raise InvalidUID(f"{name} ({_describe(value)}) is not a valid DICOM UID")
     return str(value)
+
+
+def _describe(value: object) -> str:
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}, not text"
+    if len(value) > 64:
+        return f"{len(value)} characters, more than 64"
+    if set(value) - set("0123456789."):
+        return f"{len(value)} characters, not only digits and dots"
+    return f"{len(value)} characters, empty or misplaced components"

@@ -8,24 +8,26 @@ these lets one hostile or broken peer stall, bloat or fill the router (see
 tests/integration/test_fuzz_acceptor.py). The pieces here close those gaps through
 pynetdicom's own extension point, the server's request handler:
 
-- `GuardedSocket` reads each PDU against a deadline (acse_timeout until the A-ASSOCIATE-RQ is
-  in, network_timeout of silence after) and refuses declared lengths past the limits;
-- `MessageGuard` bounds the command set and the in-memory dataset of each DIMSE message;
+- `GuardedSocket` reads each PDU against a deadline (request_timeout, the ARTIM timer's job,
+  until the A-ASSOCIATE-RQ is in, network_timeout of silence after), refuses declared
+  lengths past the limits and PDU types PS3.8 does not define, and checks that every read
+  is the header or the body it expects (pynetdicom skips the body of an unknown PDU: a
+  guard that only alternated header/body once took the next header for a body and the
+  3 GiB length after it for a header);
+- `MessageGuard` (router/dicom/message_guard.py) bounds the command set and the in-memory dataset
+  of each DIMSE message, and turns a full spool into 0xA700;
 - `GuardedRequestHandler` runs the association to its end in the connection's thread and then
   settles what pynetdicom may not have: counters and partial files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import struct
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
@@ -33,20 +35,27 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from router.core import metrics
+from router.dicom.message_guard import (  # noqa: F401 (re-exported: one place to import guards)
+    MAX_COMMAND_SET_BYTES,
+    MessageGuard,
+    discard_partial_message,
+)
 from router.dicom.relay_association import RouterAssociation
 
 log = logging.getLogger(__name__)
 
 A_ASSOCIATE_RQ = 0x01
 P_DATA_TF = 0x04
-MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
+A_ABORT = 0x07
+KNOWN_PDU_TYPES = frozenset(range(A_ASSOCIATE_RQ, A_ABORT + 1))  # PS3.8 9.3.1
+HEADER_BYTES = 6
 
 
 @dataclass(frozen=True)
 class ReadLimits:
     """What one inbound connection may send before the acceptor gives up on it."""
 
-    acse_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
+    request_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
     network_timeout: float  # longest silence in the middle of a PDU once associated
     max_pdu: int  # the Maximum Length the router advertised for P-DATA-TF
     max_other_pdu: int = 256 * 1024  # A-ASSOCIATE-RQ (user identity included) and the rest
@@ -56,6 +65,11 @@ class ReadLimits:
     def pdu_limit(self, pdu_type: int) -> int:
         # Tolerant of peers that count the PDV headers in, still bounded.
         return 2 * self.max_pdu if pdu_type == P_DATA_TF else self.max_other_pdu
+
+    @property
+    def largest_read(self) -> int:
+        """No read is ever larger than this, whatever the state: the last line of defence."""
+        return max(2 * self.max_pdu, self.max_other_pdu)
 
 
 class ConnectionRefused(Exception):
@@ -82,10 +96,18 @@ class GuardedSocket(AssociationSocket):
         self._associated = False  # a whole A-ASSOCIATE-RQ has been read
         self._expect_header = True
         self._pdu_type = 0
+        self._body_length = 0
+        self._closing = False  # an unknown PDU type was seen: nothing more is read
         self._woken = False
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._closing:
+            self._wake_acceptor()
+            return bytearray()  # the DUL sees the connection closed (Evt17) and ends it
         try:
+            if nr_bytes > self.limits.largest_read:
+                raise ConnectionRefused(f"a read of {nr_bytes} bytes, more than any PDU the "
+                                        f"router accepts", "pdu_too_large")
             if self._expect_header:
                 return self._recv_header(nr_bytes)
             return self._recv_body(nr_bytes)
@@ -102,21 +124,35 @@ class GuardedSocket(AssociationSocket):
         self._wake_acceptor()
 
     def _recv_header(self, nr_bytes: int) -> bytearray:
+        if nr_bytes != HEADER_BYTES:
+            raise ConnectionRefused(f"a read of {nr_bytes} bytes where a PDU header was due",
+                                    "out_of_step")
         data = self._read(nr_bytes)
-        if len(data) == 6:
+        if len(data) == HEADER_BYTES:
             pdu_type, _, length = struct.unpack(">BBL", data)
+            if pdu_type not in KNOWN_PDU_TYPES:
+                # pynetdicom answers Evt19 (A-ABORT, then close) without reading the body;
+                # every later read is refused, so nothing after this header is taken in.
+                log.warning("aborting the connection from %s: unrecognised PDU type 0x%02X",
+                            self._peer(), pdu_type)
+                metrics.CONNECTIONS_DROPPED.labels("unknown_pdu_type").inc()
+                self._closing = True
+                return data
             limit = self.limits.pdu_limit(pdu_type)
             if length > limit:
                 raise ConnectionRefused(
                     f"PDU type 0x{pdu_type:02X} declares {length} bytes, more than the "
                     f"{limit} the router accepts", "pdu_too_large"
                 )
-            self._pdu_type, self._expect_header = pdu_type, False
-        elif not self._associated:
+            self._pdu_type, self._body_length, self._expect_header = pdu_type, length, False
+        else:
             self._wake_acceptor()
         return data
 
     def _recv_body(self, nr_bytes: int) -> bytearray:
+        if nr_bytes != self._body_length:
+            raise ConnectionRefused(f"a read of {nr_bytes} bytes where a body of "
+                                    f"{self._body_length} was due", "out_of_step")
         data = self._read(nr_bytes)
         if len(data) == nr_bytes:
             self._expect_header = True
@@ -147,122 +183,36 @@ class GuardedSocket(AssociationSocket):
     def _time_left(self) -> float:
         if self._associated:
             return self.limits.network_timeout
-        left = self._connected_at + self.limits.acse_timeout - time.monotonic()
+        left = self._connected_at + self.limits.request_timeout - time.monotonic()
         if left <= 0:
             raise self._stalled(0, 0)
         return left
 
     def _stalled(self, got: int, wanted: int) -> ConnectionRefused:
         if not self._associated:
-            return ConnectionRefused(f"no complete A-ASSOCIATE-RQ within acse_timeout "
-                                     f"({self.limits.acse_timeout:g}s)", "acse_timeout")
+            return ConnectionRefused(
+                f"no complete A-ASSOCIATE-RQ within association_request_timeout "
+                f"({self.limits.request_timeout:g}s)", "request_timeout")
         return ConnectionRefused(
             f"silent for network_timeout ({self.limits.network_timeout:g}s) in the middle of a "
             f"PDU ({got} of {wanted} bytes)", "network_timeout")
 
     def _wake_acceptor(self) -> None:
-        """A connection that ends before its A-ASSOCIATE-RQ is complete frees its slot now.
+        """A connection that ends before its association thread got a request frees its
+        slot now: one whose A-ASSOCIATE-RQ was cut short, and one whose request was
+        complete but did not decode (pynetdicom then aborts in the DUL and never hands a
+        request to the association thread).
 
         pynetdicom's acceptor thread otherwise waits acse_timeout for a request that cannot
         come, counted in max_associations all the while. None in the queue is what its own
         timeout returns: it closes the connection and ends.
         """
-        if not self._associated and not self._woken:
+        if self.assoc.requestor.primitive is None and not self._woken:
             self._woken = True
             self.assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
     def _peer(self) -> str:
         return str(self.assoc.requestor.address or "?")
-
-
-class MessageGuard:
-    """Bounds each DIMSE message pynetdicom assembles in memory; wraps dimse.receive_primitive.
-
-    A C-STORE's dataset goes to a file (chunked receive): past `max_dataset_bytes` the rest is
-    not written, and the association is marked (`router_dataset_truncated`) so that the store
-    handler answers 0xC003 instead of keeping a cut file. Every other dataset (C-FIND
-    identifiers, N-service datasets, a C-ECHO that claims one) is held in memory by pynetdicom
-    until its last fragment, as is every command set: those are bounded here.
-    """
-
-    def __init__(self, assoc: Association, limits: ReadLimits) -> None:
-        self.assoc = assoc
-        self.dimse = assoc.dimse
-        self.receive = assoc.dimse.receive_primitive
-        self.limits = limits
-        self.command_bytes = 0
-        self.dataset_bytes = 0
-        self.file_bytes = 0
-        self.refused = False
-
-    def __call__(self, primitive: Any) -> None:
-        if self.refused:
-            return  # the association is being aborted; nothing more is assembled
-        message = self.dimse.message
-        to_file = getattr(message, "_data_set_file", None) is not None
-        arrived = 0
-        for _, data in primitive.presentation_data_value_list:
-            if data and data[0] & 1:
-                self.command_bytes += len(data) - 1
-            elif to_file:
-                self.file_bytes += len(data) - 1
-                arrived += len(data) - 1
-            else:
-                self.dataset_bytes += len(data) - 1
-                arrived += len(data) - 1
-        progress = getattr(self.assoc, "router_progress", None)
-        if progress is not None and arrived > 0:
-            progress.add(arrived)
-        problem = self._problem()
-        if problem is not None:
-            self._refuse(problem)
-            return
-        limit = self.limits.max_dataset_bytes
-        if to_file and limit is not None and self.file_bytes > limit:
-            self._truncate(primitive)
-        self.receive(primitive)
-        if self.dimse.message is None:  # complete: the next message starts from zero
-            self.command_bytes = self.dataset_bytes = self.file_bytes = 0
-            if progress is not None:
-                progress.message_done()
-
-    def _truncate(self, primitive: Any) -> None:
-        """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
-        self.assoc.router_dataset_truncated = True  # type: ignore[attr-defined]
-        primitive.presentation_data_value_list = [  # its setter wants [id, bytes] lists
-            [context, data if not data or data[0] & 1 else data[:1]]
-            for context, data in primitive.presentation_data_value_list
-        ]
-
-    def _problem(self) -> str | None:
-        if self.command_bytes > MAX_COMMAND_SET_BYTES:
-            return f"a command set longer than {MAX_COMMAND_SET_BYTES} bytes"
-        if self.dataset_bytes > self.limits.max_message_bytes:
-            return (f"a dataset held in memory longer than listen.max_message_bytes "
-                    f"({self.limits.max_message_bytes})")
-        return None
-
-    def _refuse(self, problem: str) -> None:
-        self.refused = True
-        log.warning("aborting the association from %s (%s): it sent %s",
-                    self.assoc.requestor.ae_title, self.assoc.requestor.address, problem)
-        metrics.CONNECTIONS_DROPPED.labels("message_too_large").inc()
-        discard_partial_message(self.assoc)
-        # Evt19 (invalid PDU): the state machine sends an A-ABORT and closes (AA-8).
-        self.assoc.dul.event_queue.put("Evt19")
-
-
-def discard_partial_message(assoc: Association) -> None:
-    """Remove the temp file of a C-STORE whose association ended before it was complete."""
-    message = assoc.dimse.message
-    handle = getattr(message, "_data_set_file", None)
-    path: Path | None = getattr(message, "_data_set_path", None)
-    if handle is not None:
-        with contextlib.suppress(OSError):
-            handle.close()
-    if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 Finished = Callable[[Association], None]
@@ -298,9 +248,16 @@ class GuardedRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
+        # Shared, not deep-copied as pynetdicom's handler does: negotiation only reads them
+        # (router.dicom_net, pynetdicom's negotiate_as_acceptor), and a deepcopy of the ~220
+        # contexts took 110 ms of the GIL per connection, before the peer had sent a byte.
+        assoc.acceptor.supported_contexts = list(self.server.contexts)
         assoc.requestor.address_info = self.remote
         _bind_handlers(assoc, self.server._handlers)
+        ticket = getattr(self.server, "ticket", lambda request: None)(self.request)
+        if ticket is not None:
+            # A decoded request: the connection no longer counts as pending for its source.
+            assoc.bind(evt.EVT_REQUESTED, lambda event: ticket.release())
         return assoc
 
 

@@ -5,6 +5,9 @@ that connects and never speaks TLS stalls every association behind it. Here the 
 accepts plain sockets and each connection thread wraps its own, bounded by
 `handshake_timeout`. The context sits in a holder so SIGHUP can swap in reloaded
 certificates without touching live associations.
+
+The server also admits each connection against the counts of connections still negotiating
+(router.pending), in the accept loop: one refused costs no thread.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from router.core import metrics
 from router.core.config import ListenerTLS
 from router.core.tls import TLSConfigError, failure_reason, server_context
 from router.dicom.guarded_transport import Finished, GuardedRequestHandler, ReadLimits
+from router.dicom.pending import PendingConnections, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +81,50 @@ class RouterAssociationServer(ThreadedAssociationServer):
     limits: ReadLimits
     on_finished: Finished | None = None
     relay: Any = None  # router.relay_server.RelayServer, set by the acceptor
+    pending: PendingConnections | None = None
+    request_queue_size = 128  # listen() backlog; socketserver's default of 5 drops SYNs
+    _tickets: dict[Any, Ticket]  # by socket object: identity, never a reused fd
+    _tickets_lock: threading.Lock
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """In the accept loop: refuse a connection past the pending counts before any
+        thread is started for it (socketserver then closes it)."""
+        if self.pending is None:
+            return True
+        source = client_address[0] if isinstance(client_address, tuple) else "?"
+        admitted = self.pending.admit(source)
+        if isinstance(admitted, str):
+            metrics.CONNECTIONS_DROPPED.labels(admitted).inc()
+            log.warning("closing a connection from %s at once: %s connections from it (or "
+                        "%d in all) have not finished their association request",
+                        source, self.pending.per_source, self.pending.total)
+            return False
+        with self._tickets_lock:
+            self._tickets[request] = admitted
+        return True
+
+    def ticket(self, request: Any) -> Ticket | None:
+        """The pending ticket of a connection (its socket as the handler got it)."""
+        with self._tickets_lock:
+            return self._tickets.get(request)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        if self.tls is not None:
-            request = self.tls.handshake(request, client_address)
-            if request is None:
-                return
-        super().finish_request(request, client_address)
+        with self._tickets_lock:
+            ticket = self._tickets.pop(request, None)
+        try:
+            if self.tls is not None:
+                request = self.tls.handshake(request, client_address)
+                if request is None:
+                    return
+            if ticket is not None:
+                with self._tickets_lock:
+                    self._tickets[request] = ticket
+            super().finish_request(request, client_address)
+        finally:
+            if ticket is not None:
+                with self._tickets_lock:
+                    self._tickets.pop(request, None)
+                ticket.release()
 
 
 def start_server(
@@ -93,15 +134,21 @@ def start_server(
     tls: TLSListener | None,
     limits: ReadLimits,
     on_finished: Finished | None = None,
+    pending: PendingConnections | None = None,
+    backlog: int = 128,
 ) -> RouterAssociationServer:
     """Like AE.start_server(block=False), with the TLS hook and the guards in place before
     the first accept."""
+    # listen() runs inside the constructor: the backlog must be on the class by then.
+    RouterAssociationServer.request_queue_size = backlog
     server = ae.make_server(address, evt_handlers=handlers, server_class=RouterAssociationServer,
                             request_handler=GuardedRequestHandler)
     assert isinstance(server, RouterAssociationServer)
     server.tls = tls
     server.limits = limits
     server.on_finished = on_finished
+    server.pending = pending
+    server._tickets, server._tickets_lock = {}, threading.Lock()
     ae._servers.append(server)  # so that server.shutdown() finds itself, as pynetdicom expects
     thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True)
     thread.start()

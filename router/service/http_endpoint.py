@@ -20,9 +20,12 @@ ReadyCheck = Callable[[], tuple[bool, str]]
 StatusView = Callable[[], dict[str, Any]]
 
 
-def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None
-             ) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None,
+             request_timeout: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # Without it a client that sends half a request holds its thread for ever.
+        timeout = request_timeout
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -51,7 +54,28 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, as many as `max_connections`: past that a connection
+    is closed at accept, in the accept loop (scrapes and probes need a handful)."""
+
     daemon_threads = True
+    request_queue_size = 64  # listen() backlog: socketserver's 5 drops SYNs in a burst
+    slots: threading.BoundedSemaphore
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Load-balancer health checks (HAProxy) often close with a reset: not worth a traceback.
@@ -62,10 +86,12 @@ class _Server(ThreadingHTTPServer):
 
 class HttpEndpoint:
     def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck,
-                 status: StatusView | None = None) -> None:
+                 status: StatusView | None = None, request_timeout: float = 10.0,
+                 max_connections: int = 32) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
-        self.server = _Server((host, port), _handler(registry, ready, status))
+        self.server = _Server((host, port), _handler(registry, ready, status, request_timeout))
+        self.server.slots = threading.BoundedSemaphore(max_connections)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

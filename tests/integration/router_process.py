@@ -19,7 +19,7 @@ import yaml
 
 from tests.dcmtk import free_ports
 
-ROUTER = [sys.executable, "-m", "router.cli"]
+ROUTER = [sys.executable, "-m", "router.cli.main"]
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -41,7 +41,8 @@ class RouterProcess:
             "spool": {"path": str(workdir / "spool")},
             **config,
             "listen": {"host": "127.0.0.1", "port": self.port, **config.get("listen", {})},
-            "metrics": {"host": "127.0.0.1", "port": self.metrics_port},
+            "metrics": {**config.get("metrics", {}), "host": "127.0.0.1",
+                        "port": self.metrics_port},
         }
         self.spool = Path(config["spool"]["path"])
         self.config_path = workdir / "router.yaml"

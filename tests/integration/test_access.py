@@ -3,6 +3,7 @@ A-ASSOCIATE-RJ reason PS3.8 defines, as DCMTK reports it."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pynetdicom import AE
 from router.acceptor.access import hash_passcode
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration import pdus
 from tests.integration.conftest import RouterFactory
 from tests.integration.router_process import RouterProcess
 
@@ -101,3 +103,52 @@ def test_dataset_larger_than_the_limit_is_refused(
                            extra_args=["-d"])
     assert "0xc003" in (refused.stdout + refused.stderr).lower()
     assert router.metric("dicom_router_instances_received_total", result="too_large") == 1
+
+
+# Regression (issue 16): pynetdicom's require_called_aet rejected without our handlers
+# seeing why: audited, but neither logged nor counted in association_rejections_total.
+def test_require_called_ae_rejections_are_counted_and_logged(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    router = start_router(_config(tmp_path, require_called_ae=True))
+    assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
+    refused = run_echoscu(LOCALHOST, router.port, called_ae="ELSEWHERE")
+    assert "Called AE Title Not Recognized" in refused.stderr
+    assert _rejections(router, "called_ae") == 1
+    assert "rejecting association" in router.log() and "ELSEWHERE" in router.log()
+
+
+# Regression (issue 16): a request proposing no presentation context was accepted.
+def test_a_request_without_presentation_contexts_is_rejected(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    router = start_router(_config(tmp_path))
+    with pdus.RawAssociation(LOCALHOST, router.port) as conn:
+        conn.send(pdus.a_associate_rq(contexts=()))
+        pdu_type, _ = conn.read_pdu()
+    assert pdu_type == pdus.A_ASSOCIATE_RJ
+    assert _rejections(router, "no_presentation_context") == 1
+
+
+def test_max_associations_counts_requests_not_connections(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """max_associations is counted from received requests (issue 16): connections that
+    have not sent theirs do not take a slot, and a rejection is counted and logged."""
+    router = start_router(_config(tmp_path, max_associations=2))
+    idle = [socket.create_connection((LOCALHOST, router.port)) for _ in range(5)]
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = [ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER") for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held), "idle connections took the slots"
+        third = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert "Local Limit Exceeded" in third.stderr
+        assert _rejections(router, "max_associations") == 1
+        assert "listen.max_associations" in router.log()
+    finally:
+        for assoc in held:
+            assoc.release()
+        for sock in idle:
+            sock.close()
+    assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0

@@ -14,14 +14,17 @@ At the end the acceptor's RSS must be within RSS_GROWTH_LIMIT of its value after
 The tests at the bottom are regressions for router bugs this module found (each comment says
 what used to happen); router/dicom/guarded_transport.py fixes them.
 
-`DICOM_ROUTER_FUZZ_SCALE=10 pytest ...` runs ten times the examples; `loadtest/fuzz.py` runs
-the same attacks for minutes and prints the acceptor's RSS over time.
+`test_mutated_captured_sessions` replays mutations of real echoscu/storescu sessions
+(tests/integration/session_corpus.py). `DICOM_ROUTER_FUZZ_SCALE=10 pytest ...` runs ten times
+the examples; `python -m loadtest.fuzz --sessions 2000` runs the mutation corpus for minutes
+and prints the acceptor's RSS over time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import struct
 import time
@@ -37,7 +40,7 @@ from hypothesis import strategies as st
 
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration import pdus
+from tests.integration import pdus, session_corpus
 from tests.integration.router_process import RouterProcess, http_get, wait_for
 
 pytestmark = pytest.mark.integration
@@ -102,7 +105,10 @@ def fuzz_config(workdir: Path) -> dict[str, Any]:
     return {
         "destinations": {"keep": {"type": "folder", "path": str(workdir / "keep")}},
         "rules": [{"name": "all", "forward": ["keep"]}],
-        "listen": {"acse_timeout": ACSE_TIMEOUT, "network_timeout": NETWORK_TIMEOUT},
+        # Attacks and health checks all come from 127.0.0.1: the per-source cap on pending
+        # connections (test_acceptor_dos.py) would turn the checks away with the attacks.
+        "listen": {"acse_timeout": ACSE_TIMEOUT, "network_timeout": NETWORK_TIMEOUT,
+                   "max_pending_per_source": 128},
         "drain_grace": 1,
     }
 
@@ -614,6 +620,40 @@ def test_idle_connections_do_not_block_others(target: Target) -> None:
     assert_healthy(target)
 
 
+MUTATED_SESSIONS = 60  # x DICOM_ROUTER_FUZZ_SCALE; loadtest/fuzz.py runs thousands
+
+
+@pytest.fixture(scope="module")
+def corpus(target: Target, tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    return session_corpus.capture(target.port, tmp_path_factory.mktemp("corpus"))
+
+
+def test_mutated_captured_sessions(target: Target, corpus: list[bytes]) -> None:
+    """Real echoscu/storescu/pynetdicom sessions, mutated (bit flips, truncation, wrong
+    lengths, splices, unknown PDU types followed by huge lengths) and replayed."""
+    seed = int(os.environ.get("DICOM_ROUTER_FUZZ_SEED", "16"))
+    rng = random.Random(seed)
+    baseline = rss_kb(target.acceptor_pid)
+    peaks = [baseline]
+
+    def sample() -> None:
+        peaks.append(rss_kb(target.acceptor_pid))
+
+    for i in range(max(1, round(MUTATED_SESSIONS * SCALE))):
+        names, data = session_corpus.mutate(rng.choice(corpus), rng)
+        answer = session_corpus.replay(target.port, data, wait=LISTEN_WINDOW, while_open=sample)
+        assert set(answer.answer_types) <= ANSWER_TYPES, (
+            f"session {i} (seed {seed}, {names}): the router answered {answer.answer_types}")
+        target.answers[f"mutated {names.split('+')[0]}: {'closed' if answer.closed else 'open'}"
+                       ] += 1
+        assert_acceptor_alive(target)
+    peak = max(peaks)
+    # Before issue 16 an unknown PDU type then a huge length allocated that length.
+    assert peak - baseline < STREAM_LIMIT_KB, (
+        f"acceptor RSS {baseline} -> peak {peak} kB while replaying mutated sessions")
+    assert_healthy(target)
+
+
 def test_memory_stays_flat(target: Target) -> None:
     """After every batch above, the acceptor's RSS is within bounds of its warm-up value."""
     assert_acceptor_alive(target)
@@ -663,7 +703,7 @@ def test_stalled_pdus_are_dropped_after_the_timeouts(target: Target) -> None:
             f"{len(open_before)} of {len(stalled)} stalled before associating, "
             f"{int(open_after)} of 1 stalled after")
         dropped = "dicom_router_connections_dropped_total"
-        assert target.router.metric(dropped, reason="acse_timeout") >= 1
+        assert target.router.metric(dropped, reason="request_timeout") >= 1
         assert target.router.metric(dropped, reason="network_timeout") >= 1
     finally:
         for sock in stalled:
@@ -786,7 +826,7 @@ def test_aborted_stores_leave_no_partial_files(target: Target) -> None:
 def default_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     workdir = tmp_path_factory.mktemp("fuzz-router-defaults")
     config = fuzz_config(workdir)
-    config["listen"] = {"max_associations_per_calling_ae": 2}
+    config["listen"] = {"max_associations_per_calling_ae": 2, "max_pending_per_source": 128}
     with RouterProcess(workdir, config) as router:
         yield router
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -123,6 +124,38 @@ def _encrypted_listener(pki: dict[str, Any], tmp_path: Path, **source: Any) -> d
     config = _listener(pki, "tls", tmp_path)
     config["listen"]["tls"].update({"cert": str(enc.cert), "key": str(enc.key), **source})
     return config
+
+
+# Issue 16: client certificates could not be revoked.
+def test_a_revoked_client_certificate_is_refused(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    ca: CertificateAuthority = pki["ca"]
+    revoked = ca.issue("modality-stolen")
+    crl = ca.revocation_list(tmp_path / "hospital.crl", (revoked,))
+    router = start_router(_listener(pki, "mtls", tmp_path, crl=str(crl)))
+    good = _echo(router.port, pki, pki["modality"])
+    assert good.returncode == 0, good.stderr
+    assert _echo(router.port, pki, revoked).returncode != 0
+    assert wait_for(lambda: _failures(router, "certificate_revoked") == 1), router.metrics()
+
+
+# Issue 16: every failed handshake wrote ~1.2 KB of audit, without a limit.
+def test_failed_handshakes_are_audited_a_few_times_a_minute(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    trail = tmp_path / "audit.jsonl"
+    config = {**_listener(pki, "tls", tmp_path), "audit": {"enabled": True, "path": str(trail)}}
+    router = start_router(config)
+    for _ in range(20):
+        with socket.create_connection((LOCALHOST, router.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            with contextlib.suppress(OSError):
+                sock.recv(100)
+    assert wait_for(lambda: _failures(router, "not_tls") == 20), router.metrics()
+    audited = wait_for(lambda: trail.exists() and trail.read_text().count("TLS handshake") == 5)
+    assert audited, trail.read_text() if trail.exists() else "no audit file"
+    assert router.metric("dicom_router_log_suppressed_total", what="audit_tls_failure") == 15
 
 
 @pytest.mark.parametrize("source", ["file", "env", "command"])

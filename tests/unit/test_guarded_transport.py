@@ -21,7 +21,7 @@ from router.dicom.guarded_transport import (
     discard_partial_message,
 )
 
-LIMITS = ReadLimits(acse_timeout=0.3, network_timeout=0.3, max_pdu=16384,
+LIMITS = ReadLimits(request_timeout=0.3, network_timeout=0.3, max_pdu=16384,
                     max_message_bytes=100_000)
 
 
@@ -29,7 +29,8 @@ def fake_assoc() -> Any:
     dul = SimpleNamespace(event_queue=queue.Queue(), to_user_queue=queue.Queue())
     dimse = SimpleNamespace(message=None, receive_primitive=None)
     return SimpleNamespace(dul=dul, dimse=dimse,
-                           requestor=SimpleNamespace(address="127.0.0.1", ae_title="MOD"))
+                           requestor=SimpleNamespace(address="127.0.0.1", ae_title="MOD",
+                                                     primitive=None))
 
 
 @pytest.fixture
@@ -100,10 +101,45 @@ def test_silence_mid_pdu_after_association_ends_the_read(
     peer.sendall(struct.pack(">BBL", 1, 0, 4) + b"rqrq")
     guarded.recv(6)
     guarded.recv(4)
+    assoc.requestor.primitive = object()  # the association thread took the request
     peer.sendall(struct.pack(">BBL", 4, 0, 1000) + b"half")
     guarded.recv(6)
     assert len(guarded.recv(1000)) < 1000  # given up after network_timeout of silence
     assert not woken(assoc)  # associated: the acceptor's own abort path applies
+
+
+def test_an_unknown_pdu_type_stops_all_reading(
+    pair: tuple[GuardedSocket, socket.socket, Any]
+) -> None:
+    """The 12-byte attack: pynetdicom skips an unknown PDU's body, and the next header
+    declares 3 GiB. Nothing after the unknown header is read, nothing is allocated."""
+    guarded, peer, assoc = pair
+    peer.sendall(bytes.fromhex("000000000000" + "0700C0000000"))
+    assert bytes(guarded.recv(6)) == bytes(6)  # pynetdicom answers it with an A-ABORT
+    assert guarded.recv(6) == bytearray()  # then sees the connection closed
+    assert woken(assoc)
+
+
+def test_a_read_out_of_step_is_refused(pair: tuple[GuardedSocket, socket.socket, Any]) -> None:
+    guarded, peer, assoc = pair
+    peer.sendall(struct.pack(">BBL", 1, 0, 10) + b"x" * 10)
+    guarded.recv(6)
+    assert guarded.recv(0xC0000000) == bytearray()  # never allocated, whatever is asked
+    assert woken(assoc)
+
+
+def test_a_complete_request_that_never_reaches_the_acceptor_frees_it_on_close(
+    pair: tuple[GuardedSocket, socket.socket, Any]
+) -> None:
+    """A whole A-ASSOCIATE-RQ that does not decode: pynetdicom aborts in the DUL and the
+    association thread never gets a request; the close must still wake it."""
+    guarded, peer, assoc = pair
+    peer.sendall(bytes.fromhex("0100000000080200000001010500"))
+    guarded.recv(6)
+    guarded.recv(8)
+    assert not woken(assoc)
+    guarded.close()
+    assert woken(assoc)
 
 
 def p_data(*pdvs: tuple[int, bytes]) -> P_DATA:
@@ -193,7 +229,7 @@ def test_a_store_dataset_past_max_dataset_bytes_is_not_written() -> None:
         received.extend(data for _, data in primitive.presentation_data_value_list)
 
     assoc.dimse.receive_primitive = receive
-    guard = MessageGuard(assoc, ReadLimits(acse_timeout=1, network_timeout=1, max_pdu=16384,
+    guard = MessageGuard(assoc, ReadLimits(request_timeout=1, network_timeout=1, max_pdu=16384,
                                            max_dataset_bytes=15_000))
     guard(p_data((0x00, b"a" * 10_000)))
     guard(p_data((0x00, b"b" * 10_000)))

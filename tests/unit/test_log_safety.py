@@ -1,0 +1,53 @@
+"""router/core/log_safety.py: escaping, bounds and rate limits of what reaches the log."""
+
+from __future__ import annotations
+
+import logging
+
+from router.core.log_safety import MAX_KEYS, RepeatLimiter, SafeLogFilter, escape
+
+
+def record(msg: str, *args: object, name: str = "router.x", level: int = logging.WARNING,
+           exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, None) if exc is not None else None
+    return logging.LogRecord(name, level, __file__, 1, msg, args, exc_info)
+
+
+def test_control_characters_are_escaped_and_lines_bounded() -> None:
+    assert escape("1.2\n2026 INFO forged\x00\x1b[31m") == "1.2\\x0a2026 INFO forged\\x00\\x1b[31m"
+    assert escape("x" * 5000, 100).endswith("... (4900 more characters)")
+
+
+def test_the_rendered_message_is_escaped() -> None:
+    rec = record("refused %s", "AE\r\nforged")
+    assert SafeLogFilter(RepeatLimiter(on_suppressed=lambda what: None)).filter(rec)
+    assert rec.getMessage() == "refused AE\\x0d\\x0aforged"
+
+
+def test_pynetdicom_loses_quoted_values_and_tracebacks() -> None:
+    rec = record("Invalid 'Called AE Title' value 'a\nb' - must not contain control "
+                 "characters", name="pynetdicom.utils", exc=ValueError("'a\nb'"))
+    SafeLogFilter(RepeatLimiter(on_suppressed=lambda what: None)).filter(rec)
+    assert rec.exc_info is None
+    assert rec.getMessage() == ("Invalid 'Called AE Title' value (value not logged) - must not "
+                                "contain control characters (ValueError)")
+
+
+def test_repeats_are_suppressed_counted_and_reported() -> None:
+    now = [0.0]
+    counted: list[str] = []
+    safe = SafeLogFilter(RepeatLimiter(window=60, clock=lambda: now[0],
+                                       on_suppressed=counted.append))
+    passed = [safe.filter(record("closing connection from %s", "10.0.0.9")) for _ in range(20)]
+    assert passed.count(True) == 5 and counted == ["log"] * 15
+    now[0] = 61.0
+    rec = record("closing connection from %s", "10.0.0.9")
+    assert safe.filter(rec)
+    assert rec.getMessage().endswith("[15 similar messages were suppressed]")
+    assert safe.filter(record("info %s", "x", level=logging.INFO))  # only warnings count
+
+
+def test_distinct_messages_past_the_table_size_are_dropped_not_remembered() -> None:
+    limiter = RepeatLimiter(on_suppressed=lambda what: None)
+    allowed = [limiter.allow(("x", i), 5) for i in range(MAX_KEYS + 100)]
+    assert allowed.count(False) == 100 and len(limiter._seen) == MAX_KEYS
