@@ -20,6 +20,7 @@ from router import metrics
 from router import reload as reload_config
 from router.completion import CompletionPolicy, GroupHolds
 from router.config import Destination, DicomDestination, RouterConfig, WindowConfig
+from router.control import OperatorControl
 from router.dispatch import (
     DESTINATION_FAILURES,
     DeadLetter,
@@ -35,6 +36,7 @@ from router.messages import (
     RELAY_TYPES,
     Accepted,
     BatchResult,
+    Control,
     Deliver,
     Goodbye,
     Heartbeat,
@@ -70,6 +72,7 @@ class Broker:
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
                                      config.queue.max_bytes, holds=_holds(config))
         self.associating = _dicom_names(config)  # destinations with associations to show
+        self.control = OperatorControl(self.dispatcher, spool, config)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.relays = RelayRoutes()
         self.config_generation = 0
@@ -106,6 +109,11 @@ class Broker:
     # --- message handling -------------------------------------------------------------------
 
     def on_frontend(self, identity: bytes, message: Message) -> None:
+        if isinstance(message, Control):  # an operator's action (router/control.py)
+            answer, outcomes = self.control.handle(message, time.monotonic())
+            self._apply(outcomes)
+            self._send(self.frontend, identity, answer)
+            return
         if not isinstance(message, Submit):
             raise ProtocolError(f"acceptor sent an unexpected {message.kind}")
         job = message.job
@@ -257,6 +265,7 @@ class Broker:
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         _holds(new))
             self.associating = _dicom_names(new)
+            self.control.reconfigure(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
 
@@ -268,6 +277,7 @@ class Broker:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
             self.take_replays()
+            self._apply(self.control.tick(now))
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")
@@ -277,12 +287,13 @@ class Broker:
         """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
         destinations = self.destination_summary(now)
         for name, row in destinations.items():
-            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
+            metrics.QUEUE_DEPTH.labels(name).set(float(row["depth"]))
             metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
-            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
-            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+            metrics.DESTINATION_PAUSED.labels(name).set(1 if row["paused"] else 0)
+            metrics.IN_FLIGHT.labels(name).set(float(row["in_flight"]))
+            metrics.QUEUE_OLDEST.labels(name).set(float(row["oldest_seconds"]))
             if "concurrency" in row:
-                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
+                metrics.DESTINATION_CONCURRENCY.labels(name).set(float(row["concurrency"]))
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -302,9 +313,9 @@ class Broker:
             except OSError as exc:
                 log.debug("cannot write the live status: %s", exc)
 
-    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
+    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool | str]]:
         wall = time.time()
-        out: dict[str, dict[str, float | int | bool]] = {}
+        out: dict[str, dict[str, float | int | bool | str]] = {}
         for name in self.dispatcher.queues:
             oldest = self.dispatcher.oldest_received(name)
             paused_until = self.dispatcher.paused_until[name]
@@ -316,6 +327,7 @@ class Broker:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+                **self.control.summary(name, now),
             }
             if name in self.associating:
                 # The live association limit (learned or pinned) and what is open now.

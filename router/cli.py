@@ -11,7 +11,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from router import cli_dead_letters, cli_echo, cli_route_test, cli_send, cli_status
+from router import (
+    cli_dead_letters,
+    cli_destinations,
+    cli_echo,
+    cli_route_test,
+    cli_send,
+    cli_status,
+)
 from router.cli_common import USAGE_ERROR, config_parent, version
 from router.config import RouterConfig, default_config, load_config, summary
 from router.errors import ConfigError, RouterError
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
+    cli_destinations.add_parser(sub)
     cli_send.add_parser(sub)
     cli_echo.add_parser(sub)
     cli_status.add_parser(sub)

@@ -15,6 +15,7 @@ from router.audit import AuditConfig
 from router.deid_spec import DeidentifyConfig
 from router.dicomweb_spec import DicomWebFields
 from router.errors import ConfigError
+from router.fallback_spec import fallback_problems
 from router.morph_spec import MorphAction
 
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
@@ -174,6 +175,14 @@ class MetricsConfig(Strict):
     port: int = Field(9100, ge=0, le=65535)
 
 
+class ApiConfig(Strict):
+    """The operator API (/api/..., router/control_api.py) on the metrics port."""
+
+    # A file holding a bearer token (Authorization: Bearer <token>) that /api/ requests
+    # must carry. Unset: only clients on the loopback address may use the API.
+    token_file: Path | None = None
+
+
 class RetryConfig(Strict):
     max_attempts: int = Field(10, ge=1)
     initial_delay: float = Field(1.0, gt=0)
@@ -209,6 +218,10 @@ class DestinationBase(Strict):
     # Applied to what this destination gets, after the routing rule's (README "Routing rules").
     morph: list[MorphAction] = []
     deidentify: DeidentifyConfig | None = None
+    # Destinations that take this one's queue after it has been unavailable (connection or
+    # association failures) for `fallback_after` seconds (README "Fallback destinations").
+    fallback: list[str] = []
+    fallback_after: float = Field(300.0, gt=0)
 
 
 class DicomDestination(DestinationBase):
@@ -365,6 +378,7 @@ class RouterConfig(Strict):
     # Delivery threads per worker process: how many destinations one worker serves at once.
     worker_threads: int = Field(4, ge=1, le=64)
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     destinations: dict[str, Destination] = {}
     rules: list[Rule] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -403,6 +417,7 @@ class RouterConfig(Strict):
     def _references_resolve(self) -> RouterConfig:
         rules = [(r.name, r.forward, r.query) for r in self.rules]
         problems = reference_problems(rules, self.destinations)
+        problems += fallback_problems(self.destinations)
         if problems:
             raise ValueError(_JOINER.join(problems))
         return self
@@ -473,7 +488,8 @@ def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
         return [] if "rules" in data else reference_problems([], {})
     pairs = [(r.get("name"), r.get("forward"), r.get("query")) for r in rules
              if isinstance(r, dict)]
-    return reference_problems(pairs, data.get("destinations"))
+    return reference_problems(pairs, data.get("destinations")) + \
+        fallback_problems(data.get("destinations"))
 
 
 def default_config() -> RouterConfig:

@@ -169,6 +169,8 @@ class Dispatcher:
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
         self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
         self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        # Paused by an operator (router/control.py): the queue holds until resumed.
+        self.held: set[str] = set()
         # Limit changes since the caller last looked: (destination, old, new, why).
         self.limit_changes: list[tuple[str, int, int, str]] = []
 
@@ -475,7 +477,7 @@ class Dispatcher:
         for offset in range(len(names)):
             index = (self._rotation + offset) % len(names)
             name = names[index]
-            if (not self.queues[name] or self.paused_until[name] > now
+            if (not self.queues[name] or self.paused_until[name] > now or name in self.held
                     or self.busy_until[name] > now or not self.in_window(name)):
                 continue
             choice = self.concurrency[name].choose(credits, now)

@@ -14,14 +14,16 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from router.http_types import MAX_BODY, App, Request, Response
+
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
 StatusView = Callable[[], dict[str, Any]]
 
 
-def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None
-             ) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None,
+             apps: list[App]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -34,8 +36,42 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
                 self._reply(200 if ok else 503, f"{why}\n".encode())
             elif path == "/status" and status is not None:
                 self._reply(200, json.dumps(status()).encode(), "application/json")
-            else:
+            elif not self._app("GET"):
                 self._reply(404, b"not found: try /metrics, /healthz, /readyz or /status\n")
+
+        def do_POST(self) -> None:
+            if not self._app("POST"):
+                self._reply(404, b"not found\n")
+
+        def _app(self, method: str) -> bool:
+            """Offer the request to the applications (operator API, console)."""
+            if not apps:
+                return False
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY or length < 0:
+                self._reply(413, b"request body too large\n")
+                return True
+            path, _, query = self.path.partition("?")
+            request = Request(method, path, query,
+                              {k.lower(): v for k, v in self.headers.items()},
+                              self.rfile.read(length) if length else b"",
+                              str(self.client_address[0]))
+            for app in apps:
+                response = app(request)
+                if response is not None:
+                    self._send(response)
+                    return True
+            return False
+
+        def _send(self, response: Response) -> None:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Cache-Control", "no-store")
+            for name, value in response.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(response.body)
 
         def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)
@@ -62,10 +98,10 @@ class _Server(ThreadingHTTPServer):
 
 class HttpEndpoint:
     def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck,
-                 status: StatusView | None = None) -> None:
+                 status: StatusView | None = None, apps: list[App] | None = None) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
-        self.server = _Server((host, port), _handler(registry, ready, status))
+        self.server = _Server((host, port), _handler(registry, ready, status, apps or []))
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

@@ -175,12 +175,16 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     samples = now.samples
     for name, d in sorted(rows.items()):
-        if not d["up"]:
+        if d.get("paused"):
+            state = Text("paused by operator", style="yellow")
+        elif not d["up"]:
             state = Text(f"paused {duration(d['paused_for'])}", style="red")
         elif not d.get("in_window", True):
             state = Text("held (window)", style="yellow")
         else:
             state = Text("up", style="green")
+        if d.get("fallback_to"):
+            state.append(f" -> {d['fallback_to']}", style="yellow")
         table.add_row(
             name, state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",

@@ -23,8 +23,11 @@ from router import metrics
 from router.admission import AcceptorState
 from router.audit import AuditTrail
 from router.config import RouterConfig, load_config
+from router.control_api import ControlApi
+from router.control_client import ControlClient
 from router.errors import RouterError
 from router.http_endpoint import HttpEndpoint
+from router.http_types import App
 from router.live_status import read_snapshots
 from router.ports import EXIT_CANNOT_BIND, check_bindable, describe, is_bind_failure
 from router.reload import plan as reload_plan
@@ -122,6 +125,15 @@ class Supervisor:
             **read_snapshots(self.runtime.status_dir),
         }
 
+    def _apps(self, audit: AuditTrail | None) -> list[App]:
+        """The operator API (and the console) on the HTTP port."""
+        client = ControlClient(self.runtime.frontend)
+        return [ControlApi(lambda: self.config, client, self._destinations, audit)]
+
+    def _destinations(self) -> dict[str, Any]:
+        broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+        return dict(broker.get("destinations", {}))
+
     def _start(self, child: Child) -> None:
         process = self.mp.Process(target=run_child, args=(child.entry, *child.args),
                                   name=child.name)
@@ -190,18 +202,18 @@ class Supervisor:
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
         metrics.BUILD_INFO.labels(_version()).set(1)
+        audit = AuditTrail(self.config.audit, self.config.ae_title) \
+            if self.config.audit.enabled else None
         if self.config.metrics.enabled:
             m = self.config.metrics
             try:
                 self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
-                                         self.ready, self.status)
+                                         self.ready, self.status, self._apps(audit))
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
                                   f"{exc.strerror}") from None
             self.http.start()
-        audit = AuditTrail(self.config.audit, self.config.ae_title) \
-            if self.config.audit.enabled else None
         for child in self.children:
             self._start(child)
         self._install_signals()

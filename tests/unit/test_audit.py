@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from router import audit
 from router.audit import AuditConfig, AuditTrail, LocalApplication, TransferTally
+from router.audit_operator import operator_action
 from router.syslog_sender import (
     SyslogConfig,
     SyslogSender,
@@ -80,6 +81,14 @@ def _alert(code: audit.Code) -> Callable[[], dict[str, Any]]:
         calling_ae="MODALITY")
 
 
+BUILDERS.update({
+    "operator_action": lambda: operator_action(
+        APP, user="local:alice", address="127.0.0.1", action="pause pacs",
+        detail="pacs paused; 3 job(s) queued for it", ok=True),
+    "operator_refused": lambda: operator_action(
+        APP, user="?", address="2001:db8::1", action="access", detail="wrong bearer token",
+        ok=False, refused_access=True),
+})
 BUILDERS.update({f"security_alert_{kind}": _alert(c) for kind, c in audit.ALERT_TYPES.items()})
 
 
