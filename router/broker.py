@@ -112,6 +112,7 @@ class Broker:
         if isinstance(message, Control):  # an operator's action (router/control.py)
             answer, outcomes = self.control.handle(message, time.monotonic())
             self._apply(outcomes)
+            self._publish(time.monotonic())  # /status shows the new state once answered
             self._send(self.frontend, identity, answer)
             return
         if not isinstance(message, Submit):

@@ -79,6 +79,17 @@ def cmd_hash_passcode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from router.console.auth import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\r\n")
+    if not password:
+        raise RouterError("empty password")
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-router", description=__doc__,
@@ -104,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     hashing = sub.add_parser("hash-passcode",
                              help="hash a passcode for listen.users (reads it from stdin)")
     hashing.set_defaults(func=cmd_hash_passcode)
+    console_hash = sub.add_parser("hash-password",
+                                  help="hash a console user's password (argon2id; reads it "
+                                       "from stdin) for console.users[].password_hash")
+    console_hash.set_defaults(func=cmd_hash_password)
     return parser
 
 

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.audit import AuditConfig
+from router.console.settings import ConsoleConfig
 from router.deid_spec import DeidentifyConfig
 from router.dicomweb_spec import DicomWebFields
 from router.errors import ConfigError
@@ -379,6 +380,7 @@ class RouterConfig(Strict):
     worker_threads: int = Field(4, ge=1, le=64)
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()  # the web console (README "Web console")
     destinations: dict[str, Destination] = {}
     rules: list[Rule] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -22,9 +22,62 @@ ReadyCheck = Callable[[], tuple[bool, str]]
 StatusView = Callable[[], dict[str, Any]]
 
 
+class AppHandler(BaseHTTPRequestHandler):
+    """Serves the applications (operator API, console) of `apps`; 404 for anything else."""
+
+    apps: ClassVar[list[App]] = []
+
+    def do_GET(self) -> None:
+        if not self._app("GET"):
+            self._reply(404, b"not found\n")
+
+    def do_POST(self) -> None:
+        if not self._app("POST"):
+            self._reply(404, b"not found\n")
+
+    def _app(self, method: str) -> bool:
+        """Offer the request to the applications; False if none takes it."""
+        if not self.apps:
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY or length < 0:
+            self._reply(413, b"request body too large\n")
+            return True
+        path, _, query = self.path.partition("?")
+        request = Request(method, path, query, {k.lower(): v for k, v in self.headers.items()},
+                          self.rfile.read(length) if length else b"",
+                          str(self.client_address[0]))
+        for app in self.apps:
+            response = app(request)
+            if response is not None:
+                self._send(response)
+                return True
+        return False
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # scrapes every few seconds would drown the router's own log
+
+
 def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None,
              apps: list[App]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(AppHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -39,54 +92,11 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
             elif not self._app("GET"):
                 self._reply(404, b"not found: try /metrics, /healthz, /readyz or /status\n")
 
-        def do_POST(self) -> None:
-            if not self._app("POST"):
-                self._reply(404, b"not found\n")
-
-        def _app(self, method: str) -> bool:
-            """Offer the request to the applications (operator API, console)."""
-            if not apps:
-                return False
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY or length < 0:
-                self._reply(413, b"request body too large\n")
-                return True
-            path, _, query = self.path.partition("?")
-            request = Request(method, path, query,
-                              {k.lower(): v for k, v in self.headers.items()},
-                              self.rfile.read(length) if length else b"",
-                              str(self.client_address[0]))
-            for app in apps:
-                response = app(request)
-                if response is not None:
-                    self._send(response)
-                    return True
-            return False
-
-        def _send(self, response: Response) -> None:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in response.headers:
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(response.body)
-
-        def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # scrapes every few seconds would drown the router's own log
-
+    Handler.apps = apps
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
+class Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -101,7 +111,7 @@ class HttpEndpoint:
                  status: StatusView | None = None, apps: list[App] | None = None) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
-        self.server = _Server((host, port), _handler(registry, ready, status, apps or []))
+        self.server = Server((host, port), _handler(registry, ready, status, apps or []))
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
 
     @property

@@ -95,6 +95,7 @@ class Supervisor:
             Child("acceptor", "router.acceptor:main", (config, runtime, self.acceptor_state)),
         ]
         self.http: HttpEndpoint | None = None
+        self.console: Any = None  # router/console/server.ConsoleServer on its own port
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
 
     def ready(self) -> tuple[bool, str]:
@@ -127,8 +128,13 @@ class Supervisor:
 
     def _apps(self, audit: AuditTrail | None) -> list[App]:
         """The operator API (and the console) on the HTTP port."""
+        from router.console import wiring  # argon2 and the pages only when configured
+
         client = ControlClient(self.runtime.frontend)
-        return [ControlApi(lambda: self.config, client, self._destinations, audit)]
+        api = ControlApi(lambda: self.config, client, self._destinations, audit)
+        console, self.console = wiring.build(lambda: self.config, api, self.status,
+                                             self.runtime.metrics_dir, audit)
+        return [api] if console is None else [api, console]
 
     def _destinations(self) -> dict[str, Any]:
         broker = read_snapshots(self.runtime.status_dir).get("broker", {})
@@ -214,6 +220,8 @@ class Supervisor:
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
                                   f"{exc.strerror}") from None
             self.http.start()
+            if self.console is not None:
+                self.console.start()
         for child in self.children:
             self._start(child)
         self._install_signals()
@@ -234,6 +242,8 @@ class Supervisor:
             audit.close()
         if self.http:
             self.http.stop()
+        if self.console is not None:
+            self.console.stop()
         if self.fatal is not None:
             log.error("router stopped: %s", self.fatal)
             return 1
