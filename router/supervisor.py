@@ -132,8 +132,18 @@ class Supervisor:
 
         client = ControlClient(self.runtime.frontend)
         api = ControlApi(lambda: self.config, client, self._destinations, audit)
-        console, self.console = wiring.build(lambda: self.config, api, self.status,
-                                             self.runtime.metrics_dir, audit)
+        settings = self.config.console
+        if settings.enabled and settings.port is None and not self.config.metrics.enabled:
+            raise RouterError("console.enabled without console.port is served on the metrics "
+                              "port, but metrics.enabled is false: set console.port or "
+                              "enable metrics")
+        try:
+            console, self.console = wiring.build(lambda: self.config, api, self.status,
+                                                 self.runtime.metrics_dir, audit)
+        except OSError as exc:
+            raise RouterError(f"cannot listen for the console on "
+                              f"{describe(settings.host, settings.port or 0)} "
+                              f"(console.host/console.port): {exc.strerror}") from None
         return [api] if console is None else [api, console]
 
     def _destinations(self) -> dict[str, Any]:
@@ -210,18 +220,19 @@ class Supervisor:
         metrics.BUILD_INFO.labels(_version()).set(1)
         audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
+        apps = self._apps(audit)
         if self.config.metrics.enabled:
             m = self.config.metrics
             try:
                 self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
-                                         self.ready, self.status, self._apps(audit))
+                                         self.ready, self.status, apps)
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
                                   f"{exc.strerror}") from None
             self.http.start()
-            if self.console is not None:
-                self.console.start()
+        if self.console is not None:
+            self.console.start()
         for child in self.children:
             self._start(child)
         self._install_signals()

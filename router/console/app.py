@@ -4,6 +4,7 @@ whether the role may act. A request that fails any of these changes nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -29,7 +30,12 @@ log = logging.getLogger(__name__)
 SESSION = "dr_session"
 LOGIN_NONCE = "dr_login"  # double-submit token of the login form (no session yet)
 STATIC = {"console.js": "text/javascript; charset=utf-8",
-          "console.css": "text/css; charset=utf-8"}
+          "console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+# Only its own scripts and styles, never inside another site's frame.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"))
 # POSTs that change nothing: a viewer may send them (with the CSRF token all the same).
 VIEWER_POSTS = ("/console/logout", "/console/rules/test")
 
@@ -56,9 +62,13 @@ class Console:
             self.status().get("broker", {}).get("jobs_queued", 0)))
 
     def __call__(self, request: Request) -> Response | None:
-        path = request.path
-        if path != "/console" and not path.startswith("/console/"):
+        if request.path != "/console" and not request.path.startswith("/console/"):
             return None
+        response = self._serve(request)
+        return dataclasses.replace(response, headers=(*response.headers, *SECURITY_HEADERS))
+
+    def _serve(self, request: Request) -> Response:
+        path = request.path
         if path == "/console":
             return redirect("/console/")
         if path.startswith("/console/static/"):

@@ -30,6 +30,7 @@ def page(title: str, body: str, identity: Identity | None, message: str = "",
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'>"
             f"<title>{e(title)} - dicom-router</title>"
+            f'<link rel="icon" href="/console/static/favicon.svg">'
             f'<link rel="stylesheet" href="/console/static/console.css"></head>'
             f"<body>{nav}<main><h1>{e(title)}</h1>{flash}{body}</main>{js}</body></html>"
             ).encode()

@@ -44,8 +44,12 @@ def page() -> Iterator[Any]:
         tab = context.new_page()
         tab.set_default_timeout(20_000)
         tab.on("dialog", lambda dialog: dialog.accept())  # the actions' confirmations
+        errors: list[str] = []  # script errors and Content-Security-Policy violations
+        tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
         yield tab
         browser.close()
+        assert not [e for e in errors if "401" not in e], errors
 
 
 def base(router: RouterProcess) -> str:

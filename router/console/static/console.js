@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: Apache-2.0 (part of dicom-router; no third-party code)
 // dicom-router console: confirmations, and the overview that updates itself.
 // Own code, no library (README "Web console"); every value goes in as text, never as HTML.
 "use strict";
