@@ -198,7 +198,11 @@ class Console:
             or ("", "")
         if not api_path:
             return Response(404, b"no such action\n", "text/plain")
-        body = {k: v for k, v in posted.fields.items() if k in ("to",) and v}
+        body: dict[str, Any] = {k: v for k, v in posted.fields.items() if k == "to" and v}
+        if posted.fields.get("ids"):
+            body["ids"] = posted.fields["ids"].split()
+        elif api_path.endswith(("/dead-letters/replay", "/dead-letters/purge")):
+            return back(where, "nothing selected")  # never "every dead letter" by accident
         call = Request("POST", api_path, "", {"content-type": "application/json"},
                        json.dumps(body).encode(), request.client)
         answer = self.api.route_checked(call, f"console:{identity.user}")

@@ -73,9 +73,24 @@ def listing(identity: Identity, spool: Spool, params: dict[str, str], names: lis
         button("Filter")]), method="get", extra='class="filters"')
     shown = f"<p>{len(letters)} dead letter(s)" + \
         (f", the first {MAX_ROWS} shown" if len(letters) > MAX_ROWS else "") + "</p>"
-    body = filters + shown + table(["Id", "Destination", "Reason", "Calling AE", "Age",
-                                    "Detail"], rows, "letters")
+    body = filters + shown + _bulk(identity, letters[:MAX_ROWS], names) + table(
+        ["Id", "Destination", "Reason", "Calling AE", "Age", "Detail"], rows, "letters")
     return Response(200, page("Dead letters", body, identity, message, script=True), HTML)
+
+
+def _bulk(identity: Identity, letters: list[dead_letters.DeadLetter], names: list[str]
+          ) -> str:
+    """Replay or purge every dead letter shown (by id: what the operator saw is what goes)."""
+    if not identity.can_act or not letters:
+        return ""
+    ids = f'<input type="hidden" name="ids" value="{e(" ".join(d.id for d in letters))}">'
+    count = len(letters)
+    return '<div class="actions">' + form(
+        "/console/dead-letters/replay", identity,
+        ids + select("to", ["", *names], label="Replay all shown to (empty: each its own)")
+        + button(f"Replay {count}"), confirm=f"Replay the {count} dead letter(s) shown?") \
+        + form("/console/dead-letters/purge", identity, ids + button(f"Purge {count}", "danger"),
+               confirm=f"Delete the {count} dead letter(s) shown for good?") + "</div>"
 
 
 def detail(identity: Identity, spool: Spool, letter_id: str, names: list[str],
@@ -102,6 +117,8 @@ def detail(identity: Identity, spool: Spool, letter_id: str, names: list[str],
 
 
 def api_call(path: str) -> tuple[str, str] | None:
+    if path in ("/console/dead-letters/replay", "/console/dead-letters/purge"):
+        return path.replace("/console/", "/api/"), "/console/dead-letters"
     match = _ACTION.fullmatch(path)
     if match is None:
         return None

@@ -119,3 +119,33 @@ def test_bearer_token_and_own_https_port(start_router: RouterFactory, tmp_path: 
     # Not on the metrics port when it has its own.
     assert ConsoleClient(f"http://127.0.0.1:{router.metrics_port}").request(
         "/console/login")[0] == 404
+
+
+def _dead_letter(spool: Path, job_id: str) -> None:
+    from tests.unit.helpers import make_header
+
+    folder = spool / "dead-letters"
+    (folder / f"{job_id}.dcm").write_bytes(b"DICM")
+    record = {"job": make_header(job_id, ("pacs",)).to_dict(), "destination": "pacs",
+              "reason": "no_context", "detail": "refused", "attempts": 1, "failed_at": 1.0}
+    (folder / f"{job_id}.pacs.json").write_text(json.dumps(record))
+
+
+def test_purge_every_dead_letter_shown(start_router: RouterFactory, tmp_path: Path) -> None:
+    router = start_router(config(tmp_path))
+    for job_id in ("00000000000000aa11111111", "00000000000000bb22222222"):
+        _dead_letter(router.spool, job_id)
+    base = f"http://127.0.0.1:{router.metrics_port}"
+    viewer, operator = ConsoleClient(base), ConsoleClient(base)
+    assert viewer.login("victor") == 303 and operator.login("alice") == 303
+    page_text = operator.request("/console/dead-letters")[1]
+    assert "2 dead letter(s)" in page_text and "Purge 2" in page_text
+    ids = "00000000000000aa11111111.pacs 00000000000000bb22222222.pacs"
+    token = viewer.csrf("/console/dead-letters")
+    assert viewer.request("/console/dead-letters/purge", {"csrf": token, "ids": ids})[0] == 403
+    assert len(list((router.spool / "dead-letters").glob("*.json"))) == 2
+    token = operator.csrf("/console/dead-letters")
+    code, _, headers = operator.request("/console/dead-letters/purge",
+                                        {"csrf": token, "ids": ids})
+    assert code == 303 and "2%20dead%20letter%28s%29%20purged" in headers["Location"]
+    assert list((router.spool / "dead-letters").iterdir()) == []
