@@ -17,6 +17,8 @@ command -v haproxy >/dev/null 2>&1 || needed+=(haproxy)
 compgen -G "/usr/share/orthanc/plugins/libOrthancDicomWeb*" >/dev/null || needed+=(orthanc-dicomweb)
 # `kubectl kustomize` renders ops/kubernetes; Debian's kubernetes-client has it.
 command -v kubectl >/dev/null 2>&1 || needed+=(kubernetes-client)
+# A real headless browser for the console's tests (Playwright drives it; no browser download).
+[ -x /usr/bin/chromium ] || needed+=(chromium)
 if [ ${#needed[@]} -eq 0 ]; then
     exit 0
 fi

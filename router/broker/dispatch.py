@@ -212,7 +212,7 @@ class Dispatcher(DispatchState):
         for offset in range(len(names)):
             index = (self._rotation + offset) % len(names)
             name = names[index]
-            if (not self.queues[name] or self.paused_until[name] > now
+            if (not self.queues[name] or self.paused_until[name] > now or name in self.held
                     or self.busy_until[name] > now or not self.in_window(name)):
                 continue
             choice = self.concurrency[name].choose(credits, now)

@@ -58,6 +58,8 @@ class DispatchState:
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
         self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
         self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
+        # Paused by an operator (router/broker/control.py): the queue holds until resumed.
+        self.held: set[str] = set()
         # Limit changes since the caller last looked: (destination, old, new, why).
         self.limit_changes: list[tuple[str, int, int, str]] = []
 

@@ -16,6 +16,7 @@ from types import FrameType
 import zmq
 
 from router.broker.completion import CompletionPolicy, GroupHolds
+from router.broker.control import OperatorControl
 from router.broker.deliveries import DeadLetter, DestinationPolicy, Outcome, Retry, Settled
 from router.broker.dispatch import Dispatcher
 from router.broker.publish import Publishing
@@ -30,6 +31,7 @@ from router.core.messages import (
     RELAY_TYPES,
     Accepted,
     BatchResult,
+    Control,
     Deliver,
     Goodbye,
     Heartbeat,
@@ -63,6 +65,7 @@ class Broker(Publishing):
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
                                      config.queue.max_bytes, holds=_holds(config))
         self.associating = _dicom_names(config)  # destinations with associations to show
+        self.control = OperatorControl(self.dispatcher, spool, config)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.relays = RelayRoutes()
         self.config_generation = 0
@@ -99,6 +102,12 @@ class Broker(Publishing):
     # --- message handling -------------------------------------------------------------------
 
     def on_frontend(self, identity: bytes, message: Message) -> None:
+        if isinstance(message, Control):  # an operator's action (router/broker/control.py)
+            answer, outcomes = self.control.handle(message, time.monotonic())
+            self._apply(outcomes)
+            self._publish(time.monotonic())  # /status shows the new state once answered
+            self._send(self.frontend, identity, answer)
+            return
         if not isinstance(message, Submit):
             raise ProtocolError(f"acceptor sent an unexpected {message.kind}")
         job = message.job
@@ -250,6 +259,7 @@ class Broker(Publishing):
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         _holds(new))
             self.associating = _dicom_names(new)
+            self.control.reconfigure(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
 
@@ -261,6 +271,7 @@ class Broker(Publishing):
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
             self.take_replays()
+            self._apply(self.control.tick(now))
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")

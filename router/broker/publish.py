@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from router.broker.control import OperatorControl
 from router.broker.dispatch import Dispatcher
 from router.core import metrics
 from router.core.spool import Spool
@@ -20,6 +21,7 @@ class Publishing:
     Dispatcher's state."""
 
     dispatcher: Dispatcher
+    control: OperatorControl
     associating: set[str]  # destinations with associations to show
     spool: Spool
     status_dir: Path | None
@@ -29,12 +31,13 @@ class Publishing:
         """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
         destinations = self.destination_summary(now)
         for name, row in destinations.items():
-            metrics.QUEUE_DEPTH.labels(name).set(row["depth"])
+            metrics.QUEUE_DEPTH.labels(name).set(float(row["depth"]))
             metrics.DESTINATION_UP.labels(name).set(1 if row["up"] else 0)
-            metrics.IN_FLIGHT.labels(name).set(row["in_flight"])
-            metrics.QUEUE_OLDEST.labels(name).set(row["oldest_seconds"])
+            metrics.DESTINATION_PAUSED.labels(name).set(1 if row["paused"] else 0)
+            metrics.IN_FLIGHT.labels(name).set(float(row["in_flight"]))
+            metrics.QUEUE_OLDEST.labels(name).set(float(row["oldest_seconds"]))
             if "concurrency" in row:
-                metrics.DESTINATION_CONCURRENCY.labels(name).set(row["concurrency"])
+                metrics.DESTINATION_CONCURRENCY.labels(name).set(float(row["concurrency"]))
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -54,9 +57,9 @@ class Publishing:
             except OSError as exc:
                 log.debug("cannot write the live status: %s", exc)
 
-    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool]]:
+    def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool | str]]:
         wall = time.time()
-        out: dict[str, dict[str, float | int | bool]] = {}
+        out: dict[str, dict[str, float | int | bool | str]] = {}
         for name in self.dispatcher.queues:
             oldest = self.dispatcher.oldest_received(name)
             paused_until = self.dispatcher.paused_until[name]
@@ -68,6 +71,7 @@ class Publishing:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+                **self.control.summary(name, now),  # paused by an operator, fallback
             }
             if name in self.associating:
                 # The live association limit (learned or pinned) and what is open now.

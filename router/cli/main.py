@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from router.cli import dead_letters as cli_dead_letters
+from router.cli import destinations as cli_destinations
 from router.cli import peer_commands
 from router.cli import route_test as cli_route_test
 from router.cli import status as cli_status
@@ -75,6 +76,17 @@ def cmd_hash_passcode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from router.service.console.auth import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
+    password = password.rstrip("\r\n")
+    if not password:
+        raise RouterError("empty password")
+    print(hash_password(password))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-router", description=__doc__,
@@ -92,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
+    cli_destinations.add_parser(sub)
     peer_commands.add_send_parser(sub)
     peer_commands.add_echo_parser(sub)
     cli_status.add_parser(sub)
@@ -99,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     hashing = sub.add_parser("hash-passcode",
                              help="hash a passcode for listen.users (reads it from stdin)")
     hashing.set_defaults(func=cmd_hash_passcode)
+    console_hash = sub.add_parser("hash-password",
+                                  help="hash a console user's password (argon2id; reads it "
+                                       "from stdin) for console.users[].password_hash")
+    console_hash.set_defaults(func=cmd_hash_password)
     return parser
 
 

@@ -11,18 +11,15 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from router.core.errors import RouterError
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from router.service.metric_samples import Samples, by_label, parse_metrics, total
 
 
 class StatusUnavailable(RouterError):
@@ -42,14 +39,6 @@ def fetch(url: str, path: str, timeout: float = 5.0) -> bytes:
             "in its config this address?") from None
 
 
-def parse_metrics(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
 @dataclass(frozen=True)
 class Reading:
     status: dict[str, Any]
@@ -61,20 +50,6 @@ def read(url: str) -> Reading:
     status = json.loads(fetch(url, "/status"))
     samples = parse_metrics(fetch(url, "/metrics").decode())
     return Reading(status, samples, time.monotonic())
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, lbl), v in samples.items() if n == name and want <= set(lbl))
-
-
-def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
-    out: dict[str, float] = defaultdict(float)
-    for (n, lbl), value in samples.items():
-        if n == name:
-            out[dict(lbl).get(label, "")] += value
-    return dict(out)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -175,12 +150,16 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     samples = now.samples
     for name, d in sorted(rows.items()):
-        if not d["up"]:
+        if d.get("paused"):
+            state = Text("paused by operator", style="yellow")
+        elif not d["up"]:
             state = Text(f"paused {duration(d['paused_for'])}", style="red")
         elif not d.get("in_window", True):
             state = Text("held (window)", style="yellow")
         else:
             state = Text("up", style="green")
+        if d.get("fallback_to"):
+            state.append(f" -> {d['fallback_to']}", style="yellow")
         table.add_row(
             name, state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",

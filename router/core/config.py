@@ -12,9 +12,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.core.audit_config import AuditConfig
+from router.core.console_config import ConsoleConfig
 from router.core.deid_spec import DeidentifyConfig
 from router.core.dicomweb_spec import DicomWebFields
 from router.core.errors import ConfigError
+from router.core.fallback_spec import fallback_problems
 from router.core.morph_spec import MorphAction
 
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
@@ -191,6 +193,14 @@ class MetricsConfig(Strict):
     max_connections: int = Field(32, ge=1)
 
 
+class ApiConfig(Strict):
+    """The operator API (/api/..., router/service/control_api.py) on the metrics port."""
+
+    # A file holding a bearer token (Authorization: Bearer <token>) that /api/ requests
+    # must carry. Unset: only clients on the loopback address may use the API.
+    token_file: Path | None = None
+
+
 class RetryConfig(Strict):
     max_attempts: int = Field(10, ge=1)
     initial_delay: float = Field(1.0, gt=0)
@@ -226,6 +236,10 @@ class DestinationBase(Strict):
     # Applied to what this destination gets, after the routing rule's (README "Routing rules").
     morph: list[MorphAction] = []
     deidentify: DeidentifyConfig | None = None
+    # Destinations that take this one's queue after it has been unavailable (connection or
+    # association failures) for `fallback_after` seconds (README "Fallback destinations").
+    fallback: list[str] = []
+    fallback_after: float = Field(300.0, gt=0)
 
 
 class DicomDestination(DestinationBase):
@@ -382,6 +396,8 @@ class RouterConfig(Strict):
     # Delivery threads per worker process: how many destinations one worker serves at once.
     worker_threads: int = Field(4, ge=1, le=64)
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()  # the web console (README "Web console")
     destinations: dict[str, Destination] = {}
     rules: list[Rule] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -420,6 +436,7 @@ class RouterConfig(Strict):
     def _references_resolve(self) -> RouterConfig:
         rules = [(r.name, r.forward, r.query) for r in self.rules]
         problems = reference_problems(rules, self.destinations)
+        problems += fallback_problems(self.destinations)
         if problems:
             raise ValueError(_JOINER.join(problems))
         return self
@@ -490,7 +507,8 @@ def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
         return [] if "rules" in data else reference_problems([], {})
     pairs = [(r.get("name"), r.get("forward"), r.get("query")) for r in rules
              if isinstance(r, dict)]
-    return reference_problems(pairs, data.get("destinations"))
+    return reference_problems(pairs, data.get("destinations")) + \
+        fallback_problems(data.get("destinations"))
 
 
 def default_config() -> RouterConfig:

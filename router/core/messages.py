@@ -235,11 +235,39 @@ class RelayCancel(Message):
     request_id: str
 
 
+# --- operator control (router/broker/control.py): HTTP process -> broker -> HTTP process ---------
+
+
+@dataclass(frozen=True)
+class Control(Message):
+    """An operator's action on a destination: pause, resume, retry, drain (to `target`).
+    `actor` and `source` (who, from where) go into the broker's log line."""
+
+    kind: ClassVar[str] = "control"
+    request_id: str
+    action: str
+    destination: str
+    target: str = ""
+    actor: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ControlReply(Message):
+    """Broker -> HTTP process: what the action did (`counts`), or why it was refused."""
+
+    kind: ClassVar[str] = "control_reply"
+    request_id: str
+    ok: bool
+    detail: str
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
 RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel)
 
 _TYPES: dict[str, type[Message]] = {
     cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, BatchResult,
-                              Heartbeat, Goodbye, *RELAY_TYPES)
+                              Heartbeat, Goodbye, Control, ControlReply, *RELAY_TYPES)
 }
 
 
@@ -313,6 +341,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "Accepted",
     "BatchResult",
+    "Control",
+    "ControlReply",
     "Deliver",
     "Goodbye",
     "Heartbeat",

@@ -64,6 +64,11 @@ IN_FLIGHT = Gauge(
     f"{PREFIX}_deliveries_in_flight", "Deliveries handed to workers, by destination.",
     ["destination"], multiprocess_mode="livesum",
 )
+DESTINATION_PAUSED = Gauge(
+    f"{PREFIX}_destination_paused",
+    "1 while an operator has paused a destination (its queue holds), else 0.",
+    ["destination"], multiprocess_mode="max",
+)
 DESTINATION_UP = Gauge(
     f"{PREFIX}_destination_up",
     "0 while a destination is paused after failing to connect or associate, else 1.",

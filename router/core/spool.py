@@ -8,6 +8,7 @@ Layout under the spool root:
                          presence is what makes a job real, so it is renamed in last
   jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
+  control/state.json     destinations an operator paused (router/broker/control.py)
   relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
                          way to the requester; never acknowledged as stored, wiped at start
 """
@@ -95,6 +96,15 @@ class Spool:
         os.replace(received, target)  # same filesystem: incoming/ is in the spool
         fsync_path(self.jobs, directory=True)
         return target
+
+    def rewrite_header(self, header: JobHeader) -> None:
+        """Replace a queued job's header (its destinations changed: drain-to, fallback).
+        Atomic and fsync'd; the caller fsyncs the jobs folder (sync_jobs) after a series."""
+        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
+        write_atomically(self._header_path(header.job_id), payload)
+
+    def sync_jobs(self) -> None:
+        fsync_path(self.jobs, directory=True)
 
     def mark_delivered(self, job_id: str, destination: str) -> None:
         marker = self._marker_path(job_id, destination)

@@ -30,7 +30,10 @@ from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.status_snapshots import read_snapshots
 from router.core.tls import client_context, server_context
+from router.service.control_api import ControlApi
+from router.service.control_client import ControlClient
 from router.service.http_endpoint import HttpEndpoint
+from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe, is_bind_failure
 
 log = logging.getLogger(__name__)
@@ -103,6 +106,7 @@ class Supervisor:
                   without=PIXEL_CODECS),
         ]
         self.http: HttpEndpoint | None = None
+        self.console: Any = None  # router/console/server.ConsoleServer on its own port
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
 
     def ready(self) -> tuple[bool, str]:
@@ -132,6 +136,30 @@ class Supervisor:
             ],
             **read_snapshots(self.runtime.status_dir),
         }
+
+    def _apps(self, audit: AuditTrail | None) -> list[App]:
+        """The operator API (and the console) on the HTTP port."""
+        from router.service.console import wiring  # argon2 and the pages only when configured
+
+        client = ControlClient(self.runtime.frontend)
+        api = ControlApi(lambda: self.config, client, self._destinations, audit)
+        settings = self.config.console
+        if settings.enabled and settings.port is None and not self.config.metrics.enabled:
+            raise RouterError("console.enabled without console.port is served on the metrics "
+                              "port, but metrics.enabled is false: set console.port or "
+                              "enable metrics")
+        try:
+            console, self.console = wiring.build(lambda: self.config, api, self.status,
+                                                 self.runtime.metrics_dir, audit)
+        except OSError as exc:
+            raise RouterError(f"cannot listen for the console on "
+                              f"{describe(settings.host, settings.port or 0)} "
+                              f"(console.host/console.port): {exc.strerror}") from None
+        return [api] if console is None else [api, console]
+
+    def _destinations(self) -> dict[str, Any]:
+        broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+        return dict(broker.get("destinations", {}))
 
     def _start(self, child: Child) -> None:
         process = self.mp.Process(target=run_child,
@@ -202,19 +230,22 @@ class Supervisor:
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
         metrics.BUILD_INFO.labels(_version()).set(1)
+        audit = AuditTrail(self.config.audit, self.config.ae_title) \
+            if self.config.audit.enabled else None
+        apps = self._apps(audit)
         if self.config.metrics.enabled:
             m = self.config.metrics
             try:
                 self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
                                          self.ready, self.status, m.request_timeout,
-                                         m.max_connections)
+                                         m.max_connections, apps)
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
                                   f"{exc.strerror}") from None
             self.http.start()
-        audit = AuditTrail(self.config.audit, self.config.ae_title) \
-            if self.config.audit.enabled else None
+        if self.console is not None:
+            self.console.start()
         for child in self.children:
             self._start(child)
         self._install_signals()
@@ -235,6 +266,8 @@ class Supervisor:
             audit.close()
         if self.http:
             self.http.stop()
+        if self.console is not None:
+            self.console.stop()
         if self.fatal is not None:
             log.error("router stopped: %s", self.fatal)
             return 1

@@ -13,6 +13,7 @@ import pytest
 
 from router.audit import codes, encoding, messages
 from router.audit.messages import LocalApplication
+from router.audit.operator import operator_action
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
 
@@ -57,6 +58,14 @@ def _alert(code: codes.Code) -> Callable[[], dict[str, Any]]:
         calling_ae="MODALITY")
 
 
+BUILDERS.update({
+    "operator_action": lambda: operator_action(
+        APP, user="local:alice", address="127.0.0.1", action="pause pacs",
+        detail="pacs paused; 3 job(s) queued for it", ok=True),
+    "operator_refused": lambda: operator_action(
+        APP, user="?", address="2001:db8::1", action="access", detail="wrong bearer token",
+        ok=False, refused_access=True),
+})
 BUILDERS.update({f"security_alert_{kind}": _alert(c) for kind, c in codes.ALERT_TYPES.items()})
 
 

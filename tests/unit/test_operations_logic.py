@@ -9,10 +9,11 @@ import pytest
 from rich.console import Console
 
 from router.broker.deliveries import DestinationPolicy
-from router.cli.status_screen import Reading, duration, parse_metrics, render, size, total
+from router.cli.status_screen import Reading, duration, render, size
 from router.core.config import default_config, parse_config
 from router.core.metrics import BoundedLabel
 from router.core.reload import ReloadRefused, load, plan, save
+from router.service.metric_samples import parse_metrics, total
 
 from .helpers import make_header
 from .test_dispatch import RETRY, make_dispatcher

@@ -1,0 +1,85 @@
+"""Moving queued work between destinations inside the broker's Dispatcher (no sockets).
+
+Used by operator control (router/broker/control.py): drain-to and fallback. A job moved from A to B
+has its header on the spool rewritten first (atomically, fsync'd) to name B instead of A, so
+that a crash at any point leaves each job either wholly at A or wholly at B: recovery
+(router/core/spool.py) re-queues what the header names.
+
+Deliveries leased to a worker are not moved: they finish (or fail back into A's queue).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+
+from router.broker.deliveries import Delivery, Outcome
+from router.broker.dispatch import Dispatcher
+from router.core.messages import JobHeader
+from router.core.spool import Spool
+
+
+def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
+    """Remove and return every job waiting for `name` (queue, retry delays, completion holds),
+    urgent first, in arrival order within a priority; leased deliveries stay."""
+    found: list[JobHeader] = []
+    queue = dispatcher.queues[name]
+    while queue:
+        found += queue.popleft().jobs
+    kept = []
+    for entry in dispatcher.delayed:
+        if entry[2].destination == name:
+            found += entry[2].jobs
+        else:
+            kept.append(entry)
+    heapq.heapify(kept)
+    dispatcher.delayed = kept
+    for key in [k for k in dispatcher.holds.groups if k[0] == name]:
+        found += [d.job for d in dispatcher.holds.groups.pop(key).deliveries]
+    unique: dict[str, JobHeader] = {}
+    for job in found:
+        state = dispatcher.jobs.get(job.job_id)
+        if state is not None and name in state.pending:
+            unique.setdefault(job.job_id, state.header)  # the current header, not a stale copy
+    return list(unique.values())
+
+
+def put_back(dispatcher: Dispatcher, name: str, jobs: list[JobHeader]) -> None:
+    """Return jobs to the front of `name`'s queue, in their order."""
+    for job in reversed(jobs):
+        dispatcher.queues[name].appendleft(Delivery(job, name))
+
+
+def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, target: str
+             ) -> list[Outcome]:
+    """Send `job` to `target` instead of `source`: the spool's header first, then memory.
+
+    If the job already goes to `target` (pending or delivered), it is simply no longer sent
+    to `source`. The caller fsyncs the jobs folder once after a series of these.
+    """
+    state = dispatcher.jobs[job.job_id]
+    destinations = tuple(dict.fromkeys(target if d == source else d
+                                       for d in state.header.destinations))
+    header = dataclasses.replace(state.header, destinations=destinations)
+    spool.rewrite_header(header)
+    already = target in state.header.destinations
+    state.header = header
+    if not already:
+        state.pending.add(target)
+        dispatcher.queues[target].append(Delivery(header, target))
+    # The source's part of the job is done with: settled once nothing else is pending.
+    return dispatcher._finish(Delivery(header, source))
+
+
+def release_now(dispatcher: Dispatcher, name: str) -> int:
+    """End the backoff of `name` (retry now): its delayed retries join its queue at once."""
+    dispatcher.paused_until[name] = 0.0
+    dispatcher.busy_until[name] = 0.0
+    released = [entry for entry in dispatcher.delayed if entry[2].destination == name]
+    if released:
+        dispatcher.delayed = [e for e in dispatcher.delayed if e[2].destination != name]
+        heapq.heapify(dispatcher.delayed)
+        for _, _, delivery in sorted(released, key=lambda e: (e[0], e[1])):
+            if delivery.job.job_id in dispatcher.jobs:
+                dispatcher.queues[name].append(delivery)
+    return sum(e[2].size for e in released)

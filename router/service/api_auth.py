@@ -1,0 +1,74 @@
+"""Who may use the operator API (/api/...) on the HTTP port.
+
+With `api.token_file`, a request must carry `Authorization: Bearer <the file's token>`; the
+file is read at each request, so a new token takes effect without a restart. Without it, only
+clients on the loopback address may (the port binds 127.0.0.1 by default); a request from
+elsewhere is refused, never trusted for coming through a proxy.
+
+Cross-site requests: a POST must say `Content-Type: application/json`, which a web page on
+another origin cannot send without a CORS preflight that this server never answers, so a
+browser on the router's own machine cannot be tricked into acting.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.service.http_types import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    actor: str | None  # who, for the audit trail; None: refused
+    why: str = ""
+
+
+def _loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
+
+
+def read_token(path: Path) -> str:
+    """The token in a file (surrounding whitespace removed); OSError if unreadable."""
+    return path.read_text(encoding="utf-8").strip()
+
+
+class ApiAuth:
+    def __init__(self, token_file: Path | None) -> None:
+        self.token_file = token_file
+
+    def check(self, request: Request) -> Verdict:
+        named = request.headers.get("x-dicom-router-user", "").strip()[:64]
+        if self.token_file is None:
+            if not _loopback(request.client):
+                return Verdict(None, "the API takes requests from this machine only (set "
+                                     "api.token_file to allow others with a token)")
+            return Verdict(f"local:{named}" if named else "local")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            return Verdict(None, "no bearer token (Authorization: Bearer <token>)")
+        try:
+            token = read_token(self.token_file)
+        except OSError as exc:
+            log.error("cannot read api.token_file %s (%s): every API request is refused",
+                      self.token_file, exc)
+            return Verdict(None, "the router cannot read its token file")
+        if not token or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            return Verdict(None, "wrong bearer token")
+        return Verdict(f"token:{named}" if named else "token")
+
+    @staticmethod
+    def cross_site(request: Request) -> bool:
+        """A POST that a page on another site could have sent (not JSON)."""
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        return request.method == "POST" and ctype != "application/json"

@@ -1,0 +1,210 @@
+"""The console's front door: static files, login and logout, and for every other page who
+is asking (session or bearer token), whether a POST carries the session's CSRF token and
+whether the role may act. A request that fails any of these changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from router.audit.operator import record_action
+from router.audit.trail import AuditTrail
+from router.core.config import RouterConfig
+from router.service.console import views_letters, views_overview, views_rules
+from router.service.console.auth import ConsoleAuth, Identity
+from router.service.console.forms import Posted, cookie, parse_form, set_cookie
+from router.service.console.history import History
+from router.service.console.html import button, field, page
+from router.service.control_api import ControlApi
+from router.service.http_types import Request, Response
+from router.service.metric_samples import Samples
+
+log = logging.getLogger(__name__)
+
+SESSION = "dr_session"
+LOGIN_NONCE = "dr_login"  # double-submit token of the login form (no session yet)
+STATIC = {"console.js": "text/javascript; charset=utf-8",
+          "console.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
+# Only its own scripts and styles, never inside another site's frame.
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+    ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"))
+# POSTs that change nothing: a viewer may send them (with the CSRF token all the same).
+VIEWER_POSTS = ("/console/logout", "/console/rules/test")
+
+
+def redirect(location: str, *headers: tuple[str, str]) -> Response:
+    return Response(303, b"", "text/plain", (("Location", location), *headers))
+
+
+def back(location: str, message: str) -> Response:
+    sep = "&" if "?" in location else "?"
+    return redirect(f"{location}{sep}msg={quote(message)}")
+
+
+class Console:
+    def __init__(self, config: Callable[[], RouterConfig], api: ControlApi,
+                 status: Callable[[], dict[str, Any]], samples: Callable[[], Samples],
+                 audit: AuditTrail | None) -> None:
+        self.config, self.api, self.status, self.audit = config, api, status, audit
+        self.settings = config().console
+        self.auth = ConsoleAuth(self.settings)
+        self.secure = self.settings.tls_cert is not None
+        self.samples = samples
+        self.history = History(samples, lambda: int(
+            self.status().get("broker", {}).get("jobs_queued", 0)))
+
+    def __call__(self, request: Request) -> Response | None:
+        if request.path != "/console" and not request.path.startswith("/console/"):
+            return None
+        response = self._serve(request)
+        return dataclasses.replace(response, headers=(*response.headers, *SECURITY_HEADERS))
+
+    def _serve(self, request: Request) -> Response:
+        path = request.path
+        if path == "/console":
+            return redirect("/console/")
+        if path.startswith("/console/static/"):
+            return self._static(path.removeprefix("/console/static/"))
+        if path == "/console/login":
+            return self._login(request)
+        identity = self.auth.identify(cookie(request, SESSION),
+                                      request.headers.get("authorization", ""))
+        if identity is None:
+            if request.method == "GET" and not path.endswith(".json"):
+                return redirect("/console/login")
+            return Response(401, b"log in first\n", "text/plain; charset=utf-8")
+        if request.method == "POST":
+            posted = parse_form(request)
+            refusal = self._refusal(request, identity, posted)
+            if refusal is not None:
+                return refusal
+            return self._post(request, identity, posted)
+        return self._get(request, identity)
+
+    # --- security --------------------------------------------------------------------------
+
+    def _refusal(self, request: Request, identity: Identity, posted: Posted
+                 ) -> Response | None:
+        given = posted.fields.get("csrf") or request.headers.get("x-csrf-token")
+        if not self.auth.csrf_ok(identity, given):
+            self._audit(identity.user, request, "console POST", "refused: no or wrong CSRF "
+                        "token", ok=False, refused_access=True)
+            return Response(403, b"refused: the form's CSRF token is missing or wrong; "
+                                 b"reload the page\n", "text/plain; charset=utf-8")
+        if request.path not in VIEWER_POSTS and not identity.can_act:
+            self._audit(identity.user, request, f"console POST {request.path}",
+                        f"refused: role {identity.role} may not act", ok=False,
+                        refused_access=True)
+            return Response(403, f"refused: {identity.user} is a {identity.role}; acting "
+                                 "needs the operator role\n".encode(),
+                            "text/plain; charset=utf-8")
+        return None
+
+    def _audit(self, user: str, request: Request, action: str, detail: str, *, ok: bool,
+               refused_access: bool = False) -> None:
+        log.log(logging.INFO if ok else logging.WARNING, "console: %s from %s: %s: %s",
+                user, request.client, action, detail)
+        record_action(self.audit, user=f"console:{user}", address=request.client,
+                      action=action, detail=detail, ok=ok, refused_access=refused_access)
+
+    # --- login -----------------------------------------------------------------------------
+
+    def _login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self._login_page(request.params().get("msg", ""))
+        posted = parse_form(request)
+        nonce = cookie(request, LOGIN_NONCE)
+        if not nonce or posted.fields.get("csrf") != nonce:
+            return self._login_page("the login form expired; try again", 403)
+        user = posted.fields.get("username", "")[:64]
+        if self.auth.blocked(request.client):
+            self._audit(user or "?", request, "console login", "refused: too many failed "
+                        "logins from this address", ok=False, refused_access=True)
+            return self._login_page("too many failed logins from this address; wait and "
+                                    "try again", 429)
+        session = self.auth.login(user, posted.fields.get("password", ""), request.client)
+        if session is None:
+            self._audit(user or "?", request, "console login", "failed: wrong user name or "
+                        "password", ok=False, refused_access=True)
+            return self._login_page("wrong user name or password", 401)
+        self._audit(user, request, "console login", "logged in", ok=True)
+        max_age = int(self.settings.session_minutes * 60)
+        return redirect("/console/", set_cookie(SESSION, session, secure=self.secure,
+                                                max_age=max_age))
+
+    def _login_page(self, message: str, status: int = 200) -> Response:
+        nonce = secrets.token_urlsafe(24)
+        inner = (f'<input type="hidden" name="csrf" value="{nonce}">'
+                 + field("username", "User") + field("password", "Password", kind="password")
+                 + button("Log in"))
+        body = f'<form method="post" action="/console/login" class="login">{inner}</form>'
+        return Response(status, page("Log in", body, None, message),
+                        "text/html; charset=utf-8",
+                        (set_cookie(LOGIN_NONCE, nonce, secure=self.secure),))
+
+    # --- pages -----------------------------------------------------------------------------
+
+    def _static(self, name: str) -> Response:
+        if name not in STATIC:
+            return Response(404, b"not found\n", "text/plain")
+        data = resources.files("router.service.console").joinpath("static", name).read_bytes()
+        return Response(200, data, STATIC[name])
+
+    def _get(self, request: Request, identity: Identity) -> Response:
+        path, message = request.path.rstrip("/") or "/", request.params().get("msg", "")
+        if path == "/console":
+            return views_overview.overview(identity, message)
+        if path == "/console/overview.json":
+            self.history.sample()
+            data = views_overview.overview_data(self.status(), self.samples(), self.history)
+            return Response(200, json.dumps(data).encode(), "application/json")
+        if path == "/console/destinations":
+            return views_overview.destinations(identity, self.status(), self._names(),
+                                               message)
+        if path == "/console/dead-letters":
+            return views_letters.listing(identity, self.api.spool, request.params(),
+                                         self._names(), message)
+        if path.startswith("/console/dead-letters/"):
+            return views_letters.detail(identity, self.api.spool,
+                                        path.removeprefix("/console/dead-letters/"),
+                                        self._names(), message)
+        if path == "/console/rules":
+            return views_rules.rules(identity, self.config(), message)
+        if path == "/console/audit":
+            return views_rules.audit(identity, self.config(), self.samples())
+        return Response(404, page("Not found", "<p>No such page.</p>", identity),
+                        "text/html; charset=utf-8")
+
+    def _names(self) -> list[str]:
+        return sorted(self.config().destinations)
+
+    def _post(self, request: Request, identity: Identity, posted: Posted) -> Response:
+        path = request.path
+        if path == "/console/logout":
+            self.auth.logout(cookie(request, SESSION) or "")
+            return redirect("/console/login", set_cookie(SESSION, "", secure=self.secure,
+                                                         max_age=0))
+        if path == "/console/rules/test":
+            return views_rules.test(identity, self.config(), posted)
+        api_path, where = views_overview.api_call(path) or views_letters.api_call(path) \
+            or ("", "")
+        if not api_path:
+            return Response(404, b"no such action\n", "text/plain")
+        body: dict[str, Any] = {k: v for k, v in posted.fields.items() if k == "to" and v}
+        if posted.fields.get("ids"):
+            body["ids"] = posted.fields["ids"].split()
+        elif api_path.endswith(("/dead-letters/replay", "/dead-letters/purge")):
+            return back(where, "nothing selected")  # never "every dead letter" by accident
+        call = Request("POST", api_path, "", {"content-type": "application/json"},
+                       json.dumps(body).encode(), request.client)
+        answer = self.api.route_checked(call, f"console:{identity.user}")
+        result = json.loads(answer.body)
+        return back(where, result.get("detail") or result.get("error") or "done")

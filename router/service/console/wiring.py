@@ -1,0 +1,36 @@
+"""Builds the console for the supervisor: on the metrics port, or on its own server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from router.audit.trail import AuditTrail
+from router.core.config import RouterConfig
+from router.service.console.app import Console
+from router.service.console.server import ConsoleServer
+from router.service.control_api import ControlApi
+from router.service.metric_samples import Samples, parse_metrics
+
+
+def metrics_reader(metrics_dir: Path) -> Callable[[], Samples]:
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))
+    return lambda: parse_metrics(generate_latest(registry).decode())
+
+
+def build(config: Callable[[], RouterConfig], api: ControlApi,
+          status: Callable[[], dict[str, Any]], metrics_dir: Path, audit: AuditTrail | None
+          ) -> tuple[Console | None, ConsoleServer | None]:
+    """(console to mount on the metrics port, or its own server to start), or (None, None)."""
+    settings = config().console
+    if not settings.enabled:
+        return None, None
+    console = Console(config, api, status, metrics_reader(metrics_dir), audit)
+    if settings.port is None:
+        return console, None
+    return None, ConsoleServer(settings, console)

@@ -1,0 +1,179 @@
+"""The operator API on the HTTP port: destinations and dead letters as JSON.
+
+  GET  /api/destinations                         state of every destination (as in /status)
+  POST /api/destinations/<name>/pause|resume|retry
+  POST /api/destinations/<name>/drain            {"to": "<other destination>"}
+  GET  /api/dead-letters?destination=&reason=&older_than=2h&newer_than=
+  GET  /api/dead-letters/<id>
+  POST /api/dead-letters/<id>/replay             {"to": "<destination>"} (optional)
+  POST /api/dead-letters/<id>/purge
+  POST /api/dead-letters/replay|purge            {"ids": [...]} or filters as above
+                                                 (purge without either needs "all": true)
+
+Destination actions go to the broker (router/broker/control.py), the owner of the queue; dead
+letters are files on the spool (router/service/dead_letters.py: replay stages a job the broker takes
+within a second). Every action, done or refused, is logged and audited with who and from
+where (router/service/api_auth.py, router/audit/operator.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from router.audit.operator import record_action
+from router.audit.trail import AuditTrail
+from router.core.config import RouterConfig
+from router.core.errors import RouterError
+from router.core.spool import Spool
+from router.service import dead_letters
+from router.service.api_auth import ApiAuth
+from router.service.control_client import BrokerUnavailable, ControlClient
+from router.service.http_types import Request, Response, json_response
+
+log = logging.getLogger(__name__)
+
+_DESTINATION = re.compile(r"/api/destinations/([A-Za-z0-9_-]{1,64})/(pause|resume|retry|drain)")
+_LETTER = re.compile(r"/api/dead-letters/([0-9a-f]{8,64}(?:\.[A-Za-z0-9_-]{1,64})?)"
+                     r"(?:/(replay|purge))?")
+_BULK = re.compile(r"/api/dead-letters/(replay|purge)")
+
+
+class ControlApi:
+    def __init__(self, config: Callable[[], RouterConfig], client: ControlClient,
+                 destinations: Callable[[], dict[str, Any]], audit: AuditTrail | None) -> None:
+        self.config = config  # the running config (it changes on reload)
+        self.client = client
+        self.destinations = destinations  # the broker's live rows (router/broker/main.py)
+        self.audit = audit
+        self.auth = ApiAuth(config().api.token_file)
+        self.spool = Spool(config().spool.path)
+
+    def __call__(self, request: Request) -> Response | None:
+        if not request.path.startswith("/api/"):
+            return None
+        verdict = self.auth.check(request)
+        if verdict.actor is None:
+            self._record("?", request, "access", verdict.why, ok=False, refused_access=True)
+            return json_response(403, {"error": verdict.why})
+        if ApiAuth.cross_site(request):
+            why = "a POST must have Content-Type: application/json"
+            self._record(verdict.actor, request, "access", why, ok=False, refused_access=True)
+            return json_response(415, {"error": why})
+        return self.route_checked(request, verdict.actor)
+
+    def route_checked(self, request: Request, actor: str) -> Response:
+        """route(), with a bad request answered 400 (and a refused POST logged, audited).
+        The console calls this for its actions after its own checks of who may act."""
+        try:
+            return self.route(request, actor)
+        except (RouterError, ValueError, KeyError) as exc:
+            why = str(exc).strip("'\"")
+            if request.method == "POST":
+                self._record(actor, request, f"POST {request.path}", why, ok=False)
+            return json_response(400, {"error": why})
+
+    def route(self, request: Request, actor: str) -> Response:
+        path, post = request.path.rstrip("/"), request.method == "POST"
+        if path == "/api/destinations" and not post:
+            return json_response(200, {"destinations": self.destinations()})
+        if path == "/api/dead-letters" and not post:
+            return self._list(request)
+        if post and (match := _DESTINATION.fullmatch(path)):
+            return self._destination(request, actor, match[1], match[2])
+        if post and (match := _BULK.fullmatch(path)):
+            return self._letters(request, actor, match[1], None)
+        if match := _LETTER.fullmatch(path):
+            if match[2] is None and not post:
+                letters = dead_letters.lookup(self.spool, match[1])
+                return json_response(200, {"dead_letters": [d.as_dict() for d in letters]})
+            if match[2] is not None and post:
+                return self._letters(request, actor, match[2], match[1])
+        return json_response(404 if not post else 405,
+                             {"error": f"no {request.method} {path}: see docs/operations.md "
+                                       "(Operator API)"})
+
+    # --- destinations ----------------------------------------------------------------------
+
+    def _destination(self, request: Request, actor: str, name: str, action: str) -> Response:
+        target = str(request.json().get("to", "")) if action == "drain" else ""
+        what = f"{action} {name}" + (f" to {target}" if target else "")
+        try:
+            reply = self.client.request(action, name, target, actor, request.client)
+        except BrokerUnavailable as exc:
+            self._record(actor, request, what, str(exc), ok=False)
+            return json_response(503, {"error": str(exc)})
+        self._record(actor, request, what, reply.detail, ok=reply.ok)
+        if not reply.ok:
+            return json_response(400, {"error": reply.detail})
+        return json_response(200, {"ok": True, "detail": reply.detail, **reply.counts})
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    def _filter(self, values: dict[str, Any]) -> dead_letters.Filter:
+        def age(key: str) -> float | None:
+            text = values.get(key)
+            return dead_letters.parse_age(str(text)) if text else None
+
+        return dead_letters.Filter(values.get("destination") or None,
+                                   values.get("reason") or None,
+                                   age("older_than"), age("newer_than"))
+
+    def _list(self, request: Request) -> Response:
+        params = request.params()
+        letters = dead_letters.find(self.spool, self._filter(params))
+        calling = params.get("calling_ae")
+        if calling:
+            letters = [d for d in letters if d.job.calling_ae == calling]
+        return json_response(200, {"dead_letters": [d.as_dict() for d in letters]})
+
+    def _letters(self, request: Request, actor: str, action: str, letter_id: str | None
+                 ) -> Response:
+        body = request.json()
+        if letter_id is not None:
+            letters = dead_letters.lookup(self.spool, letter_id)
+        elif body.get("ids"):
+            ids = body["ids"]
+            if not isinstance(ids, list):
+                raise ValueError("ids must be a list of dead letter ids")
+            letters = [d for i in ids for d in dead_letters.lookup(self.spool, str(i))]
+        else:
+            filters = {k: body.get(k) for k in ("destination", "reason", "older_than",
+                                                "newer_than")}
+            if action == "purge" and not any(filters.values()) and body.get("all") is not True:
+                raise ValueError('purge without ids or a filter deletes every dead letter: '
+                                 'send "all": true')
+            letters = dead_letters.find(self.spool, self._filter(filters))
+        return self._apply(request, actor, action, letters, body.get("to") or None)
+
+    def _apply(self, request: Request, actor: str, action: str,
+               letters: list[dead_letters.DeadLetter], to: str | None) -> Response:
+        if action == "replay" and to is not None and to not in self.config().destinations:
+            known = ", ".join(sorted(self.config().destinations))
+            raise ValueError(f"cannot replay to {to!r}: not a configured destination "
+                             f"(configured: {known})")
+        done: list[dict[str, str]] = []
+        for letter in letters:
+            if action == "replay":
+                job = dead_letters.replay(self.spool, letter, to)
+                done.append({"id": letter.id, "job_id": job.job_id,
+                             "destination": job.destinations[0]})
+            else:
+                dead_letters.purge(self.spool, letter)
+                done.append({"id": letter.id})
+        detail = f"{len(done)} dead letter(s) " + ("replayed" + (f" to {to}" if to else "")
+                                                   if action == "replay" else "purged")
+        self._record(actor, request, f"dead letters {action}",
+                     f"{detail}: {', '.join(d['id'] for d in done)[:500]}", ok=True)
+        return json_response(200, {"ok": True, "detail": detail, "count": len(done),
+                                   "dead_letters": done})
+
+    def _record(self, actor: str, request: Request, action: str, detail: str, *, ok: bool,
+                refused_access: bool = False) -> None:
+        level = logging.INFO if ok else logging.WARNING
+        log.log(level, "operator API: %s from %s: %s %s: %s", actor, request.client, action,
+                "done" if ok else "refused", detail)
+        record_action(self.audit, user=actor, address=request.client, action=action,
+                      detail=detail, ok=ok, refused_access=refused_access)

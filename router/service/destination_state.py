@@ -1,0 +1,22 @@
+"""A destination's state in words (paused, backing off, busy, held, fallback), from its row in
+/status: what `dicom-router status`, `destinations list` and the console show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def state(row: dict[str, Any]) -> str:
+    """One destination's state in words, as `status` and the console show it."""
+    parts = []
+    if row.get("paused"):
+        parts.append("paused by operator")
+    if not row.get("up", True):
+        parts.append(f"backing off {row.get('paused_for', 0):.0f}s")
+    elif row.get("busy_for", 0) > 0:
+        parts.append("busy")
+    if not row.get("in_window", True):
+        parts.append("held (window)")
+    if row.get("fallback_to"):
+        parts.append(f"fallback to {row['fallback_to']}")
+    return ", ".join(parts) or "up"

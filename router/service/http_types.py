@@ -1,0 +1,54 @@
+"""A request and a response of the HTTP port's applications (the operator API, the console),
+so that they are plain functions testable without a server (router/service/http_endpoint.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+MAX_BODY = 64 * 1024**2  # a rule tester upload is one DICOM file; larger is refused (413)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str  # without the query
+    query: str
+    headers: Mapping[str, str]  # names in lower case
+    body: bytes
+    client: str  # the peer's address
+
+    def params(self) -> dict[str, str]:
+        """The query's parameters, the last value of each."""
+        return {k: v[-1] for k, v in parse_qs(self.query).items()}
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object ({} when empty); ValueError with a message otherwise."""
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body)
+        except ValueError as exc:
+            raise ValueError(f"the body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        return data
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def json_response(status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()
+                  ) -> Response:
+    return Response(status, json.dumps(data).encode(), "application/json", headers)
+
+
+App = Callable[[Request], Response | None]  # None: not one of its paths

@@ -1,0 +1,128 @@
+"""What the router would do with a file: which rules match, and per destination what would be
+sent (morphed, de-identified, transcoded, where a folder would store it), without sending it.
+
+`dicom-router route-test` and the console's rule tester both call `explain`. It runs the
+workers' own preparation (workers/prepare.py, transforms, the folder placement), so that
+its prediction is the delivery's: the one module outside router/cli that may import
+workers/ (pyproject: the import-linter contract's ignore_imports).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from router.core.config import FolderDestination as FolderConfig
+from router.core.config import RouterConfig
+
+
+def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
+            source: str) -> list[str]:
+    from pydicom import dcmread
+
+    from router.core.priority import PRIORITIES
+    from router.core.rules import AssociationFacts, RuleSet
+
+    ds = dcmread(path, stop_before_pixels=True)
+    sop_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    rules = RuleSet(config.rules)
+    facts = AssociationFacts(calling_ae, called_ae, source)
+    decision = rules.route(facts, lambda: _tags(ds, rules.tag_keywords), sop_class)
+    lines = [f"{path}",
+             f"  as {calling_ae} -> {called_ae} from {source}; SOP class {sop_class}, "
+             f"syntax {syntax}",
+             f"  rules matched: {', '.join(decision.rules) or 'none'}"]
+    if decision.action != "forward":
+        what = "answered Success, nothing kept" if decision.action == "drop" else \
+            "answered 0xC004 (refused by rule)"
+        lines.append(f"  {decision.action.upper()} by rule {decision.rules[-1]}: {what}")
+        return lines
+    if not decision.matched:
+        lines.append("  NO ROUTE: the sender would get 0xC002")
+        return lines
+    priority = decision.priority if decision.priority != "request" else "the request's"
+    lines.append(f"  priority: {priority}"
+                 f"{' (jumps the queue)' if PRIORITIES.get(priority) == 0 else ''}")
+    if decision.complete is not None and decision.complete.complete is not None:
+        c = decision.complete.complete
+        lines.append(f"  held until the {c.level} is stable for {c.stable_for:g}s "
+                     f"(at most {c.deadline:g}s), then sent as one batch in instance order")
+    for destination in decision.destinations:
+        lines += _destination_lines(config, decision.rules, destination, path, syntax)
+    return lines
+
+
+def _tags(ds: Any, keywords: tuple[str, ...]) -> dict[str, str]:
+    return {k: str(ds.get(k)) for k in keywords if ds.get(k) is not None}
+
+
+def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destination: str,
+                       path: Path, syntax: str) -> list[str]:
+    from pydicom import dcmread
+
+    from router.core.messages import JobHeader
+    from workers.prepare import steps_for
+
+    job = JobHeader("route-test", "", "", "", 0, "", "", syntax, 0, 0.0, rule_names,
+                    (destination,))
+    steps = steps_for(config, job, destination)
+    dest = config.destinations[destination]
+    lines = [f"  -> {destination} ({dest.type})"]
+    if not steps.rewrites and not steps.transfer_syntaxes:
+        lines.append("     sent byte-exact, as received")
+    ds = dcmread(path, stop_before_pixels=True)
+    if steps.morph or steps.deidentify is not None:
+        if steps.morph:
+            from workers.transforms.morph import apply_morph
+
+            changes = apply_morph(ds, steps.morph)
+            lines += [f"     morph: {c}" for c in changes] or ["     morph: nothing to change"]
+        if steps.deidentify is not None:
+            lines += _deid_lines(ds, steps.deidentify)
+    if steps.transfer_syntaxes:
+        from workers.transforms.transcode import choose_target, describe
+
+        if syntax in steps.transfer_syntaxes:
+            lines.append("     transfer syntax accepted as is")
+        else:
+            target = choose_target(syntax, list(steps.transfer_syntaxes))
+            lines.append(f"     transcoded {describe(syntax)} -> {describe(target)}" if target
+                         else f"     DEAD LETTER: none of {', '.join(steps.transfer_syntaxes)}"
+                              f" can be made from {describe(syntax)}")
+    if isinstance(dest, FolderConfig):
+        lines += _folder_lines(dest, ds)
+    if dest.window is not None:
+        lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
+    return lines
+
+
+def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
+    """Where the folder destination would store it: the delivery's own check (`placement`),
+    on the header as morphed and de-identified above."""
+    from router.core.errors import DeliveryError
+    from workers.destinations.folder import UID_KEYWORDS, placement
+
+    tags = {k: str(ds.get(k) or "") for k in UID_KEYWORDS}
+    # The sender's C-STORE names the instance as its file meta does.
+    sop = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", ""))
+    try:
+        where = placement(tags, sop)
+    except DeliveryError as exc:
+        return [f"     DEAD LETTER ({exc.reason}): {exc}"]
+    return [f"     stored as {dest.path / where.relative}",
+            *(f"     {note}" for note in where.notes)]
+
+
+def _deid_lines(ds: Any, deid: Any) -> list[str]:
+    import tempfile
+
+    from workers.transforms.deidentify import deidentify
+    from workers.transforms.uid_map import UidMap
+
+    with tempfile.TemporaryDirectory() as tmp:  # a throwaway map: nothing is recorded
+        uids = UidMap(Path(tmp) / "key", Path(tmp) / "uids.sqlite")
+        changes = deidentify(ds, deid, uids)
+    shown = ", ".join(changes[:12]) + (f", ... ({len(changes)} in all)"
+                                       if len(changes) > 12 else "")
+    return [f"     de-identified (PS3.15 basic profile): {shown}"]

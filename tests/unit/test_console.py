@@ -1,0 +1,100 @@
+"""router/console: settings, logins, sessions, CSRF, the login limit, forms, secret masking."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from pydantic import ValidationError
+
+from router.core.console_config import ConsoleConfig
+from router.service.console.auth import ConsoleAuth, hash_password
+from router.service.console.forms import parse_form
+from router.service.console.views_rules import masked
+from router.service.http_types import Request
+
+
+def settings(**kwargs: object) -> ConsoleConfig:
+    users = [{"username": "alice", "password_hash": hash_password("pw-a"), "role": "operator"},
+             {"username": "victor", "password_hash": hash_password("pw-v")}]
+    return ConsoleConfig.model_validate({"enabled": True, "users": users, **kwargs})
+
+
+def test_login_gives_a_session_with_its_role_and_csrf_token() -> None:
+    auth = ConsoleAuth(settings())
+    session = auth.login("alice", "pw-a", "10.0.0.1")
+    assert session is not None
+    who = auth.identify(session, "")
+    assert who is not None and who.role == "operator" and who.can_act and who.csrf
+    assert auth.csrf_ok(who, who.csrf) and not auth.csrf_ok(who, None)
+    assert not auth.csrf_ok(who, "forged")
+    viewer = auth.identify(auth.login("victor", "pw-v", "10.0.0.1"), "")
+    assert viewer is not None and not viewer.can_act
+    auth.logout(session)
+    assert auth.identify(session, "") is None
+
+
+def test_failed_logins_are_limited_per_address() -> None:
+    auth = ConsoleAuth(settings(login_failures=2, login_window=60))
+    assert auth.login("alice", "nope", "10.0.0.9") is None
+    assert auth.login("nobody", "pw-a", "10.0.0.9") is None
+    assert auth.blocked("10.0.0.9") and not auth.blocked("10.0.0.8")
+    assert not auth.blocked("10.0.0.9", time.monotonic() + 61)
+
+
+def test_sessions_expire() -> None:
+    auth = ConsoleAuth(settings(session_minutes=0.001))
+    session = auth.login("alice", "pw-a", "::1")
+    time.sleep(0.1)
+    assert auth.identify(session, "") is None
+
+
+def test_bearer_token_from_a_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    token = Path(str(tmp_path)) / "token"
+    token.write_text("t0ken\n")
+    auth = ConsoleAuth(settings(token_file=str(token), token_role="operator"))
+    who = auth.identify(None, "Bearer t0ken")
+    assert who is not None and who.can_act and who.csrf is None
+    assert auth.identify(None, "Bearer wrong") is None
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"users": []}, "needs users"),
+    ({"tls_cert": "/x.crt"}, "go together"),
+    ({"tls_cert": "/x.crt", "tls_key": "/x.key"}, "own port"),
+])
+def test_settings_are_checked(extra: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        settings(**extra)
+
+
+def test_plain_passwords_are_not_hashes() -> None:
+    with pytest.raises(ValidationError, match="password_hash"):
+        ConsoleConfig.model_validate({"users": [{"username": "a", "password_hash": "secret"}]})
+
+
+def test_multipart_upload_is_parsed() -> None:
+    body = (b"--XX\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nabc\r\n"
+            b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n\x00\x01DICM\r\n--XX--\r\n")
+    request = Request("POST", "/console/rules/test", "",
+                      {"content-type": "multipart/form-data; boundary=XX"}, body, "::1")
+    posted = parse_form(request)
+    assert posted.fields == {"csrf": "abc"}
+    assert posted.files == {"file": ("a.dcm", b"\x00\x01DICM")}
+
+
+def test_secrets_are_masked_but_references_stay() -> None:
+    data = {"console": {"users": [{"username": "a", "password_hash": "$argon2id$x"}],
+                        "token_file": "/etc/t"},
+            "listen": {"tls": {"key_password_command": ["vault", "read"],
+                               "key_password_env": "KEY_PW"}},
+            "destinations": {"web": {"auth": {"password_file": "/run/s", "token": "abc"}}}}
+    out = masked(data)
+    assert out["console"]["users"][0] == {"username": "a", "password_hash": "***"}
+    assert out["console"]["token_file"] == "/etc/t"
+    assert out["listen"]["tls"] == {"key_password_command": ["***", "***"],
+                                    "key_password_env": "KEY_PW"}
+    assert out["destinations"]["web"]["auth"] == {"password_file": "/run/s", "token": "***"}

@@ -1,0 +1,163 @@
+"""router/broker/control.py and queue_moves.py: pause, resume, retry, drain-to and fallback,
+without sockets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router.broker.control import OperatorControl
+from router.broker.deliveries import DestinationPolicy, Settled
+from router.broker.dispatch import Dispatcher
+from router.core.config import RetryConfig, parse_config
+from router.core.messages import Control, JobHeader, Result
+from router.core.spool import Spool
+
+from .helpers import make_header
+
+W1 = b"worker-1"
+RETRY = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=8.0)
+
+
+def config(fallback: dict[str, list[str]] | None = None, after: float = 10.0) -> object:
+    names = ("pacs", "archive", "backup")
+    return parse_config({
+        "destinations": {n: {"type": "folder", "path": f"/tmp/{n}",
+                             "fallback": (fallback or {}).get(n, []),
+                             "fallback_after": after} for n in names},
+        "rules": [{"name": "all", "forward": ["pacs"]}],
+    })
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool").create()
+
+
+def setup(spool: Spool, **kwargs: object) -> tuple[Dispatcher, OperatorControl]:
+    cfg = config(**kwargs)  # type: ignore[arg-type]
+    policies = {n: DestinationPolicy(4, RETRY, max_associations=1)
+                for n in ("pacs", "archive", "backup")}
+    dispatcher = Dispatcher(policies, 1000, 10**9, rand=lambda: 0.0)
+    return dispatcher, OperatorControl(dispatcher, spool, cfg)  # type: ignore[arg-type]
+
+
+def commit(spool: Spool, dispatcher: Dispatcher, job: JobHeader) -> None:
+    received = spool.incoming / f"{job.job_id}.tmp"
+    received.write_bytes(b"DICM")
+    spool.commit(job, received)
+    dispatcher.add_job(job)
+
+
+def act(control: OperatorControl, action: str, name: str, target: str = "") -> dict[str, int]:
+    reply, _ = control.handle(Control("r1", action, name, target, "tester", "127.0.0.1"), 0.0)
+    assert reply.ok, reply.detail
+    return reply.counts
+
+
+def test_pause_holds_the_queue_and_survives_a_new_broker(spool: Spool) -> None:
+    dispatcher, control = setup(spool)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    commit(spool, dispatcher, make_header("aa01"))
+    assert act(control, "pause", "pacs")["queued"] == 1
+    assert dispatcher.dispatch(1.0) == []
+    again, _ = setup(spool)  # a restarted broker reads the paused set from the spool
+    assert again.held == {"pacs"}
+    act(control, "resume", "pacs")
+    assert [d.destination for _, d in dispatcher.dispatch(1.0)] == ["pacs"]
+    assert json.loads(control.state_path.read_text()) == {"paused": []}
+
+
+def test_retry_ends_the_backoff_now(spool: Spool) -> None:
+    dispatcher, control = setup(spool)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    job = make_header("aa02")
+    commit(spool, dispatcher, job)
+    dispatcher.dispatch(0.0)
+    dispatcher.result(W1, Result(job.job_id, "pacs", False, "connection", True), 0.0)
+    assert dispatcher.dispatch(0.1) == []  # backing off
+    act(control, "retry", "pacs")
+    assert [d.job.job_id for _, d in dispatcher.dispatch(0.1)] == ["aa02"]
+
+
+def test_drain_rewrites_the_headers_so_recovery_sends_to_the_target(spool: Spool) -> None:
+    dispatcher, control = setup(spool)
+    jobs = [make_header(f"aa1{i}") for i in range(3)]
+    both = make_header("aa20", ("pacs", "archive"))
+    for job in [*jobs, both]:
+        commit(spool, dispatcher, job)
+    counts = act(control, "drain", "pacs", "backup")
+    assert counts["moved"] == 4
+    recovered = {j.header.job_id: j.header.destinations for j in spool.recover()}
+    assert recovered == {"aa10": ("backup",), "aa11": ("backup",), "aa12": ("backup",),
+                         "aa20": ("backup", "archive")}
+    assert dispatcher.depth("pacs") == 0 and dispatcher.depth("backup") == 4
+
+
+def test_drain_into_a_destination_the_job_already_has_settles_it(spool: Spool) -> None:
+    dispatcher, control = setup(spool)
+    job = make_header("aa30", ("pacs", "archive"))
+    commit(spool, dispatcher, job)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    for _, delivery in dispatcher.dispatch(0.0):
+        if delivery.destination == "archive":
+            dispatcher.result(W1, Result(job.job_id, "archive", True), 0.0)
+    # pacs is in flight: nothing to move; put it back by a lost worker, then drain.
+    dispatcher.worker_gone(W1)
+    reply, outcomes = control.handle(Control("r", "drain", "pacs", "archive"), 0.0)
+    assert reply.ok and reply.counts["moved"] == 1
+    assert [type(o) for o in outcomes] == [Settled]  # archive has it: the job is done
+    assert "aa30" not in dispatcher.jobs
+
+
+@pytest.mark.parametrize(("action", "target", "problem"), [
+    ("pause", "", "no destination 'nope'"),
+    ("drain", "nope", "not a configured destination"),
+    ("drain", "pacs", "into itself"),
+    ("explode", "", "unknown action"),
+])
+def test_bad_requests_are_refused_with_a_reason(spool: Spool, action: str, target: str,
+                                                problem: str) -> None:
+    _, control = setup(spool)
+    name = "nope" if action == "pause" else "pacs"
+    reply, outcomes = control.handle(Control("r", action, name, target), 0.0)
+    assert not reply.ok and problem in reply.detail and outcomes == []
+
+
+def test_fallback_takes_over_after_the_delay_and_hands_back(spool: Spool) -> None:
+    dispatcher, control = setup(spool, fallback={"pacs": ["archive", "backup"]}, after=10.0)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    jobs = [make_header(f"ab0{i}") for i in range(3)]
+    for job in jobs:
+        commit(spool, dispatcher, job)
+    for _, d in dispatcher.dispatch(0.0):
+        dispatcher.result(W1, Result(d.job.job_id, "pacs", False, "connection", True), 0.0)
+    dispatcher.held.add("archive")  # an operator paused the first fallback: the next is used
+    control.tick(1.0)
+    assert dispatcher.depth("backup") == 0  # not yet: unavailable for 0s
+    control.tick(12.0)
+    assert dispatcher.depth("backup") == 2 and dispatcher.depth("pacs") == 1  # the probe
+    assert control.summary("pacs", 12.0)["fallback_to"] == "backup"
+    probe = next(iter(dispatcher.queues["pacs"]))
+    for _, d in dispatcher.dispatch(100.0):
+        if d.destination == "pacs":
+            dispatcher.result(W1, Result(probe.job.job_id, "pacs", True), 100.0)
+    control.tick(101.0)
+    assert "fallback_to" not in control.summary("pacs", 101.0)
+    commit(spool, dispatcher, make_header("ab10"))
+    control.tick(102.0)
+    assert dispatcher.depth("pacs") == 1  # new work goes to pacs again
+
+
+@pytest.mark.parametrize(("fallback", "problem"), [
+    ({"pacs": ["pacs"]}, "own fallback"),
+    ({"pacs": ["nowhere"]}, "unknown destination 'nowhere'"),
+    ({"pacs": ["archive"], "archive": ["backup"], "backup": ["pacs"]}, "form a loop"),
+])
+def test_fallback_config_is_checked(fallback: dict[str, list[str]], problem: str) -> None:
+    from router.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=problem):
+        config(fallback)
