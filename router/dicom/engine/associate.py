@@ -27,6 +27,7 @@ from router.dicom.engine.user_info import (
 )
 
 DICOM_APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 APPLICATION_CONTEXT_ITEM = 0x10
 CONTEXT_RQ_ITEM = 0x20
 CONTEXT_AC_ITEM = 0x21
@@ -55,7 +56,7 @@ class PresentationContextRQ:
 class PresentationContextAC:
     context_id: int
     result: int
-    transfer_syntax: str = ""  # meaningful only when result is 0
+    transfer_syntax: str = ""  # meaningful only when result is 0 (else decoded as "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,9 @@ def _context_rq(ctx: PresentationContextRQ) -> bytes:
 
 
 def _context_ac(ctx: PresentationContextAC) -> bytes:
-    ts = item(TRANSFER_SYNTAX_ITEM, encode_uid(ctx.transfer_syntax)) if ctx.transfer_syntax else b""
+    # The transfer syntax sub-item is always present; when the context is not accepted its
+    # value "shall not be tested" (PS3.8 Table 9-18), and Implicit VR LE is as good as any.
+    ts = item(TRANSFER_SYNTAX_ITEM, encode_uid(ctx.transfer_syntax or IMPLICIT_VR_LE))
     return item(CONTEXT_AC_ITEM, bytes((ctx.context_id, 0, ctx.result, 0)) + ts)
 
 
@@ -150,7 +153,8 @@ def _decode_context_ac(value: bytes) -> PresentationContextAC:
     for kind, sub in iter_items(value[4:]):
         if kind == TRANSFER_SYNTAX_ITEM:
             syntax = decode_uid(sub)
-    return PresentationContextAC(value[0], value[2], syntax)
+    result = value[2]
+    return PresentationContextAC(value[0], result, syntax if result == ACCEPTANCE else "")
 
 
 _Contexts = list[PresentationContextRQ | PresentationContextAC]
