@@ -57,12 +57,13 @@ def pdata(*pdvs: bytes) -> bytes:
     return struct.pack(">BxI", 4, len(body)) + body
 
 
-def split_message(context_id: int, command: bytes, dataset: bytes, sizes: Sequence[int],
+def split_message(context_id: int, command: bytes, dataset: bytes | None, sizes: Sequence[int],
                   pdvs_per_pdu: int) -> bytes:
-    """A message as P-DATA-TF PDUs: command then dataset cut into PDVs of the given sizes
-    (cycled), grouped pdvs_per_pdu to a PDU."""
+    """A message as P-DATA-TF PDUs: command then dataset (None: none) cut into PDVs of the
+    given sizes (cycled), grouped pdvs_per_pdu to a PDU."""
     items: list[bytes] = []
-    for control, value in ((0x01, command), (0x00, dataset)):
+    parts = [(0x01, command)] + ([] if dataset is None else [(0x00, dataset)])
+    for control, value in parts:
         pos, i = 0, 0
         while True:
             n = sizes[i % len(sizes)]
