@@ -248,3 +248,17 @@ def test_abort_in_every_established_state_and_before_the_rq_went_out() -> None:
 def test_requested_event_carries_the_rq() -> None:
     scp = Association.acceptor()
     assert scp.receive_data(encode_pdu(make_rq())) == [AssociationRequested(make_rq())]
+
+
+def test_an_ac_may_only_answer_proposed_contexts() -> None:
+    scp = _sta3()
+    bad = make_ac()
+    bad = type(bad)(bad.called_ae, bad.calling_ae,
+                    (*bad.contexts, type(bad.contexts[0])(9, 0, "1.2.840.10008.1.2")),
+                    bad.user_info)
+    with pytest.raises(LocalProtocolError):
+        scp.send(bad)
+    assert scp.state is State.STA3
+    scu = _sta5()
+    scu.receive_data(encode_pdu(bad))
+    assert sorted(scu.accepted) == [1, 3]  # context 9 was never proposed: ignored

@@ -132,7 +132,8 @@ class Association:
                     if self.state in _DATA_STATES:
                         self._on_pdv(unit, events)
                 elif type(unit) is PDataStart:
-                    self._on_event(Evt.PDATA_PDU, None, events)
+                    if self.state not in _DATA_STATES:  # DT-2/AR-6 keep the state
+                        self._on_event(Evt.PDATA_PDU, None, events)
                 else:
                     pdu = decode_pdu(unit.pdu_type, unit.body)  # type: ignore[union-attr]
                     self._on_event(_RECEIVED[type(pdu)], pdu, events)
@@ -173,7 +174,9 @@ class Association:
             raise self._peer_error(evt, f"{evt.name} in {self.state.name}",
                                    AbortReason.UNEXPECTED_PDU)
         if action is Action.AE3 and isinstance(pdu, AssociateAC):
-            self.ac, self.accepted = pdu, pdu.accepted()
+            proposed = {ctx.context_id for ctx in self.rq.contexts} if self.rq else set()
+            self.ac = pdu
+            self.accepted = {k: v for k, v in pdu.accepted().items() if k in proposed}
             self.peer_max_pdu = pdu.user_info.max_length
             events.append(ev.AssociationAccepted(pdu))
         elif action is Action.AE4 and isinstance(pdu, AssociateRJ):
@@ -270,6 +273,11 @@ class Association:
         return data
 
     def _check_advertised(self, pdu: AssociateRQ | AssociateAC) -> None:
+        if isinstance(pdu, AssociateAC) and self.rq is not None:
+            proposed = {ctx.context_id for ctx in self.rq.contexts}
+            unknown = [ctx.context_id for ctx in pdu.contexts if ctx.context_id not in proposed]
+            if unknown:
+                raise LocalProtocolError(f"the AC answers contexts never proposed: {unknown}")
         advertised = pdu.user_info.max_length
         if not 0 < advertised <= self.max_pdu_length:
             raise LocalProtocolError(
