@@ -8,6 +8,8 @@ import random
 import struct
 
 import pytest
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_items import PresentationDataValueItem
 
 from router.dicom.engine import (
     CommandReceived,
@@ -125,3 +127,35 @@ def test_malformed_pdata_is_aborted(wire: bytes) -> None:
         scp.receive_data(wire)
     assert caught.value.abort_source == 2
     assert scp.receive_data(b"more bytes are discarded") == []
+
+
+def test_our_pdata_decodes_in_pynetdicom_and_theirs_in_ours() -> None:
+    scu, scp = associated()
+    ours = scu.send(SendData(1, DATASET[:1000]))
+    theirs = P_DATA_TF()
+    theirs.decode(ours)
+    assert [(v.context_id, v.data) for v in theirs.presentation_data_value_items] == [
+        (1, b"\x02" + DATASET[:1000])]  # pynetdicom keeps the control header in data
+    # Theirs: two PDVs (the command, the whole dataset) in one PDU.
+    command = encode_command(COMMAND)
+    built = P_DATA_TF()
+    built.presentation_data_value_items = [PresentationDataValueItem() for _ in range(2)]
+    for item, value in zip(built.presentation_data_value_items,
+                           (b"\x03" + command, b"\x02" + DATASET), strict=True):
+        item.presentation_context_id, item.presentation_data_value = 1, value
+    assert normalise(scp.receive_data(built.encode())) == EXPECTED
+
+
+def test_events_before_an_error_are_kept_on_it() -> None:
+    _, scp = associated()
+    good = _message([100_000], 1)
+    with pytest.raises(RemoteProtocolError) as caught:
+        scp.receive_data(good + b"\x0b\x00\x00\x00\x00\x00")
+    assert normalise(caught.value.events) == EXPECTED
+    assert caught.value.abort_reason == 1  # unrecognized PDU
+
+
+def test_several_messages_in_one_call() -> None:
+    _, scp = associated()
+    wire = _message([5000], 2) * 3
+    assert normalise(scp.receive_data(wire)) == EXPECTED * 3
