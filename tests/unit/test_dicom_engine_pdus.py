@@ -24,6 +24,7 @@ from router.dicom.engine import (
     UserInformation,
 )
 from router.dicom.engine.pdus import PDU_HEADER, Pdu, decode_pdu, encode_pdu
+from router.dicom.engine.user_info import decode_user_information
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -224,3 +225,11 @@ def test_unknown_pdu_type_is_unrecognized() -> None:
 def test_truncated_associate_rq_is_a_decode_error(body: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_pdu(0x01, body)
+
+
+def test_a_user_information_item_packed_with_sub_items_decodes_linearly() -> None:
+    """A hostile RQ may fill its 256 KiB with tiny sub-items; they are all kept (a
+    quadratic decoder would take minutes here)."""
+    packed = b"\x51\x00\x00\x04\x00\x00\x40\x00" + b"\x57\x00\x00\x00" * 60_000
+    info = decode_user_information(packed)
+    assert info.max_length == 16384 and len(info.other) == 60_000

@@ -14,6 +14,7 @@ its `to_send` and closes (or waits for the peer to close, ARTIM bounding the wai
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypedDict, Unpack
 
 from router.dicom.engine import events as ev
 from router.dicom.engine.associate import AssociateAC, AssociateRJ, AssociateRQ
@@ -25,7 +26,7 @@ from router.dicom.engine.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from router.dicom.engine.framing import PDataStart, PduReader, PdvPiece
+from router.dicom.engine.framing import PDataStart, PduReader, PduUnit, PdvPiece
 from router.dicom.engine.pdus import (
     MCH_COMMAND,
     MCH_LAST,
@@ -56,6 +57,14 @@ _DATA_STATES = (State.STA6, State.STA7)
 
 SendEvent = AssociateRQ | AssociateAC | AssociateRJ | ReleaseRQ | ReleaseRP | Abort | (
     ev.SendCommand | ev.SendData)
+
+
+class Options(TypedDict, total=False):
+    max_pdu_length: int  # what we accept (and may advertise): P-DATA-TF variable field
+    send_pdu_cap: int  # what we send at most, whatever the peer allows
+    max_associate_length: int  # A-ASSOCIATE-RQ/AC bodies we accept
+    max_command_length: int  # one command set, reassembled from its PDVs
+    artim_timeout: float  # seconds, for the caller's timer
 
 
 class Role(Enum):
@@ -93,12 +102,14 @@ class Association:
         self._discarding = False
 
     @classmethod
-    def acceptor(cls, **options: int | float) -> Association:
-        return cls(Role.ACCEPTOR, **options)  # type: ignore[arg-type]
+    def acceptor(cls, **options: Unpack[Options]) -> Association:
+        """The transport was accepted: Sta2, ARTIM running, awaiting the A-ASSOCIATE-RQ."""
+        return cls(Role.ACCEPTOR, **options)
 
     @classmethod
-    def requestor(cls, **options: int | float) -> Association:
-        return cls(Role.REQUESTOR, **options)  # type: ignore[arg-type]
+    def requestor(cls, **options: Unpack[Options]) -> Association:
+        """The transport is connected: Sta4, the next thing to send is the RQ."""
+        return cls(Role.REQUESTOR, **options)
 
     @property
     def should_close(self) -> bool:
@@ -134,8 +145,8 @@ class Association:
                 elif type(unit) is PDataStart:
                     if self.state not in _DATA_STATES:  # DT-2/AR-6 keep the state
                         self._on_event(Evt.PDATA_PDU, None, events)
-                else:
-                    pdu = decode_pdu(unit.pdu_type, unit.body)  # type: ignore[union-attr]
+                elif isinstance(unit, PduUnit):
+                    pdu = decode_pdu(unit.pdu_type, unit.body)
                     self._on_event(_RECEIVED[type(pdu)], pdu, events)
         except DecodeError as exc:
             error = self._peer_error(Evt.INVALID_PDU, exc.message, exc.reason)

@@ -7,7 +7,7 @@ engine does not model (e.g. 0x57) are kept as (type, value) and sent back as the
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from router.dicom.engine.errors import DecodeError
 from router.dicom.engine.items import (
@@ -135,25 +135,40 @@ def _decode_identity_response(value: bytes) -> bytes:
     return bytes(value[2:])
 
 
+def _decode_scalar(kind: int, value: bytes, info: UserInformation) -> UserInformation:
+    """info with one more single-valued sub-item (unknown kinds are left to the caller)."""
+    if kind == MAXIMUM_LENGTH:
+        if len(value) != 4:
+            raise DecodeError("maximum length sub-item is not 4 bytes")
+        return replace(info, max_length=int.from_bytes(value, "big"))
+    if kind == IMPLEMENTATION_CLASS_UID:
+        return replace(info, implementation_class_uid=decode_uid(value))
+    if kind == IMPLEMENTATION_VERSION_NAME:
+        return replace(info, implementation_version_name=decode_text(value).rstrip(" \0"))
+    if kind == ASYNC_OPERATIONS_WINDOW:
+        if len(value) != 4:
+            raise DecodeError("asynchronous operations window is not 4 bytes")
+        invoked, performed = struct.unpack(">HH", value)
+        return replace(info, async_window=(invoked, performed))
+    if kind == USER_IDENTITY_RQ:
+        return replace(info, identity=_decode_identity(value))
+    return replace(info, identity_response=_decode_identity_response(value))
+
+
+_SCALARS = frozenset({MAXIMUM_LENGTH, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME,
+                      ASYNC_OPERATIONS_WINDOW, USER_IDENTITY_RQ, USER_IDENTITY_AC})
+
+
 def decode_user_information(data: bytes) -> UserInformation:
-    """The value of a 0x50 item."""
-    fields: dict[str, object] = {}
+    """The value of a 0x50 item. Repeated sub-items are collected in lists (a hostile RQ
+    may hold tens of thousands: linear, never quadratic)."""
+    info = UserInformation()
     roles: list[RoleSelection] = []
     extended: list[ExtendedNegotiation] = []
     other: list[tuple[int, bytes]] = []
     for kind, value in iter_items(data):
-        if kind == MAXIMUM_LENGTH:
-            if len(value) != 4:
-                raise DecodeError("maximum length sub-item is not 4 bytes")
-            fields["max_length"] = int.from_bytes(value, "big")
-        elif kind == IMPLEMENTATION_CLASS_UID:
-            fields["implementation_class_uid"] = decode_uid(value)
-        elif kind == IMPLEMENTATION_VERSION_NAME:
-            fields["implementation_version_name"] = decode_text(value).rstrip(" \0")
-        elif kind == ASYNC_OPERATIONS_WINDOW:
-            if len(value) != 4:
-                raise DecodeError("asynchronous operations window is not 4 bytes")
-            fields["async_window"] = struct.unpack(">HH", value)
+        if kind in _SCALARS:
+            info = _decode_scalar(kind, value, info)
         elif kind == ROLE_SELECTION:
             uid, rest = _split_uid_prefixed(value)
             if len(rest) != 2:
@@ -162,12 +177,6 @@ def decode_user_information(data: bytes) -> UserInformation:
         elif kind == EXTENDED_NEGOTIATION:
             uid, rest = _split_uid_prefixed(value)
             extended.append(ExtendedNegotiation(uid, bytes(rest)))
-        elif kind == USER_IDENTITY_RQ:
-            fields["identity"] = _decode_identity(value)
-        elif kind == USER_IDENTITY_AC:
-            fields["identity_response"] = _decode_identity_response(value)
         else:
             other.append((kind, bytes(value)))
-    return UserInformation(
-        roles=tuple(roles), extended=tuple(extended), other=tuple(other), **fields  # type: ignore[arg-type]
-    )
+    return replace(info, roles=tuple(roles), extended=tuple(extended), other=tuple(other))
