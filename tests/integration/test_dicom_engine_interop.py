@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,6 +17,9 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, MRImageStorage
+from pynetdicom import AE
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation, UserIdentityNegotiation
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.dicom.engine import (
     AssociateAC,
@@ -68,7 +72,7 @@ def _open_part10(path: Path, command: CStoreRQ, syntax: str) -> BinaryIO:
     return out
 
 
-def _serve_association(conn: socket.socket, out_dir: Path) -> None:
+def _serve_association(conn: socket.socket, out_dir: Path, seen: list[AssociateRQ]) -> None:
     engine, current, store = Association.acceptor(), None, None
     while not engine.should_close:
         try:
@@ -78,11 +82,14 @@ def _serve_association(conn: socket.socket, out_dir: Path) -> None:
             return
         for event in events:
             if isinstance(event, AssociationRequested):
+                seen.append(rq := event.rq)
                 contexts = tuple(PresentationContextAC(c.context_id, 0, c.transfer_syntaxes[0])
-                                 for c in event.rq.contexts)
-                rq = event.rq
+                                 for c in rq.contexts)
+                identity = rq.user_info.identity
+                answer_info = replace(USER_INFO, roles=rq.user_info.roles, identity_response=(
+                    b"welcome" if identity and identity.positive_response_requested else None))
                 conn.sendall(engine.send(AssociateAC(rq.called_ae, rq.calling_ae, contexts,
-                                                     USER_INFO)))
+                                                     answer_info)))
             elif isinstance(event, CommandReceived) and isinstance(event.command, CEchoRQ):
                 answer = CEchoRSP(event.command.message_id, 0x0000)
                 conn.sendall(engine.send(SendCommand(event.context_id, answer)))
@@ -102,13 +109,15 @@ def _serve_association(conn: socket.socket, out_dir: Path) -> None:
 
 
 @pytest.fixture
-def engine_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    """An SCP on the engine serving associations one at a time in a thread."""
+def engine_scp(tmp_path: Path) -> Iterator[tuple[int, Path, list[AssociateRQ]]]:
+    """An SCP on the engine serving associations one at a time in a thread: (port, the
+    folder it stores into, the A-ASSOCIATE-RQs it accepted)."""
     out_dir = tmp_path / "engine-scp"
     out_dir.mkdir()
     listener = socket.create_server((LOCALHOST, 0))
     listener.settimeout(0.2)
     stop = threading.Event()
+    seen: list[AssociateRQ] = []
 
     def serve() -> None:
         while not stop.is_set():
@@ -119,11 +128,11 @@ def engine_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             with conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.settimeout(30)
-                _serve_association(conn, out_dir)
+                _serve_association(conn, out_dir, seen)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield listener.getsockname()[1], out_dir
+    yield listener.getsockname()[1], out_dir, seen
     stop.set()
     thread.join(10)
     listener.close()
@@ -140,9 +149,12 @@ def _sources(folder: Path) -> list[Path]:
     ]
 
 
+EngineSCP = tuple[int, Path, list[AssociateRQ]]
+
+
 def test_storescu_and_echoscu_to_an_scp_on_the_engine(tmp_path: Path,
-                                                       engine_scp: tuple[int, Path]) -> None:
-    port, out_dir = engine_scp
+                                                       engine_scp: EngineSCP) -> None:
+    port, out_dir, _ = engine_scp
     echo = run_echoscu(LOCALHOST, port, called_ae="ENGINE", timeout=30)
     assert echo.returncode == 0, echo.stdout + echo.stderr
     sources = _sources(tmp_path / "src")
@@ -150,6 +162,33 @@ def test_storescu_and_echoscu_to_an_scp_on_the_engine(tmp_path: Path,
     assert sent.returncode == 0, sent.stdout + sent.stderr
     stored = sorted(dataset_digest(p) for p in out_dir.iterdir())
     assert stored == sorted(dataset_digest(p) for p in sources)
+
+
+def test_pynetdicom_negotiates_roles_and_identity_with_the_engine(engine_scp: EngineSCP) -> None:
+    """User identity (0x58/0x59) and SCP/SCU role selection (0x54) with a real peer."""
+    port, _, seen = engine_scp
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    identity = UserIdentityNegotiation()
+    identity.user_identity_type, identity.primary_field = 2, b"alice"
+    identity.secondary_field, identity.positive_response_requested = b"s3cret", True
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid, role.scu_role, role.scp_role = CTImageStorage, True, True
+    assoc = ae.associate(LOCALHOST, port, ae_title="ENGINE", ext_neg=[identity, role])
+    try:
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assert assoc.acceptor.user_identity is not None  # our 0x59 answer arrived
+        assert assoc.acceptor.user_identity.server_response == b"welcome"
+    finally:
+        assoc.release()
+    rq = seen[-1]
+    assert rq.calling_ae == "PYNETDICOM" and rq.user_info.identity is not None
+    assert (rq.user_info.identity.primary, rq.user_info.identity.secondary) == (b"alice",
+                                                                                 b"s3cret")
+    assert [(r.sop_class_uid, r.scu_role, r.scp_role) for r in rq.user_info.roles] == [
+        (CTImageStorage, True, True)]
 
 
 # --- a ~60-line SCU on the engine ---------------------------------------------------------
