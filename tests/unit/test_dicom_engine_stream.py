@@ -12,6 +12,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_items import PresentationDataValueItem
 
 from router.dicom.engine import (
+    Association,
     CommandReceived,
     CStoreRQ,
     DataFragment,
@@ -159,3 +160,17 @@ def test_several_messages_in_one_call() -> None:
     _, scp = associated()
     wire = _message([5000], 2) * 3
     assert normalise(scp.receive_data(wire)) == EXPECTED * 3
+
+
+@pytest.mark.parametrize("header", [
+    struct.pack(">BxI", 1, 0xFFFFFFFF),  # an A-ASSOCIATE-RQ of 4 GB
+    struct.pack(">BxI", 5, 0x7FFFFFFF),  # an A-RELEASE-RQ is 4 bytes, always
+    struct.pack(">BxI", 0x0B, 10),  # unrecognized type: refused before its body
+])
+def test_declared_lengths_are_judged_before_any_byte_of_the_body(header: bytes) -> None:
+    scp = Association.acceptor(max_associate_length=4096)
+    with pytest.raises(RemoteProtocolError) as caught:
+        scp.receive_data(header)
+    assert scp.buffered == 0
+    # Sta2 answers any bad PDU with AA-1: A-ABORT, service-user source, no reason.
+    assert (caught.value.abort_source, caught.value.abort_reason) == (0, 0)
