@@ -40,7 +40,7 @@ from router.core.messages import encode as encode_message
 from router.core.spool import Spool
 from router.core.tls import client_context
 from router.dicom.net import set_nodelay
-from router.dicom.store_sender import failure_from_association
+from router.dicom.store_sender import failure_from_association, mark_connected
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class RelayThread(threading.Thread):
         if cfg.tls.mode != "off":
             server_name = getattr(cfg.tls, "server_name", None) or upstream.host
             tls_args = (client_context(cfg.tls, f"{upstream.name}.tls"), server_name)
-        handlers.append((evt.EVT_CONN_OPEN, _mark_connected))
+        handlers.append((evt.EVT_CONN_OPEN, mark_connected))
         assoc = ae.associate(upstream.host, upstream.port, contexts=contexts,
                              ae_title=upstream.ae_title, ext_neg=roles or None,
                              evt_handlers=handlers, tls_args=tls_args)
@@ -336,10 +336,6 @@ class RelayThread(threading.Thread):
                               str(request.AffectedSOPInstanceUID),
                               str(event.context.transfer_syntax)))
         return Status.SUCCESS
-
-
-def _mark_connected(event: Any) -> None:
-    event.assoc.router_connected = True
 
 
 def _keep_response(event: Any, task: RelayTask) -> None:

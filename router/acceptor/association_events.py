@@ -20,6 +20,7 @@ from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.status_snapshots import LiveAssociations
 from router.core.tls import subject_text
 from router.dicom.net import set_nodelay
+from router.dicom.relay_association import router_association
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class AssociationEvents:
                 return Rejection(2, 3, 2, "max_associations",
                                  f"already {limit} associations (listen.max_associations)")
             self._in_slots += 1
-            assoc.router_slot = True
+            router_association(assoc).router_slot = True
         return None
 
     def _reject(self, assoc: Any, rejection: Rejection) -> None:
@@ -96,18 +97,19 @@ class AssociationEvents:
         return verified, None
 
     def on_accepted(self, event: Any) -> None:
-        assoc = event.assoc
+        assoc = router_association(event.assoc)
+        called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
         if self.audit is not None:
             assoc.router_tally = TransferTally()
             self.audit.association_accepted(
-                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                assoc.requestor.ae_title, called,
                 assoc.requestor.address, subject_text(peer_certificate(assoc)))
         if self.live is not None:
             assoc.router_progress = self.live.opened(
-                assoc.requestor.ae_title, assoc.requestor.primitive.called_ae_title,
+                assoc.requestor.ae_title, called,
                 f"{assoc.requestor.address}:{assoc.requestor.port}", self.tls)
-        event.assoc.router_counted = True
-        self.access.opened(event.assoc.requestor.ae_title)
+        assoc.router_counted = True
+        self.access.opened(assoc.requestor.ae_title)
         calling = metrics.CALLING_AE(assoc.requestor.ae_title)
         metrics.ASSOCIATIONS.labels(calling, "accepted").inc()
         metrics.ACTIVE_ASSOCIATIONS.labels(calling).inc()
@@ -130,15 +132,13 @@ class AssociationEvents:
         EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
         a PDU, so the connection's thread calls this too when the association is over.
         """
+        state = router_association(assoc)
         with self._lock:
-            tally = getattr(assoc, "router_tally", None)
-            assoc.router_tally = None
-            counted = getattr(assoc, "router_counted", False)
-            assoc.router_counted = False
-            progress = getattr(assoc, "router_progress", None)
-            assoc.router_progress = None
-            if getattr(assoc, "router_slot", False):
-                assoc.router_slot = False
+            tally, state.router_tally = state.router_tally, None
+            counted, state.router_counted = state.router_counted, False
+            progress, state.router_progress = state.router_progress, None
+            if state.router_slot:
+                state.router_slot = False
                 self._in_slots -= 1
         if progress is not None and self.live is not None:
             self.live.closed(progress)

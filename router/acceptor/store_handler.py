@@ -17,19 +17,19 @@ from pydicom.errors import InvalidDicomError
 from router.acceptor.access import peer_certificate
 from router.acceptor.admission import Admission
 from router.acceptor.broker_client import BrokerClient
+from router.acceptor.store_decision import COMPLETION_KEYWORDS, Dropped, StoreCommand, decide
 from router.audit.trail import AuditTrail
 from router.core import metrics
-from router.core.config import Rule
 from router.core.dimse_status import Status
-from router.core.errors import DimseRefusal, NoRoute, OutOfResources, QueueFull
+from router.core.errors import DimseRefusal, OutOfResources, QueueFull
 from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
-from router.core.priority import FROM_DIMSE, NORMAL, PRIORITIES
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
+from router.dicom.relay_association import RouterAssociation, router_association
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ _RESULT_LABELS = {
     Status.REJECTED_BY_RULE: "rejected",
 }
 # Read when any rule waits for study/series completion: the group and the batch order.
-COMPLETION_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber")
 
 
 def status_dataset(status: int, comment: str = "") -> Dataset:
@@ -82,7 +81,7 @@ class StoreHandler:
         self.max_dataset_bytes = max_dataset_bytes
 
     def __call__(self, event: Any) -> Dataset:
-        progress = getattr(event.assoc, "router_progress", None)
+        progress = router_association(event.assoc).router_progress
         with working_on(association=progress.key if progress is not None else None):
             return self._answer(event)
 
@@ -105,7 +104,7 @@ class StoreHandler:
         return status_dataset(status, comment)
 
     def _tally(self, event: Any, tags: dict[str, str], ok: bool) -> None:
-        tally = getattr(event.assoc, "router_tally", None)
+        tally = router_association(event.assoc).router_tally
         if tally is not None:
             sop_class = str(event.request.AffectedSOPClassUID)
             tally.add(tags.get("StudyInstanceUID", "unknown"), sop_class, ok,
@@ -117,16 +116,7 @@ class StoreHandler:
         sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
         received: Path = event.dataset_path
         size = received.stat().st_size  # its bytes were counted as they arrived (live_status)
-        # The read guard stops writing a dataset past the limit and says so on the association.
-        truncated = getattr(event.assoc, "router_dataset_truncated", False)
-        event.assoc.router_dataset_truncated = False
-        if getattr(event.assoc, "router_disk_full", False):
-            event.assoc.router_disk_full = False
-            raise OutOfResources("spool disk full while receiving; retry later")
-        if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
-            limit = self.max_dataset_bytes
-            raise DimseRefusal(f"dataset exceeds the router's limit of {limit} bytes",
-                               Status.DATASET_TOO_LARGE)
+        self._check_received(router_association(event.assoc), size)
         if self.relay is not None and self.relay.take_move_instance(event, received):
             return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
         refusal = self.admission.refusal(new_association=False)
@@ -134,6 +124,7 @@ class StoreHandler:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
         facts = AssociationFacts.of(event.assoc)
+
         def header() -> dict[str, str]:
             if not tags:
                 tags.update(self._tags(received))
@@ -141,38 +132,34 @@ class StoreHandler:
 
         if self.audit is not None:
             header()
-        decision = self.rules.route(facts, header, sop_class)
-        if decision.action == "drop":
-            metrics.INSTANCES_DROPPED.labels(decision.rules[-1]).inc()
+        command = StoreCommand(sop_class, sop_instance, str(event.context.transfer_syntax), size,
+                               int(getattr(request, "Priority", 0) or 0))
+        outcome = decide(self.rules.route(facts, header, sop_class), facts, command, header,
+                         job_id=new_job_id(), received_at=time.time(),
+                         peer_port=int(event.assoc.requestor.port),
+                         tls_subject=subject_text(peer_certificate(event.assoc)))
+        if isinstance(outcome, Dropped):
+            metrics.INSTANCES_DROPPED.labels(outcome.rule).inc()
             log.info("C-STORE dropped by rule %s (answered Success, nothing kept)",
-                     decision.rules[-1])
+                     outcome.rule)
             return Status.SUCCESS, "dropped"
-        if decision.action == "reject":
-            raise DimseRefusal(f"refused by the router's rule {decision.rules[-1]}",
-                               Status.REJECTED_BY_RULE)
-        if not decision.matched:
-            raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
-        group, instance_number = "", 0
-        if decision.complete is not None and decision.complete.complete is not None:
-            group, instance_number = self._group(decision.complete, header())
-        job = JobHeader(
-            job_id=new_job_id(),
-            calling_ae=facts.calling_ae,
-            called_ae=facts.called_ae,
-            peer_address=facts.source,
-            peer_port=int(event.assoc.requestor.port),
-            sop_class_uid=sop_class,
-            sop_instance_uid=sop_instance,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            size=size,
-            received_at=time.time(),
-            rules=decision.rules,
-            destinations=decision.destinations,
-            tls_subject=subject_text(peer_certificate(event.assoc)),
-            priority=_priority(decision.priority, event.request),
-            group=group,
-            instance_number=instance_number,
-        )
+        return self._keep(outcome.job, received)
+
+    def _check_received(self, assoc: RouterAssociation, size: int) -> None:
+        """What the read guard saw while the dataset arrived: the spool filling up, or the
+        dataset past listen.max_dataset_bytes (it then stopped writing it)."""
+        truncated, assoc.router_dataset_truncated = assoc.router_dataset_truncated, False
+        if assoc.router_disk_full:
+            assoc.router_disk_full = False
+            raise OutOfResources("spool disk full while receiving; retry later")
+        if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
+            raise DimseRefusal(f"dataset exceeds the router's limit of "
+                               f"{self.max_dataset_bytes} bytes", Status.DATASET_TOO_LARGE)
+
+    def _keep(self, job: JobHeader, received: Path) -> tuple[Status, str]:
+        """Commit the instance and its job to the spool, then hand the job to the broker;
+        Success only once both are done. Anything kept is discarded on the way out."""
+        size = job.size
         JOB.set(job.job_id)  # for structured logs; undone by working_on
         try:
             self.spool.commit(job, received)
@@ -195,18 +182,6 @@ class StoreHandler:
                   ", ".join(job.destinations))
         return Status.SUCCESS, "accepted"
 
-    @staticmethod
-    def _group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
-        assert rule.complete is not None
-        keyword = "StudyInstanceUID" if rule.complete.level == "study" else "SeriesInstanceUID"
-        uid = tags.get(keyword, "")
-        try:
-            number = int(float(tags.get("InstanceNumber", "0") or 0))
-        except ValueError:
-            number = 0
-        # Without the UID the instance cannot join a group: it goes on its own, at once.
-        return (f"{rule.name}|{uid}", number) if uid else ("", 0)
-
     def _tags(self, path: Path) -> dict[str, str]:
         try:
             return read_tags(path, self.keywords)
@@ -214,9 +189,3 @@ class StoreHandler:
             raise DimseRefusal(
                 f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND
             ) from exc
-
-
-def _priority(rule_priority: str, request: Any) -> int:
-    if rule_priority != "request":
-        return PRIORITIES[rule_priority]
-    return FROM_DIMSE.get(int(getattr(request, "Priority", 0) or 0), NORMAL)

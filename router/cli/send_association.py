@@ -17,6 +17,7 @@ from router.core.config import DEFAULT_MAX_PDU
 from router.core.errors import RouterError
 from router.core.tls import failure_reason
 from router.dicom.net import set_nodelay
+from router.dicom.store_sender import mark_connected, was_connected
 
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
 
@@ -64,7 +65,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def _on_connected(event: Any) -> None:
     set_nodelay(event)
-    event.assoc.send_connected = True  # tells a refused connection from a later failure
+    mark_connected(event)  # tells a refused connection from a later failure
 
 
 def application_entity(peer: Peer) -> AE:
@@ -122,7 +123,7 @@ def _rejection(assoc: Association) -> str:
 
 
 def _failure(assoc: Association, peer: Peer) -> RouterError:
-    if not getattr(assoc, "send_connected", False):
+    if not was_connected(assoc):
         return AssociationError(f"cannot connect to {peer}: {_diagnose_connection(peer)}")
     answer = getattr(assoc.acceptor, "primitive", None)
     if assoc.is_aborted and getattr(answer, "result", None) == 0:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pynetdicom.association import Association
 
 from router.core import metrics
+from router.dicom.relay_association import RouterAssociation
 
 if TYPE_CHECKING:  # guarded_transport imports this module
     from router.dicom.guarded_transport import ReadLimits
@@ -32,7 +33,7 @@ class MessageGuard:
     until its last fragment, as is every command set: those are bounded here.
     """
 
-    def __init__(self, assoc: Association, limits: ReadLimits) -> None:
+    def __init__(self, assoc: RouterAssociation, limits: ReadLimits) -> None:
         self.assoc = assoc
         self.dimse = assoc.dimse
         self.receive = assoc.dimse.receive_primitive
@@ -57,7 +58,7 @@ class MessageGuard:
             else:
                 self.dataset_bytes += len(data) - 1
                 arrived += len(data) - 1
-        progress = getattr(self.assoc, "router_progress", None)
+        progress = self.assoc.router_progress
         if progress is not None and arrived > 0:
             progress.add(arrived)
         problem = self._problem()
@@ -85,7 +86,7 @@ class MessageGuard:
         sender retry, instead of pynetdicom aborting the association."""
         log.warning("spool disk full while receiving a C-STORE from %s (%s); it will be "
                     "answered 0xA700", self.assoc.requestor.ae_title, self.assoc.requestor.address)
-        self.assoc.router_disk_full = True  # type: ignore[attr-defined]
+        self.assoc.router_disk_full = True
         with contextlib.suppress(OSError):
             message._data_set_file.close()  # its buffer cannot be flushed: drop it
         # pynetdicom unlinks the file by this name after the handler: the partial file.
@@ -100,7 +101,7 @@ class MessageGuard:
 
     def _truncate(self, primitive: Any) -> None:
         """Keep the fragment flags, drop the payload: the disk holds at most the limit."""
-        self.assoc.router_dataset_truncated = True  # type: ignore[attr-defined]
+        self.assoc.router_dataset_truncated = True
         primitive.presentation_data_value_list = [  # its setter wants [id, bytes] lists
             [context, data if not data or data[0] & 1 else data[:1]]
             for context, data in primitive.presentation_data_value_list

@@ -1,5 +1,7 @@
 """The acceptor's association: C-STORE and C-ECHO as pynetdicom serves them, every request to
-relay (C-FIND, C-GET, C-MOVE, N-services) handed to the router's RelayServer instead."""
+relay (C-FIND, C-GET, C-MOVE, N-services) handed to the router's RelayServer instead; and
+the router's own per-association state, as typed fields (`router_association(assoc)`
+gives it to the acceptor's handlers, whichever thread pynetdicom runs them on)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,14 @@ class RequestRelay(Protocol):
 
 class RouterAssociation(Association):
     router_relay: RequestRelay | None = None
+    # Settled once by the acceptor's association events (router/acceptor/):
+    router_slot: bool = False  # holds one of listen.max_associations
+    router_counted: bool = False  # counted in the active associations (per calling AE)
+    router_tally: Any = None  # audit: instances per study (router/audit TransferTally)
+    router_progress: Any = None  # live status: this association's row (status snapshots)
+    # Set by the read guard (router/dicom/message_guard.py) for the C-STORE in progress:
+    router_dataset_truncated: bool = False  # past listen.max_dataset_bytes: not kept
+    router_disk_full: bool = False  # the spool filled up while it was written
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         relay = self.router_relay
@@ -50,3 +60,10 @@ class RouterAssociation(Association):
         finally:
             self._is_paused = False
             self.dimse.cancel_req = {}
+
+
+def router_association(assoc: Any) -> RouterAssociation:
+    """The acceptor's association of an event (every one the acceptor serves is one)."""
+    if not isinstance(assoc, RouterAssociation):
+        raise TypeError(f"not an association of the router's acceptor: {type(assoc).__name__}")
+    return assoc

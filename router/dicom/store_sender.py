@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,23 @@ from router.dicom.net import set_nodelay
 log = logging.getLogger(__name__)
 
 
+# Outbound associations whose TCP connection was made: tells a refused connection from a
+# later rejection or abort (pynetdicom says neither). Weak: gone with the association.
+_connected: weakref.WeakSet[Association] = weakref.WeakSet()
+
+
+def mark_connected(event: Any) -> None:
+    """EVT_CONN_OPEN handler of an outbound association."""
+    _connected.add(event.assoc)
+
+
+def was_connected(assoc: Association) -> bool:
+    return assoc in _connected
+
+
 def _on_connected(event: Any) -> None:
     set_nodelay(event)
-    event.assoc.router_connected = True  # tells a refused connection from a later abort
+    mark_connected(event)
 
 
 # A-ASSOCIATE-RJ source 3 (service-provider, presentation): reason 1 temporary congestion,
@@ -47,7 +62,7 @@ RECENTLY_RELEASED_SECONDS = 2.0
 def is_busy_answer(assoc: Association, waited: float, wait: float) -> bool:
     """A refusal that means "not now, I am serving another association": a transient or
     limit-exceeded rejection, or no answer at all within the wait."""
-    if not getattr(assoc, "router_connected", False):
+    if not was_connected(assoc):
         return False  # cannot connect: down, not busy
     primitive = getattr(assoc.acceptor, "primitive", None)
     if assoc.is_rejected and primitive is not None:
@@ -62,7 +77,7 @@ def is_busy_answer(assoc: Association, waited: float, wait: float) -> bool:
 def failure_from_association(
     assoc: Association, destination: str, sop_class: str, syntax: str
 ) -> DeliveryError:
-    if not getattr(assoc, "router_connected", False):
+    if not was_connected(assoc):
         return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
     answer = getattr(assoc.acceptor, "primitive", None)
     if assoc.is_aborted and answer is not None and getattr(answer, "result", None) == 0:

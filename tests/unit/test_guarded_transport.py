@@ -30,7 +30,10 @@ def fake_assoc() -> Any:
     dimse = SimpleNamespace(message=None, receive_primitive=None)
     return SimpleNamespace(dul=dul, dimse=dimse,
                            requestor=SimpleNamespace(address="127.0.0.1", ae_title="MOD",
-                                                     primitive=None))
+                                                     primitive=None),
+                           # RouterAssociation's own fields (router/dicom/relay_association.py)
+                           router_progress=None, router_dataset_truncated=False,
+                           router_disk_full=False)
 
 
 @pytest.fixture

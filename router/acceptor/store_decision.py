@@ -1,0 +1,86 @@
+"""What to do with a received C-STORE, decided without I/O: drop it, refuse it, or the job to
+keep. A pure function of the routing decision, the association and command facts, and the
+header tags it needed (router/acceptor/store_handler.py does the acting: spool, broker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.core.config import Rule
+from router.core.dimse_status import Status
+from router.core.errors import DimseRefusal, NoRoute
+from router.core.messages import JobHeader
+from router.core.priority import FROM_DIMSE, NORMAL, PRIORITIES
+from router.core.rules import AssociationFacts, RouteDecision
+
+# What a completion rule needs from the header: the study or series, and the order.
+COMPLETION_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber")
+
+
+@dataclass(frozen=True)
+class StoreCommand:
+    """The facts of one C-STORE that are not the association's."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    size: int
+    dimse_priority: int  # the request's Priority (0 medium, 1 high, 2 low)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    rule: str  # the drop rule: answered Success, nothing kept
+
+
+@dataclass(frozen=True)
+class Keep:
+    job: JobHeader
+
+
+def decide(decision: RouteDecision, facts: AssociationFacts, command: StoreCommand,
+           header: Callable[[], dict[str, str]], *, job_id: str, received_at: float,
+           peer_port: int, tls_subject: str | None) -> Dropped | Keep:
+    """Dropped, Keep(job), or raise the DimseRefusal the sender gets (reject rule, no route).
+    `header()` reads the header tags the completion rules need, only if one applies."""
+    if decision.action == "drop":
+        return Dropped(decision.rules[-1])
+    if decision.action == "reject":
+        raise DimseRefusal(f"refused by the router's rule {decision.rules[-1]}",
+                           Status.REJECTED_BY_RULE)
+    if not decision.matched:
+        raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
+    group, instance_number = "", 0
+    if decision.complete is not None and decision.complete.complete is not None:
+        group, instance_number = completion_group(decision.complete, header())
+    return Keep(JobHeader(
+        job_id=job_id, calling_ae=facts.calling_ae, called_ae=facts.called_ae,
+        peer_address=facts.source, peer_port=peer_port,
+        sop_class_uid=command.sop_class_uid, sop_instance_uid=command.sop_instance_uid,
+        transfer_syntax_uid=command.transfer_syntax_uid, size=command.size,
+        received_at=received_at, rules=decision.rules, destinations=decision.destinations,
+        tls_subject=tls_subject, priority=priority(decision.priority, command.dimse_priority),
+        group=group, instance_number=instance_number,
+    ))
+
+
+def completion_group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
+    """("<rule>|<study or series UID>", instance number), or ("", 0) without the UID: such
+    an instance cannot join a group and goes on its own, at once."""
+    assert rule.complete is not None
+    keyword = "StudyInstanceUID" if rule.complete.level == "study" else "SeriesInstanceUID"
+    uid = tags.get(keyword, "")
+    try:
+        number = int(float(tags.get("InstanceNumber", "0") or 0))
+    except ValueError:
+        number = 0
+    return (f"{rule.name}|{uid}", number) if uid else ("", 0)
+
+
+def priority(rule_priority: str, dimse_priority: int) -> int:
+    """The rule's priority, or (`request`) the one the sender put on the C-STORE."""
+    if rule_priority != "request":
+        return PRIORITIES[rule_priority]
+    return FROM_DIMSE.get(dimse_priority, NORMAL)

@@ -1,0 +1,85 @@
+"""router/acceptor/store_decision.py: drop, refuse or keep a received C-STORE, without I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from router.acceptor.store_decision import Dropped, Keep, StoreCommand, completion_group, decide
+from router.core.config import Rule
+from router.core.dimse_status import Status
+from router.core.errors import DimseRefusal, NoRoute
+from router.core.priority import HIGH, LOW, NORMAL, URGENT
+from router.core.rules import AssociationFacts, RouteDecision
+
+FACTS = AssociationFacts(calling_ae="CT1", called_ae="ROUTER", source="10.0.0.7")
+COMMAND = StoreCommand("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1", 1234, 2)
+NO_HEADER: dict[str, str] = {}
+
+
+def _decide(decision: RouteDecision, header: dict[str, str] | None = None,
+            command: StoreCommand = COMMAND) -> Dropped | Keep:
+    read: list[int] = []
+
+    def tags() -> dict[str, str]:
+        read.append(1)
+        return header or {}
+
+    outcome = decide(decision, FACTS, command, tags, job_id="job-1", received_at=100.0,
+                     peer_port=4000, tls_subject=None)
+    if header is None:
+        assert not read, "the header was read although nothing needed it"
+    return outcome
+
+
+def test_a_forward_decision_keeps_a_job_with_every_fact() -> None:
+    outcome = _decide(RouteDecision(("ct",), ("pacs", "archive")))
+    assert isinstance(outcome, Keep)
+    job = outcome.job
+    assert (job.job_id, job.calling_ae, job.called_ae, job.peer_address, job.peer_port) == (
+        "job-1", "CT1", "ROUTER", "10.0.0.7", 4000)
+    assert (job.sop_instance_uid, job.size, job.destinations) == ("1.2.3.4", 1234, (
+        "pacs", "archive"))
+    assert job.priority == LOW  # the request's DIMSE priority 2 (low)
+    assert (job.group, job.instance_number) == ("", 0)
+
+
+def test_drop_and_reject_rules() -> None:
+    assert _decide(RouteDecision(("sc",), (), action="drop")) == Dropped("sc")
+    with pytest.raises(DimseRefusal) as refused:
+        _decide(RouteDecision(("test-ct",), (), action="reject"))
+    assert refused.value.status == Status.REJECTED_BY_RULE
+    assert "test-ct" in str(refused.value)
+
+
+def test_no_matching_rule_is_refused_with_no_route() -> None:
+    with pytest.raises(NoRoute, match="calling AE CT1"):
+        _decide(RouteDecision((), ()))
+
+
+@pytest.mark.parametrize(("rule_priority", "dimse", "expected"), [
+    ("urgent", 0, URGENT), ("high", 2, HIGH), ("request", 1, HIGH), ("request", 0, NORMAL),
+    ("request", 7, NORMAL)])
+def test_priority_from_the_rule_or_the_request(rule_priority: str, dimse: int,
+                                               expected: int) -> None:
+    command = replace(COMMAND, dimse_priority=dimse)
+    outcome = _decide(RouteDecision(("r",), ("pacs",), priority=rule_priority), command=command)
+    assert isinstance(outcome, Keep) and outcome.job.priority == expected
+
+
+def test_a_completion_rule_groups_by_study_and_orders_by_instance_number() -> None:
+    rule = Rule.model_validate({"name": "studies", "forward": ["pacs"],
+                                "complete": {"level": "study"}})
+    tags = {"StudyInstanceUID": "1.2.9", "InstanceNumber": "7"}
+    outcome = _decide(RouteDecision(("studies",), ("pacs",), complete=rule), tags)
+    assert isinstance(outcome, Keep)
+    assert (outcome.job.group, outcome.job.instance_number) == ("studies|1.2.9", 7)
+
+
+def test_without_its_uid_an_instance_goes_on_its_own() -> None:
+    rule = Rule.model_validate({"name": "series", "forward": ["pacs"],
+                                "complete": {"level": "series"}})
+    assert completion_group(rule, {"StudyInstanceUID": "1.2"}) == ("", 0)
+    assert completion_group(rule, {"SeriesInstanceUID": "1.3", "InstanceNumber": "x"}) == (
+        "series|1.3", 0)
