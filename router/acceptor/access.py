@@ -21,6 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.core.config import ListenConfig, UserConfig
+from router.core.dimse_status import (
+    CALLED_AE_NOT_RECOGNISED,
+    CALLING_AE_NOT_RECOGNISED,
+    LOCAL_LIMIT_EXCEEDED,
+    NO_REASON_GIVEN,
+    Reject,
+)
 from router.core.tls import peer_identities
 
 PBKDF2_ITERATIONS = 200_000
@@ -28,11 +35,13 @@ PBKDF2_ITERATIONS = 200_000
 
 @dataclass(frozen=True)
 class Rejection:
-    result: int
-    source: int
-    reason: int
+    reject: Reject  # the A-ASSOCIATE-RJ (result, source, reason): router/core/dimse_status.py
     label: str  # bounded metric label
     message: str
+
+    @property
+    def result(self) -> int:
+        return self.reject.result
 
 
 def hash_passcode(passcode: str, iterations: int = PBKDF2_ITERATIONS) -> str:
@@ -75,26 +84,29 @@ class AccessPolicy:
         source = assoc.requestor.address
         c = self.config
         if self.networks and not self._source_allowed(source):
-            return Rejection(1, 1, 1, "source", f"source address {source} is not allowed")
+            return Rejection(NO_REASON_GIVEN, "source", f"source address {source} is not allowed")
         if c.allowed_calling_ae is not None and calling not in c.allowed_calling_ae:
-            return Rejection(1, 1, 3, "calling_ae", f"calling AE {calling!r} is not allowed")
+            return Rejection(CALLING_AE_NOT_RECOGNISED, "calling_ae",
+                             f"calling AE {calling!r} is not allowed")
         if c.allowed_called_ae is not None and called not in c.allowed_called_ae:
-            return Rejection(1, 1, 7, "called_ae", f"called AE {called!r} is not allowed")
+            return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae",
+                             f"called AE {called!r} is not allowed")
         # Here rather than pynetdicom's require_called_aet, whose rejections went uncounted.
         own = str(assoc.acceptor.ae_title).strip()
         if c.require_called_ae and str(called).strip() != own:
-            return Rejection(1, 1, 7, "called_ae", f"called AE {called!r} is not {own!r}")
+            return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae",
+                             f"called AE {called!r} is not {own!r}")
         if c.tls.ae_titles:
             rejection = self._check_certificate_ae(assoc, calling)
             if rejection is not None:
                 return rejection
         if c.require_user_identity and assoc.requestor.user_identity is None:
-            return Rejection(1, 1, 1, "user_identity", "no user identity was negotiated")
+            return Rejection(NO_REASON_GIVEN, "user_identity", "no user identity was negotiated")
         limit = c.max_associations_per_calling_ae
         if limit is not None:
             with self._lock:
                 if self._active[calling] >= limit:
-                    return Rejection(2, 3, 2, "per_ae_limit",
+                    return Rejection(LOCAL_LIMIT_EXCEEDED, "per_ae_limit",
                                      f"{calling!r} already has {limit} associations")
         return None
 
@@ -112,7 +124,7 @@ class AccessPolicy:
         allowed = {ae for name in identities for ae in self.config.tls.ae_titles.get(name, [])}
         if calling not in allowed:
             who = ", ".join(identities) or "no certificate"
-            return Rejection(1, 1, 3, "tls_identity",
+            return Rejection(CALLING_AE_NOT_RECOGNISED, "tls_identity",
                              f"certificate {who} may not use calling AE {calling!r}")
         return None
 

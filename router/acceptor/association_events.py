@@ -16,6 +16,12 @@ from router.acceptor.admission import Admission
 from router.acceptor.store_handler import StoreHandler
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
+from router.core.dimse_status import (
+    LOCAL_LIMIT_EXCEEDED,
+    NO_REASON_GIVEN,
+    TEMPORARY_CONGESTION,
+    Status,
+)
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.status_snapshots import LiveAssociations
 from router.core.tls import subject_text
@@ -53,14 +59,14 @@ class AssociationEvents:
                 return
             metrics.REFUSALS.labels(refusal[0]).inc()
             # rejected-transient, service-provider (presentation), temporary congestion
-            rejection = Rejection(2, 3, 1, refusal[0], refusal[1])
+            rejection = Rejection(TEMPORARY_CONGESTION, refusal[0], refusal[1])
         self._reject(assoc, rejection)
 
     def _take_slot(self, assoc: Any) -> Rejection | None:
         limit = self.access.config.max_associations
         with self._lock:
             if self._in_slots >= limit:
-                return Rejection(2, 3, 2, "max_associations",
+                return Rejection(LOCAL_LIMIT_EXCEEDED, "max_associations",
                                  f"already {limit} associations (listen.max_associations)")
             self._in_slots += 1
             router_association(assoc).router_slot = True
@@ -82,7 +88,7 @@ class AssociationEvents:
         log.warning("rejecting association from %s (%s): %s",
                     assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
                     rejection.message)
-        assoc.acse.send_reject(rejection.result, rejection.source, rejection.reason)
+        assoc.acse.send_reject(*rejection.reject)
         assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
 
     def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
@@ -167,11 +173,11 @@ class AssociationEvents:
 def _malformed(assoc: Any) -> Rejection | None:
     """PS3.8 9.3.2: a request proposes one or more presentation contexts."""
     if not assoc.requestor.primitive.presentation_context_definition_list:
-        return Rejection(1, 1, 1, "no_presentation_context",
+        return Rejection(NO_REASON_GIVEN, "no_presentation_context",
                          "the request proposes no presentation context")
     return None
 
 
 def _on_echo(event: Any) -> int:
-    metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000").inc()
-    return 0x0000
+    metrics.DIMSE_REQUESTS.labels("C-ECHO", f"0x{Status.SUCCESS:04X}").inc()
+    return Status.SUCCESS

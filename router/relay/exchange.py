@@ -11,7 +11,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
 from router.core import metrics
-from router.core.dimse_status import is_delivered, is_warning
+from router.core.dimse_status import PENDING_STATUSES, Status, is_delivered, is_warning
 from router.core.messages import RelayResponse
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
@@ -24,8 +24,8 @@ RESPONSE_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Id
                     "N-GET": "AttributeList", "N-SET": "AttributeList",
                     "N-ACTION": "ActionReply", "N-CREATE": "AttributeList",
                     "N-EVENT-REPORT": "EventReply"}
-CANCELLED = 0xFE00
-SUB_OPERATIONS_FAILED = 0xB000
+CANCELLED = Status.CANCEL
+SUB_OPERATIONS_FAILED = Status.SUB_OPERATIONS_WITH_FAILURES
 
 
 @dataclass
@@ -79,13 +79,13 @@ class Exchange:
         if self.command == "N-EVENT-REPORT":
             rsp.EventTypeID = msg.EventTypeID
         rsp.Status = status
-        if comment and status not in (0x0000, 0xFF00, 0xFF01):
+        if comment and status not in (Status.SUCCESS, *PENDING_STATUSES):
             rsp.ErrorComment = comment[:64]
         for keyword, value in (answer.status_fields.items() if answer else ()):
             if keyword in type(rsp).STATUS_OPTIONAL_KEYWORDS:  # ErrorID, OffendingElement...
                 setattr(rsp, keyword, value)
         if counts is not None and self.command in ("C-GET", "C-MOVE"):
-            if status in (0xFF00, 0xFF01):
+            if status in PENDING_STATUSES:
                 rsp.NumberOfRemainingSuboperations = counts.remaining
             rsp.NumberOfCompletedSuboperations = counts.completed
             rsp.NumberOfFailedSuboperations = counts.failed
@@ -117,6 +117,7 @@ class Exchange:
 def final_status(upstream_status: int, counts: Counts, cancelled: bool) -> int:
     if cancelled or upstream_status == CANCELLED:
         return CANCELLED
-    if upstream_status in (0x0000, SUB_OPERATIONS_FAILED) and counts.failed + counts.warning:
+    failures = counts.failed + counts.warning
+    if upstream_status in (Status.SUCCESS, SUB_OPERATIONS_FAILED) and failures:
         return SUB_OPERATIONS_FAILED
     return upstream_status

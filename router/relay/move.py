@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from router.core.config import DicomDestination, KnownAE, RouterConfig
-from router.core.dimse_status import relay_failure_status
+from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.spool import Spool
@@ -20,7 +20,7 @@ from router.relay.state import MoveRelay, MoveRelays
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
-MOVE_DESTINATION_UNKNOWN = 0xA801
+MOVE_DESTINATION_UNKNOWN = Status.MOVE_DESTINATION_UNKNOWN
 
 
 def relays_moves(config: RouterConfig, upstream: str) -> bool:
@@ -124,13 +124,13 @@ def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: C
                         destinations=())
         try:
             sender.deliver(job, path)
-            counts.record(0x0000)
+            counts.record(Status.SUCCESS)
         except DeliveryError as exc:
             log.warning("relayed C-MOVE: %s", exc)
             counts.record(None)
         finally:
             path.unlink(missing_ok=True)
-        exchange.respond(0xFF00, counts=counts)
+        exchange.respond(Status.PENDING, counts=counts)
 
 
 def _discard(move: MoveRelay) -> None:

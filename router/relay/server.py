@@ -21,7 +21,7 @@ import zmq
 
 from router.core import metrics
 from router.core.config import RouterConfig
-from router.core.dimse_status import relay_failure_status, relay_no_route_status
+from router.core.dimse_status import Status, relay_failure_status, relay_no_route_status
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
@@ -72,7 +72,8 @@ class RelayServer:
                 # routing it by the rules could send it back where it came from.
                 log.warning("storage commitment result for an unknown transaction from %s: "
                             "refused", exchange.assoc.requestor.ae_title)
-                exchange.final(0x0110, "no storage commitment with that transaction")
+                exchange.final(Status.PROCESSING_FAILURE,
+                               "no storage commitment with that transaction")
             return
         facts = AssociationFacts.of(exchange.assoc)
         decision = self.rules.upstreams(facts, sop_class)
@@ -86,7 +87,7 @@ class RelayServer:
             if facts.calling_ae not in self.config.known_aes:
                 log.error("storage commitment from %s refused: add it to known_aes (host and "
                           "port where it takes the result)", facts.calling_ae)
-                exchange.final(0x0110, "requester not in the router's known_aes")
+                exchange.final(Status.PROCESSING_FAILURE, "requester not in the router's known_aes")
                 return
             self._remember_commitment(exchange, facts.calling_ae)
         request = self._request(exchange, sop_class, list(decision.destinations), facts)
@@ -165,7 +166,7 @@ class RelayServer:
                     counts.remaining = max(counts.remaining, 1)
                     counts.record(self._send_sub_operation(exchange, answer))
                     call.ack()
-                    exchange.respond(0xFF00, counts=counts)
+                    exchange.respond(Status.PENDING, counts=counts)
                     continue
                 if not answer.final:
                     if answer.remaining >= 0:
@@ -224,11 +225,11 @@ class RelayServer:
             log.error("storage commitment result for %s cannot be delivered: add it to "
                       "known_aes (host and port where it takes N-EVENT-REPORT)", requester)
             self.commitments.restore(transaction, commitment)  # a reload may add it
-            exchange.final(0x0110, f"requester {requester} not in known_aes")
+            exchange.final(Status.PROCESSING_FAILURE, f"requester {requester} not in known_aes")
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 AssociationFacts.of(exchange.assoc), to_known_ae=True)
-        if self._pass_through(exchange, request) != 0x0000:
+        if self._pass_through(exchange, request) != Status.SUCCESS:
             # Not delivered: the upstream got the failure and may send the result again.
             self.commitments.restore(transaction, commitment)
         return True
