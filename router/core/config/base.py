@@ -1,0 +1,65 @@
+"""What every part of the config shares: the strict base model (unknown keys rejected) and
+the validators of AE titles, networks and UIDs."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5: AE is at most 16 characters, no backslash or control characters, not all spaces.
+    if not value.strip() or len(value) > 16 or "\\" in value or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 characters, no backslash)")
+    return value.strip()
+
+
+AETitle = Annotated[str, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_networks(value: Any) -> Any:
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        try:
+            ipaddress.ip_network(str(item), strict=True)
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a CIDR network ({exc})") from None
+    return [str(item) for item in items]
+
+
+StrOrList = str | list[str]
+
+
+def _transfer_syntax_uid(value: str) -> str:
+    """A transfer syntax UID as is, or a keyword (ExplicitVRLittleEndian) to its UID."""
+    from pydicom._uid_dict import UID_dictionary
+
+    for uid, entry in UID_dictionary.items():
+        if (uid == value or entry[4] == value) and entry[1] == "Transfer Syntax":
+            return str(uid)
+    raise ValueError(f"{value!r} is not a transfer syntax UID or keyword "
+                     "(e.g. ExplicitVRLittleEndian, JPEG2000Lossless)")
+
+
+def _sop_class_uid(value: str) -> str:
+    """A UID as is; a keyword (StudyRootQueryRetrieveInformationModelFind) to its UID."""
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)+", value) or value.startswith("re:"):
+        return value
+    from pydicom._uid_dict import UID_dictionary  # lazily: see RuleMatch._known_keywords
+
+    for uid, entry in UID_dictionary.items():
+        if entry[4] == value:
+            return str(uid)
+    raise ValueError(f"{value!r} is neither a UID nor a SOP class keyword "
+                     "(e.g. StudyRootQueryRetrieveInformationModelFind)")

@@ -1,0 +1,129 @@
+"""`listen:` where and how the acceptor takes associations: address, limits, TLS, users; and
+the client TLS the router uses towards destinations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_networks
+
+
+class TLSBase(Strict):
+    mode: Literal["off", "tls", "mtls"] = "off"
+    cert: Path | None = None
+    key: Path | None = None
+    # Where an encrypted key's password comes from: never the command line, never a prompt.
+    key_password_file: Path | None = None
+    key_password_env: str | None = None
+    key_password_command: list[str] | None = None  # e.g. a vault client; its stdout
+    ca: Path | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are always the safe defaults).
+    ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM"
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> TLSBase:
+        given = [k for k in ("key_password_file", "key_password_env", "key_password_command")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one key password source, not {' and '.join(given)}")
+        if given and self.key is None:
+            raise ValueError(f"{given[0]} is set but there is no key")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+class ListenerTLS(TLSBase):
+    """tls: the router presents `cert`; mtls: clients must present a certificate from `ca`."""
+
+    handshake_timeout: float = Field(10.0, gt=0)
+    # PEM file of CRLs from `ca`: a client certificate listed there is refused (mtls).
+    # It must hold a current CRL for every CA that issues client certificates; reloaded on
+    # SIGHUP with the certificates.
+    crl: Path | None = None
+    # Certificate identity (subject CN or a DNS/URI SAN) -> calling AE titles it may use.
+    # When set, an mTLS client whose identity is not listed, or who calls with another AE
+    # title, is rejected ("calling AE title not recognised").
+    ae_titles: dict[str, list[str]] = {}
+
+    @model_validator(mode="after")
+    def _complete(self) -> ListenerTLS:
+        if self.mode != "off" and self.cert is None:
+            raise ValueError(f"mode {self.mode} needs cert and key")
+        if self.mode == "mtls" and self.ca is None:
+            raise ValueError("mode mtls needs ca: the CA bundle client certificates must chain to")
+        if self.crl is not None and self.mode != "mtls":
+            raise ValueError("crl revokes client certificates: needs mode mtls")
+        if self.ae_titles and self.mode != "mtls":
+            raise ValueError("ae_titles binds client certificates to AE titles: needs mode mtls")
+        return self
+
+
+class ClientTLS(TLSBase):
+    """tls: verify the destination against `ca`; mtls: also present the router's cert/key."""
+
+    verify_hostname: bool = True
+    # The name to check the destination's certificate against (defaults to its host).
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> ClientTLS:
+        if self.mode != "off" and self.ca is None:
+            raise ValueError(f"mode {self.mode} needs ca: the CA bundle to verify the peer with")
+        if self.mode == "mtls" and self.cert is None:
+            raise ValueError("mode mtls needs cert and key: the router's client certificate")
+        return self
+
+
+class UserConfig(Strict):
+    username: str = Field(min_length=1)
+    # From `dicom-router hash-passcode`: pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>
+    passcode_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$")
+
+
+class ListenConfig(Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
+    # Reject associations whose called AE is not the router's own AE title.
+    require_called_ae: bool = False
+    max_associations: int = Field(64, ge=1)
+    max_associations_per_calling_ae: int | None = Field(None, ge=1)
+    # A C-STORE dataset larger than this is refused (0xC003); the disk watermark still applies.
+    max_dataset_bytes: int | None = Field(None, ge=1)
+    # The largest dataset of any other request (C-FIND identifier, N-service dataset), which
+    # is held in memory until complete: past it the association is aborted.
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=65536)
+    # Allowlists; unset means anyone. Rejections use the reason PS3.8 defines for each.
+    allowed_calling_ae: list[str] | None = None
+    allowed_called_ae: list[str] | None = None
+    allowed_sources: list[str] | None = None  # CIDR networks
+    tls: ListenerTLS = ListenerTLS()
+    # User identity negotiation (username, or username and passcode).
+    users: list[UserConfig] = []
+    require_user_identity: bool = False
+
+    _networks = field_validator("allowed_sources", mode="before")(_check_networks)
+
+    @model_validator(mode="after")
+    def _identity_needs_users(self) -> ListenConfig:
+        if self.require_user_identity and not self.users:
+            raise ValueError("require_user_identity needs at least one entry in users")
+        return self
+    # How long the acceptor waits for the broker to take a job before answering 0xA700.
+    submit_timeout: float = Field(10.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    # The ARTIM timer's job: a connection must deliver its whole A-ASSOCIATE-RQ this soon
+    # after connecting (capped by acse_timeout), or it is closed.
+    association_request_timeout: float = Field(5.0, gt=0)
+    # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
+    # in all; more are closed at accept. They do not count in max_associations.
+    max_pending_per_source: int = Field(32, ge=1)
+    max_pending: int = Field(256, ge=1)
+    backlog: int = Field(128, ge=1)  # the listen() backlog: bursts of connects wait in it

@@ -1,0 +1,193 @@
+"""The whole config (RouterConfig): its cross-checks, loading a file with messages that name
+the offending key, the built-in default, and the one-line summary."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from router.core.audit_config import AuditConfig
+from router.core.config.base import Strict, _check_ae_title
+from router.core.config.destinations import Destination, KnownAE, _destination_type
+from router.core.config.listen import ListenConfig
+from router.core.config.rules import Rule
+from router.core.config.service import ApiConfig, MetricsConfig, QueueConfig, SpoolConfig
+from router.core.console_config import ConsoleConfig
+from router.core.errors import ConfigError
+from router.core.fallback_spec import fallback_problems
+
+
+class RouterConfig(Strict):
+    ae_title: str = "DICOM-ROUTER"
+    listen: ListenConfig = ListenConfig()
+    spool: SpoolConfig = SpoolConfig()
+    queue: QueueConfig = QueueConfig()
+    workers: int = Field(2, ge=1, le=64)
+    # Delivery threads per worker process: how many destinations one worker serves at once.
+    worker_threads: int = Field(4, ge=1, le=64)
+    metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
+    console: ConsoleConfig = ConsoleConfig()  # the web console (README "Web console")
+    destinations: dict[str, Destination] = {}
+    rules: list[Rule] = []
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # json: one object a line with association and job ids, for a log pipeline.
+    log_format: Literal["text", "json"] = "text"
+    # On SIGTERM: how long associations in progress may take to finish before being aborted.
+    drain_grace: float = Field(30.0, ge=0)
+    audit: AuditConfig = AuditConfig()
+    # AE titles the router may send to on a requester's behalf: C-MOVE destinations in relay
+    # mode and requesters that get storage commitment results on a new association. The AE
+    # titles of DICOM destinations are known too.
+    known_aes: dict[str, KnownAE] = {}
+    # How long the acceptor waits for a worker's next answer to a relayed request (queries,
+    # retrieves, N-services) before it answers the requester with a failure.
+    request_timeout: float = Field(120.0, gt=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("known_aes")
+    @classmethod
+    def _known_ae_titles(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for title in value:
+            _check_ae_title(title)
+        return value
+
+    @field_validator("destinations")
+    @classmethod
+    def _safe_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Destination names become metric labels and spool file names.
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"destination name {name!r}: use letters, digits, - and _")
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RouterConfig:
+        rules = [(r.name, r.forward, r.query) for r in self.rules]
+        problems = reference_problems(rules, self.destinations)
+        problems += fallback_problems(self.destinations)
+        if problems:
+            raise ValueError(_JOINER.join(problems))
+        return self
+
+
+_JOINER = "\n"
+
+
+def reference_problems(rules: list[tuple[Any, Any, Any]], destinations: Any) -> list[str]:
+    """Rule names are unique, every `forward` names a destination and every `query` a DICOM
+    destination. Works on raw data too, so these problems are listed even when other keys
+    are invalid."""
+    names = set(destinations) if isinstance(destinations, dict) else set()
+    dicom = {n for n in names if _destination_type(destinations[n]) == "dicom"}
+    problems = []
+    seen: set[Any] = set()
+    for i, (name, forward, query) in enumerate(rules):
+        if isinstance(name, str) and name in seen:
+            problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
+        seen.add(name)
+        for target in forward if isinstance(forward, list) else []:
+            if isinstance(target, str) and target not in names:
+                known = ", ".join(sorted(names)) or "none defined"
+                problems.append(f"rules[{i}].forward: unknown destination {target!r} "
+                                f"(known: {known})")
+        for target in query if isinstance(query, list) else []:
+            if isinstance(target, str) and target not in dicom:
+                known = ", ".join(sorted(dicom)) or "none defined"
+                problems.append(f"rules[{i}].query: {target!r} is not a DICOM destination "
+                                f"(known: {known})")
+    if not rules:
+        problems.append("rules: at least one rule is needed, or nothing is ever routed")
+    return problems
+
+
+def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
+    rules = data.get("rules")
+    if not isinstance(rules, list):
+        return [] if "rules" in data else reference_problems([], {})
+    pairs = [(r.get("name"), r.get("forward"), r.get("query")) for r in rules
+             if isinstance(r, dict)]
+    return reference_problems(pairs, data.get("destinations")) + \
+        fallback_problems(data.get("destinations"))
+
+
+def default_config() -> RouterConfig:
+    """The built-in config of `make run`: receive on 11112, store everything under ./received."""
+    return RouterConfig.model_validate(
+        {
+            "destinations": {"received": {"type": "folder", "path": "received"}},
+            "rules": [{"name": "store-everything", "forward": ["received"]}],
+        }
+    )
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "destinations" and parts[2] in ("dicom", "folder"):
+        del parts[2]  # pydantic's discriminator branch: the destination's type, not a key
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif any(c in part for c in "[(") or part.startswith(("function-", "lambda")):
+            continue  # pydantic's union/validator branch names mean nothing to an operator
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for err in exc.errors():
+        where = _location(tuple(err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        if where == "(top level)" and err["type"] == "value_error":
+            continue  # our cross-reference checks: listed below from the raw data
+        if f"{where}: {message}" not in problems:  # unions repeat one error per branch
+            problems.append(f"{where}: {message}")
+    return problems + _raw_reference_problems(data)
+
+
+def parse_config(data: Any, source: str = "config") -> RouterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of keys to values"])
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc, data)) from None
+
+
+def load_config(path: Path) -> RouterConfig:
+    """Read and validate a YAML config file; every problem is reported with its key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte {exc.start}): save it as UTF-8"]) \
+            from None
+    stream = io.StringIO(text)
+    stream.name = str(path)  # PyYAML names the file in its errors
+    try:
+        data = yaml.safe_load(stream)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, str(path))
+
+
+def summary(config: RouterConfig) -> str:
+    return (
+        f"ok: AE {config.ae_title} on {config.listen.host}:{config.listen.port}, "
+        f"{config.workers} workers, {len(config.destinations)} destinations, "
+        f"{len(config.rules)} rules, spool {config.spool.path}"
+    )

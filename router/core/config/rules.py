@@ -1,0 +1,93 @@
+"""`rules:` which instances and requests go where, and what is done to them on the way."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from router.core.config.base import Strict, StrOrList, _check_networks, _sop_class_uid
+from router.core.deid_spec import DeidentifyConfig
+from router.core.morph_spec import MorphAction
+
+
+class RuleMatch(Strict):
+    calling_ae: StrOrList | None = None
+    called_ae: StrOrList | None = None
+    # CIDR networks, kept as text (validated here, parsed once when rules are compiled).
+    source: list[str] | None = None
+    # SOP Class UIDs or their pydicom keywords (e.g. StudyRootQueryRetrieveInformationModelFind).
+    sop_class: StrOrList | None = None
+    # keyword -> exact value, list of values (any of), or "re:<regex>" (searched).
+    tags: dict[str, StrOrList] = {}
+
+    _networks = field_validator("source", mode="before")(_check_networks)
+
+    @field_validator("sop_class")
+    @classmethod
+    def _sop_class_uids(cls, value: StrOrList | None) -> StrOrList | None:
+        if value is None:
+            return None
+        return [_sop_class_uid(v) for v in ([value] if isinstance(value, str) else value)]
+
+    @field_validator("tags")
+    @classmethod
+    def _known_keywords(cls, tags: dict[str, StrOrList]) -> dict[str, StrOrList]:
+        if tags:
+            # Here, not at the top: pydicom's dictionaries cost ~35 MB in every process that
+            # imports this module, and the supervisor and broker need pydicom for nothing else.
+            from pydicom.datadict import tag_for_keyword
+        for keyword, expected in tags.items():
+            if tag_for_keyword(keyword) is None:
+                raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. Modality)")
+            for value in [expected] if isinstance(expected, str) else expected:
+                if value.startswith("re:"):
+                    try:
+                        re.compile(value[3:])
+                    except re.error as exc:
+                        raise ValueError(f"tag {keyword}: bad regular expression: {exc}") from exc
+        return tags
+
+
+class CompleteConfig(Strict):
+    """Wait until a study or series is stable, then forward it as one batch in order."""
+
+    level: Literal["study", "series"] = "study"
+    stable_for: float = Field(60.0, gt=0)  # seconds without a new instance of the group
+    deadline: float = Field(3600.0, gt=0)  # seconds after its first instance, at the latest
+
+
+class Rule(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    match: RuleMatch = RuleMatch()
+    # Where received instances (C-STORE) go: every destination listed.
+    forward: list[str] = []
+    # Where queries, retrieves and N-services (C-FIND, C-GET, C-MOVE, N-*) go: the first
+    # upstream that answers, in this order.
+    query: list[str] = []
+    # Keep evaluating later rules after this one matched (fan-out across rules).
+    continue_: bool = Field(False, alias="continue")
+    # forward: route as above; drop: answer Success, keep nothing (counted); reject: answer
+    # a failure (0xC004) naming the rule. drop and reject end the evaluation.
+    action: Literal["forward", "drop", "reject"] = "forward"
+    # Applied to what this rule forwards, before the destination's own.
+    morph: list[MorphAction] = []
+    deidentify: DeidentifyConfig | None = None
+    # urgent work jumps its destinations' queues; "request" takes the C-STORE's own priority.
+    priority: Literal["urgent", "high", "normal", "low", "request"] = "request"
+    complete: CompleteConfig | None = None
+
+    @model_validator(mode="after")
+    def _routes_somewhere(self) -> Rule:
+        if self.action == "forward" and not self.forward and not self.query:
+            raise ValueError(f"rule {self.name!r} needs `forward` (instances), `query` "
+                             "(queries, retrieves, N-services) or both")
+        if self.action != "forward" and (self.forward or self.complete):
+            raise ValueError(f"rule {self.name!r}: action {self.action} takes no `forward` "
+                             "or `complete`")
+        if self.complete is not None and not self.forward:
+            raise ValueError(f"rule {self.name!r}: `complete` needs `forward`")
+        return self

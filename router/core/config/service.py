@@ -1,0 +1,44 @@
+"""`spool:`, `queue:`, `metrics:` and `api:`: the router's own resources and ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from router.core.config.base import Strict
+
+
+class SpoolConfig(Strict):
+    path: Path = Path("spool")
+    # Disk watermark: below either, C-STOREs get 0xA700 and associations are rejected
+    # ("temporary congestion") until deliveries free space again.
+    min_free_bytes: int = Field(1024**3, ge=0)
+    min_free_percent: float = Field(5.0, ge=0, le=100)
+    # How long the duplicate ledger remembers a delivery (destination, SOP Instance UID,
+    # digest): the same bytes again within this window are not sent twice.
+    duplicate_window: float = Field(24 * 3600.0, ge=0)
+
+
+class QueueConfig(Strict):
+    """Bounds of the broker's queue: past either, senders get 0xA700 and retry later."""
+
+    max_jobs: int = Field(100_000, ge=1)
+    max_bytes: int = Field(50 * 1024**3, ge=1)
+
+
+class MetricsConfig(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9100, ge=0, le=65535)
+    # A request must arrive whole within this; connections served at once, at most.
+    request_timeout: float = Field(10.0, gt=0)
+    max_connections: int = Field(32, ge=1)
+
+
+class ApiConfig(Strict):
+    """The operator API (/api/..., router/service/control_api.py) on the metrics port."""
+
+    # A file holding a bearer token (Authorization: Bearer <token>) that /api/ requests
+    # must carry. Unset: only clients on the loopback address may use the API.
+    token_file: Path | None = None
