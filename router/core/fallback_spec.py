@@ -1,4 +1,4 @@
-"""Checks of the destinations' `fallback:` lists (router/core/config.py): every name exists, none
+"""Checks of the destinations' `fallback:` lists (router/core/config/): every name exists, none
 names its own destination, and no chain of fallbacks leads back to where it started.
 
 Works on raw config data as well as on models, so these problems are listed beside the

@@ -1,4 +1,4 @@
-"""router/core/config.py: parse_config, load_config, default_config and summary."""
+"""router/core/config/: parse_config, load_config, default_config and summary."""
 
 from __future__ import annotations
 
