@@ -19,7 +19,7 @@ import yaml
 
 from tests.dcmtk import free_ports
 
-ROUTER = [sys.executable, "-m", "router.cli.main"]
+ROUTER = [sys.executable, "-m", "router.cli"]
 
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
