@@ -222,7 +222,8 @@ def test_a_token_file_is_required_when_configured(start_router: RouterFactory,
     code, body = api(router, "/api/destinations/pacs/pause", {},
                      headers={"Authorization": "Bearer wrong"})
     assert code == 403 and body["error"] == "wrong bearer token"
-    assert row(router, "pacs").get("paused") is False
+    # The broker publishes its status once a second: it may not have yet, right after start.
+    assert wait_for(lambda: row(router, "pacs").get("paused") is False)
     done = cli(router, "pause", "pacs")  # reads api.token_file from the config
     assert done.returncode == 0, done.stderr
     assert wait_for(lambda: row(router, "pacs").get("paused") is True)
