@@ -62,7 +62,7 @@ def _send_from(senders: int, files: list[Path], port: int) -> list[Path]:
 def test_storescp_without_fork_gets_everything(
     start_router: RouterFactory, tmp_path: Path, senders: int
 ) -> None:
-    sources = generate_mixed_set(tmp_path / "src", 400, size_bytes=4_000)
+    sources = generate_mixed_set(tmp_path / "src", 300, size_bytes=4_000)
     with StoreSCP(tmp_path / "PACS", "PACS") as pacs:  # no --fork: one association at a time
         router = start_router(_config(dicom_destination(pacs)))
         acknowledged = _send_from(senders, sources, router.port)
@@ -81,7 +81,7 @@ def test_the_learned_limit_is_reported(start_router: RouterFactory, tmp_path: Pa
     """A queue built while the destination was down, then a storescp without --fork: the
     router tries a second association, finds it busy, and settles on one. (One transfer
     syntax, so that no association is released to negotiate a context it lacks.)"""
-    sources = generate_mixed_set(tmp_path / "src", 300, size_bytes=4_000,
+    sources = generate_mixed_set(tmp_path / "src", 200, size_bytes=4_000,
                                  syntaxes=(ExplicitVRLittleEndian,))
     port = free_port()
     # The probe's wait (busy_timeout) is shorter than the first association's idle time, so
@@ -174,7 +174,7 @@ def test_max_associations_pins_the_limit(
 
 
 def test_router_killed_mid_send_to_a_one_association_destination(tmp_path: Path) -> None:
-    sources = generate_mixed_set(tmp_path / "src", 300, size_bytes=4_000)
+    sources = generate_mixed_set(tmp_path / "src", 200, size_bytes=4_000)
     with StoreSCP(tmp_path / "PACS", "PACS") as pacs:
         router = RouterProcess(tmp_path / "r", _config(dicom_destination(pacs))).start()
         try:
