@@ -7,6 +7,8 @@ command -v storescp >/dev/null 2>&1 || needed+=(dcmtk)
 [ -x /usr/sbin/rsyslogd ] || needed+=(rsyslog)
 compgen -G "/usr/lib/*/rsyslog/lmnsd_gtls.so" >/dev/null || needed+=(rsyslog-gnutls)
 command -v openssl >/dev/null 2>&1 || needed+=(openssl)
+# `ss` reads the acceptor's listen backlog (test_acceptor_dos).
+command -v ss >/dev/null 2>&1 || needed+=(iproute2)
 # A real Prometheus scraping the router, and promtool for the alert rules.
 command -v prometheus >/dev/null 2>&1 || needed+=(prometheus)
 # The load balancer in front of two router cells (scale-out test).

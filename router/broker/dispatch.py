@@ -32,7 +32,7 @@ from dataclasses import replace
 
 from router.broker.completion import MAX_BATCH
 from router.broker.concurrency import ASSOCIATION_LOST, Choice
-from router.broker.deliveries import Delivery, Outcome, Retry, WorkerState, backoff
+from router.broker.deliveries import Delivery, Outcome, Retry, backoff
 from router.broker.dispatch_state import DispatchState
 from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES
 from router.core.messages import JobHeader, Result
@@ -157,10 +157,6 @@ class Dispatcher(DispatchState):
             for start in range(0, len(pending), MAX_BATCH):
                 jobs = tuple(pending[start:start + MAX_BATCH])
                 self.queues[destination].append(Delivery(jobs[0], destination, 1, jobs))
-
-    def _pick_worker(self) -> WorkerState | None:
-        best = max(self.workers.values(), key=lambda w: w.credits, default=None)
-        return best if best is not None and best.credits > 0 else None
 
     def dispatch(self, now: float) -> list[tuple[bytes, Delivery]]:
         """Deliveries to send now, round-robin across destinations, within credits and limits."""

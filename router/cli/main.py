@@ -65,25 +65,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
+def _read_secret(what: str) -> str:
+    """From the terminal without echo, or one line of standard input (scripts)."""
+    secret = getpass.getpass(f"{what}: ") if sys.stdin.isatty() else sys.stdin.readline()
+    secret = secret.rstrip("\r\n")
+    if not secret:
+        raise RouterError(f"empty {what}")
+    return secret
+
+
 def cmd_hash_passcode(args: argparse.Namespace) -> int:
     from router.acceptor.access import hash_passcode
 
-    passcode = getpass.getpass("passcode: ") if sys.stdin.isatty() else sys.stdin.readline()
-    passcode = passcode.rstrip("\r\n")
-    if not passcode:
-        raise RouterError("empty passcode")
-    print(hash_passcode(passcode))
+    print(hash_passcode(_read_secret("passcode")))
     return 0
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
     from router.service.console.auth import hash_password
 
-    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline()
-    password = password.rstrip("\r\n")
-    if not password:
-        raise RouterError("empty password")
-    print(hash_password(password))
+    print(hash_password(_read_secret("password")))
     return 0
 
 
