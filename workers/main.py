@@ -31,7 +31,12 @@ from router.core.messages import (
     decode,
     encode,
 )
-from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.process_util import (
+    SignalWakeup,
+    install_stop_handlers,
+    setup_logging,
+    watch_parent,
+)
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.dicom.association_pool import AssociationPool
@@ -137,7 +142,7 @@ class Worker:
                 return
             self.broker.send_multipart(frames)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, wakeup: SignalWakeup | None = None) -> None:
         for thread in self.threads:
             thread.start()
         for relay in self.relay_threads:
@@ -145,10 +150,14 @@ class Worker:
         poller = zmq.Poller()
         poller.register(self.results, zmq.POLLIN)
         poller.register(self.relay_out, zmq.POLLIN)
+        if wakeup is not None:
+            poller.register(wakeup, zmq.POLLIN)
         next_heartbeat = 0.0
         while not stop.is_set():
             poller.register(self.broker, zmq.POLLIN)
             ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
+            if wakeup is not None and wakeup in ready:
+                wakeup.drain()
             if self.results in ready:
                 self._on_results()
             if self.relay_out in ready:
@@ -194,6 +203,7 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
+    wakeup = SignalWakeup()
     watch_parent(stop)
     # Chunked receive: C-GET sub-operations from an upstream land as files on the spool.
     configure_pynetdicom(chunked_send=True, chunked_receive=True)
@@ -201,4 +211,4 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     signal.signal(signal.SIGHUP, _reload)
     worker = Worker(config, runtime, index)
     log.info("worker %d ready with %d delivery threads", index, len(worker.threads))
-    worker.run(stop)
+    worker.run(stop, wakeup)

@@ -48,7 +48,12 @@ from router.core.messages import (
     decode,
     encode,
 )
-from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.process_util import (
+    SignalWakeup,
+    install_stop_handlers,
+    setup_logging,
+    watch_parent,
+)
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.time_window import TimeWindow, parse_clock
@@ -298,15 +303,19 @@ class Broker(Publishing):
             except ProtocolError as exc:
                 log.error("ignored a bad message from %r: %s", identity, exc)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, wakeup: SignalWakeup | None = None) -> None:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        if wakeup is not None:
+            poller.register(wakeup, zmq.POLLIN)
         while not stop.is_set():
             now = time.monotonic()
             due = self.dispatcher.next_due(now)
             timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
             ready = dict(poller.poll(int(timeout * 1000) + 1))
+            if wakeup is not None and wakeup in ready:
+                wakeup.drain()
             now = time.monotonic()
             if self.backend in ready:
                 self._receive(self.backend, now)
@@ -365,6 +374,7 @@ def main(config: RouterConfig, runtime: Runtime) -> None:
     setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
+    wakeup = SignalWakeup()
     watch_parent(stop)
     spool = Spool(config.spool.path).create()
     broker = Broker(config, runtime, spool)
@@ -377,6 +387,6 @@ def main(config: RouterConfig, runtime: Runtime) -> None:
     log.info("broker ready: %d destinations, %d jobs recovered",
              len(config.destinations), len(broker.dispatcher.jobs))
     try:
-        broker.run(stop)
+        broker.run(stop, wakeup)
     finally:
         broker.close()

@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 
 from router.core.log_safety import SafeFormatter, SafeLogFilter, install_thread_hook
+
+# How often a socketserver loop looks for a shutdown request: its shutdown() waits for that
+# look, and the default (0.5 s) added up to seconds per stop across the listeners.
+SERVER_POLL_SECONDS = 0.05
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 
@@ -45,6 +50,34 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class SignalWakeup:
+    """A socket that turns readable when a signal arrives, for a loop blocked in zmq poll.
+
+    A signal the kernel hands to another thread (zmq and pynetdicom start several) reaches the
+    Python handler only when the main thread runs bytecode again; until then a poll with a
+    one-second timeout sleeps on, and a stop took seconds. The C-level handler writes to this
+    socket from whichever thread took the signal, so the poll returns at once.
+    """
+
+    def __init__(self) -> None:
+        self.reader, writer = socket.socketpair()
+        self.reader.setblocking(False)
+        writer.setblocking(False)
+        self._writer = writer  # kept open for the life of the process
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def fileno(self) -> int:
+        return self.reader.fileno()
+
+    def drain(self) -> None:
+        """Empty the socket (a SIGHUP writes to it too); the handlers do the work."""
+        try:
+            while self.reader.recv(256):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def watch_parent(stop: threading.Event, on_orphaned: Callable[[], None] | None = None) -> None:

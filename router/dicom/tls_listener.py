@@ -24,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from router.core import metrics
 from router.core.config import ListenerTLS
+from router.core.process_util import SERVER_POLL_SECONDS
 from router.core.tls import TLSConfigError, failure_reason, server_context
 from router.dicom.guarded_transport import Finished, GuardedRequestHandler, ReadLimits
 from router.dicom.pending import PendingConnections, Ticket
@@ -150,6 +151,7 @@ def start_server(
     server.pending = pending
     server._tickets, server._tickets_lock = {}, threading.Lock()
     ae._servers.append(server)  # so that server.shutdown() finds itself, as pynetdicom expects
-    thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True,
+                              kwargs={"poll_interval": SERVER_POLL_SECONDS})
     thread.start()
     return server

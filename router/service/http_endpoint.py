@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_types import MAX_BODY, App, Request, Response
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class HttpEndpoint:
         MultiProcessCollector(registry, path=multiproc_dir)
         handler = _handler(registry, ready, status, apps or [], request_timeout)
         self.server = Server((host, port), handler, max_connections)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
+                                       kwargs={"poll_interval": SERVER_POLL_SECONDS})
 
     @property
     def port(self) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from router.core.config import ListenerTLS
 from router.core.console_config import ConsoleConfig
+from router.core.process_util import SERVER_POLL_SECONDS
 from router.core.tls import server_context
 from router.service.http_endpoint import AppHandler, Server
 from router.service.http_types import App
@@ -54,6 +55,7 @@ class ConsoleServer:
         self.server.context = tls_context(settings)
         self.scheme = "https" if self.server.context is not None else "http"
         self.thread = threading.Thread(target=self.server.serve_forever, name="console",
+                                       kwargs={"poll_interval": SERVER_POLL_SECONDS},
                                        daemon=True)
 
     def start(self) -> None:
