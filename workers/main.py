@@ -42,6 +42,7 @@ from router.core.spool import Spool
 from router.dicom.association_pool import AssociationPool
 from router.dicom.net import configure_pynetdicom
 from workers.delivery import DeliveryThread, Reloads
+from workers.prepare import SHARED_CODECS
 from workers.relay import ActiveRelays, RelayTask, RelayThread
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class Worker:
             thread.join(timeout=self.config.listen.dimse_timeout)
         for relay in self.relay_threads:
             relay.join(timeout=1.0)  # a relay in progress is the requester's to repeat
+        SHARED_CODECS.close()
         self._on_results()
         self._on_relay_out()
         self.broker.send(encode(Goodbye()))

@@ -28,10 +28,14 @@ from router.core.errors import DeliveryError, RouterError
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
 from router.core.spool import Spool
+from workers.transforms.codec_process import CodecProcess
 
 log = logging.getLogger(__name__)
 
 # Syntaxes tried, in order, for a destination that refused the instance's own and lists none.
+# The worker's codec process, shared by its delivery threads (started on first transcode).
+SHARED_CODECS = CodecProcess()
+
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
 
 
@@ -77,8 +81,9 @@ class Preparer:
     """One per delivery thread; `uid_map` opens the de-identification UID map on first use."""
 
     def __init__(self, config: RouterConfig, spool: Spool,
-                 uid_map: Callable[[], object]) -> None:
+                 uid_map: Callable[[], object], codecs: CodecProcess | None = None) -> None:
         self.config = config
+        self.codecs = codecs if codecs is not None else SHARED_CODECS
         self.rules = {rule.name: rule for rule in config.rules}  # once, not per delivery
         self.spool = spool
         self._uid_map = uid_map
@@ -135,25 +140,16 @@ class Preparer:
         self._advance(prepared, target)
 
     def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:
-        from workers.transforms.transcode import (
-            TranscodeError,
-            choose_target,
-            describe,
-            transcode_file,
-        )
-
         source_ts = prepared.job.transfer_syntax_uid
-        target_ts = choose_target(source_ts, list(accepted))
-        if target_ts is None:
+        target = self._copy_path(prepared)
+        done = self.codecs.transcode(prepared.path, target, source_ts, accepted)
+        if done.target_ts is None:
             raise DeliveryError(
                 "transcode", f"{destination} accepts none of {', '.join(accepted)} and "
-                f"{describe(source_ts)} cannot be converted to one of them", transient=False)
-        target = self._copy_path(prepared)
-        try:
-            transcode_file(prepared.path, target, target_ts)
-        except TranscodeError as exc:
-            raise DeliveryError("transcode", str(exc), transient=False) from exc
-        prepared.changes.append(f"transcoded {describe(source_ts)} -> {describe(target_ts)}")
+                f"{done.source_name} cannot be converted to one of them", transient=False)
+        if done.error:
+            raise DeliveryError("transcode", done.error, transient=False)
+        prepared.changes.append(f"transcoded {done.source_name} -> {done.target_name}")
         self._advance(prepared, target)
 
     @staticmethod

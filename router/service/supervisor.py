@@ -22,6 +22,7 @@ from prometheus_client import multiprocess
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
+from router.core.config import DicomWebDestination as DicomWebConfig
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
 from router.core.reload import plan as reload_plan
@@ -44,9 +45,18 @@ MAX_RESTART_DELAY = 30.0
 
 
 # pydicom imports its pixel-data handlers when it is imported, and they load numpy, GDCM and
-# Pillow (about 40 MB) if installed. The acceptor never touches pixel data: it runs with
-# them hidden (an import of one raises ImportError, which pydicom takes as "not installed").
+# Pillow (about 40 MB) if installed. The acceptor never touches pixel data, the workers only
+# in their codec process: they run with them hidden (an import of one raises ImportError,
+# which pydicom takes as "not installed").
 PIXEL_CODECS = ("numpy", "gdcm", "PIL")
+
+
+def worker_hidden_modules(config: RouterConfig) -> tuple[str, ...]:
+    """What a worker runs without: the pixel codecs, unless a DICOMweb destination needs them
+    (dicomweb_client imports numpy and Pillow)."""
+    if any(isinstance(spec, DicomWebConfig) for spec in config.destinations.values()):
+        return ()
+    return PIXEL_CODECS
 
 
 def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
@@ -100,8 +110,10 @@ class Supervisor:
         # Order matters: the broker first (others connect to it), the acceptor last.
         self.children = [
             Child("broker", "router.broker.main:main", (config, runtime)),
-            *[Child(f"worker-{i}", "workers.main:main", (config, runtime, i))
-              for i in range(config.workers)],
+            # Workers transcode in a codec process of their own (workers/transforms/
+            # codec_process.py), so they too run without the pixel codecs.
+            *[Child(f"worker-{i}", "workers.main:main", (config, runtime, i),
+                    without=worker_hidden_modules(config)) for i in range(config.workers)],
             Child("acceptor", "router.acceptor.main:main", (config, runtime, self.acceptor_state),
                   without=PIXEL_CODECS),
         ]
@@ -314,13 +326,17 @@ class Supervisor:
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
         self.config = new
+        restart_workers = steps.pipeline
         for child in self.children:
             child.args = (new, *child.args[1:])  # a later restart starts with the new config
+            if child.name.startswith("worker-") and child.without != worker_hidden_modules(new):
+                child.without = worker_hidden_modules(new)  # a DICOMweb destination came or went
+                restart_workers = True
         # Broker, then workers, then acceptor: no job is routed to a destination the broker
         # and the workers do not know yet.
         self._hup_children("broker")
         self._await_broker_generation()
-        if steps.pipeline:
+        if restart_workers:
             self._restart_workers()  # they start with the new config and fresh TLS material
             self._hup_children("acceptor")
         else:

@@ -2,9 +2,11 @@
 
 `dicom-router` is the parent of every process (spawn re-imports it in each child), so a heavy
 import in the command line is paid once per process: pydicom, pynetdicom, numpy and GDCM are
-~60 MB. The supervisor and the broker need none of them; the acceptor needs pydicom and
-pynetdicom but no pixel codecs. Checked two ways: the modules a fresh interpreter holds after
-the same imports a spawned child makes, and the shared libraries the running processes mapped.
+~60 MB. The supervisor and the broker need none of them; the acceptor and the workers need
+pydicom and pynetdicom but no pixel codecs (a worker transcodes in a codec process of its
+own, started when first needed: tests/integration/test_transforms.py). Checked two ways: the
+modules a fresh interpreter holds after the same imports a spawned child makes, and the shared
+libraries the running processes mapped.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.dcmtk import LOCALHOST, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.conftest import RouterFactory
+from tests.integration.router_process import wait_for
 
 pytestmark = pytest.mark.integration
 
 DICOM = ("pydicom", "pynetdicom")
 CODECS = ("numpy", "gdcm", "PIL")
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _loaded_after(*modules: str) -> set[str]:
@@ -56,9 +62,16 @@ def test_running_processes_map_codecs_only_where_needed(
                            "rules": [{"name": "all", "forward": ["archive"]}]})
     numpy_lib, gdcm_lib = "_multiarray_umath", "_gdcmswig"
     assert router.process is not None
-    for name, pid in [("supervisor", router.process.pid), ("broker", router.child_pid("broker")),
-                      ("acceptor", router.child_pid("acceptor"))]:
+    processes = [("supervisor", router.process.pid), ("broker", router.child_pid("broker")),
+                 ("acceptor", router.child_pid("acceptor")),
+                 ("worker-0", router.child_pid("worker-0"))]
+    for name, pid in processes:
         maps = _mapped_libraries(pid)
         assert numpy_lib not in maps and gdcm_lib not in maps, f"{name} maps a pixel codec"
-    # The workers transcode: they may load them (this is what the others are spared).
-    assert Path(f"/proc/{router.child_pid('worker-0')}/maps").exists()
+    # ...and they work so: an instance goes through, with the same worker processes.
+    source = write_instance(tmp_path / "in", sop_class=CT_IMAGE,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    assert run_storescu([source], LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
+    assert wait_for(lambda: len(list((tmp_path / "archive").rglob("*.dcm"))) == 1)
+    assert [router.child_pid(name) for name, _ in processes[1:]] == \
+        [pid for _, pid in processes[1:]]

@@ -12,7 +12,6 @@ from router.core.config import RouterConfig
 from router.core.messages import JobHeader
 from router.dicom.association_pool import AssociationPool
 from router.dicom.store_sender import DicomDestination
-from workers.destinations.dicomweb import DicomWebDestination
 from workers.destinations.folder import FolderDestination
 
 
@@ -33,5 +32,9 @@ def build_destination(name: str, config: RouterConfig,
     if isinstance(spec, FolderConfig):
         return FolderDestination(name, spec)
     if isinstance(spec, DicomWebConfig):
+        # Imported here: dicomweb_client loads numpy and Pillow, which a worker without a
+        # DICOMweb destination runs without (router/service/supervisor.py, PIXEL_CODECS).
+        from workers.destinations.dicomweb import DicomWebDestination
+
         return DicomWebDestination(name, spec)
     raise TypeError(f"unsupported destination type for {name!r}")  # pragma: no cover
