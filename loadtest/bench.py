@@ -20,6 +20,8 @@ from typing import Any
 
 from loadtest import report
 from loadtest.data import SIZES, DataSet, dataset
+from loadtest.disk import durable_bandwidth
+from loadtest.idle import idle_rss
 from loadtest.peers import SenderRun, TlsFiles, file_meta_length, make_tls, send, wait_delivered
 from loadtest.procwatch import ProcessWatch
 from loadtest.targets import BASELINE, CASES, CaseEnv, Unavailable, delivered, scrape
@@ -109,6 +111,7 @@ def _measure(result: dict[str, Any], data: DataSet, run: SenderRun, done: float 
     if watch is not None:
         cpu = watch.cpu_seconds() - cpu0
         result.update(cpu_s=round(cpu, 2), cpu_s_per_gb=cpu / (data.total_bytes / 1e9),
+                      cpu_ms_per_inst=round(cpu * 1000 / count, 3),
                       peak_rss_mb=watch.peak_rss / 1e6, peak_pss_mb=watch.peak_pss / 1e6)
 
 
@@ -134,17 +137,21 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def _add_ratios(results: list[dict[str, Any]]) -> None:
+def _add_ratios(results: list[dict[str, Any]], disk: dict[str, dict[str, Any]]) -> None:
     rates = {(r["case"], r["size"], r["senders"], r["transport"]): r["inst_per_s"]
              for r in results if r["status"] == "ok"}
     for r in results:
+        durable = disk.get(r["size"], {}).get("inst_per_s")
+        if r["status"] == "ok" and durable:
+            r["ratio_disk"] = r["inst_per_s"] / durable
         baseline = BASELINE.get(r["case"], "direct")
         base = rates.get((baseline, r["size"], r["senders"], r["transport"]))
         if r["status"] == "ok" and base:
             r["ratio_direct"] = r["inst_per_s"] / base
 
 
-def run_matrix(args: argparse.Namespace, counts: dict[str, int]) -> list[dict[str, Any]]:
+def run_matrix(args: argparse.Namespace, counts: dict[str, int],
+               disk: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     work = args.work_dir
     tls = make_tls(work / "tls") if "tls" in args.transports else None
     datasets = {s: dataset(work / "data", SIZES[s], counts[s][0], mixed=args.mixed)
@@ -179,7 +186,7 @@ def run_matrix(args: argparse.Namespace, counts: dict[str, int]) -> list[dict[st
                 _progress(done, total, result)
     for key in runs:
         results.append(_median_run(runs[key]))
-    _add_ratios(results)
+    _add_ratios(results, disk)
     return results
 
 
@@ -214,6 +221,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("loadtest/results"))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
                         help="data cache and scratch space (several GB with 50m)")
+    parser.add_argument("--no-idle", action="store_true",
+                        help="skip the idle memory measurement of the default config")
     parser.add_argument("--soak", type=float, metavar="MINUTES",
                         help="soak mode: a fixed rate for MINUTES against the router")
     parser.add_argument("--rate", type=float, default=20.0,
@@ -255,7 +264,17 @@ def main(argv: list[str] | None = None) -> int:
             counts[name] = (int(direct), int(relayed or direct))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.monotonic()
-    results = run_matrix(args, counts)
+    # The spool's filesystem (the work dir): fsync'd writes of each size, what durable
+    # store-and-forward cannot beat; and the default config's idle memory.
+    disk = durable_bandwidth(args.work_dir / "disk", {s: SIZES[s].bytes for s in args.sizes})
+    print("durable write bandwidth of the spool disk: " + ", ".join(
+        f"{s} {d['inst_per_s']:.0f}/s ({d['mb_per_s']:.0f} MB/s)" for s, d in disk.items()),
+        flush=True)
+    idle = None if args.no_idle else idle_rss(args.work_dir / "idle")
+    if idle is not None:
+        print(f"idle RSS of the default config: {idle['total_mb']:.0f} MB "
+              f"({', '.join(f'{k} {v:.0f}' for k, v in idle['processes'].items())})", flush=True)
+    results = run_matrix(args, counts, disk)
     doc = {
         "started": started,
         "duration_s": round(time.monotonic() - t0, 1),
@@ -268,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             "mixed": args.mixed, "repeat": args.repeat, "quick": args.quick,
         },
         "cases": {k: CASES[k][0] for k in args.cases},
+        "disk": disk,
+        "idle": idle,
         "results": results,
-        "targets": {**{c: report.targets(results, c) for c in ("router", "router-tuned")},
+        "targets": {**{c: report.targets(results, c, idle) for c in ("router", "router-tuned")},
                     "router-1assoc": report.single_association_targets(results)},
     }
     folder = report.write(doc, args.out)
