@@ -20,6 +20,7 @@ from router.broker.control import OperatorControl
 from router.broker.deliveries import DeadLetter, DestinationPolicy, Outcome, Retry, Settled
 from router.broker.dispatch import Dispatcher
 from router.broker.publish import Publishing
+from router.broker.reaper import SpoolReaper
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
@@ -66,6 +67,7 @@ HEARTBEAT_SECONDS = 1.0
 class Broker(Publishing):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
+        self.reaper = SpoolReaper(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
                                      config.queue.max_bytes, holds=_holds(config))
@@ -184,7 +186,7 @@ class Broker(Publishing):
             if isinstance(outcome, Settled):
                 if outcome.job.job_id in keep:
                     continue
-                self.spool.remove(outcome.job)
+                self.reaper.remove(outcome.job)
             elif isinstance(outcome, Retry):
                 d = outcome.delivery
                 metrics.RETRIES.labels(d.destination, outcome.reason).inc()
@@ -325,6 +327,7 @@ class Broker(Publishing):
             self._housekeeping(now)
 
     def close(self) -> None:
+        self.reaper.close()
         self.frontend.close()
         self.backend.close()
         self.context.term()
