@@ -164,9 +164,9 @@ class StoreHandler:
         try:
             self.spool.commit(job, received)
         except OSError as exc:
+            self.spool.discard(job)  # not durable (a failed group sync): keep nothing of it
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self.spool.discard(job)
             raise OutOfResources("spool disk full; retry later") from exc
         self.admission.note_received(size)
         try:
