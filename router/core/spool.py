@@ -193,8 +193,15 @@ class Spool:
                 frame(json.dumps(live[job_id].to_dict(), separators=(",", ":")).encode())
                 for job_id in sorted(live))
             name = f"{os.getpid()}-{secrets.token_hex(4)}-compacted.log"
-            write_atomically(self.journal / name, data)
-            fsync_path(self.journal, directory=True)
+            try:
+                write_atomically(self.journal / name, data)
+                fsync_path(self.journal, directory=True)
+            except OSError as exc:  # e.g. a full disk: the old segments still say it all
+                log.warning("spool: journal not compacted (%s); its %d segments are kept",
+                            exc, len(old))
+                for tmp in self.journal.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                return
         for path in old:
             path.unlink(missing_ok=True)
 

@@ -396,3 +396,22 @@ def test_concurrent_commits_cost_one_fsync_each_plus_shared_syncs(
     assert synced["journal"] == syncs
     assert synced["directory"] == syncs + 1  # jobs/ per batch, journal/ for its new segment
     print(f"\nGROUP COMMIT {count} concurrent commits: {synced}, {syncs} shared syncs")
+
+
+def test_compaction_on_a_full_disk_keeps_the_old_segments(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = [make_header(OLD), make_header(MID)]
+    for header in headers:
+        commit(spool, header)
+    before = segments(spool.journal)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("router.core.spool.write_atomically", full)
+
+    assert spool.remove_orphans() == 0
+
+    assert segments(spool.journal) == before
+    assert [r.header for r in spool.recover()] == headers
