@@ -415,3 +415,49 @@ def test_compaction_on_a_full_disk_keeps_the_old_segments(
 
     assert segments(spool.journal) == before
     assert [r.header for r in spool.recover()] == headers
+
+
+class Crash(BaseException):
+    """The process stops here: files stay as the steps before left them."""
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace", "write", "fdatasync", "fdatasync-lost"])
+def test_a_crash_at_any_step_of_a_commit_leaves_the_job_whole_or_gone(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A commit interrupted at each of its steps (never acknowledged), then the start-up
+    clean-up and recovery: the job is recovered whole or leaves no trace. 'fdatasync-lost'
+    also drops the journal bytes the interrupted sync had not made durable."""
+    acked = make_header(OLD)
+    commit(spool, acked, b"acknowledged")  # an earlier commit that returned
+    (segment,) = segments(spool.journal)
+    synced_size = segment.stat().st_size
+    name = step.split("-")[0]
+    real = getattr(os, name)
+
+    def crash(*args: object) -> object:
+        raise Crash(step)
+
+    monkeypatch.setattr(os, name, crash)
+    header = make_header(MID)
+    with pytest.raises((Crash, OSError)):  # the leader converts a crash in its sync
+        commit(spool, header, b"interrupted")
+    monkeypatch.setattr(os, name, real)
+    if step == "fdatasync-lost":
+        with segment.open("r+b") as fh:
+            fh.truncate(synced_size)
+
+    spool.clear_incoming()
+    spool.remove_orphans()
+    recovered = {r.header.job_id: r.header for r in spool.recover()}
+
+    assert recovered[OLD] == acked
+    assert spool.instance_path(OLD).read_bytes() == b"acknowledged"
+    if MID in recovered:
+        assert recovered[MID] == header
+        assert spool.instance_path(MID).read_bytes() == b"interrupted"
+    else:
+        assert names(spool.jobs) == {f"{OLD}.dcm"}
+        assert journal_records(spool) == [OLD]
+    assert names(spool.incoming) == set()
+    assert (MID in recovered) == (step == "fdatasync")
