@@ -461,3 +461,45 @@ def test_a_crash_at_any_step_of_a_commit_leaves_the_job_whole_or_gone(
         assert journal_records(spool) == [OLD]
     assert names(spool.incoming) == set()
     assert (MID in recovered) == (step == "fdatasync")
+
+
+def test_concurrent_commits_across_segment_rotations_keep_every_job(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotation and trimming while other threads append and sync: no record lost, no fd
+    closed under a sync, segments of finished jobs deleted."""
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 3)
+    errors: list[BaseException] = []
+    kept: list[JobHeader] = []
+    lock = threading.Lock()
+
+    def sender(n: int) -> None:
+        try:
+            for i in range(25):
+                header = make_header(f"{i:08x}{n:08x}00000000")
+                commit(spool, header)
+                if i % 2:
+                    spool.remove(header)  # delivered while others still commit
+                else:
+                    with lock:
+                        kept.append(header)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert [r.header for r in spool.recover()] == sorted(kept, key=lambda h: h.job_id)
+    assert {h.job_id for h in kept} <= set(journal_records(spool))
+    for header in kept:
+        spool.remove(header)
+    later = [make_header(f"{i:016x}ffffffff") for i in range(1, 5)]
+    for header in later:
+        commit(spool, header)  # rotates, and trims every segment of finished jobs
+
+    assert len(segments(spool.journal)) <= 3
+    assert [r.header for r in spool.recover()] == later
