@@ -76,6 +76,7 @@ class Segment:
     fd: int | None
     job_ids: list[str] = field(default_factory=list)
     broken: bool = False  # a write or sync failed: what it holds is no longer certain
+    finished: int = 0  # job_ids[:finished] are over (a job id never comes back)
 
 
 class Journal:
@@ -162,7 +163,12 @@ class Journal:
             if segment.fd is not None:
                 os.close(segment.fd)
                 segment.fd = None
-            if any(self.is_live(job_id) for job_id in segment.job_ids):
+            # Stops at the first job still queued, and resumes there next time: each record
+            # is found finished once, however long a queue keeps a segment.
+            while segment.finished < len(segment.job_ids) \
+                    and not self.is_live(segment.job_ids[segment.finished]):
+                segment.finished += 1
+            if segment.finished < len(segment.job_ids):
                 kept.append(segment)
             else:
                 segment.path.unlink(missing_ok=True)
