@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class StoreHandler:
         self.broker = broker
         self.admission = admission
         self.audit = audit
+        self._syncs_counted = 0
+        self._syncs_lock = threading.Lock()
         self.set_rules(rules, max_dataset_bytes)
 
     def set_rules(self, rules: RuleSet, max_dataset_bytes: int | None) -> None:
@@ -164,10 +167,11 @@ class StoreHandler:
         try:
             self.spool.commit(job, received)
         except OSError as exc:
+            self.spool.discard(job)  # not durable (a failed group sync): keep nothing of it
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self.spool.discard(job)
             raise OutOfResources("spool disk full; retry later") from exc
+        self._count_syncs()
         self.admission.note_received(size)
         try:
             self.broker.submit(job)
@@ -181,6 +185,14 @@ class StoreHandler:
         log.debug("C-STORE accepted as job %s: %d bytes for %s", job.job_id, size,
                   ", ".join(job.destinations))
         return Status.SUCCESS, "accepted"
+
+    def _count_syncs(self) -> None:
+        """Bring the group-sync counter up to the spool's own count (any thread may lead)."""
+        synced = self.spool.commit_counts()[1]
+        with self._syncs_lock:
+            if synced > self._syncs_counted:
+                metrics.SPOOL_GROUP_SYNCS.inc(synced - self._syncs_counted)
+                self._syncs_counted = synced
 
     def _tags(self, path: Path) -> dict[str, str]:
         try:

@@ -153,6 +153,11 @@ RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
+SPOOL_GROUP_SYNCS = Counter(
+    f"{PREFIX}_spool_group_syncs_total",
+    "Shared syncs of the acceptor's group commit (journal segment and jobs folder), each "
+    "covering every commit waiting at that moment.",
+)
 # Info metrics do not work in multiprocess mode: the usual gauge set to 1 stands in.
 BUILD_INFO = Gauge(f"{PREFIX}_build_info", "Router version (always 1).", ["version"],
                    multiprocess_mode="max")

@@ -3,9 +3,14 @@
 Layout under the spool root:
   incoming/              chunked-receive temp files (TMPDIR of the acceptor); wiped at start,
                          because nothing in it was acknowledged to a sender
-  jobs/<id>.json         the job header, written (fsync'd) before the instance is moved in
   jobs/<id>.dcm          the instance exactly as received (Part 10, file meta added); its
-                         presence is what makes a job real, so it is renamed in last
+                         presence is what makes a job real
+  journal/*.log          the headers of the jobs the acceptor committed, appended and synced
+                         in groups (router/core/journal.py); the crash argument is in the
+                         README, "The spool"
+  jobs/<id>.json         a job's header once it no longer comes from the journal: rewritten
+                         (drain-to, fallback), replayed, or compacted at start; wins over the
+                         journal's record
   jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
   control/state.json     destinations an operator paused (router/broker/control.py)
@@ -21,6 +26,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from router.core.errors import ProtocolError
+from router.core.group_commit import GroupCommit
+from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
 
 log = logging.getLogger(__name__)
@@ -71,10 +79,15 @@ class Spool:
         self.dead_letters = self.root / "dead-letters"
         self.replay = self.root / "replay"
         self.relay = self.root / "relay"
+        self.journal = self.root / "journal"
         self.ledger_path = self.root / "ledger.sqlite"
+        self._committer: GroupCommit[tuple[list[Segment], bool]] | None = None
+        self._journal_writer: Journal | None = None
+        self._committer_lock = threading.Lock()
 
     def create(self) -> Spool:
-        for folder in (self.incoming, self.jobs, self.dead_letters, self.replay, self.relay):
+        for folder in (self.incoming, self.jobs, self.journal, self.dead_letters, self.replay,
+                       self.relay):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -88,14 +101,38 @@ class Spool:
         return self.jobs / f"{job_id}.{destination}.done"
 
     def commit(self, header: JobHeader, received: Path) -> Path:
-        """Take ownership of a fully received file: durable once this returns."""
+        """Take ownership of a fully received file: durable once this returns.
+
+        One fsync of its own (the instance's bytes, before its name can be durable); its
+        header is appended to the journal, and one group sync (the journal segment and the
+        jobs folder) covers every commit waiting at that moment."""
         fsync_path(received)
-        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
-        write_atomically(self._header_path(header.job_id), payload)
         target = self.instance_path(header.job_id)
         os.replace(received, target)  # same filesystem: incoming/ is in the spool
-        fsync_path(self.jobs, directory=True)
+        payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
+        journal, committer = self._group()
+        committer.commit(lambda: journal.append(header.job_id, payload))
         return target
+
+    def commit_counts(self) -> tuple[int, int]:
+        """(commits made durable, shared syncs that did it) in this process so far."""
+        committer = self._committer
+        return (committer.commits, committer.syncs) if committer is not None else (0, 0)
+
+    def _group(self) -> tuple[Journal, GroupCommit[tuple[list[Segment], bool]]]:
+        with self._committer_lock:
+            if self._committer is None:
+                journal = Journal(self.journal, lambda job_id: self.instance_path(job_id).exists(),
+                                  SEGMENT_RECORDS)
+
+                def sync(batch: tuple[list[Segment], bool]) -> None:
+                    journal.sync(batch)
+                    fsync_path(self.jobs, directory=True)  # the batch's renames
+
+                self._journal_writer = journal
+                self._committer = GroupCommit(journal.close, sync)
+            assert self._journal_writer is not None
+            return self._journal_writer, self._committer
 
     def rewrite_header(self, header: JobHeader) -> None:
         """Replace a queued job's header (its destinations changed: drain-to, fallback).
@@ -125,22 +162,48 @@ class Spool:
         self.remove(header)
 
     def remove_orphans(self) -> int:
-        """Delete the leftovers of commits a crash interrupted. Only while no acceptor runs."""
+        """Delete the leftovers of commits a crash interrupted, and compact the journal into
+        one segment holding the jobs still queued. Only while no acceptor runs."""
         count = 0
-        headers = {p.stem for p in self.jobs.glob("*.json")}
         instances = {p.stem for p in self.jobs.glob("*.dcm")}
+        headers = {p.stem for p in self.jobs.glob("*.json") if not p.stem.startswith(".")}
+        journaled = self._journal_headers(instances - headers)
+        self._compact_journal(journaled)
         for job_id in headers - instances:
             (self.jobs / f"{job_id}.json").unlink(missing_ok=True)
             count += 1
-        for job_id in instances - headers:
-            (self.jobs / f"{job_id}.dcm").unlink(missing_ok=True)
+        for job_id in instances - headers - journaled.keys():
+            (self.jobs / f"{job_id}.dcm").unlink(missing_ok=True)  # never acknowledged
             count += 1
-        for tmp in self.jobs.glob(".*.tmp"):
+        for tmp in [*self.jobs.glob(".*.tmp"), *self.journal.glob(".*.tmp")]:
             tmp.unlink(missing_ok=True)
         for marker in self.jobs.glob("*.done"):
             if marker.name.split(".", 1)[0] not in instances:
                 marker.unlink(missing_ok=True)  # a crash inside remove()
         return count
+
+    def _compact_journal(self, live: dict[str, JobHeader]) -> None:
+        """Replace every segment by one with just the `live` records. The new one is durable
+        before an old one goes; a crash in between leaves duplicates, which are identical."""
+        old = segments(self.journal)
+        if not old:
+            return
+        if live:
+            data = b"".join(
+                frame(json.dumps(live[job_id].to_dict(), separators=(",", ":")).encode())
+                for job_id in sorted(live))
+            name = f"{os.getpid()}-{secrets.token_hex(4)}-compacted.log"
+            try:
+                write_atomically(self.journal / name, data)
+                fsync_path(self.journal, directory=True)
+            except OSError as exc:  # e.g. a full disk: the old segments still say it all
+                log.warning("spool: journal not compacted (%s); its %d segments are kept",
+                            exc, len(old))
+                for tmp in self.journal.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                return
+        for path in old:
+            path.unlink(missing_ok=True)
 
     def clear_incoming(self) -> int:
         """Delete half-received files left by a crash; their senders never got Success (and
@@ -155,21 +218,37 @@ class Spool:
     def recover(self) -> Iterator[RecoveredJob]:
         """Every committed job with the destinations it already reached, oldest first."""
         instances = {p.stem for p in self.jobs.glob("*.dcm")}
-        for header_path in sorted(self.jobs.glob("*.json")):
+        headers = self._journal_headers(instances)
+        for header_path in self.jobs.glob("*.json"):
             job_id = header_path.stem
-            if job_id.startswith("."):
-                continue
-            if job_id not in instances:
+            if job_id.startswith(".") or job_id not in instances:
                 continue  # a commit in progress (or interrupted: remove_orphans cleans it)
             try:
-                header = JobHeader.from_dict(json.loads(header_path.read_bytes()))
+                headers[job_id] = JobHeader.from_dict(json.loads(header_path.read_bytes()))
             except (ValueError, ProtocolError) as exc:
                 log.error("spool: job %s has an unreadable header (%s); left in place", job_id, exc)
-                continue
+                headers.pop(job_id, None)
+        for job_id in sorted(headers):
+            header = headers[job_id]
             done = frozenset(
                 d for d in header.destinations if self._marker_path(job_id, d).exists()
             )
             yield RecoveredJob(header, done)
+
+    def _journal_headers(self, instances: set[str]) -> dict[str, JobHeader]:
+        """The journal's header of every job in `instances` that has one."""
+        found: dict[str, JobHeader] = {}
+        for path in segments(self.journal):
+            for record in read_records(path):
+                job_id = record.get("job_id")
+                if job_id not in instances or job_id in found:
+                    continue
+                try:
+                    found[job_id] = JobHeader.from_dict(record)
+                except (ValueError, ProtocolError) as exc:
+                    log.error("spool: journal %s holds an unusable header for job %s (%s)",
+                              path.name, job_id, exc)
+        return found
 
     def stage_replay(self, header: JobHeader, instance: Path) -> None:
         """Put a job in the replay inbox; the broker moves it into jobs/ and queues it."""

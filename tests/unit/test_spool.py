@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
+import threading
 from pathlib import Path
 
 import pytest
 
+from router.core.journal import read_records, segments
 from router.core.messages import JobHeader
 from router.core.spool import RecoveredJob, Spool, new_job_id, write_atomically
 
@@ -57,8 +61,9 @@ def test_commit_moves_the_file_into_jobs_with_a_header(spool: Spool) -> None:
     assert target.read_bytes() == b"instance"
     assert not received.exists()
     assert names(spool.incoming) == set()
-    assert names(spool.jobs) == {f"{OLD}.dcm", f"{OLD}.json"}
-    stored = json.loads((spool.jobs / f"{OLD}.json").read_text())
+    assert names(spool.jobs) == {f"{OLD}.dcm"}  # the header is in the journal
+    (segment,) = segments(spool.journal)
+    (stored,) = read_records(segment)
     assert stored == header.to_dict()
     assert JobHeader.from_dict(stored) == header
 
@@ -97,7 +102,8 @@ def test_recover_ignores_markers_of_destinations_the_job_does_not_have(spool: Sp
 
 def test_header_without_instance_is_skipped_then_removed_as_orphan(spool: Spool) -> None:
     commit(spool, make_header(OLD))
-    spool.instance_path(OLD).unlink()  # a commit interrupted before the rename
+    spool.rewrite_header(make_header(OLD, ("archive",)))
+    spool.instance_path(OLD).unlink()  # a crash inside remove()
     commit(spool, make_header(MID))
 
     assert [r.header.job_id for r in spool.recover()] == [MID]
@@ -105,20 +111,33 @@ def test_header_without_instance_is_skipped_then_removed_as_orphan(spool: Spool)
 
     assert spool.remove_orphans() == 1
 
-    assert names(spool.jobs) == {f"{MID}.dcm", f"{MID}.json"}
+    assert names(spool.jobs) == {f"{MID}.dcm"}
+    assert [r.header.job_id for r in spool.recover()] == [MID]
+
+
+def test_journal_record_without_instance_is_skipped_and_compacted_away(spool: Spool) -> None:
+    commit(spool, make_header(OLD))
+    spool.instance_path(OLD).unlink()  # a commit never acknowledged, or a job removed
+    commit(spool, make_header(MID))
+
+    assert [r.header.job_id for r in spool.recover()] == [MID]
+    assert spool.remove_orphans() == 0
+
+    records = [r for path in segments(spool.journal) for r in read_records(path)]
+    assert [r["job_id"] for r in records] == [MID]
     assert [r.header.job_id for r in spool.recover()] == [MID]
 
 
 def test_instance_without_header_is_removed_as_orphan(spool: Spool) -> None:
-    commit(spool, make_header(OLD))
-    (spool.jobs / f"{OLD}.json").unlink()
+    (spool.jobs / f"{OLD}.dcm").write_bytes(b"renamed in, never journaled")
     (spool.jobs / f"{NEW}.dcm").write_bytes(b"stray")
     commit(spool, make_header(MID))
 
     assert [r.header.job_id for r in spool.recover()] == [MID]
     assert spool.remove_orphans() == 2
 
-    assert names(spool.jobs) == {f"{MID}.dcm", f"{MID}.json"}
+    assert names(spool.jobs) == {f"{MID}.dcm"}
+    assert [r.header.job_id for r in spool.recover()] == [MID]
 
 
 def test_remove_orphans_deletes_temp_files_and_keeps_complete_jobs(spool: Spool) -> None:
@@ -128,7 +147,8 @@ def test_remove_orphans_deletes_temp_files_and_keeps_complete_jobs(spool: Spool)
 
     assert spool.remove_orphans() == 0
 
-    assert names(spool.jobs) == {f"{OLD}.dcm", f"{OLD}.json", f"{OLD}.pacs.done"}
+    assert names(spool.jobs) == {f"{OLD}.dcm", f"{OLD}.pacs.done"}
+    assert [r.header.job_id for r in spool.recover()] == [OLD]
 
 
 def test_recover_skips_an_unreadable_header(spool: Spool) -> None:
@@ -151,7 +171,7 @@ def test_remove_deletes_instance_header_and_markers(spool: Spool) -> None:
 
     spool.remove(header)
 
-    assert names(spool.jobs) == {f"{MID}.dcm", f"{MID}.json", f"{MID}.pacs.done"}
+    assert names(spool.jobs) == {f"{MID}.dcm", f"{MID}.pacs.done"}
     assert list(spool.recover()) == [RecoveredJob(other, frozenset({"pacs"}))]
 
 
@@ -183,7 +203,7 @@ def test_clear_incoming_empties_incoming(spool: Spool) -> None:
     assert spool.clear_incoming() == 3
 
     assert names(spool.incoming) == set()
-    assert names(spool.jobs) == {f"{OLD}.dcm", f"{OLD}.json"}  # jobs are untouched
+    assert names(spool.jobs) == {f"{OLD}.dcm"}  # jobs are untouched
     assert spool.clear_incoming() == 0
 
 
@@ -236,3 +256,250 @@ def test_new_job_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == 50
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
     assert [i[:16] for i in ids] == sorted(i[:16] for i in ids)
+
+
+# --- group commit through the journal: what a crash can leave, and what it costs -----------
+
+
+def journal_records(spool: Spool) -> list[str]:
+    return [r["job_id"] for path in segments(spool.journal) for r in read_records(path)]
+
+
+@pytest.mark.parametrize("tail", [b"", b"\xffJR1\x40\x00", b"\x00" * 4096, b"\xffJR1garbage"])
+def test_a_torn_journal_tail_loses_only_the_unsynced_record(spool: Spool, tail: bytes) -> None:
+    commit(spool, make_header(OLD))
+    commit(spool, make_header(MID))
+    (segment,) = segments(spool.journal)
+    whole = segment.read_bytes()
+    # NEW's record was being appended when the machine died: only part of it reached the
+    # disk (its commit never returned, so its sender was never told Success).
+    commit(spool, make_header(NEW))
+    record = segment.read_bytes()[len(whole):]
+    segment.write_bytes(whole + record[: len(record) // 2] + tail)
+
+    assert [r.header.job_id for r in spool.recover()] == [OLD, MID]
+    assert spool.remove_orphans() == 1  # NEW's instance: never acknowledged
+
+    assert names(spool.jobs) == {f"{OLD}.dcm", f"{MID}.dcm"}
+    assert [r.header.job_id for r in spool.recover()] == [OLD, MID]
+
+
+def test_a_rewritten_header_wins_over_the_journal(spool: Spool) -> None:
+    commit(spool, make_header(OLD, ("pacs",)))
+    drained = make_header(OLD, ("archive",))
+
+    spool.rewrite_header(drained)
+
+    assert [r.header for r in spool.recover()] == [drained]
+    spool.remove_orphans()  # compaction keeps the journal out of it
+    assert [r.header for r in spool.recover()] == [drained]
+
+
+def test_compaction_keeps_every_queued_job_and_is_safe_to_repeat(spool: Spool) -> None:
+    headers = [make_header(f"{i:016x}aaaaaaaa", ("pacs",)) for i in range(1, 7)]
+    for header in headers:
+        commit(spool, header)
+    for header in headers[::2]:
+        spool.remove(header)  # delivered
+
+    spool.remove_orphans()
+    spool.remove_orphans()
+
+    assert [r.header for r in spool.recover()] == headers[1::2]
+    assert journal_records(spool) == [h.job_id for h in headers[1::2]]
+    assert len(segments(spool.journal)) == 1
+
+
+def test_closed_segments_go_once_their_jobs_are_gone(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 2)
+    headers = [make_header(f"{i:016x}aaaaaaaa") for i in range(1, 8)]
+    for header in headers[:4]:
+        commit(spool, header)  # two full segments
+    spool.remove(headers[0])
+    spool.remove(headers[1])  # the first segment's jobs are over; the second's are queued
+    for header in headers[4:]:
+        commit(spool, header)  # rotations trim
+
+    assert journal_records(spool) == [h.job_id for h in headers[2:]]
+    assert [r.header for r in spool.recover()] == headers[2:]
+
+
+def test_a_failed_journal_sync_fails_the_commit_and_the_next_starts_a_new_segment(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit(spool, make_header(OLD))
+    real = os.fdatasync
+    calls = []
+
+    def failing(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+
+    with pytest.raises(OSError) as caught:
+        commit(spool, make_header(MID))
+    assert caught.value.errno == errno.EIO
+    spool.discard(make_header(MID))  # what the acceptor does with a failed commit
+    commit(spool, make_header(NEW))
+
+    assert len(segments(spool.journal)) == 2  # the failed one is never appended to again
+    assert [r.header.job_id for r in spool.recover()] == [OLD, NEW]
+
+
+def test_concurrent_commits_cost_one_fsync_each_plus_shared_syncs(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figure the README quotes: N commits in flight together, N instance fsyncs and a
+    couple of shared syncs. The first journal sync is held until every other commit has
+    appended its record, so the grouping is certain, not a matter of timing."""
+    count = 32
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    synced = {"instance": 0, "directory": 0, "journal": 0}
+    everyone_appended = threading.Event()
+
+    def fsync(fd: int) -> None:
+        synced["directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "instance"] += 1
+        real_fsync(fd)
+
+    def fdatasync(fd: int) -> None:
+        synced["journal"] += 1
+        if synced["journal"] == 1:
+            assert everyone_appended.wait(30)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    headers = [make_header(f"{i:016x}aaaaaaaa") for i in range(1, count + 1)]
+    threads = [threading.Thread(target=commit, args=(spool, h)) for h in headers]
+    for thread in threads:
+        thread.start()
+    for _ in range(3000):
+        writer = spool._journal_writer
+        current = writer._current if writer is not None else None
+        if current is not None and len(current.job_ids) == count:
+            break
+        threading.Event().wait(0.01)
+    everyone_appended.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert [r.header for r in spool.recover()] == headers
+    commits, syncs = spool.commit_counts()
+    assert commits == count
+    assert syncs <= 2  # the leader's own batch, then everyone else's
+    assert synced["instance"] == count
+    assert synced["journal"] == syncs
+    assert synced["directory"] == syncs + 1  # jobs/ per batch, journal/ for its new segment
+    print(f"\nGROUP COMMIT {count} concurrent commits: {synced}, {syncs} shared syncs")
+
+
+def test_compaction_on_a_full_disk_keeps_the_old_segments(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    headers = [make_header(OLD), make_header(MID)]
+    for header in headers:
+        commit(spool, header)
+    before = segments(spool.journal)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("router.core.spool.write_atomically", full)
+
+    assert spool.remove_orphans() == 0
+
+    assert segments(spool.journal) == before
+    assert [r.header for r in spool.recover()] == headers
+
+
+class Crash(BaseException):
+    """The process stops here: files stay as the steps before left them."""
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace", "write", "fdatasync", "fdatasync-lost"])
+def test_a_crash_at_any_step_of_a_commit_leaves_the_job_whole_or_gone(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A commit interrupted at each of its steps (never acknowledged), then the start-up
+    clean-up and recovery: the job is recovered whole or leaves no trace. 'fdatasync-lost'
+    also drops the journal bytes the interrupted sync had not made durable."""
+    acked = make_header(OLD)
+    commit(spool, acked, b"acknowledged")  # an earlier commit that returned
+    (segment,) = segments(spool.journal)
+    synced_size = segment.stat().st_size
+    name = step.split("-")[0]
+    real = getattr(os, name)
+
+    def crash(*args: object) -> object:
+        raise Crash(step)
+
+    monkeypatch.setattr(os, name, crash)
+    header = make_header(MID)
+    with pytest.raises((Crash, OSError)):  # the leader converts a crash in its sync
+        commit(spool, header, b"interrupted")
+    monkeypatch.setattr(os, name, real)
+    if step == "fdatasync-lost":
+        with segment.open("r+b") as fh:
+            fh.truncate(synced_size)
+
+    spool.clear_incoming()
+    spool.remove_orphans()
+    recovered = {r.header.job_id: r.header for r in spool.recover()}
+
+    assert recovered[OLD] == acked
+    assert spool.instance_path(OLD).read_bytes() == b"acknowledged"
+    if MID in recovered:
+        assert recovered[MID] == header
+        assert spool.instance_path(MID).read_bytes() == b"interrupted"
+    else:
+        assert names(spool.jobs) == {f"{OLD}.dcm"}
+        assert journal_records(spool) == [OLD]
+    assert names(spool.incoming) == set()
+    assert (MID in recovered) == (step == "fdatasync")
+
+
+def test_concurrent_commits_across_segment_rotations_keep_every_job(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotation and trimming while other threads append and sync: no record lost, no fd
+    closed under a sync, segments of finished jobs deleted."""
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 3)
+    errors: list[BaseException] = []
+    kept: list[JobHeader] = []
+    lock = threading.Lock()
+
+    def sender(n: int) -> None:
+        try:
+            for i in range(25):
+                header = make_header(f"{i:08x}{n:08x}00000000")
+                commit(spool, header)
+                if i % 2:
+                    spool.remove(header)  # delivered while others still commit
+                else:
+                    with lock:
+                        kept.append(header)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    assert [r.header for r in spool.recover()] == sorted(kept, key=lambda h: h.job_id)
+    assert {h.job_id for h in kept} <= set(journal_records(spool))
+    for header in kept:
+        spool.remove(header)
+    later = [make_header(f"{i:016x}ffffffff") for i in range(1, 5)]
+    for header in later:
+        commit(spool, header)  # rotates, and trims every segment of finished jobs
+
+    assert len(segments(spool.journal)) <= 3
+    assert [r.header for r in spool.recover()] == later

@@ -1,0 +1,183 @@
+"""The job journal: the headers of committed jobs, appended to segment files in journal/.
+
+One acceptor process writes its own segments, journal/<pid>-<token>-<n>.log; each record is
+one job header (JSON) framed as MAGIC, length, CRC-32, payload. Appends are not synced one by
+one: a batch of them is made durable by one fdatasync per segment it touched (group commit,
+router/core/group_commit.py). Because a segment is append-only and every sync of it succeeded,
+everything before the last synced record is intact; a crash can only leave garbage after it,
+which reading stops at. A segment whose write or sync ever failed is never trusted again:
+the commits still waiting on it fail, and the next append starts a new segment.
+
+A closed segment is deleted once none of its jobs still has its instance in jobs/ (they were
+delivered, dead-lettered or discarded); Spool.remove_orphans compacts the rest at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# The first byte is not ASCII, and payloads are ASCII JSON (json.dumps escapes the rest).
+MAGIC = b"\xffJR1"
+_FRAME = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
+MAX_RECORD = 1 << 20  # a header is a few hundred bytes; more is damage, not a record
+SEGMENT_RECORDS = 4096
+
+
+def frame(payload: bytes) -> bytes:
+    return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of one segment, in order, up to the first damaged one."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return  # trimmed while we looked
+    offset = 0
+    while offset + _FRAME.size <= len(data):
+        magic, length, crc = _FRAME.unpack_from(data, offset)
+        payload = data[offset + _FRAME.size:offset + _FRAME.size + length]
+        if magic != MAGIC or length > MAX_RECORD or len(payload) != length \
+                or zlib.crc32(payload) != crc:
+            break
+        try:
+            record = json.loads(payload)
+        except ValueError:
+            break
+        if not isinstance(record, dict):
+            break
+        yield record
+        offset += _FRAME.size + length
+    if offset < len(data):
+        # Only a commit that was never acknowledged can end here (see the module docstring).
+        log.info("journal %s: %d bytes after the last whole record ignored", path.name,
+                 len(data) - offset)
+
+
+def segments(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.log"))
+
+
+@dataclass(eq=False)
+class Segment:
+    path: Path
+    fd: int | None
+    job_ids: list[str] = field(default_factory=list)
+    broken: bool = False  # a write or sync failed: what it holds is no longer certain
+    finished: int = 0  # job_ids[:finished] are over (a job id never comes back)
+
+
+class Journal:
+    """The appending side, for one process. Not thread-safe by itself: append() and close()
+    run under the group commit's lock, and sync() is only ever run by one thread at a time."""
+
+    def __init__(self, folder: Path, is_live: Callable[[str], bool],
+                 segment_records: int = SEGMENT_RECORDS) -> None:
+        self.folder = folder
+        self.is_live = is_live  # does the job still have its instance in jobs/?
+        self.segment_records = segment_records
+        self._prefix = ""
+        self._count = 0
+        self._current: Segment | None = None
+        self._closed: list[Segment] = []
+        self._dirty: set[Segment] = set()  # appended to since the last close()
+        self._syncing: set[Segment] = set()  # in the batch being synced
+        self._new_name = False  # a segment was created: its name must be synced too
+
+    def append(self, job_id: str, payload: bytes) -> None:
+        segment = self._writable()
+        data = frame(payload)
+        assert segment.fd is not None
+        try:
+            written = os.write(segment.fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {segment.path}")
+        except OSError:
+            segment.broken = True  # a partial record may sit in it now
+            raise
+        segment.job_ids.append(job_id)
+        self._dirty.add(segment)
+
+    def close(self) -> tuple[list[Segment], bool]:
+        """What the batch closing now must sync: the segments it appended to, and whether the
+        journal folder gained a name."""
+        self._syncing, self._dirty = self._dirty, set()
+        new_name, self._new_name = self._new_name, False
+        return list(self._syncing), new_name
+
+    def sync(self, batch: tuple[list[Segment], bool]) -> None:
+        touched, new_name = batch
+        for segment in touched:
+            if segment.broken:
+                raise OSError(errno.EIO, f"journal segment {segment.path} failed earlier; "
+                                         "its records are not trusted")
+            assert segment.fd is not None  # open while dirty or syncing (see _trim)
+            try:
+                os.fdatasync(segment.fd)
+            except OSError:
+                segment.broken = True  # after a failed fsync, Linux may drop the pages
+                raise
+        if new_name:
+            fsync_dir(self.folder)
+
+    def _writable(self) -> Segment:
+        current = self._current
+        if current is not None and not current.broken \
+                and len(current.job_ids) < self.segment_records:
+            return current
+        if current is not None:
+            self._closed.append(current)
+        self._current = None
+        self._trim()
+        if not self._prefix:  # the pid of the process that appends, not of its parent
+            self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._count += 1
+        path = self.folder / f"{self._prefix}-{self._count:06d}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
+        self._current = Segment(path, fd)
+        self._new_name = True
+        return self._current
+
+    def _trim(self) -> None:
+        """Close the fds of closed segments no sync needs any more, and delete those whose
+        jobs are all gone. A record's instance is renamed into jobs/ before it is appended,
+        so a missing instance means the job is over, never that it is still to come."""
+        kept = []
+        for segment in self._closed:
+            if segment in self._dirty or segment in self._syncing:
+                kept.append(segment)
+                continue
+            if segment.fd is not None:
+                os.close(segment.fd)
+                segment.fd = None
+            # Stops at the first job still queued, and resumes there next time: each record
+            # is found finished once, however long a queue keeps a segment.
+            while segment.finished < len(segment.job_ids) \
+                    and not self.is_live(segment.job_ids[segment.finished]):
+                segment.finished += 1
+            if segment.finished < len(segment.job_ids):
+                kept.append(segment)
+            else:
+                segment.path.unlink(missing_ok=True)
+        self._closed = kept
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
