@@ -15,6 +15,9 @@ command -v prometheus >/dev/null 2>&1 || needed+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || needed+=(haproxy)
 # A real archive (C-FIND/C-GET/C-MOVE and storage commitment SCP) for the proxy tests.
 [ -x /usr/sbin/Orthanc ] || needed+=(orthanc)
+# GDCM's gdcmscu, a second independent DICOM stack as a sender (tests/integration/
+# test_interop_senders.py).
+command -v gdcmscu >/dev/null 2>&1 || needed+=(libgdcm-tools)
 # Its DICOMweb plugin, for the STOW-RS destination tests.
 compgen -G "/usr/share/orthanc/plugins/libOrthancDicomWeb*" >/dev/null || needed+=(orthanc-dicomweb)
 # `kubectl kustomize` renders ops/kubernetes; Debian's kubernetes-client has it.
