@@ -99,6 +99,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         })
         with router:
             yield Chain(router, pacs)
+            log = router.log()
+    # No peer's way of talking may cost the router a traceback or an error.
+    problems = [line for line in log.splitlines() if " ERROR " in line or "Traceback" in line]
+    assert problems == [], "\n".join(problems)
 
 
 def _run(command: Sequence[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
