@@ -225,7 +225,10 @@ def _as_explicit_le(path: Path, folder: Path) -> Path:
 
 def test_pynetdicom_storescu_required_contexts(chain: Chain, tmp_path: Path) -> None:
     """-cx: one context per SOP class and syntax of the files; sent as they are."""
-    sources = _uncompressed_set(tmp_path / "src")
+    sources = [*_uncompressed_set(tmp_path / "src"),
+               write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=DEFLATED_EXPLICIT_VR_LE),
+               write_compressed(tmp_path / "src", JPEGLosslessSV1)]
     log = _pynetdicom_app(chain, "storescu", str(tmp_path / "src"), "-r", "-cx")
     assert log.count("Received Store Response (Status: 0x0000 - Success)") == len(sources), log
     chain.assert_arrived(sources, log)
