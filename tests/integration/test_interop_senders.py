@@ -4,7 +4,8 @@ delivers to a DCMTK storescp without --fork (one association at a time, as many 
 Senders: GDCM's gdcmscu, Orthanc (REST /modalities/{id}/store and /echo), pynetdicom's own
 storescu/echoscu apps, and DCMTK storescu proposing several transfer syntaxes per context.
 For each: the router answers the peer's C-ECHO, and every instance arrives with its dataset
-byte-identical to the source (file meta is the destination's own and is not compared).
+byte-identical to what the sender sent, in the syntax it was sent in (file meta is the
+destination's own and is not compared).
 
 One router and one storescp serve the whole module; each test sends fresh UIDs and waits for
 its own instances, so the tests stay independent of their order.
