@@ -133,6 +133,11 @@ class StoreAssociation:
         try:
             _send_all(sock, engine.send(rq), acse_timeout)
             answer = _negotiate(sock, engine, started + acse_timeout)
+        except OSError as exc:  # the request could not be written: reset, TLS alert
+            sock.close()
+            raise AssociationFailed("closed", f"closed the connection during negotiation "
+                                    f"({_describe(exc)})", connected=True,
+                                    waited=time.monotonic() - started) from exc
         except BaseException:
             sock.close()
             raise
@@ -144,6 +149,9 @@ class StoreAssociation:
                 raise AssociationFailed("no_context", "accepted none of the proposed contexts",
                                         connected=True, waited=waited)
             return assoc
+        if answer is None:  # say so, as pynetdicom did, before leaving
+            with contextlib.suppress(OSError, ProtocolError):
+                _send_all(sock, engine.send(AbortPdu()), 1.0)
         sock.close()
         if isinstance(answer, AssociationRejected):
             rj = answer.rj
@@ -224,6 +232,9 @@ class StoreAssociation:
         except ProtocolError as exc:
             self._fail(exc)
             raise StoreFailed(str(exc)) from exc
+        except StoreFailed:
+            self.abort()
+            raise
         except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
             self.abort()
             raise StoreFailed(f"sending failed: {exc}") from exc
@@ -238,6 +249,9 @@ class StoreAssociation:
         buffer = self._tx
         view = memoryview(buffer)
         room = (len(buffer) - _HEADER) & ~1
+        if room < 2:
+            raise StoreFailed(f"the peer's maximum PDU length {self._engine.send_limit} "
+                              "leaves no room for data")
         sock, unread, remaining = self._sock, length, length + (length & 1)
         sock.settimeout(self.peer.dimse_timeout)
         while True:
