@@ -26,6 +26,15 @@ from pynetdicom.sop_class import CTImageStorage
 from router.core.config import DicomDestination as DicomConfig
 from router.core.errors import DeliveryError
 from router.dicom.dataset_file import read_dataset_file
+from router.dicom.engine import (
+    Abort,
+    AssociateAC,
+    Association,
+    AssociationRequested,
+    DataFragment,
+    PresentationContextAC,
+    UserInformation,
+)
 from router.dicom.store_sender import DicomDestination, StorePool
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
@@ -269,3 +278,47 @@ def test_an_idle_association_the_peer_dropped_is_replaced(tmp_path: Path) -> Non
         sender.close()
         assert len(peer.received) == 2
         assert peer.accepted == 2
+
+
+class AbortingPeer:
+    """A peer on the engine that accepts every context, then sends A-ABORT and closes as
+    soon as the first dataset bytes of a C-STORE arrive: an abort in the middle of the
+    transfer of a large dataset."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server((LOCALHOST, 0))
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            engine = Association.acceptor()
+            while not engine.should_close:
+                for event in engine.receive_data(conn.recv(65536)):
+                    if isinstance(event, AssociationRequested):
+                        contexts = tuple(PresentationContextAC(c.context_id, 0,
+                                                               c.transfer_syntaxes[0])
+                                         for c in event.rq.contexts)
+                        conn.sendall(engine.send(AssociateAC(
+                            event.rq.called_ae, event.rq.calling_ae, contexts,
+                            UserInformation(max_length=16384,
+                                            implementation_class_uid="1.2.3.4"))))
+                    elif isinstance(event, DataFragment):
+                        conn.sendall(engine.send(Abort(0, 0)))
+                        return
+
+
+def test_an_abort_in_the_middle_of_a_large_dataset_is_a_missing_response(
+    tmp_path: Path,
+) -> None:
+    path = _instance(tmp_path, 8_000_000)
+    peer = AbortingPeer()
+    sender = _destination(peer.port)
+    with pytest.raises(DeliveryError) as failed:
+        sender.deliver(_job(path), path)
+    assert (failed.value.reason, failed.value.transient) == ("dimse_timeout", True)
+    peer.thread.join(timeout=10)
+    peer.server.close()
+    assert sender.assoc is None  # the association is gone, not parked for reuse
