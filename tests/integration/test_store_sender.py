@@ -36,6 +36,7 @@ from router.dicom.engine import (
     UserInformation,
 )
 from router.dicom.store_sender import DicomDestination, StorePool
+from tests.archive_servers import Orthanc
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -322,3 +323,20 @@ def test_an_abort_in_the_middle_of_a_large_dataset_is_a_missing_response(
     peer.thread.join(timeout=10)
     peer.server.close()
     assert sender.assoc is None  # the association is gone, not parked for reuse
+
+
+def test_orthanc_as_a_destination_stores_every_syntax_as_sent(tmp_path: Path) -> None:
+    syntaxes = [EXPLICIT_VR_LE, ImplicitVRLittleEndian, DEFLATED_EXPLICIT_VR_LE]
+    files = [_instance(tmp_path / str(i), 50_000 + i, syntax)
+             for i, syntax in enumerate(syntaxes)]
+    with Orthanc(tmp_path / "orthanc", None, "ORTHANC") as orthanc:
+        sender = _destination(orthanc.dicom_port, ae_title="ORTHANC")
+        for path, syntax in zip(files, syntaxes, strict=True):
+            sender.deliver(_job(path, syntax), path)
+        sender.close()
+        stored = tmp_path / "stored"
+        stored.mkdir()
+        for uid in orthanc.rest("/instances"):
+            (stored / f"{uid}.dcm").write_bytes(orthanc.rest(f"/instances/{uid}/file"))
+        assert sorted(dataset_digest(p) for p in stored.iterdir()) \
+            == sorted(dataset_digest(p) for p in files)
