@@ -25,7 +25,6 @@ from pynetdicom.sop_class import CTImageStorage
 
 from router.core.config import DicomDestination as DicomConfig
 from router.core.errors import DeliveryError
-from router.dicom.dataset_file import read_dataset_file
 from router.dicom.engine import (
     Abort,
     AssociateAC,
@@ -127,20 +126,6 @@ def test_the_dataset_bytes_arrive_exactly_over_one_association(scp: SCP, tmp_pat
     sender.close()
     assert scp.received == [_dataset_bytes(p) for p in files]
     assert scp.accepted == 1
-
-
-def test_the_file_meta_is_read_like_pydicom(tmp_path: Path) -> None:
-    path = _instance(tmp_path, 2_000)
-    with path.open("rb") as fh:
-        meta = read_dataset_file(fh, path.stat().st_size)
-    file_meta, offset = split_dataset(path)
-    assert (meta.offset, meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax_uid) \
-        == (offset, file_meta.MediaStorageSOPClassUID, file_meta.MediaStorageSOPInstanceUID,
-            file_meta.TransferSyntaxUID)
-    bare = tmp_path / "bare.dcm"
-    bare.write_bytes(_dataset_bytes(path))
-    with bare.open("rb") as fh:
-        assert read_dataset_file(fh, bare.stat().st_size).offset == 0
 
 
 def test_an_odd_deflated_stream_is_padded_and_arrives(tmp_path: Path) -> None:
