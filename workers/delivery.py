@@ -18,8 +18,8 @@ from router.core.failures import HOLD_BACK_FAILURES
 from router.core.log_context import working_on
 from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.core.spool import Spool
-from router.dicom.association_pool import AssociationPool, release_all
-from router.dicom.store_sender import DicomDestination
+from router.dicom.association_pool import release_all
+from router.dicom.store_sender import DicomDestination, StorePool
 from workers.destinations.factory import Destination, build_destination
 from workers.ledger import DeliveryLedger, file_digest
 from workers.prepare import FALLBACK_SYNTAXES, Preparer, open_uid_map
@@ -42,11 +42,11 @@ class DeliveryThread(threading.Thread):
         context: zmq.Context[zmq.Socket[bytes]],
         results_endpoint: str,
         index: int,
-        pool: AssociationPool | None = None,
+        pool: StorePool | None = None,
     ) -> None:
         super().__init__(name=f"delivery-{index}", daemon=True)
         self.config = config
-        self.pool = pool or AssociationPool()  # shared by the worker's threads
+        self.pool = pool or StorePool()  # shared by the worker's threads
         self.others_open = 0  # of the task in hand: see Deliver.others_open
         self.spool = spool
         self.tasks = tasks

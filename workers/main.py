@@ -39,8 +39,8 @@ from router.core.process_util import (
 )
 from router.core.runtime import Runtime
 from router.core.spool import Spool
-from router.dicom.association_pool import AssociationPool
 from router.dicom.net import configure_pynetdicom
+from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
 from workers.prepare import SHARED_CODECS
 from workers.relay import ActiveRelays, RelayTask, RelayThread
@@ -63,7 +63,7 @@ class Worker:
         self.results = self.context.socket(zmq.PULL)
         self.results.bind(f"inproc://results-{index}")
         spool = Spool(config.spool.path)
-        pool = AssociationPool()  # the threads share associations: reuse before opening
+        pool = StorePool()  # the threads share associations: reuse before opening
         self.threads = [
             DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
                            i, pool)

@@ -40,7 +40,7 @@ from router.core.messages import encode as encode_message
 from router.core.spool import Spool
 from router.core.tls import client_context
 from router.dicom.net import set_nodelay
-from router.dicom.store_sender import failure_from_association, mark_connected
+from router.dicom.scu_outcome import failure_from_association, mark_connected
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from router.core.config import DEFAULT_MAX_PDU
 from router.core.errors import RouterError
 from router.core.tls import failure_reason
 from router.dicom.net import set_nodelay
-from router.dicom.store_sender import mark_connected, was_connected
+from router.dicom.scu_outcome import mark_connected, was_connected
 
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
 

@@ -18,23 +18,34 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from pynetdicom.association import Association
+from typing import Generic, Protocol, TypeVar
 
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
+class Association(Protocol):
+    """What the pool needs of an association (router/dicom/store_client.py has it)."""
+
+    @property
+    def is_established(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+A = TypeVar("A", bound=Association)
+
+
 @dataclass
-class _Idle:
-    assoc: Association
+class _Idle(Generic[A]):
+    assoc: A
     since: float
     idle_timeout: float
 
 
-class AssociationPool:
+class AssociationPool(Generic[A]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[str, list[_Idle]] = {}
+        self._idle: dict[str, list[_Idle[A]]] = {}
         self._in_use: Counter[str] = Counter()
         # Every (SOP class, syntax) seen per destination, in order: a new association proposes
         # them all (the latest MAX_CONTEXTS), so it serves what the others served.
@@ -48,8 +59,8 @@ class AssociationPool:
                 seen[pair] = None  # most recent last: kept when trimming to MAX_CONTEXTS
             return list(seen)[-MAX_CONTEXTS:]
 
-    def take(self, name: str, accepts: Callable[[Association], bool]
-             ) -> tuple[Association | None, list[Association]]:
+    def take(self, name: str, accepts: Callable[[A], bool]
+             ) -> tuple[A | None, list[A]]:
         """An idle association to `name` that `accepts`, or None (then the caller opens one);
         and the idle ones that do not accept, which the caller releases so that the new one
         does not count against the destination's limit on top of them."""
@@ -64,7 +75,7 @@ class AssociationPool:
             self._idle[name] = []
             return None, [i.assoc for i in idle]
 
-    def give_back(self, name: str, assoc: Association | None, idle_timeout: float) -> None:
+    def give_back(self, name: str, assoc: A | None, idle_timeout: float) -> None:
         """The caller is done with the association it took (None: it has none any more)."""
         with self._lock:
             if self._in_use[name] > 0:
@@ -78,9 +89,9 @@ class AssociationPool:
         with self._lock:
             return self._in_use[name] + len(self._idle.get(name, []))
 
-    def take_expired(self, now: float) -> list[Association]:
+    def take_expired(self, now: float) -> list[A]:
         """Idle associations past their timeout, for the caller to release."""
-        expired: list[Association] = []
+        expired: list[A] = []
         with self._lock:
             for name, idle in self._idle.items():
                 keep = [i for i in idle if now - i.since <= i.idle_timeout
@@ -89,7 +100,7 @@ class AssociationPool:
                 self._idle[name] = keep
         return expired
 
-    def take_all_idle(self) -> list[Association]:
+    def take_all_idle(self) -> list[A]:
         """Every idle association (a config reload or the worker stopping)."""
         with self._lock:
             out = [i.assoc for idle in self._idle.values() for i in idle]
@@ -97,7 +108,7 @@ class AssociationPool:
         return out
 
 
-def release_all(associations: list[Association]) -> None:
+def release_all(associations: list[A]) -> None:
     for assoc in associations:
         if assoc.is_established:
             assoc.release()

@@ -10,8 +10,7 @@ from router.core.config import DicomWebDestination as DicomWebConfig
 from router.core.config import FolderDestination as FolderConfig
 from router.core.config import RouterConfig
 from router.core.messages import JobHeader
-from router.dicom.association_pool import AssociationPool
-from router.dicom.store_sender import DicomDestination
+from router.dicom.store_sender import DicomDestination, StorePool
 from workers.destinations.folder import FolderDestination
 
 
@@ -25,7 +24,7 @@ class Destination(Protocol):
 
 
 def build_destination(name: str, config: RouterConfig,
-                      pool: AssociationPool | None = None) -> Destination:
+                      pool: StorePool | None = None) -> Destination:
     spec = config.destinations[name]
     if isinstance(spec, DicomConfig):
         return DicomDestination(name, spec, config.ae_title, pool)

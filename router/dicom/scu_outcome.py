@@ -1,0 +1,53 @@
+"""Why a pynetdicom SCU association was not established (the relays and `dicom-router send`;
+the worker's C-STORE sender runs on the router's engine: router/dicom/store_client.py).
+
+pynetdicom says neither whether the TCP connection was made nor why an association ended, so
+an EVT_CONN_OPEN handler marks the connected ones and `failure_from_association` reads the
+acceptor's answer into the DeliveryError kinds the broker acts on.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from pynetdicom.association import Association
+
+from router.core.errors import DeliveryError
+
+# Outbound associations whose TCP connection was made: tells a refused connection from a
+# later rejection or abort. Weak: gone with the association.
+_connected: weakref.WeakSet[Association] = weakref.WeakSet()
+
+
+def mark_connected(event: Any) -> None:
+    """EVT_CONN_OPEN handler of an outbound association."""
+    _connected.add(event.assoc)
+
+
+def was_connected(assoc: Association) -> bool:
+    return assoc in _connected
+
+
+def failure_from_association(
+    assoc: Association, destination: str, sop_class: str, syntax: str
+) -> DeliveryError:
+    if not was_connected(assoc):
+        return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
+    answer = getattr(assoc.acceptor, "primitive", None)
+    if assoc.is_aborted and answer is not None and getattr(answer, "result", None) == 0:
+        # Accepted, but not one proposed context: pynetdicom aborts such an association.
+        return DeliveryError(
+            "no_context",
+            f"{destination} accepts none of the proposed contexts (SOP class {sop_class} in "
+            f"transfer syntax {syntax})", transient=False)
+    if assoc.is_rejected:
+        result = getattr(assoc.acceptor.primitive, "result", None)
+        reason_code = getattr(assoc.acceptor.primitive, "diagnostic", None)
+        # result 2 = rejected-transient (e.g. congestion); 1 = permanent (e.g. unknown AE title)
+        return DeliveryError("rejected", f"{destination} rejected the association "
+                             f"(result {result}, reason {reason_code})", transient=result == 2)
+    if assoc.is_aborted:
+        return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
+    return DeliveryError("aborted", f"{destination} closed the connection during negotiation",
+                         transient=True)

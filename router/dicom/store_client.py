@@ -1,0 +1,419 @@
+"""A C-STORE SCU association on the router's own engine (router/dicom/engine): the socket.
+
+One blocking socket per association, used by one thread at a time (the pool hands it out).
+`StoreAssociation.open` connects (TLS when asked), negotiates and returns an established
+association or raises `AssociationFailed` saying what happened; `store` streams a spooled
+file as P-DATA from one buffer allocated per association (sized by the peer's maximum PDU
+length), a header and a `readinto` per PDU, never the whole file in memory; the engine
+encodes the command, checks every state change and decodes what the peer says.
+
+Every wait has a deadline: connect_timeout for TCP and TLS, the ACSE wait for the
+A-ASSOCIATE answer and the A-RELEASE-RP, dimse_timeout for each write and for the response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from io import BufferedReader
+from typing import Literal
+
+from router.dicom.engine import Abort as AbortPdu
+from router.dicom.engine import (
+    Aborted,
+    AssociateRJ,
+    AssociateRQ,
+    Association,
+    AssociationAccepted,
+    AssociationRejected,
+    CommandReceived,
+    CStoreRQ,
+    CStoreRSP,
+    Event,
+    PresentationContextRQ,
+    ProtocolError,
+    ProviderAborted,
+    ReleaseConfirmed,
+    ReleaseRequested,
+    ReleaseRP,
+    ReleaseRQ,
+    RemoteProtocolError,
+    SendCommand,
+    SendData,
+    UserInformation,
+)
+from router.dicom.engine.pdus import MCH_LAST, P_DATA_TF, PDU_AND_PDV_HEADER
+
+# The router's implementation class UID (a UUID-derived UID, PS3.5 B.2) and version name.
+IMPLEMENTATION_CLASS_UID = "2.25.326976319741938469149805463924233421850"
+IMPLEMENTATION_VERSION = "DICOM_ROUTER"
+RECEIVE_BUFFER = 64 * 1024
+_HEADER = PDU_AND_PDV_HEADER.size  # PDU header (6) + PDV header (6)
+
+FailureKind = Literal["connection", "tls", "rejected", "aborted", "closed", "no_answer",
+                      "no_context"]
+
+
+class AssociationFailed(Exception):
+    """The association could not be established. `connected`: the TCP (and TLS) connection
+    was made, so the peer is up; `rejection`/`abort`: what it answered; `waited`: seconds
+    spent waiting for the answer."""
+
+    def __init__(self, kind: FailureKind, message: str, *, connected: bool,
+                 rejection: AssociateRJ | None = None, abort: tuple[int, int] | None = None,
+                 waited: float = 0.0, tls_error: ssl.SSLError | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.connected = connected
+        self.rejection = rejection
+        self.abort = abort
+        self.waited = waited
+        self.tls_error = tls_error
+
+
+class StoreFailed(Exception):
+    """A C-STORE got no response: the association is gone (aborted, closed, timed out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+    max_pdu: int  # what we accept and advertise
+    connect_timeout: float
+    dimse_timeout: float
+    tls: ssl.SSLContext | None = None
+    server_name: str = ""
+
+
+class StoreAssociation:
+    """An established association; `accepts` says which (SOP class, syntax) it carries."""
+
+    def __init__(self, peer: Peer, sock: socket.socket, engine: Association,
+                 acse_timeout: float) -> None:
+        self.peer = peer
+        self._sock = sock
+        self._engine = engine
+        self._acse_timeout = acse_timeout
+        self._contexts: dict[tuple[str, str], int] = {}
+        assert engine.rq is not None
+        for ctx in engine.rq.contexts:
+            syntax = engine.accepted.get(ctx.context_id)
+            if syntax is not None and syntax in ctx.transfer_syntaxes:
+                self._contexts.setdefault((ctx.abstract_syntax, syntax), ctx.context_id)
+        self._rx = bytearray(RECEIVE_BUFFER)
+        # One send buffer for the association's life: a PDU header and as much data as the
+        # peer takes in one PDU, filled by readinto and written with one send per PDU.
+        self._tx = bytearray(_HEADER + engine.send_limit - 6)
+        self._message_id = 0
+        self._open = True
+
+    # --- establishing -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, peer: Peer, contexts: list[tuple[str, str]],
+             acse_timeout: float) -> StoreAssociation:
+        """Connect and negotiate one presentation context per (SOP class, syntax)."""
+        sock = _connect(peer)
+        engine = Association.requestor(max_pdu_length=peer.max_pdu)
+        rq = AssociateRQ(
+            peer.called_ae, peer.calling_ae,
+            tuple(PresentationContextRQ(2 * i + 1, sop, (ts,))
+                  for i, (sop, ts) in enumerate(contexts)),
+            UserInformation(max_length=peer.max_pdu,
+                            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                            implementation_version_name=IMPLEMENTATION_VERSION))
+        started = time.monotonic()
+        try:
+            _send_all(sock, engine.send(rq), acse_timeout)
+            answer = _negotiate(sock, engine, started + acse_timeout)
+        except OSError as exc:  # the request could not be written: reset, TLS alert
+            sock.close()
+            raise AssociationFailed("closed", f"closed the connection during negotiation "
+                                    f"({_describe(exc)})", connected=True,
+                                    waited=time.monotonic() - started) from exc
+        except BaseException:
+            sock.close()
+            raise
+        waited = time.monotonic() - started
+        if isinstance(answer, AssociationAccepted):
+            assoc = cls(peer, sock, engine, acse_timeout)
+            if not assoc._contexts:
+                assoc.abort()  # as pynetdicom did: an association without a context is useless
+                raise AssociationFailed("no_context", "accepted none of the proposed contexts",
+                                        connected=True, waited=waited)
+            return assoc
+        if answer is None:  # say so, as pynetdicom did, before leaving
+            with contextlib.suppress(OSError, ProtocolError):
+                _send_all(sock, engine.send(AbortPdu()), 1.0)
+        sock.close()
+        if isinstance(answer, AssociationRejected):
+            rj = answer.rj
+            raise AssociationFailed(
+                "rejected", f"rejected the association (result {rj.result}, source "
+                f"{rj.source}, reason {rj.reason})", connected=True, rejection=rj, waited=waited)
+        if isinstance(answer, Aborted):
+            raise AssociationFailed("aborted", "aborted the association during negotiation",
+                                    connected=True, abort=(answer.source, answer.reason),
+                                    waited=waited)
+        if answer is None:
+            raise AssociationFailed("no_answer", f"did not answer the association request "
+                                    f"within {acse_timeout:g} s", connected=True, waited=waited)
+        raise AssociationFailed("closed", "closed the connection during negotiation",
+                                connected=True, waited=waited)
+
+    # --- state --------------------------------------------------------------------------
+
+    def accepts(self, sop_class: str, syntax: str) -> bool:
+        return (sop_class, syntax) in self._contexts
+
+    @property
+    def is_established(self) -> bool:
+        """Still usable: reads (without blocking) what an idle peer may have sent, so that
+        one that released, aborted or closed meanwhile is noticed before the next use."""
+        if self._open:
+            self._poll()
+        return self._open
+
+    def _poll(self) -> None:
+        try:
+            pending = isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
+            if not pending and not select.select([self._sock], [], [], 0)[0]:
+                return
+            self._sock.settimeout(0)
+            try:
+                n = self._sock.recv_into(self._rx)
+            finally:
+                self._sock.settimeout(self.peer.dimse_timeout)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return  # a TLS record without application data (a session ticket)
+        except (OSError, ValueError):
+            self._close()
+            return
+        try:
+            events = self._engine.receive_data(memoryview(self._rx)[:n])
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        for event in events:
+            if isinstance(event, ReleaseRequested):
+                with contextlib.suppress(OSError, ProtocolError):
+                    _send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
+                self._close()
+            elif not isinstance(event, CommandReceived):
+                self._close()  # aborted, closed
+            else:
+                self.abort()  # nothing was asked: a protocol violation
+
+    # --- C-STORE ------------------------------------------------------------------------
+
+    def store(self, fh: BufferedReader, dataset_length: int, sop_class: str, sop_instance: str,
+              syntax: str, priority: int = 0) -> CStoreRSP:
+        """Send the next `dataset_length` bytes of `fh` as the dataset of a C-STORE-RQ and
+        return the response. StoreFailed when the association ends without one (it is
+        aborted or closed then); OSError when the file cannot be read (the association is
+        aborted: the peer has part of a message)."""
+        if not self._open:
+            raise StoreFailed("the association is no longer open")
+        context = self._contexts[(sop_class, syntax)]
+        self._message_id = self._message_id % 0xFFFF + 1
+        request = CStoreRQ(self._message_id, sop_class, sop_instance, priority)
+        try:
+            _send_all(self._sock, self._engine.send(SendCommand(context, request)),
+                      self.peer.dimse_timeout)
+            self._engine.send(SendData(context, b"", last=False))  # checks state and context
+            self._stream(fh, dataset_length, context)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise StoreFailed(str(exc)) from exc
+        except StoreFailed:
+            self.abort()
+            raise
+        except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
+            self.abort()
+            raise StoreFailed(f"sending failed: {exc}") from exc
+        except OSError:
+            self.abort()  # the file: the peer holds part of a message that cannot end
+            raise
+        return self._response(self._message_id)
+
+    def _stream(self, fh: BufferedReader, length: int, context: int) -> None:
+        """P-DATA-TF PDUs of one PDV each, every fragment of even length. A dataset of odd
+        length (a deflated stream) gets the trailing NUL that PS3.5 A.5 asks for."""
+        buffer = self._tx
+        view = memoryview(buffer)
+        room = (len(buffer) - _HEADER) & ~1
+        if room < 2:
+            raise StoreFailed(f"the peer's maximum PDU length {self._engine.send_limit} "
+                              "leaves no room for data")
+        sock, unread, remaining = self._sock, length, length + (length & 1)
+        sock.settimeout(self.peer.dimse_timeout)
+        while True:
+            n = min(room, remaining)
+            want = min(n, unread)
+            got = 0
+            while got < want:
+                read = fh.readinto(view[_HEADER + got:_HEADER + want])
+                if not read:
+                    raise OSError(f"the file ended {unread - got} bytes early")
+                got += read
+            if want < n:
+                buffer[_HEADER + want] = 0  # the pad byte
+            unread -= want
+            remaining -= n
+            control = MCH_LAST if remaining == 0 else 0
+            PDU_AND_PDV_HEADER.pack_into(buffer, 0, P_DATA_TF, n + 6, n + 2, context, control)
+            sock.sendall(view[:_HEADER + n])
+            if remaining == 0:
+                return
+
+    def _response(self, message_id: int) -> CStoreRSP:
+        deadline = time.monotonic() + self.peer.dimse_timeout
+        while True:
+            events = self._receive(deadline)
+            if events is None:
+                self.abort()
+                raise StoreFailed(f"no response within {self.peer.dimse_timeout:g} s")
+            for event in events:
+                if isinstance(event, CommandReceived):
+                    command = event.command
+                    if (isinstance(command, CStoreRSP)
+                            and command.message_id_responded == message_id):
+                        return command
+                    self.abort()
+                    raise StoreFailed(f"unexpected answer to a C-STORE: {command!r}"[:200])
+                if isinstance(event, ReleaseRequested):
+                    self.abort()
+                    raise StoreFailed("asked to release the association before answering")
+                if isinstance(event, Aborted | ProviderAborted) or self._engine.should_close:
+                    self._close()
+                    raise StoreFailed("aborted the association before answering")
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _receive(self, deadline: float) -> list[Event] | None:
+        """The events of the next bytes; None when nothing came before the deadline."""
+        return _receive(self._sock, self._engine, self._rx, deadline)
+
+    def _fail(self, exc: ProtocolError) -> None:
+        if isinstance(exc, RemoteProtocolError) and exc.to_send:
+            with contextlib.suppress(OSError):
+                _send_all(self._sock, exc.to_send, 1.0)
+        self._close()
+
+    # --- ending -------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """A-RELEASE, waiting up to the ACSE timeout for the RP; abort when it does not
+        come. Safe to call on a closed association."""
+        if not self._open:
+            return
+        try:
+            _send_all(self._sock, self._engine.send(ReleaseRQ()), self._acse_timeout)
+            deadline = time.monotonic() + self._acse_timeout
+            while self._open:
+                events = self._receive(deadline)
+                if events is None:
+                    break
+                if any(isinstance(e, ReleaseConfirmed | Aborted | ProviderAborted)
+                       for e in events) or self._engine.should_close:
+                    self._close()
+                    return
+                if any(isinstance(e, ReleaseRequested) for e in events):  # both asked at once
+                    _send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
+        except (OSError, ProtocolError):
+            pass
+        self.abort()
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        with contextlib.suppress(OSError, ProtocolError):
+            _send_all(self._sock, self._engine.send(AbortPdu()), 1.0)
+        self._close()
+
+    def _close(self) -> None:
+        self._open = False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+
+# --- the socket -----------------------------------------------------------------------------
+
+
+def _connect(peer: Peer) -> socket.socket:
+    try:
+        sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout)
+    except OSError as exc:
+        raise AssociationFailed("connection", f"cannot connect: {_describe(exc)}",
+                                connected=False) from exc
+    # Nagle with delayed ACKs costs ~40 ms per C-STORE (docs/architecture.md).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if peer.tls is None:
+        return sock
+    try:
+        return peer.tls.wrap_socket(sock, server_hostname=peer.server_name or peer.host)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise AssociationFailed("tls", f"TLS handshake failed: {exc.reason or exc}",
+                                connected=False, tls_error=exc) from exc
+    except OSError as exc:
+        sock.close()
+        raise AssociationFailed("connection", f"TLS handshake failed: {_describe(exc)}",
+                                connected=False) from exc
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
+    if data:
+        sock.settimeout(timeout)
+        sock.sendall(data)
+
+
+def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
+             deadline: float) -> list[Event] | None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return None
+    sock.settimeout(left)
+    try:
+        n = sock.recv_into(buffer)
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        return engine.transport_failed(f"transport failure: {exc}")
+    try:
+        return engine.receive_data(memoryview(buffer)[:n] if n else b"")
+    except RemoteProtocolError as exc:
+        if exc.to_send:
+            with contextlib.suppress(OSError):
+                _send_all(sock, exc.to_send, 1.0)
+        return [*exc.events, ProviderAborted(f"protocol error: {exc}")]
+
+
+def _negotiate(sock: socket.socket, engine: Association, deadline: float) -> Event | None:
+    """The peer's answer to our RQ: AssociationAccepted, AssociationRejected, Aborted,
+    something that ended the association (ProviderAborted/ConnectionClosed), or None
+    when the deadline passed."""
+    buffer = bytearray(RECEIVE_BUFFER)
+    while True:
+        events = _receive(sock, engine, buffer, deadline)
+        if events is None:
+            return None
+        if events:  # the first is the answer, or what ended the association instead
+            return events[0]
+        if engine.should_close:
+            return ProviderAborted("closed")
+
+

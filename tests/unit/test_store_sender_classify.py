@@ -1,0 +1,58 @@
+"""What a failed association becomes (router/dicom/store_sender.py): busy or not, and the
+DeliveryError kind the broker acts on. The same cases against real peers:
+tests/integration/test_store_sender.py."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from router.dicom.engine import AssociateRJ
+from router.dicom.store_client import AssociationFailed
+from router.dicom.store_sender import classify, is_busy_answer
+
+
+def tls_error(reason: str) -> ssl.SSLError:
+    error = ssl.SSLError(1, f"[SSL: {reason}] {reason.lower()}")
+    error.reason = reason  # set by OpenSSL on a real one
+    return error
+
+
+def failed(kind: str = "rejected", *, connected: bool = True, rj: AssociateRJ | None = None,
+           waited: float = 0.1, tls: ssl.SSLError | None = None) -> AssociationFailed:
+    return AssociationFailed(kind, "x", connected=connected, rejection=rj,  # type: ignore[arg-type]
+                             waited=waited, tls_error=tls)
+
+
+@pytest.mark.parametrize(("rj", "busy"), [
+    (AssociateRJ(2, 1, 1), True),  # transient, whatever the reason
+    (AssociateRJ(1, 3, 2), True),  # local limit exceeded
+    (AssociateRJ(1, 3, 1), True),  # temporary congestion
+    (AssociateRJ(1, 1, 7), False),  # called AE title not recognized
+])
+def test_rejections_that_mean_busy(rj: AssociateRJ, busy: bool) -> None:
+    assert is_busy_answer(failed(rj=rj), wait=3.0) is busy
+
+
+def test_silence_is_busy_only_after_the_whole_wait_and_only_when_connected() -> None:
+    assert is_busy_answer(failed("no_answer", waited=2.9), wait=3.0)
+    assert not is_busy_answer(failed("no_answer", waited=1.0), wait=3.0)
+    assert not is_busy_answer(failed("closed", waited=3.0), wait=3.0)
+    assert not is_busy_answer(failed("connection", connected=False), wait=3.0)
+
+
+@pytest.mark.parametrize(("failure", "kind", "transient"), [
+    (failed("connection", connected=False), "connection", True),
+    (failed(rj=AssociateRJ(1, 1, 7)), "rejected", False),
+    (failed(rj=AssociateRJ(2, 3, 1)), "rejected", True),
+    (failed("aborted"), "aborted", True),
+    (failed("closed"), "aborted", True),
+    (failed("no_answer"), "aborted", True),
+    (failed("no_context"), "no_context", False),
+    (failed("tls", connected=False, tls=tls_error("WRONG_VERSION_NUMBER")), "tls", True),
+])
+def test_each_failure_has_its_kind(failure: AssociationFailed, kind: str,
+                                   transient: bool) -> None:
+    error = classify(failure, "pacs", "1.2.3", "1.2.840.10008.1.2.1")
+    assert (error.reason, error.transient) == (kind, transient)
