@@ -30,8 +30,18 @@ def test_an_idle_codec_process_stops() -> None:
     try:
         codecs.run(os.getpid)
         deadline = time.monotonic() + 30
-        while codecs._pool is not None and time.monotonic() < deadline:
+        while codecs.running and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert codecs._pool is None
+        assert not codecs.running
+    finally:
+        codecs.close()
+
+
+def test_an_exception_in_the_codec_process_is_raised_in_the_worker() -> None:
+    codecs = CodecProcess()
+    try:
+        with pytest.raises(ValueError):
+            codecs.run(int, "not a number")
+        assert codecs.run(int, "42") == 42  # the same process goes on serving
     finally:
         codecs.close()

@@ -13,15 +13,17 @@ DeliveryError (retried, then dead-lettered) and the next transcode starts a new 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from router.core.errors import DeliveryError
 
@@ -61,15 +63,36 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     return Transcoded(target_ts, describe(source_ts), describe(target_ts))
 
 
+def _serve(connection: Connection) -> None:
+    """The codec process: run what the worker sends until it sends None or goes away."""
+    while True:
+        try:
+            request = connection.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        function, args = request
+        try:
+            connection.send((True, function(*args)))
+        except Exception as exc:  # returned to the worker, which raises it there
+            connection.send((False, exc))
+
+
 class CodecProcess:
-    """One lazily started codec process per worker, shared by its delivery threads."""
+    """One lazily started codec process per worker; its delivery threads take turns."""
 
     def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
         self.idle_seconds = idle_seconds
-        self._lock = threading.Lock()
-        self._pool: ProcessPoolExecutor | None = None
-        self._busy = 0
+        self._lock = threading.Lock()  # one piece of work at a time, like one codec thread
+        self._process: BaseProcess | None = None
+        self._connection: Connection | None = None
+        self._last_used = 0.0
         self._idle_timer: threading.Timer | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
 
     def transcode(self, source: Path, target: Path, source_ts: str,
                   accepted: Sequence[str]) -> Transcoded:
@@ -81,56 +104,69 @@ class CodecProcess:
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """`function(*args)` in the codec process; DeliveryError (transient) if it dies."""
-        pool = self._acquire()
-        try:
-            return pool.submit(function, *args).result()
-        except BrokenProcessPool as exc:
-            self._discard(pool)
-            raise DeliveryError(
-                "transcode", "the codec process died while transcoding this instance "
-                "(a pixel codec crash or out of memory); retried in a new process",
-                transient=True) from exc
-        finally:
-            self._release()
+        with self._lock:
+            connection = self._start()
+            try:
+                connection.send((function, args))
+                ok, value = connection.recv()
+            except (EOFError, OSError) as exc:
+                self._stop(wait=0.0)
+                raise DeliveryError(
+                    "transcode", "the codec process died while transcoding this instance "
+                    "(a pixel codec crash or out of memory); retried in a new process",
+                    transient=True) from exc
+            finally:
+                self._last_used = time.monotonic()
+                self._arm_idle_timer()
+        if not ok:
+            raise value
+        return cast(T, value)
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._stop(wait=2.0)
 
-    def _acquire(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            if self._pool is None:
-                log.info("starting a codec process for transcoding")
-                self._pool = ProcessPoolExecutor(
-                    max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-            self._busy += 1
-            return self._pool
+    def _start(self) -> Connection:
+        if self._connection is not None and self._process is not None \
+                and self._process.is_alive():
+            return self._connection
+        self._stop(wait=0.0)
+        log.info("starting a codec process for transcoding")
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        # Daemonic: it never outlives the worker, whatever way the worker ends.
+        process = context.Process(target=_serve, args=(theirs,), name="codec", daemon=True)
+        process.start()
+        theirs.close()  # so that its death is EOF here
+        self._process, self._connection = process, ours
+        return ours
 
-    def _release(self) -> None:
-        with self._lock:
-            self._busy -= 1
-            if self._busy == 0 and self._pool is not None:
-                self._idle_timer = threading.Timer(self.idle_seconds, self._close_if_idle)
-                self._idle_timer.daemon = True
-                self._idle_timer.start()
+    def _stop(self, wait: float) -> None:
+        process, connection = self._process, self._connection
+        self._process = self._connection = None
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.send(None)
+            connection.close()
+        if process is not None:
+            process.join(wait)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self.idle_seconds, self._close_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
 
     def _close_if_idle(self) -> None:
         with self._lock:
-            if self._busy or self._pool is None:
+            if self._process is None or \
+                    time.monotonic() - self._last_used < self.idle_seconds * 0.9:
                 return
-            pool, self._pool = self._pool, None
+            self._stop(wait=2.0)
         log.info("codec process idle for %.0f s: stopped", self.idle_seconds)
-        pool.shutdown(wait=True)
-
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
