@@ -70,24 +70,32 @@ class SharedCounts:
         row = slot * self.columns
         return sum(self._counts[row:row + self.columns])
 
-    def _find(self, key: bytes, create: bool, probe: int = MAX_PROBE) -> int | None:
+    def _find(self, key: bytes, create: bool) -> int | None:
+        """The key's slot: probed until the key or an empty slot (keys leave only when the
+        table is compacted, so an empty slot ends the chain). A new key takes that empty
+        slot when it is near; past MAX_PROBE the table is compacted first."""
         digest = _digest(key)
-        start = digest % self.slots
-        for step in range(min(probe, self.slots)):
-            slot = (start + step) % self.slots
-            held = self._keys[slot]
-            if held == digest:
-                return slot
-            if held == 0:
-                if not create:
-                    return None
-                self._keys[slot] = digest
-                return slot
+        slot, steps = self._probe(digest)
+        if slot is not None and self._keys[slot] == digest:
+            return slot
         if not create:
             return None
-        if probe < self.slots and self._compact():
-            return self._find(key, create, self.slots)  # once, over the whole table
-        return None
+        if slot is None or steps > MAX_PROBE:
+            if self._compact():
+                slot, steps = self._probe(digest)
+            if slot is None:
+                return None
+        self._keys[slot] = digest
+        return slot
+
+    def _probe(self, digest: int) -> tuple[int | None, int]:
+        """(slot holding `digest` or the first empty one, steps taken); None when full."""
+        start = digest % self.slots
+        for step in range(self.slots):
+            slot = (start + step) % self.slots
+            if self._keys[slot] in (digest, 0):
+                return slot, step
+        return None, self.slots
 
     def _compact(self) -> bool:
         """Drop keys whose counts are all zero and re-place the rest; whether room was made."""
