@@ -233,7 +233,10 @@ class Supervisor:
         process = child.process
         if process is None or process.is_alive():
             if child.process is None and now >= child.not_before:
-                self._start(child)
+                try:
+                    self._start(child)
+                except RouterError as exc:  # its port was taken while it was down
+                    self._cannot_bind(child, str(exc))
             return
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
@@ -262,13 +265,13 @@ class Supervisor:
             sock.close()
         self.limits.forget(index - 1)
 
-    def _cannot_bind(self, child: Child) -> None:
+    def _cannot_bind(self, child: Child, why: str = "see its message above") -> None:
         listen = self.config.listen
         address = describe(listen.host, listen.port) if child.name.startswith("acceptor") \
             else "its address"
         self.fatal = f"{child.name} cannot listen on {address}"
-        log.error("%s cannot listen on %s (see its message above): a port that cannot be bound "
-                  "is a configuration error; stopping the router", child.name, address)
+        log.error("%s cannot listen on %s (%s): a port that cannot be bound is a "
+                  "configuration error; stopping the router", child.name, address, why)
         self.stopping.set()
 
     def check_ports(self) -> None:
@@ -329,12 +332,7 @@ class Supervisor:
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             for child in self.children:
-                try:
-                    self._reap(child, now)
-                except RouterError as exc:  # an acceptor's port was taken while it was down
-                    self.fatal = str(exc)
-                    log.error("%s", exc)
-                    self.stopping.set()
+                self._reap(child, now)
             metrics.READY.set(1 if self.ready()[0] else 0)
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
