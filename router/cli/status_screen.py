@@ -105,7 +105,7 @@ def _header(now: Reading) -> Text:
     acceptors = acceptor_snapshots(s)
     if len(acceptors) > 1:
         line.append("\n" + ", ".join(f"{name}: {body.get('accepted', 0)} associations, "
-                                      f"{body.get('instances', 0)} instances"
+                                      f"{body.get('stored', 0)} instances stored"
                                       for name, body in acceptors.items()))
     for name in (*acceptors, "broker"):
         if s.get(name, {}).get("stale"):

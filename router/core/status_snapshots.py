@@ -41,6 +41,7 @@ class AssociationProgress:
     instances: int = 0  # complete DIMSE requests with a dataset (C-STOREs and others)
     bytes_received: int = 0  # every dataset byte of this association so far
     current_bytes: int = 0  # of the dataset arriving now: progress of a long transfer
+    stored: int = 0  # C-STOREs answered Success (set by the store handler before it answers)
     last_activity: float = field(default_factory=time.time)
 
     @property
@@ -71,7 +72,7 @@ class LiveAssociations:
         self._open: dict[int, AssociationProgress] = {}
         self._ids = itertools.count(1)
         self.accepted = 0  # associations opened since this process started
-        self.instances = 0  # datasets received by associations that have closed
+        self.stored = 0  # C-STOREs answered Success on associations that have closed
 
     def opened(self, calling_ae: str, called_ae: str, peer: str, tls: bool
                ) -> AssociationProgress:
@@ -85,7 +86,7 @@ class LiveAssociations:
         progress.message_done()  # a transfer cut short is in flight no more
         with self._lock:
             if self._open.pop(progress.id, None) is not None:
-                self.instances += progress.instances
+                self.stored += progress.stored
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -95,9 +96,8 @@ class LiveAssociations:
         """An acceptor's live snapshot: its open associations and its totals so far."""
         associations = self.snapshot()
         with self._lock:
-            instances = self.instances + sum(a["instances"] for a in associations)
-            return {"associations": associations, "accepted": self.accepted,
-                    "instances": instances}
+            stored = self.stored + sum(a["stored"] for a in associations)
+            return {"associations": associations, "accepted": self.accepted, "stored": stored}
 
 
 def write_snapshot(folder: Path, name: str, body: dict[str, Any]) -> None:

@@ -117,11 +117,11 @@ def test_render_computes_rates_and_lists_errors() -> None:
         "ae_title": "ROUTER", "listen": "0.0.0.0:11112", "ready": False,
         "ready_reason": "draining", "started_at": wall - 60, "version": "1",
         "processes": [{"name": "broker", "pid": 1, "alive": False, "restarts": 3}],
-        "acceptor-1": {"accepted": 3, "instances": 9, "associations": [{
+        "acceptor-1": {"accepted": 3, "stored": 9, "associations": [{
             "calling_ae": "CT1", "called_ae": "ROUTER", "peer": "10.0.0.1:5000", "tls": True,
             "started_at": wall - 30, "instances": 4, "bytes_received": 5 * 1024**2,
             "current_bytes": 1024**2, "last_activity": wall}]},
-        "acceptor-2": {"accepted": 1, "instances": 2, "associations": [{
+        "acceptor-2": {"accepted": 1, "stored": 2, "associations": [{
             "calling_ae": "MR2", "called_ae": "ROUTER", "peer": "10.0.0.2:5000", "tls": False,
             "started_at": wall - 10, "instances": 2, "bytes_received": 1024,
             "current_bytes": 0, "last_activity": wall}]},
@@ -139,7 +139,8 @@ def test_render_computes_rates_and_lists_errors() -> None:
     assert "CT1" in text and "1.0 MB" in text and "5.0 MB" in text
     # Every acceptor's associations, oldest first, and each acceptor's totals.
     assert "Associations (2 open)" in text and text.index("CT1") < text.index("MR2")
-    assert "acceptor-1: 3 associations, 9 instances, acceptor-2: 1 associations, 2 instances" \
+    assert "acceptor-1: 3 associations, 9 instances stored, acceptor-2: 1 associations, 2 " \
+        "instances stored" \
         in text
     pacs = next(line for line in text.splitlines() if "│ pacs" in line)
     assert [c.strip() for c in pacs.split("│") if c.strip()] == \
