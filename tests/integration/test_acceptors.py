@@ -5,6 +5,7 @@ the others go on, and a stop drains every one of them."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import yaml
 from pydicom.uid import CTImageStorage
 
 from router.core.acceptor_status import acceptor_snapshots, open_associations
@@ -90,6 +92,23 @@ def test_parallel_senders_spread_over_two_acceptors(
         assert router.metric_sum("dicom_router_associations_total",
                                  result="accepted") == len(groups)
         assert not _all_arrived(router, pacs, sources)
+
+        # SIGHUP reaches both: a new allowlist turns away every association, on either.
+        config = yaml.safe_load(router.config_path.read_text())
+        config["listen"]["allowed_calling_ae"] = ["SOMEONE-ELSE"]
+        router.config_path.write_text(yaml.safe_dump(config))
+        assert router.process is not None
+        router.process.send_signal(signal.SIGHUP)
+        applied = re.compile(r"(acceptor-\d) router\.acceptor\.main: applied the reloaded")
+        assert wait_for(lambda: set(applied.findall(router.log())) == {"acceptor-1",
+                                                                       "acceptor-2"},
+                        timeout=30), router.log()[-3000:]
+        with ThreadPoolExecutor(4) as pool:
+            refused = list(pool.map(lambda files: run_storescu(
+                files, LOCALHOST, router.port, called_ae=AE), groups[:8]))
+        assert all(r.returncode != 0 for r in refused)
+        assert router.metric("dicom_router_association_rejections_total",
+                             reason="calling_ae") == 8
 
 
 def test_a_killed_acceptor_is_restarted_alone_and_nothing_acknowledged_is_lost(
