@@ -107,8 +107,9 @@ def fuzz_config(workdir: Path) -> dict[str, Any]:
         "rules": [{"name": "all", "forward": ["keep"]}],
         # Attacks and health checks all come from 127.0.0.1: the per-source cap on pending
         # connections (test_acceptor_dos.py) would turn the checks away with the attacks.
+        # One acceptor: its RSS, threads and pid are what the checks watch.
         "listen": {"acse_timeout": ACSE_TIMEOUT, "network_timeout": NETWORK_TIMEOUT,
-                   "max_pending_per_source": 128},
+                   "max_pending_per_source": 128, "acceptors": 1},
         "drain_grace": 1,
     }
 
