@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from tests.dicom_samples import (
 )
 from tests.integration import pdus
 from tests.integration.conftest import RouterFactory, dicom_destination
-from tests.integration.router_process import RouterProcess, http_get, wait_for
+from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
 from tests.integration.senders import BackgroundSend, acknowledged
 
 pytestmark = pytest.mark.integration
@@ -227,3 +228,40 @@ def _refused(port: int) -> bool:
             return False
     except OSError:
         return True
+
+
+def _run_to_exit(config_path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROUTER, "run", "--config", str(config_path)], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def _archive(tmp_path: Path, **listen: Any) -> dict[str, Any]:
+    return {"listen": {"acceptors": 2, **listen},
+            "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+            "rules": [{"name": "all", "forward": ["archive"]}]}
+
+
+def test_a_second_router_cannot_share_the_port(start_router: RouterFactory,
+                                               tmp_path: Path) -> None:
+    """SO_REUSEPORT lets the acceptors share a port, not another router: its start fails
+    with the same message as any taken port."""
+    first = start_router(_archive(tmp_path / "first"))
+    second = RouterProcess(tmp_path / "second", _archive(tmp_path / "second", port=first.port))
+    done = _run_to_exit(second.config_path, tmp_path / "second")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"cannot listen for DICOM on 127.0.0.1:{first.port}" in done.stderr
+    assert "Address already in use" in done.stderr and "started " not in done.stderr
+    assert http_get(first.metrics_port, "/readyz")[0] == 200
+
+
+def test_a_program_listening_with_so_reuseport_is_not_joined(tmp_path: Path) -> None:
+    router = RouterProcess(tmp_path, _archive(tmp_path))
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind((LOCALHOST, router.port))
+        other.listen()
+        done = _run_to_exit(router.config_path, tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"cannot listen for DICOM on 127.0.0.1:{router.port}" in done.stderr
+    assert "Address already in use" in done.stderr and "started " not in done.stderr
