@@ -38,12 +38,13 @@ def test_a_destination_change_restarts_the_pipeline() -> None:
 
 
 @pytest.mark.parametrize("key", ["listen.port", "spool.path", "workers", "ae_title",
-                                 "metrics.port", "listen.tls.mode"])
+                                 "metrics.port", "listen.tls.mode", "listen.acceptors"])
 def test_keys_that_need_a_restart_refuse_the_whole_file(key: str) -> None:
     old = default_config()
     data = old.model_dump(mode="json", by_alias=True)
     values = {"listen.port": 104, "spool.path": "/other", "workers": 7, "ae_title": "OTHER",
-              "metrics.port": 9999, "listen.tls.mode": "tls"}
+              "metrics.port": 9999, "listen.tls.mode": "tls",
+              "listen.acceptors": old.listen.acceptors + 1}
     section, _, leaf = key.rpartition(".")
     target = data
     for part in filter(None, section.split(".")):
