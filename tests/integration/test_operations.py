@@ -139,7 +139,10 @@ def test_status_names_the_problem_when_no_router_answers(tmp_path: Path) -> None
 
 def rewrite(router: RouterProcess, change: dict[str, Any]) -> None:
     config = yaml.safe_load(router.config_path.read_text())
+    acceptors = config["listen"].get("acceptors")  # set by ROUTER_TEST_ACCEPTORS: keep it
     config.update(change)
+    if acceptors is not None:
+        config["listen"].setdefault("acceptors", acceptors)
     router.config_path.write_text(yaml.safe_dump(config))
 
 
