@@ -45,7 +45,7 @@ def _status(router: RouterProcess, pid: int, done: int, started: float) -> str:
 
 def _problems(router: RouterProcess, pid: int, baseline_kb: int) -> list[str]:
     found = []
-    if router.child_pid("acceptor") != pid:
+    if router.child_pid("acceptor-1") != pid:
         found.append("the acceptor was restarted: it crashed")
     echo = run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER", timeout=30)
     if echo.returncode != 0:
@@ -65,7 +65,7 @@ def run(sessions: int, seed: int, work_dir: Path) -> int:
     shutil.rmtree(work_dir, ignore_errors=True)
     work_dir.mkdir(parents=True)
     with RouterProcess(work_dir / "router", fuzz_config(work_dir)) as router:
-        pid = router.child_pid("acceptor")
+        pid = router.child_pid("acceptor-1")
         corpus = session_corpus.capture(router.port, work_dir)
         time.sleep(ACSE_TIMEOUT + 1)
         baseline = rss_kb(pid)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 CASE_ORDER = ["direct", "naive", "orthanc", "router", "router-tuned", "direct-1assoc",
-              "router-1assoc"]
+              "router-1assoc", "router-acceptors-1", "router-acceptors-2"]
 
 # Issue 13's targets. (size, senders or None for "every count measured", minimum ratio to
 # direct, minimum fraction of the disk's durable bandwidth or None): a row meets its target

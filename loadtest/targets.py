@@ -212,8 +212,10 @@ def orthanc(env: CaseEnv) -> Iterator[Endpoint]:
 
 
 def router_config(env: CaseEnv, port: int, metrics_port: int, dest_port: int,
-                  tuned: bool) -> str:
+                  tuned: bool, acceptors: int | None = None) -> str:
     listen = f"{{host: {LOCALHOST}, port: {port}"
+    if acceptors is not None:
+        listen += f", acceptors: {acceptors}"
     if tuned:
         listen += ", max_pdu: 1048576"
     if env.tls is not None:
@@ -265,13 +267,14 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pa
     raise RuntimeError(f"router not ready after {timeout}s: {_tail(log)}")
 
 
-def _router(tuned: bool) -> Case:
+def _router(tuned: bool, acceptors: int | None = None) -> Case:
     @contextmanager
     def case(env: CaseEnv) -> Iterator[Endpoint]:
         with _plain_destination(env) as scp:
             port, metrics_port = free_ports(2)
             config = env.workdir / "router.yaml"
-            config.write_text(router_config(env, port, metrics_port, scp.port, tuned))
+            config.write_text(router_config(env, port, metrics_port, scp.port, tuned,
+                                            acceptors))
             problem = check_router_config(config)
             if problem is not None:
                 what = "TLS listener" if env.tls is not None else "config"
@@ -301,6 +304,11 @@ CASES: dict[str, tuple[str, Case]] = {
                       "time)", single_association(direct)),
     "router-1assoc": ("dicom-router, default config, to storescp without --fork",
                       single_association(router_default)),
+    # listen.acceptors against each other (not in the default matrix: --cases names them).
+    "router-acceptors-1": ("dicom-router, default config, listen.acceptors 1",
+                           _router(tuned=False, acceptors=1)),
+    "router-acceptors-2": ("dicom-router, default config, listen.acceptors 2",
+                           _router(tuned=False, acceptors=2)),
 }
 # Each case's baseline for "x direct".
 BASELINE = {"direct-1assoc": "direct-1assoc", "router-1assoc": "direct-1assoc"}

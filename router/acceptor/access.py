@@ -15,8 +15,6 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import threading
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +26,7 @@ from router.core.dimse_status import (
     NO_REASON_GIVEN,
     Reject,
 )
+from router.core.shared_counts import SharedCounts
 from router.core.tls import peer_identities
 
 PBKDF2_ITERATIONS = 200_000
@@ -63,9 +62,12 @@ def peer_certificate(assoc: Any) -> dict[str, Any] | None:
 
 
 class AccessPolicy:
-    def __init__(self, config: ListenConfig) -> None:
-        self._active: Counter[str] = Counter()
-        self._lock = threading.Lock()
+    def __init__(self, config: ListenConfig, counts: SharedCounts | None = None,
+                 column: int = 0) -> None:
+        # Open associations by calling AE, shared by every acceptor (or private).
+        self._active = counts if counts is not None \
+            else SharedCounts(2 * config.max_associations, 1)
+        self._column = column
         self.reconfigure(config)
 
     def reconfigure(self, config: ListenConfig) -> None:
@@ -103,11 +105,9 @@ class AccessPolicy:
         if c.require_user_identity and assoc.requestor.user_identity is None:
             return Rejection(NO_REASON_GIVEN, "user_identity", "no user identity was negotiated")
         limit = c.max_associations_per_calling_ae
-        if limit is not None:
-            with self._lock:
-                if self._active[calling] >= limit:
-                    return Rejection(LOCAL_LIMIT_EXCEEDED, "per_ae_limit",
-                                     f"{calling!r} already has {limit} associations")
+        if limit is not None and self._active.count(_key(calling)) >= limit:
+            return Rejection(LOCAL_LIMIT_EXCEEDED, "per_ae_limit",
+                             f"{calling!r} already has {limit} associations")
         return None
 
     def _source_allowed(self, source: str) -> bool:
@@ -131,14 +131,13 @@ class AccessPolicy:
     # --- bookkeeping for the per-AE limit -----------------------------------------------------
 
     def opened(self, calling: str) -> None:
-        with self._lock:
-            self._active[calling] += 1
+        self._active.try_add(self._column, _key(calling), None, None)
 
     def closed(self, calling: str) -> None:
-        with self._lock:
-            self._active[calling] -= 1
-            if self._active[calling] <= 0:
-                del self._active[calling]
+        self._active.remove(self._column, _key(calling))
+
+    def open_count(self, calling: str) -> int:
+        return self._active.count(_key(calling))
 
     # --- user identity (EVT_USER_ID) -------------------------------------------------------
 
@@ -148,3 +147,7 @@ class AccessPolicy:
         if user is None or kind != 2 or secondary is None:
             return False
         return passcode_matches(secondary, user.passcode_hash)
+
+
+def _key(calling: str | bytes) -> bytes:
+    return calling if isinstance(calling, bytes) else calling.encode(errors="replace")

@@ -97,6 +97,11 @@ class AcceptorState:
         QUEUE_FULL: "refusing work: queue full",
     }
 
+    NAMES: ClassVar[dict[int, str]] = {
+        STARTING: "starting", ACCEPTING: "accepting", DRAINING: "draining",
+        DISK_WATERMARK: "disk_watermark", QUEUE_FULL: "queue_full",
+    }
+
     @classmethod
     def code(cls, reason: str) -> int:
         return cls._CODES[reason]

@@ -23,6 +23,7 @@ from router.core.dimse_status import (
     Status,
 )
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
+from router.core.shared_counts import SharedCounts
 from router.core.status_snapshots import LiveAssociations
 from router.core.tls import subject_text
 from router.dicom.net import set_nodelay
@@ -35,6 +36,7 @@ class AssociationEvents:
     def __init__(
         self, access: AccessPolicy, admission: Admission, audit: AuditTrail | None = None,
         live: LiveAssociations | None = None, tls: bool = False,
+        slots: SharedCounts | None = None, column: int = 0,
     ) -> None:
         self.access = access
         self.admission = admission
@@ -44,7 +46,10 @@ class AssociationEvents:
         self._lock = threading.Lock()  # close events and the connection thread may race
         # Associations past their request (negotiating or established): max_associations
         # counts these, not connections still sending their request (router.pending).
-        self._in_slots = 0
+        # Shared by every acceptor (router/core/shared_counts.py), or private.
+        self._slots = slots if slots is not None \
+            else SharedCounts(2 * access.config.max_associations, 1)
+        self._column = column
         # The same rejection of the same peer is audited a few times a minute, no more.
         self._audit_limiter = RepeatLimiter(what="audit_rejection")
 
@@ -64,11 +69,10 @@ class AssociationEvents:
 
     def _take_slot(self, assoc: Any) -> Rejection | None:
         limit = self.access.config.max_associations
+        if self._slots.try_add(self._column, None, None, limit) is not None:
+            return Rejection(LOCAL_LIMIT_EXCEEDED, "max_associations",
+                             f"already {limit} associations (listen.max_associations)")
         with self._lock:
-            if self._in_slots >= limit:
-                return Rejection(LOCAL_LIMIT_EXCEEDED, "max_associations",
-                                 f"already {limit} associations (listen.max_associations)")
-            self._in_slots += 1
             router_association(assoc).router_slot = True
         return None
 
@@ -143,9 +147,9 @@ class AssociationEvents:
             tally, state.router_tally = state.router_tally, None
             counted, state.router_counted = state.router_counted, False
             progress, state.router_progress = state.router_progress, None
-            if state.router_slot:
-                state.router_slot = False
-                self._in_slots -= 1
+            slot, state.router_slot = state.router_slot, False
+        if slot:
+            self._slots.remove(self._column, None)
         if progress is not None and self.live is not None:
             self.live.closed(progress)
         if tally is not None and self.audit is not None:

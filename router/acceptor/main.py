@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Protocol
 
 import zmq
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -39,6 +38,7 @@ from router.acceptor.broker_client import BrokerClient
 from router.acceptor.store_handler import StoreHandler
 from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
+from router.core.acceptor_seat import AcceptorSeat, SharedInt
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
@@ -58,10 +58,6 @@ from router.dicom.tls_listener import RouterAssociationServer, TLSListener, star
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
-
-
-class SharedInt(Protocol):
-    value: int
 
 
 def build_ae(config: RouterConfig) -> AE:
@@ -209,8 +205,9 @@ class LiveConfig:
         return self.config.drain_grace
 
 
-def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
-    """Entry point of the spawned acceptor process."""
+def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
+    """Entry point of a spawned acceptor process: it serves `seat.listener`, one of the
+    listening sockets the supervisor bound on listen.host:listen.port."""
     setup_logging(config.log_level, config.log_format)
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -231,27 +228,30 @@ def main(config: RouterConfig, runtime: Runtime, state: SharedInt) -> None:
     store = StoreHandler(spool, rules, broker, admission, config.listen.max_dataset_bytes, audit,
                          relay)
     live = LiveAssociations()
-    events = AssociationEvents(AccessPolicy(config.listen), admission, audit, live,
-                               tls=config.listen.tls.mode != "off")
+    limits, column, state = seat.limits, seat.column, seat.state
+    access = AccessPolicy(config.listen, limits.calling_ae, column)
+    events = AssociationEvents(access, admission, audit, live,
+                               tls=config.listen.tls.mode != "off",
+                               slots=limits.associations, column=column)
     tls = None
     if config.listen.tls.mode != "off":
         tls = TLSListener(config.listen.tls, _tls_alert(audit))
     ae = build_ae(config)
     address = (config.listen.host, config.listen.port)
-    pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending)
+    pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending,
+                                 limits.pending, column)
     server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
-                          events.finished, pending, config.listen.backlog)
+                          events.finished, pending, config.listen.backlog, seat.listener)
     server.relay = relay
     live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
     signal.signal(signal.SIGHUP, live_config.on_sighup)
-    log.info("accepting DICOM associations as %s on %s:%d (TLS %s)", config.ae_title,
-             *address, config.listen.tls.mode)
+    log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
+             config.ae_title, *address, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()
     threading.Thread(target=publish_forever, name="live-status", daemon=True,
-                     args=(runtime.status_dir, "acceptor",
-                           lambda: {"associations": live.snapshot()}, stop)).start()
+                     args=(runtime.status_dir, seat.name, live.status, stop)).start()
     # Wait with a timeout: a signal the kernel hands to another thread (every association
     # has two) reaches its Python handler only when this thread runs again, so an untimed
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.

@@ -86,7 +86,10 @@ class StoreHandler:
     def __call__(self, event: Any) -> Dataset:
         progress = router_association(event.assoc).router_progress
         with working_on(association=progress.key if progress is not None else None):
-            return self._answer(event)
+            answer = self._answer(event)
+        if progress is not None and answer.Status == Status.SUCCESS:
+            progress.stored += 1  # before pynetdicom sends the answer: the live count is exact
+        return answer
 
     def _answer(self, event: Any) -> Dataset:
         tags: dict[str, str] = {}

@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from router.core.acceptor_status import acceptor_snapshots, open_associations
 from router.core.errors import RouterError
 from router.service.metric_samples import Samples, by_label, parse_metrics, total
 
@@ -101,7 +102,12 @@ def _header(now: Reading) -> Text:
                  + (f" restarted {p['restarts']}x" if p["restarts"] else "")
                  for p in s.get("processes", [])]
     line.append(f"\nprocesses: {', '.join(processes)}")
-    for name in ("acceptor", "broker"):
+    acceptors = acceptor_snapshots(s)
+    if len(acceptors) > 1:
+        line.append("\n" + ", ".join(f"{name}: {body.get('accepted', 0)} associations, "
+                                      f"{body.get('stored', 0)} instances stored"
+                                      for name, body in acceptors.items()))
+    for name in (*acceptors, "broker"):
         if s.get(name, {}).get("stale"):
             line.append(f"\n{name} has not reported for a while: it may be hung", style="red")
     return line
@@ -126,7 +132,7 @@ def _throughput(before: Reading, now: Reading, elapsed: float) -> Text:
 
 
 def _associations(now: Reading) -> Table:
-    rows = now.status.get("acceptor", {}).get("associations", [])
+    rows = open_associations(now.status)
     table = Table(title=f"Associations ({len(rows)} open)", title_justify="left", expand=False)
     for column in ("calling AE", "called AE", "peer", "TLS", "open for", "instances",
                    "received", "transfer now", "idle"):

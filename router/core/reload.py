@@ -31,6 +31,7 @@ from router.core.errors import RouterError
 # Dotted key prefixes that need a restart of the router.
 RESTART_ONLY = (
     "ae_title", "listen.host", "listen.port", "listen.max_pdu", "listen.tls.mode",
+    "listen.acceptors",
     "spool", "metrics", "api", "console", "workers", "worker_threads", "audit",
 )
 ACCEPTOR_KEYS = ("rules", "listen", "log_level", "log_format", "drain_grace")

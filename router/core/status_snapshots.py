@@ -41,6 +41,7 @@ class AssociationProgress:
     instances: int = 0  # complete DIMSE requests with a dataset (C-STOREs and others)
     bytes_received: int = 0  # every dataset byte of this association so far
     current_bytes: int = 0  # of the dataset arriving now: progress of a long transfer
+    stored: int = 0  # C-STOREs answered Success (set by the store handler before it answers)
     last_activity: float = field(default_factory=time.time)
 
     @property
@@ -70,22 +71,33 @@ class LiveAssociations:
         self._lock = threading.Lock()
         self._open: dict[int, AssociationProgress] = {}
         self._ids = itertools.count(1)
+        self.accepted = 0  # associations opened since this process started
+        self.stored = 0  # C-STOREs answered Success on associations that have closed
 
     def opened(self, calling_ae: str, called_ae: str, peer: str, tls: bool
                ) -> AssociationProgress:
         progress = AssociationProgress(next(self._ids), calling_ae, called_ae, peer, tls)
         with self._lock:
             self._open[progress.id] = progress
+            self.accepted += 1
         return progress
 
     def closed(self, progress: AssociationProgress) -> None:
         progress.message_done()  # a transfer cut short is in flight no more
         with self._lock:
-            self._open.pop(progress.id, None)
+            if self._open.pop(progress.id, None) is not None:
+                self.stored += progress.stored
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [asdict(p) for p in sorted(self._open.values(), key=lambda p: p.id)]
+
+    def status(self) -> dict[str, Any]:
+        """An acceptor's live snapshot: its open associations and its totals so far."""
+        associations = self.snapshot()
+        with self._lock:
+            stored = self.stored + sum(a["stored"] for a in associations)
+            return {"associations": associations, "accepted": self.accepted, "stored": stored}
 
 
 def write_snapshot(folder: Path, name: str, body: dict[str, Any]) -> None:

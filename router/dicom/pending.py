@@ -11,7 +11,8 @@ been read and decoded, or when it ends, whichever comes first.
 from __future__ import annotations
 
 import threading
-from collections import Counter
+
+from router.core.shared_counts import SharedCounts
 
 
 class Ticket:
@@ -27,11 +28,15 @@ class Ticket:
 
 
 class PendingConnections:
-    def __init__(self, per_source: int, total: int) -> None:
+    """The counts are `counts` (shared by every acceptor, router/core/shared_counts.py) in
+    this acceptor's `column`, or private ones."""
+
+    def __init__(self, per_source: int, total: int, counts: SharedCounts | None = None,
+                 column: int = 0) -> None:
         self.per_source = per_source
         self.total = total
-        self._by_source: Counter[str] = Counter()
-        self._count = 0
+        self._counts = counts if counts is not None else SharedCounts(2 * total, 1)
+        self._column = column
         self._lock = threading.Lock()
 
     def reconfigure(self, per_source: int, total: int) -> None:
@@ -40,13 +45,10 @@ class PendingConnections:
 
     def admit(self, source: str) -> Ticket | str:
         """A ticket, or the reason (a metric label) why this connection is refused."""
-        with self._lock:
-            if self._by_source[source] >= self.per_source:
-                return "pending_per_source"
-            if self._count >= self.total:
-                return "pending_total"
-            self._by_source[source] += 1
-            self._count += 1
+        refused = self._counts.try_add(self._column, source.encode(), self.per_source,
+                                       self.total)
+        if refused is not None:
+            return "pending_per_source" if refused == "key" else "pending_total"
         return Ticket(self, source)
 
     def _release(self, ticket: Ticket) -> None:
@@ -54,11 +56,7 @@ class PendingConnections:
             if ticket._released:
                 return
             ticket._released = True
-            self._count -= 1
-            self._by_source[ticket.source] -= 1
-            if self._by_source[ticket.source] <= 0:
-                del self._by_source[ticket.source]
+        self._counts.remove(self._column, ticket.source.encode())
 
     def count(self, source: str | None = None) -> int:
-        with self._lock:
-            return self._count if source is None else self._by_source[source]
+        return self._counts.count(None if source is None else source.encode())

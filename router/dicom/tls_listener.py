@@ -84,8 +84,22 @@ class RouterAssociationServer(ThreadedAssociationServer):
     relay: Any = None  # router.relay_server.RelayServer, set by the acceptor
     pending: PendingConnections | None = None
     request_queue_size = 128  # listen() backlog; socketserver's default of 5 drops SYNs
+    # Bound and listening already (the supervisor's, one of several on the port with
+    # SO_REUSEPORT): served instead of a socket of the server's own.
+    listening: socket.socket | None = None
     _tickets: dict[Any, Ticket]  # by socket object: identity, never a reused fd
     _tickets_lock: threading.Lock
+
+    def server_bind(self) -> None:
+        if self.listening is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()  # the one socketserver made, never bound
+        self.socket = self.listening
+        if self.ae.network_timeout is not None:
+            self.socket.settimeout(self.ae.network_timeout)  # as pynetdicom's own does
+        self.server_address = self.socket.getsockname()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """In the accept loop: refuse a connection past the pending counts before any
@@ -137,11 +151,13 @@ def start_server(
     on_finished: Finished | None = None,
     pending: PendingConnections | None = None,
     backlog: int = 128,
+    listening: socket.socket | None = None,
 ) -> RouterAssociationServer:
     """Like AE.start_server(block=False), with the TLS hook and the guards in place before
-    the first accept."""
-    # listen() runs inside the constructor: the backlog must be on the class by then.
+    the first accept; on `listening` when given, else on a socket bound to `address`."""
+    # bind() and listen() run inside the constructor: these must be on the class by then.
     RouterAssociationServer.request_queue_size = backlog
+    RouterAssociationServer.listening = listening
     server = ae.make_server(address, evt_handlers=handlers, server_class=RouterAssociationServer,
                             request_handler=GuardedRequestHandler)
     assert isinstance(server, RouterAssociationServer)

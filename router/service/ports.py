@@ -25,22 +25,39 @@ def describe(host: str, port: int) -> str:
 
 
 def check_bindable(host: str, port: int, what: str, key: str) -> None:
-    """Bind (with SO_REUSEADDR, as the real listeners do) and close at once; RouterError
-    naming the address, the config key and what to do when the bind fails."""
+    """Bind (with SO_REUSEADDR, as the real listeners do, and never SO_REUSEPORT: a port
+    another program or router listens on, even with SO_REUSEPORT, fails here) and close at
+    once; RouterError naming the address, the config key and what to do when it fails."""
+    _bound(host, port, what, key, reuse_port=False).close()
+
+
+def listening_socket(host: str, port: int, backlog: int, what: str, key: str) -> socket.socket:
+    """A listening socket with SO_REUSEPORT: one per acceptor on the same port, the kernel
+    spreading new connections over them. Check the port with check_bindable first."""
+    sock = _bound(host, port, what, key, reuse_port=True)
+    sock.listen(backlog)
+    return sock
+
+
+def _bound(host: str, port: int, what: str, key: str, reuse_port: bool) -> socket.socket:
     where = f"{what} on {describe(host, port)} ({key})"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as exc:
         raise RouterError(f"cannot listen for {where}: {exc.strerror}") from None
-    with socket.socket(family, kind, proto) as sock:
+    sock = socket.socket(family, kind, proto)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            hint = _HINTS.get(exc.errno or 0)
-            raise RouterError(f"cannot listen for {where}: {exc.strerror}"
-                              + (f"; {hint}" if hint else "")) from None
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = _HINTS.get(exc.errno or 0)
+        raise RouterError(f"cannot listen for {where}: {exc.strerror}"
+                          + (f"; {hint}" if hint else "")) from None
+    return sock
 
 
 def is_bind_failure(exc: BaseException) -> bool:

@@ -1,5 +1,9 @@
-"""The supervisor: spawns the broker, the workers and the acceptor, restarts whichever dies,
-serves /metrics, /healthz and /readyz, and stops them all in order on SIGTERM or Ctrl-C."""
+"""The supervisor: spawns the broker, the workers and the acceptors, restarts whichever dies,
+serves /metrics, /healthz and /readyz, and stops them all in order on SIGTERM or Ctrl-C.
+
+It owns the acceptors' listening sockets (one per acceptor, SO_REUSEPORT on the same port):
+it binds them after checking the port with a plain bind, keeps them for the router's
+lifetime, and replaces the socket of an acceptor that died when it restarts it."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,6 +27,7 @@ from prometheus_client import multiprocess
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
+from router.core.acceptor_seat import AcceptorSeat, SharedLimits
 from router.core.config import DicomWebDestination as DicomWebConfig
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
@@ -35,7 +41,13 @@ from router.service.control_api import ControlApi
 from router.service.control_client import ControlClient
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
-from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe, is_bind_failure
+from router.service.ports import (
+    EXIT_CANNOT_BIND,
+    check_bindable,
+    describe,
+    is_bind_failure,
+    listening_socket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,30 +117,56 @@ class Supervisor:
         self.generation = 0  # of the config handed to the children (router/core/reload.py)
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
-        # Written by the acceptor (AcceptorState codes): whether it takes work, and why not.
-        self.acceptor_state = self.mp.Value("i", AcceptorState.STARTING, lock=False)
-        # Order matters: the broker first (others connect to it), the acceptor last.
+        acceptors = config.listen.acceptors
+        # Written by each acceptor (AcceptorState codes): whether it takes work, and why not.
+        self.acceptor_states = [self.mp.Value("i", AcceptorState.STARTING, lock=False)
+                                for _ in range(acceptors)]
+        self.limits = SharedLimits.create(config.listen, acceptors, runtime.directory)
+        self.listeners: dict[int, socket.socket] = {}  # by acceptor index, while it runs
+        # Order matters: the broker first (others connect to it), the acceptors last.
         self.children = [
             Child("broker", "router.broker.main:main", (config, runtime)),
             # Workers transcode in a codec process of their own (workers/transforms/
             # codec_process.py), so they too run without the pixel codecs.
             *[Child(f"worker-{i}", "workers.main:main", (config, runtime, i),
                     without=worker_hidden_modules(config)) for i in range(config.workers)],
-            Child("acceptor", "router.acceptor.main:main", (config, runtime, self.acceptor_state),
-                  without=PIXEL_CODECS),
+            *[Child(f"acceptor-{i}", "router.acceptor.main:main", (config, runtime),
+                    without=PIXEL_CODECS) for i in range(1, acceptors + 1)],
         ]
         self.http: HttpEndpoint | None = None
         self.console: Any = None  # router/console/server.ConsoleServer on its own port
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
 
     def ready(self) -> tuple[bool, str]:
+        """Ready while the broker and every worker run and at least one acceptor accepts:
+        the kernel sends new connections only to acceptors that listen, and an acceptor
+        being restarted has no listening socket."""
         if self.stopping.is_set():
             return False, "draining: not accepting work"
         down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
+        pipeline_down = [name for name in down if not name.startswith("acceptor-")]
+        if pipeline_down:
+            return False, f"not running: {', '.join(pipeline_down)}"
+        states = [int(s.value) for s in self.acceptor_states]
+        if AcceptorState.ACCEPTING not in states:
+            # The disk and the queue are the same for all: the first reason says it.
+            reasons = [s for s in states if s != AcceptorState.STARTING]
+            return False, AcceptorState.MESSAGES[reasons[0] if reasons
+                                                 else AcceptorState.STARTING]
         if down:
-            return False, f"not running: {', '.join(down)}"
-        state = int(self.acceptor_state.value)
-        return state == AcceptorState.ACCEPTING, AcceptorState.MESSAGES[state]
+            return True, f"ready; not running: {', '.join(down)}"
+        return True, AcceptorState.MESSAGES[AcceptorState.ACCEPTING]
+
+    def _process_row(self, child: Child) -> dict[str, Any]:
+        row = {"name": child.name, "pid": child.process.pid if child.process else None,
+               "alive": bool(child.process and child.process.is_alive()),
+               "restarts": child.restarts}
+        if child.name.startswith("acceptor-"):
+            row["state"] = AcceptorState.NAMES[int(self._state_of(child).value)]
+        return row
+
+    def _state_of(self, child: Child) -> Any:
+        return self.acceptor_states[int(child.name.rpartition("-")[2]) - 1]
 
     def status(self) -> dict[str, Any]:
         """GET /status: the processes, readiness and the children's live snapshots."""
@@ -141,11 +179,7 @@ class Supervisor:
             "ready": ok,
             "ready_reason": why,
             "config": {"path": str(self.config_path) if self.config_path else None},
-            "processes": [
-                {"name": c.name, "pid": c.process.pid if c.process else None,
-                 "alive": bool(c.process and c.process.is_alive()), "restarts": c.restarts}
-                for c in self.children
-            ],
+            "processes": [self._process_row(c) for c in self.children],
             **read_snapshots(self.runtime.status_dir),
         }
 
@@ -174,6 +208,8 @@ class Supervisor:
         return dict(broker.get("destinations", {}))
 
     def _start(self, child: Child) -> None:
+        if child.name.startswith("acceptor-"):
+            child.args = (*child.args[:2], self._seat(child))
         process = self.mp.Process(target=run_child,
                                   args=(child.entry, child.without, *child.args),
                                   name=child.name)
@@ -181,19 +217,34 @@ class Supervisor:
         child.process, child.started_at = process, time.monotonic()
         log.info("started %s (pid %s)", child.name, process.pid)
 
+    def _seat(self, child: Child) -> AcceptorSeat:
+        """The acceptor's listening socket (a new one after a death) and shared state."""
+        index = int(child.name.rpartition("-")[2])
+        if index not in self.listeners:
+            listen = self.config.listen
+            if not self.listeners:  # no sibling holds the port: it may have been taken
+                check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
+            self.listeners[index] = listening_socket(listen.host, listen.port, listen.backlog,
+                                                     "DICOM", "listen.host/listen.port")
+        return AcceptorSeat(index, self.acceptor_states[index - 1], self.listeners[index],
+                            self.limits)
+
     def _reap(self, child: Child, now: float) -> None:
         process = child.process
         if process is None or process.is_alive():
             if child.process is None and now >= child.not_before:
-                self._start(child)
+                try:
+                    self._start(child)
+                except RouterError as exc:  # its port was taken while it was down
+                    self._cannot_bind(child, str(exc))
             return
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
         if code == EXIT_CANNOT_BIND:
             self._cannot_bind(child)  # no restart: it would fail the same way
             return
-        if child.name == "acceptor":
-            self.acceptor_state.value = AcceptorState.STARTING  # died: not accepting any more
+        if child.name.startswith("acceptor-"):
+            self._acceptor_died(child)
         child.process = None
         quick = now - child.started_at < MIN_UPTIME_SECONDS
         child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
@@ -204,12 +255,23 @@ class Supervisor:
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
                   child.name, process.pid, code, child.restart_delay)
 
-    def _cannot_bind(self, child: Child) -> None:
+    def _acceptor_died(self, child: Child) -> None:
+        """Close its socket (the kernel then sends every new connection to the others; one
+        waiting in its backlog is reset, never acknowledged) and drop its counts."""
+        index = int(child.name.rpartition("-")[2])
+        self.acceptor_states[index - 1].value = AcceptorState.STARTING
+        sock = self.listeners.pop(index, None)
+        if sock is not None:
+            sock.close()
+        self.limits.forget(index - 1)
+
+    def _cannot_bind(self, child: Child, why: str = "see its message above") -> None:
         listen = self.config.listen
-        address = describe(listen.host, listen.port) if child.name == "acceptor" else "its address"
+        address = describe(listen.host, listen.port) if child.name.startswith("acceptor") \
+            else "its address"
         self.fatal = f"{child.name} cannot listen on {address}"
-        log.error("%s cannot listen on %s (see its message above): a port that cannot be bound "
-                  "is a configuration error; stopping the router", child.name, address)
+        log.error("%s cannot listen on %s (%s): a port that cannot be bound is a "
+                  "configuration error; stopping the router", child.name, address, why)
         self.stopping.set()
 
     def check_ports(self) -> None:
@@ -237,6 +299,9 @@ class Supervisor:
     def run(self) -> int:
         self.check_tls()
         self.check_ports()
+        for child in self.children:
+            if child.name.startswith("acceptor-"):
+                self._seat(child)  # bind every acceptor's socket now, not after the spawns
         spool = Spool(self.config.spool.path).create()
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
@@ -259,7 +324,7 @@ class Supervisor:
         if self.console is not None:
             self.console.start()
         for child in self.children:
-            self._start(child)
+            self._start(child)  # the acceptors' sockets: bound here, just after check_ports
         self._install_signals()
         if audit is not None:
             audit.application_started()
@@ -384,7 +449,11 @@ class Supervisor:
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""
         grace = self.config.drain_grace + self.config.listen.dimse_timeout + 5
-        for group in (["acceptor"], [c.name for c in self.children if c.name.startswith("w")],
+        for sock in self.listeners.values():
+            sock.close()  # the acceptors' own copies stay open until each stops listening
+        self.listeners.clear()
+        acceptors = [c.name for c in self.children if c.name.startswith("acceptor-")]
+        for group in (acceptors, [c.name for c in self.children if c.name.startswith("w")],
                       ["broker"]):
             members = [c for c in self.children if c.name in group and c.process is not None]
             for child in members:

@@ -22,6 +22,13 @@ from tests.dcmtk import free_ports
 ROUTER = [sys.executable, "-m", "router.cli"]
 
 
+def _acceptors() -> dict[str, int]:
+    """ROUTER_TEST_ACCEPTORS=N runs every test router with N acceptor processes (unless the
+    test sets listen.acceptors): the suite then checks the limits and the status over N."""
+    wanted = os.environ.get("ROUTER_TEST_ACCEPTORS")
+    return {"acceptors": int(wanted)} if wanted else {}
+
+
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as rsp:
@@ -40,7 +47,8 @@ class RouterProcess:
         config = {
             "spool": {"path": str(workdir / "spool")},
             **config,
-            "listen": {"host": "127.0.0.1", "port": self.port, **config.get("listen", {})},
+            "listen": {"host": "127.0.0.1", "port": self.port, **_acceptors(),
+                       **config.get("listen", {})},
             "metrics": {**config.get("metrics", {}), "host": "127.0.0.1",
                         "port": self.metrics_port},
         }

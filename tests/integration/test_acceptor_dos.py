@@ -67,7 +67,7 @@ def _echo(port: int) -> tuple[int, str]:
 
 
 def test_unknown_pdu_type_then_huge_length_allocates_nothing(router: RouterProcess) -> None:
-    acceptor = router.child_pid("acceptor")
+    acceptor = router.child_pid("acceptor-1")
     before = rss_kb(acceptor)
     peak = before
     with _connect(router.port) as sock:
@@ -81,7 +81,7 @@ def test_unknown_pdu_type_then_huge_length_allocates_nothing(router: RouterProce
     print(f"\nDOS acceptor RSS {before} kB -> peak {peak} kB")
     assert peak - before < RSS_LIMIT_KB, f"acceptor RSS grew from {before} to {peak} kB"
     assert closed, "the router kept the connection open 10 s after an unknown PDU type"
-    assert router.child_pid("acceptor") == acceptor
+    assert router.child_pid("acceptor-1") == acceptor
 
 
 def test_unknown_pdu_type_is_aborted(router: RouterProcess) -> None:
@@ -157,7 +157,7 @@ class Flood(threading.Thread):
 
 
 def test_a_flood_from_one_source_does_not_lock_out_another(router: RouterProcess) -> None:
-    acceptor = router.child_pid("acceptor")
+    acceptor = router.child_pid("acceptor-1")
     flood = Flood(router.port)
     flood.start()
     try:

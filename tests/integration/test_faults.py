@@ -391,13 +391,13 @@ def test_acceptor_killed_during_parallel_sends_loses_nothing(tmp_path: Path) -> 
                 send.start()
             assert wait_for(lambda: router.metric("dicom_router_instances_received_total",
                                                   result="accepted") >= 150, timeout=60)
-            victim = router.child_pid("acceptor")
+            victim = router.child_pid("acceptor-1")
             os.kill(victim, signal.SIGKILL)
             for send in sends:
                 send.join(120)
             acknowledged = [path for send in sends for path in send.acknowledged()]
             assert len(acknowledged) >= 150
-            assert wait_for(lambda: router.child_pid("acceptor") != victim), "not restarted"
+            assert wait_for(lambda: router.child_pid("acceptor-1") != victim), "not restarted"
             wanted = _digests(acknowledged)
             assert wait_for(lambda: wanted <= _digests(pacs.received_files()), timeout=120), (
                 f"{len(wanted - _digests(pacs.received_files()))} acknowledged instances "

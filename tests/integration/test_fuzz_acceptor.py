@@ -107,8 +107,9 @@ def fuzz_config(workdir: Path) -> dict[str, Any]:
         "rules": [{"name": "all", "forward": ["keep"]}],
         # Attacks and health checks all come from 127.0.0.1: the per-source cap on pending
         # connections (test_acceptor_dos.py) would turn the checks away with the attacks.
+        # One acceptor: its RSS, threads and pid are what the checks watch.
         "listen": {"acse_timeout": ACSE_TIMEOUT, "network_timeout": NETWORK_TIMEOUT,
-                   "max_pending_per_source": 128},
+                   "max_pending_per_source": 128, "acceptors": 1},
         "drain_grace": 1,
     }
 
@@ -181,7 +182,7 @@ def assert_healthy(t: Target) -> None:
     echo = run_echoscu(LOCALHOST, router.port, called_ae=AE, timeout=15)
     assert echo.returncode == 0, f"echoscu failed:\n{echo.stdout}{echo.stderr}"
     assert pdus.valid_echo_session(LOCALHOST, router.port) == 0x0000
-    newest = router.child_pid("acceptor")
+    newest = router.child_pid("acceptor-1")
     assert newest == t.acceptor_pid, (
         f"the acceptor was restarted (pid {t.acceptor_pid} -> {newest}): it crashed\n"
         f"{router.log()[-4000:]}")
@@ -399,7 +400,7 @@ def warm_up(t: Target, workdir: Path) -> None:
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     workdir = tmp_path_factory.mktemp("fuzz-router")
     with RouterProcess(workdir, fuzz_config(workdir)) as router:
-        t = Target(router, router.child_pid("acceptor"))
+        t = Target(router, router.child_pid("acceptor-1"))
         warm_up(t, workdir)
         t.rss_kb, t.fds = rss_kb(t.acceptor_pid), fd_count(t.acceptor_pid)
         yield t
@@ -663,7 +664,7 @@ def test_memory_stays_flat(target: Target) -> None:
     print(f"\nFUZZ acceptor RSS {target.rss_kb} -> {now} kB, "
           f"fds {target.fds} -> {fd_count(target.acceptor_pid)}")
     assert flat, f"acceptor RSS grew from {target.rss_kb} kB to {now} kB (limit {limit} kB)"
-    assert target.router.child_pid("acceptor") == target.acceptor_pid
+    assert target.router.child_pid("acceptor-1") == target.acceptor_pid
 
 
 # --- regressions: router bugs this module found ------------------------------------------

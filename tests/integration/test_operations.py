@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from router.core.acceptor_status import open_associations
 from tests.dcmtk import run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, generate_mixed_set
 from tests.integration import pdus
@@ -70,11 +71,11 @@ def test_a_transfer_in_progress_shows_in_status_and_metrics(
                                                last=False)]))
 
         def holding() -> bool:
-            rows = status(router).get("acceptor", {}).get("associations", [])
+            rows = open_associations(status(router))
             return any(r["current_bytes"] == held for r in rows)
 
         assert wait_for(holding, timeout=15), status(router)
-        row = next(r for r in status(router)["acceptor"]["associations"])
+        row = next(r for r in open_associations(status(router)))
         assert row["calling_ae"] == "SLOW_MODALITY" and row["called_ae"] == AE
         assert row["peer"].startswith("127.0.0.1:") and row["tls"] is False
         assert router.metric("dicom_router_receive_bytes_in_flight") == held
@@ -86,7 +87,7 @@ def test_a_transfer_in_progress_shows_in_status_and_metrics(
     finally:
         conn.send(pdus.a_abort())
         conn.close()
-    assert wait_for(lambda: not status(router)["acceptor"]["associations"], timeout=15)
+    assert wait_for(lambda: not open_associations(status(router)), timeout=15)
     assert wait_for(lambda: router.metric("dicom_router_receive_bytes_in_flight") == 0)
     assert router.metric_sum("dicom_router_associations_active") == 0
     assert router.metric("dicom_router_received_bytes_total") == held
@@ -107,7 +108,7 @@ def test_status_shows_destinations_throughput_and_errors(
 
     body = status(router)
     assert body["ready"] is True and body["ae_title"] == AE
-    assert {p["name"] for p in body["processes"]} >= {"broker", "acceptor", "worker-0"}
+    assert {p["name"] for p in body["processes"]} >= {"broker", "acceptor-1", "worker-0"}
     assert all(p["alive"] for p in body["processes"])
     assert body["broker"]["spool"]["size_bytes"] > 0
     text = status_text(router)
@@ -138,7 +139,10 @@ def test_status_names_the_problem_when_no_router_answers(tmp_path: Path) -> None
 
 def rewrite(router: RouterProcess, change: dict[str, Any]) -> None:
     config = yaml.safe_load(router.config_path.read_text())
+    acceptors = config["listen"].get("acceptors")  # set by ROUTER_TEST_ACCEPTORS: keep it
     config.update(change)
+    if acceptors is not None:
+        config["listen"].setdefault("acceptors", acceptors)
     router.config_path.write_text(yaml.safe_dump(config))
 
 
@@ -224,7 +228,7 @@ def test_json_logs_carry_association_and_job_ids(
                 if line.strip() and not line.startswith("{")], "a log line is not JSON"
     record = worker_record()
     assert record is not None and record["job"] in record["message"]
-    stored = [r for r in every if r["process"] == "acceptor" and r.get("association")
+    stored = [r for r in every if r["process"].startswith("acceptor-") and r.get("association")
               and r.get("job") and "accepted as job" in r["message"]]
     assert len(stored) == 2, "every C-STORE logs its association and job"
     assert stored[0]["association"] == stored[1]["association"]  # one storescu association

@@ -63,7 +63,7 @@ def test_running_processes_map_codecs_only_where_needed(
     numpy_lib, gdcm_lib = "_multiarray_umath", "_gdcmswig"
     assert router.process is not None
     processes = [("supervisor", router.process.pid), ("broker", router.child_pid("broker")),
-                 ("acceptor", router.child_pid("acceptor")),
+                 ("acceptor-1", router.child_pid("acceptor-1")),
                  ("worker-0", router.child_pid("worker-0"))]
     for name, pid in processes:
         maps = _mapped_libraries(pid)

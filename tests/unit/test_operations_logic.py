@@ -38,12 +38,13 @@ def test_a_destination_change_restarts_the_pipeline() -> None:
 
 
 @pytest.mark.parametrize("key", ["listen.port", "spool.path", "workers", "ae_title",
-                                 "metrics.port", "listen.tls.mode"])
+                                 "metrics.port", "listen.tls.mode", "listen.acceptors"])
 def test_keys_that_need_a_restart_refuse_the_whole_file(key: str) -> None:
     old = default_config()
     data = old.model_dump(mode="json", by_alias=True)
     values = {"listen.port": 104, "spool.path": "/other", "workers": 7, "ae_title": "OTHER",
-              "metrics.port": 9999, "listen.tls.mode": "tls"}
+              "metrics.port": 9999, "listen.tls.mode": "tls",
+              "listen.acceptors": old.listen.acceptors + 1}
     section, _, leaf = key.rpartition(".")
     target = data
     for part in filter(None, section.split(".")):
@@ -117,10 +118,14 @@ def test_render_computes_rates_and_lists_errors() -> None:
         "ae_title": "ROUTER", "listen": "0.0.0.0:11112", "ready": False,
         "ready_reason": "draining", "started_at": wall - 60, "version": "1",
         "processes": [{"name": "broker", "pid": 1, "alive": False, "restarts": 3}],
-        "acceptor": {"associations": [{
+        "acceptor-1": {"accepted": 3, "stored": 9, "associations": [{
             "calling_ae": "CT1", "called_ae": "ROUTER", "peer": "10.0.0.1:5000", "tls": True,
             "started_at": wall - 30, "instances": 4, "bytes_received": 5 * 1024**2,
             "current_bytes": 1024**2, "last_activity": wall}]},
+        "acceptor-2": {"accepted": 1, "stored": 2, "associations": [{
+            "calling_ae": "MR2", "called_ae": "ROUTER", "peer": "10.0.0.2:5000", "tls": False,
+            "started_at": wall - 10, "instances": 2, "bytes_received": 1024,
+            "current_bytes": 0, "last_activity": wall}]},
         "broker": {"destinations": {"pacs": {
             "depth": 7, "in_flight": 1, "oldest_seconds": 90, "up": False, "paused_for": 20,
             "failures_in_a_row": 3, "concurrency": 1, "associations": 1}}},
@@ -133,6 +138,11 @@ def test_render_computes_rates_and_lists_errors() -> None:
     text = console.export_text()
     assert "NOT READY: draining" in text and "broker (DOWN) restarted 3x" in text
     assert "CT1" in text and "1.0 MB" in text and "5.0 MB" in text
+    # Every acceptor's associations, oldest first, and each acceptor's totals.
+    assert "Associations (2 open)" in text and text.index("CT1") < text.index("MR2")
+    assert "acceptor-1: 3 associations, 9 instances stored, acceptor-2: 1 associations, 2 " \
+        "instances stored" \
+        in text
     pacs = next(line for line in text.splitlines() if "│ pacs" in line)
     assert [c.strip() for c in pacs.split("│") if c.strip()] == \
         ["pacs", "paused 20s", "1/1", "7", "1", "1m30s", "10.0", "30", "0", "2", "0", "0"]

@@ -3,6 +3,7 @@ the client TLS the router uses towards destinations."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -85,9 +86,23 @@ class UserConfig(Strict):
     passcode_hash: str = Field(pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]+$")
 
 
+MAX_DEFAULT_ACCEPTORS = 4
+
+
+def default_acceptors(cores: int | None = None) -> int:
+    """One acceptor process per two cores, at least one and at most four (README
+    "listen.acceptors"): an instance costs CPU in the acceptor, the broker and a worker, so
+    more acceptors than half the cores only take CPU from the delivery side."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_ACCEPTORS, cores // 2))
+
+
 class ListenConfig(Strict):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
+    # Acceptor processes sharing host:port (SO_REUSEPORT): the kernel spreads new
+    # connections over them. The listen limits below hold for all of them together.
+    acceptors: int = Field(default_factory=default_acceptors, ge=1, le=64)
     max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
     # Reject associations whose called AE is not the router's own AE title.
     require_called_ae: bool = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from router.core.acceptor_status import open_associations
 from router.service.console.auth import Identity
 from router.service.console.history import History
 from router.service.console.html import age, button, e, form, page, select, table
@@ -59,7 +60,7 @@ def overview_data(status: dict[str, Any], samples: Samples, history: History
         "ready": status.get("ready"), "ready_reason": status.get("ready_reason"),
         "started_at": status.get("started_at"), "version": status.get("version"),
         "jobs_queued": broker.get("jobs_queued", 0), "spool": broker.get("spool", {}),
-        "associations": status.get("acceptor", {}).get("associations", []),
+        "associations": open_associations(status),
         "destinations": rows, "history": history.series(),
     }
 
