@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -71,7 +72,7 @@ class DeliveryThread(threading.Thread):
                     return
                 answer = self.handle_batch(task) if task.batch else self.handle(task)
                 self._park(task.destination)
-                self.results.send(encode(answer))
+                self.results.send(encode(dataclasses.replace(answer, lease=task.lease)))
                 self._release_idle()
         finally:
             for destination in self.destinations.values():

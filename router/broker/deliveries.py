@@ -37,6 +37,7 @@ class Delivery:
     # How it was dispatched (not what it is: left out of ==).
     others_open: int = field(default=0, compare=False)  # associations open besides this one
     opens_association: bool = field(default=False, compare=False)  # no idle one was there
+    lease: int = field(default=0, compare=False)  # the token of the Deliver that sent it
 
     @property
     def key(self) -> tuple[str, str]:

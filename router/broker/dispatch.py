@@ -46,7 +46,8 @@ class Dispatcher(DispatchState):
     """The rules: what a worker's result does to the state, and what to send next."""
 
     def result(self, identity: bytes, result: Result, now: float) -> list[Outcome]:
-        delivery = self._lease_back(identity, (result.job_id, result.destination), now)
+        delivery = self._lease_back(identity, (result.job_id, result.destination),
+                                    result.lease, now)
         if delivery is None:
             return []
         self._association_ended(identity, delivery, [result], now)
@@ -73,12 +74,12 @@ class Dispatcher(DispatchState):
             self.limit_changes.append((name, before, concurrency.limit, "probe"))
 
     def batch_result(self, identity: bytes, destination: str, results: list[Result],
-                     now: float) -> list[Outcome]:
+                     now: float, lease: int = 0) -> list[Outcome]:
         """A batch's results: each job on its own, except that a failure of the destination
         itself puts what was not delivered back as one batch at the front of the queue."""
         if not results:
             return []
-        batch = self._lease_back(identity, (results[0].job_id, destination), now)
+        batch = self._lease_back(identity, (results[0].job_id, destination), lease, now)
         if batch is None:
             return []
         self._association_ended(identity, batch, results, now)
@@ -169,7 +170,8 @@ class Dispatcher(DispatchState):
                 break
             name, choice = picked
             delivery = replace(self._take_run(name), others_open=choice.others_open,
-                               opens_association=choice.new_association)
+                               opens_association=choice.new_association,
+                               lease=next(self._leases))
             worker = self.workers[choice.worker]
             worker.credits -= 1
             worker.leases[delivery.key] = delivery

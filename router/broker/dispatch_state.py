@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -52,6 +53,9 @@ class DispatchState:
         self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
         self.delayed: list[tuple[float, int, Delivery]] = []
         self._sequence = itertools.count()
+        # Dispatch tokens, from a random start: a restarted broker's never meet its
+        # predecessor's, whose answers may still arrive.
+        self._leases = itertools.count(secrets.randbits(62) + 1)
         self.workers: dict[bytes, WorkerState] = {}
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
@@ -184,16 +188,21 @@ class DispatchState:
         return [w.identity for w in self.workers.values()
                 if now - w.last_seen > WORKER_LEASE_SECONDS]
 
-    def _lease_back(self, identity: bytes, key: tuple[str, str], now: float
+    def _lease_back(self, identity: bytes, key: tuple[str, str], lease: int, now: float
                     ) -> Delivery | None:
+        """The delivery this answer is for; None when it answers something else (a lease
+        given to another worker, or, after a broker restart, the previous broker's delivery
+        of the same job: its token differs, and the lease stays for its own answer)."""
         worker = self.workers.get(identity)
         if worker is None:
             return None  # a lease already given to another worker; that one will answer
-        delivery = worker.leases.pop(key, None)
-        worker.credits += 1
+        worker.credits += 1  # the answering delivery thread is free, whatever it answered
         worker.last_seen = now
-        if delivery is not None:
-            self.in_flight[delivery.destination] -= 1
+        delivery = worker.leases.get(key)
+        if delivery is None or delivery.lease != lease:
+            return None
+        del worker.leases[key]
+        self.in_flight[delivery.destination] -= 1
         return delivery
 
     def is_paused(self, destination: str, now: float) -> bool:

@@ -160,7 +160,7 @@ class Broker(Publishing):
             metrics.FORWARDED.labels(message.destination, _outcome_label(message)).inc()
         elif isinstance(message, BatchResult):
             self._apply(self.dispatcher.batch_result(identity, message.destination,
-                                                     message.results, now))
+                                                     message.results, now, message.lease))
             for result in message.results:
                 metrics.FORWARDED.labels(message.destination, _outcome_label(result)).inc()
         elif isinstance(message, Heartbeat):
@@ -234,7 +234,7 @@ class Broker(Publishing):
     def _dispatch(self, now: float) -> None:
         for identity, delivery in self.dispatcher.dispatch(now):
             message = Deliver(delivery.job, delivery.destination, delivery.attempt,
-                              list(delivery.batch), delivery.others_open)
+                              list(delivery.batch), delivery.others_open, delivery.lease)
             if not self._send(self.backend, identity, message):
                 self._worker_gone(identity, "is unreachable")
         self._log_limit_changes()

@@ -116,6 +116,10 @@ class Deliver(Message):
     # Associations the router holds to the destination besides the one this may open: when
     # > 0, a new association left unanswered for busy_timeout means busy, not down.
     others_open: int = 0
+    # This dispatch's token, echoed in its Result/BatchResult: the broker matches answers to
+    # what it sent, not merely to a job id (an answer to an earlier broker's delivery of the
+    # same job, after a broker restart, must not settle this one).
+    lease: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class Result(Message):
     reason: str = ""  # bounded label when not delivered
     transient: bool = False
     detail: str = ""  # operator-facing message
+    lease: int = 0  # the Deliver's token
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class BatchResult(Message):
     kind: ClassVar[str] = "batch_result"
     destination: str
     results: list[Result]
+    lease: int = 0  # the Deliver's token
 
 
 @dataclass(frozen=True)

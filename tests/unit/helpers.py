@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from router.core.messages import JobHeader
@@ -34,3 +35,22 @@ def make_header(
     }
     values.update(overrides)
     return JobHeader(**values)
+
+
+def answer(dispatcher: Any, identity: bytes, result: Any, now: float) -> Any:
+    """dispatcher.result() as a worker answers: with the token of the Deliver it got (0
+    when that worker holds no such lease: a stranger's or a stale answer)."""
+    lease = _lease(dispatcher, identity, (result.job_id, result.destination))
+    return dispatcher.result(identity, dataclasses.replace(result, lease=lease), now)
+
+
+def answer_batch(dispatcher: Any, identity: bytes, destination: str, results: list[Any],
+                 now: float) -> Any:
+    lease = _lease(dispatcher, identity, (results[0].job_id, destination)) if results else 0
+    return dispatcher.batch_result(identity, destination, results, now, lease)
+
+
+def _lease(dispatcher: Any, identity: bytes, key: tuple[str, str]) -> int:
+    worker = dispatcher.workers.get(identity)
+    delivery = worker.leases.get(key) if worker is not None else None
+    return delivery.lease if delivery is not None else 0

@@ -10,7 +10,7 @@ from router.broker.dispatch import BUSY_HOLD_SECONDS, Dispatcher
 from router.core.config import RetryConfig
 from router.core.messages import Result
 
-from .helpers import make_header
+from .helpers import answer, answer_batch, make_header
 
 W1, W2 = b"w1", b"w2"
 RETRY = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=8.0)
@@ -109,7 +109,7 @@ def test_busy_requeues_without_spending_an_attempt() -> None:
     d.add_job(job)
     d.worker_ready(W1, 4, 0.0)
     (_, delivery), = d.dispatch(0.0)
-    outcomes = d.result(W1, Result("j1", "pacs", False, "busy", True, "busy"), 1.0)
+    outcomes = answer(d, W1, Result("j1", "pacs", False, "busy", True, "busy"), 1.0)
     assert [type(o) for o in outcomes] == [Retry]
     assert d.failures_in_a_row["pacs"] == 0 and not d.is_paused("pacs", 1.0)
     # Nothing of ours is open: wait a moment, then the same attempt goes again.
@@ -126,7 +126,7 @@ def test_a_long_queue_to_a_single_association_goes_in_runs() -> None:
     d.worker_ready(W2, 4, 0.0)
     (worker, run), = d.dispatch(0.0)  # limit 1: one association, one run of 32
     assert len(run.jobs) == 32 and run.others_open == 0
-    outcomes = d.batch_result(worker, "pacs", [Result(j.job_id, "pacs", True)
+    outcomes = answer_batch(d, worker, "pacs", [Result(j.job_id, "pacs", True)
                                                for j in run.jobs], 1.0)
     assert len(outcomes) == 32 and d.concurrency["pacs"].limit == 2  # a backlog: probe up
     sends = d.dispatch(1.0)

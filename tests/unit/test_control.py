@@ -15,7 +15,7 @@ from router.core.config import RetryConfig, parse_config
 from router.core.messages import Control, JobHeader, Result
 from router.core.spool import Spool
 
-from .helpers import make_header
+from .helpers import answer, make_header
 
 W1 = b"worker-1"
 RETRY = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=8.0)
@@ -76,7 +76,7 @@ def test_retry_ends_the_backoff_now(spool: Spool) -> None:
     job = make_header("aa02")
     commit(spool, dispatcher, job)
     dispatcher.dispatch(0.0)
-    dispatcher.result(W1, Result(job.job_id, "pacs", False, "connection", True), 0.0)
+    answer(dispatcher, W1, Result(job.job_id, "pacs", False, "connection", True), 0.0)
     assert dispatcher.dispatch(0.1) == []  # backing off
     act(control, "retry", "pacs")
     assert [d.job.job_id for _, d in dispatcher.dispatch(0.1)] == ["aa02"]
@@ -103,7 +103,7 @@ def test_drain_into_a_destination_the_job_already_has_settles_it(spool: Spool) -
     dispatcher.worker_ready(W1, 4, 0.0)
     for _, delivery in dispatcher.dispatch(0.0):
         if delivery.destination == "archive":
-            dispatcher.result(W1, Result(job.job_id, "archive", True), 0.0)
+            answer(dispatcher, W1, Result(job.job_id, "archive", True), 0.0)
     # pacs is in flight: nothing to move; put it back by a lost worker, then drain.
     dispatcher.worker_gone(W1)
     reply, outcomes = control.handle(Control("r", "drain", "pacs", "archive"), 0.0)
@@ -133,7 +133,7 @@ def test_fallback_takes_over_after_the_delay_and_hands_back(spool: Spool) -> Non
     for job in jobs:
         commit(spool, dispatcher, job)
     for _, d in dispatcher.dispatch(0.0):
-        dispatcher.result(W1, Result(d.job.job_id, "pacs", False, "connection", True), 0.0)
+        answer(dispatcher, W1, Result(d.job.job_id, "pacs", False, "connection", True), 0.0)
     dispatcher.held.add("archive")  # an operator paused the first fallback: the next is used
     control.tick(1.0)
     assert dispatcher.depth("backup") == 0  # not yet: unavailable for 0s
@@ -143,7 +143,7 @@ def test_fallback_takes_over_after_the_delay_and_hands_back(spool: Spool) -> Non
     probe = next(iter(dispatcher.queues["pacs"]))
     for _, d in dispatcher.dispatch(100.0):
         if d.destination == "pacs":
-            dispatcher.result(W1, Result(probe.job.job_id, "pacs", True), 100.0)
+            answer(dispatcher, W1, Result(probe.job.job_id, "pacs", True), 100.0)
     control.tick(101.0)
     assert "fallback_to" not in control.summary("pacs", 101.0)
     commit(spool, dispatcher, make_header("ab10"))

@@ -19,7 +19,7 @@ from router.broker.dispatch_state import WORKER_LEASE_SECONDS
 from router.core.config import RetryConfig
 from router.core.messages import JobHeader, Result
 
-from .helpers import make_header
+from .helpers import answer, make_header
 
 W1 = b"worker-1"
 W2 = b"worker-2"
@@ -78,9 +78,9 @@ def test_job_settles_only_when_every_destination_delivered() -> None:
     d.worker_ready(W1, 4, now=0.0)
     assert sorted(sent(d.dispatch(0.0))) == [("j1", "archive"), ("j1", "pacs")]
 
-    assert d.result(W1, ok(job, "pacs"), now=1.0) == []
+    assert answer(d, W1, ok(job, "pacs"), now=1.0) == []
     assert "j1" in d.jobs
-    assert d.result(W1, ok(job, "archive"), now=1.0) == [Settled(job)]
+    assert answer(d, W1, ok(job, "archive"), now=1.0) == [Settled(job)]
 
     assert d.jobs == {}
     assert d.queued_bytes == 0
@@ -111,7 +111,7 @@ def test_recovered_delivered_destinations_are_not_queued() -> None:
     assert [x.destination for x in d.queues["archive"]] == ["archive"]
     d.worker_ready(W1, 1, now=0.0)
     assert sent(d.dispatch(0.0)) == [("j1", "archive")]
-    assert d.result(W1, ok(job, "archive"), now=0.0) == [Settled(job)]
+    assert answer(d, W1, ok(job, "archive"), now=0.0) == [Settled(job)]
 
 
 def test_recovered_job_delivered_everywhere_settles_at_once() -> None:
@@ -184,7 +184,7 @@ def test_a_settled_job_frees_its_share_of_the_bounds() -> None:
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
 
-    d.result(W1, ok(job, "pacs"), now=0.0)
+    answer(d, W1, ok(job, "pacs"), now=0.0)
 
     assert d.refusal(make_header("j2", size=1000)) is None
 
@@ -211,7 +211,7 @@ def test_credits_limit_dispatch() -> None:
     assert d.dispatch(0.0) == []
     assert d.workers[W1].credits == 0
 
-    d.result(W1, ok(jobs[0], "pacs"), now=0.0)  # a Result returns one credit
+    answer(d, W1, ok(jobs[0], "pacs"), now=0.0)  # a Result returns one credit
     assert d.workers[W1].credits == 1
     assert sent(d.dispatch(0.0)) == [("j2", "pacs")]
 
@@ -257,7 +257,7 @@ def test_a_short_queue_goes_one_delivery_per_association() -> None:
     assert sent(d.dispatch(0.0)) == [("j0", "pacs"), ("j1", "pacs")]
     d.add_job(jobs[2])
     assert d.dispatch(0.0) == []  # both associations busy
-    d.result(W1, ok(jobs[0], "pacs"), now=0.0)
+    answer(d, W1, ok(jobs[0], "pacs"), now=0.0)
     assert sent(d.dispatch(0.0)) == [("j2", "pacs")]
     assert d.in_flight["pacs"] == 2
 
@@ -302,7 +302,7 @@ def test_round_robin_holds_when_credits_come_back_one_at_a_time() -> None:
     for _ in range(4):
         ((_, delivery),) = d.dispatch(0.0)
         served.append(delivery.destination)
-        d.result(W1, ok(delivery.job, delivery.destination), now=0.0)
+        answer(d, W1, ok(delivery.job, delivery.destination), now=0.0)
 
     assert sorted(served) == ["archive", "archive", "pacs", "pacs"]
 
@@ -328,7 +328,7 @@ def test_transient_failure_is_retried_after_backoff() -> None:
     d.worker_ready(W1, 1, now=100.0)
     d.dispatch(100.0)
 
-    outcomes = d.result(W1, failed(job, "pacs", "dimse_timeout"), now=100.0)
+    outcomes = answer(d, W1, failed(job, "pacs", "dimse_timeout"), now=100.0)
 
     assert len(outcomes) == 1
     retry = outcomes[0]
@@ -359,12 +359,12 @@ def test_retry_delay_grows_with_the_failed_attempt(attempt: int) -> None:
     now = 0.0
     d.dispatch(now)
     for _ in range(attempt - 1):
-        (r,) = d.result(W1, failed(job, "pacs"), now=now)
+        (r,) = answer(d, W1, failed(job, "pacs"), now=now)
         assert isinstance(r, Retry)
         now += r.delay
         d.dispatch(now)
 
-    (outcome,) = d.result(W1, failed(job, "pacs"), now=now)
+    (outcome,) = answer(d, W1, failed(job, "pacs"), now=now)
 
     assert isinstance(outcome, Retry)
     assert outcome.delivery.attempt == attempt + 1
@@ -378,7 +378,7 @@ def test_permanent_failure_is_a_dead_letter_then_settles() -> None:
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
 
-    outcomes = d.result(W1, failed(job, "pacs", "rejected", transient=False, detail="A900"),
+    outcomes = answer(d, W1, failed(job, "pacs", "rejected", transient=False, detail="A900"),
                         now=0.0)
 
     assert outcomes == [DeadLetter(Delivery(job, "pacs", 1), "rejected", "A900"), Settled(job)]
@@ -394,10 +394,10 @@ def test_dead_letter_settles_only_with_the_last_destination() -> None:
     d.worker_ready(W1, 2, now=0.0)
     d.dispatch(0.0)
 
-    first = d.result(W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
+    first = answer(d, W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
     assert [type(o) for o in first] == [DeadLetter]
 
-    assert d.result(W1, ok(job, "archive"), now=0.0) == [Settled(job)]
+    assert answer(d, W1, ok(job, "archive"), now=0.0) == [Settled(job)]
 
 
 def test_exhausted_attempts_are_a_dead_letter_with_suffix() -> None:
@@ -407,12 +407,12 @@ def test_exhausted_attempts_are_a_dead_letter_with_suffix() -> None:
     d.add_job(job)
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
-    (retry_outcome,) = d.result(W1, failed(job, "pacs", "dimse_timeout"), now=0.0)
+    (retry_outcome,) = answer(d, W1, failed(job, "pacs", "dimse_timeout"), now=0.0)
     assert isinstance(retry_outcome, Retry)
     ((_, second),) = d.dispatch(retry_outcome.delay)
     assert second.attempt == 2
 
-    outcomes = d.result(W1, failed(job, "pacs", "dimse_timeout", detail="timed out"), now=5.0)
+    outcomes = answer(d, W1, failed(job, "pacs", "dimse_timeout", detail="timed out"), now=5.0)
 
     assert outcomes == [
         DeadLetter(Delivery(job, "pacs", 2), "dimse_timeout_retries_exhausted", "timed out"),
@@ -429,7 +429,7 @@ def test_single_attempt_policy_gives_up_on_the_first_transient_failure() -> None
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
 
-    outcomes = d.result(W1, failed(job, "pacs", "status"), now=0.0)
+    outcomes = answer(d, W1, failed(job, "pacs", "status"), now=0.0)
 
     assert [type(o) for o in outcomes] == [DeadLetter, Settled]
     assert isinstance(outcomes[0], DeadLetter)
@@ -443,7 +443,7 @@ def test_withdrawn_settles_without_a_dead_letter() -> None:
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
 
-    outcomes = d.result(W1, failed(job, "pacs", "withdrawn", transient=False), now=0.0)
+    outcomes = answer(d, W1, failed(job, "pacs", "withdrawn", transient=False), now=0.0)
 
     assert outcomes == [Settled(job)]
     assert d.in_flight["pacs"] == 0
@@ -456,7 +456,7 @@ def test_result_from_an_unknown_worker_is_ignored() -> None:
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
 
-    assert d.result(b"stranger", ok(job, "pacs"), now=0.0) == []
+    assert answer(d, b"stranger", ok(job, "pacs"), now=0.0) == []
 
     assert "j1" in d.jobs
     assert d.in_flight["pacs"] == 1
@@ -472,7 +472,7 @@ def test_result_for_a_delivery_the_worker_does_not_hold_is_ignored() -> None:
     d.worker_ready(W2, 0, now=0.0)
     d.dispatch(0.0)  # leased to W1
 
-    assert d.result(W2, ok(job, "pacs"), now=0.0) == []
+    assert answer(d, W2, ok(job, "pacs"), now=0.0) == []
 
     assert "j1" in d.jobs
     assert d.in_flight["pacs"] == 1
@@ -487,7 +487,7 @@ def test_worker_gone_requeues_its_leases_at_the_front_with_the_same_attempt() ->
     d.add_job(job)
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
-    (retry_outcome,) = d.result(W1, failed(job, "pacs"), now=0.0)
+    (retry_outcome,) = answer(d, W1, failed(job, "pacs"), now=0.0)
     assert isinstance(retry_outcome, Retry)
     ((_, leased),) = d.dispatch(10.0)
     assert leased.attempt == 2
@@ -519,7 +519,7 @@ def test_result_after_worker_gone_is_ignored() -> None:
     d.dispatch(0.0)
     d.worker_gone(W1)
 
-    assert d.result(W1, ok(job, "pacs"), now=1.0) == []
+    assert answer(d, W1, ok(job, "pacs"), now=1.0) == []
     assert "j1" in d.jobs
     assert len(d.queues["pacs"]) == 1
 
@@ -558,7 +558,7 @@ def test_heartbeat_and_results_extend_the_lease() -> None:
     other = W2 if holder == W1 else W1
 
     assert d.worker_seen(other, now=5.0) is True
-    d.result(holder, ok(job, "pacs"), now=5.0)
+    answer(d, holder, ok(job, "pacs"), now=5.0)
 
     assert d.expired_workers(5.0 + WORKER_LEASE_SECONDS) == []
     assert d.worker_seen(b"stranger", now=5.0) is False
@@ -585,7 +585,7 @@ def test_destination_failure_pauses_the_queue_without_spending_attempts() -> Non
     d.worker_ready(W1, 1, now=0.0)
     ((_, first),) = d.dispatch(now=0.0)
 
-    (retry,) = d.result(W1, failed(first.job, "pacs", "connection"), now=0.0)
+    (retry,) = answer(d, W1, failed(first.job, "pacs", "connection"), now=0.0)
 
     assert isinstance(retry, Retry) and retry.delivery.attempt == 1  # no attempt spent
     assert d.is_paused("pacs", now=0.5)
@@ -602,12 +602,12 @@ def test_pause_grows_while_the_destination_stays_down_and_resets_on_success() ->
     now, pauses = 0.0, []
     for _ in range(4):
         d.dispatch(now=now)
-        (retry,) = d.result(W1, failed(job, "pacs", "connection"), now=now)
+        (retry,) = answer(d, W1, failed(job, "pacs", "connection"), now=now)
         pauses.append(retry.delay)
         now += retry.delay
     assert pauses == [1.0, 2.0, 4.0, 8.0]
     d.dispatch(now=now)
-    assert d.result(W1, ok(job, "pacs"), now=now) == [Settled(job)]
+    assert answer(d, W1, ok(job, "pacs"), now=now) == [Settled(job)]
     assert not d.is_paused("pacs", now=now)
 
 
@@ -617,7 +617,7 @@ def test_a_paused_destination_does_not_hold_up_another() -> None:
     d.add_job(a)
     d.worker_ready(W1, 2, now=0.0)
     d.dispatch(now=0.0)
-    d.result(W1, failed(a, "pacs", "rejected"), now=0.0)
+    answer(d, W1, failed(a, "pacs", "rejected"), now=0.0)
     d.add_job(b)
     assert sent(d.dispatch(now=0.1)) == [("b", "archive")]
 
@@ -628,5 +628,5 @@ def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
     d.add_job(job)
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(now=0.0)
-    outcomes = d.result(W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
+    outcomes = answer(d, W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
     assert [type(o) for o in outcomes] == [DeadLetter, Settled]

@@ -10,7 +10,7 @@ from router.broker.dispatch import Dispatcher
 from router.core.messages import Result
 from router.core.time_window import TimeWindow
 
-from .helpers import make_header
+from .helpers import answer_batch, make_header
 from .test_dispatch import RETRY, W1, ok, sent
 
 NOON = datetime(2026, 12, 1, 12, 0)
@@ -43,7 +43,7 @@ def test_urgent_jobs_jump_the_queue_and_each_priority_keeps_its_order() -> None:
     while sends := d.dispatch(0.0):
         (_, delivery), = sends
         order.append([job.job_id for job in delivery.jobs])
-        d.batch_result(W1, "pacs", [ok(job, "pacs") for job in delivery.jobs], 0.0)
+        answer_batch(d, W1, "pacs", [ok(job, "pacs") for job in delivery.jobs], 0.0)
     # Jobs of one priority next to each other go as one run over one association.
     assert order == [["urgent"], ["high"], ["n1", "n2"], ["low"]]
 
@@ -84,7 +84,7 @@ def test_a_group_waits_until_stable_then_goes_as_one_batch_in_instance_order() -
     clock.wall_now = t0 + 40
     (_, batch), = d.dispatch(2.0)
     assert [j.job_id for j in batch.jobs] == ["b", "c", "a"]
-    outcomes = d.batch_result(W1, "pacs", [ok(j, "pacs") for j in batch.jobs], 3.0)
+    outcomes = answer_batch(d, W1, "pacs", [ok(j, "pacs") for j in batch.jobs], 3.0)
     assert {o.job.job_id for o in outcomes if isinstance(o, Settled)} == {"b", "c", "a"}
 
 
@@ -115,7 +115,7 @@ def test_a_batch_failing_at_the_destination_goes_back_whole_and_failures_retry_a
     results = [ok(jobs[0], "pacs"),
                Result("j1", "pacs", False, "status", False, "0xA900 refused"),
                Result("j2", "pacs", False, "connection", True, "down")]
-    outcomes = d.batch_result(W1, "pacs", results, 1.0)
+    outcomes = answer_batch(d, W1, "pacs", results, 1.0)
     assert any(isinstance(o, DeadLetter) and o.delivery.job.job_id == "j1" for o in outcomes)
     pause = next(o for o in outcomes if isinstance(o, Retry))
     assert [j.job_id for j in pause.delivery.jobs] == ["j2", "j3"]  # j3 was never tried
@@ -134,3 +134,22 @@ def test_a_worker_lost_mid_batch_gives_the_batch_back() -> None:
     d.dispatch(0.0)
     assert d.worker_gone(W1) == 3
     assert [j.job_id for j in d.queues["pacs"].popleft().jobs] == ["j0", "j1", "j2"]
+
+
+def test_an_answer_to_an_earlier_brokers_delivery_does_not_settle_a_run_of_the_same_job() -> None:
+    """After a broker restart a worker may still finish what the old broker sent it; its
+    answer names a job the new broker has sent again, at the head of a run. Matched by job
+    id alone it took the run's lease, settled one job, and left the others pending in no
+    queue: never delivered, never retried (seen in test_faults' broker kill -9)."""
+    d = dispatcher(Clock(), parallel=1)
+    jobs = [make_header(f"j{i}") for i in range(4)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 4, 0.0)
+    (_, run), = d.dispatch(0.0)
+    assert [j.job_id for j in run.jobs] == ["j0", "j1", "j2", "j3"]
+    stale = Result("j0", "pacs", True, lease=run.lease + 12345)  # the old broker's token
+    assert d.result(W1, stale, 1.0) == []
+    outcomes = answer_batch(d, W1, "pacs", [ok(job, "pacs") for job in run.jobs], 2.0)
+    assert outcomes == [Settled(job) for job in jobs]
+    assert d.jobs == {}
