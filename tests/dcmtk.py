@@ -169,8 +169,33 @@ class StoreSCP:
         return text
 
     def received_files(self) -> list[Path]:
-        """Files storescp wrote, sorted by path."""
-        return sorted(p for p in self.output_dir.rglob("*") if p.is_file())
+        """Files storescp wrote completely, sorted by path.
+
+        With +B storescp writes each file as the data arrives: a file it still holds open is
+        half-written, and counting it let a test read a file without its DICM prefix. Listed
+        first, then left out if open: a file closed in between is complete either way."""
+        files = [p for p in self.output_dir.rglob("*") if p.is_file()]
+        writing = self._files_being_written()
+        return sorted(p for p in files if p.resolve() not in writing)
+
+    def _files_being_written(self) -> set[Path]:
+        """Files open in storescp or in its children (--fork)."""
+        if self._proc is None:
+            return set()
+        pids = {self._proc.pid}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(entry.path, "stat").read_text()
+                    if int(stat[stat.rindex(")") + 2:].split()[1]) == self._proc.pid:
+                        pids.add(int(entry.name))
+        open_files: set[Path] = set()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for fd in os.scandir(f"/proc/{pid}/fd"):
+                    with contextlib.suppress(OSError):
+                        open_files.add(Path(os.readlink(fd.path)))
+        return open_files
 
     def __enter__(self) -> StoreSCP:
         try:
