@@ -169,7 +169,12 @@ class Dispatcher(DispatchState):
             if picked is None:
                 break
             name, choice = picked
-            delivery = replace(self._take_run(name), others_open=choice.others_open,
+            # A learning probe (one association more while others are open) carries one job:
+            # if the destination leaves it unanswered, one job waits busy_timeout, not a run
+            # of 32. A pinned limit (max_associations) is known, not probed.
+            probe = (choice.new_association and choice.others_open > 0
+                     and not self.concurrency[name].pinned)
+            delivery = replace(self._take_run(name, single=probe), others_open=choice.others_open,
                                opens_association=choice.new_association,
                                lease=next(self._leases))
             worker = self.workers[choice.worker]
@@ -179,14 +184,14 @@ class Dispatcher(DispatchState):
             sends.append((worker.identity, delivery))
         return sends
 
-    def _take_run(self, name: str) -> Delivery:
+    def _take_run(self, name: str, single: bool = False) -> Delivery:
         """The next delivery; with a queue longer than the destination's limit, a run of the
         plain deliveries that follow it (same priority and attempt), up to RUN_MAX_JOBS and
         RUN_MAX_BYTES, so that the limit's associations share the queue evenly."""
         queue, concurrency = self.queues[name], self.concurrency[name]
         # Associations free for this queue, counting the one this delivery takes.
         free = max(1, concurrency.limit - concurrency.total_in_use + 1)
-        length = min(RUN_MAX_JOBS, -(-len(queue) // free))
+        length = 1 if single else min(RUN_MAX_JOBS, -(-len(queue) // free))
         first = queue.popleft()
         if first.batch:
             return first
