@@ -39,11 +39,10 @@ from router.core.process_util import (
 )
 from router.core.runtime import Runtime
 from router.core.spool import Spool
-from router.dicom.net import configure_pynetdicom
 from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
 from workers.prepare import SHARED_CODECS
-from workers.relay import ActiveRelays, RelayTask, RelayThread
+from workers.relay_tasks import ActiveRelays, RelayTask
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +74,8 @@ class Worker:
         self.relays = ActiveRelays()
         self.relay_out = self.context.socket(zmq.PULL)
         self.relay_out.bind(f"inproc://relay-out-{index}")
-        self.relay_threads = [
-            RelayThread(config, spool, self.relay_tasks, self.context,
-                        f"inproc://relay-out-{index}", self.relays, i)
-            for i in range(config.worker_threads)
-        ]
+        self.spool = spool
+        self.relay_threads: list[threading.Thread] = []  # started with the first request
         self.broker = self._connect()
 
     def _connect(self) -> zmq.Socket[bytes]:
@@ -110,6 +106,7 @@ class Worker:
                 log.error("ignored a bad message from the broker: %s", exc)
                 continue
             if isinstance(message, RelayRequest):
+                self._start_relays()
                 self.relay_tasks.put(RelayTask(message, payload[0] if payload else None))
             elif isinstance(message, RelayCancel | RelayAck):
                 task = self.relays.get(message.request_id)
@@ -135,6 +132,23 @@ class Worker:
             self.busy -= 1
             self.broker.send(frame)
 
+    def _start_relays(self) -> None:
+        """The relay threads, and pynetdicom with them, at the first relayed request."""
+        if self.relay_threads:
+            return
+        from router.dicom.net import configure_pynetdicom
+        from workers.relay import RelayThread
+
+        # Chunked receive: C-GET sub-operations from an upstream land as files on the spool.
+        configure_pynetdicom(chunked_send=True, chunked_receive=True)
+        self.relay_threads = [
+            RelayThread(self.config, self.spool, self.relay_tasks, self.context,
+                        f"inproc://relay-out-{self.index}", self.relays, i)
+            for i in range(self.config.worker_threads)
+        ]
+        for relay in self.relay_threads:
+            relay.start()
+
     def _on_relay_out(self) -> None:
         while True:
             try:
@@ -146,8 +160,6 @@ class Worker:
     def run(self, stop: threading.Event, wakeup: SignalWakeup | None = None) -> None:
         for thread in self.threads:
             thread.start()
-        for relay in self.relay_threads:
-            relay.start()
         poller = zmq.Poller()
         poller.register(self.results, zmq.POLLIN)
         poller.register(self.relay_out, zmq.POLLIN)
@@ -207,8 +219,6 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     install_stop_handlers(stop)
     wakeup = SignalWakeup()
     watch_parent(stop)
-    # Chunked receive: C-GET sub-operations from an upstream land as files on the spool.
-    configure_pynetdicom(chunked_send=True, chunked_receive=True)
     tempfile.tempdir = str(Spool(config.spool.path).create().incoming)
     signal.signal(signal.SIGHUP, _reload)
     worker = Worker(config, runtime, index)

@@ -17,7 +17,7 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -41,62 +41,17 @@ from router.core.spool import Spool
 from router.core.tls import client_context
 from router.dicom.net import set_nodelay
 from router.dicom.scu_outcome import failure_from_association, mark_connected
+from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
+
+__all__ = ["RELAY_WINDOW", "ActiveRelays", "RelayTask", "RelayThread"]
 
 log = logging.getLogger(__name__)
 
-RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
 PENDING = PENDING_STATUSES
 
 
 class UpstreamUnavailable(Exception):
     """This upstream could not be associated with; the next one in the list is tried."""
-
-
-@dataclass
-class RelayTask:
-    request: RelayRequest
-    dataset: bytes | None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    window: threading.Semaphore = field(
-        default_factory=lambda: threading.Semaphore(RELAY_WINDOW))
-    assoc: Association | None = None
-    stores: int = 0
-    response: Dataset | None = None  # N-services: the command set of the upstream's response
-
-    def cancel(self) -> None:
-        """From the worker's main thread: C-CANCEL travels upstream while the relay waits."""
-        self.cancelled.set()
-        assoc = self.assoc
-        if assoc is not None and self.request.command in ("C-FIND", "C-GET", "C-MOVE"):
-            try:
-                assoc.send_c_cancel(self._message_id, query_model=self.request.sop_class_uid)
-            except Exception as exc:  # the association may have ended just now
-                log.debug("C-CANCEL not sent upstream: %s", exc)
-        self.window.release()  # a relay thread waiting for the acceptor's ack stops waiting
-
-    @property
-    def _message_id(self) -> int:
-        return self.request.move_message_id or 1
-
-
-class ActiveRelays:
-    """Request id -> task, for cancels and acks from the main thread."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[str, RelayTask] = {}
-        self._lock = threading.Lock()
-
-    def add(self, task: RelayTask) -> None:
-        with self._lock:
-            self._tasks[task.request.request_id] = task
-
-    def remove(self, task: RelayTask) -> None:
-        with self._lock:
-            self._tasks.pop(task.request.request_id, None)
-
-    def get(self, request_id: str) -> RelayTask | None:
-        with self._lock:
-            return self._tasks.get(request_id)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ def test_the_broker_loads_no_dicom_or_codecs() -> None:
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 
+def test_a_worker_loads_dicom_only_when_its_work_needs_it() -> None:
+    """pynetdicom with the first relayed request, pydicom with the first folder delivery,
+    morph, de-identification or transcode; the C-STORE sender is the router's engine."""
+    loaded = _loaded_after("router.cli", "router.service.supervisor", "workers.main")
+    assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
+
+
 def _mapped_libraries(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
 

@@ -17,11 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pydicom.errors import InvalidDicomError
-
 from router.core.config import FolderDestination as FolderConfig
 from router.core.errors import DeliveryError, InvalidUID
-from router.core.header_tags import read_tags
 from router.core.messages import JobHeader
 from router.core.spool import fsync_path
 from router.core.uids import require_uid
@@ -64,6 +61,11 @@ def _uid(value: str, keyword: str) -> str:
 
 def read_placement(source: Path, sop_instance_uid: str) -> Placement:
     """`placement` of a file, reading only its UID tags; DeliveryError if it is unreadable."""
+    # pydicom on first use: a worker that never writes to a folder does without it.
+    from pydicom.errors import InvalidDicomError
+
+    from router.core.header_tags import read_tags
+
     try:
         tags = read_tags(source, UID_KEYWORDS)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
