@@ -30,6 +30,8 @@ class TlsTunnel:
         self.context = ssl.create_default_context(cafile=str(ca))
         self.context.load_cert_chain(str(cert), str(key))
         self.listener = socket.create_server((LOCALHOST, 0))
+        self.listener.settimeout(0.2)  # close() does not wake a blocked accept(): poll a flag
+        self._closing = threading.Event()
         self.port: int = self.listener.getsockname()[1]
         self.errors: list[str] = []  # handshake failures towards the server, for asserts
         self._threads: list[threading.Thread] = []
@@ -41,17 +43,19 @@ class TlsTunnel:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.listener.close()
+        self._closing.set()
         self._accepting.join(5)
+        self.listener.close()
         for thread in self._threads:
             thread.join(5)
 
     def _accept(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 client, _ = self.listener.accept()
-            except OSError:
-                return  # listener closed
+            except TimeoutError:
+                continue
+            client.settimeout(None)
             thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
             self._threads.append(thread)
             thread.start()
