@@ -125,18 +125,21 @@ def test_getscu_over_tls_retrieves_a_series_byte_identical(
     keys = {"StudyInstanceUID": study.study_instance_uid,
             "SeriesInstanceUID": series.series_instance_uid}
     direct = run_getscu(LOCALHOST, archive.port, "ARCHIVE", "SERIES", keys, tmp_path / "direct")
+    before = requests(router, "C-GET")
     via = run_getscu(LOCALHOST, tunnel.port, ROUTER_AE, "SERIES", keys, tmp_path / "via")
     assert tunnel.errors == []
     assert len(via) == len(series.instances) == len(direct)
     assert instance_mismatches(series.instances, via) == []
     assert sorted(dataset_digest(p) for p in via) == sorted(dataset_digest(p) for p in direct)
     assert not list((router.spool / "relay").iterdir()), "relay files left behind"
+    assert requests(router, "C-GET") == before + 1
 
 
 def test_movescu_over_tls_moves_a_study_to_the_viewer(
         router: RouterProcess, viewer: StoreSCP, study_set: StudySet,
         tunnel: TlsTunnel) -> None:
     study = explicit_study(study_set)
+    before = requests(router, "C-MOVE")
     for path in viewer.received_files():
         path.unlink()
     result = run_movescu(LOCALHOST, tunnel.port, ROUTER_AE, "STUDY",
@@ -144,7 +147,7 @@ def test_movescu_over_tls_moves_a_study_to_the_viewer(
     assert result.ok, result.output
     assert tunnel.errors == []
     assert instance_mismatches(study.instances, viewer.received_files()) == []
-    assert requests(router, "C-MOVE") >= 1
+    assert requests(router, "C-MOVE") == before + 1
 
 
 def test_an_untrusted_client_certificate_is_refused_and_the_router_carries_on(
