@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from router.acceptor.session import AssociationSession
 from router.core.config import ListenConfig, UserConfig
 from router.core.dimse_status import (
     CALLED_AE_NOT_RECOGNISED,
@@ -55,12 +56,6 @@ def passcode_matches(passcode: bytes, stored: str) -> bool:
     return hmac.compare_digest(digest.hex(), expected)
 
 
-def peer_certificate(assoc: Any) -> dict[str, Any] | None:
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    getpeercert = getattr(sock, "getpeercert", None)
-    return getpeercert() if getpeercert else None
-
-
 class AccessPolicy:
     def __init__(self, config: ListenConfig, counts: SharedCounts | None = None,
                  column: int = 0) -> None:
@@ -78,12 +73,8 @@ class AccessPolicy:
 
     # --- association requests --------------------------------------------------------------
 
-    def check(self, assoc: Any) -> Rejection | None:
-        # From the A-ASSOCIATE-RQ itself: pynetdicom copies the calling AE title onto the
-        # association only after EVT_REQUESTED.
-        calling = assoc.requestor.primitive.calling_ae_title
-        called = assoc.requestor.primitive.called_ae_title
-        source = assoc.requestor.address
+    def check(self, session: AssociationSession) -> Rejection | None:
+        calling, called, source = session.calling_ae, session.called_ae, session.address
         c = self.config
         if self.networks and not self._source_allowed(source):
             return Rejection(NO_REASON_GIVEN, "source", f"source address {source} is not allowed")
@@ -93,16 +84,15 @@ class AccessPolicy:
         if c.allowed_called_ae is not None and called not in c.allowed_called_ae:
             return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae",
                              f"called AE {called!r} is not allowed")
-        # Here rather than pynetdicom's require_called_aet, whose rejections went uncounted.
-        own = str(assoc.acceptor.ae_title).strip()
-        if c.require_called_ae and str(called).strip() != own:
+        own = session.own_ae.strip()
+        if c.require_called_ae and called.strip() != own:
             return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae",
                              f"called AE {called!r} is not {own!r}")
         if c.tls.ae_titles:
-            rejection = self._check_certificate_ae(assoc, calling)
+            rejection = self._check_certificate_ae(session.certificate, calling)
             if rejection is not None:
                 return rejection
-        if c.require_user_identity and assoc.requestor.user_identity is None:
+        if c.require_user_identity and not session.user_identity:
             return Rejection(NO_REASON_GIVEN, "user_identity", "no user identity was negotiated")
         limit = c.max_associations_per_calling_ae
         if limit is not None and self._active.count(_key(calling)) >= limit:
@@ -119,8 +109,9 @@ class AccessPolicy:
             address = address.ipv4_mapped
         return any(address in net for net in self.networks)
 
-    def _check_certificate_ae(self, assoc: Any, calling: str) -> Rejection | None:
-        identities = peer_identities(peer_certificate(assoc))
+    def _check_certificate_ae(self, certificate: dict[str, Any] | None,
+                              calling: str) -> Rejection | None:
+        identities = peer_identities(certificate)
         allowed = {ae for name in identities for ae in self.config.tls.ae_titles.get(name, [])}
         if calling not in allowed:
             who = ", ".join(identities) or "no certificate"

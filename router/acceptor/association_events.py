@@ -1,6 +1,7 @@
-"""The acceptor's association-level handlers: who is let in, and the counts of who is in.
+"""The acceptor's association-level rules: who is let in, and the counts of who is in.
 
-Per-association state lives on the association object (handlers may run on other threads).
+The methods take an `AssociationSession` (router/acceptor/session.py), whichever code serves
+the association; the `on_*` ones adapt pynetdicom's events to them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from typing import Any
 
 from pynetdicom import evt
 
-from router.acceptor.access import AccessPolicy, Rejection, peer_certificate
+from router.acceptor.access import AccessPolicy, Rejection
 from router.acceptor.admission import Admission
+from router.acceptor.session import AssociationSession, session_of
 from router.acceptor.store_handler import StoreHandler
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
@@ -53,76 +55,113 @@ class AssociationEvents:
         # The same rejection of the same peer is audited a few times a minute, no more.
         self._audit_limiter = RepeatLimiter(what="audit_rejection")
 
-    def on_requested(self, event: Any) -> None:
+    # --- what any inbound association goes through (engine or pynetdicom) ---------------
+
+    def admit(self, session: AssociationSession, proposed_contexts: int) -> Rejection | None:
         """Reject a malformed request, then by access rule (permanent reasons), then by
-        load (transient)."""
-        assoc = event.assoc
-        rejection = _malformed(assoc) or self.access.check(assoc) or self._take_slot(assoc)
+        load (transient). A rejection is counted, logged and audited here; the caller sends
+        the A-ASSOCIATE-RJ it carries."""
+        rejection = None
+        if not proposed_contexts:  # PS3.8 9.3.2: a request proposes one or more contexts
+            rejection = Rejection(NO_REASON_GIVEN, "no_presentation_context",
+                                  "the request proposes no presentation context")
+        rejection = rejection or self.access.check(session) or self._take_slot(session)
         if rejection is None:
             refusal = self.admission.refusal()
             if refusal is None:
-                return
+                return None
             metrics.REFUSALS.labels(refusal[0]).inc()
             # rejected-transient, service-provider (presentation), temporary congestion
             rejection = Rejection(TEMPORARY_CONGESTION, refusal[0], refusal[1])
-        self._reject(assoc, rejection)
+        self.rejected(session, rejection)
+        return rejection
 
-    def _take_slot(self, assoc: Any) -> Rejection | None:
+    def _take_slot(self, session: AssociationSession) -> Rejection | None:
         limit = self.access.config.max_associations
         if self._slots.try_add(self._column, None, None, limit) is not None:
             return Rejection(LOCAL_LIMIT_EXCEEDED, "max_associations",
                              f"already {limit} associations (listen.max_associations)")
         with self._lock:
-            router_association(assoc).router_slot = True
+            session.slot = True
         return None
 
-    def _reject(self, assoc: Any, rejection: Rejection) -> None:
-        calling = metrics.CALLING_AE(assoc.requestor.primitive.calling_ae_title)
-        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
+    def rejected(self, session: AssociationSession, rejection: Rejection) -> None:
+        metrics.ASSOCIATIONS.labels(metrics.CALLING_AE(session.calling_ae), "rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
-        key = (assoc.requestor.address, rejection.label)
+        key = (session.address, rejection.label)
         if self.audit is not None and self._audit_limiter.allow(key, AUDIT_REPEAT_BUDGET):
-            rq = assoc.requestor.primitive
             dropped = self._audit_limiter.suppressed(key)
             note = f" ({dropped} earlier ones were not audited)" if dropped else ""
             # Load refusals are no security event; access-rule refusals are.
             self.audit.association_rejected(
-                rq.calling_ae_title, rq.called_ae_title, assoc.requestor.address,
+                session.calling_ae, session.called_ae, session.address,
                 rejection.message + note, security=rejection.result == 1)
-        log.warning("rejecting association from %s (%s): %s",
-                    assoc.requestor.primitive.calling_ae_title, assoc.requestor.address,
-                    rejection.message)
-        assoc.acse.send_reject(*rejection.reject)
-        assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
+        log.warning("rejecting association from %s (%s): %s", session.calling_ae,
+                    session.address, rejection.message)
+
+    def identity_verified(self, kind: int, primary: bytes, secondary: bytes | None) -> bool:
+        if not self.access.users:
+            return True  # no users configured: identities are not checked (as unbound)
+        return self.access.verify_user(kind, primary, secondary)
+
+    def accepted(self, session: AssociationSession) -> None:
+        if self.audit is not None:
+            session.tally = TransferTally()
+            self.audit.association_accepted(session.calling_ae, session.called_ae,
+                                            session.address, subject_text(session.certificate))
+        if self.live is not None:
+            session.progress = self.live.opened(session.calling_ae, session.called_ae,
+                                                f"{session.address}:{session.port}", self.tls)
+        session.counted = True
+        self.access.opened(session.calling_ae)
+        calling = metrics.CALLING_AE(session.calling_ae)
+        metrics.ASSOCIATIONS.labels(calling, "accepted").inc()
+        metrics.ACTIVE_ASSOCIATIONS.labels(calling).inc()
+
+    def settle(self, session: AssociationSession) -> None:
+        """Settle an association's counts and audit once, however it ended."""
+        with self._lock:
+            tally, session.tally = session.tally, None
+            counted, session.counted = session.counted, False
+            progress, session.progress = session.progress, None
+            slot, session.slot = session.slot, False
+        if slot:
+            self._slots.remove(self._column, None)
+        if progress is not None and self.live is not None:
+            self.live.closed(progress)
+        if tally is not None and self.audit is not None:
+            tally.flush(self.audit, session.calling_ae, session.called_ae, session.address)
+        if counted:
+            self.access.closed(session.calling_ae)
+            metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(session.calling_ae)).dec()
+
+    # --- pynetdicom's events (associations proposing relayed services) --------------------
+
+    def on_requested(self, event: Any) -> None:
+        assoc = router_association(event.assoc)
+        session = session_of(assoc)
+        with self._lock:
+            assoc.router_session = session
+        rq = assoc.requestor.primitive
+        proposed = rq.presentation_context_definition_list if rq is not None else []
+        rejection = self.admit(session, len(proposed or []))
+        if rejection is not None:
+            assoc.acse.send_reject(*rejection.reject)
+            assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
 
     def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
-        if not self.access.users:
-            return True, None  # no users configured: identities are not checked (as unbound)
-        verified = self.access.verify_user(event.user_id_type, event.primary_field,
-                                           event.secondary_field)
-        if not verified:
+        verified = self.identity_verified(event.user_id_type, event.primary_field,
+                                          event.secondary_field)
+        if not verified:  # pynetdicom rejects; on_rejected counts and audits the rest
             metrics.ASSOCIATION_REJECTIONS.labels("user_identity").inc()
             log.warning("user identity refused for %s (%s)", event.assoc.requestor.ae_title,
                         event.assoc.requestor.address)
         return verified, None
 
     def on_accepted(self, event: Any) -> None:
-        assoc = router_association(event.assoc)
-        called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
-        if self.audit is not None:
-            assoc.router_tally = TransferTally()
-            self.audit.association_accepted(
-                assoc.requestor.ae_title, called,
-                assoc.requestor.address, subject_text(peer_certificate(assoc)))
-        if self.live is not None:
-            assoc.router_progress = self.live.opened(
-                assoc.requestor.ae_title, called,
-                f"{assoc.requestor.address}:{assoc.requestor.port}", self.tls)
-        assoc.router_counted = True
-        self.access.opened(assoc.requestor.ae_title)
-        calling = metrics.CALLING_AE(assoc.requestor.ae_title)
-        metrics.ASSOCIATIONS.labels(calling, "accepted").inc()
-        metrics.ACTIVE_ASSOCIATIONS.labels(calling).inc()
+        session = router_association(event.assoc).router_session
+        if session is not None:
+            self.accepted(session)
 
     def on_rejected(self, event: Any) -> None:
         """pynetdicom's own rejections (unknown called AE, association limit)."""
@@ -137,27 +176,11 @@ class AssociationEvents:
         self.finished(event.assoc)
 
     def finished(self, assoc: Any) -> None:
-        """Settle an association's counts and audit once, however it ended.
-
-        EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
-        a PDU, so the connection's thread calls this too when the association is over.
-        """
-        state = router_association(assoc)
-        with self._lock:
-            tally, state.router_tally = state.router_tally, None
-            counted, state.router_counted = state.router_counted, False
-            progress, state.router_progress = state.router_progress, None
-            slot, state.router_slot = state.router_slot, False
-        if slot:
-            self._slots.remove(self._column, None)
-        if progress is not None and self.live is not None:
-            self.live.closed(progress)
-        if tally is not None and self.audit is not None:
-            tally.flush(self.audit, assoc.requestor.ae_title,
-                        assoc.requestor.primitive.called_ae_title, assoc.requestor.address)
-        if counted:
-            self.access.closed(assoc.requestor.ae_title)
-            metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(assoc.requestor.ae_title)).dec()
+        """EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
+        a PDU, so the connection's thread calls this too when the association is over."""
+        session = router_association(assoc).router_session
+        if session is not None:
+            self.settle(session)
 
     def handlers(self, store: StoreHandler) -> list[Any]:
         bound = [
@@ -172,14 +195,6 @@ class AssociationEvents:
         # Bound even without users: a reload may add some, and they must then be checked.
         bound.append((evt.EVT_USER_ID, self.on_user_id))
         return bound
-
-
-def _malformed(assoc: Any) -> Rejection | None:
-    """PS3.8 9.3.2: a request proposes one or more presentation contexts."""
-    if not assoc.requestor.primitive.presentation_context_definition_list:
-        return Rejection(NO_REASON_GIVEN, "no_presentation_context",
-                         "the request proposes no presentation context")
-    return None
 
 
 def _on_echo(event: Any) -> int:

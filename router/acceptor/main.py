@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import tempfile
 import threading
@@ -35,6 +36,9 @@ from router.acceptor.access import AccessPolicy
 from router.acceptor.admission import AcceptorState, Admission
 from router.acceptor.association_events import AssociationEvents
 from router.acceptor.broker_client import BrokerClient
+from router.acceptor.connection import AcceptorServices, ConnectionSettings
+from router.acceptor.negotiation import AcceptorOffer
+from router.acceptor.server import EngineServer
 from router.acceptor.store_handler import StoreHandler
 from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
@@ -54,6 +58,7 @@ from router.dicom.net import (
     prefer_requestor_transfer_syntax,
 )
 from router.dicom.pending import PendingConnections
+from router.dicom.store_client import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from router.dicom.tls_listener import RouterAssociationServer, TLSListener, start_server
 from router.relay.server import RelayServer
 
@@ -99,6 +104,25 @@ def read_limits(config: RouterConfig) -> ReadLimits:
         max_message_bytes=config.listen.max_message_bytes,
         max_dataset_bytes=config.listen.max_dataset_bytes,
     )
+
+
+STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
+def connection_settings(config: RouterConfig, spool: Spool) -> ConnectionSettings:
+    """What the engine's connections serve and how long they wait (new ones see a reload)."""
+    limits = read_limits(config)
+    offer = AcceptorOffer(config.ae_title, config.listen.max_pdu, STORAGE_CLASSES,
+                          frozenset(TRANSFER_SYNTAXES), IMPLEMENTATION_CLASS_UID,
+                          IMPLEMENTATION_VERSION)
+    return ConnectionSettings(offer, limits.request_timeout, limits.network_timeout,
+                              limits.max_dataset_bytes, spool.incoming)
+
+
+def pynetdicom_only() -> bool:
+    """DICOM_ROUTER_PYNETDICOM_ACCEPTOR=1: every association on pynetdicom, as before the
+    engine served storage (to measure the difference, or to rule the engine out)."""
+    return os.environ.get("DICOM_ROUTER_PYNETDICOM_ACCEPTOR", "") in ("1", "true", "yes")
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
@@ -166,9 +190,11 @@ class LiveConfig:
 
     def __init__(self, config: RouterConfig, runtime: Runtime, ae: AE, store: StoreHandler,
                  events: AssociationEvents, server: RouterAssociationServer,
-                 tls: TLSListener | None, relay: RelayServer) -> None:
+                 tls: TLSListener | None, relay: RelayServer, services: AcceptorServices,
+                 spool: Spool) -> None:
         self.config, self.runtime, self.ae, self.store = config, runtime, ae, store
         self.events, self.server, self.tls, self.relay = events, server, tls, relay
+        self.services, self.spool = services, spool
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=self.reload, name="reload", daemon=True).start()
@@ -195,6 +221,7 @@ class LiveConfig:
         self.events.access.reconfigure(new.listen)
         configure_ae(self.ae, new)
         self.server.limits = read_limits(new)
+        self.services.settings = connection_settings(new, self.spool)
         if self.server.pending is not None:
             self.server.pending.reconfigure(new.listen.max_pending_per_source,
                                             new.listen.max_pending)
@@ -240,10 +267,20 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     address = (config.listen.host, config.listen.port)
     pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending,
                                  limits.pending, column)
+    # The engine serves storage and verification; associations that propose a relayed
+    # service are handed to pynetdicom's server, which then never accepts on its own.
+    engine_serves = not pynetdicom_only()
     server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
-                          events.finished, pending, config.listen.backlog, seat.listener)
+                          events.finished, pending, config.listen.backlog, seat.listener,
+                          serve=not engine_serves)
     server.relay = relay
-    live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay)
+    services = AcceptorServices(connection_settings(config, spool), events, store, tls,
+                                server.handoff)
+    engine = EngineServer(seat.listener, services, pending)
+    if engine_serves:
+        engine.start()
+    live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay, services,
+                             spool)
     signal.signal(signal.SIGHUP, live_config.on_sighup)
     log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
              config.ae_title, *address, config.listen.tls.mode)
@@ -260,8 +297,13 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     admission.draining = True
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")
-    server.shutdown()  # closes the listening socket: new connections are refused
-    _drain(ae, grace=live_config.drain_grace)
+    deadline = time.monotonic() + live_config.drain_grace
+    if engine_serves:
+        engine.shutdown()  # closes the listening socket: new connections are refused
+        engine.drain(live_config.drain_grace)
+    else:
+        server.shutdown()
+    _drain(ae, grace=max(0.0, deadline - time.monotonic()))
     if audit is not None:
         audit.close()
     broker.close()

@@ -1,6 +1,6 @@
 """C-STORE as the acceptor handles it: validate, route, take ownership, hand over, answer.
 
-Errors become DIMSE statuses here and only here; nothing escapes into pynetdicom.
+Errors become DIMSE statuses here and only here; nothing escapes into the connection.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from router.acceptor.access import peer_certificate
 from router.acceptor.admission import Admission
 from router.acceptor.broker_client import BrokerClient
+from router.acceptor.session import AssociationSession, ReceivedStore, session_of
 from router.acceptor.store_decision import COMPLETION_KEYWORDS, Dropped, StoreCommand, decide
 from router.audit.trail import AuditTrail
 from router.core import metrics
@@ -30,7 +30,7 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
-from router.dicom.relay_association import RouterAssociation, router_association
+from router.dicom.relay_association import router_association
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -84,18 +84,37 @@ class StoreHandler:
         self.max_dataset_bytes = max_dataset_bytes
 
     def __call__(self, event: Any) -> Dataset:
-        progress = router_association(event.assoc).router_progress
-        with working_on(association=progress.key if progress is not None else None):
-            answer = self._answer(event)
-        if progress is not None and answer.Status == Status.SUCCESS:
-            progress.stored += 1  # before pynetdicom sends the answer: the live count is exact
-        return answer
+        """pynetdicom's EVT_C_STORE (associations that also propose relayed services)."""
+        assoc = router_association(event.assoc)
+        request = event.request
+        origin = getattr(request, "MoveOriginatorMessageID", None)
+        received = ReceivedStore(
+            session=assoc.router_session or session_of(assoc),
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            path=event.dataset_path,
+            priority=int(getattr(request, "Priority", 0) or 0),
+            move_originator_ae=getattr(request, "MoveOriginatorApplicationEntityTitle", None),
+            move_originator_message_id=int(origin) if origin is not None else None)
+        status, comment = self.handle(received)
+        return status_dataset(status, comment)
 
-    def _answer(self, event: Any) -> Dataset:
+    def handle(self, received: ReceivedStore) -> tuple[int, str]:
+        """The C-STORE-RSP's status and error comment; the received file is taken (kept,
+        moved) or left for the caller to remove."""
+        progress = received.session.progress
+        with working_on(association=progress.key if progress is not None else None):
+            status, comment = self._answer(received)
+        if progress is not None and status == Status.SUCCESS:
+            progress.stored += 1  # before the answer is sent: the live count is exact
+        return status, comment
+
+    def _answer(self, received: ReceivedStore) -> tuple[int, str]:
         tags: dict[str, str] = {}
         label = ""
         try:
-            status, label = self._store(event, tags)
+            status, label = self._store(received, tags)
             comment = ""
         except DimseRefusal as exc:
             status, comment = exc.status, str(exc)
@@ -105,58 +124,56 @@ class StoreHandler:
             status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"
         metrics.INSTANCES_RECEIVED.labels(label or _RESULT_LABELS.get(status, "error")).inc()
         metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
-        if self.audit is not None:
-            self._tally(event, tags, status == Status.SUCCESS)
-        return status_dataset(status, comment)
+        tally = received.session.tally
+        if self.audit is not None and tally is not None:
+            tally.add(tags.get("StudyInstanceUID", "unknown"), received.sop_class_uid,
+                      status == Status.SUCCESS, tags.get("PatientID"))
+        return status, comment
 
-    def _tally(self, event: Any, tags: dict[str, str], ok: bool) -> None:
-        tally = router_association(event.assoc).router_tally
-        if tally is not None:
-            sop_class = str(event.request.AffectedSOPClassUID)
-            tally.add(tags.get("StudyInstanceUID", "unknown"), sop_class, ok,
-                      tags.get("PatientID"))
-
-    def _store(self, event: Any, tags: dict[str, str]) -> tuple[Status, str]:
-        request = event.request
-        sop_class = require_uid(request.AffectedSOPClassUID, "Affected SOP Class UID")
-        sop_instance = require_uid(request.AffectedSOPInstanceUID, "Affected SOP Instance UID")
-        received: Path = event.dataset_path
-        size = received.stat().st_size  # its bytes were counted as they arrived (live_status)
-        self._check_received(router_association(event.assoc), size)
-        if self.relay is not None and self.relay.take_move_instance(event, received):
+    def _store(self, received: ReceivedStore, tags: dict[str, str]) -> tuple[Status, str]:
+        sop_class = require_uid(received.sop_class_uid, "Affected SOP Class UID")
+        sop_instance = require_uid(received.sop_instance_uid, "Affected SOP Instance UID")
+        path = received.path
+        size = path.stat().st_size  # its bytes were counted as they arrived (live_status)
+        self._check_received(received.session, size)
+        if self.relay is not None and self.relay.take_move_instance(
+                received.move_originator_message_id, received.move_originator_ae, path,
+                sop_class, sop_instance, received.transfer_syntax_uid):
             return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
         refusal = self.admission.refusal(new_association=False)
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
-        facts = AssociationFacts.of(event.assoc)
+        session = received.session
+        facts = AssociationFacts(calling_ae=session.calling_ae, called_ae=session.called_ae,
+                                 source=session.address)
 
         def header() -> dict[str, str]:
             if not tags:
-                tags.update(self._tags(received))
+                tags.update(self._tags(path))
             return tags
 
         if self.audit is not None:
             header()
-        command = StoreCommand(sop_class, sop_instance, str(event.context.transfer_syntax), size,
-                               int(getattr(request, "Priority", 0) or 0))
+        command = StoreCommand(sop_class, sop_instance, received.transfer_syntax_uid, size,
+                               received.priority)
         outcome = decide(self.rules.route(facts, header, sop_class), facts, command, header,
                          job_id=new_job_id(), received_at=time.time(),
-                         peer_port=int(event.assoc.requestor.port),
-                         tls_subject=subject_text(peer_certificate(event.assoc)))
+                         peer_port=session.port,
+                         tls_subject=subject_text(session.certificate))
         if isinstance(outcome, Dropped):
             metrics.INSTANCES_DROPPED.labels(outcome.rule).inc()
             log.info("C-STORE dropped by rule %s (answered Success, nothing kept)",
                      outcome.rule)
             return Status.SUCCESS, "dropped"
-        return self._keep(outcome.job, received)
+        return self._keep(outcome.job, path)
 
-    def _check_received(self, assoc: RouterAssociation, size: int) -> None:
-        """What the read guard saw while the dataset arrived: the spool filling up, or the
+    def _check_received(self, session: AssociationSession, size: int) -> None:
+        """What the receiver saw while the dataset arrived: the spool filling up, or the
         dataset past listen.max_dataset_bytes (it then stopped writing it)."""
-        truncated, assoc.router_dataset_truncated = assoc.router_dataset_truncated, False
-        if assoc.router_disk_full:
-            assoc.router_disk_full = False
+        truncated, session.dataset_truncated = session.dataset_truncated, False
+        if session.disk_full:
+            session.disk_full = False
             raise OutOfResources("spool disk full while receiving; retry later")
         if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
             raise DimseRefusal(f"dataset exceeds the router's limit of "

@@ -89,9 +89,11 @@ class GuardedSocket(AssociationSocket):
     connection (Evt17): no exception and no traceback for routine network trouble.
     """
 
-    def __init__(self, assoc: Association, client_socket: Any, limits: ReadLimits) -> None:
+    def __init__(self, assoc: Association, client_socket: Any, limits: ReadLimits,
+                 replay: bytes = b"") -> None:
         super().__init__(assoc, client_socket=client_socket)
         self.limits = limits
+        self._replay = bytearray(replay)  # read before pynetdicom had the connection
         self._connected_at = time.monotonic()
         self._associated = False  # a whole A-ASSOCIATE-RQ has been read
         self._expect_header = True
@@ -122,6 +124,10 @@ class GuardedSocket(AssociationSocket):
     def close(self) -> None:
         super().close()
         self._wake_acceptor()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._replay) or bool(super().ready)
 
     def _recv_header(self, nr_bytes: int) -> bytearray:
         if nr_bytes != HEADER_BYTES:
@@ -166,7 +172,10 @@ class GuardedSocket(AssociationSocket):
         """Read exactly nr_bytes unless the peer closes first; bounded by the deadlines."""
         assert self.socket is not None
         buffer = bytearray(nr_bytes)
-        got = 0
+        got = min(nr_bytes, len(self._replay))
+        if got:
+            buffer[:got] = self._replay[:got]
+            del self._replay[:got]
         with memoryview(buffer) as view:
             while got < nr_bytes:
                 self.socket.settimeout(self._time_left())
@@ -241,7 +250,8 @@ class GuardedRequestHandler(RequestHandler):
         assoc.router_relay = getattr(self.server, "relay", None)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(GuardedSocket(assoc, self.request, limits))
+        take_replay = getattr(self.server, "take_replay", lambda request: b"")
+        assoc.set_socket(GuardedSocket(assoc, self.request, limits, take_replay(self.request)))
         assoc.dimse.receive_primitive = MessageGuard(assoc, limits)  # type: ignore[method-assign]
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title

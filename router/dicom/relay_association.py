@@ -36,14 +36,31 @@ class RequestRelay(Protocol):
 
 class RouterAssociation(Association):
     router_relay: RequestRelay | None = None
-    # Settled once by the acceptor's association events (router/acceptor/):
-    router_slot: bool = False  # holds one of listen.max_associations
-    router_counted: bool = False  # counted in the active associations (per calling AE)
-    router_tally: Any = None  # audit: instances per study (router/audit TransferTally)
-    router_progress: Any = None  # live status: this association's row (status snapshots)
-    # Set by the read guard (router/dicom/message_guard.py) for the C-STORE in progress:
-    router_dataset_truncated: bool = False  # past listen.max_dataset_bytes: not kept
-    router_disk_full: bool = False  # the spool filled up while it was written
+    # The acceptor's AssociationSession (router/acceptor/session.py), set on EVT_REQUESTED.
+    router_session: Any = None
+
+    # The read guard (router/dicom/message_guard.py) reports into the session.
+    @property
+    def router_progress(self) -> Any:
+        return None if self.router_session is None else self.router_session.progress
+
+    @property
+    def router_dataset_truncated(self) -> bool:
+        return self.router_session is not None and bool(self.router_session.dataset_truncated)
+
+    @router_dataset_truncated.setter
+    def router_dataset_truncated(self, value: bool) -> None:
+        if self.router_session is not None:
+            self.router_session.dataset_truncated = value
+
+    @property
+    def router_disk_full(self) -> bool:
+        return self.router_session is not None and bool(self.router_session.disk_full)
+
+    @router_disk_full.setter
+    def router_disk_full(self, value: bool) -> None:
+        if self.router_session is not None:
+            self.router_session.disk_full = value
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         relay = self.router_relay

@@ -88,6 +88,7 @@ class RouterAssociationServer(ThreadedAssociationServer):
     # SO_REUSEPORT): served instead of a socket of the server's own.
     listening: socket.socket | None = None
     _tickets: dict[Any, Ticket]  # by socket object: identity, never a reused fd
+    _replays: dict[Any, bytes]  # handed over by the engine's acceptor (handoff)
     _tickets_lock: threading.Lock
 
     def server_bind(self) -> None:
@@ -117,6 +118,22 @@ class RouterAssociationServer(ThreadedAssociationServer):
         with self._tickets_lock:
             self._tickets[request] = admitted
         return True
+
+    def handoff(self, request: Any, client_address: Any, replay: bytes) -> None:
+        """Serve, in the calling thread, a connection whose A-ASSOCIATE-RQ (`replay`, the
+        bytes read so far) the engine's acceptor already read: its TLS handshake is done and
+        it left the pending counts."""
+        with self._tickets_lock:
+            self._replays[request] = replay
+        try:
+            GuardedRequestHandler(request, client_address, self)
+        finally:
+            with self._tickets_lock:
+                self._replays.pop(request, None)
+
+    def take_replay(self, request: Any) -> bytes:
+        with self._tickets_lock:
+            return self._replays.pop(request, b"")
 
     def ticket(self, request: Any) -> Ticket | None:
         """The pending ticket of a connection (its socket as the handler got it)."""
@@ -152,9 +169,11 @@ def start_server(
     pending: PendingConnections | None = None,
     backlog: int = 128,
     listening: socket.socket | None = None,
+    serve: bool = True,
 ) -> RouterAssociationServer:
     """Like AE.start_server(block=False), with the TLS hook and the guards in place before
-    the first accept; on `listening` when given, else on a socket bound to `address`."""
+    the first accept; on `listening` when given, else on a socket bound to `address`.
+    With serve=False it accepts nothing itself: the engine's acceptor hands it connections."""
     # bind() and listen() run inside the constructor: these must be on the class by then.
     RouterAssociationServer.request_queue_size = backlog
     RouterAssociationServer.listening = listening
@@ -165,7 +184,9 @@ def start_server(
     server.limits = limits
     server.on_finished = on_finished
     server.pending = pending
-    server._tickets, server._tickets_lock = {}, threading.Lock()
+    server._tickets, server._replays, server._tickets_lock = {}, {}, threading.Lock()
+    if not serve:  # only handed connections (handoff): it never accepts, nor shuts down
+        return server
     ae._servers.append(server)  # so that server.shutdown() finds itself, as pynetdicom expects
     thread = threading.Thread(target=server.serve_forever, name="acceptor-server", daemon=True,
                               kwargs={"poll_interval": SERVER_POLL_SECONDS})

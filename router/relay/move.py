@@ -78,17 +78,16 @@ class RelayedMoves:
             sender.close()
             _discard(move)
 
-    def take_instance(self, event: Any, source: Path) -> bool:
+    def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
+                      source: Path, sop_class: str, sop_instance: str,
+                      transfer_syntax: str) -> bool:
         """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move."""
-        request = event.request
-        move = self.moves.find(getattr(request, "MoveOriginatorMessageID", None),
-                               getattr(request, "MoveOriginatorApplicationEntityTitle", None))
+        move = self.moves.find(originator_message_id, originator_ae)
         if move is None:
             return False
         target = self.spool.relay / f"move-{move.message_id}-{uuid.uuid4().hex}.dcm"
         source.replace(target)
-        move.arrived.put((target, str(request.AffectedSOPClassUID),
-                          str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax)))
+        move.arrived.put((target, sop_class, sop_instance, transfer_syntax))
         return True
 
 

@@ -1,0 +1,384 @@
+"""One inbound connection on the engine: a thread, a blocking socket, the engine in the middle.
+
+    TLS handshake (deadline) -> A-ASSOCIATE-RQ (deadline) -> rules -> AC or RJ
+    -> C-ECHO answered inline, C-STORE datasets written as their PDVs arrive, then the
+       store handler (spool commit, broker) and the C-STORE-RSP -> release or abort.
+
+A thread per connection, not an event loop: the spool's group commit groups the syncs of
+threads that commit at the same moment, and the broker hand-off blocks; the thread count is
+bounded by listen.max_associations and the pending counts. An association that proposes a
+relayed service (queries, retrieves, N-services) is handed, request bytes and all, to the
+pynetdicom side (`handoff`), which relays them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.acceptor.access import Rejection
+from router.acceptor.association_events import AssociationEvents
+from router.acceptor.negotiation import AcceptorOffer, accept, served_by_engine
+from router.acceptor.session import AssociationSession, ReceivedStore
+from router.acceptor.store_handler import StoreHandler
+from router.acceptor.store_receiver import StoreReceiver, file_meta
+from router.core import metrics
+from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
+from router.dicom.engine import (
+    DICOM_APPLICATION_CONTEXT,
+    Abort,
+    AbortReason,
+    AssociateRJ,
+    AssociateRQ,
+    Association,
+    AssociationRequested,
+    CEchoRQ,
+    CEchoRSP,
+    CommandReceived,
+    CStoreRQ,
+    CStoreRSP,
+    DataFragment,
+    Event,
+    OtherCommand,
+    ReleaseRequested,
+    ReleaseRP,
+    RemoteProtocolError,
+    SendCommand,
+)
+from router.dicom.engine.dimse import MESSAGE_ID, STATUS
+from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
+from router.dicom.engine.pdus import encode_pdu
+from router.dicom.pending import Ticket
+from router.dicom.tls_listener import TLSListener
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 256 * 1024
+MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
+MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
+CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we do
+C_CANCEL_RQ = 0x0FFF
+UNRECOGNIZED_OPERATION = 0x0211
+APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
+
+Handoff = Callable[[socket.socket, tuple[str, int], bytes], None]
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """What a connection reads once, at its start (a reload replaces the whole value)."""
+
+    offer: AcceptorOffer
+    request_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
+    network_timeout: float  # longest silence once associated
+    max_dataset_bytes: int | None
+    incoming: Path  # the spool's incoming/ folder: received files are renamed into jobs/
+
+
+@dataclass
+class AcceptorServices:
+    """Shared by every connection of one acceptor process."""
+
+    settings: ConnectionSettings
+    events: AssociationEvents
+    store: StoreHandler
+    tls: TLSListener | None
+    handoff: Handoff
+
+
+class ConnectionEnded(Exception):
+    """The association is over (the reason is logged and counted where it is raised)."""
+
+
+class EngineConnection:
+    def __init__(self, sock: socket.socket, address: tuple[str, int],
+                 services: AcceptorServices, ticket: Ticket | None) -> None:
+        self.sock = sock
+        self.address = address
+        self.services = services
+        self.settings = services.settings
+        self.ticket = ticket
+        self.established = False
+        self.handed_off = False  # served by the pynetdicom side (drained there)
+        self.session: AssociationSession | None = None
+        self._send_lock = threading.Lock()
+        self._aborted = False
+        self._receiver: StoreReceiver | None = None
+        self._store: tuple[int, CStoreRQ] | None = None
+        self._other: tuple[int, OtherCommand] | None = None
+        self._buffer = bytearray(RECV_BYTES)
+
+    # --- the connection's life ------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except ConnectionEnded:
+            pass
+        except Exception:  # the thread's boundary: log, never a traceback to the peer
+            log.exception("association from %s ended on an unexpected error", self.address[0])
+            self.abort()
+        finally:
+            if self._receiver is not None:
+                self._receiver.discard()
+            if self.session is not None:
+                self.services.events.settle(self.session)
+            if self.ticket is not None:
+                self.ticket.release()
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    def _run(self) -> None:
+        tls = self.services.tls
+        if tls is not None:
+            wrapped = tls.handshake(self.sock, self.address)
+            if wrapped is None:
+                return
+            self.sock = wrapped
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        engine = Association.acceptor(
+            max_pdu_length=2 * self.settings.offer.max_pdu,  # tolerant of peers that count
+            max_associate_length=MAX_ASSOCIATE_BYTES,  # the PDV headers in, still bounded
+            max_command_length=MAX_COMMAND_SET_BYTES,
+            artim_timeout=self.settings.request_timeout)
+        rq, replay = self._read_request(engine)
+        if self.ticket is not None:
+            self.ticket.release()  # a decoded request: no longer pending for its source
+        if not served_by_engine(rq, self.settings.offer):
+            self.handed_off = True
+            self.services.handoff(self.sock, self.address, replay)
+            return
+        self._associate(engine, rq)
+        self._serve(engine)
+
+    def _read_request(self, engine: Association) -> tuple[AssociateRQ, bytes]:
+        deadline = time.monotonic() + self.settings.request_timeout
+        replay = bytearray()
+        view = memoryview(self._buffer)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._dropped(
+                    "request_timeout", "no complete A-ASSOCIATE-RQ within "
+                    f"association_request_timeout ({self.settings.request_timeout:g}s)")
+            self.sock.settimeout(left)
+            count = self._recv(view, "request_timeout", "no complete A-ASSOCIATE-RQ within "
+                               f"association_request_timeout "
+                               f"({self.settings.request_timeout:g}s)")
+            replay += view[:count]
+            for event in self._feed(engine, view[:count]):
+                if isinstance(event, AssociationRequested):
+                    return event.rq, bytes(replay)
+            if engine.should_close:
+                raise ConnectionEnded
+
+    def _associate(self, engine: Association, rq: AssociateRQ) -> None:
+        events, offer = self.services.events, self.settings.offer
+        session = AssociationSession(
+            calling_ae=rq.calling_ae, called_ae=rq.called_ae, address=self.address[0],
+            port=int(self.address[1]), own_ae=offer.ae_title,
+            certificate=_peer_certificate(self.sock),
+            user_identity=rq.user_info.identity is not None)
+        self.session = session
+        rejection: Rejection | None
+        if rq.application_context != DICOM_APPLICATION_CONTEXT:
+            rejection = Rejection(APPLICATION_CONTEXT_NOT_SUPPORTED, "application_context",
+                                  f"application context {rq.application_context!r} is not "
+                                  "DICOM's")
+            events.rejected(session, rejection)
+        else:
+            rejection = events.admit(session, len(rq.contexts))
+        identity = rq.user_info.identity
+        if rejection is None and identity is not None and not events.identity_verified(
+                identity.identity_type, identity.primary, identity.secondary or None):
+            rejection = Rejection(NO_REASON_GIVEN, "user_identity", "user identity refused")
+            events.rejected(session, rejection)
+        if rejection is not None:
+            self._send(engine.send(AssociateRJ(*rejection.reject)))
+            self._close_gently()
+            raise ConnectionEnded
+        self._send(engine.send(accept(rq, offer)))
+        self.established = True
+        events.accepted(session)
+        self.sock.settimeout(self.settings.network_timeout)
+
+    def _serve(self, engine: Association) -> None:
+        view = memoryview(self._buffer)
+        while True:
+            count = self._recv(view, "network_timeout",
+                               f"silent for network_timeout ({self.settings.network_timeout:g}s)")
+            for event in self._feed(engine, view[:count]):
+                self._on_event(engine, event)
+            if engine.should_close:
+                return
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _on_event(self, engine: Association, event: Event) -> None:
+        if type(event) is DataFragment:
+            self._on_data(engine, event)
+        elif type(event) is CommandReceived:
+            self._on_command(engine, event.context_id, event.command)
+        elif type(event) is ReleaseRequested:
+            self._send(engine.send(ReleaseRP()))
+            self._close_gently()
+            raise ConnectionEnded
+        # Aborted, ProviderAborted, ConnectionClosed, TimedOut: engine.should_close is set.
+
+    def _on_command(self, engine: Association, context_id: int, command: object) -> None:
+        if type(command) is CStoreRQ:
+            assert self.session is not None
+            offer = self.settings.offer
+            meta = file_meta(command.sop_class_uid, command.sop_instance_uid,
+                             engine.accepted[context_id], offer.implementation_class_uid,
+                             offer.implementation_version)
+            self._store = (context_id, command)
+            self._receiver = StoreReceiver(self.settings.incoming, meta,
+                                           self.settings.max_dataset_bytes)
+        elif type(command) is CEchoRQ:
+            metrics.DIMSE_REQUESTS.labels("C-ECHO", f"0x{Status.SUCCESS:04X}").inc()
+            self._send(engine.send(SendCommand(context_id, CEchoRSP(command.message_id,
+                                                                    Status.SUCCESS))))
+        elif isinstance(command, OtherCommand):
+            if command.has_dataset:
+                self._other = (context_id, command)  # answered once its dataset is in
+            else:
+                self._refuse_other(engine, context_id, command)
+        else:  # a response, where the router sent no request
+            log.warning("ignoring an unexpected DIMSE response from %s", self.address[0])
+
+    def _on_data(self, engine: Association, event: DataFragment) -> None:
+        receiver = self._receiver
+        progress = self.session.progress if self.session is not None else None
+        if progress is not None:
+            progress.add(len(event.data))
+        if receiver is not None:
+            receiver.write(event.data)
+            if event.last:
+                self._stored(engine)
+        elif self._other is not None and event.last:
+            context_id, command = self._other
+            self._other = None
+            if progress is not None:
+                progress.message_done()
+            self._refuse_other(engine, context_id, command)
+
+    def _stored(self, engine: Association) -> None:
+        receiver, self._receiver = self._receiver, None
+        assert receiver is not None and self._store is not None and self.session is not None
+        context_id, command = self._store
+        self._store = None
+        session = self.session
+        path = receiver.finish()
+        session.dataset_truncated, session.disk_full = receiver.truncated, receiver.disk_full
+        try:
+            status, comment = self.services.store.handle(ReceivedStore(
+                session, command.sop_class_uid, command.sop_instance_uid,
+                engine.accepted[context_id], path, command.priority,
+                command.move_originator_ae or None, command.move_originator_message_id))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # whatever the handler did not take into the spool
+            if session.progress is not None:
+                session.progress.message_done()
+        self._send(engine.send(SendCommand(context_id, CStoreRSP(
+            command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
+            comment))))
+
+    def _refuse_other(self, engine: Association, context_id: int,
+                      command: OtherCommand) -> None:
+        """A request this association cannot carry (it proposed only storage and
+        verification): answered "unrecognized operation"; C-CANCEL has no answer."""
+        field = command.command_field
+        if field & 0x8000 or field == C_CANCEL_RQ:
+            return
+        message_id = command.us(MESSAGE_ID)
+        log.warning("refusing DIMSE command 0x%04X from %s: not a service this association "
+                    "negotiated", field, self.address[0])
+        metrics.DIMSE_REQUESTS.labels("other", f"0x{UNRECOGNIZED_OPERATION:04X}").inc()
+        elements = {RESPONDED_TO: (message_id or 0).to_bytes(2, "little"),
+                    STATUS: UNRECOGNIZED_OPERATION.to_bytes(2, "little"),
+                    0x0800: (0x0101).to_bytes(2, "little")}
+        for copied in (0x0002, 0x1000):  # affected SOP class and instance, when present
+            if copied in command.elements:
+                elements[copied] = command.elements[copied]
+        self._send(engine.send(SendCommand(context_id, OtherCommand(field | 0x8000, elements))))
+
+    # --- the socket ---------------------------------------------------------------------
+
+    def _recv(self, view: memoryview, timeout_label: str, timeout_message: str) -> int:
+        try:
+            return self.sock.recv_into(view)
+        except TimeoutError:
+            if self.established:
+                self.abort()
+            raise self._dropped(timeout_label, timeout_message) from None
+        except OSError:
+            return 0  # reset or broken: the engine sees the transport closed
+
+    def _feed(self, engine: Association, data: memoryview) -> list[Event]:
+        try:
+            return engine.receive_data(data if data else b"")
+        except RemoteProtocolError as exc:
+            for event in exc.events:  # what arrived whole before the error still counts
+                if type(event) is DataFragment and self._receiver is not None:
+                    self._receiver.write(event.data)
+            label = ("unknown_pdu_type" if exc.abort_reason == AbortReason.UNRECOGNIZED_PDU
+                     else "pdu_too_large" if "exceeds" in exc.message or "over the limit"
+                     in exc.message else "protocol_error")
+            log.warning("aborting the connection from %s: %s", self.address[0], exc.message)
+            metrics.CONNECTIONS_DROPPED.labels(label).inc()
+            self._send(exc.to_send)
+            self._close_gently()
+            raise ConnectionEnded from None
+
+    def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        with self._send_lock:
+            if self._aborted:
+                raise ConnectionEnded
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                raise ConnectionEnded from None
+
+    def _dropped(self, label: str, message: str) -> ConnectionEnded:
+        log.warning("closing connection from %s: %s", self.address[0], message)
+        metrics.CONNECTIONS_DROPPED.labels(label).inc()
+        return ConnectionEnded(message)
+
+    def _close_gently(self) -> None:
+        """After an RJ, RP or A-ABORT: let the peer read it and close first (closing with
+        unread data would reset the connection and could destroy the PDU in flight)."""
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(CLOSE_WAIT_SECONDS)
+            deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+            while time.monotonic() < deadline and self.sock.recv(65536):
+                pass
+
+    def abort(self) -> None:
+        """From any thread (drain, errors): A-ABORT if associated, then close the transport;
+        the connection's own thread sees it closed and ends."""
+        with self._send_lock:
+            if self._aborted:
+                return
+            self._aborted = True
+            if self.established:
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(encode_pdu(Abort(0, 0)))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _peer_certificate(sock: socket.socket) -> dict[str, object] | None:
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert() if getpeercert is not None else None
+

@@ -1,0 +1,73 @@
+"""The acceptor's answer to an A-ASSOCIATE-RQ, without I/O: which presentation contexts it
+takes, in which transfer syntax, with which roles and user information.
+
+Who may associate at all (access rules, limits, user identity) is decided before this, by
+router/acceptor/association_events.py; here only what the router can serve is negotiated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.dicom.engine import (
+    DICOM_APPLICATION_CONTEXT,
+    AssociateAC,
+    AssociateRQ,
+    PresentationContextAC,
+    RoleSelection,
+    UserInformation,
+)
+from router.dicom.engine.associate import (
+    ABSTRACT_SYNTAX_NOT_SUPPORTED,
+    ACCEPTANCE,
+    TRANSFER_SYNTAXES_NOT_SUPPORTED,
+)
+from router.dicom.engine.dimse import VERIFICATION
+
+
+@dataclass(frozen=True)
+class AcceptorOffer:
+    """What the engine side of the acceptor serves: storage (as SCP) and verification."""
+
+    ae_title: str
+    max_pdu: int  # the Maximum Length the router advertises for P-DATA-TF
+    storage_classes: frozenset[str]
+    transfer_syntaxes: frozenset[str]
+    implementation_class_uid: str
+    implementation_version: str
+
+    def supports(self, abstract_syntax: str) -> bool:
+        return abstract_syntax == VERIFICATION or abstract_syntax in self.storage_classes
+
+
+def served_by_engine(rq: AssociateRQ, offer: AcceptorOffer) -> bool:
+    """True when every proposed context is storage or verification. An association that also
+    proposes a relayed service (queries, retrieves, N-services) is served by the pynetdicom
+    side, which relays them (router/relay/)."""
+    return all(offer.supports(ctx.abstract_syntax) for ctx in rq.contexts)
+
+
+def accept(rq: AssociateRQ, offer: AcceptorOffer) -> AssociateAC:
+    """Per proposed context: the first transfer syntax *the sender* listed that the router
+    supports, so that the router keeps (and forwards) the instance exactly as the sender
+    has it; a context the router does not serve is answered, not dropped."""
+    contexts = []
+    for ctx in rq.contexts:
+        if not offer.supports(ctx.abstract_syntax):
+            contexts.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED))
+            continue
+        syntax = next((ts for ts in ctx.transfer_syntaxes if ts in offer.transfer_syntaxes), "")
+        result = ACCEPTANCE if syntax else TRANSFER_SYNTAXES_NOT_SUPPORTED
+        contexts.append(PresentationContextAC(ctx.context_id, result, syntax))
+    # Role selection: the router takes either role for what it serves, so it agrees to what
+    # was proposed (PS3.7 D.3.3.4); for other SOP classes it answers nothing.
+    roles = tuple(RoleSelection(role.sop_class_uid, role.scu_role, role.scp_role)
+                  for role in rq.user_info.roles if offer.supports(role.sop_class_uid))
+    # Asynchronous operations: one at a time (PS3.7 D.3.3.3), answered only when asked.
+    window = (1, 1) if rq.user_info.async_window is not None else None
+    info = UserInformation(max_length=offer.max_pdu,
+                           implementation_class_uid=offer.implementation_class_uid,
+                           implementation_version_name=offer.implementation_version,
+                           async_window=window, roles=roles)
+    return AssociateAC(rq.called_ae, rq.calling_ae, tuple(contexts), info,
+                       DICOM_APPLICATION_CONTEXT, 1)

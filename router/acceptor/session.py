@@ -1,0 +1,68 @@
+"""One inbound association as the acceptor's rules see it, whichever code serves it.
+
+The engine's connections (router/acceptor/connection.py) and the pynetdicom server (for
+associations proposing relayed services) both fill an `AssociationSession`; access rules,
+counts, audit and the store handler read and settle it, never a pynetdicom object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from router.audit.trail import TransferTally
+from router.core.status_snapshots import AssociationProgress
+
+
+@dataclass
+class AssociationSession:
+    # Facts of the A-ASSOCIATE-RQ and the connection (the AE titles as the requestor sent them).
+    calling_ae: str = ""
+    called_ae: str = ""
+    address: str = ""
+    port: int = 0
+    own_ae: str = ""  # the router's AE title
+    certificate: dict[str, Any] | None = None  # the peer's TLS certificate, if any
+    user_identity: bool = False  # the request carried a user identity item
+    # The router's bookkeeping, settled once when the association ends.
+    slot: bool = False  # holds one of listen.max_associations
+    counted: bool = False  # counted in the active associations (per calling AE)
+    tally: TransferTally | None = None  # audit: instances per study
+    progress: AssociationProgress | None = None  # live status: this association's row
+    # What the receiver saw while the C-STORE in progress arrived:
+    dataset_truncated: bool = False  # past listen.max_dataset_bytes: not kept
+    disk_full: bool = False  # the spool filled up while it was written
+
+
+@dataclass(frozen=True)
+class ReceivedStore:
+    """A C-STORE whose dataset has arrived whole, in `path` (a Part 10 file in incoming/)."""
+
+    session: AssociationSession
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    priority: int = 0  # the request's Priority (0 medium, 1 high, 2 low)
+    move_originator_ae: str | None = None
+    move_originator_message_id: int | None = None
+
+
+def peer_certificate(assoc: Any) -> dict[str, Any] | None:
+    """The TLS peer certificate of a pynetdicom association, if any."""
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert() if getpeercert else None
+
+
+def session_of(assoc: Any) -> AssociationSession:
+    """The session of a pynetdicom association, from its A-ASSOCIATE-RQ (pynetdicom copies
+    the calling AE title onto the association only after EVT_REQUESTED)."""
+    rq = assoc.requestor.primitive
+    return AssociationSession(
+        calling_ae=str(rq.calling_ae_title), called_ae=str(rq.called_ae_title),
+        address=str(assoc.requestor.address), port=int(assoc.requestor.port or 0),
+        own_ae=str(assoc.acceptor.ae_title), certificate=peer_certificate(assoc),
+        user_identity=assoc.requestor.user_identity is not None,
+    )

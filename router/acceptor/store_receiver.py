@@ -1,0 +1,109 @@
+"""One C-STORE's dataset, written to a Part 10 file in the spool's incoming/ as its PDVs
+arrive: preamble and file meta first (so that the spool keeps Part 10 files, as pynetdicom's
+chunked receive wrote them), then every fragment as it comes, never the whole dataset in
+memory.
+
+Past `limit` bytes the rest is received into nothing and the file is marked `truncated`; a
+full disk marks it `disk_full` and the rest is received into nothing too. Either way the
+sender gets its answer (0xC003, 0xA700) instead of an abort, and nothing cut is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import struct
+import uuid
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PREAMBLE = b"\0" * 128 + b"DICM"
+_SHORT = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (UI, SH, UL)
+_LONG = struct.Struct("<HH2s2xI")  # tag, VR, reserved, 4-byte length (OB)
+_MAX_TEXT = 64  # UIDs and SH are at most 64 characters; anything longer is not a valid value
+
+
+def _text(value: str, pad: bytes) -> bytes:
+    raw = value.encode("ascii", "replace")[:_MAX_TEXT]
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str,
+              implementation_class_uid: str, implementation_version: str) -> bytes:
+    """Preamble, "DICM" and the group-0002 elements (Explicit VR Little Endian, PS3.10 7.1)."""
+    elements = [
+        _LONG.pack(2, 0x0001, b"OB", 2) + b"\x00\x01",
+        *(_SHORT.pack(2, element, b"UI", len(value)) + value for element, value in (
+            (0x0002, _text(sop_class, b"\0")), (0x0003, _text(sop_instance, b"\0")),
+            (0x0010, _text(transfer_syntax, b"\0")),
+            (0x0012, _text(implementation_class_uid, b"\0")))),
+    ]
+    version = _text(implementation_version, b" ")
+    elements.append(_SHORT.pack(2, 0x0013, b"SH", len(version)) + version)
+    body = b"".join(elements)
+    return PREAMBLE + _SHORT.pack(2, 0x0000, b"UL", 4) + struct.pack("<I", len(body)) + body
+
+
+class StoreReceiver:
+    def __init__(self, folder: Path, meta: bytes, limit: int | None) -> None:
+        self.path = folder / f"{uuid.uuid4().hex}.dcm"
+        self.limit = limit
+        self.received = 0  # dataset bytes, whether written or not
+        self.truncated = False
+        self.disk_full = False
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._write(meta)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.received += len(data)
+        if self._fd is None:
+            return
+        if self.limit is not None and self.received > self.limit:
+            self.truncated = True
+            self._stop_writing()
+            return
+        self._write(data)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                self.discard()
+                raise
+            log.warning("spool disk full while receiving a C-STORE; it will be answered 0xA700")
+            self.disk_full = True
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        """Keep nothing of a dataset that will not be kept: free its space at once."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def finish(self) -> Path:
+        """The last fragment is in: the file is closed (not synced: the spool's commit
+        syncs what it keeps)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        return self.path
+
+    def discard(self) -> None:
+        """The association ended before the dataset did: nothing of it is left behind."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
