@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -36,6 +37,15 @@ def _name(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
     except OSError:
         return "?"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (/proc/<pid>/stat, clock ticks)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _top(raw: Path, n: int = 12) -> list[str]:
@@ -93,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2)
         pids = process_tree(endpoint.pid)
         spies = []
+        cpu_before = {pid: _cpu_seconds(pid) for pid in pids}
+        started = time.monotonic()
         for pid in pids:
             raw = args.out / f"{pid}.txt"
             spies.append((pid, _name(pid), raw, subprocess.Popen(
@@ -101,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
         for *_, proc in spies:
             proc.wait(timeout=args.seconds + 60)
+        elapsed = time.monotonic() - started
+        cpu = {pid: (_cpu_seconds(pid) - before) / elapsed for pid, before in cpu_before.items()}
         loader.join(timeout=120)
     for pid, name, raw, _ in spies:
-        print(f"pid {pid}: {name} ({raw})")
+        print(f"pid {pid}: {name} ({raw}); CPU {cpu[pid]:.0%} of a core (py-spy included)")
         if raw.exists():
             print("\n".join(_top(raw)))
     shutil.rmtree(work, ignore_errors=True)
