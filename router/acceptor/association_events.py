@@ -1,35 +1,28 @@
 """The acceptor's association-level rules: who is let in, and the counts of who is in.
 
-The methods take an `AssociationSession` (router/acceptor/session.py), whichever code serves
-the association; the `on_*` ones adapt pynetdicom's events to them.
+The methods take an `AssociationSession` (router/acceptor/session.py); the connection
+(router/acceptor/connection.py) calls them as its association goes along.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-from pynetdicom import evt
 
 from router.acceptor.access import AccessPolicy, Rejection
 from router.acceptor.admission import Admission
-from router.acceptor.session import AssociationSession, session_of
-from router.acceptor.store_handler import StoreHandler
+from router.acceptor.session import AssociationSession
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
 from router.core.dimse_status import (
     LOCAL_LIMIT_EXCEEDED,
     NO_REASON_GIVEN,
     TEMPORARY_CONGESTION,
-    Status,
 )
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.shared_counts import SharedCounts
 from router.core.status_snapshots import LiveAssociations
 from router.core.tls import subject_text
-from router.dicom.net import set_nodelay
-from router.dicom.relay_association import router_association
 
 log = logging.getLogger(__name__)
 
@@ -134,69 +127,3 @@ class AssociationEvents:
         if counted:
             self.access.closed(session.calling_ae)
             metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(session.calling_ae)).dec()
-
-    # --- pynetdicom's events (associations proposing relayed services) --------------------
-
-    def on_requested(self, event: Any) -> None:
-        assoc = router_association(event.assoc)
-        session = session_of(assoc)
-        with self._lock:
-            assoc.router_session = session
-        rq = assoc.requestor.primitive
-        proposed = rq.presentation_context_definition_list if rq is not None else []
-        rejection = self.admit(session, len(proposed or []))
-        if rejection is not None:
-            assoc.acse.send_reject(*rejection.reject)
-            assoc.kill()  # as pynetdicom's own rejections do: lets the DUL send the RJ first
-
-    def on_user_id(self, event: Any) -> tuple[bool, bytes | None]:
-        verified = self.identity_verified(event.user_id_type, event.primary_field,
-                                          event.secondary_field)
-        if not verified:  # pynetdicom rejects; on_rejected counts and audits the rest
-            metrics.ASSOCIATION_REJECTIONS.labels("user_identity").inc()
-            log.warning("user identity refused for %s (%s)", event.assoc.requestor.ae_title,
-                        event.assoc.requestor.address)
-        return verified, None
-
-    def on_accepted(self, event: Any) -> None:
-        session = router_association(event.assoc).router_session
-        if session is not None:
-            self.accepted(session)
-
-    def on_rejected(self, event: Any) -> None:
-        """pynetdicom's own rejections (unknown called AE, association limit)."""
-        calling = metrics.CALLING_AE(event.assoc.requestor.primitive.calling_ae_title)
-        metrics.ASSOCIATIONS.labels(calling, "rejected").inc()
-        if self.audit is not None:
-            rq = event.assoc.requestor.primitive
-            self.audit.association_rejected(rq.calling_ae_title, rq.called_ae_title,
-                                            event.assoc.requestor.address, "rejected")
-
-    def on_closed(self, event: Any) -> None:
-        self.finished(event.assoc)
-
-    def finished(self, assoc: Any) -> None:
-        """EVT_CONN_CLOSE does not fire when pynetdicom aborts on an exception while decoding
-        a PDU, so the connection's thread calls this too when the association is over."""
-        session = router_association(assoc).router_session
-        if session is not None:
-            self.settle(session)
-
-    def handlers(self, store: StoreHandler) -> list[Any]:
-        bound = [
-            (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_REQUESTED, self.on_requested),
-            (evt.EVT_C_ECHO, _on_echo),
-            (evt.EVT_C_STORE, store),
-            (evt.EVT_ACCEPTED, self.on_accepted),
-            (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_CONN_CLOSE, self.on_closed),
-        ]
-        # Bound even without users: a reload may add some, and they must then be checked.
-        bound.append((evt.EVT_USER_ID, self.on_user_id))
-        return bound
-
-
-def _on_echo(event: Any) -> int:
-    metrics.DIMSE_REQUESTS.labels("C-ECHO", f"0x{Status.SUCCESS:04X}").inc()
-    return Status.SUCCESS

@@ -1,35 +1,39 @@
-"""One inbound connection on the engine: a thread, a blocking socket, the engine in the middle.
+"""One inbound connection: a thread, a blocking socket, the engine in the middle.
 
     TLS handshake (deadline) -> A-ASSOCIATE-RQ (deadline) -> rules -> AC or RJ
-    -> C-ECHO answered inline, C-STORE datasets written as their PDVs arrive, then the
-       store handler (spool commit, broker) and the C-STORE-RSP -> release or abort.
+    -> C-ECHO answered inline; C-STORE datasets written as their PDVs arrive, then the store
+       handler (spool commit, broker) and the C-STORE-RSP; relayed requests (queries,
+       retrieves, N-services) decoded and served by the relay on a thread of their own,
+       while this thread keeps reading (C-CANCEL, C-GET sub-operation answers)
+    -> release or abort.
 
 A thread per connection, not an event loop: the spool's group commit groups the syncs of
 threads that commit at the same moment, and the broker hand-off blocks; the thread count is
-bounded by listen.max_associations and the pending counts. An association that proposes a
-relayed service (queries, retrieves, N-services) is handed, request bytes and all, to the
-pynetdicom side (`handoff`), which relays them.
+bounded by listen.max_associations and the pending counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from router.acceptor.access import Rejection
 from router.acceptor.association_events import AssociationEvents
-from router.acceptor.negotiation import AcceptorOffer, accept, served_by_engine
+from router.acceptor.negotiation import AcceptorOffer, accept
+from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession, ReceivedStore
 from router.acceptor.store_handler import StoreHandler
 from router.acceptor.store_receiver import StoreReceiver, file_meta
+from router.acceptor.tls_listener import TLSListener
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
+from router.core.rules import AssociationFacts
 from router.dicom.engine import (
     DICOM_APPLICATION_CONTEXT,
     Abort,
@@ -55,7 +59,8 @@ from router.dicom.engine.dimse import MESSAGE_ID, STATUS
 from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
 from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
-from router.dicom.tls_listener import TLSListener
+from router.dicom.relayed_dimse import REQUEST_MESSAGES, DimseDecodeError, request_primitive
+from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +69,10 @@ MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits 
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we do
 C_CANCEL_RQ = 0x0FFF
+RELAY_STOP_SECONDS = 5.0  # a relay cancelled upstream ends within its poll (0.1 s)
 UNRECOGNIZED_OPERATION = 0x0211
 APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
 
-Handoff = Callable[[socket.socket, tuple[str, int], bytes], None]
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ class ConnectionSettings:
     request_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
     network_timeout: float  # longest silence once associated
     max_dataset_bytes: int | None
+    max_message_bytes: int  # a relayed request's dataset, held in memory
+    response_timeout: float  # a C-GET sub-operation's C-STORE-RSP from the requester
     incoming: Path  # the spool's incoming/ folder: received files are renamed into jobs/
 
 
@@ -89,7 +96,7 @@ class AcceptorServices:
     events: AssociationEvents
     store: StoreHandler
     tls: TLSListener | None
-    handoff: Handoff
+    relay: RelayServer | None
 
 
 class ConnectionEnded(Exception):
@@ -105,13 +112,17 @@ class EngineConnection:
         self.settings = services.settings
         self.ticket = ticket
         self.established = False
-        self.handed_off = False  # served by the pynetdicom side (drained there)
         self.session: AssociationSession | None = None
         self._send_lock = threading.Lock()
         self._aborted = False
         self._receiver: StoreReceiver | None = None
         self._store: tuple[int, CStoreRQ] | None = None
         self._other: tuple[int, OtherCommand] | None = None
+        self._relayed: tuple[int, OtherCommand, bytearray] | None = None
+        self._link: EngineRequesterLink | None = None
+        self._relay_queue: queue.Queue[tuple[int, OtherCommand, bytes | None] | None] = \
+            queue.Queue()
+        self._relay_thread: threading.Thread | None = None
         self._buffer = bytearray(RECV_BYTES)
 
     # --- the connection's life ------------------------------------------------------------
@@ -125,6 +136,7 @@ class EngineConnection:
             log.exception("association from %s ended on an unexpected error", self.address[0])
             self.abort()
         finally:
+            self._stop_relaying()
             if self._receiver is not None:
                 self._receiver.discard()
             if self.session is not None:
@@ -148,19 +160,14 @@ class EngineConnection:
             max_associate_length=MAX_ASSOCIATE_BYTES,  # the PDV headers in, still bounded
             max_command_length=MAX_COMMAND_SET_BYTES,
             artim_timeout=self.settings.request_timeout)
-        rq, replay = self._read_request(engine)
+        rq = self._read_request(engine)
         if self.ticket is not None:
             self.ticket.release()  # a decoded request: no longer pending for its source
-        if not served_by_engine(rq, self.settings.offer):
-            self.handed_off = True
-            self.services.handoff(self.sock, self.address, replay)
-            return
         self._associate(engine, rq)
         self._serve(engine)
 
-    def _read_request(self, engine: Association) -> tuple[AssociateRQ, bytes]:
+    def _read_request(self, engine: Association) -> AssociateRQ:
         deadline = time.monotonic() + self.settings.request_timeout
-        replay = bytearray()
         view = memoryview(self._buffer)
         while True:
             left = deadline - time.monotonic()
@@ -172,10 +179,9 @@ class EngineConnection:
             count = self._recv(view, "request_timeout", "no complete A-ASSOCIATE-RQ within "
                                f"association_request_timeout "
                                f"({self.settings.request_timeout:g}s)")
-            replay += view[:count]
             for event in self._feed(engine, view[:count]):
                 if isinstance(event, AssociationRequested):
-                    return event.rq, bytes(replay)
+                    return event.rq
             if engine.should_close:
                 raise ConnectionEnded
 
@@ -204,10 +210,21 @@ class EngineConnection:
             self._send(engine.send(AssociateRJ(*rejection.reject)))
             self._close_gently()
             raise ConnectionEnded
-        self._send(engine.send(accept(rq, offer)))
+        ac = accept(rq, offer)
+        self._send(engine.send(ac))
         self.established = True
         events.accepted(session)
         self.sock.settimeout(self.settings.network_timeout)
+        accepted = {ctx.context_id for ctx in ac.contexts if ctx.result == 0}
+        abstract = {ctx.context_id: ctx.abstract_syntax for ctx in rq.contexts
+                    if ctx.context_id in accepted}
+        # The requester takes C-STOREs (C-GET) for the SOP classes it proposed the SCP role for.
+        scp_roles = frozenset(role.sop_class_uid for role in ac.user_info.roles
+                              if role.scp_role)
+        facts = AssociationFacts(calling_ae=session.calling_ae, called_ae=session.called_ae,
+                                 source=session.address)
+        self._link = EngineRequesterLink(engine, facts, abstract, scp_roles, self._write,
+                                         self._send_lock, self.settings.response_timeout)
 
     def _serve(self, engine: Association) -> None:
         view = memoryview(self._buffer)
@@ -227,6 +244,7 @@ class EngineConnection:
         elif type(event) is CommandReceived:
             self._on_command(engine, event.context_id, event.command)
         elif type(event) is ReleaseRequested:
+            self._stop_relaying(wait=True)  # its final responses go out before the RP
             self._send(engine.send(ReleaseRP()))
             self._close_gently()
             raise ConnectionEnded
@@ -247,12 +265,30 @@ class EngineConnection:
             self._send(engine.send(SendCommand(context_id, CEchoRSP(command.message_id,
                                                                     Status.SUCCESS))))
         elif isinstance(command, OtherCommand):
-            if command.has_dataset:
-                self._other = (context_id, command)  # answered once its dataset is in
-            else:
-                self._refuse_other(engine, context_id, command)
+            self._on_other(engine, context_id, command)
+        elif type(command) is CStoreRSP and self._link is not None:
+            self._link.store_answered(command)  # a C-GET sub-operation's answer
         else:  # a response, where the router sent no request
             log.warning("ignoring an unexpected DIMSE response from %s", self.address[0])
+
+    def _on_other(self, engine: Association, context_id: int, command: OtherCommand) -> None:
+        field = command.command_field
+        if field == C_CANCEL_RQ:
+            if self._link is not None:
+                self._link.cancel(command.us(RESPONDED_TO) or 0)
+            return
+        relayed = (self.services.relay is not None and field in REQUEST_MESSAGES
+                   and self._link is not None
+                   and self.settings.offer.serves_relayed(
+                       self._link.abstract_syntaxes.get(context_id, "")))
+        if relayed and command.has_dataset:
+            self._relayed = (context_id, command, bytearray())  # relayed once it is whole
+        elif relayed:
+            self._relay(context_id, command, None)
+        elif command.has_dataset:
+            self._other = (context_id, command)  # answered once its dataset is in
+        else:
+            self._refuse_other(engine, context_id, command)
 
     def _on_data(self, engine: Association, event: DataFragment) -> None:
         receiver = self._receiver
@@ -263,6 +299,19 @@ class EngineConnection:
             receiver.write(event.data)
             if event.last:
                 self._stored(engine)
+        elif self._relayed is not None:
+            context_id, command, dataset = self._relayed
+            dataset += event.data
+            if len(dataset) > self.settings.max_message_bytes:
+                self.abort()
+                raise self._dropped("message_too_large", "a relayed request's dataset longer "
+                                    f"than listen.max_message_bytes "
+                                    f"({self.settings.max_message_bytes})")
+            if event.last:
+                self._relayed = None
+                if progress is not None:
+                    progress.message_done()
+                self._relay(context_id, command, bytes(dataset))
         elif self._other is not None and event.last:
             context_id, command = self._other
             self._other = None
@@ -291,6 +340,51 @@ class EngineConnection:
         self._send(engine.send(SendCommand(context_id, CStoreRSP(
             command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
             comment))))
+
+    # --- relayed requests -------------------------------------------------------------------
+
+    def _relay(self, context_id: int, command: OtherCommand, dataset: bytes | None) -> None:
+        """Served on the relay thread, one request at a time (as they arrive), so that this
+        thread keeps reading C-CANCELs and C-GET sub-operation answers meanwhile."""
+        self._relay_queue.put((context_id, command, dataset))
+        if self._relay_thread is None:
+            self._relay_thread = threading.Thread(target=self._relay_loop, daemon=True,
+                                                  name=f"relay-{self.address[0]}")
+            self._relay_thread.start()
+
+    def _relay_loop(self) -> None:
+        relay, link = self.services.relay, self._link
+        assert relay is not None and link is not None
+        while (item := self._relay_queue.get()) is not None:
+            context_id, command, dataset = item
+            try:
+                primitive = request_primitive(command, context_id, dataset)
+            except DimseDecodeError as exc:
+                log.warning("aborting the association from %s: a relayed request %s",
+                            self.address[0], exc)
+                metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
+                self.abort()
+                return
+            if not primitive.is_valid_request:
+                log.warning("aborting the association from %s: an invalid %s request",
+                            self.address[0], type(primitive).__name__)
+                metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
+                self.abort()
+                return
+            relay.serve(link, primitive, context_id)
+
+    def _stop_relaying(self, wait: bool = False) -> None:
+        """The relay thread ends after its current request (at once, cancelled upstream, when
+        the association is gone: the link says so)."""
+        thread = self._relay_thread
+        if thread is None:
+            return
+        if not wait and self._link is not None:
+            self._link.close()
+        self._relay_queue.put(None)
+        thread.join(timeout=None if wait else RELAY_STOP_SECONDS)
+        self._relay_thread = None
+        self._relay_queue = queue.Queue()
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:
@@ -338,6 +432,12 @@ class EngineConnection:
             self._send(exc.to_send)
             self._close_gently()
             raise ConnectionEnded from None
+
+    def _write(self, data: bytes) -> None:
+        """For the relay's thread, which holds the send lock already."""
+        if self._aborted:
+            raise ConnectionError("the association was aborted")
+        self.sock.sendall(data)
 
     def _send(self, data: bytes) -> None:
         if not data:

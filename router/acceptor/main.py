@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import tempfile
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 
 import zmq
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, AllStoragePresentationContexts
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.presentation import (
     BasicWorklistManagementPresentationContexts,
     ColorPalettePresentationContexts,
@@ -30,7 +27,6 @@ from pynetdicom.presentation import (
     StorageCommitmentPresentationContexts,
     UnifiedProcedurePresentationContexts,
 )
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from router.acceptor.access import AccessPolicy
 from router.acceptor.admission import AcceptorState, Admission
@@ -40,6 +36,7 @@ from router.acceptor.connection import AcceptorServices, ConnectionSettings
 from router.acceptor.negotiation import AcceptorOffer
 from router.acceptor.server import EngineServer
 from router.acceptor.store_handler import StoreHandler
+from router.acceptor.tls_listener import TLSListener
 from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
 from router.core.acceptor_seat import AcceptorSeat, SharedInt
@@ -51,78 +48,25 @@ from router.core.rules import RuleSet
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.status_snapshots import LiveAssociations, publish_forever
-from router.dicom.guarded_transport import ReadLimits
-from router.dicom.net import (
-    TRANSFER_SYNTAXES,
-    configure_pynetdicom,
-    prefer_requestor_transfer_syntax,
-)
+from router.dicom.net import configure_pynetdicom
 from router.dicom.pending import PendingConnections
 from router.dicom.store_client import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
-from router.dicom.tls_listener import RouterAssociationServer, TLSListener, start_server
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
 
 
-def build_ae(config: RouterConfig) -> AE:
-    ae = AE(ae_title=config.ae_title)
-    ae.maximum_pdu_size = config.listen.max_pdu
-    configure_ae(ae, config)
-    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-    for context in AllStoragePresentationContexts:
-        assert context.abstract_syntax is not None
-        # Both roles: a C-GET requester takes its instances back as the SCP of storage.
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES,
-                                 scu_role=True, scp_role=True)
-    for context in RELAYED_CONTEXTS:
-        assert context.abstract_syntax is not None
-        # Storage commitment results may come back as N-EVENT-REPORTs in either role.
-        ae.add_supported_context(context.abstract_syntax, RELAY_TRANSFER_SYNTAXES,
-                                 scu_role=True, scp_role=True)
-    return ae
-
-
-def configure_ae(ae: AE, config: RouterConfig) -> None:
-    """The AE settings a reload may change (the PDU size and AE title need a restart)."""
-    listen = config.listen
-    # max_associations is enforced in AssociationEvents over requests actually received;
-    # pynetdicom's own count includes connections still sending theirs, bounded apart.
-    ae.maximum_associations = listen.max_associations + listen.max_pending
-    ae.acse_timeout = listen.acse_timeout
-    ae.dimse_timeout = listen.dimse_timeout
-    ae.network_timeout = listen.network_timeout
-    ae.require_called_aet = False  # checked (and counted) by AccessPolicy
-
-
-def read_limits(config: RouterConfig) -> ReadLimits:
-    return ReadLimits(
-        request_timeout=min(config.listen.association_request_timeout,
-                            config.listen.acse_timeout),
-        network_timeout=config.listen.network_timeout,
-        max_pdu=config.listen.max_pdu,
-        max_message_bytes=config.listen.max_message_bytes,
-        max_dataset_bytes=config.listen.max_dataset_bytes,
-    )
-
-
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
-
-
 def connection_settings(config: RouterConfig, spool: Spool) -> ConnectionSettings:
-    """What the engine's connections serve and how long they wait (new ones see a reload)."""
-    limits = read_limits(config)
-    offer = AcceptorOffer(config.ae_title, config.listen.max_pdu, STORAGE_CLASSES,
-                          frozenset(TRANSFER_SYNTAXES), IMPLEMENTATION_CLASS_UID,
+    """What the connections serve and how long they wait (new ones see a reload)."""
+    listen = config.listen
+    offer = AcceptorOffer(config.ae_title, listen.max_pdu, STORAGE_CLASSES, TRANSFER_SYNTAXES,
+                          RELAYED_CLASSES, RELAY_TRANSFER_SYNTAXES, IMPLEMENTATION_CLASS_UID,
                           IMPLEMENTATION_VERSION)
-    return ConnectionSettings(offer, limits.request_timeout, limits.network_timeout,
-                              limits.max_dataset_bytes, spool.incoming)
-
-
-def pynetdicom_only() -> bool:
-    """DICOM_ROUTER_PYNETDICOM_ACCEPTOR=1: every association on pynetdicom, as before the
-    engine served storage (to measure the difference, or to rule the engine out)."""
-    return os.environ.get("DICOM_ROUTER_PYNETDICOM_ACCEPTOR", "") in ("1", "true", "yes")
+    return ConnectionSettings(
+        offer, request_timeout=min(listen.association_request_timeout, listen.acse_timeout),
+        network_timeout=listen.network_timeout, max_dataset_bytes=listen.max_dataset_bytes,
+        max_message_bytes=listen.max_message_bytes, response_timeout=listen.dimse_timeout,
+        incoming=spool.incoming)
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
@@ -130,26 +74,6 @@ def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event
     while not stop.wait(0.25):
         refusal = admission.refusal()
         state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
-
-
-def _drain(ae: AE, grace: float) -> None:
-    """Let established associations finish, up to `grace` seconds; then abort the rest.
-
-    A connection still negotiating (or one that never sends an A-ASSOCIATE-RQ) has no work
-    in progress: it is aborted at once instead of holding the stop for its acse_timeout.
-    """
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        for assoc in ae.active_associations:
-            if not assoc.is_established:
-                assoc.abort()
-        if not ae.active_associations:
-            return
-        time.sleep(0.1)
-    for assoc in ae.active_associations:
-        log.warning("aborting association from %s after the drain grace period",
-                    assoc.requestor.ae_title)
-        assoc.abort()
 
 
 def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
@@ -170,6 +94,11 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
     return alert
 
 
+# Storage in any syntax, accepted as sent, so that the router forwards the very bytes it
+# received; the little endian syntaxes first only so that they are easy to find.
+STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+TRANSFER_SYNTAXES = frozenset(
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, *map(str, AllTransferSyntaxes)])
 # Queries, retrieves and N-services the router relays (router/relay/server.py); their
 # identifiers and datasets are small and travel in either little endian syntax.
 RELAYED_CONTEXTS = [
@@ -181,19 +110,20 @@ RELAYED_CONTEXTS = [
     *DefinedProcedureProtocolPresentationContexts, *ImplantTemplatePresentationContexts,
     *ProtocolApprovalPresentationContexts, *DisplaySystemPresentationContexts,
 ]
-RELAY_TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+RELAYED_CLASSES = frozenset(str(cx.abstract_syntax) for cx in RELAYED_CONTEXTS)
+RELAY_TRANSFER_SYNTAXES = frozenset([ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 
 
 class LiveConfig:
     """Applies a reloaded config to the running acceptor: new associations see it at once,
     associations in progress keep what they negotiated."""
 
-    def __init__(self, config: RouterConfig, runtime: Runtime, ae: AE, store: StoreHandler,
-                 events: AssociationEvents, server: RouterAssociationServer,
+    def __init__(self, config: RouterConfig, runtime: Runtime, store: StoreHandler,
+                 events: AssociationEvents, pending: PendingConnections,
                  tls: TLSListener | None, relay: RelayServer, services: AcceptorServices,
                  spool: Spool) -> None:
-        self.config, self.runtime, self.ae, self.store = config, runtime, ae, store
-        self.events, self.server, self.tls, self.relay = events, server, tls, relay
+        self.config, self.runtime, self.store, self.events = config, runtime, store, events
+        self.pending, self.tls, self.relay = pending, tls, relay
         self.services, self.spool = services, spool
 
     def on_sighup(self, signum: int, frame: FrameType | None) -> None:
@@ -219,12 +149,8 @@ class LiveConfig:
         self.store.set_rules(rules, new.listen.max_dataset_bytes)
         self.relay.reconfigure(new, rules)
         self.events.access.reconfigure(new.listen)
-        configure_ae(self.ae, new)
-        self.server.limits = read_limits(new)
         self.services.settings = connection_settings(new, self.spool)
-        if self.server.pending is not None:
-            self.server.pending.reconfigure(new.listen.max_pending_per_source,
-                                            new.listen.max_pending)
+        self.pending.reconfigure(new.listen.max_pending_per_source, new.listen.max_pending)
         self.config = new
 
     @property
@@ -239,12 +165,8 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
-    # Chunked send too: C-GET sub-operations go to the requester from files, as they are.
-    configure_pynetdicom(chunked_receive=True, chunked_send=True)
-    prefer_requestor_transfer_syntax()
+    configure_pynetdicom()
     spool = Spool(config.spool.path).create()
-    # Chunked receive writes under tempfile's folder: on the spool, taking ownership is a rename.
-    tempfile.tempdir = str(spool.incoming)
 
     context = zmq.Context()
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
@@ -263,47 +185,31 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     tls = None
     if config.listen.tls.mode != "off":
         tls = TLSListener(config.listen.tls, _tls_alert(audit))
-    ae = build_ae(config)
-    address = (config.listen.host, config.listen.port)
     pending = PendingConnections(config.listen.max_pending_per_source, config.listen.max_pending,
                                  limits.pending, column)
-    # The engine serves storage and verification; associations that propose a relayed
-    # service are handed to pynetdicom's server, which then never accepts on its own.
-    engine_serves = not pynetdicom_only()
-    server = start_server(ae, address, events.handlers(store), tls, read_limits(config),
-                          events.finished, pending, config.listen.backlog, seat.listener,
-                          serve=not engine_serves)
-    server.relay = relay
-    services = AcceptorServices(connection_settings(config, spool), events, store, tls,
-                                server.handoff)
-    engine = EngineServer(seat.listener, services, pending)
-    if engine_serves:
-        engine.start()
-    live_config = LiveConfig(config, runtime, ae, store, events, server, tls, relay, services,
+    services = AcceptorServices(connection_settings(config, spool), events, store, tls, relay)
+    server = EngineServer(seat.listener, services, pending)
+    server.start()
+    live_config = LiveConfig(config, runtime, store, events, pending, tls, relay, services,
                              spool)
     signal.signal(signal.SIGHUP, live_config.on_sighup)
     log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
-             config.ae_title, *address, config.listen.tls.mode)
+             config.ae_title, config.listen.host, config.listen.port, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()
     threading.Thread(target=publish_forever, name="live-status", daemon=True,
                      args=(runtime.status_dir, seat.name, live.status, stop)).start()
     # Wait with a timeout: a signal the kernel hands to another thread (every association
-    # has two) reaches its Python handler only when this thread runs again, so an untimed
+    # has one) reaches its Python handler only when this thread runs again, so an untimed
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
     while not stop.wait(0.5):
         pass
     admission.draining = True
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")
-    deadline = time.monotonic() + live_config.drain_grace
-    if engine_serves:
-        engine.shutdown()  # closes the listening socket: new connections are refused
-        engine.drain(live_config.drain_grace)
-    else:
-        server.shutdown()
-    _drain(ae, grace=max(0.0, deadline - time.monotonic()))
+    server.shutdown()  # closes the listening socket: new connections are refused
+    server.drain(live_config.drain_grace)
     if audit is not None:
         audit.close()
     broker.close()

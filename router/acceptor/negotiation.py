@@ -27,24 +27,30 @@ from router.dicom.engine.dimse import VERIFICATION
 
 @dataclass(frozen=True)
 class AcceptorOffer:
-    """What the engine side of the acceptor serves: storage (as SCP) and verification."""
+    """What the acceptor serves: verification, storage (either role: a C-GET requester takes
+    its instances back as the SCP) in any transfer syntax, and the relayed services
+    (queries, retrieves, N-services: router/relay/) in the little endian syntaxes."""
 
     ae_title: str
     max_pdu: int  # the Maximum Length the router advertises for P-DATA-TF
     storage_classes: frozenset[str]
     transfer_syntaxes: frozenset[str]
+    relayed_classes: frozenset[str]
+    relayed_syntaxes: frozenset[str]
     implementation_class_uid: str
     implementation_version: str
 
     def supports(self, abstract_syntax: str) -> bool:
-        return abstract_syntax == VERIFICATION or abstract_syntax in self.storage_classes
+        return abstract_syntax == VERIFICATION or abstract_syntax in self.storage_classes \
+            or abstract_syntax in self.relayed_classes
 
+    def serves_relayed(self, abstract_syntax: str) -> bool:
+        return abstract_syntax in self.relayed_classes
 
-def served_by_engine(rq: AssociateRQ, offer: AcceptorOffer) -> bool:
-    """True when every proposed context is storage or verification. An association that also
-    proposes a relayed service (queries, retrieves, N-services) is served by the pynetdicom
-    side, which relays them (router/relay/)."""
-    return all(offer.supports(ctx.abstract_syntax) for ctx in rq.contexts)
+    def syntaxes(self, abstract_syntax: str) -> frozenset[str]:
+        if abstract_syntax in self.relayed_classes:
+            return self.relayed_syntaxes
+        return self.transfer_syntaxes
 
 
 def accept(rq: AssociateRQ, offer: AcceptorOffer) -> AssociateAC:
@@ -56,7 +62,8 @@ def accept(rq: AssociateRQ, offer: AcceptorOffer) -> AssociateAC:
         if not offer.supports(ctx.abstract_syntax):
             contexts.append(PresentationContextAC(ctx.context_id, ABSTRACT_SYNTAX_NOT_SUPPORTED))
             continue
-        syntax = next((ts for ts in ctx.transfer_syntaxes if ts in offer.transfer_syntaxes), "")
+        ours = offer.syntaxes(ctx.abstract_syntax)
+        syntax = next((ts for ts in ctx.transfer_syntaxes if ts in ours), "")
         result = ACCEPTANCE if syntax else TRANSFER_SYNTAXES_NOT_SUPPORTED
         contexts.append(PresentationContextAC(ctx.context_id, result, syntax))
     # Role selection: the router takes either role for what it serves, so it agrees to what

@@ -89,9 +89,8 @@ class EngineServer:
         self.listener.close()
 
     def connections(self) -> list[EngineConnection]:
-        """The connections the engine serves (not those handed to pynetdicom)."""
         with self._lock:
-            return [c for c in self._connections if not c.handed_off]
+            return list(self._connections)
 
     def drain(self, grace: float) -> None:
         """Let established associations finish, up to `grace` seconds; then abort the rest.

@@ -1,8 +1,7 @@
-"""One inbound association as the acceptor's rules see it, whichever code serves it.
+"""One inbound association as the acceptor's rules see it.
 
-The engine's connections (router/acceptor/connection.py) and the pynetdicom server (for
-associations proposing relayed services) both fill an `AssociationSession`; access rules,
-counts, audit and the store handler read and settle it, never a pynetdicom object.
+The connection (router/acceptor/connection.py) fills an `AssociationSession`; access rules,
+counts, audit and the store handler read and settle it.
 """
 
 from __future__ import annotations
@@ -47,22 +46,3 @@ class ReceivedStore:
     priority: int = 0  # the request's Priority (0 medium, 1 high, 2 low)
     move_originator_ae: str | None = None
     move_originator_message_id: int | None = None
-
-
-def peer_certificate(assoc: Any) -> dict[str, Any] | None:
-    """The TLS peer certificate of a pynetdicom association, if any."""
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    getpeercert = getattr(sock, "getpeercert", None)
-    return getpeercert() if getpeercert else None
-
-
-def session_of(assoc: Any) -> AssociationSession:
-    """The session of a pynetdicom association, from its A-ASSOCIATE-RQ (pynetdicom copies
-    the calling AE title onto the association only after EVT_REQUESTED)."""
-    rq = assoc.requestor.primitive
-    return AssociationSession(
-        calling_ae=str(rq.calling_ae_title), called_ae=str(rq.called_ae_title),
-        address=str(assoc.requestor.address), port=int(assoc.requestor.port or 0),
-        own_ae=str(assoc.acceptor.ae_title), certificate=peer_certificate(assoc),
-        user_identity=assoc.requestor.user_identity is not None,
-    )

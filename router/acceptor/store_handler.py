@@ -10,14 +10,12 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from router.acceptor.admission import Admission
 from router.acceptor.broker_client import BrokerClient
-from router.acceptor.session import AssociationSession, ReceivedStore, session_of
+from router.acceptor.session import AssociationSession, ReceivedStore
 from router.acceptor.store_decision import COMPLETION_KEYWORDS, Dropped, StoreCommand, decide
 from router.audit.trail import AuditTrail
 from router.core import metrics
@@ -30,7 +28,6 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
-from router.dicom.relay_association import router_association
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -44,14 +41,6 @@ _RESULT_LABELS = {
     Status.REJECTED_BY_RULE: "rejected",
 }
 # Read when any rule waits for study/series completion: the group and the batch order.
-
-
-def status_dataset(status: int, comment: str = "") -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    if comment:
-        ds.ErrorComment = comment[:64]  # LO: at most 64 characters
-    return ds
 
 
 class StoreHandler:
@@ -82,23 +71,6 @@ class StoreHandler:
         self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords, *completion}))
         self.rules = rules
         self.max_dataset_bytes = max_dataset_bytes
-
-    def __call__(self, event: Any) -> Dataset:
-        """pynetdicom's EVT_C_STORE (associations that also propose relayed services)."""
-        assoc = router_association(event.assoc)
-        request = event.request
-        origin = getattr(request, "MoveOriginatorMessageID", None)
-        received = ReceivedStore(
-            session=assoc.router_session or session_of(assoc),
-            sop_class_uid=str(request.AffectedSOPClassUID or ""),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            path=event.dataset_path,
-            priority=int(getattr(request, "Priority", 0) or 0),
-            move_originator_ae=getattr(request, "MoveOriginatorApplicationEntityTitle", None),
-            move_originator_message_id=int(origin) if origin is not None else None)
-        status, comment = self.handle(received)
-        return status_dataset(status, comment)
 
     def handle(self, received: ReceivedStore) -> tuple[int, str]:
         """The C-STORE-RSP's status and error comment; the received file is taken (kept,

@@ -1,8 +1,7 @@
 """The pynetdicom versions that router/dicom/ was written against: one check for every use
-of pynetdicom's internals (the event-driven loops in reactors.py, the read guard in
-guarded_transport.py, the relay hook in relay_association.py, the negotiation order in
-net.py). pyproject.toml pins the same range; this check catches an install that overrides
-it, before any of those patches meets classes they do not fit."""
+of pynetdicom's internals (its _config settings in net.py, the DIMSE message classes that
+relayed_dimse.py translates relayed requests with). pyproject.toml pins the same range;
+this check catches an install that overrides it."""
 
 from __future__ import annotations
 

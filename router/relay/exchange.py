@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode
@@ -13,6 +14,7 @@ from pynetdicom.dsutils import decode
 from router.core import metrics
 from router.core.dimse_status import PENDING_STATUSES, Status, is_delivered, is_warning
 from router.core.messages import RelayResponse
+from router.core.rules import AssociationFacts
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
@@ -45,18 +47,40 @@ class Counts:
         self.remaining = max(0, self.remaining - 1)
 
 
+class RequesterLink(Protocol):
+    """The requester's association, as a relayed request needs it (the acceptor's
+    router/acceptor/requester_link.py implements it on the engine)."""
+
+    facts: AssociationFacts
+
+    def accepted_syntax(self, context_id: int) -> str:
+        """The transfer syntax accepted on a presentation context."""
+
+    def cancelled(self, message_id: int) -> bool:
+        """C-CANCEL arrived for this request, or the requester is gone."""
+
+    def send(self, primitive: Any, context_id: int) -> None:
+        """A DIMSE response (a pynetdicom primitive) to the requester."""
+
+    def store(self, path: Path, message_id: int) -> int | None:
+        """C-GET: the instance in `path` as a C-STORE to the requester; its status, or None
+        when it could not be sent or answered."""
+
+    def storage_contexts(self) -> list[list[Any]]:
+        """[SOP class, [transfer syntaxes]] the requester takes C-STOREs on (SCP role)."""
+
+
 class Exchange:
     """One request on one association: builds and sends its responses."""
 
-    def __init__(self, assoc: Any, msg: Any, context_id: int, command: str) -> None:
-        self.assoc, self.msg, self.context_id, self.command = assoc, msg, context_id, command
+    def __init__(self, link: RequesterLink, msg: Any, context_id: int, command: str) -> None:
+        self.link, self.msg, self.context_id, self.command = link, msg, context_id, command
         self.sub_operations = 0  # C-GET: message IDs of the C-STOREs sent back
-        self.transfer_syntax = str(assoc._accepted_cx[context_id].transfer_syntax[0])
+        self.transfer_syntax = link.accepted_syntax(context_id)
 
     def cancelled(self) -> bool:
         """C-CANCEL arrived for this request, or the requester is gone."""
-        return self.msg.MessageID in self.assoc.dimse.cancel_req or \
-            not self.assoc.is_established
+        return self.link.cancelled(int(self.msg.MessageID))
 
     def respond(self, status: int, *, dataset: bytes | None = None, comment: str = "",
                 counts: Counts | None = None, answer: RelayResponse | None = None) -> None:
@@ -92,7 +116,7 @@ class Exchange:
             rsp.NumberOfWarningSuboperations = counts.warning
         if dataset:
             setattr(rsp, RESPONSE_DATASET[self.command], BytesIO(dataset))
-        self.assoc.dimse.send_msg(rsp, self.context_id)
+        self.link.send(rsp, self.context_id)
 
     def request_dataset(self) -> bytes | None:
         attr = REQUEST_DATASET.get(self.command)

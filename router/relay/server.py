@@ -18,6 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from pynetdicom.dimse_primitives import (
+    C_FIND,
+    C_GET,
+    C_MOVE,
+    N_ACTION,
+    N_CREATE,
+    N_DELETE,
+    N_EVENT_REPORT,
+    N_GET,
+    N_SET,
+)
 
 from router.core import metrics
 from router.core.config import RouterConfig
@@ -25,15 +36,19 @@ from router.core.dimse_status import Status, relay_failure_status, relay_no_rout
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
-from router.dicom.relay_association import RELAYED_COMMANDS
 from router.relay.call import RelayCall, RelayTimeout
-from router.relay.exchange import Counts, Exchange, final_status
+from router.relay.exchange import Counts, Exchange, RequesterLink, final_status
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.state import Commitments
 
 log = logging.getLogger(__name__)
 
-COMMANDS = RELAYED_COMMANDS
+# The requests the acceptor relays, by pynetdicom primitive type.
+COMMANDS: dict[type, str] = {
+    C_FIND: "C-FIND", C_GET: "C-GET", C_MOVE: "C-MOVE", N_GET: "N-GET", N_SET: "N-SET",
+    N_ACTION: "N-ACTION", N_CREATE: "N-CREATE", N_DELETE: "N-DELETE",
+    N_EVENT_REPORT: "N-EVENT-REPORT",
+}
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 
 
@@ -54,9 +69,9 @@ class RelayServer:
 
     # --- entry point from the association --------------------------------------------------
 
-    def serve(self, assoc: Any, msg: Any, context_id: int) -> None:
+    def serve(self, link: RequesterLink, msg: Any, context_id: int) -> None:
         command = COMMANDS[type(msg)]
-        exchange = Exchange(assoc, msg, context_id, command)
+        exchange = Exchange(link, msg, context_id, command)
         try:
             self._serve(exchange)
         except Exception:  # the handler boundary: a failure status, never an escape
@@ -71,11 +86,11 @@ class RelayServer:
                 # A result for no commitment this router relayed (or one already delivered):
                 # routing it by the rules could send it back where it came from.
                 log.warning("storage commitment result for an unknown transaction from %s: "
-                            "refused", exchange.assoc.requestor.ae_title)
+                            "refused", exchange.link.facts.calling_ae)
                 exchange.final(Status.PROCESSING_FAILURE,
                                "no storage commitment with that transaction")
             return
-        facts = AssociationFacts.of(exchange.assoc)
+        facts = exchange.link.facts
         decision = self.rules.upstreams(facts, sop_class)
         if not decision.matched:
             log.warning("%s for SOP class %s from %s: no rule routes it", command, sop_class,
@@ -121,7 +136,7 @@ class RelayServer:
             "has_dataset": dataset is not None,
         }
         if exchange.command == "C-GET":
-            values["storage_contexts"] = _storage_contexts(exchange.assoc)
+            values["storage_contexts"] = exchange.link.storage_contexts()
         values.update(overrides)
         return RelayRequest(**values)
 
@@ -183,8 +198,7 @@ class RelayServer:
     def _send_sub_operation(self, exchange: Exchange, store: RelayStore) -> int | None:
         path = self.spool.relay / Path(store.file_name).name
         try:
-            status = exchange.assoc.send_c_store(path, msg_id=_sub_message_id(exchange))
-            return int(status.Status) if status is not None and "Status" in status else None
+            return exchange.link.store(path, _sub_message_id(exchange))
         except (ValueError, RuntimeError, OSError) as exc:
             log.warning("C-GET sub-operation (SOP class %s) not sent to the requester: %s",
                         store.sop_class_uid, exc)
@@ -231,7 +245,7 @@ class RelayServer:
             exchange.final(Status.PROCESSING_FAILURE, f"requester {requester} not in known_aes")
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
-                                AssociationFacts.of(exchange.assoc), to_known_ae=True)
+                                exchange.link.facts, to_known_ae=True)
         if self._pass_through(exchange, request) != Status.SUCCESS:
             # Not delivered: the upstream got the failure and may send the result again.
             self.commitments.restore(transaction, commitment)
@@ -248,15 +262,3 @@ def _counts(answer: RelayResponse) -> Counts | None:
 def _sub_message_id(exchange: Exchange) -> int:
     exchange.sub_operations += 1
     return int((exchange.msg.MessageID + exchange.sub_operations) % 65535) or 1
-
-
-def _storage_contexts(assoc: Any) -> list[list[Any]]:
-    """The storage contexts the requester takes C-STOREs on (SCP role), for the upstream."""
-    out: dict[str, list[str]] = {}
-    for cx in assoc.accepted_contexts:
-        if cx.as_scu:  # we send on it: the requester is its SCP
-            out.setdefault(str(cx.abstract_syntax), [])
-            for ts in cx.transfer_syntax:
-                if str(ts) not in out[str(cx.abstract_syntax)]:
-                    out[str(cx.abstract_syntax)].append(str(ts))
-    return [[sop, syntaxes] for sop, syntaxes in out.items()]

@@ -1,0 +1,128 @@
+"""A relayed request's view of the requester's association, on the engine (the relay's
+`RequesterLink`, router/relay/exchange.py).
+
+Relayed requests and their responses travel as pynetdicom primitives between the connection
+and the relay (router/dicom/relayed_dimse.py translates); C-STOREs never come this way.
+
+The relay runs on its own thread while the connection's thread keeps reading (C-CANCEL,
+the C-STORE-RSPs of C-GET sub-operations): `send_lock` orders their writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from router.core.rules import AssociationFacts
+from router.dicom.dataset_file import read_dataset_file
+from router.dicom.engine import (
+    Association,
+    CStoreRQ,
+    CStoreRSP,
+    SendCommand,
+    SendData,
+)
+from router.dicom.relayed_dimse import response_bytes
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024  # read from the file and handed to the engine, which cuts it to PDUs
+
+class EngineRequesterLink:
+    def __init__(self, engine: Association, facts: AssociationFacts,
+                 abstract_syntaxes: dict[int, str], scp_roles: frozenset[str],
+                 write: Callable[[bytes], None], send_lock: threading.Lock,
+                 response_timeout: float) -> None:
+        self.engine = engine
+        self.facts = facts
+        self.abstract_syntaxes = abstract_syntaxes  # accepted context ID -> abstract syntax
+        self.scp_roles = scp_roles  # SOP classes the requester takes C-STOREs for (SCP role)
+        self._write = write
+        self._send_lock = send_lock
+        self.response_timeout = response_timeout
+        self.open = True
+        self._cancels: set[int] = set()
+        self._store_answers: queue.Queue[CStoreRSP | None] = queue.Queue()
+
+    # --- from the connection's thread ---------------------------------------------------
+
+    def cancel(self, message_id: int) -> None:
+        self._cancels.add(message_id)
+
+    def store_answered(self, response: CStoreRSP) -> None:
+        self._store_answers.put(response)
+
+    def close(self) -> None:
+        self.open = False
+        self._store_answers.put(None)  # a C-GET sub-operation waiting for its answer ends
+
+    # --- RequesterLink (the relay's thread) -----------------------------------------------
+
+    def accepted_syntax(self, context_id: int) -> str:
+        return self.engine.accepted[context_id]
+
+    def cancelled(self, message_id: int) -> bool:
+        return message_id in self._cancels or not self.open
+
+    def send(self, primitive: Any, context_id: int) -> None:
+        command, dataset = response_bytes(primitive)
+        with self._send_lock:
+            data = self.engine.send(SendCommand(context_id, command))
+            if dataset:
+                data += self.engine.send(SendData(context_id, dataset, last=True))
+            self._write(data)
+
+    def storage_contexts(self) -> list[list[Any]]:
+        out: dict[str, list[str]] = {}
+        for context_id, syntax in self.engine.accepted.items():
+            sop = self.abstract_syntaxes.get(context_id, "")
+            if sop in self.scp_roles and syntax not in out.setdefault(sop, []):
+                out[sop].append(syntax)
+        return [[sop, syntaxes] for sop, syntaxes in out.items()]
+
+    def store(self, path: Path, message_id: int) -> int | None:
+        """The file's dataset as a C-STORE on the context for its SOP class and transfer
+        syntax where the requester is the SCP; the status it answers."""
+        with path.open("rb") as fh:
+            meta = read_dataset_file(fh, path.stat().st_size)
+            context = self._store_context(meta.sop_class_uid, meta.transfer_syntax_uid)
+            if context is None:
+                log.warning("C-GET sub-operation: the requester accepted no context for %s in "
+                            "%s (SCP role)", meta.sop_class_uid, meta.transfer_syntax_uid)
+                return None
+            while not self._store_answers.empty():  # a late answer to an earlier one
+                with contextlib.suppress(queue.Empty):
+                    self._store_answers.get_nowait()
+            request = CStoreRQ(message_id, meta.sop_class_uid, meta.sop_instance_uid)
+            with self._send_lock:
+                self._write(self.engine.send(SendCommand(context, request)))
+                remaining = meta.dataset_length
+                while True:
+                    chunk = fh.read(min(CHUNK, remaining))
+                    remaining -= len(chunk)
+                    last = remaining <= 0 or not chunk
+                    if last and len(chunk) % 2:
+                        chunk += b"\0"  # PS3.5 A.5: an odd (deflated) stream is padded
+                    self._write(self.engine.send(SendData(context, chunk, last=last)))
+                    if last:
+                        break
+        try:
+            answer = self._store_answers.get(timeout=self.response_timeout)
+        except queue.Empty:
+            log.warning("C-GET sub-operation: no C-STORE-RSP within %g s",
+                        self.response_timeout)
+            return None
+        return None if answer is None else answer.status
+
+    def _store_context(self, sop_class: str, syntax: str) -> int | None:
+        if sop_class not in self.scp_roles:
+            return None
+        for context_id, accepted in self.engine.accepted.items():
+            if self.abstract_syntaxes.get(context_id) == sop_class and accepted == syntax:
+                return context_id
+        return None

@@ -1,0 +1,64 @@
+"""TLS on the listener, with the handshake in each connection's own thread and a deadline.
+
+A handshake in the accept loop would let one client that connects and never speaks TLS
+stall every association behind it: the server accepts plain sockets and each connection
+thread (router/acceptor/connection.py) wraps its own, bounded by `handshake_timeout`. The
+context sits in a holder so SIGHUP can swap in reloaded certificates without touching live
+associations.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from router.core import metrics
+from router.core.config import ListenerTLS
+from router.core.tls import TLSConfigError, failure_reason, server_context
+
+log = logging.getLogger(__name__)
+
+FailureHook = Callable[[str, str], None]  # (reason, peer address)
+
+
+class TLSListener:
+    def __init__(self, config: ListenerTLS, on_failure: FailureHook | None = None) -> None:
+        self.config = config
+        self.context = server_context(config)
+        self.on_failure = on_failure
+        self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        """Load the certificate, key and CA files again; keep the old context if they fail."""
+        try:
+            context = server_context(self.config)
+        except TLSConfigError as exc:
+            log.error("TLS reload refused, the previous certificates stay in use: %s", exc)
+            return False
+        with self._lock:
+            self.context = context
+        log.info("TLS certificates reloaded; live associations keep their sessions")
+        return True
+
+    def handshake(self, sock: socket.socket, address: Any) -> ssl.SSLSocket | None:
+        """Wrap one accepted connection; None (connection closed) if the handshake fails."""
+        with self._lock:
+            context = self.context
+        sock.settimeout(self.config.handshake_timeout)
+        try:
+            tls = context.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as exc:
+            reason = failure_reason(exc)
+            metrics.TLS_FAILURES.labels(reason).inc()
+            peer = address[0] if isinstance(address, tuple) else str(address)
+            log.warning("TLS handshake from %s failed: %s", peer, reason)
+            if self.on_failure is not None:
+                self.on_failure(reason, peer)
+            sock.close()
+            return None
+        tls.settimeout(None)  # from here on the connection's own timeouts apply
+        return tls
