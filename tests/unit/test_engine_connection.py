@@ -63,6 +63,7 @@ from router.dicom.engine.dimse import (
     STATUS,
     encode_command,
 )
+from router.dicom.pending import PendingConnections, Ticket
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -167,11 +168,11 @@ def harness(tmp_path: Path) -> Harness:
 class Running:
     """The connection on its thread; `errors` holds what escaped run() (nothing should)."""
 
-    def __init__(self, harness: Harness) -> None:
+    def __init__(self, harness: Harness, ticket: Ticket | None = None) -> None:
         ours, theirs = socket.socketpair()
         self.sock = ours
         self.sock.settimeout(WAIT)
-        self.connection = EngineConnection(theirs, ADDRESS, harness.services, None)
+        self.connection = EngineConnection(theirs, ADDRESS, harness.services, ticket)
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -391,6 +392,16 @@ def test_allowed_calling_ae_is_accepted(tmp_path: Path) -> None:
     running.join()
 
 
+def test_request_without_contexts_is_rejected(harness: Harness, running: Running) -> None:
+    before = rejections("no_presentation_context")
+    rq = request()
+    empty = AssociateRQ(rq.called_ae, rq.calling_ae, (), rq.user_info)
+    assert rejected_with(Peer(running), empty) == (1, 1, 1)
+    running.join()
+    assert rejections("no_presentation_context") == before + 1
+    assert harness.handed_off == []
+
+
 def test_foreign_application_context_is_rejected(harness: Harness, running: Running) -> None:
     peer = Peer(running)
     rq = request()
@@ -409,6 +420,32 @@ def rejected_with(peer: Peer, rq: AssociateRQ) -> tuple[int, int, int]:
     assert isinstance(rejected, AssociationRejected)
     peer.sock.shutdown(socket.SHUT_WR)
     return rejected.rj.result, rejected.rj.source, rejected.rj.reason
+
+
+def test_pending_ticket_is_released_once_the_request_is_in(harness: Harness) -> None:
+    pending = PendingConnections(per_source=4, total=8)
+    ticket = pending.admit(ADDRESS[0])
+    assert isinstance(ticket, Ticket)
+    running = Running(harness, ticket)
+    peer = Peer(running)
+    assert pending.count(ADDRESS[0]) == 1  # still sending its request
+    peer.associate()
+    # Associated: no longer pending for its source (max_associations counts it now).
+    assert pending.count(ADDRESS[0]) == 0
+    peer.release()
+    running.join()
+    assert pending.count() == 0
+
+
+def test_pending_ticket_of_a_silent_peer_is_released(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, request_timeout=0.2)
+    pending = PendingConnections(per_source=4, total=8)
+    ticket = pending.admit(ADDRESS[0])
+    assert isinstance(ticket, Ticket)
+    running = Running(harness, ticket)
+    Peer(running).read_to_eof()
+    running.join()
+    assert pending.count() == 0
 
 
 def test_draining_rejects_transiently_and_frees_the_slot(tmp_path: Path) -> None:
@@ -517,6 +554,19 @@ def test_silent_peer_is_closed_after_the_request_timeout(tmp_path: Path) -> None
     assert Peer(running).read_to_eof() == b""  # closed without a word
     running.join()
     assert dropped("request_timeout") == before + 1
+
+
+def test_half_sent_request_is_closed_after_the_request_timeout(tmp_path: Path) -> None:
+    harness = make_harness(tmp_path, request_timeout=0.2)
+    before = dropped("request_timeout")
+    running = Running(harness)
+    peer = Peer(running)
+    data = peer.engine.send(request())
+    running.sock.sendall(data[: len(data) // 2])
+    assert peer.read_to_eof() == b""
+    running.join()
+    assert dropped("request_timeout") == before + 1
+    assert harness.handed_off == []
 
 
 def test_silent_association_is_aborted_after_the_network_timeout(tmp_path: Path) -> None:
