@@ -424,7 +424,7 @@ class EngineConnection:
             for event in exc.events:  # what arrived whole before the error still counts
                 if type(event) is DataFragment and self._receiver is not None:
                     self._receiver.write(event.data)
-            label = ("unknown_pdu_type" if exc.abort_reason == AbortReason.UNRECOGNIZED_PDU
+            label = ("unknown_pdu_type" if exc.cause == AbortReason.UNRECOGNIZED_PDU
                      else "pdu_too_large" if "exceeds" in exc.message or "over the limit"
                      in exc.message else "protocol_error")
             log.warning("aborting the connection from %s: %s", self.address[0], exc.message)

@@ -4,7 +4,7 @@ codec so that what is asserted is what would go on the wire)."""
 
 from __future__ import annotations
 
-from router.acceptor.negotiation import AcceptorOffer, accept, served_by_engine
+from router.acceptor.negotiation import AcceptorOffer, accept
 from router.dicom.engine import (
     AssociateAC,
     AssociateRQ,
@@ -18,7 +18,8 @@ from router.dicom.engine import (
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
 VERIFICATION = "1.2.840.10008.1.1"
-STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND: relayed, not the engine's
+STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Q/R FIND: relayed
+UNKNOWN = "1.2.3.4.5.6"  # no service of the router's
 IMPLICIT, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -27,6 +28,7 @@ OFFER = AcceptorOffer(
     ae_title="ROUTER", max_pdu=65536, storage_classes=frozenset({CT, MR}),
     # A frozenset has no order: the requestor's order must decide, whatever this holds.
     transfer_syntaxes=frozenset({IMPLICIT, EXPLICIT, JPEG_LOSSLESS}),
+    relayed_classes=frozenset({STUDY_FIND}), relayed_syntaxes=frozenset({IMPLICIT, EXPLICIT}),
     implementation_class_uid="1.2.826.0.1.3680043.9.9999.1", implementation_version="ROUTER_1",
 )
 
@@ -70,19 +72,18 @@ def test_no_common_transfer_syntax_is_answered_4() -> None:
     assert ac.accepted() == {3: IMPLICIT}
 
 
-def test_served_by_engine_only_when_every_context_is_storage_or_verification() -> None:
-    assert served_by_engine(rq((1, CT, (EXPLICIT,)), (3, VERIFICATION, (IMPLICIT,))), OFFER)
-    assert served_by_engine(rq((1, VERIFICATION, (IMPLICIT,))), OFFER)
-    # One relayed context among storage ones is enough to hand the association over.
-    assert not served_by_engine(rq((1, CT, (EXPLICIT,)), (3, STUDY_FIND, (IMPLICIT,)),
-                                   (5, VERIFICATION, (IMPLICIT,))), OFFER)
-    assert not served_by_engine(rq((1, STUDY_FIND, (IMPLICIT,))), OFFER)
-    # An unknown SOP class is not the engine's either (pynetdicom answers it, result 3).
-    assert not served_by_engine(rq((1, "1.2.3.4.5.6", (IMPLICIT,))), OFFER)
+def test_relayed_services_are_accepted_in_little_endian_only() -> None:
+    request = rq((1, STUDY_FIND, (JPEG_LOSSLESS, EXPLICIT)), (3, STUDY_FIND, (JPEG_LOSSLESS,)),
+                 (5, CT, (JPEG_LOSSLESS,)), (7, "1.2.3.4.5.6", (IMPLICIT,)))
+    ac = on_the_wire(request, accept(request, OFFER))
+    # A query's identifier is small: the little endian syntaxes are all the relay needs,
+    # while storage keeps the sender's syntax (and an unknown SOP class is answered 3).
+    assert [(c.context_id, c.result) for c in ac.contexts] == [(1, 0), (3, 4), (5, 0), (7, 3)]
+    assert ac.accepted() == {1: EXPLICIT, 5: JPEG_LOSSLESS}
 
 
 def test_role_selection_is_echoed_only_for_supported_sop_classes() -> None:
-    roles = (RoleSelection(CT, False, True), RoleSelection(STUDY_FIND, True, False),
+    roles = (RoleSelection(CT, False, True), RoleSelection(UNKNOWN, True, False),
              RoleSelection(MR, True, True))
     info = UserInformation(max_length=16384, implementation_class_uid="1.2.3", roles=roles)
     request = rq((1, CT, (EXPLICIT,)), (3, MR, (EXPLICIT,)), user_info=info)
@@ -119,7 +120,7 @@ def test_ae_titles_and_application_context_come_back_as_requested() -> None:
 
 
 def test_contexts_answered_in_proposal_order_with_their_ids() -> None:
-    request = rq((7, MR, (EXPLICIT,)), (1, STUDY_FIND, (IMPLICIT,)), (255, CT, (DEFLATED,)),
+    request = rq((7, MR, (EXPLICIT,)), (1, UNKNOWN, (IMPLICIT,)), (255, CT, (DEFLATED,)),
                  (3, VERIFICATION, (IMPLICIT,)))
     ac = on_the_wire(request, accept(request, OFFER))
     assert [(c.context_id, c.result) for c in ac.contexts] == [(7, 0), (1, 3), (255, 4),

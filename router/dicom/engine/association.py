@@ -257,7 +257,7 @@ class Association:
         self._enter(State.STA13, artim=action is not Action.AA7 or not self.artim_running)
         self._discarding = True
         return RemoteProtocolError(message, abort_source=abort.source, abort_reason=abort.reason,
-                                   to_send=encode_pdu(abort))
+                                   to_send=encode_pdu(abort), cause=reason)
 
     # --- sending ------------------------------------------------------------------------
 

@@ -49,7 +49,9 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol. `to_send`: the PDU to answer with (A-ABORT or
-    A-ASSOCIATE-RJ); `events`: what the same receive_data call decoded before the error."""
+    A-ASSOCIATE-RJ); `events`: what the same receive_data call decoded before the error.
+    `cause`: what was wrong (an AbortReason), even where the A-ABORT may not say it (before
+    the association, PS3.8 AA-1 sends "not specified")."""
 
     def __init__(
         self,
@@ -58,10 +60,12 @@ class RemoteProtocolError(ProtocolError):
         abort_source: int = AbortSource.SERVICE_PROVIDER,
         abort_reason: int = AbortReason.NOT_SPECIFIED,
         to_send: bytes = b"",
+        cause: int | None = None,
     ) -> None:
         super().__init__(message)
         self.abort_source = abort_source
         self.abort_reason = abort_reason
+        self.cause = abort_reason if cause is None else cause
         self.to_send = to_send
         self.events: list[Event] = []
 
