@@ -669,7 +669,7 @@ def test_memory_stays_flat(target: Target) -> None:
 
 # --- regressions: router bugs this module found ------------------------------------------
 
-# Regression (fixed then in the pynetdicom read guard; now router/acceptor/connection.py): router/acceptor/main.py (build_ae /
+# Regression (pynetdicom era, kept for the engine): router/acceptor/main.py (build_ae /
 # start_server): accepted sockets have no timeout, and pynetdicom's DUL reads a PDU with a
 # blocking recv() of its declared length. A peer that sends part of a PDU (here 20 bytes of an
 # A-ASSOCIATE-RQ, or a P-DATA-TF header) and goes quiet blocks the DUL thread forever:
@@ -769,7 +769,7 @@ def _stream_endless_echo_dataset(conn: pdus.RawAssociation) -> Iterator[bytes]:
         yield fragment * 4
 
 
-# Regression (fixed then in the pynetdicom read guard; now router/acceptor/connection.py): Nothing bounds what the acceptor buffers
+# Regression (pynetdicom era, kept for the engine): Nothing bounds what the acceptor buffers
 # in memory for one association. pynetdicom's DUL (dul.py _read_pdu_data ->
 # transport.AssociationSocket.recv(pdu_length)) accumulates a PDU of whatever length the peer
 # declares (up to 4 GiB, for P-DATA-TF far beyond the max_pdu the router advertised), and
@@ -793,7 +793,7 @@ def test_memory_is_bounded_while_streaming(
         f"the acceptor's RSS grew by {growth_kb >> 10} MB while {sent_mb} MB were streamed")
 
 
-# Regression (fixed then in the pynetdicom read guard; now router/acceptor/connection.py): router/acceptor/main.py: with
+# Regression (pynetdicom era, kept for the engine): router/acceptor/main.py: with
 # chunked receive
 # pynetdicom writes each C-STORE dataset to a NamedTemporaryFile(delete=False) in
 # spool/incoming (DIMSEMessage.decode_msg) and only unlinks it after EVT_C_STORE ran
@@ -832,7 +832,7 @@ def default_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterP
         yield router
 
 
-# Regression (fixed then in the pynetdicom read guard; now router/acceptor/connection.py): router/acceptor/association_events.py
+# Regression (pynetdicom era, kept for the engine): router/acceptor/association_events.py
 # AssociationEvents.on_closed relies on EVT_CONN_CLOSE, which pynetdicom fires only from
 # state-machine actions. When an exception is raised while a PDU is processed (here a command
 # set of 40 zero bytes that does not decode: 'Exception in DUL.run(), aborting association'),
@@ -858,7 +858,7 @@ def test_associations_ended_by_a_decode_error_are_uncounted(default_router: Rout
         f"rc {echo.returncode} {echo.stderr.strip()!r}")
 
 
-# Regression (fixed then in the pynetdicom read guard; now router/acceptor/connection.py): pynetdicom's Association.run_reactor
+# Regression (pynetdicom era, kept for the engine): pynetdicom's Association.run_reactor
 # (acceptor) waits dul.receive_pdu(timeout=acse_timeout) for the A-ASSOCIATE-RQ even after the
 # peer closed the connection (the DUL is back in Sta1), and AE.active_associations counts that
 # thread until then. Every TCP connection closed before a complete A-ASSOCIATE-RQ (port scans,
