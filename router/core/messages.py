@@ -42,7 +42,10 @@ class JobHeader:
     instance_number: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        # By field name, not dataclasses.asdict (a deep copy: 30 µs a header, paid a few
+        # times per instance on the hot path); every value is a str, number, None or a
+        # tuple of str.
+        out = {name: getattr(self, name) for name in _JOB_FIELDS}
         out["rules"] = list(self.rules)
         out["destinations"] = list(self.destinations)
         return out
@@ -56,12 +59,15 @@ class JobHeader:
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
         try:
-            values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+            values = {name: data[name] for name in _JOB_FIELDS if name in data}
             values["rules"] = tuple(values.get("rules", ()))
             values["destinations"] = tuple(values["destinations"])
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None
+
+
+_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(JobHeader))
 
 
 class Message:
@@ -281,7 +287,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, JobHeader):
         return value.to_dict()
     if isinstance(value, Result):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {name: getattr(value, name) for name, _ in _field_defaults(Result)}
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
@@ -289,9 +295,23 @@ def _plain(value: Any) -> Any:
 
 def encode(message: Message) -> bytes:
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "type": message.kind}
-    for f in dataclasses.fields(message):  # type: ignore[arg-type]
-        body[f.name] = _plain(getattr(message, f.name))
+    for name, _ in _field_defaults(type(message)):
+        body[name] = _plain(getattr(message, name))
     return msgpack.packb(body, use_bin_type=True)
+
+
+_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _field_defaults(cls: type) -> tuple[tuple[str, bool], ...]:
+    """(name, required) per field, computed once per class (dataclasses.fields is slow on
+    the hot path): a field without a plain default must be on the wire."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = tuple((f.name, f.default is dataclasses.MISSING)
+                       for f in dataclasses.fields(cls))
+        _FIELDS[cls] = fields
+    return fields
 
 
 def _result(value: Any) -> Result:
@@ -331,12 +351,12 @@ def decode(frame: bytes) -> Message:
     if cls is None:
         raise ProtocolError(f"unknown message type {body.get('type')!r}")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name not in body:
-            if f.default is dataclasses.MISSING:
-                raise ProtocolError(f"{cls.kind} message lacks field {f.name!r}")
+    for name, required in _field_defaults(cls):
+        if name not in body:
+            if required:
+                raise ProtocolError(f"{cls.kind} message lacks field {name!r}")
             continue
-        values[f.name] = _field_value(f.name, body[f.name])
+        values[name] = _field_value(name, body[name])
     try:
         return cls(**values)
     except TypeError as exc:
