@@ -331,7 +331,8 @@ class EngineConnection:
             status, comment = self.services.store.handle(ReceivedStore(
                 session, command.sop_class_uid, command.sop_instance_uid,
                 engine.accepted[context_id], path, command.priority,
-                command.move_originator_ae or None, command.move_originator_message_id))
+                command.move_originator_ae or None, command.move_originator_message_id,
+                synced=receiver.synced))
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # whatever the handler did not take into the spool

@@ -46,3 +46,4 @@ class ReceivedStore:
     priority: int = 0  # the request's Priority (0 medium, 1 high, 2 low)
     move_originator_ae: str | None = None
     move_originator_message_id: int | None = None
+    synced: bool = False  # the file's bytes are durable already (the receiver synced them)

@@ -138,7 +138,7 @@ class StoreHandler:
             log.info("C-STORE dropped by rule %s (answered Success, nothing kept)",
                      outcome.rule)
             return Status.SUCCESS, "dropped"
-        return self._keep(outcome.job, path)
+        return self._keep(outcome.job, path, received.synced)
 
     def _check_received(self, session: AssociationSession, size: int) -> None:
         """What the receiver saw while the dataset arrived: the spool filling up, or the
@@ -151,13 +151,13 @@ class StoreHandler:
             raise DimseRefusal(f"dataset exceeds the router's limit of "
                                f"{self.max_dataset_bytes} bytes", Status.DATASET_TOO_LARGE)
 
-    def _keep(self, job: JobHeader, received: Path) -> tuple[Status, str]:
+    def _keep(self, job: JobHeader, received: Path, synced: bool = False) -> tuple[Status, str]:
         """Commit the instance and its job to the spool, then hand the job to the broker;
         Success only once both are done. Anything kept is discarded on the way out."""
         size = job.size
         JOB.set(job.job_id)  # for structured logs; undone by working_on
         try:
-            self.spool.commit(job, received)
+            self.spool.commit(job, received, synced=synced)
         except OSError as exc:
             self.spool.discard(job)  # not durable (a failed group sync): keep nothing of it
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):

@@ -55,6 +55,7 @@ class StoreReceiver:
         self.received = 0  # dataset bytes, whether written or not
         self.truncated = False
         self.disk_full = False
+        self.synced = False  # finish() made the file's bytes durable
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._write(meta)
 
@@ -92,9 +93,14 @@ class StoreReceiver:
             self._fd = None
 
     def finish(self) -> Path:
-        """The last fragment is in: the file is closed (not synced: the spool's commit
-        syncs what it keeps)."""
+        """The last fragment is in: the file is synced (`synced`: what the spool's commit
+        would otherwise do, through a descriptor of its own) and closed."""
         if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+                self.synced = True
+            except OSError as exc:  # the commit syncs again, and fails the C-STORE for it
+                log.warning("syncing a received C-STORE failed: %s", exc)
             os.close(self._fd)
             self._fd = None
         return self.path

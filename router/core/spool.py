@@ -100,13 +100,15 @@ class Spool:
     def _marker_path(self, job_id: str, destination: str) -> Path:
         return self.jobs / f"{job_id}.{destination}.done"
 
-    def commit(self, header: JobHeader, received: Path) -> Path:
+    def commit(self, header: JobHeader, received: Path, *, synced: bool = False) -> Path:
         """Take ownership of a fully received file: durable once this returns.
 
-        One fsync of its own (the instance's bytes, before its name can be durable); its
-        header is appended to the journal, and one group sync (the journal segment and the
-        jobs folder) covers every commit waiting at that moment."""
-        fsync_path(received)
+        One fsync of its own (the instance's bytes, before its name can be durable; done
+        already when `synced`: the receiver syncs through the descriptor it wrote with);
+        its header is appended to the journal, and one group sync (the journal segment and
+        the jobs folder) covers every commit waiting at that moment."""
+        if not synced:
+            fsync_path(received)
         target = self.instance_path(header.job_id)
         os.replace(received, target)  # same filesystem: incoming/ is in the spool
         payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
