@@ -119,6 +119,7 @@ class EngineConnection:
         self._store: tuple[int, CStoreRQ] | None = None
         self._other: tuple[int, OtherCommand] | None = None
         self._relayed: tuple[int, OtherCommand, bytearray] | None = None
+        self._refused_store: tuple[int, CStoreRQ] | None = None
         self._link: EngineRequesterLink | None = None
         self._relay_queue: queue.Queue[tuple[int, OtherCommand, bytes | None] | None] = \
             queue.Queue()
@@ -252,7 +253,13 @@ class EngineConnection:
 
     def _on_command(self, engine: Association, context_id: int, command: object) -> None:
         if type(command) is CStoreRQ:
-            assert self.session is not None
+            assert self.session is not None and self._link is not None
+            if self._link.abstract_syntaxes.get(context_id) != command.sop_class_uid:
+                # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything
+                # else would be filed under a class nobody negotiated: refused once its
+                # dataset has gone by (into nothing).
+                self._refused_store = (context_id, command)
+                return
             offer = self.settings.offer
             meta = file_meta(command.sop_class_uid, command.sop_instance_uid,
                              engine.accepted[context_id], offer.implementation_class_uid,
@@ -299,6 +306,13 @@ class EngineConnection:
             receiver.write(event.data)
             if event.last:
                 self._stored(engine)
+        elif self._refused_store is not None:
+            if event.last:
+                context_id, store = self._refused_store
+                self._refused_store = None
+                if progress is not None:
+                    progress.message_done()
+                self._refuse_store(engine, context_id, store)
         elif self._relayed is not None:
             context_id, command, dataset = self._relayed
             dataset += event.data
@@ -386,6 +400,17 @@ class EngineConnection:
         thread.join(timeout=None if wait else RELAY_STOP_SECONDS)
         self._relay_thread = None
         self._relay_queue = queue.Queue()
+
+    def _refuse_store(self, engine: Association, context_id: int, command: CStoreRQ) -> None:
+        status = Status.SOP_CLASS_NOT_SUPPORTED
+        log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated for %s",
+                    self.address[0], command.sop_class_uid[:64],
+                    self._link.abstract_syntaxes.get(context_id) if self._link else "?")
+        metrics.INSTANCES_RECEIVED.labels("rejected").inc()
+        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
+        self._send(engine.send(SendCommand(context_id, CStoreRSP(
+            command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
+            "SOP class is not the presentation context's"))))
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:

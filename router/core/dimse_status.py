@@ -21,6 +21,7 @@ class Status(IntEnum):
     # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
     PROCESSING_FAILURE = 0x0110
     NO_SUCH_SOP_CLASS = 0x0118
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # e.g. a C-STORE whose SOP class is not its context's
     # C-FIND/C-GET/C-MOVE (PS3.4 C.4): more answers follow; cancelled; sub-operations.
     PENDING = 0xFF00
     PENDING_WARNING = 0xFF01  # pending, some optional keys not supported

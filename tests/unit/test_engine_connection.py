@@ -339,6 +339,24 @@ def test_store_past_max_dataset_bytes_reaches_the_handler_truncated(tmp_path: Pa
     running.join()
 
 
+def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
+        harness: Harness, running: Running) -> None:
+    peer = Peer(running)
+    peer.associate()
+    mr = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage, sent on the CT context
+    peer.send(SendCommand(1, CStoreRQ(6, mr, INSTANCE)))
+    store_pieces(peer, encoded_dataset(3000), 1000)
+    answer = peer.command().command
+    assert isinstance(answer, CStoreRSP) and answer.status == 0x0122
+    assert answer.message_id_responded == 6
+    assert harness.store.seen == [] and list(harness.incoming.iterdir()) == []
+    peer.send(SendCommand(1, CStoreRQ(7, CT, INSTANCE)))  # the association goes on
+    store_pieces(peer, encoded_dataset(3000), 1000)
+    assert peer.command().command.status == 0x0000  # type: ignore[union-attr]
+    peer.release()
+    running.join()
+
+
 # --- who is let in ----------------------------------------------------------------------------
 
 
