@@ -18,6 +18,8 @@ import struct
 import uuid
 from pathlib import Path
 
+from router.core.writeback import KICK_BYTES, start_writeback
+
 log = logging.getLogger(__name__)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -57,6 +59,8 @@ class StoreReceiver:
         self.disk_full = False
         self.synced = False  # finish() made the file's bytes durable
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._offset = 0  # bytes in the file
+        self._kicked = 0  # bytes the kernel was asked to write out already
         self._write(meta)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -76,6 +80,10 @@ class StoreReceiver:
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+                self._offset += written
+            if self._offset - self._kicked >= KICK_BYTES:  # a large dataset: the final
+                start_writeback(self._fd, self._kicked, self._offset - self._kicked)  # fsync
+                self._kicked = self._offset  # then finds most of it on disk
         except OSError as exc:
             if exc.errno not in DISK_FULL:
                 self.discard()
