@@ -64,7 +64,8 @@ from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
 
-RECV_BYTES = 256 * 1024
+RECV_BYTES = 256 * 1024  # once associated: a large C-STORE arrives in few reads
+REQUEST_RECV_BYTES = 16 * 1024  # until then: a connection that has proved nothing is cheap
 MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we do
@@ -124,7 +125,7 @@ class EngineConnection:
         self._relay_queue: queue.Queue[tuple[int, OtherCommand, bytes | None] | None] = \
             queue.Queue()
         self._relay_thread: threading.Thread | None = None
-        self._buffer = bytearray(RECV_BYTES)
+        self._buffer = bytearray(REQUEST_RECV_BYTES)
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -228,6 +229,7 @@ class EngineConnection:
                                          self._send_lock, self.settings.response_timeout)
 
     def _serve(self, engine: Association) -> None:
+        self._buffer = bytearray(RECV_BYTES)
         view = memoryview(self._buffer)
         while True:
             count = self._recv(view, "network_timeout",
