@@ -7,7 +7,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 from router.core.config import Rule, RuleMatch, StrOrList
 
@@ -19,13 +18,6 @@ class AssociationFacts:
     calling_ae: str
     called_ae: str
     source: str  # peer IP address
-
-    @classmethod
-    def of(cls, assoc: Any) -> AssociationFacts:
-        """From a pynetdicom association (the called AE as the requestor sent it)."""
-        return cls(calling_ae=assoc.requestor.ae_title,
-                   called_ae=assoc.requestor.primitive.called_ae_title,
-                   source=assoc.requestor.address)
 
 
 @dataclass(frozen=True)

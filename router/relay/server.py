@@ -1,13 +1,12 @@
 """The acceptor's DIMSE side of relayed requests: C-FIND, C-GET, C-MOVE (with C-CANCEL) and
 the N-services, answered from what the upstream says, as it says it.
 
-pynetdicom's own SCP service classes want every answer up front from a handler (and do
-C-MOVE sub-operations themselves); a proxy needs to pass pending responses through as they
-arrive, relay the upstream's sub-operation counts and cancel upstream. So the association
-hands these requests here (`RouterAssociation._serve_request`), and this module sends the
-DIMSE responses itself (through exchange.py; a relayed C-MOVE's deliveries are move.py's).
-Exceptions never escape into pynetdicom: every path ends with a final response carrying a
-proper status.
+A proxy passes pending responses through as they arrive, relays the upstream's
+sub-operation counts and cancels upstream. The acceptor's connection hands each relayed
+request here (router/acceptor/connection.py, on a relay thread of the association), and
+this module sends the DIMSE responses through the requester's `RequesterLink`
+(exchange.py; a relayed C-MOVE's deliveries are move.py's). Exceptions never escape into
+the connection: every path ends with a final response carrying a proper status.
 """
 
 from __future__ import annotations
