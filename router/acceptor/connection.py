@@ -416,8 +416,9 @@ class EngineConnection:
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:
-        """A request this association cannot carry (it proposed only storage and
-        verification): answered "unrecognized operation"; C-CANCEL has no answer."""
+        """A request the router does not serve on this context (a query on a storage
+        context, an unknown command): answered "unrecognized operation"; responses and
+        C-CANCEL get no answer."""
         field = command.command_field
         if field & 0x8000 or field == C_CANCEL_RQ:
             return
