@@ -48,6 +48,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _role(raw: Path) -> str:
+    """Which router process a recording is (spawned children all share one command line)."""
+    text = raw.read_text(errors="replace") if raw.exists() else ""
+    for marker, role in (("acceptor/", "acceptor"), ("broker/main.py", "broker"),
+                         ("workers/main.py", "worker"), ("service/supervisor.py", "supervisor"),
+                         ("resource_tracker", "resource tracker")):
+        if marker in text:
+            return role
+    return "?"
+
+
 def _top(raw: Path, n: int = 12) -> list[str]:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
@@ -117,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = {pid: (_cpu_seconds(pid) - before) / elapsed for pid, before in cpu_before.items()}
         loader.join(timeout=120)
     for pid, name, raw, _ in spies:
-        print(f"pid {pid}: {name} ({raw}); CPU {cpu[pid]:.0%} of a core (py-spy included)")
+        print(f"pid {pid} ({_role(raw)}): {name} ({raw}); CPU {cpu[pid]:.0%} of a core "
+              "(py-spy included)")
         if raw.exists():
             print("\n".join(_top(raw)))
     shutil.rmtree(work, ignore_errors=True)
