@@ -10,10 +10,10 @@ the C-STORE-RSPs of C-GET sub-operations): `send_lock` orders their writes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,9 +95,6 @@ class EngineRequesterLink:
                 log.warning("C-GET sub-operation: the requester accepted no context for %s in "
                             "%s (SCP role)", meta.sop_class_uid, meta.transfer_syntax_uid)
                 return None
-            while not self._store_answers.empty():  # a late answer to an earlier one
-                with contextlib.suppress(queue.Empty):
-                    self._store_answers.get_nowait()
             request = CStoreRQ(message_id, meta.sop_class_uid, meta.sop_instance_uid)
             with self._send_lock:
                 self._write(self.engine.send(SendCommand(context, request)))
@@ -111,13 +108,19 @@ class EngineRequesterLink:
                     self._write(self.engine.send(SendData(context, chunk, last=last)))
                     if last:
                         break
-        try:
-            answer = self._store_answers.get(timeout=self.response_timeout)
-        except queue.Empty:
-            log.warning("C-GET sub-operation: no C-STORE-RSP within %g s",
-                        self.response_timeout)
-            return None
-        return None if answer is None else answer.status
+        deadline = time.monotonic() + self.response_timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                answer = self._store_answers.get(timeout=left)
+            except queue.Empty:
+                break
+            if answer is None:  # the association ended
+                return None
+            if answer.message_id_responded == message_id:
+                return answer.status
+            # a late answer to an earlier sub-operation that timed out: not this one's
+        log.warning("C-GET sub-operation: no C-STORE-RSP within %g s", self.response_timeout)
+        return None
 
     def _store_context(self, sop_class: str, syntax: str) -> int | None:
         if sop_class not in self.scp_roles:
