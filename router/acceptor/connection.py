@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from router.acceptor.access import Rejection
 from router.acceptor.association_events import AssociationEvents
 from router.acceptor.negotiation import AcceptorOffer, accept
+from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession, ReceivedStore
 from router.acceptor.store_handler import StoreHandler
@@ -33,7 +33,6 @@ from router.acceptor.store_receiver import StoreReceiver, file_meta
 from router.acceptor.tls_listener import TLSListener
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
-from router.core.rules import AssociationFacts
 from router.dicom.engine import (
     DICOM_APPLICATION_CONTEXT,
     Abort,
@@ -55,11 +54,18 @@ from router.dicom.engine import (
     RemoteProtocolError,
     SendCommand,
 )
-from router.dicom.engine.dimse import MESSAGE_ID, STATUS
+from router.dicom.engine.dimse import (
+    AFFECTED_SOP_CLASS_UID,
+    AFFECTED_SOP_INSTANCE_UID,
+    DATA_SET_TYPE,
+    MESSAGE_ID,
+    NO_DATASET,
+    STATUS,
+)
 from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
 from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
-from router.dicom.relayed_dimse import REQUEST_MESSAGES, DimseDecodeError, request_primitive
+from router.dicom.relayed_dimse import REQUEST_MESSAGES
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -70,9 +76,10 @@ MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits 
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we do
 C_CANCEL_RQ = 0x0FFF
-RELAY_STOP_SECONDS = 5.0  # a relay cancelled upstream ends within its poll (0.1 s)
 UNRECOGNIZED_OPERATION = 0x0211
 APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
+# The engine's limits (RemoteProtocolError.limit) -> dicom_router_connections_dropped_total.
+LIMIT_LABELS = {"pdu": "pdu_too_large", "command": "message_too_large"}
 
 
 
@@ -122,9 +129,7 @@ class EngineConnection:
         self._relayed: tuple[int, OtherCommand, bytearray] | None = None
         self._refused_store: tuple[int, CStoreRQ] | None = None
         self._link: EngineRequesterLink | None = None
-        self._relay_queue: queue.Queue[tuple[int, OtherCommand, bytes | None] | None] = \
-            queue.Queue()
-        self._relay_thread: threading.Thread | None = None
+        self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
 
     # --- the connection's life ------------------------------------------------------------
@@ -138,7 +143,8 @@ class EngineConnection:
             log.exception("association from %s ended on an unexpected error", self.address[0])
             self.abort()
         finally:
-            self._stop_relaying()
+            if self._relays is not None:
+                self._relays.stop()
             if self._receiver is not None:
                 self._receiver.discard()
             if self.session is not None:
@@ -223,10 +229,11 @@ class EngineConnection:
         # The requester takes C-STOREs (C-GET) for the SOP classes it proposed the SCP role for.
         scp_roles = frozenset(role.sop_class_uid for role in ac.user_info.roles
                               if role.scp_role)
-        facts = AssociationFacts(calling_ae=session.calling_ae, called_ae=session.called_ae,
-                                 source=session.address)
-        self._link = EngineRequesterLink(engine, facts, abstract, scp_roles, self._write,
+        self._link = EngineRequesterLink(engine, session.facts, abstract, scp_roles, self._write,
                                          self._send_lock, self.settings.response_timeout)
+        if self.services.relay is not None:
+            self._relays = RelayThread(self.services.relay, self._link,
+                                       f"relay-{self.address[0]}", self._refuse_relayed)
 
     def _serve(self, engine: Association) -> None:
         self._buffer = bytearray(RECV_BYTES)
@@ -247,7 +254,8 @@ class EngineConnection:
         elif type(event) is CommandReceived:
             self._on_command(engine, event.context_id, event.command)
         elif type(event) is ReleaseRequested:
-            self._stop_relaying(wait=True)  # its final responses go out before the RP
+            if self._relays is not None:
+                self._relays.stop(wait=True)  # its final responses go out before the RP
             self._send(engine.send(ReleaseRP()))
             self._close_gently()
             raise ConnectionEnded
@@ -286,14 +294,15 @@ class EngineConnection:
             if self._link is not None:
                 self._link.cancel(command.us(RESPONDED_TO) or 0)
             return
-        relayed = (self.services.relay is not None and field in REQUEST_MESSAGES
+        relayed = (self._relays is not None and field in REQUEST_MESSAGES
                    and self._link is not None
                    and self.settings.offer.serves_relayed(
                        self._link.abstract_syntaxes.get(context_id, "")))
         if relayed and command.has_dataset:
             self._relayed = (context_id, command, bytearray())  # relayed once it is whole
         elif relayed:
-            self._relay(context_id, command, None)
+            assert self._relays is not None
+            self._relays.submit(context_id, command, None)
         elif command.has_dataset:
             self._other = (context_id, command)  # answered once its dataset is in
         else:
@@ -327,7 +336,8 @@ class EngineConnection:
                 self._relayed = None
                 if progress is not None:
                     progress.message_done()
-                self._relay(context_id, command, bytes(dataset))
+                assert self._relays is not None
+                self._relays.submit(context_id, command, bytes(dataset))
         elif self._other is not None and event.last:
             context_id, command = self._other
             self._other = None
@@ -358,50 +368,11 @@ class EngineConnection:
             command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
             comment))))
 
-    # --- relayed requests -------------------------------------------------------------------
-
-    def _relay(self, context_id: int, command: OtherCommand, dataset: bytes | None) -> None:
-        """Served on the relay thread, one request at a time (as they arrive), so that this
-        thread keeps reading C-CANCELs and C-GET sub-operation answers meanwhile."""
-        self._relay_queue.put((context_id, command, dataset))
-        if self._relay_thread is None:
-            self._relay_thread = threading.Thread(target=self._relay_loop, daemon=True,
-                                                  name=f"relay-{self.address[0]}")
-            self._relay_thread.start()
-
-    def _relay_loop(self) -> None:
-        relay, link = self.services.relay, self._link
-        assert relay is not None and link is not None
-        while (item := self._relay_queue.get()) is not None:
-            context_id, command, dataset = item
-            try:
-                primitive = request_primitive(command, context_id, dataset)
-            except DimseDecodeError as exc:
-                log.warning("aborting the association from %s: a relayed request %s",
-                            self.address[0], exc)
-                metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
-                self.abort()
-                return
-            if not primitive.is_valid_request:
-                log.warning("aborting the association from %s: an invalid %s request",
-                            self.address[0], type(primitive).__name__)
-                metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
-                self.abort()
-                return
-            relay.serve(link, primitive, context_id)
-
-    def _stop_relaying(self, wait: bool = False) -> None:
-        """The relay thread ends after its current request (at once, cancelled upstream, when
-        the association is gone: the link says so)."""
-        thread = self._relay_thread
-        if thread is None:
-            return
-        if not wait and self._link is not None:
-            self._link.close()
-        self._relay_queue.put(None)
-        thread.join(timeout=None if wait else RELAY_STOP_SECONDS)
-        self._relay_thread = None
-        self._relay_queue = queue.Queue()
+    def _refuse_relayed(self, why: str) -> None:
+        """From the relay thread: a relayed request that cannot be served ends it all."""
+        log.warning("aborting the association from %s: %s", self.address[0], why)
+        metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
+        self.abort()
 
     def _refuse_store(self, engine: Association, context_id: int, command: CStoreRQ) -> None:
         status = Status.SOP_CLASS_NOT_SUPPORTED
@@ -428,8 +399,8 @@ class EngineConnection:
         metrics.DIMSE_REQUESTS.labels("other", f"0x{UNRECOGNIZED_OPERATION:04X}").inc()
         elements = {RESPONDED_TO: (message_id or 0).to_bytes(2, "little"),
                     STATUS: UNRECOGNIZED_OPERATION.to_bytes(2, "little"),
-                    0x0800: (0x0101).to_bytes(2, "little")}
-        for copied in (0x0002, 0x1000):  # affected SOP class and instance, when present
+                    DATA_SET_TYPE: NO_DATASET.to_bytes(2, "little")}
+        for copied in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID):  # when present
             if copied in command.elements:
                 elements[copied] = command.elements[copied]
         self._send(engine.send(SendCommand(context_id, OtherCommand(field | 0x8000, elements))))
@@ -450,12 +421,8 @@ class EngineConnection:
         try:
             return engine.receive_data(data if data else b"")
         except RemoteProtocolError as exc:
-            for event in exc.events:  # what arrived whole before the error still counts
-                if type(event) is DataFragment and self._receiver is not None:
-                    self._receiver.write(event.data)
             label = ("unknown_pdu_type" if exc.cause == AbortReason.UNRECOGNIZED_PDU
-                     else "pdu_too_large" if "exceeds" in exc.message or "over the limit"
-                     in exc.message else "protocol_error")
+                     else LIMIT_LABELS.get(exc.limit, "protocol_error"))
             log.warning("aborting the connection from %s: %s", self.address[0], exc.message)
             metrics.CONNECTIONS_DROPPED.labels(label).inc()
             self._send(exc.to_send)

@@ -7,10 +7,12 @@ counts, audit and the store handler read and settle it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from router.audit.trail import TransferTally
+from router.core.rules import AssociationFacts
 from router.core.status_snapshots import AssociationProgress
 
 
@@ -32,6 +34,12 @@ class AssociationSession:
     # What the receiver saw while the C-STORE in progress arrived:
     dataset_truncated: bool = False  # past listen.max_dataset_bytes: not kept
     disk_full: bool = False  # the spool filled up while it was written
+
+    @cached_property
+    def facts(self) -> AssociationFacts:
+        """What the routing rules see of the association (once per association, not per
+        C-STORE: the request's facts do not change)."""
+        return AssociationFacts(self.calling_ae, self.called_ae, self.address)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from router.core.errors import DimseRefusal, OutOfResources, QueueFull
 from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
-from router.core.rules import AssociationFacts, RuleSet
+from router.core.rules import RuleSet
 from router.core.spool import Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
@@ -117,8 +117,7 @@ class StoreHandler:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")
         session = received.session
-        facts = AssociationFacts(calling_ae=session.calling_ae, called_ae=session.called_ae,
-                                 source=session.address)
+        facts = session.facts
 
         def header() -> dict[str, str]:
             if not tags:

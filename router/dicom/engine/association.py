@@ -149,7 +149,7 @@ class Association:
                     pdu = decode_pdu(unit.pdu_type, unit.body)
                     self._on_event(_RECEIVED[type(pdu)], pdu, events)
         except DecodeError as exc:
-            error = self._peer_error(Evt.INVALID_PDU, exc.message, exc.reason)
+            error = self._peer_error(Evt.INVALID_PDU, exc.message, exc.reason, exc.limit)
             error.events = events
             raise error from None
         except RemoteProtocolError as exc:
@@ -235,7 +235,7 @@ class Association:
                                    AbortReason.UNEXPECTED_PDU_PARAMETER)
         if len(self._command) + len(data) > self.max_command_length:
             raise self._peer_error(Evt.INVALID_PDU, "command set over the limit",
-                                   AbortReason.INVALID_PDU_PARAMETER_VALUE)
+                                   AbortReason.INVALID_PDU_PARAMETER_VALUE, "command")
         self._command_context = context
         self._command += data
         if last:
@@ -246,7 +246,8 @@ class Association:
                 self._data_context = context
             events.append(ev.CommandReceived(context, command))
 
-    def _peer_error(self, evt: Evt, message: str, reason: int) -> RemoteProtocolError:
+    def _peer_error(self, evt: Evt, message: str, reason: int,
+                    limit: str = "") -> RemoteProtocolError:
         """The A-ABORT the table prescribes: AA-1 (service-user source) in Sta2, AA-8
         (service-provider, with the reason) elsewhere; Sta13 stays (AA-7)."""
         action = TABLE.get((evt, self.state), Action.AA8)
@@ -257,7 +258,7 @@ class Association:
         self._enter(State.STA13, artim=action is not Action.AA7 or not self.artim_running)
         self._discarding = True
         return RemoteProtocolError(message, abort_source=abort.source, abort_reason=abort.reason,
-                                   to_send=encode_pdu(abort), cause=reason)
+                                   to_send=encode_pdu(abort), cause=reason, limit=limit)
 
     # --- sending ------------------------------------------------------------------------
 

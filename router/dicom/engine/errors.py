@@ -51,7 +51,8 @@ class RemoteProtocolError(ProtocolError):
     """The peer broke the protocol. `to_send`: the PDU to answer with (A-ABORT or
     A-ASSOCIATE-RJ); `events`: what the same receive_data call decoded before the error.
     `cause`: what was wrong (an AbortReason), even where the A-ABORT may not say it (before
-    the association, PS3.8 AA-1 sends "not specified")."""
+    the association, PS3.8 AA-1 sends "not specified"); `limit`: which of the engine's
+    limits was passed ("pdu": a declared PDU length, "command": a command set), if any."""
 
     def __init__(
         self,
@@ -61,19 +62,23 @@ class RemoteProtocolError(ProtocolError):
         abort_reason: int = AbortReason.NOT_SPECIFIED,
         to_send: bytes = b"",
         cause: int | None = None,
+        limit: str = "",
     ) -> None:
         super().__init__(message)
         self.abort_source = abort_source
         self.abort_reason = abort_reason
         self.cause = abort_reason if cause is None else cause
+        self.limit = limit
         self.to_send = to_send
         self.events: list[Event] = []
 
 
 class DecodeError(ProtocolError):
     """Bytes that do not parse (a PDU body, an item, a command set), raised by the codecs;
-    the engine turns it into a RemoteProtocolError with this A-ABORT reason."""
+    the engine turns it into a RemoteProtocolError with this A-ABORT reason (and `limit`)."""
 
-    def __init__(self, message: str, reason: int = AbortReason.INVALID_PDU_PARAMETER_VALUE):
+    def __init__(self, message: str, reason: int = AbortReason.INVALID_PDU_PARAMETER_VALUE,
+                 limit: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+        self.limit = limit

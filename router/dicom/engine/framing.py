@@ -120,7 +120,8 @@ class PduReader:
     def _start_pdu(self, pdu_type: int, length: int) -> Iterator[Unit]:
         if pdu_type == P_DATA_TF:
             if length > self.max_pdata_length:
-                raise DecodeError(f"P-DATA-TF of {length} bytes exceeds {self.max_pdata_length}")
+                raise DecodeError(f"P-DATA-TF of {length} bytes exceeds {self.max_pdata_length}",
+                                  limit="pdu")
             if length < PDV_HEADER.size:
                 raise DecodeError(f"P-DATA-TF of {length} bytes holds no PDV")
             self._pdu_left = length
@@ -132,7 +133,8 @@ class PduReader:
                 raise DecodeError(f"PDU 0x{pdu_type:02X} of length {length}, not 4")
         elif pdu_type in _ASSOCIATE_PDUS:
             if length > self.max_associate_length:
-                raise DecodeError(f"A-ASSOCIATE PDU of {length} bytes is over the limit")
+                raise DecodeError(f"A-ASSOCIATE PDU of {length} bytes is over the limit",
+                                  limit="pdu")
         else:
             raise DecodeError(f"unrecognized PDU type 0x{pdu_type:02X}",
                               AbortReason.UNRECOGNIZED_PDU)
