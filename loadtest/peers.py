@@ -55,13 +55,24 @@ def make_tls(folder: Path) -> TlsFiles:
     return TlsFiles(cert, key)
 
 
+# `make bench` runs DCMTK with TCP_NODELAY=1 (its fastest); --dcmtk-defaults sets this so
+# that storescu and storescp keep DCMTK's own default since 3.6.2, Nagle on, as the DCMTK
+# inside many modalities and PACS does (docs/benchmark.md, "DCMTK defaults").
+DCMTK_DEFAULTS = {"on": False}
+
+
+def peer_env() -> dict[str, str]:
+    """The environment of a DCMTK peer: TCP_NODELAY=1, unless --dcmtk-defaults."""
+    return dict(os.environ) if DCMTK_DEFAULTS["on"] else dcmtk_env()
+
+
 def destination(folder: Path, tls: TlsFiles | None = None, fork: bool = True) -> StoreSCP:
     """A bit-preserving storescp (the PACS every case delivers to): forking (an association
     per process), or without --fork: one association at a time, like many real PACS."""
     extra = (["--fork"] if fork else []) + ["-pdu", str(PDU)]
     if tls is not None:
         extra += ["+tls", str(tls.key), str(tls.cert), "-ic"]
-    return StoreSCP(folder, DEST_AE, extra_args=extra)
+    return StoreSCP(folder, DEST_AE, extra_args=extra, nagle=DCMTK_DEFAULTS["on"])
 
 
 def wait_delivered(folder: Path, count: int, min_bytes: int, deadline: float) -> float | None:
@@ -148,7 +159,7 @@ def send(
         command += [LOCALHOST, str(port), *(str(f) for f in files)]
         log = (workdir / f"storescu-{i}.log").open("wb")
         procs.append((subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, env=dcmtk_env()), log))
+                                       stderr=subprocess.STDOUT, env=peer_env()), log))
     run = SenderRun()
     deadline = time.monotonic() + timeout
     for i, (proc, log) in enumerate(procs):

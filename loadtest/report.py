@@ -242,7 +242,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "Instances per size (direct/relayed cases): "
         + ", ".join(f"{k}: {v}" for k, v in doc["settings"]["counts"].items())
         + f"; transfer syntaxes: {'mixed' if doc['settings']['mixed'] else 'Explicit VR LE'}"
-        + f"; repeats: {doc['settings']['repeat']} (median shown).",
+        + f"; repeats: {doc['settings']['repeat']} (median shown)"
+        + ("; DCMTK peers with their own defaults (Nagle on)."
+           if doc["settings"].get("dcmtk_defaults") else "; DCMTK peers with TCP_NODELAY=1."),
         "",
         "inst/s and MB/s: instances delivered to the destination per second, first C-STORE "
         "request to the last file complete at the destination. x direct: that rate over "

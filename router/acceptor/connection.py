@@ -65,6 +65,7 @@ from router.dicom.engine.dimse import (
 from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
 from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
+from router.dicom.quick_ack import ack_now, quick_ack_applies
 from router.dicom.relayed_dimse import REQUEST_MESSAGES
 from router.relay.server import RelayServer
 
@@ -131,6 +132,7 @@ class EngineConnection:
         self._link: EngineRequesterLink | None = None
         self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
+        self._quick_ack = quick_ack_applies(sock)  # DCMTK senders' Nagle (dicom/quick_ack.py)
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -409,13 +411,16 @@ class EngineConnection:
 
     def _recv(self, view: memoryview, timeout_label: str, timeout_message: str) -> int:
         try:
-            return self.sock.recv_into(view)
+            count = self.sock.recv_into(view)
         except TimeoutError:
             if self.established:
                 self.abort()
             raise self._dropped(timeout_label, timeout_message) from None
         except OSError:
             return 0  # reset or broken: the engine sees the transport closed
+        if self._quick_ack and count:
+            ack_now(self.sock)
+        return count
 
     def _feed(self, engine: Association, data: memoryview) -> list[Event]:
         try:

@@ -47,6 +47,7 @@ from router.dicom.engine import (
     UserInformation,
 )
 from router.dicom.engine.pdus import MCH_LAST, P_DATA_TF, PDU_AND_PDV_HEADER
+from router.dicom.quick_ack import ack_now
 
 # The router's implementation class UID (a UUID-derived UID, PS3.5 B.2) and version name.
 IMPLEMENTATION_CLASS_UID = "2.25.326976319741938469149805463924233421850"
@@ -393,6 +394,8 @@ def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
         return None
     except OSError as exc:
         return engine.transport_failed(f"transport failure: {exc}")
+    if n:
+        ack_now(sock)  # a DCMTK destination's Nagle would hold its RSP 40 ms (quick_ack.py)
     try:
         return engine.receive_data(memoryview(buffer)[:n] if n else b"")
     except RemoteProtocolError as exc:

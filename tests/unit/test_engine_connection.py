@@ -64,6 +64,7 @@ from router.dicom.engine.dimse import (
     encode_command,
 )
 from router.dicom.pending import PendingConnections, Ticket
+from tests.tcp_counters import delayed_acks
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -162,11 +163,20 @@ def harness(tmp_path: Path) -> Harness:
     return make_harness(tmp_path)
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(the peer's end, the acceptor's end) of a loopback TCP connection."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    return ours, theirs
+
+
 class Running:
     """The connection on its thread; `errors` holds what escaped run() (nothing should)."""
 
-    def __init__(self, harness: Harness, ticket: Ticket | None = None) -> None:
-        ours, theirs = socket.socketpair()
+    def __init__(self, harness: Harness, ticket: Ticket | None = None, *,
+                 tcp: bool = False) -> None:
+        ours, theirs = tcp_pair() if tcp else socket.socketpair()
         self.sock = ours
         self.sock.settimeout(WAIT)
         self.connection = EngineConnection(theirs, ADDRESS, harness.services, ticket)
@@ -309,6 +319,30 @@ def test_store_in_fragments_reaches_the_handler_as_a_part10_file(
     running.join()
     assert list(harness.incoming.iterdir()) == []  # the fake took nothing: removed
     assert harness.access.open_count("MODALITY") == 0
+
+
+def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) -> None:
+    """DCMTK keeps Nagle on and writes a PDU's header and body apart: the body waits for the
+    header's ACK, which Linux delays until its 40 ms timer fires while the receiver has
+    nothing to send. The connection asks for a quick ACK after every receive
+    (router/dicom/quick_ack.py), so the kernel's delayed-ACK timer does not fire once per
+    C-STORE. The counter is the whole machine's: other traffic may add a few."""
+    before = delayed_acks()
+    if before is None or not hasattr(socket, "TCP_QUICKACK"):
+        pytest.skip("needs Linux's TCP_QUICKACK and /proc/net/netstat")
+    running = Running(harness, tcp=True)  # the peer's socket keeps Nagle on, like DCMTK's
+    peer = Peer(running)
+    peer.associate()
+    stores = 20
+    for message_id in range(1, stores + 1):
+        peer.send(SendCommand(1, CStoreRQ(message_id, CT, f"{INSTANCE}.{message_id}")))
+        store_pieces(peer, encoded_dataset(100), 4000)
+        assert peer.command().command == CStoreRSP(message_id, CT, f"{INSTANCE}.{message_id}",
+                                                   0x0000)
+    peer.release()
+    running.join()
+    late = (delayed_acks() or 0) - before
+    assert late < stores // 2, f"{late} delayed ACKs for {stores} C-STOREs"
 
 
 def test_two_stores_on_one_association(harness: Harness, running: Running) -> None:
