@@ -36,6 +36,9 @@ class _Server:
     temporary file, start retried on fresh ports, stop by process group."""
 
     name = "server"
+    # DCMTK's own default (Nagle on, as a PACS built on DCMTK runs) instead of the tests'
+    # TCP_NODELAY=1 (dcmtk_env), which hides 40 ms per message.
+    nagle = False
 
     def __init__(self, startup_timeout: float, stop_timeout: float) -> None:
         self.startup_timeout = startup_timeout
@@ -63,7 +66,7 @@ class _Server:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env=dcmtk_env(),
+                env=dict(os.environ) if self.nagle else dcmtk_env(),
                 start_new_session=True,
             )
             if self._wait_ready():
@@ -175,8 +178,10 @@ class Dcmqrscp(_Server):
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
         stop_timeout: float = 5.0,
+        nagle: bool = False,
     ) -> None:
         super().__init__(startup_timeout, stop_timeout)
+        self.nagle = nagle
         self.workdir = workdir
         self.ae_title = ae_title
         self.storage = workdir / "storage" / ae_title

@@ -39,7 +39,7 @@ from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
 from router.core.spool import Spool
 from router.core.tls import client_context
-from router.dicom.net import set_nodelay
+from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
 from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
 
@@ -192,7 +192,7 @@ class RelayThread(threading.Thread):
             if ts != request.transfer_syntax_uid]
         contexts = [build_context(request.sop_class_uid, syntaxes)]
         roles: list[Any] = []
-        handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_nodelay)]
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, tune_scu_socket)]
         if request.command == "C-GET":
             for sop_class, transfer_syntaxes in request.storage_contexts[:127]:
                 contexts.append(build_context(sop_class, transfer_syntaxes))

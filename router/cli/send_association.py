@@ -16,7 +16,7 @@ from router.cli.send_files import Pair
 from router.core.config import DEFAULT_MAX_PDU
 from router.core.errors import RouterError
 from router.core.tls import failure_reason
-from router.dicom.net import set_nodelay
+from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import mark_connected, was_connected
 
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
@@ -64,7 +64,7 @@ def parse_address(text: str) -> tuple[str, int]:
 # --- associations ------------------------------------------------------------------------------
 
 def _on_connected(event: Any) -> None:
-    set_nodelay(event)
+    tune_scu_socket(event)
     mark_connected(event)  # tells a refused connection from a later failure
 
 

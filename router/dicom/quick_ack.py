@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
@@ -28,3 +29,33 @@ def ack_now(sock: socket.socket) -> None:
     if _QUICKACK is not None:
         with contextlib.suppress(OSError):  # closed meanwhile: the next receive says so
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+class _QuickAckSocket(socket.socket):
+    __slots__ = ()  # socket.socket's own layout: an instance's class may be switched to it
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        data = super().recv(bufsize, flags)
+        if data:
+            ack_now(self)
+        return data
+
+
+class _QuickAckSSLSocket(ssl.SSLSocket):
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        data = super().recv(buflen, flags)
+        if data:
+            ack_now(self)
+        return data
+
+
+def ack_every_receive(sock: socket.socket) -> None:
+    """For a socket another library reads (pynetdicom's SCU associations): its recv asks for
+    a quick ACK from now on. The instance's class becomes a subclass with that recv and the
+    same layout, so the library's isinstance checks (ssl.SSLSocket) still hold."""
+    if not quick_ack_applies(sock):
+        return
+    if type(sock) is socket.socket:
+        sock.__class__ = _QuickAckSocket
+    elif type(sock) is ssl.SSLSocket:
+        sock.__class__ = _QuickAckSSLSocket
