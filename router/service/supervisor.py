@@ -7,17 +7,12 @@ lifetime, and replaces the socket of an acceptor that died when it restarts it."
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import os
 import signal
-import socket
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,8 +22,6 @@ from prometheus_client import multiprocess
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
-from router.core.acceptor_seat import AcceptorSeat, SharedLimits
-from router.core.config import DicomWebDestination as DicomWebConfig
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
 from router.core.reload import plan as reload_plan
@@ -37,73 +30,15 @@ from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.status_snapshots import read_snapshots
 from router.core.tls import client_context, server_context
+from router.service.acceptor_seats import AcceptorSeats
+from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.control_api import ControlApi
 from router.service.control_client import ControlClient
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
-from router.service.ports import (
-    EXIT_CANNOT_BIND,
-    check_bindable,
-    describe,
-    is_bind_failure,
-    listening_socket,
-)
+from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
 
 log = logging.getLogger(__name__)
-
-# A process that dies faster than this after its start is crash-looping: back off.
-MIN_UPTIME_SECONDS = 5.0
-MAX_RESTART_DELAY = 30.0
-
-
-# pydicom imports its pixel-data handlers when it is imported, and they load numpy, GDCM and
-# Pillow (about 40 MB) if installed. The acceptor never touches pixel data, the workers only
-# in their codec process: they run with them hidden (an import of one raises ImportError,
-# which pydicom takes as "not installed").
-PIXEL_CODECS = ("numpy", "gdcm", "PIL")
-
-
-def worker_hidden_modules(config: RouterConfig) -> tuple[str, ...]:
-    """What a worker runs without: the pixel codecs, unless a DICOMweb destination needs them
-    (dicomweb_client imports numpy and Pillow)."""
-    if any(isinstance(spec, DicomWebConfig) for spec in config.destinations.values()):
-        return ()
-    return PIXEL_CODECS
-
-
-def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
-    """Every spawned process starts here and imports its own module ("module:function"),
-    with the modules named in `without` made unimportable.
-
-    The supervisor itself then never imports pynetdicom or pydicom (tens of MB per process);
-    the broker does not either (tests/integration/test_process_imports.py checks both).
-    """
-    # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for name in without:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-    module, function = entry.split(":")
-    try:
-        getattr(importlib.import_module(module), function)(*args)
-    except OSError as exc:
-        if not is_bind_failure(exc):
-            raise
-        # Restarting would fail the same way: the supervisor stops the router (EXIT_CANNOT_BIND).
-        logging.getLogger(module).error("cannot bind a listening socket: %s", exc)
-        sys.exit(EXIT_CANNOT_BIND)
-
-
-@dataclass
-class Child:
-    name: str
-    entry: str  # "module:function", run in the child by run_child
-    args: tuple[Any, ...]
-    without: tuple[str, ...] = ()  # modules the child must not load (run_child)
-    process: BaseProcess | None = None
-    started_at: float = 0.0
-    restart_delay: float = 0.0
-    not_before: float = 0.0
-    restarts: int = field(default=0)
 
 
 class Supervisor:
@@ -118,11 +53,7 @@ class Supervisor:
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
         acceptors = config.listen.acceptors
-        # Written by each acceptor (AcceptorState codes): whether it takes work, and why not.
-        self.acceptor_states = [self.mp.Value("i", AcceptorState.STARTING, lock=False)
-                                for _ in range(acceptors)]
-        self.limits = SharedLimits.create(config.listen, acceptors, runtime.directory)
-        self.listeners: dict[int, socket.socket] = {}  # by acceptor index, while it runs
+        self.seats = AcceptorSeats(config.listen, self.mp, runtime.directory)
         # Order matters: the broker first (others connect to it), the acceptors last.
         self.children = [
             Child("broker", "router.broker.main:main", (config, runtime)),
@@ -143,11 +74,11 @@ class Supervisor:
         being restarted has no listening socket."""
         if self.stopping.is_set():
             return False, "draining: not accepting work"
-        down = [c.name for c in self.children if c.process is None or not c.process.is_alive()]
+        down = [c.name for c in self.children if not c.alive]
         pipeline_down = [name for name in down if not name.startswith("acceptor-")]
         if pipeline_down:
             return False, f"not running: {', '.join(pipeline_down)}"
-        states = [int(s.value) for s in self.acceptor_states]
+        states = self.seats.all_states()
         if AcceptorState.ACCEPTING not in states:
             # The disk and the queue are the same for all: the first reason says it.
             reasons = [s for s in states if s != AcceptorState.STARTING]
@@ -159,14 +90,10 @@ class Supervisor:
 
     def _process_row(self, child: Child) -> dict[str, Any]:
         row = {"name": child.name, "pid": child.process.pid if child.process else None,
-               "alive": bool(child.process and child.process.is_alive()),
-               "restarts": child.restarts}
-        if child.name.startswith("acceptor-"):
-            row["state"] = AcceptorState.NAMES[int(self._state_of(child).value)]
+               "alive": child.alive, "restarts": child.restarts}
+        if child.is_acceptor:
+            row["state"] = AcceptorState.NAMES[self.seats.state(_index(child))]
         return row
-
-    def _state_of(self, child: Child) -> Any:
-        return self.acceptor_states[int(child.name.rpartition("-")[2]) - 1]
 
     def status(self) -> dict[str, Any]:
         """GET /status: the processes, readiness and the children's live snapshots."""
@@ -208,26 +135,15 @@ class Supervisor:
         return dict(broker.get("destinations", {}))
 
     def _start(self, child: Child) -> None:
-        if child.name.startswith("acceptor-"):
-            child.args = (*child.args[:2], self._seat(child))
+        if child.is_acceptor:
+            # Its listening socket (a new one after a death) and the shared state.
+            child.args = (*child.args[:2], self.seats.seat(_index(child)))
         process = self.mp.Process(target=run_child,
                                   args=(child.entry, child.without, *child.args),
                                   name=child.name)
         process.start()
-        child.process, child.started_at = process, time.monotonic()
+        child.started(process, time.monotonic())
         log.info("started %s (pid %s)", child.name, process.pid)
-
-    def _seat(self, child: Child) -> AcceptorSeat:
-        """The acceptor's listening socket (a new one after a death) and shared state."""
-        index = int(child.name.rpartition("-")[2])
-        if index not in self.listeners:
-            listen = self.config.listen
-            if not self.listeners:  # no sibling holds the port: it may have been taken
-                check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
-            self.listeners[index] = listening_socket(listen.host, listen.port, listen.backlog,
-                                                     "DICOM", "listen.host/listen.port")
-        return AcceptorSeat(index, self.acceptor_states[index - 1], self.listeners[index],
-                            self.limits)
 
     def _reap(self, child: Child, now: float) -> None:
         process = child.process
@@ -243,27 +159,12 @@ class Supervisor:
         if code == EXIT_CANNOT_BIND:
             self._cannot_bind(child)  # no restart: it would fail the same way
             return
-        if child.name.startswith("acceptor-"):
-            self._acceptor_died(child)
-        child.process = None
-        quick = now - child.started_at < MIN_UPTIME_SECONDS
-        child.restart_delay = min(MAX_RESTART_DELAY, max(1.0, child.restart_delay * 2)) if quick \
-            else 0.0
-        child.not_before = now + child.restart_delay
-        child.restarts += 1
+        if child.is_acceptor:
+            self.seats.vacate(_index(child))
+        child.died(now)
         metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
                   child.name, process.pid, code, child.restart_delay)
-
-    def _acceptor_died(self, child: Child) -> None:
-        """Close its socket (the kernel then sends every new connection to the others; one
-        waiting in its backlog is reset, never acknowledged) and drop its counts."""
-        index = int(child.name.rpartition("-")[2])
-        self.acceptor_states[index - 1].value = AcceptorState.STARTING
-        sock = self.listeners.pop(index, None)
-        if sock is not None:
-            sock.close()
-        self.limits.forget(index - 1)
 
     def _cannot_bind(self, child: Child, why: str = "see its message above") -> None:
         listen = self.config.listen
@@ -300,8 +201,8 @@ class Supervisor:
         self.check_tls()
         self.check_ports()
         for child in self.children:
-            if child.name.startswith("acceptor-"):
-                self._seat(child)  # bind every acceptor's socket now, not after the spawns
+            if child.is_acceptor:
+                self.seats.seat(_index(child))  # bind every socket now, not after the spawns
         spool = Spool(self.config.spool.path).create()
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
@@ -449,9 +350,7 @@ class Supervisor:
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""
         grace = self.config.drain_grace + self.config.listen.dimse_timeout + 5
-        for sock in self.listeners.values():
-            sock.close()  # the acceptors' own copies stay open until each stops listening
-        self.listeners.clear()
+        self.seats.close()
         acceptors = [c.name for c in self.children if c.name.startswith("acceptor-")]
         for group in (acceptors, [c.name for c in self.children if c.name.startswith("w")],
                       ["broker"]):
@@ -467,6 +366,11 @@ class Supervisor:
                     log.error("%s did not stop within %.0fs; killing it", child.name, grace)
                     child.process.kill()
                     child.process.join(5)
+
+
+def _index(child: Child) -> int:
+    """An acceptor's number, 1..N, from its name."""
+    return int(child.name.rpartition("-")[2])
 
 
 def _version() -> str:

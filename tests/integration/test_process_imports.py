@@ -31,7 +31,7 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 def _loaded_after(*modules: str) -> set[str]:
     """Top-level packages loaded by a fresh interpreter after importing `modules`, the way a
-    spawned child does (the console script's module first, then the supervisor's run_child,
+    spawned child does (the console script's module first, then run_child's module,
     then the child's own entry module)."""
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
             + "print(' '.join(sorted({n.split('.')[0] for n, m in sys.modules.items() if m})))")
@@ -46,14 +46,14 @@ def test_the_command_line_and_the_supervisor_load_no_dicom_or_codecs() -> None:
 
 
 def test_the_broker_loads_no_dicom_or_codecs() -> None:
-    loaded = _loaded_after("router.cli", "router.service.supervisor", "router.broker.main")
+    loaded = _loaded_after("router.cli", "router.service.child_process", "router.broker.main")
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 
 def test_a_worker_loads_dicom_only_when_its_work_needs_it() -> None:
     """pynetdicom with the first relayed request, pydicom with the first folder delivery,
     morph, de-identification or transcode; the C-STORE sender is the router's engine."""
-    loaded = _loaded_after("router.cli", "router.service.supervisor", "workers.main")
+    loaded = _loaded_after("router.cli", "router.service.child_process", "workers.main")
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 

@@ -32,7 +32,7 @@ def build_destination(name: str, config: RouterConfig,
         return FolderDestination(name, spec)
     if isinstance(spec, DicomWebConfig):
         # Imported here: dicomweb_client loads numpy and Pillow, which a worker without a
-        # DICOMweb destination runs without (router/service/supervisor.py, PIXEL_CODECS).
+        # DICOMweb destination runs without (router/service/child_process.py, PIXEL_CODECS).
         from workers.destinations.dicomweb import DicomWebDestination
 
         return DicomWebDestination(name, spec)

@@ -1,7 +1,7 @@
 """Transcoding in a process of its own, started when a destination first needs it.
 
 The pixel codecs (numpy, GDCM, Pillow: about 50 MB in each process that imports them) are
-hidden from the worker (router/service/supervisor.py, PIXEL_CODECS): most routers never
+hidden from the worker (router/service/child_process.py, PIXEL_CODECS): most routers never
 transcode, and a worker that never does stays small. The first transcode starts one codec
 process (multiprocessing spawn, a fresh interpreter with the codecs available); it serves the
 worker's transcodes one at a time and exits after IDLE_SECONDS without work.
