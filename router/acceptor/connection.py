@@ -108,6 +108,17 @@ class AcceptorServices:
     relay: RelayServer | None
 
 
+@dataclass(frozen=True)
+class StoreRefusal:
+    """A C-STORE answered without being stored, once its dataset has gone by (into nothing)."""
+
+    context_id: int
+    command: CStoreRQ
+    status: int
+    comment: str
+    label: str  # dicom_router_instances_received_total{result}
+
+
 class ConnectionEnded(Exception):
     """The association is over (the reason is logged and counted where it is raised)."""
 
@@ -128,7 +139,7 @@ class EngineConnection:
         self._store: tuple[int, CStoreRQ] | None = None
         self._other: tuple[int, OtherCommand] | None = None
         self._relayed: tuple[int, OtherCommand, bytearray] | None = None
-        self._refused_store: tuple[int, CStoreRQ] | None = None
+        self._refused_store: StoreRefusal | None = None
         self._link: EngineRequesterLink | None = None
         self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
@@ -266,19 +277,32 @@ class EngineConnection:
     def _on_command(self, engine: Association, context_id: int, command: object) -> None:
         if type(command) is CStoreRQ:
             assert self.session is not None and self._link is not None
-            if self._link.abstract_syntaxes.get(context_id) != command.sop_class_uid:
+            negotiated = self._link.abstract_syntaxes.get(context_id)
+            if negotiated != command.sop_class_uid:
                 # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything
-                # else would be filed under a class nobody negotiated: refused once its
-                # dataset has gone by (into nothing).
-                self._refused_store = (context_id, command)
+                # else would be filed under a class nobody negotiated.
+                log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated "
+                            "for %s", self.address[0], command.sop_class_uid[:64], negotiated)
+                self._refused_store = StoreRefusal(
+                    context_id, command, Status.SOP_CLASS_NOT_SUPPORTED,
+                    "SOP class is not the presentation context's", "rejected")
                 return
             offer = self.settings.offer
             meta = file_meta(command.sop_class_uid, command.sop_instance_uid,
                              engine.accepted[context_id], offer.implementation_class_uid,
                              offer.implementation_version)
-            self._store = (context_id, command)
-            self._receiver = StoreReceiver(self.settings.incoming, meta,
-                                           self.settings.max_dataset_bytes)
+            try:
+                receiver = StoreReceiver(self.settings.incoming, meta,
+                                         self.settings.max_dataset_bytes)
+            except OSError as exc:  # no inode left, too many open files, incoming/ gone
+                log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
+                          self.settings.incoming, exc.strerror or exc)
+                self._refused_store = StoreRefusal(
+                    context_id, command, Status.OUT_OF_RESOURCES,
+                    f"router spool: {exc.strerror or 'cannot create a file'}; retry later"[:64],
+                    "out_of_resources")
+                return
+            self._store, self._receiver = (context_id, command), receiver
         elif type(command) is CEchoRQ:
             metrics.DIMSE_REQUESTS.labels("C-ECHO", f"0x{Status.SUCCESS:04X}").inc()
             self._send(engine.send(SendCommand(context_id, CEchoRSP(command.message_id,
@@ -321,11 +345,10 @@ class EngineConnection:
                 self._stored(engine)
         elif self._refused_store is not None:
             if event.last:
-                context_id, store = self._refused_store
-                self._refused_store = None
+                refusal, self._refused_store = self._refused_store, None
                 if progress is not None:
                     progress.message_done()
-                self._refuse_store(engine, context_id, store)
+                self._refuse_store(engine, refusal)
         elif self._relayed is not None:
             context_id, command, dataset = self._relayed
             dataset += event.data
@@ -376,16 +399,13 @@ class EngineConnection:
         metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
         self.abort()
 
-    def _refuse_store(self, engine: Association, context_id: int, command: CStoreRQ) -> None:
-        status = Status.SOP_CLASS_NOT_SUPPORTED
-        log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated for %s",
-                    self.address[0], command.sop_class_uid[:64],
-                    self._link.abstract_syntaxes.get(context_id) if self._link else "?")
-        metrics.INSTANCES_RECEIVED.labels("rejected").inc()
-        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
-        self._send(engine.send(SendCommand(context_id, CStoreRSP(
-            command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
-            "SOP class is not the presentation context's"))))
+    def _refuse_store(self, engine: Association, refusal: StoreRefusal) -> None:
+        command = refusal.command
+        metrics.INSTANCES_RECEIVED.labels(refusal.label).inc()
+        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{refusal.status:04X}").inc()
+        self._send(engine.send(SendCommand(refusal.context_id, CStoreRSP(
+            command.message_id, command.sop_class_uid, command.sop_instance_uid,
+            refusal.status, refusal.comment))))
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:

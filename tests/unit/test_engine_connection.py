@@ -391,6 +391,30 @@ def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
     running.join()
 
 
+def test_store_without_a_file_to_write_is_answered_a700_and_the_association_goes_on(
+        harness: Harness, running: Running) -> None:
+    """No file can be created in incoming/ (no inode left, too many open files, the folder
+    removed): a DICOM status the sender retries on, not an abort or a traceback."""
+    peer = Peer(running)
+    peer.associate()
+    harness.incoming.rmdir()
+    before = sample("dicom_router_instances_received_total", {"result": "out_of_resources"})
+    peer.send(SendCommand(1, CStoreRQ(8, CT, INSTANCE)))
+    store_pieces(peer, encoded_dataset(3000), 1000)
+    answer = peer.command().command
+    assert isinstance(answer, CStoreRSP) and answer.status == 0xA700
+    assert answer.error_comment.startswith("router spool: No such file or directory")
+    assert sample("dicom_router_instances_received_total",
+                  {"result": "out_of_resources"}) == before + 1
+    assert harness.store.seen == []
+    harness.incoming.mkdir()
+    peer.send(SendCommand(1, CStoreRQ(9, CT, INSTANCE)))  # the association goes on
+    store_pieces(peer, encoded_dataset(3000), 1000)
+    assert peer.command().command.status == 0x0000  # type: ignore[union-attr]
+    peer.release()
+    running.join()
+
+
 # --- who is let in ----------------------------------------------------------------------------
 
 
