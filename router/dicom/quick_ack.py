@@ -5,9 +5,9 @@ environment) and writes a PDU's header and its body in separate send() calls; Na
 the body until the header is acknowledged, and Linux delays that ACK by 40 ms while the
 receiver has nothing to send back. So every C-STORE from a DCMTK-based modality, and every
 C-STORE-RSP from a DCMTK-based PACS, would cost 40 ms: 200 x 10 KB from a default `storescu`
-took 8.96 s into the router before, 0.4 s with this (docs/benchmark.md, "DCMTK defaults").
-TCP_QUICKACK is not sticky (the kernel returns to delayed ACKs once it sees a
-request-response exchange), so it is set again after every receive: one system call.
+took 8.96 s into the router before, 0.28 s with this (docs/benchmark.md, "DCMTK's
+defaults, Nagle on"). TCP_QUICKACK is not sticky (the kernel returns to delayed ACKs once it
+sees a request-response exchange), so it is set again after every receive: one system call.
 """
 
 from __future__ import annotations
