@@ -1,6 +1,7 @@
 """The pynetdicom versions that router/dicom/ was written against: one check for every use
-of pynetdicom's internals (its _config settings in net.py, the DIMSE message classes that
-relayed_dimse.py translates relayed requests with). pyproject.toml pins the same range;
+of pynetdicom's internals (its _config settings in net.py, the association's socket that
+net.tune_scu_socket tunes, which pynetdicom reads with `recv`, the DIMSE message classes
+that relayed_dimse.py translates relayed requests with). pyproject.toml pins the same range;
 this check catches an install that overrides it."""
 
 from __future__ import annotations
