@@ -12,7 +12,6 @@ sees a request-response exchange), so it is set again after every receive: one s
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 
@@ -27,8 +26,12 @@ def quick_ack_applies(sock: socket.socket) -> bool:
 def ack_now(sock: socket.socket) -> None:
     """After a receive: send the ACK now, and keep acknowledging at once for a while."""
     if _QUICKACK is not None:
-        with contextlib.suppress(OSError):  # closed meanwhile: the next receive says so
+        # A plain try (6 ns) rather than contextlib.suppress (280 ns): this runs after every
+        # receive on the C-STORE path.
+        try:  # noqa: SIM105
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass  # closed meanwhile: the next receive says so
 
 
 class _QuickAckSocket(socket.socket):

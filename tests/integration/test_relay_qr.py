@@ -30,7 +30,7 @@ from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess
 from tests.qr_tools import run_findscu, run_getscu, run_movescu
 from tests.study_set import StudySet, instance_mismatches, make_study_set
-from tests.tcp_counters import delayed_acks
+from tests.tcp_counters import require_delayed_ack_counter
 
 pytestmark = pytest.mark.integration
 
@@ -230,8 +230,7 @@ def test_c_get_from_an_archive_on_dcmtk_defaults_waits_for_no_delayed_ack(
     ACK 40 ms unless asked. The worker's pynetdicom association asks after every receive
     (router/dicom/net.tune_scu_socket): 46 ms per instance before, no delayed ACK now. The
     counter is the whole machine's: other traffic may add a few."""
-    if delayed_acks() is None:
-        pytest.skip("needs Linux's /proc/net/netstat")
+    require_delayed_ack_counter()  # before anything starts: skips or fails off Linux
     study_set = make_study_set(tmp_path / "study", patients=1, studies_per_patient=1,
                                series_per_study=1, instances_per_series=20, implicit_series=0)
     [study] = study_set.studies
@@ -240,10 +239,10 @@ def test_c_get_from_an_archive_on_dcmtk_defaults_waits_for_no_delayed_ack(
         process = RouterProcess(tmp_path / "router", router_config(archive, viewer,
                                                                    "pass_through"))
         with started(process, free_port()):
-            before = delayed_acks() or 0
+            before = require_delayed_ack_counter()
             via = run_getscu(LOCALHOST, process.port, ROUTER_AE, "STUDY", keys,
                              tmp_path / "via")
-            late = (delayed_acks() or 0) - before
+            late = require_delayed_ack_counter() - before
     assert instance_mismatches(study.instances, via) == []
     count = len(via)
     assert late < count // 2, f"{late} delayed ACKs for {count} instances"

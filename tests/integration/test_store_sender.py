@@ -43,7 +43,7 @@ from tests.dicom_samples import (
     dataset_digest,
     write_instance,
 )
-from tests.tcp_counters import delayed_acks
+from tests.tcp_counters import require_delayed_ack_counter
 from tests.unit.helpers import make_header
 
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DEFLATED_EXPLICIT_VR_LE]
@@ -135,16 +135,14 @@ def test_a_dcmtk_destination_with_nagle_is_acknowledged_at_once(tmp_path: Path) 
     delayed-ACK timer fires. The sender asks for a quick ACK after every receive
     (router/dicom/quick_ack.py): the timer does not fire once per C-STORE. The counter is
     the whole machine's: other traffic may add a few."""
-    before = delayed_acks()
-    if before is None or not hasattr(socket, "TCP_QUICKACK"):
-        pytest.skip("needs Linux's TCP_QUICKACK and /proc/net/netstat")
+    before = require_delayed_ack_counter()
     files = [_instance(tmp_path / "out", 2_000) for _ in range(20)]
     with StoreSCP(tmp_path / "in", "SCP", nagle=True) as scp:
         sender = _destination(scp.port)
         for path in files:
             sender.deliver(_job(path), path)
         sender.close()
-        late = delayed_acks() - before  # type: ignore[operator]
+        late = require_delayed_ack_counter() - before
         assert len(scp.received_files()) == len(files)
     assert late < len(files) // 2, f"{late} delayed ACKs for {len(files)} C-STOREs"
 

@@ -64,7 +64,7 @@ from router.dicom.engine.dimse import (
     encode_command,
 )
 from router.dicom.pending import PendingConnections, Ticket
-from tests.tcp_counters import delayed_acks
+from tests.tcp_counters import require_delayed_ack_counter
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -274,6 +274,15 @@ def store_pieces(peer: Peer, dataset: bytes, piece: int, *, last: bool = True,
         peer.send(SendData(context_id, dataset[start:end], last=last and end >= len(dataset)))
 
 
+def store(peer: Peer, message_id: int, sop_class: str = CT) -> CStoreRSP:
+    """One C-STORE of a 3,000-byte dataset in 1,000-byte PDVs; the connection's answer."""
+    peer.send(SendCommand(1, CStoreRQ(message_id, sop_class, INSTANCE)))
+    store_pieces(peer, encoded_dataset(3000), 1000)
+    answer = peer.command().command
+    assert isinstance(answer, CStoreRSP)
+    return answer
+
+
 # --- verification and storage --------------------------------------------------------------
 
 
@@ -327,9 +336,7 @@ def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) 
     nothing to send. The connection asks for a quick ACK after every receive
     (router/dicom/quick_ack.py), so the kernel's delayed-ACK timer does not fire once per
     C-STORE. The counter is the whole machine's: other traffic may add a few."""
-    before = delayed_acks()
-    if before is None or not hasattr(socket, "TCP_QUICKACK"):
-        pytest.skip("needs Linux's TCP_QUICKACK and /proc/net/netstat")
+    before = require_delayed_ack_counter()
     running = Running(harness, tcp=True)  # the peer's socket keeps Nagle on, like DCMTK's
     peer = Peer(running)
     peer.associate()
@@ -341,7 +348,7 @@ def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) 
                                                    0x0000)
     peer.release()
     running.join()
-    late = (delayed_acks() or 0) - before
+    late = require_delayed_ack_counter() - before
     assert late < stores // 2, f"{late} delayed ACKs for {stores} C-STOREs"
 
 
@@ -378,15 +385,10 @@ def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
     peer = Peer(running)
     peer.associate()
     mr = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage, sent on the CT context
-    peer.send(SendCommand(1, CStoreRQ(6, mr, INSTANCE)))
-    store_pieces(peer, encoded_dataset(3000), 1000)
-    answer = peer.command().command
-    assert isinstance(answer, CStoreRSP) and answer.status == 0x0122
-    assert answer.message_id_responded == 6
+    answer = store(peer, 6, mr)
+    assert answer.status == 0x0122 and answer.message_id_responded == 6
     assert harness.store.seen == [] and list(harness.incoming.iterdir()) == []
-    peer.send(SendCommand(1, CStoreRQ(7, CT, INSTANCE)))  # the association goes on
-    store_pieces(peer, encoded_dataset(3000), 1000)
-    assert peer.command().command.status == 0x0000  # type: ignore[union-attr]
+    assert store(peer, 7).status == 0x0000  # the association goes on
     peer.release()
     running.join()
 
@@ -399,18 +401,14 @@ def test_store_without_a_file_to_write_is_answered_a700_and_the_association_goes
     peer.associate()
     harness.incoming.rmdir()
     before = sample("dicom_router_instances_received_total", {"result": "out_of_resources"})
-    peer.send(SendCommand(1, CStoreRQ(8, CT, INSTANCE)))
-    store_pieces(peer, encoded_dataset(3000), 1000)
-    answer = peer.command().command
-    assert isinstance(answer, CStoreRSP) and answer.status == 0xA700
+    answer = store(peer, 8)
+    assert answer.status == 0xA700 and answer.message_id_responded == 8
     assert answer.error_comment.startswith("router spool: No such file or directory")
     assert sample("dicom_router_instances_received_total",
                   {"result": "out_of_resources"}) == before + 1
     assert harness.store.seen == []
     harness.incoming.mkdir()
-    peer.send(SendCommand(1, CStoreRQ(9, CT, INSTANCE)))  # the association goes on
-    store_pieces(peer, encoded_dataset(3000), 1000)
-    assert peer.command().command.status == 0x0000  # type: ignore[union-attr]
+    assert store(peer, 9).status == 0x0000  # the association goes on
     peer.release()
     running.join()
 
