@@ -33,6 +33,7 @@ from router.acceptor.store_receiver import StoreReceiver, file_meta
 from router.acceptor.tls_listener import TLSListener
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
+from router.core.recycling import FileRecycler
 from router.dicom.engine import (
     DICOM_APPLICATION_CONTEXT,
     Abort,
@@ -95,6 +96,7 @@ class ConnectionSettings:
     max_message_bytes: int  # a relayed request's dataset, held in memory
     response_timeout: float  # a C-GET sub-operation's C-STORE-RSP from the requester
     incoming: Path  # the spool's incoming/ folder: received files are renamed into jobs/
+    recycler: FileRecycler | None = None  # settled jobs' files to write over (spool recycle/)
 
 
 @dataclass
@@ -293,7 +295,8 @@ class EngineConnection:
                              offer.implementation_version)
             try:
                 receiver = StoreReceiver(self.settings.incoming, meta,
-                                         self.settings.max_dataset_bytes)
+                                         self.settings.max_dataset_bytes,
+                                         self.settings.recycler)
             except OSError as exc:  # no inode left, too many open files, incoming/ gone
                 log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
                           self.settings.incoming, exc.strerror or exc)

@@ -66,7 +66,7 @@ def connection_settings(config: RouterConfig, spool: Spool) -> ConnectionSetting
         offer, request_timeout=min(listen.association_request_timeout, listen.acse_timeout),
         network_timeout=listen.network_timeout, max_dataset_bytes=listen.max_dataset_bytes,
         max_message_bytes=listen.max_message_bytes, response_timeout=listen.dimse_timeout,
-        incoming=spool.incoming)
+        incoming=spool.incoming, recycler=spool.recycler)
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:

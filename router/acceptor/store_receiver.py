@@ -6,6 +6,10 @@ memory.
 Past `limit` bytes the rest is received into nothing and the file is marked `truncated`; a
 full disk marks it `disk_full` and the rest is received into nothing too. Either way the
 sender gets its answer (0xC003, 0xA700) instead of an abort, and nothing cut is kept.
+
+The file is a settled job's, written over, when the spool's recycle/ has one
+(router/core/recycling.py): what is left of the old content past the new end is cut off
+before the sync.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import struct
 import uuid
 from pathlib import Path
 
+from router.core import metrics
+from router.core.recycling import FileRecycler
 from router.core.writeback import KICK_BYTES, start_writeback
 
 log = logging.getLogger(__name__)
@@ -51,14 +57,22 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str,
 
 
 class StoreReceiver:
-    def __init__(self, folder: Path, meta: bytes, limit: int | None) -> None:
+    def __init__(self, folder: Path, meta: bytes, limit: int | None,
+                 recycler: FileRecycler | None = None) -> None:
         self.path = folder / f"{uuid.uuid4().hex}.dcm"
         self.limit = limit
         self.received = 0  # dataset bytes, whether written or not
         self.truncated = False
         self.disk_full = False
         self.synced = False  # finish() made the file's bytes durable
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        reused = recycler.reuse(self.path) if recycler is not None else None
+        if reused is None:
+            self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                                           0o600)
+            self._stale = 0
+        else:
+            self._fd, self._stale = reused  # the old content's length, written over
+            metrics.SPOOL_FILES_REUSED.inc()
         self._offset = 0  # bytes in the file
         self._kicked = 0  # bytes the kernel was asked to write out already
         self._write(meta)
@@ -104,6 +118,15 @@ class StoreReceiver:
         """The last fragment is in: the file is synced (`synced`: what the spool's commit
         would otherwise do, through a descriptor of its own) and closed."""
         if self._fd is not None:
+            if self._offset < self._stale:
+                try:
+                    os.ftruncate(self._fd, self._offset)  # the old content's tail
+                except OSError as exc:  # keeping it would keep a damaged instance
+                    log.error("cannot cut a reused spool file to its new length (%s); the "
+                              "C-STORE will be answered 0xA700", exc)
+                    self.disk_full = True
+                    self._stop_writing()
+                    return self.path
             try:
                 os.fsync(self._fd)
                 self.synced = True

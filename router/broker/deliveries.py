@@ -60,6 +60,11 @@ class Delivery:
 class JobState:
     header: JobHeader
     pending: set[str]
+    # Only ever leased to one delivery at a time by this broker: once settled, no worker can
+    # still be reading its instance, so the file may be written over (router/core/recycling).
+    # False for jobs found at start (a previous broker's lease may still be running) and
+    # after a worker's lease was taken back (the worker may be alive and still sending).
+    exclusive: bool = True
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Settled:
     """Every destination of this job is done with: remove it from the spool."""
 
     job: JobHeader
+    reusable: bool = field(default=False, compare=False)  # JobState.exclusive at the end
 
 
 @dataclass(frozen=True)

@@ -105,12 +105,14 @@ class DispatchState:
             return f"queue full ({self.queued_bytes} bytes)"
         return None
 
-    def add_job(self, job: JobHeader, delivered: Iterable[str] = ()) -> list[Outcome]:
-        """Queue a job for each destination it has not reached yet. Idempotent by job id."""
+    def add_job(self, job: JobHeader, delivered: Iterable[str] = (), *,
+                exclusive: bool = True) -> list[Outcome]:
+        """Queue a job for each destination it has not reached yet. Idempotent by job id.
+        `exclusive`: no delivery of it can be running yet (False for what recovery found)."""
         if job.job_id in self.jobs:
             return []
         pending = set(job.destinations) - set(delivered)
-        self.jobs[job.job_id] = JobState(job, set(pending))
+        self.jobs[job.job_id] = JobState(job, set(pending), exclusive)
         self.queued_bytes += job.size
         outcomes: list[Outcome] = []
         for destination in job.destinations:
@@ -129,7 +131,7 @@ class DispatchState:
     def _settle(self, job_id: str) -> list[Outcome]:
         state = self.jobs.pop(job_id)
         self.queued_bytes -= state.header.size
-        return [Settled(state.header)]
+        return [Settled(state.header, reusable=state.exclusive)]
 
     def _finish(self, delivery: Delivery) -> list[Outcome]:
         state = self.jobs.get(delivery.job.job_id)
@@ -166,6 +168,10 @@ class DispatchState:
             concurrency.worker_gone(identity)  # its associations died with it
         for delivery in reversed(list(worker.leases.values())):  # keep their original order
             self.in_flight[delivery.destination] -= 1
+            for job in delivery.jobs:  # the worker may be alive and still reading them
+                state = self.jobs.get(job.job_id)
+                if state is not None:
+                    state.exclusive = False
             self._requeue_front(delivery)
         return sum(d.size for d in worker.leases.values())
 

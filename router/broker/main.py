@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -67,6 +68,7 @@ HEARTBEAT_SECONDS = 1.0
 class Broker(Publishing):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
+        spool.recycler.keep_free = _keep_free(config)
         self.reaper = SpoolReaper(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
@@ -92,7 +94,7 @@ class Broker(Publishing):
     def take_replays(self) -> None:
         """Queue the dead letters an operator replayed (`dicom-router dead-letters replay`)."""
         for header in self.spool.take_replays():
-            self._apply(self.dispatcher.add_job(header))
+            self._apply(self.dispatcher.add_job(header, exclusive=False))
             log.info("replaying job %s to %s", header.job_id, ", ".join(header.destinations))
 
     def recover(self) -> None:
@@ -100,7 +102,7 @@ class Broker(Publishing):
         self.take_replays()
         count = 0
         for job in self.spool.recover():
-            self._apply(self.dispatcher.add_job(job.header, job.delivered))
+            self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
             count += 1
         if count:
             metrics.RECOVERED_JOBS.inc(count)
@@ -186,7 +188,7 @@ class Broker(Publishing):
             if isinstance(outcome, Settled):
                 if outcome.job.job_id in keep:
                     continue
-                self.reaper.remove(outcome.job)
+                self.reaper.remove(outcome.job, reuse=outcome.reusable)
             elif isinstance(outcome, Retry):
                 d = outcome.delivery
                 metrics.RETRIES.labels(d.destination, outcome.reason).inc()
@@ -266,6 +268,7 @@ class Broker(Publishing):
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         _holds(new))
             self.associating = _dicom_names(new)
+            self.spool.recycler.keep_free = _keep_free(new)
             self.control.reconfigure(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
@@ -331,6 +334,13 @@ class Broker(Publishing):
         self.frontend.close()
         self.backend.close()
         self.context.term()
+
+
+def _keep_free(config: RouterConfig) -> Callable[[int], int]:
+    """The spool's watermark in bytes, for a disk of `total` bytes (as the acceptor's
+    admission reads it): the recycled files' pool gives its space back near it."""
+    spool = config.spool
+    return lambda total: max(spool.min_free_bytes, int(total * spool.min_free_percent / 100))
 
 
 def _dicom_names(config: RouterConfig) -> set[str]:

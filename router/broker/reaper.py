@@ -5,7 +5,8 @@ unlink on a busy journalling filesystem takes milliseconds: done inline, they he
 dispatch and acknowledgement behind them (py-spy: 43% of the broker's samples at 10 KB x4).
 Order does not matter for correctness: a job whose removal a crash interrupted is recovered
 at the next start and its deliveries are suppressed by the workers' ledger (a redelivery), or
-delivered again (at least once), never lost.
+delivered again (at least once), never lost. An instance the broker marks reusable is renamed
+into recycle/ rather than unlinked (router/core/recycling.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ log = logging.getLogger(__name__)
 class SpoolReaper:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._queue: queue.SimpleQueue[JobHeader | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[JobHeader, bool] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="spool-reaper", daemon=True)
         self._thread.start()
 
-    def remove(self, job: JobHeader) -> None:
-        self._queue.put(job)
+    def remove(self, job: JobHeader, *, reuse: bool = False) -> None:
+        self._queue.put((job, reuse))
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the removals already asked for, then stop."""
@@ -36,8 +37,9 @@ class SpoolReaper:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            job, reuse = item
             try:
-                self.spool.remove(job)
+                self.spool.remove(job, reuse=reuse)
             except OSError as exc:  # left for the next start's recovery, which removes it
                 log.error("cannot remove settled job %s from the spool: %s", job.job_id, exc)

@@ -152,6 +152,11 @@ LOG_SUPPRESSED = Counter(
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )
+SPOOL_FILES_REUSED = Counter(
+    f"{PREFIX}_spool_files_reused_total",
+    "C-STOREs written over a settled job's file from the spool's recycle/ instead of a new "
+    "file (saves the filesystem an inode allocation and a free per instance).",
+)
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
 SPOOL_GROUP_SYNCS = Counter(
     f"{PREFIX}_spool_group_syncs_total",

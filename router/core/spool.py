@@ -12,6 +12,8 @@ Layout under the spool root:
                          (drain-to, fallback), replayed, or compacted at start; wins over the
                          journal's record
   jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
+  recycle/               settled jobs' instance files, written over by new C-STOREs instead of
+                         deleted and created again (router/core/recycling.py); no job is here
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
   control/state.json     destinations an operator paused (router/broker/control.py)
   relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
@@ -37,6 +39,7 @@ from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
+from router.core.recycling import FileRecycler
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +84,15 @@ class Spool:
         self.relay = self.root / "relay"
         self.journal = self.root / "journal"
         self.ledger_path = self.root / "ledger.sqlite"
+        self.recycled = self.root / "recycle"
+        self.recycler = FileRecycler(self.recycled)
         self._committer: GroupCommit[tuple[list[Segment], bool]] | None = None
         self._journal_writer: Journal | None = None
         self._committer_lock = threading.Lock()
 
     def create(self) -> Spool:
         for folder in (self.incoming, self.jobs, self.journal, self.dead_letters, self.replay,
-                       self.relay):
+                       self.relay, self.recycled):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -150,10 +155,13 @@ class Spool:
         marker.touch()
         fsync_path(self.jobs, directory=True)
 
-    def remove(self, header: JobHeader) -> None:
-        """Forget a job whose every destination is settled (delivered or dead-lettered)."""
+    def remove(self, header: JobHeader, *, reuse: bool = False) -> None:
+        """Forget a job whose every destination is settled (delivered or dead-lettered).
+        `reuse`: no worker can still be reading its instance, so the file may be recycled."""
         # The instance goes first: without it the job is no longer real for recovery.
-        self.instance_path(header.job_id).unlink(missing_ok=True)
+        instance = self.instance_path(header.job_id)
+        if not (reuse and self.recycler.retire(instance)):
+            instance.unlink(missing_ok=True)
         self._header_path(header.job_id).unlink(missing_ok=True)
         if len(header.destinations) > 1:
             for destination in header.destinations:

@@ -90,6 +90,36 @@ def test_mixed_instances_arrive_byte_identical(
                          destination="pacs", result="delivered") == len(sources)
 
 
+def test_settled_files_are_written_over_and_every_instance_arrives_intact(
+    start_router: RouterFactory, storescp: StoreSCPFactory, tmp_path: Path
+) -> None:
+    """Once jobs settle, new C-STOREs are written over their files (the spool's recycle/)
+    instead of new ones: later instances, shorter and longer than the files they reuse,
+    arrive byte-identical, with nothing of an earlier instance left in them."""
+    first = generate_mixed_set(tmp_path / "first", 40, size_bytes=12_000)
+    later = [*generate_mixed_set(tmp_path / "shorter", 30, size_bytes=2_000),
+             *generate_mixed_set(tmp_path / "longer", 30, size_bytes=40_000)]
+    pacs = storescp("PACS")
+    router = start_router({"destinations": {"pacs": dicom_destination(pacs)},
+                           "rules": [{"name": "all", "forward": ["pacs"]}]})
+    jobs, pool = router.spool / "jobs", router.spool / "recycle"
+
+    _send(router.port, first)
+    assert wait_for(lambda: _delivered(router, "pacs") == len(first)), router.log()[-3000:]
+    assert wait_for(lambda: not any(jobs.iterdir()), timeout=30)
+    assert wait_for(lambda: len(list(pool.iterdir())) == len(first), timeout=30)
+
+    _send(router.port, later)
+    everything = [*first, *later]
+    assert wait_for(lambda: _delivered(router, "pacs") == len(everything)), router.log()[-3000:]
+    received = _digests(pacs.received_files())
+    assert len(pacs.received_files()) == len(everything)
+    missing = [p.name for p in everything if dataset_digest(p) not in received]
+    assert missing == [], f"changed in transit: {missing[:5]}"
+    assert router.metric("dicom_router_spool_files_reused_total") >= len(first)
+    assert wait_for(lambda: not any(jobs.iterdir()), timeout=30)
+
+
 def test_fan_out_to_dicom_and_folder(
     start_router: RouterFactory, storescp: StoreSCPFactory, tmp_path: Path
 ) -> None:

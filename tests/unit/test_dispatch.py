@@ -630,3 +630,56 @@ def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
     d.dispatch(now=0.0)
     outcomes = answer(d, W1, failed(job, "pacs", "rejected", transient=False), now=0.0)
     assert [type(o) for o in outcomes] == [DeadLetter, Settled]
+
+
+# --- which settled instances may be written over (router/core/recycling.py) --------------------
+
+
+def test_a_job_leased_once_settles_reusable() -> None:
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    (settled,) = answer(d, W1, ok(job, "pacs"), now=1.0)
+    assert isinstance(settled, Settled) and settled.reusable
+
+
+def test_a_retried_job_is_still_reusable() -> None:
+    # A failed attempt ended before its result came back: one lease at a time.
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    answer(d, W1, failed(job, "pacs"), now=0.0)
+    d.dispatch(10.0)
+    (settled,) = answer(d, W1, ok(job, "pacs"), now=10.0)
+    assert isinstance(settled, Settled) and settled.reusable
+
+
+def test_a_job_whose_lease_was_taken_back_is_not_reusable() -> None:
+    # The worker that lost the lease may be alive and still sending the file.
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    d.worker_gone(W1)
+    d.worker_ready(W2, 1, now=1.0)
+    d.dispatch(1.0)
+    (settled,) = answer(d, W2, ok(job, "pacs"), now=2.0)
+    assert isinstance(settled, Settled) and not settled.reusable
+
+
+def test_a_recovered_job_is_not_reusable() -> None:
+    # A previous broker's lease of it may still be running in a worker.
+    d = make_dispatcher({"pacs": 4})
+    job = make_header("j1")
+    d.add_job(job, exclusive=False)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(0.0)
+    (settled,) = answer(d, W1, ok(job, "pacs"), now=1.0)
+    assert isinstance(settled, Settled) and not settled.reusable
+    (at_once,) = d.add_job(make_header("j2"), delivered=["pacs"], exclusive=False)
+    assert isinstance(at_once, Settled) and not at_once.reusable
