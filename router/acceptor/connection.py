@@ -19,21 +19,16 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from router.acceptor.access import Rejection
-from router.acceptor.association_events import AssociationEvents
-from router.acceptor.negotiation import AcceptorOffer, accept
+from router.acceptor.connection_settings import AcceptorServices
+from router.acceptor.negotiation import accept
 from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
-from router.acceptor.session import AssociationSession, ReceivedStore
-from router.acceptor.store_handler import StoreHandler
-from router.acceptor.store_receiver import StoreReceiver, file_meta
-from router.acceptor.tls_listener import TLSListener
+from router.acceptor.session import AssociationSession
+from router.acceptor.store_intake import StoreIntake
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
-from router.core.recycling import FileRecycler
 from router.dicom.engine import (
     DICOM_APPLICATION_CONTEXT,
     Abort,
@@ -68,7 +63,6 @@ from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
 from router.dicom.quick_ack import ack_now, quick_ack_applies
 from router.dicom.relayed_dimse import REQUEST_MESSAGES
-from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
 
@@ -83,42 +77,6 @@ APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
 # The engine's limits (RemoteProtocolError.limit) -> dicom_router_connections_dropped_total.
 LIMIT_LABELS = {"pdu": "pdu_too_large", "command": "message_too_large"}
 
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """What a connection reads once, at its start (a reload replaces the whole value)."""
-
-    offer: AcceptorOffer
-    request_timeout: float  # from connect until the whole A-ASSOCIATE-RQ has arrived
-    network_timeout: float  # longest silence once associated
-    max_dataset_bytes: int | None
-    max_message_bytes: int  # a relayed request's dataset, held in memory
-    response_timeout: float  # a C-GET sub-operation's C-STORE-RSP from the requester
-    incoming: Path  # the spool's incoming/ folder: received files are renamed into jobs/
-    recycler: FileRecycler | None = None  # settled jobs' files to write over (spool recycle/)
-
-
-@dataclass
-class AcceptorServices:
-    """Shared by every connection of one acceptor process."""
-
-    settings: ConnectionSettings
-    events: AssociationEvents
-    store: StoreHandler
-    tls: TLSListener | None
-    relay: RelayServer | None
-
-
-@dataclass(frozen=True)
-class StoreRefusal:
-    """A C-STORE answered without being stored, once its dataset has gone by (into nothing)."""
-
-    context_id: int
-    command: CStoreRQ
-    status: int
-    comment: str
-    label: str  # dicom_router_instances_received_total{result}
 
 
 class ConnectionEnded(Exception):
@@ -137,11 +95,9 @@ class EngineConnection:
         self.session: AssociationSession | None = None
         self._send_lock = threading.Lock()
         self._aborted = False
-        self._receiver: StoreReceiver | None = None
-        self._store: tuple[int, CStoreRQ] | None = None
+        self._intake: StoreIntake | None = None  # once associated
         self._other: tuple[int, OtherCommand] | None = None
         self._relayed: tuple[int, OtherCommand, bytearray] | None = None
-        self._refused_store: StoreRefusal | None = None
         self._link: EngineRequesterLink | None = None
         self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
@@ -160,8 +116,8 @@ class EngineConnection:
         finally:
             if self._relays is not None:
                 self._relays.stop()
-            if self._receiver is not None:
-                self._receiver.discard()
+            if self._intake is not None:
+                self._intake.discard()
             if self.session is not None:
                 self.services.events.settle(self.session)
             if self.ticket is not None:
@@ -236,6 +192,7 @@ class EngineConnection:
         ac = accept(rq, offer)
         self._send(engine.send(ac))
         self.established = True
+        self._intake = StoreIntake(self.settings, self.services.store, session)
         events.accepted(session)
         self.sock.settimeout(self.settings.network_timeout)
         accepted = {ctx.context_id for ctx in ac.contexts if ctx.result == 0}
@@ -278,34 +235,10 @@ class EngineConnection:
 
     def _on_command(self, engine: Association, context_id: int, command: object) -> None:
         if type(command) is CStoreRQ:
-            assert self.session is not None and self._link is not None
-            negotiated = self._link.abstract_syntaxes.get(context_id)
-            if negotiated != command.sop_class_uid:
-                # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything
-                # else would be filed under a class nobody negotiated.
-                log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated "
-                            "for %s", self.address[0], command.sop_class_uid[:64], negotiated)
-                self._refused_store = StoreRefusal(
-                    context_id, command, Status.SOP_CLASS_NOT_SUPPORTED,
-                    "SOP class is not the presentation context's", "rejected")
-                return
-            offer = self.settings.offer
-            meta = file_meta(command.sop_class_uid, command.sop_instance_uid,
-                             engine.accepted[context_id], offer.implementation_class_uid,
-                             offer.implementation_version)
-            try:
-                receiver = StoreReceiver(self.settings.incoming, meta,
-                                         self.settings.max_dataset_bytes,
-                                         self.settings.recycler)
-            except OSError as exc:  # no inode left, too many open files, incoming/ gone
-                log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
-                          self.settings.incoming, exc.strerror or exc)
-                self._refused_store = StoreRefusal(
-                    context_id, command, Status.OUT_OF_RESOURCES,
-                    f"router spool: {exc.strerror or 'cannot create a file'}; retry later"[:64],
-                    "out_of_resources")
-                return
-            self._store, self._receiver = (context_id, command), receiver
+            assert self._intake is not None and self._link is not None
+            self._intake.begin(context_id, command,
+                               self._link.abstract_syntaxes.get(context_id),
+                               engine.accepted[context_id])
         elif type(command) is CEchoRQ:
             metrics.DIMSE_REQUESTS.labels("C-ECHO", f"0x{Status.SUCCESS:04X}").inc()
             self._send(engine.send(SendCommand(context_id, CEchoRSP(command.message_id,
@@ -338,20 +271,14 @@ class EngineConnection:
             self._refuse_other(engine, context_id, command)
 
     def _on_data(self, engine: Association, event: DataFragment) -> None:
-        receiver = self._receiver
+        intake = self._intake
         progress = self.session.progress if self.session is not None else None
         if progress is not None:
             progress.add(len(event.data))
-        if receiver is not None:
-            receiver.write(event.data)
-            if event.last:
-                self._stored(engine)
-        elif self._refused_store is not None:
-            if event.last:
-                refusal, self._refused_store = self._refused_store, None
-                if progress is not None:
-                    progress.message_done()
-                self._refuse_store(engine, refusal)
+        if intake is not None and intake.receiving:
+            response = intake.take(event.data, event.last)
+            if response is not None:
+                self._send(engine.send(response))
         elif self._relayed is not None:
             context_id, command, dataset = self._relayed
             dataset += event.data
@@ -373,42 +300,11 @@ class EngineConnection:
                 progress.message_done()
             self._refuse_other(engine, context_id, command)
 
-    def _stored(self, engine: Association) -> None:
-        receiver, self._receiver = self._receiver, None
-        assert receiver is not None and self._store is not None and self.session is not None
-        context_id, command = self._store
-        self._store = None
-        session = self.session
-        path = receiver.finish()
-        session.dataset_truncated, session.disk_full = receiver.truncated, receiver.disk_full
-        try:
-            status, comment = self.services.store.handle(ReceivedStore(
-                session, command.sop_class_uid, command.sop_instance_uid,
-                engine.accepted[context_id], path, command.priority,
-                command.move_originator_ae or None, command.move_originator_message_id,
-                synced=receiver.synced))
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # whatever the handler did not take into the spool
-            if session.progress is not None:
-                session.progress.message_done()
-        self._send(engine.send(SendCommand(context_id, CStoreRSP(
-            command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
-            comment))))
-
     def _refuse_relayed(self, why: str) -> None:
         """From the relay thread: a relayed request that cannot be served ends it all."""
         log.warning("aborting the association from %s: %s", self.address[0], why)
         metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
         self.abort()
-
-    def _refuse_store(self, engine: Association, refusal: StoreRefusal) -> None:
-        command = refusal.command
-        metrics.INSTANCES_RECEIVED.labels(refusal.label).inc()
-        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{refusal.status:04X}").inc()
-        self._send(engine.send(SendCommand(refusal.context_id, CStoreRSP(
-            command.message_id, command.sop_class_uid, command.sop_instance_uid,
-            refusal.status, refusal.comment))))
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:

@@ -32,7 +32,7 @@ from router.acceptor.access import AccessPolicy
 from router.acceptor.admission import AcceptorState, Admission
 from router.acceptor.association_events import AssociationEvents
 from router.acceptor.broker_client import BrokerClient
-from router.acceptor.connection import AcceptorServices, ConnectionSettings
+from router.acceptor.connection_settings import AcceptorServices, ConnectionSettings
 from router.acceptor.negotiation import AcceptorOffer
 from router.acceptor.server import EngineServer
 from router.acceptor.store_handler import StoreHandler

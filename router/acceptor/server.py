@@ -10,7 +10,8 @@ import socket
 import threading
 import time
 
-from router.acceptor.connection import AcceptorServices, EngineConnection
+from router.acceptor.connection import EngineConnection
+from router.acceptor.connection_settings import AcceptorServices
 from router.core import metrics
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.dicom.pending import PendingConnections

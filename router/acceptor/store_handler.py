@@ -40,7 +40,8 @@ _RESULT_LABELS = {
     Status.DATASET_TOO_LARGE: "too_large",
     Status.REJECTED_BY_RULE: "rejected",
 }
-# Read when any rule waits for study/series completion: the group and the batch order.
+# Success labels whose file the handler moved away (committed, or a relayed C-MOVE's).
+_TAKEN = frozenset({"accepted", "relayed"})
 
 
 class StoreHandler:
@@ -72,17 +73,17 @@ class StoreHandler:
         self.rules = rules
         self.max_dataset_bytes = max_dataset_bytes
 
-    def handle(self, received: ReceivedStore) -> tuple[int, str]:
-        """The C-STORE-RSP's status and error comment; the received file is taken (kept,
-        moved) or left for the caller to remove."""
+    def handle(self, received: ReceivedStore) -> tuple[int, str, bool]:
+        """The C-STORE-RSP's status and error comment, and whether the received file was
+        taken (into the spool, or a relayed C-MOVE's); if not, the caller removes it."""
         progress = received.session.progress
         with working_on(association=progress.key if progress is not None else None):
-            status, comment = self._answer(received)
+            status, comment, label = self._answer(received)
         if progress is not None and status == Status.SUCCESS:
             progress.stored += 1  # before the answer is sent: the live count is exact
-        return status, comment
+        return status, comment, label in _TAKEN
 
-    def _answer(self, received: ReceivedStore) -> tuple[int, str]:
+    def _answer(self, received: ReceivedStore) -> tuple[int, str, str]:
         tags: dict[str, str] = {}
         label = ""
         try:
@@ -100,7 +101,7 @@ class StoreHandler:
         if self.audit is not None and tally is not None:
             tally.add(tags.get("StudyInstanceUID", "unknown"), received.sop_class_uid,
                       status == Status.SUCCESS, tags.get("PatientID"))
-        return status, comment
+        return status, comment, label
 
     def _store(self, received: ReceivedStore, tags: dict[str, str]) -> tuple[Status, str]:
         sop_class = require_uid(received.sop_class_uid, "Affected SOP Class UID")

@@ -29,7 +29,8 @@ from pydicom.filewriter import write_dataset
 from router.acceptor.access import AccessPolicy, hash_passcode
 from router.acceptor.admission import Admission
 from router.acceptor.association_events import AssociationEvents
-from router.acceptor.connection import AcceptorServices, ConnectionSettings, EngineConnection
+from router.acceptor.connection import EngineConnection
+from router.acceptor.connection_settings import AcceptorServices, ConnectionSettings
 from router.acceptor.negotiation import AcceptorOffer
 from router.acceptor.session import ReceivedStore
 from router.acceptor.store_handler import StoreHandler
@@ -123,11 +124,11 @@ class FakeStore:
     comment: str = ""
     seen: list[Seen] = field(default_factory=list)
 
-    def handle(self, received: ReceivedStore) -> tuple[int, str]:
+    def handle(self, received: ReceivedStore) -> tuple[int, str, bool]:
         raw = received.path.read_bytes()
         dataset = pydicom.dcmread(io.BytesIO(raw)) if raw else Dataset()
         self.seen.append(Seen(received, raw, dataset))
-        return self.status, self.comment
+        return self.status, self.comment, False  # not taken: the connection removes it
 
 
 @dataclass

@@ -1,0 +1,129 @@
+"""The C-STORE an association is receiving: its dataset written to the spool's incoming/ as
+its PDVs arrive, then the store handler's answer; or, when it cannot be taken (its SOP class
+is not its context's, no file can be created for it), its dataset received into nothing and
+a refusal answered. No socket here: the connection feeds the fragments and sends the answer.
+
+One at a time: a C-STORE's fragments are not interleaved with another message's (PS3.7 9.3.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from router.acceptor.connection_settings import ConnectionSettings
+from router.acceptor.session import AssociationSession, ReceivedStore
+from router.acceptor.store_handler import StoreHandler
+from router.acceptor.store_receiver import StoreReceiver, file_meta
+from router.core import metrics
+from router.core.dimse_status import Status
+from router.dicom.engine import CStoreRQ, CStoreRSP, SendCommand
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreRefusal:
+    """A C-STORE answered without being stored, once its dataset has gone by (into nothing)."""
+
+    context_id: int
+    command: CStoreRQ
+    status: int
+    comment: str
+    label: str  # dicom_router_instances_received_total{result}
+
+
+class StoreIntake:
+    def __init__(self, settings: ConnectionSettings, handler: StoreHandler,
+                 session: AssociationSession) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.session = session
+        self._receiver: StoreReceiver | None = None
+        self._store: tuple[int, CStoreRQ, str] | None = None  # context, command, syntax
+        self._refusal: StoreRefusal | None = None
+
+    @property
+    def receiving(self) -> bool:
+        """A C-STORE's dataset is arriving (to be stored or refused)."""
+        return self._receiver is not None or self._refusal is not None
+
+    def begin(self, context_id: int, command: CStoreRQ, negotiated: str | None,
+              transfer_syntax: str) -> None:
+        """A C-STORE-RQ arrived on `context_id`, negotiated for the abstract syntax
+        `negotiated` with `transfer_syntax`; its dataset follows."""
+        if negotiated != command.sop_class_uid:
+            # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything else
+            # would be filed under a class nobody negotiated.
+            log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated "
+                        "for %s", self.session.address, command.sop_class_uid[:64], negotiated)
+            self._refusal = StoreRefusal(context_id, command, Status.SOP_CLASS_NOT_SUPPORTED,
+                                         "SOP class is not the presentation context's",
+                                         "rejected")
+            return
+        offer = self.settings.offer
+        meta = file_meta(command.sop_class_uid, command.sop_instance_uid, transfer_syntax,
+                         offer.implementation_class_uid, offer.implementation_version)
+        try:
+            receiver = StoreReceiver(self.settings.incoming, meta,
+                                     self.settings.max_dataset_bytes, self.settings.recycler)
+        except OSError as exc:  # no inode left, too many open files, incoming/ gone
+            log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
+                      self.settings.incoming, exc.strerror or exc)
+            self._refusal = StoreRefusal(
+                context_id, command, Status.OUT_OF_RESOURCES,
+                f"router spool: {exc.strerror or 'cannot create a file'}; retry later"[:64],
+                "out_of_resources")
+            return
+        self._store, self._receiver = (context_id, command, transfer_syntax), receiver
+
+    def take(self, data: bytes | memoryview, last: bool) -> SendCommand | None:
+        """One fragment of the dataset; the C-STORE-RSP to send after the last one."""
+        if self._receiver is not None:
+            self._receiver.write(data)
+            return self._stored() if last else None
+        if self._refusal is not None and last:
+            refusal, self._refusal = self._refusal, None
+            if self.session.progress is not None:
+                self.session.progress.message_done()
+            return _refused(refusal)
+        return None
+
+    def discard(self) -> None:
+        """The association ended with a dataset still arriving: keep nothing of it."""
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.discard()
+
+    def _stored(self) -> SendCommand:
+        receiver, self._receiver = self._receiver, None
+        assert receiver is not None and self._store is not None
+        (context_id, command, transfer_syntax), self._store = self._store, None
+        session = self.session
+        path = receiver.finish()
+        session.dataset_truncated, session.disk_full = receiver.truncated, receiver.disk_full
+        taken = False
+        try:
+            status, comment, taken = self.handler.handle(ReceivedStore(
+                session, command.sop_class_uid, command.sop_instance_uid, transfer_syntax,
+                path, command.priority, command.move_originator_ae or None,
+                command.move_originator_message_id, synced=receiver.synced))
+        finally:
+            if not taken:  # refused, dropped by a rule, or failed: nothing of it stays
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            if session.progress is not None:
+                session.progress.message_done()
+        return SendCommand(context_id, CStoreRSP(
+            command.message_id, command.sop_class_uid, command.sop_instance_uid, status,
+            comment))
+
+
+def _refused(refusal: StoreRefusal) -> SendCommand:
+    command = refusal.command
+    metrics.INSTANCES_RECEIVED.labels(refusal.label).inc()
+    metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{refusal.status:04X}").inc()
+    return SendCommand(refusal.context_id, CStoreRSP(
+        command.message_id, command.sop_class_uid, command.sop_instance_uid, refusal.status,
+        refusal.comment))
