@@ -165,8 +165,8 @@ class DeliveryThread(threading.Thread):
         try:
             self._send(job, name, source)
         finally:
-            metrics.FORWARD_SECONDS.labels(name).observe(time.monotonic() - started)
-        metrics.FORWARDED_BYTES.labels(name).inc(job.size)
+            metrics.labelled(metrics.FORWARD_SECONDS, name).observe(time.monotonic() - started)
+        metrics.labelled(metrics.FORWARDED_BYTES, name).inc(job.size)
         self._record(job, name, digest)
         return self._delivered(job, name)
 

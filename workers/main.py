@@ -39,6 +39,7 @@ from router.core.process_util import (
 )
 from router.core.runtime import Runtime
 from router.core.spool import Spool
+from router.core.zmq_drain import waiting
 from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
 from workers.prepare import SHARED_CODECS
@@ -94,11 +95,7 @@ class Worker:
         self.broker = self._connect()
 
     def _on_broker(self) -> None:
-        while True:
-            try:
-                frame, *payload = self.broker.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frame, *payload in waiting(self.broker):
             self.last_heard = time.monotonic()
             try:
                 message = decode(frame)
@@ -119,18 +116,14 @@ class Worker:
                 self.tasks.put(message)
             elif isinstance(message, Goodbye):
                 self._reconnect("the broker does not know this worker")
-                return
+                return  # the generator's socket is closed: read no further
             elif not isinstance(message, Heartbeat):
                 log.error("ignored an unexpected %s from the broker", message.kind)
 
     def _on_results(self) -> None:
-        while True:
-            try:
-                frame = self.results.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(self.results):
             self.busy -= 1
-            self.broker.send(frame)
+            self.broker.send_multipart(frames)
 
     def _start_relays(self) -> None:
         """The relay threads, and pynetdicom with them, at the first relayed request."""
@@ -150,11 +143,7 @@ class Worker:
             relay.start()
 
     def _on_relay_out(self) -> None:
-        while True:
-            try:
-                frames = self.relay_out.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in waiting(self.relay_out):
             self.broker.send_multipart(frames)
 
     def run(self, stop: threading.Event, wakeup: SignalWakeup | None = None) -> None:

@@ -55,3 +55,4 @@ class ReceivedStore:
     move_originator_ae: str | None = None
     move_originator_message_id: int | None = None
     synced: bool = False  # the file's bytes are durable already (the receiver synced them)
+    size: int | None = None  # the file's length, when the receiver knows it (else stat)

@@ -95,8 +95,9 @@ class StoreHandler:
         except Exception:  # the handler boundary: an unexpected error is a failure status
             log.exception("C-STORE failed unexpectedly")
             status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"
-        metrics.INSTANCES_RECEIVED.labels(label or _RESULT_LABELS.get(status, "error")).inc()
-        metrics.DIMSE_REQUESTS.labels("C-STORE", f"0x{status:04X}").inc()
+        metrics.labelled(metrics.INSTANCES_RECEIVED,
+                         label or _RESULT_LABELS.get(status, "error")).inc()
+        metrics.labelled(metrics.DIMSE_REQUESTS, "C-STORE", f"0x{status:04X}").inc()
         tally = received.session.tally
         if self.audit is not None and tally is not None:
             tally.add(tags.get("StudyInstanceUID", "unknown"), received.sop_class_uid,
@@ -107,7 +108,8 @@ class StoreHandler:
         sop_class = require_uid(received.sop_class_uid, "Affected SOP Class UID")
         sop_instance = require_uid(received.sop_instance_uid, "Affected SOP Instance UID")
         path = received.path
-        size = path.stat().st_size  # its bytes were counted as they arrived (live_status)
+        # Its bytes were counted as they arrived (live_status).
+        size = received.size if received.size is not None else path.stat().st_size
         self._check_received(received.session, size)
         if self.relay is not None and self.relay.take_move_instance(
                 received.move_originator_message_id, received.move_originator_ae, path,

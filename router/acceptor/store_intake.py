@@ -108,7 +108,8 @@ class StoreIntake:
             status, comment, taken = self.handler.handle(ReceivedStore(
                 session, command.sop_class_uid, command.sop_instance_uid, transfer_syntax,
                 path, command.priority, command.move_originator_ae or None,
-                command.move_originator_message_id, synced=receiver.synced))
+                command.move_originator_message_id, synced=receiver.synced,
+                size=receiver.size))
         finally:
             if not taken:  # refused, dropped by a rule, or failed: nothing of it stays
                 with contextlib.suppress(FileNotFoundError):

@@ -113,6 +113,12 @@ class StoreReceiver:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+            self._offset = 0
+
+    @property
+    def size(self) -> int:
+        """The file's length: file meta and the dataset as written (0 once given up)."""
+        return self._offset
 
     def finish(self) -> Path:
         """The last fragment is in: the file is synced (`synced`: what the spool's commit

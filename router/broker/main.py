@@ -59,6 +59,7 @@ from router.core.process_util import (
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.time_window import TimeWindow, parse_clock
+from router.core.zmq_drain import waiting
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +160,14 @@ class Broker(Publishing):
                      message.credits)
         elif isinstance(message, Result):
             self._apply(self.dispatcher.result(identity, message, now))
-            metrics.FORWARDED.labels(message.destination, _outcome_label(message)).inc()
+            metrics.labelled(metrics.FORWARDED, message.destination,
+                             _outcome_label(message)).inc()
         elif isinstance(message, BatchResult):
             self._apply(self.dispatcher.batch_result(identity, message.destination,
                                                      message.results, now, message.lease))
             for result in message.results:
-                metrics.FORWARDED.labels(message.destination, _outcome_label(result)).inc()
+                metrics.labelled(metrics.FORWARDED, message.destination,
+                                 _outcome_label(result)).inc()
         elif isinstance(message, Heartbeat):
             if not self.dispatcher.worker_seen(identity, now):
                 # A worker we forgot (we restarted, or its lease expired): it must say Ready.
@@ -289,11 +292,9 @@ class Broker(Publishing):
 
     def _receive(self, sock: zmq.Socket[bytes], now: float) -> None:
         # Drain what is waiting, bounded so one side cannot starve the other.
-        for _ in range(256):
+        for frames in waiting(sock, 256):
             try:
-                identity, frame, *payload = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+                identity, frame, *payload = frames
             except ValueError:
                 log.error("dropped a malformed multipart message from a router process")
                 continue

@@ -43,6 +43,7 @@ class FileRecycler:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._folder = str(folder)
         self.keep_free: Callable[[int], int] = lambda total: 0  # bytes the spool must keep
         self._lock = threading.Lock()
         self._names: list[str] = []  # the acceptor's side: seen in the pool, not yet taken
@@ -51,7 +52,7 @@ class FileRecycler:
         self._until_recount = 0
         self.reused = 0  # files handed out, for the metric and tests
 
-    def retire(self, path: Path) -> bool:
+    def retire(self, path: str | Path) -> bool:
         """Move `path` into the pool if it may be written over; False: the caller unlinks."""
         try:
             info = os.lstat(path)
@@ -61,7 +62,7 @@ class FileRecycler:
                 or info.st_size > MAX_FILE_BYTES or not self._room():
             return False
         try:
-            os.rename(path, self.folder / path.name)
+            os.rename(path, f"{self._folder}/{os.path.basename(path)}")
         except OSError:
             return False
         with self._lock:
@@ -98,7 +99,7 @@ class FileRecycler:
         what it holds still; None when the pool is empty (the caller creates a new file)."""
         while (name := self._next_name()) is not None:
             try:
-                os.rename(self.folder / name, target)
+                os.rename(f"{self._folder}/{name}", target)
             except FileNotFoundError:
                 continue  # another acceptor took it first
             except OSError:

@@ -172,7 +172,7 @@ class DicomDestination:
                 raise DeliveryError("connection", f"sending to {self.name} failed: {exc}",
                                     transient=True) from exc
         status = response.status
-        metrics.DIMSE_RESPONSES.labels(self.name, "C-STORE", f"0x{status:04X}").inc()
+        metrics.labelled(metrics.DIMSE_RESPONSES, self.name, "C-STORE", f"0x{status:04X}").inc()
         if not is_delivered(status):
             raise DeliveryError(
                 "status", f"{self.name} answered 0x{status:04X} {response.error_comment}".strip(),
