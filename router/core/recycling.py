@@ -105,7 +105,8 @@ class FileRecycler:
             except OSError:
                 return None
             try:
-                fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC)
+                # Never through a link someone put there: only the reaper fills the pool.
+                fd = os.open(target, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             except OSError:
                 target.unlink(missing_ok=True)
                 return None

@@ -180,3 +180,16 @@ def test_near_the_watermark_nothing_is_retired_and_the_pool_is_emptied(tmp_path:
     recycler.keep_free = lambda total: 0
     recycler._until_recount = 0
     assert recycler.retire(jobs / "j3.dcm")
+
+
+def test_a_link_in_the_pool_is_never_written_through(tmp_path: Path) -> None:
+    # Only the reaper fills the pool; anything else found there (a symbolic link to a file
+    # outside the spool) must not be opened for writing.
+    pool = tmp_path / "recycle"
+    pool.mkdir()
+    victim = spent(tmp_path, "outside.txt", b"not the router's")
+    (pool / "planted.dcm").symlink_to(victim)
+
+    assert FileRecycler(pool).reuse(tmp_path / "incoming.dcm") is None
+    assert victim.read_bytes() == b"not the router's"
+    assert not (tmp_path / "incoming.dcm").exists()
