@@ -53,6 +53,8 @@ class StoreIntake:
               transfer_syntax: str) -> None:
         """A C-STORE-RQ arrived on `context_id`, negotiated for the abstract syntax
         `negotiated` with `transfer_syntax`; its dataset follows."""
+        self.discard()  # a dataset left unfinished by a new command is not kept
+        self._refusal = None
         if negotiated != command.sop_class_uid:
             # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything else
             # would be filed under a class nobody negotiated.
