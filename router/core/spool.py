@@ -222,12 +222,19 @@ class Spool:
 
     def clear_incoming(self) -> int:
         """Delete half-received files left by a crash; their senders never got Success (and
-        retrieves in progress, which their requesters will repeat)."""
+        retrieves in progress, which their requesters will repeat). The recycled files go
+        too: after a power cut on a filesystem without a journal, a rename's old name can
+        come back beside its new one, and a pool entry must never be written over when it
+        may also be an acknowledged job's instance (files of incoming/ are unlinked for the
+        same reason, never reused)."""
         count = 0
         for path in [*self.incoming.iterdir(), *self.relay.iterdir()]:
             if path.is_file():
                 path.unlink(missing_ok=True)
                 count += 1
+        if self.recycled.is_dir():
+            for path in self.recycled.iterdir():
+                path.unlink(missing_ok=True)
         return count
 
     def recover(self) -> Iterator[RecoveredJob]:
