@@ -74,8 +74,11 @@ class DicomDestination(DestinationBase):
     # up to max_parallel): a refused or unanswered association while one is open means busy.
     max_associations: int | None = Field(None, ge=1)
     # How long to wait for an A-ASSOCIATE-AC while the router holds another association to
-    # this destination; no answer within it means busy, not down.
-    busy_timeout: float = Field(3.0, gt=0)
+    # this destination; no answer within it means busy, not down. Below idle_timeout: a
+    # destination that serves one association at a time answers a second one as soon as our
+    # first is released, so a longer wait after a short burst would see an answer, never
+    # "busy", and the router would not learn the limit (3 s against 2 s did just that).
+    busy_timeout: float = Field(1.5, gt=0)
     # After a busy answer, how long before the router tries one association more.
     probe_interval: float = Field(60.0, gt=0)
     tls: ClientTLS = ClientTLS()
