@@ -24,6 +24,7 @@ class Admission:
         self.path = Path(spool.path)
         self.min_free_bytes = spool.min_free_bytes
         self.min_free_percent = spool.min_free_percent
+        self.watermark_bytes = spool.watermark_bytes
         self.clock = clock
         self._lock = threading.Lock()
         self._disk_checked = -DISK_CHECK_SECONDS
@@ -53,9 +54,9 @@ class Admission:
                 self._total = max(1, stats.f_blocks * stats.f_frsize)
                 self._received_since = 0
         with self._lock:
-            free = self._free - self._received_since
-            percent = 100.0 * free / self._total
-        if free < self.min_free_bytes or percent < self.min_free_percent:
+            free, total = self._free - self._received_since, self._total
+        percent = 100.0 * free / total
+        if free < self.watermark_bytes(total):
             return (f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
                     f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
                     f"and {self.min_free_percent}%)")

@@ -10,7 +10,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -69,7 +68,7 @@ HEARTBEAT_SECONDS = 1.0
 class Broker(Publishing):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
-        spool.recycler.keep_free = _keep_free(config)
+        spool.recycler.keep_free = config.spool.watermark_bytes
         self.reaper = SpoolReaper(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
@@ -271,7 +270,7 @@ class Broker(Publishing):
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         _holds(new))
             self.associating = _dicom_names(new)
-            self.spool.recycler.keep_free = _keep_free(new)
+            self.spool.recycler.keep_free = new.spool.watermark_bytes
             self.control.reconfigure(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
@@ -335,13 +334,6 @@ class Broker(Publishing):
         self.frontend.close()
         self.backend.close()
         self.context.term()
-
-
-def _keep_free(config: RouterConfig) -> Callable[[int], int]:
-    """The spool's watermark in bytes, for a disk of `total` bytes (as the acceptor's
-    admission reads it): the recycled files' pool gives its space back near it."""
-    spool = config.spool
-    return lambda total: max(spool.min_free_bytes, int(total * spool.min_free_percent / 100))
 
 
 def _dicom_names(config: RouterConfig) -> set[str]:

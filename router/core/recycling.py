@@ -44,7 +44,8 @@ class FileRecycler:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._folder = str(folder)
-        self.keep_free: Callable[[int], int] = lambda total: 0  # bytes the spool must keep
+        # Free bytes the spool must keep on a disk of that size (SpoolConfig.watermark_bytes).
+        self.keep_free: Callable[[int], float] = lambda total: 0
         self._lock = threading.Lock()
         self._names: list[str] = []  # the acceptor's side: seen in the pool, not yet taken
         self._rescan_at = 0.0

@@ -635,23 +635,25 @@ def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
 # --- which settled instances may be written over (router/core/recycling.py) --------------------
 
 
-def test_a_job_leased_once_settles_reusable() -> None:
+def _leased(*, exclusive: bool = True) -> tuple[Dispatcher, JobHeader]:
+    """One job for "pacs", leased to W1."""
     d = make_dispatcher({"pacs": 4})
     job = make_header("j1")
-    d.add_job(job)
+    d.add_job(job, exclusive=exclusive)
     d.worker_ready(W1, 1, now=0.0)
     d.dispatch(0.0)
+    return d, job
+
+
+def test_a_job_leased_once_settles_reusable() -> None:
+    d, job = _leased()
     (settled,) = answer(d, W1, ok(job, "pacs"), now=1.0)
     assert isinstance(settled, Settled) and settled.reusable
 
 
 def test_a_retried_job_is_still_reusable() -> None:
     # A failed attempt ended before its result came back: one lease at a time.
-    d = make_dispatcher({"pacs": 4})
-    job = make_header("j1")
-    d.add_job(job)
-    d.worker_ready(W1, 1, now=0.0)
-    d.dispatch(0.0)
+    d, job = _leased()
     answer(d, W1, failed(job, "pacs"), now=0.0)
     d.dispatch(10.0)
     (settled,) = answer(d, W1, ok(job, "pacs"), now=10.0)
@@ -660,11 +662,7 @@ def test_a_retried_job_is_still_reusable() -> None:
 
 def test_a_job_whose_lease_was_taken_back_is_not_reusable() -> None:
     # The worker that lost the lease may be alive and still sending the file.
-    d = make_dispatcher({"pacs": 4})
-    job = make_header("j1")
-    d.add_job(job)
-    d.worker_ready(W1, 1, now=0.0)
-    d.dispatch(0.0)
+    d, job = _leased()
     d.worker_gone(W1)
     d.worker_ready(W2, 1, now=1.0)
     d.dispatch(1.0)
@@ -674,11 +672,7 @@ def test_a_job_whose_lease_was_taken_back_is_not_reusable() -> None:
 
 def test_a_recovered_job_is_not_reusable() -> None:
     # A previous broker's lease of it may still be running in a worker.
-    d = make_dispatcher({"pacs": 4})
-    job = make_header("j1")
-    d.add_job(job, exclusive=False)
-    d.worker_ready(W1, 1, now=0.0)
-    d.dispatch(0.0)
+    d, job = _leased(exclusive=False)
     (settled,) = answer(d, W1, ok(job, "pacs"), now=1.0)
     assert isinstance(settled, Settled) and not settled.reusable
     (at_once,) = d.add_job(make_header("j2"), delivered=["pacs"], exclusive=False)

@@ -19,6 +19,11 @@ class SpoolConfig(Strict):
     # digest): the same bytes again within this window are not sent twice.
     duplicate_window: float = Field(24 * 3600.0, ge=0)
 
+    def watermark_bytes(self, total: int) -> float:
+        """The free bytes the spool must keep on a disk of `total` bytes: the larger of the
+        two watermarks (the acceptor's admission and the recycled files' pool read it)."""
+        return max(self.min_free_bytes, total * self.min_free_percent / 100)
+
 
 class QueueConfig(Strict):
     """Bounds of the broker's queue: past either, senders get 0xA700 and retry later."""
