@@ -45,41 +45,63 @@ class BrokerClient:
 
     def submit(self, job: JobHeader) -> None:
         """Return once the broker queued `job`; raise OutOfResources if it refused or is silent."""
+        self.send(job).wait()
+
+    def send(self, job: JobHeader) -> PendingSubmit:
+        """Send the submit now and hear the answer later (PendingSubmit.wait), so the caller's
+        own work (the job record's group sync) overlaps the broker's."""
         sock = self._checkout()
-        healthy = False
+        frame = encode(Submit(job))
         try:
-            frame = encode(Submit(job))
             sock.send(frame)
-            deadline = time.monotonic() + self.timeout
-            resend_at = time.monotonic() + RESEND_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                wait = min(remaining, max(0.0, resend_at - time.monotonic()))
-                if not sock.poll(int(wait * 1000) + 1):
-                    if time.monotonic() >= resend_at:
-                        with contextlib.suppress(zmq.Again):  # no broker connected right now
-                            sock.send(frame, zmq.NOBLOCK)
-                        resend_at = time.monotonic() + RESEND_SECONDS
-                    continue
-                try:
-                    reply = decode(sock.recv())
-                except ProtocolError:
-                    continue
-                if isinstance(reply, Accepted) and reply.job_id == job.job_id:
-                    healthy = True
-                    return
-                if isinstance(reply, Refused) and reply.job_id == job.job_id:
-                    healthy = True
-                    raise QueueFull(f"router busy: {reply.reason}; retry later")
-                # Anything else is a late reply to an earlier, timed-out submit: skip it.
-            raise OutOfResources("router queue did not answer in time; retry later")
-        finally:
-            if healthy:
-                self._checkin(sock)
-            else:
-                sock.close()  # a socket with a reply still due would confuse the next submit
+        except BaseException:
+            sock.close()
+            raise
+        return PendingSubmit(self, sock, job.job_id, frame, time.monotonic() + self.timeout)
 
     def close(self) -> None:
         with self._lock:
             for sock in self._idle:
                 sock.close()
             self._idle.clear()
+
+
+class PendingSubmit:
+    """A submit sent and not yet answered. wait() exactly once: it returns the socket."""
+
+    def __init__(self, client: BrokerClient, sock: zmq.Socket[bytes], job_id: str,
+                 frame: bytes, deadline: float) -> None:
+        self._client, self._sock, self._job_id = client, sock, job_id
+        self._frame, self._deadline = frame, deadline
+
+    def wait(self) -> None:
+        """Return once the broker queued the job; raise QueueFull if it refused it and
+        OutOfResources if it stayed silent past the deadline."""
+        sock, healthy = self._sock, False
+        try:
+            resend_at = time.monotonic() + RESEND_SECONDS
+            while (remaining := self._deadline - time.monotonic()) > 0:
+                wait = min(remaining, max(0.0, resend_at - time.monotonic()))
+                if not sock.poll(int(wait * 1000) + 1):
+                    if time.monotonic() >= resend_at:
+                        with contextlib.suppress(zmq.Again):  # no broker connected right now
+                            sock.send(self._frame, zmq.NOBLOCK)
+                        resend_at = time.monotonic() + RESEND_SECONDS
+                    continue
+                try:
+                    reply = decode(sock.recv())
+                except ProtocolError:
+                    continue
+                if isinstance(reply, Accepted) and reply.job_id == self._job_id:
+                    healthy = True
+                    return
+                if isinstance(reply, Refused) and reply.job_id == self._job_id:
+                    healthy = True
+                    raise QueueFull(f"router busy: {reply.reason}; retry later")
+                # Anything else is a late reply to an earlier, timed-out submit: skip it.
+            raise OutOfResources("router queue did not answer in time; retry later")
+        finally:
+            if healthy:
+                self._client._checkin(sock)
+            else:
+                sock.close()  # a socket with a reply still due would confuse the next submit

@@ -5,11 +5,13 @@ Errors become DIMSE statuses here and only here; nothing escapes into the connec
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from pydicom.errors import InvalidDicomError
 
@@ -25,7 +27,7 @@ from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
 from router.core.rules import RuleSet
-from router.core.spool import Spool, new_job_id
+from router.core.spool import PendingCommit, Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
 from router.relay.server import RelayServer
@@ -154,21 +156,30 @@ class StoreHandler:
                                f"{self.max_dataset_bytes} bytes", Status.DATASET_TOO_LARGE)
 
     def _keep(self, job: JobHeader, received: Path, synced: bool = False) -> tuple[Status, str]:
-        """Commit the instance and its job to the spool, then hand the job to the broker;
-        Success only once both are done. Anything kept is discarded on the way out."""
+        """Commit the instance and its job to the spool and hand the job to the broker;
+        Success only once both are done. The broker hears of the job while its record's
+        group sync runs (the two waits overlap: at one sender the broker's round trip was
+        a quarter of the acceptor's time per instance). Anything kept is discarded on the
+        way out, unless the broker took it already."""
         size = job.size
         JOB.set(job.job_id)  # for structured logs; undone by working_on
         try:
-            self.spool.commit(job, received, synced=synced)
+            pending = self.spool.stage_commit(job, received, synced=synced)
         except OSError as exc:
-            self.spool.discard(job)  # not durable (a failed group sync): keep nothing of it
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise OutOfResources("spool disk full; retry later") from exc
-        self._count_syncs()
-        self.admission.note_received(size)
+            self.spool.discard(job)
+            _refuse_failed_commit(exc)
         try:
-            self.broker.submit(job)
+            submitted = self.broker.send(job)
+        except BaseException:
+            self._settle_discarded(pending, job)
+            raise
+        sync_error: OSError | None = None
+        try:
+            pending.wait()
+        except OSError as exc:  # the record is not durable: the sender must not hear Success
+            sync_error = exc
+        try:
+            submitted.wait()
         except QueueFull:
             self.spool.discard(job)
             self.admission.mark_congested()  # new associations are turned away for a moment
@@ -176,9 +187,24 @@ class StoreHandler:
         except BaseException:
             self.spool.discard(job)  # the sender is told to retry: keep nothing half-owned
             raise
+        if sync_error is not None:
+            # The broker queued it and a worker may be reading it: it stays and is delivered
+            # (until a restart), and the sender, told to retry, may send it once more.
+            log.error("job %s queued but its record could not be made durable: %s",
+                      job.job_id, sync_error)
+            _refuse_failed_commit(sync_error)
+        self._count_syncs()
+        self.admission.note_received(size)
         log.debug("C-STORE accepted as job %s: %d bytes for %s", job.job_id, size,
                   ", ".join(job.destinations))
         return Status.SUCCESS, "accepted"
+
+    def _settle_discarded(self, pending: PendingCommit, job: JobHeader) -> None:
+        """Discard a staged job nobody else heard of; its record still waits for a sync
+        (the journal drops a record whose instance is gone when it compacts)."""
+        with contextlib.suppress(OSError):
+            pending.wait()
+        self.spool.discard(job)
 
     def _count_syncs(self) -> None:
         """Bring the group-sync counter up to the spool's own count (any thread may lead)."""
@@ -195,3 +221,12 @@ class StoreHandler:
             raise DimseRefusal(
                 f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND
             ) from exc
+
+
+
+def _refuse_failed_commit(exc: OSError) -> NoReturn:
+    """A full disk is 0xA700 for the sender; any other failure goes on to the handler
+    boundary (a processing failure)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OutOfResources("spool disk full; retry later") from exc
+    raise exc

@@ -322,10 +322,12 @@ class Broker(Publishing):
             if wakeup is not None and wakeup in ready:
                 wakeup.drain()
             now = time.monotonic()
-            if self.backend in ready:
-                self._receive(self.backend, now)
+            # Acceptors first: a sender waits for each submit's answer (workers' results
+            # wait for nobody).
             if self.frontend in ready:
                 self._receive(self.frontend, now)
+            if self.backend in ready:
+                self._receive(self.backend, now)
             self._dispatch(now)
             self._housekeeping(now)
 

@@ -26,6 +26,13 @@ class _Batch:
     error: BaseException | None = None
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A staged record's place in a batch (GroupCommit.stage -> GroupCommit.wait)."""
+
+    batch: _Batch
+
+
 class GroupCommit(Generic[Work]):
     def __init__(self, close: Callable[[], Work], sync: Callable[[Work], None]) -> None:
         self._close, self._sync = close, sync
@@ -38,15 +45,27 @@ class GroupCommit(Generic[Work]):
     def commit(self, stage: Callable[[], None]) -> None:
         """Run `stage` (append the record) under the lock, then return once a sync that
         started after it has completed; raise OSError if that sync failed."""
+        self.wait(self.stage(stage))
+
+    def stage(self, stage: Callable[[], None]) -> Ticket:
+        """The first half of commit(): the record is in the open batch, not yet durable. The
+        caller must wait() for the ticket before it relies on the record (or undo it)."""
         with self._cond:
             stage()  # if it raises, nothing joined a batch
             batch = self._open
             batch.commits += 1
+            return Ticket(batch)
+
+    def wait(self, ticket: Ticket) -> None:
+        """Return once the batch holding the ticket's record is durable; lead its sync if
+        nobody is syncing. Raise OSError if that sync failed."""
+        batch = ticket.batch
+        with self._cond:
             while not batch.settled:
                 if self._syncing:
                     self._cond.wait()
                 else:
-                    self._lead()  # closes the open batch: ours, since it is not settled
+                    self._lead()  # closes the open batch, or finds ours closed and settled
         if batch.error is not None:
             raise _failure(batch.error)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from router.core.errors import ProtocolError
-from router.core.group_commit import GroupCommit
+from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
 from router.core.recycling import FileRecycler
@@ -72,6 +72,19 @@ def new_job_id() -> str:
 class RecoveredJob:
     header: JobHeader
     delivered: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PendingCommit:
+    """A commit whose journal record waits for its group sync (Spool.stage_commit)."""
+
+    path: Path
+    committer: GroupCommit[Any]
+    ticket: Ticket
+
+    def wait(self) -> None:
+        """Return once the job is durable; raise OSError if its group sync failed."""
+        self.committer.wait(self.ticket)
 
 
 class Spool:
@@ -113,14 +126,23 @@ class Spool:
         already when `synced`: the receiver syncs through the descriptor it wrote with);
         its header is appended to the journal, and one group sync (the journal segment and
         the jobs folder) covers every commit waiting at that moment."""
+        pending = self.stage_commit(header, received, synced=synced)
+        pending.wait()
+        return pending.path
+
+    def stage_commit(self, header: JobHeader, received: Path, *,
+                     synced: bool = False) -> PendingCommit:
+        """commit() up to its group sync: the instance is durable and in its place, its
+        record appended but not yet durable. Nothing may rely on the job (acknowledge it)
+        before the returned PendingCommit's wait(); meanwhile others may already read it."""
         if not synced:
             fsync_path(received)
         target = self.instance_path(header.job_id)
         os.replace(received, target)  # same filesystem: incoming/ is in the spool
         payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
         journal, committer = self._group()
-        committer.commit(lambda: journal.append(header.job_id, payload))
-        return target
+        ticket = committer.stage(lambda: journal.append(header.job_id, payload))
+        return PendingCommit(target, committer, ticket)
 
     def commit_counts(self) -> tuple[int, int]:
         """(commits made durable, shared syncs that did it) in this process so far."""

@@ -134,3 +134,30 @@ def test_a_sync_that_raises_something_else_still_settles_its_batch() -> None:
         committer.commit(lambda: None)
     with pytest.raises(OSError):  # the next batch is led again, nobody hangs
         committer.commit(lambda: None)
+
+
+def test_a_staged_record_waits_for_the_sync_that_covers_it_whoever_leads() -> None:
+    """stage() then wait(): the acceptor's split commit (the broker hears of the job in
+    between). Another committer may lead the sync of the staged record meanwhile."""
+    disk = FakeDisk()
+    committer = GroupCommit(disk.close, disk.sync)
+    outcomes: dict[int, str] = {}
+
+    ticket = committer.stage(lambda: disk.staged.append(0))
+    assert disk.batches == []  # staged is not durable
+    other = run_commits(disk, committer, range(1, 2), outcomes)  # leads [0, 1]
+    assert disk.syncing.wait(30)
+    waiter = threading.Thread(target=committer.wait, args=(ticket,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()  # its batch is still syncing
+    disk.release.set()
+    waiter.join(30)
+    for thread in other:
+        thread.join(30)
+
+    assert disk.batches == [[0, 1]] and disk.durable == {0, 1}
+    committer.wait(ticket)  # a settled ticket returns at once
+    late = committer.stage(lambda: disk.staged.append(2))
+    committer.wait(late)  # nobody else is committing: the waiter leads its own sync
+    assert disk.batches == [[0, 1], [2]]
