@@ -11,7 +11,8 @@ Rules it keeps:
 - A destination that is busy (refused one more association) is not down: the limit drops,
   the delivery goes back to the front of its queue without spending an attempt.
 - A queue longer than the limit goes out in runs (one Deliver carrying several jobs), so the
-  per-instance cost of a round trip through the broker is shared.
+  per-instance cost of a round trip through the broker is shared; a young, short queue
+  waits up to `queue.linger` to become one (router/broker/gathering.py).
 - A delivery a worker holds is leased to it: when the worker says goodbye or stops
   heartbeating, its deliveries go back to the front of their queues (same attempt number).
 - A failure of the destination itself (cannot connect, association aborted or rejected
@@ -69,8 +70,10 @@ class Dispatcher(DispatchState):
             return
         lost = next((r.reason for r in failed if r.reason in ASSOCIATION_LOST), reason)
         concurrency.finished(identity, lost, now, delivery.opens_association)
-        if any(r.delivered for r in results) and concurrency.delivered(
-                self.queues[name].jobs, now):
+        # Jobs gathering for their run are not a backlog the associations fail to keep up with.
+        queue = self.queues[name]
+        backlog = 0 if self.gathering.waits(name, queue, now) else queue.jobs
+        if any(r.delivered for r in results) and concurrency.delivered(backlog, now):
             self.limit_changes.append((name, before, concurrency.limit, "probe"))
 
     def batch_result(self, identity: bytes, destination: str, results: list[Result],
@@ -162,6 +165,7 @@ class Dispatcher(DispatchState):
     def dispatch(self, now: float) -> list[tuple[bytes, Delivery]]:
         """Deliveries to send now, round-robin across destinations, within credits and limits."""
         self._release_due(now)
+        self.gathering.observe(self.queues, now)
         sends: list[tuple[bytes, Delivery]] = []
         names = list(self.queues)
         while any(w.credits > 0 for w in self.workers.values()):
@@ -177,6 +181,7 @@ class Dispatcher(DispatchState):
             delivery = replace(self._take_run(name, single=probe), others_open=choice.others_open,
                                opens_association=choice.new_association,
                                lease=next(self._leases))
+            self.gathering.taken(name, self.queues[name])
             worker = self.workers[choice.worker]
             worker.credits -= 1
             worker.leases[delivery.key] = delivery
@@ -216,7 +221,8 @@ class Dispatcher(DispatchState):
             index = (self._rotation + offset) % len(names)
             name = names[index]
             if (not self.queues[name] or self.paused_until[name] > now or name in self.held
-                    or self.busy_until[name] > now or not self.in_window(name)):
+                    or self.busy_until[name] > now or not self.in_window(name)
+                    or self.gathering.waits(name, self.queues[name], now)):
                 continue
             choice = self.concurrency[name].choose(credits, now)
             if choice is not None:

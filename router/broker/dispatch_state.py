@@ -20,6 +20,7 @@ from router.broker.deliveries import (
     WorkerState,
 )
 from router.broker.delivery_queue import DeliveryQueue
+from router.broker.gathering import Gathering
 from router.core.messages import JobHeader
 
 WORKER_LEASE_SECONDS = 6.0
@@ -39,8 +40,10 @@ class DispatchState:
         holds: GroupHolds | None = None,
         wall: Callable[[], float] = time.time,
         local: Callable[[], datetime] = datetime.now,
+        linger: float = 0.0,
     ) -> None:
         self.policies = dict(policies)
+        self.gathering = Gathering(linger)  # queue.linger: a young queue waits to fill a run
         self.holds = holds or GroupHolds({})
         self.wall, self.local = wall, local
         self.max_jobs = max_jobs
@@ -68,7 +71,8 @@ class DispatchState:
         self.limit_changes: list[tuple[str, int, int, str]] = []
 
     def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
-                    max_bytes: int, holds: GroupHolds | None = None) -> None:
+                    max_bytes: int, holds: GroupHolds | None = None,
+                    linger: float | None = None) -> None:
         """A config reload: new destinations get queues, changed ones their new policy.
 
         A destination no longer configured keeps its queue and policy: what is queued for it
@@ -91,6 +95,8 @@ class DispatchState:
                 self.concurrency[name] = policy.concurrency()
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
+        if linger is not None:
+            self.gathering.linger = linger
         if holds is not None:
             holds.groups = self.holds.groups  # groups already held keep waiting
             self.holds = holds
@@ -230,6 +236,9 @@ class DispatchState:
         for name, policy in self.policies.items():
             if policy.window is not None and self.queues[name]:
                 due.append(now + policy.window.opens_in(self.local()))
+        gathered = self.gathering.next_due(self.queues, now)
+        if gathered is not None:
+            due.append(gathered)
         return min(due, default=None)
 
     def depth(self, destination: str) -> int:

@@ -72,7 +72,8 @@ class Broker(Publishing):
         self.reaper = SpoolReaper(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
-                                     config.queue.max_bytes, holds=_holds(config))
+                                     config.queue.max_bytes, holds=_holds(config),
+                                     linger=config.queue.linger)
         self.associating = _dicom_names(config)  # destinations with associations to show
         self.control = OperatorControl(self.dispatcher, spool, config)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
@@ -268,7 +269,7 @@ class Broker(Publishing):
             self.config_generation, new = config
             setup_logging(new.log_level, new.log_format)
             self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
-                                        _holds(new))
+                                        _holds(new), new.queue.linger)
             self.associating = _dicom_names(new)
             self.spool.recycler.keep_free = new.spool.watermark_bytes
             self.control.reconfigure(new)

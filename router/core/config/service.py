@@ -30,6 +30,9 @@ class QueueConfig(Strict):
 
     max_jobs: int = Field(100_000, ge=1)
     max_bytes: int = Field(50 * 1024**3, ge=1)
+    # Seconds a destination's short queue waits after its first job, so that what arrives
+    # meanwhile goes as one run (router/broker/gathering.py); 0 sends every job at once.
+    linger: float = Field(0.01, ge=0, le=1.0)
 
 
 class MetricsConfig(Strict):
