@@ -323,8 +323,7 @@ class Broker(Publishing):
             if wakeup is not None and wakeup in ready:
                 wakeup.drain()
             now = time.monotonic()
-            # Acceptors first: a sender waits for each submit's answer (workers' results
-            # wait for nobody).
+            # Acceptors first: a sender waits for each submit's answer, a worker for nothing.
             if self.frontend in ready:
                 self._receive(self.frontend, now)
             if self.backend in ready:
