@@ -223,7 +223,6 @@ class StoreHandler:
             ) from exc
 
 
-
 def _refuse_failed_commit(exc: OSError) -> NoReturn:
     """A full disk is 0xA700 for the sender; any other failure goes on to the handler
     boundary (a processing failure)."""
