@@ -39,13 +39,10 @@ class BrokerClient:
         sock.connect(self.endpoint)
         return sock
 
-    def _checkin(self, sock: zmq.Socket[bytes]) -> None:
+    def checkin(self, sock: zmq.Socket[bytes]) -> None:
+        """A socket whose submit was answered, back for the next (PendingSubmit.wait)."""
         with self._lock:
             self._idle.append(sock)
-
-    def submit(self, job: JobHeader) -> None:
-        """Return once the broker queued `job`; raise OutOfResources if it refused or is silent."""
-        self.send(job).wait()
 
     def send(self, job: JobHeader) -> PendingSubmit:
         """Send the submit now and hear the answer later (PendingSubmit.wait), so the caller's
@@ -102,6 +99,6 @@ class PendingSubmit:
             raise OutOfResources("router queue did not answer in time; retry later")
         finally:
             if healthy:
-                self._client._checkin(sock)
+                self._client.checkin(sock)
             else:
                 sock.close()  # a socket with a reply still due would confuse the next submit
