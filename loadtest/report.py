@@ -14,8 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-CASE_ORDER = ["direct", "naive", "orthanc", "router", "router-tuned", "direct-1assoc",
-              "router-1assoc", "router-acceptors-1", "router-acceptors-2"]
+CASE_ORDER = ["direct", "durable-receiver", "naive", "orthanc", "router", "router-tuned",
+              "direct-1assoc", "router-1assoc", "router-acceptors-1", "router-acceptors-2"]
 
 # Issue 13's targets. (size, senders or None for "every count measured", minimum ratio to
 # direct, minimum fraction of the disk's durable bandwidth or None): a row meets its target
@@ -155,6 +155,11 @@ def targets(results: list[dict[str, Any]], case: str = "router",
                 value = r.get(key)
                 values.append("-" if value is None else f"{value:.2f}")
                 met.append(None if value is None else value >= minimum)
+            if to_direct is not None:
+                floor = _lookup(results, case=FLOOR_CASE, size=r["size"],
+                                senders=r["senders"], transport="plain")
+                if floor and floor[0].get("ratio_direct") is not None:
+                    values[0] += f" (floor {floor[0]['ratio_direct']:.2f})"
             known = [m for m in met if m is not None]
             checks.append({
                 "target": f"{r['size_label']}, {r['senders']} senders: {' or '.join(wanted)}",
@@ -195,6 +200,37 @@ def targets(results: list[dict[str, Any]], case: str = "router",
             "ok": r.get("peak_rss_mb") is not None and r["peak_rss_mb"] < PEAK_RSS_LIMIT_MB,
         })
     return checks
+
+
+FLOOR_CASE = "durable-receiver"
+
+
+def floor_md(results: list[dict[str, Any]], case: str = "router") -> str:
+    """Each row's durable floor against direct, and `case` against that floor: its rate and
+    its CPU per instance (the host's speed moves both; their ratio to the floor much less)."""
+    lines = []
+    for f in sorted(_lookup(results, case=FLOOR_CASE, transport="plain"),
+                    key=lambda r: (r["bytes"] / r["count"], r["senders"])):
+        mine = _lookup(results, case=case, size=f["size"], senders=f["senders"],
+                       transport="plain")
+        rate = cpu = "-"
+        if mine and f.get("inst_per_s"):
+            rate = f"{mine[0]['inst_per_s'] / f['inst_per_s']:.2f}"
+        if mine and mine[0].get("cpu_ms_per_inst") and f.get("cpu_ms_per_inst"):
+            cpu = f"{mine[0]['cpu_ms_per_inst'] / f['cpu_ms_per_inst']:.1f}"
+        lines.append(f"| {f['size_label']} | {f['senders']} | {_fmt(f.get('ratio_direct'), 2)} "
+                     f"| {_fmt(f.get('cpu_ms_per_inst'), 2)} | {rate} | {cpu} |")
+    if not lines:
+        return ""
+    return "\n".join([
+        f"The durable floor (`{FLOOR_CASE}`: a minimal receiver on the router's engine that "
+        "fsyncs each instance and forwards nothing, the least any receiver does before it may "
+        "answer Success under the ack rule). A `x direct` target above the floor's own ratio "
+        "is out of reach in that run for anything that syncs each instance on these cores; "
+        f"the targets table shows the floor beside each such ratio. `{case}` does all that "
+        "the floor does, then journals, queues and delivers (a second DICOM exchange):", "",
+        f"| size | senders | floor x direct | floor CPU ms/inst | {case} x floor "
+        f"| {case} CPU x floor's |", "|---|---|---|---|---|---|", *lines])
 
 
 SINGLE_ASSOCIATION_RATIO = 0.5
@@ -269,6 +305,9 @@ def markdown(doc: dict[str, Any]) -> str:
     for case in ("router", "router-tuned", "router-1assoc"):
         if any(r["case"] == case for r in doc["results"]):
             parts += [_targets_md(doc["targets"].get(case, []), case), ""]
+    floor = floor_md(doc["results"])
+    if floor:
+        parts += [floor, ""]
     parts += ["Cases: " + "; ".join(f"`{k}`: {v}" for k, v in doc["cases"].items()), ""]
     return "\n".join(parts)
 
@@ -289,8 +328,8 @@ def chart(doc: dict[str, Any], path: Path) -> bool:
     if not sizes or not transports:
         return False
     cases = [c for c in CASE_ORDER if any(r["case"] == c for r in results)]
-    colours = {"direct": "#888888", "naive": "#d62728", "orthanc": "#ff7f0e",
-               "router": "#1f77b4", "router-tuned": "#2ca02c"}
+    colours = {"direct": "#888888", "durable-receiver": "#9467bd", "naive": "#d62728",
+               "orthanc": "#ff7f0e", "router": "#1f77b4", "router-tuned": "#2ca02c"}
     fig, axes = plt.subplots(len(transports), len(sizes), squeeze=False,
                              figsize=(4.8 * len(sizes), 3.8 * len(transports)))
     targets = {"10k": 0.25, "0.5m": 0.5, "50m": 0.6}

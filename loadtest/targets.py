@@ -135,6 +135,21 @@ def naive(env: CaseEnv) -> Iterator[Endpoint]:
             yield Endpoint(port, "NAIVE", proc.pid, log=log)
 
 
+@contextmanager
+def durable_receiver(env: CaseEnv) -> Iterator[Endpoint]:
+    """The floor of any receiver under the ack rule (loadtest/durable_receiver.py): it is
+    the destination itself, so nothing sits between it and env.dest_dir."""
+    if env.tls is not None:
+        raise Unavailable("the durable floor is measured over plain TCP only")
+    port = free_port()
+    command = [sys.executable, "-m", "loadtest.durable_receiver", "--port", str(port),
+               "--folder", str(env.dest_dir)]
+    log = env.workdir / "durable-receiver.log"
+    with _process(command, log, cwd=REPO) as proc:
+        _wait_port(port, proc, 30, log)
+        yield Endpoint(port, "FLOOR", proc.pid, log=log)
+
+
 # --- 3. Orthanc with a Lua auto-routing script --------------------------------------
 
 _LUA = """\
@@ -295,6 +310,9 @@ router_tuned = _router(tuned=True)
 CASES: dict[str, tuple[str, Case]] = {
     "direct": ("DCMTK storescu -> storescp (wire baseline)", direct),
     "naive": ("naive pynetdicom forwarder (loadtest/naive_forwarder.py)", naive),
+    "durable-receiver": ("minimal receiver on the router's engine, one fsync per instance, "
+                         "no forwarding (loadtest/durable_receiver.py): the durable floor",
+                         durable_receiver),
     "orthanc": ("Orthanc 1.x + Lua OnStoredInstance auto-routing", orthanc),
     "router": ("dicom-router, default config", router_default),
     "router-tuned": (f"dicom-router, tuned ({TUNED_SETTINGS})", router_tuned),
