@@ -15,16 +15,17 @@ from types import FrameType
 
 import zmq
 
-from router.broker.completion import CompletionPolicy, GroupHolds
 from router.broker.control import OperatorControl
-from router.broker.deliveries import DeadLetter, DestinationPolicy, Outcome, Retry, Settled
+from router.broker.deliveries import DeadLetter, Outcome, Retry, Settled
 from router.broker.dispatch import Dispatcher
+from router.broker.orphans import OrphanedJournals
+from router.broker.policies import dicom_names, holds, policies
 from router.broker.publish import Publishing
 from router.broker.reaper import SpoolReaper
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
-from router.core.config import Destination, DicomDestination, RouterConfig, WindowConfig
+from router.core.config import RouterConfig
 from router.core.dimse_status import Status
 from router.core.errors import ProtocolError, RouterError
 from router.core.failures import DESTINATION_FAILURES
@@ -57,7 +58,6 @@ from router.core.process_util import (
 )
 from router.core.runtime import Runtime
 from router.core.spool import Spool
-from router.core.time_window import TimeWindow, parse_clock
 from router.core.zmq_drain import waiting
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,12 @@ class Broker(Publishing):
         self.spool = spool
         spool.recycler.keep_free = config.spool.watermark_bytes
         self.reaper = SpoolReaper(spool)
+        self.orphans = OrphanedJournals(spool)
         self.runtime = runtime
-        self.dispatcher = Dispatcher(_policies(config), config.queue.max_jobs,
-                                     config.queue.max_bytes, holds=_holds(config),
+        self.dispatcher = Dispatcher(policies(config), config.queue.max_jobs,
+                                     config.queue.max_bytes, holds=holds(config),
                                      linger=config.queue.linger)
-        self.associating = _dicom_names(config)  # destinations with associations to show
+        self.associating = dicom_names(config)  # destinations with associations to show
         self.control = OperatorControl(self.dispatcher, spool, config)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.relays = RelayRoutes()
@@ -108,6 +109,7 @@ class Broker(Publishing):
         if count:
             metrics.RECOVERED_JOBS.inc(count)
             log.info("recovered %d jobs from the spool", count)
+        self.orphans.start()
 
     # --- message handling -------------------------------------------------------------------
 
@@ -268,9 +270,9 @@ class Broker(Publishing):
         if config is not None and config[0] != self.config_generation:
             self.config_generation, new = config
             setup_logging(new.log_level, new.log_format)
-            self.dispatcher.reconfigure(_policies(new), new.queue.max_jobs, new.queue.max_bytes,
-                                        _holds(new), new.queue.linger)
-            self.associating = _dicom_names(new)
+            self.dispatcher.reconfigure(policies(new), new.queue.max_jobs, new.queue.max_bytes,
+                                        holds(new), new.queue.linger)
+            self.associating = dicom_names(new)
             self.spool.recycler.keep_free = new.spool.watermark_bytes
             self.control.reconfigure(new)
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
@@ -284,6 +286,9 @@ class Broker(Publishing):
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
             self.take_replays()
+            for job in self.orphans.collect(lambda job_id: job_id not in self.dispatcher.jobs
+                                            and not self.reaper.removing(job_id)):
+                self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
             self._apply(self.control.tick(now))
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
@@ -338,43 +343,11 @@ class Broker(Publishing):
         self.context.term()
 
 
-def _dicom_names(config: RouterConfig) -> set[str]:
-    return {name for name, dest in config.destinations.items()
-            if isinstance(dest, DicomDestination)}
-
-
 def _outcome_label(result: Result) -> str:
     """delivered, suppressed (the ledger said the destination has it: not sent), failed."""
     if not result.delivered:
         return "failed"
     return "suppressed" if result.reason in ("redelivery", "duplicate") else "delivered"
-
-
-def _policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
-    return {name: _policy(dest) for name, dest in config.destinations.items()}
-
-
-def _policy(dest: Destination) -> DestinationPolicy:
-    window = _window(dest.window)
-    if not isinstance(dest, DicomDestination):
-        # A folder or DICOMweb destination has no associations to learn: max_parallel is it.
-        return DestinationPolicy(dest.max_parallel, dest.retry, window,
-                                 max_associations=dest.max_parallel)
-    return DestinationPolicy(dest.max_parallel, dest.retry, window, dest.max_associations,
-                             dest.probe_interval, dest.idle_timeout)
-
-
-def _window(window: WindowConfig | None) -> TimeWindow | None:
-    if window is None:
-        return None
-    return TimeWindow(parse_clock(window.start), parse_clock(window.end))
-
-
-def _holds(config: RouterConfig) -> GroupHolds:
-    return GroupHolds({
-        rule.name: CompletionPolicy(rule.complete.stable_for, rule.complete.deadline,
-                                    frozenset(rule.forward))
-        for rule in config.rules if rule.complete is not None})
 
 
 def main(config: RouterConfig, runtime: Runtime) -> None:

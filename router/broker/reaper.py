@@ -25,11 +25,20 @@ class SpoolReaper:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self._queue: queue.SimpleQueue[tuple[JobHeader, bool] | None] = queue.SimpleQueue()
+        self._pending: set[str] = set()  # asked for and not done yet
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="spool-reaper", daemon=True)
         self._thread.start()
 
     def remove(self, job: JobHeader, *, reuse: bool = False) -> None:
+        with self._lock:
+            self._pending.add(job.job_id)
         self._queue.put((job, reuse))
+
+    def removing(self, job_id: str) -> bool:
+        """Is this settled job's removal still to come? (Its files are still there.)"""
+        with self._lock:
+            return job_id in self._pending
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish the removals already asked for, then stop."""
@@ -43,3 +52,5 @@ class SpoolReaper:
                 self.spool.remove(job, reuse=reuse)
             except OSError as exc:  # left for the next start's recovery, which removes it
                 log.error("cannot remove settled job %s from the spool: %s", job.job_id, exc)
+            with self._lock:
+                self._pending.discard(job.job_id)

@@ -279,6 +279,27 @@ class Spool:
             )
             yield RecoveredJob(header, done)
 
+    def recover_segment(self, path: Path) -> list[RecoveredJob]:
+        """The jobs of one journal segment that still have their instance in jobs/, with the
+        destinations they reached: a dead acceptor's, read while the router runs
+        (router/broker/orphans.py)."""
+        found = []
+        for record in read_records(path):
+            job_id = record.get("job_id")
+            if not isinstance(job_id, str) or "/" in job_id \
+                    or not os.path.exists(self.instance_path(job_id)):
+                continue  # over already (or not a name of ours)
+            try:
+                header = JobHeader.from_dict(record)
+            except (ValueError, ProtocolError) as exc:
+                log.error("spool: journal %s holds an unusable header for job %s (%s)",
+                          path.name, job_id, exc)
+                continue
+            done = frozenset(
+                d for d in header.destinations if self._marker_path(job_id, d).exists())
+            found.append(RecoveredJob(header, done))
+        return found
+
     def _journal_headers(self, instances: set[str]) -> dict[str, JobHeader]:
         """The journal's header of every job in `instances` that has one."""
         found: dict[str, JobHeader] = {}

@@ -1,0 +1,90 @@
+"""Jobs a dead acceptor committed but never handed over, queued while the router runs.
+
+An acceptor makes a job durable (its instance in jobs/, its header in the acceptor's own
+journal segment) before it submits the job to the broker. Killed between the two (kill -9,
+the OOM killer), it leaves a job the broker never heard of; its sender was not told Success.
+Such a job used to wait for the broker's next start (Broker.recover), which could be weeks.
+Now the broker looks at journal/ once a second: a segment whose writer is gone (the pid in its
+name, journal.py) is read once, and every job in it that still has its instance and that the
+broker neither queues nor is removing is queued as recovery at start would queue it. It is
+delivered at least once, as after a restart: the sender, never told Success, may well have
+sent it again, and the destination then gets both (a deliberate re-send is new work).
+
+A segment read this way is deleted once none of its jobs has an instance left; one whose
+writer is alive is only looked at again. Segments present at the broker's start whose writer
+is already gone were read by Broker.recover and are not read twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from router.core import metrics
+from router.core.journal import segments
+from router.core.spool import RecoveredJob, Spool
+
+log = logging.getLogger(__name__)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process holds that pid now: not ours, but not gone
+    return True
+
+
+def writer_pid(path: Path) -> int | None:
+    """The pid in a segment's name (<pid>-<token>-<n>.log); None for a name we did not write."""
+    head = path.name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+class OrphanedJournals:
+    def __init__(self, spool: Spool, alive: Callable[[int], bool] = process_alive) -> None:
+        self.spool = spool
+        self.alive = alive
+        self._seen: set[str] = set()  # segment names read already (or not ours to read)
+        self._adopted: dict[Path, list[str]] = {}  # read segment -> its jobs with instances
+
+    def start(self) -> None:
+        """After Broker.recover read every segment: those whose writer is gone are done."""
+        self._seen = {p.name for p in segments(self.spool.journal) if not self._writer_alive(p)}
+
+    def collect(self, unknown: Callable[[str], bool]) -> list[RecoveredJob]:
+        """The jobs of every segment whose writer died since the last call, for which
+        `unknown(job_id)` holds (the broker neither queues nor removes it)."""
+        present = segments(self.spool.journal)
+        self._seen &= {p.name for p in present}
+        self._delete_finished()
+        found: list[RecoveredJob] = []
+        for path in present:
+            if path.name in self._seen or self._writer_alive(path):
+                continue
+            self._seen.add(path.name)
+            jobs = self.spool.recover_segment(path)
+            self._adopted[path] = [job.header.job_id for job in jobs]
+            mine = [job for job in jobs if unknown(job.header.job_id)]
+            if mine:
+                metrics.RECOVERED_JOBS.inc(len(mine))
+                log.warning("queued %d job(s) from journal %s: its acceptor (pid %s) stopped "
+                            "after making them durable and before handing them over; their "
+                            "senders were not told Success and may have sent them again",
+                            len(mine), path.name, writer_pid(path))
+            found += mine
+        return found
+
+    def _writer_alive(self, path: Path) -> bool:
+        pid = writer_pid(path)
+        return pid is None or self.alive(pid)  # a name we did not write: left to the start
+
+    def _delete_finished(self) -> None:
+        for path, job_ids in list(self._adopted.items()):
+            if not any(self.spool.instance_path(job_id).exists() for job_id in job_ids):
+                path.unlink(missing_ok=True)
+                del self._adopted[path]

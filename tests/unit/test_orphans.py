@@ -1,0 +1,123 @@
+"""The broker picks up what a dead acceptor committed but never handed over
+(router/broker/orphans.py): journal segments whose writer is gone, read once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from router.broker.orphans import OrphanedJournals, writer_pid
+from router.broker.reaper import SpoolReaper
+from router.core.journal import frame
+from router.core.messages import JobHeader
+from router.core.spool import Spool
+
+from .helpers import make_header
+
+DEAD, LIVE = 4242, 4343
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool").create()
+
+
+def _commit(spool: Spool, pid: int, *job_ids: str, instance: bool = True) -> Path:
+    """What an acceptor with this pid leaves: instances in jobs/, records in its segment."""
+    path = spool.journal / f"{pid}-0a0b0c0d-000001.log"
+    with path.open("ab") as fh:
+        for job_id in job_ids:
+            header = make_header(job_id, ("pacs", "archive"))
+            fh.write(frame(json.dumps(header.to_dict()).encode()))
+            if instance:
+                spool.instance_path(job_id).write_bytes(b"DICM")
+    return path
+
+
+def _ids(jobs: list) -> list[str]:  # type: ignore[type-arg]
+    return [job.header.job_id for job in jobs]
+
+
+def test_a_dead_writers_jobs_are_collected_once(spool: Spool) -> None:
+    _commit(spool, DEAD, "job-a", "job-b")
+    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    (spool.journal / "notes.txt").touch()  # not a segment
+    jobs = orphans.collect(lambda job_id: True)
+    assert _ids(jobs) == ["job-a", "job-b"]
+    assert jobs[0].header.destinations == ("pacs", "archive")
+    assert jobs[0].delivered == frozenset()
+    assert orphans.collect(lambda job_id: True) == []  # read once
+
+
+def test_a_live_writer_is_waited_for(spool: Spool) -> None:
+    _commit(spool, LIVE, "job-a")
+    alive = {LIVE}
+    orphans = OrphanedJournals(spool, alive=lambda pid: pid in alive)
+    orphans.start()
+    assert orphans.collect(lambda job_id: True) == []
+    alive.clear()  # the acceptor died after the broker started
+    assert _ids(orphans.collect(lambda job_id: True)) == ["job-a"]
+
+
+def test_segments_of_writers_dead_at_start_were_recovered_and_are_not_read_again(
+        spool: Spool) -> None:
+    _commit(spool, DEAD, "job-a")
+    _commit(spool, LIVE, "job-b")
+    alive = {LIVE}
+    orphans = OrphanedJournals(spool, alive=lambda pid: pid in alive)
+    orphans.start()
+    alive.clear()
+    assert _ids(orphans.collect(lambda job_id: True)) == ["job-b"]
+
+
+def test_known_finished_and_unreadable_jobs_are_skipped(spool: Spool) -> None:
+    path = _commit(spool, DEAD, "job-queued", "job-new")
+    _commit(spool, DEAD, "job-over", instance=False)  # delivered and removed already
+    with path.open("ab") as fh:
+        fh.write(frame(json.dumps({"job_id": "job-bad", "destinations": 3}).encode()))
+        fh.write(frame(json.dumps({"job_id": "../escape"}).encode()))
+    spool.instance_path("job-bad").write_bytes(b"DICM")
+    (spool.jobs / "job-new.pacs.done").touch()  # reached one destination before the crash
+    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    jobs = orphans.collect(lambda job_id: job_id != "job-queued")
+    assert _ids(jobs) == ["job-new"]
+    assert jobs[0].delivered == frozenset({"pacs"})
+
+
+def test_a_read_segment_goes_once_its_jobs_have_left_the_spool(spool: Spool) -> None:
+    path = _commit(spool, DEAD, "job-a", "job-b")
+    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    assert len(orphans.collect(lambda job_id: True)) == 2
+    spool.instance_path("job-a").unlink()
+    orphans.collect(lambda job_id: True)
+    assert path.exists()  # job-b is still queued: its header is only here
+    spool.instance_path("job-b").unlink()
+    orphans.collect(lambda job_id: True)
+    assert not path.exists()
+
+
+def test_names_the_router_did_not_write_are_left_to_the_start(spool: Spool) -> None:
+    (spool.journal / "compacted-by-hand.log").write_bytes(b"")
+    assert writer_pid(spool.journal / "compacted-by-hand.log") is None
+    assert writer_pid(spool.journal / "123-abcd-000001.log") == 123
+    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    assert orphans.collect(lambda job_id: True) == []
+
+
+def test_the_reaper_says_which_jobs_it_has_yet_to_remove(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    header: JobHeader = make_header("job-a")
+    spool.instance_path("job-a").write_bytes(b"DICM")
+    go = threading.Event()
+    remove = spool.remove
+    monkeypatch.setattr(spool, "remove", lambda job, reuse=False: (go.wait(5), remove(job)))
+    reaper = SpoolReaper(spool)
+    reaper.remove(header)
+    assert reaper.removing("job-a")  # settled, files still there: not an orphan
+    go.set()
+    reaper.close()
+    assert not reaper.removing("job-a")
+    assert not spool.instance_path("job-a").exists()
