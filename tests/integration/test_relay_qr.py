@@ -396,11 +396,15 @@ def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = "1.2.3"
         statuses: list[int] = []
+        cancel_sent = False
         for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet,
                                           msg_id=9):
             statuses.append(int(status.Status) if status else -1)
-            if len(received) >= 3 and not slow.cancelled.is_set() and len(statuses) == 3:
+            # Once, after three instances and three pending statuses, in whichever order the
+            # two paths bring them (a status may come before its instance's C-STORE ends).
+            if not cancel_sent and len(received) >= 3 and len(statuses) >= 3:
                 assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+                cancel_sent = True
         assoc.release()
         assert statuses[-1] == 0xFE00, statuses
         assert slow.cancelled.wait(10), "the upstream never saw the C-CANCEL"
