@@ -50,7 +50,9 @@ class OrphanedJournals:
         self.spool = spool
         self.alive = alive
         self._seen: set[str] = set()  # segment names read already (or not ours to read)
-        self._adopted: dict[Path, list[str]] = {}  # read segment -> its jobs with instances
+        # A read segment -> its jobs that had their instance then, and how many of those
+        # (from the first) are over: a job that left the spool never comes back to it.
+        self._adopted: dict[Path, tuple[list[str], int]] = {}
 
     def start(self) -> None:
         """After Broker.recover read every segment: those whose writer is gone are done."""
@@ -68,7 +70,7 @@ class OrphanedJournals:
                 continue
             self._seen.add(path.name)
             jobs = self.spool.recover_segment(path)
-            self._adopted[path] = [job.header.job_id for job in jobs]
+            self._adopted[path] = ([job.header.job_id for job in jobs], 0)
             mine = [job for job in jobs if unknown(job.header.job_id)]
             if mine:
                 metrics.RECOVERED_JOBS.inc(len(mine))
@@ -84,7 +86,12 @@ class OrphanedJournals:
         return pid is None or self.alive(pid)  # a name we did not write: left to the start
 
     def _delete_finished(self) -> None:
-        for path, job_ids in list(self._adopted.items()):
-            if not any(self.spool.instance_path(job_id).exists() for job_id in job_ids):
+        for path, (job_ids, over) in list(self._adopted.items()):
+            # Stops at the first job still queued and resumes there: a stat or so a second.
+            while over < len(job_ids) and not self.spool.instance_path(job_ids[over]).exists():
+                over += 1
+            if over < len(job_ids):
+                self._adopted[path] = (job_ids, over)
+            else:
                 path.unlink(missing_ok=True)
                 del self._adopted[path]

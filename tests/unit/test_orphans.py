@@ -91,10 +91,10 @@ def test_a_read_segment_goes_once_its_jobs_have_left_the_spool(spool: Spool) -> 
     path = _commit(spool, DEAD, "job-a", "job-b")
     orphans = OrphanedJournals(spool, alive=lambda pid: False)
     assert len(orphans.collect(lambda job_id: True)) == 2
-    spool.instance_path("job-a").unlink()
+    spool.instance_path("job-b").unlink()  # out of order: job-a still queued
     orphans.collect(lambda job_id: True)
-    assert path.exists()  # job-b is still queued: its header is only here
-    spool.instance_path("job-b").unlink()
+    assert path.exists()  # job-a's header is only here
+    spool.instance_path("job-a").unlink()
     orphans.collect(lambda job_id: True)
     assert not path.exists()
 
