@@ -273,11 +273,7 @@ class Spool:
                 log.error("spool: job %s has an unreadable header (%s); left in place", job_id, exc)
                 headers.pop(job_id, None)
         for job_id in sorted(headers):
-            header = headers[job_id]
-            done = frozenset(
-                d for d in header.destinations if self._marker_path(job_id, d).exists()
-            )
-            yield RecoveredJob(header, done)
+            yield self._recovered(headers[job_id])
 
     def recover_segment(self, path: Path) -> list[RecoveredJob]:
         """The jobs of one journal segment that still have their instance in jobs/, with the
@@ -295,10 +291,13 @@ class Spool:
                 log.error("spool: journal %s holds an unusable header for job %s (%s)",
                           path.name, job_id, exc)
                 continue
-            done = frozenset(
-                d for d in header.destinations if self._marker_path(job_id, d).exists())
-            found.append(RecoveredJob(header, done))
+            found.append(self._recovered(header))
         return found
+
+    def _recovered(self, header: JobHeader) -> RecoveredJob:
+        """A job to queue again, with the destinations its .done markers say it reached."""
+        return RecoveredJob(header, frozenset(
+            d for d in header.destinations if self._marker_path(header.job_id, d).exists()))
 
     def _journal_headers(self, instances: set[str]) -> dict[str, JobHeader]:
         """The journal's header of every job in `instances` that has one."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
+
+import pytest
 
 from router.core.messages import JobHeader
 
@@ -54,3 +57,19 @@ def _lease(dispatcher: Any, identity: bytes, key: tuple[str, str]) -> int:
     worker = dispatcher.workers.get(identity)
     delivery = worker.leases.get(key) if worker is not None else None
     return delivery.lease if delivery is not None else 0
+
+
+def fail_fdatasync_once(monkeypatch: pytest.MonkeyPatch, code: int) -> list[int]:
+    """The next os.fdatasync raises OSError(code) (a journal's group sync failing; the
+    instances' own fsyncs still work) and the ones after succeed. The returned list holds
+    the failed call's descriptor; clearing it arms one more failure."""
+    real, failed = os.fdatasync, []
+
+    def fdatasync(fd: int) -> None:
+        if not failed:
+            failed.append(fd)
+            raise OSError(code, os.strerror(code))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    return failed

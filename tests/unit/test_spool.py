@@ -15,7 +15,7 @@ from router.core.journal import read_records, segments
 from router.core.messages import JobHeader
 from router.core.spool import RecoveredJob, Spool, new_job_id, write_atomically
 
-from .helpers import make_header
+from .helpers import fail_fdatasync_once, make_header
 
 # Fixed-width hex ids sort oldest first, like new_job_id()'s.
 OLD = "0000000000000001aaaaaaaa"
@@ -330,16 +330,7 @@ def test_a_failed_journal_sync_fails_the_commit_and_the_next_starts_a_new_segmen
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commit(spool, make_header(OLD))
-    real = os.fdatasync
-    calls = []
-
-    def failing(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", failing)
+    fail_fdatasync_once(monkeypatch, errno.EIO)
 
     with pytest.raises(OSError) as caught:
         commit(spool, make_header(MID))

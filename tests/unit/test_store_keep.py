@@ -23,7 +23,7 @@ from router.core.messages import Accepted, Message, Refused, Submit, decode, enc
 from router.core.rules import RuleSet
 from router.core.spool import Spool
 
-from .helpers import make_header
+from .helpers import fail_fdatasync_once, make_header
 
 JOB = "0000000000000001aaaaaaaa"
 
@@ -87,16 +87,7 @@ def received(handler: StoreHandler) -> Path:
 @pytest.fixture
 def broken_journal_sync(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The journal's group sync fails (EIO) once; the instance's own fsync still works."""
-    real, failed = os.fdatasync, []
-
-    def failing(fd: int) -> None:
-        if not failed:
-            failed.append(fd)
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", failing)
-    return failed
+    return fail_fdatasync_once(monkeypatch, errno.EIO)
 
 
 def stop(broker: Broker, client: BrokerClient) -> None:
@@ -151,15 +142,7 @@ def test_a_failed_group_sync_is_not_success_but_the_queued_job_stays(
 def test_a_full_disk_at_the_group_sync_is_out_of_resources(
         tmp_path: Path, context: zmq.Context[zmq.Socket[bytes]],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    real, calls = os.fdatasync, []
-
-    def full(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", full)
+    calls = fail_fdatasync_once(monkeypatch, errno.ENOSPC)
     handler, broker, client = handler_for(tmp_path, context, refuse=True)
     try:
         with pytest.raises(QueueFull):  # refused and not durable: the refusal is the answer
