@@ -37,6 +37,22 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def child_pids(parent: int) -> list[int]:
+    """The live processes whose parent is `parent` (from /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(entry))
+    return children
+
+
 class RouterProcess:
     """A router with its own spool, ports and log file; stopped (SIGTERM, then kill) on exit."""
 
@@ -124,13 +140,19 @@ class RouterProcess:
         return int(found[-1])
 
     def kill_all(self) -> None:
-        """kill -9 the supervisor and every child at once: a crash, not a stop."""
+        """kill -9 the supervisor and every child at once: a crash, not a stop. The children
+        are the supervisor's live ones, looked up first: a pid in the log of an earlier
+        start may belong to another process by now (pid_max is 32768 here)."""
         assert self.process is not None
-        pids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", self.log())]
-        for pid in [self.process.pid, *pids]:
+        children = child_pids(self.process.pid)
+        for pid in [self.process.pid, *children]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
+
+    def is_child(self, pid: int) -> bool:
+        """Whether `pid` is one of this router's live processes right now."""
+        return self.process is not None and pid in child_pids(self.process.pid)
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process is None or self.process.poll() is not None:
