@@ -1,0 +1,292 @@
+"""Chaos run: storescu senders keep sending while router processes are killed at random.
+
+    .venv/bin/python -m loadtest.chaos --minutes 10 --kill-every 3
+
+The fault tests (tests/integration/test_faults.py) each kill one process at one chosen
+moment; this kills whatever comes up, whenever, again and again: an acceptor, the broker, a
+worker (the supervisor restarts it) or the whole router with `kill -9` of every process
+(restarted here on the same spool and ports, as systemd or Kubernetes would). Meanwhile
+`senders` storescu processes send batches of mixed instances (several SOP classes and
+transfer syntaxes) into the router, and behave like a modality: what was not answered
+Success is sent again in a later batch. Once the pool is through, the senders go on with
+copies of it under fresh SOP Instance UIDs, so that every file acknowledged is a dataset of
+its own and a lost one cannot hide behind an earlier copy. The destination is a storescp
+without --fork: one association at a time, like many PACS.
+
+At the end the senders stop, the router drains its spool, and every file any sender was told
+Success for must be at the destination with its dataset byte-identical (digests of the
+dataset after the file meta). Exit 1 if one is missing, if a killed process did not come
+back, or if anything was dead-lettered. The test suite runs a bounded version of this
+(tests/integration/test_chaos.py); the full length is here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
+from tests.dicom_samples import (
+    ALL_SYNTAXES,
+    DEFLATED_EXPLICIT_VR_LE,
+    dataset_digest,
+    generate_mixed_set,
+)
+from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.senders import acknowledged
+
+DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
+BATCH = 40  # files per storescu association
+RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
+WHOLE_ROUTER = "router"
+
+
+@dataclass
+class ChaosReport:
+    seconds: float = 0.0
+    associations: int = 0  # storescu runs
+    sent: int = 0  # C-STORE requests the senders reported an answer for, or tried
+    acknowledged: int = 0  # answered Success (repeats included)
+    distinct_acknowledged: int = 0  # a file may be answered Success in two runs
+    arrived: int = 0  # distinct datasets at the destination
+    missing: int = 0  # acknowledged, never arrived: must be 0
+    kills: collections.Counter[str] = field(default_factory=collections.Counter)
+    not_restarted: list[str] = field(default_factory=list)
+    dead_letters: int = 0
+    drained: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return (self.missing == 0 and not self.not_restarted and self.dead_letters == 0
+                and self.drained)
+
+    def lines(self) -> list[str]:
+        kills = ", ".join(f"{name} {count}" for name, count in sorted(self.kills.items()))
+        return [
+            f"chaos: {self.seconds:.0f} s, {sum(self.kills.values())} kills ({kills or 'none'})",
+            f"  senders: {self.associations} associations, {self.sent} C-STOREs, "
+            f"{self.acknowledged} answered Success ({self.distinct_acknowledged} distinct "
+            f"datasets)",
+            f"  destination: {self.arrived} distinct datasets; acknowledged and missing: "
+            f"{self.missing}; dead letters: {self.dead_letters}; spool drained: "
+            f"{'yes' if self.drained else 'NO'}",
+            *(f"  NOT RESTARTED: {name}" for name in self.not_restarted),
+            f"  {'OK' if self.ok else 'FAILED'}",
+        ]
+
+
+class Senders:
+    """Threads that each run storescu over batches until told to stop; files not answered
+    Success go back to the pending pool, and when it is empty, fresh copies of the pool
+    (a new SOP Instance UID each) follow."""
+
+    def __init__(self, files: list[Path], port: int, count: int, seed: int,
+                 copies: Path) -> None:
+        self.port, self.copies = port, copies
+        self._pool = list(files)
+        self._pending = list(files)
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._random = random.Random(seed)
+        self._copied = 0
+        self.acknowledged: list[Path] = []
+        self.associations = 0
+        self.sent = 0
+        self._threads = [threading.Thread(target=self._run, name=f"sender-{i}", daemon=True)
+                         for i in range(count)]
+
+    def start(self) -> None:
+        self.copies.mkdir(parents=True, exist_ok=True)
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+        for thread in self._threads:
+            thread.join(180)
+
+    def _take(self) -> list[Path]:
+        with self._lock:
+            if self._pending:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                return batch
+            originals = self._random.sample(self._pool, min(BATCH, len(self._pool)))
+            first, self._copied = self._copied, self._copied + len(originals)
+        return [fresh_copy(path, self.copies, first + i) for i, path in enumerate(originals)]
+
+    def _run(self) -> None:
+        while not self._halt.is_set():
+            batch = self._take()
+            try:
+                result = run_storescu(batch, LOCALHOST, self.port, called_ae="DICOM-ROUTER",
+                                      extra_args=["-v", "-nh"], timeout=90)
+                ok = acknowledged(result.stdout + result.stderr)
+            except subprocess.TimeoutExpired:
+                ok = []  # storescu was killed: nothing of this run counts as answered
+            answered = set(ok)
+            with self._lock:
+                self.associations += 1
+                self.sent += len(batch)
+                self.acknowledged += ok
+                self._pending += [path for path in batch if path not in answered]
+            if not ok:
+                time.sleep(0.2)  # the router is down or restarting: a modality waits too
+
+
+def fresh_copy(path: Path, folder: Path, number: int) -> Path:
+    """`path` under a new SOP Instance UID of the same length (every element length stays
+    valid), in the file meta and the dataset alike; not for a deflated file."""
+    uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+    # A non-zero first digit: the replaced tail may start a UID component.
+    fresh = uid[:-12] + "9" + f"{number:011d}"
+    data = path.read_bytes()
+    assert data.count(uid.encode()) == 2, f"{path}: its UID is not exactly in meta and dataset"
+    target = folder / f"{fresh}.dcm"
+    target.write_bytes(data.replace(uid.encode(), fresh.encode()))
+    return target
+
+
+class Killer(threading.Thread):
+    """kill -9 of a router process every `every` seconds (+-50%), in a random order."""
+
+    def __init__(self, router: RouterProcess, every: float, seed: int) -> None:
+        super().__init__(name="killer", daemon=True)
+        self.router, self.every = router, every
+        self._random = random.Random(seed)
+        self._halt = threading.Event()
+        self.kills: collections.Counter[str] = collections.Counter()
+        self.not_restarted: list[str] = []
+        self.error: BaseException | None = None
+        self._deck: list[str] = []
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(120)
+
+    def run(self) -> None:
+        try:
+            while not self._halt.wait(self.every * self._random.uniform(0.5, 1.5)):
+                self._kill_one()
+        except BaseException as exc:  # reported by the caller: the run is not valid
+            self.error = exc
+
+    def _children(self) -> list[str]:
+        names = set(re.findall(r"started (\S+) \(pid \d+\)", self.router.log()))
+        return sorted(name for name in names if name != "resource-tracker")
+
+    def _kill_one(self) -> None:
+        # Dealt from a shuffled deck of every kind of victim, so that a short run still hits
+        # each kind (a worker, the broker, an acceptor, the whole router) in a random order.
+        if not self._deck:
+            self._deck = [*self._children(), WHOLE_ROUTER]
+            self._random.shuffle(self._deck)
+        victim = self._deck.pop()
+        self.kills[victim] += 1
+        if victim == WHOLE_ROUTER:
+            self.router.kill_all()
+            assert self.router.process is not None
+            self.router.process.wait(30)
+            self.router.start(timeout=60)  # same spool and ports: what a service manager does
+            return
+        pid = self.router.child_pid(victim)
+        if not self.router.is_child(pid):  # never a pid that may be someone else's by now
+            self.not_restarted.append(f"{victim} (pid {pid} is not the router's)")
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not wait_for(lambda: _restarted(self.router, victim, pid), timeout=60):
+            self.not_restarted.append(victim)
+
+
+def _restarted(router: RouterProcess, name: str, old: int) -> bool:
+    try:
+        return router.child_pid(name) != old
+    except LookupError:
+        return False
+
+
+def _digests(paths: list[Path]) -> set[str]:
+    return {dataset_digest(path) for path in paths}
+
+
+def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
+              instances: int = 1200, seed: int = 1) -> ChaosReport:
+    """The whole run in `work` (created); see the module's docstring."""
+    work.mkdir(parents=True, exist_ok=True)
+    # Every syntax but deflated, whose dataset hides the UID that fresh_copy rewrites.
+    syntaxes = tuple(uid for uid in ALL_SYNTAXES if uid != DEFLATED_EXPLICIT_VR_LE)
+    files = generate_mixed_set(work / "source", instances, size_bytes=4_000, syntaxes=syntaxes)
+    report = ChaosReport()
+    with StoreSCP(work / "pacs", "PACS", port=free_port()) as pacs:
+        config: dict[str, Any] = {
+            "destinations": {"pacs": {"type": "dicom", "ae_title": pacs.ae_title,
+                                      "host": "127.0.0.1", "port": pacs.port,
+                                      "retry": RETRY}},
+            "rules": [{"name": "all", "forward": ["pacs"]}],
+        }
+        router = RouterProcess(work / "router", config).start()
+        try:
+            sending = Senders(files, router.port, senders, seed, work / "copies")
+            killer = Killer(router, kill_every, seed + 1)
+            started = time.monotonic()
+            sending.start()
+            killer.start()
+            time.sleep(seconds)
+            killer.stop()
+            sending.stop()
+            report.seconds = time.monotonic() - started
+            if killer.error is not None:
+                raise RuntimeError(f"the killer failed: {killer.error!r}") from killer.error
+            report.kills, report.not_restarted = killer.kills, killer.not_restarted
+            report.associations, report.sent = sending.associations, sending.sent
+            report.acknowledged = len(sending.acknowledged)
+            jobs = router.spool / "jobs"
+            report.drained = wait_for(lambda: not any(jobs.glob("*.dcm")), timeout=180)
+            wanted = _digests(sending.acknowledged)
+            arrived = _digests(pacs.received_files())
+            report.distinct_acknowledged = len(wanted)
+            report.arrived = len(arrived)
+            report.missing = len(wanted - arrived)
+            report.dead_letters = len(list((router.spool / "dead-letters").glob("*.json")))
+        finally:
+            router.stop()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--kill-every", type=float, default=3.0,
+                        help="mean seconds between two kills (each wait is +-50%%)")
+    parser.add_argument("--senders", type=int, default=3)
+    parser.add_argument("--instances", type=int, default=3000,
+                        help="distinct instances in the senders' pool")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    args = parser.parse_args(argv)
+    shutil.rmtree(args.work_dir, ignore_errors=True)
+    print(f"seed {args.seed}", flush=True)
+    report = run_chaos(args.work_dir, args.minutes * 60, args.kill_every, args.senders,
+                       args.instances, args.seed)
+    print("\n".join(report.lines()))
+    if not report.ok:
+        print(f"the router's log: {args.work_dir / 'router' / 'router.log'}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
