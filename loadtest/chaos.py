@@ -4,14 +4,17 @@
 
 The fault tests (tests/integration/test_faults.py) each kill one process at one chosen
 moment; this kills whatever comes up, whenever, again and again: an acceptor, the broker, a
-worker (the supervisor restarts it) or the whole router with `kill -9` of every process
-(restarted here on the same spool and ports, as systemd or Kubernetes would). Meanwhile
+worker (the supervisor restarts it), the whole router with `kill -9` of every process
+(restarted here on the same spool and ports, as systemd or Kubernetes would) or the
+destination (a PACS that crashes and comes back 0.5-3 s later). Meanwhile
 `senders` storescu processes send batches of mixed instances (several SOP classes and
 transfer syntaxes) into the router, and behave like a modality: what was not answered
 Success is sent again in a later batch. Once the pool is through, the senders go on with
 copies of it under fresh SOP Instance UIDs, so that every file acknowledged is a dataset of
 its own and a lost one cannot hide behind an earlier copy. The destination is a storescp
-without --fork: one association at a time, like many PACS.
+without --fork: one association at a time, like many PACS; it writes every instance it
+receives to a file of its own (+uf), so that a delivery it was killed in the middle of
+leaves a torn file beside the good one instead of over it.
 
 At the end the senders stop, the router drains its spool, and every file any sender was told
 Success for must be at the destination with its dataset byte-identical (digests of the
@@ -30,6 +33,7 @@ import random
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -53,17 +57,19 @@ DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
 BATCH = 40  # files per storescu association
 RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
 WHOLE_ROUTER = "router"
+DESTINATION = "destination"
 
 
 @dataclass
 class ChaosReport:
     seconds: float = 0.0
     associations: int = 0  # storescu runs
-    sent: int = 0  # C-STORE requests the senders reported an answer for, or tried
-    acknowledged: int = 0  # answered Success (repeats included)
-    distinct_acknowledged: int = 0  # a file may be answered Success in two runs
+    sent: int = 0  # files handed to storescu (a run cut short sends fewer of them)
+    acknowledged: int = 0  # answered Success
+    distinct_acknowledged: int = 0  # distinct datasets among them
     arrived: int = 0  # distinct datasets at the destination
     missing: int = 0  # acknowledged, never arrived: must be 0
+    duplicates: int = 0  # second copies at the destination (delivery is at least once)
     kills: collections.Counter[str] = field(default_factory=collections.Counter)
     not_restarted: list[str] = field(default_factory=list)
     dead_letters: int = 0
@@ -78,11 +84,12 @@ class ChaosReport:
         kills = ", ".join(f"{name} {count}" for name, count in sorted(self.kills.items()))
         return [
             f"chaos: {self.seconds:.0f} s, {sum(self.kills.values())} kills ({kills or 'none'})",
-            f"  senders: {self.associations} associations, {self.sent} C-STOREs, "
+            f"  senders: {self.associations} associations offering {self.sent} files, "
             f"{self.acknowledged} answered Success ({self.distinct_acknowledged} distinct "
             f"datasets)",
-            f"  destination: {self.arrived} distinct datasets; acknowledged and missing: "
-            f"{self.missing}; dead letters: {self.dead_letters}; spool drained: "
+            f"  destination: {self.arrived} distinct datasets, {self.duplicates} second "
+            f"copies; acknowledged and missing: {self.missing}; dead letters: "
+            f"{self.dead_letters}; spool drained: "
             f"{'yes' if self.drained else 'NO'}",
             *(f"  NOT RESTARTED: {name}" for name in self.not_restarted),
             f"  {'OK' if self.ok else 'FAILED'}",
@@ -161,11 +168,13 @@ def fresh_copy(path: Path, folder: Path, number: int) -> Path:
 
 
 class Killer(threading.Thread):
-    """kill -9 of a router process every `every` seconds (+-50%), in a random order."""
+    """kill -9 of a router process or of the destination every `every` seconds (+-50%),
+    in a random order."""
 
-    def __init__(self, router: RouterProcess, every: float, seed: int) -> None:
+    def __init__(self, router: RouterProcess, destination: StoreSCP, every: float,
+                 seed: int) -> None:
         super().__init__(name="killer", daemon=True)
-        self.router, self.every = router, every
+        self.router, self.destination, self.every = router, destination, every
         self._random = random.Random(seed)
         self._halt = threading.Event()
         self.kills: collections.Counter[str] = collections.Counter()
@@ -190,12 +199,18 @@ class Killer(threading.Thread):
 
     def _kill_one(self) -> None:
         # Dealt from a shuffled deck of every kind of victim, so that a short run still hits
-        # each kind (a worker, the broker, an acceptor, the whole router) in a random order.
+        # each kind (a worker, the broker, an acceptor, the whole router, the destination)
+        # in a random order.
         if not self._deck:
-            self._deck = [*self._children(), WHOLE_ROUTER]
+            self._deck = [*self._children(), WHOLE_ROUTER, DESTINATION]
             self._random.shuffle(self._deck)
         victim = self._deck.pop()
         self.kills[victim] += 1
+        if victim == DESTINATION:
+            self.destination.kill()
+            time.sleep(self._random.uniform(0.5, 3.0))
+            self.destination.start()  # same port: the router's retries find it again
+            return
         if victim == WHOLE_ROUTER:
             self.router.kill_all()
             assert self.router.process is not None
@@ -219,8 +234,14 @@ def _restarted(router: RouterProcess, name: str, old: int) -> bool:
         return False
 
 
-def _digests(paths: list[Path]) -> set[str]:
-    return {dataset_digest(path) for path in paths}
+def _digests(paths: list[Path]) -> list[str]:
+    digests = []
+    for path in paths:
+        try:
+            digests.append(dataset_digest(path))
+        except (ValueError, struct.error):  # torn by a kill of the destination: not a copy
+            continue
+    return digests
 
 
 def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
@@ -231,7 +252,7 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
     syntaxes = tuple(uid for uid in ALL_SYNTAXES if uid != DEFLATED_EXPLICIT_VR_LE)
     files = generate_mixed_set(work / "source", instances, size_bytes=4_000, syntaxes=syntaxes)
     report = ChaosReport()
-    with StoreSCP(work / "pacs", "PACS", port=free_port()) as pacs:
+    with StoreSCP(work / "pacs", "PACS", port=free_port(), extra_args=["+uf"]) as pacs:
         config: dict[str, Any] = {
             "destinations": {"pacs": {"type": "dicom", "ae_title": pacs.ae_title,
                                       "host": "127.0.0.1", "port": pacs.port,
@@ -241,7 +262,7 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
         router = RouterProcess(work / "router", config).start()
         try:
             sending = Senders(files, router.port, senders, seed, work / "copies")
-            killer = Killer(router, kill_every, seed + 1)
+            killer = Killer(router, pacs, kill_every, seed + 1)
             started = time.monotonic()
             sending.start()
             killer.start()
@@ -256,10 +277,12 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             report.acknowledged = len(sending.acknowledged)
             jobs = router.spool / "jobs"
             report.drained = wait_for(lambda: not any(jobs.glob("*.dcm")), timeout=180)
-            wanted = _digests(sending.acknowledged)
-            arrived = _digests(pacs.received_files())
+            wanted = set(_digests(sending.acknowledged))
+            received = _digests(pacs.received_files())
+            arrived = set(received)
             report.distinct_acknowledged = len(wanted)
             report.arrived = len(arrived)
+            report.duplicates = len(received) - len(arrived)
             report.missing = len(wanted - arrived)
             report.dead_letters = len(list((router.spool / "dead-letters").glob("*.json")))
         finally:

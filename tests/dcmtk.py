@@ -158,6 +158,12 @@ class StoreSCP:
         if self._proc is not None:
             _stop_process(self._proc, self.stop_timeout)
 
+    def kill(self) -> None:
+        """kill -9: a destination that crashes (start() brings it back on the same port)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
