@@ -77,9 +77,12 @@ class RouterProcess:
     def start(self, timeout: float = 30.0) -> RouterProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # A process group of its own: kill_all() reaches every process of the router at
+        # once, a child the supervisor is starting that very moment included.
         self.process = subprocess.Popen(
             [*ROUTER, "run", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env,
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -140,14 +143,12 @@ class RouterProcess:
         return int(found[-1])
 
     def kill_all(self) -> None:
-        """kill -9 the supervisor and every child at once: a crash, not a stop. The children
-        are the supervisor's live ones, looked up first: a pid in the log of an earlier
-        start may belong to another process by now (pid_max is 32768 here)."""
+        """kill -9 the supervisor and every child at once: a crash, not a stop. By process
+        group, never by the pids in the log: one of an earlier start may belong to another
+        process by now (pid_max is 32768 here)."""
         assert self.process is not None
-        children = child_pids(self.process.pid)
-        for pid in [self.process.pid, *children]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
     def is_child(self, pid: int) -> bool:
