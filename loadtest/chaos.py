@@ -16,11 +16,12 @@ without --fork: one association at a time, like many PACS; it writes every insta
 receives to a file of its own (+uf), so that a delivery it was killed in the middle of
 leaves a torn file beside the good one instead of over it.
 
-At the end the senders stop, the router drains its spool, and every file any sender was told
-Success for must be at the destination with its dataset byte-identical (digests of the
-dataset after the file meta). Exit 1 if one is missing, if a killed process did not come
-back, or if anything was dead-lettered. The test suite runs a bounded version of this
-(tests/integration/test_chaos.py); the full length is here.
+At the end the senders stop, the broker must come to hold no job, and every file any sender
+was told Success for must be at the destination with its dataset byte-identical (digests of
+the dataset after the file meta). Exit 1 if one is missing, if the broker still holds jobs
+after 180 s, if a killed process did not come back, or if anything was dead-lettered. The
+test suite runs a bounded version of this (tests/integration/test_chaos.py); the full length
+is here.
 """
 
 from __future__ import annotations
