@@ -30,7 +30,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,20 +279,10 @@ class Spool:
         """The jobs of one journal segment that still have their instance in jobs/, with the
         destinations they reached: a dead acceptor's, read while the router runs
         (router/broker/orphans.py)."""
-        found = []
-        for record in read_records(path):
-            job_id = record.get("job_id")
-            if not isinstance(job_id, str) or "/" in job_id \
-                    or not os.path.exists(self.instance_path(job_id)):
-                continue  # over already (or not a name of ours)
-            try:
-                header = JobHeader.from_dict(record)
-            except (ValueError, ProtocolError) as exc:
-                log.error("spool: journal %s holds an unusable header for job %s (%s)",
-                          path.name, job_id, exc)
-                continue
-            found.append(self._recovered(header))
-        return found
+        def queued(job_id: str) -> bool:  # not over already, and a name of ours
+            return "/" not in job_id and os.path.exists(self.instance_path(job_id))
+
+        return [self._recovered(header) for header in self._headers_in(path, queued)]
 
     def _recovered(self, header: JobHeader) -> RecoveredJob:
         """A job to queue again, with the destinations its .done markers say it reached."""
@@ -303,16 +293,23 @@ class Spool:
         """The journal's header of every job in `instances` that has one."""
         found: dict[str, JobHeader] = {}
         for path in segments(self.journal):
-            for record in read_records(path):
-                job_id = record.get("job_id")
-                if job_id not in instances or job_id in found:
-                    continue
-                try:
-                    found[job_id] = JobHeader.from_dict(record)
-                except (ValueError, ProtocolError) as exc:
-                    log.error("spool: journal %s holds an unusable header for job %s (%s)",
-                              path.name, job_id, exc)
+            for header in self._headers_in(path, lambda job_id: job_id in instances
+                                           and job_id not in found):
+                found[header.job_id] = header
         return found
+
+    def _headers_in(self, path: Path, wanted: Callable[[str], bool]) -> Iterator[JobHeader]:
+        """The headers of the records in one segment whose job id is `wanted`; an unusable
+        one is logged and skipped."""
+        for record in read_records(path):
+            job_id = record.get("job_id")
+            if not isinstance(job_id, str) or not wanted(job_id):
+                continue
+            try:
+                yield JobHeader.from_dict(record)
+            except (ValueError, ProtocolError) as exc:
+                log.error("spool: journal %s holds an unusable header for job %s (%s)",
+                          path.name, job_id, exc)
 
     def stage_replay(self, header: JobHeader, instance: Path) -> None:
         """Put a job in the replay inbox; the broker moves it into jobs/ and queues it."""
