@@ -24,6 +24,7 @@ frees the same space as without recycling.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -35,6 +36,8 @@ POOL_FILES = 64  # enough to absorb bursts between settling and receiving
 MAX_FILE_BYTES = 1 << 20  # a large instance's create is nothing beside its writing
 RESCAN_SECONDS = 0.2  # how often an acceptor looks again into an empty pool
 RECOUNT_EVERY = 16  # the reaper counts the pool again after this many retirements
+
+log = logging.getLogger(__name__)
 
 
 class FileRecycler:
@@ -52,6 +55,7 @@ class FileRecycler:
         self._pooled = POOL_FILES  # the reaper's side: unknown until counted
         self._until_recount = 0
         self.reused = 0  # files handed out, for the metric and tests
+        self._disk_low = False  # the last look found the disk near its watermark
 
     def retire(self, path: str | Path) -> bool:
         """Move `path` into the pool if it may be written over; False: the caller unlinks."""
@@ -82,13 +86,26 @@ class FileRecycler:
                     if free < 2 * self.keep_free(total):
                         self._pooled = POOL_FILES  # none until the next look
                         self._empty()
+                        self._note_disk(low=True)
                         return False
+                    self._note_disk(low=False)
                     self._pooled = len(os.listdir(self.folder))
                 except OSError:
                     self._pooled = POOL_FILES
                     return False
             self._until_recount -= 1
             return self._pooled < POOL_FILES
+
+    def _note_disk(self, low: bool) -> None:
+        """One line when recycling stops for the disk and one when it resumes: the count of
+        files written over is a metric, and its standing still wants a reason."""
+        if low != self._disk_low:
+            self._disk_low = low
+            if low:
+                log.info("spool disk has less than twice its watermark free: settled files "
+                         "are deleted instead of recycled until it has again")
+            else:
+                log.info("spool disk has room again: settled files are recycled")
 
     def _empty(self) -> None:
         for name in os.listdir(self.folder):

@@ -164,9 +164,12 @@ def test_spool_remove_recycles_only_when_told(tmp_path: Path) -> None:
     assert [p.name for p in spool.recycled.iterdir()] == ["j1.dcm"]
 
 
-def test_near_the_watermark_nothing_is_retired_and_the_pool_is_emptied(tmp_path: Path) -> None:
+def test_near_the_watermark_nothing_is_retired_and_the_pool_is_emptied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     # The pool's files hold space: a spool near its watermark must get it back, or the
     # acceptor would keep refusing work with the space sitting in recycle/.
+    caplog.set_level("INFO", logger="router.core.recycling")
     pool, jobs = tmp_path / "recycle", tmp_path / "jobs"
     pool.mkdir(), jobs.mkdir()
     recycler = FileRecycler(pool)
@@ -177,9 +180,14 @@ def test_near_the_watermark_nothing_is_retired_and_the_pool_is_emptied(tmp_path:
     recycler._until_recount = 0  # the next retirement looks at the disk
     assert not recycler.retire(spent(jobs, "j3.dcm"))
     assert list(pool.iterdir()) == []
+    recycler._until_recount = 0
+    assert not recycler.retire(jobs / "j3.dcm")  # still low: said once, not again
     recycler.keep_free = lambda total: 0
     recycler._until_recount = 0
     assert recycler.retire(jobs / "j3.dcm")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2, said
+    assert "deleted instead of recycled" in said[0] and "recycled" in said[1]
 
 
 def test_a_link_in_the_pool_is_never_written_through(tmp_path: Path) -> None:
