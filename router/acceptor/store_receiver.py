@@ -19,11 +19,11 @@ import errno
 import logging
 import os
 import struct
-import uuid
 from pathlib import Path
 
 from router.core import metrics
 from router.core.recycling import FileRecycler
+from router.core.spool import incoming_name
 from router.core.writeback import KICK_BYTES, start_writeback
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def file_meta(sop_class: str, sop_instance: str, transfer_syntax: str,
 class StoreReceiver:
     def __init__(self, folder: Path, meta: bytes, limit: int | None,
                  recycler: FileRecycler | None = None) -> None:
-        self.path = folder / f"{uuid.uuid4().hex}.dcm"
+        self.path = folder / incoming_name()
         self.limit = limit
         self.received = 0  # dataset bytes, whether written or not
         self.truncated = False

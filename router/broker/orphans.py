@@ -13,6 +13,10 @@ sent it again, and the destination then gets both (a deliberate re-send is new w
 A segment read this way is deleted once none of its jobs has an instance left; one whose
 writer is alive is only looked at again. Segments present at the broker's start whose writer
 is already gone were read by Broker.recover and are not read twice.
+
+The same look deletes a dead acceptor's files in incoming/ (their names start with the pid
+too): datasets it was receiving, or had received and not committed, when it died. Nobody
+was told Success for them; before, they stayed until the router's next start.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ class OrphanedJournals:
     def collect(self, unknown: Callable[[str], bool]) -> list[RecoveredJob]:
         """The jobs of every segment whose writer died since the last call, for which
         `unknown(job_id)` holds (the broker neither queues nor removes it)."""
+        cleared = self.spool.clear_incoming_of(self.alive)
+        if cleared:
+            metrics.INCOMING_CLEARED.inc(cleared)
+            log.warning("deleted %d half-received file(s) in incoming/ of an acceptor that "
+                        "stopped; their senders were not told Success", cleared)
         present = segments(self.spool.journal)
         self._seen &= {p.name for p in present}
         self._delete_finished()

@@ -173,6 +173,11 @@ SPOOL_FILES_REUSED = Counter(
     "file (saves the filesystem an inode allocation and a free per instance).",
 )
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
+INCOMING_CLEARED = Counter(
+    f"{PREFIX}_incoming_files_cleared_total",
+    "Files in the spool's incoming/ deleted while the router ran because the acceptor "
+    "receiving them had stopped (never acknowledged to their senders).",
+)
 SPOOL_GROUP_SYNCS = Counter(
     f"{PREFIX}_spool_group_syncs_total",
     "Shared syncs of the acceptor's group commit (journal segment and jobs folder), each "

@@ -30,6 +30,7 @@ import os
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,13 @@ def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def incoming_name() -> str:
+    """A name for a file received into incoming/: the receiving process's pid first, so
+    that the half-received files of an acceptor that died can be told from a live one's
+    (Spool.clear_incoming_of)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
 
 
 def new_job_id() -> str:
@@ -257,6 +265,24 @@ class Spool:
         if self.recycled.is_dir():
             for path in self.recycled.iterdir():
                 path.unlink(missing_ok=True)
+        return count
+
+    def clear_incoming_of(self, alive: Callable[[int], bool]) -> int:
+        """Delete the files in incoming/ of receiving processes that are gone (`alive(pid)`
+        false): an acceptor killed while a dataset arrived, or after it was received and
+        before it was committed. Their senders were never told Success. While the router
+        runs, without waiting for its next start (clear_incoming)."""
+        count = 0
+        try:
+            names = os.listdir(self.incoming)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            head = name.split("-", 1)[0]
+            if head.isdigit() and not alive(int(head)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.incoming / name)
+                    count += 1
         return count
 
     def recover(self) -> Iterator[RecoveredJob]:

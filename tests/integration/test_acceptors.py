@@ -272,3 +272,45 @@ def test_a_program_listening_with_so_reuseport_is_not_joined(tmp_path: Path) -> 
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"cannot listen for DICOM on 127.0.0.1:{router.port}" in done.stderr
     assert "Address already in use" in done.stderr and "started " not in done.stderr
+
+
+def test_a_killed_acceptors_half_received_file_goes_while_the_router_runs(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of an acceptor while a C-STORE is half sent: its file in incoming/ is deleted
+    by the broker once the acceptor is gone, without waiting for the router's next start
+    (which is what used to clear it); nothing else there is touched."""
+    uid, body = _dataset(tmp_path / "src")
+    router = RouterProcess(tmp_path / "router", _archive(tmp_path)).start()
+    incoming = router.spool / "incoming"
+    stranger = incoming / "kept-by-hand.dcm"  # not a name the router gives: left alone
+    stranger.write_bytes(b"not ours")
+    conn = pdus.RawAssociation(LOCALHOST, router.port, timeout=30)
+    try:
+        conn.associate(called_ae=AE, calling_ae="MODALITY", max_pdu=65536)
+        conn.accepted_context(STORAGE_CONTEXT)
+        conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, pdus.c_store_rq(uid),
+                                           command=True)]))
+        conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, body[:10_000], command=False,
+                                           last=False)]))
+        assert wait_for(lambda: len(list(incoming.iterdir())) == 2, timeout=15)
+        [half] = [path for path in incoming.iterdir() if path != stranger]
+        owner = int(half.name.split("-", 1)[0])
+        assert router.is_child(owner)
+        os.kill(owner, signal.SIGKILL)
+        assert wait_for(lambda: not half.exists(), timeout=15), router.log()[-3000:]
+        assert router.metric("dicom_router_incoming_files_cleared_total") == 1
+        assert "deleted 1 half-received file(s) in incoming/" in router.log()
+        assert list(incoming.iterdir()) == [stranger]
+        assert wait_for(lambda: router.child_pid(_owner_name(router, owner)) != owner)
+    finally:
+        conn.close()
+        router.stop()
+
+
+def _owner_name(router: RouterProcess, pid: int) -> str:
+    """The supervisor's name of the child that had `pid` (its log says "started NAME (pid
+    PID)")."""
+    found = re.search(rf"started (\S+) \(pid {pid}\)", router.log())
+    assert found is not None, router.log()[-3000:]
+    return found.group(1)

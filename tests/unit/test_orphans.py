@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from router.broker.orphans import OrphanedJournals, writer_pid
 from router.broker.reaper import SpoolReaper
 from router.core.journal import frame
 from router.core.messages import JobHeader
-from router.core.spool import Spool
+from router.core.spool import Spool, incoming_name
 
 from .helpers import make_header
 
@@ -105,6 +106,24 @@ def test_names_the_router_did_not_write_are_left_to_the_start(spool: Spool) -> N
     assert writer_pid(spool.journal / "123-abcd-000001.log") == 123
     orphans = OrphanedJournals(spool, alive=lambda pid: False)
     assert orphans.collect(lambda job_id: True) == []
+
+
+def test_a_dead_acceptors_half_received_files_are_deleted_and_a_live_ones_kept(
+        spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    dead, live = spool.incoming / f"{DEAD}-ab12.dcm", spool.incoming / f"{LIVE}-cd34.dcm"
+    unnamed = spool.incoming / "ef56.dcm"  # not a name the receiver gives: left to the start
+    for path in (dead, live, unnamed):
+        path.write_bytes(b"half a dataset")
+    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    assert orphans.collect(lambda job_id: True) == []
+    assert sorted(spool.incoming.iterdir()) == sorted([live, unnamed])
+    assert "deleted 1 half-received file(s)" in caplog.text
+
+
+def test_the_receiver_names_its_files_after_its_process(tmp_path: Path) -> None:
+    name = incoming_name()
+    assert name.split("-", 1)[0] == str(os.getpid()) and name.endswith(".dcm")
+    assert incoming_name() != name
 
 
 def test_the_reaper_says_which_jobs_it_has_yet_to_remove(
