@@ -5,23 +5,26 @@
 The fault tests (tests/integration/test_faults.py) each kill one process at one chosen
 moment; this kills whatever comes up, whenever, again and again: an acceptor, the broker, a
 worker (the supervisor restarts it), the whole router with `kill -9` of every process
-(restarted here on the same spool and ports, as systemd or Kubernetes would) or the
+(restarted here on the same spool and ports, as systemd or Kubernetes would) or a
 destination (a PACS that crashes and comes back 0.5-3 s later). Meanwhile
 `senders` storescu processes send batches of mixed instances (several SOP classes and
 transfer syntaxes) into the router, and behave like a modality: what was not answered
 Success is sent again in a later batch. Once the pool is through, the senders go on with
 copies of it under fresh SOP Instance UIDs, so that every file acknowledged is a dataset of
-its own and a lost one cannot hide behind an earlier copy. The destination is a storescp
-without --fork: one association at a time, like many PACS; it writes every instance it
+its own and a lost one cannot hide behind an earlier copy. The one rule forwards every
+instance to `destinations` storescp (two by default: a PACS and an archive, so that jobs
+are often delivered to one and not yet to the other when a kill comes), each without
+--fork: one association at a time, like many PACS; each writes every instance it
 receives to a file of its own (+uf), so that a delivery it was killed in the middle of
 leaves a torn file beside the good one instead of over it.
 
-At the end the senders stop, the broker must come to hold no job, and every file any sender
-was told Success for must be at the destination with its dataset byte-identical (digests of
-the dataset after the file meta). Exit 1 if one is missing, if the broker still holds jobs
-after 180 s, if a killed process did not come back, or if anything was dead-lettered. The
-test suite runs a bounded version of this (tests/integration/test_chaos.py); the full length
-is here.
+At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
+(a killed acceptor's half-received files are the broker's to delete), and every file any
+sender was told Success for must be at every destination with its dataset byte-identical
+(digests of the dataset after the file meta). Exit 1 if one is missing, if the broker
+still holds jobs after 180 s, if incoming/ is not empty, if a killed process did not come
+back, or if anything was dead-lettered. The test suite runs a bounded version of this
+(tests/integration/test_chaos.py); the full length is here.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
 BATCH = 40  # files per storescu association
 RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
 WHOLE_ROUTER = "router"
-DESTINATION = "destination"
+DESTINATION = "destination"  # a victim's name is "destination <name>"
+DESTINATION_NAMES = ("pacs", "archive", "viewer", "lab")
 
 
 @dataclass
@@ -68,9 +72,11 @@ class ChaosReport:
     sent: int = 0  # files handed to storescu (a run cut short sends fewer of them)
     acknowledged: int = 0  # answered Success
     distinct_acknowledged: int = 0  # distinct datasets among them
-    arrived: int = 0  # distinct datasets at the destination
-    missing: int = 0  # acknowledged, never arrived: must be 0
-    duplicates: int = 0  # second copies at the destination (delivery is at least once)
+    # Per destination: distinct datasets there, acknowledged ones never arrived (must be
+    # 0), second copies (delivery is at least once).
+    arrived: dict[str, int] = field(default_factory=dict)
+    missing: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
     kills: collections.Counter[str] = field(default_factory=collections.Counter)
     not_restarted: list[str] = field(default_factory=list)
     dead_letters: int = 0
@@ -78,11 +84,14 @@ class ChaosReport:
     # Instances left in jobs/ without a job record: an acceptor killed between the two
     # (microseconds), its sender never told Success; the next start removes them.
     orphans: int = 0
+    # Files left in incoming/ once the senders stopped: what a killed acceptor was
+    # receiving, which the broker deletes within a second of its death. Must be 0.
+    incoming: int = 0
 
     @property
     def ok(self) -> bool:
-        return (self.missing == 0 and not self.not_restarted and self.dead_letters == 0
-                and self.drained)
+        return (not any(self.missing.values()) and not self.not_restarted
+                and self.dead_letters == 0 and self.drained and self.incoming == 0)
 
     def lines(self) -> list[str]:
         kills = ", ".join(f"{name} {count}" for name, count in sorted(self.kills.items()))
@@ -91,11 +100,13 @@ class ChaosReport:
             f"  senders: {self.associations} associations offering {self.sent} files, "
             f"{self.acknowledged} answered Success ({self.distinct_acknowledged} distinct "
             f"datasets)",
-            f"  destination: {self.arrived} distinct datasets, {self.duplicates} second "
-            f"copies; acknowledged and missing: {self.missing}; dead letters: "
-            f"{self.dead_letters}; spool drained: {'yes' if self.drained else 'NO'} "
-            f"({self.orphans} instance files still in jobs/: an acceptor killed before "
-            f"their record, never acknowledged, for the next start to remove)",
+            *(f"  destination {name}: {self.arrived[name]} distinct datasets, "
+              f"{self.duplicates[name]} second copies; acknowledged and missing: "
+              f"{self.missing[name]}" for name in self.arrived),
+            f"  dead letters: {self.dead_letters}; spool drained: "
+            f"{'yes' if self.drained else 'NO'} ({self.orphans} instance files still in "
+            f"jobs/: an acceptor killed before their record, never acknowledged, for the "
+            f"next start to remove); files left in incoming/: {self.incoming}",
             *(f"  NOT RESTARTED: {name}" for name in self.not_restarted),
             f"  {'OK' if self.ok else 'FAILED'}",
         ]
@@ -173,13 +184,13 @@ def fresh_copy(path: Path, folder: Path, number: int) -> Path:
 
 
 class Killer(threading.Thread):
-    """kill -9 of a router process or of the destination every `every` seconds (+-50%),
+    """kill -9 of a router process or of a destination every `every` seconds (+-50%),
     in a random order."""
 
-    def __init__(self, router: RouterProcess, destination: StoreSCP, every: float,
-                 seed: int) -> None:
+    def __init__(self, router: RouterProcess, destinations: dict[str, StoreSCP],
+                 every: float, seed: int) -> None:
         super().__init__(name="killer", daemon=True)
-        self.router, self.destination, self.every = router, destination, every
+        self.router, self.destinations, self.every = router, destinations, every
         self._random = random.Random(seed)
         self._halt = threading.Event()
         self.kills: collections.Counter[str] = collections.Counter()
@@ -204,17 +215,19 @@ class Killer(threading.Thread):
 
     def _kill_one(self) -> None:
         # Dealt from a shuffled deck of every kind of victim, so that a short run still hits
-        # each kind (a worker, the broker, an acceptor, the whole router, the destination)
+        # each kind (a worker, the broker, an acceptor, the whole router, each destination)
         # in a random order.
         if not self._deck:
-            self._deck = [*self._children(), WHOLE_ROUTER, DESTINATION]
+            self._deck = [*self._children(), WHOLE_ROUTER,
+                          *(f"{DESTINATION} {name}" for name in self.destinations)]
             self._random.shuffle(self._deck)
         victim = self._deck.pop()
         self.kills[victim] += 1
-        if victim == DESTINATION:
-            self.destination.kill()
+        if victim.startswith(DESTINATION):
+            destination = self.destinations[victim.split()[1]]
+            destination.kill()
             time.sleep(self._random.uniform(0.5, 3.0))
-            self.destination.start()  # same port: the router's retries find it again
+            destination.start()  # same port: the router's retries find it again
             return
         if victim == WHOLE_ROUTER:
             self.router.kill_all()
@@ -265,24 +278,29 @@ def _digests(paths: list[Path]) -> list[str]:
 
 
 def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
-              instances: int = 1200, seed: int = 1) -> ChaosReport:
+              instances: int = 1200, seed: int = 1, destinations: int = 2) -> ChaosReport:
     """The whole run in `work` (created); see the module's docstring."""
+    if not 1 <= destinations <= len(DESTINATION_NAMES):
+        raise ValueError(f"destinations: 1 to {len(DESTINATION_NAMES)}, not {destinations}")
     work.mkdir(parents=True, exist_ok=True)
     # Every syntax but deflated, whose dataset hides the UID that fresh_copy rewrites.
     syntaxes = tuple(uid for uid in ALL_SYNTAXES if uid != DEFLATED_EXPLICIT_VR_LE)
     files = generate_mixed_set(work / "source", instances, size_bytes=4_000, syntaxes=syntaxes)
     report = ChaosReport()
-    with StoreSCP(work / "pacs", "PACS", port=free_port(), extra_args=["+uf"]) as pacs:
+    with contextlib.ExitStack() as stack:
+        peers = {name: stack.enter_context(StoreSCP(work / name, name.upper(),
+                                                    port=free_port(), extra_args=["+uf"]))
+                 for name in DESTINATION_NAMES[:destinations]}
         config: dict[str, Any] = {
-            "destinations": {"pacs": {"type": "dicom", "ae_title": pacs.ae_title,
-                                      "host": "127.0.0.1", "port": pacs.port,
-                                      "retry": RETRY}},
-            "rules": [{"name": "all", "forward": ["pacs"]}],
+            "destinations": {name: {"type": "dicom", "ae_title": peer.ae_title,
+                                    "host": "127.0.0.1", "port": peer.port, "retry": RETRY}
+                             for name, peer in peers.items()},
+            "rules": [{"name": "all", "forward": list(peers)}],
         }
         router = RouterProcess(work / "router", config).start()
         try:
             sending = Senders(files, router.port, senders, seed, work / "copies")
-            killer = Killer(router, pacs, kill_every, seed + 1)
+            killer = Killer(router, peers, kill_every, seed + 1)
             started = time.monotonic()
             sending.start()
             killer.start()
@@ -297,13 +315,15 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             report.acknowledged = len(sending.acknowledged)
             report.drained = _drained(router)
             report.orphans = len(list((router.spool / "jobs").glob("*.dcm")))
+            report.incoming = len(list((router.spool / "incoming").iterdir()))
             wanted = set(_digests(sending.acknowledged))
-            received = _digests(pacs.received_files())
-            arrived = set(received)
             report.distinct_acknowledged = len(wanted)
-            report.arrived = len(arrived)
-            report.duplicates = len(received) - len(arrived)
-            report.missing = len(wanted - arrived)
+            for name, peer in peers.items():
+                received = _digests(peer.received_files())
+                arrived = set(received)
+                report.arrived[name] = len(arrived)
+                report.duplicates[name] = len(received) - len(arrived)
+                report.missing[name] = len(wanted - arrived)
             report.dead_letters = len(list((router.spool / "dead-letters").glob("*.json")))
         finally:
             router.stop()
@@ -318,13 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=3)
     parser.add_argument("--instances", type=int, default=3000,
                         help="distinct instances in the senders' pool")
+    parser.add_argument("--destinations", type=int, default=2,
+                        choices=range(1, len(DESTINATION_NAMES) + 1),
+                        help="storescp the rule forwards to, each one association at a time")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
     shutil.rmtree(args.work_dir, ignore_errors=True)
     print(f"seed {args.seed}", flush=True)
     report = run_chaos(args.work_dir, args.minutes * 60, args.kill_every, args.senders,
-                       args.instances, args.seed)
+                       args.instances, args.seed, args.destinations)
     print("\n".join(report.lines()))
     if not report.ok:
         print(f"the router's log: {args.work_dir / 'router' / 'router.log'}")
