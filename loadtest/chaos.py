@@ -6,7 +6,9 @@ The fault tests (tests/integration/test_faults.py) each kill one process at one 
 moment; this kills whatever comes up, whenever, again and again: an acceptor, the broker, a
 worker (the supervisor restarts it), the whole router with `kill -9` of every process
 (restarted here on the same spool and ports, as systemd or Kubernetes would) or a
-destination (a PACS that crashes and comes back 0.5-3 s later). Meanwhile
+destination (a PACS that crashes and comes back 0.5-3 s later); or it stops the router
+gracefully (SIGTERM: it must drain and exit 0) and starts it again, or changes its config
+and sends SIGHUP (the reload must be applied). Meanwhile
 `senders` storescu processes send batches of mixed instances (several SOP classes and
 transfer syntaxes) into the router, and behave like a modality: what was not answered
 Success is sent again in a later batch. Once the pool is through, the senders go on with
@@ -23,7 +25,8 @@ At the end the senders stop, the broker must come to hold no job, incoming/ must
 sender was told Success for must be at every destination with its dataset byte-identical
 (digests of the dataset after the file meta). Exit 1 if one is missing, if the broker
 still holds jobs after 180 s, if incoming/ is not empty, if a killed process did not come
-back, or if anything was dead-lettered. The test suite runs a bounded version of this
+back, if a stop did not exit 0 or a reload was not applied, or if anything was
+dead-lettered. The test suite runs a bounded version of this
 (tests/integration/test_chaos.py); the full length is here.
 """
 
@@ -45,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydicom.filereader import read_file_meta_info
 
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
@@ -61,6 +65,8 @@ DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
 BATCH = 40  # files per storescu association
 RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
 WHOLE_ROUTER = "router"
+GRACEFUL_STOP = "router stop"  # SIGTERM under load, as a rolling update sends it
+RELOAD = "reload"  # a changed config and SIGHUP under load
 DESTINATION = "destination"  # a victim's name is "destination <name>"
 DESTINATION_NAMES = ("pacs", "archive", "viewer", "lab")
 
@@ -78,7 +84,7 @@ class ChaosReport:
     missing: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     kills: collections.Counter[str] = field(default_factory=collections.Counter)
-    not_restarted: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
     dead_letters: int = 0
     drained: bool = False  # the broker holds no job any more
     # Instances left in jobs/ without a job record: an acceptor killed between the two
@@ -90,7 +96,7 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return (not any(self.missing.values()) and not self.not_restarted
+        return (not any(self.missing.values()) and not self.failures
                 and self.dead_letters == 0 and self.drained and self.incoming == 0)
 
     def lines(self) -> list[str]:
@@ -107,7 +113,7 @@ class ChaosReport:
             f"{'yes' if self.drained else 'NO'} ({self.orphans} instance files still in "
             f"jobs/: an acceptor killed before their record, never acknowledged, for the "
             f"next start to remove); files left in incoming/: {self.incoming}",
-            *(f"  NOT RESTARTED: {name}" for name in self.not_restarted),
+            *(f"  FAILED: {failure}" for failure in self.failures),
             f"  {'OK' if self.ok else 'FAILED'}",
         ]
 
@@ -194,7 +200,7 @@ class Killer(threading.Thread):
         self._random = random.Random(seed)
         self._halt = threading.Event()
         self.kills: collections.Counter[str] = collections.Counter()
-        self.not_restarted: list[str] = []
+        self.failures: list[str] = []
         self.error: BaseException | None = None
         self._deck: list[str] = []
 
@@ -218,7 +224,7 @@ class Killer(threading.Thread):
         # each kind (a worker, the broker, an acceptor, the whole router, each destination)
         # in a random order.
         if not self._deck:
-            self._deck = [*self._children(), WHOLE_ROUTER,
+            self._deck = [*self._children(), WHOLE_ROUTER, GRACEFUL_STOP, RELOAD,
                           *(f"{DESTINATION} {name}" for name in self.destinations)]
             self._random.shuffle(self._deck)
         victim = self._deck.pop()
@@ -229,6 +235,16 @@ class Killer(threading.Thread):
             time.sleep(self._random.uniform(0.5, 3.0))
             destination.start()  # same port: the router's retries find it again
             return
+        if victim == GRACEFUL_STOP:
+            assert self.router.process is not None
+            code = self.router.stop(timeout=90)  # the drain lets transfers in flight finish
+            if code != 0:
+                self.failures.append(f"a SIGTERM stop under load exited {code}, not 0")
+            self.router.start(timeout=60)
+            return
+        if victim == RELOAD:
+            self._reload()
+            return
         if victim == WHOLE_ROUTER:
             self.router.kill_all()
             assert self.router.process is not None
@@ -237,12 +253,29 @@ class Killer(threading.Thread):
             return
         pid = self.router.child_pid(victim)
         if not self.router.is_child(pid):  # never a pid that may be someone else's by now
-            self.not_restarted.append(f"{victim} (pid {pid} is not the router's)")
+            self.failures.append(f"{victim} (pid {pid} is not the router's)")
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not wait_for(lambda: _restarted(self.router, victim, pid), timeout=60):
-            self.not_restarted.append(victim)
+            self.failures.append(f"{victim} not restarted within 60 s")
+
+
+    def _reload(self) -> None:
+        """Change the broker's linger (harmless, but a change every process applies) and
+        send SIGHUP; the supervisor must say it reloaded within 30 s."""
+        config = yaml.safe_load(self.router.config_path.read_text())
+        queue = config.setdefault("queue", {})
+        queue["linger"] = 0.03 if queue.get("linger") == 0.02 else 0.02  # default 0.01
+        temporary = self.router.config_path.with_suffix(".tmp")
+        temporary.write_text(yaml.safe_dump(config))
+        os.replace(temporary, self.router.config_path)  # never a half-written config
+        before = self.router.log().count("config reloaded from")
+        assert self.router.process is not None
+        self.router.process.send_signal(signal.SIGHUP)
+        if not wait_for(lambda: self.router.log().count("config reloaded from") > before,
+                        timeout=30):
+            self.failures.append("a config reload under load was not applied within 30 s")
 
 
 def _restarted(router: RouterProcess, name: str, old: int) -> bool:
@@ -310,7 +343,7 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             report.seconds = time.monotonic() - started
             if killer.error is not None:
                 raise RuntimeError(f"the killer failed: {killer.error!r}") from killer.error
-            report.kills, report.not_restarted = killer.kills, killer.not_restarted
+            report.kills, report.failures = killer.kills, killer.failures
             report.associations, report.sent = sending.associations, sending.sent
             report.acknowledged = len(sending.acknowledged)
             report.drained = _drained(router)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.chaos import DESTINATION, WHOLE_ROUTER, run_chaos
+from loadtest.chaos import DESTINATION, GRACEFUL_STOP, RELOAD, WHOLE_ROUTER, run_chaos
 
 pytestmark = pytest.mark.integration
 
@@ -15,17 +15,19 @@ pytestmark = pytest.mark.integration
 def test_random_kills_under_load_lose_nothing_acknowledged(tmp_path: Path) -> None:
     """Three storescu senders; one rule forwards to two destinations that each serve one
     association at a time; an acceptor, the broker, a worker, the whole router or a
-    destination killed every ~3 s: every file a sender was told Success for arrives
-    byte-identical at both, every killed process comes back, nothing is dead-lettered and
-    the spool drains. Victims are dealt from a shuffled deck of every kind, so 40 s hit
-    each kind at least once."""
-    report = run_chaos(tmp_path, seconds=40, kill_every=3, senders=3, instances=900, seed=7,
-                       destinations=2)
+    destination killed every ~2.5 s, or the router stopped (SIGTERM) and started, or its
+    config changed and reloaded: every file a sender was told Success for arrives
+    byte-identical at both, every killed process comes back, every stop exits 0, every
+    reload is applied, nothing is dead-lettered and the spool drains. Victims are dealt
+    from a shuffled deck of every kind, so 45 s hit each kind at least once."""
+    report = run_chaos(tmp_path, seconds=45, kill_every=2.5, senders=3, instances=900,
+                       seed=7, destinations=2)
     print("\n" + "\n".join(report.lines()))
     assert report.ok, "\n".join(report.lines())
     assert set(report.missing) == {"pacs", "archive"}
     assert sum(report.kills.values()) >= 7
     assert report.kills[WHOLE_ROUTER] >= 1
+    assert report.kills[GRACEFUL_STOP] >= 1 and report.kills[RELOAD] >= 1, report.kills
     assert report.kills[f"{DESTINATION} pacs"] >= 1, report.kills
     assert report.kills[f"{DESTINATION} archive"] >= 1, report.kills
     assert {"acceptor-1", "broker"} <= set(report.kills), report.kills
