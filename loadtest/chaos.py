@@ -18,7 +18,9 @@ instance to `destinations` storescp (two by default: a PACS and an archive, so t
 are often delivered to one and not yet to the other when a kill comes), each without
 --fork: one association at a time, like many PACS; each writes every instance it
 receives to a file of its own (+uf), so that a delivery it was killed in the middle of
-leaves a torn file beside the good one instead of over it.
+leaves a torn file beside the good one instead of over it. With --tls the senders connect
+over TLS (the router's listener in tls mode), so that kills, stops and reloads (which load
+the TLS material again) meet TLS associations.
 
 At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
 (a killed acceptor's half-received files are the broker's to delete), and every file any
@@ -60,6 +62,7 @@ from tests.dicom_samples import (
 )
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.integration.senders import acknowledged
+from tests.pki import CertificateAuthority
 
 DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
 BATCH = 40  # files per storescu association
@@ -124,8 +127,8 @@ class Senders:
     (a new SOP Instance UID each) follow."""
 
     def __init__(self, files: list[Path], port: int, count: int, seed: int,
-                 copies: Path) -> None:
-        self.port, self.copies = port, copies
+                 copies: Path, tls_args: list[str]) -> None:
+        self.port, self.copies, self.tls_args = port, copies, tls_args
         self._pool = list(files)
         self._pending = list(files)
         self._lock = threading.Lock()
@@ -162,7 +165,8 @@ class Senders:
             batch = self._take()
             try:
                 result = run_storescu(batch, LOCALHOST, self.port, called_ae="DICOM-ROUTER",
-                                      extra_args=["-v", "-nh"], timeout=90)
+                                      extra_args=["-v", "-nh", *self.tls_args],
+                                      timeout=90)
                 ok = acknowledged(result.stdout + result.stderr)
             except subprocess.TimeoutExpired:
                 ok = []  # storescu was killed: nothing of this run counts as answered
@@ -311,7 +315,8 @@ def _digests(paths: list[Path]) -> list[str]:
 
 
 def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
-              instances: int = 1200, seed: int = 1, destinations: int = 2) -> ChaosReport:
+              instances: int = 1200, seed: int = 1, destinations: int = 2,
+              tls: bool = False) -> ChaosReport:
     """The whole run in `work` (created); see the module's docstring."""
     if not 1 <= destinations <= len(DESTINATION_NAMES):
         raise ValueError(f"destinations: 1 to {len(DESTINATION_NAMES)}, not {destinations}")
@@ -330,9 +335,16 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
                              for name, peer in peers.items()},
             "rules": [{"name": "all", "forward": list(peers)}],
         }
+        tls_args: list[str] = []
+        if tls:  # senders verify the router's certificate; it forwards in plain
+            ca = CertificateAuthority(work / "pki", "chaos-ca")
+            server = ca.issue("router", dns=("localhost",), ip=LOCALHOST, server=True)
+            config["listen"] = {"tls": {"mode": "tls", "cert": str(server.cert),
+                                        "key": str(server.key), "ca": str(ca.cert_path)}}
+            tls_args = ["+tla", "+cf", str(ca.cert_path)]
         router = RouterProcess(work / "router", config).start()
         try:
-            sending = Senders(files, router.port, senders, seed, work / "copies")
+            sending = Senders(files, router.port, senders, seed, work / "copies", tls_args)
             killer = Killer(router, peers, kill_every, seed + 1)
             started = time.monotonic()
             sending.start()
@@ -374,13 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--destinations", type=int, default=2,
                         choices=range(1, len(DESTINATION_NAMES) + 1),
                         help="storescp the rule forwards to, each one association at a time")
+    parser.add_argument("--tls", action="store_true",
+                        help="the senders connect over TLS (the router's listener in tls mode)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
     shutil.rmtree(args.work_dir, ignore_errors=True)
     print(f"seed {args.seed}", flush=True)
     report = run_chaos(args.work_dir, args.minutes * 60, args.kill_every, args.senders,
-                       args.instances, args.seed, args.destinations)
+                       args.instances, args.seed, args.destinations, args.tls)
     print("\n".join(report.lines()))
     if not report.ok:
         print(f"the router's log: {args.work_dir / 'router' / 'router.log'}")

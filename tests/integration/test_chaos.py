@@ -33,3 +33,18 @@ def test_random_kills_under_load_lose_nothing_acknowledged(tmp_path: Path) -> No
     assert {"acceptor-1", "broker"} <= set(report.kills), report.kills
     assert any(name.startswith("worker-") for name in report.kills), report.kills
     assert report.distinct_acknowledged >= 200  # the senders got through between the kills
+
+
+def test_random_kills_under_load_over_tls_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    """The same over TLS from the senders, shorter and to one destination: an acceptor
+    killed mid-handshake or mid-transfer, a stop draining TLS associations and a reload
+    (which loads the TLS material again) lose nothing acknowledged either."""
+    # The seed fixes the deck's order: acceptor-1, reload, broker, the destination, worker-1,
+    # then the rest as time allows.
+    report = run_chaos(tmp_path, seconds=30, kill_every=2.5, senders=3, instances=600,
+                       seed=33, destinations=1, tls=True)
+    print("\n" + "\n".join(report.lines()))
+    assert report.ok, "\n".join(report.lines())
+    assert sum(report.kills.values()) >= 5
+    assert report.kills[RELOAD] >= 1 and report.kills["acceptor-1"] >= 1, report.kills
+    assert report.distinct_acknowledged >= 100
