@@ -180,6 +180,17 @@ def _dataset(tmp_path: Path) -> tuple[str, bytes]:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID), body
 
 
+def _half_sent_store(port: int, uid: str, body: bytes) -> pdus.RawAssociation:
+    """An association holding a C-STORE whose first 10,000 dataset bytes are sent."""
+    conn = pdus.RawAssociation(LOCALHOST, port, timeout=30)
+    conn.associate(called_ae=AE, calling_ae="MODALITY", max_pdu=65536)
+    conn.accepted_context(STORAGE_CONTEXT)
+    conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, pdus.c_store_rq(uid), command=True)]))
+    conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, body[:10_000], command=False,
+                                       last=False)]))
+    return conn
+
+
 def test_stop_drains_every_acceptor(tmp_path: Path) -> None:
     """SIGTERM while each acceptor holds a C-STORE half sent: no new connection is taken,
     both transfers may finish and get Success, then the router exits 0 with both on the
@@ -193,14 +204,7 @@ def test_stop_drains_every_acceptor(tmp_path: Path) -> None:
     try:
         # Connect until each acceptor holds a half-sent C-STORE (the kernel picks).
         for _ in range(40):
-            conn = pdus.RawAssociation(LOCALHOST, router.port, timeout=30)
-            conn.associate(called_ae=AE, calling_ae="MODALITY", max_pdu=65536)
-            conn.accepted_context(STORAGE_CONTEXT)
-            conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, pdus.c_store_rq(uid),
-                                               command=True)]))
-            conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, body[:10_000], command=False,
-                                               last=False)]))
-            held.append(conn)
+            held.append(_half_sent_store(router.port, uid, body))
             count = len(held)
             assert wait_for(lambda: len(open_associations(router.status())) == count,  # noqa: B023
                             timeout=15)
@@ -285,14 +289,8 @@ def test_a_killed_acceptors_half_received_file_goes_while_the_router_runs(
     incoming = router.spool / "incoming"
     stranger = incoming / "kept-by-hand.dcm"  # not a name the router gives: left alone
     stranger.write_bytes(b"not ours")
-    conn = pdus.RawAssociation(LOCALHOST, router.port, timeout=30)
+    conn = _half_sent_store(router.port, uid, body)
     try:
-        conn.associate(called_ae=AE, calling_ae="MODALITY", max_pdu=65536)
-        conn.accepted_context(STORAGE_CONTEXT)
-        conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, pdus.c_store_rq(uid),
-                                           command=True)]))
-        conn.send(pdus.p_data_tf([pdus.pdv(STORAGE_CONTEXT, body[:10_000], command=False,
-                                           last=False)]))
         assert wait_for(lambda: len(list(incoming.iterdir())) == 2, timeout=15)
         [half] = [path for path in incoming.iterdir() if path != stranger]
         owner = int(half.name.split("-", 1)[0])

@@ -39,12 +39,12 @@ def test_random_kills_under_load_over_tls_lose_nothing_acknowledged(tmp_path: Pa
     """The same over TLS from the senders, shorter and to one destination: an acceptor
     killed mid-handshake or mid-transfer, a stop draining TLS associations and a reload
     (which loads the TLS material again) lose nothing acknowledged either."""
-    # The seed fixes the deck's order: acceptor-1, reload, broker, the destination, worker-1,
-    # then the rest as time allows.
+    # The seed fixes the deck's order: acceptor-1, reload, router stop, worker-1, then the
+    # rest as time allows.
     report = run_chaos(tmp_path, seconds=30, kill_every=2.5, senders=3, instances=600,
-                       seed=33, destinations=1, tls=True)
+                       seed=147, destinations=1, tls=True)
     print("\n" + "\n".join(report.lines()))
     assert report.ok, "\n".join(report.lines())
-    assert sum(report.kills.values()) >= 5
-    assert report.kills[RELOAD] >= 1 and report.kills["acceptor-1"] >= 1, report.kills
+    assert report.kills["acceptor-1"] >= 1 and report.kills[RELOAD] >= 1, report.kills
+    assert report.kills[GRACEFUL_STOP] >= 1, report.kills
     assert report.distinct_acknowledged >= 100
