@@ -194,8 +194,8 @@ def fresh_copy(path: Path, folder: Path, number: int) -> Path:
 
 
 class Killer(threading.Thread):
-    """kill -9 of a router process or of a destination every `every` seconds (+-50%),
-    in a random order."""
+    """Every `every` seconds (+-50%), in a random order: kill -9 of a router process, of
+    the whole router or of a destination, a graceful stop and start, or a reload."""
 
     def __init__(self, router: RouterProcess, destinations: dict[str, StoreSCP],
                  every: float, seed: int) -> None:
@@ -240,7 +240,6 @@ class Killer(threading.Thread):
             destination.start()  # same port: the router's retries find it again
             return
         if victim == GRACEFUL_STOP:
-            assert self.router.process is not None
             code = self.router.stop(timeout=90)  # the drain lets transfers in flight finish
             if code != 0:
                 self.failures.append(f"a SIGTERM stop under load exited {code}, not 0")
@@ -263,7 +262,6 @@ class Killer(threading.Thread):
             os.kill(pid, signal.SIGKILL)
         if not wait_for(lambda: _restarted(self.router, victim, pid), timeout=60):
             self.failures.append(f"{victim} not restarted within 60 s")
-
 
     def _reload(self) -> None:
         """Change the broker's linger (harmless, but a change every process applies) and
