@@ -120,7 +120,7 @@ def test_a_dead_acceptors_half_received_files_are_deleted_and_a_live_ones_kept(
     assert "deleted 1 half-received file(s)" in caplog.text
 
 
-def test_the_receiver_names_its_files_after_its_process(tmp_path: Path) -> None:
+def test_incoming_names_start_with_the_writers_pid() -> None:
     name = incoming_name()
     assert name.split("-", 1)[0] == str(os.getpid()) and name.endswith(".dcm")
     assert incoming_name() != name
