@@ -43,7 +43,6 @@ import re
 import shutil
 import signal
 import struct
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydicom.filereader import read_file_meta_info
 
-from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
+from loadtest.chaos_senders import Senders
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
     ALL_SYNTAXES,
     DEFLATED_EXPLICIT_VR_LE,
@@ -61,11 +60,9 @@ from tests.dicom_samples import (
     generate_mixed_set,
 )
 from tests.integration.router_process import RouterProcess, wait_for
-from tests.integration.senders import acknowledged
 from tests.pki import CertificateAuthority
 
 DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
-BATCH = 40  # files per storescu association
 RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
 WHOLE_ROUTER = "router"
 GRACEFUL_STOP = "router stop"  # SIGTERM under load, as a rolling update sends it
@@ -119,78 +116,6 @@ class ChaosReport:
             *(f"  FAILED: {failure}" for failure in self.failures),
             f"  {'OK' if self.ok else 'FAILED'}",
         ]
-
-
-class Senders:
-    """Threads that each run storescu over batches until told to stop; files not answered
-    Success go back to the pending pool, and when it is empty, fresh copies of the pool
-    (a new SOP Instance UID each) follow."""
-
-    def __init__(self, files: list[Path], port: int, count: int, seed: int,
-                 copies: Path, tls_args: list[str]) -> None:
-        self.port, self.copies, self.tls_args = port, copies, tls_args
-        self._pool = list(files)
-        self._pending = list(files)
-        self._lock = threading.Lock()
-        self._halt = threading.Event()
-        self._random = random.Random(seed)
-        self._copied = 0
-        self.acknowledged: list[Path] = []
-        self.associations = 0
-        self.sent = 0
-        self._threads = [threading.Thread(target=self._run, name=f"sender-{i}", daemon=True)
-                         for i in range(count)]
-
-    def start(self) -> None:
-        self.copies.mkdir(parents=True, exist_ok=True)
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._halt.set()
-        for thread in self._threads:
-            thread.join(180)
-
-    def _take(self) -> list[Path]:
-        with self._lock:
-            if self._pending:
-                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
-                return batch
-            originals = self._random.sample(self._pool, min(BATCH, len(self._pool)))
-            first, self._copied = self._copied, self._copied + len(originals)
-        return [fresh_copy(path, self.copies, first + i) for i, path in enumerate(originals)]
-
-    def _run(self) -> None:
-        while not self._halt.is_set():
-            batch = self._take()
-            try:
-                result = run_storescu(batch, LOCALHOST, self.port, called_ae="DICOM-ROUTER",
-                                      extra_args=["-v", "-nh", *self.tls_args],
-                                      timeout=90)
-                ok = acknowledged(result.stdout + result.stderr)
-            except subprocess.TimeoutExpired:
-                ok = []  # storescu was killed: nothing of this run counts as answered
-            answered = set(ok)
-            with self._lock:
-                self.associations += 1
-                self.sent += len(batch)
-                self.acknowledged += ok
-                self._pending += [path for path in batch if path not in answered]
-            if not ok:
-                time.sleep(0.2)  # the router is down or restarting: a modality waits too
-
-
-def fresh_copy(path: Path, folder: Path, number: int) -> Path:
-    """`path` under a new SOP Instance UID of the same length (every element length stays
-    valid), in the file meta and the dataset alike; not for a deflated file."""
-    uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
-    # A non-zero first digit: the replaced tail may start a UID component.
-    fresh = uid[:-12] + "9" + f"{number:011d}"
-    data = path.read_bytes()
-    assert data.count(uid.encode()) == 2, f"{path}: its UID is not exactly in meta and dataset"
-    target = folder / f"{fresh}.dcm"
-    target.write_bytes(data.replace(uid.encode(), fresh.encode()))
-    return target
 
 
 class Killer(threading.Thread):
