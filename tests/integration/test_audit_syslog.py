@@ -186,7 +186,10 @@ class Rsyslog:
     def _mine(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        lines = [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        text = self.out.read_text()
+        # rsyslog may be writing a line this moment: only whole lines count.
+        whole = text[:text.rfind("\n") + 1]
+        lines = [json.loads(line) for line in whole.splitlines() if line]
         return [line for line in lines if line["app"] == "dicom-router"]
 
 
