@@ -28,7 +28,7 @@ from pathlib import Path
 
 from router.core import metrics
 from router.core.journal import segments
-from router.core.spool import RecoveredJob, Spool
+from router.core.spool import RecoveredJob, Spool, writer_pid
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,6 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process holds that pid now: not ours, but not gone
     return True
-
-
-def writer_pid(path: Path) -> int | None:
-    """The pid in a segment's name (<pid>-<token>-<n>.log); None for a name we did not write."""
-    head = path.name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
 
 
 class OrphanedJournals:
@@ -86,12 +80,12 @@ class OrphanedJournals:
                 log.warning("queued %d job(s) from journal %s: its acceptor (pid %s) stopped "
                             "after making them durable and before handing them over; their "
                             "senders were not told Success and may have sent them again",
-                            len(mine), path.name, writer_pid(path))
+                            len(mine), path.name, writer_pid(path.name))
             found += mine
         return found
 
     def _writer_alive(self, path: Path) -> bool:
-        pid = writer_pid(path)
+        pid = writer_pid(path.name)
         return pid is None or self.alive(pid)  # a name we did not write: left to the start
 
     def _delete_finished(self) -> None:

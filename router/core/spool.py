@@ -71,6 +71,13 @@ def incoming_name() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
 
 
+def writer_pid(name: str) -> int | None:
+    """The pid a file's name starts with: an incoming/ file (incoming_name) or a journal
+    segment (<pid>-<token>-<n>.log). None for a name this router did not make."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def new_job_id() -> str:
     # Time-ordered, so that recovery replays jobs in the order they arrived.
     return f"{time.time_ns():016x}{secrets.token_hex(4)}"
@@ -278,8 +285,8 @@ class Spool:
         except FileNotFoundError:
             return 0
         for name in names:
-            head = name.split("-", 1)[0]
-            if head.isdigit() and not alive(int(head)):
+            pid = writer_pid(name)
+            if pid is not None and not alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.incoming / name)
                     count += 1

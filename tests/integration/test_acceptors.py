@@ -19,6 +19,7 @@ import yaml
 from pydicom.uid import CTImageStorage
 
 from router.core.acceptor_status import acceptor_snapshots, open_associations
+from router.core.spool import writer_pid
 from tests.dcmtk import LOCALHOST, StoreSCP, run_storescu
 from tests.dicom_samples import (
     EXPLICIT_VR_LE,
@@ -293,7 +294,7 @@ def test_a_killed_acceptors_half_received_file_goes_while_the_router_runs(
     try:
         assert wait_for(lambda: len(list(incoming.iterdir())) == 2, timeout=15)
         [half] = [path for path in incoming.iterdir() if path != stranger]
-        owner = int(half.name.split("-", 1)[0])
+        owner = writer_pid(half.name)
         assert router.is_child(owner)
         os.kill(owner, signal.SIGKILL)
         assert wait_for(lambda: not half.exists(), timeout=15), router.log()[-3000:]

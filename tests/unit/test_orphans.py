@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from router.broker.orphans import OrphanedJournals, writer_pid
+from router.broker.orphans import OrphanedJournals
 from router.broker.reaper import SpoolReaper
 from router.core.journal import frame
 from router.core.messages import JobHeader
-from router.core.spool import Spool, incoming_name
+from router.core.spool import Spool, incoming_name, writer_pid
 
 from .helpers import make_header
 
@@ -102,8 +102,8 @@ def test_a_read_segment_goes_once_its_jobs_have_left_the_spool(spool: Spool) -> 
 
 def test_names_the_router_did_not_write_are_left_to_the_start(spool: Spool) -> None:
     (spool.journal / "compacted-by-hand.log").write_bytes(b"")
-    assert writer_pid(spool.journal / "compacted-by-hand.log") is None
-    assert writer_pid(spool.journal / "123-abcd-000001.log") == 123
+    assert writer_pid("compacted-by-hand.log") is None
+    assert writer_pid("123-abcd-000001.log") == 123
     orphans = OrphanedJournals(spool, alive=lambda pid: False)
     assert orphans.collect(lambda job_id: True) == []
 
@@ -122,7 +122,7 @@ def test_a_dead_acceptors_half_received_files_are_deleted_and_a_live_ones_kept(
 
 def test_incoming_names_start_with_the_writers_pid() -> None:
     name = incoming_name()
-    assert name.split("-", 1)[0] == str(os.getpid()) and name.endswith(".dcm")
+    assert writer_pid(name) == os.getpid() and name.endswith(".dcm")
     assert incoming_name() != name
 
 
