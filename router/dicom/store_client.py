@@ -3,9 +3,10 @@
 One blocking socket per association, used by one thread at a time (the pool hands it out).
 `StoreAssociation.open` connects (TLS when asked), negotiates and returns an established
 association or raises `AssociationFailed` saying what happened; `store` streams a spooled
-file as P-DATA from one buffer allocated per association (sized by the peer's maximum PDU
-length), a header and a `readinto` per PDU, never the whole file in memory; the engine
-encodes the command, checks every state change and decodes what the peer says.
+file as P-DATA (pdata_stream.py: through one buffer allocated per association, sized by the
+peer's maximum PDU length, or from the page cache by sendfile), never the whole file in
+memory; the engine encodes the command, checks every state change and decodes what the
+peer says.
 
 Every wait has a deadline: connect_timeout for TCP and TLS, the ACSE wait for the
 A-ASSOCIATE answer and the A-RELEASE-RP, dimse_timeout for each write and for the response.
@@ -46,14 +47,13 @@ from router.dicom.engine import (
     SendData,
     UserInformation,
 )
-from router.dicom.engine.pdus import MCH_LAST, P_DATA_TF, PDU_AND_PDV_HEADER
+from router.dicom.pdata_stream import HEADER, StreamError, stream_dataset
 from router.dicom.quick_ack import ack_now
 
 # The router's implementation class UID (a UUID-derived UID, PS3.5 B.2) and version name.
 IMPLEMENTATION_CLASS_UID = "2.25.326976319741938469149805463924233421850"
 IMPLEMENTATION_VERSION = "DICOM_ROUTER"
 RECEIVE_BUFFER = 64 * 1024
-_HEADER = PDU_AND_PDV_HEADER.size  # PDU header (6) + PDV header (6)
 
 FailureKind = Literal["connection", "tls", "rejected", "aborted", "closed", "no_answer",
                       "no_context"]
@@ -111,7 +111,7 @@ class StoreAssociation:
         self._rx = bytearray(RECEIVE_BUFFER)
         # One send buffer for the association's life: a PDU header and as much data as the
         # peer takes in one PDU, filled by readinto and written with one send per PDU.
-        self._tx = bytearray(_HEADER + engine.send_limit - 6)
+        self._tx = bytearray(HEADER + engine.send_limit - 6)
         self._message_id = 0
         self._open = True
 
@@ -229,7 +229,11 @@ class StoreAssociation:
             _send_all(self._sock, self._engine.send(SendCommand(context, request)),
                       self.peer.dimse_timeout)
             self._engine.send(SendData(context, b"", last=False))  # checks state and context
-            self._stream(fh, dataset_length, context)
+            stream_dataset(self._sock, fh, dataset_length, context, self._tx,
+                           self.peer.dimse_timeout)
+        except StreamError as exc:
+            self.abort()
+            raise StoreFailed(str(exc)) from exc
         except ProtocolError as exc:
             self._fail(exc)
             raise StoreFailed(str(exc)) from exc
@@ -243,36 +247,6 @@ class StoreAssociation:
             self.abort()  # the file: the peer holds part of a message that cannot end
             raise
         return self._response(self._message_id)
-
-    def _stream(self, fh: BufferedReader, length: int, context: int) -> None:
-        """P-DATA-TF PDUs of one PDV each, every fragment of even length. A dataset of odd
-        length (a deflated stream) gets the trailing NUL that PS3.5 A.5 asks for."""
-        buffer = self._tx
-        view = memoryview(buffer)
-        room = (len(buffer) - _HEADER) & ~1
-        if room < 2:
-            raise StoreFailed(f"the peer's maximum PDU length {self._engine.send_limit} "
-                              "leaves no room for data")
-        sock, unread, remaining = self._sock, length, length + (length & 1)
-        sock.settimeout(self.peer.dimse_timeout)
-        while True:
-            n = min(room, remaining)
-            want = min(n, unread)
-            got = 0
-            while got < want:
-                read = fh.readinto(view[_HEADER + got:_HEADER + want])
-                if not read:
-                    raise OSError(f"the file ended {unread - got} bytes early")
-                got += read
-            if want < n:
-                buffer[_HEADER + want] = 0  # the pad byte
-            unread -= want
-            remaining -= n
-            control = MCH_LAST if remaining == 0 else 0
-            PDU_AND_PDV_HEADER.pack_into(buffer, 0, P_DATA_TF, n + 6, n + 2, context, control)
-            sock.sendall(view[:_HEADER + n])
-            if remaining == 0:
-                return
 
     def _response(self, message_id: int) -> CStoreRSP:
         deadline = time.monotonic() + self.peer.dimse_timeout

@@ -247,19 +247,23 @@ def test_outbound_mtls_to_a_dcmtk_peer(
     client: Issued = pki["router_client"]
     tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "+cf", str(pki["ca"].cert_path),
                 "-pw", "-rc"]
-    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
-                            transfer_syntax=EXPLICIT_VR_LE)
+    # A small instance, and one large enough that over plain TCP it would go by sendfile
+    # (router/dicom/pdata_stream.py): over TLS it must pass through the SSL object.
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=size)
+               for size in (10_000, 3_000_001)]
     with StoreSCP(tmp_path / "PACS", "PACS", extra_args=[*tls_args]) as pacs:
         destination = {**dicom_destination(pacs), "tls": {
             "mode": "mtls", "ca": str(pki["ca"].cert_path), "cert": str(client.cert),
             "key": str(client.key), "server_name": "localhost"}}
         router = start_router({"destinations": {"pacs": destination},
                                "rules": [{"name": "all", "forward": ["pacs"]}]})
-        assert run_storescu([source], LOCALHOST, router.port,
+        assert run_storescu(sources, LOCALHOST, router.port,
                             called_ae="DICOM-ROUTER").returncode == 0
         assert wait_for(lambda: router.metric("dicom_router_instances_forwarded_total",
-                                              destination="pacs", result="delivered") == 1)
-        assert {dataset_digest(p) for p in pacs.received_files()} == {dataset_digest(source)}
+                                              destination="pacs", result="delivered") == 2)
+        assert ({dataset_digest(p) for p in pacs.received_files()}
+                == {dataset_digest(p) for p in sources})
 
 
 def test_outbound_tls_failure_is_classified_and_retried(
