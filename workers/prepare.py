@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
-from router.core.spool import Spool
+from router.core.spool import Spool, relay_copy_name
 from workers.transforms.codec_process import CodecProcess
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ class Preparer:
         return prepared
 
     def _copy_path(self, prepared: Prepared) -> Path:
-        path = self.spool.relay / f"{prepared.job.job_id}.{uuid.uuid4().hex[:8]}.dcm"
+        path = self.spool.relay / relay_copy_name(prepared.job.job_id)
         prepared.copies.append(path)
         return path
 

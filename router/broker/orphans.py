@@ -16,7 +16,9 @@ is already gone were read by Broker.recover and are not read twice.
 
 The same look deletes a dead acceptor's files in incoming/ (their names start with the pid
 too): datasets it was receiving, or had received and not committed, when it died. Nobody
-was told Success for them; before, they stayed until the router's next start.
+was told Success for them. And a dead worker's copies in relay/ (morphed, de-identified or
+transcoded for a destination; named after the worker too): the job is in jobs/ and is
+delivered again. Before, both stayed until the router's next start.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from router.core.journal import segments
 from router.core.spool import RecoveredJob, Spool, writer_pid
 
 log = logging.getLogger(__name__)
+
+_WHAT_THEY_WERE = {
+    "incoming": "datasets an acceptor was receiving; their senders were not told Success",
+    "relay": "a worker's copies of jobs it was preparing or sending; the jobs stay queued",
+}
 
 
 def process_alive(pid: int) -> bool:
@@ -59,11 +66,7 @@ class OrphanedJournals:
     def collect(self, unknown: Callable[[str], bool]) -> list[RecoveredJob]:
         """The jobs of every segment whose writer died since the last call, for which
         `unknown(job_id)` holds (the broker neither queues nor removes it)."""
-        cleared = self.spool.clear_incoming_of(self.alive)
-        if cleared:
-            metrics.INCOMING_CLEARED.inc(cleared)
-            log.warning("deleted %d half-received file(s) in incoming/ of an acceptor that "
-                        "stopped; their senders were not told Success", cleared)
+        self._clear_files_of_the_dead()
         present = segments(self.spool.journal)
         self._seen &= {p.name for p in present}
         self._delete_finished()
@@ -83,6 +86,14 @@ class OrphanedJournals:
                             len(mine), path.name, writer_pid(path.name))
             found += mine
         return found
+
+    def _clear_files_of_the_dead(self) -> None:
+        cleared = self.spool.clear_files_of_the_dead(self.alive)
+        for folder, count in cleared.items():
+            if count:
+                metrics.DEAD_PROCESS_FILES_CLEARED.labels(folder).inc(count)
+                log.warning("deleted %d file(s) in %s/ of a process that stopped: %s", count,
+                            folder, _WHAT_THEY_WERE.get(folder, "left by it"))
 
     def _writer_alive(self, path: Path) -> bool:
         pid = writer_pid(path.name)

@@ -173,10 +173,12 @@ SPOOL_FILES_REUSED = Counter(
     "file (saves the filesystem an inode allocation and a free per instance).",
 )
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
-INCOMING_CLEARED = Counter(
-    f"{PREFIX}_incoming_files_cleared_total",
-    "Files in the spool's incoming/ deleted while the router ran because the acceptor "
-    "receiving them had stopped (never acknowledged to their senders).",
+DEAD_PROCESS_FILES_CLEARED = Counter(
+    f"{PREFIX}_dead_process_files_cleared_total",
+    "Files deleted while the router ran because the process writing them had stopped: in "
+    "the spool's incoming/ an acceptor's (never acknowledged to their senders), in relay/ "
+    "a worker's copies of jobs (the jobs themselves stay queued).",
+    ["folder"],
 )
 SPOOL_GROUP_SYNCS = Counter(
     f"{PREFIX}_spool_group_syncs_total",

@@ -17,7 +17,9 @@ Layout under the spool root:
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
   control/state.json     destinations an operator paused (router/broker/control.py)
   relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
-                         way to the requester; never acknowledged as stored, wiped at start
+                         way to the requester, and workers' copies of jobs being morphed,
+                         de-identified or transcoded (<pid>-<job>.<random>.dcm: the broker
+                         deletes a dead worker's); never acknowledged as stored, wiped at start
 """
 
 from __future__ import annotations
@@ -67,15 +69,25 @@ def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
 def incoming_name() -> str:
     """A name for a file received into incoming/: the receiving process's pid first, so
     that the half-received files of an acceptor that died can be told from a live one's
-    (Spool.clear_incoming_of)."""
+    (Spool.clear_files_of_the_dead)."""
     return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
 
 
+def relay_copy_name(job_id: str) -> str:
+    """A name for a worker's copy of a job in relay/ (morphed, de-identified, transcoded):
+    the worker's pid first, as incoming_name, so that a dead worker's copies can go."""
+    return f"{os.getpid()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
+
+
+PID_DIGITS = 7  # pids stay below 2**22 on Linux (pid_max)
+
+
 def writer_pid(name: str) -> int | None:
-    """The pid a file's name starts with: an incoming/ file (incoming_name) or a journal
-    segment (<pid>-<token>-<n>.log). None for a name this router did not make."""
+    """The pid a file's name starts with: an incoming/ file (incoming_name), a relay copy
+    (relay_copy_name) or a journal segment (<pid>-<token>-<n>.log). None for a name this
+    router did not make so (a C-GET's `<uuid>-<n>.dcm`, a `move-...`, a temporary file)."""
     head = name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
 
 
 def new_job_id() -> str:
@@ -274,23 +286,14 @@ class Spool:
                 path.unlink(missing_ok=True)
         return count
 
-    def clear_incoming_of(self, alive: Callable[[int], bool]) -> int:
-        """Delete the files in incoming/ of receiving processes that are gone (`alive(pid)`
-        false): an acceptor killed while a dataset arrived, or after it was received and
-        before it was committed. Their senders were never told Success. While the router
-        runs, without waiting for its next start (clear_incoming)."""
-        count = 0
-        try:
-            names = os.listdir(self.incoming)
-        except FileNotFoundError:
-            return 0
-        for name in names:
-            pid = writer_pid(name)
-            if pid is not None and not alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.incoming / name)
-                    count += 1
-        return count
+    def clear_files_of_the_dead(self, alive: Callable[[int], bool]) -> dict[str, int]:
+        """Delete the files of processes that are gone (`alive(pid)` false), by folder:
+        in incoming/, an acceptor's dataset that was arriving or received and not committed
+        (its sender was never told Success); in relay/, a worker's copy of a job it was
+        preparing or sending (the job itself stays in jobs/ and is delivered again). While
+        the router runs, without waiting for its next start (clear_incoming)."""
+        return {folder.name: _unlink_owned_by_dead(folder, alive)
+                for folder in (self.incoming, self.relay)}
 
     def recover(self) -> Iterator[RecoveredJob]:
         """Every committed job with the destinations it already reached, oldest first."""
@@ -392,3 +395,18 @@ class Spool:
             write_atomically(target, json.dumps(body, indent=2).encode())
             fsync_path(self.dead_letters, directory=True)
         return target
+
+
+def _unlink_owned_by_dead(folder: Path, alive: Callable[[int], bool]) -> int:
+    count = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        pid = writer_pid(name)
+        if pid is not None and not alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+                count += 1
+    return count

@@ -298,8 +298,9 @@ def test_a_killed_acceptors_half_received_file_goes_while_the_router_runs(
         assert router.is_child(owner)
         os.kill(owner, signal.SIGKILL)
         assert wait_for(lambda: not half.exists(), timeout=15), router.log()[-3000:]
-        assert router.metric("dicom_router_incoming_files_cleared_total") == 1
-        assert "deleted 1 half-received file(s) in incoming/" in router.log()
+        assert router.metric("dicom_router_dead_process_files_cleared_total",
+                             folder="incoming") == 1
+        assert "deleted 1 file(s) in incoming/ of a process that stopped" in router.log()
         assert list(incoming.iterdir()) == [stranger]
         assert wait_for(lambda: router.child_pid(_owner_name(router, owner)) != owner)
     finally:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import CTImageStorage
 
 from router.core.journal import frame
 from router.core.messages import JobHeader
-from router.core.spool import new_job_id
+from router.core.spool import new_job_id, writer_pid
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
 from tests.dicom_samples import (
     EXPLICIT_VR_LE,
@@ -98,6 +100,44 @@ def test_worker_killed_mid_send_loses_nothing(
                 suppressed=router.metric_sum("dicom_router_duplicates_suppressed_total",
                                          destination="pacs"),
                 leases_expired=router.metric("dicom_router_leases_expired_total"))
+
+
+def test_a_killed_workers_copy_in_relay_goes_and_its_job_arrives_later(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """kill -9 of a worker holding a morphed copy of a job (in relay/) while the destination
+    does not answer: the broker deletes the copy once the worker is gone, as it does a dead
+    acceptor's files in incoming/ (before, it stayed until the router's next start); the job
+    is not touched and arrives, morphed, once the PACS serves."""
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    silent = socket.create_server((LOCALHOST, 0))  # takes the connection, never answers
+    port = silent.getsockname()[1]
+    pacs = {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST, "port": port,
+            "acse_timeout": 60, "retry": FAST_RETRY,
+            "morph": [{"action": "set", "tag": "InstitutionName", "value": "Router General"}]}
+    router = start_router({"destinations": {"pacs": pacs},
+                           "rules": [{"name": "all", "forward": ["pacs"]}]})
+    relay = router.spool / "relay"
+    try:
+        assert run_storescu([source], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: any(relay.iterdir()), timeout=15), router.log()[-3000:]
+        [copy] = list(relay.iterdir())
+        owner = writer_pid(copy.name)
+        assert owner is not None and router.is_child(owner)
+        os.kill(owner, signal.SIGKILL)
+        assert wait_for(lambda: not copy.exists(), timeout=15), router.log()[-3000:]
+        assert router.metric("dicom_router_dead_process_files_cleared_total",
+                             folder="relay") == 1
+        assert "deleted 1 file(s) in relay/ of a process that stopped" in router.log()
+    finally:
+        silent.close()
+    with _single_scp(tmp_path, "PACS", port=port) as scp:
+        assert wait_for(lambda: len(scp.received_files()) == 1, timeout=60), router.log()[-3000:]
+        [arrived] = scp.received_files()
+        assert dcmread(arrived).InstitutionName == "Router General"
+    assert wait_for(lambda: not any(relay.iterdir()), timeout=15)  # the new copy went too
 
 
 def test_broker_killed_mid_send_loses_nothing(

@@ -14,7 +14,7 @@ from router.broker.orphans import OrphanedJournals
 from router.broker.reaper import SpoolReaper
 from router.core.journal import frame
 from router.core.messages import JobHeader
-from router.core.spool import Spool, incoming_name, writer_pid
+from router.core.spool import Spool, incoming_name, relay_copy_name, writer_pid
 
 from .helpers import make_header
 
@@ -117,13 +117,34 @@ def test_a_dead_acceptors_half_received_files_are_deleted_and_a_live_ones_kept(
     orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
     assert orphans.collect(lambda job_id: True) == []
     assert sorted(spool.incoming.iterdir()) == sorted([live, unnamed])
-    assert "deleted 1 half-received file(s)" in caplog.text
+    assert "deleted 1 file(s) in incoming/ of a process that stopped" in caplog.text
 
 
-def test_incoming_names_start_with_the_writers_pid() -> None:
+def test_a_dead_workers_relay_copies_are_deleted_and_everything_else_kept(
+        spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    job_id = "0123456789abcdef01234567"
+    dead = spool.relay / f"{DEAD}-{job_id}.1a2b3c4d.dcm"
+    live = spool.relay / f"{LIVE}-{job_id}.5e6f7a8b.dcm"
+    # A C-GET's sub-operation (<request uuid>-<n>, even one of digits only) and a relayed
+    # C-MOVE's instance are not a worker's copies: they stay for their relay.
+    c_get = spool.relay / "1234567890123456789012345678901-3.dcm"
+    c_move = spool.relay / "move-7-0f0f0f.dcm"
+    for path in (dead, live, c_get, c_move, spool.instance_path(job_id)):
+        path.write_bytes(b"a copy")
+    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    assert orphans.collect(lambda job_id: True) == []
+    assert sorted(spool.relay.iterdir()) == sorted([live, c_get, c_move])
+    assert "deleted 1 file(s) in relay/ of a process that stopped" in caplog.text
+    assert spool.instance_path(job_id).exists()  # the job itself stays, to be delivered
+
+
+def test_incoming_names_and_relay_copies_start_with_the_writers_pid() -> None:
     name = incoming_name()
     assert writer_pid(name) == os.getpid() and name.endswith(".dcm")
     assert incoming_name() != name
+    copy = relay_copy_name("0123456789abcdef01234567")
+    assert writer_pid(copy) == os.getpid() and copy.endswith(".dcm")
+    assert writer_pid("12345678-0.dcm") is None  # longer than any pid
 
 
 def test_the_reaper_says_which_jobs_it_has_yet_to_remove(
