@@ -26,6 +26,10 @@ def delayed_acks() -> int | None:
 def require_delayed_ack_counter() -> int:
     """The counter now. Without TCP_QUICKACK or the counter (not Linux) the test skips on a
     developer's machine; CI runs on Linux, so there it fails instead of passing unseen."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Another test on the other worker would move the counter too.
+        pytest.fail("a test reading TcpExt DelayedACKs must be marked @pytest.mark.serial "
+                    "(scripts/run-tests.sh runs those alone)")
     count = delayed_acks()
     if count is not None and hasattr(socket, "TCP_QUICKACK"):
         return count

@@ -223,6 +223,7 @@ def test_c_get_through_the_router_returns_the_same_instances(
     assert not list((router.spool / "relay").iterdir()), "relay files left behind"
 
 
+@pytest.mark.serial  # reads the machine-wide TcpExt DelayedACKs counter
 def test_c_get_from_an_archive_on_dcmtk_defaults_waits_for_no_delayed_ack(
         viewer: StoreSCP, tmp_path: Path) -> None:
     """A dcmqrscp on DCMTK's defaults (Nagle on) writes each sub-operation's PDUs as a

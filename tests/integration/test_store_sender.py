@@ -129,6 +129,7 @@ def test_the_dataset_bytes_arrive_exactly_over_one_association(scp: SCP, tmp_pat
     assert scp.accepted == 1
 
 
+@pytest.mark.serial  # reads the machine-wide TcpExt DelayedACKs counter
 def test_a_dcmtk_destination_with_nagle_is_acknowledged_at_once(tmp_path: Path) -> None:
     """storescp with DCMTK's defaults (Nagle on) writes each C-STORE-RSP's header and body
     apart; the body waits for the header's ACK, which Linux would send only when its 40 ms

@@ -331,6 +331,7 @@ def test_store_in_fragments_reaches_the_handler_as_a_part10_file(
     assert harness.access.open_count("MODALITY") == 0
 
 
+@pytest.mark.serial  # reads the machine-wide TcpExt DelayedACKs counter
 def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) -> None:
     """DCMTK keeps Nagle on and writes a PDU's header and body apart: the body waits for the
     header's ACK, which Linux delays until its 40 ms timer fires while the receiver has
