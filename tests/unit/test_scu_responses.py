@@ -1,6 +1,6 @@
 """pynetdicom's reactor thread must never take the response a send_c_*() call waits for
-(router/dicom/net.leave_responses_to_callers): the race that lost a C-STORE response in one
-`dicom-router send` of ~300 under load."""
+(router/dicom/net.leave_responses_to_callers): the race that lost a C-STORE response now
+and then in `dicom-router send` on a busy machine."""
 
 from __future__ import annotations
 
