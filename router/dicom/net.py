@@ -60,8 +60,9 @@ def leave_responses_to_callers(dimse: Any) -> None:
     by it, logged as "Received unexpected C-STORE service message" and dropped, and the
     call waits out its DIMSE timeout and aborts. Seen in `dicom-router send` beside a busy
     loop: one C-STORE of 140 went unanswered in one run of every 3 to 15; a relayed C-FIND
-    or C-MOVE could lose its answer alike. The reactor is the queue's only non-blocking reader (its requests, e.g. an
-    N-EVENT-REPORT, are all it serves), so the non-blocking read skips anything else.
+    or C-MOVE could lose its answer alike. The reactor is the queue's only non-blocking
+    reader (its requests, e.g. an N-EVENT-REPORT, are all it serves), so the non-blocking
+    read skips anything else.
     """
     messages = dimse.msg_queue
     blocking_get = dimse.get_msg
