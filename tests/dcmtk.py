@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -31,21 +32,42 @@ def dcmtk_env() -> dict[str, str]:
     return env
 
 
+# Listeners' ports come from below Linux's ephemeral range (32768-60999), where connect()
+# takes the local ports of outgoing connections: with two pytest-xdist workers, the other
+# worker's thousands of connections took a port between its pick and a storescp's bind
+# ("Address already in use", three picks in a row). Each worker picks from its own slice.
+TEST_PORTS = range(20000, 32768)
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under xdist
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "") or 1)
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = len(TEST_PORTS) // max(workers, 1)
+    start = TEST_PORTS.start + (index % max(workers, 1)) * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     return free_ports(1)[0]
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports that were free a moment ago (all held open while picking, so
-    that the kernel cannot hand out the same one twice)."""
+    """`count` distinct ports that were free a moment ago (all held open while picking),
+    from this test worker's slice of TEST_PORTS."""
+    ports: list[int] = []
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        for port in random.sample(_port_slice(), 200):
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOCALHOST, 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
+            try:
+                sock.bind((LOCALHOST, port))
+            except OSError:
+                continue  # taken, or a recent connection on it lingers: another one
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"no {count} free ports among 200 tried in {_port_slice()}")
 
 
 def require_dcmtk(*tools: str) -> None:
