@@ -22,8 +22,8 @@ import struct
 from pathlib import Path
 
 from router.core import metrics
+from router.core.owned_names import incoming_name
 from router.core.recycling import FileRecycler
-from router.core.spool import incoming_name
 from router.core.writeback import KICK_BYTES, start_writeback
 
 log = logging.getLogger(__name__)

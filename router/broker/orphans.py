@@ -30,7 +30,8 @@ from pathlib import Path
 
 from router.core import metrics
 from router.core.journal import segments
-from router.core.spool import RecoveredJob, Spool, writer_pid
+from router.core.owned_names import writer_pid
+from router.core.spool import RecoveredJob, Spool
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ import os
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
+from router.core.owned_names import unlink_owned_by_dead
 from router.core.recycling import FileRecycler
 
 log = logging.getLogger(__name__)
@@ -64,30 +64,6 @@ def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def incoming_name() -> str:
-    """A name for a file received into incoming/: the receiving process's pid first, so
-    that the half-received files of an acceptor that died can be told from a live one's
-    (Spool.clear_files_of_the_dead)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
-
-
-def relay_copy_name(job_id: str) -> str:
-    """A name for a worker's copy of a job in relay/ (morphed, de-identified, transcoded):
-    the worker's pid first, as incoming_name, so that a dead worker's copies can go."""
-    return f"{os.getpid()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
-
-
-PID_DIGITS = 7  # pids stay below 2**22 on Linux (pid_max)
-
-
-def writer_pid(name: str) -> int | None:
-    """The pid a file's name starts with: an incoming/ file (incoming_name), a relay copy
-    (relay_copy_name) or a journal segment (<pid>-<token>-<n>.log). None for a name this
-    router did not make so (a C-GET's `<uuid>-<n>.dcm`, a `move-...`, a temporary file)."""
-    head = name.split("-", 1)[0]
-    return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
 
 
 def new_job_id() -> str:
@@ -292,7 +268,7 @@ class Spool:
         (its sender was never told Success); in relay/, a worker's copy of a job it was
         preparing or sending (the job itself stays in jobs/ and is delivered again). While
         the router runs, without waiting for its next start (clear_incoming)."""
-        return {folder.name: _unlink_owned_by_dead(folder, alive)
+        return {folder.name: unlink_owned_by_dead(folder, alive)
                 for folder in (self.incoming, self.relay)}
 
     def recover(self) -> Iterator[RecoveredJob]:
@@ -395,18 +371,3 @@ class Spool:
             write_atomically(target, json.dumps(body, indent=2).encode())
             fsync_path(self.dead_letters, directory=True)
         return target
-
-
-def _unlink_owned_by_dead(folder: Path, alive: Callable[[int], bool]) -> int:
-    count = 0
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return 0
-    for name in names:
-        pid = writer_pid(name)
-        if pid is not None and not alive(pid):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(folder / name)
-                count += 1
-    return count

@@ -1,0 +1,51 @@
+"""Names of files that say which process writes them, so that a dead one's can be found.
+
+An acceptor receives into incoming/<pid>-<random>.dcm, a worker prepares its copies of jobs
+in relay/<pid>-<job>.<random>.dcm, an acceptor appends to journal/<pid>-<token>-<n>.log. The
+broker looks once a second (router/broker/orphans.py) and deletes the files, or reads the
+journal segments, of writers that are gone, without waiting for the router's next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+PID_DIGITS = 7  # pids stay below 2**22 on Linux (pid_max)
+
+
+def incoming_name() -> str:
+    """A name for a file received into incoming/, after the receiving process."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
+
+
+def relay_copy_name(job_id: str) -> str:
+    """A name for a worker's copy of a job in relay/ (morphed, de-identified, transcoded)."""
+    return f"{os.getpid()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
+
+
+def writer_pid(name: str) -> int | None:
+    """The pid a file's name starts with: an incoming/ file, a relay copy or a journal
+    segment. None for a name this router did not make so (a C-GET's `<uuid>-<n>.dcm`, a
+    `move-...`, a temporary file)."""
+    head = name.split("-", 1)[0]
+    return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
+
+
+def unlink_owned_by_dead(folder: Path, alive: Callable[[int], bool]) -> int:
+    """Delete the files in `folder` whose writer is gone (`alive(pid)` false); how many."""
+    count = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        pid = writer_pid(name)
+        if pid is not None and not alive(pid):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / name)
+                count += 1
+    return count
