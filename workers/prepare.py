@@ -20,14 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router.core.owned_names import relay_copy_name
-
 from router.core.config import DicomDestination as DicomConfig
 from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
+from router.core.owned_names import relay_copy_name
 from router.core.spool import Spool
 from workers.transforms.codec_process import CodecProcess
 

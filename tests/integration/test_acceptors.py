@@ -17,9 +17,9 @@ import pydicom
 import pytest
 import yaml
 from pydicom.uid import CTImageStorage
-from router.core.owned_names import writer_pid
 
 from router.core.acceptor_status import acceptor_snapshots, open_associations
+from router.core.owned_names import writer_pid
 from tests.dcmtk import LOCALHOST, StoreSCP, run_storescu
 from tests.dicom_samples import (
     EXPLICIT_VR_LE,

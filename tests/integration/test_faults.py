@@ -18,10 +18,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import CTImageStorage
-from router.core.owned_names import writer_pid
 
 from router.core.journal import frame
 from router.core.messages import JobHeader
+from router.core.owned_names import writer_pid
 from router.core.spool import new_job_id
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
 from tests.dicom_samples import (

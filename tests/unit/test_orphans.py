@@ -9,12 +9,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from router.core.owned_names import incoming_name, relay_copy_name, writer_pid
 
 from router.broker.orphans import OrphanedJournals
 from router.broker.reaper import SpoolReaper
 from router.core.journal import frame
 from router.core.messages import JobHeader
+from router.core.owned_names import incoming_name, relay_copy_name, writer_pid
 from router.core.spool import Spool
 
 from .helpers import make_header
