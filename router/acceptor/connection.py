@@ -27,6 +27,7 @@ from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession
 from router.acceptor.store_intake import StoreIntake
+from router.acceptor.unserved import C_CANCEL_RQ, UNRECOGNIZED_OPERATION, unrecognized_operation
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
 from router.dicom.engine import (
@@ -50,14 +51,6 @@ from router.dicom.engine import (
     RemoteProtocolError,
     SendCommand,
 )
-from router.dicom.engine.dimse import (
-    AFFECTED_SOP_CLASS_UID,
-    AFFECTED_SOP_INSTANCE_UID,
-    DATA_SET_TYPE,
-    MESSAGE_ID,
-    NO_DATASET,
-    STATUS,
-)
 from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
 from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
@@ -71,8 +64,6 @@ REQUEST_RECV_BYTES = 16 * 1024  # until then: a connection that has proved nothi
 MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
 CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we do
-C_CANCEL_RQ = 0x0FFF
-UNRECOGNIZED_OPERATION = 0x0211
 APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
 # The engine's limits (RemoteProtocolError.limit) -> dicom_router_connections_dropped_total.
 LIMIT_LABELS = {"pdu": "pdu_too_large", "command": "message_too_large"}
@@ -308,23 +299,14 @@ class EngineConnection:
 
     def _refuse_other(self, engine: Association, context_id: int,
                       command: OtherCommand) -> None:
-        """A request the router does not serve on this context (a query on a storage
-        context, an unknown command): answered "unrecognized operation"; responses and
-        C-CANCEL get no answer."""
-        field = command.command_field
-        if field & 0x8000 or field == C_CANCEL_RQ:
+        """A request the router does not serve on this context (unserved.py)."""
+        response = unrecognized_operation(command)
+        if response is None:
             return
-        message_id = command.us(MESSAGE_ID)
         log.warning("refusing DIMSE command 0x%04X from %s: not a service this association "
-                    "negotiated", field, self.address[0])
+                    "negotiated", command.command_field, self.address[0])
         metrics.DIMSE_REQUESTS.labels("other", f"0x{UNRECOGNIZED_OPERATION:04X}").inc()
-        elements = {RESPONDED_TO: (message_id or 0).to_bytes(2, "little"),
-                    STATUS: UNRECOGNIZED_OPERATION.to_bytes(2, "little"),
-                    DATA_SET_TYPE: NO_DATASET.to_bytes(2, "little")}
-        for copied in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID):  # when present
-            if copied in command.elements:
-                elements[copied] = command.elements[copied]
-        self._send(engine.send(SendCommand(context_id, OtherCommand(field | 0x8000, elements))))
+        self._send(engine.send(SendCommand(context_id, response)))
 
     # --- the socket ---------------------------------------------------------------------
 
