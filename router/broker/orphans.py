@@ -18,7 +18,9 @@ The same look deletes a dead acceptor's files in incoming/ (their names start wi
 too): datasets it was receiving, or had received and not committed, when it died. Nobody
 was told Success for them. And a dead worker's copies in relay/ (morphed, de-identified or
 transcoded for a destination; named after the worker too): the job is in jobs/ and is
-delivered again. Before, both stayed until the router's next start.
+delivered again. Before, both stayed until the router's next start. Likewise the instances
+of a relayed C-GET or C-MOVE whose acceptor died (named after it: it would have passed them
+on to the requester, whose association went with it).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ log = logging.getLogger(__name__)
 
 _WHAT_THEY_WERE = {
     "incoming": "datasets an acceptor was receiving; their senders were not told Success",
-    "relay": "a worker's copies of jobs it was preparing or sending; the jobs stay queued",
+    "relay": "a worker's copies of jobs it was preparing or sending (the jobs stay queued), "
+             "or instances of a C-GET or C-MOVE relayed by an acceptor that died",
 }
 
 

@@ -4,6 +4,11 @@ An acceptor receives into incoming/<pid>-<random>.dcm, a worker prepares its cop
 in relay/<pid>-<job>.<random>.dcm, an acceptor appends to journal/<pid>-<token>-<n>.log. The
 broker looks once a second (router/broker/orphans.py) and deletes the files, or reads the
 journal segments, of writers that are gone, without waiting for the router's next start.
+
+The instances of a relayed C-GET or C-MOVE wait in relay/ for the acceptor that passes them
+on to the requester, so their names carry that acceptor's pid (its reader's, for a C-GET's,
+which a worker writes): relay/<pid>-<request>-<n>.dcm and relay/<pid>-move-<id>-<random>.dcm.
+Once that acceptor is gone nobody will pass them on.
 """
 
 from __future__ import annotations
@@ -27,10 +32,21 @@ def relay_copy_name(job_id: str) -> str:
     return f"{os.getpid()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
 
 
+def relay_request_id() -> str:
+    """A relayed request's id, after the acceptor that relays it: its C-GET's instances are
+    named after it (`<id>-<n>.dcm`, workers/relay.py)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex}"
+
+
+def relayed_move_name(message_id: int) -> str:
+    """A name in relay/ for an instance of a C-MOVE relayed by this acceptor."""
+    return f"{os.getpid()}-move-{message_id}-{uuid.uuid4().hex}.dcm"
+
+
 def writer_pid(name: str) -> int | None:
-    """The pid a file's name starts with: an incoming/ file, a relay copy or a journal
-    segment. None for a name this router did not make so (a C-GET's `<uuid>-<n>.dcm`, a
-    `move-...`, a temporary file)."""
+    """The pid a file's name starts with: an incoming/ file, a relay copy, a relayed
+    retrieve's instance or a journal segment. None for a name this router did not make so
+    (a temporary file, one from an older version)."""
     head = name.split("-", 1)[0]
     return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
+from router.core.owned_names import relayed_move_name
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, final_status
@@ -85,7 +85,7 @@ class RelayedMoves:
         move = self.moves.find(originator_message_id, originator_ae)
         if move is None:
             return False
-        target = self.spool.relay / f"move-{move.message_id}-{uuid.uuid4().hex}.dcm"
+        target = self.spool.relay / relayed_move_name(move.message_id)
         source.replace(target)
         move.arrived.put((target, sop_class, sop_instance, transfer_syntax))
         return True

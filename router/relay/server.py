@@ -12,7 +12,6 @@ the connection: every path ends with a final response carrying a proper status.
 from __future__ import annotations
 
 import logging
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import Status, relay_failure_status, relay_no_route_status
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
+from router.core.owned_names import relay_request_id
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
@@ -123,7 +123,7 @@ class RelayServer:
         if not isinstance(attribute_ids, list):
             attribute_ids = [attribute_ids]
         values: dict[str, Any] = {
-            "request_id": uuid.uuid4().hex, "command": exchange.command,
+            "request_id": relay_request_id(), "command": exchange.command,
             "upstreams": upstreams, "calling_ae": facts.calling_ae,
             "called_ae": facts.called_ae, "peer_address": facts.source,
             "sop_class_uid": sop_class, "transfer_syntax_uid": exchange.transfer_syntax,

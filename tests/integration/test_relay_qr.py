@@ -8,7 +8,9 @@ sub-operation counts, C-CANCEL mid-query, and failures when the upstream is down
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,10 +26,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from router.core.owned_names import writer_pid
 from tests.archive_servers import Dcmqrscp
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration.router_process import RouterProcess
+from tests.integration.router_process import RouterProcess, wait_for
 from tests.qr_tools import run_findscu, run_getscu, run_movescu
 from tests.study_set import StudySet, instance_mismatches, make_study_set
 from tests.tcp_counters import require_delayed_ack_counter
@@ -414,3 +417,56 @@ def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
     finally:
         router.stop()
         slow.close()
+
+
+def test_a_c_gets_instances_go_with_the_acceptor_that_would_have_passed_them_on(
+        archive: Dcmqrscp, viewer: StoreSCP, study_set: StudySet, tmp_path: Path) -> None:
+    """kill -9 of the acceptor while a C-GET's requester holds its first sub-operation
+    unanswered: the instances the worker put in relay/ for it (up to the relay window) are
+    named after that acceptor, and the broker deletes them once it is gone, without waiting
+    for the router's next start."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    study = explicit_study(study_set)
+    assert len(study.instances) >= 2
+    config = router_config(archive, viewer, "pass_through")
+    config["listen"] = {"acceptors": 1}
+    router = RouterProcess(tmp_path / "router", config).start()
+    relay = router.spool / "relay"
+    answer = threading.Event()
+
+    def on_store(event: Any) -> int:
+        answer.wait(60)  # the requester sits on its first sub-operation
+        return 0x0000
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for syntax in study.transfer_syntaxes:
+        ae.add_requested_context(CTImageStorage, syntax)
+    assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study.study_instance_uid
+        getter = threading.Thread(target=lambda: list(assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet)), daemon=True)
+        getter.start()
+        assert wait_for(lambda: any(relay.iterdir()), timeout=30), router.log()[-3000:]
+        acceptor = router.child_pid("acceptor-1")
+        assert {writer_pid(path.name) for path in relay.iterdir()} == {acceptor}
+        os.kill(acceptor, signal.SIGKILL)
+        assert wait_for(lambda: not any(relay.iterdir()), timeout=30), sorted(relay.iterdir())
+        assert router.metric("dicom_router_dead_process_files_cleared_total",
+                             folder="relay") >= 1
+        assert wait_for(lambda: router.child_pid("acceptor-1") != acceptor, timeout=30)
+    finally:
+        answer.set()
+        assoc.abort()
+        router.stop()

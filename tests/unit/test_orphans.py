@@ -14,7 +14,13 @@ from router.broker.orphans import OrphanedJournals
 from router.broker.reaper import SpoolReaper
 from router.core.journal import frame
 from router.core.messages import JobHeader
-from router.core.owned_names import incoming_name, relay_copy_name, writer_pid
+from router.core.owned_names import (
+    incoming_name,
+    relay_copy_name,
+    relay_request_id,
+    relayed_move_name,
+    writer_pid,
+)
 from router.core.spool import Spool
 
 from .helpers import make_header
@@ -126,17 +132,39 @@ def test_a_dead_workers_relay_copies_are_deleted_and_everything_else_kept(
     job_id = "0123456789abcdef01234567"
     dead = spool.relay / f"{DEAD}-{job_id}.1a2b3c4d.dcm"
     live = spool.relay / f"{LIVE}-{job_id}.5e6f7a8b.dcm"
-    # A C-GET's sub-operation (<request uuid>-<n>, even one of digits only) and a relayed
-    # C-MOVE's instance are not a worker's copies: they stay for their relay.
-    c_get = spool.relay / "1234567890123456789012345678901-3.dcm"
-    c_move = spool.relay / "move-7-0f0f0f.dcm"
-    for path in (dead, live, c_get, c_move, spool.instance_path(job_id)):
+    # A C-GET's sub-operation and a relayed C-MOVE's instance wait for their acceptor (a
+    # live one here); a name of another form (an older version's) is left to the start.
+    c_get = spool.relay / f"{LIVE}-{'0' * 32}-3.dcm"
+    c_move = spool.relay / f"{LIVE}-move-7-0f0f0f.dcm"
+    older = spool.relay / "1234567890123456789012345678901-3.dcm"
+    for path in (dead, live, c_get, c_move, older, spool.instance_path(job_id)):
         path.write_bytes(b"a copy")
     orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
     assert orphans.collect(lambda job_id: True) == []
-    assert sorted(spool.relay.iterdir()) == sorted([live, c_get, c_move])
+    assert sorted(spool.relay.iterdir()) == sorted([live, c_get, c_move, older])
     assert "deleted 1 file(s) in relay/ of a process that stopped" in caplog.text
     assert spool.instance_path(job_id).exists()  # the job itself stays, to be delivered
+
+
+def test_a_dead_acceptors_relayed_retrieve_instances_are_deleted(
+        spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
+    request = f"{DEAD}-{'a' * 32}"  # relay_request_id() of an acceptor that died
+    c_get = [spool.relay / f"{request}-{n}.dcm" for n in (1, 2)]
+    c_move = spool.relay / f"{DEAD}-move-3-{'b' * 32}.dcm"
+    for path in (*c_get, c_move):
+        path.write_bytes(b"an instance")
+    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    assert orphans.collect(lambda job_id: True) == []
+    assert list(spool.relay.iterdir()) == []
+    assert "deleted 3 file(s) in relay/ of a process that stopped" in caplog.text
+
+
+def test_relayed_retrieve_names_start_with_the_acceptors_pid() -> None:
+    request = relay_request_id()
+    assert writer_pid(f"{request}-12.dcm") == os.getpid()  # workers/relay.py's C-GET name
+    assert relay_request_id() != request
+    move = relayed_move_name(65535)
+    assert writer_pid(move) == os.getpid() and move.endswith(".dcm") and "-move-65535-" in move
 
 
 def test_incoming_names_and_relay_copies_start_with_the_writers_pid() -> None:
