@@ -27,6 +27,7 @@ from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession
 from router.acceptor.store_intake import StoreIntake
+from router.acceptor.tls_records import RecordReader
 from router.acceptor.unserved import C_CANCEL_RQ, UNRECOGNIZED_OPERATION, unrecognized_operation
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
@@ -93,6 +94,7 @@ class EngineConnection:
         self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
         self._quick_ack = quick_ack_applies(sock)  # DCMTK senders' Nagle (dicom/quick_ack.py)
+        self._records: RecordReader | None = None  # over TLS: read on past one record
 
     # --- the connection's life ------------------------------------------------------------
 
@@ -123,6 +125,7 @@ class EngineConnection:
             if wrapped is None:
                 return
             self.sock = wrapped
+            self._records = RecordReader(wrapped)
         with contextlib.suppress(OSError):
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         engine = Association.acceptor(
@@ -319,6 +322,8 @@ class EngineConnection:
             raise self._dropped(timeout_label, timeout_message) from None
         except OSError:
             return 0  # reset or broken: the engine sees the transport closed
+        if self._records is not None and count:
+            count = self._records.fill(view, count)
         if self._quick_ack and count:
             ack_now(self.sock)
         return count
