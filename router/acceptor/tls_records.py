@@ -2,6 +2,11 @@
 plain socket hands it everything that has arrived, up to the connection's 256 KiB buffer: a
 50 MB C-STORE over TLS went through the engine, the store intake and a write() about 3,200
 times instead of about 200. `RecordReader.fill` reads on while more is there already.
+
+"There" is judged on the raw socket, which cannot tell a record of data from one of TLS's
+own (a TLS 1.3 KeyUpdate): a peer that sent one of those last and then waited for an answer
+would have it only after network_timeout, when the read gives up and the bytes before it are
+served. Implementations send a KeyUpdate before more data, not after their last.
 """
 
 from __future__ import annotations
