@@ -3,9 +3,9 @@
 One blocking socket per association, used by one thread at a time (the pool hands it out).
 `StoreAssociation.open` connects (TLS when asked), negotiates and returns an established
 association or raises `AssociationFailed` saying what happened; `store` streams a spooled
-file as P-DATA (pdata_stream.py: through one buffer allocated per association, sized by the
-peer's maximum PDU length, or from the page cache by sendfile), never the whole file in
-memory; the engine encodes the command, checks every state change and decodes what the
+file as P-DATA (pdata_stream.py: through one buffer allocated per association, PDUs of the
+peer's maximum length batched in it, or from the page cache by sendfile), never the whole
+file in memory; the engine encodes the command, checks every state change and decodes what the
 peer says.
 
 Every wait has a deadline: connect_timeout for TCP and TLS, the ACSE wait for the
@@ -47,7 +47,7 @@ from router.dicom.engine import (
     SendData,
     UserInformation,
 )
-from router.dicom.pdata_stream import HEADER, StreamError, stream_dataset
+from router.dicom.pdata_stream import BATCH_BYTES, HEADER, StreamError, stream_dataset
 from router.dicom.quick_ack import ack_now
 
 # The router's implementation class UID (a UUID-derived UID, PS3.5 B.2) and version name.
@@ -109,9 +109,9 @@ class StoreAssociation:
             if syntax is not None and syntax in ctx.transfer_syntaxes:
                 self._contexts.setdefault((ctx.abstract_syntax, syntax), ctx.context_id)
         self._rx = bytearray(RECEIVE_BUFFER)
-        # One send buffer for the association's life: a PDU header and as much data as the
-        # peer takes in one PDU, filled by readinto and written with one send per PDU.
-        self._tx = bytearray(HEADER + engine.send_limit - 6)
+        # One send buffer for the association's life: PDUs filled by readinto, as many as it
+        # holds per send (at least one of the peer's largest).
+        self._tx = bytearray(max(BATCH_BYTES, HEADER + engine.send_limit - 6))
         self._message_id = 0
         self._open = True
 
@@ -229,8 +229,8 @@ class StoreAssociation:
             _send_all(self._sock, self._engine.send(SendCommand(context, request)),
                       self.peer.dimse_timeout)
             self._engine.send(SendData(context, b"", last=False))  # checks state and context
-            stream_dataset(self._sock, fh, dataset_length, context, self._tx,
-                           self.peer.dimse_timeout)
+            stream_dataset(self._sock, fh, dataset_length, context, self._engine.send_limit,
+                           self._tx, self.peer.dimse_timeout)
         except StreamError as exc:
             self.abort()
             raise StoreFailed(str(exc)) from exc
