@@ -177,7 +177,8 @@ DEAD_PROCESS_FILES_CLEARED = Counter(
     f"{PREFIX}_dead_process_files_cleared_total",
     "Files deleted while the router ran because the process writing them had stopped: in "
     "the spool's incoming/ an acceptor's (never acknowledged to their senders), in relay/ "
-    "a worker's copies of jobs (the jobs themselves stay queued).",
+    "a worker's copies of jobs (the jobs themselves stay queued) or the instances of a "
+    "C-GET or C-MOVE an acceptor was relaying.",
     ["folder"],
 )
 SPOOL_GROUP_SYNCS = Counter(

@@ -17,9 +17,10 @@ Layout under the spool root:
   dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
   control/state.json     destinations an operator paused (router/broker/control.py)
   relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
-                         way to the requester, and workers' copies of jobs being morphed,
-                         de-identified or transcoded (<pid>-<job>.<random>.dcm: the broker
-                         deletes a dead worker's); never acknowledged as stored, wiped at start
+                         way to the requester (named after the relaying acceptor), and
+                         workers' copies of jobs being morphed, de-identified or transcoded
+                         (<pid>-<job>.<random>.dcm); the broker deletes a dead process's
+                         (owned_names.py); never acknowledged as stored, wiped at start
 """
 
 from __future__ import annotations
@@ -266,8 +267,9 @@ class Spool:
         """Delete the files of processes that are gone (`alive(pid)` false), by folder:
         in incoming/, an acceptor's dataset that was arriving or received and not committed
         (its sender was never told Success); in relay/, a worker's copy of a job it was
-        preparing or sending (the job itself stays in jobs/ and is delivered again). While
-        the router runs, without waiting for its next start (clear_incoming)."""
+        preparing or sending (the job itself stays in jobs/ and is delivered again), or an
+        instance of a C-GET or C-MOVE a dead acceptor was relaying. While the router runs,
+        without waiting for its next start (clear_incoming)."""
         return {folder.name: unlink_owned_by_dead(folder, alive)
                 for folder in (self.incoming, self.relay)}
 

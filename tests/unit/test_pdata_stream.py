@@ -141,3 +141,11 @@ def test_a_buffer_smaller_than_one_pdu_is_a_programming_error(tmp_path: Path) ->
     path.write_bytes(os.urandom(OFFSET + 100))
     with pytest.raises(ValueError, match="holds no PDU"):
         _sent(path, 100, 16384, sendfile=False, buffer_size=4096)
+
+
+def test_an_empty_dataset_is_one_empty_pdv_marked_last(tmp_path: Path) -> None:
+    path = tmp_path / "instance.dcm"
+    path.write_bytes(os.urandom(OFFSET + 10))
+    sends: list[int] = []
+    wire = _sent(path, 0, 4096, sendfile=False, sends=sends)
+    assert _pdus(wire) == [(CONTEXT, 0x02, b"")] and sends == [1]
