@@ -144,7 +144,6 @@ def test_an_off_peak_destination_is_held_then_released_urgent_first(
     assert run_storescu(routine, LOCALHOST, router.port, called_ae=AE_TITLE).returncode == 0
     assert run_storescu(stat, LOCALHOST, router.port, called_ae=AE_TITLE,
                         calling_ae="ER_CT").returncode == 0
-    assert router.metric("dicom_router_queue_depth", destination="pacs") in (0, 7)
     assert recorder.uids() == [], "delivered before the window opened"
     status = json.loads(http_get(router.metrics_port, "/status")[1])
     assert status["broker"]["destinations"]["pacs"]["in_window"] is False
