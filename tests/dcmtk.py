@@ -5,6 +5,7 @@ Every wait is bounded and every process started here is ended by its own handle.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import random
@@ -53,12 +54,21 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports handed out lately by this process. A test that keeps a port free on purpose (a
+# destination that is down until it starts one there) must not see it handed to the next
+# peer it starts (a fallback test failed in CI with no delivery attempt logged in 30 s, as
+# when its BACKUP storescp had drawn the "down" PACS's port and took its instances).
+_RECENT: collections.deque[int] = collections.deque(maxlen=1024)
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct ports that were free a moment ago (all held open while picking),
-    from this test worker's slice of TEST_PORTS."""
+    from this test worker's slice of TEST_PORTS, none handed out in the last 1,024."""
     ports: list[int] = []
     with contextlib.ExitStack() as stack:
         for port in random.sample(_port_slice(), 200):
+            if port in _RECENT:
+                continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((LOCALHOST, port))
@@ -66,6 +76,7 @@ def free_ports(count: int) -> list[int]:
                 continue  # taken, or a recent connection on it lingers: another one
             ports.append(port)
             if len(ports) == count:
+                _RECENT.extend(ports)
                 return ports
     raise RuntimeError(f"no {count} free ports among 200 tried in {_port_slice()}")
 
