@@ -22,11 +22,13 @@ import time
 
 from router.acceptor.access import Rejection
 from router.acceptor.connection_settings import AcceptorServices
+from router.acceptor.fragment_runs import fragment_runs
 from router.acceptor.negotiation import accept
 from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession
 from router.acceptor.store_intake import StoreIntake
+from router.acceptor.tls_listener import peer_certificate
 from router.acceptor.tls_records import RecordReader
 from router.acceptor.unserved import C_CANCEL_RQ, UNRECOGNIZED_OPERATION, unrecognized_operation
 from router.core import metrics
@@ -61,6 +63,7 @@ from router.dicom.relayed_dimse import REQUEST_MESSAGES
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024  # once associated: a large C-STORE arrives in few reads
+LARGE_RECV_BYTES = 1024 * 1024  # once a read filled that: larger writes (fragment_runs.py)
 REQUEST_RECV_BYTES = 16 * 1024  # until then: a connection that has proved nothing is cheap
 MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
@@ -68,7 +71,6 @@ CLOSE_WAIT_SECONDS = 1.0  # after our RJ, RP or A-ABORT: the peer closes, or we 
 APPLICATION_CONTEXT_NOT_SUPPORTED = Reject(1, 1, 2)
 # The engine's limits (RemoteProtocolError.limit) -> dicom_router_connections_dropped_total.
 LIMIT_LABELS = {"pdu": "pdu_too_large", "command": "message_too_large"}
-
 
 
 class ConnectionEnded(Exception):
@@ -163,7 +165,7 @@ class EngineConnection:
         session = AssociationSession(
             calling_ae=rq.calling_ae, called_ae=rq.called_ae, address=self.address[0],
             port=int(self.address[1]), own_ae=offer.ae_title,
-            certificate=_peer_certificate(self.sock),
+            certificate=peer_certificate(self.sock),
             user_identity=rq.user_info.identity is not None)
         self.session = session
         rejection: Rejection | None
@@ -207,15 +209,18 @@ class EngineConnection:
         while True:
             count = self._recv(view, "network_timeout",
                                f"silent for network_timeout ({self.settings.network_timeout:g}s)")
-            for event in self._feed(engine, view[:count]):
+            for event in fragment_runs(self._feed(engine, view[:count])):
                 self._on_event(engine, event)
             if engine.should_close:
                 return
+            if count == len(view) and count < LARGE_RECV_BYTES:  # a large dataset streams in
+                self._buffer = bytearray(LARGE_RECV_BYTES)
+                view = memoryview(self._buffer)
 
     # --- events ---------------------------------------------------------------------------
 
-    def _on_event(self, engine: Association, event: Event) -> None:
-        if type(event) is DataFragment:
+    def _on_event(self, engine: Association, event: Event | list[DataFragment]) -> None:
+        if type(event) is list:
             self._on_data(engine, event)
         elif type(event) is CommandReceived:
             self._on_command(engine, event.context_id, event.command)
@@ -264,16 +269,24 @@ class EngineConnection:
         else:
             self._refuse_other(engine, context_id, command)
 
-    def _on_data(self, engine: Association, event: DataFragment) -> None:
+    def _on_data(self, engine: Association, run: list[DataFragment]) -> None:
+        """Adjacent fragments of one message's dataset (fragment_runs.py)."""
         intake = self._intake
         progress = self.session.progress if self.session is not None else None
         if progress is not None:
-            progress.add(len(event.data))
+            progress.add(sum(len(event.data) for event in run))
         if intake is not None and intake.receiving:
-            response = intake.take(event.data, event.last)
+            response = intake.take([event.data for event in run], run[-1].last)
             if response is not None:
                 self._send(engine.send(response))
-        elif self._relayed is not None:
+        else:
+            for event in run:
+                self._on_other_data(engine, event)
+
+    def _on_other_data(self, engine: Association, event: DataFragment) -> None:
+        """A fragment of a relayed request's dataset, or of one the router does not serve."""
+        progress = self.session.progress if self.session is not None else None
+        if self._relayed is not None:
             context_id, command, dataset = self._relayed
             dataset += event.data
             if len(dataset) > self.settings.max_message_bytes:
@@ -383,9 +396,4 @@ class EngineConnection:
                     self.sock.sendall(encode_pdu(Abort(0, 0)))
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-
-
-def _peer_certificate(sock: socket.socket) -> dict[str, object] | None:
-    getpeercert = getattr(sock, "getpeercert", None)
-    return getpeercert() if getpeercert is not None else None
 

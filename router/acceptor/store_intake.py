@@ -80,10 +80,10 @@ class StoreIntake:
             return
         self._store, self._receiver = (context_id, command, transfer_syntax), receiver
 
-    def take(self, data: bytes | memoryview, last: bool) -> SendCommand | None:
-        """One fragment of the dataset; the C-STORE-RSP to send after the last one."""
+    def take(self, parts: list[bytes | memoryview], last: bool) -> SendCommand | None:
+        """Adjacent fragments of the dataset; the C-STORE-RSP to send after the last one."""
         if self._receiver is not None:
-            self._receiver.write(data)
+            self._receiver.write_parts(parts)
             return self._stored() if last else None
         if self._refusal is not None and last:
             refusal, self._refusal = self._refusal, None

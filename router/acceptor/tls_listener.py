@@ -62,3 +62,9 @@ class TLSListener:
             return None
         tls.settimeout(None)  # from here on the connection's own timeouts apply
         return tls
+
+
+def peer_certificate(sock: socket.socket) -> dict[str, object] | None:
+    """The peer's certificate on a TLS socket (None over plain TCP, or none was sent)."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert() if getpeercert is not None else None

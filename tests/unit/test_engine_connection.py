@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+from router.acceptor import connection as connection_module
 from router.acceptor.access import AccessPolicy, hash_passcode
 from router.acceptor.admission import Admission
 from router.acceptor.association_events import AssociationEvents
@@ -352,6 +353,30 @@ def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) 
     running.join()
     late = require_delayed_ack_counter() - before
     assert late < stores // 2, f"{late} delayed ACKs for {stores} C-STOREs"
+
+
+def test_a_large_dataset_in_many_pdus_is_kept_byte_for_byte_as_the_reads_grow(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read that fills the buffer makes the connection read larger pieces, and a read's
+    fragments go to the file together (fragment_runs.py): across the switch and the runs,
+    nothing is lost or reordered. Small buffers, so that a 3 MB dataset crosses them."""
+    monkeypatch.setattr(connection_module, "RECV_BYTES", 8 * 1024)
+    monkeypatch.setattr(connection_module, "LARGE_RECV_BYTES", 64 * 1024)
+    running = Running(harness)
+    dataset = encoded_dataset(3_000_000)
+    peer = Peer(running)
+    peer.associate()
+    peer.send(SendCommand(1, CStoreRQ(message_id=7, sop_class_uid=CT,
+                                      sop_instance_uid=INSTANCE)))
+    store_pieces(peer, dataset, 4000)  # PDUs of at most 16 KB: many to a read
+    assert peer.command().command == CStoreRSP(7, CT, INSTANCE, 0x0000)
+    [seen] = harness.store.seen
+    meta_length = 144 + int.from_bytes(seen.raw[140:144], "little")
+    assert seen.raw[meta_length:] == dataset
+    # The socket's buffer (far more than 8 KiB) filled while 3 MB went: a full read happened.
+    assert len(running.connection._buffer) == 64 * 1024
+    peer.release()
+    running.join()
 
 
 def test_two_stores_on_one_association(harness: Harness, running: Running) -> None:

@@ -108,6 +108,45 @@ def test_past_the_limit_nothing_is_kept_and_every_byte_is_counted(tmp_path: Path
     assert path.read_bytes() == b""  # its space freed at once, meta included
 
 
+def test_runs_of_fragments_go_in_order_past_the_iovec_limit(tmp_path: Path) -> None:
+    meta, dataset = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, IMPL_VERSION), os.urandom(5000)
+    pieces = [memoryview(dataset)[start : start + 3] for start in range(0, len(dataset), 3)]
+    assert len(pieces) > 2 * store_receiver.IOV_BATCH  # more buffers than one writev takes
+    receiver = StoreReceiver(tmp_path, meta, limit=None)
+    receiver.write_parts([b"", *pieces[:10], b""])  # empty fragments are nothing
+    receiver.write_parts(pieces[10:])
+    assert receiver.finish().read_bytes() == meta + dataset
+    assert receiver.received == len(dataset)
+
+
+class ShortWritesOs:
+    """The module's `os`, whose writev writes at most `most` bytes a call (as a write into a
+    nearly full disk or past a signal may); the rest of os is the real one."""
+
+    def __init__(self, most: int) -> None:
+        self.most, self.calls = most, 0
+
+    def writev(self, fd: int, buffers: list[memoryview]) -> int:
+        self.calls += 1
+        return os.write(fd, b"".join(buffers)[: self.most])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+def test_short_writes_are_resumed_where_they_stopped(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    meta, dataset = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, IMPL_VERSION), encoded()
+    receiver = StoreReceiver(tmp_path, meta, limit=None)
+    fake = ShortWritesOs(5)  # cuts inside a part and across parts
+    monkeypatch.setattr(store_receiver, "os", fake)
+    receiver.write_parts([memoryview(dataset)[start : start + 7]
+                          for start in range(0, len(dataset), 7)])
+    monkeypatch.undo()
+    assert receiver.finish().read_bytes() == meta + dataset
+    assert fake.calls >= len(dataset) // 5
+
+
 class FailingOs:
     """The module's `os`, whose write fails with `error` once `failing` is set (a full disk
     cannot be made portably without root; the rest of os is the real one)."""
@@ -120,6 +159,11 @@ class FailingOs:
         if self.failing:
             raise OSError(self.error, os.strerror(self.error))
         return os.write(fd, data)
+
+    def writev(self, fd: int, buffers: list[memoryview]) -> int:
+        if self.failing:
+            raise OSError(self.error, os.strerror(self.error))
+        return os.writev(fd, buffers)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
