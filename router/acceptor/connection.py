@@ -63,7 +63,8 @@ from router.dicom.relayed_dimse import REQUEST_MESSAGES
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024  # once associated: a large C-STORE arrives in few reads
-LARGE_RECV_BYTES = 1024 * 1024  # once a read filled that: larger writes (fragment_runs.py)
+LARGE_RECV_BYTES = 1024 * 1024  # a large dataset that fills reads: larger writes
+GROW_AFTER_BYTES = 2 * 1024 * 1024  # past this much of one dataset (fragment_runs.py)
 REQUEST_RECV_BYTES = 16 * 1024  # until then: a connection that has proved nothing is cheap
 MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
@@ -213,7 +214,8 @@ class EngineConnection:
                 self._on_event(engine, event)
             if engine.should_close:
                 return
-            if count == len(view) and count < LARGE_RECV_BYTES:  # a large dataset streams in
+            if (count == len(view) < LARGE_RECV_BYTES and self._intake is not None
+                    and self._intake.stored_so_far >= GROW_AFTER_BYTES):  # a large dataset
                 self._buffer = bytearray(LARGE_RECV_BYTES)
                 view = memoryview(self._buffer)
 
@@ -271,12 +273,10 @@ class EngineConnection:
 
     def _on_data(self, engine: Association, run: list[DataFragment]) -> None:
         """Adjacent fragments of one message's dataset (fragment_runs.py)."""
-        intake = self._intake
-        progress = self.session.progress if self.session is not None else None
-        if progress is not None:
-            progress.add(sum(len(event.data) for event in run))
-        if intake is not None and intake.receiving:
-            response = intake.take([event.data for event in run], run[-1].last)
+        if self.session is not None and self.session.progress is not None:
+            self.session.progress.add(sum(len(event.data) for event in run))
+        if self._intake is not None and self._intake.receiving:
+            response = self._intake.take([event.data for event in run], run[-1].last)
             if response is not None:
                 self._send(engine.send(response))
         else:

@@ -49,6 +49,11 @@ class StoreIntake:
         """A C-STORE's dataset is arriving (to be stored or refused)."""
         return self._receiver is not None or self._refusal is not None
 
+    @property
+    def stored_so_far(self) -> int:
+        """Bytes of the arriving dataset received so far (0 when none is being stored)."""
+        return self._receiver.received if self._receiver is not None else 0
+
     def begin(self, context_id: int, command: CStoreRQ, negotiated: str | None,
               transfer_syntax: str) -> None:
         """A C-STORE-RQ arrived on `context_id`, negotiated for the abstract syntax

@@ -103,7 +103,10 @@ def encoded_dataset(size: int = 10_000) -> bytes:
     ds.SOPClassUID = CT
     ds.SOPInstanceUID = INSTANCE
     ds.PatientID = "P1"
-    ds.ImageComments = "x" * size  # to span several PDUs and PDVs
+    if size <= 10_240:  # LT's limit
+        ds.ImageComments = "x" * size  # to span several PDUs and PDVs
+    else:
+        ds.add_new(0x7FE00010, "OB", bytes(range(256)) * (size // 256))  # Pixel Data
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
@@ -357,22 +360,27 @@ def test_a_sender_with_nagle_is_acknowledged_at_once_over_tcp(harness: Harness) 
 
 def test_a_large_dataset_in_many_pdus_is_kept_byte_for_byte_as_the_reads_grow(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A read that fills the buffer makes the connection read larger pieces, and a read's
-    fragments go to the file together (fragment_runs.py): across the switch and the runs,
-    nothing is lost or reordered. Small buffers, so that a 3 MB dataset crosses them."""
+    """A read that fills the buffer while a large dataset arrives makes the connection read
+    larger pieces, and a read's fragments go to the file together (fragment_runs.py): across
+    the switch and the runs, nothing is lost or reordered. Small sizes, so that a 3 MB
+    dataset crosses them."""
     monkeypatch.setattr(connection_module, "RECV_BYTES", 8 * 1024)
     monkeypatch.setattr(connection_module, "LARGE_RECV_BYTES", 64 * 1024)
+    monkeypatch.setattr(connection_module, "GROW_AFTER_BYTES", 200_000)
     running = Running(harness)
-    dataset = encoded_dataset(3_000_000)
+    small, large = encoded_dataset(150_000), encoded_dataset(3_000_000)
     peer = Peer(running)
     peer.associate()
-    peer.send(SendCommand(1, CStoreRQ(message_id=7, sop_class_uid=CT,
-                                      sop_instance_uid=INSTANCE)))
-    store_pieces(peer, dataset, 4000)  # PDUs of at most 16 KB: many to a read
-    assert peer.command().command == CStoreRSP(7, CT, INSTANCE, 0x0000)
-    [seen] = harness.store.seen
-    meta_length = 144 + int.from_bytes(seen.raw[140:144], "little")
-    assert seen.raw[meta_length:] == dataset
+    for message_id, dataset in ((7, small), (8, large)):
+        peer.send(SendCommand(1, CStoreRQ(message_id=message_id, sop_class_uid=CT,
+                                          sop_instance_uid=INSTANCE)))
+        store_pieces(peer, dataset, 4000)  # PDUs of at most 16 KB: many to a read
+        assert peer.command().command == CStoreRSP(message_id, CT, INSTANCE, 0x0000)
+        if dataset is small:  # under GROW_AFTER_BYTES: the reads keep their size
+            assert len(running.connection._buffer) == 8 * 1024
+    for seen, dataset in zip(harness.store.seen, (small, large), strict=True):
+        meta_length = 144 + int.from_bytes(seen.raw[140:144], "little")
+        assert seen.raw[meta_length:] == dataset
     # The socket's buffer (far more than 8 KiB) filled while 3 MB went: a full read happened.
     assert len(running.connection._buffer) == 64 * 1024
     peer.release()
