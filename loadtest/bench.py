@@ -20,7 +20,7 @@ from typing import Any
 
 from loadtest import peers, report
 from loadtest.data import SIZES, DataSet, dataset
-from loadtest.disk import durable_bandwidth
+from loadtest.disk import durable_bandwidth, median_of
 from loadtest.idle import idle_rss
 from loadtest.peers import SenderRun, TlsFiles, file_meta_length, make_tls, send, wait_delivered
 from loadtest.procwatch import ProcessWatch
@@ -151,7 +151,9 @@ def _add_ratios(results: list[dict[str, Any]], disk: dict[str, dict[str, Any]]) 
 
 
 def run_matrix(args: argparse.Namespace, counts: dict[str, tuple[int, int]],
-               disk: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+               ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The median of each case's rounds, and the median of the disk's measures (one before
+    each round: loadtest/disk.py)."""
     work = args.work_dir
     tls = make_tls(work / "tls") if "tls" in args.transports else None
     # The larger count is generated; each case sends its own count's first files (with
@@ -164,7 +166,9 @@ def run_matrix(args: argparse.Namespace, counts: dict[str, tuple[int, int]],
     total = len(groups) * len(args.cases) * args.repeat
     done = 0
     runs: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
+    measures: list[dict[str, dict[str, Any]]] = []
     for rep in range(args.repeat):
+        measures.append(_measure_disk(work, args.sizes))
         for g, (size, senders, transport) in enumerate(groups):
             # Rotate the order per group and round, so drift hits every case alike.
             shift = (g + rep) % len(args.cases)
@@ -187,8 +191,19 @@ def run_matrix(args: argparse.Namespace, counts: dict[str, tuple[int, int]],
                 _progress(done, total, result)
     for rounds in runs.values():
         results.append(_median_run(rounds))
+    disk = median_of(measures)
     _add_ratios(results, disk)
-    return results
+    return results, disk
+
+
+def _measure_disk(work: Path, sizes: list[str]) -> dict[str, dict[str, Any]]:
+    """The spool's filesystem (the work dir): fsync'd writes of each size, what durable
+    store-and-forward cannot beat."""
+    disk = durable_bandwidth(work / "disk", {s: SIZES[s].bytes for s in sizes})
+    print("durable write bandwidth of the spool disk: " + ", ".join(
+        f"{s} {d['inst_per_s']:.0f}/s ({d['mb_per_s']:.0f} MB/s)" for s, d in disk.items()),
+        flush=True)
+    return disk
 
 
 def _progress(done: int, total: int, r: dict[str, Any]) -> None:
@@ -271,17 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             counts[name] = (int(direct), int(relayed or direct))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     t0 = time.monotonic()
-    # The spool's filesystem (the work dir): fsync'd writes of each size, what durable
-    # store-and-forward cannot beat; and the default config's idle memory.
-    disk = durable_bandwidth(args.work_dir / "disk", {s: SIZES[s].bytes for s in args.sizes})
-    print("durable write bandwidth of the spool disk: " + ", ".join(
-        f"{s} {d['inst_per_s']:.0f}/s ({d['mb_per_s']:.0f} MB/s)" for s, d in disk.items()),
-        flush=True)
+    # The default config's idle memory (the disk's bandwidth is measured in each round).
     idle = None if args.no_idle else idle_rss(args.work_dir / "idle")
     if idle is not None:
         print(f"idle RSS of the default config: {idle['total_mb']:.0f} MB "
               f"({', '.join(f'{k} {v:.0f}' for k, v in idle['processes'].items())})", flush=True)
-    results = run_matrix(args, counts, disk)
+    results, disk = run_matrix(args, counts)
     doc = {
         "started": started,
         "duration_s": round(time.monotonic() - t0, 1),

@@ -4,6 +4,11 @@ A router that acknowledges only durable instances writes each one and fsyncs it 
 Success: so the disk's rate of fsync'd writes of the benchmark's sizes bounds it, whatever the
 wire allows. Measured on the filesystem of the bench's work dir (the router's spool) in the
 same run, and the router's rate reported as a fraction of it (report.py, "x disk").
+
+A shared host's disk can swing by a factor of three within minutes (2026-12-06: 280-1,200
+MB/s for 50 MB in one hour, and once 384 MB/s while the floor case then wrote 790 durably),
+so the bench measures before every round and takes the median (`median_of`), with every
+measure kept beside it.
 """
 
 from __future__ import annotations
@@ -48,3 +53,14 @@ def durable_bandwidth(folder: Path, sizes: dict[str, int]) -> dict[str, dict[str
         results[name] = {"files": count, "inst_per_s": round(count / elapsed, 1),
                          "mb_per_s": round(count * size / elapsed / 1e6, 1)}
     return results
+
+
+def median_of(measures: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per size, the measure of median rate among `measures` (one per round), with the
+    rates of all of them in "measures_mb_per_s"."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in measures[0] if measures else {}:
+        ranked = sorted((m[name] for m in measures), key=lambda d: d["inst_per_s"])
+        out[name] = {**ranked[(len(ranked) - 1) // 2],
+                     "measures_mb_per_s": [m[name]["mb_per_s"] for m in measures]}
+    return out

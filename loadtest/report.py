@@ -304,9 +304,10 @@ def markdown(doc: dict[str, Any]) -> str:
     disk = doc.get("disk") or {}
     if disk:
         parts += ["Durable write bandwidth of the spool disk (fsync'd writes of each size, "
-                  "one at a time; `x disk` is a row's rate over it): " + ", ".join(
+                  "one at a time, measured before each round, the median taken; `x disk` is "
+                  "a row's rate over it): " + ", ".join(
                       f"{s}: {d['inst_per_s']:,.0f}/s, {d['mb_per_s']:,.0f} MB/s"
-                      for s, d in disk.items()) + ".", ""]
+                      + _measures(d) for s, d in disk.items()) + ".", ""]
     idle = doc.get("idle")
     if idle:
         parts += [f"Idle RSS of the default config: {idle['total_mb']:.0f} MB summed ("
@@ -343,3 +344,11 @@ def write_run(doc: dict[str, Any], out: Path, prefix: str, stem: str, text: str,
     (folder / f"{stem}.md").write_text(text)
     (out / latest).write_text(text.replace(f"]({image}.png)", f"]({folder.name}/{image}.png)"))
     return folder
+
+
+def _measures(disk: dict[str, Any]) -> str:
+    """Every round's measure, when there were several (a run before 2026-12-06 16:10 had one)."""
+    measures = disk.get("measures_mb_per_s") or []
+    if len(measures) < 2:
+        return ""
+    return " (measures: " + " / ".join(f"{m:,.0f}" for m in measures) + " MB/s)"
