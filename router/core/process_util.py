@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -44,12 +45,38 @@ _SAFE_FILTER = SafeLogFilter()  # one per process: a reload keeps its rate-limit
 
 def install_stop_handlers(stop: threading.Event) -> None:
     """SIGTERM stops this process; SIGINT is left to the supervisor, which stops us in order."""
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
+    set_on_signal([signal.SIGTERM], stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def set_on_signal(signums: list[int], event: threading.Event,
+                  announce: Callable[[int], None] | None = None) -> None:
+    """Set `event` (after `announce(signum)`) when one of `signums` arrives.
+
+    Not `event.set()` in the handler itself: a Python handler runs in the main thread
+    between two bytecodes, possibly while that thread holds the event's lock inside
+    `event.wait()` (the lock is not reentrant): an acceptor hung so at SIGTERM in a CI run
+    (2026-12-06), and its supervisor stopped without it. The handler only writes the signal's
+    number to a pipe; a thread of its own reads it and sets the event (and may log, which
+    takes locks too).
+    """
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+
+    def relay() -> None:
+        while number := os.read(reader, 1):
+            if announce is not None:
+                announce(number[0])
+            event.set()
+
+    threading.Thread(target=relay, name="signals", daemon=True).start()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: the event is being set anyway
+            os.write(writer, bytes([signum]))
+
+    for signum in signums:
+        signal.signal(signum, handler)
 
 
 class SignalWakeup:

@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -24,6 +23,7 @@ from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
+from router.core.process_util import set_on_signal
 from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
@@ -253,16 +253,10 @@ class Supervisor:
         return 0
 
     def _install_signals(self) -> None:
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            log.info("received %s: stopping", signal.Signals(signum).name)
-            self.stopping.set()
-
-        def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.reload_requested.set()  # the main loop reloads: never block in a handler
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hup)
+        # Never an Event's set() or a log call in a handler (process_util.set_on_signal).
+        set_on_signal([signal.SIGTERM, signal.SIGINT], self.stopping, lambda signum: log.info(
+            "received %s: stopping", signal.Signals(signum).name))
+        set_on_signal([signal.SIGHUP], self.reload_requested)  # the main loop reloads
 
     # --- config reload (SIGHUP) -------------------------------------------------------------
 
