@@ -155,11 +155,15 @@ class Worker:
         if wakeup is not None:
             poller.register(wakeup, zmq.POLLIN)
         next_heartbeat = 0.0
+        reloads_seen = Reloads.generation
         while not stop.is_set():
             poller.register(self.broker, zmq.POLLIN)
             ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
             if wakeup is not None and wakeup in ready:
                 wakeup.drain()
+            if Reloads.generation != reloads_seen:
+                reloads_seen = Reloads.generation
+                log.info("SIGHUP: destinations reconnect with reloaded TLS certificates")
             if self.results in ready:
                 self._on_results()
             if self.relay_out in ready:
@@ -197,8 +201,7 @@ class Worker:
 
 
 def _reload(signum: int, frame: FrameType | None) -> None:
-    Reloads.generation += 1
-    log.info("SIGHUP: destinations reconnect with reloaded TLS certificates")
+    Reloads.generation += 1  # no lock, no log call in a handler (process_util.set_on_signal)
 
 
 def main(config: RouterConfig, runtime: Runtime, index: int) -> None:

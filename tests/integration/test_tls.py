@@ -227,6 +227,8 @@ def test_sighup_reloads_the_certificate_for_new_connections(
     os.kill(router.process.pid, signal.SIGHUP)
     assert wait_for(lambda: _served_common_name(router.port, pki) == "router-renewed.example")
     assert _echo(router.port, pki, None).returncode == 0
+    # The workers heard it too (their outbound TLS reconnects): logged outside the handler.
+    assert wait_for(lambda: router.log().count("destinations reconnect with reloaded TLS") == 2)
     # The association opened before the reload carries on with its session.
     assert live.is_established and live.send_c_echo().Status == 0x0000
     live.release()
