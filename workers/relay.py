@@ -37,6 +37,7 @@ from router.core.dimse_status import PENDING_STATUSES, Status, relay_failure_sta
 from router.core.log_context import working_on
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
+from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
 from router.core.tls import client_context
 from router.dicom.net import tune_scu_socket
@@ -282,7 +283,7 @@ class RelayThread(threading.Thread):
         if task.cancelled.is_set():
             return Status.OUT_OF_RESOURCES  # the requester cancelled: do not take more
         task.stores += 1
-        name = f"{task.request.request_id}-{task.stores}.dcm"
+        name = relayed_get_name(task.request.request_id, task.stores)
         target = self.spool.relay / name
         source = Path(event.dataset_path)
         os.replace(source, target)  # the same filesystem (TMPDIR is on the spool)

@@ -38,6 +38,16 @@ def relay_request_id() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
+def relayed_get_name(request_id: str, number: int) -> str:
+    """The name in relay/ of a relayed C-GET's `number`th instance (a worker moves it there)."""
+    return f"{request_id}-{number}.dcm"
+
+
+def relayed_get_files(relay: Path, request_id: str) -> list[Path]:
+    """A relayed C-GET's instances still in relay/ (the request id is digits, hex and '-')."""
+    return list(relay.glob(f"{request_id}-*.dcm"))
+
+
 def relayed_move_name(message_id: int) -> str:
     """A name in relay/ for an instance of a C-MOVE relayed by this acceptor."""
     return f"{os.getpid()}-move-{message_id}-{uuid.uuid4().hex}.dcm"

@@ -21,6 +21,7 @@ from router.core.messages import (
 )
 
 POLL_SECONDS = 0.1  # how often a waiting relay looks at C-CANCEL and the requester
+CANCEL_LINGER_MS = 1000  # zmq_close returns at once; only the cancel may wait this long
 
 
 class RelayTimeout(RouterError):
@@ -40,6 +41,7 @@ class RelayCall:
         self.sock.connect(endpoint)
         self._send(request, payload)
         self.cancelled = False
+        self.finished = False  # the final answer came
         self.last_heard = time.monotonic()
 
     def _send(self, message: Message, payload: bytes | None = None) -> None:
@@ -59,6 +61,8 @@ class RelayCall:
                 return None
             if isinstance(message, RelayResponse | RelayStore) and \
                     message.request_id == self.request.request_id:
+                if isinstance(message, RelayResponse) and message.final:
+                    self.finished = True
                 return message, frames[1] if len(frames) > 1 else None
             return None
         if time.monotonic() - self.last_heard > self.timeout:
@@ -80,4 +84,10 @@ class RelayCall:
         self._send(RelayAck(self.request.request_id))
 
     def close(self) -> None:
+        """Closing before the final answer (a timeout, a requester gone) cancels the request:
+        the worker stops its upstream and takes no more C-GET instances into relay/ that
+        nobody would pass on. The socket lingers a moment so that the cancel leaves."""
+        if not self.finished and not self.cancelled:
+            self.cancel()
+            self.sock.setsockopt(zmq.LINGER, CANCEL_LINGER_MS)
         self.sock.close()

@@ -71,7 +71,10 @@ class RelayedMoves:
         try:
             _move_loop(exchange, call, move, sender, counts)
         except RelayTimeout as exc:
-            exchange.final(relay_failure_status("C-MOVE"), str(exc), counts)
+            status = relay_failure_status("C-MOVE")
+            log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
+                        exc, status)
+            exchange.final(status, str(exc), counts)
         finally:
             call.close()
             self.moves.close(move)

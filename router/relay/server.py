@@ -12,6 +12,7 @@ the connection: every path ends with a final response carrying a proper status.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import Status, relay_failure_status, relay_no_route_status
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
-from router.core.owned_names import relay_request_id
+from router.core.owned_names import relay_request_id, relayed_get_files
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
@@ -49,6 +50,9 @@ COMMANDS: dict[type, str] = {
     N_EVENT_REPORT: "N-EVENT-REPORT",
 }
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+# After a C-GET ended without its final answer, a worker may be moving one more instance into
+# relay/ while the cancel travels: a second look this much later takes it.
+LATE_CLEAR_SECONDS = 10.0
 
 
 class RelayServer:
@@ -163,6 +167,8 @@ class RelayServer:
                     return answer.status
         except RelayTimeout as exc:
             status = relay_failure_status(exchange.command)
+            log.warning("relayed %s: %s (request_timeout); the requester gets 0x%04X",
+                        exchange.command, exc, status)
             exchange.final(status, str(exc))
             return status
         finally:
@@ -190,9 +196,29 @@ class RelayServer:
                                answer.error_comment, counts)
                 return
         except RelayTimeout as exc:
-            exchange.final(relay_failure_status("C-GET"), str(exc), counts)
+            status = relay_failure_status("C-GET")
+            log.warning("relayed C-GET: %s (request_timeout); the requester gets 0x%04X",
+                        exc, status)
+            exchange.final(status, str(exc), counts)
         finally:
             call.close()
+            self._clear_get_instances(request.request_id)
+            if not call.finished:
+                timer = threading.Timer(LATE_CLEAR_SECONDS, self._clear_get_instances,
+                                        (request.request_id,))
+                timer.daemon = True
+                timer.start()
+
+    def _clear_get_instances(self, request_id: str) -> None:
+        """A C-GET's instances left in relay/ when it ended: nobody passes them on. One a
+        worker moved in and died before announcing, or moved in after the call ended without
+        a final answer (a timeout: the requester has its failure)."""
+        left = relayed_get_files(self.spool.relay, request_id)
+        for path in left:
+            path.unlink(missing_ok=True)
+        if left:
+            log.warning("removed %d instance(s) of relayed C-GET %s from relay/ that the "
+                        "requester was never sent", len(left), request_id)
 
     def _send_sub_operation(self, exchange: Exchange, store: RelayStore) -> int | None:
         path = self.spool.relay / Path(store.file_name).name

@@ -330,17 +330,19 @@ def test_c_move_relay_and_concurrent_moves_never_mix(
 
 
 class SlowGetArchive:
-    """A pynetdicom C-GET SCP sending one instance every 0.15 s; records the C-CANCEL."""
+    """A pynetdicom C-GET SCP sending one instance every 0.15 s (the first after
+    `first_delay`); records the C-CANCEL."""
 
     INSTANCES = 40
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, first_delay: float = 0.0) -> None:
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             CTImageStorage,
             StudyRootQueryRetrieveInformationModelGet,
         )
 
         self.cancelled = threading.Event()
+        self.first_delay = first_delay
         self.sent = 0
         self.files = [write_instance(folder, sop_class=str(CTImageStorage),
                                      transfer_syntax=EXPLICIT_VR_LE, size_bytes=2000)
@@ -357,6 +359,7 @@ class SlowGetArchive:
         from pydicom import dcmread
 
         yield len(self.files)
+        time.sleep(self.first_delay)
         for path in self.files:
             if event.is_cancelled:
                 self.cancelled.set()
@@ -470,3 +473,46 @@ def test_a_c_gets_instances_go_with_the_acceptor_that_would_have_passed_them_on(
         answer.set()
         assoc.abort()
         router.stop()
+
+
+def test_a_c_get_that_times_out_is_cancelled_upstream_and_leaves_nothing_in_relay(
+        tmp_path: Path) -> None:
+    """The upstream stays silent past request_timeout (1 s here) before its first instance:
+    the requester gets its failure, and the worker is told to cancel, so the upstream gets
+    a C-CANCEL and no instance it sends later waits in relay/ for an acceptor that has moved
+    on (before, the worker took four into relay/ and then waited for acks forever)."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    slow = SlowGetArchive(tmp_path / "archive", first_delay=4.0)
+    router = RouterProcess(tmp_path / "r", {
+        "request_timeout": 1,
+        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWGET", "host": LOCALHOST,
+                                  "port": slow.port}},
+        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    try:
+        ae = AE(ae_title="GETTER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE,
+                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet) if status]
+        assoc.release()
+        assert statuses and statuses[-1] not in (0x0000, 0xFF00, 0xFF01), statuses
+        assert slow.cancelled.wait(15), "the upstream never saw a C-CANCEL"
+        assert slow.sent == 0
+        time.sleep(1)  # what the worker would have moved in after the cancel
+        assert not list((router.spool / "relay").iterdir()), "relay files left behind"
+        assert "no answer from the router's worker within 1s" in router.log()
+    finally:
+        router.stop()
+        slow.close()

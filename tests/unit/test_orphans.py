@@ -18,6 +18,8 @@ from router.core.owned_names import (
     incoming_name,
     relay_copy_name,
     relay_request_id,
+    relayed_get_files,
+    relayed_get_name,
     relayed_move_name,
     writer_pid,
 )
@@ -161,10 +163,22 @@ def test_a_dead_acceptors_relayed_retrieve_instances_are_deleted(
 
 def test_relayed_retrieve_names_start_with_the_acceptors_pid() -> None:
     request = relay_request_id()
-    assert writer_pid(f"{request}-12.dcm") == os.getpid()  # workers/relay.py's C-GET name
+    assert writer_pid(relayed_get_name(request, 12)) == os.getpid()  # workers/relay.py's
     assert relay_request_id() != request
     move = relayed_move_name(65535)
     assert writer_pid(move) == os.getpid() and move.endswith(".dcm") and "-move-65535-" in move
+
+
+def test_a_c_gets_own_instances_are_found_and_no_other(spool: Spool) -> None:
+    """What its acceptor deletes when a relayed C-GET ends (router/relay/server.py)."""
+    request, other = relay_request_id(), relay_request_id()
+    mine = [spool.relay / relayed_get_name(request, n) for n in (1, 2, 10)]
+    others = [spool.relay / relayed_get_name(other, 1), spool.relay / relayed_move_name(1),
+              spool.relay / relay_copy_name("0123456789abcdef01234567")]
+    for path in (*mine, *others):
+        path.write_bytes(b"an instance")
+    assert sorted(relayed_get_files(spool.relay, request)) == sorted(mine)
+    assert relayed_get_files(spool.relay, relay_request_id()) == []
 
 
 def test_incoming_names_and_relay_copies_start_with_the_writers_pid() -> None:
