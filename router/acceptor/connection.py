@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 
+from router.acceptor import read_size
 from router.acceptor.access import Rejection
 from router.acceptor.connection_settings import AcceptorServices
 from router.acceptor.fragment_runs import fragment_runs
@@ -62,9 +63,6 @@ from router.dicom.relayed_dimse import REQUEST_MESSAGES
 
 log = logging.getLogger(__name__)
 
-RECV_BYTES = 256 * 1024  # once associated: a large C-STORE arrives in few reads
-LARGE_RECV_BYTES = 1024 * 1024  # a large dataset that fills reads: larger writes
-GROW_AFTER_BYTES = 2 * 1024 * 1024  # past this much of one dataset (fragment_runs.py)
 REQUEST_RECV_BYTES = 16 * 1024  # until then: a connection that has proved nothing is cheap
 MAX_ASSOCIATE_BYTES = 256 * 1024  # an A-ASSOCIATE-RQ with a user identity fits easily
 MAX_COMMAND_SET_BYTES = 64 * 1024  # a command set is a few hundred bytes
@@ -205,8 +203,10 @@ class EngineConnection:
                                        f"relay-{self.address[0]}", self._refuse_relayed)
 
     def _serve(self, engine: Association) -> None:
-        self._buffer = bytearray(RECV_BYTES)
+        self._buffer = bytearray(read_size.RECV_BYTES)
         view = memoryview(self._buffer)
+        intake = self._intake
+        assert intake is not None
         while True:
             count = self._recv(view, "network_timeout",
                                f"silent for network_timeout ({self.settings.network_timeout:g}s)")
@@ -214,9 +214,10 @@ class EngineConnection:
                 self._on_event(engine, event)
             if engine.should_close:
                 return
-            if (count == len(view) < LARGE_RECV_BYTES and self._intake is not None
-                    and self._intake.stored_so_far >= GROW_AFTER_BYTES):  # a large dataset
-                self._buffer = bytearray(LARGE_RECV_BYTES)
+            size = read_size.next_read_size(len(view), count, intake.receiving,
+                                            intake.stored_so_far)
+            if size != len(view):  # after the events: they may still refer to the old one
+                self._buffer = bytearray(size)
                 view = memoryview(self._buffer)
 
     # --- events ---------------------------------------------------------------------------

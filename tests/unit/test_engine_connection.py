@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from router.acceptor import connection as connection_module
+from router.acceptor import read_size
 from router.acceptor.access import AccessPolicy, hash_passcode
 from router.acceptor.admission import Admission
 from router.acceptor.association_events import AssociationEvents
@@ -362,11 +362,19 @@ def test_a_large_dataset_in_many_pdus_is_kept_byte_for_byte_as_the_reads_grow(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read that fills the buffer while a large dataset arrives makes the connection read
     larger pieces, and a read's fragments go to the file together (fragment_runs.py): across
-    the switch and the runs, nothing is lost or reordered. Small sizes, so that a 3 MB
-    dataset crosses them."""
-    monkeypatch.setattr(connection_module, "RECV_BYTES", 8 * 1024)
-    monkeypatch.setattr(connection_module, "LARGE_RECV_BYTES", 64 * 1024)
-    monkeypatch.setattr(connection_module, "GROW_AFTER_BYTES", 200_000)
+    the switch and the runs, nothing is lost or reordered. Once the association is quiet
+    again the reads are small again. Small sizes, so that a 3 MB dataset crosses them."""
+    monkeypatch.setattr(read_size, "RECV_BYTES", 8 * 1024)
+    monkeypatch.setattr(read_size, "LARGE_RECV_BYTES", 64 * 1024)
+    monkeypatch.setattr(read_size, "GROW_AFTER_BYTES", 200_000)
+    sizes: list[int] = []  # every size the connection chose after a read
+    choose = read_size.next_read_size
+
+    def recorded(*args: Any) -> int:
+        sizes.append(choose(*args))
+        return sizes[-1]
+
+    monkeypatch.setattr(read_size, "next_read_size", recorded)
     running = Running(harness)
     small, large = encoded_dataset(150_000), encoded_dataset(3_000_000)
     peer = Peer(running)
@@ -377,14 +385,31 @@ def test_a_large_dataset_in_many_pdus_is_kept_byte_for_byte_as_the_reads_grow(
         store_pieces(peer, dataset, 4000)  # PDUs of at most 16 KB: many to a read
         assert peer.command().command == CStoreRSP(message_id, CT, INSTANCE, 0x0000)
         if dataset is small:  # under GROW_AFTER_BYTES: the reads keep their size
-            assert len(running.connection._buffer) == 8 * 1024
+            assert set(sizes) == {8 * 1024}
     for seen, dataset in zip(harness.store.seen, (small, large), strict=True):
         meta_length = 144 + int.from_bytes(seen.raw[140:144], "little")
         assert seen.raw[meta_length:] == dataset
     # The socket's buffer (far more than 8 KiB) filled while 3 MB went: a full read happened.
-    assert len(running.connection._buffer) == 64 * 1024
+    assert 64 * 1024 in sizes
+    for message_id in (9, 10):  # the second starts after the first's read was handled whole
+        peer.send(SendCommand(3, CEchoRQ(message_id)))
+        assert peer.command().command == CEchoRSP(message_id, 0x0000)
+    assert sizes[-1] == 8 * 1024 and len(running.connection._buffer) == 8 * 1024
     peer.release()
     running.join()
+
+
+def test_the_read_size_grows_for_a_large_dataset_only_and_shrinks_when_quiet() -> None:
+    small, large = read_size.RECV_BYTES, read_size.LARGE_RECV_BYTES
+    past = read_size.GROW_AFTER_BYTES
+    assert read_size.next_read_size(small, small, True, past) == large  # full, past 2 MiB
+    assert read_size.next_read_size(small, small, True, past - 1) == small  # 0.5 MB: stays
+    assert read_size.next_read_size(small, small - 1, True, past) == small  # not full
+    assert read_size.next_read_size(large, large, True, past) == large
+    assert read_size.next_read_size(large, small - 1, True, past) == large  # still arriving
+    assert read_size.next_read_size(large, small, False, 0) == large  # the next one streams
+    assert read_size.next_read_size(large, 200, False, 0) == small  # quiet: memory back
+    assert read_size.next_read_size(small, 200, False, 0) == small
 
 
 def test_two_stores_on_one_association(harness: Harness, running: Running) -> None:
