@@ -6,7 +6,6 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from types import FrameType
 
 import zmq
 from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -43,7 +42,12 @@ from router.core.acceptor_seat import AcceptorSeat, SharedInt
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
-from router.core.process_util import install_stop_handlers, setup_logging, watch_parent
+from router.core.process_util import (
+    install_stop_handlers,
+    run_on_signal,
+    setup_logging,
+    watch_parent,
+)
 from router.core.rules import RuleSet
 from router.core.runtime import Runtime
 from router.core.spool import Spool
@@ -126,9 +130,6 @@ class LiveConfig:
         self.pending, self.tls, self.relay = pending, tls, relay
         self.services, self.spool = services, spool
 
-    def on_sighup(self, signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=self.reload, name="reload", daemon=True).start()
-
     def reload(self) -> None:
         if self.tls is not None:
             self.tls.reload()  # rotated certificates and keys, whatever the config says
@@ -192,7 +193,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     server.start()
     live_config = LiveConfig(config, runtime, store, events, pending, tls, relay, services,
                              spool)
-    signal.signal(signal.SIGHUP, live_config.on_sighup)
+    run_on_signal([signal.SIGHUP], lambda signum: live_config.reload())  # one at a time
     log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
              config.ae_title, config.listen.host, config.listen.port, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),

@@ -51,28 +51,40 @@ def install_stop_handlers(stop: threading.Event) -> None:
 
 def set_on_signal(signums: list[int], event: threading.Event,
                   announce: Callable[[int], None] | None = None) -> None:
-    """Set `event` (after `announce(signum)`) when one of `signums` arrives.
+    """Set `event` (after `announce(signum)`) when one of `signums` arrives."""
 
-    Not `event.set()` in the handler itself: a Python handler runs in the main thread
-    between two bytecodes, possibly while that thread holds the event's lock inside
-    `event.wait()` (the lock is not reentrant): an acceptor hung so at SIGTERM in a CI run
-    (2026-12-06), and its supervisor stopped without it. The handler only writes the signal's
-    number to a pipe; a thread of its own reads it and sets the event (and may log, which
-    takes locks too).
+    def act(signum: int) -> None:
+        if announce is not None:
+            announce(signum)
+        event.set()
+
+    run_on_signal(signums, act)
+
+
+def run_on_signal(signums: list[int], action: Callable[[int], None]) -> None:
+    """Run `action(signum)` on a thread of its own, one signal after the other, when one of
+    `signums` arrives.
+
+    Not in the handler itself: a Python handler runs in the main thread between two
+    bytecodes, possibly while that thread holds a lock the action needs, such as an Event's
+    inside `event.wait()` (not reentrant): an acceptor hung so at SIGTERM in a CI run
+    (2026-12-06), and its supervisor stopped without it. Logging takes locks too. The
+    handler only writes the signal's number to a pipe, which the thread reads.
     """
     reader, writer = os.pipe()
     os.set_blocking(writer, False)
 
     def relay() -> None:
         while number := os.read(reader, 1):
-            if announce is not None:
-                announce(number[0])
-            event.set()
+            try:
+                action(number[0])
+            except Exception:  # the next signal must still be acted on
+                logging.getLogger(__name__).exception("acting on signal %d failed", number[0])
 
     threading.Thread(target=relay, name="signals", daemon=True).start()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: the event is being set anyway
+        with contextlib.suppress(BlockingIOError):  # full: the action runs anyway
             os.write(writer, bytes([signum]))
 
     for signum in signums:
