@@ -1,0 +1,48 @@
+"""The multiprocess metrics store keeps this process's pid instead of asking the kernel on
+every write (router/core/metrics.py): each process still writes its own file, a forked
+child included. Run in a child interpreter, where PROMETHEUS_MULTIPROC_DIR is set before
+prometheus_client is imported, as in the router's processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import os, sys
+from router.core import metrics
+from prometheus_client import values
+assert values.ValueClass is not values.MutexValue
+counter = metrics.DIMSE_REQUESTS.labels("C-ECHO", "0x0000")
+counter.inc()
+child = os.fork()
+if child == 0:
+    counter.inc(5)  # the child's own file, not the parent's
+    os._exit(0)
+os.waitpid(child, 0)
+counter.inc()
+print(os.getpid(), child)
+"""
+
+
+def _echoes(path: Path) -> float:
+    from prometheus_client.mmap_dict import MmapedDict
+
+    store = MmapedDict(str(path), read_mode=True)  # type: ignore[no-untyped-call]
+    try:
+        return sum(value for key, value, _ in store.read_all_values()  # type: ignore[no-untyped-call]
+                   if "C-ECHO" in key)
+    finally:
+        store.close()  # type: ignore[no-untyped-call]
+
+
+def test_each_process_writes_its_own_file_a_forked_child_included(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+                          cwd=Path(__file__).parents[2], timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    parent, child = done.stdout.split()
+    assert _echoes(tmp_path / f"counter_{parent}.db") == 2
+    assert _echoes(tmp_path / f"counter_{child}.db") == 5
