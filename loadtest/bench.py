@@ -251,8 +251,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak-case", default="router", choices=["router", "router-tuned"])
     args = parser.parse_args(argv)
     args.sizes = _list(args.sizes, list(SIZES), SIZES)
-    default_cases = [c for c in CASES
-                     if not c.endswith("-1assoc") and not c.startswith("router-acceptors")]
+    default_cases = [c for c in CASES if not c.endswith("-1assoc")
+                     and not c.startswith("router-acceptors") and c != "router-tls-out"]
     if args.single_association:
         default_cases = list(CASES)
     args.cases = _list(args.cases, default_cases, CASES)

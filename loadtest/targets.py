@@ -227,7 +227,7 @@ def orthanc(env: CaseEnv) -> Iterator[Endpoint]:
 
 
 def router_config(env: CaseEnv, port: int, metrics_port: int, dest_port: int,
-                  tuned: bool, acceptors: int | None = None) -> str:
+                  tuned: bool, acceptors: int | None = None, tls_out: bool = False) -> str:
     listen = f"{{host: {LOCALHOST}, port: {port}"
     if acceptors is not None:
         listen += f", acceptors: {acceptors}"
@@ -244,6 +244,7 @@ def router_config(env: CaseEnv, port: int, metrics_port: int, dest_port: int,
         f"metrics: {{host: {LOCALHOST}, port: {metrics_port}}}",
         "destinations:",
         f"  pacs: {{type: dicom, ae_title: {DEST_AE}, host: {LOCALHOST}, port: {dest_port}, "
+        + (f"tls: {{mode: tls, ca: {env.tls.cert}}}, " if tls_out and env.tls else "")
         + ("max_parallel: 16}" if tuned else "max_parallel: 4}"),
         "rules: [{name: all, forward: [pacs]}]",
     ]
@@ -282,14 +283,17 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Pa
     raise RuntimeError(f"router not ready after {timeout}s: {_tail(log)}")
 
 
-def _router(tuned: bool, acceptors: int | None = None) -> Case:
+def _router(tuned: bool, acceptors: int | None = None, tls_out: bool = False) -> Case:
     @contextmanager
     def case(env: CaseEnv) -> Iterator[Endpoint]:
-        with _plain_destination(env) as scp:
+        if tls_out and env.tls is None:
+            raise Unavailable("forwards over TLS: run it with --transports tls")
+        with (destination(env.dest_dir, env.tls, fork=env.fork) if tls_out
+              else _plain_destination(env)) as scp:
             port, metrics_port = free_ports(2)
             config = env.workdir / "router.yaml"
             config.write_text(router_config(env, port, metrics_port, scp.port, tuned,
-                                            acceptors))
+                                            acceptors, tls_out))
             problem = check_router_config(config)
             if problem is not None:
                 what = "TLS listener" if env.tls is not None else "config"
@@ -316,6 +320,10 @@ CASES: dict[str, tuple[str, Case]] = {
     "orthanc": ("Orthanc 1.x + Lua OnStoredInstance auto-routing", orthanc),
     "router": ("dicom-router, default config", router_default),
     "router-tuned": (f"dicom-router, tuned ({TUNED_SETTINGS})", router_tuned),
+    # TLS on both legs, as to a PACS or cloud archive that takes only TLS (with --transports
+    # tls; the router case there forwards in plain).
+    "router-tls-out": ("dicom-router, default config, forwarding over TLS too",
+                       _router(tuned=False, tls_out=True)),
     # A destination that serves one association at a time (storescp without --fork, like
     # many PACS): the router must learn it; x direct is against direct-1assoc.
     "direct-1assoc": ("DCMTK storescu -> storescp without --fork (one association at a "
