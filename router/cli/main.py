@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from router.cli import dead_letters as cli_dead_letters
@@ -20,6 +19,7 @@ from router.cli.common import USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
+from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
 
 
 def _load(path: Path | None) -> RouterConfig:
@@ -46,8 +46,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logging.getLogger("router")
     origin = str(args.config) if args.config else "built-in default config"
     log.info("%s: %s", origin, summary(config))
-    # Short path: ZeroMQ ipc endpoints must fit in a Unix socket name (~100 bytes).
-    runtime_dir = Path(tempfile.mkdtemp(prefix="dicom-router-"))
+    remove_stale_runtime_dirs()
+    runtime_dir = create_runtime_dir()
     metrics_dir = runtime_dir / "metrics"
     metrics_dir.mkdir()
     (runtime_dir / "status").mkdir()
