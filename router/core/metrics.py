@@ -17,8 +17,8 @@ PREFIX = "dicom_router"
 
 def _own_pid_store() -> None:
     """The multiprocess value store asks `os.getpid()` on every inc, set and read, to notice a
-    fork: a system call each time, about 40 per 10 KB instance summed over the router's
-    processes. This process's pid is kept instead, and a fork (the router spawns; a library
+    fork: a system call each time, 12 per 10 KB instance summed over the router's processes
+    (strace). This process's pid is kept instead, and a fork (the router spawns; a library
     might fork) updates it in the child, so the store still sees every change of pid."""
     pid = [os.getpid()]
     os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))

@@ -165,12 +165,36 @@ class SlowArchive:
         self.server.shutdown()
 
 
+def _router_querying(tmp_path: Path, ae_title: str, port: int, **extra: Any) -> RouterProcess:
+    """A router whose one rule sends queries and retrieves to the archive `ae_title` at
+    `port`."""
+    return RouterProcess(tmp_path / "r", {
+        **extra,
+        "destinations": {"slow": {"type": "dicom", "ae_title": ae_title, "host": LOCALHOST,
+                                  "port": port}},
+        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+
+
+def _get_association(port: int, on_store: Any) -> Any:
+    """A requester of Study Root C-GET of CT instances (Explicit VR LE), taking them with
+    `on_store`."""
+    from pynetdicom import build_role
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        CTImageStorage,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+    return ae.associate(LOCALHOST, port, ae_title=ROUTER_AE,
+                        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                        evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
 def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
     slow = SlowArchive()
-    router = RouterProcess(tmp_path / "r", {
-        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWQR", "host": LOCALHOST,
-                                  "port": slow.port}},
-        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    router = _router_querying(tmp_path, "SLOWQR", slow.port)
     try:
         ae = AE(ae_title="CANCELLER")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
@@ -374,17 +398,12 @@ class SlowGetArchive:
 
 
 def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
-    from pynetdicom import build_role
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        CTImageStorage,
         StudyRootQueryRetrieveInformationModelGet,
     )
 
     slow = SlowGetArchive(tmp_path / "archive")
-    router = RouterProcess(tmp_path / "r", {
-        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWGET", "host": LOCALHOST,
-                                  "port": slow.port}},
-        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    router = _router_querying(tmp_path, "SLOWGET", slow.port)
     received: list[str] = []
 
     def on_store(event: Any) -> int:
@@ -392,12 +411,7 @@ def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
         return 0x0000
 
     try:
-        ae = AE(ae_title="GETTER")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
-        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE,
-                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assoc = _get_association(router.port, on_store)
         assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
@@ -481,25 +495,14 @@ def test_a_c_get_that_times_out_is_cancelled_upstream_and_leaves_nothing_in_rela
     the requester gets its failure, and the worker is told to cancel, so the upstream gets
     a C-CANCEL and no instance it sends later waits in relay/ for an acceptor that has moved
     on (before, the worker took four into relay/ and then waited for acks forever)."""
-    from pynetdicom import build_role
     from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-        CTImageStorage,
         StudyRootQueryRetrieveInformationModelGet,
     )
 
     slow = SlowGetArchive(tmp_path / "archive", first_delay=4.0)
-    router = RouterProcess(tmp_path / "r", {
-        "request_timeout": 1,
-        "destinations": {"slow": {"type": "dicom", "ae_title": "SLOWGET", "host": LOCALHOST,
-                                  "port": slow.port}},
-        "rules": [{"name": "qr", "query": ["slow"]}]}).start()
+    router = _router_querying(tmp_path, "SLOWGET", slow.port, request_timeout=1)
     try:
-        ae = AE(ae_title="GETTER")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
-        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE,
-                             ext_neg=[build_role(CTImageStorage, scp_role=True)],
-                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+        assoc = _get_association(router.port, lambda event: 0x0000)
         assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
