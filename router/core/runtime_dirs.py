@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "dicom-router-"
 OWNER_FILE = "supervisor"  # "<pid> <start time in clock ticks after boot>"
+UNKNOWN_START = "-"  # where /proc cannot be read
 
 
 def process_start(pid: int) -> str | None:
@@ -39,8 +40,20 @@ def create_runtime_dir(parent: Path | None = None) -> Path:
     # Short path: ZeroMQ ipc endpoints must fit in a Unix socket name (~100 bytes).
     directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
     pid = os.getpid()
-    (directory / OWNER_FILE).write_text(f"{pid} {process_start(pid)}\n")
+    (directory / OWNER_FILE).write_text(f"{pid} {process_start(pid) or UNKNOWN_START}\n")
     return directory
+
+
+def _running(pid: int, started: str) -> bool:
+    if started == UNKNOWN_START:  # no /proc where it started: whether the pid lives at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process holds that pid: alive
+        return True
+    return process_start(pid) == started
 
 
 def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
@@ -60,7 +73,7 @@ def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
             pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if process_start(pid) == started:
+        if _running(pid, started):
             continue  # that router is running (or it is this one)
         shutil.rmtree(directory, ignore_errors=True)
         removed.append(directory)

@@ -42,9 +42,14 @@ def test_only_the_folders_of_supervisors_that_are_gone_are_removed(tmp_path: Pat
     no_owner = _folder(tmp_path, f"{PREFIX}bench", None)  # another tool's, or an old router's
     unreadable = _folder(tmp_path, f"{PREFIX}garbled", "not a pid\n")
     other = _folder(tmp_path, "something-else", f"{_gone_pid()} 1\n")
-    assert sorted(remove_stale_runtime_dirs(tmp_path)) == sorted([killed, reused])
-    assert not killed.exists() and not reused.exists()
+    # Written where /proc could not be read: only whether the pid lives is known.
+    unknown_live = _folder(tmp_path, f"{PREFIX}unknown-live", f"{os.getpid()} -\n")
+    unknown_gone = _folder(tmp_path, f"{PREFIX}unknown-gone", f"{_gone_pid()} -\n")
+    assert sorted(remove_stale_runtime_dirs(tmp_path)) == sorted([killed, reused,
+                                                                   unknown_gone])
+    assert not killed.exists() and not reused.exists() and not unknown_gone.exists()
     assert mine.exists() and no_owner.exists() and unreadable.exists() and other.exists()
+    assert unknown_live.exists()
     assert remove_stale_runtime_dirs(tmp_path) == []
 
 
