@@ -78,9 +78,6 @@ class StoreReceiver:
         self._kicked = 0  # bytes the kernel was asked to write out already
         self._write([meta])
 
-    def write(self, data: bytes | memoryview) -> None:
-        self.write_parts([data])
-
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """Adjacent fragments of the dataset, in one `writev` (fragment_runs.py)."""
         self.received += sum(len(part) for part in parts)

@@ -120,14 +120,14 @@ def test_the_receiver_cuts_off_the_old_content(tmp_path: Path) -> None:
     old = b"O" * 5000
     recycler.retire(spent(tmp_path, "settled.dcm", old))
     receiver = StoreReceiver(tmp_path, b"META", None, recycler)
-    receiver.write(b"new dataset")
+    receiver.write_parts([b"new dataset"])
     path = receiver.finish()
     assert path.read_bytes() == b"METAnew dataset"  # nothing of the old instance after it
     assert receiver.synced and recycler.reused == 1
     # A longer new instance simply grows the file.
     recycler.retire(path)
     receiver = StoreReceiver(tmp_path, b"META", None, recycler)
-    receiver.write(b"N" * 9000)
+    receiver.write_parts([b"N" * 9000])
     assert receiver.finish().read_bytes() == b"META" + b"N" * 9000
 
 
@@ -138,7 +138,7 @@ def test_a_failed_cut_answers_out_of_resources_and_keeps_nothing(
     recycler = FileRecycler(pool)
     recycler.retire(spent(tmp_path, "settled.dcm", b"O" * 5000))
     receiver = StoreReceiver(tmp_path, b"META", None, recycler)
-    receiver.write(b"new")
+    receiver.write_parts([b"new"])
 
     def failing(fd: int, length: int) -> None:
         if length:

@@ -80,7 +80,7 @@ def test_fragments_are_written_after_the_meta(tmp_path: Path) -> None:
     meta, dataset = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, IMPL_VERSION), encoded()
     receiver = StoreReceiver(tmp_path, meta, limit=None)
     for start in range(0, len(dataset), 7):
-        receiver.write(memoryview(dataset)[start : start + 7])
+        receiver.write_parts([memoryview(dataset)[start : start + 7]])
     path = receiver.finish()
     assert path.parent == tmp_path and path.read_bytes() == meta + dataset
     assert receiver.received == len(dataset)
@@ -91,7 +91,7 @@ def test_fragments_are_written_after_the_meta(tmp_path: Path) -> None:
 def test_dataset_up_to_the_limit_is_kept(tmp_path: Path) -> None:
     meta, dataset = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, IMPL_VERSION), encoded()
     receiver = StoreReceiver(tmp_path, meta, limit=len(dataset))
-    receiver.write(dataset)
+    receiver.write_parts([dataset])
     assert receiver.finish().read_bytes() == meta + dataset
     assert not receiver.truncated
 
@@ -99,9 +99,9 @@ def test_dataset_up_to_the_limit_is_kept(tmp_path: Path) -> None:
 def test_past_the_limit_nothing_is_kept_and_every_byte_is_counted(tmp_path: Path) -> None:
     meta = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, IMPL_VERSION)
     receiver = StoreReceiver(tmp_path, meta, limit=100)
-    receiver.write(b"a" * 60)
-    receiver.write(b"b" * 60)  # crosses the limit
-    receiver.write(b"c" * 1000)  # received into nothing
+    receiver.write_parts([b"a" * 60])
+    receiver.write_parts([b"b" * 60])  # crosses the limit
+    receiver.write_parts([b"c" * 1000])  # received into nothing
     path = receiver.finish()
     assert receiver.truncated and not receiver.disk_full
     assert receiver.received == 1120
@@ -148,17 +148,12 @@ def test_short_writes_are_resumed_where_they_stopped(tmp_path: Path,
 
 
 class FailingOs:
-    """The module's `os`, whose write fails with `error` once `failing` is set (a full disk
+    """The module's `os`, whose writev fails with `error` once `failing` is set (a full disk
     cannot be made portably without root; the rest of os is the real one)."""
 
     def __init__(self, error: int) -> None:
         self.error = error
         self.failing = False
-
-    def write(self, fd: int, data: Any) -> int:
-        if self.failing:
-            raise OSError(self.error, os.strerror(self.error))
-        return os.write(fd, data)
 
     def writev(self, fd: int, buffers: list[memoryview]) -> int:
         if self.failing:
@@ -175,11 +170,11 @@ def test_disk_full_marks_it_and_the_rest_is_received_into_nothing(
     fake = FailingOs(error)
     monkeypatch.setattr(store_receiver, "os", fake)
     receiver = StoreReceiver(tmp_path, file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, "V"), None)
-    receiver.write(b"x" * 10)
+    receiver.write_parts([b"x" * 10])
     fake.failing = True
-    receiver.write(b"y" * 10)  # no exception: the sender gets 0xA700, not an abort
+    receiver.write_parts([b"y" * 10])  # no exception: the sender gets 0xA700, not an abort
     fake.failing = False
-    receiver.write(b"z" * 10)  # ignored, even though the disk would take it now
+    receiver.write_parts([b"z" * 10])  # ignored, even though the disk would take it now
     path = receiver.finish()
     assert receiver.disk_full and not receiver.truncated
     assert receiver.received == 30
@@ -192,7 +187,7 @@ def test_disk_full_while_writing_the_meta(tmp_path: Path, monkeypatch: pytest.Mo
     fake.failing = True
     monkeypatch.setattr(store_receiver, "os", fake)
     receiver = StoreReceiver(tmp_path, file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, "V"), None)
-    receiver.write(b"x" * 10)
+    receiver.write_parts([b"x" * 10])
     assert receiver.disk_full and receiver.received == 10
     receiver.discard()
     assert list(tmp_path.iterdir()) == []
@@ -205,7 +200,7 @@ def test_other_write_errors_propagate_and_remove_the_file(
     receiver = StoreReceiver(tmp_path, file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, "V"), None)
     fake.failing = True
     with pytest.raises(OSError) as raised:
-        receiver.write(b"x" * 10)
+        receiver.write_parts([b"x" * 10])
     assert raised.value.errno == errno.EIO
     assert list(tmp_path.iterdir()) == []
     assert not receiver.disk_full
@@ -224,12 +219,12 @@ def test_io_error_on_the_meta_leaves_no_file(tmp_path: Path, monkeypatch: pytest
 
 def test_discard_removes_the_file_and_is_idempotent(tmp_path: Path) -> None:
     receiver = StoreReceiver(tmp_path, file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, "V"), None)
-    receiver.write(b"partial")
+    receiver.write_parts([b"partial"])
     assert receiver.path.exists()
     receiver.discard()
     receiver.discard()
     assert list(tmp_path.iterdir()) == []
-    receiver.write(b"late")  # a fragment after the discard is received into nothing
+    receiver.write_parts([b"late"])  # a fragment after the discard is received into nothing
     assert list(tmp_path.iterdir()) == []
 
 
@@ -243,7 +238,7 @@ def test_discard_after_finish_removes_the_file(tmp_path: Path) -> None:
 def test_each_receiver_has_its_own_file(tmp_path: Path) -> None:
     meta = file_meta(CT, INSTANCE, EXPLICIT, IMPL_UID, "V")
     first, second = StoreReceiver(tmp_path, meta, None), StoreReceiver(tmp_path, meta, None)
-    first.write(b"1")
-    second.write(b"2")
+    first.write_parts([b"1"])
+    second.write_parts([b"2"])
     assert first.finish() != second.finish()
     assert first.path.read_bytes()[-1:] == b"1" and second.path.read_bytes()[-1:] == b"2"
