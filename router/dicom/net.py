@@ -42,11 +42,13 @@ def tune_scu_socket(event: evt.Event) -> None:
     would cost ~40 ms per C-STORE), and a quick ACK after every receive (a DCMTK peer's
     Nagle would: 46 ms per C-GET sub-operation from a dcmqrscp on its defaults, quick_ack.py).
     Also keeps every response for the call that waits for it (leave_responses_to_callers)."""
+    # The guard first: pynetdicom swallows a handler's exception, so a socket option that
+    # failed would otherwise leave the association without it, silently.
+    leave_responses_to_callers(event.assoc.dimse)
     sock: Any = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ack_every_receive(sock)
-    leave_responses_to_callers(event.assoc.dimse)
 
 
 def leave_responses_to_callers(dimse: Any) -> None:
