@@ -20,16 +20,20 @@ are often delivered to one and not yet to the other when a kill comes), each wit
 receives to a file of its own (+uf), so that a delivery it was killed in the middle of
 leaves a torn file beside the good one instead of over it. With --tls the senders connect
 over TLS (the router's listener in tls mode), so that kills, stops and reloads (which load
-the TLS material again) meet TLS associations.
+the TLS material again) meet TLS associations. With queries (the default here), a viewer
+loops relayed C-FIND and C-GET through the router to a DCMTK dcmqrscp archive meanwhile
+(loadtest/chaos_queries.py): each request must end within the router's request_timeout
+and a margin, and what is answered Success must be the archive's.
 
 At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
 (a killed acceptor's half-received files are the broker's to delete), and every file any
 sender was told Success for must be at every destination with its dataset byte-identical
 (digests of the dataset after the file meta). Exit 1 if one is missing, if the broker
 still holds jobs after 180 s, if incoming/ is not empty, if a killed process did not come
-back, if a stop did not exit 0 or a reload was not applied, or if anything was
-dead-lettered. The test suite runs a bounded version of this
-(tests/integration/test_chaos.py); the full length is here.
+back, if a stop did not exit 0 or a reload was not applied, if anything was
+dead-lettered, or, with queries, if a request went unanswered past its bound, a Success
+answer was not the archive's, or a retrieve's instances stayed in relay/. The test suite
+runs a bounded version of this (tests/integration/test_chaos.py); the full length is here.
 """
 
 from __future__ import annotations
@@ -51,7 +55,9 @@ from typing import Any
 
 import yaml
 
+from loadtest.chaos_queries import REQUEST_TIMEOUT, QueryReport, Requesters
 from loadtest.chaos_senders import Senders
+from tests.archive_servers import Dcmqrscp
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
     ALL_SYNTAXES,
@@ -61,6 +67,7 @@ from tests.dicom_samples import (
 )
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.pki import CertificateAuthority
+from tests.study_set import make_study_set
 
 DEFAULT_WORK = Path("/tmp/dicom-router-bench/chaos")
 RETRY = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
@@ -93,11 +100,17 @@ class ChaosReport:
     # Files left in incoming/ once the senders stopped: what a killed acceptor was
     # receiving, which the broker deletes within a second of its death. Must be 0.
     incoming: int = 0
+    # With queries: what the viewer saw, and the files left in relay/ once it stopped
+    # (a retrieve's instances on their way to it). Must be 0.
+    queries: QueryReport | None = None
+    relay: int = 0
 
     @property
     def ok(self) -> bool:
         return (not any(self.missing.values()) and not self.failures
-                and self.dead_letters == 0 and self.drained and self.incoming == 0)
+                and self.dead_letters == 0 and self.drained and self.incoming == 0
+                and (self.queries is None or not self.queries.problems)
+                and self.relay == 0)
 
     def lines(self) -> list[str]:
         kills = ", ".join(f"{name} {count}" for name, count in sorted(self.kills.items()))
@@ -113,7 +126,10 @@ class ChaosReport:
             f"{'yes' if self.drained else 'NO'} ({self.orphans} instance files still in "
             f"jobs/: an acceptor killed before their record, never acknowledged, for the "
             f"next start to remove); files left in incoming/: {self.incoming}",
-            *(f"  FAILED: {failure}" for failure in self.failures),
+            *([self.queries.line(), f"  files left in relay/: {self.relay}"]
+              if self.queries is not None else []),
+            *(f"  FAILED: {failure}" for failure in
+              [*self.failures, *(self.queries.problems if self.queries else [])]),
             f"  {'OK' if self.ok else 'FAILED'}",
         ]
 
@@ -242,9 +258,11 @@ def _digests(paths: list[Path]) -> list[str]:
 
 def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
               instances: int = 1200, seed: int = 1, destinations: int = 2,
-              tls: bool = False, whole_deck: bool = False) -> ChaosReport:
+              tls: bool = False, whole_deck: bool = False,
+              queries: bool = False) -> ChaosReport:
     """The whole run in `work` (created); see the module's docstring. `whole_deck`: go on
-    after `seconds` until every kind of victim was dealt once (what a test checks)."""
+    after `seconds` until every kind of victim was dealt once (what a test checks);
+    `queries`: a viewer's relayed C-FIND and C-GET meanwhile."""
     if not 1 <= destinations <= len(DESTINATION_NAMES):
         raise ValueError(f"destinations: 1 to {len(DESTINATION_NAMES)}, not {destinations}")
     work.mkdir(parents=True, exist_ok=True)
@@ -262,6 +280,16 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
                              for name, peer in peers.items()},
             "rules": [{"name": "all", "forward": list(peers)}],
         }
+        studies = None
+        if queries:  # the archive is upstream only: its kills are test_relay_qr's
+            studies = make_study_set(work / "studies", patients=2, studies_per_patient=2,
+                                     series_per_study=1, instances_per_series=3)
+            qr = stack.enter_context(Dcmqrscp(work / "qr", studies, "QRARCHIVE"))
+            config["destinations"]["qr-archive"] = {
+                "type": "dicom", "ae_title": qr.ae_title, "host": "127.0.0.1",
+                "port": qr.port, "dimse_timeout": 10}
+            config["rules"].append({"name": "qr", "query": ["qr-archive"]})
+            config["request_timeout"] = REQUEST_TIMEOUT
         tls_args: list[str] = []
         if tls:  # senders verify the router's certificate; it forwards in plain
             ca = CertificateAuthority(work / "pki", "chaos-ca")
@@ -273,17 +301,33 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
         try:
             sending = Senders(files, router.port, senders, seed, work / "copies", tls_args)
             killer = Killer(router, peers, kill_every, seed + 1)
+            viewer = None if studies is None else Requesters(
+                studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2)
             started = time.monotonic()
             sending.start()
             killer.start()
+            if viewer is not None:
+                viewer.start()
             time.sleep(seconds)
             if whole_deck:  # a slow machine deals fewer kills in the same time
                 wait_for(lambda: killer.whole_decks >= 1, timeout=max(120.0, 3 * seconds))
             killer.stop()
             sending.stop()
+            if viewer is not None:
+                viewer.stop()
             report.seconds = time.monotonic() - started
             if killer.error is not None:
                 raise RuntimeError(f"the killer failed: {killer.error!r}") from killer.error
+            if viewer is not None:
+                if viewer.error is not None:
+                    raise RuntimeError(f"the viewer failed: {viewer.error!r}") \
+                        from viewer.error
+                report.queries = viewer.report
+                # A C-GET that ended without the upstream's last answer has its relay/
+                # leftovers removed 10 s later (router/relay/server.py, LATE_CLEAR_SECONDS).
+                relay = router.spool / "relay"
+                wait_for(lambda: not any(relay.iterdir()), timeout=30)
+                report.relay = len(list(relay.iterdir()))
             report.kills, report.failures = killer.kills, killer.failures
             report.associations, report.sent = sending.associations, sending.sent
             report.acknowledged = len(sending.acknowledged)
@@ -317,13 +361,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="storescp the rule forwards to, each one association at a time")
     parser.add_argument("--tls", action="store_true",
                         help="the senders connect over TLS (the router's listener in tls mode)")
+    parser.add_argument("--queries", action=argparse.BooleanOptionalAction, default=True,
+                        help="a viewer's relayed C-FIND and C-GET meanwhile (default on)")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
     shutil.rmtree(args.work_dir, ignore_errors=True)
     print(f"seed {args.seed}", flush=True)
     report = run_chaos(args.work_dir, args.minutes * 60, args.kill_every, args.senders,
-                       args.instances, args.seed, args.destinations, args.tls)
+                       args.instances, args.seed, args.destinations, args.tls,
+                       queries=args.queries)
     print("\n".join(report.lines()))
     if not report.ok:
         print(f"the router's log: {args.work_dir / 'router' / 'router.log'}")

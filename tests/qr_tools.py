@@ -78,7 +78,7 @@ def run_tool(command: list[str], timeout: float, check: bool) -> ToolResult:
     return result
 
 
-def _qr_command(
+def qr_command(
     tool: str,
     host: str,
     port: int,
@@ -126,7 +126,7 @@ def run_findscu(
     with tempfile.TemporaryDirectory(prefix="findscu-") as tmp:
         folder = extract_dir or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        command = _qr_command(
+        command = qr_command(
             "findscu",
             host,
             port,
@@ -165,7 +165,7 @@ def run_getscu(
     """
     require_dcmtk("getscu")
     output_dir.mkdir(parents=True, exist_ok=True)
-    command = _qr_command(
+    command = qr_command(
         "getscu",
         host,
         port,
@@ -201,7 +201,7 @@ def run_movescu(
     arrived is for the destination to say.
     """
     require_dcmtk("movescu")
-    command = _qr_command(
+    command = qr_command(
         "movescu",
         host,
         port,

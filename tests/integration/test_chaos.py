@@ -19,9 +19,12 @@ def test_random_kills_under_load_lose_nothing_acknowledged(tmp_path: Path) -> No
     config changed and reloaded: every file a sender was told Success for arrives
     byte-identical at both, every killed process comes back, every stop exits 0, every
     reload is applied, nothing is dead-lettered and the spool drains. Victims are dealt
-    from a shuffled deck of every kind, and the run goes on until the deck is through."""
+    from a shuffled deck of every kind, and the run goes on until the deck is through.
+    Meanwhile a viewer's relayed C-FIND and C-GET to a dcmqrscp archive each end within
+    the router's request_timeout, whatever is answered Success is the archive's, and no
+    retrieve's instance stays in relay/."""
     report = run_chaos(tmp_path, seconds=30, kill_every=2.5, senders=3, instances=900,
-                       seed=7, destinations=2, whole_deck=True)
+                       seed=7, destinations=2, whole_deck=True, queries=True)
     print("\n" + "\n".join(report.lines()))
     assert report.ok, "\n".join(report.lines())
     assert set(report.missing) == {"pacs", "archive"}
@@ -33,6 +36,8 @@ def test_random_kills_under_load_lose_nothing_acknowledged(tmp_path: Path) -> No
     assert {"acceptor-1", "broker"} <= set(report.kills), report.kills
     assert any(name.startswith("worker-") for name in report.kills), report.kills
     assert report.distinct_acknowledged >= 200  # the senders got through between the kills
+    assert report.queries is not None  # and so did the viewer
+    assert report.queries.finds_ok >= 1 and report.queries.gets_ok >= 1, report.lines()
 
 
 def test_random_kills_under_load_over_tls_lose_nothing_acknowledged(tmp_path: Path) -> None:

@@ -1,0 +1,138 @@
+"""Relayed queries and retrieves during a chaos run: what a viewer sees while router
+processes die.
+
+One requester loops C-FIND (every study) and C-GET (one study) through the router to a DCMTK
+dcmqrscp archive, one request at a time, as a viewer does. Under kills a request may fail
+(a refused or aborted association, a failure status): the viewer asks again. What must never
+happen, and is reported as a failure:
+- a request left unanswered: each ends (a final response, an abort, a refusal) within the
+  router's `request_timeout` plus a margin, never at the requester's own timeout;
+- a C-FIND answered Success without exactly the archive's studies;
+- a C-GET answered Success whose instances are not the archive's, byte for byte (or equal
+  once decoded, for a syntax the archive converted).
+The run's end checks the spool's relay/ folder too (loadtest/chaos.py): the instances of a
+retrieve on their way to the requester go when it ends or its process dies.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+
+from tests.dcmtk import LOCALHOST
+from tests.qr_tools import qr_command, run_tool
+from tests.study_set import StudySet, instance_mismatches
+
+REQUEST_TIMEOUT = 20.0  # the router's request_timeout in a run with queries
+MARGIN = 15.0  # a restart, a drain or a slow machine on top of it
+TOOL_TIMEOUT = 60.0  # the tools' own DIMSE/ACSE timeouts: past the bound, so a silent
+# router shows as a request that took too long, not as a plain failure
+
+
+@dataclass
+class QueryReport:
+    finds_ok: int = 0
+    finds_failed: int = 0  # refused, aborted or a failure status: the viewer asks again
+    gets_ok: int = 0
+    gets_failed: int = 0
+    slowest: float = 0.0  # seconds, request to its end
+    # How the failed ones ended: the final status DCMTK printed, or none (refused,
+    # aborted, the connection reset by a killed acceptor).
+    endings: collections.Counter[str] = field(default_factory=collections.Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        endings = ", ".join(f"{what} {n}" for what, n in self.endings.most_common())
+        return (f"  queries: C-FIND {self.finds_ok} answered Success, {self.finds_failed} "
+                f"failed; C-GET {self.gets_ok} Success, {self.gets_failed} failed "
+                f"({endings or 'none failed'}); the slowest ended after {self.slowest:.1f} s")
+
+
+class Requesters(threading.Thread):
+    def __init__(self, archive: StudySet, port: int, called_ae: str, work: Path,
+                 seed: int) -> None:
+        super().__init__(name="requesters", daemon=True)
+        self.archive, self.port, self.called_ae, self.work = archive, port, called_ae, work
+        self._random = random.Random(seed)
+        self._halt = threading.Event()
+        self.report = QueryReport()
+        self.error: BaseException | None = None
+        self._study_uids = {s.study_instance_uid for s in archive.studies}
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(TOOL_TIMEOUT + 30)
+
+    def run(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            while not self._halt.wait(self._random.uniform(0.1, 0.5)):
+                if self._random.random() < 0.5:
+                    self._find()
+                else:
+                    self._get()
+        except BaseException as exc:  # reported by the caller: the run is not valid
+            self.error = exc
+
+    def _find(self) -> None:
+        with tempfile.TemporaryDirectory(dir=self.work) as tmp:
+            command = qr_command("findscu", LOCALHOST, self.port, called_ae=self.called_ae,
+                                 calling_ae="CHAOSFIND", level="STUDY",
+                                 keys={"StudyInstanceUID": ""}, model="study",
+                                 timeout=TOOL_TIMEOUT, options=["-X", "-od", tmp])
+            if not self._ran("C-FIND", command):
+                self.report.finds_failed += 1
+                return
+            found = {str(dcmread(p).StudyInstanceUID) for p in Path(tmp).glob("rsp*.dcm")}
+            if found != self._study_uids:
+                self.report.problems.append(
+                    f"a C-FIND answered Success with {len(found)} studies, not the "
+                    f"archive's {len(self._study_uids)}")
+            self.report.finds_ok += 1
+
+    def _get(self) -> None:
+        study = self._random.choice(self.archive.studies)
+        with tempfile.TemporaryDirectory(dir=self.work) as tmp:
+            command = qr_command("getscu", LOCALHOST, self.port, called_ae=self.called_ae,
+                                 calling_ae="CHAOSGET", level="STUDY",
+                                 keys={"StudyInstanceUID": study.study_instance_uid},
+                                 model="study", timeout=TOOL_TIMEOUT,
+                                 options=["+B", "-od", tmp])
+            if not self._ran("C-GET", command):
+                self.report.gets_failed += 1
+                return
+            files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+            mismatches = instance_mismatches(study.instances, files)
+            if mismatches:
+                self.report.problems.append(
+                    f"a C-GET answered Success, but: {'; '.join(mismatches[:3])}")
+            self.report.gets_ok += 1
+
+    def _ran(self, what: str, command: list[str]) -> bool:
+        """Run one request; True when it ended with Success. A request that took past the
+        bound is a problem whatever its end."""
+        started = time.monotonic()
+        try:
+            result = run_tool(command, TOOL_TIMEOUT + 10, check=False)
+        except subprocess.TimeoutExpired:
+            result = None
+        took = time.monotonic() - started
+        self.report.slowest = max(self.report.slowest, took)
+        if took > REQUEST_TIMEOUT + MARGIN:
+            self.report.problems.append(
+                f"a {what} took {took:.0f} s to end (request_timeout {REQUEST_TIMEOUT:g} s)"
+                + ("" if result is None else f", status {result.status or 'none'!r}"))
+        ok = result is not None and result.ok
+        if not ok:
+            ending = "killed at the tool's timeout" if result is None else \
+                (result.status or "no final response")
+            self.report.endings[f"{what} {ending}"] += 1
+        return ok
