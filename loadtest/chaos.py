@@ -22,8 +22,8 @@ leaves a torn file beside the good one instead of over it. With --tls the sender
 over TLS (the router's listener in tls mode), so that kills, stops and reloads (which load
 the TLS material again) meet TLS associations. With queries (the default here), a viewer
 loops relayed C-FIND and C-GET through the router to a DCMTK dcmqrscp archive meanwhile
-(loadtest/chaos_queries.py): each request must end within the router's request_timeout
-and a margin, and what is answered Success must be the archive's.
+(loadtest/chaos_queries.py): each request must end within half the router's
+request_timeout, and what is answered Success must be the archive's.
 
 At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
 (a killed acceptor's half-received files are the broker's to delete), and every file any
@@ -31,7 +31,7 @@ sender was told Success for must be at every destination with its dataset byte-i
 (digests of the dataset after the file meta). Exit 1 if one is missing, if the broker
 still holds jobs after 180 s, if incoming/ is not empty, if a killed process did not come
 back, if a stop did not exit 0 or a reload was not applied, if anything was
-dead-lettered, or, with queries, if a request went unanswered past its bound, a Success
+dead-lettered, or, with queries, if a request took past its bound, a Success
 answer was not the archive's, or a retrieve's instances stayed in relay/. The test suite
 runs a bounded version of this (tests/integration/test_chaos.py); the full length is here.
 """

@@ -93,6 +93,15 @@ class Worker:
         log.warning("%s; reconnecting to the broker", why)
         self.broker.close()
         self.broker = self._connect()
+        # A relayed request's route lived in the broker under the old identity: nothing
+        # this worker sends for it can reach its requester any more (who gets a failure:
+        # worker_gone, or the acceptor's probe), and a C-GET would wait for acks forever.
+        in_progress = self.relays.all()
+        if in_progress:
+            log.warning("cancelling %d relayed request(s) in progress upstream: the "
+                        "router answers their requesters with a failure", len(in_progress))
+        for task in in_progress:
+            task.cancel()
 
     def _on_broker(self) -> None:
         for frame, *payload in waiting(self.broker):

@@ -69,4 +69,6 @@ class ActiveRelays:
         with self._lock:
             return self._tasks.get(request_id)
 
-
+    def all(self) -> list[RelayTask]:
+        with self._lock:
+            return list(self._tasks.values())

@@ -42,6 +42,7 @@ from router.core.messages import (
     Refused,
     RelayAck,
     RelayCancel,
+    RelayProbe,
     RelayRequest,
     RelayResponse,
     RelayStore,
@@ -144,16 +145,40 @@ class Broker(Publishing):
                 return
             self.relays.open(message.request_id, identity, worker)
             return
-        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel)
+        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel
+                          | RelayProbe)
         route = self.relays.get(message.request_id)
-        if route is None:
-            return  # the request ended already (a late ack or cancel): nothing to do
+        if route is None or (sock is self.backend and identity != route.worker):
+            # (Another identity: a worker that reconnected; its old one is failed with
+            # its requests when the broker finds it gone, so this one must not answer.)
+            self._unrouted(sock, identity, message)
+            return
+        if isinstance(message, RelayProbe):
+            return  # on its way: the worker answers, or fails it if it goes away
         if sock is self.frontend:
             self._send(self.backend, route.worker, message, payload)
         else:
             self._send(self.frontend, route.acceptor, message, payload)
             if isinstance(message, RelayResponse) and message.final:
                 self.relays.close(message.request_id)
+
+    def _unrouted(self, sock: zmq.Socket[bytes], identity: bytes, message: Message) -> None:
+        """A relayed request's message with no route: it ended already (a late ack or
+        cancel: nothing to do), or it went out through a broker that has died since, whose
+        routes died with it. Then the acceptor that probes gets its final failure at once
+        instead of at request_timeout, and the worker still serving it is told to stop (a
+        C-GET's worker would otherwise wait for acknowledgements forever)."""
+        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel
+                          | RelayProbe)
+        if isinstance(message, RelayProbe):
+            log.warning("relayed request %s is unknown here (the broker restarted while it "
+                        "was in progress); its requester gets 0xA700", message.request_id)
+            self._send(self.frontend, identity, RelayResponse(
+                message.request_id, Status.OUT_OF_RESOURCES, final=True,
+                error_comment="router broker restarted; retry"))
+        elif sock is self.backend and not (isinstance(message, RelayResponse)
+                                           and message.final):
+            self._send(self.backend, identity, RelayCancel(message.request_id))
 
     def on_backend(self, identity: bytes, message: Message, now: float) -> None:
         if isinstance(message, Ready):

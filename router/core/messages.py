@@ -247,6 +247,16 @@ class RelayCancel(Message):
     request_id: str
 
 
+@dataclass(frozen=True)
+class RelayProbe(Message):
+    """Acceptor -> broker, after a silence: is this request still on its way? A broker that
+    has no route for it (one restarted since the request went out) answers the acceptor with
+    a final failure; one that has says nothing."""
+
+    kind: ClassVar[str] = "relay_probe"
+    request_id: str
+
+
 # --- operator control (router/broker/control.py): HTTP process -> broker -> HTTP process ---------
 
 
@@ -275,7 +285,7 @@ class ControlReply(Message):
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel)
+RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel, RelayProbe)
 
 _TYPES: dict[str, type[Message]] = {
     cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, BatchResult,
@@ -378,6 +388,7 @@ __all__ = [
     "Refused",
     "RelayAck",
     "RelayCancel",
+    "RelayProbe",
     "RelayRequest",
     "RelayResponse",
     "RelayStore",

@@ -13,6 +13,7 @@ from router.core.messages import (
     Message,
     RelayAck,
     RelayCancel,
+    RelayProbe,
     RelayRequest,
     RelayResponse,
     RelayStore,
@@ -22,6 +23,10 @@ from router.core.messages import (
 
 POLL_SECONDS = 0.1  # how often a waiting relay looks at C-CANCEL and the requester
 CANCEL_LINGER_MS = 1000  # zmq_close returns at once; only the cancel may wait this long
+# After this long without an answer the call asks the broker whether it still carries the
+# request: a broker restarted since knows nothing of it and answers with a failure, so the
+# requester hears within seconds, not at request_timeout (120 s by default).
+PROBE_SECONDS = 5.0
 
 
 class RelayTimeout(RouterError):
@@ -42,7 +47,7 @@ class RelayCall:
         self._send(request, payload)
         self.cancelled = False
         self.finished = False  # the final answer came
-        self.last_heard = time.monotonic()
+        self.last_heard = self.last_probe = time.monotonic()
 
     def _send(self, message: Message, payload: bytes | None = None) -> None:
         self.sock.send_multipart([encode(message), *([payload] if payload else [])])
@@ -65,8 +70,12 @@ class RelayCall:
                     self.finished = True
                 return message, frames[1] if len(frames) > 1 else None
             return None
-        if time.monotonic() - self.last_heard > self.timeout:
+        now = time.monotonic()
+        if now - self.last_heard > self.timeout:
             raise RelayTimeout(f"no answer from the router's worker within {self.timeout:.0f}s")
+        if now - max(self.last_heard, self.last_probe) >= PROBE_SECONDS:
+            self.last_probe = now
+            self._send(RelayProbe(self.request.request_id))
         return None
 
     def next(self, cancelled: Callable[[], bool]) -> Answer:

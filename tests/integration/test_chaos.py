@@ -21,8 +21,8 @@ def test_random_kills_under_load_lose_nothing_acknowledged(tmp_path: Path) -> No
     reload is applied, nothing is dead-lettered and the spool drains. Victims are dealt
     from a shuffled deck of every kind, and the run goes on until the deck is through.
     Meanwhile a viewer's relayed C-FIND and C-GET to a dcmqrscp archive each end within
-    the router's request_timeout, whatever is answered Success is the archive's, and no
-    retrieve's instance stays in relay/."""
+    half the router's request_timeout (no kill leaves a requester waiting for it), whatever
+    is answered Success is the archive's, and no retrieve's instance stays in relay/."""
     report = run_chaos(tmp_path, seconds=30, kill_every=2.5, senders=3, instances=900,
                        seed=7, destinations=2, whole_deck=True, queries=True)
     print("\n" + "\n".join(report.lines()))

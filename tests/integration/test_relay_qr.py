@@ -519,3 +519,84 @@ def test_a_c_get_that_times_out_is_cancelled_upstream_and_leaves_nothing_in_rela
     finally:
         router.stop()
         slow.close()
+
+
+def _kill_broker(router: RouterProcess) -> float:
+    """kill -9 of the broker (the supervisor starts another); when it was killed."""
+    os.kill(router.child_pid("broker"), signal.SIGKILL)
+    return time.monotonic()
+
+
+def test_a_relayed_c_find_whose_broker_dies_fails_within_seconds_and_is_cancelled_upstream(
+        tmp_path: Path) -> None:
+    """kill -9 of the broker while a relayed C-FIND streams its matches: the routes of
+    relayed requests die with it. The requester gets a failure within seconds (the acceptor
+    probes after 5 s of silence and the new broker says it does not know the request), not
+    at request_timeout (60 s here, 120 by default); the worker, reconnecting to the new
+    broker, cancels the query upstream."""
+    slow = SlowArchive()
+    router = _router_querying(tmp_path, "SLOWQR", slow.port, request_timeout=60)
+    try:
+        ae = AE(ae_title="FINDER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        statuses: list[int] = []
+        killed = 0.0
+        for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            statuses.append(int(status.Status) if status else -1)
+            if len(statuses) == 3:
+                killed = _kill_broker(router)
+        ended = time.monotonic() - killed
+        assoc.release()
+        assert killed and statuses[-1] == 0xA700, statuses[-5:]
+        assert ended < 20, f"the requester waited {ended:.0f} s"
+        assert slow.cancelled.wait(15), "the upstream never saw a C-CANCEL"
+        assert "is unknown here (the broker restarted" in router.log()
+    finally:
+        router.stop()
+        slow.close()
+
+
+def test_a_relayed_c_get_whose_broker_dies_fails_within_seconds_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    """The same for a C-GET: the requester's failure within seconds, a C-CANCEL upstream
+    (the worker's relay no longer waits for acknowledgements that cannot come), and no
+    instance left in relay/."""
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    slow = SlowGetArchive(tmp_path / "archive")
+    router = _router_querying(tmp_path, "SLOWGET", slow.port, request_timeout=60)
+    received: list[str] = []
+    killed: list[float] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 3:
+            killed.append(_kill_broker(router))
+        return 0x0000
+
+    try:
+        assoc = _get_association(router.port, on_store)
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        statuses = [int(status.Status) for status, _ in assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet) if status]
+        ended = time.monotonic() - killed[0]
+        assoc.release()
+        assert statuses[-1] not in (0x0000, 0xFF00), statuses[-5:]
+        assert ended < 20, f"the requester waited {ended:.0f} s"
+        assert slow.cancelled.wait(15), "the upstream never saw a C-CANCEL"
+        assert slow.sent < SlowGetArchive.INSTANCES
+        relay = router.spool / "relay"
+        assert wait_for(lambda: not any(relay.iterdir()), timeout=30), sorted(relay.iterdir())
+    finally:
+        router.stop()
+        slow.close()
