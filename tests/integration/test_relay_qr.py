@@ -192,17 +192,29 @@ def _get_association(port: int, on_store: Any) -> Any:
                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
 
 
+def _study_query(study_uid: str = "") -> Dataset:
+    """A Study Root identifier at STUDY level ("" matches every study)."""
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    return query
+
+
+def _find_association(port: int, ae_title: str) -> Any:
+    """An established association for Study Root C-FIND to the router at `port`."""
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(LOCALHOST, port, ae_title=ROUTER_AE)
+    assert assoc.is_established
+    return assoc
+
+
 def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
     slow = SlowArchive()
     router = _router_querying(tmp_path, "SLOWQR", slow.port)
     try:
-        ae = AE(ae_title="CANCELLER")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
-        assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
+        assoc = _find_association(router.port, "CANCELLER")
+        query = _study_query()
         statuses: list[int] = []
         for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind,
                                            msg_id=7):
@@ -298,9 +310,7 @@ def move_with_counts(port: int, study_uid: str, destination: str
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate(LOCALHOST, port, ae_title=ROUTER_AE)
     assert assoc.is_established
-    query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
-    query.StudyInstanceUID = study_uid
+    query = _study_query(study_uid)
     last: Any = None
     for status, _ in assoc.send_c_move(query, destination,
                                        StudyRootQueryRetrieveInformationModelMove):
@@ -413,9 +423,7 @@ def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
     try:
         assoc = _get_association(router.port, on_store)
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = "1.2.3"
+        query = _study_query("1.2.3")
         statuses: list[int] = []
         cancel_sent = False
         for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet,
@@ -469,9 +477,7 @@ def test_a_c_gets_instances_go_with_the_acceptor_that_would_have_passed_them_on(
                          evt_handlers=[(evt.EVT_C_STORE, on_store)])
     try:
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study.study_instance_uid
+        query = _study_query(study.study_instance_uid)
         getter = threading.Thread(target=lambda: list(assoc.send_c_get(
             query, StudyRootQueryRetrieveInformationModelGet)), daemon=True)
         getter.start()
@@ -504,9 +510,7 @@ def test_a_c_get_that_times_out_is_cancelled_upstream_and_leaves_nothing_in_rela
     try:
         assoc = _get_association(router.port, lambda event: 0x0000)
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = "1.2.3"
+        query = _study_query("1.2.3")
         statuses = [int(status.Status) for status, _ in assoc.send_c_get(
             query, StudyRootQueryRetrieveInformationModelGet) if status]
         assoc.release()
@@ -537,13 +541,8 @@ def test_a_relayed_c_find_whose_broker_dies_fails_within_seconds_and_is_cancelle
     slow = SlowArchive()
     router = _router_querying(tmp_path, "SLOWQR", slow.port, request_timeout=60)
     try:
-        ae = AE(ae_title="FINDER")
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
-        assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
+        assoc = _find_association(router.port, "FINDER")
+        query = _study_query()
         statuses: list[int] = []
         killed = 0.0
         for status, _ in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
@@ -584,9 +583,7 @@ def test_a_relayed_c_get_whose_broker_dies_fails_within_seconds_and_leaves_nothi
     try:
         assoc = _get_association(router.port, on_store)
         assert assoc.is_established
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = "1.2.3"
+        query = _study_query("1.2.3")
         statuses = [int(status.Status) for status, _ in assoc.send_c_get(
             query, StudyRootQueryRetrieveInformationModelGet) if status]
         ended = time.monotonic() - killed[0]
