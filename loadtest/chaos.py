@@ -22,7 +22,8 @@ leaves a torn file beside the good one instead of over it. With --tls the sender
 over TLS (the router's listener in tls mode), so that kills, stops and reloads (which load
 the TLS material again) meet TLS associations. With queries (the default here), a viewer
 loops relayed C-FIND and C-GET through the router to a DCMTK dcmqrscp archive meanwhile
-(loadtest/chaos_queries.py): each request must end within half the router's
+(loadtest/chaos_queries.py; with --tls, C-FIND only, as Debian's getscu 3.6.7 has no TLS
+options): each request must end within half the router's
 request_timeout, and what is answered Success must be the archive's.
 
 At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
@@ -302,7 +303,7 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             sending = Senders(files, router.port, senders, seed, work / "copies", tls_args)
             killer = Killer(router, peers, kill_every, seed + 1)
             viewer = None if studies is None else Requesters(
-                studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2)
+                studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2, tls_args)
             started = time.monotonic()
             sending.start()
             killer.start()

@@ -2,7 +2,8 @@
 processes die.
 
 One requester loops C-FIND (every study) and C-GET (one study) through the router to a DCMTK
-dcmqrscp archive, one request at a time, as a viewer does. Under kills a request may fail
+dcmqrscp archive, one request at a time, as a viewer does (over TLS C-FIND only: Debian's
+getscu has no TLS). Under kills a request may fail
 (a refused or aborted association, a failure status): the viewer asks again. What must never
 happen, and is reported as a failure:
 - a request left waiting: each ends (a final response, an abort, a refusal) within half
@@ -60,9 +61,12 @@ class QueryReport:
 
 class Requesters(threading.Thread):
     def __init__(self, archive: StudySet, port: int, called_ae: str, work: Path,
-                 seed: int) -> None:
+                 seed: int, tls_args: list[str] | None = None) -> None:
         super().__init__(name="requesters", daemon=True)
         self.archive, self.port, self.called_ae, self.work = archive, port, called_ae, work
+        # DCMTK's TLS options, as the senders'. Debian's getscu 3.6.7 has none ("Unknown
+        # option +tla"), so over TLS the viewer only queries.
+        self.tls_args = list(tls_args or [])
         self._random = random.Random(seed)
         self._halt = threading.Event()
         self.report = QueryReport()
@@ -77,7 +81,7 @@ class Requesters(threading.Thread):
         self.work.mkdir(parents=True, exist_ok=True)
         try:
             while not self._halt.wait(self._random.uniform(0.1, 0.5)):
-                if self._random.random() < 0.5:
+                if self.tls_args or self._random.random() < 0.5:
                     self._find()
                 else:
                     self._get()
@@ -89,7 +93,8 @@ class Requesters(threading.Thread):
             command = qr_command("findscu", LOCALHOST, self.port, called_ae=self.called_ae,
                                  calling_ae="CHAOSFIND", level="STUDY",
                                  keys={"StudyInstanceUID": ""}, model="study",
-                                 timeout=TOOL_TIMEOUT, options=["-X", "-od", tmp])
+                                 timeout=TOOL_TIMEOUT,
+                                 options=["-X", "-od", tmp, *self.tls_args])
             if not self._ran("C-FIND", command):
                 self.report.finds_failed += 1
                 return
