@@ -3,9 +3,9 @@ processes die.
 
 One requester loops C-FIND (every study) and C-GET (one study) through the router to a DCMTK
 dcmqrscp archive, one request at a time, as a viewer does (over TLS C-FIND only: Debian's
-getscu has no TLS). Under kills a request may fail
-(a refused or aborted association, a failure status): the viewer asks again. What must never
-happen, and is reported as a failure:
+getscu has no TLS). Under kills a request may fail (a refused or aborted association, a
+failure status): the viewer asks again. What must never happen, and is reported as a
+failure:
 - a request left waiting: each ends (a final response, an abort, a refusal) within half
   the router's `request_timeout`, so that no kill leaves a requester to that timeout (a
   dead worker's requests are failed by the broker, a dead broker's by the acceptor's probe,
