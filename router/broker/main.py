@@ -162,14 +162,14 @@ class Broker(Publishing):
             if isinstance(message, RelayResponse) and message.final:
                 self.relays.close(message.request_id)
 
-    def _unrouted(self, sock: zmq.Socket[bytes], identity: bytes, message: Message) -> None:
+    def _unrouted(self, sock: zmq.Socket[bytes], identity: bytes,
+                  message: RelayResponse | RelayStore | RelayAck | RelayCancel | RelayProbe,
+                  ) -> None:
         """A relayed request's message with no route: it ended already (a late ack or
         cancel: nothing to do), or it went out through a broker that has died since, whose
         routes died with it. Then the acceptor that probes gets its final failure at once
         instead of at request_timeout, and the worker still serving it is told to stop (a
         C-GET's worker would otherwise wait for acknowledgements forever)."""
-        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel
-                          | RelayProbe)
         if isinstance(message, RelayProbe):
             log.warning("relayed request %s is unknown here (the broker restarted while it "
                         "was in progress); its requester gets 0xA700", message.request_id)
