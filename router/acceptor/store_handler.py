@@ -114,8 +114,7 @@ class StoreHandler:
         size = received.size if received.size is not None else path.stat().st_size
         self._check_received(received.session, size)
         if self.relay is not None and self.relay.take_move_instance(
-                received.move_originator_message_id, received.move_originator_ae, path,
-                sop_class, sop_instance, received.transfer_syntax_uid):
+                received.move_originator_message_id, received.move_originator_ae, path):
             return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
         refusal = self.admission.refusal(new_association=False)
         if refusal is not None:

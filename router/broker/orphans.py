@@ -26,13 +26,12 @@ on to the requester, whose association went with it).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from router.core import metrics
 from router.core.journal import segments
-from router.core.owned_names import writer_pid
+from router.core.owned_names import process_alive, writer_pid
 from router.core.spool import RecoveredJob, Spool
 
 log = logging.getLogger(__name__)
@@ -42,16 +41,6 @@ _WHAT_THEY_WERE = {
     "relay": "a worker's copies of jobs it was preparing or sending (the jobs stay queued), "
              "or instances of a C-GET or C-MOVE relayed by an acceptor that died",
 }
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process holds that pid now: not ours, but not gone
-    return True
 
 
 class OrphanedJournals:

@@ -7,8 +7,9 @@ journal segments, of writers that are gone, without waiting for the router's nex
 
 The instances of a relayed C-GET or C-MOVE wait in relay/ for the acceptor that passes them
 on to the requester, so their names carry that acceptor's pid (its reader's, for a C-GET's,
-which a worker writes): relay/<pid>-<request>-<n>.dcm and relay/<pid>-move-<id>-<random>.dcm.
-Once that acceptor is gone nobody will pass them on.
+which a worker writes, and whichever acceptor received it for a C-MOVE's):
+relay/<pid>-<request>-<n>.dcm and relay/<pid>-move-<id>-<random>.dcm. Once that acceptor is
+gone nobody will pass them on.
 """
 
 from __future__ import annotations
@@ -48,9 +49,17 @@ def relayed_get_files(relay: Path, request_id: str) -> list[Path]:
     return list(relay.glob(f"{request_id}-*.dcm"))
 
 
-def relayed_move_name(message_id: int) -> str:
-    """A name in relay/ for an instance of a C-MOVE relayed by this acceptor."""
-    return f"{os.getpid()}-move-{message_id}-{uuid.uuid4().hex}.dcm"
+def relayed_move_name(owner: int, message_id: int) -> str:
+    """A name in relay/ for an instance of a C-MOVE that the acceptor with pid `owner`
+    relays (whichever acceptor received it: router/relay/move_registry.py)."""
+    return f"{owner}-move-{message_id}-{uuid.uuid4().hex}.dcm"
+
+
+def relayed_move_files(relay: Path, message_id: int) -> list[Path]:
+    """The instances in relay/ of a C-MOVE this acceptor relays."""
+    prefix = f"{os.getpid()}-move-{message_id}-"
+    with os.scandir(relay) as entries:  # no glob: a move's loop looks often
+        return [Path(e.path) for e in entries if e.name.startswith(prefix)]
 
 
 def writer_pid(name: str) -> int | None:
@@ -59,6 +68,16 @@ def writer_pid(name: str) -> int | None:
     (a temporary file, one from an older version)."""
     head = name.split("-", 1)[0]
     return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process holds that pid now: not ours, but not gone
+    return True
 
 
 def unlink_owned_by_dead(folder: Path, alive: Callable[[int], bool]) -> int:

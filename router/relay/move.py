@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,18 @@ from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
-from router.core.owned_names import relayed_move_name
+from router.core.owned_names import relayed_move_files, relayed_move_name
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, final_status
-from router.relay.state import MoveRelay, MoveRelays
+from router.relay.move_registry import MoveRegistry, MoveRelay
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 MOVE_DESTINATION_UNKNOWN = Status.MOVE_DESTINATION_UNKNOWN
+# An instance may still be on its way into relay/ when its move ends (another acceptor
+# received it as the upstream's final answer travelled): a second look this much later.
+LATE_CLEAR_SECONDS = 10.0
 
 
 def relays_moves(config: RouterConfig, upstream: str) -> bool:
@@ -46,7 +49,7 @@ class RelayedMoves:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self.moves = MoveRelays()
+        self.moves = MoveRegistry(spool.root / "moves")
 
     def relay(self, exchange: Exchange, request: RelayRequest, config: RouterConfig,
               call_upstream: Callable[[RelayRequest], RelayCall]) -> None:
@@ -69,7 +72,7 @@ class RelayedMoves:
         call = call_upstream(relayed)
         counts = Counts()
         try:
-            _move_loop(exchange, call, move, sender, counts)
+            _move_loop(exchange, call, move, sender, counts, self.spool.relay)
         except RelayTimeout as exc:
             status = relay_failure_status("C-MOVE")
             log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
@@ -79,25 +82,38 @@ class RelayedMoves:
             call.close()
             self.moves.close(move)
             sender.close()
-            _discard(move)
+            self.clear(move.message_id)
+            # An instance another acceptor was putting into relay/ as the move closed:
+            timer = threading.Timer(LATE_CLEAR_SECONDS, self.clear, (move.message_id,))
+            timer.daemon = True
+            timer.start()
+
+    def clear(self, message_id: int) -> None:
+        """A move's instances left in relay/ when it ended (cancel, failure): nobody passes
+        them on."""
+        left = relayed_move_files(self.spool.relay, message_id)
+        for path in left:
+            path.unlink(missing_ok=True)
+        if left:
+            log.warning("removed %d instance(s) of relayed C-MOVE %d from relay/ that were "
+                        "never delivered", len(left), message_id)
 
     def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
-                      source: Path, sop_class: str, sop_instance: str,
-                      transfer_syntax: str) -> bool:
-        """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move."""
-        move = self.moves.find(originator_message_id, originator_ae)
-        if move is None:
+                      source: Path) -> bool:
+        """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move, which
+        this acceptor or another one relays (router/relay/move_registry.py)."""
+        owner = self.moves.owner(originator_message_id, originator_ae)
+        if owner is None:
             return False
-        target = self.spool.relay / relayed_move_name(move.message_id)
-        source.replace(target)
-        move.arrived.put((target, sop_class, sop_instance, transfer_syntax))
+        assert originator_message_id is not None
+        source.replace(self.spool.relay / relayed_move_name(owner, int(originator_message_id)))
         return True
 
 
 def _move_loop(exchange: Exchange, call: RelayCall, move: MoveRelay, sender: Any,
-               counts: Counts) -> None:
+               counts: Counts, relay: Path) -> None:
     while True:
-        _deliver_arrived(exchange, move, sender, counts)
+        _deliver_arrived(exchange, move, sender, counts, relay)
         got = call.poll(exchange.cancelled, wait=0.05)
         if got is None:
             continue
@@ -108,21 +124,20 @@ def _move_loop(exchange: Exchange, call: RelayCall, move: MoveRelay, sender: Any
             if answer.remaining >= 0:
                 counts.remaining = answer.remaining
             continue
-        _deliver_arrived(exchange, move, sender, counts)  # sent before the final
+        _deliver_arrived(exchange, move, sender, counts, relay)  # sent before the final
         exchange.final(final_status(answer.status, counts, call.cancelled),
                        answer.error_comment, counts)
         return
 
 
-def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: Counts) -> None:
-    while True:
-        try:
-            path, sop_class, sop_instance, syntax = move.arrived.get_nowait()
-        except queue.Empty:
-            return
+def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: Counts,
+                     relay: Path) -> None:
+    """Pass on what the upstream sent for this move, to whichever acceptor: the file meta
+    says what each one is."""
+    for path in relayed_move_files(relay, move.message_id):
         job = JobHeader(job_id=path.stem, calling_ae="", called_ae="", peer_address="",
-                        peer_port=0, sop_class_uid=sop_class, sop_instance_uid=sop_instance,
-                        transfer_syntax_uid=syntax, size=0, received_at=0.0, rules=(),
+                        peer_port=0, sop_class_uid="", sop_instance_uid="",
+                        transfer_syntax_uid="", size=0, received_at=0.0, rules=(),
                         destinations=())
         try:
             sender.deliver(job, path)
@@ -133,13 +148,3 @@ def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: C
         finally:
             path.unlink(missing_ok=True)
         exchange.respond(Status.PENDING, counts=counts)
-
-
-def _discard(move: MoveRelay) -> None:
-    """Instances of a move that ended (cancel, failure) before they were delivered."""
-    while True:
-        try:
-            path = move.arrived.get_nowait()[0]
-        except queue.Empty:
-            return
-        path.unlink(missing_ok=True)

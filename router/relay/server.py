@@ -234,11 +234,10 @@ class RelayServer:
     # --- C-MOVE in relay mode (router/relay/move.py): instances the upstream sends ---------
 
     def take_move_instance(self, originator_message_id: int | None,
-                           originator_ae: str | None, source: Path, sop_class: str,
-                           sop_instance: str, transfer_syntax: str) -> bool:
-        """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move."""
-        return self.moves.take_instance(originator_message_id, originator_ae, source,
-                                        sop_class, sop_instance, transfer_syntax)
+                           originator_ae: str | None, source: Path) -> bool:
+        """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move (the
+        file meta says what it is)."""
+        return self.moves.take_instance(originator_message_id, originator_ae, source)
 
     # --- storage commitment results ---------------------------------------------------------
 

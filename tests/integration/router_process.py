@@ -135,6 +135,27 @@ class RouterProcess:
         assert code == 200, body
         return dict(json.loads(body))
 
+    def accepted_by_acceptor(self) -> dict[str, int]:
+        """How many associations each acceptor process has accepted (/status)."""
+        from router.core.acceptor_status import acceptor_snapshots
+
+        return {name: int(snap.get("accepted", 0))
+                for name, snap in acceptor_snapshots(self.status()).items()}
+
+    def spread_over_acceptors(self, before: dict[str, int], associations: int) -> bool:
+        """Once the acceptors have counted `associations` more since `before`: whether
+        more than one acceptor took them (with listen.acceptors above 1, the kernel spreads
+        new connections by a hash of their addresses and ports)."""
+        def counted() -> dict[str, int] | None:
+            now = self.accepted_by_acceptor()
+            grown = {name: count - before.get(name, 0) for name, count in now.items()}
+            return grown if sum(grown.values()) >= associations else None
+
+        assert wait_for(lambda: counted() is not None, timeout=15), self.accepted_by_acceptor()
+        grown = counted()
+        assert grown is not None
+        return sum(1 for count in grown.values() if count > 0) > 1
+
     def child_pid(self, name: str) -> int:
         """The pid of the newest `name` process (broker, worker-0, acceptor) from the log."""
         found = re.findall(rf"started {re.escape(name)} \(pid (\d+)\)", self.log())

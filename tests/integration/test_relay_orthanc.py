@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom import AE
@@ -207,6 +208,38 @@ def test_storage_commitment_result_comes_back_through_the_router(
     assert wait_for(lambda: router.metric("dicom_router_dimse_requests_total",
                                           command="N-EVENT-REPORT", status="0x0000") == 2,
                     timeout=10.0)
+
+
+@pytest.mark.timeout(300)
+def test_a_commitment_result_reaches_its_requester_through_any_acceptor(
+        tmp_path: Path, router: RouterProcess, orthanc: Orthanc,
+        requester: CommitmentRequester, study_set: StudySet) -> None:
+    """listen.acceptors 2: Orthanc's N-EVENT-REPORT comes on an association of its own, which
+    the kernel may hand to the other acceptor than the one that relayed the N-ACTION (before,
+    that one did not know the Transaction UID and Orthanc heard "cannot be handled"). Requests
+    go on until that happened at least once; each report must reach the requester."""
+    config = yaml.safe_load(router.config_path.read_text())
+    del config["spool"], config["metrics"]  # its own, and its own ports
+    config["listen"] = {"acceptors": 2}
+    two = RouterProcess(tmp_path / "acceptors-router", config)
+    instances = [(i.sop_class_uid, i.sop_instance_uid) for i in study_set.studies[0].instances]
+    with two:
+        orthanc.add_modality("router", ROUTER_AE, LOCALHOST, two.port)
+        try:
+            crossed = 0
+            for n in range(16):
+                before = two.accepted_by_acceptor()
+                uid = requester.request(LOCALHOST, two.port, ROUTER_AE, instances)
+                report = report_of(requester, uid, two, orthanc)
+                assert report.event_type_id == ALL_COMMITTED
+                assert sorted(report.committed) == sorted(instances)
+                crossed += two.spread_over_acceptors(before, 2)  # the N-ACTION's and Orthanc's
+                if crossed and n >= 3:
+                    break
+            assert crossed, "in 16 requests Orthanc always reached the same acceptor"
+            assert not list((two.spool / "commitments").iterdir())
+        finally:
+            orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
 
 
 @bounded

@@ -363,6 +363,49 @@ def test_c_move_relay_and_concurrent_moves_never_mix(
             assert final == (0x0000, len(studies[1].instances), 0, 0)
 
 
+ROUNDS = 16  # until an upstream's association reached another acceptor than its requester's
+
+
+@pytest.mark.timeout(300)
+def test_a_relayed_c_moves_instances_reach_it_through_any_acceptor(
+        tmp_path_factory: pytest.TempPathFactory, archive: Dcmqrscp, viewer: StoreSCP,
+        study_set: StudySet, router: RouterProcess) -> None:
+    """listen.acceptors 2: the archive's C-STOREs come on an association of its own, which
+    the kernel may hand to the other acceptor than the one whose requester waits (before,
+    that acceptor did not know the move, took the instances as new work for the routing
+    rules, and the requester got 0xA702). Moves go on until that happened at least once;
+    each must bring its study to a viewer that takes one association at a time."""
+    router.stop()  # the relay router takes the port the archive knows as DICOM-ROUTER
+    one = StoreSCP(tmp_path_factory.mktemp("oneview"), "ONEVIEW")  # no --fork
+    with one:
+        relay = RouterProcess(tmp_path_factory.mktemp("acceptors-router"),
+                              {**router_config(archive, viewer, "relay", ONEVIEW=one),
+                               "listen": {"acceptors": 2}})
+        with started(relay, router.port):
+            crossed = moved = 0
+            for n in range(ROUNDS):
+                study = study_set.studies[n % len(study_set.studies)]
+                clear(one.output_dir)
+                before = relay.accepted_by_acceptor()
+                result = run_movescu(LOCALHOST, relay.port, ROUTER_AE, "STUDY",
+                                     {"StudyInstanceUID": study.study_instance_uid}, "ONEVIEW",
+                                     calling_ae="MOVER", check=False)
+                assert result.ok, result.output[-1500:] + relay.log()[-3000:]
+                assert instance_mismatches(study.instances, one.received_files()) == []
+                moved += len(study.instances)
+                # The requester's association and the archive's.
+                crossed += relay.spread_over_acceptors(before, 2)
+                if crossed and n >= 3:
+                    break
+            assert crossed, f"in {ROUNDS} moves the archive always reached the same acceptor"
+            assert not list((relay.spool / "relay").iterdir()), "relay files left behind"
+            assert not list((relay.spool / "moves").iterdir()), "moves still registered"
+            assert relay.metric("dicom_router_instances_received_total",
+                                result="relayed") == moved
+            assert relay.metric("dicom_router_instances_received_total",
+                                result="accepted") == 0, "a move's instance taken as new work"
+
+
 class SlowGetArchive:
     """A pynetdicom C-GET SCP sending one instance every 0.15 s (the first after
     `first_delay`); records the C-CANCEL."""

@@ -165,15 +165,17 @@ def test_relayed_retrieve_names_start_with_the_acceptors_pid() -> None:
     request = relay_request_id()
     assert writer_pid(relayed_get_name(request, 12)) == os.getpid()  # workers/relay.py's
     assert relay_request_id() != request
-    move = relayed_move_name(65535)
+    move = relayed_move_name(os.getpid(), 65535)
     assert writer_pid(move) == os.getpid() and move.endswith(".dcm") and "-move-65535-" in move
+    assert writer_pid(relayed_move_name(4321, 1)) == 4321  # the owner's, whoever writes it
 
 
 def test_a_c_gets_own_instances_are_found_and_no_other(spool: Spool) -> None:
     """What its acceptor deletes when a relayed C-GET ends (router/relay/server.py)."""
     request, other = relay_request_id(), relay_request_id()
     mine = [spool.relay / relayed_get_name(request, n) for n in (1, 2, 10)]
-    others = [spool.relay / relayed_get_name(other, 1), spool.relay / relayed_move_name(1),
+    others = [spool.relay / relayed_get_name(other, 1),
+              spool.relay / relayed_move_name(os.getpid(), 1),
               spool.relay / relay_copy_name("0123456789abcdef01234567")]
     for path in (*mine, *others):
         path.write_bytes(b"an instance")

@@ -1,10 +1,16 @@
-"""router/relay/state.py: relayed C-MOVE registry and pending storage commitments."""
+"""router/relay/state.py and move_registry.py: pending storage commitments and the relayed
+C-MOVEs in progress, shared by the acceptor processes through the spool."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 
-from router.relay.state import Commitments, MoveRelays
+import pytest
+
+from router.relay.move_registry import MoveRegistry
+from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments
 
 
 def test_pending_commitments_survive_a_restart_and_are_taken_once(tmp_path: Path) -> None:
@@ -33,18 +39,87 @@ def test_a_hostile_transaction_uid_never_becomes_a_file(tmp_path: Path) -> None:
     assert commitments.take("../../etc/passwd") is not None  # in memory still
 
 
-def test_unreadable_files_are_dropped_at_load(tmp_path: Path) -> None:
+def test_unreadable_files_are_dropped(tmp_path: Path) -> None:
     (tmp_path / "1.2.3.json").write_text("{not json")
     assert Commitments(tmp_path).take("1.2.3") is None
     assert not (tmp_path / "1.2.3.json").exists()
 
 
-def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances() -> None:
-    moves = MoveRelays()
+def test_a_commitment_one_acceptor_relayed_is_taken_by_another_once(tmp_path: Path) -> None:
+    """The upstream's N-EVENT-REPORT comes on an association of its own, which the kernel may
+    give to any acceptor on the port (listen.acceptors)."""
+    first, second = Commitments(tmp_path), Commitments(tmp_path)
+    first.remember("1.2.3.6", "CT1")
+    taken = second.take("1.2.3.6")
+    assert taken is not None and taken.requester_ae == "CT1"
+    assert first.take("1.2.3.6") is None  # the one that relayed it does not deliver it again
+
+
+def test_commitments_older_than_a_day_are_forgotten(tmp_path: Path) -> None:
+    commitments = Commitments(tmp_path)
+    commitments.remember("1.2.3.7", "CT1")
+    old = os.path.getmtime(tmp_path / "1.2.3.7.json") - COMMITMENT_MEMORY_SECONDS - 1
+    os.utime(tmp_path / "1.2.3.7.json", (old, old))
+    commitments.remember("1.2.3.8", "CT1")
+    assert commitments.take("1.2.3.7") is None
+    assert commitments.take("1.2.3.8") is not None
+
+
+def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(
+        tmp_path: Path) -> None:
+    moves = MoveRegistry(tmp_path)
     first, second = moves.open("DICOM-ROUTER"), moves.open("DICOM-ROUTER")
     assert first.message_id != second.message_id
-    assert moves.find(first.message_id, "DICOM-ROUTER ") is first  # AE titles are padded
-    assert moves.find(first.message_id, "SOMEONE-ELSE") is None
-    assert moves.find(None, "DICOM-ROUTER") is None
+    assert moves.owner(first.message_id, "DICOM-ROUTER ") == os.getpid()  # AE titles padded
+    assert moves.owner(first.message_id, "SOMEONE-ELSE") is None
+    assert moves.owner(None, "DICOM-ROUTER") is None
+    assert moves.owner(0, "DICOM-ROUTER") is None and moves.owner(70000, "DICOM-ROUTER") is None
     moves.close(first)
-    assert moves.find(first.message_id, "DICOM-ROUTER") is None
+    assert moves.owner(first.message_id, "DICOM-ROUTER") is None
+    assert moves.owner(second.message_id, "DICOM-ROUTER") == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [str(second.message_id)]
+
+
+IDS = 200  # a small ID space, so that the processes try the same IDs and can run out
+
+
+def _open_moves(folder: Path, count: int, results: multiprocessing.Queue[list[int]]) -> None:
+    registry = MoveRegistry(folder, message_ids=IDS)
+    results.put([registry.open("DICOM-ROUTER").message_id for _ in range(count)])
+
+
+def test_acceptor_processes_never_share_a_message_id_and_find_each_others_moves(
+        tmp_path: Path) -> None:
+    """Several acceptors on one port: an instance of a move may reach any of them."""
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue[list[int]] = context.Queue()
+    for message_id in range(1, 41):  # taken by this process: skipped
+        (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
+    children = [context.Process(target=_open_moves, args=(tmp_path, 40, results))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    opened = [results.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(30)
+    claimed = [message_id for batch in opened for message_id in batch]
+    assert len(claimed) == len(set(claimed)) == 120 and min(claimed) > 40
+    # The children have exited: their moves are over, and their IDs free again.
+    here = MoveRegistry(tmp_path, message_ids=IDS)
+    assert all(here.owner(message_id, "DICOM-ROUTER") is None for message_id in claimed)
+    assert here.open("DICOM-ROUTER").message_id > 40
+
+
+def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_again(
+        tmp_path: Path) -> None:
+    alive = {os.getpid()}
+    registry = MoveRegistry(tmp_path, alive=lambda pid: pid in alive, message_ids=IDS)
+    (tmp_path / "7").write_text("999999 DICOM-ROUTER")  # an acceptor that died
+    assert registry.owner(7, "DICOM-ROUTER") is None
+    for message_id in range(1, IDS + 1):
+        if message_id != 7:
+            (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
+    assert registry.open("DICOM-ROUTER").message_id == 7
+    assert registry.owner(7, "DICOM-ROUTER") == os.getpid()
+    with pytest.raises(RuntimeError, match="in progress"):
+        registry.open("DICOM-ROUTER")
