@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
@@ -15,8 +16,14 @@ _TEXT_ELEMENTS = frozenset({
 })
 
 
+# Characters XML 1.0 cannot carry even as references (C0 controls but tab, LF and CR;
+# surrogates; U+FFFE, U+FFFF): ElementTree would write them and break the document.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _xml_value(value: object) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return _NOT_XML.sub(" ", text)
 
 
 def _xml_fill(element: ET.Element, content: Mapping[str, Any]) -> None:

@@ -50,8 +50,9 @@ class LocalApplication:
 
 
 def _token(value: object) -> str:
-    """xsd:token: whitespace collapsed to single spaces, none at either end."""
-    return " ".join(str(value).split())
+    """xsd:token: control characters and whitespace collapsed to single spaces, none at
+    either end (a peer's AE title may hold any byte)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
 
 
 def _text(value: object) -> str:

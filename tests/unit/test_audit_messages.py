@@ -164,3 +164,20 @@ def test_xml_form_keeps_everything() -> None:
     assert root.find("ActiveParticipant").get("UserIsRequestor") == "true"  # type: ignore[union-attr]
     # The hostile message is still well-formed XML.
     ET.fromstring(encoding.to_xml(BUILDERS["hostile_text"]()))
+
+
+def test_control_characters_of_a_peers_ae_title_never_reach_an_audit_record() -> None:
+    """A calling AE of ESC, NUL and BEL went into AlternativeUserID as they were: an xterm
+    escape in the syslog stream, and XML that a record repository could not parse."""
+    message = messages.security_alert(
+        APP, alert_type=codes.NODE_AUTHENTICATION, detail="calling AE not allowed",
+        peer_address="10.0.0.1", calling_ae="CT1\x1b]0;pwn\x07\x00")
+    xml = encoding.to_xml(message)
+    root = ET.fromstring(xml)  # well-formed
+    json_line = encoding.to_json_line(message)
+    assert not any(c in xml for c in "\x1b\x07\x00")
+    assert "\\u00" not in json_line  # no escaped control character either
+    titles = [p.get("AlternativeUserID") for p in root.iter("ActiveParticipant")]
+    assert "AETITLES=CT1 ]0;pwn" in titles, titles
+    assert encoding.to_xml({"AuditMessage": {"EventIdentification": {
+        "EventOutcomeDescription": "a\x1bb\ud800c"}}}).count("a b c") == 1
