@@ -10,9 +10,13 @@ from pydicom.multival import MultiValue
 
 
 def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
-    """Values of `keywords` present in the file, as strings (multi-values joined with '\\')."""
+    """Values of `keywords` present in the file, as strings (multi-values joined with '\\').
+    A dataset pydicom cannot read raises ValueError (or InvalidDicomError, OSError)."""
     wanted = list(keywords)
-    ds = dcmread(path, stop_before_pixels=True, specific_tags=wanted)
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=wanted)
+    except RecursionError as exc:  # pydicom reads nested sequences recursively
+        raise ValueError("sequences nested too deeply") from exc
     out: dict[str, str] = {}
     for keyword in wanted:
         value = ds.get(keyword)

@@ -1,0 +1,51 @@
+"""router/core/header_tags.py: the header values rules and the audit trail read."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from router.core.header_tags import read_tags
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def _part10(path: Path, dataset_bytes: bytes, syntax: str) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT, "1.2.3.4"
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(path.read_bytes() + dataset_bytes)
+    return path
+
+
+def test_values_come_back_as_text(tmp_path: Path) -> None:
+    ds = Dataset()
+    ds.PatientID, ds.ImageType = "P1", ["ORIGINAL", "PRIMARY"]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = CT, "1.2.3"
+    ds.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    assert read_tags(tmp_path / "a.dcm", ["PatientID", "ImageType", "StudyInstanceUID"]) == {
+        "PatientID": "P1", "ImageType": "ORIGINAL\\PRIMARY"}
+
+
+def test_sequences_nested_past_pythons_recursion_are_unreadable_not_an_internal_error(
+        tmp_path: Path) -> None:
+    """A 96 KB dataset of 3,000 nested sequences raised RecursionError out of pydicom: the
+    sender got 0x0110 'router internal error' and the log a traceback, where an unreadable
+    dataset is 0xC000 (router/acceptor/store_handler.py catches ValueError)."""
+    depth = 3000
+    nested = (struct.pack("<HHI", 0x0008, 0x1115, 0xFFFFFFFF)
+              + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)) * depth
+    nested += (struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)) * depth
+    path = _part10(tmp_path / "deep.dcm", nested, ImplicitVRLittleEndian)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_tags(path, ["PatientID", "StudyInstanceUID"])
