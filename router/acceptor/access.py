@@ -11,13 +11,12 @@ Each rejection carries the A-ASSOCIATE-RJ (result, source, reason) PS3.8 Table 9
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from router.acceptor.passcodes import PasscodeCheck
+from router.acceptor.passcodes import hash_passcode as hash_passcode  # `hash-passcode`
 from router.acceptor.session import AssociationSession
 from router.core.config import ListenConfig, UserConfig
 from router.core.dimse_status import (
@@ -29,8 +28,6 @@ from router.core.dimse_status import (
 )
 from router.core.shared_counts import SharedCounts
 from router.core.tls import peer_identities
-
-PBKDF2_ITERATIONS = 200_000
 
 
 @dataclass(frozen=True)
@@ -44,18 +41,6 @@ class Rejection:
         return self.reject.result
 
 
-def hash_passcode(passcode: str, iterations: int = PBKDF2_ITERATIONS) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", passcode.encode(), salt, iterations)
-    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
-
-
-def passcode_matches(passcode: bytes, stored: str) -> bool:
-    _, iterations, salt, expected = stored.split("$")
-    digest = hashlib.pbkdf2_hmac("sha256", passcode, bytes.fromhex(salt), int(iterations))
-    return hmac.compare_digest(digest.hex(), expected)
-
-
 class AccessPolicy:
     def __init__(self, config: ListenConfig, counts: SharedCounts | None = None,
                  column: int = 0) -> None:
@@ -63,6 +48,7 @@ class AccessPolicy:
         self._active = counts if counts is not None \
             else SharedCounts(2 * config.max_associations, 1)
         self._column = column
+        self._passcodes = PasscodeCheck()
         self.reconfigure(config)
 
     def reconfigure(self, config: ListenConfig) -> None:
@@ -76,6 +62,11 @@ class AccessPolicy:
     def check(self, session: AssociationSession) -> Rejection | None:
         calling, called, source = session.calling_ae, session.called_ae, session.address
         c = self.config
+        # PS3.5 6.2: an AE title of spaces only shall not be used; nothing could answer it.
+        if not calling.strip():
+            return Rejection(CALLING_AE_NOT_RECOGNISED, "calling_ae", "the calling AE is empty")
+        if not called.strip():
+            return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae", "the called AE is empty")
         if self.networks and not self._source_allowed(source):
             return Rejection(NO_REASON_GIVEN, "source", f"source address {source} is not allowed")
         if c.allowed_calling_ae is not None and calling not in c.allowed_calling_ae:
@@ -134,10 +125,12 @@ class AccessPolicy:
 
     def verify_user(self, kind: int, primary: bytes, secondary: bytes | None) -> bool:
         """Username and passcode (kind 2) against the hashed list; other kinds are refused."""
-        user = self.users.get(primary.decode(errors="replace"))
-        if user is None or kind != 2 or secondary is None:
+        if kind != 2 or secondary is None:
             return False
-        return passcode_matches(secondary, user.passcode_hash)
+        username = primary.decode(errors="replace")
+        user = self.users.get(username)
+        return self._passcodes.matches(username, secondary,
+                                       None if user is None else user.passcode_hash)
 
 
 def _key(calling: str | bytes) -> bytes:

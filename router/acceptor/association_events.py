@@ -70,12 +70,19 @@ class AssociationEvents:
         return rejection
 
     def _take_slot(self, session: AssociationSession) -> Rejection | None:
-        limit = self.access.config.max_associations
-        if self._slots.try_add(self._column, None, None, limit) is not None:
+        config = self.access.config
+        limit, per_source = config.max_associations, config.associations_per_source
+        source = session.address.encode()
+        refused = self._slots.try_add(self._column, source, per_source, limit)
+        if refused == "key":
+            return Rejection(LOCAL_LIMIT_EXCEEDED, "per_source_limit",
+                             f"{session.address} already has {per_source} associations "
+                             "(listen.max_associations_per_source)")
+        if refused is not None:
             return Rejection(LOCAL_LIMIT_EXCEEDED, "max_associations",
                              f"already {limit} associations (listen.max_associations)")
         with self._lock:
-            session.slot = True
+            session.slot = source
         return None
 
     def rejected(self, session: AssociationSession, rejection: Rejection) -> None:
@@ -117,9 +124,9 @@ class AssociationEvents:
             tally, session.tally = session.tally, None
             counted, session.counted = session.counted, False
             progress, session.progress = session.progress, None
-            slot, session.slot = session.slot, False
-        if slot:
-            self._slots.remove(self._column, None)
+            slot, session.slot = session.slot, None
+        if slot is not None:
+            self._slots.remove(self._column, slot)
         if progress is not None and self.live is not None:
             self.live.closed(progress)
         if tally is not None and self.audit is not None:

@@ -67,9 +67,15 @@ def accept(rq: AssociateRQ, offer: AcceptorOffer) -> AssociateAC:
         result = ACCEPTANCE if syntax else TRANSFER_SYNTAXES_NOT_SUPPORTED
         contexts.append(PresentationContextAC(ctx.context_id, result, syntax))
     # Role selection: the router takes either role for what it serves, so it agrees to what
-    # was proposed (PS3.7 D.3.3.4); for other SOP classes it answers nothing.
-    roles = tuple(RoleSelection(role.sop_class_uid, role.scu_role, role.scp_role)
-                  for role in rq.user_info.roles if offer.supports(role.sop_class_uid))
+    # was proposed (PS3.7 D.3.3.4), once per SOP class proposed in a context; for other SOP
+    # classes it answers nothing.
+    proposed = {ctx.abstract_syntax for ctx in rq.contexts}
+    answered: dict[str, RoleSelection] = {}
+    for role in rq.user_info.roles:
+        uid = role.sop_class_uid
+        if uid in proposed and uid not in answered and offer.supports(uid):
+            answered[uid] = RoleSelection(uid, role.scu_role, role.scp_role)
+    roles = tuple(answered.values())
     # Asynchronous operations: one at a time (PS3.7 D.3.3.3), answered only when asked.
     window = (1, 1) if rq.user_info.async_window is not None else None
     info = UserInformation(max_length=offer.max_pdu,

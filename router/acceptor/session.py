@@ -27,7 +27,8 @@ class AssociationSession:
     certificate: dict[str, Any] | None = None  # the peer's TLS certificate, if any
     user_identity: bool = False  # the request carried a user identity item
     # The router's bookkeeping, settled once when the association ends.
-    slot: bool = False  # holds one of listen.max_associations
+    # Holds one of listen.max_associations, counted under this source address.
+    slot: bytes | None = None
     counted: bool = False  # counted in the active associations (per calling AE)
     tally: TransferTally | None = None  # audit: instances per study
     progress: AssociationProgress | None = None  # live status: this association's row

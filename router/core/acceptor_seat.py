@@ -23,7 +23,7 @@ class SharedInt(Protocol):
 @dataclass
 class SharedLimits:
     """Counted over every acceptor: connections still sending their association request (by
-    source), associations past it, and open associations by calling AE."""
+    source), associations past it (by source), and open associations by calling AE."""
 
     pending: SharedCounts
     associations: SharedCounts
@@ -34,7 +34,7 @@ class SharedLimits:
         pending = max(MIN_KEY_SLOTS, 4 * listen.max_pending)
         associations = max(MIN_KEY_SLOTS, 4 * listen.max_associations)
         return cls(SharedCounts(pending, acceptors, folder / "pending.lock"),
-                   SharedCounts(8, acceptors, folder / "associations.lock"),
+                   SharedCounts(associations, acceptors, folder / "associations.lock"),
                    SharedCounts(associations, acceptors, folder / "calling_ae.lock"))
 
     def forget(self, column: int) -> None:

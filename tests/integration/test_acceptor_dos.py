@@ -227,3 +227,94 @@ def test_the_listen_backlog_is_sized_for_bursts(router: RouterProcess) -> None:
     assert shown.returncode == 0, f"ss failed: {shown.stderr.strip()}"
     backlogs = {int(line.split()[2]) for line in shown.stdout.splitlines() if line.strip()}
     assert backlogs == {128}, shown.stdout
+
+
+def _answer(sock: socket.socket) -> tuple[int, bytes]:
+    """The first PDU the router sends back (type, body)."""
+    return pdus.read_pdu(sock)
+
+
+# Regression: max_associations was the only count over associations, so 64 idle ones from
+# one address (whatever calling AE titles it claimed) locked every other peer out for as
+# long as it kept them open.
+
+
+def test_one_source_holds_at_most_half_the_associations(router: RouterProcess) -> None:
+    held: list[socket.socket] = []
+    answers: list[int] = []
+    try:
+        for n in range(40):
+            sock = _connect(router.port)
+            sock.sendall(pdus.a_associate_rq(calling_ae=f"HOLD{n}"))
+            kind, body = _answer(sock)
+            answers.append(kind)
+            if kind == pdus.A_ASSOCIATE_AC:
+                held.append(sock)
+            else:
+                assert body[1:] == bytes((2, 3, 2)), body  # transient, provider, local limit
+                sock.close()
+        assert answers.count(pdus.A_ASSOCIATE_AC) == 32, answers  # max_associations 64 / 2
+        code, why = _echo(router.port)
+        assert code == 0, f"echoscu from 127.0.0.1 refused while 127.0.0.2 held 32: {why}"
+    finally:
+        for sock in held:
+            sock.close()
+    assert router.metric("dicom_router_association_rejections_total",
+                         reason="per_source_limit") >= 8
+
+
+# Regression: an A-ASSOCIATE-RQ of 13,008 presentation contexts (256 KiB) was accepted and
+# held as objects for the association's life: 64 of them took the acceptor from 86 to 372
+# MB, which it never gave back.
+
+
+def test_a_request_of_thousands_of_contexts_is_refused_and_held_nowhere(
+        router: RouterProcess) -> None:
+    acceptor = router.child_pid("acceptor-1")
+    context = pdus.presentation_context_rq_item(3, "11", ("11",))
+    items = [pdus.application_context_item(),
+             pdus.presentation_context_rq_item(1, pdus.VERIFICATION, (pdus.IMPLICIT_VR_LE,)),
+             *[context] * ((256 * 1024 - 2000) // len(context)), pdus.user_information_item()]
+    request = pdus.a_associate_rq(items=items)
+    before = rss_kb(acceptor)
+    for _ in range(64):
+        with _connect(router.port) as sock:
+            sock.sendall(request)
+            kind, _ = _answer(sock)
+            assert kind == pdus.A_ABORT
+    grown = rss_kb(acceptor) - before
+    assert grown < RSS_LIMIT_KB, f"the acceptor grew {grown} KB for 64 refused requests"
+    code, why = _echo(router.port)
+    assert code == 0, why
+
+
+# Regression: these reached the building of the A-ASSOCIATE-AC, which raised: the peer saw
+# its connection closed without an answer, the log an ERROR with a traceback.
+
+
+def test_an_empty_calling_ae_and_repeated_role_items_are_answered_not_crashed_on(
+        router: RouterProcess) -> None:
+    with _connect(router.port) as sock:
+        sock.sendall(pdus.a_associate_rq(calling_ae=""))
+        kind, body = _answer(sock)
+        assert (kind, body[1:]) == (pdus.A_ASSOCIATE_RJ, bytes((1, 1, 3))), (kind, body)
+    role = pdus.item(0x54, struct.pack(">H", len(pdus.CT_IMAGE_STORAGE))
+                     + pdus.CT_IMAGE_STORAGE.encode() + b"\x01\x01")
+    info = pdus.item(pdus.USER_INFORMATION_ITEM, pdus.maximum_length_item(16384)
+                     + pdus.item(pdus.IMPLEMENTATION_CLASS_UID_ITEM, pdus.uid("1.2.3"))
+                     + role * 1985)
+    items = [*pdus.associate_rq_items()[:-1], info]
+    with _connect(router.port) as sock:
+        sock.sendall(pdus.a_associate_rq(items=items))
+        assert _answer(sock)[0] == pdus.A_ABORT
+    with _connect(router.port) as sock:  # a few of them, as a C-GET requester sends: answered
+        sock.sendall(pdus.a_associate_rq(items=[*pdus.associate_rq_items()[:-1], pdus.item(
+            pdus.USER_INFORMATION_ITEM, pdus.maximum_length_item(16384)
+            + pdus.item(pdus.IMPLEMENTATION_CLASS_UID_ITEM, pdus.uid("1.2.3")) + role * 3)]))
+        kind, body = _answer(sock)
+        assert kind == pdus.A_ASSOCIATE_AC
+        roles = [sub for item_type, value in pdus.parse_items(body[68:])
+                 if item_type == pdus.USER_INFORMATION_ITEM
+                 for sub_type, sub in pdus.parse_items(value) if sub_type == 0x54]
+        assert len(roles) == 1, roles  # answered once for its SOP class
+    assert "Traceback" not in router.log()

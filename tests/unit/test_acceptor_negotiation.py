@@ -91,6 +91,17 @@ def test_role_selection_is_echoed_only_for_supported_sop_classes() -> None:
     assert ac.user_info.roles == (RoleSelection(CT, False, True), RoleSelection(MR, True, True))
 
 
+def test_role_selection_is_answered_once_per_sop_class_proposed() -> None:
+    """A request that repeated one role item 1,985 times got an AC too large to encode (and
+    a traceback in the log; the engine now refuses more than 128): one answer per SOP class,
+    and none for a class no context proposes."""
+    roles = (*[RoleSelection(CT, True, True)] * 120, RoleSelection(MR, True, False))
+    info = UserInformation(max_length=16384, implementation_class_uid="1.2.3", roles=roles)
+    request = rq((1, CT, (EXPLICIT,)), user_info=info)
+    ac = on_the_wire(request, accept(request, OFFER))
+    assert ac.user_info.roles == (RoleSelection(CT, True, True),)
+
+
 def test_no_role_selection_proposed_none_answered() -> None:
     request = rq((1, CT, (EXPLICIT,)))
     assert on_the_wire(request, accept(request, OFFER)).user_info.roles == ()

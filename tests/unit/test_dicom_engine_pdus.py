@@ -227,9 +227,37 @@ def test_truncated_associate_rq_is_a_decode_error(body: bytes) -> None:
         decode_pdu(0x01, body)
 
 
-def test_a_user_information_item_packed_with_sub_items_decodes_linearly() -> None:
-    """A hostile RQ may fill its 256 KiB with tiny sub-items; they are all kept (a
-    quadratic decoder would take minutes here)."""
-    packed = b"\x51\x00\x00\x04\x00\x00\x40\x00" + b"\x57\x00\x00\x00" * 60_000
-    info = decode_user_information(packed)
-    assert info.max_length == 16384 and len(info.other) == 60_000
+@pytest.mark.parametrize("sub_item", [b"\x57\x00\x00\x00",
+                                      b"\x54\x00\x00\x05\x00\x011\x01\x01",
+                                      b"\x56\x00\x00\x03\x00\x011"])
+def test_a_user_information_item_packed_with_sub_items_is_refused(sub_item: bytes) -> None:
+    """A hostile RQ may fill its 256 KiB with tiny sub-items: the association kept every
+    one as an object for its life (4.4 MB per association with contexts, below). PS3.7
+    Annex D defines one per SOP class, and a request proposes 128 at most."""
+    head = b"\x51\x00\x00\x04\x00\x00\x40\x00"
+    assert decode_user_information(head + sub_item * 128).max_length == 16384
+    with pytest.raises(DecodeError, match="more than 128"):
+        decode_user_information(head + sub_item * 60_000)
+
+
+def _rq_with(contexts: list[PresentationContextRQ]) -> bytes:
+    return encode_pdu(AssociateRQ("ROUTER", "MODALITY", tuple(contexts), FULL_INFO))[6:]
+
+
+def test_a_request_proposes_at_most_128_contexts_under_odd_distinct_ids() -> None:
+    """PS3.8 9.3.2.2: context IDs are odd, 1 to 255. A request of 13,008 contexts held 4.4 MB
+    for the association's life."""
+    most = [PresentationContextRQ(i, CT, (EXPLICIT,)) for i in range(1, 256, 2)]
+    assert len(decode_pdu(0x01, _rq_with(most)).contexts) == 128  # type: ignore[union-attr]
+    with pytest.raises(DecodeError, match="more than 128"):
+        decode_pdu(0x01, _rq_with([*most, PresentationContextRQ(1, MR, (EXPLICIT,))]))
+    for ids in [(1, 2), (1, 3, 1)]:
+        with pytest.raises(DecodeError, match="odd and distinct"):
+            decode_pdu(0x01, _rq_with([PresentationContextRQ(i, CT, (EXPLICIT,)) for i in ids]))
+
+
+def test_a_context_proposes_at_most_64_transfer_syntaxes() -> None:
+    syntaxes = tuple(f"1.2.840.10008.1.2.{n}" for n in range(65))
+    assert decode_pdu(0x01, _rq_with([PresentationContextRQ(1, CT, syntaxes[:64])]))
+    with pytest.raises(DecodeError, match="more than 64 transfer syntaxes"):
+        decode_pdu(0x01, _rq_with([PresentationContextRQ(1, CT, syntaxes)]))

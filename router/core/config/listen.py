@@ -108,6 +108,10 @@ class ListenConfig(Strict):
     require_called_ae: bool = False
     max_associations: int = Field(64, ge=1)
     max_associations_per_calling_ae: int | None = Field(None, ge=1)
+    # Open associations from one source address; unset: half of max_associations, so that
+    # one address (whatever AE titles it claims) never takes every association. Behind a TCP
+    # proxy or SNAT every sender has the proxy's address: raise it to max_associations.
+    max_associations_per_source: int | None = Field(None, ge=1)
     # A C-STORE dataset larger than this is refused (0xC003); the disk watermark still applies.
     max_dataset_bytes: int | None = Field(None, ge=1)
     # The largest dataset of any other request (C-FIND identifier, N-service dataset), which
@@ -123,6 +127,12 @@ class ListenConfig(Strict):
     require_user_identity: bool = False
 
     _networks = field_validator("allowed_sources", mode="before")(_check_networks)
+
+    @property
+    def associations_per_source(self) -> int:
+        if self.max_associations_per_source is not None:
+            return self.max_associations_per_source
+        return max(1, self.max_associations // 2)
 
     @model_validator(mode="after")
     def _identity_needs_users(self) -> ListenConfig:

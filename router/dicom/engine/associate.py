@@ -35,6 +35,13 @@ ABSTRACT_SYNTAX_ITEM = 0x30
 TRANSFER_SYNTAX_ITEM = 0x40
 USER_INFORMATION_ITEM = 0x50
 
+# A request proposes each context under an odd ID from 1 to 255 (PS3.8 9.3.2.2), so 128 at
+# most; a context lists each transfer syntax once, and there are fewer than 64 (PS3.5
+# Annex A, retired ones included). Past these a request is not DICOM: refused before its
+# items become objects that the association would hold for its life.
+MAX_CONTEXTS = 128
+MAX_TRANSFER_SYNTAXES = 64
+
 # protocol version (2), reserved (2), called AE (16), calling AE (16), reserved (32)
 _FIXED = struct.Struct(">H2x16s16s32x")
 
@@ -135,11 +142,15 @@ def encode_associate_rj(rj: AssociateRJ) -> bytes:
 def _decode_context_rq(value: bytes) -> PresentationContextRQ:
     if len(value) < 4:
         raise DecodeError("truncated presentation context")
-    abstract, syntaxes = "", []
+    abstract = ""
+    syntaxes: list[str] = []
     for kind, sub in iter_items(value[4:]):
         if kind == ABSTRACT_SYNTAX_ITEM:
             abstract = decode_uid(sub)
         elif kind == TRANSFER_SYNTAX_ITEM:
+            if len(syntaxes) == MAX_TRANSFER_SYNTAXES:
+                raise DecodeError(f"a presentation context proposes more than "
+                                  f"{MAX_TRANSFER_SYNTAXES} transfer syntaxes")
             syntaxes.append(decode_uid(sub))
     if not abstract or not syntaxes:
         raise DecodeError("presentation context without abstract or transfer syntax")
@@ -173,6 +184,8 @@ def _decode(body: bytes, context_item: int) -> _Decoded:
         if kind == APPLICATION_CONTEXT_ITEM:
             app_context = decode_uid(value)
         elif kind == context_item:
+            if len(contexts) == MAX_CONTEXTS:
+                raise DecodeError(f"more than {MAX_CONTEXTS} presentation contexts")
             decode = _decode_context_rq if kind == CONTEXT_RQ_ITEM else _decode_context_ac
             contexts.append(decode(value))
         elif kind == USER_INFORMATION_ITEM:
@@ -185,6 +198,9 @@ def _decode(body: bytes, context_item: int) -> _Decoded:
 def decode_associate_rq(body: bytes) -> AssociateRQ:
     version, called, calling, app, contexts, info = _decode(body, CONTEXT_RQ_ITEM)
     ctxs = tuple(c for c in contexts if isinstance(c, PresentationContextRQ))
+    ids = [c.context_id for c in ctxs]
+    if any(i % 2 == 0 for i in ids) or len(set(ids)) != len(ids):
+        raise DecodeError("presentation context IDs must be odd and distinct")
     return AssociateRQ(called, calling, ctxs, info, app, version)
 
 

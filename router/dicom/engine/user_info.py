@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
+from typing import Any
 
 from router.dicom.engine.errors import DecodeError
 from router.dicom.engine.items import (
@@ -27,6 +28,7 @@ IMPLEMENTATION_VERSION_NAME = 0x55
 EXTENDED_NEGOTIATION = 0x56
 USER_IDENTITY_RQ = 0x58
 USER_IDENTITY_AC = 0x59
+MAX_REPEATED = 128  # role selection, extended negotiation, other sub-items: each
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +162,9 @@ _SCALARS = frozenset({MAXIMUM_LENGTH, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_V
 
 
 def decode_user_information(data: bytes) -> UserInformation:
-    """The value of a 0x50 item. Repeated sub-items are collected in lists (a hostile RQ
-    may hold tens of thousands: linear, never quadratic)."""
+    """The value of a 0x50 item. Repeated sub-items are collected in lists of at most
+    MAX_REPEATED each: one per SOP class is what PS3.7 Annex D defines, and a request
+    proposes 128 SOP classes at most."""
     info = UserInformation()
     roles: list[RoleSelection] = []
     extended: list[ExtendedNegotiation] = []
@@ -173,10 +176,18 @@ def decode_user_information(data: bytes) -> UserInformation:
             uid, rest = _split_uid_prefixed(value)
             if len(rest) != 2:
                 raise DecodeError("role selection needs 2 role bytes")
+            _room(roles, "role selection")
             roles.append(RoleSelection(uid, bool(rest[0]), bool(rest[1])))
         elif kind == EXTENDED_NEGOTIATION:
             uid, rest = _split_uid_prefixed(value)
+            _room(extended, "extended negotiation")
             extended.append(ExtendedNegotiation(uid, bytes(rest)))
         else:
+            _room(other, f"0x{kind:02X}")
             other.append((kind, bytes(value)))
     return replace(info, roles=tuple(roles), extended=tuple(extended), other=tuple(other))
+
+
+def _room(items: list[Any], what: str) -> None:
+    if len(items) == MAX_REPEATED:
+        raise DecodeError(f"user information holds more than {MAX_REPEATED} {what} items")
