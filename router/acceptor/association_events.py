@@ -73,7 +73,10 @@ class AssociationEvents:
         config = self.access.config
         limit, per_source = config.max_associations, config.associations_per_source
         source = session.address.encode()
-        refused = self._slots.try_add(self._column, source, per_source, limit)
+        # Counted by source either way; a per-source limit at or past the total says nothing
+        # the total does not (and the rejection then names max_associations).
+        refused = self._slots.try_add(self._column, source,
+                                      per_source if per_source < limit else None, limit)
         if refused == "key":
             return Rejection(LOCAL_LIMIT_EXCEEDED, "per_source_limit",
                              f"{session.address} already has {per_source} associations "

@@ -135,7 +135,8 @@ def test_max_associations_counts_requests_not_connections(
 ) -> None:
     """max_associations is counted from received requests (issue 16): connections that
     have not sent theirs do not take a slot, and a rejection is counted and logged."""
-    router = start_router(_config(tmp_path, max_associations=2))
+    # Every peer here is 127.0.0.1: the per-source limit (1 by default here) would come first.
+    router = start_router(_config(tmp_path, max_associations=2, max_associations_per_source=2))
     idle = [socket.create_connection((LOCALHOST, router.port)) for _ in range(5)]
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context("1.2.840.10008.1.1")
