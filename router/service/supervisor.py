@@ -28,6 +28,7 @@ from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
 from router.core.spool import Spool
+from router.core.spool_lock import hold_spool
 from router.core.status_snapshots import read_snapshots
 from router.core.tls import client_context, server_context
 from router.service.acceptor_seats import AcceptorSeats
@@ -67,6 +68,7 @@ class Supervisor:
         self.http: HttpEndpoint | None = None
         self.console: Any = None  # router/console/server.ConsoleServer on its own port
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
+        self._spool_lock: int | None = None  # held until the process ends (spool_lock.py)
 
     def ready(self) -> tuple[bool, str]:
         """Ready while the broker and every worker run and at least one acceptor accepts:
@@ -204,6 +206,7 @@ class Supervisor:
             if child.is_acceptor:
                 self.seats.seat(_index(child))  # bind every socket now, not after the spawns
         spool = Spool(self.config.spool.path).create()
+        self._spool_lock = hold_spool(spool.root)  # before it touches anything in there
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)

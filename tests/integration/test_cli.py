@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dcmtk import LOCALHOST, free_port, run_echoscu, run_storescu
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
 
@@ -370,3 +370,40 @@ def test_an_acceptor_that_cannot_bind_later_stops_the_router(tmp_path: Path) -> 
     assert "Address already in use" in log, log[-3000:]
     # Started once per kill but the last: the supervisor found the port taken, and stopped.
     assert len(re.findall(r"started acceptor-1", log)) == kills, log[-3000:]
+
+
+# --- one router per spool -----------------------------------------------------------------
+
+
+def test_a_second_router_on_the_same_spool_is_refused_and_the_first_loses_nothing(
+        tmp_path: Path) -> None:
+    """A second router started with the first one's spool.path (other ports) removed the
+    first's live journal segment at its start: after a kill -9 and restart the first had lost
+    a job it had acknowledged. Now it exits at once, naming the spool and the holder."""
+    instances = [write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                                transfer_syntax=EXPLICIT_VR_LE) for _ in range(3)]
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=free_port())  # down until the end
+    config = {"destinations": {"pacs": {"type": "dicom", "ae_title": "PACS",
+                                        "host": LOCALHOST, "port": pacs.port}},
+              "rules": [{"name": "all", "forward": ["pacs"]}]}
+    first = RouterProcess(tmp_path / "first", config).start()
+    try:
+        sent = run_storescu(instances, LOCALHOST, first.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        journal = sorted((first.spool / "journal").iterdir())
+        second = RouterProcess(tmp_path / "second",
+                               {**config, "spool": {"path": str(first.spool)}})
+        done = _script("run", "--config", str(second.config_path), cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
+        pid = first.process.pid if first.process else 0
+        assert f"is in use by another router (pid {pid})" in done.stderr, done.stderr
+        assert "started " not in done.stderr, "a child was spawned on a spool in use"
+        assert sorted((first.spool / "journal").iterdir()) == journal
+        first.kill_all()
+        first.start()
+        with pacs:
+            assert wait_for(lambda: len(pacs.received_files()) == 3, timeout=90), \
+                first.log()[-3000:]
+    finally:
+        first.stop()
