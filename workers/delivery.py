@@ -70,7 +70,7 @@ class DeliveryThread(threading.Thread):
                     continue
                 if task is None:
                     return
-                answer = self.handle_batch(task) if task.batch else self.handle(task)
+                answer = self._answer(task)
                 self._park(task.destination)
                 self.results.send(encode(dataclasses.replace(answer, lease=task.lease)))
                 self._release_idle()
@@ -81,6 +81,17 @@ class DeliveryThread(threading.Thread):
             if self.ledger is not None:
                 self.ledger.close()
             self.results.close()
+
+    def _answer(self, task: Deliver) -> Result | BatchResult:
+        """Every Deliver is answered: the broker counts it in flight until then (a thread that
+        died of an exception left its delivery in flight for ever)."""
+        try:
+            return self.handle_batch(task) if task.batch else self.handle(task)
+        except Exception as exc:
+            log.exception("delivery to %s failed unexpectedly; it is retried", task.destination)
+            failed = [Result(job.job_id, task.destination, False, "internal", True,
+                             repr(exc)[:200]) for job in (task.batch or [task.job])]
+            return BatchResult(task.destination, failed) if task.batch else failed[0]
 
     def _open_ledger(self) -> None:
         if self.config.spool.duplicate_window <= 0:
@@ -106,6 +117,13 @@ class DeliveryThread(threading.Thread):
             destination.park()
 
     def _destination(self, name: str) -> Destination:
+        if name not in self.config.destinations:
+            # Removed by a reload while jobs were queued for it: the broker keeps them and
+            # sends them here to end as dead letters an operator can replay elsewhere.
+            raise DeliveryError("unknown_destination",
+                                f"destination {name!r} is no longer configured (removed by "
+                                "a config reload); replay the dead letter to another one",
+                                transient=False)
         if self.generation != Reloads.generation:
             self.generation = Reloads.generation
             for destination in self.destinations.values():
@@ -119,9 +137,11 @@ class DeliveryThread(threading.Thread):
     def handle_batch(self, task: Deliver) -> BatchResult:
         """A completed study or series: every job in order, over one association. Stops at a
         failure of the destination itself; what was not tried goes back as a batch."""
-        destination = self._destination(task.destination)
-        if isinstance(destination, DicomDestination):
-            destination.prepare([(j.sop_class_uid, j.transfer_syntax_uid) for j in task.batch])
+        if task.destination in self.config.destinations:  # otherwise each job says why
+            destination = self._destination(task.destination)
+            if isinstance(destination, DicomDestination):
+                destination.prepare([(j.sop_class_uid, j.transfer_syntax_uid)
+                                     for j in task.batch])
         results: list[Result] = []
         for job in task.batch:
             result = self.handle(Deliver(job, task.destination, task.attempt,
@@ -157,6 +177,7 @@ class DeliveryThread(threading.Thread):
         job, name = task.job, task.destination
         if not source.exists():
             return self._withdrawn(job, name)
+        self._destination(name)  # still configured, before preparing for it
         suppressed, digest = self._already_there(job, name, source)
         if suppressed:
             return self._delivered(job, name, suppressed)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from router.core.acceptor_status import open_associations
-from tests.dcmtk import run_storescu
+from tests.dcmtk import StoreSCP, free_port, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, generate_mixed_set
 from tests.integration import pdus
 from tests.integration.conftest import RouterFactory
@@ -178,6 +178,41 @@ def test_reload_applies_a_valid_config_without_dropping_work(
     assert router.metric("dicom_router_dead_letters_total", destination="second",
                          reason="unknown_destination") == 0
     assert router.metric("dicom_router_process_restarts_total", process="worker") == 0
+
+
+def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Jobs queued (retrying) for a destination that a reload removes: the worker's delivery
+    thread died of a KeyError on the first of them, which stayed 'in flight' for ever and the
+    rest queued behind it (found by a newcomer-style hunt). They end as unknown_destination
+    dead letters, which an operator replays elsewhere."""
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=free_port())  # never started: retrying
+    config = folder_config(tmp_path, "archive")
+    config["destinations"]["pacs"] = {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                      "port": pacs.port,
+                                      "retry": {"max_attempts": 1000, "initial_delay": 0.2,
+                                                "max_delay": 1.0}}
+    config["rules"] = [{"name": "all", "forward": ["archive", "pacs"]}]
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 5, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                          reason="connection") >= 5, timeout=60)
+    rewrite(router, folder_config(tmp_path, "archive"))
+    reload(router, "applied")
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total", destination="pacs",
+                                          reason="unknown_destination") == 5, timeout=60), \
+        router.log()[-3000:]
+    assert wait_for(lambda: status(router)["broker"]["jobs_queued"] == 0, timeout=30)
+    assert "uncaught exception" not in router.log()
+    replayed = subprocess.run(
+        [sys.executable, "-m", "router.cli", "dead-letters", "replay", "--reason",
+         "unknown_destination", "--to", "archive", "--config", str(router.config_path)],
+        capture_output=True, text=True, timeout=60)
+    assert replayed.returncode == 0, replayed.stderr
+    assert wait_for(lambda: router.metric("dicom_router_instances_forwarded_total",
+                                          destination="archive", result="delivered") == 10,
+                    timeout=60), router.log()[-2000:]
 
 
 @pytest.mark.parametrize(("change", "reason"), [
