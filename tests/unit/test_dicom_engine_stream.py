@@ -174,3 +174,16 @@ def test_declared_lengths_are_judged_before_any_byte_of_the_body(header: bytes) 
     assert scp.buffered == 0
     # Sta2 answers any bad PDU with AA-1: A-ABORT, service-user source, no reason.
     assert (caught.value.abort_source, caught.value.abort_reason) == (0, 0)
+
+
+def test_a_pdata_packed_with_empty_pdvs_is_aborted() -> None:
+    """Six-byte PDVs without a value are legal and useless: a peer streaming them made the
+    acceptor spend 0.5 s of CPU per MiB. A few in a row pass, more than 64 are an abort."""
+    _, scp = associated(max_pdu_length=65536)
+    command = encode_command(COMMAND)
+    few = pdata(*[pdv(1, 0x01, b"")] * 10, pdv(1, 0x03, command), *[pdv(1, 0x00, b"")] * 64,
+                pdv(1, 0x02, DATASET))
+    assert normalise(scp.receive_data(few)) == EXPECTED
+    with pytest.raises(RemoteProtocolError) as caught:
+        scp.receive_data(pdata(*[pdv(1, 0x01, b"")] * 65))
+    assert caught.value.abort_source == 2
