@@ -21,10 +21,11 @@ receives to a file of its own (+uf), so that a delivery it was killed in the mid
 leaves a torn file beside the good one instead of over it. With --tls the senders connect
 over TLS (the router's listener in tls mode), so that kills, stops and reloads (which load
 the TLS material again) meet TLS associations. With queries (the default here), a viewer
-loops relayed C-FIND and C-GET through the router to a DCMTK dcmqrscp archive meanwhile
-(loadtest/chaos_queries.py; with --tls, C-FIND only, as Debian's getscu 3.6.7 has no TLS
-options): each request must end within half the router's
-request_timeout, and what is answered Success must be the archive's.
+loops relayed C-FIND, C-GET and C-MOVE (move_mode relay, to a workstation storescp without
+--fork) through the router to a DCMTK dcmqrscp archive meanwhile
+(loadtest/chaos_queries.py; with --tls, C-FIND only, as Debian's getscu and movescu 3.6.7
+have no TLS options): each request must end within half the router's request_timeout, and
+what is answered Success must be the archive's.
 
 At the end the senders stop, the broker must come to hold no job, incoming/ must be empty
 (a killed acceptor's half-received files are the broker's to delete), and every file any
@@ -281,14 +282,23 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
                              for name, peer in peers.items()},
             "rules": [{"name": "all", "forward": list(peers)}],
         }
-        studies = None
+        studies = workstation = None
+        router_port = free_port()  # the archive moves to it (relayed C-MOVEs)
         if queries:  # the archive is upstream only: its kills are test_relay_qr's
             studies = make_study_set(work / "studies", patients=2, studies_per_patient=2,
                                      series_per_study=1, instances_per_series=3)
-            qr = stack.enter_context(Dcmqrscp(work / "qr", studies, "QRARCHIVE"))
+            qr = stack.enter_context(Dcmqrscp(
+                work / "qr", studies, "QRARCHIVE",
+                move_destinations=[("DICOM-ROUTER", LOCALHOST, router_port)]))
             config["destinations"]["qr-archive"] = {
                 "type": "dicom", "ae_title": qr.ae_title, "host": "127.0.0.1",
-                "port": qr.port, "dimse_timeout": 10}
+                "port": qr.port, "dimse_timeout": 10, "move_mode": "relay"}
+            if not tls:  # Debian's movescu has no TLS options
+                # A workstation: one association at a time; the archive does not know it.
+                workstation = stack.enter_context(StoreSCP(work / "workstation", "VIEWER",
+                                                           extra_args=["+uf"]))
+                config["known_aes"] = {"VIEWER": {"host": "127.0.0.1",
+                                                  "port": workstation.port}}
             config["rules"].append({"name": "qr", "query": ["qr-archive"]})
             config["request_timeout"] = REQUEST_TIMEOUT
         tls_args: list[str] = []
@@ -298,12 +308,13 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             config["listen"] = {"tls": {"mode": "tls", "cert": str(server.cert),
                                         "key": str(server.key), "ca": str(ca.cert_path)}}
             tls_args = ["+tla", "+cf", str(ca.cert_path)]
-        router = RouterProcess(work / "router", config).start()
+        router = RouterProcess(work / "router", config, port=router_port).start()
         try:
             sending = Senders(files, router.port, senders, seed, work / "copies", tls_args)
             killer = Killer(router, peers, kill_every, seed + 1)
             viewer = None if studies is None else Requesters(
-                studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2, tls_args)
+                studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2, tls_args,
+                workstation)
             started = time.monotonic()
             sending.start()
             killer.start()

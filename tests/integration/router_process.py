@@ -56,10 +56,14 @@ def child_pids(parent: int) -> list[int]:
 class RouterProcess:
     """A router with its own spool, ports and log file; stopped (SIGTERM, then kill) on exit."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], port: int | None = None) -> None:
+        """`port`: the DICOM port, when a peer must know it first (an archive that moves to
+        the router); otherwise a free one."""
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.metrics_port = free_ports(2)
+        if port is not None:
+            self.port = port
         config = {
             "spool": {"path": str(workdir / "spool")},
             **config,
