@@ -288,6 +288,29 @@ def test_bad_regular_expression_in_match_tags(value: Any) -> None:
     assert problems[0].startswith("rules[0].match.tags: tag Modality: bad regular expression")
 
 
+@pytest.mark.parametrize("key", ["calling_ae", "called_ae", "sop_class"])
+@pytest.mark.parametrize("value", ["re:(?P<x", "re:[", "re:*x", ["re:^1", "re:[a-"]])
+def test_bad_regular_expression_in_match_ae_titles_and_sop_class(key: str, value: Any) -> None:
+    # Only tags were compiled at load: a bad pattern elsewhere passed check-config and then
+    # crash-looped the acceptor (and a reload was reported applied while it failed).
+    data = example()
+    data["rules"][0]["match"][key] = value
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith(f"rules[0].match.{key}: bad regular expression 're:")
+
+
+def test_good_regular_expressions_in_match_ae_titles_and_sop_class_are_kept() -> None:
+    data = example()
+    data["rules"][0]["match"].update(calling_ae="re:^CT[0-9]$", sop_class=["re:^1\\.2\\."])
+
+    match = parse_config(data).rules[0].match
+
+    assert (match.calling_ae, match.sop_class) == ("re:^CT[0-9]$", ["re:^1\\.2\\."])
+
+
 @pytest.mark.parametrize("title", ["A" * 17, "A\\B", "   ", "", "AE\x01"])
 def test_invalid_router_ae_title(title: str) -> None:
     data = example()

@@ -41,6 +41,18 @@ def _check_networks(value: Any) -> Any:
 StrOrList = str | list[str]
 
 
+def _check_patterns(value: StrOrList | None) -> StrOrList | None:
+    """Every "re:<regex>" compiles: a bad one would otherwise crash the acceptor at start
+    (and on reload) instead of failing `check-config`."""
+    for item in [value] if isinstance(value, str) else value or []:
+        if isinstance(item, str) and item.startswith("re:"):
+            try:
+                re.compile(item[3:])
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {item!r}: {exc}") from None
+    return value
+
+
 def _transfer_syntax_uid(value: str) -> str:
     """A transfer syntax UID as is, or a keyword (ExplicitVRLittleEndian) to its UID."""
     from pydicom._uid_dict import UID_dictionary

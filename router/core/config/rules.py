@@ -7,7 +7,13 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from router.core.config.base import Strict, StrOrList, _check_networks, _sop_class_uid
+from router.core.config.base import (
+    Strict,
+    StrOrList,
+    _check_networks,
+    _check_patterns,
+    _sop_class_uid,
+)
 from router.core.deid_spec import DeidentifyConfig
 from router.core.morph_spec import MorphAction
 
@@ -23,13 +29,16 @@ class RuleMatch(Strict):
     tags: dict[str, StrOrList] = {}
 
     _networks = field_validator("source", mode="before")(_check_networks)
+    _patterns = field_validator("calling_ae", "called_ae")(_check_patterns)
 
     @field_validator("sop_class")
     @classmethod
     def _sop_class_uids(cls, value: StrOrList | None) -> StrOrList | None:
         if value is None:
             return None
-        return [_sop_class_uid(v) for v in ([value] if isinstance(value, str) else value)]
+        uids = [_sop_class_uid(v) for v in ([value] if isinstance(value, str) else value)]
+        _check_patterns(uids)
+        return uids
 
     @field_validator("tags")
     @classmethod
