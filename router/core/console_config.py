@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from router.core.durations import DAY, MINUTE, Seconds, at_most
 
 # argon2-cffi's encoded hash, e.g. from `dicom-router hash-password`.
 ARGON2_HASH = r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$"
@@ -36,11 +38,12 @@ class ConsoleConfig(BaseModel):
     # A file holding a bearer token (Authorization: Bearer ...), for scripts; its role:
     token_file: Path | None = None
     token_role: Role = "viewer"
-    session_minutes: float = Field(60.0, gt=0)  # a session ends this long after login
+    session_minutes: Annotated[float, at_most(7 * DAY / MINUTE, "minutes", "7 days")] = Field(
+        60.0, gt=0)  # a session ends this long after login
     # Past this many failed logins from one address within `login_window` seconds, further
     # attempts from it are refused until the window has passed.
     login_failures: int = Field(5, ge=1)
-    login_window: float = Field(300.0, gt=0)
+    login_window: Seconds = Field(300.0, gt=0)
 
     @model_validator(mode="after")
     def _usable(self) -> ConsoleConfig:

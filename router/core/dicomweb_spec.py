@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.core.durations import Seconds
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BASIC_KEYS = ("username", "password_env", "password_file")
 _BEARER_KEYS = ("token_env", "token_file")
@@ -77,7 +79,7 @@ class DicomWebFields(_Strict):
     ca: Path | None = None
     verify_tls: bool = True
     # Seconds to connect, and to wait for each read of the answer.
-    timeout: float = Field(60.0, gt=0)
+    timeout: Seconds = Field(60.0, gt=0)
 
     _url = field_validator("url")(_check_url)
 

@@ -371,6 +371,49 @@ def test_unsafe_destination_names_are_rejected(name: str) -> None:
     assert problems == [f"destinations: destination name {name!r}: use letters, digits, - and _"]
 
 
+DURATIONS = [
+    "drain_grace", "request_timeout", "listen.tls.handshake_timeout", "listen.submit_timeout",
+    "listen.acse_timeout", "listen.dimse_timeout", "listen.network_timeout",
+    "listen.association_request_timeout", "spool.duplicate_window", "metrics.request_timeout",
+    "console.login_window", "console.session_minutes", "destinations.pacs.connect_timeout",
+    "destinations.pacs.acse_timeout", "destinations.pacs.dimse_timeout",
+    "destinations.pacs.idle_timeout", "destinations.pacs.busy_timeout",
+    "destinations.pacs.probe_interval", "destinations.pacs.fallback_after",
+    "destinations.pacs.retry.initial_delay", "destinations.pacs.retry.max_delay",
+    "destinations.web.timeout", "rules[0].complete.stable_for", "rules[0].complete.deadline",
+]
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    keys = [int(k) if k.isdigit() else k for k in path.replace("[", ".").replace("]", "")
+            .split(".")]
+    for key in keys[:-1]:
+        data = data[key] if isinstance(key, int) else data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e308])
+@pytest.mark.parametrize("path", DURATIONS)
+def test_every_duration_is_finite_and_bounded(path: str, value: float) -> None:
+    # `.inf` passed before and broke at use: network_timeout in sock.settimeout killed every
+    # association, dimse_timeout or drain_grace crashed the supervisor's SIGTERM handling.
+    data = example()
+    data["destinations"]["web"] = {"type": "dicomweb", "url": "https://pacs.example.org/dw"}
+    _set(data, path, value)
+
+    problems = [p for p in problems_of(data) if p.startswith(f"{path}: ")]
+
+    assert len(problems) == 1
+    assert "must be at most " in problems[0] and "day" in problems[0]
+
+
+def test_a_day_is_a_valid_timeout() -> None:
+    data = example()
+    data["listen"]["network_timeout"] = 86400
+
+    assert parse_config(data).listen.network_timeout == 86400
+
+
 def test_out_of_range_numbers_name_their_key() -> None:
     data = example()
     data["listen"]["port"] = 70000

@@ -12,13 +12,14 @@ from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_ae_title, _t
 from router.core.config.listen import ClientTLS
 from router.core.deid_spec import DeidentifyConfig
 from router.core.dicomweb_spec import DicomWebFields
+from router.core.durations import Seconds
 from router.core.morph_spec import MorphAction
 
 
 class RetryConfig(Strict):
     max_attempts: int = Field(10, ge=1)
-    initial_delay: float = Field(1.0, gt=0)
-    max_delay: float = Field(300.0, gt=0)
+    initial_delay: Seconds = Field(1.0, gt=0)
+    max_delay: Seconds = Field(300.0, gt=0)
 
 
 class WindowConfig(Strict):
@@ -53,7 +54,7 @@ class DestinationBase(Strict):
     # Destinations that take this one's queue after it has been unavailable (connection or
     # association failures) for `fallback_after` seconds (README "Fallback destinations").
     fallback: list[str] = []
-    fallback_after: float = Field(300.0, gt=0)
+    fallback_after: Seconds = Field(300.0, gt=0)
 
 
 class DicomDestination(DestinationBase):
@@ -64,12 +65,12 @@ class DicomDestination(DestinationBase):
     # The calling AE the router presents; defaults to the router's own ae_title.
     calling_ae: str | None = None
     max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
-    connect_timeout: float = Field(10.0, gt=0)
-    acse_timeout: float = Field(30.0, gt=0)
-    dimse_timeout: float = Field(60.0, gt=0)
+    connect_timeout: Seconds = Field(10.0, gt=0)
+    acse_timeout: Seconds = Field(30.0, gt=0)
+    dimse_timeout: Seconds = Field(60.0, gt=0)
     # A pooled association unused for this long is released, so that a destination that
     # serves one association at a time is free for the next one (and for other senders).
-    idle_timeout: float = Field(2.0, gt=0)
+    idle_timeout: Seconds = Field(2.0, gt=0)
     # Pins how many associations the router opens to it; unset, the router learns it (from 1
     # up to max_parallel): a refused or unanswered association while one is open means busy.
     max_associations: int | None = Field(None, ge=1)
@@ -78,9 +79,9 @@ class DicomDestination(DestinationBase):
     # destination that serves one association at a time answers a second one as soon as our
     # first is released, so a longer wait after a short burst would see an answer, never
     # "busy", and the router would not learn the limit (3 s against 2 s did just that).
-    busy_timeout: float = Field(1.5, gt=0)
+    busy_timeout: Seconds = Field(1.5, gt=0)
     # After a busy answer, how long before the router tries one association more.
-    probe_interval: float = Field(60.0, gt=0)
+    probe_interval: Seconds = Field(60.0, gt=0)
     tls: ClientTLS = ClientTLS()
     # C-MOVE through the router (README "Query and retrieve"): pass_through asks this
     # upstream to send to the requested destination itself (it must know that AE); relay asks

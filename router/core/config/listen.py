@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_networks
+from router.core.durations import Seconds
 
 
 class TLSBase(Strict):
@@ -41,7 +42,7 @@ class TLSBase(Strict):
 class ListenerTLS(TLSBase):
     """tls: the router presents `cert`; mtls: clients must present a certificate from `ca`."""
 
-    handshake_timeout: float = Field(10.0, gt=0)
+    handshake_timeout: Seconds = Field(10.0, gt=0)
     # PEM file of CRLs from `ca`: a client certificate listed there is refused (mtls).
     # It must hold a current CRL for every CA that issues client certificates; reloaded on
     # SIGHUP with the certificates.
@@ -140,13 +141,13 @@ class ListenConfig(Strict):
             raise ValueError("require_user_identity needs at least one entry in users")
         return self
     # How long the acceptor waits for the broker to take a job before answering 0xA700.
-    submit_timeout: float = Field(10.0, gt=0)
-    acse_timeout: float = Field(30.0, gt=0)
-    dimse_timeout: float = Field(60.0, gt=0)
-    network_timeout: float = Field(60.0, gt=0)
+    submit_timeout: Seconds = Field(10.0, gt=0)
+    acse_timeout: Seconds = Field(30.0, gt=0)
+    dimse_timeout: Seconds = Field(60.0, gt=0)
+    network_timeout: Seconds = Field(60.0, gt=0)
     # The ARTIM timer's job: a connection must deliver its whole A-ASSOCIATE-RQ this soon
     # after connecting (capped by acse_timeout), or it is closed.
-    association_request_timeout: float = Field(5.0, gt=0)
+    association_request_timeout: Seconds = Field(5.0, gt=0)
     # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
     # in all; more are closed at accept. They do not count in max_associations.
     max_pending_per_source: int = Field(32, ge=1)

@@ -18,6 +18,7 @@ from router.core.config.listen import ListenConfig
 from router.core.config.rules import Rule
 from router.core.config.service import ApiConfig, MetricsConfig, QueueConfig, SpoolConfig
 from router.core.console_config import ConsoleConfig
+from router.core.durations import Seconds
 from router.core.errors import ConfigError
 from router.core.fallback_spec import fallback_problems
 
@@ -39,7 +40,7 @@ class RouterConfig(Strict):
     # json: one object a line with association and job ids, for a log pipeline.
     log_format: Literal["text", "json"] = "text"
     # On SIGTERM: how long associations in progress may take to finish before being aborted.
-    drain_grace: float = Field(30.0, ge=0)
+    drain_grace: Seconds = Field(30.0, ge=0)
     audit: AuditConfig = AuditConfig()
     # AE titles the router may send to on a requester's behalf: C-MOVE destinations in relay
     # mode and requesters that get storage commitment results on a new association. The AE
@@ -47,7 +48,7 @@ class RouterConfig(Strict):
     known_aes: dict[str, KnownAE] = {}
     # How long the acceptor waits for a worker's next answer to a relayed request (queries,
     # retrieves, N-services) before it answers the requester with a failure.
-    request_timeout: float = Field(120.0, gt=0)
+    request_timeout: Seconds = Field(120.0, gt=0)
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -129,7 +130,8 @@ def default_config() -> RouterConfig:
 
 def _location(loc: tuple[int | str, ...]) -> str:
     parts = list(loc)
-    if len(parts) > 2 and parts[0] == "destinations" and parts[2] in ("dicom", "folder"):
+    branches = ("dicom", "folder", "dicomweb")
+    if len(parts) > 2 and parts[0] == "destinations" and parts[2] in branches:
         del parts[2]  # pydantic's discriminator branch: the destination's type, not a key
     out = ""
     for part in parts:

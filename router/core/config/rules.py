@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -15,6 +15,7 @@ from router.core.config.base import (
     _sop_class_uid,
 )
 from router.core.deid_spec import DeidentifyConfig
+from router.core.durations import DAY, Seconds, at_most
 from router.core.morph_spec import MorphAction
 
 
@@ -63,8 +64,10 @@ class CompleteConfig(Strict):
     """Wait until a study or series is stable, then forward it as one batch in order."""
 
     level: Literal["study", "series"] = "study"
-    stable_for: float = Field(60.0, gt=0)  # seconds without a new instance of the group
-    deadline: float = Field(3600.0, gt=0)  # seconds after its first instance, at the latest
+    stable_for: Seconds = Field(60.0, gt=0)  # seconds without a new instance of the group
+    # Seconds after its first instance, at the latest; a week at most: past it the spool
+    # holds the study for longer than anyone waits.
+    deadline: Annotated[float, at_most(7 * DAY, "seconds", "7 days")] = Field(3600.0, gt=0)
 
 
 class Rule(Strict):

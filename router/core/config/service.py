@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 
 from router.core.config.base import Strict
+from router.core.durations import DAY, Seconds, at_most
 
 
 class SpoolConfig(Strict):
@@ -17,7 +19,8 @@ class SpoolConfig(Strict):
     min_free_percent: float = Field(5.0, ge=0, le=100)
     # How long the duplicate ledger remembers a delivery (destination, SOP Instance UID,
     # digest): the same bytes again within this window are not sent twice.
-    duplicate_window: float = Field(24 * 3600.0, ge=0)
+    duplicate_window: Annotated[float, at_most(30 * DAY, "seconds", "30 days")] = Field(
+        24 * 3600.0, ge=0)
 
     def watermark_bytes(self, total: int) -> float:
         """The free bytes the spool must keep on a disk of `total` bytes: the larger of the
@@ -40,7 +43,7 @@ class MetricsConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
     # A request must arrive whole within this; connections served at once, at most.
-    request_timeout: float = Field(10.0, gt=0)
+    request_timeout: Seconds = Field(10.0, gt=0)
     max_connections: int = Field(32, ge=1)
 
 
