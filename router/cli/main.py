@@ -20,6 +20,7 @@ from router.core.config import RouterConfig, default_config, load_config, summar
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
+from router.core.tls import TLSConfigError, check_contexts
 
 
 def _load(path: Path | None) -> RouterConfig:
@@ -29,8 +30,13 @@ def _load(path: Path | None) -> RouterConfig:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        # The files and passwords `run` loads: a config that passes here must start.
+        check_contexts(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except TLSConfigError as exc:
+        print(ConfigError(str(args.config), [str(exc)]), file=sys.stderr)
         return 1
     print(summary(config))
     return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 from router.cli.common import lazy
 from router.core.config import DEFAULT_MAX_PDU, ClientTLS, _check_ae_title
 from router.core.errors import RouterError
-from router.core.tls import client_context
+from router.core.tls import TLSConfigError, client_context
 
 
 def address(text: str) -> tuple[str, int]:
@@ -60,7 +60,11 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         raise RouterError("--tls-cert and --tls-key go together")
     mode = "mtls" if args.tls_cert else "tls"
     config = ClientTLS(mode=mode, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
-    return client_context(config, "--tls")
+    try:
+        return client_context(config, "--tls")
+    except TLSConfigError as exc:
+        # Name the option as typed (--tls-ca), not as a config key (--tls.ca).
+        raise RouterError(str(exc).replace("--tls.", "--tls-", 1)) from None
 
 
 def add_send_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

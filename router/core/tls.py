@@ -11,9 +11,10 @@ import os
 import ssl
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from router.core.config import ClientTLS, ListenerTLS, TLSBase
+from router.core.config import ClientTLS, ListenerTLS, RouterConfig, TLSBase
 from router.core.errors import RouterError
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -60,29 +61,55 @@ def key_password(config: TLSBase, where: str) -> Callable[[], bytes] | None:
     return None
 
 
+def _readable(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise TLSConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+
+
 def _load_identity(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
     if config.cert is None or config.key is None:
         return
+    # Read both first: OpenSSL's errors name neither file (FileNotFoundError.filename is None,
+    # a PEM error is "PEM lib" for a bad certificate, a bad key and a wrong password alike).
+    _readable(config.cert, f"{where}.cert")
+    key_pem = _readable(config.key, f"{where}.key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=config.cert)
+    except ssl.SSLError:
+        raise TLSConfigError(f"{where}.cert: {config.cert} holds no PEM certificate") from None
     password = key_password(config, where)
     try:
         # A password callable even for plain keys: OpenSSL must never fall back to a prompt.
         context.load_cert_chain(config.cert, config.key, password=password or (lambda: b""))
-    except FileNotFoundError as exc:
-        raise TLSConfigError(f"{where}: cannot read {exc.filename}") from None
     except ssl.SSLError as exc:
-        hint = "wrong password, or not a key" if password else "encrypted key without a " \
-            "key_password_* source, or not a key"
-        raise TLSConfigError(f"{where}: cannot load key {config.key} with certificate "
-                             f"{config.cert} ({hint}: {exc.reason})") from None
+        raise TLSConfigError(_key_problem(config, where, key_pem, exc)) from None
+
+
+def _key_problem(config: TLSBase, where: str, key_pem: bytes, exc: ssl.SSLError) -> str:
+    if exc.reason == "KEY_VALUES_MISMATCH":
+        return f"{where}.key: {config.key} is not the key of the certificate {config.cert}"
+    if b"PRIVATE KEY-----" not in key_pem:
+        return f"{where}.key: {config.key} holds no PEM private key"
+    if b"ENCRYPTED" not in key_pem:
+        return f"{where}.key: cannot load {config.key} ({exc.reason or exc})"
+    source = next((k for k in ("key_password_file", "key_password_env", "key_password_command")
+                   if getattr(config, k) is not None), None)
+    if source is None:
+        return (f"{where}.key: {config.key} is encrypted: give key_password_file, "
+                "key_password_env or key_password_command")
+    return f"{where}.{source}: wrong password for the encrypted key {config.key}"
 
 
 def _load_ca(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
     if config.ca is None:
         return
+    _readable(config.ca, f"{where}.ca")
     try:
         context.load_verify_locations(cafile=config.ca)
-    except (FileNotFoundError, ssl.SSLError) as exc:
-        raise TLSConfigError(f"{where}.ca: cannot load CA bundle {config.ca}: {exc}") from None
+    except ssl.SSLError:
+        raise TLSConfigError(f"{where}.ca: {config.ca} holds no PEM certificate") from None
 
 
 def _harden(context: ssl.SSLContext, config: TLSBase, where: str) -> None:
@@ -108,9 +135,10 @@ def _load_crl(context: ssl.SSLContext, config: ListenerTLS, where: str) -> None:
     """Client certificates listed in the CRL file are refused (checked for the leaf)."""
     if config.crl is None:
         return
+    _readable(config.crl, f"{where}.crl")
     try:
         context.load_verify_locations(cafile=config.crl)
-    except (FileNotFoundError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
         raise TLSConfigError(f"{where}.crl: cannot load CRL file {config.crl}: {exc}") from None
     context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
@@ -122,6 +150,17 @@ def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
     _load_identity(context, config, where)
     context.check_hostname = config.verify_hostname
     return context
+
+
+def check_contexts(config: RouterConfig) -> None:
+    """Build every TLS context `run` builds (listener and destinations), so that
+    `check-config`, `run` and a reload refuse the same material with the same message."""
+    if config.listen.tls.mode != "off":
+        server_context(config.listen.tls)
+    for name, dest in config.destinations.items():
+        tls = getattr(dest, "tls", None)
+        if tls is not None and tls.mode != "off":
+            client_context(tls, f"destinations.{name}.tls")
 
 
 # Bounded metric labels for handshake failures, from OpenSSL's reason codes.

@@ -30,7 +30,7 @@ from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.spool_lock import hold_spool
 from router.core.status_snapshots import read_snapshots
-from router.core.tls import client_context, server_context
+from router.core.tls import check_contexts
 from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.control_api import ControlApi
@@ -192,12 +192,7 @@ class Supervisor:
 
     @staticmethod
     def _check_tls(config: RouterConfig) -> None:
-        if config.listen.tls.mode != "off":
-            server_context(config.listen.tls)
-        for name, dest in config.destinations.items():
-            tls = getattr(dest, "tls", None)
-            if tls is not None and tls.mode != "off":
-                client_context(tls, f"destinations.{name}.tls")
+        check_contexts(config)
 
     def run(self) -> int:
         self.check_tls()

@@ -181,7 +181,23 @@ def test_wrong_key_password_is_a_clear_startup_error(pki: dict[str, Any], tmp_pa
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
                           check=False)
     assert done.returncode == 1
-    assert "listen.tls: cannot load key" in done.stderr and "wrong password" in done.stderr
+    assert f"listen.tls.key_password_file: wrong password for the encrypted key " \
+        f"{pki['encrypted'].key}" in done.stderr
+
+
+@pytest.mark.parametrize("what", ["cert", "key"])
+def test_a_missing_certificate_or_key_file_is_named_at_start(
+    what: str, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    # Regression: `run` said "listen.tls: cannot read None" (OpenSSL names no file).
+    missing = tmp_path / f"missing.{what}"
+    router = RouterProcess(tmp_path / "r", _listener(pki, "tls", tmp_path, **{what: str(missing)}))
+    done = subprocess.run([*ROUTER, "run", "--config", str(router.config_path)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          check=False)
+    assert done.returncode == 1
+    assert f"listen.tls.{what}: cannot read {missing}: No such file or directory" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_stalled_handshake_does_not_delay_anyone_else(
