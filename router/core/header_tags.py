@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
+
+# What pydicom raises, besides ValueError, for a hostile dataset (found with crafted and
+# fuzzed files, tests/unit/test_header_tags.py): an unknown VR (NotImplementedError), nesting
+# past Python's recursion limit (RecursionError; both are RuntimeErrors), a value whose length
+# does not fit its VR, a truncated element header, a Specific Character Set of a numeric VR.
+_UNREADABLE = (RuntimeError, BytesLengthException, struct.error, TypeError, LookupError)
 
 
 def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
@@ -14,9 +23,15 @@ def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
     A dataset pydicom cannot read raises ValueError (or InvalidDicomError, OSError)."""
     wanted = list(keywords)
     try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=wanted)
+        # pydicom converts values when they are read (ds.get), so both steps are guarded.
+        return _values(dcmread(path, stop_before_pixels=True, specific_tags=wanted), wanted)
     except RecursionError as exc:  # pydicom reads nested sequences recursively
         raise ValueError("sequences nested too deeply") from exc
+    except _UNREADABLE as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from exc
+
+
+def _values(ds: Dataset, wanted: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for keyword in wanted:
         value = ds.get(keyword)

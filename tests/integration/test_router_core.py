@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from router.core.recycling import RESCAN_SECONDS
 from tests.dcmtk import LOCALHOST, StoreSCP, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
 from tests.integration.conftest import RouterFactory, dicom_destination
-from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.router_process import ROUTER, RouterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -227,6 +228,34 @@ def test_instance_matching_no_rule_is_refused_and_counted(
     assert router.metric("dicom_router_instances_received_total", result="no_route") == 1
     assert _files(archive) == []
     assert list((router.spool / "jobs").iterdir()) == []
+
+
+def test_an_unknown_vr_in_a_tag_rules_read_is_refused_as_unparsable(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """Regression: Modality with VR "ZZ" raised NotImplementedError out of pydicom while the
+    acceptor read the tags for the rules: the sender got 0x0110 'router internal error' and
+    the log a traceback, where README promises 0xC000."""
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "ct", "match": {"tags": {"Modality": "CT"}}, "forward": ["archive"]}],
+    })
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    modality = b"\x08\x00\x60\x00CS\x02\x00CT"
+    assert source.read_bytes().count(modality) == 1
+    source.write_bytes(source.read_bytes().replace(modality, b"\x08\x00\x60\x00ZZ\x02\x00CT"))
+
+    # `send` streams the file as it is; DCMTK's storescu would re-encode the element.
+    done = subprocess.run([*ROUTER, "send", str(source), "--to", f"{LOCALHOST}:{router.port}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "0xC000" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "Unknown Value Representation" in done.stdout + done.stderr
+    assert "Traceback" not in router.log() and "0x0110" not in done.stdout + done.stderr
+    assert _files(archive) == []
 
 
 def test_hostile_uids_never_escape_the_folder(

@@ -49,3 +49,25 @@ def test_sequences_nested_past_pythons_recursion_are_unreadable_not_an_internal_
     path = _part10(tmp_path / "deep.dcm", nested, ImplicitVRLittleEndian)
     with pytest.raises(ValueError, match="nested too deeply"):
         read_tags(path, ["PatientID", "StudyInstanceUID"])
+
+
+def _element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+@pytest.mark.parametrize(("dataset", "message"), [
+    (_element(0x0008, 0x0060, b"ZZ", b"CT"), "Unknown Value Representation 'ZZ'"),
+    (_element(0x0008, 0x0060, b"UL", b"CTX"), "even multiple of bytes per value"),
+    (_element(0x0018, 0x0050, b"FD", b"abc"), "even multiple of bytes per value"),
+    (_element(0x0008, 0x0005, b"US", b"\x01\x00"), "not subscriptable"),
+    (struct.pack("<HH", 0x0008, 0x0060) + b"OB\x00\x00" + b"\x01\x00", "unpack requires"),
+], ids=["unknown-vr", "ul-odd-length", "fd-odd-length", "charset-as-us", "truncated-header"])
+def test_hostile_datasets_are_unreadable_not_an_internal_error(
+        tmp_path: Path, dataset: bytes, message: str) -> None:
+    """Regression: a Modality with VR "ZZ" raised NotImplementedError out of pydicom, and the
+    sender got 0x0110 'router internal error' with a traceback in the log, where README
+    promises 0xC000 for a dataset that cannot be parsed. The other cases were found by
+    fuzzing: BytesLengthException, TypeError and struct.error escaped the same way."""
+    path = _part10(tmp_path / "hostile.dcm", dataset, ExplicitVRLittleEndian)
+    with pytest.raises(ValueError, match=message):
+        read_tags(path, ["Modality", "SliceThickness", "PatientID"])
