@@ -34,6 +34,8 @@ def _cycle(graph: dict[str, list[str]], start: str) -> list[str] | None:
 def fallback_problems(destinations: Any) -> list[str]:
     if not isinstance(destinations, dict):
         return []
+    # Names YAML read as numbers are reported by RouterConfig; they would break sorting here.
+    destinations = {k: v for k, v in destinations.items() if isinstance(k, str)}
     names = set(destinations)
     problems: list[str] = []
     graph: dict[str, list[str]] = {}

@@ -414,6 +414,27 @@ def test_a_day_is_a_valid_timeout() -> None:
     assert parse_config(data).listen.network_timeout == 86400
 
 
+@pytest.mark.parametrize("name", [1, 2.5, True])
+def test_a_destination_name_yaml_reads_as_a_number_says_to_quote_it(name: Any) -> None:
+    # `destinations: {1: ...}` with `forward: ['1']` was a TypeError traceback (sorting the
+    # names for a message) in check-config, run and dead-letters.
+    data = example()
+    data["destinations"] = {name: {"type": "folder", "path": "/x"}}
+    data["rules"] = [{"name": "all", "forward": [str(name)]}]
+
+    assert problems_of(data) == [f"destinations: destination name {name!r} is read as a number "
+                                 "(or another non-string): names must be strings, so quote it "
+                                 f"('{name}': ...)"]
+
+
+def test_a_number_as_a_fallback_destination_name_is_reported_not_a_traceback() -> None:
+    data = example()
+    data["destinations"][1] = {"type": "folder", "path": "/x"}
+    data["destinations"]["archive"]["fallback"] = ["nowhere"]
+
+    assert paths_of(problems_of(data)) == ["destinations", "destinations.archive.fallback"]
+
+
 def test_out_of_range_numbers_name_their_key() -> None:
     data = example()
     data["listen"]["port"] = 70000

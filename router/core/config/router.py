@@ -59,6 +59,16 @@ class RouterConfig(Strict):
             _check_ae_title(title)
         return value
 
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _string_names(cls, value: Any) -> Any:
+        for name in value if isinstance(value, dict) else []:
+            if not isinstance(name, str):
+                raise ValueError(f"destination name {name!r} is read as a number (or "
+                                 f"another non-string): names must be strings, so quote it "
+                                 f"('{name}': ...)")
+        return value
+
     @field_validator("destinations")
     @classmethod
     def _safe_names(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +95,11 @@ def reference_problems(rules: list[tuple[Any, Any, Any]], destinations: Any) -> 
     """Rule names are unique, every `forward` names a destination and every `query` a DICOM
     destination. Works on raw data too, so these problems are listed even when other keys
     are invalid."""
-    names = set(destinations) if isinstance(destinations, dict) else set()
+    # Only string names: one YAML read as a number (1:) is reported on its own, and sorting
+    # mixed names for the message raised TypeError (a traceback in check-config).
+    given = list(destinations) if isinstance(destinations, dict) else []
+    names = {n for n in given if isinstance(n, str)}
+    unquoted = {str(n) for n in given if not isinstance(n, str)}  # reported on their own
     dicom = {n for n in names if _destination_type(destinations[n]) == "dicom"}
     problems = []
     seen: set[Any] = set()
@@ -94,7 +108,7 @@ def reference_problems(rules: list[tuple[Any, Any, Any]], destinations: Any) -> 
             problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
         seen.add(name)
         for target in forward if isinstance(forward, list) else []:
-            if isinstance(target, str) and target not in names:
+            if isinstance(target, str) and target not in names | unquoted:
                 known = ", ".join(sorted(names)) or "none defined"
                 problems.append(f"rules[{i}].forward: unknown destination {target!r} "
                                 f"(known: {known})")
