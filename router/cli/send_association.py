@@ -142,8 +142,16 @@ def associate(ae: AE, peer: Peer, pairs: Iterable[Pair]) -> Association:
     """An association proposing one context per pair, each with exactly its one syntax."""
     contexts = [build_context(sop_class, syntax) for sop_class, syntax in pairs]
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
-    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.called_ae,
-                         tls_args=tls_args, evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)])
+    try:
+        assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.called_ae,
+                             tls_args=tls_args,
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)])
+    except socket.gaierror as exc:
+        # pynetdicom resolves the name outside its own error handling.
+        raise AssociationError(f"cannot connect to {peer}: cannot resolve {peer.host!r}: "
+                               f"{exc.strerror or exc}") from None
+    except OSError as exc:
+        raise AssociationError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
     if not assoc.is_established:
         raise _failure(assoc, peer)
     return assoc

@@ -238,6 +238,10 @@ def test_bad_input_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> N
         "echo port": ["echo", "127.0.0.1", "99999"],
         "echo nobody": ["echo", "127.0.0.1", str(free_port())],
         "status interval": ["status", "--interval", "often"],
+        # Found by a tester: a socket.gaierror traceback (echo), exit 1 instead of 2 (send).
+        "echo no such host": ["echo", "nosuchhost.invalid", "24999"],
+        "send no such host": ["send", str(source), "--to", "nosuchhost.invalid:24999",
+                              "--quiet"],
         "route-test config": ["route-test", str(source), "--config", str(tmp_path / "x.yaml")],
         "unknown command": ["frobnicate"],
     }
