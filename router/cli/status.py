@@ -7,8 +7,22 @@ import sys
 import time
 from pathlib import Path
 
+from router.cli.common import argument
 from router.core.config import load_config
 from router.core.errors import ConfigError, RouterError
+
+MAX_INTERVAL = 3600.0
+
+
+def _interval(text: str) -> float:
+    """Seconds between refreshes: `inf` or 1e300 overflowed time.sleep with a traceback."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= MAX_INTERVAL:  # also false for nan
+        raise ValueError(f"give seconds above 0 and up to {MAX_INTERVAL:.0f}, not {text!r}")
+    return seconds
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,8 +33,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        "(default: from --config, else http://127.0.0.1:9100)")
     where.add_argument("--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
                        help="read metrics.host/port from this config")
-    status.add_argument("--interval", type=float, default=1.0,
-                        help="seconds between refreshes (and between the two reads of --once)")
+    status.add_argument("--interval", type=argument(_interval), default=1.0,
+                        help="seconds between refreshes (and between the two reads of --once), "
+                             f"0.2 to {MAX_INTERVAL:.0f}")
     status.add_argument("--once", action="store_true",
                         help="print one frame as plain text and exit (scripts, tests, SSH logs)")
     status.set_defaults(func=cmd_status)
@@ -42,7 +57,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from router.cli.status_screen import read, render
 
-    interval = max(0.2, args.interval)
+    interval = max(0.2, args.interval)  # a shorter one is raised to this
     try:
         url = _url(args)
         before = read(url)

@@ -242,6 +242,10 @@ def test_bad_input_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> N
         "echo no such host": ["echo", "nosuchhost.invalid", "24999"],
         "send no such host": ["send", str(source), "--to", "nosuchhost.invalid:24999",
                               "--quiet"],
+        # An OverflowError traceback from time.sleep (inf, 1e300); a negative one passed.
+        "status infinite": ["status", "--interval", "inf", "--once", "--url", "127.0.0.1:24999"],
+        "status huge": ["status", "--interval", "1e300", "--once", "--url", "127.0.0.1:24999"],
+        "status negative": ["status", "--interval", "-1", "--once", "--url", "127.0.0.1:24999"],
         "route-test config": ["route-test", str(source), "--config", str(tmp_path / "x.yaml")],
         "unknown command": ["frobnicate"],
     }
