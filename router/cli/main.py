@@ -7,6 +7,7 @@ import getpass
 import logging
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -137,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dicom-router: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader went away (`... | head -1`): stop quietly, as Unix tools do. What is still
+    buffered goes to /dev/null, or Python would complain when it flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE  # what a shell shows for a tool that SIGPIPE ended
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ still explained); 2 bad arguments, a bad config, or no files.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from pathlib import Path
 
-from router.cli.common import config_parent
-from router.core.config import default_config, load_config
+from router.cli.common import argument, config_parent
+from router.core.config import _check_ae_title, default_config, load_config
 from router.service.route_preview import explain
 
 
@@ -23,9 +24,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     test = sub.add_parser("route-test", help="show how files would be routed; sends nothing",
                           parents=[config_parent("router config (default: the built-in one)")])
     test.add_argument("files", nargs="+", type=Path, help="DICOM files or folders")
-    test.add_argument("--calling-ae", default="STORESCU", help="the sender's AE title")
-    test.add_argument("--called-ae", help="the AE title called (default: the router's)")
-    test.add_argument("--source", default="127.0.0.1", help="the sender's IP address")
+    # Checked as the acceptor would see them: a 17-character AE title or a source that is
+    # no address could never arrive, and would only make every rule look unmatched.
+    ae_title = argument(_check_ae_title)
+    test.add_argument("--calling-ae", default="STORESCU", type=ae_title,
+                      help="the sender's AE title")
+    test.add_argument("--called-ae", type=ae_title,
+                      help="the AE title called (default: the router's)")
+    test.add_argument("--source", default="127.0.0.1", type=argument(_address),
+                      help="the sender's IP address")
     test.set_defaults(func=cmd_route_test)
 
 
@@ -41,17 +48,22 @@ def cmd_route_test(args: argparse.Namespace) -> int:
     unreadable = 0
     for path in files:
         try:
-            print("\n".join(explain(config, path, args.calling_ae,
-                                    args.called_ae or config.ae_title, args.source)))
+            lines = explain(config, path, args.calling_ae, args.called_ae or config.ae_title,
+                            args.source)
         except InvalidDicomError:
             unreadable += 1
-            print(f"{path}: not DICOM: no DICOM Part 10 header (the 'DICM' prefix); "
-                  "a sender could not send it")
+            lines = [f"{path}: not DICOM: no DICOM Part 10 header (the 'DICM' prefix); "
+                     "a sender could not send it"]
         except Exception as exc:  # one unreadable file must not hide the others
             unreadable += 1
-            print(f"{path}: cannot be read as DICOM: {exc}")
-        print()
+            lines = [f"{path}: cannot be read as DICOM: {exc}"]
+        # Printed outside the try: a closed stdout (| head) is not the file's fault.
+        print("\n".join(lines), end="\n\n")
     return 1 if unreadable else 0
+
+
+def _address(text: str) -> str:
+    return str(ipaddress.ip_address(text))
 
 
 def _expand(path: Path) -> list[Path]:

@@ -15,6 +15,7 @@ import yaml
 
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration.conftest import RouterFactory
 from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
 
 pytestmark = pytest.mark.integration
@@ -246,6 +247,9 @@ def test_bad_input_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> N
         "status infinite": ["status", "--interval", "inf", "--once", "--url", "127.0.0.1:24999"],
         "status huge": ["status", "--interval", "1e300", "--once", "--url", "127.0.0.1:24999"],
         "status negative": ["status", "--interval", "-1", "--once", "--url", "127.0.0.1:24999"],
+        # Values no sender could present; every rule looked unmatched.
+        "route-test source": ["route-test", str(source), "--source", "notanip"],
+        "route-test calling": ["route-test", str(source), "--calling-ae", "A" * 17],
         "route-test config": ["route-test", str(source), "--config", str(tmp_path / "x.yaml")],
         "unknown command": ["frobnicate"],
     }
@@ -257,6 +261,28 @@ def test_bad_input_is_one_line_and_exit_2_for_every_command(tmp_path: Path) -> N
     empty = _script("hash-passcode", stdin="\n")
     assert empty.returncode == 2 and "Traceback" not in empty.stderr, empty.stderr
     assert "dicom-router: error: empty passcode" in empty.stderr
+
+
+def test_a_closed_stdout_ends_a_command_quietly(start_router: RouterFactory,
+                                                tmp_path: Path) -> None:
+    """Regression: `route-test ... | head -1` and `destinations list | head -1` ended with a
+    BrokenPipeError traceback; a Unix tool stops quietly when its reader goes away."""
+    router = start_router({"destinations": {"archive": {"type": "folder",
+                                                        "path": str(tmp_path / "a")}},
+                           "rules": [{"name": "all", "forward": ["archive"]}]})
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax=EXPLICIT_VR_LE)
+    for args in (["route-test", str(source), str(source)],
+                 ["destinations", "list", "--config", str(router.config_path)]):
+        # The reader is gone before the command writes: every write meets EPIPE.
+        with subprocess.Popen([CONSOLE_SCRIPT, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) as process:
+            assert process.stdout is not None and process.stderr is not None
+            process.stdout.close()
+            stderr = process.stderr.read().decode()
+            returncode = process.wait(timeout=60)
+        assert stderr == "", (args, stderr)
+        assert returncode == 128 + signal.SIGPIPE, (args, returncode)
 
 
 def test_config_goes_before_or_after_the_action_and_ids_as_logged(tmp_path: Path) -> None:
