@@ -220,6 +220,11 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
     ("listen: {port: [\n", "not valid YAML"),
     ("spool: {path: /elsewhere}\n", "cannot change while the router runs: spool.path"),
     ("no_such_key: 1\n", "no_such_key"),
+    # Found by a tester: these were reported applied (the regex then failed in the acceptor)
+    # or would crash at use (an infinite drain_grace on SIGTERM).
+    ("rules: [{name: all, match: {calling_ae: 're:['}, forward: [archive]}]\n",
+     "rules[0].match.calling_ae: bad regular expression"),
+    ("drain_grace: .inf\n", "drain_grace: must be at most 86400 seconds"),
 ])
 def test_reload_refuses_a_bad_config_and_keeps_the_old_one(
         start_router: RouterFactory, tmp_path: Path, change: str, reason: str) -> None:
