@@ -129,6 +129,10 @@ def replay(spool: Spool, letter: DeadLetter, to: str | None = None) -> JobHeader
     job = dataclasses.replace(letter.job, job_id=new_job_id(),
                               destinations=(to or letter.destination,))
     with spool.dead_letter_lock():
+        # Its record is the claim: an id given twice, or two operators at once, replay once
+        # (the instance alone stays while the job has another dead letter).
+        if not letter.record_path.exists():
+            raise RouterError(f"dead letter {letter.id} was replayed or purged meanwhile")
         if not letter.instance_path.exists():
             raise RouterError(f"dead letter {letter.id} has lost its instance "
                               f"{letter.instance_path}; purge it")

@@ -200,6 +200,22 @@ def test_instance_stays_while_another_record_of_the_job_remains(spool: Spool) ->
     assert [letter.id for letter in find(spool)] == [f"{JOB_B}.pacs"]
 
 
+def test_a_dead_letter_is_replayed_once_however_often_it_is_named(spool: Spool) -> None:
+    """While the job's other dead letter kept the instance, a second replay of the same
+    letter (an id given twice, two operators at once) staged a second job: the destination
+    got the instance twice."""
+    dead_letter(spool, JOB_A, "pacs", age=60, destinations=("pacs", "archive"))
+    dead_letter(spool, JOB_A, "archive", age=30, destinations=("pacs", "archive"))
+    letter = get(spool, f"{JOB_A}.pacs")
+    replay(spool, letter, to="archive")
+    with pytest.raises(RouterError, match="replayed or purged meanwhile"):
+        replay(spool, letter, to="archive")
+    assert len(list(spool.replay.glob("*.dcm"))) == 1
+    purge(spool, get(spool, f"{JOB_A}.archive"))
+    with pytest.raises(RouterError, match="replayed or purged meanwhile"):
+        replay(spool, letter)
+
+
 def test_purge_removes_record_and_instance(spool: Spool) -> None:
     dead_letter(spool, JOB_A, "pacs", age=60)
     purge(spool, get(spool, f"{JOB_A}.pacs"))
