@@ -65,6 +65,12 @@ class Concurrency:
     def total_in_use(self) -> int:
         return sum(self.in_use.values())
 
+    def open_at(self, now: float) -> int:
+        """Associations open now: the idle ones the workers have released by now no longer
+        count (shown while the destination is idle or paused, when choose() does not run)."""
+        self._expire(now)
+        return self.total_open
+
     def _expire(self, now: float) -> None:
         for worker in list(self.open):
             idle = now - self.last_used.get(worker, now)

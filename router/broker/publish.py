@@ -76,5 +76,5 @@ class Publishing:
             if name in self.associating:
                 # The live association limit (learned or pinned) and what is open now.
                 out[name]["concurrency"] = self.dispatcher.concurrency[name].limit
-                out[name]["associations"] = self.dispatcher.concurrency[name].total_open
+                out[name]["associations"] = self.dispatcher.concurrency[name].open_at(now)
         return out

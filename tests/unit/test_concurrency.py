@@ -27,6 +27,18 @@ def test_starts_at_one_association_and_reuses_it() -> None:
     assert again is not None and again.worker == first.worker and not again.new_association
 
 
+def test_an_idle_association_stops_counting_as_open_without_more_work() -> None:
+    """The status's open associations are read while nothing is sent (an idle or paused
+    destination): they showed the last association for ever, though the worker had released
+    it after idle_timeout."""
+    c = Concurrency(ceiling=4, idle_timeout=2.0)
+    first = c.choose({W1: 4}, 0.0)
+    assert first is not None
+    c.finished(first.worker, "", 1.0)
+    assert c.open_at(1.5) == 1
+    assert c.open_at(1.0 + 2.0 + IDLE_MARGIN + 0.1) == 0
+
+
 def test_a_backlog_raises_the_limit_up_to_the_ceiling() -> None:
     c = Concurrency(ceiling=2)
     choice = c.choose({W1: 4}, 0.0)
