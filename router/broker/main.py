@@ -16,6 +16,7 @@ from types import FrameType
 import zmq
 
 from router.broker.control import OperatorControl
+from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.deliveries import DeadLetter, Outcome, Retry, Settled
 from router.broker.dispatch import Dispatcher
 from router.broker.orphans import OrphanedJournals
@@ -69,6 +70,7 @@ HEARTBEAT_SECONDS = 1.0
 class Broker(Publishing):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
+        self.dead_letter_tally = DeadLetterTally(spool.dead_letters)
         spool.recycler.keep_free = config.spool.watermark_bytes
         self.reaper = SpoolReaper(spool)
         self.orphans = OrphanedJournals(spool)

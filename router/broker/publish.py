@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from router.broker.control import OperatorControl
+from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.dispatch import Dispatcher
 from router.core import metrics
 from router.core.spool import Spool
@@ -24,6 +25,7 @@ class Publishing:
     control: OperatorControl
     associating: set[str]  # destinations with associations to show
     spool: Spool
+    dead_letter_tally: DeadLetterTally
     status_dir: Path | None
     config_generation: int
 
@@ -38,6 +40,7 @@ class Publishing:
             metrics.QUEUE_OLDEST.labels(name).set(float(row["oldest_seconds"]))
             if "concurrency" in row:
                 metrics.DESTINATION_CONCURRENCY.labels(name).set(float(row["concurrency"]))
+            metrics.DEAD_LETTERS_WAITING.labels(name).set(float(row["dead_letters_waiting"]))
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -59,6 +62,7 @@ class Publishing:
 
     def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool | str]]:
         wall = time.time()
+        waiting = self.dead_letter_tally.counts(now)
         out: dict[str, dict[str, float | int | bool | str]] = {}
         for name in self.dispatcher.queues:
             oldest = self.dispatcher.oldest_received(name)
@@ -71,6 +75,7 @@ class Publishing:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+                "dead_letters_waiting": waiting.get(name, 0),  # on the spool, to replay
                 **self.control.summary(name, now),  # paused by an operator, fallback
             }
             if name in self.associating:

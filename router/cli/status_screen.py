@@ -174,7 +174,7 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
             f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='suppressed'):.0f}",  # noqa: E501
             f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='failed'):.0f}",  # noqa: E501
             f"{total(samples, 'dicom_router_retries_total', destination=name):.0f}",
-            f"{total(samples, 'dicom_router_dead_letters_total', destination=name):.0f}",
+            str(d.get("dead_letters_waiting", 0)),  # on the spool now, not since start
         )
     return table
 

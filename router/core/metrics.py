@@ -143,6 +143,11 @@ DEAD_LETTERS = Counter(
     f"{PREFIX}_dead_letters_total", "Deliveries given up and kept as dead letters.",
     ["destination", "reason"],
 )
+DEAD_LETTERS_WAITING = Gauge(
+    f"{PREFIX}_dead_letters_waiting",
+    "Dead letters on the spool, waiting to be replayed or purged, by destination.",
+    ["destination"], multiprocess_mode="livesum",
+)
 REFUSALS = Counter(
     f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
 )
@@ -156,7 +161,7 @@ DESTINATION_CONCURRENCY = Gauge(
     f"{PREFIX}_destination_concurrency",
     "Associations the router opens to a destination at once: learned (a busy destination "
     "lowers it, deliveries with a backlog raise it up to max_parallel) or max_associations.",
-    ["destination"], multiprocess_mode="livemax",
+    ["destination"], multiprocess_mode="livesum",
 )
 LEASES_EXPIRED = Counter(
     f"{PREFIX}_leases_expired_total",

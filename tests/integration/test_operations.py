@@ -215,6 +215,34 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
                     timeout=60), router.log()[-2000:]
 
 
+def test_dead_letters_waiting_are_shown_after_a_restart(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """The status and the console showed dead letters counted since the process started: 0
+    after a restart, while they still waited on the spool to be replayed."""
+    (tmp_path / "a-file").write_text("not a folder")
+    config = folder_config(tmp_path, "archive")
+    config["destinations"]["archive"].update(path=str(tmp_path / "a-file" / "archive"),
+                                             retry={"max_attempts": 1})
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 3, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+
+    def waiting() -> int:
+        return int(status(router)["broker"]["destinations"]["archive"]["dead_letters_waiting"])
+
+    assert wait_for(lambda: waiting() == 3, timeout=60), router.log()[-2000:]
+    router.stop()
+    router.start()
+    assert wait_for(lambda: waiting() == 3, timeout=30)
+    assert router.metric("dicom_router_dead_letters_waiting", destination="archive") == 3
+    assert "archive" in status_text(router)
+    purged = subprocess.run(
+        [sys.executable, "-m", "router.cli", "dead-letters", "purge", "--all",
+         "--config", str(router.config_path)], capture_output=True, text=True, timeout=60)
+    assert purged.returncode == 0, purged.stderr
+    assert wait_for(lambda: waiting() == 0, timeout=30)
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ("rules: [{name: all, forward: [nowhere]}]\n", "forward"),
     ("listen: {port: [\n", "not valid YAML"),

@@ -53,8 +53,7 @@ def overview_data(status: dict[str, Any], samples: Samples, history: History
             "rate": round(rates.get(name, 0.0), 2),
             "delivered": _count(samples, name, "delivered"),
             "failed": _count(samples, name, "failed"),
-            "dead_letters": int(total(samples, "dicom_router_dead_letters_total",
-                                      destination=name)),
+            "dead_letters": int(row.get("dead_letters_waiting", 0)),  # to replay, now
         })
     return {
         "ready": status.get("ready"), "ready_reason": status.get("ready_reason"),
