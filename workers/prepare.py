@@ -68,11 +68,17 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
               rules: Mapping[str, Rule] | None = None) -> Steps:
     """What `destination` gets done to `job` (`rules`: config.rules by name, if at hand)."""
     rules = rules if rules is not None else {rule.name: rule for rule in config.rules}
+    # A job moved here from where its rule sent it (fallback, drain-to, replay --to) keeps
+    # that rule's transforms, and that destination's de-identification: moving a queue must
+    # never send an instance out with what a rule or a destination said to remove.
+    origin = job.routed_as(destination)
     rule = next((rules[name] for name in job.rules
-                 if name in rules and destination in rules[name].forward), None)
+                 if name in rules and origin in rules[name].forward), None)
     dest = config.destinations.get(destination)
+    first = config.destinations.get(origin) if origin != destination else None
     morph = [*(rule.morph if rule else ()), *(dest.morph if dest else ())]
-    deid = (rule.deidentify if rule else None) or (dest.deidentify if dest else None)
+    deid = ((rule.deidentify if rule else None) or (first.deidentify if first else None)
+            or (dest.deidentify if dest else None))
     syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
     return Steps(tuple(morph), deid, syntaxes)
 

@@ -60,7 +60,8 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
     state = dispatcher.jobs[job.job_id]
     destinations = tuple(dict.fromkeys(target if d == source else d
                                        for d in state.header.destinations))
-    header = dataclasses.replace(state.header, destinations=destinations)
+    header = dataclasses.replace(state.header, destinations=destinations,
+                                 moved_from=state.header.moved(source, target))
     spool.rewrite_header(header)
     already = target in state.header.destinations
     state.header = header

@@ -40,6 +40,27 @@ class JobHeader:
     # instance's number for the batch order; empty when no completion rule routed it.
     group: str = ""
     instance_number: int = 0
+    # "<destination>=<destination a rule routed it to>" for each destination the job was
+    # moved to since (fallback, drain-to, dead-letters replay --to): the rule's morph and
+    # de-identification go with it, or a fallback would get the instance as received.
+    moved_from: tuple[str, ...] = ()
+
+    def routed_as(self, destination: str) -> str:
+        """The destination a rule routed this job to, for `destination`."""
+        for pair in self.moved_from:
+            target, _, origin = pair.partition("=")
+            if target == destination:
+                return origin
+        return destination
+
+    def moved(self, source: str, target: str) -> tuple[str, ...]:
+        """moved_from once the job's part for `source` goes to `target` instead."""
+        kept = tuple(p for p in self.moved_from if p.partition("=")[0] != source)
+        if target in self.destinations:
+            return kept  # it goes there already, as it was routed there
+        kept = tuple(p for p in kept if p.partition("=")[0] != target)
+        origin = self.routed_as(source)
+        return kept if origin == target else (*kept, f"{target}={origin}")
 
     def to_dict(self) -> dict[str, Any]:
         # By field name, not dataclasses.asdict (a deep copy: 30 µs a header, paid a few
@@ -48,13 +69,14 @@ class JobHeader:
         out = {name: getattr(self, name) for name in _JOB_FIELDS}
         out["rules"] = list(self.rules)
         out["destinations"] = list(self.destinations)
+        out["moved_from"] = list(self.moved_from)
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
-        for name in ("rules", "destinations"):
+        for name in ("rules", "destinations", "moved_from"):
             items = data.get(name, [])
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
@@ -62,6 +84,7 @@ class JobHeader:
             values = {name: data[name] for name in _JOB_FIELDS if name in data}
             values["rules"] = tuple(values.get("rules", ()))
             values["destinations"] = tuple(values["destinations"])
+            values["moved_from"] = tuple(values.get("moved_from", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None

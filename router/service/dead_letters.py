@@ -126,8 +126,9 @@ def _forget(letter: DeadLetter) -> None:
 
 def replay(spool: Spool, letter: DeadLetter, to: str | None = None) -> JobHeader:
     """Send a dead letter again, to its destination or to `to`; the record is removed."""
-    job = dataclasses.replace(letter.job, job_id=new_job_id(),
-                              destinations=(to or letter.destination,))
+    target = to or letter.destination
+    job = dataclasses.replace(letter.job, job_id=new_job_id(), destinations=(target,),
+                              moved_from=letter.job.moved(letter.destination, target))
     with spool.dead_letter_lock():
         # Its record is the claim: an id given twice, or two operators at once, replay once
         # (the instance alone stays while the job has another dead letter).

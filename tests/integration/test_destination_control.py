@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import CTImageStorage
 
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
@@ -161,6 +162,61 @@ def test_fallback_takes_over_and_hands_back(start_router: RouterFactory, storesc
             digests(first + later)
     assert len(backup.received_files()) == 2
     assert "is back: new work goes to it again" in router.log()
+
+
+def test_a_de_identifying_rules_queue_keeps_its_transforms_wherever_it_goes(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """A rule that de-identifies and morphs for a destination that is down: what its fallback
+    got, and what drain-to and a dead letter's replay --to moved, went out as received,
+    patient name and all (the rule was looked up by the new destination, which no rule
+    forwards to). Every copy that leaves must be de-identified and morphed."""
+    port = free_port()  # down for the whole test
+    # +uf: a file per reception (the three routes bring the same de-identified instances).
+    with StoreSCP(tmp_path / "BACKUP", "BACKUP", extra_args=["+uf"]) as backup:
+        _keeps_its_transforms(start_router, tmp_path, port, backup)
+
+
+def _keeps_its_transforms(start_router: RouterFactory, tmp_path: Path, port: int,
+                          backup: StoreSCP) -> None:
+    router = start_router({
+        "destinations": {
+            "pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": port,
+                     "retry": FAST_RETRY, "fallback": ["backup"], "fallback_after": 2},
+            "held": {"type": "dicom", "ae_title": "HELD", "host": "127.0.0.1", "port": port},
+            # A folder it cannot write: each delivery a dead letter at once.
+            "doomed": {"type": "folder", "path": str(tmp_path / "a-file" / "doomed"),
+                       "retry": {"max_attempts": 1}},
+            "backup": dicom_destination(backup)},
+        "rules": [{"name": "anon", "forward": ["pacs", "held", "doomed"], "deidentify": {},
+                   "morph": [{"action": "set", "tag": "SeriesNumber", "value": "77"}]}]})
+    assert cli(router, "pause", "held").returncode == 0
+    (tmp_path / "a-file").write_text("not a folder")
+    sources = instances(tmp_path / "src", 3)
+    for path in sources:
+        ds = dcmread(path)
+        ds.PatientName, ds.PatientID, ds.InstitutionName = "SECRET^ALICE", "MRN12345", "St X"
+        ds.save_as(path)
+    send(router, sources)
+    # pacs -> backup by the fallback; held -> backup by drain-to; doomed -> dead letters,
+    # replayed to backup.
+    assert wait_for(lambda: row(router, "doomed").get("dead_letters_waiting") == 3,
+                    timeout=60), router.log()[-3000:]
+    drained = cli(router, "drain-to", "held", "backup")
+    assert drained.returncode == 0, drained.stderr
+    replayed = subprocess.run([*ROUTER, "dead-letters", "--config", str(router.config_path),
+                               "replay", "--destination", "doomed", "--to", "backup"],
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert replayed.returncode == 0, replayed.stderr
+    # 2 by the fallback (the third stays as pacs's probe), 1 drained (a job goes to a
+    # destination once: 2 of held's 3 went to backup already), 3 replayed (new jobs).
+    assert wait_for(lambda: len(backup.received_files()) == 6, timeout=60), \
+        router.log()[-3000:]
+    received = [dcmread(p) for p in backup.received_files()]
+    assert received
+    for ds in received:
+        assert "SECRET" not in str(ds.PatientName) and ds.PatientID != "MRN12345", ds
+        assert ds.SeriesNumber == 77 and ds.get("PatientIdentityRemoved") == "YES"
+        assert ds.InstitutionName != "St X"
 
 
 def test_dead_letter_replay_through_the_api_delivers(start_router: RouterFactory,

@@ -1,0 +1,63 @@
+"""workers/prepare.py steps_for: what a destination gets done to a job, also once the job was
+moved there from where its rule sent it (fallback, drain-to, dead-letters replay --to)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from router.core.config import parse_config
+from router.core.messages import JobHeader
+from workers.prepare import steps_for
+
+from .helpers import make_header
+
+CONFIG = parse_config({
+    "destinations": {
+        "research": {"type": "folder", "path": "/tmp/r", "fallback": ["spare"],
+                     "deidentify": {}},
+        "pacs": {"type": "folder", "path": "/tmp/p", "fallback": ["spare"]},
+        "spare": {"type": "folder", "path": "/tmp/s",
+                  "morph": [{"action": "set", "tag": "StationName", "value": "SPARE"}]},
+        "other": {"type": "folder", "path": "/tmp/o"},
+    },
+    "rules": [{"name": "anon", "forward": ["pacs"], "deidentify": {},
+               "morph": [{"action": "set", "tag": "InstitutionName", "value": "X"}]},
+              {"name": "plain", "forward": ["research"]}],
+})
+
+
+def _moved(job: JobHeader, source: str, target: str) -> JobHeader:
+    """As the broker's retarget and the dead letters' replay rewrite a header."""
+    destinations = tuple(dict.fromkeys(target if d == source else d for d in job.destinations))
+    return dataclasses.replace(job, destinations=destinations,
+                               moved_from=job.moved(source, target))
+
+
+def test_a_job_moved_to_another_destination_keeps_its_rules_transforms() -> None:
+    """Before, the rule was looked up by the new destination, which no rule forwards to: a
+    de-identifying rule's instances went to the fallback as received, PHI and all."""
+    job = make_header(destinations=("pacs",), rules=("anon",))
+    here = steps_for(CONFIG, job, "pacs")
+    assert here.deidentify is not None and [a.tag for a in here.morph] == ["InstitutionName"]
+    moved = _moved(job, "pacs", "spare")
+    there = steps_for(CONFIG, moved, "spare")
+    assert there.deidentify is not None
+    assert [a.tag for a in there.morph] == ["InstitutionName", "StationName"]  # + its own
+    again = _moved(moved, "spare", "other")  # drained on once more: still the first rule's
+    assert again.moved_from == ("other=pacs",)
+    assert steps_for(CONFIG, again, "other").deidentify is not None
+
+
+def test_a_destinations_de_identification_goes_with_its_queue() -> None:
+    job = make_header(destinations=("research",), rules=("plain",))
+    assert steps_for(CONFIG, _moved(job, "research", "spare"), "spare").deidentify is not None
+
+
+def test_moved_back_where_the_rule_sent_it_forgets_the_move() -> None:
+    job = make_header(destinations=("pacs",), rules=("anon",))
+    back = _moved(_moved(job, "pacs", "spare"), "spare", "pacs")
+    assert back.moved_from == () and back.routed_as("pacs") == "pacs"
+    assert JobHeader.from_dict(_moved(job, "pacs", "spare").to_dict()).moved_from == (
+        "spare=pacs",)
+    assert JobHeader.from_dict({k: v for k, v in job.to_dict().items()
+                                if k != "moved_from"}).moved_from == ()  # older records
