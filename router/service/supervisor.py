@@ -80,6 +80,12 @@ class Supervisor:
         pipeline_down = [name for name in down if not name.startswith("acceptor-")]
         if pipeline_down:
             return False, f"not running: {', '.join(pipeline_down)}"
+        # A worker process that runs may still be importing: until one has told the broker
+        # it is ready, a relayed query or retrieve would be refused (0xA700, "no router
+        # worker available"), which a C-FIND right after start met under load.
+        broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+        if not broker.get("workers"):
+            return False, "no worker is connected to the broker (starting, or all stalled)"
         states = self.seats.all_states()
         if AcceptorState.ACCEPTING not in states:
             # The disk and the queue are the same for all: the first reason says it.

@@ -184,6 +184,19 @@ def test_health_endpoints(tmp_path: Path) -> None:
         assert http_get(router.metrics_port, "/readyz") == (200, "ready\n")
         assert http_get(router.metrics_port, "/nope")[0] == 404
         assert "dicom_router_build_info" in router.metrics()
+        # Not ready while no worker is connected to the broker (a worker still importing
+        # at start, or stalled): a relayed C-FIND would be refused with 0xA700 then.
+        workers = [router.child_pid(f"worker-{n}") for n in range(2)]
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 503,
+                            timeout=60)
+            assert "no worker is connected" in http_get(router.metrics_port, "/readyz")[1]
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 200, timeout=60)
 
 
 
