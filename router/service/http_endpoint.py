@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
@@ -15,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.service.http_types import MAX_BODY, App, Request, Response
+from router.service.http_deadline import BadHead, DeadlineReader, body_length
+from router.service.http_types import App, Request, Response, body_limit
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +29,18 @@ StatusView = Callable[[], dict[str, Any]]
 
 
 class AppHandler(BaseHTTPRequestHandler):
-    """Serves the applications (operator API, console) of `apps`; 404 for anything else."""
+    """Serves the applications (operator API, console) of `apps`; 404 for anything else.
+    A request (head and body) must arrive whole within `timeout` seconds."""
 
     apps: ClassVar[list[App]] = []
-    # Without it a client that sends half a request holds its thread for ever.
     timeout = 10.0
+
+    def setup(self) -> None:
+        super().setup()
+        # Whole-request deadline: socketserver's timeout is per recv, which a client sending
+        # a byte every few seconds never reaches.
+        deadline = time.monotonic() + float(self.timeout or 10.0)
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline))
 
     def do_GET(self) -> None:
         if not self._app("GET"):
@@ -42,16 +54,26 @@ class AppHandler(BaseHTTPRequestHandler):
         """Offer the request to the applications; False if none takes it."""
         if not self.apps:
             return False
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY or length < 0:
-            self._reply(413, b"request body too large\n")
-            return True
         path, _, query = self.path.partition("?")
-        request = Request(method, path, query, {k.lower(): v for k, v in self.headers.items()},
-                          self.rfile.read(length) if length else b"",
-                          str(self.client_address[0]))
+        head = Request(method, path, query, {k.lower(): v for k, v in self.headers.items()},
+                       b"", str(self.client_address[0]))
+        try:
+            length = body_length(self.headers, body_limit(self.apps, head))
+        except BadHead as exc:
+            self.close_connection = True  # the body, if any, is never read
+            self.connection.settimeout(self.timeout)
+            self._reply(exc.status, f"{exc}\n".encode())
+            return True
+        body = self.rfile.read(length) if length else b""
+        self.connection.settimeout(self.timeout)  # the answer's own bound from here
+        request = dataclasses.replace(head, body=body)
         for app in self.apps:
-            response = app(request)
+            try:
+                response = app(request)
+            except Exception as exc:  # a bug, not the client's: answer, say it in one line
+                _THROTTLE.log(f"{method} {path} failed: {type(exc).__name__}: {exc}")
+                self._reply(500, b"internal error: see the router's log\n")
+                return True
             if response is not None:
                 self._send(response)
                 return True
@@ -100,26 +122,59 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
     return Handler
 
 
+class _Throttle:
+    """One log line per `every` seconds at most, then how many were left out."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every, self.last, self.skipped = every, -float("inf"), 0
+        self.lock = threading.Lock()
+
+    def log(self, line: str) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.every:
+                self.skipped += 1
+                return
+            skipped, self.skipped, self.last = self.skipped, 0, now
+        more = f" ({skipped} more like it left out)" if skipped else ""
+        log.warning("HTTP: %s%s", line[:300], more)
+
+
+_THROTTLE = _Throttle()
+
+
 class Server(ThreadingHTTPServer):
-    """One thread per connection, as many as `max_connections`: past that a connection
-    is closed at accept, in the accept loop (scrapes and probes need a handful)."""
+    """One thread per connection, as many as `max_connections`, and `per_source` from one
+    address: past either a connection is closed at accept, in the accept loop (scrapes and
+    probes need a handful, and one address cannot take every slot)."""
 
     daemon_threads = True
     request_queue_size = 64  # listen() backlog: socketserver's 5 drops SYNs in a burst
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int = 32) -> None:
+                 max_connections: int = 32, per_source: int | None = None) -> None:
         self.slots = threading.BoundedSemaphore(max_connections)
+        self.per_source = per_source or max(1, max_connections // 4)
+        self.sources: Counter[str] = Counter()
+        self.sources_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        source = str(client_address[0])
+        with self.sources_lock:
+            if self.sources[source] >= self.per_source:
+                self.shutdown_request(request)
+                return
+            self.sources[source] += 1
         if not self.slots.acquire(blocking=False):
+            self._leave(source)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self.slots.release()
+            self._leave(source)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
@@ -127,22 +182,32 @@ class Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.slots.release()
+            self._leave(str(client_address[0]))
+
+    def _leave(self, source: str) -> None:
+        with self.sources_lock:
+            self.sources[source] -= 1
+            if self.sources[source] <= 0:
+                del self.sources[source]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Load-balancer health checks (HAProxy) often close with a reset: not worth a traceback.
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        # Never socketserver's traceback on stderr: a client can provoke it at will.
+        # Load-balancer health checks (HAProxy) often close with a reset: not worth a line.
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, ConnectionError):
             return
-        super().handle_error(request, client_address)
+        _THROTTLE.log(f"request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
 
 
 class HttpEndpoint:
     def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck,
                  status: StatusView | None = None, request_timeout: float = 10.0,
-                 max_connections: int = 32, apps: list[App] | None = None) -> None:
+                 max_connections: int = 32, apps: list[App] | None = None,
+                 max_per_source: int | None = None) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
         handler = _handler(registry, ready, status, apps or [], request_timeout)
-        self.server = Server((host, port), handler, max_connections)
+        self.server = Server((host, port), handler, max_connections, max_per_source)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
                                        kwargs={"poll_interval": SERVER_POLL_SECONDS})
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-MAX_BODY = 64 * 1024**2  # a rule tester upload is one DICOM file; larger is refused (413)
+# Bodies are JSON or forms (a bulk action's ids included); an app may allow more to some
+# requests it has authenticated (`body_limit` below). Larger is refused (413) unread.
+MAX_BODY = 1024**2
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,15 @@ def json_response(status: int, data: Any, headers: tuple[tuple[str, str], ...] =
 
 
 App = Callable[[Request], Response | None]  # None: not one of its paths
+
+
+def body_limit(apps: list[App], head: Request) -> int:
+    """The body a request may send, from its head (`body` empty): MAX_BODY, or more where an
+    app says so with a `body_limit(head) -> int | None` method (the console's rule tester)."""
+    limits = [MAX_BODY]
+    for app in apps:
+        limit_of = getattr(app, "body_limit", None)
+        limit = limit_of(head) if callable(limit_of) else None
+        if isinstance(limit, int):
+            limits.append(limit)
+    return max(limits)

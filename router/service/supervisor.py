@@ -220,7 +220,8 @@ class Supervisor:
             try:
                 self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
                                          self.ready, self.status, m.request_timeout,
-                                         m.max_connections, apps)
+                                         m.max_connections, apps,
+                                         m.max_connections_per_source)
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "

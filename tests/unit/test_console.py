@@ -98,3 +98,33 @@ def test_secrets_are_masked_but_references_stay() -> None:
     assert out["listen"]["tls"] == {"key_password_command": ["***", "***"],
                                     "key_password_env": "KEY_PW"}
     assert out["destinations"]["web"]["auth"] == {"password_file": "/run/s", "token": "***"}
+
+
+def make_console(**kwargs: object) -> object:
+    from typing import Any, cast
+
+    from router.core.config import default_config
+    from router.service.console.app import Console
+
+    config = default_config().model_copy(update={"console": settings(**kwargs)})
+    return Console(lambda: config, cast(Any, None), lambda: {}, lambda: cast(Any, []), None)
+
+
+def head(path: str, **headers: str) -> Request:
+    return Request("POST", path, "", headers, b"", "127.0.0.1")
+
+
+def test_only_a_logged_in_user_may_upload_a_large_file() -> None:
+    from router.service.console.app import Console
+    from router.service.console.views_rules import UPLOAD_MAX
+    from router.service.http_types import MAX_BODY, body_limit
+
+    console = make_console()
+    assert isinstance(console, Console)
+    session = console.auth.login("victor", "pw-v", "127.0.0.1")
+    tester = "/console/rules/test"
+    assert body_limit([console], head(tester)) == MAX_BODY
+    assert body_limit([console], head(tester, cookie="dr_session=forged")) == MAX_BODY
+    assert body_limit([console], head(tester, cookie=f"dr_session={session}")) == UPLOAD_MAX
+    assert body_limit([console], head("/console/destinations/pacs/pause",
+                                      cookie=f"dr_session={session}")) == MAX_BODY

@@ -42,9 +42,11 @@ class MetricsConfig(Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
-    # A request must arrive whole within this; connections served at once, at most.
+    # A request must arrive whole within this; connections served at once, at most, and
+    # from one address (so that one client cannot take every slot from the probes).
     request_timeout: Seconds = Field(10.0, gt=0)
     max_connections: int = Field(32, ge=1)
+    max_connections_per_source: int = Field(8, ge=1)
 
 
 class ApiConfig(Strict):

@@ -23,6 +23,9 @@ from router.service.route_preview import explain
 HTML = "text/html; charset=utf-8"
 SECRET_WORDS = ("password", "passcode", "secret", "token", "hash")
 AUDIT_LINES = 200
+# The tester reads only the header, but a browser uploads the whole file: room for most
+# single-frame instances (CR, DX, mammography); larger ones with `dicom-router route-test`.
+UPLOAD_MAX = 64 * 1024**2
 
 
 def masked(value: Any, key: str = "") -> Any:

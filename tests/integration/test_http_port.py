@@ -1,0 +1,140 @@
+"""The HTTP port against hostile clients (raw sockets): slow, oversized, chunked and garbage
+requests get a clear 4xx or are closed at their deadline, never lock the port for others,
+and never reach socketserver's traceback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.service.http_endpoint import HttpEndpoint
+from router.service.http_types import Request, Response, json_response
+from tests.dcmtk import free_port
+
+TIMEOUT = 1.5  # metrics.request_timeout of these endpoints
+
+
+def echo(request: Request) -> Response | None:
+    if not request.path.startswith("/api/"):
+        return None
+    return json_response(200, {"got": len(request.body)})
+
+
+@pytest.fixture
+def endpoint(tmp_path: Path) -> Iterator[HttpEndpoint]:
+    server = HttpEndpoint("127.0.0.1", free_port(), str(tmp_path), lambda: (True, "ready"),
+                          request_timeout=TIMEOUT, apps=[echo])
+    server.start()
+    yield server
+    server.stop()
+
+
+def send(port: int, data: bytes, wait: float = 5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def post(port: int, headers: str, body: bytes = b"") -> bytes:
+    return send(port, f"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+                + body)
+
+
+def test_a_slow_request_is_closed_at_its_deadline(endpoint: HttpEndpoint) -> None:
+    """A byte at a time, each well within a recv timeout, still ends at the deadline."""
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+        start = time.monotonic()
+        closed = False
+        while time.monotonic() - start < 4 * TIMEOUT:
+            try:
+                sock.sendall(b"X")
+                time.sleep(TIMEOUT / 3)
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.01)
+            with contextlib.suppress(TimeoutError):
+                if sock.recv(1) == b"":
+                    closed = True
+                    break
+        assert closed, "a request trickling in was never closed"
+        assert time.monotonic() - start < 2 * TIMEOUT
+
+
+def test_one_address_cannot_take_every_slot(tmp_path: Path) -> None:
+    server = HttpEndpoint("127.0.0.1", free_port(), str(tmp_path), lambda: (True, "ready"),
+                          request_timeout=30, max_connections=8, max_per_source=3)
+    server.start()
+    try:
+        with contextlib.ExitStack() as stack:
+            held = [stack.enter_context(socket.create_connection(
+                ("127.0.0.1", server.port), timeout=5)) for _ in range(6)]
+            for sock in held:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            time.sleep(0.3)
+            closed = 0
+            for sock in held:
+                sock.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):
+                    closed += sock.recv(1) == b""
+            assert closed == 3  # past the per-source cap: closed at accept
+        # from another loopback address the port still answers
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5,
+                                      source_address=("127.0.0.2", 0)) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.0 200")
+    finally:
+        server.stop()
+
+
+def test_a_large_body_is_refused_before_it_is_read(endpoint: HttpEndpoint) -> None:
+    answer = post(endpoint.port, f"Content-Length: {64 * 1024**2}\r\n")
+    assert answer.startswith(b"HTTP/1.0 413")
+    assert b"at most" in answer
+
+
+def test_a_small_body_is_read(endpoint: HttpEndpoint) -> None:
+    answer = post(endpoint.port, "Content-Length: 5\r\n", b"hello")
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b'{"got": 5}')
+
+
+def test_chunked_bodies_are_refused(endpoint: HttpEndpoint) -> None:
+    answer = post(endpoint.port, "Transfer-Encoding: chunked\r\n",
+                  b"5\r\nhello\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 411")
+    assert b"Content-Length" in answer
+
+
+@pytest.mark.parametrize("value", ["abc", "x", "-1", "1e3", " 5 5"])
+def test_a_bad_content_length_is_a_400(endpoint: HttpEndpoint, value: str,
+                                       capfd: pytest.CaptureFixture[str]) -> None:
+    answer = post(endpoint.port, f"Content-Length: {value}\r\n")
+    assert answer.startswith(b"HTTP/1.0 400"), answer
+    assert b"Content-Length" in answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_an_app_that_fails_answers_500_in_one_line(tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    def broken(request: Request) -> Response | None:
+        raise TypeError("a bug")
+
+    server = HttpEndpoint("127.0.0.1", free_port(), str(tmp_path), lambda: (True, "ready"),
+                          apps=[broken])
+    server.start()
+    try:
+        answer = send(server.port, b"GET /x HTTP/1.0\r\n\r\n")
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.0 500")
+    assert "Traceback" not in capfd.readouterr().err
