@@ -7,8 +7,8 @@
   GET  /api/dead-letters/<id>
   POST /api/dead-letters/<id>/replay             {"to": "<destination>"} (optional)
   POST /api/dead-letters/<id>/purge
-  POST /api/dead-letters/replay|purge            {"ids": [...]} or filters as above
-                                                 (purge without either needs "all": true)
+  POST /api/dead-letters/replay|purge            {"ids": [...]} or filters as above, or
+                                                 {"all": true} (never implied by an empty body)
 
 Destination actions go to the broker (router/broker/control.py), the owner of the queue; dead
 letters are files on the spool (router/service/dead_letters.py: replay stages a job the broker takes
@@ -30,6 +30,7 @@ from router.core.errors import RouterError
 from router.core.spool import Spool
 from router.service import dead_letters
 from router.service.api_auth import ApiAuth
+from router.service.api_bodies import BulkBody, DrainBody, LetterBody, NoBody, parse
 from router.service.control_client import BrokerUnavailable, ControlClient
 from router.service.http_types import Request, Response, json_response
 
@@ -70,7 +71,8 @@ class ControlApi:
         try:
             return self.route(request, actor)
         except (RouterError, ValueError, KeyError) as exc:
-            why = str(exc).strip("'\"")
+            # str() of a KeyError quotes it; its argument is the message
+            why = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             if request.method == "POST":
                 self._record(actor, request, f"POST {request.path}", why, ok=False)
             return json_response(400, {"error": why})
@@ -98,7 +100,11 @@ class ControlApi:
     # --- destinations ----------------------------------------------------------------------
 
     def _destination(self, request: Request, actor: str, name: str, action: str) -> Response:
-        target = str(request.json().get("to", "")) if action == "drain" else ""
+        if action == "drain":
+            target = parse(DrainBody, request).to
+        else:
+            parse(NoBody, request)  # a body here is a mistake worth saying
+            target = ""
         what = f"{action} {name}" + (f" to {target}" if target else "")
         try:
             reply = self.client.request(action, name, target, actor, request.client)
@@ -131,44 +137,78 @@ class ControlApi:
 
     def _letters(self, request: Request, actor: str, action: str, letter_id: str | None
                  ) -> Response:
-        body = request.json()
+        """Every letter is found and checked before any is touched."""
         if letter_id is not None:
+            to = parse(LetterBody, request).to
             letters = dead_letters.lookup(self.spool, letter_id)
-        elif body.get("ids"):
-            ids = body["ids"]
-            if not isinstance(ids, list):
-                raise ValueError("ids must be a list of dead letter ids")
-            letters = [d for i in ids for d in dead_letters.lookup(self.spool, str(i))]
         else:
-            filters = {k: body.get(k) for k in ("destination", "reason", "older_than",
-                                                "newer_than")}
-            if action == "purge" and not any(filters.values()) and body.get("all") is not True:
-                raise ValueError('purge without ids or a filter deletes every dead letter: '
-                                 'send "all": true')
-            letters = dead_letters.find(self.spool, self._filter(filters))
-        return self._apply(request, actor, action, letters, body.get("to") or None)
+            body = parse(BulkBody, request)
+            to, letters = body.to, self._chosen(body, action)
+        if to is not None and action != "replay":
+            raise ValueError('"to" is for replay only')
+        if action == "replay":
+            self._check_replay(letters, to)
+        return self._apply(request, actor, action, letters, to)
 
-    def _apply(self, request: Request, actor: str, action: str,
-               letters: list[dead_letters.DeadLetter], to: str | None) -> Response:
-        if action == "replay" and to is not None and to not in self.config().destinations:
+    def _chosen(self, body: BulkBody, action: str) -> list[dead_letters.DeadLetter]:
+        filtered = any(body.filters().values())
+        if body.ids is not None:
+            if not body.ids:
+                raise ValueError("ids is empty: nothing to " + action)
+            if filtered or body.all:
+                raise ValueError("send ids or filters (or all), not both")
+            letters = [d for i in body.ids for d in dead_letters.lookup(self.spool, i)]
+            seen: set[str] = set()
+            for letter in letters:
+                if letter.id in seen:
+                    raise ValueError(f"dead letter {letter.id} is named twice")
+                seen.add(letter.id)
+            return letters
+        if not filtered and not body.all:
+            raise ValueError(f'{action} without ids or a filter would take every dead letter: '
+                             'send "all": true for that')
+        return dead_letters.find(self.spool, self._filter(body.filters()))
+
+    def _check_replay(self, letters: list[dead_letters.DeadLetter], to: str | None) -> None:
+        if to is not None and to not in self.config().destinations:
             known = ", ".join(sorted(self.config().destinations))
             raise ValueError(f"cannot replay to {to!r}: not a configured destination "
                              f"(configured: {known})")
+        lost = [d.id for d in letters if not d.instance_path.exists()]
+        if lost:
+            raise ValueError(f"nothing replayed: dead letter(s) {', '.join(lost[:20])} lost "
+                             "their instance; purge them")
+
+    def _apply(self, request: Request, actor: str, action: str,
+               letters: list[dead_letters.DeadLetter], to: str | None) -> Response:
         done: list[dict[str, str]] = []
-        for letter in letters:
-            if action == "replay":
-                job = dead_letters.replay(self.spool, letter, to)
-                done.append({"id": letter.id, "job_id": job.job_id,
-                             "destination": job.destinations[0]})
-            else:
-                dead_letters.purge(self.spool, letter)
-                done.append({"id": letter.id})
-        detail = f"{len(done)} dead letter(s) " + ("replayed" + (f" to {to}" if to else "")
-                                                   if action == "replay" else "purged")
-        self._record(actor, request, f"dead letters {action}",
-                     f"{detail}: {', '.join(d['id'] for d in done)[:500]}", ok=True)
+        what = f"dead letters {action}"
+        for index, letter in enumerate(letters):
+            try:
+                if action == "replay":
+                    job = dead_letters.replay(self.spool, letter, to)
+                    done.append({"id": letter.id, "job_id": job.job_id,
+                                 "destination": job.destinations[0]})
+                else:
+                    dead_letters.purge(self.spool, letter)
+                    done.append({"id": letter.id})
+            except (RouterError, OSError) as exc:  # after checks: the spool changed under us
+                return self._partial(request, actor, action, done, letters[index:], exc)
+        verb = "replayed" + (f" to {to}" if to else "") if action == "replay" else "purged"
+        detail = f"{len(done)} dead letter(s) {verb}"
+        self._record(actor, request, what, f"{detail}: {_ids(done)}", ok=True)
         return json_response(200, {"ok": True, "detail": detail, "count": len(done),
                                    "dead_letters": done})
+
+    def _partial(self, request: Request, actor: str, action: str, done: list[dict[str, str]],
+                 left: list[dead_letters.DeadLetter], exc: Exception) -> Response:
+        """Part done: say exactly what was and what was not, in all three places."""
+        not_done = [d.id for d in left]
+        why = (f"{action} stopped at {left[0].id}: {exc}; done {len(done)}: {_ids(done)}; "
+               f"not done {len(not_done)}: {', '.join(not_done)[:500]}")
+        self._record(actor, request, f"dead letters {action}", why, ok=False)
+        return json_response(500, {"ok": False, "error": why, "count": len(done),
+                                   "dead_letters": done, "not_done": not_done})
 
     def _record(self, actor: str, request: Request, action: str, detail: str, *, ok: bool,
                 refused_access: bool = False) -> None:
@@ -177,3 +217,7 @@ class ControlApi:
                 "done" if ok else "refused", detail)
         record_action(self.audit, user=actor, address=request.client, action=action,
                       detail=detail, ok=ok, refused_access=refused_access)
+
+
+def _ids(done: list[dict[str, str]]) -> str:
+    return ", ".join(d["id"] for d in done)[:500]
