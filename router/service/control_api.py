@@ -49,7 +49,7 @@ class ControlApi:
         self.client = client
         self.destinations = destinations  # the broker's live rows (router/broker/main.py)
         self.audit = audit
-        self.auth = ApiAuth(config().api.token_file)
+        self.auth = ApiAuth(config().api.token_file, config().metrics.host)
         self.spool = Spool(config().spool.path)
 
     def __call__(self, request: Request) -> Response | None:

@@ -114,3 +114,24 @@ def test_a_replay_that_stops_midway_says_what_it_did(api: ControlApi, audited: A
     record = audited[-1]
     assert not record["ok"] and f"done 1: {a}" in record["detail"]
     assert f"not done 2: {b}, {c}" in record["detail"]
+
+
+@pytest.mark.parametrize(("headers", "refused"), [
+    ({}, None),
+    ({"host": "127.0.0.1:9100"}, None),
+    ({"host": "localhost:9100", "origin": "http://localhost:9100"}, None),
+    ({"host": "[::1]:9100"}, None),
+    ({"host": "evil.example:9100"}, "is not this machine"),
+    ({"host": "127.0.0.1:9100", "origin": "http://evil.example:9100"}, "web page"),
+    ({"host": "127.0.0.1:9100", "origin": "null"}, "web page"),
+])
+def test_loopback_trust_refuses_dns_rebinding(api: ControlApi, headers: dict[str, str],
+                                              refused: str | None) -> None:
+    """Without a token the API trusts loopback clients; a browser page whose name resolves
+    to 127.0.0.1 is one, and only its Host and Origin headers give it away."""
+    answer = api(Request("GET", "/api/destinations", "", headers, b"", "127.0.0.1"))
+    assert answer is not None
+    if refused is None:
+        assert answer.status == 200
+    else:
+        assert answer.status == 403 and refused in json.loads(answer.body)["error"]
