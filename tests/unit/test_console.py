@@ -128,3 +128,36 @@ def test_only_a_logged_in_user_may_upload_a_large_file() -> None:
     assert body_limit([console], head(tester, cookie=f"dr_session={session}")) == UPLOAD_MAX
     assert body_limit([console], head("/console/destinations/pacs/pause",
                                       cookie=f"dr_session={session}")) == MAX_BODY
+
+
+def test_parallel_logins_cannot_pass_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit is checked and counted at once: 25 wrong passwords sent together get 5
+    password checks, not 25 (each check costs the attacker one guess)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from router.service.console import auth as auth_module
+    from router.service.console.auth import TooManyFailures
+
+    auth = ConsoleAuth(settings(login_failures=5, login_window=300))
+    checks = []
+    real = auth_module._HASHER
+
+    class Slow:
+        def verify(self, hashed: str, password: str) -> bool:
+            checks.append(password)
+            time.sleep(0.05)  # a real argon2 check takes about this long: the race's window
+            return real.verify(hashed, password)
+
+    def attempt(_: int) -> str:
+        try:
+            return "ok" if auth.login("alice", "wrong", "10.0.0.7") else "failed"
+        except TooManyFailures:
+            return "blocked"
+
+    monkeypatch.setattr(auth_module, "_HASHER", Slow())
+    with ThreadPoolExecutor(25) as pool:
+        results = list(pool.map(attempt, range(25)))
+    assert results.count("failed") == 5 and results.count("blocked") == 20
+    assert len(checks) == 5
+    assert auth.login("alice", "pw-a", "10.0.0.8") is not None  # other addresses unaffected
+    assert "10.0.0.8" not in auth.failures  # a success is not counted

@@ -17,7 +17,7 @@ from router.audit.operator import record_action
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.service.console import views_letters, views_overview, views_rules
-from router.service.console.auth import ConsoleAuth, Identity
+from router.service.console.auth import ConsoleAuth, Identity, TooManyFailures
 from router.service.console.forms import Posted, cookie, parse_form, set_cookie
 from router.service.console.history import History
 from router.service.console.html import button, field, page
@@ -133,12 +133,13 @@ class Console:
         if not nonce or posted.fields.get("csrf") != nonce:
             return self._login_page("the login form expired; try again", 403)
         user = posted.fields.get("username", "")[:64]
-        if self.auth.blocked(request.client):
+        try:
+            session = self.auth.login(user, posted.fields.get("password", ""), request.client)
+        except TooManyFailures:
             self._audit(user or "?", request, "console login", "refused: too many failed "
                         "logins from this address", ok=False, refused_access=True)
             return self._login_page("too many failed logins from this address; wait and "
                                     "try again", 429)
-        session = self.auth.login(user, posted.fields.get("password", ""), request.client)
         if session is None:
             self._audit(user or "?", request, "console login", "failed: wrong user name or "
                         "password", ok=False, refused_access=True)

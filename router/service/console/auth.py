@@ -4,6 +4,7 @@ verifies passwords, `secrets` makes tokens, `hmac.compare_digest` compares them.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
 import threading
@@ -46,6 +47,10 @@ class Identity:
         return self.role == "operator"
 
 
+class TooManyFailures(Exception):
+    """Logins from this address are refused until its failures leave the window."""
+
+
 class ConsoleAuth:
     def __init__(self, config: ConsoleConfig) -> None:
         self.config = config
@@ -58,15 +63,28 @@ class ConsoleAuth:
 
     def blocked(self, address: str, now: float | None = None) -> bool:
         """Too many failed logins from this address lately."""
-        now = time.monotonic() if now is None else now
         with self.lock:
             recent = self.failures.get(address)
-            while recent and now - recent[0] > self.config.login_window:
-                recent.popleft()
-            return recent is not None and len(recent) >= self.config.login_failures
+            return recent is not None and \
+                len(self._prune(recent, now)) >= self.config.login_failures
+
+    def _prune(self, recent: deque[float], now: float | None) -> deque[float]:
+        now = time.monotonic() if now is None else now
+        while recent and now - recent[0] > self.config.login_window:
+            recent.popleft()
+        return recent
 
     def login(self, username: str, password: str, address: str) -> str | None:
-        """A new session's id, or None (the failure is counted against the address)."""
+        """A new session's id, or None (the failure is counted against the address);
+        TooManyFailures when the address is past its limit (the password is not checked)."""
+        # Counted as a failure before the (slow) check and taken back on success: a check
+        # and a count apart would let parallel attempts all pass the limit.
+        with self.lock:
+            recent = self._prune(self.failures.setdefault(address, deque()), None)
+            if len(recent) >= self.config.login_failures:
+                raise TooManyFailures(address)
+            stamp = time.monotonic()
+            recent.append(stamp)
         user = self.users.get(username)
         try:
             _HASHER.verify(user.password_hash if user else _DUMMY, password)
@@ -74,12 +92,14 @@ class ConsoleAuth:
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or user is None:
-            with self.lock:
-                self.failures.setdefault(address, deque()).append(time.monotonic())
             return None
         session_id = secrets.token_urlsafe(32)
         expires = time.monotonic() + self.config.session_minutes * 60
         with self.lock:
+            with contextlib.suppress(ValueError):  # the window may have dropped it
+                self.failures[address].remove(stamp)
+            if not self.failures[address]:
+                del self.failures[address]
             self._expire()
             self.sessions[session_id] = Session(user.username, user.role, expires)
         return session_id
