@@ -161,3 +161,16 @@ def test_parallel_logins_cannot_pass_the_limit(monkeypatch: pytest.MonkeyPatch) 
     assert len(checks) == 5
     assert auth.login("alice", "pw-a", "10.0.0.8") is not None  # other addresses unaffected
     assert "10.0.0.8" not in auth.failures  # a success is not counted
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../etc/x", "/", ""])
+def test_the_rule_tester_never_uses_the_client_file_name(name: str, tmp_path: object) -> None:
+    from router.core.config import default_config
+    from router.service.console.auth import Identity
+    from router.service.console.forms import Posted
+    from router.service.console.views_rules import test
+
+    who = Identity("victor", "viewer", "token")
+    answer = test(who, default_config(), Posted({}, {"file": (name, b"not DICOM at all")}))
+    assert answer.status == 200
+    assert b"cannot be read as DICOM" in answer.body

@@ -65,16 +65,17 @@ def test(identity: Identity, config: RouterConfig, posted: Posted) -> Response:
     if upload is None or not upload[1]:
         return rules(identity, config, "choose a DICOM file to test")
     fields = posted.fields
-    with tempfile.TemporaryDirectory(prefix="route-test-") as folder:
-        path = Path(folder) / (Path(upload[0]).name or "upload.dcm")
-        path.write_bytes(upload[1])
+    shown = upload[0][:200] or "the upload"  # the client's name: shown, never a path
+    with tempfile.TemporaryDirectory(prefix="route-test-") as folder:  # mode 0700
+        path = Path(folder) / "upload.dcm"
         try:
+            path.write_bytes(upload[1])
             lines = explain(config, path, fields.get("calling_ae") or "STORESCU",
                             fields.get("called_ae") or config.ae_title,
                             fields.get("source") or "127.0.0.1")
         except Exception as exc:  # route-test says the same for a file it cannot read
-            lines = [f"{upload[0]}: cannot be read as DICOM: {exc}"]
-    lines[0] = lines[0].replace(str(path), upload[0])
+            lines = [f"{shown}: cannot be read as DICOM: {exc}"]
+    lines[0] = lines[0].replace(str(path), shown)
     return rules(identity, config, "", lines)
 
 
