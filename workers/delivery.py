@@ -23,7 +23,7 @@ from router.dicom.association_pool import release_all
 from router.dicom.store_sender import DicomDestination, StorePool
 from workers.destinations.factory import Destination, build_destination
 from workers.ledger import DeliveryLedger, file_digest
-from workers.prepare import FALLBACK_SYNTAXES, Preparer, open_uid_map
+from workers.prepare import FALLBACK_SYNTAXES, Prepared, Preparer, open_uid_map
 
 log = logging.getLogger(__name__)
 
@@ -212,32 +212,56 @@ class DeliveryThread(threading.Thread):
         return "", digest
 
     def _send(self, job: JobHeader, name: str, source: Path) -> None:
-        """Send what this destination should get (workers/prepare.py); a destination that
-        refuses the instance's syntax gets it once more, transcoded, when that is possible."""
+        """Send what this destination should get (workers/prepare.py). A destination that
+        refuses the instance's syntax at negotiation gets it in the next syntax it may take,
+        one at a time: its `transfer_syntaxes` in order, else Explicit then Implicit VR Little
+        Endian (an Implicit-only PACS got nothing when only Explicit was tried)."""
         prepared = self.preparer.prepare(job, name, source)
+        tried = {prepared.job.transfer_syntax_uid}
+        try:
+            self._deliver(name, prepared)
+            return
+        except DeliveryError as exc:
+            if exc.reason != "no_context":
+                raise
+            refused = exc
+        finally:
+            prepared.cleanup()
+        for syntax in self._syntaxes_to_try(name):
+            if syntax in tried:
+                continue
+            tried.add(syntax)
+            log.info("job %s: %s refuses %s; trying %s", job.job_id, name,
+                     ", ".join(sorted(tried - {syntax})), syntax)
+            try:
+                retry = self.preparer.prepare(job, name, source, (syntax,))
+            except DeliveryError as exc:
+                if exc.reason != "transcode":
+                    raise
+                refused = exc  # not convertible to this one (the reason to report): the next
+                continue
+            try:
+                self._deliver(name, retry)
+                return
+            except DeliveryError as exc:
+                if exc.reason != "no_context":
+                    raise
+                if refused.reason != "transcode":
+                    refused = exc
+            finally:
+                retry.cleanup()
+        raise refused
+
+    def _deliver(self, name: str, prepared: Prepared) -> None:
         destination = self._destination(name)
         if isinstance(destination, DicomDestination):
             destination.others_open = self.others_open
-        try:
-            try:
-                destination.deliver(prepared.job, prepared.path)
-                return
-            except DeliveryError as exc:
-                if exc.reason != "no_context" or self._syntaxes_configured(name):
-                    raise
-                log.info("job %s: %s refuses %s; transcoding", job.job_id, name,
-                         prepared.job.transfer_syntax_uid)
-            retry = self.preparer.prepare(job, name, source, FALLBACK_SYNTAXES)
-            try:
-                self._destination(name).deliver(retry.job, retry.path)
-            finally:
-                retry.cleanup()
-        finally:
-            prepared.cleanup()
+        destination.deliver(prepared.job, prepared.path)
 
-    def _syntaxes_configured(self, name: str) -> bool:
+    def _syntaxes_to_try(self, name: str) -> tuple[str, ...]:
         dest = self.config.destinations.get(name)
-        return bool(getattr(dest, "transfer_syntaxes", None))
+        configured = tuple(getattr(dest, "transfer_syntaxes", None) or ())
+        return configured or FALLBACK_SYNTAXES
 
     def _record(self, job: JobHeader, name: str, digest: str) -> None:
         """Remember a success in the ledger; failing to is no reason to resend it."""

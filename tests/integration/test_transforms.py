@@ -11,6 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
@@ -167,3 +168,30 @@ def test_transcoding_on_refusal_without_a_configured_list(
     got = dcmread(explicit_only.received_files()[0])
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert (got.pixel_array == dcmread(source).pixel_array).all()
+
+
+@pytest.mark.parametrize("configured",
+                         [None, ["ExplicitVRLittleEndian", "ImplicitVRLittleEndian"]])
+def test_an_implicit_only_destination_gets_implicit_vr(
+        start_router: RouterFactory, tmp_path: Path, configured: list[str] | None) -> None:
+    """A PACS that takes Implicit VR Little Endian only (storescp +xi): without a list the
+    refusal led to one retry, in Explicit, and every instance became a no_context dead
+    letter; with `transfer_syntaxes: [Explicit, Implicit]` only the first was ever
+    proposed. Each syntax it may take is tried in turn."""
+    with StoreSCP(tmp_path / "implicit-pacs", "IMPL", extra_args=["+xi"]) as implicit:
+        dest = dicom_destination(implicit)
+        if configured:
+            dest["transfer_syntaxes"] = configured
+        router = start_router({"destinations": {"impl": dest},
+                               "rules": [{"name": "all", "forward": ["impl"]}]})
+        sources = [write_instance(tmp_path / "src", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                                  size_bytes=3000),
+                   write_compressed(tmp_path / "src", RLELossless)]
+        for source in sources:
+            assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(implicit.received_files()) == 2), router.log()[-2000:]
+        for path in implicit.received_files():
+            got = dcmread(path)
+            assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert router.metric("dicom_router_dead_letters_total", destination="impl",
+                             reason="no_context") == 0
