@@ -52,13 +52,17 @@ class DeliveryLedger:
         return row is not None and time.time() - float(row[0]) <= self.window
 
     def has(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
-        """These bytes reached it within the window, from any job (on_duplicate: skip)."""
+        """These bytes are what it got last of this instance, within the window, from any job
+        (on_duplicate: skip). The last, not any earlier one: v1, v2, then v1 again must send
+        the third, or the destination keeps v2 while the sender's latest is v1."""
         row = self.db.execute(
-            "SELECT MAX(delivered_at) FROM deliveries"
-            " WHERE destination = ? AND sop_instance_uid = ? AND digest = ?",
-            (destination, sop_instance_uid, digest),
+            "SELECT digest, delivered_at FROM deliveries"
+            " WHERE destination = ? AND sop_instance_uid = ?"
+            " ORDER BY delivered_at DESC LIMIT 1",
+            (destination, sop_instance_uid),
         ).fetchone()
-        return row[0] is not None and time.time() - float(row[0]) <= self.window
+        return (row is not None and row[0] == digest
+                and time.time() - float(row[1]) <= self.window)
 
     def record(self, destination: str, sop_instance_uid: str, digest: str, job_id: str) -> None:
         """Remember a success; `digest` is empty when nobody will compare bytes."""

@@ -55,6 +55,18 @@ def test_other_digest_for_same_instance_is_not_a_duplicate(ledger: DeliveryLedge
     assert not ledger.has("pacs", "1.2.3", OTHER_DIGEST)
 
 
+def test_only_the_version_it_got_last_is_a_duplicate(ledger: DeliveryLedger,
+                                                     clocks: Clocks) -> None:
+    """v1, v2, then v1 again: the third is no duplicate of what the destination holds (v2),
+    though it got those bytes before; skipping it left the PACS with v2 while the sender's
+    latest, and every other destination's, was v1."""
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    clocks.wall += 1
+    ledger.record("pacs", "1.2.3", OTHER_DIGEST, "job-2")
+    assert not ledger.has("pacs", "1.2.3", DIGEST)
+    assert ledger.has("pacs", "1.2.3", OTHER_DIGEST)
+
+
 def test_other_destination_is_not_a_duplicate(ledger: DeliveryLedger) -> None:
     ledger.record("pacs", "1.2.3", DIGEST, "job-1")
     assert not ledger.has("archive", "1.2.3", DIGEST)
