@@ -24,6 +24,7 @@ from router.core.config import DicomDestination as DicomConfig
 from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
+from router.core.log_safety import RepeatLimiter
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
 from router.core.owned_names import relay_copy_name
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 SHARED_CODECS = CodecProcess()
 
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
+_MORPH_WARNINGS = RepeatLimiter(what="morph_warning")  # the same warning 3 times a minute
 
 
 @dataclass
@@ -123,9 +125,16 @@ class Preparer:
 
         target = self._copy_path(prepared)
         try:
-            prepared.changes += morph_file(prepared.path, target, actions)
+            changes = morph_file(prepared.path, target, actions)
         except (MorphError, ValueError) as exc:
             raise DeliveryError("morph", f"morphing failed: {exc}", transient=False) from exc
+        prepared.changes += changes
+        for change in changes:
+            # Written anyway (a PACS may take it; route-test shows it too), but said: a value
+            # too long or malformed for its VR is the config's, and the log is where it shows.
+            if "(warning:" in change and _MORPH_WARNINGS.allow(change, 3):
+                log.warning("job %s: morph wrote a value that is not valid for its VR: %s",
+                            prepared.job.job_id, change)
         self._advance(prepared, target)
 
     def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig) -> None:

@@ -138,6 +138,16 @@ def test_set_of_the_same_value_reports_nothing() -> None:
     assert morph(item(Modality="CT"), {"action": "set", "tag": "Modality", "value": "CT"}) == []
 
 
+def test_a_private_element_needs_its_private_creator() -> None:
+    """Set without a Private Creator, a private element reads back as UN (nobody can tell
+    whose it is): the README's own example did that."""
+    from workers.transforms.morph import MorphError
+
+    with pytest.raises(MorphError, match=r"without its Private Creator \(0011,0010\)"):
+        morph(Dataset(), {"action": "set", "tag": "(0011,1010)", "value": "site 4",
+                          "vr": "LO"})
+
+
 def test_set_private_tag_with_vr() -> None:
     ds = Dataset()
     changes = morph(ds, {"action": "set", "tag": "(0011,0010)", "value": "ACME"},

@@ -4,10 +4,16 @@ moved there from where its rule sent it (fallback, drain-to, dead-letters replay
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
 
 from router.core.config import parse_config
 from router.core.messages import JobHeader
-from workers.prepare import steps_for
+from router.core.spool import Spool
+from tests.dicom_samples import write_instance
+from workers.prepare import Preparer, steps_for
 
 from .helpers import make_header
 
@@ -61,3 +67,24 @@ def test_moved_back_where_the_rule_sent_it_forgets_the_move() -> None:
         "spare=pacs",)
     assert JobHeader.from_dict({k: v for k, v in job.to_dict().items()
                                 if k != "moved_from"}).moved_from == ()  # older records
+
+
+def test_a_morphed_value_invalid_for_its_vr_is_logged(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Written anyway (a PACS may take it) but said in the log, where before only route-test
+    showed it."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "folder", "path": str(tmp_path / "p")}},
+        "rules": [{"name": "long", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "AccessionNumber", "value": "RADIOLOGY-LONG-PREFIX-1"}]}],
+    })
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1")
+    spool = Spool(tmp_path / "spool").create()
+    job = make_header(destinations=("pacs",), rules=("long",),
+                      transfer_syntax_uid="1.2.840.10008.1.2.1")
+    with caplog.at_level(logging.WARNING):
+        prepared = Preparer(config, spool, lambda: None).prepare(job, "pacs", source)
+    prepared.cleanup()
+    assert "morph wrote a value that is not valid for its VR" in caplog.text
+    assert "AccessionNumber" in caplog.text or "(0008,0050)" in caplog.text

@@ -149,6 +149,12 @@ def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str) ->
     kind = vr_kind(vr)
     if kind in ("sequence", "opaque"):
         raise MorphError(f"{where} has VR {vr}: it can only be deleted, not changed")
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2 and element >= 0x1000 and (tag & 0xFFFF0000 | element >> 8) not in parent:
+        # A private element is read through its block's Private Creator (PS3.5 7.8.1);
+        # without one, a reader cannot tell whose it is (it reads back as UN).
+        raise MorphError(f"{where} is a private element without its Private Creator "
+                         f"({group:04X},{element >> 8:04X}): set that first, with vr LO")
     typed = [_typed(kind, v, vr, where) for v in values]
     note = ""
     for value in typed:
