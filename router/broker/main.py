@@ -371,9 +371,10 @@ class Broker(Publishing):
 
 
 def _outcome_label(result: Result) -> str:
-    """delivered, suppressed (the ledger said the destination has it: not sent), failed."""
+    """delivered, suppressed (the ledger said the destination has it: not sent), busy (the
+    destination took no more associations: no attempt spent), failed."""
     if not result.delivered:
-        return "failed"
+        return "busy" if result.reason == "busy" else "failed"
     return "suppressed" if result.reason in ("redelivery", "duplicate") else "delivered"
 
 

@@ -107,7 +107,11 @@ def test_the_learned_limit_is_reported(start_router: RouterFactory, tmp_path: Pa
     # snapshot, written once a heartbeat, so it may lag the gauge by one.
     assert wait_for(lambda: _gauge(router) == 1, timeout=10), _gauge(router)
     assert wait_for(lambda: _learned(router) == 1, timeout=10), _learned(router)
-    assert router.metric("dicom_router_retries_total", destination="pacs", reason="busy") >= 1
+    busy = router.metric("dicom_router_retries_total", destination="pacs", reason="busy")
+    assert busy >= 1
+    # Counted as busy, not as a failed delivery (it spends no attempt).
+    assert router.metric("dicom_router_instances_forwarded_total", destination="pacs",
+                         result="busy") == busy
     assert "destination pacs is busy (refused one more association)" in router.log()
     assert router.metric_sum("dicom_router_dead_letters_total") == 0
 
