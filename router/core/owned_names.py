@@ -62,6 +62,13 @@ def relayed_move_files(relay: Path, message_id: int) -> list[Path]:
         return [Path(e.path) for e in entries if e.name.startswith(prefix)]
 
 
+def unlink_all(paths: list[Path]) -> int:
+    """Delete these files (a relayed retrieve's leftovers); how many there were."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    return len(paths)
+
+
 def writer_pid(name: str) -> int | None:
     """The pid a file's name starts with: an incoming/ file, a relay copy, a relayed
     retrieve's instance or a journal segment. None for a name this router did not make so

@@ -12,7 +12,7 @@ from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
-from router.core.owned_names import relayed_move_files, relayed_move_name
+from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, final_status
@@ -91,12 +91,10 @@ class RelayedMoves:
     def clear(self, message_id: int) -> None:
         """A move's instances left in relay/ when it ended (cancel, failure): nobody passes
         them on."""
-        left = relayed_move_files(self.spool.relay, message_id)
-        for path in left:
-            path.unlink(missing_ok=True)
+        left = unlink_all(relayed_move_files(self.spool.relay, message_id))
         if left:
             log.warning("removed %d instance(s) of relayed C-MOVE %d from relay/ that were "
-                        "never delivered", len(left), message_id)
+                        "never delivered", left, message_id)
 
     def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
                       source: Path) -> bool:

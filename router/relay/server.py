@@ -33,7 +33,7 @@ from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import Status, relay_failure_status, relay_no_route_status
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
-from router.core.owned_names import relay_request_id, relayed_get_files
+from router.core.owned_names import relay_request_id, relayed_get_files, unlink_all
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
@@ -213,12 +213,10 @@ class RelayServer:
         """A C-GET's instances left in relay/ when it ended: nobody passes them on. One a
         worker moved in and died before announcing, or moved in after the call ended without
         a final answer (a timeout: the requester has its failure)."""
-        left = relayed_get_files(self.spool.relay, request_id)
-        for path in left:
-            path.unlink(missing_ok=True)
+        left = unlink_all(relayed_get_files(self.spool.relay, request_id))
         if left:
             log.warning("removed %d instance(s) of relayed C-GET %s from relay/ that the "
-                        "requester was never sent", len(left), request_id)
+                        "requester was never sent", left, request_id)
 
     def _send_sub_operation(self, exchange: Exchange, store: RelayStore) -> int | None:
         path = self.spool.relay / Path(store.file_name).name

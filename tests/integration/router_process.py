@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,18 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
             return rsp.status, rsp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def raw_http(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to the HTTP port and read until the router closes (malformed, slow or
+    oversized requests that no HTTP client library would send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def child_pids(parent: int) -> list[int]:

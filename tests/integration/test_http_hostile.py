@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import RouterFactory
-from tests.integration.router_process import http_get
+from tests.integration.router_process import http_get, raw_http
 from tests.integration.test_console import _dead_letter, config
 
 pytestmark = pytest.mark.integration
@@ -21,18 +21,8 @@ pytestmark = pytest.mark.integration
 JOBS = ("00000000000000aa11111111", "00000000000000bb22222222", "00000000000000cc33333333")
 
 
-def exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-
 def post(port: int, path: str, headers: str, body: bytes = b"") -> bytes:
-    return exchange(port, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    return raw_http(port, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                           f"Content-Type: application/json\r\n{headers}\r\n".encode() + body)
 
 

@@ -15,6 +15,7 @@ import pytest
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import Request, Response, json_response
 from tests.dcmtk import free_port
+from tests.integration.router_process import raw_http
 
 TIMEOUT = 1.5  # metrics.request_timeout of these endpoints
 
@@ -34,18 +35,8 @@ def endpoint(tmp_path: Path) -> Iterator[HttpEndpoint]:
     server.stop()
 
 
-def send(port: int, data: bytes, wait: float = 5.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(data)
-        chunks = []
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-
 def post(port: int, headers: str, body: bytes = b"") -> bytes:
-    return send(port, f"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+    return raw_http(port, f"POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
                 + body)
 
 
@@ -133,7 +124,7 @@ def test_an_app_that_fails_answers_500_in_one_line(tmp_path: Path,
                           apps=[broken])
     server.start()
     try:
-        answer = send(server.port, b"GET /x HTTP/1.0\r\n\r\n")
+        answer = raw_http(server.port, b"GET /x HTTP/1.0\r\n\r\n")
     finally:
         server.stop()
     assert answer.startswith(b"HTTP/1.0 500")
