@@ -17,7 +17,7 @@ from router.core.config import DEFAULT_MAX_PDU
 from router.core.errors import RouterError
 from router.core.tls import failure_reason
 from router.dicom.net import tune_scu_socket
-from router.dicom.scu_outcome import mark_connected, was_connected
+from router.dicom.scu_outcome import mark_connected, recover_rejection, was_connected
 
 _ALERT_WAIT = 2.0  # seconds a TLS probe waits for an alert after its handshake
 
@@ -123,6 +123,7 @@ def _rejection(assoc: Association) -> str:
 
 
 def _failure(assoc: Association, peer: Peer) -> RouterError:
+    recover_rejection(assoc)
     if not was_connected(assoc):
         return AssociationError(f"cannot connect to {peer}: {_diagnose_connection(peer)}")
     answer = getattr(assoc.acceptor, "primitive", None)

@@ -1,0 +1,43 @@
+"""router/dicom/scu_outcome.py: why a pynetdicom SCU association was not established."""
+
+from __future__ import annotations
+
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from router.dicom.scu_outcome import failure_from_association, mark_connected, recover_rejection
+
+
+class _Opened:
+    def __init__(self, assoc: Association) -> None:
+        self.assoc = assoc
+
+
+def _rejected_but_unread() -> Association:
+    """As pynetdicom 3.0.4 leaves an association whose peer rejected at once: the DUL queued
+    the A-ASSOCIATE-RJ and closed the transport, and the negotiating thread, finding the
+    transport closed, aborted without reading it."""
+    assoc = Association(AE(), "requestor")
+    rejection = A_ASSOCIATE()
+    rejection.result, rejection.result_source, rejection.diagnostic = 0x01, 0x01, 0x07
+    assoc.dul.to_user_queue.put(rejection)
+    assoc.is_aborted = True
+    mark_connected(_Opened(assoc))
+    return assoc
+
+
+def test_a_rejection_left_unread_is_a_rejection_not_an_abort() -> None:
+    assoc = _rejected_but_unread()
+    recover_rejection(assoc)
+    assert assoc.is_rejected and not assoc.is_aborted
+    assert assoc.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
+    failure = failure_from_association(_rejected_but_unread(), "pacs", "1.2", "1.2.840.10008.1.2")
+    assert failure.reason == "rejected" and not failure.transient
+
+
+def test_nothing_queued_leaves_an_abort_an_abort() -> None:
+    assoc = Association(AE(), "requestor")
+    assoc.is_aborted = True
+    recover_rejection(assoc)
+    assert assoc.is_aborted and not assoc.is_rejected
