@@ -161,6 +161,33 @@ def check_contexts(config: RouterConfig) -> None:
         tls = getattr(dest, "tls", None)
         if tls is not None and tls.mode != "off":
             client_context(tls, f"destinations.{name}.tls")
+        ca = getattr(dest, "ca", None)  # a DICOMweb destination's https CA bundle
+        if isinstance(ca, Path):
+            _ca_bundle(ca, f"destinations.{name}.ca")
+    console = config.console
+    if console.tls_cert is not None and console.tls_key is not None:
+        server_context(ListenerTLS(mode="tls", cert=console.tls_cert, key=console.tls_key,
+                                   key_password_file=console.tls_key_password_file), "console")
+    syslog = config.audit.syslog
+    if syslog is not None and syslog.transport == "tls":
+        if syslog.ca is not None:
+            _ca_bundle(syslog.ca, "audit.syslog.ca")
+        if syslog.cert is not None:
+            try:
+                ssl.create_default_context().load_cert_chain(
+                    str(syslog.cert), str(syslog.key) if syslog.key is not None else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise TLSConfigError(f"audit.syslog.cert: {syslog.cert} and its key cannot be "
+                                     f"used: {exc}") from None
+
+
+def _ca_bundle(path: Path, key: str) -> None:
+    """A CA bundle the router will verify peers against: readable, and PEM certificates."""
+    _readable(path, key)
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSConfigError(f"{key}: {path} holds no PEM certificate: {exc}") from None
 
 
 # Bounded metric labels for handshake failures, from OpenSSL's reason codes.

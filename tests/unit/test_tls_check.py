@@ -125,3 +125,38 @@ def test_a_directory_as_ca_is_a_clear_error_not_a_traceback(
 
     with pytest.raises(TLSConfigError, match=r"destinations\.pacs\.tls\.ca: cannot read .*: Is a"):
         check_contexts(config)
+
+
+def _base(tmp_path: Path) -> dict[str, Any]:
+    return {"destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+            "rules": [{"name": "all", "forward": ["keep"]}]}
+
+
+@pytest.mark.parametrize("where", ["console", "dicomweb", "syslog_ca", "syslog_cert"])
+def test_the_console_dicomweb_and_syslog_tls_material_is_checked_too(
+        tmp_path: Path, pki: dict[str, Path], where: str) -> None:
+    """These were loaded only when first used: a check-config that said ok, then a console
+    that would not start, a DICOMweb destination whose every delivery failed, or an audit
+    trail that never reached its syslog server."""
+    data = _base(tmp_path)
+    junk = str(pki["junk"])
+    if where == "console":
+        (tmp_path / "token").write_text("a-token-for-scripts\n")
+        data["console"] = {"enabled": True, "port": 24998, "tls_cert": junk,
+                           "tls_key": str(pki["key"]), "token_file": str(tmp_path / "token")}
+        expected = "console"
+    elif where == "dicomweb":
+        data["destinations"]["web"] = {"type": "dicomweb", "url": "https://pacs.example/dicomweb",
+                                       "ca": junk}
+        expected = "destinations.web.ca"
+    else:
+        syslog: dict[str, Any] = {"host": "127.0.0.1", "transport": "tls"}
+        syslog.update({"ca": junk} if where == "syslog_ca"
+                      else {"cert": junk, "key": str(pki["key"])})
+        data["audit"] = {"enabled": True, "path": str(tmp_path / "audit.jsonl"),
+                         "syslog": syslog}
+        expected = "audit.syslog.ca" if where == "syslog_ca" else "audit.syslog.cert"
+    with pytest.raises(TLSConfigError, match=expected.replace(".", r"\.")):
+        check_contexts(parse_config(data))
+    good = _base(tmp_path)
+    check_contexts(parse_config(good))
