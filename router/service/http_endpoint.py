@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from router.core.log_safety import RepeatLimiter
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_deadline import BadHead, DeadlineReader, body_length
 from router.service.http_types import App, Request, Response, body_limit
@@ -71,7 +72,7 @@ class AppHandler(BaseHTTPRequestHandler):
             try:
                 response = app(request)
             except Exception as exc:  # a bug, not the client's: answer, say it in one line
-                _THROTTLE.log(f"{method} {path} failed: {type(exc).__name__}: {exc}")
+                _log_failure(f"{method} {path} failed: {type(exc).__name__}: {exc}")
                 self._reply(500, b"internal error: see the router's log\n")
                 return True
             if response is not None:
@@ -122,25 +123,15 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
     return Handler
 
 
-class _Throttle:
-    """One log line per `every` seconds at most, then how many were left out."""
+# A client can provoke failures at will: six lines a minute, then how many were left out.
+_FAILURES = RepeatLimiter(what="http_failure")
 
-    def __init__(self, every: float = 10.0) -> None:
-        self.every, self.last, self.skipped = every, -float("inf"), 0
-        self.lock = threading.Lock()
 
-    def log(self, line: str) -> None:
-        with self.lock:
-            now = time.monotonic()
-            if now - self.last < self.every:
-                self.skipped += 1
-                return
-            skipped, self.skipped, self.last = self.skipped, 0, now
-        more = f" ({skipped} more like it left out)" if skipped else ""
+def _log_failure(line: str) -> None:
+    if _FAILURES.allow("http", 6):
+        left_out = _FAILURES.suppressed("http")
+        more = f" ({left_out} more like it left out)" if left_out else ""
         log.warning("HTTP: %s%s", line[:300], more)
-
-
-_THROTTLE = _Throttle()
 
 
 class Server(ThreadingHTTPServer):
@@ -196,7 +187,7 @@ class Server(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         if exc is None or isinstance(exc, ConnectionError):
             return
-        _THROTTLE.log(f"request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
+        _log_failure(f"request from {client_address[0]} failed: {type(exc).__name__}: {exc}")
 
 
 class HttpEndpoint:
