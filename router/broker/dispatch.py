@@ -10,6 +10,8 @@ Rules it keeps:
   destination is preferred to opening a new one.
 - A destination that is busy (refused one more association) is not down: the limit drops,
   the delivery goes back to the front of its queue without spending an attempt.
+- Receptions of one SOP instance reach a destination in arrival order: a later one waits
+  until the earlier one is done with there (router/broker/instance_order.py).
 - A queue longer than the limit goes out in runs (one Deliver carrying several jobs), so the
   per-instance cost of a round trip through the broker is shared; a young, short queue
   waits up to `queue.linger` to become one (router/broker/gathering.py).

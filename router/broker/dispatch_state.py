@@ -21,6 +21,7 @@ from router.broker.deliveries import (
 )
 from router.broker.delivery_queue import DeliveryQueue
 from router.broker.gathering import Gathering
+from router.broker.instance_order import InstanceOrder
 from router.core.messages import JobHeader
 
 WORKER_LEASE_SECONDS = 6.0
@@ -45,6 +46,7 @@ class DispatchState:
         self.policies = dict(policies)
         self.gathering = Gathering(linger)  # queue.linger: a young queue waits to fill a run
         self.holds = holds or GroupHolds({})
+        self.order = InstanceOrder()  # one instance's receptions reach a destination in order
         self.wall, self.local = wall, local
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
@@ -128,8 +130,8 @@ class DispatchState:
             if destination not in self.policies:
                 outcomes += self._give_up(delivery, "unknown_destination",
                                           f"destination {destination!r} is not configured")
-            elif not self.holds.hold(delivery):
-                self.queues[destination].append(delivery)
+            else:
+                self._enqueue(delivery)
         if not pending:
             outcomes += self._settle(job.job_id)
         return outcomes
@@ -139,7 +141,19 @@ class DispatchState:
         self.queued_bytes -= state.header.size
         return [Settled(state.header, reusable=state.exclusive)]
 
+    def _enqueue(self, delivery: Delivery, *, hold: bool = True) -> None:
+        """A new delivery (one job) into its destination's queue, unless an older reception
+        of its instance is still in play there (it waits in self.order) or, with `hold`, its
+        study or series is held for completion."""
+        if self.order.admit(delivery) and not (hold and self.holds.hold(delivery)):
+            self.queues[delivery.destination].append(delivery)
+
     def _finish(self, delivery: Delivery) -> list[Outcome]:
+        following = self.order.done(delivery.destination, delivery.job)
+        while following is not None and self._still_pending(following) is None:
+            following = self.order.done(delivery.destination, following.job)  # never expected
+        if following is not None:
+            self._enqueue(following)
         state = self.jobs.get(delivery.job.job_id)
         if state is None:
             return []
@@ -243,7 +257,8 @@ class DispatchState:
 
     def depth(self, destination: str) -> int:
         waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
-        return self.queues[destination].jobs + waiting + self.holds.depth(destination)
+        return (self.queues[destination].jobs + waiting + self.holds.depth(destination)
+                + self.order.parked(destination))
 
     def oldest_received(self, destination: str) -> float | None:
         """When the oldest job still pending for `destination` was received (None: none).

@@ -36,6 +36,8 @@ def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
     dispatcher.delayed = kept
     for key in [k for k in dispatcher.holds.groups if k[0] == name]:
         found += [d.job for d in dispatcher.holds.groups.pop(key).deliveries]
+    # Later receptions of an instance still in play come after it (router/broker/instance_order).
+    found += [d.job for d in dispatcher.order.take_parked(name)]
     unique: dict[str, JobHeader] = {}
     for job in found:
         state = dispatcher.jobs.get(job.job_id)
@@ -45,9 +47,11 @@ def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
 
 
 def put_back(dispatcher: Dispatcher, name: str, jobs: list[JobHeader]) -> None:
-    """Return jobs to the front of `name`'s queue, in their order."""
-    for job in reversed(jobs):
-        dispatcher.queues[name].appendleft(Delivery(job, name))
+    """Return jobs to the front of `name`'s queue, in their order; a later reception of an
+    instance whose earlier one is still in play waits for it again."""
+    admitted = [d for d in (Delivery(job, name) for job in jobs) if dispatcher.order.admit(d)]
+    for delivery in reversed(admitted):
+        dispatcher.queues[name].appendleft(delivery)
 
 
 def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, target: str
@@ -67,7 +71,7 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
     state.header = header
     if not already:
         state.pending.add(target)
-        dispatcher.queues[target].append(Delivery(header, target))
+        dispatcher._enqueue(Delivery(header, target), hold=False)
     # The source's part of the job is done with: settled once nothing else is pending.
     return dispatcher._finish(Delivery(header, source))
 

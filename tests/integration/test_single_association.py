@@ -10,20 +10,22 @@ re-send (the same bytes from a new association) is new work and must arrive agai
 from __future__ import annotations
 
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import dcmread
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_storescu
-from tests.dicom_samples import dataset_digest, generate_mixed_set
+from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
 from tests.integration.conftest import RouterFactory, dicom_destination
-from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.router_process import ROUTER, RouterProcess, wait_for
 from tests.integration.senders import BackgroundSend
 
 pytestmark = pytest.mark.integration
@@ -249,3 +251,49 @@ def test_on_duplicate_skip_suppresses_a_resend_and_counts_it(
             policy="skip") == len(sources), timeout=60), router.log()[-3000:]
         assert wait_for(lambda: _drained(router), timeout=30)
         assert pacs.received_files() == []
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["running", "after-kill-9"])
+def test_a_corrected_version_ends_at_the_pacs_even_when_it_is_urgent_and_the_first_is_not(
+    start_router: RouterFactory, tmp_path: Path, killed: bool
+) -> None:
+    """v1 from a routine rule (priority low), then v2 of the same instances from a stat rule
+    (urgent), both queued while the PACS is paused: urgent work jumps the queue, yet each
+    instance's v2 must arrive after its v1, or the PACS keeps the version nobody wants. The
+    same after kill -9 and a restart (the queue is rebuilt from the spool)."""
+    uids = [generate_uid() for _ in range(12)]
+
+    def version(name: str) -> list[Path]:
+        return [write_instance(tmp_path / name, sop_class=CTImageStorage,
+                               transfer_syntax=EXPLICIT_VR_LE, size_bytes=4_000,
+                               sop_instance_uid=uid, tags={"PatientName": f"DOE^{name}"})
+                for uid in uids]
+
+    first, second = version("FIRST"), version("CORRECTED")
+    config = {"destinations": {"pacs": {}}, "rules": [
+        {"name": "routine", "match": {"calling_ae": "ROUTINE"}, "forward": ["pacs"],
+         "priority": "low"},
+        {"name": "stat", "match": {"calling_ae": "STAT"}, "forward": ["pacs"],
+         "priority": "urgent"}]}
+    with StoreSCP(tmp_path / "PACS", "PACS") as pacs:
+        config["destinations"]["pacs"] = {**dicom_destination(pacs), "retry": FAST_RETRY}
+        router = start_router(config)
+        paused = subprocess.run([*ROUTER, "destinations", "--config", str(router.config_path),
+                                 "pause", "pacs"], capture_output=True, text=True, timeout=60)
+        assert paused.returncode == 0, paused.stderr
+        for files, calling in ((first, "ROUTINE"), (second, "STAT")):
+            sent = run_storescu(files, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                                calling_ae=calling)
+            assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: router.status()["broker"]["destinations"]["pacs"].get("depth")
+                        == 24, timeout=30), router.status()
+        if killed:
+            router.kill_all()
+            router.start()  # the pause is on the spool too: nothing leaves before resume
+        resumed = subprocess.run([*ROUTER, "destinations", "--config", str(router.config_path),
+                                  "resume", "pacs"], capture_output=True, text=True, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        assert wait_for(lambda: _drained(router), timeout=60), router.log()[-3000:]
+        kept = {str(dcmread(p).SOPInstanceUID): str(dcmread(p).PatientName)
+                for p in pacs.received_files()}
+    assert kept == dict.fromkeys(uids, "DOE^CORRECTED")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from typing import Any
 
 import pytest
@@ -29,7 +30,9 @@ def make_header(
         "peer_address": "10.1.2.3",
         "peer_port": 40000,
         "sop_class_uid": CT_IMAGE_STORAGE,
-        "sop_instance_uid": "1.2.3.4.5",
+        # One instance per job unless a test says otherwise: receptions of one instance are
+        # kept in order per destination (router/broker/instance_order.py).
+        "sop_instance_uid": f"1.2.3.4.{zlib.crc32(job_id.encode())}",
         "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
         "size": size,
         "received_at": 1_700_000_000.25,
