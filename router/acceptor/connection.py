@@ -84,6 +84,7 @@ class EngineConnection:
         self.services = services
         self.settings = services.settings
         self.ticket = ticket
+        self.accepted_at = time.monotonic()  # the oldest pending one is closed first
         self.established = False
         self.session: AssociationSession | None = None
         self._send_lock = threading.Lock()

@@ -9,12 +9,13 @@ import logging
 import socket
 import threading
 import time
+from collections import Counter
 
 from router.acceptor.connection import EngineConnection
 from router.acceptor.connection_settings import AcceptorServices
 from router.core import metrics
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.dicom.pending import PendingConnections
+from router.dicom.pending import PendingConnections, source_of
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,10 @@ class EngineServer:
 
     def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setblocking(True)
-        source = address[0] if isinstance(address, tuple) else "?"
+        source = source_of(address[0]) if isinstance(address, tuple) else "?"
         ticket = self.pending.admit(source)
+        if ticket == "pending_total" and self._make_room(source):
+            ticket = self.pending.admit(source)
         if isinstance(ticket, str):
             metrics.CONNECTIONS_DROPPED.labels(ticket).inc()
             log.warning("closing a connection from %s at once: %s connections from it (or "
@@ -74,6 +77,30 @@ class EngineServer:
                 self._connections.discard(connection)
             ticket.release()
             sock.close()
+
+    def _make_room(self, source: str) -> bool:
+        """Every place for a pending connection is taken: close this acceptor's oldest
+        pending connection from the source holding the most of them, if that is more than
+        `source` holds. A flood from many addresses keeps the table full, yet a modality
+        that connects (one connection, its request sent at once) still gets in; an attacker
+        connecting again only takes the place of one of its own older connections."""
+        with self._lock:
+            waiting = [c for c in self._connections
+                       if c.ticket is not None and not c.ticket.released]
+        counts = Counter(c.ticket.source for c in waiting if c.ticket is not None)
+        heaviest = max(counts.values(), default=0)
+        if heaviest <= counts.get(source, 0):
+            return False
+        victim = min((c for c in waiting
+                      if c.ticket is not None and counts[c.ticket.source] == heaviest),
+                     key=lambda c: c.accepted_at)
+        assert victim.ticket is not None
+        victim.ticket.release()
+        victim.abort()
+        metrics.CONNECTIONS_DROPPED.labels("pending_evicted").inc()
+        log.warning("pending connections full: closed the oldest of %d from %s to admit one "
+                    "from %s", heaviest, victim.ticket.source, source)
+        return True
 
     def _run(self, connection: EngineConnection) -> None:
         try:

@@ -6,13 +6,33 @@ request deadline. These counts bound that cost: at most `per_source` such connec
 one address and `total` from everyone; more are closed at accept, in the accept loop,
 before any thread is started for them. A connection leaves the count once its request has
 been read and decoded, or when it ends, whichever comes first.
+
+An IPv6 source counts by its /64, the block one host or site is given: one machine can
+take any address in it. When the total is reached, the accept loop makes room for a
+source holding fewer pending connections than the heaviest one by closing that one's
+oldest (router/acceptor/server.py), so addresses that fill the table cannot lock others out.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 
 from router.core.shared_counts import SharedCounts
+
+
+def source_of(address: str) -> str:
+    """The key an address is counted under: itself, its IPv4 address when IPv4-mapped, or
+    its /64 for IPv6."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
 
 
 class Ticket:
@@ -22,6 +42,10 @@ class Ticket:
         self._owner = owner
         self.source = source
         self._released = False
+
+    @property
+    def released(self) -> bool:
+        return self._released
 
     def release(self) -> None:
         self._owner._release(self)

@@ -174,6 +174,50 @@ def test_a_flood_from_one_source_does_not_lock_out_another(router: RouterProcess
                          reason="pending_per_source") > 0
 
 
+# Regression: connections from a handful of addresses, each within max_pending_per_source,
+# filled max_pending and kept it full: every modality was closed at accept.
+
+
+def test_a_flood_from_many_sources_that_fills_the_table_does_not_lock_out_another(
+        tmp_path: Path) -> None:
+    flooders = [f"127.0.0.{n}" for n in range(2, 6)]
+    config = _config(tmp_path, max_pending=16, max_pending_per_source=4)
+    with RouterProcess(tmp_path, config) as router:
+        stop = threading.Event()
+        held: list[socket.socket] = []
+
+        def flood(source: str) -> None:  # four stalled requests each, renewed as they close
+            half = pdus.a_associate_rq()[:40]
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    sock = _connect(router.port, source)
+                    sock.sendall(half)
+                    held.append(sock)
+                if len(held) > 64:  # the router closed the old ones long ago
+                    with contextlib.suppress(IndexError):
+                        held.pop(0).close()
+                time.sleep(0.02)
+
+        threads = [threading.Thread(target=flood, args=(s,), daemon=True) for s in flooders]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_for(lambda: router.metric("dicom_router_connections_dropped_total",
+                                                  reason="pending_per_source") > 0,
+                            timeout=30), "the flood did not fill the table"
+            echoes = [_echo(router.port) for _ in range(3)]
+            assert all(code == 0 for code, _ in echoes), (
+                f"echoscu from 127.0.0.1 while four addresses fill max_pending: {echoes}")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+            for sock in held:
+                sock.close()
+        assert router.metric("dicom_router_connections_dropped_total",
+                             reason="pending_evicted") > 0
+
+
 # Regression: the HTTP port (metrics, health) kept a thread for each half-sent request for
 # ever: 300 such requests held 303 threads for over a minute.
 
