@@ -29,8 +29,18 @@ def _load(path: Path | None) -> RouterConfig:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config  # `check-config FILE`, or --config FILE as elsewhere
+    if path is None:
+        print("dicom-router check-config: error: name the config file to check "
+              "(dicom-router check-config FILE)", file=sys.stderr)
+        return USAGE_ERROR
+    if args.file and args.config and args.file != args.config:
+        print(f"dicom-router check-config: error: two config files named ({args.file} and "
+              f"--config {args.config}); name one", file=sys.stderr)
+        return USAGE_ERROR
+    args.config = path
     try:
-        config = load_config(args.config)
+        config = load_config(path)
         # The files and passwords `run` loads: a config that passes here must start.
         check_contexts(config)
     except ConfigError as exc:
@@ -102,14 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
                "reported in one line with exit code 2.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="the router's YAML config file (run, status, route-test, "
-                             "dead-letters)")
+                        help="the router's YAML config file (run, check-config, status, "
+                             "route-test, dead-letters, destinations)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[config_parent("YAML config file")],
                          help="run the router (built-in default config without --config)")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file and print every error")
-    check.add_argument("config", type=Path)
+    check = sub.add_parser("check-config", parents=[config_parent()],
+                           help="validate a config file and print every error")
+    check.add_argument("file", type=Path, nargs="?", metavar="FILE",
+                       help="the config file (or --config FILE)")
     check.set_defaults(func=cmd_check_config)
     cli_dead_letters.add_parser(sub)
     cli_destinations.add_parser(sub)

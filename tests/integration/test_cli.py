@@ -32,10 +32,17 @@ def test_check_config_prints_a_summary_for_a_good_file(tmp_path: Path) -> None:
         "destinations:\n  archive: {type: folder, path: received}\n"
         "rules:\n  - {name: all, forward: [archive]}\n"
     )
-    result = _cli("check-config", str(config))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("ok: AE DICOM-ROUTER")
-    assert "1 destinations, 1 rules" in result.stdout
+    for args in (["check-config", str(config)], ["--config", str(config), "check-config"],
+                 ["check-config", "--config", str(config)]):  # --config, as every command
+        result = _cli(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert result.stdout.startswith("ok: AE DICOM-ROUTER")
+        assert "1 destinations, 1 rules" in result.stdout
+    for args, message in ((["check-config"], "name the config file"),
+                          (["check-config", "--config", "a.yaml", "b.yaml"], "two config")):
+        result = _cli(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
 
 
 def test_check_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:
