@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from router.core.bounds import between
 from router.core.durations import DAY, MINUTE, Seconds, at_most
 
 # argon2-cffi's encoded hash, e.g. from `dicom-router hash-password`.
@@ -42,7 +43,7 @@ class ConsoleConfig(BaseModel):
         60.0, gt=0)  # a session ends this long after login
     # Past this many failed logins from one address within `login_window` seconds, further
     # attempts from it are refused until the window has passed.
-    login_failures: int = Field(5, ge=1)
+    login_failures: Annotated[int, between(1, 1000)] = 5
     login_window: Seconds = Field(300.0, gt=0)
 
     @model_validator(mode="after")

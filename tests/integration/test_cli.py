@@ -62,6 +62,23 @@ def test_check_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:
         assert expected in result.stderr, result.stderr
 
 
+
+def test_check_config_refuses_a_count_past_its_ceiling_without_a_traceback(
+        tmp_path: Path) -> None:
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        "queue: {max_jobs: 100000000000}\n"
+        "destinations:\n  archive: {type: folder, path: received, max_parallel: 100000000}\n"
+        "rules:\n  - {name: all, forward: [archive]}\n"
+    )
+    result = _cli("check-config", str(config))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    for expected in ("destinations.archive.max_parallel: must be between 1 and 256, "
+                     "not 100000000",
+                     "queue.max_jobs: must be between 1 and 10000000, not 100000000000"):
+        assert expected in result.stderr, result.stderr
+
 def test_run_refuses_a_broken_config_without_starting(tmp_path: Path) -> None:
     config = tmp_path / "router.yaml"
     config.write_text("rules: [}\n")

@@ -443,6 +443,45 @@ def test_out_of_range_numbers_name_their_key() -> None:
     assert sorted(paths_of(problems_of(data))) == ["listen.port", "workers"]
 
 
+
+# Every integer setting has a ceiling (router/core/bounds.py): a typo is refused at load with
+# the allowed range, not taken (shared tables preallocated from it, threads started, or the
+# backoff's 2.0 ** attempts overflowing in the broker).
+CEILINGS = [
+    ("workers", 1, 64), ("worker_threads", 1, 64), ("listen.acceptors", 1, 64),
+    ("listen.max_associations", 1, 10_000), ("listen.max_associations_per_calling_ae", 1, 10_000),
+    ("listen.max_associations_per_source", 1, 10_000), ("listen.max_pending", 1, 10_000),
+    ("listen.max_pending_per_source", 1, 10_000), ("listen.backlog", 1, 65535),
+    ("listen.max_dataset_bytes", 1, 1024**4), ("listen.max_message_bytes", 65536, 1024**3),
+    ("spool.min_free_bytes", 0, 1024**5), ("queue.max_jobs", 1, 10_000_000),
+    ("queue.max_bytes", 1, 1024**5), ("metrics.max_connections", 1, 1024),
+    ("metrics.max_connections_per_source", 1, 1024),
+    ("destinations.pacs.max_parallel", 1, 256), ("destinations.archive.max_parallel", 1, 256),
+    ("destinations.pacs.max_associations", 1, 256),
+    ("destinations.pacs.retry.max_attempts", 1, 1000), ("console.login_failures", 1, 1000),
+]
+
+
+@pytest.mark.parametrize(("path", "low", "high"), CEILINGS)
+def test_every_count_has_a_ceiling_and_the_message_gives_the_range(
+        path: str, low: int, high: int) -> None:
+    data = example()
+    _set(data, path, high)
+    parse_config(data)  # the ceiling itself is allowed
+    _set(data, path, high + 1)
+
+    problems = [p for p in problems_of(data) if p.startswith(f"{path}: ")]
+
+    assert problems == [f"{path}: must be between {low} and {high}, not {high + 1}"]
+
+
+def test_a_typo_in_max_parallel_is_refused_naming_it() -> None:
+    data = example()
+    data["destinations"]["pacs"]["max_parallel"] = 100_000_000
+
+    assert problems_of(data) == ["destinations.pacs.max_parallel: must be between 1 and 256, "
+                                 "not 100000000"]
+
 # --- several problems at once ------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from router.core.bounds import between
 from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_ae_title, _transfer_syntax_uid
 from router.core.config.listen import ClientTLS
 from router.core.deid_spec import DeidentifyConfig
@@ -15,9 +16,13 @@ from router.core.dicomweb_spec import DicomWebFields
 from router.core.durations import Seconds
 from router.core.morph_spec import MorphAction
 
+# Associations (or deliveries) to one destination at once: no PACS takes more.
+MAX_PARALLEL = 256
+
 
 class RetryConfig(Strict):
-    max_attempts: int = Field(10, ge=1)
+    # 1000 at most: the backoff doubles per attempt, and 2.0 ** 1024 overflows.
+    max_attempts: Annotated[int, between(1, 1000)] = 10
     initial_delay: Seconds = Field(1.0, gt=0)
     max_delay: Seconds = Field(300.0, gt=0)
 
@@ -42,7 +47,7 @@ class DestinationBase(Strict):
     retry: RetryConfig = RetryConfig()
     # How many deliveries to this destination may run at once across all workers (the upper
     # bound of the association limit a DICOM destination learns: router/broker/concurrency.py).
-    max_parallel: int = Field(4, ge=1)
+    max_parallel: Annotated[int, between(1, MAX_PARALLEL)] = 4
     # A new reception of bytes this destination already got within spool.duplicate_window:
     # send (default: a re-send is new work) or skip (suppressed and counted).
     on_duplicate: Literal["send", "skip"] = "send"
@@ -73,7 +78,7 @@ class DicomDestination(DestinationBase):
     idle_timeout: Seconds = Field(2.0, gt=0)
     # Pins how many associations the router opens to it; unset, the router learns it (from 1
     # up to max_parallel): a refused or unanswered association while one is open means busy.
-    max_associations: int | None = Field(None, ge=1)
+    max_associations: Annotated[int, between(1, MAX_PARALLEL)] | None = None
     # How long to wait for an A-ASSOCIATE-AC while the router holds another association to
     # this destination; no answer within it means busy, not down. Below idle_timeout: a
     # destination that serves one association at a time answers a second one as soon as our

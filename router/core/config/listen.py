@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from router.core.bounds import GIB, KIB, TIB, between
 from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_networks
 from router.core.durations import Seconds
 
@@ -88,6 +89,7 @@ class UserConfig(Strict):
 
 
 MAX_DEFAULT_ACCEPTORS = 4
+MAX_CONNECTIONS = 10_000
 
 
 def default_acceptors(cores: int | None = None) -> int:
@@ -103,21 +105,23 @@ class ListenConfig(Strict):
     port: int = Field(11112, ge=1, le=65535)
     # Acceptor processes sharing host:port (SO_REUSEPORT): the kernel spreads new
     # connections over them. The listen limits below hold for all of them together.
-    acceptors: int = Field(default_factory=default_acceptors, ge=1, le=64)
+    acceptors: Annotated[int, between(1, 64)] = Field(default_factory=default_acceptors)
     max_pdu: int = Field(DEFAULT_MAX_PDU, ge=4096, le=4_194_304)
     # Reject associations whose called AE is not the router's own AE title.
     require_called_ae: bool = False
-    max_associations: int = Field(64, ge=1)
-    max_associations_per_calling_ae: int | None = Field(None, ge=1)
+    # The shared counts preallocate 4 slots per association and per pending connection, in
+    # every acceptor's column (router/core/acceptor_seat.py): 10,000 of each at most.
+    max_associations: Annotated[int, between(1, MAX_CONNECTIONS)] = 64
+    max_associations_per_calling_ae: Annotated[int, between(1, MAX_CONNECTIONS)] | None = None
     # Open associations from one source address; unset: half of max_associations, so that
     # one address (whatever AE titles it claims) never takes every association. Behind a TCP
     # proxy or SNAT every sender has the proxy's address: raise it to max_associations.
-    max_associations_per_source: int | None = Field(None, ge=1)
+    max_associations_per_source: Annotated[int, between(1, MAX_CONNECTIONS)] | None = None
     # A C-STORE dataset larger than this is refused (0xC003); the disk watermark still applies.
-    max_dataset_bytes: int | None = Field(None, ge=1)
+    max_dataset_bytes: Annotated[int, between(1, TIB)] | None = None
     # The largest dataset of any other request (C-FIND identifier, N-service dataset), which
     # is held in memory until complete: past it the association is aborted.
-    max_message_bytes: int = Field(8 * 1024 * 1024, ge=65536)
+    max_message_bytes: Annotated[int, between(64 * KIB, GIB)] = 8 * 1024 * 1024
     # Allowlists; unset means anyone. Rejections use the reason PS3.8 defines for each.
     allowed_calling_ae: list[str] | None = None
     allowed_called_ae: list[str] | None = None
@@ -150,6 +154,7 @@ class ListenConfig(Strict):
     association_request_timeout: Seconds = Field(5.0, gt=0)
     # Connections that have not delivered their A-ASSOCIATE-RQ yet, per source address and
     # in all; more are closed at accept. They do not count in max_associations.
-    max_pending_per_source: int = Field(32, ge=1)
-    max_pending: int = Field(256, ge=1)
-    backlog: int = Field(128, ge=1)  # the listen() backlog: bursts of connects wait in it
+    max_pending_per_source: Annotated[int, between(1, MAX_CONNECTIONS)] = 32
+    max_pending: Annotated[int, between(1, MAX_CONNECTIONS)] = 256
+    # The listen() backlog: bursts of connects wait in it (the kernel caps it at somaxconn).
+    backlog: Annotated[int, between(1, 65535)] = 128

@@ -6,12 +6,13 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from router.core.audit_config import AuditConfig
+from router.core.bounds import between
 from router.core.config.base import Strict, _check_ae_title
 from router.core.config.destinations import Destination, KnownAE, _destination_type
 from router.core.config.listen import ListenConfig
@@ -28,9 +29,9 @@ class RouterConfig(Strict):
     listen: ListenConfig = ListenConfig()
     spool: SpoolConfig = SpoolConfig()
     queue: QueueConfig = QueueConfig()
-    workers: int = Field(2, ge=1, le=64)
+    workers: Annotated[int, between(1, 64)] = 2
     # Delivery threads per worker process: how many destinations one worker serves at once.
-    worker_threads: int = Field(4, ge=1, le=64)
+    worker_threads: Annotated[int, between(1, 64)] = 4
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
     console: ConsoleConfig = ConsoleConfig()  # the web console (README "Web console")

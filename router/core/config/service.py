@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from router.core.bounds import GIB, PIB, between
 from router.core.config.base import Strict
 from router.core.durations import DAY, Seconds, at_most
 
@@ -15,7 +16,7 @@ class SpoolConfig(Strict):
     path: Path = Path("spool")
     # Disk watermark: below either, C-STOREs get 0xA700 and associations are rejected
     # ("temporary congestion") until deliveries free space again.
-    min_free_bytes: int = Field(1024**3, ge=0)
+    min_free_bytes: Annotated[int, between(0, PIB)] = GIB  # at most 1 PiB
     min_free_percent: float = Field(5.0, ge=0, le=100)
     # How long the duplicate ledger remembers a delivery (destination, SOP Instance UID,
     # digest): the same bytes again within this window are not sent twice.
@@ -31,8 +32,9 @@ class SpoolConfig(Strict):
 class QueueConfig(Strict):
     """Bounds of the broker's queue: past either, senders get 0xA700 and retry later."""
 
-    max_jobs: int = Field(100_000, ge=1)
-    max_bytes: int = Field(50 * 1024**3, ge=1)
+    # Each queued job is held in the broker's memory (about a kilobyte): 10 million at most.
+    max_jobs: Annotated[int, between(1, 10_000_000)] = 100_000
+    max_bytes: Annotated[int, between(1, PIB)] = 50 * GIB
     # Seconds a destination's short queue waits after its first job, so that what arrives
     # meanwhile goes as one run (router/broker/gathering.py); 0 sends every job at once.
     linger: float = Field(0.01, ge=0, le=1.0)
@@ -45,8 +47,8 @@ class MetricsConfig(Strict):
     # A request must arrive whole within this; connections served at once, at most, and
     # from one address (so that one client cannot take every slot from the probes).
     request_timeout: Seconds = Field(10.0, gt=0)
-    max_connections: int = Field(32, ge=1)
-    max_connections_per_source: int = Field(8, ge=1)
+    max_connections: Annotated[int, between(1, 1024)] = 32  # one thread each
+    max_connections_per_source: Annotated[int, between(1, 1024)] = 8
 
 
 class ApiConfig(Strict):
