@@ -24,5 +24,16 @@ def at_most(limit: float, unit: str, spoken: str) -> AfterValidator:
     return AfterValidator(check)
 
 
+
+def not_finite(value: object) -> str | None:
+    """What to say of YAML's `.nan` or `.inf` given for a number (None for anything else):
+    pydantic's own words for them ("greater than 0", "less than or equal to 1") mislead, as
+    a NaN fails every comparison."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return None
+    if math.isnan(value):
+        return "is .nan (not a number): give a finite number"
+    return f"must be a finite number, not {'-' if value < 0 else ''}.inf"
+
 # The default bound of a timeout or delay: past a day, something else is wrong.
 Seconds = Annotated[float, at_most(DAY, "seconds", "1 day")]

@@ -407,6 +407,39 @@ def test_every_duration_is_finite_and_bounded(path: str, value: float) -> None:
     assert "must be at most " in problems[0] and "day" in problems[0]
 
 
+
+FLOATS = [*DURATIONS, "queue.linger", "spool.min_free_percent", "audit.syslog.timeout"]
+
+
+@pytest.mark.parametrize("path", FLOATS)
+def test_nan_is_called_not_a_number_not_out_of_range(path: str) -> None:
+    # YAML's .nan fails every comparison: pydantic said "greater than 0" or "less than or
+    # equal to 1", as if the number were merely too small or too large.
+    data = example()
+    data["destinations"]["web"] = {"type": "dicomweb", "url": "https://pacs.example.org/dw"}
+    data["audit"] = {"syslog": {"host": "h", "transport": "udp"}}
+    _set(data, path, float("nan"))
+
+    problems = [p for p in problems_of(data) if p.startswith(f"{path}: ")]
+
+    assert problems == [f"{path}: is .nan (not a number): give a finite number"]
+
+
+@pytest.mark.parametrize(("path", "value", "said"), [
+    ("queue.linger", float("inf"), ".inf"), ("spool.min_free_percent", float("inf"), ".inf"),
+    ("drain_grace", float("-inf"), "-.inf"), ("listen.dimse_timeout", float("-inf"), "-.inf"),
+    ("workers", float("inf"), ".inf"), ("audit.syslog.timeout", float("inf"), ".inf"),
+])
+def test_infinity_where_no_bound_says_so_is_called_not_finite(
+        path: str, value: float, said: str) -> None:
+    data = example()
+    data["audit"] = {"syslog": {"host": "h", "transport": "udp"}}
+    _set(data, path, value)
+
+    problems = [p for p in problems_of(data) if p.startswith(f"{path}: ")]
+
+    assert problems == [f"{path}: must be a finite number, not {said}"]
+
 def test_a_day_is_a_valid_timeout() -> None:
     data = example()
     data["listen"]["network_timeout"] = 86400

@@ -4,6 +4,7 @@ the offending key, the built-in default, and the one-line summary."""
 from __future__ import annotations
 
 import io
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from router.core.config.listen import ListenConfig
 from router.core.config.rules import Rule
 from router.core.config.service import ApiConfig, MetricsConfig, QueueConfig, SpoolConfig
 from router.core.console_config import ConsoleConfig
-from router.core.durations import Seconds
+from router.core.durations import Seconds, not_finite
 from router.core.errors import ConfigError
 from router.core.fallback_spec import fallback_problems
 
@@ -166,6 +167,11 @@ def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
+        # .nan fails every bound; .inf keeps our bounded durations' own message (it says
+        # the maximum), any other check on it says it must be finite.
+        finite = not_finite(err.get("input"))
+        if finite is not None and not (err["type"] == "value_error" and math.isinf(err["input"])):
+            message = finite
         if where == "(top level)" and err["type"] == "value_error":
             continue  # our cross-reference checks: listed below from the raw data
         if f"{where}: {message}" not in problems:  # unions repeat one error per branch
