@@ -460,6 +460,41 @@ def test_a_destination_name_yaml_reads_as_a_number_says_to_quote_it(name: Any) -
                                  f"('{name}': ...)"]
 
 
+
+NUMBER_KEY = "key 1 is read as a number: keys must be names (strings), so quote it ('1': ...)"
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("known_aes: {1: {host: h, port: 104}}", "known_aes"),
+    ("listen: {tls: {ae_titles: {1: [A]}}}", "listen.tls.ae_titles"),
+    ("listen: {1: 2}", "listen"),
+    ("1: 2", "(top level)"),
+    ("rules: [{name: all, forward: [archive], match: {tags: {1: CT}}}]", "rules[0].match.tags"),
+    ("rules: [{name: all, forward: [archive], match: {1: CT}}]", "rules[0].match"),
+    ("rules: [{name: all, forward: [archive], 1: 2}]", "rules[0]"),
+])
+def test_a_key_yaml_reads_as_a_number_is_named_with_its_place(text: str, where: str) -> None:
+    # pydantic said "known_aes[1]: Input should be a valid string" (as if 1 were a list
+    # index) or "listen[1]: Keys should be strings".
+    data = example()
+    data.update(yaml.safe_load(text))
+
+    assert problems_of(data) == [f"{where}: {NUMBER_KEY}"]
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("yes: 2", "a key is read as true/false (yes, no, on, off...): keys must be names "
+               "(strings), so quote it"),
+    ("~: 2", "a key is read as null (~ or null): keys must be names (strings), so quote it"),
+    ("2024-01-01: 2", "key 2024-01-01 is read as a date: keys must be names (strings), so "
+                      "quote it ('2024-01-01': ...)"),
+])
+def test_other_keys_yaml_does_not_read_as_strings_say_what_yaml_read(text: str, said: str) -> None:
+    data = example()
+    data["listen"].update(yaml.safe_load(text))
+
+    assert problems_of(data) == [f"listen: {said}"]
+
 def test_a_number_as_a_fallback_destination_name_is_reported_not_a_traceback() -> None:
     data = example()
     data["destinations"][1] = {"type": "folder", "path": "/x"}

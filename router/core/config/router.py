@@ -3,6 +3,7 @@ the offending key, the built-in default, and the one-line summary."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import math
 import re
@@ -160,22 +161,59 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
+def _key_problem(key: Any) -> str:
+    advice = "keys must be names (strings), so quote it"
+    if isinstance(key, bool):
+        return f"a key is read as true/false (yes, no, on, off...): {advice}"
+    if key is None:
+        return f"a key is read as null (~ or null): {advice}"
+    if isinstance(key, int | float):
+        return f"key {key} is read as a number: {advice} ('{key}': ...)"
+    if isinstance(key, datetime.date):
+        return f"key {key} is read as a date: {advice} ('{key}': ...)"
+    return f"key {key!r} is not a string: {advice}"
+
+
+def _non_string_key(err: Any) -> tuple[str, str] | None:
+    """A mapping key YAML read as something else than a string (`1:`, `2024-01-01:`, `yes:`):
+    its place, and what to do about it (pydantic said "Input should be a valid string" with
+    the key looking like a list index, or "Keys should be strings")."""
+    loc = tuple(err["loc"])
+    if err["type"] == "invalid_key":
+        parent, key = loc[:-1], err["input"]
+    elif err["type"] == "string_type" and len(loc) >= 2 and loc[-1] == "[key]":
+        parent, key = loc[:-2], err["input"]
+    else:
+        return None
+    return _location(parent), _key_problem(key)
+
+
+def _problem(err: Any) -> tuple[str, str] | None:
+    """One pydantic error as (where, what) in an operator's words; None to leave it out."""
+    key = _non_string_key(err)
+    if key is not None:
+        return key
+    where = _location(tuple(err["loc"]))
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    # .nan fails every bound; .inf keeps our bounded durations' own message (it says
+    # the maximum), any other check on it says it must be finite.
+    finite = not_finite(err.get("input"))
+    if finite is not None and not (err["type"] == "value_error" and math.isinf(err["input"])):
+        message = finite
+    if where == "(top level)" and err["type"] == "value_error":
+        return None  # our cross-reference checks: listed from the raw data
+    return where, message
+
+
 def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     for err in exc.errors():
-        where = _location(tuple(err["loc"]))
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        # .nan fails every bound; .inf keeps our bounded durations' own message (it says
-        # the maximum), any other check on it says it must be finite.
-        finite = not_finite(err.get("input"))
-        if finite is not None and not (err["type"] == "value_error" and math.isinf(err["input"])):
-            message = finite
-        if where == "(top level)" and err["type"] == "value_error":
-            continue  # our cross-reference checks: listed below from the raw data
-        if f"{where}: {message}" not in problems:  # unions repeat one error per branch
-            problems.append(f"{where}: {message}")
+        problem = _problem(err)
+        line = None if problem is None else f"{problem[0]}: {problem[1]}"
+        if line is not None and line not in problems:  # unions repeat one error per branch
+            problems.append(line)
     return problems + _raw_reference_problems(data)
 
 
