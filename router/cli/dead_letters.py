@@ -44,12 +44,32 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run)
 
 
-def _selected(spool: Spool, args: argparse.Namespace) -> list[dead_letters.DeadLetter]:
+def _once(letters: list[dead_letters.DeadLetter]) -> tuple[list[dead_letters.DeadLetter],
+                                                             list[str]]:
+    """Each letter once, in the order first named, and the ids named more than once: an id
+    given twice (or as itself and within its job id) stopped a replay at the repeat
+    ("replayed or purged meanwhile") with the rest undone."""
+    unique: dict[str, dead_letters.DeadLetter] = {}
+    repeated: dict[str, None] = {}
+    for letter in letters:
+        if letter.id in unique:
+            repeated[letter.id] = None
+        unique.setdefault(letter.id, letter)
+    return list(unique.values()), list(repeated)
+
+
+def _selected(spool: Spool, args: argparse.Namespace) -> tuple[list[dead_letters.DeadLetter],
+                                                                list[str]]:
     if args.ids:
-        return [letter for i in args.ids for letter in dead_letters.lookup(spool, i)]
+        return _once([letter for i in args.ids for letter in dead_letters.lookup(spool, i)])
     selection = dead_letters.Filter(args.destination, args.reason, args.older_than,
                                     args.newer_than)
-    return dead_letters.find(spool, selection)
+    return dead_letters.find(spool, selection), []
+
+
+def _repeats(repeated: list[str], done: str) -> None:
+    for letter_id in repeated:
+        print(f"{letter_id} was named more than once: {done} once")
 
 
 def _age(seconds: float) -> str:
@@ -84,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         for letter in dead_letters.lookup(spool, args.id):
             print(json.dumps(letter.as_dict(), indent=2))
         return 0
-    letters = _selected(spool, args)
+    letters, repeated = _selected(spool, args)
     if args.action == "list":
         _list(letters, args.json)
     elif args.action == "replay":
@@ -94,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         for letter in letters:
             job = dead_letters.replay(spool, letter, args.to)
             print(f"{letter.id} -> job {job.job_id} for {job.destinations[0]}")
+        _repeats(repeated, "replayed")
         print(f"{len(letters)} dead letters replayed; the router queues them within a second")
     elif args.action == "purge":
         unfiltered = not (args.ids or args.destination or args.reason or args.older_than
@@ -102,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             raise RouterError("purge without a filter deletes every dead letter: add --all")
         for letter in letters:
             dead_letters.purge(spool, letter)
+        _repeats(repeated, "purged")
         print(f"{len(letters)} dead letters purged")
     return 0
 

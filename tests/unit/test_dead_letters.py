@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from router.cli.main import main
 from router.core import spool as spool_module
 from router.core.errors import RouterError
 from router.core.messages import JobHeader
@@ -215,6 +216,34 @@ def test_a_dead_letter_is_replayed_once_however_often_it_is_named(spool: Spool) 
     with pytest.raises(RouterError, match="replayed or purged meanwhile"):
         replay(spool, letter)
 
+
+
+def _cli_config(tmp_path: Path, spool: Spool) -> Path:
+    config = tmp_path / "router.yaml"
+    config.write_text(f"spool: {{path: {spool.root}}}\n"
+                      "destinations: {pacs: {type: folder, path: out}}\n"
+                      "rules: [{name: all, forward: [pacs]}]\n")
+    return config
+
+
+@pytest.mark.parametrize("action", ["replay", "purge"])
+def test_the_cli_replays_or_purges_an_id_named_twice_once_and_goes_on(
+        spool: Spool, tmp_path: Path, capsys: pytest.CaptureFixture[str], action: str) -> None:
+    """`replay A A B` stopped at the second A ("replayed or purged meanwhile", exit 2) and
+    never replayed B; the same letter named as itself and within its job id did too."""
+    dead_letter(spool, JOB_A, "pacs", age=60)
+    dead_letter(spool, JOB_B, "pacs", age=30)
+    ids = [f"{JOB_A}.pacs", f"{JOB_A}.pacs", JOB_A, f"{JOB_B}.pacs"]
+
+    code = main(["dead-letters", action, "--config", str(_cli_config(tmp_path, spool)), *ids])
+
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    done = {"replay": "replayed", "purge": "purged"}[action]
+    assert f"{JOB_A}.pacs was named more than once: {done} once" in out
+    assert f"2 dead letters {done}" in out
+    assert find(spool) == []
+    assert len(list(spool.replay.glob("*.dcm"))) == (2 if action == "replay" else 0)
 
 def test_purge_removes_record_and_instance(spool: Spool) -> None:
     dead_letter(spool, JOB_A, "pacs", age=60)
