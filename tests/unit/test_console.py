@@ -136,7 +136,7 @@ def test_parallel_logins_cannot_pass_the_limit(monkeypatch: pytest.MonkeyPatch) 
     from concurrent.futures import ThreadPoolExecutor
 
     from router.service.console import auth as auth_module
-    from router.service.console.auth import TooManyFailures
+    from router.service.console.login_limit import TooManyFailures
 
     auth = ConsoleAuth(settings(login_failures=5, login_window=300))
     checks = []
@@ -162,6 +162,88 @@ def test_parallel_logins_cannot_pass_the_limit(monkeypatch: pytest.MonkeyPatch) 
     assert auth.login("alice", "pw-a", "10.0.0.8") is not None  # other addresses unaffected
     assert "10.0.0.8" not in auth.failures  # a success is not counted
 
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def fast_failing_logins(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    """Every password check fails at once (argon2 takes ~50 ms), on a clock the test moves."""
+    from argon2.exceptions import VerificationError
+
+    from router.service.console import auth as auth_module
+
+    real = auth_module._HASHER
+
+    class Refuse:
+        def hash(self, password: str) -> str:
+            return real.hash(password)
+
+        def verify(self, hashed: str, password: str) -> bool:
+            raise VerificationError("no")
+
+    clock = _Clock()
+    monkeypatch.setattr(auth_module, "_HASHER", Refuse())
+    monkeypatch.setattr(time, "monotonic", clock)
+    return clock
+
+
+def test_failure_records_of_a_spray_of_addresses_expire_without_a_success(
+        fast_failing_logins: _Clock) -> None:
+    """Records left only with a success from the same address: a spray of failed logins
+    from many addresses grew the table for ever."""
+    auth = ConsoleAuth(settings(login_failures=3, login_window=60))
+    for i in range(500):
+        assert auth.login("alice", "wrong", f"10.1.{i // 256}.{i % 256}") is None
+    assert len(auth.failures) == 500
+    fast_failing_logins.now += 61
+
+    assert auth.login("alice", "wrong", "10.9.9.9") is None
+
+    assert len(auth.failures) == 1 and "10.9.9.9" in auth.failures
+
+
+def test_the_failure_table_has_a_ceiling_oldest_out(fast_failing_logins: _Clock) -> None:
+    auth = ConsoleAuth(settings(login_failures=3, login_window=300))
+    for i in range(10_050):
+        fast_failing_logins.now += 0.001
+        auth.login("alice", "wrong", f"10.2.{i // 256}.{i % 256}")
+
+    assert len(auth.failures) == 10_000
+    assert "10.2.0.0" not in auth.failures and "10.2.0.49" not in auth.failures
+    assert "10.2.0.50" in auth.failures and "10.2.39.65" in auth.failures
+
+
+def test_a_blocked_address_stays_blocked_under_a_spray_from_others() -> None:
+    from router.service.console.login_limit import LoginFailures, TooManyFailures
+
+    table = LoginFailures(limit=2, window=60, max_addresses=50)
+    table.count("10.0.0.1", now=0.0)
+    table.count("10.0.0.1", now=1.0)
+    for i in range(40):  # fewer addresses than the cap, all in the window
+        table.count(f"10.3.0.{i}", now=2.0 + i / 100)
+    with pytest.raises(TooManyFailures):
+        table.count("10.0.0.1", now=30.0)
+    assert table.blocked("10.0.0.1", now=30.0) and not table.blocked("10.0.0.1", now=62.0)
+
+
+def test_a_success_takes_back_only_its_own_failure() -> None:
+    from router.service.console.login_limit import LoginFailures
+
+    table = LoginFailures(limit=5, window=60)
+    first = table.count("10.0.0.1", now=0.0)
+    second = table.count("10.0.0.1", now=1.0)
+    table.forgive("10.0.0.1", second)
+    assert "10.0.0.1" in table
+    table.forgive("10.0.0.1", first)
+    assert "10.0.0.1" not in table and len(table) == 0
+    table.forgive("10.0.0.2", 5.0)  # gone meanwhile (expired or evicted): nothing to do
 
 @pytest.mark.parametrize("name", ["..", ".", "../../etc/x", "/", ""])
 def test_the_rule_tester_never_uses_the_client_file_name(name: str, tmp_path: object) -> None:

@@ -17,10 +17,11 @@ from router.audit.operator import record_action
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.service.console import views_letters, views_overview, views_rules
-from router.service.console.auth import ConsoleAuth, Identity, TooManyFailures
+from router.service.console.auth import ConsoleAuth, Identity
 from router.service.console.forms import Posted, cookie, parse_form, set_cookie
 from router.service.console.history import History
 from router.service.console.html import button, field, page
+from router.service.console.login_limit import TooManyFailures
 from router.service.control_api import ControlApi
 from router.service.http_types import Request, Response
 from router.service.metric_samples import Samples

@@ -4,12 +4,10 @@ verifies passwords, `secrets` makes tokens, `hmac.compare_digest` compares them.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import secrets
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
@@ -17,6 +15,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from router.core.console_config import ConsoleConfig, Role
 from router.service.api_auth import read_token
+from router.service.console.login_limit import LoginFailures
 
 _HASHER = PasswordHasher()
 # Verified when the user name is unknown, so that a wrong name costs as long as a wrong
@@ -47,44 +46,26 @@ class Identity:
         return self.role == "operator"
 
 
-class TooManyFailures(Exception):
-    """Logins from this address are refused until its failures leave the window."""
-
-
 class ConsoleAuth:
     def __init__(self, config: ConsoleConfig) -> None:
         self.config = config
         self.users = {u.username: u for u in config.users}
         self.sessions: dict[str, Session] = {}
-        self.failures: dict[str, deque[float]] = {}
+        self.failures = LoginFailures(config.login_failures, config.login_window)
         self.lock = threading.Lock()
 
     # --- logins ----------------------------------------------------------------------------
 
     def blocked(self, address: str, now: float | None = None) -> bool:
         """Too many failed logins from this address lately."""
-        with self.lock:
-            recent = self.failures.get(address)
-            return recent is not None and \
-                len(self._prune(recent, now)) >= self.config.login_failures
-
-    def _prune(self, recent: deque[float], now: float | None) -> deque[float]:
-        now = time.monotonic() if now is None else now
-        while recent and now - recent[0] > self.config.login_window:
-            recent.popleft()
-        return recent
+        return self.failures.blocked(address, now)
 
     def login(self, username: str, password: str, address: str) -> str | None:
         """A new session's id, or None (the failure is counted against the address);
         TooManyFailures when the address is past its limit (the password is not checked)."""
         # Counted as a failure before the (slow) check and taken back on success: a check
         # and a count apart would let parallel attempts all pass the limit.
-        with self.lock:
-            recent = self._prune(self.failures.setdefault(address, deque()), None)
-            if len(recent) >= self.config.login_failures:
-                raise TooManyFailures(address)
-            stamp = time.monotonic()
-            recent.append(stamp)
+        stamp = self.failures.count(address)
         user = self.users.get(username)
         try:
             _HASHER.verify(user.password_hash if user else _DUMMY, password)
@@ -95,11 +76,8 @@ class ConsoleAuth:
             return None
         session_id = secrets.token_urlsafe(32)
         expires = time.monotonic() + self.config.session_minutes * 60
+        self.failures.forgive(address, stamp)
         with self.lock:
-            with contextlib.suppress(ValueError):  # the window may have dropped it
-                self.failures[address].remove(stamp)
-            if not self.failures[address]:
-                del self.failures[address]
             self._expire()
             self.sessions[session_id] = Session(user.username, user.role, expires)
         return session_id
