@@ -55,15 +55,25 @@ class ControlApi:
     def __call__(self, request: Request) -> Response | None:
         if not request.path.startswith("/api/"):
             return None
+        actor, refusal = self._admitted(request)
+        return refusal if actor is None else self.route_checked(request, actor)
+
+    def head_answer(self, head: Request) -> Response | None:
+        """The refusal a request gets from its head alone (no or a wrong token, not JSON):
+        sent instead of `100 Continue`, so that its body never comes (http_types.py)."""
+        return self._admitted(head)[1] if head.path.startswith("/api/") else None
+
+    def _admitted(self, request: Request) -> tuple[str | None, Response | None]:
+        """Who asks, or the refusal (logged and audited); both depend on the head only."""
         verdict = self.auth.check(request)
         if verdict.actor is None:
             self._record("?", request, "access", verdict.why, ok=False, refused_access=True)
-            return json_response(403, {"error": verdict.why})
+            return None, json_response(403, {"error": verdict.why})
         if ApiAuth.cross_site(request):
             why = "a POST must have Content-Type: application/json"
             self._record(verdict.actor, request, "access", why, ok=False, refused_access=True)
-            return json_response(415, {"error": why})
-        return self.route_checked(request, verdict.actor)
+            return None, json_response(415, {"error": why})
+        return verdict.actor, None
 
     def route_checked(self, request: Request, actor: str) -> Response:
         """route(), with a bad request answered 400 (and a refused POST logged, audited).

@@ -21,7 +21,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from router.core.log_safety import RepeatLimiter
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_deadline import BadHead, DeadlineReader, body_length
-from router.service.http_types import App, Request, Response, body_limit
+from router.service.http_types import App, Request, Response, body_limit, head_answer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,15 @@ class AppHandler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.timeout)
             self._reply(exc.status, f"{exc}\n".encode())
             return True
+        if length and self._expects_continue():
+            early = head_answer(self.apps, head)
+            if early is not None:  # refused from its head: the body is never sent
+                self.close_connection = True
+                self.connection.settimeout(self.timeout)
+                self._send(early)
+                return True
+            # The client holds its body back for this (curl for a second, then sends anyway).
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = self.rfile.read(length) if length else b""
         self.connection.settimeout(self.timeout)  # the answer's own bound from here
         request = dataclasses.replace(head, body=body)
@@ -79,6 +88,13 @@ class AppHandler(BaseHTTPRequestHandler):
                 self._send(response)
                 return True
         return False
+
+    def _expects_continue(self) -> bool:
+        """An HTTP/1.1 client waiting for `100 Continue` before it sends its body (RFC 9110
+        section 10.1.1: an HTTP/1.0 request's expectation is ignored). The final answers stay
+        HTTP/1.0 with the connection closed; the interim one exists in HTTP/1.1 only."""
+        expect = self.headers.get("Expect", "").strip().lower()
+        return expect == "100-continue" and self.request_version >= "HTTP/1.1"
 
     def _send(self, response: Response) -> None:
         self.send_response(response.status)

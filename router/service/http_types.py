@@ -66,3 +66,16 @@ def body_limit(apps: list[App], head: Request) -> int:
         if isinstance(limit, int):
             limits.append(limit)
     return max(limits)
+
+
+def head_answer(apps: list[App], head: Request) -> Response | None:
+    """The final answer an app gives a request from its head alone (`body` empty), through a
+    `head_answer(head) -> Response | None` method: the operator API's 403 without a token.
+    Asked only of a request that waits for `100 Continue`, so that a body it would refuse
+    is never sent (RFC 9110 section 10.1.1)."""
+    for app in apps:
+        answer_of = getattr(app, "head_answer", None)
+        answer = answer_of(head) if callable(answer_of) else None
+        if isinstance(answer, Response):
+            return answer
+    return None

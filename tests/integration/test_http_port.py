@@ -15,6 +15,7 @@ import pytest
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import Request, Response, json_response
 from tests.dcmtk import free_port
+from tests.integration.conftest import RouterFactory
 from tests.integration.router_process import raw_http
 
 TIMEOUT = 1.5  # metrics.request_timeout of these endpoints
@@ -129,3 +130,72 @@ def test_an_app_that_fails_answers_500_in_one_line(tmp_path: Path,
         server.stop()
     assert answer.startswith(b"HTTP/1.0 500")
     assert "Traceback" not in capfd.readouterr().err
+
+
+# --- Expect: 100-continue (RFC 9110 section 10.1.1) -----------------------------------------
+
+
+def _head(port: int, path: str, length: int, headers: str = "") -> socket.socket:
+    """A POST's head with `Expect: 100-continue`, its body held back as curl does."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                 f"Content-Type: application/json\r\nContent-Length: {length}\r\n{headers}\r\n"
+                 .encode())
+    return sock
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_an_acceptable_body_is_asked_for_with_100_continue(endpoint: HttpEndpoint) -> None:
+    """The port answered nothing until the body came: curl waited a second for every POST
+    over 1 MB (newer curl) and a client without a fallback until the request's deadline."""
+    with _head(endpoint.port, "/api/x", 5) as sock:
+        sock.settimeout(TIMEOUT / 2)  # well before the request's deadline
+        interim = sock.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"hello")
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b'{"got": 5}')
+
+
+def test_a_body_too_large_is_refused_without_100_continue(endpoint: HttpEndpoint) -> None:
+    with _head(endpoint.port, "/api/x", 64 * 1024**2) as sock:
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.0 413") and b"100 Continue" not in answer
+
+
+def test_an_http_1_0_expectation_is_ignored(endpoint: HttpEndpoint) -> None:
+    answer = raw_http(endpoint.port, b"POST /api/x HTTP/1.0\r\nExpect: 100-continue\r\n"
+                                     b"Content-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.0 200") and b"100 Continue" not in answer
+
+
+def test_the_router_refuses_a_post_without_its_token_before_the_body(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """A running router with api.token_file: a POST without the token gets its 403 at once
+    from its head (the body never sent); with the token, 100 Continue and then the answer."""
+    token = tmp_path / "api.token"
+    token.write_text("s3cret-token\n")
+    router = start_router({
+        "destinations": {"pacs": {"type": "folder", "path": str(tmp_path / "pacs")}},
+        "rules": [{"name": "all", "forward": ["pacs"]}],
+        "api": {"token_file": str(token)}})
+    body = b'{"ids": ["0000000000000001aaaaaaaa.pacs"]}'
+    with _head(router.metrics_port, "/api/dead-letters/replay", 500_000) as sock:
+        sock.settimeout(TIMEOUT)
+        refused = _until_closed(sock)
+    assert refused.startswith(b"HTTP/1.0 403") and b"no bearer token" in refused
+    assert b"100 Continue" not in refused
+    with _head(router.metrics_port, "/api/dead-letters/replay", len(body),
+               "Authorization: Bearer s3cret-token\r\n") as sock:
+        sock.settimeout(TIMEOUT)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = _until_closed(sock)
+    assert answer.startswith(b"HTTP/1.0 400") and b"no dead letter" in answer

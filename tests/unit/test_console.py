@@ -130,6 +130,24 @@ def test_only_a_logged_in_user_may_upload_a_large_file() -> None:
                                       cookie=f"dr_session={session}")) == MAX_BODY
 
 
+
+def test_a_post_that_needs_a_login_is_refused_from_its_head() -> None:
+    """What the port answers instead of `100 Continue` (http_endpoint.py): 401 for a POST
+    without a session, nothing for the login form or a logged-in user."""
+    from router.service.console.app import Console
+    from router.service.http_types import head_answer
+
+    console = make_console()
+    assert isinstance(console, Console)
+    session = console.auth.login("victor", "pw-v", "127.0.0.1")
+    refused = head_answer([console], head("/console/rules/test"))
+    assert refused is not None and refused.status == 401
+    assert ("X-Frame-Options", "DENY") in refused.headers
+    assert head_answer([console], head("/console/rules/test",
+                                       cookie=f"dr_session={session}")) is None
+    assert head_answer([console], head("/console/login")) is None
+    assert head_answer([console], head("/api/destinations")) is None
+
 def test_parallel_logins_cannot_pass_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The limit is checked and counted at once: 25 wrong passwords sent together get 5
     password checks, not 25 (each check costs the attacker one guess)."""

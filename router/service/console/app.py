@@ -76,6 +76,16 @@ class Console:
         who = self.auth.identify(cookie(head, SESSION), head.headers.get("authorization", ""))
         return views_rules.UPLOAD_MAX if who is not None else None
 
+    def head_answer(self, head: Request) -> Response | None:
+        """401 for a POST that needs a login and has none, from its head alone: sent instead
+        of `100 Continue`, so that its body never comes (http_types.py)."""
+        open_paths = head.path == "/console/login" or head.path.startswith("/console/static/")
+        if head.method != "POST" or not head.path.startswith("/console/") or open_paths:
+            return None
+        if self.auth.identify(cookie(head, SESSION), head.headers.get("authorization", "")):
+            return None
+        return Response(401, b"log in first\n", "text/plain; charset=utf-8", SECURITY_HEADERS)
+
     def _serve(self, request: Request) -> Response:
         path = request.path
         if path == "/console":
