@@ -56,7 +56,11 @@ class Publishing:
                 write_snapshot(self.status_dir, "broker", {
                     "config_generation": self.config_generation,
                     "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
-                    "workers": len(self.dispatcher.workers), "destinations": destinations})
+                    "workers": len(self.dispatcher.workers), "destinations": destinations,
+                    # w<index>-<pid>-<generation>: a reload restarts the next worker once the
+                    # one before is connected again (router/service/supervisor.py)
+                    "worker_ids": sorted(w.decode(errors="replace")
+                                         for w in self.dispatcher.workers)})
             except OSError as exc:
                 log.debug("cannot write the live status: %s", exc)
 

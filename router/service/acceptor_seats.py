@@ -39,6 +39,15 @@ class AcceptorSeats:
                                                      "DICOM", "listen.host/listen.port")
         return AcceptorSeat(index, self.states[index - 1], self.listeners[index], self.limits)
 
+    def reconfigure(self, listen: ListenConfig) -> None:
+        """A reloaded config: a new `listen.backlog` applies to the sockets at once (listen()
+        again on a listening socket resizes its queue; the acceptors share these sockets).
+        The address and the number of acceptors only change with a restart."""
+        if listen.backlog != self.listen.backlog:
+            for sock in self.listeners.values():
+                sock.listen(listen.backlog)
+        self.listen = listen
+
     def vacate(self, index: int) -> None:
         """An acceptor died: close its socket (the kernel then sends every new connection to
         the others; one waiting in its backlog is reset, never acknowledged) and drop its

@@ -41,6 +41,9 @@ from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
 
 log = logging.getLogger(__name__)
 
+# A restarted worker connects within a few seconds (spawn, imports, its broker handshake).
+WORKER_READY_SECONDS = 30.0
+
 
 class Supervisor:
     def __init__(self, config: RouterConfig, runtime: Runtime,
@@ -51,6 +54,7 @@ class Supervisor:
         self.started_at = time.time()
         self.reload_requested = threading.Event()
         self.generation = 0  # of the config handed to the children (router/core/reload.py)
+        self.reloading: str | None = None  # the worker a reload is replacing right now
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
         acceptors = config.listen.acceptors
@@ -76,7 +80,8 @@ class Supervisor:
         being restarted has no listening socket."""
         if self.stopping.is_set():
             return False, "draining: not accepting work"
-        down = [c.name for c in self.children if not c.alive]
+        # A worker a reload restarts on purpose is not down: the others deliver meanwhile.
+        down = [c.name for c in self.children if not c.alive and c.name != self.reloading]
         pipeline_down = [name for name in down if not name.startswith("acceptor-")]
         if pipeline_down:
             return False, f"not running: {', '.join(pipeline_down)}"
@@ -291,6 +296,7 @@ class Supervisor:
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
         self.config = new
+        self.seats.reconfigure(new.listen)
         restart_workers = steps.pipeline
         for child in self.children:
             child.args = (new, *child.args[1:])  # a later restart starts with the new config
@@ -331,20 +337,39 @@ class Supervisor:
                     "dead letter you can replay)", timeout)
 
     def _restart_workers(self) -> None:
-        """One at a time, so deliveries go on: each finishes what it holds, then restarts."""
+        """One at a time, so deliveries go on: each finishes what it holds, then restarts,
+        and the next is stopped only once the new one is connected to the broker (with one
+        worker, deliveries pause for its restart)."""
         grace = self.config.listen.dimse_timeout + 5
         for child in [c for c in self.children if c.name.startswith("worker-")]:
             process = child.process
             if process is None:
                 continue
-            process.terminate()
-            process.join(grace)
-            if process.is_alive():
-                log.error("%s did not stop within %.0fs; killing it", child.name, grace)
-                process.kill()
-                process.join(5)
-            multiprocess.mark_process_dead(process.pid)
-            self._start(child)
+            self.reloading = child.name  # ready() leaves it out: it is being replaced
+            try:
+                process.terminate()
+                process.join(grace)
+                if process.is_alive():
+                    log.error("%s did not stop within %.0fs; killing it", child.name, grace)
+                    process.kill()
+                    process.join(5)
+                multiprocess.mark_process_dead(process.pid)
+                self._start(child)
+                if child.process is not None and child.process.pid is not None:
+                    self._await_worker(child.name, child.process.pid)
+            finally:
+                self.reloading = None
+
+    def _await_worker(self, name: str, pid: int, timeout: float = WORKER_READY_SECONDS) -> None:
+        marker = f"-{pid}-"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            broker = read_snapshots(self.runtime.status_dir).get("broker", {})
+            if any(marker in str(w) for w in broker.get("worker_ids", ())):
+                return
+            time.sleep(0.1)
+        log.warning("%s did not connect to the broker within %.0fs of its restart; going on "
+                    "with the reload", name, timeout)
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""

@@ -6,6 +6,8 @@ import json
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,43 @@ def test_reload_applies_a_valid_config_without_dropping_work(
     assert router.metric("dicom_router_dead_letters_total", destination="second",
                          reason="unknown_destination") == 0
     assert router.metric("dicom_router_process_restarts_total", process="worker") == 0
+
+
+def test_a_reload_that_restarts_the_workers_keeps_one_connected_and_resizes_the_backlog(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Regression: the workers were restarted back to back, the next stopped before the new
+    one had connected: /readyz answered 503 for about a second on an ordinary reload, and a
+    changed listen.backlog was reported applied while the sockets kept the old one."""
+    router = start_router({**folder_config(tmp_path, "first"), "workers": 2})
+    seen: list[int | str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            code, body = http_get(router.metrics_port, "/readyz")
+            seen.append(code if code == 200 else f"{code} {body.strip()}")
+            time.sleep(0.05)
+
+    assert wait_for(lambda: http_get(router.metrics_port, "/readyz")[0] == 200)
+    old = {router.child_pid("worker-0"), router.child_pid("worker-1")}
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        config = yaml.safe_load(router.config_path.read_text())
+        rewrite(router, {**folder_config(tmp_path, "first", "second"),
+                         "listen": {**config["listen"], "backlog": 77}})
+        reload(router, "applied")
+        assert wait_for(lambda: len(status(router)["broker"].get("worker_ids", [])) == 2
+                        and not any(f"-{pid}-" in w for pid in old
+                                    for w in status(router)["broker"]["worker_ids"]))
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert seen and set(seen) == {200}, seen
+    shown = subprocess.run(["ss", "-ltnH", f"sport = :{router.port}"], capture_output=True,
+                           text=True, timeout=10, check=False)
+    assert {int(line.split()[2]) for line in shown.stdout.splitlines() if line.strip()} \
+        == {77}, shown.stdout
 
 
 def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
