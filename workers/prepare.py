@@ -85,6 +85,16 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     return Steps(tuple(morph), deid, syntaxes)
 
 
+def morph_failure(exc: Exception) -> DeliveryError:
+    """The dead letter of a morph this instance cannot take (route-test predicts the same)."""
+    return DeliveryError("morph", f"morphing failed: {exc}", transient=False)
+
+
+def deidentify_failure(exc: Exception) -> DeliveryError:
+    """The dead letter of an instance that cannot be de-identified (route-test's too)."""
+    return DeliveryError("deidentify", f"de-identification failed: {exc}", transient=False)
+
+
 class Preparer:
     """One per delivery thread; `uid_map` opens the de-identification UID map on first use."""
 
@@ -127,7 +137,7 @@ class Preparer:
         try:
             changes = morph_file(prepared.path, target, actions)
         except (MorphError, ValueError) as exc:
-            raise DeliveryError("morph", f"morphing failed: {exc}", transient=False) from exc
+            raise morph_failure(exc) from exc
         prepared.changes += changes
         for change in changes:
             # Written anyway (a PACS may take it; route-test shows it too), but said: a value
@@ -147,8 +157,7 @@ class Preparer:
             prepared.changes += deidentify_file(prepared.path, target, deid,
                                                 self._uids)  # type: ignore[arg-type]
         except ValueError as exc:  # this instance cannot be de-identified
-            raise DeliveryError("deidentify", f"de-identification failed: {exc}",
-                                transient=False) from exc
+            raise deidentify_failure(exc) from exc
         except RouterError as exc:  # the UID map's key or table: fixable, so retried
             raise DeliveryError("deidentify", f"de-identification unavailable: {exc}",
                                 transient=True) from exc

@@ -10,16 +10,21 @@ workers/ (pyproject: the import-linter contract's ignore_imports).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.core.config import FolderDestination as FolderConfig
 from router.core.config import RouterConfig
+from router.core.errors import DeliveryError
+
+if TYPE_CHECKING:
+    from workers.prepare import Steps
 
 
 def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
             source: str) -> list[str]:
     from pydicom import dcmread
 
+    from router.core.header_tags import read_tags
     from router.core.priority import PRIORITIES
     from router.core.rules import AssociationFacts, RuleSet
 
@@ -28,7 +33,8 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     rules = RuleSet(config.rules)
     facts = AssociationFacts(calling_ae, called_ae, source)
-    decision = rules.route(facts, lambda: _tags(ds, rules.tag_keywords), sop_class)
+    # The acceptor's own reader: multi-values joined with '\\', as live routing sees them.
+    decision = rules.route(facts, lambda: read_tags(path, rules.tag_keywords), sop_class)
     lines = [f"{path}",
              f"  as {calling_ae} -> {called_ae} from {source}; SOP class {sop_class}, "
              f"syntax {syntax}",
@@ -53,10 +59,6 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     return lines
 
 
-def _tags(ds: Any, keywords: tuple[str, ...]) -> dict[str, str]:
-    return {k: str(ds.get(k)) for k in keywords if ds.get(k) is not None}
-
-
 def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destination: str,
                        path: Path, syntax: str) -> list[str]:
     from pydicom import dcmread
@@ -72,14 +74,10 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")
     ds = dcmread(path, stop_before_pixels=True)
-    if steps.morph or steps.deidentify is not None:
-        if steps.morph:
-            from workers.transforms.morph import apply_morph
-
-            changes = apply_morph(ds, steps.morph)
-            lines += [f"     morph: {c}" for c in changes] or ["     morph: nothing to change"]
-        if steps.deidentify is not None:
-            lines += _deid_lines(ds, steps.deidentify)
+    try:
+        lines += _rewrite_lines(ds, steps)
+    except DeliveryError as exc:  # the delivery stops there: nothing else would happen
+        return [*lines, f"     DEAD LETTER ({exc.reason}): {exc}"]
     if steps.transfer_syntaxes:
         from workers.transforms.transcode import choose_target, describe
 
@@ -97,10 +95,30 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     return lines
 
 
+def _rewrite_lines(ds: Any, steps: Steps) -> list[str]:
+    """Morph and de-identify `ds` as the worker would; its failures are the worker's
+    dead letters (workers/prepare.py), raised as the same DeliveryError."""
+    from workers.prepare import deidentify_failure, morph_failure
+    from workers.transforms.morph import MorphError, apply_morph
+
+    lines: list[str] = []
+    if steps.morph:
+        try:
+            changes = apply_morph(ds, steps.morph)
+        except (MorphError, ValueError) as exc:
+            raise morph_failure(exc) from exc
+        lines += [f"     morph: {c}" for c in changes] or ["     morph: nothing to change"]
+    if steps.deidentify is not None:
+        try:
+            lines += _deid_lines(ds, steps.deidentify)
+        except ValueError as exc:
+            raise deidentify_failure(exc) from exc
+    return lines
+
+
 def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
     """Where the folder destination would store it: the delivery's own check (`placement`),
     on the header as morphed and de-identified above."""
-    from router.core.errors import DeliveryError
     from workers.destinations.folder import UID_KEYWORDS, placement
 
     tags = {k: str(ds.get(k) or "") for k in UID_KEYWORDS}
