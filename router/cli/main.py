@@ -20,6 +20,7 @@ from router.cli.common import USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
+from router.core.rules import drops_after_continue
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
 from router.core.tls import TLSConfigError, check_contexts
 
@@ -49,6 +50,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except TLSConfigError as exc:
         print(ConfigError(str(args.config), [str(exc)]), file=sys.stderr)
         return 1
+    for note in drops_after_continue(config.rules):  # allowed, but easy to miss
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     print(summary(config))
     return 0
 

@@ -27,6 +27,8 @@ class RouteDecision:
     action: str = "forward"  # or "drop"/"reject": then rules[-1] is the rule that said so
     priority: str = "request"  # of the first matching rule that sets one
     complete: Rule | None = None  # the first matching rule that waits for completion
+    # For a drop/reject after `continue: true` rules: what they had chosen, not kept.
+    discarded: tuple[str, ...] = ()
 
     @property
     def matched(self) -> bool:
@@ -134,7 +136,8 @@ class RuleSet:
                     continue
             names.append(rule.rule.name)
             if filters:
-                return RouteDecision(tuple(names), (), rule.rule.action)
+                return RouteDecision(tuple(names), (), rule.rule.action,
+                                     discarded=tuple(destinations))
             destinations.update(dict.fromkeys(rule.rule.forward))
             if priority == "request":
                 priority = rule.rule.priority
@@ -153,3 +156,20 @@ class RuleSet:
                     and rule.matches_association(facts)):
                 return RouteDecision((rule.rule.name,), tuple(rule.rule.query))
         return RouteDecision((), ())
+
+
+def drops_after_continue(rules: Iterable[Rule]) -> list[str]:
+    """A drop or reject rule after a `continue: true` rule that forwards: when both match,
+    the drop ends the evaluation and the earlier rule's destinations are not kept. Allowed
+    (that is what drop means), but easy to miss, so `check-config` says it."""
+    notes: list[str] = []
+    forwarding: list[Rule] = []
+    for rule in rules:
+        if rule.action != "forward":
+            notes += [f"rule {rule.name!r} ({rule.action}) follows rule {earlier.name!r} "
+                      f"(continue: true, forward: {', '.join(earlier.forward)}): when both "
+                      f"match, the {rule.action} wins and nothing goes to "
+                      f"{', '.join(earlier.forward)}" for earlier in forwarding]
+        elif rule.continue_ and rule.forward:
+            forwarding.append(rule)
+    return notes

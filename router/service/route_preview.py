@@ -43,6 +43,9 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
         what = "answered Success, nothing kept" if decision.action == "drop" else \
             "answered 0xC004 (refused by rule)"
         lines.append(f"  {decision.action.upper()} by rule {decision.rules[-1]}: {what}")
+        if decision.discarded:
+            lines.append(f"  not sent to {', '.join(decision.discarded)}: earlier rules "
+                         f"(continue: true) chose them, the {decision.action} discards them")
         return lines
     if not decision.matched:
         lines.append("  NO ROUTE: the sender would get 0xC002")

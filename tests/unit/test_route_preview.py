@@ -58,3 +58,38 @@ def test_a_morph_that_fails_is_a_predicted_dead_letter_and_the_rest_is_explained
     dead = [line for line in lines if "DEAD LETTER (morph)" in line]
     assert len(dead) == 1 and "morphing failed" in dead[0] and "(0013,1010)" in dead[0], text
     assert text.index("DEAD LETTER (morph)") < text.index("-> other"), text
+
+
+DROP_AFTER_CONTINUE = [
+    {"name": "copy-all", "match": {}, "forward": ["exact", "other"], "continue": True},
+    {"name": "no-sr", "match": {"tags": {"Modality": "SR"}}, "action": "drop"}]
+
+
+def test_route_test_names_what_a_drop_after_continue_discards(tmp_path: Path) -> None:
+    config = _config(tmp_path, DROP_AFTER_CONTINUE)
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                          modality="SR")
+    lines = explain(config, path, "CT1", "DICOM-ROUTER", "127.0.0.1")
+    assert "  DROP by rule no-sr: answered Success, nothing kept" in lines, lines
+    assert any(line.startswith("  not sent to exact, other:") for line in lines), lines
+
+
+def test_check_config_warns_of_a_drop_after_a_forwarding_continue_rule(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from router.cli.main import main
+
+    path = tmp_path / "router.yaml"
+    rules = [*DROP_AFTER_CONTINUE, {"name": "rest", "match": {}, "forward": ["other"]}]
+    path.write_text(yaml.safe_dump(
+        {"spool": {"path": str(tmp_path / "spool")},
+         "destinations": {n: {"type": "folder", "path": str(tmp_path / n)}
+                          for n in ("exact", "other")}, "rules": rules}))
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: "), out
+    warnings = err.splitlines()
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("dicom-router check-config: warning: rule 'no-sr' (drop) "
+                                  "follows rule 'copy-all' (continue: true"), err
