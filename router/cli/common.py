@@ -1,5 +1,6 @@
 """Conventions every `dicom-router` command shares: `--config` before or after the action,
-`--version`, and bad input reported as one line (exit 2), never as a traceback."""
+`--version`, bad command-line input reported as one line (exit 2), an invalid config file as
+every problem in it (exit 1), never as a traceback."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TypeVar
 from router.core.errors import RouterError
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
+CONFIG_ERROR = 1  # a config file that does not validate: as `run` and `check-config` say it
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from router.cli import destinations as cli_destinations
 from router.cli import peer_commands
 from router.cli import route_test as cli_route_test
 from router.cli import status as cli_status
-from router.cli.common import USAGE_ERROR, config_parent, version
+from router.cli.common import CONFIG_ERROR, USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
@@ -46,10 +46,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_contexts(config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     except TLSConfigError as exc:
         print(ConfigError(str(args.config), [str(exc)]), file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     for note in drops_after_continue(config.rules):  # allowed, but easy to miss
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     print(summary(config))
@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return CONFIG_ERROR
     setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("router")
     origin = str(args.config) if args.config else "built-in default config"
@@ -111,8 +111,9 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-router", description=__doc__,
-        epilog="--config may come before or after a command and its action. Bad input is "
-               "reported in one line with exit code 2.")
+        epilog="--config may come before or after a command and its action. Bad "
+               "command-line input is reported in one line with exit code 2; a config file "
+               "that does not validate, with every problem in it and exit code 1.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="the router's YAML config file (run, check-config, status, "
@@ -146,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except ConfigError as exc:  # every command: each problem with its key, as check-config
+        print(exc, file=sys.stderr)
+        return CONFIG_ERROR
     except (RouterError, ValueError) as exc:
-        # Bad input (ConfigError included): an operator-facing message, never a traceback.
+        # Bad input: an operator-facing message, never a traceback.
         print(f"dicom-router: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:

@@ -5,7 +5,8 @@ rules match, the decision (forward, drop, reject, no route), and per destination
 be morphed, de-identified or transcoded, and the priority and completion group.
 
 Exit codes: 0 every file explained; 1 a file is not DICOM or cannot be read (the others are
-still explained); 2 bad arguments, a bad config, or no files.
+still explained); 1 also for a config file that does not validate (every problem is listed);
+2 bad arguments or no files.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def cmd_route_test(args: argparse.Namespace) -> int:
     from pydicom.errors import InvalidDicomError
 
-    # A bad config is a ConfigError: `dicom-router: error: ...`, exit 2 (router.cli.main).
+    # A bad config is a ConfigError: every problem, exit 1 (router.cli.main).
     config = default_config() if args.config is None else load_config(args.config)
     files = [p for path in args.files for p in _expand(path)]
     if not files:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from router.cli.common import argument
 from router.core.config import load_config
-from router.core.errors import ConfigError, RouterError
+from router.core.errors import RouterError
 
 MAX_INTERVAL = 3600.0
 
@@ -58,8 +58,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from router.cli.status_screen import read, render
 
     interval = max(0.2, args.interval)  # a shorter one is raised to this
+    url = _url(args)  # an invalid config is every command's: exit 1 (router.cli.main)
     try:
-        url = _url(args)
         before = read(url)
         if args.once:
             time.sleep(interval)
@@ -72,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 now = read(url)
                 live.update(render(before, now), refresh=True)
                 before = now
-    except (ConfigError, RouterError) as exc:
+    except RouterError as exc:
         print(f"dicom-router status: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
