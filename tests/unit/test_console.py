@@ -274,3 +274,21 @@ def test_the_rule_tester_never_uses_the_client_file_name(name: str, tmp_path: ob
     answer = test(who, default_config(), Posted({}, {"file": (name, b"not DICOM at all")}))
     assert answer.status == 200
     assert b"cannot be read as DICOM" in answer.body
+
+
+def test_role_names_show_and_every_kind_of_secret_stays_masked() -> None:
+    """console.token_role is a role name (viewer, operator, admin), not a secret."""
+    data = {"console": {"token_role": "operator", "token_file": "/etc/t",
+                        "users": [{"username": "a", "role": "admin", "password_hash": "h"}],
+                        "tls_key": "/etc/k.pem", "tls_key_password_file": "/run/p"},
+            "listen": {"users": [{"username": "b", "passcode_hash": "pbkdf2"}]},
+            "x": {"passphrase": "p", "key_passphrase": "p", "api_key": "k", "apikey": "k",
+                  "private_key": "k", "client_secret": "s", "bearer_token": "t",
+                  "password": "p", "Password": "p"}}
+    out = masked(data)
+    assert out["console"] == {"token_role": "operator", "token_file": "/etc/t",
+                              "users": [{"username": "a", "role": "admin",
+                                         "password_hash": "***"}],
+                              "tls_key": "/etc/k.pem", "tls_key_password_file": "/run/p"}
+    assert out["listen"]["users"] == [{"username": "b", "passcode_hash": "***"}]
+    assert set(out["x"].values()) == {"***"}, out["x"]

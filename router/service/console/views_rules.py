@@ -21,7 +21,13 @@ from router.service.metric_samples import Samples, by_label
 from router.service.route_preview import explain
 
 HTML = "text/html; charset=utf-8"
-SECRET_WORDS = ("password", "passcode", "secret", "token", "hash")
+# A key is a secret when one of its words ('_'-separated) is one of these; `private_key` and
+# `api_key` too. The config's `key`/`tls_key` are paths to key files: they stay, as do keys
+# whose last word says they name something else (`token_role`, `password_file`).
+SECRET_WORDS = frozenset({"password", "passcode", "passphrase", "secret", "token", "hash",
+                          "apikey"})
+SECRET_KEYS = frozenset({"private_key", "api_key"})
+NOT_SECRET_LAST_WORDS = frozenset({"file", "env", "role", "path"})
 AUDIT_LINES = 200
 # The tester reads only the header, but a browser uploads the whole file: room for most
 # single-frame instances (CR, DX, mammography); larger ones with `dicom-router route-test`.
@@ -35,12 +41,17 @@ def masked(value: Any, key: str = "") -> Any:
         return {k: masked(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [masked(v, key) for v in value]
+    return "***" if value is not None and _secret(key) else value
+
+
+def _secret(key: str) -> bool:
     lowered = key.lower()
-    reference = lowered.endswith(("_file", "_env"))
-    if value is not None and not reference and (
-            any(w in lowered for w in SECRET_WORDS) or lowered.endswith("_command")):
-        return "***"
-    return value
+    words = lowered.split("_")
+    if words[-1] == "command":  # a command may carry its secret as an argument
+        return True
+    if words[-1] in NOT_SECRET_LAST_WORDS:
+        return False
+    return bool(SECRET_WORDS.intersection(words)) or lowered.endswith(tuple(SECRET_KEYS))
 
 
 def rules(identity: Identity, config: RouterConfig, message: str,
