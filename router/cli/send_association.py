@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -63,9 +65,18 @@ def parse_address(text: str) -> tuple[str, int]:
 
 # --- associations ------------------------------------------------------------------------------
 
+# Associations that received a PDU from the peer: one that got nothing and was aborted when
+# its ACSE timeout ran out was not aborted by the peer, it never answered.
+_heard: weakref.WeakSet[Association] = weakref.WeakSet()
+
+
 def _on_connected(event: Any) -> None:
     tune_scu_socket(event)
     mark_connected(event)  # tells a refused connection from a later failure
+
+
+def _on_pdu(event: Any) -> None:
+    _heard.add(event.assoc)
 
 
 def application_entity(peer: Peer) -> AE:
@@ -122,7 +133,7 @@ def _rejection(assoc: Association) -> str:
             f"source: {_lower_first(answer.source_str)})")
 
 
-def _failure(assoc: Association, peer: Peer) -> RouterError:
+def _failure(assoc: Association, peer: Peer, waited: float) -> RouterError:
     recover_rejection(assoc)
     if not was_connected(assoc):
         return AssociationError(f"cannot connect to {peer}: {_diagnose_connection(peer)}")
@@ -132,6 +143,11 @@ def _failure(assoc: Association, peer: Peer) -> RouterError:
         return NoContextAccepted(f"{peer} accepted none of the proposed presentation contexts")
     if assoc.is_rejected:
         return AssociationError(f"association rejected by {peer}: {_rejection(assoc)}")
+    if assoc not in _heard and waited >= peer.acse_timeout:
+        # pynetdicom aborts it itself when its ACSE timeout runs out: the peer said nothing.
+        return AssociationError(_with_tls_problem(
+            f"{peer}: no answer to the association request within {peer.acse_timeout:g} s",
+            peer))
     if assoc.is_aborted:
         return AssociationError(_with_tls_problem(
             f"{peer} aborted the association during negotiation", peer))
@@ -143,10 +159,12 @@ def associate(ae: AE, peer: Peer, pairs: Iterable[Pair]) -> Association:
     """An association proposing one context per pair, each with exactly its one syntax."""
     contexts = [build_context(sop_class, syntax) for sop_class, syntax in pairs]
     tls_args = (peer.tls, peer.host) if peer.tls is not None else None
+    started = time.monotonic()
     try:
         assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.called_ae,
                              tls_args=tls_args,
-                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected)])
+                             evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected),
+                                           (evt.EVT_PDU_RECV, _on_pdu)])
     except socket.gaierror as exc:
         # pynetdicom resolves the name outside its own error handling.
         raise AssociationError(f"cannot connect to {peer}: cannot resolve {peer.host!r}: "
@@ -154,7 +172,7 @@ def associate(ae: AE, peer: Peer, pairs: Iterable[Pair]) -> Association:
     except OSError as exc:
         raise AssociationError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
     if not assoc.is_established:
-        raise _failure(assoc, peer)
+        raise _failure(assoc, peer, time.monotonic() - started)
     return assoc
 
 
