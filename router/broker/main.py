@@ -23,6 +23,7 @@ from router.broker.orphans import OrphanedJournals
 from router.broker.policies import dicom_names, holds, policies
 from router.broker.publish import Publishing
 from router.broker.reaper import SpoolReaper
+from router.broker.recovery import Recovery, recover_jobs
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
@@ -102,17 +103,15 @@ class Broker(Publishing):
             self._apply(self.dispatcher.add_job(header, exclusive=False))
             log.info("replaying job %s to %s", header.job_id, ", ".join(header.destinations))
 
-    def recover(self) -> None:
+    def recover(self) -> Recovery:
         """Queue every job left on the spool by an earlier run (or an earlier broker)."""
         self.take_replays()
-        count = 0
-        for job in self.spool.recover():
-            self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
-            count += 1
-        if count:
-            metrics.RECOVERED_JOBS.inc(count)
-            log.info("recovered %d jobs from the spool", count)
+        recovery = recover_jobs(self.spool, self.dispatcher, self._apply)
+        if recovery.jobs:
+            metrics.RECOVERED_JOBS.inc(recovery.jobs)
+            log.info("%s", recovery)
         self.orphans.start()
+        return recovery
 
     # --- message handling -------------------------------------------------------------------
 
@@ -392,9 +391,8 @@ def main(config: RouterConfig, runtime: Runtime) -> None:
         broker.reload_requested = True
 
     signal.signal(signal.SIGHUP, on_hup)
-    broker.recover()
-    log.info("broker ready: %d destinations, %d jobs recovered",
-             len(config.destinations), len(broker.dispatcher.jobs))
+    recovery = broker.recover()
+    log.info("broker ready: %d destinations; %s", len(config.destinations), recovery)
     try:
         broker.run(stop, wakeup)
     finally:
