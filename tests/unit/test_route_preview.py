@@ -93,3 +93,18 @@ def test_check_config_warns_of_a_drop_after_a_forwarding_continue_rule(
     assert len(warnings) == 1, err
     assert warnings[0].startswith("dicom-router check-config: warning: rule 'no-sr' (drop) "
                                   "follows rule 'copy-all' (continue: true"), err
+
+
+def test_the_consoles_rule_tester_predicts_the_morph_dead_letter_too(tmp_path: Path) -> None:
+    from router.service.console.auth import Identity
+    from router.service.console.forms import Posted
+    from router.service.console.views_rules import test
+
+    config = _config(tmp_path, [
+        {"name": "tag", "match": {}, "forward": ["exact"],
+         "morph": [{"action": "set", "tag": "(0013,1010)", "value": "x", "vr": "LO"}]}])
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
+    answer = test(Identity("olga", "operator", "token"), config,
+                  Posted({}, {"file": ("ct.dcm", path.read_bytes())}))
+    assert b"DEAD LETTER (morph): morphing failed" in answer.body, answer.body[-800:]
+    assert b"cannot be read as DICOM" not in answer.body
