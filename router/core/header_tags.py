@@ -15,7 +15,7 @@ from pydicom.multival import MultiValue
 # fuzzed files, tests/unit/test_header_tags.py): an unknown VR (NotImplementedError), nesting
 # past Python's recursion limit (RecursionError; both are RuntimeErrors), a value whose length
 # does not fit its VR, a truncated element header, a Specific Character Set of a numeric VR.
-_UNREADABLE = (RuntimeError, BytesLengthException, struct.error, TypeError, LookupError)
+UNREADABLE = (RuntimeError, BytesLengthException, struct.error, TypeError, LookupError)
 
 
 def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
@@ -27,7 +27,7 @@ def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
         return _values(dcmread(path, stop_before_pixels=True, specific_tags=wanted), wanted)
     except RecursionError as exc:  # pydicom reads nested sequences recursively
         raise ValueError("sequences nested too deeply") from exc
-    except _UNREADABLE as exc:
+    except UNREADABLE as exc:
         raise ValueError(str(exc) or type(exc).__name__) from exc
 
 

@@ -42,6 +42,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from router.core.deid_spec import DeidentifyConfig, parse_tag
+from workers.transforms.dataset_checks import check_identity, check_nesting, readable
 from workers.transforms.deid_table import TABLE_E1_1, Row
 from workers.transforms.uid_map import UidMap
 
@@ -148,6 +149,8 @@ class _Run:
 def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap) -> list[str]:
     """De-identify `ds` in place; return what was removed or replaced: keywords (a nested one
     as Sequence>Keyword, an unnamed one as its tag), never values."""
+    check_identity(ds)  # a dataset misread (or not the instance sent) is never sent on
+    check_nesting(ds)
     # Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
     source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
                    if ds.get(k)), "")
@@ -171,7 +174,14 @@ def _walk(ds: Dataset, run: _Run, path: str) -> None:
             run.changed[name] = None
             continue
         row = None if tag in run.keep or elem.tag.is_private else _row_for(tag)
-        action = "K" if row is None else _concrete(_table_code(row, run.config), elem.VR)
+        if row is not None:
+            action = _concrete(_table_code(row, run.config), elem.VR)
+        elif keyword or elem.tag.is_private or tag in run.keep:
+            action = "K"  # a public attribute the table leaves alone, or kept by the config
+        else:
+            # No public attribute of the standard this dictionary knows: what it holds
+            # cannot be judged (a misread dataset arrives as one such element), so it goes.
+            action = "X"
         _apply(ds, elem, action, run, name)
 
 
@@ -298,14 +308,15 @@ def deidentify_file(source: Path, target: Path, config: DeidentifyConfig,
     with its meta); `source` is only read. `target` appears whole or not at all."""
     if target.resolve() == source.resolve():
         raise ValueError(f"{target}: the target is the source, which is never written")
-    ds = dcmread(source)
-    changed = deidentify(ds, config, uids)
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with open(temporary, "xb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
+        with readable():
+            ds = dcmread(source)
+            changed = deidentify(ds, config, uids)
+            with open(temporary, "xb") as fh:
+                ds.save_as(fh, enforce_file_format=True)
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ from router.core.morph_spec import (
     values_of,
     vr_kind,
 )
+from workers.transforms.dataset_checks import check_nesting, readable
 
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
 # "RequestAttributesSequence[1]." -- concrete indexes, so [*] reports each item it changed.
@@ -66,17 +67,19 @@ def morph_file(source: Path, target: Path, actions: Sequence[MorphAction]) -> li
     (encapsulated pixel data is copied as is). `source` is only read."""
     if target.resolve() == source.resolve():
         raise ValueError(f"morph_file would overwrite its source {source}")
-    ds = dcmread(source)
-    changes = apply_morph(ds, actions)
-    for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
-                                  ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
-        if ds.get(keyword) and ds.file_meta.get(meta_keyword) != ds[keyword].value:
-            setattr(ds.file_meta, meta_keyword, ds[keyword].value)
-    try:
-        ds.save_as(target, enforce_file_format=True)
-    except BaseException:
-        target.unlink(missing_ok=True)  # no half-written file where a whole one is expected
-        raise
+    with readable():  # pydicom's failures on a hostile dataset: a morph dead letter
+        ds = dcmread(source)
+        check_nesting(ds)
+        changes = apply_morph(ds, actions)
+        for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                                      ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+            if ds.get(keyword) and ds.file_meta.get(meta_keyword) != ds[keyword].value:
+                setattr(ds.file_meta, meta_keyword, ds[keyword].value)
+        try:
+            ds.save_as(target, enforce_file_format=True)
+        except BaseException:
+            target.unlink(missing_ok=True)  # no half-written file where a whole one was
+            raise
     return changes
 
 

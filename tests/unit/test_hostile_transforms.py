@@ -1,0 +1,152 @@
+"""Hostile or misread datasets in the worker's rewriting steps (morph, de-identification):
+each is refused as a permanent failure of its step, a dead letter naming why, and never
+sent on half-transformed. Found by a bug hunt with crafted files (2026-12-07)."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from router.core.config import parse_config
+from router.core.deid_spec import DeidentifyConfig
+from router.core.errors import DeliveryError
+from router.core.spool import Spool
+from workers.prepare import Preparer
+from workers.transforms.dataset_checks import UnfitDataset, readable
+from workers.transforms.deidentify import deidentify_file
+from workers.transforms.morph import morph_file
+from workers.transforms.uid_map import UidMap
+
+from .helpers import make_header
+
+PHI = ("DOE^JOHN", "MRN-4711", "ACC-0815")
+
+
+@pytest.fixture
+def uids(tmp_path: Path) -> Iterator[UidMap]:
+    uid_map = UidMap(tmp_path / "key", tmp_path / "uids.sqlite")
+    yield uid_map
+    uid_map.close()
+
+
+def _dataset(sop: str) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = PHI
+    ds.Modality = "CT"
+    return ds
+
+
+def _file(path: Path, sop: str, body: bytes) -> Path:
+    """A Part 10 file whose meta says Explicit VR Little Endian, with `body` as its dataset."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = DicomBytesIO()
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, meta)
+    path.write_bytes(fp.getvalue() + body)
+    return path
+
+
+def _encoded(ds: Dataset, *, little_endian: bool = True) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = little_endian, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _nested(levels: int) -> bytes:
+    """ContentSequence in ContentSequence, `levels` deep, undefined lengths (8 KB at 400)."""
+    sq = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff\xff\xff\xff"
+    item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    ends = b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    return (sq + item) * levels + ends * levels
+
+
+def test_a_big_endian_dataset_under_a_little_endian_header_is_not_sent_identified(
+        tmp_path: Path, uids: UidMap) -> None:
+    """It reads as one unknown element holding the whole dataset, which the table does not
+    name: it was kept, and the PACS got name, ID and accession number."""
+    sop = generate_uid()
+    source = _file(tmp_path / "be.dcm", sop, _encoded(_dataset(sop), little_endian=False))
+    target = tmp_path / "out.dcm"
+    with pytest.raises(UnfitDataset, match="no SOP Instance UID"):
+        deidentify_file(source, target, DeidentifyConfig(), uids)
+    assert not target.exists()
+
+
+def test_a_dataset_without_its_sop_instance_uid_is_not_sent_under_the_original(
+        tmp_path: Path, uids: UidMap) -> None:
+    sop = generate_uid()
+    ds = _dataset(sop)
+    del ds.SOPInstanceUID
+    source = _file(tmp_path / "nouid.dcm", sop, _encoded(ds))
+    with pytest.raises(UnfitDataset, match="no SOP Instance UID"):
+        deidentify_file(source, tmp_path / "out.dcm", DeidentifyConfig(), uids)
+
+
+def test_a_dataset_that_is_not_the_instance_it_was_sent_as_is_refused(
+        tmp_path: Path, uids: UidMap) -> None:
+    sop = generate_uid()
+    source = _file(tmp_path / "other.dcm", sop, _encoded(_dataset(generate_uid())))
+    with pytest.raises(UnfitDataset, match="not the one it was sent with"):
+        deidentify_file(source, tmp_path / "out.dcm", DeidentifyConfig(), uids)
+
+
+def test_an_element_no_dictionary_knows_is_removed(tmp_path: Path, uids: UidMap) -> None:
+    sop = generate_uid()
+    ds = _dataset(sop)
+    ds.add_new(0x08000500, "LO", "DOE^JOHN AGAIN")  # an even group, no public attribute
+    source = _file(tmp_path / "unknown.dcm", sop, _encoded(ds))
+    changed = deidentify_file(source, tmp_path / "out.dcm", DeidentifyConfig(), uids)
+    out = dcmread(tmp_path / "out.dcm")
+    assert 0x08000500 not in out and "(0800,0500)" in changed
+    assert not any(value.encode() in (tmp_path / "out.dcm").read_bytes() for value in PHI)
+
+
+@pytest.mark.parametrize("levels", [100, 400])
+@pytest.mark.parametrize("step", ["morph", "deidentify"])
+def test_sequences_nested_hundreds_deep_are_a_dead_letter_of_the_step(
+        tmp_path: Path, step: str, levels: int) -> None:
+    """8 KB of nesting took a codec process to 6.8 GB in pydicom's writer; morph and
+    de-identification raised RecursionError, retried as `internal` with a traceback."""
+    sop = generate_uid()
+    source = _file(tmp_path / "deep.dcm", sop, _encoded(_dataset(sop)) + _nested(levels))
+    config = parse_config({
+        "destinations": {"d": {"type": "folder", "path": str(tmp_path / "d")}},
+        "rules": [{"name": "r", "forward": ["d"],
+                   **({"morph": [{"action": "set", "tag": "StationName", "value": "X"}]}
+                      if step == "morph" else {"deidentify": {}})}]})
+    spool = Spool(tmp_path / "spool").create()
+    preparer = Preparer(config, spool, lambda: UidMap(tmp_path / "k", tmp_path / "u.sqlite"))
+    job = make_header("j1", ("d",), rules=("r",), sop_instance_uid=sop)
+    with pytest.raises(DeliveryError) as failure:
+        preparer.prepare(job, "d", source)
+    assert failure.value.reason == step and not failure.value.transient
+    assert "nested" in str(failure.value)  # past 64 levels, or past what pydicom can read
+    assert list(spool.relay.iterdir()) == []  # no copy left behind
+
+
+def test_what_pydicom_raises_on_hostile_input_is_a_reason_not_an_internal_error(
+        tmp_path: Path) -> None:
+    sop = generate_uid()
+    body = _encoded(_dataset(sop)) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)  # stray delimiter
+    source = _file(tmp_path / "stray.dcm", sop, body)
+    with contextlib.suppress(UnfitDataset):  # a reason, or a file: never anything else
+        morph_file(source, tmp_path / "out.dcm", [])
+    for raised in (NotImplementedError("VR"), TypeError("bytes"), KeyError("x")):
+        with pytest.raises(UnfitDataset), readable():
+            raise raised

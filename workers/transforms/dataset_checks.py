@@ -1,0 +1,68 @@
+"""What a dataset must be before a transform rewrites it (morph, de-identify, transcode).
+
+A transform reads the whole dataset with pydicom and writes it again. On hostile or broken
+input pydicom raises more than ValueError (router/core/header_tags.UNREADABLE), and its
+writer recurses once per sequence level, carrying the previous levels' messages in each
+RecursionError: a 400-level nesting of 8 KB took a codec process to 6.8 GB. Such an
+instance is refused here, as a permanent failure of its step (a dead letter naming why),
+before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pydicom.dataset import Dataset
+
+from router.core.header_tags import UNREADABLE
+
+# Deeper than any real structured report or nested sequence a modality writes (an SR
+# content tree rarely passes 10-20); well inside pydicom's recursive writer.
+MAX_SEQUENCE_NESTING = 64
+
+
+class UnfitDataset(ValueError):
+    """This instance cannot be rewritten as it is; the message says why (no values)."""
+
+
+def check_nesting(ds: Dataset, limit: int = MAX_SEQUENCE_NESTING) -> None:
+    """Raise UnfitDataset when sequences nest more than `limit` levels (walked with a stack,
+    not recursion)."""
+    stack: list[tuple[Dataset, int]] = [(ds, 0)]
+    while stack:
+        current, depth = stack.pop()
+        for elem in current:
+            if elem.VR != "SQ" or not elem.value:
+                continue
+            if depth + 1 > limit:
+                raise UnfitDataset(f"sequences are nested more than {limit} levels deep")
+            stack.extend((item, depth + 1) for item in elem.value)
+
+
+def check_identity(ds: Dataset) -> None:
+    """Raise UnfitDataset unless the dataset carries the SOP Instance UID its file meta (the
+    C-STORE it came with) names. Without it the dataset was not read as what it is (a Big
+    Endian dataset under a Little Endian header reads as one unknown element holding
+    everything), and nothing read from it can be trusted to be de-identified."""
+    actual = str(ds.get("SOPInstanceUID", "") or "").strip()
+    meta = getattr(ds, "file_meta", None)
+    expected = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip() if meta else ""
+    if not actual:
+        raise UnfitDataset("the dataset has no SOP Instance UID that can be read (is it "
+                           "encoded as its transfer syntax says?)")
+    if expected and actual != expected:
+        raise UnfitDataset("the dataset's SOP Instance UID is not the one it was sent with")
+
+
+@contextmanager
+def readable() -> Iterator[None]:
+    """pydicom's failures on a hostile dataset, as UnfitDataset."""
+    try:
+        yield
+    except UnfitDataset:
+        raise
+    except RecursionError as exc:
+        raise UnfitDataset("sequences are nested too deeply to be read") from exc
+    except UNREADABLE as exc:
+        raise UnfitDataset(f"{type(exc).__name__}: {exc}"[:300]) from exc
