@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
@@ -105,6 +106,8 @@ _LOSSY_METHODS: dict[str, str] = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "
 
 # VRs whose values pydicom keeps as raw bytes, by the width of the words to byte-swap.
 _SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_SWAP_BITS = (16, 32, 64)  # Bits Allocated of pixels that are words to swap
 _FLOAT_PIXEL_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData")
 _EXTENDED_OFFSET_KEYWORDS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")
 
@@ -299,7 +302,8 @@ def _values(ds: Dataset, keyword: str) -> list[Any]:
 
 
 def _set_byte_order(ds: FileDataset, *, little_endian: bool) -> None:
-    """Byte-swap OW/OL/OF/OD/OV values if the byte order changes (pydicom does not).
+    """Byte-swap OW/OL/OF/OD/OV values, and native Pixel Data by its Bits Allocated, if the
+    byte order changes (pydicom does not).
 
     UN values cannot be swapped without knowing their structure and are left as they are.
     """
@@ -319,13 +323,30 @@ def _swap_words(ds: Dataset) -> None:
         if elem.VR == "SQ":
             for item in elem.value:
                 _swap_words(item)
-        elif elem.VR in _SWAP_WIDTHS and elem.value:
-            width = _SWAP_WIDTHS[elem.VR]
-            if len(elem.value) % width:
-                raise TranscodeError(f"cannot change byte order: {elem.tag} ({elem.VR}) has "
-                                     f"{len(elem.value)} bytes, not a multiple of {width}")
-            words = np.frombuffer(elem.value, dtype=f"u{width}")
-            elem.value = words.byteswap().tobytes()
+            continue
+        width = _swap_width(ds, elem)
+        if not width or not elem.value:
+            continue
+        if len(elem.value) % width:
+            raise TranscodeError(f"cannot change byte order: {elem.tag} ({elem.VR}) has "
+                                 f"{len(elem.value)} bytes, not a multiple of {width}")
+        elem.value = np.frombuffer(elem.value, dtype=f"u{width}").byteswap().tobytes()
+        if elem.tag == _PIXEL_DATA and width > 1:
+            elem.VR = "OW"  # PS3.5 A.3: the only VR that says its words are swapped
+
+
+def _swap_width(ds: Dataset, elem: DataElement) -> int:
+    """The width of the words to byte-swap in ``elem``, 0 for none.
+
+    Native Pixel Data is swapped by its Bits Allocated, whatever its VR: 16-bit pixels
+    labelled OB (invalid, PS3.5 A.3, but sent) are words in the syntax's byte order all the
+    same, as pydicom reads them; skipping them changed every value (1792 became 7).
+    """
+    if elem.tag == _PIXEL_DATA and elem.VR in ("OB", "OW"):
+        bits = ds.get("BitsAllocated")
+        if isinstance(bits, int) and bits in _PIXEL_SWAP_BITS:
+            return bits // 8
+    return _SWAP_WIDTHS.get(elem.VR, 0)
 
 
 def _write(ds: FileDataset, target: Path) -> None:
