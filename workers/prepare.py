@@ -173,7 +173,12 @@ class Preparer:
                 f"{done.source_name} cannot be converted to one of them", transient=False)
         if done.error:
             raise DeliveryError("transcode", done.error, transient=False)
-        prepared.changes.append(f"transcoded {done.source_name} -> {done.target_name}")
+        change = f"transcoded {done.source_name} -> {done.target_name}"
+        if done.failed:  # an earlier syntax in the destination's list failed on this image
+            change += f" ({', '.join(name for name, _ in done.failed)} failed on this image)"
+            log.info("job %s: %s; %s", prepared.job.job_id, change,
+                     "; ".join(f"{name}: {why}" for name, why in done.failed))
+        prepared.changes.append(change)
         self._advance(prepared, target)
 
     @staticmethod

@@ -82,19 +82,29 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     except DeliveryError as exc:  # the delivery stops there: nothing else would happen
         return [*lines, f"     DEAD LETTER ({exc.reason}): {exc}"]
     if steps.transfer_syntaxes:
-        from workers.transforms.transcode import choose_target, describe
-
         if syntax in steps.transfer_syntaxes:
             lines.append("     transfer syntax accepted as is")
         else:
-            target = choose_target(syntax, list(steps.transfer_syntaxes))
-            lines.append(f"     transcoded {describe(syntax)} -> {describe(target)}" if target
-                         else f"     DEAD LETTER: none of {', '.join(steps.transfer_syntaxes)}"
-                              f" can be made from {describe(syntax)}")
+            lines += _transcode_lines(syntax, steps.transfer_syntaxes)
     if isinstance(dest, FolderConfig):
         lines += _folder_lines(dest, ds)
     if dest.window is not None:
         lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
+    return lines
+
+
+def _transcode_lines(syntax: str, accepted: tuple[str, ...]) -> list[str]:
+    """The worker's candidates (workers/transforms/codec_process.py), first one first. No
+    pixel data is encoded here, so an encoder failure on this image cannot be predicted:
+    the worker then sends the next candidate, which is what the "else" line says."""
+    from workers.transforms.transcode import describe, target_candidates
+
+    candidates = target_candidates(syntax, list(accepted))
+    if not candidates:
+        return [f"     DEAD LETTER: none of {', '.join(accepted)} can be made from "
+                f"{describe(syntax)}"]
+    lines = [f"     transcoded {describe(syntax)} -> {describe(candidates[0])}"]
+    lines += [f"       else, if encoding fails, -> {describe(ts)}" for ts in candidates[1:]]
     return lines
 
 

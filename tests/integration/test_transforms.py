@@ -18,7 +18,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tests.compressed_samples import write_compressed
+from tests.compressed_samples import write_compressed, write_native
 from tests.dcmtk import LOCALHOST, StoreSCP, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, write_instance
 from tests.integration.conftest import RouterFactory, dicom_destination
@@ -155,6 +155,29 @@ def test_transcoding_for_a_destination_that_takes_only_explicit_le(
         assert abs(got.pixel_array.astype(int) - decoded.astype(int)).mean() < 3
     else:
         assert (got.pixel_array == decoded).all()
+
+
+def test_an_encoder_failure_falls_back_to_the_next_accepted_syntax(
+        start_router: RouterFactory, pacs: StoreSCP, tmp_path: Path) -> None:
+    """openjpeg cannot encode images under 32 pixels (`opj_start_compress()`): with
+    `transfer_syntaxes: [JPEG2000Lossless, RLELossless]` a 16x16 image became a `transcode`
+    dead letter; it arrives as RLE, pixel for pixel."""
+    router = start_router({
+        "destinations": {"pacs": {**dicom_destination(pacs),
+                                  "transfer_syntaxes": ["JPEG2000Lossless", "RLELossless"]}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]})
+    small = write_native(tmp_path, "small.dcm", bits=16, rows=16, columns=16)
+    large = write_native(tmp_path, "large.dcm", bits=16)  # openjpeg takes this one
+    assert run_storescu([small, large], LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 2), router.log()[-2000:]
+    got = by_uid(pacs.received_files())
+    for source, syntax in ((small, RLELossless), (large, JPEG2000Lossless)):
+        original = dcmread(source)
+        received = got[str(original.SOPInstanceUID)]
+        assert received.file_meta.TransferSyntaxUID == syntax
+        assert (received.pixel_array == original.pixel_array).all()
+    assert router.metric("dicom_router_dead_letters_total", destination="pacs",
+                         reason="transcode") == 0
 
 
 def test_transcoding_on_refusal_without_a_configured_list(

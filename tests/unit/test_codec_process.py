@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from router.core.errors import DeliveryError
-from workers.transforms.codec_process import CodecProcess
+from tests.compressed_samples import native_dataset, write_native
+from workers.transforms.codec_process import CodecProcess, transcode_in_child
+from workers.transforms.transcode import describe
 
 
 def test_work_runs_in_another_process_and_a_crash_is_a_transient_delivery_error() -> None:
@@ -45,3 +51,51 @@ def test_an_exception_in_the_codec_process_is_raised_in_the_worker() -> None:
         assert codecs.run(int, "42") == 42  # the same process goes on serving
     finally:
         codecs.close()
+
+
+# Choosing among the destination's syntaxes ------------------------------------------------
+
+
+def test_an_encoder_that_fails_on_the_image_gives_way_to_the_next_accepted_syntax(
+        tmp_path: Path) -> None:
+    """openjpeg cannot encode an image under 32 pixels (`opj_start_compress()`); the
+    destination also takes RLE, which is what it gets, pixel for pixel."""
+    source = write_native(tmp_path, "small.dcm", bits=16, rows=16, columns=16)
+    target = tmp_path / "out.dcm"
+    codecs = CodecProcess()
+    try:  # through the codec process, as the worker does (the result crosses a pipe)
+        done = codecs.transcode(source, target, ExplicitVRLittleEndian,
+                                [JPEG2000Lossless, RLELossless])
+    finally:
+        codecs.close()
+    assert (done.target_ts, done.error) == (RLELossless, ""), done
+    assert [name for name, _ in done.failed] == [describe(JPEG2000Lossless)]
+    assert "opj_start_compress" in done.failed[0][1]
+    out = dcmread(target)
+    assert out.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(out.pixel_array, dcmread(source).pixel_array)
+
+
+def test_when_every_accepted_syntax_fails_the_error_names_each(tmp_path: Path) -> None:
+    """32-bit pixels: JPEG-LS carries 16 bits at most, openjpeg 24; nothing is written."""
+    ds = native_dataset(bits=16)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.PixelData = np.arange(64 * 64, dtype="<u4").tobytes()
+    source = tmp_path / "wide.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    target = tmp_path / "out.dcm"
+    done = transcode_in_child(source, target, ExplicitVRLittleEndian,
+                              [JPEGLSLossless, JPEG2000Lossless])
+    assert done.error.startswith("no accepted syntax could be written: "), done.error
+    assert f"{describe(JPEGLSLossless)} failed (cannot encode" in done.error
+    assert f"{describe(JPEG2000Lossless)} failed (cannot encode" in done.error
+    assert "bits_stored" in done.error  # openjpeg's own reason, not only the first one's
+    assert not target.exists()
+
+
+def test_one_candidate_that_fails_keeps_its_own_message(tmp_path: Path) -> None:
+    source = write_native(tmp_path, "small.dcm", bits=16, rows=16, columns=16)
+    done = transcode_in_child(source, tmp_path / "out.dcm", ExplicitVRLittleEndian,
+                              [JPEG2000Lossless])
+    assert done.target_ts == JPEG2000Lossless and not done.failed
+    assert done.error.startswith(f"cannot encode this image as {describe(JPEG2000Lossless)}")

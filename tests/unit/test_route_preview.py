@@ -108,3 +108,23 @@ def test_the_consoles_rule_tester_predicts_the_morph_dead_letter_too(tmp_path: P
                   Posted({}, {"file": ("ct.dcm", path.read_bytes())}))
     assert b"DEAD LETTER (morph): morphing failed" in answer.body, answer.body[-800:]
     assert b"cannot be read as DICOM" not in answer.body
+
+
+def test_transcoding_names_the_syntaxes_the_worker_falls_back_to(tmp_path: Path) -> None:
+    """The worker sends the first accepted syntax whose encoder succeeds on the image
+    (openjpeg fails under 32 pixels); route-test encodes nothing, so it names them in order."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 11112,
+                                  "transfer_syntaxes": ["JPEG2000Lossless", "JPEG2000",
+                                                        "RLELossless"]}},
+        "rules": [{"name": "all", "match": {}, "forward": ["pacs"]}]})
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
+    lines = explain(config, path, "CT1", "DICOM-ROUTER", "127.0.0.1")
+    text = "\n".join(lines)
+    first = next(i for i, line in enumerate(lines) if "transcoded Explicit VR Little" in line)
+    assert lines[first].endswith("-> JPEG 2000 Image Compression (Lossless Only) "
+                                 "1.2.840.10008.1.2.4.90"), text
+    # The lossy JPEG 2000 is never a candidate.
+    assert lines[first + 1:first + 3] == [
+        "       else, if encoding fails, -> RLE Lossless 1.2.840.10008.1.2.5"], text

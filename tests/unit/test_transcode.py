@@ -50,6 +50,7 @@ from workers.transforms.transcode import (
     can_decode,
     can_encode,
     choose_target,
+    target_candidates,
     transcode_file,
 )
 
@@ -399,6 +400,15 @@ def test_same_syntax_is_a_byte_copy(tmp_path: Path) -> None:
 ])
 def test_choose_target(source_ts: str, accepted: list[str], chosen: str | None) -> None:
     assert choose_target(source_ts, accepted) == chosen
+
+
+def test_candidates_are_every_producible_lossless_syntax_in_the_destinations_order() -> None:
+    """What the codec process tries, one after the other, until an encoder succeeds."""
+    accepted = [JPEG2000Lossless, JPEG2000, "1.2.3.4.5", RLELossless, ExplicitVRLittleEndian]
+    assert target_candidates(ImplicitVRLittleEndian, accepted) == [
+        JPEG2000Lossless, RLELossless, ExplicitVRLittleEndian]
+    assert target_candidates(RLELossless, [*accepted, RLELossless]) == [RLELossless]
+    assert target_candidates(MPEG2MPML, accepted) == []
 
 
 # What the installed plugins can do (pyproject.toml's codec dependencies).

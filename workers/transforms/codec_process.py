@@ -40,27 +40,47 @@ class Transcoded:
     target_ts: str | None  # None: no accepted syntax can be produced from the source
     source_name: str
     target_name: str
-    error: str = ""  # a TranscodeError's message: this instance cannot be transcoded
+    error: str = ""  # every candidate failed (TranscodeError): this instance cannot be sent
+    failed: tuple[tuple[str, str], ...] = ()  # (syntax, why) of candidates that failed first
 
 
 def transcode_in_child(source: Path, target: Path, source_ts: str,
                        accepted: Sequence[str]) -> Transcoded:
-    """Runs in the codec process: choose the target syntax and write the copy."""
+    """Runs in the codec process: write the copy in the first accepted syntax that works.
+
+    Candidates come in the destination's order (``target_candidates``); one whose encoder
+    fails on this image (a TranscodeError) gives way to the next, as README "Transcoding"
+    promises ("the first of them it can be converted to is sent").
+    """
     from workers.transforms.transcode import (
         TranscodeError,
-        choose_target,
         describe,
+        target_candidates,
         transcode_file,
     )
 
-    target_ts = choose_target(source_ts, list(accepted))
-    if target_ts is None:
+    candidates = target_candidates(source_ts, list(accepted))
+    if not candidates:
         return Transcoded(None, describe(source_ts), "")
-    try:
-        transcode_file(source, target, target_ts)
-    except TranscodeError as exc:
-        return Transcoded(target_ts, describe(source_ts), describe(target_ts), str(exc))
-    return Transcoded(target_ts, describe(source_ts), describe(target_ts))
+    failed: list[tuple[str, str]] = []  # (syntax, why)
+    for target_ts in candidates:
+        try:
+            transcode_file(source, target, target_ts)
+        except TranscodeError as exc:
+            failed.append((describe(target_ts), str(exc)))
+            continue
+        return Transcoded(target_ts, describe(source_ts), describe(target_ts),
+                          failed=tuple(failed))
+    last = candidates[-1]
+    return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed))
+
+
+def _all_failed(failed: list[tuple[str, str]]) -> str:
+    """The dead letter's message: each syntax tried and why it could not be written."""
+    if len(failed) == 1:
+        return failed[0][1]  # TranscodeError's message already names the syntax
+    return "no accepted syntax could be written: " + "; ".join(
+        f"{name} failed ({why})" for name, why in failed)
 
 
 def _serve(connection: Connection) -> None:

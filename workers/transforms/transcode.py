@@ -151,19 +151,24 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source_ts == target_ts or (can_decode(source_ts) and can_encode(target_ts))
 
 
-def choose_target(source_ts: str, accepted: Sequence[str]) -> str | None:
-    """The syntax to send an instance in, given a destination's syntaxes in order of preference.
+def target_candidates(source_ts: str, accepted: Sequence[str]) -> list[str]:
+    """The syntaxes to try, in order, given a destination's syntaxes in order of preference.
 
-    source_ts itself if accepted (nothing to do); otherwise the first accepted lossless syntax
-    we can produce from source_ts; None if there is none. A lossy syntax is never chosen
-    unless it is source_ts, so the router never degrades an image on its own initiative.
+    [source_ts] if accepted (nothing to do); otherwise every accepted lossless syntax we can
+    produce from source_ts, in the destination's order: an encoder may still fail on one image
+    (openjpeg on images under 32 pixels), and then the next one is tried. A lossy syntax is
+    never a candidate unless it is source_ts, so the router never degrades an image on its
+    own initiative.
     """
     if source_ts in accepted:
-        return source_ts
-    for ts in accepted:
-        if is_lossless(ts) and can_transcode(source_ts, ts):
-            return ts
-    return None
+        return [source_ts]
+    return [ts for ts in accepted if is_lossless(ts) and can_transcode(source_ts, ts)]
+
+
+def choose_target(source_ts: str, accepted: Sequence[str]) -> str | None:
+    """The first of ``target_candidates``: what is sent unless its encoder fails; or None."""
+    candidates = target_candidates(source_ts, accepted)
+    return candidates[0] if candidates else None
 
 
 def transcode_file(
