@@ -150,3 +150,17 @@ def test_what_pydicom_raises_on_hostile_input_is_a_reason_not_an_internal_error(
     for raised in (NotImplementedError("VR"), TypeError("bytes"), KeyError("x")):
         with pytest.raises(UnfitDataset), readable():
             raise raised
+
+
+@pytest.mark.parametrize("levels", [100, 400])
+def test_transcoding_refuses_deep_nesting_before_the_writer_meets_it(
+        tmp_path: Path, levels: int) -> None:
+    """400 levels in 8 KB drove a codec process to 6.8 GB: pydicom's writer re-raises its
+    RecursionError at each level with the earlier levels' text inside."""
+    from workers.transforms.transcode import TranscodeError, transcode_file
+
+    sop = generate_uid()
+    source = _file(tmp_path / "deep.dcm", sop, _encoded(_dataset(sop)) + _nested(levels))
+    with pytest.raises(TranscodeError, match="nested"):
+        transcode_file(source, tmp_path / "out.dcm", "1.2.840.10008.1.2")
+    assert not (tmp_path / "out.dcm").exists()

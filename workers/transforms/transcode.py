@@ -26,7 +26,6 @@ encoded depends on the packages installed; ``can_decode`` and ``can_encode`` ask
 from __future__ import annotations
 
 import shutil
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,9 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+
+from router.core.header_tags import UNREADABLE
+from workers.transforms.dataset_checks import UnfitDataset, check_nesting, readable
 
 NATIVE_SYNTAXES = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
@@ -215,8 +217,11 @@ def _source_syntax(source: Path) -> str:
 
 def _read(source: Path) -> FileDataset:
     try:
-        return dcmread(source)
-    except _READ_ERRORS as exc:
+        with readable():  # pydicom's failures on hostile input, nesting past 64 levels
+            ds = dcmread(source)
+            check_nesting(ds)  # before pydicom's recursive writer meets it
+            return ds
+    except (*_READ_ERRORS, UnfitDataset) as exc:
         raise TranscodeError(f"cannot read {source} as DICOM: {exc}") from exc
 
 
@@ -358,7 +363,7 @@ def _write(ds: FileDataset, target: Path) -> None:
     try:
         # dcmwrite, not save_as: save_as refuses a byte-order change, done by _set_byte_order.
         dcmwrite(target, ds, enforce_file_format=True)
-    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+    except (ValueError, OverflowError, *UNREADABLE) as exc:  # TypeError, struct.error too
         target.unlink(missing_ok=True)
         raise TranscodeError(f"cannot write the instance in "
                              f"{describe(ds.file_meta.TransferSyntaxUID)}: {exc}") from exc
