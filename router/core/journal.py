@@ -39,31 +39,52 @@ def frame(payload: bytes) -> bytes:
     return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one segment, in order, up to the first damaged one."""
+def read_records(path: Path, damage: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of one segment, in order. A damaged stretch is skipped to the next whole
+    record (a record's magic never occurs inside a payload, which is ASCII, and its CRC
+    proves it): a crash only leaves garbage at the end, but a disk or a hand can damage the
+    middle, and the records after it are acknowledged jobs. The byte count of each damaged
+    stretch that whole records follow is appended to `damage`."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return  # trimmed while we looked
-    offset = 0
+    offset, skipped_from = 0, None
     while offset + _FRAME.size <= len(data):
-        magic, length, crc = _FRAME.unpack_from(data, offset)
-        payload = data[offset + _FRAME.size:offset + _FRAME.size + length]
-        if magic != MAGIC or length > MAX_RECORD or len(payload) != length \
-                or zlib.crc32(payload) != crc:
-            break
-        try:
-            record = json.loads(payload)
-        except ValueError:
-            break
-        if not isinstance(record, dict):
-            break
-        yield record
+        record = _record_at(data, offset)
+        if record is None:
+            skipped_from = offset if skipped_from is None else skipped_from
+            found = data.find(MAGIC, offset + 1)
+            offset = found if found >= 0 else len(data)
+            continue
+        if skipped_from is not None:
+            log.warning("journal %s: %d damaged bytes skipped at offset %d; the records "
+                        "after them are read", path.name, offset - skipped_from, skipped_from)
+            if damage is not None:
+                damage.append(offset - skipped_from)
+            skipped_from = None
+        payload, length = record
+        yield payload
         offset += _FRAME.size + length
-    if offset < len(data):
+    start = skipped_from if skipped_from is not None else offset
+    if start < len(data):
         # Only a commit that was never acknowledged can end here (see the module docstring).
         log.info("journal %s: %d bytes after the last whole record ignored", path.name,
-                 len(data) - offset)
+                 len(data) - start)
+
+
+def _record_at(data: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
+    """The record framed at `offset` and its payload length, or None."""
+    magic, length, crc = _FRAME.unpack_from(data, offset)
+    payload = data[offset + _FRAME.size:offset + _FRAME.size + length]
+    if magic != MAGIC or length > MAX_RECORD or len(payload) != length \
+            or zlib.crc32(payload) != crc:
+        return None
+    try:
+        record = json.loads(payload)
+    except ValueError:
+        return None
+    return (record, length) if isinstance(record, dict) else None
 
 
 def segments(folder: Path) -> list[Path]:

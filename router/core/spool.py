@@ -98,6 +98,7 @@ class Spool:
         self.jobs = self.root / "jobs"
         self._jobs_dir = str(self.jobs)
         self.dead_letters = self.root / "dead-letters"
+        self.unconfirmed: list[str] = []  # kept as dead letters by remove_orphans()
         self.replay = self.root / "replay"
         self.relay = self.root / "relay"
         self.journal = self.root / "journal"
@@ -208,13 +209,23 @@ class Spool:
         count = 0
         instances = {p.stem for p in self.jobs.glob("*.dcm")}
         headers = {p.stem for p in self.jobs.glob("*.json") if not p.stem.startswith(".")}
-        journaled = self._journal_headers(instances - headers)
+        damage: list[int] = []
+        journaled = self._journal_headers(instances - headers, damage)
+        unconfirmed = instances - headers - journaled.keys()
+        if damage and unconfirmed:
+            # A damaged journal may have lost acknowledged records: what has no header is
+            # kept for an operator (router/core/unconfirmed.py), never deleted on a guess.
+            from router.core.unconfirmed import keep_unconfirmed
+
+            self.unconfirmed = keep_unconfirmed(self, sorted(unconfirmed))
+            unconfirmed = set()
         self._compact_journal(journaled)
         for job_id in headers - instances:
             (self.jobs / f"{job_id}.json").unlink(missing_ok=True)
             count += 1
-        for job_id in instances - headers - journaled.keys():
-            (self.jobs / f"{job_id}.dcm").unlink(missing_ok=True)  # never acknowledged
+        for job_id in unconfirmed:
+            # Renamed in, its record never written whole: a commit never acknowledged.
+            (self.jobs / f"{job_id}.dcm").unlink(missing_ok=True)
             count += 1
         for tmp in [*self.jobs.glob(".*.tmp"), *self.journal.glob(".*.tmp")]:
             tmp.unlink(missing_ok=True)
@@ -303,19 +314,22 @@ class Spool:
         return RecoveredJob(header, frozenset(
             d for d in header.destinations if self._marker_path(header.job_id, d).exists()))
 
-    def _journal_headers(self, instances: set[str]) -> dict[str, JobHeader]:
-        """The journal's header of every job in `instances` that has one."""
+    def _journal_headers(self, instances: set[str], damage: list[int] | None = None
+                         ) -> dict[str, JobHeader]:
+        """The journal's header of every job in `instances` that has one (`damage`: see
+        journal.read_records)."""
         found: dict[str, JobHeader] = {}
         for path in segments(self.journal):
             for header in self._headers_in(path, lambda job_id: job_id in instances
-                                           and job_id not in found):
+                                           and job_id not in found, damage):
                 found[header.job_id] = header
         return found
 
-    def _headers_in(self, path: Path, wanted: Callable[[str], bool]) -> Iterator[JobHeader]:
+    def _headers_in(self, path: Path, wanted: Callable[[str], bool],
+                    damage: list[int] | None = None) -> Iterator[JobHeader]:
         """The headers of the records in one segment whose job id is `wanted`; an unusable
         one is logged and skipped."""
-        for record in read_records(path):
+        for record in read_records(path, damage):
             job_id = record.get("job_id")
             if not isinstance(job_id, str) or not wanted(job_id):
                 continue

@@ -494,3 +494,43 @@ def test_concurrent_commits_across_segment_rotations_keep_every_job(
 
     assert len(segments(spool.journal)) <= 3
     assert [r.header for r in spool.recover()] == later
+
+
+# Regression (a bug hunt, 2026-12-07): 4 bytes overwritten in the middle of a segment made
+# the reader stop there; every later job's instance had no header, was taken for a commit
+# never acknowledged and deleted at the next start: 40 of 50 acknowledged instances gone.
+
+
+def test_a_segment_damaged_in_the_middle_loses_only_the_damaged_record(spool: Spool) -> None:
+    for job_id in (OLD, MID, NEW):
+        commit(spool, make_header(job_id))
+    (segment,) = segments(spool.journal)
+    data = bytearray(segment.read_bytes())
+    start = data.find(MID.encode())
+    data[start:start + 4] = b"XXXX"  # MID's payload no longer matches its CRC
+    segment.write_bytes(bytes(data))
+
+    damage: list[int] = []
+    assert [r["job_id"] for r in read_records(segment, damage)] == [OLD, NEW]
+    assert damage and damage[0] > 0
+    assert spool.remove_orphans() == 0  # nothing deleted on a guess
+    assert spool.unconfirmed == [MID]
+    assert names(spool.jobs) == {f"{OLD}.dcm", f"{NEW}.dcm"}
+    record = json.loads((spool.dead_letters / f"{MID}.unrouted.json").read_text())
+    assert record["reason"] == "unconfirmed" and record["job"]["destinations"] == ["unrouted"]
+    assert (spool.dead_letters / f"{MID}.dcm").read_bytes() == b"DICM-instance-bytes"
+    assert [r.header.job_id for r in spool.recover()] == [OLD, NEW]
+
+
+def test_the_file_meta_of_an_unconfirmed_instance_names_it(tmp_path: Path) -> None:
+    from router.acceptor.store_receiver import file_meta
+    from router.core.unconfirmed import file_meta_uids
+
+    path = tmp_path / "x.dcm"
+    path.write_bytes(file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1",
+                               "1.2.3", "ROUTER") + b"\x08\x00\x16\x00UI")
+    assert file_meta_uids(path) == {"sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                                    "sop_instance_uid": "1.2.3.4",
+                                    "transfer_syntax_uid": "1.2.840.10008.1.2.1"}
+    path.write_bytes(b"not DICOM")
+    assert file_meta_uids(path) == {}
