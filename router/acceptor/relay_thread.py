@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from router.acceptor.requester_link import EngineRequesterLink
 from router.dicom.engine import OtherCommand
+from router.dicom.engine.dimse import MESSAGE_ID
 from router.dicom.relayed_dimse import DimseDecodeError, request_primitive
 from router.relay.server import RelayServer
 
@@ -28,6 +29,7 @@ class RelayThread:
         self._thread: threading.Thread | None = None
 
     def submit(self, context_id: int, command: OtherCommand, dataset: bytes | None) -> None:
+        self.link.submitted(command.us(MESSAGE_ID) or 0)
         self._queue.put((context_id, command, dataset))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
@@ -37,14 +39,23 @@ class RelayThread:
         while (item := self._queue.get()) is not None:
             context_id, command, dataset = item
             try:
-                primitive = request_primitive(command, context_id, dataset)
-            except DimseDecodeError as exc:
-                self.refuse(f"a relayed request {exc}")
-                return
-            if not primitive.is_valid_request:
-                self.refuse(f"an invalid {type(primitive).__name__} request")
-                return
-            self.relay.serve(self.link, primitive, context_id)
+                if not self._serve(context_id, command, dataset):
+                    return
+            finally:
+                self.link.finished(command.us(MESSAGE_ID) or 0)
+
+    def _serve(self, context_id: int, command: OtherCommand, dataset: bytes | None) -> bool:
+        """One request, answered; False when it ended the association."""
+        try:
+            primitive = request_primitive(command, context_id, dataset)
+        except DimseDecodeError as exc:
+            self.refuse(f"a relayed request {exc}")
+            return False
+        if not primitive.is_valid_request:
+            self.refuse(f"an invalid {type(primitive).__name__} request")
+            return False
+        self.relay.serve(self.link, primitive, context_id)
+        return True
 
     def stop(self, wait: bool = False) -> None:
         """After the request in progress; `wait=False` (the association is gone): the link

@@ -28,6 +28,7 @@ from router.dicom.engine import (
     SendData,
 )
 from router.dicom.relayed_dimse import response_bytes
+from router.relay.request_ids import RequestIds
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,21 @@ class EngineRequesterLink:
         self._send_lock = send_lock
         self.response_timeout = response_timeout
         self.open = True
-        self._cancels: set[int] = set()
+        self._requests = RequestIds()
         self._store_answers: queue.Queue[CStoreRSP | None] = queue.Queue()
 
     # --- from the connection's thread ---------------------------------------------------
 
+    def submitted(self, message_id: int) -> None:
+        """A relayed request arrived: a C-CANCEL may name it from now on."""
+        self._requests.submitted(message_id)
+
     def cancel(self, message_id: int) -> None:
-        self._cancels.add(message_id)
+        self._requests.cancel(message_id)
+
+    def finished(self, message_id: int) -> None:
+        """A relayed request ended: its cancel is forgotten, a later one may reuse its ID."""
+        self._requests.finished(message_id)
 
     def store_answered(self, response: CStoreRSP) -> None:
         self._store_answers.put(response)
@@ -67,7 +76,7 @@ class EngineRequesterLink:
         return self.engine.accepted[context_id]
 
     def cancelled(self, message_id: int) -> bool:
-        return message_id in self._cancels or not self.open
+        return self._requests.cancelled(message_id) or not self.open
 
     def send(self, primitive: Any, context_id: int) -> None:
         command, dataset = response_bytes(primitive)

@@ -1,0 +1,21 @@
+"""router/relay/request_ids.py: which relayed request a C-CANCEL names."""
+
+from __future__ import annotations
+
+from router.relay.request_ids import RequestIds
+
+
+def test_a_cancel_counts_for_its_request_only_until_it_ends() -> None:
+    ids = RequestIds()
+    ids.cancel(1)  # no such request: ignored
+    ids.submitted(1)
+    assert not ids.cancelled(1)
+    ids.cancel(1)
+    assert ids.cancelled(1)
+    ids.finished(1)
+    ids.submitted(1)  # the next request reuses the ID
+    assert not ids.cancelled(1)
+    ids.finished(1)
+    ids.cancel(1)  # late, after the request ended
+    ids.submitted(1)
+    assert not ids.cancelled(1)
