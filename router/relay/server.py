@@ -31,7 +31,12 @@ from pynetdicom.dimse_primitives import (
 
 from router.core import metrics
 from router.core.config import RouterConfig
-from router.core.dimse_status import Status, relay_failure_status, relay_no_route_status
+from router.core.dimse_status import (
+    Status,
+    is_warning,
+    relay_failure_status,
+    relay_no_route_status,
+)
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.owned_names import relay_request_id, relayed_get_files, unlink_all
 from router.core.rules import AssociationFacts, RuleSet
@@ -107,8 +112,11 @@ class RelayServer:
                           "port where it takes the result)", facts.calling_ae)
                 exchange.final(Status.PROCESSING_FAILURE, "requester not in the router's known_aes")
                 return
-            self._remember_commitment(exchange, facts.calling_ae)
+            transaction = self._remember_commitment(exchange, facts.calling_ae)
         request = self._request(exchange, sop_class, list(decision.destinations), facts)
+        if command == "N-ACTION" and sop_class == STORAGE_COMMITMENT:
+            self._relay_commitment(exchange, request, transaction)
+            return
         if command == "C-MOVE" and relays_moves(self.config, decision.destinations[0]):
             self.moves.relay(exchange, request, self.config,
                              lambda relayed: self._call(relayed, exchange))
@@ -239,15 +247,28 @@ class RelayServer:
 
     # --- storage commitment results ---------------------------------------------------------
 
-    def _remember_commitment(self, exchange: Exchange, requester_ae: str) -> None:
+    def _remember_commitment(self, exchange: Exchange, requester_ae: str) -> str | None:
+        """Remembered before it is relayed: the upstream's result may come before its
+        N-ACTION-RSP. The Transaction UID, None when there is none."""
         try:
             dataset = exchange.decoded_request_dataset()
             transaction = str(dataset.TransactionUID)
         except Exception as exc:
             log.warning("storage commitment request without a readable Transaction UID: %s",
                         exc)
-            return
+            return None
         self.commitments.remember(transaction, requester_ae)
+        return transaction
+
+    def _relay_commitment(self, exchange: Exchange, request: RelayRequest,
+                          transaction: str | None) -> None:
+        """A storage commitment request: one the upstream refused (or never got) has no
+        result to wait for."""
+        status = self._pass_through(exchange, request)
+        if transaction is not None and status != Status.SUCCESS and not is_warning(status):
+            self.commitments.take(transaction)
+            log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",
+                     transaction, status)
 
     def _commitment_result(self, exchange: Exchange) -> bool:
         """An upstream's N-EVENT-REPORT with a commitment result: on to the requester (a known
