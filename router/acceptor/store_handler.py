@@ -114,7 +114,8 @@ class StoreHandler:
         size = received.size if received.size is not None else path.stat().st_size
         self._check_received(received.session, size)
         if self.relay is not None and self.relay.take_move_instance(
-                received.move_originator_message_id, received.move_originator_ae, path):
+                received.move_originator_message_id, received.move_originator_ae,
+                received.session.facts.calling_ae, path):
             return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
         refusal = self.admission.refusal(new_association=False)
         if refusal is not None:

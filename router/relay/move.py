@@ -10,7 +10,7 @@ from typing import Any
 
 from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status, relay_failure_status
-from router.core.errors import DeliveryError
+from router.core.errors import DeliveryError, DimseRefusal
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
@@ -44,6 +44,11 @@ def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination
     return None
 
 
+class MoveClosed(DimseRefusal):
+    """An instance of a relayed C-MOVE that ended (finished, cancelled, its requester gone):
+    late, nobody waits for it, and it is no new work for the routing rules either."""
+
+
 class RelayedMoves:
     """The relayed C-MOVEs in progress: each one's upstream call and its deliveries."""
 
@@ -62,7 +67,7 @@ class RelayedMoves:
             return
         upstream = config.destinations[request.upstreams[0]]
         assert isinstance(upstream, DicomDestination)
-        move = self.moves.open(upstream.calling_ae or config.ae_title)
+        move = self.moves.open(upstream.calling_ae or config.ae_title, upstream.ae_title)
         relayed = RelayRequest(**{**request.__dict__, "move_destination": config.ae_title,
                                   "move_message_id": move.message_id,
                                   "upstreams": request.upstreams[:1]})
@@ -97,11 +102,15 @@ class RelayedMoves:
                         "never delivered", left, message_id)
 
     def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
-                      source: Path) -> bool:
+                      calling_ae: str, source: Path) -> bool:
         """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move, which
-        this acceptor or another one relays (router/relay/move_registry.py)."""
-        owner = self.moves.owner(originator_message_id, originator_ae)
+        this acceptor or another one relays (router/relay/move_registry.py); MoveClosed when
+        the move it names has ended."""
+        owner = self.moves.owner(originator_message_id, originator_ae, calling_ae)
         if owner is None:
+            if self.moves.closed(originator_message_id, originator_ae, calling_ae):
+                raise MoveClosed(f"relayed C-MOVE {originator_message_id} has ended; this "
+                                 f"instance from {calling_ae.strip()} came too late")
             return False
         assert originator_message_id is not None
         source.replace(self.spool.relay / relayed_move_name(owner, int(originator_message_id)))

@@ -1,19 +1,26 @@
 """The relayed C-MOVEs in progress, seen by every acceptor process.
 
 The router asks the upstream to move to the router's own AE with a message ID of its own;
-the upstream's C-STOREs carry that ID as Move Originator Message ID (and the router's calling
-AE as Move Originator AE title), which is how an instance finds its move. The upstream opens
-associations of its own for them, and with several acceptors on one port
-(`listen.acceptors`) the kernel may hand such an association to an acceptor other than the
-one whose requester waits. So a move is a file, `<spool>/moves/<message id>`, holding the
-pid of the acceptor that relays it and the calling AE it presents upstream:
+the upstream's C-STOREs carry that ID as Move Originator Message ID, which is how an instance
+finds its move. As Move Originator AE Title they carry the router's calling AE, or (some
+upstreams, pynetdicom's among them) the upstream's own AE title: such an instance is the
+move's only when it comes on an association from the move's upstream (its AE title as the
+calling AE), so that a C-STORE another party pushes to the router, naming its own
+originator, is never taken from the routing rules. The upstream opens associations of its
+own for them, and with several acceptors on one port (`listen.acceptors`) the kernel may
+hand such an association to an acceptor other than the one whose requester waits. So a move
+is a file, `<spool>/moves/<message id>`, holding the pid of the acceptor that relays it and
+the calling AE it presents upstream (`<pid> <AE>`), and on a second line the upstream's AE
+title:
 
 - made by `link(2)` of a written file, which fails when the name exists, so the message ID
   is unique among the moves of every acceptor and nobody reads a half-written entry;
 - whichever acceptor receives an instance of it puts it into relay/ under the owner's pid
   (`relayed_move_name`), where the owner's move loop picks it up;
-- an entry whose acceptor died is a move that is over: it matches no instance and its ID is
-  taken again.
+- a move that ended (finished, cancelled, its requester gone) leaves `closed-<message id>`
+  for CLOSED_SECONDS, and an entry whose acceptor died is a move that is over: an instance
+  that names either is refused (late, nobody waits for it), never taken as new work; the
+  ID is taken again.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +37,26 @@ from pathlib import Path
 from router.core.owned_names import process_alive
 
 MESSAGE_IDS = 65535  # a message ID is a US; 0 is not used
+# An upstream may go on sending well after a cancel; its instances are refused this long.
+CLOSED_SECONDS = 3600.0
+SWEEP_SECONDS = 60.0  # how often an acceptor removes expired closed-<id> files
 
 
 @dataclass(frozen=True)
 class MoveRelay:
     message_id: int
     originator_ae: str  # the calling AE the router presents to the upstream
+    upstream_ae: str = ""  # the upstream's AE title
+
+    def sent(self, originator_ae: str | None, calling_ae: str) -> bool:
+        """Whether an instance naming this move's message ID, with this Move Originator AE
+        Title on an association from `calling_ae`, is this move's (AE titles arrive
+        padded)."""
+        originator, calling = (originator_ae or "").strip(), calling_ae.strip()
+        if originator and originator == self.originator_ae:
+            return True
+        return bool(self.upstream_ae) and calling == self.upstream_ae and \
+            originator in ("", calling)
 
 
 class MoveRegistry:
@@ -46,11 +68,13 @@ class MoveRegistry:
         folder.mkdir(parents=True, exist_ok=True)
         # Acceptors start at different IDs, so that they seldom try the same one.
         self._next = random.randrange(message_ids)
+        self._swept = -SWEEP_SECONDS
 
-    def open(self, originator_ae: str) -> MoveRelay:
+    def open(self, originator_ae: str, upstream_ae: str = "") -> MoveRelay:
         """Claim a message ID no move in progress has, in any acceptor."""
+        self._sweep()
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
-        draft.write_text(f"{os.getpid()} {originator_ae}")
+        draft.write_text(f"{os.getpid()} {originator_ae}\n{upstream_ae}")
         try:
             for _ in range(self._ids):
                 message_id = self._next % self._ids + 1
@@ -67,30 +91,69 @@ class MoveRegistry:
                         os.link(draft, entry)
                     except FileExistsError:
                         continue  # another acceptor took it meanwhile
-                return MoveRelay(message_id, originator_ae)
+                return MoveRelay(message_id, originator_ae, upstream_ae)
             raise RuntimeError(f"{self._ids} relayed C-MOVEs in progress")
         finally:
             draft.unlink(missing_ok=True)
 
     def close(self, move: MoveRelay) -> None:
-        (self.folder / str(move.message_id)).unlink(missing_ok=True)
+        """The move ended: its late instances are refused for CLOSED_SECONDS."""
+        closed = self.folder / f"closed-{move.message_id}"
+        with contextlib.suppress(OSError):
+            os.replace(self.folder / str(move.message_id), closed)
+            os.utime(closed)  # closed now, however long it ran
 
-    def owner(self, message_id: int | None, originator_ae: str | None) -> int | None:
+    def owner(self, message_id: int | None, originator_ae: str | None,
+              calling_ae: str = "") -> int | None:
         """The pid of the acceptor relaying the move an instance names, None when it names no
-        move in progress (AE titles arrive padded)."""
+        move in progress."""
+        found = self._find(message_id, originator_ae, calling_ae)
+        return found[0] if found is not None and found[1] else None
+
+    def closed(self, message_id: int | None, originator_ae: str | None,
+               calling_ae: str = "") -> bool:
+        """Whether an instance names a move that ended (or whose acceptor died)."""
+        found = self._find(message_id, originator_ae, calling_ae)
+        return found is not None and not found[1]
+
+    def _find(self, message_id: int | None, originator_ae: str | None,
+              calling_ae: str) -> tuple[int, bool] | None:
+        """(owner pid, whether it is in progress) of the move an instance names."""
         if message_id is None or not 1 <= int(message_id) <= MESSAGE_IDS:
             return None
-        entry = self._entry(int(message_id))
-        if entry is None or entry[1] != (originator_ae or "").strip():
-            return None
-        return entry[0] if self._alive(entry[0]) else None
+        for name, in_progress in ((str(int(message_id)), True),
+                                  (f"closed-{int(message_id)}", False)):
+            entry = self._read(name)
+            if entry is None or not entry[1].sent(originator_ae, calling_ae):
+                continue
+            if name.startswith("closed-") and self._expired(name):
+                return None
+            return entry[0], in_progress and self._alive(entry[0])
+        return None
 
     def _owner(self, message_id: int) -> int | None:
-        entry = self._entry(message_id)
+        entry = self._read(str(message_id))
         return entry[0] if entry is not None and self._alive(entry[0]) else None
 
-    def _entry(self, message_id: int) -> tuple[int, str] | None:
+    def _read(self, name: str) -> tuple[int, MoveRelay] | None:
         with contextlib.suppress(OSError, ValueError):
-            pid, _, originator_ae = (self.folder / str(message_id)).read_text().partition(" ")
-            return int(pid), originator_ae
+            first, _, upstream_ae = (self.folder / name).read_text().partition("\n")
+            pid, _, originator_ae = first.partition(" ")
+            return int(pid), MoveRelay(int(name.rpartition("-")[2]), originator_ae,
+                                       upstream_ae)
         return None
+
+    def _expired(self, name: str) -> bool:
+        try:
+            return time.time() - (self.folder / name).stat().st_mtime >= CLOSED_SECONDS
+        except OSError:
+            return True
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._swept < SWEEP_SECONDS:
+            return
+        self._swept = now
+        for path in self.folder.glob("closed-*"):
+            if self._expired(path.name):
+                path.unlink(missing_ok=True)

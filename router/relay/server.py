@@ -240,10 +240,11 @@ class RelayServer:
     # --- C-MOVE in relay mode (router/relay/move.py): instances the upstream sends ---------
 
     def take_move_instance(self, originator_message_id: int | None,
-                           originator_ae: str | None, source: Path) -> bool:
+                           originator_ae: str | None, calling_ae: str, source: Path) -> bool:
         """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move (the
-        file meta says what it is)."""
-        return self.moves.take_instance(originator_message_id, originator_ae, source)
+        file meta says what it is); one of a move that ended is refused (MoveClosed)."""
+        return self.moves.take_instance(originator_message_id, originator_ae, calling_ae,
+                                        source)
 
     # --- storage commitment results ---------------------------------------------------------
 

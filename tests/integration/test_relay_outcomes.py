@@ -1,24 +1,277 @@
 """What a relayed C-GET or relay-mode C-MOVE tells its requester, against pynetdicom upstreams
-and targets that say what a PACS may say; and a storage commitment the upstream refused."""
+and targets that say what a PACS may say: the upstream's own failures, a target's warnings,
+C-CANCEL, a requester that aborts, an upstream that names itself as Move Originator, late
+instances of a move that ended; and a storage commitment the upstream refused.
+
+Counts and statuses per PS3.4 C.4.2 and C.4.3: every pending response's counts add up to the
+sub-operations announced, remaining never rises, a cancelled request says what was not done.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from tests.dcmtk import LOCALHOST, free_port
-from tests.integration.router_process import RouterProcess
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration.router_process import RouterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROUTER_AE = "DICOM-ROUTER"
+GET = StudyRootQueryRetrieveInformationModelGet
+MOVE = StudyRootQueryRetrieveInformationModelMove
+FIND = StudyRootQueryRetrieveInformationModelFind
+PENDING = (0xFF00, 0xFF01)
+
+
+def _files(folder: Path, count: int, sop_class: str = str(CTImageStorage)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_instance(folder, sop_class=sop_class, transfer_syntax=EXPLICIT_VR_LE,
+                           size_bytes=2000) for _ in range(count)]
+
+
+def _query() -> Dataset:
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = "1.2.3"
+    return query
+
+
+def _counts(status: Dataset) -> tuple[int, int, int, int, int]:
+    """(status, remaining, completed, failed, warning); -1 for what is not there."""
+    return (int(status.Status), *(int(status.get(k, -1)) for k in (
+        "NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+        "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")))
+
+
+def _assert_pending_adds_up(answers: list[tuple[int, int, int, int, int]],
+                            total: int) -> None:
+    pending = [a for a in answers if a[0] in PENDING]
+    assert pending, answers
+    for _, remaining, completed, failed, warning in pending:
+        assert remaining + completed + failed + warning == total, answers
+    remaining_seen = [a[1] for a in pending]
+    assert remaining_seen == sorted(remaining_seen, reverse=True), answers
+
+
+def _no_traceback(router: RouterProcess) -> None:
+    log = router.log()
+    assert "Traceback" not in log and "failed unexpectedly" not in log, log[-3000:]
+
+
+# --- upstreams ------------------------------------------------------------------------------
+
+class Upstream:
+    """A pynetdicom Q/R SCP for C-GET, C-MOVE and C-FIND; records the C-CANCEL."""
+
+    def __init__(self, ae_title: str, files: list[Path], delay: float = 0.0,
+                 honour_cancel: bool = True) -> None:
+        """MR instances among `files` fail: the upstream has no context to send them on."""
+        self.files, self.delay = files, delay
+        self.honour_cancel = honour_cancel
+        self.cancelled = threading.Event()
+        self.move_to = (LOCALHOST, 0)  # the router's port, once it runs
+        self.move_message_ids: list[int] = []
+        self.ae = AE(ae_title=ae_title)
+        self.ae.maximum_associations = 20
+        for model in (GET, MOVE, FIND):
+            self.ae.add_supported_context(model)
+        self.ae.add_supported_context(CTImageStorage, EXPLICIT_VR_LE, scp_role=True,
+                                      scu_role=True)
+        self.ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        self.port = free_port()
+        self.server = self.ae.start_server((LOCALHOST, self.port), block=False, evt_handlers=[
+            (evt.EVT_C_GET, self.on_get), (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_C_FIND, self.on_find)])
+
+    def _instances(self, event: Any) -> Iterator[tuple[int, Any]]:
+        for path in self.files:
+            if event.is_cancelled and self.honour_cancel:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            yield 0xFF00, dcmread(path)
+            time.sleep(self.delay)
+
+    def on_get(self, event: Any) -> Iterator[Any]:
+        yield len(self.files)
+        yield from self._instances(event)
+
+    def on_move(self, event: Any) -> Iterator[Any]:
+        self.move_message_ids.append(int(event.request.MessageID))
+        yield self.move_to
+        yield len(self.files)
+        yield from self._instances(event)
+
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for i in range(100):
+            if event.is_cancelled:
+                self.cancelled.set()
+                yield 0xFE00, None
+                return
+            match = Dataset()
+            match.QueryRetrieveLevel = "STUDY"
+            match.StudyInstanceUID = f"1.2.3.{i + 1}"
+            yield 0xFF00, match
+            time.sleep(0.1)
+        yield 0x0000, None
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+class Target:
+    """A move destination serving one association at a time: the status for each C-STORE
+    from `statuses` (cycled), the Move Originator fields it saw."""
+
+    def __init__(self, statuses: tuple[int, ...] = (0x0000,), delay: float = 0.0) -> None:
+        self.statuses, self.delay = statuses, delay
+        self.received: list[str] = []
+        self.originators: set[tuple[str, int]] = set()
+        self.ae = AE(ae_title="TARGET")
+        self.ae.maximum_associations = 1
+        self.ae.add_supported_context(CTImageStorage, EXPLICIT_VR_LE)
+        self.port = free_port()
+        self.server = self.ae.start_server((LOCALHOST, self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
+
+    def on_store(self, event: Any) -> int:
+        request = event.request
+        self.originators.add((str(request.MoveOriginatorApplicationEntityTitle or "").strip(),
+                              int(request.MoveOriginatorMessageID or 0)))
+        time.sleep(self.delay)
+        self.received.append(str(request.AffectedSOPInstanceUID))
+        return self.statuses[(len(self.received) - 1) % len(self.statuses)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def _router(tmp_path: Path, upstream: Upstream, target: Target | None = None,
+            **extra: Any) -> RouterProcess:
+    """Queries and retrieves to `upstream` (moves relayed), instances pushed to the router
+    into a folder; the target known as TARGET."""
+    destinations: dict[str, Any] = {
+        "pacs": {"type": "dicom", "ae_title": upstream.ae.ae_title, "host": LOCALHOST,
+                 "port": upstream.port, "move_mode": "relay"},
+        "archive": {"type": "folder", "path": str(tmp_path / "archive")}}
+    known = {"TARGET": {"host": LOCALHOST, "port": target.port}} if target else {}
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": destinations, "known_aes": known, "request_timeout": 30,
+        "rules": [{"name": "qr", "query": ["pacs"], "forward": ["archive"]}], **extra})
+    router.start()
+    upstream.move_to = (LOCALHOST, router.port)
+    return router
+
+
+def _requester(port: int, contexts: list[Any], ae_title: str = "REQUESTER",
+               on_store: Any = None) -> Any:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    for context in contexts:
+        ae.add_requested_context(context)
+    ext_neg, handlers = [], []
+    if on_store is not None:
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        ext_neg = [build_role(CTImageStorage, scp_role=True)]
+        handlers = [(evt.EVT_C_STORE, on_store)]
+    assoc = ae.associate(LOCALHOST, port, ae_title=ROUTER_AE, ext_neg=ext_neg,
+                         evt_handlers=handlers)
+    assert assoc.is_established
+    return assoc
+
+
+def _archived(tmp_path: Path) -> list[Path]:
+    return list((tmp_path / "archive").rglob("*.dcm")) if (tmp_path / "archive").exists() \
+        else []
+
+
+# --- C-GET ----------------------------------------------------------------------------------
+
+def test_a_cancelled_message_id_is_free_for_the_next_c_get(tmp_path: Path) -> None:
+    """pynetdicom sends every C-GET with Message ID 1: once the cancelled one ended, the
+    next one is not cancelled too (before: 0xFE00 with nothing sent)."""
+    upstream = Upstream("GETQR", _files(tmp_path / "src", 6), delay=0.2)
+    router = _router(tmp_path, upstream)
+    try:
+        got: list[str] = []
+        assoc = _requester(router.port, [GET],
+                           on_store=lambda e: (got.append(e.request.AffectedSOPInstanceUID),
+                                               0x0000)[1])
+        answers = []
+        for status, _ in assoc.send_c_get(_query(), GET, msg_id=1):
+            answers.append(_counts(status))
+            if len(answers) == 2:
+                assoc.send_c_cancel(1, query_model=GET)
+        assert answers[-1][0] == 0xFE00, answers
+        got.clear()
+        answers = [_counts(s) for s, _ in assoc.send_c_get(_query(), GET, msg_id=1)]
+        assoc.release()
+        assert answers[-1][0] == 0x0000 and answers[-1][2] == 6, answers
+        assert len(got) == 6
+    finally:
+        router.stop()
+        upstream.close()
+
+
+# --- C-MOVE, relay mode ---------------------------------------------------------------------
+
+def _move(port: int, msg_id: int = 7, cancel_after: int = 0) -> list[tuple[int, ...]]:
+    assoc = _requester(port, [MOVE], ae_title="MOVER")
+    answers: list[tuple[int, ...]] = []
+    for status, _ in assoc.send_c_move(_query(), "TARGET", MOVE, msg_id=msg_id):
+        answers.append(_counts(status))
+        if cancel_after and len(answers) == cancel_after:
+            assoc.send_c_cancel(msg_id, query_model=MOVE)
+    assoc.release()
+    return answers
+
+
+def test_late_instances_of_a_move_that_ended_are_refused_not_routed(tmp_path: Path) -> None:
+    """After the move ended, an instance naming it (the router's AE as Move Originator, its
+    message ID) gets a failure status and is no new work for the rules; a push that names
+    another originator with the same message ID is ordinary work."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 2))
+    target = Target()
+    router = _router(tmp_path, upstream, target)
+    try:
+        assert _move(router.port)[-1][0] == 0x0000
+        move_id = upstream.move_message_ids[-1]
+        late = _files(tmp_path / "late", 2)
+        ae = AE(ae_title="MOVEQR")
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
+        assert assoc.is_established
+        refused = assoc.send_c_store(dcmread(late[0]), originator_aet=ROUTER_AE,
+                                     originator_id=move_id)
+        ordinary = assoc.send_c_store(dcmread(late[1]), originator_aet="WORKSTATION",
+                                      originator_id=move_id)
+        assoc.release()
+        assert int(refused.Status) == 0x0110
+        assert int(ordinary.Status) == 0x0000
+        wait_for(lambda: len(_archived(tmp_path)) == 1, 15)
+        assert "came too late" in router.log()
+        assert len(target.received) == 2
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
 
 
 # --- storage commitment ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from router.relay.move_registry import MoveRegistry
+from router.relay.move_registry import CLOSED_SECONDS, MoveRegistry
 from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments
 
 
@@ -77,7 +77,40 @@ def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(
     moves.close(first)
     assert moves.owner(first.message_id, "DICOM-ROUTER") is None
     assert moves.owner(second.message_id, "DICOM-ROUTER") == os.getpid()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [str(second.message_id)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [str(second.message_id), f"closed-{first.message_id}"])
+
+
+def test_an_upstream_naming_itself_as_originator_is_matched_on_its_own_association(
+        tmp_path: Path) -> None:
+    """pynetdicom's C-MOVE SCP puts its own AE title as Move Originator AE Title: matched
+    when its association calls from the move's upstream, never for another party's push."""
+    moves = MoveRegistry(tmp_path)
+    move = moves.open("DICOM-ROUTER", "PACS")
+    assert moves.owner(move.message_id, "PACS", "PACS ") == os.getpid()
+    assert moves.owner(move.message_id, "", "PACS") == os.getpid()
+    assert moves.owner(move.message_id, "DICOM-ROUTER", "ANYONE") == os.getpid()
+    # A workstation's own move from the PACS to the router, with the same message ID:
+    assert moves.owner(move.message_id, "WORKSTATION", "PACS") is None
+    assert moves.owner(move.message_id, "PACS", "OTHER-PACS") is None
+    assert not moves.closed(move.message_id, "WORKSTATION", "PACS")
+
+
+def test_an_instance_of_a_move_that_ended_is_told_apart_from_new_work(
+        tmp_path: Path) -> None:
+    moves = MoveRegistry(tmp_path)
+    move = moves.open("DICOM-ROUTER", "PACS")
+    assert not moves.closed(move.message_id, "DICOM-ROUTER", "PACS")
+    moves.close(move)
+    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") is None
+    assert moves.closed(move.message_id, "DICOM-ROUTER", "PACS")
+    assert moves.closed(move.message_id, "PACS", "PACS")
+    assert not moves.closed(move.message_id, "WORKSTATION", "PACS")  # someone else's push
+    assert not moves.closed(move.message_id % 65535 + 1, "DICOM-ROUTER", "PACS")
+    closed = tmp_path / f"closed-{move.message_id}"
+    old = closed.stat().st_mtime - CLOSED_SECONDS - 1
+    os.utime(closed, (old, old))
+    assert not moves.closed(move.message_id, "DICOM-ROUTER", "PACS")  # long forgotten
 
 
 IDS = 200  # a small ID space, so that the processes try the same IDs and can run out
@@ -116,6 +149,7 @@ def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_aga
     registry = MoveRegistry(tmp_path, alive=lambda pid: pid in alive, message_ids=IDS)
     (tmp_path / "7").write_text("999999 DICOM-ROUTER")  # an acceptor that died
     assert registry.owner(7, "DICOM-ROUTER") is None
+    assert registry.closed(7, "DICOM-ROUTER")  # its late instances are refused
     for message_id in range(1, IDS + 1):
         if message_id != 7:
             (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
