@@ -24,10 +24,12 @@ from router.dicom.engine import (
     Association,
     CStoreRQ,
     CStoreRSP,
+    ProtocolError,
     SendCommand,
     SendData,
 )
 from router.dicom.relayed_dimse import response_bytes
+from router.relay.exchange import RequesterGone
 from router.relay.request_ids import RequestIds
 
 log = logging.getLogger(__name__)
@@ -75,16 +77,25 @@ class EngineRequesterLink:
     def accepted_syntax(self, context_id: int) -> str:
         return self.engine.accepted[context_id]
 
+
     def cancelled(self, message_id: int) -> bool:
         return self._requests.cancelled(message_id) or not self.open
+
+    def gone(self) -> bool:
+        return not self.open
 
     def send(self, primitive: Any, context_id: int) -> None:
         command, dataset = response_bytes(primitive)
         with self._send_lock:
-            data = self.engine.send(SendCommand(context_id, command))
-            if dataset:
-                data += self.engine.send(SendData(context_id, dataset, last=True))
-            self._write(data)
+            if not self.open:
+                raise RequesterGone("its association ended")
+            try:
+                data = self.engine.send(SendCommand(context_id, command))
+                if dataset:
+                    data += self.engine.send(SendData(context_id, dataset, last=True))
+                self._write(data)
+            except (ProtocolError, OSError) as exc:  # aborted or closed meanwhile
+                raise RequesterGone(str(exc)) from None
 
     def storage_contexts(self) -> list[list[Any]]:
         out: dict[str, list[str]] = {}

@@ -13,6 +13,7 @@ from pynetdicom.dsutils import decode
 
 from router.core import metrics
 from router.core.dimse_status import PENDING_STATUSES, Status, is_delivered, is_warning
+from router.core.errors import RouterError
 from router.core.messages import RelayResponse
 from router.core.rules import AssociationFacts
 
@@ -28,6 +29,11 @@ RESPONSE_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Id
                     "N-EVENT-REPORT": "EventReply"}
 CANCELLED = Status.CANCEL
 SUB_OPERATIONS_FAILED = Status.SUB_OPERATIONS_WITH_FAILURES
+
+
+class RequesterGone(RouterError):
+    """The requester aborted or closed its association: nobody takes the response. Normal
+    life, not a failure: the relay ends and its upstream is cancelled."""
 
 
 @dataclass
@@ -59,8 +65,12 @@ class RequesterLink(Protocol):
     def cancelled(self, message_id: int) -> bool:
         """C-CANCEL arrived for this request, or the requester is gone."""
 
+    def gone(self) -> bool:
+        """The requester's association ended (aborted, closed)."""
+
     def send(self, primitive: Any, context_id: int) -> None:
-        """A DIMSE response (a pynetdicom primitive) to the requester."""
+        """A DIMSE response (a pynetdicom primitive) to the requester; RequesterGone when
+        its association is no more."""
 
     def store(self, path: Path, message_id: int) -> int | None:
         """C-GET: the instance in `path` as a C-STORE to the requester; its status, or None
@@ -81,6 +91,10 @@ class Exchange:
     def cancelled(self) -> bool:
         """C-CANCEL arrived for this request, or the requester is gone."""
         return self.link.cancelled(int(self.msg.MessageID))
+
+    def gone(self) -> bool:
+        """The requester aborted or closed its association."""
+        return self.link.gone()
 
     def respond(self, status: int, *, dataset: bytes | None = None, comment: str = "",
                 counts: Counts | None = None, answer: RelayResponse | None = None) -> None:
@@ -130,12 +144,10 @@ class Exchange:
         return decode(BytesIO(raw), self.transfer_syntax == ImplicitVRLittleEndian, True)
 
     def final(self, status: int, comment: str, counts: Counts | None = None) -> None:
-        """The last response, counted in the metrics; not sent if the requester is gone."""
+        """The last response, counted in the metrics once sent; RequesterGone if nobody
+        takes it."""
+        self.respond(status, comment=comment, counts=counts)
         metrics.DIMSE_REQUESTS.labels(self.command, f"0x{status:04X}").inc()
-        try:
-            self.respond(status, comment=comment, counts=counts)
-        except Exception as exc:  # the requester may be gone already
-            log.debug("final %s response not sent: %s", self.command, exc)
 
 
 def final_status(upstream_status: int, counts: Counts, cancelled: bool) -> int:

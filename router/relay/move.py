@@ -15,7 +15,7 @@ from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
-from router.relay.exchange import Counts, Exchange, final_status
+from router.relay.exchange import Counts, Exchange, RequesterGone, final_status
 from router.relay.move_registry import MoveRegistry, MoveRelay
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
@@ -121,6 +121,8 @@ def _move_loop(exchange: Exchange, call: RelayCall, move: MoveRelay, sender: Any
                counts: Counts, relay: Path) -> None:
     while True:
         _deliver_arrived(exchange, move, sender, counts, relay)
+        if exchange.gone():
+            raise RequesterGone("its association ended")  # closing the call cancels it
         got = call.poll(exchange.cancelled, wait=0.05)
         if got is None:
             continue

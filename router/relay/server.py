@@ -11,6 +11,7 @@ the connection: every path ends with a final response carrying a proper status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -42,7 +43,7 @@ from router.core.owned_names import relay_request_id, relayed_get_files, unlink_
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
-from router.relay.exchange import Counts, Exchange, RequesterLink, final_status
+from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink, final_status
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.state import Commitments
 
@@ -82,9 +83,14 @@ class RelayServer:
         exchange = Exchange(link, msg, context_id, command)
         try:
             self._serve(exchange)
-        except Exception:  # the handler boundary: a failure status, never an escape
-            log.exception("relaying %s failed unexpectedly", command)
-            exchange.final(relay_failure_status(command), "router internal error")
+        except RequesterGone as exc:  # an abort or a close mid-operation: normal life
+            log.info("relayed %s from %s ended: the requester went away (%s); cancelled "
+                     "upstream", command, exchange.link.facts.calling_ae, exc)
+        except Exception as exc:  # the handler boundary: a failure status, never an escape
+            log.error("relaying %s failed unexpectedly: %s: %s", command,
+                      type(exc).__name__, exc)
+            with contextlib.suppress(RequesterGone):
+                exchange.final(relay_failure_status(command), "router internal error")
 
     def _serve(self, exchange: Exchange) -> None:
         msg, command = exchange.msg, exchange.command
@@ -162,16 +168,15 @@ class RelayServer:
         call = self._call(request, exchange)
         try:
             while True:
-                answer, payload = call.next(exchange.cancelled)
+                answer, payload = _next(call, exchange)
                 if not isinstance(answer, RelayResponse):
                     continue  # instances come only for C-GET
                 counts = _counts(answer)
-                if answer.final:
-                    metrics.DIMSE_REQUESTS.labels(exchange.command,
-                                                  f"0x{answer.status:04X}").inc()
                 exchange.respond(answer.status, dataset=payload, comment=answer.error_comment,
                                  counts=counts, answer=answer)
                 if answer.final:
+                    metrics.DIMSE_REQUESTS.labels(exchange.command,
+                                                  f"0x{answer.status:04X}").inc()
                     return answer.status
         except RelayTimeout as exc:
             status = relay_failure_status(exchange.command)
@@ -189,7 +194,7 @@ class RelayServer:
         counts = Counts()
         try:
             while True:
-                answer, _ = call.next(exchange.cancelled)
+                answer, _ = _next(call, exchange)
                 if isinstance(answer, RelayStore):
                     counts.remaining = max(counts.remaining, 1)
                     counts.record(self._send_sub_operation(exchange, answer))
@@ -301,6 +306,17 @@ def _counts(answer: RelayResponse) -> Counts | None:
         return None
     return Counts(max(answer.remaining, 0), max(answer.completed, 0), max(answer.failed, 0),
                   max(answer.warning, 0))
+
+
+def _next(call: RelayCall, exchange: Exchange) -> tuple[Any, bytes | None]:
+    """The call's next answer; RequesterGone once the requester is (the call's close then
+    cancels the request upstream)."""
+    while True:
+        if exchange.gone():
+            raise RequesterGone("its association ended")
+        answer = call.poll(exchange.cancelled)
+        if answer is not None:
+            return answer
 
 
 def _sub_message_id(exchange: Exchange) -> int:

@@ -230,6 +230,45 @@ def test_a_cancelled_message_id_is_free_for_the_next_c_get(tmp_path: Path) -> No
         upstream.close()
 
 
+def test_a_requester_that_aborts_a_c_get_is_no_error(tmp_path: Path) -> None:
+    """The upstream is cancelled, the log says so in one line, without a traceback, and no
+    failure status is counted as answered (before: 'relaying C-GET failed unexpectedly'
+    with a traceback, 0xA701 counted)."""
+    upstream = Upstream("GETQR", _files(tmp_path / "src", 40), delay=0.15)
+    router = _router(tmp_path, upstream)
+    try:
+        assoc = _requester(router.port, [GET], on_store=lambda e: 0x0000)
+        for n, _ in enumerate(assoc.send_c_get(_query(), GET)):
+            if n == 2:
+                assoc.abort()
+                break
+        assert upstream.cancelled.wait(15), "the upstream C-GET was not cancelled"
+        wait_for(lambda: "went away" in router.log(), 15)
+        _no_traceback(router)
+        assert router.metric_sum("dicom_router_dimse_requests_total", command="C-GET") == 0
+    finally:
+        router.stop()
+        upstream.close()
+
+
+def test_a_requester_that_aborts_a_c_find_is_no_error(tmp_path: Path) -> None:
+    upstream = Upstream("FINDQR", [])
+    router = _router(tmp_path, upstream)
+    try:
+        assoc = _requester(router.port, [FIND])
+        for n, _ in enumerate(assoc.send_c_find(_query(), FIND)):
+            if n == 2:
+                assoc.abort()
+                break
+        assert upstream.cancelled.wait(15), "the upstream C-FIND was not cancelled"
+        wait_for(lambda: "went away" in router.log(), 15)
+        _no_traceback(router)
+        assert router.metric_sum("dicom_router_dimse_requests_total", command="C-FIND") == 0
+    finally:
+        router.stop()
+        upstream.close()
+
+
 # --- C-MOVE, relay mode ---------------------------------------------------------------------
 
 def _move(port: int, msg_id: int = 7, cancel_after: int = 0) -> list[tuple[int, ...]]:
@@ -268,6 +307,30 @@ def test_late_instances_of_a_move_that_ended_are_refused_not_routed(tmp_path: Pa
         wait_for(lambda: len(_archived(tmp_path)) == 1, 15)
         assert "came too late" in router.log()
         assert len(target.received) == 2
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_a_requester_that_aborts_a_relayed_c_move_is_no_error(tmp_path: Path) -> None:
+    """The upstream is cancelled, its instances that still come are refused (never routed),
+    the log has one line for it and no traceback."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 20), delay=0.2,
+                        honour_cancel=False)
+    target = Target()
+    router = _router(tmp_path, upstream, target)
+    try:
+        assoc = _requester(router.port, [MOVE], ae_title="MOVER")
+        for n, _ in enumerate(assoc.send_c_move(_query(), "TARGET", MOVE)):
+            if n == 2:
+                assoc.abort()
+                break
+        wait_for(lambda: "went away" in router.log(), 15)
+        wait_for(lambda: "came too late" in router.log(), 15)
+        _no_traceback(router)
+        assert _archived(tmp_path) == []
+        assert router.metric_sum("dicom_router_dimse_requests_total", command="C-MOVE") == 0
     finally:
         router.stop()
         upstream.close()
