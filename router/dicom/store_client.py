@@ -215,16 +215,19 @@ class StoreAssociation:
     # --- C-STORE ------------------------------------------------------------------------
 
     def store(self, fh: BufferedReader, dataset_length: int, sop_class: str, sop_instance: str,
-              syntax: str, priority: int = 0) -> CStoreRSP:
+              syntax: str, priority: int = 0,
+              originator: tuple[str, int] | None = None) -> CStoreRSP:
         """Send the next `dataset_length` bytes of `fh` as the dataset of a C-STORE-RQ and
         return the response. StoreFailed when the association ends without one (it is
         aborted or closed then); OSError when the file cannot be read (the association is
-        aborted: the peer has part of a message)."""
+        aborted: the peer has part of a message). `originator`: a C-MOVE sub-operation's
+        Move Originator AE Title and Message ID."""
         if not self._open:
             raise StoreFailed("the association is no longer open")
         context = self._contexts[(sop_class, syntax)]
         self._message_id = self._message_id % 0xFFFF + 1
-        request = CStoreRQ(self._message_id, sop_class, sop_instance, priority)
+        request = CStoreRQ(self._message_id, sop_class, sop_instance, priority,
+                           *(originator or ("", None)))
         try:
             _send_all(self._sock, self._engine.send(SendCommand(context, request)),
                       self.peer.dimse_timeout)

@@ -147,6 +147,13 @@ class DicomDestination:
             raise failure from None
 
     def deliver(self, job: JobHeader, source: Path) -> None:
+        self.send(job, source)
+
+    def send(self, job: JobHeader, source: Path,
+             originator: tuple[str, int] | None = None) -> int:
+        """Send the file; the destination's status when it kept it (success or a warning),
+        DeliveryError otherwise. `originator`: a C-MOVE sub-operation's Move Originator AE
+        Title and Message ID."""
         with source.open("rb") as fh:
             try:
                 meta = read_dataset_file(fh, source.stat().st_size)
@@ -160,7 +167,7 @@ class DicomDestination:
             assoc = self._association(sop_class, syntax)
             try:
                 response = assoc.store(fh, meta.dataset_length, sop_class, sop_instance, syntax,
-                                       TO_DIMSE.get(job.priority, 0))
+                                       TO_DIMSE.get(job.priority, 0), originator)
             except StoreFailed as exc:
                 # No response within dimse_timeout, or the peer aborted: the association is
                 # done.
@@ -178,6 +185,7 @@ class DicomDestination:
                 "status", f"{self.name} answered 0x{status:04X} {response.error_comment}".strip(),
                 transient=is_transient_failure(status),
             )
+        return status
 
     def park(self) -> None:
         """The task is done: the association goes back to the pool for the next delivery."""

@@ -29,6 +29,9 @@ RESPONSE_DATASET = {"C-FIND": "Identifier", "C-GET": "Identifier", "C-MOVE": "Id
                     "N-EVENT-REPORT": "EventReply"}
 CANCELLED = Status.CANCEL
 SUB_OPERATIONS_FAILED = Status.SUB_OPERATIONS_WITH_FAILURES
+# Responses that carry Number of Remaining Sub-operations (PS3.4 C.4.2.1.5: pending, and
+# cancel: what was not done).
+WITH_REMAINING = (*PENDING_STATUSES, Status.CANCEL)
 
 
 class RequesterGone(RouterError):
@@ -123,7 +126,7 @@ class Exchange:
             if keyword in type(rsp).STATUS_OPTIONAL_KEYWORDS:  # ErrorID, OffendingElement...
                 setattr(rsp, keyword, value)
         if counts is not None and self.command in ("C-GET", "C-MOVE"):
-            if status in PENDING_STATUSES:
+            if status in WITH_REMAINING:
                 rsp.NumberOfRemainingSuboperations = counts.remaining
             rsp.NumberOfCompletedSuboperations = counts.completed
             rsp.NumberOfFailedSuboperations = counts.failed
@@ -149,11 +152,3 @@ class Exchange:
         self.respond(status, comment=comment, counts=counts)
         metrics.DIMSE_REQUESTS.labels(self.command, f"0x{status:04X}").inc()
 
-
-def final_status(upstream_status: int, counts: Counts, cancelled: bool) -> int:
-    if cancelled or upstream_status == CANCELLED:
-        return CANCELLED
-    failures = counts.failed + counts.warning
-    if upstream_status in (Status.SUCCESS, SUB_OPERATIONS_FAILED) and failures:
-        return SUB_OPERATIONS_FAILED
-    return upstream_status

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,9 @@ from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
-from router.relay.exchange import Counts, Exchange, RequesterGone, final_status
+from router.relay.exchange import Counts, Exchange, RequesterGone
 from router.relay.move_registry import MoveRegistry, MoveRelay
+from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
@@ -74,15 +76,18 @@ class RelayedMoves:
         from router.dicom.store_sender import DicomDestination as Sender
 
         sender = Sender(target[0], target[1], config.ae_title)
+        # PS3.7 9.1.1.1: the sub-operations name the requester's C-MOVE, as they would
+        # coming straight from the upstream.
+        delivery = Delivery(exchange, move, sender, self.spool.relay,
+                            (exchange.link.facts.calling_ae, int(exchange.msg.MessageID)))
         call = call_upstream(relayed)
-        counts = Counts()
         try:
-            _move_loop(exchange, call, move, sender, counts, self.spool.relay)
+            _move_loop(call, delivery)
         except RelayTimeout as exc:
             status = relay_failure_status("C-MOVE")
             log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
                         exc, status)
-            exchange.final(status, str(exc), counts)
+            exchange.final(status, str(exc), delivery.counts.counts())
         finally:
             call.close()
             self.moves.close(move)
@@ -117,43 +122,66 @@ class RelayedMoves:
         return True
 
 
-def _move_loop(exchange: Exchange, call: RelayCall, move: MoveRelay, sender: Any,
-               counts: Counts, relay: Path) -> None:
+@dataclass
+class Delivery:
+    """One relayed C-MOVE's side towards its requester and its move destination."""
+
+    exchange: Exchange
+    move: MoveRelay
+    sender: Any
+    relay: Path
+    originator: tuple[str, int]  # the requester's calling AE and its C-MOVE's message ID
+    counts: SubOperations = field(default_factory=SubOperations)
+    _sent: Counts | None = None
+
+    def arrived(self) -> None:
+        """Pass on what the upstream sent for this move, to whichever acceptor (the file
+        meta says what each one is); nothing more once the requester cancelled."""
+        for path in relayed_move_files(self.relay, self.move.message_id):
+            if self.exchange.cancelled():
+                return  # what is left is cleared when the move ends: remaining
+            try:
+                self.counts.delivered(self.sender.send(_job(path), path, self.originator))
+            except DeliveryError as exc:
+                log.warning("relayed C-MOVE: %s", exc)
+                self.counts.delivered(None)
+            finally:
+                path.unlink(missing_ok=True)
+            self.pending()
+
+    def pending(self) -> None:
+        """A pending response when the counts changed and the upstream said how many."""
+        if not self.counts.known:
+            return
+        counts = self.counts.counts()
+        if counts != self._sent:
+            self._sent = counts
+            self.exchange.respond(Status.PENDING, counts=counts)
+
+
+def _job(path: Path) -> JobHeader:
+    return JobHeader(job_id=path.stem, calling_ae="", called_ae="", peer_address="",
+                     peer_port=0, sop_class_uid="", sop_instance_uid="",
+                     transfer_syntax_uid="", size=0, received_at=0.0, rules=(),
+                     destinations=())
+
+
+def _move_loop(call: RelayCall, delivery: Delivery) -> None:
+    exchange = delivery.exchange
     while True:
-        _deliver_arrived(exchange, move, sender, counts, relay)
+        delivery.arrived()
         if exchange.gone():
             raise RequesterGone("its association ended")  # closing the call cancels it
         got = call.poll(exchange.cancelled, wait=0.05)
-        if got is None:
+        if got is None or not isinstance(got[0], RelayResponse):
             continue
         answer = got[0]
-        if not isinstance(answer, RelayResponse):
-            continue
+        delivery.counts.upstream(answer)
         if not answer.final:
-            if answer.remaining >= 0:
-                counts.remaining = answer.remaining
+            delivery.pending()
             continue
-        _deliver_arrived(exchange, move, sender, counts, relay)  # sent before the final
-        exchange.final(final_status(answer.status, counts, call.cancelled),
-                       answer.error_comment, counts)
+        delivery.arrived()  # sent before the final
+        cancelled = call.cancelled or exchange.cancelled()
+        exchange.final(delivery.counts.final_status(answer.status, cancelled),
+                       answer.error_comment, delivery.counts.counts())
         return
-
-
-def _deliver_arrived(exchange: Exchange, move: MoveRelay, sender: Any, counts: Counts,
-                     relay: Path) -> None:
-    """Pass on what the upstream sent for this move, to whichever acceptor: the file meta
-    says what each one is."""
-    for path in relayed_move_files(relay, move.message_id):
-        job = JobHeader(job_id=path.stem, calling_ae="", called_ae="", peer_address="",
-                        peer_port=0, sop_class_uid="", sop_instance_uid="",
-                        transfer_syntax_uid="", size=0, received_at=0.0, rules=(),
-                        destinations=())
-        try:
-            sender.deliver(job, path)
-            counts.record(Status.SUCCESS)
-        except DeliveryError as exc:
-            log.warning("relayed C-MOVE: %s", exc)
-            counts.record(None)
-        finally:
-            path.unlink(missing_ok=True)
-        exchange.respond(Status.PENDING, counts=counts)

@@ -43,9 +43,10 @@ from router.core.owned_names import relay_request_id, relayed_get_files, unlink_
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.call import RelayCall, RelayTimeout
-from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink, final_status
+from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.state import Commitments
+from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger(__name__)
 
@@ -191,28 +192,29 @@ class RelayServer:
 
     def _relay_get(self, exchange: Exchange, request: RelayRequest) -> None:
         call = self._call(request, exchange)
-        counts = Counts()
+        subs = SubOperations()
+        sent: Counts | None = None
         try:
             while True:
                 answer, _ = _next(call, exchange)
                 if isinstance(answer, RelayStore):
-                    counts.remaining = max(counts.remaining, 1)
-                    counts.record(self._send_sub_operation(exchange, answer))
+                    self._sub_operation(exchange, answer, subs)
                     call.ack()
+                else:
+                    subs.upstream(answer)
+                    if answer.final:
+                        cancelled = call.cancelled or exchange.cancelled()
+                        exchange.final(subs.final_status(answer.status, cancelled),
+                                       answer.error_comment, subs.counts())
+                        return
+                if subs.known and (counts := subs.counts()) != sent:
+                    sent = counts  # a pending response once the upstream said how many
                     exchange.respond(Status.PENDING, counts=counts)
-                    continue
-                if not answer.final:
-                    if answer.remaining >= 0:
-                        counts.remaining = answer.remaining
-                    continue
-                exchange.final(final_status(answer.status, counts, call.cancelled),
-                               answer.error_comment, counts)
-                return
         except RelayTimeout as exc:
             status = relay_failure_status("C-GET")
             log.warning("relayed C-GET: %s (request_timeout); the requester gets 0x%04X",
                         exc, status)
-            exchange.final(status, str(exc), counts)
+            exchange.final(status, str(exc), subs.counts())
         finally:
             call.close()
             self._clear_get_instances(request.request_id)
@@ -230,6 +232,15 @@ class RelayServer:
         if left:
             log.warning("removed %d instance(s) of relayed C-GET %s from relay/ that the "
                         "requester was never sent", left, request_id)
+
+    def _sub_operation(self, exchange: Exchange, store: RelayStore,
+                       subs: SubOperations) -> None:
+        """One instance of the upstream's to the requester, unless it cancelled (then it is
+        one not done: remaining)."""
+        if exchange.cancelled():
+            (self.spool.relay / Path(store.file_name).name).unlink(missing_ok=True)
+            return
+        subs.delivered(self._send_sub_operation(exchange, store))
 
     def _send_sub_operation(self, exchange: Exchange, store: RelayStore) -> int | None:
         path = self.spool.relay / Path(store.file_name).name

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    MRImageStorage,
     StorageCommitmentPushModel,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -204,6 +205,28 @@ def _archived(tmp_path: Path) -> list[Path]:
 
 # --- C-GET ----------------------------------------------------------------------------------
 
+def test_c_get_counts_the_upstreams_failures_and_remaining_adds_up(tmp_path: Path) -> None:
+    """An upstream that fails 2 of 10 sub-operations itself (0xB000, failed 2): the requester
+    hears the same, and every pending response's counts add up to 10 (before: failed 0, and
+    the first pending said remaining 0 with 7 to come)."""
+    upstream = Upstream("GETQR", _files(tmp_path / "src", 2, str(MRImageStorage))
+                        + _files(tmp_path / "src", 8))
+    router = _router(tmp_path, upstream)
+    try:
+        got: list[str] = []
+        assoc = _requester(router.port, [GET],
+                           on_store=lambda e: (got.append(e.request.AffectedSOPInstanceUID),
+                                               0x0000)[1])
+        answers = [_counts(s) for s, _ in assoc.send_c_get(_query(), GET)]
+        assoc.release()
+        assert len(got) == 8
+        assert answers[-1][0] == 0xB000 and answers[-1][2:] == (8, 2, 0), answers
+        _assert_pending_adds_up(answers, 10)
+    finally:
+        router.stop()
+        upstream.close()
+
+
 def test_a_cancelled_message_id_is_free_for_the_next_c_get(tmp_path: Path) -> None:
     """pynetdicom sends every C-GET with Message ID 1: once the cancelled one ended, the
     next one is not cancelled too (before: 0xFE00 with nothing sent)."""
@@ -280,6 +303,70 @@ def _move(port: int, msg_id: int = 7, cancel_after: int = 0) -> list[tuple[int, 
             assoc.send_c_cancel(msg_id, query_model=MOVE)
     assoc.release()
     return answers
+
+
+def test_a_relayed_c_move_from_an_upstream_naming_itself_as_originator(
+        tmp_path: Path) -> None:
+    """pynetdicom's C-MOVE SCP puts its own AE title as Move Originator: its instances still
+    reach the move destination, carrying the requester's AE and message ID as pass-through
+    would (PS3.7 9.1.1.1); none is taken as new work for the rules; every pending response
+    adds up and the final is Success (before: all forwarded by the rule, target nothing,
+    Success with 0 completed)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 10))
+    target = Target()
+    router = _router(tmp_path, upstream, target)
+    try:
+        answers = _move(router.port, msg_id=7)
+        assert answers[-1][0] == 0x0000 and answers[-1][2:] == (10, 0, 0), answers
+        _assert_pending_adds_up(answers, 10)
+        assert len(target.received) == 10
+        assert target.originators == {("MOVER", 7)}
+        assert _archived(tmp_path) == []
+        assert router.metric("dicom_router_instances_received_total", result="relayed") == 10
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_a_relayed_c_move_counts_the_targets_warnings_and_the_upstreams_failures(
+        tmp_path: Path) -> None:
+    """The target answers 0xB007 to every other instance and the upstream fails one
+    sub-operation itself: 0xB000 with completed 5, failed 1, warning 5 (before: completed
+    10, warning 0)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 1, str(MRImageStorage))
+                        + _files(tmp_path / "src", 10))
+    target = Target(statuses=(0x0000, 0xB007))
+    router = _router(tmp_path, upstream, target)
+    try:
+        answers = _move(router.port)
+        assert answers[-1][0] == 0xB000 and answers[-1][2:] == (5, 1, 5), answers
+        _assert_pending_adds_up(answers, 11)
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_c_cancel_of_a_relayed_c_move_stops_its_deliveries(tmp_path: Path) -> None:
+    """The upstream sent all 10 at once; the target takes one every 0.3 s; C-CANCEL after the
+    second pending response: what was not delivered is not, and the final 0xFE00 says so
+    (before: all 10 delivered, then 0xFE00 completed 10)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 10))
+    target = Target(delay=0.3)
+    router = _router(tmp_path, upstream, target)
+    try:
+        answers = _move(router.port, cancel_after=2)
+        status, remaining, completed, failed, warning = answers[-1]
+        assert status == 0xFE00, answers
+        wait_for(lambda: not list((router.spool / "relay").iterdir()), 15)
+        time.sleep(1.0)  # nothing more reaches the target after the final
+        assert completed == len(target.received) < 10, answers
+        assert remaining == 10 - completed and failed == warning == 0, answers
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
 
 
 def test_late_instances_of_a_move_that_ended_are_refused_not_routed(tmp_path: Path) -> None:
