@@ -46,7 +46,10 @@ def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
     the broker does not either (tests/integration/test_process_imports.py checks both).
     """
     # Until the child's own handler is in place, a SIGHUP (a config reload) must not kill it.
+    # The supervisor spawned us with SIGHUP blocked (Supervisor._start): ignoring it drops
+    # one that came meanwhile (the supervisor reloads only once every child runs).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     for name in without:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     module, function = entry.split(":")

@@ -38,11 +38,15 @@ from router.service.control_client import ControlClient
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
+from router.service.readiness import readiness
 
 log = logging.getLogger(__name__)
 
 # A restarted worker connects within a few seconds (spawn, imports, its broker handshake).
 WORKER_READY_SECONDS = 30.0
+# A SIGHUP that came while the router started is acted on once it is ready, or after this
+# long if it never is (a child that started ignores SIGHUP until its handler is in place).
+RELOAD_AFTER_SECONDS = 60.0
 
 
 class Supervisor:
@@ -75,31 +79,10 @@ class Supervisor:
         self._spool_lock: int | None = None  # held until the process ends (spool_lock.py)
 
     def ready(self) -> tuple[bool, str]:
-        """Ready while the broker and every worker run and at least one acceptor accepts:
-        the kernel sends new connections only to acceptors that listen, and an acceptor
-        being restarted has no listening socket."""
+        """/readyz: router/service/readiness.py."""
         if self.stopping.is_set():
             return False, "draining: not accepting work"
-        # A worker a reload restarts on purpose is not down: the others deliver meanwhile.
-        down = [c.name for c in self.children if not c.alive and c.name != self.reloading]
-        pipeline_down = [name for name in down if not name.startswith("acceptor-")]
-        if pipeline_down:
-            return False, f"not running: {', '.join(pipeline_down)}"
-        # A worker process that runs may still be importing: until one has told the broker
-        # it is ready, a relayed query or retrieve would be refused (0xA700, "no router
-        # worker available"), which a C-FIND right after start met under load.
-        broker = read_snapshots(self.runtime.status_dir).get("broker", {})
-        if not broker.get("workers"):
-            return False, "no worker is connected to the broker (starting, or all stalled)"
-        states = self.seats.all_states()
-        if AcceptorState.ACCEPTING not in states:
-            # The disk and the queue are the same for all: the first reason says it.
-            reasons = [s for s in states if s != AcceptorState.STARTING]
-            return False, AcceptorState.MESSAGES[reasons[0] if reasons
-                                                 else AcceptorState.STARTING]
-        if down:
-            return True, f"ready; not running: {', '.join(down)}"
-        return True, AcceptorState.MESSAGES[AcceptorState.ACCEPTING]
+        return readiness(self.children, self.reloading, self.runtime.status_dir, self.seats)
 
     def _process_row(self, child: Child) -> dict[str, Any]:
         row = {"name": child.name, "pid": child.process.pid if child.process else None,
@@ -154,7 +137,14 @@ class Supervisor:
         process = self.mp.Process(target=run_child,
                                   args=(child.entry, child.without, *child.args),
                                   name=child.name)
-        process.start()
+        # A blocked signal stays blocked across fork and exec: a SIGHUP (a reload) cannot
+        # kill the child while it imports, until run_child ignores it. Ours still arrives
+        # meanwhile, through another thread of this process (the handler is process-wide).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         child.started(process, time.monotonic())
         log.info("started %s (pid %s)", child.name, process.pid)
 
@@ -206,6 +196,7 @@ class Supervisor:
         check_contexts(config)
 
     def run(self) -> int:
+        self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
         self.check_tls()
         self.check_ports()
         for child in self.children:
@@ -236,16 +227,19 @@ class Supervisor:
             self.console.start()
         for child in self.children:
             self._start(child)  # the acceptors' sockets: bound here, just after check_ports
-        self._install_signals()
         if audit is not None:
             audit.application_started()
         metrics.CONFIG_RELOADED_AT.set(time.time())
+        has_run = False  # ready once: every child has its own SIGHUP handler by then
         while not self.stopping.wait(0.5):
             now = time.monotonic()
             for child in self.children:
                 self._reap(child, now)
-            metrics.READY.set(1 if self.ready()[0] else 0)
-            if self.reload_requested.is_set():
+            ready = self.ready()[0]
+            metrics.READY.set(1 if ready else 0)
+            has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
+            # A SIGHUP during the start waits until the children heed one.
+            if has_run and self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.reload()
         self._stop_children()

@@ -92,6 +92,11 @@ class RouterProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> RouterProcess:
+        self.launch()
+        return self.await_ready(timeout)
+
+    def launch(self) -> RouterProcess:
+        """Start the router without waiting for it (a test that acts during the start)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # A process group of its own: kill_all() reaches every process of the router at
@@ -102,6 +107,10 @@ class RouterProcess:
             start_new_session=True,
         )
         log.close()
+        return self
+
+    def await_ready(self, timeout: float = 30.0) -> RouterProcess:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -1,0 +1,76 @@
+"""Signals while the router starts: a SIGHUP (systemctl reload) must kill nothing, neither
+the supervisor before its handler would be in place nor a child still importing, and the
+reload it asks for is done once the router runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.router_process import RouterProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def router_config(tmp_path: Path) -> dict[str, object]:
+    return {
+        "workers": 2,
+        "destinations": {"out": {"type": "folder", "path": str(tmp_path / "out")}},
+        "rules": [{"name": "all", "forward": ["out"]}],
+    }
+
+
+def spawned(router: RouterProcess, name: str) -> int | None:
+    try:
+        return router.child_pid(name)
+    except LookupError:
+        return None
+
+
+def assert_nothing_died(router: RouterProcess) -> None:
+    assert router.process is not None and router.process.poll() is None, router.log()[-3000:]
+    assert "exited with code" not in router.log(), router.log()[-3000:]
+    assert router.metric_sum("dicom_router_process_restarts_total") == 0
+
+
+def test_a_sighup_while_the_children_spawn_is_honoured_once_the_router_runs(
+        tmp_path: Path) -> None:
+    router = RouterProcess(tmp_path / "router", router_config(tmp_path)).launch()
+    try:
+        # The supervisor has begun spawning: the broker is importing, the others follow.
+        assert wait_for(lambda: spawned(router, "broker") is not None, interval=0.01), \
+            router.log()
+        assert router.process is not None
+        router.process.send_signal(signal.SIGHUP)
+        router.await_ready(60)
+        # Reloaded (the file is unchanged), and only once the children heed a SIGHUP.
+        assert wait_for(lambda: router.metric("dicom_router_config_reloads_total",
+                                              result="unchanged") == 1), router.log()[-3000:]
+        assert_nothing_died(router)
+    finally:
+        router.stop()
+
+
+def test_a_child_ignores_a_sighup_from_its_first_instruction(tmp_path: Path) -> None:
+    """Each child is sent SIGHUP as soon as it is spawned, long before its own handler."""
+    router = RouterProcess(tmp_path / "router", router_config(tmp_path)).launch()
+    names = ["broker", "worker-0", "worker-1", "acceptor-1"]
+    hupped: set[str] = set()
+
+    def hup_the_new_ones() -> bool:
+        for name in names:
+            pid = spawned(router, name)
+            if pid is not None and name not in hupped:
+                os.kill(pid, signal.SIGHUP)
+                hupped.add(name)
+        return len(hupped) == len(names)
+
+    try:
+        assert wait_for(hup_the_new_ones, interval=0.01), router.log()
+        router.await_ready(60)
+        assert_nothing_died(router)
+    finally:
+        router.stop()
