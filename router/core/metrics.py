@@ -124,6 +124,12 @@ READY = Gauge(
     f"{PREFIX}_ready", "1 while the router accepts work (as /readyz), else 0.",
     multiprocess_mode="max",
 )
+BROKER_REPORT_AGE = Gauge(
+    f"{PREFIX}_broker_report_age_seconds",
+    "Seconds since the broker last wrote its live status (about 1 s when it works; past 10 s "
+    "/readyz turns 503: hung).",
+    multiprocess_mode="max",
+)
 CONFIG_RELOADS = Counter(
     f"{PREFIX}_config_reloads_total", "Config reloads on SIGHUP, by result.", ["result"]
 )
