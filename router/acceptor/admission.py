@@ -1,11 +1,14 @@
-"""Whether the acceptor takes new work: disk watermark, broker congestion, draining.
+"""Whether the acceptor takes new work: disk watermark, broker congestion, a spool that
+cannot take commits, draining.
 
 Checked for every association request and every C-STORE, so the disk check is cached briefly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +20,10 @@ from router.core.config import SpoolConfig
 DISK_CHECK_SECONDS = 0.5
 # After the broker refused a job (queue full), refuse new work for this long before trying.
 CONGESTION_SECONDS = 1.0
+# After a commit failed (jobs/ gone or replaced by a file, read-only, EIO), refuse new work
+# and try a file in each of the spool folders a commit writes to this often.
+SPOOL_RECHECK_SECONDS = 1.0
+SPOOL_FOLDERS = ("incoming", "jobs", "journal")
 
 
 class Admission:
@@ -32,11 +39,41 @@ class Admission:
         self._total = 1
         self._received_since = 0  # bytes taken in since then: a fast sender outruns the cache
         self._congested_until = 0.0
+        self._spool_failure: str | None = None  # why the last commit failed, until one works
+        self._spool_checked = 0.0
         self.draining = False
 
     def mark_congested(self) -> None:
         with self._lock:
             self._congested_until = self.clock() + CONGESTION_SECONDS
+
+    def spool_failed(self, why: str) -> None:
+        """A commit (or a file for a C-STORE) failed: refuse work until the spool works."""
+        with self._lock:
+            self._spool_failure, self._spool_checked = why, self.clock()
+
+    def spool_works(self) -> None:
+        """A commit succeeded."""
+        if self._spool_failure is not None:
+            with self._lock:
+                self._spool_failure = None
+
+    def _spool(self) -> str | None:
+        with self._lock:
+            failure, checked = self._spool_failure, self._spool_checked
+        if failure is None or self.clock() - checked < SPOOL_RECHECK_SECONDS:
+            return failure
+        try:
+            for folder in SPOOL_FOLDERS:
+                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.path / folder)
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(probe)
+        except OSError as exc:
+            self.spool_failed(str(exc))
+            return str(exc)
+        self.spool_works()
+        return None
 
     def note_received(self, size: int) -> None:
         with self._lock:
@@ -73,6 +110,9 @@ class Admission:
         disk = self._disk()
         if disk is not None:
             return "disk_watermark", disk
+        spool = self._spool()
+        if spool is not None:
+            return "spool_unwritable", f"the spool cannot take commits ({spool})"
         if self.clock() < self._congested_until:
             return "queue_full", "router queue is full"
         return None
@@ -86,9 +126,11 @@ class AcceptorState:
     DRAINING = 2
     DISK_WATERMARK = 3
     QUEUE_FULL = 4
+    SPOOL_UNWRITABLE = 5
 
     _CODES: ClassVar[dict[str, int]] = {
         "draining": DRAINING, "disk_watermark": DISK_WATERMARK, "queue_full": QUEUE_FULL,
+        "spool_unwritable": SPOOL_UNWRITABLE,
     }
     MESSAGES: ClassVar[dict[int, str]] = {
         STARTING: "acceptor not listening yet",
@@ -96,11 +138,13 @@ class AcceptorState:
         DRAINING: "draining: not accepting work",
         DISK_WATERMARK: "refusing work: spool disk below its watermark",
         QUEUE_FULL: "refusing work: queue full",
+        SPOOL_UNWRITABLE: "refusing work: the spool cannot take commits (see the acceptor's log)",
     }
 
     NAMES: ClassVar[dict[int, str]] = {
         STARTING: "starting", ACCEPTING: "accepting", DRAINING: "draining",
         DISK_WATERMARK: "disk_watermark", QUEUE_FULL: "queue_full",
+        SPOOL_UNWRITABLE: "spool_unwritable",
     }
 
     @classmethod

@@ -166,8 +166,8 @@ class StoreHandler:
         try:
             pending = self.spool.stage_commit(job, received, synced=synced)
         except OSError as exc:
-            self.spool.discard(job)
-            _refuse_failed_commit(exc)
+            self._discard(job)
+            self._refuse_failed_commit(exc)
         try:
             submitted = self.broker.send(job)
         except BaseException:
@@ -181,18 +181,19 @@ class StoreHandler:
         try:
             submitted.wait()
         except QueueFull:
-            self.spool.discard(job)
+            self._discard(job)
             self.admission.mark_congested()  # new associations are turned away for a moment
             raise
         except BaseException:
-            self.spool.discard(job)  # the sender is told to retry: keep nothing half-owned
+            self._discard(job)  # the sender is told to retry: keep nothing half-owned
             raise
         if sync_error is not None:
             # The broker queued it and a worker may be reading it: it stays and is delivered
             # (until a restart), and the sender, told to retry, may send it once more.
             log.error("job %s queued but its record could not be made durable: %s",
                       job.job_id, sync_error)
-            _refuse_failed_commit(sync_error)
+            self._refuse_failed_commit(sync_error)
+        self.admission.spool_works()
         self._count_syncs()
         self.admission.note_received(size)
         log.debug("C-STORE accepted as job %s: %d bytes for %s", job.job_id, size,
@@ -204,7 +205,25 @@ class StoreHandler:
         (the journal drops a record whose instance is gone when it compacts)."""
         with contextlib.suppress(OSError):
             pending.wait()
-        self.spool.discard(job)
+        self._discard(job)
+
+    def _discard(self, job: JobHeader) -> None:
+        """Undo a commit; a spool that cannot take one may not let it be undone either (the
+        failure is answered and logged already; a start removes what is left)."""
+        with contextlib.suppress(OSError):
+            self.spool.discard(job)
+
+    def _refuse_failed_commit(self, exc: OSError) -> NoReturn:
+        """0xA700 for the sender, whatever the spool's failure: a full disk, or a spool that
+        cannot take commits (jobs/ gone or a file, read-only, EIO): the acceptor then refuses
+        work (/readyz 503) until a check finds the spool usable again."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfResources("spool disk full; retry later") from exc
+        why = str(exc) if exc.filename else f"{exc} (spool {self.spool.root})"
+        log.error("cannot commit a C-STORE to the spool: %s; answering 0xA700 and refusing "
+                  "work until the spool takes commits again", why)
+        self.admission.spool_failed(why)
+        raise OutOfResources("router spool cannot take commits; retry later") from exc
 
     def _count_syncs(self) -> None:
         """Bring the group-sync counter up to the spool's own count (any thread may lead)."""
@@ -222,10 +241,3 @@ class StoreHandler:
                 f"dataset cannot be parsed: {exc}"[:64], Status.CANNOT_UNDERSTAND
             ) from exc
 
-
-def _refuse_failed_commit(exc: OSError) -> NoReturn:
-    """A full disk is 0xA700 for the sender; any other failure goes on to the handler
-    boundary (a processing failure)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OutOfResources("spool disk full; retry later") from exc
-    raise exc

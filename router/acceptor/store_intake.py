@@ -78,6 +78,7 @@ class StoreIntake:
         except OSError as exc:  # no inode left, too many open files, incoming/ gone
             log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
                       self.settings.incoming, exc.strerror or exc)
+            self.handler.admission.spool_failed(str(exc))  # /readyz 503 until it works
             self._refusal = StoreRefusal(
                 context_id, command, Status.OUT_OF_RESOURCES,
                 f"router spool: {exc.strerror or 'cannot create a file'}; retry later"[:64],
@@ -119,7 +120,7 @@ class StoreIntake:
                 size=receiver.size))
         finally:
             if not taken:  # refused, dropped by a rule, or failed: nothing of it stays
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):  # a broken spool: its start wipes it
                     path.unlink()
             if session.progress is not None:
                 session.progress.message_done()

@@ -242,8 +242,9 @@ def test_acceptor_state_maps_every_refusal_reason(
         "disk_watermark": AcceptorState.DISK_WATERMARK,
         "queue_full": AcceptorState.QUEUE_FULL,
     }
-    states = (AcceptorState.STARTING, AcceptorState.ACCEPTING, *codes.values())
-    assert len(set(states)) == 5
+    states = (AcceptorState.STARTING, AcceptorState.ACCEPTING, *codes.values(),
+              AcceptorState.code("spool_unwritable"))
+    assert len(set(states)) == 6
     assert set(AcceptorState.MESSAGES) == set(states)
     assert all(AcceptorState.MESSAGES[s] for s in states)
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pydicom
@@ -127,6 +128,7 @@ class FakeStore:
     status: int = 0x0000
     comment: str = ""
     seen: list[Seen] = field(default_factory=list)
+    admission: Any = field(default_factory=lambda: SimpleNamespace(spool_failed=print))
 
     def handle(self, received: ReceivedStore) -> tuple[int, str, bool]:
         raw = received.path.read_bytes()

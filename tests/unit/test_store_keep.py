@@ -126,15 +126,18 @@ def test_a_failed_group_sync_is_not_success_but_the_queued_job_stays(
         tmp_path: Path, context: zmq.Context[zmq.Socket[bytes]],
         broken_journal_sync: list[int]) -> None:
     """The broker queued it while the sync ran: a worker may be reading it, so it stays and
-    is delivered; the sender is not told Success (it may send once more)."""
+    is delivered; the sender is told to retry (0xA700; it may send once more), and the
+    acceptor refuses work until the spool takes commits again."""
     handler, broker, client = handler_for(tmp_path, context)
     try:
-        with pytest.raises(OSError) as caught:
+        with pytest.raises(OutOfResources, match="cannot take commits") as caught:
             handler._keep(make_header(JOB), received(handler))
     finally:
         stop(broker, client)
 
-    assert caught.value.errno == errno.EIO and broken_journal_sync
+    cause = caught.value.__cause__
+    assert isinstance(cause, OSError) and cause.errno == errno.EIO and broken_journal_sync
+    assert handler.admission.refusal() is not None
     assert broker.seen == [JOB]
     assert handler.spool.instance_path(JOB).exists()
 
