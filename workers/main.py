@@ -43,12 +43,13 @@ from router.core.zmq_drain import waiting
 from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
 from workers.prepare import SHARED_CODECS
-from workers.relay_tasks import ActiveRelays, RelayTask
+from workers.relay_tasks import CANCEL_GRACE_SECONDS, ActiveRelays, RelayTask
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 BROKER_SILENCE_SECONDS = 5.0
+ABORT_WAIT_SECONDS = 2.0  # for aborted upstream associations to end, when stopping
 
 
 class Worker:
@@ -113,7 +114,9 @@ class Worker:
                 continue
             if isinstance(message, RelayRequest):
                 self._start_relays()
-                self.relay_tasks.put(RelayTask(message, payload[0] if payload else None))
+                queued = RelayTask(message, payload[0] if payload else None)
+                self.relays.add(queued)  # from now on a cancel finds it (relay_tasks.py)
+                self.relay_tasks.put(queued)
             elif isinstance(message, RelayCancel | RelayAck):
                 task = self.relays.get(message.request_id)
                 if task is not None and isinstance(message, RelayCancel):
@@ -180,6 +183,7 @@ class Worker:
             if self.broker in ready:
                 self._on_broker()
             now = time.monotonic()
+            self.relays.abort_overdue(now)
             if now >= next_heartbeat:
                 next_heartbeat = now + HEARTBEAT_SECONDS
                 self.broker.send(encode(Heartbeat()))
@@ -189,15 +193,24 @@ class Worker:
         self.shutdown()
 
     def shutdown(self) -> None:
-        """Finish deliveries in progress, report them, and hand back the rest."""
+        """Finish deliveries in progress, report them, and hand back the rest. Relayed
+        requests are the requesters' to repeat: cancelled upstream at once, each requester
+        answered with a failure (by its relay thread, or by the broker on Goodbye)."""
+        relays = self.relays.all()
+        if relays:
+            log.warning("stopping: cancelling %d relayed request(s) upstream; their "
+                        "requesters get a failure to retry", len(relays))
+        for task in relays:
+            task.stop()
         for _ in self.threads:
             self.tasks.put(None)
         for _ in self.relay_threads:
             self.relay_tasks.put(None)
         for thread in self.threads:
             thread.join(timeout=self.config.listen.dimse_timeout)
-        for relay in self.relay_threads:
-            relay.join(timeout=1.0)  # a relay in progress is the requester's to repeat
+        self._join_relays(time.monotonic() + CANCEL_GRACE_SECONDS)
+        self.relays.abort_overdue(time.monotonic(), grace=0.0)
+        self._join_relays(time.monotonic() + ABORT_WAIT_SECONDS)
         SHARED_CODECS.close()
         self._on_results()
         self._on_relay_out()
@@ -207,6 +220,28 @@ class Worker:
         self.relay_out.close()
         # destroy, not term: a socket some thread failed to close must not hang the stop.
         self.context.destroy(linger=0)
+
+
+    def _join_relays(self, deadline: float) -> None:
+        for relay in self.relay_threads:
+            relay.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _leave_despite_stuck_threads() -> None:
+    """pynetdicom's DUL threads are not daemons: one stuck on a peer that never closes
+    would keep the stopped process alive (and a reload waiting for it). The process ends
+    anyway, after a bounded wait."""
+    deadline = time.monotonic() + ABORT_WAIT_SECONDS
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.current_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning("stopped with thread(s) still waiting on a peer (%s): exiting anyway",
+                    ", ".join(stuck))
+        logging.shutdown()
+        os._exit(0)
 
 
 def _reload(signum: int, frame: FrameType | None) -> None:
@@ -225,3 +260,4 @@ def main(config: RouterConfig, runtime: Runtime, index: int) -> None:
     worker = Worker(config, runtime, index)
     log.info("worker %d ready with %d delivery threads", index, len(worker.threads))
     worker.run(stop, wakeup)
+    _leave_despite_stuck_threads()

@@ -110,6 +110,7 @@ class RelayThread(threading.Thread):
         self.out.send_multipart([encode_message(message), *([payload] if payload else [])])
 
     def _final(self, task: RelayTask, status: int, comment: str, upstream: str = "") -> None:
+        status, comment = _stopped(task, status, comment)
         self._send(RelayResponse(task.request.request_id, status, final=True, upstream=upstream,
                                  error_comment=comment))
 
@@ -123,6 +124,9 @@ class RelayThread(threading.Thread):
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final
+        comment = str(status_ds.get("ErrorComment", ""))[:64]
+        if last:
+            status, comment = _stopped(task, status, comment)
         payload = self._encode(request, dataset)
         counts = {name: int(status_ds.get(keyword, -1)) for name, keyword in (
             ("remaining", "NumberOfRemainingSuboperations"),
@@ -134,7 +138,7 @@ class RelayThread(threading.Thread):
         affected = task.response if task.response is not None else status_ds
         self._send(RelayResponse(
             request.request_id, status, final=last, upstream=upstream,
-            error_comment=str(status_ds.get("ErrorComment", ""))[:64],
+            error_comment=comment,
             sop_class_uid=str(affected.get("AffectedSOPClassUID", "")),
             sop_instance_uid=str(affected.get("AffectedSOPInstanceUID", "")),
             has_dataset=payload is not None, status_fields=_status_fields(status_ds),
@@ -154,6 +158,9 @@ class RelayThread(threading.Thread):
 
     def handle(self, task: RelayTask) -> None:
         request = task.request
+        if task.cancelled.is_set():  # cancelled while it waited for this thread
+            self._final(task, Status.CANCEL, "cancelled before it reached an upstream")
+            return
         problems = []
         for name in request.upstreams:
             try:
@@ -281,7 +288,10 @@ class RelayThread(threading.Thread):
             if task.cancelled.is_set():
                 break
         if task.cancelled.is_set():
-            return Status.OUT_OF_RESOURCES  # the requester cancelled: do not take more
+            # Do not take more. pynetdicom leaves a C-GET's sub-operation file to the
+            # handler (Association._c_store_scp, unlike the SCP's): remove it here.
+            Path(event.dataset_path).unlink(missing_ok=True)
+            return Status.OUT_OF_RESOURCES
         task.stores += 1
         name = relayed_get_name(task.request.request_id, task.stores)
         target = self.spool.relay / name
@@ -292,6 +302,16 @@ class RelayThread(threading.Thread):
                               str(request.AffectedSOPInstanceUID),
                               str(event.context.transfer_syntax)))
         return Status.SUCCESS
+
+
+def _stopped(task: RelayTask, status: int, comment: str) -> tuple[int, str]:
+    """A request the worker cancelled because it is stopping ends with a failure the
+    requester may retry (0xA700 C-FIND, 0xA701 C-GET/C-MOVE), not with 0xFE00: the
+    requester never asked to cancel it."""
+    failure = relay_failure_status(task.request.command)
+    if task.stopped and status in (Status.CANCEL, failure):
+        return failure, "router worker stopped; retry"
+    return status, comment
 
 
 def _keep_response(event: Any, task: RelayTask) -> None:

@@ -3,12 +3,20 @@
 Apart from workers/relay.py so that a worker imports pynetdicom and pydicom only when its
 first relayed request arrives (workers/main.py): most routers relay nothing, and the two
 cost about 20 MB in every worker.
+
+A task is in the table from the moment the worker queues it, not only once a relay thread
+takes it: a C-CANCEL (the requester's, the acceptor's at request_timeout, the broker's when
+the acceptor died) that arrives while it waits for a thread is applied to it, and the thread
+that takes it answers 0xFE00 without asking the upstream. Every cancel is bounded: a task
+whose upstream has not ended within CANCEL_GRACE_SECONDS of its C-CANCEL has its upstream
+association aborted (`ActiveRelays.abort_overdue`, from the worker's main loop).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("workers.relay")
 
 RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
+# How long an upstream may take to end a request after its C-CANCEL before the worker
+# aborts the association: an upstream that ignores C-CANCEL never holds a relay thread.
+CANCEL_GRACE_SECONDS = 3.0
 
 
 @dataclass
@@ -33,9 +44,14 @@ class RelayTask:
     assoc: Association | None = None
     stores: int = 0
     response: Dataset | None = None  # N-services: the command set of the upstream's response
+    stopped: bool = False  # the worker is stopping: a failure for the requester, not 0xFE00
+    cancelled_at: float | None = None  # monotonic time of the first cancel
+    aborting: bool = False
 
     def cancel(self) -> None:
         """From the worker's main thread: C-CANCEL travels upstream while the relay waits."""
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
         self.cancelled.set()
         assoc = self.assoc
         if assoc is not None and self.request.command in ("C-FIND", "C-GET", "C-MOVE"):
@@ -45,13 +61,37 @@ class RelayTask:
                 log.debug("C-CANCEL not sent upstream: %s", exc)
         self.window.release()  # a relay thread waiting for the acceptor's ack stops waiting
 
+    def stop(self) -> None:
+        """The worker is stopping (SIGTERM, a reload): cancel, and fail the requester."""
+        self.stopped = True
+        self.cancel()
+
+    def abort(self) -> None:
+        """Abort the upstream association, once, on a thread of its own: pynetdicom's abort
+        waits for its DUL thread, and no caller here may wait on an upstream."""
+        assoc = self.assoc
+        if assoc is None or self.aborting:
+            return
+        self.aborting = True
+        log.warning("relayed %s: the upstream did not end it within %.0fs of its C-CANCEL; "
+                    "aborting the association", self.request.command, CANCEL_GRACE_SECONDS)
+        threading.Thread(target=_abort_quietly, args=(assoc,), name="relay-abort",
+                         daemon=True).start()
+
     @property
     def _message_id(self) -> int:
         return self.request.move_message_id or 1
 
 
+def _abort_quietly(assoc: Association) -> None:
+    try:
+        assoc.abort()
+    except Exception as exc:  # ended meanwhile
+        log.debug("upstream abort: %s", exc)
+
+
 class ActiveRelays:
-    """Request id -> task, for cancels and acks from the main thread."""
+    """Request id -> task (queued or running), for cancels and acks from the main thread."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, RelayTask] = {}
@@ -72,3 +112,9 @@ class ActiveRelays:
     def all(self) -> list[RelayTask]:
         with self._lock:
             return list(self._tasks.values())
+
+    def abort_overdue(self, now: float, grace: float = CANCEL_GRACE_SECONDS) -> None:
+        """Abort the upstream of every task cancelled more than `grace` ago and still on."""
+        for task in self.all():
+            if task.cancelled_at is not None and now - task.cancelled_at >= grace:
+                task.abort()
