@@ -24,11 +24,11 @@ from router.broker.policies import dicom_names, holds, policies
 from router.broker.publish import Publishing
 from router.broker.reaper import SpoolReaper
 from router.broker.recovery import Recovery, recover_jobs
+from router.broker.relay_paths import RelayPaths
 from router.broker.relay_routes import RelayRoutes
 from router.core import metrics
 from router.core import reload as reload_config
 from router.core.config import RouterConfig
-from router.core.dimse_status import Status
 from router.core.errors import ProtocolError, RouterError
 from router.core.failures import DESTINATION_FAILURES
 from router.core.messages import (
@@ -42,12 +42,6 @@ from router.core.messages import (
     Message,
     Ready,
     Refused,
-    RelayAck,
-    RelayCancel,
-    RelayProbe,
-    RelayRequest,
-    RelayResponse,
-    RelayStore,
     Result,
     Submit,
     decode,
@@ -68,7 +62,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 1.0
 
 
-class Broker(Publishing):
+class Broker(Publishing, RelayPaths):
     def __init__(self, config: RouterConfig, runtime: Runtime, spool: Spool) -> None:
         self.spool = spool
         self.dead_letter_tally = DeadLetterTally(spool.dead_letters)
@@ -133,53 +127,6 @@ class Broker(Publishing):
             self._apply(self.dispatcher.add_job(job))
             reply = Accepted(job.job_id)
         self._send(self.frontend, identity, reply)
-
-    def on_relay(self, sock: zmq.Socket[bytes], identity: bytes, message: Message,
-                 payload: list[bytes]) -> None:
-        """Pass a relayed request's messages along its route (router/broker/relay_routes.py)."""
-        if isinstance(message, RelayRequest):
-            worker = self.relays.pick_worker(list(self.dispatcher.workers))
-            if worker is None or not self._send(self.backend, worker, message, payload):
-                self._send(self.frontend, identity, RelayResponse(
-                    message.request_id, Status.OUT_OF_RESOURCES, final=True,
-                    error_comment="no router worker available; retry"))
-                return
-            self.relays.open(message.request_id, identity, worker)
-            return
-        assert isinstance(message, RelayResponse | RelayStore | RelayAck | RelayCancel
-                          | RelayProbe)
-        route = self.relays.get(message.request_id)
-        if route is None or (sock is self.backend and identity != route.worker):
-            # (Another identity: a worker that reconnected; its old one is failed with
-            # its requests when the broker finds it gone, so this one must not answer.)
-            self._unrouted(sock, identity, message)
-            return
-        if isinstance(message, RelayProbe):
-            return  # on its way: the worker answers, or fails it if it goes away
-        if sock is self.frontend:
-            self._send(self.backend, route.worker, message, payload)
-        else:
-            self._send(self.frontend, route.acceptor, message, payload)
-            if isinstance(message, RelayResponse) and message.final:
-                self.relays.close(message.request_id)
-
-    def _unrouted(self, sock: zmq.Socket[bytes], identity: bytes,
-                  message: RelayResponse | RelayStore | RelayAck | RelayCancel | RelayProbe,
-                  ) -> None:
-        """A relayed request's message with no route: it ended already (a late ack or
-        cancel: nothing to do), or it went out through a broker that has died since, whose
-        routes died with it. Then the acceptor that probes gets its final failure at once
-        instead of at request_timeout, and the worker still serving it is told to stop (a
-        C-GET's worker would otherwise wait for acknowledgements forever)."""
-        if isinstance(message, RelayProbe):
-            log.warning("relayed request %s is unknown here (the broker restarted while it "
-                        "was in progress); its requester gets 0xA700", message.request_id)
-            self._send(self.frontend, identity, RelayResponse(
-                message.request_id, Status.OUT_OF_RESOURCES, final=True,
-                error_comment="router broker restarted; retry"))
-        elif sock is self.backend and not (isinstance(message, RelayResponse)
-                                           and message.final):
-            self._send(self.backend, identity, RelayCancel(message.request_id))
 
     def on_backend(self, identity: bytes, message: Message, now: float) -> None:
         if isinstance(message, Ready):
@@ -316,6 +263,7 @@ class Broker(Publishing):
                                             and not self.reaper.removing(job_id)):
                 self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
             self._apply(self.control.tick(now))
+            self.cancel_for_dead_acceptors()
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")

@@ -278,6 +278,7 @@ class RelayProbe(Message):
 
     kind: ClassVar[str] = "relay_probe"
     request_id: str
+    command: str = ""  # C-FIND, C-GET...: the failure status a broker that lost it answers
 
 
 # --- operator control (router/broker/control.py): HTTP process -> broker -> HTTP process ---------

@@ -75,7 +75,7 @@ class RelayCall:
             raise RelayTimeout(f"no answer from the router's worker within {self.timeout:.0f}s")
         if now - max(self.last_heard, self.last_probe) >= PROBE_SECONDS:
             self.last_probe = now
-            self._send(RelayProbe(self.request.request_id))
+            self._send(RelayProbe(self.request.request_id, self.request.command))
         return None
 
     def next(self, cancelled: Callable[[], bool]) -> Answer:
