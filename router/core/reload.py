@@ -8,8 +8,9 @@ not know yet:
 
 1. the broker applies destinations' retry and parallelism policies and the queue bounds, and
    reports the generation it applied in its live status;
-2. workers are restarted one at a time (each finishes the deliveries it holds first), because
-   their connection pools are built from the destinations;
+2. workers are restarted one at a time (each finishes the deliveries it holds first and
+   cancels the relayed requests it holds), because their connection pools and the upstreams
+   of relayed requests are built from the destinations and known_aes;
 3. the acceptor applies rules, access controls, limits and timeouts to new associations
    (associations in progress keep what they negotiated).
 
@@ -35,7 +36,7 @@ RESTART_ONLY = (
     "spool", "metrics", "api", "console", "workers", "worker_threads", "audit",
 )
 ACCEPTOR_KEYS = ("rules", "listen", "log_level", "log_format", "drain_grace")
-PIPELINE_KEYS = ("destinations", "queue", "log_level", "log_format")
+PIPELINE_KEYS = ("destinations", "known_aes", "queue", "log_level", "log_format")
 
 
 class ReloadRefused(RouterError):

@@ -9,7 +9,9 @@ new association again, with the committed and failed instances as Orthanc said.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,6 +240,34 @@ def test_a_commitment_result_reaches_its_requester_through_any_acceptor(
                     break
             assert crossed, "in 16 requests Orthanc always reached the same acceptor"
             assert not list((two.spool / "commitments").iterdir())
+        finally:
+            orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
+
+
+@pytest.mark.timeout(240)
+def test_a_known_ae_added_by_a_reload_gets_its_commitment_result(
+        tmp_path: Path, router: RouterProcess, orthanc: Orthanc, study_set: StudySet) -> None:
+    """known_aes added by a config reload reach the workers too (they restart, as for a
+    destinations change): the result for the new AE is delivered. Before, the acceptor took
+    the new table and the workers kept the old one ("no upstream answered: NEWMODALITY")."""
+    config = yaml.safe_load(router.config_path.read_text())
+    del config["spool"], config["metrics"], config["listen"]  # its own, and its own ports
+    instances = [(i.sop_class_uid, i.sop_instance_uid) for i in study_set.studies[0].instances]
+    with CommitmentRequester("NEWMODALITY") as newcomer, \
+            RouterProcess(tmp_path / "reloaded", config) as reloaded:
+        orthanc.add_modality("router", ROUTER_AE, LOCALHOST, reloaded.port)
+        try:
+            config = yaml.safe_load(reloaded.config_path.read_text())
+            config["known_aes"]["NEWMODALITY"] = {"host": LOCALHOST, "port": newcomer.port}
+            reloaded.config_path.write_text(yaml.safe_dump(config))
+            assert reloaded.process is not None
+            os.kill(reloaded.process.pid, signal.SIGHUP)
+            assert wait_for(lambda: "config reloaded from" in reloaded.log(), timeout=60)
+            uid = newcomer.request(LOCALHOST, reloaded.port, ROUTER_AE, instances)
+            report = report_of(newcomer, uid, reloaded, orthanc)
+            assert report.event_type_id == ALL_COMMITTED
+            assert wait_for(lambda: not list((reloaded.spool / "commitments").iterdir()),
+                            timeout=10)
         finally:
             orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
 

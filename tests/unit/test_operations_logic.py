@@ -37,6 +37,15 @@ def test_a_destination_change_restarts_the_pipeline() -> None:
     assert steps.pipeline and not steps.acceptor
 
 
+def test_a_known_ae_change_restarts_the_workers() -> None:
+    """Workers resolve a commitment's requester in known_aes: they must see a new one."""
+    old = default_config()
+    data = old.model_dump(mode="json", by_alias=True)
+    data["known_aes"] = {"NEWMODALITY": {"host": "127.0.0.1", "port": 11112}}
+    steps = plan(old, parse_config(data))
+    assert steps.changed == ("known_aes.NEWMODALITY",) and steps.pipeline
+
+
 @pytest.mark.parametrize("key", ["listen.port", "spool.path", "workers", "ae_title",
                                  "metrics.port", "listen.tls.mode", "listen.acceptors"])
 def test_keys_that_need_a_restart_refuse_the_whole_file(key: str) -> None:
