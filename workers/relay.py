@@ -119,8 +119,11 @@ class RelayThread(threading.Thread):
         """Relay one answer; True when it was the last. No status: the upstream went silent."""
         request = task.request
         if status_ds is None or "Status" not in status_ds:
-            self._final(task, relay_failure_status(request.command),
-                        _no_answer(task.assoc, upstream), upstream)
+            if task.cancelled.is_set():  # aborted after its C-CANCEL: cancelled all the same
+                self._final(task, Status.CANCEL, f"cancelled; {upstream} aborted", upstream)
+            else:
+                self._final(task, relay_failure_status(request.command),
+                            _no_answer(task.assoc, upstream), upstream)
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final

@@ -31,7 +31,7 @@ log = logging.getLogger("workers.relay")
 RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
 # How long an upstream may take to end a request after its C-CANCEL before the worker
 # aborts the association: an upstream that ignores C-CANCEL never holds a relay thread.
-CANCEL_GRACE_SECONDS = 3.0
+CANCEL_GRACE_SECONDS = 5.0
 
 
 @dataclass
@@ -84,8 +84,10 @@ class RelayTask:
 
 
 def _abort_quietly(assoc: Association) -> None:
+    from router.dicom.net import abort_waking_waiter  # pynetdicom is loaded by now
+
     try:
-        assoc.abort()
+        abort_waking_waiter(assoc)  # the relay thread's wait for an answer ends at once
     except Exception as exc:  # ended meanwhile
         log.debug("upstream abort: %s", exc)
 

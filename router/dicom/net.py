@@ -83,3 +83,13 @@ def leave_responses_to_callers(dimse: Any) -> None:
             return item  # type: ignore[no-any-return]
 
     dimse.get_msg = get_msg
+
+
+def abort_waking_waiter(assoc: Any) -> None:
+    """Abort an association from another thread than the one waiting on it for a DIMSE
+    message. pynetdicom wakes that wait (None, None on its message queue) only when the peer
+    aborts or closes: after a local abort it would wait out dimse_timeout."""
+    try:
+        assoc.abort()
+    finally:
+        assoc.dimse.msg_queue.put((None, None))

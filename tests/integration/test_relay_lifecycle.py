@@ -251,3 +251,26 @@ def test_a_c_cancel_for_a_queued_request_is_applied_when_it_starts(tmp_path: Pat
     finally:
         router.stop()
         archive.close()
+
+
+def test_a_c_cancel_an_upstream_ignores_ends_with_an_abort(tmp_path: Path) -> None:
+    """The requester cancels; the upstream goes on regardless (for a minute): the worker
+    aborts the upstream association after a short grace, the requester gets 0xFE00 and the
+    only relay thread serves the next query. Before, the relay went on to the upstream's end."""
+    archive = FindArchive(matches=600, stubborn=True)
+    router = _router(tmp_path, archive.port, "FINDQR")
+    try:
+        assoc = _find_association(router.port, "FINDER")
+        statuses = _statuses(assoc.send_c_find(_study_query(), FIND, msg_id=3),
+                             lambda: assoc.send_c_cancel(3, query_model=FIND), after=3)
+        assert statuses[-1] == 0xFE00, statuses[-3:]
+        assert archive.cancelled.is_set()
+        assert archive.aborted.wait(15), "the worker never aborted the upstream association"
+        archive.stubborn, archive.matches = False, 2
+        statuses = _statuses(assoc.send_c_find(_study_query(), FIND, msg_id=4))
+        assoc.release()
+        assert statuses == [0xFF00, 0xFF00, 0x0000], statuses
+        assert "Traceback" not in router.log()
+    finally:
+        router.stop()
+        archive.close()
