@@ -12,7 +12,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode
 
 from router.core import metrics
-from router.core.dimse_status import PENDING_STATUSES, Status, is_delivered, is_warning
+from router.core.dimse_status import PENDING_STATUSES, Status
 from router.core.errors import RouterError
 from router.core.messages import RelayResponse
 from router.core.rules import AssociationFacts
@@ -45,15 +45,6 @@ class Counts:
     completed: int = 0
     failed: int = 0
     warning: int = 0
-
-    def record(self, status: int | None) -> None:
-        if status is not None and is_warning(status):
-            self.warning += 1
-        elif status is not None and is_delivered(status):
-            self.completed += 1
-        else:
-            self.failed += 1
-        self.remaining = max(0, self.remaining - 1)
 
 
 class RequesterLink(Protocol):
