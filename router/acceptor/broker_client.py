@@ -47,10 +47,18 @@ class BrokerClient:
     def send(self, job: JobHeader) -> PendingSubmit:
         """Send the submit now and hear the answer later (PendingSubmit.wait), so the caller's
         own work (the job record's group sync) overlaps the broker's."""
-        sock = self._checkout()
+        try:
+            sock = self._checkout()
+        except zmq.ZMQError:
+            if not self.context.closed:
+                raise
+            raise OutOfResources("router stopping; retry later") from None
         frame = encode(Submit(job))
         try:
             sock.send(frame)
+        except zmq.ContextTerminated:
+            sock.close()
+            raise OutOfResources("router stopping; retry later") from None
         except BaseException:
             sock.close()
             raise
@@ -97,6 +105,10 @@ class PendingSubmit:
                     raise QueueFull(f"router busy: {reply.reason}; retry later")
                 # Anything else is a late reply to an earlier, timed-out submit: skip it.
             raise OutOfResources("router queue did not answer in time; retry later")
+        except zmq.ContextTerminated:
+            # The acceptor is stopping (its supervisor is gone): the job stays on the spool,
+            # recovered at the next start; the sender is told to retry, not a traceback.
+            raise OutOfResources("router stopping; retry later") from None
         finally:
             if healthy:
                 self._client.checkin(sock)

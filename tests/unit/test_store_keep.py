@@ -157,3 +157,18 @@ def test_a_full_disk_at_the_group_sync_is_out_of_resources(
     finally:
         stop(broker, client)
     assert not handler.spool.instance_path(JOB).exists()
+
+
+def test_a_router_stopping_under_a_submit_is_retry_later_not_a_traceback() -> None:
+    """Regression: after kill -9 of the supervisor, an acceptor's C-STORE in its last
+    seconds logged "C-STORE failed unexpectedly" with zmq's ContextTerminated (0x0110)."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    client = BrokerClient(context, "inproc://no-broker-here", 30.0)
+    pending = client.send(make_header("stopping"))
+    stopper = threading.Timer(0.2, context.term)  # what the acceptor does when it stops
+    stopper.start()
+    with pytest.raises(OutOfResources, match="router stopping"):
+        pending.wait()
+    stopper.join(10)
+    with pytest.raises(OutOfResources, match="router stopping"):
+        client.send(make_header("after"))
