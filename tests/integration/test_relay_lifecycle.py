@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,15 @@ from typing import Any
 import pytest
 import yaml
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
 
-from tests.dcmtk import LOCALHOST, free_port
+from tests.dcmtk import LOCALHOST
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.integration.test_relay_qr import (
+    FindArchive,
     SlowGetArchive,
     _find_association,
     _get_association,
@@ -36,47 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
-
-
-class FindArchive:
-    """A pynetdicom C-FIND SCP answering `matches` matches, one every 0.1 s; records every
-    query, whether it saw a C-CANCEL and whether an association was aborted. A stubborn one
-    goes on after a C-CANCEL (as some archives do)."""
-
-    def __init__(self, matches: int, stubborn: bool = False) -> None:
-        self.matches, self.stubborn = matches, stubborn
-        self.queries = 0
-        self.sent = 0
-        self.cancelled = threading.Event()
-        self.aborted = threading.Event()
-        self.ae = AE(ae_title="FINDQR")
-        self.ae.add_supported_context(FIND)
-        self.port = free_port()
-        self.server = self.ae.start_server(
-            (LOCALHOST, self.port), block=False,
-            evt_handlers=[(evt.EVT_C_FIND, self.on_find),
-                          (evt.EVT_ABORTED, lambda event: self.aborted.set())])
-
-    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        self.queries += 1
-        for i in range(self.matches):
-            if event.is_cancelled:
-                self.cancelled.set()
-                if not self.stubborn:
-                    yield 0xFE00, None
-                    return
-            if not event.assoc.is_established:
-                return
-            match = Dataset()
-            match.QueryRetrieveLevel = "STUDY"
-            match.StudyInstanceUID = f"1.2.3.{i + 1}"
-            self.sent += 1
-            yield 0xFF00, match
-            time.sleep(0.1)
-        yield 0x0000, None
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def _router(tmp_path: Path, port: int, ae_title: str, **extra: Any) -> RouterProcess:
@@ -160,7 +118,7 @@ def test_a_reload_cancels_a_relayed_c_find_upstream_and_fails_it_with_0xa700(
         tmp_path: Path) -> None:
     """A reload that restarts the worker mid C-FIND: the worker cancels the query upstream
     and its requester gets 0xA700 (retry). Before, the query ran on upstream to its end."""
-    archive = FindArchive(matches=150)
+    archive = FindArchive(matches=150, ae_title="FINDQR")
     router = _router(tmp_path, archive.port, "FINDQR")
     try:
         assoc = _find_association(router.port, "FINDER")
@@ -208,7 +166,7 @@ def test_a_reload_is_not_held_up_by_an_upstream_that_ignores_c_cancel(tmp_path: 
     """The stopping worker cancels the query; the upstream goes on regardless (for a minute):
     the worker aborts the association after a short grace and exits, and the reload
     completes. Before, it waited for the worker up to dimse_timeout + 5 s, then killed it."""
-    archive = FindArchive(matches=600, stubborn=True)
+    archive = FindArchive(matches=600, stubborn=True, ae_title="FINDQR")
     router = _router(tmp_path, archive.port, "FINDQR")
     try:
         assoc = _find_association(router.port, "FINDER")
@@ -230,7 +188,7 @@ def test_a_c_cancel_for_a_queued_request_is_applied_when_it_starts(tmp_path: Pat
     """The only relay thread is busy with a long C-FIND; a second C-FIND is cancelled while
     it waits in the worker's queue: it ends with 0xFE00 and never reaches the upstream.
     Before, the cancel found no task and was dropped: the query ran in full later."""
-    archive = FindArchive(matches=60)
+    archive = FindArchive(matches=60, ae_title="FINDQR")
     router = _router(tmp_path, archive.port, "FINDQR")
     try:
         long = _find_association(router.port, "LONG")
@@ -257,7 +215,7 @@ def test_a_c_cancel_an_upstream_ignores_ends_with_an_abort(tmp_path: Path) -> No
     """The requester cancels; the upstream goes on regardless (for a minute): the worker
     aborts the upstream association after a short grace, the requester gets 0xFE00 and the
     only relay thread serves the next query. Before, the relay went on to the upstream's end."""
-    archive = FindArchive(matches=600, stubborn=True)
+    archive = FindArchive(matches=600, stubborn=True, ae_title="FINDQR")
     router = _router(tmp_path, archive.port, "FINDQR")
     try:
         assoc = _find_association(router.port, "FINDER")

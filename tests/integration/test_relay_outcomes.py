@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from tests.dcmtk import LOCALHOST, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.test_relay_qr import study_matches
 
 pytestmark = pytest.mark.integration
 
@@ -121,17 +122,7 @@ class Upstream:
         yield from self._instances(event)
 
     def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for i in range(100):
-            if event.is_cancelled:
-                self.cancelled.set()
-                yield 0xFE00, None
-                return
-            match = Dataset()
-            match.QueryRetrieveLevel = "STUDY"
-            match.StudyInstanceUID = f"1.2.3.{i + 1}"
-            yield 0xFF00, match
-            time.sleep(0.1)
-        yield 0x0000, None
+        yield from study_matches(event, 100, self.cancelled)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -132,34 +132,53 @@ def test_c_find_through_the_router_matches_the_archive(router: RouterProcess,
                          status="0x0000") == 2
 
 
-class SlowArchive:
-    """A pynetdicom C-FIND SCP that answers one match every 0.1 s and records whether it saw
-    the C-CANCEL: dcmqrscp answers a whole study in milliseconds, too fast to cancel."""
-
-    MATCHES = 100
-
-    def __init__(self) -> None:
-        self.cancelled = threading.Event()
-        self.sent = 0
-        self.ae = AE(ae_title="SLOWQR")
-        self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        self.port = free_port()
-        self.server = self.ae.start_server((LOCALHOST, self.port), block=False,
-                                           evt_handlers=[(evt.EVT_C_FIND, self.on_find)])
-
-    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        for i in range(self.MATCHES):
-            if event.is_cancelled:
-                self.cancelled.set()
+def study_matches(event: Any, count: int, cancelled: threading.Event, *,
+                  stubborn: bool = False) -> Iterator[tuple[int, Dataset | None]]:
+    """A pynetdicom C-FIND handler's answers: `count` study matches, one every 0.1 s, then
+    Success; a C-CANCEL is recorded in `cancelled` and ends them with 0xFE00, unless
+    `stubborn` (some archives go on after a C-CANCEL)."""
+    for i in range(count):
+        if event.is_cancelled:
+            cancelled.set()
+            if not stubborn:
                 yield 0xFE00, None
                 return
-            match = Dataset()
-            match.QueryRetrieveLevel = "STUDY"
-            match.StudyInstanceUID = f"1.2.3.{i + 1}"
-            self.sent += 1
-            yield 0xFF00, match
-            time.sleep(0.1)
-        yield 0x0000, None
+        if not event.assoc.is_established:
+            return
+        match = Dataset()
+        match.QueryRetrieveLevel = "STUDY"
+        match.StudyInstanceUID = f"1.2.3.{i + 1}"
+        yield 0xFF00, match
+        time.sleep(0.1)
+    yield 0x0000, None
+
+
+class FindArchive:
+    """A pynetdicom C-FIND SCP answering `matches` matches, one every 0.1 s (dcmqrscp answers
+    a whole study in milliseconds, too fast to cancel); records every query, whether it saw
+    a C-CANCEL and whether an association was aborted."""
+
+    def __init__(self, matches: int = 100, stubborn: bool = False,
+                 ae_title: str = "SLOWQR") -> None:
+        self.matches, self.stubborn = matches, stubborn
+        self.queries = 0
+        self.sent = 0
+        self.cancelled = threading.Event()
+        self.aborted = threading.Event()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        self.port = free_port()
+        self.server = self.ae.start_server(
+            (LOCALHOST, self.port), block=False,
+            evt_handlers=[(evt.EVT_C_FIND, self.on_find),
+                          (evt.EVT_ABORTED, lambda event: self.aborted.set())])
+
+    def on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        self.queries += 1
+        for status, match in study_matches(event, self.matches, self.cancelled,
+                                           stubborn=self.stubborn):
+            self.sent += match is not None
+            yield status, match
 
     def close(self) -> None:
         self.server.shutdown()
@@ -210,7 +229,7 @@ def _find_association(port: int, ae_title: str) -> Any:
 
 
 def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
-    slow = SlowArchive()
+    slow = FindArchive()
     router = _router_querying(tmp_path, "SLOWQR", slow.port)
     try:
         assoc = _find_association(router.port, "CANCELLER")
@@ -224,7 +243,7 @@ def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
         assoc.release()
         assert statuses[-1] == 0xFE00, statuses
         assert slow.cancelled.wait(10), "the upstream never saw the C-CANCEL"
-        assert statuses.count(0xFF00) < SlowArchive.MATCHES and slow.sent < SlowArchive.MATCHES
+        assert statuses.count(0xFF00) < slow.matches and slow.sent < slow.matches
     finally:
         router.stop()
         slow.close()
@@ -582,7 +601,7 @@ def test_a_relayed_c_find_whose_broker_dies_fails_within_seconds_and_is_cancelle
     probes after 5 s of silence and the new broker says it does not know the request), not
     at request_timeout (60 s here, 120 by default); the worker, reconnecting to the new
     broker, cancels the query upstream."""
-    slow = SlowArchive()
+    slow = FindArchive()
     router = _router_querying(tmp_path, "SLOWQR", slow.port, request_timeout=60)
     try:
         assoc = _find_association(router.port, "FINDER")
