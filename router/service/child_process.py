@@ -17,6 +17,7 @@ from typing import Any
 
 from router.core.config import DicomWebDestination as DicomWebConfig
 from router.core.config import RouterConfig
+from router.core.spool_lock import Tenancy, join_spool
 from router.service.ports import EXIT_CANNOT_BIND, is_bind_failure
 
 # A process that dies faster than this after its start is crash-looping: back off.
@@ -29,6 +30,8 @@ MAX_RESTART_DELAY = 30.0
 # which pydicom takes as "not installed").
 PIXEL_CODECS = ("numpy", "gdcm", "PIL")
 
+_SPOOL_SHARE: int | None = None  # this child's shared lock on <spool>/children.lock
+
 
 def worker_hidden_modules(config: RouterConfig) -> tuple[str, ...]:
     """What a worker runs without: the pixel codecs, unless a DICOMweb destination needs them
@@ -38,7 +41,7 @@ def worker_hidden_modules(config: RouterConfig) -> tuple[str, ...]:
     return PIXEL_CODECS
 
 
-def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
+def run_child(entry: str, without: tuple[str, ...], tenancy: Tenancy, *args: Any) -> None:
     """Every spawned process starts here and imports its own module ("module:function"),
     with the modules named in `without` made unimportable.
 
@@ -50,6 +53,13 @@ def run_child(entry: str, without: tuple[str, ...], *args: Any) -> None:
     # one that came meanwhile (the supervisor reloads only once every child runs).
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    # Held until the process ends: a new supervisor waits for it (router/core/spool_lock.py).
+    global _SPOOL_SHARE
+    _SPOOL_SHARE = join_spool(tenancy)
+    if _SPOOL_SHARE is None:
+        logging.getLogger(entry.split(":")[0]).error(
+            "the supervisor that started this process is gone; not starting")
+        return
     for name in without:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     module, function = entry.split(":")

@@ -28,7 +28,7 @@ from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
 from router.core.spool import Spool
-from router.core.spool_lock import hold_spool
+from router.core.spool_lock import STALE_CHILD_MARGIN, Tenancy, await_old_children, hold_spool
 from router.core.status_snapshots import read_snapshots
 from router.core.tls import check_contexts
 from router.service.acceptor_seats import AcceptorSeats
@@ -134,8 +134,9 @@ class Supervisor:
         if child.is_acceptor:
             # Its listening socket (a new one after a death) and the shared state.
             child.args = (*child.args[:2], self.seats.seat(_index(child)))
+        tenancy = Tenancy(Path(self.config.spool.path).resolve(), os.getpid())
         process = self.mp.Process(target=run_child,
-                                  args=(child.entry, child.without, *child.args),
+                                  args=(child.entry, child.without, tenancy, *child.args),
                                   name=child.name)
         # A blocked signal stays blocked across fork and exec: a SIGHUP (a reload) cannot
         # kill the child while it imports, until run_child ignores it. Ours still arrives
@@ -195,15 +196,31 @@ class Supervisor:
     def _check_tls(config: RouterConfig) -> None:
         check_contexts(config)
 
+    def _stop_grace(self) -> float:
+        """How long each group of children gets to stop (_stop_children)."""
+        return self.config.drain_grace + self.config.listen.dimse_timeout + 5
+
+    def _own_spool(self) -> Spool | None:
+        """Lock the spool, then wait for the children of a supervisor killed alone to leave
+        it (router/core/spool_lock.py); None if told to stop meanwhile."""
+        spool = Spool(self.config.spool.path).create()
+        self._spool_lock, previous = hold_spool(spool.root, self._stop_grace())
+        if not await_old_children(spool.root, previous + STALE_CHILD_MARGIN, self.stopping):
+            return None
+        return spool
+
     def run(self) -> int:
         self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
         self.check_tls()
+        # Before the ports: an earlier router's orphaned acceptor may still listen on them.
+        spool = self._own_spool()  # before anything touches the spool
+        if spool is None:
+            log.info("router stopped")
+            return 0
         self.check_ports()
         for child in self.children:
             if child.is_acceptor:
                 self.seats.seat(_index(child))  # bind every socket now, not after the spawns
-        spool = Spool(self.config.spool.path).create()
-        self._spool_lock = hold_spool(spool.root)  # before it touches anything in there
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
@@ -367,7 +384,7 @@ class Supervisor:
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""
-        grace = self.config.drain_grace + self.config.listen.dimse_timeout + 5
+        grace = self._stop_grace()
         self.seats.close()
         acceptors = [c.name for c in self.children if c.name.startswith("acceptor-")]
         for group in (acceptors, [c.name for c in self.children if c.name.startswith("w")],

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import yaml
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.conftest import RouterFactory
+from tests.integration.pdus import IMPLICIT_VR_LE, VERIFICATION, RawAssociation
 from tests.integration.router_process import ROUTER, RouterProcess, http_get, wait_for
 
 pytestmark = pytest.mark.integration
@@ -476,3 +479,54 @@ def test_a_second_router_on_the_same_spool_is_refused_and_the_first_loses_nothin
                 first.log()[-3000:]
     finally:
         first.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's new parent may reap it late, or never here)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
+
+
+def test_a_router_restarted_after_its_supervisor_alone_was_killed_waits_for_its_children(
+        tmp_path: Path) -> None:
+    """kill -9 of the supervisor alone leaves its children draining (an acceptor with an
+    association, for drain_grace); router.lock died with it, and a router restarted at once
+    started beside them on the same spool. Now it waits until they are gone, then delivers
+    what the first acknowledged."""
+    instances = [write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                                transfer_syntax=EXPLICIT_VR_LE) for _ in range(3)]
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=free_port())  # down until the end
+    router = RouterProcess(tmp_path / "router", {
+        "drain_grace": 6, "listen": {"acceptors": 1},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS",
+                                  "host": LOCALHOST, "port": pacs.port}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]}).start()
+    first = router.process
+    assert first is not None
+    try:
+        sent = run_storescu(instances, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        old = [router.child_pid(name) for name in ("broker", "worker-0", "acceptor-1")]
+        with RawAssociation(LOCALHOST, router.port) as held:  # keeps the old acceptor up
+            held.associate(contexts=[(1, VERIFICATION, (IMPLICIT_VR_LE,))])
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            router.launch()  # systemd's Restart=always: at once, same config and spool
+            while any(_alive(pid) for pid in old):
+                assert router.log().count("started broker") == 1, \
+                    f"a new router started beside {old}:\n{router.log()[-3000:]}"
+                assert router.process is not None and router.process.poll() is None, \
+                    router.log()[-3000:]
+                time.sleep(0.05)
+        assert "waiting up to" in router.log() and str(old[0]) in router.log()
+        router.await_ready(60)
+        with pacs:
+            assert wait_for(lambda: len(pacs.received_files()) == 3, timeout=90), \
+                router.log()[-3000:]
+    finally:
+        router.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # the old children, whatever happened
