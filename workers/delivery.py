@@ -280,5 +280,16 @@ class DeliveryThread(threading.Thread):
 
     def _delivered(self, job: JobHeader, name: str, reason: str = "") -> Result:
         if len(job.destinations) > 1:
-            self.spool.mark_delivered(job.job_id, name)  # so recovery skips this destination
+            self._mark_delivered(job, name)
         return Result(job.job_id, name, True, reason)
+
+    def _mark_delivered(self, job: JobHeader, name: str) -> None:
+        """The marker that lets a recovery skip this destination. It arrived either way:
+        without the marker a crash only means a redelivery (the ledger suppresses it)."""
+        try:
+            self.spool.mark_delivered(job.job_id, name)
+        except OSError as exc:
+            metrics.SPOOL_ERRORS.labels("mark_delivered").inc()
+            log.error("job %s delivered to %s, but the spool could not record it (%s): a "
+                      "restart before the job is done would send it there again",
+                      job.job_id, name, exc)

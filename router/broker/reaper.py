@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 
+from router.core import metrics
 from router.core.messages import JobHeader
 from router.core.spool import Spool
 
@@ -51,6 +52,7 @@ class SpoolReaper:
             try:
                 self.spool.remove(job, reuse=reuse)
             except OSError as exc:  # left for the next start's recovery, which removes it
+                metrics.SPOOL_ERRORS.labels("remove").inc()
                 log.error("cannot remove settled job %s from the spool: %s", job.job_id, exc)
             with self._lock:
                 self._pending.discard(job.job_id)

@@ -198,6 +198,14 @@ SPOOL_FILES_REUSED = Counter(
     "C-STOREs written over a settled job's file from the spool's recycle/ instead of a new "
     "file (saves the filesystem an inode allocation and a free per instance).",
 )
+SPOOL_ERRORS = Counter(
+    f"{PREFIX}_spool_errors_total",
+    "Spool operations on jobs/ that failed (EACCES, EIO, ENOSPC, a directory where a file "
+    "should be): remove (a settled job stays, recovered at the next start), recover (a job "
+    "left in place at start), mark_delivered (a crash may then redeliver, which the ledger "
+    "suppresses). Each is logged with the job.",
+    ["operation"],
+)
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")
 DEAD_PROCESS_FILES_CLEARED = Counter(
     f"{PREFIX}_dead_process_files_cleared_total",

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.core import metrics
 from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
@@ -296,6 +297,11 @@ class Spool:
                 headers[job_id] = JobHeader.from_dict(json.loads(header_path.read_bytes()))
             except (ValueError, ProtocolError) as exc:
                 log.error("spool: job %s has an unreadable header (%s); left in place", job_id, exc)
+                headers.pop(job_id, None)
+            except OSError as exc:  # EACCES, EIO, a directory: never a broker crash loop
+                metrics.SPOOL_ERRORS.labels("recover").inc()
+                log.error("spool: cannot read the header of job %s (%s); left in place, "
+                          "recovered at a start once the file can be read", job_id, exc)
                 headers.pop(job_id, None)
         for job_id in sorted(headers):
             yield self._recovered(headers[job_id])

@@ -6,6 +6,7 @@ does it in the thread), and the results socket is an inproc PUSH that nothing is
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import shutil
@@ -396,3 +397,22 @@ def test_ledger_read_failure_still_yields_a_result(
     result = rig.deliver(job)
     assert isinstance(result, Result)
     assert result.delivered or result.transient
+
+
+def test_a_marker_the_spool_cannot_take_leaves_the_delivery_delivered(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The .done marker could not be written (ENOSPC, EIO, a directory in its place): the
+    instance had arrived, yet the job was retried as `internal` until it became a dead
+    letter. A marker only saves a redelivery after a crash: count it and go on."""
+    from router.core import metrics
+
+    job = rig.spool_job(JOB_1, rig.sample("a"), ("archive", "backup"))
+
+    def no_room(job_id: str, destination: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rig.spool, "mark_delivered", no_room)
+    before = metrics.SPOOL_ERRORS.labels("mark_delivered")._value.get()
+    assert rig.deliver(job, "archive") == Result(JOB_1, "archive", True, "")
+    assert metrics.SPOOL_ERRORS.labels("mark_delivered")._value.get() == before + 1
+    assert rig.stored().is_file()

@@ -534,3 +534,20 @@ def test_the_file_meta_of_an_unconfirmed_instance_names_it(tmp_path: Path) -> No
                                     "transfer_syntax_uid": "1.2.840.10008.1.2.1"}
     path.write_bytes(b"not DICOM")
     assert file_meta_uids(path) == {}
+
+
+def test_recover_skips_a_header_it_cannot_read_and_counts_it(spool: Spool) -> None:
+    """A directory where a header should be (or EACCES, EIO) raised out of recover() and
+    the broker died at every start: a crash loop. Now that job is left in place, logged and
+    counted, and the others are recovered."""
+    from router.core import metrics
+
+    commit(spool, make_header(OLD))
+    commit(spool, make_header(MID))
+    (spool.jobs / f"{OLD}.json").unlink(missing_ok=True)  # in the journal, if not here
+    (spool.jobs / f"{OLD}.json").mkdir()
+    before = metrics.SPOOL_ERRORS.labels("recover")._value.get()
+
+    assert [r.header.job_id for r in spool.recover()] == [MID]
+    assert (spool.jobs / f"{OLD}.dcm").exists()  # left in place for an operator
+    assert metrics.SPOOL_ERRORS.labels("recover")._value.get() == before + 1

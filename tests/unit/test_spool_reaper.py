@@ -23,3 +23,25 @@ def test_close_finishes_every_removal_asked_for(tmp_path: Path) -> None:
         reaper.remove(header)
     reaper.close()
     assert list(spool.jobs.iterdir()) == []
+
+
+def test_a_removal_that_fails_is_counted_and_leaves_the_job_whole(tmp_path: Path) -> None:
+    """EISDIR, EACCES or EIO on an unlink: the reaper thread goes on with the next job, and
+    the job stays whole on the spool for the next start's recovery."""
+    from router.core import metrics
+
+    spool = Spool(tmp_path / "spool").create()
+    broken, fine = make_header("job-broken"), make_header("job-fine")
+    commit(spool, broken)
+    commit(spool, fine)
+    instance = spool.instance_path("job-broken")
+    instance.unlink()
+    instance.mkdir()  # a directory where the instance should be
+    before = metrics.SPOOL_ERRORS.labels("remove")._value.get()
+    reaper = SpoolReaper(spool)
+    reaper.remove(broken)
+    reaper.remove(fine)
+    reaper.close()
+    assert metrics.SPOOL_ERRORS.labels("remove")._value.get() == before + 1
+    assert not reaper.removing("job-broken")
+    assert [p.name for p in spool.jobs.iterdir()] == ["job-broken.dcm"]  # its header: the journal
