@@ -33,6 +33,11 @@ class RelayTimeout(RouterError):
     """No answer from the worker within request_timeout: the requester gets a failure."""
 
 
+class RouterStopping(RouterError):
+    """The acceptor is stopping (its ZeroMQ context is terminated): the requester gets the
+    failure to retry, as a C-STORE gets 0xA700 (router/acceptor/broker_client.py)."""
+
+
 Answer = tuple[RelayResponse | RelayStore, bytes | None]
 
 
@@ -41,24 +46,39 @@ class RelayCall:
                  request: RelayRequest, payload: bytes | None, timeout: float) -> None:
         self.request = request
         self.timeout = timeout
-        self.sock = context.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self._send(request, payload)
         self.cancelled = False
         self.finished = False  # the final answer came
+        try:
+            self.sock = context.socket(zmq.DEALER)
+        except zmq.ContextTerminated:
+            raise RouterStopping("router stopping; retry later") from None
+        try:
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.connect(endpoint)
+            self._send(request, payload)
+        except (RouterStopping, zmq.ContextTerminated):
+            self.sock.close()
+            raise RouterStopping("router stopping; retry later") from None
         self.last_heard = self.last_probe = time.monotonic()
 
     def _send(self, message: Message, payload: bytes | None = None) -> None:
-        self.sock.send_multipart([encode(message), *([payload] if payload else [])])
+        try:
+            self.sock.send_multipart([encode(message), *([payload] if payload else [])])
+        except zmq.ContextTerminated:
+            raise RouterStopping("router stopping; retry later") from None
 
     def poll(self, cancelled: Callable[[], bool], wait: float = POLL_SECONDS) -> Answer | None:
         """The next answer if one comes within `wait`; None otherwise. Sends C-CANCEL once
-        `cancelled()` turns true; raises RelayTimeout after `timeout` of silence."""
+        `cancelled()` turns true; raises RelayTimeout after `timeout` of silence and
+        RouterStopping once the acceptor stops."""
         if not self.cancelled and cancelled():
             self.cancel()
-        if self.sock.poll(int(wait * 1000)):
-            frames = self.sock.recv_multipart()
+        try:
+            ready = self.sock.poll(int(wait * 1000))
+            frames = self.sock.recv_multipart() if ready else []
+        except zmq.ContextTerminated:
+            raise RouterStopping("router stopping; retry later") from None
+        if ready:
             self.last_heard = time.monotonic()
             try:
                 message = decode(frames[0])
@@ -95,8 +115,13 @@ class RelayCall:
     def close(self) -> None:
         """Closing before the final answer (a timeout, a requester gone) cancels the request:
         the worker stops its upstream and takes no more C-GET instances into relay/ that
-        nobody would pass on. The socket lingers a moment so that the cancel leaves."""
+        nobody would pass on. The socket lingers a moment so that the cancel leaves. Once the
+        acceptor is stopping there is nobody to tell: the socket just closes, which is what
+        its context's term() waits for."""
         if not self.finished and not self.cancelled:
-            self.cancel()
-            self.sock.setsockopt(zmq.LINGER, CANCEL_LINGER_MS)
+            try:
+                self.cancel()
+                self.sock.setsockopt(zmq.LINGER, CANCEL_LINGER_MS)
+            except (RouterStopping, zmq.ContextTerminated):
+                pass
         self.sock.close()

@@ -42,7 +42,7 @@ from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.owned_names import relay_request_id, relayed_get_files, unlink_all
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
-from router.relay.call import RelayCall, RelayTimeout
+from router.relay.call import RelayCall, RelayTimeout, RouterStopping
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.state import Commitments
@@ -87,6 +87,12 @@ class RelayServer:
         except RequesterGone as exc:  # an abort or a close mid-operation: normal life
             log.info("relayed %s from %s ended: the requester went away (%s); cancelled "
                      "upstream", command, exchange.link.facts.calling_ae, exc)
+        except RouterStopping as exc:  # the acceptor stops under it: a failure to retry
+            status = relay_failure_status(command)
+            log.warning("relayed %s from %s ended: the router is stopping; the requester gets "
+                        "0x%04X", command, exchange.link.facts.calling_ae, status)
+            with contextlib.suppress(RequesterGone):
+                exchange.final(status, str(exc))
         except Exception as exc:  # the handler boundary: a failure status, never an escape
             log.error("relaying %s failed unexpectedly: %s: %s", command,
                       type(exc).__name__, exc)
