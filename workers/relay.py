@@ -109,10 +109,11 @@ class RelayThread(threading.Thread):
     def _send(self, message: RelayResponse | RelayStore, payload: bytes | None = None) -> None:
         self.out.send_multipart([encode_message(message), *([payload] if payload else [])])
 
-    def _final(self, task: RelayTask, status: int, comment: str, upstream: str = "") -> None:
+    def _final(self, task: RelayTask, status: int, comment: str, upstream: str = "",
+               unanswered: bool = False) -> None:
         status, comment = _stopped(task, status, comment)
         self._send(RelayResponse(task.request.request_id, status, final=True, upstream=upstream,
-                                 error_comment=comment))
+                                 error_comment=comment, unanswered=unanswered))
 
     def _answer(self, task: RelayTask, upstream: str, status_ds: Dataset | None,
                 dataset: Dataset | None, final: bool | None = None) -> bool:
@@ -123,7 +124,7 @@ class RelayThread(threading.Thread):
                 self._final(task, Status.CANCEL, f"cancelled; {upstream} aborted", upstream)
             else:
                 self._final(task, relay_failure_status(request.command),
-                            _no_answer(task.assoc, upstream), upstream)
+                            _no_answer(task.assoc, upstream), upstream, unanswered=True)
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final
@@ -131,7 +132,7 @@ class RelayThread(threading.Thread):
         if last:
             status, comment = _stopped(task, status, comment)
         payload = self._encode(request, dataset)
-        counts = {name: int(status_ds.get(keyword, -1)) for name, keyword in (
+        counts: dict[str, Any] = {name: int(status_ds.get(keyword, -1)) for name, keyword in (
             ("remaining", "NumberOfRemainingSuboperations"),
             ("completed", "NumberOfCompletedSuboperations"),
             ("failed", "NumberOfFailedSuboperations"),

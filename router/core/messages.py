@@ -239,6 +239,9 @@ class RelayResponse(Message):
     # The other status elements of the answer, by keyword (ErrorID: int; OffendingElement,
     # AttributeIdentifierList: tags as ints), relayed as the upstream sent them.
     status_fields: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # No status came from the upstream (the worker's DIMSE timeout, an abort): it may have
+    # taken the request all the same (a storage commitment's result may still come).
+    unanswered: bool = False
 
 
 @dataclass(frozen=True)

@@ -170,8 +170,10 @@ class RelayServer:
 
     # --- C-FIND, pass-through C-MOVE, N-services: answers as they come ----------------------
 
-    def _pass_through(self, exchange: Exchange, request: RelayRequest) -> int:
-        """Relay every answer as it comes; the final status answered (or a failure)."""
+    def _pass_through(self, exchange: Exchange, request: RelayRequest) -> int | None:
+        """Relay every answer as it comes; the upstream's final status, None when no status
+        came from it (the router's timeout, an abort: the requester got a failure, and the
+        upstream may have taken the request all the same)."""
         call = self._call(request, exchange)
         try:
             while True:
@@ -184,13 +186,13 @@ class RelayServer:
                 if answer.final:
                     metrics.DIMSE_REQUESTS.labels(exchange.command,
                                                   f"0x{answer.status:04X}").inc()
-                    return answer.status
+                    return None if answer.unanswered else answer.status
         except RelayTimeout as exc:
             status = relay_failure_status(exchange.command)
             log.warning("relayed %s: %s (request_timeout); the requester gets 0x%04X",
                         exchange.command, exc, status)
             exchange.final(status, str(exc))
-            return status
+            return None
         finally:
             call.close()
 
@@ -286,9 +288,15 @@ class RelayServer:
     def _relay_commitment(self, exchange: Exchange, request: RelayRequest,
                           transaction: str | None) -> None:
         """A storage commitment request: one the upstream refused (or never got) has no
-        result to wait for."""
+        result to wait for. One it did not answer in time stays pending: the upstream may
+        have taken it and send its result later (bounded by COMMITMENT_MEMORY_SECONDS)."""
         status = self._pass_through(exchange, request)
-        if transaction is not None and status != Status.SUCCESS and not is_warning(status):
+        if transaction is None:
+            return
+        if status is None:
+            log.info("storage commitment %s stays pending: the upstream did not answer its "
+                     "N-ACTION in time, its result may still come", transaction)
+        elif status != Status.SUCCESS and not is_warning(status):
             self.commitments.take(transaction)
             log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",
                      transaction, status)

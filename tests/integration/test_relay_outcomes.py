@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from tests.commitment import CommitmentRequester
 from tests.dcmtk import LOCALHOST, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess, wait_for
@@ -450,3 +451,95 @@ def test_a_storage_commitment_the_upstream_refused_is_not_pending(tmp_path: Path
     finally:
         router.stop()
         server.shutdown()
+
+
+class LateCommitmentSCP:
+    """A storage commitment SCP that answers its N-ACTION `delay` seconds late, then sends
+    the result to the router on an association of its own, as an archive does."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.router_port = 0
+        self.report_status: int | None = None
+        self.reported = threading.Event()
+        self.ae = AE(ae_title="PACS")
+        self.ae.add_supported_context(StorageCommitmentPushModel)
+        self.port = free_port()
+        self.server = self.ae.start_server((LOCALHOST, self.port), block=False, evt_handlers=[
+            (evt.EVT_N_ACTION, self.on_action)])
+
+    def on_action(self, event: Any) -> tuple[int, None]:
+        info = event.action_information
+        time.sleep(self.delay)  # past the router's timeout: it has answered its requester
+        threading.Thread(target=self.report, args=(info,), daemon=True).start()
+        return 0x0000, None
+
+    def report(self, action: Dataset) -> None:
+        ae = AE(ae_title="PACS")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(LOCALHOST, self.router_port, ae_title=ROUTER_AE,
+                             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+        try:
+            assert assoc.is_established
+            result = Dataset()
+            result.TransactionUID = action.TransactionUID
+            result.ReferencedSOPSequence = action.ReferencedSOPSequence
+            status, _ = assoc.send_n_event_report(result, 1, StorageCommitmentPushModel,
+                                                  "1.2.840.10008.1.20.1.1")
+            self.report_status = int(status.Status) if "Status" in status else None
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            self.reported.set()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout"])
+def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result(
+        tmp_path: Path, timeout: str) -> None:
+    """The router gave up on the N-ACTION (the acceptor's request_timeout, or the worker's
+    dimse_timeout towards the upstream): the requester gets 0x0110, but the upstream took the
+    request and its N-EVENT-REPORT still reaches the requester (before: the commitment was
+    forgotten as if refused, and the result was refused as unknown)."""
+    upstream = LateCommitmentSCP(delay=2.5)
+    pacs: dict[str, Any] = {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                            "port": upstream.port}
+    extra: dict[str, Any] = {"request_timeout": 30}
+    if timeout == "request_timeout":
+        extra["request_timeout"] = 1
+    else:
+        pacs["dimse_timeout"] = 1
+    with CommitmentRequester("MODALITY") as requester:
+        router = RouterProcess(tmp_path / "router", {
+            "destinations": {"pacs": pacs},
+            "known_aes": {"MODALITY": {"host": LOCALHOST, "port": requester.port}},
+            "rules": [{"name": "qr", "query": ["pacs"]}], **extra})
+        router.start()
+        upstream.router_port = router.port
+        try:
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(StorageCommitmentPushModel)
+            assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
+            assert assoc.is_established
+            request = Dataset()
+            request.TransactionUID = "1.2.826.0.1.3680043.8.498.10"
+            item = Dataset()
+            item.ReferencedSOPClassUID = str(CTImageStorage)
+            item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.11"
+            request.ReferencedSOPSequence = [item]
+            status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                            "1.2.840.10008.1.20.1.1")
+            assoc.release()
+            assert int(status.Status) == 0x0110
+            report = requester.wait_report(request.TransactionUID, 20)
+            assert report.committed == ((str(CTImageStorage), item.ReferencedSOPInstanceUID),)
+            assert upstream.reported.wait(10) and upstream.report_status == 0x0000
+            assert list((router.spool / "commitments").iterdir()) == []
+            assert "stays pending" in router.log()
+            _no_traceback(router)
+        finally:
+            router.stop()
+            upstream.close()
