@@ -98,6 +98,17 @@ class RelayedMoves:
             timer.daemon = True
             timer.start()
 
+    def pass_through(self, request: RelayRequest, run: Callable[[RelayRequest], object]
+                     ) -> None:
+        """A C-MOVE the upstream does itself, under a message ID of the registry's: the
+        upstream's C-STOREs name it, and a relayed move's (closed or in progress) never
+        shares it, so none of them is taken or refused as that move's."""
+        move = self.moves.reserve()
+        try:
+            run(RelayRequest(**{**request.__dict__, "move_message_id": move.message_id}))
+        finally:
+            self.moves.release(move)
+
     def clear(self, message_id: int) -> None:
         """A move's instances left in relay/ when it ended (cancel, failure): nobody passes
         them on."""

@@ -20,7 +20,10 @@ title:
 - a move that ended (finished, cancelled, its requester gone) leaves `closed-<message id>`
   for CLOSED_SECONDS, and an entry whose acceptor died is a move that is over: an instance
   that names either is refused (late, nobody waits for it), never taken as new work; the
-  ID is taken again.
+  ID is taken again, once no other is free;
+- a pass-through C-MOVE reserves an ID too, an entry naming no AE that no instance matches:
+  the upstream's C-STOREs for it (to the router itself, say) are ordinary work, never a
+  relayed move's, in progress or closed.
 """
 
 from __future__ import annotations
@@ -71,14 +74,17 @@ class MoveRegistry:
         self._swept = -SWEEP_SECONDS
 
     def open(self, originator_ae: str, upstream_ae: str = "") -> MoveRelay:
-        """Claim a message ID no move in progress has, in any acceptor."""
+        """Claim a message ID no move in progress has, in any acceptor, and none that closed
+        within CLOSED_SECONDS while another is free (its late instances name it)."""
         self._sweep()
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
         draft.write_text(f"{os.getpid()} {originator_ae}\n{upstream_ae}")
         try:
-            for _ in range(self._ids):
+            for attempt in range(2 * self._ids):
                 message_id = self._next % self._ids + 1
                 self._next += 1
+                if attempt < self._ids and self._recently_closed(message_id):
+                    continue
                 entry = self.folder / str(message_id)
                 try:
                     os.link(draft, entry)
@@ -95,6 +101,15 @@ class MoveRegistry:
             raise RuntimeError(f"{self._ids} relayed C-MOVEs in progress")
         finally:
             draft.unlink(missing_ok=True)
+
+    def reserve(self) -> MoveRelay:
+        """A message ID for a pass-through C-MOVE: no relayed move takes it meanwhile, and no
+        instance names it as a relayed move's. `release` it when the move ends."""
+        return self.open("", "")
+
+    def release(self, move: MoveRelay) -> None:
+        """A pass-through move ended: its ID is free, and nothing is refused for it."""
+        (self.folder / str(move.message_id)).unlink(missing_ok=True)
 
     def close(self, move: MoveRelay) -> None:
         """The move ended: its late instances are refused for CLOSED_SECONDS."""
@@ -142,6 +157,10 @@ class MoveRegistry:
             return int(pid), MoveRelay(int(name.rpartition("-")[2]), originator_ae,
                                        upstream_ae)
         return None
+
+    def _recently_closed(self, message_id: int) -> bool:
+        name = f"closed-{message_id}"
+        return (self.folder / name).exists() and not self._expired(name)
 
     def _expired(self, name: str) -> bool:
         try:

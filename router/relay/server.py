@@ -135,6 +135,8 @@ class RelayServer:
                              lambda relayed: self._call(relayed, exchange))
         elif command == "C-GET":
             self._relay_get(exchange, request)
+        elif command == "C-MOVE":
+            self.moves.pass_through(request, lambda passed: self._pass_through(exchange, passed))
         else:
             self._pass_through(exchange, request)
 

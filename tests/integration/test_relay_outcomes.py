@@ -28,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from router.relay.move_registry import MoveRegistry
 from tests.commitment import CommitmentRequester
 from tests.dcmtk import LOCALHOST, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
@@ -390,6 +391,37 @@ def test_late_instances_of_a_move_that_ended_are_refused_not_routed(tmp_path: Pa
         router.stop()
         upstream.close()
         target.close()
+
+
+def test_a_pass_through_c_move_to_the_router_after_a_closed_relayed_move(
+        tmp_path: Path) -> None:
+    """A relay-mode move with message ID 1 closed a moment ago; a pass-through C-MOVE to the
+    router itself follows: its instances are routed, not refused as the closed move's late
+    ones (before: the pass-through asked with message ID 1 and every instance got 0x0110)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {
+            "pacs": {"type": "dicom", "ae_title": "MOVEQR", "host": LOCALHOST,
+                     "port": upstream.port, "move_mode": "pass_through"},
+            "archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "qr", "query": ["pacs"], "forward": ["archive"]}]})
+    router.start()
+    upstream.move_to = (LOCALHOST, router.port)
+    try:
+        closed = MoveRegistry(router.spool / "moves", message_ids=1)  # it can only take ID 1
+        closed.close(closed.open(ROUTER_AE, "MOVEQR"))
+        assoc = _requester(router.port, [MOVE])
+        answers = [_counts(status) for status, _ in assoc.send_c_move(_query(), ROUTER_AE,
+                                                                       MOVE)]
+        assoc.release()
+        assert answers[-1][:4] == (0x0000, -1, 3, 0), answers
+        assert upstream.move_message_ids[-1] != 1
+        wait_for(lambda: len(_archived(tmp_path)) == 3, 15)
+        assert "came too late" not in router.log()
+        _no_traceback(router)
+    finally:
+        router.stop()
+        upstream.close()
 
 
 def test_a_requester_that_aborts_a_relayed_c_move_is_no_error(tmp_path: Path) -> None:

@@ -157,3 +157,20 @@ def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_aga
     assert registry.owner(7, "DICOM-ROUTER") == os.getpid()
     with pytest.raises(RuntimeError, match="in progress"):
         registry.open("DICOM-ROUTER")
+
+
+def test_a_pass_through_move_never_shares_a_recently_closed_moves_id(tmp_path: Path) -> None:
+    """A pass-through C-MOVE's ID is reserved: no relayed move's (in progress or closed) and
+    no instance naming it is taken or refused; a closed ID is reused only when no other is
+    free."""
+    moves = MoveRegistry(tmp_path, message_ids=2)
+    relayed = moves.open("ROUTER", "PACS")
+    moves.close(relayed)
+    passed = moves.reserve()
+    assert passed.message_id != relayed.message_id
+    for originator in ("ROUTER", "PACS", ""):
+        assert moves.owner(passed.message_id, originator, "PACS") is None
+        assert not moves.closed(passed.message_id, originator, "PACS")
+    assert moves.open("ROUTER", "PACS").message_id == relayed.message_id  # none other free
+    moves.release(passed)
+    assert not (tmp_path / str(passed.message_id)).exists()
