@@ -214,6 +214,8 @@ class RelayThread(threading.Thread):
             roles.append(build_role(request.sop_class_uid, scp_role=True))
         if request.command.startswith("N-"):
             handlers.append((evt.EVT_DIMSE_RECV, _keep_response, [task]))
+        else:
+            handlers.append((evt.EVT_PDU_SENT, _request_went, [task]))
         tls_args = None
         if cfg.tls.mode != "off":
             server_name = getattr(cfg.tls, "server_name", None) or upstream.host
@@ -316,6 +318,18 @@ def _stopped(task: RelayTask, status: int, comment: str) -> tuple[int, str]:
     if task.stopped and status in (Status.CANCEL, failure):
         return failure, "router worker stopped; retry"
     return status, comment
+
+
+def _request_went(event: Any, task: RelayTask) -> None:
+    """EVT_PDU_SENT (after the socket write): the first dataset on a relay's association is
+    its request's identifier, so once its last fragment is on the wire a C-CANCEL may follow
+    (ahead of it, or between its fragments, the upstream would ignore it or misread both)."""
+    if task.request_sent or type(event.pdu).__name__ != "P_DATA_TF":
+        return
+    for item in event.pdu.presentation_data_value_items:
+        if item.data and item.data[0] & 0b11 == 0b10:  # message control header: last data
+            task.request_went()
+            return
 
 
 def _keep_response(event: Any, task: RelayTask) -> None:

@@ -9,7 +9,10 @@ takes it: a C-CANCEL (the requester's, the acceptor's at request_timeout, the br
 the acceptor died) that arrives while it waits for a thread is applied to it, and the thread
 that takes it answers 0xFE00 without asking the upstream. Every cancel is bounded: a task
 whose upstream has not ended within CANCEL_GRACE_SECONDS of its C-CANCEL has its upstream
-association aborted (`ActiveRelays.abort_overdue`, from the worker's main loop).
+association aborted (`ActiveRelays.abort_overdue`, from the worker's main loop). A C-CANCEL
+that comes after the upstream association opened and before the request went out follows
+the request as soon as it is on the wire (`request_went`): sent before it, the upstream would
+ignore it.
 """
 
 from __future__ import annotations
@@ -47,19 +50,37 @@ class RelayTask:
     stopped: bool = False  # the worker is stopping: a failure for the requester, not 0xFE00
     cancelled_at: float | None = None  # monotonic time of the first cancel
     aborting: bool = False
+    request_sent: bool = False  # the request is on the wire to the upstream
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancel(self) -> None:
-        """From the worker's main thread: C-CANCEL travels upstream while the relay waits."""
-        if self.cancelled_at is None:
-            self.cancelled_at = time.monotonic()
-        self.cancelled.set()
-        assoc = self.assoc
-        if assoc is not None and self.request.command in ("C-FIND", "C-GET", "C-MOVE"):
-            try:
-                assoc.send_c_cancel(self._message_id, query_model=self.request.sop_class_uid)
-            except Exception as exc:  # the association may have ended just now
-                log.debug("C-CANCEL not sent upstream: %s", exc)
+        """From the worker's main thread: C-CANCEL travels upstream while the relay waits
+        (once the request went: `request_went` sends it otherwise)."""
+        with self._lock:
+            if self.cancelled_at is None:
+                self.cancelled_at = time.monotonic()
+            self.cancelled.set()
+            assoc = self.assoc if self.request_sent else None
+        self._send_cancel(assoc)
         self.window.release()  # a relay thread waiting for the acceptor's ack stops waiting
+
+    def request_went(self) -> None:
+        """From the association's own thread, once the request is on the wire: a cancel that
+        came before it goes upstream now, after the request."""
+        with self._lock:
+            if self.request_sent:
+                return
+            self.request_sent = True
+            assoc = self.assoc if self.cancelled.is_set() else None
+        self._send_cancel(assoc)
+
+    def _send_cancel(self, assoc: Association | None) -> None:
+        if assoc is None or self.request.command not in ("C-FIND", "C-GET", "C-MOVE"):
+            return
+        try:
+            assoc.send_c_cancel(self._message_id, query_model=self.request.sop_class_uid)
+        except Exception as exc:  # the association may have ended just now
+            log.debug("C-CANCEL not sent upstream: %s", exc)
 
     def stop(self) -> None:
         """The worker is stopping (SIGTERM, a reload): cancel, and fail the requester."""
