@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.core import metrics
 from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
@@ -299,6 +298,11 @@ class Spool:
                 log.error("spool: job %s has an unreadable header (%s); left in place", job_id, exc)
                 headers.pop(job_id, None)
             except OSError as exc:  # EACCES, EIO, a directory: never a broker crash loop
+                # Late: `dicom-router run` imports this module before it sets
+                # PROMETHEUS_MULTIPROC_DIR, and an early import leaves the supervisor's
+                # own metrics out of /metrics (router/core/metrics.py).
+                from router.core import metrics
+
                 metrics.SPOOL_ERRORS.labels("recover").inc()
                 log.error("spool: cannot read the header of job %s (%s); left in place, "
                           "recovered at a start once the file can be read", job_id, exc)

@@ -46,3 +46,18 @@ def test_each_process_writes_its_own_file_a_forked_child_included(tmp_path: Path
     parent, child = done.stdout.split()
     assert _echoes(tmp_path / f"counter_{parent}.db") == 2
     assert _echoes(tmp_path / f"counter_{child}.db") == 5
+
+
+def test_the_command_line_leaves_prometheus_client_to_after_its_multiprocess_dir() -> None:
+    """`dicom-router run` sets PROMETHEUS_MULTIPROC_DIR after its own imports: one of them
+    loading the metrics would put the supervisor's (reloads, restarts, readiness) in memory,
+    out of /metrics (the spool's did, for its recovery error counter)."""
+    code = ("import sys\nimport router.cli.main\n"
+            "print(sorted(n for n in sys.modules if n.startswith(('prometheus_client', "
+            "'router.core.metrics'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "PROMETHEUS_MULTIPROC_DIR"},
+                          cwd=Path(__file__).parents[2], timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
