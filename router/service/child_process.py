@@ -84,6 +84,9 @@ class Child:
     restart_delay: float = 0.0
     not_before: float = 0.0
     restarts: int = 0
+    # A SIGHUP was sent while the process may still have been starting and ignoring it
+    # (run_child): the supervisor sends it again once the process reports.
+    hup_owed: bool = False
 
     @property
     def is_acceptor(self) -> bool:
@@ -95,6 +98,7 @@ class Child:
 
     def started(self, process: BaseProcess, now: float) -> None:
         self.process, self.started_at = process, now
+        self.hup_owed = False  # it starts with the config and TLS files in force now
 
     def died(self, now: float) -> None:
         """Forget the dead process; one that lived less than MIN_UPTIME_SECONDS restarts

@@ -52,6 +52,18 @@ def readiness(children: list[Child], reloading: str | None, status_dir: Path,
     return True, AcceptorState.MESSAGES[AcceptorState.ACCEPTING]
 
 
+def heeds_sighup(child: Child, snapshots: dict[str, Any]) -> bool:
+    """Whether `child`'s current process has its own SIGHUP handler in place: it has reported
+    since it started (broker and acceptors write their snapshots, a worker connects to the
+    broker, each only after installing its handler)."""
+    pid = child.process.pid if child.process is not None else None
+    if pid is None:
+        return False
+    if child.name.startswith("worker-"):
+        return any(f"-{pid}-" in str(w) for w in snapshots.get("broker", {}).get("worker_ids", ()))
+    return bool(snapshots.get(child.name, {}).get("pid") == pid)
+
+
 def _broker_silence(broker: dict[str, Any]) -> float | None:
     """Seconds since the broker's last snapshot when that is too long, else None (also
     when it has written none yet: it is starting, and no worker is connected either)."""

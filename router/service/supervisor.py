@@ -38,7 +38,7 @@ from router.service.control_client import ControlClient
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
-from router.service.readiness import readiness
+from router.service.readiness import heeds_sighup, readiness
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ class Supervisor:
             now = time.monotonic()
             for child in self.children:
                 self._reap(child, now)
+            self._resend_lost_hups()
             ready = self.ready()[0]
             metrics.READY.set(1 if ready else 0)
             has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
@@ -330,15 +331,36 @@ class Supervisor:
 
     def _hup_children(self, *names: str) -> None:
         """SIGHUP the children whose names start with one of `names` (all without)."""
+        snapshots = read_snapshots(self.runtime.status_dir)
         for child in self.children:
             if names and not child.name.startswith(names):
                 continue
             if child.process is not None and child.process.pid and child.process.is_alive():
                 os.kill(child.process.pid, signal.SIGHUP)
+                # One restarted after a crash and still starting ignores it (run_child), and
+                # its args are the config it was spawned with: send it again once it reports.
+                child.hup_owed = child.hup_owed or not heeds_sighup(child, snapshots)
+
+    def _resend_lost_hups(self) -> None:
+        """SIGHUP again the children that were starting when one was sent, once they report
+        (a second SIGHUP to one that heeded the first reloads nothing new)."""
+        owed = [c for c in self.children if c.hup_owed]
+        if not owed:
+            return
+        snapshots = read_snapshots(self.runtime.status_dir)
+        for child in owed:
+            if child.process is None or child.process.pid is None \
+                    or not child.process.is_alive():
+                child.hup_owed = False  # its restart starts with the config in force
+            elif heeds_sighup(child, snapshots):
+                child.hup_owed = False
+                log.info("%s was starting during a SIGHUP: sending it again", child.name)
+                os.kill(child.process.pid, signal.SIGHUP)
 
     def _await_broker_generation(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            self._resend_lost_hups()  # a broker restarted just before the reload
             broker = read_snapshots(self.runtime.status_dir).get("broker", {})
             if broker.get("config_generation") == self.generation:
                 return

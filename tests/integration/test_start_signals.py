@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.router_process import RouterProcess, wait_for
 
@@ -74,3 +75,48 @@ def test_a_child_ignores_a_sighup_from_its_first_instruction(tmp_path: Path) -> 
         assert_nothing_died(router)
     finally:
         router.stop()
+
+
+
+def test_a_sighup_while_a_crashed_broker_restarts_reaches_its_replacement(
+        tmp_path: Path) -> None:
+    """The replacement ignores SIGHUP until its handler is in place, and was spawned with the
+    config in force before the reload: the supervisor sends the reload's SIGHUP again once it
+    reports. The reload is sent right after the supervisor logs the restart; an attempt
+    whose SIGHUP reached the replacement only once it ran missed the window and is repeated."""
+    config = {**router_config(tmp_path), "workers": 1, "listen": {"acceptors": 1}}
+    router = RouterProcess(tmp_path / "router", config).start(60)
+    in_window = 0
+    try:
+        for generation in range(1, 4):
+            old = router.child_pid("broker")
+            os.kill(old, signal.SIGKILL)
+            assert wait_for(lambda o=old: spawned(router, "broker") != o, interval=0.01), \
+                router.log()[-3000:]
+            rename_rule(router, f"all-{generation}")  # a change: the broker reloads
+            assert router.process is not None
+            router.process.send_signal(signal.SIGHUP)
+            # The replacement applies the reloaded config and reports its generation.
+            assert wait_for(lambda g=generation: broker_generation(router) == g), \
+                router.log()[-3000:]
+            assert "did not confirm the reloaded config" not in router.log()
+            if "broker was starting during a SIGHUP: sending it again" in router.log():
+                in_window += 1
+                break
+        assert in_window, "no reload came while the broker restarted:\n" + router.log()[-3000:]
+        router.await_ready(60)
+    finally:
+        router.stop()
+
+
+def rename_rule(router: RouterProcess, name: str) -> None:
+    config = yaml.safe_load(router.config_path.read_text())
+    config["rules"][0]["name"] = name
+    router.config_path.write_text(yaml.safe_dump(config))
+
+
+def broker_generation(router: RouterProcess) -> int | None:
+    try:
+        return router.status().get("broker", {}).get("config_generation")
+    except OSError:
+        return None
