@@ -11,6 +11,7 @@ keeps the SOP Instance UID it was built with (DCMTK runs with ``+un``).
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydicom.uid import (
     UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -232,3 +234,18 @@ def _file_meta(ds: Dataset) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def write_ambiguous_implicit(folder: Path) -> Path:
+    """An Implicit VR instance whose Smallest Image Pixel Value ('US or SS') cannot be
+    resolved: it has no Pixel Representation."""
+    ds = native_dataset(bits=16)
+    ds.SmallestImagePixelValue = 0
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = folder / "ambiguous.dcm"
+    ds.save_as(path, enforce_file_format=True)  # pydicom writes none without it: cut it out
+    element = struct.pack("<HHIH", 0x0028, 0x0103, 2, ds.PixelRepresentation)
+    data = path.read_bytes()
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, b""))
+    return path

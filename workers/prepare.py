@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from router.core import metrics
 from router.core.config import DicomDestination as DicomConfig
 from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
@@ -167,6 +168,9 @@ class Preparer:
         source_ts = prepared.job.transfer_syntax_uid
         target = self._copy_path(prepared)
         done = self.codecs.transcode(prepared.path, target, source_ts, accepted)
+        for name, _ in done.failed:
+            metrics.TRANSCODE_FALLBACKS.labels("crash" if name in done.crashed
+                                               else "error").inc()
         if done.target_ts is None:
             raise DeliveryError(
                 "transcode", f"{destination} accepts none of {', '.join(accepted)} and "

@@ -198,6 +198,13 @@ SPOOL_FILES_REUSED = Counter(
     "C-STOREs written over a settled job's file from the spool's recycle/ instead of a new "
     "file (saves the filesystem an inode allocation and a free per instance).",
 )
+TRANSCODE_FALLBACKS = Counter(
+    f"{PREFIX}_transcode_fallbacks_total",
+    "Syntaxes a destination accepts that an instance could not be written in, before a "
+    "later one was: error (the codec refused or failed on the image), crash (the codec "
+    "process died on it).",
+    ["cause"],
+)
 SPOOL_ERRORS = Counter(
     f"{PREFIX}_spool_errors_total",
     "Spool operations on jobs/ that failed (EACCES, EIO, ENOSPC, a directory where a file "

@@ -18,7 +18,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from tests.compressed_samples import write_compressed, write_native
+from tests.compressed_samples import write_ambiguous_implicit, write_compressed, write_native
 from tests.dcmtk import LOCALHOST, StoreSCP, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, write_instance
 from tests.integration.conftest import RouterFactory, dicom_destination
@@ -178,6 +178,26 @@ def test_an_encoder_failure_falls_back_to_the_next_accepted_syntax(
         assert (received.pixel_array == original.pixel_array).all()
     assert router.metric("dicom_router_dead_letters_total", destination="pacs",
                          reason="transcode") == 0
+    assert router.metric("dicom_router_transcode_fallbacks_total", cause="error") == 1
+
+
+def test_an_instance_pydicom_cannot_transcode_is_a_transcode_dead_letter(
+        start_router: RouterFactory, explicit_only: StoreSCP, tmp_path: Path) -> None:
+    """Implicit VR with an ambiguous 'US or SS' element and no Pixel Representation: pydicom
+    raises AttributeError (not a TranscodeError) whatever syntax is tried. It was an
+    `internal` failure retried with backoff; it is a `transcode` dead letter at once."""
+    router = start_router({
+        "destinations": {"old": {**dicom_destination(explicit_only),
+                                 "transfer_syntaxes": ["ExplicitVRLittleEndian"]}},
+        "rules": [{"name": "all", "forward": ["old"]}]})
+    source = write_ambiguous_implicit(tmp_path)
+    sent = run_storescu([source], LOCALHOST, router.port, called_ae=AE)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total", destination="old",
+                                          reason="transcode") == 1), router.log()[-3000:]
+    assert "Failed to resolve ambiguous VR" in router.log()
+    assert explicit_only.received_files() == []
+    assert router.metric("dicom_router_retries_total", reason="internal") == 0
 
 
 def test_transcoding_on_refusal_without_a_configured_list(

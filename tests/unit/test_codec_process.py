@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from router.core.errors import DeliveryError
-from tests.compressed_samples import native_dataset, write_native
+from tests.compressed_samples import native_dataset, write_ambiguous_implicit, write_native
 from workers.transforms.codec_process import CodecProcess, transcode_in_child
-from workers.transforms.transcode import describe
+from workers.transforms.transcode import describe, transcode_file
 
 
 def test_work_runs_in_another_process_and_a_crash_is_a_transient_delivery_error() -> None:
@@ -99,3 +108,62 @@ def test_one_candidate_that_fails_keeps_its_own_message(tmp_path: Path) -> None:
                               [JPEG2000Lossless])
     assert done.target_ts == JPEG2000Lossless and not done.failed
     assert done.error.startswith(f"cannot encode this image as {describe(JPEG2000Lossless)}")
+
+
+def test_a_codec_process_that_dies_on_one_syntax_gives_way_to_the_next(
+        tmp_path: Path) -> None:
+    """The codec process dies writing the first syntax (SIGXFSZ: its file size limit, set
+    below what that syntax needs); the next syntax is written by a new process instead of
+    the whole transcode being retried and failing the same way."""
+    source = write_native(tmp_path, "ct.dcm", bits=16)
+    sizes = {}
+    for ts in (ExplicitVRBigEndian, JPEG2000Lossless):  # here: how big each one is
+        transcode_file(source, tmp_path / "probe.dcm", ts)
+        sizes[ts] = (tmp_path / "probe.dcm").stat().st_size
+    assert sizes[ExplicitVRBigEndian] > sizes[JPEG2000Lossless] + 1024
+    limit = sizes[JPEG2000Lossless] + 512
+    target = tmp_path / "out.dcm"
+    codecs = CodecProcess()
+    try:
+        codecs.run(signal.signal, signal.SIGXFSZ, signal.SIG_DFL)  # Python ignores it
+        codecs.run(resource.setrlimit, resource.RLIMIT_FSIZE, (limit, limit))
+        done = codecs.transcode(source, target, ExplicitVRLittleEndian,
+                                [ExplicitVRBigEndian, JPEG2000Lossless])
+    finally:
+        codecs.close()
+    assert (done.target_ts, done.error) == (JPEG2000Lossless, ""), done
+    assert done.crashed == (describe(ExplicitVRBigEndian),)
+    assert [name for name, _ in done.failed] == [describe(ExplicitVRBigEndian)]
+    assert np.array_equal(dcmread(target).pixel_array, dcmread(source).pixel_array)
+
+
+def test_a_codec_that_dies_on_every_syntax_names_each_and_sends_nothing(
+        tmp_path: Path) -> None:
+    """The only syntax the destination accepts kills the codec process: a permanent error
+    naming it (a `transcode` dead letter), not a retry that would die the same way."""
+    source = write_native(tmp_path, "ct.dcm", bits=16)
+    target = tmp_path / "out.dcm"
+    codecs = CodecProcess()
+    try:
+        codecs.run(signal.signal, signal.SIGXFSZ, signal.SIG_DFL)
+        codecs.run(resource.setrlimit, resource.RLIMIT_FSIZE, (1024, 1024))
+        done = codecs.transcode(source, target, ExplicitVRLittleEndian, [ExplicitVRBigEndian])
+    finally:
+        codecs.close()
+    assert done.error.startswith("the codec process died writing it"), done
+    assert done.crashed == (describe(ExplicitVRBigEndian),)
+    assert not target.exists()
+
+
+def test_pydicom_failing_with_another_exception_is_a_reason_not_an_internal_error(
+        tmp_path: Path) -> None:
+    """pydicom cannot resolve an ambiguous 'US or SS' element without Pixel Representation
+    (AttributeError, not a TranscodeError): it was raised in the worker, an `internal`
+    failure retried; it is the reason of a `transcode` dead letter."""
+    source = write_ambiguous_implicit(tmp_path)
+    done = transcode_in_child(source, tmp_path / "out.dcm", ImplicitVRLittleEndian,
+                              [ExplicitVRLittleEndian, ExplicitVRBigEndian])
+    assert done.error.startswith("cannot read ambiguous.dcm to transcode it: AttributeError: "
+                                 "Failed to resolve ambiguous VR for tag (0028,0106)"), done
+    assert not (tmp_path / "out.dcm").exists()
+

@@ -7,8 +7,10 @@ process (multiprocessing spawn, a fresh interpreter with the codecs available); 
 worker's transcodes one at a time and exits after IDLE_SECONDS without work.
 
 It also keeps a codec that crashes on a hostile or broken image (a segfault in a C library)
-from taking the worker and its other deliveries with it: the delivery gets a transient
-DeliveryError (retried, then dead-lettered) and the next transcode starts a new process.
+from taking the worker and its other deliveries with it. One that dies writing one of the
+destination's syntaxes is replaced and the next syntax is tried; one that dies reading or
+decoding the instance fails the delivery with a transient DeliveryError (retried, then
+dead-lettered) and the next transcode starts a new process.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Sequence
+from copy import deepcopy
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -40,21 +43,38 @@ class Transcoded:
     target_ts: str | None  # None: no accepted syntax can be produced from the source
     source_name: str
     target_name: str
-    error: str = ""  # every candidate failed (TranscodeError): this instance cannot be sent
-    failed: tuple[tuple[str, str], ...] = ()  # (syntax, why) of candidates that failed first
+    error: str = ""  # every candidate failed (each named here): this instance cannot be sent
+    failed: tuple[tuple[str, str], ...] = ()  # (syntax, why) of those failed before one worked
+    crashed: tuple[str, ...] = ()  # the syntaxes a codec process died on
+
+
+class CodecDied(DeliveryError):
+    """The codec process died; `candidate` is the index of the syntax it was writing
+    (transcode_in_child), or -1 if it was not writing one."""
+
+    def __init__(self, message: str, candidate: int) -> None:
+        super().__init__("transcode", message, transient=True)
+        self.candidate = candidate
+
+
+CRASHED = "the codec process died writing it (a pixel codec crash or out of memory)"
+_PROGRESS: Any = None  # in the codec process: the shared int of CodecProcess._start
 
 
 def transcode_in_child(source: Path, target: Path, source_ts: str,
-                       accepted: Sequence[str]) -> Transcoded:
+                       accepted: Sequence[str], crashed: Sequence[int] = ()) -> Transcoded:
     """Runs in the codec process: write the copy in the first accepted syntax that works.
 
-    Candidates come in the destination's order (``target_candidates``); one whose encoder
-    fails on this image (a TranscodeError) gives way to the next, as README "Transcoding"
-    promises ("the first of them it can be converted to is sent").
+    Candidates come in the destination's order (``target_candidates``); one that fails on
+    this image gives way to the next, as README "Transcoding" promises ("the first of them
+    it can be converted to is sent"): a TranscodeError, any other exception of a codec, or
+    (`crashed`, the candidates' indexes) an earlier codec process dying on it. The instance
+    is read and decoded once for all of them.
     """
     from workers.transforms.transcode import (
         TranscodeError,
         describe,
+        load_decoded,
         target_candidates,
         transcode_file,
     )
@@ -62,17 +82,53 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     candidates = target_candidates(source_ts, list(accepted))
     if not candidates:
         return Transcoded(None, describe(source_ts), "")
-    failed: list[tuple[str, str]] = []  # (syntax, why)
-    for target_ts in candidates:
-        try:
-            transcode_file(source, target, target_ts)
-        except TranscodeError as exc:
-            failed.append((describe(target_ts), str(exc)))
-            continue
-        return Transcoded(target_ts, describe(source_ts), describe(target_ts),
-                          failed=tuple(failed))
+    if candidates == [source_ts]:
+        transcode_file(source, target, source_ts)  # accepted as is: a copy
+        return Transcoded(source_ts, describe(source_ts), describe(source_ts))
     last = candidates[-1]
-    return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed))
+    failed: list[tuple[str, str]] = [(describe(candidates[i]), CRASHED) for i in crashed]
+    dead = tuple(name for name, _ in failed)
+    try:
+        decoded = load_decoded(source, source_ts)  # fails alike for every syntax
+    except OSError:
+        raise  # the spool's disk, not the instance: retried
+    except Exception as exc:  # TranscodeError, or pydicom's own on an odd dataset
+        why = str(exc) if isinstance(exc, TranscodeError) else \
+            f"cannot read {source.name} to transcode it: {type(exc).__name__}: {exc}"
+        return Transcoded(last, describe(source_ts), describe(last), why, crashed=dead)
+    tries = [(i, ts) for i, ts in enumerate(candidates) if i not in crashed]
+    for n, (index, target_ts) in enumerate(tries):
+        failure = _write_candidate(decoded, target, target_ts, index,
+                                   copy=n < len(tries) - 1)
+        if failure is None:
+            return Transcoded(target_ts, describe(source_ts), describe(target_ts),
+                              failed=tuple(failed), crashed=dead)
+        failed.append((describe(target_ts), failure))
+    return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed),
+                      crashed=dead)
+
+
+def _write_candidate(decoded: Any, target: Path, target_ts: str, index: int,
+                     copy: bool) -> str | None:
+    """Write `decoded` (a copy of it if another syntax may follow) in `target_ts`: None,
+    or why it failed. OSError (the spool's disk) is not the syntax's fault: it is raised."""
+    from workers.transforms.transcode import TranscodeError, write_as
+
+    if _PROGRESS is not None:
+        _PROGRESS.value = index  # the worker learns from it which syntax a crash was on
+    try:
+        write_as(deepcopy(decoded) if copy else decoded, target, target_ts)
+    except TranscodeError as exc:
+        return str(exc)
+    except OSError:
+        raise
+    except Exception as exc:  # a codec's own failure on this image: try the next syntax
+        target.unlink(missing_ok=True)
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if _PROGRESS is not None:
+            _PROGRESS.value = -1
+    return None
 
 
 def _all_failed(failed: list[tuple[str, str]]) -> str:
@@ -83,8 +139,10 @@ def _all_failed(failed: list[tuple[str, str]]) -> str:
         f"{name} failed ({why})" for name, why in failed)
 
 
-def _serve(connection: Connection) -> None:
+def _serve(connection: Connection, progress: Any = None) -> None:
     """The codec process: run what the worker sends until it sends None or goes away."""
+    global _PROGRESS
+    _PROGRESS = progress
     while True:
         try:
             request = connection.recv()
@@ -107,6 +165,7 @@ class CodecProcess:
         self._lock = threading.Lock()  # one piece of work at a time, like one codec thread
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
+        self._progress: Any = None  # the candidate the process is writing (_write_candidate)
         self._last_used = 0.0
         self._idle_timer: threading.Timer | None = None
 
@@ -116,25 +175,41 @@ class CodecProcess:
 
     def transcode(self, source: Path, target: Path, source_ts: str,
                   accepted: Sequence[str]) -> Transcoded:
-        try:
-            return self.run(transcode_in_child, source, target, source_ts, list(accepted))
-        except DeliveryError:
-            target.unlink(missing_ok=True)
-            raise
+        """Transcode in the codec process; one that dies writing a syntax is replaced, and
+        the next syntax is tried in the new one (DeliveryError, transient, if it died
+        elsewhere: reading, decoding, or on a syntax it had already died on)."""
+        crashed: list[int] = []
+        while True:
+            try:
+                return self.run(transcode_in_child, source, target, source_ts,
+                                list(accepted), tuple(crashed))
+            except CodecDied as exc:
+                target.unlink(missing_ok=True)
+                if exc.candidate < 0 or exc.candidate in crashed:
+                    raise
+                crashed.append(exc.candidate)
+                log.warning("the codec process died writing %s's syntax number %d of those "
+                            "the destination accepts; trying the next in a new process",
+                            source.name, exc.candidate + 1)
+            except DeliveryError:
+                target.unlink(missing_ok=True)
+                raise
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
-        """`function(*args)` in the codec process; DeliveryError (transient) if it dies."""
+        """`function(*args)` in the codec process; CodecDied (transient) if it dies."""
         with self._lock:
             connection = self._start()
+            self._progress.value = -1
             try:
                 connection.send((function, args))
                 ok, value = connection.recv()
             except (EOFError, OSError) as exc:
+                candidate = int(self._progress.value)
                 self._stop(wait=0.0)
-                raise DeliveryError(
-                    "transcode", "the codec process died while transcoding this instance "
+                raise CodecDied(
+                    "the codec process died while transcoding this instance "
                     "(a pixel codec crash or out of memory); retried in a new process",
-                    transient=True) from exc
+                    candidate) from exc
             finally:
                 self._last_used = time.monotonic()
                 self._arm_idle_timer()
@@ -156,8 +231,10 @@ class CodecProcess:
         log.info("starting a codec process for transcoding")
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
+        self._progress = context.Value("i", -1, lock=False)
         # Daemonic: it never outlives the worker, whatever way the worker ends.
-        process = context.Process(target=_serve, args=(theirs,), name="codec", daemon=True)
+        process = context.Process(target=_serve, args=(theirs, self._progress), name="codec",
+                                  daemon=True)
         process.start()
         theirs.close()  # so that its death is EOF here
         self._process, self._connection = process, ours

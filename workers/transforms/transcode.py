@@ -190,13 +190,25 @@ def transcode_file(
         shutil.copyfile(source, target)
         return
     _check_target(target_ts, allow_lossy)
+    write_as(load_decoded(source, source_ts), target, target_ts)
+
+
+def load_decoded(source: Path, source_ts: str) -> FileDataset:
+    """The instance with its pixel data decoded (native, in the source's byte order): read
+    once for every syntax tried (``write_as``). Raises TranscodeError."""
     ds = _read(source)
-    _check_float_pixels(ds, target_ts)
-    has_pixels = "PixelData" in ds
-    if has_pixels and source_ts not in NATIVE_SYNTAXES:
+    if "PixelData" in ds and source_ts not in NATIVE_SYNTAXES:
         _decode(ds, source_ts)
+    return ds
+
+
+def write_as(ds: FileDataset, target: Path, target_ts: str) -> None:
+    """Write ``ds`` (from ``load_decoded``) to ``target`` in ``target_ts``, a syntax already
+    checked (``_check_target``, or one of ``target_candidates``). Changes ``ds``: pass a copy
+    to try another syntax after this one."""
+    _check_float_pixels(ds, target_ts)
     _set_byte_order(ds, little_endian=target_ts != ExplicitVRBigEndian)
-    if has_pixels and target_ts not in NATIVE_SYNTAXES:
+    if "PixelData" in ds and target_ts not in NATIVE_SYNTAXES:
         _encode(ds, target_ts)
     ds.file_meta.TransferSyntaxUID = UID(target_ts)
     _write(ds, target)
