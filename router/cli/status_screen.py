@@ -140,7 +140,9 @@ def _associations(now: Reading) -> Table:
             "instances", "received", "transfer now") else "left")
     wall = time.time()
     for a in rows:
-        table.add_row(a["calling_ae"], a["called_ae"], a["peer"], "yes" if a["tls"] else "no",
+        # Text, not str: rich reads a str as markup, and a peer's AE title "[/]" is valid.
+        table.add_row(Text(str(a["calling_ae"])), Text(str(a["called_ae"])), Text(str(a["peer"])),
+                      "yes" if a["tls"] else "no",
                       duration(wall - a["started_at"]), str(a["instances"]),
                       size(a["bytes_received"]),
                       size(a["current_bytes"]) if a["current_bytes"] else "-",
@@ -167,7 +169,7 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         if d.get("fallback_to"):
             state.append(f" -> {d['fallback_to']}", style="yellow")
         table.add_row(
-            name, state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
+            Text(name), state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",
             f"{_rate(before, now, elapsed, 'dicom_router_instances_forwarded_total', destination=name, result='delivered'):.1f}",  # noqa: E501
             f"{total(samples, 'dicom_router_instances_forwarded_total', destination=name, result='delivered'):.0f}",  # noqa: E501

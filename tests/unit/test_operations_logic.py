@@ -156,3 +156,23 @@ def test_render_computes_rates_and_lists_errors() -> None:
     assert [c.strip() for c in pacs.split("│") if c.strip()] == \
         ["pacs", "paused 20s", "1/1", "7", "1", "1m30s", "10.0", "30", "0", "2", "0", "0"]
     assert "refused (0xA700 / busy): queue_full 4" in text
+
+
+def test_peer_text_is_drawn_as_text_never_read_as_markup() -> None:
+    """A calling AE "[/]" is a valid AE title: rich's markup parser died on it."""
+    wall = time.time()
+    status = {
+        "ready": True, "started_at": wall, "processes": [],
+        "acceptor-1": {"associations": [{
+            "calling_ae": "[/]", "called_ae": "[green]OK", "peer": "[bold]10.0.0.1:5000",
+            "tls": False, "started_at": wall, "instances": 0, "bytes_received": 0,
+            "current_bytes": 0, "last_activity": wall}]},
+        "broker": {"destinations": {"[red]x": {
+            "depth": 0, "in_flight": 0, "oldest_seconds": 0, "up": True}}},
+    }
+    reading = Reading(status, parse_metrics(""), 0.0)
+    console = Console(width=200, no_color=True, force_terminal=False, record=True)
+    console.print(render(reading, reading))
+    text = console.export_text()
+    assert "[/]" in text and "[green]OK" in text and "[bold]10.0.0.1:5000" in text
+    assert "[red]x" in text
