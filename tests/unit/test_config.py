@@ -652,3 +652,38 @@ def test_load_config_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+# --- values that parse but can never work --------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["00:00", "00:00:00"])
+def test_a_window_whose_start_is_its_end_is_refused(end: str) -> None:
+    data = example()
+    data["destinations"]["archive"]["window"] = {"start": "00:00", "end": end}
+    assert problems_of(data) == ["destinations.archive.window: start and end are equal (an "
+                                 "empty window); leave window out for always"]
+
+
+def test_a_window_across_midnight_is_still_valid() -> None:
+    data = example()
+    data["destinations"]["archive"]["window"] = {"start": "20:00", "end": "06:00"}
+    assert parse_config(data).destinations["archive"].window is not None
+
+
+@pytest.mark.parametrize(("destination", "key", "value", "message"), [
+    ("archive", "path", "", "empty: give the folder to write into"),
+    ("pacs", "host", "", "empty: give the destination's host name or address"),
+    ("pacs", "host", "  ", "empty: give the destination's host name or address"),
+])
+def test_an_empty_path_or_host_is_refused(destination: str, key: str, value: str,
+                                          message: str) -> None:
+    data = example()
+    data["destinations"][destination][key] = value
+    assert problems_of(data) == [f"destinations.{destination}.{key}: {message}"]
+
+
+def test_an_empty_known_ae_host_is_refused() -> None:
+    data = example()
+    data["known_aes"] = {"VIEWER": {"host": "", "port": 104}}
+    assert problems_of(data) == ["known_aes.VIEWER.host: empty: give its host name or address"]

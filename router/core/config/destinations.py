@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.core.bounds import between
 from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_ae_title, _transfer_syntax_uid
@@ -41,6 +41,26 @@ class WindowConfig(Strict):
 
         parse_clock(value)
         return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> WindowConfig:
+        from router.core.time_window import parse_clock
+
+        # start == end is no window at all: it would never open and the queue would grow
+        # until senders get 0xA700.
+        if parse_clock(self.start) == parse_clock(self.end):
+            raise ValueError("start and end are equal (an empty window); leave window out "
+                             "for always")
+        return self
+
+
+def _not_blank(what: str) -> Any:
+    """A validator refusing an empty string before it becomes Path('.') or a host of ''."""
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"empty: give {what}")
+        return value
+    return check
 
 
 class DestinationBase(Strict):
@@ -105,6 +125,8 @@ class DicomDestination(DestinationBase):
     _ae = field_validator("ae_title", "calling_ae")(
         lambda v: None if v is None else _check_ae_title(v)
     )
+    _host = field_validator("host", mode="before")(_not_blank("the destination's host name "
+                                                              "or address"))
 
 
 class FolderDestination(DestinationBase):
@@ -112,6 +134,8 @@ class FolderDestination(DestinationBase):
     path: Path
     # fsync every file and directory entry: Success then means "on disk".
     fsync: bool = True
+
+    _path = field_validator("path", mode="before")(_not_blank("the folder to write into"))
 
 
 class DicomWebDestination(DestinationBase, DicomWebFields):
@@ -126,6 +150,8 @@ class KnownAE(Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: ClientTLS = ClientTLS()
+
+    _host = field_validator("host", mode="before")(_not_blank("its host name or address"))
 
 
 def _destination_type(destination: Any) -> Any:
