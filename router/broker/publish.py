@@ -81,6 +81,9 @@ class Publishing:
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
                 "dead_letters_waiting": waiting.get(name, 0),  # on the spool, to replay
                 **self.control.summary(name, now),  # paused by an operator, fallback
+                # When this was true: a reader of the rows alone (GET /api/destinations)
+                # can tell a hung broker's last word from the current state.
+                "updated": wall,
             }
             if name in self.associating:
                 # The live association limit (learned or pinned) and what is open now.

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -110,14 +112,35 @@ def _print_list(rows: dict[str, Any]) -> None:
               f"{row.get('in_flight', 0):>9} {assoc:>6}")
 
 
+# `destinations list` answered, but with the broker's last report, not the current state.
+EXIT_STALE = 3
+
+
+def stale_warning(answer: dict[str, Any], now: float) -> str | None:
+    """The warning for rows a hung or dead broker left, None when they are current."""
+    if not answer.get("stale"):
+        return None
+    updated = answer.get("updated")
+    if updated is None:
+        return "warning: the broker has not reported yet (starting, hung or down): " \
+            "no destination state to show"
+    return (f"warning: the broker has not reported for {max(0, now - float(updated)):.0f}s "
+            "(hung or down): these rows are its last report, not the current state")
+
+
 def run(args: argparse.Namespace) -> int:
     url, token = _where(args)
     if args.action == "list":
-        rows = call(url, token, "/api/destinations")["destinations"]
+        answer = call(url, token, "/api/destinations")
+        rows = answer["destinations"]
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
             _print_list(rows)
+        warning = stale_warning(answer, time.time())
+        if warning is not None:
+            print(warning, file=sys.stderr)
+            return EXIT_STALE
         return 0
     action = "drain" if args.action == "drain-to" else args.action
     body = {"to": args.target} if action == "drain" else {}

@@ -109,6 +109,11 @@ def write_snapshot(folder: Path, name: str, body: dict[str, Any]) -> None:
     os.replace(temp, target)
 
 
+def is_stale(updated: float, now: float) -> bool:
+    """Whether a report written at `updated` (time.time()) is too old to show as current."""
+    return now - updated > STALE_SECONDS
+
+
 def read_snapshots(folder: Path) -> dict[str, Any]:
     """Every process's latest snapshot by name; a stale one is marked so, not hidden."""
     out: dict[str, Any] = {}
@@ -118,7 +123,7 @@ def read_snapshots(folder: Path) -> dict[str, Any]:
             body = json.loads(path.read_text())
         except (OSError, ValueError):
             continue  # being replaced right now: the next read has it
-        body["stale"] = now - float(body.get("updated", 0)) > STALE_SECONDS
+        body["stale"] = is_stale(float(body.get("updated", 0)), now)
         out[path.stem] = body
     return out
 

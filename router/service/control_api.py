@@ -1,6 +1,7 @@
 """The operator API on the HTTP port: destinations and dead letters as JSON.
 
-  GET  /api/destinations                         state of every destination (as in /status)
+  GET  /api/destinations                         state of every destination (as in /status),
+                                                 with "stale" and "updated" (the broker's report)
   POST /api/destinations/<name>/pause|resume|retry
   POST /api/destinations/<name>/drain            {"to": "<other destination>"}
   GET  /api/dead-letters?destination=&reason=&older_than=2h&newer_than=
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,7 @@ from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
 from router.core.spool import Spool
+from router.core.status_snapshots import is_stale
 from router.service import dead_letters
 from router.service.api_auth import ApiAuth
 from router.service.api_bodies import BulkBody, DrainBody, LetterBody, NoBody, parse
@@ -90,7 +93,7 @@ class ControlApi:
     def route(self, request: Request, actor: str) -> Response:
         path, post = request.path.rstrip("/"), request.method == "POST"
         if path == "/api/destinations" and not post:
-            return json_response(200, {"destinations": self.destinations()})
+            return json_response(200, self._destination_rows())
         if path == "/api/dead-letters" and not post:
             return self._list(request)
         if post and (match := _DESTINATION.fullmatch(path)):
@@ -108,6 +111,15 @@ class ControlApi:
                                        "(Operator API)"})
 
     # --- destinations ----------------------------------------------------------------------
+
+    def _destination_rows(self) -> dict[str, Any]:
+        """The rows, and whether they are current: a hung or dead broker's last report
+        must not pass for the present. `updated` is None while the broker never reported."""
+        rows = self.destinations()
+        times = [float(r["updated"]) for r in rows.values() if "updated" in r]
+        updated = min(times) if times else None
+        stale = updated is None or is_stale(updated, time.time())
+        return {"destinations": rows, "stale": stale, "updated": updated}
 
     def _destination(self, request: Request, actor: str, name: str, action: str) -> Response:
         if action == "drain":

@@ -292,3 +292,17 @@ def test_role_names_show_and_every_kind_of_secret_stays_masked() -> None:
                               "tls_key": "/etc/k.pem", "tls_key_password_file": "/run/p"}
     assert out["listen"]["users"] == [{"username": "b", "passcode_hash": "***"}]
     assert set(out["x"].values()) == {"***"}, out["x"]
+
+
+def test_the_destinations_page_says_when_the_broker_is_hung() -> None:
+    from router.service.console.auth import Identity
+    from router.service.console.views_overview import destinations
+
+    who = Identity("olga", "operator", "csrf")
+    row = {"pacs": {"depth": 3, "up": True}}
+    current = {"broker": {"destinations": row, "stale": False, "updated": time.time()}}
+    assert b"has not reported" not in destinations(who, current, ["pacs"], "").body
+    hung = {"broker": {"destinations": row, "stale": True, "updated": time.time() - 120}}
+    body = destinations(who, hung, ["pacs"], "").body
+    assert b"The broker has not reported for 2m (hung or down)" in body
+    assert b"not reported yet" in destinations(who, {}, ["pacs"], "").body

@@ -5,6 +5,7 @@ exactly what it did when it stops midway."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -135,3 +136,22 @@ def test_loopback_trust_refuses_dns_rebinding(api: ControlApi, headers: dict[str
         assert answer.status == 200
     else:
         assert answer.status == 403 and refused in json.loads(answer.body)["error"]
+
+
+def _rows(api: ControlApi, rows: dict[str, Any]) -> dict[str, Any]:
+    api.destinations = lambda: rows
+    answer = api(Request("GET", "/api/destinations", "", {}, b"", "127.0.0.1"))
+    assert answer is not None and answer.status == 200
+    return dict(json.loads(answer.body))
+
+
+def test_destination_rows_say_when_they_are_a_hung_brokers_last_report(
+        api: ControlApi) -> None:
+    now = time.time()
+    fresh = _rows(api, {"pacs": {"depth": 1, "up": True, "updated": now}})
+    assert fresh["stale"] is False and fresh["updated"] == now
+    old = _rows(api, {"pacs": {"depth": 1, "up": True, "updated": now - 60}})
+    assert old["stale"] is True and old["updated"] == now - 60
+    assert old["destinations"]["pacs"]["depth"] == 1
+    never = _rows(api, {})  # no report at all: nothing current either
+    assert never["stale"] is True and never["updated"] is None

@@ -176,3 +176,13 @@ def test_peer_text_is_drawn_as_text_never_read_as_markup() -> None:
     text = console.export_text()
     assert "[/]" in text and "[green]OK" in text and "[bold]10.0.0.1:5000" in text
     assert "[red]x" in text
+
+
+def test_destinations_list_warns_of_a_hung_brokers_rows() -> None:
+    from router.cli.destinations import stale_warning
+
+    assert stale_warning({"stale": False, "updated": 100.0}, 101.0) is None
+    assert stale_warning({"stale": True, "updated": 100.0}, 137.4) == (
+        "warning: the broker has not reported for 37s (hung or down): these rows are its "
+        "last report, not the current state")
+    assert "has not reported yet" in str(stale_warning({"stale": True, "updated": None}, 1.0))

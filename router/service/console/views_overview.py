@@ -4,6 +4,7 @@ destinations page with its actions."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from router.core.acceptor_status import open_associations
@@ -79,11 +80,24 @@ def destinations(identity: Identity, status: dict[str, Any], names: list[str],
         out.append([e(name), f'<span class="state">{e(state(row))}</span>', e(assoc),
                     e(row.get("depth", 0)), e(row.get("in_flight", 0)),
                     _actions(identity, name, row, names)])
-    body = table(["Destination", "State", "Associations", "Queued", "In flight", "Actions"],
-                 out, "destinations")
+    body = _stale_banner(status.get("broker", {})) + table(
+        ["Destination", "State", "Associations", "Queued", "In flight", "Actions"],
+        out, "destinations")
     if not identity.can_act:
         body += '<p class="note">Your role is viewer: actions need the operator role.</p>'
     return Response(200, page("Destinations", body, identity, message, script=True), HTML)
+
+
+def _stale_banner(broker: dict[str, Any]) -> str:
+    """A hung or dead broker's last report must not pass for the current state."""
+    if not broker:
+        return '<p class="flash" role="alert">The broker has not reported yet (starting, ' \
+            'hung or down): no destination state to show.</p>'
+    if not broker.get("stale"):
+        return ""
+    since = age(time.time() - float(broker.get("updated", 0)))
+    return (f'<p class="flash" role="alert">The broker has not reported for {e(since)} (hung '
+            'or down): this is its last report, not the current state.</p>')
 
 
 def _actions(identity: Identity, name: str, row: dict[str, Any], names: list[str]) -> str:
