@@ -20,6 +20,7 @@ from rich.text import Text
 
 from router.core.acceptor_status import acceptor_snapshots, open_associations
 from router.core.errors import RouterError
+from router.service import destination_state
 from router.service.metric_samples import Samples, by_label, parse_metrics, total
 
 
@@ -158,16 +159,7 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
         table.add_column(column, justify="left" if column in ("name", "state") else "right")
     samples = now.samples
     for name, d in sorted(rows.items()):
-        if d.get("paused"):
-            state = Text("paused by operator", style="yellow")
-        elif not d["up"]:
-            state = Text(f"paused {duration(d['paused_for'])}", style="red")
-        elif not d.get("in_window", True):
-            state = Text("held (window)", style="yellow")
-        else:
-            state = Text("up", style="green")
-        if d.get("fallback_to"):
-            state.append(f" -> {d['fallback_to']}", style="yellow")
+        state = Text(destination_state.state(d), style=_state_colour(d))
         table.add_row(
             Text(name), state, _associations_cell(d), str(d["depth"]), str(d["in_flight"]),
             duration(d["oldest_seconds"]) if d["depth"] or d["in_flight"] else "-",
@@ -179,6 +171,16 @@ def _destinations(before: Reading, now: Reading, elapsed: float) -> Table:
             str(d.get("dead_letters_waiting", 0)),  # on the spool now, not since start
         )
     return table
+
+
+def _state_colour(row: dict[str, Any]) -> str:
+    """The words are destination_state's (the same in `destinations list` and the console)."""
+    if not row.get("up", True):
+        return "red"
+    if row.get("paused") or row.get("busy_for", 0) > 0 or not row.get("in_window", True) \
+            or row.get("fallback_to"):
+        return "yellow"
+    return "green"
 
 
 def _associations_cell(row: dict[str, Any]) -> str:

@@ -154,7 +154,7 @@ def test_render_computes_rates_and_lists_errors() -> None:
         in text
     pacs = next(line for line in text.splitlines() if "│ pacs" in line)
     assert [c.strip() for c in pacs.split("│") if c.strip()] == \
-        ["pacs", "paused 20s", "1/1", "7", "1", "1m30s", "10.0", "30", "0", "2", "0", "0"]
+        ["pacs", "backing off 20s", "1/1", "7", "1", "1m30s", "10.0", "30", "0", "2", "0", "0"]
     assert "refused (0xA700 / busy): queue_full 4" in text
 
 
@@ -186,3 +186,22 @@ def test_destinations_list_warns_of_a_hung_brokers_rows() -> None:
         "warning: the broker has not reported for 37s (hung or down): these rows are its "
         "last report, not the current state")
     assert "has not reported yet" in str(stale_warning({"stale": True, "updated": None}, 1.0))
+
+
+@pytest.mark.parametrize("row", [
+    {"up": False, "paused_for": 5},
+    {"up": True, "busy_for": 3},
+    {"up": True, "paused": True, "in_window": False, "fallback_to": "dr"},
+    {"up": True},
+])
+def test_status_says_a_destinations_state_in_the_words_of_destinations_list(
+        row: dict[str, object]) -> None:
+    """README: the same states in `status`, `destinations list` and the console."""
+    from router.service.destination_state import state
+
+    row = {"depth": 0, "in_flight": 0, "oldest_seconds": 0, **row}
+    reading = Reading({"broker": {"destinations": {"pacs": row}}}, parse_metrics(""), 0.0)
+    console = Console(width=250, no_color=True, force_terminal=False, record=True)
+    console.print(render(reading, reading))
+    line = next(x for x in console.export_text().splitlines() if "│ pacs" in x)
+    assert line.split("│")[2].strip() == state(row)
