@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from router.cli import dead_letters as cli_dead_letters
 from router.cli import destinations as cli_destinations
@@ -143,7 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: TextIO | None = None, line: str | None = None
+                      ) -> None:
+    """A library's warning (pydicom's "Expected explicit VR...") as one line for the
+    operator, not Python's file:line and source line. `run` logs them instead
+    (process_util.setup_logging)."""
+    print(f"dicom-router: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

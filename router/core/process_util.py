@@ -37,6 +37,9 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     else:
         handler.setFormatter(SafeFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # Python warnings (pydicom's "Expected explicit VR...") as records in this format, not
+    # raw lines on stderr that break one-JSON-object-a-line.
+    logging.captureWarnings(True)
     install_thread_hook()
 
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
+
+import pytest
+from pydicom.data import get_testdata_file
 
 from router.core.log_safety import MAX_KEYS, RepeatLimiter, SafeLogFilter, escape
 
@@ -51,3 +57,34 @@ def test_distinct_messages_past_the_table_size_are_dropped_not_remembered() -> N
     limiter = RepeatLimiter(on_suppressed=lambda what: None)
     allowed = [limiter.allow(("x", i), 5) for i in range(MAX_KEYS + 100)]
     assert allowed.count(False) == 100 and len(limiter._seen) == MAX_KEYS
+
+
+# SC_rgb_jpeg.dcm says Explicit VR and is Implicit: pydicom warns (warnings.warn) reading it.
+WRONG_VR = str(get_testdata_file("SC_rgb_jpeg.dcm"))
+WARNING = "Expected explicit VR, but found implicit VR"
+READ_IN_A_ROUTER_PROCESS = f"""
+from pydicom import dcmread
+from router.core.process_util import setup_logging
+setup_logging("INFO", {{log_format!r}})
+dcmread({WRONG_VR!r}, stop_before_pixels=True)
+"""
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_librarys_warning_is_a_log_record_in_the_configured_format(log_format: str) -> None:
+    done = subprocess.run([sys.executable, "-c",
+                           READ_IN_A_ROUTER_PROCESS.format(log_format=log_format)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    lines = done.stderr.splitlines()
+    assert any(WARNING in line for line in lines), done.stderr
+    if log_format == "json":
+        assert all(isinstance(json.loads(line), dict) for line in lines), done.stderr
+    else:  # every line is a record: "<date> <time> WARNING ..."
+        assert all(line[:2] == "20" and " WARNING " in line for line in lines), done.stderr
+
+
+def test_the_cli_says_a_librarys_warning_in_one_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "router.cli", "route-test", WRONG_VR],
+                          capture_output=True, text=True, timeout=60, check=True)
+    assert done.stderr.splitlines() == [
+        f"dicom-router: warning: {WARNING} - using implicit VR for reading"], done.stderr
