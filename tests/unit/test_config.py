@@ -687,3 +687,19 @@ def test_an_empty_known_ae_host_is_refused() -> None:
     data = example()
     data["known_aes"] = {"VIEWER": {"host": "", "port": 104}}
     assert problems_of(data) == ["known_aes.VIEWER.host: empty: give its host name or address"]
+
+
+@pytest.mark.parametrize("change", [
+    lambda data: data.update(ae_title="A" * 100_000),
+    lambda data: data.update({"B" * 100_000: 1}),
+    lambda data: data["rules"][1].update(forward=["c" * 100_000]),
+    lambda data: data["destinations"].update({"d" * 100_000: {"type": "folder", "path": "/x"}}),
+    lambda data: data["destinations"]["pacs"].update(transfer_syntaxes=["e" * 100_000]),
+])
+def test_a_huge_bad_value_is_echoed_cut_short(change: Any) -> None:
+    """A 100,000-character AE title made a 100 KB error line."""
+    data = example()
+    change(data)
+    problems = problems_of(data)
+    assert all(len(p) < 400 for p in problems), [len(p) for p in problems]
+    assert any("..." in p for p in problems), problems

@@ -11,11 +11,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
 
+# How much of a bad value an error message repeats: a 100,000-character AE title made a
+# 100 KB error line.
+SHOWN_CHARS = 100
+
+
+def shown(value: object) -> str:
+    """repr(value) for an error message, its text cut to SHOWN_CHARS."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return f"{value[:SHOWN_CHARS]!r}..."
+    return repr(value)
+
 
 def _check_ae_title(value: str) -> str:
     # PS3.5: AE is at most 16 characters, no backslash or control characters, not all spaces.
     if not value.strip() or len(value) > 16 or "\\" in value or any(ord(c) < 32 for c in value):
-        raise ValueError(f"{value!r} is not a valid AE title (1-16 characters, no backslash)")
+        raise ValueError(f"{shown(value)} is not a valid AE title (1-16 characters, no "
+                         "backslash)")
     return value.strip()
 
 

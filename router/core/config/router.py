@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from router.core.audit_config import AuditConfig
 from router.core.bounds import between
-from router.core.config.base import Strict, _check_ae_title
+from router.core.config.base import SHOWN_CHARS, Strict, _check_ae_title, shown
 from router.core.config.destinations import Destination, KnownAE, _destination_type
 from router.core.config.listen import ListenConfig
 from router.core.config.rules import Rule
@@ -78,7 +78,7 @@ class RouterConfig(Strict):
         # Destination names become metric labels and spool file names.
         for name in value:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
-                raise ValueError(f"destination name {name!r}: use letters, digits, - and _")
+                raise ValueError(f"destination name {shown(name)}: use letters, digits, - and _")
         return value
 
     @model_validator(mode="after")
@@ -108,17 +108,17 @@ def reference_problems(rules: list[tuple[Any, Any, Any]], destinations: Any) -> 
     seen: set[Any] = set()
     for i, (name, forward, query) in enumerate(rules):
         if isinstance(name, str) and name in seen:
-            problems.append(f"rules[{i}].name: duplicate rule name {name!r}")
+            problems.append(f"rules[{i}].name: duplicate rule name {shown(name)}")
         seen.add(name)
         for target in forward if isinstance(forward, list) else []:
             if isinstance(target, str) and target not in names | unquoted:
                 known = ", ".join(sorted(names)) or "none defined"
-                problems.append(f"rules[{i}].forward: unknown destination {target!r} "
+                problems.append(f"rules[{i}].forward: unknown destination {shown(target)} "
                                 f"(known: {known})")
         for target in query if isinstance(query, list) else []:
             if isinstance(target, str) and target not in dicom:
                 known = ", ".join(sorted(dicom)) or "none defined"
-                problems.append(f"rules[{i}].query: {target!r} is not a DICOM destination "
+                problems.append(f"rules[{i}].query: {shown(target)} is not a DICOM destination "
                                 f"(known: {known})")
     if not rules:
         problems.append("rules: at least one rule is needed, or nothing is ever routed")
@@ -157,6 +157,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
         elif any(c in part for c in "[(") or part.startswith(("function-", "lambda")):
             continue  # pydantic's union/validator branch names mean nothing to an operator
         else:
+            part = part if len(part) <= SHOWN_CHARS else f"{part[:SHOWN_CHARS]}..."
             out += f".{part}" if out else str(part)
     return out or "(top level)"
 
@@ -195,6 +196,7 @@ def _problem(err: Any) -> tuple[str, str] | None:
         return key
     where = _location(tuple(err["loc"]))
     message = err["msg"].removeprefix("Value error, ")
+    message = _cut_values(message, err.get("input"))
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     # .nan fails every bound; .inf keeps our bounded durations' own message (it says
@@ -205,6 +207,19 @@ def _problem(err: Any) -> tuple[str, str] | None:
     if where == "(top level)" and err["type"] == "value_error":
         return None  # our cross-reference checks: listed from the raw data
     return where, message
+
+
+# A quoted value (a validator's {value!r}) longer than SHOWN_CHARS, cut to that.
+_LONG_QUOTED = re.compile(rf"'([^']{{{SHOWN_CHARS}}})[^']+'")
+LINE_CHARS = 1000  # and whatever else a message repeats, at most this much
+
+
+def _cut_values(message: str, value: Any) -> str:
+    """A message that repeats the value it refuses repeats its start only."""
+    if isinstance(value, str):
+        message = message.replace(repr(value), shown(value))
+    message = _LONG_QUOTED.sub(r"'\1'...", message)
+    return message if len(message) <= LINE_CHARS else f"{message[:LINE_CHARS]}..."
 
 
 def _problems(exc: ValidationError, data: dict[str, Any]) -> list[str]:
