@@ -703,3 +703,27 @@ def test_a_huge_bad_value_is_echoed_cut_short(change: Any) -> None:
     problems = problems_of(data)
     assert all(len(p) < 400 for p in problems), [len(p) for p in problems]
     assert any("..." in p for p in problems), problems
+
+
+@pytest.mark.parametrize(("extra", "problem"), [
+    ({"metrics": {"port": 11112}}, "metrics.port: 11112 is also listen.port on the same host"),
+    ({"metrics": {"host": "0.0.0.0", "port": 11112}, "listen": {"host": "127.0.0.1"}},
+     "metrics.port: 11112 is also listen.port on the same host"),
+    ({"console": {"enabled": True, "port": 9100, "token_file": "/t"}},
+     "console.port: 9100 is also metrics.port on the same host"),
+    ({"console": {"enabled": True, "port": 11112, "token_file": "/t"}},
+     "console.port: 11112 is also listen.port on the same host"),
+])
+def test_two_listeners_on_one_port_are_refused(extra: dict[str, Any], problem: str) -> None:
+    data = {**example(), **extra}
+    assert [p for p in problems_of(data) if "port" in p] == \
+        [f"{problem}: give each its own port"]
+
+
+@pytest.mark.parametrize("extra", [
+    {"metrics": {"port": 11112, "enabled": False}},
+    {"metrics": {"port": 11112, "host": "10.0.0.1"}, "listen": {"host": "127.0.0.1"}},
+    {"console": {"enabled": False, "port": 9100}},
+])
+def test_one_port_on_different_hosts_or_unused_is_fine(extra: dict[str, Any]) -> None:
+    parse_config({**example(), **extra})

@@ -86,6 +86,7 @@ class RouterConfig(Strict):
         rules = [(r.name, r.forward, r.query) for r in self.rules]
         problems = reference_problems(rules, self.destinations)
         problems += fallback_problems(self.destinations)
+        problems += port_problems(self.model_dump())
         if problems:
             raise ValueError(_JOINER.join(problems))
         return self
@@ -132,7 +133,35 @@ def _raw_reference_problems(data: dict[str, Any]) -> list[str]:
     pairs = [(r.get("name"), r.get("forward"), r.get("query")) for r in rules
              if isinstance(r, dict)]
     return reference_problems(pairs, data.get("destinations")) + \
-        fallback_problems(data.get("destinations"))
+        fallback_problems(data.get("destinations")) + port_problems(data)
+
+
+_ANY_HOST = ("0.0.0.0", "::", "")
+_PORTS = (("listen", "0.0.0.0", 11112, True), ("metrics", "127.0.0.1", 9100, True),
+          ("console", "127.0.0.1", None, False))  # (key, default host, port, enabled)
+
+
+def port_problems(data: dict[str, Any]) -> list[str]:
+    """Two listeners on one port of one host: the second could never start ("address in
+    use" at run, after check-config said ok). Works on raw data too."""
+    bound = []
+    for key, host, port, enabled in _PORTS:
+        section = data.get(key)
+        section = section if isinstance(section, dict) else {}
+        if key == "console" and section.get("port") is None:
+            continue  # served on the metrics port
+        if not section.get("enabled", enabled):
+            continue
+        host, port = section.get("host", host), section.get("port", port)
+        if isinstance(port, int) and port and isinstance(host, str):
+            bound.append((key, host, port))
+    problems = []
+    for i, (key, host, port) in enumerate(bound):
+        for other, other_host, other_port in bound[:i]:
+            if port == other_port and (host == other_host or {host, other_host} & {*_ANY_HOST}):
+                problems.append(f"{key}.port: {port} is also {other}.port on the same host: "
+                                "give each its own port")
+    return problems
 
 
 def default_config() -> RouterConfig:
