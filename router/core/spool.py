@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.core.errors import ProtocolError
+from router.core.errors import ProtocolError, RouterError
 from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
@@ -112,7 +112,11 @@ class Spool:
     def create(self) -> Spool:
         for folder in (self.incoming, self.jobs, self.journal, self.dead_letters, self.replay,
                        self.relay, self.recycled):
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file there, no permission: say which key to fix
+                raise RouterError(f"spool.path {self.root}: cannot create {folder}: "
+                                  f"{exc.strerror}") from None
         return self
 
     def instance_path(self, job_id: str) -> Path:

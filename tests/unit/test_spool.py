@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from router.core.errors import RouterError
 from router.core.journal import read_records, segments
 from router.core.messages import JobHeader
 from router.core.spool import RecoveredJob, Spool, new_job_id, write_atomically
@@ -49,6 +50,14 @@ def test_create_makes_the_layout(tmp_path: Path) -> None:
     assert spool.root == (tmp_path / "a" / "spool").resolve()
     assert spool.incoming.is_dir() and spool.jobs.is_dir() and spool.dead_letters.is_dir()
     assert spool.create() is spool  # idempotent
+
+
+def test_a_spool_path_that_is_a_file_is_an_error_naming_the_key(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RouterError) as info:
+        Spool(tmp_path / "afile").create()
+    assert str(info.value) == (f"spool.path {tmp_path / 'afile'}: cannot create "
+                               f"{tmp_path / 'afile' / 'incoming'}: Not a directory")
 
 
 def test_commit_moves_the_file_into_jobs_with_a_header(spool: Spool) -> None:
