@@ -306,3 +306,16 @@ def test_the_destinations_page_says_when_the_broker_is_hung() -> None:
     body = destinations(who, hung, ["pacs"], "").body
     assert b"The broker has not reported for 2m (hung or down)" in body
     assert b"not reported yet" in destinations(who, {}, ["pacs"], "").body
+
+
+def test_the_running_config_shows_config_keys_not_python_names() -> None:
+    from router.core.config import parse_config
+    from router.service.console.auth import Identity
+    from router.service.console.views_rules import rules
+
+    config = parse_config({
+        "destinations": {"a": {"type": "folder", "path": "/a"}},
+        "rules": [{"name": "first", "forward": ["a"], "continue": True},
+                  {"name": "rest", "forward": ["a"]}]})
+    body = rules(Identity("olga", "viewer", None), config, "").body.decode()
+    assert "continue: true" in body and "continue_" not in body

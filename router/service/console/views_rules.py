@@ -56,7 +56,7 @@ def _secret(key: str) -> bool:
 
 def rules(identity: Identity, config: RouterConfig, message: str,
           result: list[str] | None = None) -> Response:
-    data = masked(config.model_dump(mode="json"))
+    data = masked(config.model_dump(mode="json", by_alias=True))  # `continue`, not continue_
     text = yaml.safe_dump(data, sort_keys=False)
     tester = form("/console/rules/test", identity, "".join([
         '<label>DICOM file <input type="file" name="file" required></label>',
