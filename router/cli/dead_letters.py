@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from router.cli.common import argument, config_parent
@@ -99,7 +100,13 @@ def run(args: argparse.Namespace) -> int:
     config: RouterConfig = load_config(args.config) if args.config else default_config()
     spool = Spool(config.spool.path)
     if not spool.dead_letters.is_dir():
-        raise RouterError(f"no spool at {spool.root}: pass the router's --config")
+        if not args.config:  # the built-in default's spool: likely not the router's
+            raise RouterError(f"no spool at {spool.root}: pass the router's --config")
+        never = f"the router has not run with the spool at {spool.root} yet"
+        if args.action == "list":  # nothing to list is an answer, not an error
+            print(f"no dead letters: {never}", file=sys.stderr if args.json else sys.stdout)
+            return 0
+        raise RouterError(f"{never}: it has no dead letters")
     if args.action == "show":
         for letter in dead_letters.lookup(spool, args.id):
             print(json.dumps(letter.as_dict(), indent=2))

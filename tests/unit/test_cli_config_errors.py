@@ -54,3 +54,20 @@ def test_bad_command_line_input_is_one_line_and_exit_2(
     assert exited.value.code == 2
     err = capsys.readouterr().err.splitlines()  # argparse's usage line, then the error
     assert err[-1].startswith("dicom-router route-test: error: argument --source"), err
+
+
+def test_dead_letters_of_a_router_that_never_ran_are_none(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--config was passed: "pass the router's --config" was wrong advice."""
+    config = tmp_path / "router.yaml"
+    spool = tmp_path / "spool"
+    config.write_text(f"spool: {{path: {spool}}}\n"
+                      f"destinations: {{f: {{type: folder, path: {tmp_path / 'out'}}}}}\n"
+                      "rules: [{name: all, forward: [f]}]\n")
+    assert main(["dead-letters", "list", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out == f"no dead letters: the router has not run with the spool at {spool} yet\n"
+    assert main(["dead-letters", "replay", "0000000000000002bbbbbbbb", "--config",
+                 str(config)]) == 2
+    assert "the router has not run with the spool at" in capsys.readouterr().err
+    assert not spool.exists()  # looking created nothing
