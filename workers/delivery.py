@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import queue
 import sqlite3
@@ -204,6 +205,9 @@ class DeliveryThread(threading.Thread):
         if dest is None or dest.on_duplicate != "skip":
             return "", ""
         digest = file_digest(source)
+        if rewrites := self.preparer.fingerprint(job, name):
+            # Another rule's morph or de-identification sends other bytes from the same file.
+            digest = hashlib.blake2b(f"{digest}{rewrites}".encode(), digest_size=20).hexdigest()
         if self.ledger.has(name, job.sop_instance_uid, digest):
             metrics.DUPLICATES_SUPPRESSED.labels(name, "skip").inc()
             log.info("job %s: %s already got these bytes from an earlier reception; skipped "

@@ -108,6 +108,12 @@ class Preparer:
         self._uid_map = uid_map
         self._uids: object | None = None
 
+    def fingerprint(self, job: JobHeader, destination: str) -> str:
+        """What this destination's rewrites of `job` are (empty: none), so that a digest of
+        the received file plus this names the bytes it gets (on_duplicate: skip)."""
+        steps = steps_for(self.config, job, destination, self.rules)
+        return repr((steps.morph, steps.deidentify)) if steps.rewrites else ""
+
     def prepare(self, job: JobHeader, destination: str, source: Path,
                 force_syntaxes: Sequence[str] = ()) -> Prepared:
         """Raises DeliveryError (permanent) when a step cannot be done for this instance."""

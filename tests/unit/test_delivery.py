@@ -6,6 +6,7 @@ does it in the thread), and the results socket is an inproc PUSH that nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import queue
@@ -27,6 +28,7 @@ from tests.dicom_samples import write_instance
 from workers import delivery as delivery_module
 from workers.delivery import DeliveryThread
 from workers.ledger import DeliveryLedger, file_digest
+from workers.prepare import Preparer
 
 from .helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, make_header
 
@@ -154,6 +156,30 @@ def test_on_duplicate_skip_suppresses_the_same_bytes_from_a_new_job(rig: Rig) ->
     assert rig.stored().read_bytes() == b"marker"
     changed = rig.sample("b", tags={"StudyDescription": "X"})  # other bytes: sent
     assert rig.deliver(rig.spool_job(JOB_3, changed)) == Result(JOB_3, "archive", True, "")
+
+
+def test_on_duplicate_skip_compares_what_the_destination_gets_not_the_received_file(
+        rig: Rig) -> None:
+    """The same file from a sender whose rule morphs, then from one whose rule does not:
+    the destination got other bytes the first time, so the second is sent, not skipped."""
+    morphing = parse_config({
+        "spool": {"path": str(rig.spool.root)},
+        "destinations": {"archive": {"type": "folder", "path": str(rig.archive),
+                                     "on_duplicate": "skip"}},
+        "rules": [{"name": "ct", "match": {"calling_ae": "CT1"}, "forward": ["archive"],
+                   "morph": [{"action": "set", "tag": "InstitutionName", "value": "X"}]},
+                  {"name": "other", "forward": ["archive"]}]})
+    rig.thread.config = morphing
+    rig.thread.preparer = Preparer(morphing, rig.spool, lambda: None)
+    source = rig.sample("a")
+    morphed = dataclasses.replace(rig.spool_job(JOB_1, source), rules=("ct",))
+    assert rig.deliver(morphed) == Result(JOB_1, "archive", True, "")
+    assert rig.stored().read_bytes() != source.read_bytes()
+    plain = dataclasses.replace(rig.spool_job(JOB_2, source), rules=("other",))
+    assert rig.deliver(plain) == Result(JOB_2, "archive", True, "")
+    assert rig.stored().read_bytes() == source.read_bytes()
+    again = dataclasses.replace(rig.spool_job(JOB_3, source), rules=("other",))
+    assert rig.deliver(again) == Result(JOB_3, "archive", True, "duplicate")
 
 
 def test_an_older_version_sent_again_replaces_the_newer_one(rig: Rig) -> None:
