@@ -60,6 +60,7 @@ class StoreIntake:
         `negotiated` with `transfer_syntax`; its dataset follows."""
         self.discard()  # a dataset left unfinished by a new command is not kept
         self._refusal = None
+        offer = self.settings.offer
         if negotiated != command.sop_class_uid:
             # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything else
             # would be filed under a class nobody negotiated.
@@ -69,7 +70,14 @@ class StoreIntake:
                                          "SOP class is not the presentation context's",
                                          "rejected")
             return
-        offer = self.settings.offer
+        if command.sop_class_uid not in offer.storage_classes:
+            # A C-STORE on a Verification or query context: no destination could take it
+            # (it would dead-letter as no_context), so the sender hears it now.
+            log.warning("refusing a C-STORE from %s: %s is not a storage SOP class",
+                        self.session.address, negotiated)
+            self._refusal = StoreRefusal(context_id, command, Status.SOP_CLASS_NOT_SUPPORTED,
+                                         "SOP class is not a storage SOP class", "rejected")
+            return
         meta = file_meta(command.sop_class_uid, command.sop_instance_uid, transfer_syntax,
                          offer.implementation_class_uid, offer.implementation_version)
         try:

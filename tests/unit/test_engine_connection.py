@@ -455,6 +455,28 @@ def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
     running.join()
 
 
+@pytest.mark.parametrize("sop_class", [VERIFICATION, STUDY_FIND])
+def test_store_on_a_context_that_is_not_storage_is_refused_0122(
+        harness: Harness, running: Running, sop_class: str) -> None:
+    """The SOP class is the context's, but no destination could store a Verification or
+    C-FIND instance: refused at once, not answered Success and dead-lettered later."""
+    peer = Peer(running)
+    peer.associate((1, CT, (EXPLICIT,)), (3, sop_class, (EXPLICIT,)))
+    before = sample("dicom_router_instances_received_total", {"result": "rejected"})
+    peer.send(SendCommand(3, CStoreRQ(6, sop_class, INSTANCE)))
+    store_pieces(peer, encoded_dataset(3000), 1000, context_id=3)
+    answer = peer.command().command
+    assert isinstance(answer, CStoreRSP)
+    assert answer.status == 0x0122 and answer.message_id_responded == 6
+    assert answer.error_comment == "SOP class is not a storage SOP class"
+    assert sample("dicom_router_instances_received_total",
+                  {"result": "rejected"}) == before + 1
+    assert harness.store.seen == [] and list(harness.incoming.iterdir()) == []
+    assert store(peer, 7).status == 0x0000  # the association goes on
+    peer.release()
+    running.join()
+
+
 def test_store_without_a_file_to_write_is_answered_a700_and_the_association_goes_on(
         harness: Harness, running: Running) -> None:
     """No file can be created in incoming/ (no inode left, too many open files, the folder
