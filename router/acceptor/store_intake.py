@@ -18,6 +18,7 @@ from router.acceptor.store_handler import StoreHandler
 from router.acceptor.store_receiver import StoreReceiver, file_meta
 from router.core import metrics
 from router.core.dimse_status import Status
+from router.core.uids import uid_for_log
 from router.dicom.engine import CStoreRQ, CStoreRSP, SendCommand
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class StoreIntake:
         if negotiated != command.sop_class_uid:
             # PS3.7 9.1.1.1: the SOP class is the context's abstract syntax. Anything else
             # would be filed under a class nobody negotiated.
+            # A malformed UID is described, never quoted (README "Hostile input").
             log.warning("refusing a C-STORE from %s: SOP class %s on a context negotiated "
-                        "for %s", self.session.address, command.sop_class_uid[:64], negotiated)
+                        "for %s", self.session.address, uid_for_log(command.sop_class_uid),
+                        negotiated)
             self._refusal = StoreRefusal(context_id, command, Status.SOP_CLASS_NOT_SUPPORTED,
                                          "SOP class is not the presentation context's",
                                          "rejected")

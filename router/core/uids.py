@@ -21,11 +21,17 @@ def require_uid(value: object, name: str) -> str:
     could carry newlines or control bytes (UIDs are never logged anyway).
     """
     if not is_valid_uid(value):
-        raise InvalidUID(f"{name} ({_describe(value)}) is not a valid DICOM UID")
+        raise InvalidUID(f"{name} ({describe(value)}) is not a valid DICOM UID")
     return str(value)
 
 
-def _describe(value: object) -> str:
+def uid_for_log(value: object) -> str:
+    """A UID as a log line may show it: the value if well-formed, else a description."""
+    return str(value) if is_valid_uid(value) else f"a malformed UID ({describe(value)})"
+
+
+def describe(value: object) -> str:
+    """What is wrong with a malformed UID, without quoting it."""
     if not isinstance(value, str):
         return f"a {type(value).__name__}, not text"
     if len(value) > 64:

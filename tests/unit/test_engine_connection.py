@@ -455,6 +455,21 @@ def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
     running.join()
 
 
+def test_a_malformed_sop_class_is_described_in_the_log_never_quoted(
+        harness: Harness, running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """README "Hostile input": a peer's malformed UID could forge log lines or carry a name."""
+    peer = Peer(running)
+    peer.associate()
+    with caplog.at_level(logging.WARNING, logger="router.acceptor.store_intake"):
+        answer = store(peer, 6, "PATIENT^JOHN 1970 \r\nFAKE ERROR")
+    assert answer.status == 0x0122
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "a malformed UID (" in logged and "not only digits and dots" in logged
+    assert "PATIENT" not in logged and "FAKE" not in logged
+    peer.release()
+    running.join()
+
+
 @pytest.mark.parametrize("sop_class", [VERIFICATION, STUDY_FIND])
 def test_store_on_a_context_that_is_not_storage_is_refused_0122(
         harness: Harness, running: Running, sop_class: str) -> None:
