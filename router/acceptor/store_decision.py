@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 from router.core.config import Rule
 from router.core.dimse_status import Status
-from router.core.errors import DimseRefusal, NoRoute
+from router.core.errors import DatasetMismatch, DimseRefusal, NoRoute
 from router.core.messages import JobHeader
 from router.core.priority import FROM_DIMSE, NORMAL, PRIORITIES
 from router.core.rules import AssociationFacts, RouteDecision
 
+# What every C-STORE's header is checked for: the instance the command names.
+IDENTITY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID")
 # What a completion rule needs from the header: the study or series, and the order.
 COMPLETION_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "InstanceNumber")
 
@@ -38,6 +40,19 @@ class Dropped:
 @dataclass(frozen=True)
 class Keep:
     job: JobHeader
+
+
+def check_identity(command: StoreCommand, tags: dict[str, str]) -> None:
+    """The dataset must be the instance its command names, as DCMTK's storescp checks: a
+    destination like it would refuse the instance (0xA900) and it would dead-letter after
+    Success. Without either UID DCMTK answers 0xC000 (cannot understand), and so do we."""
+    dataset = tags.get("SOPClassUID", ""), tags.get("SOPInstanceUID", "")
+    if not all(dataset):
+        raise DatasetMismatch("dataset has no SOP Class UID or SOP Instance UID",
+                              Status.CANNOT_UNDERSTAND)
+    if dataset != (command.sop_class_uid, command.sop_instance_uid):
+        which = "Class" if dataset[0] != command.sop_class_uid else "Instance"
+        raise DatasetMismatch(f"Dataset does not match SOP Class (SOP {which} UID differs)")
 
 
 def decide(decision: RouteDecision, facts: AssociationFacts, command: StoreCommand,

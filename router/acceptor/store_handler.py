@@ -18,11 +18,18 @@ from pydicom.errors import InvalidDicomError
 from router.acceptor.admission import Admission
 from router.acceptor.broker_client import BrokerClient
 from router.acceptor.session import AssociationSession, ReceivedStore
-from router.acceptor.store_decision import COMPLETION_KEYWORDS, Dropped, StoreCommand, decide
+from router.acceptor.store_decision import (
+    COMPLETION_KEYWORDS,
+    IDENTITY_KEYWORDS,
+    Dropped,
+    StoreCommand,
+    check_identity,
+    decide,
+)
 from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.dimse_status import Status
-from router.core.errors import DimseRefusal, OutOfResources, QueueFull
+from router.core.errors import DatasetMismatch, DimseRefusal, OutOfResources, QueueFull
 from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
@@ -68,10 +75,11 @@ class StoreHandler:
 
     def set_rules(self, rules: RuleSet, max_dataset_bytes: int | None) -> None:
         """At start and on a config reload; a C-STORE in progress keeps the rules it read."""
-        # One header read serves both the rules and the audit trail (per-study records).
+        # One header read serves the identity check, the rules and the audit trail.
         audit_keywords = ("StudyInstanceUID", "PatientID") if self.audit is not None else ()
         completion = COMPLETION_KEYWORDS if rules.completes else ()
-        self.keywords = tuple(sorted({*rules.tag_keywords, *audit_keywords, *completion}))
+        self.keywords = tuple(sorted({*IDENTITY_KEYWORDS, *rules.tag_keywords,
+                                      *audit_keywords, *completion}))
         self.rules = rules
         self.max_dataset_bytes = max_dataset_bytes
 
@@ -93,6 +101,7 @@ class StoreHandler:
             comment = ""
         except DimseRefusal as exc:
             status, comment = exc.status, str(exc)
+            label = "rejected" if isinstance(exc, DatasetMismatch) else ""
             log.warning("C-STORE refused with 0x%04X: %s", status, exc)
         except Exception:  # the handler boundary: an unexpected error is a failure status
             log.exception("C-STORE failed unexpectedly")
@@ -113,14 +122,6 @@ class StoreHandler:
         # Its bytes were counted as they arrived (live_status).
         size = received.size if received.size is not None else path.stat().st_size
         self._check_received(received.session, size)
-        if self.relay is not None and self.relay.take_move_instance(
-                received.move_originator_message_id, received.move_originator_ae,
-                received.session.facts.calling_ae, path):
-            return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
-        refusal = self.admission.refusal(new_association=False)
-        if refusal is not None:
-            metrics.REFUSALS.labels(refusal[0]).inc()
-            raise OutOfResources(f"{refusal[1]}; retry later")
         session = received.session
         facts = session.facts
 
@@ -129,10 +130,17 @@ class StoreHandler:
                 tags.update(self._tags(path))
             return tags
 
-        if self.audit is not None:
-            header()
         command = StoreCommand(sop_class, sop_instance, received.transfer_syntax_uid, size,
                                received.priority)
+        check_identity(command, header())
+        if self.relay is not None and self.relay.take_move_instance(
+                received.move_originator_message_id, received.move_originator_ae,
+                received.session.facts.calling_ae, path):
+            return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
+        refusal = self.admission.refusal(new_association=False)
+        if refusal is not None:
+            metrics.REFUSALS.labels(refusal[0]).inc()
+            raise OutOfResources(f"{refusal[1]}; retry later")
         outcome = decide(self.rules.route(facts, header, sop_class), facts, command, header,
                          job_id=new_job_id(), received_at=time.time(),
                          peer_port=session.port,

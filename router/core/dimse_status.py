@@ -11,6 +11,9 @@ class Status(IntEnum):
     SUCCESS = 0x0000
     # Refused: Out of Resources. The sender may retry later: nothing was kept.
     OUT_OF_RESOURCES = 0xA700
+    # Error: Data Set does not match SOP Class (PS3.4 B.2.3): the dataset's SOP Class or
+    # Instance UID is not the command's.
+    DATASET_DOES_NOT_MATCH = 0xA900
     # Error: Cannot understand (0xC000-0xCFFF). The router uses sub-codes so that an operator
     # can tell the reasons apart in a sender's log; the ErrorComment says the same in words.
     CANNOT_UNDERSTAND = 0xC000

@@ -38,6 +38,12 @@ class InvalidUID(DimseRefusal):
     status = Status.INVALID_UID
 
 
+class DatasetMismatch(DimseRefusal):
+    """The dataset is not the instance the command names (counted as rejected)."""
+
+    status = Status.DATASET_DOES_NOT_MATCH
+
+
 class NoRoute(DimseRefusal):
     status = Status.NO_ROUTE
 

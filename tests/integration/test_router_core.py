@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, MRImageStorage
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification
 
 from router.core.recycling import RESCAN_SECONDS
 from tests.dcmtk import LOCALHOST, StoreSCP, run_echoscu, run_storescu
@@ -286,3 +288,52 @@ def test_hostile_uids_never_escape_the_folder(
     assert outside == []
     assert _files(archive) == []
     assert len(list((router.spool / "dead-letters").glob("*.json"))) == 1
+
+
+def test_stores_that_could_never_be_delivered_are_refused_at_once(
+    start_router: RouterFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regressions: a C-STORE whose dataset is not the instance its command names (DCMTK's
+    storescp refuses it 0xA900), one whose dataset has no SOP UIDs (DCMTK: 0xC000) and one
+    on the Verification context were answered Success, then dead-lettered downstream."""
+    archive = tmp_path / "archive"
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(archive)}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    files = {}
+    for name, change in (("other", lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3.999.2")),
+                         ("no_uids", lambda ds: (delattr(ds, "SOPInstanceUID"),
+                                                 delattr(ds, "SOPClassUID"))),
+                         ("verification", lambda ds: (
+                             setattr(ds, "SOPClassUID", Verification),
+                             setattr(ds.file_meta, "MediaStorageSOPClassUID", Verification)))):
+        ds = dcmread(source)
+        change(ds)
+        files[name] = tmp_path / f"{name}.dcm"
+        ds.save_as(files[name])  # the file meta (the command's UIDs) as it was
+    # The file as it is: its meta names the command's UIDs, its dataset may differ.
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+    ae.add_requested_context(Verification, EXPLICIT_VR_LE)
+    assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
+    assert assoc.is_established
+    try:
+        answers = {name: assoc.send_c_store(path) for name, path in
+                   (*files.items(), ("good", source))}
+    finally:
+        assoc.release()
+    statuses = {name: int(answer.Status) for name, answer in answers.items()}
+    assert statuses == {"other": 0xA900, "no_uids": 0xC000, "verification": 0x0122,
+                        "good": 0x0000}
+    assert answers["other"].ErrorComment == \
+        "Dataset does not match SOP Class (SOP Instance UID differs)"
+    assert router.metric("dicom_router_instances_received_total", result="rejected") == 3
+    assert wait_for(lambda: _delivered(router, "archive") == 1), router.log()[-3000:]
+    assert [dcmread(p).SOPInstanceUID for p in _files(archive)] == [dcmread(source).SOPInstanceUID]
+    assert list((router.spool / "dead-letters").glob("*.json")) == []
+    assert list((router.spool / "incoming").iterdir()) == []
+    assert "Traceback" not in router.log()

@@ -6,10 +6,17 @@ from dataclasses import replace
 
 import pytest
 
-from router.acceptor.store_decision import Dropped, Keep, StoreCommand, completion_group, decide
+from router.acceptor.store_decision import (
+    Dropped,
+    Keep,
+    StoreCommand,
+    check_identity,
+    completion_group,
+    decide,
+)
 from router.core.config import Rule
 from router.core.dimse_status import Status
-from router.core.errors import DimseRefusal, NoRoute
+from router.core.errors import DatasetMismatch, DimseRefusal, NoRoute
 from router.core.priority import HIGH, LOW, NORMAL, URGENT
 from router.core.rules import AssociationFacts, RouteDecision
 
@@ -83,3 +90,32 @@ def test_without_its_uid_an_instance_goes_on_its_own() -> None:
     assert completion_group(rule, {"StudyInstanceUID": "1.2"}) == ("", 0)
     assert completion_group(rule, {"SeriesInstanceUID": "1.3", "InstanceNumber": "x"}) == (
         "series|1.3", 0)
+
+
+def test_a_dataset_that_is_the_commands_instance_passes() -> None:
+    check_identity(COMMAND, {"SOPClassUID": COMMAND.sop_class_uid,
+                             "SOPInstanceUID": COMMAND.sop_instance_uid})
+
+
+@pytest.mark.parametrize(("tags", "which"), [
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2", "SOPInstanceUID": "1.2.3.5"}, "Instance"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4", "SOPInstanceUID": "1.2.3.4"}, "Class"),
+])
+def test_a_dataset_of_another_instance_is_refused_a900(tags: dict[str, str],
+                                                       which: str) -> None:
+    """DCMTK's storescp refuses it with 0xA900: Success would end in a dead letter."""
+    with pytest.raises(DatasetMismatch) as refused:
+        check_identity(COMMAND, tags)
+    assert refused.value.status == Status.DATASET_DOES_NOT_MATCH == 0xA900
+    assert str(refused.value) == f"Dataset does not match SOP Class (SOP {which} UID differs)"
+    assert len(str(refused.value)) <= 64  # an ErrorComment (LO)
+
+
+@pytest.mark.parametrize("tags", [
+    {}, {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}, {"SOPInstanceUID": "1.2.3.4"}])
+def test_a_dataset_without_its_sop_uids_is_refused_c000_as_dcmtk_does(
+        tags: dict[str, str]) -> None:
+    with pytest.raises(DatasetMismatch) as refused:
+        check_identity(COMMAND, tags)
+    assert refused.value.status == Status.CANNOT_UNDERSTAND
+    assert "no SOP Class UID or SOP Instance UID" in str(refused.value)
