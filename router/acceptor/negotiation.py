@@ -24,6 +24,8 @@ from router.dicom.engine.associate import (
 )
 from router.dicom.engine.dimse import VERIFICATION
 
+USERNAME, USERNAME_AND_PASSCODE = 1, 2  # User-Identity-Type (PS3.7 D.3.3.7)
+
 
 @dataclass(frozen=True)
 class AcceptorOffer:
@@ -81,6 +83,18 @@ def accept(rq: AssociateRQ, offer: AcceptorOffer) -> AssociateAC:
     info = UserInformation(max_length=offer.max_pdu,
                            implementation_class_uid=offer.implementation_class_uid,
                            implementation_version_name=offer.implementation_version,
-                           async_window=window, roles=roles)
+                           async_window=window, roles=roles,
+                           identity_response=identity_response(rq))
     return AssociateAC(rq.called_ae, rq.calling_ae, tuple(contexts), info,
                        DICOM_APPLICATION_CONTEXT, 1)
+
+
+def identity_response(rq: AssociateRQ) -> bytes | None:
+    """The User Identity server response (0x59) for an identity already accepted, when the
+    requester asked for one (PS3.7 D.3.3.7): empty for a username, with or without passcode.
+    Kerberos, SAML and JWT would need a ticket or token the router does not make: none, so
+    a requester that insists finds out at association time, not later."""
+    identity = rq.user_info.identity
+    if identity is None or not identity.positive_response_requested:
+        return None
+    return b"" if identity.identity_type in (USERNAME, USERNAME_AND_PASSCODE) else None

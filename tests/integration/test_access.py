@@ -64,6 +64,9 @@ def test_user_identity_with_hashed_passcodes(start_router: RouterFactory, tmp_pa
                             extra_args=list(identity)).returncode
 
     assert send("-usr", "modality", "-pwd", "right-passcode") == 0
+    # Regression: no User Identity response (PS3.7 D.3.3.7) when one was asked for; storescu
+    # then failed "Positive response requested but none received".
+    assert send("-usr", "modality", "-pwd", "right-passcode", "--pos-response") == 0
     assert send("-usr", "modality", "-pwd", "wrong") != 0
     assert send("-usr", "nobody", "-pwd", "right-passcode") != 0
     assert send() != 0  # no identity at all, but the listener requires one

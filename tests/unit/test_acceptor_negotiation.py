@@ -12,6 +12,7 @@ from router.dicom.engine import (
     AssociationAccepted,
     PresentationContextRQ,
     RoleSelection,
+    UserIdentityRQ,
     UserInformation,
 )
 
@@ -144,3 +145,19 @@ def test_one_sop_class_proposed_twice_is_answered_per_context() -> None:
     ac = on_the_wire(request, accept(request, OFFER))
     assert [(c.context_id, c.result, c.transfer_syntax) for c in ac.contexts] == [
         (1, 0, JPEG_LOSSLESS), (3, 0, IMPLICIT), (5, 4, "")]
+
+
+def test_a_user_identity_gets_its_positive_response_when_asked_for_one() -> None:
+    """PS3.7 D.3.3.7: an accepted username (with or without passcode) whose requester asked
+    for a positive response gets an empty server response (0x59); unasked, none."""
+    def answer(kind: int, wants: bool) -> bytes | None:
+        info = UserInformation(max_length=16384, implementation_class_uid="1.2.3",
+                               identity=UserIdentityRQ(kind, wants, b"alice", b"secret"))
+        request = rq((1, CT, (EXPLICIT,)), user_info=info)
+        return on_the_wire(request, accept(request, OFFER)).user_info.identity_response
+
+    assert answer(2, True) == b"" and answer(1, True) == b""
+    assert answer(2, False) is None
+    assert answer(5, True) is None  # a JWT's response would be a token the router has not
+    request = rq((1, CT, (EXPLICIT,)))
+    assert on_the_wire(request, accept(request, OFFER)).user_info.identity_response is None
