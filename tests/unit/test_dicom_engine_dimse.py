@@ -99,6 +99,9 @@ def test_no_dataset_type() -> None:
     b"\x08\x00\x00\x00\x02\x00\x00\x00ab",  # group 0008
     encode_elements([(0x0110, b"\x01\x00")]),  # no command field
     encode_elements([(0x0100, b"\x01\x00"), (0x0110, b"\x01\x00")]),  # C-STORE-RQ without UIDs
+    # A C-STORE-RQ whose Data Set Type says no dataset follows (PS3.7 9.3.1.1 forbids it).
+    encode_elements([(0x0002, b"1.2\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x01\x00"),
+                     (0x0800, b"\x01\x01"), (0x1000, b"1.3\0")]),
     b"\x00\x00\x00\x01\xff\xff\xff\xff",  # length past the end
 ])
 def test_bad_command_sets_are_decode_errors(raw: bytes) -> None:

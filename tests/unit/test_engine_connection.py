@@ -455,6 +455,26 @@ def test_store_whose_sop_class_is_not_its_contexts_is_refused_0122(
     running.join()
 
 
+def test_a_store_without_a_data_set_is_aborted_at_once(
+        harness: Harness, running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: a C-STORE-RQ with Data Set Type 0x0101 waited for a dataset that never
+    came, until network_timeout, and was logged as a silent peer."""
+    peer = Peer(running)
+    peer.associate()
+    before = dropped("protocol_error")
+    command = OtherCommand(0x0001, {0x0002: CT.encode() + b"\0", 0x0110: us(9),
+                                    0x0800: us(0x0101), 0x1000: INSTANCE.encode()})
+    with caplog.at_level(logging.WARNING, logger="router.acceptor.connection"):
+        peer.send(SendCommand(1, command))
+        events = peer.events_until(Aborted)
+    assert isinstance(events[-1], Aborted) and events[-1].source == 2  # service provider
+    running.join()
+    assert dropped("protocol_error") == before + 1
+    [record] = caplog.records
+    assert "C-STORE-RQ that says no data set follows" in record.getMessage()
+    assert harness.store.seen == [] and list(harness.incoming.iterdir()) == []
+
+
 def test_a_malformed_sop_class_is_described_in_the_log_never_quoted(
         harness: Harness, running: Running, caplog: pytest.LogCaptureFixture) -> None:
     """README "Hostile input": a peer's malformed UID could forge log lines or carry a name."""

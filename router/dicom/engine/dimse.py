@@ -208,6 +208,12 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
     elements = decode_elements(data)
     field = _need_us(elements, COMMAND_FIELD)
     if field == C_STORE_RQ:
+        if elements.get(DATA_SET_TYPE) == _US.pack(NO_DATASET):
+            # PS3.7 9.3.1.1: a C-STORE-RQ's Data Set Type "shall be set to a value other
+            # than 0101H". PS3.7 has no status for a request without its dataset, and
+            # waiting for one that never comes would hold the association to its timeout.
+            raise DecodeError("a C-STORE-RQ that says no data set follows "
+                              "(Data Set Type 0x0101)")
         origin = elements.get(MOVE_ORIGINATOR_MESSAGE_ID)
         return CStoreRQ(
             _need_us(elements, MESSAGE_ID), _need_uid(elements, AFFECTED_SOP_CLASS_UID),
