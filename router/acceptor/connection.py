@@ -49,6 +49,7 @@ from router.dicom.engine import (
     CStoreRSP,
     DataFragment,
     Event,
+    LocalProtocolError,
     OtherCommand,
     ReleaseRequested,
     ReleaseRP,
@@ -105,6 +106,10 @@ class EngineConnection:
             self._run()
         except ConnectionEnded:
             pass
+        except LocalProtocolError as exc:  # what the peer negotiated cannot carry an answer
+            log.warning("closing the association from %s: %s", self.address[0], exc.message)
+            metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
+            self.abort()
         except Exception:  # the thread's boundary: log, never a traceback to the peer
             log.exception("association from %s ended on an unexpected error", self.address[0])
             self.abort()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -262,3 +263,19 @@ def test_an_ac_may_only_answer_proposed_contexts() -> None:
     scu = _sta5()
     scu.receive_data(encode_pdu(bad))
     assert sorted(scu.accepted) == [1, 3]  # context 9 was never proposed: ignored
+
+
+@pytest.mark.parametrize("max_length", [1, 6])
+def test_a_peer_whose_maximum_pdu_cannot_carry_a_pdv_is_rejected_at_once(
+        max_length: int) -> None:
+    """Regression: a peer advertising 1..6 was accepted and the first answer to it raised a
+    LocalProtocolError (logged with a traceback); 0 means no limit and stays accepted."""
+    scp = Association.acceptor()
+    with pytest.raises(RemoteProtocolError) as caught:
+        scp.receive_data(encode_pdu(make_rq(max_length=max_length)))
+    assert caught.value.to_send == encode_pdu(AssociateRJ(1, 1, 1))
+    assert "too small" in caught.value.message and scp.state is State.STA13
+    unlimited = Association.acceptor()
+    rq = make_rq(max_length=16384)
+    rq = replace(rq, user_info=replace(rq.user_info, max_length=0))
+    assert unlimited.receive_data(encode_pdu(rq))[0] == AssociationRequested(rq)

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -473,6 +473,26 @@ def test_a_store_without_a_data_set_is_aborted_at_once(
     [record] = caplog.records
     assert "C-STORE-RQ that says no data set follows" in record.getMessage()
     assert harness.store.seen == [] and list(harness.incoming.iterdir()) == []
+
+
+def test_a_peer_whose_maximum_pdu_is_below_7_is_rejected_in_one_line(
+        harness: Harness, running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the AC went out, then the first answer raised LocalProtocolError and the
+    acceptor logged an ERROR with a traceback."""
+    peer = Peer(running)
+    before = dropped("protocol_error")
+    rq = request()
+    with caplog.at_level(logging.WARNING):
+        peer.send(replace(rq, user_info=replace(rq.user_info, max_length=6)))
+        events = peer.events_until(AssociationRejected)
+    assert isinstance(events[-1], AssociationRejected)
+    assert (events[-1].rj.result, events[-1].rj.source, events[-1].rj.reason) == (1, 1, 1)
+    peer.sock.shutdown(socket.SHUT_WR)
+    running.join()
+    assert dropped("protocol_error") == before + 1
+    [record] = [r for r in caplog.records if r.name.startswith("router")]
+    assert "maximum PDU length 6 is too small" in record.getMessage()
+    assert record.levelno == logging.WARNING and record.exc_info is None
 
 
 def test_a_malformed_sop_class_is_described_in_the_log_never_quoted(

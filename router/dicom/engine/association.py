@@ -45,6 +45,7 @@ DEFAULT_SEND_CAP = 256 * 1024  # what we send when the peer says 0 (no limit), o
 DEFAULT_MAX_ASSOCIATE = 256 * 1024
 DEFAULT_MAX_COMMAND = 64 * 1024
 DEFAULT_ARTIM = 30.0
+MIN_PEER_PDU_LENGTH = 7  # a P-DATA-TF's PDV item header (6 bytes) and one byte of value
 
 _RECEIVED = {AssociateRQ: Evt.RQ_PDU, AssociateAC: Evt.AC_PDU, AssociateRJ: Evt.RJ_PDU,
              ReleaseRQ: Evt.RELEASE_RQ_PDU, ReleaseRP: Evt.RELEASE_RP_PDU, Abort: Evt.ABORT_PDU}
@@ -210,6 +211,15 @@ class Association:
             self._enter(State.STA13, artim=True)
             self._discarding = True
             raise RemoteProtocolError("protocol version not supported", to_send=encode_pdu(rj))
+        if 0 < rq.user_info.max_length < MIN_PEER_PDU_LENGTH:
+            # Nothing could be sent to it (a PDV needs 6 bytes and a value): refuse it now
+            # rather than fail at the first answer.
+            rj = AssociateRJ(1, 1, 1)  # permanent, service user, no reason given
+            self._enter(State.STA13, artim=True)
+            self._discarding = True
+            raise RemoteProtocolError(
+                f"its maximum PDU length {rq.user_info.max_length} is too small to carry "
+                f"any PDV (at least {MIN_PEER_PDU_LENGTH}, or 0)", to_send=encode_pdu(rj))
         self.rq = rq
         self.peer_max_pdu = rq.user_info.max_length
         self._enter(State.STA3)
@@ -300,7 +310,7 @@ class Association:
         if event.context_id not in self.accepted:
             raise LocalProtocolError(f"presentation context {event.context_id} not accepted")
         limit = self.send_limit
-        if limit < 7:
+        if limit < MIN_PEER_PDU_LENGTH:
             raise LocalProtocolError(f"peer maximum PDU length {limit} is too small")
         if isinstance(event, ev.SendCommand):
             command = encode_command(event.command)
