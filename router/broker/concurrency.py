@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 IDLE_MARGIN = 2.0  # a worker notices an idle association within a second of its timeout
 # Reasons after which the worker no longer holds the association it used.
 ASSOCIATION_LOST = frozenset(
-    {"connection", "aborted", "rejected", "tls", "busy", "dimse_timeout", "no_context"})
+    {"connection", "aborted", "rejected", "tls", "busy", "dimse_timeout", "no_context",
+     "protocol", "max_pdu"})
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,10 @@ class Retry:
     delivery: Delivery
     delay: float
     reason: str
+    detail: str = ""  # what the worker said
+    # This failure started the destination's back-off: log it (the deliveries that fail
+    # with it, or while it lasts, are not logged one by one).
+    announce: bool = True
 
 
 Outcome = Settled | DeadLetter | Retry

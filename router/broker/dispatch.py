@@ -21,6 +21,12 @@ Rules it keeps:
   transiently) pauses that destination with exponential backoff and jitter; the delivery
   goes back to the front of its queue without spending an attempt, so a PACS that is down
   for a weekend holds its queue instead of turning it into dead letters.
+- An abort (or a protocol violation) while an instance is on the wire is either: a PACS
+  whose storage is down, or an instance it cannot take. The destination backs off as
+  above; the job goes behind the destination's other jobs, so the next try is another
+  instance; it spends an attempt only if the destination took something else since this
+  job's previous such failure. A PACS that aborts everything keeps its whole queue; an
+  instance that alone makes it abort becomes a dead letter after its attempts.
 - A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
   backoff with jitter while it is transient and attempts remain; otherwise it becomes a
   dead letter with the reason.
@@ -37,7 +43,7 @@ from router.broker.completion import MAX_BATCH
 from router.broker.concurrency import ASSOCIATION_LOST, Choice
 from router.broker.deliveries import Delivery, Outcome, Retry, backoff
 from router.broker.dispatch_state import DispatchState
-from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES
+from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES, STORE_FAILURES
 from router.core.messages import JobHeader, Result
 
 BUSY_HOLD_SECONDS = 1.0  # a busy destination with nothing of ours open: wait, then try again
@@ -97,31 +103,39 @@ class Dispatcher(DispatchState):
             if job is None:
                 continue
             if (not result.delivered and result.transient
-                    and result.reason in HOLD_BACK_FAILURES):
+                    and result.reason in HOLD_BACK_FAILURES and not _store_failure(result)):
                 held_back.append(job)
                 failure = result
                 continue
+            if _store_failure(result):
+                failure = result  # the untried rest waits at the front, this job behind it
             outcomes += self._outcome(Delivery(job, destination, batch.attempt), result, now)
         reported = {r.job_id for r in results}
         held_back += [j for j in batch.jobs if j.job_id not in reported]  # never tried
         if held_back:
             rest = Delivery(held_back[0], destination, batch.attempt, tuple(held_back))
-            reason = failure.reason if failure is not None else "aborted"
-            outcomes.append(self._busy(rest, now) if reason == "busy"
-                            else self._pause(rest, reason, now))
+            if failure is not None and failure.reason == "busy":
+                outcomes.append(self._busy(rest, now))
+            else:
+                reason = failure.reason if failure is not None else "aborted"
+                detail = failure.detail if failure is not None else ""
+                outcomes.append(self._pause(rest, reason, now, detail))
         return outcomes
 
     def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
         if result.delivered:
             self.failures_in_a_row[delivery.destination] = 0
             self.paused_until[delivery.destination] = 0.0
+            self.delivered_total[delivery.destination] += 1
             return self._finish(delivery)
         if result.reason == "withdrawn":
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
         if result.reason == "busy":
             return [self._busy(delivery, now)]
+        if _store_failure(result):
+            return self._store_failed(delivery, result, now)
         if result.transient and result.reason in DESTINATION_FAILURES:
-            return [self._pause(delivery, result.reason, now)]
+            return [self._pause(delivery, result.reason, now, result.detail)]
         policy = self.policies[delivery.destination]
         if result.transient and delivery.attempt < policy.retry.max_attempts:
             delay = backoff(policy.retry, delivery.attempt, self.rand)
@@ -131,16 +145,40 @@ class Dispatcher(DispatchState):
         reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
         return self._give_up(delivery, reason, result.detail)
 
-    def _pause(self, delivery: Delivery, reason: str, now: float) -> Retry:
+    def _pause(self, delivery: Delivery, reason: str, now: float, detail: str = "") -> Retry:
         """Hold the destination's whole queue; this delivery waits at its front."""
+        self._requeue_front(delivery)
+        return self._back_off(delivery, reason, now, detail)
+
+    def _back_off(self, delivery: Delivery, reason: str, now: float, detail: str) -> Retry:
         name = delivery.destination
-        if now >= self.paused_until[name]:  # deliveries already out fail too: count once
+        starts = now >= self.paused_until[name]
+        if starts:  # deliveries already out fail too: count once
             self.failures_in_a_row[name] += 1
             policy = self.policies[name]
             delay = backoff(policy.retry, self.failures_in_a_row[name], self.rand)
             self.paused_until[name] = now + delay
-        self._requeue_front(delivery)
-        return Retry(delivery, self.paused_until[name] - now, reason)
+            self.backoff_reason[name] = f"{reason}: {detail}" if detail else reason
+        return Retry(delivery, self.paused_until[name] - now, reason, detail, announce=starts)
+
+    def _store_failed(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
+        """The destination aborted (or broke the protocol) with this instance on the wire:
+        it backs off, and the job goes behind its other jobs. The attempt is spent only if
+        the destination took something else since this job's previous such failure: then
+        the instance, not the destination, looks like the cause."""
+        name = delivery.destination
+        taken = self.delivered_total[name]
+        spent = self.store_failed_at.get(delivery.key, taken) < taken
+        self.store_failed_at[delivery.key] = taken
+        retry = self._back_off(delivery, result.reason, now, result.detail)
+        if not spent:
+            self._requeue_back(delivery)
+            return [retry]
+        if delivery.attempt >= self.policies[name].retry.max_attempts:
+            return self._give_up(delivery, f"{result.reason}_retries_exhausted", result.detail)
+        again = Delivery(delivery.job, name, delivery.attempt + 1)
+        self._requeue_back(again)
+        return [replace(retry, delivery=again)]
 
     def _busy(self, delivery: Delivery, now: float) -> Retry:
         """The destination is busy, not down: no attempt spent, no failure counted. With none
@@ -231,3 +269,9 @@ class Dispatcher(DispatchState):
                 self._rotation = index + 1  # the next call starts after this one: no starvation
                 return name, choice
         return None
+
+
+def _store_failure(result: Result) -> bool:
+    """The destination failed while this delivery's instance was on the wire."""
+    return (not result.delivered and result.transient and result.during_store
+            and result.reason in STORE_FAILURES)

@@ -6,6 +6,7 @@ import itertools
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
@@ -65,6 +66,12 @@ class DispatchState:
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.backoff_reason: dict[str, str] = {}  # what started a destination's back-off
+        # Deliveries each destination took, and its count when a job's store last failed
+        # under it (router/broker/dispatch.py: an abort spends an attempt only when the
+        # destination took something else since).
+        self.delivered_total: Counter[str] = Counter()
+        self.store_failed_at: dict[tuple[str, str], int] = {}
         self.concurrency = {name: p.concurrency() for name, p in self.policies.items()}
         self.busy_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         # Paused by an operator (router/broker/control.py): the queue holds until resumed.
@@ -139,6 +146,8 @@ class DispatchState:
     def _settle(self, job_id: str) -> list[Outcome]:
         state = self.jobs.pop(job_id)
         self.queued_bytes -= state.header.size
+        for destination in state.header.destinations:
+            self.store_failed_at.pop((job_id, destination), None)
         return [Settled(state.header, reusable=state.exclusive)]
 
     def _enqueue(self, delivery: Delivery, *, hold: bool = True) -> None:
@@ -154,6 +163,7 @@ class DispatchState:
             following = self.order.done(delivery.destination, following.job)  # never expected
         if following is not None:
             self._enqueue(following)
+        self.store_failed_at.pop(delivery.key, None)
         state = self.jobs.get(delivery.job.job_id)
         if state is None:
             return []
@@ -209,6 +219,12 @@ class DispatchState:
         remaining = self._still_pending(delivery)
         if remaining is not None:
             self.queues[delivery.destination].appendleft(remaining)
+
+    def _requeue_back(self, delivery: Delivery) -> None:
+        """Behind the destination's other queued jobs (of its priority)."""
+        remaining = self._still_pending(delivery)
+        if remaining is not None:
+            self.queues[delivery.destination].append(remaining)
 
     def expired_workers(self, now: float) -> list[bytes]:
         return [w.identity for w in self.workers.values()

@@ -174,8 +174,9 @@ class Broker(Publishing, RelayPaths):
                     log.info("destination %s is busy; %d job(s) wait for an association",
                              d.destination, d.size)
                 elif outcome.reason in DESTINATION_FAILURES:
-                    log.warning("destination %s unavailable (%s); its queue waits %.1fs",
-                                d.destination, outcome.reason, outcome.delay)
+                    if outcome.announce:  # once per back-off, not per delivery caught in it
+                        log.warning("destination %s unavailable (%s); its queue waits %.1fs",
+                                    d.destination, _said(outcome), outcome.delay)
                 else:
                     log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",
                                 d.job.job_id, d.destination, outcome.reason, d.attempt,
@@ -315,6 +316,10 @@ class Broker(Publishing, RelayPaths):
         self.frontend.close()
         self.backend.close()
         self.context.term()
+
+
+def _said(retry: Retry) -> str:
+    return f"{retry.reason}: {retry.detail}" if retry.detail else retry.reason
 
 
 def _outcome_label(result: Result) -> str:

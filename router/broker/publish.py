@@ -79,6 +79,9 @@ class Publishing:
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
+                # Why it is backing off (the failure that started it), while it is.
+                "backing_off_because": (self.dispatcher.backoff_reason.get(name, "")
+                                        if self.dispatcher.is_paused(name, now) else ""),
                 "dead_letters_waiting": waiting.get(name, 0),  # on the spool, to replay
                 **self.control.summary(name, now),  # paused by an operator, fallback
                 # When this was true: a reader of the rows alone (GET /api/destinations)

@@ -57,9 +57,13 @@ class QueueFull(OutOfResources):
 
 
 class DeliveryError(RouterError):
-    """Forwarding to one destination failed. `transient` says whether a retry may succeed."""
+    """Forwarding to one destination failed. `transient` says whether a retry may succeed;
+    `during_store`: the destination failed while this instance was on the wire (an abort
+    under a C-STORE), so the instance itself may be the cause."""
 
-    def __init__(self, reason: str, message: str, *, transient: bool) -> None:
+    def __init__(self, reason: str, message: str, *, transient: bool,
+                 during_store: bool = False) -> None:
         super().__init__(message)
         self.reason = reason  # a bounded label: connection, rejected, no_context, status, ...
         self.transient = transient
+        self.during_store = during_store

@@ -6,7 +6,13 @@ retries"); these sets say which reasons are about the destination rather than th
 
 # Transient reasons that say the destination, not the instance, is in trouble: its whole
 # queue pauses with backoff, and no attempt is spent.
-DESTINATION_FAILURES = frozenset({"connection", "aborted", "rejected", "tls"})
+# `max_pdu`: it advertised a maximum PDU length too small to carry any data.
+DESTINATION_FAILURES = frozenset({"connection", "aborted", "rejected", "tls", "max_pdu",
+                                  "protocol"})
+# Of those, the ones that can come while an instance is on the wire (Result.during_store):
+# the instance may be the cause, so it goes behind the destination's other jobs and spends
+# an attempt only once the destination took something else (router/broker/dispatch.py).
+STORE_FAILURES = frozenset({"aborted", "protocol"})
 # A batch or run stops at these: the destination is down, or busy (it refused one more
 # association while the router holds another: router/broker/concurrency.py).
 HOLD_BACK_FAILURES = DESTINATION_FAILURES | {"busy"}

@@ -163,6 +163,8 @@ class Result(Message):
     transient: bool = False
     detail: str = ""  # operator-facing message
     lease: int = 0  # the Deliver's token
+    # The destination failed while this instance was on the wire (DeliveryError.during_store)
+    during_store: bool = False
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,18 @@ from router.dicom.quick_ack import ack_now
 IMPLEMENTATION_CLASS_UID = "2.25.326976319741938469149805463924233421850"
 IMPLEMENTATION_VERSION = "DICOM_ROUTER"
 RECEIVE_BUFFER = 64 * 1024
+# A P-DATA-TF's variable field must hold a PDV header (6) and two bytes of data (the dataset
+# is sent in even lengths): a peer that advertises less can be sent nothing.
+MIN_SEND_LIMIT = 8
+PROTOCOL_ERROR = "protocol error"  # what _receive says when the peer's bytes break the protocol
 
 FailureKind = Literal["connection", "tls", "rejected", "aborted", "closed", "no_answer",
                       "no_context"]
+# Why a C-STORE got no response: the peer aborted, closed or reset the association under it
+# (`aborted`), said nothing within dimse_timeout (`timeout`), answered something else than
+# its response (`protocol`), or advertised a maximum PDU length too small to carry it
+# (`max_pdu`).
+StoreFailureKind = Literal["aborted", "timeout", "protocol", "max_pdu"]
 
 
 class AssociationFailed(Exception):
@@ -77,7 +86,11 @@ class AssociationFailed(Exception):
 
 
 class StoreFailed(Exception):
-    """A C-STORE got no response: the association is gone (aborted, closed, timed out)."""
+    """A C-STORE got no response: the association is gone; `kind` says how it ended."""
+
+    def __init__(self, kind: StoreFailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +236,15 @@ class StoreAssociation:
         aborted: the peer has part of a message). `originator`: a C-MOVE sub-operation's
         Move Originator AE Title and Message ID."""
         if not self._open:
-            raise StoreFailed("the association is no longer open")
+            raise StoreFailed("aborted", "the association is no longer open")
         context = self._contexts[(sop_class, syntax)]
         self._message_id = self._message_id % 0xFFFF + 1
         request = CStoreRQ(self._message_id, sop_class, sop_instance, priority,
                            *(originator or ("", None)))
         try:
+            if self._engine.send_limit < MIN_SEND_LIMIT:
+                raise StreamError(f"the peer's maximum PDU length "
+                                  f"{self._engine.send_limit} leaves no room for data")
             _send_all(self._sock, self._engine.send(SendCommand(context, request)),
                       self.peer.dimse_timeout)
             self._engine.send(SendData(context, b"", last=False))  # checks state and context
@@ -236,16 +252,21 @@ class StoreAssociation:
                            self._tx, self.peer.dimse_timeout)
         except StreamError as exc:
             self.abort()
-            raise StoreFailed(str(exc)) from exc
+            raise StoreFailed("max_pdu", str(exc)) from exc
         except ProtocolError as exc:
             self._fail(exc)
-            raise StoreFailed(str(exc)) from exc
+            raise StoreFailed("protocol", str(exc)) from exc
         except StoreFailed:
             self.abort()
             raise
-        except (TimeoutError, ssl.SSLError, ConnectionError) as exc:
+        except TimeoutError as exc:
             self.abort()
-            raise StoreFailed(f"sending failed: {exc}") from exc
+            raise StoreFailed("timeout", f"could not send within "
+                              f"{self.peer.dimse_timeout:g} s") from exc
+        except (ssl.SSLError, ConnectionError) as exc:
+            self.abort()  # reset, broken pipe, a TLS alert: the peer ended it under us
+            raise StoreFailed("aborted", f"closed the connection while we sent "
+                              f"({_describe(exc)})") from exc
         except OSError:
             self.abort()  # the file: the peer holds part of a message that cannot end
             raise
@@ -257,7 +278,7 @@ class StoreAssociation:
             events = self._receive(deadline)
             if events is None:
                 self.abort()
-                raise StoreFailed(f"no response within {self.peer.dimse_timeout:g} s")
+                raise StoreFailed("timeout", f"no response within {self.peer.dimse_timeout:g} s")
             for event in events:
                 if isinstance(event, CommandReceived):
                     command = event.command
@@ -265,13 +286,23 @@ class StoreAssociation:
                             and command.message_id_responded == message_id):
                         return command
                     self.abort()
-                    raise StoreFailed(f"unexpected answer to a C-STORE: {command!r}"[:200])
+                    raise StoreFailed("protocol", _unexpected(command, message_id))
                 if isinstance(event, ReleaseRequested):
                     self.abort()
-                    raise StoreFailed("asked to release the association before answering")
-                if isinstance(event, Aborted | ProviderAborted) or self._engine.should_close:
+                    raise StoreFailed("aborted",
+                                      "asked to release the association before answering")
+                if isinstance(event, Aborted):
                     self._close()
-                    raise StoreFailed("aborted the association before answering")
+                    raise StoreFailed("aborted", "aborted the association before answering")
+                if isinstance(event, ProviderAborted) and event.reason.startswith(
+                        PROTOCOL_ERROR):
+                    self._close()
+                    raise StoreFailed("protocol", f"sent what breaks the protocol instead of "
+                                      f"answering ({event.reason})")
+                if isinstance(event, ProviderAborted) or self._engine.should_close:
+                    self._close()
+                    raise StoreFailed("aborted", f"ended the association before answering "
+                                      f"({_ended(event)})")
 
     # --- reading ------------------------------------------------------------------------
 
@@ -347,6 +378,19 @@ def _connect(peer: Peer) -> socket.socket:
                                 connected=False) from exc
 
 
+def _unexpected(command: object, message_id: int) -> str:
+    """A protocol violation in the peer's answer to C-STORE `message_id`, said plainly."""
+    if isinstance(command, CStoreRSP):
+        return (f"answered message ID {command.message_id_responded} to C-STORE message ID "
+                f"{message_id} (a protocol violation)")
+    return f"answered a C-STORE with {type(command).__name__} (a protocol violation)"
+
+
+def _ended(event: Event) -> str:
+    reason = event.reason if isinstance(event, ProviderAborted) else ""
+    return reason or "closed the connection"
+
+
 def _describe(exc: OSError) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -379,7 +423,7 @@ def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
         if exc.to_send:
             with contextlib.suppress(OSError):
                 _send_all(sock, exc.to_send, 1.0)
-        return [*exc.events, ProviderAborted(f"protocol error: {exc}")]
+        return [*exc.events, ProviderAborted(f"{PROTOCOL_ERROR}: {exc}")]
 
 
 def _negotiate(sock: socket.socket, engine: Association, deadline: float) -> Event | None:

@@ -77,6 +77,25 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
                          transient=True)
 
 
+def store_failure(failure: StoreFailed, destination: str) -> DeliveryError:
+    """What a C-STORE left without a response becomes (README "Retries"). An abort, close
+    or reset under it, or an answer that breaks the protocol, says the destination is in
+    trouble (it backs off) and may be this instance's fault (router/broker/dispatch.py
+    decides which); silence is a DIMSE timeout, retried; a maximum PDU length too small to
+    carry anything is the destination's, whatever the instance."""
+    if failure.kind == "timeout":
+        return DeliveryError("dimse_timeout", f"{destination} sent no C-STORE response "
+                             f"({failure})", transient=True)
+    if failure.kind == "max_pdu":
+        return DeliveryError("max_pdu", f"{destination} cannot be sent anything: {failure}",
+                             transient=True)
+    if failure.kind == "protocol":
+        return DeliveryError("protocol", f"{destination} broke the protocol under a C-STORE: "
+                             f"{failure}", transient=True, during_store=True)
+    return DeliveryError("aborted", f"{destination} sent no C-STORE response ({failure})",
+                         transient=True, during_store=True)
+
+
 class DicomDestination:
     """One per delivery thread; the associations come from the worker's shared pool."""
 
@@ -169,11 +188,8 @@ class DicomDestination:
                 response = assoc.store(fh, meta.dataset_length, sop_class, sop_instance, syntax,
                                        TO_DIMSE.get(job.priority, 0), originator)
             except StoreFailed as exc:
-                # No response within dimse_timeout, or the peer aborted: the association is
-                # done.
-                self.assoc = None
-                raise DeliveryError("dimse_timeout", f"{self.name} sent no C-STORE response "
-                                    f"({exc})", transient=True) from exc
+                self.assoc = None  # the association is done
+                raise store_failure(exc, self.name) from exc
             except OSError as exc:
                 self.assoc = None
                 raise DeliveryError("connection", f"sending to {self.name} failed: {exc}",

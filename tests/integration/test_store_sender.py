@@ -30,8 +30,11 @@ from router.dicom.engine import (
     AssociateAC,
     Association,
     AssociationRequested,
+    CommandReceived,
+    CStoreRSP,
     DataFragment,
     PresentationContextAC,
+    SendCommand,
     UserInformation,
 )
 from router.dicom.store_sender import DicomDestination, StorePool
@@ -262,7 +265,8 @@ def test_an_abort_mid_transfer_is_a_missing_response_then_a_new_association_work
         sender = _destination(peer.port)
         with pytest.raises(DeliveryError) as failed:
             sender.deliver(_job(path), path)
-        assert (failed.value.reason, failed.value.transient) == ("dimse_timeout", True)
+        assert (failed.value.reason, failed.value.transient) == ("aborted", True)
+        assert failed.value.during_store  # the broker decides: the destination, or this one
         peer.abort_in_store = False
         sender.deliver(_job(path), path)
         sender.close()
@@ -289,9 +293,12 @@ def test_an_idle_association_the_peer_dropped_is_replaced(tmp_path: Path) -> Non
 class AbortingPeer:
     """A peer on the engine that accepts every context, then sends A-ABORT and closes as
     soon as the first dataset bytes of a C-STORE arrive: an abort in the middle of the
-    transfer of a large dataset."""
+    transfer of a large dataset. `wrong_id`: it answers the C-STORE instead, with a Message
+    ID it was not sent; `max_pdu`: the maximum PDU length it advertises."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wrong_id: bool = False, max_pdu: int = 16384) -> None:
+        self.wrong_id, self.max_pdu = wrong_id, max_pdu
+        self.request: Any = None
         self.server = socket.create_server((LOCALHOST, 0))
         self.port = self.server.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -309,8 +316,16 @@ class AbortingPeer:
                                          for c in event.rq.contexts)
                         conn.sendall(engine.send(AssociateAC(
                             event.rq.called_ae, event.rq.calling_ae, contexts,
-                            UserInformation(max_length=16384,
+                            UserInformation(max_length=self.max_pdu,
                                             implementation_class_uid="1.2.3.4"))))
+                    elif isinstance(event, CommandReceived):
+                        self.request = (event.context_id, event.command)
+                    elif isinstance(event, DataFragment) and self.wrong_id:
+                        if event.last:
+                            context, rq = self.request
+                            conn.sendall(engine.send(SendCommand(context, CStoreRSP(
+                                rq.message_id + 1, rq.sop_class_uid, rq.sop_instance_uid, 0))))
+                            return
                     elif isinstance(event, DataFragment):
                         conn.sendall(engine.send(Abort(0, 0)))
                         return
@@ -324,10 +339,32 @@ def test_an_abort_in_the_middle_of_a_large_dataset_is_a_missing_response(
     sender = _destination(peer.port)
     with pytest.raises(DeliveryError) as failed:
         sender.deliver(_job(path), path)
-    assert (failed.value.reason, failed.value.transient) == ("dimse_timeout", True)
+    assert (failed.value.reason, failed.value.transient) == ("aborted", True)
     peer.thread.join(timeout=10)
     peer.server.close()
     assert sender.assoc is None  # the association is gone, not parked for reuse
+
+
+def test_a_response_to_another_message_id_is_a_protocol_violation(tmp_path: Path) -> None:
+    path = _instance(tmp_path, 2_000)
+    peer = AbortingPeer(wrong_id=True)
+    with pytest.raises(DeliveryError) as failed:
+        _destination(peer.port).deliver(_job(path), path)
+    assert (failed.value.reason, failed.value.transient) == ("protocol", True)
+    assert "answered message ID 2 to C-STORE message ID 1" in str(failed.value)
+    peer.thread.join(timeout=10)
+    peer.server.close()
+
+
+def test_a_peer_maximum_pdu_too_small_for_data_is_said_so(tmp_path: Path) -> None:
+    path = _instance(tmp_path, 2_000)
+    peer = AbortingPeer(max_pdu=7)
+    with pytest.raises(DeliveryError) as failed:
+        _destination(peer.port).deliver(_job(path), path)
+    assert (failed.value.reason, failed.value.transient) == ("max_pdu", True)
+    assert "maximum PDU length 7 leaves no room for data" in str(failed.value)
+    peer.thread.join(timeout=10)
+    peer.server.close()
 
 
 def test_orthanc_as_a_destination_stores_every_syntax_as_sent(tmp_path: Path) -> None:

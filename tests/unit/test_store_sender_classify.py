@@ -8,9 +8,10 @@ import ssl
 
 import pytest
 
+from router.core.failures import DESTINATION_FAILURES
 from router.dicom.engine import AssociateRJ
-from router.dicom.store_client import AssociationFailed
-from router.dicom.store_sender import classify, is_busy_answer
+from router.dicom.store_client import AssociationFailed, StoreFailed
+from router.dicom.store_sender import classify, is_busy_answer, store_failure
 
 
 def tls_error(reason: str) -> ssl.SSLError:
@@ -56,3 +57,15 @@ def test_each_failure_has_its_kind(failure: AssociationFailed, kind: str,
                                    transient: bool) -> None:
     error = classify(failure, "pacs", "1.2.3", "1.2.840.10008.1.2.1")
     assert (error.reason, error.transient) == (kind, transient)
+
+
+@pytest.mark.parametrize(("kind", "reason", "during_store"), [
+    ("aborted", "aborted", True),  # A-ABORT, close, reset, broken pipe under a C-STORE
+    ("protocol", "protocol", True),  # a wrong Message ID, bytes that break the protocol
+    ("timeout", "dimse_timeout", False),  # silence: retried per instance
+    ("max_pdu", "max_pdu", False),  # the destination's fault, whatever the instance
+])
+def test_each_store_failure_has_its_kind(kind: str, reason: str, during_store: bool) -> None:
+    error = store_failure(StoreFailed(kind, "x"), "pacs")  # type: ignore[arg-type]
+    assert (error.reason, error.transient, error.during_store) == (reason, True, during_store)
+    assert error.reason in DESTINATION_FAILURES or error.reason == "dimse_timeout"
