@@ -106,5 +106,7 @@ Outcome = Settled | DeadLetter | Retry
 
 def backoff(retry: RetryConfig, attempt: int, rand: Callable[[], float]) -> float:
     """Exponential from initial_delay, capped at max_delay, with jitter in [50%, 100%]."""
-    base = min(retry.max_delay, retry.initial_delay * 2.0 ** (attempt - 1))
+    # The exponent is capped: a destination down for days fails a thousand probes, and
+    # 2.0 ** 1024 overflows.
+    base = min(retry.max_delay, retry.initial_delay * 2.0 ** min(attempt - 1, 64))
     return float(base * (0.5 + rand() / 2))

@@ -4,7 +4,7 @@ that alone makes it abort becomes a dead letter after its attempts (README "Retr
 
 from __future__ import annotations
 
-from router.broker.deliveries import DeadLetter, Retry, Settled
+from router.broker.deliveries import DeadLetter, Retry, Settled, backoff
 from router.core.messages import JobHeader, Result
 
 from .helpers import answer, answer_batch, make_header
@@ -119,3 +119,9 @@ def test_a_protocol_violation_under_a_store_is_handled_as_an_abort() -> None:
     (retry,) = answer(d, W1, aborted(first.job, reason="protocol"), now=0.0)
     assert retry.reason == "protocol" and d.is_paused("pacs", now=0.0)
     assert sent(d.dispatch(now=retry.delay)) == [("j1", "pacs")]
+
+
+def test_the_backoff_of_a_destination_down_for_days_stays_capped() -> None:
+    """failures_in_a_row grows once per back-off; 2.0 ** 1024 overflowed and killed the
+    broker after about a thousand failed probes (3.5 days at a 300 s max_delay)."""
+    assert backoff(RETRY, 5000, lambda: 1.0) == RETRY.max_delay
