@@ -57,3 +57,4 @@ class ReceivedStore:
     move_originator_message_id: int | None = None
     synced: bool = False  # the file's bytes are durable already (the receiver synced them)
     size: int | None = None  # the file's length, when the receiver knows it (else stat)
+    head: bytes = b""  # the dataset's first bytes (router/dicom/dataset_identity.py)

@@ -42,11 +42,16 @@ class Keep:
     job: JobHeader
 
 
-def check_identity(command: StoreCommand, tags: dict[str, str]) -> None:
-    """The dataset must be the instance its command names, as DCMTK's storescp checks: a
-    destination like it would refuse the instance (0xA900) and it would dead-letter after
-    Success. Without either UID DCMTK answers 0xC000 (cannot understand), and so do we."""
-    dataset = tags.get("SOPClassUID", ""), tags.get("SOPInstanceUID", "")
+def identity_of(tags: dict[str, str]) -> tuple[str, str]:
+    """The dataset's (SOP Class UID, SOP Instance UID) from a header read ('' if absent)."""
+    return tags.get("SOPClassUID", ""), tags.get("SOPInstanceUID", "")
+
+
+def check_identity(command: StoreCommand, dataset: tuple[str, str]) -> None:
+    """The dataset (its SOP Class and SOP Instance UIDs) must be the instance its command
+    names, as DCMTK's storescp checks: a destination like it would refuse the instance
+    (0xA900) and it would dead-letter after Success. Without either UID DCMTK answers 0xC000
+    (cannot understand), and so do we."""
     if not all(dataset):
         raise DatasetMismatch("dataset has no SOP Class UID or SOP Instance UID",
                               Status.CANNOT_UNDERSTAND)

@@ -25,6 +25,7 @@ from router.acceptor.store_decision import (
     StoreCommand,
     check_identity,
     decide,
+    identity_of,
 )
 from router.audit.trail import AuditTrail
 from router.core import metrics
@@ -37,6 +38,7 @@ from router.core.rules import RuleSet
 from router.core.spool import PendingCommit, Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
+from router.dicom.dataset_identity import sop_uids
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -132,7 +134,11 @@ class StoreHandler:
 
         command = StoreCommand(sop_class, sop_instance, received.transfer_syntax_uid, size,
                                received.priority)
-        check_identity(command, header())
+        # The first bytes tell (dataset_identity.py); pydicom only when they cannot.
+        identity = sop_uids(received.head, received.transfer_syntax_uid)
+        check_identity(command, identity if identity is not None else identity_of(header()))
+        if self.audit is not None:
+            header()  # per-study audit records, whatever the rules need
         if self.relay is not None and self.relay.take_move_instance(
                 received.move_originator_message_id, received.move_originator_ae,
                 received.session.facts.calling_ae, path):

@@ -128,7 +128,7 @@ class StoreIntake:
                 session, command.sop_class_uid, command.sop_instance_uid, transfer_syntax,
                 path, command.priority, command.move_originator_ae or None,
                 command.move_originator_message_id, synced=receiver.synced,
-                size=receiver.size))
+                size=receiver.size, head=bytes(receiver.head)))
         finally:
             if not taken:  # refused, dropped by a rule, or failed: nothing of it stays
                 with contextlib.suppress(OSError):  # a broken spool: its start wipes it

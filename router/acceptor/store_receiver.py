@@ -25,6 +25,7 @@ from router.core import metrics
 from router.core.owned_names import incoming_name
 from router.core.recycling import FileRecycler
 from router.core.writeback import KICK_BYTES, start_writeback
+from router.dicom.dataset_identity import IDENTITY_HEAD
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class StoreReceiver:
         self.truncated = False
         self.disk_full = False
         self.synced = False  # finish() made the file's bytes durable
+        self.head = bytearray()  # the dataset's first IDENTITY_HEAD bytes (dataset_identity.py)
         reused = recycler.reuse(self.path) if recycler is not None else None
         if reused is None:
             self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
@@ -81,6 +83,11 @@ class StoreReceiver:
     def write_parts(self, parts: list[bytes | memoryview]) -> None:
         """Adjacent fragments of the dataset, in one `writev` (fragment_runs.py)."""
         self.received += sum(len(part) for part in parts)
+        if len(self.head) < IDENTITY_HEAD:
+            for part in parts:
+                self.head += part[:IDENTITY_HEAD - len(self.head)]
+                if len(self.head) >= IDENTITY_HEAD:
+                    break
         if self._fd is None:
             return
         if self.limit is not None and self.received > self.limit:

@@ -13,6 +13,7 @@ from router.acceptor.store_decision import (
     check_identity,
     completion_group,
     decide,
+    identity_of,
 )
 from router.core.config import Rule
 from router.core.dimse_status import Status
@@ -93,8 +94,7 @@ def test_without_its_uid_an_instance_goes_on_its_own() -> None:
 
 
 def test_a_dataset_that_is_the_commands_instance_passes() -> None:
-    check_identity(COMMAND, {"SOPClassUID": COMMAND.sop_class_uid,
-                             "SOPInstanceUID": COMMAND.sop_instance_uid})
+    check_identity(COMMAND, (COMMAND.sop_class_uid, COMMAND.sop_instance_uid))
 
 
 @pytest.mark.parametrize(("tags", "which"), [
@@ -105,7 +105,7 @@ def test_a_dataset_of_another_instance_is_refused_a900(tags: dict[str, str],
                                                        which: str) -> None:
     """DCMTK's storescp refuses it with 0xA900: Success would end in a dead letter."""
     with pytest.raises(DatasetMismatch) as refused:
-        check_identity(COMMAND, tags)
+        check_identity(COMMAND, identity_of(tags))
     assert refused.value.status == Status.DATASET_DOES_NOT_MATCH == 0xA900
     assert str(refused.value) == f"Dataset does not match SOP Class (SOP {which} UID differs)"
     assert len(str(refused.value)) <= 64  # an ErrorComment (LO)
@@ -116,6 +116,6 @@ def test_a_dataset_of_another_instance_is_refused_a900(tags: dict[str, str],
 def test_a_dataset_without_its_sop_uids_is_refused_c000_as_dcmtk_does(
         tags: dict[str, str]) -> None:
     with pytest.raises(DatasetMismatch) as refused:
-        check_identity(COMMAND, tags)
+        check_identity(COMMAND, identity_of(tags))
     assert refused.value.status == Status.CANNOT_UNDERSTAND
     assert "no SOP Class UID or SOP Instance UID" in str(refused.value)
