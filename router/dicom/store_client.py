@@ -117,6 +117,8 @@ class StoreAssociation:
         self._acse_timeout = acse_timeout
         self._contexts: dict[tuple[str, str], int] = {}
         assert engine.rq is not None
+        self._proposed = frozenset((ctx.abstract_syntax, syntax) for ctx in engine.rq.contexts
+                                   for syntax in ctx.transfer_syntaxes)
         for ctx in engine.rq.contexts:
             syntax = engine.accepted.get(ctx.context_id)
             if syntax is not None and syntax in ctx.transfer_syntaxes:
@@ -186,6 +188,10 @@ class StoreAssociation:
 
     def accepts(self, sop_class: str, syntax: str) -> bool:
         return (sop_class, syntax) in self._contexts
+
+    def refused(self, sop_class: str, syntax: str) -> bool:
+        """Proposed on this association and not accepted: asking again gets the same."""
+        return (sop_class, syntax) in self._proposed and (sop_class, syntax) not in self._contexts
 
     @property
     def is_established(self) -> bool:

@@ -96,6 +96,11 @@ def store_failure(failure: StoreFailed, destination: str) -> DeliveryError:
                          transient=True, during_store=True)
 
 
+def _settled(assoc: StoreAssociation, sop_class: str, syntax: str) -> bool:
+    """The association answered for this (SOP class, syntax): accepted or refused it."""
+    return assoc.accepts(sop_class, syntax) or assoc.refused(sop_class, syntax)
+
+
 class DicomDestination:
     """One per delivery thread; the associations come from the worker's shared pool."""
 
@@ -120,31 +125,42 @@ class DicomDestination:
         """Propose every (SOP class, syntax) of a batch at once, so that it needs one
         association (up to 128 pairs)."""
         self.pool.contexts(self.name, pairs)
-        if self.assoc is not None and not all(self.assoc.accepts(*p) for p in pairs):
+        if self.assoc is not None and not all(_settled(self.assoc, *p) for p in pairs):
             self.release()
 
     def _association(self, sop_class: str, syntax: str) -> StoreAssociation:
         if self.assoc is not None and self.assoc.is_established:
             if self.assoc.accepts(sop_class, syntax):
                 return self.assoc
+            if self.assoc.refused(sop_class, syntax):
+                # Asked on this association already: a new one would be refused it again
+                # (an Implicit-only PACS took a new association per instance, and a second
+                # one it could not serve yet answered busy). The syntax fallback uses this one.
+                raise self._no_context(sop_class, syntax)
             self.release()  # re-negotiate with this syntax added to what we have seen
         if not self.holding:
-            taken, unfit = self.pool.take(self.name, lambda a: a.accepts(sop_class, syntax))
+            taken, unfit = self.pool.take(self.name,
+                                          lambda a: _settled(a, sop_class, syntax))
             self.holding = True
             if unfit:
                 release_all(unfit)  # idle ones without this context: make room for a new one
                 self.released_at = time.monotonic()
             if taken is not None:
                 self.assoc = taken
+                if taken.refused(sop_class, syntax):
+                    raise self._no_context(sop_class, syntax)
                 return taken
         self.assoc = self._open(sop_class, syntax)
         if not self.assoc.accepts(sop_class, syntax):
-            raise DeliveryError(
-                "no_context",
-                f"{self.name} does not accept SOP class {sop_class} in transfer syntax {syntax}",
-                transient=False,
-            )
+            raise self._no_context(sop_class, syntax)
         return self.assoc
+
+    def _no_context(self, sop_class: str, syntax: str) -> DeliveryError:
+        return DeliveryError(
+            "no_context",
+            f"{self.name} does not accept SOP class {sop_class} in transfer syntax {syntax}",
+            transient=False,
+        )
 
     def _open(self, sop_class: str, syntax: str) -> StoreAssociation:
         wanted = self.pool.contexts(self.name, [(sop_class, syntax)])

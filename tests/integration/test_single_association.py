@@ -122,17 +122,18 @@ class LimitedSCP:
     """A pynetdicom storage SCP that takes one association and rejects a second one
     (A-ASSOCIATE-RJ transient, "local limit exceeded"); stores what it gets as Part 10."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, syntaxes: list[str] = SYNTAXES) -> None:
         self.folder = folder
         folder.mkdir(parents=True)
         self.port = free_port()
         self.rejected = 0
+        self.accepted = 0
         self.lock = threading.Lock()
         self.ae = AE(ae_title="LIMITED")
         self.ae.maximum_associations = 1
         self.ae.maximum_pdu_size = 256 * 1024
         for context in StoragePresentationContexts:
-            self.ae.add_supported_context(context.abstract_syntax, SYNTAXES)
+            self.ae.add_supported_context(context.abstract_syntax, syntaxes)
         self.ae.add_supported_context(Verification)
 
     def _store(self, event: Any) -> int:
@@ -144,10 +145,15 @@ class LimitedSCP:
         with self.lock:
             self.rejected += 1
 
+    def _accepted(self, event: Any) -> None:
+        with self.lock:
+            self.accepted += 1
+
     def __enter__(self) -> LimitedSCP:
         self.server = self.ae.start_server(
             (LOCALHOST, self.port), block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_REJECTED, self._rejected)])
+            evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_REJECTED, self._rejected),
+                          (evt.EVT_ACCEPTED, self._accepted)])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,6 +164,31 @@ class LimitedSCP:
 def limited_scp(tmp_path: Path) -> Iterator[LimitedSCP]:
     with LimitedSCP(tmp_path / "LIMITED") as scp:
         yield scp
+
+
+def test_an_implicit_only_scp_with_one_association_is_sent_implicit_on_one_association(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """A PACS taking Implicit VR only and one association (pynetdicom, maximum_associations
+    1): each Explicit instance used to cost a new association (the open one had refused
+    Explicit, so it was released and Explicit asked for again), and the new one, answered
+    before the PACS had freed its slot, came back "busy": three instances a second. The
+    refusal is remembered per association: the fallback syntax goes on the open one."""
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=3_000)
+               for _ in range(30)]
+    with LimitedSCP(tmp_path / "IMPLICIT", [ImplicitVRLittleEndian]) as implicit:
+        router = start_router(_config({"type": "dicom", "ae_title": "LIMITED",
+                                       "host": LOCALHOST, "port": implicit.port}))
+        _send_from(1, sources, router.port)
+        assert wait_for(lambda: _drained(router), timeout=120), router.log()[-3000:]
+        received = list(implicit.folder.iterdir())
+        assert {p.stem for p in received} == {dcmread(p).SOPInstanceUID for p in sources}
+        # The first association learns the refusal; a probe or an idle release may add one
+        # or two more, never one per instance.
+        assert implicit.accepted <= 4, (implicit.accepted, router.log()[-3000:])
+        assert router.metric("dicom_router_retries_total", destination="pacs",
+                             reason="busy") <= 2
 
 
 def test_pynetdicom_scp_with_one_association_gets_everything(
