@@ -12,7 +12,9 @@ def state(row: dict[str, Any]) -> str:
     if row.get("paused"):
         parts.append("paused by operator")
     if not row.get("up", True):
-        parts.append(f"backing off {row.get('paused_for', 0):.0f}s")
+        why = str(row.get("backing_off_because") or "").split(":", 1)[0]
+        parts.append(f"backing off {row.get('paused_for', 0):.0f}s"
+                     + (f" ({why[:24]})" if why else ""))  # the reason label (README Retries)
     elif row.get("busy_for", 0) > 0:
         parts.append("busy")
     if not row.get("in_window", True):

@@ -188,6 +188,15 @@ def test_destinations_list_warns_of_a_hung_brokers_rows() -> None:
     assert "has not reported yet" in str(stale_warning({"stale": True, "updated": None}, 1.0))
 
 
+def test_a_destination_backing_off_says_why() -> None:
+    from router.service.destination_state import state
+
+    row = {"up": False, "paused_for": 12.2,
+           "backing_off_because": "aborted: pacs sent no C-STORE response (aborted ...)"}
+    assert state(row) == "backing off 12s (aborted)"
+    assert state({"up": False, "paused_for": 3, "backing_off_because": ""}) == "backing off 3s"
+
+
 @pytest.mark.parametrize("row", [
     {"up": False, "paused_for": 5},
     {"up": True, "busy_for": 3},
