@@ -5,8 +5,9 @@ Most deliveries need none of it and send the spooled file itself, byte for byte.
 the steps run in this order, each on a copy in the spool's relay folder (never on the
 spooled instance, which other destinations and a retry still need):
 
-1. morphing: the routing rule's `morph` actions, then the destination's;
-2. de-identification: the rule's `deidentify`, else the destination's;
+1. morphing: the `morph` actions of every matched rule that names the destination, in rule
+   order, then the destination's;
+2. de-identification: a matched rule's `deidentify`, else the destination's;
 3. transcoding: when the destination lists its `transfer_syntaxes` and the instance's is not
    among them, or when it refused the instance's syntax at negotiation (`no_context`).
 """
@@ -61,6 +62,8 @@ class Steps:
     morph: tuple[MorphAction, ...]
     deidentify: DeidentifyConfig | None
     transfer_syntaxes: tuple[str, ...]  # the destination's list; empty: any
+    rules: tuple[str, ...] = ()  # the matched rules that send it here: their transforms apply
+    deidentified_by: str = ""  # "rule X" or "destination Y", whose `deidentify` applies
 
     @property
     def rewrites(self) -> bool:
@@ -69,21 +72,30 @@ class Steps:
 
 def steps_for(config: RouterConfig, job: JobHeader, destination: str,
               rules: Mapping[str, Rule] | None = None) -> Steps:
-    """What `destination` gets done to `job` (`rules`: config.rules by name, if at hand)."""
+    """What `destination` gets done to `job` (`rules`: config.rules by name, if at hand).
+
+    Every matched rule that names the destination counts, in rule order: their morphs run
+    one after the other, then the destination's; a de-identifying one de-identifies, after
+    every morph. Only the first rule's were applied before, and a later rule's `deidentify`
+    was silently dropped. Rules that could both match with different `deidentify` settings
+    are refused at config load (router/core/config/router.py), so the first one found is
+    the only one."""
     rules = rules if rules is not None else {rule.name: rule for rule in config.rules}
     # A job moved here from where its rule sent it (fallback, drain-to, replay --to) keeps
-    # that rule's transforms, and that destination's de-identification: moving a queue must
+    # its rules' transforms, and that destination's de-identification: moving a queue must
     # never send an instance out with what a rule or a destination said to remove.
     origin = job.routed_as(destination)
-    rule = next((rules[name] for name in job.rules
-                 if name in rules and origin in rules[name].forward), None)
+    named = [rules[name] for name in job.rules if name in rules and origin in rules[name].forward]
     dest = config.destinations.get(destination)
     first = config.destinations.get(origin) if origin != destination else None
-    morph = [*(rule.morph if rule else ()), *(dest.morph if dest else ())]
-    deid = ((rule.deidentify if rule else None) or (first.deidentify if first else None)
-            or (dest.deidentify if dest else None))
+    morph = [*(a for rule in named for a in rule.morph), *(dest.morph if dest else ())]
+    # The rule's settings, else the destination it was routed to, else this one.
+    candidates = [*((f"rule {r.name}", r.deidentify) for r in named),
+                  (f"destination {origin}", first.deidentify if first else None),
+                  (f"destination {destination}", dest.deidentify if dest else None)]
+    by, deid = next(((by, d) for by, d in candidates if d is not None), ("", None))
     syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
-    return Steps(tuple(morph), deid, syntaxes)
+    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by)
 
 
 def morph_failure(exc: Exception) -> DeliveryError:

@@ -22,7 +22,7 @@ from router.cli.common import CONFIG_ERROR, USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
-from router.core.rules import drops_after_continue
+from router.core.rules import drops_after_continue, shared_destinations
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
 from router.core.tls import TLSConfigError, check_contexts
 
@@ -54,6 +54,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return CONFIG_ERROR
     for note in drops_after_continue(config.rules):  # allowed, but easy to miss
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    for note in shared_destinations(config.rules):  # what applies when rules share one
+        print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     print(summary(config))
     return 0
 

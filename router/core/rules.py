@@ -34,14 +34,6 @@ class RouteDecision:
     def matched(self) -> bool:
         return bool(self.destinations)
 
-    def rule_for(self, destination: str, rules: Mapping[str, Rule]) -> Rule | None:
-        """The rule that sent this instance to `destination` (its morphing applies)."""
-        for name in self.rules:
-            rule = rules.get(name)
-            if rule is not None and destination in rule.forward:
-                return rule
-        return None
-
 
 TagReader = Callable[[], Mapping[str, str]]
 
@@ -172,4 +164,26 @@ def drops_after_continue(rules: Iterable[Rule]) -> list[str]:
                       f"{', '.join(earlier.forward)}" for earlier in forwarding]
         elif rule.continue_ and rule.forward:
             forwarding.append(rule)
+    return notes
+
+
+def shared_destinations(rules: Iterable[Rule]) -> list[str]:
+    """A destination that several rules forward to, one of them with `continue: true` before
+    another, and transforms in any of them: when several match, it gets every one's
+    (workers/prepare.py steps_for). `check-config` says so, as route-test does per file."""
+    rules = [r for r in rules if r.forward]
+    notes: list[str] = []
+    for destination in dict.fromkeys(d for r in rules for d in r.forward):
+        named = [r for r in rules if destination in r.forward]
+        # Both can match only if a `continue: true` rule comes before another one.
+        if not any(r.continue_ for r in named[:-1]) or not any(
+                r.morph or r.deidentify for r in named):
+            continue
+        deid = next((r.name for r in named if r.deidentify is not None), None)
+        names = ", ".join(f"{r.name}{' (continue: true)' if r.continue_ else ''}"
+                          for r in named)
+        notes.append(f"destination {destination!r} is named by rules {names}: when more than "
+                     f"one of them matches, it gets the morphs of each in rule order"
+                     + (f"; it is de-identified as rule {deid} says whenever that rule "
+                        f"matches, after every morph" if deid else ""))
     return notes

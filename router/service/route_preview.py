@@ -74,6 +74,11 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
     steps = steps_for(config, job, destination)
     dest = config.destinations[destination]
     lines = [f"  -> {destination} ({dest.type})"]
+    if len(steps.rules) > 1:  # every matched rule that names it: each one's transforms apply
+        lines.append(f"     sent here by rules {', '.join(steps.rules)}: the transforms of "
+                     f"each apply, in this order")
+    elif steps.rules:
+        lines.append(f"     sent here by rule {steps.rules[0]}")
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")
     ds = dcmread(path, stop_before_pixels=True)
@@ -123,7 +128,7 @@ def _rewrite_lines(ds: Any, steps: Steps) -> list[str]:
         lines += [f"     morph: {c}" for c in changes] or ["     morph: nothing to change"]
     if steps.deidentify is not None:
         try:
-            lines += _deid_lines(ds, steps.deidentify)
+            lines += _deid_lines(ds, steps.deidentify, steps.deidentified_by)
         except ValueError as exc:
             raise deidentify_failure(exc) from exc
     return lines
@@ -145,7 +150,7 @@ def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
             *(f"     {note}" for note in where.notes)]
 
 
-def _deid_lines(ds: Any, deid: Any) -> list[str]:
+def _deid_lines(ds: Any, deid: Any, by: str) -> list[str]:
     import tempfile
 
     from workers.transforms.deidentify import deidentify
@@ -156,4 +161,5 @@ def _deid_lines(ds: Any, deid: Any) -> list[str]:
         changes = deidentify(ds, deid, uids)
     shown = ", ".join(changes[:12]) + (f", ... ({len(changes)} in all)"
                                        if len(changes) > 12 else "")
-    return [f"     de-identified (PS3.15 basic profile): {shown}"]
+    return [f"     de-identified (PS3.15 basic profile, as {by} says, after every morph): "
+            f"{shown}"]

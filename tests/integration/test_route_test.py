@@ -53,7 +53,10 @@ def test_route_test_explains_each_decision_and_sends_nothing(tmp_path: Path) -> 
     assert "rules matched: ct" in out and "priority: urgent (jumps the queue)" in out
     assert "held until the series is stable for 30s" in out
     assert "morph: AccessionNumber: 'A7' -> 'RAD-A7'" in out
-    assert "de-identified (PS3.15 basic profile): " in out and "PatientName" in out
+    assert "sent here by rule ct\n" in out
+    assert "de-identified (PS3.15 basic profile, as rule ct says" not in out  # the destination's
+    assert "de-identified (PS3.15 basic profile, as destination research says, after every " \
+        "morph): " in out and "PatientName" in out
     assert "transfer syntax accepted as is" in out
     assert "transcoded RLE Lossless" in out and "-> Explicit VR Little Endian" in out
     assert "only sent between 20:00 and 06:00" in out

@@ -3,7 +3,7 @@ from what the destinations received (DCMTK storescp, Orthanc's DICOMweb plugin).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,31 @@ def test_deidentified_study_keeps_consistent_uids(start_router: RouterFactory,
     assert len({str(ds.SeriesInstanceUID) for ds in received}) == 2  # two series still
     assert len({str(ds.FrameOfReferenceUID) for ds in received}) == 1
     assert len({ds.PatientID for ds in received}) == 1  # one pseudonymous patient
+
+
+def test_a_later_rules_deidentify_applies_to_a_destination_an_earlier_rule_names(
+        start_router: RouterFactory, storescp: Callable[..., StoreSCP],
+        tmp_path: Path) -> None:
+    """copy-all (continue: true) sends to pacs and research, research-deid to research with
+    deidentify: before, research got the patient's name (only the first rule naming it
+    counted). Now research's copy is de-identified and pacs's is the dataset as sent."""
+    pacs, research = storescp("PACS"), storescp("RESEARCH")  # one association at a time
+    router = start_router({
+        "destinations": {"pacs": dicom_destination(pacs),
+                         "research": dicom_destination(research)},
+        "rules": [{"name": "copy-all", "continue": True, "forward": ["pacs", "research"]},
+                  {"name": "research-deid", "match": {"tags": {"Modality": "CT"}},
+                   "forward": ["research"], "deidentify": {}}]})
+    sources = instances(tmp_path / "ct", 2, Modality="CT", PatientName="Doe^Jane",
+                        PatientID="MRN123")
+    assert run_storescu(sources, LOCALHOST, router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 2
+                    and len(research.received_files()) == 2), router.log()[-2000:]
+    assert sorted(dataset_digest(p) for p in pacs.received_files()) == \
+        sorted(dataset_digest(p) for p in sources)
+    for ds in (dcmread(p) for p in research.received_files()):
+        assert ds.PatientIdentityRemoved == "YES"
+        assert str(ds.PatientName) != "Doe^Jane" and ds.PatientID != "MRN123"
 
 
 # --- transcoding ------------------------------------------------------------------------------

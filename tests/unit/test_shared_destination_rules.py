@@ -1,0 +1,125 @@
+"""Several matched rules that name one destination: the transforms of each apply, in rule
+order, and a de-identifying one is never skipped (workers/prepare.py steps_for); rules that
+could both match with different `deidentify` settings are refused at load."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+
+from router.core.config import parse_config
+from router.core.errors import ConfigError
+from router.core.rules import AssociationFacts, RuleSet, shared_destinations
+from router.core.spool import Spool
+from tests.dicom_samples import write_instance
+from workers.prepare import Preparer, open_uid_map, steps_for
+
+from .helpers import make_header
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+DESTINATIONS = {"pacs": {"type": "folder", "path": "/tmp/p"},
+                "research": {"type": "folder", "path": "/tmp/r",
+                             "morph": [{"action": "set", "tag": "StationName", "value": "R"}]}}
+
+
+def _set(tag: str, value: str) -> list[dict[str, str]]:
+    return [{"action": "set", "tag": tag, "value": value}]
+
+
+def _config(*rules: dict[str, Any]) -> Any:
+    return parse_config({"destinations": DESTINATIONS, "rules": list(rules)})
+
+
+COPY_ALL = {"name": "copy-all", "continue": True, "forward": ["pacs", "research"],
+            "morph": _set("InstitutionName", "FIRST")}
+RESEARCH_DEID = {"name": "research-deid", "match": {"tags": {"Modality": "CT"}},
+                 "forward": ["research"], "deidentify": {},
+                 "morph": _set("StudyDescription", "SECOND")}
+
+
+def _routed(config: Any, modality: str = "CT") -> Any:
+    decision = RuleSet(config.rules).route(AssociationFacts("CT1", "DICOM-ROUTER", "10.1.2.3"),
+                                           lambda: {"Modality": modality}, CT)
+    return make_header(destinations=decision.destinations, rules=decision.rules)
+
+
+def test_a_later_rules_deidentify_applies_to_a_destination_an_earlier_rule_names() -> None:
+    """The hunt's t11: research got the patient's name, the second rule's deidentify dropped
+    because only the first rule naming the destination counted."""
+    config = _config(COPY_ALL, RESEARCH_DEID)
+    job = _routed(config)
+    assert job.destinations == ("pacs", "research")
+    research = steps_for(config, job, "research")
+    assert research.deidentify is not None and research.deidentified_by == "rule research-deid"
+    # Each rule's morph in rule order, then the destination's own.
+    assert [a.tag for a in research.morph] == ["InstitutionName", "StudyDescription",
+                                               "StationName"]
+    assert research.rules == ("copy-all", "research-deid")
+    pacs = steps_for(config, job, "pacs")
+    assert pacs.deidentify is None and [a.tag for a in pacs.morph] == ["InstitutionName"]
+    assert pacs.rules == ("copy-all",)
+
+
+def test_an_earlier_rules_deidentify_holds_when_a_later_one_names_the_destination() -> None:
+    config = _config({**COPY_ALL, "deidentify": {}}, {"name": "rest", "forward": ["research"]})
+    steps = steps_for(config, _routed(config), "research")
+    assert steps.deidentified_by == "rule copy-all" and steps.rules == ("copy-all", "rest")
+
+
+def test_a_rule_that_does_not_match_adds_nothing() -> None:
+    config = _config(COPY_ALL, RESEARCH_DEID)
+    steps = steps_for(config, _routed(config, modality="MR"), "research")
+    assert steps.deidentify is None and steps.rules == ("copy-all",)
+
+
+def test_the_deidentified_copy_is_written_after_every_rules_morph(tmp_path: Path) -> None:
+    """De-identification runs last, so what a later rule's morph writes is de-identified
+    too: a morph copying the patient's name into a description does not survive."""
+    config = _config({**COPY_ALL, "morph": []},
+                     {**RESEARCH_DEID, "morph": [{"action": "copy", "from": "PatientName",
+                                                  "to": "StudyDescription"}]})
+    source = write_instance(tmp_path / "src", sop_class=CT,
+                            transfer_syntax="1.2.840.10008.1.2.1",
+                            tags={"PatientName": "Doe^Jane", "Modality": "CT"})
+    spool = Spool(tmp_path / "spool").create()
+    job = _routed(config)
+    job = dataclasses.replace(job, transfer_syntax_uid="1.2.840.10008.1.2.1",
+                              sop_instance_uid=str(dcmread(source).SOPInstanceUID))
+    prepared = Preparer(config, spool, lambda: open_uid_map(spool)).prepare(
+        job, "research", source)
+    try:
+        ds = dcmread(prepared.path)
+    finally:
+        prepared.cleanup()
+    assert ds.PatientIdentityRemoved == "YES"
+    assert "Doe" not in str(ds.PatientName) and "Doe" not in str(ds.get("StudyDescription"))
+
+
+def test_rules_that_can_both_match_with_different_deidentify_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        _config({**COPY_ALL, "deidentify": {"retain_dates": True}}, RESEARCH_DEID)
+    problem = "\n".join(info.value.problems)
+    assert "rules: rule 'research-deid' (rules[1])" in problem and "'research-deid'" in problem
+    assert "'copy-all'" in problem and "research" in problem
+
+
+def test_the_same_deidentify_or_rules_that_cannot_both_match_are_fine() -> None:
+    _config({**COPY_ALL, "deidentify": {}}, RESEARCH_DEID)  # the same settings
+    # Without continue: true the first match ends the evaluation: never both.
+    _config({**COPY_ALL, "continue": False, "deidentify": {"retain_dates": True}},
+            RESEARCH_DEID)
+
+
+def test_check_config_notes_what_a_shared_destination_gets() -> None:
+    notes = shared_destinations(_config(COPY_ALL, RESEARCH_DEID).rules)
+    assert len(notes) == 1  # pacs is named by one rule only
+    research = notes[0]
+    assert "copy-all (continue: true), research-deid" in research
+    assert "de-identified as rule research-deid says" in research
+    plain = _config({"name": "a", "continue": True, "forward": ["pacs"]},
+                    {"name": "b", "forward": ["pacs"]})
+    assert shared_destinations(plain.rules) == []  # nothing to transform: nothing to say
