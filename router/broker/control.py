@@ -24,9 +24,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.broker.deliveries import Outcome
+from router.broker.deliveries import DeadLetter, Outcome
 from router.broker.dispatch import Dispatcher
-from router.broker.queue_moves import put_back, release_now, retarget, take_queued
+from router.broker.queue_moves import (
+    give_up_queued,
+    put_back,
+    release_now,
+    retarget,
+    take_queued,
+)
 from router.core.config import RouterConfig
 from router.core.messages import Control, ControlReply
 from router.core.spool import Spool, fsync_path, write_atomically
@@ -34,6 +40,9 @@ from router.core.spool import Spool, fsync_path, write_atomically
 log = logging.getLogger(__name__)
 
 ACTIONS = ("pause", "resume", "retry", "drain")
+# The worker's words for the same case (workers/delivery.py), for what is in flight then.
+REMOVED = ("destination no longer configured (removed by a config reload); replay the dead "
+           "letter to another one")
 
 
 @dataclass(frozen=True)
@@ -54,10 +63,29 @@ class OperatorControl:
         self.reconfigure(config)
         dispatcher.held |= self._load_paused()
 
-    def reconfigure(self, config: RouterConfig) -> None:
+    def reconfigure(self, config: RouterConfig) -> list[Outcome]:
         self.configured = set(config.destinations)
         self.fallbacks = {name: FallbackPolicy(tuple(d.fallback), d.fallback_after)
                           for name, d in config.destinations.items() if d.fallback}
+        return self._give_up_removed()
+
+    def _give_up_removed(self) -> list[Outcome]:
+        """What is queued for a destination a reload removed becomes `unknown_destination`
+        dead letters at once, as a restart makes them. Left queued, a paused one's queue
+        stayed parked with nothing said, and the old workers could still send the rest
+        before they took the new config."""
+        outcomes: list[Outcome] = []
+        for name in sorted(set(self.dispatcher.queues) - self.configured):
+            given = give_up_queued(self.dispatcher, name, "unknown_destination", REMOVED)
+            if name in self.dispatcher.held:
+                self.dispatcher.held.discard(name)
+                self._save_paused()
+            if given:
+                log.warning("destination %s is no longer configured: its %d queued job(s) "
+                            "are unknown_destination dead letters, to replay elsewhere",
+                            name, sum(isinstance(o, DeadLetter) for o in given))
+            outcomes += given
+        return outcomes
 
     # --- the paused set on the spool -------------------------------------------------------
 
@@ -208,6 +236,7 @@ class OperatorControl:
         """Extra /status fields: paused by an operator, fallback in use, held while busy."""
         out: dict[str, float | int | bool | str] = {
             "paused": name in self.dispatcher.held,
+            "removed": name not in self.configured,  # by a reload; its queue dead-letters
             "busy_for": max(0.0, self.dispatcher.busy_until[name] - now),
         }
         if name in self.down_since:

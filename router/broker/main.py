@@ -248,7 +248,7 @@ class Broker(Publishing, RelayPaths):
                                         holds(new), new.queue.linger)
             self.associating = dicom_names(new)
             self.spool.recycler.keep_free = new.spool.watermark_bytes
-            self.control.reconfigure(new)
+            self._apply(self.control.reconfigure(new))  # a removed queue: dead letters
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
         self._publish(time.monotonic())  # the supervisor waits for this generation
 

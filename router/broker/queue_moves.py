@@ -1,9 +1,10 @@
 """Moving queued work between destinations inside the broker's Dispatcher (no sockets).
 
-Used by operator control (router/broker/control.py): drain-to and fallback. A job moved from A to B
-has its header on the spool rewritten first (atomically, fsync'd) to name B instead of A, so
-that a crash at any point leaves each job either wholly at A or wholly at B: recovery
-(router/core/spool.py) re-queues what the header names.
+Used by operator control (router/broker/control.py): drain-to and fallback, and a reload that
+removes a destination (its queue given up). A job moved from A to B has its header on the
+spool rewritten first (atomically, fsync'd) to name B instead of A, so that a crash at any
+point leaves each job either wholly at A or wholly at B: recovery (router/core/spool.py)
+re-queues what the header names.
 
 Deliveries leased to a worker are not moved: they finish (or fail back into A's queue).
 """
@@ -74,6 +75,16 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
         dispatcher._enqueue(Delivery(header, target), hold=False)
     # The source's part of the job is done with: settled once nothing else is pending.
     return dispatcher._finish(Delivery(header, source))
+
+
+def give_up_queued(dispatcher: Dispatcher, name: str, reason: str, detail: str
+                   ) -> list[Outcome]:
+    """Every job waiting for `name` becomes a dead letter (a reload removed `name`); what is
+    leased to a worker stays with it."""
+    outcomes: list[Outcome] = []
+    for job in take_queued(dispatcher, name):
+        outcomes += dispatcher._give_up(Delivery(job, name), reason, detail)
+    return outcomes
 
 
 def release_now(dispatcher: Dispatcher, name: str) -> int:

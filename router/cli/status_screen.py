@@ -177,8 +177,8 @@ def _state_colour(row: dict[str, Any]) -> str:
     """The words are destination_state's (the same in `destinations list` and the console)."""
     if not row.get("up", True):
         return "red"
-    if row.get("paused") or row.get("busy_for", 0) > 0 or not row.get("in_window", True) \
-            or row.get("fallback_to"):
+    if row.get("removed") or row.get("paused") or row.get("busy_for", 0) > 0 \
+            or not row.get("in_window", True) or row.get("fallback_to"):
         return "yellow"
     return "green"
 

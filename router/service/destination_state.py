@@ -9,6 +9,8 @@ from typing import Any
 def state(row: dict[str, Any]) -> str:
     """One destination's state in words, as `status` and the console show it."""
     parts = []
+    if row.get("removed"):  # by a config reload: what is left of its queue dead-letters
+        parts.append("removed by reload")
     if row.get("paused"):
         parts.append("paused by operator")
     if not row.get("up", True):

@@ -254,6 +254,38 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
                     timeout=60), router.log()[-2000:]
 
 
+def test_a_paused_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """The paused case of the test above (the delivery hunt's t19): the queue stayed parked
+    with nothing said and `destinations list` showed the destination paused as before. Now
+    the reload makes it unknown_destination dead letters, as a restart does, and the
+    destination shows as removed."""
+    config = folder_config(tmp_path, "archive", "pacs")
+    config["rules"] = [{"name": "all", "forward": ["archive", "pacs"]}]
+    router = start_router(config)
+    paused = subprocess.run([sys.executable, "-m", "router.cli", "destinations", "pause",
+                             "pacs", "--config", str(router.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert paused.returncode == 0, paused.stderr
+    sources = generate_mixed_set(tmp_path / "src", 3, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: status(router)["broker"]["destinations"]["pacs"]["depth"] == 3)
+    rewrite(router, folder_config(tmp_path, "archive"))
+    reload(router, "applied")
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total", destination="pacs",
+                                          reason="unknown_destination") == 3, timeout=60), \
+        router.log()[-3000:]
+    assert wait_for(lambda: status(router)["broker"]["jobs_queued"] == 0, timeout=30)
+    assert "pacs is no longer configured: its 3 queued job(s) are unknown_destination dead " \
+        "letters" in router.log()
+    listed = subprocess.run([sys.executable, "-m", "router.cli", "destinations", "list",
+                             "--config", str(router.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert "removed by reload" in next(line for line in listed.stdout.splitlines()
+                                       if line.startswith("pacs")), listed.stdout
+    assert len(files_under(tmp_path / "archive")) == 3
+
+
 def test_dead_letters_waiting_are_shown_after_a_restart(
         start_router: RouterFactory, tmp_path: Path) -> None:
     """The status and the console showed dead letters counted since the process started: 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from router.broker.control import OperatorControl
-from router.broker.deliveries import DestinationPolicy, Settled
+from router.broker.deliveries import DeadLetter, DestinationPolicy, Settled
 from router.broker.dispatch import Dispatcher
 from router.core.config import RetryConfig, parse_config
 from router.core.messages import Control, JobHeader, Result
@@ -161,3 +161,26 @@ def test_fallback_config_is_checked(fallback: dict[str, list[str]], problem: str
 
     with pytest.raises(ConfigError, match=problem):
         config(fallback)
+
+
+def test_a_paused_destination_removed_by_a_reload_gives_its_queue_up(spool: Spool) -> None:
+    """Held, its queue stayed parked with nothing said, where a restart dead-letters it as
+    unknown_destination: a reload now does the same, at once, and the row says removed."""
+    dispatcher, control = setup(spool)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    for job_id in ("aa40", "aa41"):
+        commit(spool, dispatcher, make_header(job_id, ("pacs", "archive")))
+    act(control, "pause", "pacs")
+    dispatcher.reconfigure({"archive": DestinationPolicy(4, RETRY)}, 1000, 10**9)
+    without = parse_config({"destinations": {"archive": {"type": "folder", "path": "/tmp/a"}},
+                            "rules": [{"name": "all", "forward": ["archive"]}]})
+    outcomes = control.reconfigure(without)
+    dead = [o for o in outcomes if isinstance(o, DeadLetter)]
+    assert [(d.delivery.job.job_id, d.delivery.destination, d.reason) for d in dead] == [
+        ("aa40", "pacs", "unknown_destination"), ("aa41", "pacs", "unknown_destination")]
+    assert not any(isinstance(o, Settled) for o in outcomes)  # archive is still to come
+    assert dispatcher.held == set() and dispatcher.depth("pacs") == 0
+    assert json.loads(control.state_path.read_text()) == {"paused": []}
+    assert control.summary("pacs", 1.0)["removed"] is True
+    assert control.summary("archive", 1.0)["removed"] is False
+    assert {d.destination for _, d in dispatcher.dispatch(1.0)} == {"archive"}

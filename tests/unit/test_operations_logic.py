@@ -201,6 +201,7 @@ def test_a_destination_backing_off_says_why() -> None:
     {"up": False, "paused_for": 5},
     {"up": True, "busy_for": 3},
     {"up": True, "paused": True, "in_window": False, "fallback_to": "dr"},
+    {"up": True, "removed": True},
     {"up": True},
 ])
 def test_status_says_a_destinations_state_in_the_words_of_destinations_list(
