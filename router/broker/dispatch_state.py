@@ -84,9 +84,10 @@ class DispatchState:
                     linger: float | None = None) -> None:
         """A config reload: new destinations get queues, changed ones their new policy.
 
-        A destination no longer configured keeps its queue and policy: what is queued for it
-        still goes to the workers, which give it up as `unknown_destination`, a dead letter an
-        operator can replay elsewhere, rather than vanishing here.
+        A destination no longer configured keeps its queue and policy here; the broker's
+        control (control.py `reconfigure`) then gives what is queued for it up as
+        `unknown_destination` dead letters an operator can replay elsewhere, and a delivery a
+        worker holds ends as the worker says.
         """
         for name, policy in policies.items():
             self.policies[name] = policy
