@@ -1,9 +1,10 @@
 """Who may talk to the router: allowlists, certificate-to-AE binding, per-AE limits, users.
 
 Each rejection carries the A-ASSOCIATE-RJ (result, source, reason) PS3.8 Table 9-21 defines:
-  (1, 1, 3) calling AE title not recognised  - calling AE not allowed, or not the one the
-                                              client certificate may use
-  (1, 1, 7) called AE title not recognised   - called AE not allowed
+  (1, 1, 3) calling AE title not recognised  - calling AE not allowed, not the one the
+                                              client certificate may use, or no AE title
+                                              (empty, control characters, backslash)
+  (1, 1, 7) called AE title not recognised   - called AE not allowed, or no AE title
   (1, 1, 1) no reason given                  - source address not allowed, user identity
                                               missing or wrong (the standard has no code)
   (2, 3, 2) local limit exceeded             - too many associations from this calling AE
@@ -26,6 +27,7 @@ from router.core.dimse_status import (
     NO_REASON_GIVEN,
     Reject,
 )
+from router.core.log_safety import escape
 from router.core.shared_counts import SharedCounts
 from router.core.tls import peer_identities
 
@@ -62,11 +64,12 @@ class AccessPolicy:
     def check(self, session: AssociationSession) -> Rejection | None:
         calling, called, source = session.calling_ae, session.called_ae, session.address
         c = self.config
-        # PS3.5 6.2: an AE title of spaces only shall not be used; nothing could answer it.
-        if not calling.strip():
-            return Rejection(CALLING_AE_NOT_RECOGNISED, "calling_ae", "the calling AE is empty")
-        if not called.strip():
-            return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae", "the called AE is empty")
+        fault = ae_title_fault(calling)
+        if fault is not None:
+            return Rejection(CALLING_AE_NOT_RECOGNISED, "calling_ae", f"the calling AE {fault}")
+        fault = ae_title_fault(called)
+        if fault is not None:
+            return Rejection(CALLED_AE_NOT_RECOGNISED, "called_ae", f"the called AE {fault}")
         if self.networks and not self._source_allowed(source):
             return Rejection(NO_REASON_GIVEN, "source", f"source address {source} is not allowed")
         if c.allowed_calling_ae is not None and calling not in c.allowed_calling_ae:
@@ -131,6 +134,19 @@ class AccessPolicy:
         user = self.users.get(username)
         return self._passcodes.matches(username, secondary,
                                        None if user is None else user.passcode_hash)
+
+
+def ae_title_fault(title: str) -> str | None:
+    """What makes `title` no AE title (PS3.5 6.2), or None. Such a title would reach job
+    headers, logs and the live status: a newline forges lines, ESC drives terminals."""
+    # An AE title of spaces only shall not be used; nothing could answer it.
+    if not title.strip():
+        return "is empty"
+    # The default repertoire without control characters and without the backslash (the
+    # value separator); the engine has refused non-ASCII bytes already.
+    if "\\" in title or any(ord(c) < 0x20 or ord(c) >= 0x7F for c in title):
+        return f"'{escape(title)}' holds a control character or a backslash"
+    return None
 
 
 def _key(calling: str | bytes) -> bytes:

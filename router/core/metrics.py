@@ -240,6 +240,7 @@ class BoundedLabel:
     """
 
     OTHER = "other"
+    INVALID = "invalid"
 
     def __init__(self, limit: int = 50) -> None:
         self.limit = limit
@@ -250,6 +251,8 @@ class BoundedLabel:
         if isinstance(value, bytes):
             value = value.decode("ascii", "replace")
         text = (value or "").strip() or "unknown"
+        if "\\" in text or any(ord(c) < 0x20 or ord(c) >= 0x7F for c in text):
+            return self.INVALID  # no AE title (PS3.5): control bytes stay out of /metrics
         with self._lock:
             if text in self._known:
                 return text

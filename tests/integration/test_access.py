@@ -133,6 +133,29 @@ def test_a_request_without_presentation_contexts_is_rejected(
     assert _rejections(router, "no_presentation_context") == 1
 
 
+# Regression (engine hunt): an AE title with a newline, ESC or a backslash (no AE title,
+# PS3.5 6.2) was accepted and reached job headers, the log (a forged line) and /status.
+def test_ae_titles_with_control_characters_or_a_backslash_are_rejected(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    router = start_router(_config(tmp_path))
+    for called, calling, reject in (("DICOM-ROUTER", "EVIL\nFORGED", (1, 1, 3)),
+                                    ("DICOM-ROUTER", "A\\B", (1, 1, 3)),
+                                    ("\x1b[2JROUTER", "CT1", (1, 1, 7))):
+        with pdus.RawAssociation(LOCALHOST, router.port) as conn:
+            conn.send(pdus.a_associate_rq(called, calling))
+            pdu_type, body = conn.read_pdu()
+        assert (pdu_type, tuple(body[1:4])) == (pdus.A_ASSOCIATE_RJ, reject), calling
+    assert _rejections(router, "calling_ae") == 2 and _rejections(router, "called_ae") == 1
+    assert router.metric("dicom_router_associations_total", calling_ae="invalid",
+                         result="rejected") == 2
+    assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
+    log = router.log()
+    assert "the calling AE 'EVIL\\x0aFORGED' holds a control character" in log
+    assert "the called AE '\\x1b[2JROUTER' holds a control character" in log
+    assert "\x1b" not in log and not any(line.startswith("FORGED") for line in log.splitlines())
+
+
 def test_max_associations_counts_requests_not_connections(
     start_router: RouterFactory, tmp_path: Path
 ) -> None:

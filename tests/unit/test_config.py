@@ -311,7 +311,7 @@ def test_good_regular_expressions_in_match_ae_titles_and_sop_class_are_kept() ->
     assert (match.calling_ae, match.sop_class) == ("re:^CT[0-9]$", ["re:^1\\.2\\."])
 
 
-@pytest.mark.parametrize("title", ["A" * 17, "A\\B", "   ", "", "AE\x01"])
+@pytest.mark.parametrize("title", ["A" * 17, "A\\B", "   ", "", "AE\x01", "AE\x7f", "AÉ"])
 def test_invalid_router_ae_title(title: str) -> None:
     data = example()
     data["ae_title"] = title
@@ -340,6 +340,30 @@ def test_invalid_destination_ae_titles(field: str, title: str) -> None:
     assert len(problems) == 1
     assert problems[0].startswith(f"destinations.pacs.{field}: ")
     assert "is not a valid AE title" in problems[0]
+
+
+@pytest.mark.parametrize(("key", "value", "where"), [
+    ("allowed_calling_ae", ["CT1", "EVIL\nCT"], "listen.allowed_calling_ae"),
+    ("allowed_called_ae", ["A\\B"], "listen.allowed_called_ae"),
+    ("tls", {"ae_titles": {"ct.example": ["CT\x1b"]}}, "listen.tls.ae_titles"),
+])
+def test_listen_ae_title_lists_hold_valid_ae_titles(key: str, value: Any, where: str) -> None:
+    # The acceptor refuses such titles from a peer: an entry holding one never matched.
+    data = example()
+    data["listen"][key] = value
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1
+    assert problems[0].startswith(where)
+    assert "is not a valid AE title" in problems[0]
+
+
+def test_listen_ae_title_lists_are_stripped_of_padding() -> None:
+    data = example()
+    data["listen"]["allowed_calling_ae"] = [" CT1 "]
+
+    assert parse_config(data).listen.allowed_calling_ae == ["CT1"]
 
 
 @pytest.mark.parametrize("source", ["10.0.0.0/33", "not-a-network", ["10.0.0.0/8", "10.0.0/"]])

@@ -37,6 +37,7 @@ from router.acceptor.negotiation import AcceptorOffer
 from router.acceptor.session import ReceivedStore
 from router.acceptor.store_handler import StoreHandler
 from router.core.config import ListenConfig, SpoolConfig, UserConfig
+from router.core.log_safety import SafeLogFilter, escape
 from router.dicom.engine import (
     Abort,
     Aborted,
@@ -595,6 +596,34 @@ def test_allowed_calling_ae_is_accepted(tmp_path: Path) -> None:
     peer.associate(calling="CT1")
     peer.release()
     running.join()
+
+
+@pytest.mark.parametrize("calling, called, reject, label", [
+    ("EVIL\nFORGED", "ROUTER", (1, 1, 3), "calling_ae"),
+    ("\x1b[2JCT", "ROUTER", (1, 1, 3), "calling_ae"),
+    ("A\\B", "ROUTER", (1, 1, 3), "calling_ae"),
+    ("CT\x7f", "ROUTER", (1, 1, 3), "calling_ae"),
+    ("CT1", "ROU\rTER", (1, 1, 7), "called_ae"),
+    ("CT1", "R\\OUTER", (1, 1, 7), "called_ae"),
+])
+def test_an_ae_title_with_control_characters_or_a_backslash_is_rejected_in_one_line(
+        harness: Harness, running: Running, caplog: pytest.LogCaptureFixture,
+        calling: str, called: str, reject: tuple[int, int, int], label: str) -> None:
+    # PS3.5 6.2: no control characters, no backslash. Accepted, the title reached job
+    # headers, logs and the live status (a newline forged a log line, ESC drove terminals).
+    before = rejections(label)
+    rq = request()
+    with caplog.at_level(logging.WARNING, "router.acceptor"):
+        assert rejected_with(Peer(running), AssociateRQ(called, calling, rq.contexts,
+                                                        rq.user_info)) == reject
+        running.join()
+    assert rejections(label) == before + 1
+    [record] = [r for r in caplog.records if "rejecting association" in r.getMessage()]
+    assert f"'{escape(called if label == 'called_ae' else calling)}' holds a control " \
+           "character or a backslash" in record.getMessage()
+    SafeLogFilter().filter(record)  # as every router process's handler renders it
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in record.getMessage())
+    assert harness.access.open_count(calling) == 0
 
 
 def test_request_without_contexts_is_rejected(harness: Harness, running: Running) -> None:

@@ -81,6 +81,14 @@ def test_calling_ae_labels_are_bounded() -> None:
         ["A", "B", "other", "A", "other"]
 
 
+def test_a_calling_ae_label_that_is_no_ae_title_is_invalid_and_takes_no_place() -> None:
+    # Rejected titles are still counted (associations_total{result="rejected"}): control
+    # bytes must not reach the /metrics text.
+    label = BoundedLabel(limit=1)
+    assert [label("EVIL\nCT"), label("\x1b[2J"), label("A\\B"), label("CT1")] == \
+        ["invalid", "invalid", "invalid", "CT1"]
+
+
 # --- queue age and reconfiguration ---------------------------------------------------------------
 
 def test_oldest_received_is_the_oldest_job_still_pending_there() -> None:

@@ -25,9 +25,11 @@ def shown(value: object) -> str:
 
 def _check_ae_title(value: str) -> str:
     # PS3.5: AE is at most 16 characters, no backslash or control characters, not all spaces.
-    if not value.strip() or len(value) > 16 or "\\" in value or any(ord(c) < 32 for c in value):
+    # The acceptor refuses the same titles from a peer (router/acceptor/access.py).
+    if not value.strip() or len(value) > 16 or "\\" in value \
+            or any(ord(c) < 0x20 or ord(c) >= 0x7F for c in value):
         raise ValueError(f"{shown(value)} is not a valid AE title (1-16 characters, no "
-                         "backslash)")
+                         "backslash, control or non-ASCII characters)")
     return value.strip()
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from router.core.bounds import GIB, KIB, TIB, between
-from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_networks
+from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_ae_title, _check_networks
 from router.core.durations import Seconds
 
 
@@ -52,6 +52,9 @@ class ListenerTLS(TLSBase):
     # When set, an mTLS client whose identity is not listed, or who calls with another AE
     # title, is rejected ("calling AE title not recognised").
     ae_titles: dict[str, list[str]] = {}
+
+    _bound_ae_titles = field_validator("ae_titles")(
+        lambda v: {name: [_check_ae_title(t) for t in titles] for name, titles in v.items()})
 
     @model_validator(mode="after")
     def _complete(self) -> ListenerTLS:
@@ -132,6 +135,10 @@ class ListenConfig(Strict):
     require_user_identity: bool = False
 
     _networks = field_validator("allowed_sources", mode="before")(_check_networks)
+    # A peer's title is compared without its padding; a title no peer may send (control
+    # characters, backslash) would never match, so it is refused here instead.
+    _ae_lists = field_validator("allowed_calling_ae", "allowed_called_ae")(
+        lambda v: None if v is None else [_check_ae_title(t) for t in v])
 
     @property
     def associations_per_source(self) -> int:
