@@ -63,7 +63,8 @@ log = logging.getLogger(__name__)
 def connection_settings(config: RouterConfig, spool: Spool) -> ConnectionSettings:
     """What the connections serve and how long they wait (new ones see a reload)."""
     listen = config.listen
-    offer = AcceptorOffer(config.ae_title, listen.max_pdu, STORAGE_CLASSES, TRANSFER_SYNTAXES,
+    storage = STORAGE_CLASSES | frozenset(listen.extra_storage_classes)
+    offer = AcceptorOffer(config.ae_title, listen.max_pdu, storage, TRANSFER_SYNTAXES,
                           RELAYED_CLASSES, RELAY_TRANSFER_SYNTAXES, IMPLEMENTATION_CLASS_UID,
                           IMPLEMENTATION_VERSION)
     return ConnectionSettings(
@@ -99,7 +100,8 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
 
 
 # Storage in any syntax, accepted as sent, so that the router forwards the very bytes it
-# received; the little endian syntaxes first only so that they are easy to find.
+# received; the little endian syntaxes first only so that they are easy to find. Private
+# and newer classes come from listen.extra_storage_classes.
 STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 TRANSFER_SYNTAXES = frozenset(
     [ExplicitVRLittleEndian, ImplicitVRLittleEndian, *map(str, AllTransferSyntaxes)])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from pydicom import dcmread
 from pydicom.uid import CTImageStorage, EnhancedCTImageStorage, MRImageStorage
 from pynetdicom import AE, _config
@@ -208,6 +210,59 @@ def test_rules_select_by_calling_ae_and_by_tag(
     assert set(_digests(ct_pacs.received_files())) == {dataset_digest(from_ct1)}
     assert set(_digests(mr_pacs.received_files())) == {dataset_digest(mr_chest)}
     assert set(_digests(_files(rest))) == {dataset_digest(mr_head)}
+
+
+SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"  # sent by Siemens MR scanners
+
+
+def _store_private(port: int, path: Path) -> int | None:
+    """The C-STORE status, or None when the router refused the SOP class at negotiation."""
+    ae = AE(ae_title="MR1")
+    ae.add_requested_context(SIEMENS_CSA_NON_IMAGE, EXPLICIT_VR_LE)
+    assoc = ae.associate(LOCALHOST, port, ae_title="DICOM-ROUTER")
+    if not assoc.is_established:  # accepted, but not its one context: pynetdicom aborts
+        assert not assoc.is_rejected
+        return None
+    try:
+        return int(assoc.send_c_store(dcmread(path)).Status)
+    finally:
+        assoc.release()
+
+
+# Regression (engine hunt): a vendor-private storage SOP class was refused at negotiation
+# (result 3): a Siemens MR scanner could not send its CSA Non-Image instances at all.
+def test_a_private_storage_class_is_refused_unless_listed_then_arrives_byte_identical(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    source = write_instance(tmp_path / "src", sop_class=SIEMENS_CSA_NON_IMAGE,
+                            transfer_syntax=EXPLICIT_VR_LE, modality="MR")
+    # -pm: a PACS that takes unknown SOP classes, as those of such sites do.
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=["-pm"]) as pacs:
+        listen = {"host": "127.0.0.1"}
+        router = start_router({"listen": listen,
+                               "destinations": {"pacs": dicom_destination(pacs)},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        assert _store_private(router.port, source) is None
+
+        # listen.extra_storage_classes applies to new associations on reload.
+        config = yaml.safe_load(router.config_path.read_text())
+        config["listen"]["extra_storage_classes"] = [SIEMENS_CSA_NON_IMAGE]
+        router.config_path.write_text(yaml.safe_dump(config))
+        assert router.process is not None
+        router.process.send_signal(signal.SIGHUP)
+        statuses: list[int] = []
+
+        def stored() -> bool:
+            status = _store_private(router.port, source)
+            statuses.extend([] if status is None else [status])
+            return status is not None
+
+        assert wait_for(stored), router.log()[-3000:]
+        assert statuses == [0x0000]
+        assert wait_for(lambda: _delivered(router, "pacs") == 1), router.log()[-3000:]
+        [received] = pacs.received_files()
+        assert dataset_digest(received) == dataset_digest(source)
+        assert dcmread(received).SOPClassUID == SIEMENS_CSA_NON_IMAGE
 
 
 def test_instance_matching_no_rule_is_refused_and_counted(

@@ -366,6 +366,24 @@ def test_listen_ae_title_lists_are_stripped_of_padding() -> None:
     assert parse_config(data).listen.allowed_calling_ae == ["CT1"]
 
 
+def test_extra_storage_classes_are_uids() -> None:
+    data = example()
+    data["listen"]["extra_storage_classes"] = ["1.3.12.2.1107.5.9.1"]
+    assert parse_config(data).listen.extra_storage_classes == ["1.3.12.2.1107.5.9.1"]
+
+
+@pytest.mark.parametrize("value", [["SiemensCSANonImageStorage"], ["1.3.12.2.1107.5.9.1\n"],
+                                   ["1.02.3"], ["1." + "2" * 70], ["1.2.3"] * 1001])
+def test_extra_storage_classes_that_are_no_uids_or_too_many_are_refused(value: Any) -> None:
+    data = example()
+    data["listen"]["extra_storage_classes"] = value
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1 and problems[0].startswith("listen.extra_storage_classes")
+    assert "is not a SOP class UID" in problems[0] or "at most 1000" in problems[0]
+
+
 @pytest.mark.parametrize("source", ["10.0.0.0/33", "not-a-network", ["10.0.0.0/8", "10.0.0/"]])
 def test_bad_cidr_in_source_is_reported_under_match_source(source: Any) -> None:
     data = example()

@@ -10,8 +10,15 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from router.core.bounds import GIB, KIB, TIB, between
-from router.core.config.base import DEFAULT_MAX_PDU, Strict, _check_ae_title, _check_networks
+from router.core.config.base import (
+    DEFAULT_MAX_PDU,
+    Strict,
+    _check_ae_title,
+    _check_networks,
+    shown,
+)
 from router.core.durations import Seconds
+from router.core.uids import is_valid_uid
 
 
 class TLSBase(Strict):
@@ -92,6 +99,15 @@ class UserConfig(Strict):
 
 
 MAX_DEFAULT_ACCEPTORS = 4
+# Every acceptor offers them on every association: a handful in practice.
+MAX_EXTRA_STORAGE_CLASSES = 1000
+
+
+def _check_sop_class_uid(value: str) -> str:
+    if not is_valid_uid(value):
+        raise ValueError(f"{shown(value)} is not a SOP class UID (digits and dots, at most "
+                         "64 characters, e.g. 1.3.12.2.1107.5.9.1)")
+    return value
 MAX_CONNECTIONS = 10_000
 
 
@@ -129,12 +145,18 @@ class ListenConfig(Strict):
     allowed_calling_ae: list[str] | None = None
     allowed_called_ae: list[str] | None = None
     allowed_sources: list[str] | None = None  # CIDR networks
+    # Storage SOP classes accepted besides the standard ones pynetdicom knows: a vendor's
+    # private ones (Siemens CSA Non-Image Storage 1.3.12.2.1107.5.9.1 from its MR scanners)
+    # or standard ones newer than that list. Applies to new associations on reload.
+    extra_storage_classes: list[str] = Field([], max_length=MAX_EXTRA_STORAGE_CLASSES)
     tls: ListenerTLS = ListenerTLS()
     # User identity negotiation (username, or username and passcode).
     users: list[UserConfig] = []
     require_user_identity: bool = False
 
     _networks = field_validator("allowed_sources", mode="before")(_check_networks)
+    _storage_uids = field_validator("extra_storage_classes")(
+        lambda v: [_check_sop_class_uid(uid) for uid in v])
     # A peer's title is compared without its padding; a title no peer may send (control
     # characters, backslash) would never match, so it is refused here instead.
     _ae_lists = field_validator("allowed_calling_ae", "allowed_called_ae")(
