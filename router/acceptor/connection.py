@@ -354,7 +354,8 @@ class EngineConnection:
         except RemoteProtocolError as exc:
             label = ("unknown_pdu_type" if exc.cause == AbortReason.UNRECOGNIZED_PDU
                      else LIMIT_LABELS.get(exc.limit, "protocol_error"))
-            log.warning("aborting the connection from %s: %s", self.address[0], exc.message)
+            log.warning("%s from %s: %s", "rejecting the association" if exc.rejected
+                        else "aborting the connection", self.address[0], exc.message)
             metrics.CONNECTIONS_DROPPED.labels(label).inc()
             self._send(exc.to_send)
             self._close_gently()

@@ -67,6 +67,7 @@ from router.dicom.engine.dimse import (
     STATUS,
     encode_command,
 )
+from router.dicom.engine.pdus import encode_pdata, encode_pdu
 from router.dicom.pending import PendingConnections, Ticket
 from tests.tcp_counters import require_delayed_ack_counter
 
@@ -493,7 +494,34 @@ def test_a_peer_whose_maximum_pdu_is_below_7_is_rejected_in_one_line(
     assert dropped("protocol_error") == before + 1
     [record] = [r for r in caplog.records if r.name.startswith("router")]
     assert "maximum PDU length 6 is too small" in record.getMessage()
+    # An A-ASSOCIATE-RJ went out, not an A-ABORT: the line says so.
+    assert record.getMessage().startswith("rejecting the association from ")
     assert record.levelno == logging.WARNING and record.exc_info is None
+
+
+# Regression (engine hunt): these were logged in the state table's words ("RQ_PDU in STA6",
+# "unrecognized PDU type 0x16"), which tell an operator nothing.
+@pytest.mark.parametrize("associate, sent, said", [
+    (True, encode_pdu(request()), "a second A-ASSOCIATE-RQ on an established association "
+                                  "[RQ_PDU in STA6]"),
+    (False, encode_pdata(1, b"\x00" * 8, 0, 16384),
+     "P-DATA before the association was accepted [PDATA_PDU in STA2]"),
+    (False, bytes.fromhex("160301020001") + bytes(64),  # a TLS 1.2 ClientHello's record
+     "a TLS ClientHello on a plain (non-TLS) port: is the sender set up for TLS? "
+     "(PDU type 0x16)"),
+], ids=["second_rq", "pdata_first", "tls_hello"])
+def test_a_protocol_error_is_logged_in_words_an_operator_understands(
+        running: Running, caplog: pytest.LogCaptureFixture, associate: bool, sent: bytes,
+        said: str) -> None:
+    peer = Peer(running)
+    if associate:
+        peer.associate()
+    with caplog.at_level(logging.WARNING, logger="router.acceptor.connection"):
+        running.sock.sendall(sent)
+        peer.read_to_eof()
+        running.join()
+    [record] = caplog.records
+    assert record.getMessage() == f"aborting the connection from {ADDRESS[0]}: {said}"
 
 
 def test_a_malformed_sop_class_is_described_in_the_log_never_quoted(

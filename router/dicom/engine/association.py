@@ -38,7 +38,7 @@ from router.dicom.engine.pdus import (
     encode_pdata,
     encode_pdu,
 )
-from router.dicom.engine.states import ACTIONS, TABLE, Action, Evt, State
+from router.dicom.engine.states import ACTIONS, TABLE, Action, Evt, State, unexpected
 
 DEFAULT_MAX_PDU = 256 * 1024
 DEFAULT_SEND_CAP = 256 * 1024  # what we send when the peer says 0 (no limit), or more
@@ -183,8 +183,7 @@ class Association:
     def _on_event(self, evt: Evt, pdu: Pdu | None, events: list[ev.Event]) -> None:
         action = TABLE.get((evt, self.state))
         if action is None or action in (Action.AA1, Action.AA7, Action.AA8):
-            raise self._peer_error(evt, f"{evt.name} in {self.state.name}",
-                                   AbortReason.UNEXPECTED_PDU)
+            raise self._peer_error(evt, unexpected(evt, self.state), AbortReason.UNEXPECTED_PDU)
         if action is Action.AE3 and isinstance(pdu, AssociateAC):
             proposed = {ctx.context_id for ctx in self.rq.contexts} if self.rq else set()
             self.ac = pdu

@@ -72,6 +72,11 @@ class RemoteProtocolError(ProtocolError):
         self.to_send = to_send
         self.events: list[Event] = []
 
+    @property
+    def rejected(self) -> bool:
+        """The answer is an A-ASSOCIATE-RJ (PDU type 0x03), not an A-ABORT."""
+        return self.to_send[:1] == b"\x03"
+
 
 class DecodeError(ProtocolError):
     """Bytes that do not parse (a PDU body, an item, a command set), raised by the codecs;

@@ -23,6 +23,7 @@ from router.dicom.engine.pdus import (
     PDV_HEADER,
 )
 
+TLS_HANDSHAKE_RECORD = 0x16  # a TLS record's first byte, where a PDU type is expected
 _FOUR_BYTE_PDUS = frozenset({A_ASSOCIATE_RJ, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT})
 _ASSOCIATE_PDUS = frozenset({A_ASSOCIATE_RQ, A_ASSOCIATE_AC})
 
@@ -137,6 +138,10 @@ class PduReader:
             if length > self.max_associate_length:
                 raise DecodeError(f"A-ASSOCIATE PDU of {length} bytes is over the limit",
                                   limit="pdu")
+        elif pdu_type == TLS_HANDSHAKE_RECORD:
+            # The commonest "unknown PDU" in the field: a sender set up for TLS.
+            raise DecodeError("a TLS ClientHello on a plain (non-TLS) port: is the sender set "
+                              "up for TLS? (PDU type 0x16)", AbortReason.UNRECOGNIZED_PDU)
         else:
             raise DecodeError(f"unrecognized PDU type 0x{pdu_type:02X}",
                               AbortReason.UNRECOGNIZED_PDU)

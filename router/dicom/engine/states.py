@@ -137,3 +137,33 @@ TABLE: dict[tuple[Evt, State], Action] = {
     (Evt.RELEASE_RP_LOCAL, S.STA12): A.AR4,
     **_row(Evt.ABORT_LOCAL, A.AA1, None, None, STA4=A.AA2),
 }
+
+
+# --- what an unexpected PDU means, in an operator's words (log lines) -----------------------
+
+_PDU_WORDS = {
+    Evt.AC_PDU: "an A-ASSOCIATE-AC", Evt.RJ_PDU: "an A-ASSOCIATE-RJ",
+    Evt.RQ_PDU: "an A-ASSOCIATE-RQ", Evt.PDATA_PDU: "P-DATA",
+    Evt.RELEASE_RQ_PDU: "an A-RELEASE-RQ", Evt.RELEASE_RP_PDU: "an A-RELEASE-RP",
+    Evt.ABORT_PDU: "an A-ABORT", Evt.INVALID_PDU: "an invalid PDU",
+}
+_NOT_YET = "before the association was accepted"
+_COLLISION = "during a release collision"
+_WHEN = {
+    State.STA1: "with no association", State.STA2: _NOT_YET, State.STA3: _NOT_YET,
+    State.STA4: "before the connection was open", State.STA5: _NOT_YET,
+    State.STA6: "on an established association",
+    State.STA7: "while awaiting the A-RELEASE-RP", State.STA8: "after the A-RELEASE-RQ",
+    State.STA9: _COLLISION, State.STA10: _COLLISION, State.STA11: _COLLISION,
+    State.STA12: _COLLISION, State.STA13: "after the association ended",
+}
+_ASSOCIATED = frozenset(s for s in State if s is State.STA3 or State.STA6 <= s < State.STA13)
+
+
+def unexpected(evt: Evt, state: State) -> str:
+    """'a second A-ASSOCIATE-RQ on an established association [RQ_PDU in STA6]': what
+    happened, then the PS3.8 event and state for whoever reads the state table."""
+    what = _PDU_WORDS.get(evt, evt.name)
+    if evt is Evt.RQ_PDU and state in _ASSOCIATED:
+        what = "a second A-ASSOCIATE-RQ"
+    return f"{what} {_WHEN[state]} [{evt.name} in {state.name}]"
