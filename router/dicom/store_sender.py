@@ -11,6 +11,7 @@ failure.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
@@ -99,6 +100,23 @@ def store_failure(failure: StoreFailed, destination: str) -> DeliveryError:
 def _settled(assoc: StoreAssociation, sop_class: str, syntax: str) -> bool:
     """The association answered for this (SOP class, syntax): accepted or refused it."""
     return assoc.accepts(sop_class, syntax) or assoc.refused(sop_class, syntax)
+
+
+# What the network says when a route or host goes away under an established association;
+# any other OSError that escapes a C-STORE comes from reading the spooled file.
+NETWORK_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN,
+                            errno.EHOSTDOWN, errno.ETIMEDOUT})
+
+
+def unsent(exc: OSError, destination: str, source: Path) -> DeliveryError:
+    """An OSError under a C-STORE that the association did not turn into StoreFailed: the
+    network (the destination backs off) or the spool's file (this job is retried, then a
+    dead letter: a bad sector under one instance must not hold the destination's queue)."""
+    if exc.errno in NETWORK_ERRNOS:
+        return DeliveryError("connection", f"sending to {destination} failed: {exc}",
+                             transient=True)
+    return DeliveryError("spool_read", f"reading {source.name} from the spool failed: "
+                         f"{exc.strerror or exc}", transient=True)
 
 
 class DicomDestination:
@@ -208,8 +226,7 @@ class DicomDestination:
                 raise store_failure(exc, self.name) from exc
             except OSError as exc:
                 self.assoc = None
-                raise DeliveryError("connection", f"sending to {self.name} failed: {exc}",
-                                    transient=True) from exc
+                raise unsent(exc, self.name, source) from exc
         status = response.status
         metrics.labelled(metrics.DIMSE_RESPONSES, self.name, "C-STORE", f"0x{status:04X}").inc()
         if not is_delivered(status):

@@ -4,14 +4,16 @@ tests/integration/test_store_sender.py."""
 
 from __future__ import annotations
 
+import errno
 import ssl
+from pathlib import Path
 
 import pytest
 
 from router.core.failures import DESTINATION_FAILURES
 from router.dicom.engine import AssociateRJ
 from router.dicom.store_client import AssociationFailed, StoreFailed
-from router.dicom.store_sender import classify, is_busy_answer, store_failure
+from router.dicom.store_sender import classify, is_busy_answer, store_failure, unsent
 
 
 def tls_error(reason: str) -> ssl.SSLError:
@@ -69,3 +71,15 @@ def test_each_store_failure_has_its_kind(kind: str, reason: str, during_store: b
     error = store_failure(StoreFailed(kind, "x"), "pacs")  # type: ignore[arg-type]
     assert (error.reason, error.transient, error.during_store) == (reason, True, during_store)
     assert error.reason in DESTINATION_FAILURES or error.reason == "dimse_timeout"
+
+
+@pytest.mark.parametrize(("code", "reason"), [
+    (errno.EHOSTUNREACH, "connection"), (errno.ENETUNREACH, "connection"),
+    (errno.EIO, "spool_read"), (errno.EBADF, "spool_read")])
+def test_an_oserror_under_a_store_is_the_network_or_the_spool_file(code: int,
+                                                                   reason: str) -> None:
+    """A read error of the spooled file was 'connection': the destination backed off and
+    the job went back to the front of its queue, for ever. It is this job's now."""
+    error = unsent(OSError(code, "x"), "pacs", Path("job.dcm"))
+    assert (error.reason, error.transient) == (reason, True)
+    assert (error.reason in DESTINATION_FAILURES) is (reason == "connection")
