@@ -56,6 +56,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_destinations(config.rules):  # what applies when rules share one
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
+    from router.relay.move import relay_move_notes  # here: the CLI loads no DICOM otherwise
+
+    for note in relay_move_notes(config):  # moves the router refuses, to keep data private
+        print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     print(summary(config))
     return 0
 

@@ -32,6 +32,9 @@ class Status(IntEnum):
     OUT_OF_RESOURCES_SUB_OPERATIONS = 0xA701
     UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
     MOVE_DESTINATION_UNKNOWN = 0xA801
+    # C-MOVE "Unable to process" (PS3.4 C.4.2.1.5, 0xCxxx): the move destination is known
+    # but de-identifies or morphs what it gets, which a relayed move cannot do.
+    MOVE_DESTINATION_TRANSFORMS = 0xC005
     SUB_OPERATIONS_WITH_FAILURES = 0xB000
 
 

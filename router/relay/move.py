@@ -15,6 +15,7 @@ from router.core.errors import DeliveryError, DimseRefusal
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
+from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, RequesterGone
 from router.relay.move_registry import MoveRegistry, MoveRelay
@@ -23,6 +24,7 @@ from router.relay.sub_operations import SubOperations
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 MOVE_DESTINATION_UNKNOWN = Status.MOVE_DESTINATION_UNKNOWN
+MOVE_DESTINATION_TRANSFORMS = Status.MOVE_DESTINATION_TRANSFORMS
 # An instance may still be on its way into relay/ when its move ends (another acceptor
 # received it as the upstream's final answer travelled): a second look this much later.
 LATE_CLEAR_SECONDS = 10.0
@@ -46,6 +48,32 @@ def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination
     return None
 
 
+def _transforms(dest: object) -> bool:
+    return isinstance(dest, DicomDestination) and (dest.deidentify is not None
+                                                   or bool(dest.morph))
+
+
+def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
+    """The DICOM destinations with this AE title that de-identify or morph what they get.
+    The acceptor relays a move's files as they are (it holds no transforms, README
+    "Memory"), so a move to such a title would send identified data: it is refused, even
+    when known_aes names the title too (most likely the same node)."""
+    return [name for name, dest in config.destinations.items()
+            if _transforms(dest) and getattr(dest, "ae_title", None) == title]
+
+
+def relay_move_notes(config: RouterConfig) -> list[str]:
+    """check-config's notes: destinations a relay-mode C-MOVE could name that the router
+    refuses to move to, since it cannot apply their transforms to a relayed move."""
+    if not any(relays_moves(config, name) for name in config.destinations):
+        return []
+    return [f"destination {name!r} de-identifies or morphs what it gets: a relay-mode C-MOVE "
+            f"to its AE title {dest.ae_title} is refused (0x{MOVE_DESTINATION_TRANSFORMS:04X}"
+            f"), since a relayed move's instances go as the upstream sent them"
+            for name, dest in config.destinations.items()
+            if _transforms(dest) and isinstance(dest, DicomDestination)]
+
+
 class MoveClosed(DimseRefusal):
     """An instance of a relayed C-MOVE that ended (finished, cancelled, its requester gone):
     late, nobody waits for it, and it is no new work for the routing rules either."""
@@ -67,6 +95,15 @@ class RelayedMoves:
             exchange.final(MOVE_DESTINATION_UNKNOWN,
                            f"move destination {request.move_destination} unknown")
             return
+        transforming = transforming_destinations(config, request.move_destination)
+        if transforming:
+            log.warning("C-MOVE to %r refused: destination %s de-identifies or morphs what it "
+                        "gets, which a relayed C-MOVE cannot do", request.move_destination,
+                        ", ".join(transforming))
+            exchange.final(MOVE_DESTINATION_TRANSFORMS,
+                           f"{request.move_destination} transforms what it gets; a relayed "
+                           "C-MOVE cannot")
+            return
         upstream = config.destinations[request.upstreams[0]]
         assert isinstance(upstream, DicomDestination)
         move = self.moves.open(upstream.calling_ae or config.ae_title, upstream.ae_title)
@@ -79,7 +116,8 @@ class RelayedMoves:
         # PS3.7 9.1.1.1: the sub-operations name the requester's C-MOVE, as they would
         # coming straight from the upstream.
         delivery = Delivery(exchange, move, sender, self.spool.relay,
-                            (exchange.link.facts.calling_ae, int(exchange.msg.MessageID)))
+                            (exchange.link.facts.calling_ae, int(exchange.msg.MessageID)),
+                            tuple(target[1].transfer_syntaxes))
         call = call_upstream(relayed)
         try:
             _move_loop(call, delivery)
@@ -142,6 +180,7 @@ class Delivery:
     sender: Any
     relay: Path
     originator: tuple[str, int]  # the requester's calling AE and its C-MOVE's message ID
+    syntaxes: tuple[str, ...] = ()  # the destination's transfer_syntaxes: nothing else goes
     counts: SubOperations = field(default_factory=SubOperations)
     _sent: Counts | None = None
 
@@ -152,6 +191,7 @@ class Delivery:
             if self.exchange.cancelled():
                 return  # what is left is cleared when the move ends: remaining
             try:
+                self._check_syntax(path)
                 self.counts.delivered(self.sender.send(_job(path), path, self.originator))
             except DeliveryError as exc:
                 log.warning("relayed C-MOVE: %s", exc)
@@ -159,6 +199,21 @@ class Delivery:
             finally:
                 path.unlink(missing_ok=True)
             self.pending()
+
+    def _check_syntax(self, path: Path) -> None:
+        """A destination that lists its transfer_syntaxes gets nothing else; the workers
+        would transcode, a relayed move cannot (no codecs in the acceptor)."""
+        if not self.syntaxes:
+            return
+        try:
+            with path.open("rb") as fh:
+                syntax = read_dataset_file(fh, path.stat().st_size).transfer_syntax_uid
+        except (OSError, DatasetFileError):
+            return  # the sender says what is wrong with the file
+        if syntax and syntax not in self.syntaxes:
+            raise DeliveryError("transcode", f"{self.sender.name} does not list transfer "
+                                f"syntax {syntax}, and a relayed C-MOVE does not transcode",
+                                transient=False)
 
     def pending(self) -> None:
         """A pending response when the counts changed and the upstream said how many."""

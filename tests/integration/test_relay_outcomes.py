@@ -28,9 +28,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from router.core.config import parse_config
+from router.relay.move import relay_move_notes
 from router.relay.move_registry import MoveRegistry
 from tests.commitment import CommitmentRequester
-from tests.dcmtk import LOCALHOST, free_port
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.integration.test_relay_qr import study_matches
@@ -339,6 +341,62 @@ def test_a_relayed_c_move_counts_the_targets_warnings_and_the_upstreams_failures
         router.stop()
         upstream.close()
         target.close()
+
+
+def _move_to(port: int, destination: str) -> tuple[int, ...]:
+    """The final (status, remaining, completed, failed, warning) and ErrorComment's length."""
+    assoc = _requester(port, [MOVE], ae_title="MOVER")
+    answers = list(assoc.send_c_move(_query(), destination, MOVE))
+    assoc.release()
+    last = answers[-1][0]
+    return (*_counts(last), str(last.get("ErrorComment", "")))
+
+
+def test_a_relayed_c_move_to_a_destination_that_de_identifies_is_refused(
+        tmp_path: Path) -> None:
+    """RESEARCH de-identifies and morphs what rules forward to it; a relayed C-MOVE would
+    send it the upstream's files as they are. The move is refused with 0xC005 naming why,
+    the upstream is never asked, nothing reaches RESEARCH, one log line says so, and
+    check-config notes it; a move to PLAIN (no transforms) still delivers (before:
+    RESEARCH got the patient's name and ID). IMPLICIT lists only Implicit VR LE, which the
+    workers would transcode to: a relayed move's Explicit VR files fail, none is sent."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
+    config: dict[str, Any] = {
+        "destinations": {
+            "pacs": {"type": "dicom", "ae_title": "MOVEQR", "host": LOCALHOST,
+                     "port": upstream.port, "move_mode": "relay"},
+            "research": {"type": "dicom", "ae_title": "RESEARCH", "host": LOCALHOST,
+                         "port": 0, "deidentify": {},
+                         "morph": [{"action": "set", "tag": "StationName", "value": "X"}]},
+            "plain": {"type": "dicom", "ae_title": "PLAIN", "host": LOCALHOST, "port": 0},
+            "implicit": {"type": "dicom", "ae_title": "IMPLICIT", "host": LOCALHOST,
+                         "port": 0, "transfer_syntaxes": ["ImplicitVRLittleEndian"]}},
+        "rules": [{"name": "qr", "query": ["pacs"]}], "request_timeout": 30}
+    with StoreSCP(tmp_path / "research", "RESEARCH") as research, \
+            StoreSCP(tmp_path / "plain", "PLAIN") as plain:
+        config["destinations"]["research"]["port"] = research.port
+        config["destinations"]["plain"]["port"] = plain.port
+        config["destinations"]["implicit"]["port"] = plain.port  # storescp takes any AE
+        router = RouterProcess(tmp_path / "router", config).start()
+        upstream.move_to = (LOCALHOST, router.port)
+        try:
+            final = _move_to(router.port, "RESEARCH")
+            assert final[0] == 0xC005 and "transforms" in str(final[-1]), final
+            assert upstream.move_message_ids == []
+            assert router.log().count("C-MOVE to 'RESEARCH' refused") == 1
+            final = _move_to(router.port, "PLAIN")
+            assert final[0] == 0x0000 and final[2:5] == (3, 0, 0), final
+            assert len(plain.received_files()) == 3
+            final = _move_to(router.port, "IMPLICIT")
+            assert final[0] == 0xA702 and final[2:5] == (0, 3, 0), final
+            assert len(plain.received_files()) == 3
+            assert research.received_files() == []
+            _no_traceback(router)
+        finally:
+            router.stop()
+            upstream.close()
+    notes = relay_move_notes(parse_config(config))
+    assert len(notes) == 1 and "'research'" in notes[0] and "RESEARCH" in notes[0], notes
 
 
 def test_c_cancel_of_a_relayed_c_move_stops_its_deliveries(tmp_path: Path) -> None:
