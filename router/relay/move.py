@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, RequesterGone
 from router.relay.move_registry import MoveRegistry, MoveRelay
+from router.relay.move_senders import MoveSenders
 from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
@@ -28,6 +31,9 @@ MOVE_DESTINATION_TRANSFORMS = Status.MOVE_DESTINATION_TRANSFORMS
 # An instance may still be on its way into relay/ when its move ends (another acceptor
 # received it as the upstream's final answer travelled): a second look this much later.
 LATE_CLEAR_SECONDS = 10.0
+# A sub-operation that failed for now is tried again after these, doubling, up to the max.
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 2.0
 
 
 def relays_moves(config: RouterConfig, upstream: str) -> bool:
@@ -85,6 +91,7 @@ class RelayedMoves:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         self.moves = MoveRegistry(spool.root / "moves")
+        self.senders = MoveSenders()  # moves to one destination share its association
 
     def relay(self, exchange: Exchange, request: RelayRequest, config: RouterConfig,
               call_upstream: Callable[[RelayRequest], RelayCall]) -> None:
@@ -110,31 +117,29 @@ class RelayedMoves:
         relayed = RelayRequest(**{**request.__dict__, "move_destination": config.ae_title,
                                   "move_message_id": move.message_id,
                                   "upstreams": request.upstreams[:1]})
-        from router.dicom.store_sender import DicomDestination as Sender
-
-        sender = Sender(target[0], target[1], config.ae_title)
         # PS3.7 9.1.1.1: the sub-operations name the requester's C-MOVE, as they would
         # coming straight from the upstream.
-        delivery = Delivery(exchange, move, sender, self.spool.relay,
-                            (exchange.link.facts.calling_ae, int(exchange.msg.MessageID)),
-                            tuple(target[1].transfer_syntaxes))
-        call = call_upstream(relayed)
-        try:
-            _move_loop(call, delivery)
-        except RelayTimeout as exc:
-            status = relay_failure_status("C-MOVE")
-            log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
-                        exc, status)
-            exchange.final(status, str(exc), delivery.counts.counts())
-        finally:
-            call.close()
-            self.moves.close(move)
-            sender.close()
-            self.clear(move.message_id)
-            # An instance another acceptor was putting into relay/ as the move closed:
-            timer = threading.Timer(LATE_CLEAR_SECONDS, self.clear, (move.message_id,))
-            timer.daemon = True
-            timer.start()
+        originator = (exchange.link.facts.calling_ae, int(exchange.msg.MessageID))
+        with self.senders.use(target[0], target[1], config.ae_title) as (sender, lock):
+            delivery = Delivery(exchange, move, sender, self.spool.relay, originator,
+                                tuple(target[1].transfer_syntaxes), lock,
+                                time.monotonic() + config.request_timeout)
+            call = call_upstream(relayed)
+            try:
+                _move_loop(call, delivery)
+            except RelayTimeout as exc:
+                status = relay_failure_status("C-MOVE")
+                log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
+                            exc, status)
+                exchange.final(status, str(exc), delivery.counts.counts())
+            finally:
+                call.close()
+                self.moves.close(move)
+                self.clear(move.message_id)
+                # An instance another acceptor was putting into relay/ as the move closed:
+                timer = threading.Timer(LATE_CLEAR_SECONDS, self.clear, (move.message_id,))
+                timer.daemon = True
+                timer.start()
 
     def pass_through(self, request: RelayRequest, run: Callable[[RelayRequest], object]
                      ) -> None:
@@ -181,6 +186,8 @@ class Delivery:
     relay: Path
     originator: tuple[str, int]  # the requester's calling AE and its C-MOVE's message ID
     syntaxes: tuple[str, ...] = ()  # the destination's transfer_syntaxes: nothing else goes
+    lock: threading.Lock = field(default_factory=threading.Lock)  # the shared sender's
+    deadline: float = math.inf  # monotonic: the move's request_timeout, for retries
     counts: SubOperations = field(default_factory=SubOperations)
     _sent: Counts | None = None
 
@@ -192,13 +199,30 @@ class Delivery:
                 return  # what is left is cleared when the move ends: remaining
             try:
                 self._check_syntax(path)
-                self.counts.delivered(self.sender.send(_job(path), path, self.originator))
+                self.counts.delivered(self._send(path))
             except DeliveryError as exc:
                 log.warning("relayed C-MOVE: %s", exc)
                 self.counts.delivered(None)
             finally:
                 path.unlink(missing_ok=True)
             self.pending()
+
+    def _send(self, path: Path) -> int:
+        """One sub-operation. A transient failure (busy, rejected for now, no connection,
+        aborted) is tried again, backing off, until the move's deadline: a destination that
+        serves one association at a time may be serving someone else for a moment."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                with self.lock:
+                    return int(self.sender.send(_job(path), path, self.originator))
+            except DeliveryError as exc:
+                if (not exc.transient or time.monotonic() + delay > self.deadline
+                        or self.exchange.cancelled() or self.exchange.gone()):
+                    raise
+                log.info("relayed C-MOVE: %s; trying again in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, RETRY_MAX_SECONDS)
 
     def _check_syntax(self, path: Path) -> None:
         """A destination that lists its transfer_syntaxes gets nothing else; the workers

@@ -399,6 +399,62 @@ def test_a_relayed_c_move_to_a_destination_that_de_identifies_is_refused(
     assert len(notes) == 1 and "'research'" in notes[0] and "RESEARCH" in notes[0], notes
 
 
+def test_two_relayed_c_moves_to_a_one_association_target_both_complete(
+        tmp_path: Path) -> None:
+    """TARGET serves one association and rejects a second (2, 3, 2): two moves to it at once
+    take turns on one association, and every instance of both arrives (before: the second
+    move's every sub-operation failed, 0xA702, and none was retried)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 10), delay=0.1)
+    target = Target(delay=0.05)
+    router = _router(tmp_path, upstream, target)
+    try:
+        finals: list[tuple[int, ...]] = []
+        threads = [threading.Thread(target=lambda: finals.append(_move(router.port)[-1]))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [f[0] for f in finals] == [0x0000, 0x0000], finals
+        assert all(f[2:] == (10, 0, 0) for f in finals), finals
+        assert len(target.received) == 20
+        _no_traceback(router)
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_a_relayed_c_moves_target_busy_for_a_moment_gets_every_instance(
+        tmp_path: Path) -> None:
+    """Someone else holds TARGET's only association as the move starts: the rejected
+    sub-operation is tried again, and once that association ends every instance arrives
+    (before: each instance sent while TARGET was busy failed for good)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 5))
+    target = Target()
+    router = _router(tmp_path, upstream, target)
+    other = AE(ae_title="OTHER")
+    other.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+    held = other.associate(LOCALHOST, target.port, ae_title="TARGET")
+    assert held.is_established
+    try:
+        finals: list[tuple[int, ...]] = []
+        mover = threading.Thread(target=lambda: finals.append(_move(router.port)[-1]))
+        mover.start()
+        wait_for(lambda: "trying again" in router.log(), 30)
+        held.release()
+        mover.join(60)
+        assert finals and finals[0][0] == 0x0000 and finals[0][2:] == (5, 0, 0), finals
+        assert len(target.received) == 5
+        _no_traceback(router)
+    finally:
+        if held.is_established:
+            held.release()
+        router.stop()
+        upstream.close()
+        target.close()
+
+
 def test_c_cancel_of_a_relayed_c_move_stops_its_deliveries(tmp_path: Path) -> None:
     """The upstream sent all 10 at once; the target takes one every 0.3 s; C-CANCEL after the
     second pending response: what was not delivered is not, and the final 0xFE00 says so
