@@ -33,7 +33,12 @@ from pynetdicom.presentation import build_context
 
 from router.core import metrics
 from router.core.config import DicomDestination, KnownAE, RouterConfig
-from router.core.dimse_status import PENDING_STATUSES, Status, relay_failure_status
+from router.core.dimse_status import (
+    PENDING_STATUSES,
+    Status,
+    is_delivered,
+    relay_failure_status,
+)
 from router.core.log_context import working_on
 from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
@@ -42,6 +47,7 @@ from router.core.spool import Spool
 from router.core.tls import client_context
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
+from workers.relay_affinity import UpstreamAffinity
 from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
 
 __all__ = ["RELAY_WINDOW", "ActiveRelays", "RelayTask", "RelayThread"]
@@ -84,6 +90,7 @@ class RelayThread(threading.Thread):
         self.spool = spool
         self.tasks = tasks
         self.active = active
+        self.affinity = UpstreamAffinity(spool.root / "n-instances")
         self.out = context.socket(zmq.PUSH)  # this thread's own socket
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(endpoint)
@@ -149,6 +156,10 @@ class RelayThread(threading.Thread):
             **counts), payload)
         if last:
             metrics.DIMSE_RESPONSES.labels(upstream, request.command, f"0x{status:04X}").inc()
+            if request.command == "N-CREATE" and is_delivered(status):
+                # Its N-SET and the rest go to this upstream first (workers/relay_affinity.py)
+                self.affinity.remember(str(affected.get("AffectedSOPInstanceUID", "")) or
+                                       request.sop_instance_uid, upstream)
         return last
 
     @staticmethod
@@ -166,7 +177,8 @@ class RelayThread(threading.Thread):
             self._final(task, Status.CANCEL, "cancelled before it reached an upstream")
             return
         problems = []
-        for name in request.upstreams:
+        for name in self.affinity.order(request.command, request.sop_instance_uid,
+                                        request.upstreams):
             try:
                 upstream = resolve_upstream(self.config, name, request.to_known_ae)
                 assoc = self._associate(upstream, task)

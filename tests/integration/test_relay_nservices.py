@@ -98,7 +98,8 @@ class RIS:
     """A pynetdicom MPPS, UPS and worklist SCP: keeps the MPPS instances it was given, records
     every request, and answers with `answer` when one is set for (command, instance)."""
 
-    def __init__(self, worklist: list[Dataset], *, generic_delete: bool = True) -> None:
+    def __init__(self, worklist: list[Dataset], *, generic_delete: bool = True,
+                 port: int = 0) -> None:
         self.received: list[Received] = []
         self.answers: dict[tuple[str, str], tuple[Any, Dataset | None]] = {}
         self.stalls: dict[tuple[str, str], float] = {}  # seconds to wait before answering
@@ -113,7 +114,7 @@ class RIS:
                     (evt.EVT_N_DELETE, self.on_n_delete),
                     (evt.EVT_N_EVENT_REPORT, self.on_n_event_report),
                     (evt.EVT_C_FIND, self.on_c_find)]
-        self.port = free_port()
+        self.port = port or free_port()
         extra = {"request_handler": GenericNServicesHandler} if generic_delete else {}
         self.server = ae.make_server((LOCALHOST, self.port), evt_handlers=handlers, **extra)
         ae._servers.append(self.server)
@@ -393,6 +394,45 @@ def status_of(status: Dataset) -> int:
 
 
 # --- MPPS: N-CREATE, N-SET, N-GET -----------------------------------------------------------
+
+@bounded
+def test_an_mpps_n_set_follows_its_n_create_to_the_upstream_that_took_it(
+        tmp_path: Path) -> None:
+    """`query: [ris1, ris2]` with ris1 down: the N-CREATE goes to ris2. ris1 comes back; the
+    N-SET still goes to ris2, which holds the step, and completes it (before: it went to ris1,
+    which answered 0x0112, and the step stayed IN PROGRESS on ris2)."""
+    ris2 = RIS(WORKLIST)
+    port1 = free_port()
+    config = {
+        "destinations": {
+            "ris1": {"type": "dicom", "ae_title": RIS_AE, "host": LOCALHOST, "port": port1,
+                     "connect_timeout": 2},
+            "ris2": {"type": "dicom", "ae_title": RIS_AE, "host": LOCALHOST,
+                     "port": ris2.port}},
+        "rules": [{"name": "mpps", "match": {"sop_class": "ModalityPerformedProcedureStep"},
+                   "query": ["ris1", "ris2"]}],
+        "request_timeout": 30}
+    ris1: RIS | None = None
+    instance = generate_uid()
+    try:
+        with RouterProcess(tmp_path / "router", config) as router, \
+                Requester(router.port, [ModalityPerformedProcedureStep]) as scu:
+            status, _ = scu.assoc.send_n_create(mpps_in_progress(generate_uid()),
+                                                ModalityPerformedProcedureStep, instance)
+            assert status_of(status) == 0x0000
+            assert instance in ris2.mpps
+            ris1 = RIS(WORKLIST, port=port1)
+            status, _ = scu.assoc.send_n_set(mpps_completed(generate_uid(), [generate_uid()]),
+                                             ModalityPerformedProcedureStep, instance)
+            assert status_of(status) == 0x0000
+            assert ris2.mpps[instance].PerformedProcedureStepStatus == "COMPLETED"
+            assert [r.command for r in ris1.received] == []
+            assert len(list((router.spool / "n-instances").iterdir())) == 1
+    finally:
+        ris2.close()
+        if ris1 is not None:
+            ris1.close()
+
 
 @bounded
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
