@@ -77,9 +77,8 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     Every matched rule that names the destination counts, in rule order: their morphs run
     one after the other, then the destination's; a de-identifying one de-identifies, after
     every morph. Only the first rule's were applied before, and a later rule's `deidentify`
-    was silently dropped. Rules that could both match with different `deidentify` settings
-    are refused at config load (router/core/config/router.py), so the first one found is
-    the only one."""
+    was silently dropped. When several matched rules de-identify with different settings,
+    the first of them (in rule order) gives the settings; check-config notes it."""
     rules = rules if rules is not None else {rule.name: rule for rule in config.rules}
     # A job moved here from where its rule sent it (fallback, drain-to, replay --to) keeps
     # its rules' transforms, and that destination's de-identification: moving a queue must

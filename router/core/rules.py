@@ -179,11 +179,17 @@ def shared_destinations(rules: Iterable[Rule]) -> list[str]:
         if not any(r.continue_ for r in named[:-1]) or not any(
                 r.morph or r.deidentify for r in named):
             continue
-        deid = next((r.name for r in named if r.deidentify is not None), None)
+        deids = [r for r in named if r.deidentify is not None]
         names = ", ".join(f"{r.name}{' (continue: true)' if r.continue_ else ''}"
                           for r in named)
-        notes.append(f"destination {destination!r} is named by rules {names}: when more than "
-                     f"one of them matches, it gets the morphs of each in rule order"
-                     + (f"; it is de-identified as rule {deid} says whenever that rule "
-                        f"matches, after every morph" if deid else ""))
+        note = (f"destination {destination!r} is named by rules {names}: when more than "
+                f"one of them matches, it gets the morphs of each in rule order")
+        if len({r.deidentify.model_dump_json() for r in deids if r.deidentify}) > 1:
+            note += (f"; it is de-identified, after every morph, with the settings of the "
+                     f"first matching rule of {', '.join(r.name for r in deids)} (their "
+                     f"settings differ)")
+        elif deids:
+            note += (f"; it is de-identified as rule {deids[0].name} says whenever that rule "
+                     f"matches, after every morph")
+        notes.append(note)
     return notes

@@ -1,6 +1,6 @@
 """Several matched rules that name one destination: the transforms of each apply, in rule
 order, and a de-identifying one is never skipped (workers/prepare.py steps_for); rules that
-could both match with different `deidentify` settings are refused at load."""
+de-identify with different settings take the first one's."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import pytest
 from pydicom import dcmread
 
 from router.core.config import parse_config
-from router.core.errors import ConfigError
 from router.core.rules import AssociationFacts, RuleSet, shared_destinations
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
@@ -99,19 +97,19 @@ def test_the_deidentified_copy_is_written_after_every_rules_morph(tmp_path: Path
     assert "Doe" not in str(ds.PatientName) and "Doe" not in str(ds.get("StudyDescription"))
 
 
-def test_rules_that_can_both_match_with_different_deidentify_are_refused() -> None:
-    with pytest.raises(ConfigError) as info:
-        _config({**COPY_ALL, "deidentify": {"retain_dates": True}}, RESEARCH_DEID)
-    problem = "\n".join(info.value.problems)
-    assert "rules: rule 'research-deid' (rules[1])" in problem and "'research-deid'" in problem
-    assert "'copy-all'" in problem and "research" in problem
-
-
-def test_the_same_deidentify_or_rules_that_cannot_both_match_are_fine() -> None:
-    _config({**COPY_ALL, "deidentify": {}}, RESEARCH_DEID)  # the same settings
-    # Without continue: true the first match ends the evaluation: never both.
-    _config({**COPY_ALL, "continue": False, "deidentify": {"retain_dates": True}},
-            RESEARCH_DEID)
+def test_matched_rules_with_different_deidentify_take_the_first_ones_settings() -> None:
+    """Per-site rules (never both matched) or overlapping ones: a site with different
+    settings per sender must be able to start; the first matching rule's settings apply,
+    and check-config says so."""
+    config = _config({**COPY_ALL, "deidentify": {"retain_dates": True}}, RESEARCH_DEID)
+    both = make_header("job-1", ("pacs", "research"), rules=("copy-all", "research-deid"))
+    steps = steps_for(config, both, "research")
+    assert steps.deidentify is not None and steps.deidentify.retain_dates
+    assert steps.deidentified_by == "rule copy-all"
+    later = make_header("job-2", ("research",), rules=("research-deid",))
+    assert steps_for(config, later, "research").deidentified_by == "rule research-deid"
+    (note,) = [n for n in shared_destinations(config.rules) if "'research'" in n]
+    assert "settings of the first matching rule of copy-all, research-deid" in note
 
 
 def test_check_config_notes_what_a_shared_destination_gets() -> None:

@@ -18,7 +18,7 @@ from router.core.bounds import between
 from router.core.config.base import SHOWN_CHARS, Strict, _check_ae_title, shown
 from router.core.config.destinations import Destination, KnownAE, _destination_type
 from router.core.config.listen import ListenConfig
-from router.core.config.rules import Rule, deidentify_conflicts
+from router.core.config.rules import Rule
 from router.core.config.service import ApiConfig, MetricsConfig, QueueConfig, SpoolConfig
 from router.core.console_config import ConsoleConfig
 from router.core.durations import Seconds, not_finite
@@ -79,14 +79,6 @@ class RouterConfig(Strict):
         for name in value:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
                 raise ValueError(f"destination name {shown(name)}: use letters, digits, - and _")
-        return value
-
-    @field_validator("rules")
-    @classmethod
-    def _one_deidentify_per_destination(cls, value: list[Rule]) -> list[Rule]:
-        problems = deidentify_conflicts(value)
-        if problems:
-            raise ValueError(_JOINER.join(problems))
         return value
 
     @model_validator(mode="after")

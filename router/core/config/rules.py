@@ -103,24 +103,3 @@ class Rule(Strict):
         if self.complete is not None and not self.forward:
             raise ValueError(f"rule {self.name!r}: `complete` needs `forward`")
         return self
-
-
-def deidentify_conflicts(rules: list[Rule]) -> list[str]:
-    """Two rules that can both match (the first says `continue: true`) and forward to one
-    destination with different `deidentify` settings: which settings apply would be a guess,
-    and a guess about patient data is refused. The same settings, or one rule's, are fine:
-    every matched rule's transforms apply to a destination it names (workers/prepare.py)."""
-    problems: list[str] = []
-    for j, later in enumerate(rules):
-        for earlier in rules[:j]:
-            shared = [d for d in earlier.forward if d in later.forward]
-            if (earlier.continue_ and shared and earlier.deidentify is not None
-                    and later.deidentify is not None
-                    and earlier.deidentify != later.deidentify):
-                problems.append(
-                    f"rule {later.name!r} (rules[{j}]) and rule {earlier.name!r} "
-                    f"(continue: true) both forward to {', '.join(shared)} with different "
-                    f"`deidentify` settings, so when both match which one applies is "
-                    f"ambiguous: give them the same settings, or set `deidentify` once on "
-                    f"the destination")
-    return problems
