@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from types import FrameType
 
@@ -40,6 +41,9 @@ def setup_logging(level: str, log_format: str = "text") -> None:
     # Python warnings (pydicom's "Expected explicit VR...") as records in this format, not
     # raw lines on stderr that break one-JSON-object-a-line.
     logging.captureWarnings(True)
+    # pydicom's warn_and_log both logs (logger "pydicom") and warns: one record, not two.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\.")
+    warnings.formatwarning = _one_line  # the others: no file:line and source line
     install_thread_hook()
 
 
@@ -136,3 +140,9 @@ def watch_parent(stop: threading.Event, on_orphaned: Callable[[], None] | None =
                 return
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    """A captured warning's log message: what it says, not where Python raised it."""
+    return f"{category.__name__}: {message}"
