@@ -144,6 +144,9 @@ class OperatorControl:
             return f"unknown action {request.action!r} (use {', '.join(ACTIONS)})"
         if request.destination not in self.dispatcher.queues:
             return f"no destination {request.destination!r} (configured: {known})"
+        if request.destination not in self.configured:  # its queue was dead-lettered
+            return (f"destination {request.destination!r} was removed by a config reload "
+                    f"(configured: {known}); its jobs are unknown_destination dead letters")
         if request.action != "drain":
             return None
         if request.target not in self.configured:

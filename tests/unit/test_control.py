@@ -184,3 +184,7 @@ def test_a_paused_destination_removed_by_a_reload_gives_its_queue_up(spool: Spoo
     assert control.summary("pacs", 1.0)["removed"] is True
     assert control.summary("archive", 1.0)["removed"] is False
     assert {d.destination for _, d in dispatcher.dispatch(1.0)} == {"archive"}
+    # Acting on it says it is gone, not "resumed (it already was)" or "moved 0 jobs".
+    for action in ("resume", "drain"):
+        reply, _ = control.handle(Control("r2", action, "pacs", "archive", "tester", "::1"), 2.0)
+        assert not reply.ok and "removed by a config reload" in reply.detail, reply.detail
