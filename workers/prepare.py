@@ -64,6 +64,9 @@ class Steps:
     transfer_syntaxes: tuple[str, ...]  # the destination's list; empty: any
     rules: tuple[str, ...] = ()  # the matched rules that send it here: their transforms apply
     deidentified_by: str = ""  # "rule X" or "destination Y", whose `deidentify` applies
+    # It was routed to be de-identified, and nothing in the current config de-identifies it
+    # here (a reload removed the rule's or the destination's settings): never sent.
+    deidentify_lost: bool = False
 
     @property
     def rewrites(self) -> bool:
@@ -94,7 +97,19 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
                   (f"destination {destination}", dest.deidentify if dest else None)]
     by, deid = next(((by, d) for by, d in candidates if d is not None), ("", None))
     syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
-    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by)
+    lost = deid is None and origin in job.deidentified
+    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost)
+
+
+def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
+    """The dead letter of a job routed to be de-identified whose settings are gone: sent,
+    it would leave identified (fail closed; route-test has no such job)."""
+    origin = job.routed_as(destination)
+    return DeliveryError(
+        "deidentify", f"the de-identification settings it was routed with (to {origin}) "
+        f"are gone (a reload changed the rule or removed the destination): not sent "
+        f"identified; replay it --to a destination that de-identifies itself (its own "
+        f"`deidentify`)", transient=False)
 
 
 def morph_failure(exc: Exception) -> DeliveryError:
@@ -129,6 +144,8 @@ class Preparer:
                 force_syntaxes: Sequence[str] = ()) -> Prepared:
         """Raises DeliveryError (permanent) when a step cannot be done for this instance."""
         steps = steps_for(self.config, job, destination, self.rules)
+        if steps.deidentify_lost:
+            raise deidentify_lost(job, destination)
         prepared = Prepared(job, source)
         try:
             if steps.morph:

@@ -48,7 +48,7 @@ from router.core.process_util import (
     setup_logging,
     watch_parent,
 )
-from router.core.rules import RuleSet
+from router.core.rules import RuleSet, deidentifying
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.status_snapshots import LiveAssociations, publish_forever
@@ -148,7 +148,7 @@ class LiveConfig:
 
     def apply(self, new: RouterConfig) -> None:
         setup_logging(new.log_level, new.log_format)
-        rules = RuleSet(new.rules)
+        rules = RuleSet(new.rules, deidentifying(new))
         self.store.set_rules(rules, new.listen.max_dataset_bytes)
         self.relay.reconfigure(new, rules)
         self.events.access.reconfigure(new.listen)
@@ -175,7 +175,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     broker = BrokerClient(context, runtime.frontend, config.listen.submit_timeout)
     admission = Admission(config.spool)
     audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
-    rules = RuleSet(config.rules)
+    rules = RuleSet(config.rules, deidentifying(config))
     relay = RelayServer(config, context, runtime.frontend, rules, spool)
     store = StoreHandler(spool, rules, broker, admission, config.listen.max_dataset_bytes, audit,
                          relay)

@@ -44,6 +44,11 @@ class JobHeader:
     # moved to since (fallback, drain-to, dead-letters replay --to): the rule's morph and
     # de-identification go with it, or a fallback would get the instance as received.
     moved_from: tuple[str, ...] = ()
+    # The destinations a rule or the destination itself de-identified for when the job was
+    # routed. A worker that no longer finds de-identification for one of them (a reload
+    # removed the destination or changed the rule, and the job was replayed elsewhere) makes
+    # a dead letter rather than send the instance identified. Empty in the default config.
+    deidentified: tuple[str, ...] = ()
 
     def routed_as(self, destination: str) -> str:
         """The destination a rule routed this job to, for `destination`."""
@@ -70,13 +75,17 @@ class JobHeader:
         out["rules"] = list(self.rules)
         out["destinations"] = list(self.destinations)
         out["moved_from"] = list(self.moved_from)
+        if self.deidentified:
+            out["deidentified"] = list(self.deidentified)
+        else:  # the records of a config that never de-identifies stay as they were
+            del out["deidentified"]
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
-        for name in ("rules", "destinations", "moved_from"):
+        for name in ("rules", "destinations", "moved_from", "deidentified"):
             items = data.get(name, [])
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
@@ -85,6 +94,7 @@ class JobHeader:
             values["rules"] = tuple(values.get("rules", ()))
             values["destinations"] = tuple(values["destinations"])
             values["moved_from"] = tuple(values.get("moved_from", ()))
+            values["deidentified"] = tuple(values.get("deidentified", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from router.core.config import Rule, RuleMatch, StrOrList
+from router.core.config import RouterConfig, Rule, RuleMatch, StrOrList
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class RouteDecision:
     complete: Rule | None = None  # the first matching rule that waits for completion
     # For a drop/reject after `continue: true` rules: what they had chosen, not kept.
     discarded: tuple[str, ...] = ()
+    # The destinations that a matched rule or the destination itself de-identifies for.
+    deidentified: tuple[str, ...] = ()
 
     @property
     def matched(self) -> bool:
@@ -92,8 +94,13 @@ class CompiledRule:
 class RuleSet:
     """Rules in config order; the first match wins unless that rule says `continue: true`."""
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
+    def __init__(self, rules: Iterable[Rule], deidentifying: Iterable[str] = ()) -> None:
+        """`deidentifying`: the destinations whose own config de-identifies."""
         self.rules = [CompiledRule(r) for r in rules]
+        self.deidentifying = frozenset(deidentifying)
+        # Nothing to record (and no work per instance) when nothing de-identifies.
+        self.any_deidentify = bool(self.deidentifying) or any(
+            r.rule.deidentify is not None for r in self.rules)
 
     @cached_property
     def tag_keywords(self) -> tuple[str, ...]:
@@ -137,7 +144,14 @@ class RuleSet:
                 complete = rule.rule
             if not rule.rule.continue_:
                 break
-        return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete)
+        deidentified = self._deidentified(names, destinations) if self.any_deidentify else ()
+        return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete,
+                             deidentified=deidentified)
+
+    def _deidentified(self, names: list[str], destinations: Iterable[str]) -> tuple[str, ...]:
+        by_rule = {d for name in names if (rule := self.by_name[name]).deidentify is not None
+                   for d in rule.forward}
+        return tuple(d for d in destinations if d in by_rule or d in self.deidentifying)
 
     def upstreams(self, facts: AssociationFacts, sop_class: str) -> RouteDecision:
         """Where a query, retrieve or N-request goes: the `query` list of the first rule with
@@ -148,6 +162,11 @@ class RuleSet:
                     and rule.matches_association(facts)):
                 return RouteDecision((rule.rule.name,), tuple(rule.rule.query))
         return RouteDecision((), ())
+
+
+def deidentifying(config: RouterConfig) -> tuple[str, ...]:
+    """The destinations whose own config de-identifies (RuleSet records them per job)."""
+    return tuple(name for name, d in config.destinations.items() if d.deidentify is not None)
 
 
 def drops_after_continue(rules: Iterable[Rule]) -> list[str]:

@@ -254,6 +254,50 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
                     timeout=60), router.log()[-2000:]
 
 
+def test_replayed_dead_letters_whose_de_identification_a_reload_removed_stay_dead_letters(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """v1: `research` de-identifies and is down; v2 removes it and the rule forwards to
+    research2, de-identifying there. The README's advice (replay the unknown_destination
+    dead letters --to research2) sent them identified: the settings were looked up by name
+    in v2, where nothing de-identifies for `research`. Now they become `deidentify` dead
+    letters and research2 gets nothing identified."""
+    down = free_port()  # nothing listens: research's jobs retry
+    config: dict[str, Any] = {
+        "destinations": {
+            "research": {"type": "dicom", "ae_title": "RESEARCH", "host": "127.0.0.1",
+                         "port": down, "deidentify": {},
+                         "retry": {"max_attempts": 1000, "initial_delay": 0.2,
+                                   "max_delay": 1.0}}},
+        "rules": [{"name": "to-research", "forward": ["research"]}]}
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 2, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="research",
+                                          reason="connection") >= 2, timeout=60)
+    with StoreSCP(tmp_path / "research2", "RESEARCH2") as research2:
+        rewrite(router, {"destinations": {"research2": {
+            "type": "dicom", "ae_title": "RESEARCH2", "host": "127.0.0.1",
+            "port": research2.port}},
+            "rules": [{"name": "to-research", "forward": ["research2"], "deidentify": {}}]})
+        reload(router, "applied")
+        assert wait_for(lambda: router.metric(
+            "dicom_router_dead_letters_total", destination="research",
+            reason="unknown_destination") == 2, timeout=60), router.log()[-3000:]
+        replayed = subprocess.run(
+            [sys.executable, "-m", "router.cli", "dead-letters", "replay", "--reason",
+             "unknown_destination", "--to", "research2", "--config", str(router.config_path)],
+            capture_output=True, text=True, timeout=60)
+        assert replayed.returncode == 0, replayed.stderr
+        assert wait_for(lambda: router.metric(
+            "dicom_router_dead_letters_total", destination="research2",
+            reason="deidentify") == 2, timeout=60), router.log()[-3000:]
+        assert files_under(tmp_path / "research2") == []
+    listed = subprocess.run(
+        [sys.executable, "-m", "router.cli", "dead-letters", "list", "--config",
+         str(router.config_path)], capture_output=True, text=True, timeout=60)
+    assert "de-identification settings it was routed with" in listed.stdout, listed.stdout
+
+
 def test_a_paused_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
         start_router: RouterFactory, tmp_path: Path) -> None:
     """The paused case of the test above (the delivery hunt's t19): the queue stayed parked

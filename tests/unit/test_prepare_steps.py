@@ -4,12 +4,14 @@ moved there from where its rule sent it (fallback, drain-to, dead-letters replay
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
 import pytest
 
 from router.core.config import parse_config
+from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
@@ -88,3 +90,51 @@ def test_a_morphed_value_invalid_for_its_vr_is_logged(tmp_path: Path,
     prepared.cleanup()
     assert "morph wrote a value that is not valid for its VR" in caplog.text
     assert "AccessionNumber" in caplog.text or "(0008,0050)" in caplog.text
+
+
+def test_the_acceptor_records_which_destinations_it_routed_to_be_de_identified() -> None:
+    """Recorded per job (a rule's or a destination's deidentify), through the journal's
+    JSON; nothing at all when nothing de-identifies, so such records stay as they were."""
+    from router.core.rules import AssociationFacts, RuleSet, deidentifying
+
+    facts = AssociationFacts("CT1", "DICOM-ROUTER", "10.1.2.3")
+    anon = RuleSet(CONFIG.rules, deidentifying(CONFIG)).route(facts, dict)
+    assert anon.destinations == ("pacs",) and anon.deidentified == ("pacs",)
+    plain = RuleSet(CONFIG.rules[1:], deidentifying(CONFIG)).route(facts, dict)
+    assert plain.deidentified == ("research",)  # the destination's own deidentify
+    assert RuleSet(CONFIG.rules[1:]).route(facts, dict).deidentified == ()
+    job = make_header(destinations=("research",), rules=("plain",),
+                      deidentified=("research",))
+    assert JobHeader.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    assert "deidentified" not in make_header().to_dict()
+
+
+def test_a_replayed_job_whose_de_identification_is_gone_is_a_dead_letter(
+        tmp_path: Path) -> None:
+    """A reload removed the de-identifying destination and its rule now forwards elsewhere:
+    the job replayed --to the new destination found no de-identification by name and was
+    sent identified. Now it fails closed, unless where it goes de-identifies itself."""
+    v2 = parse_config({
+        "destinations": {"research2": {"type": "folder", "path": str(tmp_path / "r2")},
+                         "safe": {"type": "folder", "path": str(tmp_path / "s"),
+                                  "deidentify": {}}},
+        "rules": [{"name": "plain", "forward": ["research2"], "deidentify": {}}],
+    })
+    job = make_header(destinations=("research",), rules=("plain",),
+                      deidentified=("research",))
+    replayed = _moved(job, "research", "research2")
+    steps = steps_for(v2, replayed, "research2")
+    assert steps.deidentify is None and steps.deidentify_lost
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1")
+    preparer = Preparer(v2, Spool(tmp_path / "spool").create(), lambda: None)
+    with pytest.raises(DeliveryError) as failed:
+        preparer.prepare(replayed, "research2", source)
+    assert failed.value.reason == "deidentify" and not failed.value.transient
+    assert "de-identification settings it was routed with" in str(failed.value)
+    assert not list((tmp_path / "spool" / "relay").iterdir())  # no copy made
+    safe = steps_for(v2, _moved(job, "research", "safe"), "safe")
+    assert safe.deidentify is not None and not safe.deidentify_lost
+    # A job never routed to be de-identified goes as before.
+    assert not steps_for(v2, _moved(make_header(destinations=("research",), rules=("plain",)),
+                                    "research", "research2"), "research2").deidentify_lost
