@@ -58,7 +58,8 @@ class DeliveryThread(threading.Thread):
         self.destinations: dict[str, Destination] = {}
         self.generation = Reloads.generation
         self.ledger: DeliveryLedger | None = None  # opened in run(): sqlite is per thread
-        self.preparer = Preparer(config, spool, lambda: open_uid_map(spool))
+        self.preparer = Preparer(config, spool, lambda: open_uid_map(
+            spool, config.spool.deidentify_key_file))
 
     def run(self) -> None:
         try:

@@ -238,9 +238,12 @@ def cleanup_quietly(prepared: Prepared | None) -> None:
             prepared.cleanup()
 
 
-def open_uid_map(spool: Spool) -> object:
-    """The de-identification UID map shared by every worker: its key and table on the spool
-    volume, so that a UID maps the same way across workers and restarts."""
+def open_uid_map(spool: Spool, key_file: Path | None = None) -> object:
+    """The de-identification UID map shared by every worker: its table on the spool volume,
+    its key there too unless `key_file` (spool.deidentify_key_file, shared by every cell),
+    so that a UID maps the same way across workers, restarts and cells."""
     from workers.transforms.uid_map import UidMap
 
+    if key_file is not None:
+        return UidMap(key_file, spool.root / "deid-uids.sqlite", shared=True)
     return UidMap(spool.root / "deid-secret.key", spool.root / "deid-uids.sqlite")

@@ -20,6 +20,7 @@ from router.cli import route_test as cli_route_test
 from router.cli import status as cli_status
 from router.cli.common import CONFIG_ERROR, USAGE_ERROR, config_parent, version
 from router.core.config import RouterConfig, default_config, load_config, summary
+from router.core.deid_key import read_key_file
 from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
 from router.core.rules import drops_after_continue, shared_destinations
@@ -29,6 +30,18 @@ from router.core.tls import TLSConfigError, check_contexts
 
 def _load(path: Path | None) -> RouterConfig:
     return default_config() if path is None else load_config(path)
+
+
+def check_key_file(config: RouterConfig, source: str) -> None:
+    """spool.deidentify_key_file, as the workers will read it: a ConfigError now rather
+    than de-identifying deliveries retried for ever."""
+    path = config.spool.deidentify_key_file
+    if path is None:
+        return
+    try:
+        read_key_file(path)
+    except RouterError as exc:
+        raise ConfigError(source, [f"spool.deidentify_key_file: {exc}"]) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -46,6 +59,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         config = load_config(path)
         # The files and passwords `run` loads: a config that passes here must start.
         check_contexts(config)
+        check_key_file(config, str(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return CONFIG_ERROR
@@ -67,6 +81,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
+        check_key_file(config, str(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return CONFIG_ERROR

@@ -125,6 +125,36 @@ def test_deidentified_study_keeps_consistent_uids(start_router: RouterFactory,
     assert len({ds.PatientID for ds in received}) == 1  # one pseudonymous patient
 
 
+def test_cells_sharing_a_key_file_make_one_study_of_one_pseudonymous_patient(
+        start_router: RouterFactory, pacs: StoreSCP, tmp_path: Path) -> None:
+    """Scaled out, each cell made its own key on its own spool: one study whose series came
+    through two cells became two studies of two pseudonymous patients. With
+    spool.deidentify_key_file naming one key file (a mounted Secret), the cells agree."""
+    key = tmp_path / "deid.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    cells = [start_router({
+        "destinations": {"research": dicom_destination(pacs)},
+        "rules": [{"name": "research", "forward": ["research"], "deidentify": {}}],
+        "spool": {"path": str(tmp_path / cell / "spool"), "deidentify_key_file": str(key)}})
+        for cell in ("cell-a", "cell-b")]
+    study = generate_uid()
+    for number, cell in enumerate(cells, 1):
+        source = write_instance(tmp_path / f"s{number}", sop_class=CT,
+                                transfer_syntax=EXPLICIT_VR_LE, size_bytes=3000,
+                                study_uid=study, series_uid=generate_uid(),
+                                tags={"PatientName": "Doe^Jane", "PatientID": "MRN123",
+                                      "InstanceNumber": number})
+        assert run_storescu([source], LOCALHOST, cell.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 2)
+    received = [dcmread(p) for p in pacs.received_files()]
+    assert len({str(ds.StudyInstanceUID) for ds in received}) == 1
+    assert str(received[0].StudyInstanceUID) != study
+    assert len({ds.PatientID for ds in received}) == 1
+    assert received[0].PatientID != "MRN123"
+    assert not any((c.spool / "deid-secret.key").exists() for c in cells)
+
+
 def test_a_later_rules_deidentify_applies_to_a_destination_an_earlier_rule_names(
         start_router: RouterFactory, storescp: Callable[..., StoreSCP],
         tmp_path: Path) -> None:

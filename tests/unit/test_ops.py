@@ -295,6 +295,20 @@ def test_spool_is_a_persistent_claim_at_the_config_spool_path(overlay: str) -> N
 
 
 @needs_kubectl
+def test_the_scaled_pods_mount_one_de_identification_key() -> None:
+    """Each pod made its own key on its own spool: one study through two pods became two
+    pseudonymous studies. The scaled overlay mounts one Secret for all, owner-read only."""
+    pod = only("scaled", "StatefulSet")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "deid")
+    assert volume["secret"]["secretName"] == "dicom-router-deid"
+    assert volume["secret"]["defaultMode"] == 0o400
+    mounts = {m["name"]: m for m in router_container("scaled")["volumeMounts"]}
+    assert mounts["deid"]["mountPath"] == "/etc/dicom-router/deid" and mounts["deid"]["readOnly"]
+    assert "/etc/dicom-router/deid/deid.key" in (OPS / "kubernetes" / "base" /
+                                                 "router.yaml").read_text()
+
+
+@needs_kubectl
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_read_only_root_has_writable_volumes_where_the_router_writes(overlay: str) -> None:
     pod = only(overlay, "StatefulSet")["spec"]["template"]["spec"]

@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+from router.core.deid_key import SECRET_BYTES, read_key_file
 from router.core.errors import RouterError
 
-SECRET_BYTES = 32
 OPEN_ATTEMPTS = 40  # ~10 s in all, as workers.ledger
 
 
@@ -33,8 +33,10 @@ class UidMap:
     new UID or pseudonym back into the original: lookup().
     """
 
-    def __init__(self, secret_path: Path, db_path: Path) -> None:
-        self._key = load_or_create_secret(secret_path)
+    def __init__(self, secret_path: Path, db_path: Path, *, shared: bool = False) -> None:
+        """`shared`: the key file is spool.deidentify_key_file, made by the operator for every
+        cell: it is read (and checked), never created."""
+        self._key = _shared_key(secret_path) if shared else load_or_create_secret(secret_path)
         self._db = _open_db(db_path)
         self._lock = threading.Lock()
         self._stored: set[str] = set()
@@ -118,6 +120,13 @@ def load_or_create_secret(path: Path) -> bytes:
     if len(key) != SECRET_BYTES:
         raise DeidentifyError(f"{path}: {len(key)} bytes, not a {SECRET_BYTES}-byte key")
     return key
+
+
+def _shared_key(path: Path) -> bytes:
+    try:
+        return read_key_file(path)
+    except RouterError as exc:  # checked at start: a Secret changed or unmounted since
+        raise DeidentifyError(f"spool.deidentify_key_file {exc}") from None
 
 
 def _fsync_dir(path: Path) -> None:

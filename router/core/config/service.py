@@ -22,6 +22,9 @@ class SpoolConfig(Strict):
     # digest): the same bytes again within this window are not sent twice.
     duplicate_window: Annotated[float, at_most(30 * DAY, "seconds", "30 days")] = Field(
         24 * 3600.0, ge=0)
+    # The de-identification key every cell shares (a mounted Secret: README
+    # "De-identification"); unset, each spool makes its own deid-secret.key (one cell only).
+    deidentify_key_file: Path | None = None
 
     def watermark_bytes(self, total: int) -> float:
         """The free bytes the spool must keep on a disk of `total` bytes: the larger of the
