@@ -110,6 +110,11 @@ class Spool:
         self._committer_lock = threading.Lock()
 
     def create(self) -> Spool:
+        # A new spool is the router's user's alone (0700): it holds every received instance
+        # and the de-identification key and map. An existing one (a mounted volume) is kept.
+        with contextlib.suppress(OSError):  # it exists; or cannot be made: said just below
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700)
         for folder in (self.incoming, self.jobs, self.journal, self.dead_letters, self.replay,
                        self.relay, self.recycled):
             try:

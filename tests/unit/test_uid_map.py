@@ -77,3 +77,37 @@ def test_the_key_is_created_once_by_racing_processes(tmp_path: Path) -> None:
         thread.join(10)
     assert len(keys) == 8 and len(set(keys)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["deid.key"]
+
+
+def test_the_map_and_its_wal_files_are_the_routers_alone(tmp_path: Path) -> None:
+    """The map turns pseudonyms and new UIDs back into originals: it was created with the
+    process umask (0644: any local account could re-identify) while the key was 0600. An
+    older map is made 0600 when opened; a new spool is 0700."""
+    import os
+    import stat
+
+    from router.core.spool import Spool
+
+    old = os.umask(0o022)  # the usual service umask
+    try:
+        spool = Spool(tmp_path / "new" / "spool").create()
+        db = spool.root / "deid-uids.sqlite"
+        with UidMap(spool.root / "deid.key", db) as uid_map:
+            uid_map.pseudonym("MRN123")
+            uid_map.new_uid(STUDY)
+            made = [p for p in spool.root.iterdir() if p.name.startswith(db.name)]
+            assert {p.name for p in made} >= {db.name, f"{db.name}-wal", f"{db.name}-shm"}
+            assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in made} == dict.fromkeys(
+                (p.name for p in made), 0o600)
+        assert stat.S_IMODE(spool.root.stat().st_mode) == 0o700
+        older = tmp_path / "older.sqlite"
+        older.touch(mode=0o644)
+        older.chmod(0o644)
+        with UidMap(tmp_path / "k", older):
+            assert stat.S_IMODE(older.stat().st_mode) == 0o600
+        existing = tmp_path / "mounted"
+        existing.mkdir(mode=0o755)
+        Spool(existing).create()  # a mounted volume: its mode is the operator's
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o755
+    finally:
+        os.umask(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -137,9 +138,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _private(path: Path) -> None:
+    """The map turns every new UID and pseudonym back into the original: the router's user's
+    alone (0600, as the key). Created so before sqlite opens it (the process umask made it
+    0644); SQLite gives its -wal and -shm files the database's mode. An older map is fixed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 def _open_db(path: Path) -> sqlite3.Connection:
     """Open the map, switching a new one to WAL; retried while another opener holds it
     (a journal-mode change or schema write meets a lock at once, without the busy timeout)."""
+    _private(path)
     for attempt in range(OPEN_ATTEMPTS):
         db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
