@@ -26,7 +26,7 @@ from router.core.config import DicomDestination as DicomConfig
 from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
-from router.core.log_safety import RepeatLimiter
+from router.core.log_safety import RepeatLimiter, without_values
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
 from router.core.owned_names import relay_copy_name
@@ -113,13 +113,17 @@ def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
 
 
 def morph_failure(exc: Exception) -> DeliveryError:
-    """The dead letter of a morph this instance cannot take (route-test predicts the same)."""
-    return DeliveryError("morph", f"morphing failed: {exc}", transient=False)
+    """The dead letter of a morph this instance cannot take (route-test predicts the same).
+    Without the values pydicom's or Python's message quotes: the detail is logged."""
+    return DeliveryError("morph", f"morphing failed: {without_values(str(exc))}",
+                         transient=False)
 
 
 def deidentify_failure(exc: Exception) -> DeliveryError:
     """The dead letter of an instance that cannot be de-identified (route-test's too)."""
-    return DeliveryError("deidentify", f"de-identification failed: {exc}", transient=False)
+    return DeliveryError("deidentify",
+                         f"de-identification failed: {without_values(str(exc))}",
+                         transient=False)
 
 
 class Preparer:
@@ -176,10 +180,12 @@ class Preparer:
         prepared.changes += changes
         for change in changes:
             # Written anyway (a PACS may take it; route-test shows it too), but said: a value
-            # too long or malformed for its VR is the config's, and the log is where it shows.
-            if "(warning:" in change and _MORPH_WARNINGS.allow(change, 3):
+            # too long or malformed for its VR is the config's, and the log is where it shows
+            # (the attribute and the problem: the value is the patient's).
+            warning = getattr(change, "warning", "")
+            if warning and _MORPH_WARNINGS.allow(warning, 3):
                 log.warning("job %s: morph wrote a value that is not valid for its VR: %s",
-                            prepared.job.job_id, change)
+                            prepared.job.job_id, warning)
         self._advance(prepared, target)
 
     def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig) -> None:

@@ -9,7 +9,8 @@ router process goes through `SafeLogFilter` (installed by process_util.setup_log
   and cut at MAX_MESSAGE characters;
 - pynetdicom's own records lose their traceback (its reactor logs one for each PDU it
   cannot decode: the exception's type is kept) and its messages that quote a UID or AE
-  title value lose the value;
+  title value lose the value; pydicom's records and Python warnings (its "Invalid value
+  for VR UI: '...'" reaches both) lose every quoted value: they quote the patient's data;
 - a message repeated too often is suppressed, counted in
   `dicom_router_log_suppressed_total{what="log"}`, and the next one that passes says how
   many were dropped.
@@ -38,6 +39,19 @@ MAX_KEYS = 10_000  # distinct messages remembered per window
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 # pynetdicom quotes the offending value: "Invalid 'Calling AE Title' value '...'".
 _QUOTED_VALUE = re.compile(r"^((?:Non-conformant|Invalid) '[^']*' value) '.*?'( - |$)", re.S)
+
+
+# Any quoted text: what pydicom and Python quote in their messages is a dataset's value.
+_ANY_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+NOT_SHOWN = "(value not logged)"
+# Loggers whose messages quote dataset values (py.warnings: logging.captureWarnings).
+_QUOTING_LOGGERS = ("pydicom", "py.warnings")
+
+
+def without_values(text: str) -> str:
+    """`text` with every quoted value replaced: for messages that pydicom or Python wrote
+    about a dataset (a patient's name, birth date or UID), before a log or a dead letter."""
+    return _ANY_QUOTED.sub(NOT_SHOWN, text)
 
 
 def escape(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -115,6 +129,8 @@ class SafeLogFilter(logging.Filter):
                 # The type only: pynetdicom's exception texts quote the peer's values.
                 message = f"{message} ({type(record.exc_info[1]).__name__})"
                 record.exc_info, record.exc_text = None, None
+        elif record.name.startswith(_QUOTING_LOGGERS):
+            message = without_values(message)
         record.msg, record.args = escape(message), None
         record._router_safe = True
         return record.levelno < logging.WARNING or self._within_budget(record, template)

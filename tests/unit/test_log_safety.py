@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydicom.data import get_testdata_file
@@ -91,3 +92,72 @@ def test_the_cli_says_a_librarys_warning_in_one_line() -> None:
                           capture_output=True, text=True, timeout=60, check=True)
     assert done.stderr.splitlines() == [
         f"dicom-router: warning: {WARNING} - using implicit VR for reading"], done.stderr
+
+
+def test_pydicom_and_python_warnings_lose_quoted_values() -> None:
+    """pydicom's "Invalid value for VR UI: '<uid>'" reached the log twice (its own logger
+    and py.warnings), the UID and all: only pynetdicom's records were scrubbed."""
+    safe = SafeLogFilter(RepeatLimiter(on_suppressed=lambda what: None))
+    for name in ("pydicom", "py.warnings"):
+        rec = record("Invalid value for VR DA: '1961-02-03'. Please see <https://x>", name=name)
+        safe.filter(rec)
+        assert rec.getMessage() == ("Invalid value for VR DA: (value not logged). "
+                                    "Please see <https://x>")
+
+
+NAME = "Wolfeschlegelsteinhausenbergerdorff-Smithsonian-Featherstonehaugh-Cholmondeley^John"
+BAD_UID = "1.2.826.0.1.3680043.8.498.77.0042.019610203"  # a leading zero: invalid
+PREPARE_IN_A_ROUTER_PROCESS = f"""
+import logging, sys, warnings
+from pathlib import Path
+from pydicom import dcmread
+from router.core.config import parse_config
+from router.core.errors import DeliveryError
+from router.core.process_util import setup_logging
+from router.core.spool import Spool
+from tests.dicom_samples import write_instance
+from tests.unit.helpers import make_header
+from workers.prepare import Preparer, open_uid_map
+
+setup_logging("INFO", "text")
+tmp = Path(sys.argv[1])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    source = write_instance(tmp / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1", tags={{
+                                "PatientName": {NAME!r}, "PatientID": "MRN4711",
+                                "PatientBirthDate": "1961-02-03",
+                                "FrameOfReferenceUID": {BAD_UID!r}}})
+config = parse_config({{
+    "destinations": {{"research": {{"type": "folder", "path": str(tmp / "r"), "deidentify": {{}},
+        "morph": [{{"action": "copy", "from": "PatientName",
+                    "to": "ClinicalTrialSubjectReadingID"}}]}}}},
+    "rules": [{{"name": "numeric", "match": {{"tags": {{"Modality": "MR"}}}},
+                "forward": ["research"],
+                "morph": [{{"action": "copy", "from": "PatientName", "to": "SeriesNumber"}}]}},
+              {{"name": "all", "forward": ["research"]}}]}})
+spool = Spool(tmp / "spool").create()
+preparer = Preparer(config, spool, lambda: open_uid_map(spool))
+for rule in ("all", "numeric"):
+    job = make_header(destinations=("research",), rules=(rule,),
+                      transfer_syntax_uid="1.2.840.10008.1.2.1")
+    try:
+        preparer.prepare(job, "research", source).cleanup()
+    except DeliveryError as exc:  # as workers/delivery.py logs it, and the dead letter says
+        logging.getLogger("workers.delivery").warning("attempt 1: %s", exc)
+"""
+
+
+def test_preparing_an_instance_logs_no_patient_data(tmp_path: Path) -> None:
+    """A morph copying a long PatientName logged the name in its VR warning; a copy into a
+    numeric attribute put it in the dead letter's detail; pydicom's UID warning logged the
+    UID. The log says the attribute and the problem, never the value."""
+    done = subprocess.run([sys.executable, "-c", PREPARE_IN_A_ROUTER_PROCESS, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          cwd=Path(__file__).parents[2])
+    log = done.stderr
+    assert "ClinicalTrialSubjectReadingID: The value length" in log, log
+    assert "attempt 1: morphing failed: " in log, log
+    for value in ("Wolfe", "Smithsonian", "MRN4711", "1961", "019610203",
+                  "1.2.826.0.1.3680043.8.498"):
+        assert value not in log, log

@@ -256,7 +256,9 @@ def test_numbers_are_changed_through_their_text() -> None:
 
 
 def test_a_value_that_is_no_number_is_a_morph_error() -> None:
-    with pytest.raises(MorphError, match=r"Rows has VR US: 'x12' is not a number"):
+    # The value came from the dataset (a patient's, maybe): the error does not quote it.
+    with pytest.raises(MorphError, match=r"Rows has VR US: its new value \(from the "
+                                         r"dataset, not logged\) is not a number"):
         morph(item(Rows=512), {"action": "replace", "tag": "Rows", "pattern": "5",
                                "replacement": "x"})
 

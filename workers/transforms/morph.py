@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import validate_value
 
+from router.core.log_safety import without_values
 from router.core.morph_spec import (
     CopyAction,
     DeleteAction,
@@ -43,6 +44,19 @@ from workers.transforms.dataset_checks import check_nesting, readable
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
 # "RequestAttributesSequence[1]." -- concrete indexes, so [*] reports each item it changed.
 Place = tuple[Dataset, str]
+
+
+class Change(str):
+    """One change as route-test shows it, values and all; `warning` is what the log may say
+    of it: the attribute and why its new value is not valid for its VR, without values."""
+
+    warning: str = ""
+
+    @classmethod
+    def noted(cls, text: str, where: str, problem: str) -> Change:
+        change = cls(f"{text}{problem and f' (warning: {problem})'}")
+        change.warning = problem and f"{where}: {without_values(problem)}"
+        return change
 
 
 class MorphError(ValueError):
@@ -147,8 +161,10 @@ def _strings(elem: DataElement, where: str) -> list[str]:
     return [str(v) for v in (value if isinstance(value, MultiValue | list) else [value])]
 
 
-def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str) -> str:
-    """Give the element `values`; returns "" or a note that they are not valid for the VR."""
+def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str,
+           shown: bool = False) -> str:
+    """Give the element `values`; returns "" or why they are not valid for the VR.
+    `shown`: the values are the config's (set), not the dataset's, so errors may quote them."""
     kind = vr_kind(vr)
     if kind in ("sequence", "opaque"):
         raise MorphError(f"{where} has VR {vr}: it can only be deleted, not changed")
@@ -158,24 +174,25 @@ def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str) ->
         # without one, a reader cannot tell whose it is (it reads back as UN).
         raise MorphError(f"{where} is a private element without its Private Creator "
                          f"({group:04X},{element >> 8:04X}): set that first, with vr LO")
-    typed = [_typed(kind, v, vr, where) for v in values]
+    typed = [_typed(kind, v, vr, where, shown) for v in values]
     note = ""
     for value in typed:
         try:
             validate_value(vr, value, config.RAISE)
         except ValueError as exc:
-            note = f" (warning: {str(exc).rstrip('.')})"
+            note = str(exc).rstrip(".")
     value = typed[0] if len(typed) == 1 else typed or empty_value_for_VR(vr)
     # Validated above, reported rather than warned about: the route tester shows the note.
     parent[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
     return note
 
 
-def _typed(kind: str, text: str, vr: str, where: str) -> Any:
+def _typed(kind: str, text: str, vr: str, where: str, shown: bool) -> Any:
     try:
         return int(text) if kind == "int" else float(text) if kind == "float" else text
     except ValueError:
-        raise MorphError(f"{where} has VR {vr}: {text!r} is not a number") from None
+        value = repr(text) if shown else "its new value (from the dataset, not logged)"
+        raise MorphError(f"{where} has VR {vr}: {value} is not a number") from None
 
 
 def _show(values: list[str]) -> str:
@@ -186,27 +203,29 @@ def _put(ds: Dataset, text: str, values: list[str], vr: str, only_if_empty: bool
          note: str = "") -> list[str]:
     """set, set_if_empty and copy: `vr` is the VR of an element that has to be created."""
     path = parse_tag_path(text)
-    changes = []
+    changes: list[str] = []
     for parent, label in _places(ds, path, create=True):
         where = label + tag_name(path.tag)
         if path.tag not in parent:
-            problem = _write(parent, path.tag, vr, values, where)
-            changes.append(f"{where}: added {_show(values)}{note}{problem}")
+            problem = _write(parent, path.tag, vr, values, where, shown=not note)
+            changes.append(Change.noted(f"{where}: added {_show(values)}{note}", where,
+                                        problem))
             continue
         elem = parent[path.tag]
         if only_if_empty and not elem.is_empty:
             continue
         old = _strings(elem, where)
         if old != values:
-            problem = _write(parent, path.tag, elem.VR, values, where)
-            changes.append(f"{where}: {_show(old)} -> {_show(values)}{note}{problem}")
+            problem = _write(parent, path.tag, elem.VR, values, where, shown=not note)
+            changes.append(Change.noted(f"{where}: {_show(old)} -> {_show(values)}{note}",
+                                        where, problem))
     return changes
 
 
 def _transform(ds: Dataset, text: str, change: Callable[[str], str]) -> list[str]:
     """replace, prefix, suffix and map: `change` each value of each element there is."""
     path = parse_tag_path(text)
-    changes = []
+    changes: list[str] = []
     for parent, label in _places(ds, path, create=False):
         if path.tag not in parent:
             continue
@@ -215,7 +234,8 @@ def _transform(ds: Dataset, text: str, change: Callable[[str], str]) -> list[str
         new = [change(v) for v in old]
         if new != old:
             problem = _write(parent, path.tag, elem.VR, new, where)
-            changes.append(f"{where}: {_show(old)} -> {_show(new)}{problem}")
+            changes.append(Change.noted(f"{where}: {_show(old)} -> {_show(new)}", where,
+                                        problem))
     return changes
 
 
