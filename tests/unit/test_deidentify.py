@@ -369,3 +369,32 @@ def test_retained_uids_leave_the_file_meta_alone(tmp_path: Path, uids: UidMap) -
                                                      retain_device_identity=True), uids)
     out = dcmread(target)
     assert out.SOPInstanceUID == out.file_meta.MediaStorageSOPInstanceUID == INSTANCE_1
+
+
+def test_instance_uids_in_attributes_outside_the_table_are_mapped_too(uids: UidMap) -> None:
+    """SOPInstanceUIDOfConcatenationSource, MultiFrameSourceSOPInstanceUID and
+    VolumeFrameOfReferenceUID have no row in Table E.1-1 and went out as they came: the
+    original UIDs beside their replacements linked the copy back to the identified one.
+    Now every public UI attribute outside the table is mapped as U (Posda does the same),
+    consistently, but for those naming kinds of things (classes, syntaxes, schemes)."""
+    source = "1.2.826.0.1.3680043.8.498.19610203.10"
+    ds = build(INSTANCE_1, SERIES_A, INSTANCE_2)
+    ds.SOPInstanceUID = source
+    ds.SOPInstanceUIDOfConcatenationSource = source
+    ds.MultiFrameSourceSOPInstanceUID = source
+    ds.VolumeFrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.19610203.1.9"
+    ds.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.CodingSchemeUID = "2.16.840.1.113883.6.96"  # SNOMED CT: a scheme, not an instance
+    ds.ReferencedSOPClassUIDInFile = CTImageStorage
+    changed = deidentify(ds, DeidentifyConfig(), uids)
+    assert ds.SOPInstanceUID != source and uids.lookup(ds.SOPInstanceUID) == source
+    assert ds.SOPInstanceUIDOfConcatenationSource == ds.SOPInstanceUID
+    assert ds.MultiFrameSourceSOPInstanceUID == ds.SOPInstanceUID
+    assert uids.lookup(ds.VolumeFrameOfReferenceUID) == "1.2.826.0.1.3680043.8.498.19610203.1.9"
+    assert {"SOPInstanceUIDOfConcatenationSource", "VolumeFrameOfReferenceUID"} <= set(changed)
+    assert (ds.TransferSyntaxUID, ds.CodingSchemeUID, ds.ReferencedSOPClassUIDInFile) == (
+        ExplicitVRLittleEndian, "2.16.840.1.113883.6.96", CTImageStorage)
+    kept = build(INSTANCE_1, SERIES_A, INSTANCE_2)
+    kept.VolumeFrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.19610203.1.9"
+    deidentify(kept, DeidentifyConfig(retain_uids=True), uids)
+    assert kept.VolumeFrameOfReferenceUID == "1.2.826.0.1.3680043.8.498.19610203.1.9"

@@ -16,7 +16,11 @@ or tag in `keep` is always kept. The actions, in and at every depth of sequences
   date, taken before anything changed) cut out of text values; a sequence's items go through
   the table. A description naming another person stays: switch the option on only for
   sources whose descriptions are otherwise clean.
-- Attributes not in the table are kept. Private attributes (odd groups) are removed unless
+- Attributes not in the table are kept, but for UIDs: a public UI attribute the table has
+  no row for (SOPInstanceUIDOfConcatenationSource, MultiFrameSourceSOPInstanceUID,
+  VolumeFrameOfReferenceUID, ...) gets new UIDs as U does, as TCIA's Posda does, unless it
+  names a kind of thing rather than an instance (_NAMING_UIDS, *ClassUID, transfer
+  syntaxes), or retain_uids or `keep` says so. Private attributes (odd groups) are removed unless
   private_tags is "keep". Group lengths (gggg,0000) are removed: they would be wrong.
 
 The file meta follows (Media Storage SOP Instance UID); its AE titles and source address name
@@ -72,6 +76,13 @@ _PATIENT_NAME, _PATIENT_ID = 0x00100010, 0x00100020
 # Whose values C cuts out of descriptions.
 _IDENTIFYING = ("PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName",
                 "PatientID", "OtherPatientIDs", "AccessionNumber", "PatientBirthDate")
+# UI attributes outside Table E.1-1 that name kinds of things (coding schemes, context
+# groups, registries, software), not instances: kept. Any other one is an instance's UID.
+_NAMING_UIDS = frozenset({
+    "CodingSchemeUID", "ContextUID", "ContextGroupExtensionCreatorUID", "MappingResourceUID",
+    "PrivateInformationCreatorUID", "CreatorVersionUID", "HomeCommunityID",
+    "RepositoryUniqueID", "RetrieveLocationUID"})
+_NAMING_PARTS = ("ClassUID", "SOPClasses", "TransferSyntaxUID")
 _FILE_META_DEVICE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                      "ReceivingApplicationEntityTitle", "SourcePresentationAddress")
 
@@ -176,6 +187,8 @@ def _walk(ds: Dataset, run: _Run, path: str) -> None:
         row = None if tag in run.keep or elem.tag.is_private else _row_for(tag)
         if row is not None:
             action = _concrete(_table_code(row, run.config), elem.VR)
+        elif elem.VR == "UI" and _instance_uid(keyword, elem, run):
+            action = "U"  # an instance's UID the table has no row for: it would link back
         elif keyword or elem.tag.is_private or tag in run.keep:
             action = "K"  # a public attribute the table leaves alone, or kept by the config
         else:
@@ -183,6 +196,14 @@ def _walk(ds: Dataset, run: _Run, path: str) -> None:
             # cannot be judged (a misread dataset arrives as one such element), so it goes.
             action = "X"
         _apply(ds, elem, action, run, name)
+
+
+def _instance_uid(keyword: str, elem: DataElement, run: _Run) -> bool:
+    """A public UI attribute outside the table whose value identifies an instance (mapped as
+    U: the same original gives the same new UID as the table's rows give it)."""
+    return bool(keyword) and not elem.tag.is_private and int(elem.tag) not in run.keep \
+        and not run.config.retain_uids and keyword not in _NAMING_UIDS \
+        and not any(part in keyword for part in _NAMING_PARTS)
 
 
 def _walk_items(elem: DataElement, run: _Run, name: str) -> None:
