@@ -109,3 +109,9 @@ class Child:
                               if quick else 0.0)
         self.not_before = now + self.restart_delay
         self.restarts += 1
+
+    def could_not_start(self, now: float) -> None:
+        """The spawn itself failed (EAGAIN under a pids limit, ENOMEM): try again after the
+        crash-loop delay, which doubles each time as for a child that died at once."""
+        self.restart_delay = min(MAX_RESTART_DELAY, max(1.0, self.restart_delay * 2))
+        self.not_before = now + self.restart_delay

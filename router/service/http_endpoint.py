@@ -26,6 +26,7 @@ from router.service.http_types import App, Request, Response, body_limit, head_a
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+AliveCheck = Callable[[], tuple[bool, str]]
 StatusView = Callable[[], dict[str, Any]]
 
 
@@ -118,7 +119,8 @@ class AppHandler(BaseHTTPRequestHandler):
 
 
 def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView | None,
-             apps: list[App], request_timeout: float) -> type[BaseHTTPRequestHandler]:
+             apps: list[App], request_timeout: float,
+             alive: AliveCheck | None) -> type[BaseHTTPRequestHandler]:
     class Handler(AppHandler):
         timeout = request_timeout
         def do_GET(self) -> None:
@@ -126,7 +128,8 @@ def _handler(registry: CollectorRegistry, ready: ReadyCheck, status: StatusView 
             if path == "/metrics":
                 self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._reply(200, b"ok\n")
+                ok, why = alive() if alive is not None else (True, "ok")
+                self._reply(200 if ok else 503, f"{why}\n".encode())
             elif path == "/readyz":
                 ok, why = ready()
                 self._reply(200 if ok else 503, f"{why}\n".encode())
@@ -210,10 +213,10 @@ class HttpEndpoint:
     def __init__(self, host: str, port: int, multiproc_dir: str, ready: ReadyCheck,
                  status: StatusView | None = None, request_timeout: float = 10.0,
                  max_connections: int = 32, apps: list[App] | None = None,
-                 max_per_source: int | None = None) -> None:
+                 max_per_source: int | None = None, alive: AliveCheck | None = None) -> None:
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=multiproc_dir)
-        handler = _handler(registry, ready, status, apps or [], request_timeout)
+        handler = _handler(registry, ready, status, apps or [], request_timeout, alive)
         self.server = Server((host, port), handler, max_connections, max_per_source)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,
                                        kwargs={"poll_interval": SERVER_POLL_SECONDS})

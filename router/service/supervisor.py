@@ -35,6 +35,7 @@ from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.control_api import ControlApi
 from router.service.control_client import ControlClient
+from router.service.heartbeat import STALE_SECONDS, Heartbeat
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
@@ -61,6 +62,7 @@ class Supervisor:
         self.reloading: str | None = None  # the worker a reload is replacing right now
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
+        self.heartbeat = Heartbeat()  # /healthz: the main loop turns (router/service/heartbeat.py)
         acceptors = config.listen.acceptors
         self.seats = AcceptorSeats(config.listen, self.mp, runtime.directory)
         # Order matters: the broker first (others connect to it), the acceptors last.
@@ -153,10 +155,7 @@ class Supervisor:
         process = child.process
         if process is None or process.is_alive():
             if child.process is None and now >= child.not_before:
-                try:
-                    self._start(child)
-                except RouterError as exc:  # its port was taken while it was down
-                    self._cannot_bind(child, str(exc))
+                self._try_start(child, now)
             return
         code = process.exitcode
         multiprocess.mark_process_dead(process.pid)
@@ -169,6 +168,16 @@ class Supervisor:
         metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
                   child.name, process.pid, code, child.restart_delay)
+
+    def _try_start(self, child: Child, now: float) -> None:
+        try:
+            self._start(child)
+        except RouterError as exc:  # its port was taken while it was down
+            self._cannot_bind(child, str(exc))
+        except OSError as exc:  # no process to be had now (pids limit, memory): try again
+            child.could_not_start(now)
+            log.error("cannot start %s: %s; trying again in %.0fs", child.name,
+                      exc.strerror or exc, child.restart_delay)
 
     def _cannot_bind(self, child: Child, why: str = "see its message above") -> None:
         listen = self.config.listen
@@ -234,7 +243,8 @@ class Supervisor:
                 self.http = HttpEndpoint(m.host, m.port, str(self.runtime.metrics_dir),
                                          self.ready, self.status, m.request_timeout,
                                          m.max_connections, apps,
-                                         m.max_connections_per_source)
+                                         m.max_connections_per_source,
+                                         self.heartbeat.alive)
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
                                   f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
@@ -242,24 +252,13 @@ class Supervisor:
             self.http.start()
         if self.console is not None:
             self.console.start()
-        for child in self.children:
-            self._start(child)  # the acceptors' sockets: bound here, just after check_ports
-        if audit is not None:
-            audit.application_started()
-        metrics.CONFIG_RELOADED_AT.set(time.time())
-        has_run = False  # ready once: every child has its own SIGHUP handler by then
-        while not self.stopping.wait(0.5):
-            now = time.monotonic()
-            for child in self.children:
-                self._reap(child, now)
-            self._resend_lost_hups()
-            ready = self.ready()[0]
-            metrics.READY.set(1 if ready else 0)
-            has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
-            # A SIGHUP during the start waits until the children heed one.
-            if has_run and self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload()
+        try:
+            self._supervise(audit)
+        except Exception:  # a bug: stop the children rather than leave them headless
+            log.exception("the supervisor's main loop failed; stopping the router")
+            self.fatal = "the supervisor's main loop failed (see the error above)"
+        # Draining takes up to a grace per group of children: still alive meanwhile.
+        self.heartbeat.beat(3 * self._stop_grace() + 10)
         self._stop_children()
         if audit is not None:
             audit.application_stopped()
@@ -273,6 +272,30 @@ class Supervisor:
             return 1
         log.info("router stopped")
         return 0
+
+    def _supervise(self, audit: AuditTrail | None) -> None:
+        """Start the children, then restart whichever dies until told to stop."""
+        for child in self.children:
+            # The acceptors' sockets: bound here, just after check_ports.
+            self._try_start(child, time.monotonic())
+        if audit is not None:
+            audit.application_started()
+        metrics.CONFIG_RELOADED_AT.set(time.time())
+        has_run = False  # ready once: every child has its own SIGHUP handler by then
+        while not self.stopping.wait(0.5):
+            self.heartbeat.beat()
+            now = time.monotonic()
+            for child in self.children:
+                self._reap(child, now)
+            self._resend_lost_hups()
+            ready = self.ready()[0]
+            metrics.READY.set(1 if ready else 0)
+            has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
+            # A SIGHUP during the start waits until the children heed one.
+            if has_run and self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.heartbeat.beat(self._reload_allowance())  # a reload is a long turn
+                self.reload()
 
     def _install_signals(self) -> None:
         # Never an Event's set() or a log call in a handler (process_util.set_on_signal).
@@ -328,6 +351,13 @@ class Supervisor:
         metrics.CONFIG_RELOADED_AT.set(time.time())
         log.info("config reloaded from %s; changed: %s", self.config_path,
                  ", ".join(steps.changed))
+
+    def _reload_allowance(self) -> float:
+        """The longest a reload can take: the broker's confirmation, then each worker's stop
+        and reconnection (_restart_workers), plus a turn."""
+        workers = sum(c.name.startswith("worker-") for c in self.children)
+        each = self.config.listen.dimse_timeout + 5 + 5 + WORKER_READY_SECONDS
+        return 10.0 + workers * each + STALE_SECONDS
 
     def _hup_children(self, *names: str) -> None:
         """SIGHUP the children whose names start with one of `names` (all without)."""
