@@ -4,13 +4,17 @@ A router removes its folder (ZeroMQ sockets, metrics files, status snapshots) wh
 stops. One killed with SIGKILL (the OOM killer, `kill -9`, a container's hard stop) cannot,
 and under Kubernetes the /tmp emptyDir outlives a container's restart: a router in a crash
 loop would leave a folder per restart until the pod is evicted for filling it. Each folder
-names its supervisor (pid and the kernel's start time of that pid, so that a reused pid
-is not taken for it), and a router that starts removes the folders of supervisors that are
-gone.
+holds an flock on its lock file for the supervisor's lifetime, and a router that starts
+removes only the folders whose lock it can take: the kernel releases a lock when its holder
+dies, whatever PID namespace either router runs in (two containers sharing a /tmp volume,
+where a pid read in one /proc means nothing in the other). A folder without a lock file (an
+older router's) falls back to its owner file: the supervisor's pid and the kernel's start
+time of that pid, so that a reused pid is not taken for it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -22,6 +26,10 @@ log = logging.getLogger(__name__)
 PREFIX = "dicom-router-"
 OWNER_FILE = "supervisor"  # "<pid> <start time in clock ticks after boot>"
 UNKNOWN_START = "-"  # where /proc cannot be read
+LOCK_FILE = "supervisor.lock"  # flock'd by the supervisor while it runs
+
+# The lock on this process's own folder: kept open for the process's lifetime.
+_held: list[int] = []
 
 
 def process_start(pid: int) -> str | None:
@@ -39,6 +47,11 @@ def create_runtime_dir(parent: Path | None = None) -> Path:
     """A new private folder for this run, naming this process as its supervisor."""
     # Short path: ZeroMQ ipc endpoints must fit in a Unix socket name (~100 bytes).
     directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
+    # Locked before the owner file exists: a sweep reads that first, so it never sees
+    # this folder with an owner and without its lock. CLOEXEC: children do not hold it.
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held.append(fd)
     pid = os.getpid()
     (directory / OWNER_FILE).write_text(f"{pid} {process_start(pid) or UNKNOWN_START}\n")
     return directory
@@ -54,6 +67,26 @@ def _running(pid: int, started: str) -> bool:
             pass  # another user's process holds that pid: alive
         return True
     return process_start(pid) == started
+
+
+_NO_LOCK_FILE = -1
+
+
+def _take_lock(directory: Path) -> int | None:
+    """The folder's lock, taken (its descriptor); None while another process holds it;
+    _NO_LOCK_FILE for a folder an older router made without one."""
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return _NO_LOCK_FILE
+    except OSError:
+        return None  # cannot tell: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
@@ -73,10 +106,17 @@ def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
             pid = int(pid_text)
         except (OSError, ValueError):
             continue
-        if _running(pid, started):
-            continue  # that router is running (or it is this one)
-        shutil.rmtree(directory, ignore_errors=True)
-        removed.append(directory)
+        lock = _take_lock(directory)
+        if lock is None:
+            continue  # its supervisor holds the lock: running (or it is this one)
+        try:
+            if lock is _NO_LOCK_FILE and _running(pid, started):
+                continue  # an older router without a lock file, running
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+        finally:
+            if lock is not _NO_LOCK_FILE:
+                os.close(lock)
     if removed:
         log.warning("removed %d runtime folder(s) of routers that were killed without "
                     "stopping (%s*)", len(removed), parent / PREFIX)

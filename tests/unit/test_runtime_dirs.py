@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from router.core.runtime_dirs import (
+    LOCK_FILE,
     OWNER_FILE,
     PREFIX,
     create_runtime_dir,
@@ -58,3 +59,31 @@ def test_the_owner_file_names_this_process_and_its_start(tmp_path: Path) -> None
     pid, started = (folder / OWNER_FILE).read_text().split()
     assert int(pid) == os.getpid() and started == process_start(os.getpid())
     assert process_start(_gone_pid()) is None
+
+
+def test_a_folder_whose_lock_is_held_is_kept_whatever_pid_it_names(tmp_path: Path) -> None:
+    """Liveness is the lock, not the pid: a router in another PID namespace names a pid
+    that this /proc knows as nothing, or as another process (it was deleted while it ran)."""
+    held = _folder(tmp_path, f"{PREFIX}other-namespace", f"{_gone_pid()} 12345\n")
+    (held / LOCK_FILE).touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+         str(held / LOCK_FILE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        # A free lock: its supervisor is gone, even if the pid it names runs here.
+        free = _folder(tmp_path, f"{PREFIX}free", f"{os.getpid()} {process_start(os.getpid())}\n")
+        (free / LOCK_FILE).touch()
+        assert remove_stale_runtime_dirs(tmp_path) == [free]
+        assert held.exists() and not free.exists()
+    finally:
+        holder.kill()  # the kernel releases its lock
+        holder.wait()
+    assert remove_stale_runtime_dirs(tmp_path) == [held]
+
+
+def test_this_routers_own_folder_is_locked(tmp_path: Path) -> None:
+    mine = create_runtime_dir(tmp_path)
+    assert (mine / LOCK_FILE).exists()
+    assert remove_stale_runtime_dirs(tmp_path) == [] and mine.exists()
