@@ -40,6 +40,7 @@ from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
 from router.service.readiness import heeds_sighup, readiness
+from router.service.strays import reap_strays
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,8 @@ class Supervisor:
             now = time.monotonic()
             for child in self.children:
                 self._reap(child, now)
+            if os.getpid() == 1:  # a container's init: the pod's orphans come to us
+                reap_strays(c.process.pid for c in self.children if c.process is not None)
             self._resend_lost_hups()
             ready = self.ready()[0]
             metrics.READY.set(1 if ready else 0)

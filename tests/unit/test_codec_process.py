@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,6 +62,46 @@ def test_an_exception_in_the_codec_process_is_raised_in_the_worker() -> None:
         assert codecs.run(int, "42") == 42  # the same process goes on serving
     finally:
         codecs.close()
+
+
+_BUSY_WORKER = """
+import os, sys, threading
+from workers.transforms.codec_process import CodecProcess
+codecs = CodecProcess()
+print(codecs.run(os.getpid), flush=True)
+# A long transcode; the codec process shares this stdout: it says when it has begun.
+busy = "import time; print('busy', flush=True); time.sleep(600)"
+threading.Thread(target=codecs.run, args=(exec, busy)).start()
+sys.stdin.read()
+"""
+
+
+def test_a_busy_codec_process_dies_with_its_worker_killed_by_sigkill() -> None:
+    """Between two pieces of work the codec process sees its worker's death as EOF on the
+    pipe; in the middle of one only PR_SET_PDEATHSIG stops it. Otherwise it went on, and
+    under a PID 1 that does not reap (the image) it ended as a zombie."""
+    worker = subprocess.Popen([sys.executable, "-c", _BUSY_WORKER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    codec = int(worker.stdout.readline())
+    assert worker.stdout.readline() == "busy\n"
+    worker.kill()
+    worker.wait()
+    deadline = time.monotonic() + 20
+    while _lives(codec):
+        if time.monotonic() > deadline:
+            os.kill(codec, signal.SIGKILL)
+            raise AssertionError("the codec process outlived its worker")
+        time.sleep(0.05)
+
+
+def _lives(pid: int) -> bool:
+    """Neither gone nor a zombie (reparented to an init that has yet to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:][:1] != "Z"
 
 
 # Choosing among the destination's syntaxes ------------------------------------------------

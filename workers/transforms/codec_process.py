@@ -16,8 +16,12 @@ dead-lettered) and the next transcode starts a new process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +37,7 @@ from router.core.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 IDLE_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 T = TypeVar("T")
 
 
@@ -139,8 +144,26 @@ def _all_failed(failed: list[tuple[str, str]]) -> str:
         f"{name} failed ({why})" for name, why in failed)
 
 
-def _serve(connection: Connection, progress: Any = None) -> None:
+def _die_with(parent: int) -> None:
+    """Be killed when the worker dies, even in the middle of a long transcode (the pipe's
+    EOF is only seen between two pieces of work): an orphan would go on decoding for
+    nothing and, under a PID 1 that does not reap, stay a zombie. PR_SET_PDEATHSIG fires
+    when the thread that started us ends: the worker's delivery threads live as long as
+    it does, and a codec process killed otherwise is CodecDied, retried in a new one."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("cannot ask to die with the worker (prctl: %s)",
+                    os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def _serve(connection: Connection, progress: Any = None, parent: int | None = None) -> None:
     """The codec process: run what the worker sends until it sends None or goes away."""
+    if parent is not None:
+        _die_with(parent)
     global _PROGRESS
     _PROGRESS = progress
     while True:
@@ -232,9 +255,10 @@ class CodecProcess:
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
         self._progress = context.Value("i", -1, lock=False)
-        # Daemonic: it never outlives the worker, whatever way the worker ends.
-        process = context.Process(target=_serve, args=(theirs, self._progress), name="codec",
-                                  daemon=True)
+        # Daemonic: a worker that exits stops it; PR_SET_PDEATHSIG (_die_with): a worker
+        # that is killed too.
+        process = context.Process(target=_serve, name="codec", daemon=True,
+                                  args=(theirs, self._progress, os.getpid()))
         process.start()
         theirs.close()  # so that its death is EOF here
         self._process, self._connection = process, ours
