@@ -94,27 +94,32 @@ IN_FLIGHT = Gauge(
     f"{PREFIX}_deliveries_in_flight", "Deliveries handed to workers, by destination.",
     ["destination"], multiprocess_mode="livesum",
 )
+# Gauges a child writes (the broker: restarted after a crash) use a live* mode: the supervisor
+# deletes those files of a dead process (mark_process_dead), not those of "max", which would
+# report the dead broker's value beside its successor's for ever. "max" is left to gauges
+# only the supervisor writes: its pid never changes.
 DESTINATION_PAUSED = Gauge(
     f"{PREFIX}_destination_paused",
     "1 while an operator has paused a destination (its queue holds), else 0.",
-    ["destination"], multiprocess_mode="max",
+    ["destination"], multiprocess_mode="livemax",
 )
 DESTINATION_UP = Gauge(
     f"{PREFIX}_destination_up",
     "0 while a destination is paused after failing to connect or associate, else 1.",
-    ["destination"], multiprocess_mode="max",
+    ["destination"], multiprocess_mode="livemax",
 )
 QUEUE_OLDEST = Gauge(
     f"{PREFIX}_queue_oldest_seconds",
     "Age of the oldest delivery not yet done, by destination (0 when none).",
-    ["destination"], multiprocess_mode="max",
+    ["destination"], multiprocess_mode="livemax",
 )
 SPOOL_FREE = Gauge(
     f"{PREFIX}_spool_free_bytes", "Free bytes on the spool's filesystem.",
-    multiprocess_mode="max",
+    multiprocess_mode="livemax",
 )
 SPOOL_SIZE = Gauge(
-    f"{PREFIX}_spool_size_bytes", "Size of the spool's filesystem.", multiprocess_mode="max"
+    f"{PREFIX}_spool_size_bytes", "Size of the spool's filesystem.",
+    multiprocess_mode="livemax",
 )
 SPOOL_QUEUED = Gauge(
     f"{PREFIX}_spool_queued_bytes", "Bytes of instances on the spool not yet settled.",

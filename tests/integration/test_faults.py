@@ -103,6 +103,37 @@ def test_worker_killed_mid_send_loses_nothing(
                 leases_expired=router.metric("dicom_router_leases_expired_total"))
 
 
+def _samples(router: RouterProcess, name: str, **labels: str) -> list[float]:
+    """Every value /metrics shows for `name` with exactly these labels (none: absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return [float(line.rpartition(" ")[2]) for line in router.metrics().splitlines()
+            if line.startswith(f"{name}{{{want}}} ")]
+
+
+def test_a_dead_brokers_gauges_go_with_it(start_router: RouterFactory, tmp_path: Path) -> None:
+    """kill -9 of the broker, then its destination goes down: /metrics says down, as /status
+    does. The broker's gauges were in multiprocess mode "max", whose files outlive their
+    process: the dead broker's destination_up 1 won over the new broker's 0 for ever."""
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    with _single_scp(tmp_path, "PACS") as pacs:
+        router = start_router(_pacs_config(pacs))
+
+        def up() -> list[float]:
+            return _samples(router, "dicom_router_destination_up", destination="pacs")
+
+        assert wait_for(lambda: up() == [1.0]), router.metrics()
+        broker = router.child_pid("broker")
+        os.kill(broker, signal.SIGKILL)
+        assert wait_for(lambda: router.child_pid("broker") != broker), router.log()[-3000:]
+        router.await_ready()
+    assert run_storescu([source], LOCALHOST, router.port,
+                        called_ae="DICOM-ROUTER").returncode == 0
+    assert wait_for(lambda: not router.status()["broker"]["destinations"]["pacs"]["up"],
+                    timeout=60), router.log()[-3000:]
+    assert wait_for(lambda: up() == [0.0]), router.metrics()
+
+
 def test_a_killed_workers_copy_in_relay_goes_and_its_job_arrives_later(
     start_router: RouterFactory, tmp_path: Path
 ) -> None:
