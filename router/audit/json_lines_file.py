@@ -8,6 +8,19 @@ import threading
 from pathlib import Path
 
 
+def open_for_append(path: Path) -> int:
+    """The file's descriptor for appending, the file (0640) and its folders made if missing."""
+    if not path.parent.exists():  # a parent that is a file fails below, with ENOTDIR
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
+def check_writable(path: Path) -> None:
+    """Open (creating) the file as the trail will, and close it: raises the OSError that
+    would otherwise lose every message once the router runs."""
+    os.close(open_for_append(path))
+
+
 class JsonLinesFile:
     """Appends whole lines with one write each (O_APPEND), reopening after log rotation."""
 
@@ -36,9 +49,7 @@ class JsonLinesFile:
             if same:
                 return self._fd
             self._close_fd()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        self._fd = os.open(self.path, flags, 0o640)
+        self._fd = open_for_append(self.path)
         return self._fd
 
     def _close_fd(self) -> None:

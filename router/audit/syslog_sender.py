@@ -17,6 +17,7 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 
+from router.core import metrics
 from router.core.audit_config import SyslogConfig
 
 MAX_UDP_PAYLOAD = 65_000  # an IPv4 datagram holds 65,507 octets of payload
@@ -123,6 +124,11 @@ class SyslogSender:
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
         self._thread.start()
 
+    def _lose(self, count: int) -> None:
+        """Count messages given up on (with self._cond held)."""
+        self._dropped += count
+        metrics.AUDIT_FAILURES.labels("syslog").inc(count)
+
     @property
     def dropped(self) -> int:
         """Messages given up on: the queue overflowed, too large for UDP, or left at close."""
@@ -142,11 +148,11 @@ class SyslogSender:
         """Queue one RFC 5424 message (unframed). Never blocks, never raises."""
         with self._cond:
             if self._closing:
-                self._dropped += 1
+                self._lose(1)
                 return
             if len(self._queue) >= self.config.queue_size:
                 self._queue.popleft()
-                self._dropped += 1
+                self._lose(1)
                 self._warn.warn("queue", "audit syslog queue full (%d): dropping the oldest "
                                 "messages; the JSON lines file still has them",
                                 self.config.queue_size)
@@ -169,7 +175,7 @@ class SyslogSender:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue or (self._closing and time.monotonic() > self._deadline):
-                    self._dropped += len(self._queue)
+                    self._lose(len(self._queue))
                     self._queue.clear()
                     break
                 message = self._queue[0]  # peeked: removed only once it went out
@@ -178,7 +184,7 @@ class SyslogSender:
                 continue
             with self._cond:
                 if self._closing:  # the server is down: don't hold shutdown for it
-                    self._dropped += len(self._queue)
+                    self._lose(len(self._queue))
                     self._queue.clear()
                     break
                 self._cond.wait(backoff)
@@ -208,7 +214,7 @@ class SyslogSender:
             if ok:
                 self._sent += 1
             else:
-                self._dropped += 1
+                self._lose(1)
         if ok:
             self._warn.recovered("send", "audit syslog to %s:%d delivers again",
                                  cfg.host, cfg.resolved_port)

@@ -28,6 +28,7 @@ from router.audit.messages import (
     user_authentication,
 )
 from router.audit.syslog_sender import OnceWarner, SyslogSender, format_rfc5424
+from router.core import metrics
 from router.core.audit_config import AuditConfig
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class AuditTrail:
             try:
                 self._file.append(to_json_line(message))
             except (OSError, ValueError) as exc:
+                metrics.AUDIT_FAILURES.labels("file").inc()
                 self._warn.warn("file", "cannot append to the audit trail %s (%s); audit "
                                 "messages are being lost", self.config.path, exc)
             else:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import TextIO
 
+from router.audit.json_lines_file import check_writable
 from router.cli import dead_letters as cli_dead_letters
 from router.cli import destinations as cli_destinations
 from router.cli import peer_commands
@@ -44,6 +45,18 @@ def check_key_file(config: RouterConfig, source: str) -> None:
         raise ConfigError(source, [f"spool.deidentify_key_file: {exc}"]) from None
 
 
+def check_audit_file(config: RouterConfig, source: str) -> None:
+    """audit.path, opened as the trail will: a ConfigError now rather than a router that runs
+    and loses every audit message (a read-only filesystem, a folder it may not write)."""
+    if not config.audit.enabled:
+        return
+    try:
+        check_writable(config.audit.path)
+    except OSError as exc:
+        raise ConfigError(source, [
+            f"audit.path: cannot write {config.audit.path} ({exc.strerror or exc})"]) from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = args.file or args.config  # `check-config FILE`, or --config FILE as elsewhere
     if path is None:
@@ -60,6 +73,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         # The files and passwords `run` loads: a config that passes here must start.
         check_contexts(config)
         check_key_file(config, str(path))
+        check_audit_file(config, str(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return CONFIG_ERROR
@@ -82,6 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load(args.config)
         check_key_file(config, str(args.config))
+        check_audit_file(config, str(args.config))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return CONFIG_ERROR

@@ -195,6 +195,12 @@ LOG_SUPPRESSED = Counter(
     "Log lines and audit records not written because the same thing repeated too often "
     "(by what: log, audit_tls_failure, audit_rejection).", ["what"],
 )
+AUDIT_FAILURES = Counter(
+    f"{PREFIX}_audit_failures_total",
+    "Audit messages lost, by sink: file (not appended to audit.path: the trail is "
+    "incomplete), syslog (dropped before the server took them; the file has them).",
+    ["sink"],
+)
 RESTARTS = Counter(
     f"{PREFIX}_process_restarts_total", "Router processes restarted after dying.", ["process"]
 )

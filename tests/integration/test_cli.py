@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.dcmtk import LOCALHOST, StoreSCP, free_port, run_echoscu, run_storescu
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port, free_ports, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.conftest import RouterFactory
 from tests.integration.pdus import IMPLICIT_VR_LE, VERIFICATION, RawAssociation
@@ -64,6 +64,34 @@ def test_check_config_lists_every_problem_with_its_key(tmp_path: Path) -> None:
                      "rules[0].forward: unknown destination 'pcas'"):
         assert expected in result.stderr, result.stderr
 
+
+
+def test_an_audit_trail_that_cannot_be_written_stops_check_config_and_run(
+        tmp_path: Path) -> None:
+    """audit.path where no file can be made (here its parent is a file: ENOTDIR; a read-only
+    filesystem gives EROFS): before, both went on and every audit message was lost."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    port, metrics_port = free_ports(2)
+    config = tmp_path / "router.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+        f"metrics: {{host: 127.0.0.1, port: {metrics_port}}}\n"
+        f"audit: {{enabled: true, path: {blocker / 'audit.jsonl'}}}\n"
+        "destinations:\n  archive: {type: folder, path: received}\n"
+        "rules:\n  - {name: all, forward: [archive]}\n"
+    )
+    for args in (["check-config", str(config)], ["run", "--config", str(config)]):
+        process = subprocess.Popen([*ROUTER, *args], cwd=tmp_path, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        finally:  # a router that started anyway
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        assert process.returncode == 1, (args, stderr)
+        assert "audit.path: cannot write" in stderr, (args, stderr)
+        assert "Not a directory" in stderr and "Traceback" not in stderr
 
 
 def test_check_config_refuses_a_count_past_its_ceiling_without_a_traceback(

@@ -23,6 +23,7 @@ from router.audit.syslog_sender import (
     octet_counted,
 )
 from router.audit.trail import AuditTrail, TransferTally
+from router.core import metrics
 from router.core.audit_config import AuditConfig
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
@@ -120,6 +121,10 @@ def test_disabled_trail_writes_nothing(tmp_path: Path) -> None:
     assert trail.enabled is False
 
 
+def _audit_failures(sink: str) -> float:
+    return float(metrics.AUDIT_FAILURES.labels(sink)._value.get())
+
+
 def test_broken_path_warns_once_and_never_raises(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -127,12 +132,14 @@ def test_broken_path_warns_once_and_never_raises(
     blocker.write_text("")
     path = blocker / "audit.jsonl"  # its parent is a file: every append fails
     trail = AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER")
+    lost_before = _audit_failures("file")
     with caplog.at_level(logging.INFO, logger="router.audit.trail"):
         for _ in range(5):
             trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 1}, True,
                                         patient_id="SECRET-PID")
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1
+        assert _audit_failures("file") == lost_before + 5  # each lost message, not the warning
         assert str(path) in warnings[0].getMessage()
         blocker.unlink()  # the disk comes back
         trail.application_stopped()
@@ -281,6 +288,7 @@ def test_unresolvable_syslog_host_does_not_raise(tmp_path: Path) -> None:
 def test_queue_is_bounded_and_drops_the_oldest(refused_port: int) -> None:
     sender = SyslogSender(SyslogConfig(host="127.0.0.1", port=refused_port, transport="tcp",
                                        queue_size=5, timeout=0.5))
+    lost_before = _audit_failures("syslog")
     try:
         for index in range(100):
             sender.submit(b"message %d" % index)
@@ -293,6 +301,7 @@ def test_queue_is_bounded_and_drops_the_oldest(refused_port: int) -> None:
         sender.close(timeout=0.1)
     assert sender.pending() == 0
     assert sender.dropped == 100
+    assert _audit_failures("syslog") == lost_before + 100
 
 
 def test_oversized_udp_message_is_dropped_not_retried() -> None:

@@ -30,7 +30,7 @@ CONFIG_MOUNT = "/etc/dicom-router/router.yaml"
 ALERT_NAMES = {
     "DicomRouterDown", "DicomRouterNotReady", "DicomRouterDestinationFailing",
     "DicomRouterQueueGrowing", "DicomRouterDeadLetters", "DicomRouterSpoolNearFull",
-    "DicomRouterConfigReloadFailed",
+    "DicomRouterConfigReloadFailed", "DicomRouterAuditMessagesLost",
 }
 
 KUBECTL = shutil.which("kubectl")
@@ -327,6 +327,8 @@ def test_read_only_root_has_writable_volumes_where_the_router_writes(overlay: st
     paths = [PurePosixPath(config.spool.path)] + [
         PurePosixPath(d.path) for d in config.destinations.values() if d.type == "folder"
     ]
+    if config.audit.enabled:
+        paths.append(PurePosixPath(config.audit.path))
     for path in paths:
         assert any(under(path, mount) for mount in writable), f"{path} is on the read-only root"
     resources = container["resources"]
