@@ -206,8 +206,11 @@ class Worker:
             self.tasks.put(None)
         for _ in self.relay_threads:
             self.relay_tasks.put(None)
+        # dimse_timeout for all threads together, not each: joined one by one, N threads
+        # stuck on silent destinations took N times as long, past the supervisor's grace.
+        deadline = time.monotonic() + self.config.listen.dimse_timeout
         for thread in self.threads:
-            thread.join(timeout=self.config.listen.dimse_timeout)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._join_relays(time.monotonic() + CANCEL_GRACE_SECONDS)
         self.relays.abort_overdue(time.monotonic(), grace=0.0)
         self._join_relays(time.monotonic() + ABORT_WAIT_SECONDS)

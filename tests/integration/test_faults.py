@@ -3,6 +3,7 @@ byte-identical at its destination, exactly once or as a suppressed duplicate."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -530,3 +531,30 @@ def test_acceptor_killed_during_parallel_sends_loses_nothing(tmp_path: Path) -> 
                     arrived=len(_digests(pacs.received_files())))
         finally:
             router.stop()
+
+
+def test_a_stopping_worker_waits_dimse_timeout_in_all_not_per_delivery_thread(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """SIGTERM while six delivery threads wait on destinations that never answer: the worker
+    gives its threads listen.dimse_timeout together, then reports and leaves, within the
+    supervisor's grace (drain_grace + dimse_timeout + 5). Joined one by one, dimse_timeout
+    each, they took six times as long: the supervisor killed the worker, and in Kubernetes
+    terminationGracePeriodSeconds ran out."""
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    names = [f"silent{i}" for i in range(6)]
+    with contextlib.ExitStack() as stack:
+        silent = [stack.enter_context(socket.create_server((LOCALHOST, 0))) for _ in names]
+        destinations = {name: {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                               "port": server.getsockname()[1], "acse_timeout": 60}
+                        for name, server in zip(names, silent, strict=True)}
+        router = start_router({"listen": {"dimse_timeout": 2}, "drain_grace": 0, "workers": 1,
+                               "worker_threads": 6, "destinations": destinations,
+                               "rules": [{"name": "all", "forward": names}]})
+        assert run_storescu([source], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: router.metric_sum("dicom_router_deliveries_in_flight") == 6,
+                        timeout=30), router.metrics()
+        router.stop()
+    assert "worker-0 did not stop within" not in router.log(), router.log()[-3000:]

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from router.core.config import RouterConfig, load_config, parse_config
+from workers.main import ABORT_WAIT_SECONDS
+from workers.relay_tasks import CANCEL_GRACE_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -347,8 +349,11 @@ def test_termination_grace_covers_the_drain(overlay: str) -> None:
     dimse_timeout = max([config.listen.dimse_timeout] + [
         d.dimse_timeout for d in config.destinations.values() if d.type == "dicom"
     ])
-    # The preStop hook runs inside the grace period, before SIGTERM.
-    needed = float(pre_stop[1]) + config.drain_grace + dimse_timeout
+    # The preStop hook runs inside the grace period, before SIGTERM; then the acceptors
+    # drain, then the workers give their delivery threads dimse_timeout (together), cancel
+    # relays and wait for aborted associations (statefulset.yaml has the arithmetic).
+    worker_tail = CANCEL_GRACE_SECONDS + 2 * ABORT_WAIT_SECONDS
+    needed = float(pre_stop[1]) + config.drain_grace + dimse_timeout + worker_tail
     assert pod["terminationGracePeriodSeconds"] >= needed
 
 
