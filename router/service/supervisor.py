@@ -238,6 +238,9 @@ class Supervisor:
         audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
         apps = self._apps(audit)
+        # The start's long steps (an earlier router's children, the spool's leftovers) are
+        # behind us: /healthz counts from here, and spawning the children is one more turn.
+        self.heartbeat.beat(STALE_SECONDS + 30)
         if self.config.metrics.enabled:
             m = self.config.metrics
             try:
