@@ -159,6 +159,24 @@ class Target:
         self.server.shutdown()
 
 
+def _request_commitment(port: int, transaction: str, instance: str) -> tuple[int, str]:
+    """MODALITY asks the router to commit one CT instance; the N-ACTION's status."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate(LOCALHOST, port, ae_title=ROUTER_AE)
+    assert assoc.is_established
+    request = Dataset()
+    request.TransactionUID = transaction
+    item = Dataset()
+    item.ReferencedSOPClassUID = str(CTImageStorage)
+    item.ReferencedSOPInstanceUID = instance
+    request.ReferencedSOPSequence = [item]
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
+                                    "1.2.840.10008.1.20.1.1")
+    assoc.release()
+    return int(status.Status), transaction
+
+
 def _router(tmp_path: Path, upstream: Upstream, target: Target | None = None,
             **extra: Any) -> RouterProcess:
     """Queries and retrieves to `upstream` (moves relayed), instances pushed to the router
@@ -579,20 +597,9 @@ def test_a_storage_commitment_the_upstream_refused_is_not_pending(tmp_path: Path
         "rules": [{"name": "qr", "query": ["pacs"]}]})
     router.start()
     try:
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
-        assert assoc.is_established
-        request = Dataset()
-        request.TransactionUID = "1.2.826.0.1.3680043.8.498.1"
-        item = Dataset()
-        item.ReferencedSOPClassUID = str(CTImageStorage)
-        item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
-        request.ReferencedSOPSequence = [item]
-        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
-                                        "1.2.840.10008.1.20.1.1")
-        assoc.release()
-        assert int(status.Status) == 0x0110
+        status, _ = _request_commitment(router.port, "1.2.826.0.1.3680043.8.498.1",
+                                        "1.2.826.0.1.3680043.8.498.2")
+        assert status == 0x0110
         assert list((router.spool / "commitments").iterdir()) == []
     finally:
         router.stop()
@@ -666,22 +673,11 @@ def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result
         router.start()
         upstream.router_port = router.port
         try:
-            ae = AE(ae_title="MODALITY")
-            ae.add_requested_context(StorageCommitmentPushModel)
-            assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
-            assert assoc.is_established
-            request = Dataset()
-            request.TransactionUID = "1.2.826.0.1.3680043.8.498.10"
-            item = Dataset()
-            item.ReferencedSOPClassUID = str(CTImageStorage)
-            item.ReferencedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.11"
-            request.ReferencedSOPSequence = [item]
-            status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel,
-                                            "1.2.840.10008.1.20.1.1")
-            assoc.release()
-            assert int(status.Status) == 0x0110
-            report = requester.wait_report(request.TransactionUID, 20)
-            assert report.committed == ((str(CTImageStorage), item.ReferencedSOPInstanceUID),)
+            status, transaction = _request_commitment(
+                router.port, "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11")
+            assert status == 0x0110
+            report = requester.wait_report(transaction, 20)
+            assert report.committed == ((str(CTImageStorage), "1.2.826.0.1.3680043.8.498.11"),)
             assert upstream.reported.wait(10) and upstream.report_status == 0x0000
             assert list((router.spool / "commitments").iterdir()) == []
             assert "stays pending" in router.log()
