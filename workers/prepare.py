@@ -112,6 +112,24 @@ def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
         f"`deidentify`)", transient=False)
 
 
+def copy_leaks(config: RouterConfig) -> list[str]:
+    """check-config's notes: every rule and destination whose morphs copy an identifying
+    attribute into one de-identification keeps (such instances become dead letters)."""
+    from workers.transforms.deidentify import leaking_copies
+
+    notes = []
+    for rule in config.rules:
+        for name in rule.forward:
+            dest = config.destinations.get(name)
+            deid = rule.deidentify or (dest.deidentify if dest else None)
+            if deid is None:
+                continue
+            morph = [*rule.morph, *(dest.morph if dest else ())]
+            notes += [f"rule {rule.name} -> {name}: {leak}; such instances become "
+                      f"`deidentify` dead letters" for leak in leaking_copies(morph, deid)]
+    return notes
+
+
 def morph_failure(exc: Exception) -> DeliveryError:
     """The dead letter of a morph this instance cannot take (route-test predicts the same).
     Without the values pydicom's or Python's message quotes: the detail is logged."""
@@ -150,6 +168,13 @@ class Preparer:
         steps = steps_for(self.config, job, destination, self.rules)
         if steps.deidentify_lost:
             raise deidentify_lost(job, destination)
+        if steps.deidentify is not None and steps.morph:
+            from workers.transforms.deidentify import leaking_copies
+
+            if leaks := leaking_copies(steps.morph, steps.deidentify):
+                # Fail closed: check-config notes the config that does this.
+                raise DeliveryError("deidentify", f"not sent to {destination}: {leaks[0]}",
+                                    transient=False)
         prepared = Prepared(job, source)
         try:
             if steps.morph:

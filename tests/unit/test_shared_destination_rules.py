@@ -8,13 +8,17 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pydicom import dcmread
 
 from router.core.config import parse_config
+from router.core.deid_spec import DeidentifyConfig
+from router.core.errors import DeliveryError
 from router.core.rules import AssociationFacts, RuleSet, shared_destinations
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
-from workers.prepare import Preparer, open_uid_map, steps_for
+from workers.prepare import Preparer, copy_leaks, open_uid_map, steps_for
+from workers.transforms.deidentify import leaking_copies
 
 from .helpers import make_header
 
@@ -95,6 +99,35 @@ def test_the_deidentified_copy_is_written_after_every_rules_morph(tmp_path: Path
         prepared.cleanup()
     assert ds.PatientIdentityRemoved == "YES"
     assert "Doe" not in str(ds.PatientName) and "Doe" not in str(ds.get("StudyDescription"))
+
+
+def test_a_morph_copy_into_an_attribute_the_profile_keeps_is_never_sent(tmp_path: Path) -> None:
+    """PatientName copied into BodyPartExamined (Table E.1-1 keeps it) went out identified
+    beside PatientIdentityRemoved YES: such a delivery is a dead letter, check-config warns,
+    and a copy into an attribute the profile removes still goes (as above)."""
+    leak = [{"action": "copy", "from": "PatientName", "to": "BodyPartExamined"}]
+    config = _config({**COPY_ALL, "morph": []}, {**RESEARCH_DEID, "morph": leak})
+    assert leaking_copies(config.rules[1].morph, DeidentifyConfig()) == [
+        "a morph copies PatientName into BodyPartExamined, which de-identification keeps: "
+        "it would go out identified"]
+    assert copy_leaks(config) == [
+        "rule research-deid -> research: a morph copies PatientName into BodyPartExamined, "
+        "which de-identification keeps: it would go out identified; such instances become "
+        "`deidentify` dead letters"]
+    source = write_instance(tmp_path / "src", sop_class=CT,
+                            transfer_syntax="1.2.840.10008.1.2.1",
+                            tags={"PatientName": "Doe^Jane", "Modality": "CT"})
+    spool = Spool(tmp_path / "spool").create()
+    job = dataclasses.replace(_routed(config), transfer_syntax_uid="1.2.840.10008.1.2.1",
+                              sop_instance_uid=str(dcmread(source).SOPInstanceUID))
+    with pytest.raises(DeliveryError) as refused:
+        Preparer(config, spool, lambda: open_uid_map(spool)).prepare(job, "research", source)
+    assert (refused.value.reason, refused.value.transient) == ("deidentify", False)
+    assert "Doe" not in str(refused.value)
+    assert list(spool.relay.iterdir()) == []  # no copy written
+    kept = _config(COPY_ALL, {**RESEARCH_DEID, "morph": [
+        {"action": "copy", "from": "PatientName", "to": "StudyDescription"}]})
+    assert copy_leaks(kept) == []  # StudyDescription is cleaned or removed by the profile
 
 
 def test_matched_rules_with_different_deidentify_take_the_first_ones_settings() -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Sequence as Actions
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from router.core.deid_spec import DeidentifyConfig, parse_tag
+from router.core.morph_spec import CopyAction, MorphAction, parse_tag_path
 from workers.transforms.dataset_checks import check_identity, check_nesting, readable
 from workers.transforms.deid_table import TABLE_E1_1, Row
 from workers.transforms.uid_map import UidMap
@@ -134,6 +136,23 @@ def removed_attributes(config: DeidentifyConfig) -> list[tuple[str, str]]:
     if config.private_tags == "remove":
         listed.append(("private attributes (odd groups)", "X"))
     return listed
+
+
+def leaking_copies(morph: Actions[MorphAction], config: DeidentifyConfig) -> list[str]:
+    """Morph copies from an attribute this profile removes or replaces into one it keeps:
+    de-identification runs after the morphs, so the copy would go out as it is (PatientName
+    into BodyPartExamined went out identified beside PatientIdentityRemoved YES)."""
+    removed = {keyword for keyword, _ in removed_attributes(config)}
+    leaks = []
+    for action in morph:
+        if not isinstance(action, CopyAction):
+            continue
+        source = keyword_for_tag(parse_tag_path(action.from_).tag)
+        target = keyword_for_tag(parse_tag_path(action.to).tag)
+        if source in removed and target not in removed:
+            leaks.append(f"a morph copies {source} into {target}, which de-identification "
+                         f"keeps: it would go out identified")
+    return leaks
 
 
 def _dictionary_vr(tag: str) -> str:
