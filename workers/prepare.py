@@ -112,6 +112,18 @@ def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
         f"`deidentify`)", transient=False)
 
 
+def refuse_leaking_copies(steps: Steps, destination: str) -> None:
+    """Fail closed on a morph copy that de-identification would leave identified (route-test
+    predicts it with the same call; check-config warns of the config that does it)."""
+    if steps.deidentify is None or not steps.morph:
+        return
+    from workers.transforms.deidentify import leaking_copies
+
+    if leaks := leaking_copies(steps.morph, steps.deidentify):
+        raise DeliveryError("deidentify", f"not sent to {destination}: {leaks[0]}",
+                            transient=False)
+
+
 def copy_leaks(config: RouterConfig) -> list[str]:
     """check-config's notes: every rule and destination whose morphs copy an identifying
     attribute into one de-identification keeps (such instances become dead letters)."""
@@ -168,13 +180,7 @@ class Preparer:
         steps = steps_for(self.config, job, destination, self.rules)
         if steps.deidentify_lost:
             raise deidentify_lost(job, destination)
-        if steps.deidentify is not None and steps.morph:
-            from workers.transforms.deidentify import leaking_copies
-
-            if leaks := leaking_copies(steps.morph, steps.deidentify):
-                # Fail closed: check-config notes the config that does this.
-                raise DeliveryError("deidentify", f"not sent to {destination}: {leaks[0]}",
-                                    transient=False)
+        refuse_leaking_copies(steps, destination)
         prepared = Prepared(job, source)
         try:
             if steps.morph:

@@ -83,7 +83,7 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
         lines.append("     sent byte-exact, as received")
     ds = dcmread(path, stop_before_pixels=True)
     try:
-        lines += _rewrite_lines(ds, steps)
+        lines += _rewrite_lines(ds, steps, destination)
     except DeliveryError as exc:  # the delivery stops there: nothing else would happen
         return [*lines, f"     DEAD LETTER ({exc.reason}): {exc}"]
     if steps.transfer_syntaxes:
@@ -92,7 +92,7 @@ def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destin
         else:
             lines += _transcode_lines(syntax, steps.transfer_syntaxes)
     if isinstance(dest, FolderConfig):
-        lines += _folder_lines(dest, ds)
+        lines += _folder_lines(dest, ds, steps.deidentify is not None)
     if dest.window is not None:
         lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
     return lines
@@ -113,12 +113,13 @@ def _transcode_lines(syntax: str, accepted: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def _rewrite_lines(ds: Any, steps: Steps) -> list[str]:
+def _rewrite_lines(ds: Any, steps: Steps, destination: str) -> list[str]:
     """Morph and de-identify `ds` as the worker would; its failures are the worker's
     dead letters (workers/prepare.py), raised as the same DeliveryError."""
-    from workers.prepare import deidentify_failure, morph_failure
+    from workers.prepare import deidentify_failure, morph_failure, refuse_leaking_copies
     from workers.transforms.morph import MorphError, apply_morph
 
+    refuse_leaking_copies(steps, destination)
     lines: list[str] = []
     if steps.morph:
         try:
@@ -134,7 +135,7 @@ def _rewrite_lines(ds: Any, steps: Steps) -> list[str]:
     return lines
 
 
-def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
+def _folder_lines(dest: FolderConfig, ds: Any, deidentified: bool = False) -> list[str]:
     """Where the folder destination would store it: the delivery's own check (`placement`),
     on the header as morphed and de-identified above."""
     from workers.destinations.folder import UID_KEYWORDS, placement
@@ -146,6 +147,9 @@ def _folder_lines(dest: FolderConfig, ds: Any) -> list[str]:
         where = placement(tags, sop)
     except DeliveryError as exc:
         return [f"     DEAD LETTER ({exc.reason}): {exc}"]
+    if deidentified:  # the new UIDs come from the router's key, which route-test never reads
+        return [f"     stored as {dest.path}/<new Study UID>/<new Series UID>/<new SOP "
+                f"Instance UID>.dcm (UIDs replaced by de-identification)"]
     return [f"     stored as {dest.path / where.relative}",
             *(f"     {note}" for note in where.notes)]
 

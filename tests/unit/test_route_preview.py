@@ -128,3 +128,19 @@ def test_transcoding_names_the_syntaxes_the_worker_falls_back_to(tmp_path: Path)
     # The lossy JPEG 2000 is never a candidate.
     assert lines[first + 1:first + 3] == [
         "       else, if encoding fails, -> RLE Lossless 1.2.840.10008.1.2.5"], text
+
+
+def test_a_leaking_copy_is_a_predicted_dead_letter_and_new_uids_are_not_made_up(
+        tmp_path: Path) -> None:
+    """The worker refuses a morph copy of PatientName into an attribute de-identification
+    keeps: route-test says so. A de-identified folder copy's path depends on the router's
+    key, which route-test never reads: it showed a path made with a throwaway key."""
+    config = _config(tmp_path, [
+        {"name": "leak", "match": {}, "forward": ["exact"], "continue": True, "deidentify": {},
+         "morph": [{"action": "copy", "from": "PatientName", "to": "BodyPartExamined"}]},
+        {"name": "deid", "match": {}, "forward": ["other"], "deidentify": {}}])
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
+    text = "\n".join(explain(config, path, "CT1", "DICOM-ROUTER", "127.0.0.1"))
+    assert "DEAD LETTER (deidentify): not sent to exact: a morph copies PatientName into " \
+        "BodyPartExamined" in text, text
+    assert f"stored as {tmp_path / 'other'}/<new Study UID>/<new Series UID>/" in text, text
