@@ -6,6 +6,7 @@ picks its multiprocess value store at import time, and spawned children inherit 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any, TypeVar
@@ -241,6 +242,21 @@ SPOOL_GROUP_SYNCS = Counter(
 # Info metrics do not work in multiprocess mode: the usual gauge set to 1 stands in.
 BUILD_INFO = Gauge(f"{PREFIX}_build_info", "Router version (always 1).", ["version"],
                    multiprocess_mode="max")
+
+
+def mark_dead(pid: int | None, folder: str | None = None) -> None:
+    """A child process is gone: its live* values leave /metrics (prometheus_client), and its
+    "max" gauge file goes too. Only the supervisor writes "max" gauges (above); a child's file
+    holds them at 0 from its import, one more file per restart of a child."""
+    from prometheus_client import multiprocess
+
+    if pid is None:
+        return  # never started
+    folder = folder or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    multiprocess.mark_process_dead(pid, folder)  # type: ignore[no-untyped-call]
+    if folder:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(folder, f"gauge_max_{pid}.db"))
 
 
 class BoundedLabel:

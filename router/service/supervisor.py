@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import multiprocess
-
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
@@ -159,7 +157,7 @@ class Supervisor:
                 self._try_start(child, now)
             return
         code = process.exitcode
-        multiprocess.mark_process_dead(process.pid)
+        metrics.mark_dead(process.pid)
         if code == EXIT_CANNOT_BIND:
             self._cannot_bind(child)  # no restart: it would fail the same way
             return
@@ -422,7 +420,7 @@ class Supervisor:
                     log.error("%s did not stop within %.0fs; killing it", child.name, grace)
                     process.kill()
                     process.join(5)
-                multiprocess.mark_process_dead(process.pid)
+                metrics.mark_dead(process.pid)
                 self._start(child)
                 if child.process is not None and child.process.pid is not None:
                     self._await_worker(child.name, child.process.pid)

@@ -61,3 +61,16 @@ def test_the_command_line_leaves_prometheus_client_to_after_its_multiprocess_dir
                           cwd=Path(__file__).parents[2], timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_dead_childs_gauge_files_go_with_it(tmp_path: Path) -> None:
+    """Every child imports the supervisor-only "max" gauges and writes them at 0: one more
+    gauge_max_<pid>.db per restart of a child, for ever. Its live* files went already."""
+    from router.core.metrics import mark_dead
+
+    for name in ("gauge_max_123.db", "gauge_livemax_123.db", "gauge_livesum_123.db",
+                 "counter_123.db", "gauge_max_77.db"):
+        (tmp_path / name).write_bytes(b"")
+    mark_dead(123, str(tmp_path))
+    mark_dead(None, str(tmp_path))  # a child that never started
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_123.db", "gauge_max_77.db"]
