@@ -210,7 +210,13 @@ class Worker:
         # stuck on silent destinations took N times as long, past the supervisor's grace.
         deadline = time.monotonic() + self.config.listen.dimse_timeout
         for thread in self.threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            # In slices, with heartbeats and the results so far: past the broker's lease a
+            # worker still finishing its deliveries was taken for dead, its deliveries
+            # requeued beside it ("missed its heartbeats").
+            while thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+                thread.join(timeout=min(left, HEARTBEAT_SECONDS))
+                self._on_results()
+                self.broker.send(encode(Heartbeat()))
         self._join_relays(time.monotonic() + CANCEL_GRACE_SECONDS)
         self.relays.abort_overdue(time.monotonic(), grace=0.0)
         self._join_relays(time.monotonic() + ABORT_WAIT_SECONDS)

@@ -549,7 +549,9 @@ def test_a_stopping_worker_waits_dimse_timeout_in_all_not_per_delivery_thread(
         destinations = {name: {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
                                "port": server.getsockname()[1], "acse_timeout": 60}
                         for name, server in zip(names, silent, strict=True)}
-        router = start_router({"listen": {"dimse_timeout": 2}, "drain_grace": 0, "workers": 1,
+        # dimse_timeout past the broker's worker lease (6 s): the stopping worker must go on
+        # beating, or the broker takes it for dead and requeues its deliveries beside it.
+        router = start_router({"listen": {"dimse_timeout": 7}, "drain_grace": 0, "workers": 1,
                                "worker_threads": 6, "destinations": destinations,
                                "rules": [{"name": "all", "forward": names}]})
         assert run_storescu([source], LOCALHOST, router.port,
@@ -558,3 +560,4 @@ def test_a_stopping_worker_waits_dimse_timeout_in_all_not_per_delivery_thread(
                         timeout=30), router.metrics()
         router.stop()
     assert "worker-0 did not stop within" not in router.log(), router.log()[-3000:]
+    assert "missed its heartbeats" not in router.log(), router.log()[-3000:]
