@@ -166,8 +166,9 @@ class Journal:
             self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._count += 1
         path = self.folder / f"{self._prefix}-{self._count:06d}.log"
+        # 0600 as the instances: job headers name SOP instances and calling AE titles.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
-                     0o644)
+                     0o600)
         self._current = Segment(path, fd)
         self._new_name = True
         return self._current

@@ -59,7 +59,8 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
 def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write to a temp name beside `path`, fsync, and rename over it: never a torn file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "wb") as fh:
+    # 0600 as the instances: job headers and dead-letter records name SOP instances.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
         fh.write(data)
         if fsync:
             fh.flush()

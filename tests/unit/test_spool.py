@@ -560,3 +560,17 @@ def test_recover_skips_a_header_it_cannot_read_and_counts_it(spool: Spool) -> No
     assert [r.header.job_id for r in spool.recover()] == [MID]
     assert (spool.jobs / f"{OLD}.dcm").exists()  # left in place for an operator
     assert metrics.SPOOL_ERRORS.labels("recover")._value.get() == before + 1
+
+
+def test_journal_segments_and_written_records_are_the_routers_alone(spool: Spool) -> None:
+    """Job headers name SOP instances and calling AE titles: their journal segments and
+    records were 0644 beside 0600 instances (a privacy audit)."""
+    old = os.umask(0o022)
+    try:
+        commit(spool, make_header(OLD))
+        write_atomically(spool.root / "record.json", b"{}")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in segments(spool.journal)}
+    assert modes and set(modes.values()) == {0o600}, modes
+    assert stat.S_IMODE((spool.root / "record.json").stat().st_mode) == 0o600
