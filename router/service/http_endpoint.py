@@ -21,7 +21,15 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from router.core.log_safety import RepeatLimiter
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_deadline import BadHead, DeadlineReader, body_length
-from router.service.http_types import App, Request, Response, body_limit, head_answer
+from router.service.http_types import (
+    MAX_BODY,
+    App,
+    LimitedBody,
+    Request,
+    Response,
+    body_limit,
+    head_answer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +83,15 @@ class AppHandler(BaseHTTPRequestHandler):
                 return True
             # The client holds its body back for this (curl for a second, then sends anyway).
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = self.rfile.read(length) if length else b""
-        self.connection.settimeout(self.timeout)  # the answer's own bound from here
-        request = dataclasses.replace(head, body=body)
+        if length > MAX_BODY:  # an upload an app allowed: it reads it as it comes
+            request = dataclasses.replace(head, stream=LimitedBody(self.rfile, length))
+        else:
+            request = dataclasses.replace(head, body=self.rfile.read(length) if length else b"")
+            self.connection.settimeout(self.timeout)  # the answer's own bound from here
         for app in self.apps:
             try:
                 response = app(request)
+                self.connection.settimeout(self.timeout)
             except Exception as exc:  # a bug, not the client's: answer, say it in one line
                 _log_failure(f"{method} {path} failed: {type(exc).__name__}: {exc}")
                 self._reply(500, b"internal error: see the router's log\n")

@@ -6,12 +6,28 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 # Bodies are JSON or forms (a bulk action's ids included); an app may allow more to some
 # requests it has authenticated (`body_limit` below). Larger is refused (413) unread.
 MAX_BODY = 1024**2
+
+
+class BodyReader(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+class LimitedBody:
+    """The `length` bytes of a body still on the connection: read from it as it comes."""
+
+    def __init__(self, source: BodyReader, length: int) -> None:
+        self.source, self.left = source, length
+
+    def read(self, size: int, /) -> bytes:
+        data = self.source.read(min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
 
 
 @dataclass(frozen=True)
@@ -22,6 +38,9 @@ class Request:
     headers: Mapping[str, str]  # names in lower case
     body: bytes
     client: str  # the peer's address
+    # A body larger than MAX_BODY (one an app allowed through `body_limit`) is not read
+    # into `body`: the app reads it from here, as it arrives.
+    stream: BodyReader | None = None
 
     def params(self) -> dict[str, str]:
         """The query's parameters, the last value of each."""

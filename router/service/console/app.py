@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -18,7 +19,7 @@ from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.service.console import views_letters, views_overview, views_rules
 from router.service.console.auth import ConsoleAuth, Identity
-from router.service.console.forms import Posted, cookie, parse_form, set_cookie
+from router.service.console.forms import FormError, Posted, cookie, parse_form, set_cookie
 from router.service.console.history import History
 from router.service.console.html import button, field, page
 from router.service.console.login_limit import TooManyFailures
@@ -38,7 +39,11 @@ SECURITY_HEADERS = (
     ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "same-origin"))
 # POSTs that change nothing: a viewer may send them (with the CSRF token all the same).
-VIEWER_POSTS = ("/console/logout", "/console/rules/test")
+TESTER = "/console/rules/test"
+VIEWER_POSTS = ("/console/logout", TESTER)
+# One rule-tester upload at a time: each holds a thread and up to UPLOAD_MAX on disk.
+TESTER_BUSY = Response(503, b"refused: another rule test is uploading; try again in a moment\n",
+                       "text/plain; charset=utf-8", (("Retry-After", "5"),))
 
 
 def redirect(location: str, *headers: tuple[str, str]) -> Response:
@@ -61,6 +66,7 @@ class Console:
         self.samples = samples
         self.history = History(samples, lambda: int(
             self.status().get("broker", {}).get("jobs_queued", 0)))
+        self.tester = threading.Lock()
 
     def __call__(self, request: Request) -> Response | None:
         if request.path != "/console" and not request.path.startswith("/console/"):
@@ -71,7 +77,7 @@ class Console:
     def body_limit(self, head: Request) -> int | None:
         """More than the port's small limit for the rule tester's upload only, and only for
         a logged-in user: nobody else can make the server hold a large body."""
-        if head.method != "POST" or head.path != "/console/rules/test":
+        if head.method != "POST" or head.path != TESTER:
             return None
         who = self.auth.identify(cookie(head, SESSION), head.headers.get("authorization", ""))
         return views_rules.UPLOAD_MAX if who is not None else None
@@ -83,7 +89,7 @@ class Console:
         if head.method != "POST" or not head.path.startswith("/console/") or open_paths:
             return None
         if self.auth.identify(cookie(head, SESSION), head.headers.get("authorization", "")):
-            return None
+            return TESTER_BUSY if head.path == TESTER and self.tester.locked() else None
         return Response(401, b"log in first\n", "text/plain; charset=utf-8", SECURITY_HEADERS)
 
     def _serve(self, request: Request) -> Response:
@@ -100,13 +106,25 @@ class Console:
             if request.method == "GET" and not path.endswith(".json"):
                 return redirect("/console/login")
             return Response(401, b"log in first\n", "text/plain; charset=utf-8")
-        if request.method == "POST":
-            posted = parse_form(request)
-            refusal = self._refusal(request, identity, posted)
-            if refusal is not None:
-                return refusal
-            return self._post(request, identity, posted)
-        return self._get(request, identity)
+        if request.method != "POST":
+            return self._get(request, identity)
+        if path != TESTER:
+            return self._posted(request, identity)
+        if not self.tester.acquire(blocking=False):
+            return TESTER_BUSY
+        try:
+            return self._posted(request, identity)
+        finally:
+            self.tester.release()
+
+    def _posted(self, request: Request, identity: Identity) -> Response:
+        try:
+            with parse_form(request) as posted:
+                refusal = self._refusal(request, identity, posted)
+                return refusal or self._post(request, identity, posted)
+        except FormError as exc:
+            return Response(exc.status, f"refused: {exc}\n".encode(),
+                            "text/plain; charset=utf-8")
 
     # --- security --------------------------------------------------------------------------
 
@@ -139,7 +157,11 @@ class Console:
     def _login(self, request: Request) -> Response:
         if request.method == "GET":
             return self._login_page(request.params().get("msg", ""))
-        posted = parse_form(request)
+        try:
+            with parse_form(request) as posted:  # a login has no files: nothing to keep
+                pass
+        except FormError as exc:
+            return self._login_page(str(exc), exc.status)
         nonce = cookie(request, LOGIN_NONCE)
         if not nonce or posted.fields.get("csrf") != nonce:
             return self._login_page("the login form expired; try again", 403)
@@ -212,7 +234,7 @@ class Console:
             self.auth.logout(cookie(request, SESSION) or "")
             return redirect("/console/login", set_cookie(SESSION, "", secure=self.secure,
                                                          max_age=0))
-        if path == "/console/rules/test":
+        if path == TESTER:
             return views_rules.test(identity, self.config(), posted)
         api_path, where = views_overview.api_call(path) or views_letters.api_call(path) \
             or ("", "")

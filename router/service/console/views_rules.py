@@ -5,7 +5,6 @@ refused associations)."""
 from __future__ import annotations
 
 import json
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -73,19 +72,16 @@ def rules(identity: Identity, config: RouterConfig, message: str,
 
 def test(identity: Identity, config: RouterConfig, posted: Posted) -> Response:
     upload = posted.files.get("file")
-    if upload is None or not upload[1]:
+    if upload is None or upload[1].stat().st_size == 0:
         return rules(identity, config, "choose a DICOM file to test")
     fields = posted.fields
-    shown = upload[0][:200] or "the upload"  # the client's name: shown, never a path
-    with tempfile.TemporaryDirectory(prefix="route-test-") as folder:  # mode 0700
-        path = Path(folder) / "upload.dcm"
-        try:
-            path.write_bytes(upload[1])
-            lines = explain(config, path, fields.get("calling_ae") or "STORESCU",
-                            fields.get("called_ae") or config.ae_title,
-                            fields.get("source") or "127.0.0.1")
-        except Exception as exc:  # route-test says the same for a file it cannot read
-            lines = [f"{shown}: cannot be read as DICOM: {exc}"]
+    shown, path = upload[0][:200] or "the upload", upload[1]  # the client's name: shown only
+    try:
+        lines = explain(config, path, fields.get("calling_ae") or "STORESCU",
+                        fields.get("called_ae") or config.ae_title,
+                        fields.get("source") or "127.0.0.1")
+    except Exception as exc:  # route-test says the same for a file it cannot read
+        lines = [f"{shown}: cannot be read as DICOM: {exc}"]
     lines[0] = lines[0].replace(str(path), shown)
     return rules(identity, config, "", lines)
 
