@@ -175,6 +175,22 @@ def test_a_second_upload_is_refused_while_one_is_read() -> None:
     assert third is not None and third.status == 200
 
 
+@pytest.mark.parametrize("header", [
+    "theme=dark mode; dr_session=s3ss; dr_login=n0nce",
+    "tracker; dr_session=s3ss; dr_login=n0nce",  # a nameless cookie
+    '=x; dr_session="s3ss"; other="a;b; dr_login=n0nce',
+    "dr_session = s3ss ;dr_login=n0nce; dr_session=later",  # the first one wins
+    'pref={"a": [1, 2]}; dr_session=s3ss; dr_login="n0nce"',
+])
+def test_other_cookies_never_hide_the_console_s(header: str) -> None:
+    from router.service.console.forms import cookie
+
+    request = Request("GET", "/console/", "", {"cookie": header}, b"", "::1")
+    assert cookie(request, "dr_session") == "s3ss"
+    assert cookie(request, "dr_login") == "n0nce"
+    assert cookie(request, "missing") is None
+
+
 def test_secrets_are_masked_but_references_stay() -> None:
     data = {"console": {"users": [{"username": "a", "password_hash": "$argon2id$x"}],
                         "token_file": "/etc/t"},

@@ -9,7 +9,6 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs
@@ -177,13 +176,17 @@ def _disposition(head: bytes) -> tuple[str | None, str | None]:
 
 
 def cookie(request: Request, name: str) -> str | None:
-    jar = SimpleCookie()
-    try:
-        jar.load(request.headers.get("cookie", ""))
-    except CookieError:
-        return None
-    morsel = jar.get(name)
-    return morsel.value if morsel is not None else None
+    """Our cookie's value, the first one of that name. Read by hand: SimpleCookie gives up on
+    the whole header at another site's cookie it dislikes (a space in a value, no name), and
+    every user was then logged out."""
+    for pair in request.headers.get("cookie", "").split(";"):
+        key, equals, value = pair.partition("=")
+        if equals and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
 
 
 def set_cookie(name: str, value: str, *, secure: bool, max_age: int | None = None
