@@ -4,14 +4,12 @@ refused associations)."""
 
 from __future__ import annotations
 
-import json
-from collections import deque
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from router.core.config import RouterConfig
+from router.service.console.audit_tail import NOTABLE_MAX, RECENT_MAX, SCAN_MAX, read_tail
 from router.service.console.auth import Identity
 from router.service.console.forms import Posted
 from router.service.console.html import button, e, field, form, page, table
@@ -27,7 +25,6 @@ SECRET_WORDS = frozenset({"password", "passcode", "passphrase", "secret", "token
                           "apikey"})
 SECRET_KEYS = frozenset({"private_key", "api_key"})
 NOT_SECRET_LAST_WORDS = frozenset({"file", "env", "role", "path"})
-AUDIT_LINES = 200
 # The tester reads only the header, but a browser uploads the whole file: room for most
 # single-frame instances (CR, DX, mammography); larger ones with `dicom-router route-test`.
 UPLOAD_MAX = 64 * 1024**2
@@ -86,21 +83,6 @@ def test(identity: Identity, config: RouterConfig, posted: Posted) -> Response:
     return rules(identity, config, "", lines)
 
 
-def _events(path: Path) -> list[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            lines = deque(fh, maxlen=AUDIT_LINES)
-    except OSError:
-        return []
-    events = []
-    for line in reversed(lines):
-        try:
-            events.append(json.loads(line)["AuditMessage"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return events
-
-
 def _row(event: dict[str, Any]) -> list[str]:
     ident = event.get("EventIdentification", {})
     kinds = ", ".join(t.get("originalText", "") for t in ident.get("EventTypeCode", []))
@@ -131,9 +113,14 @@ def audit(identity: Identity, config: RouterConfig, samples: Samples) -> Respons
         body += ("<p>The audit trail is off (<code>audit.enabled</code>): enable it to see "
                  "operator actions, logins and refused associations here.</p>")
         return Response(200, page("Audit", body, identity), HTML)
-    events = _events(config.audit.path)
+    tail = read_tail(config.audit.path)
     body += "<h2>Refused associations (audit trail)</h2>" + table(
-        headers, [_row(ev) for ev in events if _refused(ev)][:50])
-    body += f"<h2>Recent audit events (last {AUDIT_LINES})</h2>" + table(
-        headers, [_row(ev) for ev in events], "audit")
+        headers, [_row(ev) for ev in tail.notable if _refused(ev)][:50])
+    body += (f"<h2>Operator actions, logins and refusals (last {NOTABLE_MAX})</h2>"
+             + table(headers, [_row(ev) for ev in tail.notable], "audit"))
+    if not tail.whole:
+        body += (f"<p>Read from the last {SCAN_MAX // 1024**2} MiB of the audit file only; "
+                 f"older events are in <code>{e(str(config.audit.path))}</code>.</p>")
+    body += (f"<h2>Latest audit events of every kind (last {RECENT_MAX})</h2>"
+             + table(headers, [_row(ev) for ev in tail.recent]))
     return Response(200, page("Audit", body, identity), HTML)
