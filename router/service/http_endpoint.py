@@ -20,7 +20,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.core.log_safety import RepeatLimiter
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.service.http_deadline import BadHead, DeadlineReader, body_length
+from router.service.http_deadline import (
+    BODY_BYTES_PER_SECOND,
+    BadHead,
+    DeadlineReader,
+    RequestDeadline,
+    body_length,
+)
 from router.service.http_types import (
     MAX_BODY,
     App,
@@ -49,8 +55,9 @@ class AppHandler(BaseHTTPRequestHandler):
         super().setup()
         # Whole-request deadline: socketserver's timeout is per recv, which a client sending
         # a byte every few seconds never reaches.
-        deadline = time.monotonic() + float(self.timeout or 10.0)
-        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline))
+        self.started = time.monotonic()
+        self.reader = DeadlineReader(self.connection, self.started + float(self.timeout or 10.0))
+        self.rfile = io.BufferedReader(self.reader)
 
     def do_GET(self) -> None:
         if not self._app("GET"):
@@ -74,6 +81,7 @@ class AppHandler(BaseHTTPRequestHandler):
             self.connection.settimeout(self.timeout)
             self._reply(exc.status, f"{exc}\n".encode())
             return True
+        self.reader.deadline += length / BODY_BYTES_PER_SECOND  # a large upload's time
         if length and self._expects_continue():
             early = head_answer(self.apps, head)
             if early is not None:  # refused from its head: the body is never sent
@@ -83,15 +91,23 @@ class AppHandler(BaseHTTPRequestHandler):
                 return True
             # The client holds its body back for this (curl for a second, then sends anyway).
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if length > MAX_BODY:  # an upload an app allowed: it reads it as it comes
-            request = dataclasses.replace(head, stream=LimitedBody(self.rfile, length))
-        else:
-            request = dataclasses.replace(head, body=self.rfile.read(length) if length else b"")
-            self.connection.settimeout(self.timeout)  # the answer's own bound from here
+        try:
+            if length > MAX_BODY:  # an upload an app allowed: it reads it as it comes
+                request = dataclasses.replace(head, stream=LimitedBody(self.rfile, length))
+            else:
+                body = self.rfile.read(length) if length else b""
+                request = dataclasses.replace(head, body=body)
+                self.connection.settimeout(self.timeout)  # the answer's own bound from here
+        except RequestDeadline:
+            self._cut(method, path, length)
+            return True
         for app in self.apps:
             try:
                 response = app(request)
                 self.connection.settimeout(self.timeout)
+            except RequestDeadline:  # the app was reading a streamed body
+                self._cut(method, path, length)
+                return True
             except Exception as exc:  # a bug, not the client's: answer, say it in one line
                 _log_failure(f"{method} {path} failed: {type(exc).__name__}: {exc}")
                 self._reply(500, b"internal error: see the router's log\n")
@@ -100,6 +116,21 @@ class AppHandler(BaseHTTPRequestHandler):
                 self._send(response)
                 return True
         return False
+
+    def _cut(self, method: str, path: str, length: int) -> None:
+        """A request whose body did not arrive whole in time: 408 and one line."""
+        spent = time.monotonic() - self.started
+        _log_failure(f"{method} {path} from {self.client_address[0]}: its {length}-byte body "
+                     f"did not arrive whole within {spent:.0f} s (metrics.request_timeout "
+                     f"plus 1 s per MB); answered 408")
+        self.close_connection = True
+        self.connection.settimeout(self.timeout)
+        self._reply(408, b"request timeout: the body did not arrive whole in time\n")
+
+    def log_error(self, format: str, *args: object) -> None:
+        if args and isinstance(args[-1], TimeoutError):  # a head cut at its deadline
+            _log_failure(f"request from {self.client_address[0]} cut at its deadline: "
+                         "the head did not arrive whole in time")
 
     def _expects_continue(self) -> bool:
         """An HTTP/1.1 client waiting for `100 Continue` before it sends its body (RFC 9110

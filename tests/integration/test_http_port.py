@@ -199,3 +199,70 @@ def test_the_router_refuses_a_post_without_its_token_before_the_body(
         sock.sendall(body)
         answer = _until_closed(sock)
     assert answer.startswith(b"HTTP/1.0 400") and b"no dead letter" in answer
+
+
+# --- a large upload's deadline ------------------------------------------------------------
+
+
+class Upload:
+    """An app that allows a large body and reads it as it comes, as the rule tester does."""
+
+    def __call__(self, request: Request) -> Response | None:
+        if request.path != "/upload":
+            return None
+        got = 0
+        while request.stream is not None and (block := request.stream.read(65536)):
+            got += len(block)
+        return json_response(200, {"got": got or len(request.body)})
+
+    def body_limit(self, head: Request) -> int:
+        return 8 * 1024**2
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> Iterator[HttpEndpoint]:
+    server = HttpEndpoint("127.0.0.1", free_port(), str(tmp_path), lambda: (True, "ready"),
+                          request_timeout=TIMEOUT, apps=[Upload()])
+    server.start()
+    yield server
+    server.stop()
+
+
+def _upload_head(port: int, length: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+                 .encode())
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_large_upload_has_time_for_its_size(uploads: HttpEndpoint) -> None:
+    """4 MB earn 4 s more than request_timeout: an upload paused past request_timeout
+    still arrives whole and is answered."""
+    length = 4 * 1024**2
+    with _upload_head(uploads.port, length) as sock:
+        sock.sendall(b"x" * (length // 2))
+        time.sleep(TIMEOUT + 0.5)
+        sock.sendall(b"x" * (length - length // 2))
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.0 200"), answer[:100]
+    assert answer.endswith(f'{{"got": {length}}}'.encode())
+
+
+def test_an_upload_cut_at_its_deadline_gets_408_and_a_log_line(
+        uploads: HttpEndpoint, caplog: pytest.LogCaptureFixture) -> None:
+    length = 2 * 1024**2  # request_timeout + 2 s: then it is cut
+    with caplog.at_level("WARNING"), _upload_head(uploads.port, length) as sock:
+        sock.sendall(b"x" * (length // 2))
+        answer = _answer(sock)  # the rest never comes
+    assert answer.startswith(b"HTTP/1.0 408"), answer[:100]
+    assert b"did not arrive whole in time" in answer
+    lines = [r.getMessage() for r in caplog.records if "answered 408" in r.getMessage()]
+    assert len(lines) == 1 and "POST /upload" in lines[0]
+    assert not any(r.exc_info for r in caplog.records)
