@@ -426,3 +426,17 @@ def test_the_running_config_shows_config_keys_not_python_names() -> None:
                   {"name": "rest", "forward": ["a"]}]})
     body = rules(Identity("olga", "viewer", None), config, "").body.decode()
     assert "continue: true" in body and "continue_" not in body
+
+
+def test_the_https_console_tells_browsers_to_keep_to_https() -> None:
+    from router.service.console.app import Console
+
+    console = make_console()
+    assert isinstance(console, Console)
+    answer = console(Request("GET", "/console/login", "", {}, b"", "127.0.0.1"))
+    assert answer is not None
+    assert "Strict-Transport-Security" not in dict(answer.headers)  # plain HTTP: meaningless
+    console.secure = True
+    answer = console(Request("GET", "/console/login", "", {}, b"", "127.0.0.1"))
+    assert answer is not None
+    assert dict(answer.headers)["Strict-Transport-Security"] == "max-age=31536000"

@@ -38,6 +38,8 @@ SECURITY_HEADERS = (
     ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
     ("X-Frame-Options", "DENY"), ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "same-origin"))
+# Served over HTTPS (its own port with tls_cert): browsers keep to HTTPS for a year.
+HSTS = (("Strict-Transport-Security", "max-age=31536000"),)
 # POSTs that change nothing: a viewer may send them (with the CSRF token all the same).
 TESTER = "/console/rules/test"
 VIEWER_POSTS = ("/console/logout", TESTER)
@@ -72,7 +74,8 @@ class Console:
         if request.path != "/console" and not request.path.startswith("/console/"):
             return None
         response = self._serve(request)
-        return dataclasses.replace(response, headers=(*response.headers, *SECURITY_HEADERS))
+        headers = (*response.headers, *SECURITY_HEADERS, *(HSTS if self.secure else ()))
+        return dataclasses.replace(response, headers=headers)
 
     def body_limit(self, head: Request) -> int | None:
         """More than the port's small limit for the rule tester's upload only, and only for
