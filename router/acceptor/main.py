@@ -133,18 +133,26 @@ class LiveConfig:
         self.services, self.spool = services, spool
 
     def reload(self) -> None:
+        new = self._changed_config()
         if self.tls is not None:
-            self.tls.reload()  # rotated certificates and keys, whatever the config says
+            # Every SIGHUP reads the certificates, keys and CRL again (rotated files), with
+            # the reloaded listen.tls settings when they changed.
+            self.tls.reload((new or self.config).listen.tls)
+        if new is None:
+            return
+        self.apply(new)
+        log.info("applied the reloaded config: %d rules", len(new.rules))
+
+    def _changed_config(self) -> RouterConfig | None:
+        """The config the supervisor validated last, or None if unchanged or unreadable."""
         try:
             loaded = reload_config.load(self.runtime.directory)
         except (OSError, RouterError, KeyError, ValueError) as exc:
             log.error("cannot read the reloaded config; keeping the current one: %s", exc)
-            return
+            return None
         if loaded is None or loaded[1] == self.config:
-            return
-        new = loaded[1]
-        self.apply(new)
-        log.info("applied the reloaded config: %d rules", len(new.rules))
+            return None
+        return loaded[1]
 
     def apply(self, new: RouterConfig) -> None:
         setup_logging(new.log_level, new.log_format)

@@ -32,23 +32,26 @@ class TLSListener:
         self.on_failure = on_failure
         self._lock = threading.Lock()
 
-    def reload(self) -> bool:
-        """Load the certificate, key and CA files again; keep the old context if they fail."""
+    def reload(self, config: ListenerTLS | None = None) -> bool:
+        """Build the context again from `config` (the reloaded listen.tls; the current one
+        when None): its files are read again, its CRL, versions, ciphers and handshake
+        timeout apply to new connections. If it fails, the old context and settings stay."""
+        config = config or self.config
         try:
-            context = server_context(self.config)
+            context = server_context(config)
         except TLSConfigError as exc:
             log.error("TLS reload refused, the previous certificates stay in use: %s", exc)
             return False
         with self._lock:
-            self.context = context
+            self.context, self.config = context, config
         log.info("TLS certificates reloaded; live associations keep their sessions")
         return True
 
     def handshake(self, sock: socket.socket, address: Any) -> ssl.SSLSocket | None:
         """Wrap one accepted connection; None (connection closed) if the handshake fails."""
         with self._lock:
-            context = self.context
-        sock.settimeout(self.config.handshake_timeout)
+            context, timeout = self.context, self.config.handshake_timeout
+        sock.settimeout(timeout)
         try:
             tls = context.wrap_socket(sock, server_side=True)
         except (OSError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 
@@ -248,6 +250,37 @@ def test_sighup_reloads_the_certificate_for_new_connections(
     # The association opened before the reload carries on with its session.
     assert live.is_established and live.send_c_echo().Status == 0x0000
     live.release()
+
+
+def test_a_reload_that_adds_a_crl_refuses_the_revoked_certificate(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: a reload logged listen.tls.crl and min_version as changed, but the
+    listener kept the TLS settings it started with until a restart."""
+    ca: CertificateAuthority = pki["ca"]
+    lost = ca.issue("modality-lost")
+    router = start_router(_listener(pki, "mtls", tmp_path))
+    assert _echo(router.port, pki, lost).returncode == 0
+    config = yaml.safe_load(router.config_path.read_text())
+    config["listen"]["tls"].update(
+        crl=str(ca.revocation_list(tmp_path / "hospital.crl", (lost,))), min_version="1.3")
+    router.config_path.write_text(yaml.safe_dump(config))
+    assert router.process is not None
+    os.kill(router.process.pid, signal.SIGHUP)
+    acceptors = set(re.findall(r"(acceptor-\d+) accepting DICOM", router.log()))
+    applied = re.compile(r"(acceptor-\d+) router\.acceptor\.main: applied the reloaded")
+    assert acceptors and wait_for(lambda: set(applied.findall(router.log())) == acceptors), \
+        router.log()
+    assert _echo(router.port, pki, lost).returncode != 0
+    assert wait_for(lambda: _failures(router, "certificate_revoked") == 1), router.metrics()
+    good = _echo(router.port, pki, pki["modality"])
+    assert good.returncode == 0, good.stderr
+    tls12 = ssl.create_default_context(cafile=str(pki["ca"].cert_path))
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls12.load_cert_chain(pki["modality"].cert, pki["modality"].key)
+    with socket.create_connection((LOCALHOST, router.port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLError):
+        tls12.wrap_socket(raw, server_hostname="localhost")
 
 
 def _served_common_name(port: int, pki: dict[str, Any]) -> str:
