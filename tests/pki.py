@@ -40,7 +40,9 @@ class CertificateAuthority:
 
     def issue(self, common_name: str, *, dns: tuple[str, ...] = (), ip: str | None = None,
               server: bool = False, expired: bool = False, password: bytes | None = None,
-              file_stem: str | None = None) -> Issued:
+              file_stem: str | None = None,
+              valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> Issued:
+        """`valid`: (not before, not after) from now, instead of a month or `expired`."""
         key = ec.generate_private_key(ec.SECP256R1())
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         if ip is not None:
@@ -49,6 +51,8 @@ class CertificateAuthority:
             names.append(x509.IPAddress(ipaddress.ip_address(ip)))
         start = NOW - datetime.timedelta(days=10 if expired else 1)
         end = NOW - datetime.timedelta(days=1) if expired else NOW + datetime.timedelta(days=30)
+        if valid is not None:
+            start, end = NOW + valid[0], NOW + valid[1]
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()

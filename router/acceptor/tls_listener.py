@@ -18,7 +18,13 @@ from typing import Any
 
 from router.core import metrics
 from router.core.config import ListenerTLS
-from router.core.tls import TLSConfigError, failure_reason, server_context
+from router.core.tls import (
+    TLSConfigError,
+    certificate_expiry,
+    failure_reason,
+    failure_text,
+    server_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,7 @@ class TLSListener:
         self.context = server_context(config)
         self.on_failure = on_failure
         self._lock = threading.Lock()
+        _publish_expiry(config)
 
     def reload(self, config: ListenerTLS | None = None) -> bool:
         """Build the context again from `config` (the reloaded listen.tls; the current one
@@ -44,6 +51,7 @@ class TLSListener:
             return False
         with self._lock:
             self.context, self.config = context, config
+        _publish_expiry(config)
         log.info("TLS certificates reloaded; live associations keep their sessions")
         return True
 
@@ -58,13 +66,19 @@ class TLSListener:
             reason = failure_reason(exc)
             metrics.TLS_FAILURES.labels(reason).inc()
             peer = address[0] if isinstance(address, tuple) else str(address)
-            log.warning("TLS handshake from %s failed: %s", peer, reason)
+            log.warning("TLS handshake from %s failed: %s", peer, failure_text(exc))
             if self.on_failure is not None:
                 self.on_failure(reason, peer)
             sock.close()
             return None
         tls.settimeout(None)  # from here on the connection's own timeouts apply
         return tls
+
+
+def _publish_expiry(config: ListenerTLS) -> None:
+    expiry = certificate_expiry(config)
+    if expiry is not None:
+        metrics.TLS_CERTIFICATE_EXPIRY.labels("dicom").set(expiry)
 
 
 def peer_certificate(sock: socket.socket) -> dict[str, object] | None:

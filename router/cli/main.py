@@ -26,7 +26,7 @@ from router.core.errors import ConfigError, RouterError
 from router.core.process_util import setup_logging
 from router.core.rules import drops_after_continue, shared_destinations
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
-from router.core.tls import TLSConfigError, check_contexts
+from router.core.tls import TLSConfigError, check_contexts, expiry_warnings
 
 
 def _load(path: Path | None) -> RouterConfig:
@@ -80,6 +80,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except TLSConfigError as exc:
         print(ConfigError(str(args.config), [str(exc)]), file=sys.stderr)
         return CONFIG_ERROR
+    for note in expiry_warnings(config):  # it still works: renew before it does not
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in drops_after_continue(config.rules):  # allowed, but easy to miss
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_destinations(config.rules):  # what applies when rules share one

@@ -182,6 +182,13 @@ LEASES_EXPIRED = Counter(
 TLS_FAILURES = Counter(
     f"{PREFIX}_tls_handshake_failures_total", "TLS handshakes that failed, by reason.", ["reason"]
 )
+# The soonest of the live acceptors: one that kept an older certificate (a refused renewal)
+# shows its date.
+TLS_CERTIFICATE_EXPIRY = Gauge(
+    f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
+    "When the certificate the TLS listener serves expires (Unix time).", ["listener"],
+    multiprocess_mode="livemin",
+)
 CONNECTIONS_DROPPED = Counter(
     f"{PREFIX}_connections_dropped_total",
     "Inbound connections the acceptor closed or aborted for breaking its bounds, by reason.",

@@ -7,6 +7,7 @@ terminal and a container hangs. Every loading problem is a TLSConfigError naming
 
 from __future__ import annotations
 
+import datetime
 import os
 import ssl
 import subprocess
@@ -14,10 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from router.core.cert_dates import Validity, first_certificate_validity
 from router.core.config import ClientTLS, ListenerTLS, RouterConfig, TLSBase
 from router.core.errors import RouterError
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# A served certificate that expires sooner is named in check-config and in the log.
+EXPIRY_WARNING = datetime.timedelta(days=14)
 
 
 class TLSConfigError(RouterError):
@@ -125,10 +129,62 @@ def server_context(config: ListenerTLS, where: str = "listen.tls") -> ssl.SSLCon
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context, config, where)
     _load_identity(context, config, where)
+    _check_dates(config, where)
     _load_ca(context, config, where)
     _load_crl(context, config, where)
     context.verify_mode = ssl.CERT_REQUIRED if config.mode == "mtls" else ssl.CERT_NONE
     return context
+
+
+def _dates(path: Path) -> Validity | None:
+    try:
+        return first_certificate_validity(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # unreadable or not PEM: _load_identity names the problem
+
+
+def _check_dates(config: TLSBase, where: str) -> None:
+    """OpenSSL serves an expired or not yet valid certificate of its own without a word, and
+    every client then refuses the router: refuse it here, at check-config, run and reload."""
+    if config.cert is None:
+        return
+    dates = _dates(config.cert)
+    if dates is None:
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    span = f"valid from {_day(dates.not_before)} to {_day(dates.not_after)}"
+    if dates.not_after < now:
+        raise TLSConfigError(f"{where}.cert: {config.cert} expired on {_day(dates.not_after)} "
+                             f"({span}): every client would refuse it; renew it")
+    if dates.not_before > now:
+        raise TLSConfigError(f"{where}.cert: {config.cert} is not valid before "
+                             f"{_day(dates.not_before)} ({span}): clients would refuse it; "
+                             "check the clock or the certificate")
+
+
+def _day(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def certificate_expiry(config: TLSBase) -> float | None:
+    """When the certificate served with `config` expires (Unix time), for the gauge."""
+    dates = _dates(config.cert) if config.cert is not None else None
+    return dates.not_after.timestamp() if dates is not None else None
+
+
+def expiry_warnings(config: RouterConfig) -> list[str]:
+    """The certificates the router serves that expire within EXPIRY_WARNING."""
+    served = [("listen.tls.cert", config.listen.tls.cert if config.listen.tls.mode != "off"
+               else None), ("console.tls_cert", config.console.tls_cert)]
+    now = datetime.datetime.now(datetime.UTC)
+    notes = []
+    for key, path in served:
+        dates = _dates(path) if path is not None else None
+        if dates is not None and now <= dates.not_after < now + EXPIRY_WARNING:
+            days = (dates.not_after - now).days
+            notes.append(f"{key}: {path} expires on {_day(dates.not_after)} (in {days} days): "
+                         "renew it and send SIGHUP")
+    return notes
 
 
 def _load_crl(context: ssl.SSLContext, config: ListenerTLS, where: str) -> None:
@@ -190,12 +246,10 @@ def _ca_bundle(path: Path, key: str) -> None:
         raise TLSConfigError(f"{key}: {path} holds no PEM certificate: {exc}") from None
 
 
-# Bounded metric labels for handshake failures, from OpenSSL's reason codes.
+# Bounded metric labels for handshake failures, from OpenSSL's reason codes. The router's own
+# verification of a peer's certificate fails with CERTIFICATE_VERIFY_FAILED (failure_reason
+# reads its verify_message); the *_ALERT_* codes are alerts the peer sent.
 _REASONS = {
-    "CERTIFICATE_VERIFY_FAILED": "bad_certificate",
-    "TLSV1_ALERT_UNKNOWN_CA": "unknown_ca",
-    "SSLV3_ALERT_BAD_CERTIFICATE": "bad_certificate",
-    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate_expired",
     "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "no_client_certificate",
     "WRONG_VERSION_NUMBER": "not_tls",
@@ -204,6 +258,17 @@ _REASONS = {
     "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
     "NO_SHARED_CIPHER": "no_shared_cipher",
     "SSLV3_ALERT_HANDSHAKE_FAILURE": "handshake_failure",
+}
+# Alerts by which the peer refused the router's certificate, with the alert's name: not the
+# peer's certificate at fault, whatever the alert says about "expired" or "unknown CA".
+PEER_REFUSED = "peer_refused_our_certificate"
+_PEER_REFUSALS = {
+    "SSLV3_ALERT_BAD_CERTIFICATE": "bad_certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "certificate_expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "certificate_revoked",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "certificate_unknown",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "unsupported_certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "unknown_ca",
 }
 
 
@@ -223,8 +288,19 @@ def failure_reason(exc: BaseException) -> str:
             return "unknown_ca"
         return "bad_certificate"
     if isinstance(exc, ssl.SSLError):
+        if exc.reason in _PEER_REFUSALS:
+            return PEER_REFUSED
         return _REASONS.get(exc.reason or "", "handshake_failed")
     return "connection_lost"
+
+
+def failure_text(exc: BaseException) -> str:
+    """failure_reason in words for the log: whose certificate was refused, and why."""
+    reason = failure_reason(exc)
+    if reason == PEER_REFUSED:
+        alert = _PEER_REFUSALS[getattr(exc, "reason", "")]
+        return f"the peer refused the router's certificate ({alert})"
+    return reason
 
 
 def peer_identities(cert: dict[str, Any] | None) -> list[str]:

@@ -28,7 +28,7 @@ from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.spool_lock import STALE_CHILD_MARGIN, Tenancy, await_old_children, hold_spool
 from router.core.status_snapshots import read_snapshots
-from router.core.tls import check_contexts
+from router.core.tls import check_contexts, expiry_warnings
 from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.control_api import ControlApi
@@ -203,6 +203,8 @@ class Supervisor:
     @staticmethod
     def _check_tls(config: RouterConfig) -> None:
         check_contexts(config)
+        for note in expiry_warnings(config):
+            log.warning("%s", note)
 
     def _stop_grace(self) -> float:
         """How long each group of children gets to stop (_stop_children)."""

@@ -107,6 +107,18 @@ def test_mtls_accepts_a_good_certificate_and_refuses_bad_ones(
     assert _failures(router, "certificate_expired") == 1
     assert _failures(router, "no_client_certificate") == 1
     assert "TLS handshake from 127.0.0.1 failed: unknown_ca" in router.log()
+    # A modality that does not trust the router's CA refuses the router's certificate: its
+    # alert is not counted as the modality's own unknown_ca (regression).
+    client: Issued = pki["modality"]
+    distrust = subprocess.run(
+        ["echoscu", "-to", "10", "-ta", "10", "-aec", "DICOM-ROUTER", "+tls", str(client.key),
+         str(client.cert), "-pw", "+cf", str(pki["rogue"].cert.parent / "rogue-ca.pem"),
+         LOCALHOST, str(router.port)],
+        capture_output=True, text=True, timeout=60, env=dcmtk_env(), check=False)
+    assert distrust.returncode != 0
+    assert wait_for(lambda: _failures(router, "peer_refused_our_certificate") == 1)
+    assert _failures(router, "unknown_ca") == 1
+    assert "failed: the peer refused the router's certificate (unknown_ca)" in router.log()
 
 
 def test_certificate_bound_to_its_ae_titles(

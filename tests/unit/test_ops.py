@@ -33,6 +33,7 @@ ALERT_NAMES = {
     "DicomRouterDown", "DicomRouterNotReady", "DicomRouterDestinationFailing",
     "DicomRouterQueueGrowing", "DicomRouterDeadLetters", "DicomRouterSpoolNearFull",
     "DicomRouterConfigReloadFailed", "DicomRouterAuditMessagesLost",
+    "DicomRouterCertificateExpiring",
 }
 
 KUBECTL = shutil.which("kubectl")

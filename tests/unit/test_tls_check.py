@@ -6,15 +6,21 @@ certificate, `ciphers: NOPE`), and `run` said `cannot read None` for a missing f
 
 from __future__ import annotations
 
+import datetime
+import socket
+import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 from router.cli.main import main
+from router.core.cert_dates import first_certificate_validity
 from router.core.config import parse_config
-from router.core.tls import TLSConfigError, check_contexts
+from router.core.tls import TLSConfigError, check_contexts, failure_reason, failure_text
 from tests.pki import CertificateAuthority
 
 
@@ -160,3 +166,120 @@ def test_the_console_dicomweb_and_syslog_tls_material_is_checked_too(
         check_contexts(parse_config(data))
     good = _base(tmp_path)
     check_contexts(parse_config(good))
+
+
+# --- the router's own certificate out of its dates ---------------------------------------------
+# Regression: an expired (or not yet valid) listener certificate passed check-config and run
+# (readyz 200); every client then refused it and each refusal was counted and logged as the
+# modality's certificate_expired.
+
+DAY = datetime.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("dated")
+    ca = CertificateAuthority(folder, "ca")
+    local = {"server": True, "dns": ("localhost",)}
+    return {"ca": ca,
+            "expired": ca.issue("expired", valid=(-10 * DAY, -DAY), **local),
+            "future": ca.issue("future", valid=(2 * DAY, 30 * DAY), **local),
+            "soon": ca.issue("soon", valid=(-DAY, 5 * DAY), **local),
+            "good": ca.issue("good", valid=(-DAY, 30 * DAY), **local)}
+
+
+@pytest.mark.parametrize(("which", "says"), [
+    ("expired", "expired on {after} (valid from {before} to {after}): every client would "
+                "refuse it; renew it"),
+    ("future", "is not valid before {before} (valid from {before} to {after})"),
+])
+def test_check_config_and_run_refuse_an_out_of_date_listener_certificate(
+    which: str, says: str, dated: dict[str, Any], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    issued = dated[which]
+    dates = first_certificate_validity(issued.cert.read_bytes())
+    day = "%Y-%m-%d %H:%M UTC"
+    expected = (f"listen.tls.cert: {issued.cert} " + says.format(
+        before=dates.not_before.strftime(day), after=dates.not_after.strftime(day)))
+    path = _config(tmp_path, {"cert": str(issued.cert), "key": str(issued.key)})
+    assert main(["check-config", str(path)]) == 1
+    assert expected in capsys.readouterr().err
+    config = parse_config(yaml.safe_load(path.read_text()), str(path))
+    with pytest.raises(TLSConfigError, match=r"listen\.tls\.cert: "):  # run and reload too
+        check_contexts(config)
+
+
+def test_check_config_warns_of_a_listener_certificate_that_expires_within_14_days(
+    dated: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soon = dated["soon"]
+    path = _config(tmp_path, {"cert": str(soon.cert), "key": str(soon.key)})
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: listen.tls.cert: {soon.cert} expires on " in err
+    assert "renew it and send SIGHUP" in err
+    good = dated["good"]
+    path = _config(tmp_path, {"cert": str(good.cert), "key": str(good.key)})
+    assert main(["check-config", str(path)]) == 0
+    assert "expires on" not in capsys.readouterr().err
+
+
+def test_certificate_dates_are_read_as_openssl_reads_them(dated: dict[str, Any]) -> None:
+    for name in ("expired", "future", "soon"):
+        cert = x509.load_pem_x509_certificate(dated[name].cert.read_bytes())
+        dates = first_certificate_validity(dated[name].cert.read_bytes())
+        assert (dates.not_before, dates.not_after) == (cert.not_valid_before_utc,
+                                                       cert.not_valid_after_utc)
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        first_certificate_validity(b"not a certificate")
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[BaseException | None,
+                                                                      BaseException | None]:
+    """A real handshake over loopback: (the server's error, the client's error)."""
+    errors: list[BaseException | None] = [None, None]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            sock, _ = listener.accept()
+            try:
+                server.wrap_socket(sock, server_side=True).close()
+            except (OSError, ValueError) as exc:
+                errors[0] = exc
+            finally:
+                sock.close()
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
+                    client.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.recv(1)  # TLS 1.3: the server's verdict on a client comes after the finish
+        except (OSError, ValueError) as exc:
+            errors[1] = exc
+        thread.join(10)
+    return errors[0], errors[1]
+
+
+def test_the_peer_refusing_the_routers_certificate_is_not_its_own_fault(
+    dated: dict[str, Any]
+) -> None:
+    ca, expired = dated["ca"], dated["expired"]
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # what `run` used to serve
+    server.load_cert_chain(expired.cert, expired.key)
+    client = ssl.create_default_context(cafile=str(ca.cert_path))
+    received, sent = _handshake(server, client)
+    assert received is not None and sent is not None
+    assert failure_reason(sent) == "certificate_expired"  # the client's own verification
+    assert failure_reason(received) == "peer_refused_our_certificate"
+    assert failure_text(received) == "the peer refused the router's certificate " \
+        "(certificate_expired)"
+    # A modality's expired certificate, refused by the router: still the modality's.
+    good, old_client = dated["good"], ca.issue("old-ct", valid=(-10 * DAY, -DAY))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(good.cert, good.key)
+    server.load_verify_locations(cafile=str(ca.cert_path))
+    server.verify_mode = ssl.CERT_REQUIRED
+    client.load_cert_chain(old_client.cert, old_client.key)
+    received, _ = _handshake(server, client)
+    assert received is not None
+    assert failure_reason(received) == failure_text(received) == "certificate_expired"
