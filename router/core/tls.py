@@ -283,6 +283,8 @@ def failure_reason(exc: BaseException) -> str:
             return "certificate_revoked"
         if "crl" in message:
             return "crl_problem"  # no CRL for the issuer, or an expired one
+        if "hostname mismatch" in message or "ip address mismatch" in message:
+            return "hostname_mismatch"  # a good certificate, for another name
         if "unable to get local issuer" in message or "self-signed" in message \
                 or "self signed" in message:
             return "unknown_ca"

@@ -149,7 +149,19 @@ class StoreAssociation:
         try:
             _send_all(sock, engine.send(rq), acse_timeout)
             answer = _negotiate(sock, engine, started + acse_timeout)
-        except OSError as exc:  # the request could not be written: reset, TLS alert
+        except ssl.SSLError as exc:
+            if not _is_alert(exc):
+                sock.close()
+                raise AssociationFailed("closed", "closed the connection during negotiation "
+                                        f"({_describe(exc)})", connected=True,
+                                        waited=time.monotonic() - started) from exc
+            # TLS 1.3 peers judge our certificate after the handshake: their alert (e.g.
+            # certificate_required) comes with the answer to the A-ASSOCIATE-RQ.
+            sock.close()
+            raise AssociationFailed("tls", f"TLS failed during negotiation: {exc.reason or exc}",
+                                    connected=True, waited=time.monotonic() - started,
+                                    tls_error=exc) from exc
+        except OSError as exc:  # the request could not be written: reset
             sock.close()
             raise AssociationFailed("closed", f"closed the connection during negotiation "
                                     f"({_describe(exc)})", connected=True,
@@ -409,8 +421,14 @@ def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
         sock.sendall(data)
 
 
+def _is_alert(exc: ssl.SSLError) -> bool:
+    """An error the peer's TLS stack reported, not a bare close of the connection."""
+    return not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+
+
 def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
-             deadline: float) -> list[Event] | None:
+             deadline: float, *, tls_alerts: bool = False) -> list[Event] | None:
+    """`tls_alerts`: raise a TLS alert (ssl.SSLError) instead of ending the association."""
     left = deadline - time.monotonic()
     if left <= 0:
         return None
@@ -419,6 +437,10 @@ def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
         n = sock.recv_into(buffer)
     except TimeoutError:
         return None
+    except ssl.SSLError as exc:
+        if tls_alerts:
+            raise
+        return engine.transport_failed(f"transport failure: {exc}")
     except OSError as exc:
         return engine.transport_failed(f"transport failure: {exc}")
     if n:
@@ -438,7 +460,7 @@ def _negotiate(sock: socket.socket, engine: Association, deadline: float) -> Eve
     when the deadline passed."""
     buffer = bytearray(RECEIVE_BUFFER)
     while True:
-        events = _receive(sock, engine, buffer, deadline)
+        events = _receive(sock, engine, buffer, deadline, tls_alerts=True)
         if events is None:
             return None
         if events:  # the first is the answer, or what ended the association instead

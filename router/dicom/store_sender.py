@@ -22,7 +22,7 @@ from router.core.dimse_status import is_delivered, is_transient_failure
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
 from router.core.priority import TO_DIMSE
-from router.core.tls import client_context, failure_reason
+from router.core.tls import client_context, failure_text
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.dicom.store_client import AssociationFailed, Peer, StoreAssociation, StoreFailed
@@ -54,8 +54,9 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
     """The DeliveryError kind the broker acts on (README "Delivery and retries")."""
     if failure.kind == "tls" and failure.tls_error is not None:
         exc = failure.tls_error
-        return DeliveryError("tls", f"TLS with {destination} failed: {failure_reason(exc)} "
-                             f"({exc.reason})", transient=True)
+        detail = getattr(exc, "verify_message", None) or exc.reason  # "Hostname mismatch..."
+        return DeliveryError("tls", f"TLS with {destination} failed: {failure_text(exc)} "
+                             f"({detail})", transient=True)
     if not failure.connected:
         return DeliveryError("connection", f"cannot connect to {destination} ({failure})",
                              transient=True)

@@ -1,0 +1,96 @@
+"""Outbound TLS failures keep what OpenSSL said, from real handshakes on loopback.
+
+Regression: a PACS that requires a client certificate (TLS 1.3 sends certificate_required
+after the handshake, with the answer to the A-ASSOCIATE-RQ) was reported as "closed the
+connection during negotiation", and a certificate for another host name as bad_certificate
+without OpenSSL's "Hostname mismatch"."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.core.config import ClientTLS
+from router.core.tls import client_context
+from router.dicom.store_client import AssociationFailed, Peer, StoreAssociation
+from router.dicom.store_sender import classify
+from tests.pki import CertificateAuthority, Issued
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("pki"), "site-ca")
+
+
+@contextlib.contextmanager
+def tls_server(ca: CertificateAuthority, cert: Issued, *, require_client: bool) -> Iterator[int]:
+    """A TLS server that fails every handshake it must, then reads until the client leaves
+    (closing at once could reset the connection before the client reads the alert)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert, cert.key)
+    if require_client:
+        context.load_verify_locations(cafile=ca.cert_path)
+        context.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        keep = sock.dup()  # wrap_socket closes `sock` when the handshake fails
+        with contextlib.suppress(OSError, ValueError):
+            context.wrap_socket(sock, server_side=True).close()
+        keep.settimeout(10)
+        with contextlib.suppress(OSError):
+            while keep.recv(65536):
+                pass
+        keep.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.join(15)
+        listener.close()
+
+
+def _open(port: int, ca: CertificateAuthority, server_name: str) -> AssociationFailed:
+    tls = client_context(ClientTLS(mode="tls", ca=ca.cert_path), "destinations.pacs.tls")
+    peer = Peer("127.0.0.1", port, "PACS", "DICOM-ROUTER", 65536, 5.0, 5.0, tls, server_name)
+    with pytest.raises(AssociationFailed) as caught:
+        StoreAssociation.open(peer, [(CT, EXPLICIT)], acse_timeout=5.0)
+    return caught.value
+
+
+def test_a_pacs_requiring_a_client_certificate_is_a_tls_failure(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    pacs = ca.issue("pacs", dns=("localhost",), server=True)
+    with tls_server(ca, pacs, require_client=True) as port:
+        failure = _open(port, ca, "localhost")
+    assert (failure.kind, failure.connected) == ("tls", True)
+    error = classify(failure, "pacs", CT, EXPLICIT)
+    assert (error.reason, error.transient) == ("tls", True)
+    assert str(error) == ("TLS with pacs failed: no_client_certificate "
+                          "(TLSV13_ALERT_CERTIFICATE_REQUIRED)")
+
+
+def test_a_certificate_for_another_host_is_a_hostname_mismatch(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    other = ca.issue("pacs-other", dns=("other.example",), server=True)
+    with tls_server(ca, other, require_client=False) as port:
+        failure = _open(port, ca, "localhost")
+    assert (failure.kind, failure.connected) == ("tls", False)
+    error = classify(failure, "pacs", CT, EXPLICIT)
+    assert (error.reason, error.transient) == ("tls", True)
+    assert str(error) == ("TLS with pacs failed: hostname_mismatch (Hostname mismatch, "
+                          "certificate is not valid for 'localhost'.)")
