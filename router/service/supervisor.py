@@ -393,9 +393,19 @@ class Supervisor:
                 log.info("%s was starting during a SIGHUP: sending it again", child.name)
                 os.kill(child.process.pid, signal.SIGHUP)
 
+    def _tend(self) -> None:
+        """During a reload's waits: the children not being replaced are restarted when they
+        die, as the main loop does (a broker killed mid-reload stayed dead for the minute
+        the reload then waited for workers to reach it)."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.name != self.reloading:
+                self._reap(child, now)
+
     def _await_broker_generation(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            self._tend()
             self._resend_lost_hups()  # a broker restarted just before the reload
             broker = read_snapshots(self.runtime.status_dir).get("broker", {})
             if broker.get("config_generation") == self.generation:
@@ -417,7 +427,10 @@ class Supervisor:
             self.reloading = child.name  # ready() leaves it out: it is being replaced
             try:
                 process.terminate()
-                process.join(grace)
+                stop_by = time.monotonic() + grace
+                while process.is_alive() and time.monotonic() < stop_by:
+                    process.join(0.2)
+                    self._tend()
                 if process.is_alive():
                     log.error("%s did not stop within %.0fs; killing it", child.name, grace)
                     process.kill()
@@ -432,7 +445,8 @@ class Supervisor:
     def _await_worker(self, name: str, pid: int, timeout: float = WORKER_READY_SECONDS) -> None:
         marker = f"-{pid}-"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            self._tend()
             broker = read_snapshots(self.runtime.status_dir).get("broker", {})
             if any(marker in str(w) for w in broker.get("worker_ids", ())):
                 return

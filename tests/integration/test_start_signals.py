@@ -120,3 +120,41 @@ def broker_generation(router: RouterProcess) -> int | None:
         return router.status().get("broker", {}).get("config_generation")
     except OSError:
         return None
+
+
+def test_a_broker_killed_during_a_reload_is_restarted_before_the_reload_ends(
+        tmp_path: Path) -> None:
+    """A reload that restarts the workers waits for each to reach the broker; a broker that
+    died meanwhile was restarted only after those waits (30 s per worker): every C-STORE got
+    0xA700 for a minute. The reload's waits now restart the other children as the main loop
+    does. An attempt whose reload ended before the kill is repeated."""
+    router = RouterProcess(tmp_path / "router", router_config(tmp_path)).start(60)
+    try:
+        for attempt in range(1, 4):
+            applied = router.log().count("applied the reloaded config: 1 destinations")
+            reloaded = router.log().count("config reloaded from")
+            config = yaml.safe_load(router.config_path.read_text())
+            # A destination change: the workers restart one by one, each awaited.
+            config["destinations"]["out"]["path"] = str(tmp_path / f"out-{attempt}")
+            router.config_path.write_text(yaml.safe_dump(config))
+            old = router.child_pid("broker")
+            assert router.process is not None
+            router.process.send_signal(signal.SIGHUP)
+            assert wait_for(lambda a=applied: router.log().count(
+                "applied the reloaded config: 1 destinations") > a, interval=0.01), \
+                router.log()[-3000:]
+            os.kill(old, signal.SIGKILL)
+            if router.log().count("config reloaded from") > reloaded:
+                router.await_ready(60)
+                continue  # the reload was over already: no wait to tend
+            assert wait_for(lambda r=reloaded: router.log().count("config reloaded from") > r,
+                            timeout=90), router.log()[-3000:]
+            log = router.log()
+            assert log.rindex("started broker") < log.rindex("config reloaded from"), log[-3000:]
+            assert "did not connect to the broker" not in log, log[-3000:]
+            break
+        else:
+            pytest.fail("every reload ended before the broker was killed:\n" + router.log()[-3000:])
+        router.await_ready(60)
+    finally:
+        router.stop()
