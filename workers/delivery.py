@@ -277,7 +277,9 @@ class DeliveryThread(threading.Thread):
             self.ledger.record(name, job.sop_instance_uid, digest, job.job_id)
         except sqlite3.Error as exc:
             log.warning("job %s delivered to %s, but the duplicate ledger could not record it "
-                        "(%s): a redelivery would not be suppressed", job.job_id, name, exc)
+                        "(%s): a redelivery would not be suppressed, and this worker sends "
+                        "the next reception of the instance there whatever on_duplicate says",
+                        job.job_id, name, exc)
 
     def _withdrawn(self, job: JobHeader, name: str) -> Result:
         log.warning("job %s is no longer on the spool (its sender was told to retry)",

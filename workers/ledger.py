@@ -20,10 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 PRUNE_EVERY_SECONDS = 60.0
+# (destination, SOP Instance UID) whose last delivery this process could not record (disk
+# full, a locked database): what the ledger holds of them is older than what they got, so
+# `on_duplicate: skip` must not trust it (A, then B unrecorded, then A again was skipped and
+# the PACS kept B). Cleared by the next recorded delivery of the instance there. Kept in
+# memory by the worker process whose write failed: another worker, or this one restarted,
+# does not know (README "Duplicates and re-sends").
+_UNRECORDED: set[tuple[str, str]] = set()
+_UNRECORDED_LOCK = threading.Lock()
 
 
 def file_digest(path: Path) -> str:
@@ -55,6 +64,9 @@ class DeliveryLedger:
         """These bytes are what it got last of this instance, within the window, from any job
         (on_duplicate: skip). The last, not any earlier one: v1, v2, then v1 again must send
         the third, or the destination keeps v2 while the sender's latest is v1."""
+        with _UNRECORDED_LOCK:
+            if (destination, sop_instance_uid) in _UNRECORDED:
+                return False  # in doubt, send: a duplicate beats a stale version
         row = self.db.execute(
             "SELECT digest, delivered_at FROM deliveries"
             " WHERE destination = ? AND sop_instance_uid = ?"
@@ -65,11 +77,20 @@ class DeliveryLedger:
                 and time.time() - float(row[1]) <= self.window)
 
     def record(self, destination: str, sop_instance_uid: str, digest: str, job_id: str) -> None:
-        """Remember a success; `digest` is empty when nobody will compare bytes."""
-        self.db.execute(
-            "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?)",
-            (destination, job_id, sop_instance_uid, digest, time.time()),
-        )
+        """Remember a success; `digest` is empty when nobody will compare bytes. A failure
+        (sqlite3.Error) is raised after marking the instance unrecorded for `has`."""
+        key = (destination, sop_instance_uid)
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?)",
+                (destination, job_id, sop_instance_uid, digest, time.time()),
+            )
+        except sqlite3.Error:
+            with _UNRECORDED_LOCK:
+                _UNRECORDED.add(key)
+            raise
+        with _UNRECORDED_LOCK:
+            _UNRECORDED.discard(key)
 
     def prune(self) -> None:
         now = time.monotonic()

@@ -228,3 +228,22 @@ def test_two_receptions_of_the_same_bytes_are_two_entries(ledger: DeliveryLedger
     ledger.record("pacs", "1.2.3", DIGEST, "job-2")
     assert ledger.has_job("pacs", "job-1") and ledger.has_job("pacs", "job-2")
     assert ledger.has("pacs", "1.2.3", DIGEST)
+
+
+def test_a_delivery_the_ledger_could_not_record_makes_skip_send(tmp_path: Path) -> None:
+    """A, then B delivered but unrecorded (the spool full), then A again: the ledger's last
+    row says A, so skip suppressed the third and the PACS kept B (chaos hunt). Until the
+    instance's next recorded delivery, has() says send."""
+    ledger = DeliveryLedger(tmp_path / "ledger.sqlite", WINDOW)
+    try:
+        ledger.record("pacs", "1.2.9", DIGEST, "job-1")
+        ledger.db.execute("PRAGMA query_only = ON")  # a write the database refuses
+        with pytest.raises(sqlite3.Error):
+            ledger.record("pacs", "1.2.9", OTHER_DIGEST, "job-2")
+        ledger.db.execute("PRAGMA query_only = OFF")
+        assert not ledger.has("pacs", "1.2.9", DIGEST)  # in doubt: send
+        assert not ledger.has("pacs", "1.2.9", OTHER_DIGEST)
+        ledger.record("pacs", "1.2.9", DIGEST, "job-3")
+        assert ledger.has("pacs", "1.2.9", DIGEST)  # recorded again: known
+    finally:
+        ledger.close()
