@@ -105,7 +105,7 @@ def test_the_consoles_rule_tester_predicts_the_morph_dead_letter_too(tmp_path: P
          "morph": [{"action": "set", "tag": "(0013,1010)", "value": "x", "vr": "LO"}]}])
     path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
     answer = test(Identity("olga", "operator", "token"), config,
-                  Posted({}, {"file": ("ct.dcm", path.read_bytes())}))
+                  Posted({}, {"file": ("ct.dcm", path)}))
     assert b"DEAD LETTER (morph): morphing failed" in answer.body, answer.body[-800:]
     assert b"cannot be read as DICOM" not in answer.body
 
