@@ -37,13 +37,16 @@ from router.service.heartbeat import STALE_SECONDS, Heartbeat
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
-from router.service.readiness import heeds_sighup, readiness
+from router.service.readiness import readiness
+from router.service.reload_steps import (
+    BROKER_CONFIRM_SECONDS,
+    WORKER_READY_SECONDS,
+    ReloadSteps,
+)
 from router.service.strays import reap_strays
 
 log = logging.getLogger(__name__)
 
-# A restarted worker connects within a few seconds (spawn, imports, its broker handshake).
-WORKER_READY_SECONDS = 30.0
 # A SIGHUP that came while the router started is acted on once it is ready, or after this
 # long if it never is (a child that started ignores SIGHUP until its handler is in place).
 RELOAD_AFTER_SECONDS = 60.0
@@ -58,7 +61,6 @@ class Supervisor:
         self.started_at = time.time()
         self.reload_requested = threading.Event()
         self.generation = 0  # of the config handed to the children (router/core/reload.py)
-        self.reloading: str | None = None  # the worker a reload is replacing right now
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
         self.heartbeat = Heartbeat()  # /healthz: the main loop turns (router/service/heartbeat.py)
@@ -74,6 +76,8 @@ class Supervisor:
             *[Child(f"acceptor-{i}", "router.acceptor.main:main", (config, runtime),
                     without=PIXEL_CODECS) for i in range(1, acceptors + 1)],
         ]
+        self.reload_steps = ReloadSteps(self.children, runtime.status_dir, self.stopping,
+                                 lambda child: self._reap(child, time.monotonic()), self._start)
         self.http: HttpEndpoint | None = None
         self.console: Any = None  # router/console/server.ConsoleServer on its own port
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
@@ -83,7 +87,8 @@ class Supervisor:
         """/readyz: router/service/readiness.py."""
         if self.stopping.is_set():
             return False, "draining: not accepting work"
-        return readiness(self.children, self.reloading, self.runtime.status_dir, self.seats)
+        return readiness(self.children, self.reload_steps.replacing, self.runtime.status_dir,
+                         self.seats)
 
     def _process_row(self, child: Child) -> dict[str, Any]:
         row = {"name": child.name, "pid": child.process.pid if child.process else None,
@@ -293,7 +298,7 @@ class Supervisor:
                 self._reap(child, now)
             if os.getpid() == 1:  # a container's init: the pod's orphans come to us
                 reap_strays(c.process.pid for c in self.children if c.process is not None)
-            self._resend_lost_hups()
+            self.reload_steps.resend_lost_hups()
             ready = self.ready()[0]
             metrics.READY.set(1 if ready else 0)
             has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
@@ -318,27 +323,27 @@ class Supervisor:
         """
         if self.config_path is None:
             log.info("SIGHUP: reloading TLS material (the built-in default config has no file)")
-            self._hup_children()
+            self.reload_steps.hup()
             return
         try:
             new = load_config(self.config_path)
             self._check_tls(new)
-            steps = reload_plan(self.config, new)
+            change = reload_plan(self.config, new)
         except RouterError as exc:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
             log.error("config reload refused; the running config stays in force: %s", exc)
-            self._hup_children()
+            self.reload_steps.hup()
             return
-        if not steps.changed:
+        if not change.changed:
             metrics.CONFIG_RELOADS.labels("unchanged").inc()
             log.info("SIGHUP: %s is unchanged; reloading TLS material", self.config_path)
-            self._hup_children()
+            self.reload_steps.hup()
             return
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
         self.config = new
         self.seats.reconfigure(new.listen)
-        restart_workers = steps.pipeline
+        restart_workers = change.pipeline
         for child in self.children:
             child.args = (new, *child.args[1:])  # a later restart starts with the new config
             if child.name.startswith("worker-") and child.without != worker_hidden_modules(new):
@@ -346,113 +351,29 @@ class Supervisor:
                 restart_workers = True
         # Broker, then workers, then acceptor: no job is routed to a destination the broker
         # and the workers do not know yet.
-        self._hup_children("broker")
-        self._await_broker_generation()
+        self.reload_steps.hup("broker")
+        self.reload_steps.await_broker_generation(self.generation)
         if restart_workers:
-            self._restart_workers()  # they start with the new config and fresh TLS material
-            self._hup_children("acceptor")
+            # They start with the new config and fresh TLS material.
+            self.reload_steps.restart_workers(self._worker_grace())
+            self.reload_steps.hup("acceptor")
         else:
-            self._hup_children("worker-", "acceptor")
+            self.reload_steps.hup("worker-", "acceptor")
         metrics.CONFIG_RELOADS.labels("applied").inc()
         metrics.CONFIG_RELOADED_AT.set(time.time())
         log.info("config reloaded from %s; changed: %s", self.config_path,
-                 ", ".join(steps.changed))
+                 ", ".join(change.changed))
 
     def _reload_allowance(self) -> float:
         """The longest a reload can take: the broker's confirmation, then each worker's stop
-        and reconnection (_restart_workers), plus a turn."""
+        and reconnection (ReloadSteps.restart_workers), plus a turn."""
         workers = sum(c.name.startswith("worker-") for c in self.children)
-        each = self.config.listen.dimse_timeout + 5 + 5 + WORKER_READY_SECONDS
-        return 10.0 + workers * each + STALE_SECONDS
+        each = self._worker_grace() + 5 + WORKER_READY_SECONDS
+        return BROKER_CONFIRM_SECONDS + workers * each + STALE_SECONDS
 
-    def _hup_children(self, *names: str) -> None:
-        """SIGHUP the children whose names start with one of `names` (all without)."""
-        snapshots = read_snapshots(self.runtime.status_dir)
-        for child in self.children:
-            if names and not child.name.startswith(names):
-                continue
-            if child.process is not None and child.process.pid and child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGHUP)
-                # One restarted after a crash and still starting ignores it (run_child), and
-                # its args are the config it was spawned with: send it again once it reports.
-                child.hup_owed = child.hup_owed or not heeds_sighup(child, snapshots)
-
-    def _resend_lost_hups(self) -> None:
-        """SIGHUP again the children that were starting when one was sent, once they report
-        (a second SIGHUP to one that heeded the first reloads nothing new)."""
-        owed = [c for c in self.children if c.hup_owed]
-        if not owed:
-            return
-        snapshots = read_snapshots(self.runtime.status_dir)
-        for child in owed:
-            if child.process is None or child.process.pid is None \
-                    or not child.process.is_alive():
-                child.hup_owed = False  # its restart starts with the config in force
-            elif heeds_sighup(child, snapshots):
-                child.hup_owed = False
-                log.info("%s was starting during a SIGHUP: sending it again", child.name)
-                os.kill(child.process.pid, signal.SIGHUP)
-
-    def _tend(self) -> None:
-        """During a reload's waits: the children not being replaced are restarted when they
-        die, as the main loop does (a broker killed mid-reload stayed dead for the minute
-        the reload then waited for workers to reach it)."""
-        now = time.monotonic()
-        for child in self.children:
-            if child.name != self.reloading:
-                self._reap(child, now)
-
-    def _await_broker_generation(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            self._tend()
-            self._resend_lost_hups()  # a broker restarted just before the reload
-            broker = read_snapshots(self.runtime.status_dir).get("broker", {})
-            if broker.get("config_generation") == self.generation:
-                return
-            time.sleep(0.1)
-        log.warning("the broker did not confirm the reloaded config within %.0fs; applying it "
-                    "to the other processes anyway (a job for a new destination may become a "
-                    "dead letter you can replay)", timeout)
-
-    def _restart_workers(self) -> None:
-        """One at a time, so deliveries go on: each finishes what it holds, then restarts,
-        and the next is stopped only once the new one is connected to the broker (with one
-        worker, deliveries pause for its restart)."""
-        grace = self.config.listen.dimse_timeout + 5
-        for child in [c for c in self.children if c.name.startswith("worker-")]:
-            process = child.process
-            if process is None:
-                continue
-            self.reloading = child.name  # ready() leaves it out: it is being replaced
-            try:
-                process.terminate()
-                stop_by = time.monotonic() + grace
-                while process.is_alive() and time.monotonic() < stop_by:
-                    process.join(0.2)
-                    self._tend()
-                if process.is_alive():
-                    log.error("%s did not stop within %.0fs; killing it", child.name, grace)
-                    process.kill()
-                    process.join(5)
-                metrics.mark_dead(process.pid)
-                self._start(child)
-                if child.process is not None and child.process.pid is not None:
-                    self._await_worker(child.name, child.process.pid)
-            finally:
-                self.reloading = None
-
-    def _await_worker(self, name: str, pid: int, timeout: float = WORKER_READY_SECONDS) -> None:
-        marker = f"-{pid}-"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            self._tend()
-            broker = read_snapshots(self.runtime.status_dir).get("broker", {})
-            if any(marker in str(w) for w in broker.get("worker_ids", ())):
-                return
-            time.sleep(0.1)
-        log.warning("%s did not connect to the broker within %.0fs of its restart; going on "
-                    "with the reload", name, timeout)
+    def _worker_grace(self) -> float:
+        """How long a worker replaced by a reload gets to finish what it holds."""
+        return self.config.listen.dimse_timeout + 5
 
     def _stop_children(self) -> None:
         """Acceptor first (no new work), then workers (finish what they hold), broker last."""
