@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.core.log_safety import RepeatLimiter
 from router.core.process_util import SERVER_POLL_SECONDS
@@ -36,6 +35,7 @@ from router.service.http_types import (
     body_limit,
     head_answer,
 )
+from router.service.metrics_collector import ChildrenCollector
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class HttpEndpoint:
                  max_connections: int = 32, apps: list[App] | None = None,
                  max_per_source: int | None = None, alive: AliveCheck | None = None) -> None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=multiproc_dir)
+        ChildrenCollector(registry, path=multiproc_dir)
         handler = _handler(registry, ready, status, apps or [], request_timeout, alive)
         self.server = Server((host, port), handler, max_connections, max_per_source)
         self.thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True,

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 CHILD = r"""
 import os, sys
@@ -74,3 +75,42 @@ def test_a_dead_childs_gauge_files_go_with_it(tmp_path: Path) -> None:
     mark_dead(123, str(tmp_path))
     mark_dead(None, str(tmp_path))  # a child that never started
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_123.db", "gauge_max_77.db"]
+
+
+def _metric_file(path: Path, metric: str, value: float) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    store = MmapedDict(str(path))  # type: ignore[no-untyped-call]
+    store.write_value(mmap_key(metric, metric, (), (), "help"), value, 0.0)  # type: ignore[no-untyped-call]
+    store.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_scrape_survives_a_childs_files_going_while_it_reads(tmp_path: Path,
+                                                                monkeypatch: Any) -> None:
+    """A child that dies mid-scrape (every worker restarts on a reload) has its gauge_max file
+    removed between the scrape's listing and its reading: /metrics answered nothing at all
+    (the client saw RemoteDisconnected) instead of the other processes' figures."""
+    import glob
+    import urllib.request
+
+    from router.service.http_endpoint import HttpEndpoint
+
+    _metric_file(tmp_path / "gauge_max_11.db", "dicom_router_peak", 7.0)
+    _metric_file(tmp_path / "counter_22.db", "dicom_router_things", 3.0)
+    listed = glob.glob
+    gone = [str(tmp_path / "gauge_max_33.db")]  # listed once, removed before it is read
+
+    def racing_glob(pattern: str) -> list[str]:
+        return [*listed(pattern), gone.pop()] if gone else listed(pattern)
+
+    monkeypatch.setattr(glob, "glob", racing_glob)
+    endpoint = HttpEndpoint("127.0.0.1", 0, str(tmp_path), lambda: (True, "ok"))
+    endpoint.start()
+    try:
+        url = f"http://127.0.0.1:{endpoint.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        endpoint.stop()
+    assert "dicom_router_peak 7.0" in text and "dicom_router_things 3.0" in text
+    assert not gone

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
@@ -15,11 +14,12 @@ from router.service.console.app import Console
 from router.service.console.server import ConsoleServer
 from router.service.control_api import ControlApi
 from router.service.metric_samples import Samples, parse_metrics
+from router.service.metrics_collector import ChildrenCollector
 
 
 def metrics_reader(metrics_dir: Path) -> Callable[[], Samples]:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
+    ChildrenCollector(registry, path=str(metrics_dir))
     return lambda: parse_metrics(generate_latest(registry).decode())
 
 
