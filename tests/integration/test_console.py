@@ -66,7 +66,13 @@ def test_roles_and_csrf_guard_every_action(start_router: RouterFactory,
     assert code == 403 and not paused(router)
     token = operator.csrf("/console/destinations")
     code, _, headers = operator.request("/console/destinations/pacs/pause", {"csrf": token})
-    assert code == 303 and "pacs%20paused" in headers["Location"]
+    assert code == 303 and headers["Location"].startswith("/console/destinations?msg=")
+    assert "pacs paused" not in viewer.request(headers["Location"])[1]  # not the viewer's
+    assert "pacs paused" in operator.request(headers["Location"])[1]
+    # The message is the server's, shown once and to its user only: a link's text is not.
+    assert "pacs paused" not in operator.request(headers["Location"])[1]
+    crafted = "/console/destinations?msg=Router%20compromised%3A%20call%20555-0100"
+    assert "compromised" not in operator.request(crafted)[1]
     assert wait_for(lambda: paused(router))
 
     refused = [e for e in audit_events(tmp_path)
@@ -147,5 +153,5 @@ def test_purge_every_dead_letter_shown(start_router: RouterFactory, tmp_path: Pa
     token = operator.csrf("/console/dead-letters")
     code, _, headers = operator.request("/console/dead-letters/purge",
                                         {"csrf": token, "ids": ids})
-    assert code == 303 and "2%20dead%20letter%28s%29%20purged" in headers["Location"]
+    assert code == 303 and "2 dead letter(s) purged" in operator.request(headers["Location"])[1]
     assert list((router.spool / "dead-letters").iterdir()) == []

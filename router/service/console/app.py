@@ -12,13 +12,13 @@ import threading
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
 
 from router.audit.operator import record_action
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.service.console import views_letters, views_overview, views_rules
 from router.service.console.auth import ConsoleAuth, Identity
+from router.service.console.flash import Flashes
 from router.service.console.forms import FormError, Posted, cookie, parse_form, set_cookie
 from router.service.console.history import History
 from router.service.console.html import button, field, page
@@ -52,9 +52,6 @@ def redirect(location: str, *headers: tuple[str, str]) -> Response:
     return Response(303, b"", "text/plain", (("Location", location), *headers))
 
 
-def back(location: str, message: str) -> Response:
-    sep = "&" if "?" in location else "?"
-    return redirect(f"{location}{sep}msg={quote(message)}")
 
 
 class Console:
@@ -69,6 +66,12 @@ class Console:
         self.history = History(samples, lambda: int(
             self.status().get("broker", {}).get("jobs_queued", 0)))
         self.tester = threading.Lock()
+        self.flashes = Flashes()
+
+    def _back(self, location: str, identity: Identity, message: str) -> Response:
+        """To the page the action came from, which shows `message` (flash.py)."""
+        sep = "&" if "?" in location else "?"
+        return redirect(f"{location}{sep}msg={self.flashes.add(identity.user, message)}")
 
     def __call__(self, request: Request) -> Response | None:
         if request.path != "/console" and not request.path.startswith("/console/"):
@@ -159,7 +162,7 @@ class Console:
 
     def _login(self, request: Request) -> Response:
         if request.method == "GET":
-            return self._login_page(request.params().get("msg", ""))
+            return self._login_page("")
         try:
             with parse_form(request) as posted:  # a login has no files: nothing to keep
                 pass
@@ -204,7 +207,8 @@ class Console:
         return Response(200, data, STATIC[name])
 
     def _get(self, request: Request, identity: Identity) -> Response:
-        path, message = request.path.rstrip("/") or "/", request.params().get("msg", "")
+        path = request.path.rstrip("/") or "/"
+        message = self.flashes.take(identity.user, request.params().get("msg", ""))
         if path == "/console":
             return views_overview.overview(identity, message)
         if path == "/console/overview.json":
@@ -247,9 +251,11 @@ class Console:
         if posted.fields.get("ids"):
             body["ids"] = posted.fields["ids"].split()
         elif api_path.endswith(("/dead-letters/replay", "/dead-letters/purge")):
-            return back(where, "nothing selected")  # never "every dead letter" by accident
+            # Never "every dead letter" by accident.
+            return self._back(where, identity, "nothing selected")
         call = Request("POST", api_path, "", {"content-type": "application/json"},
                        json.dumps(body).encode(), request.client)
         answer = self.api.route_checked(call, f"console:{identity.user}")
         result = json.loads(answer.body)
-        return back(where, result.get("detail") or result.get("error") or "done")
+        return self._back(where, identity,
+                          result.get("detail") or result.get("error") or "done")
