@@ -1,4 +1,5 @@
-"""A C-STORE SCU association on the router's own engine (router/dicom/engine): the socket.
+"""A C-STORE SCU association on the router's own engine (router/dicom/engine), driven over
+a blocking socket (scu_socket.py; how it fails: store_failures.py).
 
 One blocking socket per association, used by one thread at a time (the pool hands it out).
 `StoreAssociation.open` connects (TLS when asked), negotiates and returns an established
@@ -19,14 +20,11 @@ import select
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 from io import BufferedReader
-from typing import Literal
 
 from router.dicom.engine import Abort as AbortPdu
 from router.dicom.engine import (
     Aborted,
-    AssociateRJ,
     AssociateRQ,
     Association,
     AssociationAccepted,
@@ -48,63 +46,25 @@ from router.dicom.engine import (
     UserInformation,
 )
 from router.dicom.pdata_stream import BATCH_BYTES, HEADER, StreamError, stream_dataset
-from router.dicom.quick_ack import ack_now
+from router.dicom.scu_socket import (
+    PROTOCOL_ERROR,
+    RECEIVE_BUFFER,
+    Peer,
+    connect,
+    describe,
+    is_alert,
+    negotiate,
+    receive,
+    send_all,
+)
+from router.dicom.store_failures import AssociationFailed, StoreFailed
 
 # The router's implementation class UID (a UUID-derived UID, PS3.5 B.2) and version name.
 IMPLEMENTATION_CLASS_UID = "2.25.326976319741938469149805463924233421850"
 IMPLEMENTATION_VERSION = "DICOM_ROUTER"
-RECEIVE_BUFFER = 64 * 1024
 # A P-DATA-TF's variable field must hold a PDV header (6) and two bytes of data (the dataset
 # is sent in even lengths): a peer that advertises less can be sent nothing.
 MIN_SEND_LIMIT = 8
-PROTOCOL_ERROR = "protocol error"  # what _receive says when the peer's bytes break the protocol
-
-FailureKind = Literal["connection", "tls", "rejected", "aborted", "closed", "no_answer",
-                      "no_context"]
-# Why a C-STORE got no response: the peer aborted, closed or reset the association under it
-# (`aborted`), said nothing within dimse_timeout (`timeout`), answered something else than
-# its response (`protocol`), or advertised a maximum PDU length too small to carry it
-# (`max_pdu`).
-StoreFailureKind = Literal["aborted", "timeout", "protocol", "max_pdu"]
-
-
-class AssociationFailed(Exception):
-    """The association could not be established. `connected`: the TCP (and TLS) connection
-    was made, so the peer is up; `rejection`/`abort`: what it answered; `waited`: seconds
-    spent waiting for the answer."""
-
-    def __init__(self, kind: FailureKind, message: str, *, connected: bool,
-                 rejection: AssociateRJ | None = None, abort: tuple[int, int] | None = None,
-                 waited: float = 0.0, tls_error: ssl.SSLError | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.connected = connected
-        self.rejection = rejection
-        self.abort = abort
-        self.waited = waited
-        self.tls_error = tls_error
-
-
-class StoreFailed(Exception):
-    """A C-STORE got no response: the association is gone; `kind` says how it ended."""
-
-    def __init__(self, kind: StoreFailureKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    host: str
-    port: int
-    called_ae: str
-    calling_ae: str
-    max_pdu: int  # what we accept and advertise
-    connect_timeout: float
-    dimse_timeout: float
-    tls: ssl.SSLContext | None = None
-    server_name: str = ""
-
 
 class StoreAssociation:
     """An established association; `accepts` says which (SOP class, syntax) it carries."""
@@ -136,7 +96,7 @@ class StoreAssociation:
     def open(cls, peer: Peer, contexts: list[tuple[str, str]],
              acse_timeout: float) -> StoreAssociation:
         """Connect and negotiate one presentation context per (SOP class, syntax)."""
-        sock = _connect(peer)
+        sock = connect(peer)
         engine = Association.requestor(max_pdu_length=peer.max_pdu)
         rq = AssociateRQ(
             peer.called_ae, peer.calling_ae,
@@ -147,13 +107,13 @@ class StoreAssociation:
                             implementation_version_name=IMPLEMENTATION_VERSION))
         started = time.monotonic()
         try:
-            _send_all(sock, engine.send(rq), acse_timeout)
-            answer = _negotiate(sock, engine, started + acse_timeout)
+            send_all(sock, engine.send(rq), acse_timeout)
+            answer = negotiate(sock, engine, started + acse_timeout)
         except ssl.SSLError as exc:
-            if not _is_alert(exc):
+            if not is_alert(exc):
                 sock.close()
                 raise AssociationFailed("closed", "closed the connection during negotiation "
-                                        f"({_describe(exc)})", connected=True,
+                                        f"({describe(exc)})", connected=True,
                                         waited=time.monotonic() - started) from exc
             # TLS 1.3 peers judge our certificate after the handshake: their alert (e.g.
             # certificate_required) comes with the answer to the A-ASSOCIATE-RQ.
@@ -164,7 +124,7 @@ class StoreAssociation:
         except OSError as exc:  # the request could not be written: reset
             sock.close()
             raise AssociationFailed("closed", f"closed the connection during negotiation "
-                                    f"({_describe(exc)})", connected=True,
+                                    f"({describe(exc)})", connected=True,
                                     waited=time.monotonic() - started) from exc
         except BaseException:
             sock.close()
@@ -179,7 +139,7 @@ class StoreAssociation:
             return assoc
         if answer is None:  # say so, as pynetdicom did, before leaving
             with contextlib.suppress(OSError, ProtocolError):
-                _send_all(sock, engine.send(AbortPdu()), 1.0)
+                send_all(sock, engine.send(AbortPdu()), 1.0)
         sock.close()
         if isinstance(answer, AssociationRejected):
             rj = answer.rj
@@ -236,7 +196,7 @@ class StoreAssociation:
         for event in events:
             if isinstance(event, ReleaseRequested):
                 with contextlib.suppress(OSError, ProtocolError):
-                    _send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
+                    send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
                 self._close()
             elif not isinstance(event, CommandReceived):
                 self._close()  # aborted, closed
@@ -263,7 +223,7 @@ class StoreAssociation:
             if self._engine.send_limit < MIN_SEND_LIMIT:
                 raise StreamError(f"the peer's maximum PDU length "
                                   f"{self._engine.send_limit} leaves no room for data")
-            _send_all(self._sock, self._engine.send(SendCommand(context, request)),
+            send_all(self._sock, self._engine.send(SendCommand(context, request)),
                       self.peer.dimse_timeout)
             self._engine.send(SendData(context, b"", last=False))  # checks state and context
             stream_dataset(self._sock, fh, dataset_length, context, self._engine.send_limit,
@@ -284,7 +244,7 @@ class StoreAssociation:
         except (ssl.SSLError, ConnectionError) as exc:
             self.abort()  # reset, broken pipe, a TLS alert: the peer ended it under us
             raise StoreFailed("aborted", f"closed the connection while we sent "
-                              f"({_describe(exc)})") from exc
+                              f"({describe(exc)})") from exc
         except OSError:
             self.abort()  # the file: the peer holds part of a message that cannot end
             raise
@@ -293,7 +253,7 @@ class StoreAssociation:
     def _response(self, message_id: int) -> CStoreRSP:
         deadline = time.monotonic() + self.peer.dimse_timeout
         while True:
-            events = self._receive(deadline)
+            events = self.receive(deadline)
             if events is None:
                 self.abort()
                 raise StoreFailed("timeout", f"no response within {self.peer.dimse_timeout:g} s")
@@ -324,14 +284,14 @@ class StoreAssociation:
 
     # --- reading ------------------------------------------------------------------------
 
-    def _receive(self, deadline: float) -> list[Event] | None:
+    def receive(self, deadline: float) -> list[Event] | None:
         """The events of the next bytes; None when nothing came before the deadline."""
-        return _receive(self._sock, self._engine, self._rx, deadline)
+        return receive(self._sock, self._engine, self._rx, deadline)
 
     def _fail(self, exc: ProtocolError) -> None:
         if isinstance(exc, RemoteProtocolError) and exc.to_send:
             with contextlib.suppress(OSError):
-                _send_all(self._sock, exc.to_send, 1.0)
+                send_all(self._sock, exc.to_send, 1.0)
         self._close()
 
     # --- ending -------------------------------------------------------------------------
@@ -342,10 +302,10 @@ class StoreAssociation:
         if not self._open:
             return
         try:
-            _send_all(self._sock, self._engine.send(ReleaseRQ()), self._acse_timeout)
+            send_all(self._sock, self._engine.send(ReleaseRQ()), self._acse_timeout)
             deadline = time.monotonic() + self._acse_timeout
             while self._open:
-                events = self._receive(deadline)
+                events = self.receive(deadline)
                 if events is None:
                     break
                 if any(isinstance(e, ReleaseConfirmed | Aborted | ProviderAborted)
@@ -353,7 +313,7 @@ class StoreAssociation:
                     self._close()
                     return
                 if any(isinstance(e, ReleaseRequested) for e in events):  # both asked at once
-                    _send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
+                    send_all(self._sock, self._engine.send(ReleaseRP()), self._acse_timeout)
         except (OSError, ProtocolError):
             pass
         self.abort()
@@ -362,38 +322,13 @@ class StoreAssociation:
         if not self._open:
             return
         with contextlib.suppress(OSError, ProtocolError):
-            _send_all(self._sock, self._engine.send(AbortPdu()), 1.0)
+            send_all(self._sock, self._engine.send(AbortPdu()), 1.0)
         self._close()
 
     def _close(self) -> None:
         self._open = False
         with contextlib.suppress(OSError):
             self._sock.close()
-
-
-# --- the socket -----------------------------------------------------------------------------
-
-
-def _connect(peer: Peer) -> socket.socket:
-    try:
-        sock = socket.create_connection((peer.host, peer.port), timeout=peer.connect_timeout)
-    except OSError as exc:
-        raise AssociationFailed("connection", f"cannot connect: {_describe(exc)}",
-                                connected=False) from exc
-    # Nagle with delayed ACKs costs ~40 ms per C-STORE (docs/architecture.md).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if peer.tls is None:
-        return sock
-    try:
-        return peer.tls.wrap_socket(sock, server_hostname=peer.server_name or peer.host)
-    except ssl.SSLError as exc:
-        sock.close()
-        raise AssociationFailed("tls", f"TLS handshake failed: {exc.reason or exc}",
-                                connected=False, tls_error=exc) from exc
-    except OSError as exc:
-        sock.close()
-        raise AssociationFailed("connection", f"TLS handshake failed: {_describe(exc)}",
-                                connected=False) from exc
 
 
 def _unexpected(command: object, message_id: int) -> str:
@@ -407,65 +342,3 @@ def _unexpected(command: object, message_id: int) -> str:
 def _ended(event: Event) -> str:
     reason = event.reason if isinstance(event, ProviderAborted) else ""
     return reason or "closed the connection"
-
-
-def _describe(exc: OSError) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return exc.strerror or str(exc) or type(exc).__name__
-
-
-def _send_all(sock: socket.socket, data: bytes, timeout: float) -> None:
-    if data:
-        sock.settimeout(timeout)
-        sock.sendall(data)
-
-
-def _is_alert(exc: ssl.SSLError) -> bool:
-    """An error the peer's TLS stack reported, not a bare close of the connection."""
-    return not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
-
-
-def _receive(sock: socket.socket, engine: Association, buffer: bytearray,
-             deadline: float, *, tls_alerts: bool = False) -> list[Event] | None:
-    """`tls_alerts`: raise a TLS alert (ssl.SSLError) instead of ending the association."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return None
-    sock.settimeout(left)
-    try:
-        n = sock.recv_into(buffer)
-    except TimeoutError:
-        return None
-    except ssl.SSLError as exc:
-        if tls_alerts:
-            raise
-        return engine.transport_failed(f"transport failure: {exc}")
-    except OSError as exc:
-        return engine.transport_failed(f"transport failure: {exc}")
-    if n:
-        ack_now(sock)  # a DCMTK destination's Nagle would hold its RSP 40 ms (quick_ack.py)
-    try:
-        return engine.receive_data(memoryview(buffer)[:n] if n else b"")
-    except RemoteProtocolError as exc:
-        if exc.to_send:
-            with contextlib.suppress(OSError):
-                _send_all(sock, exc.to_send, 1.0)
-        return [*exc.events, ProviderAborted(f"{PROTOCOL_ERROR}: {exc}")]
-
-
-def _negotiate(sock: socket.socket, engine: Association, deadline: float) -> Event | None:
-    """The peer's answer to our RQ: AssociationAccepted, AssociationRejected, Aborted,
-    something that ended the association (ProviderAborted/ConnectionClosed), or None
-    when the deadline passed."""
-    buffer = bytearray(RECEIVE_BUFFER)
-    while True:
-        events = _receive(sock, engine, buffer, deadline, tls_alerts=True)
-        if events is None:
-            return None
-        if events:  # the first is the answer, or what ended the association instead
-            return events[0]
-        if engine.should_close:
-            return ProviderAborted("closed")
-
-

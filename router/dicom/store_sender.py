@@ -25,7 +25,9 @@ from router.core.priority import TO_DIMSE
 from router.core.tls import client_context, failure_text
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
-from router.dicom.store_client import AssociationFailed, Peer, StoreAssociation, StoreFailed
+from router.dicom.scu_socket import Peer
+from router.dicom.store_client import StoreAssociation
+from router.dicom.store_failures import AssociationFailed, StoreFailed
 
 log = logging.getLogger(__name__)
 

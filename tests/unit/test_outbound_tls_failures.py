@@ -18,7 +18,9 @@ import pytest
 
 from router.core.config import ClientTLS
 from router.core.tls import client_context
-from router.dicom.store_client import AssociationFailed, Peer, StoreAssociation
+from router.dicom.scu_socket import Peer
+from router.dicom.store_client import StoreAssociation
+from router.dicom.store_failures import AssociationFailed
 from router.dicom.store_sender import classify
 from tests.pki import CertificateAuthority, Issued
 

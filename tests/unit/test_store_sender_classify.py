@@ -12,7 +12,7 @@ import pytest
 
 from router.core.failures import DESTINATION_FAILURES
 from router.dicom.engine import AssociateRJ
-from router.dicom.store_client import AssociationFailed, StoreFailed
+from router.dicom.store_failures import AssociationFailed, StoreFailed
 from router.dicom.store_sender import classify, is_busy_answer, store_failure, unsent
 
 
