@@ -10,7 +10,8 @@ not know yet:
    reports the generation it applied in its live status;
 2. workers are restarted one at a time (each finishes the deliveries it holds first and
    cancels the relayed requests it holds), because their connection pools and the upstreams
-   of relayed requests are built from the destinations and known_aes;
+   of relayed requests are built from the destinations and known_aes, and they apply the
+   rules' morph and deidentify (a reload changing only those went unseen by them);
 3. the acceptor applies rules, access controls, limits and timeouts to new associations
    (associations in progress keep what they negotiated).
 
@@ -46,6 +47,9 @@ class ReloadRefused(RouterError):
 @dataclass(frozen=True)
 class ReloadPlan:
     changed: tuple[str, ...]  # dotted keys whose values differ
+    # A rule's morph, deidentify or forward changed: the workers apply them, from the config
+    # they started with.
+    rule_transforms: bool = False
 
     @property
     def needs_restart(self) -> tuple[str, ...]:
@@ -58,7 +62,7 @@ class ReloadPlan:
     @property
     def pipeline(self) -> bool:
         """The broker reloads its policies and the workers restart."""
-        return any(_under(k, PIPELINE_KEYS) for k in self.changed)
+        return self.rule_transforms or any(_under(k, PIPELINE_KEYS) for k in self.changed)
 
 
 def _under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -68,12 +72,17 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 def plan(old: RouterConfig, new: RouterConfig) -> ReloadPlan:
     """Compare two validated configs key by key; refuse if a restart-only key changed."""
     changed = tuple(sorted(_diff(_as_data(old), _as_data(new), "")))
-    result = ReloadPlan(changed)
+    result = ReloadPlan(changed, _rule_transforms(old) != _rule_transforms(new))
     if result.needs_restart:
         raise ReloadRefused(
             f"these keys cannot change while the router runs: {', '.join(result.needs_restart)};"
             " restart the router to apply them (nothing of the new file was applied)")
     return result
+
+
+def _rule_transforms(config: RouterConfig) -> dict[str, Any]:
+    """What the workers read of the rules (workers.prepare.steps_for), by rule name."""
+    return {rule.name: (rule.forward, rule.morph, rule.deidentify) for rule in config.rules}
 
 
 def _as_data(config: RouterConfig) -> dict[str, Any]:

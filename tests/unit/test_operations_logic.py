@@ -21,11 +21,27 @@ from .test_dispatch import RETRY, make_dispatcher
 # --- reload plans --------------------------------------------------------------------------------
 
 def test_a_rule_change_is_for_the_acceptor_only() -> None:
+    """A rule's match or priority: only the acceptor routes."""
     old = default_config()
     new = parse_config({**old.model_dump(mode="json", by_alias=True),
-                        "rules": [{"name": "x", "forward": ["received"]}]})
+                        "rules": [{"name": "store-everything", "forward": ["received"],
+                                   "match": {"called_ae": "X"}, "priority": "high"}]})
     steps = plan(old, new)
     assert steps.changed == ("rules",) and steps.acceptor and not steps.pipeline
+
+
+@pytest.mark.parametrize("change", [{"deidentify": {"retain_dates": True}},
+                                    {"morph": [{"action": "delete", "tag": "StationName"}]}])
+def test_a_rules_transform_change_restarts_the_workers(change: dict[str, object]) -> None:
+    """Workers morph and de-identify with the rules they started with: a reload changing a
+    rule's deidentify (burned_in_annotation: send, a `keep` removed) was not applied there
+    until a restart."""
+    data = default_config().model_dump(mode="json", by_alias=True)
+    data["rules"] = [{"name": "x", "forward": ["received"], "deidentify": {}}]
+    old = parse_config(data)
+    data["rules"] = [{**data["rules"][0], **change}]
+    steps = plan(old, parse_config(data))
+    assert steps.changed == ("rules",) and steps.acceptor and steps.pipeline
 
 
 def test_a_destination_change_restarts_the_pipeline() -> None:
