@@ -41,6 +41,7 @@ SHARED_CODECS = CodecProcess()
 
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
 _MORPH_WARNINGS = RepeatLimiter(what="morph_warning")  # the same warning 3 times a minute
+_BURNED_IN_WARNINGS = RepeatLimiter(what="burned_in_warning")
 
 
 @dataclass
@@ -142,6 +143,23 @@ def copy_leaks(config: RouterConfig) -> list[str]:
     return notes
 
 
+def burned_in_policies(config: RouterConfig) -> list[str]:
+    """check-config's notes: what each de-identification does with burned-in text."""
+    notes = []
+    for rule in config.rules:
+        for name in rule.forward:
+            dest = config.destinations.get(name)
+            deid = rule.deidentify or (dest.deidentify if dest else None)
+            if deid is None:
+                continue
+            what = ("refused: `deidentify` dead letters (burned_in_annotation: send lets "
+                    "them go)" if deid.burned_in_annotation == "refuse" else
+                    "sent with their pixels as they are (burned_in_annotation: send)")
+            notes.append(f"rule {rule.name} -> {name}: de-identified; instances with "
+                         f"BurnedInAnnotation YES are {what}")
+    return notes
+
+
 def morph_failure(exc: Exception) -> DeliveryError:
     """The dead letter of a morph this instance cannot take (route-test predicts the same).
     Without the values pydicom's or Python's message quotes: the detail is logged."""
@@ -151,6 +169,10 @@ def morph_failure(exc: Exception) -> DeliveryError:
 
 def deidentify_failure(exc: Exception) -> DeliveryError:
     """The dead letter of an instance that cannot be de-identified (route-test's too)."""
+    from workers.transforms.deidentify import BurnedInAnnotationRefused
+
+    if isinstance(exc, BurnedInAnnotationRefused):  # the router's own words, no value
+        return DeliveryError("deidentify", str(exc), transient=False)
     return DeliveryError("deidentify",
                          f"de-identification failed: {without_values(str(exc))}",
                          transient=False)
@@ -186,7 +208,7 @@ class Preparer:
             if steps.morph:
                 self._morph(prepared, steps.morph)
             if steps.deidentify is not None:
-                self._deidentify(prepared, steps.deidentify)
+                self._deidentify(prepared, steps.deidentify, destination)
             accepted = tuple(force_syntaxes) or steps.transfer_syntaxes
             if accepted and prepared.job.transfer_syntax_uid not in accepted:
                 self._transcode(prepared, accepted, destination)
@@ -219,20 +241,26 @@ class Preparer:
                             prepared.job.job_id, warning)
         self._advance(prepared, target)
 
-    def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig) -> None:
-        from workers.transforms.deidentify import deidentify_file
+    def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig, destination: str) -> None:
+        from workers.transforms.deidentify import BurnedInNote, deidentify_file
 
         target = self._copy_path(prepared)
+        notes: list[BurnedInNote] = []
         try:
             if self._uids is None:
                 self._uids = self._uid_map()
             prepared.changes += deidentify_file(prepared.path, target, deid,
-                                                self._uids)  # type: ignore[arg-type]
+                                                self._uids, notes)  # type: ignore[arg-type]
         except ValueError as exc:  # this instance cannot be de-identified
             raise deidentify_failure(exc) from exc
         except RouterError as exc:  # the UID map's key or table: fixable, so retried
             raise DeliveryError("deidentify", f"de-identification unavailable: {exc}",
                                 transient=True) from exc
+        for note in notes:  # counted (and logged a few times a minute) when it is sent
+            metrics.DEID_BURNED_IN.labels(destination, note.kind).inc()
+            if _BURNED_IN_WARNINGS.allow(f"{destination} {note.kind}", 3):
+                log.warning("job %s to %s: de-identified, but %s", prepared.job.job_id,
+                            destination, note.text)
         self._advance(prepared, target)
 
     def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:

@@ -90,10 +90,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for note in relay_move_notes(config):  # moves the router refuses, to keep data private
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
-    from workers.prepare import copy_leaks  # here too: pydicom only for this command
+    from workers.prepare import burned_in_policies, copy_leaks  # pydicom only for this
 
     for note in copy_leaks(config):  # deliveries the workers refuse, to keep data private
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    for note in burned_in_policies(config):  # what the profile cannot do, and what happens
+        print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     print(summary(config))
     return 0
 

@@ -56,6 +56,10 @@ class DeidentifyConfig(_Strict):
     keep: list[str] = []
     # Private attributes (odd groups) are removed, as the profile requires, or kept as is.
     private_tags: Literal["remove", "keep"] = "remove"
+    # BurnedInAnnotation (0028,0301) YES: text in the pixels (often the patient's name) that
+    # no attribute-level profile removes (PS3.15 E.1-1). "refuse": the instance is a
+    # `deidentify` dead letter for this destination; "send": it goes, pixels as they are.
+    burned_in_annotation: Literal["refuse", "send"] = "refuse"
 
     @field_validator("uid_root", mode="before")
     @classmethod

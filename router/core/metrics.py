@@ -217,6 +217,14 @@ SPOOL_FILES_REUSED = Counter(
     "C-STOREs written over a settled job's file from the spool's recycle/ instead of a new "
     "file (saves the filesystem an inode allocation and a free per instance).",
 )
+DEID_BURNED_IN = Counter(
+    f"{PREFIX}_deid_burned_in_total",
+    "De-identified instances sent whose pixels may carry burned-in text the profile cannot "
+    "remove: annotated (BurnedInAnnotation YES, sent as burned_in_annotation: send says), "
+    "or a class that often carries it without the attribute (ultrasound, "
+    "secondary_capture, document, photo_video).",
+    ["destination", "kind"],
+)
 TRANSCODE_FALLBACKS = Counter(
     f"{PREFIX}_transcode_fallbacks_total",
     "Syntaxes a destination accepts that an instance could not be written in, before a "

@@ -157,13 +157,14 @@ def _folder_lines(dest: FolderConfig, ds: Any, deidentified: bool = False) -> li
 def _deid_lines(ds: Any, deid: Any, by: str) -> list[str]:
     import tempfile
 
-    from workers.transforms.deidentify import deidentify
+    from workers.transforms.deidentify import BurnedInNote, deidentify
     from workers.transforms.uid_map import UidMap
 
+    notes: list[BurnedInNote] = []
     with tempfile.TemporaryDirectory() as tmp:  # a throwaway map: nothing is recorded
         uids = UidMap(Path(tmp) / "key", Path(tmp) / "uids.sqlite")
-        changes = deidentify(ds, deid, uids)
+        changes = deidentify(ds, deid, uids, notes)
     shown = ", ".join(changes[:12]) + (f", ... ({len(changes)} in all)"
                                        if len(changes) > 12 else "")
     return [f"     de-identified (PS3.15 basic profile, as {by} says, after every morph): "
-            f"{shown}"]
+            f"{shown}", *(f"     warning: {note.text}" for note in notes)]

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydicom import dcmread
 
 from router.core.acceptor_status import open_associations
 from tests.dcmtk import StoreSCP, free_port, run_storescu
-from tests.dicom_samples import EXPLICIT_VR_LE, generate_mixed_set
+from tests.dicom_samples import EXPLICIT_VR_LE, generate_mixed_set, write_instance
 from tests.integration import pdus
 from tests.integration.conftest import RouterFactory
 from tests.integration.router_process import RouterProcess, http_get, wait_for
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.integration
 
 AE = "DICOM-ROUTER"
 STORAGE_CONTEXT = 3  # CT Image Storage in pdus.DEFAULT_CONTEXTS
+CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def folder_config(tmp_path: Path, *names: str, forward: str | None = None) -> dict[str, Any]:
@@ -416,3 +418,54 @@ def test_json_logs_carry_association_and_job_ids(
     assert len(stored) == 2, "every C-STORE logs its association and job"
     assert stored[0]["association"] == stored[1]["association"]  # one storescu association
     assert stored[0]["job"] != stored[1]["job"]
+
+
+def test_burned_in_annotation_is_a_dead_letter_for_a_deidentified_destination_until_sent(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """An instance with BurnedInAnnotation YES left for a de-identified destination without
+    a word: its pixels carry the patient's name, which the profile cannot remove. Now it is a
+    `deidentify` dead letter that says so; replayed with the same config it is refused again,
+    and it goes once the operator sets burned_in_annotation: send."""
+    with StoreSCP(tmp_path / "research", "RESEARCH") as research:  # no --fork
+        destination = {"type": "dicom", "ae_title": "RESEARCH", "host": "127.0.0.1",
+                       "port": research.port}
+        router = start_router({"destinations": {"research": destination},
+                               "rules": [{"name": "deid", "forward": ["research"],
+                                          "deidentify": {}}]})
+        plain, annotated = (write_instance(tmp_path / "src", sop_class=CT,
+                                           transfer_syntax=EXPLICIT_VR_LE,
+                                           tags={"BurnedInAnnotation": said,
+                                                 "PatientName": "Doe^Jane"})
+                            for said in ("NO", "YES"))
+        assert run_storescu([plain, annotated], "127.0.0.1", router.port,
+                            called_ae=AE).returncode == 0
+
+        def dead() -> float:
+            return router.metric("dicom_router_dead_letters_total", destination="research",
+                                 reason="deidentify")
+
+        assert wait_for(lambda: dead() == 1 and len(research.received_files()) == 1,
+                        timeout=60), router.log()[-3000:]
+        listed = dead_letters(router, "list")
+        assert "burned-in annotation: pixel data may identify the patient" in listed.stdout, \
+            listed.stdout
+        assert dead_letters(router, "replay", "--reason", "deidentify").returncode == 0
+        assert wait_for(lambda: dead() == 2, timeout=60), router.log()[-3000:]
+        assert len(research.received_files()) == 1
+        rewrite(router, {"rules": [{"name": "deid", "forward": ["research"],
+                                    "deidentify": {"burned_in_annotation": "send"}}]})
+        reload(router, "applied")
+        assert dead_letters(router, "replay", "--reason", "deidentify").returncode == 0
+        assert wait_for(lambda: len(research.received_files()) == 2, timeout=60), \
+            router.log()[-3000:]
+        sent = [ds for ds in (dcmread(p) for p in research.received_files())
+                if ds.BurnedInAnnotation == "YES"]
+        assert len(sent) == 1 and sent[0].PatientIdentityRemoved == "YES"
+        assert router.metric("dicom_router_deid_burned_in_total", destination="research",
+                             kind="annotated") == 1
+
+
+def dead_letters(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router.cli", "dead-letters", *args,
+                           "--config", str(router.config_path)],
+                          capture_output=True, text=True, timeout=60)

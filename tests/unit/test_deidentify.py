@@ -21,7 +21,13 @@ from pydicom.valuerep import validate_value
 
 from router.core.deid_spec import DeidentifyConfig
 from workers.transforms.deid_table import TABLE_E1_1
-from workers.transforms.deidentify import deidentify, deidentify_file, removed_attributes
+from workers.transforms.deidentify import (
+    BurnedInAnnotationRefused,
+    BurnedInNote,
+    deidentify,
+    deidentify_file,
+    removed_attributes,
+)
 from workers.transforms.uid_map import UidMap
 
 from .deid_samples import (
@@ -222,6 +228,38 @@ def test_one_patient_is_one_pseudonymous_patient_across_studies(uids: UidMap) ->
     assert first.PatientID == second.PatientID != other.PatientID
     assert first.StudyInstanceUID != second.StudyInstanceUID
     assert uids.lookup(first.PatientID) == "PID12345"
+
+
+# --- Burned-in text --------------------------------------------------------------------------
+
+
+def test_burned_in_annotation_yes_is_refused_unless_the_config_sends_it(uids: UidMap) -> None:
+    """The pixels carry text (the patient's name, often) that the attribute-level profile
+    cannot remove: it left for a de-identified destination without a word."""
+    ds = build()
+    ds.BurnedInAnnotation = "YES"
+    with pytest.raises(BurnedInAnnotationRefused, match="pixel data may identify the patient"):
+        deidentify(ds, DeidentifyConfig(), uids)
+    notes: list[BurnedInNote] = []
+    deidentify(ds, DeidentifyConfig(burned_in_annotation="send"), uids, notes)
+    assert ds.PatientIdentityRemoved == "YES"
+    assert [note.kind for note in notes] == ["annotated"]
+
+
+@pytest.mark.parametrize(("tags", "kind"), [
+    ({"Modality": "US"}, "ultrasound"),
+    ({"Modality": "OT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "secondary_capture"),
+    ({"Modality": "", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.104.1"}, "document"),
+    ({"Modality": "CT"}, None),
+    ({"Modality": "US", "BurnedInAnnotation": "NO"}, None)])
+def test_a_class_that_often_has_burned_in_text_is_noted_when_it_does_not_say(
+        tags: dict[str, str], kind: str | None, uids: UidMap) -> None:
+    ds = build()
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
+    notes: list[BurnedInNote] = []
+    deidentify(ds, DeidentifyConfig(), uids, notes)
+    assert [note.kind for note in notes] == ([kind] if kind else [])
 
 
 # --- The record of what was done -------------------------------------------------------------

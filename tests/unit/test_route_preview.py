@@ -144,3 +144,39 @@ def test_a_leaking_copy_is_a_predicted_dead_letter_and_new_uids_are_not_made_up(
     assert "DEAD LETTER (deidentify): not sent to exact: a morph copies PatientName into " \
         "BodyPartExamined" in text, text
     assert f"stored as {tmp_path / 'other'}/<new Study UID>/<new Series UID>/" in text, text
+
+
+def test_burned_in_annotation_is_a_predicted_dead_letter_and_check_config_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """BurnedInAnnotation YES went out de-identified without a word; now route-test predicts
+    the worker's refusal, a suspect class sent anyway is warned of, and check-config says
+    what each de-identification does with such instances."""
+    import yaml
+
+    from router.cli.main import main
+
+    config = _config(tmp_path, [
+        {"name": "deid", "match": {}, "forward": ["exact"], "deidentify": {}}])
+    annotated = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                               tags={"BurnedInAnnotation": "YES"})
+    text = "\n".join(explain(config, annotated, "CT1", "DICOM-ROUTER", "127.0.0.1"))
+    assert "DEAD LETTER (deidentify): burned-in annotation: pixel data may identify the " \
+        "patient" in text, text
+    ultrasound = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                                tags={"Modality": "US"})
+    text = "\n".join(explain(config, ultrasound, "CT1", "DICOM-ROUTER", "127.0.0.1"))
+    assert "warning: no BurnedInAnnotation, and ultrasound instances often have text" in text, text
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(
+        {"spool": {"path": str(tmp_path / "spool")},
+         "destinations": {n: {"type": "folder", "path": str(tmp_path / n)}
+                          for n in ("exact", "other")},
+         "rules": [{"name": "deid", "forward": ["exact"], "deidentify": {}},
+                   {"name": "open", "forward": ["other"],
+                    "deidentify": {"burned_in_annotation": "send"}}]}))
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "rule deid -> exact: de-identified; instances with BurnedInAnnotation YES are " \
+        "refused" in err, err
+    assert "rule open -> other: de-identified; instances with BurnedInAnnotation YES are " \
+        "sent with their pixels as they are" in err, err

@@ -23,6 +23,12 @@ or tag in `keep` is always kept. The actions, in and at every depth of sequences
   syntaxes), or retain_uids or `keep` says so. Private attributes (odd groups) are removed unless
   private_tags is "keep". Group lengths (gggg,0000) are removed: they would be wrong.
 
+Burned-in text (PS3.15 E.1-1: the profile does not address it): an instance whose
+BurnedInAnnotation is YES is refused (BurnedInAnnotationRefused) unless
+burned_in_annotation is "send"; one without the attribute whose class often carries such text
+(ultrasound, secondary capture, documents, photographs and video) is de-identified and noted
+(BurnedInNote), for the delivery to count and route-test to show.
+
 The file meta follows (Media Storage SOP Instance UID); its AE titles and source address name
 the sending device and go unless retain_device_identity. The result says so: Patient Identity
 Removed YES, De-identification Method and its code sequence (CID 7050), Longitudinal Temporal
@@ -85,6 +91,27 @@ _NAMING_UIDS = frozenset({
     "PrivateInformationCreatorUID", "CreatorVersionUID", "HomeCommunityID",
     "RepositoryUniqueID", "RetrieveLocationUID"})
 _NAMING_PARTS = ("ClassUID", "SOPClasses", "TransferSyntaxUID")
+# Classes that often carry text in their pixels without saying so (BurnedInAnnotation absent),
+# by the kind of note they get: by Modality, then by SOP class.
+_SUSPECT_MODALITIES = {"US": "ultrasound", "IVUS": "ultrasound", "SC": "secondary_capture",
+                       "OT": "secondary_capture", "DOC": "document", "XC": "photo_video",
+                       "ES": "photo_video", "GM": "photo_video"}
+_SUSPECT_CLASSES = {
+    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2",
+                     "1.2.840.10008.5.1.4.1.1.3.1"), "ultrasound"),
+    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
+                     "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
+                     "1.2.840.10008.5.1.4.1.1.7.4"), "secondary_capture"),
+    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"),
+                    "document"),
+    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.840.10008.5.1.4.1.1.77.1.1.1",
+                     "1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1"),
+                    "photo_video")}
+BURNED_IN_REFUSED = (
+    "burned-in annotation: pixel data may identify the patient (BurnedInAnnotation YES), "
+    "and de-identification removes attributes, not text in the pixels; not sent. Once the "
+    "pixels are cleaned, or if this destination may receive them, set "
+    "burned_in_annotation: send in its deidentify settings and replay it")
 _FILE_META_DEVICE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                      "ReceivingApplicationEntityTitle", "SourcePresentationAddress")
 
@@ -162,6 +189,38 @@ def _dictionary_vr(tag: str) -> str:
         return ""
 
 
+# --- Burned-in text -----------------------------------------------------------------------
+
+
+class BurnedInAnnotationRefused(ValueError):
+    """BurnedInAnnotation YES under burned_in_annotation: refuse (a dead letter)."""
+
+
+@dataclass(frozen=True)
+class BurnedInNote:
+    """A de-identified instance whose pixels may still identify the patient."""
+
+    kind: str  # bounded (a metric label): "annotated" or a kind of _SUSPECT_CLASSES
+    text: str
+
+
+def burned_in(ds: Dataset, config: DeidentifyConfig) -> BurnedInNote | None:
+    """Raises BurnedInAnnotationRefused when the config refuses this instance."""
+    said = str(ds.get("BurnedInAnnotation") or "").strip().upper()
+    if said == "YES":
+        if config.burned_in_annotation == "refuse":
+            raise BurnedInAnnotationRefused(BURNED_IN_REFUSED)
+        return BurnedInNote("annotated", "BurnedInAnnotation YES: sent with its pixels as "
+                            "they are (burned_in_annotation: send); they may identify the "
+                            "patient")
+    kind = None if said else (_SUSPECT_MODALITIES.get(str(ds.get("Modality") or "").upper())
+                              or _SUSPECT_CLASSES.get(str(ds.get("SOPClassUID") or "")))
+    if kind is None:
+        return None
+    return BurnedInNote(kind, f"no BurnedInAnnotation, and {kind.replace('_', ' ')} "
+                        f"instances often have text in their pixels: sent")
+
+
 # --- Applying it --------------------------------------------------------------------------
 
 
@@ -176,11 +235,16 @@ class _Run:
     changed: dict[str, None] = field(default_factory=dict)  # an ordered set
 
 
-def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap) -> list[str]:
+def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap,
+               notes: list[BurnedInNote] | None = None) -> list[str]:
     """De-identify `ds` in place; return what was removed or replaced: keywords (a nested one
-    as Sequence>Keyword, an unnamed one as its tag), never values."""
+    as Sequence>Keyword, an unnamed one as its tag), never values. `notes` gets the
+    burned-in text it may still carry."""
     check_identity(ds)  # a dataset misread (or not the instance sent) is never sent on
     check_nesting(ds)
+    note = burned_in(ds, config)
+    if note is not None and notes is not None:
+        notes.append(note)
     # Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
     source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
                    if ds.get(k)), "")
@@ -343,7 +407,7 @@ def _follow_in_file_meta(ds: Dataset, run: _Run) -> None:
 
 
 def deidentify_file(source: Path, target: Path, config: DeidentifyConfig,
-                    uids: UidMap) -> list[str]:
+                    uids: UidMap, notes: list[BurnedInNote] | None = None) -> list[str]:
     """Write a de-identified copy of `source` to `target` (same transfer syntax, a DICOM file
     with its meta); `source` is only read. `target` appears whole or not at all."""
     if target.resolve() == source.resolve():
@@ -352,7 +416,7 @@ def deidentify_file(source: Path, target: Path, config: DeidentifyConfig,
     try:
         with readable():
             ds = dcmread(source)
-            changed = deidentify(ds, config, uids)
+            changed = deidentify(ds, config, uids, notes)
             with open(temporary, "xb") as fh:
                 ds.save_as(fh, enforce_file_format=True)
                 fh.flush()
