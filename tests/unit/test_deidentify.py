@@ -230,6 +230,29 @@ def test_one_patient_is_one_pseudonymous_patient_across_studies(uids: UidMap) ->
     assert uids.lookup(first.PatientID) == "PID12345"
 
 
+# --- Overlays ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_overlay_text_goes_or_is_cleaned_in_every_overlay_group(clean: bool,
+                                                                uids: UidMap) -> None:
+    """OverlayDescription and OverlayLabel, typed at the modality, went out as they were:
+    Table E.1-1 lists only the overlay's data and comments."""
+    ds = build()
+    for group in (0x6000, 0x6002):
+        ds.add_new(group << 16 | 0x0022, "LO", "arrow at PID12345")
+        ds.add_new(group << 16 | 0x1500, "LO", "PID12345 lesion")
+    changed = deidentify(ds, DeidentifyConfig(clean_descriptions=clean), uids)
+    for group in (0x6000, 0x6002):
+        for element in (0x0022, 0x1500):
+            tag = group << 16 | element
+            assert (tag in ds) == clean
+            if clean:
+                assert "PID12345" not in str(ds[tag].value)
+    assert "OverlayDescription" in changed and "OverlayLabel" in changed
+    assert ds[0x60000010].value == 2  # the overlay's geometry stays
+
+
 # --- Burned-in text --------------------------------------------------------------------------
 
 
@@ -295,10 +318,11 @@ def test_a_second_pass_adds_no_duplicate_codes(uids: UidMap) -> None:
 
 def test_removed_attributes_lists_what_goes() -> None:
     listed = dict(removed_attributes(DeidentifyConfig()))
-    assert len(listed) == 656  # every row, and the private attributes
+    assert len(listed) == 658  # every row, the overlay text, and the private attributes
     assert listed["PatientBirthDate"] == "Z" and listed["StudyDescription"] == "X"
     assert listed["PatientID"] == "D" and listed["StudyInstanceUID"] == "U"
     assert listed["ReferencedImageSequence"] == "U*" and listed["OverlayData"] == "X"
+    assert listed["OverlayDescription"] == listed["OverlayLabel"] == "X"
     assert listed["ReferencedStudySequence"] == "Z" and listed["ContentSequence"] == "D"
     everything = dict(removed_attributes(DeidentifyConfig(
         **dict.fromkeys(OPTIONS, True), keep=["PatientName"], private_tags="keep")))

@@ -16,6 +16,8 @@ or tag in `keep` is always kept. The actions, in and at every depth of sequences
   date, taken before anything changed) cut out of text values; a sequence's items go through
   the table. A description naming another person stays: switch the option on only for
   sources whose descriptions are otherwise clean.
+- Overlay Description and Overlay Label (60xx,0022 and 60xx,1500), not in the table: X, or
+  C under clean_descriptions (OVERLAY_TEXT).
 - Attributes not in the table are kept, but for UIDs: a public UI attribute the table has
   no row for (SOPInstanceUIDOfConcatenationSource, MultiFrameSourceSOPInstanceUID,
   VolumeFrameOfReferenceUID, ...) gets new UIDs as U does, as TCIA's Posda does, unless it
@@ -73,7 +75,15 @@ _OPTION_COLUMNS = ("retain_uids", "retain_device_identity", "retain_patient_char
                    "retain_dates", "clean_descriptions")
 _EXACT: dict[int, Row] = {int(row[0], 16): row for row in TABLE_E1_1 if "X" not in row[0]}
 _CURVE = next(row for row in TABLE_E1_1 if row[0] == "50XXXXXX")
-_OVERLAY = {int(row[0][4:], 16): row for row in TABLE_E1_1 if row[0].startswith("60XX")}
+# Overlay text Table E.1-1 does not list (it has the overlay's data and comments): typed at
+# the modality, it can name the patient, so it goes as the comments do, or is cleaned under
+# clean_descriptions. It was kept.
+OVERLAY_TEXT: tuple[Row, ...] = (
+    ("60XX0022", "OverlayDescription", "X", "", "", "", "", "C"),
+    ("60XX1500", "OverlayLabel", "X", "", "", "", "", "C"),
+)
+_OVERLAY = {int(row[0][4:], 16): row for row in (*TABLE_E1_1, *OVERLAY_TEXT)
+            if row[0].startswith("60XX")}
 
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "ST", "LT", "UT", "UC", "UR"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "US or SS"}
@@ -154,7 +164,7 @@ def removed_attributes(config: DeidentifyConfig) -> list[tuple[str, str]]:
     removed, Z emptied, D dummy, U new UID, C cleaned, U* sequence kept with new UIDs inside."""
     keep = _keep_tags(config)
     listed = []
-    for row in TABLE_E1_1:
+    for row in (*TABLE_E1_1, *OVERLAY_TEXT):
         if "X" not in row[0] and int(row[0], 16) in keep:
             continue
         action = _concrete(_table_code(row, config), _dictionary_vr(row[0]))
