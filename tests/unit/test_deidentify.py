@@ -154,7 +154,7 @@ def test_the_expectations_copied_from_the_standard_agree_with_the_table(
 def test_each_attribute_ends_as_the_table_says(config: DeidentifyConfig, uids: UidMap) -> None:
     ds = build()
     changed = deidentify(ds, config, uids)
-    pseudonym = uids.pseudonym("PID12345")
+    pseudonym = uids.pseudonym("GENERAL HOSPITAL\\PID12345")  # build() has an issuer
     for keyword, vr, value, code, option, option_code in EXPECTED:
         action = expected_action(code, option, option_code, config, keyword, vr)
         if keyword == "DeviceUID" and config.retain_device_identity:
@@ -203,7 +203,7 @@ def test_private_attributes_can_be_kept(uids: UidMap) -> None:
     deidentify(ds, DeidentifyConfig(private_tags="keep"), uids)
     assert ds[0x00091001].value == "private DOE"
     # The standard attributes inside a kept private sequence still go through the table.
-    assert str(ds[0x00091002].value[0].PatientName) == uids.pseudonym("PID12345")
+    assert str(ds[0x00091002].value[0].PatientName) == uids.pseudonym("GENERAL HOSPITAL\\PID12345")
     assert "Private attributes retained" in ds.DeidentificationMethod
 
 
@@ -227,7 +227,7 @@ def test_one_patient_is_one_pseudonymous_patient_across_studies(uids: UidMap) ->
         deidentify(ds, DeidentifyConfig(), uids)
     assert first.PatientID == second.PatientID != other.PatientID
     assert first.StudyInstanceUID != second.StudyInstanceUID
-    assert uids.lookup(first.PatientID) == "PID12345"
+    assert uids.lookup(first.PatientID) == "GENERAL HOSPITAL\\PID12345"  # issuer\\ID
 
 
 # --- Overlays ---------------------------------------------------------------------------------
@@ -283,6 +283,19 @@ def test_a_class_that_often_has_burned_in_text_is_noted_when_it_does_not_say(
     notes: list[BurnedInNote] = []
     deidentify(ds, DeidentifyConfig(), uids, notes)
     assert [note.kind for note in notes] == ([kind] if kind else [])
+
+
+def test_one_id_from_two_issuers_is_two_pseudonymous_patients(uids: UidMap) -> None:
+    """PatientID alone keyed the pseudonym: two patients with one ID from two hospitals
+    became one research patient. Without an issuer the pseudonym is the one it was."""
+    first, second, plain = build(), build(), build()
+    second.IssuerOfPatientID = "ST ELSEWHERE"
+    del plain.IssuerOfPatientID
+    for ds in (first, second, plain):
+        deidentify(ds, DeidentifyConfig(), uids)
+    assert len({first.PatientID, second.PatientID, plain.PatientID}) == 3
+    assert plain.PatientID == uids.pseudonym("PID12345")  # existing sites' mapping
+    assert uids.lookup(first.PatientID) == "GENERAL HOSPITAL\\PID12345"
 
 
 # --- The record of what was done -------------------------------------------------------------

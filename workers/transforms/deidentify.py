@@ -255,16 +255,24 @@ def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap,
     note = burned_in(ds, config)
     if note is not None and notes is not None:
         notes.append(note)
-    # Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
-    source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
-                   if ds.get(k)), "")
-    pseudonym = "" if config.patient_id and config.patient_name else uids.pseudonym(source)
+    pseudonym = "" if config.patient_id and config.patient_name \
+        else uids.pseudonym(_pseudonym_source(ds))
     run = _Run(config, uids, _keep_tags(config), config.patient_id or pseudonym,
                config.patient_name or pseudonym, _identifier_pattern(ds))
     _walk(ds, run, "")
     _mark(ds, config)
     _follow_in_file_meta(ds, run)
     return list(run.changed)
+
+
+def _pseudonym_source(ds: Dataset) -> str:
+    """Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
+    One ID from two issuers is two patients: keyed "issuer\\id" (a backslash is in no
+    single ID, so no plain ID has its key). Without an issuer, the ID alone, as before."""
+    source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
+                   if ds.get(k)), "")
+    issuer = str(ds.get("IssuerOfPatientID") or "")
+    return f"{issuer}\\{source}" if issuer and ds.get("PatientID") else source
 
 
 def _walk(ds: Dataset, run: _Run, path: str) -> None:
