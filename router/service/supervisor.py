@@ -21,7 +21,7 @@ from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
-from router.core.process_util import set_on_signal
+from router.core.process_util import run_on_signal
 from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
@@ -63,6 +63,7 @@ class Supervisor:
         self.generation = 0  # of the config handed to the children (router/core/reload.py)
         self.mp = multiprocessing.get_context("spawn")  # never fork: pynetdicom/zmq threads
         self.stopping = threading.Event()
+        self.wake = threading.Event()  # ends the main loop's wait early (_next_turn)
         self.heartbeat = Heartbeat()  # /healthz: the main loop turns (router/service/heartbeat.py)
         acceptors = config.listen.acceptors
         self.seats = AcceptorSeats(config.listen, self.mp, runtime.directory)
@@ -291,7 +292,7 @@ class Supervisor:
             audit.application_started()
         metrics.CONFIG_RELOADED_AT.set(time.time())
         has_run = False  # ready once: every child has its own SIGHUP handler by then
-        while not self.stopping.wait(0.5):
+        while not self._next_turn():
             self.heartbeat.beat()
             now = time.monotonic()
             for child in self.children:
@@ -308,11 +309,27 @@ class Supervisor:
                 self.heartbeat.beat(self._reload_allowance())  # a reload is a long turn
                 self.reload()
 
+    def _next_turn(self) -> bool:
+        """Wait for the main loop's next turn: half a second, or less when a signal comes
+        (a SIGHUP is acted on at once, while a child that just restarted may still be
+        starting: ReloadSteps.hup sends it again once it reports). True: stop."""
+        self.wake.wait(0.5)
+        self.wake.clear()
+        return self.stopping.is_set()
+
     def _install_signals(self) -> None:
-        # Never an Event's set() or a log call in a handler (process_util.set_on_signal).
-        set_on_signal([signal.SIGTERM, signal.SIGINT], self.stopping, lambda signum: log.info(
-            "received %s: stopping", signal.Signals(signum).name))
-        set_on_signal([signal.SIGHUP], self.reload_requested)  # the main loop reloads
+        # Never an Event's set() or a log call in a handler (process_util.run_on_signal).
+        def stop(signum: int) -> None:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            self.stopping.set()
+            self.wake.set()
+
+        def reload(signum: int) -> None:  # the main loop reloads
+            self.reload_requested.set()
+            self.wake.set()
+
+        run_on_signal([signal.SIGTERM, signal.SIGINT], stop)
+        run_on_signal([signal.SIGHUP], reload)
 
     # --- config reload (SIGHUP) -------------------------------------------------------------
 
