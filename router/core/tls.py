@@ -17,6 +17,7 @@ from typing import Any
 
 from router.core.cert_dates import Validity, first_certificate_validity
 from router.core.config import ClientTLS, ListenerTLS, RouterConfig, TLSBase
+from router.core.dn_text import rfc4514
 from router.core.errors import RouterError
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -316,6 +317,7 @@ def peer_identities(cert: dict[str, Any] | None) -> list[str]:
 
 
 def subject_text(cert: dict[str, Any] | None) -> str | None:
+    """The peer's subject as RFC 4514 text (router/core/dn_text.py)."""
     if not cert:
         return None
-    return ",".join(f"{k}={v}" for rdn in cert.get("subject", ()) for k, v in rdn)
+    return rfc4514(cert.get("subject", ()))

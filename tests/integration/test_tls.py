@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -348,3 +349,26 @@ def test_outbound_tls_failure_is_classified_and_retried(
         assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                               reason="tls") >= 2), router.log()[-2000:]
         assert pacs.received_files() == []
+
+
+def _accepted_peer(trail: Path) -> dict[str, Any]:
+    """The peer participant of the audit trail's one User Authentication (Login)."""
+    messages = [json.loads(line)["AuditMessage"] for line in trail.read_text().splitlines()]
+    (login,) = [m for m in messages if m["EventIdentification"]["EventID"]["csd-code"] == "110114"]
+    peer: dict[str, Any] = login["ActiveParticipant"][0]
+    return peer
+
+
+def test_audit_names_the_peer_certificate_unambiguously(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: a CN "Smith, John" was audited as `commonName=Smith, John`, two
+    attributes to a reader, and a CN holding ",CN=admin" as a second CN."""
+    trail = tmp_path / "audit.jsonl"
+    config = {**_listener(pki, "mtls", tmp_path), "audit": {"enabled": True, "path": str(trail)}}
+    router = start_router(config)
+    smith = pki["ca"].issue("Smith, John,CN=admin", file_stem="smith")
+    result = _echo(router.port, pki, smith)
+    assert result.returncode == 0, result.stderr
+    assert wait_for(lambda: trail.exists() and "110114" in trail.read_text())
+    assert _accepted_peer(trail)["UserName"] == "CN=Smith\\, John\\,CN=admin"
