@@ -19,10 +19,10 @@ from router.core.dimse_status import (
     NO_REASON_GIVEN,
     TEMPORARY_CONGESTION,
 )
+from router.core.dn_text import certificate_text
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
 from router.core.shared_counts import SharedCounts
 from router.core.status_snapshots import LiveAssociations
-from router.core.tls import subject_text
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ class AssociationEvents:
             # Load refusals are no security event; access-rule refusals are.
             self.audit.association_rejected(
                 session.calling_ae, session.called_ae, session.address,
-                rejection.message + note, security=rejection.result == 1)
+                rejection.message + note, security=rejection.result == 1,
+                tls_certificate=certificate_text(session.certificate, session.certificate_der))
         log.warning("rejecting association from %s (%s): %s", session.calling_ae,
                     session.address, rejection.message)
 
@@ -110,8 +111,9 @@ class AssociationEvents:
     def accepted(self, session: AssociationSession) -> None:
         if self.audit is not None:
             session.tally = TransferTally()
-            self.audit.association_accepted(session.calling_ae, session.called_ae,
-                                            session.address, subject_text(session.certificate))
+            self.audit.association_accepted(
+                session.calling_ae, session.called_ae, session.address,
+                certificate_text(session.certificate, session.certificate_der))
         if self.live is not None:
             session.progress = self.live.opened(session.calling_ae, session.called_ae,
                                                 f"{session.address}:{session.port}", self.tls)

@@ -29,7 +29,7 @@ from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession
 from router.acceptor.store_intake import StoreIntake
-from router.acceptor.tls_listener import peer_certificate
+from router.acceptor.tls_listener import peer_certificate, peer_certificate_der
 from router.acceptor.tls_records import RecordReader
 from router.acceptor.unserved import C_CANCEL_RQ, UNRECOGNIZED_OPERATION, unrecognized_operation
 from router.core import metrics
@@ -171,6 +171,7 @@ class EngineConnection:
             calling_ae=rq.calling_ae, called_ae=rq.called_ae, address=self.address[0],
             port=int(self.address[1]), own_ae=offer.ae_title,
             certificate=peer_certificate(self.sock),
+            certificate_der=peer_certificate_der(self.sock),
             user_identity=rq.user_info.identity is not None)
         self.session = session
         rejection: Rejection | None

@@ -25,6 +25,7 @@ class AssociationSession:
     port: int = 0
     own_ae: str = ""  # the router's AE title
     certificate: dict[str, Any] | None = None  # the peer's TLS certificate, if any
+    certificate_der: bytes | None = None  # ... as sent, for its fingerprint
     user_identity: bool = False  # the request carried a user identity item
     # The router's bookkeeping, settled once when the association ends.
     # Holds one of listen.max_associations, counted under this source address.

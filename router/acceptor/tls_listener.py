@@ -85,3 +85,9 @@ def peer_certificate(sock: socket.socket) -> dict[str, object] | None:
     """The peer's certificate on a TLS socket (None over plain TCP, or none was sent)."""
     getpeercert = getattr(sock, "getpeercert", None)
     return getpeercert() if getpeercert is not None else None
+
+
+def peer_certificate_der(sock: socket.socket) -> bytes | None:
+    """The peer's certificate as sent (DER), for its fingerprint; None as peer_certificate."""
+    getpeercert = getattr(sock, "getpeercert", None)
+    return getpeercert(binary_form=True) if getpeercert is not None else None

@@ -192,7 +192,7 @@ def user_authentication(
     calling_ae: str,
     called_ae: str,
     peer_address: str,
-    tls_subject: str | None = None,
+    tls_certificate: str | None = None,
     outcome: Outcome = "0",
     description: str | None = None,
 ) -> AuditMessage:
@@ -200,7 +200,7 @@ def user_authentication(
     turned away for a reason that is not about who the peer is (outcome 4: retry later)."""
     event = _event(USER_AUTHENTICATION, "E", outcome, [LOGIN], description)
     participants = [
-        _peer(calling_ae, peer_address, requestor=True, user_name=tls_subject),
+        _peer(calling_ae, peer_address, requestor=True, user_name=tls_certificate),
         _local(app, requestor=False, role=None, called_ae=called_ae),
     ]
     return _message(event, participants, app)
@@ -214,12 +214,14 @@ def security_alert(
     peer_address: str | None,
     calling_ae: str | None = None,
     outcome: Outcome = "4",
+    tls_certificate: str | None = None,
 ) -> AuditMessage:
     """A.5.3.11 Security Alert. Outcome 4: refused, i.e. mitigation worked (A.5.3.11)."""
     event = _event(SECURITY_ALERT, "E", outcome, [alert_type], detail)
     participants = [_local(app, requestor=False, role=None)]
     if calling_ae or peer_address:
-        participants.append(_peer(calling_ae, peer_address, requestor=False))
+        participants.append(_peer(calling_ae, peer_address, requestor=False,
+                                  user_name=tls_certificate))
     subject = _token(peer_address) if peer_address else _token(app.hostname)
     alert_object = {
         "ParticipantObjectIDTypeCode": NODE_ID.json(),

@@ -83,11 +83,13 @@ class AuditTrail:
         self._emit(lambda: application_activity(self.app, started=False))
 
     def association_accepted(
-        self, calling_ae: str, called_ae: str, peer_address: str, tls_subject: str | None = None
+        self, calling_ae: str, called_ae: str, peer_address: str,
+        tls_certificate: str | None = None,
     ) -> None:
+        """`tls_certificate`: the peer's, as router/core/dn_text.py certificate_text writes it."""
         self._emit(lambda: user_authentication(
             self.app, calling_ae=calling_ae, called_ae=called_ae,
-            peer_address=peer_address, tls_subject=tls_subject))
+            peer_address=peer_address, tls_certificate=tls_certificate))
 
     def association_rejected(
         self,
@@ -97,6 +99,7 @@ class AuditTrail:
         reason: str,
         *,
         security: bool = True,
+        tls_certificate: str | None = None,
     ) -> None:
         """A rejected association: a Security Alert (Node Authentication) by default.
 
@@ -108,11 +111,12 @@ class AuditTrail:
         if not security:
             self._emit(lambda: user_authentication(
                 self.app, calling_ae=calling_ae, called_ae=called_ae,
-                peer_address=peer_address, outcome="4", description=detail))
+                peer_address=peer_address, tls_certificate=tls_certificate, outcome="4",
+                description=detail))
             return
         self._emit(lambda: security_alert(
             self.app, alert_type=ALERT_TYPES["association_rejected"], detail=detail,
-            peer_address=peer_address, calling_ae=calling_ae))
+            peer_address=peer_address, calling_ae=calling_ae, tls_certificate=tls_certificate))
 
     def instances_transferred(
         self,

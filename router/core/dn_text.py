@@ -1,4 +1,5 @@
-"""A certificate's subject or issuer as RFC 4514 text, from the ssl module's decoded form.
+"""A TLS peer's certificate as text: subject and issuer as RFC 4514 text, from the ssl
+module's decoded form, and its SHA-256 fingerprint.
 
 The audit trail and the logs name a TLS peer by this text, so it must read one way only: a
 CN "Smith, John" is one attribute, not two, and a CN holding "x,CN=admin" cannot pass for a
@@ -7,7 +8,9 @@ second CN. Written by hand because `cryptography` is only a test dependency here
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
+from typing import Any
 
 # RFC 4514 section 3: the registered short names; other attributes keep OpenSSL's name.
 _SHORT = {
@@ -44,3 +47,17 @@ def escape(value: str) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+def certificate_text(cert: dict[str, Any] | None, der: bytes | None) -> str | None:
+    """How the audit trail names a TLS peer, e.g. `CN=ct1; issuer=CN=Site CA; sha256=AB:..`.
+    A subject alone does not tell two certificates apart (a rogue CA can issue the same CN):
+    the issuer and the fingerprint (as `openssl x509 -fingerprint -sha256` prints it) do.
+    RFC 4514 escapes every ";" in a name, so the text splits at "; " one way only."""
+    if not cert:
+        return None
+    text = rfc4514(cert.get("subject", ()))
+    text += f"; issuer={rfc4514(cert.get('issuer', ()))}"
+    if der:
+        text += "; sha256=" + ":".join(f"{byte:02X}" for byte in hashlib.sha256(der).digest())
+    return text

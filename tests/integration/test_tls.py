@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 
@@ -351,12 +353,16 @@ def test_outbound_tls_failure_is_classified_and_retried(
         assert pacs.received_files() == []
 
 
-def _accepted_peer(trail: Path) -> dict[str, Any]:
-    """The peer participant of the audit trail's one User Authentication (Login)."""
+def _accepted_peers(trail: Path) -> list[str]:
+    """UserName of the peer in each User Authentication (Login) of the audit trail."""
     messages = [json.loads(line)["AuditMessage"] for line in trail.read_text().splitlines()]
-    (login,) = [m for m in messages if m["EventIdentification"]["EventID"]["csd-code"] == "110114"]
-    peer: dict[str, Any] = login["ActiveParticipant"][0]
-    return peer
+    return [m["ActiveParticipant"][0].get("UserName", "") for m in messages
+            if m["EventIdentification"]["EventID"]["csd-code"] == "110114"]
+
+
+def _fingerprint(issued: Issued) -> str:
+    pem = x509.load_pem_x509_certificate(issued.cert.read_bytes())
+    return ":".join(f"{byte:02X}" for byte in pem.fingerprint(hashes.SHA256()))
 
 
 def test_audit_names_the_peer_certificate_unambiguously(
@@ -371,4 +377,27 @@ def test_audit_names_the_peer_certificate_unambiguously(
     result = _echo(router.port, pki, smith)
     assert result.returncode == 0, result.stderr
     assert wait_for(lambda: trail.exists() and "110114" in trail.read_text())
-    assert _accepted_peer(trail)["UserName"] == "CN=Smith\\, John\\,CN=admin"
+    (peer,) = _accepted_peers(trail)
+    assert peer.startswith("CN=Smith\\, John\\,CN=admin; ")
+
+
+def test_audit_tells_apart_two_certificates_with_the_same_subject(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: the audit trail named a TLS peer by its subject only, so a certificate
+    with a trusted CN from another trusted CA (or a rogue one) read the same."""
+    other = CertificateAuthority(tmp_path / "vendor", "vendor-ca")
+    both = tmp_path / "both-cas.pem"
+    both.write_bytes(pki["ca"].cert_path.read_bytes() + other.cert_path.read_bytes())
+    trail = tmp_path / "audit.jsonl"
+    config = {**_listener(pki, "mtls", tmp_path, ca=str(both)),
+              "audit": {"enabled": True, "path": str(trail)}}
+    router = start_router(config)
+    twin = other.issue("modality1", file_stem="twin")
+    for client in (pki["modality"], twin):
+        result = _echo(router.port, pki, client)
+        assert result.returncode == 0, result.stderr
+    assert wait_for(lambda: trail.exists() and len(_accepted_peers(trail)) == 2)
+    assert _accepted_peers(trail) == [
+        f"CN=modality1; issuer=CN=hospital-ca; sha256={_fingerprint(pki['modality'])}",
+        f"CN=modality1; issuer=CN=vendor-ca; sha256={_fingerprint(twin)}"]

@@ -83,7 +83,7 @@ def test_trail_writes_one_valid_json_line_per_event(tmp_path: Path, validator: A
     path = tmp_path / "logs" / "audit.jsonl"  # the folder is created
     with AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER") as trail:
         trail.application_started()
-        trail.association_accepted("MOD", "ROUTER", "127.0.0.1", tls_subject="CN=mod")
+        trail.association_accepted("MOD", "ROUTER", "127.0.0.1", tls_certificate="CN=mod")
         trail.association_rejected("BAD", "ROUTER", "127.0.0.2", "calling AE not recognised")
         trail.association_rejected("MOD", "ROUTER", "127.0.0.1", "temporary congestion",
                                    security=False)
@@ -315,3 +315,19 @@ def test_oversized_udp_message_is_dropped_not_retried() -> None:
         assert receiver.recv(2048) == b"<85>1 - - - - - - small"
         sender.close()
     assert (sender.sent, sender.dropped) == (1, 1)
+
+
+def test_a_refused_association_names_the_peer_certificate(tmp_path: Path,
+                                                           validator: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    peer = "CN=ct1; issuer=CN=Site CA; sha256=0A:1B"
+    with AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER") as trail:
+        trail.association_rejected("CT2", "ROUTER", "127.0.0.1", "certificate ct1 may not "
+                                   "use calling AE 'CT2'", tls_certificate=peer)
+        trail.association_rejected("CT2", "ROUTER", "127.0.0.1", "temporary congestion",
+                                   security=False, tls_certificate=peer)
+    for message in read_lines(path):
+        assert_valid(validator, message)
+        (remote,) = [p for p in message["AuditMessage"]["ActiveParticipant"]
+                     if p["UserID"] == "CT2"]
+        assert remote["UserName"] == peer

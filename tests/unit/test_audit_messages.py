@@ -32,7 +32,7 @@ BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10"),
     "association_accepted_tls": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="OTHER AE", peer_address="2001:db8::7",
-        tls_subject="CN=modality.example,O=Hospital"),
+        tls_certificate="CN=modality.example,O=Hospital; issuer=CN=Site CA; sha256=0A:1B"),
     "association_refused_congestion": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
         outcome="4", description="association rejected: temporary congestion"),

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from router.core.dn_text import escape
+from router.core.dn_text import certificate_text, escape
 from router.core.tls import subject_text
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -55,3 +55,15 @@ def test_a_comma_in_a_common_name_stays_in_it(tmp_path: Path) -> None:
 def test_unprintable_characters_are_hex_escaped() -> None:
     assert escape("a\nb\x00c\u2028") == "a\\0Ab\\00c\\E2\\80\\A8"
     assert escape("Müller") == "Müller"
+
+
+def test_certificate_text_names_subject_issuer_and_fingerprint(tmp_path: Path) -> None:
+    """Regression: the audit trail had the subject only, the same for a rogue CA's twin."""
+    name = _name((NameOID.ORGANIZATION_NAME, "Site; Inc"), (NameOID.COMMON_NAME, "ct1"))
+    decoded = _decoded(tmp_path, name)
+    pem = x509.load_pem_x509_certificate((tmp_path / "peer.pem").read_bytes())
+    der = pem.public_bytes(serialization.Encoding.DER)
+    fingerprint = ":".join(f"{b:02X}" for b in pem.fingerprint(hashes.SHA256()))
+    assert certificate_text(decoded, der) == \
+        f"CN=ct1,O=Site\\; Inc; issuer=CN=ct1,O=Site\\; Inc; sha256={fingerprint}"
+    assert certificate_text({}, None) is None  # no certificate (mode tls)
