@@ -186,7 +186,8 @@ TLS_FAILURES = Counter(
 # shows its date.
 TLS_CERTIFICATE_EXPIRY = Gauge(
     f"{PREFIX}_tls_certificate_expiry_timestamp_seconds",
-    "When the certificate the TLS listener serves expires (Unix time).", ["listener"],
+    "When the certificate the TLS listener serves expires (Unix time).",
+    ["listener"],  # dicom (listen.tls.cert) or console (console.tls_cert)
     multiprocess_mode="livemin",
 )
 CONNECTIONS_DROPPED = Counter(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from tests.dcmtk import free_port
 from tests.integration.conftest import RouterFactory
@@ -125,6 +126,10 @@ def test_bearer_token_and_own_https_port(start_router: RouterFactory, tmp_path: 
     # Not on the metrics port when it has its own.
     assert ConsoleClient(f"http://127.0.0.1:{router.metrics_port}").request(
         "/console/login")[0] == 404
+    # Regression: only the DICOM listener's certificate had an expiry gauge (and alert).
+    expiry = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    assert router.metric("dicom_router_tls_certificate_expiry_timestamp_seconds",
+                         listener="console") == int(expiry.timestamp())
 
 
 def _dead_letter(spool: Path, job_id: str) -> None:

@@ -10,10 +10,11 @@ import ssl
 import threading
 from typing import Any
 
+from router.core import metrics
 from router.core.config import ListenerTLS
 from router.core.console_config import ConsoleConfig
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.core.tls import server_context
+from router.core.tls import certificate_expiry, server_context
 from router.service.http_endpoint import AppHandler, Server
 from router.service.http_types import App
 
@@ -26,7 +27,11 @@ def tls_context(settings: ConsoleConfig) -> ssl.SSLContext | None:
         return None
     tls = ListenerTLS(mode="tls", cert=settings.tls_cert, key=settings.tls_key,
                       key_password_file=settings.tls_key_password_file)
-    return server_context(tls, "console")
+    context = server_context(tls, "console")
+    expiry = certificate_expiry(tls)  # beside the DICOM listener's, for the same alert
+    if expiry is not None:
+        metrics.TLS_CERTIFICATE_EXPIRY.labels("console").set(expiry)
+    return context
 
 
 class _TlsServer(Server):
