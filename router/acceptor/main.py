@@ -204,13 +204,14 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     live_config = LiveConfig(config, runtime, store, events, pending, tls, relay, services,
                              spool)
     run_on_signal([signal.SIGHUP], lambda signum: live_config.reload())  # one at a time
+    # Its first snapshot tells the supervisor that SIGHUP is handled: right after the handler.
+    threading.Thread(target=publish_forever, name="live-status", daemon=True,
+                     args=(runtime.status_dir, seat.name, live.status, stop)).start()
     log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
              config.ae_title, config.listen.host, config.listen.port, config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()
-    threading.Thread(target=publish_forever, name="live-status", daemon=True,
-                     args=(runtime.status_dir, seat.name, live.status, stop)).start()
     # Wait with a timeout: a signal the kernel hands to another thread (every association
     # has one) reaches its Python handler only when this thread runs again, so an untimed
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.

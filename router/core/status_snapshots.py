@@ -129,9 +129,11 @@ def read_snapshots(folder: Path) -> dict[str, Any]:
 
 
 def publish_forever(folder: Path, name: str, build: Any, stop: threading.Event) -> None:
-    """Write `build()` every PUBLISH_SECONDS until `stop`; a failed write is logged once."""
+    """Write `build()` at once, then every PUBLISH_SECONDS until `stop`; a failed write is
+    logged once. At once: the supervisor reads the first snapshot as "its SIGHUP handler is
+    in place" (readiness.heeds_sighup), and sent a SIGHUP of the second before it again."""
     failing = False
-    while not stop.wait(PUBLISH_SECONDS):
+    while True:
         try:
             write_snapshot(folder, name, build())
             failing = False
@@ -139,3 +141,5 @@ def publish_forever(folder: Path, name: str, build: Any, stop: threading.Event) 
             if not failing:
                 log.warning("cannot write the live status to %s: %s", folder, exc)
             failing = True
+        if stop.wait(PUBLISH_SECONDS):
+            return

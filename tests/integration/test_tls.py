@@ -401,3 +401,31 @@ def test_audit_tells_apart_two_certificates_with_the_same_subject(
     assert _accepted_peers(trail) == [
         f"CN=modality1; issuer=CN=hospital-ca; sha256={_fingerprint(pki['modality'])}",
         f"CN=modality1; issuer=CN=vendor-ca; sha256={_fingerprint(twin)}"]
+
+
+def test_a_refused_tls_reload_is_logged_once(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: a SIGHUP just after the start (the router ready, the acceptor's first
+    status snapshot not written yet) was sent to the acceptor again once it reported, and a
+    key of another certificate was logged "TLS reload refused" twice."""
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    first: Issued = pki["server"]
+    cert.write_bytes(first.cert.read_bytes())
+    key.write_bytes(first.key.read_bytes())
+    config = _listener(pki, "tls", tmp_path)
+    config["listen"].update(acceptors=1)
+    config["listen"]["tls"].update({"cert": str(cert), "key": str(key)})
+    router = start_router(config)
+    assert router.process is not None
+    key.write_bytes(pki["pacs"].key.read_bytes())  # the key of another certificate
+    os.kill(router.process.pid, signal.SIGHUP)
+    assert wait_for(lambda: "TLS reload refused" in router.log())
+    # A SIGHUP owed to the acceptor is sent once it has reported, in the supervisor's turn
+    # before it handles the next SIGHUP: by the second refusal, it would have been sent.
+    assert wait_for(lambda: "acceptor-1" in router.accepted_by_acceptor())
+    os.kill(router.process.pid, signal.SIGHUP)
+    assert wait_for(lambda: router.log().count("config reload refused") == 2)
+    assert "acceptor-1 was starting during a SIGHUP" not in router.log()
+    assert wait_for(lambda: router.log().count("TLS reload refused") >= 2)
+    assert router.log().count("TLS reload refused") == 2, router.log()
