@@ -7,6 +7,7 @@ Checked for every association request and every C-STORE, so the disk check is ca
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from router.core.config import SpoolConfig
+from router.core.disk_space import describe_oserror
 
 DISK_CHECK_SECONDS = 0.5
 # After the broker refused a job (queue full), refuse new work for this long before trying.
@@ -24,6 +26,8 @@ CONGESTION_SECONDS = 1.0
 # and try a file in each of the spool folders a commit writes to this often.
 SPOOL_RECHECK_SECONDS = 1.0
 SPOOL_FOLDERS = ("incoming", "jobs", "journal")
+# Settled instances kept to be written over (router/core/recycling.py): each holds an inode.
+RECYCLE_FOLDER = "recycle"
 
 
 class Admission:
@@ -32,12 +36,16 @@ class Admission:
         self.min_free_bytes = spool.min_free_bytes
         self.min_free_percent = spool.min_free_percent
         self.watermark_bytes = spool.watermark_bytes
+        self.watermark_inodes = spool.watermark_inodes
         self.clock = clock
         self._lock = threading.Lock()
         self._disk_checked = -DISK_CHECK_SECONDS
         self._free = 0  # bytes free at the last check
         self._total = 1
+        self._free_inodes = 0  # inodes free at the last check
+        self._total_inodes = 0  # 0: the filesystem has no inode limit
         self._received_since = 0  # bytes taken in since then: a fast sender outruns the cache
+        self._stored_since = 0  # and instances: each took an inode at least
         self._congested_until = 0.0
         self._spool_failure: str | None = None  # why the last commit failed, until one works
         self._spool_checked = 0.0
@@ -64,32 +72,59 @@ class Admission:
         if failure is None or self.clock() - checked < SPOOL_RECHECK_SECONDS:
             return failure
         try:
-            for folder in SPOOL_FOLDERS:
-                fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.path / folder)
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(probe)
+            self._probe()
         except OSError as exc:
-            self.spool_failed(str(exc))
-            return str(exc)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._empty_pool():
+                why = describe_oserror(exc, self.path)
+                self.spool_failed(why)
+                return why
+            try:  # the recycled files held the inodes (or bytes) a commit needs
+                self._probe()
+            except OSError as again:
+                why = describe_oserror(again, self.path)
+                self.spool_failed(why)
+                return why
         self.spool_works()
         return None
+
+    def _probe(self) -> None:
+        """Create and remove a file in each folder a commit writes to."""
+        for folder in SPOOL_FOLDERS:
+            fd, probe = tempfile.mkstemp(prefix=".probe-", dir=self.path / folder)
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(probe)
+
+    def _empty_pool(self) -> bool:
+        """Delete the recycled files: on a full spool the inodes and bytes they hold are
+        worth more than the creates they save, and nothing settling may come to free them
+        (an idle router). Taking from the pool is the acceptor's right; a file another
+        taker won meanwhile is simply gone. True when any was deleted."""
+        pool = self.path / RECYCLE_FOLDER
+        try:
+            names = os.listdir(pool)
+        except OSError:
+            return False
+        freed = 0
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pool / name)
+                freed += 1
+        return freed > 0
 
     def note_received(self, size: int) -> None:
         with self._lock:
             self._received_since += size
+            self._stored_since += 1
 
     def _disk(self) -> str | None:
         now = self.clock()
         with self._lock:
             fresh = now - self._disk_checked < DISK_CHECK_SECONDS
         if not fresh:
-            stats = os.statvfs(self.path)
-            with self._lock:
-                self._disk_checked = now
-                self._free = stats.f_bavail * stats.f_frsize
-                self._total = max(1, stats.f_blocks * stats.f_frsize)
-                self._received_since = 0
+            self._look(now)
+            if self._inodes_low() and self._empty_pool():
+                self._look(now)
         with self._lock:
             free, total = self._free - self._received_since, self._total
         percent = 100.0 * free / total
@@ -97,7 +132,28 @@ class Admission:
             return (f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
                     f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
                     f"and {self.min_free_percent}%)")
+        if self._inodes_low():
+            with self._lock:
+                inodes = max(0, self._free_inodes - self._stored_since)
+                total_inodes = self._total_inodes
+            # First what ran out: a sender shows the C-STORE's comment cut at 64 characters.
+            return (f"no free inodes on the spool disk ({inodes} of {total_inodes} free; "
+                    f"needs {int(self.watermark_inodes(total_inodes))}; df -i)")
         return None
+
+    def _look(self, now: float) -> None:
+        stats = os.statvfs(self.path)
+        with self._lock:
+            self._disk_checked = now
+            self._free = stats.f_bavail * stats.f_frsize
+            self._total = max(1, stats.f_blocks * stats.f_frsize)
+            self._free_inodes, self._total_inodes = stats.f_favail, stats.f_files
+            self._received_since = self._stored_since = 0
+
+    def _inodes_low(self) -> bool:
+        with self._lock:
+            free, total = self._free_inodes - self._stored_since, self._total_inodes
+        return total > 0 and free < self.watermark_inodes(total)
 
     def refusal(self, *, new_association: bool = True) -> tuple[str, str] | None:
         """(reason label, operator message) when new work must be refused, else None.

@@ -18,6 +18,7 @@ from router.acceptor.store_handler import StoreHandler
 from router.acceptor.store_receiver import StoreReceiver, file_meta
 from router.core import metrics
 from router.core.dimse_status import Status
+from router.core.disk_space import describe_oserror
 from router.core.uids import uid_for_log
 from router.dicom.engine import CStoreRQ, CStoreRSP, SendCommand
 
@@ -87,12 +88,15 @@ class StoreIntake:
             receiver = StoreReceiver(self.settings.incoming, meta,
                                      self.settings.max_dataset_bytes, self.settings.recycler)
         except OSError as exc:  # no inode left, too many open files, incoming/ gone
+            why = describe_oserror(exc, self.settings.incoming)
             log.error("cannot create a file for a C-STORE in %s (%s); answering 0xA700",
-                      self.settings.incoming, exc.strerror or exc)
-            self.handler.admission.spool_failed(str(exc))  # /readyz 503 until it works
+                      self.settings.incoming, why)
+            self.handler.admission.spool_failed(why)  # /readyz 503 until it works
+            reason = ("no free inodes" if why.startswith("no free inodes")
+                      else exc.strerror or "cannot create a file")
             self._refusal = StoreRefusal(
                 context_id, command, Status.OUT_OF_RESOURCES,
-                f"router spool: {exc.strerror or 'cannot create a file'}; retry later"[:64],
+                f"router spool: {reason}; retry later"[:64],
                 "out_of_resources")
             return
         self._store, self._receiver = (context_id, command, transfer_syntax), receiver

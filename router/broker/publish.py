@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +50,11 @@ class Publishing:
             metrics.SPOOL_FREE.set(usage.free)
             metrics.SPOOL_SIZE.set(usage.total)
             spool.update(free_bytes=usage.free, size_bytes=usage.total)
+            # Each C-STORE takes inodes too: bytes free and none left refuses work as well.
+            inodes = os.statvfs(self.spool.root)
+            metrics.SPOOL_FREE_INODES.set(inodes.f_favail)
+            metrics.SPOOL_INODES.set(inodes.f_files)
+            spool.update(free_inodes=inodes.f_favail, inodes=inodes.f_files)
         except OSError as exc:
             log.warning("cannot read the spool's disk usage: %s", exc)
         if self.status_dir is not None:

@@ -122,6 +122,15 @@ SPOOL_SIZE = Gauge(
     f"{PREFIX}_spool_size_bytes", "Size of the spool's filesystem.",
     multiprocess_mode="livemax",
 )
+SPOOL_FREE_INODES = Gauge(
+    f"{PREFIX}_spool_free_inodes",
+    "Free inodes on the spool's filesystem (f_favail; 0 with _spool_inodes 0: no limit).",
+    multiprocess_mode="livemax",
+)
+SPOOL_INODES = Gauge(
+    f"{PREFIX}_spool_inodes", "Inodes of the spool's filesystem (0: it has no limit).",
+    multiprocess_mode="livemax",
+)
 SPOOL_QUEUED = Gauge(
     f"{PREFIX}_spool_queued_bytes", "Bytes of instances on the spool not yet settled.",
     multiprocess_mode="livesum",

@@ -17,8 +17,10 @@ of the old content (router/acceptor/store_receiver.py). Names in recycle/ mean n
 crash leaves garbage there, never a job.
 
 The pool must not hold space the spool needs: with less than twice the disk watermark free
-(`keep_free`), nothing is retired and the pool is emptied, so a spool near its watermark
-frees the same space as without recycling.
+(`keep_free`), or with few free inodes (each pooled file holds one), nothing is retired and
+the pool is emptied, so a spool near its watermark frees the same space as without
+recycling. The acceptor empties it too when a commit meets a full disk
+(router/acceptor/admission.py): an idle router settles nothing that would look.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from router.core.disk_space import MIN_FREE_INODES
 
 POOL_FILES = 64  # enough to absorb bursts between settling and receiving
 MAX_FILE_BYTES = 1 << 20  # a large instance's create is nothing beside its writing
@@ -83,7 +87,7 @@ class FileRecycler:
                 try:
                     disk = os.statvfs(self.folder)
                     free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
-                    if free < 2 * self.keep_free(total):
+                    if free < 2 * self.keep_free(total) or self._inodes_low(disk):
                         self._pooled = POOL_FILES  # none until the next look
                         self._empty()
                         self._note_disk(low=True)
@@ -95,6 +99,13 @@ class FileRecycler:
                     return False
             self._until_recount -= 1
             return self._pooled < POOL_FILES
+
+    @staticmethod
+    def _inodes_low(disk: os.statvfs_result) -> bool:
+        """Each pooled file holds an inode: on a filesystem with few left (a small tmpfs,
+        ext4 full of small files) the pool must not hold the ones commits need. Twice the
+        pool and the acceptor's floor, so the pool is emptied before admission refuses."""
+        return disk.f_files > 0 and disk.f_favail < 2 * (POOL_FILES + MIN_FREE_INODES)
 
     def _note_disk(self, low: bool) -> None:
         """One line when recycling stops for the disk and one when it resumes: the count of

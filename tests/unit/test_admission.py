@@ -26,6 +26,8 @@ class FakeStat(NamedTuple):
     f_bavail: int
     f_frsize: int
     f_blocks: int
+    f_favail: int = 0
+    f_files: int = 0  # no inode limit unless a test sets one
 
 
 class FakeDisk:
@@ -252,3 +254,38 @@ def test_acceptor_state_maps_every_refusal_reason(
 def test_acceptor_state_rejects_unknown_reason() -> None:
     with pytest.raises(KeyError):
         AcceptorState.code("bogus")
+
+
+def test_few_free_inodes_empty_the_recycle_pool_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    # Bytes are plenty, inodes are not: the pooled files hold them, so the pool goes before
+    # any work is refused (nothing settling may ever come to empty it).
+    pool = tmp_path / "recycle"
+    pool.mkdir()
+    for i in range(5):
+        (pool / f"r{i}.dcm").write_bytes(b"x")
+    files = 100
+
+    def statvfs(path: object) -> FakeStat:
+        used = 88 + len(list(pool.iterdir()))  # 7 free with the pool, 12 without it
+        return FakeStat(1000 * MIB // BLOCK, BLOCK, TOTAL_BLOCKS, files - used, files)
+
+    monkeypatch.setattr(admission_module.os, "statvfs", statvfs)
+    config = SpoolConfig(path=tmp_path, min_free_bytes=0, min_free_percent=5.0)
+    admission = Admission(config, clock=clock)
+    assert admission.refusal() is None  # at least 8 (5% of 100 is less): 12 is enough
+    assert list(pool.iterdir()) == []
+
+
+def test_refuses_below_the_inode_watermark_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    monkeypatch.setattr(admission_module.os, "statvfs",
+                        lambda path: FakeStat(1000 * MIB // BLOCK, BLOCK, TOTAL_BLOCKS, 3, 60))
+    admission = Admission(SpoolConfig(path=tmp_path, min_free_bytes=0, min_free_percent=0),
+                          clock=clock)
+    refusal = admission.refusal()
+    assert refusal is not None
+    assert refusal[0] == "disk_watermark"
+    assert "no free inodes" in refusal[1] and "3 of 60" in refusal[1], refusal

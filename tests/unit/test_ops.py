@@ -32,7 +32,8 @@ CONFIG_MOUNT = "/etc/dicom-router/router.yaml"
 ALERT_NAMES = {
     "DicomRouterDown", "DicomRouterNotReady", "DicomRouterDestinationFailing",
     "DicomRouterQueueGrowing", "DicomRouterDeadLetters", "DicomRouterSpoolNearFull",
-    "DicomRouterConfigReloadFailed", "DicomRouterAuditMessagesLost",
+    "DicomRouterSpoolInodesNearFull", "DicomRouterConfigReloadFailed",
+    "DicomRouterAuditMessagesLost",
     "DicomRouterCertificateExpiring",
 }
 

@@ -214,3 +214,23 @@ def test_the_pool_is_emptied_at_start(tmp_path: Path) -> None:
 
     assert spool.clear_incoming() == 0  # nothing half-received: the pool is not counted
     assert list(spool.recycled.iterdir()) == []
+
+
+def test_with_few_free_inodes_nothing_is_retired_and_the_pool_is_emptied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each pooled file holds an inode: bytes to spare do not make room for a commit's files.
+    pool, jobs = tmp_path / "recycle", tmp_path / "jobs"
+    pool.mkdir(), jobs.mkdir()
+    recycler = FileRecycler(pool)
+    assert recycler.retire(spent(jobs, "j0.dcm"))
+    real = os.statvfs(pool)
+
+    class FewInodes:
+        f_bavail, f_frsize, f_blocks = real.f_bavail, real.f_frsize, real.f_blocks
+        f_files, f_favail = 60, 20
+
+    monkeypatch.setattr(recycling.os, "statvfs", lambda path: FewInodes)
+    recycler._until_recount = 0
+    assert not recycler.retire(spent(jobs, "j1.dcm"))
+    assert list(pool.iterdir()) == []

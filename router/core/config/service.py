@@ -9,6 +9,7 @@ from pydantic import Field
 
 from router.core.bounds import GIB, PIB, between
 from router.core.config.base import Strict
+from router.core.disk_space import MIN_FREE_INODES
 from router.core.durations import DAY, Seconds, at_most
 
 
@@ -30,6 +31,14 @@ class SpoolConfig(Strict):
         """The free bytes the spool must keep on a disk of `total` bytes: the larger of the
         two watermarks (the acceptor's admission and the recycled files' pool read it)."""
         return max(self.min_free_bytes, total * self.min_free_percent / 100)
+
+    def watermark_inodes(self, total: int) -> float:
+        """The free inodes the spool must keep on a filesystem of `total` inodes (0: one
+        without an inode limit, such as btrfs): every C-STORE takes some, and running out
+        refuses commits as a full disk does, with bytes free."""
+        if total <= 0:
+            return 0
+        return max(MIN_FREE_INODES, total * self.min_free_percent / 100)
 
 
 class QueueConfig(Strict):

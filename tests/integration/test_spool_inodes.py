@@ -1,0 +1,78 @@
+"""A spool out of inodes with bytes free: the recycle pool holds the inodes freed by
+deliveries, so the acceptor must recover by itself once a commit failed, not only after a
+restart. A real tmpfs with few inodes (needs root to mount it)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.acceptor.admission import SPOOL_RECHECK_SECONDS, Admission
+from router.core.config import SpoolConfig
+from router.core.disk_space import describe_oserror
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "spool"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("mounting a small tmpfs needs root, and CI must run this test as root")
+        pytest.skip("mounting a small tmpfs needs root (make test runs as root, as CI does)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=40", "tmpfs",
+                           str(mount)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"cannot mount a small tmpfs for the spool: {done.stderr}"
+    try:
+        yield mount
+    finally:
+        with contextlib.suppress(OSError):
+            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fill_with_inodes(folder: Path) -> None:
+    """Create files in `folder` until the filesystem has no inode left."""
+    for i in range(1000):
+        try:
+            (folder / f"{i}.dcm").touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return
+    pytest.fail("the tmpfs never ran out of inodes")
+
+
+def test_a_pool_holding_every_inode_is_emptied_and_work_resumes(few_inodes: Path) -> None:
+    for folder in ("incoming", "jobs", "journal", "recycle"):
+        (few_inodes / folder).mkdir()
+    fill_with_inodes(few_inodes / "recycle")  # settled jobs' files, as the reaper pools them
+    with pytest.raises(OSError) as full:
+        (few_inodes / "jobs" / "j1.job").touch()
+    assert "no free inodes" in describe_oserror(full.value, few_inodes)
+
+    clock = Clock()
+    admission = Admission(SpoolConfig(path=few_inodes, min_free_bytes=0, min_free_percent=0),
+                          clock=clock)
+    admission.spool_failed(describe_oserror(full.value, few_inodes))  # a commit failed
+    refusal = admission.refusal()
+    assert refusal is not None and refusal[0] in ("disk_watermark", "spool_unwritable")
+    assert "no free inodes" in refusal[1], refusal
+
+    clock.now += SPOOL_RECHECK_SECONDS
+    assert admission.refusal() is None
+    assert list((few_inodes / "recycle").iterdir()) == []
+    (few_inodes / "jobs" / "j1.job").touch()  # a commit has its inode again
