@@ -19,6 +19,7 @@ the destination again; what was handed over stays with the fallback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -43,6 +44,15 @@ ACTIONS = ("pause", "resume", "retry", "drain")
 # The worker's words for the same case (workers/delivery.py), for what is in flight then.
 REMOVED = ("destination no longer configured (removed by a config reload); replay the dead "
            "letter to another one")
+
+
+class DrainFailed(Exception):
+    """A spool write failed part way through a drain: `counts["moved"]` jobs did move (their
+    `outcomes` must be acted on), the rest are back in the source's queue."""
+
+    def __init__(self, counts: dict[str, int], outcomes: list[Outcome], error: OSError) -> None:
+        super().__init__(str(error))
+        self.counts, self.outcomes, self.error = counts, outcomes, error
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ class OperatorControl:
             given = give_up_queued(self.dispatcher, name, "unknown_destination", REMOVED)
             if name in self.dispatcher.held:
                 self.dispatcher.held.discard(name)
-                self._save_paused()
+                with contextlib.suppress(OSError):  # a start drops an unknown name anyway
+                    self._save_paused(self.dispatcher.held)
             if given:
                 log.warning("destination %s is no longer configured: its %d queued job(s) "
                             "are unknown_destination dead letters, to replay elsewhere",
@@ -105,10 +116,10 @@ class OperatorControl:
                         ", ".join(sorted(paused)))
         return paused
 
-    def _save_paused(self) -> None:
+    def _save_paused(self, paused: set[str]) -> None:
         folder: Path = self.state_path.parent
         folder.mkdir(exist_ok=True)
-        body = json.dumps({"paused": sorted(self.dispatcher.held)}).encode()
+        body = json.dumps({"paused": sorted(paused)}).encode()
         write_atomically(self.state_path, body)
         fsync_path(folder, directory=True)
 
@@ -128,12 +139,20 @@ class OperatorControl:
             elif action == "retry":
                 counts, detail = self._retry(name)
             else:
-                counts, outcomes = self.drain(name, request.target)
+                counts, outcomes, failure = self.drain_all(name, request.target)
                 detail = (f"moved {counts['moved']} queued job(s) from {name} to "
                           f"{request.target}; {counts['in_flight']} in flight stay with {name}")
-        except OSError as exc:  # the spool refused a write: nothing is claimed done
+                if failure is not None:
+                    return ControlReply(
+                        request.request_id, False,
+                        f"{detail}; then the spool ({self.spool.root}) refused a write "
+                        f"({failure}): the other {counts['left']} stay queued for {name}; "
+                        "check its disk", counts, server_error=True), outcomes
+        except OSError as exc:  # the spool refused a write: nothing was changed
             return ControlReply(request.request_id, False,
-                                f"cannot write to the spool ({exc}); check its disk"), outcomes
+                                f"cannot write to the spool ({self.spool.root}: {exc}): "
+                                f"{action} not done; check its disk",
+                                server_error=True), outcomes
         log.warning("operator %s (%s) %s: %s", request.actor or "unknown",
                     request.source or "unknown address", action, detail)
         return ControlReply(request.request_id, True, detail, counts), outcomes
@@ -158,12 +177,15 @@ class OperatorControl:
 
     def _pause(self, name: str, paused: bool) -> tuple[dict[str, int], str]:
         was = name in self.dispatcher.held
+        if was != paused:
+            # Saved first: a restart must find what the running broker does, and a spool
+            # that refuses the write leaves both as they were.
+            self._save_paused(self.dispatcher.held | {name} if paused
+                              else self.dispatcher.held - {name})
         if paused:
             self.dispatcher.held.add(name)
         else:
             self.dispatcher.held.discard(name)
-        if was != paused:
-            self._save_paused()
         depth = self.dispatcher.depth(name)
         state = "paused" if paused else "resumed"
         again = "" if was != paused else " (it already was)"
@@ -189,11 +211,25 @@ class OperatorControl:
             for job in jobs[keep:]:
                 outcomes += retarget(self.dispatcher, self.spool, job, source, target)
                 moved += 1
-        finally:
-            put_back(self.dispatcher, source, jobs[keep + moved:])  # after a failed write
             if moved:
                 self.spool.sync_jobs()
+        except OSError as exc:
+            raise DrainFailed({"moved": moved, "in_flight": self.dispatcher.in_flight[source]},
+                              outcomes, exc) from exc
+        finally:
+            put_back(self.dispatcher, source, jobs[keep + moved:])  # after a failed write
         return {"moved": moved, "in_flight": self.dispatcher.in_flight[source]}, outcomes
+
+    def drain_all(self, source: str, target: str) -> tuple[dict[str, int], list[Outcome],
+                                                             OSError | None]:
+        """drain() for an operator, who must hear how many moved when a write failed part
+        way (those did move, and their outcomes count) and how many stay: `left`."""
+        try:
+            counts, outcomes = self.drain(source, target)
+        except DrainFailed as exc:
+            return exc.counts | {"left": self.dispatcher.depth(source)}, exc.outcomes, \
+                exc.error
+        return counts, outcomes, None
 
     # --- fallback --------------------------------------------------------------------------
 
@@ -222,9 +258,10 @@ class OperatorControl:
                             target)
             try:
                 outcomes += self.drain(name, target, keep=1)[1]
-            except OSError as exc:
-                log.error("cannot hand %s's queue to %s (spool write failed: %s)", name,
-                          target, exc)
+            except DrainFailed as exc:
+                outcomes += exc.outcomes  # those moved
+                log.error("cannot hand %s's queue to %s (spool write failed: %s); %d moved",
+                          name, target, exc.error, exc.counts["moved"])
         return outcomes
 
     def _usable(self, targets: tuple[str, ...], now: float) -> str | None:

@@ -322,6 +322,9 @@ class ControlReply(Message):
     ok: bool
     detail: str
     counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Not done because the router failed (the spool refused a write), not the request:
+    # the API answers 503 instead of 400.
+    server_error: bool = False
 
 
 RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel, RelayProbe)

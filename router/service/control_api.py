@@ -135,7 +135,8 @@ class ControlApi:
             return json_response(503, {"error": str(exc)})
         self._record(actor, request, what, reply.detail, ok=reply.ok)
         if not reply.ok:
-            return json_response(400, {"error": reply.detail})
+            return json_response(503 if reply.server_error else 400,
+                                 {"error": reply.detail, **reply.counts})
         return json_response(200, {"ok": True, "detail": reply.detail, **reply.counts})
 
     # --- dead letters ----------------------------------------------------------------------

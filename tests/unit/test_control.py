@@ -188,3 +188,47 @@ def test_a_paused_destination_removed_by_a_reload_gives_its_queue_up(spool: Spoo
     for action in ("resume", "drain"):
         reply, _ = control.handle(Control("r2", action, "pacs", "archive", "tester", "::1"), 2.0)
         assert not reply.ok and "removed by a config reload" in reply.detail, reply.detail
+
+
+def test_pause_and_resume_the_spool_refuses_change_nothing(spool: Spool) -> None:
+    # The operator hears "not done" (a server error): the running broker must not do it
+    # anyway, and a restart must find what the broker does.
+    dispatcher, control = setup(spool)
+    act(control, "pause", "archive")
+    saved = control.state_path.read_bytes()
+    control.state_path.unlink()
+    control.state_path.parent.rmdir()
+    control.state_path.parent.write_bytes(b"")  # control/ a file: every save fails
+    for action, name, held in (("pause", "pacs", {"archive"}), ("resume", "archive",
+                                                                {"archive"})):
+        reply, _ = control.handle(Control("r1", action, name, "", "tester", "127.0.0.1"), 0.0)
+        assert not reply.ok and reply.server_error, reply
+        assert str(spool.root) in reply.detail and "not done" in reply.detail, reply.detail
+        assert dispatcher.held == held
+    control.state_path.parent.unlink()
+    control.state_path.parent.mkdir()
+    control.state_path.write_bytes(saved)
+    assert setup(spool)[0].held == {"archive"}
+
+
+def test_a_drain_cut_short_by_the_spool_says_how_many_moved(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dispatcher, control = setup(spool)
+    for i in range(5):
+        commit(spool, dispatcher, make_header(f"ab0{i}"))
+    rewrite = spool.rewrite_header
+    writes = iter(range(100))
+
+    def failing(header: JobHeader) -> None:
+        if next(writes) >= 2:
+            raise OSError(28, "No space left on device")
+        rewrite(header)
+
+    monkeypatch.setattr(spool, "rewrite_header", failing)
+    reply, _ = control.handle(Control("r1", "drain", "pacs", "archive", "tester", ""), 0.0)
+    assert not reply.ok and reply.server_error, reply
+    assert reply.counts["moved"] == 2 and reply.counts["left"] == 3, reply.counts
+    assert reply.detail.startswith("moved 2 queued job(s) from pacs to archive"), reply.detail
+    assert "the other 3 stay queued for pacs" in reply.detail, reply.detail
+    assert dispatcher.depth("pacs") == 3 and dispatcher.depth("archive") == 2

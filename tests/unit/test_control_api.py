@@ -12,6 +12,7 @@ from typing import Any, cast
 import pytest
 
 from router.core.config import parse_config
+from router.core.messages import ControlReply
 from router.core.spool import Spool
 from router.service import control_api, dead_letters
 from router.service.control_api import ControlApi
@@ -155,3 +156,24 @@ def test_destination_rows_say_when_they_are_a_hung_brokers_last_report(
     assert old["destinations"]["pacs"]["depth"] == 1
     never = _rows(api, {})  # no report at all: nothing current either
     assert never["stale"] is True and never["updated"] is None
+
+
+class Replying:
+    """ControlClient stand-in: the broker's reply as given."""
+
+    def __init__(self, reply: Any) -> None:
+        self.reply = reply
+
+    def request(self, *args: object) -> Any:
+        return self.reply
+
+
+@pytest.mark.parametrize(("server_error", "code"), [(True, 503), (False, 400)])
+def test_a_spool_failure_is_a_server_error_and_a_refusal_a_bad_request(
+    api: ControlApi, server_error: bool, code: int
+) -> None:
+    api.client = cast(Any, Replying(ControlReply("r1", False, "cannot write to the spool",
+                                                 {"moved": 2}, server_error=server_error)))
+    status, answer = post(api, "/api/destinations/pacs/drain", {"to": "folder"})
+    assert status == code, answer
+    assert answer["error"] == "cannot write to the spool" and answer["moved"] == 2
