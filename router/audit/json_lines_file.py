@@ -31,14 +31,30 @@ class JsonLinesFile:
         self._lock = threading.Lock()
 
     def append(self, line: str) -> None:
+        """One whole line, or an OSError and nothing: a full disk can take part of a line
+        (a short write, then ENOSPC), and a torn line glues the next one to it, so the
+        file is cut back to where it was."""
         data = (line + "\n").encode("utf-8")
         with self._lock:
             fd = self._current_fd()
+            start = os.fstat(fd).st_size  # O_APPEND: where this line begins
             view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                self._cut_back(fd, start, len(data) - len(view))
+                raise
             if self.fsync:
                 os.fsync(fd)
+
+    @staticmethod
+    def _cut_back(fd: int, start: int, written: int) -> None:
+        """Remove the `written` bytes of a line cut short at `start`, unless the file grew
+        past them meanwhile (another process's whole line is never cut)."""
+        with contextlib.suppress(OSError):
+            if written and os.fstat(fd).st_size == start + written:
+                os.ftruncate(fd, start)
 
     def _current_fd(self) -> int:
         if self._fd is not None:
