@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,42 @@ from tests.integration.router_process import RouterProcess
 from tests.study_set import StudySet, make_study_set
 
 RouterFactory = Callable[[dict[str, Any]], RouterProcess]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs with the given options (`size=64k`, `nr_inodes=40`) for a full-disk
+    test, unmounted at the end; needs root (make test and CI run as root)."""
+    mounted: list[Path] = []
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("mounting a small tmpfs needs root, and CI must run this test as root")
+        pytest.skip("mounting a small tmpfs needs root (make test runs as root, as CI does)")
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, f"cannot mount a small tmpfs: {done.stderr}"
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        with contextlib.suppress(OSError):
+            subprocess.run(["umount", "-l", str(point)], check=False, timeout=30)
+
+
+def fill_disk(path: Path) -> None:
+    """Write `path` until its filesystem has no byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 512)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture

@@ -4,11 +4,8 @@ restart. A real tmpfs with few inodes (needs root to mount it)."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,24 +15,6 @@ from router.core.config import SpoolConfig
 from router.core.disk_space import describe_oserror
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def few_inodes(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "spool"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("mounting a small tmpfs needs root, and CI must run this test as root")
-        pytest.skip("mounting a small tmpfs needs root (make test runs as root, as CI does)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,nr_inodes=40", "tmpfs",
-                           str(mount)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, f"cannot mount a small tmpfs for the spool: {done.stderr}"
-    try:
-        yield mount
-    finally:
-        with contextlib.suppress(OSError):
-            subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 class Clock:
@@ -56,7 +35,10 @@ def fill_with_inodes(folder: Path) -> None:
     pytest.fail("the tmpfs never ran out of inodes")
 
 
-def test_a_pool_holding_every_inode_is_emptied_and_work_resumes(few_inodes: Path) -> None:
+def test_a_pool_holding_every_inode_is_emptied_and_work_resumes(
+    small_tmpfs: Callable[[str], Path]
+) -> None:
+    few_inodes = small_tmpfs("size=8m,nr_inodes=40")
     for folder in ("incoming", "jobs", "journal", "recycle"):
         (few_inodes / folder).mkdir()
     fill_with_inodes(few_inodes / "recycle")  # settled jobs' files, as the reaper pools them
