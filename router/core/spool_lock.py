@@ -22,6 +22,7 @@ sees the child's lock. If it failed, the child leaves without touching the spool
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -45,6 +46,20 @@ class SpoolInUse(RouterError):
     pass
 
 
+class SpoolUnwritable(RouterError):
+    pass
+
+
+def _unwritable(root: Path, path: Path, exc: OSError) -> SpoolUnwritable:
+    """An operator message naming the spool and the file: the bare OSError of a write on a
+    descriptor names neither."""
+    hint = ("free space on its volume and start again" if exc.errno in (errno.ENOSPC,
+                                                                         errno.EDQUOT)
+            else "check the volume and its permissions")
+    return SpoolUnwritable(f"cannot write {path.name} in spool {root} (spool.path): "
+                           f"{exc.strerror or exc}; {hint}")
+
+
 @dataclass(frozen=True)
 class Tenancy:
     """What a child needs to join its supervisor's spool (picklable: spawn sends it)."""
@@ -58,7 +73,10 @@ def hold_spool(root: Path, stop_grace: float) -> tuple[int, float]:
     previous holder wrote (`stop_grace`, ours, when it wrote none). Raises SpoolInUse naming
     the holder's pid when another router has it."""
     path = root / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _unwritable(root, path, exc) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -73,8 +91,15 @@ def hold_spool(root: Path, stop_grace: float) -> tuple[int, float]:
     previous = stop_grace
     with contextlib.suppress(OSError, ValueError, IndexError):
         previous = float(os.pread(fd, 64, 0).decode().split()[1])
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n{stop_grace}\n".encode(), 0)
+    # Written over, then cut to its length: emptied first, a write the disk refused left
+    # no pid for the next start to name.
+    mine = f"{os.getpid()}\n{stop_grace}\n".encode()
+    try:
+        os.pwrite(fd, mine, 0)
+        os.ftruncate(fd, len(mine))
+    except OSError as exc:
+        os.close(fd)
+        raise _unwritable(root, path, exc) from None
     return fd, previous
 
 
