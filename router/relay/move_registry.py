@@ -3,10 +3,11 @@
 The router asks the upstream to move to the router's own AE with a message ID of its own;
 the upstream's C-STOREs carry that ID as Move Originator Message ID, which is how an instance
 finds its move. As Move Originator AE Title they carry the router's calling AE, or (some
-upstreams, pynetdicom's among them) the upstream's own AE title: such an instance is the
-move's only when it comes on an association from the move's upstream (its AE title as the
-calling AE), so that a C-STORE another party pushes to the router, naming its own
-originator, is never taken from the routing rules. The upstream opens associations of its
+upstreams, pynetdicom's among them) the upstream's own AE title, or nothing. An instance is
+the move's only when it comes on an association from the move's upstream (its AE title as the
+calling AE, which tls.ae_titles binds to the upstream's certificate): another party's
+C-STORE, whatever originator and message ID it names, is ordinary work for the routing
+rules, never a sub-operation of someone else's move. The upstream opens associations of its
 own for them, and with several acceptors on one port (`listen.acceptors`) the kernel may
 hand such an association to an acceptor other than the one whose requester waits. So a move
 is a file, `<spool>/moves/<message id>`, holding the pid of the acceptor that relays it and
@@ -56,10 +57,11 @@ class MoveRelay:
         Title on an association from `calling_ae`, is this move's (AE titles arrive
         padded)."""
         originator, calling = (originator_ae or "").strip(), calling_ae.strip()
-        if originator and originator == self.originator_ae:
-            return True
-        return bool(self.upstream_ae) and calling == self.upstream_ae and \
-            originator in ("", calling)
+        # Only the upstream may add to its move: anyone can name the router as originator
+        # and guess a message ID, but tls.ae_titles binds the calling AE to a certificate.
+        if not self.upstream_ae or calling != self.upstream_ae:
+            return False
+        return originator in ("", calling, self.originator_ae)
 
 
 class MoveRegistry:

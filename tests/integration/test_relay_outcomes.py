@@ -342,6 +342,41 @@ def test_a_relayed_c_move_from_an_upstream_naming_itself_as_originator(
         target.close()
 
 
+def test_another_sender_cannot_slip_an_instance_into_a_relayed_c_move(
+        tmp_path: Path) -> None:
+    """While MOVER's relayed move runs, CT2 pushes a C-STORE naming the router as Move
+    Originator and the move's message ID: it is ordinary work for the rules (archived), never
+    a sub-operation; TARGET gets only the upstream's 3 and MOVER is told completed 3 (before:
+    TARGET got CT2's instance too and MOVER was told completed 4 of 3)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3), delay=0.5)
+    target = Target()
+    router = _router(tmp_path, upstream, target)
+    try:
+        finals: list[tuple[int, ...]] = []
+        mover = threading.Thread(target=lambda: finals.append(_move(router.port)[-1]))
+        mover.start()
+        wait_for(lambda: upstream.move_message_ids, 15)
+        injected = dcmread(_files(tmp_path / "ct2", 1)[0])
+        ae = AE(ae_title="CT2")
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title=ROUTER_AE)
+        assert assoc.is_established
+        status = assoc.send_c_store(injected, originator_aet=ROUTER_AE,
+                                    originator_id=upstream.move_message_ids[-1])
+        assoc.release()
+        mover.join(60)
+        assert int(status.Status) == 0x0000
+        assert finals and finals[0][0] == 0x0000 and finals[0][2:] == (3, 0, 0), finals
+        assert len(target.received) == 3
+        assert str(injected.SOPInstanceUID) not in target.received
+        wait_for(lambda: len(_archived(tmp_path)) == 1, 15)
+        _no_traceback(router)
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
 def test_a_relayed_c_move_counts_the_targets_warnings_and_the_upstreams_failures(
         tmp_path: Path) -> None:
     """The target answers 0xB007 to every other instance and the upstream fails one

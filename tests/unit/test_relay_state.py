@@ -68,15 +68,17 @@ def test_commitments_older_than_a_day_are_forgotten(tmp_path: Path) -> None:
 def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(
         tmp_path: Path) -> None:
     moves = MoveRegistry(tmp_path)
-    first, second = moves.open("DICOM-ROUTER"), moves.open("DICOM-ROUTER")
+    first, second = moves.open("DICOM-ROUTER", "PACS"), moves.open("DICOM-ROUTER", "PACS")
     assert first.message_id != second.message_id
-    assert moves.owner(first.message_id, "DICOM-ROUTER ") == os.getpid()  # AE titles padded
-    assert moves.owner(first.message_id, "SOMEONE-ELSE") is None
-    assert moves.owner(None, "DICOM-ROUTER") is None
-    assert moves.owner(0, "DICOM-ROUTER") is None and moves.owner(70000, "DICOM-ROUTER") is None
+    # AE titles padded:
+    assert moves.owner(first.message_id, "DICOM-ROUTER ", "PACS ") == os.getpid()
+    assert moves.owner(first.message_id, "SOMEONE-ELSE", "PACS") is None
+    assert moves.owner(None, "DICOM-ROUTER", "PACS") is None
+    assert moves.owner(0, "DICOM-ROUTER", "PACS") is None
+    assert moves.owner(70000, "DICOM-ROUTER", "PACS") is None
     moves.close(first)
-    assert moves.owner(first.message_id, "DICOM-ROUTER") is None
-    assert moves.owner(second.message_id, "DICOM-ROUTER") == os.getpid()
+    assert moves.owner(first.message_id, "DICOM-ROUTER", "PACS") is None
+    assert moves.owner(second.message_id, "DICOM-ROUTER", "PACS") == os.getpid()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [str(second.message_id), f"closed-{first.message_id}"])
 
@@ -89,11 +91,25 @@ def test_an_upstream_naming_itself_as_originator_is_matched_on_its_own_associati
     move = moves.open("DICOM-ROUTER", "PACS")
     assert moves.owner(move.message_id, "PACS", "PACS ") == os.getpid()
     assert moves.owner(move.message_id, "", "PACS") == os.getpid()
-    assert moves.owner(move.message_id, "DICOM-ROUTER", "ANYONE") == os.getpid()
+    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") == os.getpid()
     # A workstation's own move from the PACS to the router, with the same message ID:
     assert moves.owner(move.message_id, "WORKSTATION", "PACS") is None
     assert moves.owner(move.message_id, "PACS", "OTHER-PACS") is None
     assert not moves.closed(move.message_id, "WORKSTATION", "PACS")
+
+
+def test_only_the_moves_upstream_adds_to_it_whatever_originator_it_names(
+        tmp_path: Path) -> None:
+    """Another sender naming the router as Move Originator and the move's message ID is not
+    the move's, in progress or closed: its C-STORE is ordinary work for the rules."""
+    moves = MoveRegistry(tmp_path)
+    move = moves.open("DICOM-ROUTER", "PACS")
+    for originator in ("DICOM-ROUTER", "", "CT2"):
+        assert moves.owner(move.message_id, originator, "CT2") is None
+    moves.close(move)
+    for originator in ("DICOM-ROUTER", "", "CT2"):
+        assert not moves.closed(move.message_id, originator, "CT2")
+    assert moves.closed(move.message_id, "DICOM-ROUTER", "PACS")
 
 
 def test_an_instance_of_a_move_that_ended_is_told_apart_from_new_work(
@@ -118,7 +134,7 @@ IDS = 200  # a small ID space, so that the processes try the same IDs and can ru
 
 def _open_moves(folder: Path, count: int, results: multiprocessing.Queue[list[int]]) -> None:
     registry = MoveRegistry(folder, message_ids=IDS)
-    results.put([registry.open("DICOM-ROUTER").message_id for _ in range(count)])
+    results.put([registry.open("DICOM-ROUTER", "PACS").message_id for _ in range(count)])
 
 
 def test_acceptor_processes_never_share_a_message_id_and_find_each_others_moves(
@@ -127,7 +143,7 @@ def test_acceptor_processes_never_share_a_message_id_and_find_each_others_moves(
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[list[int]] = context.Queue()
     for message_id in range(1, 41):  # taken by this process: skipped
-        (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
+        (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER\nPACS")
     children = [context.Process(target=_open_moves, args=(tmp_path, 40, results))
                 for _ in range(3)]
     for child in children:
@@ -139,24 +155,25 @@ def test_acceptor_processes_never_share_a_message_id_and_find_each_others_moves(
     assert len(claimed) == len(set(claimed)) == 120 and min(claimed) > 40
     # The children have exited: their moves are over, and their IDs free again.
     here = MoveRegistry(tmp_path, message_ids=IDS)
-    assert all(here.owner(message_id, "DICOM-ROUTER") is None for message_id in claimed)
-    assert here.open("DICOM-ROUTER").message_id > 40
+    assert all(here.owner(message_id, "DICOM-ROUTER", "PACS") is None
+               for message_id in claimed)
+    assert here.open("DICOM-ROUTER", "PACS").message_id > 40
 
 
 def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_again(
         tmp_path: Path) -> None:
     alive = {os.getpid()}
     registry = MoveRegistry(tmp_path, alive=lambda pid: pid in alive, message_ids=IDS)
-    (tmp_path / "7").write_text("999999 DICOM-ROUTER")  # an acceptor that died
-    assert registry.owner(7, "DICOM-ROUTER") is None
-    assert registry.closed(7, "DICOM-ROUTER")  # its late instances are refused
+    (tmp_path / "7").write_text("999999 DICOM-ROUTER\nPACS")  # an acceptor that died
+    assert registry.owner(7, "DICOM-ROUTER", "PACS") is None
+    assert registry.closed(7, "DICOM-ROUTER", "PACS")  # its late instances are refused
     for message_id in range(1, IDS + 1):
         if message_id != 7:
             (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
-    assert registry.open("DICOM-ROUTER").message_id == 7
-    assert registry.owner(7, "DICOM-ROUTER") == os.getpid()
+    assert registry.open("DICOM-ROUTER", "PACS").message_id == 7
+    assert registry.owner(7, "DICOM-ROUTER", "PACS") == os.getpid()
     with pytest.raises(RuntimeError, match="in progress"):
-        registry.open("DICOM-ROUTER")
+        registry.open("DICOM-ROUTER", "PACS")
 
 
 def test_a_pass_through_move_never_shares_a_recently_closed_moves_id(tmp_path: Path) -> None:
