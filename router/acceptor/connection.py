@@ -335,19 +335,41 @@ class EngineConnection:
     # --- the socket ---------------------------------------------------------------------
 
     def _recv(self, view: memoryview, timeout_label: str, timeout_message: str) -> int:
-        try:
-            count = self.sock.recv_into(view)
-        except TimeoutError:
-            if self.established:
-                self.abort()
-            raise self._dropped(timeout_label, timeout_message) from None
-        except OSError:
-            return 0  # reset or broken: the engine sees the transport closed
+        extended = False
+        while True:
+            try:
+                count = self.sock.recv_into(view)
+                break
+            except TimeoutError:
+                wait = self._silence_allowed()
+                if wait is None:
+                    if self.established:
+                        self.abort()
+                    raise self._dropped(timeout_label, timeout_message) from None
+                self.sock.settimeout(wait)
+                extended = True
+            except OSError:
+                return 0  # reset or broken: the engine sees the transport closed
+        if extended:
+            self.sock.settimeout(self.settings.network_timeout)
         if self._records is not None and count:
             count = self._records.fill(view, count)
         if self._quick_ack and count:
             ack_now(self.sock)
         return count
+
+    def _silence_allowed(self) -> float | None:
+        """How much longer an associated requester may stay silent, None when it has been
+        silent for network_timeout. A requester waiting on a relayed request of its own is
+        not idle: request_timeout bounds that request (and answers a failure status), and
+        network_timeout counts from when the last one ended."""
+        if self._link is None:
+            return None
+        since = self._link.idle_since()
+        if since is None:
+            return self.settings.network_timeout
+        left = since + self.settings.network_timeout - time.monotonic()
+        return left if left > 0 else None
 
     def _feed(self, engine: Association, data: memoryview) -> list[Event]:
         try:

@@ -65,6 +65,10 @@ class EngineRequesterLink:
         """A relayed request ended: its cancel is forgotten, a later one may reuse its ID."""
         self._requests.finished(message_id)
 
+    def idle_since(self) -> float | None:
+        """When no relayed request was last outstanding; None while one is (RequestIds)."""
+        return self._requests.idle_since()
+
     def store_answered(self, response: CStoreRSP) -> None:
         self._store_answers.put(response)
 

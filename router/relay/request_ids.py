@@ -10,6 +10,7 @@ earlier request's cancel must not end a later one.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 
@@ -18,6 +19,7 @@ class RequestIds:
         self._outstanding: Counter[int] = Counter()  # submitted, not finished
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()  # the connection's thread and the relay's
+        self._idle_since = time.monotonic()  # when the last outstanding request finished
 
     def submitted(self, message_id: int) -> None:
         with self._lock:
@@ -38,3 +40,11 @@ class RequestIds:
             if self._outstanding[message_id] <= 0:
                 del self._outstanding[message_id]
                 self._cancelled.discard(message_id)
+            if not self._outstanding:
+                self._idle_since = time.monotonic()
+
+    def idle_since(self) -> float | None:
+        """When the association last had no relayed request outstanding (monotonic), None
+        while it has one: its requester is waiting for the router, not silent."""
+        with self._lock:
+            return None if self._outstanding else self._idle_since

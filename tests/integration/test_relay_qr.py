@@ -249,6 +249,29 @@ def test_c_cancel_travels_upstream_and_ends_the_query(tmp_path: Path) -> None:
         slow.close()
 
 
+def test_a_requester_waiting_on_a_relayed_c_find_is_not_closed_as_silent(
+        tmp_path: Path) -> None:
+    """network_timeout 1 s, an upstream streaming 25 matches over 2.5 s: the requester, silent
+    while it waits, gets every match and Success (before: aborted after 1 s as "silent for
+    network_timeout"); once the request has ended, its silence closes it as before."""
+    slow = FindArchive(matches=25)
+    router = _router_querying(tmp_path, "SLOWQR", slow.port,
+                              listen={"network_timeout": 1})
+    try:
+        assoc = _find_association(router.port, "WAITER")
+        statuses = [int(status.Status) if status else -1 for status, _ in
+                    assoc.send_c_find(_study_query(), StudyRootQueryRetrieveInformationModelFind)]
+        assert statuses == [0xFF00] * 25 + [0x0000], statuses
+        assert assoc.is_established
+        dropped = "dicom_router_connections_dropped_total"
+        assert router.metric(dropped, reason="network_timeout") == 0
+        wait_for(lambda: assoc.is_aborted, 15)
+        assert router.metric(dropped, reason="network_timeout") == 1
+    finally:
+        router.stop()
+        slow.close()
+
+
 def test_c_find_fails_clearly_when_the_upstream_is_down(tmp_path: Path) -> None:
     config = {
         "destinations": {"gone": {"type": "dicom", "ae_title": "GONE", "host": LOCALHOST,

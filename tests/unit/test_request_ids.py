@@ -19,3 +19,16 @@ def test_a_cancel_counts_for_its_request_only_until_it_ends() -> None:
     ids.cancel(1)  # late, after the request ended
     ids.submitted(1)
     assert not ids.cancelled(1)
+
+
+def test_the_association_is_idle_only_once_every_relayed_request_ended() -> None:
+    """The connection's network_timeout counts from `idle_since`, never while one waits."""
+    ids = RequestIds()
+    assert ids.idle_since() is not None
+    ids.submitted(1)
+    ids.submitted(2)
+    assert ids.idle_since() is None
+    ids.finished(1)
+    assert ids.idle_since() is None
+    ids.finished(2)
+    assert ids.idle_since() is not None
