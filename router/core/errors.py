@@ -59,11 +59,14 @@ class QueueFull(OutOfResources):
 class DeliveryError(RouterError):
     """Forwarding to one destination failed. `transient` says whether a retry may succeed;
     `during_store`: the destination failed while this instance was on the wire (an abort
-    under a C-STORE), so the instance itself may be the cause."""
+    under a C-STORE), so the instance itself may be the cause; `certificate`: a TLS
+    certificate was not accepted, the peer's by the router or the router's by the peer (a
+    few words saying which and why), which only an operator's change mends."""
 
     def __init__(self, reason: str, message: str, *, transient: bool,
-                 during_store: bool = False) -> None:
+                 during_store: bool = False, certificate: str = "") -> None:
         super().__init__(message)
         self.reason = reason  # a bounded label: connection, rejected, no_context, status, ...
         self.transient = transient
         self.during_store = during_store
+        self.certificate = certificate

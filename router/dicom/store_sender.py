@@ -22,7 +22,7 @@ from router.core.dimse_status import is_delivered, is_transient_failure
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
 from router.core.priority import TO_DIMSE
-from router.core.tls import client_context, failure_text
+from router.core.tls import PEER_REFUSED, client_context, failure_reason, failure_text
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.dicom.scu_socket import Peer
@@ -51,6 +51,24 @@ def is_busy_answer(failure: AssociationFailed, wait: float) -> bool:
     return failure.kind == "no_answer" and failure.waited >= wait * 0.9
 
 
+# failure_reason()s that say a certificate was not accepted, whichever side refused it.
+CERTIFICATE_FAILURES = frozenset({
+    "certificate_expired", "certificate_revoked", "crl_problem", "hostname_mismatch",
+    "unknown_ca", "bad_certificate", "no_client_certificate", PEER_REFUSED})
+
+
+def certificate_failure(exc: BaseException) -> str:
+    """A few words on a certificate that was not accepted, "" for another TLS failure."""
+    reason = failure_reason(exc)
+    if reason not in CERTIFICATE_FAILURES:
+        return ""
+    if reason == PEER_REFUSED:
+        return failure_text(exc).removeprefix("the peer ")  # "refused the router's ..."
+    if reason == "no_client_certificate":
+        return "wants a client certificate (tls.cert)"
+    return f"certificate not accepted: {reason}"
+
+
 def classify(failure: AssociationFailed, destination: str, sop_class: str,
              syntax: str) -> DeliveryError:
     """The DeliveryError kind the broker acts on (README "Delivery and retries")."""
@@ -58,7 +76,8 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
         exc = failure.tls_error
         detail = getattr(exc, "verify_message", None) or exc.reason  # "Hostname mismatch..."
         return DeliveryError("tls", f"TLS with {destination} failed: {failure_text(exc)} "
-                             f"({detail})", transient=True)
+                             f"({detail})", transient=True,
+                             certificate=certificate_failure(exc))
     if not failure.connected:
         return DeliveryError("connection", f"cannot connect to {destination} ({failure})",
                              transient=True)

@@ -189,6 +189,7 @@ class Delivery:
     lock: threading.Lock = field(default_factory=threading.Lock)  # the shared sender's
     deadline: float = math.inf  # monotonic: the move's request_timeout, for retries
     counts: SubOperations = field(default_factory=SubOperations)
+    refused: str = ""  # why the destination's TLS failed for good, for the final's comment
     _sent: Counts | None = None
 
     def arrived(self) -> None:
@@ -203,6 +204,8 @@ class Delivery:
             except DeliveryError as exc:
                 log.warning("relayed C-MOVE: %s", exc)
                 self.counts.delivered(None)
+                if exc.certificate:
+                    self.refused = f"{self.sender.name} {exc.certificate}"
             finally:
                 path.unlink(missing_ok=True)
             self.pending()
@@ -210,14 +213,16 @@ class Delivery:
     def _send(self, path: Path) -> int:
         """One sub-operation. A transient failure (busy, rejected for now, no connection,
         aborted) is tried again, backing off, until the move's deadline: a destination that
-        serves one association at a time may be serving someone else for a moment."""
+        serves one association at a time may be serving someone else for a moment. A
+        certificate one side does not accept stays so while the requester waits: failed."""
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
                 with self.lock:
                     return int(self.sender.send(_job(path), path, self.originator))
             except DeliveryError as exc:
-                if (not exc.transient or time.monotonic() + delay > self.deadline
+                if (not exc.transient or exc.certificate
+                        or time.monotonic() + delay > self.deadline
                         or self.exchange.cancelled() or self.exchange.gone()):
                     raise
                 log.info("relayed C-MOVE: %s; trying again in %.1f s", exc, delay)
@@ -273,5 +278,5 @@ def _move_loop(call: RelayCall, delivery: Delivery) -> None:
         delivery.arrived()  # sent before the final
         cancelled = call.cancelled or exchange.cancelled()
         exchange.final(delivery.counts.final_status(answer.status, cancelled),
-                       answer.error_comment, delivery.counts.counts())
+                       answer.error_comment or delivery.refused, delivery.counts.counts())
         return

@@ -83,6 +83,7 @@ def test_a_pacs_requiring_a_client_certificate_is_a_tls_failure(
     assert (error.reason, error.transient) == ("tls", True)
     assert str(error) == ("TLS with pacs failed: no_client_certificate "
                           "(TLSV13_ALERT_CERTIFICATE_REQUIRED)")
+    assert error.certificate == "wants a client certificate (tls.cert)"  # a relayed move
 
 
 def test_a_certificate_for_another_host_is_a_hostname_mismatch(
@@ -96,3 +97,4 @@ def test_a_certificate_for_another_host_is_a_hostname_mismatch(
     assert (error.reason, error.transient) == ("tls", True)
     assert str(error) == ("TLS with pacs failed: hostname_mismatch (Hostname mismatch, "
                           "certificate is not valid for 'localhost'.)")
+    assert error.certificate == "certificate not accepted: hostname_mismatch"
