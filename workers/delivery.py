@@ -16,8 +16,9 @@ import zmq
 from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.errors import DeliveryError
-from router.core.failures import HOLD_BACK_FAILURES
+from router.core.failures import HOLD_BACK_FAILURES, SPOOL_FAILURES
 from router.core.log_context import working_on
+from router.core.log_safety import RepeatLimiter
 from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.core.spool import Spool
 from router.dicom.association_pool import release_all
@@ -27,6 +28,8 @@ from workers.ledger import DeliveryLedger, file_digest
 from workers.prepare import FALLBACK_SYNTAXES, Prepared, Preparer, open_uid_map
 
 log = logging.getLogger(__name__)
+# A full spool fails every copy of every delivery alike: one line a minute says so.
+_SPOOL_FAILURES_LOGGED = RepeatLimiter()
 
 
 class Reloads:
@@ -167,7 +170,10 @@ class DeliveryThread(threading.Thread):
         except DeliveryError as exc:
             if not source.exists():
                 return self._withdrawn(job, name)
-            log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
+            if exc.reason in SPOOL_FAILURES:
+                _spool_failed(exc)
+            else:
+                log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
             return Result(job.job_id, name, False, exc.reason, exc.transient, str(exc),
                           during_store=exc.during_store)
         except FileNotFoundError:
@@ -301,3 +307,11 @@ class DeliveryThread(threading.Thread):
             log.error("job %s delivered to %s, but the spool could not record it (%s): a "
                       "restart before the job is done would send it there again",
                       job.job_id, name, exc)
+
+
+def _spool_failed(exc: DeliveryError) -> None:
+    """One error line per minute for a spool that cannot take the worker's copies: its
+    deliveries wait (no attempt spent) and retry until it can (README "Retries")."""
+    if _SPOOL_FAILURES_LOGGED.allow(exc.reason, 1):
+        log.error("%s; deliveries that morph, de-identify or transcode wait, without spending "
+                  "attempts, until the spool can take their copies", exc)

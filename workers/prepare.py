@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -181,6 +182,16 @@ def deidentify_failure(exc: Exception) -> DeliveryError:
                          transient=False)
 
 
+def spool_write_failure(exc: OSError, relay: Path) -> DeliveryError:
+    """The copy a step writes in the spool's relay folder failed (ENOSPC, EDQUOT, EROFS,
+    EIO...): the router's own disk, neither the instance's fault nor the destination's, so
+    the broker lets the delivery wait without spending an attempt (README "Retries")."""
+    code = errno.errorcode.get(exc.errno or 0, "")
+    why = f"{code} {exc.strerror}" if code and exc.strerror else str(exc)
+    return DeliveryError("spool_write", f"cannot write in the spool ({exc.filename or relay}): "
+                         f"{why}", transient=True)
+
+
 class Preparer:
     """One per delivery thread; `uid_map` opens the de-identification UID map on first use."""
 
@@ -215,8 +226,12 @@ class Preparer:
             accepted = tuple(force_syntaxes) or steps.transfer_syntaxes
             if accepted and prepared.job.transfer_syntax_uid not in accepted:
                 self._transcode(prepared, accepted, destination)
-        except BaseException:
-            prepared.cleanup()
+        except BaseException as exc:
+            cleanup_quietly(prepared)  # on a read-only spool the unlink fails too
+            if isinstance(exc, FileNotFoundError) and not source.exists():
+                raise  # withdrawn meanwhile (workers/delivery.py)
+            if isinstance(exc, OSError):
+                raise spool_write_failure(exc, self.spool.relay) from exc
             raise
         return prepared
 

@@ -27,6 +27,9 @@ Rules it keeps:
   instance; it spends an attempt only if the destination took something else since this
   job's previous such failure. A PACS that aborts everything keeps its whole queue; an
   instance that alone makes it abort becomes a dead letter after its attempts.
+- A worker that cannot write its copy of the instance in the spool (a morph,
+  de-identification or transcode on a full or failing disk) failed on the router's own
+  disk: the delivery waits, backing off while the spool keeps failing, and spends no attempt.
 - A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
   backoff with jitter while it is transient and attempts remain; otherwise it becomes a
   dead letter with the reason.
@@ -43,7 +46,12 @@ from router.broker.completion import MAX_BATCH
 from router.broker.concurrency import ASSOCIATION_LOST, Choice
 from router.broker.deliveries import Delivery, Outcome, Retry, backoff
 from router.broker.dispatch_state import DispatchState
-from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES, STORE_FAILURES
+from router.core.failures import (
+    DESTINATION_FAILURES,
+    HOLD_BACK_FAILURES,
+    SPOOL_FAILURES,
+    STORE_FAILURES,
+)
 from router.core.messages import JobHeader, Result
 
 BUSY_HOLD_SECONDS = 1.0  # a busy destination with nothing of ours open: wait, then try again
@@ -124,6 +132,7 @@ class Dispatcher(DispatchState):
 
     def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
         if result.delivered:
+            self.spool_failures_in_a_row = 0
             self.failures_in_a_row[delivery.destination] = 0
             self.paused_until[delivery.destination] = 0.0
             self.delivered_total[delivery.destination] += 1
@@ -134,6 +143,8 @@ class Dispatcher(DispatchState):
             return [self._busy(delivery, now)]
         if _store_failure(result):
             return self._store_failed(delivery, result, now)
+        if result.transient and result.reason in SPOOL_FAILURES:
+            return [self._spool_wait(delivery, result, now)]
         if result.transient and result.reason in DESTINATION_FAILURES:
             return [self._pause(delivery, result.reason, now, result.detail)]
         policy = self.policies[delivery.destination]
@@ -179,6 +190,16 @@ class Dispatcher(DispatchState):
         again = Delivery(delivery.job, name, delivery.attempt + 1)
         self._requeue_back(again)
         return [replace(retry, delivery=again)]
+
+    def _spool_wait(self, delivery: Delivery, result: Result, now: float) -> Retry:
+        """The spool could not take the worker's copy: try again later, same attempt. The
+        delay grows while the spool keeps failing (any delivery resets it)."""
+        self.spool_failures_in_a_row += 1
+        policy = self.policies[delivery.destination]
+        delay = backoff(policy.retry, self.spool_failures_in_a_row, self.rand)
+        again = Delivery(delivery.job, delivery.destination, delivery.attempt)
+        heapq.heappush(self.delayed, (now + delay, next(self._sequence), again))
+        return Retry(again, delay, result.reason, result.detail)
 
     def _busy(self, delivery: Delivery, now: float) -> Retry:
         """The destination is busy, not down: no attempt spent, no failure counted. With none

@@ -66,6 +66,7 @@ class DispatchState:
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
+        self.spool_failures_in_a_row = 0  # workers' copies the spool refused since a delivery
         self.backoff_reason: dict[str, str] = {}  # what started a destination's back-off
         # Deliveries each destination took, and its count when a job's store last failed
         # under it (router/broker/dispatch.py: an abort spends an attempt only when the

@@ -30,7 +30,7 @@ from router.core import metrics
 from router.core import reload as reload_config
 from router.core.config import RouterConfig
 from router.core.errors import ProtocolError, RouterError
-from router.core.failures import DESTINATION_FAILURES
+from router.core.failures import DESTINATION_FAILURES, SPOOL_FAILURES
 from router.core.messages import (
     RELAY_TYPES,
     Accepted,
@@ -173,6 +173,9 @@ class Broker(Publishing, RelayPaths):
                 if outcome.reason == "busy":
                     log.info("destination %s is busy; %d job(s) wait for an association",
                              d.destination, d.size)
+                elif outcome.reason in SPOOL_FAILURES:
+                    log.debug("job %s to %s waits %.1fs for the spool (%s)", d.job.job_id,
+                              d.destination, outcome.delay, outcome.detail)
                 elif outcome.reason in DESTINATION_FAILURES:
                     if outcome.announce:  # once per back-off, not per delivery caught in it
                         log.warning("destination %s unavailable (%s); its queue waits %.1fs",

@@ -16,3 +16,7 @@ STORE_FAILURES = frozenset({"aborted", "protocol"})
 # A batch or run stops at these: the destination is down, or busy (it refused one more
 # association while the router holds another: router/broker/concurrency.py).
 HOLD_BACK_FAILURES = DESTINATION_FAILURES | {"busy"}
+# The router's own spool could not take a worker's copy of the instance (a morph,
+# de-identification or transcode: disk full, read-only, I/O error). Neither the instance nor
+# the destination is at fault: the delivery waits and tries again, no attempt is spent.
+SPOOL_FAILURES = frozenset({"spool_write"})

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import CTImageStorage
 
-from tests.dcmtk import LOCALHOST, run_storescu
+from tests.dcmtk import LOCALHOST, StoreSCP, free_ports, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration.router_process import RouterProcess
+from tests.integration.router_process import RouterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +61,60 @@ def test_a_spool_full_mid_store_is_answered_a700(small_spool: Path, tmp_path: Pa
         assert router.metric("dicom_router_instances_received_total",
                              result="out_of_resources") == 1
         router.stop()
+
+
+def fill(folder: Path) -> Path:
+    """Fill the filesystem of `folder` to the last byte; the filler is returned."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_spool_too_full_for_a_morphed_copy_waits_without_spending_attempts(
+        small_spool: Path, tmp_path: Path) -> None:
+    """The worker writes a morphed copy in relay/; with the disk full it cannot. Before, that
+    was an `internal` failure with a traceback per try, spending attempts until the job
+    became a dead letter the full disk could not take either. Now it waits (reason
+    `spool_write`, one log line) and is delivered once there is room again."""
+    (port,) = free_ports(1)
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
+    config = {
+        "spool": {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": {"max_attempts": 2,
+                                                          "initial_delay": 0.1,
+                                                          "max_delay": 0.2}}},
+        "rules": [{"name": "all", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "General Hospital"}]}],
+    }
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=200_000)
+               for _ in range(2)]
+    with RouterProcess(tmp_path / "router", config) as router, pacs:
+        pacs.stop()
+        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert stored.returncode == 0, stored.stderr
+        filler = fill(small_spool)
+        pacs.start()
+        assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                              reason="spool_write") >= 6), router.log()[-3000:]
+        assert router.metric_sum("dicom_router_dead_letters_total") == 0
+        assert pacs.received_files() == []
+        filler.unlink()
+        assert wait_for(lambda: len(pacs.received_files()) == 2), router.log()[-3000:]
+        router.stop()
+    log = router.log()
+    assert "Traceback" not in log
+    said = [line for line in log.splitlines() if "cannot write in the spool" in line]
+    assert 1 <= len(said) <= 2, said  # one line a minute per worker process
+    assert "ENOSPC" in said[0] and str(small_spool / "relay") in said[0]
+    assert not list((small_spool / "dead-letters").glob("*.json"))

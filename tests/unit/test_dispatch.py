@@ -677,3 +677,29 @@ def test_a_recovered_job_is_not_reusable() -> None:
     assert isinstance(settled, Settled) and not settled.reusable
     (at_once,) = d.add_job(make_header("j2"), delivered=["pacs"], exclusive=False)
     assert isinstance(at_once, Settled) and not at_once.reusable
+
+
+def test_a_spool_write_failure_waits_without_spending_an_attempt() -> None:
+    """The worker could not write its copy (full spool): the router's disk, not the
+    instance's fault. It spent attempts before, and became a dead letter the full spool could
+    not take either."""
+    d = make_dispatcher({"pacs": 1}, rand=lambda: 1.0)
+    job = make_header("j1")
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    now = 0.0
+    delays = []
+    for _ in range(RETRY.max_attempts + 3):
+        ((_, delivery),) = d.dispatch(now)
+        assert delivery.attempt == 1
+        (retry,) = answer(d, W1, failed(job, "pacs", "spool_write", detail="ENOSPC"), now)
+        assert isinstance(retry, Retry) and retry.reason == "spool_write"
+        assert retry.delivery.attempt == 1
+        delays.append(retry.delay)
+        now += retry.delay
+        d.worker_ready(W1, 1, now)
+    assert delays[:4] == [1.0, 2.0, 4.0, 8.0]  # backs off while the spool keeps failing
+    assert d.paused_until["pacs"] == 0.0  # the destination is not down
+    d.dispatch(now)
+    assert answer(d, W1, ok(job, "pacs"), now) == [Settled(job)]
+    assert d.spool_failures_in_a_row == 0

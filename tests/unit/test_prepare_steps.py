@@ -138,3 +138,27 @@ def test_a_replayed_job_whose_de_identification_is_gone_is_a_dead_letter(
     # A job never routed to be de-identified goes as before.
     assert not steps_for(v2, _moved(make_header(destinations=("research",), rules=("plain",)),
                                     "research", "research2"), "research2").deidentify_lost
+
+
+def test_a_copy_the_spool_cannot_take_is_a_spool_write_failure(tmp_path: Path) -> None:
+    """An OSError writing the worker's copy (here relay/ is a file; ENOSPC in
+    tests/integration/test_spool_full.py) is the spool's problem, not the instance's: a
+    transient `spool_write` failure naming where and why. It escaped before, and the worker
+    retried it as `internal` with a traceback per attempt."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "folder", "path": str(tmp_path / "p")}},
+        "rules": [{"name": "m", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "X"}]}],
+    })
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1")
+    spool = Spool(tmp_path / "spool").create()
+    spool.relay.rmdir()
+    spool.relay.write_bytes(b"")  # a file where the folder should be
+    job = make_header(destinations=("pacs",), rules=("m",),
+                      transfer_syntax_uid="1.2.840.10008.1.2.1")
+    with pytest.raises(DeliveryError) as caught:
+        Preparer(config, spool, lambda: None).prepare(job, "pacs", source)
+    assert caught.value.reason == "spool_write" and caught.value.transient
+    assert str(spool.relay) in str(caught.value)
+    assert "ENOTDIR" in str(caught.value)
