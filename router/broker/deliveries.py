@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,6 +89,8 @@ class DeadLetter:
     delivery: Delivery
     reason: str
     detail: str
+    # When it was given up: its record says so even if the spool took it later.
+    failed_at: float = field(default_factory=time.time, compare=False)
 
 
 @dataclass(frozen=True)

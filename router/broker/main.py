@@ -26,6 +26,7 @@ from router.broker.reaper import SpoolReaper
 from router.broker.recovery import Recovery, recover_jobs
 from router.broker.relay_paths import RelayPaths
 from router.broker.relay_routes import RelayRoutes
+from router.broker.unwritten_dead_letters import UnwrittenDeadLetters
 from router.core import metrics
 from router.core import reload as reload_config
 from router.core.config import RouterConfig
@@ -68,6 +69,7 @@ class Broker(Publishing, RelayPaths):
         self.dead_letter_tally = DeadLetterTally(spool.dead_letters)
         spool.recycler.keep_free = config.spool.watermark_bytes
         self.reaper = SpoolReaper(spool)
+        self.unwritten = UnwrittenDeadLetters()
         self.orphans = OrphanedJournals(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(policies(config), config.queue.max_jobs,
@@ -161,10 +163,9 @@ class Broker(Publishing, RelayPaths):
                  why, requeued)
 
     def _apply(self, outcomes: list[Outcome]) -> None:
-        keep: set[str] = set()  # jobs whose dead letter could not be written stay on the spool
         for outcome in outcomes:
             if isinstance(outcome, Settled):
-                if outcome.job.job_id in keep:
+                if self.unwritten.hold(outcome):  # a dead letter waits: the job stays
                     continue
                 self.reaper.remove(outcome.job, reuse=outcome.reusable)
             elif isinstance(outcome, Retry):
@@ -185,18 +186,20 @@ class Broker(Publishing, RelayPaths):
                                 d.job.job_id, d.destination, outcome.reason, d.attempt,
                                 outcome.delay)
             elif isinstance(outcome, DeadLetter) and not self._dead_letter(outcome):
-                keep.add(outcome.delivery.job.job_id)
+                self.unwritten.add(outcome)
 
-    def _dead_letter(self, outcome: DeadLetter) -> bool:
+    def _dead_letter(self, outcome: DeadLetter, again: bool = False) -> bool:
         d = outcome.delivery
         record = {"reason": outcome.reason, "detail": outcome.detail, "attempts": d.attempt,
-                  "failed_at": time.time()}
+                  "failed_at": outcome.failed_at}
         try:
             path = self.spool.dead_letter(d.job, d.destination, record)
         except OSError as exc:
-            log.error("cannot write the dead letter of job %s for %s (%s); the job stays on "
-                      "the spool and is retried at the next start", d.job.job_id, d.destination,
-                      exc)
+            metrics.SPOOL_ERRORS.labels("dead_letter").inc()
+            if not again:  # then counted, once a heartbeat, until written
+                log.error("cannot write the dead letter of job %s for %s (%s): the job stays "
+                          "on the spool and the broker tries again every second",
+                          d.job.job_id, d.destination, exc)
             return False
         metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
         log.error("gave up delivering job %s to %s: %s (%s); dead letter %s",
@@ -263,6 +266,7 @@ class Broker(Publishing, RelayPaths):
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
             self.take_replays()
+            self._apply(self.unwritten.retry(lambda letter: self._dead_letter(letter, True)))
             for job in self.orphans.collect(lambda job_id: job_id not in self.dispatcher.jobs
                                             and not self.reaper.removing(job_id)):
                 self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))

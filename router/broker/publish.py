@@ -11,6 +11,7 @@ from pathlib import Path
 from router.broker.control import OperatorControl
 from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.dispatch import Dispatcher
+from router.broker.unwritten_dead_letters import UnwrittenDeadLetters
 from router.core import metrics
 from router.core.spool import Spool
 from router.core.status_snapshots import write_snapshot
@@ -27,6 +28,7 @@ class Publishing:
     associating: set[str]  # destinations with associations to show
     spool: Spool
     dead_letter_tally: DeadLetterTally
+    unwritten: UnwrittenDeadLetters
     status_dir: Path | None
     config_generation: int
 
@@ -42,6 +44,8 @@ class Publishing:
             if "concurrency" in row:
                 metrics.DESTINATION_CONCURRENCY.labels(name).set(float(row["concurrency"]))
             metrics.DEAD_LETTERS_WAITING.labels(name).set(float(row["dead_letters_waiting"]))
+            metrics.DEAD_LETTERS_UNWRITTEN.labels(name).set(
+                float(row["dead_letters_unwritten"]))
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -73,6 +77,7 @@ class Publishing:
     def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool | str]]:
         wall = time.time()
         waiting = self.dead_letter_tally.counts(now)
+        unwritten = self.unwritten.by_destination()
         out: dict[str, dict[str, float | int | bool | str]] = {}
         for name in self.dispatcher.queues:
             oldest = self.dispatcher.oldest_received(name)
@@ -89,6 +94,8 @@ class Publishing:
                 "backing_off_because": (self.dispatcher.backoff_reason.get(name, "")
                                         if self.dispatcher.is_paused(name, now) else ""),
                 "dead_letters_waiting": waiting.get(name, 0),  # on the spool, to replay
+                # Given up, but the spool could not take the record yet (disk full).
+                "dead_letters_unwritten": unwritten.get(name, 0),
                 **self.control.summary(name, now),  # paused by an operator, fallback
                 # When this was true: a reader of the rows alone (GET /api/destinations)
                 # can tell a hung broker's last word from the current state.

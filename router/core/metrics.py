@@ -169,6 +169,12 @@ DEAD_LETTERS_WAITING = Gauge(
     "Dead letters on the spool, waiting to be replayed or purged, by destination.",
     ["destination"], multiprocess_mode="livesum",
 )
+DEAD_LETTERS_UNWRITTEN = Gauge(
+    f"{PREFIX}_dead_letters_unwritten",
+    "Dead letters the spool could not take yet (disk full): their jobs stay on the spool and "
+    "the broker writes them again every second.",
+    ["destination"], multiprocess_mode="livesum",
+)
 REFUSALS = Counter(
     f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
 )
@@ -247,7 +253,8 @@ SPOOL_ERRORS = Counter(
     "Spool operations on jobs/ that failed (EACCES, EIO, ENOSPC, a directory where a file "
     "should be): remove (a settled job stays, recovered at the next start), recover (a job "
     "left in place at start), mark_delivered (a crash may then redeliver, which the ledger "
-    "suppresses). Each is logged with the job.",
+    "suppresses), dead_letter (a record not written: the broker tries again every second). "
+    "Each is logged with the job.",
     ["operation"],
 )
 RECOVERED_JOBS = Counter(f"{PREFIX}_recovered_jobs_total", "Jobs recovered from the spool.")

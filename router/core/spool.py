@@ -59,13 +59,18 @@ def fsync_path(path: Path, *, directory: bool = False) -> None:
 def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write to a temp name beside `path`, fsync, and rename over it: never a torn file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # 0600 as the instances: job headers and dead-letter records name SOP instances.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-        fh.write(data)
-        if fsync:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        # 0600 as the instances: job headers and dead-letter records name SOP instances.
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk leaves no half-written temp behind
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_job_id() -> str:
@@ -402,8 +407,15 @@ class Spool:
         body = {"job": header.to_dict(), "destination": destination, **record}
         target = self.dead_letters / f"{header.job_id}.{destination}.json"
         with self.dead_letter_lock():
-            if not instance.exists():
+            linked = not instance.exists()
+            if linked:
                 os.link(self.instance_path(header.job_id), instance)
-            write_atomically(target, json.dumps(body, indent=2).encode())
+            try:
+                write_atomically(target, json.dumps(body, indent=2).encode())
+            except OSError:
+                if linked:  # no instance without its record: the broker writes both again
+                    with contextlib.suppress(OSError):
+                        instance.unlink()
+                raise
             fsync_path(self.dead_letters, directory=True)
         return target

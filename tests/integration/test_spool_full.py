@@ -118,3 +118,42 @@ def test_a_spool_too_full_for_a_morphed_copy_waits_without_spending_attempts(
     assert 1 <= len(said) <= 2, said  # one line a minute per worker process
     assert "ENOSPC" in said[0] and str(small_spool / "relay") in said[0]
     assert not list((small_spool / "dead-letters").glob("*.json"))
+
+
+def test_dead_letters_the_full_spool_cannot_take_are_written_once_it_can(
+        small_spool: Path, tmp_path: Path) -> None:
+    """A PACS that rejects every association (a permanent failure) while the spool is full:
+    before, the jobs vanished from every view until a restart (in no queue, no dead letter,
+    nothing retried), and an instance linked in dead-letters/ without its record stayed."""
+    (port,) = free_ports(1)
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port, extra_args=["--refuse"])
+    config = {
+        "spool": {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": {"initial_delay": 0.1,
+                                                          "max_delay": 0.2}}},
+        "rules": [{"name": "all", "forward": ["pacs"]}],
+    }
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=20_000)
+               for _ in range(2)]
+    letters = small_spool / "dead-letters"
+    with RouterProcess(tmp_path / "router", config) as router:
+        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert stored.returncode == 0, stored.stderr
+        filler = fill(small_spool)
+        with pacs:
+            assert wait_for(lambda: router.metric("dicom_router_spool_errors_total",
+                                                  operation="dead_letter") >= 4), router.log()
+        assert router.metric("dicom_router_dead_letters_unwritten", destination="pacs") == 2
+        assert sorted(p.name for p in letters.iterdir()) == []  # no link, no temp file
+        assert len(list((small_spool / "jobs").glob("*.dcm"))) == 2  # kept
+        filler.unlink()
+        assert wait_for(lambda: len(list(letters.glob("*.json"))) == 2), router.log()[-3000:]
+        assert wait_for(lambda: router.metric("dicom_router_dead_letters_unwritten",
+                                              destination="pacs") == 0)
+        assert router.metric_sum("dicom_router_dead_letters_total") == 2
+        assert wait_for(lambda: not list((small_spool / "jobs").glob("*.dcm")))
+        router.stop()
+    assert len(list(letters.glob("*.dcm"))) == 2
+    assert router.log().count("cannot write the dead letter") == 2  # once each, not a flood

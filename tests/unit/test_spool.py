@@ -248,6 +248,29 @@ def test_dead_letter_survives_removal_of_the_job(spool: Spool) -> None:
     assert archive["reason"] == "io_retries_exhausted"
 
 
+def test_a_dead_letter_that_cannot_be_written_leaves_nothing_behind(spool: Spool) -> None:
+    """Its record's place is taken (a directory here; a full disk in
+    tests/integration/test_spool_full.py): before, the instance's link and the record's temp
+    file stayed, an instance without a record that `list` never showed."""
+    header = make_header(OLD, ("pacs",))
+    commit(spool, header, b"the instance")
+    (spool.dead_letters / f"{OLD}.pacs.json").mkdir()
+
+    with pytest.raises(OSError):
+        spool.dead_letter(header, "pacs", {"reason": "rejected"})
+
+    assert names(spool.dead_letters) == {f"{OLD}.pacs.json"}
+
+
+def test_write_atomically_removes_its_temp_file_when_it_fails(tmp_path: Path) -> None:
+    (tmp_path / "record.json").mkdir()  # os.replace cannot put a file there
+
+    with pytest.raises(OSError):
+        write_atomically(tmp_path / "record.json", b"new contents")
+
+    assert names(tmp_path) == {"record.json"}
+
+
 @pytest.mark.parametrize("fsync", [True, False])
 def test_write_atomically_leaves_no_temp_file(tmp_path: Path, fsync: bool) -> None:
     target = tmp_path / "record.json"
