@@ -96,6 +96,16 @@ def _list(letters: list[dead_letters.DeadLetter], as_json: bool) -> None:
     print(f"{len(letters)} dead letters")
 
 
+def _stopped(action: str, letter: dead_letters.DeadLetter, done: int, total: int,
+             exc: OSError) -> int:
+    """The spool refused (disk full, read-only): one line, and what was done before."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    print(f"dicom-router: error: cannot {action} {letter.id}: {exc.strerror or exc}{where}; "
+          f"{done} of {total} dead letters {action}{'ed' if action == 'replay' else 'd'}, "
+          f"the rest left as they were", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     config: RouterConfig = load_config(args.config) if args.config else default_config()
     spool = Spool(config.spool.path)
@@ -118,8 +128,11 @@ def run(args: argparse.Namespace) -> int:
         if args.to is not None and args.to not in config.destinations:
             raise RouterError(f"--to {args.to!r} is not a destination in the config "
                               f"(known: {', '.join(sorted(config.destinations))})")
-        for letter in letters:
-            job = dead_letters.replay(spool, letter, args.to)
+        for done, letter in enumerate(letters):
+            try:
+                job = dead_letters.replay(spool, letter, args.to)
+            except OSError as exc:
+                return _stopped("replay", letter, done, len(letters), exc)
             print(f"{letter.id} -> job {job.job_id} for {job.destinations[0]}")
         _repeats(repeated, "replayed")
         print(f"{len(letters)} dead letters replayed; the router queues them within a second")
@@ -128,8 +141,11 @@ def run(args: argparse.Namespace) -> int:
                           or args.newer_than)
         if unfiltered and not args.all:
             raise RouterError("purge without a filter deletes every dead letter: add --all")
-        for letter in letters:
-            dead_letters.purge(spool, letter)
+        for done, letter in enumerate(letters):
+            try:
+                dead_letters.purge(spool, letter)
+            except OSError as exc:
+                return _stopped("purge", letter, done, len(letters), exc)
         _repeats(repeated, "purged")
         print(f"{len(letters)} dead letters purged")
     return 0

@@ -247,7 +247,20 @@ class Spool:
         for marker in self.jobs.glob("*.done"):
             if marker.name.split(".", 1)[0] not in instances:
                 marker.unlink(missing_ok=True)  # a crash inside remove()
+        self._clear_replay_leftovers()
         return count
+
+    def _clear_replay_leftovers(self) -> None:
+        """A replay a crash (or a full disk, before the fix) cut short: a temp file, or a
+        header without its instance. Its dead letter stays, to replay again. Under the
+        dead-letter lock: a `dead-letters replay` may be staging one right now."""
+        with self.dead_letter_lock():
+            staged = {p.stem for p in self.replay.glob("*.dcm")}
+            for path in self.replay.glob("*.json"):
+                if path.stem not in staged and not path.name.startswith("."):
+                    path.unlink(missing_ok=True)
+            for tmp in self.replay.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def _compact_journal(self, live: dict[str, JobHeader]) -> None:
         """Replace every segment by one with just the `live` records. The new one is durable
@@ -367,8 +380,14 @@ class Spool:
     def stage_replay(self, header: JobHeader, instance: Path) -> None:
         """Put a job in the replay inbox; the broker moves it into jobs/ and queues it."""
         payload = json.dumps(header.to_dict(), separators=(",", ":")).encode()
-        write_atomically(self.replay / f"{header.job_id}.json", payload)
-        os.link(instance, self.replay / f"{header.job_id}.dcm")  # the instance last, as in commit
+        header_path = self.replay / f"{header.job_id}.json"
+        write_atomically(header_path, payload)
+        try:
+            os.link(instance, self.replay / f"{header.job_id}.dcm")  # the instance last
+        except OSError:
+            with contextlib.suppress(OSError):  # no header left without its instance
+                header_path.unlink()
+            raise
         fsync_path(self.replay, directory=True)
 
     def take_replays(self) -> list[JobHeader]:

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from pydicom.uid import CTImageStorage
 
+from router.core.spool import Spool
 from tests.dcmtk import LOCALHOST, StoreSCP, free_ports, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration.router_process import RouterProcess, wait_for
+from tests.integration.router_process import ROUTER, RouterProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +159,35 @@ def test_dead_letters_the_full_spool_cannot_take_are_written_once_it_can(
         router.stop()
     assert len(list(letters.glob("*.dcm"))) == 2
     assert router.log().count("cannot write the dead letter") == 2  # once each, not a flood
+
+
+def test_replaying_dead_letters_on_a_full_spool_is_one_error_line(small_spool: Path,
+                                                                   tmp_path: Path) -> None:
+    """Before: a Python traceback, and a temp file left in replay/ for ever."""
+    from tests.unit.helpers import make_header
+
+    spool = Spool(small_spool).create()
+    for job_id in ("0000000000000001aaaaaaaa", "0000000000000002bbbbbbbb"):
+        header = make_header(job_id, ("pacs",))
+        incoming = spool.incoming / f"{job_id}.part"
+        incoming.write_bytes(b"the instance")
+        spool.commit(header, incoming)
+        spool.dead_letter(header, "pacs", {"reason": "rejected", "attempts": 1})
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({
+        "spool": {"path": str(small_spool)},
+        "destinations": {"pacs": {"type": "folder", "path": str(tmp_path / "pacs")}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]}))
+    fill(small_spool)
+
+    done = subprocess.run([*ROUTER, "dead-letters", "replay", "--destination", "pacs",
+                           "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("dicom-router: error: cannot replay 0000000000000001aaaaaaaa.pacs")
+    assert "No space left on device" in line and "0 of 2 dead letters replayed" in line
+    assert list(spool.replay.iterdir()) == []
+    assert len(list(spool.dead_letters.glob("*.json"))) == 2  # still there to replay

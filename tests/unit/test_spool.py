@@ -262,6 +262,25 @@ def test_a_dead_letter_that_cannot_be_written_leaves_nothing_behind(spool: Spool
     assert names(spool.dead_letters) == {f"{OLD}.pacs.json"}
 
 
+def test_a_replay_cut_short_is_cleaned_at_start_and_its_dead_letter_stays(
+        spool: Spool) -> None:
+    """A crash (or a full disk) in `dead-letters replay` left a temp file or a header
+    without its instance in replay/, which nothing ever removed."""
+    header = make_header(OLD, ("pacs",))
+    commit(spool, header, b"the instance")
+    spool.dead_letter(header, "pacs", {"reason": "rejected"})
+    (spool.replay / f".{MID}.json.1234abcd.tmp").write_bytes(b"{")
+    (spool.replay / f"{MID}.json").write_bytes(b"{}")  # its instance never linked
+    with pytest.raises(FileNotFoundError):  # the instance is gone: nothing half-staged
+        spool.stage_replay(make_header(NEW), spool.jobs / "missing.dcm")
+    assert names(spool.replay) == {f".{MID}.json.1234abcd.tmp", f"{MID}.json"}
+
+    spool.remove_orphans()
+
+    assert names(spool.replay) == set()
+    assert f"{OLD}.pacs.json" in names(spool.dead_letters)
+
+
 def test_write_atomically_removes_its_temp_file_when_it_fails(tmp_path: Path) -> None:
     (tmp_path / "record.json").mkdir()  # os.replace cannot put a file there
 
