@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,9 @@ class Preparer:
         except RouterError as exc:  # the UID map's key or table: fixable, so retried
             raise DeliveryError("deidentify", f"de-identification unavailable: {exc}",
                                 transient=True) from exc
+        except sqlite3.OperationalError as exc:  # the map's disk full, read-only, failing
+            raise DeliveryError("spool_write", f"cannot record in the de-identification UID "
+                                f"map: {exc}", transient=True) from exc
         for note in notes:  # counted (and logged a few times a minute) when it is sent
             metrics.DEID_BURNED_IN.labels(destination, note.kind).inc()
             if _BURNED_IN_WARNINGS.allow(f"{destination} {note.kind}", 3):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,34 @@ def test_a_copy_the_spool_cannot_take_is_a_spool_write_failure(tmp_path: Path) -
     assert caught.value.reason == "spool_write" and caught.value.transient
     assert str(spool.relay) in str(caught.value)
     assert "ENOTDIR" in str(caught.value)
+
+
+def test_a_full_uid_map_is_a_spool_write_failure(tmp_path: Path) -> None:
+    """The de-identification UID map (SQLite, on the spool's disk) full: SQLite says so
+    with its own error, not an OSError, which the worker retried as `internal`, a traceback
+    per attempt and the attempts spent, like a full disk under a copy before."""
+    from workers.transforms.uid_map import UidMap
+
+    config = parse_config({
+        "destinations": {"research": {"type": "folder", "path": str(tmp_path / "r")}},
+        "rules": [{"name": "d", "forward": ["research"], "deidentify": {}}],
+    })
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1")
+    spool = Spool(tmp_path / "spool").create()
+    uids = UidMap(tmp_path / "key", tmp_path / "uids.sqlite")
+    pages = uids._db.execute("PRAGMA page_count").fetchone()[0]
+    uids._db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(sqlite3.OperationalError):  # filled up to its last page
+        for n in range(10_000):
+            uids._store(f"2.25.{n}", f"1.2.3.{n}", "uid")
+    job = make_header(destinations=("research",), rules=("d",),
+                      transfer_syntax_uid="1.2.840.10008.1.2.1")
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            Preparer(config, spool, lambda: uids).prepare(job, "research", source)
+    finally:
+        uids.close()
+    assert caught.value.reason == "spool_write" and caught.value.transient
+    assert "UID map" in str(caught.value) and "full" in str(caught.value)
+    assert list(spool.relay.iterdir()) == []  # its copy removed
