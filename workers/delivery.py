@@ -33,7 +33,9 @@ _SPOOL_FAILURES_LOGGED = RepeatLimiter()
 
 
 class Reloads:
-    """Bumped on SIGHUP: delivery threads then rebuild their destinations (new TLS files)."""
+    """Bumped on SIGHUP: delivery threads then reconnect their destinations, with the TLS
+    material the reload left in force (router/core/client_tls.py keeps the old when the new
+    does not load)."""
 
     generation = 0
 

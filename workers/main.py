@@ -18,6 +18,7 @@ from types import FrameType
 
 import zmq
 
+from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import RouterConfig
 from router.core.errors import ProtocolError
 from router.core.messages import (
@@ -254,6 +255,7 @@ def _leave_despite_stuck_threads() -> None:
 
 
 def _reload(signum: int, frame: FrameType | None) -> None:
+    CLIENT_CONTEXTS.request_reload()  # first: a rebuilt destination then gets new material
     Reloads.generation += 1  # no lock, no log call in a handler (process_util.set_on_signal)
 
 

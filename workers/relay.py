@@ -32,6 +32,7 @@ from pynetdicom.dsutils import decode, encode
 from pynetdicom.presentation import build_context
 
 from router.core import metrics
+from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import (
     PENDING_STATUSES,
@@ -44,7 +45,7 @@ from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
 from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
-from router.core.tls import client_context
+from router.core.tls import TLSConfigError
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
 from workers.relay_affinity import UpstreamAffinity
@@ -69,16 +70,17 @@ class Upstream:
     port: int
     calling_ae: str
     config: DicomDestination | KnownAE
+    table: str  # the config table it comes from: "destinations" or "known_aes"
 
 
 def resolve_upstream(config: RouterConfig, name: str, known_ae: bool) -> Upstream:
     if known_ae:
         peer = config.known_aes[name]
-        return Upstream(name, name, peer.host, peer.port, config.ae_title, peer)
+        return Upstream(name, name, peer.host, peer.port, config.ae_title, peer, "known_aes")
     dest = config.destinations[name]
     assert isinstance(dest, DicomDestination), "config validation allows only DICOM upstreams"
     return Upstream(name, dest.ae_title, dest.host, dest.port,
-                    dest.calling_ae or config.ae_title, dest)
+                    dest.calling_ae or config.ae_title, dest, "destinations")
 
 
 class RelayThread(threading.Thread):
@@ -231,7 +233,11 @@ class RelayThread(threading.Thread):
         tls_args = None
         if cfg.tls.mode != "off":
             server_name = getattr(cfg.tls, "server_name", None) or upstream.host
-            tls_args = (client_context(cfg.tls, f"{upstream.name}.tls"), server_name)
+            where = f"{upstream.table}.{upstream.name}.tls"
+            try:
+                tls_args = (CLIENT_CONTEXTS.get(cfg.tls, where), server_name)
+            except TLSConfigError:  # logged once by CLIENT_CONTEXTS, with the files
+                raise UpstreamUnavailable(f"bad TLS material {where}") from None
         handlers.append((evt.EVT_CONN_OPEN, mark_connected))
         assoc = ae.associate(upstream.host, upstream.port, contexts=contexts,
                              ae_title=upstream.ae_title, ext_neg=roles or None,

@@ -39,6 +39,7 @@ from router.acceptor.tls_listener import TLSListener
 from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
 from router.core.acceptor_seat import AcceptorSeat, SharedInt
+from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
@@ -133,6 +134,7 @@ class LiveConfig:
         self.services, self.spool = services, spool
 
     def reload(self) -> None:
+        CLIENT_CONTEXTS.request_reload()  # relayed C-MOVEs' destinations: rotated files
         new = self._changed_config()
         if self.tls is not None:
             # Every SIGHUP reads the certificates, keys and CRL again (rotated files), with

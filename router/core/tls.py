@@ -210,7 +210,7 @@ def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
 
 
 def check_contexts(config: RouterConfig) -> None:
-    """Build every TLS context `run` builds (listener and destinations), so that
+    """Build every TLS context `run` builds (listener, destinations, known_aes), so that
     `check-config`, `run` and a reload refuse the same material with the same message."""
     if config.listen.tls.mode != "off":
         server_context(config.listen.tls)
@@ -221,6 +221,9 @@ def check_contexts(config: RouterConfig) -> None:
         ca = getattr(dest, "ca", None)  # a DICOMweb destination's https CA bundle
         if isinstance(ca, Path):
             _ca_bundle(ca, f"destinations.{name}.ca")
+    for title, known in config.known_aes.items():  # relayed C-MOVE and commitment results
+        if known.tls.mode != "off":
+            client_context(known.tls, f"known_aes.{title}.tls")
     console = config.console
     if console.tls_cert is not None and console.tls_key is not None:
         server_context(ListenerTLS(mode="tls", cert=console.tls_cert, key=console.tls_key,

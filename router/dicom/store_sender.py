@@ -11,18 +11,25 @@ failure.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import time
 from pathlib import Path
 
 from router.core import metrics
+from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import DicomDestination as DicomConfig
 from router.core.dimse_status import is_delivered, is_transient_failure
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
 from router.core.priority import TO_DIMSE
-from router.core.tls import PEER_REFUSED, client_context, failure_reason, failure_text
+from router.core.tls import (
+    PEER_REFUSED,
+    TLSConfigError,
+    failure_reason,
+    failure_text,
+)
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.dicom.scu_socket import Peer
@@ -145,17 +152,20 @@ class DicomDestination:
     """One per delivery thread; the associations come from the worker's shared pool."""
 
     def __init__(self, name: str, config: DicomConfig, router_ae: str,
-                 pool: StorePool | None = None) -> None:
+                 pool: StorePool | None = None, tls_key: str = "",
+                 retry_unusable_tls: bool = True) -> None:
         self.name = name
         self.config = config
         self.pool: StorePool = pool or StorePool()
-        tls = (client_context(config.tls, f"destinations.{name}.tls")
-               if config.tls.mode != "off" else None)
+        self.tls_key = tls_key or f"destinations.{name}.tls"  # known_aes.X.tls for a move
+        # A queued job waits for fixed files and a SIGHUP; a relayed C-MOVE's sub-operation
+        # cannot wait that long: it fails at once.
+        self.retry_unusable_tls = retry_unusable_tls
         self.peer = Peer(
             host=config.host, port=config.port, called_ae=config.ae_title,
             calling_ae=config.calling_ae or router_ae, max_pdu=config.max_pdu,
             connect_timeout=config.connect_timeout, dimse_timeout=config.dimse_timeout,
-            tls=tls, server_name=config.tls.server_name or config.host)
+            server_name=config.tls.server_name or config.host)
         self.assoc: StoreAssociation | None = None  # taken from the pool for the current task
         self.holding = False  # this thread counts as a user in the pool
         self.others_open = 0  # from the broker: associations open elsewhere in the router
@@ -210,8 +220,9 @@ class DicomDestination:
         if time.monotonic() - self.released_at < RECENTLY_RELEASED_SECONDS:
             others = max(others, 1)
         wait = self.config.busy_timeout if others > 0 else self.config.acse_timeout
+        peer = self._peer()
         try:
-            return StoreAssociation.open(self.peer, wanted, wait)
+            return StoreAssociation.open(peer, wanted, wait)
         except AssociationFailed as failed:
             if others > 0 and is_busy_answer(failed, wait):
                 raise DeliveryError("busy", f"{self.name} is busy: it refused or did not "
@@ -220,6 +231,19 @@ class DicomDestination:
             failure = classify(failed, self.name, sop_class, syntax)
             failure.args = (f"{failure} ({self.config.host}:{self.config.port})",)
             raise failure from None
+
+    def _peer(self) -> Peer:
+        """The peer with the process's client context (router/core/client_tls.py): the last
+        one that loaded, so a renewal with broken files leaves deliveries on the old one."""
+        if self.config.tls.mode == "off":
+            return self.peer
+        try:
+            tls = CLIENT_CONTEXTS.get(self.config.tls, self.tls_key)
+        except TLSConfigError:
+            raise DeliveryError("tls", f"TLS with {self.name} failed: its client certificate "
+                                f"or key ({self.tls_key}) cannot be used (see the log)",
+                                transient=self.retry_unusable_tls) from None
+        return dataclasses.replace(self.peer, tls=tls)
 
     def deliver(self, job: JobHeader, source: Path) -> None:
         self.send(job, source)

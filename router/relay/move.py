@@ -120,7 +120,9 @@ class RelayedMoves:
         # PS3.7 9.1.1.1: the sub-operations name the requester's C-MOVE, as they would
         # coming straight from the upstream.
         originator = (exchange.link.facts.calling_ae, int(exchange.msg.MessageID))
-        with self.senders.use(target[0], target[1], config.ae_title) as (sender, lock):
+        tls_key = (f"known_aes.{target[0]}.tls" if request.move_destination in config.known_aes
+                   else "")
+        with self.senders.use(target[0], target[1], config.ae_title, tls_key) as (sender, lock):
             delivery = Delivery(exchange, move, sender, self.spool.relay, originator,
                                 tuple(target[1].transfer_syntaxes), lock,
                                 time.monotonic() + config.request_timeout)

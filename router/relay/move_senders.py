@@ -30,17 +30,20 @@ class MoveSenders:
         self._shared: dict[tuple[str, str], _Shared] = {}
 
     @contextmanager
-    def use(self, name: str, config: DicomDestination, router_ae: str
+    def use(self, name: str, config: DicomDestination, router_ae: str, tls_key: str = ""
             ) -> Iterator[tuple[Any, threading.Lock]]:
         """The destination's sender and the lock to hold around each send; keyed by its
-        config too, so that a move after a reload uses the new one."""
+        config too, so that a move after a reload uses the new one. `tls_key`: where its TLS
+        settings are ("known_aes.VIEWER.tls"), for the messages."""
         key = (name, f"{router_ae} {config.model_dump_json()}")
         with self._lock:
             shared = self._shared.get(key)
             if shared is None:
                 from router.dicom.store_sender import DicomDestination as Sender
 
-                shared = self._shared[key] = _Shared(Sender(name, config, router_ae))
+                shared = self._shared[key] = _Shared(Sender(name, config, router_ae,
+                                                            tls_key=tls_key,
+                                                            retry_unusable_tls=False))
             shared.users += 1
         try:
             yield shared.sender, shared.lock

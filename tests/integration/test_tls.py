@@ -17,10 +17,11 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
-from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, run_storescu
+from tests.dcmtk import LOCALHOST, StoreSCP, dcmtk_env, free_port, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, dataset_digest, generate_mixed_set, write_instance
 from tests.integration.conftest import RouterFactory, dicom_destination
 from tests.integration.router_process import ROUTER, RouterProcess, wait_for
@@ -332,6 +333,45 @@ def test_outbound_mtls_to_a_dcmtk_peer(
                 == {dataset_digest(p) for p in sources})
 
 
+def test_a_broken_client_key_renewal_leaves_deliveries_on_the_old_one(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: a destination's key renewed with another certificate's key, then SIGHUP:
+    the supervisor refused the reload, but the workers rebuilt their senders from the broken
+    files, and every delivery failed with a traceback. The old material must stay in use."""
+    pacs_cert: Issued = pki["pacs"]
+    client: Issued = pki["router_client"]
+    cert, key = tmp_path / "out.crt", tmp_path / "out.key"
+    cert.write_bytes(client.cert.read_bytes())
+    key.write_bytes(client.key.read_bytes())
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE) for _ in range(2)]
+    tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "+cf", str(pki["ca"].cert_path),
+                "-pw", "-rc"]
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=tls_args) as pacs:
+        destination = {**dicom_destination(pacs), "tls": {
+            "mode": "mtls", "ca": str(pki["ca"].cert_path), "cert": str(cert), "key": str(key),
+            "server_name": "localhost"}, "retry": {"initial_delay": 0.2, "max_delay": 0.5}}
+        router = start_router({"destinations": {"pacs": destination},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        assert run_storescu(sources[:1], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: len(pacs.received_files()) == 1)
+        key.write_bytes(pki["pacs"].key.read_bytes())  # not the key of out.crt
+        os.kill(router.process.pid, signal.SIGHUP)
+        workers = len({line.split()[3] for line in router.log().splitlines()
+                       if " workers.main: " in line})
+        assert wait_for(lambda: router.log().count("SIGHUP: destinations reconnect") >= workers)
+        assert run_storescu(sources[1:], LOCALHOST, router.port,
+                            called_ae="DICOM-ROUTER").returncode == 0
+        assert wait_for(lambda: len(pacs.received_files()) == 2), router.log()[-3000:]
+    log = router.log()
+    assert "Traceback" not in log and "failed unexpectedly" not in log
+    # Once per worker that delivered and per SIGHUP it heeded, not once per attempt.
+    refusals = log.count("TLS reload of destinations.pacs.tls refused")
+    assert 1 <= refusals <= log.count("SIGHUP: destinations reconnect")
+
+
 def test_outbound_tls_failure_is_classified_and_retried(
     start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -429,3 +469,68 @@ def test_a_refused_tls_reload_is_logged_once(
     assert "acceptor-1 was starting during a SIGHUP" not in router.log()
     assert wait_for(lambda: router.log().count("TLS reload refused") >= 2)
     assert router.log().count("TLS reload refused") == 2, router.log()
+
+
+def _tls_find_upstream(pki: dict[str, Any], port: int) -> Any:
+    """A pynetdicom Q/R SCP over mutual TLS that answers every C-FIND with one match."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    def on_find(event: Any) -> Any:
+        match = Dataset()
+        match.QueryRetrieveLevel = "STUDY"
+        match.StudyInstanceUID = "1.2.3"
+        yield 0xFF00, match
+
+    pacs: Issued = pki["pacs"]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pacs.cert, pacs.key)
+    context.load_verify_locations(cafile=pki["ca"].cert_path)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ae = AE(ae_title="QR")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    return ae.start_server((LOCALHOST, port), block=False, ssl_context=context,
+                           evt_handlers=[(evt.EVT_C_FIND, on_find)])
+
+
+def test_a_relay_upstream_with_broken_tls_material_falls_over_to_the_next(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: an upstream's client key replaced by another one (a rotation half done)
+    made a relayed C-FIND log a traceback and answer 0xA700 with a file path, and the next
+    upstream of the rule was never tried. It is an upstream failure: the next one answers."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    client: Issued = pki["router_client"]
+    cert, key = tmp_path / "out.crt", tmp_path / "out.key"
+    cert.write_bytes(client.cert.read_bytes())
+    key.write_bytes(client.key.read_bytes())
+    port = free_port()
+    server = _tls_find_upstream(pki, port)
+    good = {"mode": "mtls", "ca": str(pki["ca"].cert_path), "cert": str(client.cert),
+            "key": str(client.key), "server_name": "localhost"}
+    try:
+        router = start_router({
+            "destinations": {
+                "qr": {"type": "dicom", "ae_title": "QR", "host": LOCALHOST, "port": port,
+                       "tls": {**good, "cert": str(cert), "key": str(key)}},
+                "qr2": {"type": "dicom", "ae_title": "QR", "host": LOCALHOST, "port": port,
+                        "tls": good}},
+            "rules": [{"name": "qr", "query": ["qr", "qr2"]}]})
+        key.write_bytes(pki["pacs"].key.read_bytes())  # before the first use of qr
+        ae = AE(ae_title="REQUESTER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(FIND)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
+        assert assoc.is_established
+        answers = [(int(status.Status), found) for status, found in assoc.send_c_find(query, FIND)]
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert answers[-1][0] == 0x0000, (answers, router.log()[-3000:])
+    assert [str(found.StudyInstanceUID) for _, found in answers[:-1]] == ["1.2.3"]
+    log = router.log()
+    assert "Traceback" not in log and "failed unexpectedly" not in log
+    assert "TLS material of destinations.qr.tls cannot be used" in log

@@ -138,7 +138,8 @@ def _base(tmp_path: Path) -> dict[str, Any]:
             "rules": [{"name": "all", "forward": ["keep"]}]}
 
 
-@pytest.mark.parametrize("where", ["console", "dicomweb", "syslog_ca", "syslog_cert"])
+@pytest.mark.parametrize("where", ["console", "dicomweb", "syslog_ca", "syslog_cert",
+                                   "known_ae"])
 def test_the_console_dicomweb_and_syslog_tls_material_is_checked_too(
         tmp_path: Path, pki: dict[str, Path], where: str) -> None:
     """These were loaded only when first used: a check-config that said ok, then a console
@@ -155,6 +156,11 @@ def test_the_console_dicomweb_and_syslog_tls_material_is_checked_too(
         data["destinations"]["web"] = {"type": "dicomweb", "url": "https://pacs.example/dicomweb",
                                        "ca": junk}
         expected = "destinations.web.ca"
+    elif where == "known_ae":  # a relayed C-MOVE's destination: its client key
+        data["known_aes"] = {"VIEWER": {"host": "127.0.0.1", "port": 24997, "tls": {
+            "mode": "mtls", "ca": str(pki["ca"]), "cert": str(pki["cert"]),
+            "key": str(pki["other_key"])}}}
+        expected = "known_aes.VIEWER.tls.key"
     else:
         syslog: dict[str, Any] = {"host": "127.0.0.1", "transport": "tls"}
         syslog.update({"ca": junk} if where == "syslog_ca"
