@@ -11,6 +11,8 @@ import datetime
 import os
 import ssl
 import subprocess
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,8 +202,56 @@ def _load_crl(context: ssl.SSLContext, config: ListenerTLS, where: str) -> None:
     context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
+class RecordingSSLSocket(ssl.SSLSocket):
+    """Remembers the TLS error it met for the thread that met it: pynetdicom's transport
+    logs one and turns it into "cannot connect" or a closed connection (a refused client
+    certificate comes after a TLS 1.3 handshake, at the first read), so the relays read it
+    back with `tls_error_of(assoc.dul)` (the DUL thread does every socket call)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        try:
+            return super().send(data, flags)
+        except ssl.SSLError as exc:
+            _record(exc)
+            raise
+
+
+_errors: weakref.WeakKeyDictionary[threading.Thread, ssl.SSLError] = \
+    weakref.WeakKeyDictionary()
+
+
+def _record(exc: ssl.SSLError) -> None:
+    _errors[threading.current_thread()] = exc
+
+
+def tls_error_of(thread: object) -> ssl.SSLError | None:
+    """The TLS error a RecordingSSLSocket met in `thread` (an association's DUL), if any."""
+    return _errors.get(thread) if isinstance(thread, threading.Thread) else None
+
+
+def tls_failure_message(peer: str, exc: ssl.SSLError) -> str:
+    """"TLS with pacs failed: unknown_ca (unable to get local issuer certificate)"."""
+    detail = getattr(exc, "verify_message", None) or exc.reason  # "Hostname mismatch..."
+    return f"TLS with {peer} failed: {failure_text(exc)} ({detail})"
+
+
 def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the server: SERVER_AUTH
+    context.sslsocket_class = RecordingSSLSocket
     _harden(context, config, where)
     _load_ca(context, config, where)
     _load_identity(context, config, where)

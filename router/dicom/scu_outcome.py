@@ -15,6 +15,7 @@ from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from router.core.errors import DeliveryError
+from router.core.tls import tls_error_of, tls_failure_message
 
 # Outbound associations whose TCP connection was made: tells a refused connection from a
 # later rejection or abort. Weak: gone with the association.
@@ -50,6 +51,12 @@ def failure_from_association(
     assoc: Association, destination: str, sop_class: str, syntax: str
 ) -> DeliveryError:
     recover_rejection(assoc)
+    tls_error = tls_error_of(getattr(assoc, "dul", None))
+    if tls_error is not None and not assoc.is_rejected:
+        # pynetdicom swallowed it (a failed handshake read as "cannot connect", a refused
+        # client certificate as an abort): say it as the C-STORE sender does.
+        return DeliveryError("tls", tls_failure_message(destination, tls_error),
+                             transient=True)
     if not was_connected(assoc):
         return DeliveryError("connection", f"cannot connect to {destination}", transient=True)
     answer = getattr(assoc.acceptor, "primitive", None)

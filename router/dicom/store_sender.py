@@ -29,6 +29,7 @@ from router.core.tls import (
     TLSConfigError,
     failure_reason,
     failure_text,
+    tls_failure_message,
 )
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
@@ -80,11 +81,8 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
              syntax: str) -> DeliveryError:
     """The DeliveryError kind the broker acts on (README "Delivery and retries")."""
     if failure.kind == "tls" and failure.tls_error is not None:
-        exc = failure.tls_error
-        detail = getattr(exc, "verify_message", None) or exc.reason  # "Hostname mismatch..."
-        return DeliveryError("tls", f"TLS with {destination} failed: {failure_text(exc)} "
-                             f"({detail})", transient=True,
-                             certificate=certificate_failure(exc))
+        return DeliveryError("tls", tls_failure_message(destination, failure.tls_error),
+                             transient=True, certificate=certificate_failure(failure.tls_error))
     if not failure.connected:
         return DeliveryError("connection", f"cannot connect to {destination} ({failure})",
                              transient=True)

@@ -534,3 +534,44 @@ def test_a_relay_upstream_with_broken_tls_material_falls_over_to_the_next(
     log = router.log()
     assert "Traceback" not in log and "failed unexpectedly" not in log
     assert "TLS material of destinations.qr.tls cannot be used" in log
+
+
+def test_a_relay_upstream_tls_failure_is_reported_with_its_reason(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Regression: pynetdicom swallows the SSLError of a relay leg, so a relayed C-FIND
+    said "cannot connect to qr" for an upstream certificate the router does not trust, and
+    "aborted the association" for a client certificate the upstream refused."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    rogue = CertificateAuthority(tmp_path / "other-ca", "other-ca")
+    port = free_port()
+    server = _tls_find_upstream(pki, port)
+    upstream = {"type": "dicom", "ae_title": "QR", "host": LOCALHOST, "port": port}
+    try:
+        router = start_router({
+            "destinations": {
+                "qr": {**upstream, "tls": {"mode": "tls", "ca": str(rogue.cert_path),
+                                           "server_name": "localhost"}},
+                "qr2": {**upstream, "tls": {"mode": "tls", "ca": str(pki["ca"].cert_path),
+                                            "server_name": "localhost"}}},
+            "rules": [{"name": "qr", "query": ["qr", "qr2"]}]})
+        ae = AE(ae_title="REQUESTER")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(FIND)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
+        assert assoc.is_established
+        answers = [status for status, _ in assoc.send_c_find(query, FIND)]
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert int(answers[-1].Status) == 0xA700
+    assert str(answers[-1].ErrorComment).startswith(
+        "no upstream available: qr: TLS with qr failed: unknown_ca"), answers[-1]
+    line = next(line for line in router.log().splitlines() if "no upstream answered" in line)
+    assert "qr: TLS with qr failed: unknown_ca (self-signed certificate in" in line, line
+    # TLS 1.3: the upstream refuses the missing client certificate after the handshake
+    assert "qr2: TLS with qr2 failed: no_client_certificate" in line, line
