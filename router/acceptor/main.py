@@ -128,10 +128,10 @@ class LiveConfig:
     def __init__(self, config: RouterConfig, runtime: Runtime, store: StoreHandler,
                  events: AssociationEvents, pending: PendingConnections,
                  tls: TLSListener | None, relay: RelayServer, services: AcceptorServices,
-                 spool: Spool) -> None:
+                 spool: Spool, audit: AuditTrail | None = None) -> None:
         self.config, self.runtime, self.store, self.events = config, runtime, store, events
         self.pending, self.tls, self.relay = pending, tls, relay
-        self.services, self.spool = services, spool
+        self.services, self.spool, self.audit = services, spool, audit
 
     def reload(self) -> None:
         CLIENT_CONTEXTS.request_reload()  # relayed C-MOVEs' destinations: rotated files
@@ -140,6 +140,8 @@ class LiveConfig:
             # Every SIGHUP reads the certificates, keys and CRL again (rotated files), with
             # the reloaded listen.tls settings when they changed.
             self.tls.reload((new or self.config).listen.tls)
+        if self.audit is not None:
+            self.audit.reload_tls()
         if new is None:
             return
         self.apply(new)
@@ -204,7 +206,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     server = EngineServer(seat.listener, services, pending)
     server.start()
     live_config = LiveConfig(config, runtime, store, events, pending, tls, relay, services,
-                             spool)
+                             spool, audit)
     run_on_signal([signal.SIGHUP], lambda signum: live_config.reload())  # one at a time
     # Its first snapshot tells the supervisor that SIGHUP is handled: right after the handler.
     threading.Thread(target=publish_forever, name="live-status", daemon=True,

@@ -120,6 +120,7 @@ class SyslogSender:
         self._sent = 0
         self._sock: socket.socket | None = None
         self._tls: ssl.SSLContext | None = None
+        self._renewed = False  # reload_tls: reconnect with the new certificate
         self._warn = OnceWarner(log)
         self._thread = threading.Thread(target=self._run, name="audit-syslog", daemon=True)
         self._thread.start()
@@ -221,7 +222,10 @@ class SyslogSender:
         return True
 
     def _send(self, message: bytes) -> None:
-        if self._sock is not None and self.config.transport != "udp" and _peer_closed(self._sock):
+        with self._cond:
+            renewed, self._renewed = self._renewed, False
+        if self._sock is not None and self.config.transport != "udp" and (
+                renewed or _peer_closed(self._sock)):
             self._disconnect()
         if self._sock is None:
             self._sock = self._connect()
@@ -257,18 +261,36 @@ class SyslogSender:
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._tls is None:
-            cfg = self.config
-            context = ssl.create_default_context(
-                cafile=str(cfg.ca) if cfg.ca is not None else None)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if cfg.cert is not None:
-                context.load_cert_chain(
-                    str(cfg.cert), str(cfg.key) if cfg.key is not None else None)
-            self._tls = context
+            self._tls = _client_context(self.config)
         return self._tls
+
+    def reload_tls(self) -> None:
+        """SIGHUP: reconnect with the certificate as the files are now; if they do not load,
+        the one in use stays (as the DICOM listener's, router/acceptor/tls_listener.py)."""
+        if self.config.transport != "tls":
+            return
+        try:
+            context = _client_context(self.config)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("audit syslog: TLS reload refused, the previous certificate stays in "
+                      "use: audit.syslog.cert: %s and its key cannot be used: %s",
+                      self.config.cert, exc)
+            return
+        with self._cond:
+            # The sender thread owns the socket: it reconnects before its next message.
+            self._tls, self._renewed = context, True
+        log.info("audit syslog: TLS certificates reloaded")
 
     def _disconnect(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def _client_context(cfg: SyslogConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca is not None else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cfg.cert is not None:
+        context.load_cert_chain(str(cfg.cert), str(cfg.key) if cfg.key is not None else None)
+    return context

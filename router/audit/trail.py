@@ -193,6 +193,11 @@ class AuditTrail:
             return
         self.record(message)
 
+    def reload_tls(self) -> None:
+        """SIGHUP: the syslog connection presents its client certificate as renewed."""
+        if self._syslog is not None:
+            self._syslog.reload_tls()
+
     def close(self, timeout: float = 2.0) -> None:
         """Stop: send what syslog has queued for up to `timeout` seconds, close the file."""
         if self._closed:

@@ -81,6 +81,7 @@ class Supervisor:
                                  lambda child: self._reap(child, time.monotonic()), self._start)
         self.http: HttpEndpoint | None = None
         self.console: Any = None  # router/console/server.ConsoleServer on its own port
+        self.audit: AuditTrail | None = None
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
         self._spool_lock: int | None = None  # held until the process ends (spool_lock.py)
 
@@ -241,7 +242,7 @@ class Supervisor:
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
         metrics.BUILD_INFO.labels(_version()).set(1)
-        audit = AuditTrail(self.config.audit, self.config.ae_title) \
+        audit = self.audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
         apps = self._apps(audit)
         # The start's long steps (an earlier router's children, the spool's leftovers) are
@@ -338,6 +339,7 @@ class Supervisor:
 
         Every SIGHUP also reloads TLS certificates and keys, whatever happens to the config.
         """
+        self._reload_own_tls()
         if self.config_path is None:
             log.info("SIGHUP: reloading TLS material (the built-in default config has no file)")
             self.reload_steps.hup()
@@ -380,6 +382,14 @@ class Supervisor:
         metrics.CONFIG_RELOADED_AT.set(time.time())
         log.info("config reloaded from %s; changed: %s", self.config_path,
                  ", ".join(change.changed))
+
+    def _reload_own_tls(self) -> None:
+        """The supervisor's own TLS: the console's HTTPS certificate and the audit syslog's
+        client certificate (their settings need a restart, their files do not)."""
+        if self.console is not None:
+            self.console.reload_tls()
+        if self.audit is not None:
+            self.audit.reload_tls()
 
     def _reload_allowance(self) -> float:
         """The longest a reload can take: the broker's confirmation, then each worker's stop

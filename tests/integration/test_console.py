@@ -4,6 +4,9 @@ the login rate limit and its audit, sessions, and the console on its own HTTPS p
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import ssl
 import urllib.request
 from pathlib import Path
@@ -160,3 +163,40 @@ def test_purge_every_dead_letter_shown(start_router: RouterFactory, tmp_path: Pa
                                         {"csrf": token, "ids": ids})
     assert code == 303 and "2 dead letter(s) purged" in operator.request(headers["Location"])[1]
     assert list((router.spool / "dead-letters").iterdir()) == []
+
+
+def _console_common_name(port: int, ca: CertificateAuthority) -> str:
+    context = ssl.create_default_context(cafile=str(ca.cert_path))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        cert = tls.getpeercert()
+    return str(dict(rdn[0] for rdn in cert["subject"])["commonName"])
+
+
+def test_sighup_reloads_the_console_certificate(start_router: RouterFactory,
+                                                tmp_path: Path) -> None:
+    """Regression: the console's HTTPS context was built once, so a renewed console.tls_cert
+    was served only after a restart, though the expiry warning said "send SIGHUP"."""
+    ca = CertificateAuthority(tmp_path / "pki", "console-ca")
+    old = ca.issue("localhost", dns=("localhost",), server=True)
+    renewed = ca.issue("console-renewed", dns=("localhost",), server=True)
+    other = ca.issue("someone-else", dns=("localhost",), server=True)
+    cert, key = tmp_path / "console.crt", tmp_path / "console.key"
+    cert.write_bytes(old.cert.read_bytes())
+    key.write_bytes(old.key.read_bytes())
+    token = tmp_path / "console.token"
+    token.write_text("console-token\n")
+    port = free_port()
+    router = start_router(config(tmp_path, port=port, tls_cert=str(cert), tls_key=str(key),
+                                 token_file=str(token), token_role="viewer"))
+    assert _console_common_name(port, ca) == "localhost"
+    cert.write_bytes(renewed.cert.read_bytes())
+    key.write_bytes(renewed.key.read_bytes())
+    os.kill(router.process.pid, signal.SIGHUP)
+    assert wait_for(lambda: _console_common_name(port, ca) == "console-renewed"), \
+        router.log()[-2000:]
+    key.write_bytes(other.key.read_bytes())  # a broken renewal: another certificate's key
+    os.kill(router.process.pid, signal.SIGHUP)
+    assert wait_for(lambda: "console: TLS reload refused" in router.log())
+    assert _console_common_name(port, ca) == "console-renewed"
+    assert router.log().count("console: TLS reload refused") == 1

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from router.audit.syslog_sender import (
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
 from router.core.audit_config import AuditConfig
+from tests.pki import CertificateAuthority
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
 
@@ -331,3 +334,78 @@ def test_a_refused_association_names_the_peer_certificate(tmp_path: Path,
         (remote,) = [p for p in message["AuditMessage"]["ActiveParticipant"]
                      if p["UserID"] == "CT2"]
         assert remote["UserName"] == peer
+
+
+class _TlsSyslogServer:
+    """A TLS syslog receiver that requires a client certificate and notes each connection's
+    common name."""
+
+    def __init__(self, ca: CertificateAuthority) -> None:
+        server = ca.issue("syslog", dns=("localhost",), ip="127.0.0.1", server=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(server.cert, server.key)
+        self.context.load_verify_locations(cafile=ca.cert_path)
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.clients: list[str] = []
+        self.received = b""
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                raw, _ = self.listener.accept()
+                threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        with contextlib.suppress(OSError), self.context.wrap_socket(raw, server_side=True) as tls:
+            cert = tls.getpeercert() or {}
+            self.clients.append(dict(r[0] for r in cert.get("subject", ()))["commonName"])
+            while data := tls.recv(4096):
+                self.received += data
+
+
+def test_sighup_reloads_the_syslog_client_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the syslog sender loaded its client certificate once per process, so a
+    renewed audit.syslog.cert was presented only after a restart."""
+    ca = CertificateAuthority(tmp_path / "pki", "site-ca")
+    old, renewed, other = (ca.issue(cn) for cn in ("router-old", "router-new", "other"))
+    cert, key = tmp_path / "audit.crt", tmp_path / "audit.key"
+    cert.write_bytes(old.cert.read_bytes())
+    key.write_bytes(old.key.read_bytes())
+    server = _TlsSyslogServer(ca)
+    sender = SyslogSender(SyslogConfig(host="127.0.0.1", port=server.port, transport="tls",
+                                       ca=ca.cert_path, cert=cert, key=key, timeout=5))
+    try:
+        sender.submit(b"<85>1 - - - - - - first")
+        assert _wait(lambda: b"first" in server.received)
+        cert.write_bytes(renewed.cert.read_bytes())
+        key.write_bytes(renewed.key.read_bytes())
+        sender.reload_tls()
+        sender.submit(b"<85>1 - - - - - - second")
+        assert _wait(lambda: b"second" in server.received)
+        key.write_bytes(other.key.read_bytes())  # a broken renewal
+        with caplog.at_level(logging.ERROR):
+            sender.reload_tls()
+        sender.submit(b"<85>1 - - - - - - third")
+        assert _wait(lambda: b"third" in server.received)
+    finally:
+        sender.close(timeout=1)
+        server.listener.close()
+    assert server.clients == ["router-old", "router-new"]
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 1
+    assert refusals[0].startswith("audit syslog: TLS reload refused, the previous certificate "
+                                  "stays in use: audit.syslog.cert:")
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

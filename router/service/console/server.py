@@ -14,7 +14,7 @@ from router.core import metrics
 from router.core.config import ListenerTLS
 from router.core.console_config import ConsoleConfig
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.core.tls import certificate_expiry, server_context
+from router.core.tls import TLSConfigError, certificate_expiry, server_context
 from router.service.http_endpoint import AppHandler, Server
 from router.service.http_types import App
 
@@ -39,10 +39,11 @@ class _TlsServer(Server):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the connection's thread (ThreadingMixIn): handshake here, with a deadline.
-        if self.context is not None:
+        context = self.context  # one read: a SIGHUP may swap it meanwhile
+        if context is not None:
             request.settimeout(HANDSHAKE_SECONDS)
             try:
-                request = self.context.wrap_socket(request, server_side=True)
+                request = context.wrap_socket(request, server_side=True)
             except (OSError, ssl.SSLError) as exc:
                 log.info("console: TLS handshake with %s failed: %s", client_address[0], exc)
                 return
@@ -57,11 +58,25 @@ class ConsoleServer:
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         server_class = type("ConsoleHttpServer", (_TlsServer,), {"address_family": family})
         self.server = server_class((settings.host, settings.port), handler)
+        self.settings = settings
         self.server.context = tls_context(settings)
         self.scheme = "https" if self.server.context is not None else "http"
         self.thread = threading.Thread(target=self.server.serve_forever, name="console",
                                        kwargs={"poll_interval": SERVER_POLL_SECONDS},
                                        daemon=True)
+
+    def reload_tls(self) -> None:
+        """SIGHUP: the next connections get the certificate as the files are now; if they
+        do not load, the one in use stays (as the DICOM listener's, tls_listener.py)."""
+        if self.server.context is None:
+            return
+        try:
+            self.server.context = tls_context(self.settings)
+        except TLSConfigError as exc:
+            log.error("console: TLS reload refused, the previous certificate stays in use: %s",
+                      exc)
+            return
+        log.info("console: TLS certificate reloaded")
 
     def start(self) -> None:
         self.thread.start()
