@@ -9,37 +9,51 @@ earlier request's cancel must not end a later one.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from collections import Counter
 
 
 class RequestIds:
+    """Requests are served one at a time in arrival order, so the oldest outstanding one of
+    an ID is the one being served. A C-CANCEL covers the requests of its ID outstanding when
+    it came, not one submitted after it: the next request reusing the ID can arrive (its
+    predecessor's final response sent) before that predecessor is marked finished."""
+
     def __init__(self) -> None:
-        self._outstanding: Counter[int] = Counter()  # submitted, not finished
-        self._cancelled: set[int] = set()
+        self._outstanding: dict[int, collections.deque[int]] = {}  # ID -> submissions
+        self._cancelled_upto: dict[int, int] = {}  # ID -> newest submission a cancel covers
+        self._submissions = 0
         self._lock = threading.Lock()  # the connection's thread and the relay's
         self._idle_since = time.monotonic()  # when the last outstanding request finished
 
     def submitted(self, message_id: int) -> None:
         with self._lock:
-            self._outstanding[message_id] += 1
+            self._submissions += 1
+            self._outstanding.setdefault(message_id, collections.deque()).append(
+                self._submissions)
 
     def cancel(self, message_id: int) -> None:
         with self._lock:
-            if self._outstanding[message_id] > 0:
-                self._cancelled.add(message_id)
+            if waiting := self._outstanding.get(message_id):
+                self._cancelled_upto[message_id] = waiting[-1]
 
     def cancelled(self, message_id: int) -> bool:
+        """Whether the request of this ID being served was cancelled."""
         with self._lock:
-            return message_id in self._cancelled
+            waiting = self._outstanding.get(message_id)
+            if not waiting:
+                return False
+            return waiting[0] <= self._cancelled_upto.get(message_id, 0)
 
     def finished(self, message_id: int) -> None:
         with self._lock:
-            self._outstanding[message_id] -= 1
-            if self._outstanding[message_id] <= 0:
-                del self._outstanding[message_id]
-                self._cancelled.discard(message_id)
+            waiting = self._outstanding.get(message_id)
+            if waiting:
+                waiting.popleft()
+            if not waiting:
+                self._outstanding.pop(message_id, None)
+                self._cancelled_upto.pop(message_id, None)
             if not self._outstanding:
                 self._idle_since = time.monotonic()
 

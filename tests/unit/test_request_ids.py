@@ -32,3 +32,20 @@ def test_the_association_is_idle_only_once_every_relayed_request_ended() -> None
     assert ids.idle_since() is None
     ids.finished(2)
     assert ids.idle_since() is not None
+
+
+def test_a_cancel_does_not_reach_the_next_request_that_arrives_before_its_own_ends() -> None:
+    """The relay sends a request's final response, then marks it finished: in between, a
+    requester that reuses the ID (pynetdicom: always 1) can send its next request, which the
+    old cancel then ended at once with 0xFE00 and nothing sent (seen in a test run)."""
+    ids = RequestIds()
+    ids.submitted(1)
+    ids.cancel(1)
+    ids.submitted(1)  # the next C-GET, before the cancelled one is marked finished
+    assert ids.cancelled(1)  # the one being served still is
+    ids.finished(1)
+    assert not ids.cancelled(1)
+    ids.cancel(1)
+    assert ids.cancelled(1)
+    ids.finished(1)
+    assert not ids.cancelled(1) and ids.idle_since() is not None
