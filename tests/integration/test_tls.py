@@ -498,7 +498,6 @@ def test_a_relay_upstream_with_broken_tls_material_falls_over_to_the_next(
     """Regression: an upstream's client key replaced by another one (a rotation half done)
     made a relayed C-FIND log a traceback and answer 0xA700 with a file path, and the next
     upstream of the rule was never tried. It is an upstream failure: the next one answers."""
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     client: Issued = pki["router_client"]
     cert, key = tmp_path / "out.crt", tmp_path / "out.key"
@@ -517,16 +516,7 @@ def test_a_relay_upstream_with_broken_tls_material_falls_over_to_the_next(
                         "tls": good}},
             "rules": [{"name": "qr", "query": ["qr", "qr2"]}]})
         key.write_bytes(pki["pacs"].key.read_bytes())  # before the first use of qr
-        ae = AE(ae_title="REQUESTER")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(FIND)
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
-        assert assoc.is_established
-        answers = [(int(status.Status), found) for status, found in assoc.send_c_find(query, FIND)]
-        assoc.release()
+        answers = [(int(status.Status), found) for status, found in _relayed_find(router.port)]
     finally:
         server.shutdown()
     assert answers[-1][0] == 0x0000, (answers, router.log()[-3000:])
@@ -542,7 +532,6 @@ def test_a_relay_upstream_tls_failure_is_reported_with_its_reason(
     """Regression: pynetdicom swallows the SSLError of a relay leg, so a relayed C-FIND
     said "cannot connect to qr" for an upstream certificate the router does not trust, and
     "aborted the association" for a client certificate the upstream refused."""
-    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
 
     rogue = CertificateAuthority(tmp_path / "other-ca", "other-ca")
     port = free_port()
@@ -556,16 +545,7 @@ def test_a_relay_upstream_tls_failure_is_reported_with_its_reason(
                 "qr2": {**upstream, "tls": {"mode": "tls", "ca": str(pki["ca"].cert_path),
                                             "server_name": "localhost"}}},
             "rules": [{"name": "qr", "query": ["qr", "qr2"]}]})
-        ae = AE(ae_title="REQUESTER")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(FIND)
-        query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = ""
-        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
-        assert assoc.is_established
-        answers = [status for status, _ in assoc.send_c_find(query, FIND)]
-        assoc.release()
+        answers = [status for status, _ in _relayed_find(router.port)]
     finally:
         server.shutdown()
     assert int(answers[-1].Status) == 0xA700
@@ -575,3 +555,21 @@ def test_a_relay_upstream_tls_failure_is_reported_with_its_reason(
     assert "qr: TLS with qr failed: unknown_ca (self-signed certificate in" in line, line
     # TLS 1.3: the upstream refuses the missing client certificate after the handshake
     assert "qr2: TLS with qr2 failed: no_client_certificate" in line, line
+
+
+def _relayed_find(port: int) -> list[tuple[Dataset, Dataset | None]]:
+    """A study-level C-FIND through the router at `port`: every (status, identifier)."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind as FIND
+
+    ae = AE(ae_title="REQUESTER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(FIND)
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    assoc = ae.associate(LOCALHOST, port, ae_title="DICOM-ROUTER")
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_find(query, FIND))
+    finally:
+        assoc.release()
