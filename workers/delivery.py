@@ -214,16 +214,25 @@ class DeliveryThread(threading.Thread):
         dest = self.config.destinations.get(name)
         if dest is None or dest.on_duplicate != "skip":
             return "", ""
-        digest = file_digest(source)
-        if rewrites := self.preparer.fingerprint(job, name):
-            # Another rule's morph or de-identification sends other bytes from the same file.
-            digest = hashlib.blake2b(f"{digest}{rewrites}".encode(), digest_size=20).hexdigest()
-        if self.ledger.has(name, job.sop_instance_uid, digest):
+        received = file_digest(source)
+        # Another rule's morph or de-identification sends other bytes from the same file.
+        digest = _with_rewrites(received, self.preparer.fingerprint(job, name))
+        if self.ledger.has(name, job.sop_instance_uid, digest) or self._had_before_upgrade(
+                job, name, received):
             metrics.DUPLICATES_SUPPRESSED.labels(name, "skip").inc()
             log.info("job %s: %s already got these bytes from an earlier reception; skipped "
                      "(on_duplicate: skip)", job.job_id, name)
             return "duplicate", digest
         return "", digest
+
+    def _had_before_upgrade(self, job: JobHeader, name: str, received: str) -> bool:
+        """Whether a row recorded under the fingerprint's previous form (repr) names these
+        bytes: without it, every re-send of a rewritten instance in the first window after
+        the upgrade was sent again."""
+        assert self.ledger is not None
+        previous = self.preparer.repr_fingerprint(job, name)
+        return bool(previous) and self.ledger.has(name, job.sop_instance_uid,
+                                                  _with_rewrites(received, previous))
 
     def _send(self, job: JobHeader, name: str, source: Path) -> None:
         """Send what this destination should get (workers/prepare.py). A destination that
@@ -309,6 +318,13 @@ class DeliveryThread(threading.Thread):
             log.error("job %s delivered to %s, but the spool could not record it (%s): a "
                       "restart before the job is done would send it there again",
                       job.job_id, name, exc)
+
+
+def _with_rewrites(digest: str, rewrites: str) -> str:
+    """The received file's digest, combined with what the destination's rewrites are."""
+    if not rewrites:
+        return digest
+    return hashlib.blake2b(f"{digest}{rewrites}".encode(), digest_size=20).hexdigest()
 
 
 def _spool_failed(exc: DeliveryError) -> None:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from router.core import metrics
 from router.core.config import Destination, RouterConfig, Rule
@@ -44,6 +47,9 @@ SHARED_CODECS = CodecProcess()
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # Explicit, Implicit VR LE
 _MORPH_WARNINGS = RepeatLimiter(what="morph_warning")  # the same warning 3 times a minute
 _BURNED_IN_WARNINGS = RepeatLimiter(what="burned_in_warning")
+# DeidentifyConfig fields added since the ledger keyed rewrites with repr((morph,
+# deidentify)): that form is rebuilt without them while they hold their defaults.
+_FIELDS_AFTER_REPR_FORM = ("burned_in_annotation",)
 
 
 @dataclass
@@ -193,6 +199,44 @@ def spool_write_failure(exc: OSError, relay: Path) -> DeliveryError:
                          f"{why}", transient=True)
 
 
+def rewrites_fingerprint(steps: Steps) -> str:
+    """The settings of `steps`' morph and de-identification as sorted JSON, without the
+    fields at their defaults: a field added later with its default, or another pydantic
+    repr, leaves it as it was (with repr, every upgrade re-sent what `skip` should skip)."""
+    if not steps.rewrites:
+        return ""
+    deid = steps.deidentify
+    return json.dumps({"morph": [_settings(action) for action in steps.morph],
+                       "deidentify": None if deid is None else _settings(deid)},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def _settings(model: BaseModel) -> dict[str, object]:
+    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
+
+def repr_fingerprint(steps: Steps) -> str:
+    """The form the ledger's rows had before rewrites_fingerprint: repr((morph,
+    deidentify)) as pydantic wrote it for DeidentifyConfig without its later fields. Only
+    rows younger than spool.duplicate_window are read, so it can go a release later."""
+    if not steps.rewrites:
+        return ""
+    return repr((steps.morph, None if steps.deidentify is None
+                 else _ReprForm(steps.deidentify)))
+
+
+@dataclass(frozen=True)
+class _ReprForm:
+    deid: DeidentifyConfig
+
+    def __repr__(self) -> str:
+        fields = type(self.deid).model_fields
+        args = [f"{name}={getattr(self.deid, name)!r}" for name, info in fields.items()
+                if info.repr and not (name in _FIELDS_AFTER_REPR_FORM
+                                      and getattr(self.deid, name) == info.default)]
+        return f"{type(self.deid).__name__}({', '.join(args)})"
+
+
 class Preparer:
     """One per delivery thread; `uid_map` opens the de-identification UID map on first use."""
 
@@ -208,8 +252,12 @@ class Preparer:
     def fingerprint(self, job: JobHeader, destination: str) -> str:
         """What this destination's rewrites of `job` are (empty: none), so that a digest of
         the received file plus this names the bytes it gets (on_duplicate: skip)."""
-        steps = steps_for(self.config, job, destination, self.rules)
-        return repr((steps.morph, steps.deidentify)) if steps.rewrites else ""
+        return rewrites_fingerprint(steps_for(self.config, job, destination, self.rules))
+
+    def repr_fingerprint(self, job: JobHeader, destination: str) -> str:
+        """The fingerprint's form before this one (empty: none), for the ledger's rows of
+        deliveries made before the upgrade (workers/delivery.py)."""
+        return repr_fingerprint(steps_for(self.config, job, destination, self.rules))
 
     def prepare(self, job: JobHeader, destination: str, source: Path,
                 force_syntaxes: Sequence[str] = ()) -> Prepared:

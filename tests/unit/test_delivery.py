@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import queue
 import shutil
@@ -28,7 +29,7 @@ from tests.dicom_samples import write_instance
 from workers import delivery as delivery_module
 from workers.delivery import DeliveryThread
 from workers.ledger import DeliveryLedger, file_digest
-from workers.prepare import Preparer
+from workers.prepare import Preparer, open_uid_map
 
 from .helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, make_header
 
@@ -442,3 +443,32 @@ def test_a_marker_the_spool_cannot_take_leaves_the_delivery_delivered(
     assert rig.deliver(job, "archive") == Result(JOB_1, "archive", True, "")
     assert metrics.SPOOL_ERRORS.labels("mark_delivered")._value.get() == before + 1
     assert rig.stored().is_file()
+
+
+# What e53fa78 keyed a default de-identification's deliveries with: repr((morph, deidentify)).
+E53FA78_DEID_REPR = (
+    "((), DeidentifyConfig(profile='basic', retain_uids=False, retain_dates=False, "
+    "retain_device_identity=False, retain_patient_characteristics=False, "
+    "clean_descriptions=False, uid_root='2.25', patient_id=None, patient_name=None, keep=[], "
+    "private_tags='remove'))")
+
+
+def test_on_duplicate_skip_skips_what_the_version_before_the_upgrade_de_identified(
+        rig: Rig) -> None:
+    """A row the previous version recorded (its repr fingerprint) still names the bytes the
+    destination got: the same file received again after the upgrade is skipped."""
+    deidentifying = parse_config({
+        "spool": {"path": str(rig.spool.root)},
+        "destinations": {"archive": {"type": "folder", "path": str(rig.archive),
+                                     "on_duplicate": "skip"}},
+        "rules": [{"name": "research", "forward": ["archive"], "deidentify": {}}]})
+    rig.thread.config = deidentifying
+    rig.thread.preparer = Preparer(deidentifying, rig.spool, lambda: open_uid_map(rig.spool))
+    source = rig.sample("a")
+    before = hashlib.blake2b(f"{file_digest(source)}{E53FA78_DEID_REPR}".encode(),
+                             digest_size=20).hexdigest()
+    assert rig.thread.ledger is not None
+    rig.thread.ledger.record("archive", SOP, before, JOB_1)
+    job = dataclasses.replace(rig.spool_job(JOB_2, source), rules=("research",))
+    assert rig.deliver(job) == Result(JOB_2, "archive", True, "duplicate")
+    assert not rig.archive.exists()

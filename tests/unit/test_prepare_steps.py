@@ -10,13 +10,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter
 
 from router.core.config import parse_config
+from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
+from router.core.morph_spec import MorphAction
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
-from workers.prepare import Preparer, steps_for
+from workers.prepare import Preparer, Steps, repr_fingerprint, rewrites_fingerprint, steps_for
 
 from .helpers import make_header
 
@@ -194,3 +197,46 @@ def test_a_full_uid_map_is_a_spool_write_failure(tmp_path: Path) -> None:
     assert caught.value.reason == "spool_write" and caught.value.transient
     assert "UID map" in str(caught.value) and "full" in str(caught.value)
     assert list(spool.relay.iterdir()) == []  # its copy removed
+
+
+def _steps(deid: DeidentifyConfig | None, *morph: dict[str, str]) -> Steps:
+    actions = tuple(TypeAdapter(MorphAction).validate_python(a) for a in morph)
+    return Steps(actions, deid, ())
+
+
+def test_the_rewrites_fingerprint_is_the_settings_that_differ_from_the_defaults() -> None:
+    """Pinned: the ledger's rows of rewritten deliveries are keyed with it (skip)."""
+    assert rewrites_fingerprint(_steps(None)) == ""
+    assert rewrites_fingerprint(_steps(DeidentifyConfig())) == '{"deidentify":{},"morph":[]}'
+    morphed = _steps(DeidentifyConfig(retain_dates=True),
+                     {"action": "copy", "from": "StudyID", "to": "AccessionNumber"})
+    assert rewrites_fingerprint(morphed) == (
+        '{"deidentify":{"retain_dates":true},"morph":[{"action":"copy",'
+        '"from":"StudyID","to":"AccessionNumber"}]}')
+
+
+class _Later(DeidentifyConfig):
+    """DeidentifyConfig as a later version that adds an option with a default."""
+
+    later_option: bool = False
+
+
+def test_a_setting_added_with_its_default_leaves_the_fingerprint_as_it_was() -> None:
+    assert rewrites_fingerprint(_steps(_Later())) == rewrites_fingerprint(
+        _steps(DeidentifyConfig()))
+    assert rewrites_fingerprint(_steps(_Later(later_option=True))) != rewrites_fingerprint(
+        _steps(DeidentifyConfig()))
+
+
+def test_the_previous_form_is_what_e53fa78_recorded() -> None:
+    """repr((morph, deidentify)) before DeidentifyConfig had burned_in_annotation."""
+    assert repr_fingerprint(_steps(DeidentifyConfig(), {"action": "set",
+                                                        "tag": "InstitutionName",
+                                                        "value": "X"})) == (
+        "((SetAction(tag='InstitutionName', value='X', vr=None, action='set'),), "
+        "DeidentifyConfig(profile='basic', retain_uids=False, retain_dates=False, "
+        "retain_device_identity=False, retain_patient_characteristics=False, "
+        "clean_descriptions=False, uid_root='2.25', patient_id=None, patient_name=None, "
+        "keep=[], private_tags='remove'))")
+    assert "burned_in_annotation='send'" in repr_fingerprint(
+        _steps(DeidentifyConfig(burned_in_annotation="send")))
