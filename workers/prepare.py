@@ -49,7 +49,7 @@ _MORPH_WARNINGS = RepeatLimiter(what="morph_warning")  # the same warning 3 time
 _BURNED_IN_WARNINGS = RepeatLimiter(what="burned_in_warning")
 # DeidentifyConfig fields added since the ledger keyed rewrites with repr((morph,
 # deidentify)): that form is rebuilt without them while they hold their defaults.
-_FIELDS_AFTER_REPR_FORM = ("burned_in_annotation",)
+_FIELDS_AFTER_REPR_FORM = ("burned_in_annotation", "pseudonym_key")
 
 
 @dataclass

@@ -60,6 +60,11 @@ class DeidentifyConfig(_Strict):
     # no attribute-level profile removes (PS3.15 E.1-1). "refuse": the instance is a
     # `deidentify` dead letter for this destination; "send": it goes, pixels as they are.
     burned_in_annotation: Literal["refuse", "send"] = "refuse"
+    # What the pseudonym is derived from: PatientID alone, as always (existing pseudonyms
+    # stay), or IssuerOfPatientID with it, for a destination fed by several issuing systems
+    # whose IDs may collide (one ID from two of them is otherwise one patient). Switching
+    # gives patients with an issuer new pseudonyms from then on, queued instances included.
+    pseudonym_key: Literal["patient_id", "issuer_and_patient_id"] = "patient_id"
 
     @field_validator("uid_root", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
 import stat
@@ -154,7 +155,7 @@ def test_the_expectations_copied_from_the_standard_agree_with_the_table(
 def test_each_attribute_ends_as_the_table_says(config: DeidentifyConfig, uids: UidMap) -> None:
     ds = build()
     changed = deidentify(ds, config, uids)
-    pseudonym = uids.pseudonym("GENERAL HOSPITAL\\PID12345")  # build() has an issuer
+    pseudonym = uids.pseudonym("PID12345")  # build() has an issuer: not in the key
     for keyword, vr, value, code, option, option_code in EXPECTED:
         action = expected_action(code, option, option_code, config, keyword, vr)
         if keyword == "DeviceUID" and config.retain_device_identity:
@@ -203,7 +204,7 @@ def test_private_attributes_can_be_kept(uids: UidMap) -> None:
     deidentify(ds, DeidentifyConfig(private_tags="keep"), uids)
     assert ds[0x00091001].value == "private DOE"
     # The standard attributes inside a kept private sequence still go through the table.
-    assert str(ds[0x00091002].value[0].PatientName) == uids.pseudonym("GENERAL HOSPITAL\\PID12345")
+    assert str(ds[0x00091002].value[0].PatientName) == uids.pseudonym("PID12345")
     assert "Private attributes retained" in ds.DeidentificationMethod
 
 
@@ -227,7 +228,7 @@ def test_one_patient_is_one_pseudonymous_patient_across_studies(uids: UidMap) ->
         deidentify(ds, DeidentifyConfig(), uids)
     assert first.PatientID == second.PatientID != other.PatientID
     assert first.StudyInstanceUID != second.StudyInstanceUID
-    assert uids.lookup(first.PatientID) == "GENERAL HOSPITAL\\PID12345"  # issuer\\ID
+    assert uids.lookup(first.PatientID) == "PID12345"  # the ID alone, issuer or not
 
 
 # --- Overlays ---------------------------------------------------------------------------------
@@ -286,16 +287,36 @@ def test_a_class_that_often_has_burned_in_text_is_noted_when_it_does_not_say(
 
 
 def test_one_id_from_two_issuers_is_two_pseudonymous_patients(uids: UidMap) -> None:
-    """PatientID alone keyed the pseudonym: two patients with one ID from two hospitals
-    became one research patient. Without an issuer the pseudonym is the one it was."""
+    """pseudonym_key issuer_and_patient_id: two patients with one ID from two hospitals
+    stay two research patients. Without an issuer the pseudonym is the one it was."""
     first, second, plain = build(), build(), build()
     second.IssuerOfPatientID = "ST ELSEWHERE"
     del plain.IssuerOfPatientID
     for ds in (first, second, plain):
-        deidentify(ds, DeidentifyConfig(), uids)
+        deidentify(ds, DeidentifyConfig(pseudonym_key="issuer_and_patient_id"), uids)
     assert len({first.PatientID, second.PatientID, plain.PatientID}) == 3
     assert plain.PatientID == uids.pseudonym("PID12345")  # existing sites' mapping
     assert uids.lookup(first.PatientID) == "GENERAL HOSPITAL\\PID12345"
+
+
+def test_by_default_the_issuer_is_not_part_of_the_pseudonym(tmp_path: Path) -> None:
+    """The pseudonym e53fa78 gave an instance with an issuer, under a fixed key: keying on
+    the issuer by default split studies in progress across the upgrade."""
+    key = tmp_path / "deid.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    ds = Dataset()
+    ds.PatientID, ds.IssuerOfPatientID, ds.PatientName = "PID12345", "GENERAL HOSPITAL", "Doe"
+    ds.SOPClassUID, ds.Modality = "1.2.840.10008.5.1.4.1.1.2", "CT"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1.1"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.1.1.1"
+    other = copy.deepcopy(ds)
+    other.IssuerOfPatientID = "ST ELSEWHERE"
+    with UidMap(key, tmp_path / "map.sqlite3") as uids:
+        deidentify(ds, DeidentifyConfig(), uids)
+        deidentify(other, DeidentifyConfig(), uids)
+    assert ds.PatientID == ds.PatientName == other.PatientID == "ANON-44UGIIXDS5TSYV5X"
 
 
 # --- The record of what was done -------------------------------------------------------------

@@ -256,7 +256,7 @@ def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap,
     if note is not None and notes is not None:
         notes.append(note)
     pseudonym = "" if config.patient_id and config.patient_name \
-        else uids.pseudonym(_pseudonym_source(ds))
+        else uids.pseudonym(_pseudonym_source(ds, config))
     run = _Run(config, uids, _keep_tags(config), config.patient_id or pseudonym,
                config.patient_name or pseudonym, _identifier_pattern(ds))
     _walk(ds, run, "")
@@ -265,14 +265,18 @@ def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap,
     return list(run.changed)
 
 
-def _pseudonym_source(ds: Dataset) -> str:
+def _pseudonym_source(ds: Dataset, config: DeidentifyConfig) -> str:
     """Whose pseudonym: the patient's; failing an ID, the study's (or the instance's) own.
-    One ID from two issuers is two patients: keyed "issuer\\id" (a backslash is in no
-    single ID, so no plain ID has its key). Without an issuer, the ID alone, as before."""
+    The ID alone by default: keying on the issuer too gave every patient with one a second
+    pseudonym from the upgrade on, splitting studies in progress. pseudonym_key
+    issuer_and_patient_id keys "issuer\\id" (a backslash is in no single ID, so no plain ID
+    has its key): one ID from two issuers is then two patients."""
     source = next((str(ds.get(k)) for k in ("PatientID", "StudyInstanceUID", "SOPInstanceUID")
                    if ds.get(k)), "")
     issuer = str(ds.get("IssuerOfPatientID") or "")
-    return f"{issuer}\\{source}" if issuer and ds.get("PatientID") else source
+    if config.pseudonym_key == "issuer_and_patient_id" and issuer and ds.get("PatientID"):
+        return f"{issuer}\\{source}"
+    return source
 
 
 def _walk(ds: Dataset, run: _Run, path: str) -> None:
