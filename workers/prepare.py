@@ -20,15 +20,16 @@ import errno
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from router.core import metrics
-from router.core.config import Destination, RouterConfig, Rule
+from router.core.burned_in import deidentified_routes
 from router.core.config import DicomDestination as DicomConfig
+from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
 from router.core.log_safety import RepeatLimiter, without_values
@@ -139,36 +140,11 @@ def copy_leaks(config: RouterConfig) -> list[str]:
     from workers.transforms.deidentify import leaking_copies
 
     notes = []
-    for rule, name, dest, deid in _deidentified_routes(config):
+    for rule, name, dest, deid in deidentified_routes(config):
         morph = [*rule.morph, *(dest.morph if dest else ())]
         notes += [f"rule {rule.name} -> {name}: {leak}; such instances become "
                   f"`deidentify` dead letters" for leak in leaking_copies(morph, deid)]
     return notes
-
-
-def burned_in_policies(config: RouterConfig) -> list[str]:
-    """check-config's notes: what each de-identification does with burned-in text."""
-    notes = []
-    for rule, name, _, deid in _deidentified_routes(config):
-        what = ("refused: `deidentify` dead letters (burned_in_annotation: send lets "
-                "them go)" if deid.burned_in_annotation == "refuse" else
-                "sent with their pixels as they are (burned_in_annotation: send)")
-        notes.append(f"rule {rule.name} -> {name}: de-identified; instances with "
-                     f"BurnedInAnnotation YES are {what}")
-    return notes
-
-
-def _deidentified_routes(config: RouterConfig
-                         ) -> Iterator[tuple[Rule, str, Destination | None,
-                                             DeidentifyConfig]]:
-    """Each (rule, destination name, destination, settings) whose instances leave
-    de-identified: the rule's settings, else the destination's."""
-    for rule in config.rules:
-        for name in rule.forward:
-            dest = config.destinations.get(name)
-            deid = rule.deidentify or (dest.deidentify if dest else None)
-            if deid is not None:
-                yield rule, name, dest, deid
 
 
 def morph_failure(exc: Exception) -> DeliveryError:

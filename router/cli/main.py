@@ -20,6 +20,7 @@ from router.cli import peer_commands
 from router.cli import route_test as cli_route_test
 from router.cli import status as cli_status
 from router.cli.common import CONFIG_ERROR, USAGE_ERROR, config_parent, version
+from router.core.burned_in import burned_in_defaults, burned_in_policies
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.deid_key import read_key_file
 from router.core.errors import ConfigError, RouterError
@@ -90,9 +91,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for note in relay_move_notes(config):  # moves the router refuses, to keep data private
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
-    from workers.prepare import burned_in_policies, copy_leaks  # pydicom only for this
+    from workers.prepare import copy_leaks  # pydicom only for this
 
     for note in copy_leaks(config):  # deliveries the workers refuse, to keep data private
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    for note in burned_in_defaults(config):  # a default that refuses what was sent before
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in burned_in_policies(config):  # what the profile cannot do, and what happens
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)

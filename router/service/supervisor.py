@@ -19,6 +19,7 @@ from typing import Any
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
+from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
 from router.core.process_util import run_on_signal
@@ -208,6 +209,15 @@ class Supervisor:
         self._check_tls(self.config)
 
     @staticmethod
+    def _warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:
+        """Say at start (and after a reload, what it made new) which de-identifications
+        refuse burned-in instances by default: dead letters were an upgrade's first sign."""
+        known = set(burned_in_defaults(before)) if before is not None else set()
+        for note in burned_in_defaults(config):
+            if note not in known:
+                log.warning("%s", note)
+
+    @staticmethod
     def _check_tls(config: RouterConfig) -> None:
         check_contexts(config)
         for note in expiry_warnings(config):
@@ -229,6 +239,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
         self.check_tls()
+        self._warn_burned_in(self.config)
         # Before the ports: an earlier router's orphaned acceptor may still listen on them.
         spool = self._own_spool()  # before anything touches the spool
         if spool is None:
@@ -360,6 +371,7 @@ class Supervisor:
             return
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
+        self._warn_burned_in(new, self.config)
         self.config = new
         self.seats.reconfigure(new.listen)
         restart_workers = change.pipeline

@@ -158,6 +158,27 @@ def reload(router: RouterProcess, result: str) -> None:
                     == before + 1, timeout=60), router.log()[-3000:]
 
 
+def test_run_warns_of_de_identifications_that_refuse_burned_in_text_by_default(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """The default refuse turned what earlier versions sent into dead letters, and nothing
+    said so at start: the supervisor warns once for each deidentify that leaves it unset,
+    and after a reload for those the reload added."""
+    config = folder_config(tmp_path, "research", "open")
+    config["destinations"]["open"]["deidentify"] = {"burned_in_annotation": "send"}
+    config["rules"] = [{"name": "study", "forward": ["research"], "deidentify": {}},
+                       {"name": "open", "forward": ["open"]}]
+    router = start_router(config)
+    warning = "{}: its deidentify does not set burned_in_annotation, so instances with " \
+        "BurnedInAnnotation YES become `deidentify` dead letters"
+    assert router.log().count(warning.format("rule study")) == 1, router.log()
+    assert "destination open: its deidentify" not in router.log()
+    config["rules"].append({"name": "later", "forward": ["research"], "deidentify": {}})
+    rewrite(router, config)
+    reload(router, "applied")
+    assert router.log().count(warning.format("rule later")) == 1, router.log()
+    assert router.log().count(warning.format("rule study")) == 1, router.log()
+
+
 def test_reload_applies_a_valid_config_without_dropping_work(
         start_router: RouterFactory, tmp_path: Path) -> None:
     router = start_router(folder_config(tmp_path, "first"))

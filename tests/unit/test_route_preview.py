@@ -180,3 +180,7 @@ def test_burned_in_annotation_is_a_predicted_dead_letter_and_check_config_says_s
         "refused" in err, err
     assert "rule open -> other: de-identified; instances with BurnedInAnnotation YES are " \
         "sent with their pixels as they are" in err, err
+    # The default refuses what versions before it sent: a warning until it is explicit.
+    assert "warning: rule deid: its deidentify does not set burned_in_annotation, so " \
+        "instances with BurnedInAnnotation YES become `deidentify` dead letters" in err, err
+    assert "rule open: its deidentify" not in err, err
