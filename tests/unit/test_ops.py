@@ -477,7 +477,10 @@ def test_dashboard_covers_the_router() -> None:
         "dicom_router_spool_size_bytes", "dicom_router_tls_handshake_failures_total",
         "dicom_router_connections_dropped_total", "dicom_router_process_restarts_total",
         "dicom_router_config_reloads_total", "dicom_router_build_info",
-        "dicom_router_jobs_queued",
+        "dicom_router_jobs_queued", "dicom_router_spool_free_inodes",
+        "dicom_router_spool_errors_total", "dicom_router_dead_letters_unwritten",
+        "dicom_router_tls_certificate_expiry_timestamp_seconds",
+        "dicom_router_deid_burned_in_total",
     ):
         assert name in used, f"no dashboard panel shows {name}"
 
