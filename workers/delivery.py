@@ -195,12 +195,12 @@ class DeliveryThread(threading.Thread):
         self.others_open = task.others_open
         started = time.monotonic()
         try:
-            self._send(job, name, source)
+            copied = self._send(job, name, source)
         finally:
             metrics.labelled(metrics.FORWARD_SECONDS, name).observe(time.monotonic() - started)
         metrics.labelled(metrics.FORWARDED_BYTES, name).inc(job.size)
         self._record(job, name, digest)
-        return self._delivered(job, name)
+        return self._delivered(job, name, wrote_copy=copied)
 
     def _already_there(self, job: JobHeader, name: str, source: Path) -> tuple[str, str]:
         """("redelivery" | "duplicate" | "", digest): whether the ledger says not to send,
@@ -234,16 +234,17 @@ class DeliveryThread(threading.Thread):
         return bool(previous) and self.ledger.has(name, job.sop_instance_uid,
                                                   _with_rewrites(received, previous))
 
-    def _send(self, job: JobHeader, name: str, source: Path) -> None:
+    def _send(self, job: JobHeader, name: str, source: Path) -> bool:
         """Send what this destination should get (workers/prepare.py). A destination that
         refuses the instance's syntax at negotiation gets it in the next syntax it may take,
         one at a time: its `transfer_syntaxes` in order, else Explicit then Implicit VR Little
-        Endian (an Implicit-only PACS got nothing when only Explicit was tried)."""
+        Endian (an Implicit-only PACS got nothing when only Explicit was tried). True: it
+        sent a copy written in the spool."""
         prepared = self.preparer.prepare(job, name, source)
         tried = {prepared.job.transfer_syntax_uid}
         try:
             self._deliver(name, prepared)
-            return
+            return bool(prepared.copies)
         except DeliveryError as exc:
             if exc.reason != "no_context":
                 raise
@@ -265,7 +266,7 @@ class DeliveryThread(threading.Thread):
                 continue
             try:
                 self._deliver(name, retry)
-                return
+                return bool(retry.copies)
             except DeliveryError as exc:
                 if exc.reason != "no_context":
                     raise
@@ -303,10 +304,11 @@ class DeliveryThread(threading.Thread):
                     job.job_id)
         return Result(job.job_id, name, False, "withdrawn", False, "not on the spool")
 
-    def _delivered(self, job: JobHeader, name: str, reason: str = "") -> Result:
+    def _delivered(self, job: JobHeader, name: str, reason: str = "", *,
+                   wrote_copy: bool = False) -> Result:
         if len(job.destinations) > 1:
             self._mark_delivered(job, name)
-        return Result(job.job_id, name, True, reason)
+        return Result(job.job_id, name, True, reason, wrote_copy=wrote_copy)
 
     def _mark_delivered(self, job: JobHeader, name: str) -> None:
         """The marker that lets a recovery skip this destination. It arrived either way:

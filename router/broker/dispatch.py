@@ -29,7 +29,9 @@ Rules it keeps:
   instance that alone makes it abort becomes a dead letter after its attempts.
 - A worker that cannot write its copy of the instance in the spool (a morph,
   de-identification or transcode on a full or failing disk) failed on the router's own
-  disk: the delivery waits, backing off while the spool keeps failing, and spends no attempt.
+  disk: the delivery waits and spends no attempt. The spool backs off once per spell, not
+  per delivery, one waiting delivery probes it, and once it takes a copy again every
+  waiting delivery goes at once (router/broker/spool_wait.py).
 - A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
   backoff with jitter while it is transient and attempts remain; otherwise it becomes a
   dead letter with the reason.
@@ -131,8 +133,10 @@ class Dispatcher(DispatchState):
         return outcomes
 
     def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
+        if self._spool_takes_copies(delivery, result):
+            for waited in self.spool_wait.took_copy():
+                self._requeue_back(waited)
         if result.delivered:
-            self.spool_failures_in_a_row = 0
             self.failures_in_a_row[delivery.destination] = 0
             self.paused_until[delivery.destination] = 0.0
             self.delivered_total[delivery.destination] += 1
@@ -192,14 +196,22 @@ class Dispatcher(DispatchState):
         return [replace(retry, delivery=again)]
 
     def _spool_wait(self, delivery: Delivery, result: Result, now: float) -> Retry:
-        """The spool could not take the worker's copy: try again later, same attempt. The
-        delay grows while the spool keeps failing (any delivery resets it)."""
-        self.spool_failures_in_a_row += 1
-        policy = self.policies[delivery.destination]
-        delay = backoff(policy.retry, self.spool_failures_in_a_row, self.rand)
+        """The spool could not take the worker's copy: wait with the others for the spool,
+        same attempt (router/broker/spool_wait.py)."""
         again = Delivery(delivery.job, delivery.destination, delivery.attempt)
-        heapq.heappush(self.delayed, (now + delay, next(self._sequence), again))
-        return Retry(again, delay, result.reason, result.detail)
+        retry = self.policies[delivery.destination].retry
+        why = f"{result.reason}: {result.detail}" if result.detail else result.reason
+        delay, starts = self.spool_wait.failed(again, retry, why, now, self.rand)
+        return Retry(again, delay, result.reason, result.detail, announce=starts)
+
+    def _spool_takes_copies(self, delivery: Delivery, result: Result) -> bool:
+        """A delivery that wrote its copy succeeded, or the spool's probe got past its copy
+        (whatever the destination did then): deliveries waiting for the spool may go."""
+        if not self.spool_wait.waiting and self.spool_wait.probe is None:
+            return False
+        if result.delivered and result.wrote_copy:
+            return True
+        return delivery.key == self.spool_wait.probe and result.reason not in SPOOL_FAILURES
 
     def _busy(self, delivery: Delivery, now: float) -> Retry:
         """The destination is busy, not down: no attempt spent, no failure counted. With none
@@ -213,6 +225,9 @@ class Dispatcher(DispatchState):
     # --- dispatch ---------------------------------------------------------------------------
 
     def _release_due(self, now: float) -> None:
+        probe = self.spool_wait.probe_due(now)
+        if probe is not None:
+            self._requeue_front(probe)
         while self.delayed and self.delayed[0][0] <= now:
             _, _, delivery = heapq.heappop(self.delayed)
             if delivery.job.job_id in self.jobs:

@@ -23,6 +23,7 @@ from router.broker.deliveries import (
 from router.broker.delivery_queue import DeliveryQueue
 from router.broker.gathering import Gathering
 from router.broker.instance_order import InstanceOrder
+from router.broker.spool_wait import SpoolWait
 from router.core.messages import JobHeader
 
 WORKER_LEASE_SECONDS = 6.0
@@ -66,7 +67,7 @@ class DispatchState:
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
-        self.spool_failures_in_a_row = 0  # workers' copies the spool refused since a delivery
+        self.spool_wait = SpoolWait()  # deliveries whose copy the spool refused (spool_wait.py)
         self.backoff_reason: dict[str, str] = {}  # what started a destination's back-off
         # Deliveries each destination took, and its count when a job's store last failed
         # under it (router/broker/dispatch.py: an abort spends an attempt only when the
@@ -260,6 +261,9 @@ class DispatchState:
         """When dispatch() may next have something new to send: a retry or a pause ending,
         a held group becoming due, a destination's time window opening."""
         due = [self.delayed[0][0]] if self.delayed else []
+        spool_due = self.spool_wait.next_due()
+        if spool_due is not None:
+            due.append(spool_due)
         due += [t for name, t in self.paused_until.items() if t > now and self.queues[name]]
         due += [t for name, t in self.busy_until.items() if t > now and self.queues[name]]
         group_due = self.holds.next_due()
@@ -275,6 +279,7 @@ class DispatchState:
 
     def depth(self, destination: str) -> int:
         waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
+        waiting += self.spool_wait.jobs(destination)
         return (self.queues[destination].jobs + waiting + self.holds.depth(destination)
                 + self.order.parked(destination))
 

@@ -93,6 +93,10 @@ class Publishing:
                 # Why it is backing off (the failure that started it), while it is.
                 "backing_off_because": (self.dispatcher.backoff_reason.get(name, "")
                                         if self.dispatcher.is_paused(name, now) else ""),
+                # Deliveries waiting for the spool to take their copy (disk full), and why.
+                "waiting_for_spool": self.dispatcher.spool_wait.jobs(name),
+                "spool_wait_because": (self.dispatcher.spool_wait.reason
+                                       if self.dispatcher.spool_wait.jobs(name) else ""),
                 "dead_letters_waiting": waiting.get(name, 0),  # on the spool, to replay
                 # Given up, but the spool could not take the record yet (disk full).
                 "dead_letters_unwritten": unwritten.get(name, 0),

@@ -21,8 +21,9 @@ from router.core.spool import Spool
 
 
 def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
-    """Remove and return every job waiting for `name` (queue, retry delays, completion holds),
-    urgent first, in arrival order within a priority; leased deliveries stay."""
+    """Remove and return every job waiting for `name` (queue, retry delays, the spool,
+    completion holds), urgent first, in arrival order within a priority; leased deliveries
+    stay."""
     found: list[JobHeader] = []
     queue = dispatcher.queues[name]
     while queue:
@@ -35,6 +36,7 @@ def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
             kept.append(entry)
     heapq.heapify(kept)
     dispatcher.delayed = kept
+    found += [d.job for d in dispatcher.spool_wait.take(name)]
     for key in [k for k in dispatcher.holds.groups if k[0] == name]:
         found += [d.job for d in dispatcher.holds.groups.pop(key).deliveries]
     # Later receptions of an instance still in play come after it (router/broker/instance_order).
@@ -88,7 +90,8 @@ def give_up_queued(dispatcher: Dispatcher, name: str, reason: str, detail: str
 
 
 def release_now(dispatcher: Dispatcher, name: str) -> int:
-    """End the backoff of `name` (retry now): its delayed retries join its queue at once."""
+    """End the backoff of `name` (retry now): its delayed retries, and its deliveries
+    waiting for the spool, join its queue at once."""
     dispatcher.paused_until[name] = 0.0
     dispatcher.busy_until[name] = 0.0
     released = [entry for entry in dispatcher.delayed if entry[2].destination == name]
@@ -98,4 +101,8 @@ def release_now(dispatcher: Dispatcher, name: str) -> int:
         for _, _, delivery in sorted(released, key=lambda e: (e[0], e[1])):
             if delivery.job.job_id in dispatcher.jobs:
                 dispatcher.queues[name].append(delivery)
-    return sum(e[2].size for e in released)
+    spooled = dispatcher.spool_wait.take(name)
+    for delivery in spooled:
+        if delivery.job.job_id in dispatcher.jobs:
+            dispatcher.queues[name].append(delivery)
+    return sum(e[2].size for e in released) + sum(d.size for d in spooled)

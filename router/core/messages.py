@@ -175,6 +175,9 @@ class Result(Message):
     lease: int = 0  # the Deliver's token
     # The destination failed while this instance was on the wire (DeliveryError.during_store)
     during_store: bool = False
+    # Delivered from a copy the worker wrote in the spool (a morph, de-identification or
+    # transcode): the spool takes copies, and deliveries waiting for it may go.
+    wrote_copy: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ def state(row: dict[str, Any]) -> str:
                      + (f" ({why[:24]})" if why else ""))  # the reason label (README Retries)
     elif row.get("busy_for", 0) > 0:
         parts.append("busy")
+    if row.get("waiting_for_spool"):  # its copies wait for room on the router's own disk
+        why = str(row.get("spool_wait_because") or "").split(":", 1)[0]
+        parts.append("waiting for the spool" + (f" ({why[:24]})" if why else ""))
     if not row.get("in_window", True):
         parts.append("held (window)")
     if row.get("fallback_to"):

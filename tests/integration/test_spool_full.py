@@ -122,6 +122,47 @@ def test_a_spool_too_full_for_a_morphed_copy_waits_without_spending_attempts(
     assert not list((small_spool / "dead-letters").glob("*.json"))
 
 
+def test_deliveries_waiting_for_the_spool_all_go_once_it_has_room(small_spool: Path,
+                                                                   tmp_path: Path) -> None:
+    """Before: each delivery the full spool refused grew the shared back-off by itself, so a
+    few seconds of full disk sent most of a queue minutes away (max_delay), shown `up` with
+    no reason, until an operator's `destinations retry`. Now the spell counts once, the
+    wait says why, and once a probe gets its copy through every waiting delivery goes."""
+    (port,) = free_ports(1)
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
+    config = {
+        "spool": {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": {"initial_delay": 0.2,
+                                                          "max_delay": 300}}},
+        "rules": [{"name": "all", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "General Hospital"}]}],
+    }
+    count = 12
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=20_000)
+               for _ in range(count)]
+    with RouterProcess(tmp_path / "router", config) as router, pacs:
+        pacs.stop()
+        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert stored.returncode == 0, stored.stderr
+        filler = fill(small_spool)
+        pacs.start()
+        assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                              reason="spool_write") >= count + 2), router.log()
+        row = router.status()["broker"]["destinations"]["pacs"]
+        assert row["up"] and row["waiting_for_spool"] > 0, row
+        listed = subprocess.run([*ROUTER, "destinations", "list", "--config",
+                                 str(router.config_path)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert "waiting for the spool (spool_write)" in listed.stdout, listed.stdout
+        filler.unlink()
+        assert wait_for(lambda: len(pacs.received_files()) == count, timeout=20), (
+            router.log()[-3000:])
+        assert router.metric_sum("dicom_router_dead_letters_total") == 0
+        router.stop()
+
+
 def test_dead_letters_the_full_spool_cannot_take_are_written_once_it_can(
         small_spool: Path, tmp_path: Path) -> None:
     """A PACS that rejects every association (a permanent failure) while the spool is full:

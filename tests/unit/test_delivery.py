@@ -174,7 +174,7 @@ def test_on_duplicate_skip_compares_what_the_destination_gets_not_the_received_f
     rig.thread.preparer = Preparer(morphing, rig.spool, lambda: None)
     source = rig.sample("a")
     morphed = dataclasses.replace(rig.spool_job(JOB_1, source), rules=("ct",))
-    assert rig.deliver(morphed) == Result(JOB_1, "archive", True, "")
+    assert rig.deliver(morphed) == Result(JOB_1, "archive", True, "", wrote_copy=True)
     assert rig.stored().read_bytes() != source.read_bytes()
     plain = dataclasses.replace(rig.spool_job(JOB_2, source), rules=("other",))
     assert rig.deliver(plain) == Result(JOB_2, "archive", True, "")

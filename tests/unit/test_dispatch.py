@@ -702,4 +702,84 @@ def test_a_spool_write_failure_waits_without_spending_an_attempt() -> None:
     assert d.paused_until["pacs"] == 0.0  # the destination is not down
     d.dispatch(now)
     assert answer(d, W1, ok(job, "pacs"), now) == [Settled(job)]
-    assert d.spool_failures_in_a_row == 0
+    assert d.spool_wait.failures_in_a_row == 0
+
+
+def _spool_full_for(d: Dispatcher, jobs: list[JobHeader], now: float) -> list[Retry]:
+    """Send every queued job to W1 and answer each `spool_write`."""
+    d.worker_ready(W1, len(jobs), now)
+    sends = d.dispatch(now)
+    assert len(sends) == len(jobs)
+    return [r for job in jobs
+            for r in answer(d, W1, failed(job, "pacs", "spool_write", detail="ENOSPC"), now)]
+
+
+def test_a_full_spool_counts_one_failure_per_spell_and_releases_all_once_a_probe_gets_through(
+        ) -> None:
+    """Before: each delivery caught in one full-disk moment grew the back-off on its own
+    (30 jobs: delays up to max_delay) and pushed itself that far away; a success reset the
+    count but released none of them, so a queue sat for minutes after space came back."""
+    d = make_dispatcher({"pacs": 40}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}") for i in range(30)]
+    for job in jobs:
+        d.add_job(job)
+    retries = _spool_full_for(d, jobs, now=0.0)
+    assert {r.delay for r in retries} == {RETRY.initial_delay}  # one spell, one failure
+    assert [r.announce for r in retries].count(True) == 1
+    assert d.spool_wait.failures_in_a_row == 1
+    assert d.depth("pacs") == 30
+    assert d.dispatch(0.5) == []
+    # The back-off ends: one delivery probes the spool, the others still wait.
+    (probe,) = d.dispatch(1.0)
+    assert probe[1].job == jobs[0]
+    answer(d, W1, ok(jobs[0], "pacs"), 1.0)
+    sends = d.dispatch(1.0)  # the spool took it: everything else goes at once
+    assert sorted(sent(sends)) == sorted((j.job_id, "pacs") for j in jobs[1:])
+    assert d.spool_wait.waiting == [] and d.spool_wait.failures_in_a_row == 0
+
+
+def test_a_probe_meeting_the_full_spool_again_grows_the_back_off_once() -> None:
+    d = make_dispatcher({"pacs": 40}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}") for i in range(5)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 5, now=0.0)
+    _spool_full_for(d, jobs, now=0.0)
+    (probe,) = d.dispatch(1.0)
+    (again,) = answer(d, W1, failed(probe[1].job, "pacs", "spool_write"), 1.0)
+    assert isinstance(again, Retry) and again.delay == 2.0 and again.announce
+    assert d.dispatch(2.9) == []
+    (probe2,) = d.dispatch(3.0)
+    assert probe2[1].job == probe[1].job  # the same delivery probes again
+
+
+def test_a_delivery_that_wrote_its_copy_releases_what_waits_for_the_spool() -> None:
+    """Any delivery that needed a copy and got it through says the spool has room again; a
+    delivery that needed none says nothing about it."""
+    d = make_dispatcher({"pacs": 40}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}") for i in range(3)]
+    for job in jobs:
+        d.add_job(job)
+    _spool_full_for(d, jobs, now=0.0)
+    plain, morphed = make_header("plain"), make_header("morphed")
+    d.add_job(plain)
+    d.add_job(morphed)
+    d.worker_ready(W1, 2, now=0.1)
+    assert len(d.dispatch(0.1)) == 2
+    answer(d, W1, ok(plain, "pacs"), 0.2)
+    assert d.dispatch(0.2) == [] and len(d.spool_wait.waiting) == 3
+    answer(d, W1, Result(morphed.job_id, "pacs", True, wrote_copy=True), 0.3)
+    d.worker_ready(W1, 3, now=0.3)
+    assert sorted(sent(d.dispatch(0.3))) == sorted((j.job_id, "pacs") for j in jobs)
+
+
+def test_an_operators_retry_releases_what_waits_for_the_spool() -> None:
+    from router.broker.queue_moves import release_now
+
+    d = make_dispatcher({"pacs": 40}, rand=lambda: 1.0)
+    job = make_header("j1")
+    d.add_job(job)
+    _spool_full_for(d, [job], now=0.0)
+    assert release_now(d, "pacs") == 1
+    d.worker_ready(W1, 1, now=0.1)
+    assert sent(d.dispatch(0.1)) == [("j1", "pacs")]

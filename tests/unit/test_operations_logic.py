@@ -221,6 +221,16 @@ def test_a_destination_backing_off_says_why() -> None:
     assert state({"up": False, "paused_for": 3, "backing_off_because": ""}) == "backing off 3s"
 
 
+def test_a_destination_whose_copies_wait_for_the_spool_says_so() -> None:
+    """It is up (nothing wrong with it), yet its morphed copies wait for room on the spool."""
+    from router.service.destination_state import state
+
+    row = {"up": True, "waiting_for_spool": 30,
+           "spool_wait_because": "spool_write: cannot write in the spool (/s/relay): ENOSPC"}
+    assert state(row) == "waiting for the spool (spool_write)"
+    assert state({"up": True, "waiting_for_spool": 0, "spool_wait_because": ""}) == "up"
+
+
 @pytest.mark.parametrize("row", [
     {"up": False, "paused_for": 5},
     {"up": True, "busy_for": 3},
