@@ -117,7 +117,7 @@ class Admission:
             self._received_since += size
             self._stored_since += 1
 
-    def _disk(self) -> str | None:
+    def _disk(self) -> tuple[str, str] | None:
         now = self.clock()
         with self._lock:
             fresh = now - self._disk_checked < DISK_CHECK_SECONDS
@@ -129,16 +129,18 @@ class Admission:
             free, total = self._free - self._received_since, self._total
         percent = 100.0 * free / total
         if free < self.watermark_bytes(total):
-            return (f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
-                    f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
-                    f"and {self.min_free_percent}%)")
+            return "disk_watermark", (
+                f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
+                f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
+                f"and {self.min_free_percent}%)")
         if self._inodes_low():
             with self._lock:
                 inodes = max(0, self._free_inodes - self._stored_since)
                 total_inodes = self._total_inodes
             # First what ran out: a sender shows the C-STORE's comment cut at 64 characters.
-            return (f"no free inodes on the spool disk ({inodes} of {total_inodes} free; "
-                    f"needs {int(self.watermark_inodes(total_inodes))}; df -i)")
+            return "no_free_inodes", (
+                f"no free inodes on the spool disk ({inodes} of {total_inodes} free; "
+                f"needs {int(self.watermark_inodes(total_inodes))}; df -i)")
         return None
 
     def _look(self, now: float) -> None:
@@ -165,7 +167,7 @@ class Admission:
             return "draining", "router is shutting down"
         disk = self._disk()
         if disk is not None:
-            return "disk_watermark", disk
+            return disk
         spool = self._spool()
         if spool is not None:
             return "spool_unwritable", f"the spool cannot take commits ({spool})"
@@ -183,10 +185,11 @@ class AcceptorState:
     DISK_WATERMARK = 3
     QUEUE_FULL = 4
     SPOOL_UNWRITABLE = 5
+    NO_FREE_INODES = 6  # bytes may be plentiful: not the watermark an operator would look at
 
     _CODES: ClassVar[dict[str, int]] = {
         "draining": DRAINING, "disk_watermark": DISK_WATERMARK, "queue_full": QUEUE_FULL,
-        "spool_unwritable": SPOOL_UNWRITABLE,
+        "spool_unwritable": SPOOL_UNWRITABLE, "no_free_inodes": NO_FREE_INODES,
     }
     MESSAGES: ClassVar[dict[int, str]] = {
         STARTING: "acceptor not listening yet",
@@ -195,12 +198,13 @@ class AcceptorState:
         DISK_WATERMARK: "refusing work: spool disk below its watermark",
         QUEUE_FULL: "refusing work: queue full",
         SPOOL_UNWRITABLE: "refusing work: the spool cannot take commits (see the acceptor's log)",
+        NO_FREE_INODES: "refusing work: no free inodes on the spool disk (df -i)",
     }
 
     NAMES: ClassVar[dict[int, str]] = {
         STARTING: "starting", ACCEPTING: "accepting", DRAINING: "draining",
         DISK_WATERMARK: "disk_watermark", QUEUE_FULL: "queue_full",
-        SPOOL_UNWRITABLE: "spool_unwritable",
+        SPOOL_UNWRITABLE: "spool_unwritable", NO_FREE_INODES: "no_free_inodes",
     }
 
     @classmethod

@@ -51,7 +51,7 @@ def test_a_pool_holding_every_inode_is_emptied_and_work_resumes(
                           clock=clock)
     admission.spool_failed(describe_oserror(full.value, few_inodes))  # a commit failed
     refusal = admission.refusal()
-    assert refusal is not None and refusal[0] in ("disk_watermark", "spool_unwritable")
+    assert refusal is not None and refusal[0] in ("no_free_inodes", "spool_unwritable")
     assert "no free inodes" in refusal[1], refusal
 
     clock.now += SPOOL_RECHECK_SECONDS

@@ -245,8 +245,8 @@ def test_acceptor_state_maps_every_refusal_reason(
         "queue_full": AcceptorState.QUEUE_FULL,
     }
     states = (AcceptorState.STARTING, AcceptorState.ACCEPTING, *codes.values(),
-              AcceptorState.code("spool_unwritable"))
-    assert len(set(states)) == 6
+              AcceptorState.code("spool_unwritable"), AcceptorState.code("no_free_inodes"))
+    assert len(set(states)) == 7
     assert set(AcceptorState.MESSAGES) == set(states)
     assert all(AcceptorState.MESSAGES[s] for s in states)
 
@@ -287,5 +287,9 @@ def test_refuses_below_the_inode_watermark_saying_so(
                           clock=clock)
     refusal = admission.refusal()
     assert refusal is not None
-    assert refusal[0] == "disk_watermark"
     assert "no free inodes" in refusal[1] and "3 of 60" in refusal[1], refusal
+    # Before: labelled disk_watermark, and /readyz said "spool disk below its watermark"
+    # with bytes plentiful.
+    assert refusal[0] == "no_free_inodes"
+    readiness = AcceptorState.MESSAGES[AcceptorState.code(refusal[0])]
+    assert readiness == "refusing work: no free inodes on the spool disk (df -i)"
