@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import urllib.request
 
 from router.cli.common import argument, config_parent
 from router.core.config import RouterConfig, default_config, load_config
@@ -80,13 +81,36 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
-def _list(letters: list[dead_letters.DeadLetter], as_json: bool) -> None:
+def _unwritten(config: RouterConfig, destination: str | None) -> int:
+    """Dead letters the running router gave up whose records its full spool could not take
+    yet (/status `dead_letters_unwritten`): not on the spool, so not listed. 0 when no
+    router answers at the config's metrics address (the list itself is the spool's)."""
+    if not config.metrics.enabled:
+        return 0
+    host = config.metrics.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{config.metrics.port}/status",
+                                    timeout=3) as response:
+            rows = json.loads(response.read())["broker"]["destinations"]
+        return sum(int(row.get("dead_letters_unwritten", 0)) for name, row in rows.items()
+                   if destination in (None, name))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
+
+
+def _list(letters: list[dead_letters.DeadLetter], as_json: bool, unwritten: int) -> None:
+    if unwritten:  # the spool alerts send the operator here: say they exist
+        print(f"{unwritten} dead letters wait to be written: the spool is full; the router "
+              "writes them, and they are listed, once it has room",
+              file=sys.stderr if as_json else sys.stdout)
     if as_json:
         for letter in letters:
             print(json.dumps(letter.as_dict()))
         return
     if not letters:
-        print("no dead letters")
+        print("no dead letters on the spool" if unwritten else "no dead letters")
         return
     now = time.time()
     print(f"{'ID':<42} {'DESTINATION':<16} {'REASON':<28} {'TRIES':>5} {'AGE':>5}  DETAIL")
@@ -123,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     letters, repeated = _selected(spool, args)
     if args.action == "list":
-        _list(letters, args.json)
+        waiting = 0 if args.ids or not args.config else _unwritten(config, args.destination)
+        _list(letters, args.json, waiting)
     elif args.action == "replay":
         if args.to is not None and args.to not in config.destinations:
             raise RouterError(f"--to {args.to!r} is not a destination in the config "

@@ -190,6 +190,14 @@ def test_dead_letters_the_full_spool_cannot_take_are_written_once_it_can(
                                                   operation="dead_letter") >= 4), router.log()
         assert router.metric("dicom_router_dead_letters_unwritten", destination="pacs") == 2
         assert sorted(p.name for p in letters.iterdir()) == []  # no link, no temp file
+        # The spool alerts send the operator to `dead-letters list`: before, "no dead letters".
+        listed = subprocess.run([*ROUTER, "dead-letters", "list", "--config",
+                                 str(router.config_path)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines() == [
+            "2 dead letters wait to be written: the spool is full; the router writes them, "
+            "and they are listed, once it has room", "no dead letters on the spool"]
         assert len(list((small_spool / "jobs").glob("*.dcm"))) == 2  # kept
         filler.unlink()
         assert wait_for(lambda: len(list(letters.glob("*.json"))) == 2), router.log()[-3000:]
