@@ -14,6 +14,7 @@ from typing import Any
 from router.core.config import DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError, DimseRefusal
+from router.core.log_safety import RepeatLimiter
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
 from router.core.spool import Spool
@@ -34,6 +35,8 @@ LATE_CLEAR_SECONDS = 10.0
 # A sub-operation that failed for now is tried again after these, doubling, up to the max.
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 2.0
+# A stray instance (another calling AE naming a move) is logged once per AE and move a minute.
+STRAY_WARNING_SECONDS = 60.0
 
 
 def relays_moves(config: RouterConfig, upstream: str) -> bool:
@@ -92,6 +95,7 @@ class RelayedMoves:
         self.spool = spool
         self.moves = MoveRegistry(spool.root / "moves")
         self.senders = MoveSenders()  # moves to one destination share its association
+        self._strays = RepeatLimiter(STRAY_WARNING_SECONDS)
 
     def relay(self, exchange: Exchange, request: RelayRequest, config: RouterConfig,
               call_upstream: Callable[[RelayRequest], RelayCall]) -> None:
@@ -113,7 +117,8 @@ class RelayedMoves:
             return
         upstream = config.destinations[request.upstreams[0]]
         assert isinstance(upstream, DicomDestination)
-        move = self.moves.open(upstream.calling_ae or config.ae_title, upstream.ae_title)
+        move = self.moves.open(upstream.calling_ae or config.ae_title, upstream.ae_title,
+                               request.upstreams[0], tuple(upstream.store_ae_titles))
         relayed = RelayRequest(**{**request.__dict__, "move_destination": config.ae_title,
                                   "move_message_id": move.message_id,
                                   "upstreams": request.upstreams[:1]})
@@ -172,10 +177,27 @@ class RelayedMoves:
             if self.moves.closed(originator_message_id, originator_ae, calling_ae):
                 raise MoveClosed(f"relayed C-MOVE {originator_message_id} has ended; this "
                                  f"instance from {calling_ae.strip()} came too late")
+            self._warn_stray(originator_message_id, originator_ae, calling_ae)
             return False
         assert originator_message_id is not None
         source.replace(self.spool.relay / relayed_move_name(owner, int(originator_message_id)))
         return True
+
+    def _warn_stray(self, message_id: int | None, originator_ae: str | None,
+                    calling_ae: str) -> None:
+        """An instance naming a move in progress from an AE it does not take instances from
+        goes to the routing rules; when that is the upstream's storage AE, the move would
+        end with nothing delivered: say what to configure (the final counts them failed)."""
+        move = self.moves.stray(message_id, originator_ae, calling_ae)
+        calling = calling_ae.strip()
+        if move is None or not self._strays.allow((calling, move.message_id), 1):
+            return
+        log.warning("C-STORE from %s names relayed C-MOVE %d (Move Originator %s) whose "
+                    "instances come from %s: routed as ordinary work, not delivered for the "
+                    "move; if %s stores for upstream %s, add it to "
+                    "destinations.%s.store_ae_titles", calling, move.message_id,
+                    (originator_ae or "").strip(), " or ".join(move.senders()), calling,
+                    move.upstream_ae, move.destination)
 
 
 @dataclass
@@ -279,6 +301,24 @@ def _move_loop(call: RelayCall, delivery: Delivery) -> None:
             continue
         delivery.arrived()  # sent before the final
         cancelled = call.cancelled or exchange.cancelled()
-        exchange.final(delivery.counts.final_status(answer.status, cancelled),
-                       answer.error_comment or delivery.refused, delivery.counts.counts())
+        comment = answer.error_comment or delivery.refused
+        if not cancelled:
+            comment = _lost(delivery) or comment
+        exchange.final(delivery.counts.final_status(answer.status, cancelled), comment,
+                       delivery.counts.counts())
         return
+
+
+def _lost(delivery: Delivery) -> str:
+    """What the upstream reported sent that never reached this move counts as failed: the
+    ErrorComment for it, empty when nothing is missing. The upstream waited for each
+    C-STORE's answer, given only once the instance was in relay/, before its final."""
+    lost = delivery.counts.count_lost()
+    if not lost:
+        return ""
+    move = delivery.move
+    log.warning("relayed C-MOVE %d: %d instance(s) upstream %s reported sent never reached "
+                "the move, counted failed (sent under a calling AE other than %s? see "
+                "destinations.%s.store_ae_titles)", move.message_id, lost, move.upstream_ae,
+                " or ".join(move.senders()), move.destination)
+    return f"{lost} instance(s) {move.upstream_ae} reported sent never arrived"

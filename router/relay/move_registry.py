@@ -4,15 +4,16 @@ The router asks the upstream to move to the router's own AE with a message ID of
 the upstream's C-STOREs carry that ID as Move Originator Message ID, which is how an instance
 finds its move. As Move Originator AE Title they carry the router's calling AE, or (some
 upstreams, pynetdicom's among them) the upstream's own AE title, or nothing. An instance is
-the move's only when it comes on an association from the move's upstream (its AE title as the
-calling AE, which tls.ae_titles binds to the upstream's certificate): another party's
-C-STORE, whatever originator and message ID it names, is ordinary work for the routing
-rules, never a sub-operation of someone else's move. The upstream opens associations of its
-own for them, and with several acceptors on one port (`listen.acceptors`) the kernel may
-hand such an association to an acceptor other than the one whose requester waits. So a move
-is a file, `<spool>/moves/<message id>`, holding the pid of the acceptor that relays it and
-the calling AE it presents upstream (`<pid> <AE>`), and on a second line the upstream's AE
-title:
+the move's only when it comes on an association from the move's upstream (its AE title, or
+one of the destination's store_ae_titles, as the calling AE, which tls.ae_titles binds to
+the upstream's certificate): another party's C-STORE, whatever originator and message ID it
+names, is ordinary work for the routing rules, never a sub-operation of someone else's move.
+The upstream opens associations of its own for them, and with several acceptors on one port
+(`listen.acceptors`) the kernel may hand such an association to an acceptor other than the
+one whose requester waits. So a move is a file, `<spool>/moves/<message id>`, holding the
+pid of the acceptor that relays it and the calling AE it presents upstream (`<pid> <AE>`),
+then a line each for the upstream's AE title, its name in destinations and its
+store_ae_titles:
 
 - made by `link(2)` of a written file, which fails when the name exists, so the message ID
   is unique among the moves of every acceptor and nobody reads a half-written entry;
@@ -51,17 +52,34 @@ class MoveRelay:
     message_id: int
     originator_ae: str  # the calling AE the router presents to the upstream
     upstream_ae: str = ""  # the upstream's AE title
+    destination: str = ""  # the upstream's name in destinations, for the operator
+    store_aes: tuple[str, ...] = ()  # its store_ae_titles: other AEs it sends under
+
+    def senders(self) -> tuple[str, ...]:
+        """The calling AE titles this move's instances may come from."""
+        return (self.upstream_ae, *self.store_aes) if self.upstream_ae else ()
 
     def sent(self, originator_ae: str | None, calling_ae: str) -> bool:
         """Whether an instance naming this move's message ID, with this Move Originator AE
         Title on an association from `calling_ae`, is this move's (AE titles arrive
         padded)."""
-        originator, calling = (originator_ae or "").strip(), calling_ae.strip()
         # Only the upstream may add to its move: anyone can name the router as originator
         # and guess a message ID, but tls.ae_titles binds the calling AE to a certificate.
-        if not self.upstream_ae or calling != self.upstream_ae:
-            return False
-        return originator in ("", calling, self.originator_ae)
+        return (calling_ae.strip() in self.senders()
+                and self._names(originator_ae, calling_ae, allow_empty=True))
+
+    def stray(self, originator_ae: str | None, calling_ae: str) -> bool:
+        """Whether an instance names this move (its message ID and the router, or the
+        sender itself, as Move Originator) but comes from an AE it is not taken from: most
+        likely the upstream storing under an AE title store_ae_titles does not list."""
+        return (bool(self.upstream_ae) and calling_ae.strip() not in self.senders()
+                and self._names(originator_ae, calling_ae, allow_empty=False))
+
+    def _names(self, originator_ae: str | None, calling_ae: str, allow_empty: bool) -> bool:
+        originator = (originator_ae or "").strip()
+        if not originator:
+            return allow_empty
+        return originator in (calling_ae.strip(), self.originator_ae, self.upstream_ae)
 
 
 class MoveRegistry:
@@ -75,12 +93,14 @@ class MoveRegistry:
         self._next = random.randrange(message_ids)
         self._swept = -SWEEP_SECONDS
 
-    def open(self, originator_ae: str, upstream_ae: str = "") -> MoveRelay:
+    def open(self, originator_ae: str, upstream_ae: str = "", destination: str = "",
+             store_aes: tuple[str, ...] = ()) -> MoveRelay:
         """Claim a message ID no move in progress has, in any acceptor, and none that closed
         within CLOSED_SECONDS while another is free (its late instances name it)."""
         self._sweep()
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
-        draft.write_text(f"{os.getpid()} {originator_ae}\n{upstream_ae}")
+        draft.write_text("\n".join((f"{os.getpid()} {originator_ae}", upstream_ae,
+                                    destination, *store_aes)))
         try:
             for attempt in range(2 * self._ids):
                 message_id = self._next % self._ids + 1
@@ -99,7 +119,8 @@ class MoveRegistry:
                         os.link(draft, entry)
                     except FileExistsError:
                         continue  # another acceptor took it meanwhile
-                return MoveRelay(message_id, originator_ae, upstream_ae)
+                return MoveRelay(message_id, originator_ae, upstream_ae, destination,
+                                 store_aes)
             raise RuntimeError(f"{self._ids} relayed C-MOVEs in progress")
         finally:
             draft.unlink(missing_ok=True)
@@ -133,6 +154,17 @@ class MoveRegistry:
         found = self._find(message_id, originator_ae, calling_ae)
         return found is not None and not found[1]
 
+    def stray(self, message_id: int | None, originator_ae: str | None,
+              calling_ae: str) -> MoveRelay | None:
+        """The move in progress an instance names though it comes from an AE the move does
+        not take instances from (MoveRelay.stray), for a warning; None otherwise."""
+        if message_id is None or not 1 <= int(message_id) <= MESSAGE_IDS:
+            return None
+        entry = self._read(str(int(message_id)))
+        if entry is None or not entry[1].stray(originator_ae, calling_ae):
+            return None
+        return entry[1] if self._alive(entry[0]) else None
+
     def _find(self, message_id: int | None, originator_ae: str | None,
               calling_ae: str) -> tuple[int, bool] | None:
         """(owner pid, whether it is in progress) of the move an instance names."""
@@ -154,10 +186,12 @@ class MoveRegistry:
 
     def _read(self, name: str) -> tuple[int, MoveRelay] | None:
         with contextlib.suppress(OSError, ValueError):
-            first, _, upstream_ae = (self.folder / name).read_text().partition("\n")
+            lines = (self.folder / name).read_text().split("\n")
+            first, upstream_ae, destination, *store_aes = lines + [""] * (3 - len(lines))
             pid, _, originator_ae = first.partition(" ")
             return int(pid), MoveRelay(int(name.rpartition("-")[2]), originator_ae,
-                                       upstream_ae)
+                                       upstream_ae, destination,
+                                       tuple(ae for ae in store_aes if ae))
         return None
 
     def _recently_closed(self, message_id: int) -> bool:

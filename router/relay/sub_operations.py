@@ -7,7 +7,10 @@ it (to the requester for a C-GET, to the move destination for a C-MOVE). The req
 the sum: completed and warning as the router's deliveries went, failed and warning plus the
 upstream's own. Remaining is what the upstream said it would do, less what is done on either
 side: it is known once the upstream gave its counts, never goes back up, and reaches 0 at
-the end unless the request was cancelled (then it is what was not delivered).
+the end unless the request was cancelled (then it is what was not delivered). A relayed
+C-MOVE's instances come on associations of the upstream's own: one it reported sent that
+never reached the move (sent under an AE title the move does not take, say) is counted
+failed at the final (`lost`), never left out of a Success.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class SubOperations:
     warning: int = 0
     upstream_failed: int = 0  # the upstream's own, from its latest answer
     upstream_warning: int = 0
+    upstream_completed: int = 0  # what the upstream says it sent, from its latest answer
+    lost: int = 0  # of those, what never reached the router (set at a C-MOVE's final)
     total: int | None = None  # how many the upstream does in all, once it said
     _reported: int | None = None  # the last remaining sent: it never goes back up
 
@@ -46,9 +51,17 @@ class SubOperations:
         """The counts in one of the upstream's answers (pending or final)."""
         self.upstream_failed = max(answer.failed, self.upstream_failed)
         self.upstream_warning = max(answer.warning, self.upstream_warning)
+        self.upstream_completed = max(answer.completed, self.upstream_completed)
         if answer.remaining >= 0 and answer.completed >= 0:
             self.total = (answer.remaining + answer.completed + max(answer.failed, 0)
                           + max(answer.warning, 0))
+
+    def count_lost(self) -> int:
+        """At the final, once what was sent before it arrived: the instances the upstream
+        reported sent that the router never received count as failed. How many."""
+        self.lost = max(0, self.upstream_completed
+                        - (self.completed + self.failed + self.warning))
+        return self.lost
 
     @property
     def known(self) -> bool:
@@ -56,14 +69,13 @@ class SubOperations:
         return self.total is not None
 
     def counts(self) -> Counts:
-        done = (self.completed + self.failed + self.warning + self.upstream_failed
-                + self.upstream_warning)
+        failed = self.failed + self.lost + self.upstream_failed
+        done = self.completed + failed + self.warning + self.upstream_warning
         remaining = max(0, (self.total or 0) - done)
         if self._reported is not None:
             remaining = min(remaining, self._reported)
         self._reported = remaining
-        return Counts(remaining, self.completed, self.failed + self.upstream_failed,
-                      self.warning + self.upstream_warning)
+        return Counts(remaining, self.completed, failed, self.warning + self.upstream_warning)
 
     def final_status(self, upstream_status: int, cancelled: bool) -> int:
         """PS3.4 C.4.2.1.5: Cancel; the upstream's own failure; otherwise Success, Warning
@@ -72,7 +84,7 @@ class SubOperations:
             return CANCELLED
         if upstream_status not in (Status.SUCCESS, WARNING, ALL_FAILED):
             return upstream_status  # the upstream could not do the request at all
-        failed = self.failed + self.upstream_failed
+        failed = self.failed + self.lost + self.upstream_failed
         warning = self.warning + self.upstream_warning
         if not failed and not warning:
             return upstream_status  # Success; or a Warning whose counts the upstream kept

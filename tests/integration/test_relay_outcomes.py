@@ -179,12 +179,12 @@ def _request_commitment(port: int, transaction: str, instance: str) -> tuple[int
 
 
 def _router(tmp_path: Path, upstream: Upstream, target: Target | None = None,
-            **extra: Any) -> RouterProcess:
-    """Queries and retrieves to `upstream` (moves relayed), instances pushed to the router
-    into a folder; the target known as TARGET."""
+            pacs: dict[str, Any] | None = None, **extra: Any) -> RouterProcess:
+    """Queries and retrieves to `upstream` (moves relayed; `pacs` adds to its destination),
+    instances pushed to the router into a folder; the target known as TARGET."""
     destinations: dict[str, Any] = {
         "pacs": {"type": "dicom", "ae_title": upstream.ae.ae_title, "host": LOCALHOST,
-                 "port": upstream.port, "move_mode": "relay"},
+                 "port": upstream.port, "move_mode": "relay", **(pacs or {})},
         "archive": {"type": "folder", "path": str(tmp_path / "archive")}}
     known = {"TARGET": {"host": LOCALHOST, "port": target.port}} if target else {}
     router = RouterProcess(tmp_path / "router", {
@@ -372,6 +372,52 @@ def test_another_sender_cannot_slip_an_instance_into_a_relayed_c_move(
         assert str(injected.SOPInstanceUID) not in target.received
         wait_for(lambda: len(_archived(tmp_path)) == 1, 15)
         _no_traceback(router)
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_a_relayed_c_move_whose_upstream_stores_under_another_ae_fails_and_says_why(
+        tmp_path: Path) -> None:
+    """The PACS is configured as QRSCP but its C-STOREs call as MOVEQR (as Orthanc and many
+    PACS do): they are ordinary work for the rules, never the move's, so the requester gets
+    0xA702 with failed 3 and an ErrorComment saying the upstream's instances never arrived,
+    and the log says once which AE to add to store_ae_titles (before: Success with 0
+    completed, 0 failed, no warning, and the target got nothing)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
+    target = Target()
+    router = _router(tmp_path, upstream, target, pacs={"ae_title": "QRSCP"})
+    try:
+        final = _move_to(router.port, "TARGET")
+        assert final[0] == 0xA702 and final[2:5] == (0, 3, 0), final
+        assert final[5] == "3 instance(s) QRSCP reported sent never arrived", final
+        assert target.received == []
+        wait_for(lambda: len(_archived(tmp_path)) == 3, 15)  # routed, not lost
+        log = router.log()
+        assert log.count("C-STORE from MOVEQR names relayed C-MOVE") == 1, log[-3000:]
+        assert "destinations.pacs.store_ae_titles" in log
+        _no_traceback(router)
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
+def test_a_relayed_c_move_takes_instances_from_the_upstreams_store_ae_titles(
+        tmp_path: Path) -> None:
+    """The same PACS with store_ae_titles: [MOVEQR]: its instances are the move's, the
+    target gets all 3 and the requester Success."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
+    target = Target()
+    router = _router(tmp_path, upstream, target,
+                     pacs={"ae_title": "QRSCP", "store_ae_titles": ["MOVEQR"]})
+    try:
+        final = _move_to(router.port, "TARGET")
+        assert final[0] == 0x0000 and final[2:5] == (3, 0, 0), final
+        assert len(target.received) == 3
+        assert _archived(tmp_path) == []
+        assert "store_ae_titles" not in router.log()
     finally:
         router.stop()
         upstream.close()

@@ -112,6 +112,30 @@ def test_only_the_moves_upstream_adds_to_it_whatever_originator_it_names(
     assert moves.closed(move.message_id, "DICOM-ROUTER", "PACS")
 
 
+def test_an_upstream_storing_under_its_store_ae_titles_adds_to_its_move(
+        tmp_path: Path) -> None:
+    """A PACS configured as QRSCP whose storage SCU calls as QR (store_ae_titles: [QR]):
+    its instances are the move's, in progress and closed, across acceptors (the entry is
+    read back from the file); another AE naming the move is a stray, for a warning."""
+    moves = MoveRegistry(tmp_path)
+    move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
+    elsewhere = MoveRegistry(tmp_path)  # another acceptor process reads the entry
+    for originator in ("DICOM-ROUTER", "QR", "QRSCP", ""):
+        assert elsewhere.owner(move.message_id, originator, "QR ") == os.getpid()
+        assert elsewhere.stray(move.message_id, originator, "QR") is None
+    assert elsewhere.owner(move.message_id, "DICOM-ROUTER", "CT2") is None
+    stray = elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2")
+    assert stray is not None and stray.senders() == ("QRSCP", "QR")
+    assert stray.destination == "pacs"
+    assert elsewhere.stray(move.message_id, "CT2 ", "CT2") is not None  # naming itself
+    assert elsewhere.stray(move.message_id, "", "CT2") is None  # names no originator
+    assert elsewhere.stray(move.message_id, "WORKSTATION", "CT2") is None
+    assert elsewhere.stray(move.message_id % 65535 + 1, "DICOM-ROUTER", "CT2") is None
+    moves.close(move)
+    assert elsewhere.closed(move.message_id, "DICOM-ROUTER", "QR")
+    assert elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2") is None  # not open
+
+
 def test_an_instance_of_a_move_that_ended_is_told_apart_from_new_work(
         tmp_path: Path) -> None:
     moves = MoveRegistry(tmp_path)

@@ -52,3 +52,27 @@ def test_every_sub_operation_failed_is_a702_and_a_cancel_says_what_was_not_done(
     cancelled.delivered(0x0000)
     assert cancelled.counts() == Counts(9, 1, 0, 0)  # the second one never delivered
 
+
+
+def test_what_the_upstream_reported_sent_and_never_arrived_counts_as_failed() -> None:
+    """A relayed C-MOVE whose upstream stored under another AE title: nothing reached the
+    move, the upstream says 3 completed: 0xA702 with failed 3, never Success 0/0; some
+    arrived: 0xB000."""
+    none = SubOperations()
+    none.upstream(_answer(0x0000, completed=3, failed=0, warning=0, final=True))
+    assert none.count_lost() == 3
+    assert none.counts() == Counts(0, 0, 3, 0)
+    assert none.final_status(0x0000, cancelled=False) == 0xA702
+    some = SubOperations()
+    some.upstream(_answer(0xFF00, remaining=2, completed=1, failed=0, warning=0))
+    some.delivered(0x0000)
+    some.upstream(_answer(0x0000, completed=3, failed=0, warning=0, final=True))
+    assert some.count_lost() == 2
+    assert some.counts() == Counts(0, 1, 2, 0)
+    assert some.final_status(0x0000, cancelled=False) == 0xB000
+    every = SubOperations()
+    every.upstream(_answer(0x0000, completed=2, failed=1, warning=0, final=True))
+    every.delivered(0x0000)
+    every.delivered(0xB007)
+    assert every.count_lost() == 0
+    assert every.final_status(0x0000, cancelled=False) == 0xB000  # the upstream's failure

@@ -112,6 +112,9 @@ class DicomDestination(DestinationBase):
     # upstream to send to the requested destination itself (it must know that AE); relay asks
     # it to send to the router, which delivers to the destination from its own AE table.
     move_mode: Literal["pass_through", "relay"] = "pass_through"
+    # Relay mode: further calling AE titles this upstream's C-STOREs for a relayed move may
+    # come from (a PACS whose storage SCU has an AE title of its own); ae_title always may.
+    store_ae_titles: list[str] = []
     # The syntaxes this destination takes, in order of preference (UIDs or pydicom keywords):
     # an instance in another one is transcoded to the first the router can produce. Empty:
     # send as received, and transcode to Explicit/Implicit VR LE only if it refuses that.
@@ -127,6 +130,8 @@ class DicomDestination(DestinationBase):
     )
     _host = field_validator("host", mode="before")(_not_blank("the destination's host name "
                                                               "or address"))
+    _store_aes = field_validator("store_ae_titles")(
+        lambda v: [_check_ae_title(t) for t in v])
 
 
 class FolderDestination(DestinationBase):
