@@ -362,14 +362,24 @@ class EngineConnection:
         """How much longer an associated requester may stay silent, None when it has been
         silent for network_timeout. A requester waiting on a relayed request of its own is
         not idle: request_timeout bounds that request (and answers a failure status), and
-        network_timeout counts from when the last one ended."""
+        network_timeout counts from when the last one ended. Nor is the upstream of a
+        relayed C-MOVE in progress, between the instances it sends for it on an association
+        of its own: the move's request_timeout bounds it, and once no move waits for that AE
+        network_timeout applies again."""
         if self._link is None:
             return None
         since = self._link.idle_since()
         if since is None:
             return self.settings.network_timeout
         left = since + self.settings.network_timeout - time.monotonic()
-        return left if left > 0 else None
+        if left > 0:
+            return left
+        return self.settings.network_timeout if self._sends_for_a_move() else None
+
+    def _sends_for_a_move(self) -> bool:
+        relay, session = self.services.relay, self.session
+        return (relay is not None and session is not None
+                and relay.awaits_move_instances(session.calling_ae))
 
     def _feed(self, engine: Association, data: memoryview) -> list[Event]:
         try:

@@ -165,6 +165,18 @@ class MoveRegistry:
             return None
         return entry[1] if self._alive(entry[0]) else None
 
+    def awaits(self, calling_ae: str) -> bool:
+        """Whether a move in progress, in any acceptor, takes instances from this calling AE:
+        its upstream's store association may be silent while the upstream works."""
+        calling = calling_ae.strip()
+        for path in self.folder.iterdir():
+            if path.name.isdigit():
+                entry = self._read(path.name)
+                if (entry is not None and calling in entry[1].senders()
+                        and self._alive(entry[0])):
+                    return True
+        return False
+
     def _find(self, message_id: int | None, originator_ae: str | None,
               calling_ae: str) -> tuple[int, bool] | None:
         """(owner pid, whether it is in progress) of the move an instance names."""

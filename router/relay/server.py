@@ -272,6 +272,10 @@ class RelayServer:
         return self.moves.take_instance(originator_message_id, originator_ae, calling_ae,
                                         source)
 
+    def awaits_move_instances(self, calling_ae: str) -> bool:
+        """Whether a relayed C-MOVE in progress takes instances from this calling AE."""
+        return self.moves.moves.awaits(calling_ae)
+
     # --- storage commitment results ---------------------------------------------------------
 
     def _remember_commitment(self, exchange: Exchange, requester_ae: str) -> str | None:

@@ -424,6 +424,29 @@ def test_a_relayed_c_move_takes_instances_from_the_upstreams_store_ae_titles(
         target.close()
 
 
+def test_a_relayed_c_moves_upstream_is_not_closed_as_silent_between_its_instances(
+        tmp_path: Path) -> None:
+    """network_timeout 1 s, an upstream (storing as MOVEQR, in store_ae_titles) that waits
+    2.5 s after each of its 2 instances on its store association: the association stays
+    open while the move does, the target gets both and the requester Success (before: closed
+    as "silent for network_timeout" after the first, and the requester got 0xB000)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 2), delay=2.5)
+    target = Target()
+    router = _router(tmp_path, upstream, target, listen={"network_timeout": 1},
+                     pacs={"ae_title": "QRSCP", "store_ae_titles": ["MOVEQR"]})
+    try:
+        final = _move_to(router.port, "TARGET")
+        assert final[0] == 0x0000 and final[2:5] == (2, 0, 0), final
+        assert len(target.received) == 2
+        assert router.metric("dicom_router_connections_dropped_total",
+                             reason="network_timeout") == 0
+        assert "silent for network_timeout" not in router.log()
+    finally:
+        router.stop()
+        upstream.close()
+        target.close()
+
+
 def test_a_relayed_c_move_counts_the_targets_warnings_and_the_upstreams_failures(
         tmp_path: Path) -> None:
     """The target answers 0xB007 to every other instance and the upstream fails one

@@ -136,6 +136,22 @@ def test_an_upstream_storing_under_its_store_ae_titles_adds_to_its_move(
     assert elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2") is None  # not open
 
 
+def test_a_move_in_progress_awaits_its_upstreams_and_store_ae_titles_only(
+        tmp_path: Path) -> None:
+    """The acceptor keeps a silent association open while a move awaits its calling AE."""
+    alive = {os.getpid()}
+    moves = MoveRegistry(tmp_path, alive=lambda pid: pid in alive)
+    move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
+    moves.reserve()  # a pass-through move awaits nobody
+    assert moves.awaits("QRSCP") and moves.awaits("QR ")
+    assert not moves.awaits("CT2") and not moves.awaits("DICOM-ROUTER")
+    alive.clear()  # its acceptor died: the move is over
+    assert not moves.awaits("QR")
+    alive.add(os.getpid())
+    moves.close(move)
+    assert not moves.awaits("QRSCP") and not moves.awaits("QR")
+
+
 def test_an_instance_of_a_move_that_ended_is_told_apart_from_new_work(
         tmp_path: Path) -> None:
     moves = MoveRegistry(tmp_path)
