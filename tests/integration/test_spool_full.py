@@ -9,6 +9,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -89,24 +90,13 @@ def test_a_spool_too_full_for_a_morphed_copy_waits_without_spending_attempts(
     `spool_write`, one log line) and is delivered once there is room again."""
     (port,) = free_ports(1)
     pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
-    config = {
-        "spool": {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0},
-        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
-                                  "port": port, "retry": {"max_attempts": 2,
-                                                          "initial_delay": 0.1,
-                                                          "max_delay": 0.2}}},
-        "rules": [{"name": "all", "forward": ["pacs"], "morph": [
-            {"action": "set", "tag": "InstitutionName", "value": "General Hospital"}]}],
-    }
+    config = _morphing(small_spool, port, {"max_attempts": 2, "initial_delay": 0.1,
+                                           "max_delay": 0.2})
     sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
                               transfer_syntax=EXPLICIT_VR_LE, size_bytes=200_000)
                for _ in range(2)]
     with RouterProcess(tmp_path / "router", config) as router, pacs:
-        pacs.stop()
-        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
-        assert stored.returncode == 0, stored.stderr
-        filler = fill(small_spool)
-        pacs.start()
+        filler = _queued_then_full(router, pacs, small_spool, sources)
         assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                               reason="spool_write") >= 6), router.log()[-3000:]
         assert router.metric_sum("dicom_router_dead_letters_total") == 0
@@ -130,24 +120,13 @@ def test_deliveries_waiting_for_the_spool_all_go_once_it_has_room(small_spool: P
     wait says why, and once a probe gets its copy through every waiting delivery goes."""
     (port,) = free_ports(1)
     pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
-    config = {
-        "spool": {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0},
-        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
-                                  "port": port, "retry": {"initial_delay": 0.2,
-                                                          "max_delay": 300}}},
-        "rules": [{"name": "all", "forward": ["pacs"], "morph": [
-            {"action": "set", "tag": "InstitutionName", "value": "General Hospital"}]}],
-    }
+    config = _morphing(small_spool, port, {"initial_delay": 0.2, "max_delay": 300})
     count = 12
     sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
                               transfer_syntax=EXPLICIT_VR_LE, size_bytes=20_000)
                for _ in range(count)]
     with RouterProcess(tmp_path / "router", config) as router, pacs:
-        pacs.stop()
-        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
-        assert stored.returncode == 0, stored.stderr
-        filler = fill(small_spool)
-        pacs.start()
+        filler = _queued_then_full(router, pacs, small_spool, sources)
         assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                               reason="spool_write") >= count + 2), router.log()
         # Polled, not read once: a copy can slip into the space another's failed copy
@@ -250,3 +229,26 @@ def test_replaying_dead_letters_on_a_full_spool_is_one_error_line(small_spool: P
     assert "No space left on device" in line and "0 of 2 dead letters replayed" in line
     assert list(spool.replay.iterdir()) == []
     assert len(list(spool.dead_letters.glob("*.json"))) == 2  # still there to replay
+
+
+def _morphing(spool: Path, port: int, retry: dict[str, float]) -> dict[str, Any]:
+    """Every delivery to `pacs` (at `port`) needs a morphed copy written in the spool."""
+    return {
+        "spool": {"path": str(spool), "min_free_bytes": 0, "min_free_percent": 0},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": port, "retry": retry}},
+        "rules": [{"name": "all", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "General Hospital"}]}],
+    }
+
+
+def _queued_then_full(router: RouterProcess, pacs: StoreSCP, spool: Path,
+                      sources: list[Path]) -> Path:
+    """`sources` acknowledged while the PACS is down, then the spool filled, then the PACS
+    up: every delivery meets the full disk with its copy. The filler, to remove."""
+    pacs.stop()
+    stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+    assert stored.returncode == 0, stored.stderr
+    filler = fill(spool)
+    pacs.start()
+    return filler
