@@ -19,7 +19,6 @@ from typing import Any
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
-from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
 from router.core.process_util import run_on_signal
@@ -29,7 +28,7 @@ from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.spool_lock import STALE_CHILD_MARGIN, Tenancy, await_old_children, hold_spool
 from router.core.status_snapshots import read_snapshots
-from router.core.tls import check_contexts, expiry_warnings
+from router.service import preflight
 from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.control_api import ControlApi
@@ -37,7 +36,7 @@ from router.service.control_client import ControlClient
 from router.service.heartbeat import STALE_SECONDS, Heartbeat
 from router.service.http_endpoint import HttpEndpoint
 from router.service.http_types import App
-from router.service.ports import EXIT_CANNOT_BIND, check_bindable, describe
+from router.service.ports import EXIT_CANNOT_BIND, describe
 from router.service.readiness import readiness
 from router.service.reload_steps import (
     BROKER_CONFIRM_SECONDS,
@@ -104,7 +103,7 @@ class Supervisor:
         """GET /status: the processes, readiness and the children's live snapshots."""
         ok, why = self.ready()
         return {
-            "version": _version(),
+            "version": preflight.version(),
             "ae_title": self.config.ae_title,
             "listen": f"{self.config.listen.host}:{self.config.listen.port}",
             "started_at": self.started_at,
@@ -195,34 +194,6 @@ class Supervisor:
                   "configuration error; stopping the router", child.name, address, why)
         self.stopping.set()
 
-    def check_ports(self) -> None:
-        """Bind the DICOM and the HTTP ports once before spawning anything."""
-        listen, http = self.config.listen, self.config.metrics
-        check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
-        if http.enabled and http.port:
-            check_bindable(http.host, http.port, "metrics and health (HTTP)",
-                           "metrics.host/metrics.port")
-
-    def check_tls(self) -> None:
-        """Load every TLS context once before starting: a wrong password or a missing file is
-        a clear startup error, not a crash loop of a child process."""
-        self._check_tls(self.config)
-
-    @staticmethod
-    def _warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:
-        """Say at start (and after a reload, what it made new) which de-identifications
-        refuse burned-in instances by default: dead letters were an upgrade's first sign."""
-        known = set(burned_in_defaults(before)) if before is not None else set()
-        for note in burned_in_defaults(config):
-            if note not in known:
-                log.warning("%s", note)
-
-    @staticmethod
-    def _check_tls(config: RouterConfig) -> None:
-        check_contexts(config)
-        for note in expiry_warnings(config):
-            log.warning("%s", note)
-
     def _stop_grace(self) -> float:
         """How long each group of children gets to stop (_stop_children)."""
         return self.config.drain_grace + self.config.listen.dimse_timeout + 5
@@ -238,21 +209,21 @@ class Supervisor:
 
     def run(self) -> int:
         self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
-        self.check_tls()
-        self._warn_burned_in(self.config)
+        preflight.check_tls(self.config)
+        preflight.warn_burned_in(self.config)
         # Before the ports: an earlier router's orphaned acceptor may still listen on them.
         spool = self._own_spool()  # before anything touches the spool
         if spool is None:
             log.info("router stopped")
             return 0
-        self.check_ports()
+        preflight.check_ports(self.config)
         for child in self.children:
             if child.is_acceptor:
                 self.seats.seat(_index(child))  # bind every socket now, not after the spawns
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
-        metrics.BUILD_INFO.labels(_version()).set(1)
+        metrics.BUILD_INFO.labels(preflight.version()).set(1)
         audit = self.audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
         apps = self._apps(audit)
@@ -357,7 +328,7 @@ class Supervisor:
             return
         try:
             new = load_config(self.config_path)
-            self._check_tls(new)
+            preflight.check_tls(new)
             change = reload_plan(self.config, new)
         except RouterError as exc:
             metrics.CONFIG_RELOADS.labels("rejected").inc()
@@ -371,7 +342,7 @@ class Supervisor:
             return
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
-        self._warn_burned_in(new, self.config)
+        preflight.warn_burned_in(new, self.config)
         self.config = new
         self.seats.reconfigure(new.listen)
         restart_workers = change.pipeline
@@ -439,11 +410,3 @@ def _index(child: Child) -> int:
     """An acceptor's number, 1..N, from its name."""
     return int(child.name.rpartition("-")[2])
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("dicom-router")
-    except PackageNotFoundError:
-        return "unknown"

@@ -1,0 +1,51 @@
+"""What the supervisor checks of a config before it acts on it (at start, and for a reload
+what may change while the router runs): ports it can bind, TLS material that loads, and
+what an operator should be told of. Errors are RouterError with a message naming the key."""
+
+from __future__ import annotations
+
+import logging
+
+from router.core.burned_in import burned_in_defaults
+from router.core.config import RouterConfig
+from router.core.tls import check_contexts, expiry_warnings
+from router.service.ports import check_bindable
+
+log = logging.getLogger(__name__)
+
+
+def check_ports(config: RouterConfig) -> None:
+    """Bind the DICOM and the HTTP ports once before spawning anything."""
+    listen, http = config.listen, config.metrics
+    check_bindable(listen.host, listen.port, "DICOM", "listen.host/listen.port")
+    if http.enabled and http.port:
+        check_bindable(http.host, http.port, "metrics and health (HTTP)",
+                       "metrics.host/metrics.port")
+
+
+def check_tls(config: RouterConfig) -> None:
+    """Load every TLS context once: a wrong password or a missing file is a clear error at
+    start (or a refused reload), not a crash loop of a child process."""
+    check_contexts(config)
+    for note in expiry_warnings(config):
+        log.warning("%s", note)
+
+
+def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:
+    """Say at start (and after a reload, what it made new) which de-identifications refuse
+    burned-in instances by default: dead letters were an upgrade's first sign."""
+    known = set(burned_in_defaults(before)) if before is not None else set()
+    for note in burned_in_defaults(config):
+        if note not in known:
+            log.warning("%s", note)
+
+
+def version() -> str:
+    """The installed dicom-router's version ("unknown" when run from a bare tree)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("dicom-router")
+    except PackageNotFoundError:
+        return "unknown"
