@@ -12,7 +12,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -72,29 +71,23 @@ def _open(port: int, ca: CertificateAuthority, server_name: str) -> AssociationF
     return caught.value
 
 
-def test_a_pacs_requiring_a_client_certificate_is_a_tls_failure(
-    ca: CertificateAuthority, tmp_path: Path
+@pytest.mark.parametrize(("issued_for", "require_client", "connected", "said", "certificate"), [
+    # A PACS requiring a client certificate: its alert comes after the handshake.
+    ("localhost", True, True, "no_client_certificate (TLSV13_ALERT_CERTIFICATE_REQUIRED)",
+     "wants a client certificate (tls.cert)"),
+    # A certificate for another host: a hostname mismatch.
+    ("other.example", False, False, "hostname_mismatch (Hostname mismatch, certificate is "
+     "not valid for 'localhost'.)", "certificate not accepted: hostname_mismatch"),
+])
+def test_a_pacs_certificate_failure_is_a_tls_failure_saying_why(
+    ca: CertificateAuthority, issued_for: str, require_client: bool, connected: bool,
+    said: str, certificate: str
 ) -> None:
-    pacs = ca.issue("pacs", dns=("localhost",), server=True)
-    with tls_server(ca, pacs, require_client=True) as port:
+    pacs = ca.issue(f"pacs-{issued_for}", dns=(issued_for,), server=True)
+    with tls_server(ca, pacs, require_client=require_client) as port:
         failure = _open(port, ca, "localhost")
-    assert (failure.kind, failure.connected) == ("tls", True)
+    assert (failure.kind, failure.connected) == ("tls", connected)
     error = classify(failure, "pacs", CT, EXPLICIT)
     assert (error.reason, error.transient) == ("tls", True)
-    assert str(error) == ("TLS with pacs failed: no_client_certificate "
-                          "(TLSV13_ALERT_CERTIFICATE_REQUIRED)")
-    assert error.certificate == "wants a client certificate (tls.cert)"  # a relayed move
-
-
-def test_a_certificate_for_another_host_is_a_hostname_mismatch(
-    ca: CertificateAuthority, tmp_path: Path
-) -> None:
-    other = ca.issue("pacs-other", dns=("other.example",), server=True)
-    with tls_server(ca, other, require_client=False) as port:
-        failure = _open(port, ca, "localhost")
-    assert (failure.kind, failure.connected) == ("tls", False)
-    error = classify(failure, "pacs", CT, EXPLICIT)
-    assert (error.reason, error.transient) == ("tls", True)
-    assert str(error) == ("TLS with pacs failed: hostname_mismatch (Hostname mismatch, "
-                          "certificate is not valid for 'localhost'.)")
-    assert error.certificate == "certificate not accepted: hostname_mismatch"
+    assert str(error) == f"TLS with pacs failed: {said}"
+    assert error.certificate == certificate  # a relayed move fails its sub-operation at once
