@@ -156,7 +156,7 @@ def morph_failure(exc: Exception) -> DeliveryError:
 
 def deidentify_failure(exc: Exception) -> DeliveryError:
     """The dead letter of an instance that cannot be de-identified (route-test's too)."""
-    from workers.transforms.deidentify import BurnedInAnnotationRefused
+    from workers.transforms.burned_in_pixels import BurnedInAnnotationRefused
 
     if isinstance(exc, BurnedInAnnotationRefused):  # the router's own words, no value
         return DeliveryError("deidentify", str(exc), transient=False)
@@ -285,7 +285,8 @@ class Preparer:
         self._advance(prepared, target)
 
     def _deidentify(self, prepared: Prepared, deid: DeidentifyConfig, destination: str) -> None:
-        from workers.transforms.deidentify import BurnedInNote, deidentify_file
+        from workers.transforms.burned_in_pixels import BurnedInNote
+        from workers.transforms.deidentify import deidentify_file
 
         target = self._copy_path(prepared)
         notes: list[BurnedInNote] = []

@@ -157,7 +157,8 @@ def _folder_lines(dest: FolderConfig, ds: Any, deidentified: bool = False) -> li
 def _deid_lines(ds: Any, deid: Any, by: str) -> list[str]:
     import tempfile
 
-    from workers.transforms.deidentify import BurnedInNote, deidentify
+    from workers.transforms.burned_in_pixels import BurnedInNote
+    from workers.transforms.deidentify import deidentify
     from workers.transforms.uid_map import UidMap
 
     notes: list[BurnedInNote] = []

@@ -21,10 +21,9 @@ from pydicom.uid import (
 from pydicom.valuerep import validate_value
 
 from router.core.deid_spec import DeidentifyConfig
+from workers.transforms.burned_in_pixels import BurnedInAnnotationRefused, BurnedInNote
 from workers.transforms.deid_table import TABLE_E1_1
 from workers.transforms.deidentify import (
-    BurnedInAnnotationRefused,
-    BurnedInNote,
     deidentify,
     deidentify_file,
     removed_attributes,

@@ -25,11 +25,7 @@ or tag in `keep` is always kept. The actions, in and at every depth of sequences
   syntaxes), or retain_uids or `keep` says so. Private attributes (odd groups) are removed unless
   private_tags is "keep". Group lengths (gggg,0000) are removed: they would be wrong.
 
-Burned-in text (PS3.15 E.1-1: the profile does not address it): an instance whose
-BurnedInAnnotation is YES is refused (BurnedInAnnotationRefused) unless
-burned_in_annotation is "send"; one without the attribute whose class often carries such text
-(ultrasound, secondary capture, documents, photographs and video) is de-identified and noted
-(BurnedInNote), for the delivery to count and route-test to show.
+Burned-in text in the pixels: workers.transforms.burned_in_pixels.
 
 The file meta follows (Media Storage SOP Instance UID); its AE titles and source address name
 the sending device and go unless retain_device_identity. The result says so: Patient Identity
@@ -56,6 +52,7 @@ from pydicom.sequence import Sequence
 
 from router.core.deid_spec import DeidentifyConfig, parse_tag
 from router.core.morph_spec import CopyAction, MorphAction, parse_tag_path
+from workers.transforms.burned_in_pixels import BurnedInNote, burned_in
 from workers.transforms.dataset_checks import check_identity, check_nesting, readable
 from workers.transforms.deid_table import TABLE_E1_1, Row
 from workers.transforms.uid_map import UidMap
@@ -101,30 +98,8 @@ _NAMING_UIDS = frozenset({
     "PrivateInformationCreatorUID", "CreatorVersionUID", "HomeCommunityID",
     "RepositoryUniqueID", "RetrieveLocationUID"})
 _NAMING_PARTS = ("ClassUID", "SOPClasses", "TransferSyntaxUID")
-# Classes that often carry text in their pixels without saying so (BurnedInAnnotation absent),
-# by the kind of note they get: by Modality, then by SOP class.
-_SUSPECT_MODALITIES = {"US": "ultrasound", "IVUS": "ultrasound", "SC": "secondary_capture",
-                       "OT": "secondary_capture", "DOC": "document", "XC": "photo_video",
-                       "ES": "photo_video", "GM": "photo_video"}
-_SUSPECT_CLASSES = {
-    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6.2",
-                     "1.2.840.10008.5.1.4.1.1.3.1"), "ultrasound"),
-    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1",
-                     "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",
-                     "1.2.840.10008.5.1.4.1.1.7.4"), "secondary_capture"),
-    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.5.1.4.1.1.104.2"),
-                    "document"),
-    **dict.fromkeys(("1.2.840.10008.5.1.4.1.1.77.1.1", "1.2.840.10008.5.1.4.1.1.77.1.1.1",
-                     "1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.77.1.4.1"),
-                    "photo_video")}
-BURNED_IN_REFUSED = (
-    "burned-in annotation: pixel data may identify the patient (BurnedInAnnotation YES), "
-    "and de-identification removes attributes, not text in the pixels; not sent. Once the "
-    "pixels are cleaned, or if this destination may receive them, set "
-    "burned_in_annotation: send in its deidentify settings and replay it")
 _FILE_META_DEVICE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                      "ReceivingApplicationEntityTitle", "SourcePresentationAddress")
-
 
 
 # --- The table ----------------------------------------------------------------------------
@@ -197,38 +172,6 @@ def _dictionary_vr(tag: str) -> str:
         return dictionary_VR(int(tag, 16)) if "X" not in tag else ""
     except KeyError:
         return ""
-
-
-# --- Burned-in text -----------------------------------------------------------------------
-
-
-class BurnedInAnnotationRefused(ValueError):
-    """BurnedInAnnotation YES under burned_in_annotation: refuse (a dead letter)."""
-
-
-@dataclass(frozen=True)
-class BurnedInNote:
-    """A de-identified instance whose pixels may still identify the patient."""
-
-    kind: str  # bounded (a metric label): "annotated" or a kind of _SUSPECT_CLASSES
-    text: str
-
-
-def burned_in(ds: Dataset, config: DeidentifyConfig) -> BurnedInNote | None:
-    """Raises BurnedInAnnotationRefused when the config refuses this instance."""
-    said = str(ds.get("BurnedInAnnotation") or "").strip().upper()
-    if said == "YES":
-        if config.burned_in_annotation == "refuse":
-            raise BurnedInAnnotationRefused(BURNED_IN_REFUSED)
-        return BurnedInNote("annotated", "BurnedInAnnotation YES: sent with its pixels as "
-                            "they are (burned_in_annotation: send); they may identify the "
-                            "patient")
-    kind = None if said else (_SUSPECT_MODALITIES.get(str(ds.get("Modality") or "").upper())
-                              or _SUSPECT_CLASSES.get(str(ds.get("SOPClassUID") or "")))
-    if kind is None:
-        return None
-    return BurnedInNote(kind, f"no BurnedInAnnotation, and {kind.replace('_', ' ')} "
-                        f"instances often have text in their pixels: sent")
 
 
 # --- Applying it --------------------------------------------------------------------------
