@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
@@ -27,15 +26,11 @@ from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.spool_lock import STALE_CHILD_MARGIN, Tenancy, await_old_children, hold_spool
-from router.core.status_snapshots import read_snapshots
-from router.service import preflight
+from router.service import preflight, supervisor_views
 from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
-from router.service.control_api import ControlApi
-from router.service.control_client import ControlClient
 from router.service.heartbeat import STALE_SECONDS, Heartbeat
 from router.service.http_endpoint import HttpEndpoint
-from router.service.http_types import App
 from router.service.ports import EXIT_CANNOT_BIND, describe
 from router.service.readiness import readiness
 from router.service.reload_steps import (
@@ -44,6 +39,7 @@ from router.service.reload_steps import (
     ReloadSteps,
 )
 from router.service.strays import reap_strays
+from router.service.supervisor_views import acceptor_index
 
 log = logging.getLogger(__name__)
 
@@ -92,56 +88,14 @@ class Supervisor:
         return readiness(self.children, self.reload_steps.replacing, self.runtime.status_dir,
                          self.seats)
 
-    def _process_row(self, child: Child) -> dict[str, Any]:
-        row = {"name": child.name, "pid": child.process.pid if child.process else None,
-               "alive": child.alive, "restarts": child.restarts}
-        if child.is_acceptor:
-            row["state"] = AcceptorState.NAMES[self.seats.state(_index(child))]
-        return row
-
     def status(self) -> dict[str, Any]:
-        """GET /status: the processes, readiness and the children's live snapshots."""
-        ok, why = self.ready()
-        return {
-            "version": preflight.version(),
-            "ae_title": self.config.ae_title,
-            "listen": f"{self.config.listen.host}:{self.config.listen.port}",
-            "started_at": self.started_at,
-            "ready": ok,
-            "ready_reason": why,
-            "config": {"path": str(self.config_path) if self.config_path else None},
-            "processes": [self._process_row(c) for c in self.children],
-            **read_snapshots(self.runtime.status_dir),
-        }
-
-    def _apps(self, audit: AuditTrail | None) -> list[App]:
-        """The operator API (and the console) on the HTTP port."""
-        from router.service.console import wiring  # argon2 and the pages only when configured
-
-        client = ControlClient(self.runtime.frontend)
-        api = ControlApi(lambda: self.config, client, self._destinations, audit)
-        settings = self.config.console
-        if settings.enabled and settings.port is None and not self.config.metrics.enabled:
-            raise RouterError("console.enabled without console.port is served on the metrics "
-                              "port, but metrics.enabled is false: set console.port or "
-                              "enable metrics")
-        try:
-            console, self.console = wiring.build(lambda: self.config, api, self.status,
-                                                 self.runtime.metrics_dir, audit)
-        except OSError as exc:
-            raise RouterError(f"cannot listen for the console on "
-                              f"{describe(settings.host, settings.port or 0)} "
-                              f"(console.host/console.port): {exc.strerror}") from None
-        return [api] if console is None else [api, console]
-
-    def _destinations(self) -> dict[str, Any]:
-        broker = read_snapshots(self.runtime.status_dir).get("broker", {})
-        return dict(broker.get("destinations", {}))
+        """GET /status (router/service/supervisor_views.py)."""
+        return supervisor_views.status(self)
 
     def _start(self, child: Child) -> None:
         if child.is_acceptor:
             # Its listening socket (a new one after a death) and the shared state.
-            child.args = (*child.args[:2], self.seats.seat(_index(child)))
+            child.args = (*child.args[:2], self.seats.seat(acceptor_index(child)))
         tenancy = Tenancy(Path(self.config.spool.path).resolve(), os.getpid())
         process = self.mp.Process(target=run_child,
                                   args=(child.entry, child.without, tenancy, *child.args),
@@ -169,7 +123,7 @@ class Supervisor:
             self._cannot_bind(child)  # no restart: it would fail the same way
             return
         if child.is_acceptor:
-            self.seats.vacate(_index(child))
+            self.seats.vacate(acceptor_index(child))
         child.died(now)
         metrics.RESTARTS.labels(child.name.split("-")[0]).inc()
         log.error("%s (pid %s) exited with code %s; restarting in %.0fs",
@@ -219,14 +173,14 @@ class Supervisor:
         preflight.check_ports(self.config)
         for child in self.children:
             if child.is_acceptor:
-                self.seats.seat(_index(child))  # bind every socket now, not after the spawns
+                self.seats.seat(acceptor_index(child))  # bind them all before the spawns
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)
         metrics.BUILD_INFO.labels(preflight.version()).set(1)
         audit = self.audit = AuditTrail(self.config.audit, self.config.ae_title) \
             if self.config.audit.enabled else None
-        apps = self._apps(audit)
+        apps = supervisor_views.operator_apps(self, audit)
         # The start's long steps (an earlier router's children, the spool's leftovers) are
         # behind us: /healthz counts from here, and spawning the children is one more turn.
         self.heartbeat.beat(STALE_SECONDS + 30)
@@ -404,9 +358,3 @@ class Supervisor:
                     log.error("%s did not stop within %.0fs; killing it", child.name, grace)
                     child.process.kill()
                     child.process.join(5)
-
-
-def _index(child: Child) -> int:
-    """An acceptor's number, 1..N, from its name."""
-    return int(child.name.rpartition("-")[2])
-
