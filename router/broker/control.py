@@ -35,8 +35,9 @@ from router.broker.queue_moves import (
     take_queued,
 )
 from router.core.config import RouterConfig
+from router.core.durable_files import fsync_path, write_atomically
 from router.core.messages import Control, ControlReply
-from router.core.spool import Spool, fsync_path, write_atomically
+from router.core.spool import Spool
 
 log = logging.getLogger(__name__)
 

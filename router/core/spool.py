@@ -1,26 +1,6 @@
 """The spool: durable job files on one filesystem, the truth that recovery reads.
 
-Layout under the spool root:
-  incoming/              chunked-receive temp files (TMPDIR of the acceptor); wiped at start,
-                         because nothing in it was acknowledged to a sender
-  jobs/<id>.dcm          the instance exactly as received (Part 10, file meta added); its
-                         presence is what makes a job real
-  journal/*.log          the headers of the jobs the acceptor committed, appended and synced
-                         in groups (router/core/journal.py); the crash argument is in the
-                         README, "The spool"
-  jobs/<id>.json         a job's header once it no longer comes from the journal: rewritten
-                         (drain-to, fallback), replayed, or compacted at start; wins over the
-                         journal's record
-  jobs/<id>.<dest>.done  destination <dest> has it (only for jobs with several destinations)
-  recycle/               settled jobs' instance files, written over by new C-STOREs instead of
-                         deleted and created again (router/core/recycling.py); no job is here
-  dead-letters/          <id>.<dest>.json records with the reason, <id>.dcm hard links
-  control/state.json     destinations an operator paused (router/broker/control.py)
-  relay/                 instances of a retrieve in progress (C-GET, relayed C-MOVE) on their
-                         way to the requester (named after the relaying acceptor), and
-                         workers' copies of jobs being morphed, de-identified or transcoded
-                         (<pid>-<job>.<random>.dcm); the broker deletes a dead process's
-                         (owned_names.py); never acknowledged as stored, wiped at start
+The layout of its folders: router/core/spool_layout.py.
 """
 
 from __future__ import annotations
@@ -38,39 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.core.errors import ProtocolError, RouterError
+from router.core.durable_files import fsync_path, write_atomically
+from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit, Ticket
 from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
 from router.core.messages import JobHeader
 from router.core.owned_names import unlink_owned_by_dead
-from router.core.recycling import FileRecycler
+from router.core.spool_layout import SpoolLayout
 
 log = logging.getLogger(__name__)
-
-
-def fsync_path(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write to a temp name beside `path`, fsync, and rename over it: never a torn file."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        # 0600 as the instances: job headers and dead-letter records name SOP instances.
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk leaves no half-written temp behind
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def new_job_id() -> str:
@@ -97,47 +53,12 @@ class PendingCommit:
         self.committer.wait(self.ticket)
 
 
-class Spool:
+class Spool(SpoolLayout):
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.incoming = self.root / "incoming"
-        self.jobs = self.root / "jobs"
-        self._jobs_dir = str(self.jobs)
-        self.dead_letters = self.root / "dead-letters"
-        self.unconfirmed: list[str] = []  # kept as dead letters by remove_orphans()
-        self.replay = self.root / "replay"
-        self.relay = self.root / "relay"
-        self.journal = self.root / "journal"
-        self.ledger_path = self.root / "ledger.sqlite"
-        self.recycled = self.root / "recycle"
-        self.recycler = FileRecycler(self.recycled)
+        super().__init__(root)
         self._committer: GroupCommit[tuple[list[Segment], bool]] | None = None
         self._journal_writer: Journal | None = None
         self._committer_lock = threading.Lock()
-
-    def create(self) -> Spool:
-        # A new spool is the router's user's alone (0700): it holds every received instance
-        # and the de-identification key and map. An existing one (a mounted volume) is kept.
-        with contextlib.suppress(OSError):  # it exists; or cannot be made: said just below
-            self.root.parent.mkdir(parents=True, exist_ok=True)
-            self.root.mkdir(mode=0o700)
-        for folder in (self.incoming, self.jobs, self.journal, self.dead_letters, self.replay,
-                       self.relay, self.recycled):
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # a file there, no permission: say which key to fix
-                raise RouterError(f"spool.path {self.root}: cannot create {folder}: "
-                                  f"{exc.strerror}") from None
-        return self
-
-    def instance_path(self, job_id: str) -> Path:
-        return self.jobs / f"{job_id}.dcm"
-
-    def _header_path(self, job_id: str) -> Path:
-        return self.jobs / f"{job_id}.json"
-
-    def _marker_path(self, job_id: str, destination: str) -> Path:
-        return self.jobs / f"{job_id}.{destination}.done"
 
     def commit(self, header: JobHeader, received: Path, *, synced: bool = False) -> Path:
         """Take ownership of a fully received file: durable once this returns.

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from router.core.durable_files import write_atomically
 from router.core.errors import RouterError
 from router.core.journal import read_records, segments
 from router.core.messages import JobHeader
-from router.core.spool import RecoveredJob, Spool, new_job_id, write_atomically
+from router.core.spool import RecoveredJob, Spool, new_job_id
 
 from .helpers import fail_fdatasync_once, make_header
 

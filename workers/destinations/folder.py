@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from router.core.config import FolderDestination as FolderConfig
+from router.core.durable_files import fsync_path
 from router.core.errors import DeliveryError, InvalidUID
 from router.core.messages import JobHeader
-from router.core.spool import fsync_path
 from router.core.uids import require_uid
 
 UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
