@@ -25,13 +25,13 @@ from router.acceptor.access import Rejection
 from router.acceptor.connection_settings import AcceptorServices
 from router.acceptor.fragment_runs import fragment_runs
 from router.acceptor.negotiation import accept
+from router.acceptor.other_requests import OtherRequests
 from router.acceptor.relay_thread import RelayThread
 from router.acceptor.requester_link import EngineRequesterLink
 from router.acceptor.session import AssociationSession
 from router.acceptor.store_intake import StoreIntake
 from router.acceptor.tls_listener import peer_certificate, peer_certificate_der
 from router.acceptor.tls_records import RecordReader
-from router.acceptor.unserved import C_CANCEL_RQ, UNRECOGNIZED_OPERATION, unrecognized_operation
 from router.core import metrics
 from router.core.dimse_status import NO_REASON_GIVEN, Reject, Status
 from router.dicom.engine import (
@@ -56,11 +56,9 @@ from router.dicom.engine import (
     RemoteProtocolError,
     SendCommand,
 )
-from router.dicom.engine.dimse import MESSAGE_ID_RESPONDED_TO as RESPONDED_TO
 from router.dicom.engine.pdus import encode_pdu
 from router.dicom.pending import Ticket
 from router.dicom.quick_ack import ack_now, quick_ack_applies
-from router.dicom.relayed_dimse import REQUEST_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +89,7 @@ class EngineConnection:
         self._send_lock = threading.Lock()
         self._aborted = False
         self._intake: StoreIntake | None = None  # once associated
-        self._other: tuple[int, OtherCommand] | None = None
-        self._relayed: tuple[int, OtherCommand, bytearray] | None = None
+        self._others: OtherRequests | None = None  # once associated
         self._link: EngineRequesterLink | None = None
         self._relays: RelayThread | None = None  # the association's relayed requests
         self._buffer = bytearray(REQUEST_RECV_BYTES)
@@ -208,6 +205,8 @@ class EngineConnection:
         if self.services.relay is not None:
             self._relays = RelayThread(self.services.relay, self._link,
                                        f"relay-{self.address[0]}", self._refuse_relayed)
+        self._others = OtherRequests(self.settings, self.address[0], self._link, self._relays,
+                                     session, self._send, self.abort, self._dropped)
 
     def _serve(self, engine: Association) -> None:
         self._buffer = bytearray(read_size.RECV_BYTES)
@@ -253,31 +252,12 @@ class EngineConnection:
             self._send(engine.send(SendCommand(context_id, CEchoRSP(command.message_id,
                                                                     Status.SUCCESS))))
         elif isinstance(command, OtherCommand):
-            self._on_other(engine, context_id, command)
+            assert self._others is not None
+            self._others.command(engine, context_id, command)
         elif type(command) is CStoreRSP and self._link is not None:
             self._link.store_answered(command)  # a C-GET sub-operation's answer
         else:  # a response, where the router sent no request
             log.warning("ignoring an unexpected DIMSE response from %s", self.address[0])
-
-    def _on_other(self, engine: Association, context_id: int, command: OtherCommand) -> None:
-        field = command.command_field
-        if field == C_CANCEL_RQ:
-            if self._link is not None:
-                self._link.cancel(command.us(RESPONDED_TO) or 0)
-            return
-        relayed = (self._relays is not None and field in REQUEST_MESSAGES
-                   and self._link is not None
-                   and self.settings.offer.serves_relayed(
-                       self._link.abstract_syntaxes.get(context_id, "")))
-        if relayed and command.has_dataset:
-            self._relayed = (context_id, command, bytearray())  # relayed once it is whole
-        elif relayed:
-            assert self._relays is not None
-            self._relays.submit(context_id, command, None)
-        elif command.has_dataset:
-            self._other = (context_id, command)  # answered once its dataset is in
-        else:
-            self._refuse_other(engine, context_id, command)
 
     def _on_data(self, engine: Association, run: list[DataFragment]) -> None:
         """Adjacent fragments of one message's dataset (fragment_runs.py)."""
@@ -288,49 +268,15 @@ class EngineConnection:
             if response is not None:
                 self._send(engine.send(response))
         else:
+            assert self._others is not None
             for event in run:
-                self._on_other_data(engine, event)
-
-    def _on_other_data(self, engine: Association, event: DataFragment) -> None:
-        """A fragment of a relayed request's dataset, or of one the router does not serve."""
-        progress = self.session.progress if self.session is not None else None
-        if self._relayed is not None:
-            context_id, command, dataset = self._relayed
-            dataset += event.data
-            if len(dataset) > self.settings.max_message_bytes:
-                self.abort()
-                raise self._dropped("message_too_large", "a relayed request's dataset longer "
-                                    f"than listen.max_message_bytes "
-                                    f"({self.settings.max_message_bytes})")
-            if event.last:
-                self._relayed = None
-                if progress is not None:
-                    progress.message_done()
-                assert self._relays is not None
-                self._relays.submit(context_id, command, bytes(dataset))
-        elif self._other is not None and event.last:
-            context_id, command = self._other
-            self._other = None
-            if progress is not None:
-                progress.message_done()
-            self._refuse_other(engine, context_id, command)
+                self._others.data(engine, event)
 
     def _refuse_relayed(self, why: str) -> None:
         """From the relay thread: a relayed request that cannot be served ends it all."""
         log.warning("aborting the association from %s: %s", self.address[0], why)
         metrics.CONNECTIONS_DROPPED.labels("protocol_error").inc()
         self.abort()
-
-    def _refuse_other(self, engine: Association, context_id: int,
-                      command: OtherCommand) -> None:
-        """A request the router does not serve on this context (unserved.py)."""
-        response = unrecognized_operation(command)
-        if response is None:
-            return
-        log.warning("refusing DIMSE command 0x%04X from %s: not a service this association "
-                    "negotiated", command.command_field, self.address[0])
-        metrics.DIMSE_REQUESTS.labels("other", f"0x{UNRECOGNIZED_OPERATION:04X}").inc()
-        self._send(engine.send(SendCommand(context_id, response)))
 
     # --- the socket ---------------------------------------------------------------------
 
