@@ -175,6 +175,27 @@ def spool_write_failure(exc: OSError, relay: Path) -> DeliveryError:
                          f"{why}", transient=True)
 
 
+def unreadable_source(source: Path) -> OSError | None:
+    """Why the received instance's file cannot be read to its end (EIO: a bad sector), or
+    None: told apart this way because an OSError out of a step does not say whether it came
+    from reading the source or writing the copy. Read again only after a step failed."""
+    try:
+        with open(source, "rb", buffering=0) as fh:
+            while fh.read(1 << 20):
+                pass
+    except OSError as exc:
+        return exc
+    return None
+
+
+def spool_read_failure(exc: OSError, source: Path) -> DeliveryError:
+    """The received instance's own file cannot be read: this job is retried (attempts
+    spent) and then a dead letter, as when its C-STORE cannot read it; the copies of other
+    instances, which the spool still takes, do not wait for it."""
+    return DeliveryError("spool_read", f"reading {source.name} from the spool failed: "
+                         f"{exc.strerror or exc}", transient=True)
+
+
 def rewrites_fingerprint(steps: Steps) -> str:
     """The settings of `steps`' morph and de-identification as sorted JSON, without the
     fields at their defaults: a field added later with its default, or another pydantic
@@ -256,6 +277,9 @@ class Preparer:
             if isinstance(exc, FileNotFoundError) and not source.exists():
                 raise  # withdrawn meanwhile (workers/delivery.py)
             if isinstance(exc, OSError):
+                unreadable = unreadable_source(source)
+                if unreadable is not None:  # this instance's file, not the spool's room
+                    raise spool_read_failure(unreadable, source) from exc
                 raise spool_write_failure(exc, self.spool.relay) from exc
             raise
         return prepared

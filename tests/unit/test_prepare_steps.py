@@ -240,3 +240,26 @@ def test_the_previous_form_is_what_e53fa78_recorded() -> None:
         "keep=[], private_tags='remove'))")
     assert "burned_in_annotation='send'" in repr_fingerprint(
         _steps(DeidentifyConfig(burned_in_annotation="send")))
+
+
+def test_an_unreadable_received_file_is_a_spool_read_failure(tmp_path: Path) -> None:
+    """The received instance's own file cannot be read (EIO under a bad sector; here a
+    directory in its place): that job's problem, `spool_read`, retried with its attempts
+    spent and then a dead letter. It was `spool_write` before, which spends no attempt and
+    holds every delivery that needs a copy until the spool writes one again: one unreadable
+    instance stopped every morphed, de-identified or transcoded delivery for good."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "folder", "path": str(tmp_path / "p")}},
+        "rules": [{"name": "m", "forward": ["pacs"], "morph": [
+            {"action": "set", "tag": "InstitutionName", "value": "X"}]}],
+    })
+    source = tmp_path / "jobs" / "unreadable.dcm"
+    source.mkdir(parents=True)
+    spool = Spool(tmp_path / "spool").create()
+    job = make_header(destinations=("pacs",), rules=("m",),
+                      transfer_syntax_uid="1.2.840.10008.1.2.1")
+    with pytest.raises(DeliveryError) as caught:
+        Preparer(config, spool, lambda: None).prepare(job, "pacs", source)
+    assert caught.value.reason == "spool_read" and caught.value.transient
+    assert "unreadable.dcm" in str(caught.value)
+    assert list(spool.relay.iterdir()) == []  # no copy left behind
