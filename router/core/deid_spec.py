@@ -59,6 +59,7 @@ class DeidentifyConfig(_Strict):
     # BurnedInAnnotation (0028,0301) YES: text in the pixels (often the patient's name) that
     # no attribute-level profile removes (PS3.15 E.1-1). "refuse": the instance is a
     # `deidentify` dead letter for this destination; "send": it goes, pixels as they are.
+    # RecognizableVisualFeatures (0028,0302) YES (a face, a 3D rendering) goes the same way.
     burned_in_annotation: Literal["refuse", "send"] = "refuse"
     # What the pseudonym is derived from: PatientID alone, as always (existing pseudonyms
     # stay), or IssuerOfPatientID with it, for a destination fed by several issuing systems

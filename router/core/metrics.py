@@ -237,6 +237,7 @@ DEID_BURNED_IN = Counter(
     f"{PREFIX}_deid_burned_in_total",
     "De-identified instances sent whose pixels may carry burned-in text the profile cannot "
     "remove: annotated (BurnedInAnnotation YES, sent as burned_in_annotation: send says), "
+    "recognizable (RecognizableVisualFeatures YES, the same), "
     "or a class that often carries it without the attribute (ultrasound, "
     "secondary_capture, document, photo_video).",
     ["destination", "kind"],

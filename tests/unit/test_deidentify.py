@@ -269,6 +269,24 @@ def test_burned_in_annotation_yes_is_refused_unless_the_config_sends_it(uids: Ui
     assert [note.kind for note in notes] == ["annotated"]
 
 
+def test_recognizable_visual_features_yes_is_refused_unless_the_config_sends_it(
+        uids: UidMap) -> None:
+    """A face in a photograph or a 3D rendering identifies the patient as burned-in text
+    does, and it left de-identified without a word: RecognizableVisualFeatures was not read."""
+    ds = build()
+    ds.Modality = "CT"
+    ds.RecognizableVisualFeatures = "YES"
+    with pytest.raises(BurnedInAnnotationRefused, match="RecognizableVisualFeatures YES"):
+        deidentify(ds, DeidentifyConfig(), uids)
+    notes: list[BurnedInNote] = []
+    deidentify(ds, DeidentifyConfig(burned_in_annotation="send"), uids, notes)
+    assert [note.kind for note in notes] == ["recognizable"]
+    plain = build()
+    plain.Modality = "CT"
+    plain.RecognizableVisualFeatures = "NO"
+    deidentify(plain, DeidentifyConfig(), uids)  # NO (or absent) goes as before
+
+
 @pytest.mark.parametrize(("tags", "kind"), [
     ({"Modality": "US"}, "ultrasound"),
     ({"Modality": "OT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.7"}, "secondary_capture"),

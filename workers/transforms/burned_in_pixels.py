@@ -1,8 +1,10 @@
 """Burned-in text (PS3.15 E.1-1: the profile does not address it): an instance whose
 BurnedInAnnotation is YES is refused (BurnedInAnnotationRefused: a dead letter) unless
-burned_in_annotation is "send"; one without the attribute whose class often carries such text
-(ultrasound, secondary capture, documents, photographs and video) is de-identified and noted
-(BurnedInNote), for the delivery to count and route-test to show.
+burned_in_annotation is "send", and so is one whose RecognizableVisualFeatures is YES (a
+face in a photograph or a 3D rendering: the pixels identify the patient as text would).
+One without the attribute whose class often carries such text (ultrasound, secondary
+capture, documents, photographs and video) is de-identified and noted (BurnedInNote), for
+the delivery to count and route-test to show.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ BURNED_IN_REFUSED = (
     "and de-identification removes attributes, not text in the pixels; not sent. Once the "
     "pixels are cleaned, or if this destination may receive them, set "
     "burned_in_annotation: send in its deidentify settings and replay it")
+RECOGNIZABLE_REFUSED = (
+    "recognizable visual features: pixel data may identify the patient "
+    "(RecognizableVisualFeatures YES: a face, a 3D rendering), and de-identification removes "
+    "attributes, not what the pixels show; not sent. If this destination may receive them, "
+    "set burned_in_annotation: send in its deidentify settings and replay it")
 
 
 class BurnedInAnnotationRefused(ValueError):
@@ -44,7 +51,7 @@ class BurnedInAnnotationRefused(ValueError):
 class BurnedInNote:
     """A de-identified instance whose pixels may still identify the patient."""
 
-    kind: str  # bounded (a metric label): "annotated" or a kind of _SUSPECT_CLASSES
+    kind: str  # bounded (a metric label): "annotated", "recognizable" or a _SUSPECT_CLASSES kind
     text: str
 
 
@@ -57,9 +64,19 @@ def burned_in(ds: Dataset, config: DeidentifyConfig) -> BurnedInNote | None:
         return BurnedInNote("annotated", "BurnedInAnnotation YES: sent with its pixels as "
                             "they are (burned_in_annotation: send); they may identify the "
                             "patient")
+    if _yes(ds, "RecognizableVisualFeatures"):
+        if config.burned_in_annotation == "refuse":
+            raise BurnedInAnnotationRefused(RECOGNIZABLE_REFUSED)
+        return BurnedInNote("recognizable", "RecognizableVisualFeatures YES: sent with its "
+                            "pixels as they are (burned_in_annotation: send); they may "
+                            "identify the patient")
     kind = None if said else (_SUSPECT_MODALITIES.get(str(ds.get("Modality") or "").upper())
                               or _SUSPECT_CLASSES.get(str(ds.get("SOPClassUID") or "")))
     if kind is None:
         return None
     return BurnedInNote(kind, f"no BurnedInAnnotation, and {kind.replace('_', ' ')} "
                         f"instances often have text in their pixels: sent")
+
+
+def _yes(ds: Dataset, keyword: str) -> bool:
+    return str(ds.get(keyword) or "").strip().upper() == "YES"
