@@ -30,6 +30,7 @@ from router.acceptor.store_decision import (
 from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.dimse_status import Status
+from router.core.disk_space import full_spool_comment
 from router.core.errors import DatasetMismatch, DimseRefusal, OutOfResources, QueueFull
 from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
@@ -164,7 +165,7 @@ class StoreHandler:
         truncated, session.dataset_truncated = session.dataset_truncated, False
         if session.disk_full:
             session.disk_full = False
-            raise OutOfResources("spool disk full while receiving; retry later")
+            raise OutOfResources(full_spool_comment(self.spool.root, receiving=True))
         if truncated or (self.max_dataset_bytes is not None and size > self.max_dataset_bytes):
             raise DimseRefusal(f"dataset exceeds the router's limit of "
                                f"{self.max_dataset_bytes} bytes", Status.DATASET_TOO_LARGE)
@@ -232,7 +233,7 @@ class StoreHandler:
         cannot take commits (jobs/ gone or a file, read-only, EIO): the acceptor then refuses
         work (/readyz 503) until a check finds the spool usable again."""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutOfResources("spool disk full; retry later") from exc
+            raise OutOfResources(full_spool_comment(self.spool.root)) from exc
         why = str(exc) if exc.filename else f"{exc} (spool {self.spool.root})"
         log.error("cannot commit a C-STORE to the spool: %s; answering 0xA700 and refusing "
                   "work until the spool takes commits again", why)

@@ -33,3 +33,10 @@ def describe_oserror(exc: OSError, path: str | Path) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"no free inodes on the spool's filesystem{where} (bytes are free: see df -i)"
     return str(exc)
+
+
+def full_spool_comment(path: str | Path, *, receiving: bool = False) -> str:
+    """The ErrorComment of a C-STORE refused (0xA700) because the spool filled up: says
+    inodes when they are what ran out, so that a sender's log points at `df -i`."""
+    what = "out of inodes" if inodes_exhausted(path) else "disk full"
+    return f"spool {what}{' while receiving' if receiving else ''}; retry later"

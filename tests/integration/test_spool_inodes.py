@@ -12,7 +12,7 @@ import pytest
 
 from router.acceptor.admission import SPOOL_RECHECK_SECONDS, Admission
 from router.core.config import SpoolConfig
-from router.core.disk_space import describe_oserror
+from router.core.disk_space import describe_oserror, full_spool_comment
 
 pytestmark = pytest.mark.integration
 
@@ -58,3 +58,16 @@ def test_a_pool_holding_every_inode_is_emptied_and_work_resumes(
     assert admission.refusal() is None
     assert list((few_inodes / "recycle").iterdir()) == []
     (few_inodes / "jobs" / "j1.job").touch()  # a commit has its inode again
+
+
+def test_a_c_store_refused_for_inodes_says_so_to_its_sender(
+        small_tmpfs: Callable[[str], Path]) -> None:
+    """The 0xA700's comment said "spool disk full" whatever ran out: a sender's log pointed
+    at `df -h`, which shows room. With the inodes gone it says inodes; with bytes gone, disk
+    full, as before."""
+    few_inodes = small_tmpfs("size=8m,nr_inodes=40")
+    assert full_spool_comment(few_inodes) == "spool disk full; retry later"  # room left
+    fill_with_inodes(few_inodes)
+    assert full_spool_comment(few_inodes) == "spool out of inodes; retry later"
+    assert full_spool_comment(few_inodes, receiving=True) == \
+        "spool out of inodes while receiving; retry later"
