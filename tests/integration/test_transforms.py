@@ -236,6 +236,24 @@ def test_an_encoder_failure_falls_back_to_the_next_accepted_syntax(
     assert router.metric("dicom_router_transcode_fallbacks_total", cause="error") == 1
 
 
+def test_an_odd_sized_rgb_image_arrives_in_rle_at_an_rle_only_destination(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """GDCM's RLE encoder, first in pydicom's order, abort()s on a 101x99 RGB image and took
+    the codec process with it: a `transcode` dead letter. pydicom's own encodes it."""
+    with StoreSCP(tmp_path / "rle-pacs", "RLEPACS", extra_args=["+xr"]) as rle:
+        router = start_router({
+            "destinations": {"rle": {**dicom_destination(rle),
+                                     "transfer_syntaxes": ["RLELossless"]}},
+            "rules": [{"name": "all", "forward": ["rle"]}]})
+        source = write_native(tmp_path, "rgb.dcm", bits=8, colour=True, rows=101, columns=99)
+        assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(rle.received_files()) == 1), router.log()[-2000:]
+        got = dcmread(rle.received_files()[0])
+        assert got.file_meta.TransferSyntaxUID == RLELossless
+        assert (got.pixel_array == dcmread(source).pixel_array).all()
+        assert "codec process died" not in router.log()
+
+
 def test_an_instance_pydicom_cannot_transcode_is_a_transcode_dead_letter(
         start_router: RouterFactory, explicit_only: StoreSCP, tmp_path: Path) -> None:
     """Implicit VR with an ambiguous 'US or SS' element and no Pixel Representation: pydicom

@@ -180,7 +180,7 @@ def test_a_codec_process_that_dies_on_one_syntax_gives_way_to_the_next(
 
 
 def test_a_codec_that_dies_on_every_syntax_names_each_and_sends_nothing(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The only syntax the destination accepts kills the codec process: a permanent error
     naming it (a `transcode` dead letter), not a retry that would die the same way."""
     source = write_native(tmp_path, "ct.dcm", bits=16)
@@ -195,6 +195,49 @@ def test_a_codec_that_dies_on_every_syntax_names_each_and_sends_nothing(
     assert done.error.startswith("the codec process died writing it"), done
     assert done.crashed == (describe(ExplicitVRBigEndian),)
     assert not target.exists()
+    # The log said "trying the next in a new process" with no next to try.
+    assert "no other syntax or encoder is left to try" in caplog.text
+    assert "trying the next" not in caplog.text
+
+
+@pytest.mark.parametrize("shape", [{"colour": True, "rows": 101, "columns": 99},
+                                   {"colour": False, "rows": 3, "columns": 3}])
+def test_an_odd_pixel_count_is_written_in_rle_without_killing_the_codec_process(
+        tmp_path: Path, shape: dict[str, object]) -> None:
+    """GDCM's RLE encoder, which pydicom tries first, abort()s on 101x99 RGB or 3x3 8-bit
+    (gdcmRLECodec.cxx:531): the instance became a `transcode` dead letter. pydicom's own
+    encoder is tried first and writes it, pixel for pixel, in the first process."""
+    source = write_native(tmp_path, "odd.dcm", bits=8, **shape)
+    target = tmp_path / "out.dcm"
+    codecs = CodecProcess()
+    try:
+        first = codecs.run(os.getpid)
+        done = codecs.transcode(source, target, ExplicitVRLittleEndian, [RLELossless])
+        assert codecs.run(os.getpid) == first  # nothing died
+    finally:
+        codecs.close()
+    assert (done.target_ts, done.error, done.crashed) == (RLELossless, "", ()), done
+    got = dcmread(target)
+    assert got.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(got.pixel_array, dcmread(source).pixel_array)
+
+
+def test_a_codec_process_that_dies_in_one_encoder_retries_the_syntax_with_the_next(
+        tmp_path: Path) -> None:
+    """RLE has two encoders (pydicom's, GDCM's): a process that dies in the first no longer
+    gives up the syntax; a new one writes it with the second."""
+    source = write_native(tmp_path, "ct.dcm", bits=16)
+    target = tmp_path / "out.dcm"
+    codecs = CodecProcess()
+    try:
+        codecs.run(signal.signal, signal.SIGXFSZ, signal.SIG_DFL)
+        codecs.run(resource.setrlimit, resource.RLIMIT_FSIZE, (1024, 1024))
+        done = codecs.transcode(source, target, ExplicitVRLittleEndian, [RLELossless])
+    finally:
+        codecs.close()
+    assert (done.target_ts, done.error) == (RLELossless, ""), done
+    assert done.crashed == (f"{describe(RLELossless)} by the pydicom encoder",)
+    assert np.array_equal(dcmread(target).pixel_array, dcmread(source).pixel_array)
 
 
 def test_pydicom_failing_with_another_exception_is_a_reason_not_an_internal_error(

@@ -54,26 +54,28 @@ class Transcoded:
 
 
 class CodecDied(DeliveryError):
-    """The codec process died; `candidate` is the index of the syntax it was writing
-    (transcode_in_child), or -1 if it was not writing one."""
+    """The codec process died; `candidate` is the index of the attempt (a syntax and an
+    encoder) it was writing (transcode_in_child), or -1 if it was not writing one."""
 
-    def __init__(self, message: str, candidate: int) -> None:
+    def __init__(self, message: str, candidate: int, more: bool = False) -> None:
         super().__init__("transcode", message, transient=True)
         self.candidate = candidate
+        self.more = more  # another attempt follows the one it died on
 
 
 CRASHED = "the codec process died writing it (a pixel codec crash or out of memory)"
-_PROGRESS: Any = None  # in the codec process: the shared int of CodecProcess._start
+_PROGRESS: Any = None  # in the codec process: the shared ints of CodecProcess._start
 
 
 def transcode_in_child(source: Path, target: Path, source_ts: str,
                        accepted: Sequence[str], crashed: Sequence[int] = ()) -> Transcoded:
     """Runs in the codec process: write the copy in the first accepted syntax that works.
 
-    Candidates come in the destination's order (``target_candidates``); one that fails on
-    this image gives way to the next, as README "Transcoding" promises ("the first of them
-    it can be converted to is sent"): a TranscodeError, any other exception of a codec, or
-    (`crashed`, the candidates' indexes) an earlier codec process dying on it. The instance
+    Candidates come in the destination's order (``target_candidates``), each tried with its
+    encoder plugins one at a time (``encoder_plugins``): an attempt that fails on this image
+    gives way to the next, as README "Transcoding" promises ("the first of them it can be
+    converted to is sent"): a TranscodeError, any other exception of a codec, or
+    (`crashed`, the attempts' indexes) an earlier codec process dying on it. The instance
     is read and decoded once for all of them.
     """
     from workers.transforms.transcode import (
@@ -91,7 +93,8 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
         transcode_file(source, target, source_ts)  # accepted as is: a copy
         return Transcoded(source_ts, describe(source_ts), describe(source_ts))
     last = candidates[-1]
-    failed: list[tuple[str, str]] = [(describe(candidates[i]), CRASHED) for i in crashed]
+    attempts = _attempts(candidates)
+    failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
     dead = tuple(name for name, _ in failed)
     try:
         decoded = load_decoded(source, source_ts)  # fails alike for every syntax
@@ -101,28 +104,55 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
         why = str(exc) if isinstance(exc, TranscodeError) else \
             f"cannot read {source.name} to transcode it: {type(exc).__name__}: {exc}"
         return Transcoded(last, describe(source_ts), describe(last), why, crashed=dead)
-    tries = [(i, ts) for i, ts in enumerate(candidates) if i not in crashed]
-    for n, (index, target_ts) in enumerate(tries):
-        failure = _write_candidate(decoded, target, target_ts, index,
+    tries = [(i, attempt) for i, attempt in enumerate(attempts) if i not in crashed]
+    for n, (index, attempt) in enumerate(tries):
+        failure = _write_candidate(decoded, target, attempt, (index, len(attempts)),
                                    copy=n < len(tries) - 1)
         if failure is None:
-            return Transcoded(target_ts, describe(source_ts), describe(target_ts),
+            return Transcoded(attempt.syntax, describe(source_ts), describe(attempt.syntax),
                               failed=tuple(failed), crashed=dead)
-        failed.append((describe(target_ts), failure))
+        failed.append((attempt.name, failure))
     return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed),
                       crashed=dead)
 
 
-def _write_candidate(decoded: Any, target: Path, target_ts: str, index: int,
-                     copy: bool) -> str | None:
-    """Write `decoded` (a copy of it if another syntax may follow) in `target_ts`: None,
-    or why it failed. OSError (the spool's disk) is not the syntax's fault: it is raised."""
+@dataclass(frozen=True)
+class _Attempt:
+    """One syntax written with one encoder plugin ("" for a native syntax)."""
+
+    syntax: str
+    plugin: str
+    name: str  # the syntax, and the plugin if the syntax has several
+
+
+def _attempts(candidates: Sequence[str]) -> list[_Attempt]:
+    """Every (syntax, plugin) to try, in order: the same list in every codec process, so that
+    an index names the attempt a process died on."""
+    from workers.transforms.transcode import describe, encoder_plugins
+
+    attempts = []
+    for ts in candidates:
+        plugins = encoder_plugins(ts)
+        attempts += [_Attempt(ts, plugin, describe(ts) if len(plugins) == 1
+                              else f"{describe(ts)} by the {plugin} encoder")
+                     for plugin in plugins]
+    return attempts
+
+
+def _write_candidate(decoded: Any, target: Path, attempt: _Attempt,
+                     progress: tuple[int, int], copy: bool) -> str | None:
+    """Write `decoded` (a copy of it if another attempt may follow) as `attempt` says: None,
+    or why it failed. OSError (the spool's disk) is not the syntax's fault: it is raised.
+    `progress` (this attempt's index, the number of attempts) tells the worker which one a
+    crash was on, and whether another one is left."""
     from workers.transforms.transcode import TranscodeError, write_as
 
     if _PROGRESS is not None:
-        _PROGRESS.value = index  # the worker learns from it which syntax a crash was on
+        _PROGRESS[1] = progress[1]
+        _PROGRESS[0] = progress[0]
     try:
-        write_as(deepcopy(decoded) if copy else decoded, target, target_ts)
+        write_as(deepcopy(decoded) if copy else decoded, target, attempt.syntax,
+                 attempt.plugin)
     except TranscodeError as exc:
         return str(exc)
     except OSError:
@@ -132,7 +162,7 @@ def _write_candidate(decoded: Any, target: Path, target_ts: str, index: int,
         return f"{type(exc).__name__}: {exc}"
     finally:
         if _PROGRESS is not None:
-            _PROGRESS.value = -1
+            _PROGRESS[0] = -1
     return None
 
 
@@ -188,7 +218,7 @@ class CodecProcess:
         self._lock = threading.Lock()  # one piece of work at a time, like one codec thread
         self._process: BaseProcess | None = None
         self._connection: Connection | None = None
-        self._progress: Any = None  # the candidate the process is writing (_write_candidate)
+        self._progress: Any = None  # [the attempt being written, of how many] (_write_candidate)
         self._last_used = 0.0
         self._idle_timer: threading.Timer | None = None
 
@@ -211,9 +241,10 @@ class CodecProcess:
                 if exc.candidate < 0 or exc.candidate in crashed:
                     raise
                 crashed.append(exc.candidate)
-                log.warning("the codec process died writing %s's syntax number %d of those "
-                            "the destination accepts; trying the next in a new process",
-                            source.name, exc.candidate + 1)
+                log.warning("the codec process died writing %s (attempt %d: a syntax the "
+                            "destination accepts, with one encoder); %s", source.name,
+                            exc.candidate + 1, "trying the next in a new process" if exc.more
+                            else "no other syntax or encoder is left to try")
             except DeliveryError:
                 target.unlink(missing_ok=True)
                 raise
@@ -222,17 +253,17 @@ class CodecProcess:
         """`function(*args)` in the codec process; CodecDied (transient) if it dies."""
         with self._lock:
             connection = self._start()
-            self._progress.value = -1
+            self._progress[0] = -1
             try:
                 connection.send((function, args))
                 ok, value = connection.recv()
             except (EOFError, OSError) as exc:
-                candidate = int(self._progress.value)
+                candidate, count = int(self._progress[0]), int(self._progress[1])
                 self._stop(wait=0.0)
                 raise CodecDied(
                     "the codec process died while transcoding this instance "
                     "(a pixel codec crash or out of memory); retried in a new process",
-                    candidate) from exc
+                    candidate, more=0 <= candidate < count - 1) from exc
             finally:
                 self._last_used = time.monotonic()
                 self._arm_idle_timer()
@@ -254,7 +285,7 @@ class CodecProcess:
         log.info("starting a codec process for transcoding")
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        self._progress = context.Value("i", -1, lock=False)
+        self._progress = context.Array("i", [-1, 0], lock=False)
         # Daemonic: a worker that exits stops it; PR_SET_PDEATHSIG (_die_with): a worker
         # that is killed too.
         process = context.Process(target=_serve, name="codec", daemon=True,

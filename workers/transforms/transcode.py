@@ -106,6 +106,12 @@ _LOSSY_OPTIONS: dict[str, dict[str, Any]] = {
 }
 _LOSSY_METHODS: dict[str, str] = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1"}
 
+# The encoder plugin tried first, where pydicom's own order is unsafe: GDCM's RLE encoder
+# abort()s the whole process on an image whose size is not a multiple of its segment count
+# (101x99 RGB, 3x3 8-bit: gdcmRLECodec.cxx:531). pydicom's is pure Python: never aborts, but
+# about 20 times slower (0.13 s for a 512x512 16-bit frame).
+_FIRST_ENCODERS: dict[str, str] = {RLELossless: "pydicom"}
+
 # VRs whose values pydicom keeps as raw bytes, by the width of the words to byte-swap.
 _SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 _PIXEL_DATA = 0x7FE00010
@@ -151,6 +157,15 @@ def can_encode(ts: str) -> bool:
 def can_transcode(source_ts: str, target_ts: str) -> bool:
     """True if an instance in source_ts can be rewritten in target_ts (lossy or not)."""
     return source_ts == target_ts or (can_decode(source_ts) and can_encode(target_ts))
+
+
+def encoder_plugins(ts: str) -> list[str]:
+    """The installed encoder plugins for ``ts`` in the order to try them, one at a time;
+    [""] for a native syntax, which has nothing to encode."""
+    if ts in NATIVE_SYNTAXES:
+        return [""]
+    first = _FIRST_ENCODERS.get(ts)
+    return sorted(get_encoder(ts).available_plugins, key=lambda plugin: plugin != first)
 
 
 def target_candidates(source_ts: str, accepted: Sequence[str]) -> list[str]:
@@ -202,14 +217,15 @@ def load_decoded(source: Path, source_ts: str) -> FileDataset:
     return ds
 
 
-def write_as(ds: FileDataset, target: Path, target_ts: str) -> None:
+def write_as(ds: FileDataset, target: Path, target_ts: str, plugin: str = "") -> None:
     """Write ``ds`` (from ``load_decoded``) to ``target`` in ``target_ts``, a syntax already
-    checked (``_check_target``, or one of ``target_candidates``). Changes ``ds``: pass a copy
-    to try another syntax after this one."""
+    checked (``_check_target``, or one of ``target_candidates``), with encoder ``plugin``
+    (one of ``encoder_plugins``; "": each in turn). Changes ``ds``: pass a copy to try
+    another syntax or plugin after this one."""
     _check_float_pixels(ds, target_ts)
     _set_byte_order(ds, little_endian=target_ts != ExplicitVRBigEndian)
     if "PixelData" in ds and target_ts not in NATIVE_SYNTAXES:
-        _encode(ds, target_ts)
+        _encode(ds, target_ts, plugin)
     ds.file_meta.TransferSyntaxUID = UID(target_ts)
     _write(ds, target)
 
@@ -295,15 +311,28 @@ def _last_line(plugin: str, exc: Exception) -> str:
     return cause if cause.startswith(f"{plugin}:") else f"{plugin}: {cause}"
 
 
-def _encode(ds: Dataset, target_ts: str) -> None:
-    """Compress native little endian pixel data in place, keeping the SOP Instance UID."""
+def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
+    """Compress native little endian pixel data in place, keeping the SOP Instance UID.
+
+    Plugins are tried one at a time (``encoder_plugins``), not by pydicom's own fallback,
+    which tries GDCM first for RLE: a plugin that aborts the process is never followed by
+    the next one. The codec process names one plugin per attempt, so that one that crashed
+    it can be skipped in the next process.
+    """
     native_size = len(ds.PixelData)
     options = _LOSSY_OPTIONS.get(target_ts, {})
-    try:
-        ds.compress(target_ts, generate_instance_uid=False, **options)
-    except Exception as exc:  # e.g. a bit depth or colour space the codec cannot represent
-        raise TranscodeError(f"cannot encode this image as {describe(target_ts)}: {exc}; "
-                             "configure the destination to accept another syntax") from exc
+    failures = []
+    for name in [plugin] if plugin else encoder_plugins(target_ts):
+        try:
+            ds.compress(target_ts, encoding_plugin=name, generate_instance_uid=False,
+                        **options)
+            break
+        except Exception as exc:  # e.g. a bit depth or colour space it cannot represent
+            failures.append(_last_line(name, exc))
+    else:
+        raise TranscodeError(f"cannot encode this image as {describe(target_ts)}: "
+                             f"{'; '.join(failures)}; configure the destination to accept "
+                             "another syntax")
     if target_ts in _LOSSY_METHODS:
         _mark_lossy(ds, native_size / max(1, len(ds.PixelData)), _LOSSY_METHODS[target_ts])
 
