@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -210,6 +211,36 @@ def test_transcoding_for_a_destination_that_takes_only_explicit_le(
         assert abs(got.pixel_array.astype(int) - decoded.astype(int)).mean() < 3
     else:
         assert (got.pixel_array == decoded).all()
+
+
+def test_lossy_images_decoded_for_an_explicit_only_destination_say_they_were_lossy(
+        start_router: RouterFactory, explicit_only: StoreSCP, tmp_path: Path) -> None:
+    """A JPEG Baseline file stripped of Lossy Image Compression and pydicom's JPEG-LS
+    near-lossless file (which never had it) arrived native with no (0028,2110): the syntax,
+    their only record of a lossy step, was gone. They arrive with "01" and the method."""
+    router = start_router({
+        "destinations": {"old": {**dicom_destination(explicit_only),
+                                 "transfer_syntaxes": ["ExplicitVRLittleEndian"]}},
+        "rules": [{"name": "all", "forward": ["old"]}]})
+    methods = {}
+    for name, method in (("SC_rgb_jpeg_dcmtk.dcm", "ISO_10918_1"),
+                         ("JPEGLSNearLossless_08.dcm", "ISO_14495_1")):
+        ds = dcmread(get_testdata_file(name))
+        for keyword in ("LossyImageCompression", "LossyImageCompressionRatio",
+                        "LossyImageCompressionMethod"):
+            ds.pop(keyword, None)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(tmp_path / name)
+        methods[ds.SOPInstanceUID] = method
+    sent = run_storescu([tmp_path / name for name in ("SC_rgb_jpeg_dcmtk.dcm",
+                                                      "JPEGLSNearLossless_08.dcm")],
+                        LOCALHOST, router.port, called_ae=AE)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: len(explicit_only.received_files()) == 2), router.log()[-2000:]
+    for uid, ds in by_uid(explicit_only.received_files()).items():
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert (ds.LossyImageCompression, ds.LossyImageCompressionMethod) == \
+            ("01", methods[uid])
 
 
 def test_an_encoder_failure_falls_back_to_the_next_accepted_syntax(

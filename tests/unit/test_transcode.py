@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
@@ -59,6 +60,8 @@ NATIVE = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
           DeflatedExplicitVRLittleEndian)
 # Elements decoding may legitimately change: a YBR JPEG comes out as RGB.
 COLOUR_MODEL = frozenset({"PhotometricInterpretation", "PlanarConfiguration"})
+LOSSY_HISTORY = frozenset({"LossyImageCompression", "LossyImageCompressionRatio",
+                           "LossyImageCompressionMethod"})
 DCMCONV_FLAGS: dict[str, str] = {ImplicitVRLittleEndian: "+ti", ExplicitVRLittleEndian: "+te",
                  ExplicitVRBigEndian: "+tb", DeflatedExplicitVRLittleEndian: "+td"}
 
@@ -159,8 +162,11 @@ def test_compressed_sources_decode_to_explicit_little_endian(
 
     assert source.read_bytes() == before
     src, out = dcmread(source), dcmread(target)
-    assert_same_instance(src, out, ExplicitVRLittleEndian, COLOUR_MODEL)
-    if sample.ts in LOSSY_SAMPLE_SYNTAXES:
+    lossy = sample.ts in LOSSY_SAMPLE_SYNTAXES
+    assert_same_instance(src, out, ExplicitVRLittleEndian,
+                         COLOUR_MODEL | LOSSY_HISTORY if lossy else COLOUR_MODEL)
+    if lossy:  # pydicom's JPEG 2000 encoder does not record it: decoding it does
+        assert out.LossyImageCompression == "01"
         error = np.abs(modality_values(out) - expected_modality_values(sample))
         assert error.mean() < 3
         if sample.ts == JPEGLSNearLossless:
@@ -315,6 +321,36 @@ def test_lossy_source_keeps_its_lossy_history(tmp_path: Path) -> None:
     out = dcmread(tmp_path / "out.dcm")
     assert out.LossyImageCompression == "01"
     assert out.LossyImageCompressionMethod == "ISO_10918_1"
+
+
+@pytest.mark.parametrize(("name", "strip", "method"), [
+    ("SC_rgb_jpeg_dcmtk.dcm", True, "ISO_10918_1"),  # JPEG Baseline, its record removed
+    ("JPEGLSNearLossless_08.dcm", False, "ISO_14495_1"),  # never had one
+])
+def test_decoding_a_lossy_syntax_records_the_lossy_step(
+        tmp_path: Path, name: str, strip: bool, method: str) -> None:
+    """The syntax was the only record that the pixels went through lossy compression: they
+    came out native with no Lossy Image Compression (PS3.3 C.7.6.1.1.5 wants "01"; DCMTK's
+    dcmdjpeg and dcmdjpls write it)."""
+    source = tmp_path / name
+    ds = dcmread(get_testdata_file(name))
+    for keyword in LOSSY_HISTORY if strip else ():
+        delattr(ds, keyword)
+    assert not LOSSY_HISTORY & set(ds.dir())
+    ds.save_as(source)
+    transcode_file(source, tmp_path / "out.dcm", ExplicitVRLittleEndian)
+    out = dcmread(tmp_path / "out.dcm")
+    assert out.LossyImageCompression == "01"
+    assert out.LossyImageCompressionMethod == method
+    assert float(out.LossyImageCompressionRatio) > 1  # decoded size to compressed size
+
+
+def test_decoding_a_recorded_lossy_step_does_not_record_it_twice(tmp_path: Path) -> None:
+    source = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    transcode_file(source, tmp_path / "out.dcm", ExplicitVRLittleEndian)
+    out, src = dcmread(tmp_path / "out.dcm"), dcmread(source)
+    for keyword in LOSSY_HISTORY:
+        assert out[keyword].value == src[keyword].value
 
 
 @pytest.mark.parametrize(("target_ts", "method", "max_error"), [

@@ -11,12 +11,15 @@ a destination forces it:
   cine needs about 3 GB.
 * Fidelity: lossless targets reproduce the decoded pixels exactly. Lossy targets are never
   chosen automatically (see ``choose_target``); ``transcode_file`` produces one only when the
-  caller passes ``allow_lossy=True``, and then records it in Lossy Image Compression.
+  caller passes ``allow_lossy=True``, and then records it in Lossy Image Compression. A
+  source decoded from a syntax that is not lossless-only records its own lossy step there
+  too, unless the dataset already did: the syntax, which was its record, is gone.
 
 Everything else in the dataset is kept: SOP Instance UID and every non-pixel element, except
 what decoding must change (a YBR JPEG becomes RGB, with its Planar Configuration), group
 length elements (retired; pydicom never writes them, and their values would be wrong in the
-new encoding anyway) and, for lossy targets, the Lossy Image Compression elements. The file
+new encoding anyway) and, for lossy targets and lossy sources, the Lossy Image Compression
+elements. The file
 meta follows the new syntax.
 
 Codecs come from pydicom's pixel plugins (pydicom.pixels): which syntaxes can be decoded and
@@ -105,6 +108,17 @@ _LOSSY_OPTIONS: dict[str, dict[str, Any]] = {
     JPEGLSNearLossless: {"jls_error": 2},  # as DCMTK's dcmcjpls +en
 }
 _LOSSY_METHODS: dict[str, str] = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1"}
+# ... and of the lossy syntaxes pydicom decodes, recorded when the router decodes one (PS3.3
+# C.7.6.1.1.5: an image ever lossy compressed is "01"; DCMTK's dcmdjpeg and dcmdjpls set it).
+# JPEG 2000 (.91) and HTJ2K (.203) count as lossy by their syntax: their codestream's
+# reversible 5-3 wavelet does not make them lossless (pydicom's 693_J2KI.dcm, 338:1, uses it;
+# GDCM's gdcmconv --raw, which trusts it, drops that image's lossy history).
+_SOURCE_LOSSY_METHODS: dict[str, str] = {
+    **_LOSSY_METHODS,
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEGExtended12Bit: "ISO_10918_1",
+    HTJ2K: "ISO_15444_15",
+}
 
 # The encoder plugin tried first, where pydicom's own order is unsafe: GDCM's RLE encoder
 # abort()s the whole process on an image whose size is not a multiple of its segment count
@@ -213,7 +227,11 @@ def load_decoded(source: Path, source_ts: str) -> FileDataset:
     once for every syntax tried (``write_as``). Raises TranscodeError."""
     ds = _read(source)
     if "PixelData" in ds and source_ts not in NATIVE_SYNTAXES:
+        compressed_size = len(ds.PixelData)
         _decode(ds, source_ts)
+        if not is_lossless(source_ts):  # the syntax was the only record of it, maybe
+            _mark_lossy_source(ds, len(ds.PixelData) / max(1, compressed_size),
+                               _SOURCE_LOSSY_METHODS.get(source_ts, ""))
     return ds
 
 
@@ -335,6 +353,18 @@ def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
                              "another syntax")
     if target_ts in _LOSSY_METHODS:
         _mark_lossy(ds, native_size / max(1, len(ds.PixelData)), _LOSSY_METHODS[target_ts])
+
+
+def _mark_lossy_source(ds: Dataset, ratio: float, method: str) -> None:
+    """Record the lossy step the source's syntax says it went through (ratio: decoded size to
+    encapsulated size), unless the dataset already says "01": the encoder that wrote the
+    syntax recorded it then (dcmcjpeg does)."""
+    if ds.get("LossyImageCompression") == "01":
+        return
+    if method:
+        _mark_lossy(ds, ratio, method)
+    else:  # a lossy syntax whose method we do not know: the flag alone, as DCMTK writes
+        ds.LossyImageCompression = "01"
 
 
 def _mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
