@@ -22,7 +22,7 @@ from router.core.log_safety import RepeatLimiter
 from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.core.spool import Spool
 from router.dicom.association_pool import release_all
-from router.dicom.store_sender import DicomDestination, StorePool
+from router.dicom.store_sender import DicomDestination, SopClassRefused, StorePool
 from workers.destinations.factory import Destination, build_destination
 from workers.ledger import DeliveryLedger, file_digest
 from workers.prepare import FALLBACK_SYNTAXES, Prepared, Preparer, open_uid_map
@@ -238,15 +238,16 @@ class DeliveryThread(threading.Thread):
         """Send what this destination should get (workers/prepare.py). A destination that
         refuses the instance's syntax at negotiation gets it in the next syntax it may take,
         one at a time: its `transfer_syntaxes` in order, else Explicit then Implicit VR Little
-        Endian (an Implicit-only PACS got nothing when only Explicit was tried). True: it
-        sent a copy written in the spool."""
+        Endian (an Implicit-only PACS got nothing when only Explicit was tried). One that
+        does not support the SOP class (SopClassRefused) takes it in no syntax: no fallback.
+        True: it sent a copy written in the spool."""
         prepared = self.preparer.prepare(job, name, source)
         tried = {prepared.job.transfer_syntax_uid}
         try:
             self._deliver(name, prepared)
             return bool(prepared.copies)
         except DeliveryError as exc:
-            if exc.reason != "no_context":
+            if exc.reason != "no_context" or isinstance(exc, SopClassRefused):
                 raise
             refused = exc
         finally:
@@ -268,7 +269,7 @@ class DeliveryThread(threading.Thread):
                 self._deliver(name, retry)
                 return bool(retry.copies)
             except DeliveryError as exc:
-                if exc.reason != "no_context":
+                if exc.reason != "no_context" or isinstance(exc, SopClassRefused):
                     raise
                 if refused.reason != "transcode":
                     refused = exc

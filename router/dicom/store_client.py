@@ -65,6 +65,9 @@ IMPLEMENTATION_VERSION = "DICOM_ROUTER"
 # A P-DATA-TF's variable field must hold a PDV header (6) and two bytes of data (the dataset
 # is sent in even lengths): a peer that advertises less can be sent nothing.
 MIN_SEND_LIMIT = 8
+# A-ASSOCIATE-AC presentation context result (PS3.8 9.3.3.2): the peer does not take the SOP
+# class at all, in any syntax (4 is "transfer syntaxes not supported": another may do).
+ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 
 class StoreAssociation:
     """An established association; `accepts` says which (SOP class, syntax) it carries."""
@@ -83,6 +86,11 @@ class StoreAssociation:
             syntax = engine.accepted.get(ctx.context_id)
             if syntax is not None and syntax in ctx.transfer_syntaxes:
                 self._contexts.setdefault((ctx.abstract_syntax, syntax), ctx.context_id)
+        # The SOP classes refused as such: no other syntax is worth proposing for them.
+        results = {c.context_id: c.result for c in engine.ac.contexts} if engine.ac else {}
+        self.unsupported = frozenset(
+            ctx.abstract_syntax for ctx in engine.rq.contexts
+            if results.get(ctx.context_id) == ABSTRACT_SYNTAX_NOT_SUPPORTED)
         self._rx = bytearray(RECEIVE_BUFFER)
         # One send buffer for the association's life: PDUs filled by readinto, as many as it
         # holds per send (at least one of the peer's largest).
@@ -135,7 +143,8 @@ class StoreAssociation:
             if not assoc._contexts:
                 assoc.abort()  # as pynetdicom did: an association without a context is useless
                 raise AssociationFailed("no_context", "accepted none of the proposed contexts",
-                                        connected=True, waited=waited)
+                                        connected=True, waited=waited,
+                                        unsupported=assoc.unsupported)
             return assoc
         if answer is None:  # say so, as pynetdicom did, before leaving
             with contextlib.suppress(OSError, ProtocolError):

@@ -20,13 +20,16 @@ StoreFailureKind = Literal["aborted", "timeout", "protocol", "max_pdu"]
 class AssociationFailed(Exception):
     """The association could not be established. `connected`: the TCP (and TLS) connection
     was made, so the peer is up; `rejection`/`abort`: what it answered; `waited`: seconds
-    spent waiting for the answer."""
+    spent waiting for the answer; `unsupported`: for `no_context`, the SOP classes it
+    answered "abstract syntax not supported" (result 3) for."""
 
     def __init__(self, kind: FailureKind, message: str, *, connected: bool,
                  rejection: AssociateRJ | None = None, abort: tuple[int, int] | None = None,
-                 waited: float = 0.0, tls_error: ssl.SSLError | None = None) -> None:
+                 waited: float = 0.0, tls_error: ssl.SSLError | None = None,
+                 unsupported: frozenset[str] = frozenset()) -> None:
         super().__init__(message)
         self.kind = kind
+        self.unsupported = unsupported
         self.connected = connected
         self.rejection = rejection
         self.abort = abort

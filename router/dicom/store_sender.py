@@ -77,6 +77,15 @@ def certificate_failure(exc: BaseException) -> str:
     return f"certificate not accepted: {reason}"
 
 
+class SopClassRefused(DeliveryError):
+    """`no_context` because the destination does not take the SOP class at all (result 3,
+    abstract syntax not supported): offering it in another syntax is no use."""
+
+    def __init__(self, destination: str, sop_class: str) -> None:
+        super().__init__("no_context", f"{destination} does not support SOP class "
+                         f"{sop_class} (abstract syntax not supported)", transient=False)
+
+
 def classify(failure: AssociationFailed, destination: str, sop_class: str,
              syntax: str) -> DeliveryError:
     """The DeliveryError kind the broker acts on (README "Delivery and retries")."""
@@ -86,6 +95,8 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
     if not failure.connected:
         return DeliveryError("connection", f"cannot connect to {destination} ({failure})",
                              transient=True)
+    if failure.kind == "no_context" and sop_class in failure.unsupported:
+        return SopClassRefused(destination, sop_class)
     if failure.kind == "no_context":
         return DeliveryError(
             "no_context",
@@ -204,6 +215,8 @@ class DicomDestination:
         return self.assoc
 
     def _no_context(self, sop_class: str, syntax: str) -> DeliveryError:
+        if self.assoc is not None and sop_class in self.assoc.unsupported:
+            return SopClassRefused(self.name, sop_class)
         return DeliveryError(
             "no_context",
             f"{self.name} does not accept SOP class {sop_class} in transfer syntax {syntax}",

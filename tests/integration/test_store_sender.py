@@ -255,6 +255,21 @@ def test_an_unaccepted_syntax_is_no_context(tmp_path: Path) -> None:
     with SCP(syntaxes=[ImplicitVRLittleEndian]) as peer, pytest.raises(DeliveryError) as failed:
         _destination(peer.port).deliver(_job(path), path)
     assert (failed.value.reason, failed.value.transient) == ("no_context", False)
+    assert "in transfer syntax" in str(failed.value)  # result 4: another syntax may do
+
+
+def test_a_refused_sop_class_is_no_context_naming_the_class(tmp_path: Path) -> None:
+    """storescp answers a SOP class it does not know with result 3 (abstract syntax not
+    supported): the detail blamed the transfer syntax; it names the class."""
+    private = "1.2.826.0.1.3680043.10.777.1"
+    path = write_instance(tmp_path, sop_class=private, transfer_syntax=EXPLICIT_VR_LE)
+    job = make_header(sop_class_uid=private, sop_instance_uid=path.stem,
+                      transfer_syntax_uid=EXPLICIT_VR_LE)
+    with StoreSCP(tmp_path / "in", "SCP") as scp, pytest.raises(DeliveryError) as failed:
+        _destination(scp.port).deliver(job, path)
+    assert (failed.value.reason, failed.value.transient) == ("no_context", False)
+    assert str(failed.value).startswith(
+        f"pacs does not support SOP class {private} (abstract syntax not supported)")
 
 
 def test_an_abort_mid_transfer_is_a_missing_response_then_a_new_association_works(

@@ -3,6 +3,7 @@ from what the destinations received (DCMTK storescp, Orthanc's DICOMweb plugin).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,29 @@ def test_transcoding_on_refusal_without_a_configured_list(
     got = dcmread(explicit_only.received_files()[0])
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert (got.pixel_array == dcmread(source).pixel_array).all()
+
+
+def test_a_refused_sop_class_is_a_dead_letter_naming_it_after_one_association(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """storescp refuses a private SOP class (result 3, abstract syntax not supported): the
+    router proposed it again in Implicit VR, then dead-lettered it blaming that syntax. No
+    syntax can help: one association, and the dead letter names the SOP class."""
+    private = "1.2.826.0.1.3680043.10.777.1"
+    with StoreSCP(tmp_path / "pacs", "PACS", extra_args=["-v"]) as pacs:
+        router = start_router({"listen": {"extra_storage_classes": [private]},
+                               "destinations": {"pacs": dicom_destination(pacs)},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        source = write_instance(tmp_path / "src", sop_class=private,
+                                transfer_syntax=EXPLICIT_VR_LE, size_bytes=3000)
+        assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: router.metric("dicom_router_dead_letters_total",
+                                              destination="pacs", reason="no_context") == 1), \
+            router.log()[-2000:]
+        [letter] = [json.loads(p.read_text())
+                    for p in (router.spool / "dead-letters").glob("*.json")]
+        assert letter["detail"].startswith(f"pacs does not support SOP class {private} "
+                                           "(abstract syntax not supported)"), letter
+        assert pacs.log().count("Association Acknowledged") == 1, pacs.log()
 
 
 @pytest.mark.parametrize("configured",
