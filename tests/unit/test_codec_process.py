@@ -205,8 +205,9 @@ def test_a_codec_that_dies_on_every_syntax_names_each_and_sends_nothing(
 def test_an_odd_pixel_count_is_written_in_rle_without_killing_the_codec_process(
         tmp_path: Path, shape: dict[str, object]) -> None:
     """GDCM's RLE encoder, which pydicom tries first, abort()s on 101x99 RGB or 3x3 8-bit
-    (gdcmRLECodec.cxx:531): the instance became a `transcode` dead letter. pydicom's own
-    encoder is tried first and writes it, pixel for pixel, in the first process."""
+    (gdcmRLECodec.cxx:531): the instance became a `transcode` dead letter. For an 8-bit
+    image with an odd pixel count pydicom's own encoder goes first and writes it, pixel for
+    pixel, in the first process (GDCM's stays first for the rest: 20 times faster)."""
     source = write_native(tmp_path, "odd.dcm", bits=8, **shape)
     target = tmp_path / "out.dcm"
     codecs = CodecProcess()
@@ -224,8 +225,8 @@ def test_an_odd_pixel_count_is_written_in_rle_without_killing_the_codec_process(
 
 def test_a_codec_process_that_dies_in_one_encoder_retries_the_syntax_with_the_next(
         tmp_path: Path) -> None:
-    """RLE has two encoders (pydicom's, GDCM's): a process that dies in the first no longer
-    gives up the syntax; a new one writes it with the second."""
+    """RLE has two encoders (GDCM's, then pydicom's for a 16-bit image): a process that dies
+    in the first no longer gives up the syntax; a new one writes it with the second."""
     source = write_native(tmp_path, "ct.dcm", bits=16)
     target = tmp_path / "out.dcm"
     codecs = CodecProcess()
@@ -236,7 +237,7 @@ def test_a_codec_process_that_dies_in_one_encoder_retries_the_syntax_with_the_ne
     finally:
         codecs.close()
     assert (done.target_ts, done.error) == (RLELossless, ""), done
-    assert done.crashed == (f"{describe(RLELossless)} by the pydicom encoder",)
+    assert done.crashed == (f"{describe(RLELossless)} by the gdcm encoder",)
     assert np.array_equal(dcmread(target).pixel_array, dcmread(source).pixel_array)
 
 

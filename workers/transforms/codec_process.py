@@ -93,9 +93,6 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
         transcode_file(source, target, source_ts)  # accepted as is: a copy
         return Transcoded(source_ts, describe(source_ts), describe(source_ts))
     last = candidates[-1]
-    attempts = _attempts(candidates)
-    failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
-    dead = tuple(name for name, _ in failed)
     try:
         decoded = load_decoded(source, source_ts)  # fails alike for every syntax
     except OSError:
@@ -103,7 +100,11 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     except Exception as exc:  # TranscodeError, or pydicom's own on an odd dataset
         why = str(exc) if isinstance(exc, TranscodeError) else \
             f"cannot read {source.name} to transcode it: {type(exc).__name__}: {exc}"
+        dead = tuple(_attempts(candidates)[i].name for i in crashed)
         return Transcoded(last, describe(source_ts), describe(last), why, crashed=dead)
+    attempts = _attempts(candidates, decoded)  # the image decides the encoders' order
+    failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
+    dead = tuple(name for name, _ in failed)
     tries = [(i, attempt) for i, attempt in enumerate(attempts) if i not in crashed]
     for n, (index, attempt) in enumerate(tries):
         failure = _write_candidate(decoded, target, attempt, (index, len(attempts)),
@@ -125,14 +126,14 @@ class _Attempt:
     name: str  # the syntax, and the plugin if the syntax has several
 
 
-def _attempts(candidates: Sequence[str]) -> list[_Attempt]:
-    """Every (syntax, plugin) to try, in order: the same list in every codec process, so that
-    an index names the attempt a process died on."""
+def _attempts(candidates: Sequence[str], decoded: Any = None) -> list[_Attempt]:
+    """Every (syntax, plugin) to try, in order: the same list in every codec process (it
+    depends on the image alone), so that an index names the attempt a process died on."""
     from workers.transforms.transcode import describe, encoder_plugins
 
     attempts = []
     for ts in candidates:
-        plugins = encoder_plugins(ts)
+        plugins = encoder_plugins(ts, decoded)
         attempts += [_Attempt(ts, plugin, describe(ts) if len(plugins) == 1
                               else f"{describe(ts)} by the {plugin} encoder")
                      for plugin in plugins]

@@ -120,11 +120,15 @@ _SOURCE_LOSSY_METHODS: dict[str, str] = {
     HTJ2K: "ISO_15444_15",
 }
 
-# The encoder plugin tried first, where pydicom's own order is unsafe: GDCM's RLE encoder
-# abort()s the whole process on an image whose size is not a multiple of its segment count
-# (101x99 RGB, 3x3 8-bit: gdcmRLECodec.cxx:531). pydicom's is pure Python: never aborts, but
-# about 20 times slower (0.13 s for a 512x512 16-bit frame).
-_FIRST_ENCODERS: dict[str, str] = {RLELossless: "pydicom"}
+# GDCM's RLE encoder, pydicom's first, abort()s the whole process on an 8-bit image with an
+# odd pixel count (101x99 RGB, 3x3 MONOCHROME2: gdcmRLECodec.cxx:531, "image_len %
+# MaxNumSegments == 0"; measured: 16-bit or an even count encode). pydicom's own encoder
+# never aborts but is about 20 times slower (0.13 s against 0.007 s for a 512x512 16-bit
+# frame), so it goes first only for such images; an abort elsewhere is retried with it
+# in a new process (codec_process.py).
+def gdcm_rle_aborts(ds: Dataset) -> bool:
+    pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)
+    return int(ds.get("BitsAllocated") or 0) == 8 and pixels > 1 and pixels % 2 == 1
 
 # VRs whose values pydicom keeps as raw bytes, by the width of the words to byte-swap.
 _SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
@@ -173,12 +177,12 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return source_ts == target_ts or (can_decode(source_ts) and can_encode(target_ts))
 
 
-def encoder_plugins(ts: str) -> list[str]:
-    """The installed encoder plugins for ``ts`` in the order to try them, one at a time;
-    [""] for a native syntax, which has nothing to encode."""
+def encoder_plugins(ts: str, ds: Dataset | None = None) -> list[str]:
+    """The installed encoder plugins for ``ts`` in the order to try them on ``ds``, one at a
+    time; [""] for a native syntax, which has nothing to encode."""
     if ts in NATIVE_SYNTAXES:
         return [""]
-    first = _FIRST_ENCODERS.get(ts)
+    first = "pydicom" if ts == RLELossless and ds is not None and gdcm_rle_aborts(ds) else ""
     return sorted(get_encoder(ts).available_plugins, key=lambda plugin: plugin != first)
 
 
@@ -340,7 +344,7 @@ def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
     native_size = len(ds.PixelData)
     options = _LOSSY_OPTIONS.get(target_ts, {})
     failures = []
-    for name in [plugin] if plugin else encoder_plugins(target_ts):
+    for name in [plugin] if plugin else encoder_plugins(target_ts, ds):
         try:
             ds.compress(target_ts, encoding_plugin=name, generate_instance_uid=False,
                         **options)
