@@ -177,7 +177,7 @@ class DeliveryThread(threading.Thread):
             else:
                 log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
             return Result(job.job_id, name, False, exc.reason, exc.transient, str(exc),
-                          during_store=exc.during_store)
+                          during_store=exc.during_store, retry_after=exc.retry_after)
         except FileNotFoundError:
             return self._withdrawn(job, name)  # the acceptor discarded it meanwhile
         except Exception as exc:  # an unexpected error (a locked ledger, ...) is retried

@@ -18,9 +18,11 @@ Rules it keeps:
 - A delivery a worker holds is leased to it: when the worker says goodbye or stops
   heartbeating, its deliveries go back to the front of their queues (same attempt number).
 - A failure of the destination itself (cannot connect, association aborted or rejected
-  transiently) pauses that destination with exponential backoff and jitter; the delivery
-  goes back to the front of its queue without spending an attempt, so a PACS that is down
-  for a weekend holds its queue instead of turning it into dead letters.
+  transiently, a DICOMweb service that answers it is down or refuses its credentials)
+  pauses that destination with exponential backoff and jitter (never shorter than its
+  Retry-After); the delivery goes back to the front of its queue without spending an
+  attempt, so a PACS that is down for a weekend holds its queue instead of turning it into
+  dead letters.
 - An abort (or a protocol violation) while an instance is on the wire is either: a PACS
   whose storage is down, or an instance it cannot take. The destination backs off as
   above; the job goes behind the destination's other jobs, so the next try is another
@@ -129,7 +131,8 @@ class Dispatcher(DispatchState):
             else:
                 reason = failure.reason if failure is not None else "aborted"
                 detail = failure.detail if failure is not None else ""
-                outcomes.append(self._pause(rest, reason, now, detail))
+                wait = failure.retry_after if failure is not None else 0.0
+                outcomes.append(self._pause(rest, reason, now, detail, wait))
         return outcomes
 
     def _outcome(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
@@ -150,7 +153,8 @@ class Dispatcher(DispatchState):
         if result.transient and result.reason in SPOOL_FAILURES:
             return [self._spool_wait(delivery, result, now)]
         if result.transient and result.reason in DESTINATION_FAILURES:
-            return [self._pause(delivery, result.reason, now, result.detail)]
+            return [self._pause(delivery, result.reason, now, result.detail,
+                                result.retry_after)]
         policy = self.policies[delivery.destination]
         if result.transient and delivery.attempt < policy.retry.max_attempts:
             delay = backoff(policy.retry, delivery.attempt, self.rand)
@@ -160,18 +164,22 @@ class Dispatcher(DispatchState):
         reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
         return self._give_up(delivery, reason, result.detail)
 
-    def _pause(self, delivery: Delivery, reason: str, now: float, detail: str = "") -> Retry:
+    def _pause(self, delivery: Delivery, reason: str, now: float, detail: str = "",
+               retry_after: float = 0.0) -> Retry:
         """Hold the destination's whole queue; this delivery waits at its front."""
         self._requeue_front(delivery)
-        return self._back_off(delivery, reason, now, detail)
+        return self._back_off(delivery, reason, now, detail, retry_after)
 
-    def _back_off(self, delivery: Delivery, reason: str, now: float, detail: str) -> Retry:
+    def _back_off(self, delivery: Delivery, reason: str, now: float, detail: str,
+                  retry_after: float = 0.0) -> Retry:
+        """`retry_after`: the destination's own minimum wait (HTTP Retry-After)."""
         name = delivery.destination
         starts = now >= self.paused_until[name]
         if starts:  # deliveries already out fail too: count once
             self.failures_in_a_row[name] += 1
             policy = self.policies[name]
-            delay = backoff(policy.retry, self.failures_in_a_row[name], self.rand)
+            delay = max(backoff(policy.retry, self.failures_in_a_row[name], self.rand),
+                        retry_after)
             self.paused_until[name] = now + delay
             self.backoff_reason[name] = f"{reason}: {detail}" if detail else reason
         return Retry(delivery, self.paused_until[name] - now, reason, detail, announce=starts)

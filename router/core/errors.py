@@ -61,12 +61,15 @@ class DeliveryError(RouterError):
     `during_store`: the destination failed while this instance was on the wire (an abort
     under a C-STORE), so the instance itself may be the cause; `certificate`: a TLS
     certificate was not accepted, the peer's by the router or the router's by the peer (a
-    few words saying which and why), which only an operator's change mends."""
+    few words saying which and why), which only an operator's change mends; `retry_after`:
+    the destination asked not to be tried again for that many seconds (HTTP Retry-After)."""
 
     def __init__(self, reason: str, message: str, *, transient: bool,
-                 during_store: bool = False, certificate: str = "") -> None:
+                 during_store: bool = False, certificate: str = "",
+                 retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.reason = reason  # a bounded label: connection, rejected, no_context, status, ...
         self.transient = transient
         self.during_store = during_store
         self.certificate = certificate
+        self.retry_after = retry_after

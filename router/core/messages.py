@@ -93,6 +93,8 @@ class Result(Message):
     # Delivered from a copy the worker wrote in the spool (a morph, de-identification or
     # transcode): the spool takes copies, and deliveries waiting for it may go.
     wrote_copy: bool = False
+    # The destination asked for at least this many seconds before the next try (Retry-After)
+    retry_after: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ stub on loopback, which also shows what goes on the wire: the spooled file's byt
 
 from __future__ import annotations
 
+import base64
 import glob
 import http.server
 import json
@@ -253,7 +254,7 @@ def test_basic_auth_from_a_file(secured_orthanc: WebOrthanc, instance: Path,
     destination.close()
 
 
-def test_wrong_password_is_a_permanent_rejection(
+def test_wrong_password_pauses_the_destination(
     secured_orthanc: WebOrthanc, instance: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "wrong")
@@ -261,9 +262,8 @@ def test_wrong_password_is_a_permanent_rejection(
                         password_env=PASSWORD_ENV)
     before = secured_orthanc.instance_count()
     error = delivery_error(DicomWebDestination("web", config), instance)
-    assert (error.reason, error.transient) == ("rejected", False)
-    assert "HTTP 401" in str(error)
-    assert "authentication failed: check username/password_env" in str(error)
+    assert (error.reason, error.transient) == ("auth", True)
+    assert "HTTP 401: credentials refused (check username/password_env)" in str(error)
     assert secured_orthanc.instance_count() == before
 
 
@@ -271,7 +271,7 @@ def test_no_credentials_for_a_secured_service(secured_orthanc: WebOrthanc,
                                               instance: Path) -> None:
     error = delivery_error(DicomWebDestination("web", web_config(secured_orthanc.dicomweb_url)),
                            instance)
-    assert (error.reason, error.transient) == ("rejected", False)
+    assert (error.reason, error.transient) == ("auth", True)
     assert "set auth" in str(error)
 
 
@@ -298,7 +298,9 @@ class Exchange:
     delay: float = 0.0  # seconds before answering
     body: Any = None  # JSON-encoded when not bytes
     headers: dict[str, str] = field(default_factory=dict)
+    password: str | None = None  # when set: 401 unless basic auth router:<password>
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    stored: list[bytes] = field(default_factory=list)  # the bodies answered with a 2xx
 
 
 class StowStub(http.server.ThreadingHTTPServer):
@@ -342,11 +344,20 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         exchange = self.server.exchange
         length = int(self.headers.get("Content-Length", "0"))
-        exchange.requests.append((self.path, dict(self.headers), self.rfile.read(length)))
+        received = self.rfile.read(length)
+        exchange.requests.append((self.path, dict(self.headers), received))
         time.sleep(exchange.delay)
+        if exchange.password is not None and not self._authorized(exchange.password):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="stow"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = exchange.body
         payload = body if isinstance(body, bytes) else b"" if body is None else \
             json.dumps(body).encode()
+        if 200 <= exchange.status < 300:
+            exchange.stored.append(received)
         self.send_response(exchange.status)
         if body is not None and not isinstance(body, bytes):
             self.send_header("Content-Type", "application/dicom+json")
@@ -355,6 +366,10 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _authorized(self, password: str) -> bool:
+        token = base64.b64encode(f"router:{password}".encode()).decode()
+        return self.headers.get("Authorization") == f"Basic {token}"
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -428,12 +443,18 @@ def test_request_carries_the_file_as_is(stub: StowStub, instance: Path) -> None:
         (409, "ours-failed-A900", ("status", False, "HTTP 409 FailureReason 0xA900")),
         (400, None, ("status", False, "HTTP 400")),
         (415, {"Message": "Unsupported media type"}, ("status", False, "Unsupported media")),
-        (429, None, ("status", True, "HTTP 429")),
-        (503, None, ("status", True, "HTTP 503")),
+        # The service speaks of itself: the destination pauses (router/core/failures.py).
+        (429, None, ("unavailable", True, "HTTP 429: too many requests")),
+        (502, b"<html>nginx</html>", ("unavailable", True, "HTTP 502: bad gateway")),
+        (503, None, ("unavailable", True, "HTTP 503: service unavailable")),
+        (504, None, ("unavailable", True, "HTTP 504: gateway timeout")),
+        (301, None, ("redirect", True, "HTTP 301 to http://elsewhere/dicom-web/studies: "
+                                       "the url redirects (set the final URL)")),
+        (403, None, ("auth", True, "HTTP 403: credentials refused")),
+        # The instance's own trouble: retried or a dead letter, alone.
         (500, b"<html>oops</html>", ("status", True, "HTTP 500")),
-        (301, None, ("status", False, "HTTP 301")),
+        (408, None, ("status", True, "HTTP 408")),
         (404, None, ("status", False, "is url the DICOMweb service root")),
-        (403, None, ("rejected", False, "authentication failed")),
     ],
 )
 def test_answers_become_results(
@@ -464,6 +485,19 @@ def test_answers_become_results(
     reason, transient, text = expected
     assert (error.reason, error.transient) == (reason, transient)
     assert text in str(error)
+
+
+@pytest.mark.parametrize(("header", "expected"),
+                         [("7", 7.0), ("999999", 3600.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+                          ("soon", 0.0)])
+def test_retry_after_in_seconds_is_kept(stub: StowStub, instance: Path, header: str,
+                                        expected: float) -> None:
+    stub.exchange.status = 503
+    stub.exchange.headers = {"Retry-After": header}
+    destination = DicomWebDestination("web", web_config(stub.url))
+    error = delivery_error(destination, instance)
+    destination.close()
+    assert (error.reason, error.retry_after) == ("unavailable", expected)
 
 
 def test_no_answer_in_time_is_a_transient_connection_failure(stub: StowStub,
@@ -572,5 +606,62 @@ def test_the_router_delivers_to_a_dicomweb_destination(
             assert dataset_digest(stored) == dataset_digest(path)
         assert router.metric("dicom_router_instances_forwarded_total", destination="web",
                              result="delivered") == 6
+    finally:
+        router.stop()
+
+
+@pytest.mark.parametrize("outage", ["503", "401"])
+def test_a_service_outage_pauses_the_destination_and_loses_nothing(
+        stub: StowStub, tmp_path: Path, outage: str) -> None:
+    """A service behind a proxy that answers 503, or that refuses the router's credentials
+    until an operator fixes the password file: the destination pauses (destination_up 0,
+    no attempt spent) well past max_attempts, and every acknowledged instance arrives once
+    the service is back; nothing becomes a dead letter."""
+    from pydicom import dcmread
+
+    from tests.dcmtk import run_storescu
+    from tests.dicom_samples import generate_mixed_set
+    from tests.integration.router_process import RouterProcess, wait_for
+
+    secret = tmp_path / "password"
+    secret.write_text("old password\n")
+    web: dict[str, Any] = {"type": "dicomweb", "url": stub.url,
+                           "retry": {"initial_delay": 0.5, "max_delay": 2, "max_attempts": 2}}
+    if outage == "503":
+        stub.exchange.status = 503
+    else:
+        stub.exchange.password = "new password"
+        web |= {"auth": "basic", "username": "router", "password_file": str(secret)}
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"web": web}, "rules": [{"name": "all", "forward": ["web"]}]}).start()
+
+    def because() -> str:
+        row = router.status()["broker"]["destinations"]["web"]
+        return "" if row["up"] else str(row["backing_off_because"])
+
+    try:
+        sources = generate_mixed_set(tmp_path / "src", 4, syntaxes=(EXPLICIT_VR_LE,))
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        # Probes go on well past max_attempts (2) with nothing given up.
+        assert wait_for(lambda: len(stub.exchange.requests) >= 5, timeout=30), router.log()
+        expected = {"503": "unavailable: web answered HTTP 503: service unavailable",
+                    "401": "auth: web answered HTTP 401: credentials refused "
+                           "(check username/password_file)"}[outage]
+        assert wait_for(lambda: because().startswith(expected), timeout=10), because()
+        assert wait_for(lambda: router.metric("dicom_router_destination_up",
+                                              destination="web") == 0, timeout=10)
+        assert not list((router.spool / "dead-letters").glob("*.json"))
+
+        assert not stub.exchange.stored
+        stub.exchange.status = 200  # the service is back, or the operator fixed the password
+        secret.write_text("new password\n")
+        assert wait_for(lambda: router.metric("dicom_router_instances_forwarded_total",
+                                              destination="web", result="delivered") == 4,
+                        timeout=30), router.log()[-3000:]
+        for path in sources:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID).encode()
+            assert any(uid in body for body in stub.exchange.stored), path
+        assert not list((router.spool / "dead-letters").glob("*.json"))
     finally:
         router.stop()

@@ -611,6 +611,25 @@ def test_pause_grows_while_the_destination_stays_down_and_resets_on_success() ->
     assert not d.is_paused("pacs", now=now)
 
 
+@pytest.mark.parametrize("reason", ["unavailable", "auth", "redirect"])
+def test_a_dicomweb_service_failure_pauses_and_keeps_retry_after(reason: str) -> None:
+    """A DICOMweb service that answers for itself (down, credentials, redirect) holds the
+    queue like a PACS that is down; its Retry-After is the least wait, the backoff the most."""
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 1.0)
+    job = make_header("j0", ("pacs",))
+    d.add_job(job)
+    d.worker_ready(W1, 1, now=0.0)
+    d.dispatch(now=0.0)
+    down = Result(job.job_id, "pacs", False, reason, True, "HTTP 503", retry_after=5.0)
+    (retry,) = answer(d, W1, down, now=0.0)
+    assert isinstance(retry, Retry) and retry.delivery.attempt == 1
+    assert retry.delay == pytest.approx(5.0)  # not the 1 s backoff
+    assert d.dispatch(now=4.9) == []
+    assert sent(d.dispatch(now=5.0)) == [("j0", "pacs")]
+    (retry,) = answer(d, W1, failed(job, "pacs", reason), now=5.0)
+    assert retry.delay == pytest.approx(2.0) and retry.delivery.attempt == 1
+
+
 def test_a_paused_destination_does_not_hold_up_another() -> None:
     d = make_dispatcher({"pacs": 4, "archive": 4})
     a, b = make_header("a", ("pacs",)), make_header("b", ("archive",))

@@ -14,11 +14,17 @@ How answers become results (PS3.18 10.5.3):
 | --- | --- |
 | connection refused, reset, timed out | `connection`, transient (the destination pauses) |
 | TLS failure (certificate not trusted, handshake) | `tls`, transient (pauses) |
-| 401, 403 | `rejected`, permanent: "authentication failed: check ..." |
-| 408, 429, 5xx | `status`, transient |
-| 3xx, 409 and other 4xx | `status`, permanent, with the FailureReason when listed |
+| 502, 503, 504, 429: the service (or its proxy) is down or throttles | `unavailable`, pauses |
+| 401, 403: its credentials are refused | `auth`, pauses: "credentials refused (check ...)" |
+| 3xx: its url redirects | `redirect`, pauses: "the url redirects (set the final URL)" |
+| 408, 500 and other 5xx | `status`, transient |
+| 409 and other 4xx | `status`, permanent, with the FailureReason when listed |
 | 2xx listing the instance in FailedSOPSequence | `status`, transient for 0xA7xx, 0x0110, ... |
 | 2xx listing it in ReferencedSOPSequence (with or without WarningReason), or no body | delivered |
+
+Answers in the first three rows speak of the service, not of the instance: the destination
+pauses (its queue kept, no attempt spent) until an operator or the service mends it, probing
+with its retry backoff, never sooner than a Retry-After in seconds asks.
 
 A password or token is read from its environment variable or file at each request (a rotated
 token is picked up); one that cannot be read is a transient `rejected`: the destination
@@ -33,7 +39,7 @@ import os
 import re
 import ssl
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -56,6 +62,10 @@ _FAILURE_REASON = "00081197"
 _WARNING_REASON = "00081196"
 _READ_BLOCK = 1 << 20
 _POOL_PREFIX = re.compile(r"^HTTPS?Connection(Pool)?\([^)]*\): ")
+# The service (or the proxy before it) is down or throttles: nothing is wrong with the instance.
+_UNAVAILABLE = {502: "bad gateway", 503: "service unavailable", 504: "gateway timeout",
+                429: "too many requests"}
+_MAX_RETRY_AFTER = 3600.0  # a Retry-After beyond an hour is a misconfigured server
 
 
 class DicomWebSettings(Protocol):
@@ -168,7 +178,7 @@ def credential_hint(config: DicomWebSettings) -> str:
         return f"check username/{source}"
     if config.auth == "bearer":
         return f"check {'token_env' if config.token_env else 'token_file'}"
-    return "the service wants credentials: set auth (basic or bearer)"
+    return "the service wants credentials: set auth to basic or bearer"
 
 
 # --- the STOW-RS answer ------------------------------------------------------------------------
@@ -217,13 +227,13 @@ def parse_answer(content: bytes) -> StowAnswer:
 
 
 def classify(destination: str, status: int, answer: StowAnswer, sop_instance_uid: str,
-             hint: str) -> DeliveryError | None:
+             hint: str, headers: Mapping[str, str] | None = None) -> DeliveryError | None:
     """None when the instance was stored; else the DeliveryError that says why not."""
     said = f"{destination} answered HTTP {status}"
-    if status in (401, 403):
-        return DeliveryError("rejected", f"{said}: authentication failed: {hint}",
-                             transient=False)
-    if status == 408 or status == 429 or status >= 500:
+    service = _service_failure(said, status, hint, headers or {})
+    if service is not None:
+        return service
+    if status == 408 or status >= 500:
         return DeliveryError("status", _detail(said, answer, sop_instance_uid), transient=True)
     if status in (404, 405):
         return DeliveryError("status", f"{said}: is url the DICOMweb service root (STOW-RS is "
@@ -231,6 +241,30 @@ def classify(destination: str, status: int, answer: StowAnswer, sop_instance_uid
     if not 200 <= status < 300:
         return DeliveryError("status", _detail(said, answer, sop_instance_uid), transient=False)
     return _classify_stored(said, answer, sop_instance_uid)
+
+
+def _service_failure(said: str, status: int, hint: str,
+                     headers: Mapping[str, str]) -> DeliveryError | None:
+    """An answer about the service rather than the instance: the destination pauses, with
+    what the operator has to fix."""
+    if status in _UNAVAILABLE:
+        return DeliveryError("unavailable", f"{said}: {_UNAVAILABLE[status]} (the service or "
+                             "its proxy is down or throttles)", transient=True,
+                             retry_after=retry_after(headers.get("Retry-After", "")))
+    if status in (401, 403):
+        return DeliveryError("auth", f"{said}: credentials refused ({hint})", transient=True)
+    if 300 <= status < 400:
+        location = headers.get("Location", "")
+        to = f"{said} to {location}" if location else said
+        return DeliveryError("redirect", f"{to}: the url redirects (set the final URL)",
+                             transient=True)
+    return None
+
+
+def retry_after(value: str) -> float:
+    """A Retry-After in seconds, capped; an HTTP date or anything else counts as none."""
+    value = value.strip()
+    return min(float(value), _MAX_RETRY_AFTER) if value.isdigit() else 0.0
 
 
 def _classify_stored(said: str, answer: StowAnswer, uid: str) -> DeliveryError | None:
@@ -284,7 +318,7 @@ class DicomWebDestination:
         with response:
             answer = parse_answer(response.content)
         failure = classify(self.name, response.status_code, answer, job.sop_instance_uid,
-                           self.hint)
+                           self.hint, response.headers)
         if failure is not None:
             raise failure
         warning = answer.referenced.get(job.sop_instance_uid)
