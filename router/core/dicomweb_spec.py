@@ -15,7 +15,7 @@ file (a mounted secret), read when a request is sent, so a rotated token is pick
         username: router
         password_env: PACS_WEB_PASSWORD          # or password_file: /run/secrets/pacs-web
         ca: /etc/router/pacs-ca.pem              # verify https against this bundle
-        timeout: 60
+        timeout: 60                              # seconds for the whole request and answer
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class DicomWebFields(_Strict):
     # CA bundle to verify an https service against (default: the system's trust store).
     ca: Path | None = None
     verify_tls: bool = True
-    # Seconds to connect, and to wait for each read of the answer.
+    # Seconds for the whole exchange: connect, send the instance, read the whole answer.
     timeout: Seconds = Field(60.0, gt=0)
 
     _url = field_validator("url")(_check_url)

@@ -9,9 +9,11 @@ stub on loopback, which also shows what goes on the wire: the spooled file's byt
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import http.server
 import json
+import socket
 import ssl
 import threading
 import time
@@ -507,7 +509,71 @@ def test_no_answer_in_time_is_a_transient_connection_failure(stub: StowStub,
     error = delivery_error(destination, instance)
     destination.close()
     assert (error.reason, error.transient) == ("connection", True)
-    assert "Read timed out" in str(error)
+    assert "did not take the instance and answer within its timeout of 0.5 s" in str(error)
+
+
+class DrippingServer:
+    """A real HTTP server that reads the request, then answers one byte every `interval`
+    seconds: each read gets a byte well within requests' per-read timeout. The whole answer
+    (a valid 200 with no body) takes `len(ANSWER) * interval` seconds, so a client without
+    a total deadline ends, late, with a success."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Slow: " + b"a" * 12 + b"\r\n\r\n"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.listener = socket.create_server((LOCALHOST, 0))
+        self.connections = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.listener.getsockname()[1]}/dicom-web"
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            for byte in self.ANSWER:
+                if self.stopped.wait(self.interval):
+                    return
+                conn.sendall(bytes([byte]))
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+def test_an_answer_dripped_past_the_timeout_is_cut_off(instance: Path) -> None:
+    """requests' timeout is per read: a server dripping its answer a byte at a time held a
+    delivery for ever. The destination's timeout is one deadline for the whole exchange:
+    past it the connection is closed and the destination pauses (a transient connection
+    failure naming it and the deadline)."""
+    server = DrippingServer(interval=0.2)  # 60 bytes: about 12 s for the whole answer
+    destination = DicomWebDestination("cloud", web_config(server.url, timeout=1.0))
+    try:
+        error = delivery_error(destination, instance)
+    finally:
+        destination.close()
+        server.close()
+    assert (error.reason, error.transient) == ("connection", True)
+    assert "cloud" in str(error) and "within its timeout of 1 s" in str(error)
+    assert server.connections == 1
 
 
 def test_refused_connection_reads_well(instance: Path) -> None:

@@ -12,7 +12,7 @@ How answers become results (PS3.18 10.5.3):
 
 | answer | result |
 | --- | --- |
-| connection refused, reset, timed out | `connection`, transient (the destination pauses) |
+| refused, reset, timed out; no whole answer within `timeout` | `connection`, transient (pauses) |
 | TLS failure (certificate not trusted, handshake) | `tls`, transient (pauses) |
 | 502, 503, 504, 429: the service (or its proxy) is down or throttles | `unavailable`, pauses |
 | 401, 403: its credentials are refused | `auth`, pauses: "credentials refused (check ...)" |
@@ -52,6 +52,7 @@ from router.core.dimse_status import is_transient_failure
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
 from router.core.tls import failure_reason
+from workers.destinations.http_deadline import Deadline, DeadlineAdapter
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,9 @@ class DicomWebDestination:
             self.session.auth = SecretAuth(config)
         self.client = DICOMwebClient(config.url, session=self.session, timeout=config.timeout)
         self.client.set_http_retry_params(retry=False)  # the broker retries, with backoff
+        adapter = DeadlineAdapter()  # `timeout` bounds the whole exchange, not each read
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.stow_url = f"{config.url.rstrip('/')}/studies"
         self.verify: bool | str = str(config.ca) if config.ca else config.verify_tls
         self.hint = credential_hint(config)
@@ -332,18 +336,27 @@ class DicomWebDestination:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
         }
+        timeout = self.config.timeout
         try:
-            return self.session.post(
-                self.stow_url, data=MultipartBody(fp, size, boundary), headers=headers,
-                timeout=(self.config.timeout, self.config.timeout), verify=self.verify,
-                allow_redirects=False,
-            )
-        except requests.exceptions.SSLError as exc:
-            raise DeliveryError("tls", f"TLS with {self.name} ({self.stow_url}) failed: "
-                                f"{_tls_reason(exc)} ({_cause(exc)})", transient=True) from exc
+            with Deadline(timeout) as deadline:  # the body is read inside post (no stream)
+                return self.session.post(
+                    self.stow_url, data=MultipartBody(fp, size, boundary), headers=headers,
+                    timeout=(timeout, timeout), verify=self.verify, allow_redirects=False,
+                )
         except requests.RequestException as exc:
-            raise DeliveryError("connection", f"cannot send to {self.name} ({self.stow_url}): "
-                                f"{_cause(exc)}", transient=True) from exc
+            if deadline.expired:
+                raise DeliveryError("connection", f"{self.name} ({self.stow_url}) did not take "
+                                    f"the instance and answer within its timeout of "
+                                    f"{timeout:g} s (the whole request and response)",
+                                    transient=True) from exc
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: requests.RequestException) -> DeliveryError:
+        if isinstance(exc, requests.exceptions.SSLError):
+            return DeliveryError("tls", f"TLS with {self.name} ({self.stow_url}) failed: "
+                                 f"{_tls_reason(exc)} ({_cause(exc)})", transient=True)
+        return DeliveryError("connection", f"cannot send to {self.name} ({self.stow_url}): "
+                             f"{_cause(exc)}", transient=True)
 
     def close(self) -> None:
         self.session.close()
