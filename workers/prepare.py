@@ -5,8 +5,9 @@ Most deliveries need none of it and send the spooled file itself, byte for byte.
 the steps run in this order, each on a copy in the spool's relay folder (never on the
 spooled instance, which other destinations and a retry still need):
 
-1. morphing: the `morph` actions of every matched rule that names the destination, in rule
-   order, then the destination's;
+1. morphing: the `morph` actions of every matched rule that routed the instance to the
+   destination when it was received (their current settings), in rule order, then the
+   destination's;
 2. de-identification: a matched rule's `deidentify`, else the destination's;
 3. transcoding: when the destination lists its `transfer_syntaxes` and the instance's is not
    among them, or when it refused the instance's syntax at negotiation (`no_context`).
@@ -77,6 +78,9 @@ class Steps:
     # It was routed to be de-identified, and nothing in the current config de-identifies it
     # here (a reload removed the rule's or the destination's settings): never sent.
     deidentify_lost: bool = False
+    # Rules that routed it here and are gone from the config (removed or renamed by a
+    # reload): their morph and de-identification are unknown, so it is never sent.
+    rules_lost: tuple[str, ...] = ()
 
     @property
     def rewrites(self) -> bool:
@@ -97,7 +101,14 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     # its rules' transforms, and that destination's de-identification: moving a queue must
     # never send an instance out with what a rule or a destination said to remove.
     origin = job.routed_as(destination)
-    named = [rules[name] for name in job.rules if name in rules and origin in rules[name].forward]
+    # The rules that routed it there when it was received, whatever a reload did to their
+    # `forward` since (a job recorded without its routes: those that forward there now).
+    routed = job.routed_by(origin)
+    if routed is None:
+        routed = tuple(name for name in job.rules
+                       if name in rules and origin in rules[name].forward)
+    named = [rules[name] for name in routed if name in rules]
+    gone = tuple(name for name in routed if name not in rules)
     dest = config.destinations.get(destination)
     first = config.destinations.get(origin) if origin != destination else None
     morph = [*(a for rule in named for a in rule.morph), *(dest.morph if dest else ())]
@@ -108,7 +119,7 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     by, deid = next(((by, d) for by, d in candidates if d is not None), ("", None))
     syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
     lost = deid is None and origin in job.deidentified
-    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost)
+    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost, gone)
 
 
 def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
@@ -120,6 +131,17 @@ def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
         f"are gone (a reload changed the rule or removed the destination): not sent "
         f"identified; replay it --to a destination that de-identifies itself (its own "
         f"`deidentify`)", transient=False)
+
+
+def rule_gone(job: JobHeader, destination: str, names: Sequence[str]) -> DeliveryError:
+    """The dead letter of a job whose routing rule is gone: sent, it would leave without
+    that rule's morph (or de-identification), so it fails closed as deidentify_lost does."""
+    which = ", ".join(names)
+    return DeliveryError(
+        "morph", f"rule {which} that routed it to {job.routed_as(destination)} is no longer "
+        f"in the config (a reload removed or renamed it): not sent without its morph; "
+        f"replay it once the rule is back, or --to a destination whose settings suit it",
+        transient=False)
 
 
 def refuse_leaking_copies(steps: Steps, destination: str) -> None:
@@ -200,6 +222,8 @@ def rewrites_fingerprint(steps: Steps) -> str:
     """The settings of `steps`' morph and de-identification as sorted JSON, without the
     fields at their defaults: a field added later with its default, or another pydantic
     repr, leaves it as it was (with repr, every upgrade re-sent what `skip` should skip)."""
+    if steps.rules_lost:  # unknown rewrites: no earlier delivery's bytes are these
+        return json.dumps({"rules_lost": steps.rules_lost})
     if not steps.rewrites:
         return ""
     deid = steps.deidentify
@@ -216,7 +240,7 @@ def repr_fingerprint(steps: Steps) -> str:
     """The form the ledger's rows had before rewrites_fingerprint: repr((morph,
     deidentify)) as pydantic wrote it for DeidentifyConfig without its later fields. Only
     rows younger than spool.duplicate_window are read, so it can go a release later."""
-    if not steps.rewrites:
+    if not steps.rewrites or steps.rules_lost:
         return ""
     return repr((steps.morph, None if steps.deidentify is None
                  else _ReprForm(steps.deidentify)))
@@ -260,8 +284,10 @@ class Preparer:
                 force_syntaxes: Sequence[str] = ()) -> Prepared:
         """Raises DeliveryError (permanent) when a step cannot be done for this instance."""
         steps = steps_for(self.config, job, destination, self.rules)
-        if steps.deidentify_lost:
+        if steps.deidentify_lost:  # the more precise reason when both hold
             raise deidentify_lost(job, destination)
+        if steps.rules_lost:
+            raise rule_gone(job, destination, steps.rules_lost)
         refuse_leaking_copies(steps, destination)
         prepared = Prepared(job, source)
         try:

@@ -83,6 +83,7 @@ def decide(decision: RouteDecision, facts: AssociationFacts, command: StoreComma
         received_at=received_at, rules=decision.rules, destinations=decision.destinations,
         tls_subject=tls_subject, priority=priority(decision.priority, command.dimse_priority),
         group=group, instance_number=instance_number, deidentified=decision.deidentified,
+        routes=decision.routes,
     ))
 
 

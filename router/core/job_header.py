@@ -43,6 +43,18 @@ class JobHeader:
     # removed the destination or changed the rule, and the job was replayed elsewhere) makes
     # a dead letter rather than send the instance identified. Empty in the default config.
     deidentified: tuple[str, ...] = ()
+    # "<destination>=<rule>" for each rule that routed it to each destination: the worker
+    # applies those rules' transforms there even after a reload changed their `forward`.
+    # Empty in records written before it: the current config's `forward` says then.
+    routes: tuple[str, ...] = ()
+
+    def routed_by(self, destination: str) -> tuple[str, ...] | None:
+        """The rules that routed this job to `destination` (where a rule sent it, not where
+        it was moved), in rule order; None for a job recorded without its routes."""
+        if not self.routes:
+            return None
+        return tuple(rule for target, _, rule in (p.partition("=") for p in self.routes)
+                     if target == destination)
 
     def routed_as(self, destination: str) -> str:
         """The destination a rule routed this job to, for `destination`."""
@@ -73,13 +85,17 @@ class JobHeader:
             out["deidentified"] = list(self.deidentified)
         else:  # the records of a config that never de-identifies stay as they were
             del out["deidentified"]
+        if self.routes:
+            out["routes"] = list(self.routes)
+        else:
+            del out["routes"]
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
-        for name in ("rules", "destinations", "moved_from", "deidentified"):
+        for name in ("rules", "destinations", "moved_from", "deidentified", "routes"):
             items = data.get(name, [])
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
@@ -89,6 +105,7 @@ class JobHeader:
             values["destinations"] = tuple(values["destinations"])
             values["moved_from"] = tuple(values.get("moved_from", ()))
             values["deidentified"] = tuple(values.get("deidentified", ()))
+            values["routes"] = tuple(values.get("routes", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from router.core.config import RouterConfig, Rule, RuleMatch, StrOrList
@@ -31,6 +31,10 @@ class RouteDecision:
     discarded: tuple[str, ...] = ()
     # The destinations that a matched rule or the destination itself de-identifies for.
     deidentified: tuple[str, ...] = ()
+    # "<destination>=<rule>" for each matched rule and each destination it forwards to: the
+    # rules whose transforms a destination gets, whatever a reload does to their `forward`.
+    # Derived from `rules` and the config, so left out of ==.
+    routes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def matched(self) -> bool:
@@ -121,6 +125,7 @@ class RuleSet:
         tags: Mapping[str, str] | None = None
         names: list[str] = []
         destinations: dict[str, None] = {}  # ordered, without duplicates
+        routes: list[str] = []
         priority = "request"
         complete: Rule | None = None
         for rule in self.rules:
@@ -138,6 +143,7 @@ class RuleSet:
                 return RouteDecision(tuple(names), (), rule.rule.action,
                                      discarded=tuple(destinations))
             destinations.update(dict.fromkeys(rule.rule.forward))
+            routes += (f"{d}={rule.rule.name}" for d in rule.rule.forward)
             if priority == "request":
                 priority = rule.rule.priority
             if complete is None and rule.rule.complete is not None:
@@ -146,7 +152,7 @@ class RuleSet:
                 break
         deidentified = self._deidentified(names, destinations) if self.any_deidentify else ()
         return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete,
-                             deidentified=deidentified)
+                             deidentified=deidentified, routes=tuple(routes))
 
     def _deidentified(self, names: list[str], destinations: Iterable[str]) -> tuple[str, ...]:
         by_rule = {d for name in names if (rule := self.by_name[name]).deidentify is not None

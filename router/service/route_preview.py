@@ -17,6 +17,7 @@ from router.core.config import RouterConfig
 from router.core.errors import DeliveryError
 
 if TYPE_CHECKING:
+    from router.core.rules import RouteDecision
     from workers.prepare import Steps
 
 
@@ -58,19 +59,19 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
         lines.append(f"  held until the {c.level} is stable for {c.stable_for:g}s "
                      f"(at most {c.deadline:g}s), then sent as one batch in instance order")
     for destination in decision.destinations:
-        lines += _destination_lines(config, decision.rules, destination, path, syntax)
+        lines += _destination_lines(config, decision, destination, path, syntax)
     return lines
 
 
-def _destination_lines(config: RouterConfig, rule_names: tuple[str, ...], destination: str,
+def _destination_lines(config: RouterConfig, decision: RouteDecision, destination: str,
                        path: Path, syntax: str) -> list[str]:
     from pydicom import dcmread
 
     from router.core.messages import JobHeader
     from workers.prepare import steps_for
 
-    job = JobHeader("route-test", "", "", "", 0, "", "", syntax, 0, 0.0, rule_names,
-                    (destination,))
+    job = JobHeader("route-test", "", "", "", 0, "", "", syntax, 0, 0.0, decision.rules,
+                    (destination,), routes=decision.routes)
     steps = steps_for(config, job, destination)
     dest = config.destinations[destination]
     lines = [f"  -> {destination} ({dest.type})"]

@@ -279,11 +279,13 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
 
 def test_replayed_dead_letters_whose_de_identification_a_reload_removed_stay_dead_letters(
         start_router: RouterFactory, tmp_path: Path) -> None:
-    """v1: `research` de-identifies and is down; v2 removes it and the rule forwards to
+    """v1: `research` de-identifies and is down; v2 removes it and a new rule forwards to
     research2, de-identifying there. The README's advice (replay the unknown_destination
     dead letters --to research2) sent them identified: the settings were looked up by name
     in v2, where nothing de-identifies for `research`. Now they become `deidentify` dead
-    letters and research2 gets nothing identified."""
+    letters and research2 gets nothing identified. (Had the v1 rule stayed, with a
+    `deidentify` of its own, they would go de-identified by it: the rules that routed a
+    job keep their transforms for it.)"""
     down = free_port()  # nothing listens: research's jobs retry
     config: dict[str, Any] = {
         "destinations": {
@@ -301,7 +303,7 @@ def test_replayed_dead_letters_whose_de_identification_a_reload_removed_stay_dea
         rewrite(router, {"destinations": {"research2": {
             "type": "dicom", "ae_title": "RESEARCH2", "host": "127.0.0.1",
             "port": research2.port}},
-            "rules": [{"name": "to-research", "forward": ["research2"], "deidentify": {}}]})
+            "rules": [{"name": "to-research2", "forward": ["research2"], "deidentify": {}}]})
         reload(router, "applied")
         assert wait_for(lambda: router.metric(
             "dicom_router_dead_letters_total", destination="research",
@@ -319,6 +321,59 @@ def test_replayed_dead_letters_whose_de_identification_a_reload_removed_stay_dea
         [sys.executable, "-m", "router.cli", "dead-letters", "list", "--config",
          str(router.config_path)], capture_output=True, text=True, timeout=60)
     assert "de-identification settings it was routed with" in listed.stdout, listed.stdout
+
+
+PREFIX = [{"action": "prefix", "tag": "PatientID", "value": "SITE4-"}]
+
+
+def _queued_for_down_pacs(start_router: RouterFactory, tmp_path: Path,
+                          pacs: StoreSCP) -> tuple[RouterProcess, list[Path]]:
+    """Rule `main` morphs and forwards to pacs, which is down: two jobs retry for it."""
+    retry = {"max_attempts": 1000, "initial_delay": 0.2, "max_delay": 1.0}
+    config = folder_config(tmp_path, "other")
+    config["destinations"]["pacs"] = {"type": "dicom", "ae_title": "PACS",
+                                      "host": "127.0.0.1", "port": pacs.port, "retry": retry}
+    config["rules"] = [{"name": "main", "forward": ["pacs"], "morph": PREFIX}]
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 2, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                          reason="connection") >= 2, timeout=60)
+    return router, sources
+
+
+def test_jobs_queued_before_a_reload_changed_their_rules_forward_keep_its_morph(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """A reload pointed rule main at another destination: the jobs it had queued for pacs
+    reached pacs without main's morph (PatientID P1, not SITE4-P1), because the worker
+    looked for the rules that forward to pacs in the new config. The rules that routed a
+    job are now in its header, and their current morph applies."""
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=free_port())  # started after the reload
+    router, sources = _queued_for_down_pacs(start_router, tmp_path, pacs)
+    rewrite(router, {"rules": [{"name": "main", "forward": ["other"], "morph": PREFIX}]})
+    reload(router, "applied")
+    with pacs:
+        assert wait_for(lambda: len(pacs.received_files()) == 2, timeout=60), \
+            router.log()[-3000:]
+        received = sorted(str(dcmread(p).PatientID) for p in pacs.received_files())
+    assert received == sorted(f"SITE4-{dcmread(p).PatientID}" for p in sources)
+
+
+def test_jobs_whose_routing_rule_a_reload_removed_become_morph_dead_letters(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """The rule that routed them (and its morph) is gone: never sent without it."""
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=free_port())  # never started
+    router, _ = _queued_for_down_pacs(start_router, tmp_path, pacs)
+    rewrite(router, {"rules": [{"name": "renamed", "forward": ["pacs"]}]})
+    reload(router, "applied")
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total", destination="pacs",
+                                          reason="morph") == 2, timeout=60), \
+        router.log()[-3000:]
+    listed = subprocess.run(
+        [sys.executable, "-m", "router.cli", "dead-letters", "list", "--config",
+         str(router.config_path)], capture_output=True, text=True, timeout=60)
+    assert "rule main that routed it to pacs is no longer in the config" in listed.stdout, \
+        listed.stdout
 
 
 def test_a_paused_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(

@@ -263,3 +263,50 @@ def test_an_unreadable_received_file_is_a_spool_read_failure(tmp_path: Path) -> 
     assert caught.value.reason == "spool_read" and caught.value.transient
     assert "unreadable.dcm" in str(caught.value)
     assert list(spool.relay.iterdir()) == []  # no copy left behind
+
+
+def _routed(config_rules: list[dict[str, object]]) -> JobHeader:
+    """A job as the acceptor records it under these rules (routes included)."""
+    from router.core.rules import AssociationFacts, RuleSet
+
+    config = parse_config({"destinations": {n: {"type": "folder", "path": f"/tmp/{n}"}
+                                            for n in ("a", "b")}, "rules": config_rules})
+    decision = RuleSet(config.rules).route(AssociationFacts("CT1", "R", "10.1.2.3"), dict)
+    return JobHeader.from_dict(json.loads(json.dumps(make_header(
+        destinations=decision.destinations, rules=decision.rules,
+        routes=decision.routes).to_dict())))
+
+
+MORPH = [{"action": "prefix", "tag": "PatientID", "value": "SITE4-"}]
+
+
+def test_a_queued_job_keeps_the_morph_of_the_rule_that_routed_it_after_a_reload() -> None:
+    """A reload changed the rule's forward from a to b: the jobs queued for a reached it
+    without the rule's morph (its forward no longer named a), PatientID unprefixed."""
+    job = _routed([{"name": "main", "forward": ["a"], "morph": MORPH}])
+    assert job.routes == ("a=main",)
+    v2 = parse_config({"destinations": {n: {"type": "folder", "path": f"/tmp/{n}"}
+                                        for n in ("a", "b")},
+                       "rules": [{"name": "main", "forward": ["b"], "morph": MORPH}]})
+    steps = steps_for(v2, job, "a")
+    assert [a.tag for a in steps.morph] == ["PatientID"] and steps.rules == ("main",)
+    assert not steps.rules_lost
+    # A record written before routes were kept: the current forward says, as before.
+    old = JobHeader.from_dict({k: v for k, v in job.to_dict().items() if k != "routes"})
+    assert old.routes == () and steps_for(v2, old, "a").morph == ()
+
+
+def test_a_job_whose_routing_rule_a_reload_removed_is_a_morph_dead_letter(
+        tmp_path: Path) -> None:
+    job = _routed([{"name": "main", "forward": ["a"], "morph": MORPH}])
+    v2 = parse_config({"destinations": {"a": {"type": "folder", "path": str(tmp_path / "a")}},
+                       "rules": [{"name": "renamed", "forward": ["a"]}]})
+    source = write_instance(tmp_path / "src", sop_class="1.2.840.10008.5.1.4.1.1.2",
+                            transfer_syntax="1.2.840.10008.1.2.1")
+    preparer = Preparer(v2, Spool(tmp_path / "spool").create(), lambda: None)
+    with pytest.raises(DeliveryError) as failed:
+        preparer.prepare(job, "a", source)
+    assert failed.value.reason == "morph" and not failed.value.transient
+    assert "rule main" in str(failed.value) and "replay" in str(failed.value)
+    # Never taken for an earlier delivery of the bytes as received (on_duplicate: skip).
+    assert preparer.fingerprint(job, "a") and not preparer.repr_fingerprint(job, "a")

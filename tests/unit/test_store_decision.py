@@ -42,8 +42,10 @@ def _decide(decision: RouteDecision, header: dict[str, str] | None = None,
 
 
 def test_a_forward_decision_keeps_a_job_with_every_fact() -> None:
-    outcome = _decide(RouteDecision(("ct",), ("pacs", "archive")))
+    outcome = _decide(RouteDecision(("ct",), ("pacs", "archive"),
+                                    routes=("pacs=ct", "archive=ct")))
     assert isinstance(outcome, Keep)
+    assert outcome.job.routes == ("pacs=ct", "archive=ct")  # whose transforms each gets
     job = outcome.job
     assert (job.job_id, job.calling_ae, job.called_ae, job.peer_address, job.peer_port) == (
         "job-1", "CT1", "ROUTER", "10.0.0.7", 4000)
