@@ -72,19 +72,30 @@ def decide(decision: RouteDecision, facts: AssociationFacts, command: StoreComma
                            Status.REJECTED_BY_RULE)
     if not decision.matched:
         raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
-    group, instance_number = "", 0
-    if decision.complete is not None and decision.complete.complete is not None:
-        group, instance_number = completion_group(decision.complete, header())
+    groups, instance_number = completion_groups(decision.completes, header)
     return Keep(JobHeader(
         job_id=job_id, calling_ae=facts.calling_ae, called_ae=facts.called_ae,
         peer_address=facts.source, peer_port=peer_port,
         sop_class_uid=command.sop_class_uid, sop_instance_uid=command.sop_instance_uid,
         transfer_syntax_uid=command.transfer_syntax_uid, size=command.size,
         received_at=received_at, rules=decision.rules, destinations=decision.destinations,
-        tls_subject=tls_subject, priority=priority(decision.priority, command.dimse_priority),
-        group=group, instance_number=instance_number, deidentified=decision.deidentified,
+        tls_subject=tls_subject, priority=most_urgent(decision.priorities, command.dimse_priority),
+        group=groups[0] if groups else "", groups=groups if len(groups) > 1 else (),
+        instance_number=instance_number, deidentified=decision.deidentified,
         routes=decision.routes,
     ))
+
+
+def completion_groups(rules: tuple[Rule, ...], header: Callable[[], dict[str, str]]
+                      ) -> tuple[tuple[str, ...], int]:
+    """The group of each completion rule that routed the instance (each holds it for its
+    own destinations), and its instance number; the header is read once, if any applies."""
+    if not rules:
+        return (), 0
+    tags = header()
+    found = [completion_group(rule, tags) for rule in rules]
+    groups = tuple(group for group, _ in found if group)
+    return groups, next((number for group, number in found if group), 0)
 
 
 def completion_group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
@@ -98,6 +109,12 @@ def completion_group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
     except ValueError:
         number = 0
     return (f"{rule.name}|{uid}", number) if uid else ("", 0)
+
+
+def most_urgent(rule_priorities: tuple[str, ...], dimse_priority: int) -> int:
+    """The most urgent of the matched rules' priorities: a STAT rule's `urgent` holds even
+    when an earlier `continue: true` rule said `low` (only the first one counted before)."""
+    return min(priority(p, dimse_priority) for p in rule_priorities or ("request",))
 
 
 def priority(rule_priority: str, dimse_priority: int) -> int:

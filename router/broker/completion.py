@@ -35,20 +35,25 @@ class GroupHolds:
         self.policies = dict(policies)  # by rule name
         self.groups: dict[tuple[str, str], HeldGroup] = {}
 
-    def _policy(self, delivery: Any) -> CompletionPolicy | None:
-        group: str = delivery.job.group
-        if not group or delivery.batch:
-            return None
-        policy = self.policies.get(group.split("|", 1)[0])
-        if policy is None or delivery.destination not in policy.destinations:
-            return None
-        return policy
+    def _group(self, delivery: Any) -> str:
+        """The group that holds this delivery: of the job's completion rules (several when
+        `continue: true` rules matched), the first whose rule forwards to its destination;
+        '' when none does."""
+        job = delivery.job
+        if delivery.batch:
+            return ""
+        for group in job.groups or ((job.group,) if job.group else ()):
+            policy = self.policies.get(group.split("|", 1)[0])
+            if policy is not None and delivery.destination in policy.destinations:
+                return str(group)
+        return ""
 
     def hold(self, delivery: Any) -> bool:
         """Keep a delivery of a completion rule's group; False: it goes to the queue now."""
-        if self._policy(delivery) is None:
+        group = self._group(delivery)
+        if not group:
             return False
-        held = self.groups.setdefault((delivery.destination, delivery.job.group), HeldGroup())
+        held = self.groups.setdefault((delivery.destination, group), HeldGroup())
         held.deliveries.append(delivery)
         held.first_received = min(held.first_received, delivery.job.received_at)
         held.last_received = max(held.last_received, delivery.job.received_at)

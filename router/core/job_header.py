@@ -34,6 +34,9 @@ class JobHeader:
     # instance's number for the batch order; empty when no completion rule routed it.
     group: str = ""
     instance_number: int = 0
+    # When several completion rules routed it: each one's group, in rule order (`group` is
+    # the first), so that each holds it for its own destinations. Empty otherwise.
+    groups: tuple[str, ...] = ()
     # "<destination>=<destination a rule routed it to>" for each destination the job was
     # moved to since (fallback, drain-to, dead-letters replay --to): the rule's morph and
     # de-identification go with it, or a fallback would get the instance as received.
@@ -89,13 +92,18 @@ class JobHeader:
             out["routes"] = list(self.routes)
         else:
             del out["routes"]
+        if self.groups:
+            out["groups"] = list(self.groups)
+        else:
+            del out["groups"]
         return out
 
     @classmethod
     def from_dict(cls, data: Any) -> JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
-        for name in ("rules", "destinations", "moved_from", "deidentified", "routes"):
+        for name in ("rules", "destinations", "moved_from", "deidentified", "routes",
+                     "groups"):
             items = data.get(name, [])
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
@@ -106,6 +114,7 @@ class JobHeader:
             values["moved_from"] = tuple(values.get("moved_from", ()))
             values["deidentified"] = tuple(values.get("deidentified", ()))
             values["routes"] = tuple(values.get("routes", ()))
+            values["groups"] = tuple(values.get("groups", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None

@@ -25,8 +25,12 @@ class RouteDecision:
     rules: tuple[str, ...]
     destinations: tuple[str, ...]
     action: str = "forward"  # or "drop"/"reject": then rules[-1] is the rule that said so
-    priority: str = "request"  # of the first matching rule that sets one
-    complete: Rule | None = None  # the first matching rule that waits for completion
+    # Each matched forwarding rule's `priority`, in rule order: the job takes the most
+    # urgent of them (router/acceptor/store_decision.py), not only the first rule's.
+    priorities: tuple[str, ...] = ("request",)
+    # Every matched rule that waits for completion, in rule order: each holds what it
+    # routes to its own destinations (router/broker/completion.py).
+    completes: tuple[Rule, ...] = ()
     # For a drop/reject after `continue: true` rules: what they had chosen, not kept.
     discarded: tuple[str, ...] = ()
     # The destinations that a matched rule or the destination itself de-identifies for.
@@ -126,8 +130,8 @@ class RuleSet:
         names: list[str] = []
         destinations: dict[str, None] = {}  # ordered, without duplicates
         routes: list[str] = []
-        priority = "request"
-        complete: Rule | None = None
+        priorities: list[str] = []
+        completes: list[Rule] = []
         for rule in self.rules:
             filters = rule.rule.action != "forward"
             if not (rule.rule.forward or filters) or not rule.matches_sop_class(sop_class):
@@ -144,14 +148,14 @@ class RuleSet:
                                      discarded=tuple(destinations))
             destinations.update(dict.fromkeys(rule.rule.forward))
             routes += (f"{d}={rule.rule.name}" for d in rule.rule.forward)
-            if priority == "request":
-                priority = rule.rule.priority
-            if complete is None and rule.rule.complete is not None:
-                complete = rule.rule
+            priorities.append(rule.rule.priority)
+            if rule.rule.complete is not None:
+                completes.append(rule.rule)
             if not rule.rule.continue_:
                 break
         deidentified = self._deidentified(names, destinations) if self.any_deidentify else ()
-        return RouteDecision(tuple(names), tuple(destinations), "forward", priority, complete,
+        return RouteDecision(tuple(names), tuple(destinations), "forward",
+                             tuple(priorities) or ("request",), tuple(completes),
                              deidentified=deidentified, routes=tuple(routes))
 
     def _deidentified(self, names: list[str], destinations: Iterable[str]) -> tuple[str, ...]:

@@ -26,7 +26,6 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     from pydicom import dcmread
 
     from router.core.header_tags import read_tags
-    from router.core.priority import PRIORITIES
     from router.core.rules import AssociationFacts, RuleSet
 
     ds = dcmread(path, stop_before_pixels=True)
@@ -51,13 +50,7 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     if not decision.matched:
         lines.append("  NO ROUTE: the sender would get 0xC002")
         return lines
-    priority = decision.priority if decision.priority != "request" else "the request's"
-    lines.append(f"  priority: {priority}"
-                 f"{' (jumps the queue)' if PRIORITIES.get(priority) == 0 else ''}")
-    if decision.complete is not None and decision.complete.complete is not None:
-        c = decision.complete.complete
-        lines.append(f"  held until the {c.level} is stable for {c.stable_for:g}s "
-                     f"(at most {c.deadline:g}s), then sent as one batch in instance order")
+    lines.append(f"  priority: {_priority_text(decision.priorities)}")
     for destination in decision.destinations:
         lines += _destination_lines(config, decision, destination, path, syntax)
     return lines
@@ -80,6 +73,7 @@ def _destination_lines(config: RouterConfig, decision: RouteDecision, destinatio
                      f"each apply, in this order")
     elif steps.rules:
         lines.append(f"     sent here by rule {steps.rules[0]}")
+    lines += _hold_lines(decision, destination)
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")
     ds = dcmread(path, stop_before_pixels=True)
@@ -97,6 +91,33 @@ def _destination_lines(config: RouterConfig, decision: RouteDecision, destinatio
     if dest.window is not None:
         lines.append(f"     only sent between {dest.window.start} and {dest.window.end}")
     return lines
+
+
+def _priority_text(priorities: tuple[str, ...]) -> str:
+    """The most urgent of the matched rules' priorities, as the acceptor takes it."""
+    from router.core.priority import HIGH, PRIORITIES
+
+    fixed = sorted((p for p in priorities if p != "request"), key=PRIORITIES.__getitem__)
+    if not fixed:
+        return "the request's"
+    text = f"{fixed[0]}{' (jumps the queue)' if PRIORITIES[fixed[0]] == 0 else ''}"
+    if "request" in priorities and PRIORITIES[fixed[0]] > HIGH:  # a request is high at most
+        text += ", or the request's if more urgent"
+    if len(set(priorities)) > 1:
+        text += f" (the most urgent of the matched rules' {', '.join(priorities)})"
+    return text
+
+
+def _hold_lines(decision: RouteDecision, destination: str) -> list[str]:
+    """The completion that holds what goes to `destination`: the first matched completion
+    rule that forwards there (router/broker/completion.py), each destination its own."""
+    rule = next((r for r in decision.completes if destination in r.forward), None)
+    if rule is None or rule.complete is None:
+        return ["     sent at once (no completion rule forwards here)"] \
+            if decision.completes else []
+    c = rule.complete
+    return [f"     held until the {c.level} is stable for {c.stable_for:g}s (at most "
+            f"{c.deadline:g}s, rule {rule.name}), then sent as one batch in instance order"]
 
 
 def _transcode_lines(syntax: str, accepted: tuple[str, ...]) -> list[str]:

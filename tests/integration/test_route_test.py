@@ -27,6 +27,32 @@ def route_test(config: Path, *files: Path, calling: str = "CT1"
         capture_output=True, text=True, timeout=60)
 
 
+def test_route_test_shows_the_most_urgent_priority_and_each_destinations_hold(
+        tmp_path: Path) -> None:
+    """One `held until` line above every destination, for the first completion rule only,
+    and the first rule's priority: a STAT rule after a `continue: true` low one was shown
+    (and routed) low, and pacs as held by the series rule that does not send there."""
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({
+        "destinations": {n: {"type": "folder", "path": str(tmp_path / n)}
+                         for n in ("archive", "pacs", "plain")},
+        "rules": [{"name": "copy-all-low", "continue": True, "forward": ["archive", "plain"],
+                   "priority": "low", "complete": {"level": "series", "stable_for": 30}},
+                  {"name": "stat-er", "match": {"calling_ae": "ER_CT"}, "forward": ["pacs"],
+                   "priority": "urgent", "complete": {"level": "study", "stable_for": 20}}]}))
+    ct = write_instance(tmp_path / "ct", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
+    done = route_test(config, ct, calling="ER_CT")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "priority: urgent (jumps the queue)" in out, out
+    archive = out.split("-> archive")[1].split("->")[0]
+    pacs = out.split("-> pacs")[1]
+    assert "held until the series is stable for 30s" in archive and "rule copy-all-low" in archive
+    assert "held until the study is stable for 20s" in pacs and "rule stat-er" in pacs
+    assert "series" not in pacs
+    assert out.count("held until") == 3  # archive, plain, pacs: under each destination
+
+
 def test_route_test_explains_each_decision_and_sends_nothing(tmp_path: Path) -> None:
     config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump({

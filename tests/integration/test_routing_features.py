@@ -178,6 +178,32 @@ def test_a_series_goes_as_one_batch_in_instance_order_once_stable(
     assert len({r.association for r in recorder.received}) == 1, "not one association"
 
 
+def test_each_destination_waits_for_the_completion_of_the_rule_that_routed_it(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """A series rule (continue: true) for ai, then a study rule for archive: only the first
+    rule's `complete` was kept, so archive got each instance at once. Now ai gets the
+    series once stable and archive still holds the study (its stable_for is far away)."""
+    from tests.dcmtk import StoreSCP
+
+    with StoreSCP(tmp_path / "ai", "AI") as ai:
+        router = start_router({
+            "destinations": {
+                "ai": {"type": "dicom", "ae_title": "AI", "host": LOCALHOST, "port": ai.port},
+                "archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+            "rules": [{"name": "ai-series", "continue": True, "forward": ["ai"],
+                       "complete": {"level": "series", "stable_for": 2, "deadline": 120}},
+                      {"name": "archive-study", "forward": ["archive"],
+                       "complete": {"level": "study", "stable_for": 3600,
+                                    "deadline": 7200}}]})
+        files = series(tmp_path / "s", 3, numbers=[3, 1, 2])
+        assert run_storescu(files, LOCALHOST, router.port, called_ae=AE_TITLE).returncode == 0
+        assert wait_for(lambda: len(ai.received_files()) == 3, timeout=60), router.log()[-2000:]
+        assert wait_for(lambda: router.metric("dicom_router_queue_depth",
+                                              destination="archive") == 3)
+        assert not (tmp_path / "archive").exists() or not any(
+            p.is_file() for p in (tmp_path / "archive").rglob("*")), "archive did not wait"
+
+
 def test_held_groups_survive_a_restart(tmp_path: Path, recorder: RecordingSCP) -> None:
     config = {"destinations": {"pacs": destination(recorder)},
               "rules": [{"name": "study", "forward": ["pacs"],

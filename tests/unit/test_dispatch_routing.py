@@ -88,6 +88,33 @@ def test_a_group_waits_until_stable_then_goes_as_one_batch_in_instance_order() -
     assert {o.job.job_id for o in outcomes if isinstance(o, Settled)} == {"b", "c", "a"}
 
 
+def test_each_destination_is_held_by_the_completion_rule_that_routed_it_there() -> None:
+    """A series rule (continue: true) for ai and a study rule for archive: the job's group
+    was the series rule's only, so archive got every instance at once."""
+    clock = Clock()
+    holds = GroupHolds({"ai": CompletionPolicy(30, 300, frozenset({"ai"})),
+                        "arch": CompletionPolicy(600, 3600, frozenset({"archive"}))})
+    policies = {name: DestinationPolicy(4, RETRY, max_associations=4)
+                for name in ("ai", "archive")}
+    d = Dispatcher(policies, max_jobs=100, max_bytes=10**9, rand=lambda: 0.0, holds=holds,
+                   wall=clock.wall, local=clock.local)
+    t0 = clock.wall_now
+    for job_id, number in [("a", 2), ("b", 1)]:
+        d.add_job(make_header(job_id, ("ai", "archive"), group="ai|S1",
+                              groups=("ai|S1", "arch|ST1"), instance_number=number,
+                              received_at=t0))
+    d.worker_ready(W1, 4, 0.0)
+    assert d.dispatch(0.0) == []
+    assert (d.depth("ai"), d.depth("archive")) == (2, 2)
+    clock.wall_now = t0 + 30  # the series is stable: ai gets it, archive waits for the study
+    (_, batch), = d.dispatch(1.0)
+    assert batch.destination == "ai" and [j.job_id for j in batch.jobs] == ["b", "a"]
+    assert d.depth("archive") == 2
+    clock.wall_now = t0 + 600
+    (_, batch), = d.dispatch(2.0)
+    assert batch.destination == "archive" and [j.job_id for j in batch.jobs] == ["b", "a"]
+
+
 def test_the_deadline_releases_a_group_that_never_settles() -> None:
     clock = Clock()
     d = completion(clock, stable=30, deadline=100)

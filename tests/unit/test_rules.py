@@ -237,7 +237,8 @@ def test_tags_are_read_at_most_once_per_route_call() -> None:
 
     decision = rs.route(CT_FACTS, reader)
 
-    assert decision == RouteDecision(("chest", "ct"), ("pacs", "archive"))
+    assert decision == RouteDecision(("chest", "ct"), ("pacs", "archive"),
+                                     priorities=("request", "request"))
     assert reader.calls == 1
 
     rs.route(CT_FACTS, reader)
@@ -298,3 +299,15 @@ def test_tag_keywords_are_the_sorted_union_over_rules() -> None:
 
 def test_tag_keywords_empty_without_tag_rules() -> None:
     assert ruleset(rule("all", ["archive"])).tag_keywords == ()
+
+
+def test_every_matched_rule_gives_its_priority_and_completion() -> None:
+    """Only the first matched rule's priority and `complete` were kept: a STAT rule's
+    urgent after a `continue: true` low rule was lost, and so was a second completion."""
+    low = Rule.model_validate({"name": "copy-all", "continue": True, "forward": ["archive"],
+                               "priority": "low", "complete": {"level": "series"}})
+    stat = Rule.model_validate({"name": "stat", "forward": ["pacs"], "priority": "urgent",
+                                "complete": {"level": "study"}})
+    decision = RuleSet([low, stat]).route(CT_FACTS, TagReader())
+    assert decision.priorities == ("low", "urgent")
+    assert [r.name for r in decision.completes] == ["copy-all", "stat"]

@@ -74,7 +74,8 @@ def test_no_matching_rule_is_refused_with_no_route() -> None:
 def test_priority_from_the_rule_or_the_request(rule_priority: str, dimse: int,
                                                expected: int) -> None:
     command = replace(COMMAND, dimse_priority=dimse)
-    outcome = _decide(RouteDecision(("r",), ("pacs",), priority=rule_priority), command=command)
+    outcome = _decide(RouteDecision(("r",), ("pacs",), priorities=(rule_priority,)),
+                      command=command)
     assert isinstance(outcome, Keep) and outcome.job.priority == expected
 
 
@@ -82,9 +83,40 @@ def test_a_completion_rule_groups_by_study_and_orders_by_instance_number() -> No
     rule = Rule.model_validate({"name": "studies", "forward": ["pacs"],
                                 "complete": {"level": "study"}})
     tags = {"StudyInstanceUID": "1.2.9", "InstanceNumber": "7"}
-    outcome = _decide(RouteDecision(("studies",), ("pacs",), complete=rule), tags)
+    outcome = _decide(RouteDecision(("studies",), ("pacs",), completes=(rule,)), tags)
     assert isinstance(outcome, Keep)
     assert (outcome.job.group, outcome.job.instance_number) == ("studies|1.2.9", 7)
+    assert outcome.job.groups == ()  # one completion rule: its records stay as they were
+
+
+@pytest.mark.parametrize(("priorities", "dimse", "expected"), [
+    (("low", "urgent"), 2, URGENT), (("low", "request"), 1, HIGH), (("low", "request"), 2, LOW),
+    (("request", "normal"), 2, NORMAL)])
+def test_the_most_urgent_matched_rule_gives_the_priority(priorities: tuple[str, ...],
+                                                         dimse: int, expected: int) -> None:
+    """A `continue: true` rule with `priority: low` then a STAT rule with `urgent`: the job
+    was low (only the first rule counted), so the STAT instance waited behind routine."""
+    command = replace(COMMAND, dimse_priority=dimse)
+    outcome = _decide(RouteDecision(("a", "b"), ("archive", "pacs"), priorities=priorities),
+                      command=command)
+    assert isinstance(outcome, Keep) and outcome.job.priority == expected
+
+
+def test_each_matched_completion_rule_gives_the_job_its_group() -> None:
+    """Only the first completion rule made a group: the second one's destination got each
+    instance at once instead of the study as one batch."""
+    series = Rule.model_validate({"name": "ai", "forward": ["ai"], "continue": True,
+                                  "complete": {"level": "series"}})
+    study = Rule.model_validate({"name": "archive", "forward": ["archive"],
+                                 "complete": {"level": "study"}})
+    tags = {"StudyInstanceUID": "1.2.9", "SeriesInstanceUID": "1.2.9.1", "InstanceNumber": "4"}
+    outcome = _decide(RouteDecision(("ai", "archive"), ("ai", "archive"),
+                                    completes=(series, study)), tags)
+    assert isinstance(outcome, Keep)
+    job = outcome.job
+    assert (job.group, job.groups, job.instance_number) == (
+        "ai|1.2.9.1", ("ai|1.2.9.1", "archive|1.2.9"), 4)
+    assert type(job).from_dict(job.to_dict()) == job
 
 
 def test_without_its_uid_an_instance_goes_on_its_own() -> None:
