@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.core.patterns import compile_pattern
+
 # What a VR's values are to morphing: text is changed as is, numbers through their text;
 # binary values (and AT) can only be deleted, sequences only deleted or walked into.
 TEXT_VRS = frozenset(["AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
@@ -228,8 +230,8 @@ class ReplaceAction(_Strict):
     @classmethod
     def _compiles(cls, pattern: str) -> str:
         try:
-            re.compile(pattern)
-        except re.error as exc:
+            compile_pattern(pattern)
+        except ValueError as exc:
             raise ValueError(f"bad regular expression {pattern!r}: {exc}") from None
         return pattern
 

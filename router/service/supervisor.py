@@ -284,9 +284,10 @@ class Supervisor:
             new = load_config(self.config_path)
             preflight.check_tls(new)
             change = reload_plan(self.config, new)
-        except RouterError as exc:
+        except Exception as exc:  # a bug in validation must not stop a running router
             metrics.CONFIG_RELOADS.labels("rejected").inc()
-            log.error("config reload refused; the running config stays in force: %s", exc)
+            why = exc if isinstance(exc, RouterError) else f"{type(exc).__name__}: {exc}"
+            log.error("config reload refused; the running config stays in force: %s", why)
             self.reload_steps.hup()
             return
         if not change.changed:

@@ -446,6 +446,12 @@ BAD_RELOADS = [
     ("rules: [{name: all, match: {calling_ae: 're:['}, forward: [archive]}]\n",
      "rules[0].match.calling_ae: bad regular expression"),
     ("drain_grace: .inf\n", "drain_grace: must be at most 86400 seconds"),
+    # Patterns Python refuses with OverflowError or RecursionError, not re.error: the
+    # reload stopped the router ("the supervisor's main loop failed").
+    ("rules: [{name: all, match: {tags: {StudyDescription: 're:a{4294967296}'}}, "
+     "forward: [archive]}]\n", "rules[0].match.tags: tag StudyDescription: bad regular"),
+    ("rules: [{name: all, match: {calling_ae: 're:" + "(" * 2000 + "a" + ")" * 2000
+     + "'}, forward: [archive]}]\n", "groups nested too deeply"),
 ]
 
 

@@ -302,6 +302,39 @@ def test_bad_regular_expression_in_match_ae_titles_and_sop_class(key: str, value
     assert problems[0].startswith(f"rules[0].match.{key}: bad regular expression 're:")
 
 
+@pytest.mark.parametrize(("where", "value", "why"), [
+    ("tags", "re:a{4294967296}", "the repetition number is too large"),
+    ("tags", "re:" + "(" * 2000 + "a" + ")" * 2000, "groups nested too deeply"),
+    ("calling_ae", "re:a{4294967296}", "the repetition number is too large"),
+    ("called_ae", "re:" + "(" * 2000 + "a" + ")" * 2000, "groups nested too deeply"),
+])
+def test_a_regular_expression_python_refuses_otherwise_than_re_error(
+        where: str, value: str, why: str) -> None:
+    """Regression: OverflowError and RecursionError escaped validation as tracebacks from
+    check-config and run, and a reload with such a pattern stopped the running router."""
+    data = example()
+    if where == "tags":
+        data["rules"][0]["match"]["tags"]["StudyDescription"] = value
+    else:
+        data["rules"][0]["match"][where] = value
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"rules[0].match.{where}: "), problems
+    assert "bad regular expression" in problems[0] and why in problems[0], problems
+
+
+def test_a_morph_pattern_python_refuses_otherwise_than_re_error() -> None:
+    data = example()
+    data["rules"][0]["morph"] = [{"action": "replace", "tag": "StudyDescription",
+                                  "pattern": "a{4294967296}", "replacement": "b"}]
+
+    problems = problems_of(data)
+
+    assert len(problems) == 1 and "the repetition number is too large" in problems[0], problems
+
+
 def test_good_regular_expressions_in_match_ae_titles_and_sop_class_are_kept() -> None:
     data = example()
     data["rules"][0]["match"].update(calling_ae="re:^CT[0-9]$", sop_class=["re:^1\\.2\\."])

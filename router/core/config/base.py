@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.core.patterns import compile_pattern
+
 DEFAULT_MAX_PDU = 262_144  # 16 KB (pynetdicom's default) halves throughput; 0 would buffer all
 
 # How much of a bad value an error message repeats: a 100,000-character AE title made a
@@ -61,8 +63,8 @@ def _check_patterns(value: StrOrList | None) -> StrOrList | None:
     for item in [value] if isinstance(value, str) else value or []:
         if isinstance(item, str) and item.startswith("re:"):
             try:
-                re.compile(item[3:])
-            except re.error as exc:
+                compile_pattern(item[3:])
+            except ValueError as exc:
                 raise ValueError(f"bad regular expression {item!r}: {exc}") from None
     return value
 

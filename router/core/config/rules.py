@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -17,6 +16,7 @@ from router.core.config.base import (
 from router.core.deid_spec import DeidentifyConfig
 from router.core.durations import DAY, Seconds, at_most
 from router.core.morph_spec import MorphAction
+from router.core.patterns import compile_pattern
 
 
 class RuleMatch(Strict):
@@ -54,8 +54,8 @@ class RuleMatch(Strict):
             for value in [expected] if isinstance(expected, str) else expected:
                 if value.startswith("re:"):
                     try:
-                        re.compile(value[3:])
-                    except re.error as exc:
+                        compile_pattern(value[3:])
+                    except ValueError as exc:
                         raise ValueError(f"tag {keyword}: bad regular expression: {exc}") from exc
         return tags
 
