@@ -31,7 +31,13 @@ from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.dimse_status import Status
 from router.core.disk_space import full_spool_comment
-from router.core.errors import DatasetMismatch, DimseRefusal, OutOfResources, QueueFull
+from router.core.errors import (
+    DatasetMismatch,
+    DimseRefusal,
+    OutOfResources,
+    PatternTooSlow,
+    QueueFull,
+)
 from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
@@ -51,6 +57,7 @@ _RESULT_LABELS = {
     Status.OUT_OF_RESOURCES: "out_of_resources",
     Status.DATASET_TOO_LARGE: "too_large",
     Status.REJECTED_BY_RULE: "rejected",
+    Status.PATTERN_TOO_SLOW: "pattern_timeout",
 }
 # Success labels whose file the handler moved away (committed, or a relayed C-MOVE's).
 _TAKEN = frozenset({"accepted", "relayed"})
@@ -105,7 +112,9 @@ class StoreHandler:
         except DimseRefusal as exc:
             status, comment = exc.status, str(exc)
             label = "rejected" if isinstance(exc, DatasetMismatch) else ""
-            log.warning("C-STORE refused with 0x%04X: %s", status, exc)
+            if isinstance(exc, PatternTooSlow):
+                metrics.PATTERN_TIMEOUTS.labels(exc.rule).inc()
+            log.warning("C-STORE refused with 0x%04X: %s", status, exc)  # rate-limited
         except Exception:  # the handler boundary: an unexpected error is a failure status
             log.exception("C-STORE failed unexpectedly")
             status, comment = Status.PROCESSING_FAILURE, "router internal error; see its log"

@@ -21,6 +21,7 @@ class Status(IntEnum):
     NO_ROUTE = 0xC002
     DATASET_TOO_LARGE = 0xC003
     REJECTED_BY_RULE = 0xC004  # a rule with `action: reject` matched
+    PATTERN_TOO_SLOW = 0xC006  # a rule's regex ran past its deadline on this instance
     # Processing failure (PS3.7 C.4.2): an unexpected error inside the router.
     PROCESSING_FAILURE = 0x0110
     NO_SUCH_SOP_CLASS = 0x0118

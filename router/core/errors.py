@@ -48,6 +48,17 @@ class NoRoute(DimseRefusal):
     status = Status.NO_ROUTE
 
 
+class PatternTooSlow(DimseRefusal):
+    """A rule's pattern did not finish on this instance's value within its deadline: the
+    instance is refused, never routed as if the pattern had not matched."""
+
+    status = Status.PATTERN_TOO_SLOW
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(f"rule {rule}: pattern took too long on this instance's value")
+        self.rule = rule
+
+
 class OutOfResources(DimseRefusal):
     status = Status.OUT_OF_RESOURCES
 

@@ -175,6 +175,11 @@ DEAD_LETTERS_UNWRITTEN = Gauge(
     "the broker writes them again every second.",
     ["destination"], multiprocess_mode="livesum",
 )
+PATTERN_TIMEOUTS = Counter(
+    f"{PREFIX}_rule_pattern_timeouts_total",
+    "C-STOREs refused (0xC006) because a rule's regex ran past its deadline on the value.",
+    ["rule"],
+)
 REFUSALS = Counter(
     f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
 )

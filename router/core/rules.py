@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from router.core.config import RouterConfig, Rule, RuleMatch, StrOrList
+from router.core.patterns import compile_pattern, search
 
 
 @dataclass(frozen=True)
@@ -53,28 +53,32 @@ def _values(expected: StrOrList) -> list[str]:
 
 
 class ValueMatcher:
-    """Matches one value against "exact", ["any", "of"] or "re:<regex>" (searched, not anchored)."""
+    """Matches one value against "exact", ["any", "of"] or "re:<regex>" (searched, not
+    anchored; PatternTooSlow, naming `rule`, when a search runs past its deadline)."""
 
-    def __init__(self, expected: StrOrList) -> None:
+    def __init__(self, expected: StrOrList, rule: str = "") -> None:
+        self.rule = rule
         self.exact = {v for v in _values(expected) if not v.startswith("re:")}
-        self.patterns = [re.compile(v[3:]) for v in _values(expected) if v.startswith("re:")]
+        self.patterns = [compile_pattern(v[3:]) for v in _values(expected)
+                         if v.startswith("re:")]
 
     def __call__(self, value: str) -> bool:
-        return value in self.exact or any(p.search(value) for p in self.patterns)
+        return value in self.exact or any(search(p, value, self.rule) for p in self.patterns)
 
 
 class CompiledRule:
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         m: RuleMatch = rule.match
-        self.calling = ValueMatcher(m.calling_ae) if m.calling_ae is not None else None
-        self.called = ValueMatcher(m.called_ae) if m.called_ae is not None else None
+        name = rule.name
+        self.calling = ValueMatcher(m.calling_ae, name) if m.calling_ae is not None else None
+        self.called = ValueMatcher(m.called_ae, name) if m.called_ae is not None else None
         if m.source is None:
             self.networks = None
         else:
             self.networks = [ipaddress.ip_network(n) for n in m.source]
-        self.tags = {k: ValueMatcher(v) for k, v in m.tags.items()}
-        self.sop_class = ValueMatcher(m.sop_class) if m.sop_class is not None else None
+        self.tags = {k: ValueMatcher(v, name) for k, v in m.tags.items()}
+        self.sop_class = ValueMatcher(m.sop_class, name) if m.sop_class is not None else None
 
     def matches_sop_class(self, sop_class: str | None) -> bool:
         return self.sop_class is None or (sop_class is not None and self.sop_class(sop_class))

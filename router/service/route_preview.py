@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.core.config import FolderDestination as FolderConfig
 from router.core.config import RouterConfig
-from router.core.errors import DeliveryError
+from router.core.errors import DeliveryError, DimseRefusal
 
 if TYPE_CHECKING:
     from router.core.rules import RouteDecision
@@ -33,12 +33,15 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     rules = RuleSet(config.rules)
     facts = AssociationFacts(calling_ae, called_ae, source)
-    # The acceptor's own reader: multi-values joined with '\\', as live routing sees them.
-    decision = rules.route(facts, lambda: read_tags(path, rules.tag_keywords), sop_class)
     lines = [f"{path}",
              f"  as {calling_ae} -> {called_ae} from {source}; SOP class {sop_class}, "
-             f"syntax {syntax}",
-             f"  rules matched: {', '.join(decision.rules) or 'none'}"]
+             f"syntax {syntax}"]
+    try:
+        # The acceptor's own reader: multi-values joined with '\\', as live routing sees them.
+        decision = rules.route(facts, lambda: read_tags(path, rules.tag_keywords), sop_class)
+    except DimseRefusal as exc:  # as the acceptor answers it (a pattern past its deadline)
+        return [*lines, f"  REFUSED: the sender would get 0x{exc.status:04X} ({exc})"]
+    lines.append(f"  rules matched: {', '.join(decision.rules) or 'none'}")
     if decision.action != "forward":
         what = "answered Success, nothing kept" if decision.action == "drop" else \
             "answered 0xC004 (refused by rule)"
