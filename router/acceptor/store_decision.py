@@ -106,7 +106,9 @@ def completion_group(rule: Rule, tags: dict[str, str]) -> tuple[str, int]:
     uid = tags.get(keyword, "")
     try:
         number = int(float(tags.get("InstanceNumber", "0") or 0))
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or infinite
+        number = 0
+    if not -2**63 <= number < 2**63:  # only orders the batch; past int64 msgpack cannot carry it
         number = 0
     return (f"{rule.name}|{uid}", number) if uid else ("", 0)
 

@@ -14,8 +14,10 @@ from pydicom.multival import MultiValue
 # What pydicom raises, besides ValueError, for a hostile dataset (found with crafted and
 # fuzzed files, tests/unit/test_header_tags.py): an unknown VR (NotImplementedError), nesting
 # past Python's recursion limit (RecursionError; both are RuntimeErrors), a value whose length
-# does not fit its VR, a truncated element header, a Specific Character Set of a numeric VR.
-UNREADABLE = (RuntimeError, BytesLengthException, struct.error, TypeError, LookupError)
+# does not fit its VR, a truncated element header, a Specific Character Set of a numeric VR,
+# an IS or DS past a float's range ('1e999': OverflowError, an ArithmeticError).
+UNREADABLE = (RuntimeError, BytesLengthException, struct.error, TypeError, LookupError,
+              ArithmeticError)
 
 
 def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
@@ -34,7 +36,10 @@ def read_tags(path: Path, keywords: Iterable[str]) -> dict[str, str]:
 def _values(ds: Dataset, wanted: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for keyword in wanted:
-        value = ds.get(keyword)
+        try:
+            value = ds.get(keyword)  # converted here: IS and DS to numbers
+        except (ValueError, *UNREADABLE) as exc:  # named, for the sender's ErrorComment
+            raise ValueError(f"{keyword}: {exc or type(exc).__name__}") from exc
         if value is None:
             continue
         if isinstance(value, MultiValue):

@@ -25,6 +25,7 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
             source: str) -> list[str]:
     from pydicom import dcmread
 
+    from router.acceptor.store_decision import COMPLETION_KEYWORDS, completion_group
     from router.core.header_tags import read_tags
     from router.core.rules import AssociationFacts, RuleSet
 
@@ -36,9 +37,23 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
     lines = [f"{path}",
              f"  as {calling_ae} -> {called_ae} from {source}; SOP class {sop_class}, "
              f"syntax {syntax}"]
-    try:
+    # What the acceptor reads, in one read: the rules' tags, and a completion rule's.
+    keywords = {*rules.tag_keywords, *(COMPLETION_KEYWORDS if rules.completes else ())}
+    tags: dict[str, str] = {}
+
+    def header() -> dict[str, str]:
         # The acceptor's own reader: multi-values joined with '\\', as live routing sees them.
-        decision = rules.route(facts, lambda: read_tags(path, rules.tag_keywords), sop_class)
+        if not tags:
+            tags.update(read_tags(path, sorted(keywords)))
+        return tags
+
+    try:
+        decision = rules.route(facts, header, sop_class)
+        if decision.complete is not None:
+            completion_group(decision.complete, header())
+    except ValueError as exc:  # as the acceptor answers a header it cannot read
+        return [*lines, f"  REFUSED: the sender would get 0xC000 (dataset cannot be "
+                        f"parsed: {exc})"]
     except DimseRefusal as exc:  # as the acceptor answers it (a pattern past its deadline)
         return [*lines, f"  REFUSED: the sender would get 0x{exc.status:04X} ({exc})"]
     lines.append(f"  rules matched: {', '.join(decision.rules) or 'none'}")

@@ -85,3 +85,28 @@ def test_a_pattern_past_its_deadline_refuses_that_instance_and_stalls_no_one(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "REFUSED: the sender would get 0xC006 (rule words: pattern took too long on " \
         "this instance's value)" in done.stdout, done.stdout
+
+
+def test_an_instance_number_past_a_floats_range_is_refused_naming_it(
+    start_router: RouterFactory, tmp_path: Path
+) -> None:
+    """Regression: InstanceNumber '1e999' (IS) under a completion rule raised OverflowError
+    out of pydicom: 0x0110 'router internal error' and a traceback in the log."""
+    router = start_router({
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+        "rules": [{"name": "studies", "forward": ["archive"],
+                   "complete": {"level": "study", "stable_for": 1}}],
+    })
+    source = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE, tags={"InstanceNumber": 12345})
+    assert source.read_bytes().count(b"12345") == 1
+    source.write_bytes(source.read_bytes().replace(b"12345", b"1e999"))
+
+    # `send` streams the file as it is (DCMTK's storescu would re-encode the element).
+    done = subprocess.run([*ROUTER, "send", str(source), "--to", f"{LOCALHOST}:{router.port}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "0xC000" in output and "InstanceNumber" in output, output
+    assert "Traceback" not in router.log() and "0x0110" not in output

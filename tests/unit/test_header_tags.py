@@ -71,3 +71,18 @@ def test_hostile_datasets_are_unreadable_not_an_internal_error(
     path = _part10(tmp_path / "hostile.dcm", dataset, ExplicitVRLittleEndian)
     with pytest.raises(ValueError, match=message):
         read_tags(path, ["Modality", "SliceThickness", "PatientID"])
+
+
+@pytest.mark.parametrize("keyword", ["InstanceNumber", "SeriesNumber"])
+def test_a_number_past_a_floats_range_is_unreadable_naming_its_attribute(
+        tmp_path: Path, keyword: str) -> None:
+    """Regression: IS '1e999' raised OverflowError out of pydicom's conversion: the sender got
+    0x0110 'router internal error' and the log a traceback, where it is 0xC000."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None
+    element = _element(tag >> 16, tag & 0xFFFF, dictionary_VR(tag).encode(), b"1e999 ")
+    path = _part10(tmp_path / "overflow.dcm", element, ExplicitVRLittleEndian)
+    with pytest.raises(ValueError, match=f"^{keyword}: "):
+        read_tags(path, [keyword, "PatientID"])

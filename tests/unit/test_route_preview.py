@@ -184,3 +184,25 @@ def test_burned_in_annotation_is_a_predicted_dead_letter_and_check_config_says_s
     assert "warning: rule deid: its deidentify does not set burned_in_annotation, so " \
         "instances with BurnedInAnnotation YES become `deidentify` dead letters" in err, err
     assert "rule open: its deidentify" not in err, err
+
+
+@pytest.mark.parametrize(("rules", "keyword"), [
+    ([{"name": "by-series", "match": {"tags": {"SeriesNumber": "re:^[0-9]+$"}},
+       "forward": ["exact"]}], "SeriesNumber"),
+    ([{"name": "studies", "forward": ["exact"], "complete": {"level": "study"}}],
+     "InstanceNumber"),
+])
+def test_a_number_the_acceptor_cannot_read_is_predicted_refused(
+        tmp_path: Path, rules: list[dict[str, Any]], keyword: str) -> None:
+    """Regression: IS '1e999' got 0x0110 live, while route-test (which did not read the
+    completion rule's InstanceNumber) predicted a delivery."""
+    config = _config(tmp_path, rules)
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                          tags={keyword: 12345})
+    assert path.read_bytes().count(b"12345") == 1
+    path.write_bytes(path.read_bytes().replace(b"12345", b"1e999"))
+
+    lines = explain(config, path, "CT1", "DICOM-ROUTER", "127.0.0.1")
+
+    assert lines[-1].startswith(f"  REFUSED: the sender would get 0xC000 (dataset cannot be "
+                                f"parsed: {keyword}: "), lines

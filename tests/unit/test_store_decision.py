@@ -127,6 +127,17 @@ def test_without_its_uid_an_instance_goes_on_its_own() -> None:
         "series|1.3", 0)
 
 
+@pytest.mark.parametrize("number", ["inf", "1e99", "-1e30", "nan"])
+def test_an_instance_number_no_job_header_can_carry_orders_as_0(number: str) -> None:
+    """Regression: InstanceNumber 1e99 (read as a 100-digit integer) went into the job
+    header, which msgpack cannot pack: 0x0110 'router internal error'. It only orders the
+    batch: 0, as for a missing one."""
+    rule = Rule.model_validate({"name": "series", "forward": ["pacs"],
+                                "complete": {"level": "series"}})
+    assert completion_group(rule, {"SeriesInstanceUID": "1.3", "InstanceNumber": number}) == (
+        "series|1.3", 0)
+
+
 def test_a_dataset_that_is_the_commands_instance_passes() -> None:
     check_identity(COMMAND, (COMMAND.sop_class_uid, COMMAND.sop_instance_uid))
 
