@@ -277,6 +277,28 @@ def test_unknown_dicom_keyword_in_match_tags() -> None:
     ]
 
 
+@pytest.mark.parametrize(("keyword", "why"), [
+    ("TransferSyntaxUID", "file meta information (group 0002) is not read by rules; no rule "
+                          "matches on a transfer syntax"),
+    ("MediaStorageSOPClassUID", "file meta information (group 0002) is not read by rules; "
+                                "use match.sop_class"),
+    ("PixelData", "the pixel data, and what follows it, is not read by rules: it cannot be "
+                  "matched"),
+    ("FloatPixelData", "binary data (OF) cannot be matched: rules compare text"),
+    ("EncapsulatedDocument", "binary data (OB) cannot be matched: rules compare text"),
+    ("ReferencedImageSequence", "a sequence cannot be matched as a whole; match an attribute "
+                                "outside it (rules read the top level only)"),
+])
+def test_match_tags_that_could_never_match_are_refused(keyword: str, why: str) -> None:
+    """Regression: rules on file meta keywords, pixel data or a sequence passed check-config
+    and never matched (the reader skips group 0002 and the pixel data; a sequence matched
+    pydicom's printed form), silently routing those instances elsewhere."""
+    data = example()
+    data["rules"][0]["match"]["tags"][keyword] = "re:."
+
+    assert problems_of(data) == [f"rules[0].match.tags: tag {keyword}: {why}"]
+
+
 @pytest.mark.parametrize("value", ["re:(", ["MR", "re:[a-"]])
 def test_bad_regular_expression_in_match_tags(value: Any) -> None:
     data = example()

@@ -49,8 +49,12 @@ class RuleMatch(Strict):
             # imports this module, and the supervisor and broker need pydicom for nothing else.
             from pydicom.datadict import tag_for_keyword
         for keyword, expected in tags.items():
-            if tag_for_keyword(keyword) is None:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
                 raise ValueError(f"{keyword!r} is not a DICOM keyword (e.g. Modality)")
+            unmatchable = _unmatchable(keyword, tag)
+            if unmatchable:
+                raise ValueError(f"tag {keyword}: {unmatchable}")
             for value in [expected] if isinstance(expected, str) else expected:
                 if value.startswith("re:"):
                     try:
@@ -58,6 +62,32 @@ class RuleMatch(Strict):
                     except ValueError as exc:
                         raise ValueError(f"tag {keyword}: bad regular expression: {exc}") from exc
         return tags
+
+
+# Values whose text means nothing to a pattern: bytes (read_tags would give their repr).
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+
+
+def _unmatchable(keyword: str, tag: int) -> str:
+    """Why a rule on `keyword` could never match, or "": rules read the dataset as the
+    acceptor does (router/core/header_tags.py: no file meta, nothing from the pixel data
+    on), and compare text, so such a rule would pass check-config and silently never fire."""
+    from pydicom.datadict import dictionary_VR
+
+    if tag >> 16 == 0x0002:
+        instead = {"MediaStorageSOPClassUID": "use match.sop_class",
+                   "TransferSyntaxUID": "no rule matches on a transfer syntax"}.get(
+            keyword, "it cannot be matched")
+        return f"file meta information (group 0002) is not read by rules; {instead}"
+    if tag >= 0x7FE00010:
+        return "the pixel data, and what follows it, is not read by rules: it cannot be matched"
+    vr = dictionary_VR(tag)
+    if vr == "SQ":
+        return ("a sequence cannot be matched as a whole; match an attribute outside it "
+                "(rules read the top level only)")
+    if set(vr.split(" or ")) <= _BINARY_VRS:
+        return f"binary data ({vr}) cannot be matched: rules compare text"
+    return ""
 
 
 class CompleteConfig(Strict):
