@@ -76,6 +76,16 @@ def test_padding_rules() -> None:
     assert ODD_UID.encode() + b"\0" in raw and b"odd " in raw
 
 
+def test_an_error_comment_is_lo_whatever_it_quotes() -> None:
+    """Regression: a reject rule's name went raw into the 0xC004 ErrorComment: a newline, a
+    bell and a backslash (LO's value separator) reached the sender's log."""
+    name = "line\nbreak\x07bell\\x-R\u00f6ntgen"
+    decoded = decode_command(encode_command(CStoreRSP(1, CT, ODD_UID, 0xC004,
+                                                      f"refused by rule {name}")))
+    assert isinstance(decoded, CStoreRSP)
+    assert decoded.error_comment == "refused by rule line?break?bell?x-R?ntgen"
+
+
 def test_other_commands_come_back_as_raw_elements() -> None:
     raw = _pydicom(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.1", CommandField=0x20,
                    MessageID=5, Priority=0, CommandDataSetType=0x0001)

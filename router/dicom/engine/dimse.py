@@ -9,6 +9,7 @@ Strings are padded to even length: UIDs with NUL, other text with a space. Data 
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -114,6 +115,16 @@ def _uid(value: str) -> bytes:
     return raw + b"\0" if len(raw) % 2 else raw
 
 
+# An ErrorComment is LO in the default repertoire: no control characters, no backslash (the
+# value separator). What it quotes (a rule's name, pydicom's message) may hold any of them.
+_NOT_LO = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def _comment(value: str) -> bytes:
+    """An ErrorComment as LO: 64 characters, control characters and non-ASCII as '?'."""
+    return _string(_NOT_LO.sub("?", value[:64]))
+
+
 def _string(value: str) -> bytes:
     raw = value.encode("ascii", "replace")
     return raw + b" " if len(raw) % 2 else raw
@@ -150,7 +161,7 @@ def _fields(command: Command) -> list[tuple[int, bytes]]:
             (AFFECTED_SOP_INSTANCE_UID, _uid(command.sop_instance_uid)),
         ]
         if command.error_comment:
-            fields.append((ERROR_COMMENT, _string(command.error_comment[:64])))
+            fields.append((ERROR_COMMENT, _comment(command.error_comment)))
         return fields
     if isinstance(command, CEchoRQ):
         return [(AFFECTED_SOP_CLASS_UID, _uid(command.sop_class_uid)),
