@@ -25,7 +25,7 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
             source: str) -> list[str]:
     from pydicom import dcmread
 
-    from router.acceptor.store_decision import COMPLETION_KEYWORDS, completion_group
+    from router.acceptor.store_decision import COMPLETION_KEYWORDS, completion_groups
     from router.core.header_tags import read_tags
     from router.core.rules import AssociationFacts, RuleSet
 
@@ -49,8 +49,7 @@ def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
 
     try:
         decision = rules.route(facts, header, sop_class)
-        if decision.complete is not None:
-            completion_group(decision.complete, header())
+        completion_groups(decision.completes, header)  # reads what the acceptor reads
     except ValueError as exc:  # as the acceptor answers a header it cannot read
         return [*lines, f"  REFUSED: the sender would get 0xC000 (dataset cannot be "
                         f"parsed: {exc})"]
