@@ -7,11 +7,11 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import regex
-
 from router.core.errors import PatternTooSlow
 
 if TYPE_CHECKING:
+    import regex
+
     from router.core.config import Rule
 
 # Longest one search of a value may take. A rule's pattern runs in the acceptor's handler:
@@ -23,7 +23,7 @@ MATCH_TIMEOUT = 0.05
 
 # What Python raises for a pattern it refuses, besides its error: a repeat count past its
 # limit (a{4294967296}, OverflowError) and nesting past the recursion limit (RecursionError).
-REFUSED = (re.error, regex.error, OverflowError, RecursionError)
+REFUSED = (re.error, OverflowError, RecursionError)
 
 # A group that holds a quantifier and is itself repeated: "(\w+\s?)+", "(a|aa)*", "(x+)+".
 _NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[*+?]|\{\d+,?\d*\})(?:[^()\\]|\\.)*\)(?:[*+]|\{)")
@@ -33,12 +33,14 @@ def compile_pattern(text: str) -> regex.Pattern[str]:
     """`text` compiled, or ValueError saying why (pydantic turns it into a config error that
     names the key; anything else would be a traceback, or stop the router on a reload).
     Checked with `re` too: its syntax is the documented one, and morphs run with it."""
+    import regex  # here: only a config with `re:` patterns pays its 2 MB in every process
+
     try:
         re.compile(text)
         return regex.compile(text)
     except RecursionError:
         raise ValueError("groups nested too deeply") from None
-    except REFUSED as exc:
+    except (*REFUSED, regex.error) as exc:
         raise ValueError(str(exc) or type(exc).__name__) from None
 
 
