@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, values
 
+from router.core import dead_metrics
+
 PREFIX = "dicom_router"
 
 
@@ -285,7 +287,8 @@ BUILD_INFO = Gauge(f"{PREFIX}_build_info", "Router version (always 1).", ["versi
 def mark_dead(pid: int | None, folder: str | None = None) -> None:
     """A child process is gone: its live* values leave /metrics (prometheus_client), and its
     "max" gauge file goes too. Only the supervisor writes "max" gauges (above); a child's file
-    holds them at 0 from its import, one more file per restart of a child."""
+    holds them at 0 from its import, one more file per restart of a child. Its counters and
+    histograms are folded into the accumulated files (dead_metrics): totals stay, files go."""
     from prometheus_client import multiprocess
 
     if pid is None:
@@ -295,6 +298,7 @@ def mark_dead(pid: int | None, folder: str | None = None) -> None:
     if folder:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(folder, f"gauge_max_{pid}.db"))
+        dead_metrics.fold(pid, folder)
 
 
 class BoundedLabel:

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from router.core import dead_metrics
+
 # Each retry lists the files again; a retry is needed only when a child died mid-scrape.
 ATTEMPTS = 5
 
@@ -22,9 +24,12 @@ class ChildrenCollector(MultiProcessCollector):
 
     def collect(self) -> Iterable[Metric]:
         for attempt in range(ATTEMPTS):
-            files = glob.glob(os.path.join(self._path, "*.db"))
             try:
-                merged: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+                # A dead child's values move to the accumulated files under this lock: a
+                # scrape sees them in one place, never both or neither.
+                with dead_metrics.reading(self._path):
+                    files = glob.glob(os.path.join(self._path, "*.db"))
+                    merged: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
                 return merged
             except FileNotFoundError:
                 if attempt == ATTEMPTS - 1:

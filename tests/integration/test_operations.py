@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -558,3 +559,57 @@ def dead_letters(router: RouterProcess, *args: str) -> subprocess.CompletedProce
     return subprocess.run([sys.executable, "-m", "router.cli", "dead-letters", *args,
                            "--config", str(router.config_path)],
                           capture_output=True, text=True, timeout=60)
+
+
+def _counted(router: RouterProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every counter and histogram sample /metrics answers now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(router.metrics())
+            if family.type in ("counter", "histogram") for s in family.samples}
+
+
+def test_restarted_childrens_metric_files_are_folded_and_totals_never_go_backwards(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Soak: every restarted child (a reload, a crash) left its counter and histogram files
+    for the router's lifetime, each scrape merging them all. A dead child's values now move
+    into one accumulated file per type: the totals never go backwards and the only per-pid
+    files are those of live processes."""
+    router = start_router(folder_config(tmp_path, "first"))
+    seen: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+
+    def deliver(count: int) -> None:
+        sources = generate_mixed_set(tmp_path / f"src{count}", 3, syntaxes=(EXPLICIT_VR_LE,))
+        assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(files_under(tmp_path / "first")) == count)
+        assert wait_for(lambda: router.metric_sum("dicom_router_instances_forwarded_total",
+                                                  result="delivered") == count)
+        now = _counted(router)
+        if seen:
+            fell = {k: (seen[-1][k], now.get(k)) for k in seen[-1]
+                    if now.get(k, -1.0) < seen[-1][k]}
+            assert not fell, fell
+        seen.append(now)
+
+    deliver(3)
+    metrics_dir = next(line.split("=", 1)[1] for line in Path(
+        f"/proc/{router.child_pid('broker')}/environ").read_text().split("\0")
+        if line.startswith("PROMETHEUS_MULTIPROC_DIR="))
+    killed = router.child_pid("worker-0")
+    os.kill(killed, signal.SIGKILL)
+    assert wait_for(lambda: router.child_pid("worker-0") != killed, timeout=60)
+    assert wait_for(lambda: router.metric("dicom_router_process_restarts_total",
+                                          process="worker") == 1, timeout=60)
+    deliver(6)
+    for round_ in range(3):  # a destinations change restarts every worker
+        rewrite(router, folder_config(tmp_path, "first", f"spare{round_}"))
+        reload(router, "applied")
+        deliver(9 + 3 * round_)
+    supervisor = router.process.pid if router.process else 0
+    per_pid = {int(p.stem.rsplit("_", 1)[1]) for p in Path(metrics_dir).glob("*_*.db")
+               if p.stem.rsplit("_", 1)[1].isdigit()}
+    assert per_pid and all(pid == supervisor or router.is_child(pid) for pid in per_pid), \
+        sorted(p.name for p in Path(metrics_dir).iterdir())
+    assert {p.name for p in Path(metrics_dir).glob("*_dead.db")} == {
+        "counter_dead.db", "histogram_dead.db"}

@@ -74,7 +74,7 @@ def test_a_dead_childs_gauge_files_go_with_it(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     mark_dead(123, str(tmp_path))
     mark_dead(None, str(tmp_path))  # a child that never started
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_123.db", "gauge_max_77.db"]
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["gauge_max_77.db"]
 
 
 def _metric_file(path: Path, metric: str, value: float) -> None:
@@ -114,3 +114,53 @@ def test_a_scrape_survives_a_childs_files_going_while_it_reads(tmp_path: Path,
         endpoint.stop()
     assert "dicom_router_peak 7.0" in text and "dicom_router_things 3.0" in text
     assert not gone
+
+
+def _scrape(folder: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import CollectorRegistry
+
+    from router.service.metrics_collector import ChildrenCollector
+
+    registry = CollectorRegistry()
+    ChildrenCollector(registry, path=str(folder))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for metric in registry.collect() for s in metric.samples}
+
+
+def _histogram_file(path: Path, metric: str, observed: dict[str, float]) -> None:
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    store = MmapedDict(str(path))  # type: ignore[no-untyped-call]
+    for le, count in observed.items():
+        key = mmap_key(metric, f"{metric}_bucket", ("le",), (le,), "help")
+        store.write_value(key, count, 0.0)  # type: ignore[no-untyped-call]
+    store.write_value(mmap_key(metric, f"{metric}_sum", (), (), "help"), 0.5, 0.0)  # type: ignore[no-untyped-call]
+    store.write_value(mmap_key(metric, f"{metric}_count", (), (), "help"),  # type: ignore[no-untyped-call]
+                      sum(observed.values()), 0.0)
+    store.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_dead_childs_counters_and_histograms_are_folded_not_kept_per_pid(
+        tmp_path: Path) -> None:
+    """Each restarted child left counter_<pid>.db and histogram_<pid>.db for the router's
+    lifetime and every scrape merged them all (110 files after a few reloads, thousands a day
+    in a crash loop). Its values now move into counter_dead.db / histogram_dead.db: the
+    scrape answers the same totals, and the files are those of live processes plus two."""
+    from router.core.metrics import mark_dead
+
+    for pid, value in ((11, 3.0), (12, 4.0), (13, 5.0)):
+        _metric_file(tmp_path / f"counter_{pid}.db", "dicom_router_things", value)
+        _histogram_file(tmp_path / f"histogram_{pid}.db", "dicom_router_seconds",
+                        {"0.1": value, "+Inf": 1.0})
+    before = _scrape(tmp_path)
+    assert before[("dicom_router_things", ())] == 12.0
+    mark_dead(11, str(tmp_path))
+    mark_dead(12, str(tmp_path))
+    mark_dead(12, str(tmp_path))  # twice (a reload's and the reaper's): counted once
+    assert _scrape(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_13.db", "counter_dead.db", "histogram_13.db", "histogram_dead.db"]
+    mark_dead(13, str(tmp_path))
+    assert _scrape(tmp_path) == before
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == [
+        "counter_dead.db", "histogram_dead.db"]
