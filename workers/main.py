@@ -18,9 +18,10 @@ from types import FrameType
 
 import zmq
 
+from router.core import reload as reload_config
 from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import RouterConfig
-from router.core.errors import ProtocolError
+from router.core.errors import ProtocolError, RouterError
 from router.core.messages import (
     Deliver,
     Goodbye,
@@ -176,6 +177,7 @@ class Worker:
                 wakeup.drain()
             if Reloads.generation != reloads_seen:
                 reloads_seen = Reloads.generation
+                self._apply_logging()
                 log.info("SIGHUP: destinations reconnect with reloaded TLS certificates")
             if self.results in ready:
                 self._on_results()
@@ -231,6 +233,17 @@ class Worker:
         # destroy, not term: a socket some thread failed to close must not hang the stop.
         self.context.destroy(linger=0)
 
+
+    def _apply_logging(self) -> None:
+        """log_level and log_format apply in place: the supervisor restarts workers only for
+        what their pools and transforms are built from (router/core/reload.py)."""
+        try:
+            loaded = reload_config.load(self.runtime.directory)
+        except (OSError, RouterError, KeyError, ValueError) as exc:
+            log.error("cannot read the reloaded config; keeping the current logging: %s", exc)
+            return
+        if loaded is not None:
+            setup_logging(loaded[1].log_level, loaded[1].log_format)
 
     def _join_relays(self, deadline: float) -> None:
         for relay in self.relay_threads:

@@ -7,7 +7,8 @@ again in between. In this order, so that no job is routed to a destination the b
 not know yet:
 
 1. the broker applies destinations' retry and parallelism policies and the queue bounds, and
-   reports the generation it applied in its live status;
+   reports the generation it applied in its live status (every process applies log_level
+   and log_format on its SIGHUP);
 2. workers are restarted one at a time (each finishes the deliveries it holds first and
    cancels the relayed requests it holds), because their connection pools and the upstreams
    of relayed requests are built from the destinations and known_aes, and they apply the
@@ -37,7 +38,10 @@ RESTART_ONLY = (
     "spool", "metrics", "api", "console", "workers", "worker_threads", "audit",
 )
 ACCEPTOR_KEYS = ("rules", "listen", "log_level", "log_format", "drain_grace")
-PIPELINE_KEYS = ("destinations", "known_aes", "queue", "log_level", "log_format")
+# Workers build their pools and relayed requests' upstreams from these: they restart. The
+# broker applies queue.* on its SIGHUP, and every process its logging (workers included):
+# restarting workers for those cancelled relayed retrieves for nothing.
+PIPELINE_KEYS = ("destinations", "known_aes")
 
 
 class ReloadRefused(RouterError):

@@ -20,7 +20,7 @@ from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
-from router.core.process_util import run_on_signal
+from router.core.process_util import run_on_signal, setup_logging
 from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
@@ -299,6 +299,7 @@ class Supervisor:
         save_for_children(new, self.runtime.directory, self.generation)
         preflight.warn_burned_in(new, self.config)
         self.config = new
+        setup_logging(new.log_level, new.log_format)  # each child applies its own on SIGHUP
         self.seats.reconfigure(new.listen)
         restart_workers = change.pipeline
         for child in self.children:

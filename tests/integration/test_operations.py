@@ -613,3 +613,35 @@ def test_restarted_childrens_metric_files_are_folded_and_totals_never_go_backwar
         sorted(p.name for p in Path(metrics_dir).iterdir())
     assert {p.name for p in Path(metrics_dir).glob("*_dead.db")} == {
         "counter_dead.db", "histogram_dead.db"}
+
+
+def test_a_reload_of_log_settings_or_queue_bounds_keeps_the_workers_and_applies_in_them(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """log_level, log_format and queue.* restarted every worker (cancelling relayed
+    retrieves in progress, leaving metric files behind), though README says they apply in
+    place; the workers did not even re-apply logging on their SIGHUP."""
+    config = folder_config(tmp_path, "first")
+    router = start_router(config)
+    worker = router.child_pid("worker-0")
+    line = "SIGHUP: destinations reconnect with reloaded TLS certificates"
+
+    def worker_lines() -> list[dict[str, Any]]:
+        found = []
+        for text in router.log().splitlines():
+            if text.startswith("{") and line in text:
+                record = json.loads(text)
+                if record.get("process") == "worker-0":
+                    found.append(record)
+        return found
+
+    for change, expected in (({"log_format": "json", "queue": {"max_jobs": 5000}}, 1),
+                             ({"log_format": "json", "log_level": "WARNING"}, 1),
+                             ({"log_format": "json", "log_level": "INFO"}, 2)):
+        rewrite(router, {**config, **change})
+        reload(router, "applied")
+        # The first in JSON (format applied), none at WARNING (level applied), then one.
+        assert wait_for(lambda expected=expected: len(worker_lines()) == expected), \
+            router.log()[-3000:]
+    assert router.child_pid("worker-0") == worker and router.is_child(worker)
+    assert router.metric("dicom_router_process_restarts_total", process="worker") == 0
+    assert len(worker_lines()) == 2, router.log()[-3000:]

@@ -62,6 +62,16 @@ def test_a_known_ae_change_restarts_the_workers() -> None:
     assert steps.changed == ("known_aes.NEWMODALITY",) and steps.pipeline
 
 
+@pytest.mark.parametrize("change", [{"log_level": "DEBUG"}, {"log_format": "json"},
+                                    {"queue": {"max_jobs": 77}}])
+def test_log_settings_and_queue_bounds_restart_no_worker(change: dict[str, object]) -> None:
+    """Every process applies its logging on SIGHUP and the broker the queue bounds: a
+    restart of the workers cancelled relayed retrieves for nothing."""
+    old = default_config()
+    steps = plan(old, parse_config({**old.model_dump(mode="json", by_alias=True), **change}))
+    assert steps.changed and not steps.pipeline
+
+
 @pytest.mark.parametrize("key", ["listen.port", "spool.path", "workers", "ae_title",
                                  "metrics.port", "listen.tls.mode", "listen.acceptors"])
 def test_keys_that_need_a_restart_refuse_the_whole_file(key: str) -> None:
