@@ -220,7 +220,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     # has one) reaches its Python handler only when this thread runs again, so an untimed
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
     while not stop.wait(0.5):
-        pass
+        spool.trim_journal()  # a closed segment goes once its jobs are over, traffic or not
     admission.draining = True
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")

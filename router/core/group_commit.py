@@ -56,6 +56,11 @@ class GroupCommit(Generic[Work]):
             batch.commits += 1
             return Ticket(batch)
 
+    def locked(self, work: Callable[[], None]) -> None:
+        """Run `work` under the lock, where `close` runs: housekeeping of what it closes."""
+        with self._cond:
+            work()
+
     def wait(self, ticket: Ticket) -> None:
         """Return once the batch holding the ticket's record is durable; lead its sync if
         nobody is syncing. Raise OSError if that sync failed."""

@@ -9,7 +9,9 @@ which reading stops at. A segment whose write or sync ever failed is never trust
 the commits still waiting on it fail, and the next append starts a new segment.
 
 A closed segment is deleted once none of its jobs still has its instance in jobs/ (they were
-delivered, dead-lettered or discarded); Spool.remove_orphans compacts the rest at start.
+delivered, dead-lettered or discarded): looked at when the next segment opens and every half
+second by the acceptor (Spool.trim_journal), so a segment does not outlive its jobs on an
+idle router; Spool.remove_orphans compacts the rest at start.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ class Journal:
             if segment.broken:
                 raise OSError(errno.EIO, f"journal segment {segment.path} failed earlier; "
                                          "its records are not trusted")
-            assert segment.fd is not None  # open while dirty or syncing (see _trim)
+            assert segment.fd is not None  # open while dirty or syncing (see trim)
             try:
                 os.fdatasync(segment.fd)
             except OSError:
@@ -161,7 +163,7 @@ class Journal:
         if current is not None:
             self._closed.append(current)
         self._current = None
-        self._trim()
+        self.trim()
         if not self._prefix:  # the pid of the process that appends, not of its parent
             self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._count += 1
@@ -173,9 +175,10 @@ class Journal:
         self._new_name = True
         return self._current
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
         """Close the fds of closed segments no sync needs any more, and delete those whose
-        jobs are all gone. A record's instance is renamed into jobs/ before it is appended,
+        jobs are all gone (under the group commit's lock). Nothing to do, no system call,
+        while no segment is closed. A record's instance is renamed into jobs/ before it is appended,
         so a missing instance means the job is over, never that it is still to come."""
         kept = []
         for segment in self._closed:

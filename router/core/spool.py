@@ -105,6 +105,15 @@ class Spool(SpoolLayout):
             assert self._journal_writer is not None
             return self._journal_writer, self._committer
 
+    def trim_journal(self) -> None:
+        """Delete closed journal segments whose jobs are all over. Segments are otherwise
+        looked at only when a new one opens: on a router gone idle, a full one stayed until
+        the next 4,096 commits. The acceptor calls this every half second, off the
+        C-STORE path; while no segment is closed it costs no system call."""
+        journal, committer = self._journal_writer, self._committer
+        if journal is not None and committer is not None:
+            committer.locked(journal.trim)
+
     def rewrite_header(self, header: JobHeader) -> None:
         """Replace a queued job's header (its destinations changed: drain-to, fallback).
         Atomic and fsync'd; the caller fsyncs the jobs folder (sync_jobs) after a series."""

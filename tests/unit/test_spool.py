@@ -378,6 +378,29 @@ def test_closed_segments_go_once_their_jobs_are_gone(
     assert [r.header for r in spool.recover()] == headers[2:]
 
 
+def test_a_closed_segment_goes_once_its_jobs_are_gone_without_another_commit(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Soak: a full segment whose jobs were all delivered stayed on the spool until the next
+    4,096 commits (an idle router kept it for good): segments were looked at only when a new
+    one opened. The acceptor's periodic trim_journal deletes it."""
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 2)
+    headers = [make_header(f"{i:016x}aaaaaaaa") for i in range(1, 4)]
+    for header in headers:
+        commit(spool, header)  # a full segment, then one record in the next
+    spool.trim_journal()
+    assert len(segments(spool.journal)) == 2  # its jobs are still queued
+    spool.remove(headers[0])
+    spool.trim_journal()
+    assert len(segments(spool.journal)) == 2  # one of them still is
+    spool.remove(headers[1])
+    spool.trim_journal()
+    assert journal_records(spool) == [headers[2].job_id]
+    assert len(segments(spool.journal)) == 1
+    commit(spool, make_header(f"{9:016x}aaaaaaaa"))  # the open segment goes on
+    assert [r.header.job_id for r in spool.recover()] == [headers[2].job_id, f"{9:016x}aaaaaaaa"]
+
+
 def test_a_failed_journal_sync_fails_the_commit_and_the_next_starts_a_new_segment(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
