@@ -111,3 +111,31 @@ def test_the_map_and_its_wal_files_are_the_routers_alone(tmp_path: Path) -> None
         assert stat.S_IMODE(existing.stat().st_mode) == 0o755
     finally:
         os.umask(old)
+
+
+# What README "De-identification" tells an operator to run to bound the map.
+PURGE = ("DELETE FROM mapping WHERE created < CAST(strftime('%s', 'now', '-730 days') AS REAL)")
+
+
+def test_purging_old_rows_of_the_map_changes_no_new_uid(tmp_path: Path) -> None:
+    """Soak: the map gains a row per de-identified instance and is never pruned. New UIDs
+    and pseudonyms come from the key alone, the rows only serve reverse lookup: the purge
+    README documents forgets old pairs, and a later instance of an old study still gets the
+    same new UIDs (and records its pairs again)."""
+    import sqlite3
+    import time
+
+    key, db = tmp_path / "deid.key", tmp_path / "deid-uids.sqlite"
+    with UidMap(key, db) as uids:
+        before = (uids.new_uid(STUDY), uids.new_uid(STUDY, "1.2.3"), uids.pseudonym("P1"))
+    connection = sqlite3.connect(db)
+    with connection:  # pretend they were made three years ago
+        connection.execute("UPDATE mapping SET created = ?", (time.time() - 3 * 365 * 86400,))
+    with connection:
+        connection.execute(PURGE)
+    connection.close()
+    with UidMap(key, db) as uids:
+        assert uids.lookup(before[0]) is None  # forgotten: only the reverse lookup is lost
+        after = (uids.new_uid(STUDY), uids.new_uid(STUDY, "1.2.3"), uids.pseudonym("P1"))
+        assert after == before
+        assert uids.lookup(before[0]) == STUDY and uids.lookup(before[2]) == "P1"
