@@ -11,16 +11,13 @@ a destination forces it:
   cine needs about 3 GB.
 * Fidelity: lossless targets reproduce the decoded pixels exactly. Lossy targets are never
   chosen automatically (see ``choose_target``); ``transcode_file`` produces one only when the
-  caller passes ``allow_lossy=True``, and then records it in Lossy Image Compression. A
-  source decoded from a syntax that is not lossless-only records its own lossy step there
-  too, unless the dataset already did: the syntax, which was its record, is gone.
+  caller passes ``allow_lossy=True``. Either way the lossy history stays (lossy_history.py).
 
 Everything else in the dataset is kept: SOP Instance UID and every non-pixel element, except
 what decoding must change (a YBR JPEG becomes RGB, with its Planar Configuration), group
 length elements (retired; pydicom never writes them, and their values would be wrong in the
-new encoding anyway) and, for lossy targets and lossy sources, the Lossy Image Compression
-elements. The file
-meta follows the new syntax.
+new encoding anyway) and, for lossy targets and sources, the Lossy Image Compression elements.
+The file meta follows the new syntax.
 
 Codecs come from pydicom's pixel plugins (pydicom.pixels): which syntaxes can be decoded and
 encoded depends on the packages installed; ``can_decode`` and ``can_encode`` ask pydicom.
@@ -33,13 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
-from pydicom.filewriter import correct_ambiguous_vr, dcmwrite
+from pydicom.filewriter import dcmwrite
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
@@ -64,7 +59,15 @@ from pydicom.uid import (
 )
 
 from router.core.header_tags import UNREADABLE
+from workers.transforms.byte_order import set_byte_order
 from workers.transforms.dataset_checks import UnfitDataset, check_nesting, readable
+from workers.transforms.lossy_history import (
+    LOSSY_METHODS,
+    SOURCE_LOSSY_METHODS,
+    mark_lossy,
+    mark_lossy_source,
+)
+from workers.transforms.transcode_error import TranscodeError as TranscodeError
 
 NATIVE_SYNTAXES = frozenset(
     {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
@@ -101,25 +104,12 @@ _ENCODER_PACKAGES: dict[str, str] = {
     JPEG2000: "pylibjpeg-openjpeg",
 }
 
-# Encoder settings for lossy targets (used only with allow_lossy=True), and the value of
-# Lossy Image Compression Method (PS3.3 C.7.6.1.1.5.1) each one records.
+# Encoder settings for lossy targets (used only with allow_lossy=True); the value of Lossy
+# Image Compression Method (PS3.3 C.7.6.1.1.5.1) each one records: lossy_history.py.
 _LOSSY_OPTIONS: dict[str, dict[str, Any]] = {
     JPEG2000: {"j2k_cr": [10.0]},  # 10:1
     JPEGLSNearLossless: {"jls_error": 2},  # as DCMTK's dcmcjpls +en
 }
-_LOSSY_METHODS: dict[str, str] = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1"}
-# ... and of the lossy syntaxes pydicom decodes, recorded when the router decodes one (PS3.3
-# C.7.6.1.1.5: an image ever lossy compressed is "01"; DCMTK's dcmdjpeg and dcmdjpls set it).
-# JPEG 2000 (.91) and HTJ2K (.203) count as lossy by their syntax: their codestream's
-# reversible 5-3 wavelet does not make them lossless (pydicom's 693_J2KI.dcm, 338:1, uses it;
-# GDCM's gdcmconv --raw, which trusts it, drops that image's lossy history).
-_SOURCE_LOSSY_METHODS: dict[str, str] = {
-    **_LOSSY_METHODS,
-    JPEGBaseline8Bit: "ISO_10918_1",
-    JPEGExtended12Bit: "ISO_10918_1",
-    HTJ2K: "ISO_15444_15",
-}
-
 # GDCM's RLE encoder, pydicom's first, abort()s the whole process on an 8-bit image with an
 # odd pixel count (101x99 RGB, 3x3 MONOCHROME2: gdcmRLECodec.cxx:531, "image_len %
 # MaxNumSegments == 0"; measured: 16-bit or an even count encode). pydicom's own encoder
@@ -130,16 +120,8 @@ def gdcm_rle_aborts(ds: Dataset) -> bool:
     pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0)
     return int(ds.get("BitsAllocated") or 0) == 8 and pixels > 1 and pixels % 2 == 1
 
-# VRs whose values pydicom keeps as raw bytes, by the width of the words to byte-swap.
-_SWAP_WIDTHS = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-_PIXEL_DATA = 0x7FE00010
-_PIXEL_SWAP_BITS = (16, 32, 64)  # Bits Allocated of pixels that are words to swap
 _FLOAT_PIXEL_KEYWORDS = ("FloatPixelData", "DoubleFloatPixelData")
 _EXTENDED_OFFSET_KEYWORDS = ("ExtendedOffsetTable", "ExtendedOffsetTableLengths")
-
-
-class TranscodeError(ValueError):
-    """The instance cannot be written in the requested syntax; the message says what to do."""
 
 
 def describe(ts: str) -> str:
@@ -234,8 +216,8 @@ def load_decoded(source: Path, source_ts: str) -> FileDataset:
         compressed_size = len(ds.PixelData)
         _decode(ds, source_ts)
         if not is_lossless(source_ts):  # the syntax was the only record of it, maybe
-            _mark_lossy_source(ds, len(ds.PixelData) / max(1, compressed_size),
-                               _SOURCE_LOSSY_METHODS.get(source_ts, ""))
+            mark_lossy_source(ds, len(ds.PixelData) / max(1, compressed_size),
+                               SOURCE_LOSSY_METHODS.get(source_ts, ""))
     return ds
 
 
@@ -245,7 +227,7 @@ def write_as(ds: FileDataset, target: Path, target_ts: str, plugin: str = "") ->
     (one of ``encoder_plugins``; "": each in turn). Changes ``ds``: pass a copy to try
     another syntax or plugin after this one."""
     _check_float_pixels(ds, target_ts)
-    _set_byte_order(ds, little_endian=target_ts != ExplicitVRBigEndian)
+    set_byte_order(ds, little_endian=target_ts != ExplicitVRBigEndian)
     if "PixelData" in ds and target_ts not in NATIVE_SYNTAXES:
         _encode(ds, target_ts, plugin)
     ds.file_meta.TransferSyntaxUID = UID(target_ts)
@@ -355,88 +337,13 @@ def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
         raise TranscodeError(f"cannot encode this image as {describe(target_ts)}: "
                              f"{'; '.join(failures)}; configure the destination to accept "
                              "another syntax")
-    if target_ts in _LOSSY_METHODS:
-        _mark_lossy(ds, native_size / max(1, len(ds.PixelData)), _LOSSY_METHODS[target_ts])
-
-
-def _mark_lossy_source(ds: Dataset, ratio: float, method: str) -> None:
-    """Record the lossy step the source's syntax says it went through (ratio: decoded size to
-    encapsulated size), unless the dataset already says "01": the encoder that wrote the
-    syntax recorded it then (dcmcjpeg does)."""
-    if ds.get("LossyImageCompression") == "01":
-        return
-    if method:
-        _mark_lossy(ds, ratio, method)
-    else:  # a lossy syntax whose method we do not know: the flag alone, as DCMTK writes
-        ds.LossyImageCompression = "01"
-
-
-def _mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
-    """Record a lossy step, after any earlier ones (PS3.3 C.7.6.1.1.5)."""
-    ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionRatio = [*_values(ds, "LossyImageCompressionRatio"),
-                                     f"{ratio:.2f}"]
-    ds.LossyImageCompressionMethod = [*_values(ds, "LossyImageCompressionMethod"), method]
-
-
-def _values(ds: Dataset, keyword: str) -> list[Any]:
-    if keyword not in ds or ds[keyword].VM == 0:
-        return []
-    value = ds[keyword].value
-    return list(value) if ds[keyword].VM > 1 else [value]
-
-
-def _set_byte_order(ds: FileDataset, *, little_endian: bool) -> None:
-    """Byte-swap OW/OL/OF/OD/OV values, and native Pixel Data by its Bits Allocated, if the
-    byte order changes (pydicom does not).
-
-    UN values cannot be swapped without knowing their structure and are left as they are.
-    """
-    current = ds.file_meta.TransferSyntaxUID != ExplicitVRBigEndian
-    if current == little_endian:
-        return
-    correct_ambiguous_vr(ds, current)  # resolve 'OB or OW' etc. while values are still right
-    _swap_words(ds)
-    # Native now, in the new byte order: encoders read the syntax to interpret the pixels.
-    ds.file_meta.TransferSyntaxUID = (
-        ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
-    )
-
-
-def _swap_words(ds: Dataset) -> None:
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                _swap_words(item)
-            continue
-        width = _swap_width(ds, elem)
-        if not width or not elem.value:
-            continue
-        if len(elem.value) % width:
-            raise TranscodeError(f"cannot change byte order: {elem.tag} ({elem.VR}) has "
-                                 f"{len(elem.value)} bytes, not a multiple of {width}")
-        elem.value = np.frombuffer(elem.value, dtype=f"u{width}").byteswap().tobytes()
-        if elem.tag == _PIXEL_DATA and width > 1:
-            elem.VR = "OW"  # PS3.5 A.3: the only VR that says its words are swapped
-
-
-def _swap_width(ds: Dataset, elem: DataElement) -> int:
-    """The width of the words to byte-swap in ``elem``, 0 for none.
-
-    Native Pixel Data is swapped by its Bits Allocated, whatever its VR: 16-bit pixels
-    labelled OB (invalid, PS3.5 A.3, but sent) are words in the syntax's byte order all the
-    same, as pydicom reads them; skipping them changed every value (1792 became 7).
-    """
-    if elem.tag == _PIXEL_DATA and elem.VR in ("OB", "OW"):
-        bits = ds.get("BitsAllocated")
-        if isinstance(bits, int) and bits in _PIXEL_SWAP_BITS:
-            return bits // 8
-    return _SWAP_WIDTHS.get(elem.VR, 0)
+    if target_ts in LOSSY_METHODS:
+        mark_lossy(ds, native_size / max(1, len(ds.PixelData)), LOSSY_METHODS[target_ts])
 
 
 def _write(ds: FileDataset, target: Path) -> None:
     try:
-        # dcmwrite, not save_as: save_as refuses a byte-order change, done by _set_byte_order.
+        # dcmwrite, not save_as: save_as refuses a byte-order change, done by set_byte_order.
         dcmwrite(target, ds, enforce_file_format=True)
     except (ValueError, OverflowError, *UNREADABLE) as exc:  # TypeError, struct.error too
         target.unlink(missing_ok=True)
