@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import sqlite3
@@ -33,11 +32,20 @@ from router.core.config import DicomDestination as DicomConfig
 from router.core.config import RouterConfig, Rule
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError, RouterError
-from router.core.log_safety import RepeatLimiter, without_values
+from router.core.log_safety import RepeatLimiter
 from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
 from router.core.owned_names import relay_copy_name
 from router.core.spool import Spool
+from workers.prepare_failures import (
+    deidentify_failure,
+    deidentify_lost,
+    morph_failure,
+    rule_gone,
+    spool_read_failure,
+    spool_write_failure,
+    unreadable_source,
+)
 from workers.transforms.codec_process import CodecProcess
 
 log = logging.getLogger(__name__)
@@ -122,28 +130,6 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost, gone)
 
 
-def deidentify_lost(job: JobHeader, destination: str) -> DeliveryError:
-    """The dead letter of a job routed to be de-identified whose settings are gone: sent,
-    it would leave identified (fail closed; route-test has no such job)."""
-    origin = job.routed_as(destination)
-    return DeliveryError(
-        "deidentify", f"the de-identification settings it was routed with (to {origin}) "
-        f"are gone (a reload changed the rule or removed the destination): not sent "
-        f"identified; replay it --to a destination that de-identifies itself (its own "
-        f"`deidentify`)", transient=False)
-
-
-def rule_gone(job: JobHeader, destination: str, names: Sequence[str]) -> DeliveryError:
-    """The dead letter of a job whose routing rule is gone: sent, it would leave without
-    that rule's morph (or de-identification), so it fails closed as deidentify_lost does."""
-    which = ", ".join(names)
-    return DeliveryError(
-        "morph", f"rule {which} that routed it to {job.routed_as(destination)} is no longer "
-        f"in the config (a reload removed or renamed it): not sent without its morph; "
-        f"replay it once the rule is back, or --to a destination whose settings suit it",
-        transient=False)
-
-
 def refuse_leaking_copies(steps: Steps, destination: str) -> None:
     """Fail closed on a morph copy that de-identification would leave identified (route-test
     predicts it with the same call; check-config warns of the config that does it)."""
@@ -167,55 +153,6 @@ def copy_leaks(config: RouterConfig) -> list[str]:
         notes += [f"rule {rule.name} -> {name}: {leak}; such instances become "
                   f"`deidentify` dead letters" for leak in leaking_copies(morph, deid)]
     return notes
-
-
-def morph_failure(exc: Exception) -> DeliveryError:
-    """The dead letter of a morph this instance cannot take (route-test predicts the same).
-    Without the values pydicom's or Python's message quotes: the detail is logged."""
-    return DeliveryError("morph", f"morphing failed: {without_values(str(exc))}",
-                         transient=False)
-
-
-def deidentify_failure(exc: Exception) -> DeliveryError:
-    """The dead letter of an instance that cannot be de-identified (route-test's too)."""
-    from workers.transforms.burned_in_pixels import BurnedInAnnotationRefused
-
-    if isinstance(exc, BurnedInAnnotationRefused):  # the router's own words, no value
-        return DeliveryError("deidentify", str(exc), transient=False)
-    return DeliveryError("deidentify",
-                         f"de-identification failed: {without_values(str(exc))}",
-                         transient=False)
-
-
-def spool_write_failure(exc: OSError, relay: Path) -> DeliveryError:
-    """The copy a step writes in the spool's relay folder failed (ENOSPC, EDQUOT, EROFS,
-    EIO...): the router's own disk, neither the instance's fault nor the destination's, so
-    the broker lets the delivery wait without spending an attempt (README "Retries")."""
-    code = errno.errorcode.get(exc.errno or 0, "")
-    why = f"{code} {exc.strerror}" if code and exc.strerror else str(exc)
-    return DeliveryError("spool_write", f"cannot write in the spool ({exc.filename or relay}): "
-                         f"{why}", transient=True)
-
-
-def unreadable_source(source: Path) -> OSError | None:
-    """Why the received instance's file cannot be read to its end (EIO: a bad sector), or
-    None: told apart this way because an OSError out of a step does not say whether it came
-    from reading the source or writing the copy. Read again only after a step failed."""
-    try:
-        with open(source, "rb", buffering=0) as fh:
-            while fh.read(1 << 20):
-                pass
-    except OSError as exc:
-        return exc
-    return None
-
-
-def spool_read_failure(exc: OSError, source: Path) -> DeliveryError:
-    """The received instance's own file cannot be read: this job is retried (attempts
-    spent) and then a dead letter, as when its C-STORE cannot read it; the copies of other
-    instances, which the spool still takes, do not wait for it."""
-    return DeliveryError("spool_read", f"reading {source.name} from the spool failed: "
-                         f"{exc.strerror or exc}", transient=True)
 
 
 def rewrites_fingerprint(steps: Steps) -> str:

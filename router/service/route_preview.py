@@ -155,7 +155,8 @@ def _transcode_lines(syntax: str, accepted: tuple[str, ...]) -> list[str]:
 def _rewrite_lines(ds: Any, steps: Steps, destination: str) -> list[str]:
     """Morph and de-identify `ds` as the worker would; its failures are the worker's
     dead letters (workers/prepare.py), raised as the same DeliveryError."""
-    from workers.prepare import deidentify_failure, morph_failure, refuse_leaking_copies
+    from workers.prepare import refuse_leaking_copies
+    from workers.prepare_failures import deidentify_failure, morph_failure
     from workers.transforms.morph import MorphError, apply_morph
 
     refuse_leaking_copies(steps, destination)
