@@ -47,6 +47,8 @@ class AssociationEvents:
         self._column = column
         # The same rejection of the same peer is audited a few times a minute, no more.
         self._audit_limiter = RepeatLimiter(what="audit_rejection")
+        # Open associations whose received instances are counted for the audit trail.
+        self._tallied: dict[int, AssociationSession] = {}  # by id: sessions are unhashable
 
     # --- what any inbound association goes through (engine or pynetdicom) ---------------
 
@@ -111,6 +113,8 @@ class AssociationEvents:
     def accepted(self, session: AssociationSession) -> None:
         if self.audit is not None:
             session.tally = TransferTally()
+            with self._lock:
+                self._tallied[id(session)] = session
             self.audit.association_accepted(
                 session.calling_ae, session.called_ae, session.address,
                 certificate_text(session.certificate, session.certificate_der))
@@ -130,6 +134,7 @@ class AssociationEvents:
             counted, session.counted = session.counted, False
             progress, session.progress = session.progress, None
             slot, session.slot = session.slot, None
+            self._tallied.pop(id(session), None)
         if slot is not None:
             self._slots.remove(self._column, slot)
         if progress is not None and self.live is not None:
@@ -139,3 +144,14 @@ class AssociationEvents:
         if counted:
             self.access.closed(session.calling_ae)
             metrics.ACTIVE_ASSOCIATIONS.labels(metrics.CALLING_AE(session.calling_ae)).dec()
+
+    def flush_due_tallies(self, now: float) -> None:
+        """Audit what open associations received since their last flush, once it is due
+        (monotonic `now`): a killed acceptor loses at most one interval of records."""
+        if self.audit is None:
+            return
+        with self._lock:
+            due = [(s, s.tally) for s in self._tallied.values()
+                   if s.tally is not None and s.tally.due(now)]
+        for session, tally in due:
+            tally.flush(self.audit, session.calling_ae, session.called_ae, session.address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 import zmq
@@ -221,6 +222,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
     while not stop.wait(0.5):
         spool.trim_journal()  # a closed segment goes once its jobs are over, traffic or not
+        events.flush_due_tallies(time.monotonic())
     admission.draining = True
     state.value = AcceptorState.DRAINING
     log.info("stopping: no new associations; letting those in progress finish")

@@ -19,6 +19,9 @@ from router.dicom.pending import PendingConnections, source_of
 
 log = logging.getLogger(__name__)
 
+# An aborted connection's thread only has to notice its closed socket and settle.
+SETTLE_SECONDS = 5.0
+
 
 class EngineServer:
     def __init__(self, listener: socket.socket, services: AcceptorServices,
@@ -137,3 +140,14 @@ class EngineServer:
             log.warning("aborting association from %s after the drain grace period",
                         session.calling_ae if session is not None else connection.address[0])
             connection.abort()
+        self._await_settled()
+
+    def _await_settled(self) -> None:
+        """Wait (bounded) for aborted connections' threads to end: each settles its
+        association, and audits what it received, before the caller closes the trail."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while self.connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for connection in self.connections():
+            log.warning("the association from %s did not end %.0f s after its abort",
+                        connection.address[0], SETTLE_SECONDS)

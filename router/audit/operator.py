@@ -41,7 +41,7 @@ def operator_action(app: LocalApplication, *, user: str, address: str, action: s
 
 def record_action(trail: AuditTrail | None, *, user: str, address: str, action: str,
                   detail: str, ok: bool, refused_access: bool = False) -> None:
-    if trail is None or not trail.enabled:
+    if trail is None or not trail.config.enabled:
         return
     message = operator_action(trail.app, user=user, address=address, action=action,
                               detail=detail, ok=ok, refused_access=refused_access)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 SYSLOG_SEVERITY: dict[str, int] = {"0": 5, "4": 4, "8": 3, "12": 2}  # notice .. critical
 SYSLOG_MSGID = {"json": "DICOM+AUDIT+JSON", "xml": "IHE+RFC-3881"}
+# An open association's received instances are audited at least this often (docs/audit.md:
+# what a killed acceptor can lose).
+TALLY_FLUSH_SECONDS = 60.0
 
 
 # ---------------------------------------------------------------- the trail
@@ -151,7 +155,12 @@ class AuditTrail:
 
     def record(self, message: AuditMessage) -> None:
         """Write one built message to the file and queue it for syslog."""
-        if not self.enabled:
+        if not self.config.enabled:
+            return
+        if self._closed:  # e.g. an association settled after the stop: never silently
+            metrics.AUDIT_FAILURES.labels("file").inc()
+            self._warn.warn("closed", "an audit message came after the audit trail %s was "
+                            "closed; it is lost", self.config.path)
             return
         if self._file is not None:
             try:
@@ -184,7 +193,7 @@ class AuditTrail:
         )
 
     def _emit(self, build: Callable[[], AuditMessage]) -> None:
-        if not self.enabled:
+        if not self.config.enabled:
             return
         try:
             message = build()
@@ -225,19 +234,30 @@ class TransferTally:
     """One association's C-STOREs counted per study, outcome and SOP class.
 
     A.5.3.7 reports transfers per study, and a study with refusals gets one message for what
-    succeeded and one for what failed (A.5.2, EventOutcomeIndicator). Call `add` per C-STORE
-    and `flush` when the association ends.
+    succeeded and one for what failed (A.5.2, EventOutcomeIndicator). Call `add` per C-STORE,
+    `flush` when the association ends and whenever `due`: A.5.3.7 allows several messages
+    per study, and a long association's counts must not wait for its end (a killed acceptor
+    would lose them).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = TALLY_FLUSH_SECONDS) -> None:
         self._counts: dict[tuple[str, bool], Counter[str]] = {}
         self._patients: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._interval = interval
+        self._since: float | None = None  # monotonic time of the oldest unflushed add
+
+    def due(self, now: float) -> bool:
+        """Have counts waited `interval` seconds (monotonic `now`) since their first add?"""
+        with self._lock:
+            return self._since is not None and now - self._since >= self._interval
 
     def add(
         self, study_uid: str, sop_class_uid: str, ok: bool, patient_id: str | None = None
     ) -> None:
         with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
             self._counts.setdefault((study_uid, ok), Counter())[sop_class_uid] += 1
             if patient_id:
                 self._patients.setdefault(study_uid, patient_id)
@@ -250,6 +270,7 @@ class TransferTally:
         with self._lock:
             counts, self._counts = self._counts, {}
             patients, self._patients = self._patients, {}
+            self._since = None
         for (study_uid, ok), by_class in counts.items():
             trail.instances_transferred(
                 calling_ae, called_ae, peer_address, study_uid, dict(by_class), ok,

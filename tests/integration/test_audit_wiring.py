@@ -9,6 +9,7 @@ from typing import Any
 import jsonschema
 import pytest
 from pydicom.uid import CTImageStorage
+from pynetdicom import AE
 
 import router.audit.trail
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
@@ -63,3 +64,34 @@ def test_router_writes_schema_valid_audit_messages(tmp_path: Path) -> None:
     assert "1.2.3.1" in text and "1.2.3.2" in text
     assert "INTRUDER" in json.dumps([m for m in messages if _event_id(m) == "110113"])
     assert "P1" not in router.log()  # patient IDs go to the audit trail, never the log
+
+
+def test_instances_of_an_association_aborted_at_stop_are_audited(tmp_path: Path) -> None:
+    """Past drain_grace the stop aborts the association: what it was answered Success for is
+    still in the trail (the stop waits for the association to settle before closing it)."""
+    trail = tmp_path / "audit.jsonl"
+    config = {
+        "audit": {"enabled": True, "path": str(trail)},
+        "drain_grace": 0.5,
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+    source = tmp_path / "src"
+    paths = [write_instance(source, sop_class=CTImageStorage, transfer_syntax=EXPLICIT_VR_LE,
+                            study_uid="1.2.3.9") for _ in range(3)]
+    with RouterProcess(tmp_path / "r", config) as router:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER")
+        assert assoc.is_established
+        try:
+            assert [assoc.send_c_store(p).Status for p in paths] == [0, 0, 0]
+            assert router.stop() == 0  # the association is still open
+        finally:
+            assoc.abort()
+    transferred = [m for m in _events(trail) if _event_id(m) == "110104"]
+    counts = [c["NumberOfInstances"] for m in transferred
+              for o in m["AuditMessage"]["ParticipantObjectIdentification"]
+              if o["ParticipantObjectID"] == "1.2.3.9"
+              for c in o["ParticipantObjectDescription"][0]["SOPClass"]]
+    assert sum(counts) == 3

@@ -17,6 +17,10 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from router.acceptor.access import AccessPolicy
+from router.acceptor.admission import Admission
+from router.acceptor.association_events import AssociationEvents
+from router.acceptor.session import AssociationSession
 from router.audit import trail as audit_trail
 from router.audit.syslog_sender import (
     SyslogConfig,
@@ -27,6 +31,7 @@ from router.audit.syslog_sender import (
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
 from router.core.audit_config import AuditConfig
+from router.core.config import ListenConfig, SpoolConfig
 from tests.pki import CertificateAuthority
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
@@ -76,6 +81,10 @@ def test_config_errors_name_the_problem(data: dict[str, Any], expected: str) -> 
 
 
 # ---------------------------------------------------------------- the trail
+
+
+def event_id(message: dict[str, Any]) -> str:
+    return str(message["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"])
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -152,6 +161,20 @@ def test_broken_path_warns_once_and_never_raises(
     trail.close()
 
 
+def test_a_message_after_close_is_counted_lost_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trail = AuditTrail(AuditConfig(enabled=True, path=tmp_path / "a.jsonl"), "ROUTER")
+    trail.close()
+    lost_before = _audit_failures("file")
+    with caplog.at_level(logging.WARNING, logger="router.audit.trail"):
+        for _ in range(3):
+            trail.instances_transferred("MOD", "ROUTER", "127.0.0.1", STUDY, {CT: 1}, True)
+    assert _audit_failures("file") == lost_before + 3
+    assert [r.getMessage() for r in caplog.records if "closed" in r.getMessage()] != []
+    assert len(caplog.records) == 1 and STUDY not in caplog.text
+
+
 def test_log_rotation_starts_a_new_file(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     trail = AuditTrail(AuditConfig(enabled=True, path=path, fsync=True), "ROUTER")
@@ -196,6 +219,37 @@ def test_a_failing_builder_is_contained(
 
 
 # ---------------------------------------------------------------- per-study tally
+
+
+def test_tally_is_due_after_its_interval_since_the_first_unflushed_instance(
+    tmp_path: Path,
+) -> None:
+    trail = AuditTrail(AuditConfig(enabled=True, path=tmp_path / "a.jsonl"), "ROUTER")
+    tally = TransferTally(interval=60)
+    assert not tally.due(time.monotonic() + 3600)  # nothing counted: nothing to write
+    tally.add(STUDY, CT, True)
+    start = time.monotonic()
+    assert not tally.due(start + 30)
+    assert tally.due(start + 61)
+    tally.flush(trail, "MOD", "ROUTER", "127.0.0.1")
+    assert not tally.due(start + 3600)  # flushed: the clock starts again at the next add
+    assert len(read_lines(tmp_path / "a.jsonl")) == 1
+
+
+def test_an_open_associations_tally_is_flushed_once_due(tmp_path: Path) -> None:
+    trail = AuditTrail(AuditConfig(enabled=True, path=tmp_path / "a.jsonl"), "ROUTER")
+    admission = Admission(SpoolConfig(path=tmp_path, min_free_bytes=0, min_free_percent=0))
+    events = AssociationEvents(AccessPolicy(ListenConfig()), admission, trail)
+    session = AssociationSession("MOD", "ROUTER", "127.0.0.1", 104)
+    events.accepted(session)
+    assert session.tally is not None
+    session.tally.add(STUDY, CT, True)
+    events.flush_due_tallies(time.monotonic())  # not due yet
+    assert [event_id(m) for m in read_lines(tmp_path / "a.jsonl")] == ["110114"]
+    events.flush_due_tallies(time.monotonic() + audit_trail.TALLY_FLUSH_SECONDS)
+    assert [event_id(m) for m in read_lines(tmp_path / "a.jsonl")] == ["110114", "110104"]
+    events.settle(session)  # nothing left to write at the end
+    assert len(read_lines(tmp_path / "a.jsonl")) == 2
 
 
 def test_tally_gives_one_message_per_study_and_outcome(tmp_path: Path) -> None:
