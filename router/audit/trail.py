@@ -64,6 +64,10 @@ class AuditTrail:
         self._syslog: SyslogSender | None = None
         if not config.enabled:
             return
+        # Both series exist at 0 from the start: increase() in DicomRouterAuditMessagesLost
+        # needs a sample before the first loss.
+        for sink in ("file", "syslog"):
+            metrics.AUDIT_FAILURES.labels(sink)
         self._file = JsonLinesFile(config.path, fsync=config.fsync)
         if config.syslog is not None:
             try:

@@ -43,6 +43,11 @@ def test_router_writes_schema_valid_audit_messages(tmp_path: Path) -> None:
                               transfer_syntax=EXPLICIT_VR_LE, study_uid=f"1.2.3.{n}",
                               tags={"PatientID": f"P{n}"}) for n in (1, 1, 2)]
     with RouterProcess(tmp_path / "r", config) as router:
+        # Both sinks' loss counters exist at 0 before any loss: the alert's increase() needs
+        # a sample to start from (ops/prometheus/alerts.yml).
+        samples = router.metrics().splitlines()
+        for sink in ("file", "syslog"):
+            assert f'dicom_router_audit_failures_total{{sink="{sink}"}} 0.0' in samples
         assert run_storescu(studies, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
                             calling_ae="CT1").returncode == 0
         assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
