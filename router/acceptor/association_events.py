@@ -105,6 +105,17 @@ class AssociationEvents:
         log.warning("rejecting association from %s (%s): %s", session.calling_ae,
                     session.address, rejection.message)
 
+    def malformed_request(self, address: str, reason: str) -> None:
+        """A connection dropped before its request could be read (a malformed or oversized
+        A-ASSOCIATE-RQ, another PDU first): a security alert, a few a minute per peer."""
+        key = (address, "malformed_request")
+        if self.audit is None or not self._audit_limiter.allow(key, AUDIT_REPEAT_BUDGET):
+            return
+        dropped = self._audit_limiter.suppressed(key)
+        note = f" ({dropped} earlier ones were not audited)" if dropped else ""
+        self.audit.security_alert("association_rejected",
+                                  f"malformed association request: {reason}{note}", address)
+
     def identity_verified(self, kind: int, primary: bytes, secondary: bytes | None) -> bool:
         if not self.access.users:
             return True  # no users configured: identities are not checked (as unbound)

@@ -336,6 +336,8 @@ class EngineConnection:
             log.warning("%s from %s: %s", "rejecting the association" if exc.rejected
                         else "aborting the connection", self.address[0], exc.message)
             metrics.CONNECTIONS_DROPPED.labels(label).inc()
+            if self.session is None:  # no request read: nothing else audits this peer
+                self.services.events.malformed_request(self.address[0], exc.message)
             self._send(exc.to_send)
             self._close_gently()
             raise ConnectionEnded from None

@@ -34,6 +34,9 @@ from router.audit.codes import (
 AuditMessage = dict[str, Any]
 Outcome = Literal["0", "4", "8", "12"]  # success, minor, serious, major failure
 MAX_TEXT = 1024  # free text (reasons, alert descriptions) is cut here
+# Identifiers a sender chose (UIDs, Patient ID, AE titles) are cut here: 64 is the longest
+# UI or LO value, and a longer one must not carry a record past syslog's size limits.
+MAX_IDENTIFIER = 64
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,14 @@ def _token(value: object) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
 
 
+def _identifier(value: object) -> str:
+    """A sender's identifier as a token, cut to MAX_IDENTIFIER with a marker saying so."""
+    token = _token(value)
+    if len(token) <= MAX_IDENTIFIER:
+        return token
+    return f"{token[:MAX_IDENTIFIER].rstrip()}...(cut from {len(token)} characters)"
+
+
 def _text(value: object) -> str:
     """Free text without control characters (they are not allowed in XML), cut to MAX_TEXT."""
     cleaned = "".join(c if c.isprintable() else " " for c in str(value))
@@ -63,7 +74,7 @@ def _text(value: object) -> str:
 
 def _ae_titles(*titles: str | None) -> str:
     """A.5.2.2: AlternativeUserID of a DICOM application."""
-    unique = dict.fromkeys(_token(t) for t in titles if t and t.strip())
+    unique = dict.fromkeys(_identifier(t) for t in titles if t and t.strip())
     return "AETITLES=" + ";".join(unique)
 
 
@@ -259,11 +270,11 @@ def instances_transferred(
         "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
         "ParticipantObjectDescription": [{
             "SOPClass": [
-                {"UID": _token(uid), "NumberOfInstances": int(count)}
+                {"UID": _identifier(uid), "NumberOfInstances": int(count)}
                 for uid, count in sorted(sop_classes.items())
             ],
         }],
-        "ParticipantObjectID": _token(study_uid) or "unknown",
+        "ParticipantObjectID": _identifier(study_uid) or "unknown",
         "ParticipantObjectTypeCode": "2",
         "ParticipantObjectTypeCodeRole": "3",
     }
@@ -271,7 +282,7 @@ def instances_transferred(
     if patient_id:  # A.5.3.7 asks for the patient; its name is optional and never recorded
         objects.append({
             "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
-            "ParticipantObjectID": _token(patient_id),
+            "ParticipantObjectID": _identifier(patient_id),
             "ParticipantObjectTypeCode": "1",
             "ParticipantObjectTypeCodeRole": "1",
         })

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,10 @@ from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 
 import router.audit.trail
+from router.core.log_safety import AUDIT_REPEAT_BUDGET
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration import pdus
 from tests.integration.router_process import RouterProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -100,3 +104,30 @@ def test_instances_of_an_association_aborted_at_stop_are_audited(tmp_path: Path)
               if o["ParticipantObjectID"] == "1.2.3.9"
               for c in o["ParticipantObjectDescription"][0]["SOPClass"]]
     assert sum(counts) == 3
+
+
+def _alerts(path: Path, text: str) -> list[dict[str, Any]]:
+    return [m for m in _events(path) if _event_id(m) == "110113" and text in json.dumps(m)]
+
+
+def test_a_malformed_association_request_is_a_rate_limited_security_alert(
+    tmp_path: Path,
+) -> None:
+    """A calling AE with non-ASCII bytes: the request is aborted, and the trail says so (a
+    few times a minute per peer, however often it is sent)."""
+    trail = tmp_path / "audit.jsonl"
+    config = {
+        "audit": {"enabled": True, "path": str(trail)},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+    header = struct.pack(">HH", 1, 0) + b"DICOM-ROUTER".ljust(16) + b"CT\xe9<&>".ljust(16)
+    request = pdus.pdu(0x01, header + b"\0" * 32 + b"".join(pdus.associate_rq_items()))
+    with RouterProcess(tmp_path / "r", config) as router:
+        for _ in range(8):
+            with socket.create_connection((LOCALHOST, router.port), timeout=10) as sock:
+                sock.sendall(request)
+                assert pdus.read_pdu(sock)[0] in (0x03, 0x07)  # A-ASSOCIATE-RJ or A-ABORT
+        assert wait_for(lambda: _alerts(trail, "malformed association request"))
+    alerts = _alerts(trail, "malformed association request")
+    assert 1 <= len(alerts) <= AUDIT_REPEAT_BUDGET

@@ -181,3 +181,24 @@ def test_control_characters_of_a_peers_ae_title_never_reach_an_audit_record() ->
     assert "AETITLES=CT1 ]0;pwn" in titles, titles
     assert encoding.to_xml({"AuditMessage": {"EventIdentification": {
         "EventOutcomeDescription": "a\x1bb\ud800c"}}}).count("a b c") == 1
+
+
+def test_a_senders_overlong_identifiers_are_cut_with_a_marker(validator: Any) -> None:
+    """A 60,000-character Patient ID (or Study UID) went into the record whole: a sender could
+    push its own records past syslog's datagram and receivers' message limits."""
+    message = messages.instances_transferred(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
+        study_uid="1." * 30_000, sop_classes={"9" * 70_000: 1}, outcome_ok=True,
+        patient_id="P" * 60_000)
+    assert_valid(validator, message)
+    assert len(encoding.to_json_line(message)) < 3000
+    objects = message["AuditMessage"]["ParticipantObjectIdentification"]
+    patient = next(o for o in objects if o["ParticipantObjectTypeCode"] == "1")
+    assert patient["ParticipantObjectID"] == "P" * 64 + "...(cut from 60000 characters)"
+    assert objects[0]["ParticipantObjectID"].endswith("...(cut from 60000 characters)")
+    uid = objects[0]["ParticipantObjectDescription"][0]["SOPClass"][0]["UID"]
+    assert uid.startswith("9" * 64) and "cut" in uid
+    short = messages.instances_transferred(
+        APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
+        study_uid=STUDY, sop_classes={CT: 1}, outcome_ok=True, patient_id="P" * 64)
+    assert "cut" not in encoding.to_json_line(short)  # 64 characters (LO, UI) are kept
