@@ -90,18 +90,29 @@ class AssociationEvents:
             session.slot = source
         return None
 
-    def rejected(self, session: AssociationSession, rejection: Rejection) -> None:
+    def rejected(self, session: AssociationSession, rejection: Rejection,
+                 identity: tuple[int, bytes] | None = None) -> None:
+        """`identity`: the refused user identity's (type, primary field), if that was why."""
         metrics.ASSOCIATIONS.labels(metrics.CALLING_AE(session.calling_ae), "rejected").inc()
         metrics.ASSOCIATION_REJECTIONS.labels(rejection.label).inc()
         key = (session.address, rejection.label)
         if self.audit is not None and self._audit_limiter.allow(key, AUDIT_REPEAT_BUDGET):
             dropped = self._audit_limiter.suppressed(key)
             note = f" ({dropped} earlier ones were not audited)" if dropped else ""
-            # Load refusals are no security event; access-rule refusals are.
-            self.audit.association_rejected(
-                session.calling_ae, session.called_ae, session.address,
-                rejection.message + note, security=rejection.result == 1,
-                tls_certificate=certificate_text(session.certificate, session.certificate_der))
+            certificate = certificate_text(session.certificate, session.certificate_der)
+            if identity is not None:
+                # Types 1 and 2 carry a user name; the others' primary field is a credential.
+                kind, primary = identity
+                user = primary.decode("utf-8", "replace") if kind in (1, 2) else None
+                self.audit.user_refused(session.calling_ae, session.called_ae,
+                                        session.address, user, rejection.message + note,
+                                        certificate)
+            else:
+                # Load refusals are no security event; access-rule refusals are.
+                self.audit.association_rejected(
+                    session.calling_ae, session.called_ae, session.address,
+                    rejection.message + note, security=rejection.result == 1,
+                    tls_certificate=certificate)
         log.warning("rejecting association from %s (%s): %s", session.calling_ae,
                     session.address, rejection.message)
 

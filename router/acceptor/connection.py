@@ -183,7 +183,7 @@ class EngineConnection:
         if rejection is None and identity is not None and not events.identity_verified(
                 identity.identity_type, identity.primary, identity.secondary or None):
             rejection = Rejection(NO_REASON_GIVEN, "user_identity", "user identity refused")
-            events.rejected(session, rejection)
+            events.rejected(session, rejection, (identity.identity_type, identity.primary))
         if rejection is not None:
             self._send(engine.send(AssociateRJ(*rejection.reject)))
             self._close_gently()

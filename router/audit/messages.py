@@ -206,14 +206,19 @@ def user_authentication(
     tls_certificate: str | None = None,
     outcome: Outcome = "0",
     description: str | None = None,
+    user: str | None = None,
 ) -> AuditMessage:
     """A.5.3.12 User Authentication, Login: an association was accepted (outcome 0), or
-    turned away for a reason that is not about who the peer is (outcome 4: retry later)."""
+    turned away for a reason that is not about who the peer is (outcome 4: retry later),
+    or for its user identity (outcome 4, `user`: the user name it gave, never a passcode)."""
     event = _event(USER_AUTHENTICATION, "E", outcome, [LOGIN], description)
     participants = [
-        _peer(calling_ae, peer_address, requestor=True, user_name=tls_certificate),
+        _peer(calling_ae, peer_address, requestor=user is None, user_name=tls_certificate),
         _local(app, requestor=False, role=None, called_ae=called_ae),
     ]
+    if user is not None:  # A.5.3.12: the user who tried to log in is the requestor
+        participants.insert(0, {"UserID": _identifier(user) or "unknown",
+                                "UserIsRequestor": True})
     return _message(event, participants, app)
 
 

@@ -126,6 +126,17 @@ class AuditTrail:
             self.app, alert_type=ALERT_TYPES["association_rejected"], detail=detail,
             peer_address=peer_address, calling_ae=calling_ae, tls_certificate=tls_certificate))
 
+    def user_refused(
+        self, calling_ae: str, called_ae: str, peer_address: str, user: str | None,
+        reason: str, tls_certificate: str | None = None,
+    ) -> None:
+        """A refused A-ASSOCIATE-RQ user identity: a failed User Authentication naming the
+        user (None for identity types without a user name: their token is a credential)."""
+        self._emit(lambda: user_authentication(
+            self.app, calling_ae=calling_ae, called_ae=called_ae, peer_address=peer_address,
+            tls_certificate=tls_certificate, outcome="4", user=user,
+            description=f"user identity refused: {reason}"))
+
     def instances_transferred(
         self,
         calling_ae: str,

@@ -12,8 +12,10 @@ import jsonschema
 import pytest
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 import router.audit.trail
+from router.acceptor.access import hash_passcode
 from router.core.log_safety import AUDIT_REPEAT_BUDGET
 from tests.dcmtk import LOCALHOST, run_echoscu, run_storescu
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
@@ -108,6 +110,40 @@ def test_instances_of_an_association_aborted_at_stop_are_audited(tmp_path: Path)
 
 def _alerts(path: Path, text: str) -> list[dict[str, Any]]:
     return [m for m in _events(path) if _event_id(m) == "110113" and text in json.dumps(m)]
+
+
+def test_a_refused_user_identity_is_a_failed_login_naming_the_user(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    config = {
+        "audit": {"enabled": True, "path": str(trail)},
+        "listen": {"users": [{"username": "dr.smith",
+                              "passcode_hash": hash_passcode("right-passcode")}]},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+    with RouterProcess(tmp_path / "r", config) as router:
+        ae = AE(ae_title="WORKSTATION")
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate(LOCALHOST, router.port, ae_title="DICOM-ROUTER",
+                             ext_neg=[_identity(b"dr.smith\n", b"wrong-passcode")])
+        assert assoc.is_rejected
+        assert wait_for(lambda: len(_events(trail)) >= 2)
+    refused = [m for m in _events(trail) if _event_id(m) == "110114"
+               and m["AuditMessage"]["EventIdentification"]["EventOutcomeIndicator"] == "4"]
+    assert len(refused) == 1
+    users = [p["UserID"] for p in refused[0]["AuditMessage"]["ActiveParticipant"]
+             if p["UserIsRequestor"]]
+    assert users == ["dr.smith"]  # text-cleaned: the newline is gone
+    assert "wrong-passcode" not in trail.read_text()
+    assert not _alerts(trail, "user identity")  # no Node Authentication alert instead
+
+
+def _identity(user: bytes, passcode: bytes) -> UserIdentityNegotiation:
+    item = UserIdentityNegotiation()
+    item.user_identity_type = 2
+    item.primary_field = user
+    item.secondary_field = passcode
+    return item
 
 
 def test_a_malformed_association_request_is_a_rate_limited_security_alert(

@@ -36,6 +36,9 @@ BUILDERS: dict[str, Callable[[], dict[str, Any]]] = {
     "association_refused_congestion": lambda: messages.user_authentication(
         APP, calling_ae="MODALITY", called_ae="ROUTER", peer_address="192.0.2.10",
         outcome="4", description="association rejected: temporary congestion"),
+    "user_identity_refused": lambda: messages.user_authentication(
+        APP, calling_ae="WORKSTATION", called_ae="ROUTER", peer_address="192.0.2.10",
+        outcome="4", description="user identity refused", user="dr.smith"),
     "security_alert_no_peer": lambda: messages.security_alert(
         APP, alert_type=codes.SOFTWARE_CONFIGURATION, detail="config reloaded",
         peer_address=None),
