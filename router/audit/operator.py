@@ -9,7 +9,16 @@ recorded with outcome 4.
 
 from __future__ import annotations
 
-from router.audit.codes import SECURITY_ALERT, SOFTWARE_CONFIGURATION, USE_OF_RESTRICTED_FUNCTION
+import os
+import socket
+from collections.abc import Sequence
+
+from router.audit.codes import (
+    SECURITY_ALERT,
+    SECURITY_CONFIGURATION,
+    SOFTWARE_CONFIGURATION,
+    USE_OF_RESTRICTED_FUNCTION,
+)
 from router.audit.messages import (  # the audit room's own builders
     AuditMessage,
     LocalApplication,
@@ -17,10 +26,20 @@ from router.audit.messages import (  # the audit room's own builders
     _event,
     _local,
     _message,
+    _os_user,
     _text,
     _token,
 )
 from router.audit.trail import AuditTrail
+from router.core.audit_config import AuditConfig
+
+# Config keys that decide who may connect or operate the router, or what is audited: a
+# reload changing one is a Security Configuration change, any other a Software one.
+SECURITY_KEYS = (
+    "listen.allowed_calling_ae", "listen.allowed_called_ae", "listen.allowed_sources",
+    "listen.require_calling_ae", "listen.require_called_ae", "listen.tls", "listen.users",
+    "listen.require_user_identity", "api", "console", "metrics", "audit",
+)
 
 
 def operator_action(app: LocalApplication, *, user: str, address: str, action: str,
@@ -46,3 +65,32 @@ def record_action(trail: AuditTrail | None, *, user: str, address: str, action: 
     message = operator_action(trail.app, user=user, address=address, action=action,
                               detail=detail, ok=ok, refused_access=refused_access)
     trail.record(message)
+
+
+def config_change(app: LocalApplication, changed: Sequence[str]) -> AuditMessage:
+    """A.5.3.11: a reloaded config was applied. Names the changed keys, never their values
+    (they may hold secrets or addresses)."""
+    security = any(k == p or k.startswith(p + ".") for k in changed for p in SECURITY_KEYS)
+    kind = SECURITY_CONFIGURATION if security else SOFTWARE_CONFIGURATION
+    event = _event(SECURITY_ALERT, "E", "0", [kind],
+                   f"config reloaded; changed keys: {', '.join(changed)}")
+    return _message(event, [_local(app, requestor=True, role=None)], app)
+
+
+def record_config_change(trail: AuditTrail | None, changed: Sequence[str]) -> None:
+    if trail is not None and trail.config.enabled:
+        trail.record(config_change(trail.app, changed))
+
+
+def record_cli_action(config: AuditConfig, router_ae: str, *, action: str, detail: str,
+                      ok: bool) -> None:
+    """An operator's command line action on the spool: recorded like the API's, by
+    `cli:<OS user>` from this host, in the trail the router writes (whole-line appends)."""
+    if not config.enabled:
+        return
+    trail = AuditTrail(config, router_ae)
+    try:
+        record_action(trail, user=f"cli:{_os_user() or os.getuid()}",
+                      address=socket.gethostname(), action=action, detail=detail, ok=ok)
+    finally:
+        trail.close()

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 
+from router.audit.operator import record_cli_action
 from router.cli.common import argument, config_parent
 from router.core.config import RouterConfig, default_config, load_config
 from router.core.errors import RouterError
@@ -120,6 +121,20 @@ def _list(letters: list[dead_letters.DeadLetter], as_json: bool, unwritten: int)
     print(f"{len(letters)} dead letters")
 
 
+def _audit(config: RouterConfig, action: str, done: list[dead_letters.DeadLetter], *,
+           ok: bool, to: str | None = None,
+           left: list[dead_letters.DeadLetter] | None = None) -> None:
+    """The same record as the operator API's (router/service/control_api.py)."""
+    ids = ", ".join(d.id for d in done)[:500]
+    verb = "replayed" + (f" to {to}" if to else "") if action == "replay" else "purged"
+    detail = f"{len(done)} dead letter(s) {verb}: {ids}"
+    if left:
+        detail = (f"{action} stopped at {left[0].id}; done {len(done)}: {ids}; not done "
+                  f"{len(left)}: {', '.join(d.id for d in left)[:500]}")
+    record_cli_action(config.audit, config.ae_title, action=f"dead letters {action}",
+                      detail=detail, ok=ok)
+
+
 def _stopped(action: str, letter: dead_letters.DeadLetter, done: int, total: int,
              exc: OSError) -> int:
     """The spool refused (disk full, read-only): one line, and what was done before."""
@@ -157,8 +172,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 job = dead_letters.replay(spool, letter, args.to)
             except OSError as exc:
+                _audit(config, "replay", letters[:done], ok=False, left=letters[done:])
                 return _stopped("replay", letter, done, len(letters), exc)
             print(f"{letter.id} -> job {job.job_id} for {job.destinations[0]}")
+        _audit(config, "replay", letters, ok=True, to=args.to)
         _repeats(repeated, "replayed")
         print(f"{len(letters)} dead letters replayed; the router queues them within a second")
     elif args.action == "purge":
@@ -170,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 dead_letters.purge(spool, letter)
             except OSError as exc:
+                _audit(config, "purge", letters[:done], ok=False, left=letters[done:])
                 return _stopped("purge", letter, done, len(letters), exc)
+        _audit(config, "purge", letters, ok=True)
         _repeats(repeated, "purged")
         print(f"{len(letters)} dead letters purged")
     return 0

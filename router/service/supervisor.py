@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from router.audit.operator import record_config_change
 from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
@@ -321,6 +322,7 @@ class Supervisor:
         metrics.CONFIG_RELOADED_AT.set(time.time())
         log.info("config reloaded from %s; changed: %s", self.config_path,
                  ", ".join(change.changed))
+        record_config_change(self.audit, change.changed)
 
     def _reload_own_tls(self) -> None:
         """The supervisor's own TLS: the console's HTTPS certificate and the audit syslog's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
@@ -167,3 +169,37 @@ def test_a_malformed_association_request_is_a_rate_limited_security_alert(
         assert wait_for(lambda: _alerts(trail, "malformed association request"))
     alerts = _alerts(trail, "malformed association request")
     assert 1 <= len(alerts) <= AUDIT_REPEAT_BUDGET
+
+
+def _changes(trail: Path) -> list[dict[str, Any]]:
+    return [m["AuditMessage"]["EventIdentification"] for m in _events(trail)
+            if _event_id(m) == "110113"]
+
+
+def test_an_applied_reload_is_audited_as_a_configuration_change(tmp_path: Path) -> None:
+    """Security configuration changed when who may connect changed, software configuration
+    changed otherwise; the changed keys are named, never their values."""
+    trail = tmp_path / "audit.jsonl"
+    config = {
+        "audit": {"enabled": True, "path": str(trail)},
+        "listen": {"allowed_calling_ae": ["CT1"]},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}],
+    }
+    with RouterProcess(tmp_path / "r", config) as router:
+        assert router.process is not None
+        for section, key, value in (("listen", "allowed_calling_ae", ["CT1", "SECRET-AE"]),
+                                    (None, "drain_grace", 7)):
+            written = yaml.safe_load(router.config_path.read_text())  # with its ports
+            (written[section] if section else written)[key] = value
+            router.config_path.write_text(yaml.safe_dump(written))
+            before = _changes(trail)
+            router.process.send_signal(signal.SIGHUP)
+            assert wait_for(lambda b=before: len(_changes(trail)) == len(b) + 1, timeout=60)
+    changes = _changes(trail)
+    assert [(e["EventTypeCode"][0]["csd-code"], e["EventOutcomeDescription"])
+            for e in changes] == [
+        ("110129", "config reloaded; changed keys: listen.allowed_calling_ae"),
+        ("110131", "config reloaded; changed keys: drain_grace"),
+    ]
+    assert "SECRET-AE" not in trail.read_text()

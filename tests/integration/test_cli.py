@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
 import os
 import re
 import signal
@@ -558,3 +560,31 @@ def test_a_router_restarted_after_its_supervisor_alone_was_killed_waits_for_its_
         router.stop()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # the old children, whatever happened
+
+
+def test_dead_letter_purge_and_replay_from_the_cli_are_audited(tmp_path: Path) -> None:
+    """The API's purge and replay were audited, the command line's were not: an instance
+    (patient data) could be deleted from the spool with no trace in the audit trail."""
+    config = _spool_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    trail = tmp_path / "audit.jsonl"
+    data["audit"] = {"enabled": True, "path": str(trail)}
+    config.write_text(yaml.safe_dump(data))
+    _one_dead_letter(tmp_path, "0000000000000001aaaaaaaa")
+    _one_dead_letter(tmp_path, "0000000000000002bbbbbbbb")
+    replay = _script("dead-letters", "replay", "0000000000000001aaaaaaaa", "--config",
+                     str(config))
+    assert replay.returncode == 0, replay.stderr
+    purge = _script("dead-letters", "purge", "--all", "--config", str(config))
+    assert purge.returncode == 0, purge.stderr
+    records = [json.loads(line)["AuditMessage"] for line in trail.read_text().splitlines()]
+    assert len(records) == 2
+    details = [r["EventIdentification"]["EventOutcomeDescription"] for r in records]
+    assert details[0].startswith("dead letters replay: 1 dead letter(s) replayed: ")
+    assert "0000000000000001aaaaaaaa" in details[0]
+    assert details[1].startswith("dead letters purge: 1 dead letter(s) purged: ")
+    assert "0000000000000002bbbbbbbb" in details[1]
+    for record in records:
+        assert record["EventIdentification"]["EventOutcomeIndicator"] == "0"
+        operator = record["ActiveParticipant"][0]
+        assert operator["UserID"] == f"cli:{getpass.getuser()}" and operator["UserIsRequestor"]

@@ -13,7 +13,7 @@ import pytest
 
 from router.audit import codes, encoding, messages
 from router.audit.messages import LocalApplication
-from router.audit.operator import operator_action
+from router.audit.operator import config_change, operator_action
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
 
@@ -65,6 +65,7 @@ BUILDERS.update({
     "operator_action": lambda: operator_action(
         APP, user="local:alice", address="127.0.0.1", action="pause pacs",
         detail="pacs paused; 3 job(s) queued for it", ok=True),
+    "config_change": lambda: config_change(APP, ["listen.users", "rules"]),
     "operator_refused": lambda: operator_action(
         APP, user="?", address="2001:db8::1", action="access", detail="wrong bearer token",
         ok=False, refused_access=True),
