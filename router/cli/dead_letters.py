@@ -8,7 +8,6 @@ import sys
 import time
 import urllib.request
 
-from router.audit.operator import record_cli_action
 from router.cli.common import argument, config_parent
 from router.core.config import RouterConfig, default_config, load_config
 from router.core.errors import RouterError
@@ -131,6 +130,10 @@ def _audit(config: RouterConfig, action: str, done: list[dead_letters.DeadLetter
     if left:
         detail = (f"{action} stopped at {left[0].id}; done {len(done)}: {ids}; not done "
                   f"{len(left)}: {', '.join(d.id for d in left)[:500]}")
+    # Here, not at import: the trail imports router.core.metrics, and `dicom-router run`
+    # must import that only after it set PROMETHEUS_MULTIPROC_DIR (router/core/metrics.py).
+    from router.audit.operator import record_cli_action
+
     record_cli_action(config.audit, config.ae_title, action=f"dead letters {action}",
                       detail=detail, ok=ok)
 
