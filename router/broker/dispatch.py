@@ -146,6 +146,8 @@ class Dispatcher(DispatchState):
             return self._finish(delivery)
         if result.reason == "withdrawn":
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
+        if result.reason == "status":  # it answered about this instance: it is up
+            self.failures_in_a_row[delivery.destination] = 0
         if result.reason == "busy":
             return [self._busy(delivery, now)]
         if _store_failure(result):

@@ -253,6 +253,12 @@ class DispatchState:
     def is_paused(self, destination: str, now: float) -> bool:
         return self.paused_until[destination] > now
 
+    def is_up(self, destination: str) -> bool:
+        """Not since a failure that paused it: true again once it took an instance or
+        answered about one. A pause's end is not that: the probe that follows may hang for
+        its whole timeout, and /metrics showed such a destination up most of the time."""
+        return self.failures_in_a_row[destination] == 0
+
     def in_window(self, destination: str) -> bool:
         window = self.policies[destination].window
         return window is None or window.is_open(self.local())

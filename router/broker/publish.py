@@ -86,13 +86,13 @@ class Publishing:
                 "depth": self.dispatcher.depth(name),
                 "in_flight": self.dispatcher.in_flight[name],
                 "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
-                "up": not self.dispatcher.is_paused(name, now),
+                "up": self.dispatcher.is_up(name),
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),
                 "failures_in_a_row": self.dispatcher.failures_in_a_row[name],
-                # Why it is backing off (the failure that started it), while it is.
-                "backing_off_because": (self.dispatcher.backoff_reason.get(name, "")
-                                        if self.dispatcher.is_paused(name, now) else ""),
+                # Why it is down (the failure that paused it), until it is up again.
+                "backing_off_because": ("" if self.dispatcher.is_up(name)
+                                        else self.dispatcher.backoff_reason.get(name, "")),
                 # Deliveries waiting for the spool to take their copy (disk full), and why.
                 "waiting_for_spool": self.dispatcher.spool_wait.jobs(name),
                 "spool_wait_because": (self.dispatcher.spool_wait.reason

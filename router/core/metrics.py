@@ -108,7 +108,8 @@ DESTINATION_PAUSED = Gauge(
 )
 DESTINATION_UP = Gauge(
     f"{PREFIX}_destination_up",
-    "0 while a destination is paused after failing to connect or associate, else 1.",
+    "0 from a failure that paused a destination (connect, associate, abort) until it takes "
+    "or answers about an instance again, else 1.",
     ["destination"], multiprocess_mode="livemax",
 )
 QUEUE_OLDEST = Gauge(

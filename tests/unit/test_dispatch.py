@@ -641,6 +641,36 @@ def test_a_paused_destination_does_not_hold_up_another() -> None:
     assert sent(d.dispatch(now=0.1)) == [("b", "archive")]
 
 
+def test_a_destination_is_down_from_its_pause_until_it_answers_again() -> None:
+    """Its pause's end is no news: the probe that follows may hang for its whole timeout,
+    and /metrics read such a destination as up most of the time (destination_up 1 in 103
+    of 118 samples while it answered nothing). Up again once it takes an instance or
+    answers about one; a failure of the router's own (a morph) says nothing."""
+    d = make_dispatcher({"pacs": 1})
+    d.worker_ready(W1, 8, now=0.0)
+
+    def one(name: str, now: float, result: Callable[[JobHeader], Result]) -> None:
+        job = make_header(name, ("pacs",))
+        d.add_job(job)
+        assert sent(d.dispatch(now=now)) == [(name, "pacs")]
+        answer(d, W1, result(job), now=now)
+
+    one("j0", 0.0, lambda j: failed(j, "pacs", "connection"))
+    assert not d.is_up("pacs") and d.is_paused("pacs", 0.1)
+    assert not d.is_paused("pacs", 100.0) and not d.is_up("pacs")  # probing: still down
+    assert sent(d.dispatch(now=100.0)) == [("j0", "pacs")]
+    answer(d, W1, failed(make_header("j0", ("pacs",)), "pacs", "morph", transient=False),
+           now=100.0)
+    assert not d.is_up("pacs")  # the router's own failure: no news of the destination
+    one("j1", 100.0, lambda j: failed(j, "pacs", "status", transient=False))
+    assert d.is_up("pacs")  # it answered about an instance
+    one("j2", 101.0, lambda j: failed(j, "pacs", "aborted"))
+    assert not d.is_up("pacs")
+    assert sent(d.dispatch(now=300.0)) == [("j2", "pacs")]
+    answer(d, W1, ok(make_header("j2", ("pacs",)), "pacs"), now=300.0)
+    assert d.is_up("pacs")
+
+
 def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
     d = make_dispatcher({"pacs": 4})
     job = make_header("j0", ("pacs",))
