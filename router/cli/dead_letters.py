@@ -171,9 +171,10 @@ def run(args: argparse.Namespace) -> int:
         if args.to is not None and args.to not in config.destinations:
             raise RouterError(f"--to {args.to!r} is not a destination in the config "
                               f"(known: {', '.join(sorted(config.destinations))})")
+        siblings = dead_letters.Siblings(spool)  # one listing for the lot
         for done, letter in enumerate(letters):
             try:
-                job = dead_letters.replay(spool, letter, args.to)
+                job = dead_letters.replay(spool, letter, args.to, siblings)
             except OSError as exc:
                 _audit(config, "replay", letters[:done], ok=False, left=letters[done:])
                 return _stopped("replay", letter, done, len(letters), exc)
@@ -186,9 +187,10 @@ def run(args: argparse.Namespace) -> int:
                           or args.newer_than)
         if unfiltered and not args.all:
             raise RouterError("purge without a filter deletes every dead letter: add --all")
+        siblings = dead_letters.Siblings(spool)  # one listing for the lot
         for done, letter in enumerate(letters):
             try:
-                dead_letters.purge(spool, letter)
+                dead_letters.purge(spool, letter, siblings)
             except OSError as exc:
                 _audit(config, "purge", letters[:done], ok=False, left=letters[done:])
                 return _stopped("purge", letter, done, len(letters), exc)

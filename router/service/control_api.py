@@ -206,14 +206,15 @@ class ControlApi:
                letters: list[dead_letters.DeadLetter], to: str | None) -> Response:
         done: list[dict[str, str]] = []
         what = f"dead letters {action}"
+        siblings = dead_letters.Siblings(self.spool)  # one listing for the lot
         for index, letter in enumerate(letters):
             try:
                 if action == "replay":
-                    job = dead_letters.replay(self.spool, letter, to)
+                    job = dead_letters.replay(self.spool, letter, to, siblings)
                     done.append({"id": letter.id, "job_id": job.job_id,
                                  "destination": job.destinations[0]})
                 else:
-                    dead_letters.purge(self.spool, letter)
+                    dead_letters.purge(self.spool, letter, siblings)
                     done.append({"id": letter.id})
             except (RouterError, OSError) as exc:  # after checks: the spool changed under us
                 return self._partial(request, actor, action, done, letters[index:], exc)

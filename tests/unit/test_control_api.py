@@ -102,10 +102,11 @@ def test_a_replay_that_stops_midway_says_what_it_did(api: ControlApi, audited: A
     a, b, c = f"{JOB_A}.pacs", f"{JOB_B}.pacs", f"{JOB_C}.pacs"
     real = dead_letters.replay
 
-    def failing(spool: Spool, letter: dead_letters.DeadLetter, to: str | None = None) -> Any:
+    def failing(spool: Spool, letter: dead_letters.DeadLetter, to: str | None = None,
+                siblings: dead_letters.Siblings | None = None) -> Any:
         if letter.id == b:
             raise OSError(28, "No space left on device")
-        return real(spool, letter, to)
+        return real(spool, letter, to, siblings)
 
     monkeypatch.setattr(dead_letters, "replay", failing)
     code, answer = post(api, "/api/dead-letters/replay", {"ids": [a, b, c], "to": "folder"})

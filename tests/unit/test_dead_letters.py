@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,16 @@ from router.core import spool as spool_module
 from router.core.errors import RouterError
 from router.core.messages import JobHeader
 from router.core.spool import Spool
-from router.service.dead_letters import DeadLetter, Filter, find, get, parse_age, purge, replay
+from router.service.dead_letters import (
+    DeadLetter,
+    Filter,
+    Siblings,
+    find,
+    get,
+    parse_age,
+    purge,
+    replay,
+)
 
 from .helpers import make_header
 
@@ -286,6 +297,85 @@ def test_dead_lettering_during_a_purge_keeps_the_instance(
     remaining = get(spool, f"{JOB_A}.archive")
     assert remaining.instance_path.exists(), "the record outlived its instance"
     assert remaining.instance_path.read_bytes() == f"instance {JOB_A}".encode()
+
+
+def _finished(spool: Spool, job_id: str, *destinations: str) -> None:
+    """Dead-letter a job for each destination, then end it as the broker does (jobs/ empty)."""
+    for name in destinations:
+        dead_letter(spool, job_id, name, age=60, destinations=destinations)
+    spool.instance_path(job_id).unlink()
+
+
+def _count_listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every directory listing (glob, iterdir, scandir, listdir) made from now on."""
+    seen: list[str] = []
+    for owner, name in ((Path, "glob"), (Path, "iterdir"), (os, "scandir"), (os, "listdir")):
+        real = getattr(owner, name)
+
+        def counting(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            seen.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counting)
+    return seen
+
+
+@pytest.mark.parametrize("action", ["purge", "replay"])
+def test_a_bulk_action_lists_the_folder_once_however_many_letters(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """Purging or replaying k letters among n costs O(k), not k listings of n (a glob per
+    letter took hours for 50,000 letters)."""
+    jobs = [f"{i:016x}aaaaaaaa" for i in range(1, 121)]
+    for job_id in jobs:
+        _finished(spool, job_id, "pacs", "archive")
+    letters = [get(spool, f"{job_id}.pacs") for job_id in jobs[:40]]
+    letters += [get(spool, f"{job_id}.archive") for job_id in jobs[:20]]
+    siblings = Siblings(spool)
+    listings = _count_listings(monkeypatch)
+
+    for letter in letters:
+        if action == "purge":
+            purge(spool, letter, siblings)
+        else:
+            replay(spool, letter, None, siblings)
+
+    assert len(listings) == 2  # dead-letters/ and jobs/, once each
+    monkeypatch.undo()
+    kept = {p.name for p in spool.dead_letters.glob("*.dcm")}
+    assert kept == {f"{job_id}.dcm" for job_id in jobs[20:]}  # only those with a record left
+    assert len(find(spool)) == 2 * 120 - 60
+
+
+def test_a_bulk_purge_sees_a_record_written_after_its_listing(spool: Spool) -> None:
+    """A job still live when the folder was listed may get another record meanwhile: its
+    instance stays for it."""
+    live = ("pacs", "archive")
+    header = dead_letter(spool, JOB_A, "pacs", age=60, destinations=live)
+    _finished(spool, JOB_B, "pacs")
+    siblings = Siblings(spool)
+    purge(spool, get(spool, f"{JOB_B}.pacs"), siblings)  # lists the folder
+    spool.dead_letter(header, "archive", {"reason": "rejected", "failed_at": time.time()})
+    spool.instance_path(JOB_A).unlink()  # the broker ends the job
+
+    purge(spool, get(spool, f"{JOB_A}.pacs"), siblings)
+
+    assert get(spool, f"{JOB_A}.archive").instance_path.read_bytes() == (
+        f"instance {JOB_A}".encode())
+    assert not (spool.dead_letters / f"{JOB_B}.dcm").exists()
+
+
+def test_a_bulk_purge_sees_a_sibling_another_operator_purged(spool: Spool) -> None:
+    """Its listing still names the other record: probed, it is gone, so is the instance."""
+    _finished(spool, JOB_A, "pacs", "archive")
+    _finished(spool, JOB_B, "pacs")
+    siblings = Siblings(spool)
+    purge(spool, get(spool, f"{JOB_B}.pacs"), siblings)  # lists the folder
+    purge(spool, get(spool, f"{JOB_A}.archive"))  # someone else, without our listing
+
+    purge(spool, get(spool, f"{JOB_A}.pacs"), siblings)
+
+    assert list(spool.dead_letters.iterdir()) == []
 
 
 # --- Spool.take_replays ------------------------------------------------------------------------
