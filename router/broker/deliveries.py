@@ -66,6 +66,7 @@ class JobState:
     # False for jobs found at start (a previous broker's lease may still be running) and
     # after a worker's lease was taken back (the worker may be alive and still sending).
     exclusive: bool = True
+    order: int = 0  # arrival number: the oldest pending job of a destination has the lowest
 
 
 @dataclass

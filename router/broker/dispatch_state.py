@@ -23,6 +23,7 @@ from router.broker.deliveries import (
 from router.broker.delivery_queue import DeliveryQueue
 from router.broker.gathering import Gathering
 from router.broker.instance_order import InstanceOrder
+from router.broker.oldest_pending import OldestPending
 from router.broker.spool_wait import SpoolWait
 from router.core.messages import JobHeader
 
@@ -54,6 +55,7 @@ class DispatchState:
         self.max_bytes = max_bytes
         self.rand = rand
         self.jobs: dict[str, JobState] = {}
+        self.oldest = OldestPending()  # each destination's oldest pending job, kept as they change
         self.queued_bytes = 0
         self.queues: dict[str, DeliveryQueue[Delivery]] = {
             name: DeliveryQueue() for name in self.policies}
@@ -130,7 +132,9 @@ class DispatchState:
         if job.job_id in self.jobs:
             return []
         pending = set(job.destinations) - set(delivered)
-        self.jobs[job.job_id] = JobState(job, set(pending), exclusive)
+        state = JobState(job, set(pending), exclusive, self.oldest.number())
+        self.jobs[job.job_id] = state
+        self.oldest.add(state, pending, self.jobs)
         self.queued_bytes += job.size
         outcomes: list[Outcome] = []
         for destination in job.destinations:
@@ -290,11 +294,7 @@ class DispatchState:
                 + self.order.parked(destination))
 
     def oldest_received(self, destination: str) -> float | None:
-        """When the oldest job still pending for `destination` was received (None: none).
-
-        Jobs are kept in arrival order, so the scan stops at the first one still pending.
-        """
-        for state in self.jobs.values():
-            if destination in state.pending:
-                return state.header.received_at
-        return None
+        """When the oldest job (by arrival) still pending for `destination` was received
+        (None: none)."""
+        state = self.oldest.oldest(destination, self.jobs)
+        return state.header.received_at if state is not None else None

@@ -74,6 +74,7 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
     state.header = header
     if not already:
         state.pending.add(target)
+        dispatcher.oldest.add(state, (target,), dispatcher.jobs)
         dispatcher._enqueue(Delivery(header, target), hold=False)
     # The source's part of the job is done with: settled once nothing else is pending.
     return dispatcher._finish(Delivery(header, source))
