@@ -61,6 +61,7 @@ from router.core.zmq_drain import waiting
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
+DEAD_LETTER_BATCH = 32  # written between two polls while a start's dead letters wait
 
 
 class Broker(Publishing, RelayPaths):
@@ -78,6 +79,7 @@ class Broker(Publishing, RelayPaths):
         self.associating = dicom_names(config)  # destinations with associations to show
         self.control = OperatorControl(self.dispatcher, spool, config)
         self.reload_requested = False  # set by SIGHUP, applied by the loop
+        self.writing_dead_letters = False  # those a start made, batch by batch
         self.relays = RelayRoutes()
         self.config_generation = 0
         self.context = zmq.Context()
@@ -102,7 +104,8 @@ class Broker(Publishing, RelayPaths):
     def recover(self) -> Recovery:
         """Queue every job left on the spool by an earlier run (or an earlier broker)."""
         self.take_replays()
-        recovery = recover_jobs(self.spool, self.dispatcher, self._apply)
+        recovery = recover_jobs(self.spool, self.dispatcher, self._defer_dead_letters)
+        self.writing_dead_letters = bool(self.unwritten.letters)
         if recovery.jobs:
             metrics.RECOVERED_JOBS.inc(recovery.jobs)
             log.info("%s", recovery)
@@ -161,6 +164,31 @@ class Broker(Publishing, RelayPaths):
         metrics.LEASES_EXPIRED.inc(requeued)
         log.info("worker %s %s; %d deliveries requeued", identity.decode(errors="replace"),
                  why, requeued)
+
+    def _defer_dead_letters(self, outcomes: list[Outcome]) -> None:
+        """At a start: dead letters wait, written by the loop (their jobs stay on the spool
+        till then), so the broker answers at once."""
+        for outcome in outcomes:
+            if isinstance(outcome, DeadLetter):
+                self.unwritten.add(outcome)
+        self._apply([o for o in outcomes if not isinstance(o, DeadLetter)])
+
+    def _write_deferred_dead_letters(self) -> None:
+        """A batch of the dead letters a start made; on a failure the heartbeat's retries
+        (and their error log) take over."""
+        failed: list[DeadLetter] = []
+
+        def write(letter: DeadLetter) -> bool:
+            if self._dead_letter(letter):
+                return True
+            failed.append(letter)
+            return False
+
+        self._apply(self.unwritten.retry(write, DEAD_LETTER_BATCH))
+        if failed or not self.unwritten.letters:
+            self.writing_dead_letters = False
+            if not failed:
+                log.info("all dead letters made at start are written")
 
     def _apply(self, outcomes: list[Outcome]) -> None:
         for outcome in outcomes:
@@ -261,12 +289,15 @@ class Broker(Publishing, RelayPaths):
     def _housekeeping(self, now: float) -> None:
         if self.reload_requested:
             self.reload()
+        if self.writing_dead_letters:
+            self._write_deferred_dead_letters()
         for identity in self.dispatcher.expired_workers(now):
             self._worker_gone(identity, "missed its heartbeats; lease expired")
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + HEARTBEAT_SECONDS
             self.take_replays()
-            self._apply(self.unwritten.retry(lambda letter: self._dead_letter(letter, True)))
+            if not self.writing_dead_letters:  # else written batch by batch above
+                self._apply(self.unwritten.retry(lambda letter: self._dead_letter(letter, True)))
             for job in self.orphans.collect(lambda job_id: job_id not in self.dispatcher.jobs
                                             and not self.reaper.removing(job_id)):
                 self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
@@ -306,6 +337,8 @@ class Broker(Publishing, RelayPaths):
             now = time.monotonic()
             due = self.dispatcher.next_due(now)
             timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
+            if self.writing_dead_letters:
+                timeout = 0.0
             ready = dict(poller.poll(int(timeout * 1000) + 1))
             if wakeup is not None and wakeup in ready:
                 wakeup.drain()

@@ -4,10 +4,15 @@ Their jobs stay on the spool (a restart recovers them), and the broker writes th
 a heartbeat until the spool takes them: before, the job was forgotten until a restart, in no
 queue and in no dead-letter list. A job settled meanwhile (its other destinations done) is
 held, and its files removed only once its last dead letter is written.
+
+A start also leaves here the dead letters it makes (a destination removed while jobs waited
+for it): the broker writes them in small batches between its other work, so that 50,000 of
+them (minutes of fsyncs) do not keep it from taking new instances meanwhile.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,11 +42,13 @@ class UnwrittenDeadLetters:
     def by_destination(self) -> Counter[str]:
         return Counter(destination for _, destination in self.letters)
 
-    def retry(self, write: Callable[[DeadLetter], bool]) -> list[Outcome]:
-        """Write each again, oldest first, stopping at the first that still fails (a full
-        spool: one try a heartbeat, not one per letter). Returns the jobs now settled."""
+    def retry(self, write: Callable[[DeadLetter], bool], limit: int | None = None
+              ) -> list[Outcome]:
+        """Write each again (at most `limit`), oldest first, stopping at the first that still
+        fails (a full spool: one try a heartbeat, not one per letter). Returns the jobs now
+        settled."""
         settled: list[Outcome] = []
-        for key, letter in list(self.letters.items()):
+        for key, letter in list(itertools.islice(self.letters.items(), limit)):
             if not write(letter):
                 break
             del self.letters[key]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,61 @@ def runtime() -> Iterator[Runtime]:
         yield Runtime(Path(folder))
 
 
+def _commit(spool: Spool, count: int, destination: str) -> list[str]:
+    job_ids = [f"{n:016x}aaaaaaaa" for n in range(count)]
+    for n, job_id in enumerate(job_ids):
+        received = spool.incoming / f"{n}.tmp"
+        received.write_bytes(b"DICM")
+        spool.commit(make_header(job_id, (destination,)), received)
+    return job_ids
+
+
+def _write_all(broker: Broker) -> int:
+    """Run the loop's housekeeping until the start's dead letters are written; how often."""
+    rounds = 0
+    while broker.writing_dead_letters:
+        broker._housekeeping(time.monotonic())
+        rounds += 1
+    return rounds
+
+
+def test_a_start_answers_before_its_dead_letters_are_written_and_a_kill_loses_none(
+        tmp_path: Path, runtime: Runtime) -> None:
+    """300 jobs for a removed destination: the broker is ready before writing their dead
+    letters (which took minutes for 50,000, all senders refused meanwhile), writes them a
+    batch per turn of its loop, and a kill -9 midway leaves the rest on the spool for the
+    next start: each job ends as exactly one dead letter."""
+    spool = Spool(tmp_path / "spool").create()
+    job_ids = _commit(spool, 300, "removed")
+    broker = Broker(CONFIG, runtime, spool)
+    try:
+        recovery = broker.recover()
+        assert dict(recovery.dead_letters) == {"unknown_destination": 300}
+        assert list(spool.dead_letters.glob("*.json")) == []  # none yet: ready at once
+        assert broker.writing_dead_letters
+        broker._housekeeping(time.monotonic())
+        broker._housekeeping(time.monotonic())
+        written = len(list(spool.dead_letters.glob("*.json")))
+        assert 0 < written < 300
+        broker.reaper.close()
+    finally:
+        broker.frontend.close()
+        broker.backend.close()
+        broker.context.term()  # a kill -9: what was in memory is gone
+    assert all(spool.instance_path(j).exists() for j in job_ids[written:])  # still on the spool
+
+    again = Broker(CONFIG, runtime, spool)
+    try:
+        again.recover()
+        assert _write_all(again) > 1
+        again.reaper.close()
+    finally:
+        again.close()
+    records = sorted(p.name for p in spool.dead_letters.glob("*.json"))
+    assert records == sorted(f"{j}.removed.json" for j in job_ids)
+    assert not any(spool.instance_path(j).exists() for j in job_ids)
+
+
 def test_jobs_for_a_removed_destination_are_counted_as_dead_letters(
         tmp_path: Path, runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
     spool = Spool(tmp_path / "spool").create()
@@ -41,6 +97,7 @@ def test_jobs_for_a_removed_destination_are_counted_as_dead_letters(
     try:
         with caplog.at_level(logging.INFO, logger="router.broker"):
             recovery = broker.recover()
+            _write_all(broker)
     finally:
         broker.close()
     assert (recovery.jobs, recovery.queued, dict(recovery.dead_letters)) == (
