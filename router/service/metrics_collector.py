@@ -28,10 +28,21 @@ class ChildrenCollector(MultiProcessCollector):
                 # A dead child's values move to the accumulated files under this lock: a
                 # scrape sees them in one place, never both or neither.
                 with dead_metrics.reading(self._path):
-                    files = glob.glob(os.path.join(self._path, "*.db"))
+                    files = [f for f in glob.glob(os.path.join(self._path, "*.db"))
+                             if _has_values(f)]
                     merged: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
                 return merged
             except FileNotFoundError:
                 if attempt == ATTEMPTS - 1:
                     raise
         return []  # not reached
+
+
+def _has_values(path: str) -> bool:
+    """False for a file a starting child has just created and not yet sized: the client
+    reads its first 4 bytes and fails on an empty file (struct.error), and the whole scrape
+    with it (a reload restarts every worker). An empty file holds no sample to miss."""
+    try:
+        return os.path.getsize(path) > 0
+    except FileNotFoundError:
+        return False

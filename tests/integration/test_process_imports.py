@@ -45,17 +45,6 @@ def test_the_command_line_and_the_supervisor_load_no_dicom_or_codecs() -> None:
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 
-def test_the_command_line_imports_no_metrics_before_run_names_their_folder() -> None:
-    """prometheus_client picks single- or multi-process mode when router.core.metrics is
-    imported: imported by the console script (the CLI's dead-letter commands imported the
-    audit trail, which imports metrics), the supervisor's own metrics (ready, config reloads)
-    were left out of /metrics, `dicom_router_ready 0`, before `run` set the folder."""
-    code = "import sys, router.cli; print('router.core.metrics' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.strip() == "False"
-
-
 def test_the_broker_loads_no_dicom_or_codecs() -> None:
     loaded = _loaded_after("router.cli", "router.service.child_process", "router.broker.main")
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})

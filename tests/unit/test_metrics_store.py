@@ -116,6 +116,15 @@ def test_a_scrape_survives_a_childs_files_going_while_it_reads(tmp_path: Path,
     assert not gone
 
 
+def test_a_scrape_skips_a_file_a_starting_child_has_not_sized_yet(tmp_path: Path) -> None:
+    """prometheus_client creates a process's file empty, then sizes it: a scrape in between
+    read 0 bytes, raised struct.error and answered nothing (RemoteDisconnected in two CI
+    runs, each under a reload that restarted the workers). An empty file holds no sample."""
+    _metric_file(tmp_path / "counter_22.db", "dicom_router_things", 3.0)
+    (tmp_path / "counter_44.db").touch()
+    assert _scrape(tmp_path)[("dicom_router_things", ())] == 3.0
+
+
 def _scrape(folder: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     from prometheus_client import CollectorRegistry
 
