@@ -37,14 +37,22 @@ class GroupHolds:
 
     def _group(self, delivery: Any) -> str:
         """The group that holds this delivery: of the job's completion rules (several when
-        `continue: true` rules matched), the first whose rule forwards to its destination;
-        '' when none does."""
+        `continue: true` rules matched), the first that routed it to its destination (the
+        job's routes; for a job recorded without them, the first whose rule forwards there
+        now); '' when none does. By the routes, a reload that changed the rule's forward
+        does not release what the rule routed before it (recovered after a restart)."""
         job = delivery.job
         if delivery.batch:
             return ""
+        routed = job.routed_by(delivery.destination)  # None: recorded without routes
         for group in job.groups or ((job.group,) if job.group else ()):
-            policy = self.policies.get(group.split("|", 1)[0])
-            if policy is not None and delivery.destination in policy.destinations:
+            rule = group.split("|", 1)[0]
+            policy = self.policies.get(rule)
+            if policy is None:
+                continue  # the rule went away in a reload
+            held = (rule in routed if routed is not None
+                    else delivery.destination in policy.destinations)
+            if held:
                 return str(group)
         return ""
 

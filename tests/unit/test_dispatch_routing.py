@@ -115,6 +115,26 @@ def test_each_destination_is_held_by_the_completion_rule_that_routed_it_there() 
     assert batch.destination == "archive" and [j.job_id for j in batch.jobs] == ["b", "a"]
 
 
+def test_a_job_is_held_by_the_rule_that_routed_it_even_after_its_forward_changed() -> None:
+    """A reload moved the completion rule's forward from pacs to archive; the jobs it had
+    routed to pacs (recovered after a restart) went to pacs at once, without their hold.
+    The job's routes say which rule sent it where; a job recorded without them goes by the
+    rule's forward as before."""
+    clock = Clock()
+    holds = GroupHolds({"series": CompletionPolicy(30, 300, frozenset({"archive"}))})
+    d = dispatcher(clock, holds=holds)
+    t0 = clock.wall_now
+    d.add_job(make_header("routed", group="series|1.2.3", routes=("pacs=series",),
+                          received_at=t0))
+    d.add_job(make_header("old", group="series|1.2.3", received_at=t0))  # no routes
+    d.worker_ready(W1, 4, 0.0)
+    assert sent(d.dispatch(0.0)) == [("old", "pacs")]
+    assert d.depth("pacs") == 1
+    clock.wall_now = t0 + 30
+    (_, batch), = d.dispatch(1.0)
+    assert [j.job_id for j in batch.jobs] == ["routed"]
+
+
 def test_the_deadline_releases_a_group_that_never_settles() -> None:
     clock = Clock()
     d = completion(clock, stable=30, deadline=100)
