@@ -43,7 +43,6 @@ The state the rules act on is kept in dispatch_state.py, its data types in deliv
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import replace
 
 from router.broker.completion import MAX_BATCH
@@ -161,7 +160,7 @@ class Dispatcher(DispatchState):
         if result.transient and delivery.attempt < policy.retry.max_attempts:
             delay = backoff(policy.retry, delivery.attempt, self.rand)
             retry = Delivery(delivery.job, delivery.destination, delivery.attempt + 1)
-            heapq.heappush(self.delayed, (now + delay, next(self._sequence), retry))
+            self.delayed.push(now + delay, retry)
             return [Retry(retry, delay, result.reason)]
         reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
         return self._give_up(delivery, reason, result.detail)
@@ -238,8 +237,7 @@ class Dispatcher(DispatchState):
         probe = self.spool_wait.probe_due(now)
         if probe is not None:
             self._requeue_front(probe)
-        while self.delayed and self.delayed[0][0] <= now:
-            _, _, delivery = heapq.heappop(self.delayed)
+        for delivery in self.delayed.pop_due(now):
             if delivery.job.job_id in self.jobs:
                 self.queues[delivery.destination].append(delivery)
         for destination, deliveries in self.holds.due(self.wall()):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
 from router.broker.completion import GroupHolds
+from router.broker.delayed_retries import DelayedRetries
 from router.broker.deliveries import (
     DeadLetter,
     Delivery,
@@ -60,8 +61,7 @@ class DispatchState:
         self.queues: dict[str, DeliveryQueue[Delivery]] = {
             name: DeliveryQueue() for name in self.policies}
         self.in_flight: dict[str, int] = dict.fromkeys(self.policies, 0)
-        self.delayed: list[tuple[float, int, Delivery]] = []
-        self._sequence = itertools.count()
+        self.delayed = DelayedRetries()
         # Dispatch tokens, from a random start: a restarted broker's never meet its
         # predecessor's, whose answers may still arrive.
         self._leases = itertools.count(secrets.randbits(62) + 1)
@@ -270,7 +270,8 @@ class DispatchState:
     def next_due(self, now: float) -> float | None:
         """When dispatch() may next have something new to send: a retry or a pause ending,
         a held group becoming due, a destination's time window opening."""
-        due = [self.delayed[0][0]] if self.delayed else []
+        retry_due = self.delayed.next_due()
+        due = [retry_due] if retry_due is not None else []
         spool_due = self.spool_wait.next_due()
         if spool_due is not None:
             due.append(spool_due)
@@ -288,8 +289,7 @@ class DispatchState:
         return min(due, default=None)
 
     def depth(self, destination: str) -> int:
-        waiting = sum(d.size for _, _, d in self.delayed if d.destination == destination)
-        waiting += self.spool_wait.jobs(destination)
+        waiting = self.delayed.jobs(destination) + self.spool_wait.jobs(destination)
         return (self.queues[destination].jobs + waiting + self.holds.depth(destination)
                 + self.order.parked(destination))
 

@@ -12,7 +12,6 @@ Deliveries leased to a worker are not moved: they finish (or fail back into A's 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 
 from router.broker.deliveries import Delivery, Outcome
 from router.broker.dispatch import Dispatcher
@@ -28,14 +27,8 @@ def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
     queue = dispatcher.queues[name]
     while queue:
         found += queue.popleft().jobs
-    kept = []
-    for entry in dispatcher.delayed:
-        if entry[2].destination == name:
-            found += entry[2].jobs
-        else:
-            kept.append(entry)
-    heapq.heapify(kept)
-    dispatcher.delayed = kept
+    for delivery in dispatcher.delayed.take(name):
+        found += delivery.jobs
     found += [d.job for d in dispatcher.spool_wait.take(name)]
     for key in [k for k in dispatcher.holds.groups if k[0] == name]:
         found += [d.job for d in dispatcher.holds.groups.pop(key).deliveries]
@@ -95,15 +88,12 @@ def release_now(dispatcher: Dispatcher, name: str) -> int:
     waiting for the spool, join its queue at once."""
     dispatcher.paused_until[name] = 0.0
     dispatcher.busy_until[name] = 0.0
-    released = [entry for entry in dispatcher.delayed if entry[2].destination == name]
-    if released:
-        dispatcher.delayed = [e for e in dispatcher.delayed if e[2].destination != name]
-        heapq.heapify(dispatcher.delayed)
-        for _, _, delivery in sorted(released, key=lambda e: (e[0], e[1])):
-            if delivery.job.job_id in dispatcher.jobs:
-                dispatcher.queues[name].append(delivery)
+    released = dispatcher.delayed.take(name)
+    for delivery in released:
+        if delivery.job.job_id in dispatcher.jobs:
+            dispatcher.queues[name].append(delivery)
     spooled = dispatcher.spool_wait.take(name)
     for delivery in spooled:
         if delivery.job.job_id in dispatcher.jobs:
             dispatcher.queues[name].append(delivery)
-    return sum(e[2].size for e in released) + sum(d.size for d in spooled)
+    return sum(d.size for d in released) + sum(d.size for d in spooled)
