@@ -71,6 +71,7 @@ class Broker(Publishing, RelayPaths):
         spool.recycler.keep_free = config.spool.watermark_bytes
         self.reaper = SpoolReaper(spool)
         self.unwritten = UnwrittenDeadLetters()
+        self.unwritten_shown: set[str] = set()  # router/broker/publish.py
         self.orphans = OrphanedJournals(spool)
         self.runtime = runtime
         self.dispatcher = Dispatcher(policies(config), config.queue.max_jobs,

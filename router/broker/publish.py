@@ -31,6 +31,7 @@ class Publishing:
     unwritten: UnwrittenDeadLetters
     status_dir: Path | None
     config_generation: int
+    unwritten_shown: set[str]  # destinations without a row whose unwritten gauge was set
 
     def _publish(self, now: float) -> None:
         """Queue metrics, spool usage and the live snapshot, once a heartbeat."""
@@ -44,8 +45,7 @@ class Publishing:
             if "concurrency" in row:
                 metrics.DESTINATION_CONCURRENCY.labels(name).set(float(row["concurrency"]))
             metrics.DEAD_LETTERS_WAITING.labels(name).set(float(row["dead_letters_waiting"]))
-            metrics.DEAD_LETTERS_UNWRITTEN.labels(name).set(
-                float(row["dead_letters_unwritten"]))
+        unwritten = self._publish_unwritten(destinations)
         metrics.JOBS_QUEUED.set(len(self.dispatcher.jobs))
         metrics.SPOOL_QUEUED.set(self.dispatcher.queued_bytes)
         spool: dict[str, int] = {"queued_bytes": self.dispatcher.queued_bytes}
@@ -67,12 +67,26 @@ class Publishing:
                     "config_generation": self.config_generation,
                     "jobs_queued": len(self.dispatcher.jobs), "spool": spool,
                     "workers": len(self.dispatcher.workers), "destinations": destinations,
+                    # Every destination's, a row's or not (_publish_unwritten)
+                    "dead_letters_unwritten": unwritten,
                     # w<index>-<pid>-<generation>: a reload restarts the next worker once the
                     # one before is connected again (router/service/supervisor.py)
                     "worker_ids": sorted(w.decode(errors="replace")
                                          for w in self.dispatcher.workers)})
             except OSError as exc:
                 log.debug("cannot write the live status: %s", exc)
+
+    def _publish_unwritten(self, rows: dict[str, dict[str, float | int | bool | str]]
+                           ) -> dict[str, int]:
+        """The unwritten dead letters by destination, the gauge set for each. Not only the
+        rows': a start whose config no longer has a destination gives its recovered jobs up
+        as dead letters, and when the spool is full they waited unseen. A name seen before
+        and now without any is set to 0, not left at its last count."""
+        unwritten = dict(self.unwritten.by_destination())
+        for name in set(rows) | set(unwritten) | self.unwritten_shown:
+            metrics.DEAD_LETTERS_UNWRITTEN.labels(name).set(float(unwritten.get(name, 0)))
+        self.unwritten_shown = set(unwritten) - set(rows)
+        return unwritten
 
     def destination_summary(self, now: float) -> dict[str, dict[str, float | int | bool | str]]:
         wall = time.time()

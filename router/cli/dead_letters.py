@@ -93,9 +93,13 @@ def _unwritten(config: RouterConfig, destination: str | None) -> int:
     try:
         with urllib.request.urlopen(f"http://{host}:{config.metrics.port}/status",
                                     timeout=3) as response:
-            rows = json.loads(response.read())["broker"]["destinations"]
-        return sum(int(row.get("dead_letters_unwritten", 0)) for name, row in rows.items()
-                   if destination in (None, name))
+            broker = json.loads(response.read())["broker"]
+        # Every destination's, one no longer configured too (a router before this had
+        # only the rows')
+        counts = broker.get("dead_letters_unwritten") or {
+            name: row.get("dead_letters_unwritten", 0)
+            for name, row in broker["destinations"].items()}
+        return sum(int(n) for name, n in counts.items() if destination in (None, name))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return 0
 

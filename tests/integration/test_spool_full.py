@@ -252,3 +252,47 @@ def _queued_then_full(router: RouterProcess, pacs: StoreSCP, spool: Path,
     filler = fill(spool)
     pacs.start()
     return filler
+
+
+def test_unwritten_dead_letters_of_a_destination_no_longer_configured_are_shown(
+        small_spool: Path, tmp_path: Path) -> None:
+    """Jobs queued for `gone` when the router stops; it starts again without `gone` and with
+    a full spool: their unknown_destination dead letters cannot be written. Before, the gauge
+    and /status covered configured destinations only, so these waited unseen."""
+    (closed,) = free_ports(1)  # nothing listens: gone's jobs stay queued
+    keep = {"type": "folder", "path": str(tmp_path / "keep")}
+    spool = {"path": str(small_spool), "min_free_bytes": 0, "min_free_percent": 0}
+    before = {"spool": spool, "destinations": {
+        "keep": keep, "gone": {"type": "dicom", "ae_title": "GONE", "host": "127.0.0.1",
+                               "port": closed}},
+        "rules": [{"name": "all", "forward": ["gone"]}]}
+    after = {"spool": spool, "destinations": {"keep": keep},
+             "rules": [{"name": "all", "forward": ["keep"]}]}
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE, size_bytes=20_000)
+               for _ in range(2)]
+    with RouterProcess(tmp_path / "before", before) as router:
+        stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert stored.returncode == 0, stored.stderr
+        assert router.stop() == 0
+    filler = fill(small_spool)
+    router = RouterProcess(tmp_path / "after", after).launch()
+    try:
+        assert wait_for(lambda: _gauge(router, "gone") == 2), router.log()[-3000:]
+        listed = subprocess.run([*ROUTER, "dead-letters", "list", "--config",
+                                 str(router.config_path)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert listed.stdout.startswith("2 dead letters wait to be written"), listed
+        filler.unlink()
+        assert wait_for(lambda: len(list((small_spool / "dead-letters").glob("*.json"))) == 2)
+        assert wait_for(lambda: _gauge(router, "gone") == 0)
+    finally:
+        router.stop()
+
+
+def _gauge(router: RouterProcess, destination: str) -> float | None:
+    """The unwritten dead letters' gauge, None while the router's HTTP port is not up yet."""
+    try:
+        return router.metric("dicom_router_dead_letters_unwritten", destination=destination)
+    except OSError:
+        return None
