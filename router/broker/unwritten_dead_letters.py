@@ -7,7 +7,8 @@ held, and its files removed only once its last dead letter is written.
 
 A start also leaves here the dead letters it makes (a destination removed while jobs waited
 for it): the broker writes them in small batches between its other work, so that 50,000 of
-them (minutes of fsyncs) do not keep it from taking new instances meanwhile.
+them (minutes of fsyncs) do not keep it from taking new instances meanwhile; the folder is
+fsync'd once a batch (router/broker/main.py `_write_deferred_dead_letters`).
 """
 
 from __future__ import annotations

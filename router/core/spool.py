@@ -350,8 +350,11 @@ class Spool(SpoolLayout):
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def dead_letter(self, header: JobHeader, destination: str, record: dict[str, Any]) -> Path:
-        """Keep the instance and why it could not be delivered, for an operator to replay."""
+    def dead_letter(self, header: JobHeader, destination: str, record: dict[str, Any], *,
+                    sync_folder: bool = True) -> Path:
+        """Keep the instance and why it could not be delivered, for an operator to replay.
+        `sync_folder=False`: the caller calls sync_dead_letters() after a batch of these, and
+        before it removes any of their jobs' files."""
         instance = self.dead_letters / f"{header.job_id}.dcm"
         body = {"job": header.to_dict(), "destination": destination, **record}
         target = self.dead_letters / f"{header.job_id}.{destination}.json"
@@ -366,5 +369,10 @@ class Spool(SpoolLayout):
                     with contextlib.suppress(OSError):
                         instance.unlink()
                 raise
-            fsync_path(self.dead_letters, directory=True)
+            if sync_folder:
+                fsync_path(self.dead_letters, directory=True)
         return target
+
+    def sync_dead_letters(self) -> None:
+        """Make the links and records dead_letter() made without `sync_folder` durable."""
+        fsync_path(self.dead_letters, directory=True)

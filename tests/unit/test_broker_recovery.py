@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from router.broker.main import Broker
+from router.broker.main import DEAD_LETTER_BATCH, Broker
+from router.core import spool as spool_module
 from router.core.config import parse_config
+from router.core.messages import JobHeader
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 
@@ -107,3 +109,70 @@ def test_jobs_for_a_removed_destination_are_counted_as_dead_letters(
     assert str(recovery) in caplog.messages, caplog.messages
     assert len(broker.dispatcher.jobs) == recovery.queued
     assert len(list(spool.dead_letters.glob("*.json"))) == 6
+
+
+def test_a_start_fsyncs_the_dead_letters_folder_once_per_batch_before_removing_jobs(
+        tmp_path: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 dead letters at start: the folder was fsync'd once per record. Now once per
+    batch, and still before any of the batch's jobs leaves the spool (the crash argument in
+    Broker._write_deferred_dead_letters)."""
+    spool = Spool(tmp_path / "spool").create()
+    job_ids = _commit(spool, 100, "removed")
+    folder = spool.dead_letters
+    synced: set[str] = set()  # records on the spool when the folder was last fsync'd
+    syncs = []
+
+    def fsync_path(path: Path, *, directory: bool = False) -> None:
+        real_fsync_path(path, directory=directory)
+        if directory and path == folder:
+            syncs.append(path)
+            synced.update(p.name for p in folder.glob("*.json"))
+
+    real_fsync_path = spool_module.fsync_path
+    monkeypatch.setattr(spool_module, "fsync_path", fsync_path)
+    broker = Broker(CONFIG, runtime, spool)
+    removed = []
+
+    def remove(job: JobHeader, *, reuse: bool = False) -> None:
+        assert f"{job.job_id}.removed.json" in synced, "a job removed before its record"
+        removed.append(job.job_id)
+
+    monkeypatch.setattr(broker.reaper, "remove", remove)
+    try:
+        broker.recover()
+        rounds = _write_all(broker)
+    finally:
+        broker.close()
+    assert sorted(removed) == job_ids
+    assert len(synced) == 100
+    assert len(syncs) == rounds == -(-100 // DEAD_LETTER_BATCH)
+
+
+def test_a_failed_fsync_of_the_dead_letters_folder_keeps_the_batch_s_jobs(
+        tmp_path: Path, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool").create()
+    job_ids = _commit(spool, 10, "removed")
+    real_fsync_path = spool_module.fsync_path
+    failing = [True]
+
+    def fsync_path(path: Path, *, directory: bool = False) -> None:
+        if directory and path == spool.dead_letters and failing[0]:
+            raise OSError(5, "Input/output error")
+        real_fsync_path(path, directory=directory)
+
+    monkeypatch.setattr(spool_module, "fsync_path", fsync_path)
+    broker = Broker(CONFIG, runtime, spool)
+    try:
+        broker.recover()
+        broker._housekeeping(time.monotonic())
+        assert not broker.writing_dead_letters  # the heartbeat's retries take over
+        assert len(broker.unwritten.letters) == 10
+        assert all(spool.instance_path(j).exists() for j in job_ids)
+        failing[0] = False
+        broker._housekeeping(broker.next_heartbeat)
+        assert not broker.unwritten.letters
+        broker.reaper.close()
+    finally:
+        broker.close()
+    assert len(list(spool.dead_letters.glob("*.json"))) == 10
+    assert not any(spool.instance_path(j).exists() for j in job_ids)
