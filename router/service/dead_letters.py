@@ -7,11 +7,13 @@ the spool's replay inbox, which the running broker (or the next start) queues.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,51 @@ def find(spool: Spool, selection: Filter = Filter()) -> list[DeadLetter]:
     letters = [_load(p) for p in sorted(spool.dead_letters.glob("*.json"))
                if not p.name.startswith(".")]
     return sorted((d for d in letters if selection.matches(d, now)), key=lambda d: d.failed_at)
+
+
+@dataclass(frozen=True)
+class Page:
+    letters: list[DeadLetter]
+    total: int  # every match, on every page
+    next_after: str | None  # the last letter's id when more follow, else None
+
+
+def page(spool: Spool, selection: Filter, after: str | None, limit: int,
+         keep: Callable[[DeadLetter], bool] | None = None) -> Page:
+    """At most `limit` dead letters matching `selection` (and `keep`), by id: their jobs'
+    arrival, as job ids are time-ordered. Only those after the id `after`, which need not
+    exist any more (a purge between two pages shifts nothing). Only the page is kept: a
+    list of 50,000 letters built whole was 41 MB of JSON; without a filter only the page is
+    read too."""
+    names = sorted(e.name[:-5] for e in os.scandir(spool.dead_letters)
+                   if e.name.endswith(".json") and not e.name.startswith("."))
+    if selection == Filter() and keep is None:  # the count is the listing's
+        start = bisect.bisect_right(names, after) if after is not None else 0
+        chosen = [d for d in map(_loaded, (spool.dead_letters / f"{n}.json" for n in
+                                           names[start:start + limit])) if d is not None]
+        more = start + limit < len(names)
+        return Page(chosen, len(names), names[start + limit - 1] if more else None)
+    now, total, chosen, more = time.time(), 0, [], False
+    for name in names:
+        letter = _loaded(spool.dead_letters / f"{name}.json")
+        if letter is None or not selection.matches(letter, now) or (keep and not keep(letter)):
+            continue
+        total += 1
+        if after is not None and name <= after:
+            continue
+        if len(chosen) < limit:
+            chosen.append(letter)
+        else:
+            more = True
+    return Page(chosen, total, chosen[-1].id if more else None)
+
+
+def _loaded(path: Path) -> DeadLetter | None:
+    """The letter, None when it went (replayed or purged since the folder was listed)."""
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        return None
 
 
 def get(spool: Spool, letter_id: str) -> DeadLetter:
