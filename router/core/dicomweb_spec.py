@@ -16,6 +16,7 @@ file (a mounted secret), read when a request is sent, so a rotated token is pick
         password_env: PACS_WEB_PASSWORD          # or password_file: /run/secrets/pacs-web
         ca: /etc/router/pacs-ca.pem              # verify https against this bundle
         timeout: 60                              # seconds for the whole request and answer
+        max_answer_bytes: 16777216               # a longer answer pauses the destination
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from router.core.durations import Seconds
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BASIC_KEYS = ("username", "password_env", "password_file")
 _BEARER_KEYS = ("token_env", "token_file")
+MAX_ANSWER_BYTES = 16 * 1024**2
 
 
 class _Strict(BaseModel):
@@ -80,6 +82,9 @@ class DicomWebFields(_Strict):
     verify_tls: bool = True
     # Seconds for the whole exchange: connect, send the instance, read the whole answer.
     timeout: Seconds = Field(60.0, gt=0)
+    # The most of an answer the worker reads (a STOW-RS answer for one instance is a few KB):
+    # a longer one, or an endless one, is cut off, so a worker's memory stays bounded.
+    max_answer_bytes: int = Field(MAX_ANSWER_BYTES, ge=1024)
 
     _url = field_validator("url")(_check_url)
 

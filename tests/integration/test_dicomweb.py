@@ -576,6 +576,66 @@ def test_an_answer_dripped_past_the_timeout_is_cut_off(instance: Path) -> None:
     assert server.connections == 1
 
 
+class FloodingHandler(http.server.BaseHTTPRequestHandler):
+    """Takes the request, then answers 200 with a body of FLOOD bytes (or until the client
+    hangs up), declaring its length or not (an endless body ends when the connection does)."""
+
+    server: FloodingServer
+    protocol_version = "HTTP/1.1"
+    FLOOD = 64 * 1024**2
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        if self.server.declare:
+            self.send_header("Content-Length", str(self.FLOOD))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        block = b" " * 65536
+        with contextlib.suppress(OSError):  # the client hung up: what the test wants
+            while self.server.sent < self.FLOOD:
+                self.wfile.write(block)
+                self.server.sent += len(block)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class FloodingServer(http.server.ThreadingHTTPServer):
+    def __init__(self, declare: bool) -> None:
+        super().__init__((LOCALHOST, 0), FloodingHandler)
+        self.declare = declare
+        self.sent = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCALHOST}:{self.server_address[1]}/dicom-web"
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["declared", "endless"])
+def test_an_answer_past_max_answer_bytes_pauses_and_is_cut_off(instance: Path,
+                                                              declare: bool) -> None:
+    """A server (or anything at the url) that answers with a body of 64 MiB, declared or
+    endless, was read whole into the worker's memory (and, unparsable, counted as
+    delivered). Past max_answer_bytes the answer is cut off, the connection closed, and
+    the destination pauses (the service's fault, not the instance's), naming the cap."""
+    server = FloodingServer(declare)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    destination = DicomWebDestination("cloud", web_config(server.url, max_answer_bytes=65536))
+    try:
+        error = delivery_error(destination, instance)
+        assert (error.reason, error.transient) == ("answer_too_large", True)
+        assert "cloud" in str(error) and "max_answer_bytes (65536 bytes)" in str(error)
+    finally:
+        destination.close()
+        server.shutdown()
+        server.server_close()  # joins the handler: it saw the hang-up, or sent it all
+    assert server.sent < FloodingHandler.FLOOD  # the client never read it to its end
+
+
 def test_refused_connection_reads_well(instance: Path) -> None:
     port = free_ports(1)[0]
     destination = DicomWebDestination("web", web_config(f"http://{LOCALHOST}:{port}/dicom-web"))

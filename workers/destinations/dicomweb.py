@@ -13,6 +13,7 @@ How answers become results (PS3.18 10.5.3):
 | answer | result |
 | --- | --- |
 | refused, reset, timed out; no whole answer within `timeout` | `connection`, transient (pauses) |
+| an answer longer than `max_answer_bytes` (16 MiB), or endless | `answer_too_large`, pauses |
 | TLS failure (certificate not trusted, handshake) | `tls`, transient (pauses) |
 | 502, 503, 504, 429: the service (or its proxy) is down or throttles | `unavailable`, pauses |
 | 401, 403: its credentials are refused | `auth`, pauses: "credentials refused (check ...)" |
@@ -22,7 +23,7 @@ How answers become results (PS3.18 10.5.3):
 | 2xx listing the instance in FailedSOPSequence | `status`, transient for 0xA7xx, 0x0110, ... |
 | 2xx listing it in ReferencedSOPSequence (with or without WarningReason), or no body | delivered |
 
-Answers in the first three rows speak of the service, not of the instance: the destination
+Answers in the first six rows speak of the service, not of the instance: the destination
 pauses (its queue kept, no attempt spent) until an operator or the service mends it, probing
 with its retry backoff, never sooner than a Retry-After in seconds asks.
 
@@ -62,6 +63,7 @@ _REFERENCED_SOP_INSTANCE_UID = "00081155"
 _FAILURE_REASON = "00081197"
 _WARNING_REASON = "00081196"
 _READ_BLOCK = 1 << 20
+_ANSWER_BLOCK = 64 * 1024
 _POOL_PREFIX = re.compile(r"^HTTPS?Connection(Pool)?\([^)]*\): ")
 # The service (or the proxy before it) is down or throttles: nothing is wrong with the instance.
 _UNAVAILABLE = {502: "bad gateway", 503: "service unavailable", 504: "gateway timeout",
@@ -92,6 +94,8 @@ class DicomWebSettings(Protocol):
     def verify_tls(self) -> bool: ...
     @property
     def timeout(self) -> float: ...
+    @property
+    def max_answer_bytes(self) -> int: ...
 
 
 # --- the request body --------------------------------------------------------------------------
@@ -318,9 +322,8 @@ class DicomWebDestination:
 
     def deliver(self, job: JobHeader, source: Path) -> None:
         with source.open("rb") as fp:  # FileNotFoundError: withdrawn, the caller knows
-            response = self._post(fp, os.fstat(fp.fileno()).st_size)
-        with response:
-            answer = parse_answer(response.content)
+            response, content = self._post(fp, os.fstat(fp.fileno()).st_size)
+        answer = parse_answer(content)
         failure = classify(self.name, response.status_code, answer, job.sop_instance_uid,
                            self.hint, response.headers)
         if failure is not None:
@@ -330,7 +333,8 @@ class DicomWebDestination:
             log.info("%s stored %s with WarningReason %s", self.name, job.sop_instance_uid,
                      "none" if warning is None else f"0x{warning:04X}")
 
-    def _post(self, fp: BinaryIO, size: int) -> requests.Response:
+    def _post(self, fp: BinaryIO, size: int) -> tuple[requests.Response, bytes]:
+        """The response and its body, read whole within the deadline and the size cap."""
         boundary = uuid.uuid4().hex
         headers = {
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
@@ -338,18 +342,44 @@ class DicomWebDestination:
         }
         timeout = self.config.timeout
         try:
-            with Deadline(timeout) as deadline:  # the body is read inside post (no stream)
-                return self.session.post(
+            with Deadline(timeout) as deadline:  # the body is read inside it too
+                response = self.session.post(
                     self.stow_url, data=MultipartBody(fp, size, boundary), headers=headers,
                     timeout=(timeout, timeout), verify=self.verify, allow_redirects=False,
+                    stream=True,
                 )
+                with response:  # closes the connection when the body is not read to its end
+                    content = self._read_answer(response)
         except requests.RequestException as exc:
             if deadline.expired:
-                raise DeliveryError("connection", f"{self.name} ({self.stow_url}) did not take "
-                                    f"the instance and answer within its timeout of "
-                                    f"{timeout:g} s (the whole request and response)",
-                                    transient=True) from exc
+                raise self._late() from exc
             raise self._failed(exc) from exc
+        if deadline.expired:  # an answer without a length ends when the timer shuts it
+            raise self._late()
+        return response, content
+
+    def _read_answer(self, response: requests.Response) -> bytes:
+        """The body, or DeliveryError past max_answer_bytes: never more than that in memory."""
+        cap = self.config.max_answer_bytes
+        declared = response.headers.get("Content-Length", "").strip()
+        body = bytearray()
+        if not declared.isdigit() or int(declared) <= cap:
+            for block in response.iter_content(_ANSWER_BLOCK):
+                body += block
+                if len(body) > cap:
+                    break
+        if len(body) > cap or (declared.isdigit() and int(declared) > cap):
+            raise DeliveryError("answer_too_large", f"{self.name} ({self.stow_url}) answered "
+                                f"HTTP {response.status_code} with more than max_answer_bytes "
+                                f"({cap} bytes): not a STOW-RS answer (is url the DICOMweb "
+                                "service?); the answer was cut off", transient=True)
+        return bytes(body)
+
+    def _late(self) -> DeliveryError:
+        return DeliveryError("connection", f"{self.name} ({self.stow_url}) did not take the "
+                             f"instance and answer within its timeout of "
+                             f"{self.config.timeout:g} s (the whole request and response)",
+                             transient=True)
 
     def _failed(self, exc: requests.RequestException) -> DeliveryError:
         if isinstance(exc, requests.exceptions.SSLError):
