@@ -47,6 +47,31 @@ def check_key_file(config: RouterConfig, source: str) -> None:
         raise ConfigError(source, [f"spool.deidentify_key_file: {exc}"]) from None
 
 
+def check_secret_files(config: RouterConfig, source: str) -> None:
+    """A DICOMweb destination's password_file or token_file, read as its deliveries will:
+    a ConfigError now rather than a destination paused (`auth`) at its first delivery. Not
+    at `run`: a secret mounted after the start is picked up by the next delivery."""
+    problems = []
+    for name, dest in config.destinations.items():
+        for key in ("password_file", "token_file"):
+            path = getattr(dest, key, None)
+            problem = _secret_problem(path) if isinstance(path, Path) else None
+            if problem is not None:
+                problems.append(f"destinations.{name}.{key}: {problem}")
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def _secret_problem(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except UnicodeDecodeError:
+        return f"{path} is not UTF-8 text"
+    return None if text.strip("\r\n") else f"{path} is empty"
+
+
 def check_audit_file(config: RouterConfig, source: str) -> None:
     """audit.path, opened as the trail will: a ConfigError now rather than a router that runs
     and loses every audit message (a read-only filesystem, a folder it may not write)."""
@@ -76,6 +101,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         check_contexts(config)
         check_key_file(config, str(path))
         check_audit_file(config, str(path))
+        check_secret_files(config, str(path))
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return CONFIG_ERROR

@@ -285,7 +285,7 @@ def test_unset_password_variable_pauses_the_destination(
     config = web_config(secured_orthanc.dicomweb_url, auth="basic", username="router",
                         password_env=PASSWORD_ENV)
     error = delivery_error(DicomWebDestination("web", config), instance)
-    assert (error.reason, error.transient) == ("rejected", True)
+    assert (error.reason, error.transient) == ("auth", True)
     assert PASSWORD_ENV in str(error)
 
 
@@ -663,8 +663,9 @@ def test_unreadable_token_file_pauses_the_destination(stub: StowStub, instance: 
                                                       tmp_path: Path) -> None:
     config = web_config(stub.url, auth="bearer", token_file=str(tmp_path / "absent"))
     error = delivery_error(DicomWebDestination("web", config), instance)
-    assert (error.reason, error.transient) == ("rejected", True)
-    assert "absent" in str(error)
+    assert (error.reason, error.transient) == ("auth", True)
+    assert str(error) == f"cannot read the bearer token from file {tmp_path / 'absent'}: " \
+        "No such file or directory"
     assert stub.exchange.requests == []
 
 
@@ -788,6 +789,50 @@ def test_a_service_outage_pauses_the_destination_and_loses_nothing(
         for path in sources:
             uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID).encode()
             assert any(uid in body for body in stub.exchange.stored), path
+        assert not list((router.spool / "dead-letters").glob("*.json"))
+    finally:
+        router.stop()
+
+
+def test_a_password_file_gone_at_delivery_pauses_the_destination(
+        stub: StowStub, tmp_path: Path) -> None:
+    """The password file is there at start, then removed (a secret remounted): the site's
+    credentials, not the instances. The destination pauses with reason auth naming the file
+    and what is wrong (queue kept, no attempt spent, no dead letter), like a 401, and every
+    instance arrives once the file is back."""
+    from tests.dcmtk import run_storescu
+    from tests.dicom_samples import generate_mixed_set
+    from tests.integration.router_process import RouterProcess, wait_for
+
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    stub.exchange.password = "s3cret"
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"web": {
+            "type": "dicomweb", "url": stub.url, "auth": "basic", "username": "router",
+            "password_file": str(secret),
+            "retry": {"initial_delay": 0.2, "max_delay": 0.5, "max_attempts": 1}}},
+        "rules": [{"name": "all", "forward": ["web"]}]}).start()
+
+    def because() -> str:
+        row = router.status()["broker"]["destinations"]["web"]
+        return "" if row["up"] else str(row["backing_off_because"])
+
+    try:
+        secret.unlink()
+        sources = generate_mixed_set(tmp_path / "src", 3, syntaxes=(EXPLICIT_VR_LE,))
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        expected = f"auth: cannot read the password from file {secret}: No such file or directory"
+        assert wait_for(lambda: because() == expected, timeout=15), (because(), router.log())
+        # Probes go on past max_attempts (1) with nothing given up and nothing sent.
+        retries = ("dicom_router_retries_total", {"destination": "web", "reason": "auth"})
+        assert wait_for(lambda: router.metric(retries[0], **retries[1]) >= 3, timeout=15)
+        assert not list((router.spool / "dead-letters").glob("*.json"))
+        assert stub.exchange.requests == []
+
+        secret.write_text("s3cret\n")
+        assert wait_for(lambda: len(stub.exchange.stored) == 3, timeout=30), router.log()[-3000:]
         assert not list((router.spool / "dead-letters").glob("*.json"))
     finally:
         router.stop()

@@ -28,8 +28,9 @@ pauses (its queue kept, no attempt spent) until an operator or the service mends
 with its retry backoff, never sooner than a Retry-After in seconds asks.
 
 A password or token is read from its environment variable or file at each request (a rotated
-token is picked up); one that cannot be read is a transient `rejected`: the destination
-pauses until an operator fixes it, and nothing is turned into a dead letter meanwhile.
+token is picked up); one that cannot be read (a file missing or not readable, a variable
+unset) is the site's credentials, not the instance: `auth`, like a 401, and the destination
+pauses until an operator fixes it, nothing turned into a dead letter meanwhile.
 """
 
 from __future__ import annotations
@@ -144,7 +145,8 @@ class MultipartBody:
 
 
 def read_secret(env: str | None, file: Path | None, what: str) -> str:
-    """The secret from its environment variable or file; DeliveryError when there is none."""
+    """The secret from its environment variable or file; a transient `auth` DeliveryError
+    (the destination pauses) when there is none."""
     if env is not None:
         value = os.environ.get(env, "")
         where = f"environment variable {env}"
@@ -153,11 +155,14 @@ def read_secret(env: str | None, file: Path | None, what: str) -> str:
         where = f"file {file}"
         try:
             value = file.read_text(encoding="utf-8").strip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DeliveryError("rejected", f"cannot read the {what} from {where}: {exc}",
+        except OSError as exc:
+            raise DeliveryError("auth", f"cannot read the {what} from {where}: "
+                                f"{exc.strerror or exc}", transient=True) from exc
+        except UnicodeDecodeError as exc:
+            raise DeliveryError("auth", f"cannot read the {what} from {where}: not UTF-8 text",
                                 transient=True) from exc
     if not value:
-        raise DeliveryError("rejected", f"no {what}: {where} is unset or empty", transient=True)
+        raise DeliveryError("auth", f"no {what}: {where} is unset or empty", transient=True)
     return value
 
 

@@ -1,0 +1,72 @@
+"""`check-config` reads a DICOMweb destination's password_file or token_file as its
+deliveries will, and names the key and the file that cannot be read (exit 1, no traceback).
+
+Regression: a missing password file passed check-config; the router then paused the
+destination at its first delivery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router.cli.main import main
+
+
+def _config(tmp_path: Path, **web: str) -> Path:
+    data = {
+        "destinations": {"web": {"type": "dicomweb", "url": "http://pacs.example/dicom-web",
+                                 **web}},
+        "rules": [{"name": "all", "forward": ["web"]}],
+    }
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "destinations.web.password_file: cannot read {file}: No such file or directory"),
+    ("", "destinations.web.password_file: {file} is empty"),
+    (b"\xff\xfe", "destinations.web.password_file: {file} is not UTF-8 text"),
+])
+def test_an_unreadable_password_file_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes | None,
+    expected: str,
+) -> None:
+    secret = tmp_path / "password"
+    if isinstance(content, bytes):
+        secret.write_bytes(content)
+    elif content is not None:
+        secret.write_text(content)
+    path = _config(tmp_path, auth="basic", username="router", password_file=str(secret))
+
+    assert main(["check-config", str(path)]) == 1
+
+    err = capsys.readouterr().err
+    assert "  - " + expected.format(file=secret) in err.splitlines(), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_a_token_file_without_read_permission_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    token.chmod(0)
+    path = _config(tmp_path, auth="bearer", token_file=str(token))
+
+    assert main(["check-config", str(path)]) == 1
+
+    assert f"destinations.web.token_file: cannot read {token}: Permission denied" in \
+        capsys.readouterr().err
+
+
+def test_a_readable_secret_file_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    path = _config(tmp_path, auth="bearer", token_file=str(token))
+
+    assert main(["check-config", str(path)]) == 0
