@@ -34,6 +34,10 @@ Rules it keeps:
   disk: the delivery waits and spends no attempt. The spool backs off once per spell, not
   per delivery, one waiting delivery probes it, and once it takes a copy again every
   waiting delivery goes at once (router/broker/spool_wait.py).
+- A destination that is down (since a failure that paused it) is probed with one delivery
+  at a time, one job (or the batch it failed in, sent in order): only once it takes one (or
+  answers about one) do its other deliveries go, up to its limit. A DICOMweb service behind
+  a proxy that is down otherwise got `max_parallel` requests at each pause's end.
 - A failure of one delivery (a failure status, a DIMSE timeout) is retried after exponential
   backoff with jitter while it is transient and attempts remain; otherwise it becomes a
   dead letter with the reason.
@@ -260,8 +264,8 @@ class Dispatcher(DispatchState):
             # A learning probe (one association more while others are open) carries one job:
             # if the destination leaves it unanswered, one job waits busy_timeout, not a run
             # of 32. A pinned limit (max_associations) is known, not probed.
-            probe = (choice.new_association and choice.others_open > 0
-                     and not self.concurrency[name].pinned)
+            probe = ((choice.new_association and choice.others_open > 0
+                      and not self.concurrency[name].pinned) or not self.is_up(name))
             delivery = replace(self._take_run(name, single=probe), others_open=choice.others_open,
                                opens_association=choice.new_association,
                                lease=next(self._leases))
@@ -306,6 +310,7 @@ class Dispatcher(DispatchState):
             name = names[index]
             if (not self.queues[name] or self.paused_until[name] > now or name in self.held
                     or self.busy_until[name] > now or not self.in_window(name)
+                    or (self.in_flight[name] > 0 and not self.is_up(name))  # probing
                     or self.gathering.waits(name, self.queues[name], now)):
                 continue
             choice = self.concurrency[name].choose(credits, now)

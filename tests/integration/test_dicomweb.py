@@ -303,6 +303,9 @@ class Exchange:
     password: str | None = None  # when set: 401 unless basic auth router:<password>
     requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)  # the bodies answered with a 2xx
+    active: int = 0  # requests being answered now
+    arrivals: list[int] = field(default_factory=list)  # `active` as each request arrived
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class StowStub(http.server.ThreadingHTTPServer):
@@ -345,6 +348,16 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         exchange = self.server.exchange
+        with exchange.lock:
+            exchange.active += 1
+            exchange.arrivals.append(exchange.active)
+        try:
+            self._answer(exchange)
+        finally:
+            with exchange.lock:
+                exchange.active -= 1
+
+    def _answer(self, exchange: Exchange) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         received = self.rfile.read(length)
         exchange.requests.append((self.path, dict(self.headers), received))
@@ -833,6 +846,43 @@ def test_a_password_file_gone_at_delivery_pauses_the_destination(
 
         secret.write_text("s3cret\n")
         assert wait_for(lambda: len(stub.exchange.stored) == 3, timeout=30), router.log()[-3000:]
+        assert not list((router.spool / "dead-letters").glob("*.json"))
+    finally:
+        router.stop()
+
+
+def test_a_down_service_is_probed_with_one_request_at_a_time(
+        stub: StowStub, tmp_path: Path) -> None:
+    """A service that answers 503 for a while: at each pause's end the router sent up to
+    max_parallel (4) requests at once. It probes with one delivery (one request at a time)
+    while the service is down, and opens up again once the service takes an instance;
+    every instance then arrives and nothing becomes a dead letter."""
+    from tests.dcmtk import run_storescu
+    from tests.dicom_samples import generate_mixed_set
+    from tests.integration.router_process import RouterProcess, wait_for
+
+    stub.exchange.status = 503
+    stub.exchange.delay = 0.3  # requests sent together overlap at the stub
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"web": {
+            "type": "dicomweb", "url": stub.url, "max_parallel": 4,
+            "retry": {"initial_delay": 0.2, "max_delay": 0.4, "max_attempts": 1}}},
+        "rules": [{"name": "all", "forward": ["web"]}]}).start()
+    exchange = stub.exchange
+    try:
+        sources = generate_mixed_set(tmp_path / "src", 8, syntaxes=(EXPLICIT_VR_LE,))
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: router.metric("dicom_router_destination_up",
+                                              destination="web") == 0, timeout=15)
+        assert wait_for(lambda: exchange.active == 0, timeout=15)  # what went out before
+        probed = len(exchange.arrivals)
+        assert wait_for(lambda: len(exchange.arrivals) >= probed + 5, timeout=30), router.log()
+        assert max(exchange.arrivals[probed:]) == 1, exchange.arrivals
+        assert not exchange.stored
+
+        exchange.status = 200  # the service is back
+        assert wait_for(lambda: len(exchange.stored) == 8, timeout=30), router.log()[-3000:]
         assert not list((router.spool / "dead-letters").glob("*.json"))
     finally:
         router.stop()

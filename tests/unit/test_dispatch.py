@@ -671,6 +671,30 @@ def test_a_destination_is_down_from_its_pause_until_it_answers_again() -> None:
     assert d.is_up("pacs")
 
 
+def test_a_down_destination_is_probed_with_one_delivery_until_it_takes_one() -> None:
+    """At a pause's end the whole limit went out at once (4 requests to a DICOMweb service
+    that was still down, at every probe). One delivery probes it; nothing else goes while
+    that one is out or after it failed too; once it is taken, the limit is used again."""
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}", ("pacs",)) for i in range(4)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 4, now=0.0)
+    assert len(d.dispatch(now=0.0)) == 4  # up: one delivery per association
+    for job in jobs:
+        answer(d, W1, failed(job, "pacs", "connection"), now=0.0)
+
+    ((_, probe),) = d.dispatch(now=1.0)  # the pause ended: one probe
+    assert probe.jobs == (probe.job,)  # of one job
+    assert d.dispatch(now=1.0) == []  # nothing more while it is out
+    (retry,) = answer(d, W1, failed(probe.job, "pacs", "connection"), now=1.0)
+    now = 1.0 + retry.delay
+    ((_, again),) = d.dispatch(now=now)  # still down: one probe again
+    assert d.dispatch(now=now) == []
+    answer(d, W1, ok(again.job, "pacs"), now=now)
+    assert len(d.dispatch(now=now)) == 3  # it took one: the others go at once
+
+
 def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
     d = make_dispatcher({"pacs": 4})
     job = make_header("j0", ("pacs",))
