@@ -255,6 +255,29 @@ def test_duplicate_rule_names_are_reported() -> None:
     assert "rules[1].name: duplicate rule name 'ct-from-scanner'" in problems[0]
 
 
+@pytest.mark.parametrize("char", ["=", "|"])
+def test_a_rule_name_with_a_job_header_separator_is_refused_naming_it(
+        char: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a job's header joins rule names with '=' (routes) and '|' (completion
+    groups); a completion rule named 'a|b' was read back as 'a' and held nothing. check-config,
+    run and a reload (all load_config) refuse the name, naming the rule and the character."""
+    data = example()
+    data["rules"][0]["name"] = f"ct{char}scanner"
+
+    problems = problems_of(data)
+
+    assert problems == [f"rules[0].name: rule name 'ct{char}scanner' contains '{char}': a "
+                        f"rule name may hold any character but = and |"]
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError):
+        load_config(config)
+    from router.cli.main import main
+
+    assert main(["check-config", str(config)]) == 1
+    assert f"contains '{char}'" in capsys.readouterr().err
+
+
 def test_empty_rules_are_an_error() -> None:
     data = example()
     data["rules"] = []
