@@ -26,7 +26,7 @@ from router.core.deid_key import read_key_file
 from router.core.errors import ConfigError, RouterError
 from router.core.patterns import nested_quantifiers
 from router.core.process_util import setup_logging
-from router.core.rules import drops_after_continue, shared_destinations
+from router.core.rules import drops_after_continue, shared_completions, shared_destinations
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
 from router.core.tls import TLSConfigError, check_contexts, expiry_warnings
 
@@ -113,6 +113,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for note in drops_after_continue(config.rules):  # allowed, but easy to miss
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in nested_quantifiers(config.rules):  # bounded, but refuses what it cuts
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    for note in shared_completions(config.rules):  # one hold of two, silently
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_destinations(config.rules):  # what applies when rules share one
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)

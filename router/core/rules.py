@@ -226,3 +226,21 @@ def shared_destinations(rules: Iterable[Rule]) -> list[str]:
                      f"matches, after every morph")
         notes.append(note)
     return notes
+
+
+def shared_completions(rules: Iterable[Rule]) -> list[str]:
+    """A destination that two completion rules forward to, the earlier with `continue:
+    true` (else both never match): when both match, the first holds it by its `complete`
+    and the later one's is not used there (router/broker/completion.py). Allowed, but
+    silent, so `check-config` warns and the router logs it at start and at reload."""
+    completing = [r for r in rules if r.complete is not None and r.forward]
+    notes: list[str] = []
+    for i, first in enumerate(completing):
+        if not first.continue_:
+            continue
+        for later in completing[i + 1:]:
+            notes += [f"destination {d!r} is held by completion rules {first.name!r} and "
+                      f"{later.name!r}: when both match, {first.name!r} (the first in rule "
+                      f"order) holds it with its `complete` settings, and {later.name!r}'s "
+                      f"do not apply there" for d in first.forward if d in later.forward]
+    return notes

@@ -8,6 +8,7 @@ import logging
 
 from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig
+from router.core.rules import shared_completions
 from router.core.tls import check_contexts, expiry_warnings
 from router.service.ports import check_bindable
 
@@ -38,6 +39,13 @@ def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> 
     for note in burned_in_defaults(config):
         if note not in known:
             log.warning("%s", note)
+
+
+def warn_shared_completions(config: RouterConfig) -> None:
+    """Say at start and at each reload which destination two completion rules hold: only
+    the first one's `complete` applies there, which nothing else shows."""
+    for note in shared_completions(config.rules):
+        log.warning("%s", note)
 
 
 def version() -> str:

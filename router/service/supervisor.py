@@ -166,6 +166,7 @@ class Supervisor:
         self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
         preflight.check_tls(self.config)
         preflight.warn_burned_in(self.config)
+        preflight.warn_shared_completions(self.config)
         # Before the ports: an earlier router's orphaned acceptor may still listen on them.
         spool = self._own_spool()  # before anything touches the spool
         if spool is None:
@@ -299,6 +300,7 @@ class Supervisor:
         self.generation += 1
         save_for_children(new, self.runtime.directory, self.generation)
         preflight.warn_burned_in(new, self.config)
+        preflight.warn_shared_completions(new)
         self.config = new
         setup_logging(new.log_level, new.log_format)  # each child applies its own on SIGHUP
         self.seats.reconfigure(new.listen)

@@ -180,6 +180,24 @@ def test_run_warns_of_de_identifications_that_refuse_burned_in_text_by_default(
     assert router.log().count(warning.format("rule study")) == 1, router.log()
 
 
+def test_run_warns_at_start_and_at_reload_of_two_completion_rules_on_one_destination(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """When both match, the first completion rule holds the destination and the later's
+    `complete` is unused there: nothing said so. The supervisor logs it at start and at
+    each reload."""
+    config = folder_config(tmp_path, "pacs")
+    config["rules"] = [{"name": "series", "continue": True, "forward": ["pacs"],
+                        "complete": {"level": "series"}},
+                       {"name": "study", "forward": ["pacs"], "complete": {"level": "study"}}]
+    router = start_router(config)
+    note = "destination 'pacs' is held by completion rules 'series' and 'study'"
+    assert router.log().count(note) == 1, router.log()
+    config["rules"][1]["complete"]["stable_for"] = 30
+    rewrite(router, config)
+    reload(router, "applied")
+    assert router.log().count(note) == 2, router.log()
+
+
 def test_reload_applies_a_valid_config_without_dropping_work(
         start_router: RouterFactory, tmp_path: Path) -> None:
     router = start_router(folder_config(tmp_path, "first"))

@@ -5,16 +5,23 @@ de-identify with different settings take the first one's."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom import dcmread
 
 from router.core.config import parse_config
 from router.core.deid_spec import DeidentifyConfig
 from router.core.errors import DeliveryError
-from router.core.rules import AssociationFacts, RuleSet, shared_destinations
+from router.core.rules import (
+    AssociationFacts,
+    RuleSet,
+    shared_completions,
+    shared_destinations,
+)
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
 from workers.prepare import Preparer, copy_leaks, open_uid_map, steps_for
@@ -154,3 +161,43 @@ def test_check_config_notes_what_a_shared_destination_gets() -> None:
     plain = _config({"name": "a", "continue": True, "forward": ["pacs"]},
                     {"name": "b", "forward": ["pacs"]})
     assert shared_destinations(plain.rules) == []  # nothing to transform: nothing to say
+
+
+SERIES = {"name": "series-ai", "continue": True, "forward": ["pacs", "research"],
+          "complete": {"level": "series"}}
+STUDY = {"name": "study-archive", "forward": ["pacs"], "complete": {"level": "study"}}
+HELD_BY_BOTH = ("destination 'pacs' is held by completion rules 'series-ai' and "
+                "'study-archive': when both match, 'series-ai' (the first in rule order) "
+                "holds it with its `complete` settings, and 'study-archive''s do not apply "
+                "there")
+
+
+def test_two_completion_rules_on_one_destination_are_named_with_the_one_that_holds() -> None:
+    """Regression: when both matched, the first rule's `complete` held the destination and
+    the later one's was silently unused there."""
+    assert shared_completions(_config(SERIES, STUDY).rules) == [HELD_BY_BOTH]
+    # Without continue: true on the first, both never match; other destinations: no clash.
+    assert shared_completions(_config({**SERIES, "continue": False}, STUDY).rules) == []
+    assert shared_completions(_config(SERIES, {**STUDY, "forward": ["research"]}).rules) == [
+        HELD_BY_BOTH.replace("'pacs'", "'research'")]
+    assert shared_completions(_config(SERIES, {**STUDY, "complete": None}).rules) == []
+
+
+def test_check_config_warns_of_two_completion_rules_on_one_destination(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from router.cli.main import main
+
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump({"spool": {"path": str(tmp_path / "spool")},
+                                      "destinations": DESTINATIONS, "rules": [SERIES, STUDY]}))
+    assert main(["check-config", str(config)]) == 0
+    assert f"dicom-router check-config: warning: {HELD_BY_BOTH}\n" in capsys.readouterr().err
+
+
+def test_the_router_logs_two_completion_rules_on_one_destination(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from router.service.preflight import warn_shared_completions
+
+    with caplog.at_level(logging.WARNING):
+        warn_shared_completions(_config(SERIES, STUDY))
+    assert [r.getMessage() for r in caplog.records] == [HELD_BY_BOTH]
