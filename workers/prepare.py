@@ -41,6 +41,7 @@ from workers.prepare_failures import (
     deidentify_failure,
     deidentify_lost,
     morph_failure,
+    morph_owner,
     rule_gone,
     spool_read_failure,
     spool_write_failure,
@@ -89,6 +90,9 @@ class Steps:
     # Rules that routed it here and are gone from the config (removed or renamed by a
     # reload): their morph and de-identification are unknown, so it is never sent.
     rules_lost: tuple[str, ...] = ()
+    # Whose each morph action is, in step with `morph`: "rule X" or "destination Y", for the
+    # dead letter of a replace pattern past its deadline.
+    morph_by: tuple[str, ...] = ()
 
     @property
     def rewrites(self) -> bool:
@@ -120,6 +124,8 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     dest = config.destinations.get(destination)
     first = config.destinations.get(origin) if origin != destination else None
     morph = [*(a for rule in named for a in rule.morph), *(dest.morph if dest else ())]
+    morph_by = [*(f"rule {rule.name}" for rule in named for _ in rule.morph),
+                *(f"destination {destination}" for _ in (dest.morph if dest else ()))]
     # The rule's settings, else the destination it was routed to, else this one.
     candidates = [*((f"rule {r.name}", r.deidentify) for r in named),
                   (f"destination {origin}", first.deidentify if first else None),
@@ -127,7 +133,8 @@ def steps_for(config: RouterConfig, job: JobHeader, destination: str,
     by, deid = next(((by, d) for by, d in candidates if d is not None), ("", None))
     syntaxes = tuple(dest.transfer_syntaxes) if isinstance(dest, DicomConfig) else ()
     lost = deid is None and origin in job.deidentified
-    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost, gone)
+    return Steps(tuple(morph), deid, syntaxes, tuple(r.name for r in named), by, lost, gone,
+                 tuple(morph_by))
 
 
 def refuse_leaking_copies(steps: Steps, destination: str) -> None:
@@ -229,7 +236,7 @@ class Preparer:
         prepared = Prepared(job, source)
         try:
             if steps.morph:
-                self._morph(prepared, steps.morph)
+                self._morph(prepared, steps, destination)
             if steps.deidentify is not None:
                 self._deidentify(prepared, steps.deidentify, destination)
             accepted = tuple(force_syntaxes) or steps.transfer_syntaxes
@@ -252,14 +259,18 @@ class Preparer:
         prepared.copies.append(path)
         return path
 
-    def _morph(self, prepared: Prepared, actions: Sequence[MorphAction]) -> None:
-        from workers.transforms.morph import MorphError, morph_file
+    def _morph(self, prepared: Prepared, steps: Steps, destination: str) -> None:
+        from workers.transforms.morph import MorphError, MorphTooSlow, morph_file
 
         target = self._copy_path(prepared)
         try:
-            changes = morph_file(prepared.path, target, actions)
+            changes = morph_file(prepared.path, target, steps.morph)
         except (MorphError, ValueError) as exc:
-            raise morph_failure(exc) from exc
+            if isinstance(exc, MorphTooSlow):
+                by = morph_owner(steps.morph_by, exc.index)
+                metrics.MORPH_PATTERN_TIMEOUTS.labels(
+                    destination, by.removeprefix("rule ") if by.startswith("rule ") else "").inc()
+            raise morph_failure(exc, steps.morph_by) from exc
         prepared.changes += changes
         for change in changes:
             # Written anyway (a PACS may take it; route-test shows it too), but said: a value

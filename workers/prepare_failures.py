@@ -35,11 +35,22 @@ def rule_gone(job: JobHeader, destination: str, names: Sequence[str]) -> Deliver
         transient=False)
 
 
-def morph_failure(exc: Exception) -> DeliveryError:
+def morph_failure(exc: Exception, morph_by: Sequence[str] = ()) -> DeliveryError:
     """The dead letter of a morph this instance cannot take (route-test predicts the same).
-    Without the values pydicom's or Python's message quotes: the detail is logged."""
+    Without the values pydicom's or Python's message quotes: the detail is logged. A
+    replace pattern past its deadline names whose morph it is (`morph_by`, one per action):
+    retried, it would take as long again, so the config is what to fix, then replay."""
+    index = getattr(exc, "index", None)  # workers.transforms.morph.MorphTooSlow
+    if index is not None:
+        return DeliveryError("morph", f"{morph_owner(morph_by, index)}: morph {exc}; fix the "
+                             f"pattern and replay", transient=False)
     return DeliveryError("morph", f"morphing failed: {without_values(str(exc))}",
                          transient=False)
+
+
+def morph_owner(morph_by: Sequence[str], index: int) -> str:
+    """Whose morph action `index` is: "rule X" or "destination Y"."""
+    return morph_by[index] if 0 <= index < len(morph_by) else "a morph"
 
 
 def deidentify_failure(exc: Exception) -> DeliveryError:

@@ -24,7 +24,7 @@ from router.core.burned_in import burned_in_defaults, burned_in_policies
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.deid_key import read_key_file
 from router.core.errors import ConfigError, RouterError
-from router.core.patterns import nested_quantifiers
+from router.core.patterns import nested_morph_quantifiers, nested_quantifiers
 from router.core.process_util import setup_logging
 from router.core.rules import drops_after_continue, shared_completions, shared_destinations
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
@@ -113,6 +113,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for note in drops_after_continue(config.rules):  # allowed, but easy to miss
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in nested_quantifiers(config.rules):  # bounded, but refuses what it cuts
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    morphs = [*((f"rule {r.name!r}", r.morph) for r in config.rules),
+              *((f"destination {n!r}", d.morph) for n, d in config.destinations.items())]
+    for note in nested_morph_quantifiers(morphs):  # bounded, but a dead letter when cut
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_completions(config.rules):  # one hold of two, silently
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)

@@ -183,6 +183,13 @@ PATTERN_TIMEOUTS = Counter(
     "C-STOREs refused (0xC006) because a rule's regex ran past its deadline on the value.",
     ["rule"],
 )
+MORPH_PATTERN_TIMEOUTS = Counter(
+    f"{PREFIX}_morph_pattern_timeouts_total",
+    "Deliveries made `morph` dead letters because a morph's replace pattern ran past its "
+    "deadline on the instance's value, by destination and the rule whose morph it is ('' "
+    "for the destination's own morph).",
+    ["destination", "rule"],
+)
 REFUSALS = Counter(
     f"{PREFIX}_refusals_total", "Work refused by the router, by reason.", ["reason"]
 )

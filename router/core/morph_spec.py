@@ -219,7 +219,8 @@ class CopyAction(_Strict):
 
 
 class ReplaceAction(_Strict):
-    """re.sub(pattern, replacement) on each value; replacement may use \\1 or \\g<name>."""
+    """re.sub(pattern, replacement) on each value; replacement may use \\1 or \\g<name>.
+    Run with `regex` and a deadline (workers/transforms/morph.py)."""
 
     action: Literal["replace"]
     tag: ChangeableTag

@@ -4,8 +4,8 @@ and matched with a deadline so that a pattern cannot stall the process that matc
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from router.core.errors import PatternTooSlow
 
@@ -32,7 +32,7 @@ _NESTED = re.compile(r"\((?:[^()\\]|\\.)*(?:[*+?]|\{\d+,?\d*\})(?:[^()\\]|\\.)*\
 def compile_pattern(text: str) -> regex.Pattern[str]:
     """`text` compiled, or ValueError saying why (pydantic turns it into a config error that
     names the key; anything else would be a traceback, or stop the router on a reload).
-    Checked with `re` too: its syntax is the documented one, and morphs run with it."""
+    Checked with `re` too: its syntax is the documented one."""
     import regex  # here: only a config with `re:` patterns pays its 2 MB in every process
 
     try:
@@ -68,4 +68,20 @@ def nested_quantifiers(rules: Iterable[Rule]) -> list[str]:
                                  f"that repeats inside: it can take exponential time on some "
                                  f"values; such a match is cut at {MATCH_TIMEOUT * 1000:g} ms "
                                  f"and the instance refused")
+    return notes
+
+
+def nested_morph_quantifiers(morphs: Iterable[tuple[str, Sequence[Any]]]) -> list[str]:
+    """The same shape in the `replace` patterns of each (owner, morph actions): "rule 'x'"
+    or "destination 'y'". Such a replace is cut at MATCH_TIMEOUT and the instance made a
+    `morph` dead letter (workers/transforms/morph.py)."""
+    notes: list[str] = []
+    for owner, actions in morphs:
+        for n, action in enumerate(actions):
+            pattern = getattr(action, "pattern", None)
+            if getattr(action, "action", "") == "replace" and _NESTED.search(pattern or ""):
+                notes.append(f"{owner}: morph[{n}] replace pattern {pattern!r} repeats a group "
+                             f"that repeats inside: it can take exponential time on some "
+                             f"values; such a replace is cut at {MATCH_TIMEOUT * 1000:g} ms "
+                             f"and the instance becomes a `morph` dead letter")
     return notes

@@ -165,7 +165,7 @@ def _rewrite_lines(ds: Any, steps: Steps, destination: str) -> list[str]:
         try:
             changes = apply_morph(ds, steps.morph)
         except (MorphError, ValueError) as exc:
-            raise morph_failure(exc) from exc
+            raise morph_failure(exc, steps.morph_by) from exc
         lines += [f"     morph: {c}" for c in changes] or ["     morph: nothing to change"]
     if steps.deidentify is not None:
         try:

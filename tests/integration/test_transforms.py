@@ -81,6 +81,36 @@ def test_morphing_applies_and_untouched_instances_stay_byte_exact(
     assert not list((router.spool / "relay").iterdir()), "morphed copies left behind"
 
 
+def test_a_morph_pattern_past_its_deadline_is_a_dead_letter_and_the_next_instance_arrives(
+        start_router: RouterFactory, pacs: StoreSCP, tmp_path: Path) -> None:
+    """Regression: a morph's replace ran with `re` and no deadline in the delivery thread;
+    `^(a|aa)+$` on 60 a's and a b held it for ever, and the destination's queue with it.
+    Cut at its deadline, that instance is a `morph` dead letter naming the rule, counted,
+    and the next instance is morphed and delivered."""
+    router = start_router({
+        "destinations": {"pacs": dicom_destination(pacs)},
+        "rules": [{"name": "tidy", "forward": ["pacs"], "morph": [
+            {"action": "replace", "tag": "StudyDescription", "pattern": "^(a|aa)+$",
+             "replacement": "A"}]}]})
+    (slow,) = instances(tmp_path / "slow", 1, StudyDescription="a" * 60 + "b")
+    (plain,) = instances(tmp_path / "plain", 1, StudyDescription="aaaa")
+    for source in (slow, plain):
+        sent = run_storescu([source], LOCALHOST, router.port, called_ae=AE)
+        assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: len(pacs.received_files()) == 1), router.log()[-3000:]
+    (received,) = by_uid(pacs.received_files()).values()
+    assert received.SOPInstanceUID == dcmread(plain).SOPInstanceUID
+    assert received.StudyDescription == "A"
+    assert wait_for(lambda: router.metric("dicom_router_dead_letters_total", destination="pacs",
+                                          reason="morph") == 1), router.log()[-3000:]
+    assert router.metric("dicom_router_morph_pattern_timeouts_total", destination="pacs",
+                         rule="tidy") == 1
+    (dead,) = (router.spool / "dead-letters").glob("*.json")
+    assert ("rule tidy: morph replace on StudyDescription: pattern took too long on this "
+            "instance's value") in dead.read_text()
+    assert router.metric_sum("dicom_router_retries_total") == 0  # cut once, never retried
+
+
 def test_no_morphing_means_byte_exact(start_router: RouterFactory, pacs: StoreSCP,
                                      tmp_path: Path) -> None:
     router = start_router({"destinations": {"pacs": dicom_destination(pacs)},

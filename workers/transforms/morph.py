@@ -9,8 +9,8 @@ sequence with one item, on their way.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, assert_never
 
@@ -39,6 +39,7 @@ from router.core.morph_spec import (
     values_of,
     vr_kind,
 )
+from router.core.patterns import MATCH_TIMEOUT, compile_pattern
 from workers.transforms.dataset_checks import check_nesting, readable
 
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
@@ -63,6 +64,15 @@ class MorphError(ValueError):
     """An action cannot be applied to this dataset; the message names the element."""
 
 
+class MorphTooSlow(MorphError):
+    """A `replace` pattern ran past its deadline on this instance's value: `index` is the
+    action's place in the list, so that the caller can name the rule (or destination)."""
+
+    def __init__(self, index: int, tag: str) -> None:
+        super().__init__(f"replace on {tag}: pattern took too long on this instance's value")
+        self.index = index
+
+
 def needs_morph(actions: Sequence[MorphAction]) -> bool:
     return bool(actions)
 
@@ -71,8 +81,11 @@ def apply_morph(ds: Dataset, actions: Sequence[MorphAction]) -> list[str]:
     """Apply `actions` in order to `ds`, in place. Returns one line per element changed,
     e.g. "AccessionNumber: 'A1' -> 'RAD-A1'"; an action that changes nothing adds none."""
     changes: list[str] = []
-    for action in actions:
-        changes += _apply(ds, action)
+    for index, action in enumerate(actions):
+        try:
+            changes += _apply(ds, action)
+        except TimeoutError:  # an OSError: caught here, or it reads as a disk failure
+            raise MorphTooSlow(index, getattr(action, "tag", "")) from None
     return changes
 
 
@@ -108,8 +121,9 @@ def _apply(ds: Dataset, action: MorphAction) -> list[str]:
         case CopyAction():
             return _copy(ds, action.from_, action.to)
         case ReplaceAction():
-            pattern, replacement = re.compile(action.pattern), action.replacement
-            return _transform(ds, action.tag, lambda v: pattern.sub(replacement, v))
+            pattern, replacement = _compiled(action.pattern), action.replacement
+            return _transform(ds, action.tag,
+                              lambda v: pattern.sub(replacement, v, timeout=MATCH_TIMEOUT))
         case PrefixAction():
             prefix = action.value
             return _transform(ds, action.tag, lambda v: prefix + v)
@@ -122,6 +136,14 @@ def _apply(ds: Dataset, action: MorphAction) -> list[str]:
                               lambda v: table.get(v, v if default is None else default))
         case _:
             assert_never(action)
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
+    """The `regex` pattern, for its deadline: `re` has none, and a pattern that backtracks
+    catastrophically (`(a+)+$` on 40 a's and a b) held a delivery thread for minutes. It is
+    imported here, so a config without `replace` never loads it."""
+    return compile_pattern(pattern)
 
 
 def _places(ds: Dataset, path: TagPath, create: bool) -> list[Place]:
