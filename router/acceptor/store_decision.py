@@ -73,17 +73,32 @@ def decide(decision: RouteDecision, facts: AssociationFacts, command: StoreComma
     if not decision.matched:
         raise NoRoute(f"no routing rule matches (calling AE {facts.calling_ae})")
     groups, instance_number = completion_groups(decision.completes, header)
+    job_priority = most_urgent(decision.priorities, command.dimse_priority)
     return Keep(JobHeader(
         job_id=job_id, calling_ae=facts.calling_ae, called_ae=facts.called_ae,
         peer_address=facts.source, peer_port=peer_port,
         sop_class_uid=command.sop_class_uid, sop_instance_uid=command.sop_instance_uid,
         transfer_syntax_uid=command.transfer_syntax_uid, size=command.size,
         received_at=received_at, rules=decision.rules, destinations=decision.destinations,
-        tls_subject=tls_subject, priority=most_urgent(decision.priorities, command.dimse_priority),
+        tls_subject=tls_subject, priority=job_priority,
         group=groups[0] if groups else "", groups=groups if len(groups) > 1 else (),
         instance_number=instance_number, deidentified=decision.deidentified,
         routes=decision.routes,
+        dimse_priorities=destination_priorities(decision, command.dimse_priority, job_priority),
     ))
+
+
+def destination_priorities(decision: RouteDecision, dimse_priority: int,
+                           job_priority: int) -> tuple[str, ...]:
+    """"<destination>=<priority>" where the rules that routed the instance there are less
+    urgent than the job: a `low` copy-all rule's archive is sent low when a STAT rule made
+    the job urgent for its PACS (the job's priority was every destination's before)."""
+    by_rule = dict(zip(decision.rules, decision.priorities, strict=False))
+    levels: dict[str, int] = {}
+    for target, _, rule in (route.partition("=") for route in decision.routes):
+        level = priority(by_rule.get(rule, "request"), dimse_priority)
+        levels[target] = min(level, levels.get(target, level))
+    return tuple(f"{d}={level}" for d, level in levels.items() if level != job_priority)
 
 
 def completion_groups(rules: tuple[Rule, ...], header: Callable[[], dict[str, str]]

@@ -50,6 +50,21 @@ class JobHeader:
     # applies those rules' transforms there even after a reload changed their `forward`.
     # Empty in records written before it: the current config's `forward` says then.
     routes: tuple[str, ...] = ()
+    # "<destination>=<priority>" for each destination the rules that routed the job there
+    # make less urgent than `priority` (the most urgent of every matched rule, which orders
+    # the queues): the DIMSE Priority its C-STORE carries. A low-priority copy of a STAT
+    # job is sent as low, not high. Empty when every destination has the job's priority.
+    dimse_priorities: tuple[str, ...] = ()
+
+    def priority_for(self, destination: str) -> int:
+        """The priority `destination`'s C-STORE carries: that of the rules that routed the
+        job where it was sent (see routed_as), else the job's."""
+        origin = self.routed_as(destination)
+        for pair in self.dimse_priorities:
+            target, _, level = pair.partition("=")
+            if target == origin and level.isdigit():
+                return int(level)
+        return self.priority
 
     def routed_by(self, destination: str) -> tuple[str, ...] | None:
         """The rules that routed this job to `destination` (where a rule sent it, not where
@@ -96,6 +111,10 @@ class JobHeader:
             out["groups"] = list(self.groups)
         else:
             del out["groups"]
+        if self.dimse_priorities:
+            out["dimse_priorities"] = list(self.dimse_priorities)
+        else:
+            del out["dimse_priorities"]
         return out
 
     @classmethod
@@ -103,7 +122,7 @@ class JobHeader:
         if not isinstance(data, dict):
             raise ProtocolError("job header is not a map")
         for name in ("rules", "destinations", "moved_from", "deidentified", "routes",
-                     "groups"):
+                     "groups", "dimse_priorities"):
             items = data.get(name, [])
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise ProtocolError(f"job header field {name!r} is not a list of strings")
@@ -115,6 +134,7 @@ class JobHeader:
             values["deidentified"] = tuple(values.get("deidentified", ()))
             values["routes"] = tuple(values.get("routes", ()))
             values["groups"] = tuple(values.get("groups", ()))
+            values["dimse_priorities"] = tuple(values.get("dimse_priorities", ()))
             return cls(**values)
         except (KeyError, TypeError) as exc:
             raise ProtocolError(f"job header is missing or has a bad field: {exc}") from None

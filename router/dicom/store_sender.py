@@ -277,7 +277,8 @@ class DicomDestination:
             assoc = self._association(sop_class, syntax)
             try:
                 response = assoc.store(fh, meta.dataset_length, sop_class, sop_instance, syntax,
-                                       TO_DIMSE.get(job.priority, 0), originator)
+                                       TO_DIMSE.get(job.priority_for(self.name), 0),
+                                       originator)
             except StoreFailed as exc:
                 self.assoc = None  # the association is done
                 raise store_failure(exc, self.name) from exc

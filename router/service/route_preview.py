@@ -90,6 +90,10 @@ def _destination_lines(config: RouterConfig, decision: RouteDecision, destinatio
                      f"each apply, in this order")
     elif steps.rules:
         lines.append(f"     sent here by rule {steps.rules[0]}")
+    if len(set(decision.priorities)) > 1:  # the queue takes the most urgent, the C-STORE not
+        by_rule = dict(zip(decision.rules, decision.priorities, strict=False))
+        mine = tuple(by_rule.get(rule, "request") for rule in steps.rules)
+        lines.append(f"     sent with priority {_priority_text(mine)}")
     lines += _hold_lines(decision, destination)
     if not steps.rewrites and not steps.transfer_syntaxes:
         lines.append("     sent byte-exact, as received")

@@ -111,6 +111,33 @@ def test_a_morph_pattern_past_its_deadline_is_a_dead_letter_and_the_next_instanc
     assert router.metric_sum("dicom_router_retries_total") == 0  # cut once, never retried
 
 
+def _dimse_priorities(scp: StoreSCP) -> list[str]:
+    """The Priority of each C-STORE request storescp received, as its debug dump says."""
+    return [line.rpartition(":")[2].strip() for line in scp.log().splitlines()
+            if line.removeprefix("D: ").startswith("Priority ")]
+
+
+def test_each_destination_gets_the_dimse_priority_of_the_rules_that_routed_it_there(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Regression: a job took the most urgent of its matched rules' priorities, and that was
+    the DIMSE Priority of every destination: the archive copy of a STAT instance, routed by
+    a `low` rule, went out HIGH. Each destination now gets its own rules' priority."""
+    with StoreSCP(tmp_path / "pacs", "PACS", extra_args=["-d"]) as pacs, \
+            StoreSCP(tmp_path / "archive", "ARCHIVE", extra_args=["-d"]) as archive:
+        router = start_router({
+            "destinations": {"pacs": dicom_destination(pacs),
+                             "archive": dicom_destination(archive)},
+            "rules": [{"name": "copy-all", "continue": True, "forward": ["archive"],
+                       "priority": "low"},
+                      {"name": "stat", "forward": ["pacs"], "priority": "urgent"}]})
+        sources = instances(tmp_path / "src", 2)
+        assert run_storescu(sources, LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(pacs.received_files()) == 2
+                        and len(archive.received_files()) == 2), router.log()[-3000:]
+        assert _dimse_priorities(pacs) == ["high", "high"], pacs.log()
+        assert _dimse_priorities(archive) == ["low", "low"], archive.log()
+
+
 def test_no_morphing_means_byte_exact(start_router: RouterFactory, pacs: StoreSCP,
                                      tmp_path: Path) -> None:
     router = start_router({"destinations": {"pacs": dicom_destination(pacs)},

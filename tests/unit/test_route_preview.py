@@ -206,3 +206,16 @@ def test_a_number_the_acceptor_cannot_read_is_predicted_refused(
 
     assert lines[-1].startswith(f"  REFUSED: the sender would get 0xC000 (dataset cannot be "
                                 f"parsed: {keyword}: "), lines
+
+
+def test_each_destination_shows_the_priority_its_rules_give_it(tmp_path: Path) -> None:
+    """The queue takes the most urgent matched rule's priority; each destination's C-STORE
+    carries that of the rules that routed the instance there."""
+    config = _config(tmp_path, [
+        {"name": "copy-all", "continue": True, "forward": ["other"], "priority": "low"},
+        {"name": "stat", "forward": ["exact"], "priority": "urgent"}])
+    path = write_instance(tmp_path / "in", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE)
+    lines = explain(config, path, "CT1", "DICOM-ROUTER", "127.0.0.1")
+    text = "\n".join(lines)
+    assert text.index("  -> other") < text.index("     sent with priority low") \
+        < text.index("  -> exact") < text.index("     sent with priority urgent"), text

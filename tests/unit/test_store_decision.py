@@ -18,6 +18,7 @@ from router.acceptor.store_decision import (
 from router.core.config import Rule
 from router.core.dimse_status import Status
 from router.core.errors import DatasetMismatch, DimseRefusal, NoRoute
+from router.core.messages import JobHeader
 from router.core.priority import HIGH, LOW, NORMAL, URGENT
 from router.core.rules import AssociationFacts, RouteDecision
 
@@ -100,6 +101,34 @@ def test_the_most_urgent_matched_rule_gives_the_priority(priorities: tuple[str, 
     outcome = _decide(RouteDecision(("a", "b"), ("archive", "pacs"), priorities=priorities),
                       command=command)
     assert isinstance(outcome, Keep) and outcome.job.priority == expected
+
+
+def test_each_destination_keeps_the_priority_of_the_rules_that_routed_it_there() -> None:
+    """Regression: the job's most urgent priority was every destination's DIMSE Priority,
+    so a `low` copy-all rule's archive copy of a STAT instance was sent HIGH. The queue
+    order stays the job's; each destination's C-STORE carries its own rules' priority."""
+    decision = RouteDecision(("copy-all", "stat", "routine"), ("archive", "pacs", "cloud"),
+                             priorities=("low", "urgent", "request"),
+                             routes=("archive=copy-all", "pacs=copy-all", "pacs=stat",
+                                     "cloud=routine"))
+    outcome = _decide(decision, command=replace(COMMAND, dimse_priority=0))  # medium
+    assert isinstance(outcome, Keep)
+    job = outcome.job
+    assert job.priority == URGENT
+    assert job.dimse_priorities == ("archive=3", "cloud=2")  # pacs: the job's own
+    assert [job.priority_for(d) for d in ("archive", "pacs", "cloud")] == [LOW, URGENT, NORMAL]
+    # Moved (fallback, drain-to, replay --to): the priority of where its rules sent it.
+    moved = replace(job, destinations=("spare", "pacs", "cloud"), moved_from=("spare=archive",))
+    assert moved.priority_for("spare") == LOW
+    again = JobHeader.from_dict(job.to_dict())  # journal and messages keep it
+    assert again == job and again.priority_for("archive") == LOW
+    # A job recorded before (no dimse_priorities), or one rule: the job's, as before.
+    assert JobHeader.from_dict({k: v for k, v in job.to_dict().items()
+                                if k != "dimse_priorities"}).priority_for("archive") == URGENT
+    single = _decide(RouteDecision(("ct",), ("pacs", "archive"), priorities=("low",),
+                                   routes=("pacs=ct", "archive=ct")))
+    assert isinstance(single, Keep) and single.job.dimse_priorities == ()
+    assert "dimse_priorities" not in single.job.to_dict()
 
 
 def test_each_matched_completion_rule_gives_the_job_its_group() -> None:
