@@ -13,6 +13,7 @@ from pathlib import Path
 
 import zmq
 
+from router.audit.forwarded import ForwardTally
 from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.errors import DeliveryError
@@ -50,9 +51,11 @@ class DeliveryThread(threading.Thread):
         results_endpoint: str,
         index: int,
         pool: StorePool | None = None,
+        forwarded: ForwardTally | None = None,
     ) -> None:
         super().__init__(name=f"delivery-{index}", daemon=True)
         self.config = config
+        self.forwarded = forwarded  # the audit trail's counts, when it is on
         self.pool = pool or StorePool()  # shared by the worker's threads
         self.others_open = 0  # of the task in hand: see Deliver.others_open
         self.spool = spool
@@ -200,6 +203,8 @@ class DeliveryThread(threading.Thread):
             metrics.labelled(metrics.FORWARD_SECONDS, name).observe(time.monotonic() - started)
         metrics.labelled(metrics.FORWARDED_BYTES, name).inc(job.size)
         self._record(job, name, digest)
+        if self.forwarded is not None:  # a counter: the worker's loop writes the records
+            self.forwarded.add(name, job.study_uid, job.sop_class_uid, True, job.patient_id)
         return self._delivered(job, name, wrote_copy=copied)
 
     def _already_there(self, job: JobHeader, name: str, source: Path) -> tuple[str, str]:

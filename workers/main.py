@@ -18,6 +18,8 @@ from types import FrameType
 
 import zmq
 
+from router.audit.forwarded import ForwardTally
+from router.audit.trail import AuditTrail
 from router.core import reload as reload_config
 from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import RouterConfig
@@ -67,9 +69,13 @@ class Worker:
         self.results.bind(f"inproc://results-{index}")
         spool = Spool(config.spool.path)
         pool = StorePool()  # the threads share associations: reuse before opening
+        # Instances sent on, audited per destination and study (docs/audit.md).
+        self.audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled \
+            else None
+        self.forwarded = ForwardTally(config) if self.audit is not None else None
         self.threads = [
             DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
-                           i, pool)
+                           i, pool, self.forwarded)
             for i in range(config.worker_threads)
         ]
         # Relayed requests (queries, retrieves, N-services) on threads of their own, so that a
@@ -190,6 +196,7 @@ class Worker:
             if now >= next_heartbeat:
                 next_heartbeat = now + HEARTBEAT_SECONDS
                 self.broker.send(encode(Heartbeat()))
+                self._flush_audit(now)
             if now - self.last_heard > BROKER_SILENCE_SECONDS:
                 poller.unregister(self.broker)
                 self._reconnect("no word from the broker")
@@ -226,6 +233,9 @@ class Worker:
         SHARED_CODECS.close()
         self._on_results()
         self._on_relay_out()
+        self._flush_audit(None)
+        if self.audit is not None:
+            self.audit.close()
         self.broker.send(encode(Goodbye()))
         self.broker.close()
         self.results.close()
@@ -233,6 +243,13 @@ class Worker:
         # destroy, not term: a socket some thread failed to close must not hang the stop.
         self.context.destroy(linger=0)
 
+
+    def _flush_audit(self, now: float | None) -> None:
+        """What the destinations took, once due (monotonic `now`), or all of it (None)."""
+        if self.forwarded is None or self.audit is None:
+            return
+        if now is None or self.forwarded.due(now):
+            self.forwarded.flush(self.audit)
 
     def _apply_logging(self) -> None:
         """log_level and log_format apply in place: the supervisor restarts workers only for

@@ -6,6 +6,7 @@ Errors become DIMSE statuses here and only here; nothing escapes into the connec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import threading
@@ -166,7 +167,11 @@ class StoreHandler:
             log.info("C-STORE dropped by rule %s (answered Success, nothing kept)",
                      outcome.rule)
             return Status.SUCCESS, "dropped"
-        return self._keep(outcome.job, path, received.synced)
+        job = outcome.job
+        if self.audit is not None:  # for the forwarded-instance records (docs/audit.md)
+            job = dataclasses.replace(job, study_uid=tags.get("StudyInstanceUID", ""),
+                                      patient_id=tags.get("PatientID", ""))
+        return self._keep(job, path, received.synced)
 
     def _check_received(self, session: AssociationSession, size: int) -> None:
         """What the receiver saw while the dataset arrived: the spool filling up, or the

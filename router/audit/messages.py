@@ -251,6 +251,78 @@ def security_alert(
     return _message(event, participants, app, [alert_object])
 
 
+@dataclass(frozen=True)
+class RemoteNode:
+    """A destination the router sends to: `user_id` its AE title (DICOM) or name, `address`
+    its host (the URL's host for DICOMweb; None for a folder on the router's host)."""
+
+    user_id: str
+    ae_title: str | None = None
+    address: str | None = None
+
+
+def _destination(node: RemoteNode) -> dict[str, Any]:
+    if node.ae_title:  # a DICOM peer: named as the acceptor names its senders
+        return _peer(node.ae_title, node.address, requestor=False, role=ROLE_DESTINATION)
+    participant: dict[str, Any] = {"RoleIDCode": [ROLE_DESTINATION.json()],
+                                   "UserID": _text(node.user_id), "UserIsRequestor": False}
+    if node.address:
+        participant["NetworkAccessPointID"] = _token(node.address)
+        participant["NetworkAccessPointTypeCode"] = _address_type(node.address)
+    return participant
+
+
+def _study_objects(study_uid: str, sop_classes: Mapping[str, int],
+                   patient_id: str | None) -> list[dict[str, Any]]:
+    """A.5.3.7's participant objects: the study with its instances per SOP class, and the
+    patient (by Patient ID only: the name is optional there and never recorded)."""
+    study = {
+        "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
+        "ParticipantObjectDescription": [{
+            "SOPClass": [
+                {"UID": _identifier(uid), "NumberOfInstances": int(count)}
+                for uid, count in sorted(sop_classes.items())
+            ],
+        }],
+        "ParticipantObjectID": _identifier(study_uid) or "unknown",
+        "ParticipantObjectTypeCode": "2",
+        "ParticipantObjectTypeCodeRole": "3",
+    }
+    objects = [study]
+    if patient_id:
+        objects.append({
+            "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
+            "ParticipantObjectID": _identifier(patient_id),
+            "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "1",
+        })
+    return objects
+
+
+def instances_forwarded(
+    app: LocalApplication,
+    *,
+    destination: RemoteNode,
+    study_uid: str,
+    sop_classes: Mapping[str, int],
+    outcome_ok: bool,
+    patient_id: str | None = None,
+    description: str | None = None,
+) -> AuditMessage:
+    """A.5.3.7 DICOM Instances Transferred, one study, as sent on to a destination
+    (EventActionCode R: the router read them out of its spool and exported them). Outcome 4:
+    they became dead letters."""
+    if description is None and not outcome_ok:
+        description = "not delivered: dead letters"
+    event = _event(INSTANCES_TRANSFERRED, "R", "0" if outcome_ok else "4", None, description)
+    participants = [
+        _local(app, requestor=True, role=ROLE_SOURCE),
+        _destination(destination),
+    ]
+    return _message(event, participants, app,
+                    _study_objects(study_uid, sop_classes, patient_id))
+
+
 def instances_transferred(
     app: LocalApplication,
     *,
@@ -271,24 +343,6 @@ def instances_transferred(
         _peer(calling_ae, peer_address, requestor=True, role=ROLE_SOURCE),
         _local(app, requestor=False, role=ROLE_DESTINATION, called_ae=called_ae),
     ]
-    study = {
-        "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
-        "ParticipantObjectDescription": [{
-            "SOPClass": [
-                {"UID": _identifier(uid), "NumberOfInstances": int(count)}
-                for uid, count in sorted(sop_classes.items())
-            ],
-        }],
-        "ParticipantObjectID": _identifier(study_uid) or "unknown",
-        "ParticipantObjectTypeCode": "2",
-        "ParticipantObjectTypeCodeRole": "3",
-    }
-    objects = [study]
-    if patient_id:  # A.5.3.7 asks for the patient; its name is optional and never recorded
-        objects.append({
-            "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
-            "ParticipantObjectID": _identifier(patient_id),
-            "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1",
-        })
-    return _message(event, participants, app, objects)
+    # A.5.3.7 asks for the patient; its name is optional and never recorded
+    return _message(event, participants, app,
+                    _study_objects(study_uid, sop_classes, patient_id))

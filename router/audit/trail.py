@@ -23,7 +23,9 @@ from router.audit.json_lines_file import JsonLinesFile
 from router.audit.messages import (
     AuditMessage,
     LocalApplication,
+    RemoteNode,
     application_activity,
+    instances_forwarded,
     instances_transferred,
     security_alert,
     user_authentication,
@@ -154,6 +156,22 @@ class AuditTrail:
             self.app, calling_ae=calling_ae, called_ae=called_ae, peer_address=peer_address,
             study_uid=study_uid, sop_classes=counts, outcome_ok=outcome_ok,
             patient_id=patient_id, description=description))
+
+    def instances_forwarded(
+        self,
+        destination: RemoteNode,
+        study_uid: str,
+        sop_classes: Mapping[str, int],
+        outcome_ok: bool,
+        *,
+        patient_id: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Instances of one study sent on to `destination` (outcome_ok), or dead-lettered."""
+        counts = dict(sop_classes)
+        self._emit(lambda: instances_forwarded(
+            self.app, destination=destination, study_uid=study_uid, sop_classes=counts,
+            outcome_ok=outcome_ok, patient_id=patient_id, description=description))
 
     def security_alert(
         self,

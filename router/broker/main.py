@@ -15,6 +15,8 @@ from types import FrameType
 
 import zmq
 
+from router.audit.forwarded import ForwardTally
+from router.audit.trail import AuditTrail
 from router.broker.control import OperatorControl
 from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.deliveries import DeadLetter, Outcome, Retry, Settled
@@ -88,6 +90,11 @@ class Broker(Publishing, RelayPaths):
         self.backend = self._bind(runtime.backend)
         self.next_heartbeat = 0.0
         self.status_dir: Path | None = runtime.status_dir if runtime.status_dir.is_dir() else None
+        # Dead letters, audited per destination and study (docs/audit.md); workers audit
+        # what the destinations took.
+        self.audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled \
+            else None
+        self.forwarded = ForwardTally(config) if self.audit is not None else None
 
     def _bind(self, endpoint: str) -> zmq.Socket[bytes]:
         sock = self.context.socket(zmq.ROUTER)
@@ -269,6 +276,9 @@ class Broker(Publishing, RelayPaths):
     def _counted(self, outcome: DeadLetter, path: Path) -> None:
         d = outcome.delivery
         metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
+        if self.forwarded is not None:
+            self.forwarded.add(d.destination, d.job.study_uid, d.job.sop_class_uid, False,
+                               d.job.patient_id, outcome.reason)
         log.error("gave up delivering job %s to %s: %s (%s); dead letter %s",
                   d.job.job_id, d.destination, outcome.reason, outcome.detail, path)
 
@@ -319,6 +329,8 @@ class Broker(Publishing, RelayPaths):
             self.dispatcher.reconfigure(policies(new), new.queue.max_jobs, new.queue.max_bytes,
                                         holds(new), new.queue.linger)
             self.associating = dicom_names(new)
+            if self.forwarded is not None:
+                self.forwarded.set_config(new)
             self.spool.recycler.keep_free = new.spool.watermark_bytes
             self._apply(self.control.reconfigure(new))  # a removed queue: dead letters
             log.info("applied the reloaded config: %d destinations", len(new.destinations))
@@ -341,6 +353,9 @@ class Broker(Publishing, RelayPaths):
                 self._apply(self.dispatcher.add_job(job.header, job.delivered, exclusive=False))
             self._apply(self.control.tick(now))
             self.cancel_for_dead_acceptors()
+            if self.forwarded is not None and self.audit is not None \
+                    and self.forwarded.due(now):
+                self.forwarded.flush(self.audit)
             for identity in list(self.dispatcher.workers):
                 if not self._send(self.backend, identity, Heartbeat()):
                     self._worker_gone(identity, "is unreachable")
@@ -390,6 +405,9 @@ class Broker(Publishing, RelayPaths):
             self._housekeeping(now)
 
     def close(self) -> None:
+        if self.forwarded is not None and self.audit is not None:
+            self.forwarded.flush(self.audit)
+            self.audit.close()
         self.reaper.close()
         self.frontend.close()
         self.backend.close()

@@ -55,6 +55,10 @@ class JobHeader:
     # the queues): the DIMSE Priority its C-STORE carries. A low-priority copy of a STAT
     # job is sent as low, not high. Empty when every destination has the job's priority.
     dimse_priorities: tuple[str, ...] = ()
+    # With the audit trail on: the study and Patient ID the acceptor read, for the
+    # forwarded-instance records (docs/audit.md); empty otherwise, and left out of records.
+    study_uid: str = ""
+    patient_id: str = ""
 
     def priority_for(self, destination: str) -> int:
         """The priority `destination`'s C-STORE carries: that of the rules that routed the
@@ -115,6 +119,9 @@ class JobHeader:
             out["dimse_priorities"] = list(self.dimse_priorities)
         else:
             del out["dimse_priorities"]
+        for name in ("study_uid", "patient_id"):
+            if not out[name]:
+                del out[name]
         return out
 
     @classmethod

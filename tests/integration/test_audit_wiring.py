@@ -102,7 +102,9 @@ def test_instances_of_an_association_aborted_at_stop_are_audited(tmp_path: Path)
             assert router.stop() == 0  # the association is still open
         finally:
             assoc.abort()
-    transferred = [m for m in _events(trail) if _event_id(m) == "110104"]
+    # Received (action C); the worker's records of what it sent on (R) count them again.
+    transferred = [m for m in _events(trail) if _event_id(m) == "110104"
+                   and m["AuditMessage"]["EventIdentification"]["EventActionCode"] == "C"]
     counts = [c["NumberOfInstances"] for m in transferred
               for o in m["AuditMessage"]["ParticipantObjectIdentification"]
               if o["ParticipantObjectID"] == "1.2.3.9"

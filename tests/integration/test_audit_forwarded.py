@@ -1,0 +1,110 @@
+"""What the router sent on, in the audit trail: DICOM Instances Transferred (action R) per
+destination and study, to a real rsyslog, from a real router delivering to a storescp
+without --fork (docs/audit.md "Instances sent on")."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from pydicom.uid import CTImageStorage
+
+import router.audit.trail
+from tests.dcmtk import LOCALHOST, free_port, run_storescu
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
+from tests.integration.conftest import RouterFactory, dicom_destination
+from tests.integration.router_process import wait_for
+from tests.integration.test_audit_syslog import Rsyslog
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = Path(router.audit.__file__).parent / "schemas" / "audit-message.schema.json"
+PRIVATE = "1.2.826.0.1.3680043.10.777.1"  # storescp refuses it: a dead letter
+
+
+def _sent_on(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m["AuditMessage"] for m in messages
+            if m["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"] == "110104"
+            and m["AuditMessage"]["EventIdentification"]["EventActionCode"] == "R"]
+
+
+def _objects(message: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Its participant objects by type: "2" the study, "1" the patient."""
+    return {o["ParticipantObjectTypeCode"]: o for o in message["ParticipantObjectIdentification"]}
+
+
+def test_instances_sent_on_and_dead_letters_are_audited_per_destination_and_study(
+        start_router: RouterFactory, storescp: Any, tmp_path: Path) -> None:
+    pacs = storescp("PACS")
+    (tmp_path / "rsyslog").mkdir()
+    syslog = Rsyslog(tmp_path / "rsyslog", "tcp", free_port()).start()
+    try:
+        trail = tmp_path / "audit.jsonl"
+        router = start_router({
+            "audit": {"enabled": True, "path": str(trail),
+                      "syslog": {"host": LOCALHOST, "port": syslog.port, "transport": "tcp"}},
+            "listen": {"extra_storage_classes": [PRIVATE]},
+            "destinations": {"pacs": dicom_destination(pacs)},
+            "rules": [{"name": "all", "forward": ["pacs"]}]})
+        source = tmp_path / "src"
+        sent = [write_instance(source, sop_class=CTImageStorage, transfer_syntax=EXPLICIT_VR_LE,
+                               size_bytes=2000, study_uid="1.2.3.1", tags={"PatientID": "P1"})
+                for _ in range(5)]
+        sent.append(write_instance(source, sop_class=CTImageStorage, size_bytes=2000,
+                                   transfer_syntax=EXPLICIT_VR_LE, study_uid="1.2.3.2",
+                                   tags={"PatientID": "P2"}))
+        sent.append(write_instance(source, sop_class=PRIVATE, transfer_syntax=EXPLICIT_VR_LE,
+                                   size_bytes=2000, study_uid="1.2.3.3",
+                                   tags={"PatientID": "P3"}))
+        assert run_storescu(sent, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                            calling_ae="CT1").returncode == 0
+        assert wait_for(lambda: len(pacs.received_files()) == 6
+                        and router.metric("dicom_router_dead_letters_total", destination="pacs",
+                                          reason="no_context") == 1), router.log()[-2000:]
+        # Counted in memory, written every 60 s: nothing yet, not one line per instance.
+        assert _sent_on([json.loads(line) for line in trail.read_text().splitlines()]) == []
+        assert router.stop() == 0  # the worker and the broker flush what they counted
+        received = syslog.received(1)
+        assert wait_for(lambda: len(_sent_on([json.loads(r["msg"]) for r in
+                                              syslog.received(0)])) == 3), received
+        messages = [json.loads(r["msg"]) for r in syslog.received(0)]
+    finally:
+        syslog.stop()
+
+    schema = json.loads(SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for message in messages:
+        validator.validate(message)
+    forwarded = _sent_on(messages)
+    assert forwarded == _sent_on([json.loads(line) for line in trail.read_text().splitlines()])
+    by_study = {_objects(m)["2"]["ParticipantObjectID"]: m for m in forwarded}
+    assert sorted(by_study) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    counts = {uid: Counter({c["UID"]: c["NumberOfInstances"] for c in
+                            _objects(m)["2"]["ParticipantObjectDescription"][0]["SOPClass"]})
+              for uid, m in by_study.items()}
+    assert counts == {"1.2.3.1": {CTImageStorage: 5}, "1.2.3.2": {CTImageStorage: 1},
+                      "1.2.3.3": {PRIVATE: 1}}
+    outcomes = {uid: m["EventIdentification"]["EventOutcomeIndicator"]
+                for uid, m in by_study.items()}
+    assert outcomes == {"1.2.3.1": "0", "1.2.3.2": "0", "1.2.3.3": "4"}
+    assert "dead letters (no_context)" in \
+        by_study["1.2.3.3"]["EventIdentification"]["EventOutcomeDescription"]
+    for n, message in enumerate(by_study[f"1.2.3.{i}"] for i in (1, 2, 3)):
+        patient = _objects(message)["1"]
+        assert (patient["ParticipantObjectID"], patient["ParticipantObjectTypeCodeRole"]) == \
+            (f"P{n + 1}", "1")
+        source_role, destination_role = message["ActiveParticipant"]
+        # The router is the source and the requestor; the destination names its AE and host.
+        assert source_role["RoleIDCode"][0]["csd-code"] == "110153"
+        assert source_role["UserIsRequestor"] is True
+        assert source_role["AlternativeUserID"] == "AETITLES=DICOM-ROUTER"
+        assert destination_role["RoleIDCode"][0]["csd-code"] == "110152"
+        assert destination_role["UserIsRequestor"] is False
+        assert (destination_role["UserID"], destination_role["AlternativeUserID"],
+                destination_role["NetworkAccessPointID"],
+                destination_role["NetworkAccessPointTypeCode"]) == \
+            ("PACS", "AETITLES=PACS", "127.0.0.1", "2")
