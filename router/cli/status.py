@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         help="seconds between refreshes (and between the two reads of --once), "
                              f"0.2 to {MAX_INTERVAL:.0f}")
     status.add_argument("--once", action="store_true",
-                        help="print one frame as plain text and exit (scripts, tests, SSH logs)")
+                        help="print one frame as plain text and exit (scripts, tests, SSH logs); "
+                             "without a terminal, plain frames follow until interrupted")
     status.set_defaults(func=cmd_status)
 
 
@@ -61,11 +62,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = _url(args)  # an invalid config is every command's: exit 1 (router.cli.main)
     try:
         before = read(url)
-        if args.once:
-            time.sleep(interval)
-            Console(width=160, no_color=True, force_terminal=False).print(
-                render(before, read(url)))
-            return 0
+        if args.once or not sys.stdout.isatty():
+            # Piped or redirected, a live view prints nothing until it ends: plain frames
+            # then, one per interval (or one with --once), so `status | tee` shows progress.
+            plain = Console(width=160, no_color=True, force_terminal=False)
+            while True:
+                time.sleep(interval)
+                now = read(url)
+                plain.print(render(before, now))
+                if args.once:
+                    return 0
+                plain.print()
+                sys.stdout.flush()
+                before = now
         with Live(render(before, before), auto_refresh=False, screen=False) as live:
             while True:
                 time.sleep(interval)

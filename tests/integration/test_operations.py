@@ -140,6 +140,30 @@ def test_status_names_the_problem_when_no_router_answers(tmp_path: Path) -> None
     assert "no router answers at http://127.0.0.1:" in done.stderr, done.stderr
 
 
+def test_status_without_a_terminal_prints_plain_frames(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Piped, the live view printed nothing until it ended (a live screen needs a
+    terminal): it prints a plain-text frame per interval instead."""
+    router = start_router(folder_config(tmp_path, "archive"))
+    out = tmp_path / "status.txt"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "router.cli", "status", "--url",
+             f"127.0.0.1:{router.metrics_port}", "--interval", "0.2"],
+            stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while out.read_text().count("archive") < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+    text = out.read_text()
+    assert text.count("archive") >= 2, (text, err)  # two frames at least, while it runs
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
 # --- config reload on SIGHUP -----------------------------------------------------------------
 
 def rewrite(router: RouterProcess, change: dict[str, Any]) -> None:
