@@ -150,7 +150,9 @@ def test_status_without_a_terminal_prints_plain_frames(
         proc = subprocess.Popen(
             [sys.executable, "-m", "router.cli", "status", "--url",
              f"127.0.0.1:{router.metrics_port}", "--interval", "0.2"],
-            stdout=sink, stderr=subprocess.PIPE, text=True)
+            stdout=sink, stderr=subprocess.PIPE, text=True,
+            # A shell's background job (CI) ignores SIGINT, and its children inherit that.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 30
             while out.read_text().count("archive") < 2 and time.monotonic() < deadline:
