@@ -189,7 +189,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     admission = Admission(config.spool)
     audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled else None
     rules = RuleSet(config.rules, deidentifying(config))
-    relay = RelayServer(config, context, runtime.frontend, rules, spool)
+    relay = RelayServer(config, context, runtime.frontend, rules, spool, audit)
     store = StoreHandler(spool, rules, broker, admission, config.listen.max_dataset_bytes, audit,
                          relay)
     live = LiveAssociations()

@@ -24,6 +24,7 @@ class Code(NamedTuple):
 # Event IDs (DCID 400) and event type codes (DCID 401, 403) of PS3.16.
 APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")
 APPLICATION_START = Code("110120", "DCM", "Application Start")
@@ -40,6 +41,7 @@ ROLE_DESTINATION = Code("110152", "DCM", "Destination Role ID")
 ROLE_SOURCE = Code("110153", "DCM", "Source Role ID")
 # Participant object ID types.
 STUDY_INSTANCE_UID = Code("110180", "DCM", "Study Instance UID")
+SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
 NODE_ID = Code("110182", "DCM", "Node ID")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
 

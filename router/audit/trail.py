@@ -30,6 +30,7 @@ from router.audit.messages import (
     security_alert,
     user_authentication,
 )
+from router.audit.relayed import RelayedRequest, query, retrieve
 from router.audit.syslog_sender import OnceWarner, SyslogSender, format_rfc5424
 from router.core import metrics
 from router.core.audit_config import AuditConfig
@@ -172,6 +173,11 @@ class AuditTrail:
         self._emit(lambda: instances_forwarded(
             self.app, destination=destination, study_uid=study_uid, sop_classes=counts,
             outcome_ok=outcome_ok, patient_id=patient_id, description=description))
+
+    def relayed_request(self, request: RelayedRequest) -> None:
+        """A relayed C-FIND (Query), C-GET or C-MOVE (DICOM Instances Transferred), ended."""
+        build = query if request.command == "C-FIND" else retrieve
+        self._emit(lambda: build(self.app, request))
 
     def security_alert(
         self,

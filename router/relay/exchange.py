@@ -81,6 +81,17 @@ class Exchange:
         self.link, self.msg, self.context_id, self.command = link, msg, context_id, command
         self.sub_operations = 0  # C-GET: message IDs of the C-STOREs sent back
         self.transfer_syntax = link.accepted_syntax(context_id)
+        # What the audit trail records once it ended (router/relay/audited.py):
+        self.upstreams: list[str] = []  # the rules' choice, once made
+        self.upstream = ""  # the one that answered, once one did
+        self.final_status: int | None = None  # the final response the requester was sent
+        self.final_comment = ""
+        self.final_counts: Counts | None = None
+
+    def heard(self, answer: RelayResponse) -> None:
+        """An answer from the upstream: it names which upstream the worker reached."""
+        if answer.upstream:
+            self.upstream = answer.upstream
 
     def cancelled(self) -> bool:
         """C-CANCEL arrived for this request, or the requester is gone."""
@@ -124,7 +135,11 @@ class Exchange:
             rsp.NumberOfWarningSuboperations = counts.warning
         if dataset:
             setattr(rsp, RESPONSE_DATASET[self.command], BytesIO(dataset))
+        if answer is not None:
+            self.heard(answer)
         self.link.send(rsp, self.context_id)
+        if status not in PENDING_STATUSES:
+            self.final_status, self.final_comment, self.final_counts = status, comment, counts
 
     def request_dataset(self) -> bytes | None:
         attr = REQUEST_DATASET.get(self.command)

@@ -295,6 +295,7 @@ def _move_loop(call: RelayCall, delivery: Delivery) -> None:
         if got is None or not isinstance(got[0], RelayResponse):
             continue
         answer = got[0]
+        exchange.heard(answer)
         delivery.counts.upstream(answer)
         if not answer.final:
             delivery.pending()

@@ -30,6 +30,7 @@ from pynetdicom.dimse_primitives import (
     N_SET,
 )
 
+from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import (
@@ -42,6 +43,7 @@ from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.owned_names import relay_request_id, relayed_get_files, unlink_all
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
+from router.relay.audited import AUDITED, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
@@ -64,8 +66,10 @@ LATE_CLEAR_SECONDS = 10.0
 
 class RelayServer:
     def __init__(self, config: RouterConfig, context: zmq.Context[zmq.Socket[bytes]],
-                 endpoint: str, rules: RuleSet, spool: Spool) -> None:
+                 endpoint: str, rules: RuleSet, spool: Spool,
+                 audit: AuditTrail | None = None) -> None:
         self.config = config
+        self.audit = audit  # records each relayed C-FIND, C-GET and C-MOVE as it ends
         self.context = context
         self.endpoint = endpoint
         self.rules = rules
@@ -98,6 +102,9 @@ class RelayServer:
                       type(exc).__name__, exc)
             with contextlib.suppress(RequesterGone):
                 exchange.final(relay_failure_status(command), "router internal error")
+        finally:
+            if self.audit is not None and command in AUDITED:
+                record_relayed(self.audit, self.config, exchange)
 
     def _serve(self, exchange: Exchange) -> None:
         msg, command = exchange.msg, exchange.command
@@ -113,6 +120,7 @@ class RelayServer:
             return
         facts = exchange.link.facts
         decision = self.rules.upstreams(facts, sop_class)
+        exchange.upstreams = list(decision.destinations)
         if not decision.matched:
             log.warning("%s for SOP class %s from %s: no rule routes it", command, sop_class,
                         facts.calling_ae)
@@ -347,6 +355,8 @@ def _next(call: RelayCall, exchange: Exchange) -> tuple[Any, bytes | None]:
             raise RequesterGone("its association ended")
         answer = call.poll(exchange.cancelled)
         if answer is not None:
+            if isinstance(answer[0], RelayResponse):
+                exchange.heard(answer[0])
             return answer
 
 
