@@ -255,19 +255,20 @@ def test_duplicate_rule_names_are_reported() -> None:
     assert "rules[1].name: duplicate rule name 'ct-from-scanner'" in problems[0]
 
 
-@pytest.mark.parametrize("char", ["=", "|"])
-def test_a_rule_name_with_a_job_header_separator_is_refused_naming_it(
-        char: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Regression: a job's header joins rule names with '=' (routes) and '|' (completion
-    groups); a completion rule named 'a|b' was read back as 'a' and held nothing. check-config,
-    run and a reload (all load_config) refuse the name, naming the rule and the character."""
+def test_a_completion_rule_named_with_a_bar_is_refused_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a completion group is "<rule>|<UID>" in a job's header, read back up to
+    the first '|': a completion rule named 'ct|mr' was read back as 'ct' and held nothing.
+    check-config, run and a reload (all load_config) refuse the name, naming the rule."""
     data = example()
-    data["rules"][0]["name"] = f"ct{char}scanner"
+    data["rules"][0]["name"] = "ct|mr"
+    data["rules"][0]["complete"] = {"level": "series", "stable_for": 60}
 
     problems = problems_of(data)
 
-    assert problems == [f"rules[0].name: rule name 'ct{char}scanner' contains '{char}': a "
-                        f"rule name may hold any character but = and |"]
+    assert problems == ["rules[0]: rule name 'ct|mr' contains '|', which a rule with "
+                        "`complete` may not hold (its completion groups are joined with it): "
+                        "rename the rule"]
     config = tmp_path / "router.yaml"
     config.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError):
@@ -275,7 +276,17 @@ def test_a_rule_name_with_a_job_header_separator_is_refused_naming_it(
     from router.cli.main import main
 
     assert main(["check-config", str(config)]) == 1
-    assert f"contains '{char}'" in capsys.readouterr().err
+    assert "contains '|'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["ct|mr", "site=a"])
+def test_other_rule_names_may_hold_any_character(name: str) -> None:
+    """Only a completion rule's name is joined with '|'; a route "<destination>=<rule>"
+    splits at the first '=' and a destination name has none: no upgrade refuses these."""
+    data = example()
+    data["rules"][0]["name"] = name
+
+    assert parse_config(data).rules[0].name == name
 
 
 def test_empty_rules_are_an_error() -> None:

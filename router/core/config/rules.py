@@ -18,10 +18,6 @@ from router.core.durations import DAY, Seconds, at_most
 from router.core.morph_spec import MorphAction
 from router.core.patterns import compile_pattern
 
-# The characters a job's header puts between a rule's name and what goes with it
-# (router/core/job_header.py: routes and completion groups).
-RULE_NAME_SEPARATORS = ("=", "|")
-
 
 class RuleMatch(Strict):
     calling_ae: StrOrList | None = None
@@ -126,16 +122,17 @@ class Rule(Strict):
     priority: Literal["urgent", "high", "normal", "low", "request"] = "request"
     complete: CompleteConfig | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name_without_separators(cls, name: str) -> str:
-        # A job's header joins rule names with these ("<destination>=<rule>" routes,
-        # "<rule>|<UID>" completion groups): a name holding one is read back wrong.
-        for char in RULE_NAME_SEPARATORS:
-            if char in name:
-                raise ValueError(f"rule name {name!r} contains {char!r}: a rule name may "
-                                 f"hold any character but {' and '.join(RULE_NAME_SEPARATORS)}")
-        return name
+    @model_validator(mode="after")
+    def _completion_name_without_bar(self) -> Rule:
+        # A completion group is "<rule>|<UID>" in a job's header, read back up to the first
+        # '|' (router/broker/completion.py): a completion rule named "CT|MR" held nothing.
+        # Other rules may hold any character ("<destination>=<rule>" routes split at the
+        # first '=', and a destination name has none).
+        if self.complete is not None and "|" in self.name:
+            raise ValueError(f"rule name {self.name!r} contains '|', which a rule with "
+                             "`complete` may not hold (its completion groups are joined "
+                             "with it): rename the rule")
+        return self
 
     @model_validator(mode="after")
     def _routes_somewhere(self) -> Rule:
