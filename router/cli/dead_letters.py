@@ -7,12 +7,15 @@ import json
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 
 from router.cli.common import argument, config_parent
 from router.core.config import RouterConfig, default_config, load_config
 from router.core.errors import RouterError
 from router.core.spool import Spool
 from router.service import dead_letters
+
+_Letter = dead_letters.DeadLetter | dead_letters.Damaged
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,13 +63,24 @@ def _once(letters: list[dead_letters.DeadLetter]) -> tuple[list[dead_letters.Dea
     return list(unique.values()), list(repeated)
 
 
-def _selected(spool: Spool, args: argparse.Namespace) -> tuple[list[dead_letters.DeadLetter],
-                                                                list[str]]:
+def _selected(spool: Spool, args: argparse.Namespace, damaged: list[dead_letters.Damaged]
+              ) -> tuple[list[dead_letters.DeadLetter], list[str]]:
+    """The letters chosen; the records that cannot be read go to `damaged`, except those
+    named for show or replay, which stop the command with what is wrong."""
     if args.ids:
-        return _once([letter for i in args.ids for letter in dead_letters.lookup(spool, i)])
+        named = damaged if args.action == "purge" else None
+        return _once([letter for i in args.ids
+                      for letter in dead_letters.lookup(spool, i, named)])
     selection = dead_letters.Filter(args.destination, args.reason, args.older_than,
                                     args.newer_than)
-    return dead_letters.find(spool, selection), []
+    return dead_letters.find(spool, selection, damaged), []
+
+
+def _unreadable(damaged: list[dead_letters.Damaged], as_json: bool) -> None:
+    for bad in damaged:  # one bad record must not hide the others: say it, and go on
+        print(f"unreadable dead letter {bad.id} ({bad.record_path}): {bad.why}; "
+              f"`dicom-router dead-letters purge {bad.id}` removes it",
+              file=sys.stderr if as_json else sys.stdout)
 
 
 def _repeats(repeated: list[str], done: str) -> None:
@@ -124,9 +138,8 @@ def _list(letters: list[dead_letters.DeadLetter], as_json: bool, unwritten: int)
     print(f"{len(letters)} dead letters")
 
 
-def _audit(config: RouterConfig, action: str, done: list[dead_letters.DeadLetter], *,
-           ok: bool, to: str | None = None,
-           left: list[dead_letters.DeadLetter] | None = None) -> None:
+def _audit(config: RouterConfig, action: str, done: Sequence[_Letter], *,
+           ok: bool, to: str | None = None, left: Sequence[_Letter] | None = None) -> None:
     """The same record as the operator API's (router/service/control_api.py)."""
     ids = ", ".join(d.id for d in done)[:500]
     verb = "replayed" + (f" to {to}" if to else "") if action == "replay" else "purged"
@@ -142,7 +155,7 @@ def _audit(config: RouterConfig, action: str, done: list[dead_letters.DeadLetter
                       detail=detail, ok=ok)
 
 
-def _stopped(action: str, letter: dead_letters.DeadLetter, done: int, total: int,
+def _stopped(action: str, letter: _Letter, done: int, total: int,
              exc: OSError) -> int:
     """The spool refused (disk full, read-only): one line, and what was done before."""
     where = f" ({exc.filename})" if exc.filename else ""
@@ -167,9 +180,11 @@ def run(args: argparse.Namespace) -> int:
         for letter in dead_letters.lookup(spool, args.id):
             print(json.dumps(letter.as_dict(), indent=2))
         return 0
-    letters, repeated = _selected(spool, args)
+    damaged: list[dead_letters.Damaged] = []
+    letters, repeated = _selected(spool, args, damaged)
     if args.action == "list":
         waiting = 0 if args.ids or not args.config else _unwritten(config, args.destination)
+        _unreadable(damaged, args.json)
         _list(letters, args.json, waiting)
     elif args.action == "replay":
         if args.to is not None and args.to not in config.destinations:
@@ -185,21 +200,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"{letter.id} -> job {job.job_id} for {job.destinations[0]}")
         _audit(config, "replay", letters, ok=True, to=args.to)
         _repeats(repeated, "replayed")
+        _unreadable(damaged, False)  # left as they are: what they held is unknown
         print(f"{len(letters)} dead letters replayed; the router queues them within a second")
     elif args.action == "purge":
         unfiltered = not (args.ids or args.destination or args.reason or args.older_than
                           or args.newer_than)
         if unfiltered and not args.all:
             raise RouterError("purge without a filter deletes every dead letter: add --all")
+        if not (args.ids or unfiltered):
+            _unreadable(damaged, False)  # a filter cannot tell what they held: left
+            damaged = []
         siblings = dead_letters.Siblings(spool)  # one listing for the lot
-        for done, letter in enumerate(letters):
+        chosen: list[dead_letters.DeadLetter | dead_letters.Damaged] = [*letters, *damaged]
+        for done, each in enumerate(chosen):
             try:
-                dead_letters.purge(spool, letter, siblings)
+                if isinstance(each, dead_letters.Damaged):
+                    dead_letters.purge_damaged(spool, each)
+                else:
+                    dead_letters.purge(spool, each, siblings)
             except OSError as exc:
-                _audit(config, "purge", letters[:done], ok=False, left=letters[done:])
-                return _stopped("purge", letter, done, len(letters), exc)
-        _audit(config, "purge", letters, ok=True)
+                _audit(config, "purge", chosen[:done], ok=False, left=chosen[done:])
+                return _stopped("purge", each, done, len(chosen), exc)
+        _audit(config, "purge", chosen, ok=True)
         _repeats(repeated, "purged")
-        print(f"{len(letters)} dead letters purged")
+        print(f"{len(chosen)} dead letters purged")
     return 0
 

@@ -169,41 +169,50 @@ class ControlApi:
                                   (lambda d: d.job.calling_ae == calling) if calling else None)
         return json_response(200, {"dead_letters": [d.as_dict() for d in found.letters],
                                    "total": found.total, "limit": limit,
-                                   "next": found.next_after})
+                                   "next": found.next_after,
+                                   "unreadable": [d.as_dict() for d in found.unreadable],
+                                   "unreadable_count": len(found.unreadable)})
 
     def _letters(self, request: Request, actor: str, action: str, letter_id: str | None
                  ) -> Response:
-        """Every letter is found and checked before any is touched."""
+        """Every letter is found and checked before any is touched. A record that cannot be
+        read is purged when named (or with "all"); replaying it says what is wrong."""
+        damaged: list[dead_letters.Damaged] = []
+        named = damaged if action == "purge" else None
         if letter_id is not None:
             to = parse(LetterBody, request).to
-            letters = dead_letters.lookup(self.spool, letter_id)
+            letters = dead_letters.lookup(self.spool, letter_id, named)
         else:
             body = parse(BulkBody, request)
-            to, letters = body.to, self._chosen(body, action)
+            to, letters = body.to, self._chosen(body, action, named)
         if to is not None and action != "replay":
             raise ValueError('"to" is for replay only')
         if action == "replay":
             self._check_replay(letters, to)
-        return self._apply(request, actor, action, letters, to)
+        return self._apply(request, actor, action, [*letters, *damaged], to)
 
-    def _chosen(self, body: BulkBody, action: str) -> list[dead_letters.DeadLetter]:
+    def _chosen(self, body: BulkBody, action: str, damaged: list[dead_letters.Damaged] | None
+                ) -> list[dead_letters.DeadLetter]:
         filtered = any(body.filters().values())
         if body.ids is not None:
             if not body.ids:
                 raise ValueError("ids is empty: nothing to " + action)
             if filtered or body.all:
                 raise ValueError("send ids or filters (or all), not both")
-            letters = [d for i in body.ids for d in dead_letters.lookup(self.spool, i)]
+            letters = [d for i in body.ids for d in dead_letters.lookup(self.spool, i, damaged)]
             seen: set[str] = set()
-            for letter in letters:
-                if letter.id in seen:
-                    raise ValueError(f"dead letter {letter.id} is named twice")
-                seen.add(letter.id)
+            for letter_id in [d.id for d in letters] + [d.id for d in damaged or []]:
+                if letter_id in seen:
+                    raise ValueError(f"dead letter {letter_id} is named twice")
+                seen.add(letter_id)
             return letters
         if not filtered and not body.all:
             raise ValueError(f'{action} without ids or a filter would take every dead letter: '
                              'send "all": true for that')
-        return dead_letters.find(self.spool, self._filter(body.filters()))
+        # A filter cannot tell what a damaged record held: only "all" takes those too
+        everything = body.all and not filtered and damaged is not None
+        return dead_letters.find(self.spool, self._filter(body.filters()),
+                                 damaged if everything else None)
 
     def _check_replay(self, letters: list[dead_letters.DeadLetter], to: str | None) -> None:
         if to is not None and to not in self.config().destinations:
@@ -216,13 +225,17 @@ class ControlApi:
                              "their instance; purge them")
 
     def _apply(self, request: Request, actor: str, action: str,
-               letters: list[dead_letters.DeadLetter], to: str | None) -> Response:
+               letters: list[dead_letters.DeadLetter | dead_letters.Damaged], to: str | None
+               ) -> Response:
         done: list[dict[str, str]] = []
         what = f"dead letters {action}"
         siblings = dead_letters.Siblings(self.spool)  # one listing for the lot
         for index, letter in enumerate(letters):
             try:
-                if action == "replay":
+                if isinstance(letter, dead_letters.Damaged):  # purge only (_letters)
+                    dead_letters.purge_damaged(self.spool, letter)
+                    done.append({"id": letter.id})
+                elif action == "replay":
                     job = dead_letters.replay(self.spool, letter, to, siblings)
                     done.append({"id": letter.id, "job_id": job.job_id,
                                  "destination": job.destinations[0]})
@@ -238,7 +251,8 @@ class ControlApi:
                                    "dead_letters": done})
 
     def _partial(self, request: Request, actor: str, action: str, done: list[dict[str, str]],
-                 left: list[dead_letters.DeadLetter], exc: Exception) -> Response:
+                 left: list[dead_letters.DeadLetter | dead_letters.Damaged], exc: Exception
+                 ) -> Response:
         """Part done: say exactly what was and what was not, in all three places."""
         not_done = [d.id for d in left]
         why = (f"{action} stopped at {left[0].id}: {exc}; done {len(done)}: {_ids(done)}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import json
+import logging
 import os
 import re
 import time
@@ -21,6 +22,8 @@ from typing import Any
 from router.core.errors import RouterError
 from router.core.messages import JobHeader
 from router.core.spool import Spool, new_job_id
+
+log = logging.getLogger(__name__)
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _JOB_ID = re.compile(r"[0-9a-f]{8,64}")  # router.spool.new_job_id: hex digits
@@ -74,18 +77,77 @@ class Filter:
                 and (self.newer_than is None or age <= self.newer_than))
 
 
+@dataclass(frozen=True)
+class Damaged:
+    """A record that cannot be read (truncated by a disk error, a hand edit): listed as
+    such, purged by id, never shown or replayed (what it held is unknown)."""
+
+    record_path: Path
+    why: str
+
+    @property
+    def id(self) -> str:
+        return self.record_path.name.removesuffix(".json")
+
+    @property
+    def instance_path(self) -> Path:
+        return self.record_path.with_name(f"{self.id.split('.', 1)[0]}.dcm")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "file": str(self.record_path), "why": self.why}
+
+
+class DamagedLetter(RouterError):
+    def __init__(self, damaged: Damaged) -> None:
+        super().__init__(f"dead letter {damaged.id} cannot be read ({damaged.record_path}: "
+                         f"{damaged.why}); purge it")
+        self.damaged = damaged
+
+
+_reported: set[Path] = set()  # damaged records this process logged: once each
+
+
 def _load(path: Path) -> DeadLetter:
-    body = json.loads(path.read_bytes())
-    return DeadLetter(path, JobHeader.from_dict(body["job"]), body["destination"],
-                      body["reason"], body.get("detail", ""), int(body.get("attempts", 0)),
-                      float(body.get("failed_at", path.stat().st_mtime)))
+    try:
+        body = json.loads(path.read_bytes())
+        return DeadLetter(path, JobHeader.from_dict(body["job"]), body["destination"],
+                          body["reason"], body.get("detail", ""), int(body.get("attempts", 0)),
+                          float(body.get("failed_at", path.stat().st_mtime)))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        why = (f"not JSON: {exc}" if isinstance(exc, json.JSONDecodeError)
+               else f"no {exc} in it" if isinstance(exc, KeyError)
+               else f"{type(exc).__name__}: {exc}")
+        damaged = Damaged(path, why[:300])
+        if path not in _reported:
+            _reported.add(path)
+            log.warning("dead letter %s cannot be read (%s: %s): listed as unreadable; purge "
+                        "it", damaged.id, path, damaged.why)
+        raise DamagedLetter(damaged) from None
 
 
-def find(spool: Spool, selection: Filter = Filter()) -> list[DeadLetter]:
-    """Dead letters matching `selection`, oldest first."""
+def _read(path: Path, damaged: list[Damaged] | None) -> DeadLetter | None:
+    """The letter; None when it went (replayed or purged since the folder was listed) or
+    cannot be read (then added to `damaged`): one bad record must not hide the others."""
+    try:
+        return _load(path)
+    except FileNotFoundError:
+        return None
+    except DamagedLetter as exc:
+        if damaged is not None:
+            damaged.append(exc.damaged)
+        return None
+
+
+def find(spool: Spool, selection: Filter = Filter(),
+         damaged: list[Damaged] | None = None) -> list[DeadLetter]:
+    """Dead letters matching `selection`, oldest first; the records that cannot be read are
+    left out (and added to `damaged`)."""
     now = time.time()
-    letters = [_load(p) for p in sorted(spool.dead_letters.glob("*.json"))
-               if not p.name.startswith(".")]
+    read = (_read(p, damaged) for p in sorted(spool.dead_letters.glob("*.json"))
+            if not p.name.startswith("."))
+    letters = [d for d in read if d is not None]
     return sorted((d for d in letters if selection.matches(d, now)), key=lambda d: d.failed_at)
 
 
@@ -94,6 +156,7 @@ class Page:
     letters: list[DeadLetter]
     total: int  # every match, on every page
     next_after: str | None  # the last letter's id when more follow, else None
+    unreadable: list[Damaged]  # records read for this page that cannot be read
 
 
 def page(spool: Spool, selection: Filter, after: str | None, limit: int,
@@ -105,15 +168,18 @@ def page(spool: Spool, selection: Filter, after: str | None, limit: int,
     read too."""
     names = sorted(e.name[:-5] for e in os.scandir(spool.dead_letters)
                    if e.name.endswith(".json") and not e.name.startswith("."))
+    damaged: list[Damaged] = []
     if selection == Filter() and keep is None:  # the count is the listing's
         start = bisect.bisect_right(names, after) if after is not None else 0
-        chosen = [d for d in map(_loaded, (spool.dead_letters / f"{n}.json" for n in
-                                           names[start:start + limit])) if d is not None]
+        read = (_read(spool.dead_letters / f"{n}.json", damaged)
+                for n in names[start:start + limit])
+        chosen = [d for d in read if d is not None]
         more = start + limit < len(names)
-        return Page(chosen, len(names), names[start + limit - 1] if more else None)
+        total = len(names) - len(damaged)  # what else the page holds is not read
+        return Page(chosen, total, names[start + limit - 1] if more else None, damaged)
     now, total, chosen, more = time.time(), 0, [], False
     for name in names:
-        letter = _loaded(spool.dead_letters / f"{name}.json")
+        letter = _read(spool.dead_letters / f"{name}.json", damaged)
         if letter is None or not selection.matches(letter, now) or (keep and not keep(letter)):
             continue
         total += 1
@@ -123,15 +189,7 @@ def page(spool: Spool, selection: Filter, after: str | None, limit: int,
             chosen.append(letter)
         else:
             more = True
-    return Page(chosen, total, chosen[-1].id if more else None)
-
-
-def _loaded(path: Path) -> DeadLetter | None:
-    """The letter, None when it went (replayed or purged since the folder was listed)."""
-    try:
-        return _load(path)
-    except FileNotFoundError:
-        return None
+    return Page(chosen, total, chosen[-1].id if more else None, damaged)
 
 
 def get(spool: Spool, letter_id: str) -> DeadLetter:
@@ -142,10 +200,12 @@ def get(spool: Spool, letter_id: str) -> DeadLetter:
     return _load(path)
 
 
-def lookup(spool: Spool, text: str) -> list[DeadLetter]:
+def lookup(spool: Spool, text: str, damaged: list[Damaged] | None = None
+           ) -> list[DeadLetter]:
     """Dead letters as an operator names them: an id from `list` (`<job>.<destination>`), a
     job id as the log prints it (every destination's dead letter of that job), or the record's
-    file name or path as the log prints it (only inside the spool's dead-letters folder)."""
+    file name or path as the log prints it (only inside the spool's dead-letters folder).
+    A record that cannot be read raises DamagedLetter, or goes to `damaged` (a purge)."""
     name = text.strip()
     if "/" in name:
         path = Path(name).resolve()
@@ -155,13 +215,25 @@ def lookup(spool: Spool, text: str) -> list[DeadLetter]:
         name = path.name
     name = name.removesuffix(".json")
     if (spool.dead_letters / f"{name}.json").is_file() and not name.startswith("."):
-        return [get(spool, name)]
-    if _JOB_ID.fullmatch(name):
-        letters = [_load(p) for p in sorted(spool.dead_letters.glob(f"{name}.*.json"))]
-        if letters:
-            return letters
+        paths = [spool.dead_letters / f"{name}.json"]
+    elif _JOB_ID.fullmatch(name):
+        paths = sorted(spool.dead_letters.glob(f"{name}.*.json"))
+    else:
+        paths = []
+    if paths:
+        return [d for d in (_found(p, damaged) for p in paths) if d is not None]
     raise RouterError(f"no dead letter {text!r}; `dicom-router dead-letters list` shows their "
                       "ids")
+
+
+def _found(path: Path, damaged: list[Damaged] | None) -> DeadLetter | None:
+    try:
+        return _load(path)
+    except DamagedLetter as exc:
+        if damaged is None:
+            raise
+        damaged.append(exc.damaged)
+        return None
 
 
 class Siblings:
@@ -238,3 +310,14 @@ def replay(spool: Spool, letter: DeadLetter, to: str | None = None,
 def purge(spool: Spool, letter: DeadLetter, siblings: Siblings | None = None) -> None:
     with spool.dead_letter_lock():
         _forget(letter, siblings)
+
+
+def purge_damaged(spool: Spool, damaged: Damaged) -> None:
+    """Remove a record that cannot be read, and its instance once no record refers to it."""
+    job_id = damaged.id.split(".", 1)[0]
+    with spool.dead_letter_lock():
+        others = any(p != damaged.record_path
+                     for p in spool.dead_letters.glob(f"{job_id}.*.json"))
+        damaged.record_path.unlink(missing_ok=True)
+        if not others:
+            damaged.instance_path.unlink(missing_ok=True)

@@ -50,12 +50,14 @@ def _matches(letter: dead_letters.DeadLetter, params: dict[str, str]) -> bool:
 
 def listing(identity: Identity, spool: Spool, params: dict[str, str], names: list[str],
             message: str) -> Response:
+    damaged: list[dead_letters.Damaged] = []
     try:
         selection = dead_letters.Filter(
             params.get("destination") or None, params.get("reason") or None,
             dead_letters.parse_age(params["older_than"]) if params.get("older_than") else None,
             dead_letters.parse_age(params["newer_than"]) if params.get("newer_than") else None)
-        letters = [d for d in dead_letters.find(spool, selection) if _matches(d, params)]
+        letters = [d for d in dead_letters.find(spool, selection, damaged)
+                   if _matches(d, params)]
     except RouterError as exc:
         letters, message = [], str(exc)
     now = time.time()
@@ -75,6 +77,11 @@ def listing(identity: Identity, spool: Spool, params: dict[str, str], names: lis
         (f", the first {MAX_ROWS} shown" if len(letters) > MAX_ROWS else "") + "</p>"
     body = filters + shown + _bulk(identity, letters[:MAX_ROWS], names) + table(
         ["Id", "Destination", "Reason", "Calling AE", "Age", "Detail"], rows, "letters")
+    if damaged:  # one bad record must not hide the others: shown apart, each to purge
+        body += f"<p>{len(damaged)} record(s) cannot be read</p>" + table(
+            ["Id", "File", "Why"],
+            [[f'<a href="/console/dead-letters/{e(d.id)}">{e(d.id)}</a>',
+              e(d.record_path), e(d.why)] for d in damaged[:MAX_ROWS]], "unreadable")
     return Response(200, page("Dead letters", body, identity, message, script=True), HTML)
 
 
@@ -97,6 +104,8 @@ def detail(identity: Identity, spool: Spool, letter_id: str, names: list[str],
            message: str) -> Response:
     try:
         letter = dead_letters.get(spool, letter_id)
+    except dead_letters.DamagedLetter as exc:
+        return _damaged(identity, exc.damaged, message)
     except RouterError as exc:
         return Response(404, page("Dead letter", f"<p>{e(exc)}</p>", identity), HTML)
     record: dict[str, Any] = letter.as_dict()
@@ -113,6 +122,19 @@ def detail(identity: Identity, spool: Spool, letter_id: str, names: list[str],
             f"{base}/purge", identity, button("Purge", "danger"),
             confirm=f"Delete {letter.id} for good?") + "</div>"
     return Response(200, page(f"Dead letter {letter.id}", body, identity, message,
+                              script=True), HTML)
+
+
+def _damaged(identity: Identity, damaged: dead_letters.Damaged, message: str) -> Response:
+    """A record that cannot be read: what is wrong, and a purge (no replay: its destination
+    and job are unknown)."""
+    body = f"<p>This record cannot be read: {e(damaged.why)}</p>" + table(
+        ["Field", "Value"], [[e(k), e(v)] for k, v in damaged.as_dict().items()], "detail")
+    if identity.can_act:
+        body += '<div class="actions">' + form(
+            f"/console/dead-letters/{damaged.id}/purge", identity,
+            button("Purge", "danger"), confirm=f"Delete {damaged.id} for good?") + "</div>"
+    return Response(200, page(f"Dead letter {damaged.id}", body, identity, message,
                               script=True), HTML)
 
 
