@@ -112,7 +112,7 @@ class DispatchState:
         if linger is not None:
             self.gathering.linger = linger
         if holds is not None:
-            holds.groups = self.holds.groups  # groups already held keep waiting
+            holds.adopt(self.holds)  # groups already held keep waiting
             self.holds = holds
 
     # --- jobs -------------------------------------------------------------------------------

@@ -30,8 +30,7 @@ def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
     for delivery in dispatcher.delayed.take(name):
         found += delivery.jobs
     found += [d.job for d in dispatcher.spool_wait.take(name)]
-    for key in [k for k in dispatcher.holds.groups if k[0] == name]:
-        found += [d.job for d in dispatcher.holds.groups.pop(key).deliveries]
+    found += [d.job for d in dispatcher.holds.take(name)]
     # Later receptions of an instance still in play come after it (router/broker/instance_order).
     found += [d.job for d in dispatcher.order.take_parked(name)]
     unique: dict[str, JobHeader] = {}

@@ -5,10 +5,13 @@ queue: a spell counts one failure however many deliveries it catches, and its ba
 only when the spell's probe meets the full spool again. When the back-off ends, one waiting
 delivery goes as the probe; once the spool takes a copy again (the probe gets past its
 copy, or any delivery that wrote one succeeds) every waiting delivery goes back at once.
+Each destination's count of waiting jobs is kept as they come and go: depth() reads it on
+every report (change `waiting` through the methods).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,6 +27,7 @@ class SpoolWait:
     reason: str = ""  # what the spool said when the spell began ("spool_write: ...")
     probe: tuple[str, str] | None = None  # (job id, destination) of the delivery probing
     waiting: list[Delivery] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # jobs waiting, by destination
 
     def failed(self, delivery: Delivery, retry: RetryConfig, reason: str, now: float,
                rand: Callable[[], float]) -> tuple[float, bool]:
@@ -41,6 +45,7 @@ class SpoolWait:
             self.waiting.insert(0, delivery)  # it was first: it probes again
         else:
             self.waiting.append(delivery)
+        self.counts[delivery.destination] += delivery.size
         return self.until - now, starts
 
     def probe_due(self, now: float) -> Delivery | None:
@@ -48,6 +53,7 @@ class SpoolWait:
         if not self.waiting or now < self.until:
             return None
         delivery = self.waiting.pop(0)
+        self.counts[delivery.destination] -= delivery.size
         self.probe = delivery.key
         self.until = now + self.delay  # a probe that never answers (its job withdrawn): the next
         return delivery
@@ -55,6 +61,7 @@ class SpoolWait:
     def took_copy(self) -> list[Delivery]:
         """The spool takes copies again: the spell ends and every waiting delivery goes."""
         released, self.waiting = self.waiting, []
+        self.counts.clear()
         self.failures_in_a_row, self.until, self.probe, self.reason = 0, 0.0, None, ""
         return released
 
@@ -62,10 +69,11 @@ class SpoolWait:
         """Remove and return what waits for `destination` (an operator's retry, a drain)."""
         taken = [d for d in self.waiting if d.destination == destination]
         self.waiting = [d for d in self.waiting if d.destination != destination]
+        self.counts.pop(destination, None)
         return taken
 
     def next_due(self) -> float | None:
         return self.until if self.waiting else None
 
     def jobs(self, destination: str) -> int:
-        return sum(d.size for d in self.waiting if d.destination == destination)
+        return self.counts.get(destination, 0)
