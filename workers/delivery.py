@@ -204,7 +204,8 @@ class DeliveryThread(threading.Thread):
         metrics.labelled(metrics.FORWARDED_BYTES, name).inc(job.size)
         self._record(job, name, digest)
         if self.forwarded is not None:  # a counter: the worker's loop writes the records
-            self.forwarded.add(name, job.study_uid, job.sop_class_uid, True, job.patient_id)
+            self.forwarded.add(name, job.study_uid, job.sop_class_uid, True, job.patient_id,
+                               deidentified=self.preparer.deidentifies(job, name))
         return self._delivered(job, name, wrote_copy=copied)
 
     def _already_there(self, job: JobHeader, name: str, source: Path) -> tuple[str, str]:

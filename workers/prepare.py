@@ -224,6 +224,10 @@ class Preparer:
         deliveries made before the upgrade (workers/delivery.py)."""
         return repr_fingerprint(steps_for(self.config, job, destination, self.rules))
 
+    def deidentifies(self, job: JobHeader, destination: str) -> bool:
+        """Does `destination` get `job` de-identified (for the audit trail's record)?"""
+        return steps_for(self.config, job, destination, self.rules).deidentify is not None
+
     def prepare(self, job: JobHeader, destination: str, source: Path,
                 force_syntaxes: Sequence[str] = ()) -> Prepared:
         """Raises DeliveryError (permanent) when a step cannot be done for this instance."""

@@ -46,21 +46,26 @@ class ForwardTally:
     def __init__(self, config: RouterConfig, interval: float = TALLY_FLUSH_SECONDS) -> None:
         self._config = config
         self._nodes: dict[str, RemoteNode] = {}
-        self._counts: dict[tuple[RemoteNode, str, bool], _Study] = {}
+        # (destination, study, delivered, de-identified): a destination can get one study
+        # both as received and de-identified (rules that differ by sender, say).
+        self._counts: dict[tuple[RemoteNode, str, bool, bool], _Study] = {}
         self._patients: dict[str, str] = {}
         self._lock = threading.Lock()
         self._interval = interval
         self._since: float | None = None  # monotonic time of the oldest unflushed add
 
     def add(self, destination: str, study_uid: str, sop_class_uid: str, ok: bool,
-            patient_id: str = "", reason: str = "") -> None:
+            patient_id: str = "", reason: str = "", *, deidentified: bool = False) -> None:
+        """`deidentified`: the destination got it de-identified; the record still names the
+        original study and patient (docs/audit.md) and says Anonymized."""
         with self._lock:
             if self._since is None:
                 self._since = time.monotonic()
             node = self._nodes.get(destination)
             if node is None:
                 node = self._nodes[destination] = destination_node(destination, self._config)
-            study = self._counts.setdefault((node, study_uid or "unknown", ok), _Study())
+            key = (node, study_uid or "unknown", ok, deidentified)
+            study = self._counts.setdefault(key, _Study())
             study.by_class[sop_class_uid] += 1
             if reason:
                 study.reasons.add(reason)
@@ -82,9 +87,10 @@ class ForwardTally:
             counts, self._counts = self._counts, {}
             patients, self._patients = self._patients, {}
             self._since = None
-        for (node, study_uid, ok), study in counts.items():
+        for (node, study_uid, ok, deidentified), study in counts.items():
             description = None if ok else \
                 f"not delivered: dead letters ({', '.join(sorted(study.reasons))})"
             trail.instances_forwarded(node, study_uid,
                                       dict(study.by_class), ok,
-                                      patient_id=patients.get(study_uid), description=description)
+                                      patient_id=patients.get(study_uid), description=description,
+                                      anonymized=deidentified)

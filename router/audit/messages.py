@@ -273,17 +273,20 @@ def _destination(node: RemoteNode) -> dict[str, Any]:
 
 
 def _study_objects(study_uid: str, sop_classes: Mapping[str, int],
-                   patient_id: str | None) -> list[dict[str, Any]]:
+                   patient_id: str | None, anonymized: bool = False) -> list[dict[str, Any]]:
     """A.5.3.7's participant objects: the study with its instances per SOP class, and the
-    patient (by Patient ID only: the name is optional there and never recorded)."""
+    patient (by Patient ID only: the name is optional there and never recorded).
+    `anonymized`: what went out was de-identified; the objects still name the original study
+    and patient, whose data it was (the schema's Anonymized says the copy carried neither)."""
+    description: dict[str, Any] = {"SOPClass": [
+        {"UID": _identifier(uid), "NumberOfInstances": int(count)}
+        for uid, count in sorted(sop_classes.items())
+    ]}
+    if anonymized:
+        description["Anonymized"] = True
     study = {
         "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
-        "ParticipantObjectDescription": [{
-            "SOPClass": [
-                {"UID": _identifier(uid), "NumberOfInstances": int(count)}
-                for uid, count in sorted(sop_classes.items())
-            ],
-        }],
+        "ParticipantObjectDescription": [description],
         "ParticipantObjectID": _identifier(study_uid) or "unknown",
         "ParticipantObjectTypeCode": "2",
         "ParticipantObjectTypeCodeRole": "3",
@@ -308,10 +311,11 @@ def instances_forwarded(
     outcome_ok: bool,
     patient_id: str | None = None,
     description: str | None = None,
+    anonymized: bool = False,
 ) -> AuditMessage:
     """A.5.3.7 DICOM Instances Transferred, one study, as sent on to a destination
     (EventActionCode R: the router read them out of its spool and exported them). Outcome 4:
-    they became dead letters."""
+    they became dead letters. `anonymized`: the destination got them de-identified."""
     if description is None and not outcome_ok:
         description = "not delivered: dead letters"
     event = _event(INSTANCES_TRANSFERRED, "R", "0" if outcome_ok else "4", None, description)
@@ -320,7 +324,7 @@ def instances_forwarded(
         _destination(destination),
     ]
     return _message(event, participants, app,
-                    _study_objects(study_uid, sop_classes, patient_id))
+                    _study_objects(study_uid, sop_classes, patient_id, anonymized))
 
 
 def instances_transferred(

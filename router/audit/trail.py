@@ -167,12 +167,15 @@ class AuditTrail:
         *,
         patient_id: str | None = None,
         description: str | None = None,
+        anonymized: bool = False,
     ) -> None:
-        """Instances of one study sent on to `destination` (outcome_ok), or dead-lettered."""
+        """Instances of one study sent on to `destination` (outcome_ok), or dead-lettered;
+        `anonymized`: sent de-identified."""
         counts = dict(sop_classes)
         self._emit(lambda: instances_forwarded(
             self.app, destination=destination, study_uid=study_uid, sop_classes=counts,
-            outcome_ok=outcome_ok, patient_id=patient_id, description=description))
+            outcome_ok=outcome_ok, patient_id=patient_id, description=description,
+            anonymized=anonymized))
 
     def relayed_request(self, request: RelayedRequest) -> None:
         """A relayed C-FIND (Query), C-GET or C-MOVE (DICOM Instances Transferred), ended."""

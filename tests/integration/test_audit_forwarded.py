@@ -108,3 +108,35 @@ def test_instances_sent_on_and_dead_letters_are_audited_per_destination_and_stud
                 destination_role["NetworkAccessPointID"],
                 destination_role["NetworkAccessPointTypeCode"]) == \
             ("PACS", "AETITLES=PACS", "127.0.0.1", "2")
+
+
+def test_a_de_identified_destination_s_record_names_the_original_study_and_says_anonymized(
+        start_router: RouterFactory, storescp: Any, tmp_path: Path) -> None:
+    """One study to pacs as received and to research de-identified: research's record named
+    patient P1's study exactly as pacs's did, a disclosure of identified data on its face.
+    It keeps the original study and patient (whose data it was: the privacy office must find
+    the research copy from them) and says Anonymized, as the DICOM audit schema provides."""
+    pacs, research = storescp("PACS"), storescp("RESEARCH")
+    trail = tmp_path / "audit.jsonl"
+    router = start_router({
+        "audit": {"enabled": True, "path": str(trail)},
+        "destinations": {"pacs": dicom_destination(pacs),
+                         "research": dicom_destination(research)},
+        "rules": [{"name": "all", "forward": ["pacs"], "continue": True},
+                  {"name": "study", "forward": ["research"], "deidentify": {}}]})
+    sent = [write_instance(tmp_path / "src", sop_class=CTImageStorage, size_bytes=2000,
+                           transfer_syntax=EXPLICIT_VR_LE, study_uid="1.2.3.1",
+                           tags={"PatientID": "P1"}) for _ in range(2)]
+    assert run_storescu(sent, LOCALHOST, router.port, called_ae="DICOM-ROUTER").returncode == 0
+    assert wait_for(lambda: len(pacs.received_files()) == 2
+                    and len(research.received_files()) == 2), router.log()[-2000:]
+    assert router.stop() == 0  # the worker flushes what it counted
+    forwarded = _sent_on([json.loads(line) for line in trail.read_text().splitlines()])
+    by_destination = {m["ActiveParticipant"][1]["UserID"]: _objects(m) for m in forwarded}
+    assert sorted(by_destination) == ["PACS", "RESEARCH"]
+    for name, anonymized in (("PACS", None), ("RESEARCH", True)):
+        study, patient = by_destination[name]["2"], by_destination[name]["1"]
+        assert (study["ParticipantObjectID"], patient["ParticipantObjectID"]) == ("1.2.3.1", "P1")
+        description = study["ParticipantObjectDescription"][0]
+        assert description.get("Anonymized") is anonymized
+        assert description["SOPClass"] == [{"UID": CTImageStorage, "NumberOfInstances": 2}]

@@ -81,3 +81,27 @@ def test_destinations_are_named_by_ae_and_host_url_host_or_name() -> None:
     assert (disk.ae_title, disk.address, disk.user_id) == (None, None, "disk")
     # A destination a reload removed is still named, by its name.
     assert destination_node("gone", CONFIG).user_id == "gone"
+
+
+def test_de_identified_instances_are_a_record_of_their_own_that_says_anonymized(
+        tmp_path: Path, validator: Any) -> None:
+    """A destination that got a study both as received and de-identified: two records, the
+    de-identified one with Anonymized true, both naming the original study and patient."""
+    path = tmp_path / "audit.jsonl"
+    tally = ForwardTally(CONFIG)
+    with AuditTrail(AuditConfig(enabled=True, path=path), "ROUTER") as trail:
+        tally.add("pacs", STUDY, CT, True, "P1")
+        tally.add("pacs", STUDY, CT, True, "P1", deidentified=True)
+        tally.add("pacs", STUDY, CT, True, "P1", deidentified=True)
+        tally.flush(trail)
+    records = _lines(path)
+    for record in records:
+        assert_valid(validator, {"AuditMessage": record})
+    described = [(r["ParticipantObjectIdentification"][0]["ParticipantObjectID"],
+                  r["ParticipantObjectIdentification"][1]["ParticipantObjectID"],
+                  r["ParticipantObjectIdentification"][0]["ParticipantObjectDescription"])
+                 for r in records]
+    assert described == [
+        (STUDY, "P1", [{"SOPClass": [{"UID": CT, "NumberOfInstances": 1}]}]),
+        (STUDY, "P1", [{"SOPClass": [{"UID": CT, "NumberOfInstances": 2}],
+                        "Anonymized": True}])]
