@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from router.broker.main import DEAD_LETTER_BATCH, Broker
+from router.broker.dead_letter_writing import DEAD_LETTER_BATCH
+from router.broker.main import Broker
 from router.core import spool as spool_module
 from router.core.config import parse_config
 from router.core.messages import JobHeader
