@@ -62,6 +62,21 @@ def check_secret_files(config: RouterConfig, source: str) -> None:
         raise ConfigError(source, problems)
 
 
+def secret_env_notes(config: RouterConfig) -> list[str]:
+    """A DICOMweb destination's password_env or token_env that this shell leaves unset or
+    empty: a note, not an error, since `run` may start in another environment (a unit
+    file's Environment=, a pod's env) than the shell checking the config."""
+    notes = []
+    for name, dest in config.destinations.items():
+        for key in ("password_env", "token_env"):
+            variable = getattr(dest, key, None)
+            if isinstance(variable, str) and not os.environ.get(variable):
+                notes.append(f"destinations.{name}.{key}: ${variable} is unset or empty here; "
+                             f"the router's own environment must set it, or the destination "
+                             f"pauses with auth at its first delivery")
+    return notes
+
+
 def _secret_problem(path: Path) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
@@ -120,6 +135,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_completions(config.rules):  # one hold of two, silently
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    for note in secret_env_notes(config):  # `run` may see another environment
+        print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     for note in shared_destinations(config.rules):  # what applies when rules share one
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     from router.relay.move import relay_move_notes  # here: the CLI loads no DICOM otherwise

@@ -1,5 +1,6 @@
 """`check-config` reads a DICOMweb destination's password_file or token_file as its
-deliveries will, and names the key and the file that cannot be read (exit 1, no traceback).
+deliveries will, and names the key and the file that cannot be read (exit 1, no traceback);
+an unset password_env or token_env gets a note (exit 0).
 
 Regression: a missing password file passed check-config; the router then paused the
 destination at its first delivery."""
@@ -69,3 +70,38 @@ def test_a_readable_secret_file_passes(tmp_path: Path, capsys: pytest.CaptureFix
     path = _config(tmp_path, auth="bearer", token_file=str(token))
 
     assert main(["check-config", str(path)]) == 0
+
+
+@pytest.mark.parametrize(("auth", "key"), [("basic", "password_env"), ("bearer", "token_env")])
+@pytest.mark.parametrize("value", [None, ""])
+def test_an_unset_secret_variable_is_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    auth: str, key: str, value: str | None,
+) -> None:
+    """Regression: an unset password_env passed check-config without a word; the router then
+    paused the destination (`auth`) at its first delivery. A note, exit 0: the router's own
+    environment (a unit file, a pod) may differ from the shell's."""
+    if value is None:
+        monkeypatch.delenv("NC_WEB_SECRET", raising=False)
+    else:
+        monkeypatch.setenv("NC_WEB_SECRET", value)
+    web = {"auth": auth, key: "NC_WEB_SECRET"} | ({"username": "router"} if auth == "basic"
+                                                 else {})
+    path = _config(tmp_path, **web)
+
+    assert main(["check-config", str(path)]) == 0
+
+    err = capsys.readouterr().err
+    assert (f"dicom-router check-config: note: destinations.web.{key}: $NC_WEB_SECRET is "
+            "unset or empty here") in err, err
+
+
+def test_a_set_secret_variable_is_not_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NC_WEB_SECRET", "s")
+    path = _config(tmp_path, auth="bearer", token_env="NC_WEB_SECRET")
+
+    assert main(["check-config", str(path)]) == 0
+
+    assert "NC_WEB_SECRET" not in capsys.readouterr().err
