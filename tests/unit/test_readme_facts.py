@@ -1,5 +1,6 @@
 """README.md and docs/ against the repository: every path they name exists, every relative
-link resolves.
+link resolves, and the README's metric table is router/core/metrics.py's metrics, with
+their types and labels.
 
 Regression: docs/benchmark.md linked `chart.png`, a file of a results folder git ignores,
 and docs/configuration.md named `workers/folder_destination.py`, moved to
@@ -9,6 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from router.core import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "ops" / "README.md",
@@ -51,3 +56,38 @@ def test_every_relative_link_resolves() -> None:
                 broken.append(f"{doc.relative_to(ROOT)}:{line}: {target}")
     assert not broken, broken
 
+
+def _code_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    found = {}
+    for value in vars(metrics).values():
+        if isinstance(value, (Counter, Gauge, Histogram)):
+            suffix = "_total" if isinstance(value, Counter) else ""
+            found[value._name + suffix] = (type(value).__name__.lower(),
+                                           frozenset(value._labelnames))
+    return found
+
+
+def _readme_metrics() -> dict[str, tuple[str, frozenset[str]]]:
+    """The rows of README's metric table: name(s), type, labels (with their values in
+    brackets), meaning. A row may name two metrics, the second by its suffix."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("\n### Metrics\n"):text.index("\n### Alerts and dashboard\n")]
+    found = {}
+    for row in table.splitlines():
+        if not row.startswith("| `dicom_router_"):
+            continue
+        names, kind, labels = (cell.strip() for cell in row.strip("|").split("|")[:3])
+        label_set = frozenset(re.findall(r"`?(\w+)`?(?: \([^)]*\))?(?:,|$)", labels))
+        for name in re.findall(r"`(\w+)`", names):
+            full = name if name.startswith(metrics.PREFIX) else metrics.PREFIX + name
+            found[full] = (kind.split()[0], label_set)
+    return found
+
+
+def test_the_readme_metric_table_is_the_code_metrics() -> None:
+    code, readme = _code_metrics(), _readme_metrics()
+    assert len(code) > 40
+    assert sorted(set(code) - set(readme)) == [], "metrics README does not document"
+    assert sorted(set(readme) - set(code)) == [], "metrics README documents that do not exist"
+    differ = {name: (readme[name], code[name]) for name in code if readme[name] != code[name]}
+    assert differ == {}, "(README's type and labels, the code's)"
