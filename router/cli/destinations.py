@@ -104,11 +104,17 @@ def _user() -> str:
 
 
 def _print_list(rows: dict[str, Any]) -> None:
-    print(f"{'DESTINATION':<20} {'STATE':<28} {'QUEUED':>7} {'IN FLIGHT':>9} {'ASSOC':>6}")
+    # As wide as the longest name and state: states combine ("paused by operator, backing
+    # off 2s (connection)") and a fixed width pushed such a row's numbers out of line.
+    states = {name: state(row) for name, row in rows.items()}
+    name_width = max([20, *map(len, rows)])
+    state_width = max([28, *map(len, states.values())])
+    print(f"{'DESTINATION':<{name_width}} {'STATE':<{state_width}} {'QUEUED':>7} "
+          f"{'IN FLIGHT':>9} {'ASSOC':>6}")
     for name, row in sorted(rows.items()):
         assoc = f"{row.get('associations', 0)}/{row['concurrency']}" \
             if "concurrency" in row else "-"
-        print(f"{name:<20} {state(row):<28} {row.get('depth', 0):>7} "
+        print(f"{name:<{name_width}} {states[name]:<{state_width}} {row.get('depth', 0):>7} "
               f"{row.get('in_flight', 0):>9} {assoc:>6}")
 
 

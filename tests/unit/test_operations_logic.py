@@ -270,6 +270,26 @@ def test_destinations_list_warns_of_a_hung_brokers_rows() -> None:
     assert "has not reported yet" in str(stale_warning({"stale": True, "updated": None}, 1.0))
 
 
+def test_destinations_list_keeps_its_columns_with_a_long_state_or_name(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Regression: a state like 'paused by operator, backing off 2s (connection)' overran
+    the fixed 28-character column and pushed that row's numbers out from under their
+    headings."""
+    from router.cli.destinations import _print_list
+
+    _print_list({
+        "pacs": {"up": False, "paused": True, "paused_for": 2,
+                 "backing_off_because": "connection: cannot connect", "depth": 1,
+                 "in_flight": 0, "associations": 0, "concurrency": 1},
+        "a-destination-with-a-long-name": {"up": True, "depth": 12, "in_flight": 3},
+    })
+    lines = capsys.readouterr().out.splitlines()
+    assert "paused by operator, backing off 2s (connection)" in lines[2]
+    queued_end = lines[0].index("QUEUED") + len("QUEUED")
+    assert [line[:queued_end].split()[-1] for line in lines] == ["QUEUED", "12", "1"], lines
+    assert len({len(line) for line in lines}) == 1, lines  # every row as wide as the header
+
+
 def test_a_destination_backing_off_says_why() -> None:
     from router.service.destination_state import state
 
