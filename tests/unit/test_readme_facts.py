@@ -14,6 +14,7 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge, Histogram
 
 from router.core import metrics
+from router.core.config import RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "ops" / "README.md",
@@ -91,3 +92,12 @@ def test_the_readme_metric_table_is_the_code_metrics() -> None:
     assert sorted(set(readme) - set(code)) == [], "metrics README documents that do not exist"
     differ = {name: (readme[name], code[name]) for name in code if readme[name] != code[name]}
     assert differ == {}, "(README's type and labels, the code's)"
+
+
+def test_every_top_level_config_key_has_a_row_in_the_configuration_reference() -> None:
+    """Regression: `audit` had no row in docs/configuration.md's top-level table, which
+    README calls the reference of every key."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text[text.index("\n## Top level\n"):text.index("\n## `listen`\n")]
+    rows = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
+    assert set(RouterConfig.model_fields) - rows == set()
