@@ -282,7 +282,11 @@ class DispatchState:
             due.append(now + max(0.0, group_due - self.wall()))
         for name, policy in self.policies.items():
             if policy.window is not None and self.queues[name]:
-                due.append(now + policy.window.opens_in(self.local()))
+                # Only its opening is an event: an open window was "due now" on every turn,
+                # and the loop spun while the queue could not go (down, paused, at its limit).
+                opens = policy.window.opens_in(self.local())
+                if opens > 0:
+                    due.append(now + opens)
         gathered = self.gathering.next_due(self.queues, now)
         if gathered is not None:
             due.append(gathered)

@@ -62,6 +62,21 @@ def test_a_closed_window_holds_the_queue_until_it_opens() -> None:
     assert d.dispatch(2.0) == []  # 06:00 is the end: closed again
 
 
+def test_an_open_window_is_no_reason_to_wake_the_broker() -> None:
+    """The broker sleeps until next_due(): an open window counted as due now, so while a
+    windowed destination's queue could not go (down, paused, at its limit) the loop woke
+    every millisecond for as long as that lasted."""
+    clock = Clock(local=datetime(2026, 12, 1, 12, 0))
+    d = dispatcher(clock, window=TimeWindow(time(8, 0), time(18, 0)))
+    d.add_job(make_header("j1"))
+    d.held.add("pacs")  # an operator paused it: nothing can go until resumed
+    d.worker_ready(W1, 4, 0.0)
+    assert d.dispatch(0.0) == []
+    assert d.next_due(0.0) is None
+    d.held.discard("pacs")
+    assert sent(d.dispatch(1.0)) == [("j1", "pacs")]
+
+
 def completion(clock: Clock, stable: float = 30, deadline: float = 300) -> Dispatcher:
     holds = GroupHolds({"series": CompletionPolicy(stable, deadline, frozenset({"pacs"}))})
     return dispatcher(clock, holds=holds)
