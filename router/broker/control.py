@@ -204,7 +204,11 @@ class OperatorControl:
     def drain(self, source: str, target: str, keep: int = 0) -> tuple[dict[str, int],
                                                                        list[Outcome]]:
         """Move what is queued for `source` to `target` (all but the first `keep` jobs)."""
-        jobs = take_queued(self.dispatcher, source)
+        # A delayed retry kept (a fallback's probe) waits out its back-off at its attempt:
+        # queued again at once, a probe that timed out went every heartbeat at attempt 1.
+        retrying = min(keep, self.dispatcher.delayed.jobs(source))
+        jobs = take_queued(self.dispatcher, source, keep_retries=retrying)
+        keep -= retrying
         put_back(self.dispatcher, source, jobs[:keep])
         outcomes: list[Outcome] = []
         moved = 0

@@ -40,15 +40,19 @@ class DelayedRetries:
             self._uncount(delivery)
             yield delivery
 
-    def take(self, destination: str) -> list[Delivery]:
-        """Remove and return every delivery for `destination`, soonest first."""
+    def take(self, destination: str, keep: int = 0) -> list[Delivery]:
+        """Remove and return every delivery for `destination`, soonest first, but the
+        `keep` soonest, which go on waiting out their back-off."""
         if not self._jobs.get(destination):
             return []
         taken = sorted(e for e in self._heap if e[2].destination == destination)
         self._heap = [e for e in self._heap if e[2].destination != destination]
-        heapq.heapify(self._heap)
         del self._jobs[destination]
-        return [e[2] for e in taken]
+        for entry in taken[:keep]:
+            self._heap.append(entry)
+            self._jobs[destination] += entry[2].size
+        heapq.heapify(self._heap)
+        return [e[2] for e in taken[keep:]]
 
     def jobs(self, destination: str) -> int:
         """Jobs delayed for `destination` (a batch counts each of its jobs)."""

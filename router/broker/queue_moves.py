@@ -19,15 +19,15 @@ from router.core.messages import JobHeader
 from router.core.spool import Spool
 
 
-def take_queued(dispatcher: Dispatcher, name: str) -> list[JobHeader]:
+def take_queued(dispatcher: Dispatcher, name: str, keep_retries: int = 0) -> list[JobHeader]:
     """Remove and return every job waiting for `name` (queue, retry delays, the spool,
     completion holds), urgent first, in arrival order within a priority; leased deliveries
-    stay."""
+    stay, and so do the `keep_retries` soonest delayed retries (a fallback's probe)."""
     found: list[JobHeader] = []
     queue = dispatcher.queues[name]
     while queue:
         found += queue.popleft().jobs
-    for delivery in dispatcher.delayed.take(name):
+    for delivery in dispatcher.delayed.take(name, keep_retries):
         found += delivery.jobs
     found += [d.job for d in dispatcher.spool_wait.take(name)]
     found += [d.job for d in dispatcher.holds.take(name)]

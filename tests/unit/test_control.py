@@ -151,6 +151,33 @@ def test_fallback_takes_over_after_the_delay_and_hands_back(spool: Spool) -> Non
     assert dispatcher.depth("pacs") == 1  # new work goes to pacs again
 
 
+def test_a_fallbacks_probe_keeps_its_retry_back_off_and_attempts(spool: Spool) -> None:
+    """The job a fallback leaves behind as the probe was taken out of its delayed retry on
+    every heartbeat and queued again at attempt 1: a destination that took associations but
+    timed out every C-STORE got it again each second, and it never became a dead letter."""
+    dispatcher, control = setup(spool, fallback={"pacs": ["archive"]}, after=10.0)
+    dispatcher.worker_ready(W1, 4, 0.0)
+    for i in range(3):
+        commit(spool, dispatcher, make_header(f"fp{i}"))
+    for _, d in dispatcher.dispatch(0.0):
+        answer(dispatcher, W1, Result(d.job.job_id, "pacs", False, "connection", True), 0.0)
+    control.tick(1.0)
+    control.tick(12.0)  # unavailable 11 s: archive takes all but the probe
+    assert dispatcher.depth("archive") == 2 and dispatcher.depth("pacs") == 1
+    now, attempts, letters = 100.0, [], []
+    while now < 200.0 and not letters:
+        for _, d in dispatcher.dispatch(now):
+            if d.destination == "pacs":
+                attempts.append(d.attempt)
+                outcomes = answer(dispatcher, W1,
+                                  Result(d.job.job_id, "pacs", False, "dimse_timeout", True), now)
+                letters += [o for o in outcomes if isinstance(o, DeadLetter)]
+        now += 1.0
+        control.tick(now)
+    assert attempts == [1, 2, 3]  # each after its back-off (RETRY: 3 attempts)
+    assert [o.reason for o in letters] == ["dimse_timeout_retries_exhausted"]
+
+
 @pytest.mark.parametrize(("fallback", "problem"), [
     ({"pacs": ["pacs"]}, "own fallback"),
     ({"pacs": ["nowhere"]}, "unknown destination 'nowhere'"),
