@@ -244,7 +244,7 @@ class OperatorControl:
         for name, policy in self.fallbacks.items():
             if name not in self.dispatcher.queues:
                 continue
-            if self.dispatcher.failures_in_a_row[name] == 0:
+            if self.dispatcher.is_up(name):
                 self.down_since.pop(name, None)
                 if self.active.pop(name, None) is not None:
                     log.warning("destination %s is back: new work goes to it again (what its "
@@ -273,7 +273,7 @@ class OperatorControl:
         d = self.dispatcher
         for target in targets:
             if target in d.queues and target not in d.held and not d.is_paused(target, now) \
-                    and d.failures_in_a_row[target] == 0:
+                    and d.is_up(target):
                 return target
         return None
 

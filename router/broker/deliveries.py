@@ -20,6 +20,9 @@ class DestinationPolicy:
     max_associations: int | None = None  # pins the association limit (no learning)
     probe_interval: float = 60.0
     idle_timeout: float = 2.0
+    # Where and how it is reached (host, port, AE title, TLS, url, ...): a reload that
+    # changes it ends the back-off the old settings earned (dispatch_state.py reconfigure).
+    address: str = ""
 
     def concurrency(self) -> Concurrency:
         pinned = self.max_associations is not None

@@ -144,6 +144,7 @@ class Dispatcher(DispatchState):
                 self._requeue_back(waited)
         if result.delivered:
             self.failures_in_a_row[delivery.destination] = 0
+            self.readdressed.discard(delivery.destination)
             self.paused_until[delivery.destination] = 0.0
             self.delivered_total[delivery.destination] += 1
             return self._finish(delivery)
@@ -151,6 +152,7 @@ class Dispatcher(DispatchState):
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
         if result.reason == "status":  # it answered about this instance: it is up
             self.failures_in_a_row[delivery.destination] = 0
+            self.readdressed.discard(delivery.destination)
         if result.reason == "busy":
             return [self._busy(delivery, now)]
         if _store_failure(result):

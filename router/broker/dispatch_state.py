@@ -69,6 +69,12 @@ class DispatchState:
         self._rotation = 0
         self.paused_until: dict[str, float] = dict.fromkeys(self.policies, 0.0)
         self.failures_in_a_row: dict[str, int] = dict.fromkeys(self.policies, 0)
+        # Down when a reload changed its address: its back-off is cleared, but it is not up
+        # until the new address takes an instance or answers about one (one probe first).
+        self.readdressed: set[str] = set()
+        # Readdressed by a reload, and the workers still on the old settings: its back-off
+        # ends once they are all gone (each worker restarts to take the new config).
+        self.readdress_waits: dict[str, set[bytes]] = {}
         self.spool_wait = SpoolWait()  # deliveries whose copy the spool refused (spool_wait.py)
         self.backoff_reason: dict[str, str] = {}  # what started a destination's back-off
         # Deliveries each destination took, and its count when a job's store last failed
@@ -94,7 +100,11 @@ class DispatchState:
         worker holds ends as the worker says.
         """
         for name, policy in policies.items():
+            old = self.policies.get(name)
             self.policies[name] = policy
+            if old is not None and old.address != policy.address:
+                self.readdress_waits[name] = set(self.workers)
+                self._readdress_ready(name)
             self.queues.setdefault(name, DeliveryQueue())
             self.in_flight.setdefault(name, 0)
             self.paused_until.setdefault(name, 0.0)
@@ -114,6 +124,25 @@ class DispatchState:
         if holds is not None:
             holds.adopt(self.holds)  # groups already held keep waiting
             self.holds = holds
+
+    def _readdress_ready(self, name: str, gone: bytes = b"") -> None:
+        """A reload changed where or how `name` is reached (an operator fixed a wrong
+        address): the back-off the old settings earned says nothing about the new ones, so
+        they are tried as soon as no worker is left with the old ones (the broker applies a
+        reload before the workers restart: the probe went to an old worker, failed at the
+        old address and paused it again), with one probe, and a failure there starts a
+        fresh back-off. Kept, the old pause made the fixed address wait up to
+        retry.max_delay."""
+        stale = self.readdress_waits.get(name, set())
+        stale.discard(gone)
+        if stale:
+            return
+        self.readdress_waits.pop(name, None)
+        if self.failures_in_a_row.get(name):
+            self.readdressed.add(name)
+        self.failures_in_a_row[name] = 0
+        self.paused_until[name] = 0.0
+        self.backoff_reason.pop(name, None)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -201,6 +230,8 @@ class DispatchState:
         worker = self.workers.pop(identity, None)
         if worker is None:
             return 0
+        for name in list(self.readdress_waits):
+            self._readdress_ready(name, identity)
         for concurrency in self.concurrency.values():
             concurrency.worker_gone(identity)  # its associations died with it
         for delivery in reversed(list(worker.leases.values())):  # keep their original order
@@ -261,7 +292,7 @@ class DispatchState:
         """Not since a failure that paused it: true again once it took an instance or
         answered about one. A pause's end is not that: the probe that follows may hang for
         its whole timeout, and /metrics showed such a destination up most of the time."""
-        return self.failures_in_a_row[destination] == 0
+        return self.failures_in_a_row[destination] == 0 and destination not in self.readdressed
 
     def in_window(self, destination: str) -> bool:
         window = self.policies[destination].window

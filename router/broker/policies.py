@@ -18,14 +18,24 @@ def policies(config: RouterConfig) -> dict[str, DestinationPolicy]:
     return {name: _policy(dest) for name, dest in config.destinations.items()}
 
 
+# The settings that say where and how a destination is reached, by type.
+_ADDRESS_KEYS = {
+    "dicom": ("ae_title", "host", "port", "calling_ae", "tls"),
+    "dicomweb": ("url", "auth", "username", "password_env", "password_file", "token_env",
+                 "token_file", "ca", "verify_tls"),
+    "folder": ("path",),
+}
+
+
 def _policy(dest: Destination) -> DestinationPolicy:
     window = _window(dest.window)
+    address = repr([getattr(dest, key) for key in _ADDRESS_KEYS[dest.type]])
     if not isinstance(dest, DicomDestination):
         # A folder or DICOMweb destination has no associations to learn: max_parallel is it.
         return DestinationPolicy(dest.max_parallel, dest.retry, window,
-                                 max_associations=dest.max_parallel)
+                                 max_associations=dest.max_parallel, address=address)
     return DestinationPolicy(dest.max_parallel, dest.retry, window, dest.max_associations,
-                             dest.probe_interval, dest.idle_timeout)
+                             dest.probe_interval, dest.idle_timeout, address)
 
 
 def _window(window: WindowConfig | None) -> TimeWindow | None:

@@ -322,6 +322,31 @@ def test_a_destination_removed_by_a_reload_turns_its_queue_into_dead_letters(
                     timeout=60), router.log()[-2000:]
 
 
+def test_a_reload_that_fixes_a_destinations_address_tries_it_at_once(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """A destination pointed at a wrong port backs off; the operator fixes the port and
+    reloads. The new address waited out the old back-off (here at least 150 s) before it was
+    tried: now it is tried at once, and the instance arrives well before that back-off ends."""
+    closed = free_port()  # nothing listens there
+    config = folder_config(tmp_path, "archive")
+    config["destinations"]["pacs"] = {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                      "port": closed,
+                                      "retry": {"max_attempts": 5, "initial_delay": 300,
+                                                "max_delay": 600}}
+    config["rules"] = [{"name": "all", "forward": ["pacs"]}]
+    router = start_router(config)
+    sources = generate_mixed_set(tmp_path / "src", 1, syntaxes=(EXPLICIT_VR_LE,))
+    assert run_storescu(sources, "127.0.0.1", router.port, called_ae=AE).returncode == 0
+    assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
+                                          reason="connection") >= 1, timeout=30)
+    with StoreSCP(tmp_path / "pacs", "PACS") as pacs:  # one association at a time
+        config["destinations"]["pacs"]["port"] = pacs.port
+        rewrite(router, config)
+        reload(router, "applied")
+        assert wait_for(lambda: len(files_under(tmp_path / "pacs")) == 1, timeout=60), \
+            router.log()[-3000:]
+
+
 def test_replayed_dead_letters_whose_de_identification_a_reload_removed_stay_dead_letters(
         start_router: RouterFactory, tmp_path: Path) -> None:
     """v1: `research` de-identifies and is down; v2 removes it and a new rule forwards to
