@@ -153,6 +153,8 @@ class Dispatcher(DispatchState):
         if result.reason == "status":  # it answered about this instance: it is up
             self.failures_in_a_row[delivery.destination] = 0
             self.readdressed.discard(delivery.destination)
+            # Its pause too: kept, the rest of its queue waited for the old pause to end.
+            self.paused_until[delivery.destination] = 0.0
         if result.reason == "busy":
             return [self._busy(delivery, now)]
         if _store_failure(result):

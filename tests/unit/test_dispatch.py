@@ -695,6 +695,24 @@ def test_a_down_destination_is_probed_with_one_delivery_until_it_takes_one() -> 
     assert len(d.dispatch(now=now)) == 3  # it took one: the others go at once
 
 
+@pytest.mark.parametrize("transient", [True, False])
+def test_a_failure_status_during_a_pause_ends_the_pause(transient: bool) -> None:
+    """The destination answered about an instance (a delivery still out when another one
+    failed to connect, or a probe): it is up. It was marked up but its pause stayed, so the
+    rest of its queue waited for the old pause to end."""
+    d = make_dispatcher({"pacs": 4}, rand=lambda: 1.0)
+    jobs = [make_header(f"j{i}", ("pacs",)) for i in range(3)]
+    for job in jobs:
+        d.add_job(job)
+    d.worker_ready(W1, 4, now=0.0)
+    assert len(d.dispatch(now=0.0)) == 3
+    answer(d, W1, failed(jobs[0], "pacs", "connection"), now=0.0)
+    assert d.is_paused("pacs", 0.1) and not d.is_up("pacs")
+    answer(d, W1, failed(jobs[1], "pacs", "status", transient=transient), now=0.1)
+    assert d.is_up("pacs") and not d.is_paused("pacs", 0.1)
+    assert sent(d.dispatch(now=0.1)) == [("j0", "pacs")]  # not at the pause's end (1 s)
+
+
 def test_a_permanent_rejection_is_still_a_dead_letter() -> None:
     d = make_dispatcher({"pacs": 4})
     job = make_header("j0", ("pacs",))
