@@ -83,6 +83,12 @@ class GroupHolds:
         group = self._group(delivery)
         if not group:
             return False
+        self.hold_in(group, delivery)
+        return True
+
+    def hold_in(self, group: str, delivery: Any) -> None:
+        """Keep a delivery in `group` at its destination (also a group moved there whole
+        from another destination: a drain or a fallback), due by its jobs' receive times."""
         key = (delivery.destination, group)
         held = self.groups.setdefault(key, HeldGroup())
         held.deliveries.append(delivery)
@@ -92,7 +98,6 @@ class GroupHolds:
         due = self._due_at(key)
         if due < held.scheduled:  # sooner (a new group, an older job recovered): push now
             self._schedule(key, held, due)
-        return True
 
     def _schedule(self, key: tuple[str, str], held: HeldGroup, due: float) -> None:
         held.entry, held.scheduled = next(self._sequence), due
@@ -148,11 +153,14 @@ class GroupHolds:
         return self._depth.get(destination, 0)
 
     def take(self, destination: str) -> list[Any]:
-        """Remove and return every delivery held for `destination` (a drain, a removal)."""
-        taken: list[Any] = []
-        for key in [k for k in self.groups if k[0] == destination]:
-            taken += self._pop(key).deliveries
-        return taken
+        """Remove and return every delivery held for `destination` (a removal)."""
+        return [d for _, held in self.take_groups(destination) for d in held]
+
+    def take_groups(self, destination: str) -> list[tuple[str, list[Any]]]:
+        """Remove and return the groups held for `destination`, each (group, deliveries),
+        to move them whole (a drain, a fallback)."""
+        return [(key[1], self._pop(key).deliveries)
+                for key in [k for k in self.groups if k[0] == destination]]
 
     def _pop(self, key: tuple[str, str]) -> HeldGroup:
         held = self.groups.pop(key)  # its heap entries are stale from now on

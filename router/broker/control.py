@@ -14,7 +14,8 @@ unavailable (connection or association failures, nothing delivered) for `fallbac
 seconds, what is queued for it, and what arrives for it later, goes to the first of its
 fallbacks that is not itself paused or failing. One job (the oldest) stays behind as the
 probe: it finds out when the destination is back. From its first success, new work goes to
-the destination again; what was handed over stays with the fallback.
+the destination again; what was handed over stays with the fallback. Held completion groups
+move whole, as held groups (drain-to too), so each still goes as one batch.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from router.broker.deliveries import DeadLetter, Outcome
 from router.broker.dispatch import Dispatcher
 from router.broker.queue_moves import (
     give_up_queued,
+    hold_back,
     put_back,
     release_now,
     retarget,
+    take_held,
     take_queued,
 )
 from router.core.config import RouterConfig
@@ -207,22 +210,30 @@ class OperatorControl:
         # A delayed retry kept (a fallback's probe) waits out its back-off at its attempt:
         # queued again at once, a probe that timed out went every heartbeat at attempt 1.
         retrying = min(keep, self.dispatcher.delayed.jobs(source))
-        jobs = take_queued(self.dispatcher, source, keep_retries=retrying)
+        jobs = take_queued(self.dispatcher, source, keep_retries=retrying, held=False)
         keep -= retrying
         put_back(self.dispatcher, source, jobs[:keep])
+        # Held completion groups move whole, with their clocks: `target` sends each as one
+        # batch when complete, and the probe kept is never one of their jobs.
+        held = take_held(self.dispatcher, source)
         outcomes: list[Outcome] = []
-        moved = 0
+        moved = held_moved = 0
         try:
             for job in jobs[keep:]:
                 outcomes += retarget(self.dispatcher, self.spool, job, source, target)
                 moved += 1
+            for group, job in held:
+                outcomes += retarget(self.dispatcher, self.spool, job, source, target, group)
+                moved += 1
+                held_moved += 1
             if moved:
                 self.spool.sync_jobs()
         except OSError as exc:
             raise DrainFailed({"moved": moved, "in_flight": self.dispatcher.in_flight[source]},
                               outcomes, exc) from exc
-        finally:
-            put_back(self.dispatcher, source, jobs[keep + moved:])  # after a failed write
+        finally:  # after a failed write
+            put_back(self.dispatcher, source, jobs[keep + moved - held_moved:])
+            hold_back(self.dispatcher, source, held[held_moved:])
         return {"moved": moved, "in_flight": self.dispatcher.in_flight[source]}, outcomes
 
     def drain_all(self, source: str, target: str) -> tuple[dict[str, int], list[Outcome],

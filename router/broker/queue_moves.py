@@ -19,10 +19,12 @@ from router.core.messages import JobHeader
 from router.core.spool import Spool
 
 
-def take_queued(dispatcher: Dispatcher, name: str, keep_retries: int = 0) -> list[JobHeader]:
+def take_queued(dispatcher: Dispatcher, name: str, keep_retries: int = 0,
+                held: bool = True) -> list[JobHeader]:
     """Remove and return every job waiting for `name` (queue, retry delays, the spool,
-    completion holds), urgent first, in arrival order within a priority; leased deliveries
-    stay, and so do the `keep_retries` soonest delayed retries (a fallback's probe)."""
+    completion holds unless not `held`), urgent first, in arrival order within a priority;
+    leased deliveries stay, and so do the `keep_retries` soonest delayed retries (a
+    fallback's probe)."""
     found: list[JobHeader] = []
     queue = dispatcher.queues[name]
     while queue:
@@ -30,7 +32,8 @@ def take_queued(dispatcher: Dispatcher, name: str, keep_retries: int = 0) -> lis
     for delivery in dispatcher.delayed.take(name, keep_retries):
         found += delivery.jobs
     found += [d.job for d in dispatcher.spool_wait.take(name)]
-    found += [d.job for d in dispatcher.holds.take(name)]
+    if held:
+        found += [d.job for d in dispatcher.holds.take(name)]
     # Later receptions of an instance still in play come after it (router/broker/instance_order).
     found += [d.job for d in dispatcher.order.take_parked(name)]
     unique: dict[str, JobHeader] = {}
@@ -41,6 +44,25 @@ def take_queued(dispatcher: Dispatcher, name: str, keep_retries: int = 0) -> lis
     return list(unique.values())
 
 
+def take_held(dispatcher: Dispatcher, name: str) -> list[tuple[str, JobHeader]]:
+    """Remove and return the jobs completion holds for `name`, each with its group, to move
+    as held groups: moved as queued jobs, a completed series reached the new destination one
+    instance at a time in arrival order instead of as one batch in Instance Number order."""
+    taken: list[tuple[str, JobHeader]] = []
+    for group, deliveries in dispatcher.holds.take_groups(name):
+        for delivery in deliveries:
+            state = dispatcher.jobs.get(delivery.job.job_id)
+            if state is not None and name in state.pending:
+                taken.append((group, state.header))
+    return taken
+
+
+def hold_back(dispatcher: Dispatcher, name: str, held: list[tuple[str, JobHeader]]) -> None:
+    """Return jobs take_held() took to their groups at `name` (a drain cut short)."""
+    for group, job in held:
+        dispatcher.holds.hold_in(group, Delivery(job, name))
+
+
 def put_back(dispatcher: Dispatcher, name: str, jobs: list[JobHeader]) -> None:
     """Return jobs to the front of `name`'s queue, in their order; a later reception of an
     instance whose earlier one is still in play waits for it again."""
@@ -49,9 +71,10 @@ def put_back(dispatcher: Dispatcher, name: str, jobs: list[JobHeader]) -> None:
         dispatcher.queues[name].appendleft(delivery)
 
 
-def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, target: str
-             ) -> list[Outcome]:
+def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, target: str,
+             held_in: str = "") -> list[Outcome]:
     """Send `job` to `target` instead of `source`: the spool's header first, then memory.
+    `held_in`: the completion group it waits in at `target` (take_held), else it is queued.
 
     If the job already goes to `target` (pending or delivered), it is simply no longer sent
     to `source`. The caller fsyncs the jobs folder once after a series of these.
@@ -67,7 +90,11 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
     if not already:
         state.pending.add(target)
         dispatcher.oldest.add(state, (target,), dispatcher.jobs)
-        dispatcher._enqueue(Delivery(header, target), hold=False)
+        delivery = Delivery(header, target)
+        if not held_in:
+            dispatcher._enqueue(delivery, hold=False)
+        elif dispatcher.order.admit(delivery):  # else parked until the earlier reception ends
+            dispatcher.holds.hold_in(held_in, delivery)
     # The source's part of the job is done with: settled once nothing else is pending.
     return dispatcher._finish(Delivery(header, source))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from router.broker.completion import CompletionPolicy, GroupHolds
 from router.broker.control import OperatorControl
 from router.broker.deliveries import DeadLetter, DestinationPolicy, Settled
 from router.broker.dispatch import Dispatcher
@@ -15,7 +16,7 @@ from router.core.config import RetryConfig, parse_config
 from router.core.messages import Control, JobHeader, Result
 from router.core.spool import Spool
 
-from .helpers import answer, make_header
+from .helpers import answer, answer_batch, make_header
 
 W1 = b"worker-1"
 RETRY = RetryConfig(max_attempts=3, initial_delay=1.0, max_delay=8.0)
@@ -176,6 +177,41 @@ def test_a_fallbacks_probe_keeps_its_retry_back_off_and_attempts(spool: Spool) -
         control.tick(now)
     assert attempts == [1, 2, 3]  # each after its back-off (RETRY: 3 attempts)
     assert [o.reason for o in letters] == ["dimse_timeout_retries_exhausted"]
+
+
+def test_a_fallback_takes_held_groups_as_held_groups_and_sends_each_as_one_batch(
+        spool: Spool) -> None:
+    """The fallback's drain took the held groups' jobs one by one: the fallback got a
+    completed series one instance at a time in arrival order, not as one batch in Instance
+    Number order, and a held job kept as the probe left its hold early. The groups move
+    whole, with their clocks, and the probe is a queued job."""
+    t0, wall = 1_700_000_000.0, [1_700_000_000.0]
+    holds = GroupHolds({"all": CompletionPolicy(30, 300, frozenset({"pacs"}))})
+    policies = {n: DestinationPolicy(4, RETRY, max_associations=1)
+                for n in ("pacs", "archive", "backup")}
+    dispatcher = Dispatcher(policies, 1000, 10**9, rand=lambda: 0.0, holds=holds,
+                            wall=lambda: wall[0])
+    control = OperatorControl(dispatcher, spool,
+                              config(fallback={"pacs": ["archive"]}))  # type: ignore[arg-type]
+    dispatcher.worker_ready(W1, 4, 0.0)
+    commit(spool, dispatcher, make_header("probe", received_at=t0))
+    for job_id, number in [("c", 3), ("a", 1), ("b", 2)]:
+        commit(spool, dispatcher, make_header(job_id, group="all|1.2.3", instance_number=number,
+                                              received_at=t0 + 1))
+    for _, d in dispatcher.dispatch(0.0):
+        answer(dispatcher, W1, Result(d.job.job_id, "pacs", False, "connection", True), 0.0)
+    control.tick(1.0)
+    control.tick(12.0)  # unavailable 11 s: archive takes over
+    assert [d.job.job_id for d in dispatcher.queues["pacs"]] == ["probe"]
+    assert dispatcher.holds.depth("archive") == 3 and not dispatcher.queues["archive"]
+    assert {j.header.job_id: j.header.destinations for j in spool.recover()} == {
+        "probe": ("pacs",), "a": ("archive",), "b": ("archive",), "c": ("archive",)}
+    wall[0] = t0 + 31  # the series is stable
+    batch = [d for _, d in dispatcher.dispatch(100.0) if d.destination == "archive"]
+    assert [[j.job_id for j in d.jobs] for d in batch] == [["a", "b", "c"]]
+    outcomes = answer_batch(dispatcher, W1, "archive",
+                            [Result(j.job_id, "archive", True) for j in batch[0].jobs], 100.0)
+    assert {o.job.job_id for o in outcomes if isinstance(o, Settled)} == {"a", "b", "c"}
 
 
 @pytest.mark.parametrize(("fallback", "problem"), [
