@@ -170,9 +170,3 @@ class GroupHolds:
         else:
             del self._depth[key[0]]
         return held
-
-    def discard_job(self, job_id: str) -> None:
-        for (destination, _), held in self.groups.items():
-            kept = [d for d in held.deliveries if d.job.job_id != job_id]
-            self._depth[destination] -= len(held.deliveries) - len(kept)
-            held.deliveries = kept

@@ -223,6 +223,8 @@ class DicomWebDestination:
         headers = {
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
+            # A STOW answer is small: compressed, it only serves to expand past max_answer_bytes.
+            "Accept-Encoding": "identity",
         }
         timeout = self.config.timeout
         try:
