@@ -93,6 +93,8 @@ def destination_priorities(decision: RouteDecision, dimse_priority: int,
     """"<destination>=<priority>" where the rules that routed the instance there are less
     urgent than the job: a `low` copy-all rule's archive is sent low when a STAT rule made
     the job urgent for its PACS (the job's priority was every destination's before)."""
+    if len(set(decision.priorities)) < 2:  # one rule, or rules alike: the job's everywhere
+        return ()  # (the common case, on every C-STORE: nothing to work out)
     by_rule = dict(zip(decision.rules, decision.priorities, strict=False))
     levels: dict[str, int] = {}
     for target, _, rule in (route.partition("=") for route in decision.routes):
