@@ -39,14 +39,19 @@ def _event_id(message: dict[str, Any]) -> str:
     return str(message["AuditMessage"]["EventIdentification"]["EventID"]["csd-code"])
 
 
-def test_router_writes_schema_valid_audit_messages(tmp_path: Path) -> None:
-    trail = tmp_path / "audit.jsonl"
-    config = {
+def _audited_config(tmp_path: Path, trail: Path) -> dict[str, Any]:
+    """A router that audits to `trail`, lets CT1 in and keeps what it gets in a folder."""
+    return {
         "audit": {"enabled": True, "path": str(trail)},
         "listen": {"allowed_calling_ae": ["CT1"]},
         "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
         "rules": [{"name": "all", "forward": ["keep"]}],
     }
+
+
+def test_router_writes_schema_valid_audit_messages(tmp_path: Path) -> None:
+    trail = tmp_path / "audit.jsonl"
+    config = _audited_config(tmp_path, trail)
     studies = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
                               transfer_syntax=EXPLICIT_VR_LE, study_uid=f"1.2.3.{n}",
                               tags={"PatientID": f"P{n}"}) for n in (1, 1, 2)]
@@ -182,12 +187,7 @@ def test_an_applied_reload_is_audited_as_a_configuration_change(tmp_path: Path) 
     """Security configuration changed when who may connect changed, software configuration
     changed otherwise; the changed keys are named, never their values."""
     trail = tmp_path / "audit.jsonl"
-    config = {
-        "audit": {"enabled": True, "path": str(trail)},
-        "listen": {"allowed_calling_ae": ["CT1"]},
-        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
-        "rules": [{"name": "all", "forward": ["keep"]}],
-    }
+    config = _audited_config(tmp_path, trail)
     with RouterProcess(tmp_path / "r", config) as router:
         assert router.process is not None
         for section, key, value in (("listen", "allowed_calling_ae", ["CT1", "SECRET-AE"]),
