@@ -77,10 +77,13 @@ def connection_settings(config: RouterConfig, spool: Spool) -> ConnectionSetting
 
 
 def _publish_state(admission: Admission, state: SharedInt, stop: threading.Event) -> None:
-    """Keep the supervisor's view (for /readyz) of whether we accept work up to date."""
-    while not stop.wait(0.25):
+    """Keep the supervisor's view (for /readyz) of whether we accept work up to date: at
+    once (the router is ready as soon as it accepts), then four times a second."""
+    while True:
         refusal = admission.refusal()
         state.value = AcceptorState.ACCEPTING if refusal is None else AcceptorState.code(refusal[0])
+        if stop.wait(0.25):
+            return
 
 
 def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:

@@ -146,6 +146,9 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
             self.dispatcher.worker_ready(identity, message.credits, now)
             log.info("worker %s ready with %d credits", identity.decode(errors="replace"),
                      message.credits)
+            # Once per connection: /readyz and a reload waiting for this worker see it now,
+            # not a heartbeat later.
+            self._publish(now)
         elif isinstance(message, Result):
             self._apply(self.dispatcher.result(identity, message, now))
             metrics.labelled(metrics.FORWARDED, message.destination,
