@@ -141,9 +141,11 @@ class Killer(threading.Thread):
     the whole router or of a destination, a graceful stop and start, or a reload."""
 
     def __init__(self, router: RouterProcess, destinations: dict[str, StoreSCP],
-                 every: float, seed: int) -> None:
+                 every: float, seed: int, victims: tuple[str, ...] | None = None) -> None:
+        """`victims`: deal only the kinds whose names start with one of these (all if None)."""
         super().__init__(name="killer", daemon=True)
         self.router, self.destinations, self.every = router, destinations, every
+        self.victims = victims
         self._random = random.Random(seed)
         self._halt = threading.Event()
         self.kills: collections.Counter[str] = collections.Counter()
@@ -172,8 +174,12 @@ class Killer(threading.Thread):
         # each kind (a worker, the broker, an acceptor, the whole router, each destination)
         # in a random order.
         if not self._deck:
-            self._deck = [*self._children(), WHOLE_ROUTER, GRACEFUL_STOP, RELOAD,
-                          *(f"{DESTINATION} {name}" for name in self.destinations)]
+            self._deck = [kind for kind in (
+                *self._children(), WHOLE_ROUTER, GRACEFUL_STOP, RELOAD,
+                *(f"{DESTINATION} {name}" for name in self.destinations))
+                if self.victims is None or kind.startswith(self.victims)]
+            if not self._deck:
+                raise ValueError(f"no kind of victim starts with any of {self.victims}")
             self._random.shuffle(self._deck)
         victim = self._deck.pop()
         if not self._deck:
@@ -261,10 +267,11 @@ def _digests(paths: list[Path]) -> list[str]:
 def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
               instances: int = 1200, seed: int = 1, destinations: int = 2,
               tls: bool = False, whole_deck: bool = False,
-              queries: bool = False) -> ChaosReport:
+              queries: bool = False, victims: tuple[str, ...] | None = None) -> ChaosReport:
     """The whole run in `work` (created); see the module's docstring. `whole_deck`: go on
     after `seconds` until every kind of victim was dealt once (what a test checks);
-    `queries`: a viewer's relayed C-FIND and C-GET meanwhile."""
+    `queries`: a viewer's relayed C-FIND and C-GET meanwhile; `victims`: the kinds dealt, by
+    the start of their names (e.g. "acceptor-", RELOAD), every kind if None."""
     if not 1 <= destinations <= len(DESTINATION_NAMES):
         raise ValueError(f"destinations: 1 to {len(DESTINATION_NAMES)}, not {destinations}")
     work.mkdir(parents=True, exist_ok=True)
@@ -311,7 +318,7 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
         router = RouterProcess(work / "router", config, port=router_port).start()
         try:
             sending = Senders(files, router.port, senders, seed, work / "copies", tls_args)
-            killer = Killer(router, peers, kill_every, seed + 1)
+            killer = Killer(router, peers, kill_every, seed + 1, victims)
             viewer = None if studies is None else Requesters(
                 studies, router.port, "DICOM-ROUTER", work / "viewer", seed + 2, tls_args,
                 workstation)
@@ -375,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the senders connect over TLS (the router's listener in tls mode)")
     parser.add_argument("--queries", action=argparse.BooleanOptionalAction, default=True,
                         help="a viewer's relayed C-FIND and C-GET meanwhile (default on)")
+    parser.add_argument("--victims", default=None,
+                        help="deal only these kinds, by the start of their names, comma "
+                             "separated (e.g. acceptor-,router,reload); default every kind")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
     args = parser.parse_args(argv)
@@ -382,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seed {args.seed}", flush=True)
     report = run_chaos(args.work_dir, args.minutes * 60, args.kill_every, args.senders,
                        args.instances, args.seed, args.destinations, args.tls,
-                       queries=args.queries)
+                       queries=args.queries,
+                       victims=tuple(args.victims.split(",")) if args.victims else None)
     print("\n".join(report.lines()))
     if not report.ok:
         print(f"the router's log: {args.work_dir / 'router' / 'router.log'}")
