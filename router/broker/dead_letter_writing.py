@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from router.audit.forwarded import ForwardTally
+from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.deliveries import DeadLetter, Outcome
 from router.broker.unwritten_dead_letters import UnwrittenDeadLetters
 from router.core import metrics
@@ -24,6 +25,7 @@ class DeadLetterWriting:
     unwritten: UnwrittenDeadLetters
     forwarded: ForwardTally | None
     writing_dead_letters: bool
+    dead_letter_tally: DeadLetterTally
 
     def _apply(self, outcomes: list[Outcome]) -> None:  # the Broker's
         raise NotImplementedError
@@ -104,6 +106,7 @@ class DeadLetterWriting:
 
     def _counted(self, outcome: DeadLetter, path: Path) -> None:
         d = outcome.delivery
+        self.dead_letter_tally.added(d.destination)  # shown at the next heartbeat
         metrics.DEAD_LETTERS.labels(d.destination, outcome.reason).inc()
         if self.forwarded is not None:
             self.forwarded.add(d.destination, d.job.study_uid, d.job.sop_class_uid, False,

@@ -126,6 +126,7 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
         if isinstance(message, Control):  # an operator's action (router/broker/control.py)
             answer, outcomes = self.control.handle(message, time.monotonic())
             self._apply(outcomes)
+            self.dead_letter_tally.stale()  # a replay or purge may have removed letters
             self._publish(time.monotonic())  # /status shows the new state once answered
             self._send(self.frontend, identity, answer)
             return
