@@ -45,6 +45,14 @@ def test_the_command_line_and_the_supervisor_load_no_dicom_or_codecs() -> None:
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 
+def test_the_supervisor_loads_the_console_only_when_it_is_on() -> None:
+    """The console's pages and argon2 (whose import hashes a dummy password: 0.14 s of CPU
+    at every start) wait for a config with console.enabled (wiring.build)."""
+    loaded = _loaded_after("router.cli", "router.service.supervisor",
+                           "router.service.console.wiring")
+    assert "argon2" not in loaded
+
+
 def test_the_broker_loads_no_dicom_or_codecs() -> None:
     loaded = _loaded_after("router.cli", "router.service.child_process", "router.broker.main")
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
