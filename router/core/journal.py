@@ -5,8 +5,10 @@ one job header (JSON) framed as MAGIC, length, CRC-32, payload. Appends are not 
 one: a batch of them is made durable by one fdatasync per segment it touched (group commit,
 router/core/group_commit.py). Because a segment is append-only and every sync of it succeeded,
 everything before the last synced record is intact; a crash can only leave garbage after it,
-which reading stops at. A segment whose write or sync ever failed is never trusted again:
-the commits still waiting on it fail, and the next append starts a new segment.
+which reading stops at. A full segment is synced before the next one opens, so only the last
+segment of a writer can end torn: a torn or short end anywhere else is damage (whole_records).
+A segment whose write or sync ever failed is never trusted again: the commits still waiting
+on it fail, and the next append starts a new segment.
 
 A closed segment is deleted once none of its jobs still has its instance in jobs/ (they were
 delivered, dead-lettered or discarded): looked at when the next segment opens and every half
@@ -20,6 +22,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import struct
 import zlib
@@ -35,23 +38,28 @@ MAGIC = b"\xffJR1"
 _FRAME = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 MAX_RECORD = 1 << 20  # a header is a few hundred bytes; more is damage, not a record
 SEGMENT_RECORDS = 4096
+# <pid>-<token>-<n>.log: what Journal names its segments (a compacted one ends -compacted).
+_SEGMENT_NAME = re.compile(r"(\d+-[0-9a-f]+)-(\d+)\.log")
 
 
 def frame(payload: bytes) -> bytes:
     return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
-def read_records(path: Path, damage: list[int] | None = None) -> Iterator[dict[str, Any]]:
+def read_records(path: Path, damage: list[int] | None = None,
+                 whole: int | None = None) -> Iterator[dict[str, Any]]:
     """The records of one segment, in order. A damaged stretch is skipped to the next whole
     record (a record's magic never occurs inside a payload, which is ASCII, and its CRC
     proves it): a crash only leaves garbage at the end, but a disk or a hand can damage the
     middle, and the records after it are acknowledged jobs. The byte count of each damaged
-    stretch that whole records follow is appended to `damage`."""
+    stretch that whole records follow is appended to `damage`. `whole` (whole_records): the
+    segment was synced whole with at least that many records, so a torn end, or fewer
+    records, is damage too (its torn byte count is appended, 0 for a cut between records)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return  # trimmed while we looked
-    offset, skipped_from = 0, None
+    offset, skipped_from, count, stretches = 0, None, 0, 0
     while offset + _FRAME.size <= len(data):
         record = _record_at(data, offset)
         if record is None:
@@ -64,15 +72,23 @@ def read_records(path: Path, damage: list[int] | None = None) -> Iterator[dict[s
                         "after them are read", path.name, offset - skipped_from, skipped_from)
             if damage is not None:
                 damage.append(offset - skipped_from)
-            skipped_from = None
+            skipped_from, stretches = None, stretches + 1
         payload, length = record
+        count += 1
         yield payload
         offset += _FRAME.size + length
     start = skipped_from if skipped_from is not None else offset
-    if start < len(data):
+    torn = len(data) - start
+    if whole is not None and (torn or (count < whole and not stretches)):
+        log.error("journal %s: cut short (%d whole records, then %d torn bytes) although it "
+                  "was synced whole before a later segment opened: records of acknowledged "
+                  "jobs may be lost (a disk error, a hand, or a write to it that failed)",
+                  path.name, count, torn)
+        if damage is not None:
+            damage.append(torn)
+    elif torn:
         # Only a commit that was never acknowledged can end here (see the module docstring).
-        log.info("journal %s: %d bytes after the last whole record ignored", path.name,
-                 len(data) - start)
+        log.info("journal %s: %d bytes after the last whole record ignored", path.name, torn)
 
 
 def _record_at(data: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
@@ -91,6 +107,27 @@ def _record_at(data: bytes, offset: int) -> tuple[dict[str, Any], int] | None:
 
 def segments(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.log"))
+
+
+def whole_records(paths: list[Path], per_segment: int) -> dict[Path, int | None]:
+    """How many records each segment was synced whole with (read_records' `whole`): None
+    for the last one of each writer (the highest <n> of its <pid>-<token>), whose end a
+    crash may have torn; `per_segment` for one its writer closed, synced before the next
+    opened (fewer only if a write or sync of it failed); 0 for a compacted one (or a name
+    Journal does not make), written whole and synced before use."""
+    last: dict[str, int] = {}
+    for path in paths:
+        if (match := _SEGMENT_NAME.fullmatch(path.name)) is not None:
+            writer, n = match[1], int(match[2])
+            last[writer] = max(n, last.get(writer, n))
+    counts: dict[Path, int | None] = {}
+    for path in paths:
+        match = _SEGMENT_NAME.fullmatch(path.name)
+        if match is None:
+            counts[path] = 0
+        else:
+            counts[path] = None if int(match[2]) == last[match[1]] else per_segment
+    return counts
 
 
 @dataclass(eq=False)
@@ -161,6 +198,15 @@ class Journal:
                 and len(current.job_ids) < self.segment_records:
             return current
         if current is not None:
+            if not current.broken:
+                # Whole on disk before a later segment exists: at start a torn end can then
+                # only be a writer's last segment's (a crash), anywhere else it is damage.
+                assert current.fd is not None
+                try:
+                    os.fdatasync(current.fd)
+                except OSError:
+                    current.broken = True  # its waiting commits fail; the next append rotates
+                    raise
             self._closed.append(current)
         self._current = None
         self.trim()

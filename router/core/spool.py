@@ -21,7 +21,15 @@ from typing import Any
 from router.core.durable_files import fsync_path, write_atomically
 from router.core.errors import ProtocolError
 from router.core.group_commit import GroupCommit, Ticket
-from router.core.journal import SEGMENT_RECORDS, Journal, Segment, frame, read_records, segments
+from router.core.journal import (
+    SEGMENT_RECORDS,
+    Journal,
+    Segment,
+    frame,
+    read_records,
+    segments,
+    whole_records,
+)
 from router.core.messages import JobHeader
 from router.core.owned_names import unlink_owned_by_dead
 from router.core.spool_layout import SpoolLayout
@@ -285,19 +293,22 @@ class Spool(SpoolLayout):
     def _journal_headers(self, instances: set[str], damage: list[int] | None = None
                          ) -> dict[str, JobHeader]:
         """The journal's header of every job in `instances` that has one (`damage`: see
-        journal.read_records)."""
+        journal.read_records; a segment cut short that is not its writer's last counts)."""
         found: dict[str, JobHeader] = {}
-        for path in segments(self.journal):
+        paths = segments(self.journal)
+        whole = whole_records(paths, SEGMENT_RECORDS)
+        for path in paths:
             for header in self._headers_in(path, lambda job_id: job_id in instances
-                                           and job_id not in found, damage):
+                                           and job_id not in found, damage, whole[path]):
                 found[header.job_id] = header
         return found
 
     def _headers_in(self, path: Path, wanted: Callable[[str], bool],
-                    damage: list[int] | None = None) -> Iterator[JobHeader]:
+                    damage: list[int] | None = None, whole: int | None = None
+                    ) -> Iterator[JobHeader]:
         """The headers of the records in one segment whose job id is `wanted`; an unusable
         one is logged and skipped."""
-        for record in read_records(path, damage):
+        for record in read_records(path, damage, whole):
             job_id = record.get("job_id")
             if not isinstance(job_id, str) or not wanted(job_id):
                 continue

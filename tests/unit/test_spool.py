@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from router.core.durable_files import write_atomically
 from router.core.errors import RouterError
-from router.core.journal import read_records, segments
+from router.core.journal import Journal, read_records, segments, whole_records
 from router.core.messages import JobHeader
 from router.core.spool import RecoveredJob, Spool, new_job_id
 
@@ -595,6 +596,99 @@ def test_a_segment_damaged_in_the_middle_loses_only_the_damaged_record(spool: Sp
     assert record["reason"] == "unconfirmed" and record["job"]["destinations"] == ["unrouted"]
     assert (spool.dead_letters / f"{MID}.dcm").read_bytes() == b"DICM-instance-bytes"
     assert [r.header.job_id for r in spool.recover()] == [OLD, NEW]
+
+
+# Regression: a closed segment cut short (truncated) read as a crash's torn tail, and the
+# instances of the acknowledged records it lost were deleted at start as interrupted commits.
+
+
+def record_ends(segment: Path) -> list[int]:
+    """The offset where each record of a segment ends (MAGIC, length, CRC, payload)."""
+    data, ends = segment.read_bytes(), [0]
+    while ends[-1] < len(data):
+        ends.append(ends[-1] + 12 + struct.unpack_from("<I", data, ends[-1] + 4)[0])
+    return ends[1:]
+
+
+@pytest.mark.parametrize("cut", ["between records", "inside a record"])
+def test_a_closed_segment_cut_short_keeps_its_lost_jobs_as_unconfirmed(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 3)
+    ids = [f"{i:016x}aaaaaaaa" for i in range(1, 6)]
+    for job_id in ids:
+        commit(spool, make_header(job_id))  # returned: every one acknowledged
+    closed, _ = segments(spool.journal)
+    ends = record_ends(closed)
+    keep = ends[0] if cut == "between records" else (ends[0] + ends[1]) // 2
+    closed.write_bytes(closed.read_bytes()[:keep])  # records 2 and 3 lost
+
+    assert spool.remove_orphans() == 0  # nothing deleted on a guess
+    assert spool.unconfirmed == ids[1:3]
+    assert names(spool.jobs) == {f"{i}.dcm" for i in (ids[0], *ids[3:])}
+    assert {p.name for p in spool.dead_letters.glob("*.json")} == {
+        f"{i}.unrouted.json" for i in ids[1:3]}
+    assert [r.header.job_id for r in spool.recover()] == [ids[0], *ids[3:]]
+
+
+def test_the_last_segments_torn_tail_after_a_closed_one_is_a_crash_not_damage(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the last segment a writer appended to can end torn by a crash: its orphan is
+    deleted, not kept for an operator (a crash must not fill the dead letters)."""
+    monkeypatch.setattr("router.core.spool.SEGMENT_RECORDS", 3)
+    ids = [f"{i:016x}aaaaaaaa" for i in range(1, 6)]
+    for job_id in ids:
+        commit(spool, make_header(job_id))
+    _, last = segments(spool.journal)
+    last.write_bytes(last.read_bytes()[:record_ends(last)[0] + 20])  # the 5th half written
+
+    assert spool.remove_orphans() == 1
+    assert spool.unconfirmed == []
+    assert names(spool.dead_letters) == set()
+    assert [r.header.job_id for r in spool.recover()] == ids[:4]
+
+
+def test_whole_records_trusts_only_each_writers_last_segment_to_end_torn(
+        tmp_path: Path) -> None:
+    paths = [tmp_path / n for n in ("11-0a0b0c0d-000001.log", "11-0a0b0c0d-000002.log",
+                                    "11-ffffffff-000003.log", "22-0a0b0c0d-000007.log",
+                                    "33-12345678-compacted.log", "notes.log")]
+
+    assert list(whole_records(paths, 4096).values()) == [4096, None, None, None, 0, 0]
+
+
+def test_a_full_segment_is_synced_before_the_next_one_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Else a crash in the batch that rotates could leave a torn end in a segment that is
+    not its writer's last, which start-up must take for damage."""
+    journal = Journal(tmp_path, lambda job_id: True, segment_records=2)
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size))
+    journal.append("a", b"{}")
+    journal.append("b", b"{}")
+    assert synced == []  # the group sync's job, until the segment is full
+
+    journal.append("c", b"{}")
+
+    first, second = segments(tmp_path)
+    assert synced == [first.stat().st_size]
+    assert list(read_records(second)) == [{}]
+
+
+def test_a_failed_sync_of_a_full_segment_fails_the_append_and_the_next_rotates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path, lambda job_id: True, segment_records=1)
+    journal.append("a", b"{}")
+    fail_fdatasync_once(monkeypatch, errno.EIO)
+
+    with pytest.raises(OSError):
+        journal.append("b", b"{}")
+    journal.append("c", b"{}")
+
+    assert [len(list(read_records(p))) for p in segments(tmp_path)] == [1, 1]
 
 
 def test_the_file_meta_of_an_unconfirmed_instance_names_it(tmp_path: Path) -> None:
