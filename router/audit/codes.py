@@ -24,6 +24,7 @@ class Code(NamedTuple):
 # Event IDs (DCID 400) and event type codes (DCID 401, 403) of PS3.16.
 APPLICATION_ACTIVITY = Code("110100", "DCM", "Application Activity")
 INSTANCES_TRANSFERRED = Code("110104", "DCM", "DICOM Instances Transferred")
+PROCEDURE_RECORD = Code("110111", "DCM", "Procedure Record")
 QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 USER_AUTHENTICATION = Code("110114", "DCM", "User Authentication")

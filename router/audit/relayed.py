@@ -1,5 +1,6 @@
-"""Audit messages for the queries and retrieves the router relays: a Query (PS3.15 A.5.3.10)
-per relayed C-FIND, a DICOM Instances Transferred (A.5.3.7) per relayed C-GET or C-MOVE.
+"""Audit messages for the requests the router relays: a Query (PS3.15 A.5.3.10) per relayed
+C-FIND, a DICOM Instances Transferred (A.5.3.7) per relayed C-GET or C-MOVE, a Procedure
+Record (A.5.3.15) per relayed MPPS N-CREATE or N-SET.
 
 The relay (router/relay/server.py) fills a `RelayedRequest` once the requester has its final
 response, or has gone away; docs/audit.md "Relayed queries and retrieves" says why each field
@@ -15,6 +16,7 @@ from typing import Any
 from router.audit.codes import (
     INSTANCES_TRANSFERRED,
     PATIENT_NUMBER,
+    PROCEDURE_RECORD,
     QUERY,
     ROLE_DESTINATION,
     ROLE_SOURCE,
@@ -40,6 +42,11 @@ from router.core.dimse_status import Status, is_warning
 MAX_QUERY_BYTES = 4096
 # A C-MOVE may name a list of studies: this many become participant objects, the rest a count.
 MAX_STUDIES = 32
+# A.5.3.15: the MPPS N-CREATE creates the procedure record, its N-SETs update it.
+PROCEDURE_ACTIONS = {"N-CREATE": "C", "N-SET": "U"}
+# PS3.7 10.1.3 (N-SET), 10.1.5 (N-CREATE): their warnings (attribute list error, attribute
+# value out of range): the upstream took the record but not all of it.
+N_WARNINGS = (0x0107, 0x0116)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class RelayedRequest:
     warning: int = 0
     study_uids: tuple[str, ...] = ()  # the identifier's StudyInstanceUID values
     patient_id: str | None = None
+    sop_instance_uid: str = ""  # the MPPS instance an N-CREATE made or an N-SET changed
+    accessions: tuple[tuple[str, str], ...] = ()  # (study, accession number) of an MPPS
+    instances: tuple[tuple[str, int], ...] = ()  # (SOP class, count) an MPPS references
 
 
 def relayed_outcome(status: int | None) -> Outcome:
@@ -99,6 +109,18 @@ def _requester(request: RelayedRequest, role: Code | None = None) -> dict[str, A
     return _peer(request.calling_ae, request.peer_address, requestor=True, role=role)
 
 
+def _requester_to_upstream(app: LocalApplication,
+                           request: RelayedRequest) -> list[dict[str, Any]]:
+    """The requester (source) sent to the upstream (destination) through the router; the
+    router takes the upstream's role when no rule chose one."""
+    participants = [_requester(request, ROLE_SOURCE)]
+    if request.upstream is not None:
+        participants += [_node(request.upstream, ROLE_DESTINATION), _router(app, request)]
+    else:
+        participants.append(_router(app, request, ROLE_DESTINATION))
+    return participants
+
+
 def query(app: LocalApplication, request: RelayedRequest) -> AuditMessage:
     """A.5.3.10 Query: the requester (source) asked the upstream (destination) through the
     router; the SOP Queried carries the identifier as sent (base64, cut past
@@ -106,11 +128,7 @@ def query(app: LocalApplication, request: RelayedRequest) -> AuditMessage:
     outcome = relayed_outcome(request.status)
     event = _event(QUERY, "E", outcome, None,
                    None if outcome == "0" else _status_text(request))
-    participants = [_requester(request, ROLE_SOURCE)]
-    if request.upstream is not None:
-        participants += [_node(request.upstream, ROLE_DESTINATION), _router(app, request)]
-    else:
-        participants.append(_router(app, request, ROLE_DESTINATION))
+    participants = _requester_to_upstream(app, request)
     identifier = request.identifier or b""
     details = [{"type": "TransferSyntax", "value": _b64(request.transfer_syntax_uid.encode())}]
     if len(identifier) > MAX_QUERY_BYTES:
@@ -152,6 +170,52 @@ def retrieve(app: LocalApplication, request: RelayedRequest) -> AuditMessage:
     return _message(event, participants, app, _retrieved_objects(request, studies, done))
 
 
+def procedure_record(app: LocalApplication, request: RelayedRequest) -> AuditMessage:
+    """A.5.3.15 Procedure Record for a relayed MPPS N-CREATE (C) or N-SET (U): the requester
+    (source) sent the procedure step's data to the upstream (destination); the studies of
+    its scheduled steps carry the MPPS instance and accession numbers, the patient its ID."""
+    outcome = "4" if request.status in N_WARNINGS else relayed_outcome(request.status)
+    event = _event(PROCEDURE_RECORD, PROCEDURE_ACTIONS[request.command], outcome, None,
+                   f"{request.command}; {_status_text(request)}" if outcome != "0" else None)
+    return _message(event, _requester_to_upstream(app, request), app,
+                    _procedure_objects(request))
+
+
+def _procedure_objects(request: RelayedRequest) -> list[dict[str, Any]]:
+    """An N-SET names no study (PS3.4 F.7.2.2 lets it change no scheduled step): its
+    "unknown" study still carries the MPPS instance, which joins it to its N-CREATE's
+    record. SOPClass (required with MPPS or Accession) counts what the step references."""
+    sop_classes = [{"UID": _identifier(uid), "NumberOfInstances": count}
+                   for uid, count in request.instances] or [{"NumberOfInstances": 0}]
+    objects: list[dict[str, Any]] = []
+    for uid in request.study_uids[:MAX_STUDIES] or ("unknown",):
+        description: dict[str, Any] = {}
+        if request.sop_instance_uid:
+            description["MPPS"] = [{"UID": _identifier(request.sop_instance_uid)}]
+        accessions = dict.fromkeys(_identifier(number) for study, number in request.accessions
+                                   if study == uid or uid == "unknown")
+        if accessions:
+            description["Accession"] = [{"Number": number} for number in accessions]
+        description["SOPClass"] = sop_classes
+        objects.append({
+            "ParticipantObjectIDTypeCode": STUDY_INSTANCE_UID.json(),
+            "ParticipantObjectDescription": [description],
+            "ParticipantObjectID": _identifier(uid) or "unknown",
+            "ParticipantObjectTypeCode": "2", "ParticipantObjectTypeCodeRole": "3"})
+    return objects + _patient(request)
+
+
+def _patient(request: RelayedRequest) -> list[dict[str, Any]]:
+    if not request.patient_id:
+        return []
+    return [{
+        "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
+        "ParticipantObjectID": _identifier(request.patient_id),
+        "ParticipantObjectTypeCode": "1",
+        "ParticipantObjectTypeCodeRole": "1",
+    }]
+
+
 def _retrieved_objects(request: RelayedRequest, studies: tuple[str, ...],
                        done: int) -> list[dict[str, Any]]:
     """The studies the identifier names ("unknown" when it names none, e.g. a patient-level
@@ -164,11 +228,4 @@ def _retrieved_objects(request: RelayedRequest, studies: tuple[str, ...],
         study.update({"ParticipantObjectID": _identifier(uid) or "unknown",
                       "ParticipantObjectTypeCode": "2", "ParticipantObjectTypeCodeRole": "3"})
         objects.append(study)
-    if request.patient_id:
-        objects.append({
-            "ParticipantObjectIDTypeCode": PATIENT_NUMBER.json(),
-            "ParticipantObjectID": _identifier(request.patient_id),
-            "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1",
-        })
-    return objects
+    return objects + _patient(request)

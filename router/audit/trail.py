@@ -30,7 +30,13 @@ from router.audit.messages import (
     security_alert,
     user_authentication,
 )
-from router.audit.relayed import RelayedRequest, query, retrieve
+from router.audit.relayed import (
+    PROCEDURE_ACTIONS,
+    RelayedRequest,
+    procedure_record,
+    query,
+    retrieve,
+)
 from router.audit.syslog_sender import OnceWarner, SyslogSender, format_rfc5424
 from router.core import metrics
 from router.core.audit_config import AuditConfig
@@ -178,8 +184,10 @@ class AuditTrail:
             anonymized=anonymized))
 
     def relayed_request(self, request: RelayedRequest) -> None:
-        """A relayed C-FIND (Query), C-GET or C-MOVE (DICOM Instances Transferred), ended."""
-        build = query if request.command == "C-FIND" else retrieve
+        """A relayed C-FIND (Query), C-GET or C-MOVE (DICOM Instances Transferred), MPPS
+        N-CREATE or N-SET (Procedure Record), ended."""
+        build = query if request.command == "C-FIND" else \
+            procedure_record if request.command in PROCEDURE_ACTIONS else retrieve
         self._emit(lambda: build(self.app, request))
 
     def security_alert(

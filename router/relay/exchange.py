@@ -84,6 +84,7 @@ class Exchange:
         # What the audit trail records once it ended (router/relay/audited.py):
         self.upstreams: list[str] = []  # the rules' choice, once made
         self.upstream = ""  # the one that answered, once one did
+        self.answered_instance = ""  # the SOP instance the upstream named (an N-CREATE's)
         self.final_status: int | None = None  # the final response the requester was sent
         self.final_comment = ""
         self.final_counts: Counts | None = None
@@ -92,6 +93,8 @@ class Exchange:
         """An answer from the upstream: it names which upstream the worker reached."""
         if answer.upstream:
             self.upstream = answer.upstream
+        if answer.sop_instance_uid:
+            self.answered_instance = answer.sop_instance_uid
 
     def cancelled(self) -> bool:
         """C-CANCEL arrived for this request, or the requester is gone."""

@@ -43,7 +43,7 @@ from router.core.messages import RelayRequest, RelayResponse, RelayStore
 from router.core.owned_names import relay_request_id, relayed_get_files, unlink_all
 from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
-from router.relay.audited import AUDITED, record_relayed
+from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
@@ -69,7 +69,7 @@ class RelayServer:
                  endpoint: str, rules: RuleSet, spool: Spool,
                  audit: AuditTrail | None = None) -> None:
         self.config = config
-        self.audit = audit  # records each relayed C-FIND, C-GET and C-MOVE as it ends
+        self.audit = audit  # records each relayed C-FIND, C-GET, C-MOVE and MPPS as it ends
         self.context = context
         self.endpoint = endpoint
         self.rules = rules
@@ -103,7 +103,7 @@ class RelayServer:
             with contextlib.suppress(RequesterGone):
                 exchange.final(relay_failure_status(command), "router internal error")
         finally:
-            if self.audit is not None and command in AUDITED:
+            if self.audit is not None and audited(exchange):
                 record_relayed(self.audit, self.config, exchange)
 
     def _serve(self, exchange: Exchange) -> None:

@@ -15,6 +15,7 @@ from router.audit.messages import LocalApplication, RemoteNode
 from router.audit.relayed import (
     MAX_STUDIES,
     RelayedRequest,
+    procedure_record,
     query,
     relayed_outcome,
     retrieve,
@@ -84,3 +85,36 @@ def test_a_move_of_many_studies_lists_some_and_counts_the_rest(validator: Any) -
     assert "5 more studies" in message["EventIdentification"]["EventOutcomeDescription"]
     viewer = next(p for p in message["ActiveParticipant"] if p["UserID"] == "VIEWER")
     assert "NetworkAccessPointID" not in viewer  # not in the router's tables
+
+
+def test_a_procedure_record_gives_each_study_its_accessions(validator: Any) -> None:
+    """An MPPS whose scheduled steps name two studies: one object each, with its own
+    accession number and the MPPS instance, and the patient by ID."""
+    message = _valid(validator, procedure_record(APP, _request(
+        "N-CREATE", sop_class_uid="1.2.840.10008.3.1.2.3.3", identifier=None,
+        study_uids=(f"{STUDY}.1", f"{STUDY}.2"), patient_id="P1",
+        sop_instance_uid=f"{STUDY}.9", accessions=((f"{STUDY}.1", "A1"), (f"{STUDY}.2", "A2")),
+        status=0x0110, comment="refused")))
+    event = message["EventIdentification"]
+    assert (event["EventID"]["csd-code"], event["EventActionCode"],
+            event["EventOutcomeIndicator"]) == ("110111", "C", "8")
+    first, second, patient = message["ParticipantObjectIdentification"]
+    for study, accession in ((first, "A1"), (second, "A2")):
+        assert study["ParticipantObjectDescription"] == [{
+            "MPPS": [{"UID": f"{STUDY}.9"}], "Accession": [{"Number": accession}],
+            "SOPClass": [{"NumberOfInstances": 0}]}]
+    assert (patient["ParticipantObjectID"], patient["ParticipantObjectTypeCode"]) == ("P1", "1")
+
+
+def test_a_procedure_record_the_upstream_took_with_a_warning_is_a_minor_failure(
+        validator: Any) -> None:
+    """0x0107 and 0x0116 are N-SET/N-CREATE warnings (the record was taken, not all of it),
+    not failures; an N-SET names no study, so its MPPS instance goes with "unknown"."""
+    for status in (0x0107, 0x0116):
+        message = _valid(validator, procedure_record(APP, _request(
+            "N-SET", identifier=None, sop_instance_uid=f"{STUDY}.9", status=status)))
+        assert message["EventIdentification"]["EventActionCode"] == "U"
+        assert message["EventIdentification"]["EventOutcomeIndicator"] == "4"
+        [study] = message["ParticipantObjectIdentification"]
+        assert study["ParticipantObjectID"] == "unknown"
+        assert study["ParticipantObjectDescription"][0]["MPPS"] == [{"UID": f"{STUDY}.9"}]
