@@ -423,3 +423,38 @@ def test_an_implicit_only_destination_gets_implicit_vr(
             assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         assert router.metric("dicom_router_dead_letters_total", destination="impl",
                              reason="no_context") == 0
+
+
+def test_a_morph_value_the_character_set_cannot_encode_is_a_dead_letter_not_question_marks(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Regression: a morph's value with characters the dataset's Specific Character Set
+    cannot encode (Š in an ISO_IR 100 dataset) was written as '?' by pydicom and delivered
+    with Success ("?ternberk Klinik"). It is now a morph dead letter naming the attribute,
+    and a morph that sets SpecificCharacterSet first delivers the text, the dataset's own
+    names re-encoded with it."""
+    with StoreSCP(tmp_path / "latin", "LATIN") as latin, \
+            StoreSCP(tmp_path / "utf8", "UTF8") as utf8:
+        site = {"action": "set", "tag": "InstitutionName", "value": "Šternberk Klinik"}
+        router = start_router({
+            "destinations": {"latin": {**dicom_destination(latin), "morph": [site]},
+                             "utf8": {**dicom_destination(utf8), "morph": [
+                                 {"action": "set", "tag": "SpecificCharacterSet",
+                                  "value": "ISO_IR 192"}, site]}},
+            "rules": [{"name": "all", "forward": ["latin", "utf8"]}]})
+        (source,) = instances(tmp_path / "in", 1, PatientName="Müller^Jürgen")
+        assert dcmread(source).SpecificCharacterSet == "ISO_IR 100"
+        sent = run_storescu([source], LOCALHOST, router.port, called_ae=AE)
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: len(utf8.received_files()) == 1), router.log()[-3000:]
+        received = dcmread(utf8.received_files()[0])
+        assert received.get_item("PatientName").value == "Müller^Jürgen ".encode()  # bytes
+        assert received.SpecificCharacterSet == "ISO_IR 192"
+        assert received.InstitutionName == "Šternberk Klinik"
+        assert str(received.PatientName) == "Müller^Jürgen"
+        assert wait_for(lambda: router.metric("dicom_router_dead_letters_total",
+                                              destination="latin", reason="morph") == 1), \
+            router.log()[-3000:]
+        assert latin.received_files() == []
+        (dead,) = (router.spool / "dead-letters").glob("*.json")
+        assert ("InstitutionName: its new value has characters that the dataset's Specific "
+                "Character Set (ISO_IR 100) cannot encode") in dead.read_text()

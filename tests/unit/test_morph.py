@@ -440,3 +440,66 @@ def test_a_failed_morph_writes_no_target(native_file: Path, tmp_path: Path) -> N
         morph_file(native_file, target, actions(
             {"action": "replace", "tag": "Rows", "pattern": "2", "replacement": "x"}))
     assert not target.exists()
+
+
+# --- character sets ----------------------------------------------------------------------------
+
+def _charset(charset: str | list[str] | None, **values: Any) -> Dataset:
+    ds = item(**values)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    return ds
+
+
+@pytest.mark.parametrize(("charset", "value"), [
+    ("ISO_IR 100", "Šternberk Klinik"),        # not in Latin-1
+    ("ISO_IR 144", "Müller^Jürgen"),           # not in Cyrillic
+    (["", "ISO 2022 IR 87"], "Müller^Jürgen"),  # neither ASCII nor JIS X 0208
+    (None, "Müller^Jürgen"),                   # the default repertoire is ASCII
+])
+def test_a_value_the_datasets_character_set_cannot_encode_is_refused(
+        charset: str | list[str] | None, value: str) -> None:
+    """Regression: pydicom wrote each such character as '?' and the destination got
+    "?ternberk Klinik" with Success; the morph now refuses (a morph dead letter)."""
+    ds = _charset(charset, PatientName="Doe^John")
+    with pytest.raises(MorphError, match="PatientName: its new value has characters that the "
+                                         "dataset's Specific Character Set"):
+        morph(ds, {"action": "set", "tag": "PatientName", "value": value})
+
+
+@pytest.mark.parametrize(("charset", "value"), [
+    ("ISO_IR 100", "Müller^Jürgen"),
+    ("ISO_IR 192", "Šimůnek^山田"),
+    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+    ("ISO_IR 144", "Иванов^Иван"),
+    ("GB18030", "王^小东"),
+    (None, "Doe^John"),
+])
+def test_a_value_the_character_set_encodes_is_written_and_reads_back(
+        charset: str | list[str] | None, value: str, tmp_path: Path) -> None:
+    ds = _charset(charset, PatientName="X", SOPInstanceUID=generate_uid())
+    morph(ds, {"action": "set", "tag": "PatientName", "value": value})
+    ds.save_as(tmp_path / "x.dcm", implicit_vr=False, little_endian=True)
+    assert str(dcmread(tmp_path / "x.dcm", force=True).PatientName) == value
+
+
+def test_text_carried_from_the_dataset_passes_and_a_new_character_set_first_lets_any_in(
+        ) -> None:
+    """A prefix on an undeclared 8-bit value writes its bytes back as read; setting
+    SpecificCharacterSet first is the way to write what the old set cannot encode."""
+    ds = _charset(None, PatientName=b"M\xfcller")
+    morph(ds, {"action": "prefix", "tag": "PatientName", "value": "Dr "})
+    assert str(ds.PatientName) == "Dr Müller"
+    ds = _charset("ISO_IR 100", InstitutionName="Klinik")
+    morph(ds, {"action": "set", "tag": "SpecificCharacterSet", "value": "ISO_IR 192"},
+          {"action": "set", "tag": "InstitutionName", "value": "Šternberk"})
+    assert ds.InstitutionName == "Šternberk"
+
+
+def test_a_sequence_item_is_checked_against_its_own_character_set() -> None:
+    ds = _charset("ISO_IR 100", PatientName="Doe^John")
+    ds.RequestAttributesSequence = Sequence([_charset("ISO_IR 192", AccessionNumber="A")])
+    morph(ds, {"action": "set", "tag": "RequestAttributesSequence[0].RequestedProcedureID",
+               "value": "Š1"})
+    with pytest.raises(MorphError, match="ISO_IR 100"):
+        morph(ds, {"action": "set", "tag": "StudyDescription", "value": "Š1"})

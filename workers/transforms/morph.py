@@ -40,6 +40,7 @@ from router.core.morph_spec import (
     vr_kind,
 )
 from router.core.patterns import MATCH_TIMEOUT, compile_pattern
+from workers.transforms.charset_check import TEXT_VRS, charset_terms, describe, fits
 from workers.transforms.dataset_checks import check_nesting, readable
 
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
@@ -183,13 +184,20 @@ def _strings(elem: DataElement, where: str) -> list[str]:
     return [str(v) for v in (value if isinstance(value, MultiValue | list) else [value])]
 
 
-def _write(parent: Dataset, tag: int, vr: str, values: list[str], where: str,
-           shown: bool = False) -> str:
+def _write(root: Dataset, parent: Dataset, tag: int, vr: str, values: list[str], where: str,
+           shown: bool = False, carried: str = "") -> str:
     """Give the element `values`; returns "" or why they are not valid for the VR.
-    `shown`: the values are the config's (set), not the dataset's, so errors may quote them."""
+    `shown`: the values are the config's (set), not the dataset's, so errors may quote them.
+    `carried`: text read from the dataset (the old values, a copy's source)."""
     kind = vr_kind(vr)
     if kind in ("sequence", "opaque"):
         raise MorphError(f"{where} has VR {vr}: it can only be deleted, not changed")
+    terms = charset_terms(root, parent)
+    if vr in TEXT_VRS and not all(fits(v, terms, carried) for v in values):
+        # pydicom would write '?' for them, and the destination would answer Success.
+        raise MorphError(f"{where}: its new value has characters that the dataset's Specific "
+                         f"Character Set ({describe(terms)}) cannot encode; set "
+                         f"SpecificCharacterSet (to ISO_IR 192, say) in the morph before it")
     group, element = tag >> 16, tag & 0xFFFF
     if group % 2 and element >= 0x1000 and (tag & 0xFFFF0000 | element >> 8) not in parent:
         # A private element is read through its block's Private Creator (PS3.5 7.8.1);
@@ -222,14 +230,15 @@ def _show(values: list[str]) -> str:
 
 
 def _put(ds: Dataset, text: str, values: list[str], vr: str, only_if_empty: bool = False,
-         note: str = "") -> list[str]:
-    """set, set_if_empty and copy: `vr` is the VR of an element that has to be created."""
+         note: str = "", carried: str = "") -> list[str]:
+    """set, set_if_empty and copy: `vr` is the VR of an element that has to be created;
+    `carried`, a copy's source text."""
     path = parse_tag_path(text)
     changes: list[str] = []
     for parent, label in _places(ds, path, create=True):
         where = label + tag_name(path.tag)
         if path.tag not in parent:
-            problem = _write(parent, path.tag, vr, values, where, shown=not note)
+            problem = _write(ds, parent, path.tag, vr, values, where, not note, carried)
             changes.append(Change.noted(f"{where}: added {_show(values)}{note}", where,
                                         problem))
             continue
@@ -238,7 +247,8 @@ def _put(ds: Dataset, text: str, values: list[str], vr: str, only_if_empty: bool
             continue
         old = _strings(elem, where)
         if old != values:
-            problem = _write(parent, path.tag, elem.VR, values, where, shown=not note)
+            problem = _write(ds, parent, path.tag, elem.VR, values, where, not note,
+                             carried + "".join(old))
             changes.append(Change.noted(f"{where}: {_show(old)} -> {_show(values)}{note}",
                                         where, problem))
     return changes
@@ -255,7 +265,7 @@ def _transform(ds: Dataset, text: str, change: Callable[[str], str]) -> list[str
         old = _strings(elem, where)
         new = [change(v) for v in old]
         if new != old:
-            problem = _write(parent, path.tag, elem.VR, new, where)
+            problem = _write(ds, parent, path.tag, elem.VR, new, where, carried="".join(old))
             changes.append(Change.noted(f"{where}: {_show(old)} -> {_show(new)}", where,
                                         problem))
     return changes
@@ -291,5 +301,6 @@ def _copy(ds: Dataset, source_text: str, target_text: str) -> list[str]:
             known = dictionary_vr(parse_tag_path(target_text).tag)
             options = known.split(" or ") if known else [elem.VR]
             vr = elem.VR if elem.VR in options else options[0]
-            return _put(ds, target_text, values, vr, note=f" (copied from {where})")
+            return _put(ds, target_text, values, vr, note=f" (copied from {where})",
+                        carried="".join(values))
     return []
