@@ -17,6 +17,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     SecondaryCaptureImageStorage,
     generate_uid,
@@ -503,3 +504,27 @@ def test_a_sequence_item_is_checked_against_its_own_character_set() -> None:
                "value": "Š1"})
     with pytest.raises(MorphError, match="ISO_IR 100"):
         morph(ds, {"action": "set", "tag": "StudyDescription", "value": "Š1"})
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_a_morph_keeps_the_bytes_of_text_it_does_not_touch_even_when_they_do_not_decode(
+        syntax: str, tmp_path: Path) -> None:
+    """Regression: morph_file decoded every element (to check the nesting), pydicom decoded
+    a Latin-1 byte in an ISO_IR 192 dataset as U+FFFD and wrote that back: a morph of
+    InstitutionName sent PatientName b'M\\xef\\xbf\\xbdller' instead of b'M\\xfcller'.
+    A nested value too; only a change of SpecificCharacterSet re-encodes what it does
+    not touch."""
+    ds = _image(PixelData=bytes(range(4)), SpecificCharacterSet="ISO_IR 192")
+    ds[0x00100010] = DataElement(0x00100010, "PN", b"M\xfcller^J\xfcrgen ")
+    ds.RequestAttributesSequence = Sequence([item(AccessionNumber="A1")])
+    ds.RequestAttributesSequence[0][0x00321060] = DataElement(0x00321060, "LO", b"Kn\xe9e")
+    source = _write(tmp_path / "bad.dcm", ds, syntax, CTImageStorage)
+    target = tmp_path / "out.dcm"
+    morph_file(source, target, actions({"action": "set", "tag": "InstitutionName",
+                                        "value": "Klinik"}))
+    out = dcmread(target)
+    assert out.get_item(0x00100010).value == b"M\xfcller^J\xfcrgen "
+    assert out.RequestAttributesSequence[0].get_item(0x00321060).value == b"Kn\xe9e"
+    morph_file(source, target, actions(
+        {"action": "set", "tag": "SpecificCharacterSet", "value": "ISO_IR 100"}))
+    assert dcmread(target).get_item(0x00100010).value != b"M\xfcller^J\xfcrgen "  # re-encoded

@@ -13,9 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from router.core.header_tags import UNREADABLE
+from workers.transforms.charset_check import TEXT_VRS
 
 # Deeper than any real structured report or nested sequence a modality writes (an SR
 # content tree rarely passes 10-20); well inside pydicom's recursive writer.
@@ -28,16 +31,39 @@ class UnfitDataset(ValueError):
 
 def check_nesting(ds: Dataset, limit: int = MAX_SEQUENCE_NESTING) -> None:
     """Raise UnfitDataset when sequences nest more than `limit` levels (walked with a stack,
-    not recursion)."""
+    not recursion). Text is left as read: pydicom decodes a value that is not valid in its
+    character set (a Latin-1 byte in an ISO_IR 192 dataset) with U+FFFD and writes that
+    back, so a morph of one attribute changed the bytes of another at the destination."""
     stack: list[tuple[Dataset, int]] = [(ds, 0)]
     while stack:
         current, depth = stack.pop()
-        for elem in current:
+        for tag in list(current.keys()):
+            if _vr(current.get_item(tag)) in TEXT_VRS:
+                continue
+            elem = current[tag]
             if elem.VR != "SQ" or not elem.value:
                 continue
             if depth + 1 > limit:
                 raise UnfitDataset(f"sequences are nested more than {limit} levels deep")
             stack.extend((item, depth + 1) for item in elem.value)
+
+
+def _vr(elem: DataElement | RawDataElement) -> str | None:
+    """The VR of an element, read or not (an Implicit VR one has none until it is)."""
+    if elem.VR:
+        return elem.VR
+    try:
+        return dictionary_VR(elem.tag)
+    except KeyError:
+        return None
+
+
+def decode_text(ds: Dataset) -> None:
+    """Decode every text value with the character set the dataset has now, before a morph
+    changes it: pydicom writes an element it never decoded as the bytes it read, which the
+    new character set would misread."""
+    for _ in ds.iterall():
+        pass
 
 
 def check_identity(ds: Dataset) -> None:

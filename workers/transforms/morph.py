@@ -41,11 +41,12 @@ from router.core.morph_spec import (
 )
 from router.core.patterns import MATCH_TIMEOUT, compile_pattern
 from workers.transforms.charset_check import TEXT_VRS, charset_terms, describe, fits
-from workers.transforms.dataset_checks import check_nesting, readable
+from workers.transforms.dataset_checks import check_nesting, decode_text, readable
 
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
 # "RequestAttributesSequence[1]." -- concrete indexes, so [*] reports each item it changed.
 Place = tuple[Dataset, str]
+SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 class Change(str):
@@ -82,12 +83,19 @@ def apply_morph(ds: Dataset, actions: Sequence[MorphAction]) -> list[str]:
     """Apply `actions` in order to `ds`, in place. Returns one line per element changed,
     e.g. "AccessionNumber: 'A1' -> 'RAD-A1'"; an action that changes nothing adds none."""
     changes: list[str] = []
+    if any(_targets(action) == SPECIFIC_CHARACTER_SET for action in actions):
+        decode_text(ds)  # every value re-encoded in the new character set, none misread
     for index, action in enumerate(actions):
         try:
             changes += _apply(ds, action)
         except TimeoutError:  # an OSError: caught here, or it reads as a disk failure
             raise MorphTooSlow(index, getattr(action, "tag", "")) from None
     return changes
+
+
+def _targets(action: MorphAction) -> int:
+    path = action.to if isinstance(action, CopyAction) else action.tag
+    return parse_tag_path(path).tag
 
 
 def morph_file(source: Path, target: Path, actions: Sequence[MorphAction]) -> list[str]:
