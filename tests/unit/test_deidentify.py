@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom import config as pydicom_config
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -511,3 +512,25 @@ def test_instance_uids_in_attributes_outside_the_table_are_mapped_too(uids: UidM
     kept.VolumeFrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.19610203.1.9"
     deidentify(kept, DeidentifyConfig(retain_uids=True), uids)
     assert kept.VolumeFrameOfReferenceUID == "1.2.826.0.1.3680043.8.498.19610203.1.9"
+
+
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_kept_text_keeps_its_bytes_even_when_they_do_not_decode(
+        transfer_syntax: str, tmp_path: Path, uids: UidMap) -> None:
+    """Regression: every element was decoded on the way through, and pydicom decodes a
+    Latin-1 byte in an ISO_IR 192 dataset as U+FFFD and writes that back: a kept
+    Manufacturer b'M\\xfcller' arrived as b'M\\xef\\xbf\\xbdller'. What de-identification
+    keeps is now written as it was read; what it replaces is still replaced."""
+    source, target = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    write_source(source, transfer_syntax)
+    ds = dcmread(source)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    # LO without a row in Table E.1-1 (kept), with the Latin-1 bytes a modality sent
+    ds[0x00080070] = DataElement(0x00080070, "LO", b"M\xfcller")
+    ds.save_as(source, enforce_file_format=True)
+
+    deidentify_file(source, target, DeidentifyConfig(), uids)
+
+    out = dcmread(target)
+    assert out.get_item(0x00080070).value == b"M\xfcller"
+    assert out.PatientIdentityRemoved == "YES" and out.PatientName != build().PatientName

@@ -38,7 +38,7 @@ def check_nesting(ds: Dataset, limit: int = MAX_SEQUENCE_NESTING) -> None:
     while stack:
         current, depth = stack.pop()
         for tag in list(current.keys()):
-            if _vr(current.get_item(tag)) in TEXT_VRS:
+            if element_vr(current.get_item(tag)) in TEXT_VRS:
                 continue
             elem = current[tag]
             if elem.VR != "SQ" or not elem.value:
@@ -48,7 +48,7 @@ def check_nesting(ds: Dataset, limit: int = MAX_SEQUENCE_NESTING) -> None:
             stack.extend((item, depth + 1) for item in elem.value)
 
 
-def _vr(elem: DataElement | RawDataElement) -> str | None:
+def element_vr(elem: DataElement | RawDataElement) -> str | None:
     """The VR of an element, read or not (an Implicit VR one has none until it is)."""
     if elem.VR:
         return elem.VR

@@ -53,7 +53,13 @@ from pydicom.sequence import Sequence
 from router.core.deid_spec import DeidentifyConfig, parse_tag
 from router.core.morph_spec import CopyAction, MorphAction, parse_tag_path
 from workers.transforms.burned_in_pixels import BurnedInNote, burned_in
-from workers.transforms.dataset_checks import check_identity, check_nesting, readable
+from workers.transforms.charset_check import TEXT_VRS
+from workers.transforms.dataset_checks import (
+    check_identity,
+    check_nesting,
+    element_vr,
+    readable,
+)
 from workers.transforms.deid_table import TABLE_E1_1, Row
 from workers.transforms.uid_map import UidMap
 
@@ -223,8 +229,12 @@ def _pseudonym_source(ds: Dataset, config: DeidentifyConfig) -> str:
 
 
 def _walk(ds: Dataset, run: _Run, path: str) -> None:
-    for elem in list(ds):
-        tag = int(elem.tag)
+    for tag in list(ds.keys()):
+        if _kept_text(ds, tag, run):
+            # Left as read: decoded, a value its character set cannot decode (a Latin-1
+            # byte in an ISO_IR 192 dataset) would be written back with U+FFFD instead.
+            continue
+        elem = ds[tag]
         keyword = elem.keyword or keyword_for_tag(tag)  # the latter knows 50xx, 60xx
         name = path + (keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
         private = elem.tag.is_private and tag not in run.keep
@@ -244,6 +254,21 @@ def _walk(ds: Dataset, run: _Run, path: str) -> None:
             # cannot be judged (a misread dataset arrives as one such element), so it goes.
             action = "X"
         _apply(ds, elem, action, run, name)
+
+
+def _kept_text(ds: Dataset, tag: int, run: _Run) -> bool:
+    """Whether the element is text (its value under (0008,0005)) that _walk would keep
+    as it is (K), judged without decoding it."""
+    vr = element_vr(ds.get_item(tag))
+    if vr not in TEXT_VRS or tag & 0xFFFF == 0:
+        return False
+    private = bool(tag >> 16 & 1)
+    if private:
+        return tag in run.keep or run.config.private_tags != "remove"
+    row = None if tag in run.keep else _row_for(tag)
+    if row is not None:
+        return _concrete(_table_code(row, run.config), vr) == "K"
+    return bool(keyword_for_tag(tag)) or tag in run.keep
 
 
 def _instance_uid(keyword: str, elem: DataElement, run: _Run) -> bool:
