@@ -89,6 +89,10 @@ class DeidentifyConfig(_Strict):
     def _text_value(cls, value: str | None) -> str | None:
         if value is not None and ("\\" in value or any(ord(c) < 32 for c in value)):
             raise ValueError(f"{value!r}: no backslash or control characters")
+        if value is not None and not value.isascii():
+            # It goes into datasets of every character set, and into those without one.
+            raise ValueError(f"{value!r}: ASCII only (it is written into datasets whatever "
+                             f"their Specific Character Set)")
         return value
 
     @field_validator("keep")

@@ -15,6 +15,9 @@ from router.core.deid_spec import DeidentifyConfig
     {"uid_root": "2.25."}, {"uid_root": "01.2"}, {"uid_root": 2.25}, {"uid_root": "1." + "2" * 42},
     {"keep": ["NotAKeyword"]}, {"profile": "enhanced"}, {"private_tags": "safe"},
     {"patient_id": "a\\b"}, {"patient_name": ""}, {"retain_uid": True},
+    # written into datasets of any character set (or none): pydicom would write '?' or
+    # undeclared bytes into one that cannot encode it
+    {"patient_name": "Anonymisé"}, {"patient_id": "山田-1"},
 ])
 def test_config_rejects(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
