@@ -9,24 +9,6 @@ import time
 from collections.abc import Callable
 
 import zmq
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.presentation import (
-    BasicWorklistManagementPresentationContexts,
-    ColorPalettePresentationContexts,
-    DefinedProcedureProtocolPresentationContexts,
-    DisplaySystemPresentationContexts,
-    HangingProtocolPresentationContexts,
-    ImplantTemplatePresentationContexts,
-    InstanceAvailabilityPresentationContexts,
-    ModalityPerformedPresentationContexts,
-    ProcedureStepPresentationContexts,
-    ProtocolApprovalPresentationContexts,
-    QueryRetrievePresentationContexts,
-    RelevantPatientInformationPresentationContexts,
-    StorageCommitmentPresentationContexts,
-    UnifiedProcedurePresentationContexts,
-)
 
 from router.acceptor.access import AccessPolicy
 from router.acceptor.admission import AcceptorState, Admission
@@ -54,7 +36,7 @@ from router.core.rules import RuleSet, deidentifying
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.status_snapshots import LiveAssociations, publish_forever
-from router.dicom.net import configure_pynetdicom
+from router.dicom import uid_tables
 from router.dicom.pending import PendingConnections
 from router.dicom.store_client import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from router.relay.server import RelayServer
@@ -105,24 +87,15 @@ def _tls_alert(audit: AuditTrail | None) -> Callable[[str, str], None] | None:
 
 
 # Storage in any syntax, accepted as sent, so that the router forwards the very bytes it
-# received; the little endian syntaxes first only so that they are easy to find. Private
-# and newer classes come from listen.extra_storage_classes.
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
-TRANSFER_SYNTAXES = frozenset(
-    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, *map(str, AllTransferSyntaxes)])
+# received. Private and newer classes come from listen.extra_storage_classes. The lists are
+# pynetdicom's and pydicom's (router/dicom/uid_tables.py): the acceptor imports neither
+# until it needs them.
+STORAGE_CLASSES = frozenset(uid_tables.STORAGE_CLASSES)
+TRANSFER_SYNTAXES = frozenset(uid_tables.TRANSFER_SYNTAXES)
 # Queries, retrieves and N-services the router relays (router/relay/server.py); their
 # identifiers and datasets are small and travel in either little endian syntax.
-RELAYED_CONTEXTS = [
-    *QueryRetrievePresentationContexts, *BasicWorklistManagementPresentationContexts,
-    *ModalityPerformedPresentationContexts, *StorageCommitmentPresentationContexts,
-    *ProcedureStepPresentationContexts, *UnifiedProcedurePresentationContexts,
-    *InstanceAvailabilityPresentationContexts, *RelevantPatientInformationPresentationContexts,
-    *HangingProtocolPresentationContexts, *ColorPalettePresentationContexts,
-    *DefinedProcedureProtocolPresentationContexts, *ImplantTemplatePresentationContexts,
-    *ProtocolApprovalPresentationContexts, *DisplaySystemPresentationContexts,
-]
-RELAYED_CLASSES = frozenset(str(cx.abstract_syntax) for cx in RELAYED_CONTEXTS)
-RELAY_TRANSFER_SYNTAXES = frozenset([ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+RELAYED_CLASSES = frozenset(uid_tables.RELAYED_CLASSES)
+RELAY_TRANSFER_SYNTAXES = frozenset([uid_tables.EXPLICIT_VR_LE, uid_tables.IMPLICIT_VR_LE])
 
 
 class LiveConfig:
@@ -184,7 +157,6 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     stop = threading.Event()
     install_stop_handlers(stop)
     watch_parent(stop)
-    configure_pynetdicom()
     spool = Spool(config.spool.path).create()
 
     context = zmq.Context()

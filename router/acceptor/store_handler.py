@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from pydicom.errors import InvalidDicomError
-
 from router.acceptor.admission import Admission
 from router.acceptor.broker_client import BrokerClient
 from router.acceptor.session import AssociationSession, ReceivedStore
@@ -39,7 +37,6 @@ from router.core.errors import (
     PatternTooSlow,
     QueueFull,
 )
-from router.core.header_tags import read_tags
 from router.core.log_context import JOB, working_on
 from router.core.messages import JobHeader
 from router.core.rules import RuleSet
@@ -47,6 +44,7 @@ from router.core.spool import PendingCommit, Spool, new_job_id
 from router.core.tls import subject_text
 from router.core.uids import require_uid
 from router.dicom.dataset_identity import sop_uids
+from router.dicom.first_use import dicom_libraries
 from router.relay.server import RelayServer
 
 log = logging.getLogger(__name__)
@@ -263,6 +261,12 @@ class StoreHandler:
                 self._syncs_counted = synced
 
     def _tags(self, path: Path) -> dict[str, str]:
+        # pydicom on the first header read: an acceptor whose rules read none does without.
+        dicom_libraries()
+        from pydicom.errors import InvalidDicomError
+
+        from router.core.header_tags import read_tags
+
         try:
             return read_tags(path, self.keywords)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:

@@ -4,7 +4,9 @@ engine's command sets and the pynetdicom primitives the relay (router/relay/) wo
 Relayed requests are rare and small next to C-STOREs: their command sets are decoded with
 pydicom and mapped onto a primitive by pynetdicom's own DIMSE message classes (internal
 API, hence here in router/dicom/, behind compat.py's version check), and responses encoded
-back the same way. C-STORE and C-ECHO never come this way (the engine's fast path).
+back the same way. C-STORE and C-ECHO never come this way (the engine's fast path), so both
+libraries are imported with the first relayed request (first_use.py), not at the acceptor's
+start.
 """
 
 from __future__ import annotations
@@ -12,19 +14,16 @@ from __future__ import annotations
 from io import BytesIO
 from typing import Any
 
-from pynetdicom import dimse_messages
-from pynetdicom.dsutils import decode, encode
-
+from router.core.errors import RouterError
 from router.dicom.engine import OtherCommand
 from router.dicom.engine.dimse import COMMAND_FIELD, decode_elements
+from router.dicom.first_use import dicom_libraries
 
-# Request command field -> pynetdicom's message class for it.
-REQUEST_MESSAGES: dict[int, type[dimse_messages.DIMSEMessage]] = {
-    0x0020: dimse_messages.C_FIND_RQ, 0x0010: dimse_messages.C_GET_RQ,
-    0x0021: dimse_messages.C_MOVE_RQ, 0x0100: dimse_messages.N_EVENT_REPORT_RQ,
-    0x0110: dimse_messages.N_GET_RQ, 0x0120: dimse_messages.N_SET_RQ,
-    0x0130: dimse_messages.N_ACTION_RQ, 0x0140: dimse_messages.N_CREATE_RQ,
-    0x0150: dimse_messages.N_DELETE_RQ,
+# Request command field -> the name of pynetdicom's message class for it (dimse_messages).
+REQUEST_MESSAGES: dict[int, str] = {
+    0x0020: "C_FIND_RQ", 0x0010: "C_GET_RQ", 0x0021: "C_MOVE_RQ", 0x0100: "N_EVENT_REPORT_RQ",
+    0x0110: "N_GET_RQ", 0x0120: "N_SET_RQ", 0x0130: "N_ACTION_RQ", 0x0140: "N_CREATE_RQ",
+    0x0150: "N_DELETE_RQ",
 }
 
 
@@ -34,7 +33,14 @@ class DimseDecodeError(ValueError):
 
 def request_primitive(command: OtherCommand, context_id: int, dataset: bytes | None) -> Any:
     """The pynetdicom primitive of a relayed request (its dataset as a BytesIO)."""
-    message = REQUEST_MESSAGES[command.command_field]()
+    try:
+        dicom_libraries()
+    except RouterError as exc:  # an install that pyproject.toml's pins do not allow
+        raise DimseDecodeError(f"cannot be served: {exc}") from None
+    from pynetdicom import dimse_messages
+    from pynetdicom.dsutils import decode
+
+    message = getattr(dimse_messages, REQUEST_MESSAGES[command.command_field])()
     try:
         message.command_set = decode(BytesIO(command.raw), True, True)
         message.data_set = BytesIO(dataset or b"")
@@ -46,6 +52,9 @@ def request_primitive(command: OtherCommand, context_id: int, dataset: bytes | N
 
 def response_bytes(primitive: Any) -> tuple[OtherCommand, bytes]:
     """A response primitive -> the command set to send and its dataset (b"" if none)."""
+    from pynetdicom import dimse_messages  # loaded with the request (request_primitive)
+    from pynetdicom.dsutils import encode
+
     message = getattr(dimse_messages, f"{type(primitive).__name__}_RSP")()
     message.primitive_to_message(primitive)
     encoded = encode(message.command_set, True, True) or b""

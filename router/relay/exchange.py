@@ -8,14 +8,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydicom.uid import ImplicitVRLittleEndian
-from pynetdicom.dsutils import decode
-
 from router.core import metrics
 from router.core.dimse_status import PENDING_STATUSES, Status
 from router.core.errors import RouterError
 from router.core.messages import RelayResponse
 from router.core.rules import AssociationFacts
+from router.dicom.uid_tables import IMPLICIT_VR_LE
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
@@ -153,7 +151,10 @@ class Exchange:
         raw = self.request_dataset()
         if raw is None:
             return None
-        return decode(BytesIO(raw), self.transfer_syntax == ImplicitVRLittleEndian, True)
+        # Loaded with the request already (router/dicom/relayed_dimse.py).
+        from pynetdicom.dsutils import decode
+
+        return decode(BytesIO(raw), self.transfer_syntax == IMPLICIT_VR_LE, True)
 
     def final(self, status: int, comment: str, counts: Counts | None = None) -> None:
         """The last response, counted in the metrics once sent; RequesterGone if nobody

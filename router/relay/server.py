@@ -18,17 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from pynetdicom.dimse_primitives import (
-    C_FIND,
-    C_GET,
-    C_MOVE,
-    N_ACTION,
-    N_CREATE,
-    N_DELETE,
-    N_EVENT_REPORT,
-    N_GET,
-    N_SET,
-)
 
 from router.audit.trail import AuditTrail
 from router.core import metrics
@@ -52,11 +41,12 @@ from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger(__name__)
 
-# The requests the acceptor relays, by pynetdicom primitive type.
-COMMANDS: dict[type, str] = {
-    C_FIND: "C-FIND", C_GET: "C-GET", C_MOVE: "C-MOVE", N_GET: "N-GET", N_SET: "N-SET",
-    N_ACTION: "N-ACTION", N_CREATE: "N-CREATE", N_DELETE: "N-DELETE",
-    N_EVENT_REPORT: "N-EVENT-REPORT",
+# The requests the acceptor relays, by the name of their pynetdicom primitive's type (by name:
+# pynetdicom comes with the first relayed request, router/dicom/relayed_dimse.py).
+COMMANDS: dict[str, str] = {
+    "C_FIND": "C-FIND", "C_GET": "C-GET", "C_MOVE": "C-MOVE", "N_GET": "N-GET", "N_SET": "N-SET",
+    "N_ACTION": "N-ACTION", "N_CREATE": "N-CREATE", "N_DELETE": "N-DELETE",
+    "N_EVENT_REPORT": "N-EVENT-REPORT",
 }
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 # After a C-GET ended without its final answer, a worker may be moving one more instance into
@@ -84,7 +74,7 @@ class RelayServer:
     # --- entry point from the association --------------------------------------------------
 
     def serve(self, link: RequesterLink, msg: Any, context_id: int) -> None:
-        command = COMMANDS[type(msg)]
+        command = COMMANDS[type(msg).__name__]
         exchange = Exchange(link, msg, context_id, command)
         try:
             self._serve(exchange)

@@ -2,11 +2,13 @@
 
 `dicom-router` is the parent of every process (spawn re-imports it in each child), so a heavy
 import in the command line is paid once per process: pydicom, pynetdicom, numpy and GDCM are
-~60 MB. The supervisor and the broker need none of them; the acceptor and the workers need
-pydicom and pynetdicom but no pixel codecs (a worker transcodes in a codec process of its
-own, started when first needed: tests/integration/test_transforms.py). Checked two ways: the
-modules a fresh interpreter holds after the same imports a spawned child makes, and the shared
-libraries the running processes mapped.
+~60 MB. The supervisor and the broker need none of them; the acceptor and the workers load
+pydicom and pynetdicom on need only, and no pixel codecs (a worker transcodes in a codec
+process of its own, started when first needed: tests/integration/test_transforms.py). The
+acceptor's C-STORE and C-ECHO path is the router's own engine: it loads pydicom for the first
+header its rules or audit read (or whose first bytes do not tell), pynetdicom with the first
+relayed request. Checked two ways: the modules a fresh interpreter holds after the same
+imports a spawned child makes, and the shared libraries the running processes mapped.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def test_the_supervisor_loads_the_console_only_when_it_is_on() -> None:
 
 def test_the_broker_loads_no_dicom_or_codecs() -> None:
     loaded = _loaded_after("router.cli", "router.service.child_process", "router.broker.main")
+    assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
+
+
+def test_the_acceptor_loads_no_dicom_or_codecs() -> None:
+    """It negotiates from router/dicom/uid_tables.py, not from pynetdicom's lists."""
+    loaded = _loaded_after("router.cli", "router.service.child_process", "router.acceptor.main")
     assert not loaded & {*DICOM, *CODECS}, sorted(loaded & {*DICOM, *CODECS})
 
 
