@@ -165,6 +165,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return CONFIG_ERROR
     setup_logging(config.log_level, config.log_format)
     log = logging.getLogger("router")
+    from router.dicom.compat import require_supported
+
+    try:  # an install that overrides pyproject.toml's pins: said now, not at first use
+        require_supported()
+    except RouterError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     origin = str(args.config) if args.config else "built-in default config"
     log.info("%s: %s", origin, summary(config))
     remove_stale_runtime_dirs()
