@@ -36,6 +36,7 @@ from router.service.http_types import (
     head_answer,
 )
 from router.service.metrics_collector import ChildrenCollector
+from router.service.ports import describe, listen_family
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +210,7 @@ class Server(ThreadingHTTPServer):
         self.per_source = per_source or max(1, max_connections // 4)
         self.sources: Counter[str] = Counter()
         self.sources_lock = threading.Lock()
+        self.address_family = listen_family(address[0])
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -269,7 +271,8 @@ class HttpEndpoint:
 
     def start(self) -> None:
         self.thread.start()
-        log.info("metrics and health on http://%s:%d/metrics", *self.server.server_address[:2])
+        host, port = self.server.server_address[:2]
+        log.info("metrics and health on http://%s/metrics", describe(str(host), int(port)))
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -24,6 +24,15 @@ def describe(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def listen_family(host: str) -> socket.AddressFamily:
+    """The address family a listener on `host` needs, as _bound resolves it: AF_INET6 for an
+    IPv6 address ("::1", "::") or a name that resolves to one. socketserver's servers assume
+    AF_INET, which cannot bind an IPv6 address at all."""
+    if not host:
+        return socket.AF_INET  # socketserver's "" is 0.0.0.0
+    return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+
+
 def check_bindable(host: str, port: int, what: str, key: str) -> None:
     """Bind (with SO_REUSEADDR, as the real listeners do, and never SO_REUSEPORT: a port
     another program or router listens on, even with SO_REUSEPORT, fails here) and close at
