@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from router.core.hosts import Host
+
 Transport = Literal["udp", "tcp", "tls"]
 DEFAULT_PORTS: dict[str, int] = {"udp": 514, "tcp": 514, "tls": 6514}  # 6514: RFC 5425
 
@@ -20,7 +22,7 @@ class SyslogConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    host: str
+    host: Host
     # Default: 514 for udp and tcp, 6514 for tls.
     port: int | None = Field(None, ge=1, le=65535)
     transport: Transport

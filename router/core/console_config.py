@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from router.core.bounds import between
 from router.core.durations import DAY, MINUTE, Seconds, at_most
+from router.core.hosts import Host
 
 # argon2-cffi's encoded hash, e.g. from `dicom-router hash-password`.
 ARGON2_HASH = r"^\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+$"
@@ -30,7 +31,7 @@ class ConsoleConfig(BaseModel):
     enabled: bool = False
     # Unset: served on the metrics port (metrics.host). Set: its own port on `host`.
     port: int | None = Field(None, ge=1, le=65535)
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     # HTTPS on its own port, with the router's TLS machinery (router/core/tls.py).
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -820,6 +820,43 @@ def test_an_empty_known_ae_host_is_refused() -> None:
     assert problems_of(data) == ["known_aes.VIEWER.host: empty: give its host name or address"]
 
 
+HOST_KEYS = {  # where each host key goes, from the example config
+    "listen.host": lambda data, host: data["listen"].update(host=host),
+    "metrics.host": lambda data, host: data["metrics"].update(host=host),
+    "console.host": lambda data, host: data.update(console={"host": host}),
+    "destinations.pacs.host": lambda data, host: data["destinations"]["pacs"].update(host=host),
+    "known_aes.VIEWER.host": lambda data, host: data.update(
+        known_aes={"VIEWER": {"host": host, "port": 104}}),
+    "audit.syslog.host": lambda data, host: data.update(
+        audit={"syslog": {"host": host, "transport": "udp"}}),
+}
+
+
+@pytest.mark.parametrize("key", HOST_KEYS)
+@pytest.mark.parametrize(("host", "message"), [
+    ("[::1]", "'[::1]': write an IPv6 address without brackets (::1)"),
+    ("::1::2", "'::1::2' is not an IPv6 address, and a host name holds no ':' (a port goes "
+               "in `port`)"),
+    ("pacs.example.org:104", "'pacs.example.org:104' is not an IPv6 address, and a host name "
+                             "holds no ':' (a port goes in `port`)"),
+])
+def test_a_host_no_resolver_takes_is_refused(key: str, host: str, message: str) -> None:
+    """A bracketed IPv6 address resolves to nothing: a destination so written was retried
+    for ever ("Name or service not known") after check-config said ok."""
+    data = example()
+    HOST_KEYS[key](data, host)
+    assert problems_of(data) == [f"{key}: {message}"]
+
+
+@pytest.mark.parametrize("key", HOST_KEYS)
+@pytest.mark.parametrize("host", ["::1", "::", "fe80::1%eth0", "::ffff:10.0.0.1",
+                                  "pacs.example.org", "10.0.0.1"])
+def test_an_ipv6_address_or_a_name_is_a_host(key: str, host: str) -> None:
+    data = example()
+    HOST_KEYS[key](data, host)
+    parse_config(data)
+
+
 @pytest.mark.parametrize("change", [
     lambda data: data.update(ae_title="A" * 100_000),
     lambda data: data.update({"B" * 100_000: 1}),

@@ -14,6 +14,7 @@ from router.core.config.listen import ClientTLS
 from router.core.deid_spec import DeidentifyConfig
 from router.core.dicomweb_spec import DicomWebFields
 from router.core.durations import Seconds
+from router.core.hosts import Host
 from router.core.morph_spec import MorphAction
 
 # Associations (or deliveries) to one destination at once: no PACS takes more.
@@ -85,7 +86,7 @@ class DestinationBase(Strict):
 class DicomDestination(DestinationBase):
     type: Literal["dicom"]
     ae_title: str
-    host: str
+    host: Host
     port: int = Field(ge=1, le=65535)
     # The calling AE the router presents; defaults to the router's own ae_title.
     calling_ae: str | None = None
@@ -152,7 +153,7 @@ Destination = Annotated[DicomDestination | FolderDestination | DicomWebDestinati
 
 
 class KnownAE(Strict):
-    host: str
+    host: Host
     port: int = Field(ge=1, le=65535)
     tls: ClientTLS = ClientTLS()
 

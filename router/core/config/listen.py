@@ -18,6 +18,7 @@ from router.core.config.base import (
     shown,
 )
 from router.core.durations import Seconds
+from router.core.hosts import Host
 from router.core.uids import is_valid_uid
 
 
@@ -120,7 +121,7 @@ def default_acceptors(cores: int | None = None) -> int:
 
 
 class ListenConfig(Strict):
-    host: str = "0.0.0.0"
+    host: Host = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     # Acceptor processes sharing host:port (SO_REUSEPORT): the kernel spreads new
     # connections over them. The listen limits below hold for all of them together.

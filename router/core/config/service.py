@@ -11,6 +11,7 @@ from router.core.bounds import GIB, PIB, between
 from router.core.config.base import Strict
 from router.core.disk_space import MIN_FREE_INODES
 from router.core.durations import DAY, Seconds, at_most
+from router.core.hosts import Host
 
 
 class SpoolConfig(Strict):
@@ -54,7 +55,7 @@ class QueueConfig(Strict):
 
 class MetricsConfig(Strict):
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
     # A request must arrive whole within this; connections served at once, at most, and
     # from one address (so that one client cannot take every slot from the probes).
