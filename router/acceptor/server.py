@@ -14,6 +14,7 @@ from collections import Counter
 from router.acceptor.connection import EngineConnection
 from router.acceptor.connection_settings import AcceptorServices
 from router.core import metrics
+from router.core.peer_address import plain_peer
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.dicom.pending import PendingConnections, source_of
 
@@ -56,6 +57,7 @@ class EngineServer:
 
     def _admit(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setblocking(True)
+        address = plain_peer(address)
         source = source_of(address[0]) if isinstance(address, tuple) else "?"
         ticket = self.pending.admit(source)
         if ticket == "pending_total" and self._make_room(source):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.core.log_safety import RepeatLimiter
+from router.core.peer_address import plain_peer
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_deadline import (
     BODY_BYTES_PER_SECOND,
@@ -212,6 +213,10 @@ class Server(ThreadingHTTPServer):
         self.sources_lock = threading.Lock()
         self.address_family = listen_family(address[0])
         super().__init__(address, handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        request, client_address = super().get_request()
+        return request, plain_peer(client_address)  # an IPv4 client of "::" as IPv4
 
     def process_request(self, request: Any, client_address: Any) -> None:
         source = str(client_address[0])

@@ -5,8 +5,10 @@ and never reach socketserver's traceback."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -266,3 +268,23 @@ def test_an_upload_cut_at_its_deadline_gets_408_and_a_log_line(
     lines = [r.getMessage() for r in caplog.records if "answered 408" in r.getMessage()]
     assert len(lines) == 1 and "POST /upload" in lines[0]
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_an_ipv4_client_of_a_dual_stack_port_is_seen_by_its_ipv4_address(
+        tmp_path: Path) -> None:
+    """metrics.host "::": the API's loopback check, its audit records and the console's
+    login limits see 127.0.0.1, not ::ffff:127.0.0.1; an IPv6 client stays itself."""
+    def client(request: Request) -> Response | None:
+        return json_response(200, {"client": request.client}) if request.path == "/api/who" \
+            else None
+
+    server = HttpEndpoint("::", free_port(), str(tmp_path), lambda: (True, "ready"),
+                          apps=[client])
+    server.start()
+    try:
+        for host, seen in (("127.0.0.1", "127.0.0.1"), ("[::1]", "::1")):
+            url = f"http://{host}:{server.port}/api/who"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert json.loads(response.read()) == {"client": seen}
+    finally:
+        server.stop()

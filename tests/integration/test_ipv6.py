@@ -3,13 +3,17 @@ IPv6 only or dual stack must reach every port the router serves."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import yaml
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
-from tests.integration.router_process import ROUTER, RouterProcess
+from tests.dcmtk import LOCALHOST, run_echoscu
+from tests.integration.router_process import ROUTER, RouterProcess, wait_for
 
 
 def _folder_config(tmp_path: Path) -> dict[str, object]:
@@ -36,3 +40,50 @@ def test_the_metrics_port_serves_ipv6_and_the_cli_reaches_it(tmp_path: Path) -> 
     assert status.returncode == 0, status.stdout + status.stderr
     assert "READY" in status.stdout
     assert "metrics and health on http://[::]:" in router.log()
+
+
+def _access_points(trail: Path) -> dict[str, set[str]]:
+    """Event ID -> the peers' NetworkAccessPointIDs in the audit trail (the router's own
+    machine name left out)."""
+    points: dict[str, set[str]] = {}
+    for line in trail.read_text().splitlines():
+        message = json.loads(line)["AuditMessage"]
+        event = message["EventIdentification"]["EventID"]["csd-code"]
+        for participant in message["ActiveParticipant"]:
+            if participant.get("NetworkAccessPointTypeCode") == "2":
+                points.setdefault(event, set()).add(participant["NetworkAccessPointID"])
+    return points
+
+
+def _echo_over_ipv6(port: int, calling_ae: str) -> bool:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("::1", port, ae_title="DICOM-ROUTER")
+    try:
+        return bool(assoc.is_established and assoc.send_c_echo().Status == 0)
+    finally:
+        assoc.release()
+
+
+def test_a_dual_stack_listener_logs_and_audits_each_sender_by_its_own_address(
+        tmp_path: Path) -> None:
+    """listen.host "::": an IPv4 sender is logged and audited as 127.0.0.1, as on a
+    "0.0.0.0" listener (not ::ffff:127.0.0.1, which an audit repository searching for
+    the node's address would not find), an IPv6 sender as ::1."""
+    trail = tmp_path / "audit.jsonl"
+    config = {**_folder_config(tmp_path),
+              "audit": {"enabled": True, "path": str(trail)},
+              "listen": {"host": "::", "allowed_calling_ae": ["CT1"]}}
+    with RouterProcess(tmp_path / "router", config) as router:
+        assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           calling_ae="CT1").returncode == 0
+        assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           calling_ae="INTRUDER").returncode != 0
+        assert _echo_over_ipv6(router.port, "CT1")
+        assert wait_for(lambda: len(_access_points(trail).get("110114", ())) == 2)
+        assert wait_for(lambda: "110113" in _access_points(trail))
+    points = _access_points(trail)
+    assert points["110114"] == {"127.0.0.1", "::1"}  # the accepted associations
+    assert points["110113"] == {"127.0.0.1"}  # the refused calling AE
+    assert "rejecting association from INTRUDER (127.0.0.1)" in router.log()
+    assert "::ffff:" not in router.log() + trail.read_text()
