@@ -21,6 +21,7 @@ from router.core.dimse_status import (
 )
 from router.core.dn_text import certificate_text
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
+from router.core.peer_address import host_port
 from router.core.shared_counts import SharedCounts
 from router.core.status_snapshots import LiveAssociations
 
@@ -142,7 +143,7 @@ class AssociationEvents:
                 certificate_text(session.certificate, session.certificate_der))
         if self.live is not None:
             session.progress = self.live.opened(session.calling_ae, session.called_ae,
-                                                f"{session.address}:{session.port}", self.tls)
+                                                host_port(session.address, session.port), self.tls)
         session.counted = True
         self.access.opened(session.calling_ae)
         calling = metrics.CALLING_AE(session.calling_ae)

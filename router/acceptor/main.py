@@ -26,6 +26,7 @@ from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
 from router.core.log_safety import AUDIT_REPEAT_BUDGET, RepeatLimiter
+from router.core.peer_address import host_port
 from router.core.process_util import (
     install_stop_handlers,
     run_on_signal,
@@ -187,8 +188,9 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     # Its first snapshot tells the supervisor that SIGHUP is handled: right after the handler.
     threading.Thread(target=publish_forever, name="live-status", daemon=True,
                      args=(runtime.status_dir, seat.name, live.status, stop)).start()
-    log.info("%s accepting DICOM associations as %s on %s:%d (TLS %s)", seat.name,
-             config.ae_title, config.listen.host, config.listen.port, config.listen.tls.mode)
+    log.info("%s accepting DICOM associations as %s on %s (TLS %s)", seat.name,
+             config.ae_title, host_port(config.listen.host, config.listen.port),
+             config.listen.tls.mode)
     publisher = threading.Thread(target=_publish_state, args=(admission, state, stop),
                                  name="state", daemon=True)
     publisher.start()

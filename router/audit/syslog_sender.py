@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 from router.core import metrics
 from router.core.audit_config import SyslogConfig
+from router.core.peer_address import host_port
 
 MAX_UDP_PAYLOAD = 65_000  # an IPv4 datagram holds 65,507 octets of payload
 _BOM = b"\xef\xbb\xbf"
@@ -205,9 +206,9 @@ class SyslogSender:
                 ok = True
         except Exception as exc:  # the thread must survive anything the network does
             self._disconnect()
-            self._warn.warn("send", "audit syslog to %s:%d over %s failed (%s); retrying. The "
-                            "JSON lines file has every message", cfg.host, cfg.resolved_port,
-                            cfg.transport, exc)
+            self._warn.warn("send", "audit syslog to %s over %s failed (%s); retrying. The "
+                            "JSON lines file has every message",
+                            host_port(cfg.host, cfg.resolved_port), cfg.transport, exc)
             return False
         with self._cond:
             if self._queue and self._queue[0] is message:
@@ -217,8 +218,8 @@ class SyslogSender:
             else:
                 self._lose(1)
         if ok:
-            self._warn.recovered("send", "audit syslog to %s:%d delivers again",
-                                 cfg.host, cfg.resolved_port)
+            self._warn.recovered("send", "audit syslog to %s delivers again",
+                                 host_port(cfg.host, cfg.resolved_port))
         return True
 
     def _send(self, message: bytes) -> None:

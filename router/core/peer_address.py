@@ -1,5 +1,8 @@
 """A peer's address as logs, limits, rules, the audit trail and the live status show it.
 
+With its port, an IPv6 address goes in brackets (RFC 3986's form): "::1:11112" is
+itself an IPv6 address (::0.1:11112), so a reader cannot tell where the port starts.
+
 A listener on "::" (dual stack) accepts IPv4 connections too and sees their address
 IPv4-mapped (`::ffff:10.1.2.3`): the same modality would then be logged and audited under
 another address than on a "0.0.0.0" listener, and an audit repository searching for
@@ -27,3 +30,8 @@ def plain_peer(peer: Any) -> Any:
     if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[0], str):
         return (plain(peer[0]), peer[1])
     return peer
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port`, or `[host]:port` for an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -23,6 +23,7 @@ from router.core.config import DicomDestination as DicomConfig
 from router.core.dimse_status import is_delivered, is_transient_failure
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
+from router.core.peer_address import host_port
 from router.core.priority import TO_DIMSE
 from router.core.tls import (
     PEER_REFUSED,
@@ -240,7 +241,7 @@ class DicomDestination:
                                     f"answer one more association while {others} are open",
                                     transient=True) from None
             failure = classify(failed, self.name, sop_class, syntax)
-            failure.args = (f"{failure} ({self.config.host}:{self.config.port})",)
+            failure.args = (f"{failure} ({host_port(self.config.host, self.config.port)})",)
             raise failure from None
 
     def _peer(self) -> Peer:

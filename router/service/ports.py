@@ -7,6 +7,7 @@ import errno
 import socket
 
 from router.core.errors import RouterError
+from router.core.peer_address import host_port
 
 # A spawned child exits with this code when it cannot bind its listening address (EX_CONFIG
 # of sysexits.h): the supervisor then stops the router instead of restarting the child.
@@ -21,7 +22,7 @@ _HINTS = {
 
 
 def describe(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port(host, port)
 
 
 def listen_family(host: str) -> socket.AddressFamily:

@@ -26,7 +26,7 @@ def status(sup: Supervisor) -> dict[str, Any]:
     return {
         "version": preflight.version(),
         "ae_title": sup.config.ae_title,
-        "listen": f"{sup.config.listen.host}:{sup.config.listen.port}",
+        "listen": describe(sup.config.listen.host, sup.config.listen.port),
         "started_at": sup.started_at,
         "ready": ok,
         "ready_reason": why,

@@ -7,12 +7,16 @@ import json
 import subprocess
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
+from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.dcmtk import LOCALHOST, run_echoscu
+from router.core.acceptor_status import acceptor_snapshots
+from tests.dcmtk import LOCALHOST, free_port, run_echoscu
+from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.integration.router_process import ROUTER, RouterProcess, wait_for
 
 
@@ -87,3 +91,40 @@ def test_a_dual_stack_listener_logs_and_audits_each_sender_by_its_own_address(
     assert points["110113"] == {"127.0.0.1"}  # the refused calling AE
     assert "rejecting association from INTRUDER (127.0.0.1)" in router.log()
     assert "::ffff:" not in router.log() + trail.read_text()
+
+
+def _peers(status: dict[str, Any]) -> list[str]:
+    return [a["peer"] for snap in acceptor_snapshots(status).values()
+            for a in snap.get("associations", [])]
+
+
+def test_ipv6_addresses_are_shown_with_their_port_in_brackets(tmp_path: Path) -> None:
+    """"::1:40000" is itself an IPv6 address: the live status, `dicom-router status`, the
+    acceptor's start line and a destination's failure say "[::1]:40000"."""
+    closed = free_port()  # nothing listens there: the destination fails to connect
+    config = {"listen": {"host": "::1"},
+              "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "::1",
+                                        "port": closed}},
+              "rules": [{"name": "all", "forward": ["pacs"]}]}
+    sample = write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE)
+    with RouterProcess(tmp_path / "router", config) as router:
+        ae = AE(ae_title="CT1")
+        ae.add_requested_context(CTImageStorage, EXPLICIT_VR_LE)
+        assoc = ae.associate("::1", router.port, ae_title="DICOM-ROUTER")
+        try:
+            assert assoc.is_established
+            assert wait_for(lambda: _peers(router.status()) != [])
+            status = router.status()
+            screen = subprocess.run(
+                [*ROUTER, "status", "--url", f"127.0.0.1:{router.metrics_port}", "--once"],
+                capture_output=True, text=True, timeout=60).stdout
+            assert assoc.send_c_store(sample).Status == 0
+        finally:
+            assoc.release()
+        assert wait_for(lambda: f"([::1]:{closed})" in router.log())
+    port = assoc.local["port"]
+    assert _peers(status) == [f"[::1]:{port}"]
+    assert status["listen"] == f"[::1]:{router.port}"
+    assert f"[::1]:{port}" in screen and f"on [::1]:{router.port}" in screen
+    assert f"accepting DICOM associations as DICOM-ROUTER on [::1]:{router.port}" in router.log()

@@ -122,6 +122,12 @@ def test_default_config_stores_everything_in_received() -> None:
     assert summary(config).startswith("ok: AE DICOM-ROUTER on 0.0.0.0:11112, 2 workers, ")
 
 
+def test_the_summary_puts_an_ipv6_listen_address_in_brackets() -> None:
+    data = example()
+    data["listen"]["host"] = "::1"  # "::1:11112" would itself read as an IPv6 address
+    assert summary(parse_config(data)).startswith("ok: AE DICOM-ROUTER on [::1]:11112, ")
+
+
 def test_continue_alias_sets_continue_() -> None:
     data = example()
     data["rules"][0]["continue"] = True

@@ -24,6 +24,7 @@ from router.core.console_config import ConsoleConfig
 from router.core.durations import Seconds, not_finite
 from router.core.errors import ConfigError
 from router.core.fallback_spec import fallback_problems
+from router.core.peer_address import host_port
 
 
 class RouterConfig(Strict):
@@ -292,7 +293,7 @@ def load_config(path: Path) -> RouterConfig:
 
 def summary(config: RouterConfig) -> str:
     return (
-        f"ok: AE {config.ae_title} on {config.listen.host}:{config.listen.port}, "
+        f"ok: AE {config.ae_title} on {host_port(config.listen.host, config.listen.port)}, "
         f"{config.workers} workers, {len(config.destinations)} destinations, "
         f"{len(config.rules)} rules, spool {config.spool.path}"
     )
