@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from router.core.errors import RouterError
+from router.core.peer_address import host_port
 
 USAGE_ERROR = 2  # argparse's own exit code for bad arguments
 CONFIG_ERROR = 1  # a config file that does not validate: as `run` and `check-config` say it
@@ -62,3 +63,10 @@ def lazy(target: str) -> Callable[[argparse.Namespace], int]:
         module, _, name = target.partition(":")
         return int(getattr(importlib.import_module(module), name)(args))
     return run
+
+
+def metrics_url(host: str, port: int) -> str:
+    """Where the command line reaches the router's HTTP port: on this host when it listens
+    on every address; an IPv6 address in brackets (http://::1:9100 is no URL)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host_port(host, port)}"

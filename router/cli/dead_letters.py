@@ -9,7 +9,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
-from router.cli.common import argument, config_parent
+from router.cli.common import argument, config_parent, metrics_url
 from router.core.config import RouterConfig, default_config, load_config
 from router.core.errors import RouterError
 from router.core.spool import Spool
@@ -101,12 +101,9 @@ def _unwritten(config: RouterConfig, destination: str | None) -> int:
     router answers at the config's metrics address (the list itself is the spool's)."""
     if not config.metrics.enabled:
         return 0
-    host = config.metrics.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    host = f"[{host}]" if ":" in host else host
+    url = metrics_url(config.metrics.host, config.metrics.port)
     try:
-        with urllib.request.urlopen(f"http://{host}:{config.metrics.port}/status",
-                                    timeout=3) as response:
+        with urllib.request.urlopen(f"{url}/status", timeout=3) as response:
             broker = json.loads(response.read())["broker"]
         # Every destination's, one no longer configured too (a router before this had
         # only the rows')

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from router.cli.common import config_parent
+from router.cli.common import config_parent, metrics_url
 from router.core.config import load_config
 from router.core.errors import RouterError
 from router.service.api_auth import read_token
@@ -56,9 +56,7 @@ def _where(args: argparse.Namespace) -> tuple[str, str | None]:
     if args.config is not None:
         config = load_config(args.config)
         if url is None:
-            host = config.metrics.host
-            host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            url = f"http://{host}:{config.metrics.port}"
+            url = metrics_url(config.metrics.host, config.metrics.port)
         token_file = token_file or config.api.token_file
     url = url or "http://127.0.0.1:9100"
     url = url if "://" in url else f"http://{url}"

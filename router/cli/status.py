@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from router.cli.common import argument
+from router.cli.common import argument, metrics_url
 from router.core.config import load_config
 from router.core.errors import RouterError
 
@@ -47,8 +47,7 @@ def _url(args: argparse.Namespace) -> str:
         return str(args.url) if "://" in args.url else f"http://{args.url}"
     if args.config is not None:
         metrics = load_config(args.config).metrics
-        host = "127.0.0.1" if metrics.host in ("0.0.0.0", "::", "") else metrics.host
-        return f"http://{host}:{metrics.port}"
+        return metrics_url(metrics.host, metrics.port)
     return "http://127.0.0.1:9100"
 
 
