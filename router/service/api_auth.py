@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from router.core.peer_address import plain
 from router.service.http_types import Request
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,9 @@ class Verdict:
 
 def _loopback(address: str) -> bool:
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(plain(address)).is_loopback  # ::ffff:127.0.0.1 too
     except ValueError:
         return False
-    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
-    return (mapped or ip).is_loopback
 
 
 def _host_name(host: str) -> str:
