@@ -121,6 +121,12 @@ class EngineConnection:
                 self.ticket.release()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            # The link, relay thread and request handlers hold this connection's bound
+            # methods: without these cycles reference counting frees it (and its read buffer)
+            # now, not at the next full collection, which senders that open an association
+            # per instance or poll with C-ECHO kept far apart (10 KB of memory each).
+            self._intake = self._others = self._link = self._relays = None
+            self._buffer = bytearray()
 
     def _run(self) -> None:
         tls = self.services.tls
