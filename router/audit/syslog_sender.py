@@ -21,6 +21,10 @@ from router.core import metrics
 from router.core.audit_config import SyslogConfig
 from router.core.peer_address import host_port
 
+# At a stop, what is queued goes out for up to this long while the server takes it (a server
+# that fails ends it at once): 2 s was cut short on a starved host, and records then went to
+# the JSON lines file only.
+CLOSE_SECONDS = 5.0
 MAX_UDP_PAYLOAD = 65_000  # an IPv4 datagram holds 65,507 octets of payload
 _BOM = b"\xef\xbb\xbf"
 
@@ -131,6 +135,15 @@ class SyslogSender:
         self._dropped += count
         metrics.AUDIT_FAILURES.labels("syslog").inc(count)
 
+    def _left_at_close(self) -> None:
+        """Give up on what is still queued at close (with self._cond held), and say so."""
+        if self._queue:
+            log.warning("stopping: %d audit message(s) not sent to syslog at %s; the JSON "
+                        "lines file has them", len(self._queue),
+                        host_port(self.config.host, self.config.resolved_port))
+        self._lose(len(self._queue))
+        self._queue.clear()
+
     @property
     def dropped(self) -> int:
         """Messages given up on: the queue overflowed, too large for UDP, or left at close."""
@@ -161,7 +174,7 @@ class SyslogSender:
             self._queue.append(message)
             self._cond.notify()
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Send what is queued for up to `timeout` seconds, then stop."""
         with self._cond:
             if not self._closing:
@@ -177,8 +190,7 @@ class SyslogSender:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue or (self._closing and time.monotonic() > self._deadline):
-                    self._lose(len(self._queue))
-                    self._queue.clear()
+                    self._left_at_close()
                     break
                 message = self._queue[0]  # peeked: removed only once it went out
             if self._deliver(message):
@@ -186,8 +198,7 @@ class SyslogSender:
                 continue
             with self._cond:
                 if self._closing:  # the server is down: don't hold shutdown for it
-                    self._lose(len(self._queue))
-                    self._queue.clear()
+                    self._left_at_close()
                     break
                 self._cond.wait(backoff)
             backoff = min(backoff * 2, 30.0)

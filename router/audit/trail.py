@@ -37,7 +37,7 @@ from router.audit.relayed import (
     query,
     retrieve,
 )
-from router.audit.syslog_sender import OnceWarner, SyslogSender, format_rfc5424
+from router.audit.syslog_sender import CLOSE_SECONDS, OnceWarner, SyslogSender, format_rfc5424
 from router.core import metrics
 from router.core.audit_config import AuditConfig
 
@@ -257,7 +257,7 @@ class AuditTrail:
         if self._syslog is not None:
             self._syslog.reload_tls()
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Stop: send what syslog has queued for up to `timeout` seconds, close the file."""
         if self._closed:
             return
