@@ -179,8 +179,8 @@ class Worker:
         while not stop.is_set():
             poller.register(self.broker, zmq.POLLIN)
             ready = dict(poller.poll(int(HEARTBEAT_SECONDS * 1000)))
-            if wakeup is not None and wakeup in ready:
-                wakeup.drain()
+            if wakeup is not None:
+                wakeup.drain_if_ready(ready)
             if Reloads.generation != reloads_seen:
                 reloads_seen = Reloads.generation
                 self._apply_logging()

@@ -314,8 +314,8 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
             if self.writing_dead_letters:
                 timeout = 0.0
             ready = dict(poller.poll(int(timeout * 1000) + 1))
-            if wakeup is not None and wakeup in ready:
-                wakeup.drain()
+            if wakeup is not None:
+                wakeup.drain_if_ready(ready)
             now = time.monotonic()
             # Acceptors first: a sender waits for each submit's answer, a worker for nothing.
             if self.frontend in ready:

@@ -10,7 +10,7 @@ import socket
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import FrameType
 
 from router.core.log_safety import SafeFormatter, SafeLogFilter, install_thread_hook
@@ -116,6 +116,17 @@ class SignalWakeup:
 
     def fileno(self) -> int:
         return self.reader.fileno()
+
+    def drain_if_ready(self, ready: Mapping[object, int]) -> None:
+        """Empty the socket when a zmq poll (`dict(poller.poll())`) found it readable.
+
+        pyzmq (27) keys a plain socket's readiness by its file descriptor, not by the object
+        registered: a loop that looked for the object never drained it, so after the first
+        signal (a SIGHUP reload) every poll returned at once and the broker and workers spun
+        at full CPU, doing their per-turn work over every destination thousands of times a
+        second."""
+        if self in ready or self.fileno() in ready:
+            self.drain()
 
     def drain(self) -> None:
         """Empty the socket (a SIGHUP writes to it too); the handlers do the work."""
