@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -183,6 +184,43 @@ def deidentifying(config: RouterConfig) -> tuple[str, ...]:
     return tuple(name for name, d in config.destinations.items() if d.deidentify is not None)
 
 
+def _exact(expected: StrOrList | None) -> set[str] | None:
+    """The values a condition matches, or None when it matches more (none given, or a
+    pattern among them)."""
+    if expected is None:
+        return None
+    values = _values(expected)
+    return None if any(v.startswith("re:") for v in values) else set(values)
+
+
+def _disjoint(a: StrOrList | None, b: StrOrList | None) -> bool:
+    exact_a, exact_b = _exact(a), _exact(b)
+    return exact_a is not None and exact_b is not None and not exact_a & exact_b
+
+
+def may_both_match(a: Rule, b: Rule) -> bool:
+    """False when no instance can match both rules: exact calling or called AE titles, SOP
+    classes or values of one tag that they do not share, or source networks that do not
+    overlap. A regional config has a rule per site and modality AE: without this, the
+    warnings below named every pair of them (8,000 lines for 2,000 rules), though only
+    rules that can both match need a word."""
+    ma, mb = a.match, b.match
+    if (_disjoint(ma.calling_ae, mb.calling_ae) or _disjoint(ma.called_ae, mb.called_ae)
+            or _disjoint(ma.sop_class, mb.sop_class)):
+        return False
+    if any(_disjoint(expected, mb.tags[k]) for k, expected in ma.tags.items() if k in mb.tags):
+        return False
+    if ma.source is not None and mb.source is not None:
+        return any(x.version == y.version and x.overlaps(y)
+                   for x in _networks(tuple(ma.source)) for y in _networks(tuple(mb.source)))
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(source: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n) for n in source]  # parsed once per rule, not per pair
+
+
 def drops_after_continue(rules: Iterable[Rule]) -> list[str]:
     """A drop or reject rule after a `continue: true` rule that forwards: when both match,
     the drop ends the evaluation and the earlier rule's destinations are not kept. Allowed
@@ -194,7 +232,8 @@ def drops_after_continue(rules: Iterable[Rule]) -> list[str]:
             notes += [f"rule {rule.name!r} ({rule.action}) follows rule {earlier.name!r} "
                       f"(continue: true, forward: {', '.join(earlier.forward)}): when both "
                       f"match, the {rule.action} wins and nothing goes to "
-                      f"{', '.join(earlier.forward)}" for earlier in forwarding]
+                      f"{', '.join(earlier.forward)}" for earlier in forwarding
+                      if may_both_match(earlier, rule)]
         elif rule.continue_ and rule.forward:
             forwarding.append(rule)
     return notes
@@ -239,6 +278,8 @@ def shared_completions(rules: Iterable[Rule]) -> list[str]:
         if not first.continue_:
             continue
         for later in completing[i + 1:]:
+            if not may_both_match(first, later):
+                continue
             notes += [f"destination {d!r} is held by completion rules {first.name!r} and "
                       f"{later.name!r}: when both match, {first.name!r} (the first in rule "
                       f"order) holds it with its `complete` settings, and {later.name!r}'s "

@@ -201,3 +201,60 @@ def test_the_router_logs_two_completion_rules_on_one_destination(
     with caplog.at_level(logging.WARNING):
         warn_shared_completions(_config(SERIES, STUDY))
     assert [r.getMessage() for r in caplog.records] == [HELD_BY_BOTH]
+
+
+def _site_rules(sites: int) -> list[dict[str, Any]]:
+    """A regional config's shape: per modality AE, an archive copy (continue: true), an AI
+    series hold (continue: true, one AI node for all) and a drop of dose reports."""
+    rules: list[dict[str, Any]] = []
+    for site in range(sites):
+        ae = f"CT{site}"
+        rules += [{"name": f"copy-{site}", "match": {"calling_ae": ae}, "continue": True,
+                   "forward": ["research"]},
+                  {"name": f"ai-{site}", "match": {"calling_ae": [ae, f"ALT{site}"]},
+                   "continue": True, "forward": ["pacs"], "complete": {"level": "series"}},
+                  {"name": f"no-sr-{site}", "match": {"calling_ae": ae, "tags": {
+                      "Modality": "SR"}}, "action": "drop"}]
+    return rules
+
+
+def test_rules_that_cannot_both_match_are_not_warned_of_pair_by_pair() -> None:
+    """Regression: with a rule per site, every drop was named with every earlier site's
+    continue rule, and every completion rule with every later one (8,179 warnings for 2,000
+    rules, and as many log lines at each start and reload), though rules for different
+    calling AE titles never both match. Only the pairs that can both match are named."""
+    from router.core.rules import drops_after_continue
+
+    rules = _config(*_site_rules(30)).rules
+    drops = drops_after_continue(rules)
+    # Each site's drop follows its own copy and ai rules: 2 per site, not 2 per earlier site.
+    assert len(drops) == 60, len(drops)
+    assert all(n.split("'")[1][len("no-sr-"):] == n.split("'")[3].split("-")[1]
+               for n in drops), drops[:3]
+    assert shared_completions(rules) == []
+    # Rules that can both match are still named: an AE of both, or a pattern, or no AE.
+    shared = [{**SERIES, "match": {"calling_ae": ["CT1", "CT2"]}},
+              {**STUDY, "match": {"calling_ae": "re:^CT"}}]
+    assert shared_completions(_config(*shared).rules) == [HELD_BY_BOTH]
+    shared[1]["match"] = {"calling_ae": "CT2"}
+    assert shared_completions(_config(*shared).rules) == [HELD_BY_BOTH]
+    shared[1]["match"] = {"calling_ae": "MR1", "tags": {"Modality": "MR"}}
+    assert shared_completions(_config(*shared).rules) == []
+
+
+def test_other_conditions_that_exclude_each_other_are_not_warned_of() -> None:
+    from router.core.rules import may_both_match
+
+    def rules(a: dict[str, Any], b: dict[str, Any]) -> tuple[Any, Any]:
+        first, second = _config({**SERIES, "match": a}, {**STUDY, "match": b}).rules
+        return first, second
+
+    assert not may_both_match(*rules({"source": ["10.1.0.0/16"]}, {"source": ["10.2.0.0/16"]}))
+    assert may_both_match(*rules({"source": ["10.0.0.0/8"]}, {"source": ["10.2.0.0/16"]}))
+    assert not may_both_match(*rules({"tags": {"Modality": ["CT", "PT"]}},
+                                     {"tags": {"Modality": "MR", "BodyPartExamined": "X"}}))
+    assert may_both_match(*rules({"tags": {"Modality": "CT"}}, {"tags": {"Modality": "re:T"}}))
+    assert not may_both_match(*rules({"called_ae": "A"}, {"called_ae": "B"}))
+    assert not may_both_match(*rules({"sop_class": "CTImageStorage"},
+                                     {"sop_class": "MRImageStorage"}))
+    assert may_both_match(*rules({"sop_class": "CTImageStorage"}, {}))
