@@ -47,6 +47,8 @@ class RouteDecision:
 
 
 TagReader = Callable[[], Mapping[str, str]]
+# Calling AE titles whose candidate rules RuleSet keeps (a sender could make up any number).
+CALLING_AES_KEPT = 4096
 
 
 def _values(expected: StrOrList) -> list[str]:
@@ -80,6 +82,14 @@ class CompiledRule:
             self.networks = [ipaddress.ip_network(n) for n in m.source]
         self.tags = {k: ValueMatcher(v, name) for k, v in m.tags.items()}
         self.sop_class = ValueMatcher(m.sop_class, name) if m.sop_class is not None else None
+        # Routes instances: forwards them, or drops or rejects them.
+        self.stores = bool(rule.forward) or rule.action != "forward"
+
+    def may_match_calling(self, calling_ae: str) -> bool:
+        """Whether the calling AE title leaves this rule a chance (the other conditions are
+        checked per instance)."""
+        c = self.calling
+        return c is None or bool(c.patterns) or calling_ae in c.exact
 
     def matches_sop_class(self, sop_class: str | None) -> bool:
         return self.sop_class is None or (sop_class is not None and self.sop_class(sop_class))
@@ -114,6 +124,20 @@ class RuleSet:
         # Nothing to record (and no work per instance) when nothing de-identifies.
         self.any_deidentify = bool(self.deidentifying) or any(
             r.rule.deidentify is not None for r in self.rules)
+        self._storing: dict[str, tuple[CompiledRule, ...]] = {}
+
+    def storing(self, calling_ae: str) -> tuple[CompiledRule, ...]:
+        """The rules that may route a C-STORE from `calling_ae`, in rule order. A regional
+        config has rules per site and modality AE, 2,000 of them: tried one by one, they cost
+        1.5 ms of the acceptor's CPU per instance (its whole cost was 1.4 ms with 10 rules),
+        though only a few name the sender. Kept per calling AE title, a bounded number."""
+        rules = self._storing.get(calling_ae)
+        if rules is None:
+            if len(self._storing) >= CALLING_AES_KEPT:
+                self._storing.clear()  # AE titles beyond the bound: start afresh
+            rules = tuple(r for r in self.rules if r.stores and r.may_match_calling(calling_ae))
+            self._storing[calling_ae] = rules
+        return rules
 
     @cached_property
     def tag_keywords(self) -> tuple[str, ...]:
@@ -137,9 +161,9 @@ class RuleSet:
         routes: list[str] = []
         priorities: list[str] = []
         completes: list[Rule] = []
-        for rule in self.rules:
+        for rule in self.storing(facts.calling_ae):
             filters = rule.rule.action != "forward"
-            if not (rule.rule.forward or filters) or not rule.matches_sop_class(sop_class):
+            if not rule.matches_sop_class(sop_class):
                 continue
             if not rule.matches_association(facts):
                 continue

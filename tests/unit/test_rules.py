@@ -311,3 +311,47 @@ def test_every_matched_rule_gives_its_priority_and_completion() -> None:
     decision = RuleSet([low, stat]).route(CT_FACTS, TagReader())
     assert decision.priorities == ("low", "urgent")
     assert [r.name for r in decision.completes] == ["copy-all", "stat"]
+
+
+# --- many rules ------------------------------------------------------------------------------
+
+
+def test_rules_for_other_calling_aes_are_not_tried_per_instance(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: a regional config's 2,000 rules per site and modality AE were each tried
+    for every instance (1.5 ms of the acceptor's CPU each), though only those that name the
+    sender's AE title, a pattern or none can match: those alone are tried, in rule order."""
+    from router.core.rules import CompiledRule
+
+    tried: list[str] = []
+    matches_association = CompiledRule.matches_association
+
+    def counted(self: CompiledRule, facts: AssociationFacts) -> bool:
+        tried.append(self.rule.name)
+        return matches_association(self, facts)
+
+    monkeypatch.setattr(CompiledRule, "matches_association", counted)
+    sites = [rule(f"site-{n}", [f"d{n}"], calling_ae=[f"MOD{n}", f"ALT{n}"],
+                  tags={"StudyDescription": f"re:^SITE{n}\\b"}) for n in range(2000)]
+    rules = ruleset(rule("copy-ct", ["archive"], cont=True, calling_ae="re:^MOD1"),
+                    *sites, rule("rest", ["other"], calling_ae=["LAST", "MOD1999"]))
+    assert rules.route(facts("LAST"), TagReader()).destinations == ("other",)
+    assert tried == ["copy-ct", "rest"]
+    tried.clear()
+    decision = rules.route(facts("MOD1999"), TagReader({"StudyDescription": "SITE1999 CT"}))
+    assert decision.rules == ("copy-ct", "site-1999")
+    assert tried == ["copy-ct", "site-1999"]
+
+
+def test_the_rules_kept_per_calling_ae_stay_bounded_and_right() -> None:
+    """Calling AE titles by the thousand (a sender may make them up): what RuleSet keeps
+    per AE title stays bounded, and routing stays right after it starts afresh."""
+    from router.core.rules import CALLING_AES_KEPT
+
+    rules = ruleset(*(rule(f"site-{n}", [f"d{n}"], calling_ae=[f"MOD{n}", f"ALT{n}"],
+                           tags={"StudyDescription": f"re:^SITE{n}\\b"}) for n in range(20)))
+    for n in range(CALLING_AES_KEPT + 10):
+        assert not rules.route(facts(f"X{n}"), TagReader()).matched
+    assert len(rules._storing) <= CALLING_AES_KEPT
+    assert rules.route(facts("ALT7"), TagReader({"StudyDescription": "SITE7"})).rules == (
+        "site-7",)
