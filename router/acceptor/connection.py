@@ -318,9 +318,10 @@ class EngineConnection:
         relayed C-MOVE in progress, between the instances it sends for it on an association
         of its own: the move's request_timeout bounds it, and once no move waits for that AE
         network_timeout applies again."""
-        if self._link is None:
+        link = self._link  # once: the connection's thread sets it to None when it ends
+        if link is None:
             return None
-        since = self._link.idle_since()
+        since = link.idle_since()
         if since is None:
             return self.settings.network_timeout
         left = since + self.settings.network_timeout - time.monotonic()
