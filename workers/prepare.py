@@ -142,7 +142,7 @@ def refuse_leaking_copies(steps: Steps, destination: str) -> None:
     predicts it with the same call; check-config warns of the config that does it)."""
     if steps.deidentify is None or not steps.morph:
         return
-    from workers.transforms.deidentify import leaking_copies
+    from workers.transforms.deid_actions import leaking_copies
 
     if leaks := leaking_copies(steps.morph, steps.deidentify):
         raise DeliveryError("deidentify", f"not sent to {destination}: {leaks[0]}",
@@ -152,7 +152,7 @@ def refuse_leaking_copies(steps: Steps, destination: str) -> None:
 def copy_leaks(config: RouterConfig) -> list[str]:
     """check-config's notes: every rule and destination whose morphs copy an identifying
     attribute into one de-identification keeps (such instances become dead letters)."""
-    from workers.transforms.deidentify import leaking_copies
+    from workers.transforms.deid_actions import leaking_copies
 
     notes = []
     for rule, name, dest, deid in deidentified_routes(config):

@@ -23,12 +23,9 @@ from pydicom.valuerep import validate_value
 
 from router.core.deid_spec import DeidentifyConfig
 from workers.transforms.burned_in_pixels import BurnedInAnnotationRefused, BurnedInNote
+from workers.transforms.deid_actions import removed_attributes
 from workers.transforms.deid_table import TABLE_E1_1
-from workers.transforms.deidentify import (
-    deidentify,
-    deidentify_file,
-    removed_attributes,
-)
+from workers.transforms.deidentify import deidentify, deidentify_file
 from workers.transforms.uid_map import UidMap
 
 from .deid_samples import (

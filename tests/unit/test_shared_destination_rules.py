@@ -25,7 +25,7 @@ from router.core.rules import (
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
 from workers.prepare import Preparer, copy_leaks, open_uid_map, steps_for
-from workers.transforms.deidentify import leaking_copies
+from workers.transforms.deid_actions import leaking_copies
 
 from .helpers import make_header
 

@@ -38,20 +38,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Sequence as Actions
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from router.core.deid_spec import DeidentifyConfig, parse_tag
-from router.core.morph_spec import CopyAction, MorphAction, parse_tag_path
+from router.core.deid_spec import DeidentifyConfig
 from workers.transforms.burned_in_pixels import BurnedInNote, burned_in
 from workers.transforms.charset_check import TEXT_VRS
 from workers.transforms.dataset_checks import (
@@ -60,7 +58,7 @@ from workers.transforms.dataset_checks import (
     element_vr,
     readable,
 )
-from workers.transforms.deid_table import TABLE_E1_1, Row
+from workers.transforms.deid_actions import concrete, keep_tags, row_for, table_code
 from workers.transforms.uid_map import UidMap
 
 DICOM_ROOT = "1.2.840.10008."
@@ -73,21 +71,6 @@ OPTION_CODES = {
     "retain_uids": ("113110", "Retain UIDs Option"),
     "clean_descriptions": ("113105", "Clean Descriptors Option"),
 }
-# Table columns 3..7, in order.
-_OPTION_COLUMNS = ("retain_uids", "retain_device_identity", "retain_patient_characteristics",
-                   "retain_dates", "clean_descriptions")
-_EXACT: dict[int, Row] = {int(row[0], 16): row for row in TABLE_E1_1 if "X" not in row[0]}
-_CURVE = next(row for row in TABLE_E1_1 if row[0] == "50XXXXXX")
-# Overlay text Table E.1-1 does not list (it has the overlay's data and comments): typed at
-# the modality, it can name the patient, so it goes as the comments do, or is cleaned under
-# clean_descriptions. It was kept.
-OVERLAY_TEXT: tuple[Row, ...] = (
-    ("60XX0022", "OverlayDescription", "X", "", "", "", "", "C"),
-    ("60XX1500", "OverlayLabel", "X", "", "", "", "", "C"),
-)
-_OVERLAY = {int(row[0][4:], 16): row for row in (*TABLE_E1_1, *OVERLAY_TEXT)
-            if row[0].startswith("60XX")}
-
 _TEXT_VRS = {"AE", "CS", "SH", "LO", "ST", "LT", "UT", "UC", "UR"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "AT", "US or SS"}
 _BYTES_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "OB or OW"}
@@ -106,78 +89,6 @@ _NAMING_UIDS = frozenset({
 _NAMING_PARTS = ("ClassUID", "SOPClasses", "TransferSyntaxUID")
 _FILE_META_DEVICE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                      "ReceivingApplicationEntityTitle", "SourcePresentationAddress")
-
-
-# --- The table ----------------------------------------------------------------------------
-
-
-def _row_for(tag: int) -> Row | None:
-    row = _EXACT.get(tag)
-    if row is None and (tag >> 16) & 0xFF01 == 0x5000:
-        return _CURVE
-    if row is None and (tag >> 16) & 0xFF01 == 0x6000:
-        return _OVERLAY.get(tag & 0xFFFF)
-    return row
-
-
-def _table_code(row: Row, config: DeidentifyConfig) -> str:
-    """The row's code under the options switched on: K beats C beats the Basic Profile."""
-    codes = {code for name, code in zip(_OPTION_COLUMNS, row[3:], strict=True)
-             if code and getattr(config, name)}
-    return "K" if "K" in codes else "C" if "C" in codes else row[2]
-
-
-def _concrete(code: str, vr: str) -> str:
-    """One action of X, Z, D, U, C, K, or U* (keep the sequence, its items go through)."""
-    if code == "X/Z/U*":
-        return "U*"
-    choices = code.split("/")
-    return "Z" if vr == "SQ" and "Z" in choices else choices[-1]
-
-
-def _keep_tags(config: DeidentifyConfig) -> frozenset[int]:
-    tags = (parse_tag(entry) or tag_for_keyword(entry) for entry in config.keep)
-    return frozenset(tag for tag in tags if tag is not None)
-
-
-def removed_attributes(config: DeidentifyConfig) -> list[tuple[str, str]]:
-    """(keyword, action) of every attribute the config does not keep, in tag order: X
-    removed, Z emptied, D dummy, U new UID, C cleaned, U* sequence kept with new UIDs inside."""
-    keep = _keep_tags(config)
-    listed = []
-    for row in (*TABLE_E1_1, *OVERLAY_TEXT):
-        if "X" not in row[0] and int(row[0], 16) in keep:
-            continue
-        action = _concrete(_table_code(row, config), _dictionary_vr(row[0]))
-        if action != "K":
-            listed.append((row[1], action))
-    if config.private_tags == "remove":
-        listed.append(("private attributes (odd groups)", "X"))
-    return listed
-
-
-def leaking_copies(morph: Actions[MorphAction], config: DeidentifyConfig) -> list[str]:
-    """Morph copies from an attribute this profile removes or replaces into one it keeps:
-    de-identification runs after the morphs, so the copy would go out as it is (PatientName
-    into BodyPartExamined went out identified beside PatientIdentityRemoved YES)."""
-    removed = {keyword for keyword, _ in removed_attributes(config)}
-    leaks = []
-    for action in morph:
-        if not isinstance(action, CopyAction):
-            continue
-        source = keyword_for_tag(parse_tag_path(action.from_).tag)
-        target = keyword_for_tag(parse_tag_path(action.to).tag)
-        if source in removed and target not in removed:
-            leaks.append(f"a morph copies {source} into {target}, which de-identification "
-                         f"keeps: it would go out identified")
-    return leaks
-
-
-def _dictionary_vr(tag: str) -> str:
-    try:
-        return dictionary_VR(int(tag, 16)) if "X" not in tag else ""
-    except KeyError:
-        return ""
 
 
 # --- Applying it --------------------------------------------------------------------------
@@ -206,7 +117,7 @@ def deidentify(ds: Dataset, config: DeidentifyConfig, uids: UidMap,
         notes.append(note)
     pseudonym = "" if config.patient_id and config.patient_name \
         else uids.pseudonym(_pseudonym_source(ds, config))
-    run = _Run(config, uids, _keep_tags(config), config.patient_id or pseudonym,
+    run = _Run(config, uids, keep_tags(config), config.patient_id or pseudonym,
                config.patient_name or pseudonym, _identifier_pattern(ds))
     _walk(ds, run, "")
     _mark(ds, config)
@@ -242,9 +153,9 @@ def _walk(ds: Dataset, run: _Run, path: str) -> None:
             del ds[elem.tag]
             run.changed[name] = None
             continue
-        row = None if tag in run.keep or elem.tag.is_private else _row_for(tag)
+        row = None if tag in run.keep or elem.tag.is_private else row_for(tag)
         if row is not None:
-            action = _concrete(_table_code(row, run.config), elem.VR)
+            action = concrete(table_code(row, run.config), elem.VR)
         elif elem.VR == "UI" and _instance_uid(keyword, elem, run):
             action = "U"  # an instance's UID the table has no row for: it would link back
         elif keyword or elem.tag.is_private or tag in run.keep:
@@ -265,9 +176,9 @@ def _kept_text(ds: Dataset, tag: int, run: _Run) -> bool:
     private = bool(tag >> 16 & 1)
     if private:
         return tag in run.keep or run.config.private_tags != "remove"
-    row = None if tag in run.keep else _row_for(tag)
+    row = None if tag in run.keep else row_for(tag)
     if row is not None:
-        return _concrete(_table_code(row, run.config), vr) == "K"
+        return concrete(table_code(row, run.config), vr) == "K"
     return bool(keyword_for_tag(tag)) or tag in run.keep
 
 
