@@ -59,6 +59,7 @@ import yaml
 
 from loadtest.chaos_queries import REQUEST_TIMEOUT, QueryReport, Requesters
 from loadtest.chaos_senders import Senders
+from router.core.owned_names import process_alive, writer_pid
 from tests.archive_servers import Dcmqrscp
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
@@ -102,6 +103,9 @@ class ChaosReport:
     # Files left in incoming/ once the senders stopped: what a killed acceptor was
     # receiving, which the broker deletes within a second of its death. Must be 0.
     incoming: int = 0
+    # Their names (the writer's pid first), whether that pid still runs, their age: what
+    # tells a leftover of a dead acceptor from a receive still going on.
+    incoming_files: list[str] = field(default_factory=list)
     # With queries: what the viewer saw, and the files left in relay/ once it stopped
     # (a retrieve's instances on their way to it). Must be 0.
     queries: QueryReport | None = None
@@ -127,7 +131,8 @@ class ChaosReport:
             f"  dead letters: {self.dead_letters}; spool drained: "
             f"{'yes' if self.drained else 'NO'} ({self.orphans} instance files still in "
             f"jobs/: an acceptor killed before their record, never acknowledged, for the "
-            f"next start to remove); files left in incoming/: {self.incoming}",
+            f"next start to remove); files left in incoming/: {self.incoming}"
+            + (f" ({'; '.join(self.incoming_files)})" if self.incoming_files else ""),
             *([self.queries.line(), f"  files left in relay/: {self.relay}"]
               if self.queries is not None else []),
             *(f"  FAILED: {failure}" for failure in
@@ -230,6 +235,20 @@ class Killer(threading.Thread):
         if not wait_for(lambda: self.router.log().count("config reloaded from") > before,
                         timeout=30):
             self.failures.append("a config reload under load was not applied within 30 s")
+
+
+def _describe_leftover(path: Path) -> str:
+    """A file left in incoming/: its name, whether its writer (the pid it starts with) runs,
+    its size and how long since it was last written."""
+    pid = writer_pid(path.name)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return f"{path.name} (gone since)"
+    alive = "unknown writer" if pid is None else \
+        f"writer {pid} {'running' if process_alive(pid) else 'gone'}"
+    return (f"{path.name}: {alive}, {stat.st_size} bytes, last written "
+            f"{time.time() - stat.st_mtime:.1f} s ago")
 
 
 def _restarted(router: RouterProcess, name: str, old: int) -> bool:
@@ -352,7 +371,9 @@ def run_chaos(work: Path, seconds: float, kill_every: float, senders: int = 3,
             report.acknowledged = len(sending.acknowledged)
             report.drained = _drained(router)
             report.orphans = len(list((router.spool / "jobs").glob("*.dcm")))
-            report.incoming = len(list((router.spool / "incoming").iterdir()))
+            left = list((router.spool / "incoming").iterdir())
+            report.incoming = len(left)
+            report.incoming_files = [_describe_leftover(path) for path in left[:5]]
             wanted = set(_digests(sending.acknowledged))
             report.distinct_acknowledged = len(wanted)
             for name, peer in peers.items():
