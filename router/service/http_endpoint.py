@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from router.core.log_safety import RepeatLimiter
-from router.core.peer_address import plain_peer
+from router.core.peer_address import host_port, plain_peer
 from router.core.process_util import SERVER_POLL_SECONDS
 from router.service.http_deadline import (
     BODY_BYTES_PER_SECOND,
@@ -37,7 +37,7 @@ from router.service.http_types import (
     head_answer,
 )
 from router.service.metrics_collector import ChildrenCollector
-from router.service.ports import describe, listen_family
+from router.service.ports import listen_family
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class HttpEndpoint:
     def start(self) -> None:
         self.thread.start()
         host, port = self.server.server_address[:2]
-        log.info("metrics and health on http://%s/metrics", describe(str(host), int(port)))
+        log.info("metrics and health on http://%s/metrics", host_port(str(host), int(port)))
 
     def stop(self) -> None:
         self.server.shutdown()

@@ -21,10 +21,6 @@ _HINTS = {
 }
 
 
-def describe(host: str, port: int) -> str:
-    return host_port(host, port)
-
-
 def listen_family(host: str) -> socket.AddressFamily:
     """The address family a listener on `host` needs, as _bound resolves it: AF_INET6 for an
     IPv6 address ("::1", "::") or a name that resolves to one. socketserver's servers assume
@@ -50,7 +46,7 @@ def listening_socket(host: str, port: int, backlog: int, what: str, key: str) ->
 
 
 def _bound(host: str, port: int, what: str, key: str, reuse_port: bool) -> socket.socket:
-    where = f"{what} on {describe(host, port)} ({key})"
+    where = f"{what} on {host_port(host, port)} ({key})"
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]

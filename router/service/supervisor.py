@@ -21,6 +21,7 @@ from router.audit.trail import AuditTrail
 from router.core import metrics
 from router.core.config import RouterConfig, load_config
 from router.core.errors import RouterError
+from router.core.peer_address import host_port
 from router.core.process_util import run_on_signal, setup_logging
 from router.core.reload import plan as reload_plan
 from router.core.reload import save as save_for_children
@@ -32,7 +33,7 @@ from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
 from router.service.heartbeat import STALE_SECONDS, Heartbeat
 from router.service.http_endpoint import HttpEndpoint
-from router.service.ports import EXIT_CANNOT_BIND, describe
+from router.service.ports import EXIT_CANNOT_BIND
 from router.service.readiness import readiness
 from router.service.reload_steps import (
     BROKER_CONFIRM_SECONDS,
@@ -142,7 +143,7 @@ class Supervisor:
 
     def _cannot_bind(self, child: Child, why: str = "see its message above") -> None:
         listen = self.config.listen
-        address = describe(listen.host, listen.port) if child.name.startswith("acceptor") \
+        address = host_port(listen.host, listen.port) if child.name.startswith("acceptor") \
             else "its address"
         self.fatal = f"{child.name} cannot listen on {address}"
         log.error("%s cannot listen on %s (%s): a port that cannot be bound is a "
@@ -196,7 +197,7 @@ class Supervisor:
                                          self.heartbeat.alive)
             except OSError as exc:  # taken since check_ports
                 raise RouterError(f"cannot listen for metrics and health (HTTP) on "
-                                  f"{describe(m.host, m.port)} (metrics.host/metrics.port): "
+                                  f"{host_port(m.host, m.port)} (metrics.host/metrics.port): "
                                   f"{exc.strerror}") from None
             self.http.start()
         if self.console is not None:

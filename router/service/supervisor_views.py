@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 from router.acceptor.admission import AcceptorState
 from router.audit.trail import AuditTrail
 from router.core.errors import RouterError
+from router.core.peer_address import host_port
 from router.core.status_snapshots import read_snapshots
 from router.service import preflight
 from router.service.child_process import Child
 from router.service.control_api import ControlApi
 from router.service.control_client import ControlClient
 from router.service.http_types import App
-from router.service.ports import describe
 
 if TYPE_CHECKING:
     from router.service.supervisor import Supervisor
@@ -26,7 +26,7 @@ def status(sup: Supervisor) -> dict[str, Any]:
     return {
         "version": preflight.version(),
         "ae_title": sup.config.ae_title,
-        "listen": describe(sup.config.listen.host, sup.config.listen.port),
+        "listen": host_port(sup.config.listen.host, sup.config.listen.port),
         "started_at": sup.started_at,
         "ready": ok,
         "ready_reason": why,
@@ -65,7 +65,7 @@ def operator_apps(sup: Supervisor, audit: AuditTrail | None) -> list[App]:
                                             sup.runtime.metrics_dir, audit)
     except OSError as exc:
         raise RouterError(f"cannot listen for the console on "
-                          f"{describe(settings.host, settings.port or 0)} "
+                          f"{host_port(settings.host, settings.port or 0)} "
                           f"(console.host/console.port): {exc.strerror}") from None
     return [api] if console is None else [api, console]
 
