@@ -59,7 +59,7 @@ import yaml
 
 from loadtest.chaos_queries import REQUEST_TIMEOUT, QueryReport, Requesters
 from loadtest.chaos_senders import Senders
-from router.core.owned_names import process_alive, writer_pid
+from router.core.owned_names import process_alive, writer_of
 from tests.archive_servers import Dcmqrscp
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import (
@@ -240,13 +240,13 @@ class Killer(threading.Thread):
 def _describe_leftover(path: Path) -> str:
     """A file left in incoming/: its name, whether its writer (the pid it starts with) runs,
     its size and how long since it was last written."""
-    pid = writer_pid(path.name)
+    writer = writer_of(path.name)
     try:
         stat = path.stat()
     except FileNotFoundError:
         return f"{path.name} (gone since)"
-    alive = "unknown writer" if pid is None else \
-        f"writer {pid} {'running' if process_alive(pid) else 'gone'}"
+    alive = "unknown writer" if writer is None else \
+        f"writer {writer.pid} {'running' if process_alive(writer) else 'gone'}"
     return (f"{path.name}: {alive}, {stat.st_size} bytes, last written "
             f"{time.time() - stat.st_mtime:.1f} s ago")
 

@@ -5,7 +5,8 @@ journal segment) before it submits the job to the broker. Killed between the two
 the OOM killer), it leaves a job the broker never heard of; its sender was not told Success.
 Such a job used to wait for the broker's next start (Broker.recover), which could be weeks.
 Now the broker looks at journal/ once a second: a segment whose writer is gone (the pid in its
-name, journal.py) is read once, and every job in it that still has its instance and that the
+name, journal.py; its pid and start time, so that another process that took the pid is not
+taken for it) is read once, and every job in it that still has its instance and that the
 broker neither queues nor is removing is queued as recovery at start would queue it. It is
 delivered at least once, as after a restart: the sender, never told Success, may well have
 sent it again, and the destination then gets both (a deliberate re-send is new work).
@@ -31,7 +32,8 @@ from pathlib import Path
 
 from router.core import metrics
 from router.core.journal import segments
-from router.core.owned_names import process_alive, writer_pid
+from router.core.owned_names import process_alive, writer_of, writer_pid
+from router.core.process_identity import ProcessTag
 from router.core.spool import RecoveredJob, Spool
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ _WHAT_THEY_WERE = {
 
 
 class OrphanedJournals:
-    def __init__(self, spool: Spool, alive: Callable[[int], bool] = process_alive) -> None:
+    def __init__(self, spool: Spool,
+                 alive: Callable[[ProcessTag], bool] = process_alive) -> None:
         self.spool = spool
         self.alive = alive
         self._seen: set[str] = set()  # segment names read already (or not ours to read)
@@ -89,8 +92,8 @@ class OrphanedJournals:
                             folder, _WHAT_THEY_WERE.get(folder, "left by it"))
 
     def _writer_alive(self, path: Path) -> bool:
-        pid = writer_pid(path.name)
-        return pid is None or self.alive(pid)  # a name we did not write: left to the start
+        writer = writer_of(path.name)
+        return writer is None or self.alive(writer)  # a name we did not write: left to the start
 
     def _delete_finished(self) -> None:
         for path, (job_ids, over) in list(self._adopted.items()):

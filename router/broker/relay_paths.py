@@ -21,6 +21,7 @@ from router.core.messages import (
     RelayStore,
 )
 from router.core.owned_names import process_alive
+from router.core.process_identity import ProcessTag
 
 log = logging.getLogger("router.broker.main")  # the name these messages always had
 
@@ -81,7 +82,8 @@ class RelayPaths:
                                            and message.final):
             self._send(self.backend, identity, RelayCancel(message.request_id))
 
-    def cancel_for_dead_acceptors(self, alive: Callable[[int], bool] = process_alive) -> None:
+    def cancel_for_dead_acceptors(
+            self, alive: Callable[[ProcessTag], bool] = process_alive) -> None:
         """Once a second: the requests of an acceptor that died are cancelled at their
         workers (the upstream gets C-CANCEL, a C-GET stops waiting for acknowledgements)."""
         for worker, request_id in self.relays.acceptors_gone(alive):

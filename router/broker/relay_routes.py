@@ -6,8 +6,8 @@ id, which acceptor socket asked and which worker answers, so that answers, C-CAN
 acknowledgements find their way. A worker that goes away fails its requests at once (the
 requester gets a failure status, not a hang). An acceptor that goes away (kill -9, the OOM
 killer: it could not cancel) has its requests cancelled at their workers: the request id
-starts with the acceptor's pid (router/core/owned_names.py), which the broker checks once a
-second.
+starts with the acceptor's pid and start time (router/core/owned_names.py), which the broker
+checks once a second.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from router.core.dimse_status import relay_failure_status
 from router.core.messages import RelayResponse
-from router.core.owned_names import writer_pid
+from router.core.owned_names import writer_of
+from router.core.process_identity import ProcessTag
 
 
 @dataclass
@@ -65,13 +66,13 @@ class RelayRoutes:
                                                     "router worker stopped; retry")))
         return answers
 
-    def acceptors_gone(self, alive: Callable[[int], bool]) -> list[tuple[bytes, str]]:
+    def acceptors_gone(self, alive: Callable[[ProcessTag], bool]) -> list[tuple[bytes, str]]:
         """(worker, request id) of every request whose acceptor process is gone; their
         routes are closed: the worker is to cancel them."""
         lost = []
         for rid, route in list(self.routes.items()):
-            pid = writer_pid(rid)
-            if pid is not None and not alive(pid):
+            acceptor = writer_of(rid)
+            if acceptor is not None and not alive(acceptor):
                 del self.routes[rid]
                 lost.append((route.worker, rid))
         return lost

@@ -1,14 +1,15 @@
 """The job journal: the headers of committed jobs, appended to segment files in journal/.
 
-One acceptor process writes its own segments, journal/<pid>-<token>-<n>.log; each record is
-one job header (JSON) framed as MAGIC, length, CRC-32, payload. Appends are not synced one by
-one: a batch of them is made durable by one fdatasync per segment it touched (group commit,
-router/core/group_commit.py). Because a segment is append-only and every sync of it succeeded,
-everything before the last synced record is intact; a crash can only leave garbage after it,
-which reading stops at. A full segment is synced before the next one opens, so only the last
-segment of a writer can end torn: a torn or short end anywhere else is damage (whole_records).
-A segment whose write or sync ever failed is never trusted again: the commits still waiting
-on it fail, and the next append starts a new segment.
+One acceptor process writes its own segments, journal/<tag>-<token>-<n>.log (its tag: pid,
+start time and boot, router/core/process_identity.py; an older router's is its pid only);
+each record is one job header (JSON) framed as MAGIC, length, CRC-32, payload. Appends are
+not synced one by one: a batch of them is made durable by one fdatasync per segment it
+touched (group commit, router/core/group_commit.py). Because a segment is append-only and
+every sync of it succeeded, everything before the last synced record is intact; a crash can
+only leave garbage after it, which reading stops at. A full segment is synced before the next
+one opens, so only the last segment of a writer can end torn: a torn or short end anywhere
+else is damage (whole_records). A segment whose write or sync ever failed is never trusted
+again: the commits still waiting on it fail, and the next append starts a new segment.
 
 A closed segment is deleted once none of its jobs still has its instance in jobs/ (they were
 delivered, dead-lettered or discarded): looked at when the next segment opens and every half
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from router.core.process_identity import own_tag
+
 log = logging.getLogger(__name__)
 
 # The first byte is not ASCII, and payloads are ASCII JSON (json.dumps escapes the rest).
@@ -38,8 +41,9 @@ MAGIC = b"\xffJR1"
 _FRAME = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 MAX_RECORD = 1 << 20  # a header is a few hundred bytes; more is damage, not a record
 SEGMENT_RECORDS = 4096
-# <pid>-<token>-<n>.log: what Journal names its segments (a compacted one ends -compacted).
-_SEGMENT_NAME = re.compile(r"(\d+-[0-9a-f]+)-(\d+)\.log")
+# <tag>-<token>-<n>.log: what Journal names its segments (a compacted one ends -compacted);
+# the tag is <pid>.<start>.<boot>, or <pid> in an older router's.
+_SEGMENT_NAME = re.compile(r"(\d+(?:\.\d+\.[0-9a-f]{8})?-[0-9a-f]+)-(\d+)\.log")
 
 
 def frame(payload: bytes) -> bytes:
@@ -111,7 +115,7 @@ def segments(folder: Path) -> list[Path]:
 
 def whole_records(paths: list[Path], per_segment: int) -> dict[Path, int | None]:
     """How many records each segment was synced whole with (read_records' `whole`): None
-    for the last one of each writer (the highest <n> of its <pid>-<token>), whose end a
+    for the last one of each writer (the highest <n> of its <tag>-<token>), whose end a
     crash may have torn; `per_segment` for one its writer closed, synced before the next
     opened (fewer only if a write or sync of it failed); 0 for a compacted one (or a name
     Journal does not make), written whole and synced before use."""
@@ -211,7 +215,7 @@ class Journal:
         self._current = None
         self.trim()
         if not self._prefix:  # the pid of the process that appends, not of its parent
-            self._prefix = f"{os.getpid()}-{secrets.token_hex(4)}"
+            self._prefix = f"{own_tag()}-{secrets.token_hex(4)}"
         self._count += 1
         path = self.folder / f"{self._prefix}-{self._count:06d}.log"
         # 0600 as the instances: job headers name SOP instances and calling AE titles.

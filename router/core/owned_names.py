@@ -1,14 +1,16 @@
 """Names of files that say which process writes them, so that a dead one's can be found.
 
-An acceptor receives into incoming/<pid>-<random>.dcm, a worker prepares its copies of jobs
-in relay/<pid>-<job>.<random>.dcm, an acceptor appends to journal/<pid>-<token>-<n>.log. The
-broker looks once a second (router/broker/orphans.py) and deletes the files, or reads the
-journal segments, of writers that are gone, without waiting for the router's next start.
+An acceptor receives into incoming/<tag>-<random>.dcm, a worker prepares its copies of jobs
+in relay/<tag>-<job>.<random>.dcm, an acceptor appends to journal/<tag>-<token>-<n>.log. The
+tag is the writer's pid, start time and boot (router/core/process_identity.py): a pid alone
+may be another process's by now. The broker looks once a second (router/broker/orphans.py)
+and deletes the files, or reads the journal segments, of writers that are gone, without
+waiting for the router's next start.
 
 The instances of a relayed C-GET or C-MOVE wait in relay/ for the acceptor that passes them
-on to the requester, so their names carry that acceptor's pid (its reader's, for a C-GET's,
+on to the requester, so their names carry that acceptor's tag (its reader's, for a C-GET's,
 which a worker writes, and whichever acceptor received it for a C-MOVE's):
-relay/<pid>-<request>-<n>.dcm and relay/<pid>-move-<id>-<random>.dcm. Once that acceptor is
+relay/<tag>-<request>-<n>.dcm and relay/<tag>-move-<id>-<random>.dcm. Once that acceptor is
 gone nobody will pass them on.
 """
 
@@ -20,23 +22,23 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-PID_DIGITS = 7  # pids stay below 2**22 on Linux (pid_max)
+from router.core.process_identity import ProcessTag, own_tag, parse_tag, running
 
 
 def incoming_name() -> str:
     """A name for a file received into incoming/, after the receiving process."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}.dcm"
+    return f"{own_tag()}-{uuid.uuid4().hex}.dcm"
 
 
 def relay_copy_name(job_id: str) -> str:
     """A name for a worker's copy of a job in relay/ (morphed, de-identified, transcoded)."""
-    return f"{os.getpid()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
+    return f"{own_tag()}-{job_id}.{uuid.uuid4().hex[:8]}.dcm"
 
 
 def relay_request_id() -> str:
     """A relayed request's id, after the acceptor that relays it: its C-GET's instances are
     named after it (`<id>-<n>.dcm`, workers/relay.py)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex}"
+    return f"{own_tag()}-{uuid.uuid4().hex}"
 
 
 def relayed_get_name(request_id: str, number: int) -> str:
@@ -49,15 +51,15 @@ def relayed_get_files(relay: Path, request_id: str) -> list[Path]:
     return list(relay.glob(f"{request_id}-*.dcm"))
 
 
-def relayed_move_name(owner: int, message_id: int) -> str:
-    """A name in relay/ for an instance of a C-MOVE that the acceptor with pid `owner`
-    relays (whichever acceptor received it: router/relay/move_registry.py)."""
+def relayed_move_name(owner: ProcessTag, message_id: int) -> str:
+    """A name in relay/ for an instance of a C-MOVE that the acceptor `owner` relays
+    (whichever acceptor received it: router/relay/move_registry.py)."""
     return f"{owner}-move-{message_id}-{uuid.uuid4().hex}.dcm"
 
 
 def relayed_move_files(relay: Path, message_id: int) -> list[Path]:
     """The instances in relay/ of a C-MOVE this acceptor relays."""
-    prefix = f"{os.getpid()}-move-{message_id}-"
+    prefix = f"{own_tag()}-move-{message_id}-"
     with os.scandir(relay) as entries:  # no glob: a move's loop looks often
         return [Path(e.path) for e in entries if e.name.startswith(prefix)]
 
@@ -69,34 +71,39 @@ def unlink_all(paths: list[Path]) -> int:
     return len(paths)
 
 
+def writer_of(name: str) -> ProcessTag | None:
+    """The writer a file's name starts with: an incoming/ file, a relay copy, a relayed
+    retrieve's instance or a journal segment (or a relayed request's id). None for a name
+    this router did not make so (a temporary file); a bare pid for an older version's."""
+    return parse_tag(name.split("-", 1)[0])
+
+
 def writer_pid(name: str) -> int | None:
-    """The pid a file's name starts with: an incoming/ file, a relay copy, a relayed
-    retrieve's instance or a journal segment. None for a name this router did not make so
-    (a temporary file, one from an older version)."""
-    head = name.split("-", 1)[0]
-    return int(head) if head.isdigit() and len(head) <= PID_DIGITS else None
+    """The pid of writer_of(name), for messages."""
+    writer = writer_of(name)
+    return writer.pid if writer is not None else None
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process holds that pid now: not ours, but not gone
-    return True
+def process_alive(writer: ProcessTag) -> bool:
+    """Whether that writer still runs: the process with its pid is the one that wrote."""
+    return running(writer)
 
 
-def unlink_owned_by_dead(folder: Path, alive: Callable[[int], bool]) -> int:
-    """Delete the files in `folder` whose writer is gone (`alive(pid)` false); how many."""
+def unlink_owned_by_dead(folder: Path, alive: Callable[[ProcessTag], bool]) -> int:
+    """Delete the files in `folder` whose writer is gone (`alive(writer)` false); how many."""
     count = 0
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return 0
+    verdicts: dict[ProcessTag, bool] = {}  # one look per writer, however many files
     for name in names:
-        pid = writer_pid(name)
-        if pid is not None and not alive(pid):
+        writer = writer_of(name)
+        if writer is None:
+            continue
+        if writer not in verdicts:
+            verdicts[writer] = alive(writer)
+        if not verdicts[writer]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / name)
                 count += 1

@@ -21,6 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from router.core.process_identity import process_start
+
 log = logging.getLogger(__name__)
 
 PREFIX = "dicom-router-"
@@ -30,17 +32,6 @@ LOCK_FILE = "supervisor.lock"  # flock'd by the supervisor while it runs
 
 # The lock on this process's own folder: kept open for the process's lifetime.
 _held: list[int] = []
-
-
-def process_start(pid: int) -> str | None:
-    """The start time the kernel gives `pid` (/proc/<pid>/stat field 22), None if no such
-    process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces
-    return fields[19] if len(fields) > 19 else None
 
 
 def create_runtime_dir(parent: Path | None = None) -> Path:

@@ -32,6 +32,7 @@ from router.core.journal import (
 )
 from router.core.messages import JobHeader
 from router.core.owned_names import unlink_owned_by_dead
+from router.core.process_identity import ProcessTag, own_tag
 from router.core.spool_layout import SpoolLayout
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ class Spool(SpoolLayout):
             data = b"".join(
                 frame(json.dumps(live[job_id].to_dict(), separators=(",", ":")).encode())
                 for job_id in sorted(live))
-            name = f"{os.getpid()}-{secrets.token_hex(4)}-compacted.log"
+            name = f"{own_tag()}-{secrets.token_hex(4)}-compacted.log"
             try:
                 write_atomically(self.journal / name, data)
                 fsync_path(self.journal, directory=True)
@@ -240,8 +241,8 @@ class Spool(SpoolLayout):
                 path.unlink(missing_ok=True)
         return count
 
-    def clear_files_of_the_dead(self, alive: Callable[[int], bool]) -> dict[str, int]:
-        """Delete the files of processes that are gone (`alive(pid)` false), by folder:
+    def clear_files_of_the_dead(self, alive: Callable[[ProcessTag], bool]) -> dict[str, int]:
+        """Delete the files of processes that are gone (`alive(writer)` false), by folder:
         in incoming/, an acceptor's dataset that was arriving or received and not committed
         (its sender was never told Success); in relay/, a worker's copy of a job it was
         preparing or sending (the job itself stays in jobs/ and is delivered again), or an

@@ -11,13 +11,15 @@ names, is ordinary work for the routing rules, never a sub-operation of someone 
 The upstream opens associations of its own for them, and with several acceptors on one port
 (`listen.acceptors`) the kernel may hand such an association to an acceptor other than the
 one whose requester waits. So a move is a file, `<spool>/moves/<message id>`, holding the
-pid of the acceptor that relays it and the calling AE it presents upstream (`<pid> <AE>`),
+tag of the acceptor that relays it (its pid, start time and boot: the spool outlives a
+restart, where another process may get its pid, router/core/process_identity.py) and the
+calling AE it presents upstream (`<tag> <AE>`; an older router's has a bare pid),
 then a line each for the upstream's AE title, its name in destinations and its
 store_ae_titles:
 
 - made by `link(2)` of a written file, which fails when the name exists, so the message ID
   is unique among the moves of every acceptor and nobody reads a half-written entry;
-- whichever acceptor receives an instance of it puts it into relay/ under the owner's pid
+- whichever acceptor receives an instance of it puts it into relay/ under the owner's tag
   (`relayed_move_name`), where the owner's move loop picks it up;
 - a move that ended (finished, cancelled, its requester gone) leaves `closed-<message id>`
   for CLOSED_SECONDS, and an entry whose acceptor died is a move that is over: an instance
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.core.owned_names import process_alive
+from router.core.process_identity import ProcessTag, own_tag, parse_tag
 
 MESSAGE_IDS = 65535  # a message ID is a US; 0 is not used
 # An upstream may go on sending well after a cancel; its instances are refused this long.
@@ -83,7 +86,7 @@ class MoveRelay:
 
 
 class MoveRegistry:
-    def __init__(self, folder: Path, alive: Callable[[int], bool] = process_alive,
+    def __init__(self, folder: Path, alive: Callable[[ProcessTag], bool] = process_alive,
                  message_ids: int = MESSAGE_IDS) -> None:
         self.folder = folder
         self._alive = alive
@@ -99,7 +102,7 @@ class MoveRegistry:
         within CLOSED_SECONDS while another is free (its late instances name it)."""
         self._sweep()
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
-        draft.write_text("\n".join((f"{os.getpid()} {originator_ae}", upstream_ae,
+        draft.write_text("\n".join((f"{own_tag()} {originator_ae}", upstream_ae,
                                     destination, *store_aes)))
         try:
             for attempt in range(2 * self._ids):
@@ -142,9 +145,9 @@ class MoveRegistry:
             os.utime(closed)  # closed now, however long it ran
 
     def owner(self, message_id: int | None, originator_ae: str | None,
-              calling_ae: str = "") -> int | None:
-        """The pid of the acceptor relaying the move an instance names, None when it names no
-        move in progress."""
+              calling_ae: str = "") -> ProcessTag | None:
+        """The acceptor relaying the move an instance names, None when it names no move in
+        progress."""
         found = self._find(message_id, originator_ae, calling_ae)
         return found[0] if found is not None and found[1] else None
 
@@ -178,8 +181,8 @@ class MoveRegistry:
         return False
 
     def _find(self, message_id: int | None, originator_ae: str | None,
-              calling_ae: str) -> tuple[int, bool] | None:
-        """(owner pid, whether it is in progress) of the move an instance names."""
+              calling_ae: str) -> tuple[ProcessTag, bool] | None:
+        """(owner, whether it is in progress) of the move an instance names."""
         if message_id is None or not 1 <= int(message_id) <= MESSAGE_IDS:
             return None
         for name, in_progress in ((str(int(message_id)), True),
@@ -192,18 +195,21 @@ class MoveRegistry:
             return entry[0], in_progress and self._alive(entry[0])
         return None
 
-    def _owner(self, message_id: int) -> int | None:
+    def _owner(self, message_id: int) -> ProcessTag | None:
         entry = self._read(str(message_id))
         return entry[0] if entry is not None and self._alive(entry[0]) else None
 
-    def _read(self, name: str) -> tuple[int, MoveRelay] | None:
+    def _read(self, name: str) -> tuple[ProcessTag, MoveRelay] | None:
         with contextlib.suppress(OSError, ValueError):
             lines = (self.folder / name).read_text().split("\n")
             first, upstream_ae, destination, *store_aes = lines + [""] * (3 - len(lines))
-            pid, _, originator_ae = first.partition(" ")
-            return int(pid), MoveRelay(int(name.rpartition("-")[2]), originator_ae,
-                                       upstream_ae, destination,
-                                       tuple(ae for ae in store_aes if ae))
+            tag, _, originator_ae = first.partition(" ")
+            owner = parse_tag(tag)
+            if owner is None:
+                return None
+            return owner, MoveRelay(int(name.rpartition("-")[2]), originator_ae,
+                                    upstream_ae, destination,
+                                    tuple(ae for ae in store_aes if ae))
         return None
 
     def _recently_closed(self, message_id: int) -> bool:

@@ -21,8 +21,10 @@ from router.core.owned_names import (
     relayed_get_files,
     relayed_get_name,
     relayed_move_name,
+    writer_of,
     writer_pid,
 )
+from router.core.process_identity import ProcessTag, own_tag
 from router.core.spool import Spool
 
 from .helpers import make_header
@@ -53,7 +55,7 @@ def _ids(jobs: list) -> list[str]:  # type: ignore[type-arg]
 
 def test_a_dead_writers_jobs_are_collected_once(spool: Spool) -> None:
     _commit(spool, DEAD, "job-a", "job-b")
-    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    orphans = OrphanedJournals(spool, alive=lambda writer: False)
     (spool.journal / "notes.txt").touch()  # not a segment
     jobs = orphans.collect(lambda job_id: True)
     assert _ids(jobs) == ["job-a", "job-b"]
@@ -65,7 +67,7 @@ def test_a_dead_writers_jobs_are_collected_once(spool: Spool) -> None:
 def test_a_live_writer_is_waited_for(spool: Spool) -> None:
     _commit(spool, LIVE, "job-a")
     alive = {LIVE}
-    orphans = OrphanedJournals(spool, alive=lambda pid: pid in alive)
+    orphans = OrphanedJournals(spool, alive=lambda writer: writer.pid in alive)
     orphans.start()
     assert orphans.collect(lambda job_id: True) == []
     alive.clear()  # the acceptor died after the broker started
@@ -77,7 +79,7 @@ def test_segments_of_writers_dead_at_start_were_recovered_and_are_not_read_again
     _commit(spool, DEAD, "job-a")
     _commit(spool, LIVE, "job-b")
     alive = {LIVE}
-    orphans = OrphanedJournals(spool, alive=lambda pid: pid in alive)
+    orphans = OrphanedJournals(spool, alive=lambda writer: writer.pid in alive)
     orphans.start()
     alive.clear()
     assert _ids(orphans.collect(lambda job_id: True)) == ["job-b"]
@@ -91,7 +93,7 @@ def test_known_finished_and_unreadable_jobs_are_skipped(spool: Spool) -> None:
         fh.write(frame(json.dumps({"job_id": "../escape"}).encode()))
     spool.instance_path("job-bad").write_bytes(b"DICM")
     (spool.jobs / "job-new.pacs.done").touch()  # reached one destination before the crash
-    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    orphans = OrphanedJournals(spool, alive=lambda writer: False)
     jobs = orphans.collect(lambda job_id: job_id != "job-queued")
     assert _ids(jobs) == ["job-new"]
     assert jobs[0].delivered == frozenset({"pacs"})
@@ -99,7 +101,7 @@ def test_known_finished_and_unreadable_jobs_are_skipped(spool: Spool) -> None:
 
 def test_a_read_segment_goes_once_its_jobs_have_left_the_spool(spool: Spool) -> None:
     path = _commit(spool, DEAD, "job-a", "job-b")
-    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    orphans = OrphanedJournals(spool, alive=lambda writer: False)
     assert len(orphans.collect(lambda job_id: True)) == 2
     spool.instance_path("job-b").unlink()  # out of order: job-a still queued
     orphans.collect(lambda job_id: True)
@@ -113,7 +115,7 @@ def test_names_the_router_did_not_write_are_left_to_the_start(spool: Spool) -> N
     (spool.journal / "compacted-by-hand.log").write_bytes(b"")
     assert writer_pid("compacted-by-hand.log") is None
     assert writer_pid("123-abcd-000001.log") == 123
-    orphans = OrphanedJournals(spool, alive=lambda pid: False)
+    orphans = OrphanedJournals(spool, alive=lambda writer: False)
     assert orphans.collect(lambda job_id: True) == []
 
 
@@ -123,7 +125,7 @@ def test_a_dead_acceptors_half_received_files_are_deleted_and_a_live_ones_kept(
     unnamed = spool.incoming / "ef56.dcm"  # not a name the receiver gives: left to the start
     for path in (dead, live, unnamed):
         path.write_bytes(b"half a dataset")
-    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    orphans = OrphanedJournals(spool, alive=lambda writer: writer.pid == LIVE)
     assert orphans.collect(lambda job_id: True) == []
     assert sorted(spool.incoming.iterdir()) == sorted([live, unnamed])
     assert "deleted 1 file(s) in incoming/ of a process that stopped" in caplog.text
@@ -141,7 +143,7 @@ def test_a_dead_workers_relay_copies_are_deleted_and_everything_else_kept(
     older = spool.relay / "1234567890123456789012345678901-3.dcm"
     for path in (dead, live, c_get, c_move, older, spool.instance_path(job_id)):
         path.write_bytes(b"a copy")
-    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    orphans = OrphanedJournals(spool, alive=lambda writer: writer.pid == LIVE)
     assert orphans.collect(lambda job_id: True) == []
     assert sorted(spool.relay.iterdir()) == sorted([live, c_get, c_move, older])
     assert "deleted 1 file(s) in relay/ of a process that stopped" in caplog.text
@@ -155,7 +157,7 @@ def test_a_dead_acceptors_relayed_retrieve_instances_are_deleted(
     c_move = spool.relay / f"{DEAD}-move-3-{'b' * 32}.dcm"
     for path in (*c_get, c_move):
         path.write_bytes(b"an instance")
-    orphans = OrphanedJournals(spool, alive=lambda pid: pid == LIVE)
+    orphans = OrphanedJournals(spool, alive=lambda writer: writer.pid == LIVE)
     assert orphans.collect(lambda job_id: True) == []
     assert list(spool.relay.iterdir()) == []
     assert "deleted 3 file(s) in relay/ of a process that stopped" in caplog.text
@@ -165,9 +167,10 @@ def test_relayed_retrieve_names_start_with_the_acceptors_pid() -> None:
     request = relay_request_id()
     assert writer_pid(relayed_get_name(request, 12)) == os.getpid()  # workers/relay.py's
     assert relay_request_id() != request
-    move = relayed_move_name(os.getpid(), 65535)
+    move = relayed_move_name(own_tag(), 65535)
     assert writer_pid(move) == os.getpid() and move.endswith(".dcm") and "-move-65535-" in move
-    assert writer_pid(relayed_move_name(4321, 1)) == 4321  # the owner's, whoever writes it
+    owner = ProcessTag(4321, "99", "0a1b2c3d")
+    assert writer_of(relayed_move_name(owner, 1)) == owner  # the owner's, whoever writes it
 
 
 def test_a_c_gets_own_instances_are_found_and_no_other(spool: Spool) -> None:
@@ -175,7 +178,7 @@ def test_a_c_gets_own_instances_are_found_and_no_other(spool: Spool) -> None:
     request, other = relay_request_id(), relay_request_id()
     mine = [spool.relay / relayed_get_name(request, n) for n in (1, 2, 10)]
     others = [spool.relay / relayed_get_name(other, 1),
-              spool.relay / relayed_move_name(os.getpid(), 1),
+              spool.relay / relayed_move_name(own_tag(), 1),
               spool.relay / relay_copy_name("0123456789abcdef01234567")]
     for path in (*mine, *others):
         path.write_bytes(b"an instance")

@@ -30,7 +30,7 @@ def test_the_requests_of_a_dead_acceptor_are_closed_for_cancelling() -> None:
     routes.open(f"{DEAD}-one", b"a1", b"w1", "C-GET")
     routes.open(f"{ALIVE}-two", b"a2", b"w1", "C-FIND")
     routes.open("not-a-pid", b"a3", b"w2", "C-FIND")  # a name we did not make: left alone
-    assert routes.acceptors_gone(lambda pid: pid != DEAD) == [(b"w1", f"{DEAD}-one")]
+    assert routes.acceptors_gone(lambda writer: writer.pid != DEAD) == [(b"w1", f"{DEAD}-one")]
     assert routes.get(f"{DEAD}-one") is None
     assert routes.get(f"{ALIVE}-two") and routes.get("not-a-pid")
 
@@ -53,9 +53,9 @@ class Paths(RelayPaths):
 def test_the_worker_is_told_to_cancel_when_the_acceptor_is_gone() -> None:
     paths = Paths()
     paths.relays.open(f"{DEAD}-one", b"a1", b"w1", "C-GET")
-    paths.cancel_for_dead_acceptors(lambda pid: pid != DEAD)
+    paths.cancel_for_dead_acceptors(lambda writer: writer.pid != DEAD)
     assert paths.sent == [("backend", b"w1", RelayCancel(f"{DEAD}-one"))]
-    paths.cancel_for_dead_acceptors(lambda pid: pid != DEAD)
+    paths.cancel_for_dead_acceptors(lambda writer: writer.pid != DEAD)
     assert len(paths.sent) == 1  # once
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from router.core.process_identity import ProcessTag, own_tag, process_start
 from router.relay.move_registry import CLOSED_SECONDS, MoveRegistry
 from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments
 
@@ -71,14 +73,14 @@ def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(
     first, second = moves.open("DICOM-ROUTER", "PACS"), moves.open("DICOM-ROUTER", "PACS")
     assert first.message_id != second.message_id
     # AE titles padded:
-    assert moves.owner(first.message_id, "DICOM-ROUTER ", "PACS ") == os.getpid()
+    assert moves.owner(first.message_id, "DICOM-ROUTER ", "PACS ") == own_tag()
     assert moves.owner(first.message_id, "SOMEONE-ELSE", "PACS") is None
     assert moves.owner(None, "DICOM-ROUTER", "PACS") is None
     assert moves.owner(0, "DICOM-ROUTER", "PACS") is None
     assert moves.owner(70000, "DICOM-ROUTER", "PACS") is None
     moves.close(first)
     assert moves.owner(first.message_id, "DICOM-ROUTER", "PACS") is None
-    assert moves.owner(second.message_id, "DICOM-ROUTER", "PACS") == os.getpid()
+    assert moves.owner(second.message_id, "DICOM-ROUTER", "PACS") == own_tag()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [str(second.message_id), f"closed-{first.message_id}"])
 
@@ -89,9 +91,9 @@ def test_an_upstream_naming_itself_as_originator_is_matched_on_its_own_associati
     when its association calls from the move's upstream, never for another party's push."""
     moves = MoveRegistry(tmp_path)
     move = moves.open("DICOM-ROUTER", "PACS")
-    assert moves.owner(move.message_id, "PACS", "PACS ") == os.getpid()
-    assert moves.owner(move.message_id, "", "PACS") == os.getpid()
-    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") == os.getpid()
+    assert moves.owner(move.message_id, "PACS", "PACS ") == own_tag()
+    assert moves.owner(move.message_id, "", "PACS") == own_tag()
+    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") == own_tag()
     # A workstation's own move from the PACS to the router, with the same message ID:
     assert moves.owner(move.message_id, "WORKSTATION", "PACS") is None
     assert moves.owner(move.message_id, "PACS", "OTHER-PACS") is None
@@ -121,7 +123,7 @@ def test_an_upstream_storing_under_its_store_ae_titles_adds_to_its_move(
     move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
     elsewhere = MoveRegistry(tmp_path)  # another acceptor process reads the entry
     for originator in ("DICOM-ROUTER", "QR", "QRSCP", ""):
-        assert elsewhere.owner(move.message_id, originator, "QR ") == os.getpid()
+        assert elsewhere.owner(move.message_id, originator, "QR ") == own_tag()
         assert elsewhere.stray(move.message_id, originator, "QR") is None
     assert elsewhere.owner(move.message_id, "DICOM-ROUTER", "CT2") is None
     stray = elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2")
@@ -140,7 +142,7 @@ def test_a_move_in_progress_awaits_its_upstreams_and_store_ae_titles_only(
         tmp_path: Path) -> None:
     """The acceptor keeps a silent association open while a move awaits its calling AE."""
     alive = {os.getpid()}
-    moves = MoveRegistry(tmp_path, alive=lambda pid: pid in alive)
+    moves = MoveRegistry(tmp_path, alive=lambda writer: writer.pid in alive)
     move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
     moves.reserve()  # a pass-through move awaits nobody
     assert moves.awaits("QRSCP") and moves.awaits("QR ")
@@ -203,7 +205,7 @@ def test_acceptor_processes_never_share_a_message_id_and_find_each_others_moves(
 def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_again(
         tmp_path: Path) -> None:
     alive = {os.getpid()}
-    registry = MoveRegistry(tmp_path, alive=lambda pid: pid in alive, message_ids=IDS)
+    registry = MoveRegistry(tmp_path, alive=lambda writer: writer.pid in alive, message_ids=IDS)
     (tmp_path / "7").write_text("999999 DICOM-ROUTER\nPACS")  # an acceptor that died
     assert registry.owner(7, "DICOM-ROUTER", "PACS") is None
     assert registry.closed(7, "DICOM-ROUTER", "PACS")  # its late instances are refused
@@ -211,7 +213,7 @@ def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_aga
         if message_id != 7:
             (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
     assert registry.open("DICOM-ROUTER", "PACS").message_id == 7
-    assert registry.owner(7, "DICOM-ROUTER", "PACS") == os.getpid()
+    assert registry.owner(7, "DICOM-ROUTER", "PACS") == own_tag()
     with pytest.raises(RuntimeError, match="in progress"):
         registry.open("DICOM-ROUTER", "PACS")
 
@@ -231,3 +233,21 @@ def test_a_pass_through_move_never_shares_a_recently_closed_moves_id(tmp_path: P
     assert moves.open("ROUTER", "PACS").message_id == relayed.message_id  # none other free
     moves.release(passed)
     assert not (tmp_path / str(passed.message_id)).exists()
+
+
+def test_a_move_left_by_an_earlier_run_is_over_though_its_pid_lives(tmp_path: Path) -> None:
+    """The spool (and moves/) outlives a restart, whose processes may get the old pids: a
+    container's acceptor often gets its predecessor's."""
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start(stranger.pid)
+        assert started is not None
+        earlier = ProcessTag(stranger.pid, str(int(started) - 1), own_tag().boot)
+        (tmp_path / "7").write_text(f"{earlier} DICOM-ROUTER\nPACS")
+        registry = MoveRegistry(tmp_path, message_ids=IDS)
+        assert registry.owner(7, "DICOM-ROUTER", "PACS") is None
+        assert registry.closed(7, "DICOM-ROUTER", "PACS")  # its late instances are refused
+        assert not registry.awaits("PACS")
+    finally:
+        stranger.kill()
+        stranger.wait()

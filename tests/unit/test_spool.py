@@ -653,9 +653,13 @@ def test_whole_records_trusts_only_each_writers_last_segment_to_end_torn(
         tmp_path: Path) -> None:
     paths = [tmp_path / n for n in ("11-0a0b0c0d-000001.log", "11-0a0b0c0d-000002.log",
                                     "11-ffffffff-000003.log", "22-0a0b0c0d-000007.log",
-                                    "33-12345678-compacted.log", "notes.log")]
+                                    "33-12345678-compacted.log", "notes.log",
+                                    # Names with the writer's start time and boot:
+                                    "44.5168166.23d8bd1d-0a0b0c0d-000001.log",
+                                    "44.5168166.23d8bd1d-0a0b0c0d-000002.log")]
 
-    assert list(whole_records(paths, 4096).values()) == [4096, None, None, None, 0, 0]
+    assert list(whole_records(paths, 4096).values()) == [4096, None, None, None, 0, 0,
+                                                          4096, None]
 
 
 def test_a_full_segment_is_synced_before_the_next_one_opens(
