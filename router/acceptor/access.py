@@ -28,6 +28,7 @@ from router.core.dimse_status import (
     Reject,
 )
 from router.core.log_safety import escape
+from router.core.peer_address import source_network
 from router.core.shared_counts import SharedCounts
 from router.core.tls import peer_identities
 
@@ -55,7 +56,7 @@ class AccessPolicy:
 
     def reconfigure(self, config: ListenConfig) -> None:
         """New rules for new associations; the per-AE counts of open ones are kept."""
-        self.networks = [ipaddress.ip_network(n) for n in config.allowed_sources or []]
+        self.networks = [source_network(n) for n in config.allowed_sources or []]
         self.users: dict[str, UserConfig] = {u.username: u for u in config.users}
         self.config = config
 

@@ -26,7 +26,12 @@ from router.core.deid_key import read_key_file
 from router.core.errors import ConfigError, RouterError
 from router.core.patterns import nested_morph_quantifiers, nested_quantifiers
 from router.core.process_util import setup_logging
-from router.core.rules import drops_after_continue, shared_completions, shared_destinations
+from router.core.rules import (
+    drops_after_continue,
+    mapped_source_notes,
+    shared_completions,
+    shared_destinations,
+)
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
 from router.core.tls import TLSConfigError, check_contexts, expiry_warnings
 
@@ -138,6 +143,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for note in secret_env_notes(config):  # `run` may see another environment
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     for note in shared_destinations(config.rules):  # what applies when rules share one
+        print(f"dicom-router check-config: note: {note}", file=sys.stderr)
+    for note in mapped_source_notes(config):  # taken as the IPv4 network they name
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     from router.relay.move import relay_move_notes  # here: the CLI loads no DICOM otherwise
 

@@ -10,6 +10,7 @@ from functools import cached_property
 
 from router.core.config import RouterConfig, Rule, RuleMatch, StrOrList
 from router.core.patterns import compile_pattern, search
+from router.core.peer_address import mapped_sources, source_network
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class CompiledRule:
         if m.source is None:
             self.networks = None
         else:
-            self.networks = [ipaddress.ip_network(n) for n in m.source]
+            self.networks = [source_network(n) for n in m.source]
         self.tags = {k: ValueMatcher(v, name) for k, v in m.tags.items()}
         self.sop_class = ValueMatcher(m.sop_class, name) if m.sop_class is not None else None
         # Routes instances: forwards them, or drops or rejects them.
@@ -242,7 +243,17 @@ def may_both_match(a: Rule, b: Rule) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _networks(source: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    return [ipaddress.ip_network(n) for n in source]  # parsed once per rule, not per pair
+    return [source_network(n) for n in source]  # parsed once per rule, not per pair
+
+
+def mapped_source_notes(config: RouterConfig) -> list[str]:
+    """For check-config: the source networks written IPv4-mapped, and what they are checked
+    as (a dual-stack listener checks an IPv4 sender by its IPv4 address)."""
+    where = [("listen.allowed_sources", config.listen.allowed_sources),
+             *((f"rule {r.name!r} source", r.match.source) for r in config.rules)]
+    return [f"{place}: {entry!r} is checked as {network} (senders on a dual-stack listener "
+            f"are matched by their IPv4 address); write {network} to say so"
+            for place, entries in where for entry, network in mapped_sources(entries)]
 
 
 def drops_after_continue(rules: Iterable[Rule]) -> list[str]:

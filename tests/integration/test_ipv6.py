@@ -93,6 +93,18 @@ def test_a_dual_stack_listener_logs_and_audits_each_sender_by_its_own_address(
     assert "::ffff:" not in router.log() + trail.read_text()
 
 
+def test_an_allowed_source_written_ipv4_mapped_admits_its_ipv4_sender(tmp_path: Path) -> None:
+    """listen.allowed_sources "::ffff:127.0.0.1" (the form a dual-stack socket reports) on a
+    "::" listener: the IPv4 sender it names is admitted, an IPv6 one is not."""
+    config = {**_folder_config(tmp_path),
+              "listen": {"host": "::", "allowed_sources": ["::ffff:127.0.0.1"]}}
+    with RouterProcess(tmp_path / "router", config) as router:
+        assert run_echoscu(LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                           calling_ae="CT1").returncode == 0
+        assert not _echo_over_ipv6(router.port, "CT1")
+    assert "source address ::1 is not allowed" in router.log()
+
+
 def _peers(status: dict[str, Any]) -> list[str]:
     return [a["peer"] for snap in acceptor_snapshots(status).values()
             for a in snap.get("associations", [])]

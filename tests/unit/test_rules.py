@@ -158,6 +158,10 @@ def test_calling_and_called_ae_must_both_match() -> None:
         ("10.0.0.0/8", "fd00::1", False),
         ("10.0.0.0/8", "not-an-address", False),
         ("10.0.0.0/8", "", False),
+        # Written IPv4-mapped: the IPv4 network it names (senders are matched as IPv4).
+        ("::ffff:10.0.0.0/104", "10.1.2.3", True),
+        ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", True),
+        ("::ffff:127.0.0.1", "127.0.0.2", False),
     ],
 )
 def test_source_network(network: Any, source: str, hit: bool) -> None:
