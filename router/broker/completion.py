@@ -2,9 +2,10 @@
 (or series) is stable, then releases it to each destination as one batch in instance order.
 
 Stable means no new instance of the group for `stable_for` seconds; `deadline` seconds after
-its first instance a group is released whatever happens. The times come from the jobs'
-`received_at`, which is on the spool: after a restart the broker recovers the jobs and the
-groups form again with the same clocks.
+its first instance a group is released whatever happens. The times are when the jobs reached
+the broker on its steady clock (steady_wall.py), which a step of the system clock does not
+move; they come from the jobs' `received_at`, which is on the spool: after a restart the
+broker recovers the jobs and the groups form again with the same ages.
 
 The broker asks when the next group is due on every loop turn and each destination's depth
 on every report: walking 10,000 held groups (a hospital's ongoing studies) for those cost
@@ -78,22 +79,23 @@ class GroupHolds:
                 return str(group)
         return ""
 
-    def hold(self, delivery: Any) -> bool:
-        """Keep a delivery of a completion rule's group; False: it goes to the queue now."""
+    def hold(self, delivery: Any, arrived: float) -> bool:
+        """Keep a delivery of a completion rule's group; False: it goes to the queue now.
+        `arrived`: when its job reached the broker, on the steady clock."""
         group = self._group(delivery)
         if not group:
             return False
-        self.hold_in(group, delivery)
+        self.hold_in(group, delivery, arrived)
         return True
 
-    def hold_in(self, group: str, delivery: Any) -> None:
+    def hold_in(self, group: str, delivery: Any, arrived: float) -> None:
         """Keep a delivery in `group` at its destination (also a group moved there whole
-        from another destination: a drain or a fallback), due by its jobs' receive times."""
+        from another destination: a drain or a fallback), due by its jobs' arrivals."""
         key = (delivery.destination, group)
         held = self.groups.setdefault(key, HeldGroup())
         held.deliveries.append(delivery)
-        held.first_received = min(held.first_received, delivery.job.received_at)
-        held.last_received = max(held.last_received, delivery.job.received_at)
+        held.first_received = min(held.first_received, arrived)
+        held.last_received = max(held.last_received, arrived)
         self._depth[delivery.destination] += 1
         due = self._due_at(key)
         if due < held.scheduled:  # sooner (a new group, an older job recovered): push now
@@ -133,10 +135,11 @@ class GroupHolds:
             return 0.0
         return min(held.last_received + policy.stable_for, held.first_received + policy.deadline)
 
-    def due(self, wall_now: float) -> list[tuple[str, list[Any]]]:
-        """Groups ready to go: (destination, deliveries in instance order), removed here."""
+    def due(self, now: float) -> list[tuple[str, list[Any]]]:
+        """Groups ready to go at `now` (the steady clock): (destination, deliveries in
+        instance order), removed here."""
         ready = []
-        while (top := self._top()) is not None and top[0] <= wall_now:
+        while (top := self._top()) is not None and top[0] <= now:
             heapq.heappop(self._heap)
             held = self._pop(top[1])
             ordered = sorted(held.deliveries,
@@ -145,7 +148,7 @@ class GroupHolds:
         return ready
 
     def next_due(self) -> float | None:
-        """The wall-clock time the next group becomes due."""
+        """When the next group becomes due, on the steady clock."""
         top = self._top()
         return top[0] if top is not None else None
 

@@ -70,6 +70,7 @@ class JobState:
     # after a worker's lease was taken back (the worker may be alive and still sending).
     exclusive: bool = True
     order: int = 0  # arrival number: the oldest pending job of a destination has the lowest
+    arrived: float = 0.0  # when it reached the broker, on its steady clock (steady_wall.py)
 
 
 @dataclass

@@ -248,7 +248,7 @@ class Dispatcher(DispatchState):
         for delivery in self.delayed.pop_due(now):
             if delivery.job.job_id in self.jobs:
                 self.queues[delivery.destination].append(delivery)
-        for destination, deliveries in self.holds.due(self.wall()):
+        for destination, deliveries in self.holds.due(self.steady()):
             pending = [d.job for d in deliveries if d.job.job_id in self.jobs]
             for start in range(0, len(pending), MAX_BATCH):
                 jobs = tuple(pending[start:start + MAX_BATCH])

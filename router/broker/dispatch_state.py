@@ -26,6 +26,7 @@ from router.broker.gathering import Gathering
 from router.broker.instance_order import InstanceOrder
 from router.broker.oldest_pending import OldestPending
 from router.broker.spool_wait import SpoolWait
+from router.broker.steady_wall import SteadyWall, arrival
 from router.core.messages import JobHeader
 
 WORKER_LEASE_SECONDS = 6.0
@@ -46,12 +47,15 @@ class DispatchState:
         wall: Callable[[], float] = time.time,
         local: Callable[[], datetime] = datetime.now,
         linger: float = 0.0,
+        steady: Callable[[], float] | None = None,
     ) -> None:
         self.policies = dict(policies)
         self.gathering = Gathering(linger)  # queue.linger: a young queue waits to fill a run
         self.holds = holds or GroupHolds({})
         self.order = InstanceOrder()  # one instance's receptions reach a destination in order
         self.wall, self.local = wall, local
+        # Completion holds wait by this clock, not by `wall`: it does not step (steady_wall.py).
+        self.steady = steady if steady is not None else SteadyWall(wall)
         self.max_jobs = max_jobs
         self.max_bytes = max_bytes
         self.rand = rand
@@ -161,7 +165,8 @@ class DispatchState:
         if job.job_id in self.jobs:
             return []
         pending = set(job.destinations) - set(delivered)
-        state = JobState(job, set(pending), exclusive, self.oldest.number())
+        state = JobState(job, set(pending), exclusive, self.oldest.number(),
+                         arrival(job.received_at, self.wall(), self.steady()))
         self.jobs[job.job_id] = state
         self.oldest.add(state, pending, self.jobs)
         self.queued_bytes += job.size
@@ -190,8 +195,16 @@ class DispatchState:
         """A new delivery (one job) into its destination's queue, unless an older reception
         of its instance is still in play there (it waits in self.order) or, with `hold`, its
         study or series is held for completion."""
-        if self.order.admit(delivery) and not (hold and self.holds.hold(delivery)):
+        if self.order.admit(delivery) and not (
+                hold and self.holds.hold(delivery, self.arrived(delivery.job))):
             self.queues[delivery.destination].append(delivery)
+
+    def arrived(self, job: JobHeader) -> float:
+        """When `job` reached the broker, on its steady clock (steady_wall.py)."""
+        state = self.jobs.get(job.job_id)
+        if state is not None:
+            return state.arrived
+        return arrival(job.received_at, self.wall(), self.steady())
 
     def _finish(self, delivery: Delivery) -> list[Outcome]:
         following = self.order.done(delivery.destination, delivery.job)
@@ -310,7 +323,7 @@ class DispatchState:
         due += [t for name, t in self.busy_until.items() if t > now and self.queues[name]]
         group_due = self.holds.next_due()
         if group_due is not None:
-            due.append(now + max(0.0, group_due - self.wall()))
+            due.append(now + max(0.0, group_due - self.steady()))
         for name, policy in self.policies.items():
             if policy.window is not None and self.queues[name]:
                 # Only its opening is an event: an open window was "due now" on every turn,

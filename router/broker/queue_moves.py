@@ -60,7 +60,7 @@ def take_held(dispatcher: Dispatcher, name: str) -> list[tuple[str, JobHeader]]:
 def hold_back(dispatcher: Dispatcher, name: str, held: list[tuple[str, JobHeader]]) -> None:
     """Return jobs take_held() took to their groups at `name` (a drain cut short)."""
     for group, job in held:
-        dispatcher.holds.hold_in(group, Delivery(job, name))
+        dispatcher.holds.hold_in(group, Delivery(job, name), dispatcher.arrived(job))
 
 
 def put_back(dispatcher: Dispatcher, name: str, jobs: list[JobHeader]) -> None:
@@ -94,7 +94,7 @@ def retarget(dispatcher: Dispatcher, spool: Spool, job: JobHeader, source: str, 
         if not held_in:
             dispatcher._enqueue(delivery, hold=False)
         elif dispatcher.order.admit(delivery):  # else parked until the earlier reception ends
-            dispatcher.holds.hold_in(held_in, delivery)
+            dispatcher.holds.hold_in(held_in, delivery, dispatcher.arrived(header))
     # The source's part of the job is done with: settled once nothing else is pending.
     return dispatcher._finish(Delivery(header, source))
 

@@ -190,7 +190,7 @@ def test_a_fallback_takes_held_groups_as_held_groups_and_sends_each_as_one_batch
     policies = {n: DestinationPolicy(4, RETRY, max_associations=1)
                 for n in ("pacs", "archive", "backup")}
     dispatcher = Dispatcher(policies, 1000, 10**9, rand=lambda: 0.0, holds=holds,
-                            wall=lambda: wall[0])
+                            wall=lambda: wall[0], steady=lambda: wall[0])
     control = OperatorControl(dispatcher, spool,
                               config(fallback={"pacs": ["archive"]}))  # type: ignore[arg-type]
     dispatcher.worker_ready(W1, 4, 0.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, time
 
+import pytest
+
 from router.broker.completion import CompletionPolicy, GroupHolds
 from router.broker.deliveries import DeadLetter, DestinationPolicy, Retry, Settled
 from router.broker.dispatch import Dispatcher
@@ -19,9 +21,19 @@ NOON = datetime(2026, 12, 1, 12, 0)
 class Clock:
     def __init__(self, wall: float = 1_700_000_000.0, local: datetime = NOON) -> None:
         self.wall_now, self.local_now = wall, local
+        self.stepped = 0.0  # what step() moved the system clock by, in all
 
     def wall(self) -> float:
         return self.wall_now
+
+    def steady(self) -> float:
+        """The broker's steady clock (router/broker/steady_wall.py): a step leaves it."""
+        return self.wall_now - self.stepped
+
+    def step(self, seconds: float) -> None:
+        """The system clock steps (an NTP step after a VM resumed); time goes on as before."""
+        self.wall_now += seconds
+        self.stepped += seconds
 
     def local(self) -> datetime:
         return self.local_now
@@ -31,7 +43,7 @@ def dispatcher(clock: Clock, *, window: TimeWindow | None = None,
                holds: GroupHolds | None = None, parallel: int = 4) -> Dispatcher:
     policies = {"pacs": DestinationPolicy(parallel, RETRY, window, max_associations=parallel)}
     return Dispatcher(policies, max_jobs=100, max_bytes=10**9, rand=lambda: 0.0, holds=holds,
-                      wall=clock.wall, local=clock.local)
+                      wall=clock.wall, local=clock.local, steady=clock.steady)
 
 
 def test_urgent_jobs_jump_the_queue_and_each_priority_keeps_its_order() -> None:
@@ -87,6 +99,7 @@ def test_a_group_waits_until_stable_then_goes_as_one_batch_in_instance_order() -
     d = completion(clock)
     t0 = clock.wall_now
     for job_id, number, at in [("a", 3, t0), ("b", 1, t0 + 5), ("c", 2, t0 + 10)]:
+        clock.wall_now = at  # each reaches the broker as it is received
         d.add_job(make_header(job_id, group="series|1.2.3", instance_number=number,
                               received_at=at))
     d.add_job(make_header("other"))  # no group: goes at once
@@ -103,6 +116,43 @@ def test_a_group_waits_until_stable_then_goes_as_one_batch_in_instance_order() -
     assert {o.job.job_id for o in outcomes if isinstance(o, Settled)} == {"b", "c", "a"}
 
 
+@pytest.mark.parametrize("step", [-7200.0, 7200.0])
+def test_a_step_of_the_system_clock_neither_holds_a_group_for_hours_nor_releases_it_early(
+        step: float) -> None:
+    """Groups waited by the system clock: stepped back two hours, a series stable for 30 s
+    waited two hours more (its later instances, stamped "earlier", did not move it);
+    stepped forward, it went at once, before its last instance had arrived."""
+    clock = Clock()
+    d = completion(clock)
+    t0 = clock.wall_now
+    d.add_job(make_header("a", group="series|1.2.3", instance_number=2, received_at=t0))
+    d.worker_ready(W1, 4, 0.0)
+    clock.wall_now += 20
+    clock.step(step)
+    assert d.dispatch(1.0) == []
+    d.add_job(make_header("b", group="series|1.2.3", instance_number=1,
+                          received_at=clock.wall_now))
+    clock.wall_now += 29
+    assert d.dispatch(2.0) == []
+    assert d.next_due(2.0) == 3.0  # stable 30 s after b, not 2 h (or 0 s) away
+    clock.wall_now += 1
+    (_, batch), = d.dispatch(3.0)
+    assert [j.job_id for j in batch.jobs] == ["b", "a"]
+
+
+def test_a_job_stamped_before_the_clock_stepped_back_waits_its_hold_not_the_step() -> None:
+    """Recovered at a start after the clock stepped back two hours while the router was
+    down: its received_at is "in the future", and its group waited two hours more."""
+    clock = Clock()
+    d = completion(clock)
+    d.add_job(make_header("a", group="series|1.2.3", received_at=clock.wall_now + 7200),
+              exclusive=False)
+    d.worker_ready(W1, 4, 0.0)
+    assert d.dispatch(0.0) == [] and d.next_due(0.0) == 30.0
+    clock.wall_now += 30
+    assert sent(d.dispatch(30.0)) == [("a", "pacs")]
+
+
 def test_each_destination_is_held_by_the_completion_rule_that_routed_it_there() -> None:
     """A series rule (continue: true) for ai and a study rule for archive: the job's group
     was the series rule's only, so archive got every instance at once."""
@@ -112,7 +162,7 @@ def test_each_destination_is_held_by_the_completion_rule_that_routed_it_there() 
     policies = {name: DestinationPolicy(4, RETRY, max_associations=4)
                 for name in ("ai", "archive")}
     d = Dispatcher(policies, max_jobs=100, max_bytes=10**9, rand=lambda: 0.0, holds=holds,
-                   wall=clock.wall, local=clock.local)
+                   wall=clock.wall, local=clock.local, steady=clock.steady)
     t0 = clock.wall_now
     for job_id, number in [("a", 2), ("b", 1)]:
         d.add_job(make_header(job_id, ("ai", "archive"), group="ai|S1",
