@@ -63,14 +63,17 @@ class DeliveryLedger:
     def has(self, destination: str, sop_instance_uid: str, digest: str) -> bool:
         """These bytes are what it got last of this instance, within the window, from any job
         (on_duplicate: skip). The last, not any earlier one: v1, v2, then v1 again must send
-        the third, or the destination keeps v2 while the sender's latest is v1."""
+        the third, or the destination keeps v2 while the sender's latest is v1. Last by
+        rowid, which sqlite gives each insert above every row left (INSERT OR REPLACE
+        inserts anew): by delivered_at, a system clock stepped back between v1 and v2 made
+        v1's row the newer."""
         with _UNRECORDED_LOCK:
             if (destination, sop_instance_uid) in _UNRECORDED:
                 return False  # in doubt, send: a duplicate beats a stale version
         row = self.db.execute(
             "SELECT digest, delivered_at FROM deliveries"
             " WHERE destination = ? AND sop_instance_uid = ?"
-            " ORDER BY delivered_at DESC LIMIT 1",
+            " ORDER BY rowid DESC LIMIT 1",
             (destination, sop_instance_uid),
         ).fetchone()
         return (row is not None and row[0] == digest

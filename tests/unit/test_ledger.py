@@ -67,6 +67,18 @@ def test_only_the_version_it_got_last_is_a_duplicate(ledger: DeliveryLedger,
     assert ledger.has("pacs", "1.2.3", OTHER_DIGEST)
 
 
+def test_the_version_it_got_last_is_known_after_the_clock_stepped_back(
+        ledger: DeliveryLedger, clocks: Clocks) -> None:
+    """The last version was the row with the latest delivered_at: with the system clock
+    stepped back two hours between v1 and v2 (an NTP step after a VM resumed), v1's row
+    still looked the newer, v1 sent again was skipped and the PACS kept v2."""
+    ledger.record("pacs", "1.2.3", DIGEST, "job-1")
+    clocks.wall -= 7200
+    ledger.record("pacs", "1.2.3", OTHER_DIGEST, "job-2")
+    assert not ledger.has("pacs", "1.2.3", DIGEST)
+    assert ledger.has("pacs", "1.2.3", OTHER_DIGEST)
+
+
 def test_other_destination_is_not_a_duplicate(ledger: DeliveryLedger) -> None:
     ledger.record("pacs", "1.2.3", DIGEST, "job-1")
     assert not ledger.has("archive", "1.2.3", DIGEST)
