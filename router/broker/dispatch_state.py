@@ -341,8 +341,10 @@ class DispatchState:
         return (self.queues[destination].jobs + waiting + self.holds.depth(destination)
                 + self.order.parked(destination))
 
-    def oldest_received(self, destination: str) -> float | None:
-        """When the oldest job (by arrival) still pending for `destination` was received
-        (None: none)."""
+    def oldest_age(self, destination: str) -> float:
+        """How long the oldest job (by arrival) still pending for `destination` has waited
+        (0: none), on the steady clock: by the system clock, a step forward of two hours
+        showed a queue of seconds two hours old (the stuck-queue alert fired), and a step
+        back showed a stuck one as new for two hours."""
         state = self.oldest.oldest(destination, self.jobs)
-        return state.header.received_at if state is not None else None
+        return max(0.0, self.steady() - state.arrived) if state is not None else 0.0

@@ -94,12 +94,11 @@ class Publishing:
         unwritten = self.unwritten.by_destination()
         out: dict[str, dict[str, float | int | bool | str]] = {}
         for name in self.dispatcher.queues:
-            oldest = self.dispatcher.oldest_received(name)
             paused_until = self.dispatcher.paused_until[name]
             out[name] = {
                 "depth": self.dispatcher.depth(name),
                 "in_flight": self.dispatcher.in_flight[name],
-                "oldest_seconds": max(0.0, wall - oldest) if oldest is not None else 0.0,
+                "oldest_seconds": self.dispatcher.oldest_age(name),
                 "up": self.dispatcher.is_up(name),
                 "in_window": self.dispatcher.in_window(name),  # false: held until it opens
                 "paused_for": max(0.0, paused_until - now),

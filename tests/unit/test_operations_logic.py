@@ -119,16 +119,33 @@ def test_a_calling_ae_label_that_is_no_ae_title_is_invalid_and_takes_no_place() 
 
 # --- queue age and reconfiguration ---------------------------------------------------------------
 
-def test_oldest_received_is_the_oldest_job_still_pending_there() -> None:
+def test_oldest_age_is_that_of_the_oldest_job_still_pending_there() -> None:
     dispatcher = make_dispatcher()
+    dispatcher.wall = dispatcher.steady = lambda: 300.0
     first = make_header("job-1", ("pacs", "archive"), received_at=100.0)
     second = make_header("job-2", ("pacs",), received_at=200.0)
     dispatcher.add_job(first)
     dispatcher.add_job(second)
-    assert dispatcher.oldest_received("pacs") == first.received_at
+    assert dispatcher.oldest_age("pacs") == 200.0
     dispatcher.jobs[first.job_id].pending.discard("pacs")
-    assert dispatcher.oldest_received("pacs") == second.received_at
-    assert dispatcher.oldest_received("archive") == first.received_at
+    assert dispatcher.oldest_age("pacs") == 100.0
+    assert dispatcher.oldest_age("archive") == 200.0
+    assert dispatcher.oldest_age("nowhere") == 0.0
+
+
+def test_a_step_of_the_system_clock_leaves_the_queue_age_as_it_is() -> None:
+    """By the system clock, an instance queued for 5 s was 7,205 s old after a step forward
+    of two hours (the stuck-queue alert fired), and 0 s old after a step back."""
+    dispatcher = make_dispatcher()
+    clock = {"wall": 1_700_000_000.0, "steady": 1_700_000_000.0}
+    dispatcher.wall, dispatcher.steady = (lambda: clock["wall"]), (lambda: clock["steady"])
+    dispatcher.add_job(make_header("job-1", ("pacs",), received_at=clock["wall"]))
+    waited = 0.0
+    for step in (0.0, 7200.0, -14400.0):  # none, two hours forward, then two hours back
+        clock["wall"] += step + 5
+        clock["steady"] += 5
+        waited += 5
+        assert dispatcher.oldest_age("pacs") == waited
 
 
 class _CountingJobs(dict[str, JobState]):
@@ -161,6 +178,7 @@ def test_the_queue_ages_cost_steps_per_destination_not_per_queued_job() -> None:
     each (60 destinations, 10,000 jobs for one of them) cost an idle broker a core's share."""
     names = [f"d{i:02}" for i in range(60)]
     dispatcher = make_dispatcher(dict.fromkeys(names, 1), max_jobs=100_000)
+    dispatcher.wall = dispatcher.steady = lambda: 4000.0
     dispatcher.jobs = jobs = _CountingJobs()
     for i in range(2000):
         dispatcher.add_job(make_header(f"job-{i}", ("d00",), received_at=1000.0 + i))
@@ -170,10 +188,10 @@ def test_the_queue_ages_cost_steps_per_destination_not_per_queued_job() -> None:
     jobs.touched = 0
 
     for _ in range(10):  # ten heartbeats
-        ages = {name: dispatcher.oldest_received(name) for name in names}
+        ages = {name: dispatcher.oldest_age(name) for name in names}
 
-    assert ages["d00"] == 1500.0 and ages["d01"] == 50.0
-    assert all(ages[name] is None for name in names[2:])
+    assert ages["d00"] == 2500.0 and ages["d01"] == 3950.0  # received at 1500 and 50
+    assert all(ages[name] == 0.0 for name in names[2:])
     assert jobs.touched <= 10 * len(names) + 500  # each ended job is passed over once
 
 
