@@ -38,9 +38,18 @@ from router.core.spool_layout import SpoolLayout
 log = logging.getLogger(__name__)
 
 
-def new_job_id() -> str:
-    # Time-ordered, so that recovery replays jobs in the order they arrived.
-    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+_last_id_time = 0
+_id_lock = threading.Lock()
+
+
+def new_job_id(clock: Callable[[], int] = time.time_ns) -> str:
+    """Time-ordered, so that recovery replays jobs in the order they arrived; never earlier
+    than this process's last id, so that a step back of the system clock does not put a
+    later reception (a corrected instance re-sent) before an earlier one at recovery."""
+    global _last_id_time
+    with _id_lock:
+        now = _last_id_time = max(clock(), _last_id_time + 1)
+    return f"{now:016x}{secrets.token_hex(4)}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -309,6 +310,19 @@ def test_new_job_ids_are_unique_and_time_ordered() -> None:
     assert len(set(ids)) == 50
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
     assert [i[:16] for i in ids] == sorted(i[:16] for i in ids)
+
+
+def test_job_ids_keep_their_order_when_the_system_clock_steps_back() -> None:
+    """v1 received, the clock stepped back two hours, v2 (a correction) received: after a
+    restart recovery replays by job id, and v2 must still come after v1."""
+    now = [time.time_ns()]
+    first = new_job_id(clock=lambda: now[0])
+    now[0] -= 7200 * 10**9
+    second = new_job_id(clock=lambda: now[0])
+    third = new_job_id(clock=lambda: now[0])
+
+    assert first < second < third
+    assert sorted([third, second, first]) == [first, second, third]
 
 
 # --- group commit through the journal: what a crash can leave, and what it costs -----------
