@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -59,6 +58,7 @@ from workers.transforms.dataset_checks import (
     readable,
 )
 from workers.transforms.deid_actions import concrete, keep_tags, row_for, table_code
+from workers.transforms.pixel_splice import read_head, write_spliced
 from workers.transforms.uid_map import UidMap
 
 DICOM_ROOT = "1.2.840.10008."
@@ -315,13 +315,13 @@ def deidentify_file(source: Path, target: Path, config: DeidentifyConfig,
         raise ValueError(f"{target}: the target is the source, which is never written")
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     try:
-        with readable():
-            ds = dcmread(source)
+        with readable(), source.open("rb") as fh:
+            ds, tail = read_head(fh)  # the pixel data stays on disk (pixel_splice.py)
             changed = deidentify(ds, config, uids, notes)
-            with open(temporary, "xb") as fh:
-                ds.save_as(fh, enforce_file_format=True)
-                fh.flush()
-                os.fsync(fh.fileno())
+            with open(temporary, "xb") as out:
+                write_spliced(ds, fh, tail, out)
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

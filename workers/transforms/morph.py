@@ -42,6 +42,7 @@ from router.core.morph_spec import (
 from router.core.patterns import MATCH_TIMEOUT, compile_pattern
 from workers.transforms.charset_check import TEXT_VRS, charset_terms, describe, fits
 from workers.transforms.dataset_checks import check_nesting, decode_text, readable
+from workers.transforms.pixel_splice import PIXEL_TAGS, read_head, write_spliced
 
 # A dataset a path leads to (the top level or a sequence item), and how to name it: "" or
 # "RequestAttributesSequence[1]." -- concrete indexes, so [*] reports each item it changed.
@@ -103,8 +104,9 @@ def morph_file(source: Path, target: Path, actions: Sequence[MorphAction]) -> li
     (encapsulated pixel data is copied as is). `source` is only read."""
     if target.resolve() == source.resolve():
         raise ValueError(f"morph_file would overwrite its source {source}")
-    with readable():  # pydicom's failures on a hostile dataset: a morph dead letter
-        ds = dcmread(source)
+    with readable(), source.open("rb") as fh:  # pydicom's failures: a morph dead letter
+        # The pixel data stays on disk unless an action names it (pixel_splice.py).
+        ds, tail = (dcmread(fh), None) if _names_pixels(actions) else read_head(fh)
         check_nesting(ds)
         changes = apply_morph(ds, actions)
         for meta_keyword, keyword in (("MediaStorageSOPClassUID", "SOPClassUID"),
@@ -112,11 +114,21 @@ def morph_file(source: Path, target: Path, actions: Sequence[MorphAction]) -> li
             if ds.get(keyword) and ds.file_meta.get(meta_keyword) != ds[keyword].value:
                 setattr(ds.file_meta, meta_keyword, ds[keyword].value)
         try:
-            ds.save_as(target, enforce_file_format=True)
+            with target.open("wb") as out:
+                write_spliced(ds, fh, tail, out)
         except BaseException:
             target.unlink(missing_ok=True)  # no half-written file where a whole one was
             raise
     return changes
+
+
+def _names_pixels(actions: Sequence[MorphAction]) -> bool:
+    """Whether an action reads or changes a pixel data element (at the top level)."""
+    paths = [getattr(action, name) for action in actions for name in ("tag", "to")
+             if isinstance(getattr(action, name, None), str)]
+    tops = {(parsed.items[0][0] if parsed.items else parsed.tag)
+            for parsed in map(parse_tag_path, paths)}
+    return not tops.isdisjoint(PIXEL_TAGS)
 
 
 def _apply(ds: Dataset, action: MorphAction) -> list[str]:
