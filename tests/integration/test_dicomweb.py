@@ -298,6 +298,7 @@ class Exchange:
 
     status: int = 200
     delay: float = 0.0  # seconds before answering
+    read_rate: float = 0.0  # bytes per second the request body is read at (0: at once)
     body: Any = None  # JSON-encoded when not bytes
     headers: dict[str, str] = field(default_factory=dict)
     password: str | None = None  # when set: 401 unless basic auth router:<password>
@@ -359,7 +360,7 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, exchange: Exchange) -> None:
         length = int(self.headers.get("Content-Length", "0"))
-        received = self.rfile.read(length)
+        received = self._read_body(length, exchange.read_rate)
         exchange.requests.append((self.path, dict(self.headers), received))
         time.sleep(exchange.delay)
         if exchange.password is not None and not self._authorized(exchange.password):
@@ -381,6 +382,19 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _read_body(self, length: int, rate: float) -> bytes:
+        """The body, taken at `rate` bytes per second: a slow link's upload."""
+        if not rate:
+            return self.rfile.read(length)
+        body = bytearray()
+        while len(body) < length:
+            block = self.rfile.read(min(length - len(body), 64 * 1024))
+            if not block:
+                break
+            body += block
+            time.sleep(len(block) / rate)
+        return bytes(body)
 
     def _authorized(self, password: str) -> bool:
         token = base64.b64encode(f"router:{password}".encode()).decode()
@@ -523,6 +537,23 @@ def test_no_answer_in_time_is_a_transient_connection_failure(stub: StowStub,
     destination.close()
     assert (error.reason, error.transient) == ("connection", True)
     assert "did not take the instance and answer within its timeout of 0.5 s" in str(error)
+
+
+def test_a_large_instance_has_time_to_go_over_a_slow_link(stub: StowStub,
+                                                          tmp_path: Path) -> None:
+    """`timeout` was one deadline for the whole exchange, the upload included: an instance
+    that takes longer than it to upload was cut off at every attempt, and the destination
+    paused for ever (a 4 GB whole-slide image needs 67 MB/s to go in the default 60 s).
+    The deadline allows one second per MB of the instance on top of `timeout`."""
+    path = write_instance(tmp_path / "big", sop_class=CTImageStorage,
+                          transfer_syntax=EXPLICIT_VR_LE, size_bytes=2_000_000)
+    stub.exchange.read_rate = 2_000_000  # about 1 s for the body: past the 0.5 s timeout
+    stub.exchange.body = stow_answer(referenced=[(job_for(path).sop_instance_uid, None)])
+    destination = DicomWebDestination("web", web_config(stub.url, timeout=0.5))
+    destination.deliver(job_for(path), path)  # the deadline: 0.5 s + 2 s for 2 MB
+    destination.close()
+    assert len(stub.exchange.stored) == 1
+    assert path.read_bytes() in stub.exchange.stored[0]
 
 
 class DrippingServer:

@@ -12,7 +12,7 @@ How answers become results (PS3.18 10.5.3; judged in stow_answer.py):
 
 | answer | result |
 | --- | --- |
-| refused, reset, timed out; no whole answer within `timeout` | `connection`, transient (pauses) |
+| refused, reset, timed out; no whole answer in `timeout` + 1 s per MB | `connection`, transient |
 | an answer longer than `max_answer_bytes` (16 MiB), or endless | `answer_too_large`, pauses |
 | TLS failure (certificate not trusted, handshake) | `tls`, transient (pauses) |
 | 502, 503, 504, 429: the service (or its proxy) is down or throttles | `unavailable`, pauses |
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _READ_BLOCK = 1 << 20
 _ANSWER_BLOCK = 64 * 1024
+UPLOAD_BYTES_PER_SECOND = 1_000_000  # the slowest upload a deadline allows for
 _POOL_PREFIX = re.compile(r"^HTTPS?Connection(Pool)?\([^)]*\): ")
 
 
@@ -183,6 +184,14 @@ def credential_hint(config: DicomWebSettings) -> str:
 # --- the destination ---------------------------------------------------------------------------
 
 
+def exchange_seconds(timeout: float, size: int) -> float:
+    """The deadline of one STOW-RS exchange: `timeout`, plus one second per MB of the
+    instance for its upload (at least 8 Mbit/s). `timeout` alone cut off every upload longer
+    than it: a 4 GB instance needs 67 MB/s to go in 60 s, and a slower link never delivered
+    it, pausing the destination for ever."""
+    return timeout + size / UPLOAD_BYTES_PER_SECOND
+
+
 class DicomWebDestination:
     """One per delivery thread: the Session (and its pooled connections) is not shared."""
 
@@ -227,21 +236,24 @@ class DicomWebDestination:
             "Accept-Encoding": "identity",
         }
         timeout = self.config.timeout
+        seconds = exchange_seconds(timeout, size)
         try:
-            with Deadline(timeout) as deadline:  # the body is read inside it too
+            with Deadline(seconds) as deadline:  # the body is read inside it too
+                # Each read may wait the whole deadline: the end of the upload still in the
+                # socket's buffers goes at the link's rate before the server can answer.
                 response = self.session.post(
                     self.stow_url, data=MultipartBody(fp, size, boundary), headers=headers,
-                    timeout=(timeout, timeout), verify=self.verify, allow_redirects=False,
+                    timeout=(timeout, seconds), verify=self.verify, allow_redirects=False,
                     stream=True,
                 )
                 with response:  # closes the connection when the body is not read to its end
                     content = self._read_answer(response)
         except requests.RequestException as exc:
             if deadline.expired:
-                raise self._late() from exc
+                raise self._late(size) from exc
             raise self._failed(exc) from exc
         if deadline.expired:  # an answer without a length ends when the timer shuts it
-            raise self._late()
+            raise self._late(size)
         return response, content
 
     def _read_answer(self, response: requests.Response) -> bytes:
@@ -261,11 +273,12 @@ class DicomWebDestination:
                                 "service?); the answer was cut off", transient=True)
         return bytes(body)
 
-    def _late(self) -> DeliveryError:
+    def _late(self, size: int) -> DeliveryError:
         return DeliveryError("connection", f"{self.name} ({self.stow_url}) did not take the "
                              f"instance and answer within its timeout of "
-                             f"{self.config.timeout:g} s (the whole request and response)",
-                             transient=True)
+                             f"{self.config.timeout:g} s plus 1 s per MB of the instance "
+                             f"({exchange_seconds(self.config.timeout, size):.0f} s for "
+                             f"the whole request and response)", transient=True)
 
     def _failed(self, exc: requests.RequestException) -> DeliveryError:
         if isinstance(exc, requests.exceptions.SSLError):
