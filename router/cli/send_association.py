@@ -18,6 +18,7 @@ from router.cli.send_files import Pair
 from router.core.config import DEFAULT_MAX_PDU
 from router.core.errors import RouterError
 from router.core.tls import failure_reason
+from router.dicom.bounded_pdu_queue import bound_sends
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import mark_connected, recover_rejection, was_connected
 
@@ -173,6 +174,7 @@ def associate(ae: AE, peer: Peer, pairs: Iterable[Pair]) -> Association:
         raise AssociationError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
     if not assoc.is_established:
         raise _failure(assoc, peer, time.monotonic() - started)
+    bound_sends(assoc)
     return assoc
 
 

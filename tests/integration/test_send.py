@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pydicom.uid import (
     ComputedRadiographyImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     EnhancedMRImageStorage,
+    MRImageStorage,
     NuclearMedicineImageStorage,
     PositronEmissionTomographyImageStorage,
     XRayAngiographicImageStorage,
@@ -34,6 +36,7 @@ from tests.dicom_samples import (
 from tests.integration.conftest import RouterFactory
 from tests.integration.router_process import ROUTER, wait_for
 from tests.pki import CertificateAuthority
+from tests.slow_link import SlowLink
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -341,3 +344,34 @@ def test_second_ctrl_c_aborts_and_reports_the_file_as_unknown(
     assert "aborting the associations in progress" in result.stderr, _output(result)
     assert counts.get("unknown", 0) >= 1, _output(result)
     assert "aborted by Ctrl-C while in progress" in result.stdout
+
+
+def _peak_rss_kb(*args: str | Path) -> int:
+    """The largest resident set `dicom-router send` reached (its own rusage), after it
+    stored every file."""
+    process = subprocess.Popen([*ROUTER, "send", *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, f"send exited {process.returncode}"
+    return int(usage.ru_maxrss)
+
+
+def test_a_slow_link_does_not_fill_the_senders_memory(tmp_path: Path) -> None:
+    """pynetdicom queued every PDU of a file for its socket with no bound: over a link
+    slower than the disk, `send` held what the peer had not taken yet (a 500 MB instance
+    over 50 MB/s: 470-570 MB of RSS). It waits for the socket now: its memory does not grow
+    with the file (router/dicom/bounded_pdu_queue.py)."""
+    small = write_instance(tmp_path / "small", sop_class=MRImageStorage,
+                           transfer_syntax=EXPLICIT_VR_LE, size_bytes=100_000)
+    large = write_instance(tmp_path / "large", sop_class=MRImageStorage,
+                           transfer_syntax=EXPLICIT_VR_LE, size_bytes=48_000_000, frames=4)
+    # PDUs of 128 KiB (storescp's largest), as a PACS would take: pynetdicom cuts them
+    # faster than the link carries them.
+    with StoreSCP(tmp_path / "pacs", "SLOWPACS", extra_args=["--max-pdu", "131072"]) as scp, \
+            SlowLink(scp.port, rate=50e6) as link:
+        to = ("--to", f"127.0.0.1:{link.port}", "--called-ae", "SLOWPACS")
+        baseline = _peak_rss_kb(small, *to)
+        peak = _peak_rss_kb(large, *to)
+        assert peak - baseline < 12 * 1024, (baseline, peak)
+        assert _digests(scp.received_files()) == _digests([small, large])

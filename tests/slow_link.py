@@ -1,0 +1,54 @@
+"""A TCP relay on 127.0.0.1 that carries client-to-server bytes at a set rate: a link slower
+than the disk, for tests of what a sender holds while its peer has not taken the data."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Self
+
+_BLOCK = 64 * 1024
+_BUFFER = 256 * 1024  # a link's, not loopback's megabytes
+
+
+class SlowLink:
+    """``with SlowLink(target_port, rate) as link:`` connect to ``link.port``."""
+
+    def __init__(self, target_port: int, rate: float) -> None:
+        self.target_port = target_port
+        self.rate = rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+
+    def __enter__(self) -> Self:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+                for sock in (client, server):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
+                threading.Thread(target=_pump, args=(client, server, self.rate),
+                                 daemon=True).start()
+                threading.Thread(target=_pump, args=(server, client, 0.0), daemon=True).start()
+
+
+def _pump(source: socket.socket, target: socket.socket, rate: float) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(_BLOCK):
+            target.sendall(data)
+            if rate:
+                time.sleep(len(data) / rate)
+    for sock in (source, target):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
