@@ -313,7 +313,14 @@ class Preparer:
         self._advance(prepared, target)
 
     def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:
+        # pydicom only with the first transcode: a worker that never transcodes never loads it
+        from workers.transforms.decoded_size import estimate_decoded_bytes, over_budget
+
         source_ts = prepared.job.transfer_syntax_uid
+        too_big = over_budget(estimate_decoded_bytes(prepared.path),
+                              self.config.transcode_max_decoded_bytes, source_ts)
+        if too_big:  # it would not fit the next time either: not retried
+            raise DeliveryError("transcode", too_big, transient=False)
         target = self._copy_path(prepared)
         done = self.codecs.transcode(prepared.path, target, source_ts, accepted)
         for name, _ in done.failed:

@@ -191,10 +191,24 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _first_to_go() -> None:
+    """Be the process the kernel's OOM killer picks first: a transcode holds about three
+    times the decoded pixel data, and when memory runs out the acceptor or the broker must
+    not be the one killed (a codec process that dies is a retried delivery). Raising one's
+    own score needs no privilege."""
+    if sys.platform != "linux":
+        return
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError as exc:  # not Linux, or a /proc mounted read-only
+        log.warning("cannot ask to be the OOM killer's first choice (%s)", exc)
+
+
 def _serve(connection: Connection, progress: Any = None, parent: int | None = None) -> None:
     """The codec process: run what the worker sends until it sends None or goes away."""
     if parent is not None:
         _die_with(parent)
+        _first_to_go()
     global _PROGRESS
     _PROGRESS = progress
     while True:

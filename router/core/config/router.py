@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from router.core.audit_config import AuditConfig
-from router.core.bounds import between
+from router.core.bounds import GIB, PIB, between
 from router.core.config.base import SHOWN_CHARS, Strict, _check_ae_title, shown
 from router.core.config.destinations import Destination, KnownAE, _destination_type
 from router.core.config.listen import ListenConfig
@@ -53,6 +53,9 @@ class RouterConfig(Strict):
     # How long the acceptor waits for a worker's next answer to a relayed request (queries,
     # retrieves, N-services) before it answers the requester with a failure.
     request_timeout: Seconds = Field(120.0, gt=0)
+    # The most pixel data a transcode may decode (README "Transcoding"): it takes about three
+    # times that in the worker's codec process; a larger instance is a `transcode` dead letter.
+    transcode_max_decoded_bytes: Annotated[int, between(1, PIB)] = 2 * GIB
 
     _ae = field_validator("ae_title")(_check_ae_title)
 

@@ -1,0 +1,101 @@
+"""A transcode too large for its memory budget is refused from the header, before the codec
+process decodes anything (workers/transforms/decoded_size.py), and the codec process offers
+itself to the OOM killer first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from router.core.config import parse_config
+from router.core.errors import DeliveryError
+from router.core.spool import Spool
+from tests.compressed_samples import write_compressed, write_native
+from workers.prepare import Preparer
+from workers.transforms.codec_process import CodecProcess
+from workers.transforms.decoded_size import decoded_bytes, estimate_decoded_bytes, over_budget
+
+from .helpers import make_header
+
+
+def test_the_decoded_size_is_rows_columns_samples_bytes_and_frames() -> None:
+    assert decoded_bytes(512, 512, 1, 16, 1) == 512 * 512 * 2
+    assert decoded_bytes(100, 200, 3, 8, 10) == 100 * 200 * 3 * 10
+    assert decoded_bytes(3, 3, 1, 1, 1) == 2  # 9 packed bits take two bytes
+
+
+def test_the_estimate_comes_from_the_header_of_a_compressed_multiframe(tmp_path: Path) -> None:
+    path = write_compressed(tmp_path, RLELossless, rows=32, columns=48, frames=5)
+    assert estimate_decoded_bytes(path) == 32 * 48 * 2 * 5  # 12 bits stored in 16
+    colour = write_native(tmp_path, colour=True, bits=8, rows=20, columns=10)
+    assert estimate_decoded_bytes(colour) == 20 * 10 * 3
+
+
+def test_an_instance_its_header_cannot_size_is_left_to_the_codec_process(
+        tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all")
+    assert estimate_decoded_bytes(junk) is None
+    assert over_budget(None, 1, RLELossless) is None
+
+
+def test_the_refusal_names_the_size_the_budget_and_what_to_do() -> None:
+    assert over_budget(100, 100, RLELossless) is None
+    message = over_budget(5 * 1024**3, 2 * 1024**3, RLELossless)
+    assert message is not None
+    assert "5.0 GiB" in message and "2.0 GiB" in message
+    assert "transcode_max_decoded_bytes" in message
+    assert f"RLE Lossless {RLELossless}" in message and "transfer_syntaxes" in message
+
+
+class _NoCodecs(CodecProcess):
+    """Fails the test if a transcode gets as far as the codec process."""
+
+    def transcode(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+        raise AssertionError("decoded anyway")
+
+
+def _preparer(tmp_path: Path, budget: int, codecs: CodecProcess) -> Preparer:
+    config = parse_config({
+        "transcode_max_decoded_bytes": budget,
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 104, "transfer_syntaxes": [JPEG2000Lossless]}},
+        "rules": [{"name": "all", "forward": ["pacs"]}],
+    })
+    return Preparer(config, Spool(tmp_path / "spool").create(), lambda: None, codecs)
+
+
+def test_a_transcode_past_the_budget_is_a_dead_letter_before_any_decoding(
+        tmp_path: Path) -> None:
+    source = write_compressed(tmp_path / "in", RLELossless, rows=32, columns=32, frames=4)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=RLELossless)
+    preparer = _preparer(tmp_path, 32 * 32 * 2 * 4 - 1, _NoCodecs())
+    with pytest.raises(DeliveryError) as caught:
+        preparer.prepare(job, "pacs", source)
+    assert caught.value.reason == "transcode" and not caught.value.transient
+    assert "8192 bytes" in str(caught.value) and "8191 bytes" in str(caught.value)
+    assert not list(preparer.spool.relay.iterdir())  # no copy left behind
+
+
+def test_a_transcode_within_the_budget_is_done(tmp_path: Path) -> None:
+    source = write_compressed(tmp_path / "in", RLELossless, rows=32, columns=32, frames=4)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=RLELossless)
+    codecs = CodecProcess()
+    try:
+        prepared = _preparer(tmp_path, 32 * 32 * 2 * 4, codecs).prepare(job, "pacs", source)
+    finally:
+        codecs.close()
+    assert prepared.job.transfer_syntax_uid == JPEG2000Lossless
+    prepared.cleanup()
+
+
+def test_the_codec_process_is_the_oom_killers_first_choice() -> None:
+    codecs = CodecProcess()
+    try:
+        score = codecs.run(Path.read_text, Path("/proc/self/oom_score_adj"))
+    finally:
+        codecs.close()
+    assert int(score) == 1000
+    assert int(Path("/proc/self/oom_score_adj").read_text()) < 1000  # the worker is not
