@@ -10,7 +10,8 @@ file in memory; the engine encodes the command, checks every state change and de
 peer says.
 
 Every wait has a deadline: connect_timeout for TCP and TLS, the ACSE wait for the
-A-ASSOCIATE answer and the A-RELEASE-RP, dimse_timeout for each write and for the response.
+A-ASSOCIATE answer and the A-RELEASE-RP, dimse_timeout for each write, and for the response
+dimse_timeout plus one second per MB of the dataset (response_wait).
 """
 
 from __future__ import annotations
@@ -68,6 +69,19 @@ MIN_SEND_LIMIT = 8
 # A-ASSOCIATE-AC presentation context result (PS3.8 9.3.3.2): the peer does not take the SOP
 # class at all, in any syntax (4 is "transfer syntaxes not supported": another may do).
 ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+
+# The slowest a destination may store an instance before it answers (README "Instances of
+# several GB"): the same allowance as a DICOMweb upload's.
+RESPONSE_BYTES_PER_SECOND = 1_000_000
+
+
+def response_wait(dimse_timeout: float, dataset_length: int) -> float:
+    """How long to wait for a C-STORE response once the last byte went: `dimse_timeout`
+    plus one second per MB of the dataset. A PACS that writes a 4 GB instance to its own
+    storage before it answers (dcm4chee, Orthanc) may take minutes: `dimse_timeout` alone
+    counted that as a failure, and every retry sent the 4 GB again."""
+    return dimse_timeout + dataset_length / RESPONSE_BYTES_PER_SECOND
+
 
 class StoreAssociation:
     """An established association; `accepts` says which (SOP class, syntax) it carries."""
@@ -257,15 +271,17 @@ class StoreAssociation:
         except OSError:
             self.abort()  # the file: the peer holds part of a message that cannot end
             raise
-        return self._response(self._message_id)
+        return self._response(self._message_id, response_wait(self.peer.dimse_timeout,
+                                                              dataset_length))
 
-    def _response(self, message_id: int) -> CStoreRSP:
-        deadline = time.monotonic() + self.peer.dimse_timeout
+    def _response(self, message_id: int, wait: float) -> CStoreRSP:
+        deadline = time.monotonic() + wait
         while True:
             events = self.receive(deadline)
             if events is None:
                 self.abort()
-                raise StoreFailed("timeout", f"no response within {self.peer.dimse_timeout:g} s")
+                raise StoreFailed("timeout", f"no response within {wait:g} s "
+                                  f"(dimse_timeout plus 1 s per MB of the instance)")
             for event in events:
                 if isinstance(event, CommandReceived):
                     command = event.command

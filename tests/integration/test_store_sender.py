@@ -57,9 +57,11 @@ class SCP:
 
     def __init__(self, *, status: int = 0x0000, max_pdu: int = 256 * 1024,
                  syntaxes: list[str] | None = None, max_associations: int = 10,
-                 abort_in_store: bool = False, network_timeout: float | None = None) -> None:
+                 abort_in_store: bool = False, network_timeout: float | None = None,
+                 delay: float = 0.0) -> None:
         self.port = free_port()
         self.status = status
+        self.delay = delay  # seconds it takes to store an instance before answering
         self.abort_in_store = abort_in_store
         self.received: list[bytes] = []
         self.accepted = 0
@@ -77,6 +79,7 @@ class SCP:
         if self.abort_in_store:
             event.assoc.abort()
             return 0x0000
+        time.sleep(self.delay)
         with self.lock:
             self.received.append(bytes(event.encoded_dataset(include_meta=False)))
         return self.status
@@ -177,6 +180,31 @@ def test_a_large_file_is_streamed_not_loaded(tmp_path: Path) -> None:
         sender.close()
         assert [dataset_digest(p) for p in pacs.received_files()] == [dataset_digest(path)]
     assert peak < 2_000_000  # one PDU buffer, not the 24 MB file
+
+
+def test_a_destination_that_stores_a_large_instance_before_answering_gets_time_per_mb(
+        tmp_path: Path) -> None:
+    """The wait for the response after the last byte is dimse_timeout plus one second per MB:
+    a PACS that writes a large instance to its own storage before answering was counted as
+    silent at dimse_timeout, and every retry sent the whole instance again. Here 3 MB and a
+    0.5 s dimse_timeout allow 3.5 s; the destination takes 1.5 s."""
+    path = _instance(tmp_path, 3_000_000)
+    with SCP(delay=1.5) as peer:
+        sender = _destination(peer.port, dimse_timeout=0.5)
+        sender.deliver(_job(path), path)
+        sender.close()
+    assert peer.received == [_dataset_bytes(path)]
+
+
+def test_a_destination_silent_past_its_allowance_is_a_dimse_timeout(tmp_path: Path) -> None:
+    path = _instance(tmp_path, 100_000)  # 0.5 s + 0.1 s allowed
+    with SCP(delay=3.0) as peer:
+        sender = _destination(peer.port, dimse_timeout=0.5)
+        with pytest.raises(DeliveryError) as failed:
+            sender.deliver(_job(path), path)
+        sender.close()
+    assert (failed.value.reason, failed.value.transient) == ("dimse_timeout", True)
+    assert "1 s per MB" in str(failed.value)
 
 
 @pytest.mark.parametrize(("status", "transient"), [(0xA700, True), (0xC000, False)])
