@@ -29,6 +29,7 @@ from router.dicom.engine import (
     SendData,
 )
 from router.dicom.relayed_dimse import response_bytes
+from router.dicom.store_client import response_wait
 from router.relay.exchange import RequesterGone
 from router.relay.request_ids import RequestIds
 
@@ -132,7 +133,10 @@ class EngineRequesterLink:
                     self._write(self.engine.send(SendData(context, chunk, last=last)))
                     if last:
                         break
-        deadline = time.monotonic() + self.response_timeout
+        # A viewer may store a large instance before it answers, as a PACS does
+        # (store_client.response_wait): listen.dimse_timeout plus one second per MB.
+        wait = response_wait(self.response_timeout, meta.dataset_length)
+        deadline = time.monotonic() + wait
         while (left := deadline - time.monotonic()) > 0:
             try:
                 answer = self._store_answers.get(timeout=left)
@@ -143,7 +147,8 @@ class EngineRequesterLink:
             if answer.message_id_responded == message_id:
                 return answer.status
             # a late answer to an earlier sub-operation that timed out: not this one's
-        log.warning("C-GET sub-operation: no C-STORE-RSP within %g s", self.response_timeout)
+        log.warning("C-GET sub-operation: no C-STORE-RSP within %g s (listen.dimse_timeout "
+                    "plus 1 s per MB of the instance)", wait)
         return None
 
     def _store_context(self, sop_class: str, syntax: str) -> int | None:

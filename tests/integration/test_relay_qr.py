@@ -455,7 +455,8 @@ class SlowGetArchive:
 
     INSTANCES = 40
 
-    def __init__(self, folder: Path, first_delay: float = 0.0) -> None:
+    def __init__(self, folder: Path, first_delay: float = 0.0, instances: int = INSTANCES,
+                 size_bytes: int = 2000) -> None:
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             CTImageStorage,
             StudyRootQueryRetrieveInformationModelGet,
@@ -465,8 +466,8 @@ class SlowGetArchive:
         self.first_delay = first_delay
         self.sent = 0
         self.files = [write_instance(folder, sop_class=str(CTImageStorage),
-                                     transfer_syntax=EXPLICIT_VR_LE, size_bytes=2000)
-                      for _ in range(self.INSTANCES)]
+                                     transfer_syntax=EXPLICIT_VR_LE, size_bytes=size_bytes)
+                      for _ in range(instances)]
         self.ae = AE(ae_title="SLOWGET")
         self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
         self.ae.add_supported_context(CTImageStorage, EXPLICIT_VR_LE, scp_role=True,
@@ -528,6 +529,43 @@ def test_c_cancel_stops_a_c_get_upstream(tmp_path: Path) -> None:
     finally:
         router.stop()
         slow.close()
+
+
+def test_a_c_get_requester_that_stores_a_large_instance_before_answering_gets_time_per_mb(
+        tmp_path: Path) -> None:
+    """The wait for a C-GET requester's C-STORE-RSP is listen.dimse_timeout plus one second
+    per MB, as for a destination (README "Instances of several GB"): a viewer that writes a
+    large instance before it answers had the sub-operation counted failed at
+    listen.dimse_timeout. Here 3 MB and 0.5 s allow 3.5 s; the requester takes 1.5 s."""
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    archive = SlowGetArchive(tmp_path / "archive", instances=1, size_bytes=3_000_000)
+    router = _router_querying(tmp_path, "SLOWGET", archive.port,
+                              listen={"dimse_timeout": 0.5})
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        time.sleep(1.5)  # a viewer writing the instance to its disk before it answers
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    try:
+        assoc = _get_association(router.port, on_store)
+        assert assoc.is_established
+        final = None
+        for status, _ in assoc.send_c_get(_study_query("1.2.3"),
+                                          StudyRootQueryRetrieveInformationModelGet):
+            final = status
+        assoc.release()
+        assert final is not None
+        assert (final.Status, final.get("NumberOfCompletedSuboperations"),
+                final.get("NumberOfFailedSuboperations", 0)) == (0x0000, 1, 0)
+        assert len(received) == 1
+    finally:
+        router.stop()
+        archive.close()
 
 
 def test_a_c_gets_instances_go_with_the_acceptor_that_would_have_passed_them_on(
