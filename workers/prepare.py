@@ -320,7 +320,8 @@ class Preparer:
         too_big = over_budget(estimate_decoded_bytes(prepared.path),
                               self.config.transcode_max_decoded_bytes, source_ts)
         if too_big:  # it would not fit the next time either: not retried
-            raise DeliveryError("transcode", too_big, transient=False)
+            self._resplice(prepared, accepted, too_big)
+            return
         target = self._copy_path(prepared)
         done = self.codecs.transcode(prepared.path, target, source_ts, accepted)
         for name, _ in done.failed:
@@ -339,6 +340,22 @@ class Preparer:
                      "; ".join(f"{name}: {why}" for name, why in done.failed))
         prepared.changes.append(change)
         self._advance(prepared, target)
+
+    def _resplice(self, prepared: Prepared, accepted: Sequence[str], too_big: str) -> None:
+        """Too big to decode: Explicit <-> Implicit VR Little Endian needs no decoding
+        (native_resplice.py); anything else is refused."""
+        from pydicom.uid import UID
+
+        from workers.transforms.native_resplice import resplice, resplice_target
+
+        source_ts = prepared.job.transfer_syntax_uid
+        target_ts = resplice_target(source_ts, accepted)
+        if target_ts is None or not resplice(prepared.path, self._copy_path(prepared),
+                                             target_ts):
+            raise DeliveryError("transcode", too_big, transient=False)
+        prepared.changes.append(f"converted {UID(source_ts).name} -> {UID(target_ts).name} "
+                                f"without decoding its pixel data (too large to decode)")
+        self._advance(prepared, prepared.copies[-1])
 
     @staticmethod
     def _advance(prepared: Prepared, target: Path) -> None:

@@ -425,6 +425,29 @@ def test_an_implicit_only_destination_gets_implicit_vr(
                              reason="no_context") == 0
 
 
+def test_an_implicit_only_destination_gets_an_instance_too_large_to_decode(
+        start_router: RouterFactory, tmp_path: Path) -> None:
+    """Past transcode_max_decoded_bytes (lowered here) a transcode is refused; but Explicit
+    to Implicit VR needs no decoding, so an Implicit-only PACS (storescp +xi) still gets a
+    native instance, its pixel data byte for byte; a compressed one is a dead letter."""
+    with StoreSCP(tmp_path / "implicit-pacs", "IMPL", extra_args=["+xi"]) as implicit:
+        router = start_router({"transcode_max_decoded_bytes": 1000,
+                               "destinations": {"impl": dicom_destination(implicit)},
+                               "rules": [{"name": "all", "forward": ["impl"]}]})
+        native = write_instance(tmp_path / "src", sop_class=CT, transfer_syntax=EXPLICIT_VR_LE,
+                                size_bytes=200_000)
+        compressed = write_compressed(tmp_path / "src", RLELossless)
+        for source in (native, compressed):
+            assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(implicit.received_files()) == 1), router.log()[-2000:]
+        assert wait_for(lambda: router.metric("dicom_router_dead_letters_total",
+                                              destination="impl", reason="transcode") == 1)
+        got = dcmread(implicit.received_files()[0])
+        assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert got.SOPInstanceUID == dcmread(native).SOPInstanceUID
+        assert got.PixelData == dcmread(native).PixelData
+
+
 def test_a_morph_value_the_character_set_cannot_encode_is_a_dead_letter_not_question_marks(
         start_router: RouterFactory, tmp_path: Path) -> None:
     """Regression: a morph's value with characters the dataset's Specific Character Set

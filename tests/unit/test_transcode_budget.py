@@ -6,8 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+)
 
 from router.core.config import parse_config
 from router.core.errors import DeliveryError
@@ -57,11 +63,12 @@ class _NoCodecs(CodecProcess):
         raise AssertionError("decoded anyway")
 
 
-def _preparer(tmp_path: Path, budget: int, codecs: CodecProcess) -> Preparer:
+def _preparer(tmp_path: Path, budget: int, codecs: CodecProcess,
+              syntaxes: tuple[str, ...] = (JPEG2000Lossless,)) -> Preparer:
     config = parse_config({
         "transcode_max_decoded_bytes": budget,
         "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
-                                  "port": 104, "transfer_syntaxes": [JPEG2000Lossless]}},
+                                  "port": 104, "transfer_syntaxes": list(syntaxes)}},
         "rules": [{"name": "all", "forward": ["pacs"]}],
     })
     return Preparer(config, Spool(tmp_path / "spool").create(), lambda: None, codecs)
@@ -99,3 +106,46 @@ def test_the_codec_process_is_the_oom_killers_first_choice() -> None:
         codecs.close()
     assert int(score) == 1000
     assert int(Path("/proc/self/oom_score_adj").read_text()) < 1000  # the worker is not
+
+
+@pytest.mark.parametrize(("source_ts", "target_ts", "bits"), [
+    (ExplicitVRLittleEndian, ImplicitVRLittleEndian, 16),
+    (ExplicitVRLittleEndian, ImplicitVRLittleEndian, 8),
+    (ImplicitVRLittleEndian, ExplicitVRLittleEndian, 16),
+])
+def test_explicit_and_implicit_vr_past_the_budget_are_converted_without_decoding(
+        tmp_path: Path, source_ts: str, target_ts: str, bits: int) -> None:
+    """An Implicit-only PACS (many older ones) still gets a native instance too large to
+    decode: between these two syntaxes the pixel data's bytes do not change
+    (workers/transforms/native_resplice.py)."""
+    (tmp_path / "in").mkdir()
+    source = write_native(tmp_path / "in", bits=bits, rows=40, columns=30, frames=3)
+    if source_ts == ImplicitVRLittleEndian:
+        ds = pydicom.dcmread(source)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.save_as(source, enforce_file_format=True)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=source_ts)
+    preparer = _preparer(tmp_path, 100, _NoCodecs(), (JPEG2000Lossless, target_ts))
+
+    prepared = preparer.prepare(job, "pacs", source)
+
+    assert prepared.job.transfer_syntax_uid == target_ts
+    original, copy = pydicom.dcmread(source), pydicom.dcmread(prepared.path)
+    assert copy.file_meta.TransferSyntaxUID == target_ts
+    assert copy.PixelData == original.PixelData
+    assert [e.tag for e in copy] == [e.tag for e in original]
+    # (a private element's VR is not in Implicit VR: it reads back as bytes, as ever)
+    assert [(e.tag, e.value) for e in copy if not e.tag.is_private] == \
+        [(e.tag, e.value) for e in original if not e.tag.is_private]
+    assert copy.original_encoding[0] == (target_ts == ImplicitVRLittleEndian)
+    assert any("without decoding" in str(change) for change in prepared.changes)
+
+
+def test_a_compressed_instance_past_the_budget_is_still_refused_for_an_implicit_pacs(
+        tmp_path: Path) -> None:
+    source = write_compressed(tmp_path / "in", RLELossless, rows=32, columns=32, frames=4)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=RLELossless)
+    preparer = _preparer(tmp_path, 100, _NoCodecs(), (ImplicitVRLittleEndian,))
+    with pytest.raises(DeliveryError, match="transcode_max_decoded_bytes"):
+        preparer.prepare(job, "pacs", source)
+    assert not list(preparer.spool.relay.iterdir())

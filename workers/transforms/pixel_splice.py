@@ -97,10 +97,10 @@ def write_spliced(ds: Dataset, source: BinaryIO, tail: PixelTail | None,
     if tail is None:
         return
     target.flush()
-    _copy_range(source, target, tail.offset, tail.length)
+    copy_range(source, target, tail.offset, tail.length)
 
 
-def _copy_range(source: BinaryIO, target: BinaryIO, offset: int, length: int) -> None:
+def copy_range(source: BinaryIO, target: BinaryIO, offset: int, length: int) -> None:
     src, dst = source.fileno(), target.fileno()
     try:
         while length:
