@@ -1,5 +1,7 @@
 """A TCP relay on 127.0.0.1 that carries client-to-server bytes at a set rate: a link slower
-than the disk, for tests of what a sender holds while its peer has not taken the data."""
+than the disk, for tests of what a sender holds while its peer has not taken the data. The
+server-to-client direction may be slowed too (`back_rate`), and stall for good after
+`stall_after` bytes: an upstream whose data trickles in, or stops coming."""
 
 from __future__ import annotations
 
@@ -17,9 +19,12 @@ _BUFFER = 256 * 1024  # a link's, not loopback's megabytes
 class SlowLink:
     """``with SlowLink(target_port, rate) as link:`` connect to ``link.port``."""
 
-    def __init__(self, target_port: int, rate: float) -> None:
+    def __init__(self, target_port: int, rate: float, back_rate: float = 0.0,
+                 stall_after: int | None = None) -> None:
         self.target_port = target_port
         self.rate = rate
+        self.back_rate = back_rate
+        self.stall_after = stall_after
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
 
@@ -40,13 +45,22 @@ class SlowLink:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
                 threading.Thread(target=_pump, args=(client, server, self.rate),
                                  daemon=True).start()
-                threading.Thread(target=_pump, args=(server, client, 0.0), daemon=True).start()
+                threading.Thread(target=_pump, args=(server, client, self.back_rate,
+                                                     self.stall_after), daemon=True).start()
 
 
-def _pump(source: socket.socket, target: socket.socket, rate: float) -> None:
+def _pump(source: socket.socket, target: socket.socket, rate: float,
+          stall_after: int | None = None) -> None:
+    carried = 0
     with contextlib.suppress(OSError):
-        while data := source.recv(_BLOCK):
+        while data := source.recv(_BLOCK if not rate else min(_BLOCK, int(rate / 10) or 1)):
+            if stall_after is not None and carried + len(data) > stall_after:
+                target.sendall(data[:stall_after - carried])
+                while source.recv(_BLOCK):  # stalled: dropped until one side closes
+                    pass
+                break
             target.sendall(data)
+            carried += len(data)
             if rate:
                 time.sleep(len(data) / rate)
     for sock in (source, target):

@@ -41,13 +41,14 @@ from router.core.dimse_status import (
     relay_failure_status,
 )
 from router.core.log_context import working_on
-from router.core.messages import RelayRequest, RelayResponse, RelayStore
+from router.core.messages import RelayProgress, RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
 from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
 from router.core.tls import TLSConfigError
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
+from router.dicom.silence_wait import SilenceWait
 from workers.relay_affinity import UpstreamAffinity
 from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
 
@@ -115,7 +116,8 @@ class RelayThread(threading.Thread):
 
     # --- sending answers --------------------------------------------------------------------
 
-    def _send(self, message: RelayResponse | RelayStore, payload: bytes | None = None) -> None:
+    def _send(self, message: RelayResponse | RelayStore | RelayProgress,
+              payload: bytes | None = None) -> None:
         self.out.send_multipart([encode_message(message), *([payload] if payload else [])])
 
     def _final(self, task: RelayTask, status: int, comment: str, upstream: str = "",
@@ -258,6 +260,11 @@ class RelayThread(threading.Thread):
         msg_id = request.move_message_id or 1
         if command in ("C-FIND", "C-GET", "C-MOVE"):
             assert dataset is not None
+            # dimse_timeout counts the upstream's silence, not how long an instance takes
+            # to arrive; the acceptor hears that data still comes (RelayProgress).
+            progress = RelayProgress(request.request_id)
+            SilenceWait(float(assoc.dimse_timeout or 60),
+                        lambda: self._send(progress)).install(assoc)
             for answer, identifier in self._query(assoc, request, dataset, msg_id):
                 if self._answer(task, upstream, answer, identifier):
                     return

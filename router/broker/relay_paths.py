@@ -16,6 +16,7 @@ from router.core.messages import (
     RelayAck,
     RelayCancel,
     RelayProbe,
+    RelayProgress,
     RelayRequest,
     RelayResponse,
     RelayStore,
@@ -25,7 +26,8 @@ from router.core.process_identity import ProcessTag
 
 log = logging.getLogger("router.broker.main")  # the name these messages always had
 
-RelayMessage = RelayResponse | RelayStore | RelayAck | RelayCancel | RelayProbe
+RelayMessage = (RelayResponse | RelayStore | RelayProgress | RelayAck | RelayCancel
+                | RelayProbe)
 
 
 class RelayPaths:

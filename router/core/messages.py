@@ -190,6 +190,16 @@ class RelayStore(Message):
 
 
 @dataclass(frozen=True)
+class RelayProgress(Message):
+    """Worker -> acceptor: data for this request is still arriving from the upstream (a
+    C-GET instance that takes longer than a timeout to come): the acceptor's
+    request_timeout counts silence, so its wait starts again. At most one a second."""
+
+    kind: ClassVar[str] = "relay_progress"
+    request_id: str
+
+
+@dataclass(frozen=True)
 class RelayAck(Message):
     """Acceptor -> worker: one RelayStore was sent on; the worker may send another."""
 
@@ -247,7 +257,8 @@ class ControlReply(Message):
     server_error: bool = False
 
 
-RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayAck, RelayCancel, RelayProbe)
+RELAY_TYPES = (RelayRequest, RelayResponse, RelayStore, RelayProgress, RelayAck, RelayCancel,
+               RelayProbe)
 
 _TYPES: dict[str, type[Message]] = {
     cls.kind: cls for cls in (Submit, Accepted, Refused, Ready, Deliver, Result, BatchResult,

@@ -79,6 +79,8 @@ class RelayCall:
         except zmq.ContextTerminated:
             raise RouterStopping("router stopping; retry later") from None
         if ready:
+            # Any word counts, a RelayProgress too (data still arriving from the upstream):
+            # request_timeout is silence, not the length of a transfer.
             self.last_heard = time.monotonic()
             try:
                 message = decode(frames[0])
