@@ -695,6 +695,35 @@ def test_a_down_destination_is_probed_with_one_delivery_until_it_takes_one() -> 
     assert len(d.dispatch(now=now)) == 3  # it took one: the others go at once
 
 
+def test_probes_of_down_destinations_leave_half_the_threads_to_those_up() -> None:
+    """Behind a dead WAN link each probe hangs for its connect timeout: 40 down destinations
+    held every delivery thread, and a healthy destination's queue waited minutes. Probes
+    hold at most half the threads; the rest go on delivering to destinations that are up."""
+    far = [f"far{i}" for i in range(6)]
+    d = make_dispatcher({name: 1 for name in [*far, "near"]})
+    d.worker_ready(W1, 4, now=0.0)
+    for name in far:  # each fails once: down, its queue paused
+        job = make_header(f"{name}-0", (name,))
+        d.add_job(job)
+        for _ in range(6):
+            if sent(d.dispatch(now=0.0)) == [(job.job_id, name)]:
+                break
+        answer(d, W1, failed(job, name, "connection"), now=0.0)
+    assert not any(d.is_up(name) for name in far)
+    near = make_header("near-0", ("near",))
+    d.add_job(near)
+
+    sends = d.dispatch(now=100.0)  # every pause is over: six probes due, and near's job
+
+    assert sorted(x.destination for _, x in sends) == ["far0", "far1", "near"]  # 2 of 4
+    assert d.dispatch(now=100.0) == []  # one thread free, and it is not for a probe
+    answer(d, W1, ok(near, "near"), now=100.0)
+    d.add_job(near2 := make_header("near-1", ("near",)))
+    assert sent(d.dispatch(now=100.0)) == [(near2.job_id, "near")]
+    answer(d, W1, failed(make_header("far0-0", ("far0",)), "far0", "connection"), now=100.0)
+    assert [x.destination for _, x in d.dispatch(now=100.0)] == ["far2"]  # its slot is free
+
+
 @pytest.mark.parametrize("transient", [True, False])
 def test_a_failure_status_during_a_pause_ends_the_pause(transient: bool) -> None:
     """The destination answered about an instance (a delivery still out when another one
