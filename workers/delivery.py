@@ -17,7 +17,7 @@ from router.audit.forwarded import ForwardTally
 from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.errors import DeliveryError
-from router.core.failures import HOLD_BACK_FAILURES, SPOOL_FAILURES
+from router.core.failures import DESTINATION_FAILURES, HOLD_BACK_FAILURES, SPOOL_FAILURES
 from router.core.log_context import working_on
 from router.core.log_safety import RepeatLimiter
 from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
@@ -178,7 +178,8 @@ class DeliveryThread(threading.Thread):
             if exc.reason in SPOOL_FAILURES:
                 _spool_failed(exc)
             else:
-                log.warning("job %s to %s, attempt %d: %s", job.job_id, name, task.attempt, exc)
+                log.log(_level(exc), "job %s to %s, attempt %d: %s", job.job_id, name,
+                        task.attempt, exc)
             return Result(job.job_id, name, False, exc.reason, exc.transient, str(exc),
                           during_store=exc.during_store, retry_after=exc.retry_after)
         except FileNotFoundError:
@@ -342,3 +343,12 @@ def _spool_failed(exc: DeliveryError) -> None:
     if _SPOOL_FAILURES_LOGGED.allow(exc.reason, 1):
         log.error("%s; deliveries that morph, de-identify or transcode wait, without spending "
                   "attempts, until the spool can take their copies", exc)
+
+
+def _level(exc: DeliveryError) -> int:
+    """The destination itself is down (cannot connect, rejected for now): the broker logs
+    that once per outage with the same words, so each probe's failure here is debug. An
+    abort under an instance stays a warning: it names the instance that may be the cause."""
+    if exc.transient and exc.reason in DESTINATION_FAILURES and not exc.during_store:
+        return logging.DEBUG
+    return logging.WARNING

@@ -147,18 +147,13 @@ class Dispatcher(DispatchState):
             for waited in self.spool_wait.took_copy():
                 self._requeue_back(waited)
         if result.delivered:
-            self.failures_in_a_row[delivery.destination] = 0
-            self.readdressed.discard(delivery.destination)
-            self.paused_until[delivery.destination] = 0.0
+            self._answered(delivery.destination, now)
             self.delivered_total[delivery.destination] += 1
             return self._finish(delivery)
         if result.reason == "withdrawn":
             return self._finish(delivery)  # the sender was told to retry; nothing to deliver
         if result.reason == "status":  # it answered about this instance: it is up
-            self.failures_in_a_row[delivery.destination] = 0
-            self.readdressed.discard(delivery.destination)
-            # Its pause too: kept, the rest of its queue waited for the old pause to end.
-            self.paused_until[delivery.destination] = 0.0
+            self._answered(delivery.destination, now)
         if result.reason == "busy":
             return [self._busy(delivery, now)]
         if _store_failure(result):
@@ -177,6 +172,16 @@ class Dispatcher(DispatchState):
         reason = result.reason if not result.transient else f"{result.reason}_retries_exhausted"
         return self._give_up(delivery, reason, result.detail)
 
+    def _answered(self, name: str, now: float) -> None:
+        """It took an instance or answered about one: up, and its pause is over (kept, the
+        rest of its queue waited for the old pause to end)."""
+        if self.failures_in_a_row[name]:
+            self.recoveries.append((name, now - self.down_since.get(name, now),
+                                    self.failures_in_a_row[name]))
+        self.failures_in_a_row[name] = 0
+        self.readdressed.discard(name)
+        self.paused_until[name] = 0.0
+
     def _pause(self, delivery: Delivery, reason: str, now: float, detail: str = "",
                retry_after: float = 0.0) -> Retry:
         """Hold the destination's whole queue; this delivery waits at its front."""
@@ -188,14 +193,21 @@ class Dispatcher(DispatchState):
         """`retry_after`: the destination's own minimum wait (HTTP Retry-After)."""
         name = delivery.destination
         starts = now >= self.paused_until[name]
+        news = False
         if starts:  # deliveries already out fail too: count once
+            # Logged when it goes down, or fails another way: not at each failed probe (300
+            # destinations behind a dead link wrote a line each per probe, for hours).
+            if not self.failures_in_a_row[name]:
+                self.down_since[name] = now
+                news = True
+            news = news or self.backoff_reason.get(name, "").partition(":")[0] != reason
             self.failures_in_a_row[name] += 1
             policy = self.policies[name]
             delay = max(backoff(policy.retry, self.failures_in_a_row[name], self.rand),
                         retry_after)
             self.paused_until[name] = now + delay
             self.backoff_reason[name] = f"{reason}: {detail}" if detail else reason
-        return Retry(delivery, self.paused_until[name] - now, reason, detail, announce=starts)
+        return Retry(delivery, self.paused_until[name] - now, reason, detail, announce=news)
 
     def _store_failed(self, delivery: Delivery, result: Result, now: float) -> list[Outcome]:
         """The destination aborted (or broke the protocol) with this instance on the wire:

@@ -92,6 +92,10 @@ class DispatchState:
         self.held: set[str] = set()
         # Limit changes since the caller last looked: (destination, old, new, why).
         self.limit_changes: list[tuple[str, int, int, str]] = []
+        # When each destination went down, and those up again since the caller last looked:
+        # (destination, seconds down, failures meanwhile).
+        self.down_since: dict[str, float] = {}
+        self.recoveries: list[tuple[str, float, int]] = []
 
     def reconfigure(self, policies: Mapping[str, DestinationPolicy], max_jobs: int,
                     max_bytes: int, holds: GroupHolds | None = None,

@@ -178,6 +178,10 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
                  why, requeued)
 
     def _apply(self, outcomes: list[Outcome]) -> None:
+        for name, down, failures in self.dispatcher.recoveries:
+            log.info("destination %s is back after %.0fs unavailable (%d failed tries)",
+                     name, down, failures)
+        self.dispatcher.recoveries.clear()
         for outcome in outcomes:
             if isinstance(outcome, Settled):
                 if self.unwritten.hold(outcome):  # a dead letter waits: the job stays
@@ -193,8 +197,10 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
                     log.debug("job %s to %s waits %.1fs for the spool (%s)", d.job.job_id,
                               d.destination, outcome.delay, outcome.detail)
                 elif outcome.reason in DESTINATION_FAILURES:
-                    if outcome.announce:  # once per back-off, not per delivery caught in it
-                        log.warning("destination %s unavailable (%s); its queue waits %.1fs",
+                    if outcome.announce:  # once per outage, not per probe or delivery in it
+                        log.warning("destination %s unavailable (%s); its queue waits %.1fs, "
+                                    "then probes with back-off (logged again when it is back "
+                                    "or fails another way)",
                                     d.destination, _said(outcome), outcome.delay)
                 else:
                     log.warning("delivery of job %s to %s failed (%s); attempt %d in %.1fs",

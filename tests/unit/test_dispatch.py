@@ -724,6 +724,33 @@ def test_probes_of_down_destinations_leave_half_the_threads_to_those_up() -> Non
     assert [x.destination for _, x in d.dispatch(now=100.0)] == ["far2"]  # its slot is free
 
 
+def test_an_outage_is_announced_once_and_its_end_is_reported() -> None:
+    """Each failed probe was logged (announce), so 300 destinations behind a dead link wrote
+    a line each per probe for hours. Announced: going down, and failing another way; the
+    end of the outage is reported with how long it lasted and how many probes failed."""
+    d = make_dispatcher({"pacs": 1}, rand=lambda: 1.0)
+    d.worker_ready(W1, 1, now=0.0)
+    job = make_header("j0", ("pacs",))
+    d.add_job(job)
+    announced = []
+    now = 0.0
+    for reason in ["connection", "connection", "connection", "rejected", "rejected"]:
+        assert sent(d.dispatch(now=now)) == [("j0", "pacs")]
+        (retry,) = answer(d, W1, failed(job, "pacs", reason), now=now)
+        announced.append(retry.announce)
+        now += retry.delay
+    assert announced == [True, False, False, True, False]
+    assert d.recoveries == []
+    assert sent(d.dispatch(now=now)) == [("j0", "pacs")]
+    answer(d, W1, ok(job, "pacs"), now=now)
+    assert d.recoveries == [("pacs", now, 5)]  # down since 0.0, five failures
+    job2 = make_header("j1", ("pacs",))
+    d.add_job(job2)
+    assert sent(d.dispatch(now=now)) == [("j1", "pacs")]
+    (retry,) = answer(d, W1, failed(job2, "pacs", "connection"), now=now)
+    assert retry.announce  # a new outage
+
+
 @pytest.mark.parametrize("transient", [True, False])
 def test_a_failure_status_during_a_pause_ends_the_pause(transient: bool) -> None:
     """The destination answered about an instance (a delivery still out when another one
