@@ -25,6 +25,7 @@ class SlowLink:
         self.rate = rate
         self.back_rate = back_rate
         self.stall_after = stall_after
+        self.stalled = threading.Event()  # set once the link stopped carrying data
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
 
@@ -46,16 +47,19 @@ class SlowLink:
                 threading.Thread(target=_pump, args=(client, server, self.rate),
                                  daemon=True).start()
                 threading.Thread(target=_pump, args=(server, client, self.back_rate,
-                                                     self.stall_after), daemon=True).start()
+                                                     self.stall_after, self.stalled),
+                                 daemon=True).start()
 
 
 def _pump(source: socket.socket, target: socket.socket, rate: float,
-          stall_after: int | None = None) -> None:
+          stall_after: int | None = None, stalled: threading.Event | None = None) -> None:
     carried = 0
     with contextlib.suppress(OSError):
         while data := source.recv(_BLOCK if not rate else min(_BLOCK, int(rate / 10) or 1)):
             if stall_after is not None and carried + len(data) > stall_after:
                 target.sendall(data[:stall_after - carried])
+                if stalled is not None:
+                    stalled.set()
                 while source.recv(_BLOCK):  # stalled: dropped until one side closes
                     pass
                 break

@@ -5,6 +5,7 @@ pynetdicom's `_config` is global per process, so spawned children must set it th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from typing import Any
@@ -88,8 +89,20 @@ def leave_responses_to_callers(dimse: Any) -> None:
 def abort_waking_waiter(assoc: Any) -> None:
     """Abort an association from another thread than the one waiting on it for a DIMSE
     message. pynetdicom wakes that wait (None, None on its message queue) only when the peer
-    aborts or closes: after a local abort it would wait out dimse_timeout."""
+    aborts or closes: after a local abort it would wait out dimse_timeout. Its abort waits
+    for the reader thread, which a stalled link holds in the middle of a PDU: wake it first."""
     try:
+        wake_reader(assoc)
         assoc.abort()
     finally:
         assoc.dimse.msg_queue.put((None, None))
+
+
+def wake_reader(assoc: Any) -> None:
+    """A DUL thread blocked in the middle of a PDU (the link stalled, the connection still
+    open) would never take an abort: shut the socket down so that its read ends."""
+    transport = getattr(assoc.dul, "socket", None)
+    sock = getattr(transport, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

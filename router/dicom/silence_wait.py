@@ -13,14 +13,14 @@ router's `max_pdu` for the upstream, 256 KB by default) per `limit`.
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+
+from router.dicom.net import wake_reader
 
 SLICE_SECONDS = 0.25  # how often a waiting relay looks at the clock
 PROGRESS_SECONDS = 1.0  # at most one RelayProgress a second per request
@@ -65,15 +65,6 @@ class SilenceWait:
                 self.reported = now
                 self.on_data()
             if now - max(started, self.last_pdu) > self.limit:
-                _wake_reader(assoc)
+                wake_reader(assoc)
                 return None, None  # pynetdicom aborts, as at its own DIMSE timeout
 
-
-def _wake_reader(assoc: Any) -> None:
-    """A DUL thread blocked in the middle of a PDU (the link stalled) would never take the
-    abort that follows: shut the socket down so that its read ends."""
-    transport = getattr(assoc.dul, "socket", None)
-    sock = getattr(transport, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)

@@ -5,6 +5,7 @@ against 2 s timeouts, the same shape in seconds."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
-from tests.integration.router_process import RouterProcess
+from tests.integration.router_process import RouterProcess, wait_for
 from tests.integration.test_relay_outcomes import (
     GET,
     Upstream,
@@ -103,6 +104,41 @@ def test_a_c_get_whose_upstream_stalls_mid_instance_fails_on_the_silence(
             final, comment, got = _get(router)
             assert final[0] == 0xA701 and not got, (final, comment)
             assert cause in comment, comment
+            _no_traceback(router)
+        finally:
+            router.stop()
+            upstream.close()
+
+
+def test_a_c_cancel_ends_a_c_get_whose_upstream_stalled_mid_instance(tmp_path: Path) -> None:
+    """The link stops carrying the upstream's data 1 MB into the instance and stays open;
+    the requester sends C-CANCEL, which the upstream (busy sending) never answers: the
+    worker aborts the upstream 5 s later and the requester gets its final answer then.
+    Both timeouts are 60 s, far past the requester's 20 s wait here (before: the abort
+    waited for pynetdicom's reader, held in the middle of a PDU, until the relay's 60 s
+    silence wait shut the socket down)."""
+    upstream = Upstream("GETQR", [_instance(tmp_path)])
+    upstream.ae.dimse_timeout = upstream.ae.network_timeout = 120
+    with SlowLink(upstream.port, rate=0.0, stall_after=1_000_000) as link:
+        router = _router(tmp_path, upstream, pacs={"port": link.port, "dimse_timeout": 60},
+                         request_timeout=60)
+        try:
+            assoc = _requester(router.port, [GET], on_store=lambda event: 0x0000)
+            answers: list[int] = []  # -1: the requester's own timeout, an empty status
+
+            def get() -> None:
+                answers.extend(int(status.get("Status", -1))
+                               for status, _ in assoc.send_c_get(_query(), GET))
+
+            requester = threading.Thread(target=get, daemon=True)
+            requester.start()
+            assert link.stalled.wait(15), "the upstream never sent its instance"
+            assoc.send_c_cancel(1, query_model=GET)
+            requester.join(20)
+            assert not requester.is_alive(), "no final answer 20 s after the C-CANCEL"
+            assert answers[-1:] == [0xFE00], answers
+            assert wait_for(lambda: "aborting the association" in router.log(), 5)
+            assoc.release()
             _no_traceback(router)
         finally:
             router.stop()
