@@ -10,6 +10,7 @@ import pytest
 
 from router.core.errors import ProtocolError
 from router.core.messages import (
+    RELAY_TYPES,
     SCHEMA_VERSION,
     Accepted,
     Deliver,
@@ -19,6 +20,13 @@ from router.core.messages import (
     Message,
     Ready,
     Refused,
+    RelayAck,
+    RelayCancel,
+    RelayProbe,
+    RelayProgress,
+    RelayRequest,
+    RelayResponse,
+    RelayStore,
     Result,
     Submit,
     decode,
@@ -226,3 +234,73 @@ def test_job_header_from_dict_rejects_bad_destinations() -> None:
 def test_job_header_to_dict_from_dict_round_trip() -> None:
     assert JobHeader.from_dict(TLS_HEADER.to_dict()) == TLS_HEADER
     assert JobHeader.from_dict(HEADER.to_dict()) == HEADER
+
+
+# --- relayed requests ----------------------------------------------------------------------------
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT = "1.2.840.10008.1.2.1"
+
+EVERY_RELAY_MESSAGE: list[Message] = [
+    RelayRequest("1-a", "C-FIND", ["pacs", "backup"], "CT1", "DICOM-ROUTER", "10.1.2.3",
+                 "1.2.840.10008.5.1.4.1.2.2.1", EXPLICIT, has_dataset=True),
+    RelayRequest("1-b", "C-GET", ["pacs"], "WS1", "DICOM-ROUTER", "10.1.2.4",
+                 "1.2.840.10008.5.1.4.1.2.2.3", EXPLICIT, priority=2,
+                 storage_contexts=[[CT, [EXPLICIT, "1.2.840.10008.1.2"]]]),
+    RelayRequest("1-c", "C-MOVE", ["pacs"], "WS1", "DICOM-ROUTER", "10.1.2.4",
+                 "1.2.840.10008.5.1.4.1.2.2.2", EXPLICIT, move_destination="WS1",
+                 move_message_id=7),
+    RelayRequest("1-d", "N-GET", ["PACS"], "CT1", "DICOM-ROUTER", "10.1.2.3", CT, EXPLICIT,
+                 sop_instance_uid="1.2.3.4", attribute_ids=[0x00100010, 0x00100020],
+                 action_type_id=1, event_type_id=2, to_known_ae=True),
+    RelayResponse("1-a", 0xFF00, False, has_dataset=True),
+    RelayResponse("1-b", 0xB000, True, "pacs", "2 failed", remaining=0, completed=8,
+                  failed=2, warning=0, sop_class_uid=CT, sop_instance_uid="1.2.3.4",
+                  status_fields={"ErrorID": 3, "OffendingElement": [0x00100010]},
+                  unanswered=True),
+    RelayStore("1-b", "1-b.000001.dcm", CT, "1.2.3.4", EXPLICIT),
+    RelayProgress("1-b"),
+    RelayAck("1-b"),
+    RelayCancel("1-a"),
+    RelayProbe("1-a"),
+    RelayProbe("1-b", "C-GET"),
+]
+
+
+@pytest.mark.parametrize("message", EVERY_RELAY_MESSAGE, ids=lambda m: type(m).__name__)
+def test_relay_round_trip(message: Message) -> None:
+    body = body_of(message)
+    decoded = decode(encode(message))
+
+    assert body["v"] == SCHEMA_VERSION and body["type"] == type(message).kind
+    assert type(decoded) is type(message)
+    assert decoded == message
+
+
+def test_every_relay_message_type_is_covered() -> None:
+    assert {type(m) for m in EVERY_RELAY_MESSAGE} == set(RELAY_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (EVERY_RELAY_MESSAGE[0], "request_id"),
+        (EVERY_RELAY_MESSAGE[0], "upstreams"),
+        (EVERY_RELAY_MESSAGE[0], "transfer_syntax_uid"),
+        (RelayResponse("r", 0, True), "status"),
+        (RelayResponse("r", 0, True), "final"),
+        (RelayStore("r", "f.dcm", CT, "1.2.3", EXPLICIT), "file_name"),
+        (RelayStore("r", "f.dcm", CT, "1.2.3", EXPLICIT), "sop_instance_uid"),
+        (RelayProgress("r"), "request_id"),
+        (RelayAck("r"), "request_id"),
+        (RelayCancel("r"), "request_id"),
+        (RelayProbe("r", "C-FIND"), "request_id"),
+    ],
+)
+def test_decode_rejects_a_relay_message_missing_a_required_field(message: Message,
+                                                                 field: str) -> None:
+    body = body_of(message)
+    del body[field]
+
+    with pytest.raises(ProtocolError, match=f"{type(message).kind} message lacks field '{field}'"):
+        decode(pack(body))
