@@ -288,10 +288,11 @@ _FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 def _field_defaults(cls: type) -> tuple[tuple[str, bool], ...]:
     """(name, required) per field, computed once per class (dataclasses.fields is slow on
-    the hot path): a field without a plain default must be on the wire."""
+    the hot path): a field without a default (plain or a factory) must be on the wire."""
     fields = _FIELDS.get(cls)
     if fields is None:
-        fields = tuple((f.name, f.default is dataclasses.MISSING)
+        fields = tuple((f.name, f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
                        for f in dataclasses.fields(cls))
         _FIELDS[cls] = fields
     return fields

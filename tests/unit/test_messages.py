@@ -281,6 +281,17 @@ def test_every_relay_message_type_is_covered() -> None:
     assert {type(m) for m in EVERY_RELAY_MESSAGE} == set(RELAY_TYPES)
 
 
+def test_relay_defaults_survive_a_round_trip_when_omitted() -> None:
+    """Fields with a default_factory (a list, a map) are optional like the others."""
+    frame = pack({"v": 1, "type": "response", "request_id": "r", "status": 0, "final": True})
+    request = body_of(EVERY_RELAY_MESSAGE[0])
+    del request["attribute_ids"], request["storage_contexts"]
+
+    assert decode(frame) == RelayResponse("r", 0, True)
+    assert decode(pack({"v": 1, "type": "relay_probe", "request_id": "r"})) == RelayProbe("r")
+    assert decode(pack(request)) == EVERY_RELAY_MESSAGE[0]
+
+
 @pytest.mark.parametrize(
     ("message", "field"),
     [
