@@ -92,7 +92,7 @@ class DeadLetterWriting:
         """The dead letter on the spool (None: the spool refused it, said and counted)."""
         d = outcome.delivery
         record = {"reason": outcome.reason, "detail": outcome.detail, "attempts": d.attempt,
-                  "failed_at": outcome.failed_at}
+                  **outcome.failed.stamp()}
         try:
             return self.spool.dead_letter(d.job, d.destination, record,
                                           sync_folder=sync_folder)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from router.broker.concurrency import Concurrency
 from router.core.config import RetryConfig
+from router.core.letter_age import Moment
 from router.core.messages import JobHeader
 from router.core.time_window import TimeWindow
 
@@ -95,7 +95,7 @@ class DeadLetter:
     reason: str
     detail: str
     # When it was given up: its record says so even if the spool took it later.
-    failed_at: float = field(default_factory=time.time, compare=False)
+    failed: Moment = field(default_factory=Moment.read, compare=False)
 
 
 @dataclass(frozen=True)

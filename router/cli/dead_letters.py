@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
 
 from router.cli.common import argument, config_parent, metrics_url
 from router.core.config import RouterConfig, default_config, load_config
 from router.core.errors import RouterError
+from router.core.letter_age import Age, Moment
 from router.core.spool import Spool
 from router.service import dead_letters
 
@@ -88,11 +88,14 @@ def _repeats(repeated: list[str], done: str) -> None:
         print(f"{letter_id} was named more than once: {done} once")
 
 
-def _age(seconds: float) -> str:
+def _age(age: Age) -> str:
+    """`*`: written before the system clock stepped back, so its age is not known."""
+    seconds = age.seconds
+    mark = "*" if age.stepped_back else ""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
+            return f"{seconds / size:.0f}{unit}{mark}"
+    return f"{seconds:.0f}s{mark}"
 
 
 def _unwritten(config: RouterConfig, destination: str | None) -> int:
@@ -127,12 +130,14 @@ def _list(letters: list[dead_letters.DeadLetter], as_json: bool, unwritten: int)
     if not letters:
         print("no dead letters on the spool" if unwritten else "no dead letters")
         return
-    now = time.time()
+    now = Moment.read()
     print(f"{'ID':<42} {'DESTINATION':<16} {'REASON':<28} {'TRIES':>5} {'AGE':>5}  DETAIL")
     for d in letters:
         print(f"{d.id:<42} {d.destination:<16} {d.reason:<28} {d.attempts:>5} "
-              f"{_age(now - d.failed_at):>5}  {d.detail[:80]}")
+              f"{_age(d.age(now)):>5}  {d.detail[:80]}")
     print(f"{len(letters)} dead letters")
+    if any(d.age(now).stepped_back for d in letters):
+        print("*: written before the system clock stepped back (its age is not known)")
 
 
 def _audit(config: RouterConfig, action: str, done: Sequence[_Letter], *,

@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from router.core.letter_age import Moment
 from router.core.messages import JobHeader
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def keep_unconfirmed(spool: Spool, job_ids: list[str]) -> list[str]:
                            uids.get("sop_instance_uid", ""),
                            uids.get("transfer_syntax_uid", ""), stat.st_size, stat.st_mtime,
                            (), (UNROUTED,))
-        record = {"reason": "unconfirmed", "attempts": 0, "failed_at": time.time(),
+        record = {"reason": "unconfirmed", "attempts": 0, **Moment.read().stamp(),
                   "detail": "found in jobs/ at start without its journal record, while the "
                             "journal was damaged: it may have been acknowledged; replay it "
                             "with --to <destination>, or purge it if its sender sent it again"}

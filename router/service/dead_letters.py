@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from router.core.errors import RouterError
+from router.core.letter_age import Age, Moment
 from router.core.messages import JobHeader
 from router.core.spool import Spool, new_job_id
 
@@ -46,7 +46,11 @@ class DeadLetter:
     reason: str
     detail: str
     attempts: int
-    failed_at: float
+    failed_at: float  # wall-clock time
+    written: Moment | None = None  # with the boot's clock when recorded (letter_age.py)
+
+    def age(self, now: Moment) -> Age:
+        return (self.written or Moment(self.failed_at, 0.0, None)).age_at(now)
 
     @property
     def id(self) -> str:
@@ -69,8 +73,8 @@ class Filter:
     older_than: float | None = None  # seconds
     newer_than: float | None = None
 
-    def matches(self, letter: DeadLetter, now: float) -> bool:
-        age = now - letter.failed_at
+    def matches(self, letter: DeadLetter, now: Moment) -> bool:
+        age = letter.age(now).seconds
         return ((self.destination is None or letter.destination == self.destination)
                 and (self.reason is None or letter.reason == self.reason)
                 and (self.older_than is None or age >= self.older_than)
@@ -110,9 +114,10 @@ _reported: set[Path] = set()  # damaged records this process logged: once each
 def _load(path: Path) -> DeadLetter:
     try:
         body = json.loads(path.read_bytes())
+        failed_at = float(body.get("failed_at", path.stat().st_mtime))
         return DeadLetter(path, JobHeader.from_dict(body["job"]), body["destination"],
                           body["reason"], body.get("detail", ""), int(body.get("attempts", 0)),
-                          float(body.get("failed_at", path.stat().st_mtime)))
+                          failed_at, Moment.of_record(body, failed_at))
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -141,10 +146,10 @@ def _read(path: Path, damaged: list[Damaged] | None) -> DeadLetter | None:
 
 
 def find(spool: Spool, selection: Filter = Filter(),
-         damaged: list[Damaged] | None = None) -> list[DeadLetter]:
+         damaged: list[Damaged] | None = None, now: Moment | None = None) -> list[DeadLetter]:
     """Dead letters matching `selection`, oldest first; the records that cannot be read are
-    left out (and added to `damaged`)."""
-    now = time.time()
+    left out (and added to `damaged`). Ages count to `now` (the clocks' reading)."""
+    now = now or Moment.read()
     read = (_read(p, damaged) for p in sorted(spool.dead_letters.glob("*.json"))
             if not p.name.startswith("."))
     letters = [d for d in read if d is not None]
@@ -160,7 +165,7 @@ class Page:
 
 
 def page(spool: Spool, selection: Filter, after: str | None, limit: int,
-         keep: Callable[[DeadLetter], bool] | None = None) -> Page:
+         keep: Callable[[DeadLetter], bool] | None = None, now: Moment | None = None) -> Page:
     """At most `limit` dead letters matching `selection` (and `keep`), by id: their jobs'
     arrival, as job ids are time-ordered. Only those after the id `after`, which need not
     exist any more (a purge between two pages shifts nothing). Only the page is kept: a
@@ -177,7 +182,7 @@ def page(spool: Spool, selection: Filter, after: str | None, limit: int,
         more = start + limit < len(names)
         total = len(names) - len(damaged)  # what else the page holds is not read
         return Page(chosen, total, names[start + limit - 1] if more else None, damaged)
-    now, total, chosen, more = time.time(), 0, [], False
+    now, total, chosen, more = now or Moment.read(), 0, [], False
     for name in names:
         letter = _read(spool.dead_letters / f"{name}.json", damaged)
         if letter is None or not selection.matches(letter, now) or (keep and not keep(letter)):

@@ -5,11 +5,11 @@ another) and purge. The actions go through the operator API (router/service/cont
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 from router.core.errors import RouterError
+from router.core.letter_age import Age, Moment
 from router.core.spool import Spool
 from router.service import dead_letters
 from router.service.console.auth import Identity
@@ -48,6 +48,12 @@ def _matches(letter: dead_letters.DeadLetter, params: dict[str, str]) -> bool:
     return not study or study == found.get("StudyInstanceUID")
 
 
+def _age(letter_age: Age) -> str:
+    if letter_age.stepped_back:
+        return f"{age(letter_age.seconds)} (written before the clock stepped back)"
+    return age(letter_age.seconds)
+
+
 def listing(identity: Identity, spool: Spool, params: dict[str, str], names: list[str],
             message: str) -> Response:
     damaged: list[dead_letters.Damaged] = []
@@ -60,9 +66,9 @@ def listing(identity: Identity, spool: Spool, params: dict[str, str], names: lis
                    if _matches(d, params)]
     except RouterError as exc:
         letters, message = [], str(exc)
-    now = time.time()
+    now = Moment.read()
     rows = [[f'<a href="/console/dead-letters/{e(d.id)}">{e(d.id)}</a>', e(d.destination),
-             e(d.reason), e(d.job.calling_ae), e(age(now - d.failed_at)), e(d.detail[:120])]
+             e(d.reason), e(d.job.calling_ae), e(_age(d.age(now))), e(d.detail[:120])]
             for d in letters[:MAX_ROWS]]
     filters = form("/console/dead-letters", identity, "".join([
         select("destination", ["", *names], params.get("destination", ""), "Destination"),
