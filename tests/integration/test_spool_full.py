@@ -136,7 +136,7 @@ def test_deliveries_waiting_for_the_spool_all_go_once_it_has_room(small_spool: P
 
         assert wait_for(lambda: int(pacs_row()["waiting_for_spool"]) > 0, timeout=20), \
             pacs_row()
-        assert pacs_row()["up"]
+        assert pacs_row()["up"], (pacs_row(), router.log()[-4000:])
 
         def listed() -> str:
             return subprocess.run([*ROUTER, "destinations", "list", "--config",
