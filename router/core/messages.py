@@ -363,6 +363,7 @@ __all__ = [
     "RelayAck",
     "RelayCancel",
     "RelayProbe",
+    "RelayProgress",
     "RelayRequest",
     "RelayResponse",
     "RelayStore",

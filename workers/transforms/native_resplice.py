@@ -19,12 +19,10 @@ from pathlib import Path
 
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from workers.transforms.pixel_splice import copy_range, read_head
+from workers.transforms.pixel_splice import LONG_VRS, UNDEFINED_LENGTH, copy_range, read_head
 
 LITTLE_ENDIAN_NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-_UNDEFINED = 0xFFFFFFFF
 _FIXED_VRS = {0x7FE00008: b"OF", 0x7FE00009: b"OD"}  # Float / Double Float Pixel Data
-_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
 
 
 def resplice_target(source_ts: str, accepted: Sequence[str]) -> str | None:
@@ -51,11 +49,11 @@ def resplice(source: Path, target: Path, target_ts: str) -> bool:
             (length,) = struct.unpack_from("<I", head, 4)
             value_at = tail.offset + 8
         else:
-            if head[4:6] not in _LONG_VRS:
+            if head[4:6] not in LONG_VRS:
                 return False
             (length,) = struct.unpack_from("<I", head, 8)
             value_at = tail.offset + 12
-        if length == _UNDEFINED or value_at + length != tail.offset + tail.length:
+        if length == UNDEFINED_LENGTH or value_at + length != tail.offset + tail.length:
             return False
         bits = int(ds.get("BitsAllocated") or 16)
         vr = _FIXED_VRS.get(tag, b"OW" if bits > 8 else b"OB")

@@ -26,8 +26,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 # Float, Double Float and (plain) Pixel Data: where stop_before_pixels stops.
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
-_UNDEFINED = 0xFFFFFFFF
+LONG_VRS = frozenset({b"OB", b"OW", b"OF", b"OD", b"UN"})
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _SEQUENCE_END = 0xFFFEE0DD
 _COPY_BLOCK = 1 << 20
@@ -71,11 +71,11 @@ def _ends_file(fh: BinaryIO, offset: int, size: int, *, implicit: bool,
     group, element = struct.unpack_from(f"{order}HH", head)
     if group << 16 | element not in PIXEL_TAGS:
         return False
-    if not implicit and head[4:6] not in _LONG_VRS:
+    if not implicit and head[4:6] not in LONG_VRS:
         return False
     start = offset + (8 if implicit else 12)
     length: int = struct.unpack_from(f"{order}I", head, start - offset - 4)[0]
-    if length != _UNDEFINED:
+    if length != UNDEFINED_LENGTH:
         return start + length == size
     position = start
     while position + 8 <= size:
@@ -84,7 +84,7 @@ def _ends_file(fh: BinaryIO, offset: int, size: int, *, implicit: bool,
         tag = group << 16 | element
         if tag == _SEQUENCE_END:
             return position + 8 == size
-        if tag != _ITEM or length == _UNDEFINED:
+        if tag != _ITEM or length == UNDEFINED_LENGTH:
             return False
         position += 8 + length
     return False
