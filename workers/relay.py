@@ -135,7 +135,7 @@ class RelayThread(threading.Thread):
                 self._final(task, Status.CANCEL, f"cancelled; {upstream} aborted", upstream)
             else:
                 self._final(task, relay_failure_status(request.command),
-                            _no_answer(task.assoc, upstream), upstream, unanswered=True)
+                            _no_answer(task, upstream), upstream, unanswered=True)
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final
@@ -263,8 +263,9 @@ class RelayThread(threading.Thread):
             # dimse_timeout counts the upstream's silence, not how long an instance takes
             # to arrive; the acceptor hears that data still comes (RelayProgress).
             progress = RelayProgress(request.request_id)
-            SilenceWait(float(assoc.dimse_timeout or 60),
-                        lambda: self._send(progress)).install(assoc)
+            task.silence = SilenceWait(float(assoc.dimse_timeout or 60),
+                                       lambda: self._send(progress))
+            task.silence.install(assoc)
             for answer, identifier in self._query(assoc, request, dataset, msg_id):
                 if self._answer(task, upstream, answer, identifier):
                     return
@@ -383,9 +384,12 @@ def _status_fields(status_ds: Dataset) -> dict[str, Any]:
     return fields
 
 
-def _no_answer(assoc: Association | None, upstream: str) -> str:
+def _no_answer(task: RelayTask, upstream: str) -> str:
     """Why a request got no response: the router gave up waiting (pynetdicom then aborts
     itself), or the upstream aborted or closed the association first."""
+    assoc = task.assoc
+    if task.silence is not None and task.silence.gave_up:
+        return f"{upstream} did not answer in time"
     if assoc is not None and not getattr(assoc, "_sent_abort", True):
         return f"{upstream} aborted the association without answering"
     return f"{upstream} did not answer in time"

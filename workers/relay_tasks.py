@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
     from pynetdicom.association import Association
 
+    from router.dicom.silence_wait import SilenceWait
+
 log = logging.getLogger("workers.relay")
 
 RELAY_WINDOW = 4  # C-GET instances handed to the acceptor and not yet passed on
@@ -51,6 +53,7 @@ class RelayTask:
     cancelled_at: float | None = None  # monotonic time of the first cancel
     aborting: bool = False
     request_sent: bool = False  # the request is on the wire to the upstream
+    silence: SilenceWait | None = None  # C-FIND, C-GET, C-MOVE: the wait for the upstream
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def cancel(self) -> None:

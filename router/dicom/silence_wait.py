@@ -33,6 +33,10 @@ class SilenceWait:
         self.limit = limit
         self.on_data = on_data
         self.last_pdu = self.reported = time.monotonic()
+        # The router gave up on the upstream's silence. Shutting the socket down lets the DUL
+        # thread see a closed connection, which can beat pynetdicom's own abort: its flags then
+        # read as if the upstream had aborted, so the reason is kept here.
+        self.gave_up = False
 
     def install(self, assoc: Any) -> None:
         assoc.bind(evt.EVT_PDU_RECV, self._pdu_received)
@@ -65,6 +69,7 @@ class SilenceWait:
                 self.reported = now
                 self.on_data()
             if now - max(started, self.last_pdu) > self.limit:
+                self.gave_up = True
                 wake_reader(assoc)
                 return None, None  # pynetdicom aborts, as at its own DIMSE timeout
 
