@@ -20,6 +20,12 @@ from router.core.config import SpoolConfig
 from router.core.disk_space import describe_oserror
 
 DISK_CHECK_SECONDS = 0.5
+# Once the watermark refused an instance, work is taken again only when that instance would
+# fit above it (hysteresis): without it, deleting the refused instance lifted the disk back
+# over the line, /readyz said ready, and the next sender's instance was refused after all
+# its bytes had come. Capped so that one refused multi-GB slide does not hold back small
+# instances that fit.
+MAX_WATERMARK_MARGIN = 64 * 1024**2
 # After the broker refused a job (queue full), refuse new work for this long before trying.
 CONGESTION_SECONDS = 1.0
 # After a commit failed (jobs/ gone or replaced by a file, read-only, EIO), refuse new work
@@ -46,6 +52,7 @@ class Admission:
         self._total_inodes = 0  # 0: the filesystem has no inode limit
         self._received_since = 0  # bytes taken in since then: a fast sender outruns the cache
         self._stored_since = 0  # and instances: each took an inode at least
+        self._margin = 0  # bytes above the watermark needed before work is taken again
         self._congested_until = 0.0
         self._spool_failure: str | None = None  # why the last commit failed, until one works
         self._spool_checked = 0.0
@@ -117,7 +124,7 @@ class Admission:
             self._received_since += size
             self._stored_since += 1
 
-    def _disk(self) -> tuple[str, str] | None:
+    def _disk(self, incoming: int) -> tuple[str, str] | None:
         now = self.clock()
         with self._lock:
             fresh = now - self._disk_checked < DISK_CHECK_SECONDS
@@ -127,12 +134,20 @@ class Admission:
                 self._look(now)
         with self._lock:
             free, total = self._free - self._received_since, self._total
+            watermark = self.watermark_bytes(total)
+            if free < watermark and incoming:
+                self._margin = max(self._margin, min(incoming, MAX_WATERMARK_MARGIN))
+            elif free >= watermark + self._margin:
+                self._margin = 0
+            margin = self._margin
         percent = 100.0 * free / total
-        if free < self.watermark_bytes(total):
+        if free < watermark + margin:
+            where = "below its watermark" if free < watermark else "near its watermark"
+            room = f" + {margin / 1024**2:.1f} MiB for the instance it refused" if margin else ""
             return "disk_watermark", (
-                f"spool disk below its watermark ({max(0, free) // 1024**2} MiB, "
+                f"spool disk {where} ({max(0, free) // 1024**2} MiB, "
                 f"{max(0.0, percent):.1f}% free; needs {self.min_free_bytes // 1024**2} MiB "
-                f"and {self.min_free_percent}%)")
+                f"and {self.min_free_percent}%{room})")
         if self._inodes_low():
             with self._lock:
                 inodes = max(0, self._free_inodes - self._stored_since)
@@ -157,15 +172,18 @@ class Admission:
             free, total = self._free_inodes - self._stored_since, self._total_inodes
         return total > 0 and free < self.watermark_inodes(total)
 
-    def refusal(self, *, new_association: bool = True) -> tuple[str, str] | None:
+    def refusal(self, *, new_association: bool = True,
+                incoming: int = 0) -> tuple[str, str] | None:
         """(reason label, operator message) when new work must be refused, else None.
+        `incoming`: the size of a received instance whose fate this decides (on the disk
+        already, so counted in what is free).
 
         Draining turns away new associations only: one in progress may go on storing until
         drain_grace ends (a study is not cut in the middle when it need not be).
         """
         if self.draining and new_association:
             return "draining", "router is shutting down"
-        disk = self._disk()
+        disk = self._disk(incoming)
         if disk is not None:
             return disk
         spool = self._spool()

@@ -152,7 +152,7 @@ class StoreHandler:
                 received.move_originator_message_id, received.move_originator_ae,
                 received.session.facts.calling_ae, path):
             return Status.SUCCESS, "relayed"  # a relayed C-MOVE's instance, for its move
-        refusal = self.admission.refusal(new_association=False)
+        refusal = self.admission.refusal(new_association=False, incoming=size)
         if refusal is not None:
             metrics.REFUSALS.labels(refusal[0]).inc()
             raise OutOfResources(f"{refusal[1]}; retry later")

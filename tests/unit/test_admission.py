@@ -12,6 +12,7 @@ from router.acceptor import admission as admission_module
 from router.acceptor.admission import (
     CONGESTION_SECONDS,
     DISK_CHECK_SECONDS,
+    MAX_WATERMARK_MARGIN,
     AcceptorState,
     Admission,
 )
@@ -293,3 +294,46 @@ def test_refuses_below_the_inode_watermark_saying_so(
     assert refusal[0] == "no_free_inodes"
     readiness = AcceptorState.MESSAGES[AcceptorState.code(refusal[0])]
     assert readiness == "refusing work: no free inodes on the spool disk (df -i)"
+
+
+def test_a_refused_instance_must_fit_above_the_watermark_before_work_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    """Regression (CI): an instance received to 99.8 MiB free was refused; its file deleted,
+    the disk read 100.3 MiB free, above the 100 MiB watermark, so /readyz said ready again
+    and the next instance was refused after all its bytes had come. Now the refused
+    instance's size is kept as a margin until the disk has room for it above the line."""
+    adm, disk = make(tmp_path, monkeypatch, clock, free=100 * MIB - MIB // 5)
+    refusal = adm.refusal(new_association=False, incoming=MIB // 2)
+    assert refusal is not None and refusal[0] == "disk_watermark"
+    disk.free_bytes += MIB // 2  # the refused instance's file is gone
+    clock.now += DISK_CHECK_SECONDS
+    refusal = adm.refusal()  # the acceptor's state, for /readyz
+    assert refusal is not None and refusal[0] == "disk_watermark"
+    assert "near its watermark" in refusal[1] and "+ 0.5 MiB" in refusal[1]
+    disk.free_bytes = 100 * MIB + MIB // 2  # delivered instances freed room for it
+    clock.now += DISK_CHECK_SECONDS
+    assert adm.refusal() is None
+    disk.free_bytes = 100 * MIB  # the margin is spent: the watermark alone counts again
+    clock.now += DISK_CHECK_SECONDS
+    assert adm.refusal() is None
+
+
+def test_the_margin_after_a_refused_large_instance_is_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    """A refused 3 GB slide does not hold back small instances once 64 MiB are free above
+    the watermark."""
+    adm, disk = make(tmp_path, monkeypatch, clock, free=90 * MIB)
+    assert adm.refusal(new_association=False, incoming=3 * 1024 * MIB) is not None
+    disk.free_bytes = 100 * MIB + MAX_WATERMARK_MARGIN
+    clock.now += DISK_CHECK_SECONDS
+    assert adm.refusal() is None
+
+
+def test_an_instance_that_fits_leaves_no_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: Clock
+) -> None:
+    adm, _ = make(tmp_path, monkeypatch, clock, free=101 * MIB)
+    assert adm.refusal(new_association=False, incoming=MIB // 2) is None
+    assert adm.refusal() is None
