@@ -1,7 +1,9 @@
 """A TCP relay on 127.0.0.1 that carries client-to-server bytes at a set rate: a link slower
 than the disk, for tests of what a sender holds while its peer has not taken the data. The
 server-to-client direction may be slowed too (`back_rate`), and stall for good after
-`stall_after` bytes: an upstream whose data trickles in, or stops coming."""
+`stall_after` bytes: an upstream whose data trickles in, or stops coming. The
+client-to-server direction stalls after `send_stall_after` bytes: an upstream that is the
+client (a relayed C-MOVE's, storing to the router) whose data stops coming."""
 
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ class SlowLink:
     """``with SlowLink(target_port, rate) as link:`` connect to ``link.port``."""
 
     def __init__(self, target_port: int, rate: float, back_rate: float = 0.0,
-                 stall_after: int | None = None) -> None:
+                 stall_after: int | None = None, send_stall_after: int | None = None) -> None:
         self.target_port = target_port
         self.rate = rate
         self.back_rate = back_rate
         self.stall_after = stall_after
+        self.send_stall_after = send_stall_after
         self.stalled = threading.Event()  # set once the link stopped carrying data
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
@@ -44,7 +47,8 @@ class SlowLink:
                 server = socket.create_connection(("127.0.0.1", self.target_port))
                 for sock in (client, server):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _BUFFER)
-                threading.Thread(target=_pump, args=(client, server, self.rate),
+                threading.Thread(target=_pump, args=(client, server, self.rate,
+                                                     self.send_stall_after, self.stalled),
                                  daemon=True).start()
                 threading.Thread(target=_pump, args=(server, client, self.back_rate,
                                                      self.stall_after, self.stalled),

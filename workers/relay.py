@@ -49,6 +49,7 @@ from router.core.tls import TLSConfigError
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
 from router.dicom.silence_wait import SilenceWait
+from router.relay.move_registry import ArrivalWatch
 from workers.relay_affinity import UpstreamAffinity
 from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
 
@@ -264,7 +265,7 @@ class RelayThread(threading.Thread):
             # to arrive; the acceptor hears that data still comes (RelayProgress).
             progress = RelayProgress(request.request_id)
             task.silence = SilenceWait(float(assoc.dimse_timeout or 60),
-                                       lambda: self._send(progress))
+                                       lambda: self._send(progress), self._arrivals(request))
             task.silence.install(assoc)
             for answer, identifier in self._query(assoc, request, dataset, msg_id):
                 if self._answer(task, upstream, answer, identifier):
@@ -294,6 +295,13 @@ class RelayThread(threading.Thread):
             self._final(task, Status.PROCESSING_FAILURE, f"cannot relay {command}")
             return
         self._answer(task, upstream, status, reply, final=True)
+
+    def _arrivals(self, request: RelayRequest) -> ArrivalWatch | None:
+        """A C-MOVE's instances come to an acceptor, not on this association: whether their
+        data still flows (a pass-through move's entry names no AE: never touched)."""
+        if request.command != "C-MOVE" or not request.move_message_id:
+            return None
+        return ArrivalWatch(self.spool.moves, request.move_message_id)
 
     @staticmethod
     def _query(assoc: Association, request: RelayRequest, dataset: Dataset, msg_id: int

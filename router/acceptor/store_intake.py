@@ -21,6 +21,7 @@ from router.core.dimse_status import Status
 from router.core.disk_space import describe_oserror
 from router.core.uids import uid_for_log
 from router.dicom.engine import CStoreRQ, CStoreRSP, SendCommand
+from router.relay.move_registry import ArrivingInstance
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class StoreIntake:
         self._receiver: StoreReceiver | None = None
         self._store: tuple[int, CStoreRQ, str] | None = None  # context, command, syntax
         self._refusal: StoreRefusal | None = None
+        self._move: ArrivingInstance | None = None  # a relayed C-MOVE's instance arriving
 
     @property
     def receiving(self) -> bool:
@@ -100,11 +102,27 @@ class StoreIntake:
                 "out_of_resources")
             return
         self._store, self._receiver = (context_id, command, transfer_syntax), receiver
+        self._move = self._arriving_for_a_move(command)
+
+    def _arriving_for_a_move(self, command: CStoreRQ) -> ArrivingInstance | None:
+        """An instance of a relayed C-MOVE in progress: while its data arrives the move's
+        worker hears that its upstream is not silent (router/relay/move_registry.py)."""
+        relay = self.handler.relay
+        if relay is None or command.move_originator_message_id is None:
+            return None
+        move = relay.move_instance_arriving(command.move_originator_message_id,
+                                            command.move_originator_ae or None,
+                                            self.session.calling_ae)
+        if move is not None:
+            move.data()  # its command is the first sign of it
+        return move
 
     def take(self, parts: list[bytes | memoryview], last: bool) -> SendCommand | None:
         """Adjacent fragments of the dataset; the C-STORE-RSP to send after the last one."""
         if self._receiver is not None:
             self._receiver.write_parts(parts)
+            if self._move is not None:
+                self._move.data()
             return self._stored() if last else None
         if self._refusal is not None and last:
             refusal, self._refusal = self._refusal, None
@@ -116,11 +134,13 @@ class StoreIntake:
     def discard(self) -> None:
         """The association ended with a dataset still arriving: keep nothing of it."""
         receiver, self._receiver = self._receiver, None
+        self._move = None
         if receiver is not None:
             receiver.discard()
 
     def _stored(self) -> SendCommand:
         receiver, self._receiver = self._receiver, None
+        self._move = None
         assert receiver is not None and self._store is not None
         (context_id, command, transfer_syntax), self._store = self._store, None
         session = self.session

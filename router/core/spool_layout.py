@@ -19,6 +19,8 @@
                          workers' copies of jobs being morphed, de-identified or transcoded
                          (<pid>-<job>.<random>.dcm); the broker deletes a dead process's
                          (owned_names.py); never acknowledged as stored, wiped at start
+  moves/<message id>     relayed C-MOVEs in progress, which acceptor relays each one
+                         (router/relay/move_registry.py)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class SpoolLayout:
         self.unconfirmed: list[str] = []  # kept as dead letters by remove_orphans()
         self.replay = self.root / "replay"
         self.relay = self.root / "relay"
+        self.moves = self.root / "moves"
         self.journal = self.root / "journal"
         self.ledger_path = self.root / "ledger.sqlite"
         self.recycled = self.root / "recycle"

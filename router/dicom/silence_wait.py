@@ -9,6 +9,11 @@ after `limit` seconds without a PDU from the upstream, and while PDUs keep comin
 
 A PDU is the unit: pynetdicom reads each one whole, so a link must carry one PDU (the
 router's `max_pdu` for the upstream, 256 KB by default) per `limit`.
+
+A relayed C-MOVE's upstream sends its instances on associations of its own, to an acceptor,
+and nothing on the C-MOVE's association meanwhile: `elsewhere` says whether data for the
+request arrived there since the last look (router/relay/move_registry.py ArrivalWatch),
+which counts as a PDU from the upstream.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ PROGRESS_SECONDS = 1.0  # at most one RelayProgress a second per request
 class SilenceWait:
     """Installed on an established association before its C-FIND, C-GET or C-MOVE."""
 
-    def __init__(self, limit: float, on_data: Callable[[], None]) -> None:
+    def __init__(self, limit: float, on_data: Callable[[], None],
+                 elsewhere: Callable[[], bool] | None = None) -> None:
         self.limit = limit
         self.on_data = on_data
+        self.elsewhere = elsewhere
         self.last_pdu = self.reported = time.monotonic()
         # The router gave up on the upstream's silence. Shutting the socket down lets the DUL
         # thread see a closed connection, which can beat pynetdicom's own abort: its flags then
@@ -65,6 +72,8 @@ class SilenceWait:
             except queue.Empty:
                 pass
             now = time.monotonic()
+            if self.elsewhere is not None and self.elsewhere():
+                self.last_pdu = now
             if self.last_pdu > self.reported and now - self.reported >= PROGRESS_SECONDS:
                 self.reported = now
                 self.on_data()

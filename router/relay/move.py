@@ -93,7 +93,7 @@ class RelayedMoves:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self.moves = MoveRegistry(spool.root / "moves")
+        self.moves = MoveRegistry(spool.moves)
         self.senders = MoveSenders()  # moves to one destination share its association
         self._strays = RepeatLimiter(STRAY_WARNING_SECONDS)
 

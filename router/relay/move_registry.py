@@ -25,6 +25,11 @@ store_ae_titles:
   for CLOSED_SECONDS, and an entry whose acceptor died is a move that is over: an instance
   that names either is refused (late, nobody waits for it), never taken as new work; the
   ID is taken again, once no other is free;
+- while an instance of a move in progress arrives, the acceptor receiving it touches the
+  move's entry (`heard`, at most once per HEARD_SECONDS per C-STORE), and the worker whose
+  C-MOVE waits on the upstream watches its mtime (`ArrivalWatch`): the upstream says
+  nothing on the C-MOVE's association while it sends an instance, and that silence is not
+  the upstream's while the instance's data flows (README "Instances of several GB");
 - a pass-through C-MOVE reserves an ID too, an entry naming no AE that no instance matches:
   the upstream's C-STOREs for it (to the router itself, say) are ordinary work, never a
   relayed move's, in progress or closed.
@@ -33,6 +38,7 @@ store_ae_titles:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import time
@@ -48,6 +54,9 @@ MESSAGE_IDS = 65535  # a message ID is a US; 0 is not used
 # An upstream may go on sending well after a cancel; its instances are refused this long.
 CLOSED_SECONDS = 3600.0
 SWEEP_SECONDS = 60.0  # how often an acceptor removes expired closed-<id> files
+# A move's arriving instance says so at most this often: the worker looks 4 times a second
+# (router/dicom/silence_wait.py) and its timeout counts whole seconds.
+HEARD_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,22 @@ class MoveRegistry:
             os.replace(self.folder / str(move.message_id), closed)
             os.utime(closed)  # closed now, however long it ran
 
+    def heard(self, message_id: int) -> None:
+        """Data of an instance of this move arrived: its entry's mtime tells the worker that
+        waits on the upstream (ArrivalWatch). A move that ended meanwhile has no entry."""
+        with contextlib.suppress(OSError):
+            os.utime(self.folder / str(message_id))
+
+    def arriving(self, message_id: int | None, originator_ae: str | None,
+                 calling_ae: str) -> ArrivingInstance | None:
+        """A C-STORE whose data is arriving, when it is an instance of a move in progress
+        (the same AE checks as the instance's taking, `owner`); None otherwise: another
+        party's C-STORE naming the move never keeps it alive."""
+        if self.owner(message_id, originator_ae, calling_ae) is None:
+            return None
+        assert message_id is not None
+        return ArrivingInstance(self, int(message_id))
+
     def owner(self, message_id: int | None, originator_ae: str | None,
               calling_ae: str = "") -> ProcessTag | None:
         """The acceptor relaying the move an instance names, None when it names no move in
@@ -230,3 +255,42 @@ class MoveRegistry:
         for path in self.folder.glob("closed-*"):
             if self._expired(path.name):
                 path.unlink(missing_ok=True)
+
+
+@dataclass
+class ArrivingInstance:
+    """An instance of a relayed move in progress, arriving at an acceptor: its PDUs are the
+    move's activity (MoveRegistry.heard), once per HEARD_SECONDS at most."""
+
+    registry: MoveRegistry
+    message_id: int
+    _heard: float = -math.inf  # monotonic
+
+    def data(self) -> None:
+        now = time.monotonic()
+        if now - self._heard >= HEARD_SECONDS:
+            self._heard = now
+            self.registry.heard(self.message_id)
+
+
+class ArrivalWatch:
+    """In the worker whose C-MOVE waits on the upstream: whether data of the move's
+    instances arrived at an acceptor since the last look (the entry's mtime changed). By
+    change, not age: the waiter counts the silence on its own monotonic clock, so a wall
+    clock step neither ends nor prolongs the wait."""
+
+    def __init__(self, folder: Path, message_id: int) -> None:
+        self.path = folder / str(message_id)
+        self._seen = self._stamp()
+
+    def _stamp(self) -> int | None:
+        try:
+            return self.path.stat().st_mtime_ns
+        except OSError:
+            return None  # the move ended (closed-<id>), or it was never relayed
+
+    def __call__(self) -> bool:
+        stamp = self._stamp()
+        changed = stamp is not None and stamp != self._seen
+        self._seen = stamp
+        return changed

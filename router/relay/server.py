@@ -36,6 +36,7 @@ from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
+from router.relay.move_registry import ArrivingInstance
 from router.relay.state import Commitments
 from router.relay.sub_operations import SubOperations
 
@@ -269,6 +270,13 @@ class RelayServer:
         file meta says what it is); one of a move that ended is refused (MoveClosed)."""
         return self.moves.take_instance(originator_message_id, originator_ae, calling_ae,
                                         source)
+
+    def move_instance_arriving(self, originator_message_id: int | None,
+                               originator_ae: str | None, calling_ae: str
+                               ) -> ArrivingInstance | None:
+        """From the C-STORE intake as a dataset starts to arrive: an instance of a relayed
+        C-MOVE in progress, whose data keeps the move's wait on its upstream alive."""
+        return self.moves.moves.arriving(originator_message_id, originator_ae, calling_ae)
 
     def awaits_move_instances(self, calling_ae: str) -> bool:
         """Whether a relayed C-MOVE in progress takes instances from this calling AE."""

@@ -133,6 +133,7 @@ class FakeStore:
     comment: str = ""
     seen: list[Seen] = field(default_factory=list)
     admission: Any = field(default_factory=lambda: SimpleNamespace(spool_failed=print))
+    relay: Any = None  # no relayed C-MOVE in progress
 
     def handle(self, received: ReceivedStore) -> tuple[int, str, bool]:
         raw = received.path.read_bytes()

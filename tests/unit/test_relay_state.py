@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 from router.core.process_identity import ProcessTag, own_tag, process_start
-from router.relay.move_registry import CLOSED_SECONDS, MoveRegistry
+from router.relay.move_registry import (
+    CLOSED_SECONDS,
+    ArrivalWatch,
+    ArrivingInstance,
+    MoveRegistry,
+)
 from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments
 
 
@@ -136,6 +141,32 @@ def test_an_upstream_storing_under_its_store_ae_titles_adds_to_its_move(
     moves.close(move)
     assert elsewhere.closed(move.message_id, "DICOM-ROUTER", "QR")
     assert elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2") is None  # not open
+
+
+def test_only_the_upstreams_instances_of_a_move_in_progress_are_heard_by_its_worker(
+        tmp_path: Path) -> None:
+    """An instance of the move arriving at any acceptor touches the move's entry, which
+    the worker waiting on the upstream watches; another party's C-STORE naming the move, a
+    pass-through move's ID and a move that ended are never heard."""
+    moves = MoveRegistry(tmp_path)
+    move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
+    passing = moves.reserve()
+    os.utime(tmp_path / str(move.message_id), (1, 1))  # opened a while ago
+    watch = ArrivalWatch(tmp_path, move.message_id)
+    elsewhere = MoveRegistry(tmp_path)  # the acceptor process the instance reaches
+    assert not watch()
+    for calling, originator in (("CT2", "DICOM-ROUTER"), ("CT2", ""), ("QR", "WORKSTATION")):
+        assert elsewhere.arriving(move.message_id, originator, calling) is None
+    assert elsewhere.arriving(passing.message_id, "DICOM-ROUTER", "QRSCP") is None
+    arriving = elsewhere.arriving(move.message_id, "DICOM-ROUTER", "QR ")
+    assert arriving is not None
+    arriving.data()
+    assert watch()
+    assert not watch()  # heard once per touch
+    moves.close(move)
+    assert elsewhere.arriving(move.message_id, "DICOM-ROUTER", "QR") is None
+    ArrivingInstance(elsewhere, move.message_id).data()  # one that began before the close
+    assert not watch() and not (tmp_path / str(move.message_id)).exists()
 
 
 def test_a_move_in_progress_awaits_its_upstreams_and_store_ae_titles_only(
