@@ -87,6 +87,8 @@ def run_on_signal(signums: list[int], action: Callable[[int], None]) -> None:
                 action(number[0])
             except Exception:  # the next signal must still be acted on
                 logging.getLogger(__name__).exception("acting on signal %d failed", number[0])
+            if _poll_wakeup is not None:
+                _poll_wakeup.poke()
 
     threading.Thread(target=relay, name="signals", daemon=True).start()
 
@@ -96,6 +98,10 @@ def run_on_signal(signums: list[int], action: Callable[[int], None]) -> None:
 
     for signum in signums:
         signal.signal(signum, handler)
+
+
+# The process's SignalWakeup, if its loop has one: woken again once a signal's action ran.
+_poll_wakeup: SignalWakeup | None = None
 
 
 class SignalWakeup:
@@ -108,11 +114,20 @@ class SignalWakeup:
     """
 
     def __init__(self) -> None:
+        global _poll_wakeup
         self.reader, writer = socket.socketpair()
         self.reader.setblocking(False)
         writer.setblocking(False)
         self._writer = writer  # kept open for the life of the process
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        _poll_wakeup = self
+
+    def poke(self) -> None:
+        """Wake the poll once more, after a signal's action ran (run_on_signal): the signal's
+        own wakeup may have been drained before that thread set the stop event, and the loop
+        then slept a whole poll (a second) before it saw it, at every stop and reload."""
+        with contextlib.suppress(OSError):  # full: a wakeup is pending anyway
+            self._writer.send(b"\0")
 
     def fileno(self) -> int:
         return self.reader.fileno()

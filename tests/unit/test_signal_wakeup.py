@@ -97,3 +97,37 @@ def test_a_worker_loop_drains_the_wakeup_after_a_signal(
     worker.relays.abort_overdue = counted  # type: ignore[method-assign]
     worker.run(stop, signalled)
     assert not _unread(signalled), "left readable: every later poll returns at once"
+
+
+def test_a_signals_action_wakes_the_poll_again_once_it_ran(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """Regression: SIGTERM's action (setting the stop event) runs on a thread of its own; a
+    loop that woke on the signal's byte and drained it before that thread ran saw no stop
+    and slept a whole poll (a second): every worker's and the broker's stop, so every
+    router's stop and reload, took a second longer, now and then. The action's thread now
+    writes to the wakeup socket once more after the action."""
+    import select
+
+    from router.core import process_util
+
+    previous_fd = signal.set_wakeup_fd(-1)
+    previous = signal.getsignal(signal.SIGUSR2)
+    monkeypatch.setattr(process_util, "_poll_wakeup", None)
+    drained, stopped = threading.Event(), threading.Event()
+
+    def act(signum: int) -> None:
+        drained.wait(10)  # the loop drained the signal's own byte first
+        stopped.set()
+
+    try:
+        process_util.run_on_signal([signal.SIGUSR2], act)
+        wakeup = SignalWakeup()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert select.select([wakeup.reader], [], [], 10)[0]  # the signal's own byte
+        wakeup.drain()
+        drained.set()
+        assert stopped.wait(10)
+        assert select.select([wakeup.reader], [], [], 10)[0], "the loop would sleep on"
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGUSR2, previous)
