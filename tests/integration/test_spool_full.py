@@ -89,14 +89,14 @@ def test_a_spool_too_full_for_a_morphed_copy_waits_without_spending_attempts(
     became a dead letter the full disk could not take either. Now it waits (reason
     `spool_write`, one log line) and is delivered once there is room again."""
     (port,) = free_ports(1)
-    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)
     config = _morphing(small_spool, port, {"max_attempts": 2, "initial_delay": 0.1,
                                            "max_delay": 0.2})
     sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
                               transfer_syntax=EXPLICIT_VR_LE, size_bytes=200_000)
                for _ in range(2)]
     with RouterProcess(tmp_path / "router", config) as router, pacs:
-        filler = _queued_then_full(router, pacs, small_spool, sources)
+        filler = _queued_then_full(router, small_spool, sources)
         assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                               reason="spool_write") >= 6), router.log()[-3000:]
         assert router.metric_sum("dicom_router_dead_letters_total") == 0
@@ -119,14 +119,14 @@ def test_deliveries_waiting_for_the_spool_all_go_once_it_has_room(small_spool: P
     no reason, until an operator's `destinations retry`. Now the spell counts once, the
     wait says why, and once a probe gets its copy through every waiting delivery goes."""
     (port,) = free_ports(1)
-    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)  # not running yet: jobs stay queued
+    pacs = StoreSCP(tmp_path / "pacs", "PACS", port=port)
     config = _morphing(small_spool, port, {"initial_delay": 0.2, "max_delay": 300})
     count = 12
     sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
                               transfer_syntax=EXPLICIT_VR_LE, size_bytes=20_000)
                for _ in range(count)]
     with RouterProcess(tmp_path / "router", config) as router, pacs:
-        filler = _queued_then_full(router, pacs, small_spool, sources)
+        filler = _queued_then_full(router, small_spool, sources)
         assert wait_for(lambda: router.metric("dicom_router_retries_total", destination="pacs",
                                               reason="spool_write") >= count + 2), router.log()
         # Polled, not read once: a copy can slip into the space another's failed copy
@@ -139,9 +139,7 @@ def test_deliveries_waiting_for_the_spool_all_go_once_it_has_room(small_spool: P
         assert pacs_row()["up"], (pacs_row(), router.log()[-4000:])
 
         def listed() -> str:
-            return subprocess.run([*ROUTER, "destinations", "list", "--config",
-                                   str(router.config_path)], capture_output=True, text=True,
-                                  timeout=60, check=False).stdout
+            return _destinations(router, "list").stdout
 
         assert wait_for(lambda: "waiting for the spool (spool_write)" in listed(),
                         timeout=20), listed()
@@ -242,16 +240,25 @@ def _morphing(spool: Path, port: int, retry: dict[str, float]) -> dict[str, Any]
     }
 
 
-def _queued_then_full(router: RouterProcess, pacs: StoreSCP, spool: Path,
-                      sources: list[Path]) -> Path:
-    """`sources` acknowledged while the PACS is down, then the spool filled, then the PACS
-    up: every delivery meets the full disk with its copy. The filler, to remove."""
-    pacs.stop()
+def _queued_then_full(router: RouterProcess, spool: Path, sources: list[Path]) -> Path:
+    """`sources` acknowledged while an operator holds the PACS's queue, then the spool
+    filled, then the queue resumed: every delivery meets the full disk with its copy, and
+    none met the PACS before. The filler, to remove. (A PACS stopped instead was refused a
+    delivery whenever one went before the fill, under load: down for that, rightly.)"""
+    assert _destinations(router, "pause", "pacs").returncode == 0
     stored = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER")
     assert stored.returncode == 0, stored.stderr
     filler = fill(spool)
-    pacs.start()
+    # Room for the resume's record of the paused set, not for a copy (20 KB or more).
+    os.truncate(filler, filler.stat().st_size - 8192)
+    resumed = _destinations(router, "resume", "pacs")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return filler
+
+
+def _destinations(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROUTER, "destinations", *args, "--config", str(router.config_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_unwritten_dead_letters_of_a_destination_no_longer_configured_are_shown(
