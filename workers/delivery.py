@@ -115,9 +115,11 @@ class DeliveryThread(threading.Thread):
                       self.name, self.spool.ledger_path, exc)
 
     def _release_idle(self) -> None:
+        """Prune the ledger. The pool's idle associations are released by the worker's
+        IdleReleaser (workers/idle_release.py), never here: a release to a peer gone
+        silent waits its whole acse_timeout, and held this thread's next delivery."""
         if self.ledger is not None:
             self.ledger.prune()
-        release_all(self.pool.take_expired(time.monotonic()))
 
     def _park(self, name: str) -> None:
         """Give the association back to the worker's pool: the next delivery to this

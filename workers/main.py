@@ -46,6 +46,7 @@ from router.core.spool import Spool
 from router.core.zmq_drain import waiting
 from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
+from workers.idle_release import IdleReleaser
 from workers.prepare import SHARED_CODECS
 from workers.relay_tasks import CANCEL_GRACE_SECONDS, ActiveRelays, RelayTask
 
@@ -73,6 +74,7 @@ class Worker:
         self.audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled \
             else None
         self.forwarded = ForwardTally(config) if self.audit is not None else None
+        self.idle_release = IdleReleaser(pool)
         self.threads = [
             DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
                            i, pool, self.forwarded)
@@ -169,6 +171,7 @@ class Worker:
     def run(self, stop: threading.Event, wakeup: SignalWakeup | None = None) -> None:
         for thread in self.threads:
             thread.start()
+        self.idle_release.start()
         poller = zmq.Poller()
         poller.register(self.results, zmq.POLLIN)
         poller.register(self.relay_out, zmq.POLLIN)
@@ -212,6 +215,7 @@ class Worker:
                         "requesters get a failure to retry", len(relays))
         for task in relays:
             task.stop()
+        self.idle_release.stop()
         for _ in self.threads:
             self.tasks.put(None)
         for _ in self.relay_threads:

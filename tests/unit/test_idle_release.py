@@ -1,0 +1,128 @@
+"""Idle pooled associations are released off the delivery threads (workers/idle_release.py).
+
+A release to a peer whose path went silent (a firewall that dropped the idle flow) waits
+for an A-RELEASE-RP that never comes, for the destination's whole acse_timeout. Done by a
+delivery thread after its task, that wait held the thread's next delivery."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from router.core.config import parse_config
+from router.core.messages import Deliver, Result, decode
+from router.core.spool import Spool
+from router.dicom.store_sender import StorePool
+from tests.dicom_samples import write_instance
+from workers.delivery import DeliveryThread
+from workers.idle_release import IdleReleaser
+
+from .helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, make_header
+
+ENDPOINT = "inproc://results-idle-release"
+
+
+class SilentPeerAssociation:
+    """An established association whose release waits for an RP that does not come."""
+
+    def __init__(self) -> None:
+        self.releasing = threading.Event()
+        self.answered = threading.Event()  # the test lets the release end
+
+    @property
+    def is_established(self) -> bool:
+        return not self.answered.is_set()
+
+    def release(self) -> None:
+        self.releasing.set()
+        self.answered.wait(10)
+
+
+def _expired_in(pool: StorePool) -> SilentPeerAssociation:
+    silent = SilentPeerAssociation()
+    pool.take("pacs", lambda a: True)
+    pool.give_back("pacs", silent, idle_timeout=0.0)  # type: ignore[arg-type]
+    return silent
+
+
+@pytest.fixture
+def pull() -> Iterator[tuple[zmq.Context[Any], zmq.Socket[bytes]]]:
+    context: zmq.Context[Any] = zmq.Context()
+    sock = context.socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(ENDPOINT)
+    yield context, sock
+    sock.close()
+    context.destroy(linger=0)
+
+
+def test_a_delivery_thread_is_not_held_by_an_idle_release_to_a_silent_peer(
+    tmp_path: Path, pull: tuple[zmq.Context[Any], zmq.Socket[bytes]],
+) -> None:
+    context, results = pull
+    config = parse_config({
+        "spool": {"path": str(tmp_path / "spool"), "duplicate_window": 0},
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive"),
+                                     "fsync": False}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    spool = Spool(config.spool.path).create()
+    pool = StorePool()
+    silent = _expired_in(pool)
+    tasks: queue.Queue[Deliver | None] = queue.Queue()
+    thread = DeliveryThread(config, spool, tasks, context, ENDPOINT, 0, pool)
+    releaser = IdleReleaser(pool, interval=0.05)
+    source = write_instance(tmp_path / "sample", sop_class=CT_IMAGE_STORAGE,
+                            transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN)
+    jobs = [f"{i:016x}aaaaaaaa" for i in (1, 2)]
+    for job_id in jobs:
+        spool.instance_path(job_id).write_bytes(source.read_bytes())
+
+    def delivered(job_id: str) -> bool:
+        tasks.put(Deliver(make_header(job_id, ("archive",)), "archive", 1))
+        if not results.poll(5000):
+            return False  # the thread sits in a release
+        result = decode(results.recv())
+        return isinstance(result, Result) and (result.job_id, result.delivered) == (job_id,
+                                                                                  True)
+
+    thread.start()
+    try:
+        assert delivered(jobs[0])
+        # The association has idled past its timeout by now, and its peer never answers.
+        releaser.start()
+        assert silent.releasing.wait(5), "the expired association was never released"
+        assert delivered(jobs[1]), "the next delivery waited for the release"
+        assert not silent.answered.is_set()  # it went while the release still waited
+    finally:
+        silent.answered.set()
+        releaser.stop()
+        tasks.put(None)
+        thread.join(10)
+        releaser.join(10)
+
+
+def test_only_associations_past_their_idle_timeout_are_released() -> None:
+    pool = StorePool()
+    expired = _expired_in(pool)
+    fresh = SilentPeerAssociation()
+    pool.take("other", lambda a: True)
+    pool.give_back("other", fresh, idle_timeout=60.0)  # type: ignore[arg-type]
+    releaser = IdleReleaser(pool, interval=0.05)
+    releaser.start()
+    try:
+        assert expired.releasing.wait(5)
+        time.sleep(0.2)  # several more rounds: the fresh one stays
+        assert not fresh.releasing.is_set()
+        assert pool.open_count("other") == 1 and pool.open_count("pacs") == 0
+    finally:
+        expired.answered.set()
+        releaser.stop()
+        releaser.join(5)
