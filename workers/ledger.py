@@ -132,6 +132,10 @@ def _open(path: Path) -> sqlite3.Connection:
             )
             db.execute("CREATE INDEX IF NOT EXISTS deliveries_by_bytes"
                        " ON deliveries (destination, sop_instance_uid, digest)")
+            # For the prune: without it every delivery thread read the whole table once a
+            # minute (a day at 100 instances/s: 8.6 million rows, ~2 GB, about 1 s each).
+            # Built once on an older ledger: ~1 s per 2 million rows.
+            db.execute("CREATE INDEX IF NOT EXISTS deliveries_by_age ON deliveries (delivered_at)")
             return db
         except sqlite3.OperationalError as exc:
             db.close()
