@@ -13,7 +13,7 @@ import pytest
 from tests.dcmtk import LOCALHOST, StoreSCP
 from tests.integration.router_process import RouterProcess
 from tests.integration.test_relay_outcomes import Upstream, _move_to, _no_traceback, _router
-from tests.integration.test_relay_slow_upstream import RATE, _dataset_bytes, _instance
+from tests.integration.test_relay_slow_upstream import RATE, STALLS, _dataset_bytes, _instance
 from tests.slow_link import SlowLink
 
 pytestmark = pytest.mark.integration
@@ -59,10 +59,7 @@ def test_a_relayed_c_move_instance_slower_than_both_timeouts_arrives_while_data_
             upstream.close()
 
 
-@pytest.mark.parametrize(("dimse_timeout", "request_timeout", "cause"), [
-    (2, 30, "did not answer in time"),  # the worker's wait: the upstream's silence
-    (5, 2, "no answer from the router's worker within 2s"),  # the acceptor's wait
-])
+@pytest.mark.parametrize(("dimse_timeout", "request_timeout", "cause"), STALLS)
 def test_a_relayed_c_move_whose_instance_stalls_fails_on_the_silence(
         tmp_path: Path, dimse_timeout: int, request_timeout: int, cause: str) -> None:
     """The link stops carrying the upstream's instance 1 MB in and stays open: the data no

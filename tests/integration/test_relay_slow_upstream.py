@@ -83,10 +83,14 @@ def test_a_c_get_instance_slower_than_both_timeouts_arrives_while_data_flows(
             upstream.close()
 
 
-@pytest.mark.parametrize(("dimse_timeout", "request_timeout", "cause"), [
+# (dimse_timeout, request_timeout, the cause the requester reads) for a stalled upstream
+STALLS = [
     (2, 30, "did not answer in time"),  # the worker's wait: the upstream's silence
     (5, 2, "no answer from the router's worker within 2s"),  # the acceptor's wait
-])
+]
+
+
+@pytest.mark.parametrize(("dimse_timeout", "request_timeout", "cause"), STALLS)
 def test_a_c_get_whose_upstream_stalls_mid_instance_fails_on_the_silence(
         tmp_path: Path, dimse_timeout: int, request_timeout: int, cause: str) -> None:
     """The link stops carrying the upstream's data 1 MB into the instance and stays open:
