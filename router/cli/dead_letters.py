@@ -124,8 +124,9 @@ def _list(letters: list[dead_letters.DeadLetter], as_json: bool, unwritten: int)
               "writes them, and they are listed, once it has room",
               file=sys.stderr if as_json else sys.stdout)
     if as_json:
+        now = Moment.read()
         for letter in letters:
-            print(json.dumps(letter.as_dict()))
+            print(json.dumps(letter.as_dict(now)))
         return
     if not letters:
         print("no dead letters on the spool" if unwritten else "no dead letters")

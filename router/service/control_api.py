@@ -31,6 +31,7 @@ from router.audit.operator import record_action
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.core.errors import RouterError
+from router.core.letter_age import Moment
 from router.core.spool import Spool
 from router.core.status_snapshots import is_stale
 from router.service import dead_letters
@@ -110,7 +111,8 @@ class ControlApi:
         if match := _LETTER.fullmatch(path):
             if match[2] is None and not post:
                 letters = dead_letters.lookup(self.spool, match[1])
-                return json_response(200, {"dead_letters": [d.as_dict() for d in letters]})
+                now = Moment.read()
+                return json_response(200, {"dead_letters": [d.as_dict(now) for d in letters]})
             if match[2] is not None and post:
                 return self._letters(request, actor, match[2], match[1])
         return json_response(404 if not post else 405,
@@ -167,7 +169,8 @@ class ControlApi:
         calling = params.get("calling_ae")
         found = dead_letters.page(self.spool, self._filter(params), after, limit,
                                   (lambda d: d.job.calling_ae == calling) if calling else None)
-        return json_response(200, {"dead_letters": [d.as_dict() for d in found.letters],
+        now = Moment.read()
+        return json_response(200, {"dead_letters": [d.as_dict(now) for d in found.letters],
                                    "total": found.total, "limit": limit,
                                    "next": found.next_after,
                                    "unreadable": [d.as_dict() for d in found.unreadable],

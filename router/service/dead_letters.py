@@ -60,9 +60,14 @@ class DeadLetter:
     def instance_path(self) -> Path:
         return self.record_path.with_name(f"{self.job.job_id}.dcm")
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, now: Moment | None = None) -> dict[str, Any]:
+        """`age_seconds` as `older_than` counts it (the boot's clock: a step of the system
+        clock does not move it), beside the wall-clock `failed_at`; `clock_stepped_back`
+        when an earlier boot's `failed_at` lies ahead of the clock now."""
+        age = self.age(now or Moment.read())
         return {"id": self.id, "destination": self.destination, "reason": self.reason,
                 "detail": self.detail, "attempts": self.attempts, "failed_at": self.failed_at,
+                "age_seconds": round(age.seconds, 1), "clock_stepped_back": age.stepped_back,
                 "instance": str(self.instance_path), "job": self.job.to_dict()}
 
 

@@ -112,3 +112,18 @@ def test_a_record_written_now_carries_the_boot_clock(spool: Spool) -> None:
     (letter,) = find(spool, now=now)
     assert letter.written == now
     assert letter.age(now) == Age(0.0)
+
+
+def test_the_json_of_a_letter_carries_its_age_on_the_boot_clock(spool: Spool) -> None:
+    """The API's and `dead-letters list --json`'s records gave the wall-clock `failed_at`
+    only: a script computing the age from it was off by any step of the clock since, where
+    `older_than` (the same letters' filter) was not."""
+    write(spool, WRITTEN)
+    now = Moment(wall=WRITTEN.wall - 2 * HOUR + 60, boot=WRITTEN.boot + 60, boot_id=BOOT)
+    (letter,) = find(spool, now=now)
+    shown = letter.as_dict(now)
+    assert shown["failed_at"] == WRITTEN.wall
+    assert shown["age_seconds"] == 60.0 and shown["clock_stepped_back"] is False
+    earlier_boot = Moment(wall=WRITTEN.wall - 30, boot=10.0, boot_id="ffffffff")
+    assert letter.as_dict(earlier_boot)["age_seconds"] == 0.0
+    assert letter.as_dict(earlier_boot)["clock_stepped_back"] is True
