@@ -130,7 +130,7 @@ class RelayedMoves:
         with self.senders.use(target[0], target[1], config.ae_title, tls_key) as (sender, lock):
             delivery = Delivery(exchange, move, sender, self.spool.relay, originator,
                                 tuple(target[1].transfer_syntaxes), lock,
-                                time.monotonic() + config.request_timeout)
+                                config.request_timeout)
             call = call_upstream(relayed)
             try:
                 _move_loop(call, delivery)
@@ -211,7 +211,10 @@ class Delivery:
     originator: tuple[str, int]  # the requester's calling AE and its C-MOVE's message ID
     syntaxes: tuple[str, ...] = ()  # the destination's transfer_syntaxes: nothing else goes
     lock: threading.Lock = field(default_factory=threading.Lock)  # the shared sender's
-    deadline: float = math.inf  # monotonic: the move's request_timeout, for retries
+    # Seconds a sub-operation's transient failures are tried again, from its first try (the
+    # move's request_timeout): counted from the move's start, an instance that arrived after a
+    # long transfer had no retry left, and a destination busy for a moment failed it.
+    retry_window: float = math.inf
     counts: SubOperations = field(default_factory=SubOperations)
     refused: str = ""  # why the destination's TLS failed for good, for the final's comment
     _sent: Counts | None = None
@@ -236,17 +239,18 @@ class Delivery:
 
     def _send(self, path: Path) -> int:
         """One sub-operation. A transient failure (busy, rejected for now, no connection,
-        aborted) is tried again, backing off, until the move's deadline: a destination that
+        aborted) is tried again, backing off, for `retry_window`: a destination that
         serves one association at a time may be serving someone else for a moment. A
         certificate one side does not accept stays so while the requester waits: failed."""
         delay = RETRY_FIRST_SECONDS
+        deadline = time.monotonic() + self.retry_window
         while True:
             try:
                 with self.lock:
                     return int(self.sender.send(_job(path), path, self.originator))
             except DeliveryError as exc:
                 if (not exc.transient or exc.certificate
-                        or time.monotonic() + delay > self.deadline
+                        or time.monotonic() + delay > deadline
                         or self.exchange.cancelled() or self.exchange.gone()):
                     raise
                 log.info("relayed C-MOVE: %s; trying again in %.1f s", exc, delay)
