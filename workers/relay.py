@@ -51,6 +51,7 @@ from router.dicom.scu_outcome import failure_from_association, mark_connected
 from router.dicom.silence_wait import SilenceWait
 from router.relay.move_registry import ArrivalWatch
 from workers.relay_affinity import UpstreamAffinity
+from workers.relay_answers import no_answer, status_fields
 from workers.relay_tasks import RELAY_WINDOW, ActiveRelays, RelayTask
 
 __all__ = ["RELAY_WINDOW", "ActiveRelays", "RelayTask", "RelayThread"]
@@ -136,7 +137,7 @@ class RelayThread(threading.Thread):
                 self._final(task, Status.CANCEL, f"cancelled; {upstream} aborted", upstream)
             else:
                 self._final(task, relay_failure_status(request.command),
-                            _no_answer(task, upstream), upstream, unanswered=True)
+                            no_answer(task, upstream), upstream, unanswered=True)
             return True
         status = int(status_ds.Status)
         last = status not in PENDING if final is None else final
@@ -157,7 +158,7 @@ class RelayThread(threading.Thread):
             error_comment=comment,
             sop_class_uid=str(affected.get("AffectedSOPClassUID", "")),
             sop_instance_uid=str(affected.get("AffectedSOPInstanceUID", "")),
-            has_dataset=payload is not None, status_fields=_status_fields(status_ds),
+            has_dataset=payload is not None, status_fields=status_fields(status_ds),
             **counts), payload)
         if last:
             metrics.DIMSE_RESPONSES.labels(upstream, request.command, f"0x{status:04X}").inc()
@@ -371,33 +372,3 @@ def _keep_response(event: Any, task: RelayTask) -> None:
     pynetdicom leaves out of the status dataset it returns."""
     if type(event.message).__name__.endswith("_RSP"):  # not a request the upstream sends
         task.response = event.message.command_set
-
-
-RELAYED_STATUS_FIELDS = ("ErrorID", "OffendingElement", "AttributeIdentifierList")
-
-
-def _status_fields(status_ds: Dataset) -> dict[str, Any]:
-    """The status elements besides Status and ErrorComment, as plain ints (tags included)."""
-    fields: dict[str, Any] = {}
-    for keyword in RELAYED_STATUS_FIELDS:
-        value = status_ds.get(keyword)
-        if value is None:
-            continue
-        if keyword == "ErrorID":
-            fields[keyword] = int(value)
-        else:
-            # AT: a tag (an int) when VM 1, else a MultiValue of tags
-            fields[keyword] = [int(Tag(t)) for t in ([value] if isinstance(value, int)
-                                                    else value)]
-    return fields
-
-
-def _no_answer(task: RelayTask, upstream: str) -> str:
-    """Why a request got no response: the router gave up waiting (pynetdicom then aborts
-    itself), or the upstream aborted or closed the association first."""
-    assoc = task.assoc
-    if task.silence is not None and task.silence.gave_up:
-        return f"{upstream} did not answer in time"
-    if assoc is not None and not getattr(assoc, "_sent_abort", True):
-        return f"{upstream} aborted the association without answering"
-    return f"{upstream} did not answer in time"

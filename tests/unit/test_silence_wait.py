@@ -16,7 +16,7 @@ import router.dicom.silence_wait as silence_wait
 from router.core.messages import RelayRequest
 from router.dicom.silence_wait import SilenceWait
 from tests.dcmtk import free_port
-from workers.relay import _no_answer
+from workers.relay_answers import no_answer
 from workers.relay_tasks import RelayTask
 
 FIND = PatientRootQueryRetrieveInformationModelFind
@@ -75,4 +75,4 @@ def test_a_wait_that_gives_up_says_so_even_when_the_closed_socket_is_seen_first(
     answers = list(assoc.send_c_find(query, FIND))
     assert [status for status, _ in answers] == [Dataset()]  # no answer: the wait ended
     assert assoc.acse.is_aborted("a-p-abort")  # the order that misled the reason
-    assert _no_answer(task, "pacs") == "pacs did not answer in time"
+    assert no_answer(task, "pacs") == "pacs did not answer in time"
