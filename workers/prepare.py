@@ -314,16 +314,33 @@ class Preparer:
 
     def _transcode(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> None:
         # pydicom only with the first transcode: a worker that never transcodes never loads it
-        from workers.transforms.decoded_size import estimate_decoded_bytes, over_budget
+        from workers.transforms.decoded_size import (
+            by_frame_refusal,
+            estimate_decoded,
+            over_budget,
+        )
 
         source_ts = prepared.job.transfer_syntax_uid
-        too_big = over_budget(estimate_decoded_bytes(prepared.path),
-                              self.config.transcode_max_decoded_bytes, source_ts)
-        if too_big:  # it would not fit the next time either: not retried
-            self._resplice(prepared, accepted, too_big)
-            return
+        size = estimate_decoded(prepared.path)
+        budget = self.config.transcode_max_decoded_bytes
+        too_big = over_budget(None if size is None else size.total, budget, source_ts)
+        if not too_big:
+            self._run_codecs(prepared, accepted, destination)
+        elif not self._resplice(prepared, accepted):
+            assert size is not None  # over_budget said so
+            refusal = by_frame_refusal(size, budget)
+            if refusal:  # it would not fit the next time either: not retried
+                raise DeliveryError("transcode", f"{too_big}; {refusal}", transient=False)
+            self._run_codecs(prepared, accepted, destination, too_big)
+
+    def _run_codecs(self, prepared: Prepared, accepted: Sequence[str], destination: str,
+                    too_big: str = "") -> None:
+        """Transcode in the codec process: whole, or (`too_big`, why not whole) one frame
+        at a time."""
+        source_ts = prepared.job.transfer_syntax_uid
         target = self._copy_path(prepared)
-        done = self.codecs.transcode(prepared.path, target, source_ts, accepted)
+        done = self.codecs.transcode(prepared.path, target, source_ts, accepted,
+                                     by_frame=bool(too_big))
         for name, _ in done.failed:
             metrics.TRANSCODE_FALLBACKS.labels("crash" if name in done.crashed
                                                else "error").inc()
@@ -332,8 +349,11 @@ class Preparer:
                 "transcode", f"{destination} accepts none of {', '.join(accepted)} and "
                 f"{done.source_name} cannot be converted to one of them", transient=False)
         if done.error:
-            raise DeliveryError("transcode", done.error, transient=False)
+            raise DeliveryError("transcode", f"{too_big}; {done.error}" if too_big
+                                else done.error, transient=False)
         change = f"transcoded {done.source_name} -> {done.target_name}"
+        if too_big:
+            change += " frame by frame (too large to decode whole)"
         if done.failed:  # an earlier syntax in the destination's list failed on this image
             change += f" ({', '.join(name for name, _ in done.failed)} failed on this image)"
             log.info("job %s: %s; %s", prepared.job.job_id, change,
@@ -341,9 +361,9 @@ class Preparer:
         prepared.changes.append(change)
         self._advance(prepared, target)
 
-    def _resplice(self, prepared: Prepared, accepted: Sequence[str], too_big: str) -> None:
+    def _resplice(self, prepared: Prepared, accepted: Sequence[str]) -> bool:
         """Too big to decode: Explicit <-> Implicit VR Little Endian needs no decoding
-        (native_resplice.py); anything else is refused."""
+        (native_resplice.py). False if it does not apply."""
         from pydicom.uid import UID
 
         from workers.transforms.native_resplice import resplice, resplice_target
@@ -352,10 +372,11 @@ class Preparer:
         target_ts = resplice_target(source_ts, accepted)
         if target_ts is None or not resplice(prepared.path, self._copy_path(prepared),
                                              target_ts):
-            raise DeliveryError("transcode", too_big, transient=False)
+            return False
         prepared.changes.append(f"converted {UID(source_ts).name} -> {UID(target_ts).name} "
                                 f"without decoding its pixel data (too large to decode)")
         self._advance(prepared, prepared.copies[-1])
+        return True
 
     @staticmethod
     def _advance(prepared: Prepared, target: Path) -> None:

@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.pixels import iter_pixels
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
@@ -446,6 +449,41 @@ def test_an_implicit_only_destination_gets_an_instance_too_large_to_decode(
         assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         assert got.SOPInstanceUID == dcmread(native).SOPInstanceUID
         assert got.PixelData == dcmread(native).PixelData
+
+
+@pytest.mark.parametrize(("source_ts", "target_ts", "accept"), [
+    (RLELossless, ExplicitVRLittleEndian, "+xe"),  # encapsulated -> native
+    (ExplicitVRLittleEndian, JPEGLSLossless, "+xt"),  # native -> lossless encapsulated
+])
+def test_a_multiframe_too_large_to_decode_whole_is_transcoded_frame_by_frame(
+        start_router: RouterFactory, tmp_path: Path, source_ts: str, target_ts: str,
+        accept: str) -> None:
+    """200 frames of 64x64 16-bit (1.6 MB decoded) past a lowered
+    transcode_max_decoded_bytes: a `transcode` dead letter, as a whole-slide image or a
+    long cine past 2 GiB was. One frame (8 KB) fits the budget: it arrives, written one
+    frame at a time, pixel for pixel, in the syntax the destination takes."""
+    with StoreSCP(tmp_path / "pacs", "FRAMES", extra_args=[accept]) as scp:
+        router = start_router({
+            "transcode_max_decoded_bytes": 300_000,
+            "destinations": {"pacs": {**dicom_destination(scp),
+                                      "transfer_syntaxes": [UID(target_ts).keyword]}},
+            "rules": [{"name": "all", "forward": ["pacs"]}]})
+        folder = tmp_path / "src"
+        folder.mkdir()
+        source = write_native(folder, bits=16, frames=200) \
+            if source_ts == ExplicitVRLittleEndian else \
+            write_compressed(folder, source_ts, bits=16, frames=200)
+        assert run_storescu([source], LOCALHOST, router.port, called_ae=AE).returncode == 0
+        assert wait_for(lambda: len(scp.received_files()) == 1), router.log()[-2000:]
+        got, original = dcmread(scp.received_files()[0]), dcmread(source)
+        assert got.file_meta.TransferSyntaxUID == target_ts
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert got.NumberOfFrames == 200
+        for index, (received, sent) in enumerate(zip(iter_pixels(got), iter_pixels(original),
+                                                     strict=True)):
+            assert (received == sent).all(), f"frame {index}"
+        assert router.metric("dicom_router_dead_letters_total", destination="pacs",
+                             reason="transcode") == 0
 
 
 def test_a_morph_value_the_character_set_cannot_encode_is_a_dead_letter_not_question_marks(

@@ -9,9 +9,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import (
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLSLossless,
     RLELossless,
 )
 
@@ -83,7 +85,65 @@ def test_a_transcode_past_the_budget_is_a_dead_letter_before_any_decoding(
         preparer.prepare(job, "pacs", source)
     assert caught.value.reason == "transcode" and not caught.value.transient
     assert "8192 bytes" in str(caught.value) and "8191 bytes" in str(caught.value)
+    # one of its 2048-byte frames is more than a quarter of the budget: not frame by frame
+    assert "at most a quarter of the budget" in str(caught.value)
     assert not list(preparer.spool.relay.iterdir())  # no copy left behind
+
+
+def test_a_single_frame_past_the_budget_is_refused_saying_it_has_one_frame(
+        tmp_path: Path) -> None:
+    source = write_compressed(tmp_path / "in", RLELossless, rows=32, columns=32)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=RLELossless)
+    with pytest.raises(DeliveryError, match="several frames and it has one") as caught:
+        _preparer(tmp_path, 1000, _NoCodecs()).prepare(job, "pacs", source)
+    assert not caught.value.transient
+
+
+@pytest.mark.parametrize(("source_ts", "target_ts"), [
+    (RLELossless, ExplicitVRLittleEndian),
+    (ExplicitVRLittleEndian, JPEGLSLossless),
+])
+def test_a_multiframe_past_the_budget_is_transcoded_one_frame_at_a_time(
+        tmp_path: Path, source_ts: str, target_ts: str) -> None:
+    """It was a `transcode` dead letter: one frame fits the budget many times over
+    (workers/transforms/frame_transcode.py)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = write_native(folder, rows=32, columns=32, frames=20) \
+        if source_ts == ExplicitVRLittleEndian else \
+        write_compressed(folder, source_ts, rows=32, columns=32, frames=20)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=source_ts)
+    codecs = CodecProcess()
+    try:
+        prepared = _preparer(tmp_path, 32 * 32 * 2 * 20 - 1, codecs,
+                             (target_ts,)).prepare(job, "pacs", source)
+    finally:
+        codecs.close()
+    assert prepared.job.transfer_syntax_uid == target_ts
+    copy, original = pydicom.dcmread(prepared.path), pydicom.dcmread(source)
+    assert copy.file_meta.TransferSyntaxUID == target_ts
+    assert copy.SOPInstanceUID == original.SOPInstanceUID
+    assert (copy.pixel_array == original.pixel_array).all()
+    assert any("frame by frame" in str(change) for change in prepared.changes)
+    prepared.cleanup()
+
+
+def test_a_pair_frame_by_frame_cannot_write_is_a_dead_letter_saying_so(
+        tmp_path: Path) -> None:
+    source = write_compressed(tmp_path / "in", RLELossless, rows=32, columns=32, frames=20)
+    job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=RLELossless)
+    codecs = CodecProcess()
+    try:
+        preparer = _preparer(tmp_path, 32 * 32 * 2 * 20 - 1, codecs, (ExplicitVRBigEndian,))
+        with pytest.raises(DeliveryError) as caught:
+            preparer.prepare(job, "pacs", source)
+    finally:
+        codecs.close()
+    assert caught.value.reason == "transcode" and not caught.value.transient
+    assert "transcode_max_decoded_bytes" in str(caught.value)
+    assert "frame-by-frame transcoding cannot write RLE Lossless" in str(caught.value)
+    assert "Big Endian" in str(caught.value)
+    assert not list(preparer.spool.relay.iterdir())
 
 
 def test_a_transcode_within_the_budget_is_done(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -68,7 +69,8 @@ _PROGRESS: Any = None  # in the codec process: the shared ints of CodecProcess._
 
 
 def transcode_in_child(source: Path, target: Path, source_ts: str,
-                       accepted: Sequence[str], crashed: Sequence[int] = ()) -> Transcoded:
+                       accepted: Sequence[str], crashed: Sequence[int] = (),
+                       by_frame: bool = False) -> Transcoded:
     """Runs in the codec process: write the copy in the first accepted syntax that works.
 
     Candidates come in the destination's order (``target_candidates``), each tried with its
@@ -76,7 +78,8 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     gives way to the next, as README "Transcoding" promises ("the first of them it can be
     converted to is sent"): a TranscodeError, any other exception of a codec, or
     (`crashed`, the attempts' indexes) an earlier codec process dying on it. The instance
-    is read and decoded once for all of them.
+    is read and decoded once for all of them. `by_frame` (an instance too large to decode
+    whole): each attempt is written one frame at a time instead (frame_transcode.py).
     """
     from workers.transforms.transcode import (
         TranscodeError,
@@ -92,6 +95,8 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     if candidates == [source_ts]:
         transcode_file(source, target, source_ts)  # accepted as is: a copy
         return Transcoded(source_ts, describe(source_ts), describe(source_ts))
+    if by_frame:
+        return _by_frame_in_child(source, target, source_ts, candidates, crashed)
     last = candidates[-1]
     try:
         decoded = load_decoded(source, source_ts)  # fails alike for every syntax
@@ -107,8 +112,9 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
     dead = tuple(name for name, _ in failed)
     tries = [(i, attempt) for i, attempt in enumerate(attempts) if i not in crashed]
     for n, (index, attempt) in enumerate(tries):
-        failure = _write_candidate(decoded, target, attempt, (index, len(attempts)),
-                                   copy=n < len(tries) - 1)
+        copy = n < len(tries) - 1
+        failure = _write_candidate(partial(_write_decoded, decoded, copy, target, attempt),
+                                   target, (index, len(attempts)))
         if failure is None:
             return Transcoded(attempt.syntax, describe(source_ts), describe(attempt.syntax),
                               failed=tuple(failed), crashed=dead)
@@ -140,20 +146,26 @@ def _attempts(candidates: Sequence[str], decoded: Any = None) -> list[_Attempt]:
     return attempts
 
 
-def _write_candidate(decoded: Any, target: Path, attempt: _Attempt,
-                     progress: tuple[int, int], copy: bool) -> str | None:
-    """Write `decoded` (a copy of it if another attempt may follow) as `attempt` says: None,
-    or why it failed. OSError (the spool's disk) is not the syntax's fault: it is raised.
-    `progress` (this attempt's index, the number of attempts) tells the worker which one a
-    crash was on, and whether another one is left."""
-    from workers.transforms.transcode import TranscodeError, write_as
+def _write_decoded(decoded: Any, copy: bool, target: Path, attempt: _Attempt) -> None:
+    """Write `decoded` (a copy of it if another attempt may follow) as `attempt` says."""
+    from workers.transforms.transcode import write_as
+
+    write_as(deepcopy(decoded) if copy else decoded, target, attempt.syntax, attempt.plugin)
+
+
+def _write_candidate(write: Callable[[], None], target: Path,
+                     progress: tuple[int, int]) -> str | None:
+    """Write one attempt to `target` (`write`): None, or why it failed. OSError (the
+    spool's disk) is not the syntax's fault: it is raised. `progress` (this attempt's
+    index, the number of attempts) tells the worker which one a crash was on, and whether
+    another one is left."""
+    from workers.transforms.transcode import TranscodeError
 
     if _PROGRESS is not None:
         _PROGRESS[1] = progress[1]
         _PROGRESS[0] = progress[0]
     try:
-        write_as(deepcopy(decoded) if copy else decoded, target, attempt.syntax,
-                 attempt.plugin)
+        write()
     except TranscodeError as exc:
         return str(exc)
     except OSError:
@@ -165,6 +177,43 @@ def _write_candidate(decoded: Any, target: Path, attempt: _Attempt,
         if _PROGRESS is not None:
             _PROGRESS[0] = -1
     return None
+
+
+def _by_frame_in_child(source: Path, target: Path, source_ts: str,
+                       candidates: Sequence[str], crashed: Sequence[int]) -> Transcoded:
+    """transcode_in_child for an instance too large to decode whole: the candidates
+    frame_transcode.py can write, each attempt streamed one frame at a time from the file."""
+    from workers.transforms.frame_transcode import (
+        by_frame_supported,
+        read_head,
+        write_by_frame,
+    )
+    from workers.transforms.transcode import TranscodeError, describe
+
+    last = candidates[-1]
+    supported = [ts for ts in candidates if by_frame_supported(source_ts, ts)]
+    if not supported:
+        return Transcoded(last, describe(source_ts), describe(last),
+                          f"frame-by-frame transcoding cannot write {describe(source_ts)} as "
+                          f"{' or '.join(describe(ts) for ts in candidates)}")
+    try:
+        attempts = _attempts(supported, read_head(source))
+    except TranscodeError as exc:
+        return Transcoded(last, describe(source_ts), describe(last), str(exc))
+    failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
+    dead = tuple(name for name, _ in failed)
+    for index, attempt in enumerate(attempts):
+        if index in crashed:
+            continue
+        failure = _write_candidate(
+            partial(write_by_frame, source, target, attempt.syntax, attempt.plugin),
+            target, (index, len(attempts)))
+        if failure is None:
+            return Transcoded(attempt.syntax, describe(source_ts), describe(attempt.syntax),
+                              failed=tuple(failed), crashed=dead)
+        failed.append((attempt.name, failure))
+    return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed),
+                      crashed=dead)
 
 
 def _all_failed(failed: list[tuple[str, str]]) -> str:
@@ -242,15 +291,16 @@ class CodecProcess:
         return self._process is not None
 
     def transcode(self, source: Path, target: Path, source_ts: str,
-                  accepted: Sequence[str]) -> Transcoded:
-        """Transcode in the codec process; one that dies writing a syntax is replaced, and
-        the next syntax is tried in the new one (DeliveryError, transient, if it died
-        elsewhere: reading, decoding, or on a syntax it had already died on)."""
+                  accepted: Sequence[str], by_frame: bool = False) -> Transcoded:
+        """Transcode in the codec process (`by_frame`: one frame at a time); one that dies
+        writing a syntax is replaced, and the next syntax is tried in the new one
+        (DeliveryError, transient, if it died elsewhere: reading, decoding, or on a syntax
+        it had already died on)."""
         crashed: list[int] = []
         while True:
             try:
                 return self.run(transcode_in_child, source, target, source_ts,
-                                list(accepted), tuple(crashed))
+                                list(accepted), tuple(crashed), by_frame)
             except CodecDied as exc:
                 target.unlink(missing_ok=True)
                 if exc.candidate < 0 or exc.candidate in crashed:

@@ -2,8 +2,8 @@
 
 A PACS that takes Implicit VR only (many older ones) gets every Explicit VR instance
 transcoded. The codec process reads the whole dataset for that, so an instance past
-`transcode_max_decoded_bytes` is refused (decoded_size.py). Between these two syntaxes the
-pixel data's value bytes are the same (little endian both, native): only the attributes
+`transcode_max_decoded_bytes` is not decoded whole (decoded_size.py). Between these two
+syntaxes the pixel data's value bytes are the same (little endian both, native): only the attributes
 before it and its own element header change. So such an instance is written as pixel_splice
 writes a morph: the attributes read and written in the new encoding, then the pixel data's
 header in that encoding, then its value copied from the spooled file in the kernel. Memory

@@ -48,15 +48,23 @@ def read_head(fh: BinaryIO) -> tuple[Dataset, PixelTail | None]:
     ds = dcmread(fh, stop_before_pixels=True)
     # Deflated, pydicom read an inflated copy: the file's position says nothing.
     if ds.file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
-        if offset >= size:
+        if fh.tell() >= os.fstat(fh.fileno()).st_size:
             return ds, None  # no pixel data: the head is the whole dataset
-        implicit, little = ds.original_encoding
-        if implicit is not None and little is not None and \
-                _ends_file(fh, offset, size, implicit=implicit, little=little):
-            return ds, PixelTail(offset, size - offset)
+        if (tail := pixel_tail(fh, ds)) is not None:
+            return ds, tail
     fh.seek(0)
     return dcmread(fh), None
+
+
+def pixel_tail(fh: BinaryIO, ds: Dataset) -> PixelTail | None:
+    """Where the pixel data element at `fh`'s position lies, `ds` being what precedes it
+    (read with `stop_before_pixels`, not deflated), if that element ends the file."""
+    offset, size = fh.tell(), os.fstat(fh.fileno()).st_size
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None or \
+            not _ends_file(fh, offset, size, implicit=implicit, little=little):
+        return None
+    return PixelTail(offset, size - offset)
 
 
 def _ends_file(fh: BinaryIO, offset: int, size: int, *, implicit: bool,

@@ -8,8 +8,9 @@ a destination forces it:
   anything is written: a multi-frame's decoded frames, a joined copy of them and the
   re-encoded frames are all in RAM at once. Measured peak: about three times the decoded
   size (a 50 MB decoded multi-frame took ~150 MB above the worker's baseline), so a 1 GB
-  cine needs about 3 GB. The worker refuses one past transcode_max_decoded_bytes before it
-  gets here (decoded_size.py).
+  cine needs about 3 GB. The worker sends one past transcode_max_decoded_bytes elsewhere
+  before it gets here: frame by frame (frame_transcode.py) or to a dead letter
+  (decoded_size.py).
 * Fidelity: lossless targets reproduce the decoded pixels exactly. Lossy targets are never
   chosen automatically (see ``choose_target``); ``transcode_file`` produces one only when the
   caller passes ``allow_lossy=True``. Either way the lossy history stays (lossy_history.py).

@@ -1,0 +1,92 @@
+"""Transcoding one frame at a time (workers/transforms/frame_transcode.py): what it writes
+is what the whole-instance path writes, and its memory is about one frame, not the image."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from tests.compressed_samples import write_compressed, write_native
+from workers.transforms.frame_transcode import by_frame_supported, write_by_frame
+from workers.transforms.transcode import TranscodeError, transcode_file
+
+
+@pytest.mark.parametrize(("source_ts", "target_ts", "colour"), [
+    (JPEGBaseline8Bit, ExplicitVRLittleEndian, True),  # YBR JPEG -> RGB, lossy history
+    (RLELossless, ImplicitVRLittleEndian, False),
+    (ExplicitVRLittleEndian, RLELossless, False),
+    (ExplicitVRLittleEndian, JPEG2000Lossless, True),
+    (JPEG2000Lossless, JPEGLSLossless, False),
+])
+def test_frame_by_frame_writes_what_the_whole_instance_path_writes(
+        tmp_path: Path, source_ts: str, target_ts: str, colour: bool) -> None:
+    bits = 8 if colour else None
+    source = write_native(tmp_path, "in.dcm", frames=3, colour=colour, bits=bits or 12) \
+        if source_ts == ExplicitVRLittleEndian else \
+        write_compressed(tmp_path, source_ts, frames=3, colour=colour, bits=bits, name="in.dcm")
+    transcode_file(source, tmp_path / "whole.dcm", target_ts)
+    write_by_frame(source, tmp_path / "frames.dcm", target_ts)
+
+    whole, frames = dcmread(tmp_path / "whole.dcm"), dcmread(tmp_path / "frames.dcm")
+    assert frames.file_meta.TransferSyntaxUID == target_ts
+    assert [e for e in frames if e.keyword != "PixelData"] == \
+        [e for e in whole if e.keyword != "PixelData"]
+    assert np.array_equal(frames.pixel_array, whole.pixel_array)
+    if source_ts == JPEGBaseline8Bit:
+        assert frames.PhotometricInterpretation == "RGB"
+        assert frames.LossyImageCompression == "01"
+
+
+def test_a_pair_it_cannot_write_is_refused_by_name(tmp_path: Path) -> None:
+    source = write_native(tmp_path, "in.dcm", frames=2)
+    assert not by_frame_supported(ExplicitVRLittleEndian, "1.2.840.10008.1.2.2")
+    with pytest.raises(TranscodeError, match="frame-by-frame transcoding cannot write"):
+        write_by_frame(source, tmp_path / "out.dcm", "1.2.840.10008.1.2.2")
+    assert not (tmp_path / "out.dcm").exists()
+
+
+def _peak(action: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _peaks(folder: Path, frames: int) -> tuple[int, int, int]:
+    """Peak traced memory encoding native frames of 128x128 16-bit as RLE with pydicom's own
+    encoder, decoding them back, and decoding them with the whole-instance path."""
+    folder.mkdir()
+    source = write_native(folder, "native.dcm", rows=128, columns=128, frames=frames)
+    rle, back = folder / "rle.dcm", folder / "back.dcm"
+    encoding = _peak(lambda: write_by_frame(source, rle, RLELossless, "pydicom"))
+    decoding = _peak(lambda: write_by_frame(rle, back, ExplicitVRLittleEndian))
+    whole = _peak(lambda: transcode_file(rle, folder / "whole.dcm", ExplicitVRLittleEndian))
+    assert np.array_equal(dcmread(back).pixel_array, dcmread(source).pixel_array)
+    return encoding, decoding, whole
+
+
+def test_its_peak_memory_does_not_grow_with_the_number_of_frames(tmp_path: Path) -> None:
+    """Python and numpy allocations, which tracemalloc sees (pydicom's RLE codecs): three
+    times the frames, the same peak, a few frames' worth (the codec's own copies of one
+    frame); the whole-instance path's grows with the image."""
+    frame = 128 * 128 * 2
+    few, many = _peaks(tmp_path / "few", 16), _peaks(tmp_path / "many", 48)
+    for way in (0, 1):  # encoding, decoding
+        assert many[way] < few[way] + frame, (few, many)
+        assert many[way] < 12 * frame, (few, many)
+    assert many[2] > 48 * frame > few[2]
