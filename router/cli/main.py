@@ -150,7 +150,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for note in relay_move_notes(config):  # moves the router refuses, to keep data private
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
-    from workers.prepare import copy_leaks  # pydicom only for this
+    from workers.prepare_steps import copy_leaks  # pydicom only for this
 
     for note in copy_leaks(config):  # deliveries the workers refuse, to keep data private
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)

@@ -85,7 +85,7 @@ def plan(old: RouterConfig, new: RouterConfig) -> ReloadPlan:
 
 
 def _rule_transforms(config: RouterConfig) -> dict[str, Any]:
-    """What the workers read of the rules (workers.prepare.steps_for), by rule name."""
+    """What the workers read of the rules (workers.prepare_steps.steps_for), by rule name."""
     return {rule.name: (rule.forward, rule.morph, rule.deidentify) for rule in config.rules}
 
 

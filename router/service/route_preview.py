@@ -18,7 +18,7 @@ from router.core.errors import DeliveryError, DimseRefusal
 
 if TYPE_CHECKING:
     from router.core.rules import RouteDecision
-    from workers.prepare import Steps
+    from workers.prepare_steps import Steps
 
 
 def explain(config: RouterConfig, path: Path, calling_ae: str, called_ae: str,
@@ -78,7 +78,7 @@ def _destination_lines(config: RouterConfig, decision: RouteDecision, destinatio
     from pydicom import dcmread
 
     from router.core.messages import JobHeader
-    from workers.prepare import steps_for
+    from workers.prepare_steps import steps_for
 
     job = JobHeader("route-test", "", "", "", 0, "", "", syntax, 0, 0.0, decision.rules,
                     (destination,), routes=decision.routes)
@@ -159,8 +159,8 @@ def _transcode_lines(syntax: str, accepted: tuple[str, ...]) -> list[str]:
 def _rewrite_lines(ds: Any, steps: Steps, destination: str) -> list[str]:
     """Morph and de-identify `ds` as the worker would; its failures are the worker's
     dead letters (workers/prepare.py), raised as the same DeliveryError."""
-    from workers.prepare import refuse_leaking_copies
     from workers.prepare_failures import deidentify_failure, morph_failure
+    from workers.prepare_steps import refuse_leaking_copies
     from workers.transforms.morph import MorphError, apply_morph
 
     refuse_leaking_copies(steps, destination)

@@ -19,7 +19,8 @@ from router.core.messages import JobHeader
 from router.core.morph_spec import MorphAction
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
-from workers.prepare import Preparer, Steps, repr_fingerprint, rewrites_fingerprint, steps_for
+from workers.prepare import Preparer
+from workers.prepare_steps import Steps, repr_fingerprint, rewrites_fingerprint, steps_for
 
 from .helpers import make_header
 

@@ -24,7 +24,8 @@ from router.core.rules import (
 )
 from router.core.spool import Spool
 from tests.dicom_samples import write_instance
-from workers.prepare import Preparer, copy_leaks, open_uid_map, steps_for
+from workers.prepare import Preparer, open_uid_map
+from workers.prepare_steps import copy_leaks, steps_for
 from workers.transforms.deid_actions import leaking_copies
 
 from .helpers import make_header
