@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
+from router.relay.commitment_results import KeptResult, KeptResults, kept_result
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.move_registry import ArrivingInstance
-from router.relay.state import Commitments
+from router.relay.state import Commitment, Commitments
 from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 # After a C-GET ended without its final answer, a worker may be moving one more instance into
 # relay/ while the cancel travels: a second look this much later takes it.
 LATE_CLEAR_SECONDS = 10.0
+RESULT_RETRY_POLL_SECONDS = 1.0  # how often kept storage commitment results are looked at
 
 
 class RelayServer:
@@ -67,6 +70,7 @@ class RelayServer:
         self.spool = spool
         self.moves = RelayedMoves(spool)
         self.commitments = Commitments(spool.root / "commitments")
+        self.results = KeptResults(spool.root / "commitments")
 
     def reconfigure(self, config: RouterConfig, rules: RuleSet) -> None:
         """A config reload: requests from now on use the new rules and tables."""
@@ -332,10 +336,95 @@ class RelayServer:
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 exchange.link.facts, to_known_ae=True)
-        if self._pass_through(exchange, request) != Status.SUCCESS:
-            # Not delivered: the upstream got the failure and may send the result again.
+        payload = exchange.request_dataset() or b""
+        answer, data, reason = self._deliver(request, payload)
+        if answer is None:
+            self._keep_result(exchange, request, transaction, commitment, payload, reason)
+            return True
+        exchange.respond(answer.status, dataset=data, comment=answer.error_comment,
+                         answer=answer)
+        metrics.DIMSE_REQUESTS.labels(exchange.command, f"0x{answer.status:04X}").inc()
+        if answer.status != Status.SUCCESS:
+            # The requester refused it: the upstream hears so and may send it again.
             self.commitments.restore(transaction, commitment)
         return True
+
+    def _deliver(self, request: RelayRequest, payload: bytes
+                 ) -> tuple[RelayResponse | None, bytes | None, str]:
+        """One attempt to hand a result to its requester: the requester's answer, or None
+        and why it did not answer (not reached, silent, the router's timeout)."""
+        try:
+            call = RelayCall(self.context, self.endpoint, request, payload,
+                             self.config.request_timeout)
+        except RouterStopping as exc:
+            return None, None, str(exc)
+        try:
+            while True:
+                got = call.poll(lambda: False)
+                if got is None:
+                    continue
+                answer, data = got
+                if not isinstance(answer, RelayResponse) or not answer.final:
+                    continue
+                if not answer.upstream or answer.unanswered:  # the worker's, not the requester's
+                    return None, None, answer.error_comment or "no answer"
+                return answer, data, ""
+        except (RelayTimeout, RouterStopping) as exc:
+            return None, None, str(exc)
+        finally:
+            call.close()
+
+    def _keep_result(self, exchange: Exchange, request: RelayRequest, transaction: str,
+                     commitment: Commitment, payload: bytes, reason: str) -> None:
+        """The requester did not take its result: the router keeps it and sends it again
+        (most upstreams report once), and the upstream hears Success, as for a C-STORE."""
+        requester = commitment.requester_ae
+        kept = kept_result(request, transaction, requester, payload, time.time(), reason)
+        if not self.results.keep(kept):  # a Transaction UID that cannot be a file name
+            self.commitments.restore(transaction, commitment)
+            log.warning("storage commitment result for %s not delivered: %s", requester, reason)
+            exchange.final(Status.PROCESSING_FAILURE, reason)
+            return
+        log.warning("storage commitment result %s for %s not delivered (%s): kept on the "
+                    "spool, sent again until %s takes it", transaction, requester, reason,
+                    requester)
+        exchange.final(Status.SUCCESS, "")
+
+    def retry_results_forever(self, stop: threading.Event) -> None:
+        """The acceptor's thread for kept storage commitment results."""
+        while not stop.wait(RESULT_RETRY_POLL_SECONDS):
+            try:
+                self.retry_results()
+            except Exception as exc:  # keep retrying: a full disk passes
+                log.error("retrying storage commitment results failed: %s: %s",
+                          type(exc).__name__, exc)
+
+    def retry_results(self) -> None:
+        for result in self.results.due(time.time()):
+            self._retry_result(result)
+
+    def _retry_result(self, result: KeptResult) -> None:
+        uid, requester = result.transaction_uid, result.requester_ae
+        if result.expired(time.time()):
+            log.error("storage commitment result %s for %s given up: not delivered in %d "
+                      "attempt(s) over 24 h (last: %s)", uid, requester, result.attempts,
+                      result.reason)
+            self.results.give_up(result)
+            return
+        if requester not in self.config.known_aes:  # removed by a reload: one may add it back
+            self.results.retry_later(result.failed(time.time(), "not in known_aes"))
+            return
+        answer, _, reason = self._deliver(result.request(relay_request_id()), result.payload())
+        if answer is not None and answer.status == Status.SUCCESS:
+            log.info("storage commitment result %s delivered to %s on attempt %d", uid,
+                     requester, result.attempts + 1)
+            self.results.delivered(result)
+            return
+        if answer is not None:
+            reason = f"{requester} answered 0x{answer.status:04X} {answer.error_comment}".strip()
+        log.info("storage commitment result %s for %s not delivered yet: %s", uid, requester,
+                 reason)
+        self.results.retry_later(result.failed(time.time(), reason))
 
 
 def _counts(answer: RelayResponse) -> Counts | None:

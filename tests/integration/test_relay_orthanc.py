@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.archive_servers import Orthanc
 from tests.commitment import CommitmentReport, CommitmentRequester
-from tests.dcmtk import LOCALHOST, StoreSCP
+from tests.dcmtk import LOCALHOST, StoreSCP, free_ports
 from tests.dicom_samples import IMPLICIT_VR_LE
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.qr_tools import run_findscu, run_movescu
@@ -268,6 +268,40 @@ def test_a_known_ae_added_by_a_reload_gets_its_commitment_result(
             assert report.event_type_id == ALL_COMMITTED
             assert wait_for(lambda: not list((reloaded.spool / "commitments").iterdir()),
                             timeout=10)
+        finally:
+            orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
+
+
+@pytest.mark.timeout(240)
+def test_a_result_whose_requester_was_down_reaches_it_when_back_after_a_crash(
+        tmp_path: Path, router: RouterProcess, orthanc: Orthanc, study_set: StudySet) -> None:
+    """Orthanc reports once. The requester's SCP is down then: the router keeps the result on
+    the spool and answers Orthanc Success; kill -9 of the whole router, a restart, the
+    requester's SCP back: the report arrives. Before, Orthanc heard 0x0110, logged its job
+    failed, and the requester never heard."""
+    config = yaml.safe_load(router.config_path.read_text())
+    del config["spool"], config["metrics"], config["listen"]  # its own, and its own ports
+    port = free_ports(1)[0]
+    config["known_aes"]["LATECOMER"] = {"host": LOCALHOST, "port": port}
+    instances = [(i.sop_class_uid, i.sop_instance_uid) for i in study_set.studies[0].instances]
+    late = CommitmentRequester("LATECOMER", port=port)  # its SCP not listening yet
+    with RouterProcess(tmp_path / "kept", config) as kept:
+        orthanc.add_modality("router", ROUTER_AE, LOCALHOST, kept.port)
+        try:
+            uid = late.request(LOCALHOST, kept.port, ROUTER_AE, instances)
+            result = kept.spool / "commitments" / f"{uid}.result"
+            assert wait_for(result.exists, timeout=30), kept.log()[-3000:]
+            assert wait_for(lambda: kept.metric("dicom_router_dimse_requests_total",
+                                                command="N-EVENT-REPORT",
+                                                status="0x0000") == 1, timeout=10)
+            kept.kill_all()
+            kept.start()
+            with late:
+                report = report_of(late, uid, kept, orthanc)
+            assert report.event_type_id == ALL_COMMITTED
+            assert sorted(report.committed) == sorted(instances)
+            assert wait_for(lambda: not result.exists(), timeout=10)
+            assert f"storage commitment result {uid} delivered to LATECOMER" in kept.log()
         finally:
             orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
 

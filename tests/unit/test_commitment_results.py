@@ -1,0 +1,86 @@
+"""router/relay/commitment_results.py: storage commitment results a requester did not take,
+kept on the spool and sent again by whichever acceptor holds each one's lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from router.core.messages import RelayRequest
+from router.relay.commitment_results import (
+    FIRST_RETRY_SECONDS,
+    GIVE_UP_SECONDS,
+    MAX_RETRY_SECONDS,
+    KeptResult,
+    KeptResults,
+    kept_result,
+)
+
+UID = "1.2.826.0.1.3680043.8.498.1"
+NOW = 1_000_000.0
+
+
+def report(uid: str = UID) -> KeptResult:
+    request = RelayRequest(
+        request_id="r1", command="N-EVENT-REPORT", upstreams=["CT1"], calling_ae="ORTHANC",
+        called_ae="DICOM-ROUTER", peer_address="127.0.0.1",
+        sop_class_uid="1.2.840.10008.1.20.1", transfer_syntax_uid="1.2.840.10008.1.2",
+        sop_instance_uid="1.2.840.10008.1.20.1.1", event_type_id=2, has_dataset=True,
+        to_known_ae=True)
+    return kept_result(request, uid, "CT1", b"\x08\x00\x95\x11", NOW, "cannot connect")
+
+
+def test_a_kept_result_survives_a_restart_and_is_sent_as_it_came(tmp_path: Path) -> None:
+    assert KeptResults(tmp_path).keep(report())
+    after_restart = KeptResults(tmp_path)
+    assert list(after_restart.due(NOW)) == []  # its first retry is not due yet
+    (due,) = after_restart.due(NOW + FIRST_RETRY_SECONDS)
+    request = due.request("r2")
+    assert (request.command, request.upstreams, request.to_known_ae) == \
+        ("N-EVENT-REPORT", ["CT1"], True)
+    assert (request.event_type_id, request.sop_instance_uid) == (2, "1.2.840.10008.1.20.1.1")
+    assert due.payload() == b"\x08\x00\x95\x11"
+    assert due.reason == "cannot connect"
+
+
+def test_retries_back_off_to_a_ceiling_and_give_up_after_a_day() -> None:
+    kept = report()
+    delays = []
+    for _ in range(12):
+        before = kept.next_at
+        kept = kept.failed(before, "refused")
+        delays.append(kept.next_at - before)
+    assert delays[0] == 2 * FIRST_RETRY_SECONDS and delays[-1] == MAX_RETRY_SECONDS
+    assert delays == sorted(delays)
+    assert not kept.expired(NOW + GIVE_UP_SECONDS - 1) and kept.expired(NOW + GIVE_UP_SECONDS)
+
+
+def test_delivered_or_given_up_it_is_gone(tmp_path: Path) -> None:
+    results = KeptResults(tmp_path)
+    results.keep(report())
+    for due in results.due(NOW + FIRST_RETRY_SECONDS):
+        results.delivered(due)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_retry_later_is_due_only_then(tmp_path: Path) -> None:
+    results = KeptResults(tmp_path)
+    results.keep(report())
+    for due in results.due(NOW + FIRST_RETRY_SECONDS):
+        results.retry_later(due.failed(NOW + FIRST_RETRY_SECONDS, "silent"))
+    assert list(results.due(NOW + FIRST_RETRY_SECONDS + 1)) == []
+    (again,) = results.due(NOW + 100)
+    assert (again.attempts, again.reason) == (2, "silent")
+
+
+def test_one_acceptor_at_a_time_sends_a_result(tmp_path: Path) -> None:
+    """Another acceptor (another open file, another flock) skips the one being sent."""
+    first, second = KeptResults(tmp_path), KeptResults(tmp_path)
+    first.keep(report())
+    for _ in first.due(NOW + FIRST_RETRY_SECONDS):
+        assert list(second.due(NOW + FIRST_RETRY_SECONDS)) == []
+    assert len(list(second.due(NOW + FIRST_RETRY_SECONDS))) == 1
+
+
+def test_a_transaction_uid_that_cannot_be_a_file_name_is_not_kept(tmp_path: Path) -> None:
+    assert not KeptResults(tmp_path).keep(report("1.2.3/../../x"))
+    assert list(tmp_path.iterdir()) == []
