@@ -30,9 +30,11 @@ class Route:
 
 def failure(request_id: str, command: str, comment: str) -> RelayResponse:
     """A final failure for a relayed request: 0xA700 for C-FIND, 0xA701 for C-GET and
-    C-MOVE (PS3.4 C.4.2, C.4.3), 0x0110 for N-services."""
+    C-MOVE (PS3.4 C.4.2, C.4.3), 0x0110 for N-services. Unanswered: the worker carrying it
+    is gone (or unknown), and the upstream may have taken it all the same (a storage
+    commitment then stays pending, router/relay/server.py)."""
     return RelayResponse(request_id, relay_failure_status(command), final=True,
-                         error_comment=comment)
+                         error_comment=comment, unanswered=True)
 
 
 class RelayRoutes:

@@ -310,8 +310,9 @@ class RelayServer:
         if transaction is None:
             return
         if status is None:
-            log.info("storage commitment %s stays pending: the upstream did not answer its "
-                     "N-ACTION in time, its result may still come", transaction)
+            log.info("storage commitment %s stays pending: the upstream's answer to its "
+                     "N-ACTION did not come (a timeout, an abort, a router process gone), its "
+                     "result may still come", transaction)
         elif status != Status.SUCCESS and not is_warning(status):
             self.commitments.take(transaction)
             log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",

@@ -9,6 +9,8 @@ sub-operations announced, remaining never rises, a cancelled request says what w
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -794,20 +796,22 @@ class LateCommitmentSCP:
         self.server.shutdown()
 
 
-@pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout"])
+@pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout", "worker_killed"])
 def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result(
         tmp_path: Path, timeout: str) -> None:
-    """The router gave up on the N-ACTION (the acceptor's request_timeout, or the worker's
-    dimse_timeout towards the upstream): the requester gets 0x0110, but the upstream took the
-    request and its N-EVENT-REPORT still reaches the requester (before: the commitment was
-    forgotten as if refused, and the result was refused as unknown)."""
-    upstream = LateCommitmentSCP(delay=2.5)
+    """The router gave up on the N-ACTION (the acceptor's request_timeout, the worker's
+    dimse_timeout towards the upstream, or kill -9 of the worker that relayed it): the
+    requester gets 0x0110, but the upstream took the request and its N-EVENT-REPORT still
+    reaches the requester (before: the commitment was forgotten as if refused, and the
+    result was refused as unknown; after a dead worker, still so until the broker's failure
+    said that nobody knows whether the upstream took it)."""
+    upstream = LateCommitmentSCP(delay=5.0 if timeout == "worker_killed" else 2.5)
     pacs: dict[str, Any] = {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
                             "port": upstream.port}
     extra: dict[str, Any] = {"request_timeout": 30}
     if timeout == "request_timeout":
         extra["request_timeout"] = 1
-    else:
+    elif timeout == "dimse_timeout":
         pacs["dimse_timeout"] = 1
     with CommitmentRequester("MODALITY") as requester:
         router = RouterProcess(tmp_path / "router", {
@@ -816,6 +820,10 @@ def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result
             "rules": [{"name": "qr", "query": ["pacs"]}], **extra})
         router.start()
         upstream.router_port = router.port
+        if timeout == "worker_killed":  # while the upstream holds the N-ACTION
+            killer = threading.Timer(1.5, lambda: [
+                os.kill(router.child_pid(f"worker-{n}"), signal.SIGKILL) for n in (0, 1)])
+            killer.start()
         try:
             status, transaction = _request_commitment(
                 router.port, "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.11")
