@@ -195,7 +195,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
                                  name="state", daemon=True)
     publisher.start()
     # Storage commitment results a requester did not take yet: sent again until it does.
-    threading.Thread(target=relay.retry_results_forever, args=(stop,), name="commit-results",
+    threading.Thread(target=relay.courier.retry_forever, args=(stop,), name="commit-results",
                      daemon=True).start()
     # Wait with a timeout: a signal the kernel hands to another thread (every association
     # has one) reaches its Python handler only when this thread runs again, so an untimed

@@ -35,10 +35,11 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
-from router.relay.commitment_results import KeptResult, KeptResults, kept_result
+from router.relay.commitment_results import KeptResults, kept_result
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.move_registry import ArrivingInstance
+from router.relay.result_courier import ResultCourier
 from router.relay.state import Commitment, Commitments
 from router.relay.sub_operations import SubOperations
 
@@ -55,7 +56,6 @@ STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 # After a C-GET ended without its final answer, a worker may be moving one more instance into
 # relay/ while the cancel travels: a second look this much later takes it.
 LATE_CLEAR_SECONDS = 10.0
-RESULT_RETRY_POLL_SECONDS = 1.0  # how often kept storage commitment results are looked at
 
 
 class RelayServer:
@@ -71,6 +71,7 @@ class RelayServer:
         self.moves = RelayedMoves(spool)
         self.commitments = Commitments(spool.root / "commitments")
         self.results = KeptResults(spool.root / "commitments")
+        self.courier = ResultCourier(lambda: self.config, context, endpoint, self.results)
 
     def reconfigure(self, config: RouterConfig, rules: RuleSet) -> None:
         """A config reload: requests from now on use the new rules and tables."""
@@ -338,7 +339,7 @@ class RelayServer:
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 exchange.link.facts, to_known_ae=True)
         payload = exchange.request_dataset() or b""
-        answer, data, reason = self._deliver(request, payload)
+        answer, data, reason = self.courier.deliver(request, payload)
         if answer is None:
             self._keep_result(exchange, request, transaction, commitment, payload, reason)
             return True
@@ -349,31 +350,6 @@ class RelayServer:
             # The requester refused it: the upstream hears so and may send it again.
             self.commitments.restore(transaction, commitment)
         return True
-
-    def _deliver(self, request: RelayRequest, payload: bytes
-                 ) -> tuple[RelayResponse | None, bytes | None, str]:
-        """One attempt to hand a result to its requester: the requester's answer, or None
-        and why it did not answer (not reached, silent, the router's timeout)."""
-        try:
-            call = RelayCall(self.context, self.endpoint, request, payload,
-                             self.config.request_timeout)
-        except RouterStopping as exc:
-            return None, None, str(exc)
-        try:
-            while True:
-                got = call.poll(lambda: False)
-                if got is None:
-                    continue
-                answer, data = got
-                if not isinstance(answer, RelayResponse) or not answer.final:
-                    continue
-                if not answer.upstream or answer.unanswered:  # the worker's, not the requester's
-                    return None, None, answer.error_comment or "no answer"
-                return answer, data, ""
-        except (RelayTimeout, RouterStopping) as exc:
-            return None, None, str(exc)
-        finally:
-            call.close()
 
     def _keep_result(self, exchange: Exchange, request: RelayRequest, transaction: str,
                      commitment: Commitment, payload: bytes, reason: str) -> None:
@@ -390,43 +366,6 @@ class RelayServer:
                     "spool, sent again until %s takes it", transaction, requester, reason,
                     requester)
         exchange.final(Status.SUCCESS, "")
-
-    def retry_results_forever(self, stop: threading.Event) -> None:
-        """The acceptor's thread for kept storage commitment results."""
-        while not stop.wait(RESULT_RETRY_POLL_SECONDS):
-            try:
-                self.retry_results()
-            except Exception as exc:  # keep retrying: a full disk passes
-                log.error("retrying storage commitment results failed: %s: %s",
-                          type(exc).__name__, exc)
-
-    def retry_results(self) -> None:
-        for result in self.results.due(time.time()):
-            self._retry_result(result)
-
-    def _retry_result(self, result: KeptResult) -> None:
-        uid, requester = result.transaction_uid, result.requester_ae
-        if result.expired(time.time()):
-            log.error("storage commitment result %s for %s given up: not delivered in %d "
-                      "attempt(s) over 24 h (last: %s)", uid, requester, result.attempts,
-                      result.reason)
-            self.results.give_up(result)
-            return
-        if requester not in self.config.known_aes:  # removed by a reload: one may add it back
-            self.results.retry_later(result.failed(time.time(), "not in known_aes"))
-            return
-        answer, _, reason = self._deliver(result.request(relay_request_id()), result.payload())
-        if answer is not None and answer.status == Status.SUCCESS:
-            log.info("storage commitment result %s delivered to %s on attempt %d", uid,
-                     requester, result.attempts + 1)
-            self.results.delivered(result)
-            return
-        if answer is not None:
-            reason = f"{requester} answered 0x{answer.status:04X} {answer.error_comment}".strip()
-        log.info("storage commitment result %s for %s not delivered yet: %s", uid, requester,
-                 reason)
-        self.results.retry_later(result.failed(time.time(), reason))
-
 
 def _counts(answer: RelayResponse) -> Counts | None:
     if answer.completed < 0 and answer.remaining < 0:
