@@ -199,7 +199,7 @@ class Preparer:
         too_big = over_budget(None if size is None else size.total, budget, source_ts)
         if not too_big:
             self._run_codecs(prepared, accepted, destination)
-        elif not self._resplice(prepared, accepted):
+        elif not self._resplice(prepared, accepted, destination):
             assert size is not None  # over_budget said so
             refusal = by_frame_refusal(size, budget)
             if refusal:  # it would not fit the next time either: not retried
@@ -225,8 +225,10 @@ class Preparer:
             raise DeliveryError("transcode", f"{too_big}; {done.error}" if too_big
                                 else done.error, transient=False)
         change = f"transcoded {done.source_name} -> {done.target_name}"
-        if too_big:
+        metrics.TRANSCODES.labels(destination, "by_frame" if too_big else "whole").inc()
+        if too_big:  # rare, and the README says where such an instance went: logged
             change += " frame by frame (too large to decode whole)"
+            log.info("job %s: %s for %s", prepared.job.job_id, change, destination)
         if done.failed:  # an earlier syntax in the destination's list failed on this image
             change += f" ({', '.join(name for name, _ in done.failed)} failed on this image)"
             log.info("job %s: %s; %s", prepared.job.job_id, change,
@@ -234,7 +236,7 @@ class Preparer:
         prepared.changes.append(change)
         self._advance(prepared, target)
 
-    def _resplice(self, prepared: Prepared, accepted: Sequence[str]) -> bool:
+    def _resplice(self, prepared: Prepared, accepted: Sequence[str], destination: str) -> bool:
         """Too big to decode: Explicit <-> Implicit VR Little Endian needs no decoding
         (native_resplice.py). False if it does not apply."""
         from pydicom.uid import UID
@@ -246,8 +248,11 @@ class Preparer:
         if target_ts is None or not resplice(prepared.path, self._copy_path(prepared),
                                              target_ts):
             return False
-        prepared.changes.append(f"converted {UID(source_ts).name} -> {UID(target_ts).name} "
-                                f"without decoding its pixel data (too large to decode)")
+        change = (f"converted {UID(source_ts).name} -> {UID(target_ts).name} without "
+                  f"decoding its pixel data (too large to decode)")
+        metrics.TRANSCODES.labels(destination, "without_decoding").inc()
+        log.info("job %s: %s for %s", prepared.job.job_id, change, destination)
+        prepared.changes.append(change)
         self._advance(prepared, prepared.copies[-1])
         return True
 

@@ -264,6 +264,13 @@ TRANSCODE_FALLBACKS = Counter(
     "process died on it).",
     ["cause"],
 )
+TRANSCODES = Counter(
+    f"{PREFIX}_transcodes_total",
+    "Copies written in another transfer syntax for a destination: whole (decoded whole), "
+    "by_frame (too large to decode whole: one frame at a time), without_decoding (too large: "
+    "Explicit <-> Implicit VR Little Endian, the pixel data copied).",
+    ["destination", "how"],
+)
 SPOOL_ERRORS = Counter(
     f"{PREFIX}_spool_errors_total",
     "Spool operations on jobs/ that failed (EACCES, EIO, ENOSPC, a directory where a file "

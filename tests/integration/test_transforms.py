@@ -484,6 +484,9 @@ def test_a_multiframe_too_large_to_decode_whole_is_transcoded_frame_by_frame(
             assert (received == sent).all(), f"frame {index}"
         assert router.metric("dicom_router_dead_letters_total", destination="pacs",
                              reason="transcode") == 0
+        assert router.metric("dicom_router_transcodes_total", destination="pacs",
+                             how="by_frame") == 1
+        assert "frame by frame (too large to decode whole) for pacs" in router.log()
 
 
 def test_a_morph_value_the_character_set_cannot_encode_is_a_dead_letter_not_question_marks(

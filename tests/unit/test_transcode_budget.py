@@ -4,10 +4,12 @@ itself to the OOM killer first."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pydicom
 import pytest
+from prometheus_client import REGISTRY
 from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -174,7 +176,8 @@ def test_the_codec_process_is_the_oom_killers_first_choice() -> None:
     (ImplicitVRLittleEndian, ExplicitVRLittleEndian, 16),
 ])
 def test_explicit_and_implicit_vr_past_the_budget_are_converted_without_decoding(
-        tmp_path: Path, source_ts: str, target_ts: str, bits: int) -> None:
+        tmp_path: Path, source_ts: str, target_ts: str, bits: int,
+        caplog: pytest.LogCaptureFixture) -> None:
     """An Implicit-only PACS (many older ones) still gets a native instance too large to
     decode: between these two syntaxes the pixel data's bytes do not change
     (workers/transforms/native_resplice.py)."""
@@ -187,9 +190,16 @@ def test_explicit_and_implicit_vr_past_the_budget_are_converted_without_decoding
     job = make_header(destinations=("pacs",), rules=("all",), transfer_syntax_uid=source_ts)
     preparer = _preparer(tmp_path, 100, _NoCodecs(), (JPEG2000Lossless, target_ts))
 
-    prepared = preparer.prepare(job, "pacs", source)
+    counted = REGISTRY.get_sample_value("dicom_router_transcodes_total",
+                                        {"destination": "pacs", "how": "without_decoding"})
+    with caplog.at_level(logging.INFO, logger="workers.prepare"):
+        prepared = preparer.prepare(job, "pacs", source)
 
     assert prepared.job.transfer_syntax_uid == target_ts
+    # The README says such a conversion is logged, and where it went; and it is counted.
+    assert "without decoding its pixel data (too large to decode) for pacs" in caplog.text
+    assert REGISTRY.get_sample_value("dicom_router_transcodes_total", {
+        "destination": "pacs", "how": "without_decoding"}) == (counted or 0) + 1
     original, copy = pydicom.dcmread(source), pydicom.dcmread(prepared.path)
     assert copy.file_meta.TransferSyntaxUID == target_ts
     assert copy.PixelData == original.PixelData
