@@ -141,7 +141,7 @@ class DeliveryThread(threading.Thread):
             for destination in self.destinations.values():
                 destination.close()  # finish with the old certificates, reconnect with new
             self.destinations.clear()
-            release_all(self.pool.take_all_idle())
+            self.pool.retire_all_idle()  # released by workers/idle_release.py, not here
         if name not in self.destinations:
             self.destinations[name] = build_destination(name, self.config, self.pool)
         return self.destinations[name]

@@ -27,9 +27,15 @@ class IdleReleaser(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            release_all(self.pool.take_expired(time.monotonic()))
+        # Woken at once by a reload's retired associations: one to a destination that serves
+        # one association at a time keeps it from answering the next one until released.
+        while not self.stopped.is_set():
+            self.pool.retired.wait(self.interval)
+            self.pool.retired.clear()
+            if not self.stopped.is_set():
+                release_all(self.pool.take_expired(time.monotonic()))
 
     def stop(self) -> None:
         """The delivery threads release what is left idle when they end."""
         self.stopped.set()
+        self.pool.retired.set()

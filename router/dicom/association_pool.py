@@ -46,6 +46,10 @@ class AssociationPool(Generic[A]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle: dict[str, list[_Idle[A]]] = {}
+        # Out of use since a reload, until take_expired hands them to the releasing thread
+        # (still open till then: they count in open_count). `retired` wakes that thread.
+        self._retired: dict[str, list[A]] = {}
+        self.retired = threading.Event()
         self._in_use: Counter[str] = Counter()
         # Every (SOP class, syntax) seen per destination, in order: a new association proposes
         # them all (the latest MAX_CONTEXTS), so it serves what the others served.
@@ -87,12 +91,15 @@ class AssociationPool(Generic[A]):
     def open_count(self, name: str) -> int:
         """Associations to `name` this worker holds: in use by other threads, or idle."""
         with self._lock:
-            return self._in_use[name] + len(self._idle.get(name, []))
+            return (self._in_use[name] + len(self._idle.get(name, []))
+                    + len(self._retired.get(name, [])))
 
     def take_expired(self, now: float) -> list[A]:
-        """Idle associations past their timeout, for the caller to release."""
-        expired: list[A] = []
+        """Idle associations past their timeout, and those retired by a reload, for the
+        caller to release."""
         with self._lock:
+            expired = [a for retired in self._retired.values() for a in retired]
+            self._retired.clear()
             for name, idle in self._idle.items():
                 keep = [i for i in idle if now - i.since <= i.idle_timeout
                         and i.assoc.is_established]
@@ -100,11 +107,24 @@ class AssociationPool(Generic[A]):
                 self._idle[name] = keep
         return expired
 
-    def take_all_idle(self) -> list[A]:
-        """Every idle association (a config reload or the worker stopping)."""
+    def retire_all_idle(self) -> None:
+        """A reload: no delivery takes the idle associations any more (new ones get the new
+        settings and certificates); take_expired hands them to the releasing thread. Released
+        by the delivery thread that saw the reload, one to a peer gone silent held that
+        thread's delivery (to any destination) for the peer's whole acse_timeout."""
         with self._lock:
-            out = [i.assoc for idle in self._idle.values() for i in idle]
+            for name, idle in self._idle.items():
+                self._retired.setdefault(name, []).extend(i.assoc for i in idle)
             self._idle.clear()
+        self.retired.set()
+
+    def take_all_idle(self) -> list[A]:
+        """Every idle association, retired ones included (the worker stopping)."""
+        with self._lock:
+            out = [a for retired in self._retired.values() for a in retired]
+            out += [i.assoc for idle in self._idle.values() for i in idle]
+            self._idle.clear()
+            self._retired.clear()
         return out
 
 

@@ -21,7 +21,7 @@ from router.core.messages import Deliver, Result, decode
 from router.core.spool import Spool
 from router.dicom.store_sender import StorePool
 from tests.dicom_samples import write_instance
-from workers.delivery import DeliveryThread
+from workers.delivery import DeliveryThread, Reloads
 from workers.idle_release import IdleReleaser
 
 from .helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, make_header
@@ -126,3 +126,66 @@ def test_only_associations_past_their_idle_timeout_are_released() -> None:
         expired.answered.set()
         releaser.stop()
         releaser.join(5)
+
+
+def test_a_reload_does_not_hold_a_delivery_thread_on_a_silent_peer(
+    tmp_path: Path, pull: tuple[zmq.Context[Any], zmq.Socket[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every SIGHUP retires the pooled idle associations (new ones get the new settings).
+    The delivery thread that saw it released them itself: one to a destination whose flow a
+    firewall had dropped held that thread's next delivery, to another destination, for the
+    silent peer's whole acse_timeout."""
+    context, results = pull
+    config = parse_config({
+        "spool": {"path": str(tmp_path / "spool"), "duplicate_window": 0},
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive"),
+                                     "fsync": False}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    spool = Spool(config.spool.path).create()
+    pool = StorePool()
+    silent = SilentPeerAssociation()
+    pool.take("pacs", lambda a: True)
+    pool.give_back("pacs", silent, idle_timeout=60.0)  # type: ignore[arg-type]
+    tasks: queue.Queue[Deliver | None] = queue.Queue()
+    thread = DeliveryThread(config, spool, tasks, context, ENDPOINT, 0, pool)
+    releaser = IdleReleaser(pool, interval=60.0)  # only a reload's wake makes it release
+    source = write_instance(tmp_path / "sample", sop_class=CT_IMAGE_STORAGE,
+                            transfer_syntax=EXPLICIT_VR_LITTLE_ENDIAN)
+    job_id = f"{1:016x}aaaaaaaa"
+    spool.instance_path(job_id).write_bytes(source.read_bytes())
+    thread.start()
+    releaser.start()
+    try:
+        monkeypatch.setattr(Reloads, "generation", Reloads.generation + 1)  # a SIGHUP
+        tasks.put(Deliver(make_header(job_id, ("archive",)), "archive", 1))
+        assert results.poll(5000), "the delivery waited for the release to a silent peer"
+        result = decode(results.recv())
+        assert isinstance(result, Result) and result.delivered
+        assert silent.releasing.wait(5), "the retired association was never released"
+        assert pool.take("pacs", lambda a: True)[0] is None  # never used again
+    finally:
+        silent.answered.set()
+        releaser.stop()
+        tasks.put(None)
+        thread.join(10)
+        releaser.join(10)
+
+
+def test_retired_associations_count_as_open_until_handed_to_the_releaser() -> None:
+    """A destination that serves one association at a time answers no new one until the
+    retired one is released: while it is still open, a new one it leaves unanswered is
+    "busy", not an outage (router/dicom/store_sender.py counts the pool's open ones)."""
+    pool = StorePool()
+    old = SilentPeerAssociation()
+    pool.take("pacs", lambda a: True)
+    pool.give_back("pacs", old, idle_timeout=60.0)  # type: ignore[arg-type]
+    pool.retire_all_idle()
+    assert pool.retired.is_set()
+    assert pool.open_count("pacs") == 1
+    assert pool.take("pacs", lambda a: True)[0] is None
+    pool.give_back("pacs", None, idle_timeout=60.0)
+    assert pool.take_expired(time.monotonic()) == [old]
+    assert pool.open_count("pacs") == 0
+    assert pool.take_all_idle() == []
