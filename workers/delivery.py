@@ -22,7 +22,6 @@ from router.core.log_context import working_on
 from router.core.log_safety import RepeatLimiter
 from router.core.messages import BatchResult, Deliver, JobHeader, Result, encode
 from router.core.spool import Spool
-from router.dicom.association_pool import release_all
 from router.dicom.store_sender import DicomDestination, SopClassRefused, StorePool
 from workers.destinations.factory import Destination, build_destination
 from workers.ledger import DeliveryLedger, file_digest
@@ -87,7 +86,8 @@ class DeliveryThread(threading.Thread):
         finally:
             for destination in self.destinations.values():
                 destination.close()
-            release_all(self.pool.take_all_idle())
+            # The idle associations are the worker's to release (idle_release.py
+            # release_at_stop), all at once, not this thread's one by one.
             if self.ledger is not None:
                 self.ledger.close()
             self.results.close()

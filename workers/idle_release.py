@@ -13,10 +13,13 @@ from __future__ import annotations
 import threading
 import time
 
-from router.dicom.association_pool import release_all
+from router.dicom.association_pool import A, release_all
 from router.dicom.store_sender import StorePool
 
 INTERVAL_SECONDS = 0.5  # how often idle associations are looked at
+# A stopping worker's wait for its idle associations' A-RELEASE-RPs: a live peer answers in
+# milliseconds; the process's exit closes the sockets of those that did not.
+STOP_RELEASE_SECONDS = 2.0
 
 
 class IdleReleaser(threading.Thread):
@@ -36,6 +39,21 @@ class IdleReleaser(threading.Thread):
                 release_all(self.pool.take_expired(time.monotonic()))
 
     def stop(self) -> None:
-        """The delivery threads release what is left idle when they end."""
+        """The stopping worker releases what is left idle (release_at_stop)."""
         self.stopped.set()
         self.pool.retired.set()
+
+
+def release_at_stop(associations: list[A], seconds: float = STOP_RELEASE_SECONDS) -> None:
+    """A stopping worker's idle associations, released all at once, each on a thread of its
+    own, for `seconds` at most. One by one on a delivery thread as it ended, a release to a
+    black-holed peer made the stop wait that peer's whole acse_timeout: a reload restarting
+    the workers took that long per worker, and with `workers: 1` nothing was delivered
+    meanwhile."""
+    threads = [threading.Thread(target=assoc.release, name="release-at-stop", daemon=True)
+               for assoc in associations if assoc.is_established]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -46,7 +46,7 @@ from router.core.spool import Spool
 from router.core.zmq_drain import waiting
 from router.dicom.store_sender import StorePool
 from workers.delivery import DeliveryThread, Reloads
-from workers.idle_release import IdleReleaser
+from workers.idle_release import IdleReleaser, release_at_stop
 from workers.prepare import SHARED_CODECS
 from workers.relay_tasks import CANCEL_GRACE_SECONDS, ActiveRelays, RelayTask
 
@@ -74,6 +74,7 @@ class Worker:
         self.audit = AuditTrail(config.audit, config.ae_title) if config.audit.enabled \
             else None
         self.forwarded = ForwardTally(config) if self.audit is not None else None
+        self.pool = pool
         self.idle_release = IdleReleaser(pool)
         self.threads = [
             DeliveryThread(config, spool, self.tasks, self.context, f"inproc://results-{index}",
@@ -231,6 +232,7 @@ class Worker:
                 thread.join(timeout=min(left, HEARTBEAT_SECONDS))
                 self._on_results()
                 self.broker.send(encode(Heartbeat()))
+        release_at_stop(self.pool.take_all_idle())
         self._join_relays(time.monotonic() + CANCEL_GRACE_SECONDS)
         self.relays.abort_overdue(time.monotonic(), grace=0.0)
         self._join_relays(time.monotonic() + ABORT_WAIT_SECONDS)

@@ -22,7 +22,7 @@ from router.core.spool import Spool
 from router.dicom.store_sender import StorePool
 from tests.dicom_samples import write_instance
 from workers.delivery import DeliveryThread, Reloads
-from workers.idle_release import IdleReleaser
+from workers.idle_release import IdleReleaser, release_at_stop
 
 from .helpers import CT_IMAGE_STORAGE, EXPLICIT_VR_LITTLE_ENDIAN, make_header
 
@@ -189,3 +189,59 @@ def test_retired_associations_count_as_open_until_handed_to_the_releaser() -> No
     assert pool.take_expired(time.monotonic()) == [old]
     assert pool.open_count("pacs") == 0
     assert pool.take_all_idle() == []
+
+
+class AnsweringAssociation:
+    def __init__(self) -> None:
+        self.released = threading.Event()
+
+    @property
+    def is_established(self) -> bool:
+        return not self.released.is_set()
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_an_ending_delivery_thread_leaves_the_idle_release_to_its_worker(
+    tmp_path: Path, pull: tuple[zmq.Context[Any], zmq.Socket[bytes]],
+) -> None:
+    """A worker stopping (a reload that restarts it) ended its delivery threads, and the
+    first to end released every idle association, one by one: one to a black-holed peer
+    held the stop, and the reload, for that peer's acse_timeout."""
+    context, _ = pull
+    config = parse_config({
+        "spool": {"path": str(tmp_path / "spool"), "duplicate_window": 0},
+        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive"),
+                                     "fsync": False}},
+        "rules": [{"name": "all", "forward": ["archive"]}],
+    })
+    spool = Spool(config.spool.path).create()
+    pool = StorePool()
+    silent = SilentPeerAssociation()
+    pool.take("pacs", lambda a: True)
+    pool.give_back("pacs", silent, idle_timeout=60.0)  # type: ignore[arg-type]
+    tasks: queue.Queue[Deliver | None] = queue.Queue()
+    thread = DeliveryThread(config, spool, tasks, context, ENDPOINT, 0, pool)
+    thread.start()
+    try:
+        tasks.put(None)
+        thread.join(5)
+        assert not thread.is_alive(), "the ending thread waited for a silent peer's release"
+        assert pool.open_count("pacs") == 1  # left for the worker's release_at_stop
+    finally:
+        silent.answered.set()
+        thread.join(10)
+
+
+def test_a_stopping_worker_releases_its_idle_associations_at_once_and_bounded() -> None:
+    silent = [SilentPeerAssociation(), SilentPeerAssociation()]
+    answering = AnsweringAssociation()
+    try:
+        release_at_stop([*silent, answering], seconds=0.2)  # type: ignore[list-item]
+        assert answering.released.is_set()
+        assert all(s.releasing.is_set() for s in silent)  # both asked, not one after another
+        assert not any(s.answered.is_set() for s in silent)  # it returned without them
+    finally:
+        for s in silent:
+            s.answered.set()
