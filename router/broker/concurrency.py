@@ -134,6 +134,14 @@ class Concurrency:
         self.in_use.pop(worker, None)
         self.last_used.pop(worker, None)
 
+    def relearn(self) -> None:
+        """A reload gave it a new address (host, port, AE titles): what the old one taught
+        says nothing of the new peer, which is learned from the start, as a new destination
+        (kept, a limit of 1 learned from the old PACS held the new one for probe_interval)."""
+        self.probe_after = 0.0
+        if not self.pinned:
+            self.limit = 1
+
     def reconfigure(self, ceiling: int, pinned: bool, probe_interval: float,
                     idle_timeout: float) -> None:
         self.ceiling, self.pinned = ceiling, pinned

@@ -123,6 +123,8 @@ class DispatchState:
                 ceiling = policy.concurrency().ceiling
                 self.concurrency[name].reconfigure(ceiling, pinned, policy.probe_interval,
                                                    policy.idle_timeout)
+                if old is not None and old.address != policy.address:
+                    self.concurrency[name].relearn()
             else:
                 self.concurrency[name] = policy.concurrency()
         self.max_jobs = max_jobs

@@ -75,3 +75,31 @@ def test_a_reload_that_keeps_the_address_keeps_the_back_off(change: dict[str, An
     d.reconfigure(policies(config(**change)), 1000, 10**9)
     assert d.is_paused("pacs", 100.0) and d.failures_in_a_row["pacs"] == 2
     assert d.dispatch(100.0) == []
+
+
+
+def learned(limit: int, probe_after: float) -> Dispatcher:
+    """pacs, not pinned, as delivering to it left its learned concurrency."""
+    d = Dispatcher(policies(config(max_associations=None, max_parallel=4)), 1000, 10**9,
+                   rand=lambda: 1.0)
+    d.concurrency["pacs"].limit, d.concurrency["pacs"].probe_after = limit, probe_after
+    return d
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_reload_that_changes_the_address_learns_the_new_peers_limit_afresh(
+        limit: int) -> None:
+    """The old PACS took `limit` associations (1: it answered busy, and no probe comes for
+    probe_interval); a reload moved the destination to another PACS. What the old one taught
+    said nothing of the new one, which waited up to probe_interval at one association, or
+    was sent three at once. It is now learned from the start, as a new destination is."""
+    d = learned(limit, probe_after=60.0)
+    d.reconfigure(policies(config(max_associations=None, max_parallel=4, host="10.0.0.2")),
+                  1000, 10**9)
+    assert (d.concurrency["pacs"].limit, d.concurrency["pacs"].probe_after) == (1, 0.0)
+
+
+def test_a_reload_that_keeps_the_address_keeps_the_learned_limit() -> None:
+    d = learned(1, probe_after=60.0)
+    d.reconfigure(policies(config(max_associations=None, max_parallel=8)), 1000, 10**9)
+    assert (d.concurrency["pacs"].limit, d.concurrency["pacs"].probe_after) == (1, 60.0)
