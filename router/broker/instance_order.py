@@ -28,6 +28,9 @@ class InstanceOrder:
         # destination -> SOP Instance UID -> later receptions, oldest first
         self._parked: dict[str, dict[str, deque[Delivery]]] = {}
         self._counts: dict[str, int] = {}
+        # Destinations an instance left play at since the caller last looked (held storage
+        # commitments look again: router/broker/commitment_holds.py).
+        self.left: set[str] = set()
 
     def admit(self, delivery: Delivery) -> bool:
         """True: `delivery` may be queued now. False: an older reception of its instance is
@@ -55,6 +58,7 @@ class InstanceOrder:
         waiting = self._parked.get(destination, {}).get(uid)
         if not waiting:
             del in_play[uid]
+            self.left.add(destination)
             return None
         following = waiting.popleft()
         self._counts[destination] -= 1
@@ -70,6 +74,10 @@ class InstanceOrder:
         parked = self._parked.pop(destination, {})
         self._counts.pop(destination, None)
         return [delivery for waiting in parked.values() for delivery in waiting]
+
+    def pending(self, destination: str, uid: str) -> bool:
+        """Whether a reception of `uid` is still pending for `destination`."""
+        return uid in self._in_play.get(destination, {})
 
     def parked(self, destination: str) -> int:
         """Jobs waiting here for `destination` (they count in its queue depth)."""

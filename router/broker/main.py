@@ -17,6 +17,7 @@ import zmq
 
 from router.audit.forwarded import ForwardTally
 from router.audit.trail import AuditTrail
+from router.broker.commitment_holds import CommitmentHolds
 from router.broker.control import OperatorControl
 from router.broker.dead_letter_tally import DeadLetterTally
 from router.broker.dead_letter_writing import DeadLetterWriting
@@ -84,6 +85,7 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
         self.reload_requested = False  # set by SIGHUP, applied by the loop
         self.writing_dead_letters = False  # those a start made, batch by batch
         self.relays = RelayRoutes()
+        self.commitment_holds = CommitmentHolds()  # router/broker/commitment_holds.py
         self.config_generation = 0
         self.context = zmq.Context()
         self.frontend = self._bind(runtime.frontend)
@@ -315,7 +317,9 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
             poller.register(wakeup, zmq.POLLIN)
         while not stop.is_set():
             now = time.monotonic()
-            due = self.dispatcher.next_due(now)
+            due = min((t for t in (self.dispatcher.next_due(now),
+                                   self.commitment_holds.next_due()) if t is not None),
+                      default=None)
             timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
             if self.writing_dead_letters:
                 timeout = 0.0
@@ -329,6 +333,7 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
             if self.backend in ready:
                 self._receive(self.backend, now)
             self._dispatch(now)
+            self.release_commitments(now)
             self._housekeeping(now)
 
     def close(self) -> None:

@@ -1,16 +1,21 @@
 """The broker's part in relayed requests: each message along its route
-(router/broker/relay_routes.py), the answer to a request it has no route for, and the
-cancel of the requests of an acceptor that died."""
+(router/broker/relay_routes.py), the answer to a request it has no route for, the cancel
+of the requests of an acceptor that died, and storage commitments held until their
+instances reached the upstream (router/broker/commitment_holds.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 import zmq
 
+from router.broker.commitment_holds import CommitmentHolds, Held, Released
 from router.broker.dispatch import Dispatcher
 from router.broker.relay_routes import RelayRoutes, failure
+from router.core import metrics
 from router.core.messages import (
     Message,
     RelayAck,
@@ -21,7 +26,7 @@ from router.core.messages import (
     RelayResponse,
     RelayStore,
 )
-from router.core.owned_names import process_alive
+from router.core.owned_names import process_alive, writer_of
 from router.core.process_identity import ProcessTag
 
 log = logging.getLogger("router.broker.main")  # the name these messages always had
@@ -34,6 +39,7 @@ class RelayPaths:
     """Part of the Broker: the reply paths of relayed requests."""
 
     relays: RelayRoutes
+    commitment_holds: CommitmentHolds
     dispatcher: Dispatcher
     frontend: zmq.Socket[bytes]
     backend: zmq.Socket[bytes]
@@ -43,14 +49,17 @@ class RelayPaths:
                  payload: list[bytes]) -> None:
         """Pass a relayed request's messages along its route."""
         if isinstance(message, RelayRequest):
-            worker = self.relays.pick_worker(list(self.dispatcher.workers))
-            if worker is None or not self._send(self.backend, worker, message, payload):
-                self._send(self.frontend, identity, failure(
-                    message.request_id, message.command, "no router worker available; retry"))
-                return
-            self.relays.open(message.request_id, identity, worker, message.command)
+            held = self.commitment_holds.hold(message, identity, payload,
+                                              self.dispatcher.order.pending, time.monotonic())
+            if held is None:
+                self._to_worker(identity, message, payload)
+            else:
+                _log_held(held)
             return
         assert isinstance(message, RelayMessage)
+        if message.request_id in self.commitment_holds:
+            self._while_held(sock, message)
+            return
         route = self.relays.get(message.request_id)
         if route is None or (sock is self.backend and identity != route.worker):
             # (Another identity: a worker that reconnected; its old one is failed with
@@ -65,6 +74,40 @@ class RelayPaths:
             self._send(self.frontend, route.acceptor, message, payload)
             if isinstance(message, RelayResponse) and message.final:
                 self.relays.close(message.request_id)
+
+    def _to_worker(self, acceptor: bytes, message: RelayRequest, payload: list[bytes]) -> None:
+        worker = self.relays.pick_worker(list(self.dispatcher.workers))
+        if worker is None or not self._send(self.backend, worker, message, payload):
+            self._send(self.frontend, acceptor, failure(
+                message.request_id, message.command, "no router worker available; retry"))
+            return
+        self.relays.open(message.request_id, acceptor, worker, message.command)
+        if message.hold_seconds > 0:  # held or not: the acceptor's wait starts now
+            self._send(self.frontend, acceptor, RelayProgress(message.request_id))
+
+    def _while_held(self, sock: zmq.Socket[bytes], message: RelayMessage) -> None:
+        """A held request's probe: it is on its way (no answer). Its cancel (the requester
+        went away, or the acceptor's request_timeout): it is never relayed."""
+        if isinstance(message, RelayCancel) and sock is self.frontend:
+            held = self.commitment_holds.take(message.request_id)
+            if held is not None:
+                _log_dropped(held, "its requester went away")
+
+    def release_commitments(self, now: float) -> None:
+        """Each turn: held commitments whose instances all left their destinations, or
+        whose bound came, go to a worker."""
+        order = self.dispatcher.order
+        left, order.left = order.left, set()
+        released: list[Released] = []
+        if left and len(self.commitment_holds):
+            released += self.commitment_holds.settled(left, order.pending)
+        released += self.commitment_holds.expired(now)
+        for release in released:
+            held = release.held
+            _log_released(release, now)
+            metrics.COMMITMENT_HOLDS.labels("bound" if release.by_bound else "delivered").inc()
+            request = dataclasses.replace(held.request, hold_instances=[])
+            self._to_worker(held.acceptor, request, held.payload)
 
     def _unrouted(self, sock: zmq.Socket[bytes], identity: bytes, message: RelayMessage,
                   ) -> None:
@@ -92,3 +135,41 @@ class RelayPaths:
             log.warning("relayed request %s: its acceptor stopped; cancelling it upstream",
                         request_id)
             self._send(self.backend, worker, RelayCancel(request_id))
+        for request_id in list(self.commitment_holds.held):
+            acceptor = writer_of(request_id)
+            if acceptor is not None and not alive(acceptor):
+                held = self.commitment_holds.take(request_id)
+                if held is not None:
+                    _log_dropped(held, "its acceptor stopped")
+
+
+def _where(held: Held) -> str:
+    return ", ".join(held.destinations)
+
+
+def _log_held(held: Held) -> None:
+    request = held.request
+    log.info("storage commitment N-ACTION %s from %s held: %d of its %d instance(s) still "
+             "pending for %s (relayed once they are there, at most in %.0fs: "
+             "commitment_hold)", request.request_id, request.calling_ae, len(held.waiting),
+             len(request.hold_instances), _where(held), request.hold_seconds)
+
+
+def _log_released(release: Released, now: float) -> None:
+    held = release.held
+    if release.by_bound:
+        log.info("storage commitment N-ACTION %s from %s relayed at its bound (%.0fs, "
+                 "commitment_hold) with %d instance(s) still pending for %s: the upstream "
+                 "reports them as it finds them", held.request.request_id,
+                 held.request.calling_ae, held.request.hold_seconds, release.pending,
+                 _where(held))
+    else:
+        log.info("storage commitment N-ACTION %s from %s relayed after %.1fs: its instances "
+                 "reached %s", held.request.request_id, held.request.calling_ae,
+                 now - held.since, _where(held))
+
+
+def _log_dropped(held: Held, why: str) -> None:
+    metrics.COMMITMENT_HOLDS.labels("cancelled").inc()
+    log.info("storage commitment N-ACTION %s from %s held for %s: not relayed, %s",
+             held.request.request_id, held.request.calling_ae, _where(held), why)

@@ -149,6 +149,12 @@ class RelayRequest(Message):
     storage_contexts: list[list[Any]] = dataclasses.field(default_factory=list)
     to_known_ae: bool = False  # upstreams are known AE titles (storage commitment results)
     has_dataset: bool = False
+    # Storage commitment: the broker holds the request up to hold_seconds while any of
+    # hold_instances (Referenced SOP Instance UIDs) is pending for one of hold_destinations
+    # (router/broker/commitment_holds.py).
+    hold_seconds: float = 0.0
+    hold_destinations: list[str] = dataclasses.field(default_factory=list)
+    hold_instances: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,9 @@ class RelayStore(Message):
 class RelayProgress(Message):
     """Worker -> acceptor: data for this request is still arriving from the upstream (a
     C-GET instance that takes longer than a timeout to come): the acceptor's
-    request_timeout counts silence, so its wait starts again. At most one a second."""
+    request_timeout counts silence, so its wait starts again. At most one a second. Broker
+    -> acceptor: a storage commitment that could be held goes to a worker now (its wait
+    for the answer ends its allowance for the hold, router/relay/call.py)."""
 
     kind: ClassVar[str] = "relay_progress"
     request_id: str

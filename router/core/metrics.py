@@ -57,6 +57,13 @@ DIMSE_REQUESTS = Counter(
     f"{PREFIX}_dimse_requests_total", "DIMSE requests answered, by command and status.",
     ["command", "status"],
 )
+COMMITMENT_HOLDS = Counter(
+    f"{PREFIX}_commitment_holds_total",
+    "Storage commitment N-ACTIONs the broker held while their instances were pending for the "
+    "upstream, by how the hold ended: delivered (none pending any more), bound "
+    "(commitment_hold passed), cancelled (the requester or its acceptor went away).",
+    ["outcome"],
+)
 RECEIVED_BYTES = Counter(
     f"{PREFIX}_received_bytes_total", "Dataset bytes received, counted as they arrive."
 )

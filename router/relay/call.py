@@ -43,9 +43,13 @@ Answer = tuple[RelayResponse | RelayStore, bytes | None]
 
 class RelayCall:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str,
-                 request: RelayRequest, payload: bytes | None, timeout: float) -> None:
+                 request: RelayRequest, payload: bytes | None, timeout: float,
+                 hold: float = 0.0) -> None:
         self.request = request
         self.timeout = timeout
+        # Before its first word: the broker may hold it this long (a storage commitment
+        # waiting for its instances, router/broker/commitment_holds.py).
+        self.hold = hold
         self.cancelled = False
         self.finished = False  # the final answer came
         try:
@@ -82,6 +86,7 @@ class RelayCall:
             # Any word counts, a RelayProgress too (data still arriving from the upstream):
             # request_timeout is silence, not the length of a transfer.
             self.last_heard = time.monotonic()
+            self.hold = 0.0
             try:
                 message = decode(frames[0])
             except ProtocolError:
@@ -93,7 +98,7 @@ class RelayCall:
                 return message, frames[1] if len(frames) > 1 else None
             return None
         now = time.monotonic()
-        if now - self.last_heard > self.timeout:
+        if now - self.last_heard > self.timeout + self.hold:
             raise RelayTimeout(f"no answer from the router's worker within {self.timeout:.0f}s")
         if now - max(self.last_heard, self.last_probe) >= PROBE_SECONDS:
             self.last_probe = now

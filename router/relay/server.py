@@ -12,6 +12,7 @@ the connection: every path ends with a final response carrying a proper status.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
+from router.relay.commitment_hold import commitment_hold
 from router.relay.commitment_results import KeptResults, kept_result
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
@@ -172,7 +174,7 @@ class RelayServer:
 
     def _call(self, request: RelayRequest, exchange: Exchange) -> RelayCall:
         return RelayCall(self.context, self.endpoint, request, exchange.request_dataset(),
-                         self.config.request_timeout)
+                         self.config.request_timeout, request.hold_seconds)
 
     # --- C-FIND, pass-through C-MOVE, N-services: answers as they come ----------------------
 
@@ -307,7 +309,7 @@ class RelayServer:
         """A storage commitment request: one the upstream refused (or never got) has no
         result to wait for. One it did not answer in time stays pending: the upstream may
         have taken it and send its result later (bounded by COMMITMENT_MEMORY_SECONDS)."""
-        status = self._pass_through(exchange, request)
+        status = self._pass_through(exchange, self._held(exchange, request))
         if transaction is None:
             return
         if status is None:
@@ -318,6 +320,20 @@ class RelayServer:
             self.commitments.take(transaction)
             log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",
                      transaction, status)
+
+    def _held(self, exchange: Exchange, request: RelayRequest) -> RelayRequest:
+        """The request with what the broker is to wait for before relaying it: its
+        instances still queued for the upstream (router/relay/commitment_hold.py)."""
+        try:
+            dataset = exchange.decoded_request_dataset()
+        except Exception:  # unreadable: the upstream answers for it, as before
+            return request
+        hold = commitment_hold(self.config, request.upstreams, dataset)
+        if hold.seconds <= 0:
+            return request
+        return dataclasses.replace(request, hold_seconds=hold.seconds,
+                                   hold_destinations=hold.destinations,
+                                   hold_instances=hold.instances)
 
     def _commitment_result(self, exchange: Exchange) -> bool:
         """An upstream's N-EVENT-REPORT with a commitment result: on to the requester (a known

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from router.broker.commitment_holds import CommitmentHolds
 from router.broker.relay_paths import RelayPaths
 from router.broker.relay_routes import RelayRoutes
 from router.core.messages import Message, RelayCancel, RelayProbe, RelayResponse
@@ -40,6 +41,7 @@ class Paths(RelayPaths):
 
     def __init__(self) -> None:
         self.relays = RelayRoutes()
+        self.commitment_holds = CommitmentHolds()
         self.frontend: Any = "frontend"
         self.backend: Any = "backend"
         self.sent: list[tuple[str, bytes, Message]] = []

@@ -120,6 +120,11 @@ class DicomDestination(DestinationBase):
     # an instance in another one is transcoded to the first the router can produce. Empty:
     # send as received, and transcode to Explicit/Implicit VR LE only if it refuses that.
     transfer_syntaxes: list[str] = []
+    # As an upstream of storage commitment: how long an N-ACTION waits for its instances
+    # still queued for this PACS (or a destination at its address) before it is relayed
+    # (README "Storage commitment"); 0 relays at once. Below the 30-60 s most modalities
+    # wait for the N-ACTION-RSP.
+    commitment_hold: Seconds = Field(20.0, ge=0, le=3600)
 
     @field_validator("transfer_syntaxes")
     @classmethod

@@ -1,0 +1,196 @@
+"""Storage commitments held until their instances reached the upstream: the broker's waiting
+set (router/broker/commitment_holds.py) against a real Dispatcher's pending instances, its
+part in the reply paths (router/broker/relay_paths.py), and what the acceptor asks to wait
+for (router/relay/commitment_hold.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from router.broker.commitment_holds import CommitmentHolds
+from router.broker.deliveries import DestinationPolicy
+from router.broker.dispatch import Dispatcher
+from router.broker.relay_paths import RelayPaths
+from router.broker.relay_routes import RelayRoutes
+from router.core.config import RetryConfig, parse_config
+from router.core.messages import (
+    JobHeader,
+    Message,
+    RelayCancel,
+    RelayProbe,
+    RelayProgress,
+    RelayRequest,
+    Result,
+)
+from router.relay import commitment_hold as acceptor_side
+from router.relay.commitment_hold import commitment_hold
+
+from .helpers import answer, make_header
+
+W1 = b"worker-1"
+RETRY = RetryConfig(max_attempts=1, initial_delay=1.0, max_delay=1.0)
+ALIVE, DEAD = 4_000_002, 4_000_001
+
+
+def dispatcher() -> Dispatcher:
+    policies = {name: DestinationPolicy(4, RETRY, max_associations=4)  # one job a Deliver
+                for name in ("pacs", "other")}
+    d = Dispatcher(policies, max_jobs=1000, max_bytes=10**9, rand=lambda: 0.0)
+    d.worker_ready(W1, 8, 0.0)
+    return d
+
+
+def instance(job_id: str, destination: str = "pacs") -> JobHeader:
+    return make_header(job_id, (destination,), sop_instance_uid=f"1.2.3.{job_id}")
+
+
+def request(uids: list[str], *, seconds: float = 20.0, request_id: str = f"{ALIVE}-r1",
+            destinations: tuple[str, ...] = ("pacs",)) -> RelayRequest:
+    return RelayRequest(request_id, "N-ACTION", ["pacs"], "CT1", "ROUTER", "127.0.0.1",
+                        "1.2.840.10008.1.20.1", "1.2.840.10008.1.2", hold_seconds=seconds,
+                        hold_destinations=list(destinations), hold_instances=uids)
+
+
+def settle(d: Dispatcher, holds: CommitmentHolds) -> list[Any]:
+    left, d.order.left = d.order.left, set()
+    return holds.settled(left, d.order.pending)
+
+
+def test_a_request_waits_until_none_of_its_instances_is_pending_for_its_destination() -> None:
+    d, holds = dispatcher(), CommitmentHolds()
+    jobs = [instance("1"), instance("2"), instance("3", "other")]
+    for job in jobs:
+        d.add_job(job)
+    held = holds.hold(request(["1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.9"]), b"a1", [],
+                      d.order.pending, now=0.0)
+    assert held is not None and held.waiting == {"1.2.3.1", "1.2.3.2"}  # only pacs counts
+    d.dispatch(0.0)
+
+    answer(d, W1, Result("1", "pacs", True), 1.0)
+    assert settle(d, holds) == [] and held.waiting == {"1.2.3.2"}
+    answer(d, W1, Result("3", "other", True), 1.0)
+    assert settle(d, holds) == []  # another destination's instance: not looked at
+    answer(d, W1, Result("2", "pacs", True), 1.0)
+    [released] = settle(d, holds)
+    assert released.held is held and not released.by_bound and released.pending == 0
+    assert len(holds) == 0 and holds.next_due() is None
+
+
+def test_a_dead_lettered_instance_is_no_longer_pending() -> None:
+    d, holds = dispatcher(), CommitmentHolds()
+    d.add_job(instance("1"))
+    d.dispatch(0.0)
+    assert holds.hold(request(["1.2.3.1"]), b"a1", [], d.order.pending, 0.0) is not None
+    answer(d, W1, Result("1", "pacs", False, "status", transient=False), 1.0)
+    [released] = settle(d, holds)
+    assert not released.by_bound
+
+
+def test_the_bound_releases_it_with_what_is_still_pending() -> None:
+    d, holds = dispatcher(), CommitmentHolds()
+    for job in (instance("1"), instance("2")):
+        d.add_job(job)
+    assert holds.hold(request(["1.2.3.1", "1.2.3.2"], seconds=5.0), b"a1", [b"data"],
+                      d.order.pending, now=10.0) is not None
+    assert holds.next_due() == 15.0
+    assert holds.expired(14.9) == []
+    [released] = holds.expired(15.0)
+    assert released.by_bound and released.pending == 2 and released.held.payload == [b"data"]
+    assert len(holds) == 0
+
+
+def test_nothing_pending_or_no_bound_is_not_held() -> None:
+    d, holds = dispatcher(), CommitmentHolds()
+    d.add_job(instance("1"))
+    assert holds.hold(request(["1.2.3.7"]), b"a1", [], d.order.pending, 0.0) is None
+    assert holds.hold(request(["1.2.3.1"], seconds=0), b"a1", [], d.order.pending, 0.0) is None
+    assert holds.hold(request(["1.2.3.1"], destinations=()), b"a1", [], d.order.pending,
+                      0.0) is None
+    assert len(holds) == 0
+
+
+class Paths(RelayPaths):
+    """RelayPaths with a real Dispatcher and its sockets replaced by a list of what it sent."""
+
+    def __init__(self, d: Dispatcher) -> None:
+        self.relays = RelayRoutes()
+        self.commitment_holds = CommitmentHolds()
+        self.dispatcher = d
+        self.frontend: Any = "frontend"
+        self.backend: Any = "backend"
+        self.sent: list[tuple[str, bytes, Message]] = []
+
+    def _send(self, sock: Any, identity: bytes, message: Message,  # type: ignore[override]
+              payload: list[bytes] | None = None) -> bool:
+        self.sent.append((sock, identity, message))
+        return True
+
+
+def test_the_broker_holds_the_request_answers_no_probe_and_relays_it_once_delivered() -> None:
+    d = dispatcher()
+    d.add_job(instance("1"))
+    d.dispatch(0.0)
+    paths = Paths(d)
+    paths.on_relay(paths.frontend, b"a1", request(["1.2.3.1"]), [b"dataset"])
+    paths.on_relay(paths.frontend, b"a1", RelayProbe(f"{ALIVE}-r1", "N-ACTION"), [])
+    assert paths.sent == []  # on its way: no failure for the probe
+    answer(d, W1, Result("1", "pacs", True), 1.0)
+    paths.release_commitments(1.0)
+    [(sock, worker, relayed), told] = paths.sent
+    assert (sock, worker) == ("backend", W1)
+    assert isinstance(relayed, RelayRequest) and relayed.hold_instances == []
+    # The acceptor's wait for the answer (request_timeout) starts now, not after the bound.
+    assert told == ("frontend", b"a1", RelayProgress(f"{ALIVE}-r1"))
+    assert paths.relays.get(f"{ALIVE}-r1") is not None
+
+
+def test_a_cancelled_or_orphaned_held_request_is_never_relayed() -> None:
+    d = dispatcher()
+    d.add_job(instance("1"))
+    paths = Paths(d)
+    paths.on_relay(paths.frontend, b"a1", request(["1.2.3.1"]), [])
+    paths.on_relay(paths.frontend, b"a1", RelayCancel(f"{ALIVE}-r1"), [])
+    paths.on_relay(paths.frontend, b"a2", request(["1.2.3.1"], request_id=f"{DEAD}-r2"), [])
+    paths.cancel_for_dead_acceptors(lambda writer: writer.pid != DEAD)
+    assert len(paths.commitment_holds) == 0
+    paths.release_commitments(100.0)
+    assert paths.sent == []
+
+
+def action(uids: list[str]) -> Dataset:
+    dataset = Dataset()
+    dataset.TransactionUID = "1.2.3.999"
+    dataset.ReferencedSOPSequence = [Dataset() for _ in uids]
+    for item, uid in zip(dataset.ReferencedSOPSequence, uids, strict=True):
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = uid
+    return dataset
+
+
+def config(**pacs: Any) -> Any:
+    dicom = {"type": "dicom", "ae_title": "PACS", "host": "10.0.0.5", "port": 104}
+    return parse_config({
+        "destinations": {"pacs": {**dicom, **pacs}, "pacs-store": dict(dicom),
+                         "elsewhere": {**dicom, "port": 105},
+                         "folder": {"type": "folder", "path": "/tmp/x"}},
+        "rules": [{"name": "q", "query": ["pacs"]}],
+    })
+
+
+def test_the_acceptor_waits_on_the_upstream_and_the_destinations_at_its_address() -> None:
+    hold = commitment_hold(config(), ["pacs"], action(["1.2.3.1", "1.2.3.2"]))
+    assert hold.seconds == 20.0  # the default
+    assert hold.destinations == ["pacs", "pacs-store"]
+    assert hold.instances == ["1.2.3.1", "1.2.3.2"]
+    assert commitment_hold(config(commitment_hold=0), ["pacs"], action(["1.2.3.1"])).seconds == 0
+
+
+def test_a_long_request_holds_on_its_first_instances(monkeypatch: Any) -> None:
+    monkeypatch.setattr(acceptor_side, "MAX_HELD_INSTANCES", 3)
+    hold = commitment_hold(config(), ["pacs"], action([f"1.2.3.{n}" for n in range(5)]))
+    assert hold.instances == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+    unreadable = SimpleNamespace(get=lambda key: 42)  # not a sequence
+    assert commitment_hold(config(), ["pacs"], unreadable).seconds == 0
