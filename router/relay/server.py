@@ -42,7 +42,7 @@ from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.move_registry import ArrivingInstance
 from router.relay.result_courier import ResultCourier
-from router.relay.state import Commitment, Commitments
+from router.relay.state import Commitment, Commitments, upstream_titles
 from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,10 @@ class RelayServer:
             log.warning("storage commitment request without a readable Transaction UID: %s",
                         exc)
             return None
-        self.commitments.remember(transaction, requester_ae)
+        # Each upstream the rule may relay it to: its result may come before the N-ACTION-RSP
+        # says which one took it.
+        upstreams = upstream_titles(self.config, exchange.upstreams)
+        self.commitments.remember(transaction, requester_ae, upstreams)
         return transaction
 
     def _relay_commitment(self, exchange: Exchange, request: RelayRequest,
@@ -342,6 +345,11 @@ class RelayServer:
             transaction = str(exchange.decoded_request_dataset().TransactionUID)
         except Exception:
             return False
+        pending = self.commitments.peek(transaction)
+        if pending is not None and not pending.reported_by(exchange.link.facts.calling_ae,
+                                                           self.config):
+            self._refuse_result(exchange, transaction, pending)
+            return True
         commitment = self.commitments.take(transaction)
         if commitment is None:
             return False
@@ -366,6 +374,19 @@ class RelayServer:
             # The requester refused it: the upstream hears so and may send it again.
             self.commitments.restore(transaction, commitment)
         return True
+
+    @staticmethod
+    def _refuse_result(exchange: Exchange, transaction: str, pending: Commitment) -> None:
+        """A result from an AE its N-ACTION never went to: forged or misdirected, and a
+        requester told "all committed" may delete its only copy. It stays pending for the
+        upstream's own."""
+        facts = exchange.link.facts
+        log.warning("storage commitment result %s from %s at %s refused: its N-ACTION went "
+                    "to %s; still pending for them (a PACS reporting under another AE title: "
+                    "add it to the destination's store_ae_titles)", transaction,
+                    facts.calling_ae, facts.source, pending.upstream_names())
+        exchange.final(Status.PROCESSING_FAILURE,
+                       "not from the upstream of this storage commitment")
 
     def _keep_result(self, exchange: Exchange, request: RelayRequest, transaction: str,
                      commitment: Commitment, payload: bytes, reason: str) -> None:

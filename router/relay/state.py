@@ -1,6 +1,7 @@
 """Pending storage commitments: the Transaction UID of each N-ACTION relayed, with the AE
-title of the requester, so that the upstream's N-EVENT-REPORT (usually on a new association
-to the router, which may reach any acceptor process) is delivered to the right requester.
+title of the requester and the upstreams it was relayed to, so that the upstream's
+N-EVENT-REPORT (usually on a new association to the router, which may reach any acceptor
+process) is delivered to the right requester, and nobody else's is.
 (Relayed C-MOVEs in progress: router/relay/move_registry.py.)
 """
 
@@ -11,16 +12,51 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.core.config import RouterConfig
+from router.core.config.destinations import DicomDestination
+
 COMMITMENT_MEMORY_SECONDS = 24 * 3600.0  # a storage commitment result may come hours later
+
+# An upstream the N-ACTION was relayed to: its name in destinations and the AE titles its
+# result may come from (ae_title, then store_ae_titles).
+Upstream = tuple[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True)
 class Commitment:
     requester_ae: str
     at: float  # wall-clock time it was relayed
+    # Empty for one remembered before the router recorded them (an upgrade): any AE may
+    # report it, as then, so that a pending commitment is not lost.
+    upstreams: tuple[Upstream, ...] = ()
+
+    def reported_by(self, calling_ae: str, config: RouterConfig) -> bool:
+        """Whether a result from calling_ae may be this commitment's: it comes from an AE
+        title of an upstream its N-ACTION went to, as recorded then or as the config says
+        now (a reload adding store_ae_titles lets the upstream's next try through)."""
+        if not self.upstreams:
+            return True
+        titles = upstream_titles(config, [name for name, _ in self.upstreams])
+        allowed = {t for _, recorded in (*self.upstreams, *titles) for t in recorded}
+        return calling_ae.strip() in allowed
+
+    def upstream_names(self) -> str:
+        """The upstreams for the log: `pacs (PACS)`."""
+        return ", ".join(f"{name} ({'/'.join(titles)})" for name, titles in self.upstreams)
+
+
+def upstream_titles(config: RouterConfig, names: Iterable[str]) -> tuple[Upstream, ...]:
+    """Each DICOM destination's AE titles a storage commitment result may come from."""
+    found = []
+    for name in names:
+        destination = config.destinations.get(name)
+        if isinstance(destination, DicomDestination):
+            found.append((name, (destination.ae_title, *destination.store_ae_titles)))
+    return tuple(found)
 
 
 class Commitments:
@@ -42,16 +78,18 @@ class Commitments:
             return None  # a hostile "UID" never becomes a file name
         return self.folder / f"{transaction_uid}.json"
 
-    def remember(self, transaction_uid: str, requester_ae: str) -> None:
+    def remember(self, transaction_uid: str, requester_ae: str,
+                 upstreams: tuple[Upstream, ...] = ()) -> None:
         now = time.time()
         self._forget_expired(now)
         path = self._path(transaction_uid)
         if path is None:
             with self._lock:
-                self._pending[transaction_uid] = Commitment(requester_ae, now)
+                self._pending[transaction_uid] = Commitment(requester_ae, now, upstreams)
             return
         temp = path.with_name(f".{os.getpid()}-{path.name}")
-        temp.write_text(json.dumps({"requester_ae": requester_ae, "at": now}))
+        temp.write_text(json.dumps({"requester_ae": requester_ae, "at": now,
+                                    "upstreams": dict(upstreams)}))
         os.replace(temp, path)
 
     def _forget_expired(self, now: float) -> None:
@@ -67,6 +105,17 @@ class Commitments:
                 except FileNotFoundError:
                     pass  # taken meanwhile
 
+    def peek(self, transaction_uid: str) -> Commitment | None:
+        """The pending commitment, left pending: None when unknown or unreadable."""
+        path = self._path(transaction_uid)
+        if path is None:
+            with self._lock:
+                return self._pending.get(transaction_uid)
+        try:
+            return _read(path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
     def take(self, transaction_uid: str) -> Commitment | None:
         """The pending commitment, once: None when unknown or taken already."""
         path = self._path(transaction_uid)
@@ -74,11 +123,10 @@ class Commitments:
             with self._lock:
                 return self._pending.pop(transaction_uid, None)
         try:
-            body = json.loads(path.read_text())
-            commitment = Commitment(str(body["requester_ae"]), float(body["at"]))
+            commitment: Commitment | None = _read(path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             commitment = None  # unreadable: it can never be matched
         try:
             path.unlink()
@@ -88,4 +136,11 @@ class Commitments:
 
     def restore(self, transaction_uid: str, commitment: Commitment) -> None:
         """A result that could not be delivered: wait for the upstream's retry."""
-        self.remember(transaction_uid, commitment.requester_ae)
+        self.remember(transaction_uid, commitment.requester_ae, commitment.upstreams)
+
+
+def _read(path: Path) -> Commitment:
+    body = json.loads(path.read_text())
+    upstreams = tuple((str(name), tuple(str(t) for t in titles))
+                      for name, titles in body.get("upstreams", {}).items())
+    return Commitment(str(body["requester_ae"]), float(body["at"]), upstreams)

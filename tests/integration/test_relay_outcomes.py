@@ -774,26 +774,70 @@ class LateCommitmentSCP:
         return 0x0000, None
 
     def report(self, action: Dataset) -> None:
-        ae = AE(ae_title="PACS")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate(LOCALHOST, self.router_port, ae_title=ROUTER_AE,
-                             ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
         try:
-            assert assoc.is_established
-            result = Dataset()
-            result.TransactionUID = action.TransactionUID
-            result.ReferencedSOPSequence = action.ReferencedSOPSequence
-            status, _ = assoc.send_n_event_report(result, 1, StorageCommitmentPushModel,
-                                                  "1.2.840.10008.1.20.1.1")
-            self.report_status = int(status.Status) if "Status" in status else None
+            self.report_status = _report(self.router_port, "PACS", action)
         finally:
-            if assoc.is_established:
-                assoc.release()
             self.reported.set()
 
     def close(self) -> None:
         self.server.shutdown()
+
+
+def _report(router_port: int, calling_ae: str, action: Dataset) -> int | None:
+    """An N-EVENT-REPORT "all committed" for action, from calling_ae on an association of its
+    own; the router's status."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate(LOCALHOST, router_port, ae_title=ROUTER_AE,
+                         ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+    try:
+        assert assoc.is_established
+        result = Dataset()
+        result.TransactionUID = action.TransactionUID
+        result.ReferencedSOPSequence = action.ReferencedSOPSequence
+        status, _ = assoc.send_n_event_report(result, 1, StorageCommitmentPushModel,
+                                              "1.2.840.10008.1.20.1.1")
+        return int(status.Status) if "Status" in status else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_a_commitment_result_from_another_ae_than_its_upstream_is_refused(
+        tmp_path: Path) -> None:
+    """Another peer reporting "all committed" for a pending transaction gets 0x0110 and the
+    requester hears nothing of it (it would delete its copies); the upstream's own result,
+    under one of its store_ae_titles, is delivered (before: the first report was relayed)."""
+    actions: list[Dataset] = []
+    upstream = AE(ae_title="PACS")
+    upstream.add_supported_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = upstream.start_server((LOCALHOST, port), block=False, evt_handlers=[
+        (evt.EVT_N_ACTION, lambda e: (actions.append(e.action_information), (0x0000, None))[1])])
+    with CommitmentRequester("MODALITY") as requester:
+        router = RouterProcess(tmp_path / "router", {
+            "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                                      "port": port, "store_ae_titles": ["PACS_SCU"]}},
+            "known_aes": {"MODALITY": {"host": LOCALHOST, "port": requester.port}},
+            "rules": [{"name": "qr", "query": ["pacs"]}]})
+        router.start()
+        try:
+            status, transaction = _request_commitment(
+                router.port, "1.2.826.0.1.3680043.8.498.20", "1.2.826.0.1.3680043.8.498.21")
+            assert status == 0x0000 and len(actions) == 1
+            assert _report(router.port, "FORGER", actions[0]) == 0x0110
+            assert "storage commitment result 1.2.826.0.1.3680043.8.498.20 from FORGER at " \
+                "127.0.0.1 refused" in router.log()
+            assert _report(router.port, "PACS_SCU", actions[0]) == 0x0000
+            report = requester.wait_report(transaction, 20)
+            assert report.reporter_ae == ROUTER_AE
+            assert report.committed == ((str(CTImageStorage), "1.2.826.0.1.3680043.8.498.21"),)
+            assert list((router.spool / "commitments").iterdir()) == []
+            _no_traceback(router)
+        finally:
+            router.stop()
+            server.shutdown()
 
 
 @pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout", "worker_killed"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from router.core.config import RouterConfig, parse_config
 from router.core.process_identity import ProcessTag, own_tag, process_start
 from router.relay.move_registry import (
     CLOSED_SECONDS,
@@ -17,7 +18,7 @@ from router.relay.move_registry import (
     ArrivingInstance,
     MoveRegistry,
 )
-from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments
+from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments, upstream_titles
 
 
 def test_pending_commitments_survive_a_restart_and_are_taken_once(tmp_path: Path) -> None:
@@ -70,6 +71,52 @@ def test_commitments_older_than_a_day_are_forgotten(tmp_path: Path) -> None:
     commitments.remember("1.2.3.8", "CT1")
     assert commitments.take("1.2.3.7") is None
     assert commitments.take("1.2.3.8") is not None
+
+
+def _pacs(**extra: object) -> RouterConfig:
+    pacs = {"type": "dicom", "ae_title": "PACS", "host": "10.0.0.1", "port": 104} | extra
+    return parse_config({"destinations": {"pacs": pacs},
+                         "rules": [{"name": "qr", "query": ["pacs"]}]})
+
+
+def test_only_the_upstream_the_n_action_went_to_may_report_its_result(tmp_path: Path) -> None:
+    """A result from another AE could tell the requester "all committed" for instances the
+    upstream never got, and the requester deletes its copies."""
+    config = _pacs(store_ae_titles=["PACS_SCU"])
+    Commitments(tmp_path).remember("1.2.3.9", "CT1", upstream_titles(config, ["pacs"]))
+    pending = Commitments(tmp_path).peek("1.2.3.9")  # another acceptor, after a restart
+    assert pending is not None and pending.upstream_names() == "pacs (PACS/PACS_SCU)"
+    assert pending.reported_by("PACS", config) and pending.reported_by("PACS_SCU ", config)
+    assert not pending.reported_by("FORGER", config)
+    assert Commitments(tmp_path).take("1.2.3.9") is not None  # peek left it pending
+
+
+def test_a_reload_adding_an_upstreams_store_ae_title_lets_its_result_through(
+        tmp_path: Path) -> None:
+    commitments = Commitments(tmp_path)
+    commitments.remember("1.2.3.10", "CT1", upstream_titles(_pacs(), ["pacs"]))
+    pending = commitments.peek("1.2.3.10")
+    assert pending is not None and not pending.reported_by("PACS_SCU", _pacs())
+    assert pending.reported_by("PACS_SCU", _pacs(store_ae_titles=["PACS_SCU"]))
+
+
+def test_a_commitment_kept_before_upstreams_were_recorded_takes_any_reporter(
+        tmp_path: Path) -> None:
+    """An upgrade loses no pending commitment: those on the spool from before name no
+    upstream."""
+    (tmp_path / "1.2.3.11.json").write_text('{"requester_ae": "CT1", "at": 1e12}')
+    pending = Commitments(tmp_path).peek("1.2.3.11")
+    assert pending is not None and pending.reported_by("ANYONE", _pacs())
+
+
+def test_a_restored_commitment_keeps_its_upstreams(tmp_path: Path) -> None:
+    commitments = Commitments(tmp_path)
+    commitments.remember("1.2.3.12", "CT1", upstream_titles(_pacs(), ["pacs"]))
+    taken = commitments.take("1.2.3.12")
+    assert taken is not None
+    commitments.restore("1.2.3.12", taken)
+    again = commitments.take("1.2.3.12")
+    assert again is not None and not again.reported_by("FORGER", _pacs())
 
 
 def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(

@@ -113,8 +113,9 @@ class DicomDestination(DestinationBase):
     # upstream to send to the requested destination itself (it must know that AE); relay asks
     # it to send to the router, which delivers to the destination from its own AE table.
     move_mode: Literal["pass_through", "relay"] = "pass_through"
-    # Relay mode: further calling AE titles this upstream's C-STOREs for a relayed move may
-    # come from (a PACS whose storage SCU has an AE title of its own); ae_title always may.
+    # Further calling AE titles this upstream's C-STOREs for a relayed move (relay mode) and
+    # its storage commitment results may come from (a PACS whose SCU has an AE title of its
+    # own); ae_title always may.
     store_ae_titles: list[str] = []
     # The syntaxes this destination takes, in order of preference (UIDs or pydicom keywords):
     # an instance in another one is transcoded to the first the router can produce. Empty:
