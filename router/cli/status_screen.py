@@ -99,6 +99,10 @@ def _header(now: Reading) -> Text:
         line.append(f"\nspool: {size(spool['free_bytes'])} free of {size(spool['size_bytes'])}"
                     f", {size(spool.get('queued_bytes', 0))} queued in "
                     f"{now.status.get('broker', {}).get('jobs_queued', 0)} jobs")
+    kept = int(now.status.get("commitment_results_kept", 0))
+    if kept:
+        line.append(f"\nstorage commitment results kept for their requester: {kept} (not "
+                    "taken yet, sent again; the log says why)", style="yellow")
     processes = [f"{p['name']}{'' if p['alive'] else ' (DOWN)'}"
                  + (f" restarted {p['restarts']}x" if p["restarts"] else "")
                  for p in s.get("processes", [])]

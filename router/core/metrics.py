@@ -174,6 +174,12 @@ DEAD_LETTERS = Counter(
     f"{PREFIX}_dead_letters_total", "Deliveries given up and kept as dead letters.",
     ["destination", "reason"],
 )
+COMMITMENT_RESULTS_KEPT = Gauge(
+    f"{PREFIX}_commitment_results_kept",
+    "Storage commitment results on the spool that their requester has not taken yet (sent "
+    "again until it does).",
+    multiprocess_mode="max",
+)
 DEAD_LETTERS_WAITING = Gauge(
     f"{PREFIX}_dead_letters_waiting",
     "Dead letters on the spool, waiting to be replayed or purged, by destination.",

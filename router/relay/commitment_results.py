@@ -79,6 +79,14 @@ class KeptResults:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
+    def count(self) -> int:
+        """How many are kept now (the supervisor's gauge and /status: one reader, whatever
+        the number of acceptors that send them)."""
+        try:
+            return sum(1 for _ in self.folder.glob("*.result"))
+        except OSError:
+            return 0
+
     def _path(self, transaction_uid: str) -> Path | None:
         if not re.fullmatch(r"[0-9.]{1,64}", transaction_uid):
             return None  # a hostile "UID" never becomes a file name

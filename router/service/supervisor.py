@@ -28,6 +28,7 @@ from router.core.reload import save as save_for_children
 from router.core.runtime import Runtime
 from router.core.spool import Spool
 from router.core.spool_lock import STALE_CHILD_MARGIN, Tenancy, await_old_children, hold_spool
+from router.relay.commitment_results import KeptResults
 from router.service import preflight, supervisor_views
 from router.service.acceptor_seats import AcceptorSeats
 from router.service.child_process import PIXEL_CODECS, Child, run_child, worker_hidden_modules
@@ -82,6 +83,8 @@ class Supervisor:
         self.audit: AuditTrail | None = None
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
         self._spool_lock: int | None = None  # held until the process ends (spool_lock.py)
+        self.kept_results = KeptResults(Spool(config.spool.path).root / "commitments")
+        self.commitment_results_kept = 0  # for /status, counted by the main loop
 
     def ready(self) -> tuple[bool, str]:
         """/readyz: router/service/readiness.py."""
@@ -242,6 +245,8 @@ class Supervisor:
             self.reload_steps.resend_lost_hups()
             ready = self.ready()[0]
             metrics.READY.set(1 if ready else 0)
+            self.commitment_results_kept = self.kept_results.count()
+            metrics.COMMITMENT_RESULTS_KEPT.set(self.commitment_results_kept)
             has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
             # A SIGHUP during the start waits until the children heed one.
             if has_run and self.reload_requested.is_set():

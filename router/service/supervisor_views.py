@@ -32,6 +32,7 @@ def status(sup: Supervisor) -> dict[str, Any]:
         "ready_reason": why,
         "config": {"path": str(sup.config_path) if sup.config_path else None},
         "processes": [_process_row(sup, c) for c in sup.children],
+        "commitment_results_kept": sup.commitment_results_kept,
         **read_snapshots(sup.runtime.status_dir),
     }
 

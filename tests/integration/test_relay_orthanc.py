@@ -291,6 +291,10 @@ def test_a_result_whose_requester_was_down_reaches_it_when_back_after_a_crash(
             uid = late.request(LOCALHOST, kept.port, ROUTER_AE, instances)
             result = kept.spool / "commitments" / f"{uid}.result"
             assert wait_for(result.exists, timeout=30), kept.log()[-3000:]
+            # Seen without reading the log: counted once, whatever the acceptors.
+            assert wait_for(lambda: kept.metric("dicom_router_commitment_results_kept") == 1,
+                            timeout=10)
+            assert kept.status()["commitment_results_kept"] == 1
             assert wait_for(lambda: kept.metric("dicom_router_dimse_requests_total",
                                                 command="N-EVENT-REPORT",
                                                 status="0x0000") == 1, timeout=10)
@@ -302,6 +306,8 @@ def test_a_result_whose_requester_was_down_reaches_it_when_back_after_a_crash(
             assert sorted(report.committed) == sorted(instances)
             assert wait_for(lambda: not result.exists(), timeout=10)
             assert f"storage commitment result {uid} delivered to LATECOMER" in kept.log()
+            assert wait_for(lambda: kept.metric("dicom_router_commitment_results_kept") == 0,
+                            timeout=10)
         finally:
             orthanc.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
 

@@ -84,3 +84,13 @@ def test_one_acceptor_at_a_time_sends_a_result(tmp_path: Path) -> None:
 def test_a_transaction_uid_that_cannot_be_a_file_name_is_not_kept(tmp_path: Path) -> None:
     assert not KeptResults(tmp_path).keep(report("1.2.3/../../x"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_kept_results_are_counted_and_pending_commitments_are_not(tmp_path: Path) -> None:
+    results = KeptResults(tmp_path)
+    assert results.count() == 0
+    results.keep(report())
+    results.keep(report("1.2.826.0.1.3680043.8.498.2"))
+    (tmp_path / "1.2.826.0.1.3680043.8.498.3.json").write_text("{}")  # pending, no result
+    assert results.count() == 2
+    assert KeptResults(tmp_path / "absent").count() == 0

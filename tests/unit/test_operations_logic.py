@@ -258,6 +258,22 @@ def test_render_computes_rates_and_lists_errors() -> None:
     assert "refused (0xA700 / busy): queue_full 4" in text
 
 
+def test_status_shows_storage_commitment_results_kept_for_their_requester() -> None:
+    """A result its requester did not take is on the spool, sent again: visible beside the
+    spool, not only in the log."""
+    status = {"ready": True, "started_at": time.time(), "processes": [],
+              "commitment_results_kept": 2}
+    console = Console(width=200, no_color=True, force_terminal=False, record=True)
+    console.print(render(Reading(status, parse_metrics(""), 0.0),
+                         Reading(status, parse_metrics(""), 1.0)))
+    assert "storage commitment results kept for their requester: 2" in console.export_text()
+    console = Console(width=200, no_color=True, force_terminal=False, record=True)
+    quiet = {**status, "commitment_results_kept": 0}
+    console.print(render(Reading(quiet, parse_metrics(""), 0.0),
+                         Reading(quiet, parse_metrics(""), 1.0)))
+    assert "commitment" not in console.export_text()
+
+
 def test_peer_text_is_drawn_as_text_never_read_as_markup() -> None:
     """A calling AE "[/]" is a valid AE title: rich's markup parser died on it."""
     wall = time.time()

@@ -34,7 +34,7 @@ ALERT_NAMES = {
     "DicomRouterQueueGrowing", "DicomRouterDeadLetters", "DicomRouterSpoolNearFull",
     "DicomRouterSpoolInodesNearFull", "DicomRouterConfigReloadFailed",
     "DicomRouterAuditMessagesLost",
-    "DicomRouterCertificateExpiring",
+    "DicomRouterCertificateExpiring", "DicomRouterCommitmentResultsKept",
 }
 
 KUBECTL = shutil.which("kubectl")
