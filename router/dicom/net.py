@@ -18,6 +18,24 @@ from router.dicom.quick_ack import ack_every_receive
 
 log = logging.getLogger(__name__)
 
+# What pynetdicom logs as ERROR when the router's association request is rejected (three
+# lines) or aborted. A busy upstream rejecting is normal life, and the router logs each of
+# these itself, with who and why (scu_outcome.py). Its "ACSE timeout reached ..." line
+# stays: the router reads that outcome as an abort and would not say "timeout" itself.
+NEGOTIATION_ECHOES = ("Association Rejected", "Result: ", "Reason: ", "Association Aborted")
+
+
+class NegotiationEchoes(logging.Filter):
+    """Drops pynetdicom's ERROR lines of a rejected or aborted association request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.ERROR
+                    and record.getMessage().startswith(NEGOTIATION_ECHOES))
+
+
+_NEGOTIATION_ECHOES = NegotiationEchoes()  # one instance: added once however often called
+
+
 def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = False) -> None:
     compat.require_supported()
     # Keep patient data out of logs.
@@ -28,6 +46,7 @@ def configure_pynetdicom(*, chunked_receive: bool = False, chunked_send: bool = 
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # It logs two errors for every refused connection; the broker logs each pause once.
     logging.getLogger("pynetdicom.transport").setLevel(logging.CRITICAL)
+    logging.getLogger("pynetdicom.acse").addFilter(_NEGOTIATION_ECHOES)
     # Hostile values would otherwise be logged by pydicom once per access; the router states
     # its own refusal once, with the reason.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -47,6 +47,20 @@ def recover_rejection(assoc: Association) -> None:
             return
 
 
+def rejection_words(rejection: Any) -> str:
+    """An A-ASSOCIATE-RJ in words and codes: `rejected transient, by service provider
+    (presentation): local limit exceeded (result 2, source 3, reason 2)`."""
+    result, source = getattr(rejection, "result", None), getattr(rejection, "result_source", None)
+    codes = f"(result {result}, source {source}, reason {getattr(rejection, 'diagnostic', None)})"
+    try:
+        reason = str(rejection.reason_str)
+        words = (f"{rejection.result_str.lower()}, by {rejection.source_str.lower()}: "
+                 f"{reason[:1].lower()}{reason[1:]}")
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return codes  # pynetdicom has no words for these codes
+    return f"{words} {codes}"
+
+
 def failure_from_association(
     assoc: Association, destination: str, sop_class: str, syntax: str
 ) -> DeliveryError:
@@ -67,11 +81,11 @@ def failure_from_association(
             f"{destination} accepts none of the proposed contexts (SOP class {sop_class} in "
             f"transfer syntax {syntax})", transient=False)
     if assoc.is_rejected:
-        result = getattr(assoc.acceptor.primitive, "result", None)
-        reason_code = getattr(assoc.acceptor.primitive, "diagnostic", None)
+        rejection = assoc.acceptor.primitive
+        result = getattr(rejection, "result", None)
         # result 2 = rejected-transient (e.g. congestion); 1 = permanent (e.g. unknown AE title)
-        return DeliveryError("rejected", f"{destination} rejected the association "
-                             f"(result {result}, reason {reason_code})", transient=result == 2)
+        return DeliveryError("rejected", f"{destination} rejected the association: "
+                             f"{rejection_words(rejection)}", transient=result == 2)
     if assoc.is_aborted:
         return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
     return DeliveryError("aborted", f"{destination} closed the connection during negotiation",

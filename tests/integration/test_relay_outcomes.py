@@ -308,6 +308,33 @@ def test_a_requester_that_aborts_a_c_find_is_no_error(tmp_path: Path) -> None:
         upstream.close()
 
 
+def test_a_busy_upstream_is_the_routers_warning_not_pynetdicoms_errors(tmp_path: Path) -> None:
+    """An upstream serving one association at a time rejects the relay's: normal life, so the
+    router's WARNING says who rejected and why, and pynetdicom's three ERROR lines (before:
+    "Association Rejected", "Result: ...", "Reason: ...") are not in the log."""
+    upstream = Upstream("PACS", [])
+    upstream.ae.maximum_associations = 1
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(FIND)
+    held = holder.associate(LOCALHOST, upstream.port, ae_title="PACS")
+    assert held.is_established
+    router = _router(tmp_path, upstream)
+    try:
+        assoc = _requester(router.port, [FIND])
+        statuses = [int(status.Status) for status, _ in assoc.send_c_find(_query(), FIND)]
+        assoc.release()
+        assert statuses[-1] not in (0x0000, *PENDING)
+        log = router.log()
+        assert "no upstream answered: pacs: pacs rejected the association: rejected " \
+            "transient, by service provider (presentation): local limit exceeded" in log
+        assert [line for line in log.splitlines() if "ERROR" in line] == []
+        _no_traceback(router)
+    finally:
+        router.stop()
+        held.release()
+        upstream.close()
+
+
 # --- C-MOVE, relay mode ---------------------------------------------------------------------
 
 def _move(port: int, msg_id: int = 7, cancel_after: int = 0) -> list[tuple[int, ...]]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
+from router.dicom.net import NegotiationEchoes
 from router.dicom.scu_outcome import failure_from_association, mark_connected, recover_rejection
 
 
@@ -34,6 +37,8 @@ def test_a_rejection_left_unread_is_a_rejection_not_an_abort() -> None:
     assert assoc.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
     failure = failure_from_association(_rejected_but_unread(), "pacs", "1.2", "1.2.840.10008.1.2")
     assert failure.reason == "rejected" and not failure.transient
+    assert str(failure) == "pacs rejected the association: rejected permanent, by service " \
+        "user: called AE title not recognised (result 1, source 1, reason 7)"
 
 
 def test_nothing_queued_leaves_an_abort_an_abort() -> None:
@@ -41,3 +46,21 @@ def test_nothing_queued_leaves_an_abort_an_abort() -> None:
     assoc.is_aborted = True
     recover_rejection(assoc)
     assert assoc.is_aborted and not assoc.is_rejected
+
+
+def _record(level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord("pynetdicom.acse", level, "acse.py", 1, message, None, None)
+
+
+def test_pynetdicoms_errors_for_a_rejected_or_aborted_request_are_dropped() -> None:
+    """The router says these itself (a busy upstream is normal life); an ACSE timeout, which
+    the router reads as an abort, and everything else stay."""
+    quiet = NegotiationEchoes()
+    for message in ("Association Rejected", "Result: Rejected Transient, Source: Service User",
+                    "Reason: Local limit exceeded", "Association Aborted"):
+        assert not quiet.filter(_record(logging.ERROR, message)), message
+    for message in ("ACSE timeout reached while waiting for response to association request",
+                    "No accepted presentation contexts",
+                    "Received an invalid A-ASSOCIATE response from the peer"):
+        assert quiet.filter(_record(logging.ERROR, message)), message
+    assert quiet.filter(_record(logging.INFO, "Association Aborted"))
