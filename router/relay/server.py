@@ -12,10 +12,8 @@ the connection: every path ends with a final response carrying a proper status.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import (
     Status,
-    is_warning,
     relay_failure_status,
     relay_no_route_status,
 )
@@ -36,13 +33,13 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
-from router.relay.commitment_hold import commitment_hold
-from router.relay.commitment_results import KeptResults, kept_result
+from router.relay.commitment_relay import STORAGE_COMMITMENT, CommitmentRelay
+from router.relay.commitment_results import KeptResults
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves, relays_moves
 from router.relay.move_registry import ArrivingInstance
 from router.relay.result_courier import ResultCourier
-from router.relay.state import Commitment, Commitments, upstream_titles
+from router.relay.state import Commitments
 from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger(__name__)
@@ -54,13 +51,12 @@ COMMANDS: dict[str, str] = {
     "N_ACTION": "N-ACTION", "N_CREATE": "N-CREATE", "N_DELETE": "N-DELETE",
     "N_EVENT_REPORT": "N-EVENT-REPORT",
 }
-STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
 # After a C-GET ended without its final answer, a worker may be moving one more instance into
 # relay/ while the cancel travels: a second look this much later takes it.
 LATE_CLEAR_SECONDS = 10.0
 
 
-class RelayServer:
+class RelayServer(CommitmentRelay):
     def __init__(self, config: RouterConfig, context: zmq.Context[zmq.Socket[bytes]],
                  endpoint: str, rules: RuleSet, spool: Spool,
                  audit: AuditTrail | None = None) -> None:
@@ -289,120 +285,6 @@ class RelayServer:
         """Whether a relayed C-MOVE in progress takes instances from this calling AE."""
         return self.moves.moves.awaits(calling_ae)
 
-    # --- storage commitment results ---------------------------------------------------------
-
-    def _remember_commitment(self, exchange: Exchange, requester_ae: str) -> str | None:
-        """Remembered before it is relayed: the upstream's result may come before its
-        N-ACTION-RSP. The Transaction UID, None when there is none."""
-        try:
-            dataset = exchange.decoded_request_dataset()
-            transaction = str(dataset.TransactionUID)
-        except Exception as exc:
-            log.warning("storage commitment request without a readable Transaction UID: %s",
-                        exc)
-            return None
-        # Each upstream the rule may relay it to: its result may come before the N-ACTION-RSP
-        # says which one took it.
-        upstreams = upstream_titles(self.config, exchange.upstreams)
-        self.commitments.remember(transaction, requester_ae, upstreams)
-        return transaction
-
-    def _relay_commitment(self, exchange: Exchange, request: RelayRequest,
-                          transaction: str | None) -> None:
-        """A storage commitment request: one the upstream refused (or never got) has no
-        result to wait for. One it did not answer in time stays pending: the upstream may
-        have taken it and send its result later (bounded by COMMITMENT_MEMORY_SECONDS)."""
-        status = self._pass_through(exchange, self._held(exchange, request))
-        if transaction is None:
-            return
-        if status is None:
-            log.info("storage commitment %s stays pending: the upstream's answer to its "
-                     "N-ACTION did not come (a timeout, an abort, a router process gone), its "
-                     "result may still come", transaction)
-        elif status != Status.SUCCESS and not is_warning(status):
-            self.commitments.take(transaction)
-            log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",
-                     transaction, status)
-
-    def _held(self, exchange: Exchange, request: RelayRequest) -> RelayRequest:
-        """The request with what the broker is to wait for before relaying it: its
-        instances still queued for the upstream (router/relay/commitment_hold.py)."""
-        try:
-            dataset = exchange.decoded_request_dataset()
-        except Exception:  # unreadable: the upstream answers for it, as before
-            return request
-        hold = commitment_hold(self.config, request.upstreams, dataset)
-        if hold.seconds <= 0:
-            return request
-        return dataclasses.replace(request, hold_seconds=hold.seconds,
-                                   hold_destinations=hold.destinations,
-                                   hold_instances=hold.instances)
-
-    def _commitment_result(self, exchange: Exchange) -> bool:
-        """An upstream's N-EVENT-REPORT with a commitment result: on to the requester (a known
-        AE) on a new association; the upstream gets the requester's answer."""
-        try:
-            transaction = str(exchange.decoded_request_dataset().TransactionUID)
-        except Exception:
-            return False
-        pending = self.commitments.peek(transaction)
-        if pending is not None and not pending.reported_by(exchange.link.facts.calling_ae,
-                                                           self.config):
-            self._refuse_result(exchange, transaction, pending)
-            return True
-        commitment = self.commitments.take(transaction)
-        if commitment is None:
-            return False
-        requester = commitment.requester_ae
-        if requester not in self.config.known_aes:
-            log.error("storage commitment result for %s cannot be delivered: add it to "
-                      "known_aes (host and port where it takes N-EVENT-REPORT)", requester)
-            self.commitments.restore(transaction, commitment)  # a reload may add it
-            exchange.final(Status.PROCESSING_FAILURE, f"requester {requester} not in known_aes")
-            return True
-        request = self._request(exchange, STORAGE_COMMITMENT, [requester],
-                                exchange.link.facts, to_known_ae=True)
-        payload = exchange.request_dataset() or b""
-        answer, data, reason = self.courier.deliver(request, payload)
-        if answer is None:
-            self._keep_result(exchange, request, transaction, commitment, payload, reason)
-            return True
-        exchange.respond(answer.status, dataset=data, comment=answer.error_comment,
-                         answer=answer)
-        metrics.DIMSE_REQUESTS.labels(exchange.command, f"0x{answer.status:04X}").inc()
-        if answer.status != Status.SUCCESS:
-            # The requester refused it: the upstream hears so and may send it again.
-            self.commitments.restore(transaction, commitment)
-        return True
-
-    @staticmethod
-    def _refuse_result(exchange: Exchange, transaction: str, pending: Commitment) -> None:
-        """A result from an AE its N-ACTION never went to: forged or misdirected, and a
-        requester told "all committed" may delete its only copy. It stays pending for the
-        upstream's own."""
-        facts = exchange.link.facts
-        log.warning("storage commitment result %s from %s at %s refused: its N-ACTION went "
-                    "to %s; still pending for them (a PACS reporting under another AE title: "
-                    "add it to the destination's store_ae_titles)", transaction,
-                    facts.calling_ae, facts.source, pending.upstream_names())
-        exchange.final(Status.PROCESSING_FAILURE,
-                       "not from the upstream of this storage commitment")
-
-    def _keep_result(self, exchange: Exchange, request: RelayRequest, transaction: str,
-                     commitment: Commitment, payload: bytes, reason: str) -> None:
-        """The requester did not take its result: the router keeps it and sends it again
-        (most upstreams report once), and the upstream hears Success, as for a C-STORE."""
-        requester = commitment.requester_ae
-        kept = kept_result(request, transaction, requester, payload, time.time(), reason)
-        if not self.results.keep(kept):  # a Transaction UID that cannot be a file name
-            self.commitments.restore(transaction, commitment)
-            log.warning("storage commitment result for %s not delivered: %s", requester, reason)
-            exchange.final(Status.PROCESSING_FAILURE, reason)
-            return
-        log.warning("storage commitment result %s for %s not delivered (%s): kept on the "
-                    "spool, sent again until %s takes it", transaction, requester, reason,
-                    requester)
-        exchange.final(Status.SUCCESS, "")
 
 def _counts(answer: RelayResponse) -> Counts | None:
     if answer.completed < 0 and answer.remaining < 0:
