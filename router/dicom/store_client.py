@@ -167,8 +167,8 @@ class StoreAssociation:
         if isinstance(answer, AssociationRejected):
             rj = answer.rj
             raise AssociationFailed(
-                "rejected", f"rejected the association (result {rj.result}, source "
-                f"{rj.source}, reason {rj.reason})", connected=True, rejection=rj, waited=waited)
+                "rejected", f"rejected the association: {rj.describe()}", connected=True,
+                rejection=rj, waited=waited)
         if isinstance(answer, Aborted):
             raise AssociationFailed("aborted", "aborted the association during negotiation",
                                     connected=True, abort=(answer.source, answer.reason),

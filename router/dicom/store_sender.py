@@ -106,9 +106,8 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
     if failure.rejection is not None:
         rj = failure.rejection
         # result 2 = rejected-transient (e.g. congestion); 1 = permanent (e.g. unknown AE title)
-        return DeliveryError("rejected", f"{destination} rejected the association "
-                             f"(result {rj.result}, source {rj.source}, reason {rj.reason})",
-                             transient=rj.result == 2)
+        return DeliveryError("rejected", f"{destination} rejected the association: "
+                             f"{rj.describe()}", transient=rj.result == 2)
     if failure.kind == "aborted":
         return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
     if failure.kind == "no_answer":

@@ -61,6 +61,19 @@ def test_each_failure_has_its_kind(failure: AssociationFailed, kind: str,
     assert (error.reason, error.transient) == (kind, transient)
 
 
+@pytest.mark.parametrize(("rj", "words"), [
+    (AssociateRJ(2, 3, 2), "pacs rejected the association: rejected transient, by service "
+     "provider (presentation): local limit exceeded (result 2, source 3, reason 2)"),
+    (AssociateRJ(1, 1, 7), "pacs rejected the association: rejected permanent, by service "
+     "user: called AE title not recognised (result 1, source 1, reason 7)"),
+    (AssociateRJ(1, 1, 9), "pacs rejected the association: (result 1, source 1, reason 9)"),
+])
+def test_a_rejection_is_said_in_words_an_operator_reads(rj: AssociateRJ, words: str) -> None:
+    """The C-STORE path said "(result 1, source 1, reason 7)" where the relays (pynetdicom)
+    said what it meant: the same words on both, the codes kept; a reserved code stays codes."""
+    assert str(classify(failed(rj=rj), "pacs", "1.2.3", "1.2.840.10008.1.2.1")) == words
+
+
 @pytest.mark.parametrize(("kind", "reason", "during_store"), [
     ("aborted", "aborted", True),  # A-ABORT, close, reset, broken pipe under a C-STORE
     ("protocol", "protocol", True),  # a wrong Message ID, bytes that break the protocol

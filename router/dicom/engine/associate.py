@@ -99,6 +99,29 @@ class AssociateRJ:
     source: int
     reason: int
 
+    def describe(self) -> str:
+        """In words and codes, for a log an operator reads: `rejected transient, by
+        service provider (presentation): local limit exceeded (result 2, source 3,
+        reason 2)`."""
+        codes = f"(result {self.result}, source {self.source}, reason {self.reason})"
+        result = _RJ_RESULTS.get(self.result)
+        source = _RJ_SOURCES.get(self.source)
+        reason = _RJ_REASONS.get((self.source, self.reason))
+        if result is None or source is None or reason is None:
+            return codes  # codes PS3.8 does not define: the peer's own
+        return f"{result}, by {source}: {reason} {codes}"
+
+
+_RJ_RESULTS = {1: "rejected permanent", 2: "rejected transient"}
+_RJ_SOURCES = {1: "service user", 2: "service provider (ACSE)",
+               3: "service provider (presentation)"}
+_RJ_REASONS = {  # PS3.8 Table 9-21 (the others are reserved)
+    (1, 1): "no reason given", (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised", (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given", (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion", (3, 2): "local limit exceeded",
+}
+
 
 def _fixed(version: int, called: str, calling: str) -> bytes:
     return _FIXED.pack(version, encode_ae(called), encode_ae(calling))
