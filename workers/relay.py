@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
@@ -243,11 +244,14 @@ class RelayThread(threading.Thread):
             except TLSConfigError:  # logged once by CLIENT_CONTEXTS, with the files
                 raise UpstreamUnavailable(f"bad TLS material {where}") from None
         handlers.append((evt.EVT_CONN_OPEN, mark_connected))
+        started = time.monotonic()
         assoc = ae.associate(upstream.host, upstream.port, contexts=contexts,
                              ae_title=upstream.ae_title, ext_neg=roles or None,
                              evt_handlers=handlers, tls_args=tls_args)
         if not assoc.is_established:
-            failure = failure_from_association(assoc, upstream.name, request.sop_class_uid, "")
+            failure = failure_from_association(
+                assoc, upstream.name, request.sop_class_uid, "",
+                silent_for=(time.monotonic() - started, ae.acse_timeout))
             raise UpstreamUnavailable(f"{failure} ({upstream.host}:{upstream.port})")
         if not any(cx.abstract_syntax == request.sop_class_uid
                    for cx in assoc.accepted_contexts):

@@ -62,8 +62,11 @@ def rejection_words(rejection: Any) -> str:
 
 
 def failure_from_association(
-    assoc: Association, destination: str, sop_class: str, syntax: str
+    assoc: Association, destination: str, sop_class: str, syntax: str,
+    silent_for: tuple[float, float] | None = None,
 ) -> DeliveryError:
+    """`silent_for`: (seconds the request took, pynetdicom's acse_timeout): an abort at the
+    timeout is pynetdicom's own, the peer having said nothing."""
     recover_rejection(assoc)
     tls_error = tls_error_of(getattr(assoc, "dul", None))
     if tls_error is not None and not assoc.is_rejected:
@@ -86,6 +89,9 @@ def failure_from_association(
         # result 2 = rejected-transient (e.g. congestion); 1 = permanent (e.g. unknown AE title)
         return DeliveryError("rejected", f"{destination} rejected the association: "
                              f"{rejection_words(rejection)}", transient=result == 2)
+    if assoc.is_aborted and silent_for is not None and silent_for[0] >= silent_for[1]:
+        return DeliveryError("aborted", f"{destination} did not answer the association request "
+                             f"within {silent_for[1]:g} s", transient=True)
     if assoc.is_aborted:
         return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
     return DeliveryError("aborted", f"{destination} closed the connection during negotiation",

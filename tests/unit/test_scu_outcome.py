@@ -64,3 +64,23 @@ def test_pynetdicoms_errors_for_a_rejected_or_aborted_request_are_dropped() -> N
                     "Received an invalid A-ASSOCIATE response from the peer"):
         assert quiet.filter(_record(logging.ERROR, message)), message
     assert quiet.filter(_record(logging.INFO, "Association Aborted"))
+
+
+def _aborted_while_connected() -> Association:
+    assoc = Association(AE(), "requestor")
+    assoc.is_aborted = True
+    mark_connected(_Opened(assoc))
+    return assoc
+
+
+def test_an_abort_at_the_acse_timeout_is_the_peers_silence() -> None:
+    """pynetdicom aborts an association request itself when its ACSE timeout runs out: the
+    relay said "pacs aborted the association" of a PACS that never answered (its backlog
+    full, a firewall dropping the flow), sending the operator after the wrong fault."""
+    silent = failure_from_association(_aborted_while_connected(), "pacs", "1.2", "",
+                                      silent_for=(30.2, 30.0))
+    assert str(silent) == "pacs did not answer the association request within 30 s"
+    assert silent.reason == "aborted" and silent.transient
+    early = failure_from_association(_aborted_while_connected(), "pacs", "1.2", "",
+                                     silent_for=(0.3, 30.0))
+    assert str(early) == "pacs aborted the association"
