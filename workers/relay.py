@@ -96,7 +96,7 @@ class RelayThread(threading.Thread):
         self.spool = spool
         self.tasks = tasks
         self.active = active
-        self.affinity = UpstreamAffinity(spool.root / "n-instances")
+        self.affinity = UpstreamAffinity(config.spool.state_folder("n-instances"))
         self.out = context.socket(zmq.PUSH)  # this thread's own socket
         self.out.setsockopt(zmq.LINGER, 1000)
         self.out.connect(endpoint)

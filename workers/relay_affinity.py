@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class UpstreamAffinity:
         if not uid:
             return
         path = self._path(uid)
-        draft = path.with_name(f".{os.getpid()}-{threading.get_ident()}")
+        # Unique across hosts too: cells sharing the folder may have the same pids.
+        draft = path.with_name(f".{os.getpid()}-{threading.get_ident()}-{uuid.uuid4().hex}")
         try:
             with open(draft, "w") as fh:
                 fh.write(upstream)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -102,7 +103,8 @@ class KeptResults:
 
     @staticmethod
     def _write(path: Path, result: KeptResult) -> None:
-        temp = path.with_name(f".{os.getpid()}-{path.name}.tmp")
+        # Unique across hosts too: cells sharing the folder may have the same pids.
+        temp = path.with_name(f".{os.getpid()}-{uuid.uuid4().hex}-{path.name}.tmp")
         with open(temp, "w") as out:
             out.write(json.dumps(asdict(result)))
             out.flush()

@@ -54,6 +54,9 @@ COMMANDS: dict[str, str] = {
 # After a C-GET ended without its final answer, a worker may be moving one more instance into
 # relay/ while the cancel travels: a second look this much later takes it.
 LATE_CLEAR_SECONDS = 10.0
+# Behind a load balancer the result may be another cell's: say how the cells share them.
+_OTHER_CELL = (" (with several router cells behind a load balancer, it may be another "
+               "cell's: set spool.shared_state_dir, README \"Scaling out\")")
 
 
 class RelayServer(CommitmentRelay):
@@ -67,8 +70,10 @@ class RelayServer(CommitmentRelay):
         self.rules = rules
         self.spool = spool
         self.moves = RelayedMoves(spool)
-        self.commitments = Commitments(spool.root / "commitments")
-        self.results = KeptResults(spool.root / "commitments")
+        # Shared by the cells behind a load balancer when spool.shared_state_dir is set: the
+        # PACS's N-EVENT-REPORT may reach another cell than the one that relayed the N-ACTION.
+        self.commitments = Commitments(config.spool.state_folder("commitments"))
+        self.results = KeptResults(config.spool.state_folder("commitments"))
         self.courier = ResultCourier(lambda: self.config, context, endpoint, self.results)
 
     def reconfigure(self, config: RouterConfig, rules: RuleSet) -> None:
@@ -108,7 +113,8 @@ class RelayServer(CommitmentRelay):
                 # A result for no commitment this router relayed (or one already delivered):
                 # routing it by the rules could send it back where it came from.
                 log.warning("storage commitment result for an unknown transaction from %s: "
-                            "refused", exchange.link.facts.calling_ae)
+                            "refused%s", exchange.link.facts.calling_ae,
+                            "" if self.config.spool.shared_state_dir else _OTHER_CELL)
                 exchange.final(Status.PROCESSING_FAILURE,
                                "no storage commitment with that transaction")
             return

@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ class Commitments:
             with self._lock:
                 self._pending[transaction_uid] = Commitment(requester_ae, now, upstreams)
             return
-        temp = path.with_name(f".{os.getpid()}-{path.name}")
+        # Unique across hosts too: cells sharing the folder may have the same pids.
+        temp = path.with_name(f".{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
         temp.write_text(json.dumps({"requester_ae": requester_ae, "at": now,
                                     "upstreams": dict(upstreams)}))
         os.replace(temp, path)

@@ -5,9 +5,12 @@ what an operator should be told of. Errors are RouterError with a message naming
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 
 from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig
+from router.core.errors import RouterError
 from router.core.rules import shared_completions
 from router.core.tls import check_contexts, expiry_warnings
 from router.service.ports import check_bindable
@@ -30,6 +33,26 @@ def check_tls(config: RouterConfig) -> None:
     check_contexts(config)
     for note in expiry_warnings(config):
         log.warning("%s", note)
+
+
+# The state a later association may need (spool.shared_state_dir): storage commitments,
+# the upstream that took each N-CREATE.
+SHARED_STATE = ("commitments", "n-instances")
+
+
+def check_shared_state(config: RouterConfig) -> None:
+    """Create the shared state's folders once, so that a volume not mounted or not writable
+    is a clear error at start, not a child process's traceback."""
+    for name in SHARED_STATE:
+        folder = config.spool.state_folder(name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{os.getpid()}-{uuid.uuid4().hex}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            key = "spool.shared_state_dir" if config.spool.shared_state_dir else "spool.path"
+            raise RouterError(f"{key}: cannot write {folder}: {exc.strerror}") from None
 
 
 def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:

@@ -83,7 +83,7 @@ class Supervisor:
         self.audit: AuditTrail | None = None
         self.fatal: str | None = None  # why the router stops by itself (exit 1)
         self._spool_lock: int | None = None  # held until the process ends (spool_lock.py)
-        self.kept_results = KeptResults(Spool(config.spool.path).root / "commitments")
+        self.kept_results = KeptResults(config.spool.state_folder("commitments"))
         self.commitment_results_kept = 0  # for /status, counted by the main loop
 
     def ready(self) -> tuple[bool, str]:
@@ -169,6 +169,7 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()  # before anything is spawned: a SIGHUP then only sets a flag
         preflight.check_tls(self.config)
+        preflight.check_shared_state(self.config)
         preflight.warn_burned_in(self.config)
         preflight.warn_shared_completions(self.config)
         # Before the ports: an earlier router's orphaned acceptor may still listen on them.

@@ -27,6 +27,15 @@ class SpoolConfig(Strict):
     # The de-identification key every cell shares (a mounted Secret: README
     # "De-identification"); unset, each spool makes its own deid-secret.key (one cell only).
     deidentify_key_file: Path | None = None
+    # Where the state a later association may need lives (commitments/, n-instances/):
+    # with several cells behind a load balancer, a volume they all mount, since the PACS's
+    # N-EVENT-REPORT or a modality's N-SET may reach another cell (docs/scale-out.md).
+    shared_state_dir: Path | None = None
+
+    def state_folder(self, name: str) -> Path:
+        """The folder of one kind of shared state: under shared_state_dir when set, else
+        in the spool."""
+        return (self.shared_state_dir or self.path).resolve() / name
 
     def watermark_bytes(self, total: int) -> float:
         """The free bytes the spool must keep on a disk of `total` bytes: the larger of the
