@@ -57,6 +57,20 @@ def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination
     return None
 
 
+def _relaying_upstream(config: RouterConfig, originator_ae: str | None,
+                       calling_ae: str) -> str | None:
+    """The relay-mode upstream whose move sub-operation a C-STORE looks like: it calls
+    under one of the upstream's AE titles and names the router's calling AE towards it, or
+    the upstream itself (pynetdicom does), as Move Originator."""
+    originator, calling = (originator_ae or "").strip(), calling_ae.strip()
+    for name, dest in config.destinations.items():
+        if (isinstance(dest, DicomDestination) and dest.move_mode == "relay"
+                and calling in (dest.ae_title, *dest.store_ae_titles)
+                and originator in (dest.calling_ae or config.ae_title, dest.ae_title)):
+            return name
+    return None
+
+
 def _transforms(dest: object) -> bool:
     return isinstance(dest, DicomDestination) and (dest.deidentify is not None
                                                    or bool(dest.morph))
@@ -168,7 +182,8 @@ class RelayedMoves:
                         "never delivered", left, message_id)
 
     def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
-                      calling_ae: str, source: Path) -> bool:
+                      calling_ae: str, source: Path, config: RouterConfig | None = None
+                      ) -> bool:
         """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move, which
         this acceptor or another one relays (router/relay/move_registry.py); MoveClosed when
         the move it names has ended."""
@@ -178,10 +193,33 @@ class RelayedMoves:
                 raise MoveClosed(f"relayed C-MOVE {originator_message_id} has ended; this "
                                  f"instance from {calling_ae.strip()} came too late")
             self._warn_stray(originator_message_id, originator_ae, calling_ae)
+            if config is not None:
+                self._warn_other_cell(config, originator_message_id, originator_ae,
+                                      calling_ae)
             return False
         assert originator_message_id is not None
         source.replace(self.spool.relay / relayed_move_name(owner, int(originator_message_id)))
         return True
+
+    def _warn_other_cell(self, config: RouterConfig, message_id: int | None,
+                         originator_ae: str | None, calling_ae: str) -> None:
+        """A relay-mode upstream's C-STORE naming a move (its message ID and the router or
+        the upstream as Move Originator) that no acceptor of this router relays: behind a
+        load balancer, most likely a move another cell relays, whose instances came back on
+        an association the balancer gave to this one. Routed as ordinary work; say why the
+        move will fail and what to do."""
+        upstream = _relaying_upstream(config, originator_ae, calling_ae)
+        calling = calling_ae.strip()
+        if (upstream is None or message_id is None
+                or not self._strays.allow(("other cell", calling), 1)):
+            return
+        log.warning("C-STORE from %s names C-MOVE message ID %d (Move Originator %s), which "
+                    "no relayed C-MOVE of this router has: routed as ordinary work. With "
+                    "several router cells behind a load balancer it is most likely another "
+                    "cell's relayed move, which then counts it failed: use move_mode: "
+                    "pass_through for destinations.%s, or send relayed moves to one cell "
+                    "(README \"Scaling out\")", calling, int(message_id),
+                    (originator_ae or "").strip(), upstream)
 
     def _warn_stray(self, message_id: int | None, originator_ae: str | None,
                     calling_ae: str) -> None:
@@ -324,6 +362,7 @@ def _lost(delivery: Delivery) -> str:
     move = delivery.move
     log.warning("relayed C-MOVE %d: %d instance(s) upstream %s reported sent never reached "
                 "the move, counted failed (sent under a calling AE other than %s? see "
-                "destinations.%s.store_ae_titles)", move.message_id, lost, move.upstream_ae,
+                "destinations.%s.store_ae_titles; or, behind a load balancer, to another "
+                "router cell: README \"Scaling out\")", move.message_id, lost, move.upstream_ae,
                 " or ".join(move.senders()), move.destination)
     return f"{lost} instance(s) {move.upstream_ae} reported sent never arrived"

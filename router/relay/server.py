@@ -278,7 +278,7 @@ class RelayServer(CommitmentRelay):
         """From the C-STORE handler: an instance of a relayed C-MOVE goes to its move (the
         file meta says what it is); one of a move that ended is refused (MoveClosed)."""
         return self.moves.take_instance(originator_message_id, originator_ae, calling_ae,
-                                        source)
+                                        source, self.config)
 
     def move_instance_arriving(self, originator_message_id: int | None,
                                originator_ae: str | None, calling_ae: str

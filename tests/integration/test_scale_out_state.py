@@ -35,7 +35,14 @@ from tests.integration.test_relay_nservices import (
     mpps_completed,
     mpps_in_progress,
 )
-from tests.integration.test_relay_outcomes import _report, _request_commitment
+from tests.integration.test_relay_outcomes import (
+    Target,
+    Upstream,
+    _files,
+    _move,
+    _report,
+    _request_commitment,
+)
 from tests.integration.test_scale_out import CELLS, HAProxy, metric_sum
 
 pytestmark = [
@@ -184,3 +191,38 @@ def test_an_mpps_n_set_reaching_the_other_cell_follows_its_n_create(tmp_path: Pa
         ris2.close()
         if ris1 is not None:
             ris1.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_relayed_c_moves_instances_reaching_the_other_cell_fail_it_and_say_why(
+        tmp_path: Path) -> None:
+    """A known limit (docs/scale-out.md "What stays per cell"): the upstream sends a
+    relay-mode move's instances on a new association, which reaches the other cell. The
+    requester gets a failure, never Success, and the cell that got the instances says they
+    are most likely another cell's move and what to do (before: it said nothing, and the
+    relaying cell only suggested store_ae_titles)."""
+    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
+    target = Target()
+    try:
+        with SharedCells(tmp_path, {
+                "destinations": {
+                    "pacs": {"type": "dicom", "ae_title": "MOVEQR", "host": LOCALHOST,
+                             "port": upstream.port, "move_mode": "relay"},
+                    "archive": {"type": "folder", "path": str(tmp_path / "archive")}},
+                "known_aes": {"TARGET": {"host": LOCALHOST, "port": target.port}},
+                "request_timeout": 30,
+                "rules": [{"name": "qr", "query": ["pacs"], "forward": ["archive"]}]}) as cells:
+            upstream.move_to = (LOCALHOST, cells.proxy.port)
+            answers = _move(cells.proxy.port)
+            assert answers[-1][0] == 0xA702 and answers[-1][3] == 3, answers
+            assert target.received == []
+            moved = [n for n, c in cells.cells.items() if "reported sent never reached" in c.log()]
+            other = [c for n, c in cells.cells.items() if n not in moved]
+            assert len(moved) == 1 and len(other) == 1, moved
+            assert "most likely another cell's relayed move" in other[0].log()
+            assert "move_mode: pass_through for destinations.pacs" in other[0].log()
+            assert "another router cell" in cells.cells[moved[0]].log()
+            cells.no_traceback()
+    finally:
+        upstream.close()
+        target.close()
