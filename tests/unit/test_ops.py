@@ -4,6 +4,7 @@ dashboard agree with each other and with the router (its config model, its metri
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -310,6 +311,40 @@ def test_the_scaled_pods_mount_one_de_identification_key() -> None:
     assert mounts["deid"]["mountPath"] == "/etc/dicom-router/deid" and mounts["deid"]["readOnly"]
     assert "/etc/dicom-router/deid/deid.key" in (OPS / "kubernetes" / "base" /
                                                  "router.yaml").read_text()
+
+
+@needs_kubectl
+def test_the_shared_state_component_mounts_one_read_write_many_claim_in_every_pod(
+        tmp_path: Path) -> None:
+    """Behind a load balancer a storage commitment's result or a modality's N-SET may reach
+    another pod than the one that relayed the request (docs/scale-out.md): the component
+    gives every pod of the scaled overlay one ReadWriteMany claim, writable, at the path
+    base/router.yaml names for spool.shared_state_dir, and what it renders validates."""
+    import kubernetes_validate
+
+    kubernetes = os.path.relpath(OPS / "kubernetes", tmp_path)  # kustomize: no absolute
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources: [{kubernetes}/overlays/scaled]\n"
+        f"components: [{kubernetes}/components/shared-state]\n")
+    assert KUBECTL is not None
+    done = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
+    rendered = [d for d in yaml.safe_load_all(done.stdout) if d]
+    (claim,) = [o for o in rendered if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    (statefulset,) = [o for o in rendered if o["kind"] == "StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("persistentVolumeClaim"))
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    assert not mount.get("readOnly")
+    line = f"# shared_state_dir: {mount['mountPath']}"
+    assert line in (OPS / "kubernetes" / "base" / "router.yaml").read_text()
+    for obj in rendered:
+        if obj["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 @needs_kubectl
