@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -19,7 +20,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from tests.compressed_samples import write_compressed, write_native
+from tests.compressed_samples import native_dataset, write_compressed, write_native
 from workers.transforms.frame_transcode import by_frame_supported, write_by_frame
 from workers.transforms.transcode import TranscodeError, transcode_file
 
@@ -90,3 +91,24 @@ def test_its_peak_memory_does_not_grow_with_the_number_of_frames(tmp_path: Path)
         assert many[way] < few[way] + frame, (few, many)
         assert many[way] < 12 * frame, (few, many)
     assert many[2] > 48 * frame > few[2]
+
+
+def test_a_native_ybr_full_422_multiframe_is_read_frame_by_frame_at_its_own_offsets(
+        tmp_path: Path) -> None:
+    """Regression: native YBR_FULL_422 (an ultrasound cine, two bytes a pixel) was read past
+    its first frame at the offsets of expanded frames (three bytes a pixel), the wrong
+    pixels and then none: a dead letter 'ValueError: cannot reshape array of size 8192'.
+    Each frame is now read at its own offset: the frames arrive expanded, as YBR_FULL."""
+    ds = native_dataset(bits=8, colour=True, frames=4)
+    ybr = convert_color_space(ds.pixel_array, "RGB", "YBR_FULL").reshape(4, -1, 2, 3)
+    pairs = (ybr[..., 0, 0:1], ybr[..., 1, 0:1], ybr[..., 0, 1:2], ybr[..., 0, 2:3])
+    ds.PixelData = np.concatenate(pairs, axis=-1).astype("u1").tobytes()  # Y1 Y2 Cb Cr
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    source = tmp_path / "us.dcm"
+    ds.save_as(source, enforce_file_format=True)
+
+    write_by_frame(source, tmp_path / "rle.dcm", RLELossless)
+
+    got, sent = dcmread(tmp_path / "rle.dcm"), dcmread(source)
+    assert got.PhotometricInterpretation == "YBR_FULL"
+    assert np.array_equal(got.pixel_array, sent.pixel_array)

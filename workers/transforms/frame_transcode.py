@@ -11,7 +11,8 @@ What it writes: Pixel Data of defined length, computed from the header, for a na
 for an encapsulated one, undefined length with an empty Basic Offset Table and one fragment
 per frame (PS3.5 A.4). The header changes as transcode.py's: the file meta's Transfer Syntax
 UID, the Photometric Interpretation and Planar Configuration the decoder gives (a YBR JPEG
-becomes RGB), no Extended Offset Table, and a lossy source's history (lossy_history.py).
+becomes RGB, a native YBR_FULL_422 YBR_FULL), no Extended Offset Table, and a lossy source's
+history (lossy_history.py).
 
 Pairs: a little endian native or an encapsulated source (any syntax pydicom decodes) to
 Explicit or Implicit VR Little Endian, RLE Lossless, JPEG-LS Lossless or JPEG 2000 Lossless.
@@ -154,16 +155,16 @@ def _decoded_frames(fh: BinaryIO, head: Dataset, value_at: int,
     options = as_pixel_options(head, transfer_syntax_uid=UID(source_ts),
                                pixel_keyword="PixelData")
     count = int(options.get("number_of_frames") or 1)
-    encapsulated = UID(source_ts).is_encapsulated
-    plugins = decoder.available_plugins if encapsulated else [""]
-    if encapsulated and not plugins:
+    if not UID(source_ts).is_encapsulated:
+        frames = _counted(_native_frames(fh, decoder, value_at, options, count), count)
+        return frames, next(frames)
+    plugins = decoder.available_plugins
+    if not plugins:
         raise TranscodeError(f"cannot decode {_name(source_ts)}: no decoder is installed")
     failures = []
     for plugin in plugins:
         fh.seek(value_at)
-        # A native source stays as it is (raw), as transcode.py copies its pixel data.
-        frames = _counted(decoder.iter_array(fh, decoding_plugin=plugin, raw=not encapsulated,
-                                             **options), count)
+        frames = _counted(decoder.iter_array(fh, decoding_plugin=plugin, **options), count)
         try:
             return frames, next(frames)
         except TranscodeError:
@@ -172,6 +173,24 @@ def _decoded_frames(fh: BinaryIO, head: Dataset, value_at: int,
             failures.append(f"{plugin or 'pydicom'}: {exc}".splitlines()[-1])
     raise TranscodeError(f"cannot decode {_name(source_ts)}: every installed decoder failed "
                          f"({'; '.join(failures)})")
+
+
+def _native_frames(fh: BinaryIO, decoder: Any, value_at: int, options: dict[str, Any],
+                   count: int) -> Iterator[_Frame]:
+    """A native source's frames, each read from the file and decoded alone, as it is (raw,
+    as transcode.py copies native pixel data). Not pydicom's iter_array over the file: past
+    the first frame of a YBR_FULL_422 one (two bytes a pixel) it reads at the offsets of
+    expanded frames (three), the wrong pixels and then none."""
+    size = int(options["rows"]) * int(options["columns"]) * int(options["bits_allocated"]) \
+        // 8 * (2 if options["photometric_interpretation"] == "YBR_FULL_422"
+                 else int(options["samples_per_pixel"]))
+    one = {**options, "number_of_frames": 1}
+    for index in range(count):
+        fh.seek(value_at + index * size)
+        data = fh.read(size)
+        if len(data) < size:
+            return  # _counted says how many there were
+        yield decoder.as_array(data, raw=True, **one)
 
 
 def _counted(frames: Iterator[_Frame], count: int) -> Iterator[_Frame]:
