@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -112,3 +113,29 @@ def test_a_native_ybr_full_422_multiframe_is_read_frame_by_frame_at_its_own_offs
     got, sent = dcmread(tmp_path / "rle.dcm"), dcmread(source)
     assert got.PhotometricInterpretation == "YBR_FULL"
     assert np.array_equal(got.pixel_array, sent.pixel_array)
+
+
+def test_a_frame_that_does_not_decode_is_named_in_the_error(tmp_path: Path) -> None:
+    """Regression: a damaged frame in the middle (frame 4 of 6) was a dead letter saying
+    'RuntimeError: Unable to decode as exceptions were raised by all available plugins:
+    gdcm: ...', though only the decoder of the first frame had been tried, and no frame
+    was named. It now says which frame, and with which decoder."""
+    ds = native_dataset(bits=16, frames=6)
+    ds.compress(JPEGLSLossless, generate_instance_uid=False)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=6))
+    frames[3] = frames[3][:40] + b"\0" * (len(frames[3]) - 40)
+    ds.PixelData = encapsulate(frames)
+    source = tmp_path / "damaged.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    first = dcmread(source)
+    first.pixel_array_options(index=0)
+    first.pixel_array  # noqa: B018 (the first frame decodes)
+
+    with pytest.raises(TranscodeError) as caught:
+        write_by_frame(source, tmp_path / "out.dcm", ExplicitVRLittleEndian)
+    assert str(caught.value).startswith(
+        "cannot decode frame 4 of 6 of its JPEG-LS Lossless Image Compression "
+        "1.2.840.10008.1.2.4.80 pixel data with ")
+    assert "all available plugins" not in str(caught.value)
+    assert "the decoder of its first frame: " in str(caught.value)
+    assert not (tmp_path / "out.dcm").exists()

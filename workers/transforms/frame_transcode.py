@@ -164,7 +164,9 @@ def _decoded_frames(fh: BinaryIO, head: Dataset, value_at: int,
     failures = []
     for plugin in plugins:
         fh.seek(value_at)
-        frames = _counted(decoder.iter_array(fh, decoding_plugin=plugin, **options), count)
+        frames = _counted(_named_failure(decoder.iter_array(fh, decoding_plugin=plugin,
+                                                            **options), plugin, source_ts,
+                                         count), count)
         try:
             return frames, next(frames)
         except TranscodeError:
@@ -173,6 +175,29 @@ def _decoded_frames(fh: BinaryIO, head: Dataset, value_at: int,
             failures.append(f"{plugin or 'pydicom'}: {exc}".splitlines()[-1])
     raise TranscodeError(f"cannot decode {_name(source_ts)}: every installed decoder failed "
                          f"({'; '.join(failures)})")
+
+
+def _named_failure(frames: Iterator[_Frame], plugin: str, source_ts: str,
+                   count: int) -> Iterator[_Frame]:
+    """`frames`, a frame past the first that does not decode named: pydicom says "exceptions
+    were raised by all available plugins" though only `plugin`, the one that decoded the
+    first frame, was tried (a first frame's failure is _decoded_frames' to try the next)."""
+    n = 0
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except Exception as exc:  # plugins raise anything from ValueError to RuntimeError
+            if n == 0 or isinstance(exc, TranscodeError):
+                raise
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            cause = lines[-1].removeprefix(f"{plugin}: ") if lines else type(exc).__name__
+            raise TranscodeError(
+                f"cannot decode frame {n + 1} of {count} of its {_name(source_ts)} pixel "
+                f"data with {plugin}, the decoder of its first frame: {cause}") from exc
+        n += 1
+        yield frame
 
 
 def _native_frames(fh: BinaryIO, decoder: Any, value_at: int, options: dict[str, Any],
