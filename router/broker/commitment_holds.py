@@ -11,11 +11,16 @@ pending: the PACS reports it failed, which is the truth.
 
 The broker calls `settled` with the destinations an instance left (router/broker/
 instance_order.py `left`), so each held request is looked at again only when one of its
-destinations moved, and only for its instances still pending.
+destinations moved. It then looks at its waiting instances in the request's order, drops
+those that left and stops at the first one still pending: each instance is dropped once and
+each turn looks at one more, whatever the order the queue drains in, where looking at all of
+them on every broker turn cost 5 million lookups (about 6 s of the broker's loop) for 10,000
+instances leaving 10 at a time.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -32,7 +37,9 @@ class Held:
     payload: list[bytes]
     since: float
     deadline: float
-    waiting: set[str] = field(default_factory=set)  # its instances still pending
+    # Its instances still pending, in the request's order; those behind the first one may
+    # have left since it was last looked at (_first_pending).
+    waiting: deque[str] = field(default_factory=deque)
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -80,19 +87,20 @@ class CommitmentHolds:
         for request_id, held in list(self.held.items()):
             if moved.isdisjoint(held.destinations):
                 continue
-            held.waiting = _still_pending(held.waiting, held.destinations, pending)
+            _first_pending(held.waiting, held.destinations, pending)
             if not held.waiting:
                 del self.held[request_id]
                 released.append(Released(held, by_bound=False, pending=0))
         return released
 
-    def expired(self, now: float) -> list[Released]:
+    def expired(self, now: float, pending: Pending) -> list[Released]:
         """The requests whose bound has come, taken out to dispatch as they are."""
         released = []
         for request_id, held in list(self.held.items()):
             if now >= held.deadline:
                 del self.held[request_id]
-                released.append(Released(held, by_bound=True, pending=len(held.waiting)))
+                still = _still_pending(held.waiting, held.destinations, pending)
+                released.append(Released(held, by_bound=True, pending=len(still)))
         return released
 
     def take(self, request_id: str) -> Held | None:
@@ -104,6 +112,15 @@ class CommitmentHolds:
 
 
 def _still_pending(instances: Iterable[str], destinations: Iterable[str],
-                   pending: Pending) -> set[str]:
+                   pending: Pending) -> deque[str]:
     where = tuple(destinations)
-    return {uid for uid in instances if any(pending(d, uid) for d in where)}
+    return deque(uid for uid in dict.fromkeys(instances)
+                 if any(pending(d, uid) for d in where))
+
+
+def _first_pending(waiting: deque[str], destinations: Iterable[str], pending: Pending) -> None:
+    """Drop the instances no longer pending from the front of `waiting`, up to the first one
+    still pending: the request waits on while there is one."""
+    where = tuple(destinations)
+    while waiting and not any(pending(d, waiting[0]) for d in where):
+        waiting.popleft()

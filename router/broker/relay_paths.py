@@ -101,7 +101,7 @@ class RelayPaths:
         released: list[Released] = []
         if left and len(self.commitment_holds):
             released += self.commitment_holds.settled(left, order.pending)
-        released += self.commitment_holds.expired(now)
+        released += self.commitment_holds.expired(now, order.pending)
         for release in released:
             held = release.held
             _log_released(release, now)
