@@ -58,15 +58,19 @@ def referenced_instances(dataset: Any) -> list[str]:
     MAX_HELD_INSTANCES (the first ones); none from a sequence that cannot be read."""
     try:
         items = dataset.get("ReferencedSOPSequence") or []
-        uids = []
+        uids: list[str] = []
         for item in items:
             uid = str(item.get("ReferencedSOPInstanceUID", "") or "").strip("\0 ")
-            if uid:
-                uids.append(uid)
+            if not uid:
+                continue
             if len(uids) == MAX_HELD_INSTANCES:
-                log.info("storage commitment request with more than %d instances: held on "
-                         "its first %d", MAX_HELD_INSTANCES, MAX_HELD_INSTANCES)
+                # Only once there is one more (exactly 10,000 is not "more"), and not "held":
+                # the broker holds it only if one of these is still pending.
+                log.info("storage commitment request with more than %d instances: only its "
+                         "first %d are waited for if it is held", MAX_HELD_INSTANCES,
+                         MAX_HELD_INSTANCES)
                 break
+            uids.append(uid)
         return uids
     except Exception as exc:  # a malformed sequence: relayed at once, the upstream judges
         log.warning("storage commitment request: its Referenced SOP Sequence cannot be "

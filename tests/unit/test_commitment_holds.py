@@ -5,9 +5,11 @@ for (router/relay/commitment_hold.py)."""
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from pydicom.dataset import Dataset
 
 from router.broker.commitment_holds import CommitmentHolds
@@ -219,9 +221,14 @@ def test_the_acceptor_waits_on_the_upstream_and_the_destinations_at_its_address(
     assert commitment_hold(config(commitment_hold=0), ["pacs"], action(["1.2.3.1"])).seconds == 0
 
 
-def test_a_long_request_holds_on_its_first_instances(monkeypatch: Any) -> None:
+def test_a_long_request_holds_on_its_first_instances(
+        monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(acceptor_side, "MAX_HELD_INSTANCES", 3)
+    caplog.set_level(logging.INFO, logger=acceptor_side.__name__)
+    exactly = commitment_hold(config(), ["pacs"], action([f"1.2.3.{n}" for n in range(3)]))
+    assert len(exactly.instances) == 3 and "more than" not in caplog.text  # not more
     hold = commitment_hold(config(), ["pacs"], action([f"1.2.3.{n}" for n in range(5)]))
     assert hold.instances == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+    assert "with more than 3 instances: only its first 3 are waited for" in caplog.text
     unreadable = SimpleNamespace(get=lambda key: 42)  # not a sequence
     assert commitment_hold(config(), ["pacs"], unreadable).seconds == 0
