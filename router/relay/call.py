@@ -50,6 +50,9 @@ class RelayCall:
         # Before its first word: the broker may hold it this long (a storage commitment
         # waiting for its instances, router/broker/commitment_holds.py).
         self.hold = hold
+        # A word came from the router: a storage commitment the broker held has gone on to a
+        # worker (the broker tells it so first), so the upstream may have it.
+        self.heard = False
         self.cancelled = False
         self.finished = False  # the final answer came
         try:
@@ -87,6 +90,7 @@ class RelayCall:
             # request_timeout is silence, not the length of a transfer.
             self.last_heard = time.monotonic()
             self.hold = 0.0
+            self.heard = True
             try:
                 message = decode(frames[0])
             except ProtocolError:

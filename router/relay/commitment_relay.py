@@ -21,7 +21,7 @@ from router.core.dimse_status import Status, is_warning
 from router.core.messages import RelayRequest
 from router.relay.commitment_hold import commitment_hold
 from router.relay.commitment_results import KeptResults, kept_result
-from router.relay.exchange import Exchange
+from router.relay.exchange import Exchange, RequesterGone
 from router.relay.result_courier import ResultCourier
 from router.relay.state import Commitment, Commitments, upstream_titles
 
@@ -61,7 +61,19 @@ class CommitmentRelay:
         """A storage commitment request: one the upstream refused (or never got) has no
         result to wait for. One it did not answer in time stays pending: the upstream may
         have taken it and send its result later (bounded by COMMITMENT_MEMORY_SECONDS)."""
-        status = self._pass_through(exchange, self._held(exchange, request))
+        held = self._held(exchange, request)
+        try:
+            status = self._pass_through(exchange, held)
+        except RequesterGone as gone:
+            if transaction is not None and held.hold_seconds > 0 and gone.unheard:
+                # Still held by the broker, which drops it on the cancel: it reaches no
+                # upstream, so no result will come (a progress word in flight the very moment
+                # it went would let a result come: refused as unknown, to a requester that
+                # never had its N-ACTION-RSP and asks again).
+                self.commitments.take(transaction)
+                log.info("storage commitment %s not pending: its requester went away while "
+                         "it was held, before it was relayed", transaction)
+            raise
         if transaction is None:
             return
         if status is None:

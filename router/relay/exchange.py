@@ -36,6 +36,10 @@ class RequesterGone(RouterError):
     """The requester aborted or closed its association: nobody takes the response. Normal
     life, not a failure: the relay ends and its upstream is cancelled."""
 
+    # Before the router said a word about the request: a storage commitment the broker still
+    # held, which it now drops unrelayed (router/relay/commitment_relay.py).
+    unheard: bool = False
+
 
 @dataclass
 class Counts:

@@ -304,7 +304,9 @@ def _next(call: RelayCall, exchange: Exchange) -> tuple[Any, bytes | None]:
     cancels the request upstream)."""
     while True:
         if exchange.gone():
-            raise RequesterGone("its association ended")
+            gone = RequesterGone("its association ended")
+            gone.unheard = not call.heard
+            raise gone
         answer = call.poll(exchange.cancelled)
         if answer is not None:
             if isinstance(answer[0], RelayResponse):

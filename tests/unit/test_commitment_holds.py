@@ -6,11 +6,18 @@ for (router/relay/commitment_hold.py)."""
 from __future__ import annotations
 
 import logging
+import threading
+from io import BytesIO
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import zmq
 from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian
+from pynetdicom.dimse_primitives import N_ACTION
+from pynetdicom.dsutils import encode
 
 from router.broker.commitment_holds import CommitmentHolds
 from router.broker.deliveries import DestinationPolicy
@@ -26,9 +33,14 @@ from router.core.messages import (
     RelayProgress,
     RelayRequest,
     Result,
+    decode,
 )
+from router.core.messages import encode as encode_message
+from router.core.rules import AssociationFacts, RuleSet
+from router.core.spool import Spool
 from router.relay import commitment_hold as acceptor_side
 from router.relay.commitment_hold import commitment_hold
+from router.relay.server import RelayServer
 
 from .helpers import answer, make_header
 
@@ -232,3 +244,76 @@ def test_a_long_request_holds_on_its_first_instances(
     assert "with more than 3 instances: only its first 3 are waited for" in caplog.text
     unreadable = SimpleNamespace(get=lambda key: 42)  # not a sequence
     assert commitment_hold(config(), ["pacs"], unreadable).seconds == 0
+
+
+class GoingLink:
+    """A modality's association that goes away once told to (`leave`), after the relay has
+    looked at it twice more (so a word the broker sent before was read)."""
+
+    facts = AssociationFacts("CT1", "DICOM-ROUTER", "127.0.0.1")
+
+    def __init__(self) -> None:
+        self.looks = 0
+        self.leave_after: int | None = None
+
+    def accepted_syntax(self, context_id: int) -> str:
+        return str(ImplicitVRLittleEndian)
+
+    def cancelled(self, message_id: int) -> bool:
+        return self.gone()
+
+    def gone(self) -> bool:
+        self.looks += 1
+        return self.leave_after is not None and self.looks >= self.leave_after
+
+    def leave(self) -> None:
+        self.leave_after = self.looks + 2
+
+    def send(self, primitive: Any, context_id: int) -> None:
+        pass
+
+    def storage_contexts(self) -> list[list[Any]]:
+        return []
+
+
+@pytest.mark.parametrize("relayed", [False, True])
+def test_a_commitment_dropped_while_held_is_not_left_pending(tmp_path: Path,
+                                                             relayed: bool) -> None:
+    """The README: an N-ACTION that reaches no upstream is not remembered. One whose
+    requester went away while the broker held it was left pending on the spool for 24 hours
+    all the same. One the broker had passed on (it says so first) may have reached the
+    upstream: it stays pending for its result."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 9}},
+        "known_aes": {"CT1": {"host": "127.0.0.1", "port": 9}},
+        "rules": [{"name": "archive", "forward": ["pacs"], "query": ["pacs"]}]})
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    broker = context.socket(zmq.ROUTER)
+    broker.bind("inproc://broker")
+    server = RelayServer(config, context, "inproc://broker", RuleSet(config.rules),
+                         Spool(tmp_path / "spool").create())
+    msg = N_ACTION()
+    msg.MessageID = 7
+    msg.RequestedSOPClassUID = "1.2.840.10008.1.20.1"
+    msg.RequestedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
+    msg.ActionTypeID = 1
+    msg.ActionInformation = BytesIO(encode(action(["1.2.3.1"]), True, True))
+    link = GoingLink()
+    serving = threading.Thread(target=server.serve, args=(link, msg, 1))
+    serving.start()
+    try:
+        assert broker.poll(10_000)
+        identity, header, *_ = broker.recv_multipart()
+        request = decode(header)
+        assert isinstance(request, RelayRequest) and request.hold_seconds == 20.0
+        assert server.commitments.peek("1.2.3.999") is not None  # remembered first
+        if relayed:  # the broker's word when it hands the request to a worker
+            broker.send_multipart([identity, encode_message(RelayProgress(request.request_id))])
+        link.leave()
+        serving.join(10)
+        assert not serving.is_alive()
+        assert (server.commitments.peek("1.2.3.999") is not None) == relayed
+    finally:
+        broker.close(linger=0)
+        context.term()
