@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from pathlib import Path
 
 from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig
@@ -53,6 +54,51 @@ def check_shared_state(config: RouterConfig) -> None:
         except OSError as exc:
             key = "spool.shared_state_dir" if config.spool.shared_state_dir else "spool.path"
             raise RouterError(f"{key}: cannot write {folder}: {exc.strerror}") from None
+        own = config.spool.path.resolve() / name
+        if config.spool.shared_state_dir and own != folder and own.is_dir():
+            _move_into_shared(own, folder)
+
+
+def _move_into_shared(own: Path, shared: Path) -> None:
+    """A cell that starts sharing its state (spool.shared_state_dir newly set) brings what
+    its spool holds: a commitment pending there would otherwise have its result refused as
+    unknown, and an N-SET sent to another RIS than its N-CREATE's. Each file is written
+    durably in the shared folder before the spool's copy goes; a name the shared folder has
+    already is another cell's (or this one's, from an earlier start): kept, and the spool's
+    left where it is."""
+    moved = kept = 0
+    for source in sorted(own.iterdir()):
+        if source.name.startswith(".") or not source.is_file():
+            continue  # a temporary file a crash left: it was never a record
+        target = shared / source.name
+        if target.exists():
+            kept += 1
+            continue
+        temp = shared / f".{uuid.uuid4().hex}-{source.name}"
+        try:
+            temp.write_bytes(source.read_bytes())
+            with open(temp, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(temp, target)
+            _sync_folder(shared)
+            source.unlink()
+            moved += 1
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise RouterError(f"spool.shared_state_dir: cannot move {source} to {shared}: "
+                              f"{exc.strerror}") from None
+    if moved or kept:
+        log.info("moved %d record(s) from %s to spool.shared_state_dir %s%s", moved, own,
+                 shared, f"; {kept} left in the spool, the shared folder has records of "
+                 "those names" if kept else "")
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:
