@@ -325,6 +325,8 @@ def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
     the next one. The codec process names one plugin per attempt, so that one that crashed
     it can be skipped in the next process.
     """
+    if ds.get("PhotometricInterpretation") == "YBR_FULL_422":
+        _expand_subsampled(ds)
     native_size = len(ds.PixelData)
     options = _LOSSY_OPTIONS.get(target_ts, {})
     failures = []
@@ -341,6 +343,22 @@ def _encode(ds: Dataset, target_ts: str, plugin: str) -> None:
                              "another syntax")
     if target_ts in LOSSY_METHODS:
         mark_lossy(ds, native_size / max(1, len(ds.PixelData)), LOSSY_METHODS[target_ts])
+
+
+def _expand_subsampled(ds: Dataset) -> None:
+    """Native YBR_FULL_422 (an ultrasound cine: Y1 Y2 Cb Cr for each pair of pixels) as
+    YBR_FULL, three samples a pixel: no encoder takes the subsampled bytes ("the length of
+    the uncompressed pixel data doesn't match"), and the frame-by-frame path writes it so."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    try:
+        arr, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, raw=True)
+    except Exception as exc:  # a length or size the header does not describe
+        raise TranscodeError(f"cannot read its YBR_FULL_422 pixel data: "
+                             f"{_last_line('pydicom', exc)}") from exc
+    ds.PixelData = arr.tobytes()
+    ds.PhotometricInterpretation = "YBR_FULL"
+    ds.PlanarConfiguration = 0
 
 
 def _write(ds: FileDataset, target: Path) -> None:
