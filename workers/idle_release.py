@@ -5,7 +5,8 @@ A release waits up to the destination's `acse_timeout` (30 s) for the A-RELEASE-
 a firewall or NAT box that dropped the idle flow, or a link that went dead, no answer ever
 comes: done by a delivery thread after its task, that wait held the thread for the whole
 timeout (per association, one after another) while the broker, which had its result, sent
-it the next delivery. Here it holds nobody's delivery.
+it the next delivery. Here it holds nobody's delivery, and each association is released on
+a thread of its own, so that it holds no other release either.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
-from router.dicom.association_pool import A, release_all
+from router.dicom.association_pool import A
 from router.dicom.store_sender import StorePool
 
 INTERVAL_SECONDS = 0.5  # how often idle associations are looked at
@@ -36,7 +37,9 @@ class IdleReleaser(threading.Thread):
             self.pool.retired.wait(self.interval)
             self.pool.retired.clear()
             if not self.stopped.is_set():
-                release_all(self.pool.take_expired(time.monotonic()))
+                # Each on a thread of its own: one after another, a release to a silent
+                # peer held every other one for its acse_timeout.
+                _start_releases(self.pool.take_expired(time.monotonic()))
 
     def stop(self) -> None:
         """The stopping worker releases what is left idle (release_at_stop)."""
@@ -50,10 +53,17 @@ def release_at_stop(associations: list[A], seconds: float = STOP_RELEASE_SECONDS
     black-holed peer made the stop wait that peer's whole acse_timeout: a reload restarting
     the workers took that long per worker, and with `workers: 1` nothing was delivered
     meanwhile."""
-    threads = [threading.Thread(target=assoc.release, name="release-at-stop", daemon=True)
-               for assoc in associations if assoc.is_established]
-    for thread in threads:
-        thread.start()
+    threads = _start_releases(associations)
     deadline = time.monotonic() + seconds
     for thread in threads:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _start_releases(associations: list[A]) -> list[threading.Thread]:
+    """A thread per established association, releasing it (each ends by the destination's
+    acse_timeout at the latest)."""
+    threads = [threading.Thread(target=assoc.release, name="idle-release-one", daemon=True)
+               for assoc in associations if assoc.is_established]
+    for thread in threads:
+        thread.start()
+    return threads

@@ -245,3 +245,25 @@ def test_a_stopping_worker_releases_its_idle_associations_at_once_and_bounded() 
     finally:
         for s in silent:
             s.answered.set()
+
+
+def test_a_silent_peer_does_not_hold_the_release_of_another_destinations_association() -> None:
+    """Released one after another on the releaser's thread, each association to a peer whose
+    flow a firewall dropped held the release of every other one for its whole acse_timeout:
+    a destination that serves one association at a time answered none of the router's new
+    ones meanwhile."""
+    pool = StorePool()
+    silent = _expired_in(pool)  # taken first
+    answering = AnsweringAssociation()
+    pool.take("other", lambda a: True)
+    pool.give_back("other", answering, idle_timeout=0.0)  # type: ignore[arg-type]
+    releaser = IdleReleaser(pool, interval=0.05)
+    releaser.start()
+    try:
+        assert silent.releasing.wait(5)
+        assert answering.released.wait(5), "its release waited for the silent peer's"
+        assert not silent.answered.is_set()
+    finally:
+        silent.answered.set()
+        releaser.stop()
+        releaser.join(5)
