@@ -19,7 +19,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from router.core.messages import RelayRequest
@@ -74,6 +74,20 @@ def kept_result(request: RelayRequest, transaction_uid: str, requester_ae: str,
     return KeptResult(transaction_uid, requester_ae, request.event_type_id,
                       request.sop_instance_uid, request.transfer_syntax_uid, request.calling_ae,
                       base64.b64encode(payload).decode("ascii"), now).failed(now, reason)
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
+
+
+def _parsed(body: bytes) -> KeptResult:
+    """The KeptResult in a file's bytes; ValueError or TypeError if they are not one (a
+    field of the wrong type would fail later, in the retry thread, on every pass)."""
+    result = KeptResult(**json.loads(body))
+    for f in fields(KeptResult):
+        value = getattr(result, f.name)
+        if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[str(f.type)]):
+            raise TypeError(f"{f.name} is {type(value).__name__}, not {f.type}")
+    return result
 
 
 class KeptResults:
@@ -135,15 +149,18 @@ class KeptResults:
             except (BlockingIOError, FileNotFoundError):
                 yield None
                 return
-            with open(fd, closefd=False) as stream:
-                body = stream.read()
             try:
-                yield KeptResult(**json.loads(body))
+                with open(fd, "rb", closefd=False) as stream:
+                    result = _parsed(stream.read())
             except (ValueError, TypeError) as exc:
+                # Read before the yield: the caller's own exception is not "cannot be read",
+                # and one damaged file must not stop the retries of those after it.
                 log.error("storage commitment result %s cannot be read (%s): removed",
                           path.name, exc)
                 path.unlink(missing_ok=True)
                 yield None
+                return
+            yield result
         finally:
             os.close(fd)
 

@@ -3,6 +3,8 @@ kept on the spool and sent again by whichever acceptor holds each one's lock."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from router.core.messages import RelayRequest
@@ -94,3 +96,17 @@ def test_the_kept_results_are_counted_and_pending_commitments_are_not(tmp_path: 
     (tmp_path / "1.2.826.0.1.3680043.8.498.3.json").write_text("{}")  # pending, no result
     assert results.count() == 2
     assert KeptResults(tmp_path / "absent").count() == 0
+
+
+def test_an_unreadable_result_is_set_aside_and_the_others_are_still_sent(
+        tmp_path: Path) -> None:
+    """A damaged file (not UTF-8, or a field of the wrong type) raised out of `due`: every
+    result sorted after it was never sent again, and the retry thread logged the same
+    exception every second (a RuntimeError from the context manager, for the latter)."""
+    results = KeptResults(tmp_path)
+    results.keep(report())
+    (tmp_path / "1.1.result").write_bytes(b"\xff\xfe{")
+    damaged = {**asdict(report()), "transaction_uid": "1.2", "next_at": None}
+    (tmp_path / "1.2.result").write_text(json.dumps(damaged))
+    assert [r.transaction_uid for r in results.due(NOW + FIRST_RETRY_SECONDS)] == [UID]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{UID}.result"]
