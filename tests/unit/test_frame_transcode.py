@@ -142,3 +142,28 @@ def test_a_frame_that_does_not_decode_is_named_in_the_error(tmp_path: Path) -> N
     assert "all available plugins" not in str(caught.value)
     assert "the decoder of its first frame: " in str(caught.value)
     assert not (tmp_path / "out.dcm").exists()
+
+
+def test_a_frame_of_another_size_than_the_header_says_is_refused_not_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native target's Pixel Data length is written from the header before the frames:
+    a frame a decoder returned at another size (a stream whose components disagree with
+    Samples per Pixel, should a decoder let one through) would have made a file whose length
+    lies, delivered as Success. It is refused, and no partial file is left."""
+    from workers.transforms import frame_transcode
+
+    source = write_compressed(tmp_path, RLELossless, bits=16, frames=3)
+    real = frame_transcode._decoded_frames
+
+    def one_short(*args: object) -> object:
+        frames, first = real(*args)  # type: ignore[arg-type]
+
+        def later() -> object:
+            for arr, properties in frames:
+                yield arr[:-1], properties  # a row short
+        return later(), first
+
+    monkeypatch.setattr(frame_transcode, "_decoded_frames", one_short)
+    with pytest.raises(TranscodeError, match=r"frame 2 decoded to \d+ bytes, not the \d+"):
+        write_by_frame(source, tmp_path / "out.dcm", ExplicitVRLittleEndian)
+    assert not (tmp_path / "out.dcm").exists()

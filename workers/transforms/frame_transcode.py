@@ -260,8 +260,14 @@ def _write_pixels(out: BinaryIO, frames: Iterator[_Frame], head: Dataset, target
             raise TranscodeError(f"its pixel data ({length} bytes) is too large for a native "
                                  "syntax's 32-bit length")
         _native_header(out, target_ts, length + length % 2, int(head.BitsAllocated))
-        for arr, _ in frames:
-            out.write(arr.astype(dtype, copy=False).tobytes())
+        expected = _frame_bytes(head)
+        for index, (arr, _) in enumerate(frames, start=1):
+            data = arr.astype(dtype, copy=False).tobytes()
+            if len(data) != expected:  # the length written above would lie: a corrupt file
+                raise TranscodeError(f"frame {index} decoded to {len(data)} bytes, not the "
+                                     f"{expected} its Rows, Columns, Samples per Pixel and "
+                                     "Bits Allocated say")
+            out.write(data)
         out.write(b"\0" * (length % 2))
         return
     encoder = get_encoder(target_ts)
