@@ -51,7 +51,9 @@ class RelayPaths:
         if isinstance(message, RelayRequest):
             held = self.commitment_holds.hold(message, identity, payload,
                                               self.dispatcher.order.pending, time.monotonic())
-            if held is None:
+            if held is None:  # the worker needs not the UIDs (up to 10,000: ~640 KB)
+                if message.hold_instances:
+                    message = dataclasses.replace(message, hold_instances=[])
                 self._to_worker(identity, message, payload)
             else:
                 _log_held(held)

@@ -192,6 +192,17 @@ def test_the_broker_holds_the_request_answers_no_probe_and_relays_it_once_delive
     assert paths.relays.get(f"{ALIVE}-r1") is not None
 
 
+def test_a_request_not_held_goes_to_the_worker_without_its_uids() -> None:
+    """Nothing pending: relayed at once, without the UIDs the acceptor sent for the hold
+    (up to 10,000, about 640 KB of header the worker has no use for)."""
+    paths = Paths(dispatcher())
+    paths.dispatcher.worker_ready(W1, 4, now=0.0)
+    paths.on_relay(paths.frontend, b"a1", request(["1.2.3.1", "1.2.3.2"]), [b"dataset"])
+    [(sock, _, relayed), _told] = paths.sent
+    assert sock == "backend"
+    assert isinstance(relayed, RelayRequest) and relayed.hold_instances == []
+
+
 def test_a_cancelled_or_orphaned_held_request_is_never_relayed() -> None:
     d = dispatcher()
     d.add_job(instance("1"))
