@@ -21,6 +21,12 @@ from router.core.config import RouterConfig
 from router.core.config.destinations import DicomDestination
 
 COMMITMENT_MEMORY_SECONDS = 24 * 3600.0  # a storage commitment result may come hours later
+# How often a process looks through the folder for expired commitments: a stat per file, and
+# on a shared folder (spool.shared_state_dir, NFS) each stat is a round trip to the server.
+SWEEP_SECONDS = 60.0
+# Commitments whose Transaction UID cannot be a file name, held in memory: at most this many
+# (the oldest forgotten first), so that a requester sending such UIDs cannot grow it.
+MAX_IN_MEMORY = 1000
 
 # An upstream the N-ACTION was relayed to: its name in destinations and the AE titles its
 # result may come from (ae_title, then store_ae_titles).
@@ -71,6 +77,7 @@ class Commitments:
         self.folder = folder
         self._pending: dict[str, Commitment] = {}
         self._lock = threading.Lock()
+        self._swept_at = float("-inf")  # monotonic
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -87,6 +94,8 @@ class Commitments:
         if path is None:
             with self._lock:
                 self._pending[transaction_uid] = Commitment(requester_ae, now, upstreams)
+                while len(self._pending) > MAX_IN_MEMORY:  # dicts keep their order
+                    del self._pending[next(iter(self._pending))]
             return
         # Unique across hosts too: cells sharing the folder may have the same pids.
         temp = path.with_name(f".{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
@@ -99,6 +108,10 @@ class Commitments:
             for uid in [u for u, c in self._pending.items()
                         if now - c.at >= COMMITMENT_MEMORY_SECONDS]:
                 del self._pending[uid]
+            swept, self._swept_at = self._swept_at, time.monotonic()
+            if self._swept_at - swept < SWEEP_SECONDS:
+                self._swept_at = swept
+                return
         if self.folder is not None:
             for path in self.folder.glob("*.json"):
                 try:

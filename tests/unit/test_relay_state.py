@@ -12,13 +12,20 @@ import pytest
 
 from router.core.config import RouterConfig, parse_config
 from router.core.process_identity import ProcessTag, own_tag, process_start
+from router.relay import state
 from router.relay.move_registry import (
     CLOSED_SECONDS,
     ArrivalWatch,
     ArrivingInstance,
     MoveRegistry,
 )
-from router.relay.state import COMMITMENT_MEMORY_SECONDS, Commitments, upstream_titles
+from router.relay.state import (
+    COMMITMENT_MEMORY_SECONDS,
+    MAX_IN_MEMORY,
+    SWEEP_SECONDS,
+    Commitments,
+    upstream_titles,
+)
 
 
 def test_pending_commitments_survive_a_restart_and_are_taken_once(tmp_path: Path) -> None:
@@ -68,9 +75,37 @@ def test_commitments_older_than_a_day_are_forgotten(tmp_path: Path) -> None:
     commitments.remember("1.2.3.7", "CT1")
     old = os.path.getmtime(tmp_path / "1.2.3.7.json") - COMMITMENT_MEMORY_SECONDS - 1
     os.utime(tmp_path / "1.2.3.7.json", (old, old))
-    commitments.remember("1.2.3.8", "CT1")
+    Commitments(tmp_path).remember("1.2.3.8", "CT1")  # another process: it looks
     assert commitments.take("1.2.3.7") is None
     assert commitments.take("1.2.3.8") is not None
+
+
+def test_the_folder_is_looked_through_once_a_minute_not_per_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each N-ACTION stat-ed every pending file to find expired ones: on a shared folder
+    (spool.shared_state_dir on NFS) a round trip to the server per file and request."""
+    clock = [1000.0]
+    monkeypatch.setattr(state.time, "monotonic", lambda: clock[0])
+    commitments = Commitments(tmp_path)
+    commitments.remember("1.2.3.7", "CT1")
+    old = os.path.getmtime(tmp_path / "1.2.3.7.json") - COMMITMENT_MEMORY_SECONDS - 1
+    os.utime(tmp_path / "1.2.3.7.json", (old, old))
+    commitments.remember("1.2.3.8", "CT1")
+    assert (tmp_path / "1.2.3.7.json").exists()  # not looked for again within the minute
+    clock[0] += SWEEP_SECONDS
+    commitments.remember("1.2.3.9", "CT1")
+    assert not (tmp_path / "1.2.3.7.json").exists()
+
+
+def test_commitments_held_in_memory_are_bounded() -> None:
+    """A Transaction UID that cannot be a file name is held in memory: a requester sending
+    many could grow it for 24 hours. The oldest go first."""
+    commitments = Commitments(None)
+    for n in range(MAX_IN_MEMORY + 5):
+        commitments.remember(f"x{n}", "CT1")
+    assert commitments.take("x0") is None and commitments.take("x4") is None
+    assert commitments.take("x5") is not None
+    assert commitments.take(f"x{MAX_IN_MEMORY + 4}") is not None
 
 
 def _pacs(**extra: object) -> RouterConfig:
