@@ -787,6 +787,7 @@ class LateCommitmentSCP:
         self.delay = delay
         self.router_port = 0
         self.report_status: int | None = None
+        self.received = threading.Event()  # it holds the N-ACTION from now on
         self.reported = threading.Event()
         self.ae = AE(ae_title="PACS")
         self.ae.add_supported_context(StorageCommitmentPushModel)
@@ -796,6 +797,7 @@ class LateCommitmentSCP:
 
     def on_action(self, event: Any) -> tuple[int, None]:
         info = event.action_information
+        self.received.set()
         time.sleep(self.delay)  # past the router's timeout: it has answered its requester
         threading.Thread(target=self.report, args=(info,), daemon=True).start()
         return 0x0000, None
@@ -892,8 +894,9 @@ def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result
         router.start()
         upstream.router_port = router.port
         if timeout == "worker_killed":  # while the upstream holds the N-ACTION
-            killer = threading.Timer(1.5, lambda: [
-                os.kill(router.child_pid(f"worker-{n}"), signal.SIGKILL) for n in (0, 1)])
+            killer = threading.Thread(target=lambda: upstream.received.wait(30) and [
+                os.kill(router.child_pid(f"worker-{n}"), signal.SIGKILL) for n in (0, 1)],
+                daemon=True)
             killer.start()
         try:
             status, transaction = _request_commitment(
