@@ -101,7 +101,9 @@ def commit_in_background(requester: CommitmentRequester, router: RouterProcess,
 
 def test_a_commitment_waits_for_its_instances_queued_for_the_pacs(
         tmp_path: Path, orthanc: Orthanc, modality: CommitmentRequester) -> None:
-    with start_router(tmp_path / "router", orthanc, modality) as router:
+    # A bound well past what the resume and five deliveries take on a loaded machine (the
+    # default 20 s held, at most 9.6 s under two CPU burners), below the requester's 60 s.
+    with start_router(tmp_path / "router", orthanc, modality, commitment_hold=45) as router:
         destinations(router, "pause", "pacs")
         instances = store(router, tmp_path / "src", 5)
         thread, outcome = commit_in_background(modality, router, instances)
