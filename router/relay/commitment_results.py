@@ -17,11 +17,11 @@ import json
 import logging
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from router.core.durable_files import fsync_path, write_atomically
 from router.core.messages import RelayRequest
 
 log = logging.getLogger(__name__)
@@ -117,19 +117,11 @@ class KeptResults:
 
     @staticmethod
     def _write(path: Path, result: KeptResult) -> None:
-        # Unique across hosts too: cells sharing the folder may have the same pids.
-        temp = path.with_name(f".{os.getpid()}-{uuid.uuid4().hex}-{path.name}.tmp")
-        with open(temp, "w") as out:
-            out.write(json.dumps(asdict(result)))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        # (The temporary name is random, not the pid's: cells sharing the folder may have
+        # the same pids.)
+        write_atomically(path, json.dumps(asdict(result)).encode())
         with contextlib.suppress(OSError):
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(path.parent, directory=True)
 
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[KeptResult | None]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig
+from router.core.durable_files import fsync_path, write_atomically
 from router.core.errors import RouterError
 from router.core.rules import shared_completions
 from router.core.tls import check_contexts, expiry_warnings
@@ -74,31 +75,18 @@ def _move_into_shared(own: Path, shared: Path) -> None:
         if target.exists():
             kept += 1
             continue
-        temp = shared / f".{uuid.uuid4().hex}-{source.name}"
         try:
-            temp.write_bytes(source.read_bytes())
-            with open(temp, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(temp, target)
-            _sync_folder(shared)
+            write_atomically(target, source.read_bytes())
+            fsync_path(shared, directory=True)
             source.unlink()
-            moved += 1
         except OSError as exc:
-            temp.unlink(missing_ok=True)
             raise RouterError(f"spool.shared_state_dir: cannot move {source} to {shared}: "
                               f"{exc.strerror}") from None
+        moved += 1
     if moved or kept:
         log.info("moved %d record(s) from %s to spool.shared_state_dir %s%s", moved, own,
                  shared, f"; {kept} left in the spool, the shared folder has records of "
                  "those names" if kept else "")
-
-
-def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> None:

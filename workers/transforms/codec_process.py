@@ -108,19 +108,9 @@ def transcode_in_child(source: Path, target: Path, source_ts: str,
         dead = tuple(_attempts(candidates)[i].name for i in crashed)
         return Transcoded(last, describe(source_ts), describe(last), why, crashed=dead)
     attempts = _attempts(candidates, decoded)  # the image decides the encoders' order
-    failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
-    dead = tuple(name for name, _ in failed)
-    tries = [(i, attempt) for i, attempt in enumerate(attempts) if i not in crashed]
-    for n, (index, attempt) in enumerate(tries):
-        copy = n < len(tries) - 1
-        failure = _write_candidate(partial(_write_decoded, decoded, copy, target, attempt),
-                                   target, (index, len(attempts)))
-        if failure is None:
-            return Transcoded(attempt.syntax, describe(source_ts), describe(attempt.syntax),
-                              failed=tuple(failed), crashed=dead)
-        failed.append((attempt.name, failure))
-    return Transcoded(last, describe(source_ts), describe(last), _all_failed(failed),
-                      crashed=dead)
+    return _try_each(attempts, crashed, target, (source_ts, last),
+                     lambda attempt, more: partial(_write_decoded, decoded, more, target,
+                                                   attempt))
 
 
 @dataclass(frozen=True)
@@ -200,14 +190,26 @@ def _by_frame_in_child(source: Path, target: Path, source_ts: str,
         attempts = _attempts(supported, read_head(source))
     except TranscodeError as exc:
         return Transcoded(last, describe(source_ts), describe(last), str(exc))
+    return _try_each(attempts, crashed, target, (source_ts, last),
+                     lambda attempt, _: partial(write_by_frame, source, target, attempt.syntax,
+                                                attempt.plugin))
+
+
+def _try_each(attempts: list[_Attempt], crashed: Sequence[int], target: Path,
+              syntaxes: tuple[str, str],
+              writer: Callable[[_Attempt, bool], Callable[[], None]]) -> Transcoded:
+    """Each attempt in turn (but those a codec process died on), until one is written:
+    `writer(attempt, more)` gives what writes it (`more`: another attempt may follow).
+    `syntaxes`: the source's, and the last candidate's (named when none is written)."""
+    from workers.transforms.transcode import describe
+
+    source_ts, last = syntaxes
     failed: list[tuple[str, str]] = [(attempts[i].name, CRASHED) for i in crashed]
     dead = tuple(name for name, _ in failed)
-    for index, attempt in enumerate(attempts):
-        if index in crashed:
-            continue
-        failure = _write_candidate(
-            partial(write_by_frame, source, target, attempt.syntax, attempt.plugin),
-            target, (index, len(attempts)))
+    tries = [(i, attempt) for i, attempt in enumerate(attempts) if i not in crashed]
+    for n, (index, attempt) in enumerate(tries):
+        failure = _write_candidate(writer(attempt, n < len(tries) - 1), target,
+                                   (index, len(attempts)))
         if failure is None:
             return Transcoded(attempt.syntax, describe(source_ts), describe(attempt.syntax),
                               failed=tuple(failed), crashed=dead)
