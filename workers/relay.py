@@ -205,8 +205,10 @@ class RelayThread(threading.Thread):
             return
         detail = "; ".join(problems)
         log.warning("relayed %s: no upstream answered: %s", request.command, detail)
+        # Whole: the acceptor's log and a kept commitment result say why; the DICOM
+        # ErrorComment is cut to its 64 characters where it is written (exchange.py).
         self._final(task, relay_failure_status(request.command),
-                    f"no upstream available: {detail}"[:64])
+                    f"no upstream available: {detail}")
 
     def _associate(self, upstream: Upstream, task: RelayTask) -> Association:
         request = task.request

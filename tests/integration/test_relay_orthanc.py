@@ -295,6 +295,9 @@ def test_a_result_whose_requester_was_down_reaches_it_when_back_after_a_crash(
             assert wait_for(lambda: kept.metric("dicom_router_commitment_results_kept") == 1,
                             timeout=10)
             assert kept.status()["commitment_results_kept"] == 1
+            # Why, whole in the log (before: cut to a DICOM ErrorComment's 64 characters,
+            # "... cannot connect to LATECOMER (127").
+            assert f"({LOCALHOST}:{port})): kept on the spool" in kept.log()
             assert wait_for(lambda: kept.metric("dicom_router_dimse_requests_total",
                                                 command="N-EVENT-REPORT",
                                                 status="0x0000") == 1, timeout=10)
