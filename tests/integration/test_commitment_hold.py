@@ -1,6 +1,8 @@
 """A storage commitment waits for its instances still queued for the PACS (README "Storage
 commitment"): Orthanc is both the store destination and the commitment SCP, paused by the
-operator while a pynetdicom modality stores 5 instances and sends its N-ACTION.
+operator while a pynetdicom modality stores 5 instances and sends its N-ACTION. And a
+modality that is an Orthanc too: its store job asks for commitment, and its report comes
+back through the router.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def modality() -> Iterator[CommitmentRequester]:
         yield scu
 
 
-def start_router(workdir: Path, orthanc: Orthanc, requester: CommitmentRequester,
+def start_router(workdir: Path, orthanc: Orthanc, requester_port: int,
                  **pacs: Any) -> RouterProcess:
     config = {
         "destinations": {"pacs": {"type": "dicom", "ae_title": orthanc.ae_title,
                                   "host": LOCALHOST, "port": orthanc.dicom_port,
                                   "retry": FAST_RETRY, **pacs}},
-        "known_aes": {MODALITY_AE: {"host": LOCALHOST, "port": requester.port}},
+        "known_aes": {MODALITY_AE: {"host": LOCALHOST, "port": requester_port}},
         "rules": [{"name": "archive", "forward": ["pacs"], "query": ["pacs"]}],
     }
     router = RouterProcess(workdir, config)  # started by `with`
@@ -103,7 +105,7 @@ def test_a_commitment_waits_for_its_instances_queued_for_the_pacs(
         tmp_path: Path, orthanc: Orthanc, modality: CommitmentRequester) -> None:
     # A bound well past what the resume and five deliveries take on a loaded machine (the
     # default 20 s held, at most 9.6 s under two CPU burners), below the requester's 60 s.
-    with start_router(tmp_path / "router", orthanc, modality, commitment_hold=45) as router:
+    with start_router(tmp_path / "router", orthanc, modality.port, commitment_hold=45) as router:
         destinations(router, "pause", "pacs")
         instances = store(router, tmp_path / "src", 5)
         thread, outcome = commit_in_background(modality, router, instances)
@@ -123,7 +125,7 @@ def test_a_commitment_waits_for_its_instances_queued_for_the_pacs(
 
 def test_a_commitment_goes_at_its_bound_with_what_the_pacs_has(
         tmp_path: Path, orthanc: Orthanc, modality: CommitmentRequester) -> None:
-    with start_router(tmp_path / "router", orthanc, modality, commitment_hold=1) as router:
+    with start_router(tmp_path / "router", orthanc, modality.port, commitment_hold=1) as router:
         destinations(router, "pause", "pacs")
         instances = store(router, tmp_path / "src", 5)
         thread, outcome = commit_in_background(modality, router, instances)
@@ -137,3 +139,36 @@ def test_a_commitment_goes_at_its_bound_with_what_the_pacs_has(
         assert "relayed at its bound (1s, commitment_hold) with 5 instance(s) still pending " \
             "for pacs" in router.log()
         assert router.metric("dicom_router_commitment_holds_total", outcome="bound") == 1
+
+
+def test_an_orthanc_modality_hears_its_study_committed_by_the_orthanc_pacs(
+        tmp_path: Path, orthanc: Orthanc) -> None:
+    """Orthanc's `/modalities/{id}/store` with StorageCommitment: its C-STOREs and then an
+    N-ACTION on an association of their own, to the router; the PACS reports on a new
+    association to the router, the router on a new one to the modality Orthanc, which takes
+    a report only from an AE it knows and only for a transaction it asked about."""
+    study = generate_uid()
+    files = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                            transfer_syntax=EXPLICIT_VR_LE, study_uid=study) for _ in range(50)]
+    with Orthanc(tmp_path / "modality", files, MODALITY_AE) as modality, \
+            start_router(tmp_path / "router", orthanc, modality.dicom_port) as router:
+        modality.add_modality("router", ROUTER_AE, LOCALHOST, router.port)
+        job = modality.rest("/modalities/router/store", "POST", {
+            "Resources": modality.rest("/studies"), "StorageCommitment": True,
+            "Synchronous": False})
+        path = f"/jobs/{job['ID']}"
+        assert wait_for(lambda: modality.rest(path)["State"] not in ("Pending", "Running"),
+                        timeout=60)
+        done = modality.rest(path)
+        assert done["State"] == "Success", (done, router.log()[-3000:])
+        uid = done["Content"]["StorageCommitmentTransactionUID"]
+        # The job ends once the N-ACTION is answered; the report has its own resource.
+        report = f"/storage-commitment/{uid}"
+        assert wait_for(lambda: modality.rest(report)["Status"] != "Pending", timeout=30), \
+            (router.log()[-3000:], modality.log()[-3000:])
+        outcome = modality.rest(report)
+        assert outcome["Status"] == "Success", outcome
+        assert outcome["RemoteAET"] == ROUTER_AE
+        assert outcome["Failures"] == []
+        sent = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+        assert {i["SOPInstanceUID"] for i in outcome["Success"]} == sent
