@@ -149,29 +149,34 @@ def _where(held: Held) -> str:
     return ", ".join(held.destinations)
 
 
+def _named(held: Held) -> str:
+    """The Transaction UID the requester and the PACS log, then the relayed request's id."""
+    request = held.request
+    return f"{request.transaction_uid or '(no Transaction UID)'} from {request.calling_ae} " \
+        f"(N-ACTION {request.request_id})"
+
+
 def _log_held(held: Held) -> None:
     request = held.request
-    log.info("storage commitment N-ACTION %s from %s held: %d of its %d instance(s) still "
-             "pending for %s (relayed once they are there, at most in %.0fs: "
-             "commitment_hold)", request.request_id, request.calling_ae, len(held.waiting),
-             len(request.hold_instances), _where(held), request.hold_seconds)
+    log.info("storage commitment %s held: %d of its %d instance(s) still pending for %s "
+             "(relayed once they are there, at most in %.0fs: commitment_hold)",
+             _named(held), len(held.waiting), len(request.hold_instances), _where(held),
+             request.hold_seconds)
 
 
 def _log_released(release: Released, now: float) -> None:
     held = release.held
     if release.by_bound:
-        log.info("storage commitment N-ACTION %s from %s relayed at its bound (%.0fs, "
-                 "commitment_hold) with %d instance(s) still pending for %s: the upstream "
-                 "reports them as it finds them", held.request.request_id,
-                 held.request.calling_ae, held.request.hold_seconds, release.pending,
+        log.info("storage commitment %s relayed at its bound (%.0fs, commitment_hold) with "
+                 "%d instance(s) still pending for %s: the upstream reports them as it finds "
+                 "them", _named(held), held.request.hold_seconds, release.pending,
                  _where(held))
     else:
-        log.info("storage commitment N-ACTION %s from %s relayed after %.1fs: its instances "
-                 "reached %s", held.request.request_id, held.request.calling_ae,
-                 now - held.since, _where(held))
+        log.info("storage commitment %s relayed after %.1fs: its instances reached %s",
+                 _named(held), now - held.since, _where(held))
 
 
 def _log_dropped(held: Held, why: str) -> None:
     metrics.COMMITMENT_HOLDS.labels("cancelled").inc()
-    log.info("storage commitment N-ACTION %s from %s held for %s: not relayed, %s",
-             held.request.request_id, held.request.calling_ae, _where(held), why)
+    log.info("storage commitment %s held for %s: not relayed, %s", _named(held),
+             _where(held), why)

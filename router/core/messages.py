@@ -155,6 +155,7 @@ class RelayRequest(Message):
     hold_seconds: float = 0.0
     hold_destinations: list[str] = dataclasses.field(default_factory=list)
     hold_instances: list[str] = dataclasses.field(default_factory=list)
+    transaction_uid: str = ""  # a held commitment's, for the broker's log (operators know it)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ class CommitmentRelay:
             return request
         return dataclasses.replace(request, hold_seconds=hold.seconds,
                                    hold_destinations=hold.destinations,
-                                   hold_instances=hold.instances)
+                                   hold_instances=hold.instances,
+                                   transaction_uid=str(dataset.get("TransactionUID", "")))
 
     def _commitment_result(self, exchange: Exchange) -> bool:
         """An upstream's N-EVENT-REPORT with a commitment result: on to the requester (a known

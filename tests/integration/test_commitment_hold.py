@@ -120,6 +120,8 @@ def test_a_commitment_waits_for_its_instances_queued_for_the_pacs(
         assert sorted(report.committed) == sorted(instances)
         assert report.failed == ()
         assert "its instances reached pacs" in router.log()
+        # Named by its Transaction UID, as in the PACS's log and the result's lines.
+        assert f"storage commitment {outcome[0]} from {MODALITY_AE} (N-ACTION " in router.log()
         assert router.metric("dicom_router_commitment_holds_total", outcome="delivered") == 1
 
 
@@ -138,6 +140,7 @@ def test_a_commitment_goes_at_its_bound_with_what_the_pacs_has(
                                                for i in instances)
         assert "relayed at its bound (1s, commitment_hold) with 5 instance(s) still pending " \
             "for pacs" in router.log()
+        assert f"storage commitment {outcome[0]} from {MODALITY_AE} (N-ACTION " in router.log()
         assert router.metric("dicom_router_commitment_holds_total", outcome="bound") == 1
 
 
