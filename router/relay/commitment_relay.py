@@ -22,7 +22,7 @@ from router.core.messages import RelayRequest
 from router.relay.commitment_hold import commitment_hold
 from router.relay.commitment_results import KeptResults, kept_result
 from router.relay.exchange import Exchange, RequesterGone
-from router.relay.result_courier import ResultCourier
+from router.relay.result_courier import FIRST_TRY_SECONDS, ResultCourier
 from router.relay.state import Commitment, Commitments, upstream_titles
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
@@ -125,7 +125,7 @@ class CommitmentRelay:
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 exchange.link.facts, to_known_ae=True)
         payload = exchange.request_dataset() or b""
-        answer, data, reason = self.courier.deliver(request, payload)
+        answer, data, reason = self.courier.deliver(request, payload, FIRST_TRY_SECONDS)
         if answer is None:
             self._keep_result(exchange, request, transaction, commitment, payload, reason)
             return True

@@ -21,6 +21,10 @@ from router.relay.commitment_results import KeptResult, KeptResults
 log = logging.getLogger(__name__)
 
 RETRY_POLL_SECONDS = 1.0  # how often kept results are looked at
+# The first try, while the upstream waits for our answer to its report: Orthanc gives up
+# after 10 s (its DicomScuTimeout) and marks its job failed. A requester silent this long
+# has its result kept and sent again; the upstream hears Success in time.
+FIRST_TRY_SECONDS = 5.0
 
 
 class ResultCourier:
@@ -32,13 +36,15 @@ class ResultCourier:
         self.endpoint = endpoint
         self.results = results
 
-    def deliver(self, request: RelayRequest, payload: bytes
-                 ) -> tuple[RelayResponse | None, bytes | None, str]:
+    def deliver(self, request: RelayRequest, payload: bytes, wait: float | None = None
+                ) -> tuple[RelayResponse | None, bytes | None, str]:
         """One attempt to hand a result to its requester: the requester's answer, or None
-        and why it did not answer (not reached, silent, the router's timeout)."""
+        and why it did not answer (not reached, silent, the router's timeout). `wait`: at
+        most this long, if less than request_timeout."""
+        timeout = self.config().request_timeout
         try:
             call = RelayCall(self.context, self.endpoint, request, payload,
-                             self.config().request_timeout)
+                             timeout if wait is None else min(wait, timeout))
         except RouterStopping as exc:
             return None, None, str(exc)
         try:

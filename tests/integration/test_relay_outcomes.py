@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -812,11 +813,13 @@ class LateCommitmentSCP:
         self.server.shutdown()
 
 
-def _report(router_port: int, calling_ae: str, action: Dataset) -> int | None:
+def _report(router_port: int, calling_ae: str, action: Dataset,
+            dimse_timeout: float = 30) -> int | None:
     """An N-EVENT-REPORT "all committed" for action, from calling_ae on an association of its
-    own; the router's status."""
+    own; the router's status (None: no answer within dimse_timeout)."""
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.acse_timeout = ae.network_timeout = 30
+    ae.dimse_timeout = dimse_timeout
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate(LOCALHOST, router_port, ae_title=ROUTER_AE,
                          ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
@@ -867,6 +870,39 @@ def test_a_commitment_result_from_another_ae_than_its_upstream_is_refused(
         finally:
             router.stop()
             server.shutdown()
+
+
+def test_a_silent_requester_has_its_result_kept_before_the_upstream_gives_up(
+        tmp_path: Path) -> None:
+    """Orthanc waits 10 s for the answer to its report (DicomScuTimeout) and then marks its
+    commitment job failed. To a requester whose SCP takes connections and says nothing, the
+    router waited its association timeout (30 s) before keeping the result: Orthanc's job
+    failed though the requester later got its result. The first try now lasts 5 s at most."""
+    actions: list[Dataset] = []
+    upstream = AE(ae_title="PACS")
+    upstream.add_supported_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = upstream.start_server((LOCALHOST, port), block=False, evt_handlers=[
+        (evt.EVT_N_ACTION, lambda e: (actions.append(e.action_information), (0x0000, None))[1])])
+    silent = socket.create_server((LOCALHOST, 0))  # takes connections, never answers
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                                  "port": port}},
+        "known_aes": {"MODALITY": {"host": LOCALHOST, "port": silent.getsockname()[1]}},
+        "rules": [{"name": "qr", "query": ["pacs"]}]})
+    router.start()
+    try:
+        status, _ = _request_commitment(
+            router.port, "1.2.826.0.1.3680043.8.498.30", "1.2.826.0.1.3680043.8.498.31")
+        assert status == 0x0000 and len(actions) == 1
+        assert _report(router.port, "PACS", actions[0], dimse_timeout=10) == 0x0000
+        assert (router.spool / "commitments" / "1.2.826.0.1.3680043.8.498.30.result").exists()
+        assert "kept on the spool, sent again until MODALITY takes it" in router.log()
+        _no_traceback(router)
+    finally:
+        silent.close()  # first: its waiting connections reset, no worker waits on them
+        router.stop()
+        server.shutdown()
 
 
 @pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout", "worker_killed"])
