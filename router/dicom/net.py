@@ -19,10 +19,11 @@ from router.dicom.quick_ack import ack_every_receive
 log = logging.getLogger(__name__)
 
 # What pynetdicom logs as ERROR when the router's association request is rejected (three
-# lines) or aborted. A busy upstream rejecting is normal life, and the router logs each of
-# these itself, with who and why (scu_outcome.py). Its "ACSE timeout reached ..." line
-# stays: the router reads that outcome as an abort and would not say "timeout" itself.
-NEGOTIATION_ECHOES = ("Association Rejected", "Result: ", "Reason: ", "Association Aborted")
+# lines), aborted, or not answered within its ACSE timeout. A busy upstream rejecting is
+# normal life, and the router logs each of these itself, with who and why (scu_outcome.py;
+# the relay and `send` time the request and say "did not answer ... within N s").
+NEGOTIATION_ECHOES = ("Association Rejected", "Result: ", "Reason: ", "Association Aborted",
+                      "ACSE timeout reached while waiting for response to association request")
 
 
 class NegotiationEchoes(logging.Filter):

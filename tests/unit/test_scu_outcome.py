@@ -53,13 +53,16 @@ def _record(level: int, message: str) -> logging.LogRecord:
 
 
 def test_pynetdicoms_errors_for_a_rejected_or_aborted_request_are_dropped() -> None:
-    """The router says these itself (a busy upstream is normal life); an ACSE timeout, which
-    the router reads as an abort, and everything else stay."""
+    """The router says these itself (a busy upstream is normal life; an upstream that did not
+    answer within the ACSE timeout: test_an_abort_at_the_acse_timeout_is_the_peers_silence);
+    everything else stays."""
     quiet = NegotiationEchoes()
     for message in ("Association Rejected", "Result: Rejected Transient, Source: Service User",
                     "Reason: Local limit exceeded", "Association Aborted"):
         assert not quiet.filter(_record(logging.ERROR, message)), message
-    for message in ("ACSE timeout reached while waiting for response to association request",
+    assert not quiet.filter(_record(
+        logging.ERROR, "ACSE timeout reached while waiting for response to association request"))
+    for message in ("ACSE timeout reached while waiting for response to release request",
                     "No accepted presentation contexts",
                     "Received an invalid A-ASSOCIATE response from the peer"):
         assert quiet.filter(_record(logging.ERROR, message)), message
