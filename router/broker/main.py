@@ -317,9 +317,10 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
             poller.register(wakeup, zmq.POLLIN)
         while not stop.is_set():
             now = time.monotonic()
-            due = min((t for t in (self.dispatcher.next_due(now),
-                                   self.commitment_holds.next_due()) if t is not None),
-                      default=None)
+            due = self.dispatcher.next_due(now)
+            if self.commitment_holds.held:  # a held commitment's bound wakes the loop too
+                bound = self.commitment_holds.next_due()
+                due = bound if due is None or (bound is not None and bound < due) else due
             timeout = min(HEARTBEAT_SECONDS, max(0.0, due - now) if due else HEARTBEAT_SECONDS)
             if self.writing_dead_letters:
                 timeout = 0.0

@@ -99,9 +99,12 @@ class RelayPaths:
         """Each turn: held commitments whose instances all left their destinations, or
         whose bound came, go to a worker."""
         order = self.dispatcher.order
+        if not self.commitment_holds.held:  # the usual turn: nothing held, nothing to look at
+            order.left.clear()
+            return
         left, order.left = order.left, set()
         released: list[Released] = []
-        if left and len(self.commitment_holds):
+        if left:
             released += self.commitment_holds.settled(left, order.pending)
         released += self.commitment_holds.expired(now, order.pending)
         for release in released:
