@@ -836,17 +836,24 @@ def _report(router_port: int, calling_ae: str, action: Dataset,
             assoc.release()
 
 
-def test_a_commitment_result_from_another_ae_than_its_upstream_is_refused(
-        tmp_path: Path) -> None:
-    """Another peer reporting "all committed" for a pending transaction gets 0x0110 and the
-    requester hears nothing of it (it would delete its copies); the upstream's own result,
-    under one of its store_ae_titles, is delivered (before: the first report was relayed)."""
+def _committing_pacs() -> tuple[Any, int, list[Dataset]]:
+    """A pynetdicom PACS (AE PACS) that takes every N-ACTION with Success and reports
+    nothing by itself: its server, its port, and the N-ACTIONs' datasets as they come."""
     actions: list[Dataset] = []
     upstream = AE(ae_title="PACS")
     upstream.add_supported_context(StorageCommitmentPushModel)
     port = free_port()
     server = upstream.start_server((LOCALHOST, port), block=False, evt_handlers=[
         (evt.EVT_N_ACTION, lambda e: (actions.append(e.action_information), (0x0000, None))[1])])
+    return server, port, actions
+
+
+def test_a_commitment_result_from_another_ae_than_its_upstream_is_refused(
+        tmp_path: Path) -> None:
+    """Another peer reporting "all committed" for a pending transaction gets 0x0110 and the
+    requester hears nothing of it (it would delete its copies); the upstream's own result,
+    under one of its store_ae_titles, is delivered (before: the first report was relayed)."""
+    server, port, actions = _committing_pacs()
     with CommitmentRequester("MODALITY") as requester:
         router = RouterProcess(tmp_path / "router", {
             "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
@@ -878,12 +885,7 @@ def test_a_silent_requester_has_its_result_kept_before_the_upstream_gives_up(
     commitment job failed. To a requester whose SCP takes connections and says nothing, the
     router waited its association timeout (30 s) before keeping the result: Orthanc's job
     failed though the requester later got its result. The first try now lasts 5 s at most."""
-    actions: list[Dataset] = []
-    upstream = AE(ae_title="PACS")
-    upstream.add_supported_context(StorageCommitmentPushModel)
-    port = free_port()
-    server = upstream.start_server((LOCALHOST, port), block=False, evt_handlers=[
-        (evt.EVT_N_ACTION, lambda e: (actions.append(e.action_information), (0x0000, None))[1])])
+    server, port, actions = _committing_pacs()
     silent = socket.create_server((LOCALHOST, 0))  # takes connections, never answers
     router = RouterProcess(tmp_path / "router", {
         "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,

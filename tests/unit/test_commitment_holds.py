@@ -22,12 +22,9 @@ from pynetdicom.dsutils import encode
 from router.broker.commitment_holds import CommitmentHolds
 from router.broker.deliveries import DestinationPolicy
 from router.broker.dispatch import Dispatcher
-from router.broker.relay_paths import RelayPaths
-from router.broker.relay_routes import RelayRoutes
 from router.core.config import RetryConfig, parse_config
 from router.core.messages import (
     JobHeader,
-    Message,
     RelayCancel,
     RelayProbe,
     RelayProgress,
@@ -43,6 +40,7 @@ from router.relay.commitment_hold import commitment_hold
 from router.relay.server import RelayServer
 
 from .helpers import answer, make_header
+from .test_relay_routes import Paths
 
 W1 = b"worker-1"
 RETRY = RetryConfig(max_attempts=1, initial_delay=1.0, max_delay=1.0)
@@ -156,22 +154,6 @@ def test_nothing_pending_or_no_bound_is_not_held() -> None:
                       0.0) is None
     assert len(holds) == 0
 
-
-class Paths(RelayPaths):
-    """RelayPaths with a real Dispatcher and its sockets replaced by a list of what it sent."""
-
-    def __init__(self, d: Dispatcher) -> None:
-        self.relays = RelayRoutes()
-        self.commitment_holds = CommitmentHolds()
-        self.dispatcher = d
-        self.frontend: Any = "frontend"
-        self.backend: Any = "backend"
-        self.sent: list[tuple[str, bytes, Message]] = []
-
-    def _send(self, sock: Any, identity: bytes, message: Message,  # type: ignore[override]
-              payload: list[bytes] | None = None) -> bool:
-        self.sent.append((sock, identity, message))
-        return True
 
 
 def test_the_broker_holds_the_request_answers_no_probe_and_relays_it_once_delivered() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import zmq
 
-from router.core.config import parse_config
+from router.core.config import RouterConfig, parse_config
 from router.core.messages import Deliver, Result, decode
 from router.core.spool import Spool
 from router.dicom.store_sender import StorePool
@@ -128,15 +128,10 @@ def test_only_associations_past_their_idle_timeout_are_released() -> None:
         releaser.join(5)
 
 
-def test_a_reload_does_not_hold_a_delivery_thread_on_a_silent_peer(
-    tmp_path: Path, pull: tuple[zmq.Context[Any], zmq.Socket[bytes]],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Every SIGHUP retires the pooled idle associations (new ones get the new settings).
-    The delivery thread that saw it released them itself: one to a destination whose flow a
-    firewall had dropped held that thread's next delivery, to another destination, for the
-    silent peer's whole acse_timeout."""
-    context, results = pull
+def _silent_idle_pool(tmp_path: Path) -> tuple[RouterConfig, Spool, StorePool,
+                                                SilentPeerAssociation]:
+    """A config whose one destination is a folder, its spool, and a pool holding one idle
+    association to `pacs` whose peer never answers a release."""
     config = parse_config({
         "spool": {"path": str(tmp_path / "spool"), "duplicate_window": 0},
         "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive"),
@@ -148,6 +143,19 @@ def test_a_reload_does_not_hold_a_delivery_thread_on_a_silent_peer(
     silent = SilentPeerAssociation()
     pool.take("pacs", lambda a: True)
     pool.give_back("pacs", silent, idle_timeout=60.0)  # type: ignore[arg-type]
+    return config, spool, pool, silent
+
+
+def test_a_reload_does_not_hold_a_delivery_thread_on_a_silent_peer(
+    tmp_path: Path, pull: tuple[zmq.Context[Any], zmq.Socket[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every SIGHUP retires the pooled idle associations (new ones get the new settings).
+    The delivery thread that saw it released them itself: one to a destination whose flow a
+    firewall had dropped held that thread's next delivery, to another destination, for the
+    silent peer's whole acse_timeout."""
+    context, results = pull
+    config, spool, pool, silent = _silent_idle_pool(tmp_path)
     tasks: queue.Queue[Deliver | None] = queue.Queue()
     thread = DeliveryThread(config, spool, tasks, context, ENDPOINT, 0, pool)
     releaser = IdleReleaser(pool, interval=60.0)  # only a reload's wake makes it release
@@ -210,17 +218,7 @@ def test_an_ending_delivery_thread_leaves_the_idle_release_to_its_worker(
     first to end released every idle association, one by one: one to a black-holed peer
     held the stop, and the reload, for that peer's acse_timeout."""
     context, _ = pull
-    config = parse_config({
-        "spool": {"path": str(tmp_path / "spool"), "duplicate_window": 0},
-        "destinations": {"archive": {"type": "folder", "path": str(tmp_path / "archive"),
-                                     "fsync": False}},
-        "rules": [{"name": "all", "forward": ["archive"]}],
-    })
-    spool = Spool(config.spool.path).create()
-    pool = StorePool()
-    silent = SilentPeerAssociation()
-    pool.take("pacs", lambda a: True)
-    pool.give_back("pacs", silent, idle_timeout=60.0)  # type: ignore[arg-type]
+    config, spool, pool, silent = _silent_idle_pool(tmp_path)
     tasks: queue.Queue[Deliver | None] = queue.Queue()
     thread = DeliveryThread(config, spool, tasks, context, ENDPOINT, 0, pool)
     thread.start()

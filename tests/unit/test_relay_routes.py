@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from router.broker.commitment_holds import CommitmentHolds
+from router.broker.dispatch import Dispatcher
 from router.broker.relay_paths import RelayPaths
 from router.broker.relay_routes import RelayRoutes
 from router.core.messages import Message, RelayCancel, RelayProbe, RelayResponse
@@ -37,9 +38,12 @@ def test_the_requests_of_a_dead_acceptor_are_closed_for_cancelling() -> None:
 
 
 class Paths(RelayPaths):
-    """RelayPaths with its sockets replaced by a list of what it sent."""
+    """RelayPaths with its sockets replaced by a list of what it sent (and a real Dispatcher,
+    when given: tests/unit/test_commitment_holds.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dispatcher: Dispatcher | None = None) -> None:
+        if dispatcher is not None:
+            self.dispatcher = dispatcher
         self.relays = RelayRoutes()
         self.commitment_holds = CommitmentHolds()
         self.frontend: Any = "frontend"
