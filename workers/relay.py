@@ -308,7 +308,7 @@ class RelayThread(threading.Thread):
         data still flows (a pass-through move's entry names no AE: never touched)."""
         if request.command != "C-MOVE" or not request.move_message_id:
             return None
-        return ArrivalWatch(self.spool.moves, request.move_message_id)
+        return ArrivalWatch(self.config.spool.state_folder("moves"), request.move_message_id)
 
     @staticmethod
     def _query(assoc: Association, request: RelayRequest, dataset: Dataset, msg_id: int

@@ -202,6 +202,7 @@ def main(config: RouterConfig, runtime: Runtime, seat: AcceptorSeat) -> None:
     # wait could leave SIGHUP or SIGTERM unhandled indefinitely.
     while not stop.wait(0.5):
         spool.trim_journal()  # a closed segment goes once its jobs are over, traffic or not
+        relay.moves.tend()  # the other cells see this acceptor's relayed C-MOVEs alive
         events.flush_due_tallies(time.monotonic())
     admission.draining = True
     state.value = AcceptorState.DRAINING

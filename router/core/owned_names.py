@@ -51,9 +51,10 @@ def relayed_get_files(relay: Path, request_id: str) -> list[Path]:
     return list(relay.glob(f"{request_id}-*.dcm"))
 
 
-def relayed_move_name(owner: ProcessTag, message_id: int) -> str:
+def relayed_move_name(owner: ProcessTag | str, message_id: int) -> str:
     """A name in relay/ for an instance of a C-MOVE that the acceptor `owner` relays
-    (whichever acceptor received it: router/relay/move_registry.py)."""
+    (whichever acceptor received it: router/relay/move_registry.py); in the shared
+    move-instances/, `owner` names its cell too (router/relay/move_owner.py)."""
     return f"{owner}-move-{message_id}-{uuid.uuid4().hex}.dcm"
 
 

@@ -20,7 +20,9 @@
                          (<pid>-<job>.<random>.dcm); the broker deletes a dead process's
                          (owned_names.py); never acknowledged as stored, wiped at start
   moves/<message id>     relayed C-MOVEs in progress, which acceptor relays each one
-                         (router/relay/move_registry.py)
+                         (router/relay/move_registry.py); under spool.shared_state_dir
+                         when set, shared by the cells
+  cell-id                this cell's id, for the cells that share moves/ (move_owner.py)
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.core.config import DicomDestination, KnownAE, RouterConfig
+from router.core.config import DicomDestination, KnownAE, RouterConfig, SpoolConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError, DimseRefusal
 from router.core.log_safety import RepeatLimiter
@@ -21,7 +22,9 @@ from router.core.spool import Spool
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.relay.call import RelayCall, RelayTimeout
 from router.relay.exchange import Counts, Exchange, RequesterGone
-from router.relay.move_registry import MoveRegistry, MoveRelay
+from router.relay.move_handover import HandedInstances
+from router.relay.move_owner import cell_id
+from router.relay.move_registry import SWEEP_SECONDS, MoveRegistry, MoveRelay
 from router.relay.move_senders import MoveSenders
 from router.relay.sub_operations import SubOperations
 
@@ -105,11 +108,28 @@ class MoveClosed(DimseRefusal):
 class RelayedMoves:
     """The relayed C-MOVEs in progress: each one's upstream call and its deliveries."""
 
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, settings: SpoolConfig) -> None:
         self.spool = spool
-        self.moves = MoveRegistry(spool.moves)
+        # Cells that share state share their moves: the upstream's instances may reach
+        # any of them (docs/scale-out.md "State the cells share").
+        shared = settings.shared_state_dir is not None
+        self.moves = MoveRegistry(settings.state_folder("moves"),
+                                  cell=cell_id(spool.root) if shared else None)
+        self.handed = (HandedInstances(settings.state_folder("move-instances"),
+                                       self.moves.relays) if shared else None)
         self.senders = MoveSenders()  # moves to one destination share its association
         self._strays = RepeatLimiter(STRAY_WARNING_SECONDS)
+        self._swept = -SWEEP_SECONDS
+
+    def tend(self) -> None:
+        """From the acceptor's main loop: the registry's heartbeat and sweeps, and the
+        handed instances nobody will read."""
+        now = time.monotonic()
+        with contextlib.suppress(OSError):  # the shared volume away for now: next turn
+            self.moves.tend()
+            if self.handed is not None and now - self._swept >= SWEEP_SECONDS:
+                self._swept = now
+                self.handed.sweep()
 
     def relay(self, exchange: Exchange, request: RelayRequest, config: RouterConfig,
               call_upstream: Callable[[RelayRequest], RelayCall]) -> None:
@@ -144,10 +164,10 @@ class RelayedMoves:
         with self.senders.use(target[0], target[1], config.ae_title, tls_key) as (sender, lock):
             delivery = Delivery(exchange, move, sender, self.spool.relay, originator,
                                 tuple(target[1].transfer_syntaxes), lock,
-                                config.request_timeout)
+                                config.request_timeout, self._handed_files)
             call = call_upstream(relayed)
             try:
-                _move_loop(call, delivery)
+                _move_loop(call, delivery, self.tend)
             except RelayTimeout as exc:
                 status = relay_failure_status("C-MOVE")
                 log.warning("relayed C-MOVE: %s (request_timeout); the requester gets 0x%04X",
@@ -176,7 +196,8 @@ class RelayedMoves:
     def clear(self, message_id: int) -> None:
         """A move's instances left in relay/ when it ended (cancel, failure): nobody passes
         them on."""
-        left = unlink_all(relayed_move_files(self.spool.relay, message_id))
+        left = unlink_all(relayed_move_files(self.spool.relay, message_id)
+                          + self._handed_files(message_id))
         if left:
             log.warning("removed %d instance(s) of relayed C-MOVE %d from relay/ that were "
                         "never delivered", left, message_id)
@@ -198,27 +219,37 @@ class RelayedMoves:
                                       calling_ae)
             return False
         assert originator_message_id is not None
-        source.replace(self.spool.relay / relayed_move_name(owner, int(originator_message_id)))
+        if owner.cell is not None and owner.cell != self.moves.me.cell:
+            assert self.handed is not None  # a cell id is only read from a shared registry
+            self.handed.put(source, owner, int(originator_message_id))  # another cell's move
+        else:
+            source.replace(self.spool.relay
+                           / relayed_move_name(owner.tag, int(originator_message_id)))
         return True
+
+    def _handed_files(self, message_id: int) -> list[Path]:
+        """The instances other cells received for this acceptor's move."""
+        return [] if self.handed is None else self.handed.files(self.moves.me, message_id)
 
     def _warn_other_cell(self, config: RouterConfig, message_id: int | None,
                          originator_ae: str | None, calling_ae: str) -> None:
         """A relay-mode upstream's C-STORE naming a move (its message ID and the router or
         the upstream as Move Originator) that no acceptor of this router relays: behind a
-        load balancer, most likely a move another cell relays, whose instances came back on
-        an association the balancer gave to this one. Routed as ordinary work; say why the
-        move will fail and what to do."""
+        load balancer whose cells share no state, most likely a move another cell relays,
+        whose instances came back on an association the balancer gave to this one. Routed as
+        ordinary work; say why the move will fail and what to do. (Cells that share
+        spool.shared_state_dir share their moves: such an instance is none of theirs.)"""
         upstream = _relaying_upstream(config, originator_ae, calling_ae)
         calling = calling_ae.strip()
-        if (upstream is None or message_id is None
+        if (upstream is None or message_id is None or config.spool.shared_state_dir
                 or not self._strays.allow(("other cell", calling), 1)):
             return
         log.warning("C-STORE from %s names C-MOVE message ID %d (Move Originator %s), which "
                     "no relayed C-MOVE of this router has: routed as ordinary work. With "
                     "several router cells behind a load balancer it is most likely another "
-                    "cell's relayed move, which then counts it failed: use move_mode: "
-                    "pass_through for destinations.%s, or send relayed moves to one cell "
-                    "(README \"Scaling out\")", calling, int(message_id),
+                    "cell's relayed move, which then counts it failed: set "
+                    "spool.shared_state_dir on every cell, or use move_mode: pass_through "
+                    "for destinations.%s (README \"Scaling out\")", calling, int(message_id),
                     (originator_ae or "").strip(), upstream)
 
     def _warn_stray(self, message_id: int | None, originator_ae: str | None,
@@ -253,6 +284,8 @@ class Delivery:
     # move's request_timeout): counted from the move's start, an instance that arrived after a
     # long transfer had no retry left, and a destination busy for a moment failed it.
     retry_window: float = math.inf
+    # The instances other cells received for this move (RelayedMoves._handed_files).
+    handed: Callable[[int], list[Path]] = lambda message_id: []
     counts: SubOperations = field(default_factory=SubOperations)
     refused: str = ""  # why the destination's TLS failed for good, for the final's comment
     _sent: Counts | None = None
@@ -260,7 +293,8 @@ class Delivery:
     def arrived(self) -> None:
         """Pass on what the upstream sent for this move, to whichever acceptor (the file
         meta says what each one is); nothing more once the requester cancelled."""
-        for path in relayed_move_files(self.relay, self.move.message_id):
+        for path in [*relayed_move_files(self.relay, self.move.message_id),
+                     *self.handed(self.move.message_id)]:
             if self.exchange.cancelled():
                 return  # what is left is cleared when the move ends: remaining
             try:
@@ -327,9 +361,12 @@ def _job(path: Path) -> JobHeader:
                      destinations=())
 
 
-def _move_loop(call: RelayCall, delivery: Delivery) -> None:
+def _move_loop(call: RelayCall, delivery: Delivery, tend: Callable[[], None]) -> None:
+    """`tend`: the acceptor's heartbeat for the other cells, here too since the acceptor's
+    main loop stops at a drain, when moves may go on for drain_grace."""
     exchange = delivery.exchange
     while True:
+        tend()
         delivery.arrived()
         if exchange.gone():
             raise RequesterGone("its association ended")  # closing the call cancels it
@@ -363,6 +400,7 @@ def _lost(delivery: Delivery) -> str:
     log.warning("relayed C-MOVE %d: %d instance(s) upstream %s reported sent never reached "
                 "the move, counted failed (sent under a calling AE other than %s? see "
                 "destinations.%s.store_ae_titles; or, behind a load balancer, to another "
-                "router cell: README \"Scaling out\")", move.message_id, lost, move.upstream_ae,
-                " or ".join(move.senders()), move.destination)
+                "router cell that shares no spool.shared_state_dir: README \"Scaling "
+                "out\")", move.message_id, lost, move.upstream_ae, " or ".join(move.senders()),
+                move.destination)
     return f"{lost} instance(s) {move.upstream_ae} reported sent never arrived"

@@ -33,6 +33,12 @@ store_ae_titles:
 - a pass-through C-MOVE reserves an ID too, an entry naming no AE that no instance matches:
   the upstream's C-STOREs for it (to the router itself, say) are ordinary work, never a
   relayed move's, in progress or closed.
+
+Cells behind a load balancer that share spool.shared_state_dir share this folder too
+(`<shared>/moves`): the upstream's associations may reach any cell, which finds the move
+here like another acceptor of one cell. An owner then names its cell (`<tag>@<cell>`), and
+another cell's is alive while its heartbeat is (router/relay/move_owner.py); that cell's
+instances go to it through `<shared>/move-instances` (router/relay/move_handover.py).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router.core.owned_names import process_alive
-from router.core.process_identity import ProcessTag, own_tag, parse_tag
+from router.core.process_identity import ProcessTag
+from router.relay.move_owner import MoveOwner, OwnerLiveness, parse_owner
 
 MESSAGE_IDS = 65535  # a message ID is a US; 0 is not used
 # An upstream may go on sending well after a cancel; its instances are refused this long.
@@ -96,9 +103,11 @@ class MoveRelay:
 
 class MoveRegistry:
     def __init__(self, folder: Path, alive: Callable[[ProcessTag], bool] = process_alive,
-                 message_ids: int = MESSAGE_IDS) -> None:
+                 message_ids: int = MESSAGE_IDS, cell: str | None = None) -> None:
+        """`cell`: this cell's id when the folder is shared with other cells
+        (router/relay/move_owner.py)."""
         self.folder = folder
-        self._alive = alive
+        self._alive = OwnerLiveness(folder, cell, alive)
         self._ids = message_ids  # fewer in tests, to run out of them
         folder.mkdir(parents=True, exist_ok=True)
         # Acceptors start at different IDs, so that they seldom try the same one.
@@ -109,9 +118,9 @@ class MoveRegistry:
              store_aes: tuple[str, ...] = ()) -> MoveRelay:
         """Claim a message ID no move in progress has, in any acceptor, and none that closed
         within CLOSED_SECONDS while another is free (its late instances name it)."""
-        self._sweep()
+        self.tend()  # another cell takes this one's moves for alive from its first beat
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
-        draft.write_text("\n".join((f"{own_tag()} {originator_ae}", upstream_ae,
+        draft.write_text("\n".join((f"{self._alive.me()} {originator_ae}", upstream_ae,
                                     destination, *store_aes)))
         try:
             for attempt in range(2 * self._ids):
@@ -144,11 +153,14 @@ class MoveRegistry:
 
     def release(self, move: MoveRelay) -> None:
         """A pass-through move ended: its ID is free, and nothing is refused for it."""
-        (self.folder / str(move.message_id)).unlink(missing_ok=True)
+        if self._mine(move.message_id):
+            (self.folder / str(move.message_id)).unlink(missing_ok=True)
 
     def close(self, move: MoveRelay) -> None:
         """The move ended: its late instances are refused for CLOSED_SECONDS."""
         closed = self.folder / f"closed-{move.message_id}"
+        if not self._mine(move.message_id):
+            return  # taken for over by another cell (silent too long), and reused since
         with contextlib.suppress(OSError):
             os.replace(self.folder / str(move.message_id), closed)
             os.utime(closed)  # closed now, however long it ran
@@ -170,7 +182,7 @@ class MoveRegistry:
         return ArrivingInstance(self, int(message_id))
 
     def owner(self, message_id: int | None, originator_ae: str | None,
-              calling_ae: str = "") -> ProcessTag | None:
+              calling_ae: str = "") -> MoveOwner | None:
         """The acceptor relaying the move an instance names, None when it names no move in
         progress."""
         found = self._find(message_id, originator_ae, calling_ae)
@@ -206,7 +218,7 @@ class MoveRegistry:
         return False
 
     def _find(self, message_id: int | None, originator_ae: str | None,
-              calling_ae: str) -> tuple[ProcessTag, bool] | None:
+              calling_ae: str) -> tuple[MoveOwner, bool] | None:
         """(owner, whether it is in progress) of the move an instance names."""
         if message_id is None or not 1 <= int(message_id) <= MESSAGE_IDS:
             return None
@@ -220,16 +232,20 @@ class MoveRegistry:
             return entry[0], in_progress and self._alive(entry[0])
         return None
 
-    def _owner(self, message_id: int) -> ProcessTag | None:
+    def _owner(self, message_id: int) -> MoveOwner | None:
         entry = self._read(str(message_id))
         return entry[0] if entry is not None and self._alive(entry[0]) else None
 
-    def _read(self, name: str) -> tuple[ProcessTag, MoveRelay] | None:
+    def _mine(self, message_id: int) -> bool:
+        entry = self._read(str(message_id))
+        return entry is None or entry[0] == self._alive.me()
+
+    def _read(self, name: str) -> tuple[MoveOwner, MoveRelay] | None:
         with contextlib.suppress(OSError, ValueError):
             lines = (self.folder / name).read_text().split("\n")
             first, upstream_ae, destination, *store_aes = lines + [""] * (3 - len(lines))
             tag, _, originator_ae = first.partition(" ")
-            owner = parse_tag(tag)
+            owner = parse_owner(tag)
             if owner is None:
                 return None
             return owner, MoveRelay(int(name.rpartition("-")[2]), originator_ae,
@@ -247,7 +263,10 @@ class MoveRegistry:
         except OSError:
             return True
 
-    def _sweep(self) -> None:
+    def tend(self) -> None:
+        """From each acceptor's main loop (and each move's start): its heartbeat, for the
+        other cells; once per SWEEP_SECONDS, the closed moves and heartbeats that expired."""
+        self._alive.beat()
         now = time.monotonic()
         if now - self._swept < SWEEP_SECONDS:
             return
@@ -255,6 +274,16 @@ class MoveRegistry:
         for path in self.folder.glob("closed-*"):
             if self._expired(path.name):
                 path.unlink(missing_ok=True)
+        self._alive.sweep()
+
+    def relays(self, owner: MoveOwner, message_id: int) -> bool:
+        """Whether that owner's move is in progress: its entry, and the owner alive."""
+        entry = self._read(str(message_id))
+        return entry is not None and entry[0] == owner and self._alive(owner)
+
+    @property
+    def me(self) -> MoveOwner:
+        return self._alive.me()
 
 
 @dataclass

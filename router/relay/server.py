@@ -69,7 +69,7 @@ class RelayServer(CommitmentRelay):
         self.endpoint = endpoint
         self.rules = rules
         self.spool = spool
-        self.moves = RelayedMoves(spool)
+        self.moves = RelayedMoves(spool, config.spool)
         # Shared by the cells behind a load balancer when spool.shared_state_dir is set: the
         # PACS's N-EVENT-REPORT may reach another cell than the one that relayed the N-ACTION.
         self.commitments = Commitments(config.spool.state_folder("commitments"))

@@ -40,12 +40,19 @@ def check_tls(config: RouterConfig) -> None:
 # The state a later association may need (spool.shared_state_dir): storage commitments,
 # the upstream that took each N-CREATE.
 SHARED_STATE = ("commitments", "n-instances")
+# The relayed C-MOVEs the cells share, and the instances one hands to another's move: never
+# brought from the spool (below), created only when shared (in the spool, moves/ is made by
+# the acceptors, and no instance is handed over).
+SHARED_MOVES = ("moves", "move-instances")
 
 
 def check_shared_state(config: RouterConfig) -> None:
     """Create the shared state's folders once, so that a volume not mounted or not writable
-    is a clear error at start, not a child process's traceback."""
-    for name in SHARED_STATE:
+    is a clear error at start, not a child process's traceback. A cell that starts sharing
+    brings its commitments and MPPS choices along, not its spool's moves/: those moves ended
+    with the run that relayed them (their requesters' associations with it), and their
+    entries name owners by tags no other cell can judge (router/relay/move_owner.py)."""
+    for name in SHARED_STATE + (SHARED_MOVES if config.spool.shared_state_dir else ()):
         folder = config.spool.state_folder(name)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -56,7 +63,8 @@ def check_shared_state(config: RouterConfig) -> None:
             key = "spool.shared_state_dir" if config.spool.shared_state_dir else "spool.path"
             raise RouterError(f"{key}: cannot write {folder}: {exc.strerror}") from None
         own = config.spool.path.resolve() / name
-        if config.spool.shared_state_dir and own != folder and own.is_dir():
+        if (config.spool.shared_state_dir and name in SHARED_STATE and own != folder
+                and own.is_dir()):
             _move_into_shared(own, folder)
 
 

@@ -24,8 +24,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StorageCommitmentPushModel,
 )
 
+from tests.archive_servers import Dcmqrscp
 from tests.commitment import CommitmentRequester
-from tests.dcmtk import LOCALHOST, free_port
+from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.integration.router_process import RouterProcess, wait_for
 from tests.integration.test_relay_nservices import (
     RIS,
@@ -35,20 +36,17 @@ from tests.integration.test_relay_nservices import (
     mpps_completed,
     mpps_in_progress,
 )
-from tests.integration.test_relay_outcomes import (
-    Target,
-    Upstream,
-    _files,
-    _move,
-    _report,
-    _request_commitment,
-)
+from tests.integration.test_relay_outcomes import _report, _request_commitment
 from tests.integration.test_scale_out import CELLS, HAProxy, metric_sum
+from tests.qr_tools import run_movescu
+from tests.study_set import instance_mismatches, make_study_set
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed"),
 ]
+
+ROUTER_AE = "DICOM-ROUTER"
 
 
 class ReportingPACS:
@@ -106,6 +104,15 @@ class SharedCells:
         return {name: int(metric_sum(cell, "dicom_router_dimse_requests_total",
                                      command=command))
                 for name, cell in self.cells.items()}
+
+    def relayed(self) -> dict[str, int]:
+        """Cell name -> how many relayed C-MOVE instances it received."""
+        return {name: int(cell.metric("dicom_router_instances_received_total",
+                                      result="relayed"))
+                for name, cell in self.cells.items()}
+
+    def logs(self) -> str:
+        return "".join(f"\n--- {name}\n{cell.log()[-3000:]}" for name, cell in self.cells.items())
 
     def no_traceback(self) -> None:
         for name, cell in self.cells.items():
@@ -193,36 +200,62 @@ def test_an_mpps_n_set_reaching_the_other_cell_follows_its_n_create(tmp_path: Pa
             ris1.close()
 
 
+MOVES = 3  # round robin gives each archive association the other cell than its movescu's
+
+
 @pytest.mark.timeout(120)
-def test_a_relayed_c_moves_instances_reaching_the_other_cell_fail_it_and_say_why(
+def test_a_relayed_c_moves_instances_reaching_the_other_cell_reach_the_move(
         tmp_path: Path) -> None:
-    """A known limit (docs/scale-out.md "What stays per cell"): the upstream sends a
-    relay-mode move's instances on a new association, which reaches the other cell. The
-    requester gets a failure, never Success, and the cell that got the instances says they
-    are most likely another cell's move and what to do (before: it said nothing, and the
-    relaying cell only suggested store_ae_titles)."""
-    upstream = Upstream("MOVEQR", _files(tmp_path / "src", 3))
-    target = Target()
-    try:
-        with SharedCells(tmp_path, {
-                "destinations": {
-                    "pacs": {"type": "dicom", "ae_title": "MOVEQR", "host": LOCALHOST,
-                             "port": upstream.port, "move_mode": "relay"},
-                    "archive": {"type": "folder", "path": str(tmp_path / "archive")}},
-                "known_aes": {"TARGET": {"host": LOCALHOST, "port": target.port}},
-                "request_timeout": 30,
-                "rules": [{"name": "qr", "query": ["pacs"], "forward": ["archive"]}]}) as cells:
-            upstream.move_to = (LOCALHOST, cells.proxy.port)
-            answers = _move(cells.proxy.port)
-            assert answers[-1][0] == 0xA702 and answers[-1][3] == 3, answers
-            assert target.received == []
-            moved = [n for n, c in cells.cells.items() if "reported sent never reached" in c.log()]
-            other = [c for n, c in cells.cells.items() if n not in moved]
-            assert len(moved) == 1 and len(other) == 1, moved
-            assert "most likely another cell's relayed move" in other[0].log()
-            assert "move_mode: pass_through for destinations.pacs" in other[0].log()
-            assert "another router cell" in cells.cells[moved[0]].log()
+    """move_mode relay behind HAProxy: dcmqrscp sends each move's instances on an
+    association of its own to the router's address, which round robin gives the other cell
+    than the movescu's. That cell finds the move in the shared moves/ and hands the
+    instances to the relaying cell through the shared folder: every study arrives
+    byte-identical at a storescp that takes one association at a time, with Success and
+    the archive's counts (before: routed as ordinary work, and the requester got 0xA702
+    with "reported sent never arrived")."""
+    studies = make_study_set(tmp_path / "studies", patients=1, studies_per_patient=MOVES,
+                             series_per_study=1, implicit_series=0)
+    front = free_port()  # HAProxy's: the archive moves to the router there
+    with Dcmqrscp(tmp_path / "archive", studies, "ARCHIVE",
+                  move_destinations=[(ROUTER_AE, LOCALHOST, front)]) as archive, \
+            StoreSCP(tmp_path / "viewer", "ONEVIEW") as viewer:
+        cells = SharedCells(tmp_path, {
+            "ae_title": ROUTER_AE,
+            "destinations": {"archive": {"type": "dicom", "ae_title": "ARCHIVE",
+                                         "host": LOCALHOST, "port": archive.port,
+                                         "move_mode": "relay"}},
+            "known_aes": {"ONEVIEW": {"host": LOCALHOST, "port": viewer.port}},
+            "request_timeout": 30,
+            "rules": [{"name": "qr", "query": ["archive"]}]})
+        cells.proxy.port = front
+        with cells:
+            crossed = 0
+            for study in studies.studies:
+                for path in viewer.received_files():
+                    path.unlink()
+                moves, relayed = cells.handled("C-MOVE"), cells.relayed()
+                result = run_movescu(LOCALHOST, front, ROUTER_AE, "STUDY",
+                                     {"StudyInstanceUID": study.study_instance_uid},
+                                     "ONEVIEW", calling_ae="MOVER", check=False)
+                assert result.ok, result.output[-1500:] + cells.logs()
+                assert instance_mismatches(study.instances, viewer.received_files()) == []
+                mover = _grown(moves, cells.handled("C-MOVE"))
+                receiver = _grown(relayed, cells.relayed())
+                crossed += mover != receiver
+            assert crossed, "every archive association reached the movescu's cell"
+            assert sum(cells.relayed().values()) == len(studies.files)
+            for name, cell in cells.cells.items():
+                assert cell.metric("dicom_router_instances_received_total",
+                                   result="accepted") == 0, f"{name} took one as new work"
+                assert "C-MOVE message ID" not in cell.log(), cell.log()[-3000:]
+            shared = tmp_path / "shared"
+            assert [p.name for p in (shared / "move-instances").iterdir()] == []
+            assert [p.name for p in (shared / "moves").iterdir() if p.name.isdigit()] == []
             cells.no_traceback()
-    finally:
-        upstream.close()
-        target.close()
+
+
+def _grown(before: dict[str, int], after: dict[str, int]) -> str:
+    """The one cell whose count grew."""
+    grown = [name for name in after if after[name] > before.get(name, 0)]
+    assert len(grown) == 1, (before, after)
+    return grown[0]

@@ -13,6 +13,7 @@ import pytest
 from router.core.config import RouterConfig, parse_config
 from router.core.process_identity import ProcessTag, own_tag, process_start
 from router.relay import state
+from router.relay.move_owner import MoveOwner
 from router.relay.move_registry import (
     CLOSED_SECONDS,
     ArrivalWatch,
@@ -160,14 +161,14 @@ def test_concurrent_moves_get_distinct_message_ids_and_only_their_instances(
     first, second = moves.open("DICOM-ROUTER", "PACS"), moves.open("DICOM-ROUTER", "PACS")
     assert first.message_id != second.message_id
     # AE titles padded:
-    assert moves.owner(first.message_id, "DICOM-ROUTER ", "PACS ") == own_tag()
+    assert moves.owner(first.message_id, "DICOM-ROUTER ", "PACS ") == MoveOwner(own_tag())
     assert moves.owner(first.message_id, "SOMEONE-ELSE", "PACS") is None
     assert moves.owner(None, "DICOM-ROUTER", "PACS") is None
     assert moves.owner(0, "DICOM-ROUTER", "PACS") is None
     assert moves.owner(70000, "DICOM-ROUTER", "PACS") is None
     moves.close(first)
     assert moves.owner(first.message_id, "DICOM-ROUTER", "PACS") is None
-    assert moves.owner(second.message_id, "DICOM-ROUTER", "PACS") == own_tag()
+    assert moves.owner(second.message_id, "DICOM-ROUTER", "PACS") == MoveOwner(own_tag())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [str(second.message_id), f"closed-{first.message_id}"])
 
@@ -178,9 +179,9 @@ def test_an_upstream_naming_itself_as_originator_is_matched_on_its_own_associati
     when its association calls from the move's upstream, never for another party's push."""
     moves = MoveRegistry(tmp_path)
     move = moves.open("DICOM-ROUTER", "PACS")
-    assert moves.owner(move.message_id, "PACS", "PACS ") == own_tag()
-    assert moves.owner(move.message_id, "", "PACS") == own_tag()
-    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") == own_tag()
+    assert moves.owner(move.message_id, "PACS", "PACS ") == MoveOwner(own_tag())
+    assert moves.owner(move.message_id, "", "PACS") == MoveOwner(own_tag())
+    assert moves.owner(move.message_id, "DICOM-ROUTER", "PACS") == MoveOwner(own_tag())
     # A workstation's own move from the PACS to the router, with the same message ID:
     assert moves.owner(move.message_id, "WORKSTATION", "PACS") is None
     assert moves.owner(move.message_id, "PACS", "OTHER-PACS") is None
@@ -210,7 +211,7 @@ def test_an_upstream_storing_under_its_store_ae_titles_adds_to_its_move(
     move = moves.open("DICOM-ROUTER", "QRSCP", "pacs", ("QR",))
     elsewhere = MoveRegistry(tmp_path)  # another acceptor process reads the entry
     for originator in ("DICOM-ROUTER", "QR", "QRSCP", ""):
-        assert elsewhere.owner(move.message_id, originator, "QR ") == own_tag()
+        assert elsewhere.owner(move.message_id, originator, "QR ") == MoveOwner(own_tag())
         assert elsewhere.stray(move.message_id, originator, "QR") is None
     assert elsewhere.owner(move.message_id, "DICOM-ROUTER", "CT2") is None
     stray = elsewhere.stray(move.message_id, "DICOM-ROUTER", "CT2")
@@ -326,7 +327,7 @@ def test_a_move_of_an_acceptor_that_died_matches_nothing_and_its_id_is_taken_aga
         if message_id != 7:
             (tmp_path / str(message_id)).write_text(f"{os.getpid()} OTHER")
     assert registry.open("DICOM-ROUTER", "PACS").message_id == 7
-    assert registry.owner(7, "DICOM-ROUTER", "PACS") == own_tag()
+    assert registry.owner(7, "DICOM-ROUTER", "PACS") == MoveOwner(own_tag())
     with pytest.raises(RuntimeError, match="in progress"):
         registry.open("DICOM-ROUTER", "PACS")
 

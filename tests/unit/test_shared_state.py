@@ -58,6 +58,20 @@ def test_without_a_shared_folder_the_state_stays_in_the_spool(tmp_path: Path) ->
     Commitments(spool / "commitments").remember("1.2.3", "CT1")
     check_shared_state(config(spool, None))
     assert (spool / "commitments" / "1.2.3.json").exists()
+    assert not (spool / "move-instances").exists()  # no cell to hand instances to
+
+
+def test_a_cell_that_starts_sharing_leaves_its_moves_behind(tmp_path: Path) -> None:
+    """The relayed C-MOVEs a spool's moves/ names ended with the run that relayed them,
+    and their owners' tags name no cell, which another cell would judge by its own pids."""
+    spool, shared = tmp_path / "spool", tmp_path / "shared"
+    (spool / "moves").mkdir(parents=True)
+    (spool / "moves" / "57").write_text("4242.1.0badcafe DICOM-ROUTER\nPACS\npacs")
+    check_shared_state(config(spool, shared))
+    assert sorted(p.name for p in shared.iterdir()) == [
+        "commitments", "move-instances", "moves", "n-instances"]
+    assert list((shared / "moves").iterdir()) == []
+    assert (spool / "moves" / "57").exists()
 
 
 def test_a_shared_folder_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:

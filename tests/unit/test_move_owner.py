@@ -1,0 +1,156 @@
+"""Relayed C-MOVEs shared by cells (spool.shared_state_dir): owners named with their cell,
+judged by their process in their own cell and by their heartbeat in another, and the
+instances one cell hands to another's move."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from router.core.errors import OutOfResources
+from router.core.process_identity import ProcessTag, own_tag
+from router.relay import move_owner
+from router.relay.move_handover import DRAFT_SECONDS, HandedInstances
+from router.relay.move_owner import (
+    FOREIGN_SILENCE_SECONDS,
+    MoveOwner,
+    OwnerLiveness,
+    cell_id,
+    parse_owner,
+)
+from router.relay.move_registry import MoveRegistry
+
+CELL_A, CELL_B = "a" * 12, "b" * 12
+TAG = ProcessTag(4242, "123456", "0badcafe")
+
+
+def test_an_owner_names_its_cell_and_reads_back() -> None:
+    for owner in (MoveOwner(TAG, CELL_A), MoveOwner(TAG), MoveOwner(ProcessTag(7), CELL_B)):
+        assert parse_owner(str(owner)) == owner
+    assert str(MoveOwner(TAG, CELL_A)) == "4242.123456.0badcafe@aaaaaaaaaaaa"
+    for text in ("4242.123456.0badcafe@", "4242@short", "4242@AAAAAAAAAAAA", "x@" + CELL_A,
+                 "4242.123456.0badcafe@aaaaaaaaaaaa@bbbbbbbbbbbb"):
+        assert parse_owner(text) is None, text
+
+
+def test_a_cell_keeps_one_id_for_its_acceptors_and_restarts(tmp_path: Path) -> None:
+    first = cell_id(tmp_path)
+    assert move_owner.is_cell(first)
+    assert cell_id(tmp_path) == first  # another acceptor, a restart
+    assert cell_id(tmp_path / ".." / tmp_path.name) == first
+    other = tmp_path / "other-spool"
+    other.mkdir()
+    assert cell_id(other) != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell-id", "other-spool"]
+
+
+def test_another_cells_owner_is_judged_by_its_heartbeat_never_by_pids(
+        tmp_path: Path) -> None:
+    """Cell B's pid table says nothing of cell A's processes: an owner of A is alive while
+    its heartbeat is recent, whatever B's processes are, and gone once it is
+    FOREIGN_SILENCE_SECONDS old or missing."""
+    now = [time.time()]
+    in_b = OwnerLiveness(tmp_path, CELL_B, alive=lambda tag: False, clock=lambda: now[0])
+    in_a = OwnerLiveness(tmp_path, CELL_A)
+    owner = in_a.me()
+    assert owner == MoveOwner(own_tag(), CELL_A)
+    assert not in_b(owner)  # never beat: nothing says it runs
+    in_a.beat()
+    assert in_b(owner)  # though B's pid table has no such process
+    now[0] += FOREIGN_SILENCE_SECONDS - 1
+    assert in_b(owner)
+    now[0] += 2
+    assert not in_b(owner)  # its cell died with the move open: expired
+    # Its own cell judges it by its process, whatever the heartbeat's age.
+    assert in_a(owner)
+    assert not in_a(MoveOwner(ProcessTag(4242, "1", "0badcafe"), CELL_A))
+    # And a cell that shares nothing by the process alone, as before.
+    assert OwnerLiveness(tmp_path, None)(MoveOwner(own_tag()))
+
+
+def test_heartbeats_of_gone_owners_are_swept(tmp_path: Path) -> None:
+    in_a = OwnerLiveness(tmp_path, CELL_A)
+    in_a.beat()
+    stale = tmp_path / f"alive-{MoveOwner(TAG, CELL_B)}"
+    stale.touch()
+    old = time.time() - FOREIGN_SILENCE_SECONDS - 1
+    os.utime(stale, (old, old))
+    dead_here = tmp_path / f"alive-{MoveOwner(ProcessTag(4242, '1', '0badcafe'), CELL_A)}"
+    dead_here.touch()
+    in_a.sweep()
+    assert [p.name for p in tmp_path.iterdir()] == [f"alive-{in_a.me()}"]
+
+
+def test_a_move_of_another_cell_is_found_kept_and_expires(tmp_path: Path) -> None:
+    """Cell A opens a move in the shared folder; cell B finds it for the upstream's
+    instance, never takes its ID while A beats, and takes it once A stopped beating."""
+    a = MoveRegistry(tmp_path, message_ids=1, cell=CELL_A)
+    b = MoveRegistry(tmp_path, message_ids=1, cell=CELL_B)
+    move = a.open("DICOM-ROUTER", "PACS")
+    assert b.owner(move.message_id, "DICOM-ROUTER", "PACS") == MoveOwner(own_tag(), CELL_A)
+    assert b.awaits("PACS") and b.relays(a.me, move.message_id)
+    assert not b.relays(b.me, move.message_id)  # A's, not B's
+    with pytest.raises(RuntimeError):
+        b.open("DICOM-ROUTER", "PACS")  # the only ID is A's move's
+    old = time.time() - FOREIGN_SILENCE_SECONDS - 1
+    os.utime(tmp_path / f"alive-{a.me}", (old, old))
+    # Gone for B, though A's process runs (one process here): B never asks its pid table.
+    assert b.owner(move.message_id, "DICOM-ROUTER", "PACS") is None
+    assert b.closed(move.message_id, "DICOM-ROUTER", "PACS")  # late: refused, not new work
+    assert not b.relays(a.me, move.message_id)  # what was handed to it is swept
+    taken = b.open("DICOM-ROUTER", "PACS")
+    a.close(move)  # A comes back and ends its move: B's entry is not A's to close
+    assert a.owner(taken.message_id, "DICOM-ROUTER", "PACS") == b.me
+
+
+def test_a_closed_move_of_another_cell_refuses_its_late_instances(tmp_path: Path) -> None:
+    a = MoveRegistry(tmp_path, cell=CELL_A)
+    b = MoveRegistry(tmp_path, cell=CELL_B)
+    move = a.open("DICOM-ROUTER", "PACS")
+    a.close(move)
+    # Gone for B, though A's process runs (one process here): B never asks its pid table.
+    assert b.owner(move.message_id, "DICOM-ROUTER", "PACS") is None
+    assert b.closed(move.message_id, "DICOM-ROUTER", "PACS")
+
+
+def test_a_handed_instance_is_the_owners_alone_and_swept_once_its_move_is_over(
+        tmp_path: Path) -> None:
+    spool, shared = tmp_path / "spool", tmp_path / "shared"
+    spool.mkdir()
+    over: set[tuple[MoveOwner, int]] = set()
+    handed = HandedInstances(shared, lambda owner, message_id: (owner, message_id) not in over)
+    owner, other = MoveOwner(TAG, CELL_A), MoveOwner(ProcessTag(5), CELL_A)
+    for n, who in enumerate((owner, owner, other)):
+        source = spool / f"received-{n}.dcm"
+        source.write_bytes(b"instance %d" % n)
+        handed.put(source, who, 7)
+        assert not source.exists()
+    mine = handed.files(owner, 7)
+    assert sorted(p.read_bytes() for p in mine) == [b"instance 0", b"instance 1"]
+    assert handed.files(owner, 8) == [] and len(handed.files(other, 7)) == 1
+    draft = shared / ".cut-short.tmp"
+    draft.write_bytes(b"half")
+    over.add((other, 7))  # ended, or its owner gone
+    assert handed.sweep() == 0  # its owner's own clearing first
+    old = time.time() - DRAFT_SECONDS - 1
+    for path in shared.iterdir():
+        os.utime(path, (old, old))
+    assert handed.sweep() == 2
+    assert sorted(handed.files(owner, 7)) == sorted(mine)  # still in progress, however old
+    assert sorted(p.name for p in shared.iterdir()) == sorted(p.name for p in mine)
+
+
+def test_an_instance_the_shared_volume_refuses_is_out_of_resources(tmp_path: Path) -> None:
+    """Never Success for an instance that is not durable on the shared volume: the
+    upstream may send it again."""
+    shared = tmp_path / "shared"
+    handed = HandedInstances(shared, lambda owner, message_id: True)
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"instance")
+    shared.rmdir()  # the volume gone
+    with pytest.raises(OutOfResources):
+        handed.put(source, MoveOwner(TAG, CELL_A), 7)
+    assert source.exists()
