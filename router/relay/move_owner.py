@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.core.durable_files import fsync_path, write_atomically
 from router.core.owned_names import process_alive
 from router.core.process_identity import ProcessTag, own_tag, parse_tag
 
@@ -60,25 +61,43 @@ def is_cell(text: str) -> bool:
 
 
 def cell_id(spool_root: Path) -> str:
-    """This cell's id, made by the first acceptor that needs it (made by link(2): the
-    acceptors that race for it all read the one that won)."""
+    """This cell's id. The supervisor makes it at start, before any acceptor reads it
+    (make_cell_id); made by link(2) all the same, so that racing makers read one id."""
+    text = _read_cell(spool_root / CELL_FILE)
+    return text if text is not None else make_cell_id(spool_root)
+
+
+def make_cell_id(spool_root: Path) -> str:
+    """This cell's id, made when the spool has none, or a damaged one (a power cut before
+    its data reached the disk): a new id then, since nothing else names it but moves that
+    ended with the run that had it. OSError when the spool cannot be written."""
     path = spool_root / CELL_FILE
-    with contextlib.suppress(OSError):
+    known = _read_cell(path)
+    if known is not None:
+        return known
+    draft = spool_root / f".{CELL_FILE}.{secrets.token_hex(4)}"
+    try:
+        write_atomically(draft, secrets.token_hex(CELL_DIGITS // 2).encode())
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            if _read_cell(path) is None:
+                os.replace(draft, path)  # damaged: this one instead
+        fsync_path(spool_root, directory=True)
+    finally:
+        draft.unlink(missing_ok=True)
+    made = _read_cell(path)
+    if made is None:
+        raise OSError(f"{path} holds no cell id")
+    return made
+
+
+def _read_cell(path: Path) -> str | None:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
         text = path.read_text().strip()
         if is_cell(text):
             return text
-    draft = spool_root / f".{CELL_FILE}.{secrets.token_hex(4)}"
-    draft.write_text(secrets.token_hex(CELL_DIGITS // 2))
-    try:
-        os.link(draft, path)
-    except FileExistsError:
-        pass  # another acceptor's won
-    finally:
-        draft.unlink(missing_ok=True)
-    text = path.read_text().strip()
-    if not is_cell(text):
-        raise ValueError(f"{path} holds no cell id: remove it")
-    return text
+    return None
 
 
 class OwnerLiveness:

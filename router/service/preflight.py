@@ -15,6 +15,7 @@ from router.core.durable_files import fsync_path, write_atomically
 from router.core.errors import RouterError
 from router.core.rules import shared_completions
 from router.core.tls import check_contexts, expiry_warnings
+from router.relay.move_owner import CELL_FILE, make_cell_id
 from router.service.ports import check_bindable
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,16 @@ def check_shared_state(config: RouterConfig) -> None:
         if (config.spool.shared_state_dir and name in SHARED_STATE and own != folder
                 and own.is_dir()):
             _move_into_shared(own, folder)
+
+
+def check_cell_id(spool_root: Path) -> None:
+    """The id by which the other cells know this one's relayed C-MOVEs, made (or a damaged
+    one replaced) here, once, before the acceptors read it (router/relay/move_owner.py)."""
+    try:
+        make_cell_id(spool_root)
+    except OSError as exc:
+        raise RouterError(f"spool.path {spool_root}: cannot write its {CELL_FILE}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def _move_into_shared(own: Path, shared: Path) -> None:

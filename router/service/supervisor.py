@@ -181,6 +181,8 @@ class Supervisor:
         for child in self.children:
             if child.is_acceptor:
                 self.seats.seat(acceptor_index(child))  # bind them all before the spawns
+        if self.config.spool.shared_state_dir:
+            preflight.check_cell_id(spool.root)  # before any acceptor names its moves by it
         leftovers = spool.clear_incoming() + spool.remove_orphans()
         if leftovers:
             log.warning("removed %d half-received files from an earlier run", leftovers)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.core.errors import OutOfResources
+from router.core.errors import OutOfResources, RouterError
 from router.core.process_identity import ProcessTag, own_tag
 from router.relay import move_owner
 from router.relay.move_handover import DRAFT_SECONDS, HandedInstances
@@ -22,6 +22,7 @@ from router.relay.move_owner import (
     parse_owner,
 )
 from router.relay.move_registry import MoveRegistry
+from router.service.preflight import check_cell_id
 
 CELL_A, CELL_B = "a" * 12, "b" * 12
 TAG = ProcessTag(4242, "123456", "0badcafe")
@@ -45,6 +46,20 @@ def test_a_cell_keeps_one_id_for_its_acceptors_and_restarts(tmp_path: Path) -> N
     other.mkdir()
     assert cell_id(other) != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cell-id", "other-spool"]
+
+
+def test_a_damaged_cell_id_is_replaced_once_at_start(tmp_path: Path) -> None:
+    """A power cut may leave `cell-id` empty (its data never reached the disk): the
+    supervisor makes a new one before any acceptor reads it, and they all read that one
+    (before: every acceptor failed with a traceback until someone removed the file)."""
+    (tmp_path / "cell-id").write_text("")
+    check_cell_id(tmp_path)
+    made = (tmp_path / "cell-id").read_text()
+    assert move_owner.is_cell(made)
+    assert cell_id(tmp_path) == made and cell_id(tmp_path) == made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell-id"]
+    with pytest.raises(RouterError, match="cannot write its cell-id"):
+        check_cell_id(tmp_path / "no" / "such" / "spool")
 
 
 def test_another_cells_owner_is_judged_by_its_heartbeat_never_by_pids(
