@@ -146,7 +146,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
     for note in mapped_source_notes(config):  # taken as the IPv4 network they name
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)
-    from router.relay.move import relay_move_notes  # here: the CLI loads no DICOM otherwise
+    from router.relay.move_targets import relay_move_notes  # here: the CLI loads no DICOM otherwise
 
     for note in relay_move_notes(config):  # moves the router refuses, to keep data private
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)

@@ -19,7 +19,7 @@ from router.audit.relayed import PROCEDURE_ACTIONS, RelayedRequest
 from router.audit.trail import AuditTrail
 from router.core.config import RouterConfig
 from router.relay.exchange import Exchange
-from router.relay.move import move_target
+from router.relay.move_targets import move_target
 
 log = logging.getLogger(__name__)
 

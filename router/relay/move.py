@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from router.core.config import DicomDestination, KnownAE, RouterConfig, SpoolConfig
+from router.core.config import DicomDestination, RouterConfig, SpoolConfig
 from router.core.dimse_status import Status, relay_failure_status
 from router.core.errors import DeliveryError, DimseRefusal
 from router.core.log_safety import RepeatLimiter
@@ -26,12 +26,17 @@ from router.relay.move_handover import HandedInstances
 from router.relay.move_owner import cell_id
 from router.relay.move_registry import SWEEP_SECONDS, MoveRegistry, MoveRelay
 from router.relay.move_senders import MoveSenders
+from router.relay.move_targets import (
+    MOVE_DESTINATION_TRANSFORMS,
+    move_target,
+    relaying_upstream,
+    transforming_destinations,
+)
 from router.relay.sub_operations import SubOperations
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 MOVE_DESTINATION_UNKNOWN = Status.MOVE_DESTINATION_UNKNOWN
-MOVE_DESTINATION_TRANSFORMS = Status.MOVE_DESTINATION_TRANSFORMS
 # An instance may still be on its way into relay/ when its move ends (another acceptor
 # received it as the upstream's final answer travelled): a second look this much later.
 LATE_CLEAR_SECONDS = 10.0
@@ -40,64 +45,6 @@ RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 2.0
 # A stray instance (another calling AE naming a move) is logged once per AE and move a minute.
 STRAY_WARNING_SECONDS = 60.0
-
-
-def relays_moves(config: RouterConfig, upstream: str) -> bool:
-    """Whether a C-MOVE to this upstream is relayed (move_mode relay) or passed through."""
-    dest = config.destinations.get(upstream)
-    return isinstance(dest, DicomDestination) and dest.move_mode == "relay"
-
-
-def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination] | None:
-    """The router's own table: known_aes, then DICOM destinations by AE title."""
-    known: KnownAE | None = config.known_aes.get(title)
-    if known is not None:
-        return title, DicomDestination(type="dicom", ae_title=title, host=known.host,
-                                       port=known.port, tls=known.tls)
-    for name, dest in config.destinations.items():
-        if isinstance(dest, DicomDestination) and dest.ae_title == title:
-            return name, dest
-    return None
-
-
-def _relaying_upstream(config: RouterConfig, originator_ae: str | None,
-                       calling_ae: str) -> str | None:
-    """The relay-mode upstream whose move sub-operation a C-STORE looks like: it calls
-    under one of the upstream's AE titles and names the router's calling AE towards it, or
-    the upstream itself (pynetdicom does), as Move Originator."""
-    originator, calling = (originator_ae or "").strip(), calling_ae.strip()
-    for name, dest in config.destinations.items():
-        if (isinstance(dest, DicomDestination) and dest.move_mode == "relay"
-                and calling in (dest.ae_title, *dest.store_ae_titles)
-                and originator in (dest.calling_ae or config.ae_title, dest.ae_title)):
-            return name
-    return None
-
-
-def _transforms(dest: object) -> bool:
-    return isinstance(dest, DicomDestination) and (dest.deidentify is not None
-                                                   or bool(dest.morph))
-
-
-def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
-    """The DICOM destinations with this AE title that de-identify or morph what they get.
-    The acceptor relays a move's files as they are (it holds no transforms, README
-    "Memory"), so a move to such a title would send identified data: it is refused, even
-    when known_aes names the title too (most likely the same node)."""
-    return [name for name, dest in config.destinations.items()
-            if _transforms(dest) and getattr(dest, "ae_title", None) == title]
-
-
-def relay_move_notes(config: RouterConfig) -> list[str]:
-    """check-config's notes: destinations a relay-mode C-MOVE could name that the router
-    refuses to move to, since it cannot apply their transforms to a relayed move."""
-    if not any(relays_moves(config, name) for name in config.destinations):
-        return []
-    return [f"destination {name!r} de-identifies or morphs what it gets: a relay-mode C-MOVE "
-            f"to its AE title {dest.ae_title} is refused (0x{MOVE_DESTINATION_TRANSFORMS:04X}"
-            f"), since a relayed move's instances go as the upstream sent them"
-            for name, dest in config.destinations.items()
-            if _transforms(dest) and isinstance(dest, DicomDestination)]
 
 
 class MoveClosed(DimseRefusal):
@@ -239,7 +186,7 @@ class RelayedMoves:
         whose instances came back on an association the balancer gave to this one. Routed as
         ordinary work; say why the move will fail and what to do. (Cells that share
         spool.shared_state_dir share their moves: such an instance is none of theirs.)"""
-        upstream = _relaying_upstream(config, originator_ae, calling_ae)
+        upstream = relaying_upstream(config, originator_ae, calling_ae)
         calling = calling_ae.strip()
         if (upstream is None or message_id is None or config.spool.shared_state_dir
                 or not self._strays.allow(("other cell", calling), 1)):

@@ -36,8 +36,9 @@ from router.relay.call import RelayCall, RelayTimeout, RouterStopping
 from router.relay.commitment_relay import STORAGE_COMMITMENT, CommitmentRelay
 from router.relay.commitment_results import KeptResults
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
-from router.relay.move import RelayedMoves, relays_moves
+from router.relay.move import RelayedMoves
 from router.relay.move_registry import ArrivingInstance
+from router.relay.move_targets import relays_moves
 from router.relay.result_courier import ResultCourier
 from router.relay.state import Commitments
 from router.relay.sub_operations import SubOperations

@@ -32,8 +32,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from router.core.config import parse_config
-from router.relay.move import relay_move_notes
 from router.relay.move_registry import MoveRegistry
+from router.relay.move_targets import relay_move_notes
 from tests.commitment import CommitmentRequester
 from tests.dcmtk import LOCALHOST, StoreSCP, free_port
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance

@@ -1,0 +1,68 @@
+"""Where a C-MOVE goes: whether an upstream's moves are relayed, the move destination's
+address by its AE title, and the destinations a relayed move must not reach (it cannot
+apply their transforms)."""
+
+from __future__ import annotations
+
+from router.core.config import DicomDestination, KnownAE, RouterConfig
+from router.core.dimse_status import Status
+
+MOVE_DESTINATION_TRANSFORMS = Status.MOVE_DESTINATION_TRANSFORMS
+
+
+def relays_moves(config: RouterConfig, upstream: str) -> bool:
+    """Whether a C-MOVE to this upstream is relayed (move_mode relay) or passed through."""
+    dest = config.destinations.get(upstream)
+    return isinstance(dest, DicomDestination) and dest.move_mode == "relay"
+
+
+def move_target(config: RouterConfig, title: str) -> tuple[str, DicomDestination] | None:
+    """The router's own table: known_aes, then DICOM destinations by AE title."""
+    known: KnownAE | None = config.known_aes.get(title)
+    if known is not None:
+        return title, DicomDestination(type="dicom", ae_title=title, host=known.host,
+                                       port=known.port, tls=known.tls)
+    for name, dest in config.destinations.items():
+        if isinstance(dest, DicomDestination) and dest.ae_title == title:
+            return name, dest
+    return None
+
+
+def relaying_upstream(config: RouterConfig, originator_ae: str | None,
+                       calling_ae: str) -> str | None:
+    """The relay-mode upstream whose move sub-operation a C-STORE looks like: it calls
+    under one of the upstream's AE titles and names the router's calling AE towards it, or
+    the upstream itself (pynetdicom does), as Move Originator."""
+    originator, calling = (originator_ae or "").strip(), calling_ae.strip()
+    for name, dest in config.destinations.items():
+        if (isinstance(dest, DicomDestination) and dest.move_mode == "relay"
+                and calling in (dest.ae_title, *dest.store_ae_titles)
+                and originator in (dest.calling_ae or config.ae_title, dest.ae_title)):
+            return name
+    return None
+
+
+def _transforms(dest: object) -> bool:
+    return isinstance(dest, DicomDestination) and (dest.deidentify is not None
+                                                   or bool(dest.morph))
+
+
+def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
+    """The DICOM destinations with this AE title that de-identify or morph what they get.
+    The acceptor relays a move's files as they are (it holds no transforms, README
+    "Memory"), so a move to such a title would send identified data: it is refused, even
+    when known_aes names the title too (most likely the same node)."""
+    return [name for name, dest in config.destinations.items()
+            if _transforms(dest) and getattr(dest, "ae_title", None) == title]
+
+
+def relay_move_notes(config: RouterConfig) -> list[str]:
+    """check-config's notes: destinations a relay-mode C-MOVE could name that the router
+    refuses to move to, since it cannot apply their transforms to a relayed move."""
+    if not any(relays_moves(config, name) for name in config.destinations):
+        return []
+    return [f"destination {name!r} de-identifies or morphs what it gets: a relay-mode C-MOVE "
+            f"to its AE title {dest.ae_title} is refused (0x{MOVE_DESTINATION_TRANSFORMS:04X}"
+            f"), since a relayed move's instances go as the upstream sent them"
+            for name, dest in config.destinations.items()
+            if _transforms(dest) and isinstance(dest, DicomDestination)]
