@@ -132,7 +132,7 @@ def server_context(config: ListenerTLS, where: str = "listen.tls") -> ssl.SSLCon
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context, config, where)
     _load_identity(context, config, where)
-    _check_dates(config, where)
+    _check_dates(config, where, "every client would refuse it")
     _load_ca(context, config, where)
     _load_crl(context, config, where)
     context.verify_mode = ssl.CERT_REQUIRED if config.mode == "mtls" else ssl.CERT_NONE
@@ -146,9 +146,10 @@ def _dates(path: Path) -> Validity | None:
         return None  # unreadable or not PEM: _load_identity names the problem
 
 
-def _check_dates(config: TLSBase, where: str) -> None:
+def _check_dates(config: TLSBase, where: str, refused_by: str) -> None:
     """OpenSSL serves an expired or not yet valid certificate of its own without a word, and
-    every client then refuses the router: refuse it here, at check-config, run and reload."""
+    every client (or the destination) then refuses the router: refuse it here, at
+    check-config, run and reload, so that a reload keeps the certificate in use."""
     if config.cert is None:
         return
     dates = _dates(config.cert)
@@ -158,10 +159,10 @@ def _check_dates(config: TLSBase, where: str) -> None:
     span = f"valid from {_day(dates.not_before)} to {_day(dates.not_after)}"
     if dates.not_after < now:
         raise TLSConfigError(f"{where}.cert: {config.cert} expired on {_day(dates.not_after)} "
-                             f"({span}): every client would refuse it; renew it")
+                             f"({span}): {refused_by}; renew it")
     if dates.not_before > now:
         raise TLSConfigError(f"{where}.cert: {config.cert} is not valid before "
-                             f"{_day(dates.not_before)} ({span}): clients would refuse it; "
+                             f"{_day(dates.not_before)} ({span}): {refused_by}; "
                              "check the clock or the certificate")
 
 
@@ -255,6 +256,9 @@ def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
     _harden(context, config, where)
     _load_ca(context, config, where)
     _load_identity(context, config, where)
+    # A client certificate out of its dates loaded without a word: a rotation to one was
+    # taken on SIGHUP, and every handshake with the peer then failed until the next fix.
+    _check_dates(config, where, "the peer would refuse it")
     context.check_hostname = config.verify_hostname
     return context
 

@@ -7,6 +7,7 @@ destinations.VIEWER and answered "router internal error"."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
@@ -14,14 +15,16 @@ import pytest
 from pydicom.uid import CTImageStorage
 
 from router.core.client_tls import ClientContexts
-from router.core.config import ClientTLS
+from router.core.config import ClientTLS, parse_config
 from router.core.config import DicomDestination as DicomConfig
 from router.core.errors import DeliveryError
 from router.core.messages import JobHeader
-from router.core.tls import TLSConfigError
+from router.core.tls import TLSConfigError, check_contexts
 from router.dicom.store_sender import DicomDestination
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.pki import CertificateAuthority
+
+DAY = datetime.timedelta(days=1)
 
 
 def _material(tmp_path: Path) -> tuple[ClientTLS, Path, bytes]:
@@ -89,3 +92,40 @@ def test_a_sender_with_unusable_material_fails_as_tls_naming_its_config_key(
     with pytest.raises(DeliveryError) as caught:
         once.send(job, source)
     assert (caught.value.reason, caught.value.transient) == ("tls", False)
+
+
+@pytest.mark.parametrize(("valid", "says"), [
+    ((-10 * DAY, -DAY), "expired on"),
+    ((2 * DAY, 30 * DAY), "is not valid before"),
+])
+def test_a_renewal_to_an_out_of_date_certificate_keeps_the_last_good_one(
+    valid: tuple[datetime.timedelta, datetime.timedelta], says: str, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a client certificate rotated in place to an expired (or not yet valid)
+    one loaded without a word on SIGHUP, and every delivery to the destination then failed
+    with the peer refusing the router's certificate, the good one dropped."""
+    tls, key, _ = _material(tmp_path)
+    stale = CertificateAuthority(tmp_path / "other", "site-ca").issue("router-client",
+                                                                       valid=valid)
+    contexts = ClientContexts()
+    first = contexts.get(tls, "destinations.pacs.tls")
+    assert tls.cert is not None
+    tls.cert.write_bytes(stale.cert.read_bytes())
+    key.write_bytes(stale.key.read_bytes())
+    contexts.request_reload()
+    with caplog.at_level(logging.ERROR):
+        assert contexts.get(tls, "destinations.pacs.tls") is first
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 1
+    assert refusals[0].startswith(
+        "TLS reload of destinations.pacs.tls refused, the previous certificates stay in use: "
+        f"destinations.pacs.tls.cert: {tls.cert} {says}")
+    assert "the peer would refuse it" in refusals[0]
+    # check-config, run and a reload of the config refuse it the same way.
+    config = parse_config({"destinations": {"pacs": {
+        "type": "dicom", "ae_title": "PACS", "host": "127.0.0.1", "port": 104,
+        "tls": {"mode": "mtls", "ca": str(tls.ca), "cert": str(tls.cert), "key": str(key)}}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]})
+    with pytest.raises(TLSConfigError, match=r"destinations\.pacs\.tls\.cert: .* " + says):
+        check_contexts(config)
