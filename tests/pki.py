@@ -21,22 +21,37 @@ class Issued:
 
 
 class CertificateAuthority:
-    def __init__(self, folder: Path, name: str) -> None:
+    def __init__(self, folder: Path, name: str, *, issuer: CertificateAuthority | None = None,
+                 valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> None:
+        """A root CA, or with `issuer` an intermediate CA it signs; `valid` as in `issue`."""
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.name = name
+        self.issuer = issuer
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        start, end = valid or (-datetime.timedelta(days=1), datetime.timedelta(days=30))
         self.certificate = (
-            x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            x509.CertificateBuilder().subject_name(subject)
+            .issuer_name(issuer.certificate.subject if issuer else subject)
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - datetime.timedelta(days=1))
-            .not_valid_after(NOW + datetime.timedelta(days=30))
+            .not_valid_before(NOW + start).not_valid_after(NOW + end)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+            .sign(issuer.key if issuer else self.key, hashes.SHA256())
         )
         self.cert_path = folder / f"{name}.pem"
         self.cert_path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def chain(self, issued: Issued) -> Issued:
+        """`issued` with its certificate file holding the leaf, then this CA's certificate and
+        its issuers' up to the root (left out: clients have it), as servers serve them."""
+        path = issued.cert.with_name(f"{issued.cert.stem}-chain.crt")
+        parts, ca = [issued.cert.read_bytes()], self
+        while ca.issuer is not None:
+            parts.append(ca.cert_path.read_bytes())
+            ca = ca.issuer
+        path.write_bytes(b"".join(parts))
+        return Issued(path, issued.key)
 
     def issue(self, common_name: str, *, dns: tuple[str, ...] = (), ip: str | None = None,
               server: bool = False, expired: bool = False, password: bytes | None = None,

@@ -25,14 +25,23 @@ class Validity:
 def first_certificate_validity(pem: bytes) -> Validity:
     """The dates of the first certificate in `pem` (the leaf of a chain file).
     ValueError if there is none or it is not well-formed DER."""
-    found = _PEM.search(pem)
-    if found is None:
+    return certificate_validities(pem)[0]
+
+
+def certificate_validities(pem: bytes) -> list[Validity]:
+    """The dates of every certificate in `pem`, in file order (a chain file: the leaf, then
+    the CA certificates it is served with). ValueError as first_certificate_validity."""
+    found = _PEM.findall(pem)
+    if not found:
         raise ValueError("no PEM certificate")
-    der = ssl.PEM_cert_to_DER_cert(found.group().decode("ascii"))
-    try:
-        return _validity(der)
-    except IndexError:
-        raise ValueError("truncated certificate") from None
+    dates = []
+    for block in found:
+        der = ssl.PEM_cert_to_DER_cert(block.decode("ascii"))
+        try:
+            dates.append(_validity(der))
+        except IndexError:
+            raise ValueError("truncated certificate") from None
+    return dates
 
 
 def _validity(der: bytes) -> Validity:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.core.cert_dates import Validity, first_certificate_validity
+from router.core.cert_dates import Validity, certificate_validities
 from router.core.config import ClientTLS, ListenerTLS, RouterConfig, TLSBase
 from router.core.dn_text import rfc4514
 from router.core.errors import RouterError
@@ -139,31 +139,42 @@ def server_context(config: ListenerTLS, where: str = "listen.tls") -> ssl.SSLCon
     return context
 
 
-def _dates(path: Path) -> Validity | None:
+def _dates(path: Path) -> list[Validity]:
+    """The dates of each certificate in a cert file: the leaf, then its chain."""
     try:
-        return first_certificate_validity(path.read_bytes())
+        return certificate_validities(path.read_bytes())
     except (OSError, ValueError):
-        return None  # unreadable or not PEM: _load_identity names the problem
+        return []  # unreadable or not PEM: _load_identity names the problem
+
+
+def _soonest(path: Path) -> Validity | None:
+    """The dates within which the whole chain in `path` is valid: a CA certificate served
+    with the leaf that expires first ends it for every client that trusts only the root."""
+    chain = _dates(path)
+    if not chain:
+        return None
+    return Validity(max(d.not_before for d in chain), min(d.not_after for d in chain))
 
 
 def _check_dates(config: TLSBase, where: str, refused_by: str) -> None:
     """OpenSSL serves an expired or not yet valid certificate of its own without a word, and
     every client (or the destination) then refuses the router: refuse it here, at
-    check-config, run and reload, so that a reload keeps the certificate in use."""
+    check-config, run and reload, so that a reload keeps the certificate in use. Each
+    certificate of a chain file counts: an expired intermediate was served as well."""
     if config.cert is None:
         return
-    dates = _dates(config.cert)
-    if dates is None:
-        return
     now = datetime.datetime.now(datetime.UTC)
-    span = f"valid from {_day(dates.not_before)} to {_day(dates.not_after)}"
-    if dates.not_after < now:
-        raise TLSConfigError(f"{where}.cert: {config.cert} expired on {_day(dates.not_after)} "
-                             f"({span}): {refused_by}; renew it")
-    if dates.not_before > now:
-        raise TLSConfigError(f"{where}.cert: {config.cert} is not valid before "
-                             f"{_day(dates.not_before)} ({span}): {refused_by}; "
-                             "check the clock or the certificate")
+    for index, dates in enumerate(_dates(config.cert)):
+        which = (str(config.cert) if index == 0 else
+                 f"{config.cert} holds a CA certificate (number {index + 1} of its chain) that")
+        span = f"valid from {_day(dates.not_before)} to {_day(dates.not_after)}"
+        if dates.not_after < now:
+            raise TLSConfigError(f"{where}.cert: {which} expired on {_day(dates.not_after)} "
+                                 f"({span}): {refused_by}; renew it")
+        if dates.not_before > now:
+            raise TLSConfigError(f"{where}.cert: {which} is not valid before "
+                                 f"{_day(dates.not_before)} ({span}): {refused_by}; "
+                                 "check the clock or the certificate")
 
 
 def _day(moment: datetime.datetime) -> str:
@@ -171,8 +182,9 @@ def _day(moment: datetime.datetime) -> str:
 
 
 def certificate_expiry(config: TLSBase) -> float | None:
-    """When the certificate served with `config` expires (Unix time), for the gauge."""
-    dates = _dates(config.cert) if config.cert is not None else None
+    """When the certificate served with `config` expires (Unix time), for the gauge: the
+    soonest of its chain."""
+    dates = _soonest(config.cert) if config.cert is not None else None
     return dates.not_after.timestamp() if dates is not None else None
 
 
@@ -183,7 +195,7 @@ def expiry_warnings(config: RouterConfig) -> list[str]:
     now = datetime.datetime.now(datetime.UTC)
     notes = []
     for key, path in served:
-        dates = _dates(path) if path is not None else None
+        dates = _soonest(path) if path is not None else None
         if dates is not None and now <= dates.not_after < now + EXPIRY_WARNING:
             days = (dates.not_after - now).days
             notes.append(f"{key}: {path} expires on {_day(dates.not_after)} (in {days} days): "

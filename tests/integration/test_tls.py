@@ -333,6 +333,41 @@ def test_outbound_mtls_to_a_dcmtk_peer(
                 == {dataset_digest(p) for p in sources})
 
 
+def test_certificates_issued_by_an_intermediate_ca_are_served_with_their_chain(
+    start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
+) -> None:
+    """Every certificate here comes from an intermediate CA and every side trusts only the
+    root: the router's listener and client certificates and the PACS's are chain files."""
+    root: CertificateAuthority = pki["ca"]
+    issuing = CertificateAuthority(tmp_path / "issuing", "issuing-ca", issuer=root)
+    local = {"dns": ("localhost",), "ip": "127.0.0.1", "server": True}
+    server = issuing.chain(issuing.issue("router.example", **local))
+    pacs_cert = issuing.chain(issuing.issue("pacs.example", **local))
+    client = issuing.chain(issuing.issue("router-client"))
+    modality = issuing.issue("modality1")
+    sources = [write_instance(tmp_path / "src", sop_class=CTImageStorage,
+                              transfer_syntax=EXPLICIT_VR_LE) for _ in range(2)]
+    tls_args = ["+tls", str(pacs_cert.key), str(pacs_cert.cert), "+cf", str(root.cert_path),
+                "-pw", "-rc"]
+    with StoreSCP(tmp_path / "PACS", "PACS", extra_args=tls_args) as pacs:
+        destination = {**dicom_destination(pacs), "tls": {
+            "mode": "mtls", "ca": str(root.cert_path), "cert": str(client.cert),
+            "key": str(client.key), "server_name": "localhost"}}
+        config = _listener(pki, "mtls", tmp_path, cert=str(server.cert), key=str(server.key))
+        router = start_router({**config, "destinations": {"pacs": destination},
+                               "rules": [{"name": "all", "forward": ["pacs"]}]})
+        # A modality sending its chain is verified against the root alone.
+        sent = run_storescu(sources, LOCALHOST, router.port, called_ae="DICOM-ROUTER",
+                            extra_args=["+tls", str(modality.key),
+                                        str(issuing.chain(modality).cert), "-pw",
+                                        "+cf", str(root.cert_path)])
+        assert sent.returncode == 0, sent.stderr
+        assert wait_for(lambda: len(pacs.received_files()) == 2), router.log()[-2000:]
+    # One sending its leaf only needs the intermediate in the router's `ca`.
+    assert _echo(router.port, pki, modality).returncode != 0
+    assert _failures(router, "unknown_ca") == 1
+
+
 def test_a_broken_client_key_renewal_leaves_deliveries_on_the_old_one(
     start_router: RouterFactory, pki: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -289,3 +289,35 @@ def test_the_peer_refusing_the_routers_certificate_is_not_its_own_fault(
     received, _ = _handshake(server, client)
     assert received is not None
     assert failure_reason(received) == failure_text(received) == "certificate_expired"
+
+
+def test_a_served_chain_is_refused_or_warned_of_by_its_soonest_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: a listener certificate file holding the leaf and an expired intermediate
+    passed check-config, run and a reload (only the leaf's dates were read), and every
+    client that trusts only the root then refused the router; the expiry gauge and warning
+    showed the leaf's date, not the intermediate's that ends the chain first."""
+    root = CertificateAuthority(tmp_path / "root", "root-ca")
+    local = {"server": True, "dns": ("localhost",)}
+    cases = {"expired": (-10 * DAY, -DAY), "soon": (-DAY, 5 * DAY), "good": (-DAY, 30 * DAY)}
+    chains = {}
+    for name, valid in cases.items():
+        issuing = CertificateAuthority(tmp_path / name, f"{name}-issuing-ca", issuer=root,
+                                       valid=valid)
+        chains[name] = issuing.chain(issuing.issue("router", valid=(-DAY, 20 * DAY), **local))
+    expired = chains["expired"]
+    path = _config(tmp_path, {"cert": str(expired.cert), "key": str(expired.key)})
+    assert main(["check-config", str(path)]) == 1
+    assert (f"listen.tls.cert: {expired.cert} holds a CA certificate (number 2 of its chain) "
+            "that expired on ") in capsys.readouterr().err
+    with pytest.raises(TLSConfigError, match=r"number 2 of its chain"):  # run and reload too
+        check_contexts(parse_config(yaml.safe_load(path.read_text()), str(path)))
+    soon = chains["soon"]
+    path = _config(tmp_path, {"cert": str(soon.cert), "key": str(soon.key)})
+    assert main(["check-config", str(path)]) == 0
+    assert f"warning: listen.tls.cert: {soon.cert} expires on " in capsys.readouterr().err
+    good = chains["good"]
+    path = _config(tmp_path, {"cert": str(good.cert), "key": str(good.key)})
+    assert main(["check-config", str(path)]) == 0
+    assert "expires on" not in capsys.readouterr().err
