@@ -112,8 +112,8 @@ def classify(failure: AssociationFailed, destination: str, sop_class: str,
         return DeliveryError("aborted", f"{destination} aborted the association", transient=True)
     if failure.kind == "no_answer":
         return DeliveryError("aborted", f"{destination} {failure}", transient=True)
-    return DeliveryError("aborted", f"{destination} closed the connection during negotiation",
-                         transient=True)
+    # Its words: a reset or an unexpected EOF, and over TLS 1.3 what that most likely means.
+    return DeliveryError("aborted", f"{destination} {failure}", transient=True)
 
 
 def store_failure(failure: StoreFailed, destination: str) -> DeliveryError:

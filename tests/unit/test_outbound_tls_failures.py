@@ -91,3 +91,49 @@ def test_a_pacs_certificate_failure_is_a_tls_failure_saying_why(
     assert (error.reason, error.transient) == ("tls", True)
     assert str(error) == f"TLS with pacs failed: {said}"
     assert error.certificate == certificate  # a relayed move fails its sub-operation at once
+
+
+@contextlib.contextmanager
+def closing_server(cert: Issued, version: ssl.TLSVersion) -> Iterator[int]:
+    """A TLS server that completes the handshake, then closes without a word: as a TLS 1.3
+    PACS refusing the router's certificate reads when its close beats its alert."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert.cert, cert.key)
+    context.maximum_version = version
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        with contextlib.suppress(OSError, ValueError):
+            tls = context.wrap_socket(sock, server_side=True)
+            tls.settimeout(10)
+            tls.recv(1)  # the A-ASSOCIATE-RQ has come: close, answering nothing
+            tls.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.join(15)
+        listener.close()
+
+
+@pytest.mark.parametrize(("version", "hinted"), [(ssl.TLSVersion.TLSv1_3, True),
+                                                 (ssl.TLSVersion.TLSv1_2, False)])
+def test_a_close_right_after_a_tls13_handshake_says_what_it_most_likely_is(
+    ca: CertificateAuthority, version: ssl.TLSVersion, hinted: bool
+) -> None:
+    """Regression: storescp +tls -rc refusing the router's client certificate reached the log
+    three times in four as "pacs closed the connection during negotiation" and nothing
+    else (its close beat its alert), the reset or EOF dropped: nothing to act on."""
+    pacs = ca.issue(f"pacs-closing-{version.name}", dns=("localhost",), server=True)
+    with closing_server(pacs, version) as port:
+        failure = _open(port, ca, "localhost")
+    error = classify(failure, "pacs", CT, EXPLICIT)
+    assert (error.reason, error.transient) == ("aborted", True)
+    assert str(error).startswith("pacs closed the connection during negotiation")
+    hint = ("right after the TLS 1.3 handshake: most likely it refused the router's "
+            "certificate (tls.cert) or wanted one; its log says why")
+    assert (hint in str(error)) is hinted
