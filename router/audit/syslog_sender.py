@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from router.core import metrics
 from router.core.audit_config import SyslogConfig
 from router.core.peer_address import host_port
+from router.core.tls import SYSLOG_REFUSES, TLSConfigError, check_certificate_dates
 
 # At a stop, what is queued goes out for up to this long while the server takes it (a server
 # that fails ends it at once): 2 s was cut short on a starved host, and records then went to
@@ -283,6 +284,10 @@ class SyslogSender:
             return
         try:
             context = _client_context(self.config)
+        except TLSConfigError as exc:  # out of its dates
+            log.error("audit syslog: TLS reload refused, the previous certificate stays in "
+                      "use: %s", exc)
+            return
         except (OSError, ssl.SSLError) as exc:
             log.error("audit syslog: TLS reload refused, the previous certificate stays in "
                       "use: audit.syslog.cert: %s and its key cannot be used: %s",
@@ -305,4 +310,6 @@ def _client_context(cfg: SyslogConfig) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert is not None:
         context.load_cert_chain(str(cfg.cert), str(cfg.key) if cfg.key is not None else None)
+        # Out of its dates it loads without a word, and the server refuses every connection.
+        check_certificate_dates(cfg.cert, "audit.syslog.cert", SYSLOG_REFUSES)
     return context

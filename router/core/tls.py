@@ -25,6 +25,7 @@ from router.core.errors import RouterError
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # A served certificate that expires sooner is named in check-config and in the log.
 EXPIRY_WARNING = datetime.timedelta(days=14)
+SYSLOG_REFUSES = "the syslog server would refuse it"
 
 
 class TLSConfigError(RouterError):
@@ -157,22 +158,25 @@ def _soonest(path: Path) -> Validity | None:
 
 
 def _check_dates(config: TLSBase, where: str, refused_by: str) -> None:
+    if config.cert is not None:
+        check_certificate_dates(config.cert, f"{where}.cert", refused_by)
+
+
+def check_certificate_dates(cert: Path, key: str, refused_by: str) -> None:
     """OpenSSL serves an expired or not yet valid certificate of its own without a word, and
     every client (or the destination) then refuses the router: refuse it here, at
     check-config, run and reload, so that a reload keeps the certificate in use. Each
     certificate of a chain file counts: an expired intermediate was served as well."""
-    if config.cert is None:
-        return
     now = datetime.datetime.now(datetime.UTC)
-    for index, dates in enumerate(_dates(config.cert)):
-        which = (str(config.cert) if index == 0 else
-                 f"{config.cert} holds a CA certificate (number {index + 1} of its chain) that")
+    for index, dates in enumerate(_dates(cert)):
+        which = (str(cert) if index == 0 else
+                 f"{cert} holds a CA certificate (number {index + 1} of its chain) that")
         span = f"valid from {_day(dates.not_before)} to {_day(dates.not_after)}"
         if dates.not_after < now:
-            raise TLSConfigError(f"{where}.cert: {which} expired on {_day(dates.not_after)} "
+            raise TLSConfigError(f"{key}: {which} expired on {_day(dates.not_after)} "
                                  f"({span}): {refused_by}; renew it")
         if dates.not_before > now:
-            raise TLSConfigError(f"{where}.cert: {which} is not valid before "
+            raise TLSConfigError(f"{key}: {which} is not valid before "
                                  f"{_day(dates.not_before)} ({span}): {refused_by}; "
                                  "check the clock or the certificate")
 
@@ -305,6 +309,7 @@ def check_contexts(config: RouterConfig) -> None:
             except (OSError, ssl.SSLError) as exc:
                 raise TLSConfigError(f"audit.syslog.cert: {syslog.cert} and its key cannot be "
                                      f"used: {exc}") from None
+            check_certificate_dates(syslog.cert, "audit.syslog.cert", SYSLOG_REFUSES)
 
 
 def _ca_bundle(path: Path, key: str) -> None:

@@ -31,7 +31,8 @@ from router.audit.syslog_sender import (
 from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
 from router.core.audit_config import AuditConfig
-from router.core.config import ListenConfig, SpoolConfig
+from router.core.config import ListenConfig, SpoolConfig, parse_config
+from router.core.tls import TLSConfigError, check_contexts
 from tests.pki import CertificateAuthority
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator
@@ -456,6 +457,46 @@ def test_sighup_reloads_the_syslog_client_certificate(
     assert len(refusals) == 1
     assert refusals[0].startswith("audit syslog: TLS reload refused, the previous certificate "
                                   "stays in use: audit.syslog.cert:")
+
+
+def test_a_syslog_client_certificate_renewed_to_an_expired_one_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an expired audit.syslog.cert loaded without a word on SIGHUP and the
+    syslog server then refused every connection; check-config passed it too."""
+    ca = CertificateAuthority(tmp_path / "pki", "site-ca")
+    good, stale = ca.issue("router-good"), ca.issue("router-stale", expired=True)
+    cert, key = tmp_path / "audit.crt", tmp_path / "audit.key"
+    cert.write_bytes(good.cert.read_bytes())
+    key.write_bytes(good.key.read_bytes())
+    server = _TlsSyslogServer(ca)
+    sender = SyslogSender(SyslogConfig(host="127.0.0.1", port=server.port, transport="tls",
+                                       ca=ca.cert_path, cert=cert, key=key, timeout=5))
+    try:
+        sender.submit(b"<85>1 - - - - - - first")
+        assert _wait(lambda: b"first" in server.received)
+        cert.write_bytes(stale.cert.read_bytes())
+        key.write_bytes(stale.key.read_bytes())
+        with caplog.at_level(logging.ERROR):
+            sender.reload_tls()
+        sender.submit(b"<85>1 - - - - - - second")
+        assert _wait(lambda: b"second" in server.received)
+    finally:
+        sender.close(timeout=1)
+        server.listener.close()
+    assert server.clients == ["router-good"]
+    refusals = [r.getMessage() for r in caplog.records]
+    assert len(refusals) == 1
+    assert refusals[0].startswith("audit syslog: TLS reload refused, the previous certificate "
+                                  f"stays in use: audit.syslog.cert: {cert} expired on ")
+    assert "the syslog server would refuse it" in refusals[0]
+    config = parse_config({"audit": {"enabled": True, "syslog": {
+        "host": "127.0.0.1", "port": server.port, "transport": "tls", "ca": str(ca.cert_path),
+        "cert": str(cert), "key": str(key)}},
+        "destinations": {"keep": {"type": "folder", "path": str(tmp_path / "keep")}},
+        "rules": [{"name": "all", "forward": ["keep"]}]})
+    with pytest.raises(TLSConfigError, match=r"audit\.syslog\.cert: .* expired on "):
+        check_contexts(config)
 
 
 def _wait(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
