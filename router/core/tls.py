@@ -347,6 +347,10 @@ _PEER_REFUSALS = {
 }
 
 
+_NO_TRUSTED_ISSUER = ("unable to get local issuer", "unable to get issuer certificate",
+                      "unable to verify the first certificate", "self-signed", "self signed")
+
+
 def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | ssl.SSLZeroReturnError) or "timed out" in str(exc):
         return "handshake_timeout"
@@ -360,8 +364,9 @@ def failure_reason(exc: BaseException) -> str:
             return "crl_problem"  # no CRL for the issuer, or an expired one
         if "hostname mismatch" in message or "ip address mismatch" in message:
             return "hostname_mismatch"  # a good certificate, for another name
-        if "unable to get local issuer" in message or "self-signed" in message \
-                or "self signed" in message:
+        # The chain does not reach a CA in the trust store: "unable to get issuer
+        # certificate" when `ca` holds an intermediate of it but not its root.
+        if any(words in message for words in _NO_TRUSTED_ISSUER):
             return "unknown_ca"
         return "bad_certificate"
     if isinstance(exc, ssl.SSLError):

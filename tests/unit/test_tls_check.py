@@ -19,8 +19,15 @@ from cryptography import x509
 
 from router.cli.main import main
 from router.core.cert_dates import first_certificate_validity
-from router.core.config import parse_config
-from router.core.tls import TLSConfigError, check_contexts, failure_reason, failure_text
+from router.core.config import ClientTLS, ListenerTLS, parse_config
+from router.core.tls import (
+    TLSConfigError,
+    check_contexts,
+    client_context,
+    failure_reason,
+    failure_text,
+    server_context,
+)
 from tests.pki import CertificateAuthority
 
 
@@ -321,3 +328,26 @@ def test_a_served_chain_is_refused_or_warned_of_by_its_soonest_certificate(
     path = _config(tmp_path, {"cert": str(good.cert), "key": str(good.key)})
     assert main(["check-config", str(path)]) == 0
     assert "expires on" not in capsys.readouterr().err
+
+
+def test_a_chain_that_does_not_reach_a_ca_in_ca_is_unknown_ca_not_a_bad_certificate(
+    tmp_path: Path
+) -> None:
+    """Regression: with only the issuing (intermediate) CA in `ca`, a good certificate sent
+    with its chain was counted and logged as bad_certificate ("unable to get issuer
+    certificate"): the root the chain ends at is missing from `ca`, as for a stranger's."""
+    root = CertificateAuthority(tmp_path / "root", "root-ca")
+    issuing = CertificateAuthority(tmp_path / "issuing", "issuing-ca", issuer=root)
+    pacs = issuing.chain(issuing.issue("pacs", dns=("localhost",), server=True))
+    modality = issuing.chain(issuing.issue("ct1"))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pacs.cert, pacs.key)
+    client = client_context(ClientTLS(mode="tls", ca=issuing.cert_path), "destinations.x.tls")
+    _, sent = _handshake(server, client)
+    assert sent is not None and failure_reason(sent) == "unknown_ca"
+    listener = server_context(ListenerTLS(mode="mtls", cert=pacs.cert, key=pacs.key,
+                                          ca=issuing.cert_path))
+    modality_side = ssl.create_default_context(cafile=str(root.cert_path))
+    modality_side.load_cert_chain(modality.cert, modality.key)
+    received, _ = _handshake(listener, modality_side)
+    assert received is not None and failure_reason(received) == "unknown_ca"
