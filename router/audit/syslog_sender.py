@@ -284,6 +284,10 @@ class SyslogSender:
             return
         try:
             context = _client_context(self.config)
+            if self.config.cert is not None:
+                # Out of its dates it loads without a word, and the server then refuses
+                # every connection: keep the one in use (at start it is only a warning).
+                check_certificate_dates(self.config.cert, "audit.syslog.cert", SYSLOG_REFUSES)
         except TLSConfigError as exc:  # out of its dates
             log.error("audit syslog: TLS reload refused, the previous certificate stays in "
                       "use: %s", exc)
@@ -310,6 +314,4 @@ def _client_context(cfg: SyslogConfig) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if cfg.cert is not None:
         context.load_cert_chain(str(cfg.cert), str(cfg.key) if cfg.key is not None else None)
-        # Out of its dates it loads without a word, and the server refuses every connection.
-        check_certificate_dates(cfg.cert, "audit.syslog.cert", SYSLOG_REFUSES)
     return context

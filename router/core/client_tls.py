@@ -15,7 +15,12 @@ import threading
 from dataclasses import dataclass
 
 from router.core.config import ClientTLS
-from router.core.tls import TLSConfigError, client_context
+from router.core.tls import (
+    CLIENT_REFUSES,
+    TLSConfigError,
+    check_certificate_dates,
+    client_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,13 @@ class ClientContexts:
 
     def _load(self, config: ClientTLS, where: str, old: _Entry | None) -> _Entry:
         try:
-            return _Entry(config, self.generation, client_context(config, where))
+            context = client_context(config, where)
+            if old is not None and old.context is not None and config.cert is not None:
+                # A renewal to a certificate out of its dates loaded without a word, and
+                # the peer then refused every handshake: keep the one in use. A first load
+                # takes it (a warning at start): a lax peer may accept it.
+                check_certificate_dates(config.cert, f"{where}.cert", CLIENT_REFUSES)
+            return _Entry(config, self.generation, context)
         except TLSConfigError as exc:
             if old is not None and old.context is not None:
                 log.error("TLS reload of %s refused, the previous certificates stay in use: %s",

@@ -25,6 +25,7 @@ from router.core.errors import RouterError
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # A served certificate that expires sooner is named in check-config and in the log.
 EXPIRY_WARNING = datetime.timedelta(days=14)
+CLIENT_REFUSES = "the peer would refuse it"
 SYSLOG_REFUSES = "the syslog server would refuse it"
 
 
@@ -193,18 +194,50 @@ def certificate_expiry(config: TLSBase) -> float | None:
 
 
 def expiry_warnings(config: RouterConfig) -> list[str]:
-    """The certificates the router serves that expire within EXPIRY_WARNING."""
+    """The certificates the router serves that expire within EXPIRY_WARNING, and those it
+    presents as a client that are out of their dates or expire within it. A client
+    certificate out of its dates is a warning at start, not a refusal: one destination's
+    would stop the whole router, and a lax peer may take it. A renewal to one is refused
+    (router/core/client_tls.py)."""
+    notes = []
+    for key, path in _served(config):
+        notes += _expires_soon(key, path)
+    for key, path, refused_by in _presented(config):
+        try:
+            check_certificate_dates(path, key, refused_by)
+        except TLSConfigError as exc:
+            notes.append(str(exc))
+            continue
+        notes += _expires_soon(key, path)
+    return notes
+
+
+def _served(config: RouterConfig) -> list[tuple[str, Path]]:
     served = [("listen.tls.cert", config.listen.tls.cert if config.listen.tls.mode != "off"
                else None), ("console.tls_cert", config.console.tls_cert)]
+    return [(key, path) for key, path in served if path is not None]
+
+
+def _presented(config: RouterConfig) -> list[tuple[str, Path, str]]:
+    tls_of = [(f"destinations.{name}.tls", getattr(dest, "tls", None))
+              for name, dest in config.destinations.items()]
+    tls_of += [(f"known_aes.{title}.tls", known.tls) for title, known in config.known_aes.items()]
+    found = [(f"{where}.cert", tls.cert, CLIENT_REFUSES) for where, tls in tls_of
+             if tls is not None and tls.mode != "off" and tls.cert is not None]
+    syslog = config.audit.syslog
+    if syslog is not None and syslog.transport == "tls" and syslog.cert is not None:
+        found.append(("audit.syslog.cert", syslog.cert, SYSLOG_REFUSES))
+    return found
+
+
+def _expires_soon(key: str, path: Path) -> list[str]:
     now = datetime.datetime.now(datetime.UTC)
-    notes = []
-    for key, path in served:
-        dates = _soonest(path) if path is not None else None
-        if dates is not None and now <= dates.not_after < now + EXPIRY_WARNING:
-            days = (dates.not_after - now).days
-            notes.append(f"{key}: {path} expires on {_day(dates.not_after)} (in {days} days): "
-                         "renew it and send SIGHUP")
-    return notes
+    dates = _soonest(path)
+    if dates is None or not now <= dates.not_after < now + EXPIRY_WARNING:
+        return []
+    days = (dates.not_after - now).days
+    return [f"{key}: {path} expires on {_day(dates.not_after)} (in {days} days): "
+            "renew it and send SIGHUP"]
 
 
 def _load_crl(context: ssl.SSLContext, config: ListenerTLS, where: str) -> None:
@@ -272,9 +305,6 @@ def client_context(config: ClientTLS, where: str) -> ssl.SSLContext:
     _harden(context, config, where)
     _load_ca(context, config, where)
     _load_identity(context, config, where)
-    # A client certificate out of its dates loaded without a word: a rotation to one was
-    # taken on SIGHUP, and every handshake with the peer then failed until the next fix.
-    _check_dates(config, where, "the peer would refuse it")
     context.check_hostname = config.verify_hostname
     return context
 
@@ -309,7 +339,6 @@ def check_contexts(config: RouterConfig) -> None:
             except (OSError, ssl.SSLError) as exc:
                 raise TLSConfigError(f"audit.syslog.cert: {syslog.cert} and its key cannot be "
                                      f"used: {exc}") from None
-            check_certificate_dates(syslog.cert, "audit.syslog.cert", SYSLOG_REFUSES)
 
 
 def _ca_bundle(path: Path, key: str) -> None:
