@@ -8,17 +8,16 @@ process) is delivered to the right requester, and nobody else's is.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from router.core.config import RouterConfig
 from router.core.config.destinations import DicomDestination
+from router.core.durable_files import fsync_path, write_atomically
 
 COMMITMENT_MEMORY_SECONDS = 24 * 3600.0  # a storage commitment result may come hours later
 # How often a process looks through the folder for expired commitments: a stat per file, and
@@ -97,11 +96,13 @@ class Commitments:
                 while len(self._pending) > MAX_IN_MEMORY:  # dicts keep their order
                     del self._pending[next(iter(self._pending))]
             return
-        # Unique across hosts too: cells sharing the folder may have the same pids.
-        temp = path.with_name(f".{os.getpid()}-{uuid.uuid4().hex}-{path.name}")
-        temp.write_text(json.dumps({"requester_ae": requester_ae, "at": now,
-                                    "upstreams": dict(upstreams)}))
-        os.replace(temp, path)
+        # Durable before the requester hears Success: after a power cut the upstream's
+        # result must still find its requester (file and folder fsync'd, about 1 ms per
+        # N-ACTION). The temporary name is random, not the pid's: cells sharing the folder
+        # may have the same pids.
+        write_atomically(path, json.dumps({"requester_ae": requester_ae, "at": now,
+                                           "upstreams": dict(upstreams)}).encode())
+        fsync_path(path.parent, directory=True)
 
     def _forget_expired(self, now: float) -> None:
         with self._lock:

@@ -48,6 +48,28 @@ def test_an_undelivered_result_waits_for_the_upstreams_retry(tmp_path: Path) -> 
     assert Commitments(tmp_path).take("1.2.3.5") is not None
 
 
+def test_a_pending_commitment_is_fsynced_with_its_folder_before_it_is_relayed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record was written and renamed with no fsync: a power cut after the requester's
+    N-ACTION-RSP lost it, and the upstream's result was then refused as unknown."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    folder = tmp_path / "commitments"
+    Commitments(folder).remember("1.2.3.4", "CT1", (("pacs", ("PACS",)),))
+    assert [p.name for p in folder.iterdir()] == ["1.2.3.4.json"]
+    record, directory = synced
+    assert Path(record).parent == folder and "1.2.3.4.json" in Path(record).name
+    assert directory == str(folder)  # the rename itself survives
+    restored = Commitments(folder).take("1.2.3.4")
+    assert restored is not None and restored.upstreams == (("pacs", ("PACS",)),)
+
+
 def test_a_hostile_transaction_uid_never_becomes_a_file(tmp_path: Path) -> None:
     commitments = Commitments(tmp_path)
     commitments.remember("../../etc/passwd", "CT1")
