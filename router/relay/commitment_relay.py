@@ -22,7 +22,7 @@ from router.core.messages import RelayRequest
 from router.relay.commitment_hold import commitment_hold
 from router.relay.commitment_results import KeptResults, kept_result
 from router.relay.exchange import Exchange, RequesterGone
-from router.relay.result_courier import FIRST_TRY_SECONDS, ResultCourier
+from router.relay.result_courier import FIRST_TRY_SECONDS, Attempt, ResultCourier
 from router.relay.state import Commitment, Commitments, upstream_titles
 
 log = logging.getLogger("router.relay.server")  # the name these messages always had
@@ -125,7 +125,14 @@ class CommitmentRelay:
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 exchange.link.facts, to_known_ae=True)
         payload = exchange.request_dataset() or b""
-        answer, data, reason = self.courier.deliver(request, payload, FIRST_TRY_SECONDS)
+        attempt = self.courier.start(request, payload)
+        outcome = attempt.wait(FIRST_TRY_SECONDS)
+        if outcome is None:  # the requester is slow or gone: the upstream must not wait
+            self._keep_result(exchange, request, transaction, commitment, payload,
+                              f"no answer within {FIRST_TRY_SECONDS:.0f}s", attempt)
+            return True
+        attempt.close()
+        answer, data, reason = outcome
         if answer is None:
             self._keep_result(exchange, request, transaction, commitment, payload, reason)
             return True
@@ -151,17 +158,33 @@ class CommitmentRelay:
                        "not from the upstream of this storage commitment")
 
     def _keep_result(self, exchange: Exchange, request: RelayRequest, transaction: str,
-                     commitment: Commitment, payload: bytes, reason: str) -> None:
+                     commitment: Commitment, payload: bytes, reason: str,
+                     first_try: Attempt | None = None) -> None:
         """The requester did not take its result: the router keeps it and sends it again
-        (most upstreams report once), and the upstream hears Success, as for a C-STORE."""
+        (most upstreams report once), and the upstream hears Success, as for a C-STORE.
+        A first try still waiting goes on; the kept copy waits for its end."""
         requester = commitment.requester_ae
-        kept = kept_result(request, transaction, requester, payload, time.time(), reason)
-        if not self.results.keep(kept):  # a Transaction UID that cannot be a file name
+        now = time.time()
+        until = now + first_try.seconds_left() + 1.0 if first_try is not None else 0.0
+        kept = kept_result(request, transaction, requester, payload, now, reason, until)
+        try:
+            stored = self.results.keep(kept)
+        except BaseException:  # a full disk: the upstream hears a failure, nothing waits
+            if first_try is not None:
+                first_try.close()
+            raise
+        if not stored:  # a Transaction UID that cannot be a file name
+            if first_try is not None:
+                first_try.close()
             self.commitments.restore(transaction, commitment)
             log.warning("storage commitment result for %s not delivered: %s", requester, reason)
             exchange.final(Status.PROCESSING_FAILURE, reason)
             return
+        waits = ""
+        if first_try is not None:
+            waits = f"; its first try waits up to {first_try.seconds_left():.0f}s more"
+            self.courier.finish_first_try(first_try, kept)
         log.warning("storage commitment result %s for %s not delivered (%s): kept on the "
-                    "spool, sent again until %s takes it", transaction, requester, reason,
-                    requester)
+                    "spool, sent again until %s takes it%s", transaction, requester, reason,
+                    requester, waits)
         exchange.final(Status.SUCCESS, "")

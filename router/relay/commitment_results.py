@@ -5,7 +5,9 @@ it and the requester never hears, so the router keeps it as it keeps an instance
 
 Each is `<spool>/commitments/<transaction uid>.result` (JSON, fsync'd). Any acceptor process
 may retry it: the one holding its lock (flock) sends it, and the one that delivered it
-deletes it.
+deletes it. A result kept while its first try still waits for the requester carries that
+try's deadline (`first_try_until`): nobody sends it before, and the try, when it ends,
+removes it (taken) or makes it due, under the same lock.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -46,6 +48,10 @@ class KeptResult:
     attempts: int = 0
     next_at: float = 0.0
     reason: str = ""  # why the last attempt failed
+    # Wall-clock time until which the first try may still be answered: not sent again before
+    # (a slow requester would get it twice). Past it, an acceptor that died mid-try is
+    # assumed, and the courier sends it.
+    first_try_until: float = 0.0
 
     def request(self, request_id: str) -> RelayRequest:
         """The N-EVENT-REPORT to the requester (a known AE), as first relayed."""
@@ -67,13 +73,23 @@ class KeptResult:
     def expired(self, now: float) -> bool:
         return now - self.kept_at >= GIVE_UP_SECONDS
 
+    def due(self, now: float) -> bool:
+        return self.next_at <= now and self.first_try_until <= now
+
+    def same(self, other: KeptResult) -> bool:
+        """The same report from the upstream (not a later one for the same transaction)."""
+        return (self.kept_at, self.dataset) == (other.kept_at, other.dataset)
+
 
 def kept_result(request: RelayRequest, transaction_uid: str, requester_ae: str,
-                payload: bytes, now: float, reason: str) -> KeptResult:
-    """A result whose first delivery failed, retried FIRST_RETRY_SECONDS from now."""
+                payload: bytes, now: float, reason: str, first_try_until: float = 0.0
+                ) -> KeptResult:
+    """A result whose first delivery failed, retried FIRST_RETRY_SECONDS from now; or,
+    with first_try_until, one whose first try still waits until then."""
     return KeptResult(transaction_uid, requester_ae, request.event_type_id,
                       request.sop_instance_uid, request.transfer_syntax_uid, request.calling_ae,
-                      base64.b64encode(payload).decode("ascii"), now).failed(now, reason)
+                      base64.b64encode(payload).decode("ascii"), now,
+                      first_try_until=first_try_until).failed(now, reason)
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float)}
@@ -161,7 +177,7 @@ class KeptResults:
         ends each with `delivered`, `retry_later` or `give_up` before asking for the next."""
         for path in sorted(self.folder.glob("*.result")):
             with self._locked(path) as result:
-                if result is not None and result.next_at <= now:
+                if result is not None and result.due(now):
                     yield result
 
     def delivered(self, result: KeptResult) -> None:
@@ -175,3 +191,46 @@ class KeptResults:
         path = self._path(result.transaction_uid)
         if path is not None:
             self._write(path, result)
+
+    def first_try_ended(self, kept: KeptResult, taken: bool, now: float, reason: str) -> None:
+        """The first try of `kept` ended after it was kept: taken by the requester, the file
+        goes; not taken, it is due FIRST_RETRY_SECONDS from now. Under the file's lock,
+        waiting for it: a courier sending it (its try's time was up) goes first."""
+        def ended(current: KeptResult) -> KeptResult | None:
+            if not current.same(kept):  # a later report for the transaction: not ours to end
+                return replace(current, first_try_until=0.0)
+            if taken:
+                return None
+            return replace(current, first_try_until=0.0, reason=reason,
+                           next_at=now + FIRST_RETRY_SECONDS)
+
+        path = self._path(kept.transaction_uid)
+        if path is not None:
+            self._update(path, ended)
+
+    def _update(self, path: Path, change: Callable[[KeptResult], KeptResult | None]) -> None:
+        """Replace the result in path with change(it) (None: remove it), holding its lock;
+        nothing when none is kept there (delivered meanwhile)."""
+        while True:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    replaced = os.fstat(fd).st_ino != os.stat(path).st_ino
+                except FileNotFoundError:
+                    return
+                if replaced:
+                    continue  # rewritten while this waited for the lock: the new one
+                with open(fd, "rb", closefd=False) as stream:
+                    current = _parsed(stream.read())
+                changed = change(current)
+                if changed is None:
+                    path.unlink()
+                elif changed != current:
+                    self._write(path, changed)
+                return
+            finally:
+                os.close(fd)

@@ -1,6 +1,8 @@
 """Storage commitment results on to their requester (a known AE, on a new association):
 the one try as the upstream reports, then, for a result kept because its requester did not
-take it (commitment_results.py), again and again until it does."""
+take it (commitment_results.py), again and again until it does. A result is kept while its
+first try still waits for a slow requester: that try, when it ends, says so in the kept
+file (taken: the file goes), and until then the courier leaves the file alone."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from router.core.config import RouterConfig
 from router.core.dimse_status import Status
 from router.core.messages import RelayRequest, RelayResponse
 from router.core.owned_names import relay_request_id
-from router.relay.call import RelayCall, RelayTimeout, RouterStopping
+from router.relay.call import POLL_SECONDS, RelayCall, RelayTimeout, RouterStopping
 from router.relay.commitment_results import KeptResult, KeptResults
 
 log = logging.getLogger(__name__)
@@ -23,8 +25,64 @@ log = logging.getLogger(__name__)
 RETRY_POLL_SECONDS = 1.0  # how often kept results are looked at
 # The first try, while the upstream waits for our answer to its report: Orthanc gives up
 # after 10 s (its DicomScuTimeout) and marks its job failed. A requester silent this long
-# has its result kept and sent again; the upstream hears Success in time.
+# has its result kept, and the upstream hears Success in time; the first try goes on up to
+# request_timeout, and the kept copy is sent again only if the requester did not take it.
 FIRST_TRY_SECONDS = 5.0
+
+
+Outcome = tuple[RelayResponse | None, bytes | None, str]  # the requester's answer, or why none
+
+
+class Attempt:
+    """One N-EVENT-REPORT on its way to the requester, waited for in steps: the first try
+    answers the upstream after FIRST_TRY_SECONDS and waits for the rest on a thread."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                 request: RelayRequest, payload: bytes, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.outcome: Outcome | None = None
+        self.call: RelayCall | None = None
+        try:
+            self.call = RelayCall(context, endpoint, request, payload, timeout)
+        except RouterStopping as exc:
+            self.outcome = None, None, str(exc)
+
+    def wait(self, seconds: float) -> Outcome | None:
+        """The outcome once known; None while it is not, after `seconds`. Bounded by the
+        deadline itself: a broker answering the call's probes would keep it alive."""
+        until = min(self.deadline, time.monotonic() + seconds)
+        while self.outcome is None and self.call is not None:
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.outcome = None, None, f"no answer within {self.timeout:.0f}s"
+            elif now >= until:
+                return None
+            else:
+                self.outcome = self._poll(self.call, min(until - now, POLL_SECONDS))
+        return self.outcome
+
+    @staticmethod
+    def _poll(call: RelayCall, wait: float) -> Outcome | None:
+        try:
+            got = call.poll(lambda: False, wait)
+        except (RelayTimeout, RouterStopping) as exc:
+            return None, None, str(exc)
+        if got is None:
+            return None
+        answer, data = got
+        if not isinstance(answer, RelayResponse) or not answer.final:
+            return None
+        if not answer.upstream or answer.unanswered:  # the worker's, not the requester's
+            return None, None, answer.error_comment or "no answer"
+        return answer, data, ""
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def close(self) -> None:
+        if self.call is not None:
+            self.call.close()
 
 
 class ResultCourier:
@@ -36,32 +94,50 @@ class ResultCourier:
         self.endpoint = endpoint
         self.results = results
 
-    def deliver(self, request: RelayRequest, payload: bytes, wait: float | None = None
-                ) -> tuple[RelayResponse | None, bytes | None, str]:
-        """One attempt to hand a result to its requester: the requester's answer, or None
-        and why it did not answer (not reached, silent, the router's timeout). `wait`: at
-        most this long, if less than request_timeout."""
-        timeout = self.config().request_timeout
+    def start(self, request: RelayRequest, payload: bytes) -> Attempt:
+        """An attempt to hand a result to its requester, waited for up to request_timeout."""
+        return Attempt(self.context, self.endpoint, request, payload,
+                       self.config().request_timeout)
+
+    def deliver(self, request: RelayRequest, payload: bytes) -> Outcome:
+        """One attempt, to its end: the requester's answer, or None and why it did not
+        answer (not reached, silent, the router's timeout)."""
+        attempt = self.start(request, payload)
         try:
-            call = RelayCall(self.context, self.endpoint, request, payload,
-                             timeout if wait is None else min(wait, timeout))
-        except RouterStopping as exc:
-            return None, None, str(exc)
-        try:
-            while True:
-                got = call.poll(lambda: False)
-                if got is None:
-                    continue
-                answer, data = got
-                if not isinstance(answer, RelayResponse) or not answer.final:
-                    continue
-                if not answer.upstream or answer.unanswered:  # the worker's, not the requester's
-                    return None, None, answer.error_comment or "no answer"
-                return answer, data, ""
-        except (RelayTimeout, RouterStopping) as exc:
-            return None, None, str(exc)
+            outcome = attempt.wait(attempt.timeout)
         finally:
-            call.close()
+            attempt.close()
+        return outcome or (None, None, "no answer")
+
+    def finish_first_try(self, attempt: Attempt, kept: KeptResult) -> None:
+        """The first try of a result kept while it went on: wait for it on a thread of its
+        own, and end it in the kept file, so that the courier does not send it again when
+        the requester was slow, not gone."""
+        threading.Thread(target=self._finish, args=(attempt, kept), daemon=True,
+                         name="commit-first-try").start()
+
+    def _finish(self, attempt: Attempt, kept: KeptResult) -> None:
+        uid, requester = kept.transaction_uid, kept.requester_ae
+        try:
+            answer, _, reason = attempt.wait(attempt.timeout) or (None, None, "no answer")
+        finally:
+            attempt.close()
+        taken = answer is not None and answer.status == Status.SUCCESS
+        if taken:
+            log.info("storage commitment result %s delivered to %s on its first try, after "
+                     "it was kept", uid, requester)
+        else:
+            if answer is not None:
+                reason = f"{requester} answered 0x{answer.status:04X} " \
+                         f"{answer.error_comment}".strip()
+            log.info("storage commitment result %s for %s not delivered on its first try: "
+                     "%s; sent again", uid, requester, reason)
+        try:
+            self.results.first_try_ended(kept, taken, time.time(), reason)
+        except Exception as exc:  # a full disk: the courier sends it after first_try_until
+            log.error("storage commitment result %s: the end of its first try not recorded "
+                      "(%s: %s); sent again once the try's time is up", uid,
+                      type(exc).__name__, exc)
 
     def retry_forever(self, stop: threading.Event) -> None:
         """The acceptor's thread for kept results (each acceptor runs one; a result's lock

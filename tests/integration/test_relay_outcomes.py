@@ -907,6 +907,53 @@ def test_a_silent_requester_has_its_result_kept_before_the_upstream_gives_up(
         server.shutdown()
 
 
+def test_a_requester_answering_its_result_after_it_was_kept_gets_it_once(
+        tmp_path: Path) -> None:
+    """The requester's SCP answers the first try only once the router has kept the result
+    (after the 5 s the upstream is given): slow, not gone. The first try was cut at 5 s and
+    the kept copy sent 2 s later, so the modality heard the same transaction twice."""
+    server, port, actions = _committing_pacs()
+    transaction = "1.2.826.0.1.3680043.8.498.40"
+    reports: list[str] = []
+    kept = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append(str(event.event_information.TransactionUID))
+        if len(reports) == 1:
+            kept.wait(30)
+        return 0x0000, None
+
+    requester = AE("MODALITY")
+    requester.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    requester_port = free_port()
+    scp = requester.start_server((LOCALHOST, requester_port), block=False,
+                                 evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                                  "port": port}},
+        "known_aes": {"MODALITY": {"host": LOCALHOST, "port": requester_port}},
+        "rules": [{"name": "qr", "query": ["pacs"]}]})
+    router.start()
+    commitments = router.spool / "commitments"
+    threading.Thread(target=lambda: wait_for(
+        lambda: (commitments / f"{transaction}.result").exists()) and kept.set(),
+        daemon=True).start()
+    try:
+        status, _ = _request_commitment(router.port, transaction,
+                                        "1.2.826.0.1.3680043.8.498.41")
+        assert status == 0x0000 and len(actions) == 1
+        assert _report(router.port, "PACS", actions[0], dimse_timeout=20) == 0x0000
+        assert kept.wait(10)  # the upstream heard Success with the result kept
+        assert wait_for(lambda: not list(commitments.iterdir()), timeout=40)
+        assert reports == [transaction]
+        assert f"result {transaction} delivered to MODALITY on its first try" in router.log()
+        _no_traceback(router)
+    finally:
+        router.stop()
+        server.shutdown()
+        scp.shutdown()
+
+
 @pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout", "worker_killed"])
 def test_a_storage_commitment_answered_after_the_routers_timeout_gets_its_result(
         tmp_path: Path, timeout: str) -> None:

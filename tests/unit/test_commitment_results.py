@@ -110,3 +110,30 @@ def test_an_unreadable_result_is_set_aside_and_the_others_are_still_sent(
     (tmp_path / "1.2.result").write_text(json.dumps(damaged))
     assert [r.transaction_uid for r in results.due(NOW + FIRST_RETRY_SECONDS)] == [UID]
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{UID}.result"]
+
+
+def test_a_result_kept_while_its_first_try_waits_is_not_sent_before_that_try_ends(
+        tmp_path: Path) -> None:
+    """A requester slow to answer its first try (past the 5 s the upstream waits) got the
+    result twice: the courier sent the kept copy 2 s later while the first try still ran."""
+    results = KeptResults(tmp_path)
+    kept = kept_result(report().request("r1"), UID, "CT1", b"\x08\x00", NOW,
+                       "no answer within 5s", first_try_until=NOW + 120)
+    results.keep(kept)
+    assert list(results.due(NOW + 60)) == []  # past next_at, the first try still waits
+    results.first_try_ended(kept, True, NOW + 7, "")
+    assert list(tmp_path.iterdir()) == []  # taken on the first try: never sent again
+
+
+def test_a_first_try_that_ends_untaken_makes_its_result_due_and_one_cut_short_expires(
+        tmp_path: Path) -> None:
+    results = KeptResults(tmp_path)
+    kept = kept_result(report().request("r1"), UID, "CT1", b"\x08\x00", NOW,
+                       "no answer within 5s", first_try_until=NOW + 120)
+    results.keep(kept)
+    (late,) = results.due(NOW + 120)  # its acceptor died mid-try: sent all the same
+    assert late.same(kept)
+    results.first_try_ended(kept, False, NOW + 30, "MODALITY answered 0xA700")
+    assert list(results.due(NOW + 30)) == []
+    (due,) = results.due(NOW + 30 + FIRST_RETRY_SECONDS)
+    assert (due.reason, due.first_try_until) == ("MODALITY answered 0xA700", 0.0)
