@@ -114,13 +114,15 @@ class CommitmentRelay:
             return True
         commitment = self.commitments.take(transaction)
         if commitment is None:
-            return False
+            return self._later_report(exchange, transaction, None)
         requester = commitment.requester_ae
         if requester not in self.config.known_aes:
             log.error("storage commitment result for %s cannot be delivered: add it to "
                       "known_aes (host and port where it takes N-EVENT-REPORT)", requester)
             self.commitments.restore(transaction, commitment)  # a reload may add it
             exchange.final(Status.PROCESSING_FAILURE, f"requester {requester} not in known_aes")
+            return True
+        if self._later_report(exchange, transaction, commitment):
             return True
         request = self._request(exchange, STORAGE_COMMITMENT, [requester],
                                 exchange.link.facts, to_known_ae=True)
@@ -142,6 +144,31 @@ class CommitmentRelay:
         if answer.status != Status.SUCCESS:
             # The requester refused it: the upstream hears so and may send it again.
             self.commitments.restore(transaction, commitment)
+        return True
+
+    def _later_report(self, exchange: Exchange, transaction: str,
+                      commitment: Commitment | None) -> bool:
+        """A report for a transaction whose earlier result is still kept (the archive reports
+        again, or the requester asked again): it takes the earlier's place, so that the
+        requester hears the latest and never the earlier after it. Without a pending
+        commitment, only the AE that reported the earlier may. False: no such result."""
+        earlier = self.results.peek(transaction)
+        facts = exchange.link.facts
+        if earlier is None or (commitment is None and
+                               facts.calling_ae.strip() != earlier.calling_ae.strip()):
+            return False
+        requester = commitment.requester_ae if commitment is not None else earlier.requester_ae
+        request = self._request(exchange, STORAGE_COMMITMENT, [requester], facts,
+                                to_known_ae=True)
+        later = kept_result(request, transaction, requester, exchange.request_dataset() or b"",
+                            time.time(), "")
+        # Not tried yet: the courier sends it at its next look (once the earlier's first try,
+        # if one still waits, has ended).
+        self.results.keep(dataclasses.replace(later, attempts=0, next_at=later.kept_at))
+        log.warning("storage commitment result %s from %s for %s replaces the one kept for it "
+                    "and not delivered yet: kept on the spool, sent until %s takes it",
+                    transaction, facts.calling_ae, requester, requester)
+        exchange.final(Status.SUCCESS, "")
         return True
 
     @staticmethod

@@ -80,6 +80,13 @@ class KeptResult:
         """The same report from the upstream (not a later one for the same transaction)."""
         return (self.kept_at, self.dataset) == (other.kept_at, other.dataset)
 
+    def after(self, earlier: KeptResult | None) -> KeptResult:
+        """This result in place of an earlier one for its transaction: sent once the
+        earlier's first try, if it still waits, has ended (never the earlier after it)."""
+        if earlier is None or earlier.first_try_until <= self.first_try_until:
+            return self
+        return replace(self, first_try_until=earlier.first_try_until)
+
 
 def kept_result(request: RelayRequest, transaction_uid: str, requester_ae: str,
                 payload: bytes, now: float, reason: str, first_try_until: float = 0.0
@@ -124,12 +131,22 @@ class KeptResults:
         return self.folder / f"{transaction_uid}.result"
 
     def keep(self, result: KeptResult) -> bool:
-        """Write it durably; False when its Transaction UID cannot be a file name."""
+        """Write it durably, in place of an earlier result kept for its transaction, under
+        that one's lock: a courier sending the earlier finishes first, and then finds this
+        one, not nothing. False when its Transaction UID cannot be a file name."""
         path = self._path(result.transaction_uid)
         if path is None:
             return False
-        self._write(path, result)
+        self._update(path, result.after, create=True)
         return True
+
+    def peek(self, transaction_uid: str) -> KeptResult | None:
+        """The result kept for a transaction, read without its lock; None when none is."""
+        path = self._path(transaction_uid)
+        try:
+            return None if path is None else _parsed(path.read_bytes())
+        except (OSError, ValueError, TypeError):
+            return None
 
     @staticmethod
     def _write(path: Path, result: KeptResult) -> None:
@@ -196,8 +213,11 @@ class KeptResults:
         """The first try of `kept` ended after it was kept: taken by the requester, the file
         goes; not taken, it is due FIRST_RETRY_SECONDS from now. Under the file's lock,
         waiting for it: a courier sending it (its try's time was up) goes first."""
-        def ended(current: KeptResult) -> KeptResult | None:
-            if not current.same(kept):  # a later report for the transaction: not ours to end
+        def ended(current: KeptResult | None) -> KeptResult | None:
+            if current is None or not current.same(kept):
+                # A later report took its place, and waited for this try: it may go now.
+                if current is None or current.first_try_until != kept.first_try_until:
+                    return current
                 return replace(current, first_try_until=0.0)
             if taken:
                 return None
@@ -208,27 +228,37 @@ class KeptResults:
         if path is not None:
             self._update(path, ended)
 
-    def _update(self, path: Path, change: Callable[[KeptResult], KeptResult | None]) -> None:
-        """Replace the result in path with change(it) (None: remove it), holding its lock;
-        nothing when none is kept there (delivered meanwhile)."""
+    def _update(self, path: Path, change: Callable[[KeptResult | None], KeptResult | None],
+                create: bool = False) -> None:
+        """Replace the result in path with change(it) (None: remove it), holding its lock.
+        None kept there (delivered meanwhile): change(None), if `create`, else nothing."""
         while True:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
+                created = change(None) if create else None
+                if created is not None:
+                    self._write(path, created)
                 return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
                     replaced = os.fstat(fd).st_ino != os.stat(path).st_ino
                 except FileNotFoundError:
-                    return
+                    replaced = True
                 if replaced:
-                    continue  # rewritten while this waited for the lock: the new one
+                    continue  # rewritten or removed while this waited for the lock: again
                 with open(fd, "rb", closefd=False) as stream:
-                    current = _parsed(stream.read())
+                    body = stream.read()
+                try:
+                    current: KeptResult | None = _parsed(body)
+                except (ValueError, TypeError):
+                    if not create:
+                        raise
+                    current = None  # damaged: the new one takes its place
                 changed = change(current)
                 if changed is None:
-                    path.unlink()
+                    path.unlink(missing_ok=True)
                 elif changed != current:
                     self._write(path, changed)
                 return

@@ -9,6 +9,7 @@ sub-operations announced, remaining never rises, a cancelled request says what w
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -814,9 +815,10 @@ class LateCommitmentSCP:
 
 
 def _report(router_port: int, calling_ae: str, action: Dataset,
-            dimse_timeout: float = 30) -> int | None:
-    """An N-EVENT-REPORT "all committed" for action, from calling_ae on an association of its
-    own; the router's status (None: no answer within dimse_timeout)."""
+            dimse_timeout: float = 30, failed: bool = False) -> int | None:
+    """An N-EVENT-REPORT "all committed" for action (`failed`: "none committed"), from
+    calling_ae on an association of its own; the router's status (None: no answer within
+    dimse_timeout)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.network_timeout = 30
     ae.dimse_timeout = dimse_timeout
@@ -827,13 +829,27 @@ def _report(router_port: int, calling_ae: str, action: Dataset,
         assert assoc.is_established
         result = Dataset()
         result.TransactionUID = action.TransactionUID
-        result.ReferencedSOPSequence = action.ReferencedSOPSequence
-        status, _ = assoc.send_n_event_report(result, 1, StorageCommitmentPushModel,
+        if failed:
+            result.FailedSOPSequence = copy.deepcopy(action.ReferencedSOPSequence)
+            for item in result.FailedSOPSequence:
+                item.FailureReason = 0x0110
+        else:
+            result.ReferencedSOPSequence = action.ReferencedSOPSequence
+        status, _ = assoc.send_n_event_report(result, 2 if failed else 1,
+                                              StorageCommitmentPushModel,
                                               "1.2.840.10008.1.20.1.1")
         return int(status.Status) if "Status" in status else None
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _requester_scp(port: int, on_report: Any) -> Any:
+    """The requester's SCP (AE MODALITY) on port, taking N-EVENT-REPORTs with on_report."""
+    requester = AE("MODALITY")
+    requester.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    return requester.start_server((LOCALHOST, port), block=False,
+                                  evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
 
 
 def _committing_pacs() -> tuple[Any, int, list[Dataset]]:
@@ -923,11 +939,8 @@ def test_a_requester_answering_its_result_after_it_was_kept_gets_it_once(
             kept.wait(30)
         return 0x0000, None
 
-    requester = AE("MODALITY")
-    requester.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     requester_port = free_port()
-    scp = requester.start_server((LOCALHOST, requester_port), block=False,
-                                 evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    scp = _requester_scp(requester_port, on_report)
     router = RouterProcess(tmp_path / "router", {
         "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
                                   "port": port}},
@@ -952,6 +965,47 @@ def test_a_requester_answering_its_result_after_it_was_kept_gets_it_once(
         router.stop()
         server.shutdown()
         scp.shutdown()
+
+
+def test_a_later_report_replaces_a_kept_result_and_the_requester_hears_only_it(
+        tmp_path: Path) -> None:
+    """The archive reports "none committed", then "all committed", while the requester's SCP
+    is down and the first report is kept: the second was refused as an unknown transaction
+    (the kept one had taken it), and the requester heard only the first."""
+    server, port, actions = _committing_pacs()
+    transaction = "1.2.826.0.1.3680043.8.498.42"
+    reports: list[int] = []
+    requester_port = free_port()  # nobody listening yet
+    router = RouterProcess(tmp_path / "router", {
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": LOCALHOST,
+                                  "port": port}},
+        "known_aes": {"MODALITY": {"host": LOCALHOST, "port": requester_port}},
+        "rules": [{"name": "qr", "query": ["pacs"]}]})
+    router.start()
+    scp = None
+    try:
+        status, _ = _request_commitment(router.port, transaction,
+                                        "1.2.826.0.1.3680043.8.498.43")
+        assert status == 0x0000 and len(actions) == 1
+        assert _report(router.port, "PACS", actions[0], failed=True) == 0x0000  # kept
+        assert _report(router.port, "FORGER", actions[0]) == 0x0110  # not its reporter
+        assert _report(router.port, "PACS", actions[0]) == 0x0000
+        assert f"result {transaction} from PACS for MODALITY replaces" in router.log()
+
+        def on_report(event: Any) -> tuple[int, None]:
+            reports.append(event.event_type)
+            return 0x0000, None
+
+        scp = _requester_scp(requester_port, on_report)
+        commitments = router.spool / "commitments"
+        assert wait_for(lambda: not list(commitments.iterdir()), timeout=40)
+        assert reports == [1]  # all committed, once; never "none committed"
+        _no_traceback(router)
+    finally:
+        router.stop()
+        server.shutdown()
+        if scp is not None:
+            scp.shutdown()
 
 
 @pytest.mark.parametrize("timeout", ["request_timeout", "dimse_timeout", "worker_killed"])

@@ -3,9 +3,13 @@ kept on the spool and sent again by whichever acceptor holds each one's lock."""
 
 from __future__ import annotations
 
+import base64
 import json
-from dataclasses import asdict
+import threading
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import pytest
 
 from router.core.messages import RelayRequest
 from router.relay.commitment_results import (
@@ -137,3 +141,42 @@ def test_a_first_try_that_ends_untaken_makes_its_result_due_and_one_cut_short_ex
     assert list(results.due(NOW + 30)) == []
     (due,) = results.due(NOW + 30 + FIRST_RETRY_SECONDS)
     assert (due.reason, due.first_try_until) == ("MODALITY answered 0xA700", 0.0)
+
+
+def _later(body: bytes, at: float) -> KeptResult:
+    return replace(report(), dataset=base64.b64encode(body).decode(), kept_at=at)
+
+
+@pytest.mark.parametrize("older_ends", ["delivered", "retry_later"])
+def test_a_later_result_written_while_the_earlier_is_sent_is_kept(
+        tmp_path: Path, older_ends: str) -> None:
+    """Another acceptor kept a later report while the courier sent the earlier one: the
+    courier's end then removed the later (delivered) or wrote the earlier over it (a retry).
+    The later now waits for the earlier's lock, and is what stays."""
+    courier, acceptor = KeptResults(tmp_path), KeptResults(tmp_path)
+    courier.keep(_later(b"partial", NOW))
+    for earlier in courier.due(NOW + FIRST_RETRY_SECONDS):
+        writer = threading.Thread(target=acceptor.keep, args=(_later(b"final", NOW + 1),))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive()  # waits for the courier: the earlier is not replaced mid-send
+        if older_ends == "delivered":
+            courier.delivered(earlier)
+        else:
+            courier.retry_later(earlier.failed(NOW + FIRST_RETRY_SECONDS, "refused"))
+    writer.join(10)
+    (left,) = KeptResults(tmp_path).due(NOW + 1000)
+    assert left.payload() == b"final"
+
+
+def test_a_later_result_waits_for_the_earliers_first_try_and_then_goes(tmp_path: Path) -> None:
+    """Never the earlier after the later: while the earlier's first try may still reach the
+    requester, the later is not sent; once that try ends (taken or not), it is."""
+    results = KeptResults(tmp_path)
+    earlier = replace(_later(b"partial", NOW), first_try_until=NOW + 120)
+    results.keep(earlier)
+    results.keep(replace(_later(b"final", NOW + 1), next_at=NOW + 1))
+    assert list(results.due(NOW + 60)) == []
+    results.first_try_ended(earlier, True, NOW + 7, "")
+    (later,) = results.due(NOW + 7)
+    assert later.payload() == b"final"
