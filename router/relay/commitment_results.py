@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 FIRST_RETRY_SECONDS = 2.0  # then doubling: a modality restarting its SCP hears within seconds
 MAX_RETRY_SECONDS = 300.0
 GIVE_UP_SECONDS = 24 * 3600.0  # as long as a pending commitment is remembered
+# How often the supervisor counts them for its gauge and /status: a listing of commitments/,
+# on a shared folder (NFS) a round trip to the server, and its main loop turns twice a second.
+COUNT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ def _parsed(body: bytes) -> KeptResult:
 class KeptResults:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._count = 0
+        self._counted_at = float("-inf")  # monotonic
 
     def count(self) -> int:
         """How many are kept now (the supervisor's gauge and /status: one reader, whatever
@@ -124,6 +129,13 @@ class KeptResults:
             return sum(1 for _ in self.folder.glob("*.result"))
         except OSError:
             return 0
+
+    def counted(self, now: float) -> int:
+        """count(), listed again only once COUNT_SECONDS have passed since the last listing
+        (`now`: monotonic); the number then, in between."""
+        if now - self._counted_at >= COUNT_SECONDS:
+            self._counted_at, self._count = now, self.count()
+        return self._count
 
     def _path(self, transaction_uid: str) -> Path | None:
         if not re.fullmatch(r"[0-9.]{1,64}", transaction_uid):

@@ -248,7 +248,7 @@ class Supervisor:
             self.reload_steps.resend_lost_hups()
             ready = self.ready()[0]
             metrics.READY.set(1 if ready else 0)
-            self.commitment_results_kept = self.kept_results.count()
+            self.commitment_results_kept = self.kept_results.counted(now)
             metrics.COMMITMENT_RESULTS_KEPT.set(self.commitment_results_kept)
             has_run = has_run or ready or time.time() - self.started_at > RELOAD_AFTER_SECONDS
             # A SIGHUP during the start waits until the children heed one.

@@ -13,6 +13,7 @@ import pytest
 
 from router.core.messages import RelayRequest
 from router.relay.commitment_results import (
+    COUNT_SECONDS,
     FIRST_RETRY_SECONDS,
     GIVE_UP_SECONDS,
     MAX_RETRY_SECONDS,
@@ -180,3 +181,20 @@ def test_a_later_result_waits_for_the_earliers_first_try_and_then_goes(tmp_path:
     results.first_try_ended(earlier, True, NOW + 7, "")
     (later,) = results.due(NOW + 7)
     assert later.payload() == b"final"
+
+
+def test_the_supervisor_lists_the_folder_every_few_seconds_not_every_turn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's main loop (every half second) listed commitments/ on each turn: on a
+    shared NFS folder a round trip to the server twice a second, per cell."""
+    results = KeptResults(tmp_path)
+    listings = []
+    count = results.count
+    monkeypatch.setattr(results, "count", lambda: listings.append(1) or count())
+    results.keep(report())
+    assert results.counted(0.0) == 1
+    results.keep(report("1.2.826.0.1.3680043.8.498.2"))
+    turns = [results.counted(turn * 0.5) for turn in range(1, int(4 * COUNT_SECONDS))]
+    assert turns[0] == 1  # as last listed, for at most COUNT_SECONDS
+    assert turns[-1] == 2
+    assert len(listings) == 2  # two listings in 2 * COUNT_SECONDS of half-second turns
