@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.core.errors import RouterError
 from router.core.owned_names import process_alive
 from router.core.process_identity import ProcessTag
 from router.relay.move_owner import MoveOwner, OwnerLiveness, parse_owner
@@ -64,6 +65,11 @@ SWEEP_SECONDS = 60.0  # how often an acceptor removes expired closed-<id> files
 # A move's arriving instance says so at most this often: the worker looks 4 times a second
 # (router/dicom/silence_wait.py) and its timeout counts whole seconds.
 HEARD_SECONDS = 1.0
+
+
+class RegistryUnavailable(RouterError):
+    """The registry's folder cannot be written (a shared volume gone or read-only for now):
+    no move can be given a message ID, so none is relayed until it is back."""
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,11 @@ class MoveRegistry:
         within CLOSED_SECONDS while another is free (its late instances name it)."""
         self.tend()  # another cell takes this one's moves for alive from its first beat
         draft = self.folder / f".{os.getpid()}-{uuid.uuid4().hex}"
-        draft.write_text("\n".join((f"{self._alive.me()} {originator_ae}", upstream_ae,
-                                    destination, *store_aes)))
+        try:
+            draft.write_text("\n".join((f"{self._alive.me()} {originator_ae}", upstream_ae,
+                                        destination, *store_aes)))
+        except OSError as exc:
+            raise self._unavailable(exc) from None
         try:
             for attempt in range(2 * self._ids):
                 message_id = self._next % self._ids + 1
@@ -143,8 +152,15 @@ class MoveRegistry:
                 return MoveRelay(message_id, originator_ae, upstream_ae, destination,
                                  store_aes)
             raise RuntimeError(f"{self._ids} relayed C-MOVEs in progress")
+        except OSError as exc:  # FileExistsError is handled above: the folder went away
+            raise self._unavailable(exc) from None
         finally:
-            draft.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                draft.unlink(missing_ok=True)
+
+    def _unavailable(self, exc: OSError) -> RegistryUnavailable:
+        return RegistryUnavailable(f"cannot register a C-MOVE in {self.folder}: "
+                                   f"{exc.strerror or exc}")
 
     def reserve(self) -> MoveRelay:
         """A message ID for a pass-through C-MOVE: no relayed move takes it meanwhile, and no
@@ -209,9 +225,13 @@ class MoveRegistry:
         """Whether a move in progress, in any acceptor, takes instances from this calling AE:
         its upstream's store association may be silent while the upstream works."""
         calling = calling_ae.strip()
-        for path in self.folder.iterdir():
-            if path.name.isdigit():
-                entry = self._read(path.name)
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return False  # the shared volume away for now: no move can be told to wait
+        for name in names:
+            if name.isdigit():
+                entry = self._read(name)
                 if (entry is not None and calling in entry[1].senders()
                         and self._alive(entry[0])):
                     return True

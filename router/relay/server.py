@@ -37,7 +37,7 @@ from router.relay.commitment_relay import STORAGE_COMMITMENT, CommitmentRelay
 from router.relay.commitment_results import KeptResults
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves
-from router.relay.move_registry import ArrivingInstance
+from router.relay.move_registry import ArrivingInstance, RegistryUnavailable
 from router.relay.move_targets import relays_moves
 from router.relay.result_courier import ResultCourier
 from router.relay.state import Commitments
@@ -97,6 +97,13 @@ class RelayServer(CommitmentRelay):
                         "0x%04X", command, exchange.link.facts.calling_ae, status)
             with contextlib.suppress(RequesterGone):
                 exchange.final(status, str(exc))
+        except RegistryUnavailable as exc:  # the shared volume gone for now: retry later
+            status = relay_failure_status(command)
+            log.error("relayed %s from %s refused with 0x%04X: %s (spool.shared_state_dir "
+                      "not mounted or not writable?)", command,
+                      exchange.link.facts.calling_ae, status, exc)
+            with contextlib.suppress(RequesterGone):
+                exchange.final(status, "router's shared state unavailable; retry later")
         except Exception as exc:  # the handler boundary: a failure status, never an escape
             log.error("relaying %s failed unexpectedly: %s: %s", command,
                       type(exc).__name__, exc)

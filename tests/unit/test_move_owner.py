@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from router.core.config import SpoolConfig
 from router.core.errors import OutOfResources, RouterError
+from router.core.owned_names import relayed_move_name
 from router.core.process_identity import ProcessTag, own_tag
+from router.core.spool import Spool
 from router.relay import move_owner
+from router.relay.move import RelayedMoves
 from router.relay.move_handover import DRAFT_SECONDS, HandedInstances
 from router.relay.move_owner import (
     FOREIGN_SILENCE_SECONDS,
@@ -21,7 +25,7 @@ from router.relay.move_owner import (
     cell_id,
     parse_owner,
 )
-from router.relay.move_registry import MoveRegistry
+from router.relay.move_registry import MoveRegistry, RegistryUnavailable
 from router.service.preflight import check_cell_id
 
 CELL_A, CELL_B = "a" * 12, "b" * 12
@@ -169,3 +173,27 @@ def test_an_instance_the_shared_volume_refuses_is_out_of_resources(tmp_path: Pat
     with pytest.raises(OutOfResources):
         handed.put(source, MoveOwner(TAG, CELL_A), 7)
     assert source.exists()
+
+
+def test_a_shared_folder_gone_for_now_is_said_so_and_never_raises_elsewhere(
+        tmp_path: Path) -> None:
+    """Regression: with the shared volume away, a quiet association's network_timeout
+    asked `awaits` (FileNotFoundError: a traceback, the association dropped), a new move
+    failed as "unexpected" with "router internal error", and one in progress raised on
+    its handed instances, leaving its own instances in relay/. Now: no move waits, a new
+    one is refused with RegistryUnavailable (a clear status), one in progress goes on
+    with its own cell's instances."""
+    spool = Spool(tmp_path / "spool")
+    spool.relay.mkdir(parents=True)
+    moves = RelayedMoves(spool, SpoolConfig(path=tmp_path / "spool",
+                                            shared_state_dir=tmp_path / "shared"))
+    move = moves.moves.open("DICOM-ROUTER", "PACS")
+    own = spool.relay / relayed_move_name(own_tag(), move.message_id)
+    own.write_bytes(b"instance")
+    (tmp_path / "shared").rename(tmp_path / "away")
+    assert not moves.moves.awaits("PACS")
+    with pytest.raises(RegistryUnavailable, match="cannot register a C-MOVE in"):
+        moves.moves.open("DICOM-ROUTER", "PACS")
+    assert moves._handed_files(move.message_id) == []
+    moves.clear(move.message_id)
+    assert not own.exists()
