@@ -119,6 +119,7 @@ class MoveRegistry:
         # Acceptors start at different IDs, so that they seldom try the same one.
         self._next = random.randrange(message_ids)
         self._swept = -SWEEP_SECONDS
+        self._unended: dict[int, bool] = {}  # message ID -> close (else release), to retry
 
     def open(self, originator_ae: str, upstream_ae: str = "", destination: str = "",
              store_aes: tuple[str, ...] = ()) -> MoveRelay:
@@ -169,17 +170,35 @@ class MoveRegistry:
 
     def release(self, move: MoveRelay) -> None:
         """A pass-through move ended: its ID is free, and nothing is refused for it."""
-        if self._mine(move.message_id):
-            (self.folder / str(move.message_id)).unlink(missing_ok=True)
+        self._end(move.message_id, close=False)
 
     def close(self, move: MoveRelay) -> None:
         """The move ended: its late instances are refused for CLOSED_SECONDS."""
-        closed = self.folder / f"closed-{move.message_id}"
-        if not self._mine(move.message_id):
-            return  # taken for over by another cell (silent too long), and reused since
-        with contextlib.suppress(OSError):
-            os.replace(self.folder / str(move.message_id), closed)
-            os.utime(closed)  # closed now, however long it ran
+        self._end(move.message_id, close=True)
+
+    def _end(self, message_id: int, close: bool) -> None:
+        """End a move's entry; while the folder is away, again from `tend` until it is back:
+        an entry left naming a live acceptor would be a move in progress for ever (its late
+        instances taken for nobody, its upstream awaited)."""
+        if not self._ended(message_id, close):
+            self._unended[message_id] = close
+
+    def _ended(self, message_id: int, close: bool) -> bool:
+        """Whether the move's entry is ended, or none of this acceptor's to end."""
+        if not self._mine(message_id):
+            return True  # taken for over by another cell (silent too long), and reused since
+        entry, closed = self.folder / str(message_id), self.folder / f"closed-{message_id}"
+        try:
+            if close:
+                os.replace(entry, closed)
+                os.utime(closed)  # closed now, however long it ran
+            else:
+                entry.unlink()
+        except FileNotFoundError:
+            return self.folder.is_dir()  # no entry: nothing to end; no folder: not yet
+        except OSError:
+            return False  # read-only for now
+        return True
 
     def heard(self, message_id: int) -> None:
         """Data of an instance of this move arrived: its entry's mtime tells the worker that
@@ -287,6 +306,9 @@ class MoveRegistry:
         """From each acceptor's main loop (and each move's start): its heartbeat, for the
         other cells; once per SWEEP_SECONDS, the closed moves and heartbeats that expired."""
         self._alive.beat()
+        for message_id, close in list(self._unended.items()):
+            if self._ended(message_id, close):
+                self._unended.pop(message_id, None)
         now = time.monotonic()
         if now - self._swept < SWEEP_SECONDS:
             return

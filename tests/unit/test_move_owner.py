@@ -197,3 +197,24 @@ def test_a_shared_folder_gone_for_now_is_said_so_and_never_raises_elsewhere(
     assert moves._handed_files(move.message_id) == []
     moves.clear(move.message_id)
     assert not own.exists()
+
+
+def test_a_move_ending_while_the_shared_folder_is_away_is_closed_once_it_is_back(
+        tmp_path: Path) -> None:
+    """Regression: closing (or releasing) a move while the shared volume was away failed
+    silently, and once it was back the entry named a live acceptor: a move in progress for
+    ever, whose late instances were taken for nobody and whose upstream was awaited."""
+    shared = tmp_path / "moves"
+    a = MoveRegistry(shared, cell=CELL_A)
+    b = MoveRegistry(shared, cell=CELL_B)
+    relayed, passed = a.open("DICOM-ROUTER", "PACS"), a.reserve()
+    shared.rename(tmp_path / "away")
+    a.close(relayed)
+    a.release(passed)
+    (tmp_path / "away").rename(shared)
+    a.tend()
+    assert b.owner(relayed.message_id, "DICOM-ROUTER", "PACS") is None
+    assert b.closed(relayed.message_id, "DICOM-ROUTER", "PACS")  # late: refused
+    assert not b.awaits("PACS")
+    assert sorted(p.name for p in shared.iterdir() if not p.name.startswith("alive-")) == [
+        f"closed-{relayed.message_id}"]
