@@ -258,8 +258,14 @@ class Delivery:
                 self.counts.delivered(None)
                 if exc.certificate:
                     self.refused = f"{self.sender.name} {exc.certificate}"
+            except OSError as exc:  # gone since listed (the shared volume away): this one
+                log.warning("relayed C-MOVE %d: an instance received for it cannot be read "
+                            "(%s: %s); counted failed", self.move.message_id, path.parent,
+                            exc.strerror or exc)
+                self.counts.delivered(None)
             finally:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             self.pending()
 
     def _send(self, path: Path) -> int:

@@ -11,6 +11,7 @@ import pytest
 from router.core.errors import DeliveryError
 from router.relay import move as move_module
 from router.relay.move import Delivery
+from router.relay.move_registry import MoveRelay
 
 
 class BusyOnce:
@@ -85,3 +86,25 @@ def test_a_sub_operation_busy_past_its_window_fails(
     with pytest.raises(DeliveryError):
         delivery._send(tmp_path / "0000000000000001aaaaaaaa.dcm")
     assert 2 <= sender.tries <= 6 and clock.now - 1000.0 <= 5.0
+
+
+def test_an_instance_that_cannot_be_read_fails_alone_not_the_move(tmp_path: Path) -> None:
+    """Regression: an instance handed over by another cell, listed, then gone with the
+    shared volume (renamed away, unmounted) raised FileNotFoundError out of the move: the
+    requester got "router internal error" for every instance, delivered ones included.
+    Now that one is counted failed and the others are delivered."""
+
+    class Reading(BusyOnce):
+        def send(self, job: Any, path: Path, originator: tuple[str, int]) -> int:
+            path.read_bytes()  # the sender streams the file
+            return 0x0000
+
+    gone = tmp_path / "shared" / "handed.dcm"
+    here = tmp_path / "relay" / "mine.dcm"
+    here.parent.mkdir()
+    here.write_bytes(b"instance")
+    delivery = Delivery(Waiting(), MoveRelay(7, "DICOM-ROUTER"), Reading(),  # type: ignore[arg-type]
+                        tmp_path / "relay", ("VIEWER", 7), (), threading.Lock(),
+                        handed=lambda message_id: [gone, here])
+    delivery.arrived()
+    assert (delivery.counts.completed, delivery.counts.failed) == (1, 1)
