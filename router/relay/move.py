@@ -14,7 +14,7 @@ from typing import Any
 
 from router.core.config import DicomDestination, RouterConfig, SpoolConfig
 from router.core.dimse_status import Status, relay_failure_status
-from router.core.errors import DeliveryError, DimseRefusal
+from router.core.errors import DeliveryError, DimseRefusal, OutOfResources
 from router.core.log_safety import RepeatLimiter
 from router.core.messages import JobHeader, RelayRequest, RelayResponse
 from router.core.owned_names import relayed_move_files, relayed_move_name, unlink_all
@@ -160,6 +160,9 @@ class RelayedMoves:
             if self.moves.closed(originator_message_id, originator_ae, calling_ae):
                 raise MoveClosed(f"relayed C-MOVE {originator_message_id} has ended; this "
                                  f"instance from {calling_ae.strip()} came too late")
+            if config is not None:
+                self._refuse_while_away(config, originator_message_id, originator_ae,
+                                        calling_ae)
             self._warn_stray(originator_message_id, originator_ae, calling_ae)
             if config is not None:
                 self._warn_other_cell(config, originator_message_id, originator_ae,
@@ -173,6 +176,21 @@ class RelayedMoves:
             source.replace(self.spool.relay
                            / relayed_move_name(owner.tag, int(originator_message_id)))
         return True
+
+    def _refuse_while_away(self, config: RouterConfig, message_id: int | None,
+                           originator_ae: str | None, calling_ae: str) -> None:
+        """A relay-mode upstream's instance naming a move while the shared moves/ is away:
+        most likely another cell's move, which cannot be told; OutOfResources (the upstream
+        may send it again) rather than routing it as new work, which would forward a move's
+        instance to the rules' destinations while the move counts it failed."""
+        if (self.handed is None or message_id is None or self.moves.folder.is_dir()
+                or relaying_upstream(config, originator_ae, calling_ae) is None):
+            return
+        if self._strays.allow(("registry away", calling_ae.strip()), 1):
+            log.warning("C-STORE from %s names C-MOVE message ID %d, and %s is not there to "
+                        "tell which cell relays it: answered 0xA700 (spool.shared_state_dir "
+                        "not mounted?)", calling_ae.strip(), int(message_id), self.moves.folder)
+        raise OutOfResources("router's shared state unavailable; retry later")
 
     def _handed_files(self, message_id: int) -> list[Path]:
         """The instances other cells received for this acceptor's move; none while the shared

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from router.core.config import SpoolConfig
+from router.core.config import SpoolConfig, parse_config
 from router.core.errors import OutOfResources, RouterError
 from router.core.owned_names import relayed_move_name
 from router.core.process_identity import ProcessTag, own_tag
@@ -218,3 +218,27 @@ def test_a_move_ending_while_the_shared_folder_is_away_is_closed_once_it_is_back
     assert not b.awaits("PACS")
     assert sorted(p.name for p in shared.iterdir() if not p.name.startswith("alive-")) == [
         f"closed-{relayed.message_id}"]
+
+
+def test_an_upstreams_instance_is_refused_for_now_while_the_shared_moves_is_away(
+        tmp_path: Path) -> None:
+    """Regression: with the shared moves/ away no move was found, and the relay-mode
+    upstream's instance was routed as new work (forwarded by the rules, Success to the
+    upstream) while its move counted it failed. Now 0xA700: the upstream may send it
+    again; another party's C-STORE is still new work."""
+    config = parse_config({
+        "ae_title": "DICOM-ROUTER",
+        "destinations": {"archive": {"type": "dicom", "ae_title": "ARCHIVE", "host": "h",
+                                     "port": 104, "move_mode": "relay"}},
+        "spool": {"path": str(tmp_path / "spool"),
+                  "shared_state_dir": str(tmp_path / "shared")},
+        "rules": [{"name": "qr", "query": ["archive"]}]})
+    (tmp_path / "spool").mkdir()
+    moves = RelayedMoves(Spool(tmp_path / "spool"), config.spool)
+    source = tmp_path / "received.dcm"
+    source.write_bytes(b"instance")
+    (tmp_path / "shared").rename(tmp_path / "away")
+    with pytest.raises(OutOfResources):
+        moves.take_instance(7, "DICOM-ROUTER", "ARCHIVE", source, config)
+    assert source.exists()
+    assert not moves.take_instance(7, None, "MODALITY", source, config)  # new work
