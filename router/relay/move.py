@@ -146,8 +146,9 @@ class RelayedMoves:
         left = unlink_all(relayed_move_files(self.spool.relay, message_id)
                           + self._handed_files(message_id))
         if left:
-            log.warning("removed %d instance(s) of relayed C-MOVE %d from relay/ that were "
-                        "never delivered", left, message_id)
+            log.warning("removed %d instance(s) of relayed C-MOVE %d from relay/%s that "
+                        "were never delivered", left, message_id,
+                        "" if self.handed is None else " and the shared move-instances/")
 
     def take_instance(self, originator_message_id: int | None, originator_ae: str | None,
                       calling_ae: str, source: Path, config: RouterConfig | None = None

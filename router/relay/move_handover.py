@@ -13,6 +13,7 @@ move_owner.py) is swept a minute later, and so is a copy a crash cut short.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -67,8 +68,8 @@ class HandedInstances:
 
     def sweep(self) -> int:
         """Remove what nobody will read: instances of moves no longer in progress, drafts a
-        crash left. How many."""
-        removed = 0
+        crash left. How many. The upstream heard Success for such an instance: say so."""
+        removed, moves = 0, collections.Counter[str]()
         now = time.time()
         with os.scandir(self.folder) as entries:
             for entry in list(entries):
@@ -76,6 +77,12 @@ class HandedInstances:
                     if now - entry.stat().st_mtime > self._keep(entry.name):
                         os.unlink(entry.path)
                         removed += 1
+                        if not entry.name.startswith("."):  # an instance, not a draft
+                            moves[entry.name.partition("-move-")[2].partition("-")[0]] += 1
+        if moves:
+            log.warning("removed %d instance(s) handed over for relayed C-MOVE(s) %s, which "
+                        "ended or whose cell stopped before delivering them: never delivered "
+                        "for the move", sum(moves.values()), ", ".join(sorted(moves)))
         return removed
 
     def _keep(self, name: str) -> float:

@@ -242,3 +242,22 @@ def test_an_upstreams_instance_is_refused_for_now_while_the_shared_moves_is_away
         moves.take_instance(7, "DICOM-ROUTER", "ARCHIVE", source, config)
     assert source.exists()
     assert not moves.take_instance(7, None, "MODALITY", source, config)  # new work
+
+
+def test_swept_instances_of_a_move_that_is_over_are_said_never_delivered(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Regression: the instances handed to a move whose cell died (the upstream heard
+    Success for each) were removed a few minutes later without a word."""
+    handed = HandedInstances(tmp_path / "shared", lambda owner, message_id: False)
+    for n in range(2):
+        source = tmp_path / f"received-{n}.dcm"
+        source.write_bytes(b"instance")
+        handed.put(source, MoveOwner(TAG, CELL_A), 57901)
+    draft = tmp_path / "shared" / ".cut-short.tmp"
+    draft.write_bytes(b"half")
+    old = time.time() - DRAFT_SECONDS - 1
+    for path in (tmp_path / "shared").iterdir():
+        os.utime(path, (old, old))
+    assert handed.sweep() == 3
+    assert "removed 2 instance(s) handed over for relayed C-MOVE(s) 57901" in caplog.text
+    assert "never delivered" in caplog.text
