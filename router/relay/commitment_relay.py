@@ -199,6 +199,8 @@ class CommitmentRelay:
         except BaseException:  # a full disk: the upstream hears a failure, nothing waits
             if first_try is not None:
                 first_try.close()
+            # Pending again for the upstream's retry, which take() would refuse as unknown.
+            self.commitments.restore(transaction, commitment)
             raise
         if not stored:  # a Transaction UID that cannot be a file name
             if first_try is not None:
