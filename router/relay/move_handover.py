@@ -61,10 +61,15 @@ class HandedInstances:
         source.unlink(missing_ok=True)
 
     def files(self, owner: MoveOwner, message_id: int) -> list[Path]:
-        """The instances handed to this owner's move."""
+        """The instances handed to this owner's move; none while the shared volume is away
+        (the move's next look finds them, and a move that ended meanwhile counts them
+        failed): its own instances still go, and its end is no traceback."""
         prefix = f"{owner}-move-{message_id}-"
-        with os.scandir(self.folder) as entries:
-            return [Path(e.path) for e in entries if e.name.startswith(prefix)]
+        try:
+            with os.scandir(self.folder) as entries:
+                return [Path(e.path) for e in entries if e.name.startswith(prefix)]
+        except OSError:
+            return []
 
     def sweep(self) -> int:
         """Remove what nobody will read: instances of moves no longer in progress, drafts a

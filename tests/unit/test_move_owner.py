@@ -12,7 +12,7 @@ import pytest
 
 from router.core.config import SpoolConfig, parse_config
 from router.core.errors import OutOfResources, RouterError
-from router.core.owned_names import relayed_move_name
+from router.core.owned_names import relayed_move_files, relayed_move_name
 from router.core.process_identity import ProcessTag, own_tag
 from router.core.spool import Spool
 from router.relay import move_owner
@@ -261,3 +261,23 @@ def test_swept_instances_of_a_move_that_is_over_are_said_never_delivered(
     assert handed.sweep() == 3
     assert "removed 2 instance(s) handed over for relayed C-MOVE(s) 57901" in caplog.text
     assert "never delivered" in caplog.text
+
+
+def test_a_move_ends_while_the_shared_volume_is_away(tmp_path: Path) -> None:
+    """Regression: the listing of move-instances/ (each turn of a move's loop, its clearing
+    at the end and the late clearing's timer thread) raised when the shared volume was away
+    (unmounted, a stale NFS handle): the move ended as "failed unexpectedly" and the timer
+    thread died with a traceback. Its own instances still go; the handed ones once it is
+    back."""
+    settings = parse_config({
+        "spool": {"path": str(tmp_path / "spool"), "shared_state_dir": str(tmp_path / "shared")},
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 104}},
+        "rules": [{"name": "all", "forward": ["pacs"]}]}).spool
+    spool = Spool(settings.path).create()
+    moves = RelayedMoves(spool, settings)
+    move = moves.moves.open("DICOM-ROUTER", "PACS")
+    (spool.relay / relayed_move_name(own_tag(), move.message_id)).write_bytes(b"left")
+    (tmp_path / "shared" / "move-instances").rmdir()  # the volume away
+    moves.clear(move.message_id)
+    assert relayed_move_files(spool.relay, move.message_id) == []
