@@ -4,10 +4,11 @@ takes them. Orthanc and many archives send a result once; answered with a failur
 it and the requester never hears, so the router keeps it as it keeps an instance.
 
 Each is `<spool>/commitments/<transaction uid>.result` (JSON, fsync'd). Any acceptor process
-may retry it: the one holding its lock (flock) sends it, and the one that delivered it
-deletes it. A result kept while its first try still waits for the requester carries that
-try's deadline (`first_try_until`): nobody sends it before, and the try, when it ends,
-removes it (taken) or makes it due, under the same lock.
+may retry it: the one holding its lock (flock) leases it for the send (`first_try_until`),
+sends it without the lock, and ends it (deleted when delivered) under the lock again. A
+result kept while its first try still waits for the requester carries that try's deadline
+(`first_try_until`) too: nobody sends it before, and the try, when it ends, removes it
+(taken) or makes it due, under the same lock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -201,7 +202,7 @@ class KeptResults:
         finally:
             os.close(fd)
 
-    def due(self, now: float) -> Iterator[KeptResult]:
+    def due(self, now: float) -> Generator[KeptResult, None, None]:
         """Each result whose retry is due, locked while the caller handles it: the caller
         ends each with `delivered`, `retry_later` or `give_up` before asking for the next."""
         for path in sorted(self.folder.glob("*.result")):
@@ -225,16 +226,34 @@ class KeptResults:
         """The first try of `kept` ended after it was kept: taken by the requester, the file
         goes; not taken, it is due FIRST_RETRY_SECONDS from now. Under the file's lock,
         waiting for it: a courier sending it (its try's time was up) goes first."""
+        self._try_ended(kept, taken, lambda current: replace(
+            current, first_try_until=0.0, reason=reason, next_at=now + FIRST_RETRY_SECONDS))
+
+    def lease(self, result: KeptResult, until: float) -> KeptResult:
+        """`result`, locked by the caller (from `due`), taken for a send until `until`: the
+        courier sends it after leaving the lock, so that a later report is kept at once,
+        never after a delivery that may last request_timeout (the upstream waits for it).
+        Nobody sends it again before `until`; a later report kept meanwhile waits for the
+        send's end (`sent`), as for a first try."""
+        leased = replace(result, first_try_until=until)
+        self.retry_later(leased)
+        return leased
+
+    def sent(self, leased: KeptResult, taken: bool, now: float, reason: str) -> None:
+        """The send of a `lease`d result ended: taken, the file goes; not taken, it is due
+        again after its back-off."""
+        self._try_ended(leased, taken, lambda current: replace(
+            current.failed(now, reason), first_try_until=0.0))
+
+    def _try_ended(self, kept: KeptResult, taken: bool,
+                   untaken: Callable[[KeptResult], KeptResult]) -> None:
         def ended(current: KeptResult | None) -> KeptResult | None:
             if current is None or not current.same(kept):
                 # A later report took its place, and waited for this try: it may go now.
                 if current is None or current.first_try_until != kept.first_try_until:
                     return current
                 return replace(current, first_try_until=0.0)
-            if taken:
-                return None
-            return replace(current, first_try_until=0.0, reason=reason,
-                           next_at=now + FIRST_RETRY_SECONDS)
+            return None if taken else untaken(current)
 
         path = self._path(kept.transaction_uid)
         if path is not None:

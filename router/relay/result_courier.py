@@ -6,6 +6,7 @@ file (taken: the file goes), and until then the courier leaves the file alone.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -140,8 +141,8 @@ class ResultCourier:
                       type(exc).__name__, exc)
 
     def retry_forever(self, stop: threading.Event) -> None:
-        """The acceptor's thread for kept results (each acceptor runs one; a result's lock
-        lets one of them send it at a time)."""
+        """The acceptor's thread for kept results (each acceptor runs one; a result's lease,
+        taken under its lock, lets one of them send it at a time)."""
         while not stop.wait(RETRY_POLL_SECONDS):
             try:
                 self.retry_due()
@@ -150,29 +151,40 @@ class ResultCourier:
                           type(exc).__name__, exc)
 
     def retry_due(self) -> None:
-        for result in self.results.due(time.time()):
-            self._retry(result)
+        """Each due result, one at a time: leased under its lock, sent without it (a later
+        report for it is kept meanwhile, not held up by the send)."""
+        while (leased := self._lease_next()) is not None:
+            self._send(leased)
 
-    def _retry(self, result: KeptResult) -> None:
-        uid, requester = result.transaction_uid, result.requester_ae
-        if result.expired(time.time()):
-            log.error("storage commitment result %s for %s given up: not delivered in %d "
-                      "attempt(s) over 24 h (last: %s)", uid, requester, result.attempts,
-                      result.reason)
-            self.results.give_up(result)
-            return
-        if requester not in self.config().known_aes:  # removed by a reload: one may add it back
-            self.results.retry_later(result.failed(time.time(), "not in known_aes"))
-            return
-        answer, _, reason = self.deliver(result.request(relay_request_id()), result.payload())
-        if answer is not None and answer.status == Status.SUCCESS:
+    def _lease_next(self) -> KeptResult | None:
+        now = time.time()
+        with contextlib.closing(self.results.due(now)) as due:
+            for result in due:
+                uid, requester = result.transaction_uid, result.requester_ae
+                if result.expired(now):
+                    log.error("storage commitment result %s for %s given up: not delivered "
+                              "in %d attempt(s) over 24 h (last: %s)", uid, requester,
+                              result.attempts, result.reason)
+                    self.results.give_up(result)
+                elif requester not in self.config().known_aes:  # a reload may add it back
+                    self.results.retry_later(result.failed(now, "not in known_aes"))
+                else:
+                    return self.results.lease(result,
+                                              now + self.config().request_timeout + 1.0)
+        return None
+
+    def _send(self, leased: KeptResult) -> None:
+        uid, requester = leased.transaction_uid, leased.requester_ae
+        answer, _, reason = self.deliver(leased.request(relay_request_id()), leased.payload())
+        taken = answer is not None and answer.status == Status.SUCCESS
+        if taken:
             log.info("storage commitment result %s delivered to %s on attempt %d", uid,
-                     requester, result.attempts + 1)
-            self.results.delivered(result)
-            return
-        if answer is not None:
-            reason = f"{requester} answered 0x{answer.status:04X} {answer.error_comment}".strip()
-        log.info("storage commitment result %s for %s not delivered yet: %s", uid, requester,
-                 reason)
-        self.results.retry_later(result.failed(time.time(), reason))
+                     requester, leased.attempts + 1)
+        else:
+            if answer is not None:
+                reason = f"{requester} answered 0x{answer.status:04X} " \
+                         f"{answer.error_comment}".strip()
+            log.info("storage commitment result %s for %s not delivered yet: %s", uid,
+                     requester, reason)
+        self.results.sent(leased, taken, time.time(), reason)
 

@@ -4,6 +4,7 @@ kept on the spool and sent again by whichever acceptor holds each one's lock."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 from dataclasses import asdict, replace
@@ -198,3 +199,22 @@ def test_the_supervisor_lists_the_folder_every_few_seconds_not_every_turn(
     assert turns[0] == 1  # as last listed, for at most COUNT_SECONDS
     assert turns[-1] == 2
     assert len(listings) == 2  # two listings in 2 * COUNT_SECONDS of half-second turns
+
+
+def test_a_leased_result_is_sent_by_one_acceptor_and_due_again_when_not_taken(
+        tmp_path: Path) -> None:
+    """The courier sends a result without its lock, under a lease in the file: no other
+    acceptor sends it before the lease ends, and an untaken send backs off."""
+    first, second = KeptResults(tmp_path), KeptResults(tmp_path)
+    first.keep(report())
+    now = NOW + FIRST_RETRY_SECONDS
+    with contextlib.closing(first.due(now)) as due:
+        leased = first.lease(next(due), now + 121)
+    assert list(second.due(now + 120)) == []  # the send may still be waiting
+    first.sent(leased, False, now + 5, "silent")
+    (again,) = second.due(now + 5 + 2 * FIRST_RETRY_SECONDS)
+    assert (again.attempts, again.reason, again.first_try_until) == (2, "silent", 0.0)
+    with contextlib.closing(second.due(now + 1000)) as due:
+        leased = second.lease(next(due), now + 1121)
+    second.sent(leased, True, now + 1001, "")
+    assert list(tmp_path.iterdir()) == []
