@@ -196,12 +196,7 @@ class RelayedMoves:
     def _handed_files(self, message_id: int) -> list[Path]:
         """The instances other cells received for this acceptor's move; none while the shared
         volume is away (the final then counts what the upstream sent there failed)."""
-        if self.handed is None:
-            return []
-        try:
-            return self.handed.files(self.moves.me, message_id)
-        except OSError:
-            return []
+        return [] if self.handed is None else self.handed.files(self.moves.me, message_id)
 
     def _warn_other_cell(self, config: RouterConfig, message_id: int | None,
                          originator_ae: str | None, calling_ae: str) -> None:
