@@ -117,6 +117,49 @@ def test_an_element_no_dictionary_knows_is_removed(tmp_path: Path, uids: UidMap)
     assert not any(value.encode() in (tmp_path / "out.dcm").read_bytes() for value in PHI)
 
 
+def _run_over(ds: Dataset, first: bytes, after: bytes) -> bytes:
+    """`ds` encoded with the length of the element whose header starts with `first` (tag and
+    VR, explicit VR) run over the elements after it, up to the one starting with `after`."""
+    body = bytearray(_encoded(ds))
+    start, end = body.index(first), body.index(after)
+    struct.pack_into("<H", body, start + 6, end - (start + 8))
+    return bytes(body)
+
+
+@pytest.mark.parametrize(("keyword", "header"), [
+    ("Modality", b"\x08\x00\x60\x00CS"),      # decoded by pydicom, then kept
+    ("Manufacturer", b"\x08\x00\x70\x00LO"),  # text kept as read, never decoded
+])
+def test_a_kept_element_whose_length_runs_over_the_patients_name_is_refused(
+        tmp_path: Path, uids: UidMap, keyword: str, header: bytes) -> None:
+    """Its value then holds the next elements, headers and all: the kept Modality went to
+    the research PACS as 'CT..PN..DOE^JOHN..LO..MRN-4711' beside PatientIdentityRemoved YES."""
+    sop = generate_uid()
+    ds = _dataset(sop)
+    ds.Manufacturer = "ACME"
+    # Up to StudyInstanceUID (0020,000D): PatientName and PatientID are inside.
+    source = _file(tmp_path / "over.dcm", sop, _run_over(ds, header, b"\x20\x00\x0d\x00UI"))
+    assert str(dcmread(source).get(keyword)).find("DOE^JOHN") > 0  # read as one value
+    target = tmp_path / "out.dcm"
+    with pytest.raises(UnfitDataset, match=f"{keyword} holds control characters"):
+        deidentify_file(source, target, DeidentifyConfig(), uids)
+    assert not target.exists()
+
+
+def test_text_padded_with_nul_or_holding_line_breaks_and_escapes_is_still_sent(
+        tmp_path: Path, uids: UidMap) -> None:
+    sop = generate_uid()
+    ds = _dataset(sop)
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.Manufacturer = "ACME\0"  # padded with NUL, as some modalities do
+    ds.add_new(0x00181030, "LO", "Head\x1b$B\x21\x22\x1b(B")  # ProtocolName, ISO 2022 escapes
+    ds.add_new(0x00204000, "LT", "line 1\r\nline 2\tend")  # ImageComments (cleaned below)
+    source = _file(tmp_path / "ok.dcm", sop, _encoded(ds))
+    deidentify_file(source, tmp_path / "out.dcm", DeidentifyConfig(clean_descriptions=True), uids)
+    out = dcmread(tmp_path / "out.dcm")
+    assert out.Manufacturer == "ACME" and out.ImageComments == "line 1\r\nline 2\tend"
+
+
 @pytest.mark.parametrize("levels", [100, 400])
 @pytest.mark.parametrize("step", ["morph", "deidentify"])
 def test_sequences_nested_hundreds_deep_are_a_dead_letter_of_the_step(

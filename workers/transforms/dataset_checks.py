@@ -10,12 +10,14 @@ before anything is written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from router.core.header_tags import UNREADABLE
 from workers.transforms.charset_check import TEXT_VRS
@@ -23,6 +25,11 @@ from workers.transforms.charset_check import TEXT_VRS
 # Deeper than any real structured report or nested sequence a modality writes (an SR
 # content tree rarely passes 10-20); well inside pydicom's recursive writer.
 MAX_SEQUENCE_NESTING = 64
+# Values that are strings (PS3.5 6.2). Of the C0 control characters a string holds only TAB,
+# LF, FF, CR (ST, LT, UT) and ESC (ISO 2022); NUL or a space pads it. Bytes under 0x20 are no
+# part of a multi-byte character in any character set DICOM names.
+STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
 
 
 class UnfitDataset(ValueError):
@@ -46,6 +53,25 @@ def check_nesting(ds: Dataset, limit: int = MAX_SEQUENCE_NESTING) -> None:
             if depth + 1 > limit:
                 raise UnfitDataset(f"sequences are nested more than {limit} levels deep")
             stack.extend((item, depth + 1) for item in elem.value)
+
+
+def check_string(elem: DataElement | RawDataElement, name: str) -> None:
+    """Raise UnfitDataset when a string value holds a control character no string holds (a
+    NUL before its padding): an element whose length runs over the elements after it reads
+    as one value with their headers inside, and a kept Modality carried the patient's name
+    and ID to a de-identified destination."""
+    if element_vr(elem) not in STRING_VRS:
+        return
+    value = elem.value
+    if isinstance(value, bytes):
+        values = [value.decode("latin-1")]  # only the bytes under 0x20 matter
+    elif isinstance(value, MultiValue | list):
+        values = [str(v) for v in value]
+    else:
+        values = [] if value is None else [str(value)]
+    if any(_NOT_TEXT.search(v.rstrip("\x00 ")) for v in values):
+        raise UnfitDataset(f"{name} holds control characters no text holds: an element's "
+                           "length runs over the elements after it (a malformed dataset)")
 
 
 def element_vr(elem: DataElement | RawDataElement) -> str | None:

@@ -54,6 +54,7 @@ from workers.transforms.charset_check import TEXT_VRS
 from workers.transforms.dataset_checks import (
     check_identity,
     check_nesting,
+    check_string,
     element_vr,
     readable,
 )
@@ -141,13 +142,14 @@ def _pseudonym_source(ds: Dataset, config: DeidentifyConfig) -> str:
 
 def _walk(ds: Dataset, run: _Run, path: str) -> None:
     for tag in list(ds.keys()):
+        name = path + (keyword_for_tag(tag) or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
         if _kept_text(ds, tag, run):
             # Left as read: decoded, a value its character set cannot decode (a Latin-1
             # byte in an ISO_IR 192 dataset) would be written back with U+FFFD instead.
+            check_string(ds.get_item(tag), name)
             continue
         elem = ds[tag]
         keyword = elem.keyword or keyword_for_tag(tag)  # the latter knows 50xx, 60xx
-        name = path + (keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})")
         private = elem.tag.is_private and tag not in run.keep
         if elem.tag.element == 0 or (private and run.config.private_tags == "remove"):
             del ds[elem.tag]
@@ -198,6 +200,7 @@ def _walk_items(elem: DataElement, run: _Run, name: str) -> None:
 
 def _apply(ds: Dataset, elem: DataElement, action: str, run: _Run, name: str) -> None:
     if action in ("K", "U*", "C"):
+        check_string(elem, name)  # what it keeps must be what the element holds
         _walk_items(elem, run, name)
         changed = action == "C" and _clean(elem, run.identifiers)
     elif action == "X":
