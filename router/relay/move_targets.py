@@ -42,9 +42,15 @@ def relaying_upstream(config: RouterConfig, originator_ae: str | None,
     return None
 
 
-def _transforms(dest: object) -> bool:
-    return isinstance(dest, DicomDestination) and (dest.deidentify is not None
-                                                   or bool(dest.morph))
+def _transforms(config: RouterConfig, name: str, dest: object) -> bool:
+    """Whether the destination de-identifies or morphs what it gets: by its own settings, or
+    a rule's that forwards to it (the README's research example puts deidentify on the
+    rule; checking the destination alone relayed moves to it identified)."""
+    if not isinstance(dest, DicomDestination):
+        return False
+    return dest.deidentify is not None or bool(dest.morph) or any(
+        name in rule.forward and (rule.deidentify is not None or bool(rule.morph))
+        for rule in config.rules)
 
 
 def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
@@ -53,7 +59,7 @@ def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
     "Memory"), so a move to such a title would send identified data: it is refused, even
     when known_aes names the title too (most likely the same node)."""
     return [name for name, dest in config.destinations.items()
-            if _transforms(dest) and getattr(dest, "ae_title", None) == title]
+            if _transforms(config, name, dest) and getattr(dest, "ae_title", None) == title]
 
 
 def relay_move_notes(config: RouterConfig) -> list[str]:
@@ -65,4 +71,4 @@ def relay_move_notes(config: RouterConfig) -> list[str]:
             f"to its AE title {dest.ae_title} is refused (0x{MOVE_DESTINATION_TRANSFORMS:04X}"
             f"), since a relayed move's instances go as the upstream sent them"
             for name, dest in config.destinations.items()
-            if _transforms(dest) and isinstance(dest, DicomDestination)]
+            if _transforms(config, name, dest) and isinstance(dest, DicomDestination)]
