@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from router.core.deid_spec import DeidentifyConfig
+from workers.transforms.deid_actions import removed_attributes
 from workers.transforms.deid_table import TABLE_E1_1
-from workers.transforms.deidentify import removed_attributes
 
 ACTIONS = {"X": "removed", "Z": "emptied", "D": "dummy value", "U": "new UID",
            "C": "cleaned", "K": "kept", "U*": "kept, UIDs inside replaced"}
@@ -36,7 +36,10 @@ def main() -> None:
         "MultiFrameSourceSOPInstanceUID, VolumeFrameOfReferenceUID, ...) gets a new UID as",
         "the table's U rows do (kept with Retain UIDs), unless it names a kind of thing: SOP",
         "classes (*ClassUID), transfer syntaxes, coding schemes, context groups, registries.",
-        "UIDs under the DICOM root (1.2.840.10008.) are never replaced.",
+        "UIDs under the DICOM root (1.2.840.10008.) are never replaced. URLs of the original",
+        "instances, which the table does not list (RetrieveURL, RetrieveURI,",
+        "PixelDataProviderURL, StorageURL, StoredInstanceBaseURI, FolderAccessURI,",
+        "FileAccessURI), hold their original UIDs: removed, or kept with Retain UIDs.",
         "",
         "| tag | attribute | basic profile | " + " | ".join(t for _, t in OPTIONS) + " |",
         "| --- | --- | --- | " + " | ".join("---" for _ in OPTIONS) + " |",

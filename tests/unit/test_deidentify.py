@@ -367,7 +367,7 @@ def test_a_second_pass_adds_no_duplicate_codes(uids: UidMap) -> None:
 
 def test_removed_attributes_lists_what_goes() -> None:
     listed = dict(removed_attributes(DeidentifyConfig()))
-    assert len(listed) == 658  # every row, the overlay text, and the private attributes
+    assert len(listed) == 665  # every row, overlay text, location URLs, private attributes
     assert listed["PatientBirthDate"] == "Z" and listed["StudyDescription"] == "X"
     assert listed["PatientID"] == "D" and listed["StudyInstanceUID"] == "U"
     assert listed["ReferencedImageSequence"] == "U*" and listed["OverlayData"] == "X"
@@ -509,6 +509,26 @@ def test_instance_uids_in_attributes_outside_the_table_are_mapped_too(uids: UidM
     kept.VolumeFrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.19610203.1.9"
     deidentify(kept, DeidentifyConfig(retain_uids=True), uids)
     assert kept.VolumeFrameOfReferenceUID == "1.2.826.0.1.3680043.8.498.19610203.1.9"
+
+
+def test_urls_of_the_original_instances_go_unless_uids_are_retained(uids: UidMap) -> None:
+    """RetrieveURL and RetrieveURI, which Table E.1-1 does not list, hold the original study
+    UID (and the archive's host): beside the new StudyInstanceUID they went out as they
+    were, at the top and in the Referenced Series Sequence, linking the copy back."""
+    ds = build(INSTANCE_1, SERIES_A, INSTANCE_2)
+    url = f"https://pacs.example/dicomweb/studies/{STUDY}"
+    ds.RetrieveURL = url
+    ref = Dataset()
+    ref.SeriesInstanceUID, ref.RetrieveURL = SERIES_A, f"{url}/series/{SERIES_A}"
+    ref.RetrieveURI = f"https://pacs.example/wado?requestType=WADO&studyUID={STUDY}"
+    ds.ReferencedSeriesSequence = [ref]
+    kept = copy.deepcopy(ds)
+    changed = deidentify(ds, DeidentifyConfig(), uids)
+    assert "RetrieveURL" not in ds and "ReferencedSeriesSequence>RetrieveURI" in changed
+    assert not {"RetrieveURL", "RetrieveURI"} & set(ds.ReferencedSeriesSequence[0].dir())
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID != SERIES_A
+    deidentify(kept, DeidentifyConfig(retain_uids=True), uids)
+    assert kept.RetrieveURL == url and kept.ReferencedSeriesSequence[0].RetrieveURI
 
 
 @pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

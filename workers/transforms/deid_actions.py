@@ -16,7 +16,21 @@ from workers.transforms.deid_table import TABLE_E1_1, Row
 # Table columns 3..7, in order.
 _OPTION_COLUMNS = ("retain_uids", "retain_device_identity", "retain_patient_characteristics",
                    "retain_dates", "clean_descriptions")
-_EXACT: dict[int, Row] = {int(row[0], 16): row for row in TABLE_E1_1 if "X" not in row[0]}
+# URLs of the original instances that Table E.1-1 does not list: they hold the original
+# study, series and instance UIDs (and the archive's host), which the profile replaces so
+# that nothing matches the originals (PS3.15 E.2); they went out as they were. Removed, or
+# kept with Retain UIDs as the UIDs they hold are.
+LOCATION_URLS: tuple[Row, ...] = (
+    ("00080407", "StoredInstanceBaseURI", "X", "K", "", "", "", ""),
+    ("00080408", "FolderAccessURI", "X", "K", "", "", "", ""),
+    ("00080409", "FileAccessURI", "X", "K", "", "", "", ""),
+    ("00081190", "RetrieveURL", "X", "K", "", "", "", ""),
+    ("00287FE0", "PixelDataProviderURL", "X", "K", "", "", "", ""),
+    ("00404073", "StorageURL", "X", "K", "", "", "", ""),
+    ("0040E010", "RetrieveURI", "X", "K", "", "", "", ""),
+)
+_EXACT: dict[int, Row] = {int(row[0], 16): row for row in (*TABLE_E1_1, *LOCATION_URLS)
+                          if "X" not in row[0]}
 _CURVE = next(row for row in TABLE_E1_1 if row[0] == "50XXXXXX")
 # Overlay text Table E.1-1 does not list (it has the overlay's data and comments): typed at
 # the modality, it can name the patient, so it goes as the comments do, or is cleaned under
@@ -63,7 +77,7 @@ def removed_attributes(config: DeidentifyConfig) -> list[tuple[str, str]]:
     removed, Z emptied, D dummy, U new UID, C cleaned, U* sequence kept with new UIDs inside."""
     keep = keep_tags(config)
     listed = []
-    for row in (*TABLE_E1_1, *OVERLAY_TEXT):
+    for row in (*TABLE_E1_1, *OVERLAY_TEXT, *LOCATION_URLS):
         if "X" not in row[0] and int(row[0], 16) in keep:
             continue
         action = concrete(table_code(row, config), _dictionary_vr(row[0]))

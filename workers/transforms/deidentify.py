@@ -22,8 +22,10 @@ or tag in `keep` is always kept. The actions, in and at every depth of sequences
   no row for (SOPInstanceUIDOfConcatenationSource, MultiFrameSourceSOPInstanceUID,
   VolumeFrameOfReferenceUID, ...) gets new UIDs as U does, as TCIA's Posda does, unless it
   names a kind of thing rather than an instance (_NAMING_UIDS, *ClassUID, transfer
-  syntaxes), or retain_uids or `keep` says so. Private attributes (odd groups) are removed unless
-  private_tags is "keep". Group lengths (gggg,0000) are removed: they would be wrong.
+  syntaxes), or retain_uids or `keep` says so. URLs of the original instances (RetrieveURL,
+  ...: LOCATION_URLS) hold their UIDs: X, K under retain_uids. Private attributes (odd
+  groups) are removed unless private_tags is "keep". Group lengths (gggg,0000) are removed:
+  they would be wrong.
 
 Burned-in text in the pixels: workers.transforms.burned_in_pixels.
 
