@@ -13,7 +13,7 @@ import time
 
 import zmq
 
-from router.core.errors import OutOfResources, ProtocolError, QueueFull
+from router.core.errors import CompletionShareFull, OutOfResources, ProtocolError, QueueFull
 from router.core.messages import Accepted, JobHeader, Refused, Submit, decode, encode
 
 RESEND_SECONDS = 1.0
@@ -102,7 +102,9 @@ class PendingSubmit:
                     return
                 if isinstance(reply, Refused) and reply.job_id == self._job_id:
                     healthy = True
-                    raise QueueFull(f"router busy: {reply.reason}; retry later")
+                    full = (CompletionShareFull if reply.reason.startswith(
+                        CompletionShareFull.PREFIX) else QueueFull)
+                    raise full(f"router busy: {reply.reason}; retry later")
                 # Anything else is a late reply to an earlier, timed-out submit: skip it.
             raise OutOfResources("router queue did not answer in time; retry later")
         except zmq.ContextTerminated:

@@ -31,6 +31,7 @@ from router.core import metrics
 from router.core.dimse_status import Status
 from router.core.disk_space import full_spool_comment
 from router.core.errors import (
+    CompletionShareFull,
     DatasetMismatch,
     DimseRefusal,
     OutOfResources,
@@ -207,9 +208,10 @@ class StoreHandler:
             sync_error = exc
         try:
             submitted.wait()
-        except QueueFull:
+        except QueueFull as full:
             self._discard(job)
-            self.admission.mark_congested()  # new associations are turned away for a moment
+            if not isinstance(full, CompletionShareFull):  # the rest of the queue is open
+                self.admission.mark_congested()  # new associations are turned away a moment
             raise
         except BaseException:
             self._discard(job)  # the sender is told to retry: keep nothing half-owned

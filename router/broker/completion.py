@@ -12,6 +12,11 @@ on every report: walking 10,000 held groups (a hospital's ongoing studies) for t
 about 28 ms a turn. Due times are a heap instead (an entry per group, pushed again when a
 new instance moves it later, when it comes to the top) and the depths counts kept as
 deliveries come and go.
+
+Held jobs take at most HELD_SHARE of `queue.max_jobs` and `queue.max_bytes`: a study held
+for an hour filled the whole queue before, and every sender, for every destination, heard
+0xA700 until it was stable. Past the share only what a completion rule would hold is
+refused (dispatch_state.py `refusal`); its modality retries, the rest of the traffic flows.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_BATCH = 500  # instances per batch Deliver: a large study goes as several batches
+HELD_SHARE = 0.5  # of the queue's limits that held jobs may take
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,14 @@ class GroupHolds:
         self._heap: list[tuple[float, int, tuple[str, str]]] = []  # (due, entry, key)
         self._sequence = itertools.count()
         self._depth: Counter[str] = Counter()  # deliveries held, by destination
+        self._held_jobs: Counter[str] = Counter()  # deliveries held, by job id
+        self.held_bytes = 0  # the size of the jobs held (each once)
 
     def adopt(self, previous: GroupHolds) -> None:
         """Take over the groups held under the previous config (a reload): they keep
         waiting, due by the new rules (a rule gone releases them now)."""
         self.groups, self._depth = previous.groups, previous._depth
+        self._held_jobs, self.held_bytes = previous._held_jobs, previous.held_bytes
         self._heap = []
         for key, held in self.groups.items():
             self._schedule(key, held, self._due_at(key))
@@ -64,17 +73,17 @@ class GroupHolds:
         job's routes; for a job recorded without them, the first whose rule forwards there
         now); '' when none does. By the routes, a reload that changed the rule's forward
         does not release what the rule routed before it (recovered after a restart)."""
-        job = delivery.job
-        if delivery.batch:
-            return ""
-        routed = job.routed_by(delivery.destination)  # None: recorded without routes
+        return "" if delivery.batch else self._group_of(delivery.job, delivery.destination)
+
+    def _group_of(self, job: Any, destination: str) -> str:
+        routed = job.routed_by(destination)  # None: recorded without routes
         for group in job.groups or ((job.group,) if job.group else ()):
             rule = group.split("|", 1)[0]
             policy = self.policies.get(rule)
             if policy is None:
                 continue  # the rule went away in a reload
             held = (rule in routed if routed is not None
-                    else delivery.destination in policy.destinations)
+                    else destination in policy.destinations)
             if held:
                 return str(group)
         return ""
@@ -88,6 +97,14 @@ class GroupHolds:
         self.hold_in(group, delivery, arrived)
         return True
 
+    def would_hold(self, job: Any) -> bool:
+        """Whether a completion rule would hold a new job at one of its destinations."""
+        return any(self._group_of(job, destination) for destination in job.destinations)
+
+    @property
+    def held_jobs(self) -> int:
+        return len(self._held_jobs)
+
     def hold_in(self, group: str, delivery: Any, arrived: float) -> None:
         """Keep a delivery in `group` at its destination (also a group moved there whole
         from another destination: a drain or a fallback), due by its jobs' arrivals."""
@@ -97,6 +114,9 @@ class GroupHolds:
         held.first_received = min(held.first_received, arrived)
         held.last_received = max(held.last_received, arrived)
         self._depth[delivery.destination] += 1
+        if not self._held_jobs[delivery.job.job_id]:
+            self.held_bytes += delivery.job.size
+        self._held_jobs[delivery.job.job_id] += 1
         due = self._due_at(key)
         if due < held.scheduled:  # sooner (a new group, an older job recovered): push now
             self._schedule(key, held, due)
@@ -172,4 +192,10 @@ class GroupHolds:
             self._depth[key[0]] = left
         else:
             del self._depth[key[0]]
+        for delivery in held.deliveries:
+            job = delivery.job
+            self._held_jobs[job.job_id] -= 1
+            if not self._held_jobs[job.job_id]:
+                del self._held_jobs[job.job_id]
+                self.held_bytes -= job.size
         return held

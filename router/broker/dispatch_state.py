@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 
-from router.broker.completion import GroupHolds
+from router.broker.completion import HELD_SHARE, GroupHolds
 from router.broker.delayed_retries import DelayedRetries
 from router.broker.deliveries import (
     DeadLetter,
@@ -27,6 +27,7 @@ from router.broker.instance_order import InstanceOrder
 from router.broker.oldest_pending import OldestPending
 from router.broker.spool_wait import SpoolWait
 from router.broker.steady_wall import SteadyWall, arrival
+from router.core.errors import CompletionShareFull
 from router.core.messages import JobHeader
 
 WORKER_LEASE_SECONDS = 6.0
@@ -162,6 +163,14 @@ class DispatchState:
             return f"queue full ({len(self.jobs)} jobs)"
         if self.queued_bytes + job.size > self.max_bytes:
             return f"queue full ({self.queued_bytes} bytes)"
+        held = self.holds
+        # With nothing held, one job is taken: a large one would be refused for ever.
+        if (held.held_jobs and (held.held_jobs >= self.max_jobs * HELD_SHARE
+                                or held.held_bytes + job.size > self.max_bytes * HELD_SHARE)
+                and held.would_hold(job)):
+            return (f"{CompletionShareFull.PREFIX} ({held.held_jobs} jobs, "
+                    f"{held.held_bytes} bytes held until complete: at most half of "
+                    "the queue's limits)")
         return None
 
     def add_job(self, job: JobHeader, delivered: Iterable[str] = (), *,

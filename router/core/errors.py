@@ -67,6 +67,13 @@ class QueueFull(OutOfResources):
     """The broker refused the job: its queue is at its bound."""
 
 
+class CompletionShareFull(QueueFull):
+    """The broker refused a job a completion rule would hold: held jobs took their share of
+    the queue. Only that sender's instance is refused; new associations are still taken."""
+
+    PREFIX = "queue full for study/series completion"
+
+
 class DeliveryError(RouterError):
     """Forwarding to one destination failed. `transient` says whether a retry may succeed;
     `during_store`: the destination failed while this instance was on the wire (an abort

@@ -204,6 +204,28 @@ def test_each_destination_waits_for_the_completion_of_the_rule_that_routed_it(
             p.is_file() for p in (tmp_path / "archive").rglob("*")), "archive did not wait"
 
 
+def test_held_studies_leave_the_rest_of_the_queue_to_other_senders(
+        start_router: RouterFactory, recorder: RecordingSCP, tmp_path: Path) -> None:
+    """Held jobs filled queue.max_jobs and every sender, for every destination, heard
+    0xA700 (and new associations were turned away) until the study was stable. Now held
+    jobs take half of it: the held study's sender is refused, another sender is not."""
+    router = start_router({
+        "queue": {"max_jobs": 4},
+        "destinations": {"pacs": destination(recorder),
+                         "ai": {"type": "folder", "path": str(tmp_path / "ai")}},
+        "rules": [{"name": "er", "match": {"calling_ae": "ER_CT"}, "forward": ["pacs"]},
+                  {"name": "study", "forward": ["ai"],
+                   "complete": {"level": "study", "stable_for": 600, "deadline": 1200}}]})
+    held = run_storescu(series(tmp_path / "held", 3), LOCALHOST, router.port,
+                        called_ae=AE_TITLE)
+    assert held.returncode != 0, "the third held instance was taken"
+    assert "queue full for study/series completion" in router.log()
+    er = series(tmp_path / "er", 2)
+    assert run_storescu(er, LOCALHOST, router.port, called_ae=AE_TITLE,
+                        calling_ae="ER_CT").returncode == 0, router.log()[-2000:]
+    assert wait_for(lambda: sorted(recorder.uids()) == sorted(sop_uids(er)))
+
+
 def test_held_groups_survive_a_restart(tmp_path: Path, recorder: RecordingSCP) -> None:
     config = {"destinations": {"pacs": destination(recorder)},
               "rules": [{"name": "study", "forward": ["pacs"],
