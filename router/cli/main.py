@@ -29,6 +29,7 @@ from router.core.process_util import setup_logging
 from router.core.rules import (
     drops_after_continue,
     mapped_source_notes,
+    per_cell_completions,
     shared_completions,
     shared_destinations,
 )
@@ -139,6 +140,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for note in nested_morph_quantifiers(morphs):  # bounded, but a dead letter when cut
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in shared_completions(config.rules):  # one hold of two, silently
+        print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
+    shared_state = config.spool.shared_state_dir is not None
+    for note in per_cell_completions(config.rules, shared_state):  # a study, per cell
         print(f"dicom-router check-config: warning: {note}", file=sys.stderr)
     for note in secret_env_notes(config):  # `run` may see another environment
         print(f"dicom-router check-config: note: {note}", file=sys.stderr)

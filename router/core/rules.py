@@ -320,3 +320,19 @@ def shared_completions(rules: Iterable[Rule]) -> list[str]:
                       f"order) holds it with its `complete` settings, and {later.name!r}'s "
                       f"do not apply there" for d in first.forward if d in later.forward]
     return notes
+
+
+def per_cell_completions(rules: Iterable[Rule], shared_state: bool) -> list[str]:
+    """Completion rules in a router that shares `spool.shared_state_dir`, that is one of
+    several cells behind a load balancer: each cell holds only what reached it, so a study
+    the balancer spread over cells goes as one "complete" batch per cell. `check-config`
+    says so and the router logs it at start and at reload (docs/scale-out.md)."""
+    names = [r.name for r in rules if r.complete is not None and r.forward]
+    if not shared_state or not names:
+        return []
+    return [f"completion rules {', '.join(repr(n) for n in names)} hold what this cell "
+            f"received, and spool.shared_state_dir says it is one of several cells: a "
+            f"study sent over several associations that the load balancer spreads over "
+            f"cells goes as one batch per cell, each one \"complete\"; balance by source "
+            f"(HAProxy `balance source`, Kubernetes `sessionAffinity: ClientIP`) to keep "
+            f"each sender on one cell (docs/scale-out.md \"What stays per cell\")"]

@@ -13,7 +13,7 @@ from router.core.burned_in import burned_in_defaults
 from router.core.config import RouterConfig
 from router.core.durable_files import fsync_path, write_atomically
 from router.core.errors import RouterError
-from router.core.rules import shared_completions
+from router.core.rules import per_cell_completions, shared_completions
 from router.core.tls import check_contexts, expiry_warnings
 from router.relay.move_owner import CELL_FILE, make_cell_id
 from router.service.ports import check_bindable
@@ -119,8 +119,12 @@ def warn_burned_in(config: RouterConfig, before: RouterConfig | None = None) -> 
 
 def warn_shared_completions(config: RouterConfig) -> None:
     """Say at start and at each reload which destination two completion rules hold: only
-    the first one's `complete` applies there, which nothing else shows."""
+    the first one's `complete` applies there, which nothing else shows; and that a cell
+    completes only its own part of a study (per_cell_completions)."""
     for note in shared_completions(config.rules):
+        log.warning("%s", note)
+    shared_state = config.spool.shared_state_dir is not None
+    for note in per_cell_completions(config.rules, shared_state):
         log.warning("%s", note)
 
 

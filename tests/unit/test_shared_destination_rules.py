@@ -259,3 +259,30 @@ def test_other_conditions_that_exclude_each_other_are_not_warned_of() -> None:
     assert not may_both_match(*rules({"sop_class": "CTImageStorage"},
                                      {"sop_class": "MRImageStorage"}))
     assert may_both_match(*rules({"sop_class": "CTImageStorage"}, {}))
+
+
+def test_completion_rules_in_one_of_several_cells_are_warned_of(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Behind a load balancer each cell completes only its own part of a study: a study
+    sent over several associations went to the AI node as one "complete" batch per cell,
+    and nothing said so. check-config and the router's start now say it with the remedy."""
+    from router.cli.main import main
+    from router.service.preflight import warn_shared_completions
+
+    data = {"spool": {"path": str(tmp_path / "spool")}, "destinations": DESTINATIONS,
+            "rules": [STUDY]}
+    config = tmp_path / "router.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert main(["check-config", str(config)]) == 0
+    assert "one batch per cell" not in capsys.readouterr().err  # one router: nothing to say
+    (tmp_path / "shared").mkdir()
+    data["spool"]["shared_state_dir"] = str(tmp_path / "shared")  # type: ignore[index]
+    config.write_text(yaml.safe_dump(data))
+    assert main(["check-config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert ("warning: completion rules 'study-archive' hold what this cell received" in err
+            and "one batch per cell" in err and "balance source" in err), err
+    with caplog.at_level(logging.WARNING):
+        warn_shared_completions(parse_config(data))
+    assert ["balance source" in r.getMessage() for r in caplog.records] == [True]
