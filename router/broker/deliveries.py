@@ -38,6 +38,9 @@ class Delivery:
     # A completed study or series, or a run of a long queue: these jobs in order over one
     # association (job = the first).
     batch: tuple[JobHeader, ...] = ()
+    # A part of a completed group too large for one batch (MAX_BATCH), named by the group's
+    # first job id: its parts go one after the other, never side by side.
+    chain: str = ""
     # How it was dispatched (not what it is: left out of ==).
     others_open: int = field(default=0, compare=False)  # associations open besides this one
     opens_association: bool = field(default=False, compare=False)  # no idle one was there

@@ -132,7 +132,8 @@ class Dispatcher(DispatchState):
         reported = {r.job_id for r in results}
         held_back += [j for j in batch.jobs if j.job_id not in reported]  # never tried
         if held_back:
-            rest = Delivery(held_back[0], destination, batch.attempt, tuple(held_back))
+            rest = Delivery(held_back[0], destination, batch.attempt, tuple(held_back),
+                            batch.chain)
             if failure is not None and failure.reason == "busy":
                 outcomes.append(self._busy(rest, now))
             else:
@@ -266,9 +267,12 @@ class Dispatcher(DispatchState):
                 self.queues[delivery.destination].append(delivery)
         for destination, deliveries in self.holds.due(self.steady()):
             pending = [d.job for d in deliveries if d.job.job_id in self.jobs]
+            # Parts sent side by side over two associations reached the destination
+            # interleaved: a chain goes one part at a time (_next_sendable).
+            chain = pending[0].job_id if len(pending) > MAX_BATCH else ""
             for start in range(0, len(pending), MAX_BATCH):
                 jobs = tuple(pending[start:start + MAX_BATCH])
-                self.queues[destination].append(Delivery(jobs[0], destination, 1, jobs))
+                self.queues[destination].append(Delivery(jobs[0], destination, 1, jobs, chain))
 
     def dispatch(self, now: float) -> list[tuple[bytes, Delivery]]:
         """Deliveries to send now, round-robin across destinations, within credits and limits."""
@@ -340,13 +344,21 @@ class Dispatcher(DispatchState):
                     or (not probes and not self.is_up(name))
                     or self.busy_until[name] > now or not self.in_window(name)
                     or (self.in_flight[name] > 0 and not self.is_up(name))  # probing
-                    or self.gathering.waits(name, self.queues[name], now)):
+                    or self.gathering.waits(name, self.queues[name], now)
+                    or self._chain_waits(name)):
                 continue
             choice = self.concurrency[name].choose(credits, now)
             if choice is not None:
                 self._rotation = index + 1  # the next call starts after this one: no starvation
                 return name, choice
         return None
+
+    def _chain_waits(self, name: str) -> bool:
+        """The next delivery is a part of a group whose earlier part is still in flight."""
+        head = self.queues[name].peek()
+        chain = head.chain if head is not None else ""
+        return bool(chain) and any(d.chain == chain and d.destination == name
+                                   for w in self.workers.values() for d in w.leases.values())
 
 
 def _store_failure(result: Result) -> bool:

@@ -279,7 +279,7 @@ class DispatchState:
             return None
         if not delivery.batch:
             return delivery
-        return Delivery(jobs[0], delivery.destination, delivery.attempt, jobs)
+        return Delivery(jobs[0], delivery.destination, delivery.attempt, jobs, delivery.chain)
 
     def _requeue_front(self, delivery: Delivery) -> None:
         remaining = self._still_pending(delivery)
