@@ -41,12 +41,12 @@ from router.core.dimse_status import (
     is_delivered,
     relay_failure_status,
 )
+from router.core.errors import TLSConfigError
 from router.core.log_context import working_on
 from router.core.messages import RelayProgress, RelayRequest, RelayResponse, RelayStore
 from router.core.messages import encode as encode_message
 from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
-from router.core.tls import TLSConfigError
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
 from router.dicom.silence_wait import SilenceWait

@@ -18,13 +18,9 @@ from typing import Any
 
 from router.core import metrics
 from router.core.config import ListenerTLS
-from router.core.tls import (
-    TLSConfigError,
-    certificate_expiry,
-    failure_reason,
-    failure_text,
-    server_context,
-)
+from router.core.errors import TLSConfigError
+from router.core.tls import failure_reason, failure_text, server_context
+from router.core.tls_dates import certificate_expiry
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 
 from router.core import metrics
 from router.core.audit_config import SyslogConfig
+from router.core.errors import TLSConfigError
 from router.core.peer_address import host_port
-from router.core.tls import SYSLOG_REFUSES, TLSConfigError, check_certificate_dates
+from router.core.tls_dates import SYSLOG_REFUSES, check_certificate_dates
 
 # At a stop, what is queued goes out for up to this long while the server takes it (a server
 # that fails ends it at once): 2 s was cut short on a starved host, and records then went to

@@ -23,7 +23,7 @@ from router.cli.common import CONFIG_ERROR, USAGE_ERROR, config_parent, version
 from router.core.burned_in import burned_in_defaults, burned_in_policies
 from router.core.config import RouterConfig, default_config, load_config, summary
 from router.core.deid_key import read_key_file
-from router.core.errors import ConfigError, RouterError
+from router.core.errors import ConfigError, RouterError, TLSConfigError
 from router.core.patterns import nested_morph_quantifiers, nested_quantifiers
 from router.core.process_util import setup_logging
 from router.core.rules import (
@@ -34,7 +34,8 @@ from router.core.rules import (
     shared_destinations,
 )
 from router.core.runtime_dirs import create_runtime_dir, remove_stale_runtime_dirs
-from router.core.tls import TLSConfigError, check_contexts, expiry_warnings
+from router.core.tls import check_contexts
+from router.core.tls_dates import expiry_warnings
 
 
 def _load(path: Path | None) -> RouterConfig:

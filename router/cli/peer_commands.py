@@ -14,8 +14,8 @@ from pathlib import Path
 
 from router.cli.common import lazy
 from router.core.config import DEFAULT_MAX_PDU, ClientTLS, _check_ae_title
-from router.core.errors import RouterError
-from router.core.tls import TLSConfigError, client_context
+from router.core.errors import RouterError, TLSConfigError
+from router.core.tls import client_context
 
 
 def address(text: str) -> tuple[str, int]:

@@ -15,12 +15,9 @@ import threading
 from dataclasses import dataclass
 
 from router.core.config import ClientTLS
-from router.core.tls import (
-    CLIENT_REFUSES,
-    TLSConfigError,
-    check_certificate_dates,
-    client_context,
-)
+from router.core.errors import TLSConfigError
+from router.core.tls import client_context
+from router.core.tls_dates import CLIENT_REFUSES, check_certificate_dates
 
 log = logging.getLogger(__name__)
 

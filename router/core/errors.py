@@ -91,3 +91,7 @@ class DeliveryError(RouterError):
         self.during_store = during_store
         self.certificate = certificate
         self.retry_after = retry_after
+
+
+class TLSConfigError(RouterError):
+    """TLS material cannot be used; the message names the config key and the file."""

@@ -21,17 +21,11 @@ from router.core import metrics
 from router.core.client_tls import CLIENT_CONTEXTS
 from router.core.config import DicomDestination as DicomConfig
 from router.core.dimse_status import is_delivered, is_transient_failure
-from router.core.errors import DeliveryError
+from router.core.errors import DeliveryError, TLSConfigError
 from router.core.messages import JobHeader
 from router.core.peer_address import host_port
 from router.core.priority import TO_DIMSE
-from router.core.tls import (
-    PEER_REFUSED,
-    TLSConfigError,
-    failure_reason,
-    failure_text,
-    tls_failure_message,
-)
+from router.core.tls import PEER_REFUSED, failure_reason, failure_text, tls_failure_message
 from router.dicom.association_pool import AssociationPool, release_all
 from router.dicom.dataset_file import DatasetFileError, read_dataset_file
 from router.dicom.scu_socket import Peer

@@ -14,7 +14,8 @@ from router.core.config import RouterConfig
 from router.core.durable_files import fsync_path, write_atomically
 from router.core.errors import RouterError
 from router.core.rules import per_cell_completions, shared_completions
-from router.core.tls import check_contexts, expiry_warnings
+from router.core.tls import check_contexts
+from router.core.tls_dates import expiry_warnings
 from router.relay.move_owner import CELL_FILE, make_cell_id
 from router.service.ports import check_bindable
 

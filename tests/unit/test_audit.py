@@ -32,7 +32,8 @@ from router.audit.trail import AuditTrail, TransferTally
 from router.core import metrics
 from router.core.audit_config import AuditConfig
 from router.core.config import ListenConfig, SpoolConfig, parse_config
-from router.core.tls import check_contexts, expiry_warnings
+from router.core.tls import check_contexts
+from router.core.tls_dates import expiry_warnings
 from tests.pki import CertificateAuthority
 
 from .audit_schema import CT, MR, STUDY, assert_valid, schema_validator

@@ -17,9 +17,10 @@ from pydicom.uid import CTImageStorage
 from router.core.client_tls import ClientContexts
 from router.core.config import ClientTLS, parse_config
 from router.core.config import DicomDestination as DicomConfig
-from router.core.errors import DeliveryError
+from router.core.errors import DeliveryError, TLSConfigError
 from router.core.messages import JobHeader
-from router.core.tls import TLSConfigError, check_contexts, expiry_warnings
+from router.core.tls import check_contexts
+from router.core.tls_dates import expiry_warnings
 from router.dicom.store_sender import DicomDestination
 from tests.dicom_samples import EXPLICIT_VR_LE, write_instance
 from tests.pki import CertificateAuthority

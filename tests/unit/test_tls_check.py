@@ -20,8 +20,8 @@ from cryptography import x509
 from router.cli.main import main
 from router.core.cert_dates import first_certificate_validity
 from router.core.config import ClientTLS, ListenerTLS, parse_config
+from router.core.errors import TLSConfigError
 from router.core.tls import (
-    TLSConfigError,
     check_contexts,
     client_context,
     failure_reason,

@@ -13,8 +13,10 @@ from typing import Any
 from router.core import metrics
 from router.core.config import ListenerTLS
 from router.core.console_config import ConsoleConfig
+from router.core.errors import TLSConfigError
 from router.core.process_util import SERVER_POLL_SECONDS
-from router.core.tls import TLSConfigError, certificate_expiry, server_context
+from router.core.tls import server_context
+from router.core.tls_dates import certificate_expiry
 from router.service.http_endpoint import AppHandler, Server
 from router.service.http_types import App
 
