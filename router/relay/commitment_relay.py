@@ -19,7 +19,9 @@ from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import Status, is_warning
 from router.core.messages import RelayRequest
+from router.dicom.uid_tables import IMPLICIT_VR_LE
 from router.relay.commitment_hold import commitment_hold
+from router.relay.commitment_request import Unreadable, transaction_uid
 from router.relay.commitment_results import KeptResults, kept_result
 from router.relay.exchange import Exchange, RequesterGone
 from router.relay.result_courier import FIRST_TRY_SECONDS, Attempt, ResultCourier
@@ -44,9 +46,8 @@ class CommitmentRelay:
         """Remembered before it is relayed: the upstream's result may come before its
         N-ACTION-RSP. The Transaction UID, None when there is none."""
         try:
-            dataset = exchange.decoded_request_dataset()
-            transaction = str(dataset.TransactionUID)
-        except Exception as exc:
+            transaction = _transaction_uid(exchange)
+        except Unreadable as exc:
             log.warning("storage commitment request without a readable Transaction UID: %s",
                         exc)
             return None
@@ -61,7 +62,7 @@ class CommitmentRelay:
         """A storage commitment request: one the upstream refused (or never got) has no
         result to wait for. One it did not answer in time stays pending: the upstream may
         have taken it and send its result later (bounded by COMMITMENT_MEMORY_SECONDS)."""
-        held = self._held(exchange, request)
+        held = self._held(exchange, request, transaction)
         try:
             status = self._pass_through(exchange, held)
         except RequesterGone as gone:
@@ -85,27 +86,28 @@ class CommitmentRelay:
             log.info("storage commitment %s not pending: the N-ACTION failed (0x%04X)",
                      transaction, status)
 
-    def _held(self, exchange: Exchange, request: RelayRequest) -> RelayRequest:
+    def _held(self, exchange: Exchange, request: RelayRequest, transaction: str | None
+              ) -> RelayRequest:
         """The request with what the broker is to wait for before relaying it: its
         instances still queued for the upstream (router/relay/commitment_hold.py)."""
-        try:
-            dataset = exchange.decoded_request_dataset()
-        except Exception:  # unreadable: the upstream answers for it, as before
+        dataset = exchange.request_dataset()
+        if dataset is None:  # nothing to wait for: the upstream answers for it, as before
             return request
-        hold = commitment_hold(self.config, request.upstreams, dataset)
+        implicit = exchange.transfer_syntax == IMPLICIT_VR_LE
+        hold = commitment_hold(self.config, request.upstreams, dataset, implicit)
         if hold.seconds <= 0:
             return request
         return dataclasses.replace(request, hold_seconds=hold.seconds,
                                    hold_destinations=hold.destinations,
                                    hold_instances=hold.instances,
-                                   transaction_uid=str(dataset.get("TransactionUID", "")))
+                                   transaction_uid=transaction or "")
 
     def _commitment_result(self, exchange: Exchange) -> bool:
         """An upstream's N-EVENT-REPORT with a commitment result: on to the requester (a known
         AE) on a new association; the upstream gets the requester's answer."""
         try:
-            transaction = str(exchange.decoded_request_dataset().TransactionUID)
-        except Exception:
+            transaction = _transaction_uid(exchange)
+        except Unreadable:
             return False
         pending = self.commitments.peek(transaction)
         if pending is not None and not pending.reported_by(exchange.link.facts.calling_ae,
@@ -217,3 +219,16 @@ class CommitmentRelay:
                     "spool, sent again until %s takes it%s", transaction, requester, reason,
                     requester, waits)
         exchange.final(Status.SUCCESS, "")
+
+
+def _transaction_uid(exchange: Exchange) -> str:
+    """The request's Transaction UID, read from its bytes up to it (commitment_request.py:
+    decoding the whole dataset built every item of its sequences); Unreadable when there is
+    none."""
+    dataset = exchange.request_dataset()
+    if dataset is None:
+        raise Unreadable("no dataset")
+    transaction = transaction_uid(dataset, exchange.transfer_syntax == IMPLICIT_VR_LE)
+    if not transaction:
+        raise Unreadable("no Transaction UID")
+    return transaction

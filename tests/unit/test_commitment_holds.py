@@ -9,13 +9,14 @@ import logging
 import threading
 from io import BytesIO
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import zmq
+from pydicom import filereader
 from pydicom.dataset import Dataset
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.filereader import read_sequence_item
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.dsutils import encode
 
@@ -208,6 +209,14 @@ def action(uids: list[str]) -> Dataset:
     return dataset
 
 
+def received(uids: list[str], implicit: bool = True, undefined: bool = False) -> bytes:
+    """The N-ACTION's dataset as the acceptor receives it (`undefined`: its sequence of
+    undefined length, as DCMTK writes it)."""
+    dataset = action(uids)
+    dataset["ReferencedSOPSequence"].is_undefined_length = undefined
+    return bytes(encode(dataset, implicit, True))
+
+
 def config(**pacs: Any) -> Any:
     dicom = {"type": "dicom", "ae_title": "PACS", "host": "10.0.0.5", "port": 104}
     return parse_config({
@@ -219,24 +228,28 @@ def config(**pacs: Any) -> Any:
 
 
 def test_the_acceptor_waits_on_the_upstream_and_the_destinations_at_its_address() -> None:
-    hold = commitment_hold(config(), ["pacs"], action(["1.2.3.1", "1.2.3.2"]))
+    hold = commitment_hold(config(), ["pacs"], received(["1.2.3.1", "1.2.3.2"]), True)
     assert hold.seconds == 20.0  # the default
     assert hold.destinations == ["pacs", "pacs-store"]
     assert hold.instances == ["1.2.3.1", "1.2.3.2"]
-    assert commitment_hold(config(commitment_hold=0), ["pacs"], action(["1.2.3.1"])).seconds == 0
+    assert commitment_hold(config(commitment_hold=0), ["pacs"], received(["1.2.3.1"]),
+                           True).seconds == 0
 
 
 def test_a_long_request_holds_on_its_first_instances(
         monkeypatch: Any, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(acceptor_side, "MAX_HELD_INSTANCES", 3)
     caplog.set_level(logging.INFO, logger=acceptor_side.__name__)
-    exactly = commitment_hold(config(), ["pacs"], action([f"1.2.3.{n}" for n in range(3)]))
+    exactly = commitment_hold(config(), ["pacs"], received([f"1.2.3.{n}" for n in range(3)]),
+                              True)
     assert len(exactly.instances) == 3 and "more than" not in caplog.text  # not more
-    hold = commitment_hold(config(), ["pacs"], action([f"1.2.3.{n}" for n in range(5)]))
+    hold = commitment_hold(config(), ["pacs"], received([f"1.2.3.{n}" for n in range(5)]),
+                           True)
     assert hold.instances == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
     assert "with more than 3 instances: only its first 3 are waited for" in caplog.text
-    unreadable = SimpleNamespace(get=lambda key: 42)  # not a sequence
-    assert commitment_hold(config(), ["pacs"], unreadable).seconds == 0
+    unreadable = received(["1.2.3.1"])[:-7]  # the last item cut short
+    assert commitment_hold(config(), ["pacs"], unreadable, True).seconds == 0
+    assert "its Referenced SOP Sequence cannot be read" in caplog.text
 
 
 class GoingLink:
@@ -269,6 +282,28 @@ class GoingLink:
         return []
 
 
+def relay_server(tmp_path: Path, context: zmq.Context[zmq.Socket[bytes]]) -> RelayServer:
+    """A relay server whose broker is `inproc://broker`, relaying CT1's commitments to a
+    PACS with the default commitment_hold."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 9}},
+        "known_aes": {"CT1": {"host": "127.0.0.1", "port": 9}},
+        "rules": [{"name": "archive", "forward": ["pacs"], "query": ["pacs"]}]})
+    return RelayServer(config, context, "inproc://broker", RuleSet(config.rules),
+                       Spool(tmp_path / "spool").create())
+
+
+def n_action(dataset: bytes) -> N_ACTION:
+    msg = N_ACTION()
+    msg.MessageID = 7
+    msg.RequestedSOPClassUID = "1.2.840.10008.1.20.1"
+    msg.RequestedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
+    msg.ActionTypeID = 1
+    msg.ActionInformation = BytesIO(dataset)
+    return msg
+
+
 @pytest.mark.parametrize("relayed", [False, True])
 def test_a_commitment_dropped_while_held_is_not_left_pending(tmp_path: Path,
                                                              relayed: bool) -> None:
@@ -276,24 +311,13 @@ def test_a_commitment_dropped_while_held_is_not_left_pending(tmp_path: Path,
     requester went away while the broker held it was left pending on the spool for 24 hours
     all the same. One the broker had passed on (it says so first) may have reached the
     upstream: it stays pending for its result."""
-    config = parse_config({
-        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
-                                  "port": 9}},
-        "known_aes": {"CT1": {"host": "127.0.0.1", "port": 9}},
-        "rules": [{"name": "archive", "forward": ["pacs"], "query": ["pacs"]}]})
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     broker = context.socket(zmq.ROUTER)
     broker.bind("inproc://broker")
-    server = RelayServer(config, context, "inproc://broker", RuleSet(config.rules),
-                         Spool(tmp_path / "spool").create())
-    msg = N_ACTION()
-    msg.MessageID = 7
-    msg.RequestedSOPClassUID = "1.2.840.10008.1.20.1"
-    msg.RequestedSOPInstanceUID = "1.2.840.10008.1.20.1.1"
-    msg.ActionTypeID = 1
-    msg.ActionInformation = BytesIO(encode(action(["1.2.3.1"]), True, True))
+    server = relay_server(tmp_path, context)
     link = GoingLink()
-    serving = threading.Thread(target=server.serve, args=(link, msg, 1))
+    serving = threading.Thread(target=server.serve,
+                               args=(link, n_action(received(["1.2.3.1"])), 1))
     serving.start()
     try:
         assert broker.poll(10_000)
@@ -307,6 +331,52 @@ def test_a_commitment_dropped_while_held_is_not_left_pending(tmp_path: Path,
         serving.join(10)
         assert not serving.is_alive()
         assert (server.commitments.peek("1.2.3.999") is not None) == relayed
+    finally:
+        broker.close(linger=0)
+        context.term()
+
+
+@pytest.mark.parametrize("undefined", [True, False])
+@pytest.mark.parametrize("implicit", [True, False])
+def test_a_long_request_is_read_only_as_far_as_it_is_held(
+        tmp_path: Path, monkeypatch: Any, implicit: bool, undefined: bool) -> None:
+    """An 8 MiB N-ACTION holds about 120,000 items (of undefined length, as pynetdicom
+    and most modalities encode them): decoded whole, as pydicom objects, they took 190 MB and
+    3.5 s of the acceptor each, and one peer may send as many at once as it may hold
+    associations (six took the acceptor from 47 MB to 1.1 GB). The relay reads the
+    Transaction UID and the items it holds on from the bytes, and relays them as received."""
+    monkeypatch.setattr(acceptor_side, "MAX_HELD_INSTANCES", 3)
+    built = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        built.append(1)
+        return read_sequence_item(*args, **kwargs)
+
+    monkeypatch.setattr(filereader, "read_sequence_item", counted)
+    dataset = received([f"1.2.3.{n}" for n in range(50)], implicit, undefined)
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    broker = context.socket(zmq.ROUTER)
+    broker.bind("inproc://broker")
+    server = relay_server(tmp_path, context)
+    monkeypatch.setattr(GoingLink, "accepted_syntax",
+                        lambda self, context_id: str(ImplicitVRLittleEndian if implicit
+                                                     else ExplicitVRLittleEndian))
+    link = GoingLink()
+    serving = threading.Thread(target=server.serve, args=(link, n_action(dataset), 1))
+    serving.start()
+    try:
+        assert broker.poll(10_000)
+        _, header, *payload = broker.recv_multipart()
+        request = decode(header)
+        assert isinstance(request, RelayRequest)
+        assert request.hold_instances == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+        assert request.transaction_uid == "1.2.3.999"
+        assert server.commitments.peek("1.2.3.999") is not None
+        assert payload == [dataset]
+        assert built == []  # no item became a pydicom Dataset
+        link.leave()
+        serving.join(10)
+        assert not serving.is_alive()
     finally:
         broker.close(linger=0)
         context.term()
