@@ -47,6 +47,7 @@ from router.core.messages import RelayProgress, RelayRequest, RelayResponse, Rel
 from router.core.messages import encode as encode_message
 from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
+from router.dicom.dataset_bytes import Unreadable, shallow_dataset
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
 from router.dicom.silence_wait import SilenceWait
@@ -321,11 +322,17 @@ class RelayThread(threading.Thread):
         return assoc.send_c_move(dataset, request.move_destination, model, msg_id=msg_id,
                                  priority=request.priority)
 
-    def _request_dataset(self, task: RelayTask) -> Dataset | None:
+    @staticmethod
+    def _request_dataset(task: RelayTask) -> Dataset | None:
+        """The request's dataset, to be written again as received: its sequences of
+        undefined length are not parsed (router/dicom/dataset_bytes.py)."""
         if task.dataset is None:
             return None
         implicit = task.request.transfer_syntax_uid == ImplicitVRLittleEndian
-        return decode(BytesIO(task.dataset), implicit, True)
+        try:
+            return shallow_dataset(task.dataset, implicit)
+        except Unreadable:  # what pydicom makes of it, as before: the upstream judges
+            return decode(BytesIO(task.dataset), implicit, True)
 
     # --- C-GET sub-operations ---------------------------------------------------------------
 
