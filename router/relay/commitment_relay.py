@@ -18,6 +18,7 @@ from collections.abc import Callable
 from router.core import metrics
 from router.core.config import RouterConfig
 from router.core.dimse_status import Status, is_warning
+from router.core.errors import DimseRefusal
 from router.core.messages import RelayRequest
 from router.dicom.uid_tables import IMPLICIT_VR_LE
 from router.relay.commitment_hold import commitment_hold
@@ -30,6 +31,11 @@ from router.relay.state import Commitment, Commitments, upstream_titles
 log = logging.getLogger("router.relay.server")  # the name these messages always had
 
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+
+
+class TransactionTaken(DimseRefusal):
+    """A storage commitment request whose Transaction UID another requester's pending
+    commitment has (PS3.4 J.3.2: a Transaction UID is unique to its request)."""
 
 
 class CommitmentRelay:
@@ -51,6 +57,15 @@ class CommitmentRelay:
             log.warning("storage commitment request without a readable Transaction UID: %s",
                         exc)
             return None
+        pending = self.commitments.peek(transaction)
+        if pending is not None and pending.requester_ae.strip() != requester_ae.strip():
+            # Another requester's pending commitment: taking it over would send its result
+            # here, and a refusal of this one would forget it. Its own retry may go on.
+            log.warning("storage commitment request from %s names Transaction UID %s, which "
+                        "%s's pending commitment has: refused", requester_ae.strip(),
+                        transaction, pending.requester_ae.strip())
+            raise TransactionTaken(f"Transaction UID {transaction} is pending for another "
+                                   "requester; use a new one")
         # Each upstream the rule may relay it to: its result may come before the N-ACTION-RSP
         # says which one took it.
         upstreams = upstream_titles(self.config, exchange.upstreams)

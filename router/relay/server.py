@@ -33,7 +33,7 @@ from router.core.rules import AssociationFacts, RuleSet
 from router.core.spool import Spool
 from router.relay.audited import audited, record_relayed
 from router.relay.call import RelayCall, RelayTimeout, RouterStopping
-from router.relay.commitment_relay import STORAGE_COMMITMENT, CommitmentRelay
+from router.relay.commitment_relay import STORAGE_COMMITMENT, CommitmentRelay, TransactionTaken
 from router.relay.commitment_results import KeptResults
 from router.relay.exchange import Counts, Exchange, RequesterGone, RequesterLink
 from router.relay.move import RelayedMoves
@@ -141,7 +141,11 @@ class RelayServer(CommitmentRelay):
                           "port where it takes the result)", facts.calling_ae)
                 exchange.final(Status.PROCESSING_FAILURE, "requester not in the router's known_aes")
                 return
-            transaction = self._remember_commitment(exchange, facts.calling_ae)
+            try:
+                transaction = self._remember_commitment(exchange, facts.calling_ae)
+            except TransactionTaken as taken:
+                exchange.final(taken.status, str(taken))
+                return
         request = self._request(exchange, sop_class, list(decision.destinations), facts)
         if command == "N-ACTION" and sop_class == STORAGE_COMMITMENT:
             self._relay_commitment(exchange, request, transaction)

@@ -39,6 +39,7 @@ from router.core.spool import Spool
 from router.relay import commitment_hold as acceptor_side
 from router.relay.commitment_hold import commitment_hold
 from router.relay.server import RelayServer
+from router.relay.state import upstream_titles
 
 from .helpers import answer, make_header
 from .test_relay_routes import Paths
@@ -380,3 +381,47 @@ def test_a_long_request_is_read_only_as_far_as_it_is_held(
     finally:
         broker.close(linger=0)
         context.term()
+
+
+class SecondModalityLink(GoingLink):
+    """CT2's association: what the relay answered it."""
+
+    facts = AssociationFacts("CT2", "DICOM-ROUTER", "127.0.0.1")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[Any] = []
+
+    def send(self, primitive: Any, context_id: int) -> None:
+        self.sent.append(primitive)
+
+
+def test_another_requesters_transaction_uid_is_refused_and_its_commitment_kept(
+        tmp_path: Path) -> None:
+    """Regression: an N-ACTION from CT2 naming the Transaction UID of CT1's pending
+    commitment overwrote it (CT1's result would then go to CT2), and when the upstream
+    refused CT2's request the commitment was forgotten (CT1's result refused as unknown).
+    Now CT2 is refused before anything is relayed, and CT1's commitment stays."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    broker = context.socket(zmq.ROUTER)
+    broker.bind("inproc://broker")
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 9}},
+        "known_aes": {"CT1": {"host": "127.0.0.1", "port": 9},
+                      "CT2": {"host": "127.0.0.1", "port": 9}},
+        "rules": [{"name": "archive", "forward": ["pacs"], "query": ["pacs"]}]})
+    server = RelayServer(config, context, "inproc://broker", RuleSet(config.rules),
+                         Spool(tmp_path / "spool").create())
+    server.commitments.remember("1.2.3.999", "CT1", upstream_titles(config, ["pacs"]))
+    link = SecondModalityLink()
+    try:
+        server.serve(link, n_action(received(["1.2.3.1"])), 1)
+        assert not broker.poll(200)  # nothing relayed
+    finally:
+        broker.close(linger=0)
+        context.term()
+    assert [int(rsp.Status) for rsp in link.sent] == [0x0110]
+    assert "pending for another requester" in str(link.sent[0].ErrorComment)
+    pending = server.commitments.peek("1.2.3.999")
+    assert pending is not None and pending.requester_ae == "CT1"
