@@ -160,6 +160,21 @@ def test_text_padded_with_nul_or_holding_line_breaks_and_escapes_is_still_sent(
     assert out.Manufacturer == "ACME" and out.ImageComments == "line 1\r\nline 2\tend"
 
 
+def test_kept_text_whose_values_are_each_padded_with_nul_is_still_sent(
+        tmp_path: Path, uids: UidMap) -> None:
+    """Kept text is checked as read: a NUL padding each value of a multi-valued one (as a
+    decoded ImageType's is accepted, and as pydicom reads it: 'VE11', 'SP1') is no control
+    character; checked as one string, it was a dead letter."""
+    sop = generate_uid()
+    ds = _dataset(sop)
+    ds.SoftwareVersions = ["VE11C", "SP1"]
+    body = _encoded(ds).replace(b"LO\x0a\x00VE11C\\SP1 ", b"LO\x0a\x00VE11\x00\\SP1\x00")
+    source = _file(tmp_path / "padded.dcm", sop, body)
+    assert dcmread(source).SoftwareVersions == ["VE11", "SP1"]
+    deidentify_file(source, tmp_path / "out.dcm", DeidentifyConfig(), uids)
+    assert dcmread(tmp_path / "out.dcm").SoftwareVersions == ["VE11", "SP1"]
+
+
 @pytest.mark.parametrize("levels", [100, 400])
 @pytest.mark.parametrize("step", ["morph", "deidentify"])
 def test_sequences_nested_hundreds_deep_are_a_dead_letter_of_the_step(

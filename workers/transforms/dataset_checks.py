@@ -30,6 +30,7 @@ MAX_SEQUENCE_NESTING = 64
 # part of a multi-byte character in any character set DICOM names.
 STRING_VRS = TEXT_VRS | {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "UR"}
 _NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})  # a backslash in them is text
 
 
 class UnfitDataset(ValueError):
@@ -64,7 +65,10 @@ def check_string(elem: DataElement | RawDataElement, name: str) -> None:
         return
     value = elem.value
     if isinstance(value, bytes):
-        values = [value.decode("latin-1")]  # only the bytes under 0x20 matter
+        text = value.decode("latin-1")  # only the bytes under 0x20 matter
+        # Each value padded as pydicom reads it (and a decoded element is checked): a NUL
+        # after every value of a multi-valued one ('VE11\0\\SP1\0') is padding too.
+        values = [text] if element_vr(elem) in _SINGLE_VALUED else text.split("\\")
     elif isinstance(value, MultiValue | list):
         values = [str(v) for v in value]
     else:
