@@ -34,7 +34,7 @@ from router.broker.unwritten_dead_letters import UnwrittenDeadLetters
 from router.core import metrics
 from router.core import reload as reload_config
 from router.core.config import RouterConfig
-from router.core.errors import ProtocolError, RouterError
+from router.core.errors import CompletionShareFull, ProtocolError, RouterError
 from router.core.failures import DESTINATION_FAILURES, SPOOL_FAILURES
 from router.core.messages import (
     RELAY_TYPES,
@@ -137,7 +137,10 @@ class Broker(Publishing, RelayPaths, DeadLetterWriting):
         job = message.job
         reason = None if job.job_id in self.dispatcher.jobs else self.dispatcher.refusal(job)
         if reason is not None:
-            metrics.REFUSALS.labels("queue_full").inc()
+            # Apart from queue_full: the queue still takes everything a completion rule
+            # does not hold (an alert on queue_full would page for a held study).
+            share = reason.startswith(CompletionShareFull.PREFIX)
+            metrics.REFUSALS.labels("completion_share" if share else "queue_full").inc()
             reply: Message = Refused(job.job_id, reason)
         else:
             self._apply(self.dispatcher.add_job(job))

@@ -220,6 +220,9 @@ def test_held_studies_leave_the_rest_of_the_queue_to_other_senders(
                         called_ae=AE_TITLE)
     assert held.returncode != 0, "the third held instance was taken"
     assert "queue full for study/series completion" in router.log()
+    # Counted apart: queue_full (the alert for a full queue) stays 0 while the rest flows.
+    assert router.metric("dicom_router_refusals_total", reason="completion_share") >= 1
+    assert router.metric("dicom_router_refusals_total", reason="queue_full") == 0
     er = series(tmp_path / "er", 2)
     assert run_storescu(er, LOCALHOST, router.port, called_ae=AE_TITLE,
                         calling_ae="ER_CT").returncode == 0, router.log()[-2000:]
