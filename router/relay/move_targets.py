@@ -4,7 +4,7 @@ apply their transforms)."""
 
 from __future__ import annotations
 
-from router.core.config import DicomDestination, KnownAE, RouterConfig
+from router.core.config import DestinationBase, DicomDestination, KnownAE, RouterConfig
 from router.core.dimse_status import Status
 
 MOVE_DESTINATION_TRANSFORMS = Status.MOVE_DESTINATION_TRANSFORMS
@@ -42,15 +42,28 @@ def relaying_upstream(config: RouterConfig, originator_ae: str | None,
     return None
 
 
-def _transforms(config: RouterConfig, name: str, dest: object) -> bool:
-    """Whether the destination de-identifies or morphs what it gets: by its own settings, or
-    a rule's that forwards to it (the README's research example puts deidentify on the
-    rule; checking the destination alone relayed moves to it identified)."""
-    if not isinstance(dest, DicomDestination):
-        return False
-    return dest.deidentify is not None or bool(dest.morph) or any(
-        name in rule.forward and (rule.deidentify is not None or bool(rule.morph))
-        for rule in config.rules)
+def _transforming(config: RouterConfig) -> set[str]:
+    """The destinations that de-identify or morph what they get: by their own settings, a
+    rule's that forwards to them (the README's research example puts deidentify on the
+    rule; checking the destination alone relayed moves to it identified), or as a fallback
+    of such a destination (it gets that destination's jobs with their transforms,
+    workers/prepare_steps.py; a relayed move to it sent it the files identified)."""
+    found = {name for name, dest in config.destinations.items() if _own_transforms(
+        config, name, dest)}
+    stack = list(found)
+    while stack:  # fallbacks of fallbacks: a job moved on keeps where it was routed
+        for target in getattr(config.destinations.get(stack.pop()), "fallback", ()):
+            if target not in found:
+                found.add(target)
+                stack.append(target)
+    return found
+
+
+def _own_transforms(config: RouterConfig, name: str, dest: DestinationBase) -> bool:
+    # Any type: a folder that de-identifies hands its transforms to a DICOM fallback.
+    return (dest.deidentify is not None or bool(dest.morph) or any(
+            name in rule.forward and (rule.deidentify is not None or bool(rule.morph))
+            for rule in config.rules))
 
 
 def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
@@ -58,8 +71,10 @@ def transforming_destinations(config: RouterConfig, title: str) -> list[str]:
     The acceptor relays a move's files as they are (it holds no transforms, README
     "Memory"), so a move to such a title would send identified data: it is refused, even
     when known_aes names the title too (most likely the same node)."""
+    transforming = _transforming(config)
     return [name for name, dest in config.destinations.items()
-            if _transforms(config, name, dest) and getattr(dest, "ae_title", None) == title]
+            if name in transforming and isinstance(dest, DicomDestination)
+            and dest.ae_title == title]
 
 
 def relay_move_notes(config: RouterConfig) -> list[str]:
@@ -67,8 +82,9 @@ def relay_move_notes(config: RouterConfig) -> list[str]:
     refuses to move to, since it cannot apply their transforms to a relayed move."""
     if not any(relays_moves(config, name) for name in config.destinations):
         return []
+    transforming = _transforming(config)
     return [f"destination {name!r} de-identifies or morphs what it gets: a relay-mode C-MOVE "
             f"to its AE title {dest.ae_title} is refused (0x{MOVE_DESTINATION_TRANSFORMS:04X}"
             f"), since a relayed move's instances go as the upstream sent them"
             for name, dest in config.destinations.items()
-            if _transforms(config, name, dest) and isinstance(dest, DicomDestination)]
+            if name in transforming and isinstance(dest, DicomDestination)]
