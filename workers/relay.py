@@ -47,9 +47,9 @@ from router.core.messages import RelayProgress, RelayRequest, RelayResponse, Rel
 from router.core.messages import encode as encode_message
 from router.core.owned_names import relayed_get_name
 from router.core.spool import Spool
-from router.dicom.dataset_bytes import Unreadable, shallow_dataset
 from router.dicom.net import tune_scu_socket
 from router.dicom.scu_outcome import failure_from_association, mark_connected
+from router.dicom.shallow_dataset import Unreadable, shallow_dataset
 from router.dicom.silence_wait import SilenceWait
 from router.relay.move_registry import ArrivalWatch
 from workers.relay_affinity import UpstreamAffinity

@@ -5,19 +5,15 @@ its end otherwise): the 120,000 items of an 8 MiB storage commitment request too
 and 3.5 s as pydicom objects, in the acceptor that read it and again in the worker that
 relayed it. Here a value of undefined length is stepped over, delimiters counted, and kept
 as bytes: a relayed dataset is written again as it came. Little endian only, as every
-dataset the router relays (implicit or explicit VR).
+dataset the router relays (implicit or explicit VR). No pydicom here: the acceptor reads
+a storage commitment's items with it, and loads no DICOM library (shallow_dataset.py builds
+pydicom's dataset from these bytes, in the worker).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 from typing import NamedTuple
-
-from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.tag import BaseTag
 
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 UNDEFINED = 0xFFFFFFFF
@@ -100,29 +96,3 @@ class DatasetBytes:
                 depth += 1
             else:
                 self.pos = self.end(header.length)
-
-    def elements(self) -> Iterator[RawDataElement]:
-        """The top-level elements, their values as bytes."""
-        while self.pos < len(self.data):
-            tag, vr, length = self.header()
-            if tag >> 16 == 0xFFFE:
-                raise Unreadable(f"an item or delimiter at the top level, byte {self.pos - 8}")
-            start = self.pos
-            end = self.skip(length)
-            yield RawDataElement(BaseTag(tag), vr, length, self.data[start:end], start,
-                                 self.implicit, True)
-
-
-def shallow_dataset(data: bytes, implicit: bool) -> Dataset:
-    """The dataset as pydicom reads it (its elements decoded when used), but with no value of
-    undefined length parsed: written again, each is its bytes as received. Unreadable when
-    the bytes are not a dataset."""
-    elements: dict[BaseTag, DataElement | RawDataElement] = {
-        element.tag: element for element in DatasetBytes(data, implicit).elements()}
-    dataset = Dataset(elements)
-    encoding: str | list[str] = "iso8859"
-    if SPECIFIC_CHARACTER_SET in elements:
-        charset = dataset[SPECIFIC_CHARACTER_SET].value
-        encoding = convert_encodings(charset)
-    dataset.set_original_encoding(implicit, True, encoding)
-    return dataset

@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 
-from router.dicom.dataset_bytes import Unreadable, shallow_dataset
+from router.dicom.shallow_dataset import Unreadable, shallow_dataset
 from workers.relay import RelayThread
 
 ENCODINGS = [(implicit, undefined) for implicit in (True, False) for undefined in (True, False)]
