@@ -152,15 +152,24 @@ class ResultCourier:
 
     def retry_due(self) -> None:
         """Each due result, one at a time: leased under its lock, sent without it (a later
-        report for it is kept meanwhile, not held up by the send)."""
-        while (leased := self._lease_next()) is not None:
-            self._send(leased)
+        report for it is kept meanwhile, not held up by the send). A requester that did not
+        take one is not tried again in the same pass: each try of a silent one lasts up to
+        request_timeout, and its twenty results held every other requester's back twenty
+        times that."""
+        untaken: set[str] = set()
+        while (leased := self._lease_next(untaken)) is not None:
+            if not self._send(leased):
+                untaken.add(leased.requester_ae)
 
-    def _lease_next(self) -> KeptResult | None:
+    def _lease_next(self, skip: set[str]) -> KeptResult | None:
+        """The next due result to send, leased; `skip`: requesters not tried again in this
+        pass (their results stay due for the next)."""
         now = time.time()
         with contextlib.closing(self.results.due(now)) as due:
             for result in due:
                 uid, requester = result.transaction_uid, result.requester_ae
+                if requester in skip and not result.expired(now):
+                    continue
                 if result.expired(now):
                     log.error("storage commitment result %s for %s given up: not delivered "
                               "in %d attempt(s) over 24 h (last: %s)", uid, requester,
@@ -173,7 +182,8 @@ class ResultCourier:
                                               now + self.config().request_timeout + 1.0)
         return None
 
-    def _send(self, leased: KeptResult) -> None:
+    def _send(self, leased: KeptResult) -> bool:
+        """Whether the requester took it."""
         uid, requester = leased.transaction_uid, leased.requester_ae
         answer, _, reason = self.deliver(leased.request(relay_request_id()), leased.payload())
         taken = answer is not None and answer.status == Status.SUCCESS
@@ -187,4 +197,5 @@ class ResultCourier:
             log.info("storage commitment result %s for %s not delivered yet: %s", uid,
                      requester, reason)
         self.results.sent(leased, taken, time.time(), reason)
+        return taken
 

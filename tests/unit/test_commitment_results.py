@@ -7,12 +7,16 @@ import base64
 import contextlib
 import json
 import threading
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zmq
 
-from router.core.messages import RelayRequest
+from router.core.config import parse_config
+from router.core.messages import RelayRequest, RelayResponse
 from router.relay.commitment_results import (
     COUNT_SECONDS,
     FIRST_RETRY_SECONDS,
@@ -22,6 +26,7 @@ from router.relay.commitment_results import (
     KeptResults,
     kept_result,
 )
+from router.relay.result_courier import ResultCourier
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 NOW = 1_000_000.0
@@ -218,3 +223,39 @@ def test_a_leased_result_is_sent_by_one_acceptor_and_due_again_when_not_taken(
         leased = second.lease(next(due), now + 1121)
     second.sent(leased, True, now + 1001, "")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_silent_requester_is_tried_once_a_pass_not_once_per_result(tmp_path: Path) -> None:
+    """Regression: the courier sent every due result in turn, and each try to a requester
+    that never answers lasts up to request_timeout: three results kept for a silent CT1
+    held CT2's back three timeouts a pass (twenty, twenty). Now CT1 is tried once a pass,
+    its other results wait for the next, and CT2's goes in the same pass."""
+    config = parse_config({
+        "destinations": {"pacs": {"type": "dicom", "ae_title": "PACS", "host": "127.0.0.1",
+                                  "port": 9}},
+        "known_aes": {"CT1": {"host": "127.0.0.1", "port": 9},
+                      "CT2": {"host": "127.0.0.1", "port": 9}},
+        "rules": [{"name": "archive", "forward": ["pacs"]}]})
+    results = KeptResults(tmp_path)
+    past = time.time() - 60
+    for n, requester in enumerate(["CT1", "CT1", "CT1", "CT2"]):
+        results.keep(replace(report(f"1.2.3.{n}"), requester_ae=requester, kept_at=past,
+                             next_at=past))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    courier = ResultCourier(lambda: config, context, "inproc://unused", results)
+    tried: list[str] = []
+
+    def deliver(request: RelayRequest, payload: bytes) -> Any:
+        tried.append(request.upstreams[0])
+        if request.upstreams[0] == "CT1":
+            return None, None, "no answer within 120s"  # silent for the whole timeout
+        return RelayResponse(request.request_id, 0x0000, final=True, upstream="CT2"), None, ""
+
+    courier.deliver = deliver  # type: ignore[method-assign]
+    try:
+        courier.retry_due()
+    finally:
+        context.term()
+    assert sorted(tried) == ["CT1", "CT2"]
+    left = {(r.transaction_uid, r.attempts) for r in results.due(time.time() + 3600)}
+    assert left == {("1.2.3.0", 2), ("1.2.3.1", 1), ("1.2.3.2", 1)}  # CT2's delivered
